@@ -1,0 +1,111 @@
+"""The application factory: wires settings, services, routes and middleware."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import BaseRoute, Route
+
+from . import openapi, partner_api
+from .crypto import Vault
+from .errors import EXCEPTION_HANDLERS
+from .middleware import AccessLogMiddleware, BodyLimitMiddleware, CORSMiddleware
+from .settings import Settings
+from .store import Store
+from .tokens import TokenAuthority
+
+ORIGIN_CACHE_SECONDS = 2.0
+
+
+class StartupError(RuntimeError):
+    """The app cannot start with these settings; the message says why."""
+
+
+@dataclasses.dataclass
+class Services:
+    settings: Settings
+    store: Store
+    tokens: TokenAuthority
+    vault: Vault
+    clock: Callable[[], float]
+    extras: dict[str, Any] = dataclasses.field(default_factory=dict)
+    _origins: frozenset[str] = frozenset()
+    _origins_loaded_at: float = float("-inf")
+
+    async def origin_registered(self, origin: str) -> bool:
+        # A short cache: `bff partner create` in another process shows up within seconds.
+        now = time.monotonic()
+        if now - self._origins_loaded_at > ORIGIN_CACHE_SECONDS:
+            self._origins = await self.store.all_origins()
+            self._origins_loaded_at = now
+        if origin in self._origins:
+            return True
+        self._origins = await self.store.all_origins()
+        self._origins_loaded_at = now
+        return origin in self._origins
+
+    def forget_origins(self) -> None:
+        self._origins_loaded_at = float("-inf")
+
+
+async def check_encryption_key(store: Store, vault: Vault) -> None:
+    """Refuse to start when the data was written with another encryption key."""
+    stored = await store.get_meta("encryption_key_check")
+    if stored is None:
+        await store.set_meta("encryption_key_check", vault.key_check().hex())
+    elif not vault.matches(bytes.fromhex(stored)):
+        raise StartupError(
+            "BFF_ENCRYPTION_KEY does not match the key this data directory was written with. "
+            "Restore the original key (secrets stored with it cannot be read with another)."
+        )
+
+
+async def healthz(request: Request) -> JSONResponse:
+    """Liveness: the process answers and the store is reachable."""
+    svc: Services = request.app.state.services
+    await svc.store.get_meta("encryption_key_check")
+    return JSONResponse({"status": "ok"})
+
+
+def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) -> Starlette:
+    """Build the BFF. Nothing happens at import time; each call is independent."""
+    store = Store(settings.data_dir, clock=clock)
+    services = Services(
+        settings=settings, store=store, tokens=TokenAuthority(settings, clock=clock), vault=Vault(settings.encryption_key), clock=clock
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await store.open()
+        try:
+            await check_encryption_key(store, services.vault)
+            yield
+        finally:
+            await store.close()
+
+    routes: list[BaseRoute] = [
+        Route("/healthz", healthz, methods=["GET"]),
+        *partner_api.routes(),
+    ]
+    routes.append(Route("/openapi.json", openapi.endpoint(routes), methods=["GET"], include_in_schema=False))
+
+    app = Starlette(
+        routes=routes,
+        middleware=[
+            Middleware(AccessLogMiddleware),
+            Middleware(CORSMiddleware, is_allowed=services.origin_registered),
+            Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes),
+        ],
+        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        lifespan=lifespan,
+    )
+    app.state.services = services
+    return app

@@ -1,0 +1,58 @@
+"""Turn an ``Authorization`` header into a verified partner or sub-account."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING
+
+from starlette.requests import Request
+
+from .store import Partner, SubAccount
+from .tokens import Claims, TokenKind, parse_authorization, token_error
+
+if TYPE_CHECKING:
+    from .app import Services
+
+SUB_ACCOUNT_KINDS: tuple[TokenKind, ...] = ("integrate", "identity")
+
+
+@dataclasses.dataclass(frozen=True)
+class Caller:
+    claims: Claims
+    partner: Partner | None = None
+    sub_account: SubAccount | None = None
+
+
+def services(request: Request) -> Services:
+    return request.app.state.services  # type: ignore[no-any-return]
+
+
+async def authenticate(request: Request, accept: tuple[TokenKind, ...]) -> Caller:
+    svc = services(request)
+    claims = svc.tokens.verify(parse_authorization(request.headers.get("authorization")), accept=accept)
+    partner = await svc.store.get_partner(claims.partner_id)
+    if partner is None:
+        raise token_error(401, "token_invalid", "The partner this token belongs to no longer exists.")
+    if claims.kind == "partner":
+        if claims.generation != partner.token_generation:
+            raise token_error(401, "token_revoked", "This partner token has been rotated; use the new one.")
+        return Caller(claims, partner=partner)
+    assert claims.sub_account_id is not None
+    account = await svc.store.get_sub_account(partner.id, account_id=claims.sub_account_id)
+    if account is None:
+        raise token_error(401, "token_invalid", "The sub-account this token belongs to no longer exists.")
+    if claims.generation != account.token_generation:
+        raise token_error(401, "token_revoked", "This token has been revoked; mint a new one.")
+    return Caller(claims, partner=partner, sub_account=account)
+
+
+async def require_partner(request: Request) -> Partner:
+    caller = await authenticate(request, ("partner",))
+    assert caller.partner is not None
+    return caller.partner
+
+
+async def require_sub_account(request: Request) -> SubAccount:
+    caller = await authenticate(request, SUB_ACCOUNT_KINDS)
+    assert caller.sub_account is not None
+    return caller.sub_account

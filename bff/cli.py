@@ -1,0 +1,231 @@
+"""The ``bff`` command: serve, demo, partner management and key generation."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .settings import Settings, SettingsError, generate_encryption_key, generate_secret_key
+
+DEMO_KEYS_FILE = "demo-keys.json"
+DEMO_PARTNER_FILE = "demo-partner.json"
+DEFAULT_DATA_DIR = "./bff-data"
+DEFAULT_BFF_PORT = 8000
+DEFAULT_SITE_PORT = 8001
+
+log = logging.getLogger("bff.cli")
+
+
+def _fail(message: str) -> int:
+    print(f"bff: error: {message}", file=sys.stderr)
+    return 2
+
+
+def demo_keys(data_dir: Path, *, create: bool) -> dict[str, str] | None:
+    """Keys kept in the data directory for the demo (never do this in production)."""
+    path = data_dir / DEMO_KEYS_FILE
+    if path.exists():
+        return json.loads(path.read_text())  # type: ignore[no-any-return]
+    if not create:
+        return None
+    data_dir.mkdir(parents=True, exist_ok=True)
+    keys = {"secret_keys": generate_secret_key(), "encryption_key": generate_encryption_key()}
+    path.write_text(json.dumps(keys, indent=2))
+    path.chmod(0o600)
+    print(
+        f"bff: WARNING: generated demo keys in {path}. They sit next to the data they protect: "
+        "fine for a demo, never for production (use `bff serve` with BFF_SECRET_KEYS and BFF_ENCRYPTION_KEY).",
+        file=sys.stderr,
+    )
+    return keys
+
+
+def load_settings(args: argparse.Namespace, *, demo: bool = False, **overrides: Any) -> Settings:
+    env = dict(os.environ)
+    data_dir = Path(args.data_dir or env.get("BFF_DATA_DIR") or DEFAULT_DATA_DIR)
+    env["BFF_DATA_DIR"] = str(data_dir)
+    if not env.get("BFF_SECRET_KEYS") or not env.get("BFF_ENCRYPTION_KEY"):
+        # `bff demo` creates them; `bff partner create` reuses the demo's.
+        keys = demo_keys(data_dir, create=demo)
+        if keys is not None:
+            env["BFF_SECRET_KEYS"] = env.get("BFF_SECRET_KEYS") or keys["secret_keys"]
+            env["BFF_ENCRYPTION_KEY"] = env.get("BFF_ENCRYPTION_KEY") or keys["encryption_key"]
+    return Settings.from_env(env, **overrides)
+
+
+async def _with_store(settings: Settings, action: Any) -> Any:
+    from .app import check_encryption_key
+    from .crypto import Vault
+    from .store import Store
+    from .tokens import TokenAuthority
+
+    store = Store(settings.data_dir)
+    await store.open()
+    try:
+        await check_encryption_key(store, Vault(settings.encryption_key))
+        return await action(store, TokenAuthority(settings))
+    finally:
+        await store.close()
+
+
+def normalise_origin(raw: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(raw.strip())
+    if parts.scheme not in {"http", "https"} or not parts.netloc or parts.path not in {"", "/"} or parts.query:
+        raise SettingsError(f"{raw!r} is not an origin; pass it like https://app.example.com (scheme and host, no path).")
+    return f"{parts.scheme}://{parts.netloc.lower()}"
+
+
+async def create_partner(settings: Settings, name: str, origins: Sequence[str]) -> dict[str, Any]:
+    async def action(store: Any, tokens: Any) -> dict[str, Any]:
+        partner = await store.create_partner(name, origins)
+        token = tokens.mint_partner_token(partner_id=partner.id, generation=partner.token_generation).token
+        return {"id": partner.id, "name": partner.name, "origins": list(partner.origins), "token": token}
+
+    return await _with_store(settings, action)  # type: ignore[no-any-return]
+
+
+async def ensure_demo_partner(settings: Settings, origin: str) -> dict[str, Any]:
+    """The `demo` partner for the demo site's origin, written to demo-partner.json."""
+
+    async def action(store: Any, tokens: Any) -> dict[str, Any]:
+        partner = await store.find_partner_by_name("demo")
+        if partner is None:
+            partner = await store.create_partner("demo", [origin])
+        elif origin not in partner.origins:
+            await store.add_partner_origins(partner.id, [origin])
+            partner = await store.get_partner(partner.id)
+        token = tokens.mint_partner_token(partner_id=partner.id, generation=partner.token_generation).token
+        return {"id": partner.id, "name": partner.name, "origins": list(partner.origins), "token": token}
+
+    info = await _with_store(settings, action)
+    info["bff_url"] = settings.public_url
+    path = settings.data_dir / DEMO_PARTNER_FILE
+    path.write_text(json.dumps(info, indent=2))
+    path.chmod(0o600)
+    return info  # type: ignore[no-any-return]
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .app import create_app
+
+    env_has_keys = os.environ.get("BFF_SECRET_KEYS") and os.environ.get("BFF_ENCRYPTION_KEY")
+    if not env_has_keys:
+        return _fail(
+            "`bff serve` needs BFF_SECRET_KEYS (comma-separated signing keys) and BFF_ENCRYPTION_KEY "
+            "(32 bytes, urlsafe base64). Run `bff keys` to generate both, or `bff demo` to try things out."
+        )
+    try:
+        overrides: dict[str, Any] = {}
+        if args.public_url:
+            overrides["public_url"] = args.public_url
+        elif not os.environ.get("BFF_PUBLIC_URL"):
+            overrides["public_url"] = f"http://{args.host}:{args.port}"
+        settings = load_settings(args, **overrides)
+    except SettingsError as exc:
+        return _fail(str(exc))
+    _configure_logging(settings.log_level)
+    app = create_app(settings)
+    uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level=settings.log_level, lifespan="on")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    try:
+        settings = load_settings(
+            args,
+            demo=True,
+            public_url=f"http://127.0.0.1:{args.bff_port}",
+            sandbox_enabled=True,
+        )
+    except SettingsError as exc:
+        return _fail(str(exc))
+    _configure_logging(settings.log_level)
+    return run_demo(settings, bff_port=args.bff_port, site_port=args.site_port)
+
+
+def cmd_partner_create(args: argparse.Namespace) -> int:
+    try:
+        origins = [normalise_origin(origin) for origin in args.origin or []]
+        settings = load_settings(args)
+    except SettingsError as exc:
+        return _fail(str(exc))
+    if not args.name.strip():
+        return _fail("--name must not be empty.")
+    info = asyncio.run(create_partner(settings, args.name.strip(), origins))
+    print(json.dumps({"id": info["id"], "name": info["name"], "token": info["token"], "origins": info["origins"]}))
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    print(f"BFF_SECRET_KEYS={generate_secret_key()}")
+    print(f"BFF_ENCRYPTION_KEY={generate_encryption_key()}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bff",
+        description=(
+            "Embedded-integrations kit: a backend-for-frontend that holds partner secrets, mints tokens, "
+            "runs connectors and syncs, and serves the embeddable widget."
+        ),
+        epilog="Quick start: `bff demo`, then open http://localhost:8001. Settings come from BFF_* variables; flags win.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+
+    serve = commands.add_parser("serve", help="run the BFF in production mode (needs BFF_SECRET_KEYS and BFF_ENCRYPTION_KEY)")
+    serve.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=DEFAULT_BFF_PORT, help="port (default 8000)")
+    serve.add_argument("--data-dir", help="data directory (default $BFF_DATA_DIR or ./bff-data)")
+    serve.add_argument("--public-url", help="the URL browsers reach this server on (default $BFF_PUBLIC_URL)")
+    serve.set_defaults(handler=cmd_serve)
+
+    demo = commands.add_parser("demo", help="run the BFF and the demo partner site with sandbox providers")
+    demo.add_argument("--bff-port", type=int, default=DEFAULT_BFF_PORT, help="BFF port on 127.0.0.1 (default 8000)")
+    demo.add_argument("--site-port", type=int, default=DEFAULT_SITE_PORT, help="demo site port on localhost (default 8001)")
+    demo.add_argument("--data-dir", help="data directory (default ./bff-data); demo keys are kept there")
+    demo.set_defaults(handler=cmd_demo)
+
+    partner = commands.add_parser("partner", help="manage partners")
+    partner_commands = partner.add_subparsers(dest="partner_command", metavar="ACTION")
+    partner_commands.required = True
+    create = partner_commands.add_parser(
+        "create", help="create a partner and print JSON {id, name, token}; works while a demo runs"
+    )
+    create.add_argument("--name", required=True, help="the partner's name")
+    create.add_argument(
+        "--origin", action="append", metavar="URL", help="a browser origin allowed to embed the widget (repeatable)"
+    )
+    create.add_argument("--data-dir", help="data directory (default $BFF_DATA_DIR or ./bff-data)")
+    create.set_defaults(handler=cmd_partner_create)
+
+    keys = commands.add_parser("keys", help="print a fresh BFF_SECRET_KEYS and BFF_ENCRYPTION_KEY")
+    keys.set_defaults(handler=cmd_keys)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.handler(args) or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""`bff demo`: the BFF and the demo partner site on two origins, stopped together on Ctrl-C."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import Iterator
+
+import uvicorn
+
+from .app import create_app
+from .settings import Settings
+
+SITE_HOST = "localhost"
+BFF_HOST = "127.0.0.1"
+
+
+class _QuietServer(uvicorn.Server):
+    """Signals are handled once for both servers, by :func:`run_demo`."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def site_origin(site_port: int) -> str:
+    return f"http://{SITE_HOST}:{site_port}"
+
+
+def run_demo(settings: Settings, *, bff_port: int, site_port: int) -> int:
+    from .cli import ensure_demo_partner
+
+    partner = asyncio.run(ensure_demo_partner(settings, site_origin(site_port)))
+    servers = [
+        _QuietServer(
+            uvicorn.Config(
+                create_app(settings), host=BFF_HOST, port=bff_port, access_log=False, log_level=settings.log_level
+            )
+        )
+    ]
+    site_app = _demo_site_app(settings, partner, site_port)
+    if site_app is not None:
+        servers.append(
+            _QuietServer(uvicorn.Config(site_app, host=SITE_HOST, port=site_port, access_log=False, log_level=settings.log_level))
+        )
+
+    print(f"BFF (API, widget, sandbox providers): {settings.public_url}")
+    if site_app is not None:
+        print(f"Demo partner site:                    {site_origin(site_port)}")
+    print(f"Data directory:                       {settings.data_dir.resolve()}")
+    print(f"Demo partner token:                   {settings.data_dir.resolve() / 'demo-partner.json'}")
+    print("Press Ctrl-C to stop.", flush=True)
+
+    async def serve_all() -> None:
+        loop = asyncio.get_running_loop()
+
+        def stop() -> None:
+            for server in servers:
+                server.should_exit = True
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop)
+        await asyncio.gather(*(server.serve() for server in servers))
+
+    asyncio.run(serve_all())
+    print("Stopped.", file=sys.stderr)
+    return 0
+
+
+def _demo_site_app(settings: Settings, partner: dict[str, object], site_port: int) -> object | None:
+    try:
+        from demo_site.app import create_site_app
+    except ImportError:
+        return None
+    return create_site_app(
+        bff_url=settings.public_url, partner_token=str(partner["token"]), site_url=site_origin(site_port)
+    )

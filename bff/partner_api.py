@@ -1,0 +1,178 @@
+"""Partner endpoints (partner token): sub-accounts and the tokens minted for them."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import BaseRoute
+
+from .auth import require_partner, services
+from .errors import ApiError, not_found, validation_error
+from .http import Pagination, api_route, query_bool, read_json, require_str
+from .store import ExternalIdTaken, Partner, SubAccount
+
+_LANGUAGE = re.compile(r"^[a-z]{2,3}(-[A-Za-z]{2,4})?$")
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+def parse_sub_account_fields(data: dict[str, Any], *, external_id_required: bool = True) -> tuple[str, dict[str, str]]:
+    """Validate the create fields; every problem is reported per field at once."""
+    errors: dict[str, str] = {}
+    raw_external_id = data.get("external_id")
+    external_id = ""
+    if raw_external_id is None or raw_external_id == "":
+        if external_id_required:
+            errors["external_id"] = "This field is required: your own unique id for this customer."
+    elif isinstance(raw_external_id, bool) or not isinstance(raw_external_id, (str, int)):
+        errors["external_id"] = "Must be a string (or an integer)."
+    else:
+        external_id = str(raw_external_id).strip()
+        if not external_id or len(external_id) > 255:
+            errors["external_id"] = "Must be 1 to 255 characters."
+    fields: dict[str, str] = {}
+    for name in ("first_name", "last_name", "company_name"):
+        value = require_str(data, name, errors)
+        if value is not None:
+            fields[name] = value
+    email = require_str(data, "email", errors, max_length=254)
+    if email is not None:
+        if _EMAIL.match(email):
+            fields["email"] = email
+        else:
+            errors["email"] = "Must be an email address."
+    language = require_str(data, "language", errors, max_length=10)
+    if language is not None:
+        if _LANGUAGE.match(language):
+            fields["language"] = language
+        else:
+            errors["language"] = "Must be a language code such as `en` or `nl`."
+    if errors:
+        raise validation_error(errors)
+    return external_id, fields
+
+
+async def lookup_sub_account(request: Request, partner: Partner) -> SubAccount:
+    """``?account_id=`` or ``?external_id=``; another partner's ids are simply not found."""
+    params = request.query_params
+    account_id, external_id = params.get("account_id"), params.get("external_id")
+    if not account_id and not external_id:
+        raise validation_error(
+            {"account_id": "Pass `account_id` or `external_id`."}, detail="Say which sub-account: account_id or external_id."
+        )
+    store = services(request).store
+    if account_id:
+        if not account_id.isdigit():
+            raise validation_error({"account_id": "Must be an integer."})
+        account = await store.get_sub_account(partner.id, account_id=int(account_id))
+    else:
+        account = await store.get_sub_account(partner.id, external_id=external_id)
+    if account is None:
+        raise not_found("No such sub-account.")
+    return account
+
+
+def integrate_response(request: Request, partner: Partner, account: SubAccount) -> JSONResponse:
+    minted = services(request).tokens.mint_integrate_token(
+        partner_id=partner.id, sub_account_id=account.id, generation=account.token_generation
+    )
+    return JSONResponse(
+        {
+            "token": minted.token,
+            "expires_in": minted.expires_in,
+            "expires_at": minted.expires_at,
+            "account_id": account.id,
+            "external_id": account.external_id,
+        },
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+async def create_sub_account(request: Request) -> JSONResponse:
+    """Create a sub-account for one of the partner's customers."""
+    partner = await require_partner(request)
+    external_id, fields = parse_sub_account_fields(await read_json(request))
+    try:
+        account = await services(request).store.create_sub_account(partner.id, external_id, fields)
+    except ExternalIdTaken as taken:
+        raise ApiError(
+            409,
+            "external_id_taken",
+            f"A sub-account with external_id {external_id!r} already exists.",
+            extra={"id": taken.existing_id},
+        ) from None
+    return JSONResponse(account.public_dict(), status_code=201)
+
+
+async def list_sub_accounts(request: Request) -> JSONResponse:
+    """List the partner's sub-accounts, paged."""
+    partner = await require_partner(request)
+    page = Pagination(request)
+    count, accounts = await services(request).store.list_sub_accounts(partner.id, offset=page.offset, limit=page.limit)
+    return JSONResponse(page.envelope(count, [a.public_dict() for a in accounts]))
+
+
+async def integrate_provision(request: Request) -> JSONResponse:
+    """Mint an integrate token, provisioning the sub-account on first use."""
+    partner = await require_partner(request)
+    data = await read_json(request, required=False)
+    if not data and (request.query_params.get("account_id") or request.query_params.get("external_id")):
+        return integrate_response(request, partner, await lookup_sub_account(request, partner))
+    external_id, fields = parse_sub_account_fields(data)
+    account, _created = await services(request).store.get_or_create_sub_account(partner.id, external_id, fields)
+    return integrate_response(request, partner, account)
+
+
+async def integrate_existing(request: Request) -> JSONResponse:
+    """Mint an integrate token for an existing sub-account (``?account_id=`` or ``?external_id=``)."""
+    partner = await require_partner(request)
+    return integrate_response(request, partner, await lookup_sub_account(request, partner))
+
+
+async def identity_token(request: Request) -> JSONResponse:
+    """Mint an identity token (expiring by default, ``expire=false`` until revoked)."""
+    partner = await require_partner(request)
+    expire = query_bool(request, "expire", default=True)
+    account = await lookup_sub_account(request, partner)
+    minted = services(request).tokens.mint_identity_token(
+        partner_id=partner.id, sub_account_id=account.id, generation=account.token_generation, expire=expire
+    )
+    return JSONResponse(
+        {
+            "token": minted.token,
+            "expires_at": minted.expires_at,
+            "expires_in": minted.expires_in,
+            "account_id": account.id,
+            "external_id": account.external_id,
+        },
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+async def revoke_tokens(request: Request) -> JSONResponse:
+    """Revoke every identity and integrate token of a sub-account."""
+    partner = await require_partner(request)
+    raw_id = request.path_params["account_id"]
+    account = await services(request).store.bump_sub_account_generation(partner.id, raw_id)
+    if account is None:
+        raise not_found("No such sub-account.")
+    return JSONResponse({"account_id": account.id, "external_id": account.external_id, "revoked": True})
+
+
+def routes() -> list[BaseRoute]:
+    return [
+        *api_route("/api/partner/sub-account/", create_sub_account, methods=["POST"]),
+        *api_route("/api/sub-account/", create_sub_account, methods=["POST"], name="create_sub_account_alias"),
+        *api_route("/api/partner/sub-accounts", list_sub_accounts, methods=["GET"]),
+        *api_route("/api/sub-accounts", list_sub_accounts, methods=["GET"], name="list_sub_accounts_alias"),
+        *api_route("/api/partner/sub-account/integrate/", integrate_provision, methods=["POST"]),
+        *api_route("/api/sub-account/integrate/", integrate_existing, methods=["POST"]),
+        *api_route("/api/partner/sub-account/identity/", identity_token, methods=["GET"]),
+        *api_route("/api/sub-account/identity/", identity_token, methods=["GET"], name="identity_token_alias"),
+        *api_route("/api/partner/sub-account/{account_id:int}/revoke-tokens", revoke_tokens, methods=["POST"]),
+        *api_route(
+            "/api/sub-account/{account_id:int}/revoke-tokens", revoke_tokens, methods=["POST"], name="revoke_tokens_alias"
+        ),
+    ]

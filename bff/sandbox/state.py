@@ -1,0 +1,142 @@
+"""Per-instance mutable state: fixture tables, stats, fault-injection counters, revocations."""
+
+from __future__ import annotations
+
+import heapq
+from collections import Counter, deque
+from itertools import islice
+from typing import Any
+
+from . import data
+from .data import MINUTE, Record, Table
+from .options import SandboxOptions
+
+PROVIDERS = ("crm", "accounting", "bank")
+TOUCHABLE = ("crm.contacts", "crm.deals", "accounting.invoices", "bank.transactions")
+STAT_KEYS = (
+    "crm.me",
+    "crm.contacts",
+    "crm.deals",
+    "accounting.me",
+    "accounting.divisions",
+    "accounting.invoices",
+    "bank.accounts",
+    "bank.transactions",
+)
+EDITED = " (edited)"
+# The human-visible field that a touch marks as edited.
+_EDIT_FIELD = {
+    "crm.contacts": "last_name",
+    "crm.deals": "name",
+    "accounting.invoices": "customer",
+    "bank.transactions": "description",
+}
+
+
+class Stats:
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.requests: dict[str, int] = dict.fromkeys(STAT_KEYS, 0)
+        self.records_served: dict[str, int] = dict.fromkeys(STAT_KEYS, 0)
+        self.rate_limited = 0
+        self.failed = 0
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "requests": dict(self.requests),
+            "records_served": dict(self.records_served),
+            "rate_limited": self.rate_limited,
+            "failed": self.failed,
+        }
+
+
+class Faults:
+    """Decides, per data-API call, whether to answer 429 or 500 instead of data."""
+
+    def __init__(self, options: SandboxOptions) -> None:
+        self.options = options
+        self.reset()
+
+    def reset(self) -> None:
+        self.calls = 0
+        self.fail_calls = 0
+
+    def verdict(self, path: str) -> str | None:
+        """Return "rate_limited", "failed" or None for the call on ``path``."""
+        options = self.options
+        self.calls += 1
+        if options.rate_limit_every and self.calls % options.rate_limit_every == 0:
+            return "rate_limited"
+        if not options.fail_every:
+            return None
+        if options.fail_match is not None and options.fail_match not in path:
+            return None
+        # Counted after the rate limiter, so both knobs together still yield 500s.
+        self.fail_calls += 1
+        if self.fail_calls % options.fail_every == 0:
+            return "failed"
+        return None
+
+
+class SandboxData:
+    def __init__(self) -> None:
+        self.contacts = data.contacts_table()
+        self.deals = data.deals_table()
+        self.invoices = data.invoice_tables()
+        self.transactions = data.transactions_table()
+        self.next_transaction = data.TRANSACTION_COUNT + 1
+
+    def touch(self, resource: str, count: int) -> list[str]:
+        field = _EDIT_FIELD[resource]
+        if resource == "accounting.invoices":
+            touched = self._touch_invoices(count, field)
+        else:
+            table = {
+                "crm.contacts": self.contacts,
+                "crm.deals": self.deals,
+                "bank.transactions": self.transactions,
+            }[resource]
+            newest = table.last_stamp()
+            touched = table.pop_front(count)
+            for offset, record in enumerate(touched, start=1):
+                _mark_edited(record, field)
+                table.append(record, newest + offset * MINUTE)
+        return [record["id"] for record in touched]
+
+    def _touch_invoices(self, count: int, field: str) -> list[Record]:
+        tables = self.invoices
+        newest = max(table.last_stamp() for table in tables.values())
+        # "The first N records" of the resource, in its global (updated_at, id) order;
+        # they form a prefix of every division's own list.
+        merged = heapq.merge(*(((key, code) for key in t.keys) for code, t in tables.items()))
+        order = [code for _, code in islice(merged, count)]
+        popped = {
+            code: deque(tables[code].pop_front(n)) for code, n in Counter(order).items()
+        }
+        touched = []
+        for offset, code in enumerate(order, start=1):
+            record = popped[code].popleft()
+            _mark_edited(record, field)
+            tables[code].append(record, newest + offset * MINUTE)
+            touched.append(record)
+        return touched
+
+    def import_transactions(self, count: int) -> list[Record]:
+        newest = self.transactions.last_stamp()
+        added = []
+        for offset in range(1, count + 1):
+            record = data.make_transaction(self.next_transaction)
+            self.next_transaction += 1
+            self.transactions.append(record, newest + offset * MINUTE)
+            added.append(record)
+        return added
+
+
+def _mark_edited(record: Record, field: str) -> None:
+    if not record[field].endswith(EDITED):
+        record[field] += EDITED
+
+
+__all__ = ["Faults", "PROVIDERS", "STAT_KEYS", "SandboxData", "Stats", "TOUCHABLE", "Table"]

@@ -1,0 +1,182 @@
+"""Settings: read once from ``BFF_*`` environment variables into an immutable object."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import os
+import secrets
+from collections.abc import Mapping
+from pathlib import Path
+
+DEFAULT_PUBLIC_URL = "http://127.0.0.1:8000"
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+DEFAULT_IDENTITY_TOKEN_TTL = 12 * 3600
+INTEGRATE_TOKEN_TTL = 1800
+DEFAULT_SYNC_CONCURRENCY = 4
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message says which and how to fix it."""
+
+
+class Secret:
+    """A string that never shows itself in ``repr`` or ``str``."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and secrets.compare_digest(self._value, other._value)
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class OAuthApp:
+    """Client credentials of a real OAuth app registered with a provider."""
+
+    client_id: str
+    client_secret: Secret | None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Settings:
+    data_dir: Path
+    secret_keys: tuple[Secret, ...]
+    encryption_key: Secret
+    public_url: str = DEFAULT_PUBLIC_URL
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    identity_token_ttl: int = DEFAULT_IDENTITY_TOKEN_TTL
+    sandbox_enabled: bool = False
+    sandbox_env: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    sync_concurrency: int = DEFAULT_SYNC_CONCURRENCY
+    oauth_apps: Mapping[str, OAuthApp] = dataclasses.field(default_factory=dict)
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        if not self.secret_keys:
+            raise SettingsError("BFF_SECRET_KEYS is empty: set at least one signing key.")
+        for key in self.secret_keys:
+            if len(key.reveal()) < 16:
+                raise SettingsError("Every key in BFF_SECRET_KEYS must be at least 16 characters long.")
+        decode_encryption_key(self.encryption_key)
+        if self.max_body_bytes < 1024:
+            raise SettingsError("BFF_MAX_BODY_BYTES must be at least 1024.")
+        if self.sync_concurrency < 1:
+            raise SettingsError("BFF_SYNC_CONCURRENCY must be at least 1.")
+        object.__setattr__(self, "public_url", self.public_url.rstrip("/"))
+        object.__setattr__(self, "data_dir", Path(self.data_dir))
+
+    @property
+    def oauth_redirect_uri(self) -> str:
+        return f"{self.public_url}/oauth/callback"
+
+    @property
+    def sandbox_url(self) -> str:
+        return f"{self.public_url}/sandbox"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Build settings from ``BFF_*`` variables; keyword overrides (CLI flags) win."""
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        if "BFF_DATA_DIR" in env:
+            values["data_dir"] = Path(env["BFF_DATA_DIR"])
+        if env.get("BFF_SECRET_KEYS"):
+            values["secret_keys"] = parse_secret_keys(env["BFF_SECRET_KEYS"])
+        if env.get("BFF_ENCRYPTION_KEY"):
+            values["encryption_key"] = Secret(env["BFF_ENCRYPTION_KEY"].strip())
+        if env.get("BFF_PUBLIC_URL"):
+            values["public_url"] = env["BFF_PUBLIC_URL"]
+        for name, field in (
+            ("BFF_MAX_BODY_BYTES", "max_body_bytes"),
+            ("BFF_IDENTITY_TOKEN_TTL", "identity_token_ttl"),
+            ("BFF_SYNC_CONCURRENCY", "sync_concurrency"),
+        ):
+            if env.get(name):
+                values[field] = _parse_int(name, env[name])
+        if env.get("BFF_SANDBOX"):
+            values["sandbox_enabled"] = _parse_bool("BFF_SANDBOX", env["BFF_SANDBOX"])
+        values["sandbox_env"] = {k: v for k, v in env.items() if k.startswith("BFF_SANDBOX_")}
+        values["oauth_apps"] = parse_oauth_apps(env)
+        if env.get("BFF_LOG_LEVEL"):
+            values["log_level"] = env["BFF_LOG_LEVEL"]
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        missing = [
+            var
+            for var, field in (
+                ("BFF_DATA_DIR", "data_dir"),
+                ("BFF_SECRET_KEYS", "secret_keys"),
+                ("BFF_ENCRYPTION_KEY", "encryption_key"),
+            )
+            if field not in values
+        ]
+        if missing:
+            raise SettingsError(
+                "Missing required settings: "
+                + ", ".join(missing)
+                + ". Generate keys with `bff keys` (or run `bff demo`, which keeps its own)."
+            )
+        return cls(**values)  # type: ignore[arg-type]
+
+
+def parse_secret_keys(raw: str) -> tuple[Secret, ...]:
+    """Comma-separated signing keys, oldest first: tokens are signed with the last one."""
+    return tuple(Secret(part.strip()) for part in raw.split(",") if part.strip())
+
+
+def parse_oauth_apps(env: Mapping[str, str]) -> dict[str, OAuthApp]:
+    """``BFF_OAUTH_<CONNECTOR>_CLIENT_ID`` / ``_CLIENT_SECRET`` pairs, keyed by connector name."""
+    apps: dict[str, OAuthApp] = {}
+    for key, value in env.items():
+        if key.startswith("BFF_OAUTH_") and key.endswith("_CLIENT_ID") and value:
+            name = key[len("BFF_OAUTH_") : -len("_CLIENT_ID")].lower()
+            secret = env.get(f"BFF_OAUTH_{name.upper()}_CLIENT_SECRET")
+            apps[name] = OAuthApp(client_id=value, client_secret=Secret(secret) if secret else None)
+    return apps
+
+
+def generate_encryption_key() -> str:
+    return base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
+
+
+def generate_secret_key() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def decode_encryption_key(key: Secret) -> bytes:
+    try:
+        raw = base64.urlsafe_b64decode(key.reveal().encode() + b"==")
+    except (ValueError, TypeError) as exc:
+        raise SettingsError("BFF_ENCRYPTION_KEY must be 32 bytes, urlsafe-base64 encoded.") from exc
+    if len(raw) != 32:
+        raise SettingsError("BFF_ENCRYPTION_KEY must be 32 bytes, urlsafe-base64 encoded (44 characters).")
+    return raw
+
+
+def _parse_int(name: str, raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be an integer, got {raw!r}.") from None
+
+
+def _parse_bool(name: str, raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off", ""}:
+        return False
+    raise SettingsError(f"{name} must be true or false, got {raw!r}.")

@@ -1,0 +1,326 @@
+"""The store: the one module that owns all SQL of the control database.
+
+SQLite (WAL) under the data directory through SQLAlchemy Core + aiosqlite, so
+PostgreSQL is a URL away. Migrations are numbered scripts applied in order and
+recorded in ``schema_version``. The per-customer warehouse lives elsewhere
+(``warehouse.py``): one SQLite file per sub-account.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event, text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (  # 1: partners and sub-accounts
+        """CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)""",
+        """CREATE TABLE partners (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            name TEXT NOT NULL,
+            token_generation INTEGER NOT NULL DEFAULT 1,
+            created_at REAL NOT NULL
+        )""",
+        """CREATE TABLE partner_origins (
+            partner_id INTEGER NOT NULL REFERENCES partners(id) ON DELETE CASCADE,
+            origin TEXT NOT NULL,
+            PRIMARY KEY (partner_id, origin)
+        )""",
+        """CREATE INDEX partner_origins_origin ON partner_origins(origin)""",
+        """CREATE TABLE sub_accounts (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            partner_id INTEGER NOT NULL REFERENCES partners(id) ON DELETE CASCADE,
+            external_id TEXT NOT NULL,
+            first_name TEXT NOT NULL DEFAULT '',
+            last_name TEXT NOT NULL DEFAULT '',
+            email TEXT NOT NULL DEFAULT '',
+            language TEXT NOT NULL DEFAULT 'en',
+            company_name TEXT NOT NULL DEFAULT '',
+            token_generation INTEGER NOT NULL DEFAULT 1,
+            created_at REAL NOT NULL,
+            UNIQUE (partner_id, external_id)
+        )""",
+    ),
+)
+
+SUB_ACCOUNT_FIELDS = ("first_name", "last_name", "email", "language", "company_name")
+
+
+@dataclasses.dataclass(frozen=True)
+class Partner:
+    id: int
+    name: str
+    token_generation: int
+    created_at: float
+    origins: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class SubAccount:
+    id: int
+    partner_id: int
+    external_id: str
+    first_name: str
+    last_name: str
+    email: str
+    language: str
+    company_name: str
+    token_generation: int
+    created_at: float
+
+    def public_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "external_id": self.external_id,
+            "first_name": self.first_name,
+            "last_name": self.last_name,
+            "email": self.email,
+            "language": self.language,
+            "company_name": self.company_name,
+            "created_at": iso(self.created_at),
+        }
+
+
+class ExternalIdTaken(Exception):
+    def __init__(self, existing_id: int) -> None:
+        super().__init__(existing_id)
+        self.existing_id = existing_id
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts * 1000) % 1000:03d}Z"
+
+
+def _enable_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def _begin_immediate(conn: Any) -> None:
+    # pysqlite's implicit BEGIN is lazy (deferred) and upgrades locks late, which
+    # deadlocks concurrent writers; take the write lock at the start instead.
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+class Store:
+    """Async access to the control database. One instance per app."""
+
+    def __init__(self, data_dir: Path, *, clock: Any = time.time) -> None:
+        self.path = Path(data_dir) / "bff.sqlite3"
+        self._clock = clock
+        self.engine: AsyncEngine = create_async_engine(f"sqlite+aiosqlite:///{self.path}")
+        event.listen(self.engine.sync_engine, "connect", _enable_sqlite_pragmas)
+        # Let SQLAlchemy drive transactions; we emit BEGIN IMMEDIATE ourselves.
+        event.listen(self.engine.sync_engine, "connect", lambda c, r: setattr(c, "isolation_level", None))
+        event.listen(self.engine.sync_engine, "begin", _begin_immediate)
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        await self.migrate()
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    def now(self) -> float:
+        return float(self._clock())
+
+    # -- migrations -----------------------------------------------------------
+
+    async def migrate(self) -> int:
+        async with self.engine.begin() as conn:
+            await conn.execute(text("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"))
+            current = (await conn.execute(text("SELECT MAX(version) FROM schema_version"))).scalar() or 0
+            for version, statements in enumerate(MIGRATIONS, start=1):
+                if version <= current:
+                    continue
+                for statement in statements:
+                    await conn.execute(text(statement))
+                await conn.execute(text("INSERT INTO schema_version (version) VALUES (:v)"), {"v": version})
+            return len(MIGRATIONS)
+
+    async def get_meta(self, key: str) -> str | None:
+        async with self.engine.connect() as conn:
+            return (await conn.execute(text("SELECT value FROM meta WHERE key = :k"), {"k": key})).scalar()
+
+    async def set_meta(self, key: str, value: str) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                text("INSERT INTO meta (key, value) VALUES (:k, :v) ON CONFLICT(key) DO UPDATE SET value = :v"),
+                {"k": key, "v": value},
+            )
+
+    # -- partners ---------------------------------------------------------------
+
+    async def create_partner(self, name: str, origins: Sequence[str]) -> Partner:
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                text("INSERT INTO partners (name, created_at) VALUES (:name, :now) RETURNING id"),
+                {"name": name, "now": self.now()},
+            )
+            partner_id = int(result.scalar_one())
+            for origin in dict.fromkeys(origins):
+                await conn.execute(
+                    text("INSERT INTO partner_origins (partner_id, origin) VALUES (:p, :o)"),
+                    {"p": partner_id, "o": origin},
+                )
+            partner = await self._partner(conn, partner_id)
+        assert partner is not None
+        return partner
+
+    async def get_partner(self, partner_id: int) -> Partner | None:
+        async with self.engine.connect() as conn:
+            return await self._partner(conn, partner_id)
+
+    async def find_partner_by_name(self, name: str) -> Partner | None:
+        async with self.engine.connect() as conn:
+            partner_id = (
+                await conn.execute(text("SELECT id FROM partners WHERE name = :n ORDER BY id LIMIT 1"), {"n": name})
+            ).scalar()
+            return await self._partner(conn, partner_id) if partner_id is not None else None
+
+    async def add_partner_origins(self, partner_id: int, origins: Sequence[str]) -> None:
+        async with self.engine.begin() as conn:
+            for origin in origins:
+                await conn.execute(
+                    text("INSERT OR IGNORE INTO partner_origins (partner_id, origin) VALUES (:p, :o)"),
+                    {"p": partner_id, "o": origin},
+                )
+
+    async def bump_partner_generation(self, partner_id: int) -> Partner | None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                text("UPDATE partners SET token_generation = token_generation + 1 WHERE id = :p"), {"p": partner_id}
+            )
+            return await self._partner(conn, partner_id)
+
+    async def all_origins(self) -> frozenset[str]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(text("SELECT DISTINCT origin FROM partner_origins"))
+            return frozenset(row[0] for row in rows)
+
+    async def _partner(self, conn: AsyncConnection, partner_id: int) -> Partner | None:
+        row = (
+            await conn.execute(
+                text("SELECT id, name, token_generation, created_at FROM partners WHERE id = :p"), {"p": partner_id}
+            )
+        ).first()
+        if row is None:
+            return None
+        origins = await conn.execute(
+            text("SELECT origin FROM partner_origins WHERE partner_id = :p ORDER BY origin"), {"p": partner_id}
+        )
+        return Partner(*row, origins=tuple(r[0] for r in origins))
+
+    # -- sub-accounts -------------------------------------------------------------
+
+    async def create_sub_account(self, partner_id: int, external_id: str, fields: Mapping[str, str]) -> SubAccount:
+        """Create a sub-account; raises :class:`ExternalIdTaken` when it exists."""
+        async with self.engine.begin() as conn:
+            new_id = await self._insert_sub_account(conn, partner_id, external_id, fields)
+            account = await self._sub_account(conn, partner_id, external_id=external_id)
+        assert account is not None
+        if new_id is None:
+            raise ExternalIdTaken(account.id)
+        return account
+
+    async def get_or_create_sub_account(
+        self, partner_id: int, external_id: str, fields: Mapping[str, str]
+    ) -> tuple[SubAccount, bool]:
+        """Provision on first use. Safe under concurrency: the unique index decides."""
+        async with self.engine.begin() as conn:
+            new_id = await self._insert_sub_account(conn, partner_id, external_id, fields)
+            account = await self._sub_account(conn, partner_id, external_id=external_id)
+        assert account is not None
+        return account, new_id is not None
+
+    async def _insert_sub_account(
+        self, conn: AsyncConnection, partner_id: int, external_id: str, fields: Mapping[str, str]
+    ) -> int | None:
+        values = {name: fields.get(name) or "" for name in SUB_ACCOUNT_FIELDS}
+        values["language"] = values["language"] or "en"
+        result = await conn.execute(
+            text(
+                "INSERT INTO sub_accounts (partner_id, external_id, first_name, last_name, email, language,"
+                " company_name, created_at) VALUES (:partner_id, :external_id, :first_name, :last_name, :email,"
+                " :language, :company_name, :now) ON CONFLICT (partner_id, external_id) DO NOTHING RETURNING id"
+            ),
+            {"partner_id": partner_id, "external_id": external_id, "now": self.now(), **values},
+        )
+        new_id = result.scalar()
+        return int(new_id) if new_id is not None else None
+
+    async def get_sub_account(
+        self, partner_id: int, *, account_id: int | None = None, external_id: str | None = None
+    ) -> SubAccount | None:
+        async with self.engine.connect() as conn:
+            return await self._sub_account(conn, partner_id, account_id=account_id, external_id=external_id)
+
+    async def get_sub_account_by_id(self, account_id: int) -> SubAccount | None:
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(text(f"SELECT {_SUB_ACCOUNT_COLUMNS} FROM sub_accounts WHERE id = :id"), {"id": account_id})
+            ).first()
+            return SubAccount(*row) if row else None
+
+    async def _sub_account(
+        self,
+        conn: AsyncConnection,
+        partner_id: int,
+        *,
+        account_id: int | None = None,
+        external_id: str | None = None,
+    ) -> SubAccount | None:
+        if account_id is not None:
+            where, params = "id = :v", {"v": account_id}
+        elif external_id is not None:
+            where, params = "external_id = :v", {"v": external_id}
+        else:
+            return None
+        row = (
+            await conn.execute(
+                text(f"SELECT {_SUB_ACCOUNT_COLUMNS} FROM sub_accounts WHERE partner_id = :p AND {where}"),
+                {"p": partner_id, **params},
+            )
+        ).first()
+        return SubAccount(*row) if row else None
+
+    async def list_sub_accounts(self, partner_id: int, *, offset: int, limit: int) -> tuple[int, list[SubAccount]]:
+        async with self.engine.connect() as conn:
+            count = (
+                await conn.execute(text("SELECT COUNT(*) FROM sub_accounts WHERE partner_id = :p"), {"p": partner_id})
+            ).scalar_one()
+            rows = await conn.execute(
+                text(
+                    f"SELECT {_SUB_ACCOUNT_COLUMNS} FROM sub_accounts WHERE partner_id = :p"
+                    " ORDER BY id LIMIT :limit OFFSET :offset"
+                ),
+                {"p": partner_id, "limit": limit, "offset": offset},
+            )
+            return int(count), [SubAccount(*row) for row in rows]
+
+    async def bump_sub_account_generation(self, partner_id: int, account_id: int) -> SubAccount | None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "UPDATE sub_accounts SET token_generation = token_generation + 1"
+                    " WHERE id = :id AND partner_id = :p"
+                ),
+                {"id": account_id, "p": partner_id},
+            )
+            return await self._sub_account(conn, partner_id, account_id=account_id)
+
+
+_SUB_ACCOUNT_COLUMNS = (
+    "id, partner_id, external_id, first_name, last_name, email, language, company_name, token_generation, created_at"
+)

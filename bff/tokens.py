@@ -1,0 +1,152 @@
+"""The token authority: the only module that signs and verifies tokens.
+
+Three kinds, each with its own salt and a ``kind`` field in the payload:
+
+* ``partner``   — a partner's back-end; never expires, revoked by bumping the
+  partner's generation.
+* ``integrate`` — the browser, 30 minutes (``max_age`` always passed).
+* ``identity``  — expiring (``identity_token_ttl``, 12 h by default) or, minted
+  with ``expire=False``, valid until the sub-account's generation is bumped.
+
+Payloads carry ids only: itsdangerous signs, it does not encrypt. Signing keys
+are a list; itsdangerous signs with the last and verifies with all of them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from typing import Literal
+
+from itsdangerous import BadSignature, SignatureExpired, TimestampSigner, URLSafeTimedSerializer
+
+from .errors import ApiError
+from .settings import INTEGRATE_TOKEN_TTL, Settings
+
+TokenKind = Literal["partner", "integrate", "identity"]
+KINDS: tuple[TokenKind, ...] = ("partner", "integrate", "identity")
+# One serializer per (kind, expiring?) with its own salt. The salt fixes the
+# max_age, so each verify is a single itsdangerous ``loads`` with ``max_age``.
+_VARIANTS: tuple[tuple[str, TokenKind, bool], ...] = (
+    ("bff.token.integrate.v1", "integrate", True),
+    ("bff.token.identity.v1", "identity", True),
+    ("bff.token.identity-noexpire.v1", "identity", False),
+    ("bff.token.partner.v1", "partner", False),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Claims:
+    kind: TokenKind
+    partner_id: int
+    generation: int
+    sub_account_id: int | None = None
+    expires_at: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class MintedToken:
+    token: str
+    expires_at: int | None
+    expires_in: int | None
+
+
+def token_error(status: int, code: str, detail: str) -> ApiError:
+    return ApiError(status, code, detail, headers={"WWW-Authenticate": 'Bearer realm="bff"'})
+
+
+class TokenAuthority:
+    """Mints and verifies every token kind. Build one per app from the settings."""
+
+    def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._identity_ttl = settings.identity_token_ttl
+        keys = [key.reveal() for key in settings.secret_keys]
+
+        class _ClockedSigner(TimestampSigner):
+            def get_timestamp(self) -> int:
+                return int(clock())
+
+        self._variants = [
+            (
+                URLSafeTimedSerializer(keys, salt=salt, signer=_ClockedSigner),
+                kind,
+                (INTEGRATE_TOKEN_TTL if kind == "integrate" else self._identity_ttl) if expiring else None,
+            )
+            for salt, kind, expiring in _VARIANTS
+        ]
+        self._mint = {(kind, max_age is not None): serializer for serializer, kind, max_age in self._variants}
+
+    def now(self) -> int:
+        return int(self._clock())
+
+    # -- minting ---------------------------------------------------------------
+
+    def mint_partner_token(self, *, partner_id: int, generation: int) -> MintedToken:
+        payload = {"kind": "partner", "pid": partner_id, "gen": generation}
+        return MintedToken(self._mint["partner", False].dumps(payload), None, None)
+
+    def mint_integrate_token(self, *, partner_id: int, sub_account_id: int, generation: int) -> MintedToken:
+        payload = {"kind": "integrate", "pid": partner_id, "sid": sub_account_id, "gen": generation}
+        return MintedToken(
+            self._mint["integrate", True].dumps(payload),
+            self.now() + INTEGRATE_TOKEN_TTL,
+            INTEGRATE_TOKEN_TTL,
+        )
+
+    def mint_identity_token(
+        self, *, partner_id: int, sub_account_id: int, generation: int, expire: bool = True
+    ) -> MintedToken:
+        payload = {"kind": "identity", "pid": partner_id, "sid": sub_account_id, "gen": generation}
+        token = self._mint["identity", expire].dumps(payload)
+        if not expire:
+            return MintedToken(token, None, None)
+        return MintedToken(token, self.now() + self._identity_ttl, self._identity_ttl)
+
+    # -- verifying -------------------------------------------------------------
+
+    def verify(self, token: str, *, accept: tuple[TokenKind, ...]) -> Claims:
+        """Verify a token of any kind, then insist it is one of ``accept``.
+
+        Each kind has its own salt, so at most one serializer accepts the
+        signature; that tells us the kind even when it is the wrong one here.
+        """
+        for serializer, kind, max_age in self._variants:
+            try:
+                payload, issued = serializer.loads(token, max_age=max_age, return_timestamp=True)
+            except SignatureExpired:
+                raise token_error(401, "token_expired", "This token has expired; mint a new one.") from None
+            except BadSignature:
+                continue
+            if not isinstance(payload, dict) or payload.get("kind") != kind:
+                break
+            if kind not in accept:
+                raise token_error(
+                    401,
+                    "token_wrong_kind",
+                    f"{'An' if kind[0] in 'aeiou' else 'A'} {kind} token cannot be used here;"
+                    f" this endpoint takes a {' or '.join(accept)} token.",
+                )
+            try:
+                sid = payload.get("sid")
+                return Claims(
+                    kind=kind,
+                    partner_id=int(payload["pid"]),
+                    generation=int(payload["gen"]),
+                    sub_account_id=int(sid) if sid is not None else None,
+                    expires_at=int(issued.timestamp()) + max_age if max_age is not None else None,
+                )
+            except (KeyError, TypeError, ValueError):
+                break
+        raise token_error(401, "token_invalid", "The token is not valid (bad signature or malformed).")
+
+
+def parse_authorization(header: str | None) -> str:
+    """Accept ``JWT <token>`` (as the source documents write it) and ``Bearer <token>``."""
+    if not header:
+        raise token_error(401, "token_missing", "Send a token as `Authorization: Bearer <token>` (or `JWT <token>`).")
+    scheme, _, token = header.strip().partition(" ")
+    if scheme.lower() not in {"jwt", "bearer"} or not token.strip():
+        raise token_error(401, "token_invalid", "The Authorization header must be `Bearer <token>` or `JWT <token>`.")
+    return token.strip()

@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+
+from bff.app import create_app
+from bff.settings import Secret, Settings, generate_encryption_key
+
+SECRET_KEY = "test-signing-key-0123456789abcdef"
+ENCRYPTION_KEY = generate_encryption_key()
+
+
+def make_settings(data_dir: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "data_dir": data_dir,
+        "secret_keys": (Secret(SECRET_KEY),),
+        "encryption_key": Secret(ENCRYPTION_KEY),
+        "public_url": "http://testserver",
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+class FakeClock:
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class BFF:
+    """An app, its lifespan entered, and an httpx client talking to it in-process."""
+
+    def __init__(self, app: Starlette, client: httpx.AsyncClient) -> None:
+        self.app = app
+        self.client = client
+
+    @property
+    def services(self) -> Any:
+        return self.app.state.services
+
+    async def partner(self, name: str = "acme", origins: tuple[str, ...] = ("http://localhost:8001",)) -> tuple[int, str]:
+        partner = await self.services.store.create_partner(name, origins)
+        token = self.services.tokens.mint_partner_token(partner_id=partner.id, generation=partner.token_generation)
+        return partner.id, token.token
+
+    async def integrate(self, partner_token: str, external_id: str = "cust-1", **fields: Any) -> dict[str, Any]:
+        response = await self.client.post(
+            "/api/partner/sub-account/integrate/",
+            json={"external_id": external_id, **fields},
+            headers=auth(partner_token),
+        )
+        assert response.status_code == 200, response.text
+        return response.json()  # type: ignore[no-any-return]
+
+
+def auth(token: str, scheme: str = "Bearer") -> dict[str, str]:
+    return {"Authorization": f"{scheme} {token}"}
+
+
+@contextlib.asynccontextmanager
+async def running_bff(settings: Settings, **kwargs: Any) -> AsyncIterator[BFF]:
+    app = create_app(settings, **kwargs)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            yield BFF(app, client)
+
+
+@pytest.fixture
+def settings_factory(tmp_path: Path) -> Callable[..., Settings]:
+    def factory(**overrides: Any) -> Settings:
+        return make_settings(tmp_path / "data", **overrides)
+
+    return factory
+
+
+@pytest.fixture
+async def bff(settings_factory: Callable[..., Settings]) -> AsyncIterator[BFF]:
+    async with running_bff(settings_factory()) as instance:
+        yield instance
