@@ -168,7 +168,12 @@ def cmd_partner_create(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     if not args.name.strip():
         return _fail("--name must not be empty.")
-    info = asyncio.run(create_partner(settings, args.name.strip(), origins))
+    from .app import StartupError
+
+    try:
+        info = asyncio.run(create_partner(settings, args.name.strip(), origins))
+    except StartupError as exc:
+        return _fail(str(exc))
     print(json.dumps({"id": info["id"], "name": info["name"], "token": info["token"], "origins": info["origins"]}))
     return 0
 

@@ -89,3 +89,36 @@ def settings_factory(tmp_path: Path) -> Callable[..., Settings]:
 async def bff(settings_factory: Callable[..., Settings]) -> AsyncIterator[BFF]:
     async with running_bff(settings_factory()) as instance:
         yield instance
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def serve_in_thread(settings: Settings | Starlette, *, port: int | None = None, host: str = "127.0.0.1") -> Any:
+    """A real uvicorn server in a thread; yields its base URL once it has started."""
+    import threading
+    import time
+
+    import uvicorn
+
+    app = settings if isinstance(settings, Starlette) else create_app(settings)
+    port = port or free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)

@@ -340,7 +340,6 @@ class ResponseCheck:
     ok_path: tuple[str | int, ...]
     error_path: tuple[str | int, ...] = ("error",)
     auth_errors: tuple[str, ...] = ()  # error codes meaning "credentials rejected"
-    rate_limit_errors: tuple[str, ...] = ()  # error codes meaning "slow down"
 
 
 @dataclass(frozen=True)
@@ -769,7 +768,15 @@ def parse_connector(data: Any, file: str = "<memory>") -> Connector:
         for lname in lr.data:
             one = lr.obj(lname, required=True)
             assert one is not None
-            lookups.append(LookupSpec(name=lname, path=one.template("path"), params=one.params("params"), value_path=one.path("value_path")))
+            roots = ("sandbox", "config", "credentials", "context")  # no lookups inside lookups
+            lookups.append(
+                LookupSpec(
+                    name=lname,
+                    path=one.template("path", allowed=roots),
+                    params=one.params("params", roots),
+                    value_path=one.path("value_path"),
+                )
+            )
     lookup_names = {lk.name for lk in lookups}
 
     streams_raw = r.get_list("streams")
@@ -787,7 +794,6 @@ def parse_connector(data: Any, file: str = "<memory>") -> Connector:
             ok_path=rr.path("ok_path"),
             error_path=rr.path("error_path", ("error",)),
             auth_errors=rr.str_list("auth_errors"),
-            rate_limit_errors=rr.str_list("rate_limit_errors"),
         )
 
     headers_raw = r.data.get("headers") or {}

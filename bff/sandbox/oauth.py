@@ -131,10 +131,12 @@ def validate_authorization_request(
     value = {name: (params.get(name) or [None])[0] for name in AUTHORIZE_PARAMS}
     client = CLIENTS.get(value["client_id"] or "")
     if client is None:
-        raise InvalidAuthorization(
-            "invalid_client",
-            "The client_id is missing or unknown." if value["client_id"] else "The client_id parameter is missing.",
+        message = (
+            f"The client_id {value['client_id']!r} is not a registered client."
+            if value["client_id"]
+            else "The client_id parameter is missing."
         )
+        raise InvalidAuthorization("invalid_client", message)
     redirect_uri = _check_redirect_uri(value["redirect_uri"], options)
     if value["response_type"] != "code":
         raise InvalidAuthorization(
@@ -248,7 +250,9 @@ class CrmOAuth:
 
     async def decision(self, request: Request) -> Response:
         form = await request.form()
-        params = {key: form.getlist(key) for key in form.keys()}
+        params = {
+            key: [v for v in form.getlist(key) if isinstance(v, str)] for key in form.keys()
+        }
         try:
             auth = validate_authorization_request(params, self.options)
         except InvalidAuthorization as exc:
@@ -282,7 +286,7 @@ class CrmOAuth:
 
     async def token(self, request: Request) -> Response:
         try:
-            form = await request.form()
+            form = await _token_form(request)
             client = self._authenticate_client(request, form)
             grant_type = _single(form, "grant_type")
             if grant_type == "authorization_code":
@@ -397,6 +401,15 @@ def _error_page(exc: InvalidAuthorization, headers: Mapping[str, str]) -> Respon
     return pages.render(
         "oauth_error.html", context, status_code=400, frameable=False, headers=headers
     )
+
+
+async def _token_form(request: Request) -> FormData:
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type != "application/x-www-form-urlencoded":
+        raise OAuthError(
+            "invalid_request", "The token request must be application/x-www-form-urlencoded."
+        )
+    return await request.form()
 
 
 def _single(form: FormData, name: str) -> str | None:
