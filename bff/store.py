@@ -8,9 +8,12 @@ recorded in ``schema_version``. The per-customer warehouse lives elsewhere
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
+import sqlite3
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -125,12 +128,35 @@ class Store:
         event.listen(self.engine.sync_engine, "connect", lambda c, r: setattr(c, "isolation_level", None))
         event.listen(self.engine.sync_engine, "begin", _begin_immediate)
 
+        self._reader: sqlite3.Connection | None = None
+        # One writer at a time inside the process: SQLite would otherwise make
+        # concurrent writers sleep in its busy handler.
+        self._write_lock = asyncio.Lock()
+
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         await self.migrate()
+        # Hot-path lookups (every authenticated request) use a plain sqlite3
+        # connection on the event loop: an indexed read in WAL mode takes
+        # microseconds and never waits for writers, far less than a thread hop.
+        self._reader = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._reader.execute("PRAGMA busy_timeout=1000")
+        self._reader.execute("PRAGMA query_only=ON")
 
     async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
         await self.engine.dispose()
+
+    def _read_one(self, sql: str, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
+        assert self._reader is not None, "Store.open() was not called"
+        return self._reader.execute(sql, params).fetchone()  # type: ignore[no-any-return]
+
+    @contextlib.asynccontextmanager
+    async def _write(self) -> AsyncIterator[AsyncConnection]:
+        async with self._write_lock, self.engine.begin() as conn:
+            yield conn
 
     def now(self) -> float:
         return float(self._clock())
@@ -138,7 +164,7 @@ class Store:
     # -- migrations -----------------------------------------------------------
 
     async def migrate(self) -> int:
-        async with self.engine.begin() as conn:
+        async with self._write() as conn:
             await conn.execute(text("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"))
             current = (await conn.execute(text("SELECT MAX(version) FROM schema_version"))).scalar() or 0
             for version, statements in enumerate(MIGRATIONS, start=1):
@@ -154,7 +180,7 @@ class Store:
             return (await conn.execute(text("SELECT value FROM meta WHERE key = :k"), {"k": key})).scalar()
 
     async def set_meta(self, key: str, value: str) -> None:
-        async with self.engine.begin() as conn:
+        async with self._write() as conn:
             await conn.execute(
                 text("INSERT INTO meta (key, value) VALUES (:k, :v) ON CONFLICT(key) DO UPDATE SET value = :v"),
                 {"k": key, "v": value},
@@ -163,7 +189,7 @@ class Store:
     # -- partners ---------------------------------------------------------------
 
     async def create_partner(self, name: str, origins: Sequence[str]) -> Partner:
-        async with self.engine.begin() as conn:
+        async with self._write() as conn:
             result = await conn.execute(
                 text("INSERT INTO partners (name, created_at) VALUES (:name, :now) RETURNING id"),
                 {"name": name, "now": self.now()},
@@ -179,8 +205,10 @@ class Store:
         return partner
 
     async def get_partner(self, partner_id: int) -> Partner | None:
-        async with self.engine.connect() as conn:
-            return await self._partner(conn, partner_id)
+        row = self._read_one(
+            "SELECT id, name, token_generation, created_at FROM partners WHERE id = :p", {"p": partner_id}
+        )
+        return Partner(*row) if row else None
 
     async def find_partner_by_name(self, name: str) -> Partner | None:
         async with self.engine.connect() as conn:
@@ -190,7 +218,7 @@ class Store:
             return await self._partner(conn, partner_id) if partner_id is not None else None
 
     async def add_partner_origins(self, partner_id: int, origins: Sequence[str]) -> None:
-        async with self.engine.begin() as conn:
+        async with self._write() as conn:
             for origin in origins:
                 await conn.execute(
                     text("INSERT OR IGNORE INTO partner_origins (partner_id, origin) VALUES (:p, :o)"),
@@ -198,7 +226,7 @@ class Store:
                 )
 
     async def bump_partner_generation(self, partner_id: int) -> Partner | None:
-        async with self.engine.begin() as conn:
+        async with self._write() as conn:
             await conn.execute(
                 text("UPDATE partners SET token_generation = token_generation + 1 WHERE id = :p"), {"p": partner_id}
             )
@@ -226,7 +254,7 @@ class Store:
 
     async def create_sub_account(self, partner_id: int, external_id: str, fields: Mapping[str, str]) -> SubAccount:
         """Create a sub-account; raises :class:`ExternalIdTaken` when it exists."""
-        async with self.engine.begin() as conn:
+        async with self._write() as conn:
             new_id = await self._insert_sub_account(conn, partner_id, external_id, fields)
             account = await self._sub_account(conn, partner_id, external_id=external_id)
         assert account is not None
@@ -238,7 +266,10 @@ class Store:
         self, partner_id: int, external_id: str, fields: Mapping[str, str]
     ) -> tuple[SubAccount, bool]:
         """Provision on first use. Safe under concurrency: the unique index decides."""
-        async with self.engine.begin() as conn:
+        existing = await self.get_sub_account(partner_id, external_id=external_id)
+        if existing is not None:
+            return existing, False
+        async with self._write() as conn:
             new_id = await self._insert_sub_account(conn, partner_id, external_id, fields)
             account = await self._sub_account(conn, partner_id, external_id=external_id)
         assert account is not None
@@ -263,8 +294,17 @@ class Store:
     async def get_sub_account(
         self, partner_id: int, *, account_id: int | None = None, external_id: str | None = None
     ) -> SubAccount | None:
-        async with self.engine.connect() as conn:
-            return await self._sub_account(conn, partner_id, account_id=account_id, external_id=external_id)
+        if account_id is not None:
+            where, value = "id = :v", account_id
+        elif external_id is not None:
+            where, value = "external_id = :v", external_id
+        else:
+            return None
+        row = self._read_one(
+            f"SELECT {_SUB_ACCOUNT_COLUMNS} FROM sub_accounts WHERE partner_id = :p AND {where}",
+            {"p": partner_id, "v": value},
+        )
+        return SubAccount(*row) if row else None
 
     async def get_sub_account_by_id(self, account_id: int) -> SubAccount | None:
         async with self.engine.connect() as conn:
@@ -310,7 +350,7 @@ class Store:
             return int(count), [SubAccount(*row) for row in rows]
 
     async def bump_sub_account_generation(self, partner_id: int, account_id: int) -> SubAccount | None:
-        async with self.engine.begin() as conn:
+        async with self._write() as conn:
             await conn.execute(
                 text(
                     "UPDATE sub_accounts SET token_generation = token_generation + 1"

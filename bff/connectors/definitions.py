@@ -1,9 +1,39 @@
 """Connector definitions: declarative JSON files loaded into frozen dataclasses.
 
-Every connector is one file ``definitions/<name>.json`` (see
-``definitions/README.md`` for the format). :func:`load_connectors` reads and
-validates them once; a broken file raises ``ValueError`` naming the file and
-the offending field, so a typo fails at start-up rather than mid-sync.
+Every connector is one file ``definitions/<name>.json``. :func:`load_connectors`
+reads and validates them once; a broken file (including an unknown key) raises
+``ValueError`` naming the file and the offending field, so a typo fails at
+start-up rather than mid-sync. A short example::
+
+    {
+      "id": 3, "name": "sandbox_bank", "display_name": "Sandbox Bank",
+      "category": "banking", "logo": "sandbox_bank.svg", "description": "…",
+      "docs": ["docs/sandbox-api.md"],
+      "auth_type": "basic",
+      "connect_form": [{"name": "login", "label": "Login", "type": "text"},
+                       {"name": "password", "label": "Password", "type": "password"}],
+      "base_url": "{sandbox}/bank/api",
+      "auth": {"kind": "basic", "username_field": "login", "password_field": "password"},
+      "test": {"method": "GET", "path": "/accounts", "expect_json": "accounts"},
+      "streams": [{
+        "name": "transactions", "path": "/transactions", "records_path": "",
+        "primary_key": ["id"],
+        "fields": [{"name": "id"}, {"name": "amount", "type": "number"},
+                   {"name": "updated_at", "type": "datetime"}],
+        "paging": {"kind": "link_header", "limit_param": "per_page", "limit": 500},
+        "incremental": {"cursor_field": "updated_at", "param": "updated_after"}
+      }],
+      "manual_refresh": {"url": "{sandbox}/bank/refresh"},
+      "capabilities": ["read", "incremental", "manual_refresh"]
+    }
+
+Other blocks: ``oauth`` (authorize/token URLs, scopes, ``pkce``,
+``client_auth``, ``authorize_params``, ``token_response`` paths for quirky
+answers), ``config_select`` + ``partition_by`` (the CONFIG_SELECT step whose
+chosen values become partitions), ``lookups``, ``headers`` and
+``response_check`` (HTTP 200 answers carrying ``ok: false``). Field paths are
+dotted (``properties.email``, ``d.results.0.Code``); the field ``path``
+defaults to its ``name``.
 
 Templates (``base_url``, paths, parameter values, OAuth URLs) use
 ``{placeholders}``: ``{sandbox}`` (the BFF's ``<public url>/sandbox``),
@@ -56,7 +86,9 @@ PAGING_KINDS = ("none", "cursor", "offset", "page_number", "link_header", "next_
 CURSOR_FORMATS = ("iso8601", "unix", "template")
 CURSOR_ORDERS = ("asc", "desc", "none")
 AUTH_KINDS = ("header", "query", "basic", "bearer", "none")
-PLACEHOLDER_ROOTS = ("sandbox", "config", "credentials", "context", "partition", "cursor", "lookup")
+# `{cursor}` is only allowed in an incremental `template`; the engine adds the
+# incremental parameter itself.
+PLACEHOLDER_ROOTS = ("sandbox", "config", "credentials", "context", "partition", "lookup")
 
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_$\-]+)?)\}")
 
@@ -432,6 +464,13 @@ class _Reader:
     def fail(self, fieldname: str, message: str) -> None:
         raise ValueError(f"connector definition {self.file}: field '{fieldname}' {message}")
 
+    def allow(self, *keys: str) -> _Reader:
+        """Reject unknown keys, so a typo ("incremantal") fails loudly instead of being ignored."""
+        for key in self.data:
+            if key not in keys:
+                self.fail(self._name(key), f"is not a known field here (known: {', '.join(keys)})")
+        return self
+
     def _name(self, key: str) -> str:
         return f"{self.where}.{key}" if self.where else key
 
@@ -535,6 +574,7 @@ class _Reader:
 def _read_paging(r: _Reader | None, where: str) -> Paging:
     if r is None:
         return Paging()
+    r.allow(*(f for f in Paging.__dataclass_fields__ if f != "kind"), "kind")
     kind = r.get_str("kind", choices=PAGING_KINDS)
     limit = r.get_int("limit", None)
     limit_param = r.get_str("limit_param", None)
@@ -572,13 +612,15 @@ def _read_paging(r: _Reader | None, where: str) -> Paging:
     return p
 
 
-def _read_field(r: _Reader, stream_name: str) -> FieldSpec:
+def _read_field(r: _Reader) -> FieldSpec:
+    r.allow("name", "path", "type", "description")
     name = r.get_str("name")
     return FieldSpec(name=name, path=r.path("path", compile_path(name)), type=r.get_str("type", "text", choices=FIELD_TYPES))
 
 
-def _read_stream(r: _Reader, index: int, partition_by: str | None) -> Stream:
+def _read_stream(r: _Reader, partition_by: str | None) -> Stream:
     where = r.where
+    r.allow("name", "description", "notes", "path", "params", "records_path", "primary_key", "fields", "paging", "incremental")
     name = r.get_str("name")
     if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
         r.fail(f"{where}.name", "must be snake_case (a warehouse table name)")
@@ -587,7 +629,7 @@ def _read_stream(r: _Reader, index: int, partition_by: str | None) -> Stream:
     fields_raw = r.get_list("fields")
     if not fields_raw:
         r.fail(f"{where}.fields", "must list at least one field")
-    fields = tuple(_read_field(_Reader(r.file, f, f"{where}.fields[{i}]"), name) for i, f in enumerate(fields_raw))
+    fields = tuple(_read_field(_Reader(r.file, f, f"{where}.fields[{i}]")) for i, f in enumerate(fields_raw))
     names = [f.name for f in fields]
     if len(set(names)) != len(names):
         r.fail(f"{where}.fields", "has duplicate field names")
@@ -601,6 +643,7 @@ def _read_stream(r: _Reader, index: int, partition_by: str | None) -> Stream:
     incremental = None
     inc = r.obj("incremental")
     if inc is not None:
+        inc.allow("cursor_field", "param", "format", "template", "order", "start")
         cursor_field = inc.get_str("cursor_field")
         if cursor_field not in names:
             r.fail(f"{where}.incremental.cursor_field", f"names {cursor_field!r}, which is not a declared field")
@@ -638,6 +681,10 @@ def _read_stream(r: _Reader, index: int, partition_by: str | None) -> Stream:
 def _read_token_response(r: _Reader | None) -> TokenResponse:
     if r is None:
         return TokenResponse()
+    r.allow(
+        "ok_path", "error_path", "error_description_path", "access_token_path", "refresh_token_path",
+        "expires_in_path", "scope_path", "extra", "invalid_grant_errors",
+    )
     extra_raw = r.data.get("extra") or {}
     if not isinstance(extra_raw, dict) or not all(isinstance(v, str) for v in extra_raw.values()):
         r.fail(f"{r.where}.extra", "must be an object of name → dotted path")
@@ -661,6 +708,11 @@ _URL_ROOTS = ("sandbox", "context", "config", "credentials")
 def parse_connector(data: Any, file: str = "<memory>") -> Connector:
     """Validate one decoded JSON definition and build its :class:`Connector`."""
     r = _Reader(file, data)
+    r.allow(
+        "id", "name", "display_name", "category", "logo", "description", "docs", "notes", "auth_type",
+        "connect_form", "base_url", "headers", "auth", "oauth", "test", "config_select", "partition_by",
+        "lookups", "streams", "response_check", "manual_refresh", "capabilities",
+    )
     name = r.get_str("name")
     if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
         r.fail("name", "must be snake_case")
@@ -671,11 +723,11 @@ def parse_connector(data: Any, file: str = "<memory>") -> Connector:
 
     form = []
     for i, raw in enumerate(r.get_list("connect_form", [])):
-        fr = _Reader(file, raw, f"connect_form[{i}]")
+        fr = _Reader(file, raw, f"connect_form[{i}]").allow("name", "label", "type", "required", "secret", "help", "options")
         ftype = fr.get_str("type", "text", choices=FORM_TYPES)
         options = []
         for j, opt in enumerate(fr.get_list("options", [])):
-            orr = _Reader(file, opt, f"connect_form[{i}].options[{j}]")
+            orr = _Reader(file, opt, f"connect_form[{i}].options[{j}]").allow("value", "label")
             options.append(FormOption(value=orr.get_str("value"), label=orr.get_str("label")))
         if ftype == "select" and not options:
             fr.fail(f"connect_form[{i}].options", "is required for a select field")
@@ -696,6 +748,7 @@ def parse_connector(data: Any, file: str = "<memory>") -> Connector:
 
     ar = r.obj("auth", required=True)
     assert ar is not None
+    ar.allow("kind", "field", "header", "prefix", "param", "username_field", "password_field")
     kind = ar.get_str("kind", choices=AUTH_KINDS)
     auth = AuthSpec(
         kind=kind,
@@ -719,6 +772,10 @@ def parse_connector(data: Any, file: str = "<memory>") -> Connector:
     oauth = None
     orr = r.obj("oauth", required=auth_type == "oauth2")
     if orr is not None:
+        orr.allow(
+            "authorize_url", "token_url", "scopes", "scope_separator", "scope_param", "pkce", "client_auth",
+            "authorize_params", "token_params", "token_response",
+        )
         scope_sep = orr.get_str("scope_separator", " ", nonempty=False)
         oauth = OAuthSpec(
             authorize_url=orr.template("authorize_url", allowed=_URL_ROOTS),
@@ -735,6 +792,7 @@ def parse_connector(data: Any, file: str = "<memory>") -> Connector:
 
     tr = r.obj("test", required=True)
     assert tr is not None
+    tr.allow("method", "path", "params", "expect_status", "expect_json")
     test = TestSpec(
         method=tr.get_str("method", "GET", choices=("GET", "POST")),
         path=tr.template("path"),
@@ -747,6 +805,7 @@ def parse_connector(data: Any, file: str = "<memory>") -> Connector:
     config_select = None
     cr = r.obj("config_select")
     if cr is not None:
+        cr.allow("field", "label", "help", "multiple", "path", "params", "records_path", "value_field", "label_field", "paging")
         config_select = ConfigSelect(
             field=cr.get_str("field"),
             label=cr.get_str("label"),
@@ -768,6 +827,7 @@ def parse_connector(data: Any, file: str = "<memory>") -> Connector:
         for lname in lr.data:
             one = lr.obj(lname, required=True)
             assert one is not None
+            one.allow("path", "params", "value_path")
             roots = ("sandbox", "config", "credentials", "context")  # no lookups inside lookups
             lookups.append(
                 LookupSpec(
@@ -782,7 +842,7 @@ def parse_connector(data: Any, file: str = "<memory>") -> Connector:
     streams_raw = r.get_list("streams")
     if not streams_raw:
         r.fail("streams", "must declare at least one stream")
-    streams = tuple(_read_stream(_Reader(file, s, f"streams[{i}]"), i, partition_by) for i, s in enumerate(streams_raw))
+    streams = tuple(_read_stream(_Reader(file, s, f"streams[{i}]"), partition_by) for i, s in enumerate(streams_raw))
     stream_names = [s.name for s in streams]
     if len(set(stream_names)) != len(stream_names):
         r.fail("streams", "has duplicate stream names")
@@ -790,6 +850,7 @@ def parse_connector(data: Any, file: str = "<memory>") -> Connector:
     response_check = None
     rr = r.obj("response_check")
     if rr is not None:
+        rr.allow("ok_path", "error_path", "auth_errors")
         response_check = ResponseCheck(
             ok_path=rr.path("ok_path"),
             error_path=rr.path("error_path", ("error",)),
@@ -803,6 +864,7 @@ def parse_connector(data: Any, file: str = "<memory>") -> Connector:
     manual_refresh = None
     mr = r.obj("manual_refresh")
     if mr is not None:
+        mr.allow("url")
         manual_refresh = mr.template("url", allowed=("sandbox", "context"))
 
     # Every {lookup.x} anywhere must be declared; {credentials.x} must be a form field.

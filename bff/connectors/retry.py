@@ -86,7 +86,7 @@ class Decision:
 
 def _fmt_duration(seconds: float) -> str:
     seconds = float(seconds)
-    if seconds >= 120 and seconds % 60 == 0:
+    if seconds >= 600 and seconds % 60 == 0:
         return f"{int(seconds // 60)} min"
     if seconds == int(seconds):
         return f"{int(seconds)} s"

@@ -291,7 +291,9 @@ class Sandbox:
                 )
             count = body.get("count")
             if not isinstance(count, int) or isinstance(count, bool) or count < 1:
-                raise ControlError("invalid_count", f"count must be a positive integer; got {count!r}.")
+                raise ControlError(
+                    "invalid_count", f"count must be a positive integer; got {count!r}."
+                )
         except ControlError as exc:
             return _control_error(exc)
         return JSONResponse({"touched": self.data.touch(resource, count)})

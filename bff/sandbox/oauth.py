@@ -22,7 +22,7 @@ from .options import SandboxOptions
 
 CODE_TTL = 60
 REALM = "Sandbox CRM"
-DEFAULT_SCOPE = "contacts deals"
+DEFAULT_SCOPE = "contacts.read deals.read"
 
 # Parameters an authorization request carries; the consent form echoes them back.
 AUTHORIZE_PARAMS = (
@@ -38,6 +38,8 @@ _SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5B\x5D-\x7E]+")
 _S256_CHALLENGE = re.compile(r"[A-Za-z0-9_-]{43}")
 _VERIFIER = re.compile(r"[A-Za-z0-9._~-]{43,128}")
 _SCOPE_TEXT = {
+    "contacts.read": "Read your contacts",
+    "deals.read": "Read your deals",
     "contacts": "Read your contacts",
     "deals": "Read your deals",
     "offline_access": "Keep access while you are not using the app",
@@ -127,7 +129,9 @@ def validate_authorization_request(
     """Check an authorize (or consent-decision) request; raise InvalidAuthorization."""
     for name in AUTHORIZE_PARAMS:
         if len(params.get(name, [])) > 1:
-            raise InvalidAuthorization("invalid_request", f"The parameter {name} appears more than once.")
+            raise InvalidAuthorization(
+                "invalid_request", f"The parameter {name} appears more than once."
+            )
     value = {name: (params.get(name) or [None])[0] for name in AUTHORIZE_PARAMS}
     client = CLIENTS.get(value["client_id"] or "")
     if client is None:
@@ -140,7 +144,8 @@ def validate_authorization_request(
     redirect_uri = _check_redirect_uri(value["redirect_uri"], options)
     if value["response_type"] != "code":
         raise InvalidAuthorization(
-            "unsupported_response_type", "The response_type must be \"code\" (authorization code flow)."
+            "unsupported_response_type",
+            'The response_type must be "code" (authorization code flow).',
         )
     challenge = _check_challenge(value["code_challenge"], value["code_challenge_method"])
     scope = _check_scope(value["scope"])
@@ -238,10 +243,11 @@ class CrmOAuth:
         ]
         if auth.state is not None:
             hidden.append(("state", auth.state))
+        scopes = auth.scope.split()
         context = {
             "client_name": auth.client.name,
             "client_id": auth.client.client_id,
-            "scopes": [(s, _SCOPE_TEXT.get(s, f"Use the {s} permission")) for s in auth.scope.split()],
+            "scopes": [(s, _SCOPE_TEXT.get(s, f"Use the {s} permission")) for s in scopes],
             "redirect_origin": urlsplit(auth.redirect_uri).netloc,
             "action": request.scope.get("root_path", "") + "/crm/oauth/decision",
             "hidden": hidden,
@@ -271,7 +277,8 @@ class CrmOAuth:
             return _error_page(
                 InvalidAuthorization("invalid_request", 'Choose "Allow" or "Deny".'), {}
             )
-        return redirect_with(auth.redirect_uri, {"code": self._issue_code(auth), "state": auth.state})
+        code = self._issue_code(auth)
+        return redirect_with(auth.redirect_uri, {"code": code, "state": auth.state})
 
     def _issue_code(self, auth: AuthorizationRequest) -> str:
         now = self.clock()
@@ -347,7 +354,9 @@ class CrmOAuth:
         if not _VERIFIER.fullmatch(verifier) or not pkce_matches(
             verifier, stored.request.code_challenge
         ):
-            raise OAuthError("invalid_grant", "The code_verifier does not match the code_challenge.")
+            raise OAuthError(
+                "invalid_grant", "The code_verifier does not match the code_challenge."
+            )
         if self.is_revoked():
             raise OAuthError("invalid_grant", "Access to Sandbox CRM has been revoked.")
         return self._mint(stored.grant)
@@ -434,13 +443,17 @@ def _required(form: FormData, name: str) -> str:
 def _parse_basic(header: str) -> tuple[str, str]:
     scheme, _, encoded = header.partition(" ")
     if scheme.lower() != "basic":
-        raise OAuthError("invalid_client", "Only HTTP Basic client authentication is supported.", status_code=401)
+        raise _basic_error("Only HTTP Basic client authentication is supported.")
     try:
         decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
     except (binascii.Error, UnicodeDecodeError):
-        raise OAuthError("invalid_client", "The Authorization header is malformed.", status_code=401) from None
+        raise _basic_error("The Authorization header is malformed.") from None
     client_id, colon, secret = decoded.partition(":")
     if not colon:
-        raise OAuthError("invalid_client", "The Authorization header is malformed.", status_code=401)
+        raise _basic_error("The Authorization header is malformed.")
     # RFC 6749 §2.3.1: both parts are form-urlencoded before Basic encoding.
     return unquote_plus(client_id), unquote_plus(secret)
+
+
+def _basic_error(description: str) -> OAuthError:
+    return OAuthError("invalid_client", description, status_code=401)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter, deque
+from collections.abc import Iterator
 from itertools import islice
 from typing import Any
 
 from . import data
-from .data import MINUTE, Record, Table
+from .data import MINUTE, Key, Record, Table
 from .options import SandboxOptions
 
 PROVIDERS = ("crm", "accounting", "bank")
@@ -110,7 +111,7 @@ class SandboxData:
         newest = max(table.last_stamp() for table in tables.values())
         # "The first N records" of the resource, in its global (updated_at, id) order;
         # they form a prefix of every division's own list.
-        merged = heapq.merge(*(((key, code) for key in t.keys) for code, t in tables.items()))
+        merged = heapq.merge(*(_tagged(table.keys, code) for code, table in tables.items()))
         order = [code for _, code in islice(merged, count)]
         popped = {
             code: deque(tables[code].pop_front(n)) for code, n in Counter(order).items()
@@ -132,6 +133,10 @@ class SandboxData:
             self.transactions.append(record, newest + offset * MINUTE)
             added.append(record)
         return added
+
+
+def _tagged(keys: list[Key], code: int) -> Iterator[tuple[Key, int]]:
+    return ((key, code) for key in keys)
 
 
 def _mark_edited(record: Record, field: str) -> None:

@@ -1,0 +1,106 @@
+"""Integrate-token minting vs a bare Starlette JSON endpoint, one uvicorn worker each.
+
+Usage: python bench/tokens.py [--seconds 5] [--concurrency 50]
+Prints throughput, p50/p99 latency and the ratio mint/bare (target ≥ 0.7), plus the
+cost of one token verification in µs. Both servers run in the same session, so
+the ratio means something on a noisy machine even when absolute numbers do not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import timeit
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _load import free_port, hammer, raw_request, start_server  # noqa: E402
+
+from bff.settings import Settings, generate_encryption_key, generate_secret_key  # noqa: E402
+from bff.tokens import TokenAuthority  # noqa: E402
+
+BARE_APP = """
+import sys, uvicorn
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+async def hello(request):
+    await request.body()
+    return JSONResponse({"token": "x" * 90, "expires_in": 1800, "expires_at": 0, "account_id": 1, "external_id": "bench"})
+app = Starlette(routes=[Route("/hello", hello, methods=["POST"])])
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", access_log=False)
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--concurrency", type=int, default=50)
+    args = parser.parse_args()
+
+    data_dir = Path(tempfile.mkdtemp(prefix="bff-bench-"))
+    env = {
+        "BFF_SECRET_KEYS": generate_secret_key(),
+        "BFF_ENCRYPTION_KEY": generate_encryption_key(),
+        "BFF_DATA_DIR": str(data_dir),
+        "BFF_LOG_LEVEL": "warning",
+    }
+    from bff.cli import create_partner
+
+    settings = Settings.from_env(env)
+    partner_token = asyncio.run(create_partner(settings, "bench", []))["token"]
+
+    bff_port, bare_port = free_port(), free_port()
+    bff = start_server(["-m", "bff.cli", "serve", "--port", str(bff_port)], bff_port, env)
+    bare = start_server(["-c", BARE_APP, str(bare_port)], bare_port)
+    body = json.dumps({"external_id": "bench-customer", "first_name": "Bench"}).encode()
+    headers = {"Authorization": f"JWT {partner_token}", "Content-Type": "application/json"}
+    try:
+        mint = asyncio.run(
+            hammer(
+                bff_port,
+                raw_request("POST", "/api/partner/sub-account/integrate/", body=body, headers=headers),
+                concurrency=args.concurrency,
+                seconds=args.seconds,
+            )
+        )
+        baseline = asyncio.run(
+            hammer(
+                bare_port,
+                raw_request("POST", "/hello", body=body, headers=headers),
+                concurrency=args.concurrency,
+                seconds=args.seconds,
+            )
+        )
+    finally:
+        bff.terminate()
+        bare.terminate()
+        bff.wait()
+        bare.wait()
+
+    tokens = TokenAuthority(settings)
+    token = tokens.mint_integrate_token(partner_id=1, sub_account_id=1, generation=1).token
+    partner = tokens.mint_partner_token(partner_id=1, generation=1).token
+    runs = 20000
+    verify_us = timeit.timeit(lambda: tokens.verify(token, accept=("integrate",)), number=runs) / runs * 1e6
+    verify_last_us = timeit.timeit(lambda: tokens.verify(partner, accept=("partner",)), number=runs) / runs * 1e6
+    mint_us = timeit.timeit(
+        lambda: tokens.mint_integrate_token(partner_id=1, sub_account_id=1, generation=1), number=runs
+    ) / runs * 1e6
+
+    print(f"concurrency {args.concurrency}, {args.seconds:.0f} s per server, one uvicorn worker each")
+    for name, result in (("integrate mint", mint), ("bare JSON", baseline)):
+        print(
+            f"{name:>15}: {result['rps']:8.0f} req/s   p50 {result['p50_ms']:6.1f} ms   p99 {result['p99_ms']:6.1f} ms"
+            f"   ({result['requests']:.0f} requests, {result['errors']:.0f} errors)"
+        )
+    print(f"ratio mint/bare: {mint['rps'] / baseline['rps']:.2f}  (target >= 0.70)")
+    print(f"token verify: {verify_us:.1f} µs (integrate, first salt tried), {verify_last_us:.1f} µs (partner, last salt)")
+    print(f"token mint:   {mint_us:.1f} µs")
+
+
+if __name__ == "__main__":
+    main()
