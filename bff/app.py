@@ -8,15 +8,19 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import httpx
+
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Mount, Route
 
 from . import openapi, partner_api
+from .connections import SandboxTransport
 from .crypto import Vault
 from .errors import EXCEPTION_HANDLERS
+from .sandbox import SandboxOptions, create_sandbox_app
 from .middleware import AccessLogMiddleware, BodyLimitMiddleware, CORSMiddleware
 from .settings import Settings
 from .store import Store
@@ -36,6 +40,7 @@ class Services:
     tokens: TokenAuthority
     vault: Vault
     clock: Callable[[], float]
+    http: httpx.AsyncClient
     extras: dict[str, Any] = dataclasses.field(default_factory=dict)
     _origins: frozenset[str] = frozenset()
     _origins_loaded_at: float = float("-inf")
@@ -78,8 +83,21 @@ async def healthz(request: Request) -> JSONResponse:
 def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) -> Starlette:
     """Build the BFF. Nothing happens at import time; each call is independent."""
     store = Store(settings.data_dir, clock=clock)
+    sandbox_app = None
+    transport: httpx.AsyncBaseTransport = httpx.AsyncHTTPTransport(retries=0)
+    if settings.sandbox_enabled:
+        options = dataclasses.replace(
+            SandboxOptions.from_env(settings.sandbox_env), redirect_uris=(settings.oauth_redirect_uri,)
+        )
+        sandbox_app = create_sandbox_app(options, clock=clock)
+        transport = SandboxTransport(sandbox_app, settings.sandbox_url, transport)
     services = Services(
-        settings=settings, store=store, tokens=TokenAuthority(settings, clock=clock), vault=Vault(settings.encryption_key), clock=clock
+        settings=settings,
+        store=store,
+        tokens=TokenAuthority(settings, clock=clock),
+        vault=Vault(settings.encryption_key),
+        clock=clock,
+        http=httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(120.0, connect=10.0), follow_redirects=False),
     )
 
     @contextlib.asynccontextmanager
@@ -89,12 +107,15 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
             await check_encryption_key(store, services.vault)
             yield
         finally:
+            await services.http.aclose()
             await store.close()
 
     routes: list[BaseRoute] = [
         Route("/healthz", healthz, methods=["GET"]),
         *partner_api.routes(),
     ]
+    if sandbox_app is not None:
+        routes.append(Mount("/sandbox", app=sandbox_app, name="sandbox"))
     routes.append(Route("/openapi.json", openapi.endpoint(routes), methods=["GET"], include_in_schema=False))
 
     app = Starlette(

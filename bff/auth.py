@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 
-from .store import Partner, SubAccount
+from .errors import not_found
+from .store import Connection, Partner, SubAccount
 from .tokens import Claims, TokenKind, parse_authorization, token_error
 
 if TYPE_CHECKING:
@@ -56,3 +57,19 @@ async def require_sub_account(request: Request) -> SubAccount:
     caller = await authenticate(request, SUB_ACCOUNT_KINDS)
     assert caller.sub_account is not None
     return caller.sub_account
+
+
+async def require_connection(request: Request) -> tuple[SubAccount, Connection]:
+    """The caller's sub-account and the connection ``{id}`` in the path, if it is theirs.
+
+    Another sub-account's connection ids give exactly the same 404 as ids that
+    do not exist: no hint that they do.
+    """
+    account = await require_sub_account(request)
+    raw = request.path_params.get("id")
+    connection = None
+    if isinstance(raw, int) or (isinstance(raw, str) and raw.isdigit()):
+        connection = await services(request).store.get_connection(account.id, int(raw))
+    if connection is None:
+        raise not_found("No such connection.")
+    return account, connection

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event, text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -49,7 +51,59 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             UNIQUE (partner_id, external_id)
         )""",
     ),
+    (  # 2: connections, OAuth flows, sync runs and their logs
+        """CREATE TABLE connections (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            sub_account_id INTEGER NOT NULL REFERENCES sub_accounts(id) ON DELETE CASCADE,
+            connector TEXT NOT NULL,
+            name TEXT NOT NULL,
+            health_status TEXT NOT NULL,
+            detail TEXT,
+            config TEXT NOT NULL DEFAULT '{}',
+            secrets BLOB,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL
+        )""",
+        """CREATE INDEX connections_sub_account ON connections(sub_account_id)""",
+        """CREATE TABLE oauth_flows (
+            state_hash TEXT PRIMARY KEY,
+            connection_id INTEGER NOT NULL REFERENCES connections(id) ON DELETE CASCADE,
+            sub_account_id INTEGER NOT NULL,
+            purpose TEXT NOT NULL,
+            verifier BLOB,
+            created_at REAL NOT NULL,
+            used_at REAL
+        )""",
+        """CREATE TABLE runs (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            connection_id INTEGER NOT NULL REFERENCES connections(id) ON DELETE CASCADE,
+            sub_account_id INTEGER NOT NULL,
+            status TEXT NOT NULL,
+            task_id TEXT NOT NULL,
+            tables TEXT,
+            records TEXT NOT NULL DEFAULT '{}',
+            error TEXT,
+            pid INTEGER,
+            created_at REAL NOT NULL,
+            started_at REAL,
+            finished_at REAL
+        )""",
+        """CREATE INDEX runs_connection ON runs(connection_id, id)""",
+        # One active run per connection, enforced by the database itself.
+        """CREATE UNIQUE INDEX runs_one_active ON runs(connection_id) WHERE status IN ('queued', 'running')""",
+        """CREATE TABLE logs (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            connection_id INTEGER NOT NULL REFERENCES connections(id) ON DELETE CASCADE,
+            run_id INTEGER,
+            ts REAL NOT NULL,
+            level TEXT NOT NULL,
+            message TEXT NOT NULL
+        )""",
+        """CREATE INDEX logs_connection ON logs(connection_id, id)""",
+    ),
 )
+
+ACTIVE_RUN_STATUSES = ("queued", "running")
 
 SUB_ACCOUNT_FIELDS = ("first_name", "last_name", "email", "language", "company_name")
 
@@ -116,7 +170,313 @@ def _begin_immediate(conn: Any) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-class Store:
+_CONNECTION_COLUMNS = "id, sub_account_id, connector, name, health_status, detail, config, secrets, created_at, updated_at"
+_RUN_COLUMNS = "id, connection_id, sub_account_id, status, task_id, tables, records, error, pid, created_at, started_at, finished_at"
+
+
+@dataclasses.dataclass(frozen=True)
+class Connection:
+    id: int
+    sub_account_id: int
+    connector: str
+    name: str
+    health_status: str
+    detail: str | None
+    config: dict[str, Any]
+    secrets: bytes | None  # AES-GCM ciphertext; see crypto.Vault
+    created_at: float
+    updated_at: float
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> Connection:
+        values = list(row)
+        values[6] = json.loads(values[6] or "{}")
+        return cls(*values)
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    id: int
+    connection_id: int
+    sub_account_id: int
+    status: str
+    task_id: str
+    tables: list[str] | None
+    records: dict[str, int]
+    error: str | None
+    pid: int | None
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> Run:
+        values = list(row)
+        values[5] = json.loads(values[5]) if values[5] else None
+        values[6] = json.loads(values[6] or "{}")
+        return cls(*values)
+
+    def public_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "pipeline_run_id": self.id,
+            "task_id": self.task_id,
+            "status": self.status,
+            "started_at": iso(self.started_at),
+            "finished_at": iso(self.finished_at),
+            "records": self.records,
+            "tables": self.tables,
+            "error": self.error,
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class OAuthFlow:
+    connection_id: int
+    sub_account_id: int
+    purpose: str
+    verifier: bytes | None
+    created_at: float
+
+
+class RunAlreadyActive(Exception):
+    def __init__(self, run_id: int | None) -> None:
+        super().__init__(run_id)
+        self.run_id = run_id
+
+
+class ConnectionStore:
+    """Connections, OAuth flows, runs and logs. Mixed into :class:`Store`."""
+
+    # -- connections --------------------------------------------------------------
+
+    async def create_connection(
+        self: Any, sub_account_id: int, connector: str, name: str, health_status: str, config: Mapping[str, Any] | None = None
+    ) -> Connection:
+        now = self.now()
+        async with self._write() as conn:
+            result = await conn.execute(
+                text(
+                    "INSERT INTO connections (sub_account_id, connector, name, health_status, config, created_at, updated_at)"
+                    " VALUES (:s, :c, :n, :h, :cfg, :now, :now) RETURNING id"
+                ),
+                {"s": sub_account_id, "c": connector, "n": name, "h": health_status, "cfg": json.dumps(config or {}), "now": now},
+            )
+            connection_id = int(result.scalar_one())
+        connection = await self.get_connection(sub_account_id, connection_id)
+        assert connection is not None
+        return connection  # type: ignore[no-any-return]
+
+    async def get_connection(self: Any, sub_account_id: int, connection_id: int) -> Connection | None:
+        """A connection, only if it belongs to this sub-account."""
+        row = self._read_one(
+            f"SELECT {_CONNECTION_COLUMNS} FROM connections WHERE id = :id AND sub_account_id = :s",
+            {"id": connection_id, "s": sub_account_id},
+        )
+        return Connection.from_row(row) if row else None
+
+    async def get_connection_by_id(self: Any, connection_id: int) -> Connection | None:
+        """Internal use only (callbacks, the sync runner): no tenant check."""
+        row = self._read_one(f"SELECT {_CONNECTION_COLUMNS} FROM connections WHERE id = :id", {"id": connection_id})
+        return Connection.from_row(row) if row else None
+
+    async def list_connections(self: Any, sub_account_id: int) -> list[Connection]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                text(f"SELECT {_CONNECTION_COLUMNS} FROM connections WHERE sub_account_id = :s ORDER BY id"),
+                {"s": sub_account_id},
+            )
+            return [Connection.from_row(row) for row in rows]
+
+    async def update_connection(
+        self: Any,
+        connection_id: int,
+        *,
+        health_status: str | None = None,
+        detail: str | None | type[Ellipsis] = ...,
+        config: Mapping[str, Any] | None = None,
+        secrets: bytes | None = None,
+        name: str | None = None,
+    ) -> None:
+        sets, params = ["updated_at = :now"], {"id": connection_id, "now": self.now()}
+        if health_status is not None:
+            sets.append("health_status = :h")
+            params["h"] = health_status
+        if detail is not ...:
+            sets.append("detail = :d")
+            params["d"] = detail
+        if config is not None:
+            sets.append("config = :cfg")
+            params["cfg"] = json.dumps(config)
+        if secrets is not None:
+            sets.append("secrets = :sec")
+            params["sec"] = secrets
+        if name is not None:
+            sets.append("name = :n")
+            params["n"] = name
+        async with self._write() as conn:
+            await conn.execute(text(f"UPDATE connections SET {', '.join(sets)} WHERE id = :id"), params)
+
+    async def delete_connection(self: Any, sub_account_id: int, connection_id: int) -> bool:
+        async with self._write() as conn:
+            result = await conn.execute(
+                text("DELETE FROM connections WHERE id = :id AND sub_account_id = :s"), {"id": connection_id, "s": sub_account_id}
+            )
+            return bool(result.rowcount)
+
+    # -- OAuth flows ------------------------------------------------------------------
+
+    async def create_oauth_flow(
+        self: Any, state_hash: str, *, connection_id: int, sub_account_id: int, purpose: str, verifier: bytes | None
+    ) -> None:
+        async with self._write() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO oauth_flows (state_hash, connection_id, sub_account_id, purpose, verifier, created_at)"
+                    " VALUES (:h, :c, :s, :p, :v, :now)"
+                ),
+                {"h": state_hash, "c": connection_id, "s": sub_account_id, "p": purpose, "v": verifier, "now": self.now()},
+            )
+
+    async def consume_oauth_flow(self: Any, state_hash: str, *, max_age: float) -> OAuthFlow | None:
+        """Mark a flow used and return it; None when unknown, used already, or too old."""
+        now = self.now()
+        async with self._write() as conn:
+            row = (
+                await conn.execute(
+                    text(
+                        "UPDATE oauth_flows SET used_at = :now WHERE state_hash = :h AND used_at IS NULL"
+                        " AND created_at >= :oldest RETURNING connection_id, sub_account_id, purpose, verifier, created_at"
+                    ),
+                    {"h": state_hash, "now": now, "oldest": now - max_age},
+                )
+            ).first()
+        return OAuthFlow(*row) if row else None
+
+    # -- runs ---------------------------------------------------------------------------
+
+    async def create_run(
+        self: Any, connection_id: int, sub_account_id: int, *, task_id: str, tables: Sequence[str] | None
+    ) -> Run:
+        """Queue a run; raises :class:`RunAlreadyActive` if one is queued or running."""
+        try:
+            async with self._write() as conn:
+                result = await conn.execute(
+                    text(
+                        "INSERT INTO runs (connection_id, sub_account_id, status, task_id, tables, created_at)"
+                        " VALUES (:c, :s, 'queued', :t, :tables, :now) RETURNING id"
+                    ),
+                    {
+                        "c": connection_id,
+                        "s": sub_account_id,
+                        "t": task_id,
+                        "tables": json.dumps(list(tables)) if tables else None,
+                        "now": self.now(),
+                    },
+                )
+                run_id = int(result.scalar_one())
+        except IntegrityError:
+            active = await self.active_run(connection_id)
+            raise RunAlreadyActive(active.id if active else None) from None
+        run = await self.get_run(run_id)
+        assert run is not None
+        return run  # type: ignore[no-any-return]
+
+    async def get_run(self: Any, run_id: int) -> Run | None:
+        row = self._read_one(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = :id", {"id": run_id})
+        return Run.from_row(row) if row else None
+
+    async def active_run(self: Any, connection_id: int) -> Run | None:
+        row = self._read_one(
+            f"SELECT {_RUN_COLUMNS} FROM runs WHERE connection_id = :c AND status IN ('queued', 'running')",
+            {"c": connection_id},
+        )
+        return Run.from_row(row) if row else None
+
+    async def last_run(self: Any, connection_id: int) -> Run | None:
+        row = self._read_one(
+            f"SELECT {_RUN_COLUMNS} FROM runs WHERE connection_id = :c ORDER BY id DESC LIMIT 1", {"c": connection_id}
+        )
+        return Run.from_row(row) if row else None
+
+    async def list_runs(self: Any, connection_id: int, *, offset: int, limit: int) -> tuple[int, list[Run]]:
+        async with self.engine.connect() as conn:
+            count = (await conn.execute(text("SELECT COUNT(*) FROM runs WHERE connection_id = :c"), {"c": connection_id})).scalar_one()
+            rows = await conn.execute(
+                text(f"SELECT {_RUN_COLUMNS} FROM runs WHERE connection_id = :c ORDER BY id DESC LIMIT :l OFFSET :o"),
+                {"c": connection_id, "l": limit, "o": offset},
+            )
+            return int(count), [Run.from_row(row) for row in rows]
+
+    async def update_run(
+        self: Any,
+        run_id: int,
+        *,
+        status: str | None = None,
+        records: Mapping[str, int] | None = None,
+        error: str | None = None,
+        pid: int | None = None,
+        started: bool = False,
+        finished: bool = False,
+    ) -> None:
+        sets: list[str] = []
+        params: dict[str, Any] = {"id": run_id, "now": self.now()}
+        if status is not None:
+            sets.append("status = :status")
+            params["status"] = status
+        if records is not None:
+            sets.append("records = :records")
+            params["records"] = json.dumps(dict(records))
+        if error is not None:
+            sets.append("error = :error")
+            params["error"] = error
+        if pid is not None:
+            sets.append("pid = :pid")
+            params["pid"] = pid
+        if started:
+            sets.append("started_at = :now")
+        if finished:
+            sets.append("finished_at = :now")
+        if not sets:
+            return
+        async with self._write() as conn:
+            await conn.execute(text(f"UPDATE runs SET {', '.join(sets)} WHERE id = :id"), params)
+
+    async def interrupt_stale_runs(self: Any) -> list[Run]:
+        """Runs left queued/running by a dead process become ``interrupted``."""
+        async with self._write() as conn:
+            rows = await conn.execute(
+                text(
+                    "UPDATE runs SET status = 'interrupted', finished_at = :now,"
+                    " error = 'The process running this sync stopped before it finished.'"
+                    " WHERE status IN ('queued', 'running') RETURNING " + _RUN_COLUMNS
+                ),
+                {"now": self.now()},
+            )
+            return [Run.from_row(row) for row in rows]
+
+    # -- logs ------------------------------------------------------------------------------
+
+    async def add_log(self: Any, connection_id: int, level: str, message: str, *, run_id: int | None = None) -> None:
+        async with self._write() as conn:
+            await conn.execute(
+                text("INSERT INTO logs (connection_id, run_id, ts, level, message) VALUES (:c, :r, :ts, :l, :m)"),
+                {"c": connection_id, "r": run_id, "ts": self.now(), "l": level, "m": message},
+            )
+
+    async def list_logs(self: Any, connection_id: int, *, offset: int, limit: int) -> tuple[int, list[dict[str, Any]]]:
+        async with self.engine.connect() as conn:
+            count = (await conn.execute(text("SELECT COUNT(*) FROM logs WHERE connection_id = :c"), {"c": connection_id})).scalar_one()
+            rows = await conn.execute(
+                text("SELECT ts, level, message, run_id FROM logs WHERE connection_id = :c ORDER BY id DESC LIMIT :l OFFSET :o"),
+                {"c": connection_id, "l": limit, "o": offset},
+            )
+            return int(count), [
+                {"ts": iso(ts), "level": level, "message": message, "pipeline_run_id": run_id} for ts, level, message, run_id in rows
+            ]
+
+
+class Store(ConnectionStore):
     """Async access to the control database. One instance per app."""
 
     def __init__(self, data_dir: Path, *, clock: Any = time.time) -> None:
@@ -364,3 +724,4 @@ class Store:
 _SUB_ACCOUNT_COLUMNS = (
     "id, partner_id, external_id, first_name, last_name, email, language, company_name, token_generation, created_at"
 )
+

@@ -1,0 +1,598 @@
+// The connect window: runs in the iframe, on the BFF origin (docs/embed-protocol.md).
+// It takes messages only from the window that embeds it, and only if that window has the origin
+// named in `?parent=`; it posts only to that origin. The server checks the same origin against the
+// token's partner (POST /api/embed/session) before anything is shown.
+import locales from './locales.js';
+
+const query = new URLSearchParams(location.search);
+const PARENT = query.get('parent') || '';
+const LOCALE = Object.hasOwn(locales, query.get('locale')) ? query.get('locale') : 'en';
+const t = locales[LOCALE];
+const BASE = location.pathname.split('/embed/')[0]; // the BFF may be mounted under a path prefix
+const WAITING = new Set(['AUTHORIZING', 'RE_AUTHORISING', 'CHECKING']);
+const FAILED = new Set(['ERROR', 'DISABLED']);
+const TOKEN_MARGIN_MS = 120e3; // ask for a fresh token this long before expiry
+const POPUP_GRACE_MS = 5e3; // popup.closed lies under COOP: keep polling this long before believing it
+const OAUTH_GIVE_UP_MS = 15 * 60e3;
+const INPUT_TYPES = new Set(['text', 'email', 'url', 'number', 'password']);
+// Error codes whose server `detail` is replaced by a translated sentence.
+const MESSAGES = {
+  token_expired: 'errExpired', token_invalid: 'errExpired', token_revoked: 'errExpired', token_wrong_kind: 'errExpired',
+  origin_not_allowed: 'errOrigin', credentials_rejected: 'errRejected', network_error: 'errNetwork',
+};
+const root = document.documentElement;
+const $ = (id) => document.getElementById(id);
+const enc = encodeURIComponent;
+
+const parentOk = (() => {
+  try {
+    const ancestor = location.ancestorOrigins?.[0];
+    return parent !== window && new URL(PARENT).origin === PARENT && (!ancestor || ancestor === PARENT);
+  } catch {
+    return false;
+  }
+})();
+
+let mode = 'modal';
+let token = null;
+let deadline = 0; // token expiry on this browser's clock
+let session = null;
+let tokenWait = null;
+let onToken = null;
+let lastInit = null;
+let booting = null;
+let wanted = {}; // the options of the latest `open`
+let catalogue = null;
+let currentList = [];
+let pending = null; // the OAuth (or CHECKING) connection being waited for
+let autofocus = false; // move focus only once the user can see us
+
+// ---- small helpers ----
+
+const fmt = (s, vars) => s.replace(/\{(\w+)\}/g, (_, k) => vars[k] ?? '');
+const post = (msg) => parentOk && parent.postMessage({ source: 'peliqan', ...msg }, PARENT);
+const fail = (code, message, status = 0, errors = null) => Object.assign(new Error(message), { code, status, errors });
+const report = (e) => post({ type: 'error', error: { code: e.code || 'error', status: e.status || 0, message: e.message } });
+const serverPath = (id, rest = '') => `/api/server/${enc(id)}${rest}`;
+
+function h(tag, attrs, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v == null || v === false) continue;
+    if (k.startsWith('on')) el.addEventListener(k.slice(2), v);
+    else el.setAttribute(k, v === true ? '' : v);
+  }
+  el.append(...children.flat(Infinity).filter((c) => c != null && c !== false));
+  return el;
+}
+const alertBox = () => h('div', { role: 'alert', class: 'alert', hidden: true });
+const say = (box, text) => {
+  box.textContent = text || '';
+  box.hidden = !text;
+};
+const actions = (...buttons) => h('div', { class: 'actions' }, buttons);
+const spinner = (text) => h('p', { class: 'status', role: 'status' }, h('span', { class: 'spinner', 'aria-hidden': 'true' }), ' ', text);
+
+// ---- HTTP, token and session ----
+
+async function http(method, path, body, bearer) {
+  let res;
+  try {
+    res = await fetch(BASE + path, {
+      method,
+      cache: 'no-store',
+      credentials: 'omit',
+      headers: { Authorization: 'Bearer ' + bearer, ...(body && { 'Content-Type': 'application/json' }) },
+      body: body && JSON.stringify(body),
+    });
+  } catch {
+    throw fail('network_error', t.errNetwork);
+  }
+  const data = res.status === 204 ? null : await res.json().catch(() => null);
+  if (!res.ok) {
+    const code = data?.code || `http_${res.status}`;
+    throw fail(code, t[MESSAGES[code]] || data?.detail || t.errGeneric, res.status, data?.errors);
+  }
+  return [data, res];
+}
+
+async function startSession(candidate) {
+  const [data, res] = await http('POST', '/api/embed/session', { parent_origin: PARENT }, candidate);
+  const serverNow = Date.parse(res.headers.get('Date')) || Date.now();
+  const exp = data?.expires_at;
+  const expMs = typeof exp === 'number' ? (exp < 1e12 ? exp * 1000 : exp) : Date.parse(exp);
+  // Kept on our own clock, so a user's wrong clock does not matter.
+  deadline = expMs ? Date.now() + (expMs - serverNow) : Infinity;
+  token = candidate;
+  session = data;
+}
+
+function askToken() {
+  tokenWait ||= new Promise((resolve) => {
+    const timer = setTimeout(resolve, 30e3, null);
+    onToken = (value) => {
+      clearTimeout(timer);
+      resolve(value);
+    };
+    post({ type: 'need_token' });
+  }).finally(() => {
+    tokenWait = onToken = null;
+  });
+  return tokenWait;
+}
+
+// A token missing or about to expire is replaced before the request, so a user who sat on a form
+// keeps what they typed.
+async function ensureToken() {
+  if (token && deadline - Date.now() > TOKEN_MARGIN_MS) return;
+  const next = await askToken();
+  if (typeof next === 'string' && next && next !== token) return startSession(next);
+  if (!token || deadline <= Date.now()) throw fail('token_expired', t.errExpired, 401);
+}
+
+async function api(method, path, body, retried = false) {
+  await ensureToken();
+  try {
+    return (await http(method, path, body, token))[0];
+  } catch (e) {
+    if (e.code !== 'token_expired' || retried) throw e;
+    deadline = 0;
+    return api(method, path, body, true);
+  }
+}
+
+async function loadCatalogue() {
+  const all = [];
+  let path = '/api/servertypes?page_size=500';
+  for (let page = 0; path && page < 20; page++) {
+    const data = await api('GET', path);
+    all.push(...(Array.isArray(data) ? data : data?.results || []));
+    const next = !Array.isArray(data) && data?.next && new URL(data.next, location.href);
+    path = next && next.origin === location.origin ? next.pathname.slice(BASE.length) + next.search : null;
+  }
+  return all;
+}
+
+// ---- views ----
+
+function show(title, nodes, { back = null, focus = null } = {}) {
+  $('title').textContent = title;
+  $('back').hidden = !back;
+  $('back').onclick = back;
+  $('view').replaceChildren(...nodes.filter(Boolean));
+  if (autofocus) (focus || $('title')).focus();
+}
+
+function fatal(e) {
+  if (!e.reported) report(e);
+  e.reported = true;
+  const close = mode === 'modal' && h('button', { type: 'button', class: 'secondary', onclick: () => post({ type: 'close' }) }, t.close);
+  show(t.title, [h('div', { role: 'alert', class: 'alert' }, e.message), close && actions(close)], { focus: close });
+}
+
+function start(options) {
+  const o = { ...lastInit?.options, ...options };
+  const names = o.availableConnectors;
+  currentList = catalogue.filter((s) => !names || names.includes(s.name));
+  if (o.reauthServerId != null) return reauthorise(o.reauthServerId);
+  const chosen = o.selectedConnector && currentList.find((s) => s.name === o.selectedConnector);
+  if (chosen) return connectForm(chosen);
+  showCatalogue(o.selectedConnector ? t.errNotAvailable : null);
+}
+
+function showCatalogue(notice) {
+  const list = currentList;
+  const input = h('input', { id: 'search', type: 'search', autocomplete: 'off', spellcheck: 'false' });
+  const count = h('p', { class: 'count', role: 'status' });
+  const items = list.map((s, i) => {
+    const category = t.categories[s.category] || s.category || '';
+    // Named exactly by display_name; the category is its description.
+    const tile = h('button', { type: 'button', class: 'tile', 'aria-label': s.display_name, 'aria-describedby': `cat-${i}`, onclick: () => connectForm(s) },
+      s.logo_url && h('img', { src: s.logo_url, alt: '', width: 32, height: 32 }),
+      h('span', { class: 'name' }, s.display_name),
+      h('span', { class: 'cat', id: `cat-${i}` }, category));
+    return [h('li', null, tile), `${s.display_name} ${s.name} ${category}`.toLowerCase()];
+  });
+  const filter = () => {
+    const q = input.value.trim().toLowerCase();
+    let n = 0;
+    for (const [item, text] of items) n += !(item.hidden = !!q && !text.includes(q));
+    count.textContent = n === 1 ? t.countOne : n ? fmt(t.countOther, { n }) : list.length ? t.noResults : t.noConnectors;
+  };
+  input.addEventListener('input', filter);
+  filter();
+  show(t.title, [
+    notice && h('div', { role: 'alert', class: 'alert' }, notice),
+    h('label', { for: 'search', class: 'search-label' }, t.search),
+    input,
+    count,
+    h('ul', { class: 'grid' }, items.map(([item]) => item)),
+  ], { focus: input });
+}
+
+function fieldRow(f) {
+  const id = `f-${f.name}`;
+  const helpId = f.help ? `${id}-help` : null;
+  const errorId = `${id}-error`;
+  const common = { id, name: f.name, required: !!f.required, 'aria-describedby': helpId };
+  const options = f.options || [];
+  let input;
+  if (f.type === 'select' || options.length) {
+    input = h('select', common, !f.required && h('option', { value: '' }, ''),
+      options.map((o) => h('option', { value: String(o.value ?? o) }, String(o.label ?? o))));
+  } else if (f.type === 'textarea') input = h('textarea', common);
+  else {
+    const type = f.secret ? 'password' : INPUT_TYPES.has(f.type) ? f.type : 'text';
+    input = h('input', { ...common, type, autocomplete: 'off', spellcheck: 'false' });
+  }
+  const error = h('p', { class: 'field-error', id: errorId, hidden: true });
+  const row = h('div', { class: 'field' },
+    h('label', { for: id }, f.label),
+    f.required && h('span', { class: 'req', 'aria-hidden': 'true' }, '*'),
+    input,
+    f.help && h('p', { class: 'help', id: helpId }, f.help),
+    error);
+  const setError = (message) => {
+    say(error, message);
+    if (message) input.setAttribute('aria-invalid', 'true');
+    else input.removeAttribute('aria-invalid');
+    const ids = [helpId, message && errorId].filter(Boolean).join(' ');
+    if (ids) input.setAttribute('aria-describedby', ids);
+    else input.removeAttribute('aria-describedby');
+  };
+  const value = () => {
+    const v = f.secret ? input.value : input.value.trim();
+    return f.type === 'number' && v ? Number(v) : v;
+  };
+  return { f, input, row, setError, value };
+}
+
+// The connect form of `st`; with `existing` (a connection), its re-authorisation form.
+function connectForm(st, existing = null) {
+  const oauth = st.auth_type === 'oauth2';
+  if (!existing) post({ type: 'event', event: { type: 'connector_selected', connector: st.name, servertype_id: st.id } });
+  const rows = (st.connect_form?.fields || []).map(fieldRow);
+  const alert = alertBox();
+  const wait = h('div', { class: 'wait', hidden: true });
+  const submit = h('button', { type: 'submit', class: 'primary' }, t.connect);
+  const intro = existing ? (oauth ? t.reauthOauth : t.reauthForm) : oauth ? t.oauthIntro : null;
+  const form = h('form', { novalidate: true, onsubmit: (e) => { e.preventDefault(); onSubmit(); } },
+    alert,
+    intro && h('p', { class: 'intro' }, fmt(intro, { name: st.display_name })),
+    rows.some((r) => r.f.required) && h('p', { class: 'note' }, t.requiredNote),
+    rows.map((r) => r.row),
+    wait,
+    actions(submit));
+  const title = fmt(existing ? t.reauthTitle : t.connectTitle, { name: st.display_name });
+  const back = !existing && currentList.length > 1 ? () => { abandon(); showCatalogue(); } : null;
+  const render = () => show(title, [form], { back, focus: rows[0]?.input || submit });
+  let busy = false;
+
+  const setBusy = (on) => {
+    busy = on;
+    submit.setAttribute('aria-disabled', String(on));
+    submit.textContent = on ? t.connecting : t.connect;
+    form.setAttribute('aria-busy', String(on));
+    if (!on) wait.hidden = true;
+  };
+  const showErrors = (e, fromServer = true) => {
+    const errors = e.errors || {};
+    let first = null;
+    for (const r of rows) {
+      r.setError(errors[r.f.name]);
+      first ||= errors[r.f.name] ? r.input : null;
+    }
+    const stray = Object.keys(errors).filter((k) => !rows.some((r) => r.f.name === k)).map((k) => errors[k]);
+    say(alert, [first ? t.errFix : e.message, ...stray].join(' '));
+    if (fromServer) report(e);
+    first?.focus();
+  };
+  // Flows that end badly come back here, with the form as the user left it.
+  const ctx = {
+    st,
+    existing,
+    fail(e) {
+      if (!form.isConnected) render();
+      setBusy(false);
+      showErrors(e);
+    },
+    closedEarly() {
+      setBusy(false);
+      say(alert, t.popupClosed);
+    },
+  };
+
+  function onSubmit() {
+    if (busy) return;
+    say(alert, '');
+    const values = {};
+    const missing = {};
+    for (const r of rows) {
+      const v = r.value();
+      r.setError(null);
+      if (v !== '') values[r.f.name] = v;
+      else if (r.f.required) missing[r.f.name] = t.errRequired;
+    }
+    if (Object.keys(missing).length) return showErrors({ errors: missing }, false);
+    abandon(); // an earlier attempt still waiting in the background (its pop-up is reused below)
+    // Opened now, inside the click: after an await the pop-up blocker would refuse it.
+    const popup = oauth ? openPopup() : null;
+    setBusy(true);
+    const body = existing ? values : { servertype_id: st.id, ...values };
+    const path = existing ? serverPath(existing.id, '/reauthorise') : '/api/servers';
+    (async () => {
+      const r = await api('POST', path, oauth && existing ? undefined : body);
+      if (!oauth) return track(r, ctx);
+      const url = existing ? r?.auth_uri : r?.oauth_url;
+      const id = existing ? existing.id : r?.id;
+      if (!/^https?:\/\//i.test(url || '') || id == null) throw fail('bad_response', t.errGeneric);
+      let opened = false;
+      try {
+        popup.location.href = url;
+        opened = true;
+      } catch {
+        // blocked (null) or unusable: offer a link instead, and keep polling
+      }
+      waitFor(url, !opened);
+      follow({ ...ctx, id, popup: opened ? popup : null });
+    })().catch((e) => {
+      try {
+        popup?.close();
+      } catch {}
+      ctx.fail(e);
+    });
+  }
+
+  function waitFor(url, blocked) {
+    const cancel = h('button', { type: 'button', class: 'secondary', onclick: () => { abandon(); setBusy(false); submit.focus(); } }, t.cancel);
+    const link = blocked && h('a', { href: url, target: '_blank', rel: 'noopener' }, t.continueTab);
+    wait.replaceChildren(
+      blocked && h('p', { role: 'alert' }, t.popupBlocked),
+      link && h('p', null, link),
+      spinner(fmt(t.oauthWaiting, { name: st.display_name })),
+      h('p', null, cancel));
+    wait.hidden = false;
+    if (link) link.focus();
+  }
+
+  render();
+}
+
+function openPopup() {
+  const w = 520;
+  const hgt = 680;
+  const left = Math.max(0, screenX + (outerWidth - w) / 2);
+  const top = Math.max(0, screenY + (outerHeight - hgt) / 2);
+  const popup = window.open('', 'peliqan-oauth', `popup,width=${w},height=${hgt},left=${left | 0},top=${top | 0}`);
+  try {
+    popup.document.title = t.loading;
+    popup.document.body.textContent = t.loading;
+  } catch {
+    // null (blocked) or a window left on another origin by an earlier attempt
+  }
+  return popup;
+}
+
+// Follows a connection until it needs the user (CONFIG_SELECT), is usable, or has failed.
+function track(conn, ctx) {
+  const status = conn?.health_status;
+  if (WAITING.has(status)) return follow({ ...ctx, id: conn.id, popup: null });
+  if (status === 'CONFIG_SELECT') return configStep(conn, ctx);
+  if (!conn || FAILED.has(status)) {
+    if (conn && !ctx.existing) api('DELETE', serverPath(conn.id)).catch(() => {});
+    return ctx.fail(fail('connection_failed', conn?.detail || t.errGeneric));
+  }
+  success(conn);
+}
+
+// Polls GET /api/server/{id}, the source of truth; the callback's message or broadcast only
+// makes it poll sooner.
+async function follow(p) {
+  pending = p;
+  const giveUp = Date.now() + OAUTH_GIVE_UP_MS;
+  let closedAt = 0;
+  let background = false;
+  while (!p.stopped) {
+    let conn = null;
+    try {
+      conn = await api('GET', serverPath(p.id));
+    } catch (e) {
+      if ([401, 403, 404].includes(e.status)) return stop(p), p.fail(e);
+    }
+    if (p.stopped) return;
+    if (conn && !WAITING.has(conn.health_status)) return stop(p), track(conn, p);
+    if (Date.now() > giveUp) return abandon(), p.fail(fail('timeout', t.errTimeout));
+    let closed = false;
+    try {
+      closed = !!p.popup?.closed;
+    } catch {}
+    if (!closed) closedAt = 0;
+    else if (!closedAt) closedAt = Date.now();
+    else if (!background && Date.now() - closedAt >= POPUP_GRACE_MS) {
+      background = true; // back to the form, but a late completion still wins
+      p.closedEarly();
+    }
+    await new Promise((resolve) => {
+      p.kick = resolve;
+      setTimeout(resolve, background ? 3e3 : 1e3);
+    });
+  }
+}
+function stop(p) {
+  p.stopped = true;
+  p.kick?.();
+  if (pending === p) pending = null;
+  try {
+    p.popup?.close();
+  } catch {}
+}
+// The user gave up on the connection being waited for (Cancel, Back, a new attempt): forget it.
+function abandon() {
+  const p = pending;
+  if (!p) return;
+  stop(p);
+  if (!p.existing) api('DELETE', serverPath(p.id)).catch(() => {});
+}
+
+async function configStep(conn, ctx) {
+  const retry = () => configStep(conn, ctx);
+  let step;
+  try {
+    step = await api('GET', serverPath(conn.id, '/config-options'));
+  } catch (e) {
+    report(e);
+    const again = h('button', { type: 'button', class: 'primary', onclick: retry }, t.retry);
+    return show(fmt(t.connectTitle, { name: ctx.st.display_name }), [h('div', { role: 'alert', class: 'alert' }, e.message), actions(again)], { focus: again });
+  }
+  const options = step.options || [];
+  const type = step.multiple ? 'checkbox' : 'radio';
+  const inputs = options.map((o, i) => h('input', { type, id: `choice-${i}`, name: 'choice', value: String(i) }));
+  const alert = alertBox();
+  const submit = h('button', { type: 'submit', class: 'primary' }, t.continue);
+  let busy = false;
+  const onSubmit = async (e) => {
+    e.preventDefault();
+    if (busy) return;
+    const chosen = inputs.filter((i) => i.checked).map((i) => options[Number(i.value)].value);
+    if (!chosen.length) {
+      say(alert, t.errChoose);
+      return inputs[0]?.focus();
+    }
+    busy = true;
+    submit.setAttribute('aria-disabled', 'true');
+    say(alert, '');
+    try {
+      const r = await api('POST', serverPath(conn.id, '/config'), { [step.field]: chosen });
+      track(r?.health_status ? r : await api('GET', serverPath(conn.id)), ctx);
+    } catch (err) {
+      say(alert, err.message);
+      report(err);
+    } finally {
+      busy = false;
+      submit.removeAttribute('aria-disabled');
+    }
+  };
+  const help = [step.help, step.multiple ? t.chooseSome : t.chooseOne].filter(Boolean).join(' ');
+  const form = h('form', { novalidate: true, onsubmit: onSubmit },
+    alert,
+    h('fieldset', { 'aria-describedby': 'choice-help' },
+      h('legend', null, step.label),
+      h('p', { class: 'help', id: 'choice-help' }, help),
+      options.map((o, i) => h('div', { class: 'choice' }, inputs[i], h('label', { for: `choice-${i}` }, String(o.label))))),
+    actions(submit));
+  show(fmt(t.connectTitle, { name: ctx.st.display_name }), [form], { focus: inputs[0] || submit });
+}
+
+function success(conn) {
+  const data = {};
+  for (const k of ['id', 'name', 'servertype_id', 'connector', 'health_status']) data[k] = conn[k] ?? null;
+  for (const k of ['account_id', 'external_id']) data[k] = conn[k] ?? session?.[k] ?? null;
+  post({ type: 'connected', data });
+  const done = h('button', {
+    type: 'button',
+    class: 'primary',
+    onclick: () => {
+      post({ type: 'close' });
+      if (mode === 'inline') start(wanted);
+    },
+  }, t.done);
+  show(t.connectedTitle, [h('p', { class: 'success' }, fmt(t.connectedText, { name: conn.name || '' })), actions(done)]);
+}
+
+async function reauthorise(id) {
+  show(t.title, [spinner(t.loading)]);
+  try {
+    const conn = await api('GET', serverPath(id));
+    const st = catalogue.find((s) => String(s.id) === String(conn.servertype_id) || s.name === conn.connector);
+    if (!st) throw fail('unknown_connector', t.errNotAvailable);
+    connectForm(st, conn);
+  } catch (e) {
+    fatal(e);
+  }
+}
+
+// ---- boot and messages ----
+
+async function refresh() {
+  if (!lastInit) return;
+  const boot = (booting ||= (async () => {
+    const first = lastInit.token;
+    // An expired first token is not fatal: ensureToken() asks the parent (getToken) for a new one.
+    if (typeof first === 'string' && first && first !== token) await startSession(first).catch((e) => { if (e.status !== 401) throw e; });
+    catalogue = await loadCatalogue();
+  })());
+  try {
+    await boot;
+    start(wanted);
+  } catch (e) {
+    if (booting === boot) booting = null; // the next `open` tries again
+    fatal(e);
+  }
+}
+
+function configure(options) {
+  mode = options.mode === 'inline' ? 'inline' : 'modal';
+  root.classList.toggle('inline', mode === 'inline');
+  $('close').hidden = mode !== 'modal';
+  for (const [k, v] of Object.entries(options.theme || {})) {
+    // CSSOM, not a style attribute: allowed by this document's CSP.
+    if (/^[a-zA-Z]+$/.test(k) && typeof v === 'string') root.style.setProperty('--pq-' + k.replace(/[A-Z]/g, (c) => '-' + c.toLowerCase()), v);
+  }
+}
+
+addEventListener('message', (e) => {
+  const m = e.data;
+  if (e.origin === PARENT && e.source === parent && parentOk && m?.source === 'peliqan') {
+    if (m.type === 'init') {
+      lastInit = m;
+      booting = null;
+      configure(m.options || {});
+      refresh();
+    } else if (m.type === 'open') {
+      wanted = m.options || {};
+      autofocus = true;
+      refresh();
+    } else if (m.type === 'token') onToken?.(m.token);
+  } else if (e.origin === location.origin && pending?.popup && e.source === pending.popup && m?.source === 'peliqan-oauth' && String(m.connection_id) === String(pending.id)) {
+    pending.kick?.(); // the callback page reported: confirm by polling now
+  }
+});
+if (self.BroadcastChannel) {
+  new BroadcastChannel('peliqan-oauth').onmessage = (e) => {
+    if (pending && String(e.data?.connection_id) === String(pending.id)) pending.kick?.();
+  };
+}
+
+addEventListener('pointerdown', () => (autofocus = true), true);
+addEventListener('keydown', (e) => {
+  autofocus = true;
+  if (mode !== 'modal') return;
+  if (e.key === 'Escape') {
+    e.preventDefault();
+    post({ type: 'close' });
+  } else if (e.key === 'Tab') {
+    // Focus trap: Tab past the last control (or Shift+Tab before the first) wraps around.
+    const active = document.activeElement;
+    const all = [...document.querySelectorAll('a[href], button, input, select, textarea')].filter((el) => !el.disabled && el.tabIndex >= 0 && el.getClientRects().length);
+    const after = (el) => active.compareDocumentPosition(el) & Node.DOCUMENT_POSITION_FOLLOWING;
+    const ahead = e.shiftKey ? all.filter((el) => el !== active && !after(el) && !el.contains(active)) : all.filter(after);
+    if (!ahead.length && all.length) {
+      e.preventDefault();
+      (e.shiftKey ? all.at(-1) : all[0]).focus();
+    }
+  }
+}, true);
+
+new ResizeObserver(() => {
+  if (mode === 'inline') post({ type: 'resize', height: Math.ceil(root.getBoundingClientRect().height) });
+}).observe(document.body);
+
+root.lang = LOCALE;
+document.title = t.title;
+$('title').textContent = t.title;
+$('back-text').textContent = t.back;
+$('loading').textContent = t.loading;
+$('close').setAttribute('aria-label', t.close);
+$('close').onclick = () => post({ type: 'close' });
+if (parentOk) post({ type: 'ready' });
+else fatal(fail('parent_not_allowed', t.errOrigin));
