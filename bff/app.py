@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Mount, Route
 
-from . import openapi, partner_api
+from . import connections_api, embed, openapi, partner_api
 from .connections import SandboxTransport
 from .crypto import Vault
 from .errors import EXCEPTION_HANDLERS
@@ -113,6 +113,8 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
     routes: list[BaseRoute] = [
         Route("/healthz", healthz, methods=["GET"]),
         *partner_api.routes(),
+        *connections_api.routes(),
+        *embed.routes(),
     ]
     if sandbox_app is not None:
         routes.append(Mount("/sandbox", app=sandbox_app, name="sandbox"))

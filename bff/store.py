@@ -14,7 +14,7 @@ import dataclasses
 import json
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -251,8 +251,17 @@ class ConnectionStore:
     # -- connections --------------------------------------------------------------
 
     async def create_connection(
-        self: Any, sub_account_id: int, connector: str, name: str, health_status: str, config: Mapping[str, Any] | None = None
+        self: Any,
+        sub_account_id: int,
+        connector: str,
+        name: str,
+        health_status: str,
+        config: Mapping[str, Any] | None = None,
+        *,
+        seal: Callable[[int], bytes] | None = None,
     ) -> Connection:
+        """Insert a connection; ``seal(id)`` encrypts its secrets in the same transaction
+        (the id is the ciphertext's associated data), so no row exists without them."""
         now = self.now()
         async with self._write() as conn:
             result = await conn.execute(
@@ -263,6 +272,10 @@ class ConnectionStore:
                 {"s": sub_account_id, "c": connector, "n": name, "h": health_status, "cfg": json.dumps(config or {}), "now": now},
             )
             connection_id = int(result.scalar_one())
+            if seal is not None:
+                await conn.execute(
+                    text("UPDATE connections SET secrets = :sec WHERE id = :id"), {"sec": seal(connection_id), "id": connection_id}
+                )
         connection = await self.get_connection(sub_account_id, connection_id)
         assert connection is not None
         return connection  # type: ignore[no-any-return]

@@ -1,0 +1,435 @@
+"""Sub-account endpoints for the catalogue and connections, and the OAuth2 callback."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from . import connections as rt
+from .auth import SUB_ACCOUNT_KINDS, authenticate, require_connection, require_sub_account, services
+from .connectors import (
+    ConnectorError,
+    CredentialsRejected,
+    OAuthError,
+    build_authorize_url,
+    exchange_code,
+    new_pkce_pair,
+)
+from .connectors.definitions import Connector
+from .crypto import connection_aad
+from .errors import ApiError, validation_error
+from .http import Pagination, api_route, read_json
+from .store import Connection, SubAccount, iso
+from .templates import render
+
+OAUTH_FLOW_MAX_AGE = 15 * 60
+NOT_READY_FOR_CONFIG = {rt.AUTHORIZING, rt.RE_AUTHORISING}
+
+
+# -- serialisation -------------------------------------------------------------------
+
+
+async def connection_dict(request: Request, account: SubAccount, connection: Connection) -> dict[str, Any]:
+    """The public shape of a connection: never credentials or provider tokens."""
+    connector = rt.load_connectors().get(connection.connector)
+    last_run = await services(request).store.last_run(connection.id)
+    return {
+        "id": connection.id,
+        "name": connection.name,
+        "servertype_id": connector.id if connector else None,
+        "connector": connection.connector,
+        "health_status": connection.health_status,
+        "detail": connection.detail,
+        "config": connection.config,
+        "created_at": iso(connection.created_at),
+        "last_run": last_run.public_dict() if last_run else None,
+        "account_id": account.id,
+        "external_id": account.external_id,
+    }
+
+
+def logo_base_url(request: Request) -> str:
+    return f"{services(request).settings.public_url}/embed/v1/logos/"
+
+
+# -- validation ------------------------------------------------------------------------
+
+
+def parse_credentials(connector: Connector, data: dict[str, Any]) -> dict[str, str]:
+    """The connect-form fields, each checked; errors are reported per field."""
+    errors: dict[str, str] = {}
+    credentials: dict[str, str] = {}
+    for field in connector.connect_form:
+        value = data.get(field.name)
+        if value is None or (isinstance(value, str) and not value.strip()):
+            if field.required:
+                errors[field.name] = f"{field.label} is required."
+            continue
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            errors[field.name] = f"{field.label} must be text."
+            continue
+        text_value = str(value).strip() if not field.secret else str(value)
+        if len(text_value) > 4096:
+            errors[field.name] = f"{field.label} is too long."
+            continue
+        if field.options and text_value not in {option.value for option in field.options}:
+            errors[field.name] = f"Choose one of the offered values for {field.label}."
+            continue
+        credentials[field.name] = text_value
+    if errors:
+        raise validation_error(errors, detail="Some connection details are missing or invalid.")
+    return credentials
+
+
+def parse_name(data: dict[str, Any], default: str) -> str:
+    name = data.get("name")
+    if name is None or name == "":
+        return default
+    if not isinstance(name, str) or len(name) > 200:
+        raise validation_error({"name": "Must be text of at most 200 characters."})
+    return name.strip() or default
+
+
+def connector_error(exc: ConnectorError) -> ApiError:
+    if isinstance(exc, CredentialsRejected):
+        return ApiError(422, "credentials_rejected", f"The provider rejected these credentials: {exc.detail}")
+    return ApiError(502, "provider_unavailable", f"Could not reach the provider to check the credentials: {exc.detail}")
+
+
+# -- catalogue --------------------------------------------------------------------------
+
+
+async def list_servertypes(request: Request) -> JSONResponse:
+    """The connector catalogue with each connector's connect form."""
+    await authenticate(request, ("partner", *SUB_ACCOUNT_KINDS))
+    base = logo_base_url(request)
+    results = [connector.public_dict(base) for connector in rt.catalogue(services(request)).values()]
+    results.sort(key=lambda item: item["id"])
+    return JSONResponse({"count": len(results), "next": None, "previous": None, "results": results})
+
+
+# -- connections ------------------------------------------------------------------------
+
+
+async def create_server(request: Request) -> JSONResponse:
+    """Add a connection: credentials are tested first; OAuth2 returns the URL to open."""
+    account = await require_sub_account(request)
+    data = await read_json(request)
+    svc = services(request)
+    servertype_id = data.get("servertype_id")
+    connector = rt.connector_by_id(svc, servertype_id) if isinstance(servertype_id, (int, str)) and not isinstance(servertype_id, bool) else None
+    if connector is None:
+        raise validation_error({"servertype_id": "Unknown connector; see GET /api/servertypes."})
+    name = parse_name(data, connector.display_name)
+
+    if connector.auth_type == "oauth2":
+        client = rt.oauth_client(svc, connector)
+        if client is None:
+            raise ApiError(400, "oauth_app_not_configured", f"{connector.display_name} has no OAuth app configured.")
+        connection = await svc.store.create_connection(account.id, connector.name, name, rt.AUTHORIZING)
+        oauth_url = await start_oauth_flow(request, account, connection, connector, purpose="connect")
+        body = await connection_dict(request, account, connection)
+        body["oauth_url"] = oauth_url
+        return JSONResponse(body, status_code=201, headers={"Cache-Control": "no-store"})
+
+    credentials = parse_credentials(connector, data)
+    try:
+        await rt.session_for(svc, connector, credentials=credentials).test()
+    except ConnectorError as exc:
+        raise connector_error(exc) from None
+    status = rt.CONFIG_SELECT if connector.config_select else rt.OK
+    connection = await svc.store.create_connection(
+        account.id,
+        connector.name,
+        name,
+        status,
+        seal=lambda connection_id: rt.seal_secrets(svc, connection_id, rt.Secrets(credentials)),
+    )
+    await svc.store.add_log(connection.id, "info", f"Connected to {connector.display_name}; credentials verified.")
+    return JSONResponse(await connection_dict(request, account, connection), status_code=201)
+
+
+async def list_servers(request: Request) -> JSONResponse:
+    """The sub-account's connections (no secrets)."""
+    account = await require_sub_account(request)
+    connections = await services(request).store.list_connections(account.id)
+    results = [await connection_dict(request, account, c) for c in connections]
+    return JSONResponse({"count": len(results), "next": None, "previous": None, "results": results})
+
+
+async def get_server(request: Request) -> JSONResponse:
+    """One connection and its status."""
+    account, connection = await require_connection(request)
+    return JSONResponse(await connection_dict(request, account, connection))
+
+
+async def delete_server(request: Request) -> Response:
+    """Delete a connection, its secrets, runs, logs and warehouse tables."""
+    account, connection = await require_connection(request)
+    svc = services(request)
+    await svc.store.delete_connection(account.id, connection.id)
+    drop = svc.extras.get("drop_connection_tables")
+    if drop is not None:
+        await drop(account.id, connection.id)
+    return Response(status_code=204)
+
+
+async def server_logs(request: Request) -> JSONResponse:
+    """The connection's log lines, newest first."""
+    _, connection = await require_connection(request)
+    page = Pagination(request, default_size=100)
+    count, lines = await services(request).store.list_logs(connection.id, offset=page.offset, limit=page.limit)
+    return JSONResponse(page.envelope(count, lines))
+
+
+# -- CONFIG_SELECT ----------------------------------------------------------------------------
+
+
+def _config_connector(connection: Connection) -> Connector:
+    connector = rt.load_connectors()[connection.connector]
+    if connector.config_select is None:
+        raise ApiError(400, "no_config_step", f"{connector.display_name} has no configuration step.")
+    if connection.health_status in NOT_READY_FOR_CONFIG:
+        raise ApiError(409, "connection_not_ready", "Finish authorising the connection first.")
+    return connector
+
+
+async def _config_options(request: Request, connection: Connection, connector: Connector) -> list[dict[str, Any]]:
+    svc = services(request)
+    try:
+        return await rt.session_for_connection(svc, connection).config_options()
+    except ConnectorError as exc:
+        if isinstance(exc, CredentialsRejected):
+            raise ApiError(422, "credentials_rejected", f"The provider rejected the stored credentials: {exc.detail}") from None
+        raise ApiError(502, "provider_unavailable", f"Could not load the options: {exc.detail}") from None
+
+
+async def config_options(request: Request) -> JSONResponse:
+    """The CONFIG_SELECT choices (e.g. divisions) offered by the provider."""
+    _, connection = await require_connection(request)
+    connector = _config_connector(connection)
+    assert connector.config_select is not None
+    options = await _config_options(request, connection, connector)
+    return JSONResponse(
+        {
+            **connector.config_select.public_dict(),
+            "options": options,
+            "selected": connection.config.get(connector.config_select.field, []),
+        }
+    )
+
+
+async def save_config(request: Request) -> JSONResponse:
+    """Store the CONFIG_SELECT choice; the connection becomes ready to sync."""
+    account, connection = await require_connection(request)
+    connector = _config_connector(connection)
+    select = connector.config_select
+    assert select is not None
+    data = await read_json(request)
+    chosen = data.get(select.field)
+    if isinstance(chosen, (str, int)) and not isinstance(chosen, bool):
+        chosen = [chosen]
+    if not isinstance(chosen, list) or not chosen or not all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in chosen):
+        raise validation_error({select.field: f"Choose at least one of the {select.label.lower()}."})
+    values = list(dict.fromkeys(str(v) for v in chosen))
+    if not select.multiple and len(values) > 1:
+        raise validation_error({select.field: "Choose exactly one."})
+    offered = {str(option["value"]) for option in await _config_options(request, connection, connector)}
+    unknown = [v for v in values if v not in offered]
+    if unknown:
+        raise validation_error({select.field: f"Not offered by the provider: {', '.join(unknown)}."})
+    svc = services(request)
+    status = connection.health_status if connection.health_status not in {rt.CONFIG_SELECT} else rt.OK
+    await svc.store.update_connection(connection.id, config={**connection.config, select.field: values}, health_status=status, detail=None)
+    await svc.store.add_log(connection.id, "info", f"{select.label} selected: {', '.join(values)}.")
+    updated = await svc.store.get_connection(account.id, connection.id)
+    assert updated is not None
+    return JSONResponse(await connection_dict(request, account, updated))
+
+
+# -- re-authorisation and manual refresh -------------------------------------------------------
+
+
+async def reauthorise(request: Request) -> JSONResponse:
+    """OAuth2: a new consent URL. Key/login: the form, or new credentials tested and stored."""
+    account, connection = await require_connection(request)
+    svc = services(request)
+    connector = rt.load_connectors()[connection.connector]
+    data = await read_json(request, required=False)
+    if connector.auth_type == "oauth2":
+        auth_uri = await start_oauth_flow(request, account, connection, connector, purpose="reauthorise")
+        await svc.store.update_connection(connection.id, health_status=rt.RE_AUTHORISING)
+        return JSONResponse({"auth_uri": auth_uri, "id": connection.id}, headers={"Cache-Control": "no-store"})
+    if not data:
+        return JSONResponse({"id": connection.id, "form": {"fields": [f.public_dict() for f in connector.connect_form]}})
+    credentials = parse_credentials(connector, data)
+    try:
+        await rt.session_for(svc, connector, credentials=credentials, config=connection.config).test()
+    except ConnectorError as exc:
+        raise connector_error(exc) from None
+    await rt.save_secrets(svc, connection.id, rt.Secrets(credentials))
+    await svc.store.update_connection(connection.id, health_status=rt.RE_AUTHORISED, detail=None)
+    await svc.store.add_log(connection.id, "info", "Credentials replaced and verified.")
+    updated = await svc.store.get_connection(account.id, connection.id)
+    assert updated is not None
+    return JSONResponse(await connection_dict(request, account, updated))
+
+
+async def manual_refresh(request: Request) -> JSONResponse:
+    """The provider page where the customer refreshes bank data by hand (SaltEdge-style)."""
+    _, connection = await require_connection(request)
+    connector = rt.load_connectors()[connection.connector]
+    url = connector.manual_refresh_url(rt.context(services(request)))
+    if url is None:
+        raise ApiError(400, "manual_refresh_not_supported", f"{connector.display_name} has no manual refresh.")
+    return JSONResponse({"id": connection.id, "refresh_url": url})
+
+
+# -- OAuth2 -------------------------------------------------------------------------------------
+
+
+def _state_hash(state: str) -> str:
+    # Only a hash is stored: a database leak does not yield usable states.
+    return hashlib.sha256(state.encode()).hexdigest()
+
+
+async def start_oauth_flow(request: Request, account: SubAccount, connection: Connection, connector: Connector, *, purpose: str) -> str:
+    """A fresh state and PKCE verifier per flow; the verifier stays server-side, encrypted."""
+    svc = services(request)
+    client = rt.oauth_client(svc, connector)
+    if client is None:
+        raise ApiError(400, "oauth_app_not_configured", f"{connector.display_name} has no OAuth app configured.")
+    state = secrets.token_urlsafe(32)
+    verifier, challenge = new_pkce_pair() if connector.oauth and connector.oauth.pkce else (None, None)
+    sealed = svc.vault.encrypt(verifier.encode(), connection_aad(connection.id, "pkce")) if verifier else None
+    await svc.store.create_oauth_flow(
+        _state_hash(state), connection_id=connection.id, sub_account_id=account.id, purpose=purpose, verifier=sealed
+    )
+    return build_authorize_url(connector, client=client, state=state, code_challenge=challenge, context=rt.context(svc))
+
+
+def callback_page(request: Request, *, ok: bool, connection_id: int | None, message: str, status: int = 200) -> HTMLResponse:
+    nonce = secrets.token_urlsafe(16)
+    svc = services(request)
+    html = render(
+        "oauth_callback.html",
+        ok=ok,
+        message=message,
+        nonce=nonce,
+        result={
+            "source": "peliqan-oauth",
+            "type": "oauth_result",
+            "connection_id": connection_id,
+            "ok": ok,
+            "error": None if ok else message,
+            "target_origin": svc.settings.public_url,
+        },
+    )
+    return HTMLResponse(
+        html,
+        status_code=status,
+        headers={
+            "Referrer-Policy": "no-referrer",
+            "Cache-Control": "no-store",
+            "X-Content-Type-Options": "nosniff",
+            "Content-Security-Policy": (
+                f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; base-uri 'none'; "
+                "form-action 'none'; frame-ancestors 'none'"
+            ),
+        },
+    )
+
+
+async def oauth_callback(request: Request) -> HTMLResponse:
+    """The registered redirect URI: exchanges the code (with the PKCE verifier) and reports to the opener."""
+    svc = services(request)
+    params = request.query_params
+    state = params.get("state")
+    if not state:
+        return callback_page(request, ok=False, connection_id=None, message="This sign-in response has no state; start again from the app.", status=400)
+    flow = await svc.store.consume_oauth_flow(_state_hash(state), max_age=OAUTH_FLOW_MAX_AGE)
+    if flow is None:
+        return callback_page(
+            request, ok=False, connection_id=None, status=400,
+            message="This sign-in link has expired or was already used. Close this window and start again.",
+        )
+    connection = await svc.store.get_connection(flow.sub_account_id, flow.connection_id)
+    if connection is None:
+        return callback_page(request, ok=False, connection_id=None, status=400, message="This connection no longer exists.")
+    connector = rt.load_connectors()[connection.connector]
+    failed_status = rt.ERROR
+    if params.get("error"):
+        reason = params.get("error_description") or params.get("error") or "unknown error"
+        detail = "Access was denied at the provider." if params.get("error") == "access_denied" else f"The provider reported an error: {reason[:200]}"
+        await svc.store.update_connection(connection.id, health_status=failed_status, detail=detail)
+        await svc.store.add_log(connection.id, "warning", f"Authorisation failed: {detail}")
+        return callback_page(request, ok=False, connection_id=connection.id, message=detail)
+    code = params.get("code")
+    if not code:
+        return callback_page(request, ok=False, connection_id=connection.id, status=400, message="The provider sent no authorisation code.")
+    client = rt.oauth_client(svc, connector)
+    assert client is not None
+    verifier = svc.vault.decrypt(flow.verifier, connection_aad(connection.id, "pkce")).decode() if flow.verifier else None
+    try:
+        tokens = await exchange_code(
+            connector, http=svc.http, client=client, code=code, code_verifier=verifier, context=rt.context(svc), clock=svc.clock
+        )
+    except (OAuthError, ConnectorError) as exc:
+        detail = f"Could not complete authorisation: {exc.detail}"
+        await svc.store.update_connection(connection.id, health_status=failed_status, detail=detail)
+        await svc.store.add_log(connection.id, "error", detail)
+        return callback_page(request, ok=False, connection_id=connection.id, message=detail)
+    await rt.save_secrets(svc, connection.id, rt.Secrets(credentials={}, tokens=tokens))
+    if flow.purpose == "reauthorise":
+        status = rt.RE_AUTHORISED
+    elif connector.config_select is not None:
+        status = rt.CONFIG_SELECT
+    else:
+        status = rt.OK
+    await svc.store.update_connection(connection.id, health_status=status, detail=None)
+    await svc.store.add_log(connection.id, "info", f"Authorised with {connector.display_name}.")
+    return callback_page(request, ok=True, connection_id=connection.id, message=f"{connector.display_name} is connected. You can close this window.")
+
+
+# -- embed session --------------------------------------------------------------------------------
+
+
+async def embed_session(request: Request) -> JSONResponse:
+    """The iframe proves its parent page's origin is registered for the token's partner."""
+    caller = await authenticate(request, SUB_ACCOUNT_KINDS)
+    assert caller.partner is not None and caller.sub_account is not None
+    data = await read_json(request)
+    origin = data.get("parent_origin")
+    if not isinstance(origin, str) or origin not in caller.partner.origins:
+        raise ApiError(403, "origin_not_allowed", "This page's origin is not registered for this partner.")
+    return JSONResponse(
+        {
+            "account_id": caller.sub_account.id,
+            "external_id": caller.sub_account.external_id,
+            "partner_id": caller.partner.id,
+            "expires_at": caller.claims.expires_at,
+            "locale": caller.sub_account.language,
+        }
+    )
+
+
+def routes() -> list[BaseRoute]:
+    return [
+        *api_route("/api/servertypes", list_servertypes, methods=["GET"]),
+        *api_route("/api/servers", create_server, methods=["POST"]),
+        *api_route("/api/servers", list_servers, methods=["GET"]),
+        *api_route("/api/server/{id:int}", get_server, methods=["GET"]),
+        *api_route("/api/server/{id:int}", delete_server, methods=["DELETE"]),
+        *api_route("/api/server/{id:int}/logs", server_logs, methods=["GET"]),
+        *api_route("/api/server/{id:int}/config-options", config_options, methods=["GET"]),
+        *api_route("/api/server/{id:int}/config", save_config, methods=["POST"]),
+        *api_route("/api/server/{id:int}/reauthorise", reauthorise, methods=["POST"]),
+        *api_route("/api/server/{id:int}/manual-refresh", manual_refresh, methods=["POST"]),
+        *api_route("/api/embed/session", embed_session, methods=["POST"]),
+        Route("/oauth/callback", oauth_callback, methods=["GET"]),
+    ]

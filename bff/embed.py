@@ -1,0 +1,101 @@
+"""The widget's files: the loader module, the connect iframe document and its assets, logos."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from functools import lru_cache
+from pathlib import Path
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from .connectors import LOGO_DIR
+from .errors import not_found
+
+ASSET_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*\.(js|css)$")
+LOGO_NAME = re.compile(r"^[a-z0-9_]+\.svg$")
+CONTENT_TYPES = {
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".html": "text/html; charset=utf-8",
+    ".svg": "image/svg+xml",
+}
+# The iframe document: scripts and styles from this origin only, talks only to this API.
+CONNECT_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "frame-ancestors *; base-uri 'none'; form-action 'none'"
+)
+
+
+def widget_dir() -> Path:
+    """The source checkout's ``widget/``, or the copy installed as ``bff.widget``."""
+    source = Path(__file__).resolve().parent.parent / "widget"
+    if (source / "peliqan-integration.js").exists():
+        return source
+    import bff.widget  # installed by `pip install .` (package-dir mapping in pyproject)
+
+    return Path(bff.widget.__file__).resolve().parent
+
+
+@lru_cache(maxsize=64)
+def _load(path: Path, mtime_ns: int) -> tuple[bytes, str]:
+    body = path.read_bytes()
+    return body, '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+
+
+def file_response(request: Request, path: Path, *, cache_seconds: int, extra_headers: dict[str, str] | None = None) -> Response:
+    if not path.is_file():
+        raise not_found("No such file.")
+    body, etag = _load(path, path.stat().st_mtime_ns)
+    headers = {
+        "ETag": etag,
+        "Cache-Control": f"public, max-age={cache_seconds}",
+        "X-Content-Type-Options": "nosniff",
+        **(extra_headers or {}),
+    }
+    if etag in request.headers.get("if-none-match", ""):
+        return Response(status_code=304, headers=headers)
+    return Response(body, media_type=CONTENT_TYPES[path.suffix], headers=headers)
+
+
+async def loader(request: Request) -> Response:
+    """The embeddable ES module (`<script type="module" src=…>`)."""
+    return file_response(
+        request, widget_dir() / "peliqan-integration.js", cache_seconds=300,
+        extra_headers={"Access-Control-Allow-Origin": "*", "Cross-Origin-Resource-Policy": "cross-origin"},
+    )
+
+
+async def connect_document(request: Request) -> Response:
+    """The connect UI, loaded in an iframe on the partner's page."""
+    return file_response(
+        request, widget_dir() / "connect.html", cache_seconds=60,
+        extra_headers={"Content-Security-Policy": CONNECT_CSP, "Referrer-Policy": "no-referrer"},
+    )
+
+
+async def asset(request: Request) -> Response:
+    """The connect UI's own scripts and styles."""
+    name = request.path_params["name"]
+    if not ASSET_NAME.match(name):
+        raise not_found("No such file.")
+    return file_response(request, widget_dir() / name, cache_seconds=300)
+
+
+async def logo(request: Request) -> Response:
+    """A connector logo."""
+    name = request.path_params["name"]
+    if not LOGO_NAME.match(name):
+        raise not_found("No such logo.")
+    return file_response(request, Path(LOGO_DIR) / name, cache_seconds=3600)
+
+
+def routes() -> list[BaseRoute]:
+    return [
+        Route("/embed/v1/peliqan-integration.js", loader, methods=["GET"]),
+        Route("/embed/v1/connect", connect_document, methods=["GET"]),
+        Route("/embed/v1/logos/{name}", logo, methods=["GET"]),
+        Route("/embed/v1/{name}", asset, methods=["GET"]),
+    ]

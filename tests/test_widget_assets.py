@@ -1,0 +1,225 @@
+"""Static checks of the widget files: size budgets, CSP-safe markup, strings, types.
+
+The widget's behaviour is tested in a real browser (e2e/test_widget.py); these checks are the
+ones a browser cannot make better: bytes on the wire and contracts between files.
+"""
+
+from __future__ import annotations
+
+import gzip
+import html.parser
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+WIDGET = Path(__file__).resolve().parents[1] / "widget"
+LOADER = WIDGET / "peliqan-integration.js"
+SDK = WIDGET / "peliqan-sdk.js"
+CONNECT_JS = WIDGET / "connect.js"
+CONNECT_CSS = WIDGET / "connect.css"
+CONNECT_HTML = WIDGET / "connect.html"
+LOCALES = WIDGET / "locales.js"
+DTS = WIDGET / "peliqan-integration.d.ts"
+
+LOADER_BUDGET = 4096
+TOTAL_BUDGET = 20480
+SDK_FUNCTIONS = {
+    "syncServer",
+    "getServerHealthStatus",
+    "getServerSyncRunStatus",
+    "reAuthoriseServer",
+    "manualRefreshSaltEdge",
+    "watchServer",
+}
+
+
+def gzipped_size(path: Path) -> int:
+    # Same as `gzip -9c file | wc -c` (mtime 0 keeps it reproducible).
+    return len(gzip.compress(path.read_bytes(), compresslevel=9, mtime=0))
+
+
+def test_loader_fits_its_gzip_budget() -> None:
+    size = gzipped_size(LOADER)
+    assert size <= LOADER_BUDGET, f"peliqan-integration.js is {size} bytes gzipped (budget {LOADER_BUDGET})"
+
+
+def test_loader_sdk_and_connect_ui_fit_the_total_budget() -> None:
+    files = [LOADER, SDK, CONNECT_JS, CONNECT_CSS, LOCALES]
+    sizes = {f.name: gzipped_size(f) for f in files}
+    assert sum(sizes.values()) <= TOTAL_BUDGET, f"{sizes} = {sum(sizes.values())} bytes gzipped (budget {TOTAL_BUDGET})"
+
+
+@pytest.mark.parametrize("path", [LOADER, SDK, CONNECT_JS], ids=lambda p: p.name)
+def test_no_message_is_posted_to_any_origin(path: Path) -> None:
+    source = path.read_text()
+    assert not re.search(r"""postMessage\([^;]*,\s*['"`]\*['"`]\s*\)""", source)
+
+
+@pytest.mark.parametrize("path", [LOADER, CONNECT_JS], ids=lambda p: p.name)
+def test_message_listeners_check_origin_and_source(path: Path) -> None:
+    source = path.read_text()
+    assert source.count("addEventListener('message'") == 1
+    assert re.search(r"e\.origin\s*[!=]==?\s*[\w.]+", source)
+    assert re.search(r"e\.source\s*[!=]==?\s*[\w.]+", source)
+
+
+def test_iframe_url_carries_only_parent_and_locale() -> None:
+    source = LOADER.read_text()
+    urls = re.findall(r"/embed/v1/connect\?([^`]*)`", source)
+    assert urls, "the loader builds the iframe URL"
+    for query in urls:
+        assert re.findall(r"(\w+)=", query) == ["parent", "locale"]
+
+
+class _MarkupAudit(html.parser.HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.problems: list[str] = []
+        self.lang: str | None = None
+        self._in_script = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        names = {name for name, _ in attrs}
+        if tag == "html":
+            self.lang = dict(attrs).get("lang")
+        if tag == "style":
+            self.problems.append("<style> element")
+        if tag == "script":
+            self._in_script = True
+            if "src" not in names:
+                self.problems.append("inline <script>")
+        if "style" in names:
+            self.problems.append(f"style attribute on <{tag}>")
+        self.problems += [f"inline handler {n} on <{tag}>" for n in names if n.startswith("on")]
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "script":
+            self._in_script = False
+
+    def handle_data(self, data: str) -> None:
+        if self._in_script and data.strip():
+            self.problems.append("script content")
+
+
+def test_connect_document_runs_under_a_strict_csp() -> None:
+    audit = _MarkupAudit()
+    audit.feed(CONNECT_HTML.read_text())
+    assert audit.problems == []
+    assert audit.lang  # replaced by the locale at runtime, but never missing
+
+
+def test_connect_ui_sets_no_style_attributes() -> None:
+    # style-src 'self' blocks style attributes; CSSOM (element.style.x = …, setProperty) is fine.
+    for path in (CONNECT_JS, LOADER):
+        source = path.read_text()
+        assert "setAttribute('style'" not in source and 'setAttribute("style"' not in source
+        assert ".innerHTML" not in source and "insertAdjacentHTML" not in source
+
+
+def load_locales() -> dict[str, dict[str, object]]:
+    source = LOCALES.read_text()
+    table = source[source.index("\nexport default ") + len("\nexport default ") :].strip().rstrip(";")
+    return json.loads(table)
+
+
+def flatten(table: dict[str, object], prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in table.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            assert isinstance(value, str) and value.strip(), f"{prefix}{key} is empty"
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def test_every_locale_has_every_string_with_the_same_placeholders() -> None:
+    tables = {locale: flatten(strings) for locale, strings in load_locales().items()}
+    assert set(tables) == {"en", "nl", "fr", "de"}
+    english = tables["en"]
+    for locale, strings in tables.items():
+        assert set(strings) == set(english), f"{locale}: {set(strings) ^ set(english)}"
+        for key, text in strings.items():
+            assert set(re.findall(r"\{\w+\}", text)) == set(re.findall(r"\{\w+\}", english[key])), f"{locale}.{key}"
+
+
+def test_the_contract_names_are_the_english_strings() -> None:
+    english = load_locales()["en"]
+    assert english["title"] == "Add connection"
+    assert english["search"] == "Search connectors"
+    assert english["connect"] == "Connect"
+
+
+def test_connect_ui_uses_only_strings_that_exist() -> None:
+    source = CONNECT_JS.read_text()
+    english = load_locales()["en"]
+    used = set(re.findall(r"\bt\.(\w+)", source))
+    used |= set(re.findall(r"'(err[A-Z]\w*)'", source))  # the MESSAGES table names keys as strings
+    assert used, "connect.js reads its strings from the locale table"
+    assert used <= set(english), used - set(english)
+
+
+def test_loader_dialog_titles_match_the_locale_table() -> None:
+    titles = dict(re.findall(r"(\w\w): '([^']+)'", re.search(r"const TITLES = \{([^}]*)\}", LOADER.read_text()).group(1)))
+    assert titles == {locale: strings["title"] for locale, strings in load_locales().items()}
+
+
+def dts_interface(name: str) -> set[str]:
+    body = re.search(rf"interface {name}\b[^{{]*\{{(.*?)\n\}}", DTS.read_text(), re.S)
+    assert body, f"interface {name} in the .d.ts"
+    return set(re.findall(r"^\s*(\w+)\??:", body.group(1), re.M))
+
+
+def test_types_cover_every_export_option_and_theme_key() -> None:
+    loader = LOADER.read_text()
+    dts = DTS.read_text()
+    exports = set(re.findall(r"export (?:const|function|class|async function) (\w+)", loader))
+    exports |= set(re.findall(r"export const \[([^\]]+)\]", loader))
+    assert exports >= SDK_FUNCTIONS | {"initialize", "PeliqanError"}
+    for name in exports:
+        assert re.search(rf"export (?:declare )?(?:function|class|const) {name}\b", dts), name
+    spec = re.search(r"const SPEC = \{(.*?)\n\};", loader, re.S).group(1)
+    options = set(re.findall(r"^\s*(\w+):", spec, re.M)) | set(re.findall(r"(\w+): fn", spec))
+    assert options - {"reauthServerId"} == dts_interface("InitializeOptions")
+    assert "reauthServerId" in dts_interface("OpenOptions")
+    theme = set(re.search(r"const THEME = '([^']+)'", loader).group(1).split())
+    assert theme == dts_interface("Theme")
+
+
+def test_every_theme_key_is_a_custom_property_of_the_connect_css() -> None:
+    theme = re.search(r"const THEME = '([^']+)'", LOADER.read_text()).group(1).split()
+    css = CONNECT_CSS.read_text()
+    for key in theme:
+        prop = "--pq-" + re.sub(r"[A-Z]", lambda m: "-" + m.group(0).lower(), key)
+        assert re.search(rf"{prop}\s*:", css), f"{key} → {prop} is not defined in connect.css"
+        assert f"var({prop})" in css, f"{prop} is never used"
+
+
+NODE = shutil.which("node")
+
+SSR_SCRIPT = """
+const m = await import(process.argv[1]);
+const out = {exports: Object.keys(m).sort(), hasWindow: typeof window !== 'undefined'};
+try { m.initialize({integrationToken: 'x'}); } catch (e) { out.initialize = [e.name, e.code]; }
+out.sync = await m.syncServer({serverId: 1}).then(() => 'resolved', (e) => [e.name, e.code, e.status]);
+try { m.watchServer({identityToken: 't', serverId: 1, onChange: 5}); } catch (e) { out.watch = [e.name, e.code]; }
+console.log(JSON.stringify(out));
+"""
+
+
+@pytest.mark.skipif(NODE is None, reason="needs node to import the module without a window")
+def test_loader_imports_where_there_is_no_window() -> None:
+    result = subprocess.run(
+        [NODE, "--input-type=module", "-e", SSR_SCRIPT, LOADER.as_uri()],
+        capture_output=True, text=True, timeout=30, check=True,
+    )
+    out = json.loads(result.stdout)
+    assert out["hasWindow"] is False
+    assert set(out["exports"]) == SDK_FUNCTIONS | {"initialize", "PeliqanError", "default"}
+    assert out["initialize"] == ["PeliqanError", "no_window"]
+    assert out["sync"] == ["PeliqanError", "invalid_argument", 0]
+    assert out["watch"] == ["PeliqanError", "invalid_argument"]

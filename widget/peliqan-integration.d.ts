@@ -1,0 +1,297 @@
+// Type definitions for peliqan-integration.js (the embed loader and SDK), written by hand.
+// Served next to the module: https://BFF/embed/v1/peliqan-integration.d.ts
+//
+//   <script type="module" src="https://BFF/embed/v1/peliqan-integration.js"></script>
+//   import { initialize, syncServer } from "https://BFF/embed/v1/peliqan-integration.js";
+
+/** A connection's health, as `GET /api/server/{id}/health` and the connection objects report it. */
+export type HealthStatus =
+  | "AUTHORIZING"
+  | "CONFIG_SELECT"
+  | "CHECKING"
+  | "OK"
+  | "HEALTHY"
+  | "COMPLETED_WITH_ERRORS"
+  | "ERROR"
+  | "RE_AUTHORISING"
+  | "RE_AUTHORISED"
+  | "DISABLED"
+  | "RE_ENABLED";
+
+export type Locale = "en" | "nl" | "fr" | "de";
+
+/** A connection id as the API returns it. */
+export type ServerId = number | string;
+
+/**
+ * Every failure of this module: rejected SDK promises, `onError`, and `{type: "error"}` events.
+ * `code` is the API's snake_case `code` (e.g. `token_expired`, `credentials_rejected`,
+ * `sync_already_running`) or one of the client-side codes listed in {@link PeliqanErrorCode}.
+ * `status` is the HTTP status, or 0 when no response was involved.
+ */
+export class PeliqanError extends Error {
+  constructor(code: string, message: string, status?: number);
+  readonly name: "PeliqanError";
+  readonly code: PeliqanErrorCode | (string & {});
+  readonly status: number;
+  /** Only with `code: "popup_blocked"`: the URL the blocked tab should have opened. */
+  readonly url?: string;
+}
+
+export type PeliqanErrorCode =
+  /** Bad arguments to an SDK function (the message says what to pass). */
+  | "invalid_argument"
+  /** fetch failed: network down, wrong `apiBase`, or this page's origin is not registered (CORS). */
+  | "network_error"
+  /** `initialize()` was called where there is no `window` (server-side rendering). */
+  | "no_window"
+  /** `open()` on an instance after `destroy()`. */
+  | "destroyed"
+  /** The SDK module could not be loaded from the BFF. */
+  | "load_failed"
+  /** `getToken` threw, rejected, or resolved to something other than a non-empty string. */
+  | "token_unavailable"
+  /** `reAuthoriseServer` needs the credentials form, but no live instance exists: call `initialize()` first. */
+  | "not_initialized"
+  /** `reAuthoriseServer` / `manualRefreshSaltEdge`: the browser blocked the new tab (see `error.url`). */
+  | "popup_blocked"
+  /** The server answered with something this module does not understand. */
+  | "bad_response"
+  /** The embedding page's origin is not registered for the token's partner. */
+  | "origin_not_allowed"
+  /** A connection ended in `ERROR` (e.g. OAuth consent denied); the message is the server's `detail`. */
+  | "connection_failed"
+  | "token_expired"
+  | "token_invalid"
+  | "token_revoked"
+  | "credentials_rejected"
+  | "validation_error";
+
+/** `onConnected(responseData)` and the `connected` event's `data`. */
+export interface ConnectedData {
+  id: ServerId;
+  name: string;
+  servertype_id: ServerId;
+  /** The connector's `name`, e.g. "hubspot". */
+  connector: string;
+  health_status: HealthStatus;
+  account_id: ServerId;
+  external_id: string;
+}
+
+/**
+ * CSS values for the connect window's look. Each key sets a custom property inside the iframe
+ * (`colorPrimary` → `--pq-color-primary`, …) through CSSOM, so a strict CSP is not an issue.
+ * Keep text contrast ≥ 4.5:1 when you change colours.
+ */
+export interface Theme {
+  /** Buttons, links, focus ring. Default `#1d4ed8`. */
+  colorPrimary?: string;
+  /** Text on primary buttons. Default `#fff`. */
+  colorPrimaryText?: string;
+  /** The card. Default `#fff`. */
+  colorBackground?: string;
+  /** Default `#111827`. */
+  colorText?: string;
+  /** Help text, counts. Default `#4b5563`. */
+  colorMuted?: string;
+  /** Input and tile borders. Default `#6b7280`. */
+  colorBorder?: string;
+  /** Errors and required marks. Default `#b91c1c`. */
+  colorDanger?: string;
+  /** The card's corner radius, e.g. `"12px"`. */
+  borderRadius?: string;
+  /** A CSS font-family list. Fonts must be installed or `data:`: the iframe loads nothing else. */
+  fontFamily?: string;
+}
+
+/** Events passed to `onEvent`: a union discriminated on `type`. */
+export type PeliqanEvent =
+  /** The connect window has loaded (it is created by `initialize()`, before any click). */
+  | { type: "ready" }
+  | { type: "open" }
+  | { type: "close" }
+  /** The user picked a connector (or `selectedConnector` skipped the catalogue). */
+  | { type: "connector_selected"; connector: string; servertype_id: ServerId }
+  | { type: "connected"; data: ConnectedData }
+  | { type: "error"; error: PeliqanError };
+
+export type PeliqanEventType = PeliqanEvent["type"];
+
+/** Options of a single `open()`; they override the `initialize()` ones for that opening. */
+export interface OpenOptions {
+  /** Connector `name`s to offer; others are hidden. */
+  availableConnectors?: string[];
+  /** Skip the catalogue and show this connector's form. Must be in `availableConnectors` if both are given. */
+  selectedConnector?: string;
+  /** Open the credentials form (or the OAuth sign-in) of this existing connection. */
+  reauthServerId?: ServerId;
+}
+
+/**
+ * `initialize()` options. Unknown keys and wrong types throw a `TypeError` that says what to pass.
+ * Pass `integrationToken`, `getToken`, or both.
+ */
+export interface InitializeOptions {
+  /** The integrate token your back-end minted (`POST /api/partner/sub-account/integrate/`). Never put it in a URL. */
+  integrationToken?: string;
+  /**
+   * Called when the token is missing or within 2 minutes of expiry (the iframe knows `expires_at`);
+   * resolve to a fresh integrate token. A user who sat on a form keeps what they typed.
+   */
+  getToken?: () => string | Promise<string>;
+  /** Connector `name`s to offer, e.g. `["hubspot", "exact_online"]`. */
+  availableConnectors?: string[];
+  /** Skip the catalogue and open this connector's form. */
+  selectedConnector?: string;
+  /** A connection was added (or re-authorised). */
+  onConnected?: (responseData: ConnectedData) => void;
+  /** The modal closed (Escape, the close button, "Done", `close()`, or `destroy()` while open). */
+  onClose?: () => void;
+  onError?: (error: PeliqanError) => void;
+  onEvent?: (event: PeliqanEvent) => void;
+  /** The connect window's language. Default `"en"`. */
+  locale?: Locale;
+  theme?: Theme;
+  /** The overlay's z-index. Default `2147483000`. */
+  zIndex?: number;
+  /**
+   * Your page's CSP nonce. The loader injects no `<style>` or `<script>` (styles are set through
+   * CSSOM, which `style-src` without `'unsafe-inline'` allows), so today nothing carries it; it is
+   * applied to anything a future version injects.
+   */
+  nonce?: string;
+  /**
+   * The trigger: a CSS selector or an element. Default `#peliqan-integration-button` (not an error
+   * if absent; call `open()` yourself). A trigger that is not a native button gets `role="button"`,
+   * `tabindex="0"` and Enter/Space activation; `destroy()` removes what was added.
+   */
+  button?: string | Element;
+  /** Inline mode: render the connect window inside this element instead of a modal overlay. */
+  container?: string | Element;
+  /** The BFF's URL. Default: the origin this module was loaded from. Also used by the SDK functions. */
+  apiBase?: string;
+}
+
+export interface PeliqanInstance {
+  /** Show the modal (inline mode: reset to the first step). Throws `TypeError` on bad options. */
+  open(options?: OpenOptions): void;
+  close(): void;
+  /** Remove every node and listener this instance added and restore the trigger. Idempotent. */
+  destroy(): void;
+}
+
+export function initialize(options: InitializeOptions): PeliqanInstance;
+
+/** Every SDK function takes these. An integrate token is accepted as `identityToken`. */
+export interface ServerArgs {
+  identityToken: string;
+  serverId: ServerId;
+}
+
+export interface SyncServerArgs extends ServerArgs {
+  /** Sync only these tables. */
+  tables?: string[];
+}
+
+export interface SyncResponse {
+  server_id: ServerId;
+  health_status: HealthStatus;
+  run_data: { pipeline_run_id: number; task_id: string }[];
+  task_id: string;
+  detail: string;
+  syncing: boolean;
+}
+
+export interface HealthResponse {
+  id: ServerId;
+  name: string;
+  health_status: HealthStatus;
+  detail?: string | null;
+}
+
+export interface SyncRunStatus {
+  running: boolean;
+  pipeline_run_id: number | null;
+}
+
+export interface PipelineRun {
+  id: number;
+  status: string;
+  started_at: string | null;
+  finished_at: string | null;
+  records: number;
+  error: string | null;
+}
+
+export interface ConnectFormField {
+  name: string;
+  label: string;
+  type: "text" | "password" | "select" | "url" | "email" | "number" | "textarea";
+  required: boolean;
+  secret: boolean;
+  help: string;
+  options: { value: string | number; label: string }[];
+}
+
+/** OAuth connections: `auth_uri` (already opened in a new tab). Key/login: `form` (opened in the modal). */
+export type ReauthoriseResponse = { auth_uri: string } | { form: { fields: ConnectFormField[] } };
+
+/** `POST /api/server/{id}/sync`. Rejects with `sync_already_running` (409) while a run is going. */
+export function syncServer(args: SyncServerArgs): Promise<SyncResponse>;
+export function getServerHealthStatus(args: ServerArgs): Promise<HealthResponse>;
+export function getServerSyncRunStatus(args: ServerArgs): Promise<SyncRunStatus>;
+/**
+ * Call it from a click handler: a blank tab opens synchronously and is navigated to the returned
+ * `auth_uri`. Key/login connections open the credentials form in the modal of the newest
+ * `initialize()`d instance (`not_initialized` if there is none); the blank tab is closed.
+ */
+export function reAuthoriseServer(args: ServerArgs): Promise<ReauthoriseResponse>;
+/** Call it from a click handler: opens the returned `refresh_url` in a new tab. */
+export function manualRefreshSaltEdge(args: ServerArgs): Promise<{ refresh_url: string }>;
+
+export interface WatchServerArgs extends ServerArgs {
+  /** Called with the first health answer and whenever it changes. */
+  onChange?: (health: HealthResponse) => void;
+  /** Called when a sync run goes from running to finished, with that run (or null if none is listed). */
+  onRunFinished?: (run: PipelineRun | null) => void;
+  /** Called on a failed poll; 401/403/404 also stop the watch. */
+  onError?: (error: PeliqanError) => void;
+  /** First (and minimum) delay between polls in ms, default 1000, at least 250. Backs off ×1.5 to 15 s while nothing changes. */
+  interval?: number;
+}
+
+/** Call it, or its `stop` property, to stop watching. */
+export type StopWatching = (() => void) & { stop(): void };
+
+/**
+ * Polls health (conditional requests: ETag → 304) and sync status; backs off while nothing changes,
+ * pauses while the tab is hidden, resumes at once when it is shown, and is nudged by `syncServer`.
+ * Throws `PeliqanError` (`invalid_argument`) synchronously on bad arguments.
+ */
+export function watchServer(args: WatchServerArgs): StopWatching;
+
+export interface PeliqanApi {
+  initialize: typeof initialize;
+  syncServer: typeof syncServer;
+  getServerHealthStatus: typeof getServerHealthStatus;
+  getServerSyncRunStatus: typeof getServerSyncRunStatus;
+  reAuthoriseServer: typeof reAuthoriseServer;
+  manualRefreshSaltEdge: typeof manualRefreshSaltEdge;
+  watchServer: typeof watchServer;
+  PeliqanError: typeof PeliqanError;
+}
+
+declare const Peliqan: PeliqanApi;
+export default Peliqan;
+
+declare global {
+  interface Window {
+    /** Defined once by the first copy of the module that runs. */
+    Peliqan?: PeliqanApi;
+  }
+  interface WindowEventMap {
+    /** Fired on `window` once `window.Peliqan` is defined; `detail` is the same object. */
+    "peliqan:ready": CustomEvent<PeliqanApi>;
+  }
+}
