@@ -405,7 +405,7 @@ async def embed_session(request: Request) -> JSONResponse:
     assert caller.partner is not None and caller.sub_account is not None
     data = await read_json(request)
     origin = data.get("parent_origin")
-    if not isinstance(origin, str) or origin not in caller.partner.origins:
+    if not isinstance(origin, str) or not await services(request).store.partner_has_origin(caller.partner.id, origin):
         raise ApiError(403, "origin_not_allowed", "This page's origin is not registered for this partner.")
     return JSONResponse(
         {

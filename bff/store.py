@@ -578,6 +578,7 @@ class Store(ConnectionStore):
         return partner
 
     async def get_partner(self, partner_id: int) -> Partner | None:
+        """The partner row without its origins (hot path); see :meth:`partner_has_origin`."""
         row = self._read_one(
             "SELECT id, name, token_generation, created_at FROM partners WHERE id = :p", {"p": partner_id}
         )
@@ -604,6 +605,12 @@ class Store(ConnectionStore):
                 text("UPDATE partners SET token_generation = token_generation + 1 WHERE id = :p"), {"p": partner_id}
             )
             return await self._partner(conn, partner_id)
+
+    async def partner_has_origin(self, partner_id: int, origin: str) -> bool:
+        row = self._read_one(
+            "SELECT 1 FROM partner_origins WHERE partner_id = :p AND origin = :o", {"p": partner_id, "o": origin}
+        )
+        return row is not None
 
     async def all_origins(self) -> frozenset[str]:
         async with self.engine.connect() as conn:

@@ -1,0 +1,55 @@
+"""Drive the sandbox providers' browser pages over HTTP, as a customer's browser would."""
+
+from __future__ import annotations
+
+import html
+import re
+from typing import Any
+
+import httpx
+
+_HIDDEN = re.compile(r'<input[^>]*type="hidden"[^>]*name="([^"]+)"[^>]*value="([^"]*)"')
+
+
+def consent_form(page_html: str) -> dict[str, str]:
+    fields = {name: html.unescape(value) for name, value in _HIDDEN.findall(page_html)}
+    assert fields, "no consent form on the page"
+    return fields
+
+
+async def authorize(client: httpx.AsyncClient, oauth_url: str, *, decision: str = "allow") -> httpx.Response:
+    """Open the consent page, press Allow/Deny, follow the redirect to /oauth/callback."""
+    page = await client.get(oauth_url)
+    assert page.status_code == 200, page.text
+    answer = await client.post("/sandbox/crm/oauth/decision", data={**consent_form(page.text), "decision": decision})
+    assert answer.status_code == 302, answer.text
+    return await client.get(answer.headers["location"])
+
+
+async def connect_crm(client: httpx.AsyncClient, token: str, **extra: Any) -> dict[str, Any]:
+    created = await client.post(
+        "/api/servers", json={"servertype_id": "sandbox_crm", **extra}, headers={"Authorization": f"Bearer {token}"}
+    )
+    assert created.status_code == 201, created.text
+    callback = await authorize(client, created.json()["oauth_url"])
+    assert callback.status_code == 200, callback.text
+    return created.json()  # type: ignore[no-any-return]
+
+
+async def connect_accounting(client: httpx.AsyncClient, token: str, divisions: tuple[str, ...] = ("101", "102", "103")) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {token}"}
+    created = await client.post("/api/servers", json={"servertype_id": "sandbox_accounting", "api_key": "sandbox-valid-key"}, headers=headers)
+    assert created.status_code == 201, created.text
+    configured = await client.post(f"/api/server/{created.json()['id']}/config", json={"divisions": list(divisions)}, headers=headers)
+    assert configured.status_code == 200, configured.text
+    return configured.json()  # type: ignore[no-any-return]
+
+
+async def connect_bank(client: httpx.AsyncClient, token: str) -> dict[str, Any]:
+    created = await client.post(
+        "/api/servers",
+        json={"servertype_id": "sandbox_bank", "login": "sandbox", "password": "sandbox"},
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert created.status_code == 201, created.text
+    return created.json()  # type: ignore[no-any-return]
