@@ -277,7 +277,6 @@ async def test_secrets_never_leave_the_vault(sbff: BFF, caplog: pytest.LogCaptur
     bank = await connect_bank(sbff.client, token)
     accounting = await connect_accounting(sbff.client, token)
     crm = await connect_crm(sbff.client, token)
-    sandbox = sbff.services.extras.get("sandbox_state")
     for connection in (bank, accounting, crm):
         for path in ("", "/logs", "/health", "/runs"):
             bodies.append((await sbff.client.get(f"/api/server/{connection['id']}{path}", headers=auth(token))).text)
@@ -297,4 +296,3 @@ async def test_secrets_never_leave_the_vault(sbff: BFF, caplog: pytest.LogCaptur
         assert secret not in caplog.text
         raw = b"".join(p.read_bytes() for p in Path(sbff.services.settings.data_dir).rglob("*") if p.is_file())
         assert secret.encode() not in raw, secret
-    del sandbox

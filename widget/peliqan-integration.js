@@ -141,6 +141,7 @@ export function initialize(options) {
       for (const [child, was] of inerted) child.inert = was;
       inerted = [];
       [body.style.overflow, root.style.overflow] = scroll;
+      for (const el of [body, root]) el.style.cssText || el.removeAttribute('style');
       doc.removeEventListener('keydown', onKey, true);
       (lastFocus != body && lastFocus?.isConnected ? lastFocus : trigger)?.focus();
     }
