@@ -4,7 +4,7 @@ const TITLES = { en: 'Add connection', nl: 'Verbinding toevoegen', fr: 'Ajouter 
 const THEME = 'colorPrimary colorPrimaryText colorBackground colorText colorMuted colorBorder colorDanger borderRadius fontFamily'.split(' ');
 const hasWindow = typeof document == 'object';
 let apiBase = new URL(import.meta.url).origin;
-let latest; // newest live instance
+let latest;
 let sdk;
 
 export class PeliqanError extends Error {
@@ -22,9 +22,9 @@ const isEl = (v) => isStr(v) || v instanceof Element;
 const fn = [isFn, 'a function'];
 const el = [isEl, 'a CSS selector or an Element'];
 const SPEC = {
-  integrationToken: [isStr, 'the integrate token string'],
+  integrationToken: [isStr, 'a token string'],
   getToken: [isFn, 'an async function returning a token'],
-  availableConnectors: [(v) => Array.isArray(v) && v.every(isStr), 'an array of connector names, e.g. ["hubspot"]'],
+  availableConnectors: [(v) => Array.isArray(v) && v.every(isStr), 'an array of connector names'],
   selectedConnector: [isStr, 'a connector name'],
   reauthServerId: [isId, 'a connection id'],
   onConnected: fn, onClose: fn, onError: fn, onEvent: fn,
@@ -108,11 +108,11 @@ export function initialize(options) {
     } else if (type == 'need_token') (tokenJob ||= freshToken().finally(() => (tokenJob = 0))).then((t) => send({ type: 'token', token: t }));
     else if (type == 'event' && m.event?.type == 'connector_selected') emit(m.event);
     else if (type == 'connected') { call(o.onConnected, m.data); emit({ type, data: m.data }); }
-    else if (type == 'error') fail(new PeliqanError(String(err?.code), String(err?.message), err?.status | 0));
+    else if (type == 'error') fail(new PeliqanError(err.code, err.message, err.status));
     else if (type == 'close') close();
-    else if (type == 'resize' && inline) frame.style.height = Math.max(0, m.height | 0) + 'px';
+    else if (type == 'resize' && inline) frame.style.height = (m.height | 0) + 'px';
   };
-  // Escape while focus is in this page; inside the iframe, Escape arrives as a `close` message.
+  // Focus in this page; in the iframe, Escape arrives as a `close` message.
   const onKey = (e) => e.key == 'Escape' && close();
   const onClick = (e) => { e.preventDefault(); open(); };
   const onTriggerKey = (e) => { if (e.key == 'Enter' || e.key == ' ') onClick(e); };
@@ -140,8 +140,10 @@ export function initialize(options) {
       box.style.display = 'none';
       for (const [child, was] of inerted) child.inert = was;
       inerted = [];
-      [body.style.overflow, root.style.overflow] = scroll;
-      for (const el of [body, root]) el.style.cssText || el.removeAttribute('style');
+      [body, root].forEach((el, i) => {
+        el.style.overflow = scroll[i];
+        el.getAttribute('style') || el.removeAttribute('style');
+      });
       doc.removeEventListener('keydown', onKey, true);
       (lastFocus != body && lastFocus?.isConnected ? lastFocus : trigger)?.focus();
     }
@@ -210,7 +212,7 @@ export const manualRefreshSaltEdge = lazy('manualRefreshSaltEdge', 1);
 export function watchServer(a) {
   args(a, 'watchServer');
   if (!(a.interval == null || a.interval >= 250) || ['onChange', 'onRunFinished', 'onError'].some((k) => a[k] != null && !isFn(a[k])))
-    throw new PeliqanError('invalid_argument', 'watchServer: onChange, onRunFinished, onError must be functions; interval ≥ 250 (ms)');
+    throw new PeliqanError('invalid_argument', 'watchServer: callbacks must be functions, interval ≥ 250');
   let stopped, inner;
   load().then((s) => stopped || (inner = s.watchServer(a)), a.onError);
   const stop = () => { stopped = 1; inner?.(); };

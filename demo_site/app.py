@@ -1,0 +1,181 @@
+"""Acme Books: a pretend partner product that embeds the widget from another origin.
+
+It plays the partner's side of DESIGN §5 exactly: its own back-end mints the
+integrate token (through :mod:`bff.client`), its page loads the loader module
+from the BFF, and it reads synced data back server-side.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.sessions import SessionMiddleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from bff.client import AsyncPartnerClient, BFFError
+
+HERE = Path(__file__).parent
+CUSTOMERS: dict[str, dict[str, str]] = {
+    "wood_123": {"first_name": "John", "last_name": "Doe", "email": "john@woodsolutions.test", "company_name": "Wood Solutions Ltd", "language": "en"},
+    "bakery_7": {"first_name": "Anna", "last_name": "de Vries", "email": "anna@bakkerij.test", "company_name": "Bakkerij de Vries", "language": "nl"},
+    "globex_42": {"first_name": "Hank", "last_name": "Scorpio", "email": "hank@globex.test", "company_name": "Globex Corporation", "language": "en"},
+}
+ROWS_SHOWN = 5
+
+
+def content_security_policy(nonce: str, bff_url: str) -> str:
+    """The strict CSP the README recommends for a partner page embedding the widget."""
+    return (
+        f"default-src 'self'; script-src 'nonce-{nonce}' {bff_url}; style-src 'self' 'nonce-{nonce}'; "
+        f"img-src 'self' data: {bff_url}; connect-src 'self' {bff_url}; frame-src {bff_url}; "
+        "base-uri 'none'; form-action 'self'; object-src 'none'; frame-ancestors 'none'"
+    )
+
+
+def create_site_app(*, bff_url: str, partner_token: str, site_url: str, session_secret: str | None = None) -> Starlette:
+    """The demo site. ``partner_token`` never leaves this server."""
+    templates = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"]))
+    partner = AsyncPartnerClient(bff_url, partner_token)
+
+    def page(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
+        nonce = secrets.token_urlsafe(16)
+        html = templates.get_template(name).render(
+            request=request, nonce=nonce, bff_url=bff_url, customer=current(request), customers=CUSTOMERS, **context
+        )
+        return HTMLResponse(
+            html,
+            status_code=status,
+            headers={"Content-Security-Policy": content_security_policy(nonce, bff_url), "Referrer-Policy": "same-origin"},
+        )
+
+    def current(request: Request) -> dict[str, str] | None:
+        external_id = request.session.get("external_id")
+        if external_id not in CUSTOMERS:
+            return None
+        return {"external_id": external_id, **CUSTOMERS[external_id]}
+
+    async def mint(external_id: str) -> dict[str, Any]:
+        return await partner.integrate_token(external_id, **CUSTOMERS[external_id])
+
+    async def customer_client(external_id: str) -> Any:
+        await mint(external_id)  # provisions the sub-account on first use
+        return await partner.sub_account_client(external_id=external_id)
+
+    async def home(request: Request) -> Response:
+        if current(request):
+            return RedirectResponse("/integrations", status_code=303)
+        return page(request, "login.html")
+
+    async def login(request: Request) -> Response:
+        form = await request.form()
+        external_id = str(form.get("customer", ""))
+        if external_id not in CUSTOMERS:
+            return page(request, "login.html", status=400, error="Choose one of the demo customers.")
+        request.session["external_id"] = external_id
+        request.session["csrf"] = secrets.token_urlsafe(16)
+        return RedirectResponse("/integrations", status_code=303)
+
+    async def logout(request: Request) -> Response:
+        request.session.clear()
+        return RedirectResponse("/", status_code=303)
+
+    async def integrations(request: Request) -> Response:
+        who = current(request)
+        if who is None:
+            return RedirectResponse("/", status_code=303)
+        try:
+            minted = await mint(who["external_id"])
+            client = await partner.sub_account_client(external_id=who["external_id"])
+            connections = [c async for c in client.connections()]
+        except BFFError as exc:
+            return page(request, "error.html", status=502, error=exc)
+        return page(
+            request, "integrations.html", token=minted["token"], connections=connections, csrf=request.session.get("csrf", "")
+        )
+
+    def require_xhr(request: Request) -> dict[str, str] | None:
+        # Same-origin fetches only: a custom header plus the session's CSRF value.
+        who = current(request)
+        if who is None or request.headers.get("x-csrf-token") != request.session.get("csrf"):
+            return None
+        return who
+
+    async def fresh_token(request: Request) -> Response:
+        who = require_xhr(request)
+        if who is None:
+            return JSONResponse({"detail": "Sign in first.", "code": "not_signed_in"}, status_code=403)
+        minted = await mint(who["external_id"])
+        return JSONResponse({"token": minted["token"], "expires_at": minted["expires_at"]}, headers={"Cache-Control": "no-store"})
+
+    async def delete_connection(request: Request) -> Response:
+        who = require_xhr(request)
+        if who is None:
+            return JSONResponse({"detail": "Sign in first.", "code": "not_signed_in"}, status_code=403)
+        client = await customer_client(who["external_id"])
+        try:
+            await client.delete_connection(int(request.path_params["id"]))
+        except BFFError as exc:
+            return JSONResponse({"detail": exc.detail, "code": exc.code}, status_code=exc.status or 502)
+        return Response(status_code=204)
+
+    async def data(request: Request) -> Response:
+        """The seed's back-end flow, server-side: sub-accounts → connections → tables → rows."""
+        who = current(request)
+        if who is None:
+            return RedirectResponse("/", status_code=303)
+        try:
+            sub_accounts = [a async for a in partner.sub_accounts()]
+            client = await customer_client(who["external_id"])
+            connections = [c async for c in client.connections()]
+            tables: list[dict[str, Any]] = []
+            applications = await client.applications()
+            if applications:
+                async for table in client.tables(int(applications[0]["id"])):
+                    rows = []
+                    async for row in client.rows(int(table["id"]), page_size=ROWS_SHOWN):
+                        rows.append(row)
+                        if len(rows) == ROWS_SHOWN:
+                            break
+                    tables.append({**table, "rows": rows})
+        except BFFError as exc:
+            return page(request, "error.html", status=502, error=exc)
+        return page(request, "data.html", sub_accounts=sub_accounts, connections=connections, tables=tables)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        await partner.aclose()
+
+    app = Starlette(
+        routes=[
+            Route("/", home, methods=["GET"]),
+            Route("/login", login, methods=["POST"]),
+            Route("/logout", logout, methods=["POST"]),
+            Route("/integrations", integrations, methods=["GET"]),
+            Route("/integrations/token", fresh_token, methods=["POST"]),
+            Route("/integrations/{id:int}/delete", delete_connection, methods=["POST"]),
+            Route("/data", data, methods=["GET"]),
+            Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
+        ],
+        middleware=[
+            Middleware(
+                SessionMiddleware,
+                secret_key=session_secret or secrets.token_urlsafe(32),
+                session_cookie="acme_session",
+                same_site="lax",
+                https_only=site_url.startswith("https:"),
+            )
+        ],
+        lifespan=lifespan,
+    )
+    return app
