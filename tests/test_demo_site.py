@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import httpx
+
+from bff.cli import ensure_demo_partner
+from bff.settings import Settings
+from demo_site.app import create_site_app
+
+from conftest import free_port, serve_in_thread
+
+
+async def test_demo_site_pages_and_csp(settings_factory: Callable[..., Settings]) -> None:
+    bff_port = free_port()
+    settings = settings_factory(public_url=f"http://127.0.0.1:{bff_port}", sandbox_enabled=True)
+    site_port = free_port()
+    site_url = f"http://localhost:{site_port}"
+    partner = await ensure_demo_partner(settings, site_url)
+    assert json.loads((settings.data_dir / "demo-partner.json").read_text())["token"] == partner["token"]
+    site = create_site_app(bff_url=settings.public_url, partner_token=partner["token"], site_url=site_url)
+    with serve_in_thread(settings, port=bff_port), serve_in_thread(site, port=site_port, host="localhost") as base:
+        async with httpx.AsyncClient(base_url=base, follow_redirects=True) as browser:
+            login = await browser.get("/")
+            assert "Sign in to Acme Books" in login.text
+            bad = await browser.post("/login", data={"customer": "nobody"})
+            assert bad.status_code == 400 and "role=\"alert\"" in bad.text
+            page = await browser.post("/login", data={"customer": "wood_123"})
+            assert page.status_code == 200 and str(page.url).endswith("/integrations")
+            csp = page.headers["content-security-policy"]
+            nonce = csp.split("'nonce-")[1].split("'")[0]
+            assert f"script-src 'nonce-{nonce}' {settings.public_url};" in csp and "unsafe-inline" not in csp
+            assert f'<script type="module" src="{settings.public_url}/embed/v1/peliqan-integration.js" nonce="{nonce}">' in page.text
+            assert '<div id="peliqan-integration-button"' in page.text
+            assert partner["token"] not in page.text  # the partner token never reaches the browser
+            config = json.loads(page.text.split('id="acme-config">')[1].split("</script>")[0])
+            assert config["bffUrl"] == settings.public_url and config["token"]
+
+            # getToken's endpoint needs the session's CSRF value.
+            assert (await browser.post("/integrations/token")).status_code == 403
+            fresh = await browser.post("/integrations/token", headers={"X-CSRF-Token": config["csrf"]})
+            assert fresh.status_code == 200 and fresh.json()["token"] != ""
+            assert fresh.headers["cache-control"] == "no-store"
+
+            data = await browser.get("/data")
+            assert data.status_code == 200 and "wood_123" in data.text and "No synced tables yet" in data.text
+            await browser.post("/logout")
+            assert "Sign in" in (await browser.get("/integrations")).text
