@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Mount, Route
 
-from . import connections_api, embed, openapi, partner_api
+from . import connections_api, data_api, embed, openapi, partner_api, sync_api
 from .connections import SandboxTransport
 from .crypto import Vault
 from .errors import EXCEPTION_HANDLERS
@@ -24,6 +24,7 @@ from .sandbox import SandboxOptions, create_sandbox_app
 from .middleware import AccessLogMiddleware, BodyLimitMiddleware, CORSMiddleware
 from .settings import Settings
 from .store import Store
+from .sync import SyncRunner
 from .tokens import TokenAuthority
 
 ORIGIN_CACHE_SECONDS = 2.0
@@ -99,13 +100,18 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
         clock=clock,
         http=httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(120.0, connect=10.0), follow_redirects=False),
     )
+    sync_runner = SyncRunner(services)  # registers itself (and the warehouse) in services.extras
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await store.open()
         try:
             await check_encryption_key(store, services.vault)
-            yield
+            await sync_runner.start()
+            try:
+                yield
+            finally:
+                await sync_runner.stop()
         finally:
             await services.http.aclose()
             await store.close()
@@ -114,6 +120,8 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
         Route("/healthz", healthz, methods=["GET"]),
         *partner_api.routes(),
         *connections_api.routes(),
+        *sync_api.routes(),
+        *data_api.routes(),
         *embed.routes(),
     ]
     if sandbox_app is not None:

@@ -64,7 +64,8 @@ async def loader(request: Request) -> Response:
     """The embeddable ES module (`<script type="module" src=…>`)."""
     return file_response(
         request, widget_dir() / "peliqan-integration.js", cache_seconds=300,
-        extra_headers={"Access-Control-Allow-Origin": "*", "Cross-Origin-Resource-Policy": "cross-origin"},
+        # Access-Control-Allow-Origin: * comes from the CORS middleware (all of /embed/v1/ is public).
+        extra_headers={"Cross-Origin-Resource-Policy": "cross-origin"},
     )
 
 

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import secrets
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -100,6 +101,18 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             message TEXT NOT NULL
         )""",
         """CREATE INDEX logs_connection ON logs(connection_id, id)""",
+    ),
+    (  # 3: the global index of warehouse tables (the tables live in per-sub-account files)
+        # Ids are random, not sequential (they do not reveal how many tables other
+        # customers have), and unique across every warehouse file.
+        """CREATE TABLE warehouse_tables (
+            id INTEGER PRIMARY KEY,
+            sub_account_id INTEGER NOT NULL,
+            connection_id INTEGER NOT NULL REFERENCES connections(id) ON DELETE CASCADE,
+            stream TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            UNIQUE (connection_id, stream)
+        )""",
     ),
 )
 
@@ -740,6 +753,103 @@ class Store(ConnectionStore):
             )
             return await self._sub_account(conn, partner_id, account_id=account_id)
 
+    # -- warehouse table index ------------------------------------------------------
+
+    async def allocate_warehouse_table(self, sub_account_id: int, connection_id: int, stream: str) -> int:
+        """The table id of ``connection_id``'s ``stream``: existing, or a new random one."""
+        row = self._read_one(
+            "SELECT id FROM warehouse_tables WHERE connection_id = :c AND stream = :stream AND sub_account_id = :s",
+            {"c": connection_id, "stream": stream, "s": sub_account_id},
+        )
+        if row is not None:
+            return int(row[0])
+        for _ in range(20):
+            candidate = WAREHOUSE_TABLE_ID_MIN + secrets.randbelow(WAREHOUSE_TABLE_ID_MAX - WAREHOUSE_TABLE_ID_MIN)
+            try:
+                async with self._write() as conn:
+                    await conn.execute(
+                        text(
+                            "INSERT INTO warehouse_tables (id, sub_account_id, connection_id, stream, created_at)"
+                            " VALUES (:id, :s, :c, :stream, :now) ON CONFLICT (connection_id, stream) DO NOTHING"
+                        ),
+                        {"id": candidate, "s": sub_account_id, "c": connection_id, "stream": stream, "now": self.now()},
+                    )
+                    table_id = (
+                        await conn.execute(
+                            text("SELECT id FROM warehouse_tables WHERE connection_id = :c AND stream = :stream AND sub_account_id = :s"),
+                            {"c": connection_id, "stream": stream, "s": sub_account_id},
+                        )
+                    ).scalar()
+            except IntegrityError as exc:
+                if "FOREIGN KEY" in str(exc.orig):
+                    raise  # the connection is gone
+                continue  # the random id is taken: draw another
+            if table_id is None:
+                raise LookupError(f"connection {connection_id} does not belong to sub-account {sub_account_id}")
+            return int(table_id)
+        raise RuntimeError("could not allocate a warehouse table id")
+
+    async def warehouse_table_owner(self, table_id: int) -> int | None:
+        """The sub-account a warehouse table belongs to (hot path of the rows API)."""
+        row = self._read_one("SELECT sub_account_id FROM warehouse_tables WHERE id = :id", {"id": table_id})
+        return int(row[0]) if row else None
+
+    async def delete_warehouse_tables(self, connection_id: int) -> None:
+        async with self._write() as conn:
+            await conn.execute(text("DELETE FROM warehouse_tables WHERE connection_id = :c"), {"c": connection_id})
+
+    # -- sync bookkeeping in few transactions (each write here costs about a millisecond) ---------
+
+    async def add_logs(self, connection_id: int, lines: Sequence[tuple[str, str]], *, run_id: int | None = None) -> None:
+        """Several ``(level, message)`` log lines in one transaction, in order."""
+        if not lines:
+            return
+        async with self._write() as conn:
+            await self._insert_logs(conn, connection_id, lines, run_id)
+
+    async def finish_run(
+        self,
+        run_id: int,
+        *,
+        status: str,
+        records: Mapping[str, int] | None,
+        error: str | None,
+        connection_id: int,
+        health_status: str,
+        detail: str | None,
+        logs: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        """End a run: its status, the connection's health and the last log lines, atomically."""
+        now = self.now()
+        async with self._write() as conn:
+            await conn.execute(
+                text(
+                    "UPDATE runs SET status = :status, records = COALESCE(:records, records), error = :error,"
+                    " finished_at = :now WHERE id = :id"
+                ),
+                {"status": status, "records": json.dumps(dict(records)) if records is not None else None, "error": error, "now": now, "id": run_id},
+            )
+            exists = (
+                await conn.execute(
+                    text("UPDATE connections SET health_status = :h, detail = :d, updated_at = :now WHERE id = :id RETURNING id"),
+                    {"h": health_status, "d": detail, "now": now, "id": connection_id},
+                )
+            ).first()
+            if exists is not None:  # deleted mid-run: its logs went with it
+                await self._insert_logs(conn, connection_id, logs, run_id)
+
+    async def _insert_logs(self, conn: AsyncConnection, connection_id: int, lines: Sequence[tuple[str, str]], run_id: int | None) -> None:
+        if lines:
+            now = self.now()
+            await conn.execute(
+                text("INSERT INTO logs (connection_id, run_id, ts, level, message) VALUES (:c, :r, :ts, :l, :m)"),
+                [{"c": connection_id, "r": run_id, "ts": now, "l": level, "m": message} for level, message in lines],
+            )
+
+
+# Random table ids stay below 2**31 so every client (JavaScript included) reads them exactly.
+WAREHOUSE_TABLE_ID_MIN = 1_000_000
+WAREHOUSE_TABLE_ID_MAX = 2**31 - 1
 
 _SUB_ACCOUNT_COLUMNS = (
     "id, partner_id, external_id, first_name, last_name, email, language, company_name, token_generation, created_at"

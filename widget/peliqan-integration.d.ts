@@ -61,6 +61,10 @@ export type PeliqanErrorCode =
   | "origin_not_allowed"
   /** A connection ended in `ERROR` (e.g. OAuth consent denied); the message is the server's `detail`. */
   | "connection_failed"
+  /** The OAuth sign-in was not completed within 15 minutes. */
+  | "timeout"
+  /** The connect window was opened outside an iframe or with a malformed `parent` origin. */
+  | "parent_not_allowed"
   | "token_expired"
   | "token_invalid"
   | "token_revoked"
@@ -217,10 +221,15 @@ export interface SyncRunStatus {
 
 export interface PipelineRun {
   id: number;
+  pipeline_run_id: number;
+  task_id: string;
   status: string;
   started_at: string | null;
   finished_at: string | null;
-  records: number;
+  /** Records written, per table. */
+  records: Record<string, number>;
+  /** The tables this run was limited to, or null for all. */
+  tables: string[] | null;
   error: string | null;
 }
 
@@ -253,7 +262,10 @@ export function manualRefreshSaltEdge(args: ServerArgs): Promise<{ refresh_url: 
 export interface WatchServerArgs extends ServerArgs {
   /** Called with the first health answer and whenever it changes. */
   onChange?: (health: HealthResponse) => void;
-  /** Called when a sync run goes from running to finished, with that run (or null if none is listed). */
+  /**
+   * Called when a sync run has finished since the last poll (seen running before, or a new run id
+   * that is already done), with that run from `GET /api/server/{id}/runs?page_size=1`.
+   */
   onRunFinished?: (run: PipelineRun | null) => void;
   /** Called on a failed poll; 401/403/404 also stop the watch. */
   onError?: (error: PeliqanError) => void;

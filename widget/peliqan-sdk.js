@@ -90,6 +90,7 @@ export default function sdk({ PeliqanError, base, form }) {
       let etag = null;
       let last = null;
       let running = null;
+      let runId; // undefined until the first answer
 
       const schedule = (ms) => {
         clearTimeout(timer);
@@ -112,12 +113,17 @@ export default function sdk({ PeliqanError, base, form }) {
           }
           const [sync] = await get('/sync-status');
           const now = !!sync?.running;
-          if (running && !now) {
+          const id = sync?.pipeline_run_id ?? null;
+          const newRun = runId !== undefined && id !== runId;
+          // Ended since the last poll: seen running, or a new run that already finished
+          // (shorter than the poll interval).
+          if (!now && (running || (newRun && id != null))) {
             const [runs] = await get('/runs?page_size=1');
             call(a.onRunFinished, runs?.results?.[0] ?? null);
           }
-          if (running != null && running != now) changed = true;
+          if ((running != null && running != now) || newRun) changed = true;
           running = now;
+          runId = id;
         } catch (e) {
           if (!stopped) call(a.onError, e);
           if ([401, 403, 404].includes(e.status)) stop(); // waiting will not fix these

@@ -1,0 +1,123 @@
+"""Sub-account endpoints for sync runs and health: what ``syncServer``,
+``getServerSyncRunStatus`` and ``getServerHealthStatus`` call."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute
+
+from .auth import require_connection, services
+from .errors import ApiError, validation_error
+from .http import Pagination, api_route, read_json
+from .store import RunAlreadyActive
+from .sync import ConnectionNotReady, SyncRunner, UnknownTables
+
+
+def runner(request: Request) -> SyncRunner:
+    return services(request).extras["sync"]  # type: ignore[no-any-return]
+
+
+def parse_tables(data: dict[str, Any]) -> list[str] | None:
+    tables = data.get("tables")
+    if tables is None:
+        return None
+    if not isinstance(tables, list) or not all(isinstance(t, str) and t for t in tables):
+        raise validation_error({"tables": "Must be a list of table names."})
+    return list(dict.fromkeys(tables)) or None
+
+
+async def sync_server(request: Request) -> JSONResponse:
+    """Start a sync run of the connection (optionally only some tables); it runs in the background."""
+    account, connection = await require_connection(request)
+    tables = parse_tables(await read_json(request, required=False))
+    try:
+        run = await runner(request).request_sync(account, connection, tables)
+    except RunAlreadyActive as exc:
+        raise ApiError(
+            409,
+            "sync_already_running",
+            "A sync of this connection is already running; wait for it to finish.",
+            extra={"pipeline_run_id": exc.run_id},
+        ) from None
+    except ConnectionNotReady as exc:
+        raise ApiError(409, exc.code, exc.detail) from None
+    except UnknownTables as exc:
+        raise validation_error(
+            {"tables": f"Unknown table(s): {', '.join(exc.unknown)}. This connection has: {', '.join(exc.known)}."}
+        ) from None
+    return JSONResponse(
+        {
+            "server_id": connection.id,
+            "health_status": connection.health_status,
+            "run_data": [{"pipeline_run_id": run.id, "task_id": run.task_id}],
+            "task_id": run.task_id,
+            "detail": "Sync started." if tables is None else f"Sync of {', '.join(tables)} started.",
+            "syncing": True,
+        },
+        status_code=202,
+    )
+
+
+def _etag(body: dict[str, Any]) -> str:
+    digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:32]
+    return f'W/"{digest}"'
+
+
+def _matches(if_none_match: str | None, etag: str) -> bool:
+    if not if_none_match:
+        return False
+    if if_none_match.strip() == "*":
+        return True
+    # Weak comparison (RFC 9110 §13.1.2): W/ prefixes do not matter.
+    wanted = etag.removeprefix("W/")
+    return any(tag.strip().removeprefix("W/") == wanted for tag in if_none_match.split(","))
+
+
+async def server_health(request: Request) -> Response:
+    """The connection's health; answers 304 when ``If-None-Match`` holds the current ETag."""
+    _, connection = await require_connection(request)
+    body = {"id": connection.id, "name": connection.name, "health_status": connection.health_status, "detail": connection.detail}
+    etag = _etag(body)
+    # no-cache: browsers may keep the answer but must ask again (cheaply, with the ETag).
+    headers = {"ETag": etag, "Cache-Control": "private, no-cache"}
+    if _matches(request.headers.get("if-none-match"), etag):
+        return Response(status_code=304, headers=headers)
+    return JSONResponse(body, headers=headers)
+
+
+async def sync_status(request: Request) -> JSONResponse:
+    """Whether a run is queued or running; otherwise the last run's id and status."""
+    _, connection = await require_connection(request)
+    store = services(request).store
+    active = await store.active_run(connection.id)
+    run = active or await store.last_run(connection.id)
+    return JSONResponse(
+        {
+            "running": active is not None,
+            "pipeline_run_id": run.id if run else None,
+            "status": run.status if run else None,
+        },
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+async def list_runs(request: Request) -> JSONResponse:
+    """The connection's sync runs, newest first."""
+    _, connection = await require_connection(request)
+    page = Pagination(request, default_size=20)
+    count, runs = await services(request).store.list_runs(connection.id, offset=page.offset, limit=page.limit)
+    return JSONResponse(page.envelope(count, [run.public_dict() for run in runs]))
+
+
+def routes() -> list[BaseRoute]:
+    return [
+        *api_route("/api/server/{id:int}/sync", sync_server, methods=["POST"]),
+        *api_route("/api/server/{id:int}/health", server_health, methods=["GET"]),
+        *api_route("/api/server/{id:int}/sync-status", sync_status, methods=["GET"]),
+        *api_route("/api/server/{id:int}/runs", list_runs, methods=["GET"]),
+    ]

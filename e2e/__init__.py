@@ -1,0 +1,1 @@
+"""Browser tests (Playwright, real Chromium) of the widget against the real BFF."""

@@ -1,0 +1,65 @@
+"""The connect window inside the iframe, located by role and accessible name in the widget's locale."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from playwright.sync_api import Frame, FrameLocator, Locator, Page
+
+
+class ConnectModal:
+    def __init__(self, page: Page, strings: dict[str, Any]) -> None:
+        self.page = page
+        self.t = strings
+        frame: FrameLocator = page.frame_locator("iframe[src*='/embed/v1/connect']")
+        self.frame = frame
+        self.heading = frame.get_by_role("heading", level=1)
+        self.search = frame.get_by_role("searchbox", name=strings["search"], exact=True)
+        self.count = frame.locator(".count")
+        self.alert = frame.get_by_role("alert").filter(has_text=re.compile(r"\S"))
+        self.connect_button = frame.get_by_role("button", name=strings["connect"], exact=True)
+        self.continue_button = frame.get_by_role("button", name=strings["continue"], exact=True)
+        self.done_button = frame.get_by_role("button", name=strings["done"], exact=True)
+        self.close_button = frame.get_by_role("button", name=strings["close"], exact=True)
+        self.back_button = frame.get_by_role("button", name=strings["back"], exact=True)
+        self.cancel_button = frame.get_by_role("button", name=strings["cancel"], exact=True)
+        self.new_tab_link = frame.get_by_role("link", name=strings["continueTab"], exact=True)
+        self.waiting = frame.get_by_role("status").filter(has_text=strings["oauthWaiting"].split("{")[0].strip())
+        self.connected_heading = frame.get_by_role("heading", name=strings["connectedTitle"], exact=True)
+
+    def connector(self, display_name: str) -> Locator:
+        return self.frame.get_by_role("button", name=display_name, exact=True)
+
+    def connectors(self) -> Locator:
+        return self.frame.get_by_role("list").get_by_role("button")
+
+    def field(self, label: str) -> Locator:
+        return self.frame.get_by_label(label, exact=True)
+
+    def choice(self, label: str) -> Locator:
+        return self.frame.get_by_label(label, exact=True)
+
+    def group(self, name: str) -> Locator:
+        return self.frame.get_by_role("group", name=name, exact=True)
+
+    def choose(self, display_name: str) -> None:
+        self.connector(display_name).click()
+
+    def fill(self, values: dict[str, str]) -> None:
+        """Fill connect-form fields by their labels."""
+        for label, value in values.items():
+            self.field(label).fill(value)
+
+    def title(self, key: str, **values: str) -> str:
+        text: str = self.t[key]
+        for name, value in values.items():
+            text = text.replace("{" + name + "}", value)
+        return text
+
+    def document(self) -> Frame:
+        """The iframe's Frame, for axe and for reading its DOM."""
+        for frame in self.page.frames:
+            if "/embed/v1/connect" in frame.url:
+                return frame
+        raise AssertionError("the connect iframe is not loaded")

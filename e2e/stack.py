@@ -1,0 +1,237 @@
+"""The servers behind the browser tests: the real BFF and a partner site, on two different origins.
+
+The BFF runs from ``bff.app.create_app(settings)`` in a uvicorn thread on ``127.0.0.1``; the
+partner site (a tiny Starlette app, below) runs on ``localhost``: the same machine, a different
+origin, as in production. The partner site holds the partner token and mints integrate tokens
+through the partner API over HTTP, exactly like a partner's back-end; the browser never sees the
+partner token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import json
+import secrets
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from bff.app import create_app
+from bff.cli import create_partner
+from bff.settings import Secret, Settings, generate_encryption_key, generate_secret_key
+
+WIDGET = Path(__file__).resolve().parents[1] / "widget"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def serve(app: Starlette, port: int) -> Iterator[None]:
+    """A real uvicorn server in a thread, stopped on exit."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    try:
+        yield
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)
+
+
+# -- the partner site ------------------------------------------------------------------------
+
+PAGE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>Partner app</title>
+<script nonce="{nonce}">
+  // Recorded before the loader runs, so nothing the widget does can be missed.
+  window.seen = {{connected: [], events: [], errors: [], closes: 0, tokenCalls: 0, tokens: [], csp: [], readyEvents: 0, sdk: []}};
+  document.addEventListener('securitypolicyviolation', (e) => window.seen.csp.push(e.violatedDirective + ' ' + e.blockedURI));
+  addEventListener('peliqan:ready', () => window.seen.readyEvents++);
+</script>
+<script type="module" src="{bff}/embed/v1/peliqan-integration.js"></script>
+</head>
+<body>
+<header><h1>Partner app</h1></header>
+<main>
+  <p><a href="#top">A link behind the modal</a></p>
+  <div id="peliqan-integration-button">Add connection</div>
+  <button type="button" id="sdk-call">Run SDK call</button>
+  <div id="inline-slot"></div>
+</main>
+<script type="application/json" id="cfg">{config}</script>
+<script type="module" nonce="{nonce}">
+  const cfg = window.cfg = JSON.parse(document.getElementById('cfg').textContent);
+  const seen = window.seen;
+  window.getToken = async () => {{
+    seen.tokenCalls++;
+    const response = await fetch('/token?customer=' + encodeURIComponent(cfg.customer), {{method: 'POST'}});
+    const {{token}} = await response.json();
+    seen.tokens.push(token);
+    return token;
+  }};
+  window.makeOptions = (extra = {{}}) => ({{
+    ...(cfg.token ? {{integrationToken: cfg.token}} : {{}}),
+    ...(cfg.getToken ? {{getToken: window.getToken}} : {{}}),
+    ...cfg.options,
+    onConnected: (data) => seen.connected.push(data),
+    onClose: () => seen.closes++,
+    onError: (e) => seen.errors.push({{code: e.code, status: e.status, message: e.message, peliqanError: e instanceof Peliqan.PeliqanError}}),
+    onEvent: (e) => seen.events.push(e.type === 'error' ? {{type: 'error', code: e.error.code}} : e),
+    ...extra,
+  }});
+  // A partner's own button running whatever SDK call a test set up (a real click: pop-ups allowed).
+  document.getElementById('sdk-call').addEventListener('click', () => {{
+    Promise.resolve(window.nextSdkCall?.()).then((r) => seen.sdk.push({{ok: r ?? null}}), (e) => seen.sdk.push({{error: e.code, status: e.status, message: e.message}}));
+  }});
+  if (cfg.initialize) window.peliqan = Peliqan.initialize(window.makeOptions(cfg.inline ? {{container: '#inline-slot'}} : {{}}));
+</script>
+</body>
+</html>
+"""
+
+FORGE_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Forger</title></head><body>
+<script>
+  // Another origin tries to drive the widget: fake results to the partner page, a fake token to the iframe.
+  parent.postMessage({source: 'peliqan', type: 'connected', data: {id: 666, name: 'forged'}}, '*');
+  parent.postMessage({source: 'peliqan', type: 'close'}, '*');
+  for (let i = 0; i < parent.frames.length; i++) {
+    parent.frames[i].postMessage({source: 'peliqan', type: 'init', token: 'forged-token', options: {mode: 'modal'}}, '*');
+    parent.frames[i].postMessage({source: 'peliqan', type: 'open', options: {selectedConnector: 'sandbox_bank'}}, '*');
+    parent.frames[i].postMessage({source: 'peliqan', type: 'token', token: 'forged-token'}, '*');
+  }
+  document.title = 'Forged';
+</script></body></html>"""
+
+
+def content_security_policy(nonce: str, bff_url: str, other_url: str) -> str:
+    # Strict: no inline styles at all, scripts by nonce or from the BFF. The widget must live with it.
+    return (
+        f"default-src 'self'; script-src 'nonce-{nonce}' {bff_url}; style-src 'self'; img-src 'self' data:; "
+        f"connect-src 'self' {bff_url}; frame-src {bff_url} {other_url}; base-uri 'none'; object-src 'none'"
+    )
+
+
+def create_partner_site(*, bff_url: str, partner_token: str, other_url: str) -> Starlette:
+    """Page options come from the query string; tokens never do."""
+
+    async def mint(customer: str) -> dict[str, Any]:
+        async with httpx.AsyncClient(base_url=bff_url) as client:
+            response = await client.post(
+                "/api/partner/sub-account/integrate/",
+                json={
+                    "external_id": customer,
+                    "first_name": "Test",
+                    "last_name": "Customer",
+                    "email": f"{customer}@example.test",
+                    "company_name": "Test Co",
+                },
+                headers={"Authorization": f"Bearer {partner_token}"},
+            )
+        response.raise_for_status()
+        return response.json()  # type: ignore[no-any-return]
+
+    async def page(request: Request) -> Response:
+        q = request.query_params
+        customer = q.get("customer") or f"cust-{uuid.uuid4().hex[:8]}"
+        auth = q.get("auth", "token")
+        token = (await mint(customer))["token"] if auth in ("token", "both") else None
+        options = json.loads(q.get("options", "{}"))
+        config = {
+            "customer": customer,
+            "token": token,
+            "getToken": auth in ("getToken", "both"),
+            "options": options,
+            "inline": q.get("inline") == "1",
+            "initialize": q.get("manual") != "1",
+            "bff": bff_url,
+        }
+        nonce = secrets.token_urlsafe(12)
+        body = PAGE.format(nonce=nonce, bff=bff_url, config=json.dumps(config).replace("</", "<\\/"))
+        return HTMLResponse(body, headers={"Content-Security-Policy": content_security_policy(nonce, bff_url, other_url)})
+
+    async def token(request: Request) -> JSONResponse:
+        return JSONResponse({"token": (await mint(request.query_params["customer"]))["token"]})
+
+    async def forge(request: Request) -> HTMLResponse:
+        return HTMLResponse(FORGE_PAGE)
+
+    return Starlette(routes=[Route("/", page), Route("/token", token, methods=["POST"]), Route("/forge", forge)])
+
+
+# -- one stack: BFF + partner + partner site --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Stack:
+    bff_url: str
+    site_url: str  # registered for the partner
+    other_url: str  # the same site on an origin the partner did not register
+    partner_token: str
+
+    def integrate(self, customer: str) -> str:
+        response = httpx.post(
+            f"{self.bff_url}/api/partner/sub-account/integrate/",
+            json={"external_id": customer, "first_name": "T", "last_name": "C", "email": "t@example.test", "company_name": "Co"},
+            headers={"Authorization": f"Bearer {self.partner_token}"},
+        )
+        response.raise_for_status()
+        return str(response.json()["token"])
+
+    def api(self, method: str, path: str, token: str, **kwargs: Any) -> httpx.Response:
+        return httpx.request(method, self.bff_url + path, headers={"Authorization": f"Bearer {token}"}, timeout=30, **kwargs)
+
+
+@contextlib.contextmanager
+def running_stack(data_dir: Path, **sandbox_env: str) -> Iterator[Stack]:
+    bff_port, site_port = free_port(), free_port()
+    bff_url = f"http://127.0.0.1:{bff_port}"
+    site_url = f"http://localhost:{site_port}"
+    other_url = f"http://127.0.0.1:{site_port}"
+    settings = Settings(
+        data_dir=data_dir,
+        secret_keys=(Secret(generate_secret_key()),),
+        encryption_key=Secret(generate_encryption_key()),
+        public_url=bff_url,
+        sandbox_enabled=True,
+        sandbox_env=sandbox_env,
+    )
+    # `bff partner create`, run on its own thread: Playwright's sync API owns this thread's event loop.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        partner = pool.submit(asyncio.run, create_partner(settings, "e2e", [site_url])).result()
+    with serve(create_app(settings), bff_port):
+        site = create_partner_site(bff_url=bff_url, partner_token=partner["token"], other_url=other_url)
+        with serve(site, site_port):
+            yield Stack(bff_url=bff_url, site_url=site_url, other_url=other_url, partner_token=partner["token"])
+
+
+def locale_strings() -> dict[str, dict[str, Any]]:
+    """The widget's own string table (widget/locales.js is JSON after `export default`)."""
+    source = (WIDGET / "locales.js").read_text()
+    start = source.index("\nexport default ") + len("\nexport default ")
+    return json.loads(source[start:].strip().rstrip(";"))  # type: ignore[no-any-return]

@@ -1,0 +1,330 @@
+"""Sync runs, the health state machine and crash recovery, against the in-process sandbox."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from bff.connectors import RetryPolicy
+from bff.connectors.retry import Budget
+from bff.settings import Settings
+
+from conftest import BFF, auth, running_bff
+from sandbox_flows import connect_accounting, connect_bank, connect_crm
+from sync_helpers import customer, health, last_run, logs, reset_sandbox_stats, sandbox_stats, sync, tables
+
+FIXTURES = {
+    "crm": {"contacts": 1250, "deals": 300},
+    "accounting": {"invoices": 1500},
+    "bank": {"transactions": 200},
+}
+CONNECT = {"crm": connect_crm, "accounting": connect_accounting, "bank": connect_bank}
+
+
+def fast_retries() -> RetryPolicy:
+    """The default budgets, with back-offs in milliseconds instead of seconds."""
+    policy = RetryPolicy.default()
+    return dataclasses.replace(
+        policy,
+        server_error=Budget(max_retries=2, max_total_wait=1.0, base_delay=0.01, max_delay=0.02),
+        connection=Budget(max_retries=2, max_total_wait=1.0, base_delay=0.01, max_delay=0.02),
+    )
+
+
+@pytest.fixture
+def sandbox(settings_factory: Callable[..., Settings]) -> Callable[..., Any]:
+    """``async with sandbox(**BFF_SANDBOX_* knobs) as bff``: a BFF with the sandbox on."""
+
+    def start(**knobs: str) -> Any:
+        return running_bff(settings_factory(sandbox_enabled=True, sandbox_env=knobs))
+
+    return start
+
+
+@pytest.fixture
+async def sbff(sandbox: Callable[..., Any]) -> AsyncIterator[BFF]:
+    async with sandbox() as instance:
+        instance.services.extras["sync"].retry_policy = fast_retries
+        yield instance
+
+
+@pytest.mark.parametrize("provider", ["crm", "accounting", "bank"])
+async def test_full_sync_lands_the_fixture_counts_and_a_second_sync_adds_nothing(sbff: BFF, provider: str) -> None:
+    token, _ = await customer(sbff)
+    connection = await CONNECT[provider](sbff.client, token)
+    run = await sync(sbff, token, connection["id"])
+    assert run["status"] == "succeeded" and run["records"] == FIXTURES[provider] and run["error"] is None
+    assert run["started_at"] and run["finished_at"]
+    assert (await health(sbff, token, connection["id"]))["health_status"] == "HEALTHY"
+    assert {name: t["row_count"] for name, t in (await tables(sbff.client, token)).items()} == FIXTURES[provider]
+
+    await reset_sandbox_stats(sbff.client)
+    again = await sync(sbff, token, connection["id"])
+    assert again["status"] == "succeeded" and again["records"] == dict.fromkeys(FIXTURES[provider], 0)
+    assert sum((await sandbox_stats(sbff.client))["records_served"].values()) == 0  # only "anything newer?" calls
+    assert {name: t["row_count"] for name, t in (await tables(sbff.client, token)).items()} == FIXTURES[provider]
+
+
+async def test_incremental_sync_fetches_only_the_changed_records(sbff: BFF) -> None:
+    token, _ = await customer(sbff)
+    crm = await connect_crm(sbff.client, token)
+    await sync(sbff, token, crm["id"])
+    touched = (await sbff.client.post("/sandbox/_control/touch", json={"resource": "crm.contacts", "count": 5})).json()["touched"]
+    await reset_sandbox_stats(sbff.client)
+
+    run = await sync(sbff, token, crm["id"])
+    assert run["records"] == {"contacts": 5, "deals": 0}
+    stats = await sandbox_stats(sbff.client)
+    assert stats["requests"]["crm.contacts"] == 1 and stats["records_served"]["crm.contacts"] == 5
+    assert stats["requests"]["crm.deals"] == 1 and stats["records_served"]["crm.deals"] == 0
+
+    contacts = (await tables(sbff.client, token))["contacts"]
+    assert contacts["row_count"] == 1250  # updated in place, not added
+    body = (await sbff.client.get(f"/api/database/rows/table/{contacts['id']}/?user_field_names=True&page_size=500", headers=auth(token))).json()
+    edited = {row["id"]: row for row in body["results"] if row["last_name"].endswith("(edited)")}
+    assert set(edited) == set(touched) and all(row["_run_id"] == run["id"] for row in edited.values())
+
+
+async def test_manual_bank_refresh_is_picked_up_incrementally(sbff: BFF) -> None:
+    token, _ = await customer(sbff)
+    bank = await connect_bank(sbff.client, token)
+    await sync(sbff, token, bank["id"])
+    refresh_url = (await sbff.client.post(f"/api/server/{bank['id']}/manual-refresh", headers=auth(token))).json()["refresh_url"]
+    page = await sbff.client.post(refresh_url)  # the customer presses "Refresh" on the bank's page
+    assert "10 new transactions imported." in page.text
+    run = await sync(sbff, token, bank["id"])
+    assert run["records"] == {"transactions": 10}
+    assert (await tables(sbff.client, token))["transactions"]["row_count"] == 210
+
+
+async def test_rate_limits_are_retried_and_logged(sandbox: Callable[..., Any]) -> None:
+    async with sandbox(BFF_SANDBOX_429_EVERY="3", BFF_SANDBOX_RETRY_AFTER="1") as bff:
+        token, _ = await customer(bff)
+        crm = await connect_crm(bff.client, token)
+        await reset_sandbox_stats(bff.client)  # restarts the every-3rd-call cadence too
+        run = await sync(bff, token, crm["id"])
+        assert run["status"] == "succeeded" and run["records"] == FIXTURES["crm"]
+        assert (await sandbox_stats(bff.client))["rate_limited"] >= 1
+        assert {n: t["row_count"] for n, t in (await tables(bff.client, token)).items()} == FIXTURES["crm"]
+        lines = [line for line in await logs(bff, token, crm["id"]) if line["pipeline_run_id"] == run["id"]]
+        retries = [line for line in lines if "429" in line["message"]]
+        assert retries and all(line["level"] == "warning" and "retry 1 of 8" in line["message"] for line in retries)
+        assert "the provider asked to wait 1 s" in retries[0]["message"]
+        assert any(line["message"].startswith("contacts: 1250 records") for line in lines)
+        assert any(line["message"].startswith("deals: 300 records") for line in lines)
+
+
+async def test_server_errors_beyond_the_retry_cap_fail_only_that_table(sandbox: Callable[..., Any]) -> None:
+    async with sandbox(BFF_SANDBOX_FAIL_EVERY="1", BFF_SANDBOX_FAIL_MATCH="deals") as bff:
+        bff.services.extras["sync"].retry_policy = fast_retries
+        token, _ = await customer(bff)
+        crm = await connect_crm(bff.client, token)
+        run = await sync(bff, token, crm["id"])
+        assert run["status"] == "completed_with_errors"
+        assert run["records"] == {"contacts": 1250, "deals": 0}
+        assert "deals" in run["error"] and "contacts" not in run["error"]
+        state = await health(bff, token, crm["id"])
+        assert state["health_status"] == "COMPLETED_WITH_ERRORS" and "deals" in state["detail"]
+        assert (await tables(bff.client, token))["contacts"]["row_count"] == 1250
+        assert (await sandbox_stats(bff.client))["requests"]["crm.deals"] == 3  # first try + 2 retries
+        messages = [line["message"] for line in await logs(bff, token, crm["id"])]
+        assert sum("server errors (HTTP 5xx): retry" in m for m in messages) == 2
+        assert any(m.startswith("deals: failed") for m in messages)
+
+
+async def test_every_table_failing_is_an_error(sandbox: Callable[..., Any]) -> None:
+    async with sandbox(BFF_SANDBOX_FAIL_EVERY="1") as bff:
+        bff.services.extras["sync"].retry_policy = fast_retries
+        token, _ = await customer(bff)
+        crm = await connect_crm(bff.client, token)
+        run = await sync(bff, token, crm["id"])
+        assert run["status"] == "failed"
+        state = await health(bff, token, crm["id"])
+        assert state["health_status"] == "ERROR" and "contacts" in state["detail"] and "deals" in state["detail"]
+
+
+async def test_rejected_credentials_ask_for_reauthorisation(sbff: BFF) -> None:
+    token, _ = await customer(sbff)
+    crm = await connect_crm(sbff.client, token)
+    bank = await connect_bank(sbff.client, token)
+    await sbff.client.post("/sandbox/_control/revoke", json={"provider": "crm"})
+    await sbff.client.post("/sandbox/_control/revoke", json={"provider": "bank"})
+    for connection in (crm, bank):
+        run = await sync(sbff, token, connection["id"])
+        assert run["status"] == "failed"
+        state = await health(sbff, token, connection["id"])
+        assert state["health_status"] == "ERROR" and "Re-authorise this connection" in state["detail"]
+    # OAuth: the 401 led to one refresh attempt before giving up, and the run stopped at the first table.
+    messages = [line["message"] for line in await logs(sbff, token, crm["id"])]
+    assert any("renewing it once" in m for m in messages)
+    assert (await last_run(sbff, token, crm["id"]))["records"] == {"contacts": 0}
+
+    await sbff.client.post("/sandbox/_control/restore", json={"provider": "bank"})
+    assert (await sync(sbff, token, bank["id"]))["status"] == "succeeded"
+    assert (await health(sbff, token, bank["id"]))["health_status"] == "HEALTHY"
+
+
+async def test_concurrent_sync_requests_get_one_202_and_one_409(sandbox: Callable[..., Any]) -> None:
+    async with sandbox(BFF_SANDBOX_LATENCY_MS="50") as bff:
+        token, _ = await customer(bff)
+        bank = await connect_bank(bff.client, token)
+        url = f"/api/server/{bank['id']}/sync"
+        answers = await asyncio.gather(*(bff.client.post(url, headers=auth(token)) for _ in range(2)))
+        assert sorted(a.status_code for a in answers) == [202, 409]
+        accepted = next(a for a in answers if a.status_code == 202).json()
+        refused = next(a for a in answers if a.status_code == 409).json()
+        assert refused["code"] == "sync_already_running" and refused["pipeline_run_id"] == accepted["run_data"][0]["pipeline_run_id"]
+        assert accepted["server_id"] == bank["id"] and accepted["syncing"] is True
+        assert accepted["task_id"] == accepted["run_data"][0]["task_id"]
+
+        # Many at once: still exactly one run.
+        answers = await asyncio.gather(*(bff.client.post(url, headers=auth(token)) for _ in range(10)))
+        assert [a.status_code for a in answers].count(202) <= 1
+        await bff.services.extras["sync"].wait(bank["id"])
+        runs = (await bff.client.get(f"/api/server/{bank['id']}/runs", headers=auth(token))).json()
+        assert runs["count"] == 1 + [a.status_code for a in answers].count(202)
+
+
+async def test_sync_status_runs_and_health_etag(sandbox: Callable[..., Any]) -> None:
+    async with sandbox(BFF_SANDBOX_LATENCY_MS="100") as bff:
+        token, _ = await customer(bff)
+        bank = await connect_bank(bff.client, token)
+        base = f"/api/server/{bank['id']}"
+        idle = (await bff.client.get(f"{base}/sync-status", headers=auth(token))).json()
+        assert idle == {"running": False, "pipeline_run_id": None, "status": None}
+
+        first = await bff.client.get(f"{base}/health", headers=auth(token))
+        etag = first.headers["etag"]
+        assert first.json() == {"id": bank["id"], "name": "Sandbox Bank", "health_status": "OK", "detail": None}
+        unchanged = await bff.client.get(f"{base}/health/", headers={**auth(token), "If-None-Match": etag})
+        assert unchanged.status_code == 304 and unchanged.headers["etag"] == etag and not unchanged.content
+
+        started = (await bff.client.post(f"{base}/sync", json={}, headers=auth(token))).json()
+        run_id = started["run_data"][0]["pipeline_run_id"]
+        running = (await bff.client.get(f"{base}/sync-status", headers=auth(token))).json()
+        assert running["running"] is True and running["pipeline_run_id"] == run_id
+        await bff.services.extras["sync"].wait(bank["id"])
+        done = (await bff.client.get(f"{base}/sync-status", headers=auth(token))).json()
+        assert done == {"running": False, "pipeline_run_id": run_id, "status": "succeeded"}
+
+        changed = await bff.client.get(f"{base}/health", headers={**auth(token), "If-None-Match": etag})
+        assert changed.status_code == 200 and changed.json()["health_status"] == "HEALTHY" and changed.headers["etag"] != etag
+
+        second = await sync(bff, token, bank["id"], tables=["transactions"])
+        runs = (await bff.client.get(f"{base}/runs?page_size=1", headers=auth(token))).json()
+        assert runs["count"] == 2 and runs["results"][0]["id"] == second["id"] and runs["next"]
+        assert second["tables"] == ["transactions"]
+        older = (await bff.client.get(runs["next"], headers=auth(token))).json()
+        assert older["results"][0]["id"] == run_id and older["next"] is None
+
+
+async def test_connections_that_are_not_ready_cannot_sync(sbff: BFF) -> None:
+    token, _ = await customer(sbff)
+    created = await sbff.client.post("/api/servers", json={"servertype_id": "sandbox_crm"}, headers=auth(token))
+    authorizing = await sbff.client.post(f"/api/server/{created.json()['id']}/sync", headers=auth(token))
+    assert authorizing.status_code == 409 and authorizing.json()["code"] == "connection_not_ready"
+    books = await sbff.client.post(
+        "/api/servers", json={"servertype_id": "sandbox_accounting", "api_key": "sandbox-valid-key"}, headers=auth(token)
+    )
+    config_select = await sbff.client.post(f"/api/server/{books.json()['id']}/sync", headers=auth(token))
+    assert config_select.status_code == 409 and config_select.json()["code"] == "connection_not_ready"
+    assert "divisions" in config_select.json()["detail"]
+
+
+async def test_sync_a_subset_of_tables_and_reject_unknown_ones(sbff: BFF) -> None:
+    token, _ = await customer(sbff)
+    crm = await connect_crm(sbff.client, token)
+    unknown = await sbff.client.post(f"/api/server/{crm['id']}/sync", json={"tables": ["contacts", "tickets"]}, headers=auth(token))
+    assert unknown.status_code == 400 and "tickets" in unknown.json()["errors"]["tables"]
+    malformed = await sbff.client.post(f"/api/server/{crm['id']}/sync", json={"tables": "deals"}, headers=auth(token))
+    assert malformed.status_code == 400 and malformed.json()["code"] == "validation_error"
+    run = await sync(sbff, token, crm["id"], tables=["deals"])
+    assert run["records"] == {"deals": 300}
+    assert set(await tables(sbff.client, token)) == {"deals"}
+
+
+async def test_other_sub_accounts_cannot_touch_the_connection(sbff: BFF) -> None:
+    token, _ = await customer(sbff, "a")
+    other, _ = await customer(sbff, "b")
+    bank = await connect_bank(sbff.client, token)
+    for method, path in (("POST", "sync"), ("GET", "health"), ("GET", "sync-status"), ("GET", "runs")):
+        answer = await sbff.client.request(method, f"/api/server/{bank['id']}/{path}", headers=auth(other))
+        assert answer.status_code == 404 and answer.json()["code"] == "not_found"
+    assert (await sbff.client.post(f"/api/server/{bank['id']}/sync")).status_code == 401
+
+
+async def test_deleting_a_connection_mid_sync_stops_it_and_drops_its_tables(sandbox: Callable[..., Any]) -> None:
+    async with sandbox(BFF_SANDBOX_LATENCY_MS="100") as bff:
+        token, account_id = await customer(bff)
+        crm = await connect_crm(bff.client, token)
+        bank = await connect_bank(bff.client, token)
+        await sync(bff, token, bank["id"])
+        await bff.client.post(f"/api/server/{crm['id']}/sync", headers=auth(token))
+        while "contacts" not in await tables(bff.client, token):
+            await asyncio.sleep(0.02)
+        contacts_id = (await tables(bff.client, token))["contacts"]["id"]
+        assert (await bff.client.delete(f"/api/server/{crm['id']}", headers=auth(token))).status_code == 204
+        assert set(await tables(bff.client, token)) == {"transactions"}  # the other connection's table stays
+        gone = await bff.client.get(f"/api/database/rows/table/{contacts_id}/", headers=auth(token))
+        assert gone.status_code == 404
+        assert await bff.services.store.warehouse_table_owner(contacts_id) is None
+        assert crm["id"] not in bff.services.extras["sync"]._tasks
+
+
+async def test_stopping_the_server_mid_sync_interrupts_the_run_and_a_restart_resumes(settings_factory: Callable[..., Settings]) -> None:
+    settings = settings_factory(sandbox_enabled=True, sandbox_env={"BFF_SANDBOX_LATENCY_MS": "150"})
+    async with running_bff(settings) as bff:
+        token, account_id = await customer(bff)
+        books = await connect_accounting(bff.client, token)
+        await bff.client.post(f"/api/server/{books['id']}/sync", headers=auth(token))
+        while (await tables(bff.client, token)).get("invoices", {}).get("row_count", 0) < 500:
+            await asyncio.sleep(0.02)
+    # The lifespan ended mid-run: the run was cancelled and marked at once.
+    async with running_bff(dataclasses.replace(settings, sandbox_env={})) as bff:
+        stopped = await last_run(bff, token, books["id"])
+        assert stopped["status"] == "interrupted"
+        state = await health(bff, token, books["id"])
+        assert state["health_status"] == "ERROR" and "interrupted" in state["detail"]
+        resumed = await sync(bff, token, books["id"])
+        assert resumed["status"] == "succeeded" and 0 < resumed["records"]["invoices"] < 1500  # from the saved cursor
+        assert (await tables(bff.client, token))["invoices"]["row_count"] == 1500
+
+
+async def test_runs_left_running_by_a_dead_process_are_interrupted_at_start_up(settings_factory: Callable[..., Settings]) -> None:
+    settings = settings_factory(sandbox_enabled=True)
+    async with running_bff(settings) as bff:
+        token, account_id = await customer(bff)
+        bank = await connect_bank(bff.client, token)
+        # What a killed process leaves behind: an active run and no task for it.
+        run = await bff.services.store.create_run(bank["id"], account_id, task_id="dead", tables=None)
+        await bff.services.store.update_run(run.id, status="running", started=True, pid=999_999)
+    async with running_bff(settings) as bff:
+        assert (await last_run(bff, token, bank["id"]))["status"] == "interrupted"
+        status = (await bff.client.get(f"/api/server/{bank['id']}/sync-status", headers=auth(token))).json()
+        assert status["running"] is False
+        state = await health(bff, token, bank["id"])
+        assert state["health_status"] == "ERROR" and "interrupted" in state["detail"]
+        assert any("was interrupted" in line["message"] for line in await logs(bff, token, bank["id"]))
+        assert (await sync(bff, token, bank["id"]))["records"] == {"transactions": 200}
+        assert (await health(bff, token, bank["id"]))["health_status"] == "HEALTHY"
+
+
+async def test_sync_concurrency_is_bounded(settings_factory: Callable[..., Settings]) -> None:
+    settings = settings_factory(sandbox_enabled=True, sandbox_env={"BFF_SANDBOX_LATENCY_MS": "100"}, sync_concurrency=1)
+    async with running_bff(settings) as bff:
+        token, _ = await customer(bff)
+        banks = [await connect_bank(bff.client, token) for _ in range(2)]
+        for bank in banks:
+            assert (await bff.client.post(f"/api/server/{bank['id']}/sync", headers=auth(token))).status_code == 202
+        await asyncio.sleep(0.05)
+        statuses = [(await last_run(bff, token, bank["id"]))["status"] for bank in banks]
+        assert sorted(statuses) == ["queued", "running"]
+        queued = (await bff.client.get(f"/api/server/{banks[statuses.index('queued')]['id']}/sync-status", headers=auth(token))).json()
+        assert queued["running"] is True  # queued counts as an active run
+        for bank in banks:
+            await bff.services.extras["sync"].wait(bank["id"])
+            assert (await last_run(bff, token, bank["id"]))["status"] == "succeeded"

@@ -1,0 +1,198 @@
+"""The per-sub-account warehouse files: upserts, cursors in the same transaction, tables' life cycle."""
+
+from __future__ import annotations
+
+import dataclasses
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bff.connectors import Stream, load_connectors
+from bff.connectors.definitions import FieldSpec
+from bff.store import Store
+from bff.warehouse import Warehouse
+
+
+@dataclasses.dataclass
+class Env:
+    store: Store
+    warehouse: Warehouse
+    accounts: list[int]
+    connections: dict[int, list[int]]
+
+
+@pytest.fixture
+async def env(tmp_path: Path) -> AsyncIterator[Env]:
+    store = Store(tmp_path)
+    await store.open()
+    partner = await store.create_partner("p", [])
+    accounts, connections = [], {}
+    for external_id in ("a", "b"):
+        account = await store.create_sub_account(partner.id, external_id, {})
+        accounts.append(account.id)
+        connections[account.id] = [(await store.create_connection(account.id, "sandbox_crm", "CRM", "OK")).id for _ in range(2)]
+    warehouse = Warehouse(tmp_path / "warehouse", store)
+    try:
+        yield Env(store, warehouse, accounts, connections)
+    finally:
+        await warehouse.close()
+        await store.close()
+
+
+def contacts() -> Stream:
+    return load_connectors()["sandbox_crm"].stream("contacts")
+
+
+def contact(i: int, **changes: Any) -> dict[str, Any]:
+    record = {
+        "id": f"c_{i:04d}",
+        "email": f"p{i}@example.test",
+        "first_name": "Ann",
+        "last_name": f"Last {i}",
+        "company": "Acme",
+        "created_at": "2025-01-01T00:00:00Z",
+        "updated_at": f"2026-01-01T00:{i % 60:02d}:00Z",
+    }
+    record.update(changes)
+    return record
+
+
+async def test_upsert_by_primary_key_never_duplicates(env: Env) -> None:
+    account, connection = env.accounts[0], env.connections[env.accounts[0]][0]
+    table = await env.warehouse.open_table(account, connection, contacts())
+    assert await table.write([contact(i) for i in range(1, 101)], {"cursor": "a"}, run_id=1) == 100
+    assert await table.write([contact(i, last_name="Changed") for i in range(51, 151)], {"cursor": "b"}, run_id=2) == 100
+    count, rows = await env.warehouse.read_rows(account, table.table, offset=0, limit=1000)
+    assert count == 150 and len({row["id"] for row in rows}) == 150
+    by_id = {row["id"]: row for row in rows}
+    assert by_id["c_0050"]["last_name"] == "Last 50" and by_id["c_0050"]["_run_id"] == 1
+    assert by_id["c_0051"]["last_name"] == "Changed" and by_id["c_0051"]["_run_id"] == 2
+    assert by_id["c_0051"]["_synced_at"].endswith("Z")
+    # Insertion order is the reading order, and an update keeps a row's place.
+    assert [row["id"] for row in rows[:3]] == ["c_0001", "c_0002", "c_0003"]
+    assert await table.load_state() == {"cursor": "b"}
+
+
+async def test_records_without_a_primary_key_are_left_out(env: Env) -> None:
+    account, connection = env.accounts[0], env.connections[env.accounts[0]][0]
+    table = await env.warehouse.open_table(account, connection, contacts())
+    assert await table.write([contact(1), contact(2, id=None)], {}, run_id=1) == 1
+    assert await table.write([contact(2, id=None)], {}, run_id=2) == 0
+    assert (await env.warehouse.read_rows(account, table.table, offset=0, limit=10))[0] == 1
+
+
+async def test_a_failed_page_leaves_neither_rows_nor_cursor(env: Env) -> None:
+    account, connection = env.accounts[0], env.connections[env.accounts[0]][0]
+    table = await env.warehouse.open_table(account, connection, contacts())
+    await table.write([contact(1)], {"cursor": "first"}, run_id=1)
+    # The 3rd record cannot be stored: the first two of this page must not be either.
+    page = [contact(2), contact(3), contact(4, email=object())]
+    with pytest.raises(sqlite3.Error):
+        await table.write(page, {"cursor": "second"}, run_id=2)
+    count, _ = await env.warehouse.read_rows(account, table.table, offset=0, limit=10)
+    assert count == 1
+    assert await table.load_state() == {"cursor": "first"}
+    # Also as read from the file by a fresh warehouse (no in-process cache).
+    fresh = Warehouse(env.warehouse.root, env.store)
+    try:
+        assert await (await fresh.open_table(account, connection, contacts())).load_state() == {"cursor": "first"}
+    finally:
+        await fresh.close()
+
+
+async def test_one_file_per_sub_account_and_globally_unique_table_ids(env: Env) -> None:
+    a, b = env.accounts
+    table_a = await env.warehouse.open_table(a, env.connections[a][0], contacts())
+    table_b = await env.warehouse.open_table(b, env.connections[b][0], contacts())
+    await table_a.write([contact(1)], {}, run_id=1)
+    await table_b.write([contact(1), contact(2)], {}, run_id=2)
+    assert env.warehouse.path(a) != env.warehouse.path(b) and env.warehouse.path(a).exists() and env.warehouse.path(b).exists()
+    assert table_a.table.id != table_b.table.id
+    assert await env.store.warehouse_table_owner(table_a.table.id) == a
+    assert await env.store.warehouse_table_owner(table_b.table.id) == b
+    # Each file only knows its own sub-account's tables.
+    assert await env.warehouse.get_table(a, table_b.table.id) is None
+    assert [(t.id, n) for t, n in await env.warehouse.list_tables(b)] == [(table_b.table.id, 2)]
+    # Opening the same stream again gives the same table.
+    again = await Warehouse(env.warehouse.root, env.store).open_table(a, env.connections[a][0], contacts())
+    assert again.table.id == table_a.table.id
+
+
+async def test_reading_a_sub_account_without_a_file_creates_nothing(env: Env) -> None:
+    assert await env.warehouse.list_tables(env.accounts[1]) == []
+    assert await env.warehouse.get_table(env.accounts[1], 12345) is None
+    assert not env.warehouse.path(env.accounts[1]).exists()
+
+
+async def test_drop_connection_tables_removes_tables_cursors_and_index(env: Env) -> None:
+    account = env.accounts[0]
+    keep, drop = env.connections[account]
+    kept = await env.warehouse.open_table(account, keep, contacts())
+    dropped = await env.warehouse.open_table(account, drop, contacts())
+    deals = await env.warehouse.open_table(account, drop, load_connectors()["sandbox_crm"].stream("deals"))
+    for table in (kept, dropped):
+        await table.write([contact(1)], {"cursor": "x"}, run_id=1)
+    assert await env.warehouse.drop_connection_tables(account, drop) == 2
+    assert [t.connection_id for t, _ in await env.warehouse.list_tables(account)] == [keep]
+    assert await env.store.warehouse_table_owner(dropped.table.id) is None
+    assert await env.store.warehouse_table_owner(deals.table.id) is None
+    with sqlite3.connect(env.warehouse.path(account)) as conn:
+        names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert f"c{drop}_contacts" not in names and f"c{keep}_contacts" in names
+        assert conn.execute("SELECT COUNT(*) FROM _state WHERE connection_id = ?", (drop,)).fetchone()[0] == 0
+    # The stream starts from scratch if the same connection id ever syncs again.
+    fresh = await env.warehouse.open_table(account, drop, contacts())
+    assert await fresh.load_state() == {} and fresh.table.id != dropped.table.id
+
+
+async def test_reset_state_forgets_cursors_but_keeps_rows(env: Env) -> None:
+    account, connection = env.accounts[0], env.connections[env.accounts[0]][0]
+    table = await env.warehouse.open_table(account, connection, contacts())
+    await table.write([contact(1)], {"cursor": "x"}, run_id=1)
+    await env.warehouse.reset_state(account, connection)
+    assert await table.load_state() == {}
+    assert (await env.warehouse.read_rows(account, table.table, offset=0, limit=10))[0] == 1
+
+
+async def test_new_fields_become_columns_and_values_keep_their_types(env: Env) -> None:
+    account, connection = env.accounts[0], env.connections[env.accounts[0]][0]
+    base = contacts()
+    first = await env.warehouse.open_table(account, connection, base)
+    await first.write([contact(1)], {}, run_id=1)
+    wider = dataclasses.replace(
+        base,
+        fields=(
+            *base.fields,
+            FieldSpec("tags", ("tags",), "json"),
+            FieldSpec("vip", ("vip",), "boolean"),
+            FieldSpec("score", ("score",), "number"),
+            FieldSpec("visits", ("visits",), "integer"),
+        ),
+    )
+    second = await env.warehouse.open_table(account, connection, wider)
+    assert second.table.id == first.table.id
+    assert [f.name for f in second.table.fields][-4:] == ["tags", "vip", "score", "visits"]
+    await second.write([contact(2, tags=["a", {"b": 1}], vip=True, score=2.5, visits=3)], {}, run_id=2)
+    _, rows = await env.warehouse.read_rows(account, second.table, offset=0, limit=10)
+    assert rows[0]["tags"] is None and rows[0]["vip"] is None  # older rows: the new columns are empty
+    assert rows[1]["tags"] == ["a", {"b": 1}] and rows[1]["vip"] is True
+    assert rows[1]["score"] == 2.5 and rows[1]["visits"] == 3
+    field_ids = [f.id for f in second.table.fields]
+    assert len(set(field_ids)) == len(field_ids)
+
+
+async def test_idle_writer_connections_are_capped(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    import bff.warehouse
+
+    monkeypatch.setattr(bff.warehouse, "MAX_OPEN_WRITERS", 1)
+    a, b = env.accounts
+    writers = [await env.warehouse.open_table(acc, env.connections[acc][0], contacts()) for acc in (a, b)]
+    for round_ in range(3):
+        for writer in writers:
+            await writer.write([contact(round_ + 1)], {"cursor": str(round_)}, run_id=round_)
+            assert len(env.warehouse._writers) == 1  # the other file's connection was closed
+    for acc, writer in zip((a, b), writers):
+        assert (await env.warehouse.read_rows(acc, writer.table, offset=0, limit=10))[0] == 3
