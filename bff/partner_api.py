@@ -13,6 +13,7 @@ from .auth import require_partner, services
 from .errors import ApiError, not_found, validation_error
 from .http import Pagination, api_route, query_bool, read_json, require_str
 from .store import ExternalIdTaken, Partner, SubAccount
+from .tokens import MintedToken
 
 _LANGUAGE = re.compile(r"^[a-z]{2,3}(-[A-Za-z]{2,4})?$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -74,10 +75,8 @@ async def lookup_sub_account(request: Request, partner: Partner) -> SubAccount:
     return account
 
 
-def integrate_response(request: Request, partner: Partner, account: SubAccount) -> JSONResponse:
-    minted = services(request).tokens.mint_integrate_token(
-        partner_id=partner.id, sub_account_id=account.id, generation=account.token_generation
-    )
+def token_response(minted: MintedToken, account: SubAccount) -> JSONResponse:
+    """Integrate and identity tokens share one answer shape; never cached."""
     return JSONResponse(
         {
             "token": minted.token,
@@ -88,6 +87,13 @@ def integrate_response(request: Request, partner: Partner, account: SubAccount) 
         },
         headers={"Cache-Control": "no-store"},
     )
+
+
+def integrate_response(request: Request, partner: Partner, account: SubAccount) -> JSONResponse:
+    minted = services(request).tokens.mint_integrate_token(
+        partner_id=partner.id, sub_account_id=account.id, generation=account.token_generation
+    )
+    return token_response(minted, account)
 
 
 async def create_sub_account(request: Request) -> JSONResponse:
@@ -139,16 +145,7 @@ async def identity_token(request: Request) -> JSONResponse:
     minted = services(request).tokens.mint_identity_token(
         partner_id=partner.id, sub_account_id=account.id, generation=account.token_generation, expire=expire
     )
-    return JSONResponse(
-        {
-            "token": minted.token,
-            "expires_at": minted.expires_at,
-            "expires_in": minted.expires_in,
-            "account_id": account.id,
-            "external_id": account.external_id,
-        },
-        headers={"Cache-Control": "no-store"},
-    )
+    return token_response(minted, account)
 
 
 async def revoke_tokens(request: Request) -> JSONResponse:
