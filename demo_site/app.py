@@ -8,8 +8,9 @@ from the BFF, and it reads synced data back server-side.
 from __future__ import annotations
 
 import contextlib
+import re
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ CUSTOMERS: dict[str, dict[str, str]] = {
     "globex_42": {"first_name": "Hank", "last_name": "Scorpio", "email": "hank@globex.test", "company_name": "Globex Corporation", "language": "en"},
 }
 ROWS_SHOWN = 5
+CONNECTOR_NAME = re.compile(r"^[a-z0-9_]{1,64}$")
 
 
 def content_security_policy(nonce: str, bff_url: str) -> str:
@@ -42,15 +44,45 @@ def content_security_policy(nonce: str, bff_url: str) -> str:
     )
 
 
-def create_site_app(*, bff_url: str, partner_token: str, site_url: str, session_secret: str | None = None) -> Starlette:
-    """The demo site. ``partner_token`` never leaves this server."""
+def connector_choice(request: Request) -> dict[str, Any]:
+    """``?connectors=a,b`` → ``availableConnectors``, ``?connector=a`` → ``selectedConnector``.
+
+    How another page of the product (onboarding, a "Connect your bank" link) preselects what the
+    "Add connection" window offers. Names that are not connector names are ignored.
+    """
+    names = [n for n in request.query_params.get("connectors", "").split(",") if CONNECTOR_NAME.match(n)]
+    selected = request.query_params.get("connector", "")
+    choice: dict[str, Any] = {}
+    if CONNECTOR_NAME.match(selected):
+        choice["selectedConnector"] = selected
+        if names and selected not in names:
+            names.append(selected)
+    if names:
+        choice["availableConnectors"] = names
+    return choice
+
+
+def create_site_app(
+    *,
+    bff_url: str,
+    partner_token: str,
+    site_url: str,
+    session_secret: str | None = None,
+    customers: Mapping[str, Mapping[str, str]] | None = None,
+) -> Starlette:
+    """The demo site. ``partner_token`` never leaves this server.
+
+    ``customers`` is the site's user directory (``external_id`` → profile fields); it defaults to
+    the three demo customers. It is read on every request, so a test can add customers to it.
+    """
+    directory: Mapping[str, Mapping[str, str]] = CUSTOMERS if customers is None else customers
     templates = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"]))
     partner = AsyncPartnerClient(bff_url, partner_token)
 
     def page(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
         nonce = secrets.token_urlsafe(16)
         html = templates.get_template(name).render(
-            request=request, nonce=nonce, bff_url=bff_url, customer=current(request), customers=CUSTOMERS, **context
+            request=request, nonce=nonce, bff_url=bff_url, customer=current(request), customers=directory, **context
         )
         return HTMLResponse(
             html,
@@ -60,12 +92,12 @@ def create_site_app(*, bff_url: str, partner_token: str, site_url: str, session_
 
     def current(request: Request) -> dict[str, str] | None:
         external_id = request.session.get("external_id")
-        if external_id not in CUSTOMERS:
+        if external_id not in directory:
             return None
-        return {"external_id": external_id, **CUSTOMERS[external_id]}
+        return {"external_id": external_id, **directory[external_id]}
 
     async def mint(external_id: str) -> dict[str, Any]:
-        return await partner.integrate_token(external_id, **CUSTOMERS[external_id])
+        return await partner.integrate_token(external_id, **directory[external_id])
 
     async def customer_client(external_id: str) -> Any:
         await mint(external_id)  # provisions the sub-account on first use
@@ -79,7 +111,7 @@ def create_site_app(*, bff_url: str, partner_token: str, site_url: str, session_
     async def login(request: Request) -> Response:
         form = await request.form()
         external_id = str(form.get("customer", ""))
-        if external_id not in CUSTOMERS:
+        if external_id not in directory:
             return page(request, "login.html", status=400, error="Choose one of the demo customers.")
         request.session["external_id"] = external_id
         request.session["csrf"] = secrets.token_urlsafe(16)
@@ -100,7 +132,12 @@ def create_site_app(*, bff_url: str, partner_token: str, site_url: str, session_
         except BFFError as exc:
             return page(request, "error.html", status=502, error=exc)
         return page(
-            request, "integrations.html", token=minted["token"], connections=connections, csrf=request.session.get("csrf", "")
+            request,
+            "integrations.html",
+            token=minted["token"],
+            connections=connections,
+            csrf=request.session.get("csrf", ""),
+            choice=connector_choice(request),
         )
 
     def require_xhr(request: Request) -> dict[str, str] | None:

@@ -31,8 +31,9 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from bff.app import create_app
-from bff.cli import create_partner
+from bff.cli import create_partner, ensure_demo_partner
 from bff.settings import Secret, Settings, generate_encryption_key, generate_secret_key
+from demo_site.app import CUSTOMERS, create_site_app
 
 WIDGET = Path(__file__).resolve().parents[1] / "widget"
 
@@ -207,13 +208,8 @@ class Stack:
         return httpx.request(method, self.bff_url + path, headers={"Authorization": f"Bearer {token}"}, timeout=30, **kwargs)
 
 
-@contextlib.contextmanager
-def running_stack(data_dir: Path, **sandbox_env: str) -> Iterator[Stack]:
-    bff_port, site_port = free_port(), free_port()
-    bff_url = f"http://127.0.0.1:{bff_port}"
-    site_url = f"http://localhost:{site_port}"
-    other_url = f"http://127.0.0.1:{site_port}"
-    settings = Settings(
+def sandbox_settings(data_dir: Path, bff_url: str, sandbox_env: dict[str, str]) -> Settings:
+    return Settings(
         data_dir=data_dir,
         secret_keys=(Secret(generate_secret_key()),),
         encryption_key=Secret(generate_encryption_key()),
@@ -221,13 +217,64 @@ def running_stack(data_dir: Path, **sandbox_env: str) -> Iterator[Stack]:
         sandbox_enabled=True,
         sandbox_env=sandbox_env,
     )
-    # `bff partner create`, run on its own thread: Playwright's sync API owns this thread's event loop.
+
+
+def off_thread(coroutine: Any) -> Any:
+    """Run a coroutine on its own thread: Playwright's sync API owns this thread's event loop."""
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        partner = pool.submit(asyncio.run, create_partner(settings, "e2e", [site_url])).result()
+        return pool.submit(asyncio.run, coroutine).result()
+
+
+@contextlib.contextmanager
+def running_stack(data_dir: Path, **sandbox_env: str) -> Iterator[Stack]:
+    bff_port, site_port = free_port(), free_port()
+    bff_url = f"http://127.0.0.1:{bff_port}"
+    site_url = f"http://localhost:{site_port}"
+    other_url = f"http://127.0.0.1:{site_port}"
+    settings = sandbox_settings(data_dir, bff_url, sandbox_env)
+    partner = off_thread(create_partner(settings, "e2e", [site_url]))  # `bff partner create`
     with serve(create_app(settings), bff_port):
         site = create_partner_site(bff_url=bff_url, partner_token=partner["token"], other_url=other_url)
         with serve(site, site_port):
             yield Stack(bff_url=bff_url, site_url=site_url, other_url=other_url, partner_token=partner["token"])
+
+
+# -- the demo partner site (Acme Books), as `bff demo` runs it ----------------------------------------
+
+
+@dataclass(frozen=True)
+class DemoStack:
+    bff_url: str
+    site_url: str
+    partner_token: str
+    customers: dict[str, dict[str, str]]  # the demo site's user directory, read on every request
+
+    def new_customer(self, company: str = "QA Test Co") -> str:
+        """A fresh Acme Books customer (its own sub-account, so its connections are its own)."""
+        external_id = f"qa_{uuid.uuid4().hex[:10]}"
+        self.customers[external_id] = {
+            "first_name": "Quinn",
+            "last_name": "Tester",
+            "email": f"{external_id}@example.test",
+            "company_name": company,
+            "language": "en",
+        }
+        return external_id
+
+
+@contextlib.contextmanager
+def running_demo(data_dir: Path, **sandbox_env: str) -> Iterator[DemoStack]:
+    """The BFF (sandbox on) on 127.0.0.1 and the demo site on localhost, wired like `bff demo`."""
+    bff_port, site_port = free_port(), free_port()
+    bff_url = f"http://127.0.0.1:{bff_port}"
+    site_url = f"http://localhost:{site_port}"
+    settings = sandbox_settings(data_dir, bff_url, sandbox_env)
+    partner = off_thread(ensure_demo_partner(settings, site_url))
+    customers = {external_id: dict(profile) for external_id, profile in CUSTOMERS.items()}
+    with serve(create_app(settings), bff_port):
+        site = create_site_app(bff_url=bff_url, partner_token=partner["token"], site_url=site_url, customers=customers)
+        with serve(site, site_port):
+            yield DemoStack(bff_url=bff_url, site_url=site_url, partner_token=partner["token"], customers=customers)
 
 
 def locale_strings() -> dict[str, dict[str, Any]]:
