@@ -1,12 +1,13 @@
 """Fixtures for the browser tests (see e2e/stack.py for the servers).
 
-Chromium is Debian's (``BFF_CHROMIUM`` overrides the path). A failing test keeps its Playwright
-trace under ``test-results/`` (open it with ``playwright show-trace``).
+Chromium is chosen by e2e/browser.py (``BFF_CHROMIUM`` overrides the path). A failing test keeps
+its Playwright trace and a screenshot of each open page under ``test-results/`` (open the trace
+with ``playwright show-trace``).
 """
 
 from __future__ import annotations
 
-import os
+import contextlib
 import re
 import uuid
 from collections.abc import Iterator
@@ -16,16 +17,9 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, Playwright, sync_playwright
 
+from e2e.browser import CHROMIUM_ARGS, chromium_path
 from e2e.stack import Stack, running_stack
 
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-results"
 
 
@@ -53,7 +47,7 @@ def playwright() -> Iterator[Playwright]:
 
 @pytest.fixture(scope="session")
 def browser(playwright: Playwright) -> Iterator[Browser]:
-    value = playwright.chromium.launch(executable_path=os.environ.get("BFF_CHROMIUM", "/usr/bin/chromium"), args=CHROMIUM_ARGS)
+    value = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
     yield value
     value.close()
 
@@ -74,9 +68,13 @@ def context(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Browse
     report = getattr(request.node, "report_call", None)
     if report is not None and report.failed:
         ARTIFACTS.mkdir(exist_ok=True)
-        path = ARTIFACTS / (re.sub(r"[^\w.-]+", "_", request.node.nodeid) + ".zip")
+        stem = re.sub(r"[^\w.-]+", "_", request.node.nodeid)
+        for index, open_page in enumerate(value.pages):
+            with contextlib.suppress(Exception):  # a page that crashed cannot be pictured
+                open_page.screenshot(path=str(ARTIFACTS / f"{stem}-{index}.png"), full_page=True, timeout=5_000)
+        path = ARTIFACTS / f"{stem}.zip"
         value.tracing.stop(path=str(path))
-        print(f"trace: {path}")
+        print(f"trace: {path}; screenshots: {ARTIFACTS / stem}-*.png")
     else:
         value.tracing.stop()
     value.close()
