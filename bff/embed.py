@@ -14,11 +14,12 @@ from starlette.routing import BaseRoute, Route
 from .connectors import LOGO_DIR
 from .errors import not_found
 
-ASSET_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*\.(js|css)$")
+ASSET_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*\.(js|css|d\.ts)$")
 LOGO_NAME = re.compile(r"^[a-z0-9_]+\.svg$")
 CONTENT_TYPES = {
     ".js": "text/javascript; charset=utf-8",
     ".css": "text/css; charset=utf-8",
+    ".ts": "application/typescript; charset=utf-8",  # the hand-written .d.ts, for editors and tsc
     ".html": "text/html; charset=utf-8",
     ".svg": "image/svg+xml",
 }
@@ -78,7 +79,7 @@ async def connect_document(request: Request) -> Response:
 
 
 async def asset(request: Request) -> Response:
-    """The connect UI's own scripts and styles."""
+    """The connect UI's own scripts and styles, and the loader's type definitions."""
     name = request.path_params["name"]
     if not ASSET_NAME.match(name):
         raise not_found("No such file.")

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import BFF
+
 WIDGET = Path(__file__).resolve().parents[1] / "widget"
 LOADER = WIDGET / "peliqan-integration.js"
 SDK = WIDGET / "peliqan-sdk.js"
@@ -223,3 +225,23 @@ def test_loader_imports_where_there_is_no_window() -> None:
     assert out["initialize"] == ["PeliqanError", "no_window"]
     assert out["sync"] == ["PeliqanError", "invalid_argument", 0]
     assert out["watch"] == ["PeliqanError", "invalid_argument"]
+
+
+async def test_the_bff_serves_the_widget_files_and_nothing_else_from_embed(bff: BFF) -> None:
+    served = {
+        "peliqan-integration.js": "text/javascript",
+        "peliqan-sdk.js": "text/javascript",
+        "connect.js": "text/javascript",
+        "connect.css": "text/css",
+        "peliqan-integration.d.ts": "application/typescript",
+    }
+    for name, content_type in served.items():
+        response = await bff.client.get(f"/embed/v1/{name}")
+        assert response.status_code == 200, name
+        assert response.headers["content-type"].startswith(content_type), name
+        assert response.content == (WIDGET / name).read_bytes(), name
+        assert response.headers["x-content-type-options"] == "nosniff"
+    for name in ("../pyproject.toml", "..%2Fpyproject.toml", "locales.json", "connect.html.bak", "x.ts", ".d.ts"):
+        response = await bff.client.get(f"/embed/v1/{name}")
+        assert response.status_code == 404, name
+        assert response.json()["code"] == "not_found"

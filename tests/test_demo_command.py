@@ -1,0 +1,112 @@
+"""`bff demo` as a newcomer runs it: two servers on two origins, the URLs printed, Ctrl-C stops both."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import auth, free_port
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGINT")
+
+
+def start_demo(data_dir: Path, bff_port: int, site_port: int) -> tuple[subprocess.Popen[str], list[str]]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BFF_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bff.cli", "demo", "--bff-port", str(bff_port), "--site-port", str(site_port), "--data-dir", str(data_dir)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    assert proc.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            raise AssertionError(f"bff demo exited early:\n{''.join(lines)}")
+        lines.append(line.rstrip("\n"))
+        if line.startswith("Press Ctrl-C"):
+            return proc, lines
+    proc.kill()
+    raise AssertionError(f"bff demo did not start:\n{lines}")
+
+
+def wait_until_up(url: str) -> httpx.Response:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            return httpx.get(url, timeout=2)
+        except httpx.TransportError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def stop(proc: subprocess.Popen[str]) -> tuple[int, str]:
+    proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+    out, _ = proc.communicate(timeout=20)
+    return proc.returncode, out
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def test_bff_demo_serves_both_origins_prints_where_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
+    data_dir = tmp_path / "demo-data"
+    bff_port, site_port = free_port(), free_port()
+    proc, lines = start_demo(data_dir, bff_port, site_port)
+    try:
+        printed = "\n".join(lines)
+        assert f"http://127.0.0.1:{bff_port}" in printed
+        assert f"http://localhost:{site_port}" in printed
+        assert str(data_dir.resolve()) in printed
+        assert "WARNING: generated demo keys" in printed  # first run: the keys are new, and it says so
+
+        assert wait_until_up(f"http://127.0.0.1:{bff_port}/healthz").json() == {"status": "ok"}
+        site = wait_until_up(f"http://localhost:{site_port}/")
+        assert site.status_code == 200 and "Sign in to Acme Books" in site.text
+        assert "content-security-policy" in site.headers
+
+        keys = data_dir / "demo-keys.json"
+        assert keys.stat().st_mode & 0o777 == 0o600
+        partner = json.loads((data_dir / "demo-partner.json").read_text())
+        listed = httpx.get(f"http://127.0.0.1:{bff_port}/api/partner/sub-accounts", headers=auth(partner["token"]))
+        assert listed.status_code == 200
+        # The demo site's origin is registered: it gets CORS, another origin does not.
+        preflight = {"Access-Control-Request-Method": "GET"}
+        ok = httpx.options(f"http://127.0.0.1:{bff_port}/api/servers", headers={"Origin": f"http://localhost:{site_port}", **preflight})
+        assert ok.headers.get("access-control-allow-origin") == f"http://localhost:{site_port}"
+        other = httpx.options(f"http://127.0.0.1:{bff_port}/api/servers", headers={"Origin": "http://evil.test", **preflight})
+        assert "access-control-allow-origin" not in other.headers
+    finally:
+        code, out = stop(proc)
+    assert code == 0, out
+    assert "Stopped." in out
+    assert "Traceback" not in out
+    assert port_is_free(bff_port) and port_is_free(site_port)
+
+    # A second run keeps the keys and the partner, without the warning: the first token still works.
+    proc, lines = start_demo(data_dir, bff_port, site_port)
+    try:
+        assert "WARNING" not in "\n".join(lines)
+        assert json.loads((data_dir / "demo-partner.json").read_text())["id"] == partner["id"]
+        again = httpx.get(f"http://127.0.0.1:{bff_port}/api/partner/sub-accounts", headers=auth(partner["token"]))
+        assert again.status_code == 200
+    finally:
+        code, out = stop(proc)
+    assert code == 0, out
