@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import socket
 import sys
 from collections.abc import Iterator
 
@@ -32,6 +33,10 @@ def site_origin(site_port: int) -> str:
 def run_demo(settings: Settings, *, bff_port: int, site_port: int) -> int:
     from .cli import ensure_demo_partner
 
+    for host, port, flag in ((BFF_HOST, bff_port, "--bff-port"), (SITE_HOST, site_port, "--site-port")):
+        if not _port_free(host, port):
+            print(f"bff: port {port} on {host} is in use (another `bff demo`?); stop it or pass {flag}.", file=sys.stderr)
+            return 1
     partner = asyncio.run(ensure_demo_partner(settings, site_origin(site_port)))
     servers = [
         _QuietServer(
@@ -46,12 +51,13 @@ def run_demo(settings: Settings, *, bff_port: int, site_port: int) -> int:
             _QuietServer(uvicorn.Config(site_app, host=SITE_HOST, port=site_port, access_log=False, log_level=settings.log_level))
         )
 
-    print(f"BFF (API, widget, sandbox providers): {settings.public_url}")
-    if site_app is not None:
-        print(f"Demo partner site:                    {site_origin(site_port)}")
-    print(f"Data directory:                       {settings.data_dir.resolve()}")
-    print(f"Demo partner token:                   {settings.data_dir.resolve() / 'demo-partner.json'}")
-    print("Press Ctrl-C to stop.", flush=True)
+    def banner() -> None:
+        print(f"BFF (API, widget, sandbox providers): {settings.public_url}")
+        if site_app is not None:
+            print(f"Demo partner site:                    {site_origin(site_port)}")
+        print(f"Data directory:                       {settings.data_dir.resolve()}")
+        print(f"Demo partner token:                   {settings.data_dir.resolve() / 'demo-partner.json'}")
+        print("Press Ctrl-C to stop.", flush=True)
 
     async def serve_all() -> None:
         loop = asyncio.get_running_loop()
@@ -62,11 +68,34 @@ def run_demo(settings: Settings, *, bff_port: int, site_port: int) -> int:
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop)
-        await asyncio.gather(*(server.serve() for server in servers))
+        tasks = [asyncio.ensure_future(server.serve()) for server in servers]
+        # The URLs are printed once both servers listen, so they can be opened at once.
+        while not all(server.started for server in servers):
+            if any(task.done() for task in tasks):  # one could not start (port taken): stop the other
+                stop()
+                break
+            await asyncio.sleep(0.02)
+        else:
+            banner()
+        await asyncio.gather(*tasks)
 
-    asyncio.run(serve_all())
+    try:
+        asyncio.run(serve_all())
+    except SystemExit:  # uvicorn exits when it cannot start (its error is logged above)
+        print("bff: the demo could not start.", file=sys.stderr)
+        return 1
     print("Stopped.", file=sys.stderr)
     return 0
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            sock.bind((socket.gethostbyname(host), port))
+        except OSError:
+            return False
+    return True
 
 
 def _demo_site_app(settings: Settings, partner: dict[str, object], site_port: int) -> object | None:

@@ -147,11 +147,9 @@ def test_login_password_connect_sync_manual_refresh_and_data_page(page: Page, de
 def test_oauth_allow_sync_until_healthy_and_reauthorise(page: Page, demo: DemoStack) -> None:
     integrations = sign_in(page, demo)
     modal = integrations.open_modal()
-    modal.choose("Sandbox CRM")
-    with page.expect_popup() as popup:
-        modal.connect_button.click()
+    consent = modal.start_oauth()
     expect(modal.waiting).to_be_visible()
-    ConsentPage(popup.value).allow()
+    consent.allow()
     expect(modal.connected_heading).to_be_visible()
     integrations.finish()
     crm = integrations.connection("Sandbox CRM")
@@ -177,10 +175,7 @@ def test_oauth_allow_sync_until_healthy_and_reauthorise(page: Page, demo: DemoSt
 def test_oauth_deny_leaves_no_connection(page: Page, demo: DemoStack) -> None:
     integrations = sign_in(page, demo)
     modal = integrations.open_modal()
-    modal.choose("Sandbox CRM")
-    with page.expect_popup() as popup:
-        modal.connect_button.click()
-    ConsentPage(popup.value).deny()
+    modal.start_oauth().deny()
     expect(modal.alert).to_have_text("Access was denied at the provider.")
     modal.close_button.click()
     expect(integrations.dialog).to_be_hidden()
@@ -209,10 +204,7 @@ def test_blocked_popup_continues_in_a_new_tab(page: Page, demo: DemoStack, conte
 def test_coop_provider_page_still_completes(page: Page, coop_demo: DemoStack) -> None:
     integrations = sign_in(page, coop_demo)
     modal = integrations.open_modal()
-    modal.choose("Sandbox CRM")
-    with page.expect_popup() as popup:
-        modal.connect_button.click()
-    consent = ConsentPage(popup.value).wait_until_shown()
+    consent = modal.start_oauth().wait_until_shown()
     # COOP severs the opener: popup.closed reads true; after the grace period the widget says
     # so, but keeps polling, so the late consent still completes the connection.
     expect(modal.alert).to_have_text(EN["popupClosed"], timeout=15_000)
@@ -225,11 +217,8 @@ def test_coop_provider_page_still_completes(page: Page, coop_demo: DemoStack) ->
 def test_popup_closed_by_the_user_says_so_and_can_be_retried(page: Page, demo: DemoStack) -> None:
     integrations = sign_in(page, demo)
     modal = integrations.open_modal()
-    modal.choose("Sandbox CRM")
-    with page.expect_popup() as popup:
-        modal.connect_button.click()
-    ConsentPage(popup.value).wait_until_shown()
-    popup.value.close()
+    consent = modal.start_oauth().wait_until_shown()
+    consent.page.close()
     expect(modal.alert).to_have_text(EN["popupClosed"], timeout=15_000)
     expect(modal.waiting).to_be_hidden()
     expect(modal.connect_button).to_have_text(EN["connect"])

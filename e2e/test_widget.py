@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 from axe_playwright_python.sync_playwright import Axe
-from playwright.sync_api import BrowserContext, Page, Request, expect
+from playwright.sync_api import BrowserContext, Page, Request, Route, expect
 
 from e2e.pages.connect_modal import ConnectModal
 from e2e.pages.partner_page import PartnerPage
@@ -160,12 +160,10 @@ def test_focus_is_trapped_inside_the_dialog(partner: PartnerPage, modal: Connect
 def test_reduced_motion_stops_the_spinner(partner: PartnerPage, modal: ConnectModal, context: BrowserContext) -> None:
     partner.page.emulate_media(reduced_motion="reduce")
     open_modal(partner, modal)
-    modal.choose("Sandbox CRM")
-    with partner.page.expect_popup() as popup:
-        modal.connect_button.click()
+    consent = modal.start_oauth()
     expect(modal.waiting).to_be_visible()
     assert modal.document().evaluate("getComputedStyle(document.querySelector('.spinner')).animationName") == "none"
-    popup.value.close()
+    consent.page.close()
 
 
 def test_theme_and_z_index_apply_and_a_strict_csp_sees_no_violation(partner: PartnerPage, modal: ConnectModal) -> None:
@@ -287,10 +285,7 @@ def test_oauth_popup_completes_and_is_confirmed_by_polling(partner: PartnerPage,
 
 def test_oauth_denied_returns_to_the_form_and_removes_the_connection(partner: PartnerPage, modal: ConnectModal, stack: Stack) -> None:
     open_modal(partner, modal)
-    modal.choose("Sandbox CRM")
-    with partner.page.expect_popup() as popup:
-        modal.connect_button.click()
-    ConsentPage(popup.value).deny()
+    modal.start_oauth().deny()
     expect(modal.alert).to_have_text("Access was denied at the provider.")
     expect(modal.connect_button).to_have_attribute("aria-disabled", "false")
     partner.wait_for_api("/api/servers", "(body) => body.count === 0")  # the failed connection is deleted
@@ -316,10 +311,7 @@ def test_blocked_popup_offers_a_new_tab_and_keeps_polling(partner: PartnerPage, 
 def test_coop_on_the_provider_page_does_not_stop_completion(page: Page, coop_stack: Stack) -> None:
     partner, modal = PartnerPage(page, coop_stack.site_url), ConnectModal(page, EN)
     open_modal(partner, modal)
-    modal.choose("Sandbox CRM")
-    with page.expect_popup() as popup:
-        modal.connect_button.click()
-    consent = ConsentPage(popup.value).wait_until_shown()
+    consent = modal.start_oauth().wait_until_shown()
     # COOP severs the opener: the iframe reads popup.closed === true and, after its grace
     # period, says so; its polling goes on, so the late consent still completes the connection.
     expect(modal.alert).to_have_text(EN["popupClosed"], timeout=15_000)
@@ -330,11 +322,8 @@ def test_coop_on_the_provider_page_does_not_stop_completion(page: Page, coop_sta
 
 def test_popup_closed_by_the_user_returns_to_the_form_with_a_message(partner: PartnerPage, modal: ConnectModal) -> None:
     open_modal(partner, modal)
-    modal.choose("Sandbox CRM")
-    with partner.page.expect_popup() as popup:
-        modal.connect_button.click()
-    ConsentPage(popup.value).wait_until_shown()
-    popup.value.close()
+    consent = modal.start_oauth().wait_until_shown()
+    consent.page.close()
     expect(modal.alert).to_have_text(EN["popupClosed"], timeout=15_000)
     expect(modal.waiting).to_be_hidden()
     expect(modal.connect_button).to_have_text(EN["connect"])
@@ -380,10 +369,7 @@ def test_no_request_url_carries_a_token(partner: PartnerPage, modal: ConnectModa
     connect_bank(modal)
     modal.done_button.click()
     partner.trigger.click()
-    modal.choose("Sandbox CRM")
-    with partner.page.expect_popup() as popup:
-        modal.connect_button.click()
-    ConsentPage(popup.value).allow()
+    modal.start_oauth().allow()
     expect(modal.connected_heading).to_be_visible()
     tokens = [partner.config()["token"], *partner.seen()["tokens"]]
     assert len(requests) > 10
@@ -539,10 +525,7 @@ def test_sdk_rejects_bad_arguments_and_api_errors_with_peliqan_error(partner: Pa
 
 def test_reauthorise_oauth_opens_the_consent_in_a_new_tab(partner: PartnerPage, modal: ConnectModal, stack: Stack) -> None:
     open_modal(partner, modal)
-    modal.choose("Sandbox CRM")
-    with partner.page.expect_popup() as popup:
-        modal.connect_button.click()
-    ConsentPage(popup.value).allow()
+    modal.start_oauth().allow()
     expect(modal.connected_heading).to_be_visible()
     modal.done_button.click()
     server_id = partner.seen()["connected"][0]["id"]
@@ -634,3 +617,35 @@ def test_sync_health_and_watch(partner: PartnerPage, stack: Stack, customer: str
     count = len(health_responses)
     page.wait_for_timeout(1500)  # several first intervals: a live watch would have polled
     assert len(health_responses) == count
+
+
+def test_watch_reports_the_health_a_run_left_before_the_run_finished(partner: PartnerPage, stack: Stack, customer: str) -> None:
+    # The race a real poll can hit: its health read is answered just before a run ends, the
+    # run's end is seen right after. Forced here by answering one health poll with what the
+    # server said before a sync ran, while that sync runs to the end.
+    token = stack.integrate(customer)
+    sid = create_connection(stack, token, servertype_id="sandbox_bank", login="sandbox", password="sandbox")["id"]
+    page = partner.goto(customer=customer).page
+    page.evaluate(f"""() => {{
+        window.watched = [];
+        Peliqan.watchServer({{identityToken: window.cfg.token, serverId: {sid}, interval: 250,
+            onChange: (h) => watched.push(['change', h.health_status]),
+            onRunFinished: (run) => watched.push(['run', run && run.status])}});
+    }}""")
+    page.wait_for_function("() => window.watched.length >= 1")
+    held: list[str] = []
+
+    def answer_from_before_the_sync(route: Route) -> None:
+        if held:
+            return route.continue_()
+        before = route.fetch()  # the health (or 304) as it is now, before the sync
+        run = stack.api("POST", f"/api/server/{sid}/sync", token).json()["run_data"][0]["pipeline_run_id"]
+        held.append(str(run))
+        while stack.api("GET", f"/api/server/{sid}/sync-status", token).json()["running"]:
+            pass  # each check is an HTTP round trip
+        route.fulfill(response=before)
+
+    page.route(f"**/api/server/{sid}/health", answer_from_before_the_sync)
+    page.wait_for_function("() => window.watched.some((w) => w[0] === 'run')", timeout=30_000)
+    watched = page.evaluate("window.watched")
+    assert watched == [["change", "OK"], ["change", "HEALTHY"], ["run", "succeeded"]], watched

@@ -39,17 +39,6 @@ def start_demo(data_dir: Path, bff_port: int, site_port: int) -> tuple[subproces
     raise AssertionError(f"bff demo did not start:\n{lines}")
 
 
-def wait_until_up(url: str) -> httpx.Response:
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            return httpx.get(url, timeout=2)
-        except httpx.TransportError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
-
-
 def stop(proc: subprocess.Popen[str]) -> tuple[int, str]:
     proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
     out, _ = proc.communicate(timeout=20)
@@ -77,8 +66,9 @@ def test_bff_demo_serves_both_origins_prints_where_and_stops_cleanly_on_ctrl_c(t
         assert str(data_dir.resolve()) in printed
         assert "WARNING: generated demo keys" in printed  # first run: the keys are new, and it says so
 
-        assert wait_until_up(f"http://127.0.0.1:{bff_port}/healthz").json() == {"status": "ok"}
-        site = wait_until_up(f"http://localhost:{site_port}/")
+        # The URLs are printed once both servers listen: they answer straight away.
+        assert httpx.get(f"http://127.0.0.1:{bff_port}/healthz").json() == {"status": "ok"}
+        site = httpx.get(f"http://localhost:{site_port}/")
         assert site.status_code == 200 and "Sign in to Acme Books" in site.text
         assert "content-security-policy" in site.headers
 
@@ -110,3 +100,17 @@ def test_bff_demo_serves_both_origins_prints_where_and_stops_cleanly_on_ctrl_c(t
     finally:
         code, out = stop(proc)
     assert code == 0, out
+
+
+def test_bff_demo_says_which_port_is_taken(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "bff.cli", "demo", "--bff-port", str(port), "--site-port", str(free_port()), "--data-dir", str(tmp_path)],
+            capture_output=True, text=True, timeout=60,
+        )
+    assert result.returncode == 1
+    assert f"port {port} on 127.0.0.1 is in use" in result.stderr and "--bff-port" in result.stderr
+    assert "Traceback" not in result.stderr and "Press Ctrl-C" not in result.stdout

@@ -265,6 +265,7 @@ export interface WatchServerArgs extends ServerArgs {
   /**
    * Called when a sync run has finished since the last poll (seen running before, or a new run id
    * that is already done), with that run from `GET /api/server/{id}/runs?page_size=1`.
+   * `onChange` has already reported the health that run left behind.
    */
   onRunFinished?: (run: PipelineRun | null) => void;
   /** Called on a failed poll; 401/403/404 also stop the watch. */

@@ -101,6 +101,9 @@ export default function sdk({ PeliqanError, base, form }) {
         busy = true;
         let changed = false;
         try {
+          // Sync status first, health second: a run ends together with its health (one
+          // transaction), so a run seen finished here is always reported after its health.
+          const [sync] = await get('/sync-status');
           const [health, res] = await get('/health', etag ? { 'If-None-Match': etag } : {});
           if (health) {
             etag = res.headers.get('ETag');
@@ -111,7 +114,6 @@ export default function sdk({ PeliqanError, base, form }) {
               call(a.onChange, health);
             }
           }
-          const [sync] = await get('/sync-status');
           const now = !!sync?.running;
           const id = sync?.pipeline_run_id ?? null;
           const newRun = runId !== undefined && id !== runId;

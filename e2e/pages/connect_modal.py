@@ -7,6 +7,8 @@ from typing import Any
 
 from playwright.sync_api import Frame, FrameLocator, Locator, Page
 
+from e2e.pages.sandbox_provider import ConsentPage
+
 
 class ConnectModal:
     def __init__(self, page: Page, strings: dict[str, Any]) -> None:
@@ -45,6 +47,13 @@ class ConnectModal:
 
     def choose(self, display_name: str) -> None:
         self.connector(display_name).click()
+
+    def start_oauth(self, display_name: str = "Sandbox CRM") -> ConsentPage:
+        """Choose an OAuth connector and press Connect: its consent page opens in a pop-up."""
+        self.choose(display_name)
+        with self.page.expect_popup() as popup:
+            self.connect_button.click()
+        return ConsentPage(popup.value)
 
     def fill(self, values: dict[str, str]) -> None:
         """Fill connect-form fields by their labels."""
