@@ -37,6 +37,11 @@ _VARIANTS: tuple[tuple[str, TokenKind, bool], ...] = (
 )
 
 
+# Signatures already checked, remembered by token (a partner's back-end sends the same
+# partner token on every call). Cleared when full; ~300 bytes an entry.
+CHECKED_TOKENS_KEPT = 10_000
+
+
 @dataclasses.dataclass(frozen=True)
 class Claims:
     kind: TokenKind
@@ -104,6 +109,7 @@ class TokenAuthority:
             for salt, kind, expiring in _VARIANTS
         ]
         self._mint = {(kind, max_age is not None): serializer for serializer, kind, max_age in self._variants}
+        self._checked: dict[str, tuple[Claims, int, int | None]] = {}
 
     def now(self) -> int:
         return int(self._clock())
@@ -138,7 +144,30 @@ class TokenAuthority:
 
         Each kind has its own salt, so at most one serializer accepts the
         signature; that tells us the kind even when it is the wrong one here.
+        A signature, once checked, is remembered (keyed by the whole token, so a
+        changed byte is a miss); its age is checked against ``max_age`` on every call.
         """
+        checked = self._checked.get(token)
+        if checked is None:
+            checked = self._check_signature(token)
+            if len(self._checked) >= CHECKED_TOKENS_KEPT:
+                self._checked.clear()
+            self._checked[token] = checked
+        claims, issued, max_age = checked
+        if max_age is not None and not 0 <= self.now() - issued <= max_age:
+            raise token_error(401, "token_expired", "This token has expired; mint a new one.")
+        if claims.kind not in accept:
+            kind = claims.kind
+            raise token_error(
+                401,
+                "token_wrong_kind",
+                f"{'An' if kind[0] in 'aeiou' else 'A'} {kind} token cannot be used here;"
+                f" this endpoint takes a {' or '.join(accept)} token.",
+            )
+        return claims
+
+    def _check_signature(self, token: str) -> tuple[Claims, int, int | None]:
+        """The signature check itself: (claims, issued at, max_age), or token_invalid / token_expired."""
         for serializer, kind, max_age in self._candidates(token):
             try:
                 payload, issued = serializer.loads(token, max_age=max_age, return_timestamp=True)
@@ -148,24 +177,19 @@ class TokenAuthority:
                 continue
             if not isinstance(payload, dict) or payload.get("kind") != kind:
                 break
-            if kind not in accept:
-                raise token_error(
-                    401,
-                    "token_wrong_kind",
-                    f"{'An' if kind[0] in 'aeiou' else 'A'} {kind} token cannot be used here;"
-                    f" this endpoint takes a {' or '.join(accept)} token.",
-                )
             try:
                 sid = payload.get("sid")
-                return Claims(
+                issued_at = int(issued.timestamp())
+                claims = Claims(
                     kind=kind,
                     partner_id=int(payload["pid"]),
                     generation=int(payload["gen"]),
                     sub_account_id=int(sid) if sid is not None else None,
-                    expires_at=int(issued.timestamp()) + max_age if max_age is not None else None,
+                    expires_at=issued_at + max_age if max_age is not None else None,
                 )
             except (KeyError, TypeError, ValueError):
                 break
+            return claims, issued_at, max_age
         raise token_error(401, "token_invalid", "The token is not valid (bad signature or malformed).")
 
     def _candidates(self, token: str) -> list[tuple[URLSafeTimedSerializer, TokenKind, int | None]]:

@@ -79,9 +79,29 @@ def test_identity_tokens_expire_unless_minted_forever(tmp_path: Path) -> None:
     tokens = authority(tmp_path, clock=clock)
     expiring = tokens.mint_identity_token(partner_id=1, sub_account_id=1, generation=1).token
     forever = tokens.mint_identity_token(partner_id=1, sub_account_id=1, generation=1, expire=False).token
+    assert tokens.verify(expiring, accept=("identity",)).kind == "identity"  # checked once, remembered
     clock.advance(3601)
     assert code_of(lambda: tokens.verify(expiring, accept=("identity",))) == "token_expired"
     assert tokens.verify(forever, accept=("identity",)).kind == "identity"
+
+
+def test_a_remembered_check_still_enforces_kind_age_and_every_byte(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = FakeClock()
+    tokens = authority(tmp_path, clock=clock)
+    token = tokens.mint_integrate_token(partner_id=1, sub_account_id=1, generation=1).token
+    for _ in range(2):  # the second call is answered from memory: same answers
+        assert tokens.verify(token, accept=("integrate",)).sub_account_id == 1
+        assert code_of(lambda: tokens.verify(token, accept=("partner",))) == "token_wrong_kind"
+    assert code_of(lambda: tokens.verify(token[:-1] + ("A" if token[-1] != "A" else "B"), accept=("integrate",))) == "token_invalid"
+    clock.advance(-5)  # a clock stepping back makes a remembered token "from the future"
+    assert code_of(lambda: tokens.verify(token, accept=("integrate",))) == "token_expired"
+
+    monkeypatch.setattr("bff.tokens.CHECKED_TOKENS_KEPT", 3)
+    many = [tokens.mint_partner_token(partner_id=i, generation=1).token for i in range(10)]
+    for other in many:
+        tokens.verify(other, accept=("partner",))
+        assert len(tokens._checked) <= 3  # bounded memory
+    assert tokens.verify(many[0], accept=("partner",)).partner_id == 0  # forgotten ones are checked again
 
 
 def test_key_rotation(tmp_path: Path) -> None:
