@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlencode
@@ -16,15 +17,19 @@ DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
 
 
+class EitherSlashRoute(Route):
+    """One route that answers its path with and without the trailing slash (one regex, no redirect)."""
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        super().__init__(path, endpoint, **kwargs)
+        if path != "/" and self.path_regex.pattern.endswith("$"):
+            self.path_regex = re.compile(self.path_regex.pattern[:-1].rstrip("/") + "/?$")
+
+
 def api_route(path: str, endpoint: Callable[..., Any], *, methods: Sequence[str], name: str | None = None) -> list[Route]:
     """The contract says every path answers with and without its trailing slash."""
     bare = path.rstrip("/") or "/"
-    slashed = bare if bare == "/" else bare + "/"
-    name = name or endpoint.__name__
-    routes = [Route(bare, endpoint, methods=list(methods), name=name)]
-    if slashed != bare:
-        routes.append(Route(slashed, endpoint, methods=list(methods), name=f"{name}__slash", include_in_schema=False))
-    return routes
+    return [EitherSlashRoute(bare, endpoint, methods=list(methods), name=name or endpoint.__name__)]
 
 
 async def read_json(request: Request, *, required: bool = True) -> dict[str, Any]:
