@@ -11,11 +11,9 @@ import sys
 import time
 from collections.abc import Sequence
 
+from bff.testing import free_port
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+__all__ = ["free_port", "hammer", "raw_request", "start_server"]
 
 
 def start_server(args: Sequence[str], port: int, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:

@@ -14,9 +14,6 @@ import concurrent.futures
 import contextlib
 import json
 import secrets
-import socket
-import threading
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
@@ -33,33 +29,10 @@ from starlette.routing import Route
 from bff.app import create_app
 from bff.cli import create_partner, ensure_demo_partner
 from bff.settings import Secret, Settings, generate_encryption_key, generate_secret_key
+from bff.testing import free_port, serve_in_thread
 from demo_site.app import CUSTOMERS, create_site_app
 
 WIDGET = Path(__file__).resolve().parents[1] / "widget"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextlib.contextmanager
-def serve(app: Starlette, port: int) -> Iterator[None]:
-    """A real uvicorn server in a thread, stopped on exit."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
-    try:
-        yield
-    finally:
-        server.should_exit = True
-        thread.join(timeout=20)
 
 
 # -- the partner site ------------------------------------------------------------------------
@@ -233,9 +206,9 @@ def running_stack(data_dir: Path, **sandbox_env: str) -> Iterator[Stack]:
     other_url = f"http://127.0.0.1:{site_port}"
     settings = sandbox_settings(data_dir, bff_url, sandbox_env)
     partner = off_thread(create_partner(settings, "e2e", [site_url]))  # `bff partner create`
-    with serve(create_app(settings), bff_port):
+    with serve_in_thread(create_app(settings), port=bff_port):
         site = create_partner_site(bff_url=bff_url, partner_token=partner["token"], other_url=other_url)
-        with serve(site, site_port):
+        with serve_in_thread(site, port=site_port):
             yield Stack(bff_url=bff_url, site_url=site_url, other_url=other_url, partner_token=partner["token"])
 
 
@@ -271,9 +244,9 @@ def running_demo(data_dir: Path, **sandbox_env: str) -> Iterator[DemoStack]:
     settings = sandbox_settings(data_dir, bff_url, sandbox_env)
     partner = off_thread(ensure_demo_partner(settings, site_url))
     customers = {external_id: dict(profile) for external_id, profile in CUSTOMERS.items()}
-    with serve(create_app(settings), bff_port):
+    with serve_in_thread(create_app(settings), port=bff_port):
         site = create_site_app(bff_url=bff_url, partner_token=partner["token"], site_url=site_url, customers=customers)
-        with serve(site, site_port):
+        with serve_in_thread(site, port=site_port):
             yield DemoStack(bff_url=bff_url, site_url=site_url, partner_token=partner["token"], customers=customers)
 
 

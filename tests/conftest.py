@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +11,9 @@ from starlette.applications import Starlette
 
 from bff.app import create_app
 from bff.settings import Secret, Settings, generate_encryption_key
+from bff.testing import free_port, serve_in_thread as serve_app
+
+__all__ = ["free_port"]  # tests import it from here
 
 SECRET_KEY = "test-signing-key-0123456789abcdef"
 ENCRYPTION_KEY = generate_encryption_key()
@@ -91,34 +94,9 @@ async def bff(settings_factory: Callable[..., Settings]) -> AsyncIterator[BFF]:
         yield instance
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextlib.contextmanager
-def serve_in_thread(settings: Settings | Starlette, *, port: int | None = None, host: str = "127.0.0.1") -> Any:
-    """A real uvicorn server in a thread; yields its base URL once it has started."""
-    import threading
-    import time
-
-    import uvicorn
-
+def serve_in_thread(settings: Settings | Starlette, *, port: int | None = None, host: str = "127.0.0.1") -> Iterator[str]:
+    """The BFF built from ``settings`` (or any app) on a real uvicorn; yields its base URL."""
     app = settings if isinstance(settings, Starlette) else create_app(settings)
-    port = port or free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=20)
+    with serve_app(app, port=port, host=host) as base_url:
+        yield base_url

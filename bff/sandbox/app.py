@@ -14,7 +14,7 @@ import hmac
 import json
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from starlette.applications import Starlette
@@ -283,12 +283,7 @@ class Sandbox:
     async def control_touch(self, request: Request) -> Response:
         try:
             body = await _json_object(request)
-            resource = body.get("resource")
-            if resource not in TOUCHABLE:
-                raise ControlError(
-                    "unknown_resource",
-                    f"resource must be one of {', '.join(TOUCHABLE)}; got {resource!r}.",
-                )
+            resource = _one_of(body, "resource", TOUCHABLE)
             count = body.get("count")
             if not isinstance(count, int) or isinstance(count, bool) or count < 1:
                 raise ControlError(
@@ -302,12 +297,7 @@ class Sandbox:
         async def endpoint(request: Request) -> Response:
             try:
                 body = await _json_object(request)
-                provider = body.get("provider")
-                if provider not in PROVIDERS:
-                    raise ControlError(
-                        "unknown_provider",
-                        f"provider must be one of {', '.join(PROVIDERS)}; got {provider!r}.",
-                    )
+                provider = _one_of(body, "provider", PROVIDERS)
             except ControlError as exc:
                 return _control_error(exc)
             if revoke:
@@ -413,6 +403,14 @@ async def _json_object(request: Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ControlError("invalid_body", "The request body must be a JSON object.")
     return body
+
+
+def _one_of(body: Mapping[str, Any], field: str, allowed: Iterable[str]) -> str:
+    """``body[field]`` if it is one of ``allowed``, else ``unknown_<field>``."""
+    value = body.get(field)
+    if value not in allowed:
+        raise ControlError(f"unknown_{field}", f"{field} must be one of {', '.join(allowed)}; got {value!r}.")
+    return str(value)
 
 
 def _control_error(exc: ControlError) -> JSONResponse:
