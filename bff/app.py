@@ -64,7 +64,7 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time, mi
     store = Store(url, clock=clock)
     sandbox_app = None
     transport: httpx.AsyncBaseTransport = httpx.AsyncHTTPTransport(retries=0)
-    if settings.sandbox_enabled:
+    if settings.sandbox_enabled and not settings.sandbox_external_url:
         options = dataclasses.replace(
             SandboxOptions.from_env(settings.sandbox_env), redirect_uris=(settings.oauth_redirect_uri,)
         )

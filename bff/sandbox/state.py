@@ -67,9 +67,10 @@ class Faults:
     def verdict(self, path: str) -> str | None:
         """Return "rate_limited", "failed" or None for the call on ``path``."""
         options = self.options
-        self.calls += 1
-        if options.rate_limit_every and self.calls % options.rate_limit_every == 0:
-            return "rate_limited"
+        if options.rate_limit_every and (options.rate_limit_match is None or options.rate_limit_match in path):
+            self.calls += 1
+            if self.calls % options.rate_limit_every == 0:
+                return "rate_limited"
         if not options.fail_every:
             return None
         if options.fail_match is not None and options.fail_match not in path:
