@@ -123,7 +123,7 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time, mi
             Middleware(CORSMiddleware, is_allowed=services.origin_registered),
             Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes),
         ],
-        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
     app.state.services = services
