@@ -36,7 +36,7 @@ import enum
 import math
 import random
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
 __all__ = [
@@ -126,13 +126,13 @@ def parse_retry_after(value: str | None, now: float | datetime | None = None) ->
     if when is None:
         return None
     if when.tzinfo is None:  # RFC 9110 dates are always GMT
-        when = when.replace(tzinfo=timezone.utc)
+        when = when.replace(tzinfo=UTC)
     if now is None:
-        ref = datetime.now(timezone.utc)
+        ref = datetime.now(UTC)
     elif isinstance(now, datetime):
-        ref = now if now.tzinfo else now.replace(tzinfo=timezone.utc)
+        ref = now if now.tzinfo else now.replace(tzinfo=UTC)
     else:
-        ref = datetime.fromtimestamp(float(now), timezone.utc)
+        ref = datetime.fromtimestamp(float(now), UTC)
     return max(0.0, (when - ref).total_seconds())
 
 

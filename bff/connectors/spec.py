@@ -3,8 +3,9 @@ templates parsed once, built by :mod:`bff.connectors.definitions` from the typed
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from .templates import Path, Placeholders, Template
 
@@ -19,9 +20,9 @@ __all__ = [
     "FormOption",
     "Incremental",
     "LookupSpec",
+    "OAuthSpec",
     "ObjectField",
     "ObjectSpec",
-    "OAuthSpec",
     "Paging",
     "ResponseCheck",
     "Stream",
