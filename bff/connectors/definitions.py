@@ -407,7 +407,8 @@ class _Builder:
 
     def _check_body(self, key: str, value: Any) -> None:
         if isinstance(value, str):
-            self.template(key, value, _WRITE)
+            if value != "{fields}":  # the whole record, kept as an object
+                self.template(key, value, _WRITE)
         elif isinstance(value, dict):
             for k, v in value.items():
                 self._check_body(f"{key}.{k}", v)
