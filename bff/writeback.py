@@ -1,0 +1,122 @@
+"""Writeback services: a writer per request, idempotency keys, and coalesced refreshes.
+
+One :class:`Writeback` per app (created on first use, kept in
+``services.extras["writeback"]``). ``refresh=true`` writes call
+:meth:`RefreshQueue.request`; the queue waits until the writes of a connection
+have paused for ``REFRESH_DELAY`` seconds (and any running sync has finished),
+then asks the sync runner for ONE run of every table those writes touched: five
+writes in a row give one sync, not five.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from . import connections as rt
+from .connectors import RetryPolicy
+from .connectors.writer import Writer
+from .idempotency import IdempotencyStore, SqlIdempotencyStore
+from .store import Connection, RunAlreadyActive, SubAccount
+
+if TYPE_CHECKING:
+    from .app import Services
+
+__all__ = ["REFRESH_DELAY", "RefreshQueue", "Writeback", "writeback_for"]
+
+logger = logging.getLogger("bff.writeback")
+
+REFRESH_DELAY = 0.5  # seconds without writes before the refresh sync is queued
+RETRY_WAIT = 0.2  # seconds between attempts while the connection's previous run is finishing
+
+
+class RefreshQueue:
+    """Coalesces ``refresh=true`` writes into one sync per connection."""
+
+    def __init__(self, services: Services, *, delay: float = REFRESH_DELAY) -> None:
+        self.services = services
+        self.delay = delay
+        self._tables: dict[int, set[str] | None] = {}  # connection id → tables (None = all)
+        self._last: dict[int, float] = {}
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self.queued_runs: list[int] = []  # run ids this queue asked for (for tests and logs)
+
+    def request(self, account: SubAccount, connection: Connection, table: str | None) -> None:
+        tables = self._tables.get(connection.id, set())
+        if table is None or tables is None:
+            self._tables[connection.id] = None
+        else:
+            tables.add(table)
+            self._tables[connection.id] = tables
+        self._last[connection.id] = time.monotonic()
+        task = self._tasks.get(connection.id)
+        if task is None or task.done():
+            self._tasks[connection.id] = asyncio.create_task(self._run(account, connection.id), name=f"refresh-{connection.id}")
+
+    async def idle(self) -> None:
+        """Wait until every pending refresh has been handed to the sync runner."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks.values()), return_exceptions=True)
+
+    async def _run(self, account: SubAccount, connection_id: int) -> None:
+        try:
+            while (wait := self._last[connection_id] + self.delay - time.monotonic()) > 0:
+                await asyncio.sleep(wait)
+            runner = self.services.extras["sync"]
+            while True:
+                connection = await self.services.store.get_connection(account.id, connection_id)
+                if connection is None:
+                    return
+                tables = self._tables.get(connection_id)
+                try:
+                    run = await runner.request_sync(account, connection, sorted(tables) if tables else None)
+                except RunAlreadyActive:
+                    # A run started before these writes may not see them: wait for it, then queue ours.
+                    waiter = getattr(runner, "wait", None)
+                    if waiter is not None:
+                        await waiter(connection_id)
+                    else:
+                        await asyncio.sleep(RETRY_WAIT)
+                    continue
+                except Exception as exc:  # not ready, disabled, deleted: the write itself succeeded
+                    logger.info("refresh of connection %s not queued: %s", connection_id, type(exc).__name__)
+                    return
+                self.queued_runs.append(run.id)
+                return
+        finally:
+            self._tables.pop(connection_id, None)
+            self._last.pop(connection_id, None)
+            self._tasks.pop(connection_id, None)
+
+    async def close(self) -> None:
+        for task in list(self._tasks.values()):
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+
+
+class Writeback:
+    """Per-app state of the writeback API."""
+
+    def __init__(self, services: Services, *, idempotency: IdempotencyStore | None = None) -> None:
+        self.services = services
+        self.refresh = RefreshQueue(services)
+        self.idempotency: IdempotencyStore = idempotency or SqlIdempotencyStore(
+            services.store.engine, clock=services.clock, create_table=True
+        )
+
+    def writer(self, connection: Connection, *, short: bool, log: Callable[[str, str], None]) -> Writer:
+        policy = RetryPolicy.short() if short else RetryPolicy.default()
+        return Writer(rt.session_for_connection(self.services, connection, log=log, policy=policy))
+
+
+def writeback_for(services: Services) -> Writeback:
+    found: Any = services.extras.get("writeback")
+    if found is None:
+        found = services.extras["writeback"] = Writeback(services)
+    assert isinstance(found, Writeback)
+    return found
