@@ -341,6 +341,7 @@ async def _log_proxy(svc: Any, connection: Connection, method: str, suffix: str,
 
 
 def routes() -> list[BaseRoute]:
+    load_connectors()  # validate every definition (BFF_CONNECTORS_DIR too) now: a bad file stops the start
     return [
         *api_route("/api/server/{id}/objects", list_objects, methods=["GET"]),
         *api_route("/api/server/{id}/records/{object}", records, methods=["GET", "POST", "PUT"]),

@@ -451,8 +451,9 @@ def _load_dir(directory: Path, *, builtin: bool) -> list[Connector]:
         connector = parse_connector(data, label)
         if connector.name != path.stem:
             raise DefinitionError(label, "name", f"must equal the file name ({path.stem!r})")
-        logo_dir = directory / "logos"
-        if (logo_dir.is_dir() or builtin) and not (logo_dir / connector.logo).is_file() and not (LOGO_DIR / connector.logo).is_file():
+        # A partner's definition may reuse a built-in logo; the logos are served from the package.
+        found = (directory / "logos" / connector.logo).is_file() or (not builtin and (LOGO_DIR / connector.logo).is_file())
+        if not found:
             raise DefinitionError(label, "logo", f"names a missing file logos/{connector.logo}")
         out.append(connector)
     return out

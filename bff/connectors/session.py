@@ -321,7 +321,7 @@ class ConnectorSession:
             return str(get_path(body, check.error_path))
         return None
 
-    def _flagged_auth_failure(self, response: httpx.Response) -> bool:
+    def flagged_auth_failure(self, response: httpx.Response) -> bool:
         if response.status_code == 401:
             return True
         check = self.connector.response_check
@@ -336,7 +336,7 @@ class ConnectorSession:
         self, method: str, url: str | httpx.URL, params: Mapping[str, str] | None, label: str, *, want_json: bool = True
     ) -> tuple[httpx.Response, Any]:
         """A read: :meth:`request`, then the read path's error mapping (403, 4xx, flagged 200s)."""
-        response = await self.request(method, url, params, label, is_auth_failure=self._flagged_auth_failure)
+        response = await self.request(method, url, params, label, is_auth_failure=self.flagged_auth_failure)
         status = response.status_code
         body: Any = None
         if 200 <= status < 300 and (want_json or self.connector.response_check):

@@ -259,7 +259,9 @@ class Writer:
             else:
                 content, headers["Content-Type"] = json.dumps(payload).encode(), "application/json"
         label = f"{spec.name} {obj.name}"
-        response = await session.request(spec.method, url, params, label, headers=headers, content=content)
+        response = await session.request(
+            spec.method, url, params, label, headers=headers, content=content, is_auth_failure=session.flagged_auth_failure
+        )
         self._last_status = response.status_code
         try:
             body = json.loads(response.content) if response.content else None
