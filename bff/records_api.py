@@ -165,7 +165,7 @@ async def perform(request: Request, action: str, object_name: str, call: Action,
                 await wb.idempotency.finish(connection.id, key, StoredAnswer(status, answer))
             else:
                 await wb.idempotency.release(connection.id, key)
-        await _log_write(svc, connection, action, object_name, status, log)
+        _log_write(wb, connection, action, object_name, status, log)
     if refresh and 200 <= status < 300 and action not in ("get", "search"):
         connector = load_connectors()[connection.connector]
         obj = connector.object(object_name)
@@ -175,15 +175,11 @@ async def perform(request: Request, action: str, object_name: str, call: Action,
     return _answer(status, answer)
 
 
-async def _log_write(svc: Any, connection: Connection, action: str, object_name: str, status: int, log: _Log) -> None:
+def _log_write(wb: Writeback, connection: Connection, action: str, object_name: str, status: int, log: _Log) -> None:
     if action in ("get", "search") and status < 400 and not log.lines:
         return  # reads are not logged unless something happened
     level = "info" if status < 400 else "warning"
-    lines = [*log.lines, (level, f"Writeback: {action} {object_name} → {status}.")]
-    try:
-        await svc.store.add_logs(connection.id, lines)
-    except Exception:  # the connection may have been deleted meanwhile; never fail the answer for a log line
-        pass
+    wb.log.add(connection.id, [*log.lines, (level, f"Writeback: {action} {object_name} → {status}.")])
 
 
 def _answer(status: int, body: Any, *, replayed: bool = False) -> Response:
@@ -319,9 +315,9 @@ async def proxy(request: Request) -> Response:
         )
     except ConnectorError as exc:
         error = connector_error(exc)
-        await _log_proxy(svc, connection, request.method, suffix, error.status, log)
+        _log_proxy(wb, connection, request.method, suffix, error.status, log)
         raise error from None
-    await _log_proxy(svc, connection, request.method, suffix, response.status_code, log)
+    _log_proxy(wb, connection, request.method, suffix, response.status_code, log)
     out_headers = {k: v for k, v in response.headers.items() if k.lower() not in DROP_RESPONSE and k.lower() not in auth_headers}
     body = response.content
     secrets = session.secret_values()
@@ -331,13 +327,9 @@ async def proxy(request: Request) -> Response:
     return Response(body, status_code=response.status_code, headers=out_headers)
 
 
-async def _log_proxy(svc: Any, connection: Connection, method: str, suffix: str, status: int, log: _Log) -> None:
+def _log_proxy(wb: Writeback, connection: Connection, method: str, suffix: str, status: int, log: _Log) -> None:
     path = "/" + suffix.split("?", 1)[0]
-    lines = [*log.lines, ("info" if status < 400 else "warning", f"Proxy: {method} {path[:200]} → {status}.")]
-    try:
-        await svc.store.add_logs(connection.id, lines)
-    except Exception:  # see _log_write
-        pass
+    wb.log.add(connection.id, [*log.lines, ("info" if status < 400 else "warning", f"Proxy: {method} {path[:200]} → {status}.")])
 
 
 def routes() -> list[BaseRoute]:

@@ -26,11 +26,12 @@ from .store import Connection, RunAlreadyActive, SubAccount
 if TYPE_CHECKING:
     from .app import Services
 
-__all__ = ["REFRESH_DELAY", "RefreshQueue", "Writeback", "writeback_for"]
+__all__ = ["LOG_FLUSH_DELAY", "REFRESH_DELAY", "LogBuffer", "RefreshQueue", "Writeback", "writeback_for"]
 
 logger = logging.getLogger("bff.writeback")
 
 REFRESH_DELAY = 0.5  # seconds without writes before the refresh sync is queued
+LOG_FLUSH_DELAY = 0.25  # seconds a write's log line may wait to be stored with others in one transaction
 RETRY_WAIT = 0.2  # seconds between attempts while the connection's previous run is finishing
 
 
@@ -99,12 +100,50 @@ class RefreshQueue:
                 await task
 
 
+class LogBuffer:
+    """Connection log lines of writes, stored in batches off the request path.
+
+    A store write costs milliseconds (a transaction, an fsync); a write's answer
+    should not wait for its log line. Lines are kept in order and stored within
+    ``LOG_FLUSH_DELAY`` seconds; :meth:`flush` stores them now.
+    """
+
+    def __init__(self, services: Services, *, delay: float = LOG_FLUSH_DELAY) -> None:
+        self.services = services
+        self.delay = delay
+        self._pending: list[tuple[int, list[tuple[str, str]]]] = []
+        self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+
+    def add(self, connection_id: int, lines: list[tuple[str, str]]) -> None:
+        self._pending.append((connection_id, lines))
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._later(), name="writeback-log-flush")
+
+    async def _later(self) -> None:
+        await asyncio.sleep(self.delay)
+        await self.flush()
+
+    async def flush(self) -> None:
+        async with self._lock:
+            batch, self._pending = self._pending, []
+            by_connection: dict[int, list[tuple[str, str]]] = {}
+            for connection_id, lines in batch:
+                by_connection.setdefault(connection_id, []).extend(lines)
+            for connection_id, lines in by_connection.items():
+                try:
+                    await self.services.store.add_logs(connection_id, lines)
+                except Exception:  # the connection was deleted meanwhile: its log went with it
+                    logger.debug("log lines of connection %s dropped", connection_id)
+
+
 class Writeback:
     """Per-app state of the writeback API."""
 
     def __init__(self, services: Services, *, idempotency: IdempotencyStore | None = None) -> None:
         self.services = services
         self.refresh = RefreshQueue(services)
+        self.log = LogBuffer(services)
         self.idempotency: IdempotencyStore = idempotency or SqlIdempotencyStore(
             services.store.engine, clock=services.clock, create_table=True
         )

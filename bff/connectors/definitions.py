@@ -473,6 +473,12 @@ def _load_cached(directories: tuple[str, ...]) -> tuple[tuple[str, Connector], .
     return tuple(connectors.items())
 
 
+@functools.lru_cache(maxsize=4)
+def _load_default(env_value: str) -> tuple[tuple[str, Connector], ...]:
+    # Keyed by the raw variable: the hot path (every request) skips resolving paths.
+    return _load_cached(tuple(str(Path(d).resolve()) for d in definition_dirs({CONNECTORS_DIR_ENV: env_value})))
+
+
 def load_connectors(directory: str | Path | Sequence[str | Path] | None = None) -> dict[str, Connector]:
     """All connector definitions, keyed by ``name`` (read and validated once, then cached).
 
@@ -480,8 +486,9 @@ def load_connectors(directory: str | Path | Sequence[str | Path] | None = None) 
     defaults to :func:`definition_dirs`. Raises :class:`DefinitionError`.
     """
     if directory is None:
-        dirs: Sequence[str | Path] = definition_dirs()
-    elif isinstance(directory, (str, Path)):
+        return dict(_load_default(os.environ.get(CONNECTORS_DIR_ENV, "")))
+    dirs: Sequence[str | Path]
+    if isinstance(directory, (str, Path)):
         dirs = [directory]
     else:
         dirs = directory
