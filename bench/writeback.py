@@ -24,14 +24,14 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _load import free_port, start_server  # noqa: E402
+from _load import free_port, start_server
 
-from bff.settings import Settings, generate_encryption_key, generate_secret_key  # noqa: E402
+from bff.settings import Settings, generate_encryption_key, generate_secret_key
 
 
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 def main() -> None:
@@ -43,11 +43,15 @@ def main() -> None:
 
     for latency in [int(v) for v in args.latency_ms.split(",") if v.strip()]:
         timings = run(args.requests, args.warmup, latency)
-        print(f"\nadd('message'), sandbox latency {latency} ms: {args.requests} requests each "
-              f"(after {args.warmup} warm-up), one keep-alive client")
+        print(
+            f"\nadd('message'), sandbox latency {latency} ms: {args.requests} requests each "
+            f"(after {args.warmup} warm-up), one keep-alive client"
+        )
         print(f"{'':8}{'p50 ms':>10}{'p95 ms':>10}{'mean ms':>10}")
         for name, values in timings.items():
-            print(f"{name:8}{percentile(values, 50):10.2f}{percentile(values, 95):10.2f}{statistics.fmean(values):10.2f}")
+            print(
+                f"{name:8}{percentile(values, 50):10.2f}{percentile(values, 95):10.2f}{statistics.fmean(values):10.2f}"
+            )
         for p in (50, 95):
             ratio = percentile(timings["bff"], p) / percentile(timings["direct"], p)
             print(f"ratio p{p} BFF/direct: {ratio:.2f}x" + ("  (goal ≤ 1.3x)" if p == 50 else ""))
@@ -76,8 +80,11 @@ def run(requests: int, warmup: int, latency_ms: int) -> dict[str, list[float]]:
             integrate = http.post("/api/partner/sub-account/integrate/", json={"external_id": "bench"}, headers=partner)
             integrate_token = integrate.json()["token"]
             identity = http.get("/api/partner/sub-account/identity/?external_id=bench", headers=partner).json()["token"]
-            created = http.post("/api/servers", json={"servertype_id": "sandbox_chat", "api_key": "sandbox-chat-key"},
-                                headers={"Authorization": f"Bearer {integrate_token}"})
+            created = http.post(
+                "/api/servers",
+                json={"servertype_id": "sandbox_chat", "api_key": "sandbox-chat-key"},
+                headers={"Authorization": f"Bearer {integrate_token}"},
+            )
             created.raise_for_status()
             via_bff = (f"/api/server/{created.json()['id']}/records/message", {"Authorization": f"Bearer {identity}"})
             direct = ("/sandbox/chat/api/messages", {"Authorization": "Bearer sandbox-chat-key"})
@@ -94,6 +101,7 @@ def run(requests: int, warmup: int, latency_ms: int) -> dict[str, list[float]]:
         server.terminate()
         server.wait(timeout=10)
     return timings
+
 
 if __name__ == "__main__":
     main()

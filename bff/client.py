@@ -152,12 +152,23 @@ class _RecordCalls:
         return {"Idempotency-Key": idempotency_key} if idempotency_key else None
 
     @classmethod
-    def add(cls, server_id: int, obj: str, fields: Mapping[str, Any], timeout: bool, refresh: bool, key: str | None) -> _Call:
-        return _Call("POST", f"/api/server/{server_id}/records/{obj}", cls._query(timeout, refresh), dict(fields), cls._key(key))
+    def add(
+        cls, server_id: int, obj: str, fields: Mapping[str, Any], timeout: bool, refresh: bool, key: str | None
+    ) -> _Call:
+        return _Call(
+            "POST", f"/api/server/{server_id}/records/{obj}", cls._query(timeout, refresh), dict(fields), cls._key(key)
+        )
 
     @classmethod
     def update(
-        cls, server_id: int, obj: str, record_id: Any, fields: Mapping[str, Any], timeout: bool, refresh: bool, key: str | None
+        cls,
+        server_id: int,
+        obj: str,
+        record_id: Any,
+        fields: Mapping[str, Any],
+        timeout: bool,
+        refresh: bool,
+        key: str | None,
     ) -> _Call:
         path = f"/api/server/{server_id}/records/{obj}/{record_id}"
         return _Call("PATCH", path, cls._query(timeout, refresh), dict(fields), cls._key(key))
@@ -169,7 +180,14 @@ class _RecordCalls:
 
     @classmethod
     def upsert(
-        cls, server_id: int, obj: str, fields: Mapping[str, Any], match: str, timeout: bool, refresh: bool, key: str | None
+        cls,
+        server_id: int,
+        obj: str,
+        fields: Mapping[str, Any],
+        match: str,
+        timeout: bool,
+        refresh: bool,
+        key: str | None,
     ) -> _Call:
         query = cls._query(timeout, refresh, match=match)
         return _Call("PUT", f"/api/server/{server_id}/records/{obj}", query, dict(fields), cls._key(key))
@@ -202,7 +220,9 @@ def _pick_connection(connections: list[JSON], name_or_id: str | int) -> JSON:
             if len(hits) == 1:
                 return hits[0]
             if len(hits) > 1:
-                raise BFFError("connection_ambiguous", 409, f"{len(hits)} connections are called {name_or_id!r}; use an id.")
+                raise BFFError(
+                    "connection_ambiguous", 409, f"{len(hits)} connections are called {name_or_id!r}; use an id."
+                )
     raise BFFError("connection_not_found", 404, f"No connection called {name_or_id!r}.")
 
 
@@ -262,7 +282,9 @@ class PartnerClient(_SyncBase):
     def integrate_token(self, external_id: str, **fields: Any) -> JSON:
         return self._do(_PartnerCalls.integrate_token(external_id, **fields))  # type: ignore[no-any-return]
 
-    def identity_token(self, account_id: int | None = None, external_id: str | None = None, *, expire: bool = True) -> JSON:
+    def identity_token(
+        self, account_id: int | None = None, external_id: str | None = None, *, expire: bool = True
+    ) -> JSON:
         return self._do(_PartnerCalls.identity_token(account_id, external_id, expire=expire))  # type: ignore[no-any-return]
 
     def revoke_tokens(self, account_id: int) -> JSON:
@@ -320,7 +342,11 @@ class SubAccountClient(_SyncBase):
         return [{**c, "connector_display_name": catalogue.get(c["connector"], "")} for c in self.connections()]
 
     def refresh_connection(
-        self, connection_name: str | None = None, connection_id: int | None = None, *, is_async: bool = True,
+        self,
+        connection_name: str | None = None,
+        connection_id: int | None = None,
+        *,
+        is_async: bool = True,
         tables: list[str] | None = None,
     ) -> JSON:
         """Sync a connection (after writes). ``is_async=False`` waits for the run and returns it."""
@@ -337,7 +363,7 @@ class SubAccountClient(_SyncBase):
             self._wait(int(server_id))  # the running sync may predate the writes: run one more after it
             started = self.sync(int(server_id), tables)
         if is_async:
-            return started  # type: ignore[no-any-return]
+            return started
         return self._wait(int(server_id))
 
     def _wait(self, server_id: int) -> JSON:
@@ -347,7 +373,8 @@ class SubAccountClient(_SyncBase):
 
 
 class Connection:
-    """One connection's writeback functions: ``add``, ``update``, ``delete``, ``upsert``, ``get``, ``search``, ``proxy``.
+    """One connection's writeback functions: ``add``, ``update``, ``delete``, ``upsert``, ``get``, ``search``,
+    ``proxy``.
 
     ``timeout=True`` picks the short retry policy, ``refresh=True`` queues a sync of
     the object's table after the write, ``idempotency_key`` makes a retry safe.
@@ -362,22 +389,52 @@ class Connection:
     def objects(self) -> list[JSON]:
         return self._owner._do(_Call("GET", f"/api/server/{self.id}/objects"))["results"]  # type: ignore[no-any-return]
 
-    def add(self, object: str, fields: Mapping[str, Any] | None = None, /, *, timeout: bool = False, refresh: bool = False,
-            idempotency_key: str | None = None, **kwargs: Any) -> JSON:
+    def add(
+        self,
+        object: str,
+        fields: Mapping[str, Any] | None = None,
+        /,
+        *,
+        timeout: bool = False,
+        refresh: bool = False,
+        idempotency_key: str | None = None,
+        **kwargs: Any,
+    ) -> JSON:
         call = _RecordCalls.add(self.id, object, _fields(fields, kwargs), timeout, refresh, idempotency_key)
         return self._owner._do(call)  # type: ignore[no-any-return]
 
-    def update(self, object: str, /, id: Any, fields: Mapping[str, Any] | None = None, *, timeout: bool = False,
-               refresh: bool = False, idempotency_key: str | None = None, **kwargs: Any) -> JSON:
+    def update(
+        self,
+        object: str,
+        /,
+        id: Any,
+        fields: Mapping[str, Any] | None = None,
+        *,
+        timeout: bool = False,
+        refresh: bool = False,
+        idempotency_key: str | None = None,
+        **kwargs: Any,
+    ) -> JSON:
         call = _RecordCalls.update(self.id, object, id, _fields(fields, kwargs), timeout, refresh, idempotency_key)
         return self._owner._do(call)  # type: ignore[no-any-return]
 
-    def delete(self, object: str, id: Any, *, timeout: bool = False, refresh: bool = False,
-               idempotency_key: str | None = None) -> None:
+    def delete(
+        self, object: str, id: Any, *, timeout: bool = False, refresh: bool = False, idempotency_key: str | None = None
+    ) -> None:
         self._owner._do(_RecordCalls.delete(self.id, object, id, timeout, refresh, idempotency_key))
 
-    def upsert(self, object: str, fields: Mapping[str, Any] | None = None, /, *, match: str, timeout: bool = False,
-               refresh: bool = False, idempotency_key: str | None = None, **kwargs: Any) -> JSON:
+    def upsert(
+        self,
+        object: str,
+        fields: Mapping[str, Any] | None = None,
+        /,
+        *,
+        match: str,
+        timeout: bool = False,
+        refresh: bool = False,
+        idempotency_key: str | None = None,
+        **kwargs: Any,
+    ) -> JSON:
         call = _RecordCalls.upsert(self.id, object, _fields(fields, kwargs), match, timeout, refresh, idempotency_key)
         return self._owner._do(call)  # type: ignore[no-any-return]
 
@@ -387,13 +444,25 @@ class Connection:
     def search(self, object: str, *, timeout: bool = False, **fields: Any) -> list[JSON]:
         return self._owner._do(_RecordCalls.search(self.id, object, fields, timeout))["results"]  # type: ignore[no-any-return]
 
-    def proxy(self, method: str, path: str, *, params: Mapping[str, Any] | None = None, json: Any = None,
-              content: bytes | None = None, headers: Mapping[str, str] | None = None) -> httpx.Response:
+    def proxy(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        json: Any = None,
+        content: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> httpx.Response:
         """A raw call under the connector's base URL; the provider's status and body come back as they are."""
         try:
             return self._owner._client.request(
-                method.upper(), f"/api/server/{self.id}/proxy/{path.lstrip('/')}", params=params, json=json,
-                content=content, headers=_headers(self._owner._token, headers),
+                method.upper(),
+                f"/api/server/{self.id}/proxy/{path.lstrip('/')}",
+                params=params,
+                json=json,
+                content=content,
+                headers=_headers(self._owner._token, headers),
             )
         except httpx.HTTPError as exc:
             raise _transport_error(exc) from None
@@ -403,7 +472,9 @@ class Connection:
 
 
 class _AsyncBase:
-    def __init__(self, base_url: str, token: str, *, client: httpx.AsyncClient | None = None, timeout: float = 30.0) -> None:
+    def __init__(
+        self, base_url: str, token: str, *, client: httpx.AsyncClient | None = None, timeout: float = 30.0
+    ) -> None:
         self._client = client or httpx.AsyncClient(base_url=base_url, timeout=timeout)
         self._base_url = base_url
         self._token = token
@@ -426,7 +497,9 @@ class _AsyncBase:
             raise _transport_error(exc) from None
         return _check(response)
 
-    async def _pages(self, path: str, params: Mapping[str, Any] | None = None, page_size: int = 100) -> AsyncIterator[JSON]:
+    async def _pages(
+        self, path: str, params: Mapping[str, Any] | None = None, page_size: int = 100
+    ) -> AsyncIterator[JSON]:
         page = 1
         while True:
             body = await self._do(_Call("GET", path, params={**(params or {}), "page": page, "page_size": page_size}))
@@ -447,13 +520,17 @@ class AsyncPartnerClient(_AsyncBase):
     async def integrate_token(self, external_id: str, **fields: Any) -> JSON:
         return await self._do(_PartnerCalls.integrate_token(external_id, **fields))  # type: ignore[no-any-return]
 
-    async def identity_token(self, account_id: int | None = None, external_id: str | None = None, *, expire: bool = True) -> JSON:
+    async def identity_token(
+        self, account_id: int | None = None, external_id: str | None = None, *, expire: bool = True
+    ) -> JSON:
         return await self._do(_PartnerCalls.identity_token(account_id, external_id, expire=expire))  # type: ignore[no-any-return]
 
     async def revoke_tokens(self, account_id: int) -> JSON:
         return await self._do(_PartnerCalls.revoke_tokens(account_id))  # type: ignore[no-any-return]
 
-    async def sub_account_client(self, account_id: int | None = None, external_id: str | None = None) -> AsyncSubAccountClient:
+    async def sub_account_client(
+        self, account_id: int | None = None, external_id: str | None = None
+    ) -> AsyncSubAccountClient:
         token = (await self.identity_token(account_id, external_id))["token"]
         return AsyncSubAccountClient(self._base_url, token, client=self._client)
 
@@ -495,13 +572,21 @@ class AsyncSubAccountClient(_AsyncBase):
 
     async def connect(self, name_or_id: str | int) -> AsyncConnection:
         """The writeback object of one connection (needs an identity token)."""
-        catalogue = {c["name"]: c["display_name"] for c in (await self._do(_Call("GET", "/api/servertypes")))["results"]}
-        connections = [{**c, "connector_display_name": catalogue.get(c["connector"], "")} async for c in self.connections()]
+        catalogue = {
+            c["name"]: c["display_name"] for c in (await self._do(_Call("GET", "/api/servertypes")))["results"]
+        }
+        connections = [
+            {**c, "connector_display_name": catalogue.get(c["connector"], "")} async for c in self.connections()
+        ]
         connection = _pick_connection(connections, name_or_id)
         return AsyncConnection(self, int(connection["id"]), str(connection["name"]))
 
     async def refresh_connection(
-        self, connection_name: str | None = None, connection_id: int | None = None, *, is_async: bool = True,
+        self,
+        connection_name: str | None = None,
+        connection_id: int | None = None,
+        *,
+        is_async: bool = True,
         tables: list[str] | None = None,
     ) -> JSON:
         """Sync a connection (after writes). ``is_async=False`` waits for the run and returns it."""
@@ -539,22 +624,52 @@ class AsyncConnection:
     async def objects(self) -> list[JSON]:
         return (await self._owner._do(_Call("GET", f"/api/server/{self.id}/objects")))["results"]  # type: ignore[no-any-return]
 
-    async def add(self, object: str, fields: Mapping[str, Any] | None = None, /, *, timeout: bool = False,
-                  refresh: bool = False, idempotency_key: str | None = None, **kwargs: Any) -> JSON:
+    async def add(
+        self,
+        object: str,
+        fields: Mapping[str, Any] | None = None,
+        /,
+        *,
+        timeout: bool = False,
+        refresh: bool = False,
+        idempotency_key: str | None = None,
+        **kwargs: Any,
+    ) -> JSON:
         call = _RecordCalls.add(self.id, object, _fields(fields, kwargs), timeout, refresh, idempotency_key)
         return await self._owner._do(call)  # type: ignore[no-any-return]
 
-    async def update(self, object: str, /, id: Any, fields: Mapping[str, Any] | None = None, *, timeout: bool = False,
-                     refresh: bool = False, idempotency_key: str | None = None, **kwargs: Any) -> JSON:
+    async def update(
+        self,
+        object: str,
+        /,
+        id: Any,
+        fields: Mapping[str, Any] | None = None,
+        *,
+        timeout: bool = False,
+        refresh: bool = False,
+        idempotency_key: str | None = None,
+        **kwargs: Any,
+    ) -> JSON:
         call = _RecordCalls.update(self.id, object, id, _fields(fields, kwargs), timeout, refresh, idempotency_key)
         return await self._owner._do(call)  # type: ignore[no-any-return]
 
-    async def delete(self, object: str, id: Any, *, timeout: bool = False, refresh: bool = False,
-                     idempotency_key: str | None = None) -> None:
+    async def delete(
+        self, object: str, id: Any, *, timeout: bool = False, refresh: bool = False, idempotency_key: str | None = None
+    ) -> None:
         await self._owner._do(_RecordCalls.delete(self.id, object, id, timeout, refresh, idempotency_key))
 
-    async def upsert(self, object: str, fields: Mapping[str, Any] | None = None, /, *, match: str, timeout: bool = False,
-                     refresh: bool = False, idempotency_key: str | None = None, **kwargs: Any) -> JSON:
+    async def upsert(
+        self,
+        object: str,
+        fields: Mapping[str, Any] | None = None,
+        /,
+        *,
+        match: str,
+        timeout: bool = False,
+        refresh: bool = False,
+        idempotency_key: str | None = None,
+        **kwargs: Any,
+    ) -> JSON:
         call = _RecordCalls.upsert(self.id, object, _fields(fields, kwargs), match, timeout, refresh, idempotency_key)
         return await self._owner._do(call)  # type: ignore[no-any-return]
 
@@ -565,13 +680,25 @@ class AsyncConnection:
         found = await self._owner._do(_RecordCalls.search(self.id, object, fields, timeout))
         return found["results"]  # type: ignore[no-any-return]
 
-    async def proxy(self, method: str, path: str, *, params: Mapping[str, Any] | None = None, json: Any = None,
-                    content: bytes | None = None, headers: Mapping[str, str] | None = None) -> httpx.Response:
+    async def proxy(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        json: Any = None,
+        content: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> httpx.Response:
         """A raw call under the connector's base URL; the provider's status and body come back as they are."""
         try:
             return await self._owner._client.request(
-                method.upper(), f"/api/server/{self.id}/proxy/{path.lstrip('/')}", params=params, json=json,
-                content=content, headers=_headers(self._owner._token, headers),
+                method.upper(),
+                f"/api/server/{self.id}/proxy/{path.lstrip('/')}",
+                params=params,
+                json=json,
+                content=content,
+                headers=_headers(self._owner._token, headers),
             )
         except httpx.HTTPError as exc:
             raise _transport_error(exc) from None

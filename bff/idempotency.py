@@ -85,7 +85,9 @@ def fingerprint(method: str, target: str, query: dict[str, str], body: Any) -> s
 class SqlIdempotencyStore:
     """Keys in the ``idempotency_keys`` table of the control database (SQLite or PostgreSQL)."""
 
-    def __init__(self, engine: AsyncEngine, *, clock: Callable[[], float] = time.time, create_table: bool = False) -> None:
+    def __init__(
+        self, engine: AsyncEngine, *, clock: Callable[[], float] = time.time, create_table: bool = False
+    ) -> None:
         self._engine = engine
         self._clock = clock
         self._create_table = create_table
@@ -105,12 +107,16 @@ class SqlIdempotencyStore:
         ids = {"c": connection_id, "k": key}
         async with self._engine.begin() as conn:
             if now - self._swept_at > 60:
-                await conn.execute(text("DELETE FROM idempotency_keys WHERE created_at < :cutoff"), {"cutoff": now - KEY_TTL})
+                await conn.execute(
+                    text("DELETE FROM idempotency_keys WHERE created_at < :cutoff"), {"cutoff": now - KEY_TTL}
+                )
                 self._swept_at = now
             row = (
                 await conn.execute(
-                    text("SELECT fingerprint, status, response, created_at FROM idempotency_keys "
-                         "WHERE connection_id = :c AND idem_key = :k"),
+                    text(
+                        "SELECT fingerprint, status, response, created_at FROM idempotency_keys "
+                        "WHERE connection_id = :c AND idem_key = :k"
+                    ),
                     ids,
                 )
             ).first()
@@ -119,8 +125,11 @@ class SqlIdempotencyStore:
                 row = None
             if row is None:
                 inserted = await conn.execute(
-                    text("INSERT INTO idempotency_keys (connection_id, idem_key, fingerprint, status, response, created_at) "
-                         "VALUES (:c, :k, :f, NULL, NULL, :now) ON CONFLICT (connection_id, idem_key) DO NOTHING"),
+                    text(
+                        "INSERT INTO idempotency_keys "
+                        "(connection_id, idem_key, fingerprint, status, response, created_at) "
+                        "VALUES (:c, :k, :f, NULL, NULL, :now) ON CONFLICT (connection_id, idem_key) DO NOTHING"
+                    ),
                     {**ids, "f": fingerprint, "now": now},
                 )
                 if inserted.rowcount == 1:
@@ -132,7 +141,9 @@ class SqlIdempotencyStore:
             if status is None:
                 if created_at < now - STALE_RESERVATION:
                     await conn.execute(
-                        text("UPDATE idempotency_keys SET created_at = :now WHERE connection_id = :c AND idem_key = :k"),
+                        text(
+                            "UPDATE idempotency_keys SET created_at = :now WHERE connection_id = :c AND idem_key = :k"
+                        ),
                         {**ids, "now": now},
                     )
                     return Begin(reserved=True)
@@ -142,9 +153,15 @@ class SqlIdempotencyStore:
     async def finish(self, connection_id: int, key: str, answer: StoredAnswer) -> None:
         async with self._engine.begin() as conn:
             await conn.execute(
-                text("UPDATE idempotency_keys SET status = :s, response = :r WHERE connection_id = :c AND idem_key = :k"),
-                {"c": connection_id, "k": key, "s": answer.status,
-                 "r": json.dumps(answer.body) if answer.body is not None else None},
+                text(
+                    "UPDATE idempotency_keys SET status = :s, response = :r WHERE connection_id = :c AND idem_key = :k"
+                ),
+                {
+                    "c": connection_id,
+                    "k": key,
+                    "s": answer.status,
+                    "r": json.dumps(answer.body) if answer.body is not None else None,
+                },
             )
 
     async def release(self, connection_id: int, key: str) -> None:

@@ -51,11 +51,27 @@ __all__ = ["connector_error", "proxy_suffix", "require_writable", "routes"]
 RESERVED_QUERY = frozenset(("timeout", "refresh", "match", "page", "page_size"))
 NOT_READY = {rt.AUTHORIZING, rt.CONFIG_SELECT, rt.CHECKING, rt.RE_AUTHORISING}
 # Request headers a proxied call may carry (everything else, auth and hop-by-hop included, is dropped).
-FORWARD_REQUEST = frozenset(("accept", "accept-language", "content-type", "if-match", "if-none-match", "idempotency-key"))
-DROP_RESPONSE = frozenset((
-    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "transfer-encoding",
-    "upgrade", "set-cookie", "www-authenticate", "content-length", "content-encoding", "server", "date",
-))
+FORWARD_REQUEST = frozenset(
+    ("accept", "accept-language", "content-type", "if-match", "if-none-match", "idempotency-key")
+)
+DROP_RESPONSE = frozenset(
+    (
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "set-cookie",
+        "www-authenticate",
+        "content-length",
+        "content-encoding",
+        "server",
+        "date",
+    )
+)
 PROXY_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:")
 
@@ -67,8 +83,11 @@ async def require_writable(request: Request) -> tuple[SubAccount, Connection]:
     """The identity token's sub-account and its connection ``{id}``, ready to call its provider."""
     caller = await authenticate(request, ("integrate", "identity"))
     if caller.claims.kind != "identity":
-        raise ApiError(403, "token_not_allowed", "Writeback and the proxy take identity tokens from your back-end, "
-                                                 "never the browser's integrate token.")
+        raise ApiError(
+            403,
+            "token_not_allowed",
+            "Writeback and the proxy take identity tokens from your back-end, never the browser's integrate token.",
+        )
     account = caller.sub_account
     assert account is not None
     raw = request.path_params.get("id")
@@ -270,7 +289,7 @@ def proxy_suffix(request: Request) -> str:
     raw = raw_path.decode("latin-1")
     marker = "/proxy/"
     at = raw.find(marker)
-    suffix = raw[at + len(marker):] if at >= 0 else ""
+    suffix = raw[at + len(marker) :] if at >= 0 else ""
     decoded = suffix
     for _ in range(3):  # %252e%252e → %2e%2e → ..
         decoded = unquote(decoded)
@@ -284,8 +303,12 @@ def proxy_suffix(request: Request) -> str:
         or "#" in decoded
     )
     if refused or not suffix:
-        raise ApiError(400, "proxy_path_invalid", "The proxy only reaches paths under the connector's base URL: "
-                                                  "no absolute URLs, '//host', '..' or encoded variants.")
+        raise ApiError(
+            400,
+            "proxy_path_invalid",
+            "The proxy only reaches paths under the connector's base URL: "
+            "no absolute URLs, '//host', '..' or encoded variants.",
+        )
     return suffix
 
 
@@ -302,15 +325,24 @@ async def proxy(request: Request) -> Response:
         base = await session.base_url()
         url = httpx.URL(base + "/" + suffix)
         base_url = httpx.URL(base + "/")
-        if (url.scheme, url.host, url.port) != (base_url.scheme, base_url.host, base_url.port) or not url.path.startswith(
-            base_url.path
-        ):
+        if (url.scheme, url.host, url.port) != (
+            base_url.scheme,
+            base_url.host,
+            base_url.port,
+        ) or not url.path.startswith(base_url.path):
             raise ApiError(400, "proxy_path_invalid", "The proxy only reaches paths under the connector's base URL.")
         params = {k: v for k, v in request.query_params.multi_items() if k not in auth_params}
-        headers = {k: v for k, v in request.headers.items() if k.lower() in FORWARD_REQUEST and k.lower() not in auth_headers}
+        headers = {
+            k: v for k, v in request.headers.items() if k.lower() in FORWARD_REQUEST and k.lower() not in auth_headers
+        }
         content = await request.body()
         response = await session.request(
-            request.method, url, params, f"proxy {request.method}", headers=headers, content=content or None,
+            request.method,
+            url,
+            params,
+            f"proxy {request.method}",
+            headers=headers,
+            content=content or None,
             raise_on_auth=False,
         )
     except ConnectorError as exc:
@@ -318,7 +350,9 @@ async def proxy(request: Request) -> Response:
         _log_proxy(wb, connection, request.method, suffix, error.status, log)
         raise error from None
     _log_proxy(wb, connection, request.method, suffix, response.status_code, log)
-    out_headers = {k: v for k, v in response.headers.items() if k.lower() not in DROP_RESPONSE and k.lower() not in auth_headers}
+    out_headers = {
+        k: v for k, v in response.headers.items() if k.lower() not in DROP_RESPONSE and k.lower() not in auth_headers
+    }
     body = response.content
     secrets = session.secret_values()
     if secrets and any(s.encode() in body for s in secrets):
@@ -329,7 +363,10 @@ async def proxy(request: Request) -> Response:
 
 def _log_proxy(wb: Writeback, connection: Connection, method: str, suffix: str, status: int, log: _Log) -> None:
     path = "/" + suffix.split("?", 1)[0]
-    wb.log.add(connection.id, [*log.lines, ("info" if status < 400 else "warning", f"Proxy: {method} {path[:200]} → {status}.")])
+    wb.log.add(
+        connection.id,
+        [*log.lines, ("info" if status < 400 else "warning", f"Proxy: {method} {path[:200]} → {status}.")],
+    )
 
 
 def routes() -> list[BaseRoute]:
@@ -340,4 +377,3 @@ def routes() -> list[BaseRoute]:
         *api_route("/api/server/{id}/records/{object}/{record_id}", record, methods=["GET", "PATCH", "DELETE"]),
         *api_route("/api/server/{id}/proxy/{path:path}", proxy, methods=PROXY_METHODS, name="proxy"),
     ]
-

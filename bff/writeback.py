@@ -17,11 +17,14 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy.exc import IntegrityError
+
 from . import connections as rt
 from .connectors import RetryPolicy
 from .connectors.writer import Writer
 from .idempotency import IdempotencyStore, SqlIdempotencyStore
 from .store import Connection, RunAlreadyActive, SubAccount
+from .sync import ConnectionNotReady, UnknownTables
 
 if TYPE_CHECKING:
     from .app import Services
@@ -56,7 +59,9 @@ class RefreshQueue:
         self._last[connection.id] = time.monotonic()
         task = self._tasks.get(connection.id)
         if task is None or task.done():
-            self._tasks[connection.id] = asyncio.create_task(self._run(account, connection.id), name=f"refresh-{connection.id}")
+            self._tasks[connection.id] = asyncio.create_task(
+                self._run(account, connection.id), name=f"refresh-{connection.id}"
+            )
 
     async def idle(self) -> None:
         """Wait until every pending refresh has been handed to the sync runner."""
@@ -83,7 +88,7 @@ class RefreshQueue:
                     else:
                         await asyncio.sleep(RETRY_WAIT)
                     continue
-                except Exception as exc:  # not ready, disabled, deleted: the write itself succeeded
+                except (ConnectionNotReady, UnknownTables) as exc:  # not ready, disabled: the write itself succeeded
                     logger.info("refresh of connection %s not queued: %s", connection_id, type(exc).__name__)
                     return
                 self.queued_runs.append(run.id)
@@ -133,7 +138,7 @@ class LogBuffer:
             for connection_id, lines in by_connection.items():
                 try:
                     await self.services.store.add_logs(connection_id, lines)
-                except Exception:  # the connection was deleted meanwhile: its log went with it
+                except IntegrityError:  # the connection was deleted meanwhile: its log went with it
                     logger.debug("log lines of connection %s dropped", connection_id)
 
 

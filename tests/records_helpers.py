@@ -23,14 +23,18 @@ class Customer:
 async def customer(bff: BFF, external_id: str = "cust-1") -> Customer:
     _, partner_token = await bff.partner(f"partner-{external_id}")
     minted = await bff.integrate(partner_token, external_id)
-    identity = await bff.client.get(f"/api/partner/sub-account/identity/?external_id={external_id}", headers=auth(partner_token))
+    identity = await bff.client.get(
+        f"/api/partner/sub-account/identity/?external_id={external_id}", headers=auth(partner_token)
+    )
     assert identity.status_code == 200, identity.text
     return Customer(str(minted["token"]), str(identity.json()["token"]), int(minted["account_id"]))
 
 
 async def connect_chat(bff: BFF, who: Customer) -> dict[str, Any]:
     created = await bff.client.post(
-        "/api/servers", json={"servertype_id": "sandbox_chat", "api_key": "sandbox-chat-key"}, headers=auth(who.integrate)
+        "/api/servers",
+        json={"servertype_id": "sandbox_chat", "api_key": "sandbox-chat-key"},
+        headers=auth(who.integrate),
     )
     assert created.status_code == 201, created.text
     return created.json()  # type: ignore[no-any-return]

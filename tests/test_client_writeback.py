@@ -6,21 +6,23 @@ from collections.abc import Callable
 
 import httpx
 import pytest
-
-from bff.client import AsyncPartnerClient, BFFError, PartnerClient
-from bff.cli import create_partner
-from bff.settings import Settings
-
 from conftest import free_port, serve_in_thread
 from sandbox_flows import connect_accounting, connect_crm
+
+from bff.cli import create_partner
+from bff.client import AsyncPartnerClient, BFFError, PartnerClient
+from bff.settings import Settings
 
 
 async def connect_everything(base_url: str, integrate_token: str) -> None:
     async with httpx.AsyncClient(base_url=base_url) as browser:
         await connect_crm(browser, integrate_token)
         await connect_accounting(browser, integrate_token, ("101",))
-        chat = await browser.post("/api/servers", json={"servertype_id": "sandbox_chat", "api_key": "sandbox-chat-key"},
-                                  headers={"Authorization": f"Bearer {integrate_token}"})
+        chat = await browser.post(
+            "/api/servers",
+            json={"servertype_id": "sandbox_chat", "api_key": "sandbox-chat-key"},
+            headers={"Authorization": f"Bearer {integrate_token}"},
+        )
         assert chat.status_code == 201, chat.text
 
 
@@ -42,7 +44,10 @@ async def test_the_documents_examples_with_the_sync_client(settings_factory: Cal
             assert crm.update("contact", id=added["id"], company="Acme")["record"]["company"] == "Acme"
             assert crm.get("contact", added["id"])["record"]["company"] == "Acme"
             assert [c["id"] for c in crm.search("contact", email="john@acme.com")] == [added["id"]]
-            assert crm.upsert("contact", {"email": "john@acme.com", "last_name": "Smith"}, match="email")["id"] == added["id"]
+            assert (
+                crm.upsert("contact", {"email": "john@acme.com", "last_name": "Smith"}, match="email")["id"]
+                == added["id"]
+            )
             crm.delete("contact", added["id"])
             assert crm.search("contact", email="john@acme.com") == []
 
@@ -59,7 +64,9 @@ async def test_the_documents_examples_with_the_sync_client(settings_factory: Cal
 
             with pytest.raises(BFFError) as invalid:
                 crm.add("contact", {"first_name": "No mail"})
-            assert invalid.value.code == "validation_error" and invalid.value.errors == {"email": "This field is required."}
+            assert invalid.value.code == "validation_error" and invalid.value.errors == {
+                "email": "This field is required."
+            }
             with pytest.raises(BFFError) as unsupported:
                 chat.delete("message", sent["id"])
             assert unsupported.value.code == "object_not_supported" and unsupported.value.status == 404

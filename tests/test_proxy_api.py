@@ -8,11 +8,10 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
-
-from bff.settings import Settings
-
 from conftest import BFF, auth, running_bff
 from records_helpers import Customer, accounting, connect_chat, crm, customer
+
+from bff.settings import Settings
 
 
 @pytest.fixture
@@ -30,10 +29,18 @@ async def raw_request(bff: BFF, method: str, raw_path: bytes, token: str) -> tup
     """Send a path exactly as given (httpx would normalise `..` away before it leaves the client)."""
     path = raw_path.split(b"?")[0]
     scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
-        "path": path.decode(), "raw_path": path, "query_string": b"", "root_path": "",
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path.decode(),
+        "raw_path": path,
+        "query_string": b"",
+        "root_path": "",
         "headers": [(b"host", b"testserver"), (b"authorization", f"Bearer {token}".encode())],
-        "client": ("127.0.0.1", 1), "server": ("testserver", 80),
+        "client": ("127.0.0.1", 1),
+        "server": ("testserver", 80),
     }
     sent: list[dict[str, Any]] = []
 
@@ -55,11 +62,15 @@ async def test_get_and_post_pass_through(sbff: BFF, who: Customer) -> None:
     assert listed.status_code == 200 and len(listed.json()["results"]) == 2
     assert listed.json()["results"][0]["id"] == "c_0001" and "paging" in listed.json()
     missing = await sbff.client.get(f"/api/server/{cid}/proxy/contacts/c_9999", headers=who.headers)
-    assert missing.status_code == 404 and missing.json() == {"error": "not_found", "error_description": "There is no contact c_9999."}
+    assert missing.status_code == 404 and missing.json() == {
+        "error": "not_found",
+        "error_description": "There is no contact c_9999.",
+    }
 
     chat = int((await connect_chat(sbff, who))["id"])
-    posted = await sbff.client.post(f"/api/server/{chat}/proxy/messages", json={"channel": "qa", "text": "raw call"},
-                                    headers=who.headers)
+    posted = await sbff.client.post(
+        f"/api/server/{chat}/proxy/messages", json={"channel": "qa", "text": "raw call"}, headers=who.headers
+    )
     assert posted.status_code == 201 and posted.json()["text"] == "raw call" and posted.json()["channel"] == "ch_qa"
     invalid = await sbff.client.post(f"/api/server/{chat}/proxy/messages", json={"channel": "qa"}, headers=who.headers)
     assert invalid.status_code == 400 and invalid.json()["error"] == "validation_error"
@@ -93,8 +104,11 @@ async def test_credentials_never_come_back(sbff: BFF, who: Customer) -> None:
     assert "sandbox-valid-key" not in me.text and "sandbox-valid-key" not in str(me.headers)
 
     chat = int((await connect_chat(sbff, who))["id"])
-    echoed = await sbff.client.post(f"/api/server/{chat}/proxy/messages", json={"channel": "qa", "text": "key sandbox-chat-key"},
-                                    headers=who.headers)
+    echoed = await sbff.client.post(
+        f"/api/server/{chat}/proxy/messages",
+        json={"channel": "qa", "text": "key sandbox-chat-key"},
+        headers=who.headers,
+    )
     assert echoed.status_code == 201 and "sandbox-chat-key" not in echoed.text and "key ***" in echoed.text
 
     crm_id = await crm(sbff, who)

@@ -7,13 +7,12 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 import pytest
-
-from bff.sandbox.data import make_contact
-from bff.settings import Settings
-
 from conftest import BFF, auth, running_bff
 from records_helpers import Customer, accounting, connect_chat, crm, customer, stats
 from sync_helpers import all_rows, logs, tables
+
+from bff.sandbox.data import make_contact
+from bff.settings import Settings
 
 
 @pytest.fixture
@@ -48,14 +47,20 @@ async def test_objects_lists_actions_and_fields(sbff: BFF, who: Customer) -> Non
 async def test_crm_contact_every_action(sbff: BFF, who: Customer) -> None:
     cid = await crm(sbff, who)
     h = who.headers
-    added = await sbff.client.post(url(cid, "records/contact"), json={"email": "john@acme.com", "first_name": "John",
-                                                                       "last_name": "Doe"}, headers=h)
+    added = await sbff.client.post(
+        url(cid, "records/contact"),
+        json={"email": "john@acme.com", "first_name": "John", "last_name": "Doe"},
+        headers=h,
+    )
     assert added.status_code == 201, added.text
     new_id = added.json()["id"]
     assert new_id == "c_1251" and added.json()["record"]["email"] == "john@acme.com"
 
     got = await sbff.client.get(url(cid, f"records/contact/{new_id}"), headers=h)
-    assert got.status_code == 200 and got.json() == {"id": new_id, "record": added.json()["record"] | {"updated_at": got.json()["record"]["updated_at"]}}
+    assert got.status_code == 200 and got.json() == {
+        "id": new_id,
+        "record": added.json()["record"] | {"updated_at": got.json()["record"]["updated_at"]},
+    }
 
     updated = await sbff.client.patch(url(cid, f"records/contact/{new_id}"), json={"company": "Acme"}, headers=h)
     assert updated.status_code == 200 and updated.json()["record"]["company"] == "Acme"
@@ -63,11 +68,14 @@ async def test_crm_contact_every_action(sbff: BFF, who: Customer) -> None:
     found = (await sbff.client.get(url(cid, "records/contact?email=JOHN@acme.com"), headers=h)).json()
     assert found["count"] == 1 and found["results"][0]["id"] == new_id
 
-    upsert_update = await sbff.client.put(url(cid, "records/contact?match=email"),
-                                          json={"email": "john@acme.com", "last_name": "Doe-Smith"}, headers=h)
+    upsert_update = await sbff.client.put(
+        url(cid, "records/contact?match=email"), json={"email": "john@acme.com", "last_name": "Doe-Smith"}, headers=h
+    )
     assert upsert_update.status_code == 200 and upsert_update.json()["id"] == new_id
     assert upsert_update.json()["record"]["last_name"] == "Doe-Smith"
-    upsert_create = await sbff.client.put(url(cid, "records/contact?match=email"), json={"email": "jane@acme.com"}, headers=h)
+    upsert_create = await sbff.client.put(
+        url(cid, "records/contact?match=email"), json={"email": "jane@acme.com"}, headers=h
+    )
     assert upsert_create.status_code == 201 and upsert_create.json()["id"] == "c_1252"
 
     deleted = await sbff.client.delete(url(cid, f"records/contact/{new_id}"), headers=h)
@@ -80,8 +88,9 @@ async def test_crm_contact_every_action(sbff: BFF, who: Customer) -> None:
 async def test_crm_deal_add_update_delete(sbff: BFF, who: Customer) -> None:
     cid = await crm(sbff, who)
     h = who.headers
-    added = await sbff.client.post(url(cid, "records/deal"), json={"name": "Big one", "amount": 1200.5,
-                                                                    "contact_id": "c_0001"}, headers=h)
+    added = await sbff.client.post(
+        url(cid, "records/deal"), json={"name": "Big one", "amount": 1200.5, "contact_id": "c_0001"}, headers=h
+    )
     assert added.status_code == 201 and added.json()["record"]["stage"] == "appointmentscheduled"
     deal_id = added.json()["id"]
     bad_stage = await sbff.client.patch(url(cid, f"records/deal/{deal_id}"), json={"stage": "won"}, headers=h)
@@ -97,9 +106,13 @@ async def test_validation_happens_before_any_provider_call(sbff: BFF, who: Custo
     missing = await sbff.client.post(url(cid, "records/contact"), json={"first_name": "No mail"}, headers=who.headers)
     assert missing.status_code == 400 and missing.json()["code"] == "validation_error"
     assert missing.json()["errors"] == {"email": "This field is required."}
-    unknown = await sbff.client.post(url(cid, "records/contact"), json={"email": "a@b.co", "shoe_size": 44}, headers=who.headers)
+    unknown = await sbff.client.post(
+        url(cid, "records/contact"), json={"email": "a@b.co", "shoe_size": 44}, headers=who.headers
+    )
     assert unknown.status_code == 400 and "shoe_size" in unknown.json()["errors"]
-    wrong_type = await sbff.client.post(url(cid, "records/deal"), json={"name": "x", "amount": "lots"}, headers=who.headers)
+    wrong_type = await sbff.client.post(
+        url(cid, "records/deal"), json={"name": "x", "amount": "lots"}, headers=who.headers
+    )
     assert wrong_type.status_code == 400 and wrong_type.json()["errors"] == {"amount": "Must be a number."}
     bad_search = await sbff.client.get(url(cid, "records/contact?company=Acme"), headers=who.headers)
     assert bad_search.status_code == 400 and "company" in bad_search.json()["errors"]
@@ -123,23 +136,27 @@ async def test_provider_validation_errors_become_422_with_the_message(sbff: BFF,
     assert bad.status_code == 422 and bad.json()["code"] == "provider_rejected"
     assert bad.json()["errors"]["provider_status"] == "400"
     assert "not a valid e-mail address" in bad.json()["errors"]["provider_message"]
-    dupe = await sbff.client.post(url(cid, "records/contact"), json={"email": make_contact(1)[0]["email"]},
-                                  headers=who.headers)
+    dupe = await sbff.client.post(
+        url(cid, "records/contact"), json={"email": make_contact(1)[0]["email"]}, headers=who.headers
+    )
     assert dupe.status_code == 422 and dupe.json()["errors"]["provider_status"] == "409"
 
 
 async def test_accounting_invoices_per_division(sbff: BFF, who: Customer) -> None:
     cid = await accounting(sbff, who)
     h = who.headers
-    added = await sbff.client.post(url(cid, "records/invoice"), json={"division": 102, "customer": "Wood Solutions",
-                                                                       "amount": 99.95}, headers=h)
+    added = await sbff.client.post(
+        url(cid, "records/invoice"), json={"division": 102, "customer": "Wood Solutions", "amount": 99.95}, headers=h
+    )
     assert added.status_code == 201, added.text
     record = added.json()["record"]
     assert added.json()["id"] == "inv_102_0501" and record["division"] == 102 and "division" in record
     assert record["status"] == "draft" and record["currency"] == "EUR"
     no_division = await sbff.client.post(url(cid, "records/invoice"), json={"customer": "x", "amount": 1}, headers=h)
     assert no_division.status_code == 400 and no_division.json()["errors"] == {"division": "This field is required."}
-    zero = await sbff.client.post(url(cid, "records/invoice"), json={"division": 101, "customer": "x", "amount": 0}, headers=h)
+    zero = await sbff.client.post(
+        url(cid, "records/invoice"), json={"division": 101, "customer": "x", "amount": 0}, headers=h
+    )
     assert zero.status_code == 422 and "amount" in zero.json()["errors"]["provider_message"]
     paid = await sbff.client.patch(url(cid, "records/invoice/inv_102_0501"), json={"status": "paid"}, headers=h)
     assert paid.status_code == 200 and paid.json()["record"]["status"] == "paid"
@@ -150,11 +167,14 @@ async def test_accounting_invoices_per_division(sbff: BFF, who: Customer) -> Non
 
 async def test_chat_message_add(sbff: BFF, who: Customer) -> None:
     cid = int((await connect_chat(sbff, who))["id"])
-    sent = await sbff.client.post(url(cid, "records/message"), json={"channel": "QA", "text": "Data quality alert"},
-                                  headers=who.headers)
+    sent = await sbff.client.post(
+        url(cid, "records/message"), json={"channel": "QA", "text": "Data quality alert"}, headers=who.headers
+    )
     assert sent.status_code == 201 and sent.json()["record"]["channel"] == "ch_qa"
     assert sent.json()["record"]["text"] == "Data quality alert"
-    nowhere = await sbff.client.post(url(cid, "records/message"), json={"channel": "#nope", "text": "x"}, headers=who.headers)
+    nowhere = await sbff.client.post(
+        url(cid, "records/message"), json={"channel": "#nope", "text": "x"}, headers=who.headers
+    )
     assert nowhere.status_code == 422 and "no channel" in nowhere.json()["errors"]["provider_message"]
     got = await sbff.client.get(url(cid, f"records/message/{sent.json()['id']}"), headers=who.headers)
     assert got.json()["record"]["text"] == "Data quality alert"
@@ -163,7 +183,9 @@ async def test_chat_message_add(sbff: BFF, who: Customer) -> None:
 async def test_integrate_token_is_not_allowed(sbff: BFF, who: Customer) -> None:
     cid = await crm(sbff, who)
     for method, path in (("GET", "objects"), ("POST", "records/contact"), ("GET", "proxy/me")):
-        answer = await sbff.client.request(method, url(cid, path), json={"email": "a@b.co"}, headers=auth(who.integrate))
+        answer = await sbff.client.request(
+            method, url(cid, path), json={"email": "a@b.co"}, headers=auth(who.integrate)
+        )
         assert answer.status_code == 403 and answer.json()["code"] == "token_not_allowed", (method, path)
 
 
@@ -223,8 +245,9 @@ async def test_refresh_after_five_writes_gives_one_sync_and_the_rows(sbff: BFF, 
     cid = await crm(sbff, who)
     runner = sbff.services.extras["sync"]
     for i in range(5):
-        answer = await sbff.client.post(url(cid, "records/contact?refresh=true"), json={"email": f"r{i}@acme.com"},
-                                        headers=who.headers)
+        answer = await sbff.client.post(
+            url(cid, "records/contact?refresh=true"), json={"email": f"r{i}@acme.com"}, headers=who.headers
+        )
         assert answer.status_code == 201 and answer.json()["refresh_queued"] is True
     writeback = sbff.services.extras["writeback"]
     await writeback.refresh.idle()
@@ -250,8 +273,9 @@ async def test_timeout_true_gives_up_after_two_retries(limited: BFF) -> None:
     cid = await _chat_connection(limited, who)
     await limited.client.post("/sandbox/_control/reset-stats")
     started = time.monotonic()
-    answer = await limited.client.post(url(cid, "records/message?timeout=true"), json={"channel": "qa", "text": "hi"},
-                                       headers=who.headers)
+    answer = await limited.client.post(
+        url(cid, "records/message?timeout=true"), json={"channel": "qa", "text": "hi"}, headers=who.headers
+    )
     took = time.monotonic() - started
     assert answer.status_code == 429 and answer.json()["code"] == "provider_rate_limited"
     assert answer.headers["retry-after"] == "1"
@@ -259,8 +283,9 @@ async def test_timeout_true_gives_up_after_two_retries(limited: BFF) -> None:
     assert (await stats(limited))["calls"] == 3  # the call and 2 retries
 
     await limited.client.post("/sandbox/_control/reset-stats")
-    patient = asyncio.create_task(limited.client.post(url(cid, "records/message"), json={"channel": "qa", "text": "hi"},
-                                                      headers=who.headers))
+    patient = asyncio.create_task(
+        limited.client.post(url(cid, "records/message"), json={"channel": "qa", "text": "hi"}, headers=who.headers)
+    )
     await asyncio.sleep(3.6)
     assert not patient.done() and (await stats(limited))["calls"] >= 4  # the default policy keeps trying
     patient.cancel()

@@ -23,7 +23,9 @@ Handler = Callable[[httpx.Request], httpx.Response]
 TOKENS = OAuthTokens(access_token="at-123456", refresh_token="rt-123456", expires_at=None)
 
 
-def writer(name: str, handler: Handler, credentials: dict[str, str] | None = None, seen: list[httpx.Request] | None = None) -> Writer:
+def writer(
+    name: str, handler: Handler, credentials: dict[str, str] | None = None, seen: list[httpx.Request] | None = None
+) -> Writer:
     def record(request: httpx.Request) -> httpx.Response:
         if seen is not None:
             seen.append(request)
@@ -61,14 +63,18 @@ async def test_hubspot_contact_add_update_delete_search_upsert() -> None:
             email = body(request)["filterGroups"][0]["filters"][0]["value"]
             hits = [{"id": "512", "properties": {"email": email}}] if email == "john@acme.com" else []
             return httpx.Response(200, json={"total": len(hits), "results": hits})
-        return httpx.Response(404, json={"status": "error", "message": "Object not found.", "category": "OBJECT_NOT_FOUND"})
+        return httpx.Response(
+            404, json={"status": "error", "message": "Object not found.", "category": "OBJECT_NOT_FOUND"}
+        )
 
     w = writer("hubspot", hubspot, seen=seen)
     added = await w.add("contact", {"email": "john@acme.com", "firstname": "John", "lastname": "Doe"})
     assert (added.status, added.id) == (201, "512")
     request = seen[-1]
     assert request.method == "POST" and str(request.url) == "https://api.hubapi.com/crm/v3/objects/contacts"
-    assert request.headers["authorization"] == "Bearer at-123456" and request.headers["content-type"] == "application/json"
+    assert (
+        request.headers["authorization"] == "Bearer at-123456" and request.headers["content-type"] == "application/json"
+    )
     assert body(request) == {"properties": {"email": "john@acme.com", "firstname": "John", "lastname": "Doe"}}
 
     await w.update("contact", "512", {"company": "Acme"})
@@ -81,7 +87,9 @@ async def test_hubspot_contact_add_update_delete_search_upsert() -> None:
     found = await w.search("contact", {"email": "john@acme.com"})
     assert found == [{"id": "512", "properties": {"email": "john@acme.com"}}]
     assert seen[-1].method == "POST" and seen[-1].url.path == "/crm/v3/objects/contacts/search"
-    assert body(seen[-1])["filterGroups"] == [{"filters": [{"propertyName": "email", "operator": "EQ", "value": "john@acme.com"}]}]
+    assert body(seen[-1])["filterGroups"] == [
+        {"filters": [{"propertyName": "email", "operator": "EQ", "value": "john@acme.com"}]}
+    ]
 
     updated = await w.upsert("contact", {"email": "john@acme.com", "lastname": "Smith"}, "email")
     assert updated.status == 200 and seen[-1].method == "PATCH" and seen[-1].url.path.endswith("/512")
@@ -103,10 +111,24 @@ async def test_pipedrive_person() -> None:
         if request.method == "PUT":
             return httpx.Response(200, json={"success": True, "data": {"id": 77, "name": body(request)["name"]}})
         if request.url.path.endswith("/persons/search"):
-            return httpx.Response(200, json={"success": True, "data": {"items": [
-                {"result_score": 1.0, "item": {"id": 77, "type": "person", "name": "John Doe", "emails": ["john@acme.com"]}},
-                {"result_score": 0.9, "item": {"id": 78, "type": "person", "name": "John Doe", "emails": ["john@acme.com"]}},
-            ]}})
+            return httpx.Response(
+                200,
+                json={
+                    "success": True,
+                    "data": {
+                        "items": [
+                            {
+                                "result_score": 1.0,
+                                "item": {"id": 77, "type": "person", "name": "John Doe", "emails": ["john@acme.com"]},
+                            },
+                            {
+                                "result_score": 0.9,
+                                "item": {"id": 78, "type": "person", "name": "John Doe", "emails": ["john@acme.com"]},
+                            },
+                        ]
+                    },
+                },
+            )
         return httpx.Response(400, json={"success": False, "error": "Name must be given."})
 
     w = writer("pipedrive", pipedrive, {"company_domain": "acme", "api_token": "pd-token-1"}, seen)
@@ -137,18 +159,33 @@ async def test_stripe_customer_is_form_encoded() -> None:
             data = [{"id": "cus_1", "object": "customer", "email": request.url.params["email"]}]
             return httpx.Response(200, json={"object": "list", "data": data, "has_more": False})
         if request.url.path == "/v1/customers/cus_missing":
-            return httpx.Response(404, json={"error": {"type": "invalid_request_error", "message": "No such customer: 'cus_missing'"}})
+            return httpx.Response(
+                404, json={"error": {"type": "invalid_request_error", "message": "No such customer: 'cus_missing'"}}
+            )
         return httpx.Response(200, json={"id": "cus_1", "object": "customer", "email": "john@acme.com"})
 
     w = writer("stripe", stripe, {"secret_key": "sk_test_abcdef"}, seen)
-    added = await w.add("customer", {"email": "john@acme.com", "name": "John Doe", "metadata": {"external_id": "wood_123"}})
+    added = await w.add(
+        "customer", {"email": "john@acme.com", "name": "John Doe", "metadata": {"external_id": "wood_123"}}
+    )
     assert added.id == "cus_1"
     r = seen[-1]
     assert r.method == "POST" and str(r.url) == "https://api.stripe.com/v1/customers"
-    assert r.headers["content-type"] == "application/x-www-form-urlencoded" and r.headers["authorization"] == "Bearer sk_test_abcdef"
-    assert parse_qsl(r.content.decode()) == [("email", "john@acme.com"), ("name", "John Doe"), ("metadata[external_id]", "wood_123")]
+    assert (
+        r.headers["content-type"] == "application/x-www-form-urlencoded"
+        and r.headers["authorization"] == "Bearer sk_test_abcdef"
+    )
+    assert parse_qsl(r.content.decode()) == [
+        ("email", "john@acme.com"),
+        ("name", "John Doe"),
+        ("metadata[external_id]", "wood_123"),
+    ]
     await w.update("customer", "cus_1", {"description": "VIP"})
-    assert seen[-1].method == "POST" and seen[-1].url.path == "/v1/customers/cus_1" and seen[-1].content == b"description=VIP"
+    assert (
+        seen[-1].method == "POST"
+        and seen[-1].url.path == "/v1/customers/cus_1"
+        and seen[-1].content == b"description=VIP"
+    )
     assert (await w.delete("customer", "cus_1")).status == 204 and seen[-1].method == "DELETE"
     assert (await w.search("customer", {"email": "john@acme.com"}))[0]["id"] == "cus_1"
     assert seen[-1].url.path == "/v1/customers" and seen[-1].url.params["email"] == "john@acme.com"
@@ -164,15 +201,25 @@ async def test_slack_post_message() -> None:
         sent = body(request)
         if sent["channel"] == "#nowhere":
             return httpx.Response(200, json={"ok": False, "error": "channel_not_found"})
-        return httpx.Response(200, json={"ok": True, "channel": "C123", "ts": "1503435956.000247",
-                                         "message": {"text": sent["text"], "type": "message", "ts": "1503435956.000247"}})
+        return httpx.Response(
+            200,
+            json={
+                "ok": True,
+                "channel": "C123",
+                "ts": "1503435956.000247",
+                "message": {"text": sent["text"], "type": "message", "ts": "1503435956.000247"},
+            },
+        )
 
     w = writer("slack", slack, seen=seen)
     sent = await w.add("message", {"channel": "QA", "text": "Data quality alert"})
     assert (sent.status, sent.id) == (201, "1503435956.000247")
     r = seen[-1]
     assert r.method == "POST" and str(r.url) == "https://slack.com/api/chat.postMessage"
-    assert r.headers["authorization"] == "Bearer at-123456" and body(r) == {"channel": "QA", "text": "Data quality alert"}
+    assert r.headers["authorization"] == "Bearer at-123456" and body(r) == {
+        "channel": "QA",
+        "text": "Data quality alert",
+    }
     with pytest.raises(ProviderRejected) as info:
         await w.add("message", {"channel": "#nowhere", "text": "x"})
     assert info.value.message == "channel_not_found"
@@ -186,13 +233,20 @@ async def test_exact_online_sales_invoice_add() -> None:
     def exact(request: httpx.Request) -> httpx.Response:
         sent = body(request)
         if not sent.get("SalesInvoiceLines"):
-            return httpx.Response(400, json={"error": {"code": "", "message": {"lang": "", "value": "Mandatory: Lines"}}})
-        return httpx.Response(201, json={"d": {"InvoiceID": "a1b2c3d4-0000-0000-0000-000000000001", "InvoiceNumber": 25000001,
-                                               **sent}})
+            return httpx.Response(
+                400, json={"error": {"code": "", "message": {"lang": "", "value": "Mandatory: Lines"}}}
+            )
+        return httpx.Response(
+            201, json={"d": {"InvoiceID": "a1b2c3d4-0000-0000-0000-000000000001", "InvoiceNumber": 25000001, **sent}}
+        )
 
     w = writer("exact_online", exact, seen=seen)
-    fields = {"division": 3200000, "OrderedBy": "b7c2…", "Journal": "70",
-              "SalesInvoiceLines": [{"Item": "9a8b…", "Quantity": 2}]}
+    fields = {
+        "division": 3200000,
+        "OrderedBy": "b7c2…",
+        "Journal": "70",
+        "SalesInvoiceLines": [{"Item": "9a8b…", "Quantity": 2}],
+    }
     added = await w.add("sales_invoice", fields)
     assert (added.status, added.id) == (201, "a1b2c3d4-0000-0000-0000-000000000001")
     r = seen[-1]

@@ -50,12 +50,29 @@ from .spec import (
 )
 from .templates import Template, compile_path, get_path
 
-__all__ = [
+__all__ = [  # the runtime classes are re-exported: callers import them from here
     "CONNECTORS_DIR_ENV",
     "DEFINITIONS_DIR",
     "LOGO_DIR",
+    "ActionSpec",
+    "AuthSpec",
+    "ConfigSelect",
+    "Connector",
     "DefinitionError",
+    "FieldSpec",
+    "FormField",
+    "FormOption",
+    "Incremental",
+    "LookupSpec",
+    "OAuthSpec",
+    "ObjectField",
+    "ObjectSpec",
+    "Paging",
+    "ResponseCheck",
+    "Stream",
     "Template",
+    "TestSpec",
+    "TokenResponse",
     "compile_path",
     "definition_dirs",
     "get_connector",
@@ -163,14 +180,23 @@ class _Builder:
                 raise self.fail(key, "uses {partition} but the connector declares no 'partition_by'")
         return tpl
 
-    def params(self, key: str, raw: Mapping[str, str | int | float], allowed: Iterable[str]) -> tuple[tuple[str, Template], ...]:
+    def params(
+        self, key: str, raw: Mapping[str, str | int | float], allowed: Iterable[str]
+    ) -> tuple[tuple[str, Template], ...]:
         return tuple((name, self.template(f"{key}.{name}", str(value), allowed)) for name, value in raw.items())
 
     def paging(self, raw: m.PagingModel | None) -> Paging:
         if raw is None:
             return Paging()
         values = raw.model_dump()
-        for key in ("next_cursor_path", "has_more_path", "next_offset_path", "total_path", "page_count_path", "next_url_path"):
+        for key in (
+            "next_cursor_path",
+            "has_more_path",
+            "next_offset_path",
+            "total_path",
+            "page_count_path",
+            "next_url_path",
+        ):
             if values.get(key) is not None:
                 values[key] = compile_path(values[key])
         if "cursor_record_path" in values:
@@ -214,8 +240,12 @@ class _Builder:
             auth_type=md.auth_type,
             connect_form=tuple(
                 FormField(
-                    name=f.name, label=f.label, type=f.type, required=f.required,
-                    secret=f.secret if f.secret is not None else f.type == "password", help=f.help,
+                    name=f.name,
+                    label=f.label,
+                    type=f.type,
+                    required=f.required,
+                    secret=f.secret if f.secret is not None else f.type == "password",
+                    help=f.help,
                     options=tuple(FormOption(o.value, o.label) for o in f.options),
                 )
                 for f in md.connect_form
@@ -248,9 +278,12 @@ class _Builder:
                 ok_path=compile_path(md.response_check.ok_path),
                 error_path=compile_path(md.response_check.error_path),
                 auth_errors=tuple(md.response_check.auth_errors),
-            ) if md.response_check else None,
+            )
+            if md.response_check
+            else None,
             manual_refresh=self.template("manual_refresh.url", md.manual_refresh.url, _MANUAL_REFRESH)
-            if md.manual_refresh else None,
+            if md.manual_refresh
+            else None,
             docs=tuple([md.docs] if isinstance(md.docs, str) else md.docs),
             objects=objects,
             source=self.file,
@@ -317,7 +350,9 @@ class _Builder:
         if s.incremental is not None:
             inc = s.incremental
             if inc.cursor_field not in names:
-                raise self.fail(f"{where}.incremental.cursor_field", f"names {inc.cursor_field!r}, which is not a declared field")
+                raise self.fail(
+                    f"{where}.incremental.cursor_field", f"names {inc.cursor_field!r}, which is not a declared field"
+                )
             template = None
             if inc.format == "template":
                 if inc.template is None:
@@ -326,8 +361,12 @@ class _Builder:
                 if "cursor" not in template.names:
                     raise self.fail(f"{where}.incremental.template", "must contain {cursor}")
             incremental = Incremental(
-                cursor_field=inc.cursor_field, param=inc.param, format=inc.format, template=template,
-                order=inc.order, start=inc.start,
+                cursor_field=inc.cursor_field,
+                param=inc.param,
+                format=inc.format,
+                template=template,
+                order=inc.order,
+                start=inc.start,
             )
         path = self.template(f"{where}.path", s.path, _REQUEST)
         params = self.params(f"{where}.params", s.params, _REQUEST)
@@ -337,7 +376,9 @@ class _Builder:
             params=params,
             records_path=compile_path(s.records_path),
             primary_key=tuple(s.primary_key),
-            fields=tuple(FieldSpec(f.name, compile_path(f.path if f.path is not None else f.name), f.type) for f in s.fields),
+            fields=tuple(
+                FieldSpec(f.name, compile_path(f.path if f.path is not None else f.name), f.type) for f in s.fields
+            ),
             paging=self.paging(s.paging),
             incremental=incremental,
             description=s.description,
@@ -359,8 +400,15 @@ class _Builder:
                 missing = [a for a in ("search", "add", "update") if a not in raw_actions]
                 if missing:
                     raise self.fail(f"{key}.strategy", f"'search' needs the actions {', '.join(missing)} too")
-                actions[action] = ActionSpec(name=action, method="", path=Template.parse(""), strategy="search",
-                                             match_fields=tuple(raw_actions["search"].match_fields))  # type: ignore[union-attr]
+                search = o.actions.search
+                assert search is not None
+                actions[action] = ActionSpec(
+                    name=action,
+                    method="",
+                    path=Template.parse(""),
+                    strategy="search",
+                    match_fields=tuple(search.match_fields),
+                )
                 continue
             actions[action] = self.action(key, action, raw)
             spec = actions[action]
@@ -386,10 +434,16 @@ class _Builder:
         self._check_body(f"{key}.body_template", template)
         extra: dict[str, Any] = {}
         if isinstance(raw, m.SearchModel):
-            extra = {"match_fields": tuple(raw.match_fields), "match_in": raw.match_in, "records_path": compile_path(raw.records_path)}
+            extra = {
+                "match_fields": tuple(raw.match_fields),
+                "match_in": raw.match_in,
+                "records_path": compile_path(raw.records_path),
+            }
         elif isinstance(raw, m.NativeUpsert):
             extra = {
-                "match_fields": tuple(raw.match_fields), "match_in": "template", "strategy": "native",
+                "match_fields": tuple(raw.match_fields),
+                "match_in": "template",
+                "strategy": "native",
                 "created_path": compile_path(raw.created_path) if raw.created_path else None,
             }
         return ActionSpec(
@@ -452,7 +506,9 @@ def _load_dir(directory: Path, *, builtin: bool) -> list[Connector]:
         if connector.name != path.stem:
             raise DefinitionError(label, "name", f"must equal the file name ({path.stem!r})")
         # A partner's definition may reuse a built-in logo; the logos are served from the package.
-        found = (directory / "logos" / connector.logo).is_file() or (not builtin and (LOGO_DIR / connector.logo).is_file())
+        found = (directory / "logos" / connector.logo).is_file() or (
+            not builtin and (LOGO_DIR / connector.logo).is_file()
+        )
         if not found:
             raise DefinitionError(label, "logo", f"names a missing file logos/{connector.logo}")
         out.append(connector)

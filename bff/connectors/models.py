@@ -353,9 +353,7 @@ class ObjectModel(_Model):
 class DefinitionModel(_Model):
     """One connector: ``definitions/<name>.json`` (or a file in ``BFF_CONNECTORS_DIR``)."""
 
-    model_config = ConfigDict(
-        extra="forbid", frozen=True, populate_by_name=True, title="Connector definition"
-    )
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, title="Connector definition")
 
     id: Positive
     name: Snake

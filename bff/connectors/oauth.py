@@ -25,7 +25,6 @@ __all__ = ["OAuthClient", "OAuthTokens", "build_authorize_url", "exchange_code",
 REFRESH_MARGIN = 60.0  # refresh OAuth tokens this many seconds before they expire
 
 
-
 @dataclass(frozen=True)
 class OAuthClient:
     """The partner app's OAuth client registration for one connector."""
@@ -77,9 +76,6 @@ class OAuthTokens:
 
     def expires_soon(self, now: float, margin: float = REFRESH_MARGIN) -> bool:
         return self.expires_at is not None and now >= self.expires_at - margin
-
-
-
 
 
 def _resolver(connector: Connector, context: Mapping[str, Any]) -> Placeholders:
@@ -180,14 +176,18 @@ async def _token_request(
     try:
         body = response.json()
     except ValueError:
-        raise OAuthError(f"{display}'s token endpoint answered HTTP {response.status_code} with something that is not JSON.") from None
+        raise OAuthError(
+            f"{display}'s token endpoint answered HTTP {response.status_code} with something that is not JSON."
+        ) from None
     if not isinstance(body, dict):
         raise OAuthError(f"{display}'s token endpoint answered with an unexpected shape.")
     tr = spec.token_response
     error = get_path(body, tr.error_path)
     ok = get_path(body, tr.ok_path) is True if tr.ok_path else True
     access = get_path(body, tr.access_token_path)
-    secrets_in_play = [v for v in (client.client_secret, form.get("code"), form.get("refresh_token"), form.get("code_verifier")) if v]
+    secrets_in_play = [
+        v for v in (client.client_secret, form.get("code"), form.get("refresh_token"), form.get("code_verifier")) if v
+    ]
 
     def scrub(text: str) -> str:
         for value in secrets_in_play:
@@ -254,7 +254,15 @@ async def exchange_code(
     if code_verifier:
         form["code_verifier"] = code_verifier
     return await _token_request(
-        connector, http=http, client=client, form=form, context=context, clock=clock, policy=policy, sleep=sleep, log=log
+        connector,
+        http=http,
+        client=client,
+        form=form,
+        context=context,
+        clock=clock,
+        policy=policy,
+        sleep=sleep,
+        log=log,
     )
 
 

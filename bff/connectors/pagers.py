@@ -40,7 +40,8 @@ class _Single:
 
 class _Cursor:
     def __init__(self, paging: Paging, display: str) -> None:
-        self.p, self.display, self.cursor = paging, display, None
+        self.p, self.display = paging, display
+        self.cursor: str | None = None
 
     def next(self, request: Request, response: httpx.Response, body: Any, records: list[Any]) -> Request | None:
         p = self.p
@@ -158,7 +159,13 @@ Call = Callable[[str | httpx.URL, dict[str, str] | None, bool], Awaitable[tuple[
 
 
 async def pages(
-    paging: Paging, url: str, params: dict[str, str], *, call: Call, records_of: Callable[[Any], list[Any]], display: str
+    paging: Paging,
+    url: str,
+    params: dict[str, str],
+    *,
+    call: Call,
+    records_of: Callable[[Any], list[Any]],
+    display: str,
 ) -> AsyncIterator[tuple[list[Any], bool]]:
     """Yield ``(raw records, is_last)`` per provider page. ``call(url, params, followed)``
     makes one GET (checking a followed URL's origin) and answers ``(response, body)``."""

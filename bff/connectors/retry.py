@@ -175,7 +175,8 @@ class RetryPolicy:
         )
 
     def budget(self, cause: Cause | str) -> Budget:
-        return getattr(self, Cause(cause).value)
+        budget: Budget = getattr(self, Cause(cause).value)
+        return budget
 
     def describe(self, cause: Cause | str) -> str:
         """Human name of a cause, e.g. ``"HTTP 429 (rate limited)"``."""

@@ -229,9 +229,13 @@ class ConnectorSession:
     async def _refresh(self) -> None:
         tokens = self._tokens
         if tokens is None or not tokens.refresh_token:
-            raise CredentialsRejected(f"{self.display}'s access has expired and cannot be renewed automatically; reconnect it.")
+            raise CredentialsRejected(
+                f"{self.display}'s access has expired and cannot be renewed automatically; reconnect it."
+            )
         if self._oauth_client is None:
-            raise CredentialsRejected(f"{self.display}'s access has expired and this server has no OAuth client to renew it.")
+            raise CredentialsRejected(
+                f"{self.display}'s access has expired and this server has no OAuth client to renew it."
+            )
         new = await refresh_tokens(
             self.connector,
             http=self._http,
@@ -254,7 +258,9 @@ class ConnectorSession:
         # Never send credentials to a host the provider points us to unless it is the API's own host.
         base = httpx.URL(self._base_url) if self._base_url else None
         if base is None or (url.scheme, url.host, url.port) != (base.scheme, base.host, base.port):
-            raise ProviderError(f"{self.display} pointed the next page to another host; refusing to send credentials there.")
+            raise ProviderError(
+                f"{self.display} pointed the next page to another host; refusing to send credentials there."
+            )
 
     def auth_error(self, status: int | None) -> CredentialsRejected:
         if self.connector.auth.kind == "bearer":
@@ -262,7 +268,9 @@ class ConnectorSession:
                 f"{self.display} rejected the authorisation even after renewing the access token; reconnect it.",
                 status=status,
             )
-        return CredentialsRejected(f"{self.display} rejected the credentials; check them and connect again.", status=status)
+        return CredentialsRejected(
+            f"{self.display} rejected the credentials; check them and connect again.", status=status
+        )
 
     async def request(
         self,
@@ -299,9 +307,19 @@ class ConnectorSession:
                 target = httpx.URL(str(url)).copy_merge_params(query)
                 query = {}
             response = await send(
-                self._http, method, target, params=query or None, headers=all_headers, content=content,
-                policy=self.policy, sleep=self._sleep, clock=self._clock, timeout=self._timeout,
-                log=self._log, label=label, display=self.display,
+                self._http,
+                method,
+                target,
+                params=query or None,
+                headers=all_headers,
+                content=content,
+                policy=self.policy,
+                sleep=self._sleep,
+                clock=self._clock,
+                timeout=self._timeout,
+                log=self._log,
+                label=label,
+                display=self.display,
             )
             if not is_auth_failure(response):
                 return response
@@ -390,13 +408,20 @@ class ConnectorSession:
     def _pages(
         self, paging: Paging, url: str, params: dict[str, str], records_path: Path, label: str
     ) -> AsyncIterator[tuple[list[Any], bool]]:
-        async def call(target: str | httpx.URL, query: dict[str, str] | None, followed: bool) -> tuple[httpx.Response, Any]:
+        async def call(
+            target: str | httpx.URL, query: dict[str, str] | None, followed: bool
+        ) -> tuple[httpx.Response, Any]:
             if followed:
                 self.check_origin(httpx.URL(str(target)))
             return await self._call("GET", target, query, label)
 
         return pages(
-            paging, url, params, call=call, records_of=lambda body: self.records(body, records_path, label), display=self.display
+            paging,
+            url,
+            params,
+            call=call,
+            records_of=lambda body: self.records(body, records_path, label),
+            display=self.display,
         )
 
     # ------------------------------------------------------------------ public API
@@ -411,7 +436,8 @@ class ConnectorSession:
         )
         if response.status_code != spec.expect_status:
             raise ProviderError(
-                f"{self.display} answered HTTP {response.status_code} instead of {spec.expect_status} when checking the connection.",
+                f"{self.display} answered HTTP {response.status_code} instead of {spec.expect_status} "
+                "when checking the connection.",
                 status=response.status_code,
             )
         if spec.expect_json is not None and get_path(body, spec.expect_json) is None:
@@ -465,8 +491,8 @@ class ConnectorSession:
         if not spec.partitioned:
             start = state.get("cursor") if spec.incremental else None
             async for records, cursor in self._read_one(spec, None, start):
-                out = {"cursor": cursor} if spec.incremental and cursor is not None else {}
-                yield Page(spec.name, None, records, out)
+                state_out = {"cursor": cursor} if spec.incremental and cursor is not None else {}
+                yield Page(spec.name, None, records, state_out)
             return
         previous = state.get("partitions") if spec.incremental else None
         done: dict[str, dict[str, Any]] = {}
@@ -483,7 +509,9 @@ class ConnectorSession:
                     out = {}
                 yield Page(spec.name, value, records, out)
 
-    async def _read_one(self, spec: Stream, partition: str | None, start: Any) -> AsyncIterator[tuple[list[dict[str, Any]], Any]]:
+    async def _read_one(
+        self, spec: Stream, partition: str | None, start: Any
+    ) -> AsyncIterator[tuple[list[dict[str, Any]], Any]]:
         """Yield ``(normalised records, cursor to persist)`` for one partition."""
         inc = spec.incremental
         url = await self.url(spec.path, partition=partition)
@@ -496,7 +524,7 @@ class ConnectorSession:
         normalise = compile_normaliser(spec.fields)
         label = spec.name if partition is None else f"{spec.name} [{partition}]"
         best = start
-        cursor_field = inc.cursor_field if inc else None
+        cursor_field = inc.cursor_field if inc else ""
         async for raw, last in self._pages(spec.paging, url, params, spec.records_path, label):
             records = [normalise(r) for r in raw]
             if inc is None:

@@ -31,7 +31,16 @@ from .errors import ConfigRequired, CredentialsRejected
 __all__ = ["PLACEHOLDER_ROOTS", "Placeholders", "Template", "compile_path", "get_path"]
 
 PLACEHOLDER_ROOTS = (
-    "sandbox", "context", "config", "credentials", "lookup", "partition", "cursor", "id", "fields", "match",
+    "sandbox",
+    "context",
+    "config",
+    "credentials",
+    "lookup",
+    "partition",
+    "cursor",
+    "id",
+    "fields",
+    "match",
 )
 KEYED_ROOTS = frozenset(("context", "config", "credentials", "lookup", "fields", "match"))
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_$\-]+)?)\}")
@@ -146,10 +155,16 @@ class Placeholders:
         if root == "credentials":
             value = self.credentials.get(key)
             if value is None or value == "":
-                raise CredentialsRejected(f"{self.display} is missing the '{key}' credential; fill in the connect form again.")
+                raise CredentialsRejected(
+                    f"{self.display} is missing the '{key}' credential; fill in the connect form again."
+                )
             return value
         source: Mapping[str, Any] | None = {
-            "context": self.context, "config": self.config, "lookup": self.lookups, "fields": self.fields, "match": self.match,
+            "context": self.context,
+            "config": self.config,
+            "lookup": self.lookups,
+            "fields": self.fields,
+            "match": self.match,
         }.get(root)
         if source is not None:
             value = source.get(key)

@@ -25,8 +25,8 @@ def basic_auth(user: str, password: str | None) -> str:
 
 
 def short(text: Any, limit: int = 200) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
 def provider_message(body: Any) -> str | None:
@@ -109,8 +109,11 @@ async def send(
         if not decision.retry:
             log("error", f"{label}: {decision.reason} [{method} {url_path(url)}]")
             raise RetriesExhausted(
-                decision.reason, detail=f"{display} kept failing: {decision.reason}.", status=status,
-                cause=cause.value, retry_after=retry_after,
+                decision.reason,
+                detail=f"{display} kept failing: {decision.reason}.",
+                status=status,
+                cause=cause.value,
+                retry_after=retry_after,
             )
         log("warning", f"{label}: {decision.reason} [{method} {url_path(url)}]")
         await sleep(decision.delay)

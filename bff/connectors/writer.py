@@ -31,8 +31,13 @@ _TYPE_CHECKS: dict[str, tuple[type, ...]] = {
     "number": (int, float),
     "boolean": (bool,),
 }
-_TYPE_NAMES = {"text": "a string", "datetime": "an ISO-8601 string", "integer": "an integer", "number": "a number",
-               "boolean": "true or false"}
+_TYPE_NAMES = {
+    "text": "a string",
+    "datetime": "an ISO-8601 string",
+    "integer": "an integer",
+    "number": "a number",
+    "boolean": "true or false",
+}
 
 
 class ObjectNotSupported(ConnectorError):
@@ -151,7 +156,9 @@ class Writer:
             errors["match"] = f"Give a field to search by: {', '.join(spec.match_fields)}."
         for name, value in match.items():
             if name not in spec.match_fields:
-                errors[name] = f"Cannot search by this field; a {obj.name} is searchable by {', '.join(spec.match_fields)}."
+                errors[name] = (
+                    f"Cannot search by this field; a {obj.name} is searchable by {', '.join(spec.match_fields)}."
+                )
             elif value in (None, ""):
                 errors[name] = "Give a value to search for."
         if spec.match_in == "template" and len(match) > 1:
@@ -165,14 +172,14 @@ class Writer:
         obj = self.object(object_name, "add")
         spec = obj.actions["add"]
         self.validate(obj, spec, fields)
-        body, record = await self._run(obj, spec, fields)
+        _, record = await self._run(obj, spec, fields)
         return WriteResult(201, _id(record, spec.id_path), record)
 
     async def update(self, object_name: str, record_id: str, fields: Mapping[str, Any]) -> WriteResult:
         obj = self.object(object_name, "update")
         spec = obj.actions["update"]
         self.validate(obj, spec, fields, partial=True)
-        body, record = await self._run(obj, spec, fields, record_id=record_id)
+        _, record = await self._run(obj, spec, fields, record_id=record_id)
         return WriteResult(200, _id(record, spec.id_path) or record_id, record)
 
     async def delete(self, object_name: str, record_id: str) -> WriteResult:
@@ -183,7 +190,7 @@ class Writer:
     async def get(self, object_name: str, record_id: str) -> WriteResult:
         obj = self.object(object_name, "get")
         spec = obj.actions["get"]
-        body, record = await self._run(obj, spec, {}, record_id=record_id)
+        _, record = await self._run(obj, spec, {}, record_id=record_id)
         return WriteResult(200, _id(record, spec.id_path) or record_id, record)
 
     async def search(self, object_name: str, match: Mapping[str, Any]) -> list[Any]:
@@ -211,7 +218,9 @@ class Writer:
         self.validate(obj, obj.actions["add"], fields)  # whichever way it goes, the record must be valid to add
         found = await self._search(obj, search, {match: fields[match]})
         if len(found) > 1:
-            raise UpsertAmbiguous(f"{len(found)} {obj.name} records have this {match}; update one of them by id instead.")
+            raise UpsertAmbiguous(
+                f"{len(found)} {obj.name} records have this {match}; update one of them by id instead."
+            )
         if not found:
             return await self.add(object_name, fields)
         record_id = _id(found[0], search.id_path)
@@ -224,7 +233,9 @@ class Writer:
     _last_status = 0
 
     async def _search(self, obj: ObjectSpec, spec: ActionSpec, match: Mapping[str, Any]) -> list[Any]:
-        values = {"field": next(iter(match)), "value": next(iter(match.values()))} if spec.match_in == "template" else {}
+        values = (
+            {"field": next(iter(match)), "value": next(iter(match.values()))} if spec.match_in == "template" else {}
+        )
         extra = {k: str(v) for k, v in match.items()} if spec.match_in == "params" else {}
         body, _ = await self._run(obj, spec, {}, match=values, extra_params=extra)
         rows = self.session.records(body, spec.records_path, f"{obj.name} search results")
@@ -260,7 +271,13 @@ class Writer:
                 content, headers["Content-Type"] = json.dumps(payload).encode(), "application/json"
         label = f"{spec.name} {obj.name}"
         response = await session.request(
-            spec.method, url, params, label, headers=headers, content=content, is_auth_failure=session.flagged_auth_failure
+            spec.method,
+            url,
+            params,
+            label,
+            headers=headers,
+            content=content,
+            is_auth_failure=session.flagged_auth_failure,
         )
         self._last_status = response.status_code
         try:

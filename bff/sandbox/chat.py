@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from .data import BASE_TS, MINUTE, Record, Table, iso
-from .writes import WriteError, Wrap, invalid, json_body, only, text
+from .writes import Wrap, WriteError, invalid, json_body, only, text
 
 if TYPE_CHECKING:
     from .app import Sandbox
@@ -32,8 +32,14 @@ CHANNELS: tuple[tuple[str, str, str], ...] = (
 )
 CHAT_ME = {"workspace": "Sandbox Chat", "user": "bff-bot"}
 _LINES = (
-    "Morning all", "The nightly export finished", "Who owns the Copperleaf renewal?", "Invoice run is done",
-    "Lunch at 12:30?", "New lead from the webinar", "Dashboard numbers look off today", "Deployed the fix",
+    "Morning all",
+    "The nightly export finished",
+    "Who owns the Copperleaf renewal?",
+    "Invoice run is done",
+    "Lunch at 12:30?",
+    "New lead from the webinar",
+    "Dashboard numbers look off today",
+    "Deployed the fix",
 )
 
 
@@ -42,8 +48,19 @@ def messages_table() -> Table:
     for i in range(1, MESSAGE_COUNT + 1):
         channel = CHANNELS[(i * 3) % len(CHANNELS)][0]
         ts = BASE_TS + i * MINUTE
-        rows.append(({"id": f"m_{i:04d}", "channel": channel, "user": "U_SANDBOX", "text": _LINES[i % len(_LINES)],
-                      "created_at": iso(ts), "updated_at": iso(ts)}, ts))
+        rows.append(
+            (
+                {
+                    "id": f"m_{i:04d}",
+                    "channel": channel,
+                    "user": "U_SANDBOX",
+                    "text": _LINES[i % len(_LINES)],
+                    "created_at": iso(ts),
+                    "updated_at": iso(ts),
+                },
+                ts,
+            )
+        )
     return Table(rows)
 
 
@@ -121,8 +138,13 @@ class SandboxChat:
         channel = self._channel_id(text(body, "channel", required=True) or "")
         message = text(body, "text", required=True, max_length=MAX_TEXT)
         ts = max(self.messages.last_stamp() + 1, int(self.sandbox.clock()))
-        record = {"id": f"m_{self.next_message:04d}", "channel": channel, "user": "U_SANDBOX", "text": message,
-                  "created_at": iso(ts)}
+        record = {
+            "id": f"m_{self.next_message:04d}",
+            "channel": channel,
+            "user": "U_SANDBOX",
+            "text": message,
+            "created_at": iso(ts),
+        }
         self.next_message += 1
         self.messages.append(record, ts)
         return JSONResponse(record, status_code=201), 1

@@ -131,13 +131,22 @@ class SandboxWrites:
             Route("/crm/api/deals/{id}", wrap("crm.deals", self.get_deal), methods=["GET"]),
             Route("/crm/api/deals/{id}", wrap("crm.deals.write", self.update_deal), methods=["PATCH"]),
             Route("/crm/api/deals/{id}", wrap("crm.deals.write", self.delete_deal), methods=["DELETE"]),
-            Route("/accounting/api/divisions/{code}/invoices", wrap("accounting.invoices.write", self.add_invoice),
-                  methods=["POST"]),
+            Route(
+                "/accounting/api/divisions/{code}/invoices",
+                wrap("accounting.invoices.write", self.add_invoice),
+                methods=["POST"],
+            ),
             Route("/accounting/api/invoices/{id}", wrap("accounting.invoices", self.get_invoice), methods=["GET"]),
-            Route("/accounting/api/invoices/{id}", wrap("accounting.invoices.write", self.update_invoice),
-                  methods=["PATCH"]),
-            Route("/accounting/api/invoices/{id}", wrap("accounting.invoices.write", self.delete_invoice),
-                  methods=["DELETE"]),
+            Route(
+                "/accounting/api/invoices/{id}",
+                wrap("accounting.invoices.write", self.update_invoice),
+                methods=["PATCH"],
+            ),
+            Route(
+                "/accounting/api/invoices/{id}",
+                wrap("accounting.invoices.write", self.delete_invoice),
+                methods=["DELETE"],
+            ),
         ]
 
     # -- CRM contacts --------------------------------------------------------
@@ -159,8 +168,14 @@ class SandboxWrites:
         record_id = f"c_{self.next_contact:04d}"
         self.next_contact += 1
         ts = stamp(self.data.contacts, self.sandbox.clock)
-        record = {"id": record_id, "email": values["email"], "first_name": values.get("first_name"),
-                  "last_name": values.get("last_name"), "company": values.get("company"), "created_at": iso(ts)}
+        record = {
+            "id": record_id,
+            "email": values["email"],
+            "first_name": values.get("first_name"),
+            "last_name": values.get("last_name"),
+            "company": values.get("company"),
+            "created_at": iso(ts),
+        }
         self.data.contacts.append(record, ts)
         return JSONResponse(record, status_code=201), 1
 
@@ -208,8 +223,14 @@ class SandboxWrites:
         record_id = f"d_{self.next_deal:03d}"
         self.next_deal += 1
         ts = stamp(self.data.deals, self.sandbox.clock)
-        record = {"id": record_id, "name": values["name"], "amount": values.get("amount") or 0.0,
-                  "stage": values["stage"], "contact_id": values.get("contact_id"), "created_at": iso(ts)}
+        record = {
+            "id": record_id,
+            "name": values["name"],
+            "amount": values.get("amount") or 0.0,
+            "stage": values["stage"],
+            "contact_id": values.get("contact_id"),
+            "created_at": iso(ts),
+        }
         self.data.deals.append(record, ts)
         return JSONResponse(record, status_code=201), 1
 
@@ -278,10 +299,16 @@ class SandboxWrites:
         n = self.next_invoice[code]
         self.next_invoice[code] += 1
         ts = stamp(table, self.sandbox.clock)
-        record = {"id": f"inv_{code}_{n:04d}", "division": code, "number": f"{code}-2026-{n:05d}",
-                  "customer": values["customer"], "amount": values["amount"], "currency": values.get("currency", "EUR"),
-                  "status": values.get("status", "draft"),
-                  "issued_on": values.get("issued_on", iso(int(self.sandbox.clock()))[:10])}
+        record = {
+            "id": f"inv_{code}_{n:04d}",
+            "division": code,
+            "number": f"{code}-2026-{n:05d}",
+            "customer": values["customer"],
+            "amount": values["amount"],
+            "currency": values.get("currency", "EUR"),
+            "status": values.get("status", "draft"),
+            "issued_on": values.get("issued_on", iso(int(self.sandbox.clock()))[:10]),
+        }
         table.append(record, ts)
         return JSONResponse(record, status_code=201), 1
 
