@@ -147,7 +147,7 @@ async def perform(request: Request, action: str, object_name: str, call: Action,
     """Idempotency, the provider call, error mapping, the connection log and the refresh."""
     account, connection = await require_writable(request)
     svc = services(request)
-    wb = writeback_for(svc)
+    wb = writeback_for(request)
     short = query_bool(request, "timeout", default=False)
     refresh = query_bool(request, "refresh", default=False)
     key = request.headers.get("idempotency-key") if action not in ("get", "search") else None
@@ -316,9 +316,8 @@ async def proxy(request: Request) -> Response:
     """A raw call to the provider with the connection's auth and the retry policy; status and body pass through."""
     _, connection = await require_writable(request)
     suffix = proxy_suffix(request)
-    svc = services(request)
     log = _Log()
-    wb: Writeback = writeback_for(svc)
+    wb: Writeback = writeback_for(request)
     session = wb.writer(connection, short=False, log=log).session
     auth_headers, auth_params = session.auth_names()
     try:

@@ -1,7 +1,7 @@
 """Writeback services: a writer per request, idempotency keys, and coalesced refreshes.
 
 One :class:`Writeback` per app (created on first use, kept in
-``services.extras["writeback"]``). ``refresh=true`` writes call
+``app.state.writeback``). ``refresh=true`` writes call
 :meth:`RefreshQueue.request`; the queue waits until the writes of a connection
 have paused for ``REFRESH_DELAY`` seconds (and any running sync has finished),
 then asks the sync runner for ONE run of every table those writes touched: five
@@ -17,17 +17,19 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy.exc import IntegrityError
+import psycopg
+from starlette.requests import Request
 
 from . import connections as rt
 from .connectors import RetryPolicy
 from .connectors.writer import Writer
-from .idempotency import IdempotencyStore, SqlIdempotencyStore
+from .idempotency import IdempotencyStore
 from .store import Connection, RunAlreadyActive, SubAccount
+from .store.idempotency import PgIdempotencyStore
 from .sync import ConnectionNotReady, UnknownTables
 
 if TYPE_CHECKING:
-    from .app import Services
+    from .services import Services
 
 __all__ = ["LOG_FLUSH_DELAY", "REFRESH_DELAY", "LogBuffer", "RefreshQueue", "Writeback", "writeback_for"]
 
@@ -72,7 +74,7 @@ class RefreshQueue:
         try:
             while (wait := self._last[connection_id] + self.delay - time.monotonic()) > 0:
                 await asyncio.sleep(wait)
-            runner = self.services.extras["sync"]
+            runner = self.services.sync
             while True:
                 connection = await self.services.store.get_connection(account.id, connection_id)
                 if connection is None:
@@ -82,11 +84,8 @@ class RefreshQueue:
                     run = await runner.request_sync(account, connection, sorted(tables) if tables else None)
                 except RunAlreadyActive:
                     # A run started before these writes may not see them: wait for it, then queue ours.
-                    waiter = getattr(runner, "wait", None)
-                    if waiter is not None:
-                        await waiter(connection_id)
-                    else:
-                        await asyncio.sleep(RETRY_WAIT)
+                    await runner.wait(connection_id, timeout=RETRY_WAIT * 50)
+                    await asyncio.sleep(RETRY_WAIT)
                     continue
                 except (ConnectionNotReady, UnknownTables) as exc:  # not ready, disabled: the write itself succeeded
                     logger.info("refresh of connection %s not queued: %s", connection_id, type(exc).__name__)
@@ -138,8 +137,8 @@ class LogBuffer:
             for connection_id, lines in by_connection.items():
                 try:
                     await self.services.store.add_logs(connection_id, lines)
-                except IntegrityError:  # the connection was deleted meanwhile: its log went with it
-                    logger.debug("log lines of connection %s dropped", connection_id)
+                except psycopg.Error as exc:  # the database is having a moment: a lost log line, not a lost write
+                    logger.warning("could not store writeback log lines of connection %s: %s", connection_id, type(exc).__name__)
 
 
 class Writeback:
@@ -149,18 +148,17 @@ class Writeback:
         self.services = services
         self.refresh = RefreshQueue(services)
         self.log = LogBuffer(services)
-        self.idempotency: IdempotencyStore = idempotency or SqlIdempotencyStore(
-            services.store.engine, clock=services.clock, create_table=True
-        )
+        self.idempotency: IdempotencyStore = idempotency or PgIdempotencyStore(services.store, clock=services.clock)
 
     def writer(self, connection: Connection, *, short: bool, log: Callable[[str, str], None]) -> Writer:
         policy = RetryPolicy.short() if short else RetryPolicy.default()
         return Writer(rt.session_for_connection(self.services, connection, log=log, policy=policy))
 
 
-def writeback_for(services: Services) -> Writeback:
-    found: Any = services.extras.get("writeback")
+def writeback_for(request: Request) -> Writeback:
+    """The app's :class:`Writeback` (made on first use)."""
+    found: Any = getattr(request.app.state, "writeback", None)
     if found is None:
-        found = services.extras["writeback"] = Writeback(services)
+        found = request.app.state.writeback = Writeback(request.app.state.services)
     assert isinstance(found, Writeback)
     return found

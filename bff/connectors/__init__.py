@@ -28,7 +28,7 @@ from .engine import (
     new_pkce_pair,
     refresh_tokens,
 )
-from .retry import Cause, Decision, RetryPolicy, parse_retry_after
+from .retry import Cause, Decision, LongWait, RetryPolicy, parse_retry_after
 from .spec import Connector, FormField, ObjectSpec, Stream
 
 __all__ = [
@@ -43,6 +43,7 @@ __all__ = [
     "Decision",
     "DefinitionError",
     "FormField",
+    "LongWait",
     "OAuthClient",
     "OAuthError",
     "OAuthTokens",

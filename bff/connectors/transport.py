@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 
 from .errors import RetriesExhausted
-from .retry import Cause, RetryPolicy
+from .retry import Cause, LongWait, RetryPolicy
 from .templates import get_path
 
 __all__ = ["USER_AGENT", "LogFn", "basic_auth", "num", "provider_message", "send", "short", "url_path"]
@@ -116,6 +116,8 @@ async def send(
                 retry_after=retry_after,
             )
         log("warning", f"{label}: {decision.reason} [{method} {url_path(url)}]")
+        if policy.long_wait is not None and decision.delay > policy.long_wait:
+            raise LongWait(decision.delay, decision.reason)  # the caller frees its worker instead of sleeping
         await sleep(decision.delay)
         retries[cause] = n + 1
         waited[cause] = w + decision.delay
