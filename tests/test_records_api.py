@@ -298,3 +298,68 @@ async def _chat_connection(bff: BFF, who: Customer) -> int:
     connection = await svc.store.create_connection(who.account_id, "sandbox_chat", "Sandbox Chat", health_status=rt.OK)
     await rt.save_secrets(svc, connection.id, rt.Secrets({"api_key": "sandbox-chat-key"}))
     return int(connection.id)
+
+
+@pytest.fixture
+async def failing(settings_factory: Callable[..., Settings]) -> AsyncIterator[BFF]:
+    env = {"BFF_SANDBOX_FAIL_EVERY": "1", "BFF_SANDBOX_FAIL_MATCH": "/chat/api/messages"}
+    async with running_bff(settings_factory(sandbox_enabled=True, sandbox_env=env)) as instance:
+        yield instance
+
+
+async def test_provider_5xx_past_the_budget_is_502_and_frees_the_idempotency_key(failing: BFF) -> None:
+    who = await customer(failing)
+    cid = int((await connect_chat(failing, who))["id"])
+    h = {**who.headers, "Idempotency-Key": "retry-me"}
+    broken = await failing.client.post(url(cid, "records/message?timeout=true"), json={"channel": "qa", "text": "x"}, headers=h)
+    assert broken.status_code == 502 and broken.json()["code"] == "provider_error"
+    assert (await stats(failing))["requests"]["chat.messages.write"] == 2  # the call and the short policy's one retry
+    again = await failing.client.post(url(cid, "records/message?timeout=true"), json={"channel": "qa", "text": "x"}, headers=h)
+    assert again.status_code == 502 and "idempotent-replayed" not in again.headers  # tried again, not replayed
+
+
+async def test_error_mapping_of_the_retry_policy() -> None:
+    from bff.connectors import ConfigRequired, RetriesExhausted
+    from bff.records_api import connector_error
+
+    timeout = connector_error(RetriesExhausted("gave up", cause="timeout"))
+    assert (timeout.status, timeout.code) == (504, "provider_timeout")
+    limited = connector_error(RetriesExhausted("gave up", cause="rate_limited", retry_after="7"))
+    assert (limited.status, limited.code, limited.headers) == (429, "provider_rate_limited", {"Retry-After": "7"})
+    connection = connector_error(RetriesExhausted("gave up", cause="connection"))
+    assert (connection.status, connection.code) == (502, "provider_error")
+    assert connector_error(ConfigRequired("choose")).code == "connection_not_ready"
+
+
+async def test_idempotency_key_rules(sbff: BFF, who: Customer) -> None:
+    cid = await crm(sbff, who)
+    long_key = await sbff.client.post(url(cid, "records/contact"), json={"email": "a@b.co"},
+                                      headers={**who.headers, "Idempotency-Key": "k" * 256})
+    assert long_key.status_code == 400 and "Idempotency-Key" in long_key.json()["errors"]
+    invalid = await sbff.client.post(url(cid, "records/contact"), json={"first_name": "x"},
+                                     headers={**who.headers, "Idempotency-Key": "v-1"})
+    assert invalid.status_code == 400
+    fixed = await sbff.client.post(url(cid, "records/contact"), json={"email": "fixed@acme.com"},
+                                   headers={**who.headers, "Idempotency-Key": "v-1"})
+    assert fixed.status_code == 201  # a validation error never used the key up
+
+
+async def test_idempotency_store_reservations_and_expiry(sbff: BFF, who: Customer) -> None:
+    from bff.idempotency import KEY_TTL, STALE_RESERVATION, StoredAnswer
+    from bff.store.idempotency import PgIdempotencyStore
+
+    cid = await crm(sbff, who)
+    now = [1_900_000_000.0]
+    keys = PgIdempotencyStore(sbff.services.store, clock=lambda: now[0])
+    assert (await keys.begin(cid, "k", "f1")).reserved
+    assert (await keys.begin(cid, "k", "f1")).in_use  # the first request is still running
+    assert (await keys.begin(cid, "k", "f2")).reused
+    now[0] += STALE_RESERVATION + 1
+    assert (await keys.begin(cid, "k", "f1")).reserved  # taken over from a request that died
+    await keys.finish(cid, "k", StoredAnswer(201, {"id": "c_1"}))
+    replay = (await keys.begin(cid, "k", "f1")).replay
+    assert replay is not None and replay.status == 201 and replay.body == {"id": "c_1"}
+    now[0] += KEY_TTL + 1
+    assert (await keys.begin(cid, "k", "f1")).reserved  # forgotten after 24 hours
+    await keys.release(cid, "k")
+    assert (await keys.begin(cid, "k", "f9")).reserved
