@@ -33,6 +33,7 @@ KEY_TTL = 24 * 3600.0  # seconds a key is remembered
 STALE_RESERVATION = 600.0  # a reservation this old was left by a dead request: take it over
 MAX_KEY_LENGTH = 255
 
+
 @dataclasses.dataclass(frozen=True)
 class StoredAnswer:
     status: int

@@ -138,7 +138,9 @@ class LogBuffer:
                 try:
                     await self.services.store.add_logs(connection_id, lines)
                 except psycopg.Error as exc:  # the database is having a moment: a lost log line, not a lost write
-                    logger.warning("could not store writeback log lines of connection %s: %s", connection_id, type(exc).__name__)
+                    logger.warning(
+                        "could not store writeback log lines of connection %s: %s", connection_id, type(exc).__name__
+                    )
 
 
 class Writeback:

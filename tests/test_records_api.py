@@ -311,10 +311,14 @@ async def test_provider_5xx_past_the_budget_is_502_and_frees_the_idempotency_key
     who = await customer(failing)
     cid = int((await connect_chat(failing, who))["id"])
     h = {**who.headers, "Idempotency-Key": "retry-me"}
-    broken = await failing.client.post(url(cid, "records/message?timeout=true"), json={"channel": "qa", "text": "x"}, headers=h)
+    broken = await failing.client.post(
+        url(cid, "records/message?timeout=true"), json={"channel": "qa", "text": "x"}, headers=h
+    )
     assert broken.status_code == 502 and broken.json()["code"] == "provider_error"
     assert (await stats(failing))["requests"]["chat.messages.write"] == 2  # the call and the short policy's one retry
-    again = await failing.client.post(url(cid, "records/message?timeout=true"), json={"channel": "qa", "text": "x"}, headers=h)
+    again = await failing.client.post(
+        url(cid, "records/message?timeout=true"), json={"channel": "qa", "text": "x"}, headers=h
+    )
     assert again.status_code == 502 and "idempotent-replayed" not in again.headers  # tried again, not replayed
 
 
@@ -333,14 +337,17 @@ async def test_error_mapping_of_the_retry_policy() -> None:
 
 async def test_idempotency_key_rules(sbff: BFF, who: Customer) -> None:
     cid = await crm(sbff, who)
-    long_key = await sbff.client.post(url(cid, "records/contact"), json={"email": "a@b.co"},
-                                      headers={**who.headers, "Idempotency-Key": "k" * 256})
+    long_key = await sbff.client.post(
+        url(cid, "records/contact"), json={"email": "a@b.co"}, headers={**who.headers, "Idempotency-Key": "k" * 256}
+    )
     assert long_key.status_code == 400 and "Idempotency-Key" in long_key.json()["errors"]
-    invalid = await sbff.client.post(url(cid, "records/contact"), json={"first_name": "x"},
-                                     headers={**who.headers, "Idempotency-Key": "v-1"})
+    invalid = await sbff.client.post(
+        url(cid, "records/contact"), json={"first_name": "x"}, headers={**who.headers, "Idempotency-Key": "v-1"}
+    )
     assert invalid.status_code == 400
-    fixed = await sbff.client.post(url(cid, "records/contact"), json={"email": "fixed@acme.com"},
-                                   headers={**who.headers, "Idempotency-Key": "v-1"})
+    fixed = await sbff.client.post(
+        url(cid, "records/contact"), json={"email": "fixed@acme.com"}, headers={**who.headers, "Idempotency-Key": "v-1"}
+    )
     assert fixed.status_code == 201  # a validation error never used the key up
 
 

@@ -25,10 +25,10 @@ async def sandbox() -> AsyncIterator[httpx.AsyncClient]:
         yield c
 
 
-
-
 async def test_invoice_writes_validate_like_a_real_api(sandbox: httpx.AsyncClient) -> None:
-    created = await sandbox.post("/accounting/api/divisions/103/invoices", json={"customer": "Wood", "amount": 10}, headers=BOOKS)
+    created = await sandbox.post(
+        "/accounting/api/divisions/103/invoices", json={"customer": "Wood", "amount": 10}, headers=BOOKS
+    )
     assert created.status_code == 201
     invoice = created.json()
     assert invoice["id"] == "inv_103_0501" and invoice["number"] == "103-2026-00501" and invoice["status"] == "draft"
@@ -42,7 +42,9 @@ async def test_invoice_writes_validate_like_a_real_api(sandbox: httpx.AsyncClien
     ):
         bad = await sandbox.post("/accounting/api/divisions/101/invoices", json=body, headers=BOOKS)
         assert bad.status_code == 400 and bad.json()["errors"][0]["field"] == field, (body, bad.json())
-    nowhere = await sandbox.post("/accounting/api/divisions/999/invoices", json={"customer": "W", "amount": 1}, headers=BOOKS)
+    nowhere = await sandbox.post(
+        "/accounting/api/divisions/999/invoices", json={"customer": "W", "amount": 1}, headers=BOOKS
+    )
     assert nowhere.status_code == 404
     not_json = await sandbox.post("/accounting/api/divisions/101/invoices", content=b"{", headers=BOOKS)
     assert not_json.status_code == 400 and not_json.json()["error"] == "invalid_request"

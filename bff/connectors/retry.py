@@ -26,7 +26,8 @@ the attempts themselves (a timed-out attempt already took up to 120 s).
 
 Waiting: on a ``Retry-After`` header (delta-seconds or HTTP-date) we wait exactly
 what the provider asked (asking again sooner is certain to be refused again); when
-that is more than the budget has left, we give up at once and say so. Otherwise exponential back-off with full jitter: a uniform random delay in
+that is more than the budget has left, we give up at once and say so. Otherwise
+exponential back-off with full jitter: a uniform random delay in
 ``[0, min(max_delay, base_delay * 2**retry_index)]``, also capped by the budget.
 """
 
@@ -40,10 +41,10 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
 __all__ = [
-    "LongWait",
     "Budget",
     "Cause",
     "Decision",
+    "LongWait",
     "RetryPolicy",
     "parse_retry_after",
 ]
@@ -238,8 +239,7 @@ class RetryPolicy:
             return Decision(
                 False,
                 0.0,
-                f"gave up after {_retries(attempt)} on {what}: "
-                f"the {within} retry budget is used up",
+                f"gave up after {_retries(attempt)} on {what}: the {within} retry budget is used up",
             )
         asked = parse_retry_after(retry_after_header, now)
         if asked is not None:

@@ -35,10 +35,13 @@ class PgIdempotencyStore:
         ids = {"c": connection_id, "k": key}
         async with self._store.transaction() as conn:
             if now - self._swept_at > SWEEP_EVERY:
-                await conn.execute("DELETE FROM idempotency_keys WHERE created_at < %(cutoff)s", {"cutoff": now - KEY_TTL})
+                await conn.execute(
+                    "DELETE FROM idempotency_keys WHERE created_at < %(cutoff)s", {"cutoff": now - KEY_TTL}
+                )
                 self._swept_at = now
             await conn.execute(
-                "DELETE FROM idempotency_keys WHERE connection_id = %(c)s AND idem_key = %(k)s AND created_at < %(cutoff)s",
+                "DELETE FROM idempotency_keys"
+                " WHERE connection_id = %(c)s AND idem_key = %(k)s AND created_at < %(cutoff)s",
                 {**ids, "cutoff": now - KEY_TTL},
             )
             cur = await conn.execute(
@@ -62,7 +65,8 @@ class PgIdempotencyStore:
             if row["status"] is None:
                 if row["created_at"] < now - STALE_RESERVATION:  # left by a request that died
                     await conn.execute(
-                        "UPDATE idempotency_keys SET created_at = %(now)s WHERE connection_id = %(c)s AND idem_key = %(k)s",
+                        "UPDATE idempotency_keys SET created_at = %(now)s"
+                        " WHERE connection_id = %(c)s AND idem_key = %(k)s",
                         {**ids, "now": now},
                     )
                     return Begin(reserved=True)
@@ -72,8 +76,14 @@ class PgIdempotencyStore:
     async def finish(self, connection_id: int, key: str, answer: StoredAnswer) -> None:
         async with self._store.connection() as conn:
             await conn.execute(
-                "UPDATE idempotency_keys SET status = %(s)s, response = %(r)s WHERE connection_id = %(c)s AND idem_key = %(k)s",
-                {"c": connection_id, "k": key, "s": answer.status, "r": Jsonb(answer.body) if answer.body is not None else None},
+                "UPDATE idempotency_keys SET status = %(s)s, response = %(r)s"
+                " WHERE connection_id = %(c)s AND idem_key = %(k)s",
+                {
+                    "c": connection_id,
+                    "k": key,
+                    "s": answer.status,
+                    "r": Jsonb(answer.body) if answer.body is not None else None,
+                },
             )
 
     async def release(self, connection_id: int, key: str) -> None:
