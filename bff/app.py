@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Mount, Route
 
-from . import connections_api, data_api, embed, openapi, partner_api, sync_api
+from . import connections_api, data_api, embed, openapi, partner_api, records_api, sync_api
 from .connections import SandboxTransport
 from .crypto import Vault
 from .db import database_url
@@ -111,6 +111,7 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time, mi
         *sync_api.routes(),
         *data_api.routes(),
         *embed.routes(),
+        *records_api.routes(),
     ]
     if sandbox_app is not None:
         routes.append(Mount("/sandbox", app=sandbox_app, name="sandbox"))
