@@ -20,13 +20,15 @@ const isObj = (v) => v && typeof v == 'object' && !Array.isArray(v);
 const isId = (v) => isStr(v) || (Number.isInteger(v) && v > 0);
 const isEl = (v) => isStr(v) || v instanceof Element;
 const fn = [isFn, 'a function'];
+const id = [isId, 'a connection id'];
 const el = [isEl, 'a CSS selector or an Element'];
 const SPEC = {
   integrationToken: [isStr, 'a token string'],
   getToken: [isFn, 'an async function returning a token'],
   availableConnectors: [(v) => Array.isArray(v) && v.every(isStr), 'an array of connector names'],
   selectedConnector: [isStr, 'a connector name'],
-  reauthServerId: [isId, 'a connection id'],
+  reauthServerId: id,
+  serverId: id,
   onConnected: fn, onClose: fn, onError: fn, onEvent: fn,
   locale: [(v) => v in TITLES, 'one of en, nl, fr, de'],
   theme: [(v) => isObj(v) && Object.keys(v).every((k) => THEME.includes(k) && typeof v[k] == 'string'), 'an object of CSS values for ' + THEME],
@@ -55,7 +57,7 @@ const call = (f, arg) => { try { f?.(arg); } catch (e) { setTimeout(() => { thro
 
 export function initialize(options) {
   if (!hasWindow) throw new PeliqanError('no_window', 'initialize() needs a browser');
-  const o = check(options, 'initialize', Object.keys(SPEC).filter((k) => k != 'reauthServerId'));
+  const o = check(options, 'initialize', Object.keys(SPEC).filter((k) => !/Id$/.test(k)));
   if (!o.integrationToken && !o.getToken) throw new TypeError('Peliqan initialize: pass integrationToken or getToken');
   const base = (o.apiBase || apiBase).replace(/\/+$/, '');
   if (o.apiBase) apiBase = base;
@@ -119,7 +121,7 @@ export function initialize(options) {
 
   function open(opts = {}) {
     if (dead) throw new PeliqanError('destroyed', 'destroyed; call initialize() again');
-    openOpts = check(opts, 'open', ['availableConnectors', 'selectedConnector', 'reauthServerId']);
+    openOpts = check(opts, 'open', ['availableConnectors', 'selectedConnector', 'reauthServerId', 'serverId']);
     if (!inline && !isOpen) {
       lastFocus = doc.activeElement;
       for (const child of body.children) if (child != box) inerted.push([child, child.inert]), (child.inert = true);

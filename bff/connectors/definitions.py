@@ -400,6 +400,9 @@ class Connector:
     manual_refresh: Template | None = None
     docs: tuple[str, ...] = ()
     source: str = field(default="", compare=False, repr=False)
+    # {locale: {"description", "connect_form": {field: {"label", "help", "options": {value: label}}},
+    #  "config_select": {"label", "help"}}}; checked by bff.connector_text.check_translations.
+    translations: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     def stream(self, name: str) -> Stream:
         for s in self.streams:
@@ -711,7 +714,7 @@ def parse_connector(data: Any, file: str = "<memory>") -> Connector:
     r.allow(
         "id", "name", "display_name", "category", "logo", "description", "docs", "notes", "auth_type",
         "connect_form", "base_url", "headers", "auth", "oauth", "test", "config_select", "partition_by",
-        "lookups", "streams", "response_check", "manual_refresh", "capabilities",
+        "lookups", "streams", "response_check", "manual_refresh", "capabilities", "translations",
     )
     name = r.get_str("name")
     if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
@@ -915,7 +918,19 @@ def parse_connector(data: Any, file: str = "<memory>") -> Connector:
         manual_refresh=manual_refresh,
         docs=tuple(docs),
         source=file,
+        translations=_translations(r, form, config_select),
     )
+
+
+def _translations(r: _Reader, form: list[FormField], config_select: ConfigSelect | None) -> Mapping[str, Any]:
+    from ..connector_text import check_translations  # the block's rules live with the code that uses it
+
+    raw = r.data.get("translations") or {}
+    try:
+        return check_translations(raw, form, config_select)
+    except ValueError as exc:
+        r.fail("translations", str(exc))
+        raise
 
 
 def _load_dir(directory: Path) -> dict[str, Connector]:
