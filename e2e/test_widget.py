@@ -96,6 +96,15 @@ def test_loader_defines_peliqan_once_exports_by_name_and_fires_ready(partner: Pa
     assert partner.seen()["readyEvents"] == 1
 
 
+def test_the_source_documents_v1_3_script_path_loads_a_working_loader(partner: PartnerPage, stack: Stack) -> None:
+    partner.goto()
+    described = partner.page.evaluate(
+        "async (url) => { const m = await import(url); return [m.describeHealth('CONFIG_SELECT', 'nl'), typeof m.initialize, window.Peliqan.describeHealth('ERROR').label]; }",
+        f"{stack.bff_url}/embed/v1.3/peliqan-integration.js",
+    )
+    assert described == [{"label": "Koppeling afronden", "tone": "warning", "status": "CONFIG_SELECT"}, "function", "Needs your attention"]
+
+
 def test_initialize_rejects_bad_options_saying_what_to_pass(partner: PartnerPage) -> None:
     partner.goto(initialize=False)
     cases = {

@@ -1,4 +1,6 @@
 // Peliqan loader (≤ 4 KB gz, no build step). API: peliqan-integration.d.ts; protocol: docs/embed-protocol.md.
+import { describeHealth, formatRelativeTime, timeElement } from './peliqan-status.js';
+export { describeHealth, formatRelativeTime, timeElement };
 const SRC = 'peliqan';
 const TITLES = { en: 'Add connection', nl: 'Verbinding toevoegen', fr: 'Ajouter une connexion', de: 'Verbindung hinzufügen' };
 const THEME = 'colorPrimary colorPrimaryText colorBackground colorText colorMuted colorBorder colorDanger borderRadius fontFamily'.split(' ');
@@ -221,7 +223,7 @@ export function watchServer(a) {
   return (stop.stop = stop);
 }
 
-const Peliqan = { initialize, syncServer, getServerHealthStatus, getServerSyncRunStatus, reAuthoriseServer, manualRefreshSaltEdge, watchServer, PeliqanError };
+const Peliqan = { initialize, syncServer, getServerHealthStatus, getServerSyncRunStatus, reAuthoriseServer, manualRefreshSaltEdge, watchServer, PeliqanError, describeHealth, formatRelativeTime, timeElement };
 if (hasWindow && !window.Peliqan) {
   window.Peliqan = Peliqan;
   dispatchEvent(new CustomEvent('peliqan:ready', { detail: Peliqan }));
