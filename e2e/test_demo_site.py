@@ -88,7 +88,7 @@ def test_api_key_wrong_then_right_then_divisions_reauthorise_and_delete(page: Pa
     expect(modal.connected_heading).to_be_visible()
     integrations.finish()
     accounting = integrations.connection("Sandbox Accounting")
-    expect(accounting.health).to_have_text("OK")
+    expect(accounting.health).to_have_text("Connected")
     expect(integrations.connection("Sandbox Bank").row).to_have_count(0)
     expect(accounting.refresh_button).to_have_count(0)  # manual refresh is for the bank only
 
@@ -100,7 +100,7 @@ def test_api_key_wrong_then_right_then_divisions_reauthorise_and_delete(page: Pa
     modal.connect_button.click()
     expect(modal.connected_heading).to_be_visible()
     integrations.finish()
-    expect(accounting.health).to_have_text("RE_AUTHORISED")
+    expect(accounting.health).to_have_text("Reconnected")
 
     accounting.delete()
     expect(accounting.row).to_have_count(0)
@@ -118,15 +118,18 @@ def test_login_password_connect_sync_manual_refresh_and_data_page(page: Page, de
     expect(integrations.no_connections).to_be_visible()
     connect_bank(integrations)
     bank = integrations.connection("Sandbox Bank")
-    expect(bank.health).to_have_text("OK")
-    expect(bank.last_run).to_have_text("never")
+    expect(bank.health).to_have_text("Connected")
+    expect(bank.last_run).to_have_text("Never synced")
 
     seen = bank.sync(records=200)
     assert seen[:2] == ["Starting…", "Running…"], seen
-    expect(bank.last_run).to_have_text(re.compile(r"^succeeded, 200 records, \d{4}-"))
+    expect(bank.last_run).to_have_text(re.compile(r"^Synced (now|\d+ seconds? ago)200 new records · 200 rows in total$"))
+    when = bank.last_run.locator("time")
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", when.get_attribute("datetime") or "")
+    assert re.search(r"\d{4}", when.get_attribute("title") or "")  # the full time on hover
 
     data = integrations.data_page()
-    expect(data.connection("Sandbox Bank")).to_have_text("Sandbox Bank — HEALTHY")
+    expect(data.connection("Sandbox Bank")).to_have_text("Sandbox Bank — Healthy")
     transactions = data.table("transactions")
     transactions.expect_rows(200)
     expect(transactions.rows).to_have_count(6)  # the header and the first 5
@@ -153,7 +156,7 @@ def test_oauth_allow_sync_until_healthy_and_reauthorise(page: Page, demo: DemoSt
     expect(modal.connected_heading).to_be_visible()
     integrations.finish()
     crm = integrations.connection("Sandbox CRM")
-    expect(crm.health).to_have_text("OK")
+    expect(crm.health).to_have_text("Connected")
 
     seen = crm.sync(records=1550)  # 1,250 contacts + 300 deals
     assert "Running…" in seen, seen
@@ -169,7 +172,7 @@ def test_oauth_allow_sync_until_healthy_and_reauthorise(page: Page, demo: DemoSt
     expect(integrations.messages).to_have_text("Sign in to Sandbox CRM again in the new tab.")
     assert tab.value.evaluate("window.opener") is None
     ConsentPage(tab.value).allow()
-    expect(crm.health).to_have_text("RE_AUTHORISED", timeout=20_000)
+    expect(crm.health).to_have_text("Reconnected", timeout=20_000)
 
 
 def test_oauth_deny_leaves_no_connection(page: Page, demo: DemoStack) -> None:
@@ -198,7 +201,7 @@ def test_blocked_popup_continues_in_a_new_tab(page: Page, demo: DemoStack, conte
     ConsentPage(tab.value).allow()  # no opener: the widget's polling sees the completion
     expect(modal.connected_heading).to_be_visible()
     integrations.finish()
-    expect(integrations.connection("Sandbox CRM").health).to_have_text("OK")
+    expect(integrations.connection("Sandbox CRM").health).to_have_text("Connected")
 
 
 def test_coop_provider_page_still_completes(page: Page, coop_demo: DemoStack) -> None:
@@ -211,7 +214,7 @@ def test_coop_provider_page_still_completes(page: Page, coop_demo: DemoStack) ->
     consent.allow_button.click()
     expect(modal.connected_heading).to_be_visible()
     integrations.finish()
-    expect(integrations.connection("Sandbox CRM").health).to_have_text("OK")
+    expect(integrations.connection("Sandbox CRM").health).to_have_text("Connected")
 
 
 def test_popup_closed_by_the_user_says_so_and_can_be_retried(page: Page, demo: DemoStack) -> None:
