@@ -7,6 +7,7 @@ const PAGE_LOCALE = document.documentElement.lang || 'en'; // the page's words; 
 const PENDING_SETUP = ['AUTHORIZING', 'CONFIG_SELECT'];
 let token = config.token;
 let changed = false; // a connection was made, or started (it may be waiting at "Finish setup")
+let modalOpen = false;
 
 // One message at a time. A message about a row goes stale when that row changes (its health moves,
 // a run finishes) and is then cleared: "Sign in again…" never outlives the sign-in.
@@ -36,7 +37,10 @@ const widget = Peliqan.initialize({
   // The modal shows its own progress and errors; the page repeats none of them. A new or finished
   // connection appears in the table once the modal is closed.
   onConnected: () => { changed = true; },
-  onEvent: (event) => { if (event.type === 'connector_selected') changed = true; },
+  onEvent: (event) => {
+    if (event.type === 'connector_selected') changed = true;
+    if (event.type === 'open' || event.type === 'close') modalOpen = event.type === 'open';
+  },
   onClose: () => (changed ? location.reload() : undefined),
 });
 
@@ -127,7 +131,8 @@ function watch(row) {
       if (changed) {
         stale(row);
         // The setup was finished elsewhere (another tab, the API): offer what a set-up row offers.
-        if (row.querySelector('[data-action="finish"]') && !PENDING_SETUP.includes(status.health_status)) location.reload();
+        // (Not while the modal is open: it reloads the page itself when it closes.)
+        if (!modalOpen && row.querySelector('[data-action="finish"]') && !PENDING_SETUP.includes(status.health_status)) location.reload();
       }
       ready();
     },
