@@ -173,6 +173,7 @@ def test_oauth_allow_sync_until_healthy_and_reauthorise(page: Page, demo: DemoSt
     assert tab.value.evaluate("window.opener") is None
     ConsentPage(tab.value).allow()
     expect(crm.health).to_have_text("Reconnected", timeout=20_000)
+    expect(integrations.messages).to_have_text("")  # "Sign in … again" is done with
 
 
 def test_oauth_deny_leaves_no_connection(page: Page, demo: DemoStack) -> None:

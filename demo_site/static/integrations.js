@@ -9,15 +9,16 @@ let token = config.token;
 let changed = false; // a connection was made, or started (it may be waiting at "Finish setup")
 let modalOpen = false;
 
-// One message at a time. A message about a row goes stale when that row changes (its health moves,
-// a run finishes) and is then cleared: "Sign in again…" never outlives the sign-in.
+// One message at a time. A message about a row goes stale, and is cleared, when that row's health
+// moves on (`until(health)`, any change by default) or one of its runs finishes: "Sign in again…"
+// never outlives the sign-in.
 let message = null;
-function say(text, row = null) {
+function say(text, row = null, until = () => true) {
   announcer.textContent = text;
-  message = text ? { row } : null;
+  message = text ? { row, until } : null;
 }
-function stale(row) {
-  if (message?.row === row) say('');
+function stale(row, health = null) {
+  if (message?.row === row && (health == null || message.until(health))) say('');
 }
 
 // Called by the widget when the integrate token is missing or about to expire.
@@ -129,7 +130,7 @@ function watch(row) {
       row.dataset.status = status.health_status;
       showHealth(row);
       if (changed) {
-        stale(row);
+        stale(row, status.health_status);
         // The setup was finished elsewhere (another tab, the API): offer what a set-up row offers.
         // (Not while the modal is open: it reloads the page itself when it closes.)
         if (!modalOpen && row.querySelector('[data-action="finish"]') && !PENDING_SETUP.includes(status.health_status)) location.reload();
@@ -178,11 +179,11 @@ async function act(row, action) {
       widget.open({ serverId }); // the modal resumes at the pending step (sign-in or choice)
     } else if (action === 'reauthorise') {
       const result = await withToken((t) => Peliqan.reAuthoriseServer({ identityToken: t, serverId }));
-      if (result.auth_uri) say(`Sign in to ${name} again in the new tab.`, row);
+      if (result.auth_uri) say(`Sign in to ${name} again in the new tab.`, row, (health) => health !== 'RE_AUTHORISING');
       watch(row); // poll at a short interval again: the new health shows soon
     } else if (action === 'refresh') {
       await withToken((t) => Peliqan.manualRefreshSaltEdge({ identityToken: t, serverId }));
-      say('The bank’s refresh page opened in a new tab. Confirm there, then choose “Sync now” to fetch the new transactions.', row);
+      say('The bank’s refresh page opened in a new tab. Confirm there, then choose “Sync now” to fetch the new transactions.', row, () => false);
     } else if (action === 'delete') {
       if (!confirm(`Delete the connection “${name}”? Its synced data is deleted too.`)) return;
       const response = await fetch(`/integrations/${serverId}/delete`, { method: 'POST', headers: { 'X-CSRF-Token': config.csrf } });
