@@ -419,6 +419,8 @@ def test_data_page_formats_numbers_and_keeps_values_on_one_line(page: Page, demo
     heights = page.evaluate("[...document.querySelectorAll('table.data td')].map((td) => td.getBoundingClientRect().height)")
     assert max(heights) < 2 * min(heights), heights  # nothing wraps inside a value ("101-/2025-/…")
     expect(data.connection("Sandbox Accounting")).to_have_text("Sandbox Accounting — Healthy")
+    (ROOT / "test-results").mkdir(exist_ok=True)
+    page.screenshot(path=str(ROOT / "test-results" / "data-page.png"), full_page=True)  # to look at, not asserted
 
 
 # -- messages from elsewhere --------------------------------------------------------------------------
