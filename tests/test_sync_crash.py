@@ -87,7 +87,7 @@ def server(tmp_path: Path) -> Iterator[Server]:
 
 def partner_token(env: dict[str, str]) -> str:
     out = subprocess.run(
-        [sys.executable, "-m", "bff.cli", "partner", "create", "--name", "crash-test"],
+        [sys.executable, "-m", "bff.cli", "partner", "create", "--name", "crash-test", "--origin", "http://localhost:8001"],
         env=env, capture_output=True, check=True,
     )
     return str(json.loads(out.stdout)["token"])
