@@ -82,6 +82,14 @@ async def connect_document(request: Request) -> Response:
     )
 
 
+async def panel_document(request: Request) -> Response:
+    """The "Your connections" panel (Peliqan.mountConnections), loaded in an iframe on the partner's page."""
+    return file_response(
+        request, widget_dir() / "panel.html", cache_seconds=60,
+        extra_headers={"Content-Security-Policy": CONNECT_CSP, "Referrer-Policy": "no-referrer"},
+    )
+
+
 async def asset(request: Request) -> Response:
     """The connect UI's own scripts and styles, and the loader's type definitions."""
     name = request.path_params["name"]
@@ -107,6 +115,7 @@ def routes() -> list[BaseRoute]:
     return [
         *(Route(f"{prefix}/peliqan-integration.js", loader, methods=["GET"]) for prefix in EMBED_PATHS),
         Route("/embed/v1/connect", connect_document, methods=["GET"]),
+        Route("/embed/v1/panel", panel_document, methods=["GET"]),
         Route("/embed/v1/logos/{name}", logo, methods=["GET"]),
         *(Route(f"{prefix}/{{name}}", asset, methods=["GET"]) for prefix in EMBED_PATHS),
         Route("/favicon.ico", favicon, methods=["GET"]),

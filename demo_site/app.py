@@ -178,6 +178,17 @@ def create_site_app(
             choice=connector_choice(request),
         )
 
+    async def embedded(request: Request) -> Response:
+        """The same connections, shown by the widget's own panel (Peliqan.mountConnections)."""
+        who = current(request)
+        if who is None:
+            return RedirectResponse("/", status_code=303)
+        try:
+            minted = await mint(who["external_id"])
+        except BFFError as exc:
+            return page(request, "error.html", status=502, error=exc)
+        return page(request, "embedded.html", token=minted["token"], csrf=request.session.get("csrf", ""))
+
     def require_xhr(request: Request) -> dict[str, str] | None:
         # Same-origin fetches only: a custom header plus the session's CSRF value.
         who = current(request)
@@ -263,6 +274,7 @@ def create_site_app(
             Route("/logout", logout, methods=["POST"]),
             Route("/integrations", integrations, methods=["GET"]),
             Route("/integrations/token", fresh_token, methods=["POST"]),
+            Route("/integrations/embedded", embedded, methods=["GET"]),
             Route("/integrations/{id:int}/delete", delete_connection, methods=["POST"]),
             Route("/integrations/{id:int}/summary", connection_summary, methods=["GET"]),
             Route("/favicon.ico", favicon, methods=["GET"]),

@@ -52,6 +52,28 @@ def test_loader_fits_its_gzip_budget() -> None:
     assert size <= LOADER_BUDGET, f"peliqan-integration.js is {size} bytes gzipped (budget {LOADER_BUDGET})"
 
 
+PANEL_BUDGET = 8192  # peliqan-panel.js + the panel iframe's files, loaded only when a panel is mounted
+
+
+def test_the_panel_fits_its_budget_and_the_loader_only_imports_it_lazily() -> None:
+    files = [WIDGET / "peliqan-panel.js", WIDGET / "panel.js", WIDGET / "panel.css"]
+    sizes = {f.name: gzipped_size(f) for f in files}
+    assert sum(sizes.values()) <= PANEL_BUDGET, sizes
+    loader = LOADER.read_text()
+    assert "import('./peliqan-panel.js')" in loader and not re.search(r"^import .*peliqan-panel", loader, re.M)
+
+
+async def test_the_panel_document_is_served_with_the_connect_csp(bff: BFF) -> None:
+    from bff.embed import CONNECT_CSP
+
+    response = await bff.client.get("/embed/v1/panel")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
+    assert response.headers["content-security-policy"] == CONNECT_CSP
+    assert response.headers["referrer-policy"] == "no-referrer"
+    for name in ("panel.js", "panel.css", "peliqan-panel.js"):
+        assert (await bff.client.get(f"/embed/v1/{name}")).status_code == 200, name
+
+
 def test_loader_sdk_and_connect_ui_fit_the_total_budget() -> None:
     files = [LOADER, SDK, STATUS, CONNECT_JS, CONNECT_CSS, LOCALES]
     sizes = {f.name: gzipped_size(f) for f in files}
@@ -185,7 +207,7 @@ def test_types_cover_every_export_option_and_theme_key() -> None:
     exports = set(re.findall(r"export (?:const|function|class|async function) (\w+)", loader))
     exports |= set(re.findall(r"export const \[([^\]]+)\]", loader))
     exports |= {n.strip() for group in re.findall(r"export \{([^}]+)\}", loader) for n in group.split(",")}
-    assert exports >= SDK_FUNCTIONS | {"initialize", "PeliqanError", "describeHealth", "formatRelativeTime", "timeElement"}
+    assert exports >= SDK_FUNCTIONS | {"initialize", "PeliqanError", "describeHealth", "formatRelativeTime", "timeElement", "mountConnections"}
     for name in exports:
         assert re.search(rf"export (?:declare )?(?:function|class|const) {name}\b", dts), name
     spec = re.search(r"const SPEC = \{(.*?)\n\};", loader, re.S).group(1)
@@ -225,7 +247,7 @@ def test_loader_imports_where_there_is_no_window() -> None:
     )
     out = json.loads(result.stdout)
     assert out["hasWindow"] is False
-    assert set(out["exports"]) == SDK_FUNCTIONS | {"initialize", "PeliqanError", "default", "describeHealth", "formatRelativeTime", "timeElement"}
+    assert set(out["exports"]) == SDK_FUNCTIONS | {"initialize", "PeliqanError", "default", "describeHealth", "formatRelativeTime", "timeElement", "mountConnections"}
     assert out["initialize"] == ["PeliqanError", "no_window"]
     assert out["sync"] == ["PeliqanError", "invalid_argument", 0]
     assert out["watch"] == ["PeliqanError", "invalid_argument"]

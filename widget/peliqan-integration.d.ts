@@ -290,6 +290,42 @@ export type StopWatching = (() => void) & { stop(): void };
  */
 export function watchServer(args: WatchServerArgs): StopWatching;
 
+export interface MountConnectionsOptions {
+  /** The integrate token your back-end minted. Pass this, `getToken`, or both. */
+  integrationToken?: string;
+  /** Asked when the token is missing or has under 2 minutes left. */
+  getToken?: () => Promise<string>;
+  locale?: Locale;
+  theme?: Theme;
+  /** A connection changed in the panel (or its modal). */
+  onChange?: (change: ConnectionsChange) => void;
+  onError?: (error: PeliqanError) => void;
+  /** Overrides the BFF origin derived from the loader's URL. */
+  apiBase?: string;
+}
+
+export type ConnectionsChange =
+  | { type: "sync_started"; server_id: ServerId }
+  | { type: "sync_finished"; server_id: ServerId; run: PipelineRun | null }
+  | { type: "deleted"; server_id: ServerId }
+  | { type: "connected"; server_id: ServerId; connection: ConnectedData };
+
+export interface ConnectionsPanel {
+  /** Settles once the panel's code is loaded and the iframe mounted; rejects with a `TypeError` on bad options. */
+  ready: Promise<unknown>;
+  /** Reload the list, e.g. after your own "Add connection" modal closed. */
+  refresh(): Promise<void>;
+  /** Idempotent: removes the iframe, every listener, and the modal the panel opened. */
+  destroy(): void;
+}
+
+/**
+ * The customer's connections with health badge, last sync, records and next sync, and the actions
+ * Sync now (live progress), Re-authorise, Finish setup, Manual refresh and Delete (confirmed inside
+ * the panel). Renders in an iframe on the BFF's origin inside `element`; its code loads only now.
+ */
+export function mountConnections(element: string | Element, options: MountConnectionsOptions): ConnectionsPanel;
+
 /** How a partner page shows a state: the same words and colours as the widget. */
 export type HealthTone = "success" | "warning" | "danger" | "info" | "neutral";
 
@@ -320,6 +356,7 @@ export function timeElement(when: Date | string | number, locale?: Locale, now?:
 
 export interface PeliqanApi {
   initialize: typeof initialize;
+  mountConnections: typeof mountConnections;
   syncServer: typeof syncServer;
   getServerHealthStatus: typeof getServerHealthStatus;
   getServerSyncRunStatus: typeof getServerSyncRunStatus;

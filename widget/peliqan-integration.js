@@ -1,4 +1,4 @@
-// Peliqan loader (≤ 4 KB gz, no build step). API: peliqan-integration.d.ts; protocol: docs/embed-protocol.md.
+// Peliqan loader (≤ 4 KB gz). API: peliqan-integration.d.ts; protocol: docs/embed-protocol.md
 import { describeHealth, formatRelativeTime, timeElement } from './peliqan-status.js';
 export { describeHealth, formatRelativeTime, timeElement };
 const SRC = 'peliqan';
@@ -73,7 +73,6 @@ export function initialize(options) {
   const frame = doc.createElement('iframe');
   frame.title = TITLES[locale];
   frame.src = `${base}/embed/v1/connect?parent=${encodeURIComponent(location.origin)}&locale=${locale}`;
-  // CSSOM styles pass a strict CSP, so nothing needs the nonce.
   Object.assign(frame.style, { border: 0, display: 'block', width: '100%', height: inline ? '480px' : '100%', colorScheme: 'normal' });
   let box = frame;
   if (inline) inline.append(frame);
@@ -116,7 +115,6 @@ export function initialize(options) {
     else if (type == 'close') close();
     else if (type == 'resize' && inline) frame.style.height = (m.height | 0) + 'px';
   };
-  // Focus in this page; in the iframe, Escape arrives as a `close` message.
   const onKey = (e) => e.key == 'Escape' && close();
   const onClick = (e) => { e.preventDefault(); open(); };
   const onTriggerKey = (e) => { if (e.key == 'Enter' || e.key == ' ') onClick(e); };
@@ -189,7 +187,7 @@ export function initialize(options) {
   return (latest = instance);
 }
 
-// SDK: the work is in peliqan-sdk.js, loaded on first use.
+// SDK (peliqan-sdk.js) and panel (peliqan-panel.js) load on first use.
 const ctx = { PeliqanError, base: () => apiBase, form: (id) => latest && !latest.open({ reauthServerId: id }) };
 const load = () => (sdk ||= import('./peliqan-sdk.js').then((m) => m.default(ctx), () => {
   sdk = 0;
@@ -223,7 +221,12 @@ export function watchServer(a) {
   return (stop.stop = stop);
 }
 
-const Peliqan = { initialize, syncServer, getServerHealthStatus, getServerSyncRunStatus, reAuthoriseServer, manualRefreshSaltEdge, watchServer, PeliqanError, describeHealth, formatRelativeTime, timeElement };
+export function mountConnections(el, o) {
+  let inner, dead, ready = import('./peliqan-panel.js').then((m) => dead || (inner = m.default({ initialize, base: () => apiBase, PeliqanError }, el, o)));
+  return { ready, refresh: () => ready.then(() => inner?.refresh()), destroy: () => { dead = 1; inner?.destroy(); } };
+}
+
+const Peliqan = { initialize, mountConnections, syncServer, getServerHealthStatus, getServerSyncRunStatus, reAuthoriseServer, manualRefreshSaltEdge, watchServer, PeliqanError, describeHealth, formatRelativeTime, timeElement };
 if (hasWindow && !window.Peliqan) {
   window.Peliqan = Peliqan;
   dispatchEvent(new CustomEvent('peliqan:ready', { detail: Peliqan }));
