@@ -54,8 +54,13 @@ def open_panel(page: Page, demo: DemoStack, external_id: str) -> ConnectionsPane
     return panel
 
 
-def axe_violations(target: object) -> list[str]:
-    result = Axe().run(target)
+# The panel is part of the partner's page (its heading is an h2 under the page's h1), so the one
+# document-level rule about an h1 does not apply when its iframe is checked on its own.
+PANEL_ONLY = {"rules": {"page-has-heading-one": {"enabled": False}}}
+
+
+def axe_violations(target: object, options: dict[str, object] | None = None) -> list[str]:
+    result = Axe().run(target, options=options)
     return [f"{v['id']}: {[n['target'] for n in v['nodes']]}" for v in result.response["violations"]]
 
 
@@ -73,14 +78,14 @@ def test_panel_lists_connections_syncs_with_live_progress_and_passes_axe(page: P
     expect(bank.refresh_button).to_be_visible()  # the bank has a manual refresh
     expect(accounting.refresh_button).to_have_count(0)
     assert axe_violations(page) == [], "the page"
-    assert axe_violations(panel.document()) == [], "the panel"
+    assert axe_violations(panel.document(), PANEL_ONLY) == [], "the panel"
 
     bank.sync_button.click()
     expect(bank.progress).to_have_text(re.compile(r"^Synced: 2[01]0 new records\.$"), timeout=30_000)
     expect(bank.badge).to_have_text("Healthy")
     expect(bank.fact(EN["records"])).to_have_text(re.compile(r"^2[01]0$"))
     expect(bank.fact(EN["lastSync"]).locator("time")).to_have_attribute("datetime", re.compile(r"^\d{4}-"))
-    assert axe_violations(panel.document()) == [], "the panel after a sync"
+    assert axe_violations(panel.document(), PANEL_ONLY) == [], "the panel after a sync"
 
 
 def test_finish_setup_and_key_reauthorise_open_the_connect_window(page: Page, demo: DemoStack) -> None:
@@ -153,7 +158,7 @@ def test_delete_asks_inside_the_panel_and_works_from_the_keyboard(page: Page, de
     page.keyboard.press("Enter")
     page.keyboard.press("Shift+Tab")
     expect(bank.confirm_delete_button).to_be_focused()
-    assert axe_violations(panel.document()) == [], "the confirmation"
+    assert axe_violations(panel.document(), PANEL_ONLY) == [], "the confirmation"
     page.keyboard.press("Enter")
     expect(panel.announcer).to_have_text("Sandbox Bank was deleted.")
     expect(panel.empty).to_be_visible()
@@ -189,7 +194,7 @@ def test_panel_speaks_the_locale_reports_changes_and_destroy_leaves_nothing(part
     bank.sync_button.click()
     expect(bank.progress).to_have_text(re.compile(r"^Gesynchroniseerd: 2[01]0 nieuwe records\.$"), timeout=30_000)
     page.wait_for_function("() => window.changes.includes('sync_finished')")
-    assert axe_violations(panel.document()) == [], "nl"
+    assert axe_violations(panel.document(), PANEL_ONLY) == [], "nl"
     page.evaluate("() => { window.panel.destroy(); window.panel.destroy(); }")
     expect(panel.iframe).to_have_count(0)
     assert page.evaluate("document.body.innerHTML") == before

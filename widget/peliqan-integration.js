@@ -222,7 +222,7 @@ export function watchServer(a) {
 }
 
 export function mountConnections(el, o) {
-  let inner, dead, ready = import('./peliqan-panel.js').then((m) => dead || (inner = m.default({ initialize, base: () => apiBase, PeliqanError }, el, o)));
+  let inner, dead, ready = import('./peliqan-panel.js').then((m) => dead || (inner = m.default({ initialize, latest: () => latest, base: () => apiBase, PeliqanError }, el, o)));
   return { ready, refresh: () => ready.then(() => inner?.refresh()), destroy: () => { dead = 1; inner?.destroy(); } };
 }
 

@@ -6,7 +6,7 @@ const TITLES = { en: 'Your connections', nl: 'Je koppelingen', fr: 'Vos connexio
 const SRC = 'peliqan-panel';
 const ALLOWED = ['integrationToken', 'getToken', 'locale', 'theme', 'onChange', 'onError', 'apiBase'];
 
-export default function mount({ initialize, base, PeliqanError }, element, options) {
+export default function mount({ initialize, latest, base, PeliqanError }, element, options) {
   const fail = (m) => { throw new TypeError(`Peliqan mountConnections: ${m}`); };
   const host = typeof element == 'string' ? document.querySelector(element) : element;
   if (!(host instanceof Element)) fail(`element "${element}" matches no element; pass a CSS selector or an Element`);
@@ -46,8 +46,11 @@ export default function mount({ initialize, base, PeliqanError }, element, optio
     }
     return token;
   };
-  // The connect window for Finish setup and key/login re-authorisation, created when first needed.
+  // The connect window for Finish setup and key/login re-authorisation: the page's own (its
+  // `initialize()` instance: one modal per page), else one created when first needed.
   const openModal = (opts) => {
+    const own = latest();
+    if (own && own !== modal) return own.open(opts);
     modal ||= initialize({
       ...(token && { integrationToken: token }),
       ...(o.getToken && { getToken: o.getToken }),
