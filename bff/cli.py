@@ -37,9 +37,13 @@ def package_version() -> str:
         return "0+unknown"
 
 
-def check_startup(settings: Settings) -> None:
-    """What the app's start-up would refuse (a wrong encryption key, an unusable data directory),
-    checked before any server starts, so the refusal is one sentence instead of a server traceback."""
+def check_startup(settings: Settings, *, migrate: bool = True) -> None:
+    """What the app's start-up would refuse (no database, a wrong encryption key, an unusable data
+    directory), checked before any server starts, so the refusal is one sentence (raised as
+    StartupError / DatabaseUnavailable / OSError, printed by main()) instead of a server traceback."""
+    if not migrate:  # the operator migrates separately: the schema may not be ours to read yet
+        prepare_database(settings, migrate=False)
+        return
 
     async def nothing(store: Any, tokens: Any) -> None:
         return None
@@ -79,13 +83,27 @@ def load_settings(args: argparse.Namespace, *, demo: bool = False, **overrides: 
     return Settings.from_env(env, **overrides)
 
 
+def prepare_database(settings: Settings, *, migrate: bool = True) -> str:
+    """The database URL (starting the embedded server if needed), reachable and migrated.
+    Raises DatabaseUnavailable with a one-line message."""
+    from .db import check_reachable, database_url
+    from .store import migrate as apply_migrations
+
+    url = database_url(settings)
+    check_reachable(url)
+    if migrate:
+        apply_migrations(url)
+    return url
+
+
 async def _with_store(settings: Settings, action: Any) -> Any:
     from .app import check_encryption_key
     from .crypto import Vault
     from .store import Store
     from .tokens import TokenAuthority
 
-    store = Store(settings.data_dir)
+    url = await asyncio.to_thread(prepare_database, settings)
+    store = Store(url)
     await store.open()
     try:
         await check_encryption_key(store, Vault(settings.encryption_key))
@@ -127,6 +145,7 @@ async def ensure_demo_partner(settings: Settings, origin: str) -> dict[str, Any]
 
     info = await _with_store(settings, action)
     info["bff_url"] = settings.public_url
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
     path = settings.data_dir / DEMO_PARTNER_FILE
     path.write_text(json.dumps(info, indent=2))
     path.chmod(0o600)
@@ -154,17 +173,72 @@ def cmd_serve(args: argparse.Namespace) -> int:
             overrides["public_url"] = args.public_url
         elif not os.environ.get("BFF_PUBLIC_URL"):
             overrides["public_url"] = f"http://{args.host}:{args.port}"
+        if args.no_worker:
+            overrides["run_worker"] = False
         settings = load_settings(args, **overrides)
     except SettingsError as exc:
         return _fail(str(exc))
-    check_startup(settings)
     from .demo import _port_free
 
     if not _port_free(args.host, args.port):
         return _fail(f"port {args.port} on {args.host} is in use; stop what listens there or pass --port.")
+    check_startup(settings, migrate=not args.no_migrate)  # the database, migrated, and the encryption key
     _configure_logging(settings.log_level)
-    app = create_app(settings)
+    app = create_app(settings, migrate_on_start=False)
     uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level=settings.log_level, lifespan="on")
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Run queued jobs (syncs) only, until SIGINT/SIGTERM; any number of these share the queue."""
+    import signal
+
+    from .app import StartupError, create_app
+    from .db import DatabaseUnavailable
+
+    try:
+        overrides: dict[str, Any] = {"run_worker": True}
+        if args.concurrency is not None:
+            if args.concurrency < 1:
+                return _fail("--concurrency must be at least 1.")
+            overrides["sync_concurrency"] = args.concurrency
+        settings = load_settings(args, **overrides)
+        _configure_logging(settings.log_level)
+        prepare_database(settings, migrate=not args.no_migrate)
+    except (SettingsError, DatabaseUnavailable) as exc:
+        return _fail(str(exc))
+    app = create_app(settings, migrate_on_start=False)
+
+    async def work() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        async with app.router.lifespan_context(app):
+            print(
+                f"bff worker: running jobs with concurrency {settings.sync_concurrency} (pid {os.getpid()}); Ctrl-C stops.",
+                file=sys.stderr,
+                flush=True,
+            )
+            await stop.wait()
+
+    try:
+        asyncio.run(work())
+    except (StartupError, DatabaseUnavailable) as exc:
+        return _fail(str(exc))
+    return 0
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from .db import DatabaseUnavailable
+    from .store.migrate import current_revision
+
+    try:
+        settings = load_settings(args)
+        url = prepare_database(settings)
+    except (SettingsError, DatabaseUnavailable) as exc:
+        return _fail(str(exc))
+    print(f"bff: database is at revision {current_revision(url)}")
     return 0
 
 
@@ -193,8 +267,28 @@ def cmd_partner_create(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     if not args.name.strip():
         return _fail("--name must not be empty.")
-    info = asyncio.run(create_partner(settings, args.name.strip(), origins))
+    from .app import StartupError
+    from .db import DatabaseUnavailable
+
+    try:
+        info = asyncio.run(create_partner(settings, args.name.strip(), origins))
+    except (StartupError, DatabaseUnavailable) as exc:
+        return _fail(str(exc))
     print(json.dumps({"id": info["id"], "name": info["name"], "token": info["token"], "origins": info["origins"]}))
+    return 0
+
+
+def cmd_sandbox(args: argparse.Namespace) -> int:
+    """The sandbox providers alone, for QA deployments and for BFF processes started with BFF_SANDBOX_URL."""
+    import uvicorn
+
+    from .sandbox import SandboxOptions, create_sandbox_app
+
+    try:
+        options = SandboxOptions.from_env(os.environ)
+    except ValueError as exc:
+        return _fail(str(exc))
+    uvicorn.run(create_sandbox_app(options), host=args.host, port=args.port, access_log=False, log_level="warning")
     return 0
 
 
@@ -222,7 +316,22 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=DEFAULT_BFF_PORT, help="port (default 8000)")
     serve.add_argument("--data-dir", help="data directory (default $BFF_DATA_DIR or ./bff-data)")
     serve.add_argument("--public-url", help="the URL browsers reach this server on (default $BFF_PUBLIC_URL)")
+    serve.add_argument("--no-worker", action="store_true", help="serve HTTP only; run `bff worker` processes for jobs")
+    serve.add_argument("--no-migrate", action="store_true", help="do not apply database migrations on start")
     serve.set_defaults(handler=cmd_serve)
+
+    worker = commands.add_parser("worker", help="run queued jobs (syncs) only; start as many as you like")
+    worker.add_argument("--concurrency", type=int, help="jobs run at once by this process (default $BFF_SYNC_CONCURRENCY or 4)")
+    worker.add_argument("--data-dir", help="data directory (default $BFF_DATA_DIR or ./bff-data)")
+    worker.add_argument("--no-migrate", action="store_true", help="do not apply database migrations on start")
+    worker.set_defaults(handler=cmd_worker)
+
+    db = commands.add_parser("db", help="database maintenance")
+    db_commands = db.add_subparsers(dest="db_command", metavar="ACTION")
+    db_commands.required = True
+    upgrade = db_commands.add_parser("upgrade", help="apply the database migrations")
+    upgrade.add_argument("--data-dir", help="data directory (default $BFF_DATA_DIR or ./bff-data)")
+    upgrade.set_defaults(handler=cmd_db_upgrade)
 
     demo = commands.add_parser("demo", help="run the BFF and the demo partner site with sandbox providers")
     demo.add_argument("--bff-port", type=int, default=DEFAULT_BFF_PORT, help="BFF port on 127.0.0.1 (default 8000)")
@@ -244,6 +353,13 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--data-dir", help="data directory (default $BFF_DATA_DIR or ./bff-data)")
     create.set_defaults(handler=cmd_partner_create)
 
+    sandbox = commands.add_parser(
+        "sandbox", help="serve only the sandbox providers (point BFF processes at it with BFF_SANDBOX_URL)"
+    )
+    sandbox.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
+    sandbox.add_argument("--port", type=int, default=8002, help="port (default 8002)")
+    sandbox.set_defaults(handler=cmd_sandbox)
+
     keys = commands.add_parser("keys", help="print a fresh BFF_SECRET_KEYS and BFF_ENCRYPTION_KEY")
     keys.set_defaults(handler=cmd_keys)
     return parser
@@ -260,6 +376,7 @@ def _subcommand_parsers(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from .app import StartupError
+    from .db import DatabaseUnavailable
 
     parser = build_parser()
     _subcommand_parsers(parser)
@@ -270,7 +387,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         getattr(args, "command_parser", parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return int(args.handler(args) or 0)
-    except (StartupError, SettingsError) as exc:
+    except (StartupError, SettingsError, DatabaseUnavailable) as exc:
         return _fail(str(exc))
     except OSError as exc:  # e.g. a data directory that cannot be created or written
         where = f" ({exc.filename})" if exc.filename else ""

@@ -1,23 +1,21 @@
 """Connector text in the customer's language: field labels, help, option labels, descriptions.
 
 The connector definition is the source. English is written where it always was (``label``,
-``help``, ``description``…); other languages sit in one additive block of the same file::
+``help``, ``description``…); other languages sit next to it, in an ``i18n`` block (also accepted as
+``translations``) on the object they translate::
 
-    "translations": {
-      "nl": {
-        "description": "…",
-        "connect_form": {"login": {"label": "Gebruikersnaam", "help": "…", "options": {"eu": "Europa"}}},
-        "config_select": {"label": "Administraties", "help": "…"}
-      }
-    }
+    {"name": "login", "label": "Login", "help": "Use sandbox.",
+     "i18n": {"nl": {"label": "Gebruikersnaam", "help": "Gebruik sandbox."}}}
 
-Every string falls back to English on its own, so a half-translated definition shows a
-half-translated form, never an English one.
+on a connect-form field (``label``, ``help``), on an option (``label``), on ``config_select``
+(``label``, ``help``) and on the definition itself (``description``). Every string falls back to
+English on its own, so a half-translated definition shows a half-translated form, never an
+English one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
@@ -25,56 +23,48 @@ from starlette.requests import Request
 from .errors import validation_error
 
 if TYPE_CHECKING:
-    from .connectors.definitions import ConfigSelect, Connector, FormField
+    from .connectors.models import DefinitionModel
+    from .connectors.spec import Connector
 
 LOCALES = ("en", "nl", "fr", "de")
 DEFAULT_LOCALE = "en"
-_FIELD_KEYS = {"label", "help", "options"}
-_SELECT_KEYS = {"label", "help"}
-_LOCALE_KEYS = {"description", "connect_form", "config_select"}
+TRANSLATED = LOCALES[1:]  # English is the definition's own text
 
 
-def _text(value: Any, where: str) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"{where} must be a non-empty string")
-    return value
+def _blocks(i18n: Mapping[str, Mapping[str, str]] | None, where: str, allowed: set[str]) -> Iterator[tuple[str, dict[str, str]]]:
+    for locale, texts in (i18n or {}).items():
+        if locale not in TRANSLATED:
+            raise ValueError(f"{where}.{locale}: is not a supported locale (use {', '.join(TRANSLATED)})")
+        unknown = sorted(set(texts) - allowed)
+        if unknown:
+            raise ValueError(f"{where}.{locale}.{unknown[0]}: is not a known key here (known: {', '.join(sorted(allowed))})")
+        for key, text in texts.items():
+            if not text.strip():
+                raise ValueError(f"{where}.{locale}.{key}: must be a non-empty string")
+        yield locale, dict(texts)
 
 
-def _keys(value: Any, allowed: set[str], where: str) -> Mapping[str, Any]:
-    if not isinstance(value, dict):
-        raise ValueError(f"{where} must be an object")
-    unknown = sorted(set(value) - allowed)
-    if unknown:
-        raise ValueError(f"{where}.{unknown[0]} is not a known field here (known: {', '.join(sorted(allowed))})")
-    return value
+def collect_translations(model: DefinitionModel) -> dict[str, Any]:
+    """The definition's ``i18n`` blocks gathered per locale (see the module docstring); checked."""
+    out: dict[str, dict[str, Any]] = {}
 
+    def block(locale: str) -> dict[str, Any]:
+        return out.setdefault(locale, {"connect_form": {}})
 
-def check_translations(raw: Any, form: list[FormField], config_select: ConfigSelect | None) -> Mapping[str, Any]:
-    """Validate a definition's ``translations`` block; errors name the offending key."""
-    fields = {f.name: f for f in form}
-    checked: dict[str, Any] = {}
-    for locale, block in _keys(raw, set(LOCALES) - {DEFAULT_LOCALE}, "translations").items():
-        block = _keys(block, _LOCALE_KEYS, locale)
-        out: dict[str, Any] = {}
-        if "description" in block:
-            out["description"] = _text(block["description"], f"{locale}.description")
-        form_out: dict[str, Any] = {}
-        for name, texts in _keys(block.get("connect_form", {}), set(fields), f"{locale}.connect_form").items():
-            where = f"{locale}.connect_form.{name}"
-            texts = _keys(texts, _FIELD_KEYS, where)
-            entry: dict[str, Any] = {k: _text(texts[k], f"{where}.{k}") for k in ("label", "help") if k in texts}
-            values = {o.value for o in fields[name].options}
-            options = _keys(texts.get("options", {}), values, f"{where}.options")
-            entry["options"] = {v: _text(label, f"{where}.options.{v}") for v, label in options.items()}
-            form_out[name] = entry
-        out["connect_form"] = form_out
-        if "config_select" in block:
-            if config_select is None:
-                raise ValueError(f"{locale}.config_select: the connector has no config_select step")
-            texts = _keys(block["config_select"], _SELECT_KEYS, f"{locale}.config_select")
-            out["config_select"] = {k: _text(v, f"{locale}.config_select.{k}") for k, v in texts.items()}
-        checked[locale] = out
-    return checked
+    for locale, texts in _blocks(model.i18n, "i18n", {"description"}):
+        block(locale).update(texts)
+    for i, f in enumerate(model.connect_form):
+        for locale, texts in _blocks(f.i18n, f"connect_form[{i}].i18n", {"label", "help"}):
+            block(locale)["connect_form"].setdefault(f.name, {"options": {}}).update(texts)
+        for j, option in enumerate(f.options):
+            for locale, texts in _blocks(option.i18n, f"connect_form[{i}].options[{j}].i18n", {"label"}):
+                entry = block(locale)["connect_form"].setdefault(f.name, {"options": {}})
+                if "label" in texts:
+                    entry["options"][option.value] = texts["label"]
+    if model.config_select is not None:
+        for locale, texts in _blocks(model.config_select.i18n, "config_select.i18n", {"label", "help"}):
+            block(locale)["config_select"] = texts
+    return out
 
 
 def request_locale(request: Request) -> str:

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Iterator
 
 import uvicorn
+from starlette.types import ASGIApp
 
 from .app import create_app
 from .settings import Settings
@@ -37,11 +38,23 @@ def run_demo(settings: Settings, *, bff_port: int, site_port: int) -> int:
         if not _port_free(host, port):
             print(f"bff: port {port} on {host} is in use (another `bff demo`?); stop it or pass {flag}.", file=sys.stderr)
             return 1
-    partner = asyncio.run(ensure_demo_partner(settings, site_origin(site_port)))
+    from .app import StartupError
+    from .db import DatabaseUnavailable
+
+    try:
+        # Starts (or reuses) the embedded PostgreSQL and applies the migrations.
+        partner = asyncio.run(ensure_demo_partner(settings, site_origin(site_port)))
+    except (StartupError, DatabaseUnavailable) as exc:
+        print(f"bff: error: {exc}", file=sys.stderr)
+        return 1
     servers = [
         _QuietServer(
             uvicorn.Config(
-                create_app(settings), host=BFF_HOST, port=bff_port, access_log=False, log_level=settings.log_level
+                create_app(settings, migrate_on_start=False),
+                host=BFF_HOST,
+                port=bff_port,
+                access_log=False,
+                log_level=settings.log_level,
             )
         )
     ]
@@ -56,6 +69,8 @@ def run_demo(settings: Settings, *, bff_port: int, site_port: int) -> int:
         if site_app is not None:
             print(f"Demo partner site:                    {site_origin(site_port)}")
         print(f"Data directory:                       {settings.data_dir.resolve()}")
+        database = "BFF_DATABASE_URL" if settings.database_url else f"embedded PostgreSQL in {settings.postgres_dir.resolve()}"
+        print(f"Database:                             {database}")
         print(f"Demo partner token:                   {settings.data_dir.resolve() / 'demo-partner.json'}")
         print("Press Ctrl-C to stop.", flush=True)
 
@@ -98,7 +113,7 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
-def _demo_site_app(settings: Settings, partner: dict[str, object], site_port: int) -> object | None:
+def _demo_site_app(settings: Settings, partner: dict[str, object], site_port: int) -> ASGIApp | None:
     try:
         from demo_site.app import create_site_app
     except ImportError:

@@ -14,6 +14,9 @@ DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 DEFAULT_IDENTITY_TOKEN_TTL = 12 * 3600
 INTEGRATE_TOKEN_TTL = 1800
 DEFAULT_SYNC_CONCURRENCY = 4
+DEFAULT_LONG_WAIT_SECONDS = 30.0  # a provider asking to wait longer frees the worker (DESIGN §9)
+DEFAULT_HEARTBEAT_SECONDS = 10.0
+DEFAULT_STALLED_SECONDS = 30.0
 
 
 class SettingsError(ValueError):
@@ -64,6 +67,17 @@ class Settings:
     sync_concurrency: int = DEFAULT_SYNC_CONCURRENCY
     oauth_apps: Mapping[str, OAuthApp] = dataclasses.field(default_factory=dict)
     log_level: str = "info"
+    # PostgreSQL: None = the embedded server under <data_dir>/postgres.
+    database_url: Secret | None = None
+    # Whether this process also runs queued jobs (`bff serve --no-worker` turns it off).
+    run_worker: bool = True
+    # A provider asking to wait longer than this frees the worker: the run re-defers itself.
+    long_wait_seconds: float = DEFAULT_LONG_WAIT_SECONDS
+    # Worker liveness: heartbeat interval, and how long without one makes a worker dead.
+    heartbeat_seconds: float = DEFAULT_HEARTBEAT_SECONDS
+    stalled_seconds: float = DEFAULT_STALLED_SECONDS
+    # The sandbox providers served by another process (`bff sandbox`) instead of mounted here.
+    sandbox_external_url: str | None = None
 
     def __post_init__(self) -> None:
         if not self.secret_keys:
@@ -76,8 +90,15 @@ class Settings:
             raise SettingsError("BFF_MAX_BODY_BYTES must be at least 1024.")
         if self.sync_concurrency < 1:
             raise SettingsError("BFF_SYNC_CONCURRENCY must be at least 1.")
+        if self.stalled_seconds <= self.heartbeat_seconds:
+            raise SettingsError("BFF_WORKER_STALLED_SECONDS must be longer than BFF_WORKER_HEARTBEAT_SECONDS.")
         object.__setattr__(self, "public_url", self.public_url.rstrip("/"))
         object.__setattr__(self, "data_dir", Path(self.data_dir))
+
+    @property
+    def postgres_dir(self) -> Path:
+        """Where the embedded PostgreSQL keeps its cluster when no BFF_DATABASE_URL is set."""
+        return self.data_dir / "postgres"
 
     @property
     def oauth_redirect_uri(self) -> str:
@@ -85,6 +106,8 @@ class Settings:
 
     @property
     def sandbox_url(self) -> str:
+        if self.sandbox_external_url:
+            return self.sandbox_external_url.rstrip("/")
         return f"{self.public_url}/sandbox"
 
     @classmethod
@@ -113,6 +136,17 @@ class Settings:
         values["oauth_apps"] = parse_oauth_apps(env)
         if env.get("BFF_LOG_LEVEL"):
             values["log_level"] = env["BFF_LOG_LEVEL"]
+        for name, field in (
+            ("BFF_LONG_WAIT_SECONDS", "long_wait_seconds"),
+            ("BFF_WORKER_HEARTBEAT_SECONDS", "heartbeat_seconds"),
+            ("BFF_WORKER_STALLED_SECONDS", "stalled_seconds"),
+        ):
+            if env.get(name):
+                values[field] = _parse_float(name, env[name])
+        if env.get("BFF_SANDBOX_URL"):
+            values["sandbox_external_url"] = env["BFF_SANDBOX_URL"].strip()
+        if env.get("BFF_DATABASE_URL"):
+            values["database_url"] = Secret(env["BFF_DATABASE_URL"].strip())
         values.update({k: v for k, v in overrides.items() if v is not None})
         missing = [
             var
@@ -171,6 +205,16 @@ def _parse_int(name: str, raw: str) -> int:
         return int(raw)
     except ValueError:
         raise SettingsError(f"{name} must be an integer, got {raw!r}.") from None
+
+
+def _parse_float(name: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number of seconds, got {raw!r}.") from None
+    if not value > 0:
+        raise SettingsError(f"{name} must be more than 0, got {raw!r}.")
+    return value
 
 
 def _parse_bool(name: str, raw: str) -> bool:

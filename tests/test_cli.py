@@ -2,8 +2,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -178,3 +180,31 @@ def test_serve_on_a_port_in_use_says_so_in_one_line(tmp_path: Path) -> None:
 def test_bad_settings_say_so_in_one_line(tmp_path: Path) -> None:
     line = one_line_error(run_bff("serve", "--data-dir", str(tmp_path), env={**KEYS, "BFF_ENCRYPTION_KEY": "short"}))
     assert "32 bytes" in line
+
+@pytest.mark.parametrize("command", [["serve"], ["worker"], ["db", "upgrade"], ["partner", "create", "--name", "X", "--origin", "https://x.test"]])
+def test_an_unreachable_database_is_one_line_naming_the_host(tmp_path: Path, command: list[str]) -> None:
+    env = {
+        "BFF_SECRET_KEYS": "k" * 32,
+        "BFF_ENCRYPTION_KEY": "A" * 43 + "=",
+        "BFF_DATABASE_URL": "postgresql://bff:secret-password@db.invalid:5433/bff",
+    }
+    result = run_bff(*command, "--data-dir", str(tmp_path), env=env)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("bff: error: cannot connect to PostgreSQL at db.invalid:5433/bff"), result.stderr
+    assert "secret-password" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_db_upgrade_migrates_the_embedded_database_and_is_idempotent() -> None:
+    # Outside pytest's owner-only temp root: the embedded server runs as its own user.
+    root = Path(tempfile.mkdtemp(prefix="bff-test-upgrade-"))
+    env = {"BFF_SECRET_KEYS": "k" * 32, "BFF_ENCRYPTION_KEY": "A" * 43 + "="}
+    try:
+        # Without BFF_DATABASE_URL: the embedded server in <data-dir>/postgres, migrated to head.
+        for _ in range(2):
+            result = run_bff("db", "upgrade", "--data-dir", str(root), env=env, timeout=120)
+            assert result.returncode == 0, result.stderr
+            assert "database is at revision 0002" in result.stdout
+        assert (root / "postgres" / "PG_VERSION").exists()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

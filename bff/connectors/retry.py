@@ -24,9 +24,10 @@ and usually transient, while more retries would only hide a real outage.
 "Within N" bounds the *sum of the waits* between attempts, not the time spent in
 the attempts themselves (a timed-out attempt already took up to 120 s).
 
-Waiting: on a ``Retry-After`` header (delta-seconds or HTTP-date) we wait what
-the provider asked, capped so the cumulative wait never exceeds the budget;
-otherwise exponential back-off with full jitter: a uniform random delay in
+Waiting: on a ``Retry-After`` header (delta-seconds or HTTP-date) we wait exactly
+what the provider asked (asking again sooner is certain to be refused again); when
+that is more than the budget has left, we give up at once and say so. Otherwise
+exponential back-off with full jitter: a uniform random delay in
 ``[0, min(max_delay, base_delay * 2**retry_index)]``, also capped by the budget.
 """
 
@@ -36,13 +37,14 @@ import enum
 import math
 import random
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
 __all__ = [
     "Budget",
     "Cause",
     "Decision",
+    "LongWait",
     "RetryPolicy",
     "parse_retry_after",
 ]
@@ -69,6 +71,19 @@ class Budget:
     def __post_init__(self) -> None:
         if self.max_retries < 0 or self.max_total_wait < 0:
             raise ValueError("retry budgets cannot be negative")
+
+
+class LongWait(Exception):
+    """The provider asked to wait longer than the caller is willing to hold on (``RetryPolicy.long_wait``).
+
+    Raised instead of sleeping, so a sync run can save its place and free its worker;
+    ``delay`` is how long the provider asked for, ``reason`` the policy's sentence.
+    """
+
+    def __init__(self, delay: float, reason: str) -> None:
+        super().__init__(reason)
+        self.delay = delay
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -126,13 +141,13 @@ def parse_retry_after(value: str | None, now: float | datetime | None = None) ->
     if when is None:
         return None
     if when.tzinfo is None:  # RFC 9110 dates are always GMT
-        when = when.replace(tzinfo=timezone.utc)
+        when = when.replace(tzinfo=UTC)
     if now is None:
-        ref = datetime.now(timezone.utc)
+        ref = datetime.now(UTC)
     elif isinstance(now, datetime):
-        ref = now if now.tzinfo else now.replace(tzinfo=timezone.utc)
+        ref = now if now.tzinfo else now.replace(tzinfo=UTC)
     else:
-        ref = datetime.fromtimestamp(float(now), timezone.utc)
+        ref = datetime.fromtimestamp(float(now), UTC)
     return max(0.0, (when - ref).total_seconds())
 
 
@@ -150,6 +165,8 @@ class RetryPolicy:
     connection: Budget
     server_error: Budget
     request_timeout: float = 120.0  # per-call timeout, seconds (shown in reasons)
+    # Waits longer than this raise LongWait instead of sleeping (None: always sleep).
+    long_wait: float | None = None
     rng: random.Random = field(default_factory=random.Random, compare=False, repr=False)
 
     @classmethod
@@ -175,7 +192,8 @@ class RetryPolicy:
         )
 
     def budget(self, cause: Cause | str) -> Budget:
-        return getattr(self, Cause(cause).value)
+        budget: Budget = getattr(self, Cause(cause).value)
+        return budget
 
     def describe(self, cause: Cause | str) -> str:
         """Human name of a cause, e.g. ``"HTTP 429 (rate limited)"``."""
@@ -221,12 +239,19 @@ class RetryPolicy:
             return Decision(
                 False,
                 0.0,
-                f"gave up after {_retries(attempt)} on {what}: "
-                f"the {within} retry budget is used up",
+                f"gave up after {_retries(attempt)} on {what}: the {within} retry budget is used up",
             )
         asked = parse_retry_after(retry_after_header, now)
         if asked is not None:
-            delay = min(asked, remaining)
+            if asked > remaining:
+                return Decision(
+                    False,
+                    0.0,
+                    f"gave up after {_retries(attempt)} on {what}: the provider asked to wait "
+                    f"{_fmt_duration(round(asked, 1))}, more than the {_fmt_duration(round(remaining, 1))} "
+                    f"left of the {within} retry budget",
+                )
+            delay = asked
             how = f"the provider asked to wait {_fmt_duration(round(asked, 1))}"
         else:
             ceiling = min(budget.max_delay, budget.base_delay * (2**attempt))
