@@ -1,4 +1,4 @@
-"""Connector text per locale: the definitions' ``translations`` blocks and their per-string fallback."""
+"""Connector text per locale: the definitions' ``i18n`` blocks and their per-string fallback."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from bff.connector_text import LOCALES, localized_servertype
+from bff.connector_text import TRANSLATED, localized_servertype
 from bff.connectors import DEFINITIONS_DIR, load_connectors
-from bff.connectors.definitions import parse_connector
+from bff.connectors.definitions import DefinitionError, parse_connector
 
 
 def definition(name: str) -> dict[str, Any]:
@@ -19,7 +19,7 @@ def definition(name: str) -> dict[str, Any]:
 
 def test_every_shipped_string_is_translated_into_every_locale() -> None:
     for connector in load_connectors().values():
-        for locale in LOCALES[1:]:
+        for locale in TRANSLATED:
             block = connector.translations.get(locale, {})
             assert block.get("description"), (connector.name, locale)
             for field in connector.connect_form:
@@ -31,7 +31,10 @@ def test_every_shipped_string_is_translated_into_every_locale() -> None:
 
 def test_a_missing_string_falls_back_to_english_on_its_own() -> None:
     data = definition("sandbox_bank")
-    data["translations"] = {"nl": {"connect_form": {"login": {"label": "Gebruikersnaam"}}}}
+    data.pop("i18n")
+    for field in data["connect_form"]:
+        field.pop("i18n")
+    data["connect_form"][0]["i18n"] = {"nl": {"label": "Gebruikersnaam"}}
     connector = parse_connector(data, "sandbox_bank.json")
     item = localized_servertype(connector, connector.public_dict("/logos/"), "nl")
     fields = {f["name"]: f for f in item["connect_form"]["fields"]}
@@ -42,20 +45,33 @@ def test_a_missing_string_falls_back_to_english_on_its_own() -> None:
     assert localized_servertype(connector, connector.public_dict("/logos/"), "fr") == connector.public_dict("/logos/")
 
 
+def test_option_labels_are_translated() -> None:
+    data = definition("sandbox_accounting")
+    data["connect_form"].append(
+        {"name": "region", "label": "Region", "type": "select", "required": False,
+         "options": [{"value": "eu", "label": "Europe", "i18n": {"nl": {"label": "Europa"}}}, {"value": "us", "label": "United States"}]}
+    )
+    connector = parse_connector(data, "sandbox_accounting.json")
+    item = localized_servertype(connector, connector.public_dict("/logos/"), "nl")
+    region = next(f for f in item["connect_form"]["fields"] if f["name"] == "region")
+    assert region["options"] == [{"value": "eu", "label": "Europa"}, {"value": "us", "label": "United States"}]
+
+
 @pytest.mark.parametrize(
-    ("translations", "message"),
+    ("where", "i18n", "message"),
     [
-        ({"es": {}}, "translations.es is not a known field"),
-        ({"nl": {"connect_form": {"pin": {"label": "PIN"}}}}, "nl.connect_form.pin is not a known field"),
-        ({"nl": {"connect_form": {"login": {"label": ""}}}}, "nl.connect_form.login.label must be a non-empty string"),
-        ({"nl": {"connect_form": {"login": {"placeholder": "x"}}}}, "nl.connect_form.login.placeholder is not a known field"),
-        ({"nl": {"config_select": {"label": "Keuze"}}}, "nl.config_select: the connector has no config_select step"),
-        ({"nl": "Gebruikersnaam"}, "nl must be an object"),
+        ("field", {"es": {"label": "Usuario"}}, "connect_form[0].i18n.es' is not a supported locale"),
+        ("field", {"nl": {"placeholder": "x"}}, "connect_form[0].i18n.nl.placeholder' is not a known key here"),
+        ("field", {"nl": {"label": " "}}, "connect_form[0].i18n.nl.label' must be a non-empty string"),
+        ("top", {"nl": {"label": "Bank"}}, "field 'i18n.nl.label' is not a known key here"),
     ],
 )
-def test_a_broken_translations_block_names_the_key(translations: dict[str, Any], message: str) -> None:
+def test_a_broken_i18n_block_names_the_key(where: str, i18n: dict[str, Any], message: str) -> None:
     data = copy.deepcopy(definition("sandbox_bank"))
-    data["translations"] = translations
-    with pytest.raises(ValueError, match="sandbox_bank.json: field 'translations'") as caught:
+    if where == "field":
+        data["connect_form"][0]["i18n"] = i18n
+    else:
+        data["i18n"] = i18n
+    with pytest.raises(DefinitionError) as caught:
         parse_connector(data, "sandbox_bank.json")
-    assert message in str(caught.value)
+    assert message in str(caught.value) and "sandbox_bank.json" in str(caught.value)
