@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Mount, Route
 
-from . import connections_api, data_api, embed, openapi, partner_api, records_api, sync_api
+from . import connections_api, data_api, embed, lifecycle_api, openapi, partner_api, records_api, sync_api, webhooks_api
 from .connections import SandboxTransport
 from .crypto import Vault
 from .db import database_url
@@ -25,12 +25,14 @@ from .jobs import JobQueue
 from .sandbox import SandboxOptions, create_sandbox_app
 from .middleware import AccessLogMiddleware, BodyLimitMiddleware, CORSMiddleware
 from .runtime import Runtime
+from .schedules import Scheduler
 from .services import Services
 from .settings import Settings
 from .store import Store, migrate
 from .sync import SyncRunner
 from .tokens import TokenAuthority
 from .warehouse import Warehouse
+from .webhooks import Webhooks
 
 
 class StartupError(RuntimeError):
@@ -82,7 +84,13 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time, mi
         http=http,
     )
     runner = SyncRunner(runtime, warehouse, queue)
-    services = Services.extend(runtime, warehouse=warehouse, queue=queue, sync=runner)
+    schedules = Scheduler(runtime, runner, queue, enabled=settings.schedules_enabled)
+    webhooks = Webhooks(store, runtime.vault, queue, allow_private=settings.webhook_allow_private)
+    # Webhooks hear every health change first (the event says from→to); then the scheduler
+    # plans the first sync of a connection that became ready.
+    store.health_listeners += [webhooks.on_health_change, schedules.on_health_change]
+    runner.finished_listeners.append(webhooks.on_run_finished)
+    services = Services.extend(runtime, warehouse=warehouse, queue=queue, sync=runner, schedules=schedules, webhooks=webhooks)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -95,13 +103,18 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time, mi
             try:
                 if settings.run_worker:
                     queue.start_worker(
-                        concurrency=settings.sync_concurrency, on_sync=runner.execute, on_stalled=runner.recover_stalled
+                        concurrency=settings.sync_concurrency,
+                        on_sync=runner.execute,
+                        on_stalled=runner.recover_stalled,
+                        on_tick=schedules.tick if settings.schedules_enabled else None,
+                        on_webhook=webhooks.deliver,
                     )
                 yield
             finally:
                 await queue.close()
         finally:
             await services.http.aclose()
+            await webhooks.close()
             await store.close()
 
     routes: list[BaseRoute] = [
@@ -112,6 +125,8 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time, mi
         *data_api.routes(),
         *embed.routes(),
         *records_api.routes(),
+        *lifecycle_api.routes(),
+        *webhooks_api.routes(),
     ]
     if sandbox_app is not None:
         routes.append(Mount("/sandbox", app=sandbox_app, name="sandbox"))

@@ -49,6 +49,9 @@ async def connection_dict(request: Request, account: SubAccount, connection: Con
         "config": connection.config,
         "created_at": iso(connection.created_at),
         "last_run": last_run.public_dict() if last_run else None,
+        "sync_frequency": connection.sync_frequency,
+        "table_frequencies": connection.table_frequencies,
+        "next_sync_at": iso(connection.next_sync_at),
         "account_id": account.id,
         "external_id": account.external_id,
     }
@@ -136,6 +139,7 @@ async def create_server(request: Request) -> JSONResponse:
         if client is None:
             raise ApiError(400, "oauth_app_not_configured", f"{connector.display_name} has no OAuth app configured.")
         connection = await svc.store.create_connection(account.id, connector.name, name, rt.AUTHORIZING)
+        await svc.connection_created(account, connection)
         oauth_url = await start_oauth_flow(request, account, connection, connector, purpose="connect")
         body = await connection_dict(request, account, connection)
         body["oauth_url"] = oauth_url
@@ -155,6 +159,7 @@ async def create_server(request: Request) -> JSONResponse:
         seal=lambda connection_id: rt.seal_secrets(svc, connection_id, rt.Secrets(credentials)),
     )
     await svc.store.add_log(connection.id, "info", f"Connected to {connector.display_name}; credentials verified.")
+    await svc.connection_created(account, connection)
     return JSONResponse(await connection_dict(request, account, connection), status_code=201)
 
 
@@ -178,7 +183,8 @@ async def delete_server(request: Request) -> Response:
     """Delete a connection, its secrets, runs, logs and warehouse tables."""
     account, connection = await require_connection(request)
     svc = services(request)
-    await svc.sync.delete_connection(account.id, connection.id)
+    if await svc.sync.delete_connection(account.id, connection.id):
+        await svc.webhooks.connection_deleted(account, connection)
     return Response(status_code=204)
 
 

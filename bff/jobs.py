@@ -1,8 +1,10 @@
 """The job queue: procrastinate on the same PostgreSQL as everything else.
 
 One :class:`JobQueue` per process. Web processes defer jobs; worker processes
-(``bff worker``, or the worker inside ``bff serve``/``bff demo``) run them. Jobs
-today: ``sync_run`` (one sync run). A sync job carries a queueing lock per
+(``bff worker``, or the worker inside ``bff serve``/``bff demo``) run them. Jobs:
+``sync_run`` (one sync run), ``scheduler_tick`` (queues due scheduled runs; procrastinate's
+periodic registry defers it every minute, once across all workers, and it is also deferred
+right after a connection becomes ready) and ``webhook_deliver`` (one attempt at one delivery). A sync job carries a queueing lock per
 connection, so a connection never has two sync jobs waiting; the runs table's
 unique index is the second guard.
 
@@ -28,8 +30,17 @@ logger = logging.getLogger("bff.jobs")
 SYNC_QUEUE = "sync"
 SYNC_TASK = "bff.sync_run"
 
+SCHEDULER_QUEUE = "scheduler"
+TICK_TASK = "bff.scheduler_tick"
+TICK_LOCK = "scheduler-tick"
+TICK_CRON = "* * * * *"  # every minute: frequencies are at least 300 s
+WEBHOOK_QUEUE = "webhooks"
+WEBHOOK_TASK = "bff.webhook_deliver"
+
 SyncHandler = Callable[[int], Awaitable[None]]
 StalledHandler = Callable[[int], Awaitable[None]]
+TickHandler = Callable[[], Awaitable[object]]
+WebhookHandler = Callable[[int], Awaitable[None]]
 
 
 def sync_lock(connection_id: int) -> str:
@@ -57,6 +68,27 @@ class JobQueue:
             await handler(run_id)
 
         self._sync_task = sync_run
+        self._tick_handler: TickHandler | None = None
+        self._webhook_handler: WebhookHandler | None = None
+
+        # The queueing lock keeps at most one tick waiting; the periodic registry defers one per
+        # minute for all workers together (the database refuses a second defer of the same minute).
+        @self.app.periodic(cron=TICK_CRON, periodic_id="scheduler")
+        @self.app.task(name=TICK_TASK, queue=SCHEDULER_QUEUE, queueing_lock=TICK_LOCK, pass_context=True)
+        async def scheduler_tick(context: procrastinate.JobContext, timestamp: int | None = None) -> None:
+            if self._tick_handler is not None:
+                await self._tick_handler()
+
+        self._tick_task = scheduler_tick
+
+        @self.app.task(name=WEBHOOK_TASK, queue=WEBHOOK_QUEUE, pass_context=True)
+        async def webhook_deliver(context: procrastinate.JobContext, delivery_id: int) -> None:
+            handler = self._webhook_handler
+            if handler is None:  # pragma: no cover - a worker always registers its handler
+                raise RuntimeError("this process cannot deliver webhooks")
+            await handler(delivery_id)
+
+        self._webhook_task = webhook_deliver
 
     async def open(self) -> None:
         await self.app.open_async()
@@ -78,12 +110,37 @@ class JobQueue:
             return None
         return job_id
 
+    async def defer_tick(self) -> None:
+        """Ask for a scheduler tick now (a connection became ready); a waiting tick is enough."""
+        try:
+            await self._tick_task.configure(queueing_lock=TICK_LOCK).defer_async()
+        except procrastinate_errors.AlreadyEnqueued:
+            pass
+
+    async def defer_webhook(self, delivery_id: int, *, at: float | None = None) -> int:
+        options: dict[str, Any] = {}
+        if at is not None:
+            options["schedule_at"] = datetime.datetime.fromtimestamp(at, datetime.timezone.utc)
+        job_id: int = await self._webhook_task.configure(**options).defer_async(delivery_id=delivery_id)
+        return job_id
+
     # -- working ----------------------------------------------------------------------------
 
-    def start_worker(self, *, concurrency: int, on_sync: SyncHandler, on_stalled: StalledHandler, name: str = "bff") -> None:
+    def start_worker(
+        self,
+        *,
+        concurrency: int,
+        on_sync: SyncHandler,
+        on_stalled: StalledHandler,
+        on_tick: TickHandler | None = None,
+        on_webhook: WebhookHandler | None = None,
+        name: str = "bff",
+    ) -> None:
         """Run jobs in this process (as background tasks) until :meth:`stop_worker`."""
         self._sync_handler = on_sync
         self._stalled_handler = on_stalled
+        self._tick_handler = on_tick
+        self._webhook_handler = on_webhook
         self._worker = asyncio.create_task(
             self.app.run_worker_async(
                 name=name,

@@ -7,8 +7,11 @@ import time
 
 from .jobs import JobQueue
 from .runtime import Runtime
+from .schedules import Scheduler
+from .store import Connection, HealthChange, SubAccount
 from .sync import SyncRunner
 from .warehouse import Warehouse
+from .webhooks import Webhooks
 
 ORIGIN_CACHE_SECONDS = 2.0
 
@@ -18,13 +21,37 @@ class Services(Runtime):
     warehouse: Warehouse
     queue: JobQueue
     sync: SyncRunner
+    schedules: Scheduler
+    webhooks: Webhooks
     _origins: frozenset[str] = frozenset()
     _origins_loaded_at: float = float("-inf")
 
     @classmethod
-    def extend(cls, runtime: Runtime, *, warehouse: Warehouse, queue: JobQueue, sync: SyncRunner) -> Services:
+    def extend(
+        cls,
+        runtime: Runtime,
+        *,
+        warehouse: Warehouse,
+        queue: JobQueue,
+        sync: SyncRunner,
+        schedules: Scheduler,
+        webhooks: Webhooks,
+    ) -> Services:
         shared = {f.name: getattr(runtime, f.name) for f in dataclasses.fields(Runtime)}
-        return cls(**shared, warehouse=warehouse, queue=queue, sync=sync)
+        return cls(**shared, warehouse=warehouse, queue=queue, sync=sync, schedules=schedules, webhooks=webhooks)
+
+    async def connection_created(self, account: SubAccount, connection: Connection) -> None:
+        """A new connection: tell the partner, and sync it at once if it is ready already."""
+        await self.webhooks.connection_created(account, connection)
+        await self.schedules.on_health_change(
+            HealthChange(
+                connection_id=connection.id,
+                sub_account_id=account.id,
+                old="CHECKING",
+                new=connection.health_status,
+                detail=connection.detail,
+            )
+        )
 
     async def origin_registered(self, origin: str) -> bool:
         # A short cache: `bff partner create` in another process shows up within seconds.

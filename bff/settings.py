@@ -78,6 +78,10 @@ class Settings:
     stalled_seconds: float = DEFAULT_STALLED_SECONDS
     # The sandbox providers served by another process (`bff sandbox`) instead of mounted here.
     sandbox_external_url: str | None = None
+    # Scheduled syncs (DESIGN §10): off, nothing syncs unless asked (tests of other features turn it off).
+    schedules_enabled: bool = True
+    # Webhook URLs that resolve to private/loopback/link-local addresses (development; on in `bff demo`).
+    webhook_allow_private: bool = False
 
     def __post_init__(self) -> None:
         if not self.secret_keys:
@@ -143,6 +147,9 @@ class Settings:
         ):
             if env.get(name):
                 values[field] = _parse_float(name, env[name])
+        for name, field in (("BFF_SCHEDULES", "schedules_enabled"), ("BFF_WEBHOOK_ALLOW_PRIVATE", "webhook_allow_private")):
+            if env.get(name):
+                values[field] = _parse_bool(name, env[name])
         if env.get("BFF_SANDBOX_URL"):
             values["sandbox_external_url"] = env["BFF_SANDBOX_URL"].strip()
         if env.get("BFF_DATABASE_URL"):

@@ -32,7 +32,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,6 +80,7 @@ class _Outcome:
     failed: dict[str, str] = field(default_factory=dict)
     rejected: CredentialsRejected | None = None
     paused: bool = False  # waiting for the provider, or the connection is gone: no conclusion now
+    full_started: list[str] = field(default_factory=list)  # streams a full sync has already reset
 
     @classmethod
     def resumed(cls, run: Run) -> _Outcome:
@@ -87,10 +88,11 @@ class _Outcome:
             records={k: int(v) for k, v in run.records.items()},
             done=list(run.progress.get("done", [])),
             failed=dict(run.progress.get("failed", {})),
+            full_started=list(run.progress.get("full_started", [])),
         )
 
     def progress(self) -> dict[str, Any]:
-        return {"done": self.done, "failed": self.failed}
+        return {"done": self.done, "failed": self.failed, "full_started": self.full_started}
 
 
 class _RunLog:
@@ -128,11 +130,24 @@ class SyncRunner:
         self.queue = queue
         # Tests swap this for a policy with short back-offs.
         self.retry_policy: Callable[[], RetryPolicy] = RetryPolicy.default
+        # Told about every run that ended (the sync.finished webhook).
+        self.finished_listeners: list[Callable[[Run], Awaitable[None]]] = []
 
     # -- requests --------------------------------------------------------------------------------
 
-    async def request_sync(self, account: SubAccount, connection: Connection, tables: Sequence[str] | None = None) -> Run:
+    async def request_sync(
+        self,
+        account: SubAccount,
+        connection: Connection,
+        tables: Sequence[str] | None = None,
+        *,
+        full: bool = False,
+        trigger: str = "api",
+    ) -> Run:
         """Queue a run of ``tables`` (default: every stream); a worker executes it.
+
+        ``full`` forgets the cursors of those tables, reads everything and marks the rows the
+        provider no longer has as deleted (``_deleted_at``).
 
         Raises :class:`ConnectionNotReady`, :class:`UnknownTables`, or the store's
         :class:`RunAlreadyActive` when this connection already has an active run.
@@ -143,7 +158,10 @@ class SyncRunner:
             raise ConnectionNotReady("connection_disabled", "This connection is disabled; enable it before syncing.")
         connector = load_connectors()[connection.connector]
         select_streams([s.name for s in connector.streams], tables)
-        run = await self.store.create_run(connection.id, account.id, task_id=uuid.uuid4().hex, tables=list(tables) if tables else None)
+        run = await self.store.create_run(
+            connection.id, account.id, task_id=uuid.uuid4().hex, tables=list(tables) if tables else None,
+            full_sync=full, trigger=trigger,
+        )
         job_id = await self.queue.defer_sync(run.id, connection.id)
         if job_id is None:  # a job of this connection is still waiting: the queueing lock says no
             await self.store.finish_run(
@@ -162,6 +180,15 @@ class SyncRunner:
                 break
             await asyncio.sleep(WAIT_POLL)
         return await self.store.last_run(connection_id)
+
+    async def wait_run(self, run_id: int, *, timeout: float) -> Run | None:
+        """Wait up to ``timeout`` seconds for one run to end; the run as it is then."""
+        deadline = time.monotonic() + timeout
+        run = await self.store.get_run(run_id)
+        while run is not None and run.active and time.monotonic() < deadline:
+            await asyncio.sleep(min(WAIT_POLL * 4, max(0.0, deadline - time.monotonic())))
+            run = await self.store.get_run(run_id)
+        return run
 
     async def delete_connection(self, sub_account_id: int, connection_id: int) -> bool:
         """Delete a connection with its runs, logs, cursors and warehouse tables. A run in
@@ -291,6 +318,12 @@ class SyncRunner:
         ahead, never more, and pages are written strictly in order).
         """
         table = await self.warehouse.open_table(connection.sub_account_id, connection.id, stream)
+        if run.full_sync and stream.name not in outcome.full_started:
+            # A full sync starts the stream from nothing once; a resumed attempt continues from
+            # the cursor this run saved.
+            await self.warehouse.reset_state(connection.sub_account_id, connection.id, [stream.name])
+            outcome.full_started.append(stream.name)
+            await self._save_progress(run, outcome, log)
         state = await table.load_state()
         outcome.records.setdefault(stream.name, 0)
         pages = 0
@@ -298,6 +331,11 @@ class SyncRunner:
             outcome.records[stream.name] += await table.write(page.records, page.state, run.id)
             pages += 1
             await self._progress(run, outcome, log)
+        if run.full_sync:
+            # Every row the provider still has was written by this run; the others went away.
+            gone = await table.mark_missing_deleted(run.id)
+            if gone:
+                log("info", f"{stream.name}: {gone} record{'s' if gone != 1 else ''} no longer at the provider, marked deleted.")
         return pages
 
     async def _wait(self, run: Run, outcome: _Outcome, log: _RunLog, exc: LongWait) -> None:
@@ -343,10 +381,17 @@ class SyncRunner:
     async def _finish(
         self, run: Run, status: str, health: str, detail: str | None, records: dict[str, int] | None, logs: list[tuple[str, str]]
     ) -> None:
-        await self.store.finish_run(
+        ended = await self.store.finish_run(
             run.id, status=status, records=records, error=detail, connection_id=run.connection_id,
             health_status=health, detail=detail, logs=logs,
         )
+        if ended and self.finished_listeners:
+            finished = await self.store.get_run(run.id)
+            for listener in self.finished_listeners if finished is not None else []:
+                try:
+                    await listener(finished)  # type: ignore[arg-type]
+                except Exception:  # the run has ended either way
+                    logger.exception("finished-run listener failed for run %s", run.id)
 
 
 async def _read_ahead(pages: AsyncIterator[Page]) -> AsyncIterator[Page]:

@@ -31,12 +31,42 @@ def parse_tables(data: dict[str, Any]) -> list[str] | None:
     return list(dict.fromkeys(tables)) or None
 
 
-async def sync_server(request: Request) -> JSONResponse:
-    """Start a sync run of the connection (optionally only some tables); it runs in the background."""
-    account, connection = await require_connection(request)
-    tables = parse_tables(await read_json(request, required=False))
+MAX_WAIT_SECONDS = 120
+
+
+def parse_wait(request: Request) -> float | None:
+    raw = request.query_params.get("wait")
+    if raw is None:
+        return None
     try:
-        run = await runner(request).request_sync(account, connection, tables)
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= MAX_WAIT_SECONDS or seconds != seconds:
+        raise validation_error({"wait": f"Must be a number of seconds from 0 to {MAX_WAIT_SECONDS}."})
+    return seconds
+
+
+def parse_full(data: dict[str, Any]) -> bool:
+    full = data.get("full", False)
+    if not isinstance(full, bool):
+        raise validation_error({"full": "Must be true or false."})
+    return full
+
+
+async def sync_server(request: Request) -> JSONResponse:
+    """Start a sync run of the connection (optionally only some tables); it runs in the background.
+
+    ``{"full": true}`` forgets the cursors and marks rows the provider no longer has as deleted;
+    ``?wait=N`` (N ≤ 120) answers ``200`` with the finished run, or ``202`` if it is still going.
+    """
+    account, connection = await require_connection(request)
+    wait = parse_wait(request)
+    data = await read_json(request, required=False)
+    tables = parse_tables(data)
+    full = parse_full(data)
+    try:
+        run = await runner(request).request_sync(account, connection, tables, full=full)
     except RunAlreadyActive as exc:
         raise ApiError(
             409,
@@ -50,17 +80,28 @@ async def sync_server(request: Request) -> JSONResponse:
         raise validation_error(
             {"tables": f"Unknown table(s): {', '.join(exc.unknown)}. This connection has: {', '.join(exc.known)}."}
         ) from None
-    return JSONResponse(
-        {
-            "server_id": connection.id,
-            "health_status": connection.health_status,
-            "run_data": [{"pipeline_run_id": run.id, "task_id": run.task_id}],
-            "task_id": run.task_id,
-            "detail": "Sync started." if tables is None else f"Sync of {', '.join(tables)} started.",
-            "syncing": True,
-        },
-        status_code=202,
-    )
+    body: dict[str, Any] = {
+        "server_id": connection.id,
+        "health_status": connection.health_status,
+        "run_data": [{"pipeline_run_id": run.id, "task_id": run.task_id}],
+        "task_id": run.task_id,
+        "detail": ("Full sync" if full else "Sync") + (" started." if tables is None else f" of {', '.join(tables)} started."),
+        "syncing": True,
+        "full": full,
+    }
+    if wait is not None:
+        finished = await runner(request).wait_run(run.id, timeout=wait)
+        if finished is not None and not finished.active:
+            updated = await services(request).store.get_connection_by_id(connection.id)
+            body.update(
+                health_status=updated.health_status if updated else connection.health_status,
+                syncing=False,
+                detail=f"Sync {finished.status.replace('_', ' ')}.",
+                run=finished.public_dict(),
+            )
+            return JSONResponse(body, status_code=200)
+        body["detail"] += f" Still running after {wait:g} s."
+    return JSONResponse(body, status_code=202)
 
 
 def _etag(body: dict[str, Any]) -> str:

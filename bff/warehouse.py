@@ -208,6 +208,32 @@ class TableWriter:
             )
         return len(rows)
 
+    async def mark_missing_deleted(self, run_id: int) -> int:
+        """After a full read by ``run_id``: rows it did not write are gone at the provider. Sets
+        ``_deleted_at`` on them (once; rows already marked keep their time); returns how many."""
+        async with self.warehouse.store.connection() as conn:
+            cur = await conn.execute(
+                sql.SQL(
+                    "UPDATE {} SET _deleted_at = %s WHERE _deleted_at IS NULL AND _run_id IS DISTINCT FROM %s"
+                ).format(self.table.identifier),
+                (self.warehouse.now(), run_id),
+            )
+            return cur.rowcount
+
+    async def mark_deleted(self, ids: Sequence[Any]) -> int:
+        """Set ``_deleted_at`` on the rows with these primary keys (a provider's deleted-ids list)."""
+        if not ids or len(self.table.primary_key) != 1:
+            return 0
+        key = sql.Identifier(self.table.primary_key[0])
+        async with self.warehouse.store.connection() as conn:
+            cur = await conn.execute(
+                sql.SQL("UPDATE {} SET _deleted_at = %s WHERE _deleted_at IS NULL AND {}::text = ANY(%s)").format(
+                    self.table.identifier, key
+                ),
+                (self.warehouse.now(), [str(i) for i in ids]),
+            )
+            return cur.rowcount
+
 
 class Warehouse:
     """Every sub-account's warehouse schema, in the control database's PostgreSQL."""

@@ -27,6 +27,9 @@ def make_settings(data_dir: Path, **overrides: Any) -> Settings:
         "secret_keys": (Secret(SECRET_KEY),),
         "encryption_key": Secret(ENCRYPTION_KEY),
         "public_url": "http://testserver",
+        # No automatic syncs unless a test asks for them (tests/test_schedules.py does): a first
+        # sync starting by itself would race with the syncs other tests start and count.
+        "schedules_enabled": False,
     }
     values.update(overrides)
     return Settings(**values)

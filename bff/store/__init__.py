@@ -14,8 +14,9 @@ import contextlib
 import dataclasses
 import enum
 import json
+import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import psycopg
@@ -29,6 +30,7 @@ __all__ = [
     "ACTIVE_RUN_STATUSES",
     "Connection",
     "ExternalIdTaken",
+    "HealthChange",
     "OAuthFlow",
     "Partner",
     "Run",
@@ -114,6 +116,23 @@ class Connection:
     secrets: bytes | None  # AES-GCM ciphertext; see crypto.Vault
     created_at: float
     updated_at: float
+    # Schedule (DESIGN §10): seconds between syncs (None = on demand), per-table overrides,
+    # when each table is due, and the earliest of those.
+    sync_frequency: int | None = 21600
+    table_frequencies: dict[str, int] = dataclasses.field(default_factory=dict)
+    table_due: dict[str, float] = dataclasses.field(default_factory=dict)
+    next_sync_at: float | None = None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class HealthChange:
+    """A connection's health moved from one status to another (what webhooks and the scheduler hear)."""
+
+    connection_id: int
+    sub_account_id: int
+    old: str
+    new: str
+    detail: str | None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -134,6 +153,8 @@ class Run:
     created_at: float
     started_at: float | None
     finished_at: float | None
+    full_sync: bool = False
+    trigger: str = "api"
 
     @property
     def active(self) -> bool:
@@ -151,6 +172,8 @@ class Run:
             "records": self.records,
             "tables": self.tables,
             "error": self.error,
+            "full": self.full_sync,
+            "trigger": self.trigger,
         }
 
 
@@ -175,11 +198,15 @@ class RunAlreadyActive(Exception):
         self.run_id = run_id
 
 
-_CONNECTION_COLUMNS = "id, sub_account_id, connector, name, health_status, detail, config, secrets, created_at, updated_at"
+_CONNECTION_COLUMNS = (
+    "id, sub_account_id, connector, name, health_status, detail, config, secrets, created_at, updated_at,"
+    " sync_frequency, table_frequencies, table_due, next_sync_at"
+)
 _RUN_COLUMNS = (
     "id, connection_id, sub_account_id, status, task_id, tables, records, error, pid, job_id, attempts, resume_at,"
-    " progress, created_at, started_at, finished_at"
+    " progress, created_at, started_at, finished_at, full_sync, trigger"
 )
+HealthListener = Callable[[HealthChange], Awaitable[None]]
 _SUB_ACCOUNT_COLUMNS = (
     "id, partner_id, external_id, first_name, last_name, email, language, company_name, token_generation, created_at,"
     " warehouse_schema"
@@ -195,6 +222,8 @@ class Store:
         self._clock = clock
         self._max_connections = max_connections
         self._pool: AsyncConnectionPool[Any] | None = None
+        # Told after every committed change of a connection's health_status (scheduler, webhooks).
+        self.health_listeners: list[HealthListener] = []
 
     # -- plumbing ---------------------------------------------------------------------
 
@@ -476,6 +505,8 @@ class Store:
         config: Mapping[str, Any] | None = None,
         secrets: bytes | None = None,
         name: str | None = None,
+        sync_frequency: int | None | _Unset = UNSET,
+        table_frequencies: Mapping[str, int] | None = None,
     ) -> None:
         sets: list[str] = ["updated_at = %(now)s"]
         params: dict[str, Any] = {"id": connection_id, "now": self.now()}
@@ -494,7 +525,62 @@ class Store:
         if name is not None:
             sets.append("name = %(n)s")
             params["n"] = name
-        await self._one(f"UPDATE connections SET {', '.join(sets)} WHERE id = %(id)s RETURNING id", params)
+        if sync_frequency is not UNSET:
+            sets.append("sync_frequency = %(freq)s")
+            params["freq"] = sync_frequency
+        if table_frequencies is not None:
+            sets.append("table_frequencies = %(tfreq)s")
+            params["tfreq"] = Jsonb(dict(table_frequencies))
+        # The old status comes from the locked row, so concurrent updates each see their own "from".
+        row = await self._one(
+            f"UPDATE connections c SET {', '.join(sets)}"
+            " FROM (SELECT id, health_status AS old FROM connections WHERE id = %(id)s FOR UPDATE) o"
+            " WHERE c.id = o.id RETURNING c.id, c.sub_account_id, o.old, c.health_status, c.detail",
+            params,
+        )
+        if row is not None and row["old"] != row["health_status"]:
+            await self._health_changed(row)
+
+    async def _health_changed(self, row: Row) -> None:
+        change = HealthChange(
+            connection_id=int(row["id"]),
+            sub_account_id=int(row["sub_account_id"]),
+            old=str(row["old"]),
+            new=str(row["health_status"]),
+            detail=row["detail"],
+        )
+        for listener in self.health_listeners:
+            try:
+                await listener(change)
+            except Exception:  # a listener failing must not undo the change the caller made
+                logging.getLogger("bff.store").exception("health listener failed for connection %s", change.connection_id)
+
+    async def set_schedule(self, connection_id: int, table_due: Mapping[str, float]) -> None:
+        """Store when each table is due next; ``next_sync_at`` becomes the earliest (None: never)."""
+        due = {k: float(v) for k, v in table_due.items()}
+        await self._one(
+            "UPDATE connections SET table_due = %s, next_sync_at = %s WHERE id = %s RETURNING id",
+            (Jsonb(due), min(due.values()) if due else None, connection_id),
+        )
+
+    async def list_due_connections(self, now: float, *, limit: int = 500) -> list[Connection]:
+        """Connections whose earliest table is due at ``now``, the longest-waiting first."""
+        rows = await self._all(
+            f"SELECT {_CONNECTION_COLUMNS} FROM connections WHERE next_sync_at <= %s ORDER BY next_sync_at LIMIT %s",
+            (now, limit),
+        )
+        return [Connection(**row) for row in rows]
+
+    async def claim_schedule(self, connection: Connection, table_due: Mapping[str, float]) -> bool:
+        """Move a due connection's schedule on, only if nobody else did since it was read
+        (compare-and-set): of two schedulers that saw it due, exactly one gets True."""
+        due = {k: float(v) for k, v in table_due.items()}
+        row = await self._one(
+            "UPDATE connections SET table_due = %s, next_sync_at = %s"
+            " WHERE id = %s AND next_sync_at = %s AND table_due = %s RETURNING id",
+            (Jsonb(due), min(due.values()) if due else None, connection.id, connection.next_sync_at, Jsonb(connection.table_due)),
+        )
+        return row is not None
 
     async def delete_connection(self, sub_account_id: int, connection_id: int) -> bool:
         row = await self._one(
@@ -527,13 +613,22 @@ class Store:
 
     # -- runs ---------------------------------------------------------------------------------
 
-    async def create_run(self, connection_id: int, sub_account_id: int, *, task_id: str, tables: Sequence[str] | None) -> Run:
+    async def create_run(
+        self,
+        connection_id: int,
+        sub_account_id: int,
+        *,
+        task_id: str,
+        tables: Sequence[str] | None,
+        full_sync: bool = False,
+        trigger: str = "api",
+    ) -> Run:
         """Queue a run; raises :class:`RunAlreadyActive` if one is queued, running or waiting."""
         try:
             row = await self._one(
-                "INSERT INTO runs (connection_id, sub_account_id, status, task_id, tables, created_at)"
-                f" VALUES (%s, %s, 'queued', %s, %s, %s) RETURNING {_RUN_COLUMNS}",
-                (connection_id, sub_account_id, task_id, Jsonb(list(tables)) if tables else None, self.now()),
+                "INSERT INTO runs (connection_id, sub_account_id, status, task_id, tables, created_at, full_sync, trigger)"
+                f" VALUES (%s, %s, 'queued', %s, %s, %s, %s, %s) RETURNING {_RUN_COLUMNS}",
+                (connection_id, sub_account_id, task_id, Jsonb(list(tables)) if tables else None, self.now(), full_sync, trigger),
             )
         except psycopg.errors.UniqueViolation:
             active = await self.active_run(connection_id)
@@ -641,11 +736,18 @@ class Store:
             if await cur.fetchone() is None:
                 return False
             cur = await conn.execute(
-                "UPDATE connections SET health_status = %s, detail = %s, updated_at = %s WHERE id = %s RETURNING id",
-                (health_status, detail, now, connection_id),
+                # A connection disabled while its run was going stays DISABLED.
+                "UPDATE connections c SET health_status = CASE WHEN o.old = 'DISABLED' THEN o.old ELSE %(h)s END,"
+                " detail = CASE WHEN o.old = 'DISABLED' THEN c.detail ELSE %(d)s END, updated_at = %(now)s"
+                " FROM (SELECT id, health_status AS old FROM connections WHERE id = %(id)s FOR UPDATE) o"
+                " WHERE c.id = o.id RETURNING c.id, c.sub_account_id, o.old, c.health_status, c.detail",
+                {"h": health_status, "d": detail, "now": now, "id": connection_id},
             )
-            if await cur.fetchone() is not None:  # deleted mid-run: its logs went with it
+            changed = await cur.fetchone()
+            if changed is not None:  # deleted mid-run: its logs went with it
                 await self._insert_logs(conn, connection_id, logs, run_id)
+        if changed is not None and changed["old"] != changed["health_status"]:
+            await self._health_changed(changed)
         return True
 
     # -- logs ----------------------------------------------------------------------------------

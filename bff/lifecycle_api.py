@@ -1,0 +1,108 @@
+"""Sub-account endpoints for a connection's schedule and lifecycle (DESIGN §10):
+``PATCH /api/server/{id}``, ``POST /api/server/{id}/disable`` and ``…/enable``."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import BaseRoute
+
+from . import connections as rt
+from .auth import require_connection, services
+from .connections_api import connection_dict
+from .errors import ApiError, validation_error
+from .http import api_route, read_json
+from .schedules import ScheduleError, parse_frequency, parse_table_frequencies, streams_of
+from .store import UNSET, Connection, SubAccount
+
+PATCHABLE = ("name", "sync_frequency", "table_frequencies")
+
+
+async def _reload(request: Request, account: SubAccount, connection: Connection) -> Connection:
+    updated = await services(request).store.get_connection(account.id, connection.id)
+    if updated is None:
+        raise ApiError(404, "not_found", "No such connection.")
+    return updated
+
+
+async def patch_server(request: Request) -> JSONResponse:
+    """Rename the connection or change its schedule: ``{name?, sync_frequency?, table_frequencies?}``."""
+    account, connection = await require_connection(request)
+    data = await read_json(request)
+    errors: dict[str, str] = {}
+    unknown = [key for key in data if key not in PATCHABLE]
+    for key in unknown:
+        errors[key] = f"Cannot be changed here; send any of: {', '.join(PATCHABLE)}."
+    name: str | None = None
+    if "name" in data:
+        value = data["name"]
+        if not isinstance(value, str) or not value.strip() or len(value) > 200:
+            errors["name"] = "Must be text of 1 to 200 characters."
+        else:
+            name = value.strip()
+    frequency: int | None = None
+    if "sync_frequency" in data:
+        try:
+            frequency = parse_frequency(data["sync_frequency"], "sync_frequency")
+        except ScheduleError as exc:
+            errors.update(exc.errors)
+    tables: dict[str, int] | None = None
+    if "table_frequencies" in data:
+        try:
+            tables = parse_table_frequencies(data["table_frequencies"], streams_of(connection))
+        except ScheduleError as exc:
+            errors.update(exc.errors)
+    if errors:
+        raise validation_error(errors)
+    svc = services(request)
+    await svc.store.update_connection(
+        connection.id,
+        name=name,
+        sync_frequency=frequency if "sync_frequency" in data else UNSET,
+        table_frequencies=tables,
+    )
+    updated = await _reload(request, account, connection)
+    if "sync_frequency" in data or "table_frequencies" in data:
+        updated = await svc.schedules.schedule_changed(updated)
+        await svc.store.add_log(connection.id, "info", f"Schedule changed: {describe_schedule(updated)}.")
+    return JSONResponse(await connection_dict(request, account, updated))
+
+
+def describe_schedule(connection: Connection) -> str:
+    every = "on demand only" if connection.sync_frequency is None else f"every {connection.sync_frequency} s"
+    if not connection.table_frequencies:
+        return every
+    tables = ", ".join(f"{t} every {s} s" for t, s in sorted(connection.table_frequencies.items()))
+    return f"{every}; {tables}"
+
+
+async def disable_server(request: Request) -> JSONResponse:
+    """``DISABLED``: no scheduled runs and no manual syncs until it is enabled again. A run
+    already going finishes; the connection stays disabled."""
+    account, connection = await require_connection(request)
+    svc = services(request)
+    if connection.health_status != rt.DISABLED:
+        await svc.store.update_connection(
+            connection.id, health_status=rt.DISABLED, detail="Disabled: nothing syncs until the connection is enabled again."
+        )
+        await svc.store.add_log(connection.id, "info", "Connection disabled.")
+    return JSONResponse(await connection_dict(request, account, await _reload(request, account, connection)))
+
+
+async def enable_server(request: Request) -> JSONResponse:
+    """``RE_ENABLED``, then the normal flow: a sync at once and the schedule again."""
+    account, connection = await require_connection(request)
+    svc = services(request)
+    if connection.health_status != rt.DISABLED:
+        raise ApiError(409, "connection_not_disabled", "This connection is not disabled.")
+    await svc.store.update_connection(connection.id, health_status=rt.RE_ENABLED, detail=None)
+    await svc.store.add_log(connection.id, "info", "Connection enabled again.")
+    return JSONResponse(await connection_dict(request, account, await _reload(request, account, connection)))
+
+
+def routes() -> list[BaseRoute]:
+    return [
+        *api_route("/api/server/{id:int}", patch_server, methods=["PATCH"]),
+        *api_route("/api/server/{id:int}/disable", disable_server, methods=["POST"]),
+        *api_route("/api/server/{id:int}/enable", enable_server, methods=["POST"]),
+    ]

@@ -1,0 +1,118 @@
+"""Partner endpoints for the webhook (DESIGN §11): configure, rotate the secret, see and
+redeliver deliveries. The secret is in the answer of the first ``PUT`` and of a rotation only."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute
+
+from .auth import require_partner, services
+from .errors import ApiError, validation_error
+from .http import Pagination, api_route, read_json
+from .store import iso
+from .store.webhooks import WebhookConfig
+from .webhooks import EVENT_TYPES, UnsafeTarget, validate_url
+
+NO_STORE = {"Cache-Control": "no-store"}
+
+
+def config_dict(config: WebhookConfig, secret: str | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "url": config.url,
+        "events": config.events,
+        "created_at": iso(config.created_at),
+        "updated_at": iso(config.updated_at),
+    }
+    if secret is not None:
+        body["secret"] = secret
+    return body
+
+
+def parse_events(value: Any) -> list[str]:
+    if value is None:
+        return [e for e in EVENT_TYPES]
+    if not isinstance(value, list) or not value or not all(isinstance(e, str) for e in value):
+        raise validation_error({"events": f"Must be a non-empty list of event types: {', '.join(EVENT_TYPES)}."})
+    unknown = [e for e in value if e not in EVENT_TYPES]
+    if unknown:
+        raise validation_error({"events": f"Unknown event type(s): {', '.join(unknown)}. Known: {', '.join(EVENT_TYPES)}."})
+    return list(dict.fromkeys(value))
+
+
+async def put_webhook(request: Request) -> JSONResponse:
+    """Set the webhook URL and events; ``secret`` is returned when the webhook is created."""
+    partner = await require_partner(request)
+    data = await read_json(request)
+    errors: dict[str, str] = {}
+    unknown = [key for key in data if key not in ("url", "events")]
+    for key in unknown:
+        errors[key] = "Unknown field; send url and events."
+    try:
+        url = validate_url(data.get("url"))
+    except UnsafeTarget as exc:
+        errors["url"] = str(exc)
+    if errors:
+        raise validation_error(errors)
+    events = parse_events(data.get("events"))
+    config, secret = await services(request).webhooks.configure(partner.id, url, events)
+    return JSONResponse(config_dict(config, secret), status_code=201 if secret else 200, headers=NO_STORE)
+
+
+async def get_webhook(request: Request) -> JSONResponse:
+    """The webhook's URL and events (never its secret)."""
+    partner = await require_partner(request)
+    config = await services(request).webhooks.table.get(partner.id)
+    if config is None:
+        raise ApiError(404, "webhook_not_configured", "No webhook is configured; PUT /api/partner/webhook sets one.")
+    return JSONResponse(config_dict(config))
+
+
+async def delete_webhook(request: Request) -> Response:
+    partner = await require_partner(request)
+    if not await services(request).webhooks.table.delete(partner.id):
+        raise ApiError(404, "webhook_not_configured", "No webhook is configured.")
+    return Response(status_code=204)
+
+
+async def rotate_secret(request: Request) -> JSONResponse:
+    """A new secret, used for every attempt from now on (retries of older events included)."""
+    partner = await require_partner(request)
+    webhooks = services(request).webhooks
+    secret = await webhooks.rotate_secret(partner.id)
+    if secret is None:
+        raise ApiError(404, "webhook_not_configured", "No webhook is configured; PUT /api/partner/webhook sets one.")
+    config = await webhooks.table.get(partner.id)
+    assert config is not None
+    return JSONResponse(config_dict(config, secret), headers=NO_STORE)
+
+
+async def list_deliveries(request: Request) -> JSONResponse:
+    """Deliveries, newest first, each with every attempt."""
+    partner = await require_partner(request)
+    page = Pagination(request, default_size=20)
+    count, results = await services(request).webhooks.table.list_deliveries(partner.id, offset=page.offset, limit=page.limit)
+    return JSONResponse(page.envelope(count, results))
+
+
+async def redeliver(request: Request) -> JSONResponse:
+    """Send a delivery again (same ``webhook-id``), with a fresh series of retries."""
+    partner = await require_partner(request)
+    delivery_id = request.path_params["delivery_id"]
+    delivery = await services(request).webhooks.redeliver(partner.id, delivery_id)
+    if delivery is None:
+        raise ApiError(404, "not_found", "No such delivery.")
+    return JSONResponse({"id": delivery.id, "webhook_id": delivery.message_id, "status": delivery.status}, status_code=202)
+
+
+def routes() -> list[BaseRoute]:
+    return [
+        *api_route("/api/partner/webhook", put_webhook, methods=["PUT"]),
+        *api_route("/api/partner/webhook", get_webhook, methods=["GET"]),
+        *api_route("/api/partner/webhook", delete_webhook, methods=["DELETE"]),
+        *api_route("/api/partner/webhook/rotate-secret", rotate_secret, methods=["POST"]),
+        *api_route("/api/partner/webhook/deliveries", list_deliveries, methods=["GET"]),
+        *api_route("/api/partner/webhook/deliveries/{delivery_id:int}/redeliver", redeliver, methods=["POST"]),
+    ]
