@@ -331,11 +331,18 @@ class SyncRunner:
             outcome.records[stream.name] += await table.write(page.records, page.state, run.id)
             pages += 1
             await self._progress(run, outcome, log)
+        gone = 0
+        deletions = stream.deletions
+        if deletions is not None and deletions.kind == "archived_flag" and deletions.field:
+            gone += await table.mark_flagged_deleted(deletions.field)
+        elif deletions is not None and deletions.kind == "deleted_ids":
+            ids, cursor = await session.deleted_ids(stream.name, await table.deletions_cursor())
+            gone += await table.mark_deleted(ids, cursor)
         if run.full_sync:
             # Every row the provider still has was written by this run; the others went away.
-            gone = await table.mark_missing_deleted(run.id)
-            if gone:
-                log("info", f"{stream.name}: {gone} record{'s' if gone != 1 else ''} no longer at the provider, marked deleted.")
+            gone += await table.mark_missing_deleted(run.id)
+        if gone:
+            log("info", f"{stream.name}: {gone} record{'s' if gone != 1 else ''} deleted at the provider, marked deleted.")
         return pages
 
     async def _wait(self, run: Run, outcome: _Outcome, log: _RunLog, exc: LongWait) -> None:

@@ -220,17 +220,52 @@ class TableWriter:
             )
             return cur.rowcount
 
-    async def mark_deleted(self, ids: Sequence[Any]) -> int:
-        """Set ``_deleted_at`` on the rows with these primary keys (a provider's deleted-ids list)."""
-        if not ids or len(self.table.primary_key) != 1:
-            return 0
-        key = sql.Identifier(self.table.primary_key[0])
+    @property
+    def _deletions_key(self) -> str:
+        # The deleted-ids cursor sits next to the stream's own cursor, under its own key, so a
+        # page's state (which replaces the stream's) never overwrites it.
+        return f"{self.table.stream}:deletions"
+
+    async def deletions_cursor(self) -> str | None:
         async with self.warehouse.store.connection() as conn:
             cur = await conn.execute(
-                sql.SQL("UPDATE {} SET _deleted_at = %s WHERE _deleted_at IS NULL AND {}::text = ANY(%s)").format(
-                    self.table.identifier, key
-                ),
-                (self.warehouse.now(), [str(i) for i in ids]),
+                "SELECT state FROM warehouse_state WHERE connection_id = %s AND stream = %s",
+                (self.table.connection_id, self._deletions_key),
+            )
+            row = await cur.fetchone()
+        return row["state"].get("since") if row else None
+
+    async def mark_deleted(self, ids: Sequence[Any], cursor: str | None) -> int:
+        """Set ``_deleted_at`` on the rows with these primary keys (a provider's deleted-ids list)
+        and save the list's cursor, in one transaction; returns how many rows were marked."""
+        key = sql.Identifier(self.table.primary_key[0])
+        now = self.warehouse.now()
+        async with self.warehouse.store.transaction() as conn:
+            marked = 0
+            if ids:
+                cur = await conn.execute(
+                    sql.SQL("UPDATE {} SET _deleted_at = %s WHERE _deleted_at IS NULL AND {}::text = ANY(%s)").format(
+                        self.table.identifier, key
+                    ),
+                    (now, [str(i) for i in ids]),
+                )
+                marked = cur.rowcount
+            if cursor is not None:
+                await conn.execute(
+                    "INSERT INTO warehouse_state (connection_id, stream, state, updated_at) VALUES (%s, %s, %s, %s)"
+                    " ON CONFLICT (connection_id, stream) DO UPDATE SET state = EXCLUDED.state, updated_at = EXCLUDED.updated_at",
+                    (self.table.connection_id, self._deletions_key, Jsonb({"since": cursor}), now),
+                )
+        return marked
+
+    async def mark_flagged_deleted(self, field: str) -> int:
+        """Rows whose ``field`` is true are deleted at the provider (an archived flag)."""
+        async with self.warehouse.store.connection() as conn:
+            cur = await conn.execute(
+                sql.SQL(
+                    "UPDATE {} SET _deleted_at = %s WHERE _deleted_at IS NULL AND lower({}::text) IN ('true', 't', '1')"
+                ).format(self.table.identifier, sql.Identifier(field)),
+                (self.warehouse.now(),),
             )
             return cur.rowcount
 

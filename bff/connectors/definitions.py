@@ -34,6 +34,7 @@ from .spec import (
     AuthSpec,
     ConfigSelect,
     Connector,
+    Deletions,
     FieldSpec,
     FormField,
     FormOption,
@@ -380,6 +381,22 @@ class _Builder:
             )
         path = self.template(f"{where}.path", s.path, _REQUEST)
         params = self.params(f"{where}.params", s.params, _REQUEST)
+        deletions = None
+        if isinstance(s.deletions, m.ArchivedFlagModel):
+            if s.deletions.field not in names:
+                raise self.fail(f"{where}.deletions.field", f"names {s.deletions.field!r}, which is not a declared field")
+            deletions = Deletions(kind="archived_flag", field=s.deletions.field)
+        elif isinstance(s.deletions, m.DeletedIdsModel):
+            if len(s.primary_key) != 1:
+                raise self.fail(f"{where}.deletions", "deleted_ids needs a single-field primary key")
+            deletions = Deletions(
+                kind="deleted_ids",
+                path=self.template(f"{where}.deletions.path", s.deletions.path, _REQUEST),
+                records_path=compile_path(s.deletions.records_path),
+                id_path=compile_path(s.deletions.id_path),
+                cursor_path=compile_path(s.deletions.cursor_path),
+                since_param=s.deletions.since_param,
+            )
         return Stream(
             name=s.name,
             path=path,
@@ -393,6 +410,7 @@ class _Builder:
             incremental=incremental,
             description=s.description,
             partitioned=path.uses("partition") or any(t.uses("partition") for _, t in params),
+            deletions=deletions,
         )
 
     def object(self, name: str, o: m.ObjectModel, streams: set[str]) -> ObjectSpec:

@@ -256,6 +256,30 @@ class IncrementalModel(_Model):
     start: str | None = None
 
 
+class DeletedIdsModel(_Model):
+    """The provider lists what was deleted: ``GET path?since_param=<last cursor>`` answers the
+    ids (and when each went), read after every sync of the stream."""
+
+    kind: Literal["deleted_ids"]
+    path: str
+    records_path: str = ""
+    id_path: NonEmpty = Field(default="id", description="Dotted path of the deleted record's id in each item.")
+    cursor_path: NonEmpty = Field(
+        default="deleted_at", description="Dotted path of when it was deleted; the highest one seen is sent as `since_param` next time."
+    )
+    since_param: NonEmpty = "since"
+
+
+class ArchivedFlagModel(_Model):
+    """Deleted records stay in the list with a flag (e.g. HubSpot's ``archived``)."""
+
+    kind: Literal["archived_flag"]
+    field: NonEmpty = Field(description="A declared field of the stream; rows where it is true are marked deleted.")
+
+
+DeletionsModel = Annotated[DeletedIdsModel | ArchivedFlagModel, Field(discriminator="kind")]
+
+
 class StreamModel(_Model):
     name: Snake
     description: str = ""
@@ -267,6 +291,9 @@ class StreamModel(_Model):
     fields: list[FieldModel] = Field(min_length=1)
     paging: PagingModel | None = None
     incremental: IncrementalModel | None = None
+    deletions: DeletionsModel | None = Field(
+        default=None, description="How the provider reports deleted records (DESIGN §10); rows keep `_deleted_at`."
+    )
 
 
 # --------------------------------------------------------------------------- objects (writeback)

@@ -509,6 +509,28 @@ class ConnectorSession:
                     out = {}
                 yield Page(spec.name, value, records, out)
 
+    async def deleted_ids(self, stream: str, since: str | None) -> tuple[list[str], str | None]:
+        """The ids the provider reports deleted since ``since`` (its own cursor value), and the
+        cursor to send next time. Only for streams with ``deletions.kind == "deleted_ids"``."""
+        spec = self.connector.stream(stream)
+        deletions = spec.deletions
+        if deletions is None or deletions.kind != "deleted_ids" or deletions.path is None:
+            return [], since
+        url = await self.url(deletions.path)
+        params = {deletions.since_param: since} if since else {}
+        _, body = await self._call("GET", url, params, f"deleted {stream}")
+        ids: list[str] = []
+        cursor = since
+        for item in self.records(body, deletions.records_path, f"deleted {stream}"):
+            record_id = get_path(item, deletions.id_path)
+            if record_id is None:
+                continue
+            ids.append(str(record_id))
+            stamp = get_path(item, deletions.cursor_path)
+            if stamp is not None and (cursor is None or str(stamp) > cursor):
+                cursor = str(stamp)
+        return ids, cursor
+
     async def _read_one(
         self, spec: Stream, partition: str | None, start: Any
     ) -> AsyncIterator[tuple[list[dict[str, Any]], Any]]:

@@ -176,6 +176,20 @@ class Incremental:
 
 
 @dataclass(frozen=True)
+class Deletions:
+    """How a stream learns about deleted records: ``deleted_ids`` (an endpoint listing them,
+    read after each sync from ``since_param``) or ``archived_flag`` (``field`` true = deleted)."""
+
+    kind: str
+    path: Template | None = None
+    records_path: Path = ()
+    id_path: Path = ()
+    cursor_path: Path = ()
+    since_param: str = "since"
+    field: str | None = None
+
+
+@dataclass(frozen=True)
 class FieldSpec:
     name: str
     path: Path
@@ -194,6 +208,7 @@ class Stream:
     incremental: Incremental | None = None
     description: str = ""
     partitioned: bool = False
+    deletions: Deletions | None = None
 
     @property
     def field_names(self) -> tuple[str, ...]:

@@ -23,10 +23,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from . import pages
-from .data import DIVISIONS, REFRESH_BATCH, Key, Record, Table, parse_iso
+from .data import DIVISIONS, REFRESH_BATCH, Key, Record, Table, iso, parse_iso
 from .oauth import CrmOAuth
 from .options import SandboxOptions
-from .state import PROVIDERS, TOUCHABLE, Faults, SandboxData, Stats
+from .state import DELETABLE, PROVIDERS, TOUCHABLE, Faults, SandboxData, Stats
 from .chat import SandboxChat
 from .writes import SandboxWrites
 
@@ -91,6 +91,7 @@ class Sandbox:
             Route("/crm/oauth/token", self.oauth.token, methods=["POST"]),
             Route("/crm/api/me", api("crm.me", self.crm_me), methods=["GET"]),
             Route("/crm/api/contacts", api("crm.contacts", self.contacts), methods=["GET"]),
+            Route("/crm/api/contacts/deleted", api("crm.contacts.deleted", self.deleted_contacts), methods=["GET"]),
             Route("/crm/api/deals", api("crm.deals", self.deals), methods=["GET"]),
             Route("/accounting/api/me", api("accounting.me", self.accounting_me), methods=["GET"]),
             Route(
@@ -115,6 +116,7 @@ class Sandbox:
             Route("/_control/stats", self.control_stats, methods=["GET"]),
             Route("/_control/reset-stats", self.control_reset_stats, methods=["POST"]),
             Route("/_control/touch", self.control_touch, methods=["POST"]),
+            Route("/_control/delete", self.control_delete, methods=["POST"]),
             Route("/_control/revoke", self._control_revocation(True), methods=["POST"]),
             Route("/_control/restore", self._control_revocation(False), methods=["POST"]),
         ]
@@ -197,6 +199,21 @@ class Sandbox:
             # can neither skip nor shift the records still to come.
             body["paging"] = {"next": {"after": _encode_cursor(table.keys[end - 1])}}
         return JSONResponse(body), end - start
+
+    async def deleted_contacts(self, request: Request) -> tuple[Response, int]:
+        """Contacts deleted after ``since`` (ISO 8601), oldest first: ``{results: [{id, deleted_at}]}``."""
+        self.require_crm(request)
+        raw = request.query_params.get("since")
+        try:
+            since = parse_iso(raw) if raw else None
+        except ValueError:
+            raise ApiError(400, "invalid_request", "since must be an ISO-8601 date-time.") from None
+        hits = [
+            {"id": record_id, "deleted_at": iso(stamp)}
+            for record_id, stamp in self.data.deleted_contacts
+            if since is None or stamp > since
+        ]
+        return JSONResponse({"results": hits}), len(hits)
 
     async def deals(self, request: Request) -> tuple[Response, int]:
         self.require_crm(request)
@@ -307,6 +324,17 @@ class Sandbox:
         except ControlError as exc:
             return _control_error(exc)
         return JSONResponse({"touched": self.data.touch(resource, count)})
+
+    async def control_delete(self, request: Request) -> Response:
+        try:
+            body = await _json_object(request)
+            resource = _one_of(body, "resource", DELETABLE)
+            count = body.get("count")
+            if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+                raise ControlError("invalid_count", f"count must be a positive integer; got {count!r}.")
+        except ControlError as exc:
+            return _control_error(exc)
+        return JSONResponse({"deleted": self.data.delete(resource, count)})
 
     def _control_revocation(self, revoke: bool) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:

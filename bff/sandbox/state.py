@@ -14,6 +14,7 @@ from .options import SandboxOptions
 
 PROVIDERS = ("crm", "accounting", "bank", "chat")
 TOUCHABLE = ("crm.contacts", "crm.deals", "accounting.invoices", "bank.transactions")
+DELETABLE = ("crm.contacts",)
 STAT_KEYS = (
     "crm.me",
     "crm.contacts",
@@ -24,6 +25,7 @@ STAT_KEYS = (
     "bank.accounts",
     "bank.transactions",
     "crm.contacts.write",
+    "crm.contacts.deleted",
     "crm.deals.write",
     "accounting.invoices.write",
     "chat.me",
@@ -98,6 +100,21 @@ class SandboxData:
         self.invoices = data.invoice_tables()
         self.transactions = data.transactions_table()
         self.next_transaction = data.TRANSACTION_COUNT + 1
+        # Deleted contacts, oldest first: (id, deleted_at stamp), for GET /crm/api/contacts/deleted.
+        self.deleted_contacts: list[tuple[str, int]] = []
+
+    def delete_contact(self, record_id: str) -> None:
+        """Remove a contact and remember when, so incremental syncs can learn about it."""
+        self.contacts.remove(record_id)
+        last = self.deleted_contacts[-1][1] if self.deleted_contacts else 0
+        self.deleted_contacts.append((record_id, max(self.contacts.last_stamp(), last) + MINUTE))
+
+    def delete(self, resource: str, count: int) -> list[str]:
+        """Delete the first ``count`` records of ``resource`` (in (updated_at, id) order)."""
+        ids = [record["id"] for record in self.contacts.records[:count]]
+        for record_id in ids:
+            self.delete_contact(record_id)
+        return ids
 
     def touch(self, resource: str, count: int) -> list[str]:
         field = _EDIT_FIELD[resource]
@@ -154,4 +171,4 @@ def _mark_edited(record: Record, field: str) -> None:
         record[field] += EDITED
 
 
-__all__ = ["Faults", "PROVIDERS", "STAT_KEYS", "SandboxData", "Stats", "TOUCHABLE", "Table"]
+__all__ = ["DELETABLE", "Faults", "PROVIDERS", "STAT_KEYS", "SandboxData", "Stats", "TOUCHABLE", "Table"]

@@ -193,7 +193,7 @@ class SandboxWrites:
     async def delete_contact(self, request: Request) -> tuple[Response, int]:
         self.sandbox.require_crm(request)
         find(self.data.contacts, request.path_params["id"], "contact")
-        self.data.contacts.remove(request.path_params["id"])
+        self.data.delete_contact(request.path_params["id"])
         return Response(status_code=204), 0
 
     # -- CRM deals -----------------------------------------------------------

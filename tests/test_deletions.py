@@ -1,0 +1,105 @@
+"""Deleted records (DESIGN §10): a provider's deleted-ids list seen by incremental syncs, a full
+sync marking exactly the rows the provider no longer has, and the definition format."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+import json
+from typing import Any
+
+import pytest
+
+from bff.connectors import DEFINITIONS_DIR, load_connectors
+from bff.connectors.definitions import DefinitionError, parse_connector
+from bff.settings import Settings
+
+from conftest import BFF, auth, running_bff
+from records_helpers import customer
+from sandbox_flows import connect_crm
+from sync_helpers import sync
+
+
+@pytest.fixture
+async def sbff(settings_factory: Callable[..., Settings]) -> AsyncIterator[BFF]:
+    async with running_bff(settings_factory(sandbox_enabled=True)) as bff:
+        yield bff
+
+
+async def deleted_rows(bff: BFF, account_id: int, stream: str) -> dict[str, Any]:
+    """``{id: _deleted_at}`` of the rows marked deleted, and how many rows the table has."""
+    for table, count in await bff.services.warehouse.list_tables(account_id):
+        if table.stream == stream:
+            async with bff.services.store.connection() as conn:
+                cur = await conn.execute(
+                    f"SELECT id, _deleted_at FROM {table.identifier.as_string(conn)} WHERE _deleted_at IS NOT NULL"
+                )
+                return {"count": count, "deleted": {row["id"]: row["_deleted_at"] for row in await cur.fetchall()}}
+    raise AssertionError(f"no table {stream}")
+
+
+async def test_incremental_sync_sees_deletions_from_the_deleted_ids_endpoint(sbff: BFF) -> None:
+    who = await customer(sbff)
+    connection = await connect_crm(sbff.client, who.integrate)
+    first = await sync(sbff, who.integrate, connection["id"])
+    assert first["status"] == "succeeded"
+    assert (await deleted_rows(sbff, who.account_id, "contacts"))["deleted"] == {}
+    answer = await sbff.client.post("/sandbox/_control/delete", json={"resource": "crm.contacts", "count": 3})
+    assert answer.status_code == 200, answer.text
+    gone = answer.json()["deleted"]
+    assert len(gone) == 3
+    second = await sync(sbff, who.integrate, connection["id"])
+    assert second["status"] == "succeeded" and second["records"] == {"contacts": 0, "deals": 0}
+    rows = await deleted_rows(sbff, who.account_id, "contacts")
+    assert set(rows["deleted"]) == set(gone) and rows["count"] == 1250  # kept, with _deleted_at set
+    marked_at = dict(rows["deleted"])
+    # The endpoint's cursor moved on: a third sync neither re-marks nor changes the times.
+    await sync(sbff, who.integrate, connection["id"])
+    assert (await deleted_rows(sbff, who.account_id, "contacts"))["deleted"] == marked_at
+    bad = await sbff.client.post("/sandbox/_control/delete", json={"resource": "crm.deals", "count": 1})
+    assert bad.status_code == 400
+
+
+async def test_full_sync_marks_exactly_the_rows_the_provider_no_longer_has(sbff: BFF) -> None:
+    who = await customer(sbff)
+    connection = await connect_crm(sbff.client, who.integrate)
+    await sync(sbff, who.integrate, connection["id"])
+    # Deals have no deletions endpoint: a deal deleted at the provider goes unnoticed...
+    for deal_id in ("d_007", "d_150"):
+        deleted = await sbff.client.delete(f"/api/server/{connection['id']}/records/deal/{deal_id}", headers=who.headers)
+        assert deleted.status_code == 204, deleted.text
+    await sync(sbff, who.integrate, connection["id"])
+    assert (await deleted_rows(sbff, who.account_id, "deals"))["deleted"] == {}
+    # ...until a full sync, which reads everything and marks what is missing.
+    full = await sync(sbff, who.integrate, connection["id"], full=True)
+    assert full["status"] == "succeeded" and full["full"] is True
+    assert full["records"] == {"contacts": 1250, "deals": 298}
+    rows = await deleted_rows(sbff, who.account_id, "deals")
+    assert set(rows["deleted"]) == {"d_007", "d_150"} and rows["count"] == 300
+    assert (await deleted_rows(sbff, who.account_id, "contacts"))["deleted"] == {}
+    bad = await sbff.client.post(f"/api/server/{connection['id']}/sync", json={"full": "yes"}, headers=auth(who.integrate))
+    assert bad.status_code == 400 and bad.json()["errors"].keys() == {"full"}
+
+
+def bank_definition() -> dict[str, Any]:
+    return json.loads((DEFINITIONS_DIR / "sandbox_bank.json").read_text())  # type: ignore[no-any-return]
+
+
+def test_definitions_declare_deletions_and_are_checked() -> None:
+    contacts = load_connectors()["sandbox_crm"].stream("contacts")
+    assert contacts.deletions is not None and contacts.deletions.kind == "deleted_ids"
+    assert contacts.deletions.since_param == "since"
+
+    data = bank_definition()
+    data["streams"][0]["deletions"] = {"kind": "archived_flag", "field": "amount"}
+    stream = parse_connector(data, "bank.json").streams[0]
+    assert stream.deletions is not None and stream.deletions.field == "amount"
+
+    data["streams"][0]["deletions"] = {"kind": "archived_flag", "field": "nope"}
+    with pytest.raises(DefinitionError, match="deletions.field"):
+        parse_connector(data, "bank.json")
+    data["streams"][0]["deletions"] = {"kind": "tombstones"}
+    with pytest.raises(DefinitionError):
+        parse_connector(data, "bank.json")
+    # The published JSON Schema knows the new key (tests/test_definitions.py keeps it in sync).
+    schema = json.loads((DEFINITIONS_DIR.parent / "definition.schema.json").read_text())
+    assert "deletions" in schema["$defs"]["StreamModel"]["properties"]
