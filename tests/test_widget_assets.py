@@ -38,6 +38,8 @@ SDK_FUNCTIONS = {
     "getServerSyncRunStatus",
     "reAuthoriseServer",
     "manualRefreshSaltEdge",
+    "disableServer",
+    "enableServer",
     "watchServer",
 }
 

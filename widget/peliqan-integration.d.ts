@@ -202,6 +202,28 @@ export interface ServerArgs {
 export interface SyncServerArgs extends ServerArgs {
   /** Sync only these tables. */
   tables?: string[];
+  /** Forget the cursors, read everything, and mark rows the provider no longer has as deleted. */
+  full?: boolean;
+}
+
+/** The connection object (`GET /api/server/{id}`), as `disableServer`/`enableServer` answer it. */
+export interface ServerResponse {
+  id: ServerId;
+  name: string;
+  servertype_id: number | null;
+  connector: string;
+  health_status: HealthStatus;
+  detail: string | null;
+  created_at: string;
+  last_run: PipelineRun | null;
+  /** Seconds between scheduled syncs; null = on demand only. */
+  sync_frequency: number | null;
+  /** Per-table overrides, e.g. `{deals: 3600}`. */
+  table_frequencies: Record<string, number>;
+  /** When the next scheduled sync is due (ISO 8601), or null. */
+  next_sync_at: string | null;
+  account_id: number;
+  external_id: string;
 }
 
 export interface SyncResponse {
@@ -237,6 +259,10 @@ export interface PipelineRun {
   /** The tables this run was limited to, or null for all. */
   tables: string[] | null;
   error: string | null;
+  /** A full sync (`syncServer({full: true})`). */
+  full?: boolean;
+  /** `api` (asked for) or `schedule`. */
+  trigger?: string;
 }
 
 export interface ConnectFormField {
@@ -264,6 +290,10 @@ export function getServerSyncRunStatus(args: ServerArgs): Promise<SyncRunStatus>
 export function reAuthoriseServer(args: ServerArgs): Promise<ReauthoriseResponse>;
 /** Call it from a click handler: opens the returned `refresh_url` in a new tab. */
 export function manualRefreshSaltEdge(args: ServerArgs): Promise<{ refresh_url: string }>;
+/** `POST /api/server/{id}/disable` → `DISABLED`: no scheduled runs; `syncServer` rejects with `connection_disabled`. */
+export function disableServer(args: ServerArgs): Promise<ServerResponse>;
+/** `POST /api/server/{id}/enable` → `RE_ENABLED`, then a sync at once; rejects with `connection_not_disabled` (409) otherwise. */
+export function enableServer(args: ServerArgs): Promise<ServerResponse>;
 
 export interface WatchServerArgs extends ServerArgs {
   /** Called with the first health answer and whenever it changes. */
@@ -362,6 +392,8 @@ export interface PeliqanApi {
   getServerSyncRunStatus: typeof getServerSyncRunStatus;
   reAuthoriseServer: typeof reAuthoriseServer;
   manualRefreshSaltEdge: typeof manualRefreshSaltEdge;
+  disableServer: typeof disableServer;
+  enableServer: typeof enableServer;
   watchServer: typeof watchServer;
   PeliqanError: typeof PeliqanError;
   describeHealth: typeof describeHealth;

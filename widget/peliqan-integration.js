@@ -187,7 +187,7 @@ export function initialize(options) {
   return (latest = instance);
 }
 
-// SDK (peliqan-sdk.js) and panel (peliqan-panel.js) load on first use.
+// SDK and panel load on first use.
 const ctx = { PeliqanError, base: () => apiBase, form: (id) => latest && !latest.open({ reauthServerId: id }) };
 const load = () => (sdk ||= import('./peliqan-sdk.js').then((m) => m.default(ctx), () => {
   sdk = 0;
@@ -211,6 +211,8 @@ export const getServerHealthStatus = lazy('getServerHealthStatus');
 export const getServerSyncRunStatus = lazy('getServerSyncRunStatus');
 export const reAuthoriseServer = lazy('reAuthoriseServer', 1);
 export const manualRefreshSaltEdge = lazy('manualRefreshSaltEdge', 1);
+export const disableServer = lazy('disableServer');
+export const enableServer = lazy('enableServer');
 export function watchServer(a) {
   args(a, 'watchServer');
   if (!(a.interval == null || a.interval >= 250) || ['onChange', 'onRunFinished', 'onError'].some((k) => a[k] != null && !isFn(a[k])))
@@ -226,7 +228,7 @@ export function mountConnections(el, o) {
   return { ready, refresh: () => ready.then(() => inner?.refresh()), destroy: () => { dead = 1; inner?.destroy(); } };
 }
 
-const Peliqan = { initialize, mountConnections, syncServer, getServerHealthStatus, getServerSyncRunStatus, reAuthoriseServer, manualRefreshSaltEdge, watchServer, PeliqanError, describeHealth, formatRelativeTime, timeElement };
+const Peliqan = { initialize, mountConnections, syncServer, getServerHealthStatus, getServerSyncRunStatus, reAuthoriseServer, manualRefreshSaltEdge, disableServer, enableServer, watchServer, PeliqanError, describeHealth, formatRelativeTime, timeElement };
 if (hasWindow && !window.Peliqan) {
   window.Peliqan = Peliqan;
   dispatchEvent(new CustomEvent('peliqan:ready', { detail: Peliqan }));

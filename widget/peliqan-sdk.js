@@ -51,15 +51,24 @@ export default function sdk({ PeliqanError, base, form }) {
     return r;
   }
   const bad = (what) => new PeliqanError('bad_response', what);
+  async function lifecycle(a, action) {
+    const r = await json('POST', path(a) + action, a.identityToken, {});
+    for (const kick of watchers) kick(a.serverId);
+    return r;
+  }
 
   return {
     async syncServer(a) {
       if (a.tables != null && !(Array.isArray(a.tables) && a.tables.every((t) => typeof t == 'string')))
         throw new PeliqanError('invalid_argument', 'syncServer: tables must be an array of table names');
-      const r = await json('POST', path(a) + '/sync', a.identityToken, a.tables ? { tables: a.tables } : {});
+      const r = await json('POST', path(a) + '/sync', a.identityToken, { ...(a.tables && { tables: a.tables }), ...(a.full && { full: true }) });
       for (const kick of watchers) kick(a.serverId);
       return r;
     },
+
+    // DISABLED: no scheduled runs, syncs refused (connection_disabled) · RE_ENABLED: syncs again.
+    disableServer: (a) => lifecycle(a, '/disable'),
+    enableServer: (a) => lifecycle(a, '/enable'),
 
     getServerHealthStatus: (a) => json('GET', path(a) + '/health', a.identityToken),
     getServerSyncRunStatus: (a) => json('GET', path(a) + '/sync-status', a.identityToken),
