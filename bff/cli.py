@@ -152,6 +152,40 @@ async def ensure_demo_partner(settings: Settings, origin: str) -> dict[str, Any]
     return info  # type: ignore[no-any-return]
 
 
+async def ensure_demo_webhook(settings: Settings, partner_id: int, url: str) -> str:
+    """Point the demo partner's webhook at the demo site; the secret the site verifies with.
+
+    The secret is kept in demo-partner.json next to the partner token; when the file does not
+    have the one the database holds (first run, or the file was removed), it is rotated."""
+    from .crypto import Vault
+    from .store.webhooks import WebhookStore
+    from .webhooks import EVENT_TYPES, configure_webhook, rotate_webhook_secret, webhook_secret
+
+    path = settings.data_dir / DEMO_PARTNER_FILE
+    try:
+        known = json.loads(path.read_text()).get("webhook_secret")
+    except (OSError, ValueError):
+        known = None
+
+    async def action(store: Any, tokens: Any) -> str:
+        vault = Vault(settings.encryption_key)
+        table = WebhookStore(store)
+        config, secret = await configure_webhook(table, vault, partner_id, url, list(EVENT_TYPES))
+        if secret is None:
+            secret = webhook_secret(vault, config)
+            if secret != known:
+                secret = await rotate_webhook_secret(table, vault, partner_id)
+        assert secret is not None
+        return secret
+
+    secret: str = await _with_store(settings, action)
+    info = json.loads(path.read_text()) if path.exists() else {}
+    info["webhook_secret"] = secret
+    path.write_text(json.dumps(info, indent=2))
+    path.chmod(0o600)
+    return secret
+
+
 def _configure_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -251,6 +285,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             demo=True,
             public_url=f"http://127.0.0.1:{args.bff_port}",
             sandbox_enabled=True,
+            # The demo site receives the webhooks on localhost.
+            webhook_allow_private=True,
         )
     except SettingsError as exc:
         return _fail(str(exc))
@@ -275,6 +311,52 @@ def cmd_partner_create(args: argparse.Namespace) -> int:
     except (StartupError, DatabaseUnavailable) as exc:
         return _fail(str(exc))
     print(json.dumps({"id": info["id"], "name": info["name"], "token": info["token"], "origins": info["origins"]}))
+    return 0
+
+
+def cmd_partner_webhook(args: argparse.Namespace) -> int:
+    """`bff partner webhook set|show|rotate-secret|deliveries --partner NAME|ID`: prints JSON."""
+    from .crypto import Vault
+    from .store.webhooks import WebhookStore
+    from .webhooks import EVENT_TYPES, UnsafeTarget, configure_webhook, rotate_webhook_secret, validate_url
+
+    try:
+        settings = load_settings(args)
+        url = validate_url(args.url) if args.webhook_command == "set" else None
+    except SettingsError as exc:
+        return _fail(str(exc))
+    except UnsafeTarget as exc:
+        return _fail(f"--url: {exc}")
+    events = list(dict.fromkeys(args.event or EVENT_TYPES)) if args.webhook_command == "set" else []
+    unknown = [e for e in events if e not in EVENT_TYPES]
+    if unknown:
+        return _fail(f"unknown event(s) {', '.join(unknown)}; choose from {', '.join(EVENT_TYPES)}.")
+
+    async def action(store: Any, tokens: Any) -> tuple[int, Any]:
+        partner = await store.find_partner_by_name(args.partner)
+        if partner is None and args.partner.isdigit():
+            partner = await store.get_partner(int(args.partner))
+        if partner is None:
+            return 1, f"no partner named (or with id) {args.partner!r}."
+        table, vault = WebhookStore(store), Vault(settings.encryption_key)
+        if args.webhook_command == "set":
+            assert url is not None
+            config, secret = await configure_webhook(table, vault, partner.id, url, events)
+            shown: dict[str, Any] = {"url": config.url, "events": config.events}
+            return 0, {**shown, "secret": secret} if secret else shown
+        if args.webhook_command == "rotate-secret":
+            secret = await rotate_webhook_secret(table, vault, partner.id)
+            return (0, {"secret": secret}) if secret else (1, "this partner has no webhook; `bff partner webhook set` first.")
+        if args.webhook_command == "deliveries":
+            _, deliveries = await table.list_deliveries(partner.id, offset=0, limit=args.limit)
+            return 0, deliveries
+        config = await table.get(partner.id)
+        return (0, {"url": config.url, "events": config.events}) if config else (1, "this partner has no webhook.")
+
+    code, result = asyncio.run(_with_store(settings, action))
+    if code:
+        return _fail(str(result))
+    print(json.dumps(result, indent=2 if args.webhook_command == "deliveries" else None))
     return 0
 
 
@@ -352,6 +434,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     create.add_argument("--data-dir", help="data directory (default $BFF_DATA_DIR or ./bff-data)")
     create.set_defaults(handler=cmd_partner_create)
+
+    webhook = partner_commands.add_parser("webhook", help="the partner's webhook: set, show, rotate-secret, deliveries")
+    webhook_commands = webhook.add_subparsers(dest="webhook_command", metavar="ACTION")
+    webhook_commands.required = True
+    for action, help_text in (
+        ("set", "set the URL (and events); prints the secret when the webhook is created"),
+        ("show", "print the URL and events (never the secret)"),
+        ("rotate-secret", "print a new secret, used for every delivery from now on"),
+        ("deliveries", "print the latest deliveries with their attempts"),
+    ):
+        sub = webhook_commands.add_parser(action, help=help_text)
+        sub.add_argument("--partner", required=True, help="the partner's name or id")
+        sub.add_argument("--data-dir", help="data directory (default $BFF_DATA_DIR or ./bff-data)")
+        if action == "set":
+            sub.add_argument("--url", required=True, help="an http(s) URL of the partner's back-end")
+            sub.add_argument("--event", action="append", metavar="TYPE", help="an event type to send (repeatable; default all)")
+        if action == "deliveries":
+            sub.add_argument("--limit", type=int, default=20, help="how many (default 20)")
+        sub.set_defaults(handler=cmd_partner_webhook)
 
     sandbox = commands.add_parser(
         "sandbox", help="serve only the sandbox providers (point BFF processes at it with BFF_SANDBOX_URL)"

@@ -32,7 +32,7 @@ def site_origin(site_port: int) -> str:
 
 
 def run_demo(settings: Settings, *, bff_port: int, site_port: int) -> int:
-    from .cli import ensure_demo_partner
+    from .cli import ensure_demo_partner, ensure_demo_webhook
 
     for host, port, flag in ((BFF_HOST, bff_port, "--bff-port"), (SITE_HOST, site_port, "--site-port")):
         if not _port_free(host, port):
@@ -44,6 +44,7 @@ def run_demo(settings: Settings, *, bff_port: int, site_port: int) -> int:
     try:
         # Starts (or reuses) the embedded PostgreSQL and applies the migrations.
         partner = asyncio.run(ensure_demo_partner(settings, site_origin(site_port)))
+        webhook_secret = asyncio.run(ensure_demo_webhook(settings, int(partner["id"]), f"{site_origin(site_port)}/webhooks"))
     except (StartupError, DatabaseUnavailable) as exc:
         print(f"bff: error: {exc}", file=sys.stderr)
         return 1
@@ -58,7 +59,7 @@ def run_demo(settings: Settings, *, bff_port: int, site_port: int) -> int:
             )
         )
     ]
-    site_app = _demo_site_app(settings, partner, site_port)
+    site_app = _demo_site_app(settings, partner, site_port, webhook_secret)
     if site_app is not None:
         servers.append(
             _QuietServer(uvicorn.Config(site_app, host=SITE_HOST, port=site_port, access_log=False, log_level=settings.log_level))
@@ -113,11 +114,14 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
-def _demo_site_app(settings: Settings, partner: dict[str, object], site_port: int) -> ASGIApp | None:
+def _demo_site_app(settings: Settings, partner: dict[str, object], site_port: int, webhook_secret: str) -> ASGIApp | None:
     try:
         from demo_site.app import create_site_app
     except ImportError:
         return None
     return create_site_app(
-        bff_url=settings.public_url, partner_token=str(partner["token"]), site_url=site_origin(site_port)
+        bff_url=settings.public_url,
+        partner_token=str(partner["token"]),
+        site_url=site_origin(site_port),
+        webhook_secret=webhook_secret,
     )

@@ -164,6 +164,27 @@ def pinned_request(url: str, address: str, port: int) -> tuple[str, dict[str, st
     return pinned, {"Host": host_header}, extensions
 
 
+async def configure_webhook(
+    table: WebhookStore, vault: Vault, partner_id: int, url: str, events: Sequence[str]
+) -> tuple[WebhookConfig, str | None]:
+    existing = await table.get(partner_id)
+    if existing is not None:
+        return await table.put(partner_id, url, events, None), None
+    secret = new_secret()
+    return await table.put(partner_id, url, events, vault.encrypt(secret.encode(), _secret_aad(partner_id))), secret
+
+
+async def rotate_webhook_secret(table: WebhookStore, vault: Vault, partner_id: int) -> str | None:
+    secret = new_secret()
+    if not await table.set_secret(partner_id, vault.encrypt(secret.encode(), _secret_aad(partner_id))):
+        return None
+    return secret
+
+
+def webhook_secret(vault: Vault, config: WebhookConfig) -> str:
+    return vault.decrypt(config.secret, _secret_aad(config.partner_id)).decode()
+
+
 class Webhooks:
     """The partner's webhook: configuration, events, and delivery attempts."""
 
@@ -205,21 +226,13 @@ class Webhooks:
 
     async def configure(self, partner_id: int, url: str, events: Sequence[str]) -> tuple[WebhookConfig, str | None]:
         """Set the URL and events; a secret is made (and returned, once) only on first creation."""
-        existing = await self.table.get(partner_id)
-        if existing is not None:
-            return await self.table.put(partner_id, url, events, None), None
-        secret = new_secret()
-        config = await self.table.put(partner_id, url, events, self.vault.encrypt(secret.encode(), _secret_aad(partner_id)))
-        return config, secret
+        return await configure_webhook(self.table, self.vault, partner_id, url, events)
 
     async def rotate_secret(self, partner_id: int) -> str | None:
-        secret = new_secret()
-        if not await self.table.set_secret(partner_id, self.vault.encrypt(secret.encode(), _secret_aad(partner_id))):
-            return None
-        return secret
+        return await rotate_webhook_secret(self.table, self.vault, partner_id)
 
     def secret_of(self, config: WebhookConfig) -> str:
-        return self.vault.decrypt(config.secret, _secret_aad(config.partner_id)).decode()
+        return webhook_secret(self.vault, config)
 
     # -- events -----------------------------------------------------------------------------
 

@@ -8,8 +8,10 @@ from the BFF, and it reads synced data back server-side.
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import secrets
+from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
+from standardwebhooks import Webhook, WebhookVerificationError
 
 from bff.client import AsyncPartnerClient, BFFError
 
@@ -78,6 +81,39 @@ def format_value(value: Any, field_type: str | None) -> str:
     return str(value)
 
 
+ACTIVITY_KEPT = 50  # events remembered per customer (in memory: a demo)
+
+
+def _records_text(records: Mapping[str, Any]) -> str:
+    parts = [f"{int(n):,} {table}" for table, n in records.items()]
+    return ", ".join(parts) if parts else "nothing new"
+
+
+def describe_event(event: Mapping[str, Any]) -> str | None:
+    """The Activity feed's sentence for a webhook event (None: not shown)."""
+    data = event.get("data") or {}
+    name = data.get("name") or f"Connection #{data.get('server_id')}"
+    kind = event.get("type")
+    if kind == "sync.finished":
+        if data.get("status") == "succeeded":
+            return f"{name} synced: {_records_text(data.get('records') or {})}"
+        if data.get("status") == "completed_with_errors":
+            return f"{name} synced with errors: {data.get('error')}"
+        return f"{name} sync failed: {data.get('error')}"
+    if kind == "connection.health_changed":
+        to = data.get("to")
+        if to == "ERROR" and "re-authorise" in str(data.get("detail") or "").lower():
+            return f"{name} needs re-authorisation"
+        if to in ("ERROR", "DISABLED", "RE_ENABLED", "RE_AUTHORISED"):
+            return f"{name}: {str(to).replace('_', ' ').lower()}" + (f" ({data['detail']})" if data.get("detail") else "")
+        return None  # the routine OK → HEALTHY steps are in the sync lines already
+    if kind == "connection.created":
+        return f"{name} connected"
+    if kind == "connection.deleted":
+        return f"{name} removed"
+    return None
+
+
 def is_numeric(field_type: str | None) -> bool:
     return field_type in ("number", "integer")
 
@@ -101,6 +137,7 @@ def create_site_app(
     site_url: str,
     session_secret: str | None = None,
     customers: Mapping[str, Mapping[str, str]] | None = None,
+    webhook_secret: str | None = None,
 ) -> Starlette:
     """The demo site. ``partner_token`` never leaves this server.
 
@@ -113,6 +150,9 @@ def create_site_app(
     templates.filters["thousands"] = lambda n: f"{int(n):,}"
     templates.tests["numeric"] = is_numeric
     partner = AsyncPartnerClient(bff_url, partner_token)
+    verifier = Webhook(webhook_secret) if webhook_secret else None
+    activity: dict[str, deque[dict[str, Any]]] = {}
+    seen: deque[str] = deque(maxlen=500)  # webhook-ids already taken: a retry is not a new event
 
     def page(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
         nonce = secrets.token_urlsafe(16)
@@ -226,6 +266,34 @@ def create_site_app(
             return JSONResponse({"detail": exc.detail, "code": exc.code}, status_code=exc.status or 502)
         return JSONResponse({"rows": totals.get(int(request.path_params["id"]), 0)}, headers={"Cache-Control": "no-store"})
 
+    async def receive_webhook(request: Request) -> Response:
+        """The partner back-end's webhook endpoint: verified with the standardwebhooks package."""
+        if verifier is None:
+            return JSONResponse({"detail": "Webhooks are not configured.", "code": "not_configured"}, status_code=404)
+        body = await request.body()
+        try:
+            event = verifier.verify(body, dict(request.headers))
+        except WebhookVerificationError:
+            return JSONResponse({"detail": "Bad signature.", "code": "bad_signature"}, status_code=401)
+        message_id = request.headers.get("webhook-id", "")
+        if message_id in seen:
+            return Response(status_code=204)
+        seen.append(message_id)
+        text = describe_event(event)
+        external_id = str((event.get("data") or {}).get("external_id", ""))
+        if text and external_id:
+            feed = activity.setdefault(external_id, deque(maxlen=ACTIVITY_KEPT))
+            feed.appendleft({"id": message_id, "type": event.get("type"), "text": text, "at": event.get("timestamp")})
+        return Response(status_code=204)
+
+    async def activity_feed(request: Request) -> Response:
+        """The signed-in customer's recent events, newest first (the page polls it)."""
+        who = current(request)
+        if who is None:
+            return JSONResponse({"detail": "Sign in first.", "code": "not_signed_in"}, status_code=403)
+        events = list(activity.get(who["external_id"], ()))
+        return JSONResponse({"events": events}, headers={"Cache-Control": "no-store"})
+
     async def favicon(request: Request) -> Response:
         return FileResponse(HERE / "static" / "favicon.ico", media_type="image/x-icon", headers={"Cache-Control": "public, max-age=86400"})
 
@@ -278,6 +346,8 @@ def create_site_app(
             Route("/integrations/{id:int}/delete", delete_connection, methods=["POST"]),
             Route("/integrations/{id:int}/summary", connection_summary, methods=["GET"]),
             Route("/favicon.ico", favicon, methods=["GET"]),
+            Route("/webhooks", receive_webhook, methods=["POST"]),
+            Route("/integrations/activity", activity_feed, methods=["GET"]),
             Route("/data", data, methods=["GET"]),
             Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
         ],

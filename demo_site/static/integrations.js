@@ -219,3 +219,27 @@ document.querySelector('table.connections')?.addEventListener('click', (event) =
   const button = event.target.closest('button[data-action]');
   if (button) act(button.closest('tr'), button.dataset.action);
 });
+
+// Activity: events the BFF sent to Acme Books' back-end by webhook, polled from our own server.
+const activityList = document.getElementById('activity');
+const shownEvents = new Set();
+async function pollActivity() {
+  try {
+    const response = await fetch('/integrations/activity', { cache: 'no-store' });
+    if (response.ok) {
+      const { events } = await response.json();
+      for (const event of [...events].reverse()) {
+        if (shownEvents.has(event.id)) continue;
+        shownEvents.add(event.id);
+        const item = document.createElement('li');
+        item.textContent = event.text;
+        if (event.at) item.append(' ', Peliqan.timeElement(event.at, PAGE_LOCALE));
+        activityList.prepend(item);
+      }
+      document.getElementById('no-activity').hidden = shownEvents.size > 0;
+    }
+  } finally {
+    setTimeout(pollActivity, document.hidden ? 10000 : 2000);
+  }
+}
+pollActivity();
