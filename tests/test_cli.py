@@ -218,3 +218,27 @@ def test_db_upgrade_migrates_the_embedded_database_and_is_idempotent() -> None:
         assert (root / "postgres" / "PG_VERSION").exists()
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_partner_webhook_set_show_rotate_and_deliveries(data_dir_outside_pytest: Path, database_url: str) -> None:
+    env = {"BFF_SECRET_KEYS": "k" * 32, "BFF_ENCRYPTION_KEY": "A" * 43 + "=", "BFF_DATABASE_URL": database_url}
+    where = ("--data-dir", str(data_dir_outside_pytest))
+    created = run_bff("partner", "create", "--name", "Acme", "--origin", "https://app.acme.test", *where, env=env)
+    assert created.returncode == 0, created.stderr
+    partner = ("--partner", "Acme")
+    first = run_bff("partner", "webhook", "set", *partner, "--url", "https://hooks.acme.test/in", "--event", "sync.finished", *where, env=env)
+    assert first.returncode == 0, first.stderr
+    shown = json.loads(first.stdout)
+    assert shown["url"] == "https://hooks.acme.test/in" and shown["events"] == ["sync.finished"]
+    assert shown["secret"].startswith("whsec_")
+    again = json.loads(run_bff("partner", "webhook", "set", *partner, "--url", "https://hooks.acme.test/v2", *where, env=env).stdout)
+    assert "secret" not in again and len(again["events"]) == 5
+    show = json.loads(run_bff("partner", "webhook", "show", *partner, *where, env=env).stdout)
+    assert show == {"url": "https://hooks.acme.test/v2", "events": again["events"]}
+    rotated = json.loads(run_bff("partner", "webhook", "rotate-secret", *partner, *where, env=env).stdout)
+    assert rotated["secret"].startswith("whsec_") and rotated["secret"] != shown["secret"]
+    assert json.loads(run_bff("partner", "webhook", "deliveries", *partner, *where, env=env).stdout) == []
+    bad = run_bff("partner", "webhook", "set", *partner, "--url", "ftp://x", *where, env=env)
+    assert bad.returncode == 2 and "--url" in bad.stderr and "Traceback" not in bad.stderr
+    nobody = run_bff("partner", "webhook", "show", "--partner", "Nobody", *where, env=env)
+    assert nobody.returncode == 2 and "no partner" in nobody.stderr
