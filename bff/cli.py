@@ -350,8 +350,8 @@ def cmd_partner_webhook(args: argparse.Namespace) -> int:
         if args.webhook_command == "deliveries":
             _, deliveries = await table.list_deliveries(partner.id, offset=0, limit=args.limit)
             return 0, deliveries
-        config = await table.get(partner.id)
-        return (0, {"url": config.url, "events": config.events}) if config else (1, "this partner has no webhook.")
+        current = await table.get(partner.id)
+        return (0, {"url": current.url, "events": current.events}) if current else (1, "this partner has no webhook.")
 
     code, result = asyncio.run(_with_store(settings, action))
     if code:

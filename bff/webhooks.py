@@ -97,11 +97,11 @@ class UnsafeTarget(Exception):
     """The webhook URL may not be called (scheme, or an address that is not public)."""
 
 
-def validate_url(url: Any) -> str:
+def validate_url(value: Any) -> str:
     """Checks that need no DNS: an absolute http(s) URL with a host and no credentials."""
-    if not isinstance(url, str) or not url.strip():
+    if not isinstance(value, str) or not value.strip():
         raise UnsafeTarget("Must be an http:// or https:// URL.")
-    url = url.strip()
+    url: str = value.strip()
     if len(url) > MAX_URL_LENGTH:
         raise UnsafeTarget(f"Must be at most {MAX_URL_LENGTH} characters.")
     parts = urlsplit(url)
@@ -110,7 +110,7 @@ def validate_url(url: Any) -> str:
     if parts.username or parts.password:
         raise UnsafeTarget("Must not contain a user name or password.")
     try:
-        parts.port
+        _ = parts.port  # raises on a port that is not a number in range
     except ValueError:
         raise UnsafeTarget("Has an invalid port.") from None
     return url

@@ -3,20 +3,19 @@ sync marking exactly the rows the provider no longer has, and the definition for
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
 import json
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
-
-from bff.connectors import DEFINITIONS_DIR, load_connectors
-from bff.connectors.definitions import DefinitionError, parse_connector
-from bff.settings import Settings
-
 from conftest import BFF, auth, running_bff
 from records_helpers import customer
 from sandbox_flows import connect_crm
 from sync_helpers import sync
+
+from bff.connectors import DEFINITIONS_DIR, load_connectors
+from bff.connectors.definitions import DefinitionError, parse_connector
+from bff.settings import Settings
 
 
 @pytest.fixture

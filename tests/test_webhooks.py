@@ -14,6 +14,8 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
+from conftest import BFF, auth, running_bff
+from sandbox_flows import connect_bank
 from standardwebhooks import Webhook, WebhookVerificationError
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -23,10 +25,6 @@ from starlette.routing import Route
 from bff.settings import Settings
 from bff.testing import serve_in_thread
 from bff.webhooks import BACKOFF_SECONDS, RetryDecision, pinned_request, sign
-
-from conftest import BFF, auth, running_bff
-from sandbox_flows import connect_bank
-from sync_helpers import customer
 
 
 @dataclasses.dataclass
@@ -250,7 +248,7 @@ def test_signature_matches_the_standard_and_backoff_schedule() -> None:
     signature = sign(secret, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body)
     # The test vector of the Standard Webhooks specification, and the package's own signer.
     assert signature == "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
-    stamp = datetime.datetime.fromtimestamp(1614265330, datetime.timezone.utc)
+    stamp = datetime.datetime.fromtimestamp(1614265330, datetime.UTC)
     assert signature == Webhook(secret).sign("msg_p5jXN8AQM9LWM0D4loKWxJek", stamp, body.decode())
     assert BACKOFF_SECONDS == (5, 300, 1800, 7200, 18000, 36000)
     assert [RetryDecision.after(n, 0).retry_at for n in range(1, 8)] == [5, 300, 1800, 7200, 18000, 36000, None]
