@@ -102,3 +102,27 @@ def test_definitions_declare_deletions_and_are_checked() -> None:
     # The published JSON Schema knows the new key (tests/test_definitions.py keeps it in sync).
     schema = json.loads((DEFINITIONS_DIR.parent / "definition.schema.json").read_text())
     assert "deletions" in schema["$defs"]["StreamModel"]["properties"]
+
+
+async def test_archived_flag_marks_flagged_rows(sbff: BFF) -> None:
+    """A stream declaring an archived flag: rows whose flag is true get `_deleted_at`, others not;
+    a record un-archived later is live again after its next write."""
+    data = bank_definition()
+    stream_def = data["streams"][0]
+    stream_def["fields"].append({"name": "archived", "type": "boolean"})
+    stream_def["deletions"] = {"kind": "archived_flag", "field": "archived"}
+    stream = parse_connector(data, "bank.json").streams[0]
+    who = await customer(sbff)
+    connection = await sbff.services.store.create_connection(who.account_id, "sandbox_bank", "Flagged", "OK")
+    table = await sbff.services.warehouse.open_table(who.account_id, connection.id, stream)
+    key = stream.primary_key[0]
+
+    def record(i: int, archived: bool) -> dict[str, Any]:
+        return {**{f.name: None for f in stream.fields}, key: f"t{i}", "archived": archived}
+
+    await table.write([record(1, False), record(2, True), record(3, True)], {}, run_id=1)
+    assert await table.mark_flagged_deleted("archived") == 2
+    assert set((await deleted_rows(sbff, who.account_id, stream.name))["deleted"]) == {"t2", "t3"}
+    assert await table.mark_flagged_deleted("archived") == 0  # already marked
+    await table.write([record(3, False)], {}, run_id=2)
+    assert set((await deleted_rows(sbff, who.account_id, stream.name))["deleted"]) == {"t2"}

@@ -257,3 +257,19 @@ async def test_wait_answers_200_with_the_run_or_202_when_still_going(settings_fa
         for bad in ("121", "-1", "soon"):
             answer = await bff.client.post(f"/api/server/{connection['id']}/sync?wait={bad}", headers=auth(token))
             assert answer.status_code == 400 and answer.json()["errors"].keys() == {"wait"}
+
+
+async def test_reauthorised_connection_syncs_at_once(settings_factory: Callable[..., Settings]) -> None:
+    clock = FakeClock(T0)
+    async with scheduled(settings_factory, clock) as bff:
+        token, _ = await customer(bff)
+        connection = await connect_bank(bff.client, token)
+        await execute_all(bff, await bff.services.schedules.tick())
+        clock.advance(60)
+        assert await bff.services.schedules.tick() == []  # next one is 6 h away
+        answer = await bff.client.post(
+            f"/api/server/{connection['id']}/reauthorise", json={"login": "sandbox", "password": "sandbox"}, headers=auth(token)
+        )
+        assert answer.status_code == 200 and answer.json()["health_status"] == "RE_AUTHORISED"
+        assert answer.json()["next_sync_at"] == "2027-01-15T08:01:00.000Z"
+        assert len(await bff.services.schedules.tick()) == 1
