@@ -21,7 +21,7 @@ from .connections import SandboxTransport
 from .crypto import Vault
 from .errors import EXCEPTION_HANDLERS
 from .sandbox import SandboxOptions, create_sandbox_app
-from .middleware import AccessLogMiddleware, BodyLimitMiddleware, CORSMiddleware
+from .middleware import AccessLogMiddleware, BodyLimitMiddleware, CORSMiddleware, SecurityHeadersMiddleware
 from .settings import Settings
 from .store import Store
 from .sync import SyncRunner
@@ -132,7 +132,13 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
         routes=routes,
         middleware=[
             Middleware(AccessLogMiddleware),
-            Middleware(CORSMiddleware, is_allowed=services.origin_registered),
+            Middleware(SecurityHeadersMiddleware, hsts=settings.hsts),
+            Middleware(
+                CORSMiddleware,
+                is_allowed=services.origin_registered,
+                partner_of=services.tokens.partner_of,
+                partner_has_origin=store.partner_has_origin,
+            ),
             Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes),
         ],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]

@@ -9,7 +9,12 @@ from pathlib import Path
 import pytest
 
 from bff.cli import main, normalise_origin
-from bff.settings import SettingsError
+from bff.settings import SettingsError, generate_encryption_key, generate_secret_key
+
+# Fixed per run, so two invocations share them; weak keys (e.g. "k" * 32) are refused since issue 16.
+STRONG_SIGNING_KEY = generate_secret_key()
+STRONG_ENCRYPTION_KEY = generate_encryption_key()
+OTHER_ENCRYPTION_KEY = generate_encryption_key()
 
 
 def run_bff(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -35,7 +40,7 @@ def test_serve_refuses_to_start_without_keys(tmp_path: Path) -> None:
 
 def test_serve_rejects_a_malformed_encryption_key(tmp_path: Path) -> None:
     result = run_bff(
-        "serve", "--data-dir", str(tmp_path), env={"BFF_SECRET_KEYS": "x" * 32, "BFF_ENCRYPTION_KEY": "short"}
+        "serve", "--data-dir", str(tmp_path), env={"BFF_SECRET_KEYS": STRONG_SIGNING_KEY, "BFF_ENCRYPTION_KEY": "short"}
     )
     assert result.returncode == 2 and "32 bytes" in result.stderr and "Traceback" not in result.stderr
 
@@ -49,7 +54,7 @@ def test_keys_prints_usable_keys(tmp_path: Path, capsys: pytest.CaptureFixture[s
 
 
 def test_partner_create_prints_json_and_the_token_works(tmp_path: Path) -> None:
-    env = {"BFF_SECRET_KEYS": "k" * 32, "BFF_ENCRYPTION_KEY": "A" * 43 + "="}
+    env = {"BFF_SECRET_KEYS": STRONG_SIGNING_KEY, "BFF_ENCRYPTION_KEY": STRONG_ENCRYPTION_KEY}
     result = run_bff(
         "partner", "create", "--name", "Acme", "--origin", "https://app.acme.test", "--origin", "http://localhost:8001",
         "--data-dir", str(tmp_path), env=env,
@@ -82,12 +87,12 @@ def test_partner_create_without_any_keys_explains(tmp_path: Path) -> None:
 def test_a_different_encryption_key_refuses_to_open_the_data(tmp_path: Path) -> None:
     first = run_bff(
         "partner", "create", "--name", "a", "--data-dir", str(tmp_path),
-        env={"BFF_SECRET_KEYS": "k" * 32, "BFF_ENCRYPTION_KEY": "A" * 43 + "="},
+        env={"BFF_SECRET_KEYS": STRONG_SIGNING_KEY, "BFF_ENCRYPTION_KEY": STRONG_ENCRYPTION_KEY},
     )
     assert first.returncode == 0
     second = run_bff(
         "partner", "create", "--name", "b", "--data-dir", str(tmp_path),
-        env={"BFF_SECRET_KEYS": "k" * 32, "BFF_ENCRYPTION_KEY": "B" * 43 + "="},
+        env={"BFF_SECRET_KEYS": STRONG_SIGNING_KEY, "BFF_ENCRYPTION_KEY": OTHER_ENCRYPTION_KEY},
     )
     assert second.returncode == 2 and "BFF_ENCRYPTION_KEY does not match" in second.stderr
     assert "Traceback" not in second.stderr

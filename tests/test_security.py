@@ -1,0 +1,356 @@
+"""Issue 16, security hardening: one test (at least) per numbered item, each failing on the old code."""
+
+from __future__ import annotations
+
+import base64
+import json
+import unicodedata
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bff.errors import ApiError
+from bff.settings import Settings, SettingsError, generate_encryption_key, generate_secret_key
+
+from conftest import BFF, FakeClock, auth, running_bff
+from sandbox_flows import connect_bank
+
+TOO_BIG = str(2**63)
+
+
+@pytest.fixture
+async def sbff(settings_factory: Callable[..., Settings]) -> AsyncIterator[BFF]:
+    async with running_bff(settings_factory(sandbox_enabled=True)) as instance:
+        yield instance
+
+
+async def customer(bff: BFF, external_id: str = "cust-1", partner: str = "acme") -> tuple[str, str]:
+    """(partner token, integrate token) of a fresh partner and one of its customers."""
+    _, partner_token = await bff.partner(partner)
+    return partner_token, str((await bff.integrate(partner_token, external_id))["token"])
+
+
+def assert_error_shape(body: dict[str, Any]) -> None:
+    assert isinstance(body["detail"], str) and isinstance(body["code"], str)
+    assert set(body) <= {"detail", "code", "errors"}
+
+
+# -- 4. CORS only for the token's own partner's origins ---------------------------------------------
+
+
+async def test_cors_answers_only_the_tokens_own_partners_origins(bff: BFF) -> None:
+    _, x_token = await bff.partner("x", origins=("https://x.example",))
+    await bff.partner("y", origins=("https://y.example",))
+    integrate = (await bff.integrate(x_token, "cust-x"))["token"]
+    own = await bff.client.get("/api/servers", headers={**auth(integrate), "Origin": "https://x.example"})
+    assert own.status_code == 200 and own.headers["access-control-allow-origin"] == "https://x.example"
+    other = await bff.client.get("/api/servers", headers={**auth(integrate), "Origin": "https://y.example"})
+    assert other.status_code == 200 and "access-control-allow-origin" not in other.headers
+    partner_call = await bff.client.get("/api/partner/sub-accounts", headers={**auth(x_token), "Origin": "https://y.example"})
+    assert "access-control-allow-origin" not in partner_call.headers
+    # Preflights carry no token: any registered origin may ask; unregistered ones may not.
+    preflight = {"Origin": "https://y.example", "Access-Control-Request-Method": "POST"}
+    assert (await bff.client.options("/api/servers", headers=preflight)).status_code == 204
+    stranger = {"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}
+    assert (await bff.client.options("/api/servers", headers=stranger)).status_code == 403
+
+
+# -- 5. frame-ancestors: the partner's registered origin, not * ---------------------------------
+
+
+async def test_connect_ui_may_be_framed_only_by_a_registered_origin(bff: BFF) -> None:
+    await bff.partner("x", origins=("https://x.example",))
+    framed = await bff.client.get("/embed/v1/connect", params={"parent": "https://x.example", "locale": "en"})
+    csp = framed.headers["content-security-policy"]
+    assert "frame-ancestors https://x.example;" in csp and "frame-ancestors *" not in csp
+    for parent in ("https://evil.example", "", "https://x.example\r\nX-Injected: 1", "https://x.example/ 'self'"):
+        refused = await bff.client.get("/embed/v1/connect", params={"parent": parent})
+        assert "frame-ancestors 'none';" in refused.headers["content-security-policy"], parent
+
+
+# -- 6. no 500s on bad input ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "method,path",
+    [
+        ("GET", f"/api/server/{TOO_BIG}"),
+        ("GET", f"/api/server/{TOO_BIG}/health"),
+        ("DELETE", f"/api/server/{TOO_BIG}"),
+        ("GET", f"/api/database/rows/table/{TOO_BIG}/"),
+        ("GET", f"/api/database/tables/database/{TOO_BIG}/"),
+        ("GET", f"/api/server/{2**31}"),
+    ],
+)
+async def test_huge_path_ids_are_404_not_500(bff: BFF, method: str, path: str) -> None:
+    _, token = await customer(bff)
+    response = await bff.client.request(method, path, headers=auth(token))
+    assert response.status_code == 404
+    assert_error_shape(response.json())
+
+
+async def test_huge_query_numbers_are_400_not_500(bff: BFF) -> None:
+    partner_token, token = await customer(bff)
+    revoke = await bff.client.post(f"/api/partner/sub-account/{TOO_BIG}/revoke-tokens", headers=auth(partner_token))
+    assert revoke.status_code == 404
+    for params in ({"account_id": TOO_BIG}, {"account_id": "²"}, {"account_id": "1" * 5000}):
+        identity = await bff.client.get("/api/partner/sub-account/identity/", params=params, headers=auth(partner_token))
+        assert identity.status_code == 400 and identity.json()["code"] == "validation_error", params
+    for page in (TOO_BIG, str(2**31), "9" * 5000):
+        listed = await bff.client.get("/api/partner/sub-accounts", params={"page": page}, headers=auth(partner_token))
+        assert listed.status_code == 400 and listed.json()["code"] == "validation_error"
+        logs = await bff.client.get("/api/servers", params={"page": page}, headers=auth(token))
+        assert logs.status_code < 500
+
+
+async def test_deep_json_and_lone_surrogates_are_400(sbff: BFF) -> None:
+    partner_token, token = await customer(sbff)
+    deep = '{"servertype_id": "sandbox_bank", "name": ' + "[" * 5000 + "]" * 5000 + "}"
+    response = await sbff.client.post(
+        "/api/servers", content=deep, headers={**auth(token), "Content-Type": "application/json"}
+    )
+    assert response.status_code == 400 and response.json()["code"] == "invalid_json"
+    medium = '{"external_id": "a", "x": ' + "[" * 500 + "]" * 500 + "}"
+    response = await sbff.client.post(
+        "/api/partner/sub-account/", content=medium, headers={**auth(partner_token), "Content-Type": "application/json"}
+    )
+    assert response.status_code == 400 and response.json()["code"] == "invalid_json"
+    for body in (
+        '{"servertype_id": "sandbox_bank", "login": "sandbox", "password": "\\ud800"}',
+        '{"servertype_id": "sandbox_bank", "login": "sandbox", "password": "sandbox", "name": "x\\udfff"}',
+        '{"servertype_id": "sandbox_bank", "\\ud800": 1}',
+    ):
+        response = await sbff.client.post(
+            "/api/servers", content=body, headers={**auth(token), "Content-Type": "application/json"}
+        )
+        assert response.status_code == 400 and response.json()["code"] == "invalid_json", body
+        assert_error_shape(response.json())
+    # A proper surrogate pair is a real character and fine.
+    fine = '{"servertype_id": "sandbox_bank", "login": "sandbox", "password": "sandbox", "name": "Bank \\ud83d\\ude00"}'
+    ok = await sbff.client.post("/api/servers", content=fine, headers={**auth(token), "Content-Type": "application/json"})
+    assert ok.status_code == 201 and ok.json()["name"] == "Bank \N{GRINNING FACE}"
+
+
+def test_openapi_describes_request_and_response_bodies() -> None:
+    from bff.app import create_app
+    from bff.openapi import build_spec
+
+    from conftest import make_settings
+
+    app = create_app(make_settings(Path("/nonexistent-never-opened"), sandbox_enabled=True))
+    spec = build_spec(app.routes)
+
+    def resolve(schema: dict[str, Any]) -> dict[str, Any]:
+        ref = schema.get("$ref")
+        return resolve(spec["components"]["schemas"][ref.rsplit("/", 1)[1]]) if ref else schema
+
+    create = spec["paths"]["/api/partner/sub-account"]["post"]
+    assert resolve(create["requestBody"]["content"]["application/json"]["schema"])["required"] == ["external_id"]
+    assert "external_id" in resolve(create["responses"]["201"]["content"]["application/json"]["schema"])["required"]
+    servers = spec["paths"]["/api/servers"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert "servertype_id" in resolve(servers)["properties"]
+    listed = spec["paths"]["/api/partner/sub-accounts"]["get"]
+    assert {p["name"] for p in listed["parameters"]} >= {"page", "page_size"}
+    assert "200" in listed["responses"]
+
+
+# -- 7. weak and malformed keys are refused ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", ["aaaaaaaaaaaaaaaa", "passwordpassword", "abcabcabcabcabcabc", "tiny"])
+def test_weak_signing_keys_are_refused(tmp_path: Path, key: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env({"BFF_DATA_DIR": str(tmp_path), "BFF_SECRET_KEYS": key, "BFF_ENCRYPTION_KEY": generate_encryption_key()})
+    message = str(info.value)
+    assert "BFF_SECRET_KEYS" in message and key not in message and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        base64.urlsafe_b64encode(bytes(32)).decode(),  # all zero
+        base64.urlsafe_b64encode(b"ab" * 16).decode(),  # two distinct bytes
+        "!" + generate_encryption_key()[1:],  # a non-base64 character, which used to be dropped silently
+        generate_encryption_key()[:20] + "*" + generate_encryption_key()[20:],
+        generate_encryption_key()[:-2] + "B=",  # non-canonical: spare bits set
+    ],
+)
+def test_weak_or_malformed_encryption_keys_are_refused(tmp_path: Path, key: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env({"BFF_DATA_DIR": str(tmp_path), "BFF_SECRET_KEYS": generate_secret_key(), "BFF_ENCRYPTION_KEY": key})
+    assert "BFF_ENCRYPTION_KEY" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_bff_serve_refuses_a_weak_key_in_one_line(tmp_path: Path) -> None:
+    from test_cli import run_bff
+
+    result = run_bff(
+        "serve", "--data-dir", str(tmp_path),
+        env={"BFF_SECRET_KEYS": "passwordpassword", "BFF_ENCRYPTION_KEY": generate_encryption_key()},
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "BFF_SECRET_KEYS" in result.stderr
+
+
+# -- 8. headers ---------------------------------------------------------------------------------------
+
+
+async def test_nosniff_everywhere_and_no_store_on_customer_data(bff: BFF) -> None:
+    partner_token, token = await customer(bff)
+    for path, headers in (
+        ("/healthz", {}),
+        ("/openapi.json", {}),
+        ("/nowhere", {}),
+        ("/embed/v1/peliqan-integration.js", {}),
+        ("/api/servers", auth(token)),
+        ("/api/partner/sub-accounts", auth(partner_token)),
+    ):
+        response = await bff.client.get(path, headers=headers)
+        assert response.headers["x-content-type-options"] == "nosniff", path
+    for path, headers in (
+        ("/api/servers", auth(token)),
+        ("/api/applications/", auth(token)),
+        ("/api/partner/sub-accounts", auth(partner_token)),
+        ("/api/servers", {}),
+    ):
+        response = await bff.client.get(path, headers=headers)
+        assert response.headers["cache-control"] == "no-store", path
+    assert "strict-transport-security" not in (await bff.client.get("/healthz")).headers
+
+
+async def test_health_answers_are_not_stored_either(sbff: BFF) -> None:
+    _, token = await customer(sbff)
+    bank = await connect_bank(sbff.client, token)
+    health = await sbff.client.get(f"/api/server/{bank['id']}/health", headers=auth(token))
+    assert health.headers["cache-control"] == "no-store" and health.headers["etag"]
+    again = await sbff.client.get(
+        f"/api/server/{bank['id']}/health", headers={**auth(token), "If-None-Match": health.headers["etag"]}
+    )
+    assert again.status_code == 304
+
+
+async def test_hsts_when_configured(settings_factory: Callable[..., Settings], tmp_path: Path) -> None:
+    assert Settings.from_env(
+        {"BFF_DATA_DIR": str(tmp_path), "BFF_SECRET_KEYS": generate_secret_key(),
+         "BFF_ENCRYPTION_KEY": generate_encryption_key(), "BFF_HSTS": "true"}
+    ).hsts
+    async with running_bff(settings_factory(hsts=True)) as bff:
+        for path in ("/healthz", "/nowhere", "/embed/v1/peliqan-integration.js"):
+            response = await bff.client.get(path)
+            assert response.headers["strict-transport-security"].startswith("max-age="), path
+
+
+async def test_404_and_405_bodies_do_not_echo_the_path(bff: BFF) -> None:
+    probe = "/<script>alert(1)</script>"
+    missing = await bff.client.get(probe)
+    assert missing.status_code == 404 and "script" not in missing.text and "alert" not in missing.text
+    assert missing.json()["code"] == "not_found"
+    wrong = await bff.client.put("/healthz")
+    assert wrong.status_code == 405 and "healthz" not in wrong.text and "PUT" not in wrong.text
+
+
+# -- 9. paging links from BFF_PUBLIC_URL -------------------------------------------------------------
+
+
+async def test_paging_links_ignore_the_host_header(bff: BFF) -> None:
+    partner_token, _ = await customer(bff)
+    for i in range(3):
+        await bff.client.post("/api/sub-account/", json={"external_id": f"c{i}"}, headers=auth(partner_token))
+    listed = await bff.client.get(
+        "/api/partner/sub-accounts", params={"page_size": 1, "page": 2},
+        headers={**auth(partner_token), "Host": "evil.example", "X-Forwarded-Host": "evil.example"},
+    )
+    body = listed.json()
+    assert body["next"].startswith("http://testserver/api/partner/sub-accounts?")
+    assert body["previous"].startswith("http://testserver/api/partner/sub-accounts?")
+    assert "evil" not in listed.text
+
+
+# -- 12. canonical tokens only; nothing dated in the future ------------------------------------------
+
+
+def _authority(tmp_path: Path, clock: FakeClock) -> Any:
+    from bff.tokens import TokenAuthority
+
+    from conftest import make_settings
+
+    return TokenAuthority(make_settings(tmp_path), clock=clock)
+
+
+def test_only_the_canonical_token_string_verifies(tmp_path: Path) -> None:
+    tokens = _authority(tmp_path, FakeClock())
+    minted = [
+        tokens.mint_partner_token(partner_id=1, generation=0).token,
+        tokens.mint_integrate_token(partner_id=1, sub_account_id=2, generation=0).token,
+        tokens.mint_identity_token(partner_id=1, sub_account_id=2, generation=0, expire=False).token,
+    ]
+    for token in minted:
+        tokens.verify(token, accept=("partner", "integrate", "identity"))
+        payload, stamp, signature = token.split(".")
+        variants = [token + "=", token + "==", f"{payload}=.{stamp}.{signature}", f"{payload}.{stamp}=.{signature}", " " + token]
+        # The signature's last character carries spare bits: flipping them decodes to the same bytes.
+        alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+        last = alphabet.index(signature[-1])
+        variants += [f"{payload}.{stamp}.{signature[:-1]}{alphabet[last ^ bit]}" for bit in (1, 2, 3)]
+        for variant in variants:
+            with pytest.raises(ApiError) as info:
+                tokens.verify(variant, accept=("partner", "integrate", "identity"))
+            assert info.value.code == "token_invalid", variant
+
+
+@pytest.mark.parametrize("kind", ["partner", "integrate", "identity", "identity-forever"])
+def test_tokens_dated_in_the_future_are_refused(tmp_path: Path, kind: str) -> None:
+    clock = FakeClock()
+    tokens = _authority(tmp_path, clock)
+    clock.advance(3600)
+    if kind == "partner":
+        token = tokens.mint_partner_token(partner_id=1, generation=0).token
+    elif kind == "integrate":
+        token = tokens.mint_integrate_token(partner_id=1, sub_account_id=2, generation=0).token
+    else:
+        token = tokens.mint_identity_token(partner_id=1, sub_account_id=2, generation=0, expire=kind == "identity").token
+    clock.advance(-3600)
+    fresh = _authority(tmp_path / "other", clock)  # another process: nothing remembered
+    for authority in (tokens, fresh):
+        with pytest.raises(ApiError) as info:
+            authority.verify(token, accept=("partner", "integrate", "identity"))
+        assert info.value.code == "token_expired"
+    clock.advance(3600)
+    assert fresh.verify(token, accept=("partner", "integrate", "identity")).partner_id == 1
+
+
+# -- 13. external_id: no control, bidi or zero-width characters; NFC ----------------------------------
+
+
+@pytest.mark.parametrize(
+    "external_id",
+    ["cust\x00", "cust\x1b[31m", "cust\u202eevil", "cu\u200bst", "\ufeffcust", "cust\u2066", "a\u2028b", "x\ud800"],
+)
+async def test_external_id_refuses_invisible_and_control_characters(bff: BFF, external_id: str) -> None:
+    _, partner_token = await bff.partner()
+    body = json.dumps({"external_id": external_id})
+    for path in ("/api/partner/sub-account/", "/api/partner/sub-account/integrate/"):
+        response = await bff.client.post(
+            path, content=body, headers={**auth(partner_token), "Content-Type": "application/json"}
+        )
+        assert response.status_code == 400, (path, external_id)
+        assert response.json()["code"] in {"validation_error", "invalid_json"}
+    listed = await bff.client.get("/api/partner/sub-accounts", headers=auth(partner_token))
+    assert listed.json()["count"] == 0
+
+
+async def test_external_id_is_nfc_normalised(bff: BFF) -> None:
+    _, partner_token = await bff.partner()
+    decomposed = "cafe\u0301"
+    composed = unicodedata.normalize("NFC", decomposed)
+    assert decomposed != composed
+    first = await bff.client.post("/api/partner/sub-account/", json={"external_id": decomposed}, headers=auth(partner_token))
+    assert first.status_code == 201 and first.json()["external_id"] == composed
+    again = await bff.client.post("/api/partner/sub-account/", json={"external_id": composed}, headers=auth(partner_token))
+    assert again.status_code == 409 and again.json()["id"] == first.json()["id"]
+    found = await bff.client.get(
+        "/api/partner/sub-account/identity/", params={"external_id": decomposed}, headers=auth(partner_token)
+    )
+    assert found.status_code == 200 and found.json()["account_id"] == first.json()["id"]
