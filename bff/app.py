@@ -20,6 +20,7 @@ from . import connections_api, data_api, embed, openapi, partner_api, sync_api
 from .connections import SandboxTransport
 from .crypto import Vault
 from .errors import EXCEPTION_HANDLERS
+from .files import secure_data_dir
 from .sandbox import SandboxOptions, create_sandbox_app
 from .middleware import AccessLogMiddleware, BodyLimitMiddleware, CORSMiddleware, SecurityHeadersMiddleware
 from .settings import Settings
@@ -83,6 +84,7 @@ async def healthz(request: Request) -> JSONResponse:
 
 def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) -> Starlette:
     """Build the BFF. Nothing happens at import time; each call is independent."""
+    secure_data_dir(settings.data_dir)
     store = Store(settings.data_dir, clock=clock)
     sandbox_app = None
     transport: httpx.AsyncBaseTransport = httpx.AsyncHTTPTransport(retries=0)

@@ -133,13 +133,13 @@ async def test_deep_json_and_lone_surrogates_are_400(sbff: BFF) -> None:
     assert ok.status_code == 201 and ok.json()["name"] == "Bank \N{GRINNING FACE}"
 
 
-def test_openapi_describes_request_and_response_bodies() -> None:
+def test_openapi_describes_request_and_response_bodies(tmp_path: Path) -> None:
     from bff.app import create_app
     from bff.openapi import build_spec
 
     from conftest import make_settings
 
-    app = create_app(make_settings(Path("/nonexistent-never-opened"), sandbox_enabled=True))
+    app = create_app(make_settings(tmp_path, sandbox_enabled=True))
     spec = build_spec(app.routes)
 
     def resolve(schema: dict[str, Any]) -> dict[str, Any]:
@@ -354,3 +354,31 @@ async def test_external_id_is_nfc_normalised(bff: BFF) -> None:
         "/api/partner/sub-account/identity/", params={"external_id": decomposed}, headers=auth(partner_token)
     )
     assert found.status_code == 200 and found.json()["account_id"] == first.json()["id"]
+
+
+# -- 11. the data directory is owner-only ----------------------------------------------------------
+
+
+async def test_data_dir_and_everything_in_it_is_owner_only(settings_factory: Callable[..., Settings], tmp_path: Path) -> None:
+    import os
+    import stat
+
+    data = tmp_path / "data"
+    data.mkdir(mode=0o755)
+    data.chmod(0o755)
+    old = data / "old-file.json"
+    old.write_text("{}")
+    old.chmod(0o644)
+    (data / "warehouse").mkdir()
+    (data / "warehouse").chmod(0o755)
+    previous = os.umask(0o022)
+    try:
+        async with running_bff(settings_factory(sandbox_enabled=True)) as bff:
+            partner_token, token = await customer(bff)
+            await connect_bank(bff.client, token)
+            (data / "created-later.txt").write_text("x")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700
+    for path in data.rglob("*"):
+        assert stat.S_IMODE(path.lstat().st_mode) & 0o077 == 0, (path, oct(path.lstat().st_mode))
