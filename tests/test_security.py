@@ -382,3 +382,44 @@ async def test_data_dir_and_everything_in_it_is_owner_only(settings_factory: Cal
     assert stat.S_IMODE(data.stat().st_mode) == 0o700
     for path in data.rglob("*"):
         assert stat.S_IMODE(path.lstat().st_mode) & 0o077 == 0, (path, oct(path.lstat().st_mode))
+
+
+# -- 10. the demo site sets good examples ------------------------------------------------------------
+
+
+async def test_demo_site_shows_only_the_signed_in_customer_refuses_login_csrf_and_stores_nothing(
+    settings_factory: Callable[..., Settings],
+) -> None:
+    import httpx
+
+    from bff.cli import ensure_demo_partner
+    from demo_site.app import create_site_app
+
+    from conftest import free_port, serve_in_thread
+
+    bff_port, site_port = free_port(), free_port()
+    settings = settings_factory(public_url=f"http://127.0.0.1:{bff_port}", sandbox_enabled=True)
+    site_url = f"http://localhost:{site_port}"
+    partner = await ensure_demo_partner(settings, site_url)
+    site = create_site_app(bff_url=settings.public_url, partner_token=partner["token"], site_url=site_url)
+    with serve_in_thread(settings, port=bff_port), serve_in_thread(site, port=site_port, host="localhost") as base:
+        async with httpx.AsyncClient(base_url=base, follow_redirects=True) as anna:
+            await anna.post("/login", data={"customer": "bakery_7"}, headers={"Origin": site_url})
+            await anna.get("/integrations")  # provisions bakery_7
+        async with httpx.AsyncClient(base_url=base, follow_redirects=True) as browser:
+            forged = await browser.post(
+                "/login", data={"customer": "wood_123"},
+                headers={"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"},
+            )
+            assert forged.status_code == 403 and "acme_session" not in browser.cookies
+            forged = await browser.post("/login", data={"customer": "wood_123"}, headers={"Sec-Fetch-Site": "cross-site"})
+            assert forged.status_code == 403 and "acme_session" not in browser.cookies
+            page = await browser.post(
+                "/login", data={"customer": "wood_123"}, headers={"Origin": site_url, "Sec-Fetch-Site": "same-origin"}
+            )
+            assert page.status_code == 200 and str(page.url).endswith("/integrations")
+            assert page.headers["cache-control"] == "no-store"  # carries an integrate token
+            data = await browser.get("/data")
+            assert data.status_code == 200 and data.headers["cache-control"] == "no-store"
+            assert "wood_123" in data.text
+            assert "bakery_7" not in data.text and "Bakkerij" not in data.text  # another customer of the partner
