@@ -26,6 +26,13 @@ async def authorize(client: httpx.AsyncClient, oauth_url: str, *, decision: str 
     return await client.get(answer.headers["location"])
 
 
+async def press_refresh(client: httpx.AsyncClient, refresh_url: str) -> httpx.Response:
+    """Open the bank's manual-refresh page and press "Refresh" (the form carries its CSRF value)."""
+    page = await client.get(refresh_url)
+    assert page.status_code == 200, page.text
+    return await client.post(refresh_url, data=consent_form(page.text))
+
+
 async def connect_crm(client: httpx.AsyncClient, token: str, **extra: Any) -> dict[str, Any]:
     created = await client.post(
         "/api/servers", json={"servertype_id": "sandbox_crm", **extra}, headers={"Authorization": f"Bearer {token}"}

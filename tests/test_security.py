@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import unicodedata
 from collections.abc import AsyncIterator, Callable
@@ -423,3 +424,54 @@ async def test_demo_site_shows_only_the_signed_in_customer_refuses_login_csrf_an
             assert data.status_code == 200 and data.headers["cache-control"] == "no-store"
             assert "wood_123" in data.text
             assert "bakery_7" not in data.text and "Bakkerij" not in data.text  # another customer of the partner
+
+
+# -- 14. sandbox controls need an admin key outside `bff demo`; CSRF on the sandbox's forms --------------
+
+
+async def test_sandbox_controls_need_the_admin_key_in_a_deployment(settings_factory: Callable[..., Settings]) -> None:
+    from bff.sandbox import SandboxOptions
+
+    assert SandboxOptions.from_env({}).controls_open is False
+    # What `bff serve` with BFF_SANDBOX=true builds: no BFF_SANDBOX_CONTROLS=open.
+    closed = dataclasses.replace(settings_factory(sandbox_enabled=True), sandbox_env={})
+    async with running_bff(closed) as bff:
+        for method, path in (("GET", "stats"), ("POST", "reset-stats"), ("POST", "revoke"), ("POST", "restore")):
+            refused = await bff.client.request(method, f"/sandbox/_control/{path}", json={"provider": "crm"})
+            assert refused.status_code == 403 and refused.json()["code"] == "sandbox_controls_disabled"
+    keyed = dataclasses.replace(closed, sandbox_env={"BFF_SANDBOX_ADMIN_KEY": "qa-admin-key-0123456789abcdef"})
+    async with running_bff(keyed) as bff:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic qa-admin-key-0123456789abcdef"}):
+            refused = await bff.client.post("/sandbox/_control/revoke", json={"provider": "crm"}, headers=headers)
+            assert refused.status_code == 401 and refused.json()["code"] == "sandbox_admin_key_required"
+        allowed = await bff.client.post(
+            "/sandbox/_control/revoke", json={"provider": "crm"},
+            headers={"Authorization": "Bearer qa-admin-key-0123456789abcdef"},
+        )
+        assert allowed.status_code == 200 and allowed.json() == {"provider": "crm", "revoked": True}
+
+
+async def test_sandbox_forms_refuse_posts_without_the_pages_csrf_value(sbff: BFF) -> None:
+    import re
+
+    from sandbox_flows import consent_form
+
+    # The bank's manual-refresh form: a cross-site post (no cookie, no value) changes nothing.
+    forged = await sbff.client.post("/sandbox/bank/refresh")
+    assert forged.status_code == 403 and "imported" not in forged.text
+    page = await sbff.client.get("/sandbox/bank/refresh")
+    fields = consent_form(page.text)
+    assert fields.get("csrf_token") and "samesite=strict" in page.headers["set-cookie"].lower()
+    wrong = await sbff.client.post("/sandbox/bank/refresh", data={"csrf_token": "x" * 32})
+    assert wrong.status_code == 403
+    done = await sbff.client.post("/sandbox/bank/refresh", data=fields)
+    assert done.status_code == 200 and "10 new transactions imported." in done.text
+    # The consent form too.
+    _, token = await customer(sbff)
+    created = (await sbff.client.post("/api/servers", json={"servertype_id": "sandbox_crm"}, headers=auth(token))).json()
+    consent = await sbff.client.get(created["oauth_url"])
+    hidden = consent_form(consent.text)
+    assert re.fullmatch(r"[A-Za-z0-9_-]{20,64}", hidden["csrf_token"])
+    sbff.client.cookies.clear()
+    refused = await sbff.client.post("/sandbox/crm/oauth/decision", data={**hidden, "decision": "allow"})
+    assert refused.status_code == 403 and "location" not in refused.headers

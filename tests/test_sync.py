@@ -14,7 +14,7 @@ from bff.connectors.retry import Budget
 from bff.settings import Settings
 
 from conftest import BFF, auth, running_bff
-from sandbox_flows import connect_accounting, connect_bank, connect_crm
+from sandbox_flows import connect_accounting, connect_bank, connect_crm, press_refresh
 from sync_helpers import customer, health, last_run, logs, reset_sandbox_stats, sandbox_stats, sync, tables
 
 FIXTURES = {
@@ -94,7 +94,7 @@ async def test_manual_bank_refresh_is_picked_up_incrementally(sbff: BFF) -> None
     bank = await connect_bank(sbff.client, token)
     await sync(sbff, token, bank["id"])
     refresh_url = (await sbff.client.post(f"/api/server/{bank['id']}/manual-refresh", headers=auth(token))).json()["refresh_url"]
-    page = await sbff.client.post(refresh_url)  # the customer presses "Refresh" on the bank's page
+    page = await press_refresh(sbff.client, refresh_url)  # the customer presses "Refresh" on the bank's page
     assert "10 new transactions imported." in page.text
     run = await sync(sbff, token, bank["id"])
     assert run["records"] == {"transactions": 10}

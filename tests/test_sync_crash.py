@@ -73,6 +73,7 @@ def server(tmp_path: Path) -> Iterator[Server]:
         "BFF_ENCRYPTION_KEY": generate_encryption_key(),
         "BFF_DATA_DIR": str(tmp_path / "data"),
         "BFF_SANDBOX": "1",
+        "BFF_SANDBOX_CONTROLS": "open",
         # Each provider page takes this long, so the sync is still going when it is killed.
         "BFF_SANDBOX_LATENCY_MS": "400",
         "BFF_LOG_LEVEL": "warning",
