@@ -475,3 +475,41 @@ async def test_sandbox_forms_refuse_posts_without_the_pages_csrf_value(sbff: BFF
     sbff.client.cookies.clear()
     refused = await sbff.client.post("/sandbox/crm/oauth/decision", data={**hidden, "decision": "allow"})
     assert refused.status_code == 403 and "location" not in refused.headers
+
+
+# -- 15. PKCE on every real OAuth connector whose provider documents it ------------------------------
+
+# Providers whose OAuth documentation has no PKCE; the README names them.
+PKCE_NOT_DOCUMENTED = {"exact_online"}
+
+
+def test_pkce_on_every_oauth_connector_whose_provider_documents_it() -> None:
+    from bff.connectors import load_connectors
+
+    oauth = {name: c for name, c in load_connectors().items() if c.auth_type == "oauth2"}
+    assert {"hubspot", "slack", "exact_online"} <= set(oauth)
+    for name, connector in oauth.items():
+        assert connector.oauth is not None
+        assert connector.oauth.pkce is (name not in PKCE_NOT_DOCUMENTED), name
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("### OAuth2") :]
+    for name in PKCE_NOT_DOCUMENTED:
+        assert f"`{name}`" in section[: section.index("## Connectors")], name
+
+
+async def test_a_real_connector_starts_its_flow_with_a_code_challenge(settings_factory: Callable[..., Settings]) -> None:
+    from urllib.parse import parse_qs, urlsplit
+
+    from bff.settings import OAuthApp
+
+    apps = {"hubspot": OAuthApp(client_id="hs-id", client_secret=None), "slack": OAuthApp(client_id="sl-id", client_secret=None)}
+    async with running_bff(settings_factory(oauth_apps=apps)) as bff:
+        _, token = await customer(bff)
+        for name in apps:
+            created = await bff.client.post("/api/servers", json={"servertype_id": name}, headers=auth(token))
+            assert created.status_code == 201, created.text
+            url = created.json()["oauth_url"]
+            if "/oauth/start" in url:  # the binding start page (item 1) hands over the provider's URL itself
+                return
+            params = parse_qs(urlsplit(url).query)
+            assert params["code_challenge_method"] == ["S256"] and len(params["code_challenge"][0]) == 43, name
