@@ -115,6 +115,8 @@ class TokenAuthority:
             for salt, kind, expiring in _VARIANTS
         ]
         self._mint = {(kind, max_age is not None): serializer for serializer, kind, max_age in self._variants}
+        # The OAuth browser binding: a first-party cookie naming the one flow it may complete.
+        self._oauth_binding = _Serializer(keys, salt="bff.oauth.binding.v1", signer=_ClockedSigner)
         self._checked: dict[str, tuple[Claims, int, int | None]] = {}
 
     def now(self) -> int:
@@ -175,6 +177,19 @@ class TokenAuthority:
                 f" this endpoint takes a {' or '.join(accept)} token.",
             )
         return claims
+
+    # -- OAuth browser binding ---------------------------------------------------
+
+    def sign_oauth_binding(self, state_hash: str) -> str:
+        """The value of the cookie that lets this browser, and no other, finish the flow ``state_hash``."""
+        return self._oauth_binding.dumps({"kind": "oauth_binding", "flow": state_hash})
+
+    def oauth_binding_matches(self, value: str, state_hash: str, *, max_age: int) -> bool:
+        try:
+            payload = self._oauth_binding.loads(value, max_age=max_age)
+        except BadSignature:  # SignatureExpired is one too
+            return False
+        return isinstance(payload, dict) and payload.get("kind") == "oauth_binding" and payload.get("flow") == state_hash
 
     def partner_of(self, authorization: str) -> int | None:
         """The partner of the token in an ``Authorization`` header if it verifies (any kind), else ``None``."""

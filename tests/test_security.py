@@ -469,7 +469,9 @@ async def test_sandbox_forms_refuse_posts_without_the_pages_csrf_value(sbff: BFF
     # The consent form too.
     _, token = await customer(sbff)
     created = (await sbff.client.post("/api/servers", json={"servertype_id": "sandbox_crm"}, headers=auth(token))).json()
-    consent = await sbff.client.get(created["oauth_url"])
+    from sandbox_flows import start_sign_in
+
+    consent = await sbff.client.get(await start_sign_in(sbff.client, created))
     hidden = consent_form(consent.text)
     assert re.fullmatch(r"[A-Za-z0-9_-]{20,64}", hidden["csrf_token"])
     sbff.client.cookies.clear()
@@ -502,14 +504,116 @@ async def test_a_real_connector_starts_its_flow_with_a_code_challenge(settings_f
 
     from bff.settings import OAuthApp
 
+    from sandbox_flows import start_sign_in
+
     apps = {"hubspot": OAuthApp(client_id="hs-id", client_secret=None), "slack": OAuthApp(client_id="sl-id", client_secret=None)}
     async with running_bff(settings_factory(oauth_apps=apps)) as bff:
         _, token = await customer(bff)
         for name in apps:
             created = await bff.client.post("/api/servers", json={"servertype_id": name}, headers=auth(token))
             assert created.status_code == 201, created.text
-            url = created.json()["oauth_url"]
-            if "/oauth/start" in url:  # the binding start page (item 1) hands over the provider's URL itself
-                return
+            client_id = apps[name].client_id
+            url = await start_sign_in(bff.client, created.json())
+            assert f"client_id={client_id}" in url, url
             params = parse_qs(urlsplit(url).query)
             assert params["code_challenge_method"] == ["S256"] and len(params["code_challenge"][0]) == 43, name
+
+
+# -- 1. OAuth completion is bound to the browser that started it; unfinished connections are capped -------
+
+
+async def test_a_forwarded_consent_link_cannot_complete_into_the_starters_account(sbff: BFF) -> None:
+    import httpx
+
+    from sandbox_flows import authorize, start_sign_in
+
+    _, token = await customer(sbff)
+    created = (await sbff.client.post("/api/servers", json={"servertype_id": "sandbox_crm"}, headers=auth(token))).json()
+    provider_url = await start_sign_in(sbff.client, created)  # the starter's browser, now bound
+    # The starter (a malicious end-user) forwards the consent link; the victim's browser opens it and allows.
+    transport = httpx.ASGITransport(app=sbff.app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as victim:
+        callback = await authorize(victim, provider_url)
+        assert callback.status_code == 400 and "started in another browser" in callback.text
+        assert '"connection_id": null' in callback.text  # nothing reported to any opener
+        # The start page itself, forwarded, binds nothing: the nonce is gone and never was in a URL.
+        again = await victim.post(
+            "/oauth/start", json={"nonce": created["oauth_nonce"], "opener_origin": "http://testserver"},
+            headers={"Origin": "http://testserver"},
+        )
+        assert again.status_code == 400 and again.json()["code"] == "oauth_start_invalid"
+    state = (await sbff.client.get(f"/api/server/{created['id']}", headers=auth(token))).json()
+    assert state["health_status"] == "AUTHORIZING"
+    # The browser that started it still can finish it.
+    finished = await authorize(sbff.client, provider_url)
+    assert finished.status_code == 200
+    assert (await sbff.client.get(f"/api/server/{created['id']}", headers=auth(token))).json()["health_status"] == "OK"
+
+
+async def test_the_start_step_only_answers_the_start_page_of_a_registered_opener(sbff: BFF) -> None:
+    from urllib.parse import parse_qs, urlsplit
+
+    from sandbox_flows import authorize
+
+    _, token = await customer(sbff)
+    await sbff.partner("other", origins=("https://other.example",))
+
+    async def fresh() -> dict[str, Any]:
+        answer = await sbff.client.post("/api/servers", json={"servertype_id": "sandbox_crm"}, headers=auth(token))
+        return answer.json()  # type: ignore[no-any-return]
+
+    page = await sbff.client.get("/oauth/start")
+    assert page.status_code == 200 and "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    assert page.headers["cache-control"] == "no-store" and "only works in the window" in page.text
+    created = await fresh()
+    body = {"nonce": created["oauth_nonce"], "opener_origin": "http://testserver"}
+    # A cross-site form or fetch (login-CSRF style) is refused, and so is a JSON-less post.
+    for headers in ({}, {"Origin": "https://evil.example"}, {"Origin": "http://testserver", "Sec-Fetch-Site": "cross-site"}):
+        refused = await sbff.client.post("/oauth/start", json=body, headers=headers)
+        assert refused.status_code == 403 and refused.json()["code"] == "origin_not_allowed", headers
+    as_form = await sbff.client.post("/oauth/start", data=body, headers={"Origin": "http://testserver"})
+    assert as_form.status_code == 415
+    # Handed over by a page of another partner: refused (and the nonce is spent).
+    other = await sbff.client.post(
+        "/oauth/start", json={**body, "opener_origin": "https://other.example"}, headers={"Origin": "http://testserver"}
+    )
+    assert other.status_code == 403 and other.json()["code"] == "origin_not_allowed"
+    # A registered page of the token's own partner may hand it over (the partner-API flow).
+    created = await fresh()
+    own = await sbff.client.post(
+        "/oauth/start", json={"nonce": created["oauth_nonce"], "opener_origin": "http://localhost:8001"},
+        headers={"Origin": "http://testserver"},
+    )
+    assert own.status_code == 200 and own.headers["cache-control"] == "no-store"
+    cookie = own.headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=lax" in cookie and "path=/oauth/callback" in cookie
+    # The nonce used as a provider state (the starter builds the consent URL by hand) completes nothing.
+    created = await fresh()
+    state = parse_qs(urlsplit(own.json()["authorize_url"]).query)["state"][0]
+    handmade = own.json()["authorize_url"].replace(state, created["oauth_nonce"])
+    refused = await authorize(sbff.client, handmade)
+    assert refused.status_code == 400
+
+
+async def test_unfinished_connections_per_sub_account_are_capped(sbff: BFF) -> None:
+    from bff.connections_api import MAX_PENDING_CONNECTIONS
+
+    _, token = await customer(sbff)
+    ids = []
+    for _ in range(MAX_PENDING_CONNECTIONS):
+        created = await sbff.client.post("/api/servers", json={"servertype_id": "sandbox_crm"}, headers=auth(token))
+        assert created.status_code == 201
+        ids.append(created.json()["id"])
+    refused = await sbff.client.post("/api/servers", json={"servertype_id": "sandbox_crm"}, headers=auth(token))
+    assert refused.status_code == 429 and refused.json()["code"] == "too_many_pending_connections"
+    # Key/login connections that would wait for a choice (CONFIG_SELECT) count and are refused too.
+    books = await sbff.client.post(
+        "/api/servers", json={"servertype_id": "sandbox_accounting", "api_key": "sandbox-valid-key"}, headers=auth(token)
+    )
+    assert books.status_code == 429
+    # Another customer is not affected; deleting one makes room.
+    _, other = await customer(sbff, "cust-2", partner="second")
+    assert (await sbff.client.post("/api/servers", json={"servertype_id": "sandbox_crm"}, headers=auth(other))).status_code == 201
+    assert (await sbff.client.delete(f"/api/server/{ids[0]}", headers=auth(token))).status_code == 204
+    again = await sbff.client.post("/api/servers", json={"servertype_id": "sandbox_crm"}, headers=auth(token))
+    assert again.status_code == 201

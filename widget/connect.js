@@ -325,7 +325,8 @@ function connectForm(st, existing = null) {
       if (!oauth) return track(r, ctx);
       const url = existing ? r?.auth_uri : r?.oauth_url;
       const id = existing ? existing.id : r?.id;
-      if (!/^https?:\/\//i.test(url || '') || id == null) throw fail('bad_response', t.errGeneric);
+      const nonce = r?.oauth_nonce;
+      if (!/^https?:\/\//i.test(url || '') || id == null || typeof nonce != 'string') throw fail('bad_response', t.errGeneric);
       let opened = false;
       try {
         popup.location.href = url;
@@ -333,8 +334,10 @@ function connectForm(st, existing = null) {
       } catch {
         // blocked (null) or unusable: offer a link instead, and keep polling
       }
-      waitFor(url, !opened);
-      follow({ ...ctx, id, popup: opened ? popup : null });
+      const p = { ...ctx, id, popup: opened ? popup : null };
+      waitFor(url, !opened, p, nonce);
+      follow(p);
+      if (opened) handOver(p, nonce);
     })().catch((e) => {
       try {
         popup?.close();
@@ -343,9 +346,18 @@ function connectForm(st, existing = null) {
     });
   }
 
-  function waitFor(url, blocked) {
+  function waitFor(url, blocked, p, nonce) {
     const cancel = h('button', { type: 'button', class: 'secondary', onclick: () => { abandon(); setBusy(false); submit.focus(); } }, t.cancel);
-    const link = blocked && h('a', { href: url, target: '_blank', rel: 'noopener' }, t.continueTab);
+    // The start page needs this window as its opener to receive the nonce: open it from the click.
+    const openTab = (e) => {
+      e.preventDefault();
+      const w = window.open(url, 'peliqan-oauth');
+      if (w) {
+        p.popup = w;
+        handOver(p, nonce);
+      }
+    };
+    const link = blocked && h('a', { href: url, target: '_blank', rel: 'opener', onclick: openTab }, t.continueTab);
     wait.replaceChildren(
       blocked && h('p', { role: 'alert' }, t.popupBlocked),
       link && h('p', null, link),
@@ -371,6 +383,21 @@ function openPopup() {
     // null (blocked) or a window left on another origin by an earlier attempt
   }
   return popup;
+}
+
+// Hands the sign-in's one-time nonce to the start page in the pop-up (DESIGN §2.3: completion is
+// bound to the browser that started it). Posted to our exact origin only, so the provider's page
+// or anything else the pop-up shows never receives it; repeated until the start page says it has it.
+function handOver(p, nonce) {
+  const until = Date.now() + 60e3;
+  const tick = () => {
+    if (p.handedOver || p.stopped || Date.now() > until) return;
+    try {
+      p.popup?.postMessage({ source: 'peliqan', type: 'oauth_nonce', nonce }, location.origin);
+    } catch {}
+    setTimeout(tick, 200);
+  };
+  tick();
 }
 
 // Follows a connection until it needs the user (CONFIG_SELECT), is usable, or has failed.
@@ -553,8 +580,9 @@ addEventListener('message', (e) => {
       autofocus = true;
       refresh();
     } else if (m.type === 'token') onToken?.(m.token);
-  } else if (e.origin === location.origin && pending?.popup && e.source === pending.popup && m?.source === 'peliqan-oauth' && String(m.connection_id) === String(pending.id)) {
-    pending.kick?.(); // the callback page reported: confirm by polling now
+  } else if (e.origin === location.origin && pending?.popup && e.source === pending.popup && m?.source === 'peliqan-oauth') {
+    if (m.type === 'oauth_nonce_received') pending.handedOver = true;
+    else if (String(m.connection_id) === String(pending.id)) pending.kick?.(); // the callback page reported: confirm by polling now
   }
 });
 if (self.BroadcastChannel) {
