@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 from axe_playwright_python.sync_playwright import Axe
-from playwright.sync_api import BrowserContext, Page, Request, Route, expect
+from playwright.sync_api import Browser, BrowserContext, Page, Request, Route, expect
 
 from e2e.pages.connect_modal import ConnectModal
 from e2e.pages.partner_page import PartnerPage
@@ -283,6 +283,31 @@ def test_oauth_popup_completes_and_is_confirmed_by_polling(partner: PartnerPage,
     assert connected["connector"] == "sandbox_crm" and connected["health_status"] == "OK"
 
 
+def test_a_forwarded_consent_link_fails_in_another_browser(partner: PartnerPage, modal: ConnectModal, browser: Browser) -> None:
+    # A malicious customer starts a Sandbox CRM connection and forwards the consent link (or the
+    # start page's link) to a victim, whose browser (another context: no cookies, no opener) opens it.
+    open_modal(partner, modal)
+    consent = modal.start_oauth().wait_until_shown()
+    consent_url = consent.page.url
+    victim = browser.new_context()
+    try:
+        forwarded = victim.new_page()
+        forwarded.goto(consent_url)
+        ConsentPage(forwarded).allow()
+        expect(forwarded.get_by_role("heading", name="Connection not completed")).to_be_visible()
+        expect(forwarded.get_by_role("alert")).to_contain_text("started in another browser or window")
+        start = victim.new_page()
+        start.goto(consent_url.split("/sandbox/")[0] + "/oauth/start")
+        expect(start.get_by_role("heading", name="Sign-in not started")).to_be_visible()
+        expect(start.get_by_role("alert")).to_contain_text("only works in the window your app opened")
+    finally:
+        victim.close()
+    # Nothing was connected into the starter's account; the starter's own window still can finish it.
+    expect(modal.waiting).to_be_visible()
+    consent.allow()
+    expect(modal.connected_heading).to_be_visible()
+
+
 def test_oauth_denied_returns_to_the_form_and_removes_the_connection(partner: PartnerPage, modal: ConnectModal, stack: Stack) -> None:
     open_modal(partner, modal)
     modal.start_oauth().deny()
@@ -301,10 +326,12 @@ def test_blocked_popup_offers_a_new_tab_and_keeps_polling(partner: PartnerPage, 
     expect(modal.frame.get_by_role("alert").filter(has_text=EN["popupBlocked"])).to_be_visible()
     expect(modal.new_tab_link).to_be_focused()
     expect(modal.new_tab_link).to_have_attribute("target", "_blank")
-    expect(modal.new_tab_link).to_have_attribute("href", re.compile(r"/sandbox/crm/oauth/authorize\?"))
+    # The sign-in's start page (it takes the nonce from the connect window, then goes to the provider).
+    expect(modal.new_tab_link).to_have_attribute("href", re.compile(r"/oauth/start$"))
+    expect(modal.new_tab_link).to_have_attribute("rel", "opener")
     with partner.page.expect_popup() as tab:
         modal.new_tab_link.click()
-    ConsentPage(tab.value).allow()  # the tab has no opener: only polling can see this
+    ConsentPage(tab.value).allow()
     expect(modal.connected_heading).to_be_visible()
 
 
@@ -532,6 +559,9 @@ def test_reauthorise_oauth_opens_the_consent_in_a_new_tab(partner: PartnerPage, 
     with partner.page.expect_popup() as tab:
         result = partner.run_sdk(f"Peliqan.reAuthoriseServer({{identityToken: window.cfg.token, serverId: {server_id}}})")
     assert "auth_uri" in result["ok"]
+    # The tab first shows the sign-in's start page (it takes the nonce from this page, its opener),
+    # which drops its opener before going on: the provider's page has no handle on the partner page.
+    tab.value.wait_for_url("**/sandbox/crm/oauth/authorize?**")
     assert tab.value.evaluate("window.opener") is None
     ConsentPage(tab.value).allow()
     partner.wait_for_api(f"/api/server/{server_id}", "(body) => body.health_status === 'RE_AUTHORISED'")

@@ -334,10 +334,10 @@ function connectForm(st, existing = null) {
       } catch {
         // blocked (null) or unusable: offer a link instead, and keep polling
       }
-      const p = { ...ctx, id, popup: opened ? popup : null };
-      waitFor(url, !opened, p, nonce);
+      const p = { ...ctx, id, nonce, popup: opened ? popup : null };
+      waitFor(url, !opened);
       follow(p);
-      if (opened) handOver(p, nonce);
+      if (opened) handOver(p);
     })().catch((e) => {
       try {
         popup?.close();
@@ -346,18 +346,10 @@ function connectForm(st, existing = null) {
     });
   }
 
-  function waitFor(url, blocked, p, nonce) {
+  function waitFor(url, blocked) {
     const cancel = h('button', { type: 'button', class: 'secondary', onclick: () => { abandon(); setBusy(false); submit.focus(); } }, t.cancel);
-    // The start page needs this window as its opener to receive the nonce: open it from the click.
-    const openTab = (e) => {
-      e.preventDefault();
-      const w = window.open(url, 'peliqan-oauth');
-      if (w) {
-        p.popup = w;
-        handOver(p, nonce);
-      }
-    };
-    const link = blocked && h('a', { href: url, target: '_blank', rel: 'opener', onclick: openTab }, t.continueTab);
+    // rel=opener: the start page in the new tab asks us (its opener) for the nonce ('oauth_ready').
+    const link = blocked && h('a', { href: url, target: '_blank', rel: 'opener' }, t.continueTab);
     wait.replaceChildren(
       blocked && h('p', { role: 'alert' }, t.popupBlocked),
       link && h('p', null, link),
@@ -388,7 +380,8 @@ function openPopup() {
 // Hands the sign-in's one-time nonce to the start page in the pop-up (DESIGN §2.3: completion is
 // bound to the browser that started it). Posted to our exact origin only, so the provider's page
 // or anything else the pop-up shows never receives it; repeated until the start page says it has it.
-function handOver(p, nonce) {
+function handOver(p) {
+  const nonce = p.nonce;
   const until = Date.now() + 60e3;
   const tick = () => {
     if (p.handedOver || p.stopped || Date.now() > until) return;
@@ -580,9 +573,14 @@ addEventListener('message', (e) => {
       autofocus = true;
       refresh();
     } else if (m.type === 'token') onToken?.(m.token);
-  } else if (e.origin === location.origin && pending?.popup && e.source === pending.popup && m?.source === 'peliqan-oauth') {
-    if (m.type === 'oauth_nonce_received') pending.handedOver = true;
-    else if (String(m.connection_id) === String(pending.id)) pending.kick?.(); // the callback page reported: confirm by polling now
+  } else if (e.origin === location.origin && pending && m?.source === 'peliqan-oauth') {
+    if (m.type === 'oauth_ready' && pending.nonce && !pending.handedOver && (!pending.popup || e.source === pending.popup)) {
+      pending.popup = e.source; // a tab opened from the "continue in a new tab" link asks for the nonce
+      handOver(pending);
+    } else if (pending.popup && e.source === pending.popup) {
+      if (m.type === 'oauth_nonce_received') pending.handedOver = true;
+      else if (String(m.connection_id) === String(pending.id)) pending.kick?.(); // the callback page reported: confirm by polling now
+    }
   }
 });
 if (self.BroadcastChannel) {
