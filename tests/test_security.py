@@ -617,3 +617,14 @@ async def test_unfinished_connections_per_sub_account_are_capped(sbff: BFF) -> N
     assert (await sbff.client.delete(f"/api/server/{ids[0]}", headers=auth(token))).status_code == 204
     again = await sbff.client.post("/api/servers", json={"servertype_id": "sandbox_crm"}, headers=auth(token))
     assert again.status_code == 201
+
+
+# -- 16. SECURITY.md ---------------------------------------------------------------------------------------
+
+
+def test_security_md_has_the_threat_model_the_defences_and_how_to_report() -> None:
+    text = (Path(__file__).resolve().parent.parent / "SECURITY.md").read_text()
+    for heading in ("## Reporting a vulnerability", "## What we defend against", "## The defences"):
+        assert heading in text
+    for threat in ("XSS", "malicious end-user", "Leaked tokens", "Malicious pages and scripts"):
+        assert threat.lower() in text.lower(), threat
