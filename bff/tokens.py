@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Literal
 
-from itsdangerous import BadSignature, SignatureExpired, TimestampSigner, URLSafeTimedSerializer, base64_decode, base64_encode, want_bytes
+from itsdangerous import BadData, BadSignature, SignatureExpired, TimestampSigner, URLSafeTimedSerializer, base64_decode, base64_encode, want_bytes
 
 from .errors import ApiError
 from .settings import INTEGRATE_TOKEN_TTL, Settings
@@ -242,7 +242,7 @@ def _is_canonical(token: str) -> bool:
         return False
     try:
         return all(base64_encode(base64_decode(part)).decode() == part for part in token.split("."))
-    except Exception:  # itsdangerous raises BadData for undecodable base64
+    except BadData:  # undecodable base64
         return False
 
 

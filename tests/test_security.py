@@ -11,12 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import BFF, FakeClock, auth, running_bff
+from sandbox_flows import connect_bank
 
 from bff.errors import ApiError
 from bff.settings import Settings, SettingsError, generate_encryption_key, generate_secret_key
-
-from conftest import BFF, FakeClock, auth, running_bff
-from sandbox_flows import connect_bank
 
 TOO_BIG = str(2**63)
 
@@ -135,10 +134,10 @@ async def test_deep_json_and_lone_surrogates_are_400(sbff: BFF) -> None:
 
 
 def test_openapi_describes_request_and_response_bodies(tmp_path: Path) -> None:
+    from conftest import make_settings
+
     from bff.app import create_app
     from bff.openapi import build_spec
-
-    from conftest import make_settings
 
     app = create_app(make_settings(tmp_path, sandbox_enabled=True))
     spec = build_spec(app.routes)
@@ -273,9 +272,9 @@ async def test_paging_links_ignore_the_host_header(bff: BFF) -> None:
 
 
 def _authority(tmp_path: Path, clock: FakeClock) -> Any:
-    from bff.tokens import TokenAuthority
-
     from conftest import make_settings
+
+    from bff.tokens import TokenAuthority
 
     return TokenAuthority(make_settings(tmp_path), clock=clock)
 
@@ -375,7 +374,7 @@ async def test_data_dir_and_everything_in_it_is_owner_only(settings_factory: Cal
     previous = os.umask(0o022)
     try:
         async with running_bff(settings_factory(sandbox_enabled=True)) as bff:
-            partner_token, token = await customer(bff)
+            _, token = await customer(bff)
             await connect_bank(bff.client, token)
             (data / "created-later.txt").write_text("x")
     finally:
@@ -392,11 +391,10 @@ async def test_demo_site_shows_only_the_signed_in_customer_refuses_login_csrf_an
     settings_factory: Callable[..., Settings],
 ) -> None:
     import httpx
+    from conftest import free_port, serve_in_thread
 
     from bff.cli import ensure_demo_partner
     from demo_site.app import create_site_app
-
-    from conftest import free_port, serve_in_thread
 
     bff_port, site_port = free_port(), free_port()
     settings = settings_factory(public_url=f"http://127.0.0.1:{bff_port}", sandbox_enabled=True)
@@ -502,17 +500,17 @@ def test_pkce_on_every_oauth_connector_whose_provider_documents_it() -> None:
 async def test_a_real_connector_starts_its_flow_with_a_code_challenge(settings_factory: Callable[..., Settings]) -> None:
     from urllib.parse import parse_qs, urlsplit
 
-    from bff.settings import OAuthApp
-
     from sandbox_flows import start_sign_in
+
+    from bff.settings import OAuthApp
 
     apps = {"hubspot": OAuthApp(client_id="hs-id", client_secret=None), "slack": OAuthApp(client_id="sl-id", client_secret=None)}
     async with running_bff(settings_factory(oauth_apps=apps)) as bff:
         _, token = await customer(bff)
-        for name in apps:
+        for name, app in apps.items():
             created = await bff.client.post("/api/servers", json={"servertype_id": name}, headers=auth(token))
             assert created.status_code == 201, created.text
-            client_id = apps[name].client_id
+            client_id = app.client_id
             url = await start_sign_in(bff.client, created.json())
             assert f"client_id={client_id}" in url, url
             params = parse_qs(urlsplit(url).query)
@@ -524,7 +522,6 @@ async def test_a_real_connector_starts_its_flow_with_a_code_challenge(settings_f
 
 async def test_a_forwarded_consent_link_cannot_complete_into_the_starters_account(sbff: BFF) -> None:
     import httpx
-
     from sandbox_flows import authorize, start_sign_in
 
     _, token = await customer(sbff)

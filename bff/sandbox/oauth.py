@@ -266,7 +266,7 @@ class CrmOAuth:
             auth = validate_authorization_request(params, self.options)
         except InvalidAuthorization as exc:
             return _error_page(exc, {})
-        if not pages.csrf_ok(request, (params.get(pages.CSRF_FIELD) or [None])[0]):
+        if not pages.csrf_ok(request, next(iter(params.get(pages.CSRF_FIELD, [])), None)):
             return pages.csrf_failure()
         choice = params.get("decision", [])
         if choice == ["deny"]:
