@@ -75,7 +75,7 @@ async def raw_round(services: Any, connection_id: int) -> int:
 
 async def stored_round(services: Any, client: httpx.AsyncClient, token: str, connection_id: int) -> int:
     """One full sync, timed by the caller from the API request until the run has finished."""
-    runner = services.extras["sync"]
+    runner = services.sync
     answer = await client.post(f"/api/server/{connection_id}/sync", headers={"Authorization": f"Bearer {token}"})
     assert answer.status_code == 202, answer.text
     await runner.wait(connection_id)
@@ -99,7 +99,7 @@ async def new_customer(services: Any, client: httpx.AsyncClient, partner_token: 
 
 async def measure(services: Any, client: httpx.AsyncClient, customers: list[tuple[str, int, int]], rounds: int) -> dict[str, Any]:
     """Alternate raw and stored rounds over all ``customers`` at once; per-round records and seconds."""
-    warehouse = services.extras["warehouse"]
+    warehouse = services.warehouse
     raw: list[tuple[int, float]] = []
     stored: list[tuple[int, float]] = []
     # Warm-up: table creation, imports, caches.
@@ -150,7 +150,7 @@ async def bench(rounds: int, parallel: int) -> None:
             customers = [await new_customer(services, client, partner_token, f"bench-{i}") for i in range(max(1, parallel))]
             one = await measure(services, client, customers[:1], rounds)
             many = await measure(services, client, customers, rounds) if parallel > 1 else None
-            tables = await services.extras["warehouse"].list_tables(customers[0][1])
+            tables = await services.warehouse.list_tables(customers[0][1])
             rows = {table.stream: count for table, count in tables}
 
     print(f"{rounds} rounds of full syncs of the sandbox CRM (contacts + deals); each warehouse ends with {rows}")

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
 
 import httpx
 
@@ -19,58 +19,31 @@ from starlette.routing import BaseRoute, Mount, Route
 from . import connections_api, data_api, embed, openapi, partner_api, sync_api
 from .connections import SandboxTransport
 from .crypto import Vault
+from .db import database_url
 from .errors import EXCEPTION_HANDLERS
 from .files import secure_data_dir
+from .jobs import JobQueue
 from .sandbox import SandboxOptions, create_sandbox_app
 from .middleware import AccessLogMiddleware, BodyLimitMiddleware, CORSMiddleware, SecurityHeadersMiddleware
+from .runtime import Runtime
+from .services import Services
 from .settings import Settings
-from .store import Store
+from .store import Store, migrate
 from .sync import SyncRunner
 from .tokens import TokenAuthority
-
-ORIGIN_CACHE_SECONDS = 2.0
+from .warehouse import Warehouse
 
 
 class StartupError(RuntimeError):
     """The app cannot start with these settings; the message says why."""
 
 
-@dataclasses.dataclass
-class Services:
-    settings: Settings
-    store: Store
-    tokens: TokenAuthority
-    vault: Vault
-    clock: Callable[[], float]
-    http: httpx.AsyncClient
-    extras: dict[str, Any] = dataclasses.field(default_factory=dict)
-    _origins: frozenset[str] = frozenset()
-    _origins_loaded_at: float = float("-inf")
-
-    async def origin_registered(self, origin: str) -> bool:
-        # A short cache: `bff partner create` in another process shows up within seconds.
-        now = time.monotonic()
-        if now - self._origins_loaded_at > ORIGIN_CACHE_SECONDS:
-            self._origins = await self.store.all_origins()
-            self._origins_loaded_at = now
-        if origin in self._origins:
-            return True
-        self._origins = await self.store.all_origins()
-        self._origins_loaded_at = now
-        return origin in self._origins
-
-    def forget_origins(self) -> None:
-        self._origins_loaded_at = float("-inf")
-
-
 async def check_encryption_key(store: Store, vault: Vault) -> None:
     """Refuse to start when the data was written with another encryption key."""
-    stored = await store.get_meta("encryption_key_check")
-    if stored is None:
-        await store.set_meta("encryption_key_check", vault.key_check().hex())
-    elif not vault.matches(bytes.fromhex(stored)):
+    stored = await store.set_meta_once("encryption_key_check", vault.key_check().hex())
+    if not vault.matches(bytes.fromhex(stored)):
         raise StartupError(
-            "BFF_ENCRYPTION_KEY does not match the key this data directory was written with. "
+            "BFF_ENCRYPTION_KEY does not match the key this database was written with. "
             "Restore the original key (secrets stored with it cannot be read with another)."
         )
 
@@ -82,10 +55,16 @@ async def healthz(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok"})
 
 
-def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) -> Starlette:
-    """Build the BFF. Nothing happens at import time; each call is independent."""
+def create_app(settings: Settings, *, clock: Callable[[], float] = time.time, migrate_on_start: bool = True) -> Starlette:
+    """Build the BFF. Nothing happens at import time; each call is independent.
+
+    Without ``settings.database_url`` this starts (or reuses) the embedded PostgreSQL
+    in the data directory. Migrations run when the app starts, unless told not to.
+    """
+    url = database_url(settings)
+    # After the embedded server is up: its cluster may belong to another user, who keeps access.
     secure_data_dir(settings.data_dir)
-    store = Store(settings.data_dir, clock=clock)
+    store = Store(url, clock=clock)
     sandbox_app = None
     transport: httpx.AsyncBaseTransport = httpx.AsyncHTTPTransport(retries=0)
     if settings.sandbox_enabled:
@@ -94,26 +73,36 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time) ->
         )
         sandbox_app = create_sandbox_app(options, clock=clock)
         transport = SandboxTransport(sandbox_app, settings.sandbox_url, transport)
-    services = Services(
+    queue = JobQueue(url, heartbeat_seconds=settings.heartbeat_seconds, stalled_seconds=settings.stalled_seconds)
+    warehouse = Warehouse(store, clock=clock)
+    http = httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(120.0, connect=10.0), follow_redirects=False)
+    runtime = Runtime(
         settings=settings,
         store=store,
         tokens=TokenAuthority(settings, clock=clock),
         vault=Vault(settings.encryption_key),
         clock=clock,
-        http=httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(120.0, connect=10.0), follow_redirects=False),
+        http=http,
     )
-    sync_runner = SyncRunner(services)  # registers itself (and the warehouse) in services.extras
+    runner = SyncRunner(runtime, warehouse, queue)
+    services = Services.extend(runtime, warehouse=warehouse, queue=queue, sync=runner)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if migrate_on_start:
+            await asyncio.to_thread(migrate, url)
         await store.open()
         try:
             await check_encryption_key(store, services.vault)
-            await sync_runner.start()
+            await queue.open()
             try:
+                if settings.run_worker:
+                    queue.start_worker(
+                        concurrency=settings.sync_concurrency, on_sync=runner.execute, on_stalled=runner.recover_stalled
+                    )
                 yield
             finally:
-                await sync_runner.stop()
+                await queue.close()
         finally:
             await services.http.aclose()
             await store.close()

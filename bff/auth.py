@@ -12,7 +12,7 @@ from .store import Connection, Partner, SubAccount
 from .tokens import Claims, TokenKind, parse_authorization, token_error
 
 if TYPE_CHECKING:
-    from .app import Services
+    from .services import Services
 
 SUB_ACCOUNT_KINDS: tuple[TokenKind, ...] = ("integrate", "identity")
 

@@ -60,13 +60,27 @@ def load_settings(args: argparse.Namespace, *, demo: bool = False, **overrides: 
     return Settings.from_env(env, **overrides)
 
 
+def prepare_database(settings: Settings, *, migrate: bool = True) -> str:
+    """The database URL (starting the embedded server if needed), reachable and migrated.
+    Raises DatabaseUnavailable with a one-line message."""
+    from .db import check_reachable, database_url
+    from .store import migrate as apply_migrations
+
+    url = database_url(settings)
+    check_reachable(url)
+    if migrate:
+        apply_migrations(url)
+    return url
+
+
 async def _with_store(settings: Settings, action: Any) -> Any:
     from .app import check_encryption_key
     from .crypto import Vault
     from .store import Store
     from .tokens import TokenAuthority
 
-    store = Store(settings.data_dir)
+    url = await asyncio.to_thread(prepare_database, settings)
+    store = Store(url)
     await store.open()
     try:
         await check_encryption_key(store, Vault(settings.encryption_key))
@@ -108,6 +122,7 @@ async def ensure_demo_partner(settings: Settings, origin: str) -> dict[str, Any]
 
     info = await _with_store(settings, action)
     info["bff_url"] = settings.public_url
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
     path = settings.data_dir / DEMO_PARTNER_FILE
     path.write_text(json.dumps(info, indent=2))
     path.chmod(0o600)
@@ -135,12 +150,73 @@ def cmd_serve(args: argparse.Namespace) -> int:
             overrides["public_url"] = args.public_url
         elif not os.environ.get("BFF_PUBLIC_URL"):
             overrides["public_url"] = f"http://{args.host}:{args.port}"
+        if args.no_worker:
+            overrides["run_worker"] = False
         settings = load_settings(args, **overrides)
     except SettingsError as exc:
         return _fail(str(exc))
     _configure_logging(settings.log_level)
-    app = create_app(settings)
+    from .db import DatabaseUnavailable
+
+    try:
+        prepare_database(settings, migrate=not args.no_migrate)
+    except DatabaseUnavailable as exc:
+        return _fail(str(exc))
+    app = create_app(settings, migrate_on_start=False)
     uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level=settings.log_level, lifespan="on")
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Run queued jobs (syncs) only, until SIGINT/SIGTERM; any number of these share the queue."""
+    import signal
+
+    from .app import StartupError, create_app
+    from .db import DatabaseUnavailable
+
+    try:
+        overrides: dict[str, Any] = {"run_worker": True}
+        if args.concurrency is not None:
+            if args.concurrency < 1:
+                return _fail("--concurrency must be at least 1.")
+            overrides["sync_concurrency"] = args.concurrency
+        settings = load_settings(args, **overrides)
+        _configure_logging(settings.log_level)
+        prepare_database(settings, migrate=not args.no_migrate)
+    except (SettingsError, DatabaseUnavailable) as exc:
+        return _fail(str(exc))
+    app = create_app(settings, migrate_on_start=False)
+
+    async def work() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        async with app.router.lifespan_context(app):
+            print(
+                f"bff worker: running jobs with concurrency {settings.sync_concurrency} (pid {os.getpid()}); Ctrl-C stops.",
+                file=sys.stderr,
+                flush=True,
+            )
+            await stop.wait()
+
+    try:
+        asyncio.run(work())
+    except (StartupError, DatabaseUnavailable) as exc:
+        return _fail(str(exc))
+    return 0
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from .db import DatabaseUnavailable
+    from .store.migrate import current_revision
+
+    try:
+        settings = load_settings(args)
+        url = prepare_database(settings)
+    except (SettingsError, DatabaseUnavailable) as exc:
+        return _fail(str(exc))
+    print(f"bff: database is at revision {current_revision(url)}")
     return 0
 
 
@@ -169,10 +245,11 @@ def cmd_partner_create(args: argparse.Namespace) -> int:
     if not args.name.strip():
         return _fail("--name must not be empty.")
     from .app import StartupError
+    from .db import DatabaseUnavailable
 
     try:
         info = asyncio.run(create_partner(settings, args.name.strip(), origins))
-    except StartupError as exc:
+    except (StartupError, DatabaseUnavailable) as exc:
         return _fail(str(exc))
     print(json.dumps({"id": info["id"], "name": info["name"], "token": info["token"], "origins": info["origins"]}))
     return 0
@@ -201,7 +278,22 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=DEFAULT_BFF_PORT, help="port (default 8000)")
     serve.add_argument("--data-dir", help="data directory (default $BFF_DATA_DIR or ./bff-data)")
     serve.add_argument("--public-url", help="the URL browsers reach this server on (default $BFF_PUBLIC_URL)")
+    serve.add_argument("--no-worker", action="store_true", help="serve HTTP only; run `bff worker` processes for jobs")
+    serve.add_argument("--no-migrate", action="store_true", help="do not apply database migrations on start")
     serve.set_defaults(handler=cmd_serve)
+
+    worker = commands.add_parser("worker", help="run queued jobs (syncs) only; start as many as you like")
+    worker.add_argument("--concurrency", type=int, help="jobs run at once by this process (default $BFF_SYNC_CONCURRENCY or 4)")
+    worker.add_argument("--data-dir", help="data directory (default $BFF_DATA_DIR or ./bff-data)")
+    worker.add_argument("--no-migrate", action="store_true", help="do not apply database migrations on start")
+    worker.set_defaults(handler=cmd_worker)
+
+    db = commands.add_parser("db", help="database maintenance")
+    db_commands = db.add_subparsers(dest="db_command", metavar="ACTION")
+    db_commands.required = True
+    upgrade = db_commands.add_parser("upgrade", help="apply the database migrations")
+    upgrade.add_argument("--data-dir", help="data directory (default $BFF_DATA_DIR or ./bff-data)")
+    upgrade.set_defaults(handler=cmd_db_upgrade)
 
     demo = commands.add_parser("demo", help="run the BFF and the demo partner site with sandbox providers")
     demo.add_argument("--bff-port", type=int, default=DEFAULT_BFF_PORT, help="BFF port on 127.0.0.1 (default 8000)")

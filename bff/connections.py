@@ -7,17 +7,15 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 from starlette.types import ASGIApp
 
 from .connectors import Connector, ConnectorSession, OAuthClient, OAuthTokens, RetryPolicy, load_connectors
 from .crypto import connection_aad
+from .runtime import Runtime
 from .store import Connection
-
-if TYPE_CHECKING:
-    from .app import Services
 
 SANDBOX_CLIENT = ("bff-sandbox", "bff-sandbox-secret")
 
@@ -67,7 +65,7 @@ class SandboxTransport(httpx.AsyncBaseTransport):
         await self._fallback.aclose()
 
 
-def catalogue(services: Services) -> dict[str, Connector]:
+def catalogue(services: Runtime) -> dict[str, Connector]:
     """Connectors this deployment offers: sandbox ones only with the sandbox on,
     OAuth2 ones only when their client credentials are configured."""
     offered: dict[str, Connector] = {}
@@ -80,14 +78,14 @@ def catalogue(services: Services) -> dict[str, Connector]:
     return offered
 
 
-def connector_by_id(services: Services, servertype_id: Any) -> Connector | None:
+def connector_by_id(services: Runtime, servertype_id: Any) -> Connector | None:
     for connector in catalogue(services).values():
         if connector.id == servertype_id or connector.name == servertype_id:
             return connector
     return None
 
 
-def oauth_client(services: Services, connector: Connector) -> OAuthClient | None:
+def oauth_client(services: Runtime, connector: Connector) -> OAuthClient | None:
     if connector.auth_type != "oauth2":
         return None
     redirect_uri = services.settings.oauth_redirect_uri
@@ -100,16 +98,16 @@ def oauth_client(services: Services, connector: Connector) -> OAuthClient | None
     return OAuthClient(client_id=app.client_id, client_secret=secret, redirect_uri=redirect_uri)
 
 
-def context(services: Services) -> dict[str, str]:
+def context(services: Runtime) -> dict[str, str]:
     return {"sandbox": services.settings.sandbox_url}
 
 
-def seal_secrets(services: Services, connection_id: int, secrets: Secrets) -> bytes:
+def seal_secrets(services: Runtime, connection_id: int, secrets: Secrets) -> bytes:
     payload = {"credentials": secrets.credentials, "tokens": secrets.tokens.to_dict() if secrets.tokens else None}
     return services.vault.encrypt_json(payload, connection_aad(connection_id, "secrets"))
 
 
-def open_secrets(services: Services, connection: Connection) -> Secrets:
+def open_secrets(services: Runtime, connection: Connection) -> Secrets:
     if not connection.secrets:
         return Secrets(credentials={})
     data = services.vault.decrypt_json(connection.secrets, connection_aad(connection.id, "secrets"))
@@ -117,12 +115,12 @@ def open_secrets(services: Services, connection: Connection) -> Secrets:
     return Secrets(credentials=dict(data.get("credentials") or {}), tokens=tokens)
 
 
-async def save_secrets(services: Services, connection_id: int, secrets: Secrets) -> None:
+async def save_secrets(services: Runtime, connection_id: int, secrets: Secrets) -> None:
     await services.store.update_connection(connection_id, secrets=seal_secrets(services, connection_id, secrets))
 
 
 def session_for(
-    services: Services,
+    services: Runtime,
     connector: Connector,
     *,
     credentials: Mapping[str, str] | None = None,
@@ -155,7 +153,7 @@ def session_for(
     )
 
 
-def session_for_connection(services: Services, connection: Connection, *, log: Any = None, policy: RetryPolicy | None = None) -> ConnectorSession:
+def session_for_connection(services: Runtime, connection: Connection, *, log: Any = None, policy: RetryPolicy | None = None) -> ConnectorSession:
     """The session the sync runner uses for a stored connection."""
     connector = load_connectors()[connection.connector]
     secrets = open_secrets(services, connection)

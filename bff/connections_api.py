@@ -196,10 +196,7 @@ async def delete_server(request: Request) -> Response:
     """Delete a connection, its secrets, runs, logs and warehouse tables."""
     account, connection = await require_connection(request)
     svc = services(request)
-    await svc.store.delete_connection(account.id, connection.id)
-    drop = svc.extras.get("drop_connection_tables")
-    if drop is not None:
-        await drop(account.id, connection.id)
+    await svc.sync.delete_connection(account.id, connection.id)
     return Response(status_code=204)
 
 

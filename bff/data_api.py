@@ -26,7 +26,7 @@ DEFAULT_ROWS_PAGE = 100
 
 
 def warehouse(request: Request) -> Warehouse:
-    return services(request).extras["warehouse"]  # type: ignore[no-any-return]
+    return services(request).warehouse
 
 
 def database_dict(account: SubAccount) -> dict[str, Any]:
@@ -66,7 +66,7 @@ async def list_tables(request: Request) -> JSONResponse:
 async def _own_table(request: Request, account: SubAccount) -> WarehouseTable:
     table_id = request.path_params["table_id"]
     # The control database says whose table it is before any warehouse file is opened.
-    if await services(request).store.warehouse_table_owner(table_id) != account.id:
+    if await warehouse(request).table_owner(table_id) != account.id:
         raise not_found("No such table.")
     table = await warehouse(request).get_table(account.id, table_id)
     if table is None:

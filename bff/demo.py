@@ -38,13 +38,25 @@ def run_demo(settings: Settings, *, bff_port: int, site_port: int) -> int:
         if not _port_free(host, port):
             print(f"bff: port {port} on {host} is in use (another `bff demo`?); stop it or pass {flag}.", file=sys.stderr)
             return 1
-    partner = asyncio.run(ensure_demo_partner(settings, site_origin(site_port)))
+    from .app import StartupError
+    from .db import DatabaseUnavailable
+
+    try:
+        # Starts (or reuses) the embedded PostgreSQL and applies the migrations.
+        partner = asyncio.run(ensure_demo_partner(settings, site_origin(site_port)))
+    except (StartupError, DatabaseUnavailable) as exc:
+        print(f"bff: error: {exc}", file=sys.stderr)
+        return 1
     # A demo on one's own machine: the sandbox's test controls need no admin key (`bff serve` closes them).
     settings = dataclasses.replace(settings, sandbox_env={"BFF_SANDBOX_CONTROLS": "open", **settings.sandbox_env})
     servers = [
         _QuietServer(
             uvicorn.Config(
-                create_app(settings), host=BFF_HOST, port=bff_port, access_log=False, log_level=settings.log_level
+                create_app(settings, migrate_on_start=False),
+                host=BFF_HOST,
+                port=bff_port,
+                access_log=False,
+                log_level=settings.log_level,
             )
         )
     ]
@@ -59,6 +71,8 @@ def run_demo(settings: Settings, *, bff_port: int, site_port: int) -> int:
         if site_app is not None:
             print(f"Demo partner site:                    {site_origin(site_port)}")
         print(f"Data directory:                       {settings.data_dir.resolve()}")
+        database = "BFF_DATABASE_URL" if settings.database_url else f"embedded PostgreSQL in {settings.postgres_dir.resolve()}"
+        print(f"Database:                             {database}")
         print(f"Demo partner token:                   {settings.data_dir.resolve() / 'demo-partner.json'}")
         print("Press Ctrl-C to stop.", flush=True)
 

@@ -1,4 +1,4 @@
-"""The data directory is owner-only: the store, warehouses, keys and the PostgreSQL cluster live there."""
+"""The data directory is owner-only: keys, the demo partner's token and the PostgreSQL cluster live there."""
 
 from __future__ import annotations
 
@@ -7,33 +7,56 @@ import stat
 from pathlib import Path
 
 PRIVATE_DIR = 0o700
-# PostgreSQL manages its own cluster's modes (initdb: 0700/0600) and may run as another user.
-SELF_MANAGED = frozenset({"postgres"})
+# The embedded PostgreSQL cluster's directory: it sets its own modes (0700/0600) and, when we run as
+# root, belongs to the server's own user, which then needs to traverse the data directory (only that).
+CLUSTER_DIR = "postgres"
 
 
 def secure_data_dir(data_dir: Path) -> None:
     """Create ``data_dir`` owner-only, take group/other bits off what is already in it, and make
-    files this process creates from now on owner-only too (the umask only ever gets stricter)."""
+    files this process creates from now on owner-only too (the umask only ever gets stricter).
+
+    When the embedded cluster inside belongs to another user (the server's, as root), the data
+    directory becomes ``0710`` with that user's group: it may pass through to its cluster, but
+    neither list nor read anything else. Nobody else gets any access.
+    """
     previous = os.umask(0o077)
     os.umask(previous | 0o077)
     data_dir.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
-    _restrict(data_dir)
     for root, dirs, files in os.walk(data_dir):
         if Path(root) == data_dir:
-            dirs[:] = [name for name in dirs if name not in SELF_MANAGED]
+            dirs[:] = [name for name in dirs if name != CLUSTER_DIR]
         for name in dirs:
             _restrict(Path(root) / name)
         for name in files:
             _restrict(Path(root) / name)
+    _restrict(data_dir, traverse_gid=_cluster_group(data_dir))
 
 
-def _restrict(path: Path) -> None:
-    """Take the group and other bits off (0644 → 0600, 0755 → 0700)."""
+def _cluster_group(data_dir: Path) -> int | None:
+    """The group of a cluster directory owned by another user, if there is one."""
+    try:
+        info = (data_dir / CLUSTER_DIR).lstat()
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid == os.getuid():
+        return None
+    return info.st_gid
+
+
+def _restrict(path: Path, *, traverse_gid: int | None = None) -> None:
+    """Take the group and other bits off (0644 → 0600, 0755 → 0700); with ``traverse_gid``, leave that
+    group only the right to pass through (0710)."""
     try:
         info = path.lstat()
     except FileNotFoundError:
         return
     if stat.S_ISLNK(info.st_mode) or info.st_uid != os.getuid():
         return  # never follow links out of the directory; leave other users' files to them
-    if stat.S_IMODE(info.st_mode) & 0o077:
-        path.chmod(stat.S_IMODE(info.st_mode) & 0o700)
+    mode = stat.S_IMODE(info.st_mode) & 0o700
+    if traverse_gid is not None:
+        if info.st_gid != traverse_gid:
+            os.chown(path, -1, traverse_gid)  # root may; an ordinary user owns its cluster anyway
+        mode |= 0o010
+    if mode != stat.S_IMODE(info.st_mode):
+        path.chmod(mode)

@@ -70,13 +70,16 @@ async def read_json(request: Request, *, required: bool = True) -> dict[str, Any
 
 
 def check_json_value(data: Any) -> None:
-    """Refuse what parses but cannot be stored: nesting deeper than MAX_JSON_DEPTH, lone surrogates (``"\\ud800"``)."""
+    """Refuse what parses but cannot be stored: nesting deeper than MAX_JSON_DEPTH, lone surrogates
+    (``"\\ud800"``) and NUL characters."""
     stack: list[tuple[Any, int]] = [(data, 1)]
     while stack:
         value, depth = stack.pop()
         if isinstance(value, str):
             if not _is_encodable(value):
                 raise ApiError(400, "invalid_json", "The request body holds a lone UTF-16 surrogate (e.g. \\ud800).")
+            if "\x00" in value:  # PostgreSQL text cannot hold NUL
+                raise ApiError(400, "invalid_json", "The request body holds a NUL character (\\u0000).")
         elif isinstance(value, (dict, list)):
             if depth > MAX_JSON_DEPTH:
                 raise ApiError(400, "invalid_json", f"The request body is nested more than {MAX_JSON_DEPTH} levels deep.")

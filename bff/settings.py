@@ -17,6 +17,9 @@ DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 DEFAULT_IDENTITY_TOKEN_TTL = 12 * 3600
 INTEGRATE_TOKEN_TTL = 1800
 DEFAULT_SYNC_CONCURRENCY = 4
+DEFAULT_LONG_WAIT_SECONDS = 30.0  # a provider asking to wait longer frees the worker (DESIGN §9)
+DEFAULT_HEARTBEAT_SECONDS = 10.0
+DEFAULT_STALLED_SECONDS = 30.0
 
 
 class SettingsError(ValueError):
@@ -67,6 +70,15 @@ class Settings:
     sync_concurrency: int = DEFAULT_SYNC_CONCURRENCY
     oauth_apps: Mapping[str, OAuthApp] = dataclasses.field(default_factory=dict)
     log_level: str = "info"
+    # PostgreSQL: None = the embedded server under <data_dir>/postgres.
+    database_url: Secret | None = None
+    # Whether this process also runs queued jobs (`bff serve --no-worker` turns it off).
+    run_worker: bool = True
+    # A provider asking to wait longer than this frees the worker: the run re-defers itself.
+    long_wait_seconds: float = DEFAULT_LONG_WAIT_SECONDS
+    # Worker liveness: heartbeat interval, and how long without one makes a worker dead.
+    heartbeat_seconds: float = DEFAULT_HEARTBEAT_SECONDS
+    stalled_seconds: float = DEFAULT_STALLED_SECONDS
     hsts: bool = False
 
     def __post_init__(self) -> None:
@@ -81,6 +93,11 @@ class Settings:
             raise SettingsError("BFF_SYNC_CONCURRENCY must be at least 1.")
         object.__setattr__(self, "public_url", self.public_url.rstrip("/"))
         object.__setattr__(self, "data_dir", Path(self.data_dir))
+
+    @property
+    def postgres_dir(self) -> Path:
+        """Where the embedded PostgreSQL keeps its cluster when no BFF_DATABASE_URL is set."""
+        return self.data_dir / "postgres"
 
     @property
     def oauth_redirect_uri(self) -> str:
@@ -118,6 +135,8 @@ class Settings:
         values["oauth_apps"] = parse_oauth_apps(env)
         if env.get("BFF_LOG_LEVEL"):
             values["log_level"] = env["BFF_LOG_LEVEL"]
+        if env.get("BFF_DATABASE_URL"):
+            values["database_url"] = Secret(env["BFF_DATABASE_URL"].strip())
         values.update({k: v for k, v in overrides.items() if v is not None})
         missing = [
             var

@@ -1,45 +1,49 @@
-"""Sync runs: connector pages into the warehouse, in the background, one run per connection.
+"""Sync runs: connector pages into the warehouse, as jobs on the queue, one run per connection.
 
-A run is queued by :meth:`SyncRunner.request_sync` (the database's partial unique
-index refuses a second active run for the same connection, also across
-concurrent requests) and executes as an asyncio task, at most
-``settings.sync_concurrency`` at a time across the process. For each stream it
-reads pages from the connector engine and writes each page together with its
-cursor in one warehouse transaction; a killed process therefore resumes from the
-last committed page. The run records per-stream counts and errors, logs a line
-per stream and per retry, and moves the connection's health:
+:meth:`SyncRunner.request_sync` records a queued run (the runs table's partial
+unique index refuses a second active run of a connection, also across processes)
+and defers a ``sync_run`` job with a queueing lock per connection. Any worker
+process executes it (:meth:`SyncRunner.execute`): for each stream it reads pages
+from the connector engine and writes each page together with its cursor in one
+warehouse transaction, so a run resumed anywhere continues from the last
+committed page. The run records per-stream counts and errors, logs a line per
+stream and per retry, and moves the connection's health:
 
 * every stream succeeded → ``HEALTHY``;
 * some streams failed → ``COMPLETED_WITH_ERRORS`` (the failing streams named);
 * every stream failed → ``ERROR``;
 * the provider rejected the credentials (after a token refresh, for OAuth) →
-  ``ERROR`` with a detail asking to re-authorise; the run stops there;
-* the process stopped mid-run → the run is ``interrupted`` (at the next start-up
-  for a crash) and the connection's detail says so.
+  ``ERROR`` with a detail asking to re-authorise; the run stops there.
+
+Long waits free the worker: when a provider asks to wait longer than
+``settings.long_wait_seconds``, the run saves which streams are done, shows
+``waiting`` with ``resume_at`` and re-defers itself for that time. A worker that
+stops (Ctrl-C, deploy) puts its runs back in the queue; one that dies is found by
+the other workers' watchdog (``bff.jobs``). Either way the run resumes from its
+cursors on the next free worker, and it is logged.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
-import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Any
 
-from sqlalchemy.exc import IntegrityError
+import psycopg
 
 from . import connections as rt
-from .connectors import ConnectorError, CredentialsRejected, Page, RetryPolicy, Stream, load_connectors
+from .connectors import ConnectorError, CredentialsRejected, LongWait, Page, RetryPolicy, Stream, load_connectors
+from .jobs import JobQueue
+from .runtime import Runtime
 from .store import Connection, Run, RunAlreadyActive, Store, SubAccount
 from .warehouse import Warehouse
-
-if TYPE_CHECKING:
-    from .app import Services
 
 __all__ = ["ConnectionNotReady", "RunAlreadyActive", "SyncRunner", "UnknownTables"]
 
@@ -49,11 +53,8 @@ NOT_READY = {
     rt.AUTHORIZING: "Finish authorising the connection before syncing it.",
     rt.CONFIG_SELECT: "Choose the connection's configuration (e.g. divisions) before syncing it.",
 }
-INTERRUPTED_DETAIL = (
-    "The last sync was interrupted because the server stopped before it finished. "
-    "Start a new sync: it resumes from the last saved page."
-)
 PROGRESS_EVERY = 1.0  # seconds between progress updates of a run's record counts
+WAIT_POLL = 0.05  # seconds between checks in SyncRunner.wait
 
 
 class ConnectionNotReady(Exception):
@@ -75,12 +76,25 @@ class UnknownTables(Exception):
 @dataclass
 class _Outcome:
     records: dict[str, int] = field(default_factory=dict)
+    done: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     rejected: CredentialsRejected | None = None
+    paused: bool = False  # waiting for the provider, or the connection is gone: no conclusion now
+
+    @classmethod
+    def resumed(cls, run: Run) -> _Outcome:
+        return cls(
+            records={k: int(v) for k, v in run.records.items()},
+            done=list(run.progress.get("done", [])),
+            failed=dict(run.progress.get("failed", {})),
+        )
+
+    def progress(self) -> dict[str, Any]:
+        return {"done": self.done, "failed": self.failed}
 
 
 class _RunLog:
-    """Log lines of one run, buffered and written in batches (each store write costs ~1 ms).
+    """Log lines of one run, buffered and written in batches.
 
     The engine calls it synchronously (``log(level, message)``) for retries and
     token renewals; the runner adds a line per stream. :meth:`flush` writes what
@@ -101,151 +115,172 @@ class _RunLog:
         return lines
 
     async def flush(self) -> None:
-        lines = self.take()
-        if lines:
-            try:
-                await self._store.add_logs(self._run.connection_id, lines, run_id=self._run.id)
-            except IntegrityError:
-                pass  # the connection was deleted mid-run; its logs went with it
+        await self._store.add_logs(self._run.connection_id, self.take(), run_id=self._run.id)
 
 
 class SyncRunner:
-    """Queues and executes sync runs; owns the warehouse. One per app (see ``app.py``)."""
+    """Queues sync runs and executes them when this process's worker picks their jobs."""
 
-    def __init__(self, services: Services) -> None:
-        self.services = services
-        self.store = services.store
-        self.warehouse = Warehouse(services.settings.data_dir / "warehouse", services.store, clock=services.clock)
-        self._semaphore = asyncio.Semaphore(services.settings.sync_concurrency)
-        self._tasks: dict[int, tuple[int, asyncio.Task[None]]] = {}  # connection id → (run id, task)
+    def __init__(self, runtime: Runtime, warehouse: Warehouse, queue: JobQueue) -> None:
+        self.runtime = runtime
+        self.store = runtime.store
+        self.warehouse = warehouse
+        self.queue = queue
         # Tests swap this for a policy with short back-offs.
         self.retry_policy: Callable[[], RetryPolicy] = RetryPolicy.default
-        services.extras["sync"] = self
-        services.extras["warehouse"] = self.warehouse
-        services.extras["drop_connection_tables"] = self.drop_connection_tables
-
-    # -- lifecycle -----------------------------------------------------------------------------
-
-    async def start(self) -> None:
-        """At start-up: runs a dead process left active become ``interrupted``; their
-        connections are free to sync again and their health says what happened."""
-        for run in await self.store.interrupt_stale_runs():
-            await self.store.update_connection(run.connection_id, health_status=rt.ERROR, detail=INTERRUPTED_DETAIL)
-            await self._log(run.connection_id, "warning", f"Run {run.id} was interrupted: the server stopped during the sync.", run_id=run.id)
-
-    async def stop(self) -> None:
-        """Cancel running syncs (they are marked ``interrupted``) and close the warehouse."""
-        tasks = [task for _, task in self._tasks.values()]
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
-        await self.warehouse.close()
 
     # -- requests --------------------------------------------------------------------------------
 
     async def request_sync(self, account: SubAccount, connection: Connection, tables: Sequence[str] | None = None) -> Run:
-        """Queue a run of ``tables`` (default: every stream) and start it in the background.
+        """Queue a run of ``tables`` (default: every stream); a worker executes it.
 
         Raises :class:`ConnectionNotReady`, :class:`UnknownTables`, or the store's
-        :class:`RunAlreadyActive` when this connection already has a queued/running run.
+        :class:`RunAlreadyActive` when this connection already has an active run.
         """
         if connection.health_status in NOT_READY:
             raise ConnectionNotReady("connection_not_ready", NOT_READY[connection.health_status])
         if connection.health_status == rt.DISABLED:
             raise ConnectionNotReady("connection_disabled", "This connection is disabled; enable it before syncing.")
         connector = load_connectors()[connection.connector]
-        streams = select_streams([s.name for s in connector.streams], tables)
+        select_streams([s.name for s in connector.streams], tables)
         run = await self.store.create_run(connection.id, account.id, task_id=uuid.uuid4().hex, tables=list(tables) if tables else None)
-        task = asyncio.create_task(self._execute(run, streams), name=f"sync-run-{run.id}")
-        self._tasks[connection.id] = (run.id, task)
-        task.add_done_callback(lambda _: self._forget(connection.id, run.id))
+        job_id = await self.queue.defer_sync(run.id, connection.id)
+        if job_id is None:  # a job of this connection is still waiting: the queueing lock says no
+            await self.store.finish_run(
+                run.id, status="failed", records=None, error="Another sync of this connection was already queued.",
+                connection_id=connection.id, health_status=connection.health_status, detail=connection.detail,
+            )
+            raise RunAlreadyActive(None)
+        await self.store.update_run(run.id, job_id=job_id)
         return run
 
-    def _forget(self, connection_id: int, run_id: int) -> None:
-        entry = self._tasks.get(connection_id)
-        if entry is not None and entry[0] == run_id:
-            del self._tasks[connection_id]
+    async def wait(self, connection_id: int, *, timeout: float | None = None) -> Run | None:
+        """Wait until the connection has no active run; the last run (None if it never ran)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while await self.store.active_run(connection_id) is not None:
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(WAIT_POLL)
+        return await self.store.last_run(connection_id)
 
-    async def wait(self, connection_id: int) -> None:
-        """Wait until the connection's current run (if any) has finished."""
-        entry = self._tasks.get(connection_id)
-        if entry is not None:
-            await asyncio.wait([entry[1]])
+    async def delete_connection(self, sub_account_id: int, connection_id: int) -> bool:
+        """Delete a connection with its runs, logs, cursors and warehouse tables. A run in
+        progress on any worker fails its next write (the rows it needs are gone) and stops."""
+        deleted = await self.store.delete_connection(sub_account_id, connection_id)
+        if deleted:
+            await self.warehouse.drop_connection_tables(sub_account_id, connection_id)
+        return deleted
 
-    async def drop_connection_tables(self, sub_account_id: int, connection_id: int) -> None:
-        """For DELETE: stop the connection's run, then drop its warehouse tables and cursors."""
-        entry = self._tasks.get(connection_id)
-        if entry is not None:
-            entry[1].cancel()
-            await asyncio.wait([entry[1]])
-        await self.warehouse.drop_connection_tables(sub_account_id, connection_id)
+    # -- execution (inside a worker) -------------------------------------------------------------------
 
-    # -- execution ---------------------------------------------------------------------------------
-
-    async def _execute(self, run: Run, streams: list[str]) -> None:
+    async def execute(self, run_id: int) -> None:
+        """The body of a ``sync_run`` job."""
+        run = await self.store.get_run(run_id)
+        if run is None or not run.active:
+            return  # deleted with its connection, or already ended
         try:
-            async with self._semaphore:
-                await self._run(run, streams)
+            await self._run(run)
         except asyncio.CancelledError:
-            await self._finish_interrupted(run)
+            await asyncio.shield(self._requeue(run, "Sync paused: the worker running it stopped. It continues on the next free worker."))
             raise
-        except Exception as exc:  # a bug, or the control database failing: never leave the run active
+        except Exception as exc:  # a bug, or the database failing: never leave the run active
             if await self.store.get_connection_by_id(run.connection_id) is None:
-                return  # deleted mid-run (its index rows vanished under us): nothing left to report on
+                return  # deleted mid-run: nothing left to report on
             logger.exception("sync run %s failed unexpectedly", run.id)
             detail = f"The sync failed because of an internal error ({type(exc).__name__}); it has been logged."
             try:
                 await self._finish(run, "failed", rt.ERROR, detail, None, [("error", detail)])
-            except Exception:  # the next start-up marks the run interrupted
+            except Exception:
                 logger.exception("could not record the failure of run %s", run.id)
 
-    async def _run(self, run: Run, streams: list[str]) -> None:
-        # Mark the run running without waiting for it: the store queues its writes in
-        # order, so the first fetch overlaps this write and the run's end still follows it.
-        marking = asyncio.create_task(self.store.update_run(run.id, status="running", started=True, pid=os.getpid()))
-        started = time.monotonic()
-        try:
-            done = await self._run_streams(run, streams)
-        finally:
-            await marking  # before any other write about this run
-        if done is not None:
-            display, outcome, log = done
-            await self._conclude(run, display, streams, outcome, log, time.monotonic() - started)
+    async def recover_stalled(self, run_id: int) -> None:
+        """The watchdog re-queued this run's job: its worker died. Say so where the customer looks."""
+        run = await self.store.get_run(run_id)
+        if run is None or not run.active:
+            return
+        await self.store.update_run(run.id, status="queued")
+        await self.store.add_log(
+            run.connection_id,
+            "warning",
+            f"Run {run.id} was interrupted: the worker running it stopped responding. "
+            "It continues from the last saved page on another worker.",
+            run_id=run.id,
+        )
 
-    async def _run_streams(self, run: Run, streams: list[str]) -> tuple[str, _Outcome, _RunLog] | None:
-        """Sync each stream in turn; ``None`` if the connection is gone."""
+    async def _requeue(self, run: Run, message: str) -> None:
+        try:
+            if await self.store.get_connection_by_id(run.connection_id) is None:
+                return
+            await self.store.update_run(run.id, status="queued")
+            await self.store.add_log(run.connection_id, "warning", message, run_id=run.id)
+            await self.queue.defer_sync(run.id, run.connection_id)
+        except Exception:  # the store may be closing: the watchdog of another worker picks it up
+            logger.exception("could not re-queue run %s", run.id)
+
+    async def _run(self, run: Run) -> None:
+        started = time.monotonic()
+        await self.store.update_run(run.id, status="running", started=True, pid=os.getpid(), attempt=True, resume_at=None)
         connection = await self.store.get_connection_by_id(run.connection_id)
         if connection is None:  # deleted while queued
-            return None
+            return
         connector = load_connectors()[connection.connector]
+        streams = select_streams([s.name for s in connector.streams], run.tables)
         log = _RunLog(self.store, run)
-        session = rt.session_for_connection(self.services, connection, log=log, policy=self.retry_policy())
-        log("info", f"Sync started: {', '.join(streams)}.")
-        outcome = _Outcome()
+        policy = dataclasses.replace(self.retry_policy(), long_wait=self.runtime.settings.long_wait_seconds)
+        session = rt.session_for_connection(self.runtime, connection, log=log, policy=policy)
+        outcome = _Outcome.resumed(run)
+        log("info", f"Sync {'resumed' if run.attempts else 'started'}: {', '.join(streams)}.")
+        try:
+            await self._run_streams(run, connection, connector, streams, session, outcome, log)
+        except asyncio.CancelledError:  # the worker is stopping: keep what this attempt counted
+            await asyncio.shield(self._save_progress(run, outcome, log))
+            raise
+        if outcome.paused:
+            return
+        await self._conclude(run, connector.display_name, streams, outcome, log, time.monotonic() - started)
+
+    async def _run_streams(
+        self,
+        run: Run,
+        connection: Connection,
+        connector: Any,
+        streams: list[str],
+        session: rt.ConnectorSession,
+        outcome: _Outcome,
+        log: _RunLog,
+    ) -> None:
         for name in streams:
+            if name in outcome.done or name in outcome.failed:
+                continue
             stream_started = time.monotonic()
             pages = 0
             try:
                 pages = await self._sync_stream(run, connection, session, connector.stream(name), outcome, log)
+            except LongWait as exc:
+                await self._wait(run, outcome, log, exc)
+                outcome.paused = True
+                return
             except CredentialsRejected as exc:
                 outcome.rejected = exc
                 outcome.failed[name] = str(exc)
             except ConnectorError as exc:
                 outcome.failed[name] = str(exc)
-            except sqlite3.Error as exc:
+            except psycopg.Error as exc:
+                if await self.store.get_connection_by_id(run.connection_id) is None:
+                    outcome.paused = True  # deleted mid-run: its tables, cursors and runs went with it
+                    return
                 logger.exception("warehouse write failed for run %s, stream %s", run.id, name)
                 outcome.failed[name] = f"could not store the records ({type(exc).__name__})"
             count = outcome.records.get(name, 0)
             if name in outcome.failed:
                 log("error", f"{name}: failed after {count} records: {outcome.failed[name]}")
             else:
+                outcome.done.append(name)
                 took = time.monotonic() - stream_started
                 log("info", f"{name}: {count} records in {pages} page{'s' if pages != 1 else ''} ({took:.1f} s).")
             if outcome.rejected is not None:
                 break  # every other stream would be refused too
-            await self._progress(run, outcome, log)
-        return connector.display_name, outcome, log
+            await self._progress(run, outcome, log, force=True)
 
     async def _sync_stream(
         self, run: Run, connection: Connection, session: rt.ConnectorSession, stream: Stream, outcome: _Outcome, log: _RunLog
@@ -253,12 +288,11 @@ class SyncRunner:
         """Read ``stream`` from its saved cursor; each page and its cursor land in one transaction.
 
         The next page is fetched while the current one is written (one page
-        ahead, never more, and pages are written strictly in order), so the
-        warehouse thread's waits overlap the event loop's fetching.
+        ahead, never more, and pages are written strictly in order).
         """
         table = await self.warehouse.open_table(connection.sub_account_id, connection.id, stream)
         state = await table.load_state()
-        outcome.records[stream.name] = 0
+        outcome.records.setdefault(stream.name, 0)
         pages = 0
         async for page in _read_ahead(session.read(stream.name, state)):
             outcome.records[stream.name] += await table.write(page.records, page.state, run.id)
@@ -266,14 +300,27 @@ class SyncRunner:
             await self._progress(run, outcome, log)
         return pages
 
+    async def _wait(self, run: Run, outcome: _Outcome, log: _RunLog, exc: LongWait) -> None:
+        """Save the run's place and come back when the provider said to; the worker is free meanwhile."""
+        resume_at = self.runtime.clock() + exc.delay
+        log("info", f"Waiting: {exc.reason}. The sync continues after that, from where it stopped.")
+        await self.store.update_run(
+            run.id, status="waiting", resume_at=resume_at, records=outcome.records, progress=outcome.progress()
+        )
+        await log.flush()
+        await self.queue.defer_sync(run.id, run.connection_id, at=time.time() + exc.delay)
+
     async def _progress(self, run: Run, outcome: _Outcome, log: _RunLog, *, force: bool = False) -> None:
-        """Publish record counts and log lines of a long run, at most once per PROGRESS_EVERY
-        (a short run writes them once, with its end)."""
+        """Publish record counts, finished streams and log lines of a long run, at most once per
+        PROGRESS_EVERY (and after every stream)."""
         now = time.monotonic()
         if not force and now - log.flushed_at < PROGRESS_EVERY:
             return
         log.flushed_at = now
-        await self.store.update_run(run.id, records=outcome.records)
+        await self._save_progress(run, outcome, log)
+
+    async def _save_progress(self, run: Run, outcome: _Outcome, log: _RunLog) -> None:
+        await self.store.update_run(run.id, records=outcome.records, progress=outcome.progress())
         await log.flush()
 
     async def _conclude(self, run: Run, display: str, streams: list[str], outcome: _Outcome, log: _RunLog, took: float) -> None:
@@ -300,25 +347,6 @@ class SyncRunner:
             run.id, status=status, records=records, error=detail, connection_id=run.connection_id,
             health_status=health, detail=detail, logs=logs,
         )
-
-    async def _finish_interrupted(self, run: Run) -> None:
-        # Shielded: this bookkeeping must complete even though the task is being cancelled.
-        async def mark() -> None:
-            try:
-                await self._finish(
-                    run, "interrupted", rt.ERROR, INTERRUPTED_DETAIL, None,
-                    [("warning", "Sync interrupted: it was stopped before it finished.")],
-                )
-            except Exception:  # the store may be closing; start-up repairs the run then
-                logger.exception("could not mark run %s interrupted", run.id)
-
-        await asyncio.shield(mark())
-
-    async def _log(self, connection_id: int, level: str, message: str, *, run_id: int | None = None) -> None:
-        try:
-            await self.store.add_log(connection_id, level, message, run_id=run_id)
-        except IntegrityError:
-            pass  # the connection was deleted mid-run; its logs went with it
 
 
 async def _read_ahead(pages: AsyncIterator[Page]) -> AsyncIterator[Page]:

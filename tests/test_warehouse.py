@@ -1,14 +1,15 @@
-"""The per-sub-account warehouse files: upserts, cursors in the same transaction, tables' life cycle."""
+"""The per-sub-account warehouse schemas: upserts, cursors in the same transaction, tables' life cycle,
+and isolation enforced by PostgreSQL roles."""
 
 from __future__ import annotations
 
 import dataclasses
-import sqlite3
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
+from psycopg import sql
 
 from bff.connectors import Stream, load_connectors
 from bff.connectors.definitions import FieldSpec
@@ -25,8 +26,8 @@ class Env:
 
 
 @pytest.fixture
-async def env(tmp_path: Path) -> AsyncIterator[Env]:
-    store = Store(tmp_path)
+async def env(database_url: str) -> AsyncIterator[Env]:
+    store = Store(database_url)
     await store.open()
     partner = await store.create_partner("p", [])
     accounts, connections = [], {}
@@ -34,11 +35,10 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
         account = await store.create_sub_account(partner.id, external_id, {})
         accounts.append(account.id)
         connections[account.id] = [(await store.create_connection(account.id, "sandbox_crm", "CRM", "OK")).id for _ in range(2)]
-    warehouse = Warehouse(tmp_path / "warehouse", store)
+    warehouse = Warehouse(store)
     try:
         yield Env(store, warehouse, accounts, connections)
     finally:
-        await warehouse.close()
         await store.close()
 
 
@@ -90,41 +90,68 @@ async def test_a_failed_page_leaves_neither_rows_nor_cursor(env: Env) -> None:
     await table.write([contact(1)], {"cursor": "first"}, run_id=1)
     # The 3rd record cannot be stored: the first two of this page must not be either.
     page = [contact(2), contact(3), contact(4, email=object())]
-    with pytest.raises(sqlite3.Error):
+    with pytest.raises((psycopg.Error, TypeError)):
         await table.write(page, {"cursor": "second"}, run_id=2)
     count, _ = await env.warehouse.read_rows(account, table.table, offset=0, limit=10)
     assert count == 1
     assert await table.load_state() == {"cursor": "first"}
-    # Also as read from the file by a fresh warehouse (no in-process cache).
-    fresh = Warehouse(env.warehouse.root, env.store)
-    try:
-        assert await (await fresh.open_table(account, connection, contacts())).load_state() == {"cursor": "first"}
-    finally:
-        await fresh.close()
+    # Also as read by a fresh warehouse object (another process, say).
+    fresh = Warehouse(env.store)
+    assert await (await fresh.open_table(account, connection, contacts())).load_state() == {"cursor": "first"}
 
 
-async def test_one_file_per_sub_account_and_globally_unique_table_ids(env: Env) -> None:
+async def test_one_schema_per_sub_account_and_globally_unique_table_ids(env: Env) -> None:
     a, b = env.accounts
     table_a = await env.warehouse.open_table(a, env.connections[a][0], contacts())
     table_b = await env.warehouse.open_table(b, env.connections[b][0], contacts())
     await table_a.write([contact(1)], {}, run_id=1)
     await table_b.write([contact(1), contact(2)], {}, run_id=2)
-    assert env.warehouse.path(a) != env.warehouse.path(b) and env.warehouse.path(a).exists() and env.warehouse.path(b).exists()
+    schema_a, schema_b = await env.warehouse.schema_of(a), await env.warehouse.schema_of(b)
+    assert schema_a and schema_b and schema_a != schema_b
+    assert schema_a.startswith("wh_") and table_a.table.schema == schema_a  # random, not the account id
     assert table_a.table.id != table_b.table.id
-    assert await env.store.warehouse_table_owner(table_a.table.id) == a
-    assert await env.store.warehouse_table_owner(table_b.table.id) == b
-    # Each file only knows its own sub-account's tables.
+    assert await env.warehouse.table_owner(table_a.table.id) == a
+    assert await env.warehouse.table_owner(table_b.table.id) == b
+    # Each sub-account only sees its own tables.
     assert await env.warehouse.get_table(a, table_b.table.id) is None
     assert [(t.id, n) for t, n in await env.warehouse.list_tables(b)] == [(table_b.table.id, 2)]
     # Opening the same stream again gives the same table.
-    again = await Warehouse(env.warehouse.root, env.store).open_table(a, env.connections[a][0], contacts())
+    again = await Warehouse(env.store).open_table(a, env.connections[a][0], contacts())
     assert again.table.id == table_a.table.id
 
 
-async def test_reading_a_sub_account_without_a_file_creates_nothing(env: Env) -> None:
+async def test_each_customers_role_reads_its_own_schema_and_nothing_else(env: Env) -> None:
+    a, b = env.accounts
+    for account in (a, b):
+        writer = await env.warehouse.open_table(account, env.connections[account][0], contacts())
+        await writer.write([contact(1)], {}, run_id=1)
+    schema_a, schema_b = await env.warehouse.schema_of(a), await env.warehouse.schema_of(b)
+    table_a = f"c{env.connections[a][0]}_contacts"
+    table_b = f"c{env.connections[b][0]}_contacts"
+    async with env.store.connection() as conn:
+        cur = await conn.execute("SELECT rolcanlogin FROM pg_roles WHERE rolname = %s", (schema_a,))
+        assert await cur.fetchone() == {"rolcanlogin": False}  # NOLOGIN
+        await conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(schema_a)))
+        try:
+            cur = await conn.execute(sql.SQL("SELECT COUNT(*) AS n FROM {}.{}").format(sql.Identifier(schema_a), sql.Identifier(table_a)))
+            assert await cur.fetchone() == {"n": 1}
+            for forbidden in (
+                sql.SQL("SELECT * FROM {}.{}").format(sql.Identifier(schema_b), sql.Identifier(table_b)),
+                sql.SQL("SELECT * FROM public.connections"),
+                sql.SQL("SELECT * FROM public.warehouse_state"),
+                sql.SQL("DELETE FROM {}.{}").format(sql.Identifier(schema_a), sql.Identifier(table_a)),
+                sql.SQL("CREATE TABLE {}.x (y int)").format(sql.Identifier(schema_a)),
+            ):
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    await conn.execute(forbidden)
+        finally:
+            await conn.execute("RESET ROLE")
+
+
+async def test_reading_a_sub_account_without_tables_creates_nothing(env: Env) -> None:
     assert await env.warehouse.list_tables(env.accounts[1]) == []
     assert await env.warehouse.get_table(env.accounts[1], 12345) is None
-    assert not env.warehouse.path(env.accounts[1]).exists()
+    assert await env.warehouse.schema_of(env.accounts[1]) is None
 
 
 async def test_drop_connection_tables_removes_tables_cursors_and_index(env: Env) -> None:
@@ -137,12 +164,14 @@ async def test_drop_connection_tables_removes_tables_cursors_and_index(env: Env)
         await table.write([contact(1)], {"cursor": "x"}, run_id=1)
     assert await env.warehouse.drop_connection_tables(account, drop) == 2
     assert [t.connection_id for t, _ in await env.warehouse.list_tables(account)] == [keep]
-    assert await env.store.warehouse_table_owner(dropped.table.id) is None
-    assert await env.store.warehouse_table_owner(deals.table.id) is None
-    with sqlite3.connect(env.warehouse.path(account)) as conn:
-        names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert await env.warehouse.table_owner(dropped.table.id) is None
+    assert await env.warehouse.table_owner(deals.table.id) is None
+    async with env.store.connection() as conn:
+        cur = await conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = %s", (await env.warehouse.schema_of(account),))
+        names = {row["tablename"] for row in await cur.fetchall()}
         assert f"c{drop}_contacts" not in names and f"c{keep}_contacts" in names
-        assert conn.execute("SELECT COUNT(*) FROM _state WHERE connection_id = ?", (drop,)).fetchone()[0] == 0
+        cur = await conn.execute("SELECT COUNT(*) AS n FROM warehouse_state WHERE connection_id = %s", (drop,))
+        assert await cur.fetchone() == {"n": 0}
     # The stream starts from scratch if the same connection id ever syncs again.
     fresh = await env.warehouse.open_table(account, drop, contacts())
     assert await fresh.load_state() == {} and fresh.table.id != dropped.table.id
@@ -182,17 +211,3 @@ async def test_new_fields_become_columns_and_values_keep_their_types(env: Env) -
     assert rows[1]["score"] == 2.5 and rows[1]["visits"] == 3
     field_ids = [f.id for f in second.table.fields]
     assert len(set(field_ids)) == len(field_ids)
-
-
-async def test_idle_writer_connections_are_capped(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
-    import bff.warehouse
-
-    monkeypatch.setattr(bff.warehouse, "MAX_OPEN_WRITERS", 1)
-    a, b = env.accounts
-    writers = [await env.warehouse.open_table(acc, env.connections[acc][0], contacts()) for acc in (a, b)]
-    for round_ in range(3):
-        for writer in writers:
-            await writer.write([contact(round_ + 1)], {"cursor": str(round_)}, run_id=round_)
-            assert len(env.warehouse._writers) == 1  # the other file's connection was closed
-    for acc, writer in zip((a, b), writers):
-        assert (await env.warehouse.read_rows(acc, writer.table, offset=0, limit=10))[0] == 3

@@ -24,7 +24,7 @@ from .engine import (
     new_pkce_pair,
     refresh_tokens,
 )
-from .retry import Cause, Decision, RetryPolicy, parse_retry_after
+from .retry import Cause, Decision, LongWait, RetryPolicy, parse_retry_after
 
 __all__ = [
     "Cause",
@@ -37,6 +37,7 @@ __all__ = [
     "Decision",
     "FormField",
     "LOGO_DIR",
+    "LongWait",
     "OAuthClient",
     "OAuthError",
     "OAuthTokens",

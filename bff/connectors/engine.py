@@ -54,7 +54,7 @@ from .definitions import (
     Template,
     get_path,
 )
-from .retry import Cause, RetryPolicy
+from .retry import Cause, LongWait, RetryPolicy
 
 __all__ = [
     "ConfigRequired",
@@ -296,6 +296,8 @@ async def _send(
             log("error", f"{label}: {decision.reason} [{method} {_url_path(url)}]")
             raise RetriesExhausted(decision.reason, detail=f"{display} kept failing: {decision.reason}.", status=status)
         log("warning", f"{label}: {decision.reason} [{method} {_url_path(url)}]")
+        if policy.long_wait is not None and decision.delay > policy.long_wait:
+            raise LongWait(decision.delay, decision.reason)  # the caller frees its worker instead of sleeping
         await sleep(decision.delay)
         retries[cause] = n + 1
         waited[cause] = w + decision.delay

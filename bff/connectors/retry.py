@@ -24,9 +24,9 @@ and usually transient, while more retries would only hide a real outage.
 "Within N" bounds the *sum of the waits* between attempts, not the time spent in
 the attempts themselves (a timed-out attempt already took up to 120 s).
 
-Waiting: on a ``Retry-After`` header (delta-seconds or HTTP-date) we wait what
-the provider asked, capped so the cumulative wait never exceeds the budget;
-otherwise exponential back-off with full jitter: a uniform random delay in
+Waiting: on a ``Retry-After`` header (delta-seconds or HTTP-date) we wait exactly
+what the provider asked (asking again sooner is certain to be refused again); when
+that is more than the budget has left, we give up at once and say so. Otherwise exponential back-off with full jitter: a uniform random delay in
 ``[0, min(max_delay, base_delay * 2**retry_index)]``, also capped by the budget.
 """
 
@@ -40,6 +40,7 @@ from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 
 __all__ = [
+    "LongWait",
     "Budget",
     "Cause",
     "Decision",
@@ -69,6 +70,19 @@ class Budget:
     def __post_init__(self) -> None:
         if self.max_retries < 0 or self.max_total_wait < 0:
             raise ValueError("retry budgets cannot be negative")
+
+
+class LongWait(Exception):
+    """The provider asked to wait longer than the caller is willing to hold on (``RetryPolicy.long_wait``).
+
+    Raised instead of sleeping, so a sync run can save its place and free its worker;
+    ``delay`` is how long the provider asked for, ``reason`` the policy's sentence.
+    """
+
+    def __init__(self, delay: float, reason: str) -> None:
+        super().__init__(reason)
+        self.delay = delay
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -150,6 +164,8 @@ class RetryPolicy:
     connection: Budget
     server_error: Budget
     request_timeout: float = 120.0  # per-call timeout, seconds (shown in reasons)
+    # Waits longer than this raise LongWait instead of sleeping (None: always sleep).
+    long_wait: float | None = None
     rng: random.Random = field(default_factory=random.Random, compare=False, repr=False)
 
     @classmethod
@@ -226,7 +242,15 @@ class RetryPolicy:
             )
         asked = parse_retry_after(retry_after_header, now)
         if asked is not None:
-            delay = min(asked, remaining)
+            if asked > remaining:
+                return Decision(
+                    False,
+                    0.0,
+                    f"gave up after {_retries(attempt)} on {what}: the provider asked to wait "
+                    f"{_fmt_duration(round(asked, 1))}, more than the {_fmt_duration(round(remaining, 1))} "
+                    f"left of the {within} retry budget",
+                )
+            delay = asked
             how = f"the provider asked to wait {_fmt_duration(round(asked, 1))}"
         else:
             ceiling = min(budget.max_delay, budget.base_delay * (2**attempt))

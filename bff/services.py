@@ -1,0 +1,42 @@
+"""Everything a request handler may use, typed: the runtime plus the warehouse, the queue and the sync runner."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+from .jobs import JobQueue
+from .runtime import Runtime
+from .sync import SyncRunner
+from .warehouse import Warehouse
+
+ORIGIN_CACHE_SECONDS = 2.0
+
+
+@dataclasses.dataclass(kw_only=True)
+class Services(Runtime):
+    warehouse: Warehouse
+    queue: JobQueue
+    sync: SyncRunner
+    _origins: frozenset[str] = frozenset()
+    _origins_loaded_at: float = float("-inf")
+
+    @classmethod
+    def extend(cls, runtime: Runtime, *, warehouse: Warehouse, queue: JobQueue, sync: SyncRunner) -> Services:
+        shared = {f.name: getattr(runtime, f.name) for f in dataclasses.fields(Runtime)}
+        return cls(**shared, warehouse=warehouse, queue=queue, sync=sync)
+
+    async def origin_registered(self, origin: str) -> bool:
+        # A short cache: `bff partner create` in another process shows up within seconds.
+        now = time.monotonic()
+        if now - self._origins_loaded_at > ORIGIN_CACHE_SECONDS:
+            self._origins = await self.store.all_origins()
+            self._origins_loaded_at = now
+        if origin in self._origins:
+            return True
+        self._origins = await self.store.all_origins()
+        self._origins_loaded_at = now
+        return origin in self._origins
+
+    def forget_origins(self) -> None:
+        self._origins_loaded_at = float("-inf")

@@ -1,0 +1,680 @@
+"""The store: the one package that owns the control database's SQL.
+
+PostgreSQL through psycopg 3 (async) and a connection pool; rows come back as
+dicts and are turned into frozen dataclasses by column name (never by position).
+Schema changes are Alembic migrations in ``bff/store/migrations`` (``bff db
+upgrade``; ``serve``, ``worker`` and ``demo`` apply them on start). The
+per-customer warehouse tables live in per-customer schemas (``bff/warehouse.py``);
+their index (``warehouse_*``) is here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg import AsyncConnection
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
+
+from .migrate import migrate
+
+__all__ = [
+    "ACTIVE_RUN_STATUSES",
+    "Connection",
+    "ExternalIdTaken",
+    "OAuthFlow",
+    "Partner",
+    "Run",
+    "RunAlreadyActive",
+    "Store",
+    "SubAccount",
+    "iso",
+    "migrate",
+]
+
+ACTIVE_RUN_STATUSES = ("queued", "running", "waiting")
+
+SUB_ACCOUNT_FIELDS = ("first_name", "last_name", "email", "language", "company_name")
+
+Row = dict[str, Any]
+T = TypeVar("T")
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts * 1000) % 1000:03d}Z"
+
+
+def _build(cls: type[T], row: Row | None) -> T | None:
+    return cls(**row) if row is not None else None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Partner:
+    id: int
+    name: str
+    token_generation: int
+    created_at: float
+    origins: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SubAccount:
+    id: int
+    partner_id: int
+    external_id: str
+    first_name: str
+    last_name: str
+    email: str
+    language: str
+    company_name: str
+    token_generation: int
+    created_at: float
+    warehouse_schema: str | None = None
+
+    def public_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "external_id": self.external_id,
+            "first_name": self.first_name,
+            "last_name": self.last_name,
+            "email": self.email,
+            "language": self.language,
+            "company_name": self.company_name,
+            "created_at": iso(self.created_at),
+        }
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Connection:
+    id: int
+    sub_account_id: int
+    connector: str
+    name: str
+    health_status: str
+    detail: str | None
+    config: dict[str, Any]
+    secrets: bytes | None  # AES-GCM ciphertext; see crypto.Vault
+    created_at: float
+    updated_at: float
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Run:
+    id: int
+    connection_id: int
+    sub_account_id: int
+    status: str
+    task_id: str
+    tables: list[str] | None
+    records: dict[str, int]
+    error: str | None
+    pid: int | None
+    job_id: int | None
+    attempts: int
+    resume_at: float | None
+    progress: dict[str, Any]
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+
+    @property
+    def active(self) -> bool:
+        return self.status in ACTIVE_RUN_STATUSES
+
+    def public_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "pipeline_run_id": self.id,
+            "task_id": self.task_id,
+            "status": self.status,
+            "started_at": iso(self.started_at),
+            "finished_at": iso(self.finished_at),
+            "resume_at": iso(self.resume_at),
+            "records": self.records,
+            "tables": self.tables,
+            "error": self.error,
+        }
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class OAuthFlow:
+    connection_id: int
+    sub_account_id: int
+    purpose: str
+    verifier: bytes | None
+    created_at: float
+
+
+class ExternalIdTaken(Exception):
+    def __init__(self, existing_id: int) -> None:
+        super().__init__(existing_id)
+        self.existing_id = existing_id
+
+
+class RunAlreadyActive(Exception):
+    def __init__(self, run_id: int | None) -> None:
+        super().__init__(run_id)
+        self.run_id = run_id
+
+
+_CONNECTION_COLUMNS = "id, sub_account_id, connector, name, health_status, detail, config, secrets, created_at, updated_at"
+_RUN_COLUMNS = (
+    "id, connection_id, sub_account_id, status, task_id, tables, records, error, pid, job_id, attempts, resume_at,"
+    " progress, created_at, started_at, finished_at"
+)
+_SUB_ACCOUNT_COLUMNS = (
+    "id, partner_id, external_id, first_name, last_name, email, language, company_name, token_generation, created_at,"
+    " warehouse_schema"
+)
+_PARTNER_COLUMNS = "id, name, token_generation, created_at"
+
+
+class Store:
+    """Async access to the control database. One instance per process."""
+
+    def __init__(self, url: str, *, clock: Callable[[], float] = time.time, max_connections: int = 10) -> None:
+        self.url = url
+        self._clock = clock
+        self._max_connections = max_connections
+        self._pool: AsyncConnectionPool[Any] | None = None
+
+    # -- plumbing ---------------------------------------------------------------------
+
+    async def open(self) -> None:
+        from ..db import open_pool
+
+        self._pool = await open_pool(self.url, max_size=self._max_connections, name="bff-store")
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    @property
+    def pool(self) -> AsyncConnectionPool[Any]:
+        assert self._pool is not None, "Store.open() was not called"
+        return self._pool
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[AsyncConnection[Any]]:
+        """A pooled autocommit connection (one statement = one transaction)."""
+        async with self.pool.connection() as conn:
+            yield conn
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncConnection[Any]]:
+        """A pooled connection inside one transaction, committed on exit."""
+        async with self.pool.connection() as conn, conn.transaction():
+            yield conn
+
+    async def _one(self, query: str, params: Mapping[str, Any] | Sequence[Any] = ()) -> Row | None:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(query, params)  # type: ignore[arg-type]
+            row: Row | None = await cur.fetchone()
+            return row
+
+    async def _all(self, query: str, params: Mapping[str, Any] | Sequence[Any] = ()) -> list[Row]:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(query, params)  # type: ignore[arg-type]
+            return list(await cur.fetchall())
+
+    def now(self) -> float:
+        return float(self._clock())
+
+    # -- meta ---------------------------------------------------------------------------
+
+    async def get_meta(self, key: str) -> str | None:
+        row = await self._one("SELECT value FROM meta WHERE key = %(k)s", {"k": key})
+        return str(row["value"]) if row else None
+
+    async def set_meta(self, key: str, value: str) -> None:
+        await self._one(
+            "INSERT INTO meta (key, value) VALUES (%(k)s, %(v)s) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value"
+            " RETURNING key",
+            {"k": key, "v": value},
+        )
+
+    async def set_meta_once(self, key: str, value: str) -> str:
+        """Store ``value`` unless the key exists; the value that is stored (first writer wins)."""
+        row = await self._one(
+            "WITH ins AS (INSERT INTO meta (key, value) VALUES (%(k)s, %(v)s) ON CONFLICT (key) DO NOTHING RETURNING value)"
+            " SELECT value FROM ins UNION ALL SELECT value FROM meta WHERE key = %(k)s LIMIT 1",
+            {"k": key, "v": value},
+        )
+        assert row is not None
+        return str(row["value"])
+
+    # -- partners -----------------------------------------------------------------------
+
+    async def create_partner(self, name: str, origins: Sequence[str]) -> Partner:
+        async with self.transaction() as conn:
+            cur = await conn.execute(
+                "INSERT INTO partners (name, created_at) VALUES (%(n)s, %(now)s) RETURNING id",
+                {"n": name, "now": self.now()},
+            )
+            row = await cur.fetchone()
+            assert row is not None
+            partner_id = int(row["id"])
+            await self._add_origins(conn, partner_id, origins)
+            partner = await self._partner(conn, partner_id)
+        assert partner is not None
+        return partner
+
+    async def get_partner(self, partner_id: int) -> Partner | None:
+        """The partner row without its origins (hot path); see :meth:`partner_has_origin`."""
+        return _build(Partner, await self._one(f"SELECT {_PARTNER_COLUMNS} FROM partners WHERE id = %s", (partner_id,)))
+
+    async def get_partner_with_origins(self, partner_id: int) -> Partner | None:
+        async with self.connection() as conn:
+            return await self._partner(conn, partner_id)
+
+    async def find_partner_by_name(self, name: str) -> Partner | None:
+        async with self.connection() as conn:
+            cur = await conn.execute("SELECT id FROM partners WHERE name = %s ORDER BY id LIMIT 1", (name,))
+            row = await cur.fetchone()
+            return await self._partner(conn, int(row["id"])) if row else None
+
+    async def list_partners(self) -> list[Partner]:
+        async with self.connection() as conn:
+            cur = await conn.execute("SELECT id FROM partners ORDER BY id")
+            partners = [await self._partner(conn, int(row["id"])) for row in await cur.fetchall()]
+        return [p for p in partners if p is not None]
+
+    async def add_partner_origins(self, partner_id: int, origins: Sequence[str]) -> None:
+        async with self.transaction() as conn:
+            await self._add_origins(conn, partner_id, origins)
+
+    async def set_partner_origins(self, partner_id: int, origins: Sequence[str]) -> Partner | None:
+        async with self.transaction() as conn:
+            await conn.execute("DELETE FROM partner_origins WHERE partner_id = %s", (partner_id,))
+            await self._add_origins(conn, partner_id, origins)
+            return await self._partner(conn, partner_id)
+
+    async def _add_origins(self, conn: AsyncConnection[Any], partner_id: int, origins: Sequence[str]) -> None:
+        async with conn.cursor() as cur:
+            await cur.executemany(
+                "INSERT INTO partner_origins (partner_id, origin) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                [(partner_id, origin) for origin in dict.fromkeys(origins)],
+            )
+
+    async def bump_partner_generation(self, partner_id: int) -> Partner | None:
+        async with self.transaction() as conn:
+            await conn.execute("UPDATE partners SET token_generation = token_generation + 1 WHERE id = %s", (partner_id,))
+            return await self._partner(conn, partner_id)
+
+    async def partner_has_origin(self, partner_id: int, origin: str) -> bool:
+        row = await self._one(
+            "SELECT 1 AS found FROM partner_origins WHERE partner_id = %s AND origin = %s", (partner_id, origin)
+        )
+        return row is not None
+
+    async def all_origins(self) -> frozenset[str]:
+        rows = await self._all("SELECT DISTINCT origin FROM partner_origins")
+        return frozenset(str(row["origin"]) for row in rows)
+
+    async def _partner(self, conn: AsyncConnection[Any], partner_id: int) -> Partner | None:
+        cur = await conn.execute(f"SELECT {_PARTNER_COLUMNS} FROM partners WHERE id = %s", (partner_id,))
+        row = await cur.fetchone()
+        if row is None:
+            return None
+        cur = await conn.execute("SELECT origin FROM partner_origins WHERE partner_id = %s ORDER BY origin", (partner_id,))
+        return Partner(**row, origins=tuple(r["origin"] for r in await cur.fetchall()))
+
+    # -- sub-accounts -------------------------------------------------------------------
+
+    async def create_sub_account(self, partner_id: int, external_id: str, fields: Mapping[str, str]) -> SubAccount:
+        """Create a sub-account; raises :class:`ExternalIdTaken` when it exists."""
+        account, created = await self._insert_sub_account(partner_id, external_id, fields)
+        if not created:
+            raise ExternalIdTaken(account.id)
+        return account
+
+    async def get_or_create_sub_account(
+        self, partner_id: int, external_id: str, fields: Mapping[str, str]
+    ) -> tuple[SubAccount, bool]:
+        """Provision on first use. Safe under concurrency: the unique index decides."""
+        existing = await self.get_sub_account(partner_id, external_id=external_id)
+        if existing is not None:
+            return existing, False
+        return await self._insert_sub_account(partner_id, external_id, fields)
+
+    async def _insert_sub_account(
+        self, partner_id: int, external_id: str, fields: Mapping[str, str]
+    ) -> tuple[SubAccount, bool]:
+        values = {name: fields.get(name) or "" for name in SUB_ACCOUNT_FIELDS}
+        values["language"] = values["language"] or "en"
+        async with self.transaction() as conn:
+            cur = await conn.execute(
+                "INSERT INTO sub_accounts (partner_id, external_id, first_name, last_name, email, language,"
+                " company_name, created_at) VALUES (%(partner_id)s, %(external_id)s, %(first_name)s, %(last_name)s,"
+                " %(email)s, %(language)s, %(company_name)s, %(now)s)"
+                f" ON CONFLICT (partner_id, external_id) DO NOTHING RETURNING {_SUB_ACCOUNT_COLUMNS}",
+                {"partner_id": partner_id, "external_id": external_id, "now": self.now(), **values},
+            )
+            row = await cur.fetchone()
+            if row is not None:
+                return SubAccount(**row), True
+            cur = await conn.execute(
+                f"SELECT {_SUB_ACCOUNT_COLUMNS} FROM sub_accounts WHERE partner_id = %s AND external_id = %s",
+                (partner_id, external_id),
+            )
+            existing = await cur.fetchone()
+        assert existing is not None
+        return SubAccount(**existing), False
+
+    async def get_sub_account(
+        self, partner_id: int, *, account_id: int | None = None, external_id: str | None = None
+    ) -> SubAccount | None:
+        if account_id is not None:
+            where, value = "id = %s", account_id
+        elif external_id is not None:
+            where, value = "external_id = %s", external_id  # type: ignore[assignment]
+        else:
+            return None
+        return _build(
+            SubAccount,
+            await self._one(f"SELECT {_SUB_ACCOUNT_COLUMNS} FROM sub_accounts WHERE partner_id = %s AND {where}", (partner_id, value)),
+        )
+
+    async def get_sub_account_by_id(self, account_id: int) -> SubAccount | None:
+        return _build(SubAccount, await self._one(f"SELECT {_SUB_ACCOUNT_COLUMNS} FROM sub_accounts WHERE id = %s", (account_id,)))
+
+    async def list_sub_accounts(self, partner_id: int, *, offset: int, limit: int) -> tuple[int, list[SubAccount]]:
+        count = await self._one("SELECT COUNT(*) AS n FROM sub_accounts WHERE partner_id = %s", (partner_id,))
+        rows = await self._all(
+            f"SELECT {_SUB_ACCOUNT_COLUMNS} FROM sub_accounts WHERE partner_id = %s ORDER BY id LIMIT %s OFFSET %s",
+            (partner_id, limit, offset),
+        )
+        return int(count["n"] if count else 0), [SubAccount(**row) for row in rows]
+
+    async def bump_sub_account_generation(self, partner_id: int, account_id: int) -> SubAccount | None:
+        return _build(
+            SubAccount,
+            await self._one(
+                "UPDATE sub_accounts SET token_generation = token_generation + 1 WHERE id = %s AND partner_id = %s"
+                f" RETURNING {_SUB_ACCOUNT_COLUMNS}",
+                (account_id, partner_id),
+            ),
+        )
+
+    # -- connections ----------------------------------------------------------------------
+
+    async def create_connection(
+        self,
+        sub_account_id: int,
+        connector: str,
+        name: str,
+        health_status: str,
+        config: Mapping[str, Any] | None = None,
+        *,
+        seal: Callable[[int], bytes] | None = None,
+    ) -> Connection:
+        """Insert a connection; ``seal(id)`` encrypts its secrets in the same transaction
+        (the id is the ciphertext's associated data), so no row exists without them."""
+        now = self.now()
+        async with self.transaction() as conn:
+            cur = await conn.execute(
+                "INSERT INTO connections (sub_account_id, connector, name, health_status, config, created_at, updated_at)"
+                f" VALUES (%(s)s, %(c)s, %(n)s, %(h)s, %(cfg)s, %(now)s, %(now)s) RETURNING {_CONNECTION_COLUMNS}",
+                {"s": sub_account_id, "c": connector, "n": name, "h": health_status, "cfg": Jsonb(dict(config or {})), "now": now},
+            )
+            row = await cur.fetchone()
+            assert row is not None
+            if seal is not None:
+                cur = await conn.execute(
+                    f"UPDATE connections SET secrets = %s WHERE id = %s RETURNING {_CONNECTION_COLUMNS}",
+                    (seal(int(row["id"])), row["id"]),
+                )
+                row = await cur.fetchone()
+                assert row is not None
+        return Connection(**row)
+
+    async def get_connection(self, sub_account_id: int, connection_id: int) -> Connection | None:
+        """A connection, only if it belongs to this sub-account."""
+        return _build(
+            Connection,
+            await self._one(
+                f"SELECT {_CONNECTION_COLUMNS} FROM connections WHERE id = %s AND sub_account_id = %s",
+                (connection_id, sub_account_id),
+            ),
+        )
+
+    async def get_connection_by_id(self, connection_id: int) -> Connection | None:
+        """Internal use only (callbacks, the sync runner): no tenant check."""
+        return _build(Connection, await self._one(f"SELECT {_CONNECTION_COLUMNS} FROM connections WHERE id = %s", (connection_id,)))
+
+    async def list_connections(self, sub_account_id: int) -> list[Connection]:
+        rows = await self._all(
+            f"SELECT {_CONNECTION_COLUMNS} FROM connections WHERE sub_account_id = %s ORDER BY id", (sub_account_id,)
+        )
+        return [Connection(**row) for row in rows]
+
+    async def update_connection(
+        self,
+        connection_id: int,
+        *,
+        health_status: str | None = None,
+        detail: str | None | type[Ellipsis] = ...,
+        config: Mapping[str, Any] | None = None,
+        secrets: bytes | None = None,
+        name: str | None = None,
+    ) -> None:
+        sets, params = ["updated_at = %(now)s"], {"id": connection_id, "now": self.now()}
+        if health_status is not None:
+            sets.append("health_status = %(h)s")
+            params["h"] = health_status
+        if detail is not ...:
+            sets.append("detail = %(d)s")
+            params["d"] = detail
+        if config is not None:
+            sets.append("config = %(cfg)s")
+            params["cfg"] = Jsonb(dict(config))
+        if secrets is not None:
+            sets.append("secrets = %(sec)s")
+            params["sec"] = secrets
+        if name is not None:
+            sets.append("name = %(n)s")
+            params["n"] = name
+        await self._one(f"UPDATE connections SET {', '.join(sets)} WHERE id = %(id)s RETURNING id", params)
+
+    async def delete_connection(self, sub_account_id: int, connection_id: int) -> bool:
+        row = await self._one(
+            "DELETE FROM connections WHERE id = %s AND sub_account_id = %s RETURNING id", (connection_id, sub_account_id)
+        )
+        return row is not None
+
+    # -- OAuth flows ------------------------------------------------------------------------
+
+    async def create_oauth_flow(
+        self, state_hash: str, *, connection_id: int, sub_account_id: int, purpose: str, verifier: bytes | None
+    ) -> None:
+        await self._one(
+            "INSERT INTO oauth_flows (state_hash, connection_id, sub_account_id, purpose, verifier, created_at)"
+            " VALUES (%s, %s, %s, %s, %s, %s) RETURNING state_hash",
+            (state_hash, connection_id, sub_account_id, purpose, verifier, self.now()),
+        )
+
+    async def consume_oauth_flow(self, state_hash: str, *, max_age: float) -> OAuthFlow | None:
+        """Mark a flow used and return it; None when unknown, used already, or too old."""
+        now = self.now()
+        return _build(
+            OAuthFlow,
+            await self._one(
+                "UPDATE oauth_flows SET used_at = %(now)s WHERE state_hash = %(h)s AND used_at IS NULL"
+                " AND created_at >= %(oldest)s RETURNING connection_id, sub_account_id, purpose, verifier, created_at",
+                {"h": state_hash, "now": now, "oldest": now - max_age},
+            ),
+        )
+
+    # -- runs ---------------------------------------------------------------------------------
+
+    async def create_run(self, connection_id: int, sub_account_id: int, *, task_id: str, tables: Sequence[str] | None) -> Run:
+        """Queue a run; raises :class:`RunAlreadyActive` if one is queued, running or waiting."""
+        try:
+            row = await self._one(
+                "INSERT INTO runs (connection_id, sub_account_id, status, task_id, tables, created_at)"
+                f" VALUES (%s, %s, 'queued', %s, %s, %s) RETURNING {_RUN_COLUMNS}",
+                (connection_id, sub_account_id, task_id, Jsonb(list(tables)) if tables else None, self.now()),
+            )
+        except psycopg.errors.UniqueViolation:
+            active = await self.active_run(connection_id)
+            raise RunAlreadyActive(active.id if active else None) from None
+        assert row is not None
+        return Run(**row)
+
+    async def get_run(self, run_id: int) -> Run | None:
+        return _build(Run, await self._one(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = %s", (run_id,)))
+
+    async def active_run(self, connection_id: int) -> Run | None:
+        return _build(
+            Run,
+            await self._one(
+                f"SELECT {_RUN_COLUMNS} FROM runs WHERE connection_id = %s AND status IN ('queued', 'running', 'waiting')",
+                (connection_id,),
+            ),
+        )
+
+    async def last_run(self, connection_id: int) -> Run | None:
+        return _build(
+            Run, await self._one(f"SELECT {_RUN_COLUMNS} FROM runs WHERE connection_id = %s ORDER BY id DESC LIMIT 1", (connection_id,))
+        )
+
+    async def list_runs(self, connection_id: int, *, offset: int, limit: int) -> tuple[int, list[Run]]:
+        count = await self._one("SELECT COUNT(*) AS n FROM runs WHERE connection_id = %s", (connection_id,))
+        rows = await self._all(
+            f"SELECT {_RUN_COLUMNS} FROM runs WHERE connection_id = %s ORDER BY id DESC LIMIT %s OFFSET %s",
+            (connection_id, limit, offset),
+        )
+        return int(count["n"] if count else 0), [Run(**row) for row in rows]
+
+    async def update_run(
+        self,
+        run_id: int,
+        *,
+        status: str | None = None,
+        records: Mapping[str, int] | None = None,
+        error: str | None | type[Ellipsis] = ...,
+        pid: int | None = None,
+        job_id: int | None = None,
+        resume_at: float | None | type[Ellipsis] = ...,
+        progress: Mapping[str, Any] | None = None,
+        started: bool = False,
+        attempt: bool = False,
+    ) -> None:
+        sets: list[str] = []
+        params: dict[str, Any] = {"id": run_id, "now": self.now()}
+        if status is not None:
+            sets.append("status = %(status)s")
+            params["status"] = status
+        if records is not None:
+            sets.append("records = %(records)s")
+            params["records"] = Jsonb(dict(records))
+        if error is not ...:
+            sets.append("error = %(error)s")
+            params["error"] = error
+        if pid is not None:
+            sets.append("pid = %(pid)s")
+            params["pid"] = pid
+        if job_id is not None:
+            sets.append("job_id = %(job)s")
+            params["job"] = job_id
+        if resume_at is not ...:
+            sets.append("resume_at = %(resume)s")
+            params["resume"] = resume_at
+        if progress is not None:
+            sets.append("progress = %(progress)s")
+            params["progress"] = Jsonb(dict(progress))
+        if started:
+            sets.append("started_at = COALESCE(started_at, %(now)s)")
+        if attempt:
+            sets.append("attempts = attempts + 1")
+        if sets:
+            await self._one(f"UPDATE runs SET {', '.join(sets)} WHERE id = %(id)s RETURNING id", params)
+
+    async def finish_run(
+        self,
+        run_id: int,
+        *,
+        status: str,
+        records: Mapping[str, int] | None,
+        error: str | None,
+        connection_id: int,
+        health_status: str,
+        detail: str | None,
+        logs: Sequence[tuple[str, str]] = (),
+    ) -> bool:
+        """End a run: its status, the connection's health and the last log lines, atomically.
+        False when the run had already ended (another worker, or a delete, got there first)."""
+        now = self.now()
+        async with self.transaction() as conn:
+            cur = await conn.execute(
+                "UPDATE runs SET status = %(status)s, records = COALESCE(%(records)s, records), error = %(error)s,"
+                " resume_at = NULL, finished_at = %(now)s"
+                " WHERE id = %(id)s AND status IN ('queued', 'running', 'waiting') RETURNING id",
+                {
+                    "status": status,
+                    "records": Jsonb(dict(records)) if records is not None else None,
+                    "error": error,
+                    "now": now,
+                    "id": run_id,
+                },
+            )
+            if await cur.fetchone() is None:
+                return False
+            cur = await conn.execute(
+                "UPDATE connections SET health_status = %s, detail = %s, updated_at = %s WHERE id = %s RETURNING id",
+                (health_status, detail, now, connection_id),
+            )
+            if await cur.fetchone() is not None:  # deleted mid-run: its logs went with it
+                await self._insert_logs(conn, connection_id, logs, run_id)
+        return True
+
+    # -- logs ----------------------------------------------------------------------------------
+
+    async def add_log(self, connection_id: int, level: str, message: str, *, run_id: int | None = None) -> None:
+        await self.add_logs(connection_id, [(level, message)], run_id=run_id)
+
+    async def add_logs(self, connection_id: int, lines: Sequence[tuple[str, str]], *, run_id: int | None = None) -> None:
+        """Several ``(level, message)`` log lines in one transaction, in order. Lines of a
+        connection deleted meanwhile are dropped (they would have gone with it)."""
+        if not lines:
+            return
+        try:
+            async with self.transaction() as conn:
+                await self._insert_logs(conn, connection_id, lines, run_id)
+        except psycopg.errors.ForeignKeyViolation:
+            pass
+
+    async def list_logs(self, connection_id: int, *, offset: int, limit: int) -> tuple[int, list[dict[str, Any]]]:
+        count = await self._one("SELECT COUNT(*) AS n FROM logs WHERE connection_id = %s", (connection_id,))
+        rows = await self._all(
+            "SELECT ts, level, message, run_id FROM logs WHERE connection_id = %s ORDER BY id DESC LIMIT %s OFFSET %s",
+            (connection_id, limit, offset),
+        )
+        return int(count["n"] if count else 0), [
+            {"ts": iso(row["ts"]), "level": row["level"], "message": row["message"], "pipeline_run_id": row["run_id"]}
+            for row in rows
+        ]
+
+    async def _insert_logs(
+        self, conn: AsyncConnection[Any], connection_id: int, lines: Sequence[tuple[str, str]], run_id: int | None
+    ) -> None:
+        if lines:
+            now = self.now()
+            async with conn.cursor() as cur:
+                await cur.executemany(
+                    "INSERT INTO logs (connection_id, run_id, ts, level, message) VALUES (%s, %s, %s, %s, %s)",
+                    [(connection_id, run_id, now, level, message) for level, message in lines],
+                )
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
