@@ -326,7 +326,7 @@ function connectForm(st, existing = null) {
       const url = existing ? r?.auth_uri : r?.oauth_url;
       const id = existing ? existing.id : r?.id;
       const nonce = r?.oauth_nonce;
-      if (!/^https?:\/\//i.test(url || '') || id == null || typeof nonce != 'string') throw fail('bad_response', t.errGeneric);
+      if (!/^https?:\/\//i.test(url || '') || id == null || !nonce) throw fail('bad_response', t.errGeneric);
       let opened = false;
       try {
         popup.location.href = url;
@@ -348,7 +348,6 @@ function connectForm(st, existing = null) {
 
   function waitFor(url, blocked) {
     const cancel = h('button', { type: 'button', class: 'secondary', onclick: () => { abandon(); setBusy(false); submit.focus(); } }, t.cancel);
-    // rel=opener: the start page in the new tab asks us (its opener) for the nonce ('oauth_ready').
     const link = blocked && h('a', { href: url, target: '_blank', rel: 'opener' }, t.continueTab);
     wait.replaceChildren(
       blocked && h('p', { role: 'alert' }, t.popupBlocked),
@@ -377,20 +376,11 @@ function openPopup() {
   return popup;
 }
 
-// Hands the sign-in's one-time nonce to the start page in the pop-up (DESIGN §2.3: completion is
-// bound to the browser that started it). Posted to our exact origin only, so the provider's page
-// or anything else the pop-up shows never receives it; repeated until the start page says it has it.
-function handOver(p) {
-  const nonce = p.nonce;
-  const until = Date.now() + 60e3;
-  const tick = () => {
-    if (p.handedOver || p.stopped || Date.now() > until) return;
-    try {
-      p.popup?.postMessage({ source: 'peliqan', type: 'oauth_nonce', nonce }, location.origin);
-    } catch {}
-    setTimeout(tick, 200);
-  };
-  tick();
+// The start page in the pop-up (our origin only) takes the sign-in's nonce (DESIGN §2.3).
+function handOver(p, n = 300) {
+  if (p.handedOver || p.stopped || !n) return;
+  p.popup?.postMessage({ source: 'peliqan', type: 'oauth_nonce', nonce: p.nonce }, location.origin);
+  setTimeout(() => handOver(p, n - 1), 200);
 }
 
 // Follows a connection until it needs the user (CONFIG_SELECT), is usable, or has failed.
@@ -575,7 +565,7 @@ addEventListener('message', (e) => {
     } else if (m.type === 'token') onToken?.(m.token);
   } else if (e.origin === location.origin && pending && m?.source === 'peliqan-oauth') {
     if (m.type === 'oauth_ready' && pending.nonce && !pending.handedOver && (!pending.popup || e.source === pending.popup)) {
-      pending.popup = e.source; // a tab opened from the "continue in a new tab" link asks for the nonce
+      pending.popup = e.source; // a tab opened from our link asks for the nonce
       handOver(pending);
     } else if (pending.popup && e.source === pending.popup) {
       if (m.type === 'oauth_nonce_received') pending.handedOver = true;

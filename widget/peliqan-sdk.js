@@ -46,26 +46,13 @@ export default function sdk({ PeliqanError, base, form }) {
       const error = new PeliqanError('popup_blocked', 'the browser blocked the new tab: allow pop-ups for this site, or open error.url from your own click handler');
       throw Object.assign(error, { url: target });
     }
-    const nonce = r?.oauth_nonce; // an OAuth sign-in: the start page needs us as its opener for the nonce
-    if (typeof nonce != 'string') tab.opener = null; // the provider page gets no handle on the partner page
+    const nonce = r?.oauth_nonce;
+    if (!nonce) tab.opener = null; // the provider page gets no handle on the partner page
     tab.location.href = target;
-    if (typeof nonce == 'string') handOver(tab, nonce);
-    return r;
-  }
-  // The sign-in's start page (on the BFF's origin) takes its one-time nonce from its opener, this
-  // page, then drops its handle on us before going on to the provider. Posted to the BFF's exact
-  // origin only, so no other page the tab shows can read it; the start page ignores repeats.
-  function handOver(tab, nonce) {
+    // OAuth: the start page (BFF origin only) takes its nonce from us, then drops its opener
     const origin = new URL(base(), location.href).origin;
-    const until = Date.now() + 30e3;
-    const tick = () => {
-      if (Date.now() > until || tab.closed) return;
-      try {
-        tab.postMessage({ source: 'peliqan', type: 'oauth_nonce', nonce }, origin);
-      } catch {}
-      setTimeout(tick, 250);
-    };
-    tick();
+    for (let i = 0; nonce && i < 120; i++) setTimeout(() => tab.postMessage({ source: 'peliqan', type: 'oauth_nonce', nonce }, origin), i * 250);
+    return r;
   }
   const bad = (what) => new PeliqanError('bad_response', what);
 
