@@ -16,8 +16,8 @@ from .errors import ApiError, validation_error
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
-# Ids are 32-bit in the store; a bigger number names nothing (404), it must not reach SQL.
-MAX_ID = 2**31 - 1
+# Ids are BIGINT in the store; a bigger number names nothing (404), it must not reach SQL.
+MAX_ID = 2**63 - 1
 # Query integers (page, ids) beyond this are refused with 400 before any arithmetic or SQL.
 MAX_QUERY_INT = 2**31 - 1
 # JSON bodies are a few levels deep; deeper ones are refused before anything walks them.

@@ -51,7 +51,7 @@ def _page_of(item: dict[str, Any]) -> dict[str, Any]:
 
 _STR = {"type": "string"}
 _INT = {"type": "integer"}
-_ID = {"type": "integer", "minimum": 1, "maximum": 2**31 - 1}
+_ID = {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}
 _TIME = _nullable({"type": "string"})
 SCHEMAS: dict[str, dict[str, Any]] = {
     "Error": ERROR_SCHEMA,
@@ -73,6 +73,14 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "properties": {
             "id": _INT, "external_id": _STR, "first_name": _STR, "last_name": _STR, "email": _STR,
             "language": _STR, "company_name": _STR, "created_at": _TIME,
+        },
+    },
+    "Partner": {
+        "type": "object",
+        "required": ["id", "name", "origins"],
+        "properties": {
+            "id": _INT, "name": _STR, "origins": {"type": "array", "items": _STR}, "token": _STR,
+            "revoked": {"type": "boolean"},
         },
     },
     "Token": {
@@ -190,6 +198,15 @@ def _body(schema: dict[str, Any], *, required: bool = True) -> dict[str, Any]:
 _CONNECTION = _ref("Connection")
 # (METHOD, path) → requestBody / parameters / responses of the JSON API.
 OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
+    ("GET", "/api/partner"): {"responses": {"200": _json(_ref("Partner"))}},
+    ("POST", "/api/partner/rotate-token"): {"responses": {"200": _json(_ref("Partner"), "The new token (the old one is dead)")}},
+    ("POST", "/api/partner/revoke"): {"responses": {"200": _json(_ref("Partner"), "Every token of the partner is dead")}},
+    ("PUT", "/api/partner/origins"): {
+        "requestBody": _body(
+            {"type": "object", "required": ["origins"], "properties": {"origins": {"type": "array", "items": _STR, "maxItems": 50}}}
+        ),
+        "responses": {"200": _json(_ref("Partner"))},
+    },
     ("POST", "/api/partner/sub-account"): {
         "requestBody": _body(_ref("SubAccountFields")),
         "responses": {"201": _json(_ref("SubAccount"), "Created")},

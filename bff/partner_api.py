@@ -180,8 +180,66 @@ async def revoke_tokens(request: Request) -> JSONResponse:
     return JSONResponse({"account_id": account.id, "external_id": account.external_id, "revoked": True})
 
 
+# -- the partner itself: its token's lifecycle and its origins ------------------------------------
+
+
+def partner_dict(partner: Partner) -> dict[str, Any]:
+    return {"id": partner.id, "name": partner.name, "origins": list(partner.origins)}
+
+
+async def get_partner(request: Request) -> JSONResponse:
+    """The calling partner: id, name and the browser origins allowed to embed the widget."""
+    partner = await require_partner(request)
+    found = await services(request).store.get_partner_with_origins(partner.id)
+    assert found is not None
+    return JSONResponse(partner_dict(found))
+
+
+async def rotate_partner_token(request: Request) -> JSONResponse:
+    """A new partner token; the one used for this call (and every older one) stops working at once."""
+    partner = await require_partner(request)
+    svc = services(request)
+    rotated = await svc.store.bump_partner_generation(partner.id)
+    assert rotated is not None
+    token = svc.tokens.mint_partner_token(partner_id=rotated.id, generation=rotated.token_generation).token
+    return JSONResponse({**partner_dict(rotated), "token": token}, headers={"Cache-Control": "no-store"})
+
+
+async def revoke_partner_tokens(request: Request) -> JSONResponse:
+    """Stop every token of this partner (this one too); `bff partner rotate-token` mints a new one."""
+    partner = await require_partner(request)
+    revoked = await services(request).store.bump_partner_generation(partner.id)
+    assert revoked is not None
+    return JSONResponse({**partner_dict(revoked), "revoked": True})
+
+
+async def set_partner_origins(request: Request) -> JSONResponse:
+    """Replace the browser origins allowed to embed the widget (and to get CORS answers)."""
+    from .cli import normalise_origin
+    from .settings import SettingsError
+
+    partner = await require_partner(request)
+    data = await read_json(request)
+    raw = data.get("origins")
+    if not isinstance(raw, list) or len(raw) > 50 or not all(isinstance(o, str) and len(o) <= 300 for o in raw):
+        raise validation_error({"origins": "Send a list of at most 50 origins, like https://app.example.com."})
+    try:
+        origins = [normalise_origin(origin) for origin in raw]
+    except SettingsError as exc:
+        raise validation_error({"origins": str(exc)}) from None
+    svc = services(request)
+    updated = await svc.store.set_partner_origins(partner.id, origins)
+    assert updated is not None
+    svc.forget_origins()
+    return JSONResponse(partner_dict(updated))
+
+
 def routes() -> list[BaseRoute]:
     return [
+        *api_route("/api/partner", get_partner, methods=["GET"]),
+        *api_route("/api/partner/rotate-token", rotate_partner_token, methods=["POST"]),
+        *api_route("/api/partner/revoke", revoke_partner_tokens, methods=["POST"]),
+        *api_route("/api/partner/origins", set_partner_origins, methods=["PUT"]),
         *api_route("/api/partner/sub-account/", create_sub_account, methods=["POST"]),
         *api_route("/api/sub-account/", create_sub_account, methods=["POST"], name="create_sub_account_alias"),
         *api_route("/api/partner/sub-accounts", list_sub_accounts, methods=["GET"]),

@@ -648,3 +648,83 @@ def test_security_md_has_the_threat_model_the_defences_and_how_to_report() -> No
         assert heading in text
     for threat in ("XSS", "malicious end-user", "Leaked tokens", "Malicious pages and scripts"):
         assert threat.lower() in text.lower(), threat
+
+
+# -- 2. partner tokens have a lifecycle: rotate, revoke, set origins; the old token dies everywhere at once ---
+
+
+async def test_rotating_a_partner_token_kills_the_old_one_at_once_in_every_process(
+    settings_factory: Callable[..., Settings],
+) -> None:
+    settings = settings_factory()
+    async with running_bff(settings) as one, running_bff(settings) as two:  # two processes, one database
+        partner_id, old = await one.partner("acme", origins=("https://acme.example",))
+        for process in (one, two):
+            assert (await process.client.get("/api/partner/sub-accounts", headers=auth(old))).status_code == 200
+        me = await two.client.get("/api/partner", headers=auth(old))
+        assert me.json() == {"id": partner_id, "name": "acme", "origins": ["https://acme.example"]}
+        rotated = await one.client.post("/api/partner/rotate-token", headers=auth(old))
+        assert rotated.status_code == 200 and rotated.headers["cache-control"] == "no-store"
+        new = rotated.json()["token"]
+        assert new != old and rotated.json()["id"] == partner_id
+        for process in (one, two):
+            dead = await process.client.get("/api/partner/sub-accounts", headers=auth(old))
+            assert dead.status_code == 401 and dead.json()["code"] == "token_revoked"
+            assert (await process.client.get("/api/partner/sub-accounts", headers=auth(new))).status_code == 200
+        # set-origins: CORS follows at once.
+        moved = await two.client.put("/api/partner/origins", json={"origins": ["https://New.example/"]}, headers=auth(new))
+        assert moved.status_code == 200 and moved.json()["origins"] == ["https://new.example"]
+        bad = await two.client.put("/api/partner/origins", json={"origins": ["not an origin"]}, headers=auth(new))
+        assert bad.status_code == 400 and "origins" in bad.json()["errors"]
+        cors = await one.client.get("/api/partner", headers={**auth(new), "Origin": "https://new.example"})
+        assert cors.headers["access-control-allow-origin"] == "https://new.example"
+        old_origin = await one.client.get("/api/partner", headers={**auth(new), "Origin": "https://acme.example"})
+        assert "access-control-allow-origin" not in old_origin.headers
+        # revoke: every token of the partner, the one used too.
+        revoked = await two.client.post("/api/partner/revoke", headers=auth(new))
+        assert revoked.status_code == 200 and revoked.json()["revoked"] is True
+        for process in (one, two):
+            assert (await process.client.get("/api/partner", headers=auth(new))).json()["code"] == "token_revoked"
+
+
+def test_partner_list_rotate_revoke_and_set_origins_from_the_cli(tmp_path: Path, database_url: str) -> None:
+    from test_cli import run_bff
+
+    from bff.tokens import TokenAuthority
+
+    env = {
+        "BFF_SECRET_KEYS": generate_secret_key(), "BFF_ENCRYPTION_KEY": generate_encryption_key(),
+        "BFF_DATABASE_URL": database_url,
+    }
+    created = run_bff("partner", "create", "--name", "Acme", "--origin", "https://a.example", "--data-dir", str(tmp_path), env=env)
+    assert created.returncode == 0, created.stderr
+    info = json.loads(created.stdout)
+    listed = run_bff("partner", "list", "--data-dir", str(tmp_path), env=env)
+    assert json.loads(listed.stdout) == [{"id": info["id"], "name": "Acme", "origins": ["https://a.example"]}]
+    rotated = run_bff("partner", "rotate-token", str(info["id"]), "--data-dir", str(tmp_path), env=env)
+    assert rotated.returncode == 0, rotated.stderr
+    new = json.loads(rotated.stdout)["token"]
+    tokens = TokenAuthority(Settings.from_env({"BFF_DATA_DIR": str(tmp_path), **env}))
+    old_generation = tokens.verify(info["token"], accept=("partner",)).generation
+    assert tokens.verify(new, accept=("partner",)).generation == old_generation + 1  # the old one is revoked
+    moved = run_bff("partner", "set-origins", str(info["id"]), "--origin", "https://b.example", "--data-dir", str(tmp_path), env=env)
+    assert json.loads(moved.stdout)["origins"] == ["https://b.example"]
+    revoked = run_bff("partner", "revoke", str(info["id"]), "--data-dir", str(tmp_path), env=env)
+    assert revoked.returncode == 0 and json.loads(revoked.stdout)["revoked"] is True
+    missing = run_bff("partner", "revoke", "999999", "--data-dir", str(tmp_path), env=env)
+    assert missing.returncode == 2 and "no partner 999999" in missing.stderr and "Traceback" not in missing.stderr
+
+
+async def test_re_running_the_demo_never_leaves_two_valid_partner_tokens(settings_factory: Callable[..., Settings]) -> None:
+    from bff.cli import ensure_demo_partner
+
+    settings = settings_factory()
+    first = await ensure_demo_partner(settings, "http://localhost:8001")
+    again = await ensure_demo_partner(settings, "http://localhost:8001")
+    assert again["token"] == first["token"]  # still valid: kept, no second token minted
+    (settings.data_dir / "demo-partner.json").unlink()  # lost: a new token, and the old one dies
+    third = await ensure_demo_partner(settings, "http://localhost:8001")
+    assert third["token"] != first["token"]
+    async with running_bff(settings) as bff:
+        assert (await bff.client.get("/api/partner", headers=auth(first["token"]))).json()["code"] == "token_revoked"
+        assert (await bff.client.get("/api/partner", headers=auth(third["token"]))).status_code == 200
