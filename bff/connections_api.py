@@ -27,6 +27,7 @@ from .errors import ApiError, validation_error
 from .http import Pagination, api_route, read_json
 from .store import Connection, OAuthFlow, SubAccount, iso
 from .templates import render
+from .throttle import CONNECTIONS_CREATED, FAILED_CREDENTIALS, Throttle
 
 OAUTH_FLOW_MAX_AGE = 15 * 60
 NOT_READY_FOR_CONFIG = {rt.AUTHORIZING, rt.RE_AUTHORISING}
@@ -136,6 +137,8 @@ async def create_server(request: Request) -> JSONResponse:
         raise validation_error({"servertype_id": "Unknown connector; see GET /api/servertypes."})
     name = parse_name(data, connector.display_name)
     await refuse_too_many_pending(request, account)
+    limits = throttle(request)
+    await limits.take(CONNECTIONS_CREATED, str(account.id))
 
     if connector.auth_type == "oauth2":
         client = rt.oauth_client(svc, connector)
@@ -149,10 +152,7 @@ async def create_server(request: Request) -> JSONResponse:
         return JSONResponse(body, status_code=201, headers={"Cache-Control": "no-store"})
 
     credentials = parse_credentials(connector, data)
-    try:
-        await rt.session_for(svc, connector, credentials=credentials).test()
-    except ConnectorError as exc:
-        raise connector_error(exc) from None
+    await check_credentials(request, account, connector, credentials)
     status = rt.CONFIG_SELECT if connector.config_select else rt.OK
     connection = await svc.store.create_connection(
         account.id,
@@ -163,6 +163,27 @@ async def create_server(request: Request) -> JSONResponse:
     )
     await svc.store.add_log(connection.id, "info", f"Connected to {connector.display_name}; credentials verified.")
     return JSONResponse(await connection_dict(request, account, connection), status_code=201)
+
+
+def throttle(request: Request) -> Throttle:
+    svc = services(request)
+    return Throttle(svc.store, svc.clock)
+
+
+async def check_credentials(
+    request: Request, account: SubAccount, connector: Connector, credentials: dict[str, str], *, config: dict[str, Any] | None = None
+) -> None:
+    """Test credentials at the provider, unless this customer had too many rejected lately
+    (counted across processes): the BFF must not become a password-guessing proxy."""
+    limits = throttle(request)
+    key = f"{account.id}:{connector.name}"
+    await limits.check(FAILED_CREDENTIALS, key)
+    try:
+        await rt.session_for(services(request), connector, credentials=credentials, config=config).test()
+    except ConnectorError as exc:
+        if isinstance(exc, CredentialsRejected):
+            await limits.hit(FAILED_CREDENTIALS, key)
+        raise connector_error(exc) from None
 
 
 async def refuse_too_many_pending(request: Request, account: SubAccount) -> None:
@@ -291,10 +312,7 @@ async def reauthorise(request: Request) -> JSONResponse:
     if not data:
         return JSONResponse({"id": connection.id, "form": {"fields": [f.public_dict() for f in connector.connect_form]}})
     credentials = parse_credentials(connector, data)
-    try:
-        await rt.session_for(svc, connector, credentials=credentials, config=connection.config).test()
-    except ConnectorError as exc:
-        raise connector_error(exc) from None
+    await check_credentials(request, account, connector, credentials, config=connection.config)
     await rt.save_secrets(svc, connection.id, rt.Secrets(credentials))
     await svc.store.update_connection(connection.id, health_status=rt.RE_AUTHORISED, detail=None)
     await svc.store.add_log(connection.id, "info", "Credentials replaced and verified.")

@@ -728,3 +728,76 @@ async def test_re_running_the_demo_never_leaves_two_valid_partner_tokens(setting
     async with running_bff(settings) as bff:
         assert (await bff.client.get("/api/partner", headers=auth(first["token"]))).json()["code"] == "token_revoked"
         assert (await bff.client.get("/api/partner", headers=auth(third["token"]))).status_code == 200
+
+
+# -- 3. throttles shared by every process; the warehouse read API takes identity tokens only -----------------
+
+
+async def test_rejected_credentials_are_throttled_before_they_reach_the_provider(
+    settings_factory: Callable[..., Settings],
+) -> None:
+    from bff.throttle import FAILED_CREDENTIALS
+
+    settings = settings_factory(sandbox_enabled=True)
+    async with running_bff(settings) as one, running_bff(settings) as two:  # two processes, one database
+        _, token = await customer(one)
+        wrong = {"servertype_id": "sandbox_bank", "login": "sandbox", "password": "guess"}
+        stats_before = (await one.client.get("/sandbox/_control/stats")).json()
+        for attempt in range(FAILED_CREDENTIALS.hits):
+            process = (one, two)[attempt % 2]
+            answer = await process.client.post("/api/servers", json=wrong, headers=auth(token))
+            assert answer.status_code == 422 and answer.json()["code"] == "credentials_rejected", attempt
+        for process in (one, two):
+            refused = await process.client.post("/api/servers", json={**wrong, "password": "sandbox"}, headers=auth(token))
+            assert refused.status_code == 429 and refused.json()["code"] == "too_many_attempts"
+            assert 0 < int(refused.headers["retry-after"]) <= FAILED_CREDENTIALS.seconds
+        stats_after = (await one.client.get("/sandbox/_control/stats")).json()
+        # Each process has its own sandbox: together they saw exactly the 10 attempts, never the 11th or 12th.
+        stats_two = (await two.client.get("/sandbox/_control/stats")).json()
+        bank = sum(v for k, v in stats_after["requests"].items() if k.startswith("bank."))
+        bank -= sum(v for k, v in stats_before["requests"].items() if k.startswith("bank."))
+        bank += sum(v for k, v in stats_two["requests"].items() if k.startswith("bank."))
+        assert bank == FAILED_CREDENTIALS.hits
+        # Another connector of the same customer, and the same connector of another customer, are not affected.
+        books = await one.client.post(
+            "/api/servers", json={"servertype_id": "sandbox_accounting", "api_key": "sandbox-valid-key"}, headers=auth(token)
+        )
+        assert books.status_code == 201
+        _, other = await customer(one, "cust-2", partner="second")
+        assert (await two.client.post("/api/servers", json={**wrong, "password": "sandbox"}, headers=auth(other))).status_code == 201
+
+
+async def test_connection_creation_is_throttled_per_sub_account(sbff: BFF) -> None:
+    from bff.throttle import CONNECTIONS_CREATED
+
+    _, token = await customer(sbff)
+    good = {"servertype_id": "sandbox_bank", "login": "sandbox", "password": "sandbox"}
+    for _ in range(CONNECTIONS_CREATED.hits):
+        assert (await sbff.client.post("/api/servers", json=good, headers=auth(token))).status_code == 201
+    refused = await sbff.client.post("/api/servers", json=good, headers=auth(token))
+    assert refused.status_code == 429 and refused.json()["code"] == "too_many_attempts" and refused.headers["retry-after"]
+
+
+async def test_the_warehouse_is_read_with_identity_tokens_only_and_reads_are_throttled(sbff: BFF) -> None:
+    from bff.throttle import WAREHOUSE_READS
+
+    partner_token, integrate = await customer(sbff)
+    me = (await sbff.client.get("/api/servers", headers=auth(integrate))).status_code
+    assert me == 200  # the browser's token still drives connections and syncs
+    account_id = (await sbff.client.post("/api/embed/session", json={"parent_origin": "http://localhost:8001"},
+                                         headers=auth(integrate))).json()["account_id"]
+    for path in ("/api/applications/", f"/api/database/tables/database/{account_id}/", "/api/database/rows/table/1000001/"):
+        refused = await sbff.client.get(path, headers=auth(integrate))
+        assert refused.status_code == 403 and refused.json()["code"] == "token_not_allowed", path
+    identity = (await sbff.client.get(
+        "/api/partner/sub-account/identity/", params={"account_id": account_id}, headers=auth(partner_token)
+    )).json()["token"]
+    for _ in range(WAREHOUSE_READS.hits):
+        assert (await sbff.client.get("/api/applications/", headers=auth(identity))).status_code == 200
+    limited = await sbff.client.get("/api/applications/", headers=auth(identity))
+    assert limited.status_code == 429 and limited.json()["code"] == "rate_limited" and limited.headers["retry-after"]
+    # Another token (a new identity token for the same back-end) has its own budget.
+    fresh = (await sbff.client.get(
+        "/api/partner/sub-account/identity/", params={"account_id": account_id, "expire": "false"}, headers=auth(partner_token)
+    )).json()["token"]
+    assert (await sbff.client.get("/api/applications/", headers=auth(fresh))).status_code == 200
