@@ -309,11 +309,11 @@ def _summary(endpoint: Callable[..., Any]) -> str:
 
 
 def _tag(path: str) -> str:
-    if path.startswith("/api/partner") or path.startswith("/api/sub-account"):
+    if path.startswith(("/api/partner", "/api/sub-account")):
         return "partner"
     if path.startswith("/sandbox"):
         return "sandbox"
-    if path.startswith("/embed") or path.startswith("/oauth"):
+    if path.startswith(("/embed", "/oauth")):
         return "embed"
     return "api" if path.startswith("/api") else "meta"
 

@@ -82,6 +82,6 @@ class Throttle:
 
     async def take(self, limit: Limit, key: str) -> None:
         """Count this call and refuse it if it is one too many."""
-        start, ends = self._window(limit)
+        _, ends = self._window(limit)
         if await self.hit(limit, key) > limit.hits:
             raise self._refusal(limit, ends)
