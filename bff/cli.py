@@ -319,6 +319,20 @@ def cmd_partner_manage(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sandbox(args: argparse.Namespace) -> int:
+    """The sandbox providers alone, for QA deployments and for BFF processes started with BFF_SANDBOX_URL."""
+    import uvicorn
+
+    from .sandbox import SandboxOptions, create_sandbox_app
+
+    try:
+        options = SandboxOptions.from_env(os.environ)
+    except ValueError as exc:
+        return _fail(str(exc))
+    uvicorn.run(create_sandbox_app(options), host=args.host, port=args.port, access_log=False, log_level="warning")
+    return 0
+
+
 def cmd_keys(args: argparse.Namespace) -> int:
     print(f"BFF_SECRET_KEYS={generate_secret_key()}")
     print(f"BFF_ENCRYPTION_KEY={generate_encryption_key()}")
@@ -391,6 +405,13 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--origin", action="append", metavar="URL", help="an allowed origin (repeatable; none = no browser)")
         sub.add_argument("--data-dir", help="data directory (default $BFF_DATA_DIR or ./bff-data)")
         sub.set_defaults(handler=cmd_partner_manage)
+
+    sandbox = commands.add_parser(
+        "sandbox", help="serve only the sandbox providers (point BFF processes at it with BFF_SANDBOX_URL)"
+    )
+    sandbox.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
+    sandbox.add_argument("--port", type=int, default=8002, help="port (default 8002)")
+    sandbox.set_defaults(handler=cmd_sandbox)
 
     keys = commands.add_parser("keys", help="print a fresh BFF_SECRET_KEYS and BFF_ENCRYPTION_KEY")
     keys.set_defaults(handler=cmd_keys)

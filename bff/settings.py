@@ -79,6 +79,8 @@ class Settings:
     # Worker liveness: heartbeat interval, and how long without one makes a worker dead.
     heartbeat_seconds: float = DEFAULT_HEARTBEAT_SECONDS
     stalled_seconds: float = DEFAULT_STALLED_SECONDS
+    # The sandbox providers served by another process (`bff sandbox`) instead of mounted here.
+    sandbox_external_url: str | None = None
     hsts: bool = False
 
     def __post_init__(self) -> None:
@@ -91,6 +93,8 @@ class Settings:
             raise SettingsError("BFF_MAX_BODY_BYTES must be at least 1024.")
         if self.sync_concurrency < 1:
             raise SettingsError("BFF_SYNC_CONCURRENCY must be at least 1.")
+        if self.stalled_seconds <= self.heartbeat_seconds:
+            raise SettingsError("BFF_WORKER_STALLED_SECONDS must be longer than BFF_WORKER_HEARTBEAT_SECONDS.")
         object.__setattr__(self, "public_url", self.public_url.rstrip("/"))
         object.__setattr__(self, "data_dir", Path(self.data_dir))
 
@@ -105,6 +109,8 @@ class Settings:
 
     @property
     def sandbox_url(self) -> str:
+        if self.sandbox_external_url:
+            return self.sandbox_external_url.rstrip("/")
         return f"{self.public_url}/sandbox"
 
     @classmethod
@@ -135,6 +141,15 @@ class Settings:
         values["oauth_apps"] = parse_oauth_apps(env)
         if env.get("BFF_LOG_LEVEL"):
             values["log_level"] = env["BFF_LOG_LEVEL"]
+        for name, field in (
+            ("BFF_LONG_WAIT_SECONDS", "long_wait_seconds"),
+            ("BFF_WORKER_HEARTBEAT_SECONDS", "heartbeat_seconds"),
+            ("BFF_WORKER_STALLED_SECONDS", "stalled_seconds"),
+        ):
+            if env.get(name):
+                values[field] = _parse_float(name, env[name])
+        if env.get("BFF_SANDBOX_URL"):
+            values["sandbox_external_url"] = env["BFF_SANDBOX_URL"].strip()
         if env.get("BFF_DATABASE_URL"):
             values["database_url"] = Secret(env["BFF_DATABASE_URL"].strip())
         values.update({k: v for k, v in overrides.items() if v is not None})
@@ -234,6 +249,16 @@ def _parse_int(name: str, raw: str) -> int:
         return int(raw)
     except ValueError:
         raise SettingsError(f"{name} must be an integer, got {raw!r}.") from None
+
+
+def _parse_float(name: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number of seconds, got {raw!r}.") from None
+    if not value > 0:
+        raise SettingsError(f"{name} must be more than 0, got {raw!r}.")
+    return value
 
 
 def _parse_bool(name: str, raw: str) -> bool:

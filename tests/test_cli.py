@@ -2,8 +2,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -31,33 +33,33 @@ def test_help_lists_the_commands() -> None:
         assert command in result.stdout
 
 
-def test_serve_refuses_to_start_without_keys(tmp_path: Path) -> None:
-    result = run_bff("serve", "--data-dir", str(tmp_path))
+def test_serve_refuses_to_start_without_keys(data_dir_outside_pytest: Path) -> None:
+    result = run_bff("serve", "--data-dir", str(data_dir_outside_pytest))
     assert result.returncode == 2
     assert "BFF_SECRET_KEYS" in result.stderr and "BFF_ENCRYPTION_KEY" in result.stderr
     assert "Traceback" not in result.stderr
 
 
-def test_serve_rejects_a_malformed_encryption_key(tmp_path: Path) -> None:
+def test_serve_rejects_a_malformed_encryption_key(data_dir_outside_pytest: Path) -> None:
     result = run_bff(
-        "serve", "--data-dir", str(tmp_path), env={"BFF_SECRET_KEYS": STRONG_SIGNING_KEY, "BFF_ENCRYPTION_KEY": "short"}
+        "serve", "--data-dir", str(data_dir_outside_pytest), env={"BFF_SECRET_KEYS": STRONG_SIGNING_KEY, "BFF_ENCRYPTION_KEY": "short"}
     )
     assert result.returncode == 2 and "32 bytes" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_keys_prints_usable_keys(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_keys_prints_usable_keys(data_dir_outside_pytest: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["keys"]) == 0
     lines = dict(line.split("=", 1) for line in capsys.readouterr().out.splitlines())
     from bff.settings import Settings
 
-    Settings.from_env({"BFF_DATA_DIR": str(tmp_path), **lines})  # validates both keys
+    Settings.from_env({"BFF_DATA_DIR": str(data_dir_outside_pytest), **lines})  # validates both keys
 
 
-def test_partner_create_prints_json_and_the_token_works(tmp_path: Path) -> None:
+def test_partner_create_prints_json_and_the_token_works(data_dir_outside_pytest: Path) -> None:
     env = {"BFF_SECRET_KEYS": STRONG_SIGNING_KEY, "BFF_ENCRYPTION_KEY": STRONG_ENCRYPTION_KEY}
     result = run_bff(
         "partner", "create", "--name", "Acme", "--origin", "https://app.acme.test", "--origin", "http://localhost:8001",
-        "--data-dir", str(tmp_path), env=env,
+        "--data-dir", str(data_dir_outside_pytest), env=env,
     )
     assert result.returncode == 0, result.stderr
     info = json.loads(result.stdout)
@@ -66,32 +68,32 @@ def test_partner_create_prints_json_and_the_token_works(tmp_path: Path) -> None:
     from bff.settings import Settings
     from bff.tokens import TokenAuthority
 
-    settings = Settings.from_env({"BFF_DATA_DIR": str(tmp_path), **env})
+    settings = Settings.from_env({"BFF_DATA_DIR": str(data_dir_outside_pytest), **env})
     assert TokenAuthority(settings).verify(info["token"], accept=("partner",)).partner_id == info["id"]
 
 
-def test_partner_create_uses_the_demo_keys(tmp_path: Path) -> None:
+def test_partner_create_uses_the_demo_keys(data_dir_outside_pytest: Path) -> None:
     from bff.cli import demo_keys
 
-    demo_keys(tmp_path, create=True)
-    result = run_bff("partner", "create", "--name", "Late", "--data-dir", str(tmp_path))
+    demo_keys(data_dir_outside_pytest, create=True)
+    result = run_bff("partner", "create", "--name", "Late", "--data-dir", str(data_dir_outside_pytest))
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["name"] == "Late"
 
 
-def test_partner_create_without_any_keys_explains(tmp_path: Path) -> None:
-    result = run_bff("partner", "create", "--name", "x", "--data-dir", str(tmp_path))
+def test_partner_create_without_any_keys_explains(data_dir_outside_pytest: Path) -> None:
+    result = run_bff("partner", "create", "--name", "x", "--data-dir", str(data_dir_outside_pytest))
     assert result.returncode == 2 and "BFF_SECRET_KEYS" in result.stderr
 
 
-def test_a_different_encryption_key_refuses_to_open_the_data(tmp_path: Path) -> None:
+def test_a_different_encryption_key_refuses_to_open_the_data(data_dir_outside_pytest: Path) -> None:
     first = run_bff(
-        "partner", "create", "--name", "a", "--data-dir", str(tmp_path),
+        "partner", "create", "--name", "a", "--data-dir", str(data_dir_outside_pytest),
         env={"BFF_SECRET_KEYS": STRONG_SIGNING_KEY, "BFF_ENCRYPTION_KEY": STRONG_ENCRYPTION_KEY},
     )
     assert first.returncode == 0
     second = run_bff(
-        "partner", "create", "--name", "b", "--data-dir", str(tmp_path),
+        "partner", "create", "--name", "b", "--data-dir", str(data_dir_outside_pytest),
         env={"BFF_SECRET_KEYS": STRONG_SIGNING_KEY, "BFF_ENCRYPTION_KEY": OTHER_ENCRYPTION_KEY},
     )
     assert second.returncode == 2 and "BFF_ENCRYPTION_KEY does not match" in second.stderr
@@ -103,3 +105,42 @@ def test_origins_must_be_origins(raw: str) -> None:
     with pytest.raises(SettingsError):
         normalise_origin(raw)
     assert normalise_origin("https://App.Test/") == "https://app.test"
+
+
+@pytest.mark.parametrize("command", [["serve"], ["worker"], ["db", "upgrade"], ["partner", "create", "--name", "X", "--origin", "https://x.test"]])
+def test_an_unreachable_database_is_one_line_naming_the_host(data_dir_outside_pytest: Path, command: list[str]) -> None:
+    env = {
+        "BFF_SECRET_KEYS": STRONG_SIGNING_KEY,
+        "BFF_ENCRYPTION_KEY": STRONG_ENCRYPTION_KEY,
+        "BFF_DATABASE_URL": "postgresql://bff:secret-password@db.invalid:5433/bff",
+    }
+    result = run_bff(*command, "--data-dir", str(data_dir_outside_pytest), env=env)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("bff: error: cannot connect to PostgreSQL at db.invalid:5433/bff"), result.stderr
+    assert "secret-password" not in result.stderr and "Traceback" not in result.stderr
+
+
+def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    from bff.store.migrate import alembic_config
+
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None
+    return head
+
+
+def test_db_upgrade_migrates_the_embedded_database_and_is_idempotent() -> None:
+    # Outside pytest's owner-only temp root: the embedded server runs as its own user.
+    root = Path(tempfile.mkdtemp(prefix="bff-test-upgrade-"))
+    env = {"BFF_SECRET_KEYS": STRONG_SIGNING_KEY, "BFF_ENCRYPTION_KEY": STRONG_ENCRYPTION_KEY}
+    try:
+        # Without BFF_DATABASE_URL: the embedded server in <data-dir>/postgres, migrated to head.
+        for _ in range(2):
+            result = run_bff("db", "upgrade", "--data-dir", str(root), env=env, timeout=120)
+            assert result.returncode == 0, result.stderr
+            assert f"database is at revision {head_revision()}" in result.stdout
+        assert (root / "postgres" / "PG_VERSION").exists()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

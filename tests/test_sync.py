@@ -345,3 +345,48 @@ async def test_sync_concurrency_is_bounded(settings_factory: Callable[..., Setti
         for bank in banks:
             await bff.services.sync.wait(bank["id"])
             assert (await last_run(bff, token, bank["id"]))["status"] == "succeeded"
+
+
+async def test_a_rate_limited_provider_frees_the_worker_for_other_customers(settings_factory: Callable[..., Settings]) -> None:
+    # One worker slot. The bank answers every other call with 429 and `Retry-After: 3`, which is
+    # more than this deployment holds a worker for (long_wait_seconds=1): the run must step aside.
+    settings = settings_factory(
+        sandbox_enabled=True,
+        sandbox_env={"BFF_SANDBOX_429_EVERY": "2", "BFF_SANDBOX_429_MATCH": "/bank/", "BFF_SANDBOX_RETRY_AFTER": "3"},
+        sync_concurrency=1,
+        long_wait_seconds=1.0,
+    )
+    async with running_bff(settings) as bff:
+        slow_token, _ = await customer(bff, "slow")
+        other_token, _ = await customer(bff, "other")
+        bank = await connect_bank(bff.client, slow_token)
+        crm = await connect_crm(bff.client, other_token)
+        await bff.client.post(f"/api/server/{bank['id']}/sync", headers=auth(slow_token))
+        while (await last_run(bff, slow_token, bank["id"]))["status"] != "waiting":
+            await asyncio.sleep(0.02)
+        waiting = await last_run(bff, slow_token, bank["id"])
+        assert waiting["resume_at"] is not None
+        # The other customer's sync runs now, on the only slot, while the bank run waits.
+        crm_run = await sync(bff, other_token, crm["id"])
+        assert crm_run["status"] == "succeeded" and crm_run["records"] == {"contacts": 1250, "deals": 300}
+        assert (await last_run(bff, slow_token, bank["id"]))["status"] in {"waiting", "running", "queued"}
+        # ...and the bank run finishes later, from where it stopped, with every record exactly once.
+        finished = await bff.services.sync.wait(bank["id"], timeout=90)
+        assert finished is not None and finished.status == "succeeded", finished
+        assert finished.records == {"transactions": 200} and finished.attempts >= 2
+        assert (await tables(bff.client, slow_token))["transactions"]["row_count"] == 200
+        messages = [line["message"] for line in await logs(bff, slow_token, bank["id"])]
+        assert any(m.startswith("Waiting: ") and "asked to wait 3 s" in m for m in messages)
+
+
+async def test_retry_after_beyond_the_budget_fails_the_stream_and_says_so(settings_factory: Callable[..., Settings]) -> None:
+    settings = settings_factory(
+        sandbox_enabled=True,
+        sandbox_env={"BFF_SANDBOX_429_EVERY": "1", "BFF_SANDBOX_429_MATCH": "/bank/api/transactions", "BFF_SANDBOX_RETRY_AFTER": "7200"},
+    )
+    async with running_bff(settings) as bff:
+        token, _ = await customer(bff)
+        bank = await connect_bank(bff.client, token)
+        run = await sync(bff, token, bank["id"])
+        assert run["status"] == "failed"
+        assert "the provider asked to wait 120 min, more than the 30 min left of the 30 min retry budget" in run["error"]

@@ -14,7 +14,8 @@ class SandboxOptions:
     """Behaviour switches of one sandbox instance; everything is off by default.
 
     ``rate_limit_every``/``fail_every`` are 0 (off) or N: every Nth data-API call
-    answers 429/500. ``fail_match`` restricts the 500s to paths containing it.
+    answers 429/500. ``fail_match`` restricts the 500s to paths containing it, ``rate_limit_match``
+    the 429s (``BFF_SANDBOX_429_MATCH``: one provider rate-limited, the others not).
     ``latency_ms`` delays every data-API answer. ``coop`` adds
     ``Cross-Origin-Opener-Policy: same-origin`` to the authorize page.
     ``redirect_uris``, when non-empty, is the exact allow-list for authorize.
@@ -29,6 +30,7 @@ class SandboxOptions:
     retry_after: int = 1
     fail_every: int = 0
     fail_match: str | None = None
+    rate_limit_match: str | None = None
     latency_ms: int = 0
     coop: bool = False
     redirect_uris: tuple[str, ...] = ()
@@ -75,6 +77,7 @@ class SandboxOptions:
         values["coop"] = raw_coop in _TRUE
         fail_match = environ.get("BFF_SANDBOX_FAIL_MATCH", "")
         values["fail_match"] = fail_match or None
+        values["rate_limit_match"] = environ.get("BFF_SANDBOX_429_MATCH", "") or None
         values["admin_key"] = environ.get("BFF_SANDBOX_ADMIN_KEY", "").strip() or None
         raw_controls = environ.get("BFF_SANDBOX_CONTROLS", "").strip().lower()
         if raw_controls not in {"", "open", "key"}:

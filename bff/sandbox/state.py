@@ -12,7 +12,7 @@ from . import data
 from .data import MINUTE, Key, Record, Table
 from .options import SandboxOptions
 
-PROVIDERS = ("crm", "accounting", "bank")
+PROVIDERS = ("crm", "accounting", "bank", "chat")
 TOUCHABLE = ("crm.contacts", "crm.deals", "accounting.invoices", "bank.transactions")
 STAT_KEYS = (
     "crm.me",
@@ -23,6 +23,13 @@ STAT_KEYS = (
     "accounting.invoices",
     "bank.accounts",
     "bank.transactions",
+    "crm.contacts.write",
+    "crm.deals.write",
+    "accounting.invoices.write",
+    "chat.me",
+    "chat.channels",
+    "chat.messages",
+    "chat.messages.write",
 )
 EDITED = " (edited)"
 # The human-visible field that a touch marks as edited.
@@ -43,6 +50,7 @@ class Stats:
         self.records_served: dict[str, int] = dict.fromkeys(STAT_KEYS, 0)
         self.rate_limited = 0
         self.failed = 0
+        self.calls = 0  # every data-API call, reads and writes, including the ones answered 429/500
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -50,6 +58,7 @@ class Stats:
             "records_served": dict(self.records_served),
             "rate_limited": self.rate_limited,
             "failed": self.failed,
+            "calls": self.calls,
         }
 
 
@@ -67,9 +76,10 @@ class Faults:
     def verdict(self, path: str) -> str | None:
         """Return "rate_limited", "failed" or None for the call on ``path``."""
         options = self.options
-        self.calls += 1
-        if options.rate_limit_every and self.calls % options.rate_limit_every == 0:
-            return "rate_limited"
+        if options.rate_limit_every and (options.rate_limit_match is None or options.rate_limit_match in path):
+            self.calls += 1
+            if self.calls % options.rate_limit_every == 0:
+                return "rate_limited"
         if not options.fail_every:
             return None
         if options.fail_match is not None and options.fail_match not in path:
