@@ -262,7 +262,7 @@ class Store:
         assert row is not None
         return str(row["value"])
 
-    # -- throttles (migration 0003) ---------------------------------------------------------
+    # -- throttles (migration 0004) ---------------------------------------------------------
 
     async def throttle_hits(self, key: str, window_start: int) -> int:
         row = await self._one("SELECT hits FROM throttles WHERE key = %s AND window_start = %s", (key, window_start))

@@ -1,14 +1,14 @@
 """Throttles shared by every process: one counter per key and fixed time window.
 
-Revision ID: 0003
+Revision ID: 0004
 """
 
 from __future__ import annotations
 
 from alembic import op
 
-revision = "0003"
-down_revision = "0002"
+revision = "0004"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 
