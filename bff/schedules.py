@@ -136,6 +136,8 @@ class Scheduler:
 
     async def schedule_changed(self, connection: Connection) -> Connection:
         """After ``PATCH``: recompute the due times of a connection that is already scheduled."""
+        if not self.enabled:
+            return connection  # nothing is scheduled in this deployment (BFF_SCHEDULES=false)
         if connection.health_status in UNSCHEDULABLE or (not connection.table_due and connection.health_status in READY):
             return connection  # its first sync, when it comes, plans from the new frequencies
         await self.store.set_schedule(connection.id, replanned(connection, self.now()))

@@ -97,6 +97,9 @@ def cluster(tmp_path: Path, database_url: str) -> Iterator[dict[str, Any]]:
         "BFF_WORKER_HEARTBEAT_SECONDS": "0.5",
         "BFF_WORKER_STALLED_SECONDS": "3",
         "BFF_LOG_LEVEL": "warning",
+        # Only the syncs this test asks for (its counts and "worker0 runs one" assume them);
+        # scheduled syncs across processes: tests/test_schedules.py.
+        "BFF_SCHEDULES": "false",
     }
     procs = Processes(tmp_path, env)
     try:

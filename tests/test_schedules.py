@@ -273,3 +273,13 @@ async def test_reauthorised_connection_syncs_at_once(settings_factory: Callable[
         assert answer.status_code == 200 and answer.json()["health_status"] == "RE_AUTHORISED"
         assert answer.json()["next_sync_at"] == "2027-01-15T08:01:00.000Z"
         assert len(await bff.services.schedules.tick()) == 1
+
+
+async def test_with_schedules_off_nothing_is_planned(settings_factory: Callable[..., Settings]) -> None:
+    async with running_bff(settings_factory(sandbox_enabled=True, run_worker=False), clock=FakeClock(T0)) as bff:
+        token, _ = await customer(bff)
+        connection = await connect_bank(bff.client, token)
+        patched = await bff.client.patch(f"/api/server/{connection['id']}", json={"sync_frequency": 600}, headers=auth(token))
+        assert patched.status_code == 200 and patched.json()["sync_frequency"] == 600
+        assert patched.json()["next_sync_at"] is None
+        assert await bff.services.schedules.tick() == []
