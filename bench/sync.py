@@ -276,7 +276,7 @@ async def bench(args: argparse.Namespace) -> None:
                 # Warm-up (untimed): table creation, imports, connection pools, dlt's schema.
                 await project.sync(one[0])
                 await floor_fetch(bare, sandbox)
-                if dlt_runner is not None:
+                if dlt_runner is not None and args.only in (None, "dlt"):
                     await asyncio.to_thread(dlt_runner.run)
 
                 results: dict[str, list[Round]] = {"project": [], "floor": [], "dlt": []}
@@ -294,6 +294,8 @@ async def bench(args: argparse.Namespace) -> None:
                 contenders: list[tuple[str, Callable[[], Awaitable[list[int]]]]] = [("project", run_project), ("floor", run_floor)]
                 if dlt_runner is not None:
                     contenders.append(("dlt", run_dlt))
+                if args.only:  # profiling one contender (py-spy), or timing it alone
+                    contenders = [c for c in contenders if c[0] == args.only]
                 print(f"one customer, {args.rounds} rounds, contenders alternated: {', '.join(n for n, _ in contenders)}", flush=True)
                 for i in range(args.rounds):
                     await project.forget_cursors(one)
@@ -303,7 +305,7 @@ async def bench(args: argparse.Namespace) -> None:
 
                 many: dict[str, list[Round]] = {"project": [], "floor": []}
                 customers = project.customers
-                if len(customers) > 1:
+                if len(customers) > 1 and not args.only:
                     for customer in customers[1:]:  # warm-up: their tables
                         await project.sync(customer)
 
@@ -323,6 +325,9 @@ async def bench(args: argparse.Namespace) -> None:
 
                 # Row counts: every contender saw every record, and each table holds each once.
                 seen = {name: {n for n, _ in rounds} for name, rounds in results.items() if rounds}
+                if not (results["project"] and results["floor"]):
+                    print(describe(args.only, results[args.only]))
+                    return
                 stored = {"project": await project.rows(one[0][1])}
                 if dlt_runner is not None:
                     stored["dlt"] = await asyncio.to_thread(dlt_runner.rows)
@@ -367,6 +372,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--scale", type=int, default=251, help="BFF_SANDBOX_SCALE: 200 × scale bank transactions (default 50,200)")
     parser.add_argument("--customers", type=int, default=4, help="customers syncing at once in the second part (1 skips it)")
+    parser.add_argument("--only", choices=("project", "floor", "dlt"), help="run one contender alone (for py-spy)")
     parser.add_argument("--dlt", choices=("postgres", "duckdb", "none"), default="postgres", help="dlt's destination")
     asyncio.run(bench(parser.parse_args()))
 
