@@ -188,7 +188,8 @@ async def bench(args: argparse.Namespace) -> None:
     def rate(r: dict[str, Any]) -> float:
         return float(r["records"]) / float(r["seconds"])
 
-    print()
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"\nmachine: {os.cpu_count()} CPUs, load average {load} (the CPU is shared: compare ratios, not absolute numbers)")
     print(f"{args.syncs} syncs of {per_sync:,} records ({args.syncs * per_sync:,} in all), "
           f"`bff worker --concurrency {args.concurrency}`, {os.cpu_count()} CPUs; every warehouse holds exactly {per_sync:,} rows")
     for count in (1, 2):

@@ -345,7 +345,8 @@ async def bench(args: argparse.Namespace) -> None:
         stop_embedded(root / "postgres")
         shutil.rmtree(root, ignore_errors=True)
 
-    print()
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"\nmachine: {os.cpu_count()} CPUs, load average {load} (the CPU is shared: compare ratios, not absolute numbers)")
     print(f"records per round checked: {expected:,} fetched by every contender, {expected:,} rows in every table")
     print("one customer (records/s, higher is better):")
     print(describe("project (sync → PostgreSQL)", results["project"]))
