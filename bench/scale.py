@@ -50,15 +50,19 @@ def postgres_processes(postgres_dir: Path) -> list[psutil.Process]:
     return [master, *master.children(recursive=True)]
 
 
-def cpu_seconds(procs: list[psutil.Process]) -> float:
-    total = 0.0
+def cpu_by_pid(procs: list[psutil.Process]) -> dict[int, float]:
+    seconds = {}
     for proc in procs:
         try:
             times = proc.cpu_times()
-            total += times.user + times.system
         except psutil.NoSuchProcess:
-            pass
-    return total
+            continue
+        seconds[proc.pid] = times.user + times.system
+    return seconds
+
+
+def cpu_seconds(procs: list[psutil.Process]) -> float:
+    return sum(cpu_by_pid(procs).values())
 
 
 def start_worker(env: dict[str, str], concurrency: int, log: Path) -> subprocess.Popen[bytes]:
@@ -79,12 +83,16 @@ def wait_started(log: Path, proc: subprocess.Popen[bytes], seen: int) -> None:
         time.sleep(0.05)
 
 
-async def drain(project: Project, url: str, workers: list[subprocess.Popen[bytes]], others: dict[str, list[psutil.Process]]) -> dict[str, Any]:
+async def drain(
+    project: Project, url: str, workers: list[subprocess.Popen[bytes]], others: dict[str, list[psutil.Process]], postgres_dir: Path
+) -> dict[str, Any]:
     """Request every sync at once; wait until each run has finished. Seconds, records and CPU seconds."""
     customers = project.customers
     await project.forget_cursors(customers)
     watched = {f"worker {i + 1}": [psutil.Process(w.pid)] for i, w in enumerate(workers)} | others
     before = {name: cpu_seconds(procs) for name, procs in watched.items()}
+    # PostgreSQL starts backends while the syncs run (pools grow): count those from their start.
+    postgres_before = cpu_by_pid(postgres_processes(postgres_dir))
     machine_before = psutil.cpu_times()
     began = time.perf_counter()
     run_ids = []
@@ -102,6 +110,7 @@ async def drain(project: Project, url: str, workers: list[subprocess.Popen[bytes
     seconds = time.perf_counter() - began
     after = {name: cpu_seconds(procs) for name, procs in watched.items()}
     machine_after = psutil.cpu_times()
+    postgres_after = cpu_by_pid(postgres_processes(postgres_dir))
     idle = (machine_after.idle + getattr(machine_after, "iowait", 0.0)) - (machine_before.idle + getattr(machine_before, "iowait", 0.0))
     busy = sum(machine_after) - sum(machine_before) - idle
     bad = [status for status, _ in rows if status != "succeeded"]
@@ -109,6 +118,7 @@ async def drain(project: Project, url: str, workers: list[subprocess.Popen[bytes
         raise SystemExit(f"runs did not succeed: {bad}")
     records = sum(sum(int(v) for v in (r or {}).values()) for _, r in rows)
     cpu = {name: after[name] - before[name] for name in watched}
+    cpu["postgres"] = sum(seconds - postgres_before.get(pid, 0.0) for pid, seconds in postgres_after.items())
     # The machine is shared: what every other process (this one, other users) used meanwhile.
     cpu["everything else"] = max(0.0, busy - sum(cpu.values()))
     return {"seconds": seconds, "records": records, "cpu": cpu}
@@ -161,8 +171,7 @@ async def bench(args: argparse.Namespace) -> None:
                     try:
                         for n, worker in enumerate(workers, start=1):
                             wait_started(log, worker, n)
-                        others["postgres"] = postgres_processes(root / "postgres")
-                        result = await drain(project, url, workers, others)
+                        result = await drain(project, url, workers, others, root / "postgres")
                     finally:
                         for worker in workers:
                             worker.terminate()
