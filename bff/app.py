@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Mount, Route
 
-from . import connections_api, data_api, embed, openapi, partner_api, sync_api
+from . import connections_api, data_api, embed, openapi, partner_api, records_api, sync_api
 from .connections import SandboxTransport
 from .crypto import Vault
 from .db import database_url
@@ -111,6 +111,7 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time, mi
         *sync_api.routes(),
         *data_api.routes(),
         *embed.routes(),
+        *records_api.routes(),
     ]
     if sandbox_app is not None:
         routes.append(Mount("/sandbox", app=sandbox_app, name="sandbox"))
@@ -123,7 +124,7 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time, mi
             Middleware(CORSMiddleware, is_allowed=services.origin_registered),
             Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes),
         ],
-        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
     app.state.services = services

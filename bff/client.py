@@ -10,13 +10,25 @@
             for row in customer.rows(table["id"]):
                 ...
 
-``AsyncPartnerClient`` / ``AsyncSubAccountClient`` have the same methods, awaited
-(iterators become async iterators). Every failure raises :class:`BFFError`.
+Writeback, as the source documents write it (identity token; see README "Writeback")::
+
+    hubspot = customer.connect("Sandbox CRM")                  # by connection name, connector or id
+    hubspot.add("contact", {"email": "john@acme.com", "first_name": "John"})
+    chat = customer.connect("Sandbox Chat")
+    chat.add("message", channel="QA", text="Data quality alert")
+    hubspot.update("contact", id="c_0001", company="Acme")
+    customer.refresh_connection(connection_name="Sandbox CRM", is_async=False)
+
+``AsyncPartnerClient`` / ``AsyncSubAccountClient`` / ``AsyncConnection`` have the
+same methods, awaited (iterators become async iterators). Every failure raises
+:class:`BFFError`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
@@ -42,6 +54,7 @@ class _Call:
     path: str
     params: Mapping[str, Any] | None = None
     json: Any = None
+    headers: Mapping[str, str] | None = None
 
 
 def _check(response: httpx.Response) -> Any:
@@ -122,8 +135,102 @@ class _SubAccountCalls:
         return _Call("GET", "/api/applications/", params={"exclude_tables": 1})
 
 
-def _headers(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+class _RecordCalls:
+    """Writeback calls of one connection (DESIGN §12)."""
+
+    @staticmethod
+    def _query(timeout: bool, refresh: bool, **more: Any) -> dict[str, Any]:
+        query = {k: v for k, v in more.items() if v is not None}
+        if timeout:
+            query["timeout"] = "true"
+        if refresh:
+            query["refresh"] = "true"
+        return query
+
+    @staticmethod
+    def _key(idempotency_key: str | None) -> dict[str, str] | None:
+        return {"Idempotency-Key": idempotency_key} if idempotency_key else None
+
+    @classmethod
+    def add(
+        cls, server_id: int, obj: str, fields: Mapping[str, Any], timeout: bool, refresh: bool, key: str | None
+    ) -> _Call:
+        return _Call(
+            "POST", f"/api/server/{server_id}/records/{obj}", cls._query(timeout, refresh), dict(fields), cls._key(key)
+        )
+
+    @classmethod
+    def update(
+        cls,
+        server_id: int,
+        obj: str,
+        record_id: Any,
+        fields: Mapping[str, Any],
+        timeout: bool,
+        refresh: bool,
+        key: str | None,
+    ) -> _Call:
+        path = f"/api/server/{server_id}/records/{obj}/{record_id}"
+        return _Call("PATCH", path, cls._query(timeout, refresh), dict(fields), cls._key(key))
+
+    @classmethod
+    def delete(cls, server_id: int, obj: str, record_id: Any, timeout: bool, refresh: bool, key: str | None) -> _Call:
+        path = f"/api/server/{server_id}/records/{obj}/{record_id}"
+        return _Call("DELETE", path, cls._query(timeout, refresh), headers=cls._key(key))
+
+    @classmethod
+    def upsert(
+        cls,
+        server_id: int,
+        obj: str,
+        fields: Mapping[str, Any],
+        match: str,
+        timeout: bool,
+        refresh: bool,
+        key: str | None,
+    ) -> _Call:
+        query = cls._query(timeout, refresh, match=match)
+        return _Call("PUT", f"/api/server/{server_id}/records/{obj}", query, dict(fields), cls._key(key))
+
+    @classmethod
+    def get(cls, server_id: int, obj: str, record_id: Any, timeout: bool) -> _Call:
+        return _Call("GET", f"/api/server/{server_id}/records/{obj}/{record_id}", cls._query(timeout, False))
+
+    @classmethod
+    def search(cls, server_id: int, obj: str, fields: Mapping[str, Any], timeout: bool) -> _Call:
+        query = {**{k: str(v) for k, v in fields.items()}, **cls._query(timeout, False)}
+        return _Call("GET", f"/api/server/{server_id}/records/{obj}", query)
+
+
+def _fields(fields: Mapping[str, Any] | None, extra: Mapping[str, Any]) -> dict[str, Any]:
+    """``add("contact", {...})`` and ``add("message", channel=…, text=…)`` both work, as in the documents."""
+    return {**(fields or {}), **extra}
+
+
+def _pick_connection(connections: list[JSON], name_or_id: str | int) -> JSON:
+    """A connection by id, connection name, connector display name or connector name (in that order)."""
+    if isinstance(name_or_id, int) or (isinstance(name_or_id, str) and name_or_id.isdigit()):
+        wanted = int(name_or_id)
+        for connection in connections:
+            if connection["id"] == wanted:
+                return connection
+    else:
+        for key in ("name", "connector_display_name", "connector"):
+            hits = [c for c in connections if str(c.get(key, "")).lower() == name_or_id.lower()]
+            if len(hits) == 1:
+                return hits[0]
+            if len(hits) > 1:
+                raise BFFError(
+                    "connection_ambiguous", 409, f"{len(hits)} connections are called {name_or_id!r}; use an id."
+                )
+    raise BFFError("connection_not_found", 404, f"No connection called {name_or_id!r}.")
+
+
+def _headers(token: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}", "Accept": "application/json", **(extra or {})}
+
+
+POLL_SECONDS = 1.0  # refresh_connection(is_async=False) polls the sync status this often
 
 
 # -- synchronous ----------------------------------------------------------------------------------
@@ -146,7 +253,9 @@ class _SyncBase:
 
     def _do(self, call: _Call) -> Any:
         try:
-            response = self._client.request(call.method, call.path, params=call.params, json=call.json, headers=_headers(self._token))
+            response = self._client.request(
+                call.method, call.path, params=call.params, json=call.json, headers=_headers(self._token, call.headers)
+            )
         except httpx.HTTPError as exc:
             raise _transport_error(exc) from None
         return _check(response)
@@ -173,7 +282,9 @@ class PartnerClient(_SyncBase):
     def integrate_token(self, external_id: str, **fields: Any) -> JSON:
         return self._do(_PartnerCalls.integrate_token(external_id, **fields))  # type: ignore[no-any-return]
 
-    def identity_token(self, account_id: int | None = None, external_id: str | None = None, *, expire: bool = True) -> JSON:
+    def identity_token(
+        self, account_id: int | None = None, external_id: str | None = None, *, expire: bool = True
+    ) -> JSON:
         return self._do(_PartnerCalls.identity_token(account_id, external_id, expire=expire))  # type: ignore[no-any-return]
 
     def revoke_tokens(self, account_id: int) -> JSON:
@@ -221,12 +332,149 @@ class SubAccountClient(_SyncBase):
         params = {"user_field_names": "True"} if user_field_names else {}
         return self._pages(f"/api/database/rows/table/{int(table_id)}/", params, page_size)
 
+    def connect(self, name_or_id: str | int) -> Connection:
+        """The writeback object of one connection (needs an identity token)."""
+        connection = _pick_connection(self._named_connections(), name_or_id)
+        return Connection(self, int(connection["id"]), str(connection["name"]))
+
+    def _named_connections(self) -> list[JSON]:
+        catalogue = {c["name"]: c["display_name"] for c in self._do(_Call("GET", "/api/servertypes"))["results"]}
+        return [{**c, "connector_display_name": catalogue.get(c["connector"], "")} for c in self.connections()]
+
+    def refresh_connection(
+        self,
+        connection_name: str | None = None,
+        connection_id: int | None = None,
+        *,
+        is_async: bool = True,
+        tables: list[str] | None = None,
+    ) -> JSON:
+        """Sync a connection (after writes). ``is_async=False`` waits for the run and returns it."""
+        if (connection_name is None) == (connection_id is None):
+            raise ValueError("Pass exactly one of connection_name or connection_id.")
+        server_id = connection_id if connection_id is not None else self.connect(str(connection_name)).id
+        try:
+            started = self.sync(int(server_id), tables)
+        except BFFError as exc:
+            if exc.code != "sync_already_running":
+                raise
+            if is_async:
+                return {"server_id": server_id, "syncing": True, "detail": exc.detail}
+            self._wait(int(server_id))  # the running sync may predate the writes: run one more after it
+            started = self.sync(int(server_id), tables)
+        if is_async:
+            return started
+        return self._wait(int(server_id))
+
+    def _wait(self, server_id: int) -> JSON:
+        while self.sync_status(server_id).get("running"):
+            time.sleep(POLL_SECONDS)
+        return next(self.runs(server_id))
+
+
+class Connection:
+    """One connection's writeback functions: ``add``, ``update``, ``delete``, ``upsert``, ``get``, ``search``,
+    ``proxy``.
+
+    ``timeout=True`` picks the short retry policy, ``refresh=True`` queues a sync of
+    the object's table after the write, ``idempotency_key`` makes a retry safe.
+    """
+
+    def __init__(self, owner: SubAccountClient, server_id: int, name: str) -> None:
+        self._owner, self.id, self.name = owner, server_id, name
+
+    def __repr__(self) -> str:
+        return f"Connection(id={self.id}, name={self.name!r})"
+
+    def objects(self) -> list[JSON]:
+        return self._owner._do(_Call("GET", f"/api/server/{self.id}/objects"))["results"]  # type: ignore[no-any-return]
+
+    def add(
+        self,
+        object: str,
+        fields: Mapping[str, Any] | None = None,
+        /,
+        *,
+        timeout: bool = False,
+        refresh: bool = False,
+        idempotency_key: str | None = None,
+        **kwargs: Any,
+    ) -> JSON:
+        call = _RecordCalls.add(self.id, object, _fields(fields, kwargs), timeout, refresh, idempotency_key)
+        return self._owner._do(call)  # type: ignore[no-any-return]
+
+    def update(
+        self,
+        object: str,
+        /,
+        id: Any,
+        fields: Mapping[str, Any] | None = None,
+        *,
+        timeout: bool = False,
+        refresh: bool = False,
+        idempotency_key: str | None = None,
+        **kwargs: Any,
+    ) -> JSON:
+        call = _RecordCalls.update(self.id, object, id, _fields(fields, kwargs), timeout, refresh, idempotency_key)
+        return self._owner._do(call)  # type: ignore[no-any-return]
+
+    def delete(
+        self, object: str, id: Any, *, timeout: bool = False, refresh: bool = False, idempotency_key: str | None = None
+    ) -> None:
+        self._owner._do(_RecordCalls.delete(self.id, object, id, timeout, refresh, idempotency_key))
+
+    def upsert(
+        self,
+        object: str,
+        fields: Mapping[str, Any] | None = None,
+        /,
+        *,
+        match: str,
+        timeout: bool = False,
+        refresh: bool = False,
+        idempotency_key: str | None = None,
+        **kwargs: Any,
+    ) -> JSON:
+        call = _RecordCalls.upsert(self.id, object, _fields(fields, kwargs), match, timeout, refresh, idempotency_key)
+        return self._owner._do(call)  # type: ignore[no-any-return]
+
+    def get(self, object: str, id: Any, *, timeout: bool = False) -> JSON:
+        return self._owner._do(_RecordCalls.get(self.id, object, id, timeout))  # type: ignore[no-any-return]
+
+    def search(self, object: str, *, timeout: bool = False, **fields: Any) -> list[JSON]:
+        return self._owner._do(_RecordCalls.search(self.id, object, fields, timeout))["results"]  # type: ignore[no-any-return]
+
+    def proxy(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        json: Any = None,
+        content: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> httpx.Response:
+        """A raw call under the connector's base URL; the provider's status and body come back as they are."""
+        try:
+            return self._owner._client.request(
+                method.upper(),
+                f"/api/server/{self.id}/proxy/{path.lstrip('/')}",
+                params=params,
+                json=json,
+                content=content,
+                headers=_headers(self._owner._token, headers),
+            )
+        except httpx.HTTPError as exc:
+            raise _transport_error(exc) from None
+
 
 # -- asynchronous ---------------------------------------------------------------------------------
 
 
 class _AsyncBase:
-    def __init__(self, base_url: str, token: str, *, client: httpx.AsyncClient | None = None, timeout: float = 30.0) -> None:
+    def __init__(
+        self, base_url: str, token: str, *, client: httpx.AsyncClient | None = None, timeout: float = 30.0
+    ) -> None:
         self._client = client or httpx.AsyncClient(base_url=base_url, timeout=timeout)
         self._base_url = base_url
         self._token = token
@@ -242,12 +490,16 @@ class _AsyncBase:
 
     async def _do(self, call: _Call) -> Any:
         try:
-            response = await self._client.request(call.method, call.path, params=call.params, json=call.json, headers=_headers(self._token))
+            response = await self._client.request(
+                call.method, call.path, params=call.params, json=call.json, headers=_headers(self._token, call.headers)
+            )
         except httpx.HTTPError as exc:
             raise _transport_error(exc) from None
         return _check(response)
 
-    async def _pages(self, path: str, params: Mapping[str, Any] | None = None, page_size: int = 100) -> AsyncIterator[JSON]:
+    async def _pages(
+        self, path: str, params: Mapping[str, Any] | None = None, page_size: int = 100
+    ) -> AsyncIterator[JSON]:
         page = 1
         while True:
             body = await self._do(_Call("GET", path, params={**(params or {}), "page": page, "page_size": page_size}))
@@ -268,13 +520,17 @@ class AsyncPartnerClient(_AsyncBase):
     async def integrate_token(self, external_id: str, **fields: Any) -> JSON:
         return await self._do(_PartnerCalls.integrate_token(external_id, **fields))  # type: ignore[no-any-return]
 
-    async def identity_token(self, account_id: int | None = None, external_id: str | None = None, *, expire: bool = True) -> JSON:
+    async def identity_token(
+        self, account_id: int | None = None, external_id: str | None = None, *, expire: bool = True
+    ) -> JSON:
         return await self._do(_PartnerCalls.identity_token(account_id, external_id, expire=expire))  # type: ignore[no-any-return]
 
     async def revoke_tokens(self, account_id: int) -> JSON:
         return await self._do(_PartnerCalls.revoke_tokens(account_id))  # type: ignore[no-any-return]
 
-    async def sub_account_client(self, account_id: int | None = None, external_id: str | None = None) -> AsyncSubAccountClient:
+    async def sub_account_client(
+        self, account_id: int | None = None, external_id: str | None = None
+    ) -> AsyncSubAccountClient:
         token = (await self.identity_token(account_id, external_id))["token"]
         return AsyncSubAccountClient(self._base_url, token, client=self._client)
 
@@ -313,3 +569,136 @@ class AsyncSubAccountClient(_AsyncBase):
     def rows(self, table_id: int, *, user_field_names: bool = True, page_size: int = 100) -> AsyncIterator[JSON]:
         params = {"user_field_names": "True"} if user_field_names else {}
         return self._pages(f"/api/database/rows/table/{int(table_id)}/", params, page_size)
+
+    async def connect(self, name_or_id: str | int) -> AsyncConnection:
+        """The writeback object of one connection (needs an identity token)."""
+        catalogue = {
+            c["name"]: c["display_name"] for c in (await self._do(_Call("GET", "/api/servertypes")))["results"]
+        }
+        connections = [
+            {**c, "connector_display_name": catalogue.get(c["connector"], "")} async for c in self.connections()
+        ]
+        connection = _pick_connection(connections, name_or_id)
+        return AsyncConnection(self, int(connection["id"]), str(connection["name"]))
+
+    async def refresh_connection(
+        self,
+        connection_name: str | None = None,
+        connection_id: int | None = None,
+        *,
+        is_async: bool = True,
+        tables: list[str] | None = None,
+    ) -> JSON:
+        """Sync a connection (after writes). ``is_async=False`` waits for the run and returns it."""
+        if (connection_name is None) == (connection_id is None):
+            raise ValueError("Pass exactly one of connection_name or connection_id.")
+        server_id = connection_id if connection_id is not None else (await self.connect(str(connection_name))).id
+        try:
+            started = await self.sync(int(server_id), tables)
+        except BFFError as exc:
+            if exc.code != "sync_already_running":
+                raise
+            if is_async:
+                return {"server_id": server_id, "syncing": True, "detail": exc.detail}
+            await self._wait(int(server_id))
+            started = await self.sync(int(server_id), tables)
+        if is_async:
+            return started
+        return await self._wait(int(server_id))
+
+    async def _wait(self, server_id: int) -> JSON:
+        while (await self.sync_status(server_id)).get("running"):
+            await asyncio.sleep(POLL_SECONDS)
+        return await anext(self.runs(server_id))
+
+
+class AsyncConnection:
+    """:class:`Connection`, awaited."""
+
+    def __init__(self, owner: AsyncSubAccountClient, server_id: int, name: str) -> None:
+        self._owner, self.id, self.name = owner, server_id, name
+
+    def __repr__(self) -> str:
+        return f"AsyncConnection(id={self.id}, name={self.name!r})"
+
+    async def objects(self) -> list[JSON]:
+        return (await self._owner._do(_Call("GET", f"/api/server/{self.id}/objects")))["results"]  # type: ignore[no-any-return]
+
+    async def add(
+        self,
+        object: str,
+        fields: Mapping[str, Any] | None = None,
+        /,
+        *,
+        timeout: bool = False,
+        refresh: bool = False,
+        idempotency_key: str | None = None,
+        **kwargs: Any,
+    ) -> JSON:
+        call = _RecordCalls.add(self.id, object, _fields(fields, kwargs), timeout, refresh, idempotency_key)
+        return await self._owner._do(call)  # type: ignore[no-any-return]
+
+    async def update(
+        self,
+        object: str,
+        /,
+        id: Any,
+        fields: Mapping[str, Any] | None = None,
+        *,
+        timeout: bool = False,
+        refresh: bool = False,
+        idempotency_key: str | None = None,
+        **kwargs: Any,
+    ) -> JSON:
+        call = _RecordCalls.update(self.id, object, id, _fields(fields, kwargs), timeout, refresh, idempotency_key)
+        return await self._owner._do(call)  # type: ignore[no-any-return]
+
+    async def delete(
+        self, object: str, id: Any, *, timeout: bool = False, refresh: bool = False, idempotency_key: str | None = None
+    ) -> None:
+        await self._owner._do(_RecordCalls.delete(self.id, object, id, timeout, refresh, idempotency_key))
+
+    async def upsert(
+        self,
+        object: str,
+        fields: Mapping[str, Any] | None = None,
+        /,
+        *,
+        match: str,
+        timeout: bool = False,
+        refresh: bool = False,
+        idempotency_key: str | None = None,
+        **kwargs: Any,
+    ) -> JSON:
+        call = _RecordCalls.upsert(self.id, object, _fields(fields, kwargs), match, timeout, refresh, idempotency_key)
+        return await self._owner._do(call)  # type: ignore[no-any-return]
+
+    async def get(self, object: str, id: Any, *, timeout: bool = False) -> JSON:
+        return await self._owner._do(_RecordCalls.get(self.id, object, id, timeout))  # type: ignore[no-any-return]
+
+    async def search(self, object: str, *, timeout: bool = False, **fields: Any) -> list[JSON]:
+        found = await self._owner._do(_RecordCalls.search(self.id, object, fields, timeout))
+        return found["results"]  # type: ignore[no-any-return]
+
+    async def proxy(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        json: Any = None,
+        content: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> httpx.Response:
+        """A raw call under the connector's base URL; the provider's status and body come back as they are."""
+        try:
+            return await self._owner._client.request(
+                method.upper(),
+                f"/api/server/{self.id}/proxy/{path.lstrip('/')}",
+                params=params,
+                json=json,
+                content=content,
+                headers=_headers(self._owner._token, headers),
+            )
+        except httpx.HTTPError as exc:
+            raise _transport_error(exc) from None

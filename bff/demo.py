@@ -10,6 +10,7 @@ import sys
 from collections.abc import Iterator
 
 import uvicorn
+from starlette.types import ASGIApp
 
 from .app import create_app
 from .settings import Settings
@@ -112,7 +113,7 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
-def _demo_site_app(settings: Settings, partner: dict[str, object], site_port: int) -> object | None:
+def _demo_site_app(settings: Settings, partner: dict[str, object], site_port: int) -> ASGIApp | None:
     try:
         from demo_site.app import create_site_app
     except ImportError:

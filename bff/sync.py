@@ -39,7 +39,7 @@ from typing import Any
 import psycopg
 
 from . import connections as rt
-from .connectors import ConnectorError, CredentialsRejected, LongWait, Page, RetryPolicy, Stream, load_connectors
+from .connectors import Connector, ConnectorError, ConnectorSession, CredentialsRejected, LongWait, Page, RetryPolicy, Stream, load_connectors
 from .jobs import JobQueue
 from .runtime import Runtime
 from .store import Connection, Run, RunAlreadyActive, Store, SubAccount
@@ -243,9 +243,9 @@ class SyncRunner:
         self,
         run: Run,
         connection: Connection,
-        connector: Any,
+        connector: Connector,
         streams: list[str],
-        session: rt.ConnectorSession,
+        session: ConnectorSession,
         outcome: _Outcome,
         log: _RunLog,
     ) -> None:
@@ -283,7 +283,7 @@ class SyncRunner:
             await self._progress(run, outcome, log, force=True)
 
     async def _sync_stream(
-        self, run: Run, connection: Connection, session: rt.ConnectorSession, stream: Stream, outcome: _Outcome, log: _RunLog
+        self, run: Run, connection: Connection, session: ConnectorSession, stream: Stream, outcome: _Outcome, log: _RunLog
     ) -> int:
         """Read ``stream`` from its saved cursor; each page and its cursor land in one transaction.
 

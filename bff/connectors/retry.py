@@ -26,7 +26,8 @@ the attempts themselves (a timed-out attempt already took up to 120 s).
 
 Waiting: on a ``Retry-After`` header (delta-seconds or HTTP-date) we wait exactly
 what the provider asked (asking again sooner is certain to be refused again); when
-that is more than the budget has left, we give up at once and say so. Otherwise exponential back-off with full jitter: a uniform random delay in
+that is more than the budget has left, we give up at once and say so. Otherwise
+exponential back-off with full jitter: a uniform random delay in
 ``[0, min(max_delay, base_delay * 2**retry_index)]``, also capped by the budget.
 """
 
@@ -36,14 +37,14 @@ import enum
 import math
 import random
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
 __all__ = [
-    "LongWait",
     "Budget",
     "Cause",
     "Decision",
+    "LongWait",
     "RetryPolicy",
     "parse_retry_after",
 ]
@@ -140,13 +141,13 @@ def parse_retry_after(value: str | None, now: float | datetime | None = None) ->
     if when is None:
         return None
     if when.tzinfo is None:  # RFC 9110 dates are always GMT
-        when = when.replace(tzinfo=timezone.utc)
+        when = when.replace(tzinfo=UTC)
     if now is None:
-        ref = datetime.now(timezone.utc)
+        ref = datetime.now(UTC)
     elif isinstance(now, datetime):
-        ref = now if now.tzinfo else now.replace(tzinfo=timezone.utc)
+        ref = now if now.tzinfo else now.replace(tzinfo=UTC)
     else:
-        ref = datetime.fromtimestamp(float(now), timezone.utc)
+        ref = datetime.fromtimestamp(float(now), UTC)
     return max(0.0, (when - ref).total_seconds())
 
 
@@ -191,7 +192,8 @@ class RetryPolicy:
         )
 
     def budget(self, cause: Cause | str) -> Budget:
-        return getattr(self, Cause(cause).value)
+        budget: Budget = getattr(self, Cause(cause).value)
+        return budget
 
     def describe(self, cause: Cause | str) -> str:
         """Human name of a cause, e.g. ``"HTTP 429 (rate limited)"``."""
@@ -237,8 +239,7 @@ class RetryPolicy:
             return Decision(
                 False,
                 0.0,
-                f"gave up after {_retries(attempt)} on {what}: "
-                f"the {within} retry budget is used up",
+                f"gave up after {_retries(attempt)} on {what}: the {within} retry budget is used up",
             )
         asked = parse_retry_after(retry_after_header, now)
         if asked is not None:

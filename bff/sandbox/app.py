@@ -27,6 +27,8 @@ from .data import DIVISIONS, REFRESH_BATCH, Key, Record, Table, parse_iso
 from .oauth import CrmOAuth
 from .options import SandboxOptions
 from .state import PROVIDERS, TOUCHABLE, Faults, SandboxData, Stats
+from .chat import SandboxChat
+from .writes import SandboxWrites
 
 MAX_PAGE = 500
 DEFAULT_PAGE = 100
@@ -78,6 +80,8 @@ class Sandbox:
         self.faults = Faults(options)
         self.revoked: set[str] = set()
         self.oauth = CrmOAuth(options, clock, lambda: "crm" in self.revoked)
+        self.writes = SandboxWrites(self)
+        self.chat = SandboxChat(self)
 
     def routes(self) -> list[BaseRoute]:
         api = self._data_api
@@ -105,6 +109,8 @@ class Sandbox:
                 api("bank.transactions", self.transactions),
                 methods=["GET"],
             ),
+            *self.writes.routes(api),
+            *self.chat.routes(api),
             Route("/bank/refresh", self.bank_refresh, methods=["GET", "POST"]),
             Route("/_control/stats", self.control_stats, methods=["GET"]),
             Route("/_control/reset-stats", self.control_reset_stats, methods=["POST"]),
@@ -117,7 +123,8 @@ class Sandbox:
 
     def _data_api(self, key: str, handler: DataHandler) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
-            self.stats.requests[key] += 1
+            self.stats.requests[key] = self.stats.requests.get(key, 0) + 1
+            self.stats.calls += 1
             # Decide before sleeping so concurrent calls are numbered by arrival.
             verdict = self.faults.verdict(request.url.path)
             if self.options.latency_ms:
@@ -132,7 +139,7 @@ class Sandbox:
                 response, served = await handler(request)
             except ApiError as exc:
                 return exc.response()
-            self.stats.records_served[key] += served
+            self.stats.records_served[key] = self.stats.records_served.get(key, 0) + served
             return response
 
         return endpoint
@@ -146,13 +153,13 @@ class Sandbox:
             {"Retry-After": str(seconds)},
         ).response()
 
-    def _require_crm(self, request: Request) -> None:
+    def require_crm(self, request: Request) -> None:
         if not self.oauth.bearer_ok(request):
             header = 'Bearer realm="Sandbox CRM", error="invalid_token"'
             raise ApiError(401, "invalid_token", "The access token is missing, invalid or expired.",
                            {"WWW-Authenticate": header})
 
-    def _require_accounting(self, request: Request) -> None:
+    def require_accounting(self, request: Request) -> None:
         key = request.headers.get("x-api-key", "")
         valid = hmac.compare_digest(key.encode(), ACCOUNTING_KEY.encode())
         if not valid or "accounting" in self.revoked:
@@ -168,12 +175,16 @@ class Sandbox:
     # -- CRM ----------------------------------------------------------------
 
     async def crm_me(self, request: Request) -> tuple[Response, int]:
-        self._require_crm(request)
+        self.require_crm(request)
         return JSONResponse(CRM_ME), 0
 
     async def contacts(self, request: Request) -> tuple[Response, int]:
-        self._require_crm(request)
+        self.require_crm(request)
         table = self.data.contacts
+        email = request.query_params.get("email")
+        if email is not None:  # search by e-mail (case-insensitive, exact)
+            hits = [r for r in table.records if r["email"].lower() == email.lower()]
+            return JSONResponse({"results": hits}), len(hits)
         limit = _page_size(request, "limit")
         start = table.index_after_time(_updated_after(request))
         cursor = request.query_params.get("after")
@@ -188,8 +199,12 @@ class Sandbox:
         return JSONResponse(body), end - start
 
     async def deals(self, request: Request) -> tuple[Response, int]:
-        self._require_crm(request)
+        self.require_crm(request)
         table = self.data.deals
+        name = request.query_params.get("name")
+        if name is not None:  # search by exact name
+            hits = [r for r in table.records if r["name"] == name]
+            return JSONResponse({"results": hits, "total": len(hits), "offset": 0, "limit": len(hits), "has_more": False}), len(hits)
         limit = _page_size(request, "limit")
         offset = _int_param(request, "offset", 0, minimum=0)
         first = table.index_after_time(_updated_after(request))
@@ -207,16 +222,16 @@ class Sandbox:
     # -- accounting ---------------------------------------------------------
 
     async def accounting_me(self, request: Request) -> tuple[Response, int]:
-        self._require_accounting(request)
+        self.require_accounting(request)
         return JSONResponse(ACCOUNTING_ME), 0
 
     async def divisions(self, request: Request) -> tuple[Response, int]:
-        self._require_accounting(request)
+        self.require_accounting(request)
         divisions = [{"code": code, "name": name} for code, name in DIVISIONS]
         return JSONResponse({"divisions": divisions}), len(divisions)
 
     async def invoices(self, request: Request) -> tuple[Response, int]:
-        self._require_accounting(request)
+        self.require_accounting(request)
         table = self._division(request.path_params["code"])
         page_size = _page_size(request, "page_size")
         page = _int_param(request, "page", 1, minimum=1)

@@ -45,7 +45,7 @@ _DEAL_PRODUCTS = (
     "Annual licence", "Onboarding package", "Support renewal", "Seat expansion",
     "Data migration", "Training day", "Enterprise upgrade",
 )
-_DEAL_STAGES = (
+DEAL_STAGES = (
     "appointmentscheduled", "qualifiedtobuy", "presentationscheduled",
     "decisionmakerboughtin", "contractsent", "closedwon", "closedlost",
 )
@@ -111,6 +111,18 @@ class Table:
         del self.keys[:count]
         return taken
 
+    def find(self, record_id: str) -> Record | None:
+        return next((r for r in self.records if r["id"] == record_id), None)
+
+    def remove(self, record_id: str) -> Record:
+        """Take a record out (a write deletes it, or re-appends it with a newer stamp)."""
+        for i, record in enumerate(self.records):
+            if record["id"] == record_id:
+                del self.records[i]
+                del self.keys[i]
+                return record
+        raise KeyError(record_id)
+
     def append(self, record: Record, ts: int) -> None:
         # Callers only ever append strictly newer stamps, which keeps the order.
         if self.keys and (ts, record["id"]) <= self.keys[-1]:
@@ -150,7 +162,7 @@ def make_deal(i: int, count: int = DEAL_COUNT, contact_count: int = CONTACT_COUN
         "id": f"d_{i:03d}",
         "name": f"{company}: {product}",
         "amount": _money(((i * 104_729) % 4_950_000) + 50_000),
-        "stage": _DEAL_STAGES[(i * 3) % len(_DEAL_STAGES)],
+        "stage": DEAL_STAGES[(i * 3) % len(DEAL_STAGES)],
         "contact_id": f"c_{((i * 37) % contact_count) + 1:04d}",
         "created_at": iso(created),
         "updated_at": iso(_stamp(i)),

@@ -13,7 +13,7 @@ from . import data
 from .data import MINUTE, Key, Record, Table
 from .options import SandboxOptions
 
-PROVIDERS = ("crm", "accounting", "bank")
+PROVIDERS = ("crm", "accounting", "bank", "chat")
 TOUCHABLE = ("crm.contacts", "crm.deals", "accounting.invoices", "bank.transactions")
 STAT_KEYS = (
     "crm.me",
@@ -24,6 +24,13 @@ STAT_KEYS = (
     "accounting.invoices",
     "bank.accounts",
     "bank.transactions",
+    "crm.contacts.write",
+    "crm.deals.write",
+    "accounting.invoices.write",
+    "chat.me",
+    "chat.channels",
+    "chat.messages",
+    "chat.messages.write",
 )
 EDITED = " (edited)"
 # The human-visible field that a touch marks as edited.
@@ -44,6 +51,7 @@ class Stats:
         self.records_served: dict[str, int] = dict.fromkeys(STAT_KEYS, 0)
         self.rate_limited = 0
         self.failed = 0
+        self.calls = 0  # every data-API call, reads and writes, including the ones answered 429/500
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -51,6 +59,7 @@ class Stats:
             "records_served": dict(self.records_served),
             "rate_limited": self.rate_limited,
             "failed": self.failed,
+            "calls": self.calls,
         }
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import enum
 import json
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -44,6 +45,15 @@ SUB_ACCOUNT_FIELDS = ("first_name", "last_name", "email", "language", "company_n
 
 Row = dict[str, Any]
 T = TypeVar("T")
+
+
+class _Unset(enum.Enum):
+    """'Leave this column as it is' (None already means 'set it to NULL')."""
+
+    UNSET = 0
+
+
+UNSET = _Unset.UNSET
 
 
 def iso(ts: float | None) -> str | None:
@@ -217,13 +227,13 @@ class Store:
 
     async def _one(self, query: str, params: Mapping[str, Any] | Sequence[Any] = ()) -> Row | None:
         async with self.pool.connection() as conn:
-            cur = await conn.execute(query, params)  # type: ignore[arg-type]
+            cur = await conn.execute(query, params)
             row: Row | None = await cur.fetchone()
             return row
 
     async def _all(self, query: str, params: Mapping[str, Any] | Sequence[Any] = ()) -> list[Row]:
         async with self.pool.connection() as conn:
-            cur = await conn.execute(query, params)  # type: ignore[arg-type]
+            cur = await conn.execute(query, params)
             return list(await cur.fetchall())
 
     def now(self) -> float:
@@ -462,16 +472,17 @@ class Store:
         connection_id: int,
         *,
         health_status: str | None = None,
-        detail: str | None | type[Ellipsis] = ...,
+        detail: str | None | _Unset = UNSET,
         config: Mapping[str, Any] | None = None,
         secrets: bytes | None = None,
         name: str | None = None,
     ) -> None:
-        sets, params = ["updated_at = %(now)s"], {"id": connection_id, "now": self.now()}
+        sets: list[str] = ["updated_at = %(now)s"]
+        params: dict[str, Any] = {"id": connection_id, "now": self.now()}
         if health_status is not None:
             sets.append("health_status = %(h)s")
             params["h"] = health_status
-        if detail is not ...:
+        if detail is not UNSET:
             sets.append("detail = %(d)s")
             params["d"] = detail
         if config is not None:
@@ -561,10 +572,10 @@ class Store:
         *,
         status: str | None = None,
         records: Mapping[str, int] | None = None,
-        error: str | None | type[Ellipsis] = ...,
+        error: str | None | _Unset = UNSET,
         pid: int | None = None,
         job_id: int | None = None,
-        resume_at: float | None | type[Ellipsis] = ...,
+        resume_at: float | None | _Unset = UNSET,
         progress: Mapping[str, Any] | None = None,
         started: bool = False,
         attempt: bool = False,
@@ -577,7 +588,7 @@ class Store:
         if records is not None:
             sets.append("records = %(records)s")
             params["records"] = Jsonb(dict(records))
-        if error is not ...:
+        if error is not UNSET:
             sets.append("error = %(error)s")
             params["error"] = error
         if pid is not None:
@@ -586,7 +597,7 @@ class Store:
         if job_id is not None:
             sets.append("job_id = %(job)s")
             params["job"] = job_id
-        if resume_at is not ...:
+        if resume_at is not UNSET:
             sets.append("resume_at = %(resume)s")
             params["resume"] = resume_at
         if progress is not None:

@@ -17,4 +17,6 @@ depends_on = None
 def upgrade() -> None:
     # Sent as one script through the driver, without parameters, so procrastinate's SQL
     # (functions, `%` signs and all) is used verbatim, inside the migration's transaction.
-    op.get_bind().connection.driver_connection.execute(SchemaManager.get_schema())
+    driver = op.get_bind().connection.driver_connection
+    assert driver is not None
+    driver.execute(SchemaManager.get_schema())

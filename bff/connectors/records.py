@@ -1,0 +1,159 @@
+"""Record conversion: provider records → declared fields with their types, and cursor values."""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from .spec import FieldSpec, Incremental
+from .templates import get_path
+from .transport import num
+
+__all__ = ["compile_normaliser", "cursor_gt", "format_cursor"]
+
+_ODATA_DATE = re.compile(r"^/Date\((-?\d+)([+-]\d{4})?\)/$")
+
+
+def _to_text(v: Any) -> Any:
+    if type(v) is str:
+        return v
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (dict, list)):
+        return json.dumps(v, separators=(",", ":"), ensure_ascii=False)
+    return str(v)
+
+
+def _to_int(v: Any) -> Any:
+    t = type(v)
+    if t is int:
+        return v
+    if t is bool:
+        return int(v)
+    if t is float:
+        return int(v) if v.is_integer() else v
+    if t is str:
+        try:
+            return int(v)
+        except ValueError:
+            try:
+                f = float(v)
+            except ValueError:
+                return v
+            return int(f) if f.is_integer() else f
+    return v
+
+
+def _to_number(v: Any) -> Any:
+    t = type(v)
+    if t is int or t is float:
+        return v
+    if t is bool:
+        return int(v)
+    if t is str:
+        try:
+            return int(v)
+        except ValueError:
+            try:
+                return float(v)
+            except ValueError:
+                return v
+    return v
+
+
+_TRUE = frozenset(("true", "1", "yes", "y", "t"))
+_FALSE = frozenset(("false", "0", "no", "n", "f"))
+
+
+def _to_bool(v: Any) -> Any:
+    if type(v) is bool:
+        return v
+    if type(v) is str:
+        low = v.strip().lower()
+        if low in _TRUE:
+            return True
+        if low in _FALSE:
+            return False
+        return v
+    if type(v) is int:
+        return v != 0
+    return v
+
+
+def _to_datetime(v: Any) -> Any:
+    if type(v) is str:
+        if v.startswith("/Date("):
+            # OData v2 JSON date (Exact Online). Exact encodes its local wall
+            # clock as if it were UTC; we keep that naive wall clock so the
+            # value round-trips into a `datetime'…'` filter unchanged.
+            m = _ODATA_DATE.match(v)
+            if m:
+                ms = int(m.group(1))
+                dt = datetime.fromtimestamp(ms / 1000, UTC).replace(tzinfo=None)
+                return dt.isoformat(timespec="milliseconds") if ms % 1000 else dt.isoformat(timespec="seconds")
+        return v
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return datetime.fromtimestamp(v, UTC).isoformat().replace("+00:00", "Z")
+    return v
+
+
+_COERCE: dict[str, Callable[[Any], Any] | None] = {
+    "text": _to_text,
+    "integer": _to_int,
+    "number": _to_number,
+    "boolean": _to_bool,
+    "datetime": _to_datetime,
+    "json": None,  # keep the Python object as decoded
+}
+
+
+@functools.lru_cache(maxsize=256)
+def compile_normaliser(fields: tuple[FieldSpec, ...]) -> Callable[[Any], dict[str, Any]]:
+    """Build ``record -> {declared field: value}`` once per stream (no per-record parsing)."""
+    plan = []
+    for f in fields:
+        single = f.path[0] if len(f.path) == 1 and isinstance(f.path[0], str) else None
+        plan.append((f.name, single, f.path, _COERCE[f.type]))
+    plan_t = tuple(plan)
+
+    def normalise(record: Any) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, single, path, coerce in plan_t:
+            value = record.get(single) if single is not None else get_path(record, path)
+            if value is not None and coerce is not None:
+                value = coerce(value)
+            out[name] = value
+        return out
+
+    return normalise
+
+
+def cursor_gt(a: Any, b: Any) -> bool:
+    na, nb = num(a), num(b)
+    if na is not None and nb is not None and not isinstance(a, str) and not isinstance(b, str):
+        return na > nb
+    return str(a) > str(b)
+
+
+def format_cursor(inc: Incremental, value: Any) -> str:
+    if inc.format == "unix":
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(int(value))
+        text = str(value)
+        if text.lstrip("-").isdigit():
+            return text
+        dt = datetime.fromisoformat(text)
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=UTC)
+        return str(int(dt.timestamp()))
+    if inc.format == "iso8601":
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return datetime.fromtimestamp(value, UTC).isoformat().replace("+00:00", "Z")
+        return str(value)
+    assert inc.template is not None
+    text = str(value)
+    return inc.template.render(lambda name: text)

@@ -1,0 +1,378 @@
+"""Writeback and raw API calls over a connection (DESIGN §12). Identity tokens only.
+
+=========================================================  ==========================================
+``GET /api/server/{id}/objects``                           what the connector can write
+``POST /api/server/{id}/records/{object}``                 add → ``201 {id, record}``
+``PATCH /api/server/{id}/records/{object}/{record_id}``    update → ``200 {id, record}``
+``DELETE /api/server/{id}/records/{object}/{record_id}``   delete → ``204``
+``PUT /api/server/{id}/records/{object}?match=<field>``    upsert → ``201`` created or ``200`` updated
+``GET /api/server/{id}/records/{object}/{record_id}``      get → ``200 {id, record}``
+``GET /api/server/{id}/records/{object}?<field>=<value>``  search → ``{count, next, previous, results}``
+``ANY /api/server/{id}/proxy/{path}``                      a raw call under the connector's base URL
+=========================================================  ==========================================
+
+``?timeout=true`` uses the short retry policy, ``?refresh=true`` queues one
+sync of the object's table after success, ``Idempotency-Key`` replays the first
+answer (see :mod:`bff.idempotency`). Every write is logged on the connection
+(object, action, status; never field values).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import unquote
+
+import httpx
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute
+
+from . import connections as rt
+from .auth import authenticate, services
+from .connectors import (
+    ConfigRequired,
+    ConnectorError,
+    CredentialsRejected,
+    ProviderRejected,
+    RetriesExhausted,
+    load_connectors,
+)
+from .connectors.writer import FieldErrors, ObjectNotSupported, UpsertAmbiguous, Writer
+from .errors import ApiError, not_found, validation_error
+from .http import api_route, query_bool, read_json
+from .idempotency import MAX_KEY_LENGTH, StoredAnswer, fingerprint
+from .store import Connection, SubAccount
+from .writeback import Writeback, writeback_for
+
+__all__ = ["connector_error", "proxy_suffix", "require_writable", "routes"]
+
+RESERVED_QUERY = frozenset(("timeout", "refresh", "match", "page", "page_size"))
+NOT_READY = {rt.AUTHORIZING, rt.CONFIG_SELECT, rt.CHECKING, rt.RE_AUTHORISING}
+# Request headers a proxied call may carry (everything else, auth and hop-by-hop included, is dropped).
+FORWARD_REQUEST = frozenset(
+    ("accept", "accept-language", "content-type", "if-match", "if-none-match", "idempotency-key")
+)
+DROP_RESPONSE = frozenset(
+    (
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "set-cookie",
+        "www-authenticate",
+        "content-length",
+        "content-encoding",
+        "server",
+        "date",
+    )
+)
+PROXY_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:")
+
+
+# --------------------------------------------------------------------------- access
+
+
+async def require_writable(request: Request) -> tuple[SubAccount, Connection]:
+    """The identity token's sub-account and its connection ``{id}``, ready to call its provider."""
+    caller = await authenticate(request, ("integrate", "identity"))
+    if caller.claims.kind != "identity":
+        raise ApiError(
+            403,
+            "token_not_allowed",
+            "Writeback and the proxy take identity tokens from your back-end, never the browser's integrate token.",
+        )
+    account = caller.sub_account
+    assert account is not None
+    raw = request.path_params.get("id")
+    connection = None
+    if isinstance(raw, str) and raw.isdigit():
+        connection = await services(request).store.get_connection(account.id, int(raw))
+    if connection is None:
+        raise not_found("No such connection.")
+    if connection.health_status == rt.DISABLED:
+        raise ApiError(409, "connection_disabled", "This connection is disabled; enable it first.")
+    if connection.health_status in NOT_READY:
+        raise ApiError(409, "connection_not_ready", "Finish connecting (authorise, choose its configuration) first.")
+    return account, connection
+
+
+def connector_error(exc: ConnectorError) -> ApiError:
+    """Provider and connection failures → the §12 error codes."""
+    if isinstance(exc, ObjectNotSupported):
+        return ApiError(404, "object_not_supported", exc.detail)
+    if isinstance(exc, FieldErrors):
+        return validation_error(exc.errors, exc.detail)
+    if isinstance(exc, UpsertAmbiguous):
+        return ApiError(409, "upsert_ambiguous", exc.detail)
+    if isinstance(exc, ProviderRejected):
+        errors = {"provider_status": str(exc.status), "provider_message": exc.message or ""}
+        return ApiError(422, "provider_rejected", exc.detail, errors=errors)
+    if isinstance(exc, RetriesExhausted):
+        if exc.cause == "rate_limited":
+            return ApiError(429, "provider_rate_limited", exc.detail, headers={"Retry-After": exc.retry_after or "1"})
+        if exc.cause == "timeout":
+            return ApiError(504, "provider_timeout", exc.detail)
+        return ApiError(502, "provider_error", exc.detail)
+    if isinstance(exc, CredentialsRejected):
+        return ApiError(409, "connection_unauthorised", f"{exc.detail} Re-authorise the connection.")
+    if isinstance(exc, ConfigRequired):
+        return ApiError(409, "connection_not_ready", exc.detail)
+    return ApiError(502, "provider_error", exc.detail)
+
+
+class _Log:
+    """Engine log lines (retries, token renewals) collected during one request."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str]] = []
+
+    def __call__(self, level: str, message: str) -> None:
+        self.lines.append((level, message))
+
+
+# --------------------------------------------------------------------------- one write, end to end
+
+
+Action = Callable[[Writer], Awaitable[tuple[int, Any]]]
+
+
+async def perform(request: Request, action: str, object_name: str, call: Action, *, body: Any = None) -> Response:
+    """Idempotency, the provider call, error mapping, the connection log and the refresh."""
+    account, connection = await require_writable(request)
+    svc = services(request)
+    wb = writeback_for(request)
+    short = query_bool(request, "timeout", default=False)
+    refresh = query_bool(request, "refresh", default=False)
+    key = request.headers.get("idempotency-key") if action not in ("get", "search") else None
+    if key is not None and not 0 < len(key) <= MAX_KEY_LENGTH:
+        raise validation_error({"Idempotency-Key": f"Must be 1 to {MAX_KEY_LENGTH} characters."})
+    if key is not None:
+        query = {k: v for k, v in request.query_params.items() if k in ("match",)}
+        begun = await wb.idempotency.begin(
+            connection.id, key, fingerprint(request.method, request.url.path.rstrip("/"), query, body)
+        )
+        if begun.replay is not None:
+            return _answer(begun.replay.status, begun.replay.body, replayed=True)
+        if begun.reused:
+            raise ApiError(409, "idempotency_key_reused", "This Idempotency-Key was used for a different request.")
+        if begun.in_use:
+            raise ApiError(409, "idempotency_key_in_use", "A request with this Idempotency-Key is still running.")
+    log = _Log()
+    status, answer = 500, None
+    try:
+        try:
+            status, answer = await call(wb.writer(connection, short=short, log=log))
+        except ConnectorError as exc:
+            error = connector_error(exc)
+            if isinstance(exc, CredentialsRejected):
+                await svc.store.update_connection(connection.id, health_status=rt.ERROR, detail=error.detail)
+            status = error.status
+            if key is not None and error.status == 422:
+                await wb.idempotency.finish(connection.id, key, StoredAnswer(error.status, error.body()))
+                key = None
+            raise error from None
+    finally:
+        if key is not None:
+            if 200 <= status < 300:
+                await wb.idempotency.finish(connection.id, key, StoredAnswer(status, answer))
+            else:
+                await wb.idempotency.release(connection.id, key)
+        _log_write(wb, connection, action, object_name, status, log)
+    if refresh and 200 <= status < 300 and action not in ("get", "search"):
+        connector = load_connectors()[connection.connector]
+        obj = connector.object(object_name)
+        wb.refresh.request(account, connection, obj.stream if obj else None)
+        if isinstance(answer, dict):
+            answer = {**answer, "refresh_queued": True}
+    return _answer(status, answer)
+
+
+def _log_write(wb: Writeback, connection: Connection, action: str, object_name: str, status: int, log: _Log) -> None:
+    if action in ("get", "search") and status < 400 and not log.lines:
+        return  # reads are not logged unless something happened
+    level = "info" if status < 400 else "warning"
+    wb.log.add(connection.id, [*log.lines, (level, f"Writeback: {action} {object_name} → {status}.")])
+
+
+def _answer(status: int, body: Any, *, replayed: bool = False) -> Response:
+    headers = {"Idempotent-Replayed": "true"} if replayed else None
+    if status == 204:
+        return Response(status_code=204, headers=headers)
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _record(result: Any) -> dict[str, Any]:
+    return {"id": result.id, "record": result.record}
+
+
+# --------------------------------------------------------------------------- endpoints
+
+
+async def list_objects(request: Request) -> JSONResponse:
+    """What the connector can write: objects, their actions and fields."""
+    _, connection = await require_writable(request)
+    connector = load_connectors()[connection.connector]
+    results = [o.public_dict() for o in connector.objects]
+    return JSONResponse({"count": len(results), "next": None, "previous": None, "results": results})
+
+
+async def records(request: Request) -> Response:
+    """``POST`` add, ``PUT`` upsert (``?match=``), ``GET`` search (``?<field>=<value>``)."""
+    object_name = request.path_params["object"]
+    if request.method == "GET":
+        match = {k: v for k, v in request.query_params.items() if k not in RESERVED_QUERY}
+
+        async def search(writer: Writer) -> tuple[int, Any]:
+            found = await writer.search(object_name, match)
+            return 200, {"count": len(found), "next": None, "previous": None, "results": found}
+
+        return await perform(request, "search", object_name, search)
+    fields = await read_json(request)
+    if request.method == "POST":
+
+        async def add(writer: Writer) -> tuple[int, Any]:
+            result = await writer.add(object_name, fields)
+            return result.status, _record(result)
+
+        return await perform(request, "add", object_name, add, body=fields)
+    match_field = request.query_params.get("match")
+    if not match_field:
+        raise validation_error({"match": "Give the field to match on, e.g. ?match=email."})
+
+    async def upsert(writer: Writer) -> tuple[int, Any]:
+        result = await writer.upsert(object_name, fields, match_field)
+        return result.status, _record(result)
+
+    return await perform(request, "upsert", object_name, upsert, body=fields)
+
+
+async def record(request: Request) -> Response:
+    """``GET`` get, ``PATCH`` update, ``DELETE`` delete of one record."""
+    object_name = request.path_params["object"]
+    record_id = request.path_params["record_id"]
+    if request.method == "GET":
+
+        async def get(writer: Writer) -> tuple[int, Any]:
+            result = await writer.get(object_name, record_id)
+            return 200, _record(result)
+
+        return await perform(request, "get", object_name, get)
+    if request.method == "DELETE":
+
+        async def delete(writer: Writer) -> tuple[int, Any]:
+            await writer.delete(object_name, record_id)
+            return 204, None
+
+        return await perform(request, "delete", object_name, delete)
+    fields = await read_json(request)
+
+    async def update(writer: Writer) -> tuple[int, Any]:
+        result = await writer.update(object_name, record_id, fields)
+        return result.status, _record(result)
+
+    return await perform(request, "update", object_name, update, body=fields)
+
+
+# --------------------------------------------------------------------------- proxy
+
+
+def proxy_suffix(request: Request) -> str:
+    """The raw (still percent-encoded) path after ``/proxy/``, refused when it could leave the base URL."""
+    raw_path = request.scope.get("raw_path") or request.url.path.encode()
+    raw = raw_path.decode("latin-1")
+    marker = "/proxy/"
+    at = raw.find(marker)
+    suffix = raw[at + len(marker) :] if at >= 0 else ""
+    decoded = suffix
+    for _ in range(3):  # %252e%252e → %2e%2e → ..
+        decoded = unquote(decoded)
+    refused = (
+        decoded.startswith(("/", "\\"))
+        or "\\" in decoded
+        or "://" in decoded
+        or bool(_SCHEME.match(decoded))
+        or any(part in (".", "..") for part in decoded.split("/"))
+        or any(ord(ch) < 32 for ch in decoded)
+        or "#" in decoded
+    )
+    if refused or not suffix:
+        raise ApiError(
+            400,
+            "proxy_path_invalid",
+            "The proxy only reaches paths under the connector's base URL: "
+            "no absolute URLs, '//host', '..' or encoded variants.",
+        )
+    return suffix
+
+
+async def proxy(request: Request) -> Response:
+    """A raw call to the provider with the connection's auth and the retry policy; status and body pass through."""
+    _, connection = await require_writable(request)
+    suffix = proxy_suffix(request)
+    log = _Log()
+    wb: Writeback = writeback_for(request)
+    session = wb.writer(connection, short=False, log=log).session
+    auth_headers, auth_params = session.auth_names()
+    try:
+        base = await session.base_url()
+        url = httpx.URL(base + "/" + suffix)
+        base_url = httpx.URL(base + "/")
+        if (url.scheme, url.host, url.port) != (
+            base_url.scheme,
+            base_url.host,
+            base_url.port,
+        ) or not url.path.startswith(base_url.path):
+            raise ApiError(400, "proxy_path_invalid", "The proxy only reaches paths under the connector's base URL.")
+        params = {k: v for k, v in request.query_params.multi_items() if k not in auth_params}
+        headers = {
+            k: v for k, v in request.headers.items() if k.lower() in FORWARD_REQUEST and k.lower() not in auth_headers
+        }
+        content = await request.body()
+        response = await session.request(
+            request.method,
+            url,
+            params,
+            f"proxy {request.method}",
+            headers=headers,
+            content=content or None,
+            raise_on_auth=False,
+        )
+    except ConnectorError as exc:
+        error = connector_error(exc)
+        _log_proxy(wb, connection, request.method, suffix, error.status, log)
+        raise error from None
+    _log_proxy(wb, connection, request.method, suffix, response.status_code, log)
+    out_headers = {
+        k: v for k, v in response.headers.items() if k.lower() not in DROP_RESPONSE and k.lower() not in auth_headers
+    }
+    body = response.content
+    secrets = session.secret_values()
+    if secrets and any(s.encode() in body for s in secrets):
+        text = body.decode("utf-8", "replace")
+        body = session.scrub(text).encode()
+    return Response(body, status_code=response.status_code, headers=out_headers)
+
+
+def _log_proxy(wb: Writeback, connection: Connection, method: str, suffix: str, status: int, log: _Log) -> None:
+    path = "/" + suffix.split("?", 1)[0]
+    wb.log.add(
+        connection.id,
+        [*log.lines, ("info" if status < 400 else "warning", f"Proxy: {method} {path[:200]} → {status}.")],
+    )
+
+
+def routes() -> list[BaseRoute]:
+    load_connectors()  # validate every definition (BFF_CONNECTORS_DIR too) now: a bad file stops the start
+    return [
+        *api_route("/api/server/{id}/objects", list_objects, methods=["GET"]),
+        *api_route("/api/server/{id}/records/{object}", records, methods=["GET", "POST", "PUT"]),
+        *api_route("/api/server/{id}/records/{object}/{record_id}", record, methods=["GET", "PATCH", "DELETE"]),
+        *api_route("/api/server/{id}/proxy/{path:path}", proxy, methods=PROXY_METHODS, name="proxy"),
+    ]
