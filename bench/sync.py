@@ -67,7 +67,7 @@ def start_sandbox(scale: int, log: Path) -> tuple[subprocess.Popen[bytes], str]:
         [sys.executable, "-m", "bff.cli", "sandbox", "--port", str(port)], env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 180  # a busy machine starts Python slowly
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"bff sandbox exited: {log.read_text()}")
