@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 
 import httpx
@@ -15,7 +16,8 @@ BOOKS = {"X-API-Key": "sandbox-valid-key"}
 
 
 def client(options: SandboxOptions | None = None, clock: float = 1_800_000_000.0) -> httpx.AsyncClient:
-    app = create_sandbox_app(options or SandboxOptions(), clock=lambda: clock)
+    # The test drives the controls itself (since issue 16 they are closed unless opened).
+    app = create_sandbox_app(dataclasses.replace(options or SandboxOptions(), controls_open=True), clock=lambda: clock)
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sandbox.test")
 
 
