@@ -1,12 +1,15 @@
-"""Widget open latency in real Chromium: click → dialog visible, warm and cold.
+"""Widget open latency in real Chromium: click → dialog visible, warm and cold; and the
+"Your connections" panel: mountConnections() → first connection's actions usable, warm and cold.
 
-Usage: python bench/widget.py [--opens 20]
+Usage: python3 bench/widget.py [--opens 20]
 Warm: the iframe was pre-loaded by `initialize()` (the normal case). Cold: `initialize()`
 runs right before the click, so the iframe loads on open. For each it prints the median
 time to the dialog being visible and to the catalogue being usable (its search box
 visible inside the iframe), and a baseline measured in the same run: a click on a plain
 button of the same page that reveals an element, which is what Playwright's own round
 trips cost. Targets: ≤ 100 ms warm, ≤ 400 ms cold (dialog visible).
+Panel, cold: a fresh page load, so the panel's code and iframe are fetched on mount (no HTTP
+cache); warm: mounted again on the same page (code and iframe assets cached).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from playwright.sync_api import sync_playwright  # noqa: E402
 
 from e2e.browser import CHROMIUM_ARGS, chromium_path  # noqa: E402
 from e2e.pages.connect_modal import ConnectModal  # noqa: E402
+from e2e.pages.connections_panel import ConnectionsPanel  # noqa: E402
 from e2e.pages.partner_page import PartnerPage  # noqa: E402
 from e2e.stack import locale_strings, running_stack  # noqa: E402
 
@@ -40,7 +44,7 @@ def main() -> None:
     parser.add_argument("--opens", type=int, default=20)
     args = parser.parse_args()
     strings = locale_strings()["en"]
-    results: dict[str, list[float]] = {k: [] for k in ("baseline", "warm", "warm_ready", "cold", "cold_ready")}
+    results: dict[str, list[float]] = {k: [] for k in ("baseline", "warm", "warm_ready", "cold", "cold_ready", "panel_cold", "panel_warm")}
 
     with running_stack(Path(tempfile.mkdtemp(prefix="bff-bench-widget-"))) as stack, sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
@@ -85,6 +89,32 @@ def main() -> None:
             results["cold"].append(time.perf_counter() - started)
             modal.search.wait_for(state="visible")
             results["cold_ready"].append(time.perf_counter() - started)
+
+        # The panel: one connection, so "usable" is its Sync now button.
+        panel = ConnectionsPanel(page, strings)
+        token = stack.integrate("bench-panel")
+        stack.api("POST", "/api/servers", token, json={"servertype_id": "sandbox_bank", "login": "sandbox", "password": "sandbox"}).raise_for_status()
+        mount = "() => { window.panel = Peliqan.mountConnections('#inline-slot', {integrationToken: window.cfg.token}); }"
+        sync_now = panel.connection("Sandbox Bank").sync_button
+        for _ in range(args.opens):
+            context = browser.new_context()  # an empty HTTP cache
+            fresh = context.new_page()
+            PartnerPage(fresh, stack.site_url).goto(customer="bench-panel", initialize=False)
+            fresh.wait_for_function("() => window.Peliqan !== undefined")
+            started = time.perf_counter()
+            fresh.evaluate(mount)
+            ConnectionsPanel(fresh, strings).connection("Sandbox Bank").sync_button.wait_for(state="visible")
+            results["panel_cold"].append(time.perf_counter() - started)
+            context.close()
+        partner.goto(customer="bench-panel", initialize=False)
+        page.wait_for_function("() => window.Peliqan !== undefined")
+        for _ in range(args.opens):
+            started = time.perf_counter()
+            page.evaluate(mount)
+            sync_now.wait_for(state="visible")
+            results["panel_warm"].append(time.perf_counter() - started)
+            page.evaluate("() => window.panel.destroy()")
+            panel.iframe.wait_for(state="detached")
         browser.close()
 
     base = median_ms(results["baseline"])
@@ -97,6 +127,9 @@ def main() -> None:
             f"{kind:>8} click → dialog visible:          {visible:7.1f} ms  ({visible / base:4.1f}× baseline; target ≤ {target} ms)"
         )
         print(f"{kind:>8} click → catalogue usable:        {ready:7.1f} ms  ({ready / base:4.1f}× baseline)")
+    for kind in ("warm", "cold"):
+        usable = median_ms(results[f"panel_{kind}"])
+        print(f"{kind:>8} mountConnections → panel usable: {usable:7.1f} ms  ({usable / base:4.1f}× baseline)")
 
 
 if __name__ == "__main__":

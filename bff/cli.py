@@ -28,6 +28,29 @@ def _fail(message: str) -> int:
     return 2
 
 
+def package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("bff")
+    except PackageNotFoundError:  # a source checkout that was never installed
+        return "0+unknown"
+
+
+def check_startup(settings: Settings, *, migrate: bool = True) -> None:
+    """What the app's start-up would refuse (no database, a wrong encryption key, an unusable data
+    directory), checked before any server starts, so the refusal is one sentence (raised as
+    StartupError / DatabaseUnavailable / OSError, printed by main()) instead of a server traceback."""
+    if not migrate:  # the operator migrates separately: the schema may not be ours to read yet
+        prepare_database(settings, migrate=False)
+        return
+
+    async def nothing(store: Any, tokens: Any) -> None:
+        return None
+
+    asyncio.run(_with_store(settings, nothing))
+
+
 def demo_keys(data_dir: Path, *, create: bool) -> dict[str, str] | None:
     """Keys kept in the data directory for the demo (never do this in production)."""
     path = data_dir / DEMO_KEYS_FILE
@@ -176,13 +199,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         settings = load_settings(args, **overrides)
     except SettingsError as exc:
         return _fail(str(exc))
-    _configure_logging(settings.log_level)
-    from .db import DatabaseUnavailable
+    from .demo import _port_free
 
-    try:
-        prepare_database(settings, migrate=not args.no_migrate)
-    except DatabaseUnavailable as exc:
-        return _fail(str(exc))
+    if not _port_free(args.host, args.port):
+        return _fail(f"port {args.port} on {args.host} is in use; stop what listens there or pass --port.")
+    check_startup(settings, migrate=not args.no_migrate)  # the database, migrated, and the encryption key
+    _configure_logging(settings.log_level)
     app = create_app(settings, migrate_on_start=False)
     uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level=settings.log_level, lifespan="on")
     return 0
@@ -253,13 +275,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
         )
     except SettingsError as exc:
         return _fail(str(exc))
+    check_startup(settings)
     _configure_logging(settings.log_level)
     return run_demo(settings, bff_port=args.bff_port, site_port=args.site_port)
 
 
 def cmd_partner_create(args: argparse.Namespace) -> int:
     try:
-        origins = [normalise_origin(origin) for origin in args.origin or []]
+        origins = [normalise_origin(origin) for origin in args.origin]
         settings = load_settings(args)
     except SettingsError as exc:
         return _fail(str(exc))
@@ -348,6 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         epilog="Quick start: `bff demo`, then open http://localhost:8001. Settings come from BFF_* variables; flags win.",
     )
+    parser.add_argument("--version", action="version", version=f"bff {package_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
 
@@ -387,7 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     create.add_argument("--name", required=True, help="the partner's name")
     create.add_argument(
-        "--origin", action="append", metavar="URL", help="a browser origin allowed to embed the widget (repeatable)"
+        "--origin", action="append", required=True, metavar="URL",
+        help="a browser origin allowed to embed the widget, e.g. https://app.example.com (required; repeatable)",
     )
     create.add_argument("--data-dir", help="data directory (default $BFF_DATA_DIR or ./bff-data)")
     create.set_defaults(handler=cmd_partner_create)
@@ -418,9 +443,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _subcommand_parsers(parser: argparse.ArgumentParser) -> None:
+    """Let every (sub)command remember its own parser, so a wrong flag shows that command's usage."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                sub.set_defaults(command_parser=sub)
+                _subcommand_parsers(sub)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return int(args.handler(args) or 0)
+    from .app import StartupError
+    from .db import DatabaseUnavailable
+
+    parser = build_parser()
+    _subcommand_parsers(parser)
+    # argparse hands flags a subcommand does not know back to the top level, which then prints
+    # the top-level usage; parse_known_args + the subcommand's own error shows the right one.
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        getattr(args, "command_parser", parser).error(f"unrecognized arguments: {' '.join(unknown)}")
+    try:
+        return int(args.handler(args) or 0)
+    except (StartupError, SettingsError, DatabaseUnavailable) as exc:
+        return _fail(str(exc))
+    except OSError as exc:  # e.g. a data directory that cannot be created or written
+        where = f" ({exc.filename})" if exc.filename else ""
+        return _fail(f"{exc.strerror or exc}{where}. Check --data-dir / BFF_DATA_DIR and its permissions.")
 
 
 if __name__ == "__main__":  # pragma: no cover

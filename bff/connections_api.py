@@ -24,7 +24,8 @@ from .connectors import (
 from .connectors.definitions import Connector
 from .crypto import connection_aad
 from .errors import ApiError, validation_error
-from .http import Pagination, api_route, read_json
+from .connector_text import localized_config_select, localized_form, localized_servertype, request_locale
+from .http import MAX_PAGE_SIZE, Pagination, api_route, read_json
 from .store import Connection, OAuthFlow, SubAccount, iso
 from .templates import render
 from .throttle import CONNECTIONS_CREATED, FAILED_CREDENTIALS, Throttle
@@ -118,9 +119,12 @@ async def list_servertypes(request: Request) -> JSONResponse:
     """The connector catalogue with each connector's connect form."""
     await authenticate(request, ("partner", *SUB_ACCOUNT_KINDS))
     base = logo_base_url(request)
-    results = [connector.public_dict(base) for connector in rt.catalogue(services(request)).values()]
-    results.sort(key=lambda item: item["id"])
-    return JSONResponse({"count": len(results), "next": None, "previous": None, "results": results})
+    locale = request_locale(request)
+    page = Pagination(request, default_size=MAX_PAGE_SIZE)
+    connectors = sorted(rt.catalogue(services(request)).values(), key=lambda connector: connector.id)
+    shown = connectors[page.offset : page.offset + page.limit]
+    results = [localized_servertype(connector, connector.public_dict(base), locale) for connector in shown]
+    return JSONResponse(page.envelope(len(connectors), results))
 
 
 # -- connections ------------------------------------------------------------------------
@@ -202,9 +206,11 @@ async def refuse_too_many_pending(request: Request, account: SubAccount) -> None
 async def list_servers(request: Request) -> JSONResponse:
     """The sub-account's connections (no secrets)."""
     account = await require_sub_account(request)
+    page = Pagination(request)
     connections = await services(request).store.list_connections(account.id)
-    results = [await connection_dict(request, account, c) for c in connections]
-    return JSONResponse({"count": len(results), "next": None, "previous": None, "results": results})
+    shown = connections[page.offset : page.offset + page.limit]
+    results = [await connection_dict(request, account, c) for c in shown]
+    return JSONResponse(page.envelope(len(connections), results))
 
 
 async def get_server(request: Request) -> JSONResponse:
@@ -256,10 +262,11 @@ async def config_options(request: Request) -> JSONResponse:
     _, connection = await require_connection(request)
     connector = _config_connector(connection)
     assert connector.config_select is not None
+    locale = request_locale(request)
     options = await _config_options(request, connection, connector)
     return JSONResponse(
         {
-            **connector.config_select.public_dict(),
+            **localized_config_select(connector, connector.config_select.public_dict(), locale),
             "options": options,
             "selected": connection.config.get(connector.config_select.field, []),
         }
@@ -297,6 +304,19 @@ async def save_config(request: Request) -> JSONResponse:
 # -- re-authorisation and manual refresh -------------------------------------------------------
 
 
+def status_after_authorising(connector: Connector, connection: Connection, *, reauthorise: bool) -> str:
+    """Where a connection goes once its credentials are (re)stored.
+
+    A connector's CONFIG_SELECT step is never skipped: without a saved choice the connection stops
+    there, also when it is re-authorised; a saved choice is kept, so re-authorising never asks again.
+    """
+    select = connector.config_select
+    if select is not None and not connection.config.get(select.field):
+        return rt.CONFIG_SELECT
+    return rt.RE_AUTHORISED if reauthorise else rt.OK
+
+
+
 async def reauthorise(request: Request) -> JSONResponse:
     """OAuth2: a new consent URL. Key/login: the form, or new credentials tested and stored."""
     account, connection = await require_connection(request)
@@ -304,17 +324,23 @@ async def reauthorise(request: Request) -> JSONResponse:
     connector = rt.load_connectors()[connection.connector]
     data = await read_json(request, required=False)
     if connector.auth_type == "oauth2":
-        auth_uri, nonce = await start_oauth_flow(request, account, connection, connector, purpose="reauthorise")
-        await svc.store.update_connection(connection.id, health_status=rt.RE_AUTHORISING)
+        if connection.health_status == rt.AUTHORIZING:
+            # Never authorised (the sign-in window was closed): "Finish setup" starts a new sign-in
+            # that ends like a first connect (CONFIG_SELECT or OK), not as a re-authorisation.
+            auth_uri, nonce = await start_oauth_flow(request, account, connection, connector, purpose="connect")
+        else:
+            auth_uri, nonce = await start_oauth_flow(request, account, connection, connector, purpose="reauthorise")
+            await svc.store.update_connection(connection.id, health_status=rt.RE_AUTHORISING)
         return JSONResponse(
             {"auth_uri": auth_uri, "oauth_nonce": nonce, "id": connection.id}, headers={"Cache-Control": "no-store"}
         )
     if not data:
-        return JSONResponse({"id": connection.id, "form": {"fields": [f.public_dict() for f in connector.connect_form]}})
+        fields = localized_form(connector, [f.public_dict() for f in connector.connect_form], request_locale(request))
+        return JSONResponse({"id": connection.id, "form": {"fields": fields}})
     credentials = parse_credentials(connector, data)
     await check_credentials(request, account, connector, credentials, config=connection.config)
     await rt.save_secrets(svc, connection.id, rt.Secrets(credentials))
-    await svc.store.update_connection(connection.id, health_status=rt.RE_AUTHORISED, detail=None)
+    await svc.store.update_connection(connection.id, health_status=status_after_authorising(connector, connection, reauthorise=True), detail=None)
     await svc.store.add_log(connection.id, "info", "Credentials replaced and verified.")
     updated = await svc.store.get_connection(account.id, connection.id)
     assert updated is not None
@@ -524,12 +550,7 @@ async def finish_oauth_flow(request: Request, flow: OAuthFlow) -> HTMLResponse:
         await svc.store.add_log(connection.id, "error", detail)
         return callback_page(request, ok=False, connection_id=connection.id, message=detail)
     await rt.save_secrets(svc, connection.id, rt.Secrets(credentials={}, tokens=tokens))
-    if flow.purpose == "reauthorise":
-        status = rt.RE_AUTHORISED
-    elif connector.config_select is not None:
-        status = rt.CONFIG_SELECT
-    else:
-        status = rt.OK
+    status = status_after_authorising(connector, connection, reauthorise=flow.purpose == "reauthorise")
     await svc.store.update_connection(connection.id, health_status=status, detail=None)
     await svc.store.add_log(connection.id, "info", f"Authorised with {connector.display_name}.")
     return callback_page(request, ok=True, connection_id=connection.id, message=f"{connector.display_name} is connected. You can close this window.")

@@ -24,7 +24,11 @@ CONTENT_TYPES = {
     ".ts": "application/typescript; charset=utf-8",  # the hand-written .d.ts, for editors and tsc
     ".html": "text/html; charset=utf-8",
     ".svg": "image/svg+xml",
+    ".ico": "image/x-icon",
 }
+# The source documents' script tag says /embed/v1.3/peliqan-integration.js: a copied tag must work,
+# so that path serves the same loader (and the modules it imports relative to itself).
+EMBED_PATHS = ("/embed/v1", "/embed/v1.3")
 # The iframe document: scripts and styles from this origin only, talks only to this API, and
 # may be framed only by the page its URL names (``?parent=``) when a partner registered that origin.
 CONNECT_CSP = (
@@ -95,12 +99,26 @@ async def connect_document(request: Request) -> Response:
     )
 
 
+async def panel_document(request: Request) -> Response:
+    """The "Your connections" panel (Peliqan.mountConnections), loaded in an iframe on the partner's page."""
+    csp = CONNECT_CSP.format(ancestors=await frame_ancestors(request))
+    return file_response(
+        request, widget_dir() / "panel.html", cache_seconds=60,
+        extra_headers={"Content-Security-Policy": csp, "Referrer-Policy": "no-referrer"},
+    )
+
+
 async def asset(request: Request) -> Response:
     """The connect UI's own scripts and styles, and the loader's type definitions."""
     name = request.path_params["name"]
     if not ASSET_NAME.match(name):
         raise not_found("No such file.")
     return file_response(request, widget_dir() / name, cache_seconds=300)
+
+
+async def favicon(request: Request) -> Response:
+    """The BFF's icon, for its own pages (OAuth callback, sandbox pages) opened as tabs."""
+    return file_response(request, widget_dir() / "favicon.ico", cache_seconds=86400)
 
 
 async def logo(request: Request) -> Response:
@@ -113,8 +131,10 @@ async def logo(request: Request) -> Response:
 
 def routes() -> list[BaseRoute]:
     return [
-        Route("/embed/v1/peliqan-integration.js", loader, methods=["GET"]),
+        *(Route(f"{prefix}/peliqan-integration.js", loader, methods=["GET"]) for prefix in EMBED_PATHS),
         Route("/embed/v1/connect", connect_document, methods=["GET"]),
+        Route("/embed/v1/panel", panel_document, methods=["GET"]),
         Route("/embed/v1/logos/{name}", logo, methods=["GET"]),
-        Route("/embed/v1/{name}", asset, methods=["GET"]),
+        *(Route(f"{prefix}/{{name}}", asset, methods=["GET"]) for prefix in EMBED_PATHS),
+        Route("/favicon.ico", favicon, methods=["GET"]),
     ]

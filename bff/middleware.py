@@ -12,7 +12,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 access_logger = logging.getLogger("bff.access")
 
-PUBLIC_CORS_PREFIXES = ("/embed/v1/",)
+PUBLIC_CORS_PREFIXES = ("/embed/v1/", "/embed/v1.3/")  # v1.3: the source documents' script path
 CORS_ALLOW_HEADERS = "Authorization, Content-Type, If-None-Match"
 CORS_ALLOW_METHODS = "GET, POST, PUT, PATCH, DELETE, OPTIONS"
 CORS_EXPOSE_HEADERS = "ETag, Retry-After"

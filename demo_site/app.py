@@ -19,7 +19,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -32,6 +32,7 @@ CUSTOMERS: dict[str, dict[str, str]] = {
     "globex_42": {"first_name": "Hank", "last_name": "Scorpio", "email": "hank@globex.test", "company_name": "Globex Corporation", "language": "en"},
 }
 ROWS_SHOWN = 5
+PENDING_SETUP = ("AUTHORIZING", "CONFIG_SELECT")  # "Finish setup" instead of "Sync now"
 CONNECTOR_NAME = re.compile(r"^[a-z0-9_]{1,64}$")
 
 
@@ -62,6 +63,37 @@ def connector_choice(request: Request) -> dict[str, Any]:
     return choice
 
 
+def format_value(value: Any, field_type: str | None) -> str:
+    """A warehouse value as the Data page shows it: numbers grouped, amounts with two decimals."""
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if field_type == "number" and isinstance(value, (int, float)):
+        return f"{value:,.2f}"
+    if isinstance(value, int) and field_type != "text":
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:,.2f}"
+    return str(value)
+
+
+def is_numeric(field_type: str | None) -> bool:
+    return field_type in ("number", "integer")
+
+
+async def connection_totals(client: Any) -> tuple[dict[int, int], list[dict[str, Any]]]:
+    """Rows in the warehouse per connection, and the tables themselves."""
+    totals: dict[int, int] = {}
+    tables: list[dict[str, Any]] = []
+    applications = await client.applications()
+    if applications:
+        async for table in client.tables(int(applications[0]["id"])):
+            tables.append(table)
+            totals[int(table["connection"])] = totals.get(int(table["connection"]), 0) + int(table["row_count"])
+    return totals, tables
+
+
 def create_site_app(
     *,
     bff_url: str,
@@ -77,6 +109,9 @@ def create_site_app(
     """
     directory: Mapping[str, Mapping[str, str]] = CUSTOMERS if customers is None else customers
     templates = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"]))
+    templates.filters["value"] = format_value
+    templates.filters["thousands"] = lambda n: f"{int(n):,}"
+    templates.tests["numeric"] = is_numeric
     partner = AsyncPartnerClient(bff_url, partner_token)
 
     def page(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
@@ -148,6 +183,7 @@ def create_site_app(
             minted = await mint(who["external_id"])
             client = await partner.sub_account_client(external_id=who["external_id"])
             connections = [c async for c in client.connections()]
+            totals, _ = await connection_totals(client)
         except BFFError as exc:
             return page(request, "error.html", status=502, error=exc)
         return page(
@@ -155,9 +191,22 @@ def create_site_app(
             "integrations.html",
             token=minted["token"],
             connections=connections,
+            totals=totals,
+            pending_setup=PENDING_SETUP,
             csrf=request.session.get("csrf", ""),
             choice=connector_choice(request),
         )
+
+    async def embedded(request: Request) -> Response:
+        """The same connections, shown by the widget's own panel (Peliqan.mountConnections)."""
+        who = current(request)
+        if who is None:
+            return RedirectResponse("/", status_code=303)
+        try:
+            minted = await mint(who["external_id"])
+        except BFFError as exc:
+            return page(request, "error.html", status=502, error=exc)
+        return page(request, "embedded.html", token=minted["token"], csrf=request.session.get("csrf", ""))
 
     def require_xhr(request: Request) -> dict[str, str] | None:
         # Same-origin fetches only: a custom header plus the session's CSRF value.
@@ -184,6 +233,21 @@ def create_site_app(
             return JSONResponse({"detail": exc.detail, "code": exc.code}, status_code=exc.status or 502)
         return Response(status_code=204)
 
+    async def connection_summary(request: Request) -> Response:
+        """Rows the connection has in the warehouse now (the page shows them next to a run's new records)."""
+        who = require_xhr(request)
+        if who is None:
+            return JSONResponse({"detail": "Sign in first.", "code": "not_signed_in"}, status_code=403)
+        try:
+            client = await customer_client(who["external_id"])
+            totals, _ = await connection_totals(client)
+        except BFFError as exc:
+            return JSONResponse({"detail": exc.detail, "code": exc.code}, status_code=exc.status or 502)
+        return JSONResponse({"rows": totals.get(int(request.path_params["id"]), 0)}, headers={"Cache-Control": "no-store"})
+
+    async def favicon(request: Request) -> Response:
+        return FileResponse(HERE / "static" / "favicon.ico", media_type="image/x-icon", headers={"Cache-Control": "public, max-age=86400"})
+
     async def data(request: Request) -> Response:
         """The seed's back-end flow, server-side: sub-accounts → connections → tables → rows."""
         who = current(request)
@@ -195,16 +259,26 @@ def create_site_app(
             sub_accounts = [{"id": minted["account_id"], "external_id": minted["external_id"], "company_name": who["company_name"]}]
             client = await partner.sub_account_client(external_id=who["external_id"])
             connections = [c async for c in client.connections()]
+            last_runs = {int(c["id"]): c.get("last_run") or {} for c in connections}
+            names = {int(c["id"]): c["name"] for c in connections}
             tables: list[dict[str, Any]] = []
-            applications = await client.applications()
-            if applications:
-                async for table in client.tables(int(applications[0]["id"])):
-                    rows = []
-                    async for row in client.rows(int(table["id"]), page_size=ROWS_SHOWN):
-                        rows.append(row)
-                        if len(rows) == ROWS_SHOWN:
-                            break
-                    tables.append({**table, "rows": rows})
+            for table in (await connection_totals(client))[1]:
+                rows = []
+                async for row in client.rows(int(table["id"]), page_size=ROWS_SHOWN):
+                    rows.append(row)
+                    if len(rows) == ROWS_SHOWN:
+                        break
+                run = last_runs.get(int(table["connection"]), {})
+                types = {f["name"]: f.get("type") for f in table.get("fields", [])}
+                tables.append(
+                    {
+                        **table,
+                        "rows": rows,
+                        "types": types,
+                        "connection_name": names.get(int(table["connection"]), ""),
+                        "new_in_last_run": (run.get("records") or {}).get(table["name"]) if run.get("status") else None,
+                    }
+                )
         except BFFError as exc:
             return page(request, "error.html", status=502, error=exc)
         return page(request, "data.html", sub_accounts=sub_accounts, connections=connections, tables=tables)
@@ -221,7 +295,10 @@ def create_site_app(
             Route("/logout", logout, methods=["POST"]),
             Route("/integrations", integrations, methods=["GET"]),
             Route("/integrations/token", fresh_token, methods=["POST"]),
+            Route("/integrations/embedded", embedded, methods=["GET"]),
             Route("/integrations/{id:int}/delete", delete_connection, methods=["POST"]),
+            Route("/integrations/{id:int}/summary", connection_summary, methods=["GET"]),
+            Route("/favicon.ico", favicon, methods=["GET"]),
             Route("/data", data, methods=["GET"]),
             Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
         ],

@@ -23,6 +23,8 @@ from e2e.stack import Stack, locale_strings
 STRINGS = locale_strings()
 EN = STRINGS["en"]
 BANK = {"Login": "sandbox", "Password": "sandbox"}
+# Sandbox Bank's field labels per locale, from the translations block of its definition.
+BANK_LABELS = {"en": ("Login", "Password"), "nl": ("Gebruikersnaam", "Wachtwoord"), "fr": ("Identifiant", "Mot de passe"), "de": ("Benutzername", "Passwort")}
 CONNECTED_FIELDS = {"id", "name", "servertype_id", "connector", "health_status", "account_id", "external_id"}
 
 
@@ -92,6 +94,15 @@ def test_loader_defines_peliqan_once_exports_by_name_and_fires_ready(partner: Pa
     page.evaluate("async (url) => { window.first = window.Peliqan; await import(url + '?copy=2'); }", f"{stack.bff_url}/embed/v1/peliqan-integration.js")
     assert page.evaluate("window.Peliqan === window.first")
     assert partner.seen()["readyEvents"] == 1
+
+
+def test_the_source_documents_v1_3_script_path_loads_a_working_loader(partner: PartnerPage, stack: Stack) -> None:
+    partner.goto()
+    described = partner.page.evaluate(
+        "async (url) => { const m = await import(url); return [m.describeHealth('CONFIG_SELECT', 'nl'), typeof m.initialize, window.Peliqan.describeHealth('ERROR').label]; }",
+        f"{stack.bff_url}/embed/v1.3/peliqan-integration.js",
+    )
+    assert described == [{"label": "Koppeling afronden", "tone": "warning", "status": "CONFIG_SELECT"}, "function", "Needs your attention"]
 
 
 def test_initialize_rejects_bad_options_saying_what_to_pass(partner: PartnerPage) -> None:
@@ -308,6 +319,37 @@ def test_a_forwarded_consent_link_fails_in_another_browser(partner: PartnerPage,
     expect(modal.connected_heading).to_be_visible()
 
 
+def test_oauth_waiting_box_shows_the_waiting_text_and_cancel_only(partner: PartnerPage, modal: ConnectModal) -> None:
+    # replaceChildren() was given `false` for the absent "pop-up blocked" parts: it printed "falsefalse".
+    open_modal(partner, modal)
+    consent = modal.start_oauth()
+    expect(modal.waiting).to_be_visible()
+    wait_box = modal.frame.locator(".wait")
+    expect(wait_box).not_to_contain_text("false")
+    expect(wait_box).to_have_text(modal.title("oauthWaiting", name="Sandbox CRM") + EN["cancel"])
+    consent.allow()
+    expect(modal.connected_heading).to_be_visible()
+
+
+@pytest.mark.parametrize("locale", ["nl", "fr", "de"])
+def test_connector_field_labels_and_help_are_in_the_widget_locale(page: Page, stack: Stack, locale: str) -> None:
+    t = STRINGS[locale]
+    partner, modal = PartnerPage(page, stack.site_url, locale=locale, title=t["title"]), ConnectModal(page, t)
+    login, password = BANK_LABELS[locale]
+    partner.goto()
+    partner.trigger.click()
+    modal.choose("Sandbox Bank")
+    expect(modal.field(login)).to_be_visible()
+    expect(modal.field(password)).to_be_visible()
+    expect(modal.frame.get_by_text("Use sandbox.")).to_have_count(0)
+    expect(modal.frame.get_by_text("Login", exact=True)).to_have_count(0)
+    modal.back_button.click()
+    modal.choose("Sandbox Accounting")
+    modal.fill({{"nl": "API-sleutel", "fr": "Clé d’API", "de": "API-Schlüssel"}[locale]: "sandbox-valid-key"})
+    modal.connect_button.click()
+    expect(modal.group({"nl": "Administraties", "fr": "Divisions", "de": "Mandanten"}[locale])).to_be_visible()
+
+
 def test_oauth_denied_returns_to_the_form_and_removes_the_connection(partner: PartnerPage, modal: ConnectModal, stack: Stack) -> None:
     open_modal(partner, modal)
     modal.start_oauth().deny()
@@ -518,19 +560,20 @@ def test_axe_finds_no_violations(page: Page, stack: Stack, locale: str) -> None:
     assert axe_violations(page) == [], "partner page with the dialog open"
     assert axe_violations(modal.document()) == [], "catalogue"
 
+    login, password = BANK_LABELS[locale]
     modal.choose("Sandbox Bank")
-    expect(modal.field("Login")).to_be_focused()
+    expect(modal.field(login)).to_be_focused()
     assert axe_violations(modal.document()) == [], "form"
 
-    modal.fill({"Login": "sandbox", "Password": "wrong"})
+    modal.fill({login: "sandbox", password: "wrong"})
     modal.connect_button.click()
     expect(modal.alert).to_have_text(t["errRejected"])
-    modal.fill({"Login": ""})
+    modal.fill({login: ""})
     modal.connect_button.click()
-    expect(modal.field("Login")).to_have_attribute("aria-invalid", "true")
+    expect(modal.field(login)).to_have_attribute("aria-invalid", "true")
     assert axe_violations(modal.document()) == [], "error state"
 
-    modal.fill(BANK)
+    modal.fill({login: "sandbox", password: "sandbox"})
     modal.connect_button.click()
     expect(modal.connected_heading).to_be_visible()
     assert axe_violations(modal.document()) == [], "success screen"
@@ -581,6 +624,79 @@ def test_reauthorise_key_login_opens_the_credentials_form_in_the_modal(partner: 
     expect(modal.connected_heading).to_be_visible()
     assert partner.seen()["connected"][0]["health_status"] == "RE_AUTHORISED"
     assert len(partner.page.context.pages) == 1  # the blank tab opened for a possible auth_uri was closed
+
+
+def test_reauthorise_before_the_config_step_ends_at_the_config_step(partner: PartnerPage, modal: ConnectModal, stack: Stack, customer: str) -> None:
+    # Re-authorising used to mark the connection RE_AUTHORISED with no divisions: every sync then failed.
+    token = stack.integrate(customer)
+    connection = create_connection(stack, token, servertype_id="sandbox_accounting", api_key="sandbox-valid-key")
+    assert connection["health_status"] == "CONFIG_SELECT"
+    partner.goto(customer=customer)
+    partner.run_sdk(f"Peliqan.reAuthoriseServer({{identityToken: window.cfg.token, serverId: {connection['id']}}})")
+    expect(modal.heading).to_have_text(modal.title("reauthTitle", name="Sandbox Accounting"))
+    modal.fill({"API key": "sandbox-valid-key"})
+    modal.connect_button.click()
+    expect(modal.group("Divisions")).to_be_visible()
+    assert stack.api("GET", f"/api/server/{connection['id']}", token).json()["health_status"] == "CONFIG_SELECT"
+    modal.choice("Acme Retail").check()
+    modal.continue_button.click()
+    expect(modal.connected_heading).to_be_visible()
+    saved = stack.api("GET", f"/api/server/{connection['id']}", token).json()
+    assert saved["health_status"] == "OK" and saved["config"] == {"divisions": ["102"]}
+
+
+def test_reauthorise_keeps_the_saved_config_choice(partner: PartnerPage, modal: ConnectModal, stack: Stack, customer: str) -> None:
+    token = stack.integrate(customer)
+    connection = create_connection(stack, token, servertype_id="sandbox_accounting", api_key="sandbox-valid-key")
+    stack.api("POST", f"/api/server/{connection['id']}/config", token, json={"divisions": ["101", "103"]}).raise_for_status()
+    partner.goto(customer=customer)
+    partner.run_sdk(f"Peliqan.reAuthoriseServer({{identityToken: window.cfg.token, serverId: {connection['id']}}})")
+    modal.fill({"API key": "sandbox-valid-key"})
+    modal.connect_button.click()
+    expect(modal.connected_heading).to_be_visible()  # not asked again
+    saved = stack.api("GET", f"/api/server/{connection['id']}", token).json()
+    assert saved["health_status"] == "RE_AUTHORISED" and saved["config"] == {"divisions": ["101", "103"]}
+
+
+# -- "Finish setup": open({serverId}) ----------------------------------------------------------------
+
+
+def test_open_with_server_id_resumes_a_connection_left_at_the_config_step(partner: PartnerPage, modal: ConnectModal, stack: Stack, customer: str) -> None:
+    token = stack.integrate(customer)
+    connection = create_connection(stack, token, servertype_id="sandbox_accounting", api_key="sandbox-valid-key")
+    partner.goto(customer=customer)
+    partner.page.evaluate(f"window.peliqan.open({{serverId: {connection['id']}}})")
+    expect(partner.dialog).to_be_visible()
+    expect(modal.heading).to_have_text(modal.title("finishTitle", name="Sandbox Accounting"))
+    expect(modal.group("Divisions")).to_be_visible()
+    modal.choice("Acme Services").check()
+    modal.continue_button.click()
+    expect(modal.connected_heading).to_be_visible()
+    (connected,) = partner.seen()["connected"]
+    assert connected["id"] == connection["id"] and connected["health_status"] == "OK"
+    assert stack.api("GET", "/api/servers", token).json()["count"] == 1  # resumed, not a second connection
+
+
+def test_open_with_server_id_resumes_a_connection_left_authorizing(partner: PartnerPage, modal: ConnectModal, stack: Stack, customer: str) -> None:
+    token = stack.integrate(customer)
+    connection = create_connection(stack, token, servertype_id="sandbox_crm")  # the sign-in window was never used
+    assert connection["health_status"] == "AUTHORIZING"
+    partner.goto(customer=customer)
+    partner.page.evaluate(f"window.peliqan.open({{serverId: {connection['id']}}})")
+    expect(modal.heading).to_have_text(modal.title("finishTitle", name="Sandbox CRM"))
+    expect(modal.frame.get_by_text(modal.title("finishOauth", name="Sandbox CRM"))).to_be_visible()
+    with partner.page.expect_popup() as popup:
+        modal.connect_button.click()
+    ConsentPage(popup.value).allow()
+    expect(modal.connected_heading).to_be_visible()
+    (connected,) = partner.seen()["connected"]
+    assert connected["id"] == connection["id"] and connected["health_status"] == "OK"  # a first connect, not RE_AUTHORISED
+
+
+def test_open_rejects_a_bad_server_id(partner: PartnerPage) -> None:
+    partner.goto()
+    error = partner.page.evaluate("() => { try { window.peliqan.open({serverId: -1}); } catch (e) { return [e.name, e.message]; } }")
+    assert error[0] == "TypeError" and "serverId must be a connection id" in error[1]
 
 
 def test_reauthorise_key_login_without_an_instance_rejects(partner: PartnerPage, stack: Stack, customer: str) -> None:

@@ -76,24 +76,24 @@ def test_partner_create_uses_the_demo_keys(data_dir_outside_pytest: Path) -> Non
     from bff.cli import demo_keys
 
     demo_keys(data_dir_outside_pytest, create=True)
-    result = run_bff("partner", "create", "--name", "Late", "--data-dir", str(data_dir_outside_pytest))
+    result = run_bff("partner", "create", "--name", "Late", "--origin", "http://localhost:8001", "--data-dir", str(data_dir_outside_pytest))
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["name"] == "Late"
 
 
 def test_partner_create_without_any_keys_explains(data_dir_outside_pytest: Path) -> None:
-    result = run_bff("partner", "create", "--name", "x", "--data-dir", str(data_dir_outside_pytest))
+    result = run_bff("partner", "create", "--name", "x", "--origin", "http://localhost:8001", "--data-dir", str(data_dir_outside_pytest))
     assert result.returncode == 2 and "BFF_SECRET_KEYS" in result.stderr
 
 
 def test_a_different_encryption_key_refuses_to_open_the_data(data_dir_outside_pytest: Path) -> None:
     first = run_bff(
-        "partner", "create", "--name", "a", "--data-dir", str(data_dir_outside_pytest),
+        "partner", "create", "--name", "a", "--origin", "http://localhost:8001", "--data-dir", str(data_dir_outside_pytest),
         env={"BFF_SECRET_KEYS": STRONG_SIGNING_KEY, "BFF_ENCRYPTION_KEY": STRONG_ENCRYPTION_KEY},
     )
     assert first.returncode == 0
     second = run_bff(
-        "partner", "create", "--name", "b", "--data-dir", str(data_dir_outside_pytest),
+        "partner", "create", "--name", "b", "--origin", "http://localhost:8001", "--data-dir", str(data_dir_outside_pytest),
         env={"BFF_SECRET_KEYS": STRONG_SIGNING_KEY, "BFF_ENCRYPTION_KEY": OTHER_ENCRYPTION_KEY},
     )
     assert second.returncode == 2 and "BFF_ENCRYPTION_KEY does not match" in second.stderr
@@ -106,6 +106,85 @@ def test_origins_must_be_origins(raw: str) -> None:
         normalise_origin(raw)
     assert normalise_origin("https://App.Test/") == "https://app.test"
 
+
+KEYS = {"BFF_SECRET_KEYS": STRONG_SIGNING_KEY, "BFF_ENCRYPTION_KEY": STRONG_ENCRYPTION_KEY}
+OTHER_KEY = {"BFF_SECRET_KEYS": STRONG_SIGNING_KEY, "BFF_ENCRYPTION_KEY": OTHER_ENCRYPTION_KEY}
+
+
+def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("bff: error: "), result.stderr
+    return lines[0]
+
+
+def test_version() -> None:
+    from bff.cli import package_version
+
+    result = run_bff("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"bff {package_version()}"
+    assert package_version()[0].isdigit()
+
+
+@pytest.mark.parametrize(
+    ("args", "usage"),
+    [
+        (["demo", "--bff-prot", "9000"], "usage: bff demo "),
+        (["serve", "--prot", "1"], "usage: bff serve "),
+        (["partner", "create", "--name", "W", "--origin", "http://a.test", "--colour", "red"], "usage: bff partner create "),
+        (["keys", "--force"], "usage: bff keys"),
+    ],
+)
+def test_a_wrong_flag_shows_the_subcommands_usage(args: list[str], usage: str) -> None:
+    result = run_bff(*args)
+    assert result.returncode == 2
+    assert result.stderr.startswith(usage) and "unrecognized arguments" in result.stderr, result.stderr
+    assert "COMMAND" not in result.stderr  # not the top-level usage
+
+
+def test_partner_create_requires_an_origin(data_dir_outside_pytest: Path) -> None:
+    result = run_bff("partner", "create", "--name", "W", "--data-dir", str(data_dir_outside_pytest), env=KEYS)
+    assert result.returncode == 2 and "usage: bff partner create" in result.stderr
+    assert "required: --origin" in result.stderr
+    assert not any(data_dir_outside_pytest.iterdir())  # refused before anything was stored
+
+
+def test_serve_with_the_wrong_encryption_key_says_so_in_one_line(data_dir_outside_pytest: Path) -> None:
+    assert run_bff("partner", "create", "--name", "a", "--origin", "http://a.test", "--data-dir", str(data_dir_outside_pytest), env=KEYS).returncode == 0
+    line = one_line_error(run_bff("serve", "--data-dir", str(data_dir_outside_pytest), "--port", "1", env=OTHER_KEY))
+    assert "BFF_ENCRYPTION_KEY does not match" in line
+
+
+def test_demo_with_the_wrong_encryption_key_says_so_in_one_line(data_dir_outside_pytest: Path) -> None:
+    assert run_bff("partner", "create", "--name", "a", "--origin", "http://a.test", "--data-dir", str(data_dir_outside_pytest), env=KEYS).returncode == 0
+    line = one_line_error(run_bff("demo", "--data-dir", str(data_dir_outside_pytest), "--bff-port", "1", "--site-port", "2", env=OTHER_KEY))
+    assert "BFF_ENCRYPTION_KEY does not match" in line
+
+
+def test_an_unusable_data_directory_says_so_in_one_line(data_dir_outside_pytest: Path) -> None:
+    blocker = data_dir_outside_pytest / "a-file"
+    blocker.write_text("")
+    line = one_line_error(run_bff("serve", "--data-dir", str(blocker / "data"), env=KEYS))
+    assert str(blocker) in line and "--data-dir" in line
+    line = one_line_error(run_bff("partner", "create", "--name", "a", "--origin", "http://a.test", "--data-dir", str(blocker), env=KEYS))
+    assert "--data-dir" in line
+
+
+def test_serve_on_a_port_in_use_says_so_in_one_line(data_dir_outside_pytest: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        line = one_line_error(run_bff("serve", "--data-dir", str(data_dir_outside_pytest), "--port", str(port), env=KEYS))
+    assert f"port {port}" in line and "--port" in line
+
+
+def test_bad_settings_say_so_in_one_line(data_dir_outside_pytest: Path) -> None:
+    line = one_line_error(run_bff("serve", "--data-dir", str(data_dir_outside_pytest), env={**KEYS, "BFF_ENCRYPTION_KEY": "short"}))
+    assert "32 bytes" in line
 
 @pytest.mark.parametrize("command", [["serve"], ["worker"], ["db", "upgrade"], ["partner", "create", "--name", "X", "--origin", "https://x.test"]])
 def test_an_unreachable_database_is_one_line_naming_the_host(data_dir_outside_pytest: Path, command: list[str]) -> None:

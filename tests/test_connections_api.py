@@ -298,3 +298,70 @@ async def test_secrets_never_leave_the_vault(sbff: BFF, caplog: pytest.LogCaptur
         assert secret not in caplog.text
         raw = b"".join(p.read_bytes() for p in Path(sbff.services.settings.data_dir).rglob("*") if p.is_file())
         assert secret.encode() not in raw, secret
+
+
+async def test_reauthorise_never_skips_the_config_step_and_keeps_a_saved_choice(sbff: BFF) -> None:
+    token = await customer(sbff)
+    headers = auth(token)
+    key = {"api_key": "sandbox-valid-key"}
+    created = (await sbff.client.post("/api/servers", json={"servertype_id": "sandbox_accounting", **key}, headers=headers)).json()
+    assert created["health_status"] == "CONFIG_SELECT"
+    # No divisions chosen yet: new credentials leave it at the choice, not RE_AUTHORISED (a sync would fail).
+    again = await sbff.client.post(f"/api/server/{created['id']}/reauthorise", json=key, headers=headers)
+    assert again.status_code == 200 and again.json()["health_status"] == "CONFIG_SELECT"
+    sync = await sbff.client.post(f"/api/server/{created['id']}/sync", headers=headers)
+    assert sync.status_code == 409 and sync.json()["code"] == "connection_not_ready"
+    # With a saved choice, re-authorising keeps it and does not ask again.
+    chosen = await connect_accounting(sbff.client, token, divisions=("102",))
+    again = await sbff.client.post(f"/api/server/{chosen['id']}/reauthorise", json=key, headers=headers)
+    assert again.json()["health_status"] == "RE_AUTHORISED" and again.json()["config"] == {"divisions": ["102"]}
+
+
+async def test_reauthorise_a_connection_still_authorizing_finishes_it_as_a_first_connect(sbff: BFF) -> None:
+    token = await customer(sbff)
+    created = (await sbff.client.post("/api/servers", json={"servertype_id": "sandbox_crm"}, headers=auth(token))).json()
+    resumed = await sbff.client.post(f"/api/server/{created['id']}/reauthorise", headers=auth(token))
+    assert resumed.status_code == 200
+    assert (await sbff.client.get(f"/api/server/{created['id']}", headers=auth(token))).json()["health_status"] == "AUTHORIZING"
+    await authorize(sbff.client, resumed.json()["auth_uri"])
+    assert (await sbff.client.get(f"/api/server/{created['id']}", headers=auth(token))).json()["health_status"] == "OK"
+
+
+async def test_servers_and_servertypes_take_page_and_page_size(sbff: BFF) -> None:
+    token = await customer(sbff)
+    ids = [(await connect_bank(sbff.client, token))["id"] for _ in range(3)]
+    first = (await sbff.client.get("/api/servers?page=1&page_size=2", headers=auth(token))).json()
+    assert first["count"] == 3 and [c["id"] for c in first["results"]] == ids[:2]
+    assert first["previous"] is None and "page=2" in first["next"] and "page_size=2" in first["next"]
+    second = (await sbff.client.get(urlsplit(first["next"]).path + "?" + urlsplit(first["next"]).query, headers=auth(token))).json()
+    assert [c["id"] for c in second["results"]] == ids[2:] and second["next"] is None and "page=1" in second["previous"]
+    everything = (await sbff.client.get("/api/servertypes", headers=auth(token))).json()
+    types = (await sbff.client.get("/api/servertypes?page=2&page_size=2", headers=auth(token))).json()
+    assert types["count"] == everything["count"] and types["results"] == everything["results"][2:4]
+    assert "page=1" in types["previous"]
+    for path in ("/api/servers?page=0", "/api/servertypes?page_size=501", "/api/servers?page_size=x"):
+        bad = await sbff.client.get(path, headers=auth(token))
+        assert bad.status_code == 400 and bad.json()["code"] == "validation_error", path
+
+
+async def test_connector_text_follows_the_locale_parameter(sbff: BFF) -> None:
+    token = await customer(sbff)
+
+    async def bank_fields(query: str) -> dict[str, dict[str, object]]:
+        items = (await sbff.client.get(f"/api/servertypes{query}", headers=auth(token))).json()["results"]
+        bank = next(i for i in items if i["name"] == "sandbox_bank")
+        return {f["name"]: f for f in bank["connect_form"]["fields"]}
+
+    assert (await bank_fields(""))["login"]["label"] == "Login"
+    nl = await bank_fields("?locale=nl")
+    assert nl["login"]["label"] == "Gebruikersnaam" and nl["login"]["help"] == "Gebruik sandbox."
+    assert (await bank_fields("?locale=de-AT"))["password"]["label"] == "Passwort"
+    bad = await sbff.client.get("/api/servertypes?locale=es", headers=auth(token))
+    assert bad.status_code == 400 and bad.json()["code"] == "validation_error" and "locale" in bad.json()["errors"]
+
+    accounting = (await sbff.client.post("/api/servers", json={"servertype_id": "sandbox_accounting", "api_key": "sandbox-valid-key"}, headers=auth(token))).json()
+    step = (await sbff.client.get(f"/api/server/{accounting['id']}/config-options?locale=fr", headers=auth(token))).json()
+    assert step["label"] == "Divisions" and step["help"].startswith("Choisissez")
+    bank = await connect_bank(sbff.client, token)
+    form = (await sbff.client.post(f"/api/server/{bank['id']}/reauthorise?locale=nl", headers=auth(token))).json()["form"]
+    assert [f["label"] for f in form["fields"]] == ["Gebruikersnaam", "Wachtwoord"]

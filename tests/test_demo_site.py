@@ -7,7 +7,7 @@ import httpx
 
 from bff.cli import ensure_demo_partner
 from bff.settings import Settings
-from demo_site.app import create_site_app
+from demo_site.app import create_site_app, format_value
 
 from conftest import free_port, serve_in_thread
 
@@ -43,7 +43,24 @@ async def test_demo_site_pages_and_csp(settings_factory: Callable[..., Settings]
             assert fresh.status_code == 200 and fresh.json()["token"] != ""
             assert fresh.headers["cache-control"] == "no-store"
 
+            icon = await browser.get("/favicon.ico")
+            assert icon.status_code == 200 and icon.headers["content-type"] == "image/x-icon"
+            assert '<link rel="icon" href="/favicon.ico"' in page.text
+            assert (await browser.get("/integrations/1/summary")).status_code == 403  # CSRF header needed
+            summary = await browser.get("/integrations/999/summary", headers={"X-CSRF-Token": config["csrf"]})
+            assert summary.status_code == 200 and summary.json() == {"rows": 0}
+
             data = await browser.get("/data")
             assert data.status_code == 200 and "wood_123" in data.text and "No synced tables yet" in data.text
             await browser.post("/logout")
             assert "Sign in" in (await browser.get("/integrations")).text
+
+
+def test_data_page_values_are_formatted() -> None:
+    assert format_value(135.5, "number") == "135.50"
+    assert format_value(1234567.891, "number") == "1,234,567.89"
+    assert format_value(-68, "number") == "-68.00"
+    assert format_value(1250, "integer") == "1,250"
+    assert format_value("101-/2025-/00001", "text") == "101-/2025-/00001"
+    assert format_value(None, "text") == "—"
+    assert format_value(True, None) == "yes"

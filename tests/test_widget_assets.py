@@ -21,6 +21,7 @@ from conftest import BFF
 WIDGET = Path(__file__).resolve().parents[1] / "widget"
 LOADER = WIDGET / "peliqan-integration.js"
 SDK = WIDGET / "peliqan-sdk.js"
+STATUS = WIDGET / "peliqan-status.js"
 CONNECT_JS = WIDGET / "connect.js"
 CONNECT_CSS = WIDGET / "connect.css"
 CONNECT_HTML = WIDGET / "connect.html"
@@ -28,7 +29,9 @@ LOCALES = WIDGET / "locales.js"
 DTS = WIDGET / "peliqan-integration.d.ts"
 
 LOADER_BUDGET = 4096
-TOTAL_BUDGET = 20480
+# Loader + SDK + state words (peliqan-status.js, 4 locales) + the connect UI. The loader's own
+# budget above is the one a partner page pays before anything is used.
+TOTAL_BUDGET = 24576
 SDK_FUNCTIONS = {
     "syncServer",
     "getServerHealthStatus",
@@ -49,8 +52,30 @@ def test_loader_fits_its_gzip_budget() -> None:
     assert size <= LOADER_BUDGET, f"peliqan-integration.js is {size} bytes gzipped (budget {LOADER_BUDGET})"
 
 
+PANEL_BUDGET = 8192  # peliqan-panel.js + the panel iframe's files, loaded only when a panel is mounted
+
+
+def test_the_panel_fits_its_budget_and_the_loader_only_imports_it_lazily() -> None:
+    files = [WIDGET / "peliqan-panel.js", WIDGET / "panel.js", WIDGET / "panel.css"]
+    sizes = {f.name: gzipped_size(f) for f in files}
+    assert sum(sizes.values()) <= PANEL_BUDGET, sizes
+    loader = LOADER.read_text()
+    assert "import('./peliqan-panel.js')" in loader and not re.search(r"^import .*peliqan-panel", loader, re.M)
+
+
+async def test_the_panel_document_is_served_with_the_connect_csp(bff: BFF) -> None:
+    from bff.embed import CONNECT_CSP
+
+    response = await bff.client.get("/embed/v1/panel")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
+    assert response.headers["content-security-policy"] == CONNECT_CSP
+    assert response.headers["referrer-policy"] == "no-referrer"
+    for name in ("panel.js", "panel.css", "peliqan-panel.js"):
+        assert (await bff.client.get(f"/embed/v1/{name}")).status_code == 200, name
+
+
 def test_loader_sdk_and_connect_ui_fit_the_total_budget() -> None:
-    files = [LOADER, SDK, CONNECT_JS, CONNECT_CSS, LOCALES]
+    files = [LOADER, SDK, STATUS, CONNECT_JS, CONNECT_CSS, LOCALES]
     sizes = {f.name: gzipped_size(f) for f in files}
     assert sum(sizes.values()) <= TOTAL_BUDGET, f"{sizes} = {sum(sizes.values())} bytes gzipped (budget {TOTAL_BUDGET})"
 
@@ -181,13 +206,14 @@ def test_types_cover_every_export_option_and_theme_key() -> None:
     dts = DTS.read_text()
     exports = set(re.findall(r"export (?:const|function|class|async function) (\w+)", loader))
     exports |= set(re.findall(r"export const \[([^\]]+)\]", loader))
-    assert exports >= SDK_FUNCTIONS | {"initialize", "PeliqanError"}
+    exports |= {n.strip() for group in re.findall(r"export \{([^}]+)\}", loader) for n in group.split(",")}
+    assert exports >= SDK_FUNCTIONS | {"initialize", "PeliqanError", "describeHealth", "formatRelativeTime", "timeElement", "mountConnections"}
     for name in exports:
         assert re.search(rf"export (?:declare )?(?:function|class|const) {name}\b", dts), name
     spec = re.search(r"const SPEC = \{(.*?)\n\};", loader, re.S).group(1)
     options = set(re.findall(r"^\s*(\w+):", spec, re.M)) | set(re.findall(r"(\w+): fn", spec))
-    assert options - {"reauthServerId"} == dts_interface("InitializeOptions")
-    assert "reauthServerId" in dts_interface("OpenOptions")
+    assert options - {"reauthServerId", "serverId"} == dts_interface("InitializeOptions")
+    assert {"reauthServerId", "serverId"} <= dts_interface("OpenOptions")
     theme = set(re.search(r"const THEME = '([^']+)'", loader).group(1).split())
     assert theme == dts_interface("Theme")
 
@@ -221,7 +247,7 @@ def test_loader_imports_where_there_is_no_window() -> None:
     )
     out = json.loads(result.stdout)
     assert out["hasWindow"] is False
-    assert set(out["exports"]) == SDK_FUNCTIONS | {"initialize", "PeliqanError", "default"}
+    assert set(out["exports"]) == SDK_FUNCTIONS | {"initialize", "PeliqanError", "default", "describeHealth", "formatRelativeTime", "timeElement", "mountConnections"}
     assert out["initialize"] == ["PeliqanError", "no_window"]
     assert out["sync"] == ["PeliqanError", "invalid_argument", 0]
     assert out["watch"] == ["PeliqanError", "invalid_argument"]
@@ -245,3 +271,66 @@ async def test_the_bff_serves_the_widget_files_and_nothing_else_from_embed(bff: 
         response = await bff.client.get(f"/embed/v1/{name}")
         assert response.status_code == 404, name
         assert response.json()["code"] == "not_found"
+
+
+async def test_the_source_documents_script_path_v1_3_serves_the_same_loader(bff: BFF) -> None:
+    _, partner_token = await bff.partner("v13", origins=("http://localhost:8001",))
+    for name in ("peliqan-integration.js", "peliqan-sdk.js", "peliqan-status.js"):
+        old, new = await bff.client.get(f"/embed/v1/{name}"), await bff.client.get(f"/embed/v1.3/{name}", headers={"Origin": "http://localhost:8001"})
+        assert new.status_code == 200 and new.content == old.content, name
+        assert new.headers["content-type"].startswith("text/javascript")
+        assert new.headers.get_list("access-control-allow-origin") == ["*"], name  # once: "*, *" breaks the module
+    missing = await bff.client.get("/embed/v1.3/nope.js")
+    assert missing.status_code == 404 and missing.json()["code"] == "not_found"
+
+
+async def test_the_bff_has_a_favicon(bff: BFF) -> None:
+    response = await bff.client.get("/favicon.ico")
+    assert response.status_code == 200 and response.headers["content-type"] == "image/x-icon"
+    assert response.content[:4] == b"\0\0\1\0"  # an ICO header
+
+
+DESCRIBE_SCRIPT = """
+const m = await import(process.argv[1]);
+const d = (s, l) => { const r = m.describeHealth(s, l); return [r.label, r.tone]; };
+console.log(JSON.stringify({
+  healthy: d('HEALTHY'), error: d('ERROR'), config: d('CONFIG_SELECT'), authorizing: d('AUTHORIZING', 'en'),
+  syncing: d({health_status: 'HEALTHY', running: true}), nlError: d('ERROR', 'nl'), deOk: d('OK', 'de-AT'),
+  frUnknown: d('WHATEVER', 'fr'), missing: d(undefined), fallback: d('HEALTHY', 'es'),
+  ago: m.formatRelativeTime(Date.UTC(2026, 0, 1, 11, 58), 'en', Date.UTC(2026, 0, 1, 12, 0)),
+  nlAgo: m.formatRelativeTime(new Date(Date.UTC(2026, 0, 1, 9)).toISOString(), 'nl', Date.UTC(2026, 0, 1, 12)),
+  later: m.formatRelativeTime(Date.UTC(2026, 0, 3), 'de', Date.UTC(2026, 0, 1)),
+  bad: m.formatRelativeTime('not a date'),
+}));
+"""
+
+
+@pytest.mark.skipif(NODE is None, reason="needs node to import the module without a window")
+def test_describe_health_and_relative_times() -> None:
+    result = subprocess.run(
+        [NODE, "--input-type=module", "-e", DESCRIBE_SCRIPT, LOADER.as_uri()],
+        capture_output=True, text=True, timeout=30, check=True,
+    )
+    out = json.loads(result.stdout)
+    assert out["healthy"] == ["Healthy", "success"]
+    assert out["error"] == ["Needs your attention", "danger"]
+    assert out["config"] == out["authorizing"] == ["Finish setup", "warning"]
+    assert out["syncing"] == ["Syncing…", "info"]
+    assert out["nlError"] == ["Vraagt je aandacht", "danger"]
+    assert out["deOk"] == ["Verbunden", "success"]
+    assert out["frUnknown"] == ["WHATEVER", "neutral"]
+    assert out["missing"] == ["Unknown", "neutral"]
+    assert out["fallback"] == ["Healthy", "success"]
+    assert out["ago"] == "2 minutes ago"
+    assert out["nlAgo"] == "3 uur geleden"
+    assert out["later"] == "übermorgen"
+    assert out["bad"] == ""
+
+
+def test_every_locale_describes_every_state() -> None:
+    source = (WIDGET / "peliqan-status.js").read_text()
+    tables = re.findall(r"^  (\w\w): \{(.*?)^  \},", source, re.S | re.M)
+    assert [locale for locale, _ in tables] == ["en", "nl", "fr", "de"]
+    keys = [set(re.findall(r"(\w+): '", body)) for _, body in tables]
+    tones = set(re.findall(r"(\w+): '", re.search(r"const TONES = \{(.*?)\};", source, re.S).group(1)))
+    assert all(k == keys[0] for k in keys) and keys[0] == tones | {"UNKNOWN"}

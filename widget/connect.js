@@ -143,7 +143,7 @@ async function api(method, path, body, retried = false) {
 
 async function loadCatalogue() {
   const all = [];
-  let path = '/api/servertypes?page_size=500';
+  let path = `/api/servertypes?page_size=500&locale=${LOCALE}`; // connector text in the customer's language
   for (let page = 0; path && page < 20; page++) {
     const data = await api('GET', path);
     all.push(...(Array.isArray(data) ? data : data?.results || []));
@@ -175,6 +175,7 @@ function start(options) {
   const names = o.availableConnectors;
   currentList = catalogue.filter((s) => !names || names.includes(s.name));
   if (o.reauthServerId != null) return reauthorise(o.reauthServerId);
+  if (o.serverId != null) return finishSetup(o.serverId);
   const chosen = o.selectedConnector && currentList.find((s) => s.name === o.selectedConnector);
   if (chosen) return connectForm(chosen);
   showCatalogue(o.selectedConnector ? t.errNotAvailable : null);
@@ -247,15 +248,16 @@ function fieldRow(f) {
   return { f, input, row, setError, value };
 }
 
-// The connect form of `st`; with `existing` (a connection), its re-authorisation form.
-function connectForm(st, existing = null) {
+// The connect form of `st`; with `existing` (a connection), its re-authorisation form, or with
+// `finishing`, the sign-in that completes a connection left in AUTHORIZING.
+function connectForm(st, existing = null, finishing = false) {
   const oauth = st.auth_type === 'oauth2';
   if (!existing) post({ type: 'event', event: { type: 'connector_selected', connector: st.name, servertype_id: st.id } });
   const rows = (st.connect_form?.fields || []).map(fieldRow);
   const alert = alertBox();
   const wait = h('div', { class: 'wait', hidden: true });
   const submit = h('button', { type: 'submit', class: 'primary' }, t.connect);
-  const intro = existing ? (oauth ? t.reauthOauth : t.reauthForm) : oauth ? t.oauthIntro : null;
+  const intro = finishing ? t.finishOauth : existing ? (oauth ? t.reauthOauth : t.reauthForm) : oauth ? t.oauthIntro : null;
   const form = h('form', { novalidate: true, onsubmit: (e) => { e.preventDefault(); onSubmit(); } },
     alert,
     intro && h('p', { class: 'intro' }, fmt(intro, { name: st.display_name })),
@@ -263,7 +265,7 @@ function connectForm(st, existing = null) {
     rows.map((r) => r.row),
     wait,
     actions(submit));
-  const title = fmt(existing ? t.reauthTitle : t.connectTitle, { name: st.display_name });
+  const title = fmt(finishing ? t.finishTitle : existing ? t.reauthTitle : t.connectTitle, { name: st.display_name });
   const back = !existing && currentList.length > 1 ? () => { abandon(); showCatalogue(); } : null;
   const render = () => show(title, [form], { back, focus: rows[0]?.input || submit });
   let busy = false;
@@ -291,6 +293,7 @@ function connectForm(st, existing = null) {
   const ctx = {
     st,
     existing,
+    finishing,
     fail(e) {
       if (!form.isConnected) render();
       setBusy(false);
@@ -349,11 +352,13 @@ function connectForm(st, existing = null) {
   function waitFor(url, blocked) {
     const cancel = h('button', { type: 'button', class: 'secondary', onclick: () => { abandon(); setBusy(false); submit.focus(); } }, t.cancel);
     const link = blocked && h('a', { href: url, target: '_blank', rel: 'opener' }, t.continueTab);
-    wait.replaceChildren(
+    // replaceChildren() prints `false` as text: leave the optional parts out instead.
+    wait.replaceChildren(...[
       blocked && h('p', { role: 'alert' }, t.popupBlocked),
       link && h('p', null, link),
       spinner(fmt(t.oauthWaiting, { name: st.display_name })),
-      h('p', null, cancel));
+      h('p', null, cancel),
+    ].filter(Boolean));
     wait.hidden = false;
     if (link) link.focus();
   }
@@ -448,15 +453,16 @@ async function configStep(conn, ctx) {
   const retry = () => configStep(conn, ctx);
   let step;
   try {
-    step = await api('GET', serverPath(conn.id, '/config-options'));
+    step = await api('GET', serverPath(conn.id, `/config-options?locale=${LOCALE}`));
   } catch (e) {
     report(e);
     const again = h('button', { type: 'button', class: 'primary', onclick: retry }, t.retry);
-    return show(fmt(t.connectTitle, { name: ctx.st.display_name }), [h('div', { role: 'alert', class: 'alert' }, e.message), actions(again)], { focus: again });
+    return show(stepTitle(ctx), [h('div', { role: 'alert', class: 'alert' }, e.message), actions(again)], { focus: again });
   }
   const options = step.options || [];
   const type = step.multiple ? 'checkbox' : 'radio';
-  const inputs = options.map((o, i) => h('input', { type, id: `choice-${i}`, name: 'choice', value: String(i) }));
+  const saved = new Set((step.selected || []).map(String)); // a saved choice is kept, never asked again from scratch
+  const inputs = options.map((o, i) => h('input', { type, id: `choice-${i}`, name: 'choice', value: String(i), checked: saved.has(String(o.value)) }));
   const alert = alertBox();
   const submit = h('button', { type: 'submit', class: 'primary' }, t.continue);
   let busy = false;
@@ -490,14 +496,16 @@ async function configStep(conn, ctx) {
       h('p', { class: 'help', id: 'choice-help' }, help),
       options.map((o, i) => h('div', { class: 'choice' }, inputs[i], h('label', { for: `choice-${i}` }, String(o.label))))),
     actions(submit));
-  show(fmt(t.connectTitle, { name: ctx.st.display_name }), [form], { focus: inputs[0] || submit });
+  show(stepTitle(ctx), [form], { focus: inputs[0] || submit });
 }
 
-function success(conn) {
+const stepTitle = (ctx) => fmt(ctx.finishing ? t.finishTitle : ctx.existing ? t.reauthTitle : t.connectTitle, { name: ctx.st.display_name });
+
+function success(conn, announce = true) {
   const data = {};
   for (const k of ['id', 'name', 'servertype_id', 'connector', 'health_status']) data[k] = conn[k] ?? null;
   for (const k of ['account_id', 'external_id']) data[k] = conn[k] ?? session?.[k] ?? null;
-  post({ type: 'connected', data });
+  if (announce) post({ type: 'connected', data });
   const done = h('button', {
     type: 'button',
     class: 'primary',
@@ -509,13 +517,32 @@ function success(conn) {
   show(t.connectedTitle, [h('p', { class: 'success' }, fmt(t.connectedText, { name: conn.name || '' })), actions(done)]);
 }
 
-async function reauthorise(id) {
+async function connection(id) {
   show(t.title, [spinner(t.loading)]);
+  const conn = await api('GET', serverPath(id));
+  const st = catalogue.find((s) => String(s.id) === String(conn.servertype_id) || s.name === conn.connector);
+  if (!st) throw fail('unknown_connector', t.errNotAvailable);
+  return [conn, st];
+}
+
+async function reauthorise(id) {
   try {
-    const conn = await api('GET', serverPath(id));
-    const st = catalogue.find((s) => String(s.id) === String(conn.servertype_id) || s.name === conn.connector);
-    if (!st) throw fail('unknown_connector', t.errNotAvailable);
+    const [conn, st] = await connection(id);
     connectForm(st, conn);
+  } catch (e) {
+    fatal(e);
+  }
+}
+
+// "Finish setup": a connection left half-way (sign-in window or modal closed) resumes at its
+// pending step: the sign-in (AUTHORIZING) or the choice (CONFIG_SELECT). Anything else is set up.
+async function finishSetup(id) {
+  try {
+    const [conn, st] = await connection(id);
+    const status = conn.health_status;
+    if (status === 'AUTHORIZING' || status === 'RE_AUTHORISING') return connectForm(st, conn, status === 'AUTHORIZING');
+    if (status === 'CONFIG_SELECT') return configStep(conn, { st, existing: conn, finishing: true, fail: fatal });
+    success(conn, false);
   } catch (e) {
     fatal(e);
   }

@@ -130,6 +130,12 @@ export interface OpenOptions {
   selectedConnector?: string;
   /** Open the credentials form (or the OAuth sign-in) of this existing connection. */
   reauthServerId?: ServerId;
+  /**
+   * "Finish setup": resume this connection at its pending step — the sign-in of a connection left
+   * in `AUTHORIZING`, the choice (e.g. divisions) of one left in `CONFIG_SELECT`. A connection that
+   * is already set up shows "Connected".
+   */
+  serverId?: ServerId;
 }
 
 /**
@@ -284,8 +290,73 @@ export type StopWatching = (() => void) & { stop(): void };
  */
 export function watchServer(args: WatchServerArgs): StopWatching;
 
+export interface MountConnectionsOptions {
+  /** The integrate token your back-end minted. Pass this, `getToken`, or both. */
+  integrationToken?: string;
+  /** Asked when the token is missing or has under 2 minutes left. */
+  getToken?: () => Promise<string>;
+  locale?: Locale;
+  theme?: Theme;
+  /** A connection changed in the panel (or its modal). */
+  onChange?: (change: ConnectionsChange) => void;
+  onError?: (error: PeliqanError) => void;
+  /** Overrides the BFF origin derived from the loader's URL. */
+  apiBase?: string;
+}
+
+export type ConnectionsChange =
+  | { type: "sync_started"; server_id: ServerId }
+  | { type: "sync_finished"; server_id: ServerId; run: PipelineRun | null }
+  | { type: "deleted"; server_id: ServerId }
+  | { type: "connected"; server_id: ServerId; connection: ConnectedData };
+
+export interface ConnectionsPanel {
+  /** Settles once the panel's code is loaded and the iframe mounted; rejects with a `TypeError` on bad options. */
+  ready: Promise<unknown>;
+  /** Reload the list, e.g. after your own "Add connection" modal closed. */
+  refresh(): Promise<void>;
+  /** Idempotent: removes the iframe, every listener, and the modal the panel opened. */
+  destroy(): void;
+}
+
+/**
+ * The customer's connections with health badge, last sync, records and next sync, and the actions
+ * Sync now (live progress), Re-authorise, Finish setup, Manual refresh and Delete (confirmed inside
+ * the panel). Renders in an iframe on the BFF's origin inside `element`; its code loads only now.
+ */
+export function mountConnections(element: string | Element, options: MountConnectionsOptions): ConnectionsPanel;
+
+/** How a partner page shows a state: the same words and colours as the widget. */
+export type HealthTone = "success" | "warning" | "danger" | "info" | "neutral";
+
+export interface HealthDescription {
+  /** e.g. "Healthy", "Needs your attention", "Finish setup", "Syncing…" (in the locale). */
+  label: string;
+  tone: HealthTone;
+  /** The code described (`"SYNCING"` for a running sync), or `null`. */
+  status: HealthStatus | "SYNCING" | string | null;
+}
+
+/**
+ * Human words for a connection's state. `status` is a `health_status`, or a health object
+ * (`{health_status, running?}`: a running sync reads "Syncing…"). Unknown codes keep their code
+ * with a `"neutral"` tone. `AUTHORIZING` and `CONFIG_SELECT` read "Finish setup": offer
+ * `instance.open({serverId})` for them instead of "Sync now".
+ */
+export function describeHealth(
+  status: HealthStatus | string | { health_status: HealthStatus | string; running?: boolean } | null | undefined,
+  locale?: Locale,
+): HealthDescription;
+
+/** "2 minutes ago", "in 3 hours" (`Intl.RelativeTimeFormat`); `""` for an invalid date. */
+export function formatRelativeTime(when: Date | string | number, locale?: Locale, now?: number): string;
+
+/** A `<time datetime>` element with the relative text and the full localised time as its `title`. */
+export function timeElement(when: Date | string | number, locale?: Locale, now?: number): HTMLTimeElement;
+
 export interface PeliqanApi {
   initialize: typeof initialize;
+  mountConnections: typeof mountConnections;
   syncServer: typeof syncServer;
   getServerHealthStatus: typeof getServerHealthStatus;
   getServerSyncRunStatus: typeof getServerSyncRunStatus;
@@ -293,6 +364,9 @@ export interface PeliqanApi {
   manualRefreshSaltEdge: typeof manualRefreshSaltEdge;
   watchServer: typeof watchServer;
   PeliqanError: typeof PeliqanError;
+  describeHealth: typeof describeHealth;
+  formatRelativeTime: typeof formatRelativeTime;
+  timeElement: typeof timeElement;
 }
 
 declare const Peliqan: PeliqanApi;

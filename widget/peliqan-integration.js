@@ -1,4 +1,6 @@
-// Peliqan loader (≤ 4 KB gz, no build step). API: peliqan-integration.d.ts; protocol: docs/embed-protocol.md.
+// Peliqan loader (≤ 4 KB gz). API: peliqan-integration.d.ts; protocol: docs/embed-protocol.md
+import { describeHealth, formatRelativeTime, timeElement } from './peliqan-status.js';
+export { describeHealth, formatRelativeTime, timeElement };
 const SRC = 'peliqan';
 const TITLES = { en: 'Add connection', nl: 'Verbinding toevoegen', fr: 'Ajouter une connexion', de: 'Verbindung hinzufügen' };
 const THEME = 'colorPrimary colorPrimaryText colorBackground colorText colorMuted colorBorder colorDanger borderRadius fontFamily'.split(' ');
@@ -20,13 +22,15 @@ const isObj = (v) => v && typeof v == 'object' && !Array.isArray(v);
 const isId = (v) => isStr(v) || (Number.isInteger(v) && v > 0);
 const isEl = (v) => isStr(v) || v instanceof Element;
 const fn = [isFn, 'a function'];
+const id = [isId, 'a connection id'];
 const el = [isEl, 'a CSS selector or an Element'];
 const SPEC = {
   integrationToken: [isStr, 'a token string'],
   getToken: [isFn, 'an async function returning a token'],
   availableConnectors: [(v) => Array.isArray(v) && v.every(isStr), 'an array of connector names'],
   selectedConnector: [isStr, 'a connector name'],
-  reauthServerId: [isId, 'a connection id'],
+  reauthServerId: id,
+  serverId: id,
   onConnected: fn, onClose: fn, onError: fn, onEvent: fn,
   locale: [(v) => v in TITLES, 'one of en, nl, fr, de'],
   theme: [(v) => isObj(v) && Object.keys(v).every((k) => THEME.includes(k) && typeof v[k] == 'string'), 'an object of CSS values for ' + THEME],
@@ -55,7 +59,7 @@ const call = (f, arg) => { try { f?.(arg); } catch (e) { setTimeout(() => { thro
 
 export function initialize(options) {
   if (!hasWindow) throw new PeliqanError('no_window', 'initialize() needs a browser');
-  const o = check(options, 'initialize', Object.keys(SPEC).filter((k) => k != 'reauthServerId'));
+  const o = check(options, 'initialize', Object.keys(SPEC).filter((k) => !/Id$/.test(k)));
   if (!o.integrationToken && !o.getToken) throw new TypeError('Peliqan initialize: pass integrationToken or getToken');
   const base = (o.apiBase || apiBase).replace(/\/+$/, '');
   if (o.apiBase) apiBase = base;
@@ -69,7 +73,6 @@ export function initialize(options) {
   const frame = doc.createElement('iframe');
   frame.title = TITLES[locale];
   frame.src = `${base}/embed/v1/connect?parent=${encodeURIComponent(location.origin)}&locale=${locale}`;
-  // CSSOM styles pass a strict CSP, so nothing needs the nonce.
   Object.assign(frame.style, { border: 0, display: 'block', width: '100%', height: inline ? '480px' : '100%', colorScheme: 'normal' });
   let box = frame;
   if (inline) inline.append(frame);
@@ -112,14 +115,13 @@ export function initialize(options) {
     else if (type == 'close') close();
     else if (type == 'resize' && inline) frame.style.height = (m.height | 0) + 'px';
   };
-  // Focus in this page; in the iframe, Escape arrives as a `close` message.
   const onKey = (e) => e.key == 'Escape' && close();
   const onClick = (e) => { e.preventDefault(); open(); };
   const onTriggerKey = (e) => { if (e.key == 'Enter' || e.key == ' ') onClick(e); };
 
   function open(opts = {}) {
     if (dead) throw new PeliqanError('destroyed', 'destroyed; call initialize() again');
-    openOpts = check(opts, 'open', ['availableConnectors', 'selectedConnector', 'reauthServerId']);
+    openOpts = check(opts, 'open', ['availableConnectors', 'selectedConnector', 'reauthServerId', 'serverId']);
     if (!inline && !isOpen) {
       lastFocus = doc.activeElement;
       for (const child of body.children) if (child != box) inerted.push([child, child.inert]), (child.inert = true);
@@ -185,7 +187,7 @@ export function initialize(options) {
   return (latest = instance);
 }
 
-// SDK: the work is in peliqan-sdk.js, loaded on first use.
+// SDK (peliqan-sdk.js) and panel (peliqan-panel.js) load on first use.
 const ctx = { PeliqanError, base: () => apiBase, form: (id) => latest && !latest.open({ reauthServerId: id }) };
 const load = () => (sdk ||= import('./peliqan-sdk.js').then((m) => m.default(ctx), () => {
   sdk = 0;
@@ -219,7 +221,12 @@ export function watchServer(a) {
   return (stop.stop = stop);
 }
 
-const Peliqan = { initialize, syncServer, getServerHealthStatus, getServerSyncRunStatus, reAuthoriseServer, manualRefreshSaltEdge, watchServer, PeliqanError };
+export function mountConnections(el, o) {
+  let inner, dead, ready = import('./peliqan-panel.js').then((m) => dead || (inner = m.default({ initialize, latest: () => latest, base: () => apiBase, PeliqanError }, el, o)));
+  return { ready, refresh: () => ready.then(() => inner?.refresh()), destroy: () => { dead = 1; inner?.destroy(); } };
+}
+
+const Peliqan = { initialize, mountConnections, syncServer, getServerHealthStatus, getServerSyncRunStatus, reAuthoriseServer, manualRefreshSaltEdge, watchServer, PeliqanError, describeHealth, formatRelativeTime, timeElement };
 if (hasWindow && !window.Peliqan) {
   window.Peliqan = Peliqan;
   dispatchEvent(new CustomEvent('peliqan:ready', { detail: Peliqan }));

@@ -287,7 +287,17 @@ class _Builder:
             docs=tuple([md.docs] if isinstance(md.docs, str) else md.docs),
             objects=objects,
             source=self.file,
+            translations=self.translations(),
         )
+
+    def translations(self) -> dict[str, Any]:
+        from ..connector_text import collect_translations  # the rules live with the code that uses them
+
+        try:
+            return collect_translations(self.model)
+        except ValueError as exc:
+            key, _, message = str(exc).partition(": ")
+            raise self.fail(key, message) from None
 
     def oauth(self) -> OAuthSpec | None:
         o = self.model.oauth

@@ -273,6 +273,10 @@ class Connector:
     docs: tuple[str, ...] = ()
     objects: tuple[ObjectSpec, ...] = ()
     source: str = field(default="", compare=False, repr=False)
+    # The definition's i18n blocks gathered per locale (bff.connector_text.collect_translations):
+    # {locale: {"description", "connect_form": {field: {"label", "help", "options": {value: label}}},
+    #  "config_select": {"label", "help"}}}.
+    translations: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     def object(self, name: str) -> ObjectSpec | None:
         return next((o for o in self.objects if o.name == name), None)

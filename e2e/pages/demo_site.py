@@ -112,12 +112,13 @@ class ConnectionRow:
         self.last_run = cells.nth(COLUMNS.index("Last run") - 1)
         self.progress = self.row.get_by_role("status")
         self.sync_button = self.row.get_by_role("button", name="Sync now", exact=True)
+        self.finish_button = self.row.get_by_role("button", name="Finish setup", exact=True)
         self.reauthorise_button = self.row.get_by_role("button", name="Re-authorise", exact=True)
         self.refresh_button = self.row.get_by_role("button", name="Manual refresh", exact=True)
         self.delete_button = self.row.get_by_role("button", name="Delete", exact=True)
 
     def sync(self, *, records: int | None = None, timeout: float = 60_000) -> list[str]:
-        """"Sync now"; wait until the progress cell says the run finished and health is HEALTHY.
+        """"Sync now"; wait until the progress cell says the run finished and the health reads "Healthy".
 
         Returns every text the progress cell showed on the way (e.g. Starting…, Running…, Finished: …).
         """
@@ -128,9 +129,9 @@ class ConnectionRow:
             }"""
         )
         self.sync_button.click()  # sets "Starting…" at once: an earlier run's "Finished" is gone
-        count = str(records) if records is not None else r"\d+"
-        expect(self.progress).to_have_text(re.compile(rf"^Finished: succeeded, {count} records$"), timeout=timeout)
-        expect(self.health).to_have_text("HEALTHY")
+        count = f"{records:,}" if records is not None else r"[\d,]+"
+        expect(self.progress).to_have_text(re.compile(rf"^Finished: {count} new records?$"), timeout=timeout)
+        expect(self.health).to_have_text("Healthy")
         expect(self.sync_button).to_have_attribute("aria-disabled", "false")
         return list(self.progress.evaluate("(cell) => cell.seen"))
 
@@ -158,7 +159,7 @@ class DataPage:
         return self.page.get_by_role("listitem").filter(has=self.page.get_by_text(external_id, exact=True))
 
     def connection(self, name: str) -> Locator:
-        """The "name — HEALTH" item in the customer's connections."""
+        """The "name — Health" item in the customer's connections (the words of Peliqan.describeHealth)."""
         return self.page.get_by_role("listitem").filter(has_text=re.compile(rf"^{re.escape(name)} — "))
 
     def table(self, name: str) -> DataTable:
@@ -173,4 +174,4 @@ class DataTable:
         self.columns = region.get_by_role("columnheader")
 
     def expect_rows(self, count: int) -> None:
-        expect(self.summary).to_have_text(re.compile(rf"^{count} rows;"))
+        expect(self.summary).to_have_text(re.compile(rf"^{count:,} rows;"))

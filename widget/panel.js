@@ -1,0 +1,325 @@
+// "Your connections" panel: runs in an iframe on the BFF origin, mounted by Peliqan.mountConnections()
+// (peliqan-panel.js on the partner page). Same rules as the connect window (docs/embed-protocol.md):
+// messages only from the embedding window with the origin named in `?parent=`, posts only to that
+// origin, the token arrives by postMessage and is checked against the parent origin server-side.
+import locales from './locales.js';
+import { describeHealth, timeElement, PENDING_SETUP } from './peliqan-status.js';
+
+const query = new URLSearchParams(location.search);
+const PARENT = query.get('parent') || '';
+const LOCALE = Object.hasOwn(locales, query.get('locale')) ? query.get('locale') : 'en';
+const t = locales[LOCALE];
+const BASE = location.pathname.split('/embed/')[0];
+const TOKEN_MARGIN_MS = 120e3;
+const root = document.documentElement;
+const $ = (id) => document.getElementById(id);
+const enc = encodeURIComponent;
+const fmt = (s, vars) => s.replace(/\{(\w+)\}/g, (_, k) => vars[k] ?? '');
+
+const parentOk = (() => {
+  try {
+    const ancestor = location.ancestorOrigins?.[0];
+    return parent !== window && new URL(PARENT).origin === PARENT && (!ancestor || ancestor === PARENT);
+  } catch {
+    return false;
+  }
+})();
+
+let token = null;
+let deadline = 0;
+let tokenWait = null;
+let onToken = null;
+let started = false;
+let catalogue = new Map(); // servertype id → capabilities
+let timer = 0;
+const syncing = new Set(); // connection ids with a sync followed here
+const confirming = new Set(); // connection ids showing the delete confirmation
+
+const post = (msg) => parentOk && parent.postMessage({ source: 'peliqan-panel', ...msg }, PARENT);
+const fail = (code, message, status = 0) => Object.assign(new Error(message), { code, status });
+
+function h(tag, attrs, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v == null || v === false) continue;
+    if (k.startsWith('on')) el.addEventListener(k.slice(2), v);
+    else el.setAttribute(k, v === true ? '' : v);
+  }
+  el.append(...children.flat(Infinity).filter((c) => c != null && c !== false));
+  return el;
+}
+const say = (text) => { $('announcer').textContent = text || ''; };
+
+// ---- token and API ----
+
+async function http(method, path, body, bearer) {
+  let res;
+  try {
+    res = await fetch(BASE + path, {
+      method, cache: 'no-store', credentials: 'omit',
+      headers: { Authorization: 'Bearer ' + bearer, ...(body && { 'Content-Type': 'application/json' }) },
+      body: body && JSON.stringify(body),
+    });
+  } catch {
+    throw fail('network_error', t.errNetwork);
+  }
+  const data = res.status === 204 ? null : await res.json().catch(() => null);
+  if (!res.ok) throw fail(data?.code || `http_${res.status}`, String(data?.code || '').startsWith('token_') ? t.errExpired : data?.detail || t.errGeneric, res.status);
+  return [data, res];
+}
+
+async function startSession(candidate) {
+  const [data, res] = await http('POST', '/api/embed/session', { parent_origin: PARENT }, candidate);
+  const serverNow = Date.parse(res.headers.get('Date')) || Date.now();
+  const exp = data?.expires_at;
+  const expMs = typeof exp === 'number' ? (exp < 1e12 ? exp * 1000 : exp) : Date.parse(exp);
+  deadline = expMs ? Date.now() + (expMs - serverNow) : Infinity;
+  token = candidate;
+}
+
+function askToken() {
+  tokenWait ||= new Promise((resolve) => {
+    const wait = setTimeout(resolve, 30e3, null);
+    onToken = (value) => { clearTimeout(wait); resolve(value); };
+    post({ type: 'need_token' });
+  }).finally(() => { tokenWait = onToken = null; });
+  return tokenWait;
+}
+
+async function api(method, path, body, retried = false) {
+  if (!token || deadline - Date.now() < TOKEN_MARGIN_MS) {
+    const next = await askToken();
+    if (typeof next === 'string' && next && next !== token) await startSession(next);
+    else if (!token || deadline <= Date.now()) throw fail('token_expired', t.errExpired, 401);
+  }
+  try {
+    return (await http(method, path, body, token))[0];
+  } catch (e) {
+    if (e.code !== 'token_expired' || retried) throw e;
+    deadline = 0;
+    return api(method, path, body, true);
+  }
+}
+
+// ---- the list ----
+
+const total = (run) => Object.values(run?.records || {}).reduce((a, b) => a + b, 0);
+
+function facts(c) {
+  const run = c.last_run;
+  const when = run?.finished_at || run?.started_at;
+  const fact = (label, value) => h('div', null, h('dt', null, label), h('dd', null, value));
+  return h('dl', { class: 'facts' },
+    fact(t.lastSync, when ? timeElement(when, LOCALE) : t.never),
+    fact(t.records, run ? total(run).toLocaleString(LOCALE) : '—'),
+    fact(t.nextSync, c.next_sync_at ? timeElement(c.next_sync_at, LOCALE) : t.notScheduled));
+}
+
+function item(c) {
+  const id = String(c.id);
+  const pending = PENDING_SETUP.includes(c.health_status);
+  const { label, tone } = describeHealth({ health_status: c.health_status, running: syncing.has(id) }, LOCALE);
+  const caps = catalogue.get(String(c.servertype_id)) || [];
+  const button = (key, action, cls) => h('button', { type: 'button', class: cls, 'data-action': action, 'data-key': `${action}-${id}` }, t[key]);
+  const progress = h('p', { class: 'progress', role: 'status', id: `progress-${id}` });
+  const buttons = pending
+    ? [button('finishSetup', 'finish', 'primary')]
+    : [button('syncNow', 'sync'), button('reauthorise', 'reauthorise'), caps.includes('manual_refresh') && button('manualRefresh', 'refresh')];
+  buttons.push(button('delete', 'delete', 'danger'));
+  const sync = buttons.find((b) => b?.dataset?.action === 'sync');
+  if (sync && syncing.has(id)) sync.setAttribute('aria-disabled', 'true');
+  const li = h('li', { class: 'item', 'data-id': id, 'aria-labelledby': `name-${id}` },
+    h('div', { class: 'head' }, h('h3', { id: `name-${id}` }, c.name), h('span', { class: 'badge', 'data-tone': tone }, label)),
+    facts(c),
+    progress,
+    h('div', { class: 'actions', role: 'group', 'aria-label': fmt(t.actionsFor, { name: c.name }) }, buttons));
+  if (confirming.has(id)) li.append(confirmBox(c));
+  li.connection = c;
+  return li;
+}
+
+function confirmBox(c) {
+  const id = String(c.id);
+  const close = (focus) => {
+    confirming.delete(id);
+    box.remove();
+    document.querySelector(`[data-key="${focus}-${id}"]`)?.focus();
+  };
+  const box = h('div', { class: 'confirm', role: 'group', 'aria-labelledby': `confirm-${id}` },
+    h('p', { id: `confirm-${id}` }, fmt(t.confirmDelete, { name: c.name })),
+    h('div', { class: 'actions' },
+      h('button', { type: 'button', class: 'danger', 'data-action': 'delete-confirmed', 'data-key': `delete-confirmed-${id}` }, fmt(t.confirmDeleteButton, { name: c.name })),
+      h('button', { type: 'button', 'data-key': `delete-cancel-${id}`, onclick: () => close('delete') }, t.cancel)));
+  box.addEventListener('keydown', (e) => {
+    if (e.key === 'Escape') {
+      e.preventDefault();
+      close('delete');
+    }
+  });
+  return box;
+}
+
+function render(list) {
+  // Re-rendered on every refresh: the focused control is found again by its key.
+  const focused = document.activeElement?.dataset?.key;
+  const progress = new Map([...document.querySelectorAll('.progress')].map((p) => [p.id, p.textContent]));
+  const view = $('view');
+  if (!list.length) view.replaceChildren(h('p', { class: 'muted' }, t.panelEmpty));
+  else view.replaceChildren(h('ul', { class: 'list' }, list.map(item)));
+  for (const [id, text] of progress) if ($(id)) $(id).textContent = text;
+  if (focused) document.querySelector(`[data-key="${focused}"]`)?.focus();
+}
+
+async function load() {
+  clearTimeout(timer);
+  try {
+    const data = await api('GET', '/api/servers?page_size=500');
+    const list = data?.results || [];
+    render(list);
+    // Poll while something is on its way (a sync, a sign-in in another tab); rarely otherwise.
+    const busy = syncing.size || list.some((c) => ['AUTHORIZING', 'RE_AUTHORISING', 'CHECKING'].includes(c.health_status));
+    if (!document.hidden) timer = setTimeout(load, busy ? 2e3 : 30e3);
+  } catch (e) {
+    say(e.message);
+    post({ type: 'error', error: { code: e.code, status: e.status, message: e.message } });
+  }
+}
+
+// ---- actions ----
+
+function openTab(keepOpener) {
+  const tab = window.open('', '_blank'); // inside the click: allowed by pop-up blockers
+  try {
+    if (tab && !keepOpener) tab.opener = null; // a sign-in's start page takes its nonce from us, its opener
+  } catch {}
+  return tab;
+}
+
+async function followSync(c) {
+  const id = String(c.id);
+  const progress = () => $(`progress-${id}`);
+  syncing.add(id);
+  load();
+  try {
+    for (;;) {
+      await new Promise((resolve) => setTimeout(resolve, 1000));
+      const status = await api('GET', `/api/server/${enc(id)}/sync-status`);
+      if (!status?.running) break;
+      if (progress()) progress().textContent = t.syncRunning;
+    }
+    const runs = await api('GET', `/api/server/${enc(id)}/runs?page_size=1`);
+    const run = runs?.results?.[0];
+    syncing.delete(id);
+    await load();
+    const text = run?.status === 'failed' ? fmt(t.syncFailed, { error: run.error || '' }) : fmt(t.syncDone, { n: total(run).toLocaleString(LOCALE) });
+    if (progress()) progress().textContent = text;
+    post({ type: 'change', change: { type: 'sync_finished', server_id: c.id, run } });
+  } catch (e) {
+    syncing.delete(id);
+    say(e.message);
+  }
+}
+
+async function act(button) {
+  const li = button.closest('li');
+  const c = li.connection;
+  const id = String(c.id);
+  const action = button.dataset.action;
+  if (button.getAttribute('aria-disabled') === 'true') return;
+  say('');
+  const tab = action === 'reauthorise' || action === 'refresh' ? openTab(action === 'reauthorise') : null;
+  try {
+    if (action === 'sync') {
+      $(`progress-${id}`).textContent = t.syncStarting;
+      try {
+        await api('POST', `/api/server/${enc(id)}/sync`, {});
+      } catch (e) {
+        if (e.code !== 'sync_already_running') throw e;
+      }
+      post({ type: 'change', change: { type: 'sync_started', server_id: c.id } });
+      followSync(c);
+    } else if (action === 'finish') {
+      post({ type: 'open', options: { serverId: c.id } });
+    } else if (action === 'reauthorise') {
+      const r = await api('POST', `/api/server/${enc(id)}/reauthorise`);
+      if (r?.auth_uri) {
+        if (!tab) throw fail('popup_blocked', t.popupBlockedShort);
+        tab.location.href = r.auth_uri;
+        for (let i = 0; r.oauth_nonce && i < 120; i++) setTimeout(() => tab.postMessage({ source: 'peliqan', type: 'oauth_nonce', nonce: r.oauth_nonce }, location.origin), i * 250);
+        say(fmt(t.reauthOpened, { name: c.name }));
+        load();
+      } else {
+        tab?.close();
+        post({ type: 'open', options: { reauthServerId: c.id } });
+      }
+    } else if (action === 'refresh') {
+      const r = await api('POST', `/api/server/${enc(id)}/manual-refresh`);
+      if (!tab) throw fail('popup_blocked', t.popupBlockedShort);
+      tab.location.href = r.refresh_url;
+      say(t.refreshOpened);
+    } else if (action === 'delete') {
+      confirming.add(id);
+      li.append(confirmBox(c));
+      document.querySelector(`[data-key="delete-cancel-${id}"]`).focus();
+    } else if (action === 'delete-confirmed') {
+      await api('DELETE', `/api/server/${enc(id)}`);
+      confirming.delete(id);
+      li.remove();
+      say(fmt(t.deleted, { name: c.name }));
+      $('title').focus(); // the focused button is gone
+      post({ type: 'change', change: { type: 'deleted', server_id: c.id } });
+      load();
+    }
+  } catch (e) {
+    tab?.close();
+    if ($(`progress-${id}`) && action === 'sync') $(`progress-${id}`).textContent = '';
+    say(e.message);
+    post({ type: 'error', error: { code: e.code, status: e.status, message: e.message } });
+  }
+}
+
+// ---- boot and messages ----
+
+async function start(first) {
+  if (started) return load();
+  started = true;
+  try {
+    if (typeof first === 'string' && first) await startSession(first).catch((e) => { if (e.status !== 401) throw e; });
+    const types = await api('GET', `/api/servertypes?page_size=500&locale=${LOCALE}`);
+    catalogue = new Map((types?.results || []).map((s) => [String(s.id), s.capabilities || []]));
+    await load();
+  } catch (e) {
+    started = false;
+    say(e.message);
+    post({ type: 'error', error: { code: e.code, status: e.status, message: e.message } });
+  }
+}
+
+function theme(values) {
+  for (const [k, v] of Object.entries(values || {})) {
+    if (/^[a-zA-Z]+$/.test(k) && typeof v === 'string') root.style.setProperty('--pq-' + k.replace(/[A-Z]/g, (ch) => '-' + ch.toLowerCase()), v);
+  }
+}
+
+addEventListener('message', (e) => {
+  const m = e.data;
+  if (!(e.origin === PARENT && e.source === parent && parentOk && m?.source === 'peliqan-panel')) return;
+  if (m.type === 'init') {
+    theme(m.options?.theme);
+    start(m.token);
+  } else if (m.type === 'token') onToken?.(m.token);
+  else if (m.type === 'refresh') load();
+});
+document.addEventListener('click', (e) => {
+  const button = e.target.closest('button[data-action]');
+  if (button) act(button);
+});
+document.addEventListener('visibilitychange', () => { if (!document.hidden && started) load(); });
+new ResizeObserver(() => post({ type: 'resize', height: Math.ceil(root.getBoundingClientRect().height) })).observe(document.body);
+
+root.lang = LOCALE;
+document.title = t.panelTitle;
+$('title').textContent = t.panelTitle;
+$('loading').textContent = t.loading;
+if (parentOk) post({ type: 'ready' });
+else say(t.errOrigin);
