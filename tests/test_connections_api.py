@@ -323,7 +323,7 @@ async def test_reauthorise_a_connection_still_authorizing_finishes_it_as_a_first
     resumed = await sbff.client.post(f"/api/server/{created['id']}/reauthorise", headers=auth(token))
     assert resumed.status_code == 200
     assert (await sbff.client.get(f"/api/server/{created['id']}", headers=auth(token))).json()["health_status"] == "AUTHORIZING"
-    await authorize(sbff.client, resumed.json()["auth_uri"])
+    await authorize(sbff.client, resumed.json())
     assert (await sbff.client.get(f"/api/server/{created['id']}", headers=auth(token))).json()["health_status"] == "OK"
 
 

@@ -68,7 +68,8 @@ async def test_the_panel_document_is_served_with_the_connect_csp(bff: BFF) -> No
 
     response = await bff.client.get("/embed/v1/panel")
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
-    assert response.headers["content-security-policy"] == CONNECT_CSP
+    # Without a registered ?parent= nobody may frame it (issue 16: frame-ancestors, not *).
+    assert response.headers["content-security-policy"] == CONNECT_CSP.format(ancestors="'none'")
     assert response.headers["referrer-policy"] == "no-referrer"
     for name in ("panel.js", "panel.css", "peliqan-panel.js"):
         assert (await bff.client.get(f"/embed/v1/{name}")).status_code == 200, name
