@@ -132,6 +132,8 @@ def test_oauth_reauthorise_and_manual_refresh_open_tabs(page: Page, demo: DemoSt
     with page.expect_popup() as tab:
         crm.reauthorise_button.click()
     expect(panel.announcer).to_have_text("Sign in to Sandbox CRM again in the new tab.")
+    # The sign-in's start page takes its nonce from the panel, then drops its opener before going on.
+    tab.value.wait_for_url("**/sandbox/crm/oauth/authorize?**")
     assert tab.value.evaluate("window.opener") is None
     ConsentPage(tab.value).allow()
     expect(crm.badge).to_have_text("Reconnected", timeout=20_000)
