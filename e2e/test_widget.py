@@ -294,6 +294,18 @@ def test_oauth_popup_completes_and_is_confirmed_by_polling(partner: PartnerPage,
     assert connected["connector"] == "sandbox_crm" and connected["health_status"] == "OK"
 
 
+def test_oauth_waiting_box_shows_the_waiting_text_and_cancel_only(partner: PartnerPage, modal: ConnectModal) -> None:
+    # replaceChildren() was given `false` for the absent "pop-up blocked" parts: it printed "falsefalse".
+    open_modal(partner, modal)
+    consent = modal.start_oauth()
+    expect(modal.waiting).to_be_visible()
+    wait_box = modal.frame.locator(".wait")
+    expect(wait_box).not_to_contain_text("false")
+    expect(wait_box).to_have_text(modal.title("oauthWaiting", name="Sandbox CRM") + EN["cancel"])
+    consent.allow()
+    expect(modal.connected_heading).to_be_visible()
+
+
 def test_a_forwarded_consent_link_fails_in_another_browser(partner: PartnerPage, modal: ConnectModal, browser: Browser) -> None:
     # A malicious customer starts a Sandbox CRM connection and forwards the consent link (or the
     # start page's link) to a victim, whose browser (another context: no cookies, no opener) opens it.
@@ -315,18 +327,6 @@ def test_a_forwarded_consent_link_fails_in_another_browser(partner: PartnerPage,
         victim.close()
     # Nothing was connected into the starter's account; the starter's own window still can finish it.
     expect(modal.waiting).to_be_visible()
-    consent.allow()
-    expect(modal.connected_heading).to_be_visible()
-
-
-def test_oauth_waiting_box_shows_the_waiting_text_and_cancel_only(partner: PartnerPage, modal: ConnectModal) -> None:
-    # replaceChildren() was given `false` for the absent "pop-up blocked" parts: it printed "falsefalse".
-    open_modal(partner, modal)
-    consent = modal.start_oauth()
-    expect(modal.waiting).to_be_visible()
-    wait_box = modal.frame.locator(".wait")
-    expect(wait_box).not_to_contain_text("false")
-    expect(wait_box).to_have_text(modal.title("oauthWaiting", name="Sandbox CRM") + EN["cancel"])
     consent.allow()
     expect(modal.connected_heading).to_be_visible()
 

@@ -13,7 +13,7 @@ import pytest
 from bff.cli import main, normalise_origin
 from bff.settings import SettingsError, generate_encryption_key, generate_secret_key
 
-# Fixed per run, so two invocations share them; weak keys (e.g. "k" * 32) are refused since issue 16.
+# Fixed per run, so two invocations share them; weak keys (e.g. STRONG_SIGNING_KEY) are refused since issue 16.
 STRONG_SIGNING_KEY = generate_secret_key()
 STRONG_ENCRYPTION_KEY = generate_encryption_key()
 OTHER_ENCRYPTION_KEY = generate_encryption_key()

@@ -351,6 +351,7 @@ function connectForm(st, existing = null, finishing = false) {
 
   function waitFor(url, blocked) {
     const cancel = h('button', { type: 'button', class: 'secondary', onclick: () => { abandon(); setBusy(false); submit.focus(); } }, t.cancel);
+    // rel=opener: the start page in that tab asks this window for the flow's one-time nonce.
     const link = blocked && h('a', { href: url, target: '_blank', rel: 'opener' }, t.continueTab);
     // replaceChildren() prints `false` as text: leave the optional parts out instead.
     wait.replaceChildren(...[
