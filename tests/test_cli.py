@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from bff.cli import main, normalise_origin
+from bff.testing import free_port
 from bff.settings import SettingsError, generate_encryption_key, generate_secret_key
 
 # Fixed per run, so two invocations share them; weak keys (e.g. STRONG_SIGNING_KEY) are refused since issue 16.
@@ -223,3 +224,12 @@ def test_db_upgrade_migrates_the_embedded_database_and_is_idempotent() -> None:
         assert (root / "postgres" / "PG_VERSION").exists()
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_bad_connector_definition_stops_serve_in_one_line(data_dir_outside_pytest: Path) -> None:
+    connectors = data_dir_outside_pytest / "connectors"
+    connectors.mkdir()
+    (connectors / "broken.json").write_text('{"name": "broken", "surprise": 1}')
+    env = {**KEYS, "BFF_CONNECTORS_DIR": str(connectors)}
+    line = one_line_error(run_bff("serve", "--data-dir", str(data_dir_outside_pytest / "data"), "--port", str(free_port()), env=env))
+    assert "broken.json" in line
