@@ -7,10 +7,12 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from bff.cli import main, normalise_origin
+from bff.testing import free_port
 from bff.settings import SettingsError
 
 
@@ -106,6 +108,14 @@ KEYS = {"BFF_SECRET_KEYS": "k" * 32, "BFF_ENCRYPTION_KEY": "A" * 43 + "="}
 OTHER_KEY = {"BFF_SECRET_KEYS": "k" * 32, "BFF_ENCRYPTION_KEY": "B" * 43 + "="}
 
 
+@pytest.fixture
+def data_dir() -> Any:
+    """A data directory the embedded PostgreSQL (its own user) can use: outside pytest's owner-only temp root."""
+    root = Path(tempfile.mkdtemp(prefix="bff-test-cli-"))
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
 def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
     assert result.returncode == 2, (result.stdout, result.stderr)
     assert "Traceback" not in result.stderr
@@ -145,25 +155,25 @@ def test_partner_create_requires_an_origin(tmp_path: Path) -> None:
     assert not any(tmp_path.iterdir())  # refused before anything was stored
 
 
-def test_serve_with_the_wrong_encryption_key_says_so_in_one_line(tmp_path: Path) -> None:
-    assert run_bff("partner", "create", "--name", "a", "--origin", "http://a.test", "--data-dir", str(tmp_path), env=KEYS).returncode == 0
-    line = one_line_error(run_bff("serve", "--data-dir", str(tmp_path), "--port", "1", env=OTHER_KEY))
+def test_serve_with_the_wrong_encryption_key_says_so_in_one_line(data_dir: Path) -> None:
+    assert run_bff("partner", "create", "--name", "a", "--origin", "http://a.test", "--data-dir", str(data_dir), env=KEYS, timeout=120).returncode == 0
+    line = one_line_error(run_bff("serve", "--data-dir", str(data_dir), "--port", str(free_port()), env=OTHER_KEY, timeout=120))
     assert "BFF_ENCRYPTION_KEY does not match" in line
 
 
-def test_demo_with_the_wrong_encryption_key_says_so_in_one_line(tmp_path: Path) -> None:
-    assert run_bff("partner", "create", "--name", "a", "--origin", "http://a.test", "--data-dir", str(tmp_path), env=KEYS).returncode == 0
-    line = one_line_error(run_bff("demo", "--data-dir", str(tmp_path), "--bff-port", "1", "--site-port", "2", env=OTHER_KEY))
+def test_demo_with_the_wrong_encryption_key_says_so_in_one_line(data_dir: Path) -> None:
+    assert run_bff("partner", "create", "--name", "a", "--origin", "http://a.test", "--data-dir", str(data_dir), env=KEYS, timeout=120).returncode == 0
+    line = one_line_error(run_bff("demo", "--data-dir", str(data_dir), "--bff-port", str(free_port()), "--site-port", str(free_port()), env=OTHER_KEY, timeout=120))
     assert "BFF_ENCRYPTION_KEY does not match" in line
 
 
 def test_an_unusable_data_directory_says_so_in_one_line(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    line = one_line_error(run_bff("serve", "--data-dir", str(blocker / "data"), env=KEYS))
-    assert str(blocker) in line and "--data-dir" in line
+    line = one_line_error(run_bff("serve", "--data-dir", str(blocker / "data"), "--port", str(free_port()), env=KEYS))
+    assert str(blocker) in line
     line = one_line_error(run_bff("partner", "create", "--name", "a", "--origin", "http://a.test", "--data-dir", str(blocker), env=KEYS))
-    assert "--data-dir" in line
+    assert str(blocker) in line
 
 
 def test_serve_on_a_port_in_use_says_so_in_one_line(tmp_path: Path) -> None:
