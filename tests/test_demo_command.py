@@ -55,8 +55,8 @@ def port_is_free(port: int) -> bool:
         return True
 
 
-def test_bff_demo_serves_both_origins_prints_where_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
-    data_dir = tmp_path / "demo-data"
+def test_bff_demo_serves_both_origins_prints_where_and_stops_cleanly_on_ctrl_c(data_dir_outside_pytest: Path) -> None:
+    data_dir = data_dir_outside_pytest / "demo-data"
     bff_port, site_port = free_port(), free_port()
     proc, lines = start_demo(data_dir, bff_port, site_port)
     try:
@@ -102,13 +102,13 @@ def test_bff_demo_serves_both_origins_prints_where_and_stops_cleanly_on_ctrl_c(t
     assert code == 0, out
 
 
-def test_bff_demo_says_which_port_is_taken(tmp_path: Path) -> None:
+def test_bff_demo_says_which_port_is_taken(data_dir_outside_pytest: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         result = subprocess.run(
-            [sys.executable, "-m", "bff.cli", "demo", "--bff-port", str(port), "--site-port", str(free_port()), "--data-dir", str(tmp_path)],
+            [sys.executable, "-m", "bff.cli", "demo", "--bff-port", str(port), "--site-port", str(free_port()), "--data-dir", str(data_dir_outside_pytest)],
             capture_output=True, text=True, timeout=60,
         )
     assert result.returncode == 1
