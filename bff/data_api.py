@@ -6,6 +6,9 @@ tables; ``GET /api/database/rows/table/{id}/`` a table's rows, paged. Rows are
 keyed by field id (``field_<id>``) unless ``user_field_names`` is true, then by
 field name; ``_synced_at`` and ``_run_id`` come with every row. Another
 sub-account's database or table ids answer exactly like ids that do not exist.
+
+Back-end only: identity tokens, never the browser's integrate token (``403 token_not_allowed``),
+and a limited number of reads per token and minute (``429 rate_limited``).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute
 
-from .auth import require_sub_account, services
+from .auth import require_identity, services
 from .errors import not_found
 from .http import Pagination, api_route, query_bool
 from .store import SubAccount
@@ -46,7 +49,7 @@ async def table_dicts(request: Request, account: SubAccount) -> list[dict[str, A
 
 async def list_applications(request: Request) -> JSONResponse:
     """The sub-account's warehouse; its tables too unless ``exclude_tables=1``."""
-    account = await require_sub_account(request)
+    account = await require_identity(request)
     database = database_dict(account)
     if not query_bool(request, "exclude_tables", default=False):
         database["tables"] = await table_dicts(request, account)
@@ -55,7 +58,7 @@ async def list_applications(request: Request) -> JSONResponse:
 
 async def list_tables(request: Request) -> JSONResponse:
     """The tables of a warehouse: ``id, name, connection, row_count, fields``."""
-    account = await require_sub_account(request)
+    account = await require_identity(request)
     if request.path_params["database_id"] != account.id:
         raise not_found("No such database.")
     page = Pagination(request)
@@ -76,7 +79,7 @@ async def _own_table(request: Request, account: SubAccount) -> WarehouseTable:
 
 async def list_rows(request: Request) -> JSONResponse:
     """A table's rows in a stable order, paged; ``user_field_names=true`` keys them by field name."""
-    account = await require_sub_account(request)
+    account = await require_identity(request)
     table = await _own_table(request, account)
     page = Pagination(request, default_size=DEFAULT_ROWS_PAGE)
     by_name = query_bool(request, "user_field_names", default=False)
