@@ -19,6 +19,7 @@ from .connectors import (
     OAuthError,
     build_authorize_url,
     exchange_code,
+    load_connectors,
     new_pkce_pair,
 )
 from .connectors.definitions import Connector
@@ -47,7 +48,7 @@ BINDING_COOKIE = "bff_oauth_"
 
 async def connection_dict(request: Request, account: SubAccount, connection: Connection) -> dict[str, Any]:
     """The public shape of a connection: never credentials or provider tokens."""
-    connector = rt.load_connectors().get(connection.connector)
+    connector = load_connectors().get(connection.connector)
     last_run = await services(request).store.last_run(connection.id)
     return {
         "id": connection.id,
@@ -239,7 +240,7 @@ async def server_logs(request: Request) -> JSONResponse:
 
 
 def _config_connector(connection: Connection) -> Connector:
-    connector = rt.load_connectors()[connection.connector]
+    connector = load_connectors()[connection.connector]
     if connector.config_select is None:
         raise ApiError(400, "no_config_step", f"{connector.display_name} has no configuration step.")
     if connection.health_status in NOT_READY_FOR_CONFIG:
@@ -321,7 +322,7 @@ async def reauthorise(request: Request) -> JSONResponse:
     """OAuth2: a new consent URL. Key/login: the form, or new credentials tested and stored."""
     account, connection = await require_connection(request)
     svc = services(request)
-    connector = rt.load_connectors()[connection.connector]
+    connector = load_connectors()[connection.connector]
     data = await read_json(request, required=False)
     if connector.auth_type == "oauth2":
         if connection.health_status == rt.AUTHORIZING:
@@ -350,7 +351,7 @@ async def reauthorise(request: Request) -> JSONResponse:
 async def manual_refresh(request: Request) -> JSONResponse:
     """The provider page where the customer refreshes bank data by hand (SaltEdge-style)."""
     _, connection = await require_connection(request)
-    connector = rt.load_connectors()[connection.connector]
+    connector = load_connectors()[connection.connector]
     url = connector.manual_refresh_url(rt.context(services(request)))
     if url is None:
         raise ApiError(400, "manual_refresh_not_supported", f"{connector.display_name} has no manual refresh.")
@@ -438,7 +439,7 @@ async def oauth_start(request: Request) -> Response:
         raise ApiError(400, "oauth_start_invalid", "This connection no longer exists. Start again from the app.")
     if opener != own_origin and not await svc.store.partner_has_origin(account.partner_id, opener):
         raise ApiError(403, "origin_not_allowed", "The sign-in was handed over by a page that is not registered for this partner.")
-    connector = rt.load_connectors()[connection.connector]
+    connector = load_connectors()[connection.connector]
     client = rt.oauth_client(svc, connector)
     if client is None:
         raise ApiError(400, "oauth_app_not_configured", f"{connector.display_name} has no OAuth app configured.")
@@ -526,7 +527,7 @@ async def finish_oauth_flow(request: Request, flow: OAuthFlow) -> HTMLResponse:
     connection = await svc.store.get_connection(flow.sub_account_id, flow.connection_id)
     if connection is None:
         return callback_page(request, ok=False, connection_id=None, status=400, message="This connection no longer exists.")
-    connector = rt.load_connectors()[connection.connector]
+    connector = load_connectors()[connection.connector]
     failed_status = rt.ERROR
     if params.get("error"):
         reason = params.get("error_description") or params.get("error") or "unknown error"

@@ -42,9 +42,10 @@ def widget_dir() -> Path:
     source = Path(__file__).resolve().parent.parent / "widget"
     if (source / "peliqan-integration.js").exists():
         return source
-    import bff.widget  # installed by `pip install .` (package-dir mapping in pyproject)
+    import importlib
 
-    return Path(bff.widget.__file__).resolve().parent
+    installed = importlib.import_module("bff.widget")  # installed by `pip install .` (package-dir mapping)
+    return Path(str(installed.__file__)).resolve().parent
 
 
 @lru_cache(maxsize=64)

@@ -18,8 +18,8 @@ import dataclasses
 import json
 import re
 import time
-from collections.abc import Callable
-from typing import Literal
+from collections.abc import Callable, Sequence
+from typing import Literal, cast
 
 from itsdangerous import BadData, BadSignature, SignatureExpired, TimestampSigner, URLSafeTimedSerializer, base64_decode, base64_encode, want_bytes
 
@@ -97,9 +97,9 @@ class TokenAuthority:
 
             def make_signer(self, salt: str | bytes | None = None) -> TimestampSigner:
                 cache = self.__dict__.setdefault("_signers", {})
-                signer = cache.get(salt)
+                signer: TimestampSigner | None = cache.get(salt)
                 if signer is None:
-                    signer = cache[salt] = super().make_signer(salt)  # type: ignore[assignment]
+                    signer = cache[salt] = cast(TimestampSigner, super().make_signer(salt))
                 return signer
 
             def dump_payload(self, obj: object) -> bytes:
@@ -226,7 +226,7 @@ class TokenAuthority:
             return claims, issued_at, max_age
         raise token_error(401, "token_invalid", "The token is not valid (bad signature or malformed).")
 
-    def _candidates(self, token: str) -> list[tuple[URLSafeTimedSerializer, TokenKind, int | None]]:
+    def _candidates(self, token: str) -> Sequence[tuple[URLSafeTimedSerializer, TokenKind, int | None]]:
         # Try the serializer of the kind the (still unverified) payload claims
         # first: one HMAC instead of up to four. A lie only costs the fallbacks.
         try:

@@ -142,7 +142,7 @@ def create_site_app(
 
     def current(request: Request) -> dict[str, str] | None:
         external_id = request.session.get("external_id")
-        if external_id not in directory:
+        if not isinstance(external_id, str) or external_id not in directory:
             return None
         return {"external_id": external_id, **directory[external_id]}
 

@@ -15,7 +15,7 @@ import json
 import math
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from typing import Any
 
 from starlette.applications import Starlette
@@ -76,7 +76,7 @@ class Sandbox:
     def __init__(self, options: SandboxOptions, clock: Callable[[], float]) -> None:
         self.options = options
         self.clock = clock
-        self.data = SandboxData()
+        self.data = SandboxData(options.scale)
         self.stats = Stats()
         self.faults = Faults(options)
         self.revoked: set[str] = set()
@@ -457,7 +457,7 @@ async def _json_object(request: Request) -> dict[str, Any]:
     return body
 
 
-def _one_of(body: Mapping[str, Any], field: str, allowed: Iterable[str]) -> str:
+def _one_of(body: Mapping[str, Any], field: str, allowed: Collection[str]) -> str:
     """``body[field]`` if it is one of ``allowed``, else ``unknown_<field>``."""
     value = body.get(field)
     if value not in allowed:

@@ -132,7 +132,7 @@ def validate_authorization_request(
             raise InvalidAuthorization(
                 "invalid_request", f"The parameter {name} appears more than once."
             )
-    value = {name: (params.get(name) or [None])[0] for name in AUTHORIZE_PARAMS}
+    value: dict[str, str | None] = {name: next(iter(params.get(name) or []), None) for name in AUTHORIZE_PARAMS}
     client = CLIENTS.get(value["client_id"] or "")
     if client is None:
         message = (
