@@ -101,7 +101,8 @@ async def connect_document(request: Request) -> Response:
 
 
 async def panel_document(request: Request) -> Response:
-    """The "Your connections" panel (Peliqan.mountConnections), loaded in an iframe on the partner's page."""
+    """The "Your connections" panel (Peliqan.mountConnections), loaded in an iframe on the partner's page;
+    framed only by a registered ``?parent=``, like the connect UI."""
     csp = CONNECT_CSP.format(ancestors=await frame_ancestors(request))
     return file_response(
         request, widget_dir() / "panel.html", cache_seconds=60,

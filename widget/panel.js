@@ -187,12 +187,29 @@ async function load() {
 
 // ---- actions ----
 
-function openTab(keepOpener) {
-  const tab = window.open('', '_blank'); // inside the click: allowed by pop-up blockers
+// Opened inside the click (allowed by pop-up blockers). `keepOpener` for the OAuth start page, which
+// takes the sign-in's nonce from us by postMessage and then drops its opener itself.
+function openTab(keepOpener = false) {
+  const tab = window.open('', '_blank');
   try {
-    if (tab && !keepOpener) tab.opener = null; // a sign-in's start page takes its nonce from us, its opener
+    if (tab && !keepOpener) tab.opener = null;
   } catch {}
   return tab;
+}
+
+// Hands the OAuth start page its one-time nonce (never in a URL), until it says it has it.
+function handOverNonce(tab, nonce) {
+  let received = false;
+  const onAck = (e) => {
+    if (e.source === tab && e.origin === location.origin && e.data?.type === 'oauth_nonce_received') received = true;
+  };
+  addEventListener('message', onAck);
+  for (let i = 0; i < 120; i++) {
+    setTimeout(() => {
+      if (!received) tab.postMessage({ source: 'peliqan', type: 'oauth_nonce', nonce }, location.origin);
+      if (i === 119 || received) removeEventListener('message', onAck);
+    }, i * 250);
+  }
 }
 
 async function followSync(c) {
@@ -245,7 +262,8 @@ async function act(button) {
       if (r?.auth_uri) {
         if (!tab) throw fail('popup_blocked', t.popupBlockedShort);
         tab.location.href = r.auth_uri;
-        for (let i = 0; r.oauth_nonce && i < 120; i++) setTimeout(() => tab.postMessage({ source: 'peliqan', type: 'oauth_nonce', nonce: r.oauth_nonce }, location.origin), i * 250);
+        if (r.oauth_nonce) handOverNonce(tab, r.oauth_nonce);
+        else tab.opener = null;
         say(fmt(t.reauthOpened, { name: c.name }));
         load();
       } else {
