@@ -242,7 +242,7 @@ async def test_the_worker_runs_the_first_sync_by_itself(settings_factory: Callab
 
 
 async def test_wait_answers_200_with_the_run_or_202_when_still_going(settings_factory: Callable[..., Settings]) -> None:
-    settings = settings_factory(sandbox_enabled=True, sandbox_env={"BFF_SANDBOX_LATENCY_MS": "150"})
+    settings = settings_factory(sandbox_enabled=True, sandbox_env={"BFF_SANDBOX_LATENCY_MS": "1000"})
     async with running_bff(settings) as bff:
         token, _ = await customer(bff)
         connection = await connect_bank(bff.client, token)
