@@ -16,13 +16,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Mount, Route
 
-from . import connections_api, data_api, embed, openapi, partner_api, records_api, sync_api
+from . import connections_api, data_api, embed, openapi, partner_api, records_api, sync_api, tables_api
 from .connections import SandboxTransport
 from .crypto import Vault
 from .db import database_url
 from .errors import EXCEPTION_HANDLERS
 from .jobs import JobQueue
 from .sandbox import SandboxOptions, create_sandbox_app
+from .query_tables import QueryTables
 from .middleware import AccessLogMiddleware, BodyLimitMiddleware, CORSMiddleware
 from .runtime import Runtime
 from .services import Services
@@ -82,7 +83,9 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time, mi
         http=http,
     )
     runner = SyncRunner(runtime, warehouse, queue)
-    services = Services.extend(runtime, warehouse=warehouse, queue=queue, sync=runner)
+    # Runner roles' passwords are derived from the encryption key: nothing stores them.
+    query_tables = QueryTables(store, warehouse, role_secret=settings.encryption_key.reveal().encode())
+    services = Services.extend(runtime, warehouse=warehouse, queue=queue, sync=runner, query_tables=query_tables)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -110,6 +113,7 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time, mi
         *connections_api.routes(),
         *sync_api.routes(),
         *data_api.routes(),
+        *tables_api.routes(),
         *embed.routes(),
         *records_api.routes(),
     ]

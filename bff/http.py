@@ -82,10 +82,13 @@ def query_bool(request: Request, name: str, *, default: bool) -> bool:
 class Pagination:
     """``?page=&page_size=`` → offset/limit, and the ``{count, next, previous, results}`` envelope."""
 
-    def __init__(self, request: Request, *, default_size: int = DEFAULT_PAGE_SIZE) -> None:
+    def __init__(self, request: Request, *, default_size: int = DEFAULT_PAGE_SIZE, size_alias: str | None = None) -> None:
         self.request = request
         self.page = query_int(request, "page", default=1) or 1
-        self.page_size = query_int(request, "page_size", default=default_size, maximum=MAX_PAGE_SIZE) or default_size
+        size_name = "page_size"
+        if size_alias and not request.query_params.get("page_size") and request.query_params.get(size_alias):
+            size_name = size_alias
+        self.page_size = query_int(request, size_name, default=default_size, maximum=MAX_PAGE_SIZE) or default_size
         self.offset = (self.page - 1) * self.page_size
         self.limit = self.page_size
 

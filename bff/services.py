@@ -6,6 +6,7 @@ import dataclasses
 import time
 
 from .jobs import JobQueue
+from .query_tables import QueryTables
 from .runtime import Runtime
 from .sync import SyncRunner
 from .warehouse import Warehouse
@@ -18,13 +19,16 @@ class Services(Runtime):
     warehouse: Warehouse
     queue: JobQueue
     sync: SyncRunner
+    query_tables: QueryTables
     _origins: frozenset[str] = frozenset()
     _origins_loaded_at: float = float("-inf")
 
     @classmethod
-    def extend(cls, runtime: Runtime, *, warehouse: Warehouse, queue: JobQueue, sync: SyncRunner) -> Services:
+    def extend(
+        cls, runtime: Runtime, *, warehouse: Warehouse, queue: JobQueue, sync: SyncRunner, query_tables: QueryTables
+    ) -> Services:
         shared = {f.name: getattr(runtime, f.name) for f in dataclasses.fields(Runtime)}
-        return cls(**shared, warehouse=warehouse, queue=queue, sync=sync)
+        return cls(**shared, warehouse=warehouse, queue=queue, sync=sync, query_tables=query_tables)
 
     async def origin_registered(self, origin: str) -> bool:
         # A short cache: `bff partner create` in another process shows up within seconds.

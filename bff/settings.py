@@ -78,6 +78,10 @@ class Settings:
     stalled_seconds: float = DEFAULT_STALLED_SECONDS
     # The sandbox providers served by another process (`bff sandbox`) instead of mounted here.
     sandbox_external_url: str | None = None
+    # SQL access for BI tools (per-customer read-only logins); off unless asked for.
+    sql_access: bool = False
+    # The host name given out with those logins (default: the host of the database URL).
+    sql_access_host: str | None = None
 
     def __post_init__(self) -> None:
         if not self.secret_keys:
@@ -132,6 +136,10 @@ class Settings:
                 values[field] = _parse_int(name, env[name])
         if env.get("BFF_SANDBOX"):
             values["sandbox_enabled"] = _parse_bool("BFF_SANDBOX", env["BFF_SANDBOX"])
+        if env.get("BFF_SQL_ACCESS"):
+            values["sql_access"] = _parse_bool("BFF_SQL_ACCESS", env["BFF_SQL_ACCESS"])
+        if env.get("BFF_SQL_ACCESS_HOST"):
+            values["sql_access_host"] = env["BFF_SQL_ACCESS_HOST"].strip()
         values["sandbox_env"] = {k: v for k, v in env.items() if k.startswith("BFF_SANDBOX_")}
         values["oauth_apps"] = parse_oauth_apps(env)
         if env.get("BFF_LOG_LEVEL"):

@@ -317,13 +317,19 @@ class Warehouse:
             )
         )
         await conn.execute(sql.SQL("CREATE INDEX {} ON {} (_seq)").format(sql.Identifier(f"{physical[:49]}__seq"), target))
+        # updated_since filters and newest-first reads.
+        await conn.execute(
+            sql.SQL("CREATE INDEX {} ON {} (_synced_at)").format(sql.Identifier(f"{physical[:45]}__synced"), target)
+        )
         await conn.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(target, sql.Identifier(schema)))
         for _ in range(20):
             table_id = WAREHOUSE_TABLE_ID_MIN + secrets.randbelow(WAREHOUSE_TABLE_ID_MAX - WAREHOUSE_TABLE_ID_MIN)
             cur = await conn.execute(
                 "INSERT INTO warehouse_tables (id, sub_account_id, connection_id, stream, physical, primary_key, created_at)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING RETURNING id",
-                (table_id, sub_account_id, connection_id, stream.name, physical, Jsonb(pk), self.now()),
+                " SELECT %s, %s, %s, %s, %s, %s, %s"
+                # Query tables share the id space (the rows API reads both by id).
+                " WHERE NOT EXISTS (SELECT 1 FROM query_tables WHERE id = %s) ON CONFLICT (id) DO NOTHING RETURNING id",
+                (table_id, sub_account_id, connection_id, stream.name, physical, Jsonb(pk), self.now(), table_id),
             )
             if await cur.fetchone() is not None:
                 break
@@ -360,7 +366,10 @@ class Warehouse:
             )
             names = [row["tablename"] for row in await cur.fetchall()]
             for name in names:
-                await conn.execute(sql.SQL("DROP TABLE IF EXISTS {}.{}").format(sql.Identifier(schema), sql.Identifier(name)))
+                # CASCADE: query tables reading it lose their view; they then report themselves broken.
+                await conn.execute(
+                    sql.SQL("DROP TABLE IF EXISTS {}.{} CASCADE").format(sql.Identifier(schema), sql.Identifier(name))
+                )
             await conn.execute(
                 "DELETE FROM warehouse_tables WHERE connection_id = %s AND sub_account_id = %s", (connection_id, sub_account_id)
             )

@@ -27,6 +27,8 @@ from typing import Any
 from psycopg import AsyncConnection, sql
 
 from .errors import validation_error
+from .store import iso
+from .warehouse import WarehouseTable
 
 OPERATORS = ("equal", "not_equal", "contains", "higher_than", "lower_than", "empty", "not_empty")
 # Types a value must be parsed into before it is bound; the rest compare as text.
@@ -250,4 +252,28 @@ def json_value(value: Any) -> Any:
     return str(value)
 
 
-__all__ = ["OPERATORS", "ReadField", "RowQuery", "parse_row_query", "read_page", "json_value", "like_pattern", "parse_since"]
+
+
+
+async def read_synced(
+    conn: AsyncConnection[Any], table: WarehouseTable, query: RowQuery, *, offset: int, limit: int
+) -> tuple[int, list[dict[str, Any]]]:
+    """A page of a synced table (a :class:`bff.warehouse.WarehouseTable`): ties in insertion order,
+    ``_synced_at`` as ISO time, ``_run_id`` with every row. No customer SQL is involved, so the BFF's
+    own connection reads it."""
+    count, rows = await read_page(
+        conn,
+        table.identifier,
+        query,
+        extra_columns=("_synced_at", "_run_id"),
+        tie_breakers=[sql.SQL("_seq")],
+        offset=offset,
+        limit=limit,
+    )
+    for row in rows:
+        row["_synced_at"] = iso(row["_synced_at"])
+    return count, rows
+
+
+def synced_fields(table: WarehouseTable) -> tuple[ReadField, ...]:
+    return tuple(ReadField(f.id, f.name, f.type) for f in table.fields)
