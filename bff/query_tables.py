@@ -194,6 +194,8 @@ class QueryTables:
                     )
                 )
                 await conn.execute(sql.SQL("ALTER ROLE {} SET default_transaction_read_only = on").format(role))
+                # Queries name tables without the schema: ``SELECT … FROM c12_deals``.
+                await conn.execute(sql.SQL("ALTER ROLE {} SET search_path = {}").format(role, ident))
                 await conn.execute(
                     sql.SQL("ALTER ROLE {} SET statement_timeout = {}").format(role, sql.Literal(self.timeout_ms))
                 )

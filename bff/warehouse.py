@@ -97,6 +97,7 @@ class WarehouseTable:
             "type": "synced",
             "connection": self.connection_id,
             "database_id": database_id,
+            "sql_name": self.physical,  # how query tables and SQL access name it (in the customer's schema)
             "row_count": row_count,
             "primary_key": list(self.primary_key),
             "fields": [f.public_dict() for f in self.fields],
