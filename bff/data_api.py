@@ -47,7 +47,7 @@ async def table_dicts(request: Request, account: SubAccount) -> list[dict[str, A
     tables = await warehouse(request).list_tables(account.id)
     listed = [table.public_dict(database_id=account.id, row_count=count) for table, count in tables]
     # A query table whose query broke (its connection went) is listed with its error, not a failure.
-    for query_table, count, error in await services(request).query_tables.list(account.id):
+    for query_table, count, error in await services(request).query_tables.list_tables(account.id):
         listed.append(query_table.public_dict(row_count=count, error=error))
     return listed
 
@@ -102,7 +102,9 @@ async def list_rows(request: Request) -> JSONResponse:
         fields = table.fields
         query = parse_row_query(_row_params(request), fields, has_synced_at=table.has_synced_at)
         try:
-            count, rows = await services(request).query_tables.read_rows(table, query, offset=page.offset, limit=page.limit)
+            count, rows = await services(request).query_tables.read_rows(
+                table, query, offset=page.offset, limit=page.limit
+            )
         except QueryTableBroken as exc:
             raise ApiError(409, "query_table_broken", exc.message) from None
     else:

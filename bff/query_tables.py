@@ -227,14 +227,16 @@ class QueryTables:
 
     # -- defining views --------------------------------------------------------------------
 
-    async def _define(self, runner: str, schema: str, view: str, query: str, *, replace: bool) -> tuple[tuple[str, str], ...]:
+    async def _define(
+        self, runner: str, schema: str, view: str, query: str, *, replace: bool
+    ) -> tuple[tuple[str, str], ...]:
         """Check ``query`` and (re)create the view; returns its columns ``(name, type)``."""
         target = sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(view))
         async with self._as_runner(runner) as conn:
             try:
                 async with self._read_only(conn):
                     # Parsed, not run: several statements or anything but a query stop here.
-                    await conn.execute("PREPARE bff_query_check AS " + query, prepare=True)  # type: ignore[arg-type]
+                    await conn.execute("PREPARE bff_query_check AS " + query, prepare=True)
                     await conn.execute("DEALLOCATE bff_query_check")
                 async with conn.transaction():
                     await conn.execute("SET TRANSACTION READ WRITE")
@@ -242,13 +244,15 @@ class QueryTables:
                     if replace:
                         await conn.execute(sql.SQL("DROP VIEW IF EXISTS {}").format(target))
                     create = sql.SQL("CREATE VIEW {} AS ").format(target).as_string(conn) + query
-                    await conn.execute(create, prepare=True)  # type: ignore[arg-type]
+                    await conn.execute(create, prepare=True)
                     cur = await conn.execute(
                         "SELECT attname, atttypid FROM pg_attribute WHERE attrelid = %s::regclass"
                         " AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
                         (target.as_string(conn),),
                     )
-                    columns = tuple((str(r["attname"]), _TYPES.get(int(r["atttypid"]), "text")) for r in await cur.fetchall())
+                    columns = tuple(
+                        (str(r["attname"]), _TYPES.get(int(r["atttypid"]), "text")) for r in await cur.fetchall()
+                    )
                     # From here on nothing may write; then the query runs once, as the customer.
                     await conn.execute("SET LOCAL transaction_read_only = on")
                     await conn.execute(sql.SQL("SELECT * FROM {} LIMIT 1").format(target))
@@ -256,7 +260,9 @@ class QueryTables:
                 raise QueryInvalid(_message(exc)) from None
         return columns
 
-    async def _field_ids(self, columns: tuple[tuple[str, str], ...], previous: tuple[ReadField, ...] = ()) -> tuple[ReadField, ...]:
+    async def _field_ids(
+        self, columns: tuple[tuple[str, str], ...], previous: tuple[ReadField, ...] = ()
+    ) -> tuple[ReadField, ...]:
         known = {f.name: f.id for f in previous}
         fields = []
         async with self.store.connection() as conn:
@@ -304,8 +310,11 @@ class QueryTables:
             fields = await self._field_ids(columns, table.fields)
         now = self._clock()
         changed = dataclasses.replace(
-            table, name=name if name is not None else table.name, query=query if query is not None else table.query,
-            fields=fields, updated_at=now,
+            table,
+            name=name if name is not None else table.name,
+            query=query if query is not None else table.query,
+            fields=fields,
+            updated_at=now,
         )
         try:
             async with self.store.connection() as conn:
@@ -324,7 +333,9 @@ class QueryTables:
 
     async def _drop_view(self, schema: str, view: str) -> None:
         async with self.store.connection() as conn:  # no customer SQL runs here: a DROP only
-            await conn.execute(sql.SQL("DROP VIEW IF EXISTS {}.{}").format(sql.Identifier(schema), sql.Identifier(view)))
+            await conn.execute(
+                sql.SQL("DROP VIEW IF EXISTS {}.{}").format(sql.Identifier(schema), sql.Identifier(view))
+            )
 
     async def _name_taken(self, sub_account_id: int, name: str) -> bool:
         async with self.store.connection() as conn:
@@ -368,14 +379,20 @@ class QueryTables:
             rows = await cur.fetchall()
         return [
             QueryTable(
-                int(r["id"]), sub_account_id, r["warehouse_schema"], r["name"], r["query"], r["view_name"],
+                int(r["id"]),
+                sub_account_id,
+                r["warehouse_schema"],
+                r["name"],
+                r["query"],
+                r["view_name"],
                 tuple(ReadField(int(f["id"]), f["name"], f["type"]) for f in r["fields"]),
-                float(r["created_at"]), float(r["updated_at"]),
+                float(r["created_at"]),
+                float(r["updated_at"]),
             )
             for r in rows
         ]
 
-    async def list(self, sub_account_id: int) -> list[tuple[QueryTable, int | None, str | None]]:
+    async def list_tables(self, sub_account_id: int) -> list[tuple[QueryTable, int | None, str | None]]:
         """Every query table with its row count; a table whose query no longer runs gets its error instead."""
         tables = await self._load(sub_account_id)
         if not tables:
@@ -393,7 +410,9 @@ class QueryTables:
                     listed.append((table, None, broken_message(exc)))
         return listed
 
-    async def read_rows(self, table: QueryTable, query: RowQuery, *, offset: int, limit: int) -> tuple[int, list[dict[str, Any]]]:
+    async def read_rows(
+        self, table: QueryTable, query: RowQuery, *, offset: int, limit: int
+    ) -> tuple[int, list[dict[str, Any]]]:
         _, runner = await self._runner(table.sub_account_id)
         # Ties (and queries without order_by) are ordered by every orderable column, so pages are stable.
         ties = [sql.Identifier(f.name) for f in table.fields if f.type != "json"]
@@ -420,7 +439,9 @@ class QueryTables:
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (login,))
             cur = await conn.execute("SELECT 1 AS found FROM pg_roles WHERE rolname = %s", (login,))
             if await cur.fetchone() is None:
-                await conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} IN ROLE {}").format(role, sql.Literal(password), ident))
+                await conn.execute(
+                    sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} IN ROLE {}").format(role, sql.Literal(password), ident)
+                )
                 await conn.execute(sql.SQL("ALTER ROLE {} SET default_transaction_read_only = on").format(role))
                 await conn.execute(sql.SQL("ALTER ROLE {} SET search_path = {}").format(role, ident))
             else:
@@ -447,4 +468,4 @@ def _fields_json(fields: tuple[ReadField, ...]) -> list[dict[str, Any]]:
     return [{"id": f.id, "name": f.name, "type": f.type} for f in fields]
 
 
-__all__ = ["QueryTables", "QueryTable", "QueryInvalid", "QueryTableBroken", "NameTaken", "DatabaseCredentials"]
+__all__ = ["DatabaseCredentials", "NameTaken", "QueryInvalid", "QueryTable", "QueryTableBroken", "QueryTables"]

@@ -61,7 +61,9 @@ def _query_invalid(exc: QueryInvalid) -> ApiError:
 
 
 def _name_taken(name: str) -> ApiError:
-    return ApiError(409, "name_taken", f"There is already a query table named {name!r}.", errors={"name": "Already in use."})
+    return ApiError(
+        409, "name_taken", f"There is already a query table named {name!r}.", errors={"name": "Already in use."}
+    )
 
 
 async def _own_query_table(request: Request, account: SubAccount) -> QueryTable:
@@ -127,7 +129,9 @@ async def database_credentials(request: Request) -> JSONResponse:
     svc = services(request)
     if not svc.settings.sql_access:
         raise ApiError(
-            404, "sql_access_disabled", "SQL access is off on this server; the operator turns it on with BFF_SQL_ACCESS=true."
+            404,
+            "sql_access_disabled",
+            "SQL access is off on this server; the operator turns it on with BFF_SQL_ACCESS=true.",
         )
     account = await svc.store.get_sub_account(partner.id, account_id=request.path_params["account_id"])
     if account is None:

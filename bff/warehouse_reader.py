@@ -123,7 +123,7 @@ def parse_since(raw: str, param: str = "updated_since") -> float:
     except ValueError:
         raise validation_error({param: f"{raw!r} is not an ISO 8601 time such as 2026-01-31T12:00:00Z."}) from None
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.timezone.utc)
+        moment = moment.replace(tzinfo=dt.UTC)
     return moment.timestamp()
 
 
@@ -142,7 +142,9 @@ def parse_row_query(
         if key.startswith("filter__"):
             name, sep, op = key[len("filter__") :].rpartition("__")
             if not sep:
-                raise validation_error({key: "Write filters as filter__<field>__<operator>."}, detail=f"Bad filter {key}.")
+                raise validation_error(
+                    {key: "Write filters as filter__<field>__<operator>."}, detail=f"Bad filter {key}."
+                )
             field = _resolve(name, by_name, by_key)
             if field is None:
                 raise validation_error({key: f"Unknown field {name!r}."}, detail=f"Unknown field {name!r} in {key}.")
@@ -173,7 +175,9 @@ def parse_row_query(
                 name = part.lstrip("-+")
                 field = _resolve(name, by_name, by_key)
                 if field is None:
-                    raise validation_error({"order_by": f"Unknown field {name!r}."}, detail=f"Cannot order by {name!r}.")
+                    raise validation_error(
+                        {"order_by": f"Unknown field {name!r}."}, detail=f"Cannot order by {name!r}."
+                    )
                 if field.type == "json":
                     raise validation_error({"order_by": f"{field.name} holds JSON and cannot be ordered by."})
                 order.append((field.name, descending))
@@ -187,7 +191,9 @@ def parse_row_query(
             for name in _split(raw):
                 field = _resolve(name, by_name, by_key)
                 if field is None:
-                    raise validation_error({key: f"Unknown field {name!r}."}, detail=f"Unknown field {name!r} in {key}.")
+                    raise validation_error(
+                        {key: f"Unknown field {name!r}."}, detail=f"Unknown field {name!r} in {key}."
+                    )
                 chosen.append(field)
             if key == "include":
                 include = chosen
@@ -250,9 +256,6 @@ def json_value(value: Any) -> Any:
     if isinstance(value, uuid.UUID):
         return str(value)
     return str(value)
-
-
-
 
 
 async def read_synced(

@@ -50,7 +50,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     bind = op.get_bind()
-    for (schema, view) in bind.execute(
+    for schema, view in bind.execute(
         text(
             "SELECT s.warehouse_schema, q.view_name FROM query_tables q JOIN sub_accounts s ON s.id = q.sub_account_id"
         )
