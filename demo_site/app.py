@@ -89,6 +89,8 @@ async def connection_totals(client: Any) -> tuple[dict[int, int], list[dict[str,
     applications = await client.applications()
     if applications:
         async for table in client.tables(int(applications[0]["id"])):
+            if table.get("type") == "query":  # saved queries belong to no connection
+                continue
             tables.append(table)
             totals[int(table["connection"])] = totals.get(int(table["connection"]), 0) + int(table["row_count"])
     return totals, tables
@@ -241,6 +243,8 @@ def create_site_app(
             last_runs = {int(c["id"]): c.get("last_run") or {} for c in connections}
             names = {int(c["id"]): c["name"] for c in connections}
             tables: list[dict[str, Any]] = []
+            saved = await saved_queries(client)
+            opened = await open_saved_query(client, saved, request.query_params.get("query"))
             for table in (await connection_totals(client))[1]:
                 rows = []
                 async for row in client.rows(int(table["id"]), page_size=ROWS_SHOWN):
@@ -260,7 +264,59 @@ def create_site_app(
                 )
         except BFFError as exc:
             return page(request, "error.html", status=502, error=exc)
-        return page(request, "data.html", sub_accounts=sub_accounts, connections=connections, tables=tables)
+        return page(
+            request,
+            "data.html",
+            sub_accounts=sub_accounts,
+            connections=connections,
+            tables=tables,
+            saved=saved,
+            opened=opened,
+            csrf=request.session.get("csrf", ""),
+            query_error=request.session.pop("query_error", None),
+            query_draft=request.session.pop("query_draft", None),
+        )
+
+    async def saved_queries(client: Any) -> list[dict[str, Any]]:
+        applications = await client.applications()
+        if not applications:
+            return []
+        return [t async for t in client.tables(int(applications[0]["id"])) if t.get("type") == "query"]
+
+    async def open_saved_query(client: Any, saved: list[dict[str, Any]], raw_id: str | None) -> dict[str, Any] | None:
+        chosen = next((t for t in saved if raw_id and str(t["id"]) == raw_id), None)
+        if chosen is None:
+            return None
+        types = {f["name"]: f.get("type") for f in chosen.get("fields", [])}
+        rows: list[dict[str, Any]] = []
+        error = chosen.get("error")
+        if error is None:
+            try:
+                async for row in client.rows(int(chosen["id"]), page_size=ROWS_SHOWN):
+                    rows.append(row)
+                    if len(rows) == ROWS_SHOWN:
+                        break
+            except BFFError as exc:
+                error = exc.detail
+        return {**chosen, "rows": rows, "types": types, "error": error}
+
+    async def create_saved_query(request: Request) -> Response:
+        """The partner's back-end saves a customer's query (identity token; never the browser)."""
+        who = current(request)
+        if who is None:
+            return RedirectResponse("/", status_code=303)
+        form = await request.form()
+        if not secrets.compare_digest(str(form.get("csrf", "")), str(request.session.get("csrf", "")) or "-"):
+            return page(request, "error.html", status=403, error="This form has expired; reload the page.")
+        name, query = str(form.get("name", "")).strip(), str(form.get("query", ""))
+        client = await customer_client(who["external_id"])
+        try:
+            created = await client.create_query_table(name, query)
+        except BFFError as exc:
+            request.session["query_error"] = exc.detail if not exc.errors else "; ".join(exc.errors.values())
+            request.session["query_draft"] = {"name": name, "query": query}
+            return RedirectResponse("/data#saved-queries", status_code=303)
+        return RedirectResponse(f"/data?query={int(created['id'])}#saved-queries", status_code=303)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -279,6 +335,7 @@ def create_site_app(
             Route("/integrations/{id:int}/summary", connection_summary, methods=["GET"]),
             Route("/favicon.ico", favicon, methods=["GET"]),
             Route("/data", data, methods=["GET"]),
+            Route("/data/queries", create_saved_query, methods=["POST"]),
             Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
         ],
         middleware=[

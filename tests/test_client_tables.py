@@ -7,13 +7,12 @@ from datetime import datetime
 
 import httpx
 import pytest
+from conftest import serve_in_thread
 
-from bff.client import AsyncPartnerClient, BFFError, PartnerClient, row_params
 from bff.cli import create_partner
+from bff.client import AsyncPartnerClient, BFFError, PartnerClient, row_params
 from bff.sandbox.data import deals_table
 from bff.settings import Settings
-
-from conftest import serve_in_thread
 
 DEALS = deals_table().records
 

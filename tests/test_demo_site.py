@@ -64,3 +64,33 @@ def test_data_page_values_are_formatted() -> None:
     assert format_value("101-/2025-/00001", "text") == "101-/2025-/00001"
     assert format_value(None, "text") == "—"
     assert format_value(True, None) == "yes"
+
+
+async def test_data_page_saved_queries(settings_factory: Callable[..., Settings]) -> None:
+    bff_port = free_port()
+    settings = settings_factory(public_url=f"http://127.0.0.1:{bff_port}", sandbox_enabled=True)
+    site_port = free_port()
+    site_url = f"http://localhost:{site_port}"
+    partner = await ensure_demo_partner(settings, site_url)
+    site = create_site_app(bff_url=settings.public_url, partner_token=partner["token"], site_url=site_url)
+    with serve_in_thread(settings, port=bff_port), serve_in_thread(site, port=site_port, host="localhost") as base:
+        async with httpx.AsyncClient(base_url=base, follow_redirects=True) as browser:
+            page = await browser.post("/login", data={"customer": "wood_123"})
+            csrf = json.loads(page.text.split('id="acme-config">')[1].split("</script>")[0])["csrf"]
+            empty = await browser.get("/data")
+            assert "Saved queries" in empty.text and "No saved queries yet." in empty.text
+
+            forged = await browser.post("/data/queries", data={"name": "x", "query": "SELECT 1 AS one"})
+            assert forged.status_code == 403
+
+            saved = await browser.post(
+                "/data/queries", data={"csrf": csrf, "name": "The answer", "query": "SELECT 42 AS answer, 'forty-two' AS words"}
+            )
+            assert saved.status_code == 200 and "/data?query=" in str(saved.url)
+            assert 'aria-current="true">The answer</a>' in saved.text and "forty-two" in saved.text and "1 rows" in saved.text
+
+            refused = await browser.post("/data/queries", data={"csrf": csrf, "name": "Bad", "query": "SELECT 1; SELECT 2"})
+            assert refused.status_code == 200 and 'role="alert"' in refused.text and "multiple commands" in refused.text
+            assert "SELECT 1; SELECT 2" in refused.text  # the draft is kept for editing
+            listed = await browser.get("/data")
+            assert listed.text.count('href="/data?query=') == 1

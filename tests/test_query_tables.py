@@ -8,13 +8,12 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+from conftest import BFF, auth, running_bff
+from sync_helpers import customer, tables
+from tables_helpers import crm_customer, identity_customer, rows
 
 from bff.sandbox.data import contacts_table, deals_table
 from bff.settings import Settings
-
-from conftest import BFF, auth, running_bff
-from tables_helpers import crm_customer, identity_customer, rows
-from sync_helpers import customer, tables
 
 DEALS = deals_table().records
 CONTACTS = {c["id"]: c for c in contacts_table().records}

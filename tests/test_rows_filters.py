@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from urllib.parse import quote
 
 import pytest
-
-from bff.sandbox.data import contacts_table, deals_table
-from bff.settings import Settings
-
 from conftest import BFF, FakeClock, auth, running_bff
 from sync_helpers import sync, tables
 from tables_helpers import crm_customer, rows
+
+from bff.sandbox.data import contacts_table, deals_table
+from bff.settings import Settings
 
 DEALS = deals_table().records
 CONTACTS = contacts_table().records
@@ -110,13 +109,13 @@ async def test_updated_since_returns_rows_synced_after_it(settings_factory: Call
         touched = (await sbff.client.post("/sandbox/_control/touch", json={"resource": "crm.deals", "count": 4})).json()
         await sync(sbff, token, connection_id)
         deals = by_name["deals"]["id"]
-        half_way = datetime.fromtimestamp(first_sync + 1800, tz=timezone.utc).isoformat().replace("+00:00", "Z")
+        half_way = datetime.fromtimestamp(first_sync + 1800, tz=UTC).isoformat().replace("+00:00", "Z")
         recent = await rows(sbff, token, deals, f"updated_since={quote(half_way)}")
         assert sorted(ids(recent)) == sorted(touched["touched"]) and recent["count"] == 4
-        before = datetime.fromtimestamp(first_sync - 1, tz=timezone.utc).isoformat()
+        before = datetime.fromtimestamp(first_sync - 1, tz=UTC).isoformat()
         assert (await rows(sbff, token, deals, f"updated_since={quote(before)}"))["count"] == len(DEALS)
         # Without a zone an ISO time is UTC.
-        naive = datetime.fromtimestamp(first_sync + 1800, tz=timezone.utc).replace(tzinfo=None).isoformat()
+        naive = datetime.fromtimestamp(first_sync + 1800, tz=UTC).replace(tzinfo=None).isoformat()
         assert (await rows(sbff, token, deals, f"updated_since={naive}"))["count"] == 4
         newest_first = await rows(sbff, token, deals, "order_by=-updated_at&size=4")
         assert sorted(ids(newest_first)) == sorted(touched["touched"])

@@ -7,12 +7,11 @@ from typing import Any
 
 import psycopg
 import pytest
+from conftest import BFF, auth, running_bff
 from psycopg import sql
+from tables_helpers import crm_customer
 
 from bff.settings import Settings
-
-from conftest import BFF, auth, running_bff
-from tables_helpers import crm_customer
 
 
 def connect(credentials: dict[str, Any]) -> psycopg.Connection[Any]:
