@@ -75,13 +75,14 @@ async def _own_table(request: Request, account: SubAccount) -> WarehouseTable | 
     table_id = request.path_params["table_id"]
     # The control database says whose table it is before any warehouse table is opened.
     query_tables = services(request).query_tables
-    if await query_tables.owner(table_id) == account.id:
-        found = await query_tables.get(account.id, table_id)
-        if found is not None:
-            return found
-    if await warehouse(request).table_owner(table_id) != account.id:
+    owner = await query_tables.owner(table_id)
+    if owner is None or owner[0] != account.id:
         raise not_found("No such table.")
-    table = await warehouse(request).get_table(account.id, table_id)
+    table: WarehouseTable | QueryTable | None
+    if owner[1] == "query":
+        table = await query_tables.get(account.id, table_id)
+    else:
+        table = await warehouse(request).get_table(account.id, table_id)
     if table is None:
         raise not_found("No such table.")
     return table

@@ -358,11 +358,16 @@ class QueryTables:
 
     # -- reading -------------------------------------------------------------------------------
 
-    async def owner(self, table_id: int) -> int | None:
+    async def owner(self, table_id: int) -> tuple[int, str] | None:
+        """``(sub-account, "synced" | "query")`` of any table id, in one query."""
         async with self.store.connection() as conn:
-            cur = await conn.execute("SELECT sub_account_id FROM query_tables WHERE id = %s", (table_id,))
+            cur = await conn.execute(
+                "SELECT sub_account_id, 'query' AS kind FROM query_tables WHERE id = %s"
+                " UNION ALL SELECT sub_account_id, 'synced' FROM warehouse_tables WHERE id = %s",
+                (table_id, table_id),
+            )
             row = await cur.fetchone()
-        return int(row["sub_account_id"]) if row else None
+        return (int(row["sub_account_id"]), str(row["kind"])) if row else None
 
     async def get(self, sub_account_id: int, table_id: int) -> QueryTable | None:
         found = await self._load(sub_account_id, table_id)

@@ -226,17 +226,19 @@ async def read_page(
     """``(matching rows, this page)`` of ``relation`` on ``conn`` (dict rows)."""
     names = [f.name for f in query.fields]
     columns = sql.SQL(", ").join(sql.Identifier(c) for c in [*names, *extra_columns]) or sql.SQL("1 AS _")
-    cur = await conn.execute(
-        sql.SQL("SELECT COUNT(*) AS n FROM {} WHERE {}").format(relation, query.where), query.params
-    )
-    counted = await cur.fetchone()
-    cur = await conn.execute(
-        sql.SQL("SELECT {} FROM {} WHERE {} ORDER BY {} LIMIT %s OFFSET %s").format(
-            columns, relation, query.where, order_clause(query, tie_breakers)
-        ),
-        (*query.params, limit, offset),
-    )
-    rows = [dict(row) for row in await cur.fetchall()]
+    # One round trip for both statements (pipeline mode).
+    async with conn.pipeline():
+        count_cur = await conn.execute(
+            sql.SQL("SELECT COUNT(*) AS n FROM {} WHERE {}").format(relation, query.where), query.params
+        )
+        page_cur = await conn.execute(
+            sql.SQL("SELECT {} FROM {} WHERE {} ORDER BY {} LIMIT %s OFFSET %s").format(
+                columns, relation, query.where, order_clause(query, tie_breakers)
+            ),
+            (*query.params, limit, offset),
+        )
+    counted = await count_cur.fetchone()
+    rows = [dict(row) for row in await page_cur.fetchall()]
     rows = [{k: v for k, v in row.items() if k != "_"} for row in rows]
     return (int(counted["n"]) if counted else 0), rows
 
