@@ -187,12 +187,6 @@ class QueryTables:
                 await conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(role, password))
                 await conn.execute(sql.SQL("GRANT {} TO {}").format(ident, role))
                 await conn.execute(sql.SQL("GRANT USAGE, CREATE ON SCHEMA {} TO {}").format(ident, role))
-                # Views the runner creates are readable by the read role (and so by SQL-access logins).
-                await conn.execute(
-                    sql.SQL("ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA {} GRANT SELECT ON TABLES TO {}").format(
-                        role, ident, ident
-                    )
-                )
                 await conn.execute(sql.SQL("ALTER ROLE {} SET default_transaction_read_only = on").format(role))
                 # Queries name tables without the schema: ``SELECT … FROM c12_deals``.
                 await conn.execute(sql.SQL("ALTER ROLE {} SET search_path = {}").format(role, ident))
@@ -213,7 +207,8 @@ class QueryTables:
             cur = await conn.execute("SELECT session_user AS who, current_user AS acting")
             row = await cur.fetchone()
             # The whole design rests on this: customer SQL never runs in a superuser's session.
-            assert row == {"who": runner, "acting": runner}, row
+            if row != {"who": runner, "acting": runner}:
+                raise RuntimeError(f"refusing to run customer SQL: the session is {row}, not {runner!r}")
             yield conn
         finally:
             await conn.close()
@@ -245,6 +240,8 @@ class QueryTables:
                         await conn.execute(sql.SQL("DROP VIEW IF EXISTS {}").format(target))
                     create = sql.SQL("CREATE VIEW {} AS ").format(target).as_string(conn) + query
                     await conn.execute(create, prepare=True)
+                    # The owner (the runner) lets the read role, and so SQL-access logins, read it.
+                    await conn.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(target, sql.Identifier(schema)))
                     cur = await conn.execute(
                         "SELECT attname, atttypid FROM pg_attribute WHERE attrelid = %s::regclass"
                         " AND attnum > 0 AND NOT attisdropped ORDER BY attnum",

@@ -97,6 +97,10 @@ async def test_the_alias_patch_and_delete(sbff: BFF) -> None:
     assert refused.status_code == 400 and refused.json()["code"] == "query_invalid"
     assert (await rows(sbff, token, table["id"]))["count"] == sum(d["amount"] > 40000 for d in DEALS)  # unchanged
 
+    # Percent signs and placeholders in the SQL are only text.
+    literal = (await create(sbff, token, "Percent", "SELECT '50%' AS pct, '%s' AS placeholder, '%(x)s' AS named")).json()
+    assert (await rows(sbff, token, literal["id"]))["results"] == [{"pct": "50%", "placeholder": "%s", "named": "%(x)s"}]
+
     gone = await sbff.client.delete(f"/api/table/{table['id']}", headers=auth(token))
     assert gone.status_code == 204
     assert (await sbff.client.get(f"/api/table/{table['id']}", headers=auth(token))).status_code == 404
