@@ -8,10 +8,10 @@ import psycopg
 from psycopg import sql
 
 from bff.store.migrate import current_revision, migrate
-from bff.testing import TestDatabases
+from bff import testing
 
 
-def test_upgrade_from_0003_indexes_existing_tables_and_adds_query_tables(test_databases: TestDatabases) -> None:
+def test_upgrade_from_0003_indexes_existing_tables_and_adds_query_tables(test_databases: testing.TestDatabases) -> None:
     name = f"mig_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(test_databases.admin_url, autocommit=True) as admin:
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
