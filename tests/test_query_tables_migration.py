@@ -7,8 +7,8 @@ import uuid
 import psycopg
 from psycopg import sql
 
-from bff.store.migrate import current_revision, migrate
 from bff import testing
+from bff.store.migrate import current_revision, migrate
 
 
 def test_upgrade_from_0003_indexes_existing_tables_and_adds_query_tables(test_databases: testing.TestDatabases) -> None:
