@@ -18,9 +18,9 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute
 
 from .auth import require_sub_account, services
-from .errors import ApiError, not_found
+from .errors import ApiError, not_found, validation_error
 from .http import Pagination, api_route, query_bool
-from .query_tables import QueryTable, QueryTableBroken
+from .query_tables import FilterValueRejected, QueryTable, QueryTableBroken
 from .store import SubAccount
 from .warehouse import Warehouse, WarehouseTable
 from .warehouse_reader import ReadField, parse_row_query, read_synced, synced_fields
@@ -108,6 +108,11 @@ async def list_rows(request: Request) -> JSONResponse:
             )
         except QueryTableBroken as exc:
             raise ApiError(409, "query_table_broken", exc.message) from None
+        except FilterValueRejected as exc:
+            filters = [k for k, _ in _row_params(request) if k.startswith("filter__")]
+            raise validation_error(
+                {k: exc.message for k in filters} or {"filter": exc.message}, detail=exc.message
+            ) from None
     else:
         fields = synced_fields(table)
         query = parse_row_query(_row_params(request), fields)

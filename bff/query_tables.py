@@ -84,6 +84,14 @@ class QueryTableBroken(Exception):
         self.message = message
 
 
+class FilterValueRejected(Exception):
+    """A filter value the column's type cannot take (``filter__day__equal=someday`` on a date)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
 class NameTaken(Exception):
     pass
 
@@ -424,6 +432,8 @@ class QueryTables:
                     count, rows = await read_page(
                         conn, table.identifier, query, extra_columns=(), tie_breakers=ties, offset=offset, limit=limit
                     )
+            except psycopg.errors.DataError as exc:
+                raise FilterValueRejected(_message(exc)) from None
             except psycopg.Error as exc:
                 raise QueryTableBroken(broken_message(exc)) from None
         return count, [{k: json_value(v) for k, v in row.items()} for row in rows]
@@ -470,4 +480,12 @@ def _fields_json(fields: tuple[ReadField, ...]) -> list[dict[str, Any]]:
     return [{"id": f.id, "name": f.name, "type": f.type} for f in fields]
 
 
-__all__ = ["DatabaseCredentials", "NameTaken", "QueryInvalid", "QueryTable", "QueryTableBroken", "QueryTables"]
+__all__ = [
+    "DatabaseCredentials",
+    "FilterValueRejected",
+    "NameTaken",
+    "QueryInvalid",
+    "QueryTable",
+    "QueryTableBroken",
+    "QueryTables",
+]

@@ -162,7 +162,7 @@ def parse_row_query(
                 conditions.append(
                     sql.SQL("({})").format(
                         sql.SQL(" OR ").join(
-                            sql.SQL("{} ILIKE %s ESCAPE '\\'").format(sql.Identifier(f.name)) for f in text_fields
+                            sql.SQL("{}::text ILIKE %s ESCAPE '\\'").format(sql.Identifier(f.name)) for f in text_fields
                         )
                     )
                 )
@@ -225,7 +225,8 @@ async def read_page(
 ) -> tuple[int, list[dict[str, Any]]]:
     """``(matching rows, this page)`` of ``relation`` on ``conn`` (dict rows)."""
     names = [f.name for f in query.fields]
-    columns = sql.SQL(", ").join(sql.Identifier(c) for c in [*names, *extra_columns]) or sql.SQL("1 AS _")
+    selected = [*names, *extra_columns]
+    columns = sql.SQL(", ").join(sql.Identifier(c) for c in selected) if selected else sql.SQL("NULL AS _")
     # One round trip for both statements (pipeline mode).
     async with conn.pipeline():
         count_cur = await conn.execute(
@@ -239,7 +240,8 @@ async def read_page(
         )
     counted = await count_cur.fetchone()
     rows = [dict(row) for row in await page_cur.fetchall()]
-    rows = [{k: v for k, v in row.items() if k != "_"} for row in rows]
+    if not selected:  # every field excluded: rows are empty objects
+        rows = [{} for _ in rows]
     return (int(counted["n"]) if counted else 0), rows
 
 

@@ -212,3 +212,35 @@ async def test_views_belong_to_the_customers_runner_role_not_to_the_bff(sbff: BF
             (f"{schema}_q", f"{schema}_q"),
         )
         assert await cur.fetchone() == {"public_create": False, "partners": False}
+
+
+async def test_filters_on_typed_view_columns(sbff: BFF) -> None:
+    token, _, by_name, _ = await crm_customer(sbff)
+    deals = by_name["deals"]["sql_name"]
+    table = (
+        await create(
+            sbff,
+            token,
+            "Typed",
+            f"SELECT id, created_at::timestamptz AS created, created_at::date AS day, amount::numeric(12, 2) AS money,"
+            f" amount > 40000 AS big FROM {deals}",
+        )
+    ).json()
+    assert [(f["name"], f["type"]) for f in table["fields"]] == [
+        ("id", "text"), ("created", "datetime"), ("day", "datetime"), ("money", "number"), ("big", "boolean"),
+    ]
+    since = "2025-10-01T00:00:00Z"
+    later = await rows(sbff, token, table["id"], f"filter__created__higher_than={since}&size=500&order_by=id")
+    assert [r["id"] for r in later["results"]] == sorted(d["id"] for d in DEALS if d["created_at"] > since)
+    assert later["results"][0]["created"].startswith("2025-") and isinstance(later["results"][0]["money"], float)
+    big = await rows(sbff, token, table["id"], "filter__big__equal=true&size=500")
+    assert big["count"] == sum(d["amount"] > 40000 for d in DEALS)
+    # search reads timestamps and dates as text
+    assert (await rows(sbff, token, table["id"], "search=2025-03-07"))["count"] == sum(
+        d["created_at"].startswith("2025-03-07") for d in DEALS
+    )
+    # A value the column's type cannot take is the caller's mistake, not a broken table.
+    bad = await rows(sbff, token, table["id"], "filter__day__equal=someday", status=400)
+    assert bad["code"] == "validation_error" and "filter__day__equal" in bad["errors"] and "date" in bad["detail"]
+    nothing = await rows(sbff, token, table["id"], "exclude=id,created,day,money,big&size=2")
+    assert nothing["results"] == [{}, {}]
