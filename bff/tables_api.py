@@ -75,6 +75,7 @@ async def _own_query_table(request: Request, account: SubAccount) -> QueryTable:
 
 
 async def create_table(request: Request) -> JSONResponse:
+    """Save a query table: one SELECT over the customer's own tables, kept as a view."""
     account = await require_back_end(request)
     data = await read_json(request)
     errors: dict[str, str] = {}
@@ -92,11 +93,13 @@ async def create_table(request: Request) -> JSONResponse:
 
 
 async def get_table(request: Request) -> JSONResponse:
+    """One query table: its name, query and fields."""
     account = await require_back_end(request)
     return JSONResponse((await _own_query_table(request, account)).public_dict())
 
 
 async def update_table(request: Request) -> JSONResponse:
+    """Rename a query table or change its query (checked like a new one)."""
     account = await require_back_end(request)
     table = await _own_query_table(request, account)
     data = await read_json(request)
@@ -118,6 +121,7 @@ async def update_table(request: Request) -> JSONResponse:
 
 
 async def delete_table(request: Request) -> Response:
+    """Delete a query table and its view."""
     account = await require_back_end(request)
     table = await _own_query_table(request, account)
     await services(request).query_tables.delete(table)
@@ -125,6 +129,7 @@ async def delete_table(request: Request) -> Response:
 
 
 async def database_credentials(request: Request) -> JSONResponse:
+    """A read-only SQL login for one customer's schema (BFF_SQL_ACCESS=true); a new password each call."""
     partner = await require_partner(request)
     svc = services(request)
     if not svc.settings.sql_access:
