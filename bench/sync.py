@@ -50,7 +50,12 @@ async def connect_crm(client: httpx.AsyncClient, token: str) -> int:
     """Create a sandbox CRM connection and press "Allow" on the consent page."""
     headers = {"Authorization": f"Bearer {token}"}
     created = (await client.post("/api/servers", json={"servertype_id": "sandbox_crm"}, headers=headers)).json()
-    page = await client.get(created["oauth_url"])
+    # What the start page does in the browser: swap the nonce for the binding cookie and the provider's URL.
+    origin = str(client.base_url).rstrip("/")
+    started = await client.post(
+        created["oauth_url"], json={"nonce": created["oauth_nonce"], "opener_origin": origin}, headers={"Origin": origin}
+    )
+    page = await client.get(started.json()["authorize_url"])
     form = {name: html.unescape(value) for name, value in _HIDDEN.findall(page.text)}
     decision = await client.post("/sandbox/crm/oauth/decision", data={**form, "decision": "allow"})
     callback = await client.get(decision.headers["location"])

@@ -21,10 +21,11 @@ from .connections import SandboxTransport
 from .crypto import Vault
 from .db import database_url
 from .errors import EXCEPTION_HANDLERS
+from .files import secure_data_dir
 from .jobs import JobQueue
 from .sandbox import SandboxOptions, create_sandbox_app
+from .middleware import AccessLogMiddleware, BodyLimitMiddleware, CORSMiddleware, SecurityHeadersMiddleware
 from .query_tables import QueryTables
-from .middleware import AccessLogMiddleware, BodyLimitMiddleware, CORSMiddleware
 from .runtime import Runtime
 from .services import Services
 from .settings import Settings
@@ -62,6 +63,8 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time, mi
     in the data directory. Migrations run when the app starts, unless told not to.
     """
     url = database_url(settings)
+    # After the embedded server is up: its cluster may belong to another user, who keeps access.
+    secure_data_dir(settings.data_dir)
     store = Store(url, clock=clock)
     sandbox_app = None
     transport: httpx.AsyncBaseTransport = httpx.AsyncHTTPTransport(retries=0)
@@ -103,6 +106,9 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time, mi
                 yield
             finally:
                 await queue.close()
+                writeback = getattr(app.state, "writeback", None)
+                if writeback is not None:  # write log lines still buffered (they are batched for 0.25 s)
+                    await writeback.log.flush()
         finally:
             await services.http.aclose()
             await store.close()
@@ -125,7 +131,13 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time, mi
         routes=routes,
         middleware=[
             Middleware(AccessLogMiddleware),
-            Middleware(CORSMiddleware, is_allowed=services.origin_registered),
+            Middleware(SecurityHeadersMiddleware, hsts=settings.hsts),
+            Middleware(
+                CORSMiddleware,
+                is_allowed=services.origin_registered,
+                partner_of=services.tokens.partner_of,
+                partner_has_origin=store.partner_has_origin,
+            ),
             Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes),
         ],
         exception_handlers=EXCEPTION_HANDLERS,

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 
-from .errors import not_found
+from .errors import ApiError, not_found
 from .store import Connection, Partner, SubAccount
 from .tokens import Claims, TokenKind, parse_authorization, token_error
 
@@ -56,6 +57,25 @@ async def require_partner(request: Request) -> Partner:
 async def require_sub_account(request: Request) -> SubAccount:
     caller = await authenticate(request, SUB_ACCOUNT_KINDS)
     assert caller.sub_account is not None
+    return caller.sub_account
+
+
+async def require_identity(request: Request) -> SubAccount:
+    """Back-end-only surfaces (the warehouse read API): an identity token, never the browser's
+    integrate token (DESIGN §3), and at most so many reads per token (counted in the database)."""
+    from .throttle import WAREHOUSE_READS, Throttle
+
+    caller = await authenticate(request, SUB_ACCOUNT_KINDS)
+    assert caller.sub_account is not None
+    if caller.claims.kind != "identity":
+        raise ApiError(
+            403,
+            "token_not_allowed",
+            "The warehouse is read by your back-end with an identity token; the browser's integrate token cannot read it.",
+        )
+    token = parse_authorization(request.headers.get("authorization"))
+    svc = services(request)
+    await Throttle(svc.store, svc.clock).take(WAREHOUSE_READS, hashlib.sha256(token.encode()).hexdigest()[:32])
     return caller.sub_account
 
 

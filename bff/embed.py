@@ -16,6 +16,8 @@ from .errors import not_found
 
 ASSET_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*\.(js|css|d\.ts)$")
 LOGO_NAME = re.compile(r"^[a-z0-9_]+\.svg$")
+# scheme://host[:port], nothing else: it goes into a CSP header verbatim.
+_ORIGIN = re.compile(r"https?://([a-z0-9.-]+|\[[0-9a-f:.]+\])(:[0-9]{1,5})?")
 CONTENT_TYPES = {
     ".js": "text/javascript; charset=utf-8",
     ".css": "text/css; charset=utf-8",
@@ -27,10 +29,11 @@ CONTENT_TYPES = {
 # The source documents' script tag says /embed/v1.3/peliqan-integration.js: a copied tag must work,
 # so that path serves the same loader (and the modules it imports relative to itself).
 EMBED_PATHS = ("/embed/v1", "/embed/v1.3")
-# The iframe document: scripts and styles from this origin only, talks only to this API.
+# The iframe document: scripts and styles from this origin only, talks only to this API, and
+# may be framed only by the page its URL names (``?parent=``) when a partner registered that origin.
 CONNECT_CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
-    "frame-ancestors *; base-uri 'none'; form-action 'none'"
+    "frame-ancestors {ancestors}; base-uri 'none'; form-action 'none'"
 )
 
 
@@ -39,9 +42,10 @@ def widget_dir() -> Path:
     source = Path(__file__).resolve().parent.parent / "widget"
     if (source / "peliqan-integration.js").exists():
         return source
-    import bff.widget  # installed by `pip install .` (package-dir mapping in pyproject)
+    import importlib
 
-    return Path(bff.widget.__file__).resolve().parent
+    installed = importlib.import_module("bff.widget")  # installed by `pip install .` (package-dir mapping)
+    return Path(str(installed.__file__)).resolve().parent
 
 
 @lru_cache(maxsize=64)
@@ -74,11 +78,25 @@ async def loader(request: Request) -> Response:
     )
 
 
+async def frame_ancestors(request: Request) -> str:
+    """``?parent=`` when that exact origin is registered on a partner, else ``'none'``.
+
+    The browser enforces it for every ancestor, so a page of an unregistered origin cannot
+    frame the connect UI even where ``location.ancestorOrigins`` is missing (Firefox). Which
+    partner's token is used is checked later (``POST /api/embed/session``).
+    """
+    parent = request.query_params.get("parent", "")
+    if _ORIGIN.fullmatch(parent) and await request.app.state.services.origin_registered(parent):
+        return parent
+    return "'none'"
+
+
 async def connect_document(request: Request) -> Response:
     """The connect UI, loaded in an iframe on the partner's page."""
+    csp = CONNECT_CSP.format(ancestors=await frame_ancestors(request))
     return file_response(
         request, widget_dir() / "connect.html", cache_seconds=60,
-        extra_headers={"Content-Security-Policy": CONNECT_CSP, "Referrer-Policy": "no-referrer"},
+        extra_headers={"Content-Security-Policy": csp, "Referrer-Policy": "no-referrer"},
     )
 
 

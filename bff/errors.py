@@ -78,10 +78,11 @@ async def api_error_handler(request: Request, exc: Exception) -> Response:
 async def http_exception_handler(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = _DEFAULT_CODES.get(exc.status_code, "error")
+    # Never echo the path or method back: they are attacker-chosen text.
     if exc.status_code == 404:
-        detail = f"No route for {request.url.path}."
+        detail = "There is no such route; see /openapi.json."
     elif exc.status_code == 405:
-        detail = f"Method {request.method} is not allowed on {request.url.path}."
+        detail = "This method is not allowed on this route; see /openapi.json."
     else:
         detail = exc.detail if isinstance(exc.detail, str) else "Request failed."
     return error_response(exc.status_code, code, detail, headers=exc.headers)

@@ -9,12 +9,19 @@ from typing import Any
 from urllib.parse import urlencode
 
 from starlette.requests import Request
-from starlette.routing import Route
+from starlette.routing import Match, Route
+from starlette.types import Scope
 
 from .errors import ApiError, validation_error
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
+# Ids are BIGINT in the store; a bigger number names nothing (404), it must not reach SQL.
+MAX_ID = 2**63 - 1
+# Query integers (page, ids) beyond this are refused with 400 before any arithmetic or SQL.
+MAX_QUERY_INT = 2**31 - 1
+# JSON bodies are a few levels deep; deeper ones are refused before anything walks them.
+MAX_JSON_DEPTH = 32
 
 
 class EitherSlashRoute(Route):
@@ -24,6 +31,14 @@ class EitherSlashRoute(Route):
         super().__init__(path, endpoint, **kwargs)
         if path != "/" and self.path_regex.pattern.endswith("$"):
             self.path_regex = re.compile(self.path_regex.pattern[:-1].rstrip("/") + "/?$")
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        match, child = super().matches(scope)
+        if match is not Match.NONE:
+            params = child.get("path_params", {})
+            if any(isinstance(value, int) and value > MAX_ID for value in params.values()):
+                return Match.NONE, {}
+        return match, child
 
 
 def api_route(path: str, endpoint: Callable[..., Any], *, methods: Sequence[str], name: str | None = None) -> list[Route]:
@@ -46,24 +61,62 @@ async def read_json(request: Request, *, required: bool = True) -> dict[str, Any
         )
     try:
         data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise ApiError(400, "invalid_json", "The request body is not valid JSON.") from None
     if not isinstance(data, dict):
         raise ApiError(400, "invalid_json", "The request body must be a JSON object.")
+    check_json_value(data)
     return data
+
+
+def check_json_value(data: Any) -> None:
+    """Refuse what parses but cannot be stored: nesting deeper than MAX_JSON_DEPTH, lone surrogates
+    (``"\\ud800"``) and NUL characters."""
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, str):
+            if not _is_encodable(value):
+                raise ApiError(400, "invalid_json", "The request body holds a lone UTF-16 surrogate (e.g. \\ud800).")
+            if "\x00" in value:  # PostgreSQL text cannot hold NUL
+                raise ApiError(400, "invalid_json", "The request body holds a NUL character (\\u0000).")
+        elif isinstance(value, (dict, list)):
+            if depth > MAX_JSON_DEPTH:
+                raise ApiError(400, "invalid_json", f"The request body is nested more than {MAX_JSON_DEPTH} levels deep.")
+            items = [*value.keys(), *value.values()] if isinstance(value, dict) else value
+            stack.extend((item, depth + 1) for item in items)
+
+
+def _is_encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def parse_id(raw: str, name: str) -> int:
+    """An id from a query parameter: ASCII digits only, at most MAX_ID, else 400."""
+    if not (raw.isascii() and raw.isdigit()):
+        raise validation_error({name: "Must be an integer."})
+    if len(raw) > len(str(MAX_ID)) or int(raw) > MAX_ID:
+        raise validation_error({name: f"Must be at most {MAX_ID}."})
+    return int(raw)
 
 
 def query_int(request: Request, name: str, *, default: int | None = None, minimum: int = 1, maximum: int | None = None) -> int | None:
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return default
+    maximum = MAX_QUERY_INT if maximum is None else min(maximum, MAX_QUERY_INT)
+    if len(raw) > 20:
+        raise validation_error({name: f"Must be between {minimum} and {maximum}."})
     try:
         value = int(raw)
     except ValueError:
         raise validation_error({name: "Must be an integer."}) from None
     if value < minimum or (maximum is not None and value > maximum):
-        bound = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
-        raise validation_error({name: f"Must be {bound}."})
+        raise validation_error({name: f"Must be between {minimum} and {maximum}."})
     return value
 
 
@@ -93,9 +146,11 @@ class Pagination:
         self.limit = self.page_size
 
     def _link(self, page: int) -> str:
+        # From the configured public URL, never the request's Host header (which the client chooses).
         params = dict(self.request.query_params)
         params["page"] = str(page)
-        return f"{self.request.url.replace(query='')}?{urlencode(params)}"
+        public_url = self.request.app.state.services.settings.public_url
+        return f"{public_url}{self.request.url.path}?{urlencode(params)}"
 
     def envelope(self, count: int, results: list[Any]) -> dict[str, Any]:
         has_next = self.offset + len(results) < count

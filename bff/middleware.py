@@ -1,4 +1,4 @@
-"""ASGI middleware: body size limit, CORS for registered partner origins, access log."""
+"""ASGI middleware: security headers, body size limit, CORS for the token's partner's origins, access log."""
 
 from __future__ import annotations
 
@@ -17,6 +17,9 @@ CORS_ALLOW_HEADERS = "Authorization, Content-Type, If-None-Match"
 CORS_ALLOW_METHODS = "GET, POST, PUT, PATCH, DELETE, OPTIONS"
 CORS_EXPOSE_HEADERS = "ETag, Retry-After"
 CORS_MAX_AGE = "600"
+PARTNER_ORIGIN_CACHE_SECONDS = 2.0
+PARTNER_ORIGIN_CACHE_SIZE = 4096
+HSTS_VALUE = b"max-age=63072000; includeSubDomains"
 
 
 async def _send_json(send: Send, status: int, body: dict[str, object], headers: list[tuple[bytes, bytes]] | None = None) -> None:
@@ -83,16 +86,88 @@ class BodyLimitMiddleware:
         )
 
 
+class SecurityHeadersMiddleware:
+    """Headers every answer carries: ``nosniff`` always, ``no-store`` on the API (customer data), HSTS when asked.
+
+    The API's answers hold customer data or tokens: no browser or proxy may keep them
+    (the SDK does its own conditional requests with ``If-None-Match``).
+    """
+
+    def __init__(self, app: ASGIApp, *, hsts: bool = False, no_store_prefixes: tuple[str, ...] = ("/api/", "/oauth/")) -> None:
+        self.app = app
+        self.hsts = hsts
+        self.no_store_prefixes = no_store_prefixes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        no_store = scope["path"].startswith(self.no_store_prefixes)
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [
+                    (name, value)
+                    for name, value in message.get("headers", [])
+                    if not (no_store and name.lower() == b"cache-control")
+                ]
+                names = {name.lower() for name, _ in headers}
+                if b"x-content-type-options" not in names:
+                    headers.append((b"x-content-type-options", b"nosniff"))
+                if no_store:
+                    headers.append((b"cache-control", b"no-store"))
+                if self.hsts and b"strict-transport-security" not in names:
+                    headers.append((b"strict-transport-security", HSTS_VALUE))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
 class CORSMiddleware:
-    """CORS headers only for origins registered on a partner; public assets for all.
+    """CORS headers only for origins registered on the token's own partner; public assets for all.
+
+    A preflight carries no token, so it is answered for any registered origin (it reveals
+    nothing). The request itself is answered with CORS headers only when its origin is
+    registered on the partner its token belongs to; without a valid token (an error
+    answer follows) any registered origin may read the error.
 
     ``is_allowed`` is an async callable (the store's origin list, cached briefly),
     so a partner added by `bff partner create` to a running server is picked up.
+    ``partner_of`` names the partner of a verified token (``None`` if it does not verify);
+    ``partner_has_origin`` asks the store.
     """
 
-    def __init__(self, app: ASGIApp, *, is_allowed: Callable[[str], Awaitable[bool]]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        is_allowed: Callable[[str], Awaitable[bool]],
+        partner_of: Callable[[str], int | None] | None = None,
+        partner_has_origin: Callable[[int, str], Awaitable[bool]] | None = None,
+    ) -> None:
         self.app = app
         self.is_allowed = is_allowed
+        self.partner_of = partner_of
+        self.partner_has_origin = partner_has_origin
+        self._answers: dict[tuple[int, str], tuple[float, bool]] = {}
+
+    async def _allowed_for_token(self, authorization: str, origin: str) -> bool | None:
+        """Whether the token's own partner registered ``origin``; ``None`` without a valid token."""
+        if self.partner_of is None or self.partner_has_origin is None:
+            return None
+        partner_id = self.partner_of(authorization)
+        if partner_id is None:
+            return None
+        now = time.monotonic()
+        cached = self._answers.get((partner_id, origin))
+        if cached is not None and now - cached[0] < PARTNER_ORIGIN_CACHE_SECONDS:
+            return cached[1]
+        answer = await self.partner_has_origin(partner_id, origin)
+        if len(self._answers) >= PARTNER_ORIGIN_CACHE_SIZE:
+            self._answers.clear()
+        self._answers[partner_id, origin] = (now, answer)
+        return answer
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -104,8 +179,10 @@ class CORSMiddleware:
             await self.app(scope, receive, send)
             return
         public = scope["path"].startswith(PUBLIC_CORS_PREFIXES)
-        allowed = public or await self.is_allowed(origin)
         preflight = scope["method"] == "OPTIONS" and "access-control-request-method" in headers
+        authorization = headers.get("authorization")
+        by_token = None if public or preflight or not authorization else await self._allowed_for_token(authorization, origin)
+        allowed = public or (by_token if by_token is not None else await self.is_allowed(origin))
         if preflight:
             if not allowed:
                 await _send_json(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Any
 
 from starlette.requests import Request
@@ -11,12 +12,30 @@ from starlette.routing import BaseRoute
 
 from .auth import require_partner, services
 from .errors import ApiError, not_found, validation_error
-from .http import Pagination, api_route, query_bool, read_json, require_str
+from .http import Pagination, api_route, parse_id, query_bool, read_json, require_str
 from .store import ExternalIdTaken, Partner, SubAccount
 from .tokens import MintedToken
 
 _LANGUAGE = re.compile(r"^[a-z]{2,3}(-[A-Za-z]{2,4})?$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+# Control (Cc), format (Cf: bidi overrides, zero-width joiners and spaces, BOM), surrogate (Cs),
+# private-use (Co), unassigned (Cn) and line/paragraph separators (Zl, Zp): invisible or
+# reorderable text that would let two customers look alike in a partner's dashboard.
+_REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+EXTERNAL_ID_MAX_LENGTH = 255
+
+
+def normalise_external_id(raw: str) -> str:
+    """NFC-normalised and stripped; raises ValueError naming the problem for invisible or control characters."""
+    value = unicodedata.normalize("NFC", raw).strip()
+    if not value or len(value) > EXTERNAL_ID_MAX_LENGTH:
+        raise ValueError(f"Must be 1 to {EXTERNAL_ID_MAX_LENGTH} characters.")
+    for char in value:
+        if unicodedata.category(char) in _REFUSED_CATEGORIES:
+            raise ValueError(
+                f"Must not contain control, invisible or text-direction characters (found U+{ord(char):04X})."
+            )
+    return value
 
 
 def parse_sub_account_fields(data: dict[str, Any], *, external_id_required: bool = True) -> tuple[str, dict[str, str]]:
@@ -30,9 +49,10 @@ def parse_sub_account_fields(data: dict[str, Any], *, external_id_required: bool
     elif isinstance(raw_external_id, bool) or not isinstance(raw_external_id, (str, int)):
         errors["external_id"] = "Must be a string (or an integer)."
     else:
-        external_id = str(raw_external_id).strip()
-        if not external_id or len(external_id) > 255:
-            errors["external_id"] = "Must be 1 to 255 characters."
+        try:
+            external_id = normalise_external_id(str(raw_external_id))
+        except ValueError as exc:
+            errors["external_id"] = str(exc)
     fields: dict[str, str] = {}
     for name in ("first_name", "last_name", "company_name"):
         value = require_str(data, name, errors)
@@ -65,10 +85,12 @@ async def lookup_sub_account(request: Request, partner: Partner) -> SubAccount:
         )
     store = services(request).store
     if account_id:
-        if not account_id.isdigit():
-            raise validation_error({"account_id": "Must be an integer."})
-        account = await store.get_sub_account(partner.id, account_id=int(account_id))
+        account = await store.get_sub_account(partner.id, account_id=parse_id(account_id, "account_id"))
     else:
+        try:
+            external_id = normalise_external_id(external_id or "")
+        except ValueError as exc:
+            raise validation_error({"external_id": str(exc)}) from None
         account = await store.get_sub_account(partner.id, external_id=external_id)
     if account is None:
         raise not_found("No such sub-account.")
@@ -158,8 +180,66 @@ async def revoke_tokens(request: Request) -> JSONResponse:
     return JSONResponse({"account_id": account.id, "external_id": account.external_id, "revoked": True})
 
 
+# -- the partner itself: its token's lifecycle and its origins ------------------------------------
+
+
+def partner_dict(partner: Partner) -> dict[str, Any]:
+    return {"id": partner.id, "name": partner.name, "origins": list(partner.origins)}
+
+
+async def get_partner(request: Request) -> JSONResponse:
+    """The calling partner: id, name and the browser origins allowed to embed the widget."""
+    partner = await require_partner(request)
+    found = await services(request).store.get_partner_with_origins(partner.id)
+    assert found is not None
+    return JSONResponse(partner_dict(found))
+
+
+async def rotate_partner_token(request: Request) -> JSONResponse:
+    """A new partner token; the one used for this call (and every older one) stops working at once."""
+    partner = await require_partner(request)
+    svc = services(request)
+    rotated = await svc.store.bump_partner_generation(partner.id)
+    assert rotated is not None
+    token = svc.tokens.mint_partner_token(partner_id=rotated.id, generation=rotated.token_generation).token
+    return JSONResponse({**partner_dict(rotated), "token": token}, headers={"Cache-Control": "no-store"})
+
+
+async def revoke_partner_tokens(request: Request) -> JSONResponse:
+    """Stop every token of this partner (this one too); `bff partner rotate-token` mints a new one."""
+    partner = await require_partner(request)
+    revoked = await services(request).store.bump_partner_generation(partner.id)
+    assert revoked is not None
+    return JSONResponse({**partner_dict(revoked), "revoked": True})
+
+
+async def set_partner_origins(request: Request) -> JSONResponse:
+    """Replace the browser origins allowed to embed the widget (and to get CORS answers)."""
+    from .cli import normalise_origin
+    from .settings import SettingsError
+
+    partner = await require_partner(request)
+    data = await read_json(request)
+    raw = data.get("origins")
+    if not isinstance(raw, list) or len(raw) > 50 or not all(isinstance(o, str) and len(o) <= 300 for o in raw):
+        raise validation_error({"origins": "Send a list of at most 50 origins, like https://app.example.com."})
+    try:
+        origins = [normalise_origin(origin) for origin in raw]
+    except SettingsError as exc:
+        raise validation_error({"origins": str(exc)}) from None
+    svc = services(request)
+    updated = await svc.store.set_partner_origins(partner.id, origins)
+    assert updated is not None
+    svc.forget_origins()
+    return JSONResponse(partner_dict(updated))
+
+
 def routes() -> list[BaseRoute]:
     return [
+        *api_route("/api/partner", get_partner, methods=["GET"]),
+        *api_route("/api/partner/rotate-token", rotate_partner_token, methods=["POST"]),
+        *api_route("/api/partner/revoke", revoke_partner_tokens, methods=["POST"]),
+        *api_route("/api/partner/origins", set_partner_origins, methods=["PUT"]),
         *api_route("/api/partner/sub-account/", create_sub_account, methods=["POST"]),
         *api_route("/api/sub-account/", create_sub_account, methods=["POST"], name="create_sub_account_alias"),
         *api_route("/api/partner/sub-accounts", list_sub_accounts, methods=["GET"]),

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import base64
+import collections
 import dataclasses
+import math
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from pathlib import Path
@@ -82,13 +85,13 @@ class Settings:
     sql_access: bool = False
     # The host name given out with those logins (default: the host of the database URL).
     sql_access_host: str | None = None
+    hsts: bool = False
 
     def __post_init__(self) -> None:
         if not self.secret_keys:
             raise SettingsError("BFF_SECRET_KEYS is empty: set at least one signing key.")
-        for key in self.secret_keys:
-            if len(key.reveal()) < 16:
-                raise SettingsError("Every key in BFF_SECRET_KEYS must be at least 16 characters long.")
+        for position, key in enumerate(self.secret_keys, start=1):
+            check_secret_key(key.reveal(), position)
         decode_encryption_key(self.encryption_key)
         if self.max_body_bytes < 1024:
             raise SettingsError("BFF_MAX_BODY_BYTES must be at least 1024.")
@@ -140,6 +143,8 @@ class Settings:
             values["sql_access"] = _parse_bool("BFF_SQL_ACCESS", env["BFF_SQL_ACCESS"])
         if env.get("BFF_SQL_ACCESS_HOST"):
             values["sql_access_host"] = env["BFF_SQL_ACCESS_HOST"].strip()
+        if env.get("BFF_HSTS"):
+            values["hsts"] = _parse_bool("BFF_HSTS", env["BFF_HSTS"])
         values["sandbox_env"] = {k: v for k, v in env.items() if k.startswith("BFF_SANDBOX_")}
         values["oauth_apps"] = parse_oauth_apps(env)
         if env.get("BFF_LOG_LEVEL"):
@@ -198,13 +203,52 @@ def generate_secret_key() -> str:
     return secrets.token_urlsafe(32)
 
 
+# A signing key must look like what `bff keys` prints: long, varied, not a repeated word.
+MIN_SECRET_KEY_LENGTH = 16
+MIN_SECRET_KEY_DISTINCT = 8
+MIN_SECRET_KEY_BITS = 40.0
+# 32 random bytes have ~30 distinct values; fewer than 16 means a made-up key.
+MIN_ENCRYPTION_KEY_DISTINCT = 16
+_ENCRYPTION_KEY = re.compile(r"^[A-Za-z0-9_-]{43}=?$")
+_WEAK_KEY_ADVICE = "Generate one with `bff keys`."
+
+
+def _estimated_bits(value: str) -> float:
+    """Shannon entropy of the characters, times the length: a floor for made-up keys, not a proof of randomness."""
+    counts = collections.Counter(value)
+    return -sum(count * math.log2(count / len(value)) for count in counts.values())
+
+
+def _is_repetition(value: str) -> bool:
+    return any(len(value) % size == 0 and value == value[:size] * (len(value) // size) for size in range(1, len(value) // 2 + 1))
+
+
+def check_secret_key(value: str, position: int = 1) -> None:
+    """Refuse signing keys a person typed: short, few distinct characters, or one word repeated."""
+    which = f"Key {position} in BFF_SECRET_KEYS"
+    if len(value) < MIN_SECRET_KEY_LENGTH:
+        raise SettingsError(f"{which} is shorter than {MIN_SECRET_KEY_LENGTH} characters. {_WEAK_KEY_ADVICE}")
+    if any(ch.isspace() or not ch.isprintable() for ch in value):
+        raise SettingsError(f"{which} contains spaces or control characters. {_WEAK_KEY_ADVICE}")
+    if (
+        len(set(value)) < MIN_SECRET_KEY_DISTINCT
+        or _is_repetition(value)
+        or _estimated_bits(value) < MIN_SECRET_KEY_BITS
+    ):
+        raise SettingsError(f"{which} is too predictable (low entropy). {_WEAK_KEY_ADVICE}")
+
+
 def decode_encryption_key(key: Secret) -> bytes:
-    try:
-        raw = base64.urlsafe_b64decode(key.reveal().encode() + b"==")
-    except (ValueError, TypeError) as exc:
-        raise SettingsError("BFF_ENCRYPTION_KEY must be 32 bytes, urlsafe-base64 encoded.") from exc
-    if len(raw) != 32:
-        raise SettingsError("BFF_ENCRYPTION_KEY must be 32 bytes, urlsafe-base64 encoded (44 characters).")
+    """32 bytes in canonical urlsafe base64 (what `bff keys` prints); anything else is refused, never repaired."""
+    text = key.reveal()
+    advice = "BFF_ENCRYPTION_KEY must be 32 bytes, urlsafe-base64 encoded (44 characters, as `bff keys` prints)."
+    if not _ENCRYPTION_KEY.match(text):
+        raise SettingsError(advice)
+    raw = base64.urlsafe_b64decode(text.rstrip("=") + "=")
+    if len(raw) != 32 or base64.urlsafe_b64encode(raw).decode().rstrip("=") != text.rstrip("="):
+        raise SettingsError(advice)
+    if len(set(raw)) < MIN_ENCRYPTION_KEY_DISTINCT:
+        raise SettingsError(f"BFF_ENCRYPTION_KEY is too predictable (low entropy). {_WEAK_KEY_ADVICE}")
     return raw
 
 

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import time
-from collections.abc import Callable
-from typing import Literal
+from collections.abc import Callable, Sequence
+from typing import Literal, cast
 
-from itsdangerous import BadSignature, SignatureExpired, TimestampSigner, URLSafeTimedSerializer, base64_decode, base64_encode, want_bytes
+from itsdangerous import BadData, BadSignature, SignatureExpired, TimestampSigner, URLSafeTimedSerializer, base64_decode, base64_encode, want_bytes
 
 from .errors import ApiError
 from .settings import INTEGRATE_TOKEN_TTL, Settings
@@ -36,6 +37,11 @@ _VARIANTS: tuple[tuple[str, TokenKind, bool], ...] = (
     ("bff.token.partner.v1", "partner", False),
 )
 
+
+# The only form a token is accepted in: exactly what ``dumps`` produced. base64 decoding
+# forgives padding and non-zero spare bits, so several strings would otherwise verify.
+_TOKEN_SHAPE = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$")
+MAX_TOKEN_LENGTH = 1024
 
 # Signatures already checked, remembered by token (a partner's back-end sends the same
 # partner token on every call). Cleared when full; ~300 bytes an entry.
@@ -91,9 +97,9 @@ class TokenAuthority:
 
             def make_signer(self, salt: str | bytes | None = None) -> TimestampSigner:
                 cache = self.__dict__.setdefault("_signers", {})
-                signer = cache.get(salt)
+                signer: TimestampSigner | None = cache.get(salt)
                 if signer is None:
-                    signer = cache[salt] = super().make_signer(salt)  # type: ignore[assignment]
+                    signer = cache[salt] = cast(TimestampSigner, super().make_signer(salt))
                 return signer
 
             def dump_payload(self, obj: object) -> bytes:
@@ -109,6 +115,8 @@ class TokenAuthority:
             for salt, kind, expiring in _VARIANTS
         ]
         self._mint = {(kind, max_age is not None): serializer for serializer, kind, max_age in self._variants}
+        # The OAuth browser binding: a first-party cookie naming the one flow it may complete.
+        self._oauth_binding = _Serializer(keys, salt="bff.oauth.binding.v1", signer=_ClockedSigner)
         self._checked: dict[str, tuple[Claims, int, int | None]] = {}
 
     def now(self) -> int:
@@ -154,7 +162,11 @@ class TokenAuthority:
                 self._checked.clear()
             self._checked[token] = checked
         claims, issued, max_age = checked
-        if max_age is not None and not 0 <= self.now() - issued <= max_age:
+        age = self.now() - issued
+        if age < 0:
+            # Every kind: a token dated in the future was minted with a wrong clock or a stolen key.
+            raise token_error(401, "token_expired", "This token is dated in the future; mint a new one.")
+        if max_age is not None and age > max_age:
             raise token_error(401, "token_expired", "This token has expired; mint a new one.")
         if claims.kind not in accept:
             kind = claims.kind
@@ -166,8 +178,30 @@ class TokenAuthority:
             )
         return claims
 
+    # -- OAuth browser binding ---------------------------------------------------
+
+    def sign_oauth_binding(self, state_hash: str) -> str:
+        """The value of the cookie that lets this browser, and no other, finish the flow ``state_hash``."""
+        return self._oauth_binding.dumps({"kind": "oauth_binding", "flow": state_hash})
+
+    def oauth_binding_matches(self, value: str, state_hash: str, *, max_age: int) -> bool:
+        try:
+            payload = self._oauth_binding.loads(value, max_age=max_age)
+        except BadSignature:  # SignatureExpired is one too
+            return False
+        return isinstance(payload, dict) and payload.get("kind") == "oauth_binding" and payload.get("flow") == state_hash
+
+    def partner_of(self, authorization: str) -> int | None:
+        """The partner of the token in an ``Authorization`` header if it verifies (any kind), else ``None``."""
+        try:
+            return self.verify(parse_authorization(authorization), accept=KINDS).partner_id
+        except ApiError:
+            return None
+
     def _check_signature(self, token: str) -> tuple[Claims, int, int | None]:
         """The signature check itself: (claims, issued at, max_age), or token_invalid / token_expired."""
+        if not _is_canonical(token):
+            raise token_error(401, "token_invalid", "The token is not valid (bad signature or malformed).")
         for serializer, kind, max_age in self._candidates(token):
             try:
                 payload, issued = serializer.loads(token, max_age=max_age, return_timestamp=True)
@@ -192,7 +226,7 @@ class TokenAuthority:
             return claims, issued_at, max_age
         raise token_error(401, "token_invalid", "The token is not valid (bad signature or malformed).")
 
-    def _candidates(self, token: str) -> list[tuple[URLSafeTimedSerializer, TokenKind, int | None]]:
+    def _candidates(self, token: str) -> Sequence[tuple[URLSafeTimedSerializer, TokenKind, int | None]]:
         # Try the serializer of the kind the (still unverified) payload claims
         # first: one HMAC instead of up to four. A lie only costs the fallbacks.
         try:
@@ -200,6 +234,16 @@ class TokenAuthority:
         except Exception:
             return self._variants
         return sorted(self._variants, key=lambda variant: variant[1] != claimed)
+
+
+def _is_canonical(token: str) -> bool:
+    """Three unpadded urlsafe-base64 parts, each exactly as itsdangerous would encode its bytes."""
+    if len(token) > MAX_TOKEN_LENGTH or not _TOKEN_SHAPE.match(token):
+        return False
+    try:
+        return all(base64_encode(base64_decode(part)).decode() == part for part in token.split("."))
+    except BadData:  # undecodable base64
+        return False
 
 
 def parse_authorization(header: str | None) -> str:

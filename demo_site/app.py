@@ -19,7 +19,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.requests import Request
-from starlette.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -124,12 +124,27 @@ def create_site_app(
         return HTMLResponse(
             html,
             status_code=status,
-            headers={"Content-Security-Policy": content_security_policy(nonce, bff_url), "Referrer-Policy": "same-origin"},
+            headers={
+                "Content-Security-Policy": content_security_policy(nonce, bff_url),
+                "Referrer-Policy": "same-origin",
+                # Pages carry an integrate token and customer data: never kept by the browser or a proxy.
+                "Cache-Control": "no-store",
+                "X-Content-Type-Options": "nosniff",
+            },
         )
+
+    site_origin = site_url.rstrip("/")
+
+    def cross_site(request: Request) -> bool:
+        """A form posted from another site (login CSRF): browsers say so in Sec-Fetch-Site and Origin."""
+        if request.headers.get("sec-fetch-site", "same-origin") not in {"same-origin", "none"}:
+            return True
+        origin = request.headers.get("origin")
+        return origin is not None and origin != site_origin
 
     def current(request: Request) -> dict[str, str] | None:
         external_id = request.session.get("external_id")
-        if external_id not in directory:
+        if not isinstance(external_id, str) or external_id not in directory:
             return None
         return {"external_id": external_id, **directory[external_id]}
 
@@ -146,6 +161,8 @@ def create_site_app(
         return page(request, "login.html")
 
     async def login(request: Request) -> Response:
+        if cross_site(request):
+            return page(request, "login.html", status=403, error=f"Sign in from {site_origin} itself.")
         form = await request.form()
         external_id = str(form.get("customer", ""))
         if external_id not in directory:
@@ -155,6 +172,8 @@ def create_site_app(
         return RedirectResponse("/integrations", status_code=303)
 
     async def logout(request: Request) -> Response:
+        if cross_site(request):
+            return PlainTextResponse("Sign out from this site itself.", status_code=403)
         request.session.clear()
         return RedirectResponse("/", status_code=303)
 
@@ -237,8 +256,10 @@ def create_site_app(
         if who is None:
             return RedirectResponse("/", status_code=303)
         try:
-            sub_accounts = [a async for a in partner.sub_accounts()]
-            client = await customer_client(who["external_id"])
+            # Only the signed-in customer's own sub-account: never the partner's other customers.
+            minted = await mint(who["external_id"])
+            sub_accounts = [{"id": minted["account_id"], "external_id": minted["external_id"], "company_name": who["company_name"]}]
+            client = await partner.sub_account_client(external_id=who["external_id"])
             connections = [c async for c in client.connections()]
             last_runs = {int(c["id"]): c.get("last_run") or {} for c in connections}
             names = {int(c["id"]): c["name"] for c in connections}

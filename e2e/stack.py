@@ -202,7 +202,7 @@ def sandbox_settings(data_dir: Path, bff_url: str, sandbox_env: dict[str, str]) 
         encryption_key=Secret(generate_encryption_key()),
         public_url=bff_url,
         sandbox_enabled=True,
-        sandbox_env=sandbox_env,
+        sandbox_env={"BFF_SANDBOX_CONTROLS": "open", **sandbox_env},  # like `bff demo`
     )
 
 

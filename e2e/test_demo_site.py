@@ -170,6 +170,9 @@ def test_oauth_allow_sync_until_healthy_and_reauthorise(page: Page, demo: DemoSt
     with page.expect_popup() as tab:
         crm.reauthorise_button.click()
     expect(integrations.messages).to_have_text("Sign in to Sandbox CRM again in the new tab.")
+    # The sign-in's start page takes its nonce from this page, then drops its opener before going
+    # on: the provider's page has no handle on the partner page.
+    tab.value.wait_for_url("**/sandbox/crm/oauth/authorize?**")
     assert tab.value.evaluate("window.opener") is None
     ConsentPage(tab.value).allow()
     expect(crm.health).to_have_text("Reconnected", timeout=20_000)

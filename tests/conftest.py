@@ -27,8 +27,11 @@ def make_settings(data_dir: Path, **overrides: Any) -> Settings:
         "secret_keys": (Secret(SECRET_KEY),),
         "encryption_key": Secret(ENCRYPTION_KEY),
         "public_url": "http://testserver",
+        # Tests drive the sandbox's controls without the admin key, as `bff demo` does.
+        "sandbox_env": {"BFF_SANDBOX_CONTROLS": "open"},
     }
     values.update(overrides)
+    values["sandbox_env"] = {"BFF_SANDBOX_CONTROLS": "open", **values["sandbox_env"]}
     return Settings(**values)
 
 

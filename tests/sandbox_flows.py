@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import html
 import re
+from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -17,8 +19,31 @@ def consent_form(page_html: str) -> dict[str, str]:
     return fields
 
 
-async def authorize(client: httpx.AsyncClient, oauth_url: str, *, decision: str = "allow") -> httpx.Response:
-    """Open the consent page, press Allow/Deny, follow the redirect to /oauth/callback."""
+async def start_sign_in(
+    client: httpx.AsyncClient, answer: Mapping[str, Any], *, opener_origin: str | None = None
+) -> str:
+    """What the start page does in the browser that opened it: swap the nonce for the binding
+    cookie (kept in ``client``) and the provider's URL, which it returns."""
+    start_url = str(answer.get("oauth_url") or answer["auth_uri"])
+    parts = urlsplit(start_url)
+    origin = f"{parts.scheme}://{parts.netloc}"
+    page = await client.get(start_url)
+    assert page.status_code == 200 and "oauth_nonce" in page.text, page.text
+    started = await client.post(
+        start_url,
+        json={"nonce": answer["oauth_nonce"], "opener_origin": opener_origin or origin},
+        headers={"Origin": origin, "Sec-Fetch-Site": "same-origin"},
+    )
+    assert started.status_code == 200, started.text
+    return str(started.json()["authorize_url"])
+
+
+async def authorize(
+    client: httpx.AsyncClient, started: Mapping[str, Any] | str, *, decision: str = "allow"
+) -> httpx.Response:
+    """Start the sign-in (an answer with ``oauth_url``/``auth_uri`` and ``oauth_nonce``, or the
+    provider's URL of an already started one), press Allow/Deny, follow the redirect to /oauth/callback."""
+    oauth_url = started if isinstance(started, str) else await start_sign_in(client, started)
     page = await client.get(oauth_url)
     assert page.status_code == 200, page.text
     answer = await client.post("/sandbox/crm/oauth/decision", data={**consent_form(page.text), "decision": decision})
@@ -26,12 +51,19 @@ async def authorize(client: httpx.AsyncClient, oauth_url: str, *, decision: str 
     return await client.get(answer.headers["location"])
 
 
+async def press_refresh(client: httpx.AsyncClient, refresh_url: str) -> httpx.Response:
+    """Open the bank's manual-refresh page and press "Refresh" (the form carries its CSRF value)."""
+    page = await client.get(refresh_url)
+    assert page.status_code == 200, page.text
+    return await client.post(refresh_url, data=consent_form(page.text))
+
+
 async def connect_crm(client: httpx.AsyncClient, token: str, **extra: Any) -> dict[str, Any]:
     created = await client.post(
         "/api/servers", json={"servertype_id": "sandbox_crm", **extra}, headers={"Authorization": f"Bearer {token}"}
     )
     assert created.status_code == 201, created.text
-    callback = await authorize(client, created.json()["oauth_url"])
+    callback = await authorize(client, created.json())
     assert callback.status_code == 200, callback.text
     return created.json()  # type: ignore[no-any-return]
 

@@ -10,10 +10,17 @@ from conftest import BFF, auth
 
 
 async def customer(bff: BFF, external_id: str = "cust-1") -> tuple[str, int]:
-    """A fresh partner and sub-account; returns (integrate token, sub-account id)."""
+    """A fresh partner and sub-account; returns (identity token, sub-account id).
+
+    An identity token, as a partner's back-end holds: the warehouse read API takes no other.
+    """
     _, partner_token = await bff.partner(f"partner-{external_id}")
-    minted = await bff.integrate(partner_token, external_id)
-    return str(minted["token"]), int(minted["account_id"])
+    minted = await bff.integrate(partner_token, external_id)  # provisions the sub-account
+    identity = await bff.client.get(
+        "/api/partner/sub-account/identity/", params={"account_id": minted["account_id"]}, headers=auth(partner_token)
+    )
+    assert identity.status_code == 200, identity.text
+    return str(identity.json()["token"]), int(minted["account_id"])
 
 
 async def sync(bff: BFF, token: str, connection_id: int, **body: Any) -> dict[str, Any]:

@@ -11,7 +11,13 @@ from pathlib import Path
 import pytest
 
 from bff.cli import main, normalise_origin
-from bff.settings import SettingsError
+from bff.testing import free_port
+from bff.settings import SettingsError, generate_encryption_key, generate_secret_key
+
+# Fixed per run, so two invocations share them; weak keys (e.g. STRONG_SIGNING_KEY) are refused since issue 16.
+STRONG_SIGNING_KEY = generate_secret_key()
+STRONG_ENCRYPTION_KEY = generate_encryption_key()
+OTHER_ENCRYPTION_KEY = generate_encryption_key()
 
 
 def run_bff(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -37,7 +43,7 @@ def test_serve_refuses_to_start_without_keys(data_dir_outside_pytest: Path) -> N
 
 def test_serve_rejects_a_malformed_encryption_key(data_dir_outside_pytest: Path) -> None:
     result = run_bff(
-        "serve", "--data-dir", str(data_dir_outside_pytest), env={"BFF_SECRET_KEYS": "x" * 32, "BFF_ENCRYPTION_KEY": "short"}
+        "serve", "--data-dir", str(data_dir_outside_pytest), env={"BFF_SECRET_KEYS": STRONG_SIGNING_KEY, "BFF_ENCRYPTION_KEY": "short"}
     )
     assert result.returncode == 2 and "32 bytes" in result.stderr and "Traceback" not in result.stderr
 
@@ -51,7 +57,7 @@ def test_keys_prints_usable_keys(data_dir_outside_pytest: Path, capsys: pytest.C
 
 
 def test_partner_create_prints_json_and_the_token_works(data_dir_outside_pytest: Path) -> None:
-    env = {"BFF_SECRET_KEYS": "k" * 32, "BFF_ENCRYPTION_KEY": "A" * 43 + "="}
+    env = {"BFF_SECRET_KEYS": STRONG_SIGNING_KEY, "BFF_ENCRYPTION_KEY": STRONG_ENCRYPTION_KEY}
     result = run_bff(
         "partner", "create", "--name", "Acme", "--origin", "https://app.acme.test", "--origin", "http://localhost:8001",
         "--data-dir", str(data_dir_outside_pytest), env=env,
@@ -84,12 +90,12 @@ def test_partner_create_without_any_keys_explains(data_dir_outside_pytest: Path)
 def test_a_different_encryption_key_refuses_to_open_the_data(data_dir_outside_pytest: Path) -> None:
     first = run_bff(
         "partner", "create", "--name", "a", "--origin", "http://localhost:8001", "--data-dir", str(data_dir_outside_pytest),
-        env={"BFF_SECRET_KEYS": "k" * 32, "BFF_ENCRYPTION_KEY": "A" * 43 + "="},
+        env={"BFF_SECRET_KEYS": STRONG_SIGNING_KEY, "BFF_ENCRYPTION_KEY": STRONG_ENCRYPTION_KEY},
     )
     assert first.returncode == 0
     second = run_bff(
         "partner", "create", "--name", "b", "--origin", "http://localhost:8001", "--data-dir", str(data_dir_outside_pytest),
-        env={"BFF_SECRET_KEYS": "k" * 32, "BFF_ENCRYPTION_KEY": "B" * 43 + "="},
+        env={"BFF_SECRET_KEYS": STRONG_SIGNING_KEY, "BFF_ENCRYPTION_KEY": OTHER_ENCRYPTION_KEY},
     )
     assert second.returncode == 2 and "BFF_ENCRYPTION_KEY does not match" in second.stderr
     assert "Traceback" not in second.stderr
@@ -102,8 +108,8 @@ def test_origins_must_be_origins(raw: str) -> None:
     assert normalise_origin("https://App.Test/") == "https://app.test"
 
 
-KEYS = {"BFF_SECRET_KEYS": "k" * 32, "BFF_ENCRYPTION_KEY": "A" * 43 + "="}
-OTHER_KEY = {"BFF_SECRET_KEYS": "k" * 32, "BFF_ENCRYPTION_KEY": "B" * 43 + "="}
+KEYS = {"BFF_SECRET_KEYS": STRONG_SIGNING_KEY, "BFF_ENCRYPTION_KEY": STRONG_ENCRYPTION_KEY}
+OTHER_KEY = {"BFF_SECRET_KEYS": STRONG_SIGNING_KEY, "BFF_ENCRYPTION_KEY": OTHER_ENCRYPTION_KEY}
 
 
 def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
@@ -184,8 +190,8 @@ def test_bad_settings_say_so_in_one_line(data_dir_outside_pytest: Path) -> None:
 @pytest.mark.parametrize("command", [["serve"], ["worker"], ["db", "upgrade"], ["partner", "create", "--name", "X", "--origin", "https://x.test"]])
 def test_an_unreachable_database_is_one_line_naming_the_host(data_dir_outside_pytest: Path, command: list[str]) -> None:
     env = {
-        "BFF_SECRET_KEYS": "k" * 32,
-        "BFF_ENCRYPTION_KEY": "A" * 43 + "=",
+        "BFF_SECRET_KEYS": STRONG_SIGNING_KEY,
+        "BFF_ENCRYPTION_KEY": STRONG_ENCRYPTION_KEY,
         "BFF_DATABASE_URL": "postgresql://bff:secret-password@db.invalid:5433/bff",
     }
     result = run_bff(*command, "--data-dir", str(data_dir_outside_pytest), env=env)
@@ -208,7 +214,7 @@ def head_revision() -> str:
 def test_db_upgrade_migrates_the_embedded_database_and_is_idempotent() -> None:
     # Outside pytest's owner-only temp root: the embedded server runs as its own user.
     root = Path(tempfile.mkdtemp(prefix="bff-test-upgrade-"))
-    env = {"BFF_SECRET_KEYS": "k" * 32, "BFF_ENCRYPTION_KEY": "A" * 43 + "="}
+    env = {"BFF_SECRET_KEYS": STRONG_SIGNING_KEY, "BFF_ENCRYPTION_KEY": STRONG_ENCRYPTION_KEY}
     try:
         # Without BFF_DATABASE_URL: the embedded server in <data-dir>/postgres, migrated to head.
         for _ in range(2):
@@ -218,3 +224,12 @@ def test_db_upgrade_migrates_the_embedded_database_and_is_idempotent() -> None:
         assert (root / "postgres" / "PG_VERSION").exists()
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_bad_connector_definition_stops_serve_in_one_line(data_dir_outside_pytest: Path) -> None:
+    connectors = data_dir_outside_pytest / "connectors"
+    connectors.mkdir()
+    (connectors / "broken.json").write_text('{"name": "broken", "surprise": 1}')
+    env = {**KEYS, "BFF_CONNECTORS_DIR": str(connectors)}
+    line = one_line_error(run_bff("serve", "--data-dir", str(data_dir_outside_pytest / "data"), "--port", str(free_port()), env=env))
+    assert "broken.json" in line

@@ -11,7 +11,7 @@ import pytest
 from bff.settings import Settings
 
 from conftest import BFF, auth, running_bff
-from sandbox_flows import authorize, connect_accounting, connect_bank, connect_crm, consent_form
+from sandbox_flows import authorize, connect_accounting, connect_bank, connect_crm, consent_form, start_sign_in
 
 
 @pytest.fixture
@@ -104,15 +104,18 @@ async def test_oauth_connect_with_pkce(sbff: BFF) -> None:
     assert created.status_code == 201
     body = created.json()
     assert body["health_status"] == "AUTHORIZING"
-    query = parse_qs(urlsplit(body["oauth_url"]).query)
+    assert body["oauth_url"] == "http://testserver/oauth/start" and len(body["oauth_nonce"]) >= 32
+    provider_url = await start_sign_in(sbff.client, body)  # what the start page does in the browser
+    query = parse_qs(urlsplit(provider_url).query)
     assert query["redirect_uri"] == ["http://testserver/oauth/callback"]  # byte-equal to the registered one
     assert query["code_challenge_method"] == ["S256"] and len(query["code_challenge"][0]) == 43
-    assert len(query["state"][0]) >= 32 and token not in body["oauth_url"]
+    assert len(query["state"][0]) >= 32 and token not in provider_url
+    assert body["oauth_nonce"] not in provider_url  # the state the provider sees is not the nonce
     second = (await sbff.client.post("/api/servers", json={"servertype_id": "sandbox_crm"}, headers=auth(token))).json()
-    second_query = parse_qs(urlsplit(second["oauth_url"]).query)
+    second_query = parse_qs(urlsplit(await start_sign_in(sbff.client, second)).query)
     assert second_query["state"] != query["state"] and second_query["code_challenge"] != query["code_challenge"]
 
-    callback = await authorize(sbff.client, body["oauth_url"])
+    callback = await authorize(sbff.client, provider_url)
     assert callback.status_code == 200
     status = (await sbff.client.get(f"/api/server/{body['id']}", headers=auth(token))).json()
     assert status["health_status"] == "OK"
@@ -123,7 +126,7 @@ async def test_oauth_connect_with_pkce(sbff: BFF) -> None:
 async def test_oauth_deny_marks_the_connection_error(sbff: BFF) -> None:
     token = await customer(sbff)
     created = (await sbff.client.post("/api/servers", json={"servertype_id": "sandbox_crm"}, headers=auth(token))).json()
-    callback = await authorize(sbff.client, created["oauth_url"], decision="deny")
+    callback = await authorize(sbff.client, created, decision="deny")
     assert callback.status_code == 200 and "denied" in callback.text
     status = (await sbff.client.get(f"/api/server/{created['id']}", headers=auth(token))).json()
     assert status["health_status"] == "ERROR" and "denied" in status["detail"]
@@ -132,7 +135,7 @@ async def test_oauth_deny_marks_the_connection_error(sbff: BFF) -> None:
 async def test_callback_state_missing_tampered_or_replayed(sbff: BFF) -> None:
     token = await customer(sbff)
     created = (await sbff.client.post("/api/servers", json={"servertype_id": "sandbox_crm"}, headers=auth(token))).json()
-    page = await sbff.client.get(created["oauth_url"])
+    page = await sbff.client.get(await start_sign_in(sbff.client, created))
     decision = await sbff.client.post("/sandbox/crm/oauth/decision", data={**consent_form(page.text), "decision": "allow"})
     location = urlsplit(decision.headers["location"])
     params = parse_qs(location.query)
@@ -156,10 +159,10 @@ async def test_wrong_pkce_challenge_fails_at_the_sandbox_token_endpoint(sbff: BF
     token = await customer(sbff)
     created = (await sbff.client.post("/api/servers", json={"servertype_id": "sandbox_crm"}, headers=auth(token))).json()
     # Swap the challenge for another valid-looking one: the verifier we hold no longer matches.
-    parts = urlsplit(created["oauth_url"])
-    query = parse_qs(parts.query)
+    provider_url = await start_sign_in(sbff.client, created)
+    query = parse_qs(urlsplit(provider_url).query)
     forged_challenge = "A" * 43
-    forged = created["oauth_url"].replace(query["code_challenge"][0], forged_challenge)
+    forged = provider_url.replace(query["code_challenge"][0], forged_challenge)
     callback = await authorize(sbff.client, forged)
     assert "Could not complete authorisation" in callback.text
     status = (await sbff.client.get(f"/api/server/{created['id']}", headers=auth(token))).json()
@@ -172,7 +175,7 @@ async def test_reauthorise_oauth_and_key_connectors(sbff: BFF) -> None:
     reauth = await sbff.client.post(f"/api/server/{crm['id']}/reauthorise", headers=auth(token))
     assert reauth.status_code == 200 and "auth_uri" in reauth.json()
     assert (await sbff.client.get(f"/api/server/{crm['id']}", headers=auth(token))).json()["health_status"] == "RE_AUTHORISING"
-    await authorize(sbff.client, reauth.json()["auth_uri"])
+    await authorize(sbff.client, reauth.json())
     assert (await sbff.client.get(f"/api/server/{crm['id']}", headers=auth(token))).json()["health_status"] == "RE_AUTHORISED"
 
     bank = await connect_bank(sbff.client, token)
@@ -233,7 +236,7 @@ async def test_sub_accounts_never_reach_each_others_connections(sbff: BFF) -> No
 async def test_callback_page_headers_and_target_origin(sbff: BFF) -> None:
     token = await customer(sbff)
     created = (await sbff.client.post("/api/servers", json={"servertype_id": "sandbox_crm"}, headers=auth(token))).json()
-    callback = await authorize(sbff.client, created["oauth_url"])
+    callback = await authorize(sbff.client, created)
     assert callback.headers["referrer-policy"] == "no-referrer"
     csp = callback.headers["content-security-policy"]
     assert "default-src 'none'" in csp and "script-src 'nonce-" in csp and "frame-ancestors 'none'" in csp
@@ -320,7 +323,7 @@ async def test_reauthorise_a_connection_still_authorizing_finishes_it_as_a_first
     resumed = await sbff.client.post(f"/api/server/{created['id']}/reauthorise", headers=auth(token))
     assert resumed.status_code == 200
     assert (await sbff.client.get(f"/api/server/{created['id']}", headers=auth(token))).json()["health_status"] == "AUTHORIZING"
-    await authorize(sbff.client, resumed.json()["auth_uri"])
+    await authorize(sbff.client, resumed.json())
     assert (await sbff.client.get(f"/api/server/{created['id']}", headers=auth(token))).json()["health_status"] == "OK"
 
 

@@ -743,11 +743,13 @@ REDIRECT = "https://bff.example/oauth/callback"
 async def test_hubspot(connectors, rec):
     hubspot = connectors["hubspot"]
     client = OAuthClient("hs-client-id", "hs-client-secret", REDIRECT)
-    url = build_authorize_url(hubspot, client=client, state="s1", code_challenge=None, context={})
+    verifier, challenge = new_pkce_pair()  # HubSpot documents PKCE (code_verifier on POST /oauth/v1/token)
+    url = build_authorize_url(hubspot, client=client, state="s1", code_challenge=challenge, context={})
     assert url.startswith("https://app.hubspot.com/oauth/authorize?")
     params = {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
     assert params == {"response_type": "code", "client_id": "hs-client-id", "redirect_uri": REDIRECT, "state": "s1",
-                      "scope": "oauth crm.objects.contacts.read crm.objects.contacts.write crm.objects.deals.read"}
+                      "scope": "oauth crm.objects.contacts.read crm.objects.contacts.write crm.objects.deals.read",
+                      "code_challenge": challenge, "code_challenge_method": "S256"}
 
     def contact(i: int) -> dict[str, Any]:
         # the documented CRM v3 object shape: id, properties{…}, createdAt, updatedAt, archived
@@ -773,10 +775,11 @@ async def test_hubspot(connectors, rec):
     })
     clock = Clock()
     async with provider.client() as http:
-        tokens = await exchange_code(hubspot, http=http, client=client, code="hs-code", code_verifier=None, context={}, clock=clock)
+        tokens = await exchange_code(hubspot, http=http, client=client, code="hs-code", code_verifier=verifier, context={}, clock=clock)
         assert (tokens.access_token, tokens.refresh_token, tokens.expires_at) == ("hs-at", "hs-rt", clock() + 1800)
         assert form(provider.requests[0]) == {"grant_type": "authorization_code", "code": "hs-code", "redirect_uri": REDIRECT,
-                                              "client_id": "hs-client-id", "client_secret": "hs-client-secret"}
+                                              "client_id": "hs-client-id", "client_secret": "hs-client-secret",
+                                              "code_verifier": verifier}
         sess = session(connectors, "hubspot", http, rec, context={}, oauth_client=client, tokens=tokens, clock=clock)
         await sess.test()
         assert q(provider.requests[1]) == {"limit": "1"}
@@ -962,11 +965,12 @@ async def test_stripe(connectors, rec):
 async def test_slack(connectors, rec):
     slack = connectors["slack"]
     client = OAuthClient("111.222", "slack-secret", REDIRECT)
-    url = build_authorize_url(slack, client=client, state="s3", code_challenge=None, context={})
+    verifier, challenge = new_pkce_pair()  # Slack documents PKCE (code_verifier on oauth.v2.access)
+    url = build_authorize_url(slack, client=client, state="s3", code_challenge=challenge, context={})
     assert url.startswith("https://slack.com/oauth/v2/authorize?")
     assert {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()} == {
         "response_type": "code", "client_id": "111.222", "redirect_uri": REDIRECT, "state": "s3",
-        "scope": "channels:read,users:read,users:read.email,chat:write"}
+        "scope": "channels:read,users:read,users:read.email,chat:write", "code_challenge": challenge, "code_challenge_method": "S256"}
 
     def access(request: httpx.Request) -> httpx.Response:
         data = form(request)
@@ -1003,9 +1007,10 @@ async def test_slack(connectors, rec):
     })
     async with provider.client() as http:
         with pytest.raises(CredentialsRejected, match="invalid_code"):
-            await exchange_code(slack, http=http, client=client, code="bad", code_verifier=None, context={})
-        tokens = await exchange_code(slack, http=http, client=client, code="good-code", code_verifier=None, context={})
+            await exchange_code(slack, http=http, client=client, code="bad", code_verifier=verifier, context={})
+        tokens = await exchange_code(slack, http=http, client=client, code="good-code", code_verifier=verifier, context={})
         exchange = provider.requests[-1]
+        assert form(exchange)["code_verifier"] == verifier
         assert exchange.headers["Authorization"] == "Basic " + base64.b64encode(b"111.222:slack-secret").decode()
         assert "client_secret" not in form(exchange)
         assert tokens.access_token == "xoxb-17653672481" and tokens.refresh_token is None and tokens.expires_at is None

@@ -28,7 +28,7 @@ from psycopg.rows import dict_row
 from bff.settings import generate_encryption_key, generate_secret_key
 from bff.testing import free_port
 
-from sandbox_flows import consent_form
+from sandbox_flows import consent_form, start_sign_in
 
 CUSTOMERS = 20
 REQUESTS_PER_CONNECTION = 10
@@ -122,7 +122,7 @@ async def connect(client: httpx.AsyncClient, web: str, sandbox: str, token: str)
     headers = {"Authorization": f"Bearer {token}"}
     crm = await client.post(f"{web}/api/servers", json={"servertype_id": "sandbox_crm"}, headers=headers)
     assert crm.status_code == 201, crm.text
-    page = await client.get(crm.json()["oauth_url"])
+    page = await client.get(await start_sign_in(client, crm.json()))  # the browser binding (issue 16)
     decision = await client.post(f"{sandbox}/crm/oauth/decision", data={**consent_form(page.text), "decision": "allow"})
     assert decision.status_code == 302, decision.text
     callback = await client.get(decision.headers["location"])

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from conftest import BFF, auth, running_bff
-from sync_helpers import customer, tables
+from sync_helpers import tables
 from tables_helpers import crm_customer, identity_customer, rows
 
 from bff.sandbox.data import contacts_table, deals_table
@@ -119,7 +119,8 @@ async def test_bad_bodies_tokens_and_other_customers(sbff: BFF) -> None:
         answer = await sbff.client.request(method, f"/api/table/{table['id']}", json={"name": "y"}, headers=auth(other))
         assert answer.status_code == 404 and answer.json()["code"] == "not_found"
     assert (await sbff.client.get(f"/api/database/rows/table/{table['id']}/", headers=auth(other))).status_code == 404
-    integrate, _ = await customer(sbff, "c")
+    _, partner_token = await sbff.partner("browser-side")
+    integrate = (await sbff.integrate(partner_token, "c"))["token"]
     answer = await create(sbff, integrate, "x", "SELECT 1 AS one")
     assert answer.status_code == 403 and answer.json()["code"] == "token_not_allowed"
 

@@ -11,13 +11,13 @@ from bff import testing
 from bff.store.migrate import current_revision, migrate
 
 
-def test_upgrade_from_0003_indexes_existing_tables_and_adds_query_tables(test_databases: testing.TestDatabases) -> None:
+def test_upgrade_from_0004_indexes_existing_tables_and_adds_query_tables(test_databases: testing.TestDatabases) -> None:
     name = f"mig_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(test_databases.admin_url, autocommit=True) as admin:
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     url = test_databases.admin_url.replace("/postgres?", f"/{name}?")
     try:
-        migrate(url, "0003")
+        migrate(url, "0004")
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("INSERT INTO partners (name, created_at) VALUES ('p', 0)")
             conn.execute(

@@ -255,8 +255,8 @@ async def test_refresh_after_five_writes_gives_one_sync_and_the_rows(sbff: BFF, 
     runs = (await sbff.client.get(url(cid, "runs"), headers=who.headers)).json()
     assert runs["count"] == 1 and runs["results"][0]["status"] == "succeeded"
     assert runs["results"][0]["tables"] == ["contacts"]
-    contacts = (await tables(sbff.client, who.integrate))["contacts"]
-    emails = {row["email"] for row in await all_rows(sbff.client, who.integrate, contacts["id"])}
+    contacts = (await tables(sbff.client, who.identity))["contacts"]
+    emails = {row["email"] for row in await all_rows(sbff.client, who.identity, contacts["id"])}
     assert {f"r{i}@acme.com" for i in range(5)} <= emails and len(emails) == 1255
 
 

@@ -555,7 +555,7 @@ async def test_coop_header_only_with_knob() -> None:
 
 @pytest.mark.asyncio
 async def test_rate_limit_knob_answers_429_with_retry_after() -> None:
-    app = create_sandbox_app(SandboxOptions(rate_limit_every=3, retry_after=7))
+    app = create_sandbox_app(SandboxOptions(rate_limit_every=3, retry_after=7, controls_open=True))
     async with client_for(app) as client:
         statuses = []
         for _ in range(6):
@@ -589,7 +589,7 @@ async def test_rate_limited_page_does_not_advance() -> None:
 
 @pytest.mark.asyncio
 async def test_fail_knob_with_fail_match() -> None:
-    app = create_sandbox_app(SandboxOptions(fail_every=2, fail_match="/crm/api/deals"))
+    app = create_sandbox_app(SandboxOptions(fail_every=2, fail_match="/crm/api/deals", controls_open=True))
     async with client_for(app) as client:
         headers = bearer(await tokens(client))
         statuses = []
@@ -689,7 +689,8 @@ async def test_bank_refresh_adds_exactly_ten_transactions() -> None:
         (form,) = facts.forms
         assert form["method"] == "post" and [b["text"] for b in form["buttons"]] == ["Refresh"]
 
-        done = await client.post(form["action"])
+        hidden = {i["name"]: i["value"] for i in form["inputs"] if i.get("type") == "hidden"}
+        done = await client.post(form["action"], data=hidden)
         assert done.status_code == 200
         assert scrape(done.text).status_text == "10 new transactions imported."
         after = await all_transactions(client, per_page=500)
@@ -755,7 +756,8 @@ async def test_bad_control_input_is_400_with_code(path: str, body: Any, code: st
 async def test_instances_do_not_share_state_and_data_is_deterministic() -> None:
     async with client_for(create_sandbox_app()) as one, client_for(create_sandbox_app()) as two:
         await one.post("/_control/touch", json={"resource": "bank.transactions", "count": 3})
-        await one.post("/bank/refresh")
+        (form,) = scrape((await one.get("/bank/refresh")).text).forms
+        await one.post("/bank/refresh", data={i["name"]: i["value"] for i in form["inputs"] if i.get("type") == "hidden"})
         await one.post("/_control/revoke", json={"provider": "accounting"})
         assert len(await all_transactions(two, per_page=500)) == 200
         assert (await two.get("/accounting/api/me", headers=KEY)).status_code == 200

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from collections.abc import AsyncIterator
 
 import httpx
@@ -15,7 +17,8 @@ BOOKS = {"X-API-Key": "sandbox-valid-key"}
 
 
 def client(options: SandboxOptions | None = None, clock: float = 1_800_000_000.0) -> httpx.AsyncClient:
-    app = create_sandbox_app(options or SandboxOptions(), clock=lambda: clock)
+    # A test's own sandbox: its controls are open (deployments need BFF_SANDBOX_ADMIN_KEY).
+    app = create_sandbox_app(dataclasses.replace(options or SandboxOptions(), controls_open=True), clock=lambda: clock)
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sandbox.test")
 
 

@@ -14,7 +14,7 @@ from bff.connectors.retry import Budget
 from bff.settings import Settings
 
 from conftest import BFF, auth, running_bff
-from sandbox_flows import connect_accounting, connect_bank, connect_crm
+from sandbox_flows import connect_accounting, connect_bank, connect_crm, press_refresh
 from sync_helpers import customer, health, last_run, logs, reset_sandbox_stats, sandbox_stats, sync, tables
 
 FIXTURES = {
@@ -94,7 +94,7 @@ async def test_manual_bank_refresh_is_picked_up_incrementally(sbff: BFF) -> None
     bank = await connect_bank(sbff.client, token)
     await sync(sbff, token, bank["id"])
     refresh_url = (await sbff.client.post(f"/api/server/{bank['id']}/manual-refresh", headers=auth(token))).json()["refresh_url"]
-    page = await sbff.client.post(refresh_url)  # the customer presses "Refresh" on the bank's page
+    page = await press_refresh(sbff.client, refresh_url)  # the customer presses "Refresh" on the bank's page
     assert "10 new transactions imported." in page.text
     run = await sync(sbff, token, bank["id"])
     assert run["records"] == {"transactions": 10}
@@ -337,8 +337,12 @@ async def test_sync_concurrency_is_bounded(settings_factory: Callable[..., Setti
         banks = [await connect_bank(bff.client, token) for _ in range(2)]
         for bank in banks:
             assert (await bff.client.post(f"/api/server/{bank['id']}/sync", headers=auth(token))).status_code == 202
-        await asyncio.sleep(0.05)
-        statuses = [(await last_run(bff, token, bank["id"]))["status"] for bank in banks]
+        statuses: list[str] = []
+        for _ in range(200):  # until the one slot has picked one of them
+            statuses = [(await last_run(bff, token, bank["id"]))["status"] for bank in banks]
+            if "running" in statuses:
+                break
+            await asyncio.sleep(0.05)
         assert sorted(statuses) == ["queued", "running"]
         queued = (await bff.client.get(f"/api/server/{banks[statuses.index('queued')]['id']}/sync-status", headers=auth(token))).json()
         assert queued["running"] is True  # queued counts as an active run

@@ -328,7 +328,8 @@ function connectForm(st, existing = null, finishing = false) {
       if (!oauth) return track(r, ctx);
       const url = existing ? r?.auth_uri : r?.oauth_url;
       const id = existing ? existing.id : r?.id;
-      if (!/^https?:\/\//i.test(url || '') || id == null) throw fail('bad_response', t.errGeneric);
+      const nonce = r?.oauth_nonce;
+      if (!/^https?:\/\//i.test(url || '') || id == null || !nonce) throw fail('bad_response', t.errGeneric);
       let opened = false;
       try {
         popup.location.href = url;
@@ -336,8 +337,10 @@ function connectForm(st, existing = null, finishing = false) {
       } catch {
         // blocked (null) or unusable: offer a link instead, and keep polling
       }
+      const p = { ...ctx, id, nonce, popup: opened ? popup : null };
       waitFor(url, !opened);
-      follow({ ...ctx, id, popup: opened ? popup : null });
+      follow(p);
+      if (opened) handOver(p);
     })().catch((e) => {
       try {
         popup?.close();
@@ -348,7 +351,8 @@ function connectForm(st, existing = null, finishing = false) {
 
   function waitFor(url, blocked) {
     const cancel = h('button', { type: 'button', class: 'secondary', onclick: () => { abandon(); setBusy(false); submit.focus(); } }, t.cancel);
-    const link = blocked && h('a', { href: url, target: '_blank', rel: 'noopener' }, t.continueTab);
+    // rel=opener: the start page in that tab asks this window for the flow's one-time nonce.
+    const link = blocked && h('a', { href: url, target: '_blank', rel: 'opener' }, t.continueTab);
     // replaceChildren() prints `false` as text: leave the optional parts out instead.
     wait.replaceChildren(...[
       blocked && h('p', { role: 'alert' }, t.popupBlocked),
@@ -376,6 +380,13 @@ function openPopup() {
     // null (blocked) or a window left on another origin by an earlier attempt
   }
   return popup;
+}
+
+// The start page in the pop-up (our origin only) takes the sign-in's nonce (DESIGN §2.3).
+function handOver(p, n = 300) {
+  if (p.handedOver || p.stopped || !n) return;
+  p.popup?.postMessage({ source: 'peliqan', type: 'oauth_nonce', nonce: p.nonce }, location.origin);
+  setTimeout(() => handOver(p, n - 1), 200);
 }
 
 // Follows a connection until it needs the user (CONFIG_SELECT), is usable, or has failed.
@@ -580,8 +591,14 @@ addEventListener('message', (e) => {
       autofocus = true;
       refresh();
     } else if (m.type === 'token') onToken?.(m.token);
-  } else if (e.origin === location.origin && pending?.popup && e.source === pending.popup && m?.source === 'peliqan-oauth' && String(m.connection_id) === String(pending.id)) {
-    pending.kick?.(); // the callback page reported: confirm by polling now
+  } else if (e.origin === location.origin && pending && m?.source === 'peliqan-oauth') {
+    if (m.type === 'oauth_ready' && pending.nonce && !pending.handedOver && (!pending.popup || e.source === pending.popup)) {
+      pending.popup = e.source; // a tab opened from our link asks for the nonce
+      handOver(pending);
+    } else if (pending.popup && e.source === pending.popup) {
+      if (m.type === 'oauth_nonce_received') pending.handedOver = true;
+      else if (String(m.connection_id) === String(pending.id)) pending.kick?.(); // the callback page reported: confirm by polling now
+    }
   }
 });
 if (self.BroadcastChannel) {

@@ -46,8 +46,12 @@ export default function sdk({ PeliqanError, base, form }) {
       const error = new PeliqanError('popup_blocked', 'the browser blocked the new tab: allow pop-ups for this site, or open error.url from your own click handler');
       throw Object.assign(error, { url: target });
     }
-    tab.opener = null; // the provider page gets no handle on the partner page
+    const nonce = r?.oauth_nonce;
+    if (!nonce) tab.opener = null; // the provider page gets no handle on the partner page
     tab.location.href = target;
+    // OAuth: the start page (BFF origin only) takes its nonce from us, then drops its opener
+    const origin = new URL(base(), location.href).origin;
+    for (let i = 0; nonce && i < 120; i++) setTimeout(() => tab.postMessage({ source: 'peliqan', type: 'oauth_nonce', nonce }, origin), i * 250);
     return r;
   }
   const bad = (what) => new PeliqanError('bad_response', what);

@@ -13,8 +13,9 @@ import binascii
 import hmac
 import json
 import math
+import secrets
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from typing import Any
 
 from starlette.applications import Starlette
@@ -112,11 +113,11 @@ class Sandbox:
             *self.writes.routes(api),
             *self.chat.routes(api),
             Route("/bank/refresh", self.bank_refresh, methods=["GET", "POST"]),
-            Route("/_control/stats", self.control_stats, methods=["GET"]),
-            Route("/_control/reset-stats", self.control_reset_stats, methods=["POST"]),
-            Route("/_control/touch", self.control_touch, methods=["POST"]),
-            Route("/_control/revoke", self._control_revocation(True), methods=["POST"]),
-            Route("/_control/restore", self._control_revocation(False), methods=["POST"]),
+            Route("/_control/stats", self._guarded(self.control_stats), methods=["GET"]),
+            Route("/_control/reset-stats", self._guarded(self.control_reset_stats), methods=["POST"]),
+            Route("/_control/touch", self._guarded(self.control_touch), methods=["POST"]),
+            Route("/_control/revoke", self._guarded(self._control_revocation(True)), methods=["POST"]),
+            Route("/_control/restore", self._guarded(self._control_revocation(False)), methods=["POST"]),
         ]
 
     # -- data-API plumbing --------------------------------------------------
@@ -274,17 +275,52 @@ class Sandbox:
     async def bank_refresh(self, request: Request) -> Response:
         message = ""
         if request.method == "POST":
+            form = await request.form()
+            if not pages.csrf_ok(request, form.get(pages.CSRF_FIELD)):
+                return pages.csrf_failure()
             added = self.data.import_transactions(REFRESH_BATCH)
             message = f"{len(added)} new transactions imported."
+        csrf = pages.csrf_token(request)
         context = {
             "account": BANK_ACCOUNT,
             "transaction_count": len(self.data.transactions),
             "action": request.scope.get("root_path", "") + "/bank/refresh",
             "message": message,
+            "csrf_field": pages.CSRF_FIELD,
+            "csrf": csrf,
         }
-        return pages.render("bank_refresh.html", context)
+        return pages.with_csrf_cookie(pages.render("bank_refresh.html", context), request, csrf)
 
     # -- test controls ------------------------------------------------------
+
+    def _control_refused(self, request: Request) -> JSONResponse | None:
+        """``None`` when the caller may use the controls: they are open, or it sent the admin key."""
+        if self.options.controls_open:
+            return None
+        key = self.options.admin_key
+        if key is None:
+            return JSONResponse(
+                {"detail": "Sandbox controls are off: set BFF_SANDBOX_ADMIN_KEY and send it as a Bearer token.",
+                 "code": "sandbox_controls_disabled"},
+                status_code=403,
+            )
+        scheme, _, sent = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(sent.strip().encode(), key.encode()):
+            return JSONResponse(
+                {"detail": "Send the sandbox admin key as `Authorization: Bearer <BFF_SANDBOX_ADMIN_KEY>`.",
+                 "code": "sandbox_admin_key_required"},
+                status_code=401,
+                headers={"WWW-Authenticate": 'Bearer realm="sandbox-controls"'},
+            )
+        return None
+
+    def _guarded(self, endpoint: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+        async def guarded(request: Request) -> Response:
+            return self._control_refused(request) or await endpoint(request)
+
+        guarded.__doc__ = endpoint.__doc__
+        guarded.__name__ = getattr(endpoint, "__name__", "control")
+        return guarded
 
     async def control_stats(self, request: Request) -> Response:
         return JSONResponse(self.stats.snapshot())
@@ -332,7 +368,8 @@ def create_sandbox_app(
     ``clock`` returns epoch seconds; tests inject a fake one to expire codes/tokens.
     The ``Sandbox`` instance is exposed as ``app.state.sandbox`` for introspection.
     """
-    sandbox = Sandbox(options or SandboxOptions(), clock)
+    # Built in code without options (a test's own sandbox): nobody else can reach the controls.
+    sandbox = Sandbox(options or SandboxOptions(controls_open=True), clock)
     app = Starlette(routes=sandbox.routes())
     app.state.sandbox = sandbox
     return app
@@ -420,7 +457,7 @@ async def _json_object(request: Request) -> dict[str, Any]:
     return body
 
 
-def _one_of(body: Mapping[str, Any], field: str, allowed: Iterable[str]) -> str:
+def _one_of(body: Mapping[str, Any], field: str, allowed: Collection[str]) -> str:
     """``body[field]`` if it is one of ``allowed``, else ``unknown_<field>``."""
     value = body.get(field)
     if value not in allowed:

@@ -132,7 +132,7 @@ def validate_authorization_request(
             raise InvalidAuthorization(
                 "invalid_request", f"The parameter {name} appears more than once."
             )
-    value = {name: (params.get(name) or [None])[0] for name in AUTHORIZE_PARAMS}
+    value: dict[str, str | None] = {name: next(iter(params.get(name) or []), None) for name in AUTHORIZE_PARAMS}
     client = CLIENTS.get(value["client_id"] or "")
     if client is None:
         message = (
@@ -252,7 +252,10 @@ class CrmOAuth:
             "action": request.scope.get("root_path", "") + "/crm/oauth/decision",
             "hidden": hidden,
         }
-        return pages.render("consent.html", context, frameable=False, headers=headers)
+        csrf = pages.csrf_token(request)
+        hidden.append((pages.CSRF_FIELD, csrf))
+        page = pages.render("consent.html", context, frameable=False, headers=headers)
+        return pages.with_csrf_cookie(page, request, csrf)
 
     async def decision(self, request: Request) -> Response:
         form = await request.form()
@@ -263,6 +266,8 @@ class CrmOAuth:
             auth = validate_authorization_request(params, self.options)
         except InvalidAuthorization as exc:
             return _error_page(exc, {})
+        if not pages.csrf_ok(request, next(iter(params.get(pages.CSRF_FIELD, [])), None)):
+            return pages.csrf_failure()
         choice = params.get("decision", [])
         if choice == ["deny"]:
             return redirect_with(

@@ -19,6 +19,11 @@ class SandboxOptions:
     ``latency_ms`` delays every data-API answer. ``coop`` adds
     ``Cross-Origin-Opener-Policy: same-origin`` to the authorize page.
     ``redirect_uris``, when non-empty, is the exact allow-list for authorize.
+
+    The ``/_control/*`` endpoints reset and revoke things for everybody, so in a deployment
+    they need ``admin_key`` (``Authorization: Bearer <key>``). ``controls_open`` lets anyone
+    call them: what `bff demo` turns on (``BFF_SANDBOX_CONTROLS=open``), and what
+    ``create_sandbox_app()`` without options uses (tests); off by default.
     """
 
     rate_limit_every: int = 0
@@ -30,6 +35,8 @@ class SandboxOptions:
     coop: bool = False
     redirect_uris: tuple[str, ...] = ()
     access_token_ttl: int = 3600
+    admin_key: str | None = None
+    controls_open: bool = False
 
     def __post_init__(self) -> None:
         for name in ("rate_limit_every", "retry_after", "fail_every", "latency_ms"):
@@ -71,6 +78,11 @@ class SandboxOptions:
         fail_match = environ.get("BFF_SANDBOX_FAIL_MATCH", "")
         values["fail_match"] = fail_match or None
         values["rate_limit_match"] = environ.get("BFF_SANDBOX_429_MATCH", "") or None
+        values["admin_key"] = environ.get("BFF_SANDBOX_ADMIN_KEY", "").strip() or None
+        raw_controls = environ.get("BFF_SANDBOX_CONTROLS", "").strip().lower()
+        if raw_controls not in {"", "open", "key"}:
+            raise ValueError(f"BFF_SANDBOX_CONTROLS must be open or key, got {raw_controls!r}")
+        values["controls_open"] = raw_controls == "open"
         raw_uris = environ.get("BFF_SANDBOX_REDIRECT_URIS", "")
         values["redirect_uris"] = tuple(raw_uris.replace(",", " ").split())
         try:

@@ -262,6 +262,25 @@ class Store:
         assert row is not None
         return str(row["value"])
 
+    # -- throttles (migration 0004) ---------------------------------------------------------
+
+    async def throttle_hits(self, key: str, window_start: int) -> int:
+        row = await self._one("SELECT hits FROM throttles WHERE key = %s AND window_start = %s", (key, window_start))
+        return int(row["hits"]) if row else 0
+
+    async def throttle_hit(self, key: str, window_start: int, *, expires_at: float) -> int:
+        """Count one more hit in this window, atomically across processes; the new count."""
+        row = await self._one(
+            "INSERT INTO throttles (key, window_start, hits, expires_at) VALUES (%s, %s, 1, %s)"
+            " ON CONFLICT (key, window_start) DO UPDATE SET hits = throttles.hits + 1 RETURNING hits",
+            (key, window_start, expires_at),
+        )
+        assert row is not None
+        return int(row["hits"])
+
+    async def forget_expired_throttles(self) -> None:
+        await self._one("DELETE FROM throttles WHERE expires_at < %s RETURNING NULL AS gone", (self.now(),))
+
     # -- partners -----------------------------------------------------------------------
 
     async def create_partner(self, name: str, origins: Sequence[str]) -> Partner:

@@ -10,7 +10,7 @@ from alembic import op
 from sqlalchemy import text
 
 revision = "i14_query_tables"
-down_revision = "0003"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 
