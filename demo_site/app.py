@@ -326,9 +326,13 @@ def create_site_app(
         who = current(request)
         if who is None:
             return RedirectResponse("/", status_code=303)
+        if cross_site(request):
+            refused = BFFError("cross_site", 403, "Save queries from this site itself.")
+            return page(request, "error.html", status=403, error=refused)
         form = await request.form()
         if not secrets.compare_digest(str(form.get("csrf", "")), str(request.session.get("csrf", "")) or "-"):
-            return page(request, "error.html", status=403, error="This form has expired; reload the page.")
+            expired = BFFError("form_expired", 403, "This form has expired; reload the page.")
+            return page(request, "error.html", status=403, error=expired)
         name, query = str(form.get("name", "")).strip(), str(form.get("query", ""))
         client = await customer_client(who["external_id"])
         try:

@@ -81,7 +81,13 @@ async def test_data_page_saved_queries(settings_factory: Callable[..., Settings]
             assert "Saved queries" in empty.text and "No saved queries yet." in empty.text
 
             forged = await browser.post("/data/queries", data={"name": "x", "query": "SELECT 1 AS one"})
-            assert forged.status_code == 403
+            assert forged.status_code == 403 and "form_expired" in forged.text
+            elsewhere = await browser.post(
+                "/data/queries",
+                data={"csrf": csrf, "name": "x", "query": "SELECT 1 AS one"},
+                headers={"Sec-Fetch-Site": "cross-site", "Origin": "https://evil.example"},
+            )
+            assert elsewhere.status_code == 403 and "cross_site" in elsewhere.text
 
             saved = await browser.post(
                 "/data/queries", data={"csrf": csrf, "name": "The answer", "query": "SELECT 42 AS answer, 'forty-two' AS words"}
