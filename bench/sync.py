@@ -1,170 +1,381 @@
-"""Sync throughput: the sandbox CRM into the warehouse vs the same pages fetched without storing.
+"""Sync throughput on PostgreSQL: the project vs a bare fetch (the floor) vs dlt, same pages, same run.
 
-Usage: python bench/sync.py [--rounds 20] [--parallel 4]
+Usage: python bench/sync.py [--rounds 5] [--scale 251] [--customers 4] [--dlt postgres|duckdb|none]
 
-One BFF app runs in-process with the sandbox on (the sandbox is reached through
-the same in-process transport a real sync uses, so "fetching" costs only the
-provider's JSON and our parsing: the hardest case for the ratio). Sandbox CRM
-connections are made via the OAuth consent flow, then, alternating within one
-session so that machine noise hits both alike:
+The sandbox providers run in a process of their own (``bff sandbox``, with
+``BFF_SANDBOX_SCALE``: scale 251 is 50,200 bank transactions), reached over real
+loopback HTTP. A fresh database on an embedded PostgreSQL holds everything.
+Contenders, alternated round by round (the order rotates every round, so machine
+noise and warm caches hit all alike):
 
-* **stored**: full syncs through the API and the SyncRunner (cursors reset
-  before each round, untimed, so all 1,550 records are fetched and upserted),
-  timed from the sync request until the run has finished: run bookkeeping,
-  logs and health included;
-* **raw**: the same streams read through the same ConnectorSession, pages
-  discarded.
+* **project** — a real sync: ``POST /api/server/{id}/sync`` on the BFF (in this
+  process, its worker on), timed until the run has finished (queue pick-up, run
+  bookkeeping, logs and health included). The stream's cursor is forgotten before
+  each round (untimed), so every record is fetched and upserted again;
+* **floor** — a bare ``httpx`` fetch of the same pages (``per_page=500``, following
+  the ``Link`` header like the connector) and ``json.loads`` of each page, nothing else;
+* **dlt** (``pip install -e '.[bench]'``) — its ``rest_api`` source on the same
+  endpoint (HTTP basic auth, ``header_link`` paginator, 500 a page), merged on
+  ``id`` (primary key) into the same PostgreSQL (``--dlt duckdb`` for its in-process
+  database). Like the project it upserts over the rows of the previous round.
 
-Two scenarios: one connection at a time, and ``--parallel`` customers syncing at
-once (each its own sub-account and warehouse file; ``BFF_SYNC_CONCURRENCY`` is
-the default 4), which is how a server spends its day.
-Prints records/s for both paths and stored/raw
-(targets: ≥ 20,000 records/s stored, ratio ≥ 0.5).
+Row counts are checked equal (every contender sees every record once; each table
+ends with exactly that many rows). Then the same with ``--customers`` customers
+syncing at once (``BFF_SYNC_CONCURRENCY`` 4) against as many bare fetches at once.
+Prints min/median/max records/s and the ratios; asserts nothing about speed.
+Goals (issue 11): project ≥ 0.6× the floor and ≥ 5× dlt; 4 customers ≥ 0.5× the floor.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import html
-import re
+import json
+import os
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bff import connections as rt  # noqa: E402
 from bff.app import create_app  # noqa: E402
 from bff.settings import Secret, Settings, generate_encryption_key, generate_secret_key  # noqa: E402
+from bff.testing import TestDatabases, free_port, stop_embedded  # noqa: E402
 
-_HIDDEN = re.compile(r'<input[^>]*type="hidden"[^>]*name="([^"]+)"[^>]*value="([^"]*)"')
+TRANSACTIONS_PER_SCALE = 200
+PAGE = 500  # the sandbox bank connector's page size (sandbox_bank.json), used by every contender
+BANK_AUTH = ("sandbox", "sandbox")
+
+Round = tuple[int, float]  # (records, seconds)
 
 
-async def connect_crm(client: httpx.AsyncClient, token: str) -> int:
-    """Create a sandbox CRM connection and press "Allow" on the consent page."""
-    headers = {"Authorization": f"Bearer {token}"}
-    created = (await client.post("/api/servers", json={"servertype_id": "sandbox_crm"}, headers=headers)).json()
-    # What the start page does in the browser: swap the nonce for the binding cookie and the provider's URL.
-    origin = str(client.base_url).rstrip("/")
-    started = await client.post(
-        created["oauth_url"], json={"nonce": created["oauth_nonce"], "opener_origin": origin}, headers={"Origin": origin}
+def start_sandbox(scale: int, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """`bff sandbox` in its own process; its URL once it answers."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BFF_")}
+    env.update({"BFF_SANDBOX_SCALE": str(scale), "BFF_LOG_LEVEL": "warning"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bff.cli", "sandbox", "--port", str(port)], env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT
     )
-    page = await client.get(started.json()["authorize_url"])
-    form = {name: html.unescape(value) for name, value in _HIDDEN.findall(page.text)}
-    decision = await client.post("/sandbox/crm/oauth/decision", data={**form, "decision": "allow"})
-    callback = await client.get(decision.headers["location"])
-    assert callback.status_code == 200, callback.text
-    return int(created["id"])
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180  # a busy machine starts Python slowly
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"bff sandbox exited: {log.read_text()}")
+        try:
+            if httpx.get(f"{url}/_control/stats", timeout=2).status_code < 500:
+                # Build the scaled table now (first read), not in the first timed round.
+                httpx.get(f"{url}/bank/api/transactions", params={"per_page": 1}, auth=BANK_AUTH, timeout=120)
+                return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("bff sandbox did not start")
 
 
-async def raw_round(services: Any, connection_id: int) -> int:
-    connection = await services.store.get_connection_by_id(connection_id)
-    session = rt.session_for_connection(services, connection)
+# -- the floor ------------------------------------------------------------------------------
+
+
+async def floor_fetch(client: httpx.AsyncClient, sandbox: str) -> int:
+    """Every page of transactions: fetched, decoded, counted; nothing else."""
     count = 0
-    for stream in ("contacts", "deals"):
-        async for page in session.read(stream, None):
-            count += len(page.records)
+    url: str | None = f"{sandbox}/bank/api/transactions?per_page={PAGE}"
+    while url is not None:
+        response = await client.get(url, auth=BANK_AUTH)
+        response.raise_for_status()
+        count += len(json.loads(response.content))
+        url = response.links.get("next", {}).get("url")
     return count
 
 
-async def stored_round(services: Any, client: httpx.AsyncClient, token: str, connection_id: int) -> int:
-    """One full sync, timed by the caller from the API request until the run has finished."""
-    runner = services.sync
-    answer = await client.post(f"/api/server/{connection_id}/sync", headers={"Authorization": f"Bearer {token}"})
-    assert answer.status_code == 202, answer.text
-    await runner.wait(connection_id)
-    run = await services.store.get_run(answer.json()["run_data"][0]["pipeline_run_id"])
-    assert run.status == "succeeded", run
-    return sum(run.records.values())
+# -- the project ----------------------------------------------------------------------------
 
 
-async def new_customer(services: Any, client: httpx.AsyncClient, partner_token: str, external_id: str) -> tuple[str, int, int]:
-    """(integrate token, sub-account id, CRM connection id) of a fresh customer."""
-    minted = (
-        await client.post(
-            "/api/partner/sub-account/integrate/",
-            json={"external_id": external_id},
-            headers={"Authorization": f"Bearer {partner_token}"},
+class Project:
+    """The BFF in this process (worker on), its sandbox elsewhere, customers with a bank connection each."""
+
+    def __init__(self, app: Any, client: httpx.AsyncClient) -> None:
+        self.app = app
+        self.client = client
+        self.services = app.state.services
+        self.customers: list[tuple[str, int, int]] = []  # (integrate token, sub-account id, connection id)
+
+    async def add_customers(self, count: int) -> None:
+        store, tokens = self.services.store, self.services.tokens
+        partner = await store.create_partner("bench", [])
+        partner_token = tokens.mint_partner_token(partner_id=partner.id, generation=partner.token_generation).token
+        for i in range(count):
+            minted = await self.client.post(
+                "/api/partner/sub-account/integrate/", json={"external_id": f"bench-{i}"}, headers=_bearer(partner_token)
+            )
+            assert minted.status_code == 200, minted.text
+            token, account = minted.json()["token"], int(minted.json()["account_id"])
+            created = await self.client.post(
+                "/api/servers",
+                json={"servertype_id": "sandbox_bank", "login": BANK_AUTH[0], "password": BANK_AUTH[1]},
+                headers=_bearer(token),
+            )
+            assert created.status_code == 201, created.text
+            self.customers.append((token, account, int(created.json()["id"])))
+
+    async def forget_cursors(self, customers: list[tuple[str, int, int]]) -> None:
+        for _, account, connection in customers:
+            await self.services.warehouse.reset_state(account, connection)
+
+    async def sync(self, customer: tuple[str, int, int]) -> int:
+        """One full sync through the API; returns the records the run stored."""
+        token, _, connection = customer
+        answer = await self.client.post(f"/api/server/{connection}/sync", headers=_bearer(token))
+        assert answer.status_code == 202, answer.text
+        run = await self.services.sync.wait(connection)
+        assert run is not None and run.status == "succeeded", run
+        return sum(int(v) for v in run.records.values())
+
+    async def rows(self, account: int) -> int:
+        tables = await self.services.warehouse.list_tables(account)
+        return sum(count for _, count in tables)
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+# -- dlt --------------------------------------------------------------------------------------
+
+
+class Dlt:
+    """dlt's rest_api source into ``destination``, merging on ``id``; one pipeline, run every round."""
+
+    def __init__(self, sandbox: str, destination: str, database_url: str, workdir: Path) -> None:
+        import dlt
+        from dlt.sources.rest_api import rest_api_source
+
+        self._source = lambda: rest_api_source(
+            {
+                "client": {
+                    "base_url": f"{sandbox}/bank/api/",
+                    "auth": {"type": "http_basic", "username": BANK_AUTH[0], "password": BANK_AUTH[1]},
+                    "paginator": {"type": "header_link"},
+                },
+                "resource_defaults": {"primary_key": "id", "write_disposition": "merge"},
+                "resources": [{"name": "transactions", "endpoint": {"path": "transactions", "params": {"per_page": PAGE}}}],
+            }
         )
-    ).json()
-    token, sub_account_id = minted["token"], int(minted["account_id"])
-    return token, sub_account_id, await connect_crm(client, token)
+        if destination == "postgres":
+            target: Any = dlt.destinations.postgres(credentials=_libpq_credentials(database_url))
+        else:
+            target = dlt.destinations.duckdb(credentials=str(workdir / "dlt.duckdb"))
+        self.destination = destination
+        self.database_url = database_url
+        self.workdir = workdir
+        self.pipeline = dlt.pipeline(
+            pipeline_name="bench_sync", destination=target, dataset_name="dlt_bench", pipelines_dir=str(workdir / "pipelines")
+        )
+
+    def run(self) -> int:
+        info = self.pipeline.run(self._source())
+        info.raise_on_failed_jobs()
+        counts = self.pipeline.last_trace.last_normalize_info.row_counts  # type: ignore[union-attr]
+        return int(counts.get("transactions", 0))
+
+    def rows(self) -> int:
+        if self.destination == "postgres":
+            with psycopg.connect(self.database_url) as conn:
+                row = conn.execute("SELECT COUNT(*) FROM dlt_bench.transactions").fetchone()
+        else:
+            import duckdb
+
+            with duckdb.connect(str(self.workdir / "dlt.duckdb"), read_only=True) as conn:
+                row = conn.execute("SELECT COUNT(*) FROM dlt_bench.transactions").fetchone()
+        return int(row[0]) if row else 0
 
 
-async def measure(services: Any, client: httpx.AsyncClient, customers: list[tuple[str, int, int]], rounds: int) -> dict[str, Any]:
-    """Alternate raw and stored rounds over all ``customers`` at once; per-round records and seconds."""
-    warehouse = services.warehouse
-    raw: list[tuple[int, float]] = []
-    stored: list[tuple[int, float]] = []
-    # Warm-up: table creation, imports, caches.
-    await asyncio.gather(*(stored_round(services, client, token, conn) for token, _, conn in customers))
-    for _ in range(rounds):
-        began = time.perf_counter()
-        counts = await asyncio.gather(*(raw_round(services, conn) for _, _, conn in customers))
-        raw.append((sum(counts), time.perf_counter() - began))
-        # Forget the cursors (untimed) so the syncs fetch and upsert everything again.
-        for _, account, conn in customers:
-            await warehouse.reset_state(account, conn)
-        began = time.perf_counter()
-        counts = await asyncio.gather(*(stored_round(services, client, token, conn) for token, _, conn in customers))
-        stored.append((sum(counts), time.perf_counter() - began))
-    return {"raw": raw, "stored": stored}
+def _libpq_credentials(url: str) -> str:
+    """The embedded server listens on a Unix socket only: name its directory and port for psycopg2."""
+    info = psycopg.conninfo.conninfo_to_dict(url)
+    socket_dir = Path(str(info["host"]))
+    port = next(socket_dir.glob(".s.PGSQL.*")).suffix.lstrip(".") if socket_dir.is_dir() else info.get("port", 5432)
+    user, password = info.get("user", "postgres"), info.get("password") or ""
+    return f"postgresql://{user}:{password}@localhost:{port}/{info['dbname']}?host={socket_dir}"
 
 
-def report(label: str, rounds: dict[str, Any]) -> None:
-    """Medians over the rounds (robust on a shared machine), the paired ratio, and the plain totals."""
-    raw, stored = rounds["raw"], rounds["stored"]
-    raw_rate = statistics.median(n / t for n, t in raw)
-    stored_rate = statistics.median(n / t for n, t in stored)
-    # Each stored round ran right after its raw round: compare them pairwise, then take the median.
-    paired = statistics.median((ns / ts) / (nr / tr) for (nr, tr), (ns, ts) in zip(raw, stored))
-    totals = sum(n for n, _ in stored) / sum(t for _, t in stored) / (sum(n for n, _ in raw) / sum(t for _, t in raw))
-    print(label)
-    print(f"  raw fetch (no storing): {raw_rate:>9,.0f} records/s  (median of {len(raw)} rounds of {raw[0][0]} records)")
-    print(f"  stored in warehouse:    {stored_rate:>9,.0f} records/s  (target ≥ 20,000)")
-    print(f"  ratio stored/raw: {paired:.2f} (median of paired rounds; all rounds together: {totals:.2f})  (target ≥ 0.5)")
+# -- measuring --------------------------------------------------------------------------------
 
 
-async def bench(rounds: int, parallel: int) -> None:
-    data_dir = Path(tempfile.mkdtemp(prefix="bff-bench-sync-"))
+async def timed(action: Callable[[], Awaitable[list[int]]]) -> Round:
+    began = time.perf_counter()
+    counts = await action()
+    return sum(counts), time.perf_counter() - began
+
+
+def rates(rounds: list[Round]) -> list[float]:
+    return [n / t for n, t in rounds]
+
+
+def describe(name: str, rounds: list[Round]) -> str:
+    r = rates(rounds)
+    return (
+        f"  {name:<34} min {min(r):>9,.0f}   median {statistics.median(r):>9,.0f}   max {max(r):>9,.0f} records/s"
+        f"   ({len(r)} rounds of {rounds[0][0]:,} records)"
+    )
+
+
+def ratio(name: str, a: list[Round], b: list[Round], goal: str) -> str:
+    """Per round a/b (rounds alternate, so round i of each ran side by side): min/median/max."""
+    per_round = [x / y for x, y in zip(rates(a), rates(b))]
+    return (
+        f"  {name:<34} min {min(per_round):5.2f}   median {statistics.median(per_round):5.2f}   max {max(per_round):5.2f}"
+        f"   (goal {goal})"
+    )
+
+
+async def bench(args: argparse.Namespace) -> None:
+    root = Path(tempfile.mkdtemp(prefix="bff-bench-sync-"))
+    expected = TRANSACTIONS_PER_SCALE * args.scale
+    print(f"setting up: embedded PostgreSQL, `bff sandbox` at scale {args.scale} ({expected:,} transactions) …", flush=True)
+    databases = TestDatabases(root)
+    url = databases.create()
+    sandbox_proc, sandbox = start_sandbox(args.scale, root / "sandbox.log")
+    dlt_runner: Dlt | None = None
+    if args.dlt != "none":
+        try:
+            dlt_runner = Dlt(sandbox, args.dlt, url, root / "dlt")
+        except ImportError:
+            print("  dlt is not installed (pip install -e '.[bench]'): comparing with the floor only")
     settings = Settings(
-        data_dir=data_dir,
+        data_dir=root / "data",
+        database_url=Secret(url),
         secret_keys=(Secret(generate_secret_key()),),
         encryption_key=Secret(generate_encryption_key()),
         public_url="http://bench.local",
         sandbox_enabled=True,
+        sandbox_external_url=sandbox,
+        log_level="warning",
     )
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        services = app.state.services
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://bench.local") as client:
-            partner = await services.store.create_partner("bench", [])
-            partner_token = services.tokens.mint_partner_token(partner_id=partner.id, generation=partner.token_generation).token
-            customers = [await new_customer(services, client, partner_token, f"bench-{i}") for i in range(max(1, parallel))]
-            one = await measure(services, client, customers[:1], rounds)
-            many = await measure(services, client, customers, rounds) if parallel > 1 else None
-            tables = await services.warehouse.list_tables(customers[0][1])
-            rows = {table.stream: count for table, count in tables}
+    try:
+        app = create_app(settings, migrate_on_start=False)
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with (
+                httpx.AsyncClient(transport=transport, base_url="http://bench.local", timeout=600) as client,
+                httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=args.customers + 1)) as bare,
+            ):
+                project = Project(app, client)
+                await project.add_customers(max(1, args.customers))
+                one = project.customers[:1]
 
-    print(f"{rounds} rounds of full syncs of the sandbox CRM (contacts + deals); each warehouse ends with {rows}")
-    report("one connection at a time:", one)
-    if many is not None:
-        report(f"{parallel} customers syncing at once (BFF_SYNC_CONCURRENCY={settings.sync_concurrency}):", many)
+                # Warm-up (untimed): table creation, imports, connection pools, dlt's schema.
+                await project.sync(one[0])
+                await floor_fetch(bare, sandbox)
+                if dlt_runner is not None and args.only in (None, "dlt"):
+                    await asyncio.to_thread(dlt_runner.run)
+
+                results: dict[str, list[Round]] = {"project": [], "floor": [], "dlt": []}
+
+                async def run_project() -> list[int]:
+                    return [await project.sync(one[0])]
+
+                async def run_floor() -> list[int]:
+                    return [await floor_fetch(bare, sandbox)]
+
+                async def run_dlt() -> list[int]:
+                    assert dlt_runner is not None
+                    return [await asyncio.to_thread(dlt_runner.run)]
+
+                contenders: list[tuple[str, Callable[[], Awaitable[list[int]]]]] = [("project", run_project), ("floor", run_floor)]
+                if dlt_runner is not None:
+                    contenders.append(("dlt", run_dlt))
+                if args.only:  # profiling one contender (py-spy), or timing it alone
+                    contenders = [c for c in contenders if c[0] == args.only]
+                print(f"one customer, {args.rounds} rounds, contenders alternated: {', '.join(n for n, _ in contenders)}", flush=True)
+                for i in range(args.rounds):
+                    await project.forget_cursors(one)
+                    for name, action in contenders[i % len(contenders) :] + contenders[: i % len(contenders)]:
+                        results[name].append(await timed(action))
+                    print(f"  round {i + 1}: " + ", ".join(f"{n} {results[n][-1][0] / results[n][-1][1]:,.0f}/s" for n, _ in contenders), flush=True)
+
+                many: dict[str, list[Round]] = {"project": [], "floor": []}
+                customers = project.customers
+                if len(customers) > 1 and not args.only:
+                    for customer in customers[1:]:  # warm-up: their tables
+                        await project.sync(customer)
+
+                    async def run_many_project() -> list[int]:
+                        return list(await asyncio.gather(*(project.sync(c) for c in customers)))
+
+                    async def run_many_floor() -> list[int]:
+                        return list(await asyncio.gather(*(floor_fetch(bare, sandbox) for _ in customers)))
+
+                    print(f"{len(customers)} customers at once, {args.rounds} rounds", flush=True)
+                    for i in range(args.rounds):
+                        await project.forget_cursors(customers)
+                        pair = [("project", run_many_project), ("floor", run_many_floor)]
+                        for name, action in pair if i % 2 == 0 else pair[::-1]:
+                            many[name].append(await timed(action))
+                        print(f"  round {i + 1}: " + ", ".join(f"{n} {many[n][-1][0] / many[n][-1][1]:,.0f}/s" for n, _ in pair), flush=True)
+
+                # Row counts: every contender saw every record, and each table holds each once.
+                seen = {name: {n for n, _ in rounds} for name, rounds in results.items() if rounds}
+                if not (results["project"] and results["floor"]):
+                    print(describe(args.only, results[args.only]))
+                    return
+                stored = {"project": await project.rows(one[0][1])}
+                if dlt_runner is not None:
+                    stored["dlt"] = await asyncio.to_thread(dlt_runner.rows)
+                for customer in customers[1:]:
+                    stored[f"project, customer {customer[1]}"] = await project.rows(customer[1])
+                if many["floor"]:
+                    seen["floor ×N"] = {n // len(customers) for n, _ in many["floor"]}
+                    seen["project ×N"] = {n // len(customers) for n, _ in many["project"]}
+                mismatches = {k: v for k, v in {**seen, **stored}.items() if v != {expected} and v != expected}
+                if mismatches:
+                    raise SystemExit(f"row counts differ from the sandbox's {expected:,}: {mismatches}")
+    finally:
+        sandbox_proc.terminate()
+        sandbox_proc.wait()
+        stop_embedded(root / "postgres")
+        shutil.rmtree(root, ignore_errors=True)
+
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"\nmachine: {os.cpu_count()} CPUs, load average {load} (the CPU is shared: compare ratios, not absolute numbers)")
+    print(f"records per round checked: {expected:,} fetched by every contender, {expected:,} rows in every table")
+    print("one customer (records/s, higher is better):")
+    print(describe("project (sync → PostgreSQL)", results["project"]))
+    print(describe("floor (httpx + json)", results["floor"]))
+    if results["dlt"]:
+        print(describe(f"dlt (rest_api → {args.dlt}, merge)", results["dlt"]))
+    print("ratios, per round:")
+    print(ratio("project / floor", results["project"], results["floor"], "≥ 0.6"))
+    if results["dlt"]:
+        print(ratio("project / dlt", results["project"], results["dlt"], "≥ 5"))
+    if many["project"]:
+        n = len(project.customers)
+        print(f"{n} customers at once (records/s of all of them together):")
+        print(describe(f"project ×{n}", many["project"]))
+        print(describe(f"floor ×{n}", many["floor"]))
+        print(ratio(f"project ×{n} / floor ×{n}", many["project"], many["floor"], "≥ 0.5"))
+        single_floor = statistics.median(rates(results["floor"]))
+        per = [r / single_floor for r in rates(many["project"])]
+        print(f"  {'project ×' + str(n) + ' / floor (one)':<34} min {min(per):5.2f}   median {statistics.median(per):5.2f}   max {max(per):5.2f}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=20)
-    parser.add_argument("--parallel", type=int, default=4, help="customers syncing at once in the second scenario (1 to skip it)")
-    args = parser.parse_args()
-    asyncio.run(bench(args.rounds, args.parallel))
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--scale", type=int, default=251, help="BFF_SANDBOX_SCALE: 200 × scale bank transactions (default 50,200)")
+    parser.add_argument("--customers", type=int, default=4, help="customers syncing at once in the second part (1 skips it)")
+    parser.add_argument("--only", choices=("project", "floor", "dlt"), help="run one contender alone (for py-spy)")
+    parser.add_argument("--dlt", choices=("postgres", "duckdb", "none"), default="postgres", help="dlt's destination")
+    asyncio.run(bench(parser.parse_args()))
 
 
 if __name__ == "__main__":

@@ -1036,3 +1036,13 @@ async def test_slack(connectors, rec):
     assert [r["id"] for r in records] == ["C01", "C02", "C03"]
     assert records[0]["topic"] == "Topic" and records[0]["is_general"] is True
     assert records[0]["created"] == "2015-12-04T18:14:49Z"
+
+
+def test_cursor_comparison_numbers_by_value_strings_as_text() -> None:
+    from bff.connectors.records import cursor_gt
+
+    assert cursor_gt("2026-01-02T00:00:00Z", "2026-01-01T23:59:59Z")
+    assert not cursor_gt("2026-01-01T00:00:00Z", "2026-01-01T00:00:00Z")
+    assert cursor_gt(10, 9) and cursor_gt(2.5, 2) and not cursor_gt(9, 10)
+    assert not cursor_gt("10", "9")  # opaque text cursors are never parsed as numbers
+    assert cursor_gt("b", 1) == ("b" > "1")

@@ -280,6 +280,24 @@ async def test_transactions_link_header_paging() -> None:
 
 
 @pytest.mark.asyncio
+async def test_scale_multiplies_every_fixture_deterministically() -> None:
+    app = create_sandbox_app(SandboxOptions.from_env({"BFF_SANDBOX_SCALE": "3"}))
+    data = app.state.sandbox.data
+    assert (len(data.contacts), len(data.deals), len(data.transactions)) == (3 * 1250, 3 * 300, 3 * 200)
+    assert [len(t) for t in data.invoices.values()] == [3 * 500] * 3
+    # Every deal points at a contact that exists, and a second instance is identical.
+    contact_ids = {r["id"] for r in data.contacts.records}
+    assert {r["contact_id"] for r in data.deals.records} <= contact_ids
+    again = create_sandbox_app(SandboxOptions(scale=3)).state.sandbox.data
+    assert again.transactions.records == data.transactions.records and again.deals.records == data.deals.records
+    async with client_for(app) as client:
+        assert len(await all_transactions(client, per_page=500)) == 600
+    # Scale 1 is the fixtures every test expects.
+    plain = create_sandbox_app().state.sandbox.data
+    assert plain.contacts.records[-1]["id"] == "c_1250" and plain.transactions.records[-1]["id"] == "t_0200"
+
+
+@pytest.mark.asyncio
 async def test_urls_are_built_from_the_mount_point() -> None:
     outer = Starlette(routes=[Mount("/sandbox", app=create_sandbox_app())])
     async with client_for(outer) as client:
@@ -794,6 +812,7 @@ def test_options_from_env() -> None:
         ("BFF_SANDBOX_FAIL_EVERY", "-1"),
         ("BFF_SANDBOX_LATENCY_MS", "1.5"),
         ("BFF_SANDBOX_COOP", "maybe"),
+        ("BFF_SANDBOX_SCALE", "0"),
     ],
 )
 def test_options_from_env_rejects_bad_values(name: str, value: str) -> None:

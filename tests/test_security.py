@@ -134,13 +134,11 @@ async def test_deep_json_and_lone_surrogates_are_400(sbff: BFF) -> None:
     assert ok.status_code == 201 and ok.json()["name"] == "Bank \N{GRINNING FACE}"
 
 
-def test_openapi_describes_request_and_response_bodies(tmp_path: Path) -> None:
-    from conftest import make_settings
-
+def test_openapi_describes_request_and_response_bodies(settings_factory: Callable[..., Settings]) -> None:
     from bff.app import create_app
     from bff.openapi import build_spec
 
-    app = create_app(make_settings(tmp_path, sandbox_enabled=True))
+    app = create_app(settings_factory(sandbox_enabled=True))
     spec = build_spec(app.routes)
 
     def resolve(schema: dict[str, Any]) -> dict[str, Any]:

@@ -551,6 +551,8 @@ async function finishSetup(id) {
 
 // ---- boot and messages ----
 
+let refreshTurn = 0;
+
 async function refresh() {
   if (!lastInit) return;
   const boot = (booting ||= (async () => {
@@ -559,8 +561,12 @@ async function refresh() {
     if (typeof first === 'string' && first && first !== token) await startSession(first).catch((e) => { if (e.status !== 401) throw e; });
     catalogue = await loadCatalogue();
   })());
+  // `init` (preload) and `open` (click) both land here and await the same boot: only the latest
+  // may render, or a late first render replaces the form the customer is already typing into.
+  const turn = ++refreshTurn;
   try {
     await boot;
+    if (turn !== refreshTurn) return;
     start(wanted);
   } catch (e) {
     if (booting === boot) booting = null; // the next `open` tries again

@@ -76,7 +76,7 @@ class Sandbox:
     def __init__(self, options: SandboxOptions, clock: Callable[[], float]) -> None:
         self.options = options
         self.clock = clock
-        self.data = SandboxData()
+        self.data = SandboxData(options.scale)
         self.stats = Stats()
         self.faults = Faults(options)
         self.revoked: set[str] = set()

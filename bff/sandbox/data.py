@@ -19,6 +19,7 @@ DEAL_COUNT = 300
 INVOICES_PER_DIVISION = 500
 TRANSACTION_COUNT = 200
 REFRESH_BATCH = 10
+# ``scale`` (BFF_SANDBOX_SCALE) multiplies every count above; 1 is the fixtures the tests expect.
 
 DIVISIONS: tuple[tuple[int, str], ...] = (
     (101, "Acme Holding"),
@@ -135,12 +136,12 @@ def _stamp(index: int) -> int:
     return BASE_TS + index * MINUTE
 
 
-def make_contact(i: int) -> tuple[Record, int]:
+def make_contact(i: int, count: int = CONTACT_COUNT) -> tuple[Record, int]:
     first = _FIRST_NAMES[(i - 1) % len(_FIRST_NAMES)]
     last = _LAST_NAMES[(i * 7) % len(_LAST_NAMES)]
     company = _COMPANIES[(i * 11) % len(_COMPANIES)]
     email = f"{_slug(first)}.{_slug(last)}.{i}@{_slug(company)}.example"
-    created = BASE_TS - (CONTACT_COUNT + 1 - i) * 3 * 3600
+    created = BASE_TS - (count + 1 - i) * 3 * 3600
     record = {
         "id": f"c_{i:04d}",
         "email": email,
@@ -153,16 +154,16 @@ def make_contact(i: int) -> tuple[Record, int]:
     return record, _stamp(i)
 
 
-def make_deal(i: int) -> tuple[Record, int]:
+def make_deal(i: int, count: int = DEAL_COUNT, contact_count: int = CONTACT_COUNT) -> tuple[Record, int]:
     company = _COMPANIES[(i * 5) % len(_COMPANIES)]
     product = _DEAL_PRODUCTS[i % len(_DEAL_PRODUCTS)]
-    created = BASE_TS - (DEAL_COUNT + 1 - i) * 24 * 3600
+    created = BASE_TS - (count + 1 - i) * 24 * 3600
     record = {
         "id": f"d_{i:03d}",
         "name": f"{company}: {product}",
         "amount": _money(((i * 104_729) % 4_950_000) + 50_000),
         "stage": DEAL_STAGES[(i * 3) % len(DEAL_STAGES)],
-        "contact_id": f"c_{((i * 37) % CONTACT_COUNT) + 1:04d}",
+        "contact_id": f"c_{((i * 37) % contact_count) + 1:04d}",
         "created_at": iso(created),
         "updated_at": iso(_stamp(i)),
     }
@@ -200,27 +201,30 @@ def make_transaction(i: int) -> Record:
     }
 
 
-def contacts_table() -> Table:
-    return Table(make_contact(i) for i in range(1, CONTACT_COUNT + 1))
+def contacts_table(scale: int = 1) -> Table:
+    count = CONTACT_COUNT * scale
+    return Table(make_contact(i, count) for i in range(1, count + 1))
 
 
-def deals_table() -> Table:
-    return Table(make_deal(i) for i in range(1, DEAL_COUNT + 1))
+def deals_table(scale: int = 1) -> Table:
+    count = DEAL_COUNT * scale
+    return Table(make_deal(i, count, CONTACT_COUNT * scale) for i in range(1, count + 1))
 
 
-def invoice_tables() -> dict[int, Table]:
+def invoice_tables(scale: int = 1) -> dict[int, Table]:
+    per_division = INVOICES_PER_DIVISION * scale
     tables = {}
     for d, (code, _) in enumerate(DIVISIONS):
-        first = d * INVOICES_PER_DIVISION
+        first = d * per_division
         tables[code] = Table(
-            make_invoice(code, n, first + n) for n in range(1, INVOICES_PER_DIVISION + 1)
+            make_invoice(code, n, first + n) for n in range(1, per_division + 1)
         )
     return tables
 
 
-def transactions_table() -> Table:
+def transactions_table(scale: int = 1) -> Table:
     rows = []
-    for i in range(1, TRANSACTION_COUNT + 1):
+    for i in range(1, TRANSACTION_COUNT * scale + 1):
         record = make_transaction(i)
         record["updated_at"] = iso(_stamp(i))
         rows.append((record, _stamp(i)))

@@ -19,6 +19,8 @@ class SandboxOptions:
     ``latency_ms`` delays every data-API answer. ``coop`` adds
     ``Cross-Origin-Opener-Policy: same-origin`` to the authorize page.
     ``redirect_uris``, when non-empty, is the exact allow-list for authorize.
+    ``scale`` multiplies every fixture's size (``BFF_SANDBOX_SCALE=40``: 50,000 contacts,
+    40 × 200 transactions…), deterministically; benchmarks use it, 1 is what tests expect.
 
     The ``/_control/*`` endpoints reset and revoke things for everybody, so in a deployment
     they need ``admin_key`` (``Authorization: Bearer <key>``). ``controls_open`` lets anyone
@@ -35,6 +37,7 @@ class SandboxOptions:
     coop: bool = False
     redirect_uris: tuple[str, ...] = ()
     access_token_ttl: int = 3600
+    scale: int = 1
     admin_key: str | None = None
     controls_open: bool = False
 
@@ -42,6 +45,7 @@ class SandboxOptions:
         for name in ("rate_limit_every", "retry_after", "fail_every", "latency_ms"):
             _check_int(name, getattr(self, name), minimum=0)
         _check_int("access_token_ttl", self.access_token_ttl, minimum=1)
+        _check_int("scale", self.scale, minimum=1)
         if not isinstance(self.coop, bool):
             raise ValueError(f"coop must be a bool, got {self.coop!r}")
         if self.fail_match is not None and not isinstance(self.fail_match, str):
@@ -67,7 +71,7 @@ class SandboxOptions:
         for field_name, variable in _INT_VARIABLES.items():
             raw = environ.get(variable, "").strip()
             if raw:
-                minimum = 1 if field_name == "access_token_ttl" else 0
+                minimum = 1 if field_name in ("access_token_ttl", "scale") else 0
                 values[field_name] = _parse_int(variable, raw, minimum)
         raw_coop = environ.get("BFF_SANDBOX_COOP", "").strip().lower()
         if raw_coop not in _TRUE | _FALSE:
@@ -97,6 +101,7 @@ _INT_VARIABLES = {
     "fail_every": "BFF_SANDBOX_FAIL_EVERY",
     "latency_ms": "BFF_SANDBOX_LATENCY_MS",
     "access_token_ttl": "BFF_SANDBOX_ACCESS_TOKEN_TTL",
+    "scale": "BFF_SANDBOX_SCALE",
 }
 assert set(_INT_VARIABLES) <= {f.name for f in fields(SandboxOptions)}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import heapq
 from collections import Counter, deque
 from collections.abc import Iterator
+from functools import cached_property
 from itertools import islice
 from typing import Any
 
@@ -92,12 +93,27 @@ class Faults:
 
 
 class SandboxData:
-    def __init__(self) -> None:
-        self.contacts = data.contacts_table()
-        self.deals = data.deals_table()
-        self.invoices = data.invoice_tables()
-        self.transactions = data.transactions_table()
-        self.next_transaction = data.TRANSACTION_COUNT + 1
+    """The fixture tables, each built on first use (a scaled-up sandbox only builds what is read)."""
+
+    def __init__(self, scale: int = 1) -> None:
+        self.scale = scale
+        self.next_transaction = data.TRANSACTION_COUNT * scale + 1
+
+    @cached_property
+    def contacts(self) -> Table:
+        return data.contacts_table(self.scale)
+
+    @cached_property
+    def deals(self) -> Table:
+        return data.deals_table(self.scale)
+
+    @cached_property
+    def invoices(self) -> dict[int, Table]:
+        return data.invoice_tables(self.scale)
+
+    @cached_property
+    def transactions(self) -> Table:
+        return data.transactions_table(self.scale)
 
     def touch(self, resource: str, count: int) -> list[str]:
         field = _EDIT_FIELD[resource]

@@ -1,0 +1,27 @@
+"""The benchmark scripts keep working as the code under them changes (tiny sizes; speed is never asserted)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def test_bench_sync_runs_every_contender_and_checks_row_counts() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BFF_")}
+    done = subprocess.run(
+        [sys.executable, "bench/sync.py", "--scale", "1", "--rounds", "1", "--customers", "2", "--dlt", "none"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=220,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    # 200 sandbox transactions: fetched by the floor and the project, stored once in every warehouse.
+    assert "records per round checked: 200 fetched by every contender, 200 rows in every table" in done.stdout
+    for line in ("project / floor", "project ×2 / floor ×2"):
+        assert line in done.stdout, done.stdout
