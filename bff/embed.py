@@ -101,10 +101,12 @@ async def connect_document(request: Request) -> Response:
 
 
 async def panel_document(request: Request) -> Response:
-    """The "Your connections" panel (Peliqan.mountConnections), loaded in an iframe on the partner's page."""
+    """The "Your connections" panel (Peliqan.mountConnections), loaded in an iframe on the partner's page;
+    framed only by a registered ``?parent=``, like the connect UI."""
+    csp = CONNECT_CSP.format(ancestors=await frame_ancestors(request))
     return file_response(
         request, widget_dir() / "panel.html", cache_seconds=60,
-        extra_headers={"Content-Security-Policy": CONNECT_CSP, "Referrer-Policy": "no-referrer"},
+        extra_headers={"Content-Security-Policy": csp, "Referrer-Policy": "no-referrer"},
     )
 
 

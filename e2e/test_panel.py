@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -20,6 +21,7 @@ from e2e.pages.partner_page import PartnerPage
 from e2e.pages.sandbox_provider import ConsentPage
 from e2e.stack import DemoStack, Stack, locale_strings, running_demo
 
+ROOT = Path(__file__).resolve().parents[1]
 STRINGS = locale_strings()
 EN = STRINGS["en"]
 
@@ -87,6 +89,17 @@ def test_panel_lists_connections_syncs_with_live_progress_and_passes_axe(page: P
     expect(bank.fact(EN["lastSync"]).locator("time")).to_have_attribute("datetime", re.compile(r"^\d{4}-"))
     assert axe_violations(panel.document(), PANEL_ONLY) == [], "the panel after a sync"
 
+    # Looks like a product at both widths; the pictures are for people to look at (test-results/).
+    ROOT.joinpath("test-results").mkdir(exist_ok=True)
+    page.set_viewport_size({"width": 1280, "height": 800})
+    page.mouse.move(0, 0)
+    page.screenshot(path=str(ROOT / "test-results" / "panel.png"), full_page=True)
+    page.set_viewport_size({"width": 390, "height": 844})
+    expect(bank.sync_button).to_be_visible()
+    assert page.evaluate("document.documentElement.scrollWidth <= innerWidth")
+    assert panel.document().evaluate("document.documentElement.scrollWidth <= innerWidth")
+    page.screenshot(path=str(ROOT / "test-results" / "panel-phone.png"), full_page=True)
+
 
 def test_finish_setup_and_key_reauthorise_open_the_connect_window(page: Page, demo: DemoStack) -> None:
     customer = demo.new_customer()
@@ -132,7 +145,10 @@ def test_oauth_reauthorise_and_manual_refresh_open_tabs(page: Page, demo: DemoSt
     with page.expect_popup() as tab:
         crm.reauthorise_button.click()
     expect(panel.announcer).to_have_text("Sign in to Sandbox CRM again in the new tab.")
-    assert tab.value.evaluate("window.opener") is None
+    # The provider's page never gets a handle on the partner's page: at most on the panel's own
+    # document (BFF origin), which handed the start page its nonce.
+    ConsentPage(tab.value).wait_until_shown()
+    assert tab.value.evaluate("!window.opener || window.opener.location.pathname.endsWith('/embed/v1/panel')")
     ConsentPage(tab.value).allow()
     expect(crm.badge).to_have_text("Reconnected", timeout=20_000)
     with page.expect_popup() as bank_tab:

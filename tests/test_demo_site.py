@@ -50,10 +50,16 @@ async def test_demo_site_pages_and_csp(settings_factory: Callable[..., Settings]
             summary = await browser.get("/integrations/999/summary", headers={"X-CSRF-Token": config["csrf"]})
             assert summary.status_code == 200 and summary.json() == {"rows": 0}
 
+            embedded = await browser.get("/integrations/embedded")
+            assert embedded.status_code == 200 and 'id="connections-panel"' in embedded.text
+            assert '<script type="module" src="/static/embedded.js"' in embedded.text
+            assert partner["token"] not in embedded.text
+
             data = await browser.get("/data")
             assert data.status_code == 200 and "wood_123" in data.text and "No synced tables yet" in data.text
             await browser.post("/logout")
             assert "Sign in" in (await browser.get("/integrations")).text
+            assert "Sign in" in (await browser.get("/integrations/embedded")).text
 
 
 def test_data_page_values_are_formatted() -> None:

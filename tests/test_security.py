@@ -138,7 +138,7 @@ def test_openapi_describes_request_and_response_bodies(settings_factory: Callabl
     from bff.app import create_app
     from bff.openapi import build_spec
 
-    app = create_app(settings_factory(sandbox_enabled=True))
+    app = create_app(settings_factory(sandbox_enabled=True))  # on the test database: no server of its own
     spec = build_spec(app.routes)
 
     def resolve(schema: dict[str, Any]) -> dict[str, Any]:

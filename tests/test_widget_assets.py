@@ -68,7 +68,10 @@ async def test_the_panel_document_is_served_with_the_connect_csp(bff: BFF) -> No
 
     response = await bff.client.get("/embed/v1/panel")
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
-    assert response.headers["content-security-policy"] == CONNECT_CSP
+    assert response.headers["content-security-policy"] == CONNECT_CSP.format(ancestors="'none'")  # no registered parent
+    await bff.partner("panel", origins=("http://localhost:8001",))
+    framed = await bff.client.get("/embed/v1/panel?parent=http%3A%2F%2Flocalhost%3A8001")
+    assert "frame-ancestors http://localhost:8001;" in framed.headers["content-security-policy"]
     assert response.headers["referrer-policy"] == "no-referrer"
     for name in ("panel.js", "panel.css", "peliqan-panel.js"):
         assert (await bff.client.get(f"/embed/v1/{name}")).status_code == 200, name

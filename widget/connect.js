@@ -385,7 +385,7 @@ function openPopup() {
 // The start page in the pop-up (our origin only) takes the sign-in's nonce (DESIGN §2.3).
 function handOver(p, n = 300) {
   if (p.handedOver || p.stopped || !n) return;
-  p.popup?.postMessage({ source: 'peliqan', type: 'oauth_nonce', nonce: p.nonce }, location.origin);
+  p.popup?.postMessage({ source: 'peliqan', type: 'oauth_nonce', nonce: p.nonce, keepOpener: true }, location.origin);
   setTimeout(() => handOver(p, n - 1), 200);
 }
 

@@ -187,12 +187,29 @@ async function load() {
 
 // ---- actions ----
 
-function openTab() {
-  const tab = window.open('', '_blank'); // inside the click: allowed by pop-up blockers
+// Opened inside the click (allowed by pop-up blockers). `keepOpener` for the OAuth start page, which
+// takes the sign-in's nonce from us by postMessage and then drops its opener itself.
+function openTab(keepOpener = false) {
+  const tab = window.open('', '_blank');
   try {
-    if (tab) tab.opener = null;
+    if (tab && !keepOpener) tab.opener = null;
   } catch {}
   return tab;
+}
+
+// Hands the OAuth start page its one-time nonce (never in a URL), until it says it has it.
+function handOverNonce(tab, nonce) {
+  let received = false;
+  const onAck = (e) => {
+    if (e.source === tab && e.origin === location.origin && e.data?.type === 'oauth_nonce_received') received = true;
+  };
+  addEventListener('message', onAck);
+  for (let i = 0; i < 120; i++) {
+    setTimeout(() => {
+      if (!received) tab.postMessage({ source: 'peliqan', type: 'oauth_nonce', nonce }, location.origin);
+      if (i === 119 || received) removeEventListener('message', onAck);
+    }, i * 250);
+  }
 }
 
 async function followSync(c) {
@@ -227,7 +244,7 @@ async function act(button) {
   const action = button.dataset.action;
   if (button.getAttribute('aria-disabled') === 'true') return;
   say('');
-  const tab = action === 'reauthorise' || action === 'refresh' ? openTab() : null;
+  const tab = action === 'reauthorise' || action === 'refresh' ? openTab(action === 'reauthorise') : null;
   try {
     if (action === 'sync') {
       $(`progress-${id}`).textContent = t.syncStarting;
@@ -245,6 +262,8 @@ async function act(button) {
       if (r?.auth_uri) {
         if (!tab) throw fail('popup_blocked', t.popupBlockedShort);
         tab.location.href = r.auth_uri;
+        if (r.oauth_nonce) handOverNonce(tab, r.oauth_nonce);
+        else tab.opener = null;
         say(fmt(t.reauthOpened, { name: c.name }));
         load();
       } else {
