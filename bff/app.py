@@ -9,7 +9,6 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 import httpx
-
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -23,10 +22,10 @@ from .db import database_url
 from .errors import EXCEPTION_HANDLERS
 from .files import secure_data_dir
 from .jobs import JobQueue
-from .sandbox import SandboxOptions, create_sandbox_app
 from .middleware import AccessLogMiddleware, BodyLimitMiddleware, CORSMiddleware, SecurityHeadersMiddleware
 from .query_tables import QueryTables
 from .runtime import Runtime
+from .sandbox import SandboxOptions, create_sandbox_app
 from .services import Services
 from .settings import Settings
 from .store import Store, migrate
@@ -56,7 +55,9 @@ async def healthz(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok"})
 
 
-def create_app(settings: Settings, *, clock: Callable[[], float] = time.time, migrate_on_start: bool = True) -> Starlette:
+def create_app(
+    settings: Settings, *, clock: Callable[[], float] = time.time, migrate_on_start: bool = True
+) -> Starlette:
     """Build the BFF. Nothing happens at import time; each call is independent.
 
     Without ``settings.database_url`` this starts (or reuses) the embedded PostgreSQL

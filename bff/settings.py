@@ -220,7 +220,10 @@ def _estimated_bits(value: str) -> float:
 
 
 def _is_repetition(value: str) -> bool:
-    return any(len(value) % size == 0 and value == value[:size] * (len(value) // size) for size in range(1, len(value) // 2 + 1))
+    return any(
+        len(value) % size == 0 and value == value[:size] * (len(value) // size)
+        for size in range(1, len(value) // 2 + 1)
+    )
 
 
 def check_secret_key(value: str, position: int = 1) -> None:

@@ -235,7 +235,9 @@ class Warehouse:
         name = new_schema_name()
         async with self.store.transaction() as conn:
             # Row lock: two first syncs of one customer must agree on one schema.
-            cur = await conn.execute("SELECT warehouse_schema FROM sub_accounts WHERE id = %s FOR UPDATE", (sub_account_id,))
+            cur = await conn.execute(
+                "SELECT warehouse_schema FROM sub_accounts WHERE id = %s FOR UPDATE", (sub_account_id,)
+            )
             locked = await cur.fetchone()
             assert locked is not None
             if locked["warehouse_schema"] is not None:
@@ -245,7 +247,9 @@ class Warehouse:
             await conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(ident))
             await conn.execute(sql.SQL("REVOKE ALL ON SCHEMA {} FROM PUBLIC").format(ident))
             await conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(ident, ident))
-            await conn.execute(sql.SQL("ALTER DEFAULT PRIVILEGES IN SCHEMA {} GRANT SELECT ON TABLES TO {}").format(ident, ident))
+            await conn.execute(
+                sql.SQL("ALTER DEFAULT PRIVILEGES IN SCHEMA {} GRANT SELECT ON TABLES TO {}").format(ident, ident)
+            )
             await conn.execute("UPDATE sub_accounts SET warehouse_schema = %s WHERE id = %s", (name, sub_account_id))
         return name
 
@@ -267,7 +271,9 @@ class Warehouse:
             cur = await conn.execute("SELECT 1 AS found FROM warehouse_tables WHERE id = %s", (table.id,))
             return await cur.fetchone() is not None
 
-    async def _ensure_table(self, sub_account_id: int, schema: str, connection_id: int, stream: Stream) -> WarehouseTable:
+    async def _ensure_table(
+        self, sub_account_id: int, schema: str, connection_id: int, stream: Stream
+    ) -> WarehouseTable:
         """Create the table on first use; add columns a newer connector definition declares."""
         async with self.store.transaction() as conn:
             # Serialise DDL for one connection's stream across processes.
@@ -317,7 +323,9 @@ class Warehouse:
                 sql.Identifier(f"{physical[:50]}__pk"), target, sql.SQL(", ").join(sql.Identifier(k) for k in pk)
             )
         )
-        await conn.execute(sql.SQL("CREATE INDEX {} ON {} (_seq)").format(sql.Identifier(f"{physical[:49]}__seq"), target))
+        await conn.execute(
+            sql.SQL("CREATE INDEX {} ON {} (_seq)").format(sql.Identifier(f"{physical[:49]}__seq"), target)
+        )
         # updated_since filters and newest-first reads.
         await conn.execute(
             sql.SQL("CREATE INDEX {} ON {} (_synced_at)").format(sql.Identifier(f"{physical[:45]}__synced"), target)
@@ -349,7 +357,8 @@ class Warehouse:
                 await conn.execute("DELETE FROM warehouse_state WHERE connection_id = %s", (connection_id,))
             else:
                 await conn.execute(
-                    "DELETE FROM warehouse_state WHERE connection_id = %s AND stream = ANY(%s)", (connection_id, list(streams))
+                    "DELETE FROM warehouse_state WHERE connection_id = %s AND stream = ANY(%s)",
+                    (connection_id, list(streams)),
                 )
 
     async def drop_connection_tables(self, sub_account_id: int, connection_id: int) -> int:
@@ -372,7 +381,8 @@ class Warehouse:
                     sql.SQL("DROP TABLE IF EXISTS {}.{} CASCADE").format(sql.Identifier(schema), sql.Identifier(name))
                 )
             await conn.execute(
-                "DELETE FROM warehouse_tables WHERE connection_id = %s AND sub_account_id = %s", (connection_id, sub_account_id)
+                "DELETE FROM warehouse_tables WHERE connection_id = %s AND sub_account_id = %s",
+                (connection_id, sub_account_id),
             )
             await conn.execute("DELETE FROM warehouse_state WHERE connection_id = %s", (connection_id,))
         return len(names)
@@ -441,7 +451,12 @@ async def _load_tables(
     stream: str | None = None,
 ) -> list[WarehouseTable]:
     where, params = [], []
-    for column, value in (("sub_account_id", sub_account_id), ("id", table_id), ("connection_id", connection_id), ("stream", stream)):
+    for column, value in (
+        ("sub_account_id", sub_account_id),
+        ("id", table_id),
+        ("connection_id", connection_id),
+        ("stream", stream),
+    ):
         if value is not None:
             where.append(f"{column} = %s")
             params.append(value)
@@ -463,8 +478,14 @@ async def _load_tables(
     tables = []
     for r in rows:
         pk = tuple(r["primary_key"])
-        table_fields = tuple(WarehouseField(f["id"], f["name"], f["type"], f["name"] in pk) for f in fields.get(r["id"], []))
-        tables.append(WarehouseTable(r["id"], schema, r["connection_id"], r["stream"], r["physical"], pk, table_fields, r["created_at"]))
+        table_fields = tuple(
+            WarehouseField(f["id"], f["name"], f["type"], f["name"] in pk) for f in fields.get(r["id"], [])
+        )
+        tables.append(
+            WarehouseTable(
+                r["id"], schema, r["connection_id"], r["stream"], r["physical"], pk, table_fields, r["created_at"]
+            )
+        )
     return tables
 
 

@@ -27,9 +27,27 @@ from bff.client import AsyncPartnerClient, BFFError
 
 HERE = Path(__file__).parent
 CUSTOMERS: dict[str, dict[str, str]] = {
-    "wood_123": {"first_name": "John", "last_name": "Doe", "email": "john@woodsolutions.test", "company_name": "Wood Solutions Ltd", "language": "en"},
-    "bakery_7": {"first_name": "Anna", "last_name": "de Vries", "email": "anna@bakkerij.test", "company_name": "Bakkerij de Vries", "language": "nl"},
-    "globex_42": {"first_name": "Hank", "last_name": "Scorpio", "email": "hank@globex.test", "company_name": "Globex Corporation", "language": "en"},
+    "wood_123": {
+        "first_name": "John",
+        "last_name": "Doe",
+        "email": "john@woodsolutions.test",
+        "company_name": "Wood Solutions Ltd",
+        "language": "en",
+    },
+    "bakery_7": {
+        "first_name": "Anna",
+        "last_name": "de Vries",
+        "email": "anna@bakkerij.test",
+        "company_name": "Bakkerij de Vries",
+        "language": "nl",
+    },
+    "globex_42": {
+        "first_name": "Hank",
+        "last_name": "Scorpio",
+        "email": "hank@globex.test",
+        "company_name": "Globex Corporation",
+        "language": "en",
+    },
 }
 ROWS_SHOWN = 5
 PENDING_SETUP = ("AUTHORIZING", "CONFIG_SELECT")  # "Finish setup" instead of "Sync now"
@@ -222,7 +240,9 @@ def create_site_app(
         if who is None:
             return JSONResponse({"detail": "Sign in first.", "code": "not_signed_in"}, status_code=403)
         minted = await mint(who["external_id"])
-        return JSONResponse({"token": minted["token"], "expires_at": minted["expires_at"]}, headers={"Cache-Control": "no-store"})
+        return JSONResponse(
+            {"token": minted["token"], "expires_at": minted["expires_at"]}, headers={"Cache-Control": "no-store"}
+        )
 
     async def delete_connection(request: Request) -> Response:
         who = require_xhr(request)
@@ -245,10 +265,16 @@ def create_site_app(
             totals, _ = await connection_totals(client)
         except BFFError as exc:
             return JSONResponse({"detail": exc.detail, "code": exc.code}, status_code=exc.status or 502)
-        return JSONResponse({"rows": totals.get(int(request.path_params["id"]), 0)}, headers={"Cache-Control": "no-store"})
+        return JSONResponse(
+            {"rows": totals.get(int(request.path_params["id"]), 0)}, headers={"Cache-Control": "no-store"}
+        )
 
     async def favicon(request: Request) -> Response:
-        return FileResponse(HERE / "static" / "favicon.ico", media_type="image/x-icon", headers={"Cache-Control": "public, max-age=86400"})
+        return FileResponse(
+            HERE / "static" / "favicon.ico",
+            media_type="image/x-icon",
+            headers={"Cache-Control": "public, max-age=86400"},
+        )
 
     async def data(request: Request) -> Response:
         """The seed's back-end flow, server-side: sub-accounts → connections → tables → rows."""
@@ -258,7 +284,9 @@ def create_site_app(
         try:
             # Only the signed-in customer's own sub-account: never the partner's other customers.
             minted = await mint(who["external_id"])
-            sub_accounts = [{"id": minted["account_id"], "external_id": minted["external_id"], "company_name": who["company_name"]}]
+            sub_accounts = [
+                {"id": minted["account_id"], "external_id": minted["external_id"], "company_name": who["company_name"]}
+            ]
             client = await partner.sub_account_client(external_id=who["external_id"])
             connections = [c async for c in client.connections()]
             last_runs = {int(c["id"]): c.get("last_run") or {} for c in connections}

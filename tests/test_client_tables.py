@@ -54,8 +54,14 @@ async def test_create_query_table_and_filtered_rows(settings_factory: Callable[.
             incoming = customer.create_query_table(
                 "Incoming", f"SELECT id, amount, description FROM {bank['sql_name']} WHERE amount > 0"
             )
-            assert incoming["type"] == "query" and [f["name"] for f in incoming["fields"]] == ["id", "amount", "description"]
-            rows = list(customer.rows(incoming["id"], order_by="-amount", filters={"amount__higher_than": 1000}, page_size=7))
+            assert incoming["type"] == "query" and [f["name"] for f in incoming["fields"]] == [
+                "id",
+                "amount",
+                "description",
+            ]
+            rows = list(
+                customer.rows(incoming["id"], order_by="-amount", filters={"amount__higher_than": 1000}, page_size=7)
+            )
             assert rows and all(r["amount"] > 1000 for r in rows)
             assert [r["amount"] for r in rows] == sorted((r["amount"] for r in rows), reverse=True)
             # updated_since needs a _synced_at column, which this query did not select.
@@ -65,7 +71,9 @@ async def test_create_query_table_and_filtered_rows(settings_factory: Callable[.
             customer.update_query_table(
                 incoming["id"], query=f"SELECT id, amount, _synced_at FROM {bank['sql_name']} WHERE amount > 0"
             )
-            assert len(list(customer.rows(incoming["id"], updated_since="2000-01-01T00:00:00Z", page_size=500))) >= len(rows)
+            assert len(list(customer.rows(incoming["id"], updated_since="2000-01-01T00:00:00Z", page_size=500))) >= len(
+                rows
+            )
             assert list(customer.rows(incoming["id"], updated_since=datetime(2100, 1, 1))) == []
             with pytest.raises(BFFError) as refused:
                 customer.create_query_table("bad", "SELECT 1; SELECT 2")
@@ -78,7 +86,11 @@ async def test_create_query_table_and_filtered_rows(settings_factory: Callable[.
 
         async with AsyncPartnerClient(base_url, token) as apartner:
             acustomer = await apartner.sub_account_client(external_id="wood_123")
-            table = await acustomer.create_query_table("Out", f"SELECT id, amount FROM {bank['sql_name']} WHERE amount < 0")
-            got = [r async for r in acustomer.rows(table["id"], filters={"amount__lower_than": -100}, order_by="amount")]
+            table = await acustomer.create_query_table(
+                "Out", f"SELECT id, amount FROM {bank['sql_name']} WHERE amount < 0"
+            )
+            got = [
+                r async for r in acustomer.rows(table["id"], filters={"amount__lower_than": -100}, order_by="amount")
+            ]
             assert got and got[0]["amount"] == min(r["amount"] for r in got)
             await acustomer.delete_query_table(table["id"])

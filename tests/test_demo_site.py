@@ -4,12 +4,11 @@ import json
 from collections.abc import Callable
 
 import httpx
+from conftest import free_port, serve_in_thread
 
 from bff.cli import ensure_demo_partner
 from bff.settings import Settings
 from demo_site.app import create_site_app, format_value
-
-from conftest import free_port, serve_in_thread
 
 
 async def test_demo_site_pages_and_csp(settings_factory: Callable[..., Settings]) -> None:
@@ -25,13 +24,16 @@ async def test_demo_site_pages_and_csp(settings_factory: Callable[..., Settings]
             login = await browser.get("/")
             assert "Sign in to Acme Books" in login.text
             bad = await browser.post("/login", data={"customer": "nobody"})
-            assert bad.status_code == 400 and "role=\"alert\"" in bad.text
+            assert bad.status_code == 400 and 'role="alert"' in bad.text
             page = await browser.post("/login", data={"customer": "wood_123"})
             assert page.status_code == 200 and str(page.url).endswith("/integrations")
             csp = page.headers["content-security-policy"]
             nonce = csp.split("'nonce-")[1].split("'")[0]
             assert f"script-src 'nonce-{nonce}' {settings.public_url};" in csp and "unsafe-inline" not in csp
-            assert f'<script type="module" src="{settings.public_url}/embed/v1/peliqan-integration.js" nonce="{nonce}">' in page.text
+            assert (
+                f'<script type="module" src="{settings.public_url}/embed/v1/peliqan-integration.js" nonce="{nonce}">'
+                in page.text
+            )
             assert '<div id="peliqan-integration-button"' in page.text
             assert partner["token"] not in page.text  # the partner token never reaches the browser
             config = json.loads(page.text.split('id="acme-config">')[1].split("</script>")[0])
@@ -96,12 +98,19 @@ async def test_data_page_saved_queries(settings_factory: Callable[..., Settings]
             assert elsewhere.status_code == 403 and "cross_site" in elsewhere.text
 
             saved = await browser.post(
-                "/data/queries", data={"csrf": csrf, "name": "The answer", "query": "SELECT 42 AS answer, 'forty-two' AS words"}
+                "/data/queries",
+                data={"csrf": csrf, "name": "The answer", "query": "SELECT 42 AS answer, 'forty-two' AS words"},
             )
             assert saved.status_code == 200 and "/data?query=" in str(saved.url)
-            assert 'aria-current="true">The answer</a>' in saved.text and "forty-two" in saved.text and "1 rows" in saved.text
+            assert (
+                'aria-current="true">The answer</a>' in saved.text
+                and "forty-two" in saved.text
+                and "1 rows" in saved.text
+            )
 
-            refused = await browser.post("/data/queries", data={"csrf": csrf, "name": "Bad", "query": "SELECT 1; SELECT 2"})
+            refused = await browser.post(
+                "/data/queries", data={"csrf": csrf, "name": "Bad", "query": "SELECT 1; SELECT 2"}
+            )
             assert refused.status_code == 200 and 'role="alert"' in refused.text and "multiple commands" in refused.text
             assert "SELECT 1; SELECT 2" in refused.text  # the draft is kept for editing
             listed = await browser.get("/data")

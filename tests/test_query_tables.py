@@ -45,7 +45,11 @@ async def test_a_join_of_contacts_and_deals_returns_exactly_the_expected_rows(sb
     table = created.json()
     assert table["type"] == "query" and table["name"] == "Won deals" and table["query"] == join_query(by_name)
     assert [(f["name"], f["type"]) for f in table["fields"]] == [
-        ("deal_id", "text"), ("amount", "number"), ("stage", "text"), ("email", "text"), ("company", "text"),
+        ("deal_id", "text"),
+        ("amount", "number"),
+        ("stage", "text"),
+        ("email", "text"),
+        ("company", "text"),
         ("_synced_at", "number"),
     ]
     expected = {
@@ -76,14 +80,19 @@ async def test_a_join_of_contacts_and_deals_returns_exactly_the_expected_rows(sb
 
 async def test_the_alias_patch_and_delete(sbff: BFF) -> None:
     token, _, by_name, _ = await crm_customer(sbff)
-    created = await create(sbff, token, "Deals", f"SELECT id, amount FROM {by_name['deals']['sql_name']}", path="/table")
+    created = await create(
+        sbff, token, "Deals", f"SELECT id, amount FROM {by_name['deals']['sql_name']}", path="/table"
+    )
     assert created.status_code == 201, created.text
     table = created.json()
     assert (await create(sbff, token, "Deals", "SELECT 1 AS one")).json()["code"] == "name_taken"
 
     patched = await sbff.client.patch(
         f"/api/table/{table['id']}/",
-        json={"name": "Big deals", "query": f"SELECT id, amount, stage FROM {by_name['deals']['sql_name']} WHERE amount > 40000"},
+        json={
+            "name": "Big deals",
+            "query": f"SELECT id, amount, stage FROM {by_name['deals']['sql_name']} WHERE amount > 40000",
+        },
         headers=auth(token),
     )
     assert patched.status_code == 200, patched.text
@@ -98,8 +107,12 @@ async def test_the_alias_patch_and_delete(sbff: BFF) -> None:
     assert (await rows(sbff, token, table["id"]))["count"] == sum(d["amount"] > 40000 for d in DEALS)  # unchanged
 
     # Percent signs and placeholders in the SQL are only text.
-    literal = (await create(sbff, token, "Percent", "SELECT '50%' AS pct, '%s' AS placeholder, '%(x)s' AS named")).json()
-    assert (await rows(sbff, token, literal["id"]))["results"] == [{"pct": "50%", "placeholder": "%s", "named": "%(x)s"}]
+    literal = (
+        await create(sbff, token, "Percent", "SELECT '50%' AS pct, '%s' AS placeholder, '%(x)s' AS named")
+    ).json()
+    assert (await rows(sbff, token, literal["id"]))["results"] == [
+        {"pct": "50%", "placeholder": "%s", "named": "%(x)s"}
+    ]
 
     gone = await sbff.client.delete(f"/api/table/{table['id']}", headers=auth(token))
     assert gone.status_code == 204
@@ -112,7 +125,13 @@ async def test_bad_bodies_tokens_and_other_customers(sbff: BFF) -> None:
     token, _, by_name, _ = await crm_customer(sbff, "a")
     other, _, _ = await identity_customer(sbff, "b")
     table = (await create(sbff, token, "Deals", f"SELECT id FROM {by_name['deals']['sql_name']}")).json()
-    for body in ({}, {"name": "x"}, {"query": "SELECT 1"}, {"name": 3, "query": "SELECT 1"}, {"name": " ", "query": "SELECT 1"}):
+    for body in (
+        {},
+        {"name": "x"},
+        {"query": "SELECT 1"},
+        {"name": 3, "query": "SELECT 1"},
+        {"name": " ", "query": "SELECT 1"},
+    ):
         answer = await sbff.client.post("/api/table", json=body, headers=auth(token))
         assert answer.status_code == 400 and answer.json()["code"] == "validation_error", body
     for method in ("GET", "PATCH", "DELETE"):
@@ -175,7 +194,9 @@ async def test_hostile_queries_are_refused_and_both_customers_tables_survive(sbf
     async with sbff.services.store.connection() as conn:
         cur = await conn.execute("SELECT COUNT(*) AS n FROM query_tables")
         assert await cur.fetchone() == {"n": 0}
-        cur = await conn.execute("SELECT COUNT(*) AS n FROM pg_views WHERE schemaname IN (%s, %s)", (own_schema, other_schema))
+        cur = await conn.execute(
+            "SELECT COUNT(*) AS n FROM pg_views WHERE schemaname IN (%s, %s)", (own_schema, other_schema)
+        )
         assert await cur.fetchone() == {"n": 0}
         cur = await conn.execute("SELECT COUNT(*) AS n FROM partners")
         assert (await cur.fetchone())["n"] == 2
@@ -189,7 +210,11 @@ async def test_a_query_on_a_deleted_connection_fails_clearly_and_listing_still_w
     assert broken.status_code == 409 and broken.json()["code"] == "query_table_broken"
     assert "no longer runs" in broken.json()["detail"]
     listed = await tables(sbff.client, token)
-    assert set(listed) == {"Deals"} and listed["Deals"]["row_count"] is None and "no longer runs" in listed["Deals"]["error"]
+    assert (
+        set(listed) == {"Deals"}
+        and listed["Deals"]["row_count"] is None
+        and "no longer runs" in listed["Deals"]["error"]
+    )
     # Fixing the query brings it back.
     fixed = await sbff.client.patch(f"/api/table/{table['id']}", json={"query": "SELECT 1 AS one"}, headers=auth(token))
     assert fixed.status_code == 200, fixed.text
@@ -228,7 +253,11 @@ async def test_filters_on_typed_view_columns(sbff: BFF) -> None:
         )
     ).json()
     assert [(f["name"], f["type"]) for f in table["fields"]] == [
-        ("id", "text"), ("created", "datetime"), ("day", "datetime"), ("money", "number"), ("big", "boolean"),
+        ("id", "text"),
+        ("created", "datetime"),
+        ("day", "datetime"),
+        ("money", "number"),
+        ("big", "boolean"),
     ]
     since = "2025-10-01T00:00:00Z"
     later = await rows(sbff, token, table["id"], f"filter__created__higher_than={since}&size=500&order_by=id")

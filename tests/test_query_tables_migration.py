@@ -38,7 +38,9 @@ def test_upgrade_from_0004_indexes_existing_tables_and_adds_query_tables(test_da
         assert current_revision(url) == "i14_query_tables"
         with psycopg.connect(url, autocommit=True) as conn:
             indexes = conn.execute("SELECT indexdef FROM pg_indexes WHERE schemaname = 'wh_old'").fetchall()
-            assert [row[0] for row in indexes] == ["CREATE INDEX c1_deals__synced ON wh_old.c1_deals USING btree (_synced_at)"]
+            assert [row[0] for row in indexes] == [
+                "CREATE INDEX c1_deals__synced ON wh_old.c1_deals USING btree (_synced_at)"
+            ]
             assert conn.execute("SELECT COUNT(*) FROM query_tables").fetchone() == (0,)
         migrate(url)  # idempotent
     finally:

@@ -40,7 +40,9 @@ async def test_each_filter_operator_returns_exactly_the_matching_rows(sbff: BFF)
     stage = "closedwon"
     assert await matching(f"filter__stage__equal={stage}") == sorted(d["id"] for d in DEALS if d["stage"] == stage)
     assert await matching(f"filter__stage__not_equal={stage}") == sorted(d["id"] for d in DEALS if d["stage"] != stage)
-    assert await matching("filter__name__contains=fjord") == sorted(d["id"] for d in DEALS if "fjord" in d["name"].lower())
+    assert await matching("filter__name__contains=fjord") == sorted(
+        d["id"] for d in DEALS if "fjord" in d["name"].lower()
+    )
     assert await matching("filter__amount__higher_than=40000") == sorted(d["id"] for d in DEALS if d["amount"] > 40000)
     assert await matching("filter__amount__lower_than=1000.5") == sorted(d["id"] for d in DEALS if d["amount"] < 1000.5)
     # Filters combine with AND; a field can be named by its field id too.
@@ -66,7 +68,9 @@ async def test_empty_and_not_empty_see_nulls(sbff: BFF) -> None:
         await conn.execute(
             f'UPDATE "{schema}"."c{contacts["connection"]}_contacts" SET company = NULL WHERE id = \'c_0001\''
         )
-        await conn.execute(f'UPDATE "{schema}"."c{contacts["connection"]}_contacts" SET company = \'\' WHERE id = \'c_0002\'')
+        await conn.execute(
+            f"UPDATE \"{schema}\".\"c{contacts['connection']}_contacts\" SET company = '' WHERE id = 'c_0002'"
+        )
     assert ids(await rows(sbff, token, contacts["id"], "filter__company__empty=1&order_by=id")) == ["c_0001", "c_0002"]
     assert (await rows(sbff, token, contacts["id"], "filter__company__not_empty=1"))["count"] == len(CONTACTS) - 2
 
@@ -78,7 +82,12 @@ async def test_search_order_by_include_exclude_and_size(sbff: BFF) -> None:
     term = "Kestrel"
     found = await rows(sbff, token, contacts, f"search={term.lower()}&size=500&order_by=id")
     expected = sorted(
-        c["id"] for c in CONTACTS if any(term.lower() in str(c[k]).lower() for k in ("id", "email", "first_name", "last_name", "company", "created_at", "updated_at"))
+        c["id"]
+        for c in CONTACTS
+        if any(
+            term.lower() in str(c[k]).lower()
+            for k in ("id", "email", "first_name", "last_name", "company", "created_at", "updated_at")
+        )
     )
     assert found["count"] == len(expected) > 0 and ids(found) == expected[:500]
 
@@ -89,12 +98,22 @@ async def test_search_order_by_include_exclude_and_size(sbff: BFF) -> None:
     second = (await sbff.client.get(ordered["next"], headers=auth(token))).json()
     assert ids(second) == [d["id"] for d in sorted(DEALS, key=lambda d: (-d["amount"], d["id"]))[5:10]]
     by_stage = await rows(sbff, token, deals, "order_by=stage,-id&size=3")
-    assert ids(by_stage) == [d["id"] for d in sorted(sorted(DEALS, key=lambda d: d["id"], reverse=True), key=lambda d: d["stage"])[:3]]
+    assert ids(by_stage) == [
+        d["id"] for d in sorted(sorted(DEALS, key=lambda d: d["id"], reverse=True), key=lambda d: d["stage"])[:3]
+    ]
 
     narrow = await rows(sbff, token, deals, "include=id,amount&size=2")
     assert [set(r) for r in narrow["results"]] == [{"id", "amount", "_synced_at", "_run_id"}] * 2
     wide = await rows(sbff, token, deals, "exclude=name,stage&size=1")
-    assert set(wide["results"][0]) == {"id", "amount", "contact_id", "created_at", "updated_at", "_synced_at", "_run_id"}
+    assert set(wide["results"][0]) == {
+        "id",
+        "amount",
+        "contact_id",
+        "created_at",
+        "updated_at",
+        "_synced_at",
+        "_run_id",
+    }
     # page_size wins over its alias; size is bounded like page_size.
     assert len((await rows(sbff, token, deals, "size=7&page_size=3"))["results"]) == 3
     await rows(sbff, token, deals, "size=5000", status=400)
@@ -143,7 +162,7 @@ async def test_unknown_fields_operators_and_bad_values_are_400_naming_them(sbff:
 async def test_hostile_filter_values_are_only_values(sbff: BFF) -> None:
     token, account_id, by_name, _ = await crm_customer(sbff)
     deals = by_name["deals"]["id"]
-    for hostile in ("'; DROP TABLE x; --", "\"; DROP TABLE warehouse_tables; --", "%", "_", "\\", "' OR '1'='1"):
+    for hostile in ("'; DROP TABLE x; --", '"; DROP TABLE warehouse_tables; --', "%", "_", "\\", "' OR '1'='1"):
         for op in ("equal", "contains", "higher_than", "not_equal"):
             body = await rows(sbff, token, deals, f"filter__name__{op}={quote(hostile)}&size=500")
             if op == "equal":

@@ -26,7 +26,9 @@ def connect(credentials: dict[str, Any]) -> psycopg.Connection[Any]:
 
 
 async def credentials_for(bff: BFF, partner_token: str, account_id: int) -> Any:
-    return await bff.client.post(f"/api/partner/sub-account/{account_id}/database-credentials", headers=auth(partner_token))
+    return await bff.client.post(
+        f"/api/partner/sub-account/{account_id}/database-credentials", headers=auth(partner_token)
+    )
 
 
 async def test_sql_access_is_off_by_default(settings_factory: Callable[..., Settings]) -> None:
@@ -42,15 +44,20 @@ async def test_credentials_read_their_own_schema_only_and_rotate(settings_factor
         token, account_id, by_name, _ = await crm_customer(bff, "a")
         _, other_id, other_tables, _ = await crm_customer(bff, "b")
         query_table = await bff.client.post(
-            "/api/table", json={"name": "Deals", "query": f"SELECT id, amount FROM {by_name['deals']['sql_name']}"},
+            "/api/table",
+            json={"name": "Deals", "query": f"SELECT id, amount FROM {by_name['deals']['sql_name']}"},
             headers=auth(token),
         )
         assert query_table.status_code == 201, query_table.text
         async with bff.services.store.connection() as conn:
-            cur = await conn.execute("SELECT p.id FROM partners p JOIN sub_accounts s ON s.partner_id = p.id WHERE s.id = %s", (account_id,))
+            cur = await conn.execute(
+                "SELECT p.id FROM partners p JOIN sub_accounts s ON s.partner_id = p.id WHERE s.id = %s", (account_id,)
+            )
             partner_id = (await cur.fetchone())["id"]
         partner = await bff.services.store.get_partner(partner_id)
-        partner_token = bff.services.tokens.mint_partner_token(partner_id=partner.id, generation=partner.token_generation).token
+        partner_token = bff.services.tokens.mint_partner_token(
+            partner_id=partner.id, generation=partner.token_generation
+        ).token
 
         # Another partner cannot get this customer's login; a sub-account token is not a partner token.
         _, stranger = await bff.partner("stranger")
@@ -71,7 +78,9 @@ async def test_credentials_read_their_own_schema_only_and_rotate(settings_factor
             view = f"q_{query_table.json()['id']}"
             assert conn.execute(sql.SQL("SELECT COUNT(*) FROM {}").format(sql.Identifier(view))).fetchone() == (300,)
             for forbidden in (
-                sql.SQL("SELECT * FROM {}.{}").format(sql.Identifier(other_schema), sql.Identifier(other_tables["deals"]["sql_name"])),
+                sql.SQL("SELECT * FROM {}.{}").format(
+                    sql.Identifier(other_schema), sql.Identifier(other_tables["deals"]["sql_name"])
+                ),
                 sql.SQL("SELECT * FROM public.connections"),
                 sql.SQL("SELECT * FROM public.sub_accounts"),
                 sql.SQL("SELECT * FROM public.partners"),
@@ -98,7 +107,9 @@ async def test_credentials_read_their_own_schema_only_and_rotate(settings_factor
                     conn.execute(write)
 
         async with bff.services.store.connection() as conn:
-            cur = await conn.execute("SELECT rolpassword, rolcanlogin, rolsuper FROM pg_authid WHERE rolname = %s", (creds["user"],))
+            cur = await conn.execute(
+                "SELECT rolpassword, rolcanlogin, rolsuper FROM pg_authid WHERE rolname = %s", (creds["user"],)
+            )
             before = await cur.fetchone()
         assert before["rolcanlogin"] is True and before["rolsuper"] is False
         again = (await credentials_for(bff, partner_token, account_id)).json()

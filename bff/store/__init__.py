@@ -175,7 +175,9 @@ class RunAlreadyActive(Exception):
         self.run_id = run_id
 
 
-_CONNECTION_COLUMNS = "id, sub_account_id, connector, name, health_status, detail, config, secrets, created_at, updated_at"
+_CONNECTION_COLUMNS = (
+    "id, sub_account_id, connector, name, health_status, detail, config, secrets, created_at, updated_at"
+)
 _RUN_COLUMNS = (
     "id, connection_id, sub_account_id, status, task_id, tables, records, error, pid, job_id, attempts, resume_at,"
     " progress, created_at, started_at, finished_at"
@@ -336,7 +338,9 @@ class Store:
 
     async def bump_partner_generation(self, partner_id: int) -> Partner | None:
         async with self.transaction() as conn:
-            await conn.execute("UPDATE partners SET token_generation = token_generation + 1 WHERE id = %s", (partner_id,))
+            await conn.execute(
+                "UPDATE partners SET token_generation = token_generation + 1 WHERE id = %s", (partner_id,)
+            )
             return await self._partner(conn, partner_id)
 
     async def partner_has_origin(self, partner_id: int, origin: str) -> bool:
@@ -354,7 +358,9 @@ class Store:
         row = await cur.fetchone()
         if row is None:
             return None
-        cur = await conn.execute("SELECT origin FROM partner_origins WHERE partner_id = %s ORDER BY origin", (partner_id,))
+        cur = await conn.execute(
+            "SELECT origin FROM partner_origins WHERE partner_id = %s ORDER BY origin", (partner_id,)
+        )
         return Partner(**row, origins=tuple(r["origin"] for r in await cur.fetchall()))
 
     # -- sub-accounts -------------------------------------------------------------------
@@ -410,11 +416,16 @@ class Store:
             return None
         return _build(
             SubAccount,
-            await self._one(f"SELECT {_SUB_ACCOUNT_COLUMNS} FROM sub_accounts WHERE partner_id = %s AND {where}", (partner_id, value)),
+            await self._one(
+                f"SELECT {_SUB_ACCOUNT_COLUMNS} FROM sub_accounts WHERE partner_id = %s AND {where}",
+                (partner_id, value),
+            ),
         )
 
     async def get_sub_account_by_id(self, account_id: int) -> SubAccount | None:
-        return _build(SubAccount, await self._one(f"SELECT {_SUB_ACCOUNT_COLUMNS} FROM sub_accounts WHERE id = %s", (account_id,)))
+        return _build(
+            SubAccount, await self._one(f"SELECT {_SUB_ACCOUNT_COLUMNS} FROM sub_accounts WHERE id = %s", (account_id,))
+        )
 
     async def list_sub_accounts(self, partner_id: int, *, offset: int, limit: int) -> tuple[int, list[SubAccount]]:
         count = await self._one("SELECT COUNT(*) AS n FROM sub_accounts WHERE partner_id = %s", (partner_id,))
@@ -453,7 +464,14 @@ class Store:
             cur = await conn.execute(
                 "INSERT INTO connections (sub_account_id, connector, name, health_status, config, created_at, updated_at)"
                 f" VALUES (%(s)s, %(c)s, %(n)s, %(h)s, %(cfg)s, %(now)s, %(now)s) RETURNING {_CONNECTION_COLUMNS}",
-                {"s": sub_account_id, "c": connector, "n": name, "h": health_status, "cfg": Jsonb(dict(config or {})), "now": now},
+                {
+                    "s": sub_account_id,
+                    "c": connector,
+                    "n": name,
+                    "h": health_status,
+                    "cfg": Jsonb(dict(config or {})),
+                    "now": now,
+                },
             )
             row = await cur.fetchone()
             assert row is not None
@@ -478,7 +496,10 @@ class Store:
 
     async def get_connection_by_id(self, connection_id: int) -> Connection | None:
         """Internal use only (callbacks, the sync runner): no tenant check."""
-        return _build(Connection, await self._one(f"SELECT {_CONNECTION_COLUMNS} FROM connections WHERE id = %s", (connection_id,)))
+        return _build(
+            Connection,
+            await self._one(f"SELECT {_CONNECTION_COLUMNS} FROM connections WHERE id = %s", (connection_id,)),
+        )
 
     async def list_connections(self, sub_account_id: int) -> list[Connection]:
         rows = await self._all(
@@ -517,7 +538,8 @@ class Store:
 
     async def delete_connection(self, sub_account_id: int, connection_id: int) -> bool:
         row = await self._one(
-            "DELETE FROM connections WHERE id = %s AND sub_account_id = %s RETURNING id", (connection_id, sub_account_id)
+            "DELETE FROM connections WHERE id = %s AND sub_account_id = %s RETURNING id",
+            (connection_id, sub_account_id),
         )
         return row is not None
 
@@ -546,7 +568,9 @@ class Store:
 
     # -- runs ---------------------------------------------------------------------------------
 
-    async def create_run(self, connection_id: int, sub_account_id: int, *, task_id: str, tables: Sequence[str] | None) -> Run:
+    async def create_run(
+        self, connection_id: int, sub_account_id: int, *, task_id: str, tables: Sequence[str] | None
+    ) -> Run:
         """Queue a run; raises :class:`RunAlreadyActive` if one is queued, running or waiting."""
         try:
             row = await self._one(
@@ -574,7 +598,10 @@ class Store:
 
     async def last_run(self, connection_id: int) -> Run | None:
         return _build(
-            Run, await self._one(f"SELECT {_RUN_COLUMNS} FROM runs WHERE connection_id = %s ORDER BY id DESC LIMIT 1", (connection_id,))
+            Run,
+            await self._one(
+                f"SELECT {_RUN_COLUMNS} FROM runs WHERE connection_id = %s ORDER BY id DESC LIMIT 1", (connection_id,)
+            ),
         )
 
     async def list_runs(self, connection_id: int, *, offset: int, limit: int) -> tuple[int, list[Run]]:
@@ -672,7 +699,9 @@ class Store:
     async def add_log(self, connection_id: int, level: str, message: str, *, run_id: int | None = None) -> None:
         await self.add_logs(connection_id, [(level, message)], run_id=run_id)
 
-    async def add_logs(self, connection_id: int, lines: Sequence[tuple[str, str]], *, run_id: int | None = None) -> None:
+    async def add_logs(
+        self, connection_id: int, lines: Sequence[tuple[str, str]], *, run_id: int | None = None
+    ) -> None:
         """Several ``(level, message)`` log lines in one transaction, in order. Lines of a
         connection deleted meanwhile are dropped (they would have gone with it)."""
         if not lines:
