@@ -7,6 +7,7 @@ from the BFF, and it reads synced data back server-side.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 import secrets
@@ -49,6 +50,7 @@ CUSTOMERS: dict[str, dict[str, str]] = {
         "language": "en",
     },
 }
+CONTACT_SYNC_WAIT = 30.0  # seconds the add-contact form waits for its refresh sync
 ROWS_SHOWN = 5
 PENDING_SETUP = ("AUTHORIZING", "CONFIG_SELECT")  # "Finish setup" instead of "Sync now"
 CONNECTOR_NAME = re.compile(r"^[a-z0-9_]{1,64}$")
@@ -324,6 +326,10 @@ def create_site_app(
             csrf=request.session.get("csrf", ""),
             query_error=request.session.pop("query_error", None),
             query_draft=request.session.pop("query_draft", None),
+            has_crm=any(c["connector"] == "sandbox_crm" for c in connections),
+            contact_error=request.session.pop("contact_error", None),
+            contact_draft=request.session.pop("contact_draft", None),
+            contact_added=request.session.pop("contact_added", None),
         )
 
     async def saved_queries(client: Any) -> list[dict[str, Any]]:
@@ -371,6 +377,42 @@ def create_site_app(
             return RedirectResponse("/data#saved-queries", status_code=303)
         return RedirectResponse(f"/data?query={int(created['id'])}#saved-queries", status_code=303)
 
+    async def add_contact(request: Request) -> Response:
+        """The writeback document's one-liner, from the partner's back-end: add a contact to the
+        customer's CRM with `refresh=true`, wait for that sync, and show the new row."""
+        who = current(request)
+        if who is None:
+            return RedirectResponse("/", status_code=303)
+        if cross_site(request):
+            refused = BFFError("cross_site", 403, "Add contacts from this site itself.")
+            return page(request, "error.html", status=403, error=refused)
+        form = await request.form()
+        if not secrets.compare_digest(str(form.get("csrf", "")), str(request.session.get("csrf", "")) or "-"):
+            expired = BFFError("form_expired", 403, "This form has expired; reload the page.")
+            return page(request, "error.html", status=403, error=expired)
+        fields = {k: str(form.get(k, "")).strip() for k in ("email", "first_name", "last_name")}
+        client = await customer_client(who["external_id"])
+        crm = await anext((c async for c in client.connections() if c["connector"] == "sandbox_crm"), None)
+        if crm is None:
+            request.session["contact_error"] = "Connect Sandbox CRM first (Integrations page)."
+            return RedirectResponse("/data#add-contact", status_code=303)
+        connection = await client.connect(int(crm["id"]))
+        before = (crm.get("last_run") or {}).get("id")
+        try:
+            added = await connection.add("contact", {k: v for k, v in fields.items() if v}, refresh=True)
+        except BFFError as exc:
+            request.session["contact_error"] = exc.detail  # the provider's own words, in a sentence
+            request.session["contact_draft"] = fields
+            return RedirectResponse("/data#add-contact", status_code=303)
+        # refresh=true queued one sync of the contacts table: wait (bounded) until it has run.
+        for _ in range(int(CONTACT_SYNC_WAIT / 0.25)):
+            run = await anext(client.runs(int(crm["id"])), None)
+            if run is not None and run["id"] != before and run["status"] not in ("queued", "running", "waiting"):
+                break
+            await asyncio.sleep(0.25)
+        request.session["contact_added"] = str(added.get("id", ""))
+        return RedirectResponse("/data#add-contact", status_code=303)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
@@ -389,6 +431,7 @@ def create_site_app(
             Route("/favicon.ico", favicon, methods=["GET"]),
             Route("/data", data, methods=["GET"]),
             Route("/data/queries", create_saved_query, methods=["POST"]),
+            Route("/data/contacts", add_contact, methods=["POST"]),
             Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
         ],
         middleware=[

@@ -565,3 +565,29 @@ def test_integrations_page_with_synced_connections_and_the_modal_open_passes_axe
     expect(modal.field("Login")).to_be_focused()
     page.screenshot(path=str(screenshot_path("modal.png")))
     assert axe_violations(modal.document()) == [], "the modal's form"
+
+
+def test_the_back_end_adds_a_contact_to_the_crm_and_the_new_row_appears(page: Page, demo: DemoStack) -> None:
+    # The writeback document's one-liner, done by Acme Books' back-end with an identity token and
+    # refresh=true: the contact is created in Sandbox CRM, one sync of contacts follows, and the row shows.
+    integrations = sign_in(page, demo)
+    modal = integrations.open_modal()
+    modal.start_oauth().allow()
+    expect(modal.connected_heading).to_be_visible()
+    integrations.finish()
+    data = integrations.data_page()
+    form = page.get_by_role("region", name="Add a contact to your CRM")
+    form.get_by_label("Email", exact=True).fill("new.customer@example.test")
+    form.get_by_label("First name", exact=True).fill("Nova")
+    form.get_by_label("Last name", exact=True).fill("Customer")
+    form.get_by_role("button", name="Add contact").click()
+    expect(form.get_by_role("status")).to_contain_text("added to Sandbox CRM and synced", timeout=45_000)
+    contacts = data.table("contacts")
+    contacts.expect_rows(1251)  # the sandbox's 1,250 and the new one, synced by the refresh
+    # The same address again: the CRM refuses the duplicate, the page says why next to the form
+    # (with what was typed kept), and nothing is added.
+    form.get_by_label("Email", exact=True).fill("new.customer@example.test")
+    form.get_by_role("button", name="Add contact").click()
+    expect(form.get_by_role("alert")).to_be_visible()
+    expect(form.get_by_label("Email", exact=True)).to_have_value("new.customer@example.test")
+    data.table("contacts").expect_rows(1251)
