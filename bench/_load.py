@@ -28,7 +28,7 @@ def start_server(args: Sequence[str], port: int, env: dict[str, str] | None = No
                 return proc
         except OSError:
             if proc.poll() is not None:
-                raise RuntimeError(proc.stderr.read().decode() if proc.stderr else "server exited")
+                raise RuntimeError(proc.stderr.read().decode() if proc.stderr else "server exited") from None
             time.sleep(0.05)
     proc.kill()
     raise RuntimeError("server did not start")

@@ -30,13 +30,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 import psutil
+import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sync import BANK_AUTH, TRANSACTIONS_PER_SCALE, Project, start_sandbox  # noqa: E402
+from sync import TRANSACTIONS_PER_SCALE, Project, start_sandbox  # noqa: E402
 
 from bff.app import create_app  # noqa: E402
 from bff.settings import Secret, Settings, generate_encryption_key, generate_secret_key  # noqa: E402
@@ -84,7 +84,11 @@ def wait_started(log: Path, proc: subprocess.Popen[bytes], seen: int) -> None:
 
 
 async def drain(
-    project: Project, url: str, workers: list[subprocess.Popen[bytes]], others: dict[str, list[psutil.Process]], postgres_dir: Path
+    project: Project,
+    url: str,
+    workers: list[subprocess.Popen[bytes]],
+    others: dict[str, list[psutil.Process]],
+    postgres_dir: Path,
 ) -> dict[str, Any]:
     """Request every sync at once; wait until each run has finished. Seconds, records and CPU seconds."""
     customers = project.customers
@@ -97,7 +101,9 @@ async def drain(
     began = time.perf_counter()
     run_ids = []
     for token, _, connection in customers:
-        answer = await project.client.post(f"/api/server/{connection}/sync", headers={"Authorization": f"Bearer {token}"})
+        answer = await project.client.post(
+            f"/api/server/{connection}/sync", headers={"Authorization": f"Bearer {token}"}
+        )
         assert answer.status_code == 202, answer.text
         run_ids.append(int(answer.json()["run_data"][0]["pipeline_run_id"]))
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
@@ -111,7 +117,9 @@ async def drain(
     after = {name: cpu_seconds(procs) for name, procs in watched.items()}
     machine_after = psutil.cpu_times()
     postgres_after = cpu_by_pid(postgres_processes(postgres_dir))
-    idle = (machine_after.idle + getattr(machine_after, "iowait", 0.0)) - (machine_before.idle + getattr(machine_before, "iowait", 0.0))
+    idle = (machine_after.idle + getattr(machine_after, "iowait", 0.0)) - (
+        machine_before.idle + getattr(machine_before, "iowait", 0.0)
+    )
     busy = sum(machine_after) - sum(machine_before) - idle
     bad = [status for status, _ in rows if status != "succeeded"]
     if bad:
@@ -127,21 +135,26 @@ async def drain(
 async def bench(args: argparse.Namespace) -> None:
     root = Path(tempfile.mkdtemp(prefix="bff-bench-scale-"))
     per_sync = TRANSACTIONS_PER_SCALE * args.scale
-    print(f"setting up: embedded PostgreSQL, `bff sandbox` at scale {args.scale} ({per_sync:,} transactions a sync), "
-          f"{args.syncs} customers …", flush=True)
+    print(
+        f"setting up: embedded PostgreSQL, `bff sandbox` at scale {args.scale} ({per_sync:,} transactions a sync), "
+        f"{args.syncs} customers …",
+        flush=True,
+    )
     databases = TestDatabases(root)
     url = databases.create()
     sandbox_proc, sandbox = start_sandbox(args.scale, root / "sandbox.log")
     keys = {"BFF_SECRET_KEYS": generate_secret_key(), "BFF_ENCRYPTION_KEY": generate_encryption_key()}
     env = {k: v for k, v in os.environ.items() if not k.startswith("BFF_")}
     env.update(keys)
-    env.update({
-        "BFF_DATABASE_URL": url,
-        "BFF_DATA_DIR": str(root / "data"),
-        "BFF_SANDBOX": "true",
-        "BFF_SANDBOX_URL": sandbox,
-        "BFF_LOG_LEVEL": "warning",
-    })
+    env.update(
+        {
+            "BFF_DATABASE_URL": url,
+            "BFF_DATA_DIR": str(root / "data"),
+            "BFF_SANDBOX": "true",
+            "BFF_SANDBOX_URL": sandbox,
+            "BFF_LOG_LEVEL": "warning",
+        }
+    )
     settings = Settings(
         data_dir=root / "data",
         database_url=Secret(url),
@@ -178,12 +191,18 @@ async def bench(args: argparse.Namespace) -> None:
                         for worker in workers:
                             worker.wait(timeout=30)
                     if i == 0:
-                        print(f"  warm-up with 2 workers: {result['records'] / result['seconds']:,.0f} records/s", flush=True)
+                        print(
+                            f"  warm-up with 2 workers: {result['records'] / result['seconds']:,.0f} records/s",
+                            flush=True,
+                        )
                         continue
                     results[count].append(result)
                     shares = ", ".join(f"{name} {cpu / result['seconds']:.2f}" for name, cpu in result["cpu"].items())
-                    print(f"  {count} worker{'s' if count > 1 else ' '}: {result['records'] / result['seconds']:>8,.0f} records/s"
-                          f" in {result['seconds']:5.1f} s   CPU (cores): {shares}", flush=True)
+                    print(
+                        f"  {count} worker{'s' if count > 1 else ' '}: {result['records'] / result['seconds']:>8,.0f} records/s"
+                        f" in {result['seconds']:5.1f} s   CPU (cores): {shares}",
+                        flush=True,
+                    )
                 for _, account, _ in project.customers:
                     rows = await project.rows(account)
                     if rows != per_sync:
@@ -198,28 +217,41 @@ async def bench(args: argparse.Namespace) -> None:
         return float(r["records"]) / float(r["seconds"])
 
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    print(f"\nmachine: {os.cpu_count()} CPUs, load average {load} (the CPU is shared: compare ratios, not absolute numbers)")
-    print(f"{args.syncs} syncs of {per_sync:,} records ({args.syncs * per_sync:,} in all), "
-          f"`bff worker --concurrency {args.concurrency}`, {os.cpu_count()} CPUs; every warehouse holds exactly {per_sync:,} rows")
+    print(
+        f"\nmachine: {os.cpu_count()} CPUs, load average {load} (the CPU is shared: compare ratios, not absolute numbers)"
+    )
+    print(
+        f"{args.syncs} syncs of {per_sync:,} records ({args.syncs * per_sync:,} in all), "
+        f"`bff worker --concurrency {args.concurrency}`, {os.cpu_count()} CPUs; every warehouse holds exactly {per_sync:,} rows"
+    )
     for count in (1, 2):
         rates = [rate(r) for r in results[count]]
-        print(f"  {count} worker{'s' if count > 1 else ' '}: min {min(rates):>8,.0f}   median {statistics.median(rates):>8,.0f}"
-              f"   max {max(rates):>8,.0f} records/s")
-    ratios = [rate(b) / rate(a) for a, b in zip(results[1], results[2])]
-    print(f"  ratio 2 workers / 1 worker, per round: min {min(ratios):.2f}   median {statistics.median(ratios):.2f}   max {max(ratios):.2f}")
+        print(
+            f"  {count} worker{'s' if count > 1 else ' '}: min {min(rates):>8,.0f}   median {statistics.median(rates):>8,.0f}"
+            f"   max {max(rates):>8,.0f} records/s"
+        )
+    ratios = [rate(b) / rate(a) for a, b in zip(results[1], results[2], strict=True)]
+    print(
+        f"  ratio 2 workers / 1 worker, per round: min {min(ratios):.2f}   median {statistics.median(ratios):.2f}   max {max(ratios):.2f}"
+    )
     print("  CPU, median share of the wall time (1.00 = one core busy):")
     for count in (1, 2):
         names = results[count][0]["cpu"].keys()
         shares = {name: statistics.median(r["cpu"][name] / r["seconds"] for r in results[count]) for name in names}
         total = sum(shares.values())
-        print(f"    {count} worker{'s' if count > 1 else ' '}: " + ", ".join(f"{n} {s:.2f}" for n, s in shares.items())
-              + f"   (busy {total:.2f} of {os.cpu_count()} cores)")
+        print(
+            f"    {count} worker{'s' if count > 1 else ' '}: "
+            + ", ".join(f"{n} {s:.2f}" for n, s in shares.items())
+            + f"   (busy {total:.2f} of {os.cpu_count()} cores)"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--syncs", type=int, default=40)
-    parser.add_argument("--scale", type=int, default=25, help="BFF_SANDBOX_SCALE: 200 × scale transactions a sync (default 5,000)")
+    parser.add_argument(
+        "--scale", type=int, default=25, help="BFF_SANDBOX_SCALE: 200 × scale transactions a sync (default 5,000)"
+    )
     parser.add_argument("--rounds", type=int, default=2, help="pairs of rounds (1 worker, then 2)")
     parser.add_argument("--concurrency", type=int, default=4, help="bff worker --concurrency")
     asyncio.run(bench(parser.parse_args()))

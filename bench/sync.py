@@ -64,7 +64,10 @@ def start_sandbox(scale: int, log: Path) -> tuple[subprocess.Popen[bytes], str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BFF_")}
     env.update({"BFF_SANDBOX_SCALE": str(scale), "BFF_LOG_LEVEL": "warning"})
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bff.cli", "sandbox", "--port", str(port)], env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT
+        [sys.executable, "-m", "bff.cli", "sandbox", "--port", str(port)],
+        env=env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180  # a busy machine starts Python slowly
@@ -115,7 +118,9 @@ class Project:
         partner_token = tokens.mint_partner_token(partner_id=partner.id, generation=partner.token_generation).token
         for i in range(count):
             minted = await self.client.post(
-                "/api/partner/sub-account/integrate/", json={"external_id": f"bench-{i}"}, headers=_bearer(partner_token)
+                "/api/partner/sub-account/integrate/",
+                json={"external_id": f"bench-{i}"},
+                headers=_bearer(partner_token),
             )
             assert minted.status_code == 200, minted.text
             token, account = minted.json()["token"], int(minted.json()["account_id"])
@@ -167,7 +172,9 @@ class Dlt:
                     "paginator": {"type": "header_link"},
                 },
                 "resource_defaults": {"primary_key": "id", "write_disposition": "merge"},
-                "resources": [{"name": "transactions", "endpoint": {"path": "transactions", "params": {"per_page": PAGE}}}],
+                "resources": [
+                    {"name": "transactions", "endpoint": {"path": "transactions", "params": {"per_page": PAGE}}}
+                ],
             }
         )
         if destination == "postgres":
@@ -178,7 +185,10 @@ class Dlt:
         self.database_url = database_url
         self.workdir = workdir
         self.pipeline = dlt.pipeline(
-            pipeline_name="bench_sync", destination=target, dataset_name="dlt_bench", pipelines_dir=str(workdir / "pipelines")
+            pipeline_name="bench_sync",
+            destination=target,
+            dataset_name="dlt_bench",
+            pipelines_dir=str(workdir / "pipelines"),
         )
 
     def run(self) -> int:
@@ -231,7 +241,7 @@ def describe(name: str, rounds: list[Round]) -> str:
 
 def ratio(name: str, a: list[Round], b: list[Round], goal: str) -> str:
     """Per round a/b (rounds alternate, so round i of each ran side by side): min/median/max."""
-    per_round = [x / y for x, y in zip(rates(a), rates(b))]
+    per_round = [x / y for x, y in zip(rates(a), rates(b), strict=True)]
     return (
         f"  {name:<34} min {min(per_round):5.2f}   median {statistics.median(per_round):5.2f}   max {max(per_round):5.2f}"
         f"   (goal {goal})"
@@ -241,7 +251,10 @@ def ratio(name: str, a: list[Round], b: list[Round], goal: str) -> str:
 async def bench(args: argparse.Namespace) -> None:
     root = Path(tempfile.mkdtemp(prefix="bff-bench-sync-"))
     expected = TRANSACTIONS_PER_SCALE * args.scale
-    print(f"setting up: embedded PostgreSQL, `bff sandbox` at scale {args.scale} ({expected:,} transactions) …", flush=True)
+    print(
+        f"setting up: embedded PostgreSQL, `bff sandbox` at scale {args.scale} ({expected:,} transactions) …",
+        flush=True,
+    )
     databases = TestDatabases(root)
     url = databases.create()
     sandbox_proc, sandbox = start_sandbox(args.scale, root / "sandbox.log")
@@ -291,17 +304,27 @@ async def bench(args: argparse.Namespace) -> None:
                     assert dlt_runner is not None
                     return [await asyncio.to_thread(dlt_runner.run)]
 
-                contenders: list[tuple[str, Callable[[], Awaitable[list[int]]]]] = [("project", run_project), ("floor", run_floor)]
+                contenders: list[tuple[str, Callable[[], Awaitable[list[int]]]]] = [
+                    ("project", run_project),
+                    ("floor", run_floor),
+                ]
                 if dlt_runner is not None:
                     contenders.append(("dlt", run_dlt))
                 if args.only:  # profiling one contender (py-spy), or timing it alone
                     contenders = [c for c in contenders if c[0] == args.only]
-                print(f"one customer, {args.rounds} rounds, contenders alternated: {', '.join(n for n, _ in contenders)}", flush=True)
+                print(
+                    f"one customer, {args.rounds} rounds, contenders alternated: {', '.join(n for n, _ in contenders)}",
+                    flush=True,
+                )
                 for i in range(args.rounds):
                     await project.forget_cursors(one)
                     for name, action in contenders[i % len(contenders) :] + contenders[: i % len(contenders)]:
                         results[name].append(await timed(action))
-                    print(f"  round {i + 1}: " + ", ".join(f"{n} {results[n][-1][0] / results[n][-1][1]:,.0f}/s" for n, _ in contenders), flush=True)
+                    print(
+                        f"  round {i + 1}: "
+                        + ", ".join(f"{n} {results[n][-1][0] / results[n][-1][1]:,.0f}/s" for n, _ in contenders),
+                        flush=True,
+                    )
 
                 many: dict[str, list[Round]] = {"project": [], "floor": []}
                 customers = project.customers
@@ -321,7 +344,11 @@ async def bench(args: argparse.Namespace) -> None:
                         pair = [("project", run_many_project), ("floor", run_many_floor)]
                         for name, action in pair if i % 2 == 0 else pair[::-1]:
                             many[name].append(await timed(action))
-                        print(f"  round {i + 1}: " + ", ".join(f"{n} {many[n][-1][0] / many[n][-1][1]:,.0f}/s" for n, _ in pair), flush=True)
+                        print(
+                            f"  round {i + 1}: "
+                            + ", ".join(f"{n} {many[n][-1][0] / many[n][-1][1]:,.0f}/s" for n, _ in pair),
+                            flush=True,
+                        )
 
                 # Row counts: every contender saw every record, and each table holds each once.
                 seen = {name: {n for n, _ in rounds} for name, rounds in results.items() if rounds}
@@ -346,7 +373,9 @@ async def bench(args: argparse.Namespace) -> None:
         shutil.rmtree(root, ignore_errors=True)
 
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    print(f"\nmachine: {os.cpu_count()} CPUs, load average {load} (the CPU is shared: compare ratios, not absolute numbers)")
+    print(
+        f"\nmachine: {os.cpu_count()} CPUs, load average {load} (the CPU is shared: compare ratios, not absolute numbers)"
+    )
     print(f"records per round checked: {expected:,} fetched by every contender, {expected:,} rows in every table")
     print("one customer (records/s, higher is better):")
     print(describe("project (sync → PostgreSQL)", results["project"]))
@@ -365,14 +394,20 @@ async def bench(args: argparse.Namespace) -> None:
         print(ratio(f"project ×{n} / floor ×{n}", many["project"], many["floor"], "≥ 0.5"))
         single_floor = statistics.median(rates(results["floor"]))
         per = [r / single_floor for r in rates(many["project"])]
-        print(f"  {'project ×' + str(n) + ' / floor (one)':<34} min {min(per):5.2f}   median {statistics.median(per):5.2f}   max {max(per):5.2f}")
+        print(
+            f"  {'project ×' + str(n) + ' / floor (one)':<34} min {min(per):5.2f}   median {statistics.median(per):5.2f}   max {max(per):5.2f}"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--scale", type=int, default=251, help="BFF_SANDBOX_SCALE: 200 × scale bank transactions (default 50,200)")
-    parser.add_argument("--customers", type=int, default=4, help="customers syncing at once in the second part (1 skips it)")
+    parser.add_argument(
+        "--scale", type=int, default=251, help="BFF_SANDBOX_SCALE: 200 × scale bank transactions (default 50,200)"
+    )
+    parser.add_argument(
+        "--customers", type=int, default=4, help="customers syncing at once in the second part (1 skips it)"
+    )
     parser.add_argument("--only", choices=("project", "floor", "dlt"), help="run one contender alone (for py-spy)")
     parser.add_argument("--dlt", choices=("postgres", "duckdb", "none"), default="postgres", help="dlt's destination")
     asyncio.run(bench(parser.parse_args()))

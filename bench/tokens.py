@@ -76,7 +76,10 @@ def main() -> None:
                 results[name].append(
                     asyncio.run(hammer(port, request, concurrency=args.concurrency, seconds=args.seconds, warmup=0.5))
                 )
-            print(f"  round {i + 1}: mint {results['mint'][-1]['rps']:,.0f} req/s, bare {results['bare'][-1]['rps']:,.0f} req/s", flush=True)
+            print(
+                f"  round {i + 1}: mint {results['mint'][-1]['rps']:,.0f} req/s, bare {results['bare'][-1]['rps']:,.0f} req/s",
+                flush=True,
+            )
     finally:
         bff.terminate()
         bare.terminate()
@@ -88,16 +91,26 @@ def main() -> None:
     # First sight of a token: the HMAC check itself (distinct tokens, so nothing is remembered).
     fresh = [tokens.mint_integrate_token(partner_id=1, sub_account_id=i, generation=1).token for i in range(runs)]
     fresh_partner = [tokens.mint_partner_token(partner_id=i, generation=1).token for i in range(runs)]
-    verify_us = timeit.timeit(lambda it=iter(fresh): tokens.verify(next(it), accept=("integrate",)), number=runs) / runs * 1e6
-    verify_last_us = timeit.timeit(lambda it=iter(fresh_partner): tokens.verify(next(it), accept=("partner",)), number=runs) / runs * 1e6
+    verify_us = (
+        timeit.timeit(lambda it=iter(fresh): tokens.verify(next(it), accept=("integrate",)), number=runs) / runs * 1e6
+    )
+    verify_last_us = (
+        timeit.timeit(lambda it=iter(fresh_partner): tokens.verify(next(it), accept=("partner",)), number=runs)
+        / runs
+        * 1e6
+    )
     # The same token again (a partner's back-end, a polling widget): the remembered check plus the age check.
     token = fresh[0]
     verify_again_us = timeit.timeit(lambda: tokens.verify(token, accept=("integrate",)), number=runs) / runs * 1e6
-    mint_us = timeit.timeit(
-        lambda: tokens.mint_integrate_token(partner_id=1, sub_account_id=1, generation=1), number=runs
-    ) / runs * 1e6
+    mint_us = (
+        timeit.timeit(lambda: tokens.mint_integrate_token(partner_id=1, sub_account_id=1, generation=1), number=runs)
+        / runs
+        * 1e6
+    )
 
-    print(f"concurrency {args.concurrency}, {args.rounds} alternating rounds of {args.seconds:.0f} s per server, one uvicorn worker each")
+    print(
+        f"concurrency {args.concurrency}, {args.rounds} alternating rounds of {args.seconds:.0f} s per server, one uvicorn worker each"
+    )
     for name, label in (("mint", "integrate mint"), ("bare", "bare JSON")):
         rounds = results[name]
         rps = [r["rps"] for r in rounds]
@@ -106,7 +119,7 @@ def main() -> None:
             f"   p50 {statistics.median(r['p50_ms'] for r in rounds):5.1f} ms   p99 {statistics.median(r['p99_ms'] for r in rounds):6.1f} ms"
             f"   ({sum(r['requests'] for r in rounds):.0f} requests, {sum(r['errors'] for r in rounds):.0f} errors)"
         )
-    ratios = [m["rps"] / b["rps"] for m, b in zip(results["mint"], results["bare"])]
+    ratios = [m["rps"] / b["rps"] for m, b in zip(results["mint"], results["bare"], strict=True)]
     print(
         f"ratio mint/bare, per round: min {min(ratios):.2f}   median {statistics.median(ratios):.2f}   max {max(ratios):.2f}"
         "  (goal >= 0.6, aim 0.7)"

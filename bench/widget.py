@@ -31,7 +31,6 @@ from e2e.pages.connections_panel import ConnectionsPanel  # noqa: E402
 from e2e.pages.partner_page import PartnerPage  # noqa: E402
 from e2e.stack import locale_strings, running_stack  # noqa: E402
 
-
 NEXT_FRAME = "() => new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(done)))"
 
 
@@ -44,7 +43,9 @@ def main() -> None:
     parser.add_argument("--opens", type=int, default=20)
     args = parser.parse_args()
     strings = locale_strings()["en"]
-    results: dict[str, list[float]] = {k: [] for k in ("baseline", "warm", "warm_ready", "cold", "cold_ready", "panel_cold", "panel_warm")}
+    results: dict[str, list[float]] = {
+        k: [] for k in ("baseline", "warm", "warm_ready", "cold", "cold_ready", "panel_cold", "panel_warm")
+    }
 
     with running_stack(Path(tempfile.mkdtemp(prefix="bff-bench-widget-"))) as stack, sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
@@ -64,7 +65,9 @@ def main() -> None:
             page.locator("#bench-b").click()
             page.locator("#bench-d").wait_for(state="visible" if i % 2 else "hidden")
             results["baseline"].append(time.perf_counter() - started)
-        page.evaluate("() => { document.getElementById('bench-b').remove(); document.getElementById('bench-d').remove(); }")
+        page.evaluate(
+            "() => { document.getElementById('bench-b').remove(); document.getElementById('bench-d').remove(); }"
+        )
 
         for _ in range(args.opens):
             started = time.perf_counter()
@@ -93,8 +96,15 @@ def main() -> None:
         # The panel: one connection, so "usable" is its Sync now button.
         panel = ConnectionsPanel(page, strings)
         token = stack.integrate("bench-panel")
-        stack.api("POST", "/api/servers", token, json={"servertype_id": "sandbox_bank", "login": "sandbox", "password": "sandbox"}).raise_for_status()
-        mount = "() => { window.panel = Peliqan.mountConnections('#inline-slot', {integrationToken: window.cfg.token}); }"
+        stack.api(
+            "POST",
+            "/api/servers",
+            token,
+            json={"servertype_id": "sandbox_bank", "login": "sandbox", "password": "sandbox"},
+        ).raise_for_status()
+        mount = (
+            "() => { window.panel = Peliqan.mountConnections('#inline-slot', {integrationToken: window.cfg.token}); }"
+        )
         sync_now = panel.connection("Sandbox Bank").sync_button
         for _ in range(args.opens):
             context = browser.new_context()  # an empty HTTP cache

@@ -9,23 +9,23 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 import httpx
-
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Mount, Route
 
-from . import connections_api, data_api, embed, lifecycle_api, openapi, partner_api, records_api, sync_api, webhooks_api
+from . import connections_api, data_api, embed, lifecycle_api, openapi, partner_api, records_api, sync_api, tables_api, webhooks_api
 from .connections import SandboxTransport
 from .crypto import Vault
 from .db import database_url
 from .errors import EXCEPTION_HANDLERS
 from .files import secure_data_dir
 from .jobs import JobQueue
-from .sandbox import SandboxOptions, create_sandbox_app
 from .middleware import AccessLogMiddleware, BodyLimitMiddleware, CORSMiddleware, SecurityHeadersMiddleware
+from .query_tables import QueryTables
 from .runtime import Runtime
+from .sandbox import SandboxOptions, create_sandbox_app
 from .schedules import Scheduler
 from .services import Services
 from .settings import Settings
@@ -57,7 +57,9 @@ async def healthz(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok"})
 
 
-def create_app(settings: Settings, *, clock: Callable[[], float] = time.time, migrate_on_start: bool = True) -> Starlette:
+def create_app(
+    settings: Settings, *, clock: Callable[[], float] = time.time, migrate_on_start: bool = True
+) -> Starlette:
     """Build the BFF. Nothing happens at import time; each call is independent.
 
     Without ``settings.database_url`` this starts (or reuses) the embedded PostgreSQL
@@ -87,13 +89,17 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time, mi
         http=http,
     )
     runner = SyncRunner(runtime, warehouse, queue)
+    # Runner roles' passwords are derived from the encryption key: nothing stores them.
+    query_tables = QueryTables(store, warehouse, role_secret=settings.encryption_key.reveal().encode())
     schedules = Scheduler(runtime, runner, queue, enabled=settings.schedules_enabled)
     webhooks = Webhooks(store, runtime.vault, queue, allow_private=settings.webhook_allow_private)
     # Webhooks hear every health change first (the event says from→to); then the scheduler
     # plans the first sync of a connection that became ready.
     store.health_listeners += [webhooks.on_health_change, schedules.on_health_change]
     runner.finished_listeners.append(webhooks.on_run_finished)
-    services = Services.extend(runtime, warehouse=warehouse, queue=queue, sync=runner, schedules=schedules, webhooks=webhooks)
+    services = Services.extend(
+        runtime, warehouse=warehouse, queue=queue, sync=runner, query_tables=query_tables, schedules=schedules, webhooks=webhooks
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -129,6 +135,7 @@ def create_app(settings: Settings, *, clock: Callable[[], float] = time.time, mi
         *connections_api.routes(),
         *sync_api.routes(),
         *data_api.routes(),
+        *tables_api.routes(),
         *embed.routes(),
         *records_api.routes(),
         *lifecycle_api.routes(),

@@ -117,7 +117,9 @@ def normalise_origin(raw: str) -> str:
 
     parts = urlsplit(raw.strip())
     if parts.scheme not in {"http", "https"} or not parts.netloc or parts.path not in {"", "/"} or parts.query:
-        raise SettingsError(f"{raw!r} is not an origin; pass it like https://app.example.com (scheme and host, no path).")
+        raise SettingsError(
+            f"{raw!r} is not an origin; pass it like https://app.example.com (scheme and host, no path)."
+        )
     return f"{parts.scheme}://{parts.netloc.lower()}"
 
 
@@ -460,7 +462,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
 
-    serve = commands.add_parser("serve", help="run the BFF in production mode (needs BFF_SECRET_KEYS and BFF_ENCRYPTION_KEY)")
+    serve = commands.add_parser(
+        "serve", help="run the BFF in production mode (needs BFF_SECRET_KEYS and BFF_ENCRYPTION_KEY)"
+    )
     serve.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=DEFAULT_BFF_PORT, help="port (default 8000)")
     serve.add_argument("--data-dir", help="data directory (default $BFF_DATA_DIR or ./bff-data)")
@@ -470,7 +474,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(handler=cmd_serve)
 
     worker = commands.add_parser("worker", help="run queued jobs (syncs) only; start as many as you like")
-    worker.add_argument("--concurrency", type=int, help="jobs run at once by this process (default $BFF_SYNC_CONCURRENCY or 4)")
+    worker.add_argument(
+        "--concurrency", type=int, help="jobs run at once by this process (default $BFF_SYNC_CONCURRENCY or 4)"
+    )
     worker.add_argument("--data-dir", help="data directory (default $BFF_DATA_DIR or ./bff-data)")
     worker.add_argument("--no-migrate", action="store_true", help="do not apply database migrations on start")
     worker.set_defaults(handler=cmd_worker)
@@ -484,7 +490,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="run the BFF and the demo partner site with sandbox providers")
     demo.add_argument("--bff-port", type=int, default=DEFAULT_BFF_PORT, help="BFF port on 127.0.0.1 (default 8000)")
-    demo.add_argument("--site-port", type=int, default=DEFAULT_SITE_PORT, help="demo site port on localhost (default 8001)")
+    demo.add_argument(
+        "--site-port", type=int, default=DEFAULT_SITE_PORT, help="demo site port on localhost (default 8001)"
+    )
     demo.add_argument("--data-dir", help="data directory (default ./bff-data); demo keys are kept there")
     demo.set_defaults(handler=cmd_demo)
 
@@ -496,7 +504,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     create.add_argument("--name", required=True, help="the partner's name")
     create.add_argument(
-        "--origin", action="append", required=True, metavar="URL",
+        "--origin",
+        action="append",
+        required=True,
+        metavar="URL",
         help="a browser origin allowed to embed the widget, e.g. https://app.example.com (required; repeatable)",
     )
     create.add_argument("--data-dir", help="data directory (default $BFF_DATA_DIR or ./bff-data)")
@@ -512,7 +523,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub = partner_commands.add_parser(action, help=text)
         sub.add_argument("id", type=int, help="the partner's id (see `bff partner list`)")
         if action == "set-origins":
-            sub.add_argument("--origin", action="append", metavar="URL", help="an allowed origin (repeatable; none = no browser)")
+            sub.add_argument(
+                "--origin", action="append", metavar="URL", help="an allowed origin (repeatable; none = no browser)"
+            )
         sub.add_argument("--data-dir", help="data directory (default $BFF_DATA_DIR or ./bff-data)")
         sub.set_defaults(handler=cmd_partner_manage)
 

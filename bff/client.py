@@ -19,6 +19,13 @@ Writeback, as the source documents write it (identity token; see README "Writeba
     hubspot.update("contact", id="c_0001", company="Acme")
     customer.refresh_connection(connection_name="Sandbox CRM", is_async=False)
 
+Query tables and filtered reads (identity token)::
+
+    won = customer.create_query_table("Won deals", "SELECT d.id, d.amount, c.email FROM c12_deals d JOIN c12_contacts c ON c.id = d.contact_id WHERE d.stage = 'closedwon'")
+    for row in customer.rows(won["id"], filters={"amount__higher_than": 1000}, order_by="-amount",
+                             updated_since="2026-01-01T00:00:00Z"):
+        ...
+
 ``AsyncPartnerClient`` / ``AsyncSubAccountClient`` / ``AsyncConnection`` have the
 same methods, awaited (iterators become async iterators). Every failure raises
 :class:`BFFError`.
@@ -28,8 +35,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -108,6 +116,10 @@ class _PartnerCalls:
     def revoke_tokens(account_id: int) -> _Call:
         return _Call("POST", f"/api/partner/sub-account/{int(account_id)}/revoke-tokens")
 
+    @staticmethod
+    def database_credentials(account_id: int) -> _Call:
+        return _Call("POST", f"/api/partner/sub-account/{int(account_id)}/database-credentials")
+
 
 class _SubAccountCalls:
     @staticmethod
@@ -133,6 +145,63 @@ class _SubAccountCalls:
     @staticmethod
     def applications() -> _Call:
         return _Call("GET", "/api/applications/", params={"exclude_tables": 1})
+
+    @staticmethod
+    def create_query_table(name: str, query: str) -> _Call:
+        return _Call("POST", "/api/table", json={"name": name, "query": query})
+
+    @staticmethod
+    def query_table(table_id: int) -> _Call:
+        return _Call("GET", f"/api/table/{int(table_id)}")
+
+    @staticmethod
+    def update_query_table(table_id: int, name: str | None, query: str | None) -> _Call:
+        body = {k: v for k, v in (("name", name), ("query", query)) if v is not None}
+        return _Call("PATCH", f"/api/table/{int(table_id)}", json=body)
+
+    @staticmethod
+    def delete_query_table(table_id: int) -> _Call:
+        return _Call("DELETE", f"/api/table/{int(table_id)}")
+
+
+def _param_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, datetime.datetime):
+        moment: datetime.datetime = value if value.tzinfo is not None else value.replace(tzinfo=datetime.UTC)
+        return moment.isoformat()
+    return "" if value is None else str(value)
+
+
+def row_params(
+    *,
+    filters: Mapping[str, Any] | None = None,
+    order_by: str | Sequence[str] | None = None,
+    updated_since: str | datetime.datetime | None = None,
+    search: str | None = None,
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    user_field_names: bool = True,
+) -> dict[str, str]:
+    """The rows API's query string. ``filters`` maps ``"<field>__<operator>"`` to a value, e.g.
+    ``{"stage__equal": "closedwon", "amount__higher_than": 1000, "company__empty": True}``."""
+    params: dict[str, str] = {"user_field_names": "True"} if user_field_names else {}
+    for key, value in (filters or {}).items():
+        field, sep, _ = key.rpartition("__")
+        if not sep or not field:
+            raise ValueError(f"filter keys look like 'field__operator', e.g. 'stage__equal'; got {key!r}")
+        params[f"filter__{key}"] = _param_value(value)
+    if order_by:
+        params["order_by"] = order_by if isinstance(order_by, str) else ",".join(order_by)
+    if updated_since is not None:
+        params["updated_since"] = _param_value(updated_since)
+    if search:
+        params["search"] = search
+    if include:
+        params["include"] = ",".join(include)
+    if exclude:
+        params["exclude"] = ",".join(exclude)
+    return params
 
 
 class _RecordCalls:
@@ -290,6 +359,10 @@ class PartnerClient(_SyncBase):
     def revoke_tokens(self, account_id: int) -> JSON:
         return self._do(_PartnerCalls.revoke_tokens(account_id))  # type: ignore[no-any-return]
 
+    def database_credentials(self, account_id: int) -> JSON:
+        """A read-only SQL login for one customer (``BFF_SQL_ACCESS=true``); a new password each call."""
+        return self._do(_PartnerCalls.database_credentials(account_id))  # type: ignore[no-any-return]
+
     def sub_account_client(self, account_id: int | None = None, external_id: str | None = None) -> SubAccountClient:
         token = self.identity_token(account_id, external_id)["token"]
         return SubAccountClient(self._base_url, token, client=self._client)
@@ -328,9 +401,43 @@ class SubAccountClient(_SyncBase):
     def tables(self, database_id: int) -> Iterator[JSON]:
         return self._pages(f"/api/database/tables/database/{int(database_id)}/")
 
-    def rows(self, table_id: int, *, user_field_names: bool = True, page_size: int = 100) -> Iterator[JSON]:
-        params = {"user_field_names": "True"} if user_field_names else {}
+    def rows(
+        self,
+        table_id: int,
+        *,
+        filters: Mapping[str, Any] | None = None,
+        order_by: str | Sequence[str] | None = None,
+        updated_since: str | datetime.datetime | None = None,
+        search: str | None = None,
+        include: Sequence[str] | None = None,
+        exclude: Sequence[str] | None = None,
+        user_field_names: bool = True,
+        page_size: int = 100,
+    ) -> Iterator[JSON]:
+        """Every matching row of a synced or query table, page by page (see :func:`row_params`)."""
+        params = row_params(
+            filters=filters,
+            order_by=order_by,
+            updated_since=updated_since,
+            search=search,
+            include=include,
+            exclude=exclude,
+            user_field_names=user_field_names,
+        )
         return self._pages(f"/api/database/rows/table/{int(table_id)}/", params, page_size)
+
+    def create_query_table(self, name: str, query: str) -> JSON:
+        """A saved query (a view in the customer's schema): ``{id, name, type: "query", query, fields}``."""
+        return self._do(_SubAccountCalls.create_query_table(name, query))  # type: ignore[no-any-return]
+
+    def query_table(self, table_id: int) -> JSON:
+        return self._do(_SubAccountCalls.query_table(table_id))  # type: ignore[no-any-return]
+
+    def update_query_table(self, table_id: int, *, name: str | None = None, query: str | None = None) -> JSON:
+        return self._do(_SubAccountCalls.update_query_table(table_id, name, query))  # type: ignore[no-any-return]
+
+    def delete_query_table(self, table_id: int) -> None:
+        self._do(_SubAccountCalls.delete_query_table(table_id))
 
     def connect(self, name_or_id: str | int) -> Connection:
         """The writeback object of one connection (needs an identity token)."""
@@ -528,6 +635,9 @@ class AsyncPartnerClient(_AsyncBase):
     async def revoke_tokens(self, account_id: int) -> JSON:
         return await self._do(_PartnerCalls.revoke_tokens(account_id))  # type: ignore[no-any-return]
 
+    async def database_credentials(self, account_id: int) -> JSON:
+        return await self._do(_PartnerCalls.database_credentials(account_id))  # type: ignore[no-any-return]
+
     async def sub_account_client(
         self, account_id: int | None = None, external_id: str | None = None
     ) -> AsyncSubAccountClient:
@@ -566,9 +676,41 @@ class AsyncSubAccountClient(_AsyncBase):
     def tables(self, database_id: int) -> AsyncIterator[JSON]:
         return self._pages(f"/api/database/tables/database/{int(database_id)}/")
 
-    def rows(self, table_id: int, *, user_field_names: bool = True, page_size: int = 100) -> AsyncIterator[JSON]:
-        params = {"user_field_names": "True"} if user_field_names else {}
+    def rows(
+        self,
+        table_id: int,
+        *,
+        filters: Mapping[str, Any] | None = None,
+        order_by: str | Sequence[str] | None = None,
+        updated_since: str | datetime.datetime | None = None,
+        search: str | None = None,
+        include: Sequence[str] | None = None,
+        exclude: Sequence[str] | None = None,
+        user_field_names: bool = True,
+        page_size: int = 100,
+    ) -> AsyncIterator[JSON]:
+        params = row_params(
+            filters=filters,
+            order_by=order_by,
+            updated_since=updated_since,
+            search=search,
+            include=include,
+            exclude=exclude,
+            user_field_names=user_field_names,
+        )
         return self._pages(f"/api/database/rows/table/{int(table_id)}/", params, page_size)
+
+    async def create_query_table(self, name: str, query: str) -> JSON:
+        return await self._do(_SubAccountCalls.create_query_table(name, query))  # type: ignore[no-any-return]
+
+    async def query_table(self, table_id: int) -> JSON:
+        return await self._do(_SubAccountCalls.query_table(table_id))  # type: ignore[no-any-return]
+
+    async def update_query_table(self, table_id: int, *, name: str | None = None, query: str | None = None) -> JSON:
+        return await self._do(_SubAccountCalls.update_query_table(table_id, name, query))  # type: ignore[no-any-return]
+
+    async def delete_query_table(self, table_id: int) -> None:
+        await self._do(_SubAccountCalls.delete_query_table(table_id))
 
     async def connect(self, name_or_id: str | int) -> AsyncConnection:
         """The writeback object of one connection (needs an identity token)."""

@@ -153,7 +153,9 @@ def session_for(
     )
 
 
-def session_for_connection(services: Runtime, connection: Connection, *, log: Any = None, policy: RetryPolicy | None = None) -> ConnectorSession:
+def session_for_connection(
+    services: Runtime, connection: Connection, *, log: Any = None, policy: RetryPolicy | None = None
+) -> ConnectorSession:
     """The session the sync runner uses for a stored connection."""
     connector = load_connectors()[connection.connector]
     secrets = open_secrets(services, connection)

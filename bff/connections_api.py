@@ -13,6 +13,7 @@ from starlette.routing import BaseRoute, Route
 
 from . import connections as rt
 from .auth import SUB_ACCOUNT_KINDS, authenticate, require_connection, require_sub_account, services
+from .connector_text import localized_config_select, localized_form, localized_servertype, request_locale
 from .connectors import (
     ConnectorError,
     CredentialsRejected,
@@ -25,7 +26,6 @@ from .connectors import (
 from .connectors.definitions import Connector
 from .crypto import connection_aad
 from .errors import ApiError, validation_error
-from .connector_text import localized_config_select, localized_form, localized_servertype, request_locale
 from .http import MAX_PAGE_SIZE, Pagination, api_route, read_json
 from .store import Connection, OAuthFlow, SubAccount, iso
 from .templates import render
@@ -140,7 +140,11 @@ async def create_server(request: Request) -> JSONResponse:
     data = await read_json(request)
     svc = services(request)
     servertype_id = data.get("servertype_id")
-    connector = rt.connector_by_id(svc, servertype_id) if isinstance(servertype_id, (int, str)) and not isinstance(servertype_id, bool) else None
+    connector = (
+        rt.connector_by_id(svc, servertype_id)
+        if isinstance(servertype_id, (int, str)) and not isinstance(servertype_id, bool)
+        else None
+    )
     if connector is None:
         raise validation_error({"servertype_id": "Unknown connector; see GET /api/servertypes."})
     name = parse_name(data, connector.display_name)
@@ -181,7 +185,12 @@ def throttle(request: Request) -> Throttle:
 
 
 async def check_credentials(
-    request: Request, account: SubAccount, connector: Connector, credentials: dict[str, str], *, config: dict[str, Any] | None = None
+    request: Request,
+    account: SubAccount,
+    connector: Connector,
+    credentials: dict[str, str],
+    *,
+    config: dict[str, Any] | None = None,
 ) -> None:
     """Test credentials at the provider, unless this customer had too many rejected lately
     (counted across processes): the BFF must not become a password-guessing proxy."""
@@ -260,7 +269,9 @@ async def _config_options(request: Request, connection: Connection, connector: C
         return await rt.session_for_connection(svc, connection).config_options()
     except ConnectorError as exc:
         if isinstance(exc, CredentialsRejected):
-            raise ApiError(422, "credentials_rejected", f"The provider rejected the stored credentials: {exc.detail}") from None
+            raise ApiError(
+                422, "credentials_rejected", f"The provider rejected the stored credentials: {exc.detail}"
+            ) from None
         raise ApiError(502, "provider_unavailable", f"Could not load the options: {exc.detail}") from None
 
 
@@ -290,7 +301,11 @@ async def save_config(request: Request) -> JSONResponse:
     chosen = data.get(select.field)
     if isinstance(chosen, (str, int)) and not isinstance(chosen, bool):
         chosen = [chosen]
-    if not isinstance(chosen, list) or not chosen or not all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in chosen):
+    if (
+        not isinstance(chosen, list)
+        or not chosen
+        or not all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in chosen)
+    ):
         raise validation_error({select.field: f"Choose at least one of the {select.label.lower()}."})
     values = list(dict.fromkeys(str(v) for v in chosen))
     if not select.multiple and len(values) > 1:
@@ -301,7 +316,9 @@ async def save_config(request: Request) -> JSONResponse:
         raise validation_error({select.field: f"Not offered by the provider: {', '.join(unknown)}."})
     svc = services(request)
     status = connection.health_status if connection.health_status not in {rt.CONFIG_SELECT} else rt.OK
-    await svc.store.update_connection(connection.id, config={**connection.config, select.field: values}, health_status=status, detail=None)
+    await svc.store.update_connection(
+        connection.id, config={**connection.config, select.field: values}, health_status=status, detail=None
+    )
     await svc.store.add_log(connection.id, "info", f"{select.label} selected: {', '.join(values)}.")
     updated = await svc.store.get_connection(account.id, connection.id)
     assert updated is not None
@@ -321,7 +338,6 @@ def status_after_authorising(connector: Connector, connection: Connection, *, re
     if select is not None and not connection.config.get(select.field):
         return rt.CONFIG_SELECT
     return rt.RE_AUTHORISED if reauthorise else rt.OK
-
 
 
 async def reauthorise(request: Request) -> JSONResponse:
@@ -347,7 +363,9 @@ async def reauthorise(request: Request) -> JSONResponse:
     credentials = parse_credentials(connector, data)
     await check_credentials(request, account, connector, credentials, config=connection.config)
     await rt.save_secrets(svc, connection.id, rt.Secrets(credentials))
-    await svc.store.update_connection(connection.id, health_status=status_after_authorising(connector, connection, reauthorise=True), detail=None)
+    await svc.store.update_connection(
+        connection.id, health_status=status_after_authorising(connector, connection, reauthorise=True), detail=None
+    )
     await svc.store.add_log(connection.id, "info", "Credentials replaced and verified.")
     updated = await svc.store.get_connection(account.id, connection.id)
     assert updated is not None
@@ -387,7 +405,11 @@ async def start_oauth_flow(
         raise ApiError(400, "oauth_app_not_configured", f"{connector.display_name} has no OAuth app configured.")
     ticket = secrets.token_urlsafe(32)
     await svc.store.create_oauth_flow(
-        _state_hash(ticket), connection_id=connection.id, sub_account_id=account.id, purpose=TICKET_PREFIX + purpose, verifier=None
+        _state_hash(ticket),
+        connection_id=connection.id,
+        sub_account_id=account.id,
+        purpose=TICKET_PREFIX + purpose,
+        verifier=None,
     )
     return svc.settings.public_url + OAUTH_START_PATH, ticket
 
@@ -430,7 +452,10 @@ async def oauth_start(request: Request) -> Response:
     """
     svc = services(request)
     own_origin = _public_origin(request)
-    if request.headers.get("origin") != own_origin or request.headers.get("sec-fetch-site", "same-origin") != "same-origin":
+    if (
+        request.headers.get("origin") != own_origin
+        or request.headers.get("sec-fetch-site", "same-origin") != "same-origin"
+    ):
         raise ApiError(403, "origin_not_allowed", "Only the sign-in start page may start a sign-in.")
     data = await read_json(request)
     ticket, opener = data.get("nonce"), data.get("opener_origin")
@@ -438,13 +463,17 @@ async def oauth_start(request: Request) -> Response:
         raise validation_error({"nonce": "Send the nonce and the origin it came from."})
     flow = await svc.store.consume_oauth_flow(_state_hash(ticket), max_age=OAUTH_FLOW_MAX_AGE)
     if flow is None or not flow.purpose.startswith(TICKET_PREFIX):
-        raise ApiError(400, "oauth_start_invalid", "This sign-in has expired or was already started. Start again from the app.")
+        raise ApiError(
+            400, "oauth_start_invalid", "This sign-in has expired or was already started. Start again from the app."
+        )
     account = await svc.store.get_sub_account_by_id(flow.sub_account_id)
     connection = await svc.store.get_connection(flow.sub_account_id, flow.connection_id)
     if account is None or connection is None:
         raise ApiError(400, "oauth_start_invalid", "This connection no longer exists. Start again from the app.")
     if opener != own_origin and not await svc.store.partner_has_origin(account.partner_id, opener):
-        raise ApiError(403, "origin_not_allowed", "The sign-in was handed over by a page that is not registered for this partner.")
+        raise ApiError(
+            403, "origin_not_allowed", "The sign-in was handed over by a page that is not registered for this partner."
+        )
     connector = load_connectors()[connection.connector]
     client = rt.oauth_client(svc, connector)
     if client is None:
@@ -460,13 +489,20 @@ async def oauth_start(request: Request) -> Response:
     response = JSONResponse({"authorize_url": url}, headers={"Cache-Control": "no-store"})
     name, path, secure = _binding_cookie(request, _state_hash(state))
     response.set_cookie(
-        name, svc.tokens.sign_oauth_binding(_state_hash(state)), max_age=OAUTH_FLOW_MAX_AGE, path=path,
-        secure=secure, httponly=True, samesite="lax",
+        name,
+        svc.tokens.sign_oauth_binding(_state_hash(state)),
+        max_age=OAUTH_FLOW_MAX_AGE,
+        path=path,
+        secure=secure,
+        httponly=True,
+        samesite="lax",
     )
     return response
 
 
-def callback_page(request: Request, *, ok: bool, connection_id: int | None, message: str, status: int = 200) -> HTMLResponse:
+def callback_page(
+    request: Request, *, ok: bool, connection_id: int | None, message: str, status: int = 200
+) -> HTMLResponse:
     nonce = secrets.token_urlsafe(16)
     svc = services(request)
     html = render(
@@ -504,20 +540,32 @@ async def oauth_callback(request: Request) -> HTMLResponse:
     params = request.query_params
     state = params.get("state")
     if not state:
-        return callback_page(request, ok=False, connection_id=None, message="This sign-in response has no state; start again from the app.", status=400)
+        return callback_page(
+            request,
+            ok=False,
+            connection_id=None,
+            message="This sign-in response has no state; start again from the app.",
+            status=400,
+        )
     name, _, _ = _binding_cookie(request, _state_hash(state))
     binding = request.cookies.get(name, "")
     if not svc.tokens.oauth_binding_matches(binding, _state_hash(state), max_age=OAUTH_FLOW_MAX_AGE):
         # Not the browser that started this sign-in (a forwarded link), or a ticket used as a state.
         return callback_page(
-            request, ok=False, connection_id=None, status=400,
+            request,
+            ok=False,
+            connection_id=None,
+            status=400,
             message="This sign-in was started in another browser or window, so it cannot be finished here. "
             "Nothing was connected. If you want to connect your account, start again from the app.",
         )
     flow = await svc.store.consume_oauth_flow(_state_hash(state), max_age=OAUTH_FLOW_MAX_AGE)
     if flow is None or flow.purpose.startswith(TICKET_PREFIX):
         response = callback_page(
-            request, ok=False, connection_id=None, status=400,
+            request,
+            ok=False,
+            connection_id=None,
+            status=400,
             message="This sign-in link has expired or was already used. Close this window and start again.",
         )
     else:
@@ -532,24 +580,44 @@ async def finish_oauth_flow(request: Request, flow: OAuthFlow) -> HTMLResponse:
     params = request.query_params
     connection = await svc.store.get_connection(flow.sub_account_id, flow.connection_id)
     if connection is None:
-        return callback_page(request, ok=False, connection_id=None, status=400, message="This connection no longer exists.")
+        return callback_page(
+            request, ok=False, connection_id=None, status=400, message="This connection no longer exists."
+        )
     connector = load_connectors()[connection.connector]
     failed_status = rt.ERROR
     if params.get("error"):
         reason = params.get("error_description") or params.get("error") or "unknown error"
-        detail = "Access was denied at the provider." if params.get("error") == "access_denied" else f"The provider reported an error: {reason[:200]}"
+        detail = (
+            "Access was denied at the provider."
+            if params.get("error") == "access_denied"
+            else f"The provider reported an error: {reason[:200]}"
+        )
         await svc.store.update_connection(connection.id, health_status=failed_status, detail=detail)
         await svc.store.add_log(connection.id, "warning", f"Authorisation failed: {detail}")
         return callback_page(request, ok=False, connection_id=connection.id, message=detail)
     code = params.get("code")
     if not code:
-        return callback_page(request, ok=False, connection_id=connection.id, status=400, message="The provider sent no authorisation code.")
+        return callback_page(
+            request,
+            ok=False,
+            connection_id=connection.id,
+            status=400,
+            message="The provider sent no authorisation code.",
+        )
     client = rt.oauth_client(svc, connector)
     assert client is not None
-    verifier = svc.vault.decrypt(flow.verifier, connection_aad(connection.id, "pkce")).decode() if flow.verifier else None
+    verifier = (
+        svc.vault.decrypt(flow.verifier, connection_aad(connection.id, "pkce")).decode() if flow.verifier else None
+    )
     try:
         tokens = await exchange_code(
-            connector, http=svc.http, client=client, code=code, code_verifier=verifier, context=rt.context(svc), clock=svc.clock
+            connector,
+            http=svc.http,
+            client=client,
+            code=code,
+            code_verifier=verifier,
+            context=rt.context(svc),
+            clock=svc.clock,
         )
     except (OAuthError, ConnectorError) as exc:
         detail = f"Could not complete authorisation: {exc.detail}"
@@ -560,7 +628,12 @@ async def finish_oauth_flow(request: Request, flow: OAuthFlow) -> HTMLResponse:
     status = status_after_authorising(connector, connection, reauthorise=flow.purpose == "reauthorise")
     await svc.store.update_connection(connection.id, health_status=status, detail=None)
     await svc.store.add_log(connection.id, "info", f"Authorised with {connector.display_name}.")
-    return callback_page(request, ok=True, connection_id=connection.id, message=f"{connector.display_name} is connected. You can close this window.")
+    return callback_page(
+        request,
+        ok=True,
+        connection_id=connection.id,
+        message=f"{connector.display_name} is connected. You can close this window.",
+    )
 
 
 # -- embed session --------------------------------------------------------------------------------

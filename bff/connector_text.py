@@ -31,13 +31,17 @@ DEFAULT_LOCALE = "en"
 TRANSLATED = LOCALES[1:]  # English is the definition's own text
 
 
-def _blocks(i18n: Mapping[str, Mapping[str, str]] | None, where: str, allowed: set[str]) -> Iterator[tuple[str, dict[str, str]]]:
+def _blocks(
+    i18n: Mapping[str, Mapping[str, str]] | None, where: str, allowed: set[str]
+) -> Iterator[tuple[str, dict[str, str]]]:
     for locale, texts in (i18n or {}).items():
         if locale not in TRANSLATED:
             raise ValueError(f"{where}.{locale}: is not a supported locale (use {', '.join(TRANSLATED)})")
         unknown = sorted(set(texts) - allowed)
         if unknown:
-            raise ValueError(f"{where}.{locale}.{unknown[0]}: is not a known key here (known: {', '.join(sorted(allowed))})")
+            raise ValueError(
+                f"{where}.{locale}.{unknown[0]}: is not a known key here (known: {', '.join(sorted(allowed))})"
+            )
         for key, text in texts.items():
             if not text.strip():
                 raise ValueError(f"{where}.{locale}.{key}: must be a non-empty string")

@@ -2,9 +2,10 @@
 
 ``GET /api/applications/`` lists the sub-account's one warehouse ("application"),
 whose id is the database id; ``GET /api/database/tables/database/{id}/`` its
-tables; ``GET /api/database/rows/table/{id}/`` a table's rows, paged. Rows are
+tables (synced ones and query tables); ``GET /api/database/rows/table/{id}/`` a
+table's rows, paged, with the filters of :mod:`bff.warehouse_reader`. Rows are
 keyed by field id (``field_<id>``) unless ``user_field_names`` is true, then by
-field name; ``_synced_at`` and ``_run_id`` come with every row. Another
+field name; ``_synced_at`` and ``_run_id`` come with every synced row. Another
 sub-account's database or table ids answer exactly like ids that do not exist.
 
 Back-end only: identity tokens, never the browser's integrate token (``403 token_not_allowed``),
@@ -20,12 +21,15 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute
 
 from .auth import require_identity, services
-from .errors import not_found
+from .errors import ApiError, not_found, validation_error
 from .http import Pagination, api_route, query_bool
+from .query_tables import FilterValueRejected, QueryTable, QueryTableBroken
 from .store import SubAccount
 from .warehouse import Warehouse, WarehouseTable
+from .warehouse_reader import ReadField, parse_row_query, read_synced, synced_fields
 
 DEFAULT_ROWS_PAGE = 100
+ROW_QUERY_PARAMS = ("search", "order_by", "updated_since", "include", "exclude")
 
 
 def warehouse(request: Request) -> Warehouse:
@@ -44,7 +48,11 @@ def database_dict(account: SubAccount) -> dict[str, Any]:
 
 async def table_dicts(request: Request, account: SubAccount) -> list[dict[str, Any]]:
     tables = await warehouse(request).list_tables(account.id)
-    return [table.public_dict(database_id=account.id, row_count=count) for table, count in tables]
+    listed = [table.public_dict(database_id=account.id, row_count=count) for table, count in tables]
+    # A query table whose query broke (its connection went) is listed with its error, not a failure.
+    for query_table, count, error in await services(request).query_tables.list_tables(account.id):
+        listed.append(query_table.public_dict(row_count=count, error=error))
+    return listed
 
 
 async def list_applications(request: Request) -> JSONResponse:
@@ -57,7 +65,7 @@ async def list_applications(request: Request) -> JSONResponse:
 
 
 async def list_tables(request: Request) -> JSONResponse:
-    """The tables of a warehouse: ``id, name, connection, row_count, fields``."""
+    """The tables of a warehouse: ``id, name, type, connection, row_count, fields``."""
     account = await require_identity(request)
     if request.path_params["database_id"] != account.id:
         raise not_found("No such database.")
@@ -66,26 +74,55 @@ async def list_tables(request: Request) -> JSONResponse:
     return JSONResponse(page.envelope(len(tables), tables[page.offset : page.offset + page.limit]))
 
 
-async def _own_table(request: Request, account: SubAccount) -> WarehouseTable:
+async def _own_table(request: Request, account: SubAccount) -> WarehouseTable | QueryTable:
     table_id = request.path_params["table_id"]
-    # The control database says whose table it is before any warehouse file is opened.
-    if await warehouse(request).table_owner(table_id) != account.id:
+    # The control database says whose table it is before any warehouse table is opened.
+    query_tables = services(request).query_tables
+    owner = await query_tables.owner(table_id)
+    if owner is None or owner[0] != account.id:
         raise not_found("No such table.")
-    table = await warehouse(request).get_table(account.id, table_id)
+    table: WarehouseTable | QueryTable | None
+    if owner[1] == "query":
+        table = await query_tables.get(account.id, table_id)
+    else:
+        table = await warehouse(request).get_table(account.id, table_id)
     if table is None:
         raise not_found("No such table.")
     return table
 
 
+def _row_params(request: Request) -> list[tuple[str, str]]:
+    return [(k, v) for k, v in request.query_params.multi_items() if k.startswith("filter__") or k in ROW_QUERY_PARAMS]
+
+
 async def list_rows(request: Request) -> JSONResponse:
-    """A table's rows in a stable order, paged; ``user_field_names=true`` keys them by field name."""
+    """A table's rows, filtered, ordered and paged; ``user_field_names=true`` keys them by field name."""
     account = await require_identity(request)
     table = await _own_table(request, account)
-    page = Pagination(request, default_size=DEFAULT_ROWS_PAGE)
+    page = Pagination(request, default_size=DEFAULT_ROWS_PAGE, size_alias="size")
     by_name = query_bool(request, "user_field_names", default=False)
-    count, rows = await warehouse(request).read_rows(account.id, table, offset=page.offset, limit=page.limit)
+    fields: tuple[ReadField, ...]
+    if isinstance(table, QueryTable):
+        fields = table.fields
+        query = parse_row_query(_row_params(request), fields, has_synced_at=table.has_synced_at)
+        try:
+            count, rows = await services(request).query_tables.read_rows(
+                table, query, offset=page.offset, limit=page.limit
+            )
+        except QueryTableBroken as exc:
+            raise ApiError(409, "query_table_broken", exc.message) from None
+        except FilterValueRejected as exc:
+            filters = [k for k, _ in _row_params(request) if k.startswith("filter__")]
+            raise validation_error(
+                {k: exc.message for k in filters} or {"filter": exc.message}, detail=exc.message
+            ) from None
+    else:
+        fields = synced_fields(table)
+        query = parse_row_query(_row_params(request), fields)
+        async with warehouse(request).store.connection() as conn:
+            count, rows = await read_synced(conn, table, query, offset=page.offset, limit=page.limit)
     if not by_name:
-        keys = {f.name: f"field_{f.id}" for f in table.fields}
+        keys = {f.name: f"field_{f.id}" for f in fields}
         rows = [{keys.get(k, k): v for k, v in row.items()} for row in rows]
     return JSONResponse(page.envelope(count, rows))
 

@@ -14,7 +14,7 @@ import logging
 import warnings
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 import psycopg
 from psycopg import sql
@@ -68,7 +68,9 @@ def embedded_url(postgres_dir: Path, database: str = EMBEDDED_DATABASE) -> str:
                 with contextlib.suppress(psycopg.errors.DuplicateDatabase):  # another process was first
                     conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
     except psycopg.Error as exc:
-        raise DatabaseUnavailable(f"the embedded PostgreSQL in {postgres_dir} does not answer: {_one_line(exc)}") from None
+        raise DatabaseUnavailable(
+            f"the embedded PostgreSQL in {postgres_dir} does not answer: {_one_line(exc)}"
+        ) from None
     return url
 
 

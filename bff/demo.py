@@ -37,7 +37,9 @@ def run_demo(settings: Settings, *, bff_port: int, site_port: int) -> int:
 
     for host, port, flag in ((BFF_HOST, bff_port, "--bff-port"), (SITE_HOST, site_port, "--site-port")):
         if not _port_free(host, port):
-            print(f"bff: port {port} on {host} is in use (another `bff demo`?); stop it or pass {flag}.", file=sys.stderr)
+            print(
+                f"bff: port {port} on {host} is in use (another `bff demo`?); stop it or pass {flag}.", file=sys.stderr
+            )
             return 1
     from .app import StartupError
     from .db import DatabaseUnavailable
@@ -65,7 +67,9 @@ def run_demo(settings: Settings, *, bff_port: int, site_port: int) -> int:
     site_app = _demo_site_app(settings, partner, site_port, webhook_secret)
     if site_app is not None:
         servers.append(
-            _QuietServer(uvicorn.Config(site_app, host=SITE_HOST, port=site_port, access_log=False, log_level=settings.log_level))
+            _QuietServer(
+                uvicorn.Config(site_app, host=SITE_HOST, port=site_port, access_log=False, log_level=settings.log_level)
+            )
         )
 
     def banner() -> None:
@@ -73,7 +77,9 @@ def run_demo(settings: Settings, *, bff_port: int, site_port: int) -> int:
         if site_app is not None:
             print(f"Demo partner site:                    {site_origin(site_port)}")
         print(f"Data directory:                       {settings.data_dir.resolve()}")
-        database = "BFF_DATABASE_URL" if settings.database_url else f"embedded PostgreSQL in {settings.postgres_dir.resolve()}"
+        database = (
+            "BFF_DATABASE_URL" if settings.database_url else f"embedded PostgreSQL in {settings.postgres_dir.resolve()}"
+        )
         print(f"Database:                             {database}")
         print(f"Demo partner token:                   {settings.data_dir.resolve() / 'demo-partner.json'}")
         print("Press Ctrl-C to stop.", flush=True)

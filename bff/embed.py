@@ -54,7 +54,9 @@ def _load(path: Path, mtime_ns: int) -> tuple[bytes, str]:
     return body, '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
 
 
-def file_response(request: Request, path: Path, *, cache_seconds: int, extra_headers: dict[str, str] | None = None) -> Response:
+def file_response(
+    request: Request, path: Path, *, cache_seconds: int, extra_headers: dict[str, str] | None = None
+) -> Response:
     if not path.is_file():
         raise not_found("No such file.")
     body, etag = _load(path, path.stat().st_mtime_ns)
@@ -72,7 +74,9 @@ def file_response(request: Request, path: Path, *, cache_seconds: int, extra_hea
 async def loader(request: Request) -> Response:
     """The embeddable ES module (`<script type="module" src=…>`)."""
     return file_response(
-        request, widget_dir() / "peliqan-integration.js", cache_seconds=300,
+        request,
+        widget_dir() / "peliqan-integration.js",
+        cache_seconds=300,
         # Access-Control-Allow-Origin: * comes from the CORS middleware (all of /embed/v1/ is public).
         extra_headers={"Cross-Origin-Resource-Policy": "cross-origin"},
     )
@@ -95,7 +99,9 @@ async def connect_document(request: Request) -> Response:
     """The connect UI, loaded in an iframe on the partner's page."""
     csp = CONNECT_CSP.format(ancestors=await frame_ancestors(request))
     return file_response(
-        request, widget_dir() / "connect.html", cache_seconds=60,
+        request,
+        widget_dir() / "connect.html",
+        cache_seconds=60,
         extra_headers={"Content-Security-Policy": csp, "Referrer-Policy": "no-referrer"},
     )
 
@@ -105,7 +111,9 @@ async def panel_document(request: Request) -> Response:
     framed only by a registered ``?parent=``, like the connect UI."""
     csp = CONNECT_CSP.format(ancestors=await frame_ancestors(request))
     return file_response(
-        request, widget_dir() / "panel.html", cache_seconds=60,
+        request,
+        widget_dir() / "panel.html",
+        cache_seconds=60,
         extra_headers={"Content-Security-Policy": csp, "Referrer-Policy": "no-referrer"},
     )
 

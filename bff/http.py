@@ -41,7 +41,9 @@ class EitherSlashRoute(Route):
         return match, child
 
 
-def api_route(path: str, endpoint: Callable[..., Any], *, methods: Sequence[str], name: str | None = None) -> list[Route]:
+def api_route(
+    path: str, endpoint: Callable[..., Any], *, methods: Sequence[str], name: str | None = None
+) -> list[Route]:
     """The contract says every path answers with and without its trailing slash."""
     bare = path.rstrip("/") or "/"
     return [EitherSlashRoute(bare, endpoint, methods=list(methods), name=name or endpoint.__name__)]
@@ -56,9 +58,7 @@ async def read_json(request: Request, *, required: bool = True) -> dict[str, Any
         return {}
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != "application/json" and not content_type.endswith("+json"):
-        raise ApiError(
-            415, "unsupported_media_type", "Send the body as JSON with `Content-Type: application/json`."
-        )
+        raise ApiError(415, "unsupported_media_type", "Send the body as JSON with `Content-Type: application/json`.")
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError):
@@ -82,7 +82,9 @@ def check_json_value(data: Any) -> None:
                 raise ApiError(400, "invalid_json", "The request body holds a NUL character (\\u0000).")
         elif isinstance(value, (dict, list)):
             if depth > MAX_JSON_DEPTH:
-                raise ApiError(400, "invalid_json", f"The request body is nested more than {MAX_JSON_DEPTH} levels deep.")
+                raise ApiError(
+                    400, "invalid_json", f"The request body is nested more than {MAX_JSON_DEPTH} levels deep."
+                )
             items = [*value.keys(), *value.values()] if isinstance(value, dict) else value
             stack.extend((item, depth + 1) for item in items)
 
@@ -104,7 +106,9 @@ def parse_id(raw: str, name: str) -> int:
     return int(raw)
 
 
-def query_int(request: Request, name: str, *, default: int | None = None, minimum: int = 1, maximum: int | None = None) -> int | None:
+def query_int(
+    request: Request, name: str, *, default: int | None = None, minimum: int = 1, maximum: int | None = None
+) -> int | None:
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return default
@@ -135,10 +139,15 @@ def query_bool(request: Request, name: str, *, default: bool) -> bool:
 class Pagination:
     """``?page=&page_size=`` → offset/limit, and the ``{count, next, previous, results}`` envelope."""
 
-    def __init__(self, request: Request, *, default_size: int = DEFAULT_PAGE_SIZE) -> None:
+    def __init__(
+        self, request: Request, *, default_size: int = DEFAULT_PAGE_SIZE, size_alias: str | None = None
+    ) -> None:
         self.request = request
         self.page = query_int(request, "page", default=1) or 1
-        self.page_size = query_int(request, "page_size", default=default_size, maximum=MAX_PAGE_SIZE) or default_size
+        size_name = "page_size"
+        if size_alias and not request.query_params.get("page_size") and request.query_params.get(size_alias):
+            size_name = size_alias
+        self.page_size = query_int(request, size_name, default=default_size, maximum=MAX_PAGE_SIZE) or default_size
         self.offset = (self.page - 1) * self.page_size
         self.limit = self.page_size
 
@@ -159,7 +168,9 @@ class Pagination:
         }
 
 
-def require_str(data: dict[str, Any], name: str, errors: dict[str, str], *, max_length: int = 200, required: bool = False) -> str | None:
+def require_str(
+    data: dict[str, Any], name: str, errors: dict[str, str], *, max_length: int = 200, required: bool = False
+) -> str | None:
     value = data.get(name)
     if value is None or value == "":
         if required:

@@ -103,7 +103,7 @@ class JobQueue:
         """Queue a sync job for ``run_id``; None when the connection already has one waiting."""
         options: dict[str, Any] = {"queueing_lock": sync_lock(connection_id)}
         if at is not None:
-            options["schedule_at"] = datetime.datetime.fromtimestamp(at, datetime.timezone.utc)
+            options["schedule_at"] = datetime.datetime.fromtimestamp(at, datetime.UTC)
         try:
             job_id: int = await self._sync_task.configure(**options).defer_async(run_id=run_id)
         except procrastinate_errors.AlreadyEnqueued:

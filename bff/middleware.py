@@ -22,7 +22,9 @@ PARTNER_ORIGIN_CACHE_SIZE = 4096
 HSTS_VALUE = b"max-age=63072000; includeSubDomains"
 
 
-async def _send_json(send: Send, status: int, body: dict[str, object], headers: list[tuple[bytes, bytes]] | None = None) -> None:
+async def _send_json(
+    send: Send, status: int, body: dict[str, object], headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
     payload = json.dumps(body).encode()
     await send(
         {
@@ -82,7 +84,10 @@ class BodyLimitMiddleware:
         await _send_json(
             send,
             413,
-            {"detail": f"The request body is larger than the {self.max_bytes} bytes allowed.", "code": "payload_too_large"},
+            {
+                "detail": f"The request body is larger than the {self.max_bytes} bytes allowed.",
+                "code": "payload_too_large",
+            },
         )
 
 
@@ -93,7 +98,9 @@ class SecurityHeadersMiddleware:
     (the SDK does its own conditional requests with ``If-None-Match``).
     """
 
-    def __init__(self, app: ASGIApp, *, hsts: bool = False, no_store_prefixes: tuple[str, ...] = ("/api/", "/oauth/")) -> None:
+    def __init__(
+        self, app: ASGIApp, *, hsts: bool = False, no_store_prefixes: tuple[str, ...] = ("/api/", "/oauth/")
+    ) -> None:
         self.app = app
         self.hsts = hsts
         self.no_store_prefixes = no_store_prefixes
@@ -181,12 +188,16 @@ class CORSMiddleware:
         public = scope["path"].startswith(PUBLIC_CORS_PREFIXES)
         preflight = scope["method"] == "OPTIONS" and "access-control-request-method" in headers
         authorization = headers.get("authorization")
-        by_token = None if public or preflight or not authorization else await self._allowed_for_token(authorization, origin)
+        by_token = (
+            None if public or preflight or not authorization else await self._allowed_for_token(authorization, origin)
+        )
         allowed = public or (by_token if by_token is not None else await self.is_allowed(origin))
         if preflight:
             if not allowed:
                 await _send_json(
-                    send, 403, {"detail": f"Origin {origin} is not registered on any partner.", "code": "origin_not_allowed"}
+                    send,
+                    403,
+                    {"detail": f"Origin {origin} is not registered on any partner.", "code": "origin_not_allowed"},
                 )
                 return
             await send(

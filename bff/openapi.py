@@ -71,15 +71,24 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "type": "object",
         "required": ["id", "external_id", "created_at"],
         "properties": {
-            "id": _INT, "external_id": _STR, "first_name": _STR, "last_name": _STR, "email": _STR,
-            "language": _STR, "company_name": _STR, "created_at": _TIME,
+            "id": _INT,
+            "external_id": _STR,
+            "first_name": _STR,
+            "last_name": _STR,
+            "email": _STR,
+            "language": _STR,
+            "company_name": _STR,
+            "created_at": _TIME,
         },
     },
     "Partner": {
         "type": "object",
         "required": ["id", "name", "origins"],
         "properties": {
-            "id": _INT, "name": _STR, "origins": {"type": "array", "items": _STR}, "token": _STR,
+            "id": _INT,
+            "name": _STR,
+            "origins": {"type": "array", "items": _STR},
+            "token": _STR,
             "revoked": {"type": "boolean"},
         },
     },
@@ -87,7 +96,10 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "type": "object",
         "required": ["token", "expires_in", "expires_at", "account_id", "external_id"],
         "properties": {
-            "token": _STR, "expires_in": _nullable(_INT), "expires_at": _nullable(_INT), "account_id": _INT,
+            "token": _STR,
+            "expires_in": _nullable(_INT),
+            "expires_at": _nullable(_INT),
+            "account_id": _INT,
             "external_id": _STR,
         },
     },
@@ -144,8 +156,14 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "type": "object",
         "required": ["id", "name", "display_name", "auth_type", "connect_form"],
         "properties": {
-            "id": {"type": ["integer", "string"]}, "name": _STR, "display_name": _STR, "category": {}, "logo_url": {},
-            "auth_type": _STR, "connect_form": {"type": "object"}, "capabilities": {},
+            "id": {"type": ["integer", "string"]},
+            "name": _STR,
+            "display_name": _STR,
+            "category": {},
+            "logo_url": {},
+            "auth_type": _STR,
+            "connect_form": {"type": "object"},
+            "capabilities": {},
         },
     },
     "Health": {
@@ -162,7 +180,11 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "type": "object",
         "required": ["server_id", "health_status", "run_data", "task_id", "detail", "syncing"],
         "properties": {
-            "server_id": _INT, "health_status": _STR, "task_id": {}, "detail": _STR, "syncing": {"type": "boolean"},
+            "server_id": _INT,
+            "health_status": _STR,
+            "task_id": {},
+            "detail": _STR,
+            "syncing": {"type": "boolean"},
             "run_data": {"type": "array", "items": {"type": "object", "required": ["pipeline_run_id"]}},
             "full": {"type": "boolean"}, "run": _ref("Run"),
         },
@@ -176,8 +198,13 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "type": "object",
         "required": ["id", "name", "connection", "row_count", "fields"],
         "properties": {
-            "id": _INT, "name": _STR, "connection": _INT, "database_id": _INT, "row_count": _INT,
-            "primary_key": {"type": "array", "items": _STR}, "fields": {"type": "array", "items": {"type": "object"}},
+            "id": _INT,
+            "name": _STR,
+            "connection": _INT,
+            "database_id": _INT,
+            "row_count": _INT,
+            "primary_key": {"type": "array", "items": _STR},
+            "fields": {"type": "array", "items": {"type": "object"}},
             "created_at": _TIME,
         },
     },
@@ -185,7 +212,11 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "type": "object",
         "required": ["id", "name", "type"],
         "properties": {
-            "id": _INT, "name": _STR, "type": _STR, "account_id": _INT, "external_id": _STR,
+            "id": _INT,
+            "name": _STR,
+            "type": _STR,
+            "account_id": _INT,
+            "external_id": _STR,
             "tables": {"type": "array", "items": _ref("Table")},
         },
     },
@@ -193,7 +224,9 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "type": "object",
         "required": ["field", "options", "selected"],
         "properties": {
-            "field": _STR, "label": _STR, "multiple": {"type": "boolean"},
+            "field": _STR,
+            "label": _STR,
+            "multiple": {"type": "boolean"},
             "options": {"type": "array", "items": {"type": "object", "required": ["value", "label"]}},
             "selected": {"type": "array"},
         },
@@ -201,7 +234,12 @@ SCHEMAS: dict[str, dict[str, Any]] = {
 }
 
 _PAGE = {"name": "page", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1}}
-_PAGE_SIZE = {"name": "page_size", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1, "maximum": 500}}
+_PAGE_SIZE = {
+    "name": "page_size",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "integer", "minimum": 1, "maximum": 500},
+}
 _WHICH = [
     {"name": "account_id", "in": "query", "required": False, "schema": _ID},
     {"name": "external_id", "in": "query", "required": False, "schema": _STR},
@@ -220,11 +258,19 @@ _CONNECTION = _ref("Connection")
 # (METHOD, path) → requestBody / parameters / responses of the JSON API.
 OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
     ("GET", "/api/partner"): {"responses": {"200": _json(_ref("Partner"))}},
-    ("POST", "/api/partner/rotate-token"): {"responses": {"200": _json(_ref("Partner"), "The new token (the old one is dead)")}},
-    ("POST", "/api/partner/revoke"): {"responses": {"200": _json(_ref("Partner"), "Every token of the partner is dead")}},
+    ("POST", "/api/partner/rotate-token"): {
+        "responses": {"200": _json(_ref("Partner"), "The new token (the old one is dead)")}
+    },
+    ("POST", "/api/partner/revoke"): {
+        "responses": {"200": _json(_ref("Partner"), "Every token of the partner is dead")}
+    },
     ("PUT", "/api/partner/origins"): {
         "requestBody": _body(
-            {"type": "object", "required": ["origins"], "properties": {"origins": {"type": "array", "items": _STR, "maxItems": 50}}}
+            {
+                "type": "object",
+                "required": ["origins"],
+                "properties": {"origins": {"type": "array", "items": _STR, "maxItems": 50}},
+            }
         ),
         "responses": {"200": _json(_ref("Partner"))},
     },
@@ -265,11 +311,25 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         "responses": {"200": _json(_CONNECTION)},
     },
     ("POST", "/api/server/{id}/reauthorise"): {
-        "requestBody": _body({"type": "object", "additionalProperties": {"type": ["string", "integer", "number"]}}, required=False),
-        "responses": {"200": _json({"type": "object", "required": ["id"], "properties": {"id": _INT, "auth_uri": _STR, "form": {"type": "object"}}})},
+        "requestBody": _body(
+            {"type": "object", "additionalProperties": {"type": ["string", "integer", "number"]}}, required=False
+        ),
+        "responses": {
+            "200": _json(
+                {
+                    "type": "object",
+                    "required": ["id"],
+                    "properties": {"id": _INT, "auth_uri": _STR, "form": {"type": "object"}},
+                }
+            )
+        },
     },
     ("POST", "/api/server/{id}/manual-refresh"): {
-        "responses": {"200": _json({"type": "object", "required": ["id", "refresh_url"], "properties": {"id": _INT, "refresh_url": _STR}})},
+        "responses": {
+            "200": _json(
+                {"type": "object", "required": ["id", "refresh_url"], "properties": {"id": _INT, "refresh_url": _STR}}
+            )
+        },
     },
     ("POST", "/api/server/{id}/sync"): {
         "requestBody": _body(
@@ -339,7 +399,8 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
     },
     ("GET", "/api/database/rows/table/{table_id}"): {
         "parameters": [
-            _PAGE, _PAGE_SIZE,
+            _PAGE,
+            _PAGE_SIZE,
             {"name": "user_field_names", "in": "query", "required": False, "schema": {"type": "boolean"}},
         ],
         "responses": {"200": _json(_page_of({"type": "object"}))},
@@ -349,7 +410,9 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         "responses": {"200": _json({"type": "object", "required": ["account_id", "external_id", "partner_id"]})},
     },
     ("GET", "/healthz"): {
-        "responses": {"200": _json({"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}})},
+        "responses": {
+            "200": _json({"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}})
+        },
     },
 }
 # Aliases answer exactly like the paths they stand for.
@@ -357,7 +420,10 @@ for _alias, _canonical in (
     (("POST", "/api/sub-account"), ("POST", "/api/partner/sub-account")),
     (("GET", "/api/sub-accounts"), ("GET", "/api/partner/sub-accounts")),
     (("GET", "/api/sub-account/identity"), ("GET", "/api/partner/sub-account/identity")),
-    (("POST", "/api/sub-account/{account_id}/revoke-tokens"), ("POST", "/api/partner/sub-account/{account_id}/revoke-tokens")),
+    (
+        ("POST", "/api/sub-account/{account_id}/revoke-tokens"),
+        ("POST", "/api/partner/sub-account/{account_id}/revoke-tokens"),
+    ),
 ):
     OPERATIONS.setdefault(_alias, OPERATIONS[_canonical])
 

@@ -81,7 +81,8 @@ async def lookup_sub_account(request: Request, partner: Partner) -> SubAccount:
     account_id, external_id = params.get("account_id"), params.get("external_id")
     if not account_id and not external_id:
         raise validation_error(
-            {"account_id": "Pass `account_id` or `external_id`."}, detail="Say which sub-account: account_id or external_id."
+            {"account_id": "Pass `account_id` or `external_id`."},
+            detail="Say which sub-account: account_id or external_id.",
         )
     store = services(request).store
     if account_id:
@@ -250,6 +251,9 @@ def routes() -> list[BaseRoute]:
         *api_route("/api/sub-account/identity/", identity_token, methods=["GET"], name="identity_token_alias"),
         *api_route("/api/partner/sub-account/{account_id:int}/revoke-tokens", revoke_tokens, methods=["POST"]),
         *api_route(
-            "/api/sub-account/{account_id:int}/revoke-tokens", revoke_tokens, methods=["POST"], name="revoke_tokens_alias"
+            "/api/sub-account/{account_id:int}/revoke-tokens",
+            revoke_tokens,
+            methods=["POST"],
+            name="revoke_tokens_alias",
         ),
     ]

@@ -6,6 +6,7 @@ import dataclasses
 import time
 
 from .jobs import JobQueue
+from .query_tables import QueryTables
 from .runtime import Runtime
 from .schedules import Scheduler
 from .store import Connection, HealthChange, SubAccount
@@ -21,6 +22,7 @@ class Services(Runtime):
     warehouse: Warehouse
     queue: JobQueue
     sync: SyncRunner
+    query_tables: QueryTables
     schedules: Scheduler
     webhooks: Webhooks
     _origins: frozenset[str] = frozenset()
@@ -34,11 +36,15 @@ class Services(Runtime):
         warehouse: Warehouse,
         queue: JobQueue,
         sync: SyncRunner,
+        query_tables: QueryTables,
         schedules: Scheduler,
         webhooks: Webhooks,
     ) -> Services:
         shared = {f.name: getattr(runtime, f.name) for f in dataclasses.fields(Runtime)}
-        return cls(**shared, warehouse=warehouse, queue=queue, sync=sync, schedules=schedules, webhooks=webhooks)
+        return cls(
+            **shared, warehouse=warehouse, queue=queue, sync=sync, query_tables=query_tables, schedules=schedules,
+            webhooks=webhooks,
+        )
 
     async def connection_created(self, account: SubAccount, connection: Connection) -> None:
         """A new connection: tell the partner, and sync it at once if it is ready already."""

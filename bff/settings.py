@@ -81,6 +81,10 @@ class Settings:
     stalled_seconds: float = DEFAULT_STALLED_SECONDS
     # The sandbox providers served by another process (`bff sandbox`) instead of mounted here.
     sandbox_external_url: str | None = None
+    # SQL access for BI tools (per-customer read-only logins); off unless asked for.
+    sql_access: bool = False
+    # The host name given out with those logins (default: the host of the database URL).
+    sql_access_host: str | None = None
     hsts: bool = False
     # Scheduled syncs (DESIGN §10): off, nothing syncs unless asked (tests of other features turn it off).
     schedules_enabled: bool = True
@@ -139,6 +143,10 @@ class Settings:
                 values[field] = _parse_int(name, env[name])
         if env.get("BFF_SANDBOX"):
             values["sandbox_enabled"] = _parse_bool("BFF_SANDBOX", env["BFF_SANDBOX"])
+        if env.get("BFF_SQL_ACCESS"):
+            values["sql_access"] = _parse_bool("BFF_SQL_ACCESS", env["BFF_SQL_ACCESS"])
+        if env.get("BFF_SQL_ACCESS_HOST"):
+            values["sql_access_host"] = env["BFF_SQL_ACCESS_HOST"].strip()
         if env.get("BFF_HSTS"):
             values["hsts"] = _parse_bool("BFF_HSTS", env["BFF_HSTS"])
         values["sandbox_env"] = {k: v for k, v in env.items() if k.startswith("BFF_SANDBOX_")}
@@ -219,7 +227,10 @@ def _estimated_bits(value: str) -> float:
 
 
 def _is_repetition(value: str) -> bool:
-    return any(len(value) % size == 0 and value == value[:size] * (len(value) // size) for size in range(1, len(value) // 2 + 1))
+    return any(
+        len(value) % size == 0 and value == value[:size] * (len(value) // size)
+        for size in range(1, len(value) // 2 + 1)
+    )
 
 
 def check_secret_key(value: str, position: int = 1) -> None:

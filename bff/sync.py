@@ -39,7 +39,17 @@ from typing import Any
 import psycopg
 
 from . import connections as rt
-from .connectors import Connector, ConnectorError, ConnectorSession, CredentialsRejected, LongWait, Page, RetryPolicy, Stream, load_connectors
+from .connectors import (
+    Connector,
+    ConnectorError,
+    ConnectorSession,
+    CredentialsRejected,
+    LongWait,
+    Page,
+    RetryPolicy,
+    Stream,
+    load_connectors,
+)
 from .jobs import JobQueue
 from .runtime import Runtime
 from .store import Connection, Run, RunAlreadyActive, Store, SubAccount
@@ -165,8 +175,13 @@ class SyncRunner:
         job_id = await self.queue.defer_sync(run.id, connection.id)
         if job_id is None:  # a job of this connection is still waiting: the queueing lock says no
             await self.store.finish_run(
-                run.id, status="failed", records=None, error="Another sync of this connection was already queued.",
-                connection_id=connection.id, health_status=connection.health_status, detail=connection.detail,
+                run.id,
+                status="failed",
+                records=None,
+                error="Another sync of this connection was already queued.",
+                connection_id=connection.id,
+                health_status=connection.health_status,
+                detail=connection.detail,
             )
             raise RunAlreadyActive(None)
         await self.store.update_run(run.id, job_id=job_id)
@@ -208,7 +223,9 @@ class SyncRunner:
         try:
             await self._run(run)
         except asyncio.CancelledError:
-            await asyncio.shield(self._requeue(run, "Sync paused: the worker running it stopped. It continues on the next free worker."))
+            await asyncio.shield(
+                self._requeue(run, "Sync paused: the worker running it stopped. It continues on the next free worker.")
+            )
             raise
         except Exception as exc:  # a bug, or the database failing: never leave the run active
             if await self.store.get_connection_by_id(run.connection_id) is None:
@@ -246,7 +263,9 @@ class SyncRunner:
 
     async def _run(self, run: Run) -> None:
         started = time.monotonic()
-        await self.store.update_run(run.id, status="running", started=True, pid=os.getpid(), attempt=True, resume_at=None)
+        await self.store.update_run(
+            run.id, status="running", started=True, pid=os.getpid(), attempt=True, resume_at=None
+        )
         connection = await self.store.get_connection_by_id(run.connection_id)
         if connection is None:  # deleted while queued
             return
@@ -310,7 +329,13 @@ class SyncRunner:
             await self._progress(run, outcome, log, force=True)
 
     async def _sync_stream(
-        self, run: Run, connection: Connection, session: ConnectorSession, stream: Stream, outcome: _Outcome, log: _RunLog
+        self,
+        run: Run,
+        connection: Connection,
+        session: ConnectorSession,
+        stream: Stream,
+        outcome: _Outcome,
+        log: _RunLog,
     ) -> int:
         """Read ``stream`` from its saved cursor; each page and its cursor land in one transaction.
 
@@ -368,7 +393,9 @@ class SyncRunner:
         await self.store.update_run(run.id, records=outcome.records, progress=outcome.progress())
         await log.flush()
 
-    async def _conclude(self, run: Run, display: str, streams: list[str], outcome: _Outcome, log: _RunLog, took: float) -> None:
+    async def _conclude(
+        self, run: Run, display: str, streams: list[str], outcome: _Outcome, log: _RunLog, took: float
+    ) -> None:
         total = sum(outcome.records.values())
         if outcome.rejected is not None:
             status, health = "failed", rt.ERROR
@@ -378,15 +405,26 @@ class SyncRunner:
         elif len(outcome.failed) < len(streams):
             failed = "; ".join(f"{name}: {why}" for name, why in outcome.failed.items())
             status, health = "completed_with_errors", rt.COMPLETED_WITH_ERRORS
-            detail = f"{len(outcome.failed)} of {len(streams)} tables failed ({failed}). The other tables are up to date."
+            detail = (
+                f"{len(outcome.failed)} of {len(streams)} tables failed ({failed}). The other tables are up to date."
+            )
         else:
             failed = "; ".join(f"{name}: {why}" for name, why in outcome.failed.items())
             status, health, detail = "failed", rt.ERROR, f"The sync from {display} failed ({failed})."
-        log("info" if status == "succeeded" else "warning", f"Sync {status.replace('_', ' ')}: {total} records in {took:.1f} s.")
+        log(
+            "info" if status == "succeeded" else "warning",
+            f"Sync {status.replace('_', ' ')}: {total} records in {took:.1f} s.",
+        )
         await self._finish(run, status, health, detail, outcome.records, log.take())
 
     async def _finish(
-        self, run: Run, status: str, health: str, detail: str | None, records: dict[str, int] | None, logs: list[tuple[str, str]]
+        self,
+        run: Run,
+        status: str,
+        health: str,
+        detail: str | None,
+        records: dict[str, int] | None,
+        logs: list[tuple[str, str]],
     ) -> None:
         ended = await self.store.finish_run(
             run.id, status=status, records=records, error=detail, connection_id=run.connection_id,

@@ -122,7 +122,12 @@ def _matches(if_none_match: str | None, etag: str) -> bool:
 async def server_health(request: Request) -> Response:
     """The connection's health; answers 304 when ``If-None-Match`` holds the current ETag."""
     _, connection = await require_connection(request)
-    body = {"id": connection.id, "name": connection.name, "health_status": connection.health_status, "detail": connection.detail}
+    body = {
+        "id": connection.id,
+        "name": connection.name,
+        "health_status": connection.health_status,
+        "detail": connection.detail,
+    }
     etag = _etag(body)
     # no-cache: browsers may keep the answer but must ask again (cheaply, with the ETag).
     headers = {"ETag": etag, "Cache-Control": "private, no-cache"}

@@ -73,7 +73,9 @@ class TestDatabases:
 
         name = f"test_{uuid.uuid4().hex[:16]}"
         with self._lock, psycopg.connect(self.admin_url, autocommit=True) as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(self.TEMPLATE)))
+            conn.execute(
+                sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(self.TEMPLATE))
+            )
         return self.template_url.replace(f"/{self.TEMPLATE}?", f"/{name}?")
 
     def drop(self, url: str) -> None:

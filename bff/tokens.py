@@ -21,7 +21,16 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Literal, cast
 
-from itsdangerous import BadData, BadSignature, SignatureExpired, TimestampSigner, URLSafeTimedSerializer, base64_decode, base64_encode, want_bytes
+from itsdangerous import (
+    BadData,
+    BadSignature,
+    SignatureExpired,
+    TimestampSigner,
+    URLSafeTimedSerializer,
+    base64_decode,
+    base64_encode,
+    want_bytes,
+)
 
 from .errors import ApiError
 from .settings import INTEGRATE_TOKEN_TTL, Settings
@@ -189,7 +198,9 @@ class TokenAuthority:
             payload = self._oauth_binding.loads(value, max_age=max_age)
         except BadSignature:  # SignatureExpired is one too
             return False
-        return isinstance(payload, dict) and payload.get("kind") == "oauth_binding" and payload.get("flow") == state_hash
+        return (
+            isinstance(payload, dict) and payload.get("kind") == "oauth_binding" and payload.get("flow") == state_hash
+        )
 
     def partner_of(self, authorization: str) -> int | None:
         """The partner of the token in an ``Authorization`` header if it verifies (any kind), else ``None``."""

@@ -97,6 +97,7 @@ class WarehouseTable:
             "type": "synced",
             "connection": self.connection_id,
             "database_id": database_id,
+            "sql_name": self.physical,  # how query tables and SQL access name it (in the customer's schema)
             "row_count": row_count,
             "primary_key": list(self.primary_key),
             "fields": [f.public_dict() for f in self.fields],
@@ -295,7 +296,9 @@ class Warehouse:
         name = new_schema_name()
         async with self.store.transaction() as conn:
             # Row lock: two first syncs of one customer must agree on one schema.
-            cur = await conn.execute("SELECT warehouse_schema FROM sub_accounts WHERE id = %s FOR UPDATE", (sub_account_id,))
+            cur = await conn.execute(
+                "SELECT warehouse_schema FROM sub_accounts WHERE id = %s FOR UPDATE", (sub_account_id,)
+            )
             locked = await cur.fetchone()
             assert locked is not None
             if locked["warehouse_schema"] is not None:
@@ -305,7 +308,9 @@ class Warehouse:
             await conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(ident))
             await conn.execute(sql.SQL("REVOKE ALL ON SCHEMA {} FROM PUBLIC").format(ident))
             await conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(ident, ident))
-            await conn.execute(sql.SQL("ALTER DEFAULT PRIVILEGES IN SCHEMA {} GRANT SELECT ON TABLES TO {}").format(ident, ident))
+            await conn.execute(
+                sql.SQL("ALTER DEFAULT PRIVILEGES IN SCHEMA {} GRANT SELECT ON TABLES TO {}").format(ident, ident)
+            )
             await conn.execute("UPDATE sub_accounts SET warehouse_schema = %s WHERE id = %s", (name, sub_account_id))
         return name
 
@@ -327,7 +332,9 @@ class Warehouse:
             cur = await conn.execute("SELECT 1 AS found FROM warehouse_tables WHERE id = %s", (table.id,))
             return await cur.fetchone() is not None
 
-    async def _ensure_table(self, sub_account_id: int, schema: str, connection_id: int, stream: Stream) -> WarehouseTable:
+    async def _ensure_table(
+        self, sub_account_id: int, schema: str, connection_id: int, stream: Stream
+    ) -> WarehouseTable:
         """Create the table on first use; add columns a newer connector definition declares."""
         async with self.store.transaction() as conn:
             # Serialise DDL for one connection's stream across processes.
@@ -377,14 +384,22 @@ class Warehouse:
                 sql.Identifier(f"{physical[:50]}__pk"), target, sql.SQL(", ").join(sql.Identifier(k) for k in pk)
             )
         )
-        await conn.execute(sql.SQL("CREATE INDEX {} ON {} (_seq)").format(sql.Identifier(f"{physical[:49]}__seq"), target))
+        await conn.execute(
+            sql.SQL("CREATE INDEX {} ON {} (_seq)").format(sql.Identifier(f"{physical[:49]}__seq"), target)
+        )
+        # updated_since filters and newest-first reads.
+        await conn.execute(
+            sql.SQL("CREATE INDEX {} ON {} (_synced_at)").format(sql.Identifier(f"{physical[:45]}__synced"), target)
+        )
         await conn.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(target, sql.Identifier(schema)))
         for _ in range(20):
             table_id = WAREHOUSE_TABLE_ID_MIN + secrets.randbelow(WAREHOUSE_TABLE_ID_MAX - WAREHOUSE_TABLE_ID_MIN)
             cur = await conn.execute(
                 "INSERT INTO warehouse_tables (id, sub_account_id, connection_id, stream, physical, primary_key, created_at)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING RETURNING id",
-                (table_id, sub_account_id, connection_id, stream.name, physical, Jsonb(pk), self.now()),
+                " SELECT %s, %s, %s, %s, %s, %s, %s"
+                # Query tables share the id space (the rows API reads both by id).
+                " WHERE NOT EXISTS (SELECT 1 FROM query_tables WHERE id = %s) ON CONFLICT (id) DO NOTHING RETURNING id",
+                (table_id, sub_account_id, connection_id, stream.name, physical, Jsonb(pk), self.now(), table_id),
             )
             if await cur.fetchone() is not None:
                 break
@@ -403,7 +418,8 @@ class Warehouse:
                 await conn.execute("DELETE FROM warehouse_state WHERE connection_id = %s", (connection_id,))
             else:
                 await conn.execute(
-                    "DELETE FROM warehouse_state WHERE connection_id = %s AND stream = ANY(%s)", (connection_id, list(streams))
+                    "DELETE FROM warehouse_state WHERE connection_id = %s AND stream = ANY(%s)",
+                    (connection_id, list(streams)),
                 )
 
     async def drop_connection_tables(self, sub_account_id: int, connection_id: int) -> int:
@@ -421,9 +437,13 @@ class Warehouse:
             )
             names = [row["tablename"] for row in await cur.fetchall()]
             for name in names:
-                await conn.execute(sql.SQL("DROP TABLE IF EXISTS {}.{}").format(sql.Identifier(schema), sql.Identifier(name)))
+                # CASCADE: query tables reading it lose their view; they then report themselves broken.
+                await conn.execute(
+                    sql.SQL("DROP TABLE IF EXISTS {}.{} CASCADE").format(sql.Identifier(schema), sql.Identifier(name))
+                )
             await conn.execute(
-                "DELETE FROM warehouse_tables WHERE connection_id = %s AND sub_account_id = %s", (connection_id, sub_account_id)
+                "DELETE FROM warehouse_tables WHERE connection_id = %s AND sub_account_id = %s",
+                (connection_id, sub_account_id),
             )
             await conn.execute("DELETE FROM warehouse_state WHERE connection_id = %s", (connection_id,))
         return len(names)
@@ -492,7 +512,12 @@ async def _load_tables(
     stream: str | None = None,
 ) -> list[WarehouseTable]:
     where, params = [], []
-    for column, value in (("sub_account_id", sub_account_id), ("id", table_id), ("connection_id", connection_id), ("stream", stream)):
+    for column, value in (
+        ("sub_account_id", sub_account_id),
+        ("id", table_id),
+        ("connection_id", connection_id),
+        ("stream", stream),
+    ):
         if value is not None:
             where.append(f"{column} = %s")
             params.append(value)
@@ -514,8 +539,14 @@ async def _load_tables(
     tables = []
     for r in rows:
         pk = tuple(r["primary_key"])
-        table_fields = tuple(WarehouseField(f["id"], f["name"], f["type"], f["name"] in pk) for f in fields.get(r["id"], []))
-        tables.append(WarehouseTable(r["id"], schema, r["connection_id"], r["stream"], r["physical"], pk, table_fields, r["created_at"]))
+        table_fields = tuple(
+            WarehouseField(f["id"], f["name"], f["type"], f["name"] in pk) for f in fields.get(r["id"], [])
+        )
+        tables.append(
+            WarehouseTable(
+                r["id"], schema, r["connection_id"], r["stream"], r["physical"], pk, table_fields, r["created_at"]
+            )
+        )
     return tables
 
 

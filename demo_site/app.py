@@ -7,6 +7,7 @@ from the BFF, and it reads synced data back server-side.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import re
@@ -30,10 +31,29 @@ from bff.client import AsyncPartnerClient, BFFError
 
 HERE = Path(__file__).parent
 CUSTOMERS: dict[str, dict[str, str]] = {
-    "wood_123": {"first_name": "John", "last_name": "Doe", "email": "john@woodsolutions.test", "company_name": "Wood Solutions Ltd", "language": "en"},
-    "bakery_7": {"first_name": "Anna", "last_name": "de Vries", "email": "anna@bakkerij.test", "company_name": "Bakkerij de Vries", "language": "nl"},
-    "globex_42": {"first_name": "Hank", "last_name": "Scorpio", "email": "hank@globex.test", "company_name": "Globex Corporation", "language": "en"},
+    "wood_123": {
+        "first_name": "John",
+        "last_name": "Doe",
+        "email": "john@woodsolutions.test",
+        "company_name": "Wood Solutions Ltd",
+        "language": "en",
+    },
+    "bakery_7": {
+        "first_name": "Anna",
+        "last_name": "de Vries",
+        "email": "anna@bakkerij.test",
+        "company_name": "Bakkerij de Vries",
+        "language": "nl",
+    },
+    "globex_42": {
+        "first_name": "Hank",
+        "last_name": "Scorpio",
+        "email": "hank@globex.test",
+        "company_name": "Globex Corporation",
+        "language": "en",
+    },
 }
+CONTACT_SYNC_WAIT = 30.0  # seconds the add-contact form waits for its refresh sync
 ROWS_SHOWN = 5
 PENDING_SETUP = ("AUTHORIZING", "CONFIG_SELECT")  # "Finish setup" instead of "Sync now"
 CONNECTOR_NAME = re.compile(r"^[a-z0-9_]{1,64}$")
@@ -125,6 +145,8 @@ async def connection_totals(client: Any) -> tuple[dict[int, int], list[dict[str,
     applications = await client.applications()
     if applications:
         async for table in client.tables(int(applications[0]["id"])):
+            if table.get("type") == "query":  # saved queries belong to no connection
+                continue
             tables.append(table)
             totals[int(table["connection"])] = totals.get(int(table["connection"]), 0) + int(table["row_count"])
     return totals, tables
@@ -260,7 +282,9 @@ def create_site_app(
         if who is None:
             return JSONResponse({"detail": "Sign in first.", "code": "not_signed_in"}, status_code=403)
         minted = await mint(who["external_id"])
-        return JSONResponse({"token": minted["token"], "expires_at": minted["expires_at"]}, headers={"Cache-Control": "no-store"})
+        return JSONResponse(
+            {"token": minted["token"], "expires_at": minted["expires_at"]}, headers={"Cache-Control": "no-store"}
+        )
 
     async def delete_connection(request: Request) -> Response:
         who = require_xhr(request)
@@ -283,7 +307,9 @@ def create_site_app(
             totals, _ = await connection_totals(client)
         except BFFError as exc:
             return JSONResponse({"detail": exc.detail, "code": exc.code}, status_code=exc.status or 502)
-        return JSONResponse({"rows": totals.get(int(request.path_params["id"]), 0)}, headers={"Cache-Control": "no-store"})
+        return JSONResponse(
+            {"rows": totals.get(int(request.path_params["id"]), 0)}, headers={"Cache-Control": "no-store"}
+        )
 
     async def receive_webhook(request: Request) -> Response:
         """The partner back-end's webhook endpoint: verified with the standardwebhooks package."""
@@ -314,7 +340,11 @@ def create_site_app(
         return JSONResponse({"events": events}, headers={"Cache-Control": "no-store"})
 
     async def favicon(request: Request) -> Response:
-        return FileResponse(HERE / "static" / "favicon.ico", media_type="image/x-icon", headers={"Cache-Control": "public, max-age=86400"})
+        return FileResponse(
+            HERE / "static" / "favicon.ico",
+            media_type="image/x-icon",
+            headers={"Cache-Control": "public, max-age=86400"},
+        )
 
     async def data(request: Request) -> Response:
         """The seed's back-end flow, server-side: sub-accounts → connections → tables → rows."""
@@ -324,12 +354,16 @@ def create_site_app(
         try:
             # Only the signed-in customer's own sub-account: never the partner's other customers.
             minted = await mint(who["external_id"])
-            sub_accounts = [{"id": minted["account_id"], "external_id": minted["external_id"], "company_name": who["company_name"]}]
+            sub_accounts = [
+                {"id": minted["account_id"], "external_id": minted["external_id"], "company_name": who["company_name"]}
+            ]
             client = await partner.sub_account_client(external_id=who["external_id"])
             connections = [c async for c in client.connections()]
             last_runs = {int(c["id"]): c.get("last_run") or {} for c in connections}
             names = {int(c["id"]): c["name"] for c in connections}
             tables: list[dict[str, Any]] = []
+            saved = await saved_queries(client)
+            opened = await open_saved_query(client, saved, request.query_params.get("query"))
             for table in (await connection_totals(client))[1]:
                 rows = []
                 async for row in client.rows(int(table["id"]), page_size=ROWS_SHOWN):
@@ -349,7 +383,103 @@ def create_site_app(
                 )
         except BFFError as exc:
             return page(request, "error.html", status=502, error=exc)
-        return page(request, "data.html", sub_accounts=sub_accounts, connections=connections, tables=tables)
+        return page(
+            request,
+            "data.html",
+            sub_accounts=sub_accounts,
+            connections=connections,
+            tables=tables,
+            saved=saved,
+            opened=opened,
+            csrf=request.session.get("csrf", ""),
+            query_error=request.session.pop("query_error", None),
+            query_draft=request.session.pop("query_draft", None),
+            has_crm=any(c["connector"] == "sandbox_crm" for c in connections),
+            contact_error=request.session.pop("contact_error", None),
+            contact_draft=request.session.pop("contact_draft", None),
+            contact_added=request.session.pop("contact_added", None),
+        )
+
+    async def saved_queries(client: Any) -> list[dict[str, Any]]:
+        applications = await client.applications()
+        if not applications:
+            return []
+        return [t async for t in client.tables(int(applications[0]["id"])) if t.get("type") == "query"]
+
+    async def open_saved_query(client: Any, saved: list[dict[str, Any]], raw_id: str | None) -> dict[str, Any] | None:
+        chosen = next((t for t in saved if raw_id and str(t["id"]) == raw_id), None)
+        if chosen is None:
+            return None
+        types = {f["name"]: f.get("type") for f in chosen.get("fields", [])}
+        rows: list[dict[str, Any]] = []
+        error = chosen.get("error")
+        if error is None:
+            try:
+                async for row in client.rows(int(chosen["id"]), page_size=ROWS_SHOWN):
+                    rows.append(row)
+                    if len(rows) == ROWS_SHOWN:
+                        break
+            except BFFError as exc:
+                error = exc.detail
+        return {**chosen, "rows": rows, "types": types, "error": error}
+
+    async def create_saved_query(request: Request) -> Response:
+        """The partner's back-end saves a customer's query (identity token; never the browser)."""
+        who = current(request)
+        if who is None:
+            return RedirectResponse("/", status_code=303)
+        if cross_site(request):
+            refused = BFFError("cross_site", 403, "Save queries from this site itself.")
+            return page(request, "error.html", status=403, error=refused)
+        form = await request.form()
+        if not secrets.compare_digest(str(form.get("csrf", "")), str(request.session.get("csrf", "")) or "-"):
+            expired = BFFError("form_expired", 403, "This form has expired; reload the page.")
+            return page(request, "error.html", status=403, error=expired)
+        name, query = str(form.get("name", "")).strip(), str(form.get("query", ""))
+        client = await customer_client(who["external_id"])
+        try:
+            created = await client.create_query_table(name, query)
+        except BFFError as exc:
+            request.session["query_error"] = exc.detail if not exc.errors else "; ".join(exc.errors.values())
+            request.session["query_draft"] = {"name": name, "query": query}
+            return RedirectResponse("/data#saved-queries", status_code=303)
+        return RedirectResponse(f"/data?query={int(created['id'])}#saved-queries", status_code=303)
+
+    async def add_contact(request: Request) -> Response:
+        """The writeback document's one-liner, from the partner's back-end: add a contact to the
+        customer's CRM with `refresh=true`, wait for that sync, and show the new row."""
+        who = current(request)
+        if who is None:
+            return RedirectResponse("/", status_code=303)
+        if cross_site(request):
+            refused = BFFError("cross_site", 403, "Add contacts from this site itself.")
+            return page(request, "error.html", status=403, error=refused)
+        form = await request.form()
+        if not secrets.compare_digest(str(form.get("csrf", "")), str(request.session.get("csrf", "")) or "-"):
+            expired = BFFError("form_expired", 403, "This form has expired; reload the page.")
+            return page(request, "error.html", status=403, error=expired)
+        fields = {k: str(form.get(k, "")).strip() for k in ("email", "first_name", "last_name")}
+        client = await customer_client(who["external_id"])
+        crm = await anext((c async for c in client.connections() if c["connector"] == "sandbox_crm"), None)
+        if crm is None:
+            request.session["contact_error"] = "Connect Sandbox CRM first (Integrations page)."
+            return RedirectResponse("/data#add-contact", status_code=303)
+        connection = await client.connect(int(crm["id"]))
+        before = (crm.get("last_run") or {}).get("id")
+        try:
+            added = await connection.add("contact", {k: v for k, v in fields.items() if v}, refresh=True)
+        except BFFError as exc:
+            request.session["contact_error"] = exc.detail  # the provider's own words, in a sentence
+            request.session["contact_draft"] = fields
+            return RedirectResponse("/data#add-contact", status_code=303)
+        # refresh=true queued one sync of the contacts table: wait (bounded) until it has run.
+        for _ in range(int(CONTACT_SYNC_WAIT / 0.25)):
+            run = await anext(client.runs(int(crm["id"])), None)
+            if run is not None and run["id"] != before and run["status"] not in ("queued", "running", "waiting"):
+                break
+            await asyncio.sleep(0.25)
+        request.session["contact_added"] = str(added.get("id", ""))
+        return RedirectResponse("/data#add-contact", status_code=303)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -370,6 +500,8 @@ def create_site_app(
             Route("/webhooks", receive_webhook, methods=["POST"]),
             Route("/integrations/activity", activity_feed, methods=["GET"]),
             Route("/data", data, methods=["GET"]),
+            Route("/data/queries", create_saved_query, methods=["POST"]),
+            Route("/data/contacts", add_contact, methods=["POST"]),
             Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
         ],
         middleware=[

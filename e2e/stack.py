@@ -151,7 +151,9 @@ def create_partner_site(*, bff_url: str, partner_token: str, other_url: str) -> 
         }
         nonce = secrets.token_urlsafe(12)
         body = PAGE.format(nonce=nonce, bff=bff_url, config=json.dumps(config).replace("</", "<\\/"))
-        return HTMLResponse(body, headers={"Content-Security-Policy": content_security_policy(nonce, bff_url, other_url)})
+        return HTMLResponse(
+            body, headers={"Content-Security-Policy": content_security_policy(nonce, bff_url, other_url)}
+        )
 
     async def token(request: Request) -> JSONResponse:
         return JSONResponse({"token": (await mint(request.query_params["customer"]))["token"]})
@@ -175,14 +177,22 @@ class Stack:
     def integrate(self, customer: str) -> str:
         response = httpx.post(
             f"{self.bff_url}/api/partner/sub-account/integrate/",
-            json={"external_id": customer, "first_name": "T", "last_name": "C", "email": "t@example.test", "company_name": "Co"},
+            json={
+                "external_id": customer,
+                "first_name": "T",
+                "last_name": "C",
+                "email": "t@example.test",
+                "company_name": "Co",
+            },
             headers={"Authorization": f"Bearer {self.partner_token}"},
         )
         response.raise_for_status()
         return str(response.json()["token"])
 
     def api(self, method: str, path: str, token: str, **kwargs: Any) -> httpx.Response:
-        return httpx.request(method, self.bff_url + path, headers={"Authorization": f"Bearer {token}"}, timeout=30, **kwargs)
+        return httpx.request(
+            method, self.bff_url + path, headers={"Authorization": f"Bearer {token}"}, timeout=30, **kwargs
+        )
 
 
 @functools.cache

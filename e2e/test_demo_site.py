@@ -49,7 +49,11 @@ def no_token_in_any_url(context: BrowserContext) -> Iterator[None]:
     requests: list[Request] = []
     context.on("request", lambda request: requests.append(request))
     yield
-    tokens = {r.headers["authorization"].split(" ", 1)[1] for r in requests if r.headers.get("authorization", "").startswith("Bearer ")}
+    tokens = {
+        r.headers["authorization"].split(" ", 1)[1]
+        for r in requests
+        if r.headers.get("authorization", "").startswith("Bearer ")
+    }
     for request in requests:
         for token in tokens:
             assert token not in request.url, request.url
@@ -123,7 +127,9 @@ def test_login_password_connect_sync_manual_refresh_and_data_page(page: Page, de
 
     seen = bank.sync(records=200)
     assert seen[:2] == ["Starting…", "Running…"], seen
-    expect(bank.last_run).to_have_text(re.compile(r"^Synced (now|\d+ seconds? ago)200 new records · 200 rows in total$"))
+    expect(bank.last_run).to_have_text(
+        re.compile(r"^Synced (now|\d+ seconds? ago)200 new records · 200 rows in total$")
+    )
     when = bank.last_run.locator("time")
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", when.get_attribute("datetime") or "")
     assert re.search(r"\d{4}", when.get_attribute("title") or "")  # the full time on hover
@@ -278,7 +284,9 @@ def test_escape_closes_the_modal_and_focus_returns_to_add_connection(page: Page,
     expect(integrations.dialog).to_be_visible()
 
 
-def test_an_expiring_token_is_refreshed_by_get_token_without_losing_input(page: Page, demo: DemoStack, context: BrowserContext) -> None:
+def test_an_expiring_token_is_refreshed_by_get_token_without_losing_input(
+    page: Page, demo: DemoStack, context: BrowserContext
+) -> None:
     created: list[Request] = []
     context.on("request", lambda r: r.method == "POST" and r.url.endswith("/api/servers") and created.append(r))
     page.clock.install()
@@ -418,7 +426,9 @@ def test_data_page_formats_numbers_and_keeps_values_on_one_line(page: Page, demo
     expect(invoices.region.locator("xpath=..").get_by_text("500 new or changed in the last run.")).to_be_visible()
     amounts = invoices.region.locator("td.num").all_inner_texts()
     assert amounts and all(re.fullmatch(r"-?[\d,]+(\.\d\d)?", a) for a in amounts), amounts
-    heights = page.evaluate("[...document.querySelectorAll('table.data td')].map((td) => td.getBoundingClientRect().height)")
+    heights = page.evaluate(
+        "[...document.querySelectorAll('table.data td')].map((td) => td.getBoundingClientRect().height)"
+    )
     assert max(heights) < 2 * min(heights), heights  # nothing wraps inside a value ("101-/2025-/…")
     expect(data.connection("Sandbox Accounting")).to_have_text("Sandbox Accounting — Healthy")
     (ROOT / "test-results").mkdir(exist_ok=True)
@@ -522,8 +532,12 @@ def test_integrations_page_with_synced_connections_and_the_modal_open_passes_axe
 
     headers = {"Authorization": f"Bearer {token}"}
     with httpx.Client(base_url=demo.bff_url, headers=headers, timeout=30) as api:
-        api.post("/api/servers", json={"servertype_id": "sandbox_bank", "login": "sandbox", "password": "sandbox"}).raise_for_status()
-        accounting = api.post("/api/servers", json={"servertype_id": "sandbox_accounting", "api_key": "sandbox-valid-key"}).json()
+        api.post(
+            "/api/servers", json={"servertype_id": "sandbox_bank", "login": "sandbox", "password": "sandbox"}
+        ).raise_for_status()
+        accounting = api.post(
+            "/api/servers", json={"servertype_id": "sandbox_accounting", "api_key": "sandbox-valid-key"}
+        ).json()
         api.post(f"/api/server/{accounting['id']}/config", json={"divisions": ["101", "102"]}).raise_for_status()
         api.post("/api/servers", json={"servertype_id": "sandbox_crm"}).raise_for_status()  # sign-in never finished
 
@@ -551,3 +565,29 @@ def test_integrations_page_with_synced_connections_and_the_modal_open_passes_axe
     expect(modal.field("Login")).to_be_focused()
     page.screenshot(path=str(screenshot_path("modal.png")))
     assert axe_violations(modal.document()) == [], "the modal's form"
+
+
+def test_the_back_end_adds_a_contact_to_the_crm_and_the_new_row_appears(page: Page, demo: DemoStack) -> None:
+    # The writeback document's one-liner, done by Acme Books' back-end with an identity token and
+    # refresh=true: the contact is created in Sandbox CRM, one sync of contacts follows, and the row shows.
+    integrations = sign_in(page, demo)
+    modal = integrations.open_modal()
+    modal.start_oauth().allow()
+    expect(modal.connected_heading).to_be_visible()
+    integrations.finish()
+    data = integrations.data_page()
+    form = page.get_by_role("region", name="Add a contact to your CRM")
+    form.get_by_label("Email", exact=True).fill("new.customer@example.test")
+    form.get_by_label("First name", exact=True).fill("Nova")
+    form.get_by_label("Last name", exact=True).fill("Customer")
+    form.get_by_role("button", name="Add contact").click()
+    expect(form.get_by_role("status")).to_contain_text("added to Sandbox CRM and synced", timeout=45_000)
+    contacts = data.table("contacts")
+    contacts.expect_rows(1251)  # the sandbox's 1,250 and the new one, synced by the refresh
+    # The same address again: the CRM refuses the duplicate, the page says why next to the form
+    # (with what was typed kept), and nothing is added.
+    form.get_by_label("Email", exact=True).fill("new.customer@example.test")
+    form.get_by_role("button", name="Add contact").click()
+    expect(form.get_by_role("alert")).to_be_visible()
+    expect(form.get_by_label("Email", exact=True)).to_have_value("new.customer@example.test")
+    data.table("contacts").expect_rows(1251)

@@ -43,7 +43,9 @@ def api_token(demo: DemoStack, external_id: str) -> str:
 
 
 def create(demo: DemoStack, token: str, **body: str) -> dict[str, object]:
-    response = httpx.post(f"{demo.bff_url}/api/servers", json=body, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    response = httpx.post(
+        f"{demo.bff_url}/api/servers", json=body, headers={"Authorization": f"Bearer {token}"}, timeout=30
+    )
     assert response.status_code == 201, response.text
     return response.json()  # type: ignore[no-any-return]
 
@@ -189,15 +191,22 @@ def partner(page: Page, stack: Stack) -> PartnerPage:
     return PartnerPage(page, stack.site_url, locale="nl", title=STRINGS["nl"]["title"])
 
 
-def test_panel_speaks_the_locale_reports_changes_and_destroy_leaves_nothing(partner: PartnerPage, stack: Stack, customer: str) -> None:
+def test_panel_speaks_the_locale_reports_changes_and_destroy_leaves_nothing(
+    partner: PartnerPage, stack: Stack, customer: str
+) -> None:
     nl = STRINGS["nl"]
     token = stack.integrate(customer)
-    stack.api("POST", "/api/servers", token, json={"servertype_id": "sandbox_bank", "login": "sandbox", "password": "sandbox"}).raise_for_status()
+    stack.api(
+        "POST", "/api/servers", token, json={"servertype_id": "sandbox_bank", "login": "sandbox", "password": "sandbox"}
+    ).raise_for_status()
     partner.goto(customer=customer, initialize=False)
     page = partner.page
     page.wait_for_function("() => window.Peliqan !== undefined")
     before = page.evaluate("document.body.innerHTML")
-    assert page.evaluate("performance.getEntriesByType('resource').some((e) => e.name.includes('peliqan-panel.js'))") is False  # loaded only when mounted
+    assert (
+        page.evaluate("performance.getEntriesByType('resource').some((e) => e.name.includes('peliqan-panel.js'))")
+        is False
+    )  # loaded only when mounted
     page.evaluate("""() => {
         window.changes = [];
         window.panel = Peliqan.mountConnections('#inline-slot', {integrationToken: window.cfg.token, locale: 'nl', onChange: (c) => window.changes.push(c.type)});
@@ -214,5 +223,7 @@ def test_panel_speaks_the_locale_reports_changes_and_destroy_leaves_nothing(part
     page.evaluate("() => { window.panel.destroy(); window.panel.destroy(); }")
     expect(panel.iframe).to_have_count(0)
     assert page.evaluate("document.body.innerHTML") == before
-    bad = page.evaluate("() => Peliqan.mountConnections('#inline-slot', {locale: 'es', integrationToken: 'x'}).ready.catch((e) => [e.name, e.message])")
+    bad = page.evaluate(
+        "() => Peliqan.mountConnections('#inline-slot', {locale: 'es', integrationToken: 'x'}).ready.catch((e) => [e.name, e.message])"
+    )
     assert bad[0] == "TypeError" and "locale must be one of en, nl, fr, de" in bad[1]

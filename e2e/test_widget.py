@@ -24,7 +24,12 @@ STRINGS = locale_strings()
 EN = STRINGS["en"]
 BANK = {"Login": "sandbox", "Password": "sandbox"}
 # Sandbox Bank's field labels per locale, from the translations block of its definition.
-BANK_LABELS = {"en": ("Login", "Password"), "nl": ("Gebruikersnaam", "Wachtwoord"), "fr": ("Identifiant", "Mot de passe"), "de": ("Benutzername", "Passwort")}
+BANK_LABELS = {
+    "en": ("Login", "Password"),
+    "nl": ("Gebruikersnaam", "Wachtwoord"),
+    "fr": ("Identifiant", "Mot de passe"),
+    "de": ("Benutzername", "Passwort"),
+}
 CONNECTED_FIELDS = {"id", "name", "servertype_id", "connector", "health_status", "account_id", "external_id"}
 
 
@@ -81,7 +86,16 @@ def test_loader_defines_peliqan_once_exports_by_name_and_fires_ready(partner: Pa
     partner.goto(initialize=False)
     page = partner.page
     page.wait_for_function("() => window.Peliqan !== undefined")
-    names = ["initialize", "syncServer", "getServerHealthStatus", "getServerSyncRunStatus", "reAuthoriseServer", "manualRefreshSaltEdge", "watchServer", "PeliqanError"]
+    names = [
+        "initialize",
+        "syncServer",
+        "getServerHealthStatus",
+        "getServerSyncRunStatus",
+        "reAuthoriseServer",
+        "manualRefreshSaltEdge",
+        "watchServer",
+        "PeliqanError",
+    ]
     same = page.evaluate(
         """async ([url, names]) => {
             const m = await import(url);
@@ -91,7 +105,10 @@ def test_loader_defines_peliqan_once_exports_by_name_and_fires_ready(partner: Pa
     )
     assert same == names
     # A second copy (another URL) neither redefines window.Peliqan nor fires `peliqan:ready` again.
-    page.evaluate("async (url) => { window.first = window.Peliqan; await import(url + '?copy=2'); }", f"{stack.bff_url}/embed/v1/peliqan-integration.js")
+    page.evaluate(
+        "async (url) => { window.first = window.Peliqan; await import(url + '?copy=2'); }",
+        f"{stack.bff_url}/embed/v1/peliqan-integration.js",
+    )
     assert page.evaluate("window.Peliqan === window.first")
     assert partner.seen()["readyEvents"] == 1
 
@@ -102,7 +119,11 @@ def test_the_source_documents_v1_3_script_path_loads_a_working_loader(partner: P
         "async (url) => { const m = await import(url); return [m.describeHealth('CONFIG_SELECT', 'nl'), typeof m.initialize, window.Peliqan.describeHealth('ERROR').label]; }",
         f"{stack.bff_url}/embed/v1.3/peliqan-integration.js",
     )
-    assert described == [{"label": "Koppeling afronden", "tone": "warning", "status": "CONFIG_SELECT"}, "function", "Needs your attention"]
+    assert described == [
+        {"label": "Koppeling afronden", "tone": "warning", "status": "CONFIG_SELECT"},
+        "function",
+        "Needs your attention",
+    ]
 
 
 def test_initialize_rejects_bad_options_saying_what_to_pass(partner: PartnerPage) -> None:
@@ -118,7 +139,9 @@ def test_initialize_rejects_bad_options_saying_what_to_pass(partner: PartnerPage
         "{integrationToken: 'x', availableConnectors: ['a'], selectedConnector: 'b'}": "selectedConnector must be in availableConnectors",
     }
     for options, message in cases.items():
-        error = partner.page.evaluate(f"() => {{ try {{ Peliqan.initialize({options}); }} catch (e) {{ return [e.name, e.message]; }} }}")
+        error = partner.page.evaluate(
+            f"() => {{ try {{ Peliqan.initialize({options}); }} catch (e) {{ return [e.name, e.message]; }} }}"
+        )
         assert error[0] == "TypeError" and message in error[1], (options, error)
     assert partner.page.locator("iframe").count() == 0
 
@@ -126,7 +149,9 @@ def test_initialize_rejects_bad_options_saying_what_to_pass(partner: PartnerPage
 # -- the dialog ---------------------------------------------------------------------------------
 
 
-def test_div_trigger_is_a_keyboard_button_that_opens_an_accessible_dialog(partner: PartnerPage, modal: ConnectModal) -> None:
+def test_div_trigger_is_a_keyboard_button_that_opens_an_accessible_dialog(
+    partner: PartnerPage, modal: ConnectModal
+) -> None:
     partner.goto()
     expect(partner.trigger).to_have_attribute("role", "button")
     expect(partner.trigger).to_have_attribute("tabindex", "0")
@@ -203,12 +228,18 @@ def test_catalogue_names_connectors_by_display_name_and_searches(partner: Partne
     expect(modal.count).to_have_text(EN["noResults"])
 
 
-def test_available_connectors_filter_and_selected_connector_skips_to_its_form(partner: PartnerPage, modal: ConnectModal) -> None:
+def test_available_connectors_filter_and_selected_connector_skips_to_its_form(
+    partner: PartnerPage, modal: ConnectModal
+) -> None:
     open_modal(partner, modal, options={"availableConnectors": ["sandbox_bank", "sandbox_accounting"]})
     expect(modal.connectors()).to_have_count(2)
     expect(modal.connector("Sandbox CRM")).to_have_count(0)
 
-    open_modal(partner, modal, options={"availableConnectors": ["sandbox_bank", "sandbox_accounting"], "selectedConnector": "sandbox_bank"})
+    open_modal(
+        partner,
+        modal,
+        options={"availableConnectors": ["sandbox_bank", "sandbox_accounting"], "selectedConnector": "sandbox_bank"},
+    )
     expect(modal.heading).to_have_text(modal.title("connectTitle", name="Sandbox Bank"))
     expect(modal.field("Login")).to_be_focused()
     assert {"type": "connector_selected", "connector": "sandbox_bank", "servertype_id": 3} in partner.seen()["events"]
@@ -233,7 +264,12 @@ def test_credentials_form_errors_then_success(partner: PartnerPage, modal: Conne
     modal.connect_button.click()
     expect(modal.alert).to_have_text(EN["errRejected"])
     expect(login).not_to_have_attribute("aria-invalid", "true")
-    assert partner.seen()["errors"][-1] == {"code": "credentials_rejected", "status": 422, "message": EN["errRejected"], "peliqanError": True}
+    assert partner.seen()["errors"][-1] == {
+        "code": "credentials_rejected",
+        "status": 422,
+        "message": EN["errRejected"],
+        "peliqanError": True,
+    }
 
     password.fill("sandbox")
     modal.connect_button.click()
@@ -241,7 +277,11 @@ def test_credentials_form_errors_then_success(partner: PartnerPage, modal: Conne
     expect(modal.frame.get_by_text("Sandbox Bank is connected.")).to_be_visible()
     connected = partner.seen()["connected"]
     assert len(connected) == 1 and set(connected[0]) == CONNECTED_FIELDS
-    assert connected[0]["connector"] == "sandbox_bank" and connected[0]["health_status"] == "OK" and connected[0]["external_id"] == customer
+    assert (
+        connected[0]["connector"] == "sandbox_bank"
+        and connected[0]["health_status"] == "OK"
+        and connected[0]["external_id"] == customer
+    )
     modal.done_button.click()
     expect(partner.dialog).to_be_hidden()
     expect(partner.trigger).to_be_focused()
@@ -306,7 +346,9 @@ def test_oauth_waiting_box_shows_the_waiting_text_and_cancel_only(partner: Partn
     expect(modal.connected_heading).to_be_visible()
 
 
-def test_a_forwarded_consent_link_fails_in_another_browser(partner: PartnerPage, modal: ConnectModal, browser: Browser) -> None:
+def test_a_forwarded_consent_link_fails_in_another_browser(
+    partner: PartnerPage, modal: ConnectModal, browser: Browser
+) -> None:
     # A malicious customer starts a Sandbox CRM connection and forwards the consent link (or the
     # start page's link) to a victim, whose browser (another context: no cookies, no opener) opens it.
     open_modal(partner, modal)
@@ -350,7 +392,9 @@ def test_connector_field_labels_and_help_are_in_the_widget_locale(page: Page, st
     expect(modal.group({"nl": "Administraties", "fr": "Divisions", "de": "Mandanten"}[locale])).to_be_visible()
 
 
-def test_oauth_denied_returns_to_the_form_and_removes_the_connection(partner: PartnerPage, modal: ConnectModal, stack: Stack) -> None:
+def test_oauth_denied_returns_to_the_form_and_removes_the_connection(
+    partner: PartnerPage, modal: ConnectModal, stack: Stack
+) -> None:
     open_modal(partner, modal)
     modal.start_oauth().deny()
     expect(modal.alert).to_have_text("Access was denied at the provider.")
@@ -359,7 +403,9 @@ def test_oauth_denied_returns_to_the_form_and_removes_the_connection(partner: Pa
     assert partner.seen()["errors"][-1]["code"] == "connection_failed"
 
 
-def test_blocked_popup_offers_a_new_tab_and_keeps_polling(partner: PartnerPage, modal: ConnectModal, context: BrowserContext) -> None:
+def test_blocked_popup_offers_a_new_tab_and_keeps_polling(
+    partner: PartnerPage, modal: ConnectModal, context: BrowserContext
+) -> None:
     # What a pop-up blocker does: window.open returns null in the connect iframe.
     context.add_init_script("if (location.pathname.endsWith('/embed/v1/connect')) window.open = () => null;")
     open_modal(partner, modal)
@@ -406,7 +452,9 @@ def test_popup_closed_by_the_user_returns_to_the_form_with_a_message(partner: Pa
 # -- tokens -----------------------------------------------------------------------------------
 
 
-def test_get_token_refreshes_a_token_about_to_expire_and_keeps_the_form(partner: PartnerPage, modal: ConnectModal, context: BrowserContext) -> None:
+def test_get_token_refreshes_a_token_about_to_expire_and_keeps_the_form(
+    partner: PartnerPage, modal: ConnectModal, context: BrowserContext
+) -> None:
     created: list[Request] = []
     context.on("request", lambda r: r.method == "POST" and r.url.endswith("/api/servers") and created.append(r))
     partner.page.clock.install()
@@ -447,13 +495,17 @@ def test_no_request_url_carries_a_token(partner: PartnerPage, modal: ConnectModa
             assert token not in request.url
             assert token not in (request.headers.get("referer") or "")
     iframe_url = partner.iframe.get_attribute("src") or ""
-    assert re.fullmatch(r"http://127\.0\.0\.1:\d+/embed/v1/connect\?parent=http%3A%2F%2Flocalhost%3A\d+&locale=en", iframe_url)
+    assert re.fullmatch(
+        r"http://127\.0\.0\.1:\d+/embed/v1/connect\?parent=http%3A%2F%2Flocalhost%3A\d+&locale=en", iframe_url
+    )
 
 
 # -- messages from elsewhere ------------------------------------------------------------------
 
 
-def test_forged_messages_from_the_page_or_another_origin_are_ignored(partner: PartnerPage, modal: ConnectModal, stack: Stack, context: BrowserContext) -> None:
+def test_forged_messages_from_the_page_or_another_origin_are_ignored(
+    partner: PartnerPage, modal: ConnectModal, stack: Stack, context: BrowserContext
+) -> None:
     authorizations: list[str] = []
     context.on("request", lambda r: authorizations.append(r.headers.get("authorization", "")))
     open_modal(partner, modal)
@@ -465,7 +517,10 @@ def test_forged_messages_from_the_page_or_another_origin_are_ignored(partner: Pa
         window.postMessage({source: 'peliqan', type: 'error', error: {code: 'fake'}}, '*');
     }""")
     # Another origin, framed by the page, writes to the page and into the connect iframe.
-    page.evaluate("(url) => { const f = document.createElement('iframe'); f.src = url; document.body.append(f); }", f"{stack.other_url}/forge")
+    page.evaluate(
+        "(url) => { const f = document.createElement('iframe'); f.src = url; document.body.append(f); }",
+        f"{stack.other_url}/forge",
+    )
     expect(page.frame_locator(f"iframe[src='{stack.other_url}/forge']").locator("body")).to_be_attached()
     page.wait_for_function("() => [...document.querySelectorAll('iframe')].length === 2")
     page.wait_for_timeout(500)  # give the forged messages every chance to land
@@ -494,7 +549,11 @@ def listener_counts(page: Page) -> dict[str, int]:
     """Event listeners on window, document and the trigger, read through the DevTools protocol."""
     cdp = page.context.new_cdp_session(page)
     counts = {}
-    for name, expression in (("window", "window"), ("document", "document"), ("trigger", "document.getElementById('peliqan-integration-button')")):
+    for name, expression in (
+        ("window", "window"),
+        ("document", "document"),
+        ("trigger", "document.getElementById('peliqan-integration-button')"),
+    ):
         handle = cdp.send("Runtime.evaluate", {"expression": expression})["result"]["objectId"]
         listeners = cdp.send("DOMDebugger.getEventListeners", {"objectId": handle})["listeners"]
         counts[name] = len(listeners)
@@ -585,23 +644,33 @@ def test_axe_finds_no_violations(page: Page, stack: Stack, locale: str) -> None:
 def test_sdk_rejects_bad_arguments_and_api_errors_with_peliqan_error(partner: PartnerPage) -> None:
     partner.goto()
     page = partner.page
-    bad = page.evaluate("Peliqan.getServerHealthStatus({serverId: 1}).catch((e) => [e instanceof Peliqan.PeliqanError, e.code, e.status])")
+    bad = page.evaluate(
+        "Peliqan.getServerHealthStatus({serverId: 1}).catch((e) => [e instanceof Peliqan.PeliqanError, e.code, e.status])"
+    )
     assert bad == [True, "invalid_argument", 0]
-    missing = page.evaluate("Peliqan.reAuthoriseServer({identityToken: window.cfg.token, serverId: 999999}).catch((e) => [e.name, e.code, e.status])")
+    missing = page.evaluate(
+        "Peliqan.reAuthoriseServer({identityToken: window.cfg.token, serverId: 999999}).catch((e) => [e.name, e.code, e.status])"
+    )
     assert missing == ["PeliqanError", "not_found", 404]
-    wrong = page.evaluate("Peliqan.manualRefreshSaltEdge({identityToken: 'not-a-token', serverId: 1}).catch((e) => [e.name, e.code, e.status])")
+    wrong = page.evaluate(
+        "Peliqan.manualRefreshSaltEdge({identityToken: 'not-a-token', serverId: 1}).catch((e) => [e.name, e.code, e.status])"
+    )
     assert wrong == ["PeliqanError", "token_invalid", 401]
     assert len(partner.page.context.pages) == 1  # the blank tabs were closed again
 
 
-def test_reauthorise_oauth_opens_the_consent_in_a_new_tab(partner: PartnerPage, modal: ConnectModal, stack: Stack) -> None:
+def test_reauthorise_oauth_opens_the_consent_in_a_new_tab(
+    partner: PartnerPage, modal: ConnectModal, stack: Stack
+) -> None:
     open_modal(partner, modal)
     modal.start_oauth().allow()
     expect(modal.connected_heading).to_be_visible()
     modal.done_button.click()
     server_id = partner.seen()["connected"][0]["id"]
     with partner.page.expect_popup() as tab:
-        result = partner.run_sdk(f"Peliqan.reAuthoriseServer({{identityToken: window.cfg.token, serverId: {server_id}}})")
+        result = partner.run_sdk(
+            f"Peliqan.reAuthoriseServer({{identityToken: window.cfg.token, serverId: {server_id}}})"
+        )
     assert "auth_uri" in result["ok"]
     # The tab first shows the sign-in's start page (it takes the nonce from this page, its opener),
     # which drops its opener before going on: the provider's page has no handle on the partner page.
@@ -611,11 +680,15 @@ def test_reauthorise_oauth_opens_the_consent_in_a_new_tab(partner: PartnerPage, 
     partner.wait_for_api(f"/api/server/{server_id}", "(body) => body.health_status === 'RE_AUTHORISED'")
 
 
-def test_reauthorise_key_login_opens_the_credentials_form_in_the_modal(partner: PartnerPage, modal: ConnectModal, stack: Stack, customer: str) -> None:
+def test_reauthorise_key_login_opens_the_credentials_form_in_the_modal(
+    partner: PartnerPage, modal: ConnectModal, stack: Stack, customer: str
+) -> None:
     token = stack.integrate(customer)
     connection = create_connection(stack, token, servertype_id="sandbox_bank", login="sandbox", password="sandbox")
     partner.goto(customer=customer)
-    result = partner.run_sdk(f"Peliqan.reAuthoriseServer({{identityToken: window.cfg.token, serverId: {connection['id']}}})")
+    result = partner.run_sdk(
+        f"Peliqan.reAuthoriseServer({{identityToken: window.cfg.token, serverId: {connection['id']}}})"
+    )
     assert "form" in result["ok"]
     expect(partner.dialog).to_be_visible()
     expect(modal.heading).to_have_text(modal.title("reauthTitle", name="Sandbox Bank"))
@@ -626,7 +699,9 @@ def test_reauthorise_key_login_opens_the_credentials_form_in_the_modal(partner: 
     assert len(partner.page.context.pages) == 1  # the blank tab opened for a possible auth_uri was closed
 
 
-def test_reauthorise_before_the_config_step_ends_at_the_config_step(partner: PartnerPage, modal: ConnectModal, stack: Stack, customer: str) -> None:
+def test_reauthorise_before_the_config_step_ends_at_the_config_step(
+    partner: PartnerPage, modal: ConnectModal, stack: Stack, customer: str
+) -> None:
     # Re-authorising used to mark the connection RE_AUTHORISED with no divisions: every sync then failed.
     token = stack.integrate(customer)
     connection = create_connection(stack, token, servertype_id="sandbox_accounting", api_key="sandbox-valid-key")
@@ -645,10 +720,14 @@ def test_reauthorise_before_the_config_step_ends_at_the_config_step(partner: Par
     assert saved["health_status"] == "OK" and saved["config"] == {"divisions": ["102"]}
 
 
-def test_reauthorise_keeps_the_saved_config_choice(partner: PartnerPage, modal: ConnectModal, stack: Stack, customer: str) -> None:
+def test_reauthorise_keeps_the_saved_config_choice(
+    partner: PartnerPage, modal: ConnectModal, stack: Stack, customer: str
+) -> None:
     token = stack.integrate(customer)
     connection = create_connection(stack, token, servertype_id="sandbox_accounting", api_key="sandbox-valid-key")
-    stack.api("POST", f"/api/server/{connection['id']}/config", token, json={"divisions": ["101", "103"]}).raise_for_status()
+    stack.api(
+        "POST", f"/api/server/{connection['id']}/config", token, json={"divisions": ["101", "103"]}
+    ).raise_for_status()
     partner.goto(customer=customer)
     partner.run_sdk(f"Peliqan.reAuthoriseServer({{identityToken: window.cfg.token, serverId: {connection['id']}}})")
     modal.fill({"API key": "sandbox-valid-key"})
@@ -661,7 +740,9 @@ def test_reauthorise_keeps_the_saved_config_choice(partner: PartnerPage, modal: 
 # -- "Finish setup": open({serverId}) ----------------------------------------------------------------
 
 
-def test_open_with_server_id_resumes_a_connection_left_at_the_config_step(partner: PartnerPage, modal: ConnectModal, stack: Stack, customer: str) -> None:
+def test_open_with_server_id_resumes_a_connection_left_at_the_config_step(
+    partner: PartnerPage, modal: ConnectModal, stack: Stack, customer: str
+) -> None:
     token = stack.integrate(customer)
     connection = create_connection(stack, token, servertype_id="sandbox_accounting", api_key="sandbox-valid-key")
     partner.goto(customer=customer)
@@ -677,7 +758,9 @@ def test_open_with_server_id_resumes_a_connection_left_at_the_config_step(partne
     assert stack.api("GET", "/api/servers", token).json()["count"] == 1  # resumed, not a second connection
 
 
-def test_open_with_server_id_resumes_a_connection_left_authorizing(partner: PartnerPage, modal: ConnectModal, stack: Stack, customer: str) -> None:
+def test_open_with_server_id_resumes_a_connection_left_authorizing(
+    partner: PartnerPage, modal: ConnectModal, stack: Stack, customer: str
+) -> None:
     token = stack.integrate(customer)
     connection = create_connection(stack, token, servertype_id="sandbox_crm")  # the sign-in window was never used
     assert connection["health_status"] == "AUTHORIZING"
@@ -690,12 +773,16 @@ def test_open_with_server_id_resumes_a_connection_left_authorizing(partner: Part
     ConsentPage(popup.value).allow()
     expect(modal.connected_heading).to_be_visible()
     (connected,) = partner.seen()["connected"]
-    assert connected["id"] == connection["id"] and connected["health_status"] == "OK"  # a first connect, not RE_AUTHORISED
+    assert (
+        connected["id"] == connection["id"] and connected["health_status"] == "OK"
+    )  # a first connect, not RE_AUTHORISED
 
 
 def test_open_rejects_a_bad_server_id(partner: PartnerPage) -> None:
     partner.goto()
-    error = partner.page.evaluate("() => { try { window.peliqan.open({serverId: -1}); } catch (e) { return [e.name, e.message]; } }")
+    error = partner.page.evaluate(
+        "() => { try { window.peliqan.open({serverId: -1}); } catch (e) { return [e.name, e.message]; } }"
+    )
     assert error[0] == "TypeError" and "serverId must be a connection id" in error[1]
 
 
@@ -703,7 +790,9 @@ def test_reauthorise_key_login_without_an_instance_rejects(partner: PartnerPage,
     token = stack.integrate(customer)
     connection = create_connection(stack, token, servertype_id="sandbox_bank", login="sandbox", password="sandbox")
     partner.goto(customer=customer, initialize=False)
-    result = partner.run_sdk(f"Peliqan.reAuthoriseServer({{identityToken: window.cfg.token, serverId: {connection['id']}}})")
+    result = partner.run_sdk(
+        f"Peliqan.reAuthoriseServer({{identityToken: window.cfg.token, serverId: {connection['id']}}})"
+    )
     assert result["error"] == "not_initialized"
 
 
@@ -712,7 +801,9 @@ def test_manual_refresh_opens_the_bank_refresh_page(partner: PartnerPage, stack:
     connection = create_connection(stack, token, servertype_id="sandbox_bank", login="sandbox", password="sandbox")
     partner.goto(customer=customer)
     with partner.page.expect_popup() as tab:
-        result = partner.run_sdk(f"Peliqan.manualRefreshSaltEdge({{identityToken: window.cfg.token, serverId: {connection['id']}}})")
+        result = partner.run_sdk(
+            f"Peliqan.manualRefreshSaltEdge({{identityToken: window.cfg.token, serverId: {connection['id']}}})"
+        )
     assert result["ok"]["refresh_url"].endswith("/sandbox/bank/refresh")
     tab.value.wait_for_url("**/sandbox/bank/refresh")
     expect(BankRefreshPage(tab.value).refresh_button).to_be_visible()
@@ -728,11 +819,19 @@ def test_sync_health_and_watch(partner: PartnerPage, stack: Stack, customer: str
     if not sync_api_available(stack, token, connection["id"]):
         pytest.skip("the sync API (POST /sync, /health, /sync-status, /runs) is not routed yet")
     health_responses: list[tuple[int, str | None]] = []
-    context.on("response", lambda r: "/health" in r.url and health_responses.append((r.status, r.request.headers.get("if-none-match"))))
+    context.on(
+        "response",
+        lambda r: "/health" in r.url and health_responses.append((r.status, r.request.headers.get("if-none-match"))),
+    )
     partner.goto(customer=customer)
     sid = connection["id"]
     page = partner.page
-    assert page.evaluate(f"Peliqan.getServerHealthStatus({{identityToken: window.cfg.token, serverId: {sid}}})")["health_status"] == "OK"
+    assert (
+        page.evaluate(f"Peliqan.getServerHealthStatus({{identityToken: window.cfg.token, serverId: {sid}}})")[
+            "health_status"
+        ]
+        == "OK"
+    )
     page.evaluate(f"""() => {{
         window.watched = [];
         window.stopWatching = Peliqan.watchServer({{identityToken: window.cfg.token, serverId: {sid}, interval: 250,
@@ -743,12 +842,21 @@ def test_sync_health_and_watch(partner: PartnerPage, stack: Stack, customer: str
     started = page.evaluate(f"Peliqan.syncServer({{identityToken: window.cfg.token, serverId: {sid}}})")
     assert started["syncing"] is True
     page.wait_for_function("() => window.watched.some((w) => w[0] === 'run')", timeout=60_000)
-    assert page.evaluate(f"Peliqan.getServerSyncRunStatus({{identityToken: window.cfg.token, serverId: {sid}}})")["running"] is False
+    assert (
+        page.evaluate(f"Peliqan.getServerSyncRunStatus({{identityToken: window.cfg.token, serverId: {sid}}})")[
+            "running"
+        ]
+        is False
+    )
     watched = page.evaluate("window.watched")
     assert watched[0] == ["change", "OK"] and ["change", "HEALTHY"] in watched
     assert [w for w in watched if w[0] == "run"] == [["run", "succeeded"]]
     # Conditional polling: once nothing changes, the answers are 304s.
-    page.wait_for_event("response", lambda r: "/health" in r.url and r.status == 304 and bool(r.request.headers.get("if-none-match")), timeout=15_000)
+    page.wait_for_event(
+        "response",
+        lambda r: "/health" in r.url and r.status == 304 and bool(r.request.headers.get("if-none-match")),
+        timeout=15_000,
+    )
 
     # A hidden tab polls nothing; showing it again polls at once.
     set_hidden = "(hidden) => { Object.defineProperty(document, 'hidden', {value: hidden, configurable: true}); document.dispatchEvent(new Event('visibilitychange')); }"
@@ -766,7 +874,9 @@ def test_sync_health_and_watch(partner: PartnerPage, stack: Stack, customer: str
     assert len(health_responses) == count
 
 
-def test_watch_reports_the_health_a_run_left_before_the_run_finished(partner: PartnerPage, stack: Stack, customer: str) -> None:
+def test_watch_reports_the_health_a_run_left_before_the_run_finished(
+    partner: PartnerPage, stack: Stack, customer: str
+) -> None:
     # The race a real poll can hit: its health read is answered just before a run ends, the
     # run's end is seen right after. Forced here by answering one health poll with what the
     # server said before a sync ran, while that sync runs to the end.

@@ -13,7 +13,8 @@ from starlette.applications import Starlette
 
 from bff.app import create_app
 from bff.settings import Secret, Settings, generate_encryption_key
-from bff.testing import TestDatabases, free_port, stop_embedded, serve_in_thread as serve_app
+from bff.testing import TestDatabases, free_port, stop_embedded
+from bff.testing import serve_in_thread as serve_app
 
 __all__ = ["free_port"]  # tests import it from here
 
@@ -60,7 +61,9 @@ class BFF:
     def services(self) -> Any:
         return self.app.state.services
 
-    async def partner(self, name: str = "acme", origins: tuple[str, ...] = ("http://localhost:8001",)) -> tuple[int, str]:
+    async def partner(
+        self, name: str = "acme", origins: tuple[str, ...] = ("http://localhost:8001",)
+    ) -> tuple[int, str]:
         partner = await self.services.store.create_partner(name, origins)
         token = self.services.tokens.mint_partner_token(partner_id=partner.id, generation=partner.token_generation)
         return partner.id, token.token
@@ -133,7 +136,9 @@ async def bff(settings_factory: Callable[..., Settings]) -> AsyncIterator[BFF]:
 
 
 @contextlib.contextmanager
-def serve_in_thread(settings: Settings | Starlette, *, port: int | None = None, host: str = "127.0.0.1") -> Iterator[str]:
+def serve_in_thread(
+    settings: Settings | Starlette, *, port: int | None = None, host: str = "127.0.0.1"
+) -> Iterator[str]:
     """The BFF built from ``settings`` (or any app) on a real uvicorn; yields its base URL."""
     app = settings if isinstance(settings, Starlette) else create_app(settings)
     with serve_app(app, port=port, host=host) as base_url:

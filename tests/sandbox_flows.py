@@ -68,11 +68,17 @@ async def connect_crm(client: httpx.AsyncClient, token: str, **extra: Any) -> di
     return created.json()  # type: ignore[no-any-return]
 
 
-async def connect_accounting(client: httpx.AsyncClient, token: str, divisions: tuple[str, ...] = ("101", "102", "103")) -> dict[str, Any]:
+async def connect_accounting(
+    client: httpx.AsyncClient, token: str, divisions: tuple[str, ...] = ("101", "102", "103")
+) -> dict[str, Any]:
     headers = {"Authorization": f"Bearer {token}"}
-    created = await client.post("/api/servers", json={"servertype_id": "sandbox_accounting", "api_key": "sandbox-valid-key"}, headers=headers)
+    created = await client.post(
+        "/api/servers", json={"servertype_id": "sandbox_accounting", "api_key": "sandbox-valid-key"}, headers=headers
+    )
     assert created.status_code == 201, created.text
-    configured = await client.post(f"/api/server/{created.json()['id']}/config", json={"divisions": list(divisions)}, headers=headers)
+    configured = await client.post(
+        f"/api/server/{created.json()['id']}/config", json={"divisions": list(divisions)}, headers=headers
+    )
     assert configured.status_code == 200, configured.text
     return configured.json()  # type: ignore[no-any-return]
 

@@ -18,7 +18,11 @@ def test_bench_sync_runs_every_contender_and_checks_row_counts() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BFF_")}
     done = subprocess.run(
         [sys.executable, "bench/sync.py", "--scale", "1", "--rounds", "1", "--customers", "2", "--dlt", "none"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=220,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=220,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     # 200 sandbox transactions: fetched by the floor and the project, stored once in every warehouse.

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from bff.cli import main, normalise_origin
-from bff.testing import free_port
 from bff.settings import SettingsError, generate_encryption_key, generate_secret_key
+from bff.testing import free_port
 
 # Fixed per run, so two invocations share them; weak keys (e.g. STRONG_SIGNING_KEY) are refused since issue 16.
 STRONG_SIGNING_KEY = generate_secret_key()
@@ -23,7 +23,11 @@ OTHER_ENCRYPTION_KEY = generate_encryption_key()
 def run_bff(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("BFF_")}
     return subprocess.run(
-        [sys.executable, "-m", "bff.cli", *args], capture_output=True, text=True, env={**clean, **(env or {})}, timeout=timeout
+        [sys.executable, "-m", "bff.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**clean, **(env or {})},
+        timeout=timeout,
     )
 
 
@@ -43,7 +47,10 @@ def test_serve_refuses_to_start_without_keys(data_dir_outside_pytest: Path) -> N
 
 def test_serve_rejects_a_malformed_encryption_key(data_dir_outside_pytest: Path) -> None:
     result = run_bff(
-        "serve", "--data-dir", str(data_dir_outside_pytest), env={"BFF_SECRET_KEYS": STRONG_SIGNING_KEY, "BFF_ENCRYPTION_KEY": "short"}
+        "serve",
+        "--data-dir",
+        str(data_dir_outside_pytest),
+        env={"BFF_SECRET_KEYS": STRONG_SIGNING_KEY, "BFF_ENCRYPTION_KEY": "short"},
     )
     assert result.returncode == 2 and "32 bytes" in result.stderr and "Traceback" not in result.stderr
 
@@ -59,8 +66,17 @@ def test_keys_prints_usable_keys(data_dir_outside_pytest: Path, capsys: pytest.C
 def test_partner_create_prints_json_and_the_token_works(data_dir_outside_pytest: Path) -> None:
     env = {"BFF_SECRET_KEYS": STRONG_SIGNING_KEY, "BFF_ENCRYPTION_KEY": STRONG_ENCRYPTION_KEY}
     result = run_bff(
-        "partner", "create", "--name", "Acme", "--origin", "https://app.acme.test", "--origin", "http://localhost:8001",
-        "--data-dir", str(data_dir_outside_pytest), env=env,
+        "partner",
+        "create",
+        "--name",
+        "Acme",
+        "--origin",
+        "https://app.acme.test",
+        "--origin",
+        "http://localhost:8001",
+        "--data-dir",
+        str(data_dir_outside_pytest),
+        env=env,
     )
     assert result.returncode == 0, result.stderr
     info = json.loads(result.stdout)
@@ -77,24 +93,56 @@ def test_partner_create_uses_the_demo_keys(data_dir_outside_pytest: Path) -> Non
     from bff.cli import demo_keys
 
     demo_keys(data_dir_outside_pytest, create=True)
-    result = run_bff("partner", "create", "--name", "Late", "--origin", "http://localhost:8001", "--data-dir", str(data_dir_outside_pytest))
+    result = run_bff(
+        "partner",
+        "create",
+        "--name",
+        "Late",
+        "--origin",
+        "http://localhost:8001",
+        "--data-dir",
+        str(data_dir_outside_pytest),
+    )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["name"] == "Late"
 
 
 def test_partner_create_without_any_keys_explains(data_dir_outside_pytest: Path) -> None:
-    result = run_bff("partner", "create", "--name", "x", "--origin", "http://localhost:8001", "--data-dir", str(data_dir_outside_pytest))
+    result = run_bff(
+        "partner",
+        "create",
+        "--name",
+        "x",
+        "--origin",
+        "http://localhost:8001",
+        "--data-dir",
+        str(data_dir_outside_pytest),
+    )
     assert result.returncode == 2 and "BFF_SECRET_KEYS" in result.stderr
 
 
 def test_a_different_encryption_key_refuses_to_open_the_data(data_dir_outside_pytest: Path) -> None:
     first = run_bff(
-        "partner", "create", "--name", "a", "--origin", "http://localhost:8001", "--data-dir", str(data_dir_outside_pytest),
+        "partner",
+        "create",
+        "--name",
+        "a",
+        "--origin",
+        "http://localhost:8001",
+        "--data-dir",
+        str(data_dir_outside_pytest),
         env={"BFF_SECRET_KEYS": STRONG_SIGNING_KEY, "BFF_ENCRYPTION_KEY": STRONG_ENCRYPTION_KEY},
     )
     assert first.returncode == 0
     second = run_bff(
-        "partner", "create", "--name", "b", "--origin", "http://localhost:8001", "--data-dir", str(data_dir_outside_pytest),
+        "partner",
+        "create",
+        "--name",
+        "b",
+        "--origin",
+        "http://localhost:8001",
+        "--data-dir",
+        str(data_dir_outside_pytest),
         env={"BFF_SECRET_KEYS": STRONG_SIGNING_KEY, "BFF_ENCRYPTION_KEY": OTHER_ENCRYPTION_KEY},
     )
     assert second.returncode == 2 and "BFF_ENCRYPTION_KEY does not match" in second.stderr
@@ -133,7 +181,10 @@ def test_version() -> None:
     [
         (["demo", "--bff-prot", "9000"], "usage: bff demo "),
         (["serve", "--prot", "1"], "usage: bff serve "),
-        (["partner", "create", "--name", "W", "--origin", "http://a.test", "--colour", "red"], "usage: bff partner create "),
+        (
+            ["partner", "create", "--name", "W", "--origin", "http://a.test", "--colour", "red"],
+            "usage: bff partner create ",
+        ),
         (["keys", "--force"], "usage: bff keys"),
     ],
 )
@@ -152,14 +203,44 @@ def test_partner_create_requires_an_origin(data_dir_outside_pytest: Path) -> Non
 
 
 def test_serve_with_the_wrong_encryption_key_says_so_in_one_line(data_dir_outside_pytest: Path) -> None:
-    assert run_bff("partner", "create", "--name", "a", "--origin", "http://a.test", "--data-dir", str(data_dir_outside_pytest), env=KEYS).returncode == 0
+    assert (
+        run_bff(
+            "partner",
+            "create",
+            "--name",
+            "a",
+            "--origin",
+            "http://a.test",
+            "--data-dir",
+            str(data_dir_outside_pytest),
+            env=KEYS,
+        ).returncode
+        == 0
+    )
     line = one_line_error(run_bff("serve", "--data-dir", str(data_dir_outside_pytest), "--port", "1", env=OTHER_KEY))
     assert "BFF_ENCRYPTION_KEY does not match" in line
 
 
 def test_demo_with_the_wrong_encryption_key_says_so_in_one_line(data_dir_outside_pytest: Path) -> None:
-    assert run_bff("partner", "create", "--name", "a", "--origin", "http://a.test", "--data-dir", str(data_dir_outside_pytest), env=KEYS).returncode == 0
-    line = one_line_error(run_bff("demo", "--data-dir", str(data_dir_outside_pytest), "--bff-port", "1", "--site-port", "2", env=OTHER_KEY))
+    assert (
+        run_bff(
+            "partner",
+            "create",
+            "--name",
+            "a",
+            "--origin",
+            "http://a.test",
+            "--data-dir",
+            str(data_dir_outside_pytest),
+            env=KEYS,
+        ).returncode
+        == 0
+    )
+    line = one_line_error(
+        run_bff(
+            "demo", "--data-dir", str(data_dir_outside_pytest), "--bff-port", "1", "--site-port", "2", env=OTHER_KEY
+        )
+    )
     assert "BFF_ENCRYPTION_KEY does not match" in line
 
 
@@ -168,7 +249,9 @@ def test_an_unusable_data_directory_says_so_in_one_line(data_dir_outside_pytest:
     blocker.write_text("")
     line = one_line_error(run_bff("serve", "--data-dir", str(blocker / "data"), env=KEYS))
     assert str(blocker) in line and "--data-dir" in line
-    line = one_line_error(run_bff("partner", "create", "--name", "a", "--origin", "http://a.test", "--data-dir", str(blocker), env=KEYS))
+    line = one_line_error(
+        run_bff("partner", "create", "--name", "a", "--origin", "http://a.test", "--data-dir", str(blocker), env=KEYS)
+    )
     assert "--data-dir" in line
 
 
@@ -179,15 +262,23 @@ def test_serve_on_a_port_in_use_says_so_in_one_line(data_dir_outside_pytest: Pat
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        line = one_line_error(run_bff("serve", "--data-dir", str(data_dir_outside_pytest), "--port", str(port), env=KEYS))
+        line = one_line_error(
+            run_bff("serve", "--data-dir", str(data_dir_outside_pytest), "--port", str(port), env=KEYS)
+        )
     assert f"port {port}" in line and "--port" in line
 
 
 def test_bad_settings_say_so_in_one_line(data_dir_outside_pytest: Path) -> None:
-    line = one_line_error(run_bff("serve", "--data-dir", str(data_dir_outside_pytest), env={**KEYS, "BFF_ENCRYPTION_KEY": "short"}))
+    line = one_line_error(
+        run_bff("serve", "--data-dir", str(data_dir_outside_pytest), env={**KEYS, "BFF_ENCRYPTION_KEY": "short"})
+    )
     assert "32 bytes" in line
 
-@pytest.mark.parametrize("command", [["serve"], ["worker"], ["db", "upgrade"], ["partner", "create", "--name", "X", "--origin", "https://x.test"]])
+
+@pytest.mark.parametrize(
+    "command",
+    [["serve"], ["worker"], ["db", "upgrade"], ["partner", "create", "--name", "X", "--origin", "https://x.test"]],
+)
 def test_an_unreachable_database_is_one_line_naming_the_host(data_dir_outside_pytest: Path, command: list[str]) -> None:
     env = {
         "BFF_SECRET_KEYS": STRONG_SIGNING_KEY,
@@ -197,7 +288,9 @@ def test_an_unreachable_database_is_one_line_naming_the_host(data_dir_outside_py
     result = run_bff(*command, "--data-dir", str(data_dir_outside_pytest), env=env)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("bff: error: cannot connect to PostgreSQL at db.invalid:5433/bff"), result.stderr
+    assert len(lines) == 1 and lines[0].startswith("bff: error: cannot connect to PostgreSQL at db.invalid:5433/bff"), (
+        result.stderr
+    )
     assert "secret-password" not in result.stderr and "Traceback" not in result.stderr
 
 
@@ -231,7 +324,9 @@ def test_a_bad_connector_definition_stops_serve_in_one_line(data_dir_outside_pyt
     connectors.mkdir()
     (connectors / "broken.json").write_text('{"name": "broken", "surprise": 1}')
     env = {**KEYS, "BFF_CONNECTORS_DIR": str(connectors)}
-    line = one_line_error(run_bff("serve", "--data-dir", str(data_dir_outside_pytest / "data"), "--port", str(free_port()), env=env))
+    line = one_line_error(
+        run_bff("serve", "--data-dir", str(data_dir_outside_pytest / "data"), "--port", str(free_port()), env=env)
+    )
     assert "broken.json" in line
 
 

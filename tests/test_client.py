@@ -3,12 +3,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-
-from bff.client import AsyncPartnerClient, BFFError, PartnerClient
-from bff.cli import create_partner
-from bff.settings import Settings
-
 from conftest import serve_in_thread
+
+from bff.cli import create_partner
+from bff.client import AsyncPartnerClient, BFFError, PartnerClient
+from bff.settings import Settings
 
 
 async def test_sync_client_against_a_real_server(settings_factory: Callable[..., Settings]) -> None:

@@ -7,11 +7,10 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-
-from bff.settings import Settings
-
 from conftest import BFF, auth, running_bff
 from sandbox_flows import authorize, connect_accounting, connect_bank, connect_crm, consent_form, start_sign_in
+
+from bff.settings import Settings
 
 
 @pytest.fixture
@@ -79,7 +78,9 @@ async def test_api_key_connect_wrong_then_right(sbff: BFF) -> None:
     assert bad.status_code == 400 and "divisions" in bad.json()["errors"]
     empty = await sbff.client.post(f"/api/server/{body['id']}/config", json={"divisions": []}, headers=auth(token))
     assert empty.status_code == 400
-    chosen = await sbff.client.post(f"/api/server/{body['id']}/config", json={"divisions": ["101", "103"]}, headers=auth(token))
+    chosen = await sbff.client.post(
+        f"/api/server/{body['id']}/config", json={"divisions": ["101", "103"]}, headers=auth(token)
+    )
     assert chosen.status_code == 200 and chosen.json()["health_status"] == "OK"
     assert chosen.json()["config"] == {"divisions": ["101", "103"]}
 
@@ -87,7 +88,9 @@ async def test_api_key_connect_wrong_then_right(sbff: BFF) -> None:
 async def test_login_password_connect(sbff: BFF) -> None:
     token = await customer(sbff)
     wrong = await sbff.client.post(
-        "/api/servers", json={"servertype_id": "sandbox_bank", "login": "sandbox", "password": "nope"}, headers=auth(token)
+        "/api/servers",
+        json={"servertype_id": "sandbox_bank", "login": "sandbox", "password": "nope"},
+        headers=auth(token),
     )
     assert wrong.status_code == 422 and await connection_count(sbff, token) == 0
     created = await connect_bank(sbff.client, token)
@@ -125,7 +128,9 @@ async def test_oauth_connect_with_pkce(sbff: BFF) -> None:
 
 async def test_oauth_deny_marks_the_connection_error(sbff: BFF) -> None:
     token = await customer(sbff)
-    created = (await sbff.client.post("/api/servers", json={"servertype_id": "sandbox_crm"}, headers=auth(token))).json()
+    created = (
+        await sbff.client.post("/api/servers", json={"servertype_id": "sandbox_crm"}, headers=auth(token))
+    ).json()
     callback = await authorize(sbff.client, created, decision="deny")
     assert callback.status_code == 200 and "denied" in callback.text
     status = (await sbff.client.get(f"/api/server/{created['id']}", headers=auth(token))).json()
@@ -134,9 +139,13 @@ async def test_oauth_deny_marks_the_connection_error(sbff: BFF) -> None:
 
 async def test_callback_state_missing_tampered_or_replayed(sbff: BFF) -> None:
     token = await customer(sbff)
-    created = (await sbff.client.post("/api/servers", json={"servertype_id": "sandbox_crm"}, headers=auth(token))).json()
+    created = (
+        await sbff.client.post("/api/servers", json={"servertype_id": "sandbox_crm"}, headers=auth(token))
+    ).json()
     page = await sbff.client.get(await start_sign_in(sbff.client, created))
-    decision = await sbff.client.post("/sandbox/crm/oauth/decision", data={**consent_form(page.text), "decision": "allow"})
+    decision = await sbff.client.post(
+        "/sandbox/crm/oauth/decision", data={**consent_form(page.text), "decision": "allow"}
+    )
     location = urlsplit(decision.headers["location"])
     params = parse_qs(location.query)
     code, state = params["code"][0], params["state"][0]
@@ -157,7 +166,9 @@ async def test_callback_state_missing_tampered_or_replayed(sbff: BFF) -> None:
 
 async def test_wrong_pkce_challenge_fails_at_the_sandbox_token_endpoint(sbff: BFF) -> None:
     token = await customer(sbff)
-    created = (await sbff.client.post("/api/servers", json={"servertype_id": "sandbox_crm"}, headers=auth(token))).json()
+    created = (
+        await sbff.client.post("/api/servers", json={"servertype_id": "sandbox_crm"}, headers=auth(token))
+    ).json()
     # Swap the challenge for another valid-looking one: the verifier we hold no longer matches.
     provider_url = await start_sign_in(sbff.client, created)
     query = parse_qs(urlsplit(provider_url).query)
@@ -174,9 +185,13 @@ async def test_reauthorise_oauth_and_key_connectors(sbff: BFF) -> None:
     crm = await connect_crm(sbff.client, token)
     reauth = await sbff.client.post(f"/api/server/{crm['id']}/reauthorise", headers=auth(token))
     assert reauth.status_code == 200 and "auth_uri" in reauth.json()
-    assert (await sbff.client.get(f"/api/server/{crm['id']}", headers=auth(token))).json()["health_status"] == "RE_AUTHORISING"
+    assert (await sbff.client.get(f"/api/server/{crm['id']}", headers=auth(token))).json()[
+        "health_status"
+    ] == "RE_AUTHORISING"
     await authorize(sbff.client, reauth.json())
-    assert (await sbff.client.get(f"/api/server/{crm['id']}", headers=auth(token))).json()["health_status"] == "RE_AUTHORISED"
+    assert (await sbff.client.get(f"/api/server/{crm['id']}", headers=auth(token))).json()[
+        "health_status"
+    ] == "RE_AUTHORISED"
 
     bank = await connect_bank(sbff.client, token)
     form = (await sbff.client.post(f"/api/server/{bank['id']}/reauthorise", headers=auth(token))).json()
@@ -235,7 +250,9 @@ async def test_sub_accounts_never_reach_each_others_connections(sbff: BFF) -> No
 
 async def test_callback_page_headers_and_target_origin(sbff: BFF) -> None:
     token = await customer(sbff)
-    created = (await sbff.client.post("/api/servers", json={"servertype_id": "sandbox_crm"}, headers=auth(token))).json()
+    created = (
+        await sbff.client.post("/api/servers", json={"servertype_id": "sandbox_crm"}, headers=auth(token))
+    ).json()
     callback = await authorize(sbff.client, created)
     assert callback.headers["referrer-policy"] == "no-referrer"
     csp = callback.headers["content-security-policy"]
@@ -243,7 +260,11 @@ async def test_callback_page_headers_and_target_origin(sbff: BFF) -> None:
     assert "http" not in csp.replace("https:", "")  # nothing third-party allowed
     payload = json.loads(callback.text.split('id="oauth-result">')[1].split("</script>")[0])
     assert payload == {
-        "source": "peliqan-oauth", "type": "oauth_result", "connection_id": created["id"], "ok": True, "error": None,
+        "source": "peliqan-oauth",
+        "type": "oauth_result",
+        "connection_id": created["id"],
+        "ok": True,
+        "error": None,
         "target_origin": "http://testserver",
     }
     assert "postMessage(result, target)" in callback.text and "BroadcastChannel" in callback.text
@@ -253,26 +274,41 @@ async def test_callback_page_headers_and_target_origin(sbff: BFF) -> None:
 
 async def test_embed_session_checks_the_parent_origin(sbff: BFF) -> None:
     token = await customer(sbff)  # its partner registered http://localhost:8001
-    ok = await sbff.client.post("/api/embed/session", json={"parent_origin": "http://localhost:8001"}, headers=auth(token))
+    ok = await sbff.client.post(
+        "/api/embed/session", json={"parent_origin": "http://localhost:8001"}, headers=auth(token)
+    )
     assert ok.status_code == 200 and ok.json()["expires_at"] > 0 and ok.json()["external_id"] == "cust-1"
-    evil = await sbff.client.post("/api/embed/session", json={"parent_origin": "https://evil.test"}, headers=auth(token))
+    evil = await sbff.client.post(
+        "/api/embed/session", json={"parent_origin": "https://evil.test"}, headers=auth(token)
+    )
     assert evil.status_code == 403 and evil.json()["code"] == "origin_not_allowed"
 
 
 async def test_bad_connection_requests_get_clear_errors(sbff: BFF) -> None:
     token = await customer(sbff)
-    for body, field in [({}, "servertype_id"), ({"servertype_id": 999}, "servertype_id"), ({"servertype_id": True}, "servertype_id"),
-                        ({"servertype_id": 3, "login": ["x"], "password": "y"}, "login"), ({"servertype_id": 3, "login": "a", "password": "b", "name": 5}, "name")]:
+    for body, field in [
+        ({}, "servertype_id"),
+        ({"servertype_id": 999}, "servertype_id"),
+        ({"servertype_id": True}, "servertype_id"),
+        ({"servertype_id": 3, "login": ["x"], "password": "y"}, "login"),
+        ({"servertype_id": 3, "login": "a", "password": "b", "name": 5}, "name"),
+    ]:
         response = await sbff.client.post("/api/servers", json=body, headers=auth(token))
         assert response.status_code == 400 and field in response.json()["errors"], (body, response.text)
-    assert (await sbff.client.post("/api/servers", content=b"{", headers={**auth(token), "content-type": "application/json"})).json()["code"] == "invalid_json"
+    assert (
+        await sbff.client.post(
+            "/api/servers", content=b"{", headers={**auth(token), "content-type": "application/json"}
+        )
+    ).json()["code"] == "invalid_json"
     _, partner_token = await sbff.partner("p2")
     wrong_kind = await sbff.client.get("/api/servers", headers=auth(partner_token))
     assert wrong_kind.status_code == 401 and wrong_kind.json()["code"] == "token_wrong_kind"
     assert await connection_count(sbff, token) == 0
 
 
-async def test_secrets_never_leave_the_vault(sbff: BFF, caplog: pytest.LogCaptureFixture, settings_factory: Callable[..., Settings]) -> None:
+async def test_secrets_never_leave_the_vault(
+    sbff: BFF, caplog: pytest.LogCaptureFixture, settings_factory: Callable[..., Settings]
+) -> None:
     caplog.set_level(logging.DEBUG)
     token = await customer(sbff)
     bodies: list[str] = []
@@ -304,7 +340,9 @@ async def test_reauthorise_never_skips_the_config_step_and_keeps_a_saved_choice(
     token = await customer(sbff)
     headers = auth(token)
     key = {"api_key": "sandbox-valid-key"}
-    created = (await sbff.client.post("/api/servers", json={"servertype_id": "sandbox_accounting", **key}, headers=headers)).json()
+    created = (
+        await sbff.client.post("/api/servers", json={"servertype_id": "sandbox_accounting", **key}, headers=headers)
+    ).json()
     assert created["health_status"] == "CONFIG_SELECT"
     # No divisions chosen yet: new credentials leave it at the choice, not RE_AUTHORISED (a sync would fail).
     again = await sbff.client.post(f"/api/server/{created['id']}/reauthorise", json=key, headers=headers)
@@ -319,10 +357,14 @@ async def test_reauthorise_never_skips_the_config_step_and_keeps_a_saved_choice(
 
 async def test_reauthorise_a_connection_still_authorizing_finishes_it_as_a_first_connect(sbff: BFF) -> None:
     token = await customer(sbff)
-    created = (await sbff.client.post("/api/servers", json={"servertype_id": "sandbox_crm"}, headers=auth(token))).json()
+    created = (
+        await sbff.client.post("/api/servers", json={"servertype_id": "sandbox_crm"}, headers=auth(token))
+    ).json()
     resumed = await sbff.client.post(f"/api/server/{created['id']}/reauthorise", headers=auth(token))
     assert resumed.status_code == 200
-    assert (await sbff.client.get(f"/api/server/{created['id']}", headers=auth(token))).json()["health_status"] == "AUTHORIZING"
+    assert (await sbff.client.get(f"/api/server/{created['id']}", headers=auth(token))).json()[
+        "health_status"
+    ] == "AUTHORIZING"
     await authorize(sbff.client, resumed.json())
     assert (await sbff.client.get(f"/api/server/{created['id']}", headers=auth(token))).json()["health_status"] == "OK"
 
@@ -333,7 +375,9 @@ async def test_servers_and_servertypes_take_page_and_page_size(sbff: BFF) -> Non
     first = (await sbff.client.get("/api/servers?page=1&page_size=2", headers=auth(token))).json()
     assert first["count"] == 3 and [c["id"] for c in first["results"]] == ids[:2]
     assert first["previous"] is None and "page=2" in first["next"] and "page_size=2" in first["next"]
-    second = (await sbff.client.get(urlsplit(first["next"]).path + "?" + urlsplit(first["next"]).query, headers=auth(token))).json()
+    second = (
+        await sbff.client.get(urlsplit(first["next"]).path + "?" + urlsplit(first["next"]).query, headers=auth(token))
+    ).json()
     assert [c["id"] for c in second["results"]] == ids[2:] and second["next"] is None and "page=1" in second["previous"]
     everything = (await sbff.client.get("/api/servertypes", headers=auth(token))).json()
     types = (await sbff.client.get("/api/servertypes?page=2&page_size=2", headers=auth(token))).json()
@@ -359,9 +403,19 @@ async def test_connector_text_follows_the_locale_parameter(sbff: BFF) -> None:
     bad = await sbff.client.get("/api/servertypes?locale=es", headers=auth(token))
     assert bad.status_code == 400 and bad.json()["code"] == "validation_error" and "locale" in bad.json()["errors"]
 
-    accounting = (await sbff.client.post("/api/servers", json={"servertype_id": "sandbox_accounting", "api_key": "sandbox-valid-key"}, headers=auth(token))).json()
-    step = (await sbff.client.get(f"/api/server/{accounting['id']}/config-options?locale=fr", headers=auth(token))).json()
+    accounting = (
+        await sbff.client.post(
+            "/api/servers",
+            json={"servertype_id": "sandbox_accounting", "api_key": "sandbox-valid-key"},
+            headers=auth(token),
+        )
+    ).json()
+    step = (
+        await sbff.client.get(f"/api/server/{accounting['id']}/config-options?locale=fr", headers=auth(token))
+    ).json()
     assert step["label"] == "Divisions" and step["help"].startswith("Choisissez")
     bank = await connect_bank(sbff.client, token)
-    form = (await sbff.client.post(f"/api/server/{bank['id']}/reauthorise?locale=nl", headers=auth(token))).json()["form"]
+    form = (await sbff.client.post(f"/api/server/{bank['id']}/reauthorise?locale=nl", headers=auth(token))).json()[
+        "form"
+    ]
     assert [f["label"] for f in form["fields"]] == ["Gebruikersnaam", "Wachtwoord"]

@@ -24,7 +24,11 @@ def test_every_shipped_string_is_translated_into_every_locale() -> None:
             assert block.get("description"), (connector.name, locale)
             for field in connector.connect_form:
                 texts = block["connect_form"].get(field.name, {})
-                assert texts.get("label") and (texts.get("help") or not field.help), (connector.name, locale, field.name)
+                assert texts.get("label") and (texts.get("help") or not field.help), (
+                    connector.name,
+                    locale,
+                    field.name,
+                )
             if connector.config_select:
                 assert block["config_select"].get("label"), (connector.name, locale)
 
@@ -48,8 +52,16 @@ def test_a_missing_string_falls_back_to_english_on_its_own() -> None:
 def test_option_labels_are_translated() -> None:
     data = definition("sandbox_accounting")
     data["connect_form"].append(
-        {"name": "region", "label": "Region", "type": "select", "required": False,
-         "options": [{"value": "eu", "label": "Europe", "i18n": {"nl": {"label": "Europa"}}}, {"value": "us", "label": "United States"}]}
+        {
+            "name": "region",
+            "label": "Region",
+            "type": "select",
+            "required": False,
+            "options": [
+                {"value": "eu", "label": "Europe", "i18n": {"nl": {"label": "Europa"}}},
+                {"value": "us", "label": "United States"},
+            ],
+        }
     )
     connector = parse_connector(data, "sandbox_accounting.json")
     item = localized_servertype(connector, connector.public_dict("/logos/"), "nl")

@@ -16,9 +16,10 @@ import math
 import random
 import shutil
 import time
-from datetime import datetime, timedelta, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
@@ -46,8 +47,10 @@ pytestmark = pytest.mark.asyncio
 
 SANDBOX = "http://bff.test/sandbox"
 CONTEXT = {"sandbox": SANDBOX}
-T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
-CRM_CLIENT = OAuthClient(client_id="bff-sandbox", client_secret="bff-sandbox-secret", redirect_uri="http://bff.test/oauth/callback")
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+CRM_CLIENT = OAuthClient(
+    client_id="bff-sandbox", client_secret="bff-sandbox-secret", redirect_uri="http://bff.test/oauth/callback"
+)
 
 
 def ts(minutes: int) -> str:
@@ -90,30 +93,66 @@ class Recorder:
 class FakeSandbox:
     """The docs/sandbox-api.md wire contract, with small fixtures and a page cap."""
 
-    def __init__(self, *, contacts: int = 7, deals: int = 5, invoices: int = 4, transactions: int = 6, page_cap: int = 3) -> None:
+    def __init__(
+        self, *, contacts: int = 7, deals: int = 5, invoices: int = 4, transactions: int = 6, page_cap: int = 3
+    ) -> None:
         self.page_cap = page_cap
         self.contacts = [
-            {"id": f"c_{i:04d}", "email": f"p{i}@example.test", "first_name": f"First{i}", "last_name": f"Last{i}",
-             "company": "Acme", "created_at": ts(i), "updated_at": ts(i)}
+            {
+                "id": f"c_{i:04d}",
+                "email": f"p{i}@example.test",
+                "first_name": f"First{i}",
+                "last_name": f"Last{i}",
+                "company": "Acme",
+                "created_at": ts(i),
+                "updated_at": ts(i),
+            }
             for i in range(1, contacts + 1)
         ]
         self.deals = [
-            {"id": f"d_{i:03d}", "name": f"Deal {i}", "amount": 1000 + i, "stage": "won", "contact_id": "c_0001",
-             "created_at": ts(i), "updated_at": ts(i)}
+            {
+                "id": f"d_{i:03d}",
+                "name": f"Deal {i}",
+                "amount": 1000 + i,
+                "stage": "won",
+                "contact_id": "c_0001",
+                "created_at": ts(i),
+                "updated_at": ts(i),
+            }
             for i in range(1, deals + 1)
         ]
-        self.divisions = [{"code": 101, "name": "Acme Holding"}, {"code": 102, "name": "Acme Retail"}, {"code": 103, "name": "Acme Services"}]
+        self.divisions = [
+            {"code": 101, "name": "Acme Holding"},
+            {"code": 102, "name": "Acme Retail"},
+            {"code": 103, "name": "Acme Services"},
+        ]
         self.invoices = {
             d["code"]: [
-                {"id": f"inv_{d['code']}_{i:04d}", "division": d["code"], "number": f"{d['code']}-{i}", "customer": "Cust",
-                 "amount": 100.5 + i, "currency": "EUR", "status": "open", "issued_on": "2026-01-02", "updated_at": ts(i)}
+                {
+                    "id": f"inv_{d['code']}_{i:04d}",
+                    "division": d["code"],
+                    "number": f"{d['code']}-{i}",
+                    "customer": "Cust",
+                    "amount": 100.5 + i,
+                    "currency": "EUR",
+                    "status": "open",
+                    "issued_on": "2026-01-02",
+                    "updated_at": ts(i),
+                }
                 for i in range(1, invoices + 1)
             ]
             for d in self.divisions
         }
         self.transactions = [
-            {"id": f"t_{i:04d}", "account_id": "acc_1", "amount": -10.0 * i, "currency": "EUR", "description": f"Payment {i}",
-             "made_on": "2026-01-03", "updated_at": ts(i)}
+            {
+                "id": f"t_{i:04d}",
+                "account_id": "acc_1",
+                "amount": -10.0 * i,
+                "currency": "EUR",
+                "description": f"Payment {i}",
+                "made_on": "2026-01-03",
+                "updated_at": ts(i),
+            }
             for i in range(1, transactions + 1)
         ]
         self.access_tokens: set[str] = {"at-1"}
@@ -134,7 +173,7 @@ class FakeSandbox:
 
     def touch(self, records: list[dict[str, Any]], count: int) -> list[str]:
         latest = max(r["updated_at"] for r in records)
-        base = datetime.strptime(latest, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+        base = datetime.strptime(latest, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
         touched = []
         for i, r in enumerate(records[:count], start=1):
             r["updated_at"] = (base + timedelta(seconds=i)).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -180,11 +219,15 @@ class FakeSandbox:
             verifier = data.get("code_verifier", "")
             expected = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
             if expected != challenge or redirect_uri != data.get("redirect_uri"):
-                return httpx.Response(400, json={"error": "invalid_grant", "error_description": "PKCE or redirect_uri mismatch"})
+                return httpx.Response(
+                    400, json={"error": "invalid_grant", "error_description": "PKCE or redirect_uri mismatch"}
+                )
         elif grant == "refresh_token":
             rt = data.get("refresh_token", "")
             if self.revoked or rt not in self.refresh_tokens:
-                return httpx.Response(400, json={"error": "invalid_grant", "error_description": "refresh token revoked"})
+                return httpx.Response(
+                    400, json={"error": "invalid_grant", "error_description": "refresh token revoked"}
+                )
             self.refresh_tokens.discard(rt)  # rotation
         else:
             return httpx.Response(400, json={"error": "unsupported_grant_type"})
@@ -192,7 +235,16 @@ class FakeSandbox:
         at, rt = f"at-{self.issued}", f"rt-{self.issued}"
         self.access_tokens.add(at)
         self.refresh_tokens.add(rt)
-        return httpx.Response(200, json={"access_token": at, "refresh_token": rt, "token_type": "Bearer", "expires_in": 3600, "scope": "contacts.read deals.read"})
+        return httpx.Response(
+            200,
+            json={
+                "access_token": at,
+                "refresh_token": rt,
+                "token_type": "Bearer",
+                "expires_in": 3600,
+                "scope": "contacts.read deals.read",
+            },
+        )
 
     def _filtered(self, request: httpx.Request, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         after = request.url.params.get("updated_after")
@@ -207,7 +259,9 @@ class FakeSandbox:
         if self.revoked or not auth.startswith("Bearer ") or auth[7:] not in self.access_tokens:
             return httpx.Response(401, json={"error": "invalid_token"})
         if path == "/me":
-            return httpx.Response(200, json={"id": "user_1", "email": "owner@sandbox-crm.test", "portal": "Sandbox CRM"})
+            return httpx.Response(
+                200, json={"id": "user_1", "email": "owner@sandbox-crm.test", "portal": "Sandbox CRM"}
+            )
         if path == "/contacts":
             rows = self._filtered(request, self.contacts)
             limit = self._size(request, "limit")
@@ -222,7 +276,16 @@ class FakeSandbox:
             limit = self._size(request, "limit")
             offset = int(request.url.params.get("offset", 0))
             page = rows[offset : offset + limit]
-            return httpx.Response(200, json={"results": page, "total": len(rows), "offset": offset, "limit": limit, "has_more": offset + len(page) < len(rows)})
+            return httpx.Response(
+                200,
+                json={
+                    "results": page,
+                    "total": len(rows),
+                    "offset": offset,
+                    "limit": limit,
+                    "has_more": offset + len(page) < len(rows),
+                },
+            )
         return httpx.Response(404, json={"error": "not_found"})
 
     def _accounting(self, request: httpx.Request, path: str) -> httpx.Response:
@@ -240,10 +303,16 @@ class FakeSandbox:
             rows = self._filtered(request, self.invoices[code])
             size = self._size(request, "page_size")
             page = int(request.url.params.get("page", 1))
-            return httpx.Response(200, json={
-                "results": rows[(page - 1) * size : page * size], "page": page, "page_size": size,
-                "page_count": math.ceil(len(rows) / size), "total": len(rows),
-            })
+            return httpx.Response(
+                200,
+                json={
+                    "results": rows[(page - 1) * size : page * size],
+                    "page": page,
+                    "page_size": size,
+                    "page_count": math.ceil(len(rows) / size),
+                    "total": len(rows),
+                },
+            )
         return httpx.Response(404, json={"error": "not_found"})
 
     def _bank(self, request: httpx.Request, path: str) -> httpx.Response:
@@ -251,7 +320,14 @@ class FakeSandbox:
         if self.revoked or auth != "Basic " + base64.b64encode(b"sandbox:sandbox").decode():
             return httpx.Response(401, json={"error": "invalid_credentials"})
         if path == "/accounts":
-            return httpx.Response(200, json={"accounts": [{"id": "acc_1", "name": "Current account", "iban": "NL00SAND0000000001", "currency": "EUR"}]})
+            return httpx.Response(
+                200,
+                json={
+                    "accounts": [
+                        {"id": "acc_1", "name": "Current account", "iban": "NL00SAND0000000001", "currency": "EUR"}
+                    ]
+                },
+            )
         if path == "/transactions":
             rows = self._filtered(request, self.transactions)
             size = self._size(request, "per_page")
@@ -302,7 +378,17 @@ def crm_tokens(clock: Clock, access: str = "at-1", refresh: str | None = "rt-1",
 
 
 async def test_definitions_load_and_validate(connectors):
-    assert set(connectors) == {"sandbox_crm", "sandbox_accounting", "sandbox_bank", "hubspot", "pipedrive", "exact_online", "stripe", "slack", "sandbox_chat"}
+    assert set(connectors) == {
+        "sandbox_crm",
+        "sandbox_accounting",
+        "sandbox_bank",
+        "hubspot",
+        "pipedrive",
+        "exact_online",
+        "stripe",
+        "slack",
+        "sandbox_chat",
+    }
     ids = [c.id for c in connectors.values()]
     assert len(set(ids)) == len(ids)
     assert load_connectors() == connectors  # cached and stable
@@ -331,8 +417,15 @@ async def test_public_dict_is_the_servertypes_shape_without_secrets(connectors):
     assert item["category"] == "accounting" and item["auth_type"] == "api_key"
     assert item["logo_url"] == "https://bff.test/embed/v1/logos/sandbox_accounting.svg"
     assert item["connect_form"]["fields"] == [
-        {"name": "api_key", "label": "API key", "type": "password", "required": True, "secret": True,
-         "help": "Use sandbox-valid-key; any other key is rejected.", "options": []}
+        {
+            "name": "api_key",
+            "label": "API key",
+            "type": "password",
+            "required": True,
+            "secret": True,
+            "help": "Use sandbox-valid-key; any other key is rejected.",
+            "options": [],
+        }
     ]
     assert "config_select" in item["capabilities"]
     for c in connectors.values():
@@ -396,7 +489,9 @@ async def test_pkce_pair_is_s256_of_the_verifier():
 
 async def test_authorize_url_has_every_required_parameter(connectors):
     verifier, challenge = new_pkce_pair()
-    url = build_authorize_url(connectors["sandbox_crm"], client=CRM_CLIENT, state="st-123", code_challenge=challenge, context=CONTEXT)
+    url = build_authorize_url(
+        connectors["sandbox_crm"], client=CRM_CLIENT, state="st-123", code_challenge=challenge, context=CONTEXT
+    )
     parts = urlsplit(url)
     assert f"{parts.scheme}://{parts.netloc}{parts.path}" == "http://bff.test/sandbox/crm/oauth/authorize"
     params = {k: v[0] for k, v in parse_qs(parts.query).items()}
@@ -412,37 +507,68 @@ async def test_authorize_url_has_every_required_parameter(connectors):
     assert "scope=contacts.read%20deals.read" in url  # %20, not '+'
     assert "bff-sandbox-secret" not in url
     with pytest.raises(ValueError, match="PKCE"):
-        build_authorize_url(connectors["sandbox_crm"], client=CRM_CLIENT, state="s", code_challenge=None, context=CONTEXT)
+        build_authorize_url(
+            connectors["sandbox_crm"], client=CRM_CLIENT, state="s", code_challenge=None, context=CONTEXT
+        )
 
 
 async def test_exchange_code_with_pkce(connectors, sandbox, http):
     clock = Clock()
     verifier, challenge = new_pkce_pair()
     code = sandbox.issue_code(challenge)
-    tokens = await exchange_code(connectors["sandbox_crm"], http=http, client=CRM_CLIENT, code=code, code_verifier=verifier, context=CONTEXT, clock=clock)
+    tokens = await exchange_code(
+        connectors["sandbox_crm"],
+        http=http,
+        client=CRM_CLIENT,
+        code=code,
+        code_verifier=verifier,
+        context=CONTEXT,
+        clock=clock,
+    )
     assert tokens.access_token in sandbox.access_tokens and tokens.refresh_token in sandbox.refresh_tokens
     assert tokens.expires_at == clock() + 3600 and tokens.scope == "contacts.read deals.read"
     sent = sandbox.token_calls[-1]
-    assert sent == {"grant_type": "authorization_code", "code": code, "redirect_uri": CRM_CLIENT.redirect_uri,
-                    "code_verifier": verifier, "client_id": "bff-sandbox", "client_secret": "bff-sandbox-secret"}
+    assert sent == {
+        "grant_type": "authorization_code",
+        "code": code,
+        "redirect_uri": CRM_CLIENT.redirect_uri,
+        "code_verifier": verifier,
+        "client_id": "bff-sandbox",
+        "client_secret": "bff-sandbox-secret",
+    }
     # a reused code (or a wrong verifier) is invalid_grant → CredentialsRejected, without secrets in the text
     with pytest.raises(CredentialsRejected) as info:
-        await exchange_code(connectors["sandbox_crm"], http=http, client=CRM_CLIENT, code=code, code_verifier=verifier, context=CONTEXT)
+        await exchange_code(
+            connectors["sandbox_crm"], http=http, client=CRM_CLIENT, code=code, code_verifier=verifier, context=CONTEXT
+        )
     assert "invalid_grant" in str(info.value) and verifier not in str(info.value)
     code2 = sandbox.issue_code(challenge)
     with pytest.raises(CredentialsRejected):
-        await exchange_code(connectors["sandbox_crm"], http=http, client=CRM_CLIENT, code=code2, code_verifier="x" * 50, context=CONTEXT)
+        await exchange_code(
+            connectors["sandbox_crm"], http=http, client=CRM_CLIENT, code=code2, code_verifier="x" * 50, context=CONTEXT
+        )
     bad_client = OAuthClient("bff-sandbox", "wrong-secret", CRM_CLIENT.redirect_uri)
     with pytest.raises(OAuthError) as info:
-        await exchange_code(connectors["sandbox_crm"], http=http, client=bad_client, code=sandbox.issue_code(challenge), code_verifier=verifier, context=CONTEXT)
+        await exchange_code(
+            connectors["sandbox_crm"],
+            http=http,
+            client=bad_client,
+            code=sandbox.issue_code(challenge),
+            code_verifier=verifier,
+            context=CONTEXT,
+        )
     assert "invalid_client" in str(info.value) and "wrong-secret" not in str(info.value)
 
 
 async def test_refresh_tokens_rotates(connectors, sandbox, http):
-    new = await refresh_tokens(connectors["sandbox_crm"], http=http, client=CRM_CLIENT, refresh_token="rt-1", context=CONTEXT)
+    new = await refresh_tokens(
+        connectors["sandbox_crm"], http=http, client=CRM_CLIENT, refresh_token="rt-1", context=CONTEXT
+    )
     assert new.refresh_token != "rt-1" and "rt-1" not in sandbox.refresh_tokens
     with pytest.raises(CredentialsRejected):
-        await refresh_tokens(connectors["sandbox_crm"], http=http, client=CRM_CLIENT, refresh_token="rt-1", context=CONTEXT)
+        await refresh_tokens(
+            connectors["sandbox_crm"], http=http, client=CRM_CLIENT, refresh_token="rt-1", context=CONTEXT
+        )
 
 
 async def test_token_and_client_reprs_mask_secrets():
@@ -464,8 +590,15 @@ async def test_crm_contacts_cursor_paging_and_incremental_state(connectors, sand
     assert [len(p.records) for p in pages] == [3, 3, 1]
     ids = [r["id"] for p in pages for r in p.records]
     assert ids == [f"c_{i:04d}" for i in range(1, 8)]  # every record once, in order
-    assert pages[0].records[0] == {"id": "c_0001", "email": "p1@example.test", "first_name": "First1", "last_name": "Last1",
-                                   "company": "Acme", "created_at": ts(1), "updated_at": ts(1)}
+    assert pages[0].records[0] == {
+        "id": "c_0001",
+        "email": "p1@example.test",
+        "first_name": "First1",
+        "last_name": "Last1",
+        "company": "Acme",
+        "created_at": ts(1),
+        "updated_at": ts(1),
+    }
     # the state after each page is the highest updated_at delivered so far
     assert [p.state for p in pages] == [{"cursor": ts(3)}, {"cursor": ts(6)}, {"cursor": ts(7)}]
     assert all(p.partition is None and p.stream == "contacts" for p in pages)
@@ -504,17 +637,30 @@ async def test_crm_401_refreshes_once_and_retries(connectors, sandbox, http, rec
         seen.append(tokens)
 
     stale = crm_tokens(clock, access="at-stale")  # not expired by the clock, but unknown to the provider
-    sess = session(connectors, "sandbox_crm", http, rec, oauth_client=CRM_CLIENT, tokens=stale, on_tokens=on_tokens, clock=clock)
+    sess = session(
+        connectors, "sandbox_crm", http, rec, oauth_client=CRM_CLIENT, tokens=stale, on_tokens=on_tokens, clock=clock
+    )
     pages = await collect(sess, "deals")
     assert sum(len(p.records) for p in pages) == 5
     assert len(sandbox.token_calls) == 1 and sandbox.token_calls[0]["grant_type"] == "refresh_token"
     assert len(seen) == 1 and sess.tokens == seen[0] and seen[0].access_token in sandbox.access_tokens
-    assert [c.headers["Authorization"] for c in sandbox.api_calls[:2]] == ["Bearer at-stale", f"Bearer {seen[0].access_token}"]
+    assert [c.headers["Authorization"] for c in sandbox.api_calls[:2]] == [
+        "Bearer at-stale",
+        f"Bearer {seen[0].access_token}",
+    ]
 
 
 async def test_crm_401_after_refresh_is_credentials_rejected(connectors, sandbox, http, rec):
     clock = Clock()
-    sess = session(connectors, "sandbox_crm", http, rec, oauth_client=CRM_CLIENT, tokens=crm_tokens(clock, access="at-stale"), clock=clock)
+    sess = session(
+        connectors,
+        "sandbox_crm",
+        http,
+        rec,
+        oauth_client=CRM_CLIENT,
+        tokens=crm_tokens(clock, access="at-stale"),
+        clock=clock,
+    )
     sandbox.access_tokens.clear()  # the API rejects every token, even fresh ones
     original = sandbox._token
 
@@ -549,7 +695,16 @@ async def test_expired_token_is_refreshed_proactively_once(connectors, sandbox, 
         seen.append(tokens)
 
     # expires in 30 s: inside the 60 s margin, so it is refreshed before any API call
-    sess = session(connectors, "sandbox_crm", http, rec, oauth_client=CRM_CLIENT, tokens=crm_tokens(clock, ttl=30), on_tokens=on_tokens, clock=clock)
+    sess = session(
+        connectors,
+        "sandbox_crm",
+        http,
+        rec,
+        oauth_client=CRM_CLIENT,
+        tokens=crm_tokens(clock, ttl=30),
+        on_tokens=on_tokens,
+        clock=clock,
+    )
     contacts, deals = await asyncio.gather(collect(sess, "contacts"), collect(sess, "deals"))
     assert sum(len(p.records) for p in contacts) == 7 and sum(len(p.records) for p in deals) == 5
     assert len(sandbox.token_calls) == 1 and len(seen) == 1  # serialised by the session's lock
@@ -572,7 +727,10 @@ async def test_429_with_retry_after_is_retried(connectors, sandbox, http, rec):
     assert rec.sleeps == [2.0, 5.0]
     warnings = [m for level, m in rec.logs if level == "warning"]
     assert len(warnings) == 2
-    assert all(m.startswith("contacts: HTTP 429 (rate limited): retry") and "[GET /sandbox/crm/api/contacts]" in m for m in warnings)
+    assert all(
+        m.startswith("contacts: HTTP 429 (rate limited): retry") and "[GET /sandbox/crm/api/contacts]" in m
+        for m in warnings
+    )
     assert not any("?" in m or "at-1" in m or "after=" in m for _, m in rec.logs)
 
 
@@ -580,12 +738,21 @@ async def test_5xx_gives_up_with_the_policy_reason(connectors, sandbox, http, re
     fail = lambda r: httpx.Response(500, json={"error": "boom"})  # noqa: E731
     for n in range(1, 10):
         sandbox.plan[n] = fail
-    sess = session(connectors, "sandbox_accounting", http, rec, credentials={"api_key": "sandbox-valid-key"},
-                   policy=RetryPolicy.default(rng=random.Random(0)))
+    sess = session(
+        connectors,
+        "sandbox_accounting",
+        http,
+        rec,
+        credentials={"api_key": "sandbox-valid-key"},
+        policy=RetryPolicy.default(rng=random.Random(0)),
+    )
     with pytest.raises(RetriesExhausted) as info:
         await sess.test()
     assert info.value.reason == "gave up after 2 retries on server errors (HTTP 5xx) within 30 s"
-    assert str(info.value) == "Sandbox Accounting kept failing: gave up after 2 retries on server errors (HTTP 5xx) within 30 s."
+    assert (
+        str(info.value)
+        == "Sandbox Accounting kept failing: gave up after 2 retries on server errors (HTTP 5xx) within 30 s."
+    )
     assert isinstance(info.value, ProviderError) and info.value.code == "retries_exhausted"
     assert len(sandbox.api_calls) == 3 and len(rec.sleeps) == 2
     assert "sandbox-valid-key" not in str(info.value) + repr(rec.logs)
@@ -594,14 +761,27 @@ async def test_5xx_gives_up_with_the_policy_reason(connectors, sandbox, http, re
 async def test_timeouts_and_connection_errors_are_retried(connectors, sandbox, http, rec):
     sandbox.plan[1] = lambda r: httpx.ReadTimeout("slow", request=r)
     sandbox.plan[2] = lambda r: httpx.RemoteProtocolError("incomplete chunked read", request=r)
-    sess = session(connectors, "sandbox_bank", http, rec, credentials={"login": "sandbox", "password": "sandbox"},
-                   policy=RetryPolicy.default(rng=random.Random(1)))
+    sess = session(
+        connectors,
+        "sandbox_bank",
+        http,
+        rec,
+        credentials={"login": "sandbox", "password": "sandbox"},
+        policy=RetryPolicy.default(rng=random.Random(1)),
+    )
     await sess.test()
     assert len(sandbox.api_calls) == 3 and len(rec.sleeps) == 2
     assert "timeouts" in rec.logs[0][1] and "connection errors" in rec.logs[1][1]
     # the short mode does not retry a connection error
     sandbox.plan[4] = lambda r: httpx.ConnectError("refused", request=r)
-    short = session(connectors, "sandbox_bank", http, rec, credentials={"login": "sandbox", "password": "sandbox"}, policy=RetryPolicy.short())
+    short = session(
+        connectors,
+        "sandbox_bank",
+        http,
+        rec,
+        credentials={"login": "sandbox", "password": "sandbox"},
+        policy=RetryPolicy.short(),
+    )
     with pytest.raises(RetriesExhausted, match="does not retry"):
         await short.test()
 
@@ -626,7 +806,14 @@ async def test_accounting_key_config_options_and_partitions(connectors, sandbox,
         await collect(good, "invoices")
 
     sandbox.api_calls.clear()
-    sess = session(connectors, "sandbox_accounting", http, rec, credentials={"api_key": "sandbox-valid-key"}, config={"divisions": ["101", "103"]})
+    sess = session(
+        connectors,
+        "sandbox_accounting",
+        http,
+        rec,
+        credentials={"api_key": "sandbox-valid-key"},
+        config={"divisions": ["101", "103"]},
+    )
     pages = await collect(sess, "invoices")
     assert [(p.partition, len(p.records)) for p in pages] == [("101", 3), ("101", 1), ("103", 3), ("103", 1)]
     ids = [r["id"] for p in pages for r in p.records]
@@ -649,7 +836,14 @@ async def test_accounting_key_config_options_and_partitions(connectors, sandbox,
     # resume: 101 has a cursor, 102 is new (full read); state keeps every partition
     sandbox.api_calls.clear()
     sandbox.touch(sandbox.invoices[101], 1)
-    sess = session(connectors, "sandbox_accounting", http, rec, credentials={"api_key": "sandbox-valid-key"}, config={"divisions": ["101", "102"]})
+    sess = session(
+        connectors,
+        "sandbox_accounting",
+        http,
+        rec,
+        credentials={"api_key": "sandbox-valid-key"},
+        config={"divisions": ["101", "102"]},
+    )
     pages = await collect(sess, "invoices", pages[-1].state)
     assert [(p.partition, [r["id"] for r in p.records]) for p in pages] == [
         ("101", ["inv_101_0001"]),
@@ -675,17 +869,35 @@ async def test_bank_link_header_paging_and_incremental(connectors, sandbox, http
     assert [r["id"] for p in pages for r in p.records] == [f"t_{i:04d}" for i in range(1, 7)]
     assert [q(r) for r in sandbox.api_calls] == [{"per_page": "500"}, {"per_page": "500", "page": "2"}]
     assert pages[-1].state == {"cursor": ts(6)}
-    assert pages[0].records[1] == {"id": "t_0002", "account_id": "acc_1", "amount": -20.0, "currency": "EUR",
-                                   "description": "Payment 2", "made_on": "2026-01-03", "updated_at": ts(2)}
-    sandbox.transactions.append({"id": "t_0007", "account_id": "acc_1", "amount": 5.0, "currency": "EUR",
-                                 "description": "Refresh", "made_on": "2026-01-04", "updated_at": ts(100)})
+    assert pages[0].records[1] == {
+        "id": "t_0002",
+        "account_id": "acc_1",
+        "amount": -20.0,
+        "currency": "EUR",
+        "description": "Payment 2",
+        "made_on": "2026-01-03",
+        "updated_at": ts(2),
+    }
+    sandbox.transactions.append(
+        {
+            "id": "t_0007",
+            "account_id": "acc_1",
+            "amount": 5.0,
+            "currency": "EUR",
+            "description": "Refresh",
+            "made_on": "2026-01-04",
+            "updated_at": ts(100),
+        }
+    )
     pages = await collect(sess, "transactions", pages[-1].state)
     assert [r["id"] for p in pages for r in p.records] == ["t_0007"]
 
 
 async def test_next_link_to_another_host_is_refused(connectors, rec):
     def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, json=[{"id": "t_1"}], headers={"Link": '<https://evil.test/steal?page=2>; rel="next"'})
+        return httpx.Response(
+            200, json=[{"id": "t_1"}], headers={"Link": '<https://evil.test/steal?page=2>; rel="next"'}
+        )
 
     async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
         sess = session(connectors, "sandbox_bank", client, rec, credentials={"login": "sandbox", "password": "sandbox"})
@@ -695,8 +907,18 @@ async def test_next_link_to_another_host_is_refused(connectors, rec):
 
 async def test_throughput_of_read_and_normalise(connectors, rec):
     """20,000 records through the engine (MockTransport, 500 per page) well within a second or two."""
-    rows = [{"id": f"t_{i:05d}", "account_id": "acc_1", "amount": i / 10, "currency": "EUR", "description": "x",
-             "made_on": "2026-01-03", "updated_at": ts(i)} for i in range(20_000)]
+    rows = [
+        {
+            "id": f"t_{i:05d}",
+            "account_id": "acc_1",
+            "amount": i / 10,
+            "currency": "EUR",
+            "description": "x",
+            "made_on": "2026-01-03",
+            "updated_at": ts(i),
+        }
+        for i in range(20_000)
+    ]
     bodies = [json.dumps(rows[i : i + 500]).encode() for i in range(0, len(rows), 500)]
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -747,39 +969,75 @@ async def test_hubspot(connectors, rec):
     url = build_authorize_url(hubspot, client=client, state="s1", code_challenge=challenge, context={})
     assert url.startswith("https://app.hubspot.com/oauth/authorize?")
     params = {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
-    assert params == {"response_type": "code", "client_id": "hs-client-id", "redirect_uri": REDIRECT, "state": "s1",
-                      "scope": "oauth crm.objects.contacts.read crm.objects.contacts.write crm.objects.deals.read",
-                      "code_challenge": challenge, "code_challenge_method": "S256"}
+    assert params == {
+        "response_type": "code",
+        "client_id": "hs-client-id",
+        "redirect_uri": REDIRECT,
+        "state": "s1",
+        "scope": "oauth crm.objects.contacts.read crm.objects.contacts.write crm.objects.deals.read",
+        "code_challenge": challenge,
+        "code_challenge_method": "S256",
+    }
 
     def contact(i: int) -> dict[str, Any]:
         # the documented CRM v3 object shape: id, properties{…}, createdAt, updatedAt, archived
-        return {"id": str(i), "properties": {"email": f"c{i}@example.com", "firstname": f"F{i}", "lastname": f"L{i}",
-                "company": "HubSpot Test", "phone": None, "createdate": "2024-01-01T00:00:00.000Z",
-                "lastmodifieddate": "2024-02-01T00:00:00.000Z", "hs_object_id": str(i)},
-                "createdAt": "2024-01-01T00:00:00.000Z", "updatedAt": "2024-02-01T00:00:00.000Z", "archived": False}
+        return {
+            "id": str(i),
+            "properties": {
+                "email": f"c{i}@example.com",
+                "firstname": f"F{i}",
+                "lastname": f"L{i}",
+                "company": "HubSpot Test",
+                "phone": None,
+                "createdate": "2024-01-01T00:00:00.000Z",
+                "lastmodifieddate": "2024-02-01T00:00:00.000Z",
+                "hs_object_id": str(i),
+            },
+            "createdAt": "2024-01-01T00:00:00.000Z",
+            "updatedAt": "2024-02-01T00:00:00.000Z",
+            "archived": False,
+        }
 
     def contacts(request: httpx.Request) -> httpx.Response:
         after = request.url.params.get("after")
         if after is None:
-            return httpx.Response(200, json={"results": [contact(1), contact(2)],
-                                             "paging": {"next": {"after": "3", "link": "https://api.hubapi.com/crm/v3/objects/contacts?after=3"}}})
+            return httpx.Response(
+                200,
+                json={
+                    "results": [contact(1), contact(2)],
+                    "paging": {
+                        "next": {"after": "3", "link": "https://api.hubapi.com/crm/v3/objects/contacts?after=3"}
+                    },
+                },
+            )
         assert after == "3"
         return httpx.Response(200, json={"results": [contact(3)]})
 
     def token(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, json={"token_type": "bearer", "refresh_token": "hs-rt", "access_token": "hs-at", "expires_in": 1800})
+        return httpx.Response(
+            200, json={"token_type": "bearer", "refresh_token": "hs-rt", "access_token": "hs-at", "expires_in": 1800}
+        )
 
-    provider = Provider({
-        ("POST", "https://api.hubapi.com/oauth/v1/token"): token,
-        ("GET", "https://api.hubapi.com/crm/v3/objects/contacts"): contacts,
-    })
+    provider = Provider(
+        {
+            ("POST", "https://api.hubapi.com/oauth/v1/token"): token,
+            ("GET", "https://api.hubapi.com/crm/v3/objects/contacts"): contacts,
+        }
+    )
     clock = Clock()
     async with provider.client() as http:
-        tokens = await exchange_code(hubspot, http=http, client=client, code="hs-code", code_verifier=verifier, context={}, clock=clock)
+        tokens = await exchange_code(
+            hubspot, http=http, client=client, code="hs-code", code_verifier=verifier, context={}, clock=clock
+        )
         assert (tokens.access_token, tokens.refresh_token, tokens.expires_at) == ("hs-at", "hs-rt", clock() + 1800)
-        assert form(provider.requests[0]) == {"grant_type": "authorization_code", "code": "hs-code", "redirect_uri": REDIRECT,
-                                              "client_id": "hs-client-id", "client_secret": "hs-client-secret",
-                                              "code_verifier": verifier}
+        assert form(provider.requests[0]) == {
+            "grant_type": "authorization_code",
+            "code": "hs-code",
+            "redirect_uri": REDIRECT,
+            "client_id": "hs-client-id",
+            "client_secret": "hs-client-secret",
+            "code_verifier": verifier,
+        }
         sess = session(connectors, "hubspot", http, rec, context={}, oauth_client=client, tokens=tokens, clock=clock)
         await sess.test()
         assert q(provider.requests[1]) == {"limit": "1"}
@@ -793,44 +1051,87 @@ async def test_hubspot(connectors, rec):
     ]
     records = [r for p in pages for r in p.records]
     assert [r["id"] for r in records] == ["1", "2", "3"]
-    assert records[0] == {"id": "1", "email": "c1@example.com", "first_name": "F1", "last_name": "L1", "company": "HubSpot Test",
-                          "phone": None, "archived": False, "created_at": "2024-01-01T00:00:00.000Z", "updated_at": "2024-02-01T00:00:00.000Z"}
+    assert records[0] == {
+        "id": "1",
+        "email": "c1@example.com",
+        "first_name": "F1",
+        "last_name": "L1",
+        "company": "HubSpot Test",
+        "phone": None,
+        "archived": False,
+        "created_at": "2024-01-01T00:00:00.000Z",
+        "updated_at": "2024-02-01T00:00:00.000Z",
+    }
     assert all(p.state == {} for p in pages)  # full-read stream
 
 
 async def test_pipedrive(connectors, rec):
     def person(i: int) -> dict[str, Any]:
-        return {"id": i, "name": f"Person {i}", "first_name": "Person", "last_name": str(i), "active_flag": True,
-                "email": [{"label": "work", "value": f"p{i}@example.com", "primary": True}],
-                "phone": [{"label": "work", "value": "12345", "primary": True}],
-                "org_id": {"name": "Acme", "value": 5}, "org_name": "Acme",
-                "owner_id": {"id": 777, "name": "James Bond", "email": "jb@example.com"},
-                "add_time": "2023-01-08 05:30:20", "update_time": "2023-02-08 05:30:20"}
+        return {
+            "id": i,
+            "name": f"Person {i}",
+            "first_name": "Person",
+            "last_name": str(i),
+            "active_flag": True,
+            "email": [{"label": "work", "value": f"p{i}@example.com", "primary": True}],
+            "phone": [{"label": "work", "value": "12345", "primary": True}],
+            "org_id": {"name": "Acme", "value": 5},
+            "org_name": "Acme",
+            "owner_id": {"id": 777, "name": "James Bond", "email": "jb@example.com"},
+            "add_time": "2023-01-08 05:30:20",
+            "update_time": "2023-02-08 05:30:20",
+        }
 
     def persons(request: httpx.Request) -> httpx.Response:
         start = int(request.url.params["start"])
         if start == 0:  # the server caps the page below our limit and says there is more
-            return httpx.Response(200, json={"success": True, "data": [person(1), person(2)],
-                                             "additional_data": {"pagination": {"start": 0, "limit": 2, "more_items_in_collection": True, "next_start": 2}}})
+            return httpx.Response(
+                200,
+                json={
+                    "success": True,
+                    "data": [person(1), person(2)],
+                    "additional_data": {
+                        "pagination": {"start": 0, "limit": 2, "more_items_in_collection": True, "next_start": 2}
+                    },
+                },
+            )
         assert start == 2
-        return httpx.Response(200, json={"success": True, "data": [person(3)],
-                                         "additional_data": {"pagination": {"start": 2, "limit": 2, "more_items_in_collection": False}}})
+        return httpx.Response(
+            200,
+            json={
+                "success": True,
+                "data": [person(3)],
+                "additional_data": {"pagination": {"start": 2, "limit": 2, "more_items_in_collection": False}},
+            },
+        )
 
     def me(request: httpx.Request) -> httpx.Response:
         if request.headers.get("x-api-token") != "pd-token-123":
             return httpx.Response(401, json={"success": False, "error": "unauthorized access", "errorCode": 401})
-        return httpx.Response(200, json={"success": True, "data": {"id": 777, "name": "James Bond", "company_id": 1, "company_domain": "acme"}})
+        return httpx.Response(
+            200,
+            json={
+                "success": True,
+                "data": {"id": 777, "name": "James Bond", "company_id": 1, "company_domain": "acme"},
+            },
+        )
 
-    provider = Provider({
-        ("GET", "https://acme.pipedrive.com/api/v1/users/me"): me,
-        ("GET", "https://acme.pipedrive.com/api/v1/persons"): persons,
-    })
+    provider = Provider(
+        {
+            ("GET", "https://acme.pipedrive.com/api/v1/users/me"): me,
+            ("GET", "https://acme.pipedrive.com/api/v1/persons"): persons,
+        }
+    )
     async with provider.client() as http:
-        bad = session(connectors, "pipedrive", http, rec, credentials={"company_domain": "acme", "api_token": "wrong-token-456"})
+        bad = session(
+            connectors, "pipedrive", http, rec, credentials={"company_domain": "acme", "api_token": "wrong-token-456"}
+        )
         with pytest.raises(CredentialsRejected) as info:
             await bad.test()
         assert "wrong-token-456" not in str(info.value)
-        sess = session(connectors, "pipedrive", http, rec, credentials={"company_domain": "acme", "api_token": "pd-token-123"})
+        sess = session(
+            connectors, "pipedrive", http, rec, credentials={"company_domain": "acme", "api_token": "pd-token-123"}
+        )
         await sess.test()
         pages = await collect(sess, "persons")
     reads = provider.requests[2:]
@@ -841,11 +1142,20 @@ async def test_pipedrive(connectors, rec):
     assert all(r.headers["x-api-token"] == "pd-token-123" and "api_token" not in str(r.url) for r in reads)
     records = [r for p in pages for r in p.records]
     assert [r["id"] for r in records] == [1, 2, 3]
-    assert records[0] == {"id": 1, "name": "Person 1", "first_name": "Person", "last_name": "1",
-                          "email": [{"label": "work", "value": "p1@example.com", "primary": True}],
-                          "phone": [{"label": "work", "value": "12345", "primary": True}],
-                          "org_id": 5, "org_name": "Acme", "owner_id": 777, "active_flag": True,
-                          "add_time": "2023-01-08 05:30:20", "update_time": "2023-02-08 05:30:20"}
+    assert records[0] == {
+        "id": 1,
+        "name": "Person 1",
+        "first_name": "Person",
+        "last_name": "1",
+        "email": [{"label": "work", "value": "p1@example.com", "primary": True}],
+        "phone": [{"label": "work", "value": "12345", "primary": True}],
+        "org_id": 5,
+        "org_name": "Acme",
+        "owner_id": 777,
+        "active_flag": True,
+        "add_time": "2023-01-08 05:30:20",
+        "update_time": "2023-02-08 05:30:20",
+    }
 
 
 async def test_exact_online(connectors, rec):
@@ -854,49 +1164,100 @@ async def test_exact_online(connectors, rec):
     url = build_authorize_url(exact, client=client, state="s2", code_challenge=None, context={})
     assert url.startswith("https://start.exactonline.nl/api/oauth2/auth?")
     assert {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()} == {
-        "response_type": "code", "client_id": "eo-client-id", "redirect_uri": REDIRECT, "state": "s2", "force_login": "0"}
+        "response_type": "code",
+        "client_id": "eo-client-id",
+        "redirect_uri": REDIRECT,
+        "state": "s2",
+        "force_login": "0",
+    }
 
     base = "https://start.exactonline.nl/api/v1"
-    ms = lambda day: f"/Date({int(datetime(2026, 2, day, 9, 30, tzinfo=timezone.utc).timestamp() * 1000)})/"  # noqa: E731
+    ms = lambda day: f"/Date({int(datetime(2026, 2, day, 9, 30, tzinfo=UTC).timestamp() * 1000)})/"  # noqa: E731
 
     def account(i: int, day: int) -> dict[str, Any]:
-        return {"__metadata": {"uri": f"{base}/7095/crm/Accounts(guid'{i}')", "type": "Exact.Web.Api.Models.Account"},
-                "ID": f"00000000-0000-0000-0000-00000000000{i}", "Division": 7095, "Code": f"{i:>18}", "Name": f"Account {i}",
-                "Email": None, "Phone": None, "City": "Delft", "Country": "NL", "VATNumber": None, "Status": "C",
-                "IsSupplier": False, "Created": ms(1), "Modified": ms(day)}
+        return {
+            "__metadata": {"uri": f"{base}/7095/crm/Accounts(guid'{i}')", "type": "Exact.Web.Api.Models.Account"},
+            "ID": f"00000000-0000-0000-0000-00000000000{i}",
+            "Division": 7095,
+            "Code": f"{i:>18}",
+            "Name": f"Account {i}",
+            "Email": None,
+            "Phone": None,
+            "City": "Delft",
+            "Country": "NL",
+            "VATNumber": None,
+            "Status": "C",
+            "IsSupplier": False,
+            "Created": ms(1),
+            "Modified": ms(day),
+        }
 
     def token(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, json={"access_token": "eo-at", "token_type": "bearer", "expires_in": "600", "refresh_token": "eo-rt"})
+        return httpx.Response(
+            200, json={"access_token": "eo-at", "token_type": "bearer", "expires_in": "600", "refresh_token": "eo-rt"}
+        )
 
     def me(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, json={"d": {"results": [{"__metadata": {}, "CurrentDivision": 7095, "UserName": "jan"}]}})
+        return httpx.Response(
+            200, json={"d": {"results": [{"__metadata": {}, "CurrentDivision": 7095, "UserName": "jan"}]}}
+        )
 
     def divisions(request: httpx.Request) -> httpx.Response:
         if "$skiptoken" not in request.url.params:
-            return httpx.Response(200, json={"d": {"results": [{"Code": 7095, "Description": "Main BV"}],
-                                                   "__next": f"{base}/7095/system/Divisions?$select=Code,Description&$skiptoken=7095"}})
+            return httpx.Response(
+                200,
+                json={
+                    "d": {
+                        "results": [{"Code": 7095, "Description": "Main BV"}],
+                        "__next": f"{base}/7095/system/Divisions?$select=Code,Description&$skiptoken=7095",
+                    }
+                },
+            )
         return httpx.Response(200, json={"d": {"results": [{"Code": 8000, "Description": "Second BV"}]}})
 
     def accounts(request: httpx.Request) -> httpx.Response:
         if "$skiptoken" not in request.url.params:
-            return httpx.Response(200, json={"d": {"results": [account(1, 5), account(2, 3)],
-                                                   "__next": f"{base}/7095/crm/Accounts?$select=ID&$skiptoken=guid'2'"}})
+            return httpx.Response(
+                200,
+                json={
+                    "d": {
+                        "results": [account(1, 5), account(2, 3)],
+                        "__next": f"{base}/7095/crm/Accounts?$select=ID&$skiptoken=guid'2'",
+                    }
+                },
+            )
         return httpx.Response(200, json={"d": {"results": [account(3, 4)]}})
 
-    provider = Provider({
-        ("POST", "https://start.exactonline.nl/api/oauth2/token"): token,
-        ("GET", f"{base}/current/Me"): me,
-        ("GET", f"{base}/7095/system/Divisions"): divisions,
-        ("GET", f"{base}/7095/crm/Accounts"): accounts,
-    })
+    provider = Provider(
+        {
+            ("POST", "https://start.exactonline.nl/api/oauth2/token"): token,
+            ("GET", f"{base}/current/Me"): me,
+            ("GET", f"{base}/7095/system/Divisions"): divisions,
+            ("GET", f"{base}/7095/crm/Accounts"): accounts,
+        }
+    )
     clock = Clock()
     async with provider.client() as http:
-        tokens = await exchange_code(exact, http=http, client=client, code="eo-code", code_verifier=None, context={}, clock=clock)
+        tokens = await exchange_code(
+            exact, http=http, client=client, code="eo-code", code_verifier=None, context={}, clock=clock
+        )
         assert tokens.expires_at == clock() + 600  # Exact sends expires_in as a string
-        sess = session(connectors, "exact_online", http, rec, context={}, oauth_client=client, tokens=tokens, clock=clock,
-                       config={"divisions": [7095]})
+        sess = session(
+            connectors,
+            "exact_online",
+            http,
+            rec,
+            context={},
+            oauth_client=client,
+            tokens=tokens,
+            clock=clock,
+            config={"divisions": [7095]},
+        )
         await sess.test()
-        assert await sess.config_options() == [{"value": "7095", "label": "Main BV"}, {"value": "8000", "label": "Second BV"}]
+        assert await sess.config_options() == [
+            {"value": "7095", "label": "Main BV"},
+            {"value": "8000", "label": "Second BV"},
+        ]
         start = len(provider.requests)
         pages = await collect(sess, "accounts")
         reads = provider.requests[start:]
@@ -907,14 +1268,20 @@ async def test_exact_online(connectors, rec):
 
     me_calls = [r for r in provider.requests if r.url.path.endswith("/Me")]
     assert not me_calls  # the current division lookup is cached per session
-    assert all(r.headers["Accept"] == "application/json" and r.headers["Authorization"] == "Bearer eo-at" for r in reads)
+    assert all(
+        r.headers["Accept"] == "application/json" and r.headers["Authorization"] == "Bearer eo-at" for r in reads
+    )
     assert [str(r.url) for r in reads] == [
         f"{base}/7095/crm/Accounts?%24select=ID%2CDivision%2CCode%2CName%2CEmail%2CPhone%2CCity%2CCountry%2CVATNumber%2CStatus%2CIsSupplier%2CCreated%2CModified",
         f"{base}/7095/crm/Accounts?$select=ID&$skiptoken=guid'2'",
     ]
     records = [r for p in pages for r in p.records]
     assert [r["id"] for r in records] == [f"00000000-0000-0000-0000-00000000000{i}" for i in (1, 2, 3)]
-    assert records[0]["modified"] == "2026-02-05T09:30:00" and records[0]["division"] == 7095 and records[0]["is_supplier"] is False
+    assert (
+        records[0]["modified"] == "2026-02-05T09:30:00"
+        and records[0]["division"] == 7095
+        and records[0]["is_supplier"] is False
+    )
     # Exact does not promise an order: the cursor is committed only after the division's last page
     assert [p.state for p in pages] == [{"partitions": {}}, {"partitions": {"7095": {"cursor": "2026-02-05T09:30:00"}}}]
     assert incremental.url.params["$filter"] == "Modified gt datetime'2026-02-05T09:30:00'"
@@ -922,26 +1289,49 @@ async def test_exact_online(connectors, rec):
 
 async def test_stripe(connectors, rec):
     def customer(i: int) -> dict[str, Any]:
-        return {"id": f"cus_{i}", "object": "customer", "email": f"c{i}@example.com", "name": f"Customer {i}", "phone": None,
-                "description": None, "currency": "eur", "balance": 0, "delinquent": False, "livemode": False,
-                "metadata": {"plan": "pro"}, "created": 1_700_000_000 + i}
+        return {
+            "id": f"cus_{i}",
+            "object": "customer",
+            "email": f"c{i}@example.com",
+            "name": f"Customer {i}",
+            "phone": None,
+            "description": None,
+            "currency": "eur",
+            "balance": 0,
+            "delinquent": False,
+            "livemode": False,
+            "metadata": {"plan": "pro"},
+            "created": 1_700_000_000 + i,
+        }
 
     def customers(request: httpx.Request) -> httpx.Response:
         after = request.url.params.get("starting_after")
         if after is None:  # newest first, as Stripe lists
-            return httpx.Response(200, json={"object": "list", "url": "/v1/customers", "has_more": True, "data": [customer(3), customer(2)]})
+            return httpx.Response(
+                200,
+                json={"object": "list", "url": "/v1/customers", "has_more": True, "data": [customer(3), customer(2)]},
+            )
         assert after == "cus_2"
-        return httpx.Response(200, json={"object": "list", "url": "/v1/customers", "has_more": False, "data": [customer(1)]})
+        return httpx.Response(
+            200, json={"object": "list", "url": "/v1/customers", "has_more": False, "data": [customer(1)]}
+        )
 
     def balance(request: httpx.Request) -> httpx.Response:
         if request.headers.get("Authorization") != "Bearer sk_test_abc123":
-            return httpx.Response(401, json={"error": {"message": "Invalid API Key provided: sk_test_***", "type": "invalid_request_error"}})
-        return httpx.Response(200, json={"object": "balance", "available": [{"amount": 0, "currency": "eur"}], "livemode": False})
+            return httpx.Response(
+                401,
+                json={"error": {"message": "Invalid API Key provided: sk_test_***", "type": "invalid_request_error"}},
+            )
+        return httpx.Response(
+            200, json={"object": "balance", "available": [{"amount": 0, "currency": "eur"}], "livemode": False}
+        )
 
-    provider = Provider({
-        ("GET", "https://api.stripe.com/v1/balance"): balance,
-        ("GET", "https://api.stripe.com/v1/customers"): customers,
-    })
+    provider = Provider(
+        {
+            ("GET", "https://api.stripe.com/v1/balance"): balance,
+            ("GET", "https://api.stripe.com/v1/customers"): customers,
+        }
+    )
     async with provider.client() as http:
         with pytest.raises(CredentialsRejected):
             await session(connectors, "stripe", http, rec, credentials={"secret_key": "sk_test_wrong"}).test()
@@ -969,46 +1359,93 @@ async def test_slack(connectors, rec):
     url = build_authorize_url(slack, client=client, state="s3", code_challenge=challenge, context={})
     assert url.startswith("https://slack.com/oauth/v2/authorize?")
     assert {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()} == {
-        "response_type": "code", "client_id": "111.222", "redirect_uri": REDIRECT, "state": "s3",
-        "scope": "channels:read,users:read,users:read.email,chat:write", "code_challenge": challenge, "code_challenge_method": "S256"}
+        "response_type": "code",
+        "client_id": "111.222",
+        "redirect_uri": REDIRECT,
+        "state": "s3",
+        "scope": "channels:read,users:read,users:read.email,chat:write",
+        "code_challenge": challenge,
+        "code_challenge_method": "S256",
+    }
 
     def access(request: httpx.Request) -> httpx.Response:
         data = form(request)
         if data.get("code") != "good-code":
             return httpx.Response(200, json={"ok": False, "error": "invalid_code"})
-        return httpx.Response(200, json={
-            "ok": True, "access_token": "xoxb-17653672481", "token_type": "bot", "scope": "channels:read,users:read",
-            "bot_user_id": "U0KRQLJ9H", "app_id": "A0KRD7HC3", "team": {"name": "Slack Softball Team", "id": "T9TK3CUKW"},
-            "enterprise": None, "authed_user": {"id": "U1234", "scope": "", "access_token": "xoxp-1234", "token_type": "user"}})
+        return httpx.Response(
+            200,
+            json={
+                "ok": True,
+                "access_token": "xoxb-17653672481",
+                "token_type": "bot",
+                "scope": "channels:read,users:read",
+                "bot_user_id": "U0KRQLJ9H",
+                "app_id": "A0KRD7HC3",
+                "team": {"name": "Slack Softball Team", "id": "T9TK3CUKW"},
+                "enterprise": None,
+                "authed_user": {"id": "U1234", "scope": "", "access_token": "xoxp-1234", "token_type": "user"},
+            },
+        )
 
     def auth_test(request: httpx.Request) -> httpx.Response:
         if request.headers.get("Authorization") != "Bearer xoxb-17653672481":
             return httpx.Response(200, json={"ok": False, "error": "invalid_auth"})
-        return httpx.Response(200, json={"ok": True, "url": "https://softball.slack.com/", "team": "Slack Softball Team",
-                                         "user": "bot", "team_id": "T9TK3CUKW", "user_id": "U0KRQLJ9H"})
+        return httpx.Response(
+            200,
+            json={
+                "ok": True,
+                "url": "https://softball.slack.com/",
+                "team": "Slack Softball Team",
+                "user": "bot",
+                "team_id": "T9TK3CUKW",
+                "user_id": "U0KRQLJ9H",
+            },
+        )
 
     def channel(i: int) -> dict[str, Any]:
-        return {"id": f"C0{i}", "name": f"channel-{i}", "is_channel": True, "is_private": False, "is_archived": False,
-                "is_general": i == 1, "num_members": 4, "created": 1449252889, "creator": "U061F7AUR",
-                "topic": {"value": "Topic", "creator": "", "last_set": 0}, "purpose": {"value": "Purpose", "creator": "", "last_set": 0}}
+        return {
+            "id": f"C0{i}",
+            "name": f"channel-{i}",
+            "is_channel": True,
+            "is_private": False,
+            "is_archived": False,
+            "is_general": i == 1,
+            "num_members": 4,
+            "created": 1449252889,
+            "creator": "U061F7AUR",
+            "topic": {"value": "Topic", "creator": "", "last_set": 0},
+            "purpose": {"value": "Purpose", "creator": "", "last_set": 0},
+        }
 
     def conversations(request: httpx.Request) -> httpx.Response:
         cursor = request.url.params.get("cursor")
         if cursor is None:
-            return httpx.Response(200, json={"ok": True, "channels": [channel(1), channel(2)],
-                                             "response_metadata": {"next_cursor": "dGVhbTpDMDYxRkE1UEI="}})
+            return httpx.Response(
+                200,
+                json={
+                    "ok": True,
+                    "channels": [channel(1), channel(2)],
+                    "response_metadata": {"next_cursor": "dGVhbTpDMDYxRkE1UEI="},
+                },
+            )
         assert cursor == "dGVhbTpDMDYxRkE1UEI="
-        return httpx.Response(200, json={"ok": True, "channels": [channel(3)], "response_metadata": {"next_cursor": ""}})
+        return httpx.Response(
+            200, json={"ok": True, "channels": [channel(3)], "response_metadata": {"next_cursor": ""}}
+        )
 
-    provider = Provider({
-        ("POST", "https://slack.com/api/oauth.v2.access"): access,
-        ("GET", "https://slack.com/api/auth.test"): auth_test,
-        ("GET", "https://slack.com/api/conversations.list"): conversations,
-    })
+    provider = Provider(
+        {
+            ("POST", "https://slack.com/api/oauth.v2.access"): access,
+            ("GET", "https://slack.com/api/auth.test"): auth_test,
+            ("GET", "https://slack.com/api/conversations.list"): conversations,
+        }
+    )
     async with provider.client() as http:
         with pytest.raises(CredentialsRejected, match="invalid_code"):
             await exchange_code(slack, http=http, client=client, code="bad", code_verifier=verifier, context={})
-        tokens = await exchange_code(slack, http=http, client=client, code="good-code", code_verifier=verifier, context={})
+        tokens = await exchange_code(
+            slack, http=http, client=client, code="good-code", code_verifier=verifier, context={}
+        )
         exchange = provider.requests[-1]
         assert form(exchange)["code_verifier"] == verifier
         assert exchange.headers["Authorization"] == "Basic " + base64.b64encode(b"111.222:slack-secret").decode()
@@ -1023,8 +1460,15 @@ async def test_slack(connectors, rec):
         pages = await collect(sess, "channels")
         reads = list(provider.requests)
 
-        revoked = session(connectors, "slack", http, rec, context={}, oauth_client=client,
-                          tokens=OAuthTokens("xoxb-revoked", None, None))
+        revoked = session(
+            connectors,
+            "slack",
+            http,
+            rec,
+            context={},
+            oauth_client=client,
+            tokens=OAuthTokens("xoxb-revoked", None, None),
+        )
         with pytest.raises(CredentialsRejected) as info:
             await revoked.test()
         assert "xoxb-revoked" not in str(info.value)

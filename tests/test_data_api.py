@@ -5,12 +5,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 
 import pytest
-
-from bff.settings import Settings
-
 from conftest import BFF, auth, running_bff
 from sandbox_flows import connect_accounting, connect_crm
 from sync_helpers import all_rows, customer, sync, tables
+
+from bff.settings import Settings
 
 
 @pytest.fixture
@@ -44,7 +43,9 @@ async def test_tables_describe_their_fields(sbff: BFF) -> None:
     assert list(fields) == ["id", "email", "first_name", "last_name", "company", "created_at", "updated_at"]
     assert fields["id"]["primary"] is True and fields["email"]["primary"] is False
     assert fields["updated_at"]["type"] == "datetime"
-    paged = (await sbff.client.get(f"/api/database/tables/database/{account_id}/?page_size=1&page=2", headers=auth(token))).json()
+    paged = (
+        await sbff.client.get(f"/api/database/tables/database/{account_id}/?page_size=1&page=2", headers=auth(token))
+    ).json()
     assert paged["count"] == 2 and len(paged["results"]) == 1 and paged["previous"] and paged["next"] is None
 
 
@@ -60,7 +61,19 @@ async def test_rows_page_correctly_with_names_or_field_ids(sbff: BFF) -> None:
     assert "page=2" in first["next"] and "user_field_names=True" in first["next"]
     row = first["results"][0]
     assert row["id"] == "inv_101_0001" and row["division"] == 101 and isinstance(row["amount"], float)
-    assert set(row) == {"id", "division", "number", "customer", "amount", "currency", "status", "issued_on", "updated_at", "_synced_at", "_run_id"}
+    assert set(row) == {
+        "id",
+        "division",
+        "number",
+        "customer",
+        "amount",
+        "currency",
+        "status",
+        "issued_on",
+        "updated_at",
+        "_synced_at",
+        "_run_id",
+    }
 
     last = (await sbff.client.get(f"{url}?user_field_names=true&page_size=200&page=8", headers=auth(token))).json()
     assert len(last["results"]) == 100 and last["next"] is None and "page=7" in last["previous"]
@@ -96,7 +109,9 @@ async def test_another_sub_accounts_database_and_tables_are_404(sbff: BFF) -> No
         answer = await sbff.client.get(path, headers=auth(other_token))
         assert answer.status_code == 404 and answer.json()["code"] == "not_found", path
     assert (await sbff.client.get("/api/applications/", headers=auth(other_token))).json()["results"][0]["tables"] == []
-    assert (await sbff.client.get(f"/api/database/tables/database/{other_id}/", headers=auth(other_token))).json()["count"] == 0
+    assert (await sbff.client.get(f"/api/database/tables/database/{other_id}/", headers=auth(other_token))).json()[
+        "count"
+    ] == 0
     assert (await sbff.client.get(f"/api/database/rows/table/{contacts['id']}/")).status_code == 401
     # A partner token is not a sub-account token.
     _, partner_token = await sbff.partner("nosy")

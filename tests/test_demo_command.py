@@ -13,7 +13,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from conftest import auth, free_port
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGINT")
@@ -22,8 +21,22 @@ pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGINT")
 def start_demo(data_dir: Path, bff_port: int, site_port: int) -> tuple[subprocess.Popen[str], list[str]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BFF_")}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bff.cli", "demo", "--bff-port", str(bff_port), "--site-port", str(site_port), "--data-dir", str(data_dir)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "bff.cli",
+            "demo",
+            "--bff-port",
+            str(bff_port),
+            "--site-port",
+            str(site_port),
+            "--data-dir",
+            str(data_dir),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     assert proc.stdout is not None
     lines: list[str] = []
@@ -79,9 +92,13 @@ def test_bff_demo_serves_both_origins_prints_where_and_stops_cleanly_on_ctrl_c(d
         assert listed.status_code == 200
         # The demo site's origin is registered: it gets CORS, another origin does not.
         preflight = {"Access-Control-Request-Method": "GET"}
-        ok = httpx.options(f"http://127.0.0.1:{bff_port}/api/servers", headers={"Origin": f"http://localhost:{site_port}", **preflight})
+        ok = httpx.options(
+            f"http://127.0.0.1:{bff_port}/api/servers", headers={"Origin": f"http://localhost:{site_port}", **preflight}
+        )
         assert ok.headers.get("access-control-allow-origin") == f"http://localhost:{site_port}"
-        other = httpx.options(f"http://127.0.0.1:{bff_port}/api/servers", headers={"Origin": "http://evil.test", **preflight})
+        other = httpx.options(
+            f"http://127.0.0.1:{bff_port}/api/servers", headers={"Origin": "http://evil.test", **preflight}
+        )
         assert "access-control-allow-origin" not in other.headers
     finally:
         code, out = stop(proc)
@@ -108,8 +125,21 @@ def test_bff_demo_says_which_port_is_taken(data_dir_outside_pytest: Path) -> Non
         taken.listen()
         port = taken.getsockname()[1]
         result = subprocess.run(
-            [sys.executable, "-m", "bff.cli", "demo", "--bff-port", str(port), "--site-port", str(free_port()), "--data-dir", str(data_dir_outside_pytest)],
-            capture_output=True, text=True, timeout=60,
+            [
+                sys.executable,
+                "-m",
+                "bff.cli",
+                "demo",
+                "--bff-port",
+                str(port),
+                "--site-port",
+                str(free_port()),
+                "--data-dir",
+                str(data_dir_outside_pytest),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
     assert result.returncode == 1
     assert f"port {port} on 127.0.0.1 is in use" in result.stderr and "--bff-port" in result.stderr

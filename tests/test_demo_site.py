@@ -8,11 +8,11 @@ from collections.abc import Callable
 import httpx
 from standardwebhooks import Webhook
 
+from conftest import free_port, serve_in_thread
+
 from bff.cli import ensure_demo_partner, ensure_demo_webhook
 from bff.settings import Settings
 from demo_site.app import create_site_app, format_value
-
-from conftest import free_port, serve_in_thread
 
 
 async def test_demo_site_pages_and_csp(settings_factory: Callable[..., Settings]) -> None:
@@ -28,13 +28,16 @@ async def test_demo_site_pages_and_csp(settings_factory: Callable[..., Settings]
             login = await browser.get("/")
             assert "Sign in to Acme Books" in login.text
             bad = await browser.post("/login", data={"customer": "nobody"})
-            assert bad.status_code == 400 and "role=\"alert\"" in bad.text
+            assert bad.status_code == 400 and 'role="alert"' in bad.text
             page = await browser.post("/login", data={"customer": "wood_123"})
             assert page.status_code == 200 and str(page.url).endswith("/integrations")
             csp = page.headers["content-security-policy"]
             nonce = csp.split("'nonce-")[1].split("'")[0]
             assert f"script-src 'nonce-{nonce}' {settings.public_url};" in csp and "unsafe-inline" not in csp
-            assert f'<script type="module" src="{settings.public_url}/embed/v1/peliqan-integration.js" nonce="{nonce}">' in page.text
+            assert (
+                f'<script type="module" src="{settings.public_url}/embed/v1/peliqan-integration.js" nonce="{nonce}">'
+                in page.text
+            )
             assert '<div id="peliqan-integration-button"' in page.text
             assert partner["token"] not in page.text  # the partner token never reaches the browser
             config = json.loads(page.text.split('id="acme-config">')[1].split("</script>")[0])
@@ -119,3 +122,46 @@ async def test_demo_site_receives_verified_webhooks_and_shows_activity(settings_
             signed = {"webhook-id": "msg_2", "webhook-timestamp": str(int(now.timestamp())), "webhook-signature": other.sign("msg_2", now, body)}
             assert (await browser.post("/webhooks", content=body, headers=signed)).status_code == 401
             assert "Forged connected" not in [e["text"] for e in (await browser.get("/integrations/activity")).json()["events"]]
+
+
+async def test_data_page_saved_queries(settings_factory: Callable[..., Settings]) -> None:
+    bff_port = free_port()
+    settings = settings_factory(public_url=f"http://127.0.0.1:{bff_port}", sandbox_enabled=True)
+    site_port = free_port()
+    site_url = f"http://localhost:{site_port}"
+    partner = await ensure_demo_partner(settings, site_url)
+    site = create_site_app(bff_url=settings.public_url, partner_token=partner["token"], site_url=site_url)
+    with serve_in_thread(settings, port=bff_port), serve_in_thread(site, port=site_port, host="localhost") as base:
+        async with httpx.AsyncClient(base_url=base, follow_redirects=True) as browser:
+            page = await browser.post("/login", data={"customer": "wood_123"})
+            csrf = json.loads(page.text.split('id="acme-config">')[1].split("</script>")[0])["csrf"]
+            empty = await browser.get("/data")
+            assert "Saved queries" in empty.text and "No saved queries yet." in empty.text
+
+            forged = await browser.post("/data/queries", data={"name": "x", "query": "SELECT 1 AS one"})
+            assert forged.status_code == 403 and "form_expired" in forged.text
+            elsewhere = await browser.post(
+                "/data/queries",
+                data={"csrf": csrf, "name": "x", "query": "SELECT 1 AS one"},
+                headers={"Sec-Fetch-Site": "cross-site", "Origin": "https://evil.example"},
+            )
+            assert elsewhere.status_code == 403 and "cross_site" in elsewhere.text
+
+            saved = await browser.post(
+                "/data/queries",
+                data={"csrf": csrf, "name": "The answer", "query": "SELECT 42 AS answer, 'forty-two' AS words"},
+            )
+            assert saved.status_code == 200 and "/data?query=" in str(saved.url)
+            assert (
+                'aria-current="true">The answer</a>' in saved.text
+                and "forty-two" in saved.text
+                and "1 rows" in saved.text
+            )
+
+            refused = await browser.post(
+                "/data/queries", data={"csrf": csrf, "name": "Bad", "query": "SELECT 1; SELECT 2"}
+            )
+            assert refused.status_code == 200 and 'role="alert"' in refused.text and "multiple commands" in refused.text
+            assert "SELECT 1; SELECT 2" in refused.text  # the draft is kept for editing
+            listed = await browser.get("/data")
+            assert listed.text.count('href="/data?query=') == 1

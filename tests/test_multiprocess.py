@@ -24,11 +24,10 @@ import httpx
 import psycopg
 import pytest
 from psycopg.rows import dict_row
+from sandbox_flows import consent_form, start_sign_in
 
 from bff.settings import generate_encryption_key, generate_secret_key
 from bff.testing import free_port
-
-from sandbox_flows import consent_form, start_sign_in
 
 CUSTOMERS = 20
 REQUESTS_PER_CONNECTION = 10
@@ -111,12 +110,32 @@ def cluster(tmp_path: Path, database_url: str) -> Iterator[dict[str, Any]]:
         for i in range(2):
             procs.start(f"worker{i}", "worker", "--concurrency", "4")
         created = subprocess.run(
-            [sys.executable, "-m", "bff.cli", "partner", "create", "--name", "multi", "--origin", "http://localhost:8001"],
-            env=env, capture_output=True, text=True, timeout=60, check=True,
+            [
+                sys.executable,
+                "-m",
+                "bff.cli",
+                "partner",
+                "create",
+                "--name",
+                "multi",
+                "--origin",
+                "http://localhost:8001",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
         )
         import json
 
-        yield {"webs": webs, "sandbox": sandbox_url, "partner_token": json.loads(created.stdout)["token"], "procs": procs, "db": database_url}
+        yield {
+            "webs": webs,
+            "sandbox": sandbox_url,
+            "partner_token": json.loads(created.stdout)["token"],
+            "procs": procs,
+            "db": database_url,
+        }
     finally:
         procs.stop_all()
 
@@ -131,7 +150,9 @@ async def connect(client: httpx.AsyncClient, web: str, sandbox: str, token: str)
     callback = await client.get(decision.headers["location"])
     assert callback.status_code == 200, callback.text
     bank = await client.post(
-        f"{web}/api/servers", json={"servertype_id": "sandbox_bank", "login": "sandbox", "password": "sandbox"}, headers=headers
+        f"{web}/api/servers",
+        json={"servertype_id": "sandbox_bank", "login": "sandbox", "password": "sandbox"},
+        headers=headers,
     )
     assert bank.status_code == 201, bank.text
     return [crm.json()["id"], bank.json()["id"]]
@@ -139,10 +160,14 @@ async def connect(client: httpx.AsyncClient, web: str, sandbox: str, token: str)
 
 def runs_of(db: str) -> list[dict[str, Any]]:
     with psycopg.connect(db, row_factory=dict_row) as conn:
-        return conn.execute("SELECT id, connection_id, status, records, pid, attempts, started_at, finished_at FROM runs").fetchall()
+        return conn.execute(
+            "SELECT id, connection_id, status, records, pid, attempts, started_at, finished_at FROM runs"
+        ).fetchall()
 
 
-async def test_two_web_processes_and_two_workers_share_the_work_and_survive_a_killed_worker(cluster: dict[str, Any]) -> None:
+async def test_two_web_processes_and_two_workers_share_the_work_and_survive_a_killed_worker(
+    cluster: dict[str, Any],
+) -> None:
     webs, sandbox, procs, db = cluster["webs"], cluster["sandbox"], cluster["procs"], cluster["db"]
     async with httpx.AsyncClient(timeout=60) as client:
         tokens, connections = {}, {}
@@ -183,7 +208,9 @@ async def test_two_web_processes_and_two_workers_share_the_work_and_survive_a_ki
 
         deadline = time.monotonic() + 240
         while any(r["status"] in ("queued", "running", "waiting") for r in runs_of(db)):
-            assert time.monotonic() < deadline, f"runs still active: {[r for r in runs_of(db) if r['status'] != 'succeeded']}\n{procs.log('worker1')[-3000:]}"
+            assert time.monotonic() < deadline, (
+                f"runs still active: {[r for r in runs_of(db) if r['status'] != 'succeeded']}\n{procs.log('worker1')[-3000:]}"
+            )
             await asyncio.sleep(0.2)
 
     runs = runs_of(db)
@@ -196,11 +223,13 @@ async def test_two_web_processes_and_two_workers_share_the_work_and_survive_a_ki
     assert set(by_connection) == set(connections)
     for connection_runs in by_connection.values():
         spans = sorted((r["started_at"], r["finished_at"]) for r in connection_runs)
-        for (_, end), (start, _) in zip(spans, spans[1:]):
+        for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
             assert end <= start
     # Every customer's warehouse holds each record exactly once.
     with psycopg.connect(db, row_factory=dict_row) as conn:
-        tables = conn.execute("SELECT t.stream, t.physical, s.warehouse_schema FROM warehouse_tables t JOIN sub_accounts s ON s.id = t.sub_account_id").fetchall()
+        tables = conn.execute(
+            "SELECT t.stream, t.physical, s.warehouse_schema FROM warehouse_tables t JOIN sub_accounts s ON s.id = t.sub_account_id"
+        ).fetchall()
         assert len(tables) == CUSTOMERS * 3
         for t in tables:
             counts = conn.execute(

@@ -4,10 +4,9 @@ import asyncio
 import json
 
 import pytest
+from conftest import BFF, FakeClock, auth, running_bff
 
 from bff.settings import Secret
-
-from conftest import BFF, FakeClock, auth, running_bff
 
 SUB_ACCOUNT = {
     "first_name": "John",
@@ -19,7 +18,9 @@ SUB_ACCOUNT = {
 }
 
 
-@pytest.mark.parametrize("path", ["/api/partner/sub-account/", "/api/partner/sub-account", "/api/sub-account/", "/api/sub-account"])
+@pytest.mark.parametrize(
+    "path", ["/api/partner/sub-account/", "/api/partner/sub-account", "/api/sub-account/", "/api/sub-account"]
+)
 async def test_create_sub_account_and_conflict(bff: BFF, path: str) -> None:
     _, token = await bff.partner()
     created = await bff.client.post(path, json=SUB_ACCOUNT, headers=auth(token, "JWT"))
@@ -54,7 +55,9 @@ async def test_integer_external_id_is_accepted_as_string(bff: BFF) -> None:
     assert bad.status_code == 400 and "external_id" in bad.json()["errors"]
 
 
-@pytest.mark.parametrize("path", ["/api/partner/sub-accounts", "/api/partner/sub-accounts/", "/api/sub-accounts", "/api/sub-accounts/"])
+@pytest.mark.parametrize(
+    "path", ["/api/partner/sub-accounts", "/api/partner/sub-accounts/", "/api/sub-accounts", "/api/sub-accounts/"]
+)
 async def test_list_sub_accounts_pages(bff: BFF, path: str) -> None:
     _, token = await bff.partner()
     for i in range(5):
@@ -105,7 +108,13 @@ async def test_integrate_existing_by_account_or_external_id(bff: BFF, path: str)
 
 
 @pytest.mark.parametrize(
-    "path", ["/api/partner/sub-account/identity/", "/api/partner/sub-account/identity", "/api/sub-account/identity", "/api/sub-account/identity/"]
+    "path",
+    [
+        "/api/partner/sub-account/identity/",
+        "/api/partner/sub-account/identity",
+        "/api/sub-account/identity",
+        "/api/sub-account/identity/",
+    ],
 )
 async def test_identity_tokens(bff: BFF, path: str) -> None:
     _, token = await bff.partner()
@@ -123,7 +132,9 @@ async def test_identity_tokens(bff: BFF, path: str) -> None:
 async def test_revoke_tokens_kills_identity_tokens(bff: BFF, prefix: str) -> None:
     _, token = await bff.partner()
     account = (await bff.client.post("/api/sub-account/", json=SUB_ACCOUNT, headers=auth(token))).json()
-    identity = (await bff.client.get("/api/sub-account/identity?external_id=wood_123&expire=false", headers=auth(token))).json()
+    identity = (
+        await bff.client.get("/api/sub-account/identity?external_id=wood_123&expire=false", headers=auth(token))
+    ).json()
     integrate = (await bff.client.post("/api/sub-account/integrate/?external_id=wood_123", headers=auth(token))).json()
     from bff.auth import authenticate  # the same check every sub-account route uses
 
@@ -234,7 +245,6 @@ async def test_fifty_concurrent_first_integrates_create_one_sub_account(bff: BFF
 
 async def test_fifty_concurrent_first_integrates_over_real_http(settings_factory) -> None:  # type: ignore[no-untyped-def]
     import httpx
-
     from conftest import serve_in_thread
 
     from bff.cli import create_partner
@@ -246,7 +256,9 @@ async def test_fifty_concurrent_first_integrates_over_real_http(settings_factory
             token = (await create_partner(settings, "acme", ["http://localhost:8001"]))["token"]
             responses = await asyncio.gather(
                 *(
-                    client.post("/api/partner/sub-account/integrate/", json={"external_id": "race-2"}, headers=auth(token))
+                    client.post(
+                        "/api/partner/sub-account/integrate/", json={"external_id": "race-2"}, headers=auth(token)
+                    )
                     for _ in range(50)
                 )
             )
@@ -265,10 +277,17 @@ async def test_fifty_concurrent_first_integrates_over_real_http(settings_factory
         (b"external_id=1", {"content-type": "application/x-www-form-urlencoded"}, 415, "unsupported_media_type"),
         (b"", {"content-type": "application/json"}, 400, "invalid_json"),
         (json.dumps({"external_id": ["a"]}).encode(), {"content-type": "application/json"}, 400, "validation_error"),
-        (json.dumps({"external_id": "x", "email": {"a": 1}}).encode(), {"content-type": "application/json"}, 400, "validation_error"),
+        (
+            json.dumps({"external_id": "x", "email": {"a": 1}}).encode(),
+            {"content-type": "application/json"},
+            400,
+            "validation_error",
+        ),
     ],
 )
-async def test_bad_bodies_get_clear_errors(bff: BFF, content: bytes, headers: dict[str, str], status: int, code: str) -> None:
+async def test_bad_bodies_get_clear_errors(
+    bff: BFF, content: bytes, headers: dict[str, str], status: int, code: str
+) -> None:
     _, token = await bff.partner()
     response = await bff.client.post("/api/partner/sub-account/", content=content, headers={**headers, **auth(token)})
     assert response.status_code == status and response.json()["code"] == code
@@ -310,7 +329,11 @@ async def test_cors_only_for_registered_origins(bff: BFF) -> None:
     await bff.partner("acme", ("http://localhost:8001",))
     preflight = await bff.client.options(
         "/api/servers",
-        headers={"Origin": "http://localhost:8001", "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization"},
+        headers={
+            "Origin": "http://localhost:8001",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization",
+        },
     )
     assert preflight.status_code == 204
     assert preflight.headers["access-control-allow-origin"] == "http://localhost:8001"

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import random
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
 import pytest
 
 from bff.connectors.retry import Cause, RetryPolicy, parse_retry_after
 
-NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 NOW_TS = NOW.timestamp()
 
 
@@ -119,7 +119,10 @@ def test_give_up_reasons_for_other_causes():
         "gave up after 5 retries on timeouts (no answer within 120 s) within 50 s"
     )
     assert policy.decide(Cause.CONNECTION, 2, 1.0).reason == "gave up after 2 retries on connection errors within 60 s"
-    assert policy.decide("server_error", 2, 1.0).reason == "gave up after 2 retries on server errors (HTTP 5xx) within 30 s"
+    assert (
+        policy.decide("server_error", 2, 1.0).reason
+        == "gave up after 2 retries on server errors (HTTP 5xx) within 30 s"
+    )
 
 
 def test_total_wait_budget_stops_before_the_count():

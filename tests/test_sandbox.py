@@ -117,9 +117,7 @@ def authorize_params(**overrides: str | None) -> dict[str, str]:
     return {k: v for k, v in params.items() if v is not None}
 
 
-async def decide(
-    client: httpx.AsyncClient, decision: str, prefix: str = "", **overrides: str | None
-) -> httpx.Response:
+async def decide(client: httpx.AsyncClient, decision: str, prefix: str = "", **overrides: str | None) -> httpx.Response:
     page = await client.get(prefix + "/crm/oauth/authorize", params=authorize_params(**overrides))
     assert page.status_code == 200, page.text
     (form,) = scrape(page.text).forms
@@ -136,8 +134,14 @@ async def get_code(client: httpx.AsyncClient, **overrides: str | None) -> str:
 
 
 async def exchange(client: httpx.AsyncClient, code: str, **overrides: str) -> httpx.Response:
-    data = {"grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT,
-            "code_verifier": VERIFIER, **CLIENT, **overrides}
+    data = {
+        "grant_type": "authorization_code",
+        "code": code,
+        "redirect_uri": REDIRECT,
+        "code_verifier": VERIFIER,
+        **CLIENT,
+        **overrides,
+    }
     return await client.post("/crm/oauth/token", data=data)
 
 
@@ -252,8 +256,9 @@ async def test_invoices_page_number_paging_per_division() -> None:
         assert [d["code"] for d in divisions] == [101, 102, 103]
         seen: set[str] = set()
         for code in (101, 102, 103):
-            first = (await client.get(f"/accounting/api/divisions/{code}/invoices",
-                                      params={"page_size": 200}, headers=KEY)).json()
+            first = (
+                await client.get(f"/accounting/api/divisions/{code}/invoices", params={"page_size": 200}, headers=KEY)
+            ).json()
             assert (first["page"], first["page_size"], first["page_count"], first["total"]) == (1, 200, 3, 500)
             records = await all_invoices(client, code, page_size=200)
             ids = [r["id"] for r in records]
@@ -301,8 +306,9 @@ async def test_scale_multiplies_every_fixture_deterministically() -> None:
 async def test_urls_are_built_from_the_mount_point() -> None:
     outer = Starlette(routes=[Mount("/sandbox", app=create_sandbox_app())])
     async with client_for(outer) as client:
-        first = await client.get("/sandbox/bank/api/transactions",
-                                 params={"updated_after": "2026-01-01T00:00:00Z"}, auth=BANK)
+        first = await client.get(
+            "/sandbox/bank/api/transactions", params={"updated_after": "2026-01-01T00:00:00Z"}, auth=BANK
+        )
         link = first.links["next"]["url"]
         assert link.startswith("http://testserver/sandbox/bank/api/transactions?")
         assert parse_qs(urlsplit(link).query) == {"updated_after": ["2026-01-01T00:00:00Z"], "page": ["2"]}
@@ -322,8 +328,9 @@ async def test_updated_after_is_exclusive(crm: httpx.AsyncClient) -> None:
     assert contacts[0]["id"] == "c_0011" and len(contacts) == 1240
     deals = (await crm.get("/crm/api/deals", params={"updated_after": after}, headers=headers)).json()
     assert deals["total"] == 290 and deals["results"][0]["id"] == "d_011"
-    invoices = (await crm.get("/accounting/api/divisions/101/invoices",
-                              params={"updated_after": after}, headers=KEY)).json()
+    invoices = (
+        await crm.get("/accounting/api/divisions/101/invoices", params={"updated_after": after}, headers=KEY)
+    ).json()
     assert invoices["total"] == 490 and invoices["results"][0]["id"] == "inv_101_0011"
     transactions = await all_transactions(crm, updated_after="2026-01-01T00:10:00+00:00")
     assert len(transactions) == 190 and transactions[0]["id"] == "t_0011"
@@ -341,8 +348,12 @@ async def test_touch_then_incremental_returns_exactly_the_touched_records() -> N
             "accounting.invoices": lambda **p: _all_divisions(client, **p),
             "bank.transactions": lambda **p: all_transactions(client, per_page=500, **p),
         }
-        edited = {"crm.contacts": "last_name", "crm.deals": "name",
-                  "accounting.invoices": "customer", "bank.transactions": "description"}
+        edited = {
+            "crm.contacts": "last_name",
+            "crm.deals": "name",
+            "accounting.invoices": "customer",
+            "bank.transactions": "description",
+        }
         for resource, fetch in fetchers.items():
             before = await fetch()
             cursor = max(r["updated_at"] for r in before)
@@ -424,8 +435,12 @@ async def test_client_authentication(crm: httpx.AsyncClient) -> None:
     code = await get_code(crm)
     wrong = await exchange(crm, code, client_secret="wrong")
     assert wrong.status_code == 400 and wrong.json()["error"] == "invalid_client"
-    data = {"grant_type": "authorization_code", "code": await get_code(crm),
-            "redirect_uri": REDIRECT, "code_verifier": VERIFIER}
+    data = {
+        "grant_type": "authorization_code",
+        "code": await get_code(crm),
+        "redirect_uri": REDIRECT,
+        "code_verifier": VERIFIER,
+    }
     basic = await crm.post("/crm/oauth/token", data=data, auth=("bff-sandbox", "bff-sandbox-secret"))
     assert basic.status_code == 200
     bad_basic = await crm.post("/crm/oauth/token", data=data, auth=("bff-sandbox", "nope"))
@@ -504,8 +519,7 @@ async def test_redirect_uri_allow_list() -> None:
     app = create_sandbox_app(SandboxOptions(redirect_uris=(REDIRECT,)))
     async with client_for(app) as client:
         assert (await client.get("/crm/oauth/authorize", params=authorize_params())).status_code == 200
-        other = await client.get("/crm/oauth/authorize",
-                                 params=authorize_params(redirect_uri="http://evil.test/cb"))
+        other = await client.get("/crm/oauth/authorize", params=authorize_params(redirect_uri="http://evil.test/cb"))
         assert other.status_code == 400 and "location" not in other.headers
 
 
@@ -553,7 +567,9 @@ async def test_expired_access_token_is_401() -> None:
         clock.now += 2
         expired = await client.get("/crm/api/me", headers=bearer(token))
         assert expired.status_code == 401 and expired.json() == {
-            "error": "invalid_token", "error_description": expired.json()["error_description"]}
+            "error": "invalid_token",
+            "error_description": expired.json()["error_description"],
+        }
         renewed = (await refresh(client, token["refresh_token"])).json()
         assert (await client.get("/crm/api/me", headers=bearer(renewed))).status_code == 200
 
@@ -658,7 +674,9 @@ async def test_serving_a_full_page_is_fast(crm: httpx.AsyncClient) -> None:
 async def test_accounting_and_bank_credentials() -> None:
     async with client_for(create_sandbox_app()) as client:
         assert (await client.get("/accounting/api/me", headers=KEY)).json() == {
-            "company": "Sandbox Accounting BV", "user": "api"}
+            "company": "Sandbox Accounting BV",
+            "user": "api",
+        }
         bad_key = await client.get("/accounting/api/me", headers={"X-API-Key": "nope"})
         assert bad_key.status_code == 401 and bad_key.json()["error"] == "invalid_api_key"
         accounts = await client.get("/bank/api/accounts", auth=BANK)
@@ -775,7 +793,9 @@ async def test_instances_do_not_share_state_and_data_is_deterministic() -> None:
     async with client_for(create_sandbox_app()) as one, client_for(create_sandbox_app()) as two:
         await one.post("/_control/touch", json={"resource": "bank.transactions", "count": 3})
         (form,) = scrape((await one.get("/bank/refresh")).text).forms
-        await one.post("/bank/refresh", data={i["name"]: i["value"] for i in form["inputs"] if i.get("type") == "hidden"})
+        await one.post(
+            "/bank/refresh", data={i["name"]: i["value"] for i in form["inputs"] if i.get("type") == "hidden"}
+        )
         await one.post("/_control/revoke", json={"provider": "accounting"})
         assert len(await all_transactions(two, per_page=500)) == 200
         assert (await two.get("/accounting/api/me", headers=KEY)).status_code == 200
@@ -792,16 +812,19 @@ async def test_instances_do_not_share_state_and_data_is_deterministic() -> None:
 
 def test_options_from_env() -> None:
     assert SandboxOptions.from_env({}) == SandboxOptions()
-    options = SandboxOptions.from_env({
-        "BFF_SANDBOX_429_EVERY": "5",
-        "BFF_SANDBOX_RETRY_AFTER": "2",
-        "BFF_SANDBOX_FAIL_EVERY": "3",
-        "BFF_SANDBOX_FAIL_MATCH": "contacts",
-        "BFF_SANDBOX_LATENCY_MS": "25",
-        "BFF_SANDBOX_COOP": "true",
-    })
-    assert options == SandboxOptions(rate_limit_every=5, retry_after=2, fail_every=3,
-                                     fail_match="contacts", latency_ms=25, coop=True)
+    options = SandboxOptions.from_env(
+        {
+            "BFF_SANDBOX_429_EVERY": "5",
+            "BFF_SANDBOX_RETRY_AFTER": "2",
+            "BFF_SANDBOX_FAIL_EVERY": "3",
+            "BFF_SANDBOX_FAIL_MATCH": "contacts",
+            "BFF_SANDBOX_LATENCY_MS": "25",
+            "BFF_SANDBOX_COOP": "true",
+        }
+    )
+    assert options == SandboxOptions(
+        rate_limit_every=5, retry_after=2, fail_every=3, fail_match="contacts", latency_ms=25, coop=True
+    )
     assert SandboxOptions.from_env({"BFF_SANDBOX_COOP": "0"}).coop is False
 
 

@@ -48,7 +48,9 @@ async def test_cors_answers_only_the_tokens_own_partners_origins(bff: BFF) -> No
     assert own.status_code == 200 and own.headers["access-control-allow-origin"] == "https://x.example"
     other = await bff.client.get("/api/servers", headers={**auth(integrate), "Origin": "https://y.example"})
     assert other.status_code == 200 and "access-control-allow-origin" not in other.headers
-    partner_call = await bff.client.get("/api/partner/sub-accounts", headers={**auth(x_token), "Origin": "https://y.example"})
+    partner_call = await bff.client.get(
+        "/api/partner/sub-accounts", headers={**auth(x_token), "Origin": "https://y.example"}
+    )
     assert "access-control-allow-origin" not in partner_call.headers
     # Preflights carry no token: any registered origin may ask; unregistered ones may not.
     preflight = {"Origin": "https://y.example", "Access-Control-Request-Method": "POST"}
@@ -96,7 +98,9 @@ async def test_huge_query_numbers_are_400_not_500(bff: BFF) -> None:
     revoke = await bff.client.post(f"/api/partner/sub-account/{TOO_BIG}/revoke-tokens", headers=auth(partner_token))
     assert revoke.status_code == 404
     for params in ({"account_id": TOO_BIG}, {"account_id": "²"}, {"account_id": "1" * 5000}):
-        identity = await bff.client.get("/api/partner/sub-account/identity/", params=params, headers=auth(partner_token))
+        identity = await bff.client.get(
+            "/api/partner/sub-account/identity/", params=params, headers=auth(partner_token)
+        )
         assert identity.status_code == 400 and identity.json()["code"] == "validation_error", params
     for page in (TOO_BIG, str(2**31), "9" * 5000):
         listed = await bff.client.get("/api/partner/sub-accounts", params={"page": page}, headers=auth(partner_token))
@@ -130,7 +134,9 @@ async def test_deep_json_and_lone_surrogates_are_400(sbff: BFF) -> None:
         assert_error_shape(response.json())
     # A proper surrogate pair is a real character and fine.
     fine = '{"servertype_id": "sandbox_bank", "login": "sandbox", "password": "sandbox", "name": "Bank \\ud83d\\ude00"}'
-    ok = await sbff.client.post("/api/servers", content=fine, headers={**auth(token), "Content-Type": "application/json"})
+    ok = await sbff.client.post(
+        "/api/servers", content=fine, headers={**auth(token), "Content-Type": "application/json"}
+    )
     assert ok.status_code == 201 and ok.json()["name"] == "Bank \N{GRINNING FACE}"
 
 
@@ -161,7 +167,9 @@ def test_openapi_describes_request_and_response_bodies(settings_factory: Callabl
 @pytest.mark.parametrize("key", ["aaaaaaaaaaaaaaaa", "passwordpassword", "abcabcabcabcabcabc", "tiny"])
 def test_weak_signing_keys_are_refused(tmp_path: Path, key: str) -> None:
     with pytest.raises(SettingsError) as info:
-        Settings.from_env({"BFF_DATA_DIR": str(tmp_path), "BFF_SECRET_KEYS": key, "BFF_ENCRYPTION_KEY": generate_encryption_key()})
+        Settings.from_env(
+            {"BFF_DATA_DIR": str(tmp_path), "BFF_SECRET_KEYS": key, "BFF_ENCRYPTION_KEY": generate_encryption_key()}
+        )
     message = str(info.value)
     assert "BFF_SECRET_KEYS" in message and key not in message and "\n" not in message
 
@@ -178,7 +186,9 @@ def test_weak_signing_keys_are_refused(tmp_path: Path, key: str) -> None:
 )
 def test_weak_or_malformed_encryption_keys_are_refused(tmp_path: Path, key: str) -> None:
     with pytest.raises(SettingsError) as info:
-        Settings.from_env({"BFF_DATA_DIR": str(tmp_path), "BFF_SECRET_KEYS": generate_secret_key(), "BFF_ENCRYPTION_KEY": key})
+        Settings.from_env(
+            {"BFF_DATA_DIR": str(tmp_path), "BFF_SECRET_KEYS": generate_secret_key(), "BFF_ENCRYPTION_KEY": key}
+        )
     assert "BFF_ENCRYPTION_KEY" in str(info.value) and "\n" not in str(info.value)
 
 
@@ -186,7 +196,9 @@ def test_bff_serve_refuses_a_weak_key_in_one_line(tmp_path: Path) -> None:
     from test_cli import run_bff
 
     result = run_bff(
-        "serve", "--data-dir", str(tmp_path),
+        "serve",
+        "--data-dir",
+        str(tmp_path),
         env={"BFF_SECRET_KEYS": "passwordpassword", "BFF_ENCRYPTION_KEY": generate_encryption_key()},
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr
@@ -232,8 +244,12 @@ async def test_health_answers_are_not_stored_either(sbff: BFF) -> None:
 
 async def test_hsts_when_configured(settings_factory: Callable[..., Settings], tmp_path: Path) -> None:
     assert Settings.from_env(
-        {"BFF_DATA_DIR": str(tmp_path), "BFF_SECRET_KEYS": generate_secret_key(),
-         "BFF_ENCRYPTION_KEY": generate_encryption_key(), "BFF_HSTS": "true"}
+        {
+            "BFF_DATA_DIR": str(tmp_path),
+            "BFF_SECRET_KEYS": generate_secret_key(),
+            "BFF_ENCRYPTION_KEY": generate_encryption_key(),
+            "BFF_HSTS": "true",
+        }
     ).hsts
     async with running_bff(settings_factory(hsts=True)) as bff:
         for path in ("/healthz", "/nowhere", "/embed/v1/peliqan-integration.js"):
@@ -258,7 +274,8 @@ async def test_paging_links_ignore_the_host_header(bff: BFF) -> None:
     for i in range(3):
         await bff.client.post("/api/sub-account/", json={"external_id": f"c{i}"}, headers=auth(partner_token))
     listed = await bff.client.get(
-        "/api/partner/sub-accounts", params={"page_size": 1, "page": 2},
+        "/api/partner/sub-accounts",
+        params={"page_size": 1, "page": 2},
         headers={**auth(partner_token), "Host": "evil.example", "X-Forwarded-Host": "evil.example"},
     )
     body = listed.json()
@@ -288,7 +305,13 @@ def test_only_the_canonical_token_string_verifies(tmp_path: Path) -> None:
     for token in minted:
         tokens.verify(token, accept=("partner", "integrate", "identity"))
         payload, stamp, signature = token.split(".")
-        variants = [token + "=", token + "==", f"{payload}=.{stamp}.{signature}", f"{payload}.{stamp}=.{signature}", " " + token]
+        variants = [
+            token + "=",
+            token + "==",
+            f"{payload}=.{stamp}.{signature}",
+            f"{payload}.{stamp}=.{signature}",
+            " " + token,
+        ]
         # The signature's last character carries spare bits: flipping them decodes to the same bytes.
         alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
         last = alphabet.index(signature[-1])
@@ -309,7 +332,9 @@ def test_tokens_dated_in_the_future_are_refused(tmp_path: Path, kind: str) -> No
     elif kind == "integrate":
         token = tokens.mint_integrate_token(partner_id=1, sub_account_id=2, generation=0).token
     else:
-        token = tokens.mint_identity_token(partner_id=1, sub_account_id=2, generation=0, expire=kind == "identity").token
+        token = tokens.mint_identity_token(
+            partner_id=1, sub_account_id=2, generation=0, expire=kind == "identity"
+        ).token
     clock.advance(-3600)
     fresh = _authority(tmp_path / "other", clock)  # another process: nothing remembered
     for authority in (tokens, fresh):
@@ -345,9 +370,13 @@ async def test_external_id_is_nfc_normalised(bff: BFF) -> None:
     decomposed = "cafe\u0301"
     composed = unicodedata.normalize("NFC", decomposed)
     assert decomposed != composed
-    first = await bff.client.post("/api/partner/sub-account/", json={"external_id": decomposed}, headers=auth(partner_token))
+    first = await bff.client.post(
+        "/api/partner/sub-account/", json={"external_id": decomposed}, headers=auth(partner_token)
+    )
     assert first.status_code == 201 and first.json()["external_id"] == composed
-    again = await bff.client.post("/api/partner/sub-account/", json={"external_id": composed}, headers=auth(partner_token))
+    again = await bff.client.post(
+        "/api/partner/sub-account/", json={"external_id": composed}, headers=auth(partner_token)
+    )
     assert again.status_code == 409 and again.json()["id"] == first.json()["id"]
     found = await bff.client.get(
         "/api/partner/sub-account/identity/", params={"external_id": decomposed}, headers=auth(partner_token)
@@ -358,7 +387,9 @@ async def test_external_id_is_nfc_normalised(bff: BFF) -> None:
 # -- 11. the data directory is owner-only ----------------------------------------------------------
 
 
-async def test_data_dir_and_everything_in_it_is_owner_only(settings_factory: Callable[..., Settings], tmp_path: Path) -> None:
+async def test_data_dir_and_everything_in_it_is_owner_only(
+    settings_factory: Callable[..., Settings], tmp_path: Path
+) -> None:
     import os
     import stat
 
@@ -383,7 +414,9 @@ async def test_data_dir_and_everything_in_it_is_owner_only(settings_factory: Cal
         assert stat.S_IMODE(path.lstat().st_mode) & 0o077 == 0, (path, oct(path.lstat().st_mode))
 
 
-@pytest.mark.skipif(not hasattr(__import__("os"), "geteuid") or __import__("os").geteuid() != 0, reason="needs root to chown")
+@pytest.mark.skipif(
+    not hasattr(__import__("os"), "geteuid") or __import__("os").geteuid() != 0, reason="needs root to chown"
+)
 def test_a_cluster_owned_by_the_servers_own_user_keeps_only_traversal(tmp_path: Path) -> None:
     import os
     import pwd
@@ -428,11 +461,14 @@ async def test_demo_site_shows_only_the_signed_in_customer_refuses_login_csrf_an
             await anna.get("/integrations")  # provisions bakery_7
         async with httpx.AsyncClient(base_url=base, follow_redirects=True) as browser:
             forged = await browser.post(
-                "/login", data={"customer": "wood_123"},
+                "/login",
+                data={"customer": "wood_123"},
                 headers={"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"},
             )
             assert forged.status_code == 403 and "acme_session" not in browser.cookies
-            forged = await browser.post("/login", data={"customer": "wood_123"}, headers={"Sec-Fetch-Site": "cross-site"})
+            forged = await browser.post(
+                "/login", data={"customer": "wood_123"}, headers={"Sec-Fetch-Site": "cross-site"}
+            )
             assert forged.status_code == 403 and "acme_session" not in browser.cookies
             page = await browser.post(
                 "/login", data={"customer": "wood_123"}, headers={"Origin": site_url, "Sec-Fetch-Site": "same-origin"}
@@ -460,11 +496,16 @@ async def test_sandbox_controls_need_the_admin_key_in_a_deployment(settings_fact
             assert refused.status_code == 403 and refused.json()["code"] == "sandbox_controls_disabled"
     keyed = dataclasses.replace(closed, sandbox_env={"BFF_SANDBOX_ADMIN_KEY": "qa-admin-key-0123456789abcdef"})
     async with running_bff(keyed) as bff:
-        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic qa-admin-key-0123456789abcdef"}):
+        for headers in (
+            {},
+            {"Authorization": "Bearer wrong"},
+            {"Authorization": "Basic qa-admin-key-0123456789abcdef"},
+        ):
             refused = await bff.client.post("/sandbox/_control/revoke", json={"provider": "crm"}, headers=headers)
             assert refused.status_code == 401 and refused.json()["code"] == "sandbox_admin_key_required"
         allowed = await bff.client.post(
-            "/sandbox/_control/revoke", json={"provider": "crm"},
+            "/sandbox/_control/revoke",
+            json={"provider": "crm"},
             headers={"Authorization": "Bearer qa-admin-key-0123456789abcdef"},
         )
         assert allowed.status_code == 200 and allowed.json() == {"provider": "crm", "revoked": True}
@@ -487,7 +528,9 @@ async def test_sandbox_forms_refuse_posts_without_the_pages_csrf_value(sbff: BFF
     assert done.status_code == 200 and "10 new transactions imported." in done.text
     # The consent form too.
     _, token = await customer(sbff)
-    created = (await sbff.client.post("/api/servers", json={"servertype_id": "sandbox_crm"}, headers=auth(token))).json()
+    created = (
+        await sbff.client.post("/api/servers", json={"servertype_id": "sandbox_crm"}, headers=auth(token))
+    ).json()
     from sandbox_flows import start_sign_in
 
     consent = await sbff.client.get(await start_sign_in(sbff.client, created))
@@ -518,14 +561,19 @@ def test_pkce_on_every_oauth_connector_whose_provider_documents_it() -> None:
         assert f"`{name}`" in section[: section.index("## Connectors")], name
 
 
-async def test_a_real_connector_starts_its_flow_with_a_code_challenge(settings_factory: Callable[..., Settings]) -> None:
+async def test_a_real_connector_starts_its_flow_with_a_code_challenge(
+    settings_factory: Callable[..., Settings],
+) -> None:
     from urllib.parse import parse_qs, urlsplit
 
     from sandbox_flows import start_sign_in
 
     from bff.settings import OAuthApp
 
-    apps = {"hubspot": OAuthApp(client_id="hs-id", client_secret=None), "slack": OAuthApp(client_id="sl-id", client_secret=None)}
+    apps = {
+        "hubspot": OAuthApp(client_id="hs-id", client_secret=None),
+        "slack": OAuthApp(client_id="sl-id", client_secret=None),
+    }
     async with running_bff(settings_factory(oauth_apps=apps)) as bff:
         _, token = await customer(bff)
         for name, app in apps.items():
@@ -546,7 +594,9 @@ async def test_a_forwarded_consent_link_cannot_complete_into_the_starters_accoun
     from sandbox_flows import authorize, start_sign_in
 
     _, token = await customer(sbff)
-    created = (await sbff.client.post("/api/servers", json={"servertype_id": "sandbox_crm"}, headers=auth(token))).json()
+    created = (
+        await sbff.client.post("/api/servers", json={"servertype_id": "sandbox_crm"}, headers=auth(token))
+    ).json()
     provider_url = await start_sign_in(sbff.client, created)  # the starter's browser, now bound
     # The starter (a malicious end-user) forwards the consent link; the victim's browser opens it and allows.
     transport = httpx.ASGITransport(app=sbff.app)
@@ -556,7 +606,8 @@ async def test_a_forwarded_consent_link_cannot_complete_into_the_starters_accoun
         assert '"connection_id": null' in callback.text  # nothing reported to any opener
         # The start page itself, forwarded, binds nothing: the nonce is gone and never was in a URL.
         again = await victim.post(
-            "/oauth/start", json={"nonce": created["oauth_nonce"], "opener_origin": "http://testserver"},
+            "/oauth/start",
+            json={"nonce": created["oauth_nonce"], "opener_origin": "http://testserver"},
             headers={"Origin": "http://testserver"},
         )
         assert again.status_code == 400 and again.json()["code"] == "oauth_start_invalid"
@@ -586,7 +637,11 @@ async def test_the_start_step_only_answers_the_start_page_of_a_registered_opener
     created = await fresh()
     body = {"nonce": created["oauth_nonce"], "opener_origin": "http://testserver"}
     # A cross-site form or fetch (login-CSRF style) is refused, and so is a JSON-less post.
-    for headers in ({}, {"Origin": "https://evil.example"}, {"Origin": "http://testserver", "Sec-Fetch-Site": "cross-site"}):
+    for headers in (
+        {},
+        {"Origin": "https://evil.example"},
+        {"Origin": "http://testserver", "Sec-Fetch-Site": "cross-site"},
+    ):
         refused = await sbff.client.post("/oauth/start", json=body, headers=headers)
         assert refused.status_code == 403 and refused.json()["code"] == "origin_not_allowed", headers
     as_form = await sbff.client.post("/oauth/start", data=body, headers={"Origin": "http://testserver"})
@@ -599,7 +654,8 @@ async def test_the_start_step_only_answers_the_start_page_of_a_registered_opener
     # A registered page of the token's own partner may hand it over (the partner-API flow).
     created = await fresh()
     own = await sbff.client.post(
-        "/oauth/start", json={"nonce": created["oauth_nonce"], "opener_origin": "http://localhost:8001"},
+        "/oauth/start",
+        json={"nonce": created["oauth_nonce"], "opener_origin": "http://localhost:8001"},
         headers={"Origin": "http://testserver"},
     )
     assert own.status_code == 200 and own.headers["cache-control"] == "no-store"
@@ -626,12 +682,16 @@ async def test_unfinished_connections_per_sub_account_are_capped(sbff: BFF) -> N
     assert refused.status_code == 429 and refused.json()["code"] == "too_many_pending_connections"
     # Key/login connections that would wait for a choice (CONFIG_SELECT) count and are refused too.
     books = await sbff.client.post(
-        "/api/servers", json={"servertype_id": "sandbox_accounting", "api_key": "sandbox-valid-key"}, headers=auth(token)
+        "/api/servers",
+        json={"servertype_id": "sandbox_accounting", "api_key": "sandbox-valid-key"},
+        headers=auth(token),
     )
     assert books.status_code == 429
     # Another customer is not affected; deleting one makes room.
     _, other = await customer(sbff, "cust-2", partner="second")
-    assert (await sbff.client.post("/api/servers", json={"servertype_id": "sandbox_crm"}, headers=auth(other))).status_code == 201
+    assert (
+        await sbff.client.post("/api/servers", json={"servertype_id": "sandbox_crm"}, headers=auth(other))
+    ).status_code == 201
     assert (await sbff.client.delete(f"/api/server/{ids[0]}", headers=auth(token))).status_code == 204
     again = await sbff.client.post("/api/servers", json={"servertype_id": "sandbox_crm"}, headers=auth(token))
     assert again.status_code == 201
@@ -670,7 +730,9 @@ async def test_rotating_a_partner_token_kills_the_old_one_at_once_in_every_proce
             assert dead.status_code == 401 and dead.json()["code"] == "token_revoked"
             assert (await process.client.get("/api/partner/sub-accounts", headers=auth(new))).status_code == 200
         # set-origins: CORS follows at once.
-        moved = await two.client.put("/api/partner/origins", json={"origins": ["https://New.example/"]}, headers=auth(new))
+        moved = await two.client.put(
+            "/api/partner/origins", json={"origins": ["https://New.example/"]}, headers=auth(new)
+        )
         assert moved.status_code == 200 and moved.json()["origins"] == ["https://new.example"]
         bad = await two.client.put("/api/partner/origins", json={"origins": ["not an origin"]}, headers=auth(new))
         assert bad.status_code == 400 and "origins" in bad.json()["errors"]
@@ -691,10 +753,13 @@ def test_partner_list_rotate_revoke_and_set_origins_from_the_cli(tmp_path: Path,
     from bff.tokens import TokenAuthority
 
     env = {
-        "BFF_SECRET_KEYS": generate_secret_key(), "BFF_ENCRYPTION_KEY": generate_encryption_key(),
+        "BFF_SECRET_KEYS": generate_secret_key(),
+        "BFF_ENCRYPTION_KEY": generate_encryption_key(),
         "BFF_DATABASE_URL": database_url,
     }
-    created = run_bff("partner", "create", "--name", "Acme", "--origin", "https://a.example", "--data-dir", str(tmp_path), env=env)
+    created = run_bff(
+        "partner", "create", "--name", "Acme", "--origin", "https://a.example", "--data-dir", str(tmp_path), env=env
+    )
     assert created.returncode == 0, created.stderr
     info = json.loads(created.stdout)
     listed = run_bff("partner", "list", "--data-dir", str(tmp_path), env=env)
@@ -705,7 +770,9 @@ def test_partner_list_rotate_revoke_and_set_origins_from_the_cli(tmp_path: Path,
     tokens = TokenAuthority(Settings.from_env({"BFF_DATA_DIR": str(tmp_path), **env}))
     old_generation = tokens.verify(info["token"], accept=("partner",)).generation
     assert tokens.verify(new, accept=("partner",)).generation == old_generation + 1  # the old one is revoked
-    moved = run_bff("partner", "set-origins", str(info["id"]), "--origin", "https://b.example", "--data-dir", str(tmp_path), env=env)
+    moved = run_bff(
+        "partner", "set-origins", str(info["id"]), "--origin", "https://b.example", "--data-dir", str(tmp_path), env=env
+    )
     assert json.loads(moved.stdout)["origins"] == ["https://b.example"]
     revoked = run_bff("partner", "revoke", str(info["id"]), "--data-dir", str(tmp_path), env=env)
     assert revoked.returncode == 0 and json.loads(revoked.stdout)["revoked"] is True
@@ -713,7 +780,9 @@ def test_partner_list_rotate_revoke_and_set_origins_from_the_cli(tmp_path: Path,
     assert missing.returncode == 2 and "no partner 999999" in missing.stderr and "Traceback" not in missing.stderr
 
 
-async def test_re_running_the_demo_never_leaves_two_valid_partner_tokens(settings_factory: Callable[..., Settings]) -> None:
+async def test_re_running_the_demo_never_leaves_two_valid_partner_tokens(
+    settings_factory: Callable[..., Settings],
+) -> None:
     from bff.cli import ensure_demo_partner
 
     settings = settings_factory()
@@ -746,7 +815,9 @@ async def test_rejected_credentials_are_throttled_before_they_reach_the_provider
             answer = await process.client.post("/api/servers", json=wrong, headers=auth(token))
             assert answer.status_code == 422 and answer.json()["code"] == "credentials_rejected", attempt
         for process in (one, two):
-            refused = await process.client.post("/api/servers", json={**wrong, "password": "sandbox"}, headers=auth(token))
+            refused = await process.client.post(
+                "/api/servers", json={**wrong, "password": "sandbox"}, headers=auth(token)
+            )
             assert refused.status_code == 429 and refused.json()["code"] == "too_many_attempts"
             assert 0 < int(refused.headers["retry-after"]) <= FAILED_CREDENTIALS.seconds
         stats_after = (await one.client.get("/sandbox/_control/stats")).json()
@@ -758,11 +829,15 @@ async def test_rejected_credentials_are_throttled_before_they_reach_the_provider
         assert bank == FAILED_CREDENTIALS.hits
         # Another connector of the same customer, and the same connector of another customer, are not affected.
         books = await one.client.post(
-            "/api/servers", json={"servertype_id": "sandbox_accounting", "api_key": "sandbox-valid-key"}, headers=auth(token)
+            "/api/servers",
+            json={"servertype_id": "sandbox_accounting", "api_key": "sandbox-valid-key"},
+            headers=auth(token),
         )
         assert books.status_code == 201
         _, other = await customer(one, "cust-2", partner="second")
-        assert (await two.client.post("/api/servers", json={**wrong, "password": "sandbox"}, headers=auth(other))).status_code == 201
+        assert (
+            await two.client.post("/api/servers", json={**wrong, "password": "sandbox"}, headers=auth(other))
+        ).status_code == 201
 
 
 async def test_connection_creation_is_throttled_per_sub_account(sbff: BFF) -> None:
@@ -773,7 +848,9 @@ async def test_connection_creation_is_throttled_per_sub_account(sbff: BFF) -> No
     for _ in range(CONNECTIONS_CREATED.hits):
         assert (await sbff.client.post("/api/servers", json=good, headers=auth(token))).status_code == 201
     refused = await sbff.client.post("/api/servers", json=good, headers=auth(token))
-    assert refused.status_code == 429 and refused.json()["code"] == "too_many_attempts" and refused.headers["retry-after"]
+    assert (
+        refused.status_code == 429 and refused.json()["code"] == "too_many_attempts" and refused.headers["retry-after"]
+    )
 
 
 async def test_the_warehouse_is_read_with_identity_tokens_only_and_reads_are_throttled(sbff: BFF) -> None:
@@ -782,20 +859,33 @@ async def test_the_warehouse_is_read_with_identity_tokens_only_and_reads_are_thr
     partner_token, integrate = await customer(sbff)
     me = (await sbff.client.get("/api/servers", headers=auth(integrate))).status_code
     assert me == 200  # the browser's token still drives connections and syncs
-    account_id = (await sbff.client.post("/api/embed/session", json={"parent_origin": "http://localhost:8001"},
-                                         headers=auth(integrate))).json()["account_id"]
-    for path in ("/api/applications/", f"/api/database/tables/database/{account_id}/", "/api/database/rows/table/1000001/"):
+    account_id = (
+        await sbff.client.post(
+            "/api/embed/session", json={"parent_origin": "http://localhost:8001"}, headers=auth(integrate)
+        )
+    ).json()["account_id"]
+    for path in (
+        "/api/applications/",
+        f"/api/database/tables/database/{account_id}/",
+        "/api/database/rows/table/1000001/",
+    ):
         refused = await sbff.client.get(path, headers=auth(integrate))
         assert refused.status_code == 403 and refused.json()["code"] == "token_not_allowed", path
-    identity = (await sbff.client.get(
-        "/api/partner/sub-account/identity/", params={"account_id": account_id}, headers=auth(partner_token)
-    )).json()["token"]
+    identity = (
+        await sbff.client.get(
+            "/api/partner/sub-account/identity/", params={"account_id": account_id}, headers=auth(partner_token)
+        )
+    ).json()["token"]
     for _ in range(WAREHOUSE_READS.hits):
         assert (await sbff.client.get("/api/applications/", headers=auth(identity))).status_code == 200
     limited = await sbff.client.get("/api/applications/", headers=auth(identity))
     assert limited.status_code == 429 and limited.json()["code"] == "rate_limited" and limited.headers["retry-after"]
     # Another token (a new identity token for the same back-end) has its own budget.
-    fresh = (await sbff.client.get(
-        "/api/partner/sub-account/identity/", params={"account_id": account_id, "expire": "false"}, headers=auth(partner_token)
-    )).json()["token"]
+    fresh = (
+        await sbff.client.get(
+            "/api/partner/sub-account/identity/",
+            params={"account_id": account_id, "expire": "false"},
+            headers=auth(partner_token),
+        )
+    ).json()["token"]
     assert (await sbff.client.get("/api/applications/", headers=auth(fresh))).status_code == 200

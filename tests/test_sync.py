@@ -8,14 +8,13 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+from conftest import BFF, auth, running_bff
+from sandbox_flows import connect_accounting, connect_bank, connect_crm, press_refresh
+from sync_helpers import customer, health, last_run, logs, reset_sandbox_stats, sandbox_stats, sync, tables
 
 from bff.connectors import RetryPolicy
 from bff.connectors.retry import Budget
 from bff.settings import Settings
-
-from conftest import BFF, auth, running_bff
-from sandbox_flows import connect_accounting, connect_bank, connect_crm, press_refresh
-from sync_helpers import customer, health, last_run, logs, reset_sandbox_stats, sandbox_stats, sync, tables
 
 FIXTURES = {
     "crm": {"contacts": 1250, "deals": 300},
@@ -73,7 +72,9 @@ async def test_incremental_sync_fetches_only_the_changed_records(sbff: BFF) -> N
     token, _ = await customer(sbff)
     crm = await connect_crm(sbff.client, token)
     await sync(sbff, token, crm["id"])
-    touched = (await sbff.client.post("/sandbox/_control/touch", json={"resource": "crm.contacts", "count": 5})).json()["touched"]
+    touched = (await sbff.client.post("/sandbox/_control/touch", json={"resource": "crm.contacts", "count": 5})).json()[
+        "touched"
+    ]
     await reset_sandbox_stats(sbff.client)
 
     run = await sync(sbff, token, crm["id"])
@@ -84,7 +85,11 @@ async def test_incremental_sync_fetches_only_the_changed_records(sbff: BFF) -> N
 
     contacts = (await tables(sbff.client, token))["contacts"]
     assert contacts["row_count"] == 1250  # updated in place, not added
-    body = (await sbff.client.get(f"/api/database/rows/table/{contacts['id']}/?user_field_names=True&page_size=500", headers=auth(token))).json()
+    body = (
+        await sbff.client.get(
+            f"/api/database/rows/table/{contacts['id']}/?user_field_names=True&page_size=500", headers=auth(token)
+        )
+    ).json()
     edited = {row["id"]: row for row in body["results"] if row["last_name"].endswith("(edited)")}
     assert set(edited) == set(touched) and all(row["_run_id"] == run["id"] for row in edited.values())
 
@@ -93,7 +98,9 @@ async def test_manual_bank_refresh_is_picked_up_incrementally(sbff: BFF) -> None
     token, _ = await customer(sbff)
     bank = await connect_bank(sbff.client, token)
     await sync(sbff, token, bank["id"])
-    refresh_url = (await sbff.client.post(f"/api/server/{bank['id']}/manual-refresh", headers=auth(token))).json()["refresh_url"]
+    refresh_url = (await sbff.client.post(f"/api/server/{bank['id']}/manual-refresh", headers=auth(token))).json()[
+        "refresh_url"
+    ]
     page = await press_refresh(sbff.client, refresh_url)  # the customer presses "Refresh" on the bank's page
     assert "10 new transactions imported." in page.text
     run = await sync(sbff, token, bank["id"])
@@ -177,7 +184,10 @@ async def test_concurrent_sync_requests_get_one_202_and_one_409(sandbox: Callabl
         assert sorted(a.status_code for a in answers) == [202, 409]
         accepted = next(a for a in answers if a.status_code == 202).json()
         refused = next(a for a in answers if a.status_code == 409).json()
-        assert refused["code"] == "sync_already_running" and refused["pipeline_run_id"] == accepted["run_data"][0]["pipeline_run_id"]
+        assert (
+            refused["code"] == "sync_already_running"
+            and refused["pipeline_run_id"] == accepted["run_data"][0]["pipeline_run_id"]
+        )
         assert accepted["server_id"] == bank["id"] and accepted["syncing"] is True
         assert accepted["task_id"] == accepted["run_data"][0]["task_id"]
 
@@ -212,7 +222,11 @@ async def test_sync_status_runs_and_health_etag(sandbox: Callable[..., Any]) -> 
         assert done == {"running": False, "pipeline_run_id": run_id, "status": "succeeded"}
 
         changed = await bff.client.get(f"{base}/health", headers={**auth(token), "If-None-Match": etag})
-        assert changed.status_code == 200 and changed.json()["health_status"] == "HEALTHY" and changed.headers["etag"] != etag
+        assert (
+            changed.status_code == 200
+            and changed.json()["health_status"] == "HEALTHY"
+            and changed.headers["etag"] != etag
+        )
 
         second = await sync(bff, token, bank["id"], tables=["transactions"])
         runs = (await bff.client.get(f"{base}/runs?page_size=1", headers=auth(token))).json()
@@ -228,7 +242,9 @@ async def test_connections_that_are_not_ready_cannot_sync(sbff: BFF) -> None:
     authorizing = await sbff.client.post(f"/api/server/{created.json()['id']}/sync", headers=auth(token))
     assert authorizing.status_code == 409 and authorizing.json()["code"] == "connection_not_ready"
     books = await sbff.client.post(
-        "/api/servers", json={"servertype_id": "sandbox_accounting", "api_key": "sandbox-valid-key"}, headers=auth(token)
+        "/api/servers",
+        json={"servertype_id": "sandbox_accounting", "api_key": "sandbox-valid-key"},
+        headers=auth(token),
     )
     config_select = await sbff.client.post(f"/api/server/{books.json()['id']}/sync", headers=auth(token))
     assert config_select.status_code == 409 and config_select.json()["code"] == "connection_not_ready"
@@ -238,7 +254,9 @@ async def test_connections_that_are_not_ready_cannot_sync(sbff: BFF) -> None:
 async def test_sync_a_subset_of_tables_and_reject_unknown_ones(sbff: BFF) -> None:
     token, _ = await customer(sbff)
     crm = await connect_crm(sbff.client, token)
-    unknown = await sbff.client.post(f"/api/server/{crm['id']}/sync", json={"tables": ["contacts", "tickets"]}, headers=auth(token))
+    unknown = await sbff.client.post(
+        f"/api/server/{crm['id']}/sync", json={"tables": ["contacts", "tickets"]}, headers=auth(token)
+    )
     assert unknown.status_code == 400 and "tickets" in unknown.json()["errors"]["tables"]
     malformed = await sbff.client.post(f"/api/server/{crm['id']}/sync", json={"tables": "deals"}, headers=auth(token))
     assert malformed.status_code == 400 and malformed.json()["code"] == "validation_error"
@@ -295,7 +313,10 @@ async def test_stopping_the_worker_mid_sync_requeues_the_run_and_the_next_worker
     async with running_bff(dataclasses.replace(settings, run_worker=False)) as bff:
         paused = await last_run(bff, token, books["id"])
         assert paused["status"] == "queued" and 500 <= sum(paused["records"].values()) < 1500
-        assert any("Sync paused: the worker running it stopped" in line["message"] for line in await logs(bff, token, books["id"]))
+        assert any(
+            "Sync paused: the worker running it stopped" in line["message"]
+            for line in await logs(bff, token, books["id"])
+        )
     # The next worker picks it up and continues from the saved cursor.
     async with running_bff(dataclasses.replace(settings, sandbox_env={})) as bff:
         await bff.services.sync.wait(books["id"], timeout=60)
@@ -326,7 +347,10 @@ async def test_a_run_whose_worker_died_is_requeued_by_the_watchdog_and_finishes(
         run = await bff.services.sync.wait(bank["id"], timeout=30)
         assert run is not None and run.id == run_id and run.status == "succeeded"
         assert run.records == {"transactions": 200}
-        assert any("was interrupted: the worker running it stopped responding" in line["message"] for line in await logs(bff, token, bank["id"]))
+        assert any(
+            "was interrupted: the worker running it stopped responding" in line["message"]
+            for line in await logs(bff, token, bank["id"])
+        )
         assert (await health(bff, token, bank["id"]))["health_status"] == "HEALTHY"
 
 
@@ -344,14 +368,20 @@ async def test_sync_concurrency_is_bounded(settings_factory: Callable[..., Setti
                 break
             await asyncio.sleep(0.05)
         assert sorted(statuses) == ["queued", "running"]
-        queued = (await bff.client.get(f"/api/server/{banks[statuses.index('queued')]['id']}/sync-status", headers=auth(token))).json()
+        queued = (
+            await bff.client.get(
+                f"/api/server/{banks[statuses.index('queued')]['id']}/sync-status", headers=auth(token)
+            )
+        ).json()
         assert queued["running"] is True  # queued counts as an active run
         for bank in banks:
             await bff.services.sync.wait(bank["id"])
             assert (await last_run(bff, token, bank["id"]))["status"] == "succeeded"
 
 
-async def test_a_rate_limited_provider_frees_the_worker_for_other_customers(settings_factory: Callable[..., Settings]) -> None:
+async def test_a_rate_limited_provider_frees_the_worker_for_other_customers(
+    settings_factory: Callable[..., Settings],
+) -> None:
     # One worker slot. The bank answers every other call with 429 and `Retry-After: 3`, which is
     # more than this deployment holds a worker for (long_wait_seconds=1): the run must step aside.
     settings = settings_factory(
@@ -383,14 +413,22 @@ async def test_a_rate_limited_provider_frees_the_worker_for_other_customers(sett
         assert any(m.startswith("Waiting: ") and "asked to wait 3 s" in m for m in messages)
 
 
-async def test_retry_after_beyond_the_budget_fails_the_stream_and_says_so(settings_factory: Callable[..., Settings]) -> None:
+async def test_retry_after_beyond_the_budget_fails_the_stream_and_says_so(
+    settings_factory: Callable[..., Settings],
+) -> None:
     settings = settings_factory(
         sandbox_enabled=True,
-        sandbox_env={"BFF_SANDBOX_429_EVERY": "1", "BFF_SANDBOX_429_MATCH": "/bank/api/transactions", "BFF_SANDBOX_RETRY_AFTER": "7200"},
+        sandbox_env={
+            "BFF_SANDBOX_429_EVERY": "1",
+            "BFF_SANDBOX_429_MATCH": "/bank/api/transactions",
+            "BFF_SANDBOX_RETRY_AFTER": "7200",
+        },
     )
     async with running_bff(settings) as bff:
         token, _ = await customer(bff)
         bank = await connect_bank(bff.client, token)
         run = await sync(bff, token, bank["id"])
         assert run["status"] == "failed"
-        assert "the provider asked to wait 120 min, more than the 30 min left of the 30 min retry budget" in run["error"]
+        assert (
+            "the provider asked to wait 120 min, more than the 30 min left of the 30 min retry budget" in run["error"]
+        )

@@ -3,15 +3,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import FakeClock, make_settings
 
 from bff.errors import ApiError
 from bff.settings import Secret
 from bff.tokens import TokenAuthority, parse_authorization
 
-from conftest import FakeClock, make_settings
 
-
-def authority(tmp_path: Path, keys: tuple[str, ...] = ("key-one-0123456789abcdef",), clock: FakeClock | None = None) -> TokenAuthority:
+def authority(
+    tmp_path: Path, keys: tuple[str, ...] = ("key-one-0123456789abcdef",), clock: FakeClock | None = None
+) -> TokenAuthority:
     settings = make_settings(tmp_path, secret_keys=tuple(Secret(k) for k in keys), identity_token_ttl=3600)
     return TokenAuthority(settings, clock=clock or FakeClock())
 
@@ -52,8 +53,14 @@ def test_tampered_and_garbage_tokens_are_invalid(tmp_path: Path) -> None:
     payload, stamp, signature = token.split(".")
     # Re-sign nothing: swap the payload for another sub-account's, keep the signature.
     other = tokens.mint_integrate_token(partner_id=1, sub_account_id=2, generation=1).token.split(".")[0]
-    for bad in (f"{other}.{stamp}.{signature}", token[:-2] + ("AA" if not token.endswith("AA") else "BB"), "nope", "a.b.c", ""):
-        assert code_of(lambda: tokens.verify(bad, accept=("integrate",))) == "token_invalid"
+    for bad in (
+        f"{other}.{stamp}.{signature}",
+        token[:-2] + ("AA" if not token.endswith("AA") else "BB"),
+        "nope",
+        "a.b.c",
+        "",
+    ):
+        assert code_of(lambda bad=bad: tokens.verify(bad, accept=("integrate",))) == "token_invalid"
 
 
 def test_integrate_token_expires_after_30_minutes(tmp_path: Path) -> None:
@@ -85,14 +92,19 @@ def test_identity_tokens_expire_unless_minted_forever(tmp_path: Path) -> None:
     assert tokens.verify(forever, accept=("identity",)).kind == "identity"
 
 
-def test_a_remembered_check_still_enforces_kind_age_and_every_byte(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_remembered_check_still_enforces_kind_age_and_every_byte(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     clock = FakeClock()
     tokens = authority(tmp_path, clock=clock)
     token = tokens.mint_integrate_token(partner_id=1, sub_account_id=1, generation=1).token
     for _ in range(2):  # the second call is answered from memory: same answers
         assert tokens.verify(token, accept=("integrate",)).sub_account_id == 1
         assert code_of(lambda: tokens.verify(token, accept=("partner",))) == "token_wrong_kind"
-    assert code_of(lambda: tokens.verify(token[:-1] + ("A" if token[-1] != "A" else "B"), accept=("integrate",))) == "token_invalid"
+    assert (
+        code_of(lambda: tokens.verify(token[:-1] + ("A" if token[-1] != "A" else "B"), accept=("integrate",)))
+        == "token_invalid"
+    )
     clock.advance(-5)  # a clock stepping back makes a remembered token "from the future"
     assert code_of(lambda: tokens.verify(token, accept=("integrate",))) == "token_expired"
 

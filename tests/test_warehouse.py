@@ -34,7 +34,9 @@ async def env(database_url: str) -> AsyncIterator[Env]:
     for external_id in ("a", "b"):
         account = await store.create_sub_account(partner.id, external_id, {})
         accounts.append(account.id)
-        connections[account.id] = [(await store.create_connection(account.id, "sandbox_crm", "CRM", "OK")).id for _ in range(2)]
+        connections[account.id] = [
+            (await store.create_connection(account.id, "sandbox_crm", "CRM", "OK")).id for _ in range(2)
+        ]
     warehouse = Warehouse(store)
     try:
         yield Env(store, warehouse, accounts, connections)
@@ -64,7 +66,9 @@ async def test_upsert_by_primary_key_never_duplicates(env: Env) -> None:
     account, connection = env.accounts[0], env.connections[env.accounts[0]][0]
     table = await env.warehouse.open_table(account, connection, contacts())
     assert await table.write([contact(i) for i in range(1, 101)], {"cursor": "a"}, run_id=1) == 100
-    assert await table.write([contact(i, last_name="Changed") for i in range(51, 151)], {"cursor": "b"}, run_id=2) == 100
+    assert (
+        await table.write([contact(i, last_name="Changed") for i in range(51, 151)], {"cursor": "b"}, run_id=2) == 100
+    )
     count, rows = await env.warehouse.read_rows(account, table.table, offset=0, limit=1000)
     assert count == 150 and len({row["id"] for row in rows}) == 150
     by_id = {row["id"]: row for row in rows}
@@ -133,7 +137,9 @@ async def test_each_customers_role_reads_its_own_schema_and_nothing_else(env: En
         assert await cur.fetchone() == {"rolcanlogin": False}  # NOLOGIN
         await conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(schema_a)))
         try:
-            cur = await conn.execute(sql.SQL("SELECT COUNT(*) AS n FROM {}.{}").format(sql.Identifier(schema_a), sql.Identifier(table_a)))
+            cur = await conn.execute(
+                sql.SQL("SELECT COUNT(*) AS n FROM {}.{}").format(sql.Identifier(schema_a), sql.Identifier(table_a))
+            )
             assert await cur.fetchone() == {"n": 1}
             for forbidden in (
                 sql.SQL("SELECT * FROM {}.{}").format(sql.Identifier(schema_b), sql.Identifier(table_b)),
@@ -167,7 +173,9 @@ async def test_drop_connection_tables_removes_tables_cursors_and_index(env: Env)
     assert await env.warehouse.table_owner(dropped.table.id) is None
     assert await env.warehouse.table_owner(deals.table.id) is None
     async with env.store.connection() as conn:
-        cur = await conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = %s", (await env.warehouse.schema_of(account),))
+        cur = await conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = %s", (await env.warehouse.schema_of(account),)
+        )
         names = {row["tablename"] for row in await cur.fetchall()}
         assert f"c{drop}_contacts" not in names and f"c{keep}_contacts" in names
         cur = await conn.execute("SELECT COUNT(*) AS n FROM warehouse_state WHERE connection_id = %s", (drop,))

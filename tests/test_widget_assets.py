@@ -15,7 +15,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import BFF
 
 WIDGET = Path(__file__).resolve().parents[1] / "widget"
@@ -196,7 +195,9 @@ def test_connect_ui_uses_only_strings_that_exist() -> None:
 
 
 def test_loader_dialog_titles_match_the_locale_table() -> None:
-    titles = dict(re.findall(r"(\w\w): '([^']+)'", re.search(r"const TITLES = \{([^}]*)\}", LOADER.read_text()).group(1)))
+    titles = dict(
+        re.findall(r"(\w\w): '([^']+)'", re.search(r"const TITLES = \{([^}]*)\}", LOADER.read_text()).group(1))
+    )
     assert titles == {locale: strings["title"] for locale, strings in load_locales().items()}
 
 
@@ -212,7 +213,14 @@ def test_types_cover_every_export_option_and_theme_key() -> None:
     exports = set(re.findall(r"export (?:const|function|class|async function) (\w+)", loader))
     exports |= set(re.findall(r"export const \[([^\]]+)\]", loader))
     exports |= {n.strip() for group in re.findall(r"export \{([^}]+)\}", loader) for n in group.split(",")}
-    assert exports >= SDK_FUNCTIONS | {"initialize", "PeliqanError", "describeHealth", "formatRelativeTime", "timeElement", "mountConnections"}
+    assert exports >= SDK_FUNCTIONS | {
+        "initialize",
+        "PeliqanError",
+        "describeHealth",
+        "formatRelativeTime",
+        "timeElement",
+        "mountConnections",
+    }
     for name in exports:
         assert re.search(rf"export (?:declare )?(?:function|class|const) {name}\b", dts), name
     spec = re.search(r"const SPEC = \{(.*?)\n\};", loader, re.S).group(1)
@@ -248,11 +256,22 @@ console.log(JSON.stringify(out));
 def test_loader_imports_where_there_is_no_window() -> None:
     result = subprocess.run(
         [NODE, "--input-type=module", "-e", SSR_SCRIPT, LOADER.as_uri()],
-        capture_output=True, text=True, timeout=30, check=True,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
     )
     out = json.loads(result.stdout)
     assert out["hasWindow"] is False
-    assert set(out["exports"]) == SDK_FUNCTIONS | {"initialize", "PeliqanError", "default", "describeHealth", "formatRelativeTime", "timeElement", "mountConnections"}
+    assert set(out["exports"]) == SDK_FUNCTIONS | {
+        "initialize",
+        "PeliqanError",
+        "default",
+        "describeHealth",
+        "formatRelativeTime",
+        "timeElement",
+        "mountConnections",
+    }
     assert out["initialize"] == ["PeliqanError", "no_window"]
     assert out["sync"] == ["PeliqanError", "invalid_argument", 0]
     assert out["watch"] == ["PeliqanError", "invalid_argument"]
@@ -281,7 +300,10 @@ async def test_the_bff_serves_the_widget_files_and_nothing_else_from_embed(bff: 
 async def test_the_source_documents_script_path_v1_3_serves_the_same_loader(bff: BFF) -> None:
     _, partner_token = await bff.partner("v13", origins=("http://localhost:8001",))
     for name in ("peliqan-integration.js", "peliqan-sdk.js", "peliqan-status.js"):
-        old, new = await bff.client.get(f"/embed/v1/{name}"), await bff.client.get(f"/embed/v1.3/{name}", headers={"Origin": "http://localhost:8001"})
+        old, new = (
+            await bff.client.get(f"/embed/v1/{name}"),
+            await bff.client.get(f"/embed/v1.3/{name}", headers={"Origin": "http://localhost:8001"}),
+        )
         assert new.status_code == 200 and new.content == old.content, name
         assert new.headers["content-type"].startswith("text/javascript")
         assert new.headers.get_list("access-control-allow-origin") == ["*"], name  # once: "*, *" breaks the module
@@ -314,7 +336,10 @@ console.log(JSON.stringify({
 def test_describe_health_and_relative_times() -> None:
     result = subprocess.run(
         [NODE, "--input-type=module", "-e", DESCRIBE_SCRIPT, LOADER.as_uri()],
-        capture_output=True, text=True, timeout=30, check=True,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
     )
     out = json.loads(result.stdout)
     assert out["healthy"] == ["Healthy", "success"]

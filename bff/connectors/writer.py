@@ -292,7 +292,7 @@ class Writer:
             message = session.scrub(message) if message else None
             what = f"{self.display} refused to {spec.name if spec.name != 'search' else 'search'} the {obj.name}"
             raise ProviderRejected(
-                f"{what} (HTTP {response.status_code}){': ' + message if message else ''}.",
+                f"{what} (HTTP {response.status_code}){': ' + message.rstrip('.') if message else ''}.",
                 status=response.status_code,
                 message=message,
             )

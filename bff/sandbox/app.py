@@ -15,7 +15,7 @@ import json
 import math
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Any
 
 from starlette.applications import Starlette
@@ -24,11 +24,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from . import pages
+from .chat import SandboxChat
 from .data import DIVISIONS, REFRESH_BATCH, Key, Record, Table, iso, parse_iso
 from .oauth import CrmOAuth
 from .options import SandboxOptions
 from .state import DELETABLE, PROVIDERS, TOUCHABLE, Faults, SandboxData, Stats
-from .chat import SandboxChat
 from .writes import SandboxWrites
 
 MAX_PAGE = 500
@@ -49,9 +49,7 @@ DataHandler = Callable[[Request], Awaitable[tuple[Response, int]]]
 
 
 class ApiError(Exception):
-    def __init__(
-        self, status_code: int, error: str, description: str, headers: dict[str, str] | None = None
-    ) -> None:
+    def __init__(self, status_code: int, error: str, description: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(description)
         self.status_code = status_code
         self.error = error
@@ -159,8 +157,9 @@ class Sandbox:
     def require_crm(self, request: Request) -> None:
         if not self.oauth.bearer_ok(request):
             header = 'Bearer realm="Sandbox CRM", error="invalid_token"'
-            raise ApiError(401, "invalid_token", "The access token is missing, invalid or expired.",
-                           {"WWW-Authenticate": header})
+            raise ApiError(
+                401, "invalid_token", "The access token is missing, invalid or expired.", {"WWW-Authenticate": header}
+            )
 
     def require_accounting(self, request: Request) -> None:
         key = request.headers.get("x-api-key", "")
@@ -169,11 +168,13 @@ class Sandbox:
             raise ApiError(401, "invalid_api_key", "The API key is missing or not valid.")
 
     def _require_bank(self, request: Request) -> None:
-        if not _basic_matches(request.headers.get("authorization", ""), BANK_LOGIN) or (
-            "bank" in self.revoked
-        ):
-            raise ApiError(401, "invalid_credentials", "The login or password is wrong.",
-                           {"WWW-Authenticate": 'Basic realm="Sandbox Bank"'})
+        if not _basic_matches(request.headers.get("authorization", ""), BANK_LOGIN) or ("bank" in self.revoked):
+            raise ApiError(
+                401,
+                "invalid_credentials",
+                "The login or password is wrong.",
+                {"WWW-Authenticate": 'Basic realm="Sandbox Bank"'},
+            )
 
     # -- CRM ----------------------------------------------------------------
 
@@ -222,7 +223,9 @@ class Sandbox:
         name = request.query_params.get("name")
         if name is not None:  # search by exact name
             hits = [r for r in table.records if r["name"] == name]
-            return JSONResponse({"results": hits, "total": len(hits), "offset": 0, "limit": len(hits), "has_more": False}), len(hits)
+            return JSONResponse(
+                {"results": hits, "total": len(hits), "offset": 0, "limit": len(hits), "has_more": False}
+            ), len(hits)
         limit = _page_size(request, "limit")
         offset = _int_param(request, "offset", 0, minimum=0)
         first = table.index_after_time(_updated_after(request))
@@ -279,9 +282,7 @@ class Sandbox:
         self._require_bank(request)
         per_page = _page_size(request, "per_page")
         page = _int_param(request, "page", 1, minimum=1)
-        results, total = _numbered_page(
-            self.data.transactions, _updated_after(request), page, per_page
-        )
+        results, total = _numbered_page(self.data.transactions, _updated_after(request), page, per_page)
         headers = {}
         if page * per_page < total:
             # Keep every other query parameter (updated_after, per_page) of this call.
@@ -317,15 +318,19 @@ class Sandbox:
         key = self.options.admin_key
         if key is None:
             return JSONResponse(
-                {"detail": "Sandbox controls are off: set BFF_SANDBOX_ADMIN_KEY and send it as a Bearer token.",
-                 "code": "sandbox_controls_disabled"},
+                {
+                    "detail": "Sandbox controls are off: set BFF_SANDBOX_ADMIN_KEY and send it as a Bearer token.",
+                    "code": "sandbox_controls_disabled",
+                },
                 status_code=403,
             )
         scheme, _, sent = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not secrets.compare_digest(sent.strip().encode(), key.encode()):
             return JSONResponse(
-                {"detail": "Send the sandbox admin key as `Authorization: Bearer <BFF_SANDBOX_ADMIN_KEY>`.",
-                 "code": "sandbox_admin_key_required"},
+                {
+                    "detail": "Send the sandbox admin key as `Authorization: Bearer <BFF_SANDBOX_ADMIN_KEY>`.",
+                    "code": "sandbox_admin_key_required",
+                },
                 status_code=401,
                 headers={"WWW-Authenticate": 'Bearer realm="sandbox-controls"'},
             )
@@ -354,9 +359,7 @@ class Sandbox:
             resource = _one_of(body, "resource", TOUCHABLE)
             count = body.get("count")
             if not isinstance(count, int) or isinstance(count, bool) or count < 1:
-                raise ControlError(
-                    "invalid_count", f"count must be a positive integer; got {count!r}."
-                )
+                raise ControlError("invalid_count", f"count must be a positive integer; got {count!r}.")
         except ControlError as exc:
             return _control_error(exc)
         return JSONResponse({"touched": self.data.touch(resource, count)})
@@ -388,9 +391,7 @@ class Sandbox:
         return endpoint
 
 
-def create_sandbox_app(
-    options: SandboxOptions | None = None, *, clock: Callable[[], float] = time.time
-) -> Starlette:
+def create_sandbox_app(options: SandboxOptions | None = None, *, clock: Callable[[], float] = time.time) -> Starlette:
     """Build a fresh, self-contained sandbox app (its own data, tokens and counters).
 
     ``clock`` returns epoch seconds; tests inject a fake one to expire codes/tokens.
@@ -431,14 +432,10 @@ def _updated_after(request: Request) -> float | None:
     try:
         return parse_iso(raw)
     except ValueError:
-        raise ApiError(
-            400, "invalid_request", "updated_after must be an ISO-8601 date-time."
-        ) from None
+        raise ApiError(400, "invalid_request", "updated_after must be an ISO-8601 date-time.") from None
 
 
-def _numbered_page(
-    table: Table, updated_after: float | None, page: int, size: int
-) -> tuple[list[Record], int]:
+def _numbered_page(table: Table, updated_after: float | None, page: int, size: int) -> tuple[list[Record], int]:
     first = table.index_after_time(updated_after)
     total = len(table) - first
     start = first + (page - 1) * size

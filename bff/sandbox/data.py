@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Iterable
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from operator import itemgetter
 from typing import Any
 
 Record = dict[str, Any]
 Key = tuple[int, str]  # (updated_at as epoch seconds, id)
 
-BASE_TS = int(datetime(2026, 1, 1, tzinfo=timezone.utc).timestamp())
+BASE_TS = int(datetime(2026, 1, 1, tzinfo=UTC).timestamp())
 MINUTE = 60
 
 CONTACT_COUNT = 1250
@@ -28,43 +28,115 @@ DIVISIONS: tuple[tuple[int, str], ...] = (
 )
 
 _FIRST_NAMES = (
-    "Anna", "Bram", "Carla", "Daan", "Eva", "Finn", "Greta", "Hugo", "Ines", "Jonas",
-    "Katrien", "Lars", "Mila", "Niels", "Olivia", "Pieter", "Quinten", "Roos", "Sven", "Tess",
+    "Anna",
+    "Bram",
+    "Carla",
+    "Daan",
+    "Eva",
+    "Finn",
+    "Greta",
+    "Hugo",
+    "Ines",
+    "Jonas",
+    "Katrien",
+    "Lars",
+    "Mila",
+    "Niels",
+    "Olivia",
+    "Pieter",
+    "Quinten",
+    "Roos",
+    "Sven",
+    "Tess",
 )
 _LAST_NAMES = (
-    "Jansen", "de Vries", "Bakker", "Visser", "Smit", "Meijer", "Mulder", "de Boer", "Bos",
-    "Vos", "Peters", "Hendriks", "Dekker", "Brouwer", "Dijkstra", "Kok", "Jacobs", "Vermeulen",
-    "Willems", "Maes", "Claes", "Goossens", "Wouters", "Martens", "Leclercq",
+    "Jansen",
+    "de Vries",
+    "Bakker",
+    "Visser",
+    "Smit",
+    "Meijer",
+    "Mulder",
+    "de Boer",
+    "Bos",
+    "Vos",
+    "Peters",
+    "Hendriks",
+    "Dekker",
+    "Brouwer",
+    "Dijkstra",
+    "Kok",
+    "Jacobs",
+    "Vermeulen",
+    "Willems",
+    "Maes",
+    "Claes",
+    "Goossens",
+    "Wouters",
+    "Martens",
+    "Leclercq",
 )
 _COMPANIES = (
-    "Northwind Trading", "Blue Harbor", "Copperleaf", "Dunewood Labs", "Elmstone",
-    "Fjord Analytics", "Granite & Co", "Hollowbrook", "Ironbark Systems", "Juniper Foods",
-    "Kestrel Logistics", "Lumen Studio", "Maple Ridge", "Nimbus Health", "Oakline Retail",
+    "Northwind Trading",
+    "Blue Harbor",
+    "Copperleaf",
+    "Dunewood Labs",
+    "Elmstone",
+    "Fjord Analytics",
+    "Granite & Co",
+    "Hollowbrook",
+    "Ironbark Systems",
+    "Juniper Foods",
+    "Kestrel Logistics",
+    "Lumen Studio",
+    "Maple Ridge",
+    "Nimbus Health",
+    "Oakline Retail",
 )
 _DEAL_PRODUCTS = (
-    "Annual licence", "Onboarding package", "Support renewal", "Seat expansion",
-    "Data migration", "Training day", "Enterprise upgrade",
+    "Annual licence",
+    "Onboarding package",
+    "Support renewal",
+    "Seat expansion",
+    "Data migration",
+    "Training day",
+    "Enterprise upgrade",
 )
 DEAL_STAGES = (
-    "appointmentscheduled", "qualifiedtobuy", "presentationscheduled",
-    "decisionmakerboughtin", "contractsent", "closedwon", "closedlost",
+    "appointmentscheduled",
+    "qualifiedtobuy",
+    "presentationscheduled",
+    "decisionmakerboughtin",
+    "contractsent",
+    "closedwon",
+    "closedlost",
 )
 _INVOICE_STATUSES = ("draft", "open", "open", "paid", "paid", "paid", "overdue")
 _TRANSACTION_PAYEES = (
-    "Albert Heijn", "NS Reizen", "Coolblue", "Eneco", "KPN", "Bol.com", "Shell",
-    "Gemeente Utrecht", "Jumbo", "Ziggo", "HEMA", "Belastingdienst",
+    "Albert Heijn",
+    "NS Reizen",
+    "Coolblue",
+    "Eneco",
+    "KPN",
+    "Bol.com",
+    "Shell",
+    "Gemeente Utrecht",
+    "Jumbo",
+    "Ziggo",
+    "HEMA",
+    "Belastingdienst",
 )
 
 
 def iso(ts: int) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse_iso(value: str) -> float:
     """ISO-8601 date-time to epoch seconds; naive values are taken as UTC."""
     parsed = datetime.fromisoformat(value.strip())
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
+        parsed = parsed.replace(tzinfo=UTC)
     return parsed.timestamp()
 
 
@@ -216,9 +288,7 @@ def invoice_tables(scale: int = 1) -> dict[int, Table]:
     tables = {}
     for d, (code, _) in enumerate(DIVISIONS):
         first = d * per_division
-        tables[code] = Table(
-            make_invoice(code, n, first + n) for n in range(1, per_division + 1)
-        )
+        tables[code] = Table(make_invoice(code, n, first + n) for n in range(1, per_division + 1))
     return tables
 
 

@@ -123,15 +123,11 @@ class OAuthError(Exception):
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
-def validate_authorization_request(
-    params: Mapping[str, list[str]], options: SandboxOptions
-) -> AuthorizationRequest:
+def validate_authorization_request(params: Mapping[str, list[str]], options: SandboxOptions) -> AuthorizationRequest:
     """Check an authorize (or consent-decision) request; raise InvalidAuthorization."""
     for name in AUTHORIZE_PARAMS:
         if len(params.get(name, [])) > 1:
-            raise InvalidAuthorization(
-                "invalid_request", f"The parameter {name} appears more than once."
-            )
+            raise InvalidAuthorization("invalid_request", f"The parameter {name} appears more than once.")
     value: dict[str, str | None] = {name: next(iter(params.get(name) or []), None) for name in AUTHORIZE_PARAMS}
     client = CLIENTS.get(value["client_id"] or "")
     if client is None:
@@ -157,9 +153,7 @@ def _check_redirect_uri(uri: str | None, options: SandboxOptions) -> str:
         raise InvalidAuthorization("invalid_request", "The redirect_uri parameter is missing.")
     if options.redirect_uris:
         if uri not in options.redirect_uris:
-            raise InvalidAuthorization(
-                "invalid_request", "The redirect_uri is not registered for this client."
-            )
+            raise InvalidAuthorization("invalid_request", "The redirect_uri is not registered for this client.")
         return uri
     parts = urlsplit(uri)
     if parts.scheme not in ("http", "https") or not parts.netloc or parts.fragment or "#" in uri:
@@ -172,9 +166,7 @@ def _check_redirect_uri(uri: str | None, options: SandboxOptions) -> str:
 
 def _check_challenge(challenge: str | None, method: str | None) -> str:
     if not challenge:
-        raise InvalidAuthorization(
-            "invalid_request", "PKCE is required: the code_challenge parameter is missing."
-        )
+        raise InvalidAuthorization("invalid_request", "PKCE is required: the code_challenge parameter is missing.")
     if method != "S256":
         shown = "missing (which means plain)" if not method else f'"{method}"'
         raise InvalidAuthorization(
@@ -259,9 +251,7 @@ class CrmOAuth:
 
     async def decision(self, request: Request) -> Response:
         form = await request.form()
-        params = {
-            key: [v for v in form.getlist(key) if isinstance(v, str)] for key in form.keys()
-        }
+        params = {key: [v for v in form.getlist(key) if isinstance(v, str)] for key in form.keys()}
         try:
             auth = validate_authorization_request(params, self.options)
         except InvalidAuthorization as exc:
@@ -279,9 +269,7 @@ class CrmOAuth:
                 },
             )
         if choice != ["allow"]:
-            return _error_page(
-                InvalidAuthorization("invalid_request", 'Choose "Allow" or "Deny".'), {}
-            )
+            return _error_page(InvalidAuthorization("invalid_request", 'Choose "Allow" or "Deny".'), {})
         code = self._issue_code(auth)
         return redirect_with(auth.redirect_uri, {"code": code, "state": auth.state})
 
@@ -308,9 +296,7 @@ class CrmOAuth:
             elif grant_type is None:
                 raise OAuthError("invalid_request", "The grant_type parameter is missing.")
             else:
-                raise OAuthError(
-                    "unsupported_grant_type", f"The grant_type {grant_type!r} is not supported."
-                )
+                raise OAuthError("unsupported_grant_type", f"The grant_type {grant_type!r} is not supported.")
         except OAuthError as exc:
             return exc.response()
         return JSONResponse(body, headers=_NO_STORE)
@@ -321,9 +307,7 @@ class CrmOAuth:
         body_secret = _single(form, "client_secret")
         if header is not None:
             if body_secret is not None:
-                raise OAuthError(
-                    "invalid_request", "Use one client authentication method, not two."
-                )
+                raise OAuthError("invalid_request", "Use one client authentication method, not two.")
             client_id, secret = _parse_basic(header)
             if body_id is not None and body_id != client_id:
                 raise OAuthError("invalid_client", "The client_id does not match.", status_code=401)
@@ -353,15 +337,9 @@ class CrmOAuth:
         if self.clock() >= stored.expires_at:
             raise OAuthError("invalid_grant", "The authorization code has expired.")
         if redirect_uri != stored.request.redirect_uri:
-            raise OAuthError(
-                "invalid_grant", "The redirect_uri differs from the one used to authorize."
-            )
-        if not _VERIFIER.fullmatch(verifier) or not pkce_matches(
-            verifier, stored.request.code_challenge
-        ):
-            raise OAuthError(
-                "invalid_grant", "The code_verifier does not match the code_challenge."
-            )
+            raise OAuthError("invalid_grant", "The redirect_uri differs from the one used to authorize.")
+        if not _VERIFIER.fullmatch(verifier) or not pkce_matches(verifier, stored.request.code_challenge):
+            raise OAuthError("invalid_grant", "The code_verifier does not match the code_challenge.")
         if self.is_revoked():
             raise OAuthError("invalid_grant", "Access to Sandbox CRM has been revoked.")
         return self._mint(stored.grant)
@@ -412,17 +390,13 @@ class CrmOAuth:
 
 def _error_page(exc: InvalidAuthorization, headers: Mapping[str, str]) -> Response:
     context = {"message": exc.message, "error": exc.error}
-    return pages.render(
-        "oauth_error.html", context, status_code=400, frameable=False, headers=headers
-    )
+    return pages.render("oauth_error.html", context, status_code=400, frameable=False, headers=headers)
 
 
 async def _token_form(request: Request) -> FormData:
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type != "application/x-www-form-urlencoded":
-        raise OAuthError(
-            "invalid_request", "The token request must be application/x-www-form-urlencoded."
-        )
+        raise OAuthError("invalid_request", "The token request must be application/x-www-form-urlencoded.")
     return await request.form()
 
 

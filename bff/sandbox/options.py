@@ -53,9 +53,7 @@ class SandboxOptions:
         if self.fail_match == "":
             # An empty needle would match every path; that is what None already means.
             object.__setattr__(self, "fail_match", None)
-        if isinstance(self.redirect_uris, str) or not all(
-            isinstance(uri, str) for uri in self.redirect_uris
-        ):
+        if isinstance(self.redirect_uris, str) or not all(isinstance(uri, str) for uri in self.redirect_uris):
             raise ValueError("redirect_uris must be a sequence of strings")
         object.__setattr__(self, "redirect_uris", tuple(self.redirect_uris))
 
@@ -75,9 +73,7 @@ class SandboxOptions:
                 values[field_name] = _parse_int(variable, raw, minimum)
         raw_coop = environ.get("BFF_SANDBOX_COOP", "").strip().lower()
         if raw_coop not in _TRUE | _FALSE:
-            raise ValueError(
-                f"BFF_SANDBOX_COOP must be one of 1/0/true/false/yes/no/on/off, got {raw_coop!r}"
-            )
+            raise ValueError(f"BFF_SANDBOX_COOP must be one of 1/0/true/false/yes/no/on/off, got {raw_coop!r}")
         values["coop"] = raw_coop in _TRUE
         fail_match = environ.get("BFF_SANDBOX_FAIL_MATCH", "")
         values["fail_match"] = fail_match or None

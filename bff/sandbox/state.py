@@ -156,9 +156,7 @@ class SandboxData:
         # they form a prefix of every division's own list.
         merged = heapq.merge(*(_tagged(table.keys, code) for code, table in tables.items()))
         order = [code for _, code in islice(merged, count)]
-        popped = {
-            code: deque(tables[code].pop_front(n)) for code, n in Counter(order).items()
-        }
+        popped = {code: deque(tables[code].pop_front(n)) for code, n in Counter(order).items()}
         touched = []
         for offset, code in enumerate(order, start=1):
             record = popped[code].popleft()

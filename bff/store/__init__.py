@@ -365,7 +365,9 @@ class Store:
 
     async def bump_partner_generation(self, partner_id: int) -> Partner | None:
         async with self.transaction() as conn:
-            await conn.execute("UPDATE partners SET token_generation = token_generation + 1 WHERE id = %s", (partner_id,))
+            await conn.execute(
+                "UPDATE partners SET token_generation = token_generation + 1 WHERE id = %s", (partner_id,)
+            )
             return await self._partner(conn, partner_id)
 
     async def partner_has_origin(self, partner_id: int, origin: str) -> bool:
@@ -383,7 +385,9 @@ class Store:
         row = await cur.fetchone()
         if row is None:
             return None
-        cur = await conn.execute("SELECT origin FROM partner_origins WHERE partner_id = %s ORDER BY origin", (partner_id,))
+        cur = await conn.execute(
+            "SELECT origin FROM partner_origins WHERE partner_id = %s ORDER BY origin", (partner_id,)
+        )
         return Partner(**row, origins=tuple(r["origin"] for r in await cur.fetchall()))
 
     # -- sub-accounts -------------------------------------------------------------------
@@ -439,11 +443,16 @@ class Store:
             return None
         return _build(
             SubAccount,
-            await self._one(f"SELECT {_SUB_ACCOUNT_COLUMNS} FROM sub_accounts WHERE partner_id = %s AND {where}", (partner_id, value)),
+            await self._one(
+                f"SELECT {_SUB_ACCOUNT_COLUMNS} FROM sub_accounts WHERE partner_id = %s AND {where}",
+                (partner_id, value),
+            ),
         )
 
     async def get_sub_account_by_id(self, account_id: int) -> SubAccount | None:
-        return _build(SubAccount, await self._one(f"SELECT {_SUB_ACCOUNT_COLUMNS} FROM sub_accounts WHERE id = %s", (account_id,)))
+        return _build(
+            SubAccount, await self._one(f"SELECT {_SUB_ACCOUNT_COLUMNS} FROM sub_accounts WHERE id = %s", (account_id,))
+        )
 
     async def list_sub_accounts(self, partner_id: int, *, offset: int, limit: int) -> tuple[int, list[SubAccount]]:
         count = await self._one("SELECT COUNT(*) AS n FROM sub_accounts WHERE partner_id = %s", (partner_id,))
@@ -482,7 +491,14 @@ class Store:
             cur = await conn.execute(
                 "INSERT INTO connections (sub_account_id, connector, name, health_status, config, created_at, updated_at)"
                 f" VALUES (%(s)s, %(c)s, %(n)s, %(h)s, %(cfg)s, %(now)s, %(now)s) RETURNING {_CONNECTION_COLUMNS}",
-                {"s": sub_account_id, "c": connector, "n": name, "h": health_status, "cfg": Jsonb(dict(config or {})), "now": now},
+                {
+                    "s": sub_account_id,
+                    "c": connector,
+                    "n": name,
+                    "h": health_status,
+                    "cfg": Jsonb(dict(config or {})),
+                    "now": now,
+                },
             )
             row = await cur.fetchone()
             assert row is not None
@@ -507,7 +523,10 @@ class Store:
 
     async def get_connection_by_id(self, connection_id: int) -> Connection | None:
         """Internal use only (callbacks, the sync runner): no tenant check."""
-        return _build(Connection, await self._one(f"SELECT {_CONNECTION_COLUMNS} FROM connections WHERE id = %s", (connection_id,)))
+        return _build(
+            Connection,
+            await self._one(f"SELECT {_CONNECTION_COLUMNS} FROM connections WHERE id = %s", (connection_id,)),
+        )
 
     async def list_connections(self, sub_account_id: int) -> list[Connection]:
         rows = await self._all(
@@ -603,7 +622,8 @@ class Store:
 
     async def delete_connection(self, sub_account_id: int, connection_id: int) -> bool:
         row = await self._one(
-            "DELETE FROM connections WHERE id = %s AND sub_account_id = %s RETURNING id", (connection_id, sub_account_id)
+            "DELETE FROM connections WHERE id = %s AND sub_account_id = %s RETURNING id",
+            (connection_id, sub_account_id),
         )
         return row is not None
 
@@ -669,7 +689,10 @@ class Store:
 
     async def last_run(self, connection_id: int) -> Run | None:
         return _build(
-            Run, await self._one(f"SELECT {_RUN_COLUMNS} FROM runs WHERE connection_id = %s ORDER BY id DESC LIMIT 1", (connection_id,))
+            Run,
+            await self._one(
+                f"SELECT {_RUN_COLUMNS} FROM runs WHERE connection_id = %s ORDER BY id DESC LIMIT 1", (connection_id,)
+            ),
         )
 
     async def list_runs(self, connection_id: int, *, offset: int, limit: int) -> tuple[int, list[Run]]:
@@ -774,7 +797,9 @@ class Store:
     async def add_log(self, connection_id: int, level: str, message: str, *, run_id: int | None = None) -> None:
         await self.add_logs(connection_id, [(level, message)], run_id=run_id)
 
-    async def add_logs(self, connection_id: int, lines: Sequence[tuple[str, str]], *, run_id: int | None = None) -> None:
+    async def add_logs(
+        self, connection_id: int, lines: Sequence[tuple[str, str]], *, run_id: int | None = None
+    ) -> None:
         """Several ``(level, message)`` log lines in one transaction, in order. Lines of a
         connection deleted meanwhile are dropped (they would have gone with it)."""
         if not lines:

@@ -41,7 +41,9 @@ class PanelItem:
         self.finish_button = self.item.get_by_role("button", name=t["finishSetup"], exact=True)
         self.refresh_button = self.item.get_by_role("button", name=t["manualRefresh"], exact=True)
         self.delete_button = self.item.get_by_role("button", name=t["delete"], exact=True)
-        self.confirm_delete_button = self.item.get_by_role("button", name=t["confirmDeleteButton"].replace("{name}", name), exact=True)
+        self.confirm_delete_button = self.item.get_by_role(
+            "button", name=t["confirmDeleteButton"].replace("{name}", name), exact=True
+        )
         self.cancel_button = self.item.get_by_role("button", name=t["cancel"], exact=True)
 
     def fact(self, label: str) -> Locator:

@@ -57,7 +57,9 @@ class IntegrationsPage:
         self.table = page.get_by_role("table", name="Your connections", exact=True)
         self.no_connections = page.get_by_text("No connections yet.")
         self.nav_data = page.get_by_role("navigation", name="Main").get_by_role("link", name="Data", exact=True)
-        self.nav_integrations = page.get_by_role("navigation", name="Main").get_by_role("link", name="Integrations", exact=True)
+        self.nav_integrations = page.get_by_role("navigation", name="Main").get_by_role(
+            "link", name="Integrations", exact=True
+        )
 
     def goto(self, *, connectors: list[str] | None = None, connector: str | None = None) -> IntegrationsPage:
         """``connectors`` and ``connector`` become the widget's availableConnectors / selectedConnector."""
@@ -81,7 +83,7 @@ class IntegrationsPage:
         return self.modal
 
     def finish(self) -> None:
-        """"Done" on the success screen: the page reloads with the new connection listed."""
+        """ "Done" on the success screen: the page reloads with the new connection listed."""
         with self.page.expect_navigation():
             self.modal.done_button.click()
         self.wait_until_ready()
@@ -118,7 +120,7 @@ class ConnectionRow:
         self.delete_button = self.row.get_by_role("button", name="Delete", exact=True)
 
     def sync(self, *, records: int | None = None, timeout: float = 60_000) -> list[str]:
-        """"Sync now"; wait until the progress cell says the run finished and the health reads "Healthy".
+        """ "Sync now"; wait until the progress cell says the run finished and the health reads "Healthy".
 
         Returns every text the progress cell showed on the way (e.g. Starting…, Running…, Finished: …).
         """
@@ -136,7 +138,7 @@ class ConnectionRow:
         return list(self.progress.evaluate("(cell) => cell.seen"))
 
     def delete(self) -> None:
-        """"Delete", accepting the browser's confirmation."""
+        """ "Delete", accepting the browser's confirmation."""
         self.page.once("dialog", lambda dialog: dialog.accept())
         self.delete_button.click()
 

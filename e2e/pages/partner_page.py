@@ -90,4 +90,6 @@ class PartnerPage:
         )
 
     def iframe_has_focus(self) -> bool:
-        return self.page.evaluate("document.activeElement === document.querySelector('iframe[src*=\"/embed/v1/connect\"]')")  # type: ignore[no-any-return]
+        return self.page.evaluate(
+            "document.activeElement === document.querySelector('iframe[src*=\"/embed/v1/connect\"]')"
+        )  # type: ignore[no-any-return]

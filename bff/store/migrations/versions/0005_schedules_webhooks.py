@@ -9,7 +9,7 @@ from __future__ import annotations
 from alembic import op
 
 revision = "i12_schedules_webhooks"
-down_revision = "0004"
+down_revision = "i14_query_tables"
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,491 @@
+"""Query tables (saved SQL as views in a customer's schema) and SQL access per customer.
+
+The wall is PostgreSQL, and the wall has to hold against the customer's own SQL. ``SET ROLE``
+alone is not enough on a connection authenticated as a superuser (the embedded server's BFF
+connection is one): any query may call ``set_config('role', 'none', true)`` and every later
+expression of the same statement — ``query_to_xml('…')`` runs SQL text — runs as the session
+user again. So customer SQL never runs on the BFF's own connections. It runs on a connection
+*logged in* as the customer's runner role ``<schema>_q``: a LOGIN role that is a member of the
+customer's read role (``<schema>``, NOLOGIN, SELECT on its own schema only), owns the views,
+and may create in that schema and nowhere else. ``RESET ROLE`` there goes back to the runner,
+which can reach nothing more. Its password is derived from the encryption key (HMAC), so no
+process stores it.
+
+Creating a query table, on the runner's connection:
+
+1. a read-only transaction with a 10 s ``statement_timeout``: ``PREPARE … AS <query>`` sent with
+   the extended protocol — the database parses it and refuses several statements, and anything
+   that is not a query, before anything runs;
+2. a transaction with the same timeout: ``CREATE VIEW <schema>.q_<id> AS <query>`` (again one
+   statement), then the transaction is made read-only and the view is read (``LIMIT 1``): the
+   query's own permissions, functions and running time are checked by running it.
+
+Any database error on the way is ``400 query_invalid`` with the database's message.
+
+SQL access (``BFF_SQL_ACCESS=true``) gives the partner a LOGIN role ``<schema>_sql``, a member
+of the read role with ``default_transaction_read_only``; asking again sets a new password.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import hmac
+import secrets
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import psycopg
+from psycopg import AsyncConnection, sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from .store import Store, iso
+from .warehouse import WAREHOUSE_TABLE_ID_MAX, WAREHOUSE_TABLE_ID_MIN, Warehouse
+from .warehouse_reader import ReadField, RowQuery, json_value, read_page
+
+QUERY_TIMEOUT_MS = 10_000
+MAX_QUERY_LENGTH = 100_000
+RUNNER_SUFFIX = "_q"
+SQL_LOGIN_SUFFIX = "_sql"
+
+# PostgreSQL type OIDs → the warehouse's field types (anything else reads as text).
+_TYPES = {
+    16: "boolean",
+    20: "integer",
+    21: "integer",
+    23: "integer",
+    700: "number",
+    701: "number",
+    1700: "number",
+    114: "json",
+    3802: "json",
+    1082: "datetime",
+    1114: "datetime",
+    1184: "datetime",
+}
+
+
+class QueryInvalid(Exception):
+    """The customer's query was refused; ``message`` is the database's own words."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class QueryTableBroken(Exception):
+    """A saved query no longer runs (a table it read went with its connection, say)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class FilterValueRejected(Exception):
+    """A filter value the column's type cannot take (``filter__day__equal=someday`` on a date)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class NameTaken(Exception):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class QueryTable:
+    id: int
+    sub_account_id: int
+    schema: str
+    name: str
+    query: str
+    view: str
+    fields: tuple[ReadField, ...]
+    created_at: float
+    updated_at: float
+
+    @property
+    def identifier(self) -> sql.Composed:
+        return sql.SQL("{}.{}").format(sql.Identifier(self.schema), sql.Identifier(self.view))
+
+    @property
+    def has_synced_at(self) -> bool:
+        return any(f.name == "_synced_at" for f in self.fields)
+
+    def public_dict(self, *, row_count: int | None = None, error: str | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "id": self.id,
+            "name": self.name,
+            "type": "query",
+            "query": self.query,
+            "connection": None,
+            "database_id": self.sub_account_id,
+            "primary_key": [],
+            "fields": [{"id": f.id, "name": f.name, "type": f.type, "primary": False} for f in self.fields],
+            "created_at": iso(self.created_at),
+            "updated_at": iso(self.updated_at),
+        }
+        body["row_count"] = row_count
+        if error is not None:
+            body["error"] = error
+        return body
+
+
+def _message(exc: psycopg.Error) -> str:
+    diag = exc.diag
+    if diag.message_primary:
+        return diag.message_primary + (f" ({diag.message_detail})" if diag.message_detail else "")
+    return str(exc).strip() or type(exc).__name__
+
+
+@dataclasses.dataclass(frozen=True)
+class DatabaseCredentials:
+    host: str
+    port: int
+    database: str
+    user: str
+    password: str
+    schema: str
+
+    def public_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class QueryTables:
+    """Query tables of every sub-account, and their SQL-access logins."""
+
+    def __init__(
+        self,
+        store: Store,
+        warehouse: Warehouse,
+        *,
+        role_secret: bytes,
+        timeout_ms: int = QUERY_TIMEOUT_MS,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.store = store
+        self.warehouse = warehouse
+        self._secret = role_secret
+        self.timeout_ms = timeout_ms
+        self._clock = clock or warehouse.now
+        self._ready: set[str] = set()
+
+    # -- roles ----------------------------------------------------------------------------
+
+    def _runner_password(self, role: str) -> str:
+        return hmac.new(self._secret, f"runner:{role}".encode(), hashlib.sha256).hexdigest()
+
+    async def _runner(self, sub_account_id: int) -> tuple[str, str]:
+        """``(schema, runner role)`` of a sub-account, made on first use."""
+        schema = await self.warehouse.schema_of(sub_account_id, create=True)
+        assert schema is not None
+        runner = schema + RUNNER_SUFFIX
+        if runner in self._ready:
+            return schema, runner
+        ident, role = sql.Identifier(schema), sql.Identifier(runner)
+        async with self.store.transaction() as conn:
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (runner,))
+            cur = await conn.execute("SELECT 1 AS found FROM pg_roles WHERE rolname = %s", (runner,))
+            password = sql.Literal(self._runner_password(runner))
+            if await cur.fetchone() is None:
+                await conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(role, password))
+                await conn.execute(sql.SQL("GRANT {} TO {}").format(ident, role))
+                await conn.execute(sql.SQL("GRANT USAGE, CREATE ON SCHEMA {} TO {}").format(ident, role))
+                await conn.execute(sql.SQL("ALTER ROLE {} SET default_transaction_read_only = on").format(role))
+                # Queries name tables without the schema: ``SELECT … FROM c12_deals``.
+                await conn.execute(sql.SQL("ALTER ROLE {} SET search_path = {}").format(role, ident))
+                await conn.execute(
+                    sql.SQL("ALTER ROLE {} SET statement_timeout = {}").format(role, sql.Literal(self.timeout_ms))
+                )
+            else:  # another key, or made by another process: make sure the password is ours
+                await conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(role, password))
+        self._ready.add(runner)
+        return schema, runner
+
+    @contextlib.asynccontextmanager
+    async def _as_runner(self, runner: str) -> AsyncIterator[AsyncConnection[Any]]:
+        """A connection logged in as the customer's runner role (never the BFF's own role)."""
+        conninfo = make_conninfo(self.store.url, user=runner, password=self._runner_password(runner))
+        conn = await AsyncConnection.connect(conninfo, autocommit=True, row_factory=dict_row)
+        try:
+            cur = await conn.execute("SELECT session_user AS who, current_user AS acting")
+            row = await cur.fetchone()
+            # The whole design rests on this: customer SQL never runs in a superuser's session.
+            if row != {"who": runner, "acting": runner}:
+                raise RuntimeError(f"refusing to run customer SQL: the session is {row}, not {runner!r}")
+            yield conn
+        finally:
+            await conn.close()
+
+    @contextlib.asynccontextmanager
+    async def _read_only(self, conn: AsyncConnection[Any]) -> AsyncIterator[AsyncConnection[Any]]:
+        async with conn.transaction():
+            await conn.execute("SET TRANSACTION READ ONLY")
+            await conn.execute(sql.SQL("SET LOCAL statement_timeout = {}").format(sql.Literal(self.timeout_ms)))
+            yield conn
+
+    # -- defining views --------------------------------------------------------------------
+
+    async def _define(
+        self, runner: str, schema: str, view: str, query: str, *, replace: bool
+    ) -> tuple[tuple[str, str], ...]:
+        """Check ``query`` and (re)create the view; returns its columns ``(name, type)``."""
+        target = sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(view))
+        async with self._as_runner(runner) as conn:
+            try:
+                async with self._read_only(conn):
+                    # Parsed, not run: several statements or anything but a query stop here.
+                    await conn.execute("PREPARE bff_query_check AS " + query, prepare=True)
+                    await conn.execute("DEALLOCATE bff_query_check")
+                async with conn.transaction():
+                    await conn.execute("SET TRANSACTION READ WRITE")
+                    await conn.execute(sql.SQL("SET LOCAL statement_timeout = {}").format(sql.Literal(self.timeout_ms)))
+                    if replace:
+                        await conn.execute(sql.SQL("DROP VIEW IF EXISTS {}").format(target))
+                    create = sql.SQL("CREATE VIEW {} AS ").format(target).as_string(conn) + query
+                    await conn.execute(create, prepare=True)
+                    # The owner (the runner) lets the read role, and so SQL-access logins, read it.
+                    await conn.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(target, sql.Identifier(schema)))
+                    cur = await conn.execute(
+                        "SELECT attname, atttypid FROM pg_attribute WHERE attrelid = %s::regclass"
+                        " AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+                        (target.as_string(conn),),
+                    )
+                    columns = tuple(
+                        (str(r["attname"]), _TYPES.get(int(r["atttypid"]), "text")) for r in await cur.fetchall()
+                    )
+                    # From here on nothing may write; then the query runs once, as the customer.
+                    await conn.execute("SET LOCAL transaction_read_only = on")
+                    await conn.execute(sql.SQL("SELECT * FROM {} LIMIT 1").format(target))
+            except psycopg.Error as exc:
+                raise QueryInvalid(_message(exc)) from None
+        return columns
+
+    async def _field_ids(
+        self, columns: tuple[tuple[str, str], ...], previous: tuple[ReadField, ...] = ()
+    ) -> tuple[ReadField, ...]:
+        known = {f.name: f.id for f in previous}
+        fields = []
+        async with self.store.connection() as conn:
+            for name, kind in columns:
+                field_id = known.get(name)
+                if field_id is None:
+                    cur = await conn.execute("SELECT nextval(pg_get_serial_sequence('warehouse_fields', 'id')) AS id")
+                    row = await cur.fetchone()
+                    assert row is not None
+                    field_id = int(row["id"])
+                fields.append(ReadField(field_id, name, kind))
+        return tuple(fields)
+
+    async def create(self, sub_account_id: int, name: str, query: str) -> QueryTable:
+        if await self._name_taken(sub_account_id, name):
+            raise NameTaken(name)
+        schema, runner = await self._runner(sub_account_id)
+        table_id = await self._new_id()
+        view = f"q_{table_id}"
+        columns = await self._define(runner, schema, view, query, replace=False)
+        fields = await self._field_ids(columns)
+        now = self._clock()
+        try:
+            async with self.store.connection() as conn:
+                await conn.execute(
+                    "INSERT INTO query_tables (id, sub_account_id, name, query, view_name, fields, created_at, updated_at)"
+                    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                    (table_id, sub_account_id, name, query, view, Jsonb(_fields_json(fields)), now, now),
+                )
+        except psycopg.errors.UniqueViolation:
+            await self._drop_view(schema, view)
+            raise NameTaken(name) from None
+        except BaseException:
+            await self._drop_view(schema, view)
+            raise
+        return QueryTable(table_id, sub_account_id, schema, name, query, view, fields, now, now)
+
+    async def update(self, table: QueryTable, *, name: str | None, query: str | None) -> QueryTable:
+        if name is not None and name != table.name and await self._name_taken(table.sub_account_id, name):
+            raise NameTaken(name)
+        fields = table.fields
+        if query is not None:
+            schema, runner = await self._runner(table.sub_account_id)
+            columns = await self._define(runner, schema, table.view, query, replace=True)
+            fields = await self._field_ids(columns, table.fields)
+        now = self._clock()
+        changed = dataclasses.replace(
+            table,
+            name=name if name is not None else table.name,
+            query=query if query is not None else table.query,
+            fields=fields,
+            updated_at=now,
+        )
+        try:
+            async with self.store.connection() as conn:
+                await conn.execute(
+                    "UPDATE query_tables SET name = %s, query = %s, fields = %s, updated_at = %s WHERE id = %s",
+                    (changed.name, changed.query, Jsonb(_fields_json(fields)), now, table.id),
+                )
+        except psycopg.errors.UniqueViolation:
+            raise NameTaken(changed.name) from None
+        return changed
+
+    async def delete(self, table: QueryTable) -> None:
+        await self._drop_view(table.schema, table.view)
+        async with self.store.connection() as conn:
+            await conn.execute("DELETE FROM query_tables WHERE id = %s", (table.id,))
+
+    async def _drop_view(self, schema: str, view: str) -> None:
+        async with self.store.connection() as conn:  # no customer SQL runs here: a DROP only
+            await conn.execute(
+                sql.SQL("DROP VIEW IF EXISTS {}.{}").format(sql.Identifier(schema), sql.Identifier(view))
+            )
+
+    async def _name_taken(self, sub_account_id: int, name: str) -> bool:
+        async with self.store.connection() as conn:
+            cur = await conn.execute(
+                "SELECT 1 AS found FROM query_tables WHERE sub_account_id = %s AND name = %s", (sub_account_id, name)
+            )
+            return await cur.fetchone() is not None
+
+    async def _new_id(self) -> int:
+        async with self.store.connection() as conn:
+            for _ in range(20):
+                candidate = WAREHOUSE_TABLE_ID_MIN + secrets.randbelow(WAREHOUSE_TABLE_ID_MAX - WAREHOUSE_TABLE_ID_MIN)
+                cur = await conn.execute(
+                    "SELECT 1 AS found FROM warehouse_tables WHERE id = %s UNION ALL SELECT 1 FROM query_tables WHERE id = %s",
+                    (candidate, candidate),
+                )
+                if await cur.fetchone() is None:
+                    return candidate
+        raise RuntimeError("could not allocate a table id")  # pragma: no cover - 20 collisions in 2**31
+
+    # -- reading -------------------------------------------------------------------------------
+
+    async def owner(self, table_id: int) -> tuple[int, str] | None:
+        """``(sub-account, "synced" | "query")`` of any table id, in one query."""
+        async with self.store.connection() as conn:
+            cur = await conn.execute(
+                "SELECT sub_account_id, 'query' AS kind FROM query_tables WHERE id = %s"
+                " UNION ALL SELECT sub_account_id, 'synced' FROM warehouse_tables WHERE id = %s",
+                (table_id, table_id),
+            )
+            row = await cur.fetchone()
+        return (int(row["sub_account_id"]), str(row["kind"])) if row else None
+
+    async def get(self, sub_account_id: int, table_id: int) -> QueryTable | None:
+        found = await self._load(sub_account_id, table_id)
+        return found[0] if found else None
+
+    async def _load(self, sub_account_id: int, table_id: int | None = None) -> list[QueryTable]:
+        async with self.store.connection() as conn:
+            cur = await conn.execute(
+                "SELECT q.id, q.name, q.query, q.view_name, q.fields, q.created_at, q.updated_at, s.warehouse_schema"
+                " FROM query_tables q JOIN sub_accounts s ON s.id = q.sub_account_id"
+                " WHERE q.sub_account_id = %s AND (%s::bigint IS NULL OR q.id = %s) ORDER BY q.name, q.id",
+                (sub_account_id, table_id, table_id),
+            )
+            rows = await cur.fetchall()
+        return [
+            QueryTable(
+                int(r["id"]),
+                sub_account_id,
+                r["warehouse_schema"],
+                r["name"],
+                r["query"],
+                r["view_name"],
+                tuple(ReadField(int(f["id"]), f["name"], f["type"]) for f in r["fields"]),
+                float(r["created_at"]),
+                float(r["updated_at"]),
+            )
+            for r in rows
+        ]
+
+    async def list_tables(self, sub_account_id: int) -> list[tuple[QueryTable, int | None, str | None]]:
+        """Every query table with its row count; a table whose query no longer runs gets its error instead."""
+        tables = await self._load(sub_account_id)
+        if not tables:
+            return []
+        _, runner = await self._runner(sub_account_id)
+        listed: list[tuple[QueryTable, int | None, str | None]] = []
+        async with self._as_runner(runner) as conn:
+            for table in tables:
+                try:
+                    async with self._read_only(conn):
+                        cur = await conn.execute(sql.SQL("SELECT COUNT(*) AS n FROM {}").format(table.identifier))
+                        row = await cur.fetchone()
+                    listed.append((table, int(row["n"]) if row else 0, None))
+                except psycopg.Error as exc:
+                    listed.append((table, None, broken_message(exc)))
+        return listed
+
+    async def read_rows(
+        self, table: QueryTable, query: RowQuery, *, offset: int, limit: int
+    ) -> tuple[int, list[dict[str, Any]]]:
+        _, runner = await self._runner(table.sub_account_id)
+        # Ties (and queries without order_by) are ordered by every orderable column, so pages are stable.
+        ties = [sql.Identifier(f.name) for f in table.fields if f.type != "json"]
+        async with self._as_runner(runner) as conn:
+            try:
+                async with self._read_only(conn):
+                    count, rows = await read_page(
+                        conn, table.identifier, query, extra_columns=(), tie_breakers=ties, offset=offset, limit=limit
+                    )
+            except psycopg.errors.DataError as exc:
+                raise FilterValueRejected(_message(exc)) from None
+            except psycopg.Error as exc:
+                raise QueryTableBroken(broken_message(exc)) from None
+        return count, [{k: json_value(v) for k, v in row.items()} for row in rows]
+
+    # -- SQL access -----------------------------------------------------------------------------
+
+    async def database_credentials(self, sub_account_id: int, *, public_host: str | None = None) -> DatabaseCredentials:
+        """A read-only LOGIN role for the customer's schema; a new password on every call."""
+        schema = await self.warehouse.schema_of(sub_account_id, create=True)
+        assert schema is not None
+        login = schema + SQL_LOGIN_SUFFIX
+        password = secrets.token_urlsafe(24)
+        ident, role = sql.Identifier(schema), sql.Identifier(login)
+        async with self.store.transaction() as conn:
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (login,))
+            cur = await conn.execute("SELECT 1 AS found FROM pg_roles WHERE rolname = %s", (login,))
+            if await cur.fetchone() is None:
+                await conn.execute(
+                    sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} IN ROLE {}").format(role, sql.Literal(password), ident)
+                )
+                await conn.execute(sql.SQL("ALTER ROLE {} SET default_transaction_read_only = on").format(role))
+                await conn.execute(sql.SQL("ALTER ROLE {} SET search_path = {}").format(role, ident))
+            else:
+                await conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(role, sql.Literal(password)))
+            cur = await conn.execute("SELECT current_setting('port') AS port")
+            port_row = await cur.fetchone()
+        parts = conninfo_to_dict(self.store.url)
+        host = public_host or str(parts.get("host") or "localhost")
+        return DatabaseCredentials(
+            host=host,
+            port=int(port_row["port"]) if port_row else int(parts.get("port") or 5432),
+            database=str(parts.get("dbname") or ""),
+            user=login,
+            password=password,
+            schema=schema,
+        )
+
+
+def broken_message(exc: psycopg.Error) -> str:
+    return f"The query of this table no longer runs: {_message(exc)}. Change its query or delete it."
+
+
+def _fields_json(fields: tuple[ReadField, ...]) -> list[dict[str, Any]]:
+    return [{"id": f.id, "name": f.name, "type": f.type} for f in fields]
+
+
+__all__ = [
+    "DatabaseCredentials",
+    "FilterValueRejected",
+    "NameTaken",
+    "QueryInvalid",
+    "QueryTable",
+    "QueryTableBroken",
+    "QueryTables",
+]

@@ -1,0 +1,158 @@
+"""Query tables (§13) and SQL access for BI tools.
+
+``POST /api/table`` (alias ``POST /table``) ``{name, query}`` → ``201 {id, name, type: "query",
+query, fields}``; ``GET``/``PATCH``/``DELETE /api/table/{id}``. Back-end only: identity tokens,
+never the browser's integrate token. The SQL itself is checked and run by
+:class:`bff.query_tables.QueryTables`, as the customer's own database role.
+
+``POST /api/partner/sub-account/{id}/database-credentials`` (partner token, ``BFF_SQL_ACCESS=true``)
+→ ``{host, port, database, user, password, schema}``; every call sets a new password.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute
+
+from .auth import authenticate, require_partner, services
+from .errors import ApiError, not_found, validation_error
+from .http import api_route, read_json
+from .query_tables import MAX_QUERY_LENGTH, NameTaken, QueryInvalid, QueryTable
+from .store import SubAccount
+
+MAX_NAME_LENGTH = 100
+
+
+async def require_back_end(request: Request) -> SubAccount:
+    caller = await authenticate(request, ("integrate", "identity"))
+    if caller.claims.kind != "identity":
+        raise ApiError(
+            403,
+            "token_not_allowed",
+            "Query tables take identity tokens from your back-end, never the browser's integrate token.",
+        )
+    assert caller.sub_account is not None
+    return caller.sub_account
+
+
+def _text(data: dict[str, Any], name: str, errors: dict[str, str], *, max_length: int, required: bool) -> str | None:
+    value = data.get(name)
+    if value is None:
+        if required:
+            errors[name] = "This field is required."
+        return None
+    if not isinstance(value, str):
+        errors[name] = "Must be a string."
+        return None
+    if not value.strip():
+        errors[name] = "Must not be empty."
+        return None
+    if len(value) > max_length:
+        errors[name] = f"Must be at most {max_length} characters."
+        return None
+    return value.strip() if name == "name" else value
+
+
+def _query_invalid(exc: QueryInvalid) -> ApiError:
+    return ApiError(400, "query_invalid", f"The query was refused: {exc.message}", errors={"query": exc.message})
+
+
+def _name_taken(name: str) -> ApiError:
+    return ApiError(
+        409, "name_taken", f"There is already a query table named {name!r}.", errors={"name": "Already in use."}
+    )
+
+
+async def _own_query_table(request: Request, account: SubAccount) -> QueryTable:
+    raw = request.path_params["table_id"]
+    table = await services(request).query_tables.get(account.id, raw) if raw < 2**63 else None
+    if table is None:
+        raise not_found("No such query table.")
+    return table
+
+
+async def create_table(request: Request) -> JSONResponse:
+    """Save a query table: one SELECT over the customer's own tables, kept as a view."""
+    account = await require_back_end(request)
+    data = await read_json(request)
+    errors: dict[str, str] = {}
+    name = _text(data, "name", errors, max_length=MAX_NAME_LENGTH, required=True)
+    query = _text(data, "query", errors, max_length=MAX_QUERY_LENGTH, required=True)
+    if errors or name is None or query is None:
+        raise validation_error(errors)
+    try:
+        table = await services(request).query_tables.create(account.id, name, query)
+    except QueryInvalid as exc:
+        raise _query_invalid(exc) from None
+    except NameTaken:
+        raise _name_taken(name) from None
+    return JSONResponse(table.public_dict(), status_code=201)
+
+
+async def get_table(request: Request) -> JSONResponse:
+    """One query table: its name, query and fields."""
+    account = await require_back_end(request)
+    return JSONResponse((await _own_query_table(request, account)).public_dict())
+
+
+async def update_table(request: Request) -> JSONResponse:
+    """Rename a query table or change its query (checked like a new one)."""
+    account = await require_back_end(request)
+    table = await _own_query_table(request, account)
+    data = await read_json(request)
+    errors: dict[str, str] = {}
+    unknown = set(data) - {"name", "query"}
+    for key in sorted(unknown):
+        errors[key] = "Unknown field; a query table has a name and a query."
+    name = _text(data, "name", errors, max_length=MAX_NAME_LENGTH, required=False)
+    query = _text(data, "query", errors, max_length=MAX_QUERY_LENGTH, required=False)
+    if errors:
+        raise validation_error(errors)
+    try:
+        changed = await services(request).query_tables.update(table, name=name, query=query)
+    except QueryInvalid as exc:
+        raise _query_invalid(exc) from None
+    except NameTaken:
+        raise _name_taken(name or table.name) from None
+    return JSONResponse(changed.public_dict())
+
+
+async def delete_table(request: Request) -> Response:
+    """Delete a query table and its view."""
+    account = await require_back_end(request)
+    table = await _own_query_table(request, account)
+    await services(request).query_tables.delete(table)
+    return Response(status_code=204)
+
+
+async def database_credentials(request: Request) -> JSONResponse:
+    """A read-only SQL login for one customer's schema (BFF_SQL_ACCESS=true); a new password each call."""
+    partner = await require_partner(request)
+    svc = services(request)
+    if not svc.settings.sql_access:
+        raise ApiError(
+            404,
+            "sql_access_disabled",
+            "SQL access is off on this server; the operator turns it on with BFF_SQL_ACCESS=true.",
+        )
+    account = await svc.store.get_sub_account(partner.id, account_id=request.path_params["account_id"])
+    if account is None:
+        raise not_found("No such sub-account.")
+    credentials = await svc.query_tables.database_credentials(account.id, public_host=svc.settings.sql_access_host)
+    return JSONResponse(credentials.public_dict(), headers={"Cache-Control": "no-store"})
+
+
+def routes() -> list[BaseRoute]:
+    return [
+        *api_route("/api/table/", create_table, methods=["POST"]),
+        *api_route("/table/", create_table, methods=["POST"], name="create_table_alias"),
+        *api_route("/api/table/{table_id:int}/", get_table, methods=["GET"]),
+        *api_route("/api/table/{table_id:int}/", update_table, methods=["PATCH"], name="update_table"),
+        *api_route("/api/table/{table_id:int}/", delete_table, methods=["DELETE"], name="delete_table"),
+        *api_route(
+            "/api/partner/sub-account/{account_id:int}/database-credentials", database_credentials, methods=["POST"]
+        ),
+    ]
