@@ -273,6 +273,8 @@ async def bench(args: argparse.Namespace) -> None:
         sandbox_enabled=True,
         sandbox_external_url=sandbox,
         log_level="warning",
+        # Only the timed syncs: no first sync started by the scheduler on connect (issue 12).
+        schedules_enabled=False,
     )
     try:
         app = create_app(settings, migrate_on_start=False)

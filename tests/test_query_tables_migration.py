@@ -34,7 +34,7 @@ def test_upgrade_from_0004_indexes_existing_tables_and_adds_query_tables(test_da
                 "INSERT INTO warehouse_tables (id, sub_account_id, connection_id, stream, physical, primary_key, created_at)"
                 " SELECT 1000001, s.id, c.id, 'deals', 'c1_deals', '[\"id\"]', 0 FROM sub_accounts s, connections c"
             )
-        migrate(url)
+        migrate(url, "i14_query_tables")
         assert current_revision(url) == "i14_query_tables"
         with psycopg.connect(url, autocommit=True) as conn:
             indexes = conn.execute("SELECT indexdef FROM pg_indexes WHERE schemaname = 'wh_old'").fetchall()
