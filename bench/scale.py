@@ -153,6 +153,8 @@ async def bench(args: argparse.Namespace) -> None:
             "BFF_SANDBOX": "true",
             "BFF_SANDBOX_URL": sandbox,
             "BFF_LOG_LEVEL": "warning",
+            # Only the queued syncs being measured (no scheduler-started first syncs).
+            "BFF_SCHEDULES": "false",
         }
     )
     settings = Settings(
@@ -165,6 +167,7 @@ async def bench(args: argparse.Namespace) -> None:
         sandbox_external_url=sandbox,
         run_worker=False,
         log_level="warning",
+        schedules_enabled=False,
     )
     others = {"sandbox": [psutil.Process(sandbox_proc.pid)]}
     results: dict[int, list[dict[str, Any]]] = {1: [], 2: []}
