@@ -66,20 +66,28 @@ async def bench(syncs: int) -> None:
     with serve_in_thread(receiver) as receiver_url:
         async with app.router.lifespan_context(app):
             services = app.state.services
-            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bench.local") as client:
+            async with httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://bench.local"
+            ) as client:
                 partner = await services.store.create_partner("bench", [])
                 partner_token = services.tokens.mint_partner_token(
                     partner_id=partner.id, generation=partner.token_generation
                 ).token
                 partner_auth = {"Authorization": f"Bearer {partner_token}"}
                 hook = await client.put(
-                    "/api/partner/webhook", json={"url": f"{receiver_url}/hooks", "events": ["sync.finished"]}, headers=partner_auth
+                    "/api/partner/webhook",
+                    json={"url": f"{receiver_url}/hooks", "events": ["sync.finished"]},
+                    headers=partner_auth,
                 )
                 secret.append(hook.json()["secret"])
-                minted = await client.post("/api/partner/sub-account/integrate/", json={"external_id": "bench"}, headers=partner_auth)
+                minted = await client.post(
+                    "/api/partner/sub-account/integrate/", json={"external_id": "bench"}, headers=partner_auth
+                )
                 auth = {"Authorization": f"Bearer {minted.json()['token']}"}
                 created = await client.post(
-                    "/api/servers", json={"servertype_id": "sandbox_bank", "login": "sandbox", "password": "sandbox"}, headers=auth
+                    "/api/servers",
+                    json={"servertype_id": "sandbox_bank", "login": "sandbox", "password": "sandbox"},
+                    headers=auth,
                 )
                 server_id = created.json()["id"]
                 durations: list[float] = []

@@ -15,7 +15,18 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Mount, Route
 
-from . import connections_api, data_api, embed, lifecycle_api, openapi, partner_api, records_api, sync_api, tables_api, webhooks_api
+from . import (
+    connections_api,
+    data_api,
+    embed,
+    lifecycle_api,
+    openapi,
+    partner_api,
+    records_api,
+    sync_api,
+    tables_api,
+    webhooks_api,
+)
 from .connections import SandboxTransport
 from .crypto import Vault
 from .db import database_url
@@ -98,7 +109,13 @@ def create_app(
     store.health_listeners += [webhooks.on_health_change, schedules.on_health_change]
     runner.finished_listeners.append(webhooks.on_run_finished)
     services = Services.extend(
-        runtime, warehouse=warehouse, queue=queue, sync=runner, query_tables=query_tables, schedules=schedules, webhooks=webhooks
+        runtime,
+        warehouse=warehouse,
+        queue=queue,
+        sync=runner,
+        query_tables=query_tables,
+        schedules=schedules,
+        webhooks=webhooks,
     )
 
     @contextlib.asynccontextmanager

@@ -372,7 +372,11 @@ def cmd_partner_webhook(args: argparse.Namespace) -> int:
             return 0, {**shown, "secret": secret} if secret else shown
         if args.webhook_command == "rotate-secret":
             secret = await rotate_webhook_secret(table, vault, partner.id)
-            return (0, {"secret": secret}) if secret else (1, "this partner has no webhook; `bff partner webhook set` first.")
+            return (
+                (0, {"secret": secret})
+                if secret
+                else (1, "this partner has no webhook; `bff partner webhook set` first.")
+            )
         if args.webhook_command == "deliveries":
             _, deliveries = await table.list_deliveries(partner.id, offset=0, limit=args.limit)
             return 0, deliveries
@@ -386,7 +390,9 @@ def cmd_partner_webhook(args: argparse.Namespace) -> int:
     return 0
 
 
-async def partner_action(settings: Settings, action: str, *, partner_id: int | None, origins: Sequence[str] = ()) -> Any:
+async def partner_action(
+    settings: Settings, action: str, *, partner_id: int | None, origins: Sequence[str] = ()
+) -> Any:
     """`bff partner list|rotate-token|revoke|set-origins`: what each prints, or an error line."""
 
     async def run(store: Any, tokens: Any) -> Any:
@@ -543,7 +549,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--data-dir", help="data directory (default $BFF_DATA_DIR or ./bff-data)")
         if action == "set":
             sub.add_argument("--url", required=True, help="an http(s) URL of the partner's back-end")
-            sub.add_argument("--event", action="append", metavar="TYPE", help="an event type to send (repeatable; default all)")
+            sub.add_argument(
+                "--event", action="append", metavar="TYPE", help="an event type to send (repeatable; default all)"
+            )
         if action == "deliveries":
             sub.add_argument("--limit", type=int, default=20, help="how many (default 20)")
         sub.set_defaults(handler=cmd_partner_webhook)

@@ -47,7 +47,9 @@ def run_demo(settings: Settings, *, bff_port: int, site_port: int) -> int:
     try:
         # Starts (or reuses) the embedded PostgreSQL and applies the migrations.
         partner = asyncio.run(ensure_demo_partner(settings, site_origin(site_port)))
-        webhook_secret = asyncio.run(ensure_demo_webhook(settings, int(partner["id"]), f"{site_origin(site_port)}/webhooks"))
+        webhook_secret = asyncio.run(
+            ensure_demo_webhook(settings, int(partner["id"]), f"{site_origin(site_port)}/webhooks")
+        )
     except (StartupError, DatabaseUnavailable) as exc:
         print(f"bff: error: {exc}", file=sys.stderr)
         return 1
@@ -123,7 +125,9 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
-def _demo_site_app(settings: Settings, partner: dict[str, object], site_port: int, webhook_secret: str) -> ASGIApp | None:
+def _demo_site_app(
+    settings: Settings, partner: dict[str, object], site_port: int, webhook_secret: str
+) -> ASGIApp | None:
     try:
         from demo_site.app import create_site_app
     except ImportError:

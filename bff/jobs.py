@@ -120,7 +120,7 @@ class JobQueue:
     async def defer_webhook(self, delivery_id: int, *, at: float | None = None) -> int:
         options: dict[str, Any] = {}
         if at is not None:
-            options["schedule_at"] = datetime.datetime.fromtimestamp(at, datetime.timezone.utc)
+            options["schedule_at"] = datetime.datetime.fromtimestamp(at, datetime.UTC)
         job_id: int = await self._webhook_task.configure(**options).defer_async(delivery_id=delivery_id)
         return job_id
 

@@ -83,7 +83,9 @@ async def disable_server(request: Request) -> JSONResponse:
     svc = services(request)
     if connection.health_status != rt.DISABLED:
         await svc.store.update_connection(
-            connection.id, health_status=rt.DISABLED, detail="Disabled: nothing syncs until the connection is enabled again."
+            connection.id,
+            health_status=rt.DISABLED,
+            detail="Disabled: nothing syncs until the connection is enabled again.",
         )
         await svc.store.add_log(connection.id, "info", "Connection disabled.")
     return JSONResponse(await connection_dict(request, account, await _reload(request, account, connection)))

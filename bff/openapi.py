@@ -112,19 +112,37 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "type": "object",
         "required": ["id", "status"],
         "properties": {
-            "id": _INT, "pipeline_run_id": _INT, "task_id": _nullable(_STR), "status": _STR, "started_at": _TIME,
-            "finished_at": _TIME, "records": {}, "tables": {}, "error": _nullable(_STR),
-            "full": {"type": "boolean"}, "trigger": _STR,
+            "id": _INT,
+            "pipeline_run_id": _INT,
+            "task_id": _nullable(_STR),
+            "status": _STR,
+            "started_at": _TIME,
+            "finished_at": _TIME,
+            "records": {},
+            "tables": {},
+            "error": _nullable(_STR),
+            "full": {"type": "boolean"},
+            "trigger": _STR,
         },
     },
     "Connection": {
         "type": "object",
         "required": ["id", "name", "servertype_id", "connector", "health_status", "created_at", "last_run"],
         "properties": {
-            "id": _INT, "name": _STR, "servertype_id": {"type": ["integer", "string", "null"]}, "connector": _STR,
-            "health_status": _STR, "detail": _nullable(_STR), "config": {"type": "object"}, "created_at": _TIME,
-            "last_run": _nullable(_ref("Run")), "account_id": _INT, "external_id": _STR, "oauth_url": _STR,
-            "sync_frequency": _nullable(_INT), "table_frequencies": {"type": "object", "additionalProperties": _INT},
+            "id": _INT,
+            "name": _STR,
+            "servertype_id": {"type": ["integer", "string", "null"]},
+            "connector": _STR,
+            "health_status": _STR,
+            "detail": _nullable(_STR),
+            "config": {"type": "object"},
+            "created_at": _TIME,
+            "last_run": _nullable(_ref("Run")),
+            "account_id": _INT,
+            "external_id": _STR,
+            "oauth_url": _STR,
+            "sync_frequency": _nullable(_INT),
+            "table_frequencies": {"type": "object", "additionalProperties": _INT},
             "next_sync_at": _TIME,
         },
     },
@@ -132,7 +150,10 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "type": "object",
         "required": ["url", "events"],
         "properties": {
-            "url": _STR, "events": {"type": "array", "items": _STR}, "created_at": _TIME, "updated_at": _TIME,
+            "url": _STR,
+            "events": {"type": "array", "items": _STR},
+            "created_at": _TIME,
+            "updated_at": _TIME,
             "secret": {"type": "string", "description": "Only when the webhook is created and on rotation."},
         },
     },
@@ -140,9 +161,15 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "type": "object",
         "required": ["id", "webhook_id", "type", "status", "attempts"],
         "properties": {
-            "id": _INT, "webhook_id": _STR, "type": _STR, "status": _STR,
-            "attempts": {"type": "array", "items": {"type": "object"}}, "next_attempt_at": _TIME,
-            "created_at": _TIME, "delivered_at": _TIME, "payload": {"type": "object"},
+            "id": _INT,
+            "webhook_id": _STR,
+            "type": _STR,
+            "status": _STR,
+            "attempts": {"type": "array", "items": {"type": "object"}},
+            "next_attempt_at": _TIME,
+            "created_at": _TIME,
+            "delivered_at": _TIME,
+            "payload": {"type": "object"},
         },
     },
     "ConnectionCreate": {
@@ -186,7 +213,8 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "detail": _STR,
             "syncing": {"type": "boolean"},
             "run_data": {"type": "array", "items": {"type": "object", "required": ["pipeline_run_id"]}},
-            "full": {"type": "boolean"}, "run": _ref("Run"),
+            "full": {"type": "boolean"},
+            "run": _ref("Run"),
         },
     },
     "Log": {
@@ -336,7 +364,14 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
             {"type": "object", "properties": {"tables": {"type": "array", "items": _STR}, "full": {"type": "boolean"}}},
             required=False,
         ),
-        "parameters": [{"name": "wait", "in": "query", "required": False, "schema": {"type": "number", "minimum": 0, "maximum": 120}}],
+        "parameters": [
+            {
+                "name": "wait",
+                "in": "query",
+                "required": False,
+                "schema": {"type": "number", "minimum": 0, "maximum": 120},
+            }
+        ],
         "responses": {
             "202": _json(_ref("SyncStarted"), "Queued (or still running after ?wait=)"),
             "200": _json(_ref("SyncStarted"), "Finished within ?wait= (with `run`)"),
@@ -349,7 +384,10 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
                 "properties": {
                     "name": {"type": "string", "minLength": 1, "maxLength": 200},
                     "sync_frequency": _nullable({"type": "integer", "minimum": 300}),
-                    "table_frequencies": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 300}},
+                    "table_frequencies": {
+                        "type": "object",
+                        "additionalProperties": {"type": "integer", "minimum": 300},
+                    },
                 },
             }
         ),
@@ -362,14 +400,19 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
             {
                 "type": "object",
                 "required": ["url"],
-                "properties": {"url": {"type": "string", "maxLength": 2048}, "events": {"type": "array", "items": _STR}},
+                "properties": {
+                    "url": {"type": "string", "maxLength": 2048},
+                    "events": {"type": "array", "items": _STR},
+                },
             }
         ),
         "responses": {"201": _json(_ref("Webhook"), "Created (with secret)"), "200": _json(_ref("Webhook"), "Changed")},
     },
     ("GET", "/api/partner/webhook"): {"responses": {"200": _json(_ref("Webhook"))}},
     ("DELETE", "/api/partner/webhook"): {"responses": {"204": {"description": "Removed"}}},
-    ("POST", "/api/partner/webhook/rotate-secret"): {"responses": {"200": _json(_ref("Webhook"), "With the new secret")}},
+    ("POST", "/api/partner/webhook/rotate-secret"): {
+        "responses": {"200": _json(_ref("Webhook"), "With the new secret")}
+    },
     ("GET", "/api/partner/webhook/deliveries"): {
         "parameters": [_PAGE, _PAGE_SIZE],
         "responses": {"200": _json(_page_of(_ref("WebhookDelivery")))},
@@ -377,7 +420,11 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/api/partner/webhook/deliveries/{delivery_id}/redeliver"): {
         "responses": {
             "202": _json(
-                {"type": "object", "required": ["id", "webhook_id", "status"], "properties": {"id": _INT, "webhook_id": _STR, "status": _STR}}
+                {
+                    "type": "object",
+                    "required": ["id", "webhook_id", "status"],
+                    "properties": {"id": _INT, "webhook_id": _STR, "status": _STR},
+                }
             )
         },
     },

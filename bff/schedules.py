@@ -138,7 +138,9 @@ class Scheduler:
         """After ``PATCH``: recompute the due times of a connection that is already scheduled."""
         if not self.enabled:
             return connection  # nothing is scheduled in this deployment (BFF_SCHEDULES=false)
-        if connection.health_status in UNSCHEDULABLE or (not connection.table_due and connection.health_status in READY):
+        if connection.health_status in UNSCHEDULABLE or (
+            not connection.table_due and connection.health_status in READY
+        ):
             return connection  # its first sync, when it comes, plans from the new frequencies
         await self.store.set_schedule(connection.id, replanned(connection, self.now()))
         updated = await self.store.get_connection_by_id(connection.id)
@@ -183,7 +185,9 @@ class Scheduler:
         return None
 
     @staticmethod
-    def _after_run(connection: Connection, streams: list[str], due_tables: list[str], now: float) -> Mapping[str, float]:
+    def _after_run(
+        connection: Connection, streams: list[str], due_tables: list[str], now: float
+    ) -> Mapping[str, float]:
         after: dict[str, float] = {}
         for table in streams:
             frequency = table_frequency(connection, table)

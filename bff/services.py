@@ -42,7 +42,12 @@ class Services(Runtime):
     ) -> Services:
         shared = {f.name: getattr(runtime, f.name) for f in dataclasses.fields(Runtime)}
         return cls(
-            **shared, warehouse=warehouse, queue=queue, sync=sync, query_tables=query_tables, schedules=schedules,
+            **shared,
+            warehouse=warehouse,
+            queue=queue,
+            sync=sync,
+            query_tables=query_tables,
+            schedules=schedules,
             webhooks=webhooks,
         )
 

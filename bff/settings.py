@@ -160,7 +160,10 @@ class Settings:
         ):
             if env.get(name):
                 values[field] = _parse_float(name, env[name])
-        for name, field in (("BFF_SCHEDULES", "schedules_enabled"), ("BFF_WEBHOOK_ALLOW_PRIVATE", "webhook_allow_private")):
+        for name, field in (
+            ("BFF_SCHEDULES", "schedules_enabled"),
+            ("BFF_WEBHOOK_ALLOW_PRIVATE", "webhook_allow_private"),
+        ):
             if env.get(name):
                 values[field] = _parse_bool(name, env[name])
         if env.get("BFF_SANDBOX_URL"):

@@ -169,8 +169,12 @@ class SyncRunner:
         connector = load_connectors()[connection.connector]
         select_streams([s.name for s in connector.streams], tables)
         run = await self.store.create_run(
-            connection.id, account.id, task_id=uuid.uuid4().hex, tables=list(tables) if tables else None,
-            full_sync=full, trigger=trigger,
+            connection.id,
+            account.id,
+            task_id=uuid.uuid4().hex,
+            tables=list(tables) if tables else None,
+            full_sync=full,
+            trigger=trigger,
         )
         job_id = await self.queue.defer_sync(run.id, connection.id)
         if job_id is None:  # a job of this connection is still waiting: the queueing lock says no
@@ -367,7 +371,10 @@ class SyncRunner:
             # Every row the provider still has was written by this run; the others went away.
             gone += await table.mark_missing_deleted(run.id)
         if gone:
-            log("info", f"{stream.name}: {gone} record{'s' if gone != 1 else ''} deleted at the provider, marked deleted.")
+            log(
+                "info",
+                f"{stream.name}: {gone} record{'s' if gone != 1 else ''} deleted at the provider, marked deleted.",
+            )
         return pages
 
     async def _wait(self, run: Run, outcome: _Outcome, log: _RunLog, exc: LongWait) -> None:
@@ -427,8 +434,14 @@ class SyncRunner:
         logs: list[tuple[str, str]],
     ) -> None:
         ended = await self.store.finish_run(
-            run.id, status=status, records=records, error=detail, connection_id=run.connection_id,
-            health_status=health, detail=detail, logs=logs,
+            run.id,
+            status=status,
+            records=records,
+            error=detail,
+            connection_id=run.connection_id,
+            health_status=health,
+            detail=detail,
+            logs=logs,
         )
         if ended and self.finished_listeners:
             finished = await self.store.get_run(run.id)

@@ -85,7 +85,8 @@ async def sync_server(request: Request) -> JSONResponse:
         "health_status": connection.health_status,
         "run_data": [{"pipeline_run_id": run.id, "task_id": run.task_id}],
         "task_id": run.task_id,
-        "detail": ("Full sync" if full else "Sync") + (" started." if tables is None else f" of {', '.join(tables)} started."),
+        "detail": ("Full sync" if full else "Sync")
+        + (" started." if tables is None else f" of {', '.join(tables)} started."),
         "syncing": True,
         "full": full,
     }

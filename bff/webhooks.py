@@ -250,7 +250,9 @@ class Webhooks:
         account = await self.store.get_sub_account_by_id(sub_account_id)
         if account is None:
             return
-        await self.emit(account.partner_id, event_type, {**data, "account_id": account.id, "external_id": account.external_id})
+        await self.emit(
+            account.partner_id, event_type, {**data, "account_id": account.id, "external_id": account.external_id}
+        )
 
     async def connection_created(self, account: SubAccount, connection: Connection) -> None:
         await self._emit_for_account(account.id, "connection.created", _connection_data(connection))
@@ -260,7 +262,12 @@ class Webhooks:
 
     async def on_health_change(self, change: HealthChange) -> None:
         connection = await self.store.get_connection_by_id(change.connection_id)
-        data: dict[str, Any] = {"server_id": change.connection_id, "from": change.old, "to": change.new, "detail": change.detail}
+        data: dict[str, Any] = {
+            "server_id": change.connection_id,
+            "from": change.old,
+            "to": change.new,
+            "detail": change.detail,
+        }
         if connection is not None:
             data.update(name=connection.name, connector=connection.connector)
         await self._emit_for_account(change.sub_account_id, "connection.health_changed", data)
@@ -298,8 +305,14 @@ class Webhooks:
         config = await self.table.get(delivery.partner_id)
         if config is None:
             await self.table.record_attempt(
-                delivery, url="", started_at=self.store.now(), duration_ms=0, status_code=None,
-                error="The webhook was removed before this delivery.", status="failed", next_attempt_at=None,
+                delivery,
+                url="",
+                started_at=self.store.now(),
+                duration_ms=0,
+                status_code=None,
+                error="The webhook was removed before this delivery.",
+                status="failed",
+                next_attempt_at=None,
             )
             return
         body = json.dumps(delivery.payload, separators=(",", ":"), ensure_ascii=False).encode()
@@ -309,8 +322,14 @@ class Webhooks:
         duration_ms = int((time.monotonic() - began) * 1000)
         if error is None and status_code is not None and 200 <= status_code < 300:
             await self.table.record_attempt(
-                delivery, url=config.url, started_at=started, duration_ms=duration_ms, status_code=status_code,
-                error=None, status="delivered", next_attempt_at=None,
+                delivery,
+                url=config.url,
+                started_at=started,
+                duration_ms=duration_ms,
+                status_code=status_code,
+                error=None,
+                status="delivered",
+                next_attempt_at=None,
             )
             return
         if error is None:
@@ -319,8 +338,14 @@ class Webhooks:
         decision = RetryDecision.after(delivery.attempts + 1, time.time())
         next_at = None if decision.retry_at is None else self.store.now() + (decision.retry_at - time.time())
         await self.table.record_attempt(
-            delivery, url=config.url, started_at=started, duration_ms=duration_ms, status_code=status_code, error=error,
-            status="failed" if decision.retry_at is None else "retrying", next_attempt_at=next_at,
+            delivery,
+            url=config.url,
+            started_at=started,
+            duration_ms=duration_ms,
+            status_code=status_code,
+            error=error,
+            status="failed" if decision.retry_at is None else "retrying",
+            next_attempt_at=next_at,
         )
         if decision.retry_at is not None:
             await self.queue.defer_webhook(delivery.id, at=decision.retry_at)

@@ -38,7 +38,9 @@ def parse_events(value: Any) -> list[str]:
         raise validation_error({"events": f"Must be a non-empty list of event types: {', '.join(EVENT_TYPES)}."})
     unknown = [e for e in value if e not in EVENT_TYPES]
     if unknown:
-        raise validation_error({"events": f"Unknown event type(s): {', '.join(unknown)}. Known: {', '.join(EVENT_TYPES)}."})
+        raise validation_error(
+            {"events": f"Unknown event type(s): {', '.join(unknown)}. Known: {', '.join(EVENT_TYPES)}."}
+        )
     return list(dict.fromkeys(value))
 
 
@@ -93,7 +95,9 @@ async def list_deliveries(request: Request) -> JSONResponse:
     """Deliveries, newest first, each with every attempt."""
     partner = await require_partner(request)
     page = Pagination(request, default_size=20)
-    count, results = await services(request).webhooks.table.list_deliveries(partner.id, offset=page.offset, limit=page.limit)
+    count, results = await services(request).webhooks.table.list_deliveries(
+        partner.id, offset=page.offset, limit=page.limit
+    )
     return JSONResponse(page.envelope(count, results))
 
 
@@ -104,7 +108,9 @@ async def redeliver(request: Request) -> JSONResponse:
     delivery = await services(request).webhooks.redeliver(partner.id, delivery_id)
     if delivery is None:
         raise ApiError(404, "not_found", "No such delivery.")
-    return JSONResponse({"id": delivery.id, "webhook_id": delivery.message_id, "status": delivery.status}, status_code=202)
+    return JSONResponse(
+        {"id": delivery.id, "webhook_id": delivery.message_id, "status": delivery.status}, status_code=202
+    )
 
 
 def routes() -> list[BaseRoute]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import re
 import secrets
 from collections import deque
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from standardwebhooks import Webhook, WebhookVerificationError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
@@ -25,7 +25,6 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
-from standardwebhooks import Webhook, WebhookVerificationError
 
 from bff.client import AsyncPartnerClient, BFFError
 
@@ -125,7 +124,9 @@ def describe_event(event: Mapping[str, Any]) -> str | None:
         if to == "ERROR" and "re-authorise" in str(data.get("detail") or "").lower():
             return f"{name} needs re-authorisation"
         if to in ("ERROR", "DISABLED", "RE_ENABLED", "RE_AUTHORISED"):
-            return f"{name}: {str(to).replace('_', ' ').lower()}" + (f" ({data['detail']})" if data.get("detail") else "")
+            return f"{name}: {str(to).replace('_', ' ').lower()}" + (
+                f" ({data['detail']})" if data.get("detail") else ""
+            )
         return None  # the routine OK → HEALTHY steps are in the sync lines already
     if kind == "connection.created":
         return f"{name} connected"

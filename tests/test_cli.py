@@ -331,17 +331,34 @@ def test_a_bad_connector_definition_stops_serve_in_one_line(data_dir_outside_pyt
 
 
 def test_partner_webhook_set_show_rotate_and_deliveries(data_dir_outside_pytest: Path, database_url: str) -> None:
-    env = {"BFF_SECRET_KEYS": STRONG_SIGNING_KEY, "BFF_ENCRYPTION_KEY": STRONG_ENCRYPTION_KEY, "BFF_DATABASE_URL": database_url}
+    env = {
+        "BFF_SECRET_KEYS": STRONG_SIGNING_KEY,
+        "BFF_ENCRYPTION_KEY": STRONG_ENCRYPTION_KEY,
+        "BFF_DATABASE_URL": database_url,
+    }
     where = ("--data-dir", str(data_dir_outside_pytest))
     created = run_bff("partner", "create", "--name", "Acme", "--origin", "https://app.acme.test", *where, env=env)
     assert created.returncode == 0, created.stderr
     partner = ("--partner", "Acme")
-    first = run_bff("partner", "webhook", "set", *partner, "--url", "https://hooks.acme.test/in", "--event", "sync.finished", *where, env=env)
+    first = run_bff(
+        "partner",
+        "webhook",
+        "set",
+        *partner,
+        "--url",
+        "https://hooks.acme.test/in",
+        "--event",
+        "sync.finished",
+        *where,
+        env=env,
+    )
     assert first.returncode == 0, first.stderr
     shown = json.loads(first.stdout)
     assert shown["url"] == "https://hooks.acme.test/in" and shown["events"] == ["sync.finished"]
     assert shown["secret"].startswith("whsec_")
-    again = json.loads(run_bff("partner", "webhook", "set", *partner, "--url", "https://hooks.acme.test/v2", *where, env=env).stdout)
+    again = json.loads(
+        run_bff("partner", "webhook", "set", *partner, "--url", "https://hooks.acme.test/v2", *where, env=env).stdout
+    )
     assert "secret" not in again and len(again["events"]) == 5
     show = json.loads(run_bff("partner", "webhook", "show", *partner, *where, env=env).stdout)
     assert show == {"url": "https://hooks.acme.test/v2", "events": again["events"]}

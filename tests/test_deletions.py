@@ -64,7 +64,9 @@ async def test_full_sync_marks_exactly_the_rows_the_provider_no_longer_has(sbff:
     await sync(sbff, who.integrate, connection["id"])
     # Deals have no deletions endpoint: a deal deleted at the provider goes unnoticed...
     for deal_id in ("d_007", "d_150"):
-        deleted = await sbff.client.delete(f"/api/server/{connection['id']}/records/deal/{deal_id}", headers=who.headers)
+        deleted = await sbff.client.delete(
+            f"/api/server/{connection['id']}/records/deal/{deal_id}", headers=who.headers
+        )
         assert deleted.status_code == 204, deleted.text
     await sync(sbff, who.integrate, connection["id"])
     assert (await deleted_rows(sbff, who.account_id, "deals"))["deleted"] == {}
@@ -75,7 +77,9 @@ async def test_full_sync_marks_exactly_the_rows_the_provider_no_longer_has(sbff:
     rows = await deleted_rows(sbff, who.account_id, "deals")
     assert set(rows["deleted"]) == {"d_007", "d_150"} and rows["count"] == 300
     assert (await deleted_rows(sbff, who.account_id, "contacts"))["deleted"] == {}
-    bad = await sbff.client.post(f"/api/server/{connection['id']}/sync", json={"full": "yes"}, headers=auth(who.integrate))
+    bad = await sbff.client.post(
+        f"/api/server/{connection['id']}/sync", json={"full": "yes"}, headers=auth(who.integrate)
+    )
     assert bad.status_code == 400 and bad.json()["errors"].keys() == {"full"}
 
 

@@ -6,9 +6,8 @@ import json
 from collections.abc import Callable
 
 import httpx
-from standardwebhooks import Webhook
-
 from conftest import free_port, serve_in_thread
+from standardwebhooks import Webhook
 
 from bff.cli import ensure_demo_partner, ensure_demo_webhook
 from bff.settings import Settings
@@ -78,32 +77,43 @@ def test_data_page_values_are_formatted() -> None:
     assert format_value(True, None) == "yes"
 
 
-async def test_demo_site_receives_verified_webhooks_and_shows_activity(settings_factory: Callable[..., Settings]) -> None:
+async def test_demo_site_receives_verified_webhooks_and_shows_activity(
+    settings_factory: Callable[..., Settings],
+) -> None:
     bff_port, site_port = free_port(), free_port()
-    settings = settings_factory(public_url=f"http://127.0.0.1:{bff_port}", sandbox_enabled=True, webhook_allow_private=True)
+    settings = settings_factory(
+        public_url=f"http://127.0.0.1:{bff_port}", sandbox_enabled=True, webhook_allow_private=True
+    )
     site_url = f"http://localhost:{site_port}"
     partner = await ensure_demo_partner(settings, site_url)
     secret = await ensure_demo_webhook(settings, int(partner["id"]), f"{site_url}/webhooks")
     assert secret.startswith("whsec_")
     assert await ensure_demo_webhook(settings, int(partner["id"]), f"{site_url}/webhooks") == secret  # kept across runs
     assert json.loads((settings.data_dir / "demo-partner.json").read_text())["webhook_secret"] == secret
-    site = create_site_app(bff_url=settings.public_url, partner_token=partner["token"], site_url=site_url, webhook_secret=secret)
+    site = create_site_app(
+        bff_url=settings.public_url, partner_token=partner["token"], site_url=site_url, webhook_secret=secret
+    )
     with serve_in_thread(settings, port=bff_port), serve_in_thread(site, port=site_port, host="localhost") as base:
-        async with httpx.AsyncClient(base_url=base, follow_redirects=True) as browser, httpx.AsyncClient(
-            base_url=settings.public_url
-        ) as api:
+        async with (
+            httpx.AsyncClient(base_url=base, follow_redirects=True) as browser,
+            httpx.AsyncClient(base_url=settings.public_url) as api,
+        ):
             await browser.post("/login", data={"customer": "wood_123"})
             minted = await api.post(
-                "/api/partner/sub-account/integrate/", json={"external_id": "wood_123"},
+                "/api/partner/sub-account/integrate/",
+                json={"external_id": "wood_123"},
                 headers={"Authorization": f"Bearer {partner['token']}"},
             )
             token = minted.json()["token"]
             created = await api.post(
-                "/api/servers", json={"servertype_id": "sandbox_bank", "login": "sandbox", "password": "sandbox"},
+                "/api/servers",
+                json={"servertype_id": "sandbox_bank", "login": "sandbox", "password": "sandbox"},
                 headers={"Authorization": f"Bearer {token}"},
             )
             assert created.status_code == 201, created.text
-            synced = await api.post(f"/api/server/{created.json()['id']}/sync?wait=60", headers={"Authorization": f"Bearer {token}"})
+            synced = await api.post(
+                f"/api/server/{created.json()['id']}/sync?wait=60", headers={"Authorization": f"Bearer {token}"}
+            )
             assert synced.status_code == 200, synced.text
             texts: list[str] = []
             for _ in range(200):
@@ -113,15 +123,23 @@ async def test_demo_site_receives_verified_webhooks_and_shows_activity(settings_
                 await asyncio.sleep(0.05)
             assert texts[0] == "Sandbox Bank synced: 200 transactions" and "Sandbox Bank connected" in texts
 
-            body = json.dumps({"type": "connection.created", "timestamp": "x", "data": {"external_id": "wood_123", "name": "Forged"}})
+            body = json.dumps(
+                {"type": "connection.created", "timestamp": "x", "data": {"external_id": "wood_123", "name": "Forged"}}
+            )
             headers = {"webhook-id": "msg_forged", "webhook-timestamp": "1700000000", "webhook-signature": "v1,AAAA"}
             assert (await browser.post("/webhooks", content=body, headers=headers)).status_code == 401
             # A correctly signed one by someone with another secret: refused too.
             other = Webhook("whsec_" + "A" * 32)
-            now = datetime.datetime.now(datetime.timezone.utc)
-            signed = {"webhook-id": "msg_2", "webhook-timestamp": str(int(now.timestamp())), "webhook-signature": other.sign("msg_2", now, body)}
+            now = datetime.datetime.now(datetime.UTC)
+            signed = {
+                "webhook-id": "msg_2",
+                "webhook-timestamp": str(int(now.timestamp())),
+                "webhook-signature": other.sign("msg_2", now, body),
+            }
             assert (await browser.post("/webhooks", content=body, headers=signed)).status_code == 401
-            assert "Forged connected" not in [e["text"] for e in (await browser.get("/integrations/activity")).json()["events"]]
+            assert "Forged connected" not in [
+                e["text"] for e in (await browser.get("/integrations/activity")).json()["events"]
+            ]
 
 
 async def test_data_page_saved_queries(settings_factory: Callable[..., Settings]) -> None:

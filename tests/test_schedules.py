@@ -19,7 +19,9 @@ T0 = 1_800_000_000.0
 
 
 @contextlib.asynccontextmanager
-async def scheduled(settings_factory: Callable[..., Settings], clock: FakeClock, **overrides: Any) -> AsyncIterator[BFF]:
+async def scheduled(
+    settings_factory: Callable[..., Settings], clock: FakeClock, **overrides: Any
+) -> AsyncIterator[BFF]:
     """A BFF with schedules on and no worker: the test ticks and executes runs itself."""
     settings = settings_factory(sandbox_enabled=True, schedules_enabled=True, run_worker=False, **overrides)
     async with running_bff(settings, clock=clock) as bff:
@@ -61,7 +63,9 @@ class Customer:
         return str((await self.bff.integrate(self.partner_token, "cust-1"))["token"])
 
 
-async def test_first_sync_when_ok_then_every_sync_frequency_and_never_twice(settings_factory: Callable[..., Settings]) -> None:
+async def test_first_sync_when_ok_then_every_sync_frequency_and_never_twice(
+    settings_factory: Callable[..., Settings],
+) -> None:
     clock = FakeClock(T0)
     async with scheduled(settings_factory, clock) as bff:
         token, _ = await customer(bff)
@@ -106,7 +110,9 @@ async def test_null_frequency_is_on_demand_only(settings_factory: Callable[..., 
         token = await who.token()
         connection = await connect_bank(bff.client, token)
         await execute_all(bff, await bff.services.schedules.tick())
-        patched = await bff.client.patch(f"/api/server/{connection['id']}", json={"sync_frequency": None}, headers=auth(token))
+        patched = await bff.client.patch(
+            f"/api/server/{connection['id']}", json={"sync_frequency": None}, headers=auth(token)
+        )
         assert patched.status_code == 200, patched.text
         assert patched.json()["sync_frequency"] is None and patched.json()["next_sync_at"] is None
         clock.advance(365 * 24 * 3600)
@@ -141,7 +147,9 @@ async def test_table_frequencies_pick_only_the_due_tables(settings_factory: Call
         deals_only = await bff.services.schedules.tick()
         assert [r.tables for r in deals_only] == [["deals"]]
         await execute_all(bff, deals_only)
-        assert (await runs_of(bff, token, connection["id"]))[0]["records"] == {"deals": 0}  # incremental: only deals read
+        assert (await runs_of(bff, token, connection["id"]))[0]["records"] == {
+            "deals": 0
+        }  # incremental: only deals read
 
         clock.advance(7200 - 600)  # both due now: contacts (7200) and deals (600 after the last)
         both = await bff.services.schedules.tick()
@@ -177,7 +185,9 @@ async def test_disabled_connection_is_skipped_and_refuses_sync_then_enable_syncs
         assert twice.status_code == 409 and twice.json()["code"] == "connection_not_disabled"
 
 
-async def test_a_run_going_when_disabled_leaves_the_connection_disabled(settings_factory: Callable[..., Settings]) -> None:
+async def test_a_run_going_when_disabled_leaves_the_connection_disabled(
+    settings_factory: Callable[..., Settings],
+) -> None:
     clock = FakeClock(T0)
     async with scheduled(settings_factory, clock) as bff:
         token, _ = await customer(bff)
@@ -193,7 +203,9 @@ async def test_config_select_connection_syncs_only_after_the_choice(settings_fac
     async with scheduled(settings_factory, clock) as bff:
         token, _ = await customer(bff)
         created = await bff.client.post(
-            "/api/servers", json={"servertype_id": "sandbox_accounting", "api_key": "sandbox-valid-key"}, headers=auth(token)
+            "/api/servers",
+            json={"servertype_id": "sandbox_accounting", "api_key": "sandbox-valid-key"},
+            headers=auth(token),
         )
         assert created.json()["health_status"] == "CONFIG_SELECT"
         assert (await server(bff, token, created.json()["id"]))["next_sync_at"] is None
@@ -218,7 +230,9 @@ async def test_config_select_connection_syncs_only_after_the_choice(settings_fac
         ({"health_status": "OK"}, "health_status"),
     ],
 )
-async def test_patch_validation_errors(settings_factory: Callable[..., Settings], body: dict[str, Any], field: str) -> None:
+async def test_patch_validation_errors(
+    settings_factory: Callable[..., Settings], body: dict[str, Any], field: str
+) -> None:
     async with scheduled(settings_factory, FakeClock(T0)) as bff:
         token, _ = await customer(bff)
         connection = await connect_bank(bff.client, token)
@@ -238,7 +252,9 @@ async def test_the_worker_runs_the_first_sync_by_itself(settings_factory: Callab
             if runs and runs[0]["status"] not in ("queued", "running"):
                 break
             await asyncio.sleep(0.05)
-        assert [(r["trigger"], r["status"], r["records"]) for r in runs] == [("schedule", "succeeded", {"invoices": 500})]
+        assert [(r["trigger"], r["status"], r["records"]) for r in runs] == [
+            ("schedule", "succeeded", {"invoices": 500})
+        ]
 
 
 async def test_wait_answers_200_with_the_run_or_202_when_still_going(settings_factory: Callable[..., Settings]) -> None:
@@ -268,7 +284,9 @@ async def test_reauthorised_connection_syncs_at_once(settings_factory: Callable[
         clock.advance(60)
         assert await bff.services.schedules.tick() == []  # next one is 6 h away
         answer = await bff.client.post(
-            f"/api/server/{connection['id']}/reauthorise", json={"login": "sandbox", "password": "sandbox"}, headers=auth(token)
+            f"/api/server/{connection['id']}/reauthorise",
+            json={"login": "sandbox", "password": "sandbox"},
+            headers=auth(token),
         )
         assert answer.status_code == 200 and answer.json()["health_status"] == "RE_AUTHORISED"
         assert answer.json()["next_sync_at"] == "2027-01-15T08:01:00.000Z"
@@ -279,7 +297,9 @@ async def test_with_schedules_off_nothing_is_planned(settings_factory: Callable[
     async with running_bff(settings_factory(sandbox_enabled=True, run_worker=False), clock=FakeClock(T0)) as bff:
         token, _ = await customer(bff)
         connection = await connect_bank(bff.client, token)
-        patched = await bff.client.patch(f"/api/server/{connection['id']}", json={"sync_frequency": 600}, headers=auth(token))
+        patched = await bff.client.patch(
+            f"/api/server/{connection['id']}", json={"sync_frequency": 600}, headers=auth(token)
+        )
         assert patched.status_code == 200 and patched.json()["sync_frequency"] == 600
         assert patched.json()["next_sync_at"] is None
         assert await bff.services.schedules.tick() == []

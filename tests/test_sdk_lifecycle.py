@@ -36,7 +36,11 @@ console.log(JSON.stringify(out));
 def test_disable_enable_and_full_sync_call_the_contract_paths() -> None:
     assert NODE is not None
     result = subprocess.run(
-        [NODE, "--input-type=module", "-e", SCRIPT, SDK.as_uri()], capture_output=True, text=True, timeout=30, check=True
+        [NODE, "--input-type=module", "-e", SCRIPT, SDK.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
     )
     out = json.loads(result.stdout)
     assert out["disabled"] == {"id": 7, "health_status": "DISABLED"}

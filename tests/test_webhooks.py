@@ -133,7 +133,11 @@ async def test_tampered_body_fails_verification_and_rotated_secret_is_used_at_on
             verify(rotated["secret"], headers, body)
             with pytest.raises(WebhookVerificationError):
                 verify(first["secret"], headers, body)
-        assert [e["type"] for e in receiver.events()] == ["connection.created", "connection.created", "connection.deleted"]
+        assert [e["type"] for e in receiver.events()] == [
+            "connection.created",
+            "connection.created",
+            "connection.deleted",
+        ]
         assert receiver.events()[2]["data"]["server_id"] == second["id"]
 
 
@@ -141,7 +145,9 @@ async def test_health_changes_and_sync_finished_events(wbff: BFF) -> None:
     receiver = Receiver()
     with receiving(receiver) as url:
         _, partner_token = await wbff.partner("hooks")
-        secret = (await configure(wbff, partner_token, url, events=["connection.health_changed", "sync.finished"]))["secret"]
+        secret = (await configure(wbff, partner_token, url, events=["connection.health_changed", "sync.finished"]))[
+            "secret"
+        ]
         minted = await wbff.integrate(partner_token, "cust-1")
         connection = await connect_bank(wbff.client, minted["token"])
         answer = await wbff.client.post(f"/api/server/{connection['id']}/sync?wait=60", headers=auth(minted["token"]))
@@ -152,8 +158,14 @@ async def test_health_changes_and_sync_finished_events(wbff: BFF) -> None:
             verify(secret, headers, body)
         by_type = {e["type"]: e for e in receiver.events()}
         assert by_type["connection.health_changed"]["data"] | {"name": None} == {
-            "server_id": connection["id"], "from": "OK", "to": "HEALTHY", "detail": None, "connector": "sandbox_bank",
-            "name": None, "account_id": minted["account_id"], "external_id": "cust-1",
+            "server_id": connection["id"],
+            "from": "OK",
+            "to": "HEALTHY",
+            "detail": None,
+            "connector": "sandbox_bank",
+            "name": None,
+            "account_id": minted["account_id"],
+            "external_id": "cust-1",
         }
         finished = by_type["sync.finished"]["data"]
         assert finished["pipeline_run_id"] == run_id and finished["status"] == "succeeded"
@@ -210,7 +222,9 @@ async def test_redelivery_sends_the_same_webhook_id_again(wbff: BFF) -> None:
         await until(lambda: len(receiver.requests) == 2)
         assert receiver.requests[0][0]["webhook-id"] == receiver.requests[1][0]["webhook-id"] == delivery.message_id
         verify(secret, *receiver.requests[1])
-        missing = await wbff.client.post("/api/partner/webhook/deliveries/999999/redeliver", headers=auth(partner_token))
+        missing = await wbff.client.post(
+            "/api/partner/webhook/deliveries/999999/redeliver", headers=auth(partner_token)
+        )
         assert missing.status_code == 404 and missing.json()["code"] == "not_found"
 
 

@@ -384,7 +384,9 @@ class _Builder:
         deletions = None
         if isinstance(s.deletions, m.ArchivedFlagModel):
             if s.deletions.field not in names:
-                raise self.fail(f"{where}.deletions.field", f"names {s.deletions.field!r}, which is not a declared field")
+                raise self.fail(
+                    f"{where}.deletions.field", f"names {s.deletions.field!r}, which is not a declared field"
+                )
             deletions = Deletions(kind="archived_flag", field=s.deletions.field)
         elif isinstance(s.deletions, m.DeletedIdsModel):
             if len(s.primary_key) != 1:

@@ -265,7 +265,8 @@ class DeletedIdsModel(_Model):
     records_path: str = ""
     id_path: NonEmpty = Field(default="id", description="Dotted path of the deleted record's id in each item.")
     cursor_path: NonEmpty = Field(
-        default="deleted_at", description="Dotted path of when it was deleted; the highest one seen is sent as `since_param` next time."
+        default="deleted_at",
+        description="Dotted path of when it was deleted; the highest one seen is sent as `since_param` next time.",
     )
     since_param: NonEmpty = "since"
 

@@ -591,7 +591,9 @@ class Store:
             try:
                 await listener(change)
             except Exception:  # a listener failing must not undo the change the caller made
-                logging.getLogger("bff.store").exception("health listener failed for connection %s", change.connection_id)
+                logging.getLogger("bff.store").exception(
+                    "health listener failed for connection %s", change.connection_id
+                )
 
     async def set_schedule(self, connection_id: int, table_due: Mapping[str, float]) -> None:
         """Store when each table is due next; ``next_sync_at`` becomes the earliest (None: never)."""
@@ -616,7 +618,13 @@ class Store:
         row = await self._one(
             "UPDATE connections SET table_due = %s, next_sync_at = %s"
             " WHERE id = %s AND next_sync_at = %s AND table_due = %s RETURNING id",
-            (Jsonb(due), min(due.values()) if due else None, connection.id, connection.next_sync_at, Jsonb(connection.table_due)),
+            (
+                Jsonb(due),
+                min(due.values()) if due else None,
+                connection.id,
+                connection.next_sync_at,
+                Jsonb(connection.table_due),
+            ),
         )
         return row is not None
 
@@ -667,7 +675,15 @@ class Store:
             row = await self._one(
                 "INSERT INTO runs (connection_id, sub_account_id, status, task_id, tables, created_at, full_sync, trigger)"
                 f" VALUES (%s, %s, 'queued', %s, %s, %s, %s, %s) RETURNING {_RUN_COLUMNS}",
-                (connection_id, sub_account_id, task_id, Jsonb(list(tables)) if tables else None, self.now(), full_sync, trigger),
+                (
+                    connection_id,
+                    sub_account_id,
+                    task_id,
+                    Jsonb(list(tables)) if tables else None,
+                    self.now(),
+                    full_sync,
+                    trigger,
+                ),
             )
         except psycopg.errors.UniqueViolation:
             active = await self.active_run(connection_id)

@@ -27,7 +27,9 @@ class WebhookConfig:
     updated_at: float
 
     def __repr__(self) -> str:
-        return f"WebhookConfig(partner_id={self.partner_id}, url={self.url!r}, events={self.events!r}, secret=**********)"
+        return (
+            f"WebhookConfig(partner_id={self.partner_id}, url={self.url!r}, events={self.events!r}, secret=**********)"
+        )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -89,11 +91,16 @@ class WebhookStore:
         return row is not None
 
     async def delete(self, partner_id: int) -> bool:
-        return await self._store._one("DELETE FROM webhooks WHERE partner_id = %s RETURNING partner_id", (partner_id,)) is not None
+        return (
+            await self._store._one("DELETE FROM webhooks WHERE partner_id = %s RETURNING partner_id", (partner_id,))
+            is not None
+        )
 
     # -- deliveries --------------------------------------------------------------------------
 
-    async def create_delivery(self, partner_id: int, message_id: str, event_type: str, payload: Mapping[str, Any]) -> Delivery:
+    async def create_delivery(
+        self, partner_id: int, message_id: str, event_type: str, payload: Mapping[str, Any]
+    ) -> Delivery:
         now = self._store.now()
         row = await self._store._one(
             "INSERT INTO webhook_deliveries (partner_id, message_id, event_type, payload, status, next_attempt_at, created_at)"
@@ -105,7 +112,9 @@ class WebhookStore:
 
     async def get_delivery(self, delivery_id: int, *, partner_id: int | None = None) -> Delivery | None:
         if partner_id is None:
-            row = await self._store._one(f"SELECT {_DELIVERY_COLUMNS} FROM webhook_deliveries WHERE id = %s", (delivery_id,))
+            row = await self._store._one(
+                f"SELECT {_DELIVERY_COLUMNS} FROM webhook_deliveries WHERE id = %s", (delivery_id,)
+            )
         else:
             row = await self._store._one(
                 f"SELECT {_DELIVERY_COLUMNS} FROM webhook_deliveries WHERE id = %s AND partner_id = %s",
@@ -127,7 +136,9 @@ class WebhookStore:
     ) -> None:
         """Log one attempt and move the delivery on, in one transaction."""
         async with self._store.transaction() as conn:
-            cur = await conn.execute("SELECT COUNT(*) AS n FROM webhook_attempts WHERE delivery_id = %s", (delivery.id,))
+            cur = await conn.execute(
+                "SELECT COUNT(*) AS n FROM webhook_attempts WHERE delivery_id = %s", (delivery.id,)
+            )
             counted = await cur.fetchone()
             number = int(counted["n"] if counted else 0) + 1
             await conn.execute(
@@ -151,7 +162,9 @@ class WebhookStore:
         return Delivery(**row) if row else None
 
     async def list_deliveries(self, partner_id: int, *, offset: int, limit: int) -> tuple[int, list[dict[str, Any]]]:
-        count = await self._store._one("SELECT COUNT(*) AS n FROM webhook_deliveries WHERE partner_id = %s", (partner_id,))
+        count = await self._store._one(
+            "SELECT COUNT(*) AS n FROM webhook_deliveries WHERE partner_id = %s", (partner_id,)
+        )
         rows = await self._store._all(
             f"SELECT {_DELIVERY_COLUMNS} FROM webhook_deliveries WHERE partner_id = %s ORDER BY id DESC LIMIT %s OFFSET %s",
             (partner_id, limit, offset),
