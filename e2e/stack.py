@@ -31,7 +31,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from bff.app import create_app
-from bff.cli import create_partner, ensure_demo_partner
+from bff.cli import create_partner, ensure_demo_partner, ensure_demo_webhook
 from bff.settings import Secret, Settings, generate_encryption_key, generate_secret_key
 from bff.testing import TestDatabases, free_port, serve_in_thread
 from demo_site.app import CUSTOMERS, create_site_app
@@ -213,6 +213,9 @@ def sandbox_settings(data_dir: Path, bff_url: str, sandbox_env: dict[str, str]) 
         public_url=bff_url,
         sandbox_enabled=True,
         sandbox_env={"BFF_SANDBOX_CONTROLS": "open", **sandbox_env},  # like `bff demo`
+        # The browser tests press "Sync now" themselves; the scheduler has its own tests.
+        schedules_enabled=False,
+        webhook_allow_private=True,  # the demo site receives webhooks on localhost, as in `bff demo`
     )
 
 
@@ -267,9 +270,16 @@ def running_demo(data_dir: Path, **sandbox_env: str) -> Iterator[DemoStack]:
     site_url = f"http://localhost:{site_port}"
     settings = sandbox_settings(data_dir, bff_url, sandbox_env)
     partner = off_thread(ensure_demo_partner(settings, site_url))
+    webhook_secret = off_thread(ensure_demo_webhook(settings, int(partner["id"]), f"{site_url}/webhooks"))
     customers = {external_id: dict(profile) for external_id, profile in CUSTOMERS.items()}
     with serve_in_thread(create_app(settings), port=bff_port):
-        site = create_site_app(bff_url=bff_url, partner_token=partner["token"], site_url=site_url, customers=customers)
+        site = create_site_app(
+            bff_url=bff_url,
+            partner_token=partner["token"],
+            site_url=site_url,
+            customers=customers,
+            webhook_secret=webhook_secret,
+        )
         with serve_in_thread(site, port=site_port):
             yield DemoStack(bff_url=bff_url, site_url=site_url, partner_token=partner["token"], customers=customers)
 

@@ -591,3 +591,21 @@ def test_the_back_end_adds_a_contact_to_the_crm_and_the_new_row_appears(page: Pa
     expect(form.get_by_role("alert")).to_be_visible()
     expect(form.get_by_label("Email", exact=True)).to_have_value("new.customer@example.test")
     data.table("contacts").expect_rows(1251)
+
+
+def test_the_activity_feed_shows_the_syncs_webhook_without_a_reload(page: Page, demo: DemoStack) -> None:
+    # The BFF signs each event as a Standard Webhook to Acme Books' back-end (/webhooks), which
+    # verifies it with the standardwebhooks package; the page polls its own server for the feed.
+    integrations = sign_in(page, demo)
+    modal = integrations.open_modal()
+    modal.choose("Sandbox Bank")
+    modal.fill(BANK)
+    modal.connect_button.click()
+    expect(modal.connected_heading).to_be_visible()
+    integrations.finish()
+    activity = page.get_by_role("list", name="Activity")
+    expect(activity).to_contain_text("Sandbox Bank connected", timeout=15_000)
+    page.evaluate("window.stillTheSamePage = true")
+    integrations.connection("Sandbox Bank").sync(records=200)
+    expect(activity).to_contain_text("Sandbox Bank synced", timeout=15_000)
+    assert page.evaluate("window.stillTheSamePage") is True  # arrived without a reload
