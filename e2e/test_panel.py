@@ -227,3 +227,28 @@ def test_panel_speaks_the_locale_reports_changes_and_destroy_leaves_nothing(
         "() => Peliqan.mountConnections('#inline-slot', {locale: 'es', integrationToken: 'x'}).ready.catch((e) => [e.name, e.message])"
     )
     assert bad[0] == "TypeError" and "locale must be one of en, nl, fr, de" in bad[1]
+
+
+def test_pause_and_resume_syncing_from_the_panel(page: Page, demo: DemoStack) -> None:
+    customer = demo.new_customer()
+    token = api_token(demo, customer)
+    created = create(demo, token, servertype_id="sandbox_bank", login="sandbox", password="sandbox")
+    panel = open_panel(page, demo, customer)
+    bank = panel.connection("Sandbox Bank")
+    bank.pause_button.click()
+    expect(panel.announcer).to_have_text("Sandbox Bank is paused: nothing syncs until you resume it.")
+    expect(bank.resume_button).to_be_visible()
+    expect(bank.sync_button).to_have_count(0)
+    health = httpx.get(
+        f"{demo.bff_url}/api/server/{created['id']}/health", headers={"Authorization": f"Bearer {token}"}
+    )
+    assert health.json()["health_status"] == "DISABLED"
+    refused = httpx.post(
+        f"{demo.bff_url}/api/server/{created['id']}/sync", headers={"Authorization": f"Bearer {token}"}
+    )
+    assert refused.status_code == 409 and refused.json()["code"] == "connection_disabled"
+    bank.resume_button.click()
+    expect(panel.announcer).to_have_text("Sandbox Bank resumed: it syncs now.")
+    expect(bank.sync_button).to_be_visible()
+    expect(bank.pause_button).to_be_visible()
+    assert axe_violations(panel.document(), PANEL_ONLY) == []

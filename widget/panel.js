@@ -124,7 +124,9 @@ function item(c) {
   const progress = h('p', { class: 'progress', role: 'status', id: `progress-${id}` });
   const buttons = pending
     ? [button('finishSetup', 'finish', 'primary')]
-    : [button('syncNow', 'sync'), button('reauthorise', 'reauthorise'), caps.includes('manual_refresh') && button('manualRefresh', 'refresh')];
+    : c.health_status === 'DISABLED'
+      ? [button('resume', 'enable', 'primary')]
+      : [button('syncNow', 'sync'), button('reauthorise', 'reauthorise'), caps.includes('manual_refresh') && button('manualRefresh', 'refresh'), button('pause', 'disable')];
   buttons.push(button('delete', 'delete', 'danger'));
   const sync = buttons.find((b) => b?.dataset?.action === 'sync');
   if (sync && syncing.has(id)) sync.setAttribute('aria-disabled', 'true');
@@ -275,6 +277,11 @@ async function act(button) {
       if (!tab) throw fail('popup_blocked', t.popupBlockedShort);
       tab.location.href = r.refresh_url;
       say(t.refreshOpened);
+    } else if (action === 'disable' || action === 'enable') {
+      await api('POST', `/api/server/${enc(id)}/${action}`);
+      say(fmt(action === 'disable' ? t.paused : t.resumed, { name: c.name }));
+      post({ type: 'change', change: { type: action === 'disable' ? 'disabled' : 'enabled', server_id: c.id } });
+      load();
     } else if (action === 'delete') {
       confirming.add(id);
       li.append(confirmBox(c));

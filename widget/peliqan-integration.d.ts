@@ -338,6 +338,8 @@ export type ConnectionsChange =
   | { type: "sync_started"; server_id: ServerId }
   | { type: "sync_finished"; server_id: ServerId; run: PipelineRun | null }
   | { type: "deleted"; server_id: ServerId }
+  /** "Pause syncing" / "Resume syncing" in the panel (`disableServer` / `enableServer`). */
+  | { type: "disabled" | "enabled"; server_id: ServerId }
   | { type: "connected"; server_id: ServerId; connection: ConnectedData };
 
 export interface ConnectionsPanel {

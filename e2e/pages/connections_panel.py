@@ -41,6 +41,8 @@ class PanelItem:
         self.finish_button = self.item.get_by_role("button", name=t["finishSetup"], exact=True)
         self.refresh_button = self.item.get_by_role("button", name=t["manualRefresh"], exact=True)
         self.delete_button = self.item.get_by_role("button", name=t["delete"], exact=True)
+        self.pause_button = self.item.get_by_role("button", name=t["pause"], exact=True)
+        self.resume_button = self.item.get_by_role("button", name=t["resume"], exact=True)
         self.confirm_delete_button = self.item.get_by_role(
             "button", name=t["confirmDeleteButton"].replace("{name}", name), exact=True
         )
