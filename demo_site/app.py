@@ -424,18 +424,27 @@ def create_site_app(
                 error = exc.detail
         return {**chosen, "rows": rows, "types": types, "error": error}
 
-    async def create_saved_query(request: Request) -> Response:
-        """The partner's back-end saves a customer's query (identity token; never the browser)."""
+    async def signed_in_form(request: Request, doing: str) -> tuple[dict[str, str], Any] | Response:
+        """The signed-in customer and a form posted from this site with this session's CSRF value;
+        otherwise the answer to send instead."""
         who = current(request)
         if who is None:
             return RedirectResponse("/", status_code=303)
         if cross_site(request):
-            refused = BFFError("cross_site", 403, "Save queries from this site itself.")
+            refused = BFFError("cross_site", 403, f"{doing} from this site itself.")
             return page(request, "error.html", status=403, error=refused)
         form = await request.form()
         if not secrets.compare_digest(str(form.get("csrf", "")), str(request.session.get("csrf", "")) or "-"):
             expired = BFFError("form_expired", 403, "This form has expired; reload the page.")
             return page(request, "error.html", status=403, error=expired)
+        return who, form
+
+    async def create_saved_query(request: Request) -> Response:
+        """The partner's back-end saves a customer's query (identity token; never the browser)."""
+        checked = await signed_in_form(request, "Save queries")
+        if isinstance(checked, Response):
+            return checked
+        who, form = checked
         name, query = str(form.get("name", "")).strip(), str(form.get("query", ""))
         client = await customer_client(who["external_id"])
         try:
@@ -449,16 +458,10 @@ def create_site_app(
     async def add_contact(request: Request) -> Response:
         """The writeback document's one-liner, from the partner's back-end: add a contact to the
         customer's CRM with `refresh=true`, wait for that sync, and show the new row."""
-        who = current(request)
-        if who is None:
-            return RedirectResponse("/", status_code=303)
-        if cross_site(request):
-            refused = BFFError("cross_site", 403, "Add contacts from this site itself.")
-            return page(request, "error.html", status=403, error=refused)
-        form = await request.form()
-        if not secrets.compare_digest(str(form.get("csrf", "")), str(request.session.get("csrf", "")) or "-"):
-            expired = BFFError("form_expired", 403, "This form has expired; reload the page.")
-            return page(request, "error.html", status=403, error=expired)
+        checked = await signed_in_form(request, "Add contacts")
+        if isinstance(checked, Response):
+            return checked
+        who, form = checked
         fields = {k: str(form.get(k, "")).strip() for k in ("email", "first_name", "last_name")}
         client = await customer_client(who["external_id"])
         crm = await anext((c async for c in client.connections() if c["connector"] == "sandbox_crm"), None)
