@@ -29,7 +29,6 @@ import zlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import psycopg
 from psycopg import AsyncConnection, sql
 from psycopg.types.json import Jsonb
 
@@ -550,4 +549,4 @@ async def _load_tables(
     return tables
 
 
-__all__ = ["Warehouse", "WarehouseTable", "WarehouseField", "TableWriter", "physical_name", "psycopg"]
+__all__ = ["TableWriter", "Warehouse", "WarehouseField", "WarehouseTable", "physical_name"]
