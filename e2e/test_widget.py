@@ -199,6 +199,7 @@ def test_reduced_motion_stops_the_spinner(partner: PartnerPage, modal: ConnectMo
     consent = modal.start_oauth()
     expect(modal.waiting).to_be_visible()
     assert modal.document().evaluate("getComputedStyle(document.querySelector('.spinner')).animationName") == "none"
+    consent.wait_until_shown()  # closed mid-way through the start page's redirect, close() once hung
     consent.page.close()
 
 
