@@ -33,12 +33,10 @@ async def authenticate(request: Request, accept: tuple[TokenKind, ...]) -> Calle
     svc = services(request)
     claims = svc.tokens.verify(parse_authorization(request.headers.get("authorization")), accept=accept)
     partner = await svc.store.get_partner(claims.partner_id)
+    if claims.kind == "partner":
+        return Caller(claims, partner=_check_partner(claims, partner))
     if partner is None:
         raise token_error(401, "token_invalid", "The partner this token belongs to no longer exists.")
-    if claims.kind == "partner":
-        if claims.generation != partner.token_generation:
-            raise token_error(401, "token_revoked", "This partner token has been rotated; use the new one.")
-        return Caller(claims, partner=partner)
     assert claims.sub_account_id is not None
     account = await svc.store.get_sub_account(partner.id, account_id=claims.sub_account_id)
     if account is None:
@@ -46,6 +44,22 @@ async def authenticate(request: Request, accept: tuple[TokenKind, ...]) -> Calle
     if claims.generation != account.token_generation:
         raise token_error(401, "token_revoked", "This token has been revoked; mint a new one.")
     return Caller(claims, partner=partner, sub_account=account)
+
+
+def _check_partner(claims: Claims, partner: Partner | None) -> Partner:
+    if partner is None:
+        raise token_error(401, "token_invalid", "The partner this token belongs to no longer exists.")
+    if claims.generation != partner.token_generation:
+        raise token_error(401, "token_revoked", "This partner token has been rotated; use the new one.")
+    return partner
+
+
+async def require_partner_with_sub_account(request: Request, external_id: str) -> tuple[Partner, SubAccount | None]:
+    """:func:`require_partner` and the partner's sub-account ``external_id`` (if it exists), in one query."""
+    svc = services(request)
+    claims = svc.tokens.verify(parse_authorization(request.headers.get("authorization")), accept=("partner",))
+    partner, account = await svc.store.get_partner_and_sub_account(claims.partner_id, external_id)
+    return _check_partner(claims, partner), account
 
 
 async def require_partner(request: Request) -> Partner:

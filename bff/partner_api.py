@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute
 
-from .auth import require_partner, services
+from .auth import require_partner, require_partner_with_sub_account, services
 from .errors import ApiError, not_found, validation_error
 from .http import Pagination, api_route, parse_id, query_bool, read_json, require_str
 from .store import ExternalIdTaken, Partner, SubAccount
@@ -145,12 +145,21 @@ async def list_sub_accounts(request: Request) -> JSONResponse:
 
 async def integrate_provision(request: Request) -> JSONResponse:
     """Mint an integrate token, provisioning the sub-account on first use."""
-    partner = await require_partner(request)
-    data = await read_json(request, required=False)
-    if not data and (request.query_params.get("account_id") or request.query_params.get("external_id")):
+    try:
+        data = await read_json(request, required=False)
+        by_query = not data and bool(request.query_params.get("account_id") or request.query_params.get("external_id"))
+        if not by_query:
+            external_id, fields = parse_sub_account_fields(data)
+    except ApiError:
+        await require_partner(request)  # a bad token is told so before anything about the body
+        raise
+    if by_query:
+        partner = await require_partner(request)
         return integrate_response(request, partner, await lookup_sub_account(request, partner))
-    external_id, fields = parse_sub_account_fields(data)
-    account, _created = await services(request).store.get_or_create_sub_account(partner.id, external_id, fields)
+    # The hot path (a partner's back-end minting for a customer): partner and sub-account in one query.
+    partner, account = await require_partner_with_sub_account(request, external_id)
+    if account is None:
+        account, _created = await services(request).store.get_or_create_sub_account(partner.id, external_id, fields)
     return integrate_response(request, partner, account)
 
 
@@ -237,6 +246,9 @@ async def set_partner_origins(request: Request) -> JSONResponse:
 
 def routes() -> list[BaseRoute]:
     return [
+        # Minting first: the router tries routes in order, and these are called the most.
+        *api_route("/api/partner/sub-account/integrate/", integrate_provision, methods=["POST"]),
+        *api_route("/api/sub-account/integrate/", integrate_existing, methods=["POST"]),
         *api_route("/api/partner", get_partner, methods=["GET"]),
         *api_route("/api/partner/rotate-token", rotate_partner_token, methods=["POST"]),
         *api_route("/api/partner/revoke", revoke_partner_tokens, methods=["POST"]),
@@ -245,8 +257,6 @@ def routes() -> list[BaseRoute]:
         *api_route("/api/sub-account/", create_sub_account, methods=["POST"], name="create_sub_account_alias"),
         *api_route("/api/partner/sub-accounts", list_sub_accounts, methods=["GET"]),
         *api_route("/api/sub-accounts", list_sub_accounts, methods=["GET"], name="list_sub_accounts_alias"),
-        *api_route("/api/partner/sub-account/integrate/", integrate_provision, methods=["POST"]),
-        *api_route("/api/sub-account/integrate/", integrate_existing, methods=["POST"]),
         *api_route("/api/partner/sub-account/identity/", identity_token, methods=["GET"]),
         *api_route("/api/sub-account/identity/", identity_token, methods=["GET"], name="identity_token_alias"),
         *api_route("/api/partner/sub-account/{account_id:int}/revoke-tokens", revoke_tokens, methods=["POST"]),

@@ -15,6 +15,7 @@ are a list; itsdangerous signs with the last and verifies with all of them.
 from __future__ import annotations
 
 import dataclasses
+import hmac
 import json
 import re
 import time
@@ -99,6 +100,11 @@ class TokenAuthority:
                 if cached is None:
                     cached = derived[key, self.salt] = super().derive_key(key)
                 return cached
+
+            def get_signature(self, value: str | bytes) -> bytes:
+                # The default algorithm, HMAC-SHA1, as OpenSSL's one-shot call: the same bytes
+                # as itsdangerous's hmac.new(…, digestmod=<function>), at a fraction of the cost.
+                return base64_encode(hmac.digest(self.derive_key(), want_bytes(value), "sha1"))
 
         class _Serializer(URLSafeTimedSerializer):
             # Signers hold only keys and salt: build each once, not per call.

@@ -24,6 +24,7 @@ from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+from .batching import BatchedReads
 from .migrate import migrate
 
 __all__ = [
@@ -212,6 +213,17 @@ _SUB_ACCOUNT_COLUMNS = (
     " warehouse_schema"
 )
 _PARTNER_COLUMNS = "id, name, token_generation, created_at"
+_PARTNER_FIELDS = ("id", "name", "token_generation", "created_at")
+# Partners and their sub-accounts by (partner id, external id), many keys in one query.
+_PARTNERS_AND_SUB_ACCOUNTS = (
+    "SELECT k.partner_id AS key_partner_id, k.external_id AS key_external_id,"
+    f" {', '.join(f'p.{name} AS p_{name}' for name in _PARTNER_FIELDS)},"
+    f" {', '.join('s.' + name.strip() for name in _SUB_ACCOUNT_COLUMNS.split(','))}"
+    # The keys travel as one JSON text: psycopg adapts it far cheaper than two arrays.
+    " FROM json_to_recordset(%s::json) AS k(partner_id bigint, external_id text)"
+    " JOIN partners p ON p.id = k.partner_id"
+    " LEFT JOIN sub_accounts s ON s.partner_id = k.partner_id AND s.external_id = k.external_id"
+)
 
 
 class Store:
@@ -224,6 +236,10 @@ class Store:
         self._pool: AsyncConnectionPool[Any] | None = None
         # Told after every committed change of a connection's health_status (scheduler, webhooks).
         self.health_listeners: list[HealthListener] = []
+        # Token minting reads these under load: concurrent reads share one query.
+        self._partner_reads: BatchedReads[tuple[int, str], tuple[Partner | None, SubAccount | None]] = BatchedReads(
+            self._fetch_partners_and_sub_accounts, missing=(None, None)
+        )
 
     # -- plumbing ---------------------------------------------------------------------
 
@@ -329,6 +345,24 @@ class Store:
     async def get_partner(self, partner_id: int) -> Partner | None:
         """The partner row without its origins (hot path); see :meth:`partner_has_origin`."""
         return _build(Partner, await self._one(f"SELECT {_PARTNER_COLUMNS} FROM partners WHERE id = %s", (partner_id,)))
+
+    async def get_partner_and_sub_account(
+        self, partner_id: int, external_id: str
+    ) -> tuple[Partner | None, SubAccount | None]:
+        """The partner and its sub-account ``external_id`` in one round trip (the token-minting hot path)."""
+        return await self._partner_reads.get((partner_id, external_id))
+
+    async def _fetch_partners_and_sub_accounts(
+        self, keys: Sequence[tuple[int, str]]
+    ) -> dict[tuple[int, str], tuple[Partner | None, SubAccount | None]]:
+        keys_json = json.dumps([{"partner_id": p, "external_id": e} for p, e in keys], ensure_ascii=False)
+        rows = await self._all(_PARTNERS_AND_SUB_ACCOUNTS, (keys_json,))
+        found: dict[tuple[int, str], tuple[Partner | None, SubAccount | None]] = {}
+        for row in rows:
+            key = (row.pop("key_partner_id"), row.pop("key_external_id"))
+            partner = Partner(**{name: row.pop(f"p_{name}") for name in _PARTNER_FIELDS})
+            found[key] = (partner, SubAccount(**row) if row["id"] is not None else None)
+        return found
 
     async def get_partner_with_origins(self, partner_id: int) -> Partner | None:
         async with self.connection() as conn:
