@@ -52,12 +52,18 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = Headers(scope=scope)
-        length = headers.get("content-length")
+        raw_length: bytes | None = None
+        chunked = False
+        for name, value in scope["headers"]:  # ASGI servers give header names in lower case
+            if name == b"content-length":
+                raw_length = value
+            elif name == b"transfer-encoding":
+                chunked = True
+        length = raw_length.decode("latin-1") if raw_length is not None else None
         if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
             await self._reject(send)
             return
-        if length is not None and "transfer-encoding" not in headers:
+        if length is not None and not chunked:
             # The server delivers exactly Content-Length bytes of body: nothing to count.
             await self.app(scope, receive, send)
             return
@@ -118,12 +124,13 @@ class SecurityHeadersMiddleware:
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = [
-                    (name, value)
-                    for name, value in message.get("headers", [])
-                    if not (no_store and name.lower() == b"cache-control")
-                ]
-                names = {name.lower() for name, _ in headers}
+                headers = []
+                names = set()
+                for name, value in message.get("headers", []):
+                    lower = name.lower()
+                    if not (no_store and lower == b"cache-control"):
+                        headers.append((name, value))
+                        names.add(lower)
                 if b"x-content-type-options" not in names:
                     headers.append((b"x-content-type-options", b"nosniff"))
                 if no_store:
@@ -183,6 +190,9 @@ class CORSMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if not any(name == b"origin" for name, _ in scope["headers"]):  # most calls: back-ends, no CORS
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)

@@ -65,6 +65,7 @@ NOT_READY = {
 }
 PROGRESS_EVERY = 1.0  # seconds between progress updates of a run's record counts
 WAIT_POLL = 0.05  # seconds between checks in SyncRunner.wait
+READ_AHEAD_PAGES = 2  # pages fetched ahead of the one being written
 
 
 class ConnectionNotReady(Exception):
@@ -343,8 +344,9 @@ class SyncRunner:
     ) -> int:
         """Read ``stream`` from its saved cursor; each page and its cursor land in one transaction.
 
-        The next page is fetched while the current one is written (one page
-        ahead, never more, and pages are written strictly in order).
+        The next page is fetched while the current one is written (one page ahead, never
+        more), and copied into the database while the one before is upserted; pages are
+        committed strictly in order.
         """
         table = await self.warehouse.open_table(connection.sub_account_id, connection.id, stream)
         if run.full_sync and stream.name not in outcome.full_started:
@@ -356,10 +358,32 @@ class SyncRunner:
         state = await table.load_state()
         outcome.records.setdefault(stream.name, 0)
         pages = 0
-        async for page in _read_ahead(session.read(stream.name, state)):
-            outcome.records[stream.name] += await table.write(page.records, page.state, run.id)
-            pages += 1
-            await self._progress(run, outcome, log)
+        # Writes not counted yet, oldest first: at most the page being upserted and the next one.
+        writing: list[asyncio.Task[int]] = []
+        try:
+            async for page in _read_ahead(session.read(stream.name, state)):
+                after = writing[-1] if writing else None
+                writing.append(asyncio.create_task(table.write(page.records, page.state, run.id, after=after)))
+                if len(writing) > 1:
+                    outcome.records[stream.name] += await writing[0]
+                    writing.pop(0)
+                    pages += 1
+                    await self._progress(run, outcome, log)
+            while writing:
+                outcome.records[stream.name] += await writing[0]
+                writing.pop(0)
+                pages += 1
+        except BaseException as exc:
+            # Stopping (cancelled): the writes still going are abandoned (rolled back). Reading
+            # failed: the page already read is still written, as when pages were written one at a
+            # time. Either way what did commit is counted; a page after a failed one saved nothing.
+            if isinstance(exc, asyncio.CancelledError):
+                for task in writing:
+                    task.cancel()
+            for result in await asyncio.gather(*writing, return_exceptions=True):
+                if isinstance(result, int):
+                    outcome.records[stream.name] += result
+            raise
         gone = 0
         deletions = stream.deletions
         if deletions is not None and deletions.kind == "archived_flag" and deletions.field:
@@ -452,27 +476,31 @@ class SyncRunner:
                     logger.exception("finished-run listener failed for run %s", run.id)
 
 
-async def _read_ahead(pages: AsyncIterator[Page]) -> AsyncIterator[Page]:
-    """Yield ``pages`` while the next one is already being fetched (a one-page buffer)."""
-    iterator = aiter(pages)
+async def _read_ahead(pages: AsyncIterator[Page], *, depth: int = READ_AHEAD_PAGES) -> AsyncIterator[Page]:
+    """Yield ``pages`` while the next ones are already being fetched (up to ``depth`` pages ahead).
+    A fetch that fails raises here, after the pages fetched before it."""
+    ready: asyncio.Queue[Page | BaseException | None] = asyncio.Queue(maxsize=max(1, depth - 1))
 
-    async def fetch() -> Page:
-        return await anext(iterator)
+    async def fetch() -> None:
+        try:
+            async for page in pages:
+                await ready.put(page)
+        except Exception as exc:
+            await ready.put(exc)
+        else:
+            await ready.put(None)
 
-    pending = asyncio.create_task(fetch())
+    fetching = asyncio.create_task(fetch())
     try:
-        while True:
-            try:
-                page = await pending
-            except StopAsyncIteration:
-                return
-            pending = asyncio.create_task(fetch())
-            yield page
+        while (item := await ready.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
     finally:
-        if not pending.done():
-            pending.cancel()
+        if not fetching.done():
+            fetching.cancel()
             with contextlib.suppress(BaseException):
-                await pending
+                await fetching
 
 
 def select_streams(available: Sequence[str], tables: Sequence[str] | None) -> list[str]:

@@ -26,7 +26,7 @@ import re
 import secrets
 import time
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from psycopg import AsyncConnection, sql
@@ -205,21 +205,37 @@ class TableWriter:
             row = await cur.fetchone()
         return dict(row["state"]) if row else {}
 
-    async def write(self, records: Sequence[Mapping[str, Any]], state: Mapping[str, Any], run_id: int | None) -> int:
-        """Upsert ``records`` and save ``state`` in one transaction; returns how many rows were written."""
+    async def write(
+        self,
+        records: Sequence[Mapping[str, Any]],
+        state: Mapping[str, Any],
+        run_id: int | None,
+        *,
+        after: Awaitable[int] | None = None,
+    ) -> int:
+        """Upsert ``records`` and save ``state`` in one transaction; returns how many rows were written.
+
+        ``after`` is the previous page's write, still running: this page is copied into its own
+        connection's temporary table meanwhile, and upserted (with its cursor) only once that one
+        has committed, so pages land in order. If it failed, this one fails the same way and
+        saves nothing.
+        """
         plan, table = self._plan, self.table
         rows = plan.rows(records)
-        now = self.warehouse.now()
-        params = {"connection": table.connection_id, "stream": table.stream, "state": Jsonb(dict(state)), "now": now}
+        params = {"connection": table.connection_id, "stream": table.stream, "state": Jsonb(dict(state))}
         async with self.warehouse.store.transaction() as conn:
             if rows:
                 await conn.execute(plan.begin_page)
                 async with conn.cursor().copy(plan.copy) as copy:
                     for row in rows:
                         await copy.write_row(row)
-                await conn.execute(plan.upsert, {**params, "run": run_id})
+            if after is not None:
+                await after
+            now = self.warehouse.now()
+            if rows:
+                await conn.execute(plan.upsert, {**params, "now": now, "run": run_id})
             else:
-                await conn.execute(_SAVE_STATE, params)
+                await conn.execute(_SAVE_STATE, {**params, "now": now})
         return len(rows)
 
     async def mark_missing_deleted(self, run_id: int) -> int:

@@ -192,6 +192,16 @@ async def test_rotated_partner_token_is_revoked(bff: BFF) -> None:
     assert response.status_code == 401 and response.json()["code"] == "token_revoked"
 
 
+async def test_minting_with_a_rotated_partner_token_is_refused_at_once(bff: BFF) -> None:
+    """The mint's one-query path (partner and sub-account together) still sees a rotation immediately."""
+    partner_id, token = await bff.partner()
+    assert (await bff.integrate(token, "cust-rot"))["account_id"]
+    await bff.services.store.bump_partner_generation(partner_id)
+    for body in ({"external_id": "cust-rot"}, {"external_id": "someone-new"}, {"external_id": ""}):
+        response = await bff.client.post("/api/partner/sub-account/integrate/", json=body, headers=auth(token))
+        assert response.status_code == 401 and response.json()["code"] == "token_revoked", body
+
+
 async def test_expired_integrate_token_over_http(settings_factory) -> None:  # type: ignore[no-untyped-def]
     clock = FakeClock()
     async with running_bff(settings_factory(), clock=clock) as bff:

@@ -111,24 +111,41 @@ _COERCE: dict[str, Callable[[Any], Any] | None] = {
 }
 
 
+# When a value needs its coercion called at all: the coercions return these values unchanged, so
+# the generated normaliser tests for them inline and skips the call (most values, on most pages).
+_NEEDS_COERCION = {
+    "text": "type({v}) is not str",
+    "integer": "type({v}) is not int",
+    "number": "type({v}) is not float and type({v}) is not int",
+    "boolean": "type({v}) is not bool",
+    "datetime": '(type({v}) is not str or {v}.startswith("/Date("))',
+}
+
+
 @functools.lru_cache(maxsize=256)
 def compile_normaliser(fields: tuple[FieldSpec, ...]) -> Callable[[Any], dict[str, Any]]:
-    """Build ``record -> {declared field: value}`` once per stream (no per-record parsing)."""
-    plan = []
-    for f in fields:
-        single = f.path[0] if len(f.path) == 1 and isinstance(f.path[0], str) else None
-        plan.append((f.name, single, f.path, _COERCE[f.type]))
-    plan_t = tuple(plan)
-
-    def normalise(record: Any) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for name, single, path, coerce in plan_t:
-            value = record.get(single) if single is not None else get_path(record, path)
-            if value is not None and coerce is not None:
-                value = coerce(value)
-            out[name] = value
-        return out
-
+    """Build ``record -> {declared field: value}`` once per stream: straight-line Python generated
+    for the stream's fields (no per-record loop over the field list, no call for values already
+    of the declared type)."""
+    namespace: dict[str, Any] = {"get_path": get_path}
+    lines = ["def normalise(record):", "    get = record.get"]
+    items = []
+    for i, f in enumerate(fields):
+        v = f"v{i}"
+        if len(f.path) == 1 and isinstance(f.path[0], str):
+            lines.append(f"    {v} = get({f.path[0]!r})")
+        else:
+            namespace[f"path{i}"] = f.path
+            lines.append(f"    {v} = get_path(record, path{i})")
+        coerce = _COERCE[f.type]
+        if coerce is not None:
+            namespace[f"coerce{i}"] = coerce
+            lines.append(f"    if {v} is not None and {_NEEDS_COERCION[f.type].format(v=v)}:")
+            lines.append(f"        {v} = coerce{i}({v})")
+        items.append(f"{f.name!r}: {v}")
+    lines.append(f"    return {{{', '.join(items)}}}")
+    exec(compile("\n".join(lines), f"<normaliser of {len(fields)} fields>", "exec"), namespace)
+    normalise: Callable[[Any], dict[str, Any]] = namespace["normalise"]
     return normalise
 
 
