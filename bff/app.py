@@ -27,7 +27,7 @@ from . import (
     tables_api,
     webhooks_api,
 )
-from .connections import SandboxTransport
+from .connections import NoCookieJar, SandboxTransport
 from .crypto import Vault
 from .db import database_url
 from .errors import EXCEPTION_HANDLERS
@@ -90,7 +90,13 @@ def create_app(
         transport = SandboxTransport(sandbox_app, settings.sandbox_url, transport)
     queue = JobQueue(url, heartbeat_seconds=settings.heartbeat_seconds, stalled_seconds=settings.stalled_seconds)
     warehouse = Warehouse(store, clock=clock)
-    http = httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(120.0, connect=10.0), follow_redirects=False)
+    # One keep-alive client for every provider call of this process, which keeps no cookies.
+    http = httpx.AsyncClient(
+        transport=transport,
+        timeout=httpx.Timeout(120.0, connect=10.0),
+        follow_redirects=False,
+        cookies=NoCookieJar(),
+    )
     runtime = Runtime(
         settings=settings,
         store=store,

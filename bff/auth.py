@@ -23,16 +23,23 @@ class Caller:
     claims: Claims
     partner: Partner | None = None
     sub_account: SubAccount | None = None
+    connection: Connection | None = None  # only when asked for (``connection_id``) and the sub-account's own
 
 
 def services(request: Request) -> Services:
     return request.app.state.services  # type: ignore[no-any-return]
 
 
-async def authenticate(request: Request, accept: tuple[TokenKind, ...]) -> Caller:
+async def authenticate(
+    request: Request, accept: tuple[TokenKind, ...], *, connection_id: int | None = None
+) -> Caller:
+    """The verified caller; with ``connection_id``, that connection of the caller's sub-account too
+    (looked up in the same round trip as the partner and sub-account)."""
     svc = services(request)
     claims = svc.tokens.verify(parse_authorization(request.headers.get("authorization")), accept=accept)
-    partner = await svc.store.get_partner(claims.partner_id)
+    partner, account, connection = await svc.store.get_caller(
+        claims.partner_id, claims.sub_account_id, connection_id if claims.kind != "partner" else None
+    )
     if partner is None:
         raise token_error(401, "token_invalid", "The partner this token belongs to no longer exists.")
     if claims.kind == "partner":
@@ -40,12 +47,11 @@ async def authenticate(request: Request, accept: tuple[TokenKind, ...]) -> Calle
             raise token_error(401, "token_revoked", "This partner token has been rotated; use the new one.")
         return Caller(claims, partner=partner)
     assert claims.sub_account_id is not None
-    account = await svc.store.get_sub_account(partner.id, account_id=claims.sub_account_id)
     if account is None:
         raise token_error(401, "token_invalid", "The sub-account this token belongs to no longer exists.")
     if claims.generation != account.token_generation:
         raise token_error(401, "token_revoked", "This token has been revoked; mint a new one.")
-    return Caller(claims, partner=partner, sub_account=account)
+    return Caller(claims, partner=partner, sub_account=account, connection=connection)
 
 
 async def require_partner(request: Request) -> Partner:
@@ -85,11 +91,16 @@ async def require_connection(request: Request) -> tuple[SubAccount, Connection]:
     Another sub-account's connection ids give exactly the same 404 as ids that
     do not exist: no hint that they do.
     """
-    account = await require_sub_account(request)
-    raw = request.path_params.get("id")
-    connection = None
-    if isinstance(raw, int) or (isinstance(raw, str) and raw.isdigit()):
-        connection = await services(request).store.get_connection(account.id, int(raw))
-    if connection is None:
+    caller = await authenticate(request, SUB_ACCOUNT_KINDS, connection_id=path_connection_id(request))
+    assert caller.sub_account is not None
+    if caller.connection is None:
         raise not_found("No such connection.")
-    return account, connection
+    return caller.sub_account, caller.connection
+
+
+def path_connection_id(request: Request) -> int | None:
+    """The connection id ``{id}`` in the path (None when it is not a number)."""
+    raw = request.path_params.get("id")
+    if isinstance(raw, int) or (isinstance(raw, str) and raw.isdigit()):
+        return int(raw)
+    return None
