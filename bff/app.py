@@ -45,6 +45,7 @@ from .sync import SyncRunner
 from .tokens import TokenAuthority
 from .warehouse import Warehouse
 from .webhooks import Webhooks
+from .writeback import Writeback
 
 
 class StartupError(RuntimeError):
@@ -124,6 +125,8 @@ def create_app(
         webhooks=webhooks,
     )
 
+    writeback = Writeback(services)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if migrate_on_start:
@@ -140,13 +143,12 @@ def create_app(
                         on_stalled=runner.recover_stalled,
                         on_tick=schedules.tick if settings.schedules_enabled else None,
                         on_webhook=webhooks.deliver,
+                        on_refresh=writeback.refresh.execute,
                     )
                 yield
             finally:
                 await queue.close()
-                writeback = getattr(app.state, "writeback", None)
-                if writeback is not None:  # write log lines still buffered (they are batched for 0.25 s)
-                    await writeback.log.flush()
+                await writeback.log.flush()  # write log lines still buffered (they are batched for 0.25 s)
         finally:
             await services.http.aclose()
             await webhooks.close()
@@ -185,4 +187,5 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.services = services
+    app.state.writeback = writeback
     return app

@@ -30,9 +30,7 @@ def services(request: Request) -> Services:
     return request.app.state.services  # type: ignore[no-any-return]
 
 
-async def authenticate(
-    request: Request, accept: tuple[TokenKind, ...], *, connection_id: int | None = None
-) -> Caller:
+async def authenticate(request: Request, accept: tuple[TokenKind, ...], *, connection_id: int | None = None) -> Caller:
     """The verified caller; with ``connection_id``, that connection of the caller's sub-account too
     (looked up in the same round trip as the partner and sub-account)."""
     svc = services(request)

@@ -185,7 +185,7 @@ async def perform(request: Request, action: str, object_name: str, call: Action,
     if refresh and 200 <= status < 300 and action not in ("get", "search"):
         connector = load_connectors()[connection.connector]
         obj = connector.object(object_name)
-        wb.refresh.request(account, connection, obj.stream if obj else None)
+        await wb.refresh.request(connection, obj.stream if obj else None)
         if isinstance(answer, dict):
             answer = {**answer, "refresh_queued": True}
     return _answer(status, answer)
