@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from starlette.requests import Request
@@ -30,26 +32,49 @@ def services(request: Request) -> Services:
     return request.app.state.services  # type: ignore[no-any-return]
 
 
-async def authenticate(request: Request, accept: tuple[TokenKind, ...], *, connection_id: int | None = None) -> Caller:
+async def authenticate(
+    request: Request,
+    accept: tuple[TokenKind, ...],
+    *,
+    connection_id: int | None = None,
+    meanwhile: Callable[[Claims], Awaitable[None]] | None = None,
+) -> Caller:
     """The verified caller; with ``connection_id``, that connection of the caller's sub-account too
-    (looked up in the same round trip as the partner and sub-account)."""
+    (looked up in the same round trip as the partner and sub-account).
+
+    ``meanwhile`` (e.g. counting a rate limit) runs while the caller is looked up, only for a
+    token whose signature verified; its error comes after the caller's own (revoked, deleted).
+    """
     svc = services(request)
     claims = svc.tokens.verify(parse_authorization(request.headers.get("authorization")), accept=accept)
-    partner, account, connection = await svc.store.get_caller(
+    lookup = svc.store.get_caller(
         claims.partner_id, claims.sub_account_id, connection_id if claims.kind != "partner" else None
     )
+    side: BaseException | None = None
+    if meanwhile is None:
+        partner, account, connection = await lookup
+    else:
+        found, done = await asyncio.gather(lookup, meanwhile(claims), return_exceptions=True)
+        if isinstance(found, BaseException):
+            raise found
+        partner, account, connection = found
+        side = done if isinstance(done, BaseException) else None
     if partner is None:
         raise token_error(401, "token_invalid", "The partner this token belongs to no longer exists.")
     if claims.kind == "partner":
         if claims.generation != partner.token_generation:
             raise token_error(401, "token_revoked", "This partner token has been rotated; use the new one.")
-        return Caller(claims, partner=partner)
-    assert claims.sub_account_id is not None
-    if account is None:
-        raise token_error(401, "token_invalid", "The sub-account this token belongs to no longer exists.")
-    if claims.generation != account.token_generation:
-        raise token_error(401, "token_revoked", "This token has been revoked; mint a new one.")
-    return Caller(claims, partner=partner, sub_account=account, connection=connection)
+        caller = Caller(claims, partner=partner)
+    else:
+        assert claims.sub_account_id is not None
+        if account is None:
+            raise token_error(401, "token_invalid", "The sub-account this token belongs to no longer exists.")
+        if claims.generation != account.token_generation:
+            raise token_error(401, "token_revoked", "This token has been revoked; mint a new one.")
+        caller = Caller(claims, partner=partner, sub_account=account, connection=connection)
+    if side is not None:
+        raise side
+    return caller
 
 
 async def require_partner(request: Request) -> Partner:
@@ -64,12 +89,26 @@ async def require_sub_account(request: Request) -> SubAccount:
     return caller.sub_account
 
 
-async def require_identity(request: Request) -> SubAccount:
+async def require_identity(
+    request: Request, *, meanwhile: Callable[[Claims], Awaitable[None]] | None = None
+) -> SubAccount:
     """Back-end-only surfaces (the warehouse read API): an identity token, never the browser's
-    integrate token (DESIGN §3), and at most so many reads per token (counted in the database)."""
+    integrate token (DESIGN §3), and at most so many reads per token (counted in the database).
+    ``meanwhile`` as in :func:`authenticate` (its result may be used only once this returns)."""
     from .throttle import WAREHOUSE_READS, Throttle
 
-    caller = await authenticate(request, SUB_ACCOUNT_KINDS)
+    svc = services(request)
+
+    async def count_read(claims: Claims) -> None:
+        if claims.kind == "identity":  # an integrate token is refused below; it uses up nothing
+            token = parse_authorization(request.headers.get("authorization"))
+            key = hashlib.sha256(token.encode()).hexdigest()[:32]
+            if meanwhile is None:
+                await Throttle(svc.store, svc.clock).take(WAREHOUSE_READS, key)
+            else:
+                await _all(Throttle(svc.store, svc.clock).take(WAREHOUSE_READS, key), meanwhile(claims))
+
+    caller = await authenticate(request, SUB_ACCOUNT_KINDS, meanwhile=count_read)
     assert caller.sub_account is not None
     if caller.claims.kind != "identity":
         raise ApiError(
@@ -77,10 +116,15 @@ async def require_identity(request: Request) -> SubAccount:
             "token_not_allowed",
             "The warehouse is read by your back-end with an identity token; the browser's integrate token cannot read it.",
         )
-    token = parse_authorization(request.headers.get("authorization"))
-    svc = services(request)
-    await Throttle(svc.store, svc.clock).take(WAREHOUSE_READS, hashlib.sha256(token.encode()).hexdigest()[:32])
     return caller.sub_account
+
+
+async def _all(*steps: Awaitable[None]) -> None:
+    """Run ``steps`` at once; the first one's error wins (the throttle's before the others)."""
+    outcomes = await asyncio.gather(*steps, return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
 
 
 async def require_connection(request: Request) -> tuple[SubAccount, Connection]:

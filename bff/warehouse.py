@@ -471,11 +471,9 @@ class Warehouse:
         return counted
 
     async def get_table(self, sub_account_id: int, table_id: int) -> WarehouseTable | None:
-        schema = await self.schema_of(sub_account_id)
-        if schema is None:
-            return None
+        """A synced table of this sub-account, with its fields and schema, in one query."""
         async with self.store.connection() as conn:
-            found = await _load_tables(conn, schema, sub_account_id=sub_account_id, table_id=table_id)
+            found = await _load_tables(conn, None, sub_account_id=sub_account_id, table_id=table_id)
         return found[0] if found else None
 
     async def read_rows(
@@ -503,7 +501,7 @@ class Warehouse:
 
 async def _load_tables(
     conn: AsyncConnection[Any],
-    schema: str,
+    schema: str | None,
     *,
     sub_account_id: int | None = None,
     table_id: int | None = None,
@@ -520,30 +518,29 @@ async def _load_tables(
         if value is not None:
             where.append(f"{column} = %s")
             params.append(value)
+    # One round trip: each table with its fields (the rows API looks a table up on every page).
     cur = await conn.execute(
-        "SELECT id, connection_id, stream, physical, primary_key, created_at FROM warehouse_tables"
-        f" WHERE {' AND '.join(where) or 'TRUE'} ORDER BY connection_id, stream, id",
+        "SELECT t.id, connection_id, stream, physical, primary_key, created_at,"
+        " (SELECT COALESCE(json_agg(json_build_object('id', f.id, 'name', f.name, 'type', f.type)"
+        "  ORDER BY f.position, f.id), '[]') FROM warehouse_fields f WHERE f.table_id = t.id) AS fields,"
+        " (SELECT warehouse_schema FROM sub_accounts s WHERE s.id = t.sub_account_id) AS schema"
+        f" FROM warehouse_tables t WHERE {' AND '.join(where) or 'TRUE'} ORDER BY connection_id, stream, id",
         params,
     )
-    rows = await cur.fetchall()
-    if not rows:
-        return []
-    cur = await conn.execute(
-        "SELECT table_id, id, name, type FROM warehouse_fields WHERE table_id = ANY(%s) ORDER BY table_id, position, id",
-        ([r["id"] for r in rows],),
-    )
-    fields: dict[int, list[Any]] = {}
-    for f in await cur.fetchall():
-        fields.setdefault(f["table_id"], []).append(f)
     tables = []
-    for r in rows:
+    for r in await cur.fetchall():
         pk = tuple(r["primary_key"])
-        table_fields = tuple(
-            WarehouseField(f["id"], f["name"], f["type"], f["name"] in pk) for f in fields.get(r["id"], [])
-        )
+        table_fields = tuple(WarehouseField(f["id"], f["name"], f["type"], f["name"] in pk) for f in r["fields"])
         tables.append(
             WarehouseTable(
-                r["id"], schema, r["connection_id"], r["stream"], r["physical"], pk, table_fields, r["created_at"]
+                r["id"],
+                schema or r["schema"],
+                r["connection_id"],
+                r["stream"],
+                r["physical"],
+                pk,
+                table_fields,
+                r["created_at"],
             )
         )
     return tables
