@@ -19,6 +19,7 @@ from . import (
     connections_api,
     data_api,
     embed,
+    interface_api,
     lifecycle_api,
     openapi,
     partner_api,
@@ -38,6 +39,7 @@ from .query_tables import QueryTables
 from .runtime import Runtime
 from .sandbox import SandboxOptions, create_sandbox_app
 from .schedules import Scheduler
+from .scripts.service import ScriptService
 from .services import Services
 from .settings import Settings
 from .store import Store, migrate
@@ -108,6 +110,8 @@ def create_app(
     # plans the first sync of a connection that became ready.
     store.health_listeners += [webhooks.on_health_change, schedules.on_health_change]
     runner.finished_listeners.append(webhooks.on_run_finished)
+    scripts = ScriptService(runtime, queue, webhooks)
+    scripts.finished_listeners.append(webhooks.on_script_finished)
     services = Services.extend(
         runtime,
         warehouse=warehouse,
@@ -116,7 +120,12 @@ def create_app(
         query_tables=query_tables,
         schedules=schedules,
         webhooks=webhooks,
+        scripts=scripts,
     )
+
+    async def tick() -> None:
+        await schedules.tick()
+        await scripts.tick()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -132,8 +141,10 @@ def create_app(
                         concurrency=settings.sync_concurrency,
                         on_sync=runner.execute,
                         on_stalled=runner.recover_stalled,
-                        on_tick=schedules.tick if settings.schedules_enabled else None,
+                        on_tick=tick if settings.schedules_enabled else None,
                         on_webhook=webhooks.deliver,
+                        on_script=scripts.execute,
+                        on_script_stalled=scripts.recover_stalled,
                     )
                 yield
             finally:
@@ -143,6 +154,7 @@ def create_app(
                     await writeback.log.flush()
         finally:
             await services.http.aclose()
+            await scripts.close()
             await webhooks.close()
             await store.close()
 
@@ -157,6 +169,7 @@ def create_app(
         *records_api.routes(),
         *lifecycle_api.routes(),
         *webhooks_api.routes(),
+        *interface_api.routes(),
     ]
     if sandbox_app is not None:
         routes.append(Mount("/sandbox", app=sandbox_app, name="sandbox"))
@@ -179,4 +192,5 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.services = services
+    scripts.serve_api(app)
     return app
