@@ -9,6 +9,7 @@ descriptor (a pipe to the worker) and the traceback to stderr, then exits 1.
 from __future__ import annotations
 
 import json
+import linecache
 import os
 import sys
 import traceback
@@ -37,6 +38,9 @@ def main() -> int:
     config: dict[str, Any] = json.loads(sys.stdin.buffer.read())
     sys.stdin.close()
     report_fd = config.get("report_fd")
+    # -I ignores PYTHONUNBUFFERED: keep stdout and stderr in the order they were written.
+    for stream in (sys.stdout, sys.stderr):
+        stream.reconfigure(line_buffering=True)  # type: ignore[attr-defined]
     leader = os.getpid()
     from . import pq
 
@@ -48,8 +52,11 @@ def main() -> int:
     )
     code = config["code"]
     namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": __builtins__, "pq": pq}
+    filename = f"<script {config.get('name', '')}>"
+    # Tracebacks show the script's own lines.
+    linecache.cache[filename] = (len(code), None, code.splitlines(keepends=True), filename)
     try:
-        compiled = compile(code, f"<script {config.get('name', '')}>", "exec")
+        compiled = compile(code, filename, "exec")
         exec(compiled, namespace)
     except SystemExit as exc:
         status = exc.code
