@@ -39,6 +39,7 @@ from .query_tables import QueryTables
 from .runtime import Runtime
 from .sandbox import SandboxOptions, create_sandbox_app
 from .schedules import Scheduler
+from .scripts.sandbox import ScriptModeError
 from .scripts.service import ScriptService
 from .services import Services
 from .settings import Settings
@@ -110,7 +111,10 @@ def create_app(
     # plans the first sync of a connection that became ready.
     store.health_listeners += [webhooks.on_health_change, schedules.on_health_change]
     runner.finished_listeners.append(webhooks.on_run_finished)
-    scripts = ScriptService(runtime, queue, webhooks)
+    try:
+        scripts = ScriptService(runtime, queue, webhooks)
+    except ScriptModeError as exc:
+        raise StartupError(str(exc)) from None
     scripts.finished_listeners.append(webhooks.on_script_finished)
     services = Services.extend(
         runtime,

@@ -12,10 +12,11 @@ import contextlib
 import os
 import shutil
 import tempfile
-from typing import Any
 
 import uvicorn
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from ..quiet_server import QuietServer
 
 
 class _ApiOnly:
@@ -41,19 +42,11 @@ class _ApiOnly:
         await self.app(scope, receive, send)
 
 
-class _QuietServer(uvicorn.Server):
-    """uvicorn without its signal handling: the process has its own."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Any:
-        yield
-
-
 class ApiSocket:
     def __init__(self, app: ASGIApp) -> None:
         self._app = app
         self._lock = asyncio.Lock()
-        self._server: _QuietServer | None = None
+        self._server: QuietServer | None = None
         self._task: asyncio.Task[None] | None = None
         self._dir: str | None = None
         self.path: str | None = None
@@ -76,7 +69,7 @@ class ApiSocket:
                 ws="none",
                 timeout_graceful_shutdown=1,
             )
-            self._server = _QuietServer(config)
+            self._server = QuietServer(config)
             self._task = asyncio.create_task(self._server.serve(), name="bff-scripts-api-socket")
             while not self._server.started:
                 if self._task.done():

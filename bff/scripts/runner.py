@@ -8,6 +8,7 @@ descriptor (a pipe to the worker) and the traceback to stderr, then exits 1.
 
 from __future__ import annotations
 
+import io
 import json
 import linecache
 import os
@@ -40,7 +41,8 @@ def main() -> int:
     report_fd = config.get("report_fd")
     # -I ignores PYTHONUNBUFFERED: keep stdout and stderr in the order they were written.
     for stream in (sys.stdout, sys.stderr):
-        stream.reconfigure(line_buffering=True)  # type: ignore[attr-defined]
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(line_buffering=True)
     leader = os.getpid()
     from . import pq
 
