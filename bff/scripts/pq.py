@@ -127,8 +127,7 @@ class Database:
 
     def execute(self, query: str, *, limit: int = 1000) -> list[dict[str, Any]]:
         """One read-only ``SELECT``/``WITH`` query over the customer's tables; its rows."""
-        body = api()._do(_Call("POST", "/api/database/query/", json={"query": query, "limit": limit}))
-        return list(body["rows"])
+        return api().query(query, limit=limit)
 
 
 def dbconnect(name: str = DW_NAME) -> Database:
