@@ -33,7 +33,6 @@ same methods, awaited (iterators become async iterators). Every failure raises
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import datetime
 import time
@@ -338,7 +337,13 @@ def _headers(token: str, extra: Mapping[str, str] | None = None) -> dict[str, st
     return {"Authorization": f"Bearer {token}", "Accept": "application/json", **(extra or {})}
 
 
-POLL_SECONDS = 1.0  # refresh_connection(is_async=False) polls the sync status this often
+POLL_SECONDS = 1.0
+
+
+async def _sleep(seconds: float) -> None:
+    import asyncio  # only the async client needs it: scripts' start-up does not pay for it
+
+    await asyncio.sleep(seconds)  # refresh_connection(is_async=False) polls the sync status this often
 
 
 # -- synchronous ----------------------------------------------------------------------------------
@@ -847,7 +852,7 @@ class AsyncSubAccountClient(_AsyncBase):
 
     async def _wait(self, server_id: int) -> JSON:
         while (await self.sync_status(server_id)).get("running"):
-            await asyncio.sleep(POLL_SECONDS)
+            await _sleep(POLL_SECONDS)
         return await anext(self.runs(server_id))
 
 

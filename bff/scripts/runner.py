@@ -44,6 +44,9 @@ def main() -> int:
         if isinstance(stream, io.TextIOWrapper):
             stream.reconfigure(line_buffering=True)
     leader = os.getpid()
+    # httpx's command-line tool (click, rich, pygments) is a third of its import time; scripts
+    # never use it, and httpx carries on without it.
+    sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
     from . import pq
 
     pq._configure(
