@@ -19,6 +19,7 @@ from . import (
     connections_api,
     data_api,
     embed,
+    interface_api,
     lifecycle_api,
     openapi,
     partner_api,
@@ -38,6 +39,8 @@ from .query_tables import QueryTables
 from .runtime import Runtime
 from .sandbox import SandboxOptions, create_sandbox_app
 from .schedules import Scheduler
+from .scripts.sandbox import ScriptModeError
+from .scripts.service import ScriptService
 from .services import Services
 from .settings import Settings
 from .store import Store, migrate
@@ -115,6 +118,11 @@ def create_app(
     # plans the first sync of a connection that became ready.
     store.health_listeners += [webhooks.on_health_change, schedules.on_health_change]
     runner.finished_listeners.append(webhooks.on_run_finished)
+    try:
+        scripts = ScriptService(runtime, queue, webhooks)
+    except ScriptModeError as exc:
+        raise StartupError(str(exc)) from None
+    scripts.finished_listeners.append(webhooks.on_script_finished)
     services = Services.extend(
         runtime,
         warehouse=warehouse,
@@ -123,9 +131,14 @@ def create_app(
         query_tables=query_tables,
         schedules=schedules,
         webhooks=webhooks,
+        scripts=scripts,
     )
 
     writeback = Writeback(services)
+
+    async def tick() -> None:
+        await schedules.tick()
+        await scripts.tick()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -141,9 +154,11 @@ def create_app(
                         concurrency=settings.sync_concurrency,
                         on_sync=runner.execute,
                         on_stalled=runner.recover_stalled,
-                        on_tick=schedules.tick if settings.schedules_enabled else None,
+                        on_tick=tick if settings.schedules_enabled else None,
                         on_webhook=webhooks.deliver,
                         on_refresh=writeback.refresh.execute,
+                        on_script=scripts.execute,
+                        on_script_stalled=scripts.recover_stalled,
                     )
                 yield
             finally:
@@ -151,6 +166,7 @@ def create_app(
                 await writeback.log.flush()  # write log lines still buffered (they are batched for 0.25 s)
         finally:
             await services.http.aclose()
+            await scripts.close()
             await webhooks.close()
             await store.close()
 
@@ -165,6 +181,7 @@ def create_app(
         *records_api.routes(),
         *lifecycle_api.routes(),
         *webhooks_api.routes(),
+        *interface_api.routes(),
     ]
     if sandbox_app is not None:
         routes.append(Mount("/sandbox", app=sandbox_app, name="sandbox"))
@@ -188,4 +205,5 @@ def create_app(
     )
     app.state.services = services
     app.state.writeback = writeback
+    scripts.serve_api(app)
     return app

@@ -71,9 +71,28 @@ async def authenticate(
             raise token_error(401, "token_invalid", "The sub-account this token belongs to no longer exists.")
         if claims.generation != account.token_generation:
             raise token_error(401, "token_revoked", "This token has been revoked; mint a new one.")
+        if claims.script_run_id is not None and not await _script_run_live(svc, claims.script_run_id):
+            raise token_error(401, "token_expired", "This script run has ended; its token no longer works.")
         caller = Caller(claims, partner=partner, sub_account=account, connection=connection)
     if side is not None:
         raise side
+    return caller
+
+
+async def _script_run_live(svc: Services, run_id: int) -> bool:
+    return await svc.scripts.table.run_status(run_id) == "running"
+
+
+async def require_back_end(request: Request, *, what: str) -> Caller:
+    """An identity token (the partner's back-end, or a script's run); the browser's integrate
+    token gets ``403 token_not_allowed``. ``what`` finishes "… take identity tokens"."""
+    caller = await authenticate(request, SUB_ACCOUNT_KINDS)
+    if caller.claims.kind != "identity":
+        raise ApiError(
+            403,
+            "token_not_allowed",
+            f"{what} take identity tokens from your back-end, never the browser's integrate token.",
+        )
     return caller
 
 

@@ -38,12 +38,15 @@ TICK_CRON = "* * * * *"  # every minute: frequencies are at least 300 s
 WEBHOOK_QUEUE = "webhooks"
 WEBHOOK_TASK = "bff.webhook_deliver"
 REFRESH_TASK = "bff.writeback_refresh"
+SCRIPT_QUEUE = "scripts"
+SCRIPT_TASK = "bff.script_run"
 
 SyncHandler = Callable[[int], Awaitable[None]]
 StalledHandler = Callable[[int], Awaitable[None]]
 TickHandler = Callable[[], Awaitable[object]]
 WebhookHandler = Callable[[int], Awaitable[None]]
 RefreshHandler = Callable[[int], Awaitable[None]]
+ScriptHandler = Callable[[int], Awaitable[None]]
 
 
 def sync_lock(connection_id: int) -> str:
@@ -52,6 +55,10 @@ def sync_lock(connection_id: int) -> str:
 
 def refresh_lock(connection_id: int) -> str:
     return f"refresh-connection-{int(connection_id)}"
+
+
+def script_lock(script_id: int) -> str:
+    return f"script-{int(script_id)}"
 
 
 class JobQueue:
@@ -106,6 +113,17 @@ class JobQueue:
             await handler(connection_id)
 
         self._refresh_task = writeback_refresh
+        self._script_handler: ScriptHandler | None = None
+        self._script_stalled_handler: ScriptHandler | None = None
+
+        @self.app.task(name=SCRIPT_TASK, queue=SCRIPT_QUEUE, pass_context=True)
+        async def script_run(context: procrastinate.JobContext, run_id: int) -> None:
+            handler = self._script_handler
+            if handler is None:  # pragma: no cover - a worker always registers its handler
+                raise RuntimeError("this process cannot run scripts")
+            await handler(run_id)
+
+        self._script_task = script_run
 
     async def open(self) -> None:
         await self.app.open_async()
@@ -162,6 +180,16 @@ class JobQueue:
             pending += len(list(found))
         return pending
 
+    async def defer_script(self, run_id: int, script_id: int) -> int | None:
+        """Queue a script run; None when a run of this script is already waiting."""
+        try:
+            job_id: int = await self._script_task.configure(queueing_lock=script_lock(script_id)).defer_async(
+                run_id=run_id
+            )
+        except procrastinate_errors.AlreadyEnqueued:
+            return None
+        return job_id
+
     # -- working ----------------------------------------------------------------------------
 
     def start_worker(
@@ -173,6 +201,8 @@ class JobQueue:
         on_tick: TickHandler | None = None,
         on_webhook: WebhookHandler | None = None,
         on_refresh: RefreshHandler | None = None,
+        on_script: ScriptHandler | None = None,
+        on_script_stalled: ScriptHandler | None = None,
         name: str = "bff",
     ) -> None:
         """Run jobs in this process (as background tasks) until :meth:`stop_worker`."""
@@ -181,6 +211,8 @@ class JobQueue:
         self._tick_handler = on_tick
         self._webhook_handler = on_webhook
         self._refresh_handler = on_refresh
+        self._script_handler = on_script
+        self._script_stalled_handler = on_script_stalled
         self._worker = asyncio.create_task(
             self.app.run_worker_async(
                 name=name,
@@ -236,6 +268,15 @@ class JobQueue:
             run_ids.append(run_id)
             if self._stalled_handler is not None:
                 await self._stalled_handler(run_id)
-        if stalled:
+        # A script is not run twice by itself (it may have written to apps): its run fails instead.
+        scripts = await manager.get_stalled_jobs(task_name=SCRIPT_TASK, seconds_since_heartbeat=self.stalled_seconds)
+        for job in scripts:
+            try:
+                await manager.finish_job_by_id_async(job.id, status=procrastinate.jobs.Status.FAILED, delete_job=False)  # type: ignore[arg-type]
+            except Exception:  # another worker's watchdog was first
+                continue
+            if self._script_stalled_handler is not None:
+                await self._script_stalled_handler(int(job.task_kwargs["run_id"]))  # type: ignore[arg-type]
+        if stalled or scripts:
             await manager.prune_stalled_workers(self.stalled_seconds)
         return run_ids

@@ -9,7 +9,7 @@ from __future__ import annotations
 from alembic import op
 
 revision = "p1314_refresh_requests"
-down_revision = "i12_schedules_webhooks"
+down_revision = "i15_scripts"
 branch_labels = None
 depends_on = None
 
