@@ -208,6 +208,7 @@ class ScriptService:
         finished = await self.table.finish_run(run.id, status=status, exit_code=exit_code, output=output, error=error)
         if finished is None:
             return  # the script was deleted meanwhile
+        await self.table.prune_runs(script.id)
         logger.info("script %s run %s %s%s", script.id, run.id, status, f": {error}" if error else "")
         for listener in self.finished_listeners:
             try:
