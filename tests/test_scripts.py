@@ -463,3 +463,19 @@ async def test_a_script_job_of_a_dead_worker_fails_its_run_instead_of_running_ag
         # and the script can run again
         again = await bff.client.post(f"/api/interface/{script_id}/run", headers=who.headers)
         assert again.status_code == 202
+
+
+async def test_a_sandbox_that_cannot_be_set_up_says_so(sbff: BFF, who: Customer, data_dir_outside_pytest: Path) -> None:
+    """bubblewrap refusing (user namespaces turned off, say) is not blamed on the script."""
+    from bff.scripts.sandbox import Mode
+
+    data_dir_outside_pytest.chmod(0o755)  # the run's own user starts it
+    fake = data_dir_outside_pytest / "bwrap"
+    fake.write_text("#!/bin/sh\necho 'bwrap: setting up uid map: Permission denied' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    sbff.services.scripts.mode = Mode("sandboxed", bwrap=str(fake))
+    run = await run_code(sbff, who, "print('never')")
+    assert run["status"] == "failed"
+    assert run["error"] == (
+        "The sandbox could not be set up (bwrap: setting up uid map: Permission denied); the script did not run."
+    )

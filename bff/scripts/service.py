@@ -83,6 +83,7 @@ class _Outcome:
         self.stopped: str | None = None  # "timeout", "output" or "deleted" when we ended it
         self.returncode: int | None = None
         self.report = ""
+        self.first_line = ""
 
 
 class ScriptService:
@@ -233,6 +234,9 @@ class ScriptService:
             return "succeeded", None
         if outcome.report:
             return "failed", outcome.report
+        if code == 1 and outcome.first_line.startswith("bwrap: "):
+            # bubblewrap itself failed (user namespaces turned off, say): the script never ran.
+            return "failed", f"The sandbox could not be set up ({outcome.first_line}); the script did not run."
         if code in (-SIGXCPU, 128 + SIGXCPU):
             return "failed", f"Stopped: the script used its {limits.cpu_seconds} s of CPU time."
         if code in (-signal.SIGKILL, 128 + signal.SIGKILL):
@@ -312,6 +316,7 @@ class ScriptService:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(reader, 5)
             outcome.report = _read_report(read_fd)
+            outcome.first_line = bytes(tail.data[:500]).decode("utf-8", "replace").partition("\n")[0].strip()
         finally:
             os.close(read_fd)
             if proc.returncode is None:
