@@ -21,7 +21,7 @@ from starlette.routing import BaseRoute
 
 from .auth import Caller, require_back_end, services
 from .errors import ApiError, not_found, validation_error
-from .http import Pagination, api_route, read_json
+from .http import Pagination, api_route, read_json, text_field
 from .scripts.service import MAX_CODE_BYTES, ScriptService, ScriptsUnavailable, check_code, parse_schedule
 from .store import UNSET
 from .store.scripts import Script, ScriptRunActive
@@ -63,26 +63,17 @@ def _parse(data: dict[str, Any], *, partial: bool) -> dict[str, Any]:
     for key in sorted(set(data) - set(FIELDS)):
         errors[key] = "Unknown field; a script has a name, raw_code and schedule."
     values: dict[str, Any] = {}
-    name = data.get("name")
-    if "name" in data or not partial:
-        if not isinstance(name, str) or not name.strip():
-            errors["name"] = "Must be a non-empty string."
-        elif len(name.strip()) > MAX_NAME_LENGTH:
-            errors["name"] = f"Must be at most {MAX_NAME_LENGTH} characters."
+    required = not partial
+    name = text_field(data, "name", errors, max_length=MAX_NAME_LENGTH, required=required)
+    if name is not None:
+        values["name"] = name
+    code = text_field(data, "raw_code", errors, max_length=MAX_CODE_BYTES, required=required)
+    if code is not None:
+        problem = check_code(code, name or "")
+        if problem:
+            errors["raw_code"] = f"The code does not compile: {problem}"
         else:
-            values["name"] = name.strip()
-    code = data.get("raw_code")
-    if "raw_code" in data or not partial:
-        if not isinstance(code, str) or not code.strip():
-            errors["raw_code"] = "Must be Python code (a non-empty string)."
-        elif len(code.encode()) > MAX_CODE_BYTES:
-            errors["raw_code"] = f"Must be at most {MAX_CODE_BYTES // 1024} KB."
-        else:
-            problem = check_code(code, values.get("name", ""))
-            if problem:
-                errors["raw_code"] = f"The code does not compile: {problem}"
-            else:
-                values["raw_code"] = code
+            values["raw_code"] = code
     if "schedule" in data or not partial:
         try:
             values["schedule"] = parse_schedule(data.get("schedule"))

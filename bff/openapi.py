@@ -319,6 +319,7 @@ def _body(schema: dict[str, Any], *, required: bool = True) -> dict[str, Any]:
 
 
 _CONNECTION = _ref("Connection")
+_WAIT = {"name": "wait", "in": "query", "required": False, "schema": {"type": "number", "minimum": 0, "maximum": 120}}
 # (METHOD, path) → requestBody / parameters / responses of the JSON API.
 OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
     ("GET", "/api/partner"): {"responses": {"200": _json(_ref("Partner"))}},
@@ -400,14 +401,7 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
             {"type": "object", "properties": {"tables": {"type": "array", "items": _STR}, "full": {"type": "boolean"}}},
             required=False,
         ),
-        "parameters": [
-            {
-                "name": "wait",
-                "in": "query",
-                "required": False,
-                "schema": {"type": "number", "minimum": 0, "maximum": 120},
-            }
-        ],
+        "parameters": [_WAIT],
         "responses": {
             "202": _json(_ref("SyncStarted"), "Queued (or still running after ?wait=)"),
             "200": _json(_ref("SyncStarted"), "Finished within ?wait= (with `run`)"),
@@ -507,14 +501,7 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
     },
     ("DELETE", "/api/interface/{script_id}"): {"responses": {"204": {"description": "Deleted (a run is stopped)"}}},
     ("POST", "/api/interface/{script_id}/run"): {
-        "parameters": [
-            {
-                "name": "wait",
-                "in": "query",
-                "required": False,
-                "schema": {"type": "number", "minimum": 0, "maximum": 120},
-            }
-        ],
+        "parameters": [_WAIT],
         "responses": {
             "200": _json(_ref("ScriptRun"), "Finished within ?wait"),
             "202": _json(_ref("ScriptRun"), "Queued or running"),

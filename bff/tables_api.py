@@ -11,8 +11,6 @@ never the browser's integrate token. The SQL itself is checked and run by
 
 from __future__ import annotations
 
-from typing import Any
-
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
@@ -21,6 +19,7 @@ from . import auth
 from .auth import require_partner, services
 from .errors import ApiError, not_found, validation_error
 from .http import api_route, read_json
+from .http import text_field as _text
 from .query_tables import MAX_QUERY_LENGTH, NameTaken, QueryInvalid, QueryTable
 from .store import SubAccount
 
@@ -31,24 +30,6 @@ async def require_back_end(request: Request) -> SubAccount:
     caller = await auth.require_back_end(request, what="Query tables")
     assert caller.sub_account is not None
     return caller.sub_account
-
-
-def _text(data: dict[str, Any], name: str, errors: dict[str, str], *, max_length: int, required: bool) -> str | None:
-    value = data.get(name)
-    if value is None:
-        if required:
-            errors[name] = "This field is required."
-        return None
-    if not isinstance(value, str):
-        errors[name] = "Must be a string."
-        return None
-    if not value.strip():
-        errors[name] = "Must not be empty."
-        return None
-    if len(value) > max_length:
-        errors[name] = f"Must be at most {max_length} characters."
-        return None
-    return value.strip() if name == "name" else value
 
 
 def _query_invalid(exc: QueryInvalid) -> ApiError:

@@ -42,18 +42,25 @@ def listener() -> Iterator[int]:
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen(8)
+    server.settimeout(0.2)
     accepted: list[socket.socket] = []
+    done = threading.Event()
 
     def accept() -> None:
-        while True:
+        while not done.is_set():
             try:
                 conn, _ = server.accept()
+            except TimeoutError:
+                continue
             except OSError:
                 return
             accepted.append(conn)
 
-    threading.Thread(target=accept, daemon=True).start()
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
     yield server.getsockname()[1]
+    done.set()
+    thread.join(2)
     server.close()
     assert not accepted, "a script reached a TCP port on the host"
 
@@ -68,6 +75,12 @@ async def test_a_script_cannot_read_the_data_dir(sbff: BFF, who: Customer) -> No
     assert run["status"] == "failed"
     assert run["error"].startswith("FileNotFoundError: [Errno 2] No such file or directory")
     assert str(data_dir) in run["error"]
+    # The keys `bff demo` keeps there, and the embedded PostgreSQL's socket directory.
+    (data_dir / "demo-keys.json").write_text('{"secret_keys": "not for scripts"}')
+    for path in (data_dir / "demo-keys.json", data_dir / "postgres"):
+        run = await run_code(sbff, who, f"print(open({str(path)!r}).read())")
+        assert run["status"] == "failed" and run["error"].startswith("FileNotFoundError"), run
+        assert "not for scripts" not in run["output"]
 
 
 async def test_a_script_sees_no_secret_in_any_environment(sbff: BFF, who: Customer) -> None:
@@ -243,6 +256,10 @@ async def test_state_survives_between_runs(sbff: BFF, who: Customer) -> None:
     script = await add_script(sbff, who, code)
     outputs = [(await run_script(sbff, who, script))["output"] for _ in range(3)]
     assert outputs == ["1\n", "2\n", "3\n"]
+    # Only the newest runs are kept (100 by default).
+    await sbff.services.scripts.table.prune_runs(script, keep=2)
+    runs = (await sbff.client.get(f"/api/interface/{script}/runs", headers=who.headers)).json()
+    assert [r["output"] for r in runs["results"]] == ["3\n", "2\n"] and runs["count"] == 2
     too_big = await run_code(sbff, who, "pq.set_state('x' * (1024 * 1024 + 1))")
     assert too_big["error"].startswith("ValueError: The state is 1048579 bytes as JSON")
 
@@ -329,7 +346,8 @@ async def test_a_scheduled_script_runs_on_the_scheduler_tick(settings_factory: C
     from conftest import FakeClock
 
     clock = FakeClock()
-    async with running_bff(settings_factory(sandbox_enabled=True), clock=clock) as bff:
+    # A hang anywhere below fails with the await it hung on (seen once under heavy load).
+    async with asyncio.timeout(90), running_bff(settings_factory(sandbox_enabled=True), clock=clock) as bff:
         who = await customer(bff, "cust-s")
         script = await add_script(bff, who, "print('tick')", schedule=300)
         scripts = bff.services.scripts
@@ -412,3 +430,52 @@ def test_scripts_never_bind_the_data_dir(tmp_path: Path) -> None:
     argv = bwrap_command("/usr/bin/bwrap", socket_path="/tmp/x.sock", hidden=[tmp_path])
     assert str(tmp_path) not in argv
     assert "--unshare-all" in argv and "--share-net" not in argv and "--clearenv" in argv
+
+
+async def test_a_script_job_of_a_dead_worker_fails_its_run_instead_of_running_again(
+    settings_factory: Callable[..., Settings],
+) -> None:
+    """The watchdog finds a script job whose worker stopped sending heartbeats: the run is failed, not re-run."""
+    async with running_bff(settings_factory(run_worker=False)) as bff:  # nothing here takes the job
+        who = await customer(bff, "cust-w")
+        script_id = await add_script(bff, who, "print('once')")
+        started = await bff.client.post(f"/api/interface/{script_id}/run", headers=who.headers)
+        assert started.status_code == 202
+        run_id = started.json()["id"]
+        services = bff.services
+        assert await services.scripts.table.start_run(run_id) is not None  # as a worker would
+        async with services.store.connection() as conn:
+            cur = await conn.execute(
+                "INSERT INTO procrastinate_workers (last_heartbeat) VALUES (now() - interval '1 hour') RETURNING id"
+            )
+            dead_worker = (await cur.fetchone())["id"]
+            await conn.execute(
+                "UPDATE procrastinate_jobs SET status = 'doing', worker_id = %s WHERE task_name = 'bff.script_run'",
+                (dead_worker,),
+            )
+        services.queue._script_stalled_handler = services.scripts.recover_stalled
+        await services.queue.requeue_stalled()
+        run = (await bff.client.get(f"/api/interface/{script_id}/runs/{run_id}", headers=who.headers)).json()
+        assert run["status"] == "failed" and run["error"] == "The worker running this script stopped; run it again."
+        async with services.store.connection() as conn:
+            cur = await conn.execute("SELECT status FROM procrastinate_jobs WHERE task_name = 'bff.script_run'")
+            assert [r["status"] for r in await cur.fetchall()] == ["failed"]
+        # and the script can run again
+        again = await bff.client.post(f"/api/interface/{script_id}/run", headers=who.headers)
+        assert again.status_code == 202
+
+
+async def test_a_sandbox_that_cannot_be_set_up_says_so(sbff: BFF, who: Customer, data_dir_outside_pytest: Path) -> None:
+    """bubblewrap refusing (user namespaces turned off, say) is not blamed on the script."""
+    from bff.scripts.sandbox import Mode
+
+    data_dir_outside_pytest.chmod(0o755)  # the run's own user starts it
+    fake = data_dir_outside_pytest / "bwrap"
+    fake.write_text("#!/bin/sh\necho 'bwrap: setting up uid map: Permission denied' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    sbff.services.scripts.mode = Mode("sandboxed", bwrap=str(fake))
+    run = await run_code(sbff, who, "print('never')")
+    assert run["status"] == "failed"
+    assert run["error"] == (
+        "The sandbox could not be set up (bwrap: setting up uid map: Permission denied); the script did not run."
+    )

@@ -83,6 +83,7 @@ class _Outcome:
         self.stopped: str | None = None  # "timeout", "output" or "deleted" when we ended it
         self.returncode: int | None = None
         self.report = ""
+        self.first_line = ""
 
 
 class ScriptService:
@@ -208,6 +209,7 @@ class ScriptService:
         finished = await self.table.finish_run(run.id, status=status, exit_code=exit_code, output=output, error=error)
         if finished is None:
             return  # the script was deleted meanwhile
+        await self.table.prune_runs(script.id)
         logger.info("script %s run %s %s%s", script.id, run.id, status, f": {error}" if error else "")
         for listener in self.finished_listeners:
             try:
@@ -232,6 +234,9 @@ class ScriptService:
             return "succeeded", None
         if outcome.report:
             return "failed", outcome.report
+        if code == 1 and outcome.first_line.startswith("bwrap: "):
+            # bubblewrap itself failed (user namespaces turned off, say): the script never ran.
+            return "failed", f"The sandbox could not be set up ({outcome.first_line}); the script did not run."
         if code in (-SIGXCPU, 128 + SIGXCPU):
             return "failed", f"Stopped: the script used its {limits.cpu_seconds} s of CPU time."
         if code in (-signal.SIGKILL, 128 + signal.SIGKILL):
@@ -311,6 +316,7 @@ class ScriptService:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(reader, 5)
             outcome.report = _read_report(read_fd)
+            outcome.first_line = bytes(tail.data[:500]).decode("utf-8", "replace").partition("\n")[0].strip()
         finally:
             os.close(read_fd)
             if proc.returncode is None:

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 __all__ = ["RUN_ACTIVE", "Script", "ScriptRun", "ScriptRunActive", "ScriptStore"]
 
 RUN_ACTIVE = ("queued", "running")
+RUNS_KEPT = 100  # per script: older runs (and their output) are deleted as new ones finish
 
 
 class ScriptRunActive(Exception):
@@ -271,4 +272,12 @@ class ScriptStore:
                 f" WHERE id = %s AND status IN ('queued', 'running') RETURNING {_RUN_COLUMNS}",
                 (status, self._store.now(), exit_code, output, error, run_id),
             )
+        )
+
+    async def prune_runs(self, script_id: int, *, keep: int = RUNS_KEPT) -> None:
+        """Forget all but the newest ``keep`` runs of a script."""
+        await self._execute(
+            "DELETE FROM script_runs WHERE script_id = %s AND status NOT IN ('queued', 'running') AND id <"
+            " (SELECT id FROM script_runs WHERE script_id = %s ORDER BY id DESC OFFSET %s LIMIT 1)",
+            (script_id, script_id, keep - 1),
         )
