@@ -19,6 +19,7 @@ from . import (
     connections_api,
     data_api,
     embed,
+    interface_api,
     lifecycle_api,
     openapi,
     partner_api,
@@ -27,7 +28,7 @@ from . import (
     tables_api,
     webhooks_api,
 )
-from .connections import SandboxTransport
+from .connections import NoCookieJar, SandboxTransport
 from .crypto import Vault
 from .db import database_url
 from .errors import EXCEPTION_HANDLERS
@@ -38,6 +39,8 @@ from .query_tables import QueryTables
 from .runtime import Runtime
 from .sandbox import SandboxOptions, create_sandbox_app
 from .schedules import Scheduler
+from .scripts.sandbox import ScriptModeError
+from .scripts.service import ScriptService
 from .services import Services
 from .settings import Settings
 from .store import Store, migrate
@@ -45,6 +48,7 @@ from .sync import SyncRunner
 from .tokens import TokenAuthority
 from .warehouse import Warehouse
 from .webhooks import Webhooks
+from .writeback import Writeback
 
 
 class StartupError(RuntimeError):
@@ -90,7 +94,13 @@ def create_app(
         transport = SandboxTransport(sandbox_app, settings.sandbox_url, transport)
     queue = JobQueue(url, heartbeat_seconds=settings.heartbeat_seconds, stalled_seconds=settings.stalled_seconds)
     warehouse = Warehouse(store, clock=clock)
-    http = httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(120.0, connect=10.0), follow_redirects=False)
+    # One keep-alive client for every provider call of this process, which keeps no cookies.
+    http = httpx.AsyncClient(
+        transport=transport,
+        timeout=httpx.Timeout(120.0, connect=10.0),
+        follow_redirects=False,
+        cookies=NoCookieJar(),
+    )
     runtime = Runtime(
         settings=settings,
         store=store,
@@ -108,6 +118,11 @@ def create_app(
     # plans the first sync of a connection that became ready.
     store.health_listeners += [webhooks.on_health_change, schedules.on_health_change]
     runner.finished_listeners.append(webhooks.on_run_finished)
+    try:
+        scripts = ScriptService(runtime, queue, webhooks)
+    except ScriptModeError as exc:
+        raise StartupError(str(exc)) from None
+    scripts.finished_listeners.append(webhooks.on_script_finished)
     services = Services.extend(
         runtime,
         warehouse=warehouse,
@@ -116,7 +131,14 @@ def create_app(
         query_tables=query_tables,
         schedules=schedules,
         webhooks=webhooks,
+        scripts=scripts,
     )
+
+    writeback = Writeback(services)
+
+    async def tick() -> None:
+        await schedules.tick()
+        await scripts.tick()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -132,17 +154,19 @@ def create_app(
                         concurrency=settings.sync_concurrency,
                         on_sync=runner.execute,
                         on_stalled=runner.recover_stalled,
-                        on_tick=schedules.tick if settings.schedules_enabled else None,
+                        on_tick=tick if settings.schedules_enabled else None,
                         on_webhook=webhooks.deliver,
+                        on_refresh=writeback.refresh.execute,
+                        on_script=scripts.execute,
+                        on_script_stalled=scripts.recover_stalled,
                     )
                 yield
             finally:
                 await queue.close()
-                writeback = getattr(app.state, "writeback", None)
-                if writeback is not None:  # write log lines still buffered (they are batched for 0.25 s)
-                    await writeback.log.flush()
+                await writeback.log.flush()  # write log lines still buffered (they are batched for 0.25 s)
         finally:
             await services.http.aclose()
+            await scripts.close()
             await webhooks.close()
             await store.close()
 
@@ -157,6 +181,7 @@ def create_app(
         *records_api.routes(),
         *lifecycle_api.routes(),
         *webhooks_api.routes(),
+        *interface_api.routes(),
     ]
     if sandbox_app is not None:
         routes.append(Mount("/sandbox", app=sandbox_app, name="sandbox"))
@@ -179,4 +204,6 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.services = services
+    app.state.writeback = writeback
+    scripts.serve_api(app)
     return app

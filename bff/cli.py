@@ -245,6 +245,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     check_startup(settings, migrate=not args.no_migrate)  # the database, migrated, and the encryption key
     _configure_logging(settings.log_level)
     app = create_app(settings, migrate_on_start=False)
+    print(f"bff serve: {app.state.services.scripts.mode.describe()}", file=sys.stderr, flush=True)
     uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level=settings.log_level, lifespan="on")
     return 0
 
@@ -276,7 +277,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stop.set)
         async with app.router.lifespan_context(app):
             print(
-                f"bff worker: running jobs with concurrency {settings.sync_concurrency} (pid {os.getpid()}); Ctrl-C stops.",
+                f"bff worker: running jobs with concurrency {settings.sync_concurrency} (pid {os.getpid()});"
+                f" {app.state.services.scripts.mode.describe()}. Ctrl-C stops.",
                 file=sys.stderr,
                 flush=True,
             )

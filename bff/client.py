@@ -33,7 +33,6 @@ same methods, awaited (iterators become async iterators). Every failure raises
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import datetime
 import time
@@ -162,6 +161,45 @@ class _SubAccountCalls:
     @staticmethod
     def delete_query_table(table_id: int) -> _Call:
         return _Call("DELETE", f"/api/table/{int(table_id)}")
+
+    @staticmethod
+    def query(sql: str, limit: int) -> _Call:
+        return _Call("POST", "/api/database/query/", json={"query": sql, "limit": limit})
+
+    @staticmethod
+    def add_script(name: str, code: str, schedule: int | None) -> _Call:
+        return _Call("POST", "/api/interface", json={"name": name, "raw_code": code, "schedule": schedule})
+
+    @staticmethod
+    def script(script_id: int) -> _Call:
+        return _Call("GET", f"/api/interface/{int(script_id)}")
+
+    @staticmethod
+    def update_script(script_id: int, changes: Mapping[str, Any]) -> _Call:
+        return _Call("PATCH", f"/api/interface/{int(script_id)}", json=dict(changes))
+
+    @staticmethod
+    def delete_script(script_id: int) -> _Call:
+        return _Call("DELETE", f"/api/interface/{int(script_id)}")
+
+    @staticmethod
+    def run_script(script_id: int, wait: float | None) -> _Call:
+        params = {"wait": wait} if wait is not None else None
+        return _Call("POST", f"/api/interface/{int(script_id)}/run", params=params)
+
+
+def _script_changes(name: str | None, code: str | None, schedule: int | None | _Keep) -> dict[str, Any]:
+    changes: dict[str, Any] = {k: v for k, v in (("name", name), ("raw_code", code)) if v is not None}
+    if not isinstance(schedule, _Keep):
+        changes["schedule"] = schedule
+    return changes
+
+
+class _Keep:
+    """``update_script(schedule=…)`` not given: leave the schedule as it is (None means manual)."""
+
+
+KEEP = _Keep()
 
 
 def _param_value(value: Any) -> str:
@@ -299,7 +337,13 @@ def _headers(token: str, extra: Mapping[str, str] | None = None) -> dict[str, st
     return {"Authorization": f"Bearer {token}", "Accept": "application/json", **(extra or {})}
 
 
-POLL_SECONDS = 1.0  # refresh_connection(is_async=False) polls the sync status this often
+POLL_SECONDS = 1.0
+
+
+async def _sleep(seconds: float) -> None:
+    import asyncio  # only the async client needs it: scripts' start-up does not pay for it
+
+    await asyncio.sleep(seconds)  # refresh_connection(is_async=False) polls the sync status this often
 
 
 # -- synchronous ----------------------------------------------------------------------------------
@@ -438,6 +482,37 @@ class SubAccountClient(_SyncBase):
 
     def delete_query_table(self, table_id: int) -> None:
         self._do(_SubAccountCalls.delete_query_table(table_id))
+
+    def query(self, sql: str, *, limit: int = 1000) -> list[JSON]:
+        """Rows of one read-only SELECT over the customer's tables, run as the customer's database role."""
+        return self._do(_SubAccountCalls.query(sql, limit))["rows"]  # type: ignore[no-any-return]
+
+    def add_script(self, name: str, code: str, schedule: int | None = None) -> JSON:
+        """Save a script in this customer's account; ``schedule`` in seconds (≥ 60), None to run it by hand."""
+        return self._do(_SubAccountCalls.add_script(name, code, schedule))  # type: ignore[no-any-return]
+
+    def scripts(self) -> Iterator[JSON]:
+        return self._pages("/api/interface")
+
+    def script(self, script_id: int) -> JSON:
+        return self._do(_SubAccountCalls.script(script_id))  # type: ignore[no-any-return]
+
+    def update_script(
+        self, script_id: int, *, name: str | None = None, code: str | None = None, schedule: int | None | _Keep = KEEP
+    ) -> JSON:
+        changes = _script_changes(name, code, schedule)
+        return self._do(_SubAccountCalls.update_script(script_id, changes))  # type: ignore[no-any-return]
+
+    def delete_script(self, script_id: int) -> None:
+        self._do(_SubAccountCalls.delete_script(script_id))
+
+    def run_script(self, script_id: int, *, wait: float | None = None) -> JSON:
+        """Run it now; with ``wait`` (≤ 120 s) the finished run comes back if it ended in time."""
+        return self._do(_SubAccountCalls.run_script(script_id, wait))  # type: ignore[no-any-return]
+
+    def script_runs(self, script_id: int) -> Iterator[JSON]:
+        """Its runs, newest first: status, exit code, output (last 64 KB) and error."""
+        return self._pages(f"/api/interface/{int(script_id)}/runs")
 
     def connect(self, name_or_id: str | int) -> Connection:
         """The writeback object of one connection (needs an identity token)."""
@@ -712,6 +787,33 @@ class AsyncSubAccountClient(_AsyncBase):
     async def delete_query_table(self, table_id: int) -> None:
         await self._do(_SubAccountCalls.delete_query_table(table_id))
 
+    async def query(self, sql: str, *, limit: int = 1000) -> list[JSON]:
+        return (await self._do(_SubAccountCalls.query(sql, limit)))["rows"]  # type: ignore[no-any-return]
+
+    async def add_script(self, name: str, code: str, schedule: int | None = None) -> JSON:
+        return await self._do(_SubAccountCalls.add_script(name, code, schedule))  # type: ignore[no-any-return]
+
+    def scripts(self) -> AsyncIterator[JSON]:
+        return self._pages("/api/interface")
+
+    async def script(self, script_id: int) -> JSON:
+        return await self._do(_SubAccountCalls.script(script_id))  # type: ignore[no-any-return]
+
+    async def update_script(
+        self, script_id: int, *, name: str | None = None, code: str | None = None, schedule: int | None | _Keep = KEEP
+    ) -> JSON:
+        changes = _script_changes(name, code, schedule)
+        return await self._do(_SubAccountCalls.update_script(script_id, changes))  # type: ignore[no-any-return]
+
+    async def delete_script(self, script_id: int) -> None:
+        await self._do(_SubAccountCalls.delete_script(script_id))
+
+    async def run_script(self, script_id: int, *, wait: float | None = None) -> JSON:
+        return await self._do(_SubAccountCalls.run_script(script_id, wait))  # type: ignore[no-any-return]
+
+    def script_runs(self, script_id: int) -> AsyncIterator[JSON]:
+        return self._pages(f"/api/interface/{int(script_id)}/runs")
+
     async def connect(self, name_or_id: str | int) -> AsyncConnection:
         """The writeback object of one connection (needs an identity token)."""
         catalogue = {
@@ -750,7 +852,7 @@ class AsyncSubAccountClient(_AsyncBase):
 
     async def _wait(self, server_id: int) -> JSON:
         while (await self.sync_status(server_id)).get("running"):
-            await asyncio.sleep(POLL_SECONDS)
+            await _sleep(POLL_SECONDS)
         return await anext(self.runs(server_id))
 
 

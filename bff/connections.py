@@ -6,6 +6,8 @@ Routes and the sync runner both come here; nothing else decrypts secrets.
 from __future__ import annotations
 
 import dataclasses
+import http.cookiejar
+import urllib.request
 from collections.abc import Mapping
 from typing import Any
 
@@ -63,6 +65,21 @@ class SandboxTransport(httpx.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         await self._fallback.aclose()
+
+
+class NoCookieJar(http.cookiejar.CookieJar):
+    """A cookie jar that keeps nothing.
+
+    One HTTP client (one pool of keep-alive connections) serves every connection of
+    every customer: a cookie one provider sets for customer A's call must never ride
+    along on customer B's. Provider auth is always explicit (headers, parameters).
+    """
+
+    def extract_cookies(self, response: Any, request: urllib.request.Request) -> None:
+        return None
+
+    def set_cookie(self, cookie: http.cookiejar.Cookie) -> None:
+        return None
 
 
 def catalogue(services: Runtime) -> dict[str, Connector]:

@@ -14,6 +14,7 @@ and a limited number of reads per token and minute (``429 rate_limited``).
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.requests import Request
@@ -25,6 +26,7 @@ from .errors import ApiError, not_found, validation_error
 from .http import Pagination, api_route, query_bool
 from .query_tables import FilterValueRejected, QueryTable, QueryTableBroken
 from .store import SubAccount
+from .tokens import Claims
 from .warehouse import Warehouse, WarehouseTable
 from .warehouse_reader import ReadField, parse_row_query, read_synced, synced_fields
 
@@ -74,21 +76,24 @@ async def list_tables(request: Request) -> JSONResponse:
     return JSONResponse(page.envelope(len(tables), tables[page.offset : page.offset + page.limit]))
 
 
-async def _own_table(request: Request, account: SubAccount) -> WarehouseTable | QueryTable:
-    table_id = request.path_params["table_id"]
-    # The control database says whose table it is before any warehouse table is opened.
-    query_tables = services(request).query_tables
-    owner = await query_tables.owner(table_id)
-    if owner is None or owner[0] != account.id:
-        raise not_found("No such table.")
-    table: WarehouseTable | QueryTable | None
-    if owner[1] == "query":
-        table = await query_tables.get(account.id, table_id)
-    else:
-        table = await warehouse(request).get_table(account.id, table_id)
-    if table is None:
-        raise not_found("No such table.")
-    return table
+def _table_lookup(request: Request) -> tuple[Callable[[Claims], Awaitable[None]], dict[str, Any]]:
+    """Look the path's table up while the token's caller is (see :func:`require_identity`).
+
+    By id AND the verified token's sub-account, in the control database, before any warehouse
+    table is opened: another customer's table id finds nothing, exactly like an id that does not
+    exist. The result is read only after the caller checks passed.
+    """
+    found: dict[str, Any] = {}
+
+    async def look_up(claims: Claims) -> None:
+        assert claims.sub_account_id is not None
+        table_id = request.path_params["table_id"]
+        table: WarehouseTable | QueryTable | None = await warehouse(request).get_table(claims.sub_account_id, table_id)
+        if table is None:
+            table = await services(request).query_tables.get(claims.sub_account_id, table_id)
+        found["table"] = table
+
+    return look_up, found
 
 
 def _row_params(request: Request) -> list[tuple[str, str]]:
@@ -97,8 +102,11 @@ def _row_params(request: Request) -> list[tuple[str, str]]:
 
 async def list_rows(request: Request) -> JSONResponse:
     """A table's rows, filtered, ordered and paged; ``user_field_names=true`` keys them by field name."""
-    account = await require_identity(request)
-    table = await _own_table(request, account)
+    look_up, found = _table_lookup(request)
+    await require_identity(request, meanwhile=look_up)
+    table = found.get("table")
+    if table is None:
+        raise not_found("No such table.")
     page = Pagination(request, default_size=DEFAULT_ROWS_PAGE, size_alias="size")
     by_name = query_bool(request, "user_field_names", default=False)
     fields: tuple[ReadField, ...]

@@ -3,29 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import signal
 import socket
 import sys
-from collections.abc import Iterator
 
 import uvicorn
 from starlette.types import ASGIApp
 
 from .app import create_app
+from .quiet_server import QuietServer
 from .settings import Settings
 
 SITE_HOST = "localhost"
 BFF_HOST = "127.0.0.1"
-
-
-class _QuietServer(uvicorn.Server):
-    """Signals are handled once for both servers, by :func:`run_demo`."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
 
 
 def site_origin(site_port: int) -> str:
@@ -55,10 +46,12 @@ def run_demo(settings: Settings, *, bff_port: int, site_port: int) -> int:
         return 1
     # A demo on one's own machine: the sandbox's test controls need no admin key (`bff serve` closes them).
     settings = dataclasses.replace(settings, sandbox_env={"BFF_SANDBOX_CONTROLS": "open", **settings.sandbox_env})
+    bff_app = create_app(settings, migrate_on_start=False)
+    scripts_mode = bff_app.state.services.scripts.mode.describe()
     servers = [
-        _QuietServer(
+        QuietServer(
             uvicorn.Config(
-                create_app(settings, migrate_on_start=False),
+                bff_app,
                 host=BFF_HOST,
                 port=bff_port,
                 access_log=False,
@@ -69,7 +62,7 @@ def run_demo(settings: Settings, *, bff_port: int, site_port: int) -> int:
     site_app = _demo_site_app(settings, partner, site_port, webhook_secret)
     if site_app is not None:
         servers.append(
-            _QuietServer(
+            QuietServer(
                 uvicorn.Config(site_app, host=SITE_HOST, port=site_port, access_log=False, log_level=settings.log_level)
             )
         )
@@ -84,6 +77,7 @@ def run_demo(settings: Settings, *, bff_port: int, site_port: int) -> int:
         )
         print(f"Database:                             {database}")
         print(f"Demo partner token:                   {settings.data_dir.resolve() / 'demo-partner.json'}")
+        print(f"Scripts:                              {scripts_mode}")
         print("Press Ctrl-C to stop.", flush=True)
 
     async def serve_all() -> None:

@@ -183,3 +183,16 @@ def require_str(
         errors[name] = f"Must be at most {max_length} characters."
         return None
     return value
+
+
+def text_field(
+    data: dict[str, Any], name: str, errors: dict[str, str], *, max_length: int, required: bool
+) -> str | None:
+    """A non-blank string field of a JSON body: its value, or None with the reason put in ``errors``."""
+    if isinstance(data.get(name), str) and not data[name].strip():
+        errors[name] = "Must not be empty."
+        return None
+    value = require_str(data, name, errors, max_length=max_length, required=required)
+    if value is None:
+        return None
+    return value.strip() if name == "name" else value  # names lose surrounding spaces; code and SQL do not

@@ -2,7 +2,8 @@
 
 One :class:`JobQueue` per process. Web processes defer jobs; worker processes
 (``bff worker``, or the worker inside ``bff serve``/``bff demo``) run them. Jobs:
-``sync_run`` (one sync run), ``scheduler_tick`` (queues due scheduled runs; procrastinate's
+``sync_run`` (one sync run), ``writeback_refresh`` (the one sync that many ``refresh=true``
+writes of a connection ask for; a queueing lock per connection coalesces them), ``scheduler_tick`` (queues due scheduled runs; procrastinate's
 periodic registry defers it every minute, once across all workers, and it is also deferred
 right after a connection becomes ready) and ``webhook_deliver`` (one attempt at one delivery). A sync job carries a queueing lock per
 connection, so a connection never has two sync jobs waiting; the runs table's
@@ -36,15 +37,28 @@ TICK_LOCK = "scheduler-tick"
 TICK_CRON = "* * * * *"  # every minute: frequencies are at least 300 s
 WEBHOOK_QUEUE = "webhooks"
 WEBHOOK_TASK = "bff.webhook_deliver"
+REFRESH_TASK = "bff.writeback_refresh"
+SCRIPT_QUEUE = "scripts"
+SCRIPT_TASK = "bff.script_run"
 
 SyncHandler = Callable[[int], Awaitable[None]]
 StalledHandler = Callable[[int], Awaitable[None]]
 TickHandler = Callable[[], Awaitable[object]]
 WebhookHandler = Callable[[int], Awaitable[None]]
+RefreshHandler = Callable[[int], Awaitable[None]]
+ScriptHandler = Callable[[int], Awaitable[None]]
 
 
 def sync_lock(connection_id: int) -> str:
     return f"sync-connection-{int(connection_id)}"
+
+
+def refresh_lock(connection_id: int) -> str:
+    return f"refresh-connection-{int(connection_id)}"
+
+
+def script_lock(script_id: int) -> str:
+    return f"script-{int(script_id)}"
 
 
 class JobQueue:
@@ -89,6 +103,27 @@ class JobQueue:
             await handler(delivery_id)
 
         self._webhook_task = webhook_deliver
+        self._refresh_handler: RefreshHandler | None = None
+
+        @self.app.task(name=REFRESH_TASK, queue=SYNC_QUEUE, pass_context=True)
+        async def writeback_refresh(context: procrastinate.JobContext, connection_id: int) -> None:
+            handler = self._refresh_handler
+            if handler is None:  # pragma: no cover - a worker always registers its handler
+                raise RuntimeError("this process cannot run refresh jobs")
+            await handler(connection_id)
+
+        self._refresh_task = writeback_refresh
+        self._script_handler: ScriptHandler | None = None
+        self._script_stalled_handler: ScriptHandler | None = None
+
+        @self.app.task(name=SCRIPT_TASK, queue=SCRIPT_QUEUE, pass_context=True)
+        async def script_run(context: procrastinate.JobContext, run_id: int) -> None:
+            handler = self._script_handler
+            if handler is None:  # pragma: no cover - a worker always registers its handler
+                raise RuntimeError("this process cannot run scripts")
+            await handler(run_id)
+
+        self._script_task = script_run
 
     async def open(self) -> None:
         await self.app.open_async()
@@ -124,6 +159,37 @@ class JobQueue:
         job_id: int = await self._webhook_task.configure(**options).defer_async(delivery_id=delivery_id)
         return job_id
 
+    async def defer_refresh(self, connection_id: int, *, at: float) -> bool:
+        """Queue the refresh job of a connection for ``at``; False when one is already waiting
+        (that one will see this request too: it reads what to sync only when it starts)."""
+        task = self._refresh_task.configure(
+            queueing_lock=refresh_lock(connection_id), schedule_at=datetime.datetime.fromtimestamp(at, datetime.UTC)
+        )
+        try:
+            await task.defer_async(connection_id=connection_id)
+        except procrastinate_errors.AlreadyEnqueued:
+            return False
+        return True
+
+    async def refresh_jobs_pending(self, connection_id: int | None = None) -> int:
+        """Refresh jobs waiting or running (of one connection, or all), in every process."""
+        lock = refresh_lock(connection_id) if connection_id is not None else None
+        pending = 0
+        for status in ("todo", "doing"):
+            found = await self.app.job_manager.list_jobs_async(task=REFRESH_TASK, status=status, queueing_lock=lock)
+            pending += len(list(found))
+        return pending
+
+    async def defer_script(self, run_id: int, script_id: int) -> int | None:
+        """Queue a script run; None when a run of this script is already waiting."""
+        try:
+            job_id: int = await self._script_task.configure(queueing_lock=script_lock(script_id)).defer_async(
+                run_id=run_id
+            )
+        except procrastinate_errors.AlreadyEnqueued:
+            return None
+        return job_id
+
     # -- working ----------------------------------------------------------------------------
 
     def start_worker(
@@ -134,6 +200,9 @@ class JobQueue:
         on_stalled: StalledHandler,
         on_tick: TickHandler | None = None,
         on_webhook: WebhookHandler | None = None,
+        on_refresh: RefreshHandler | None = None,
+        on_script: ScriptHandler | None = None,
+        on_script_stalled: ScriptHandler | None = None,
         name: str = "bff",
     ) -> None:
         """Run jobs in this process (as background tasks) until :meth:`stop_worker`."""
@@ -141,6 +210,9 @@ class JobQueue:
         self._stalled_handler = on_stalled
         self._tick_handler = on_tick
         self._webhook_handler = on_webhook
+        self._refresh_handler = on_refresh
+        self._script_handler = on_script
+        self._script_stalled_handler = on_script_stalled
         self._worker = asyncio.create_task(
             self.app.run_worker_async(
                 name=name,
@@ -196,6 +268,15 @@ class JobQueue:
             run_ids.append(run_id)
             if self._stalled_handler is not None:
                 await self._stalled_handler(run_id)
-        if stalled:
+        # A script is not run twice by itself (it may have written to apps): its run fails instead.
+        scripts = await manager.get_stalled_jobs(task_name=SCRIPT_TASK, seconds_since_heartbeat=self.stalled_seconds)
+        for job in scripts:
+            try:
+                await manager.finish_job_by_id_async(job.id, status=procrastinate.jobs.Status.FAILED, delete_job=False)  # type: ignore[arg-type]
+            except Exception:  # another worker's watchdog was first
+                continue
+            if self._script_stalled_handler is not None:
+                await self._script_stalled_handler(int(job.task_kwargs["run_id"]))  # type: ignore[arg-type]
+        if stalled or scripts:
             await manager.prune_stalled_workers(self.stalled_seconds)
         return run_ids

@@ -53,8 +53,44 @@ _STR = {"type": "string"}
 _INT = {"type": "integer"}
 _ID = {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}
 _TIME = _nullable({"type": "string"})
+_SCRIPT_FIELDS = {
+    "name": {"type": "string", "minLength": 1, "maxLength": 100},
+    "raw_code": {"type": "string", "minLength": 1},
+    "schedule": _nullable({"type": "integer", "minimum": 60}),
+}
+_SCRIPT_RUN = {
+    "type": "object",
+    "required": ["id", "status", "started_at", "finished_at", "exit_code", "output", "error"],
+    "properties": {
+        "id": _ID,
+        "script_id": _ID,
+        "status": {"enum": ["queued", "running", "succeeded", "failed"]},
+        "trigger": {"enum": ["api", "schedule"]},
+        "created_at": _TIME,
+        "started_at": _TIME,
+        "finished_at": _TIME,
+        "exit_code": _nullable(_INT),
+        "output": {"type": "string", "description": "The last 64 KB of stdout and stderr"},
+        "error": _nullable(_STR),
+    },
+}
 SCHEMAS: dict[str, dict[str, Any]] = {
     "Error": ERROR_SCHEMA,
+    "ScriptCreate": {"type": "object", "required": ["name", "raw_code"], "properties": _SCRIPT_FIELDS},
+    "ScriptChange": {"type": "object", "properties": _SCRIPT_FIELDS},
+    "ScriptRun": _SCRIPT_RUN,
+    "Script": {
+        "type": "object",
+        "required": ["id", "name", "raw_code", "schedule", "next_run_at", "last_run"],
+        "properties": {
+            "id": _ID,
+            **_SCRIPT_FIELDS,
+            "next_run_at": _TIME,
+            "created_at": _TIME,
+            "updated_at": _TIME,
+            "last_run": _nullable(_SCRIPT_RUN),
+        },
+    },
     "SubAccountFields": {
         "type": "object",
         "properties": {
@@ -283,6 +319,7 @@ def _body(schema: dict[str, Any], *, required: bool = True) -> dict[str, Any]:
 
 
 _CONNECTION = _ref("Connection")
+_WAIT = {"name": "wait", "in": "query", "required": False, "schema": {"type": "number", "minimum": 0, "maximum": 120}}
 # (METHOD, path) → requestBody / parameters / responses of the JSON API.
 OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
     ("GET", "/api/partner"): {"responses": {"200": _json(_ref("Partner"))}},
@@ -364,14 +401,7 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
             {"type": "object", "properties": {"tables": {"type": "array", "items": _STR}, "full": {"type": "boolean"}}},
             required=False,
         ),
-        "parameters": [
-            {
-                "name": "wait",
-                "in": "query",
-                "required": False,
-                "schema": {"type": "number", "minimum": 0, "maximum": 120},
-            }
-        ],
+        "parameters": [_WAIT],
         "responses": {
             "202": _json(_ref("SyncStarted"), "Queued (or still running after ?wait=)"),
             "200": _json(_ref("SyncStarted"), "Finished within ?wait= (with `run`)"),
@@ -456,6 +486,32 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         "requestBody": _body({"type": "object", "required": ["parent_origin"], "properties": {"parent_origin": _STR}}),
         "responses": {"200": _json({"type": "object", "required": ["account_id", "external_id", "partner_id"]})},
     },
+    ("POST", "/api/interface"): {
+        "requestBody": _body(_ref("ScriptCreate")),
+        "responses": {"201": _json(_ref("Script"), "Created")},
+    },
+    ("GET", "/api/interface"): {
+        "parameters": [_PAGE, _PAGE_SIZE],
+        "responses": {"200": _json(_page_of(_ref("Script")))},
+    },
+    ("GET", "/api/interface/{script_id}"): {"responses": {"200": _json(_ref("Script"))}},
+    ("PATCH", "/api/interface/{script_id}"): {
+        "requestBody": _body(_ref("ScriptChange")),
+        "responses": {"200": _json(_ref("Script"))},
+    },
+    ("DELETE", "/api/interface/{script_id}"): {"responses": {"204": {"description": "Deleted (a run is stopped)"}}},
+    ("POST", "/api/interface/{script_id}/run"): {
+        "parameters": [_WAIT],
+        "responses": {
+            "200": _json(_ref("ScriptRun"), "Finished within ?wait"),
+            "202": _json(_ref("ScriptRun"), "Queued or running"),
+        },
+    },
+    ("GET", "/api/interface/{script_id}/runs"): {
+        "parameters": [_PAGE, _PAGE_SIZE],
+        "responses": {"200": _json(_page_of(_ref("ScriptRun")))},
+    },
+    ("GET", "/api/interface/{script_id}/runs/{run_id}"): {"responses": {"200": _json(_ref("ScriptRun"))}},
     ("GET", "/healthz"): {
         "responses": {
             "200": _json({"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}})
@@ -467,6 +523,7 @@ for _alias, _canonical in (
     (("POST", "/api/sub-account"), ("POST", "/api/partner/sub-account")),
     (("GET", "/api/sub-accounts"), ("GET", "/api/partner/sub-accounts")),
     (("GET", "/api/sub-account/identity"), ("GET", "/api/partner/sub-account/identity")),
+    (("POST", "/interface"), ("POST", "/api/interface")),
     (
         ("POST", "/api/sub-account/{account_id}/revoke-tokens"),
         ("POST", "/api/partner/sub-account/{account_id}/revoke-tokens"),

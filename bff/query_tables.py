@@ -438,6 +438,29 @@ class QueryTables:
                 raise QueryTableBroken(broken_message(exc)) from None
         return count, [{k: json_value(v) for k, v in row.items()} for row in rows]
 
+    async def run_query(
+        self, sub_account_id: int, query: str, *, limit: int
+    ) -> tuple[list[dict[str, str]], list[dict[str, Any]], bool]:
+        """One read-only query as the customer's runner role: ``(fields, rows, truncated)``.
+
+        The query is a server-side cursor (``DECLARE … CURSOR FOR``): only a query can be one,
+        and only ``limit`` rows are fetched however many it would return.
+        """
+        _, runner = await self._runner(sub_account_id)
+        async with self._as_runner(runner) as conn:
+            try:
+                async with self._read_only(conn):
+                    await conn.execute("PREPARE bff_query_check AS " + query, prepare=True)
+                    await conn.execute("DEALLOCATE bff_query_check")
+                    async with conn.cursor(name="bff_query") as cur:
+                        await cur.execute(query)
+                        rows = await cur.fetchmany(limit + 1)
+                        description = cur.description or []
+            except psycopg.Error as exc:
+                raise QueryInvalid(_message(exc)) from None
+        fields = [{"name": col.name, "type": _TYPES.get(int(col.type_code), "text")} for col in description]
+        return fields, [{k: json_value(v) for k, v in row.items()} for row in rows[:limit]], len(rows) > limit
+
     # -- SQL access -----------------------------------------------------------------------------
 
     async def database_credentials(self, sub_account_id: int, *, public_host: str | None = None) -> DatabaseCredentials:

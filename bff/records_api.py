@@ -30,7 +30,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
 
 from . import connections as rt
-from .auth import authenticate, services
+from .auth import authenticate, path_connection_id, services
 from .connectors import (
     ConfigRequired,
     ConnectorError,
@@ -81,19 +81,16 @@ _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:")
 
 async def require_writable(request: Request) -> tuple[SubAccount, Connection]:
     """The identity token's sub-account and its connection ``{id}``, ready to call its provider."""
-    caller = await authenticate(request, ("integrate", "identity"))
+    # The connection comes in the same round trip as the token's partner and sub-account.
+    caller = await authenticate(request, ("integrate", "identity"), connection_id=path_connection_id(request))
     if caller.claims.kind != "identity":
         raise ApiError(
             403,
             "token_not_allowed",
             "Writeback and the proxy take identity tokens from your back-end, never the browser's integrate token.",
         )
-    account = caller.sub_account
+    account, connection = caller.sub_account, caller.connection
     assert account is not None
-    raw = request.path_params.get("id")
-    connection = None
-    if isinstance(raw, str) and raw.isdigit():
-        connection = await services(request).store.get_connection(account.id, int(raw))
     if connection is None:
         raise not_found("No such connection.")
     if connection.health_status == rt.DISABLED:
@@ -188,7 +185,7 @@ async def perform(request: Request, action: str, object_name: str, call: Action,
     if refresh and 200 <= status < 300 and action not in ("get", "search"):
         connector = load_connectors()[connection.connector]
         obj = connector.object(object_name)
-        wb.refresh.request(account, connection, obj.stream if obj else None)
+        await wb.refresh.request(connection, obj.stream if obj else None)
         if isinstance(answer, dict):
             answer = {**answer, "refresh_queued": True}
     return _answer(status, answer)

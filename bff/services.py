@@ -9,6 +9,7 @@ from .jobs import JobQueue
 from .query_tables import QueryTables
 from .runtime import Runtime
 from .schedules import Scheduler
+from .scripts.service import ScriptService
 from .store import Connection, HealthChange, SubAccount
 from .sync import SyncRunner
 from .warehouse import Warehouse
@@ -25,6 +26,7 @@ class Services(Runtime):
     query_tables: QueryTables
     schedules: Scheduler
     webhooks: Webhooks
+    scripts: ScriptService
     _origins: frozenset[str] = frozenset()
     _origins_loaded_at: float = float("-inf")
 
@@ -39,6 +41,7 @@ class Services(Runtime):
         query_tables: QueryTables,
         schedules: Scheduler,
         webhooks: Webhooks,
+        scripts: ScriptService,
     ) -> Services:
         shared = {f.name: getattr(runtime, f.name) for f in dataclasses.fields(Runtime)}
         return cls(
@@ -49,6 +52,7 @@ class Services(Runtime):
             query_tables=query_tables,
             schedules=schedules,
             webhooks=webhooks,
+            scripts=scripts,
         )
 
     async def connection_created(self, account: SubAccount, connection: Connection) -> None:

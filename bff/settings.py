@@ -20,6 +20,13 @@ DEFAULT_SYNC_CONCURRENCY = 4
 DEFAULT_LONG_WAIT_SECONDS = 30.0  # a provider asking to wait longer frees the worker (DESIGN §9)
 DEFAULT_HEARTBEAT_SECONDS = 10.0
 DEFAULT_STALLED_SECONDS = 30.0
+# Scripts (DESIGN §14): how they are isolated, and their limits.
+SCRIPT_MODES = ("auto", "sandboxed", "unsandboxed", "off")
+DEFAULT_SCRIPT_CPU_SECONDS = 60
+DEFAULT_SCRIPT_MEMORY_MB = 512
+DEFAULT_SCRIPT_MAX_PROCESSES = 64
+DEFAULT_SCRIPT_MAX_OUTPUT_BYTES = 1024 * 1024
+DEFAULT_SCRIPT_TIMEOUT_SECONDS = 900.0
 
 
 class SettingsError(ValueError):
@@ -90,6 +97,15 @@ class Settings:
     schedules_enabled: bool = True
     # Webhook URLs that resolve to private/loopback/link-local addresses (development; on in `bff demo`).
     webhook_allow_private: bool = False
+    # Scripts: "auto" = in bubblewrap when it is installed, else not at all; "sandboxed" insists on
+    # bubblewrap; "unsandboxed" runs them as plain child processes (development only); "off".
+    scripts: str = "auto"
+    script_cpu_seconds: int = DEFAULT_SCRIPT_CPU_SECONDS
+    script_memory_mb: int = DEFAULT_SCRIPT_MEMORY_MB
+    script_max_processes: int = DEFAULT_SCRIPT_MAX_PROCESSES
+    script_max_output_bytes: int = DEFAULT_SCRIPT_MAX_OUTPUT_BYTES
+    # Wall-clock time a run may take (waiting on the API included); CPU time is capped separately.
+    script_timeout_seconds: float = DEFAULT_SCRIPT_TIMEOUT_SECONDS
 
     def __post_init__(self) -> None:
         if not self.secret_keys:
@@ -103,6 +119,16 @@ class Settings:
             raise SettingsError("BFF_SYNC_CONCURRENCY must be at least 1.")
         if self.stalled_seconds <= self.heartbeat_seconds:
             raise SettingsError("BFF_WORKER_STALLED_SECONDS must be longer than BFF_WORKER_HEARTBEAT_SECONDS.")
+        if self.scripts not in SCRIPT_MODES:
+            raise SettingsError(f"BFF_SCRIPTS must be one of {', '.join(SCRIPT_MODES)}, got {self.scripts!r}.")
+        for name, value, least in (
+            ("BFF_SCRIPT_CPU_SECONDS", self.script_cpu_seconds, 1),
+            ("BFF_SCRIPT_MEMORY_MB", self.script_memory_mb, 64),
+            ("BFF_SCRIPT_MAX_PROCESSES", self.script_max_processes, 1),
+            ("BFF_SCRIPT_MAX_OUTPUT_BYTES", self.script_max_output_bytes, 1024),
+        ):
+            if value < least:
+                raise SettingsError(f"{name} must be at least {least}, got {value}.")
         object.__setattr__(self, "public_url", self.public_url.rstrip("/"))
         object.__setattr__(self, "data_dir", Path(self.data_dir))
 
@@ -138,6 +164,10 @@ class Settings:
             ("BFF_MAX_BODY_BYTES", "max_body_bytes"),
             ("BFF_IDENTITY_TOKEN_TTL", "identity_token_ttl"),
             ("BFF_SYNC_CONCURRENCY", "sync_concurrency"),
+            ("BFF_SCRIPT_CPU_SECONDS", "script_cpu_seconds"),
+            ("BFF_SCRIPT_MEMORY_MB", "script_memory_mb"),
+            ("BFF_SCRIPT_MAX_PROCESSES", "script_max_processes"),
+            ("BFF_SCRIPT_MAX_OUTPUT_BYTES", "script_max_output_bytes"),
         ):
             if env.get(name):
                 values[field] = _parse_int(name, env[name])
@@ -157,6 +187,7 @@ class Settings:
             ("BFF_LONG_WAIT_SECONDS", "long_wait_seconds"),
             ("BFF_WORKER_HEARTBEAT_SECONDS", "heartbeat_seconds"),
             ("BFF_WORKER_STALLED_SECONDS", "stalled_seconds"),
+            ("BFF_SCRIPT_TIMEOUT_SECONDS", "script_timeout_seconds"),
         ):
             if env.get(name):
                 values[field] = _parse_float(name, env[name])
@@ -166,6 +197,8 @@ class Settings:
         ):
             if env.get(name):
                 values[field] = _parse_bool(name, env[name])
+        if env.get("BFF_SCRIPTS"):
+            values["scripts"] = env["BFF_SCRIPTS"].strip().lower()
         if env.get("BFF_SANDBOX_URL"):
             values["sandbox_external_url"] = env["BFF_SANDBOX_URL"].strip()
         if env.get("BFF_DATABASE_URL"):

@@ -11,15 +11,15 @@ never the browser's integrate token. The SQL itself is checked and run by
 
 from __future__ import annotations
 
-from typing import Any
-
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
 
-from .auth import authenticate, require_partner, services
+from . import auth
+from .auth import require_partner, services
 from .errors import ApiError, not_found, validation_error
 from .http import api_route, read_json
+from .http import text_field as _text
 from .query_tables import MAX_QUERY_LENGTH, NameTaken, QueryInvalid, QueryTable
 from .store import SubAccount
 
@@ -27,33 +27,9 @@ MAX_NAME_LENGTH = 100
 
 
 async def require_back_end(request: Request) -> SubAccount:
-    caller = await authenticate(request, ("integrate", "identity"))
-    if caller.claims.kind != "identity":
-        raise ApiError(
-            403,
-            "token_not_allowed",
-            "Query tables take identity tokens from your back-end, never the browser's integrate token.",
-        )
+    caller = await auth.require_back_end(request, what="Query tables")
     assert caller.sub_account is not None
     return caller.sub_account
-
-
-def _text(data: dict[str, Any], name: str, errors: dict[str, str], *, max_length: int, required: bool) -> str | None:
-    value = data.get(name)
-    if value is None:
-        if required:
-            errors[name] = "This field is required."
-        return None
-    if not isinstance(value, str):
-        errors[name] = "Must be a string."
-        return None
-    if not value.strip():
-        errors[name] = "Must not be empty."
-        return None
-    if len(value) > max_length:
-        errors[name] = f"Must be at most {max_length} characters."
-        return None
-    return value.strip() if name == "name" else value
 
 
 def _query_invalid(exc: QueryInvalid) -> ApiError:
@@ -128,6 +104,30 @@ async def delete_table(request: Request) -> Response:
     return Response(status_code=204)
 
 
+MAX_QUERY_ROWS = 10_000
+
+
+async def run_query(request: Request) -> JSONResponse:
+    """Run one read-only query as the customer: ``{query, limit?}`` → ``{fields, rows, truncated}``.
+
+    What ``pq.dbconnect(pq.DW_NAME).execute(sql)`` calls; nothing is saved.
+    """
+    account = await require_back_end(request)
+    data = await read_json(request)
+    errors: dict[str, str] = {}
+    query = _text(data, "query", errors, max_length=MAX_QUERY_LENGTH, required=True)
+    limit = data.get("limit", 1000)
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_QUERY_ROWS:
+        errors["limit"] = f"Must be a whole number from 1 to {MAX_QUERY_ROWS}."
+    if errors or query is None:
+        raise validation_error(errors)
+    try:
+        fields, rows, truncated = await services(request).query_tables.run_query(account.id, query, limit=limit)
+    except QueryInvalid as exc:
+        raise _query_invalid(exc) from None
+    return JSONResponse({"fields": fields, "rows": rows, "count": len(rows), "truncated": truncated})
+
+
 async def database_credentials(request: Request) -> JSONResponse:
     """A read-only SQL login for one customer's schema (BFF_SQL_ACCESS=true); a new password each call."""
     partner = await require_partner(request)
@@ -152,6 +152,7 @@ def routes() -> list[BaseRoute]:
         *api_route("/api/table/{table_id:int}/", get_table, methods=["GET"]),
         *api_route("/api/table/{table_id:int}/", update_table, methods=["PATCH"], name="update_table"),
         *api_route("/api/table/{table_id:int}/", delete_table, methods=["DELETE"], name="delete_table"),
+        *api_route("/api/database/query/", run_query, methods=["POST"]),
         *api_route(
             "/api/partner/sub-account/{account_id:int}/database-credentials", database_credentials, methods=["POST"]
         ),

@@ -65,6 +65,8 @@ class Claims:
     generation: int
     sub_account_id: int | None = None
     expires_at: int | None = None
+    # Set on a script run's identity token: it works only while that run is running.
+    script_run_id: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,9 +154,17 @@ class TokenAuthority:
         )
 
     def mint_identity_token(
-        self, *, partner_id: int, sub_account_id: int, generation: int, expire: bool = True
+        self,
+        *,
+        partner_id: int,
+        sub_account_id: int,
+        generation: int,
+        expire: bool = True,
+        script_run_id: int | None = None,
     ) -> MintedToken:
-        payload = {"kind": "identity", "pid": partner_id, "sid": sub_account_id, "gen": generation}
+        payload: dict[str, object] = {"kind": "identity", "pid": partner_id, "sid": sub_account_id, "gen": generation}
+        if script_run_id is not None:
+            payload["run"] = script_run_id
         token = self._mint["identity", expire].dumps(payload)
         if not expire:
             return MintedToken(token, None, None)
@@ -230,6 +240,7 @@ class TokenAuthority:
                 break
             try:
                 sid = payload.get("sid")
+                run = payload.get("run")
                 issued_at = int(issued.timestamp())
                 claims = Claims(
                     kind=kind,
@@ -237,6 +248,7 @@ class TokenAuthority:
                     generation=int(payload["gen"]),
                     sub_account_id=int(sid) if sid is not None else None,
                     expires_at=issued_at + max_age if max_age is not None else None,
+                    script_run_id=int(run) if run is not None else None,
                 )
             except (KeyError, TypeError, ValueError):
                 break

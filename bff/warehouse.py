@@ -111,7 +111,8 @@ class _WritePlan:
 
     begin_page: sql.Composed
     copy: sql.Composed
-    upsert: sql.Composed
+    upsert: sql.Composed  # answers how many rows were new (inserted rather than updated)
+    summarize: sql.Composed | None  # the BRIN index on _synced_at learns the new rows' block ranges
     getter: Callable[[Mapping[str, Any]], Any]
     single: bool  # one column: itemgetter returns a scalar, not a tuple
     json_positions: tuple[int, ...]
@@ -147,7 +148,9 @@ _SAVE_STATE = sql.SQL(
 )
 
 
-def _plan(table: WarehouseTable, stream: Stream) -> _WritePlan:
+def _plan(table: WarehouseTable, stream: Stream, *, brin_index: int | None) -> _WritePlan:
+    """``brin_index``: the oid of the table's BRIN index on ``_synced_at`` (tables created before it
+    have a B-tree there, which needs nothing)."""
     names = [f.name for f in stream.fields]
     cols = sql.SQL(", ").join(sql.Identifier(n) for n in names)
     pk = sql.SQL(", ").join(sql.Identifier(k) for k in table.primary_key)
@@ -177,9 +180,19 @@ def _plan(table: WarehouseTable, stream: Stream) -> _WritePlan:
         upsert=sql.SQL(
             "WITH page AS (INSERT INTO {target} ({cols}, _synced_at, _run_id, _deleted_at)"
             " SELECT DISTINCT ON ({pk}) {cols}, %(now)s, %(run)s, NULL FROM {temp} ORDER BY {pk}, ctid DESC"
-            " ON CONFLICT ({pk}) DO UPDATE SET {updates} RETURNING NULL)"
-            " {save_state}"
+            # xmax is 0 on a row version this statement inserted, set on one it updated.
+            " ON CONFLICT ({pk}) DO UPDATE SET {updates} RETURNING xmax = 0 AS inserted),"
+            " saved AS ({save_state})"
+            " SELECT COUNT(*) FILTER (WHERE inserted) AS inserted FROM page"
         ).format(target=table.identifier, cols=cols, pk=pk, temp=temp, updates=updates, save_state=_SAVE_STATE),
+        # A BRIN index only covers block ranges it has summarised (VACUUM does it, eventually); an
+        # unsummarised range matches every query. Rows appended by a page are summarised with it:
+        # this reads just the new ranges, and rows rewritten in place keep their summaries current.
+        summarize=(
+            sql.SQL("SELECT brin_summarize_new_values({}::oid::regclass)").format(sql.Literal(brin_index))
+            if brin_index is not None
+            else None
+        ),
         getter=operator.itemgetter(*names),
         single=len(names) == 1,
         json_positions=tuple(i for i, f in enumerate(stream.fields) if f.type == "json"),
@@ -233,7 +246,10 @@ class TableWriter:
                 await after
             now = self.warehouse.now()
             if rows:
-                await conn.execute(plan.upsert, {**params, "now": now, "run": run_id})
+                cur = await conn.execute(plan.upsert, {**params, "now": now, "run": run_id})
+                counted = await cur.fetchone()
+                if plan.summarize is not None and counted is not None and counted["inserted"]:
+                    await conn.execute(plan.summarize)
             else:
                 await conn.execute(_SAVE_STATE, {**params, "now": now})
         return len(rows)
@@ -353,8 +369,19 @@ class Warehouse:
             schema = await self.schema_of(sub_account_id, create=True)
             assert schema is not None
             table = await self._ensure_table(sub_account_id, schema, connection_id, stream)
-            cached = self._plans[key] = (table, _plan(table, stream))
+            plan = _plan(table, stream, brin_index=await self._brin_index(table))
+            cached = self._plans[key] = (table, plan)
         return TableWriter(self, *cached)
+
+    async def _brin_index(self, table: WarehouseTable) -> int | None:
+        async with self.store.connection() as conn:
+            cur = await conn.execute(
+                "SELECT i.indexrelid AS oid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+                " JOIN pg_am a ON a.oid = c.relam WHERE i.indrelid = %s::regclass AND a.amname = 'brin'",
+                (table.identifier.as_string(conn),),
+            )
+            row = await cur.fetchone()
+        return int(row["oid"]) if row else None
 
     async def _exists(self, table: WarehouseTable) -> bool:
         async with self.store.connection() as conn:
@@ -514,11 +541,9 @@ class Warehouse:
         return counted
 
     async def get_table(self, sub_account_id: int, table_id: int) -> WarehouseTable | None:
-        schema = await self.schema_of(sub_account_id)
-        if schema is None:
-            return None
+        """A synced table of this sub-account, with its fields and schema, in one query."""
         async with self.store.connection() as conn:
-            found = await _load_tables(conn, schema, sub_account_id=sub_account_id, table_id=table_id)
+            found = await _load_tables(conn, None, sub_account_id=sub_account_id, table_id=table_id)
         return found[0] if found else None
 
     async def read_rows(
@@ -546,7 +571,7 @@ class Warehouse:
 
 async def _load_tables(
     conn: AsyncConnection[Any],
-    schema: str,
+    schema: str | None,
     *,
     sub_account_id: int | None = None,
     table_id: int | None = None,
@@ -563,30 +588,29 @@ async def _load_tables(
         if value is not None:
             where.append(f"{column} = %s")
             params.append(value)
+    # One round trip: each table with its fields (the rows API looks a table up on every page).
     cur = await conn.execute(
-        "SELECT id, connection_id, stream, physical, primary_key, created_at FROM warehouse_tables"
-        f" WHERE {' AND '.join(where) or 'TRUE'} ORDER BY connection_id, stream, id",
+        "SELECT t.id, connection_id, stream, physical, primary_key, created_at,"
+        " (SELECT COALESCE(json_agg(json_build_object('id', f.id, 'name', f.name, 'type', f.type)"
+        "  ORDER BY f.position, f.id), '[]') FROM warehouse_fields f WHERE f.table_id = t.id) AS fields,"
+        " (SELECT warehouse_schema FROM sub_accounts s WHERE s.id = t.sub_account_id) AS schema"
+        f" FROM warehouse_tables t WHERE {' AND '.join(where) or 'TRUE'} ORDER BY connection_id, stream, id",
         params,
     )
-    rows = await cur.fetchall()
-    if not rows:
-        return []
-    cur = await conn.execute(
-        "SELECT table_id, id, name, type FROM warehouse_fields WHERE table_id = ANY(%s) ORDER BY table_id, position, id",
-        ([r["id"] for r in rows],),
-    )
-    fields: dict[int, list[Any]] = {}
-    for f in await cur.fetchall():
-        fields.setdefault(f["table_id"], []).append(f)
     tables = []
-    for r in rows:
+    for r in await cur.fetchall():
         pk = tuple(r["primary_key"])
-        table_fields = tuple(
-            WarehouseField(f["id"], f["name"], f["type"], f["name"] in pk) for f in fields.get(r["id"], [])
-        )
+        table_fields = tuple(WarehouseField(f["id"], f["name"], f["type"], f["name"] in pk) for f in r["fields"])
         tables.append(
             WarehouseTable(
-                r["id"], schema, r["connection_id"], r["stream"], r["physical"], pk, table_fields, r["created_at"]
+                r["id"],
+                schema or r["schema"],
+                r["connection_id"],
+                r["stream"],
+                r["physical"],
+                pk,
+                table_fields,
+                r["created_at"],
             )
         )
     return tables

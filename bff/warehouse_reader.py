@@ -277,8 +277,12 @@ async def read_synced(
         offset=offset,
         limit=limit,
     )
+    stamps: dict[float, str | None] = {}  # the rows of one sync share their time: format it once
     for row in rows:
-        row["_synced_at"] = iso(row["_synced_at"])
+        synced = row["_synced_at"]
+        if synced not in stamps:
+            stamps[synced] = iso(synced)
+        row["_synced_at"] = stamps[synced]
     return count, rows
 
 

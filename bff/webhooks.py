@@ -36,6 +36,7 @@ import httpx
 from .crypto import Vault
 from .jobs import JobQueue
 from .store import Connection, HealthChange, Run, Store, SubAccount, iso
+from .store.scripts import Script, ScriptRun
 from .store.webhooks import Delivery, WebhookConfig, WebhookStore
 
 __all__ = [
@@ -288,6 +289,20 @@ class Webhooks:
         if connection is not None:
             data.update(name=connection.name, connector=connection.connector)
         await self._emit_for_account(run.sub_account_id, "sync.finished", data)
+
+    async def on_script_finished(self, script: Script, run: ScriptRun) -> None:
+        data: dict[str, Any] = {
+            "script_id": script.id,
+            "name": script.name,
+            "run_id": run.id,
+            "status": run.status,
+            "exit_code": run.exit_code,
+            "error": run.error,
+            "trigger": run.trigger,
+            "started_at": iso(run.started_at),
+            "finished_at": iso(run.finished_at),
+        }
+        await self._emit_for_account(run.sub_account_id, "script.finished", data)
 
     # -- delivery (inside a worker) ------------------------------------------------------------
 

@@ -1,17 +1,16 @@
 """Writeback services: a writer per request, idempotency keys, and coalesced refreshes.
 
-One :class:`Writeback` per app (created on first use, kept in
+One :class:`Writeback` per app (made by ``create_app``, kept in
 ``app.state.writeback``). ``refresh=true`` writes call
-:meth:`RefreshQueue.request`; the queue waits until the writes of a connection
-have paused for ``REFRESH_DELAY`` seconds (and any running sync has finished),
-then asks the sync runner for ONE run of every table those writes touched: five
-writes in a row give one sync, not five.
+:meth:`RefreshRequests.request`: the connection's refresh job runs ``REFRESH_DELAY``
+seconds after the first of them (and after any running sync has finished) on any
+worker, and asks the sync runner for ONE run of every table those writes touched:
+five writes in a row, through any number of web processes, give one sync, not five.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -24,84 +23,72 @@ from . import connections as rt
 from .connectors import RetryPolicy
 from .connectors.writer import Writer
 from .idempotency import IdempotencyStore
-from .store import Connection, RunAlreadyActive, SubAccount
+from .store import Connection, RunAlreadyActive
 from .store.idempotency import PgIdempotencyStore
+from .store.refresh import ALL_STREAMS, RefreshRequestStore
 from .sync import ConnectionNotReady, UnknownTables
 
 if TYPE_CHECKING:
     from .services import Services
 
-__all__ = ["LOG_FLUSH_DELAY", "REFRESH_DELAY", "LogBuffer", "RefreshQueue", "Writeback", "writeback_for"]
+__all__ = ["LOG_FLUSH_DELAY", "REFRESH_DELAY", "LogBuffer", "RefreshRequests", "Writeback", "writeback_for"]
 
 logger = logging.getLogger("bff.writeback")
 
-REFRESH_DELAY = 0.5  # seconds without writes before the refresh sync is queued
+REFRESH_DELAY = 0.5  # seconds from a connection's first refresh=true write to its refresh job
 LOG_FLUSH_DELAY = 0.25  # seconds a write's log line may wait to be stored with others in one transaction
-RETRY_WAIT = 0.2  # seconds between attempts while the connection's previous run is finishing
+RETRY_WAIT = 0.5  # seconds between attempts while the connection's previous run is finishing
+IDLE_POLL = 0.05
 
 
-class RefreshQueue:
-    """Coalesces ``refresh=true`` writes into one sync per connection."""
+class RefreshRequests:
+    """Coalesces ``refresh=true`` writes into one sync per connection, across every process.
+
+    A write records the table it touched (``refresh_requests``) and defers the connection's
+    ``writeback_refresh`` job ``delay`` seconds ahead under a queueing lock: while that job
+    waits, further writes from any web process only add their tables. The job (any worker)
+    follows a sync already running, re-deferring itself rather than holding a worker slot,
+    then takes the recorded tables and asks the sync runner for ONE run of them. Five writes
+    in a row give one sync.
+    """
 
     def __init__(self, services: Services, *, delay: float = REFRESH_DELAY) -> None:
         self.services = services
         self.delay = delay
-        self._tables: dict[int, set[str] | None] = {}  # connection id → tables (None = all)
-        self._last: dict[int, float] = {}
-        self._tasks: dict[int, asyncio.Task[None]] = {}
-        self.queued_runs: list[int] = []  # run ids this queue asked for (for tests and logs)
+        self.requests = RefreshRequestStore(services.store)
 
-    def request(self, account: SubAccount, connection: Connection, table: str | None) -> None:
-        tables = self._tables.get(connection.id, set())
-        if table is None or tables is None:
-            self._tables[connection.id] = None
-        else:
-            tables.add(table)
-            self._tables[connection.id] = tables
-        self._last[connection.id] = time.monotonic()
-        task = self._tasks.get(connection.id)
-        if task is None or task.done():
-            self._tasks[connection.id] = asyncio.create_task(
-                self._run(account, connection.id), name=f"refresh-{connection.id}"
-            )
+    async def request(self, connection: Connection, table: str | None) -> None:
+        await self.requests.add(connection.id, [table or ALL_STREAMS])
+        await self.services.queue.defer_refresh(connection.id, at=time.time() + self.delay)
 
-    async def idle(self) -> None:
-        """Wait until every pending refresh has been handed to the sync runner."""
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks.values()), return_exceptions=True)
-
-    async def _run(self, account: SubAccount, connection_id: int) -> None:
+    async def execute(self, connection_id: int) -> None:
+        """The body of a ``writeback_refresh`` job."""
+        store, queue = self.services.store, self.services.queue
+        connection = await store.get_connection_by_id(connection_id)
+        if connection is None:
+            return  # deleted: its requests went with it
+        if await store.active_run(connection_id) is not None:
+            # A sync that started before these writes may not see them: ours follows it.
+            await queue.defer_refresh(connection_id, at=time.time() + RETRY_WAIT)
+            return
+        streams = await self.requests.take(connection_id)
+        account = await store.get_sub_account_by_id(connection.sub_account_id) if streams else None
+        if account is None:
+            return
+        tables = None if ALL_STREAMS in streams else sorted(streams)
         try:
-            while (wait := self._last[connection_id] + self.delay - time.monotonic()) > 0:
-                await asyncio.sleep(wait)
-            runner = self.services.sync
-            while True:
-                connection = await self.services.store.get_connection(account.id, connection_id)
-                if connection is None:
-                    return
-                tables = self._tables.get(connection_id)
-                try:
-                    run = await runner.request_sync(account, connection, sorted(tables) if tables else None)
-                except RunAlreadyActive:
-                    # A run started before these writes may not see them: wait for it, then queue ours.
-                    await runner.wait(connection_id, timeout=RETRY_WAIT * 50)
-                    await asyncio.sleep(RETRY_WAIT)
-                    continue
-                except (ConnectionNotReady, UnknownTables) as exc:  # not ready, disabled: the write itself succeeded
-                    logger.info("refresh of connection %s not queued: %s", connection_id, type(exc).__name__)
-                    return
-                self.queued_runs.append(run.id)
-                return
-        finally:
-            self._tables.pop(connection_id, None)
-            self._last.pop(connection_id, None)
-            self._tasks.pop(connection_id, None)
+            await self.services.sync.request_sync(account, connection, tables, trigger="writeback")
+        except RunAlreadyActive:  # a sync started meanwhile: put the tables back and follow it
+            await self.requests.add(connection_id, streams)
+            await queue.defer_refresh(connection_id, at=time.time() + RETRY_WAIT)
+        except (ConnectionNotReady, UnknownTables) as exc:  # not ready, disabled: the writes themselves succeeded
+            logger.info("refresh of connection %s not queued: %s", connection_id, type(exc).__name__)
 
-    async def close(self) -> None:
-        for task in list(self._tasks.values()):
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
+    async def idle(self, connection_id: int | None = None, *, timeout: float = 30.0) -> None:
+        """Wait until no refresh is waiting (in any process) and its sync has been queued."""
+        deadline = time.monotonic() + timeout
+        while await self.services.queue.refresh_jobs_pending(connection_id) and time.monotonic() < deadline:
+            await asyncio.sleep(IDLE_POLL)
 
 
 class LogBuffer:
@@ -148,7 +135,7 @@ class Writeback:
 
     def __init__(self, services: Services, *, idempotency: IdempotencyStore | None = None) -> None:
         self.services = services
-        self.refresh = RefreshQueue(services)
+        self.refresh = RefreshRequests(services)
         self.log = LogBuffer(services)
         self.idempotency: IdempotencyStore = idempotency or PgIdempotencyStore(services.store, clock=services.clock)
 
@@ -158,9 +145,7 @@ class Writeback:
 
 
 def writeback_for(request: Request) -> Writeback:
-    """The app's :class:`Writeback` (made on first use)."""
-    found: Any = getattr(request.app.state, "writeback", None)
-    if found is None:
-        found = request.app.state.writeback = Writeback(request.app.state.services)
+    """The app's :class:`Writeback` (made by ``create_app``)."""
+    found: Any = request.app.state.writeback
     assert isinstance(found, Writeback)
     return found

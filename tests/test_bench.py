@@ -29,3 +29,18 @@ def test_bench_sync_runs_every_contender_and_checks_row_counts() -> None:
     assert "records per round checked: 200 fetched by every contender, 200 rows in every table" in done.stdout
     for line in ("project / floor", "project ×2 / floor ×2"):
         assert line in done.stdout, done.stdout
+
+
+def test_bench_scripts_times_every_contender() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BFF_")}
+    done = subprocess.run(
+        [sys.executable, "bench/scripts.py", "--rounds", "1"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=220,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    for line in ("sandboxed ", "unsandboxed ", "baseline ", "sandboxed / baseline at p50"):
+        assert line in done.stdout, done.stdout

@@ -369,3 +369,21 @@ def test_partner_webhook_set_show_rotate_and_deliveries(data_dir_outside_pytest:
     assert bad.returncode == 2 and "--url" in bad.stderr and "Traceback" not in bad.stderr
     nobody = run_bff("partner", "webhook", "show", "--partner", "Nobody", *where, env=env)
     assert nobody.returncode == 2 and "no partner" in nobody.stderr
+
+
+def test_serve_refuses_bff_scripts_sandboxed_without_bubblewrap_in_one_line(data_dir_outside_pytest: Path) -> None:
+    no_bwrap = data_dir_outside_pytest / "bin"
+    no_bwrap.mkdir()
+    env = {**KEYS, "BFF_SCRIPTS": "sandboxed", "PATH": str(no_bwrap)}
+    line = one_line_error(
+        run_bff("serve", "--data-dir", str(data_dir_outside_pytest / "data"), "--port", str(free_port()), env=env)
+    )
+    assert "BFF_SCRIPTS=sandboxed, but bubblewrap (`bwrap`) is not installed" in line
+
+
+def test_a_wrong_bff_scripts_value_is_one_line(data_dir_outside_pytest: Path) -> None:
+    env = {**KEYS, "BFF_SCRIPTS": "yes please"}
+    line = one_line_error(
+        run_bff("serve", "--data-dir", str(data_dir_outside_pytest / "data"), "--port", str(free_port()), env=env)
+    )
+    assert "BFF_SCRIPTS must be one of auto, sandboxed, unsandboxed, off" in line

@@ -78,6 +78,8 @@ def test_bff_demo_serves_both_origins_prints_where_and_stops_cleanly_on_ctrl_c(d
         assert f"http://localhost:{site_port}" in printed
         assert str(data_dir.resolve()) in printed
         assert "WARNING: generated demo keys" in printed  # first run: the keys are new, and it says so
+        # Which way scripts run (bubblewrap is installed by .ci/run).
+        assert "Scripts:                              scripts run sandboxed in bubblewrap" in printed
 
         # The URLs are printed once both servers listen: they answer straight away.
         assert httpx.get(f"http://127.0.0.1:{bff_port}/healthz").json() == {"status": "ok"}

@@ -11,8 +11,10 @@ from conftest import BFF, auth, running_bff
 from records_helpers import Customer, accounting, connect_chat, crm, customer, stats
 from sync_helpers import all_rows, logs, tables
 
+from bff.sandbox import SandboxOptions, create_sandbox_app
 from bff.sandbox.data import make_contact
 from bff.settings import Settings
+from bff.testing import serve_in_thread
 
 
 @pytest.fixture
@@ -258,6 +260,32 @@ async def test_refresh_after_five_writes_gives_one_sync_and_the_rows(sbff: BFF, 
     contacts = (await tables(sbff.client, who.identity))["contacts"]
     emails = {row["email"] for row in await all_rows(sbff.client, who.identity, contacts["id"])}
     assert {f"r{i}@acme.com" for i in range(5)} <= emails and len(emails) == 1255
+
+
+async def test_refresh_coalesces_across_two_app_instances(settings_factory: Callable[..., Settings]) -> None:
+    """Two web processes on one database (with their workers), one provider: five refresh=true
+    writes spread over both still give exactly one sync, and it sees every written message."""
+    with serve_in_thread(create_sandbox_app(SandboxOptions.from_env({"BFF_SANDBOX_CONTROLS": "open"}))) as sandbox:
+        settings = settings_factory(sandbox_enabled=True, sandbox_external_url=sandbox)
+        async with running_bff(settings) as one, running_bff(settings) as two:
+            who = await customer(one)
+            cid = int((await connect_chat(one, who))["id"])
+            for i in range(5):
+                instance = (one, two)[i % 2]
+                answer = await instance.client.post(
+                    url(cid, "records/message?refresh=true"),
+                    json={"channel": "general", "text": f"refresh {i}"},
+                    headers=who.headers,
+                )
+                assert answer.status_code == 201 and answer.json()["refresh_queued"] is True, answer.text
+            await two.app.state.writeback.refresh.idle(cid)  # waits for jobs of every process
+            await one.services.sync.wait(cid)
+            runs = (await one.client.get(url(cid, "runs"), headers=who.headers)).json()
+            assert runs["count"] == 1 and runs["results"][0]["status"] == "succeeded", runs
+            assert runs["results"][0]["tables"] == ["messages"]
+            messages = (await tables(two.client, who.identity))["messages"]
+            texts = {row["text"] for row in await all_rows(two.client, who.identity, messages["id"])}
+            assert {f"refresh {i}" for i in range(5)} <= texts
 
 
 @pytest.fixture

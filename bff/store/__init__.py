@@ -226,6 +226,20 @@ _PARTNERS_AND_SUB_ACCOUNTS = (
 )
 
 
+def _aliased(table: str, columns: str) -> str:
+    return ", ".join(f"{table}.{c.strip()} AS {table}_{c.strip()}" for c in columns.split(","))
+
+
+# Store.get_caller: columns come back as p_*, s_*, c_* (partner, sub-account, connection).
+_CALLER_QUERY = (
+    f"SELECT {_aliased('p', _PARTNER_COLUMNS)}, {_aliased('s', _SUB_ACCOUNT_COLUMNS)},"
+    f" {_aliased('c', _CONNECTION_COLUMNS)} FROM partners p"
+    " LEFT JOIN sub_accounts s ON s.partner_id = p.id AND s.id = %(s)s"
+    " LEFT JOIN connections c ON c.sub_account_id = s.id AND c.id = %(c)s"
+    " WHERE p.id = %(p)s"
+)
+
+
 class Store:
     """Async access to the control database. One instance per process."""
 
@@ -363,6 +377,21 @@ class Store:
             partner = Partner(**{name: row.pop(f"p_{name}") for name in _PARTNER_FIELDS})
             found[key] = (partner, SubAccount(**row) if row["id"] is not None else None)
         return found
+
+    async def get_caller(
+        self, partner_id: int, sub_account_id: int | None = None, connection_id: int | None = None
+    ) -> tuple[Partner | None, SubAccount | None, Connection | None]:
+        """A token's partner, its sub-account and a connection of that sub-account, in one round trip
+        (the hot path of every API call; each part is None when it does not exist or is not asked for)."""
+        row = await self._one(_CALLER_QUERY, {"p": partner_id, "s": sub_account_id, "c": connection_id})
+        if row is None:
+            return None, None, None
+        parts: dict[str, Row] = {"p": {}, "s": {}, "c": {}}
+        for key, value in row.items():
+            parts[key[0]][key[2:]] = value
+        account = SubAccount(**parts["s"]) if parts["s"]["id"] is not None else None
+        connection = Connection(**parts["c"]) if parts["c"]["id"] is not None else None
+        return Partner(**parts["p"]), account, connection
 
     async def get_partner_with_origins(self, partner_id: int) -> Partner | None:
         async with self.connection() as conn:

@@ -1,0 +1,213 @@
+"""Scripts in a customer's account (DESIGN §14): ``/api/interface``.
+
+``POST /api/interface`` (alias ``POST /interface``) ``{name, raw_code, schedule}`` → ``201``;
+``GET /api/interface`` lists them; ``GET``/``PATCH``/``DELETE /api/interface/{id}``;
+``POST /api/interface/{id}/run[?wait=N]``; ``GET /api/interface/{id}/runs`` (and one run by id);
+``GET``/``PUT /api/interface/{id}/state`` (what ``pq.get_state``/``pq.set_state`` call).
+
+Identity tokens only (the partner's back-end); the browser's integrate token gets ``403
+token_not_allowed``. A script's own run token may read and write its own script's state and
+nothing else here: scripts do not make, change or start scripts.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute
+
+from .auth import Caller, require_back_end, services
+from .errors import ApiError, not_found, validation_error
+from .http import Pagination, api_route, read_json, text_field
+from .scripts.service import MAX_CODE_BYTES, ScriptService, ScriptsUnavailable, check_code, parse_schedule
+from .store import UNSET
+from .store.scripts import Script, ScriptRunActive
+from .sync_api import parse_wait
+
+MAX_NAME_LENGTH = 100
+MAX_STATE_BYTES = 1024 * 1024
+FIELDS = ("name", "raw_code", "schedule")
+
+
+def scripts(request: Request) -> ScriptService:
+    return services(request).scripts
+
+
+async def _caller(request: Request, *, own_state: bool = False) -> Caller:
+    caller = await require_back_end(request, what="Scripts")
+    run_id = caller.claims.script_run_id
+    if run_id is not None:
+        run = await scripts(request).table.get_run(run_id)
+        allowed = own_state and run is not None and run.script_id == request.path_params.get("script_id")
+        if not allowed:
+            raise ApiError(
+                403, "token_not_allowed", "A script's token can read and save its own state only, not manage scripts."
+            )
+    return caller
+
+
+async def _own_script(request: Request, caller: Caller) -> Script:
+    assert caller.sub_account is not None
+    raw = request.path_params["script_id"]
+    script = await scripts(request).table.get(caller.sub_account.id, raw) if raw < 2**63 else None
+    if script is None:
+        raise not_found("No such script.")
+    return script
+
+
+def _parse(data: dict[str, Any], *, partial: bool) -> dict[str, Any]:
+    errors: dict[str, str] = {}
+    for key in sorted(set(data) - set(FIELDS)):
+        errors[key] = "Unknown field; a script has a name, raw_code and schedule."
+    values: dict[str, Any] = {}
+    required = not partial
+    name = text_field(data, "name", errors, max_length=MAX_NAME_LENGTH, required=required)
+    if name is not None:
+        values["name"] = name
+    code = text_field(data, "raw_code", errors, max_length=MAX_CODE_BYTES, required=required)
+    if code is not None:
+        problem = check_code(code, name or "")
+        if problem:
+            errors["raw_code"] = f"The code does not compile: {problem}"
+        else:
+            values["raw_code"] = code
+    if "schedule" in data or not partial:
+        try:
+            values["schedule"] = parse_schedule(data.get("schedule"))
+        except ValueError as exc:
+            errors["schedule"] = str(exc)
+    if errors:
+        detail = errors.get("raw_code", "Some fields are invalid.") if list(errors) == ["raw_code"] else None
+        raise validation_error(errors, detail=detail or "Some fields are invalid.")
+    return values
+
+
+async def create_script(request: Request) -> JSONResponse:
+    """Save a script; with a ``schedule`` (seconds, at least 60) it runs that often, the first time one period from now."""
+    caller = await _caller(request)
+    assert caller.sub_account is not None
+    values = _parse(await read_json(request), partial=False)
+    script = await scripts(request).table.create(
+        caller.sub_account.id, values["name"], values["raw_code"], values["schedule"]
+    )
+    return JSONResponse(script.public_dict(), status_code=201)
+
+
+async def list_scripts(request: Request) -> JSONResponse:
+    caller = await _caller(request)
+    assert caller.sub_account is not None
+    page = Pagination(request)
+    table = scripts(request).table
+    count, found = await table.list_scripts(caller.sub_account.id, offset=page.offset, limit=page.limit)
+    return JSONResponse(page.envelope(count, [s.public_dict(await table.last_run(s.id)) for s in found]))
+
+
+async def get_script(request: Request) -> JSONResponse:
+    script = await _own_script(request, await _caller(request))
+    return JSONResponse(script.public_dict(await scripts(request).table.last_run(script.id)))
+
+
+async def update_script(request: Request) -> JSONResponse:
+    """Change the name, code or schedule; a changed schedule counts from now."""
+    script = await _own_script(request, await _caller(request))
+    values = _parse(await read_json(request), partial=True)
+    changed = await scripts(request).table.update(
+        script,
+        name=values.get("name", UNSET),
+        raw_code=values.get("raw_code", UNSET),
+        schedule=values["schedule"] if "schedule" in values else UNSET,
+    )
+    if changed is None:
+        raise not_found("No such script.")
+    return JSONResponse(changed.public_dict(await scripts(request).table.last_run(changed.id)))
+
+
+async def delete_script(request: Request) -> Response:
+    """Delete a script with its runs and state; a run in progress is stopped (within a second)."""
+    caller = await _caller(request)
+    assert caller.sub_account is not None
+    script = await _own_script(request, caller)
+    await scripts(request).table.delete(caller.sub_account.id, script.id)
+    return Response(status_code=204)
+
+
+async def run_script(request: Request) -> JSONResponse:
+    """Run a script now; ``?wait=N`` (N ≤ 120) answers ``200`` with the finished run, else ``202``."""
+    script = await _own_script(request, await _caller(request))
+    wait = parse_wait(request)
+    service = scripts(request)
+    try:
+        run = await service.request_run(script)
+    except ScriptRunActive as exc:
+        raise ApiError(
+            409,
+            "script_already_running",
+            "This script is already queued or running; wait for that run to finish.",
+            extra={"run_id": exc.run_id},
+        ) from None
+    except ScriptsUnavailable as exc:
+        raise ApiError(503, "scripts_unavailable", f"Scripts cannot run on this server: {exc.mode.reason}") from None
+    except LookupError:
+        raise not_found("No such script.") from None
+    if wait is not None:
+        finished = await service.wait_run(run.id, timeout=wait)
+        if finished is None:
+            raise not_found("The script was deleted while it ran.")
+        if not finished.active:
+            return JSONResponse(finished.public_dict(), status_code=200)
+        run = finished
+    return JSONResponse(run.public_dict(), status_code=202)
+
+
+async def list_runs(request: Request) -> JSONResponse:
+    """The script's runs, newest first: status, times, exit code, output (last 64 KB) and error."""
+    script = await _own_script(request, await _caller(request))
+    page = Pagination(request, default_size=20)
+    count, runs = await scripts(request).table.list_runs(script.id, offset=page.offset, limit=page.limit)
+    return JSONResponse(page.envelope(count, [run.public_dict() for run in runs]))
+
+
+async def get_run(request: Request) -> JSONResponse:
+    script = await _own_script(request, await _caller(request))
+    run_id = request.path_params["run_id"]
+    run = await scripts(request).table.get_run(run_id) if run_id < 2**63 else None
+    if run is None or run.script_id != script.id:
+        raise not_found("No such run.")
+    return JSONResponse(run.public_dict())
+
+
+async def get_state(request: Request) -> JSONResponse:
+    script = await _own_script(request, await _caller(request, own_state=True))
+    return JSONResponse({"state": await scripts(request).table.get_state(script.id)})
+
+
+async def put_state(request: Request) -> JSONResponse:
+    """``{"state": <any JSON>}``, at most 1 MB; kept for the script's next runs."""
+    script = await _own_script(request, await _caller(request, own_state=True))
+    data = await read_json(request)
+    if set(data) != {"state"}:
+        raise validation_error({"state": 'Send {"state": <any JSON value>}.'})
+    size = len(json.dumps(data["state"]).encode())
+    if size > MAX_STATE_BYTES:
+        raise validation_error({"state": f"Is {size} bytes as JSON; at most {MAX_STATE_BYTES} are kept."})
+    await scripts(request).table.set_state(script.id, data["state"])
+    return JSONResponse({"state": data["state"]})
+
+
+def routes() -> list[BaseRoute]:
+    return [
+        *api_route("/api/interface", create_script, methods=["POST"]),
+        *api_route("/interface", create_script, methods=["POST"], name="create_script_alias"),
+        *api_route("/api/interface", list_scripts, methods=["GET"]),
+        *api_route("/api/interface/{script_id:int}", get_script, methods=["GET"]),
+        *api_route("/api/interface/{script_id:int}", update_script, methods=["PATCH"], name="update_script"),
+        *api_route("/api/interface/{script_id:int}", delete_script, methods=["DELETE"], name="delete_script"),
+        *api_route("/api/interface/{script_id:int}/run", run_script, methods=["POST"]),
+        *api_route("/api/interface/{script_id:int}/runs", list_runs, methods=["GET"]),
+        *api_route("/api/interface/{script_id:int}/runs/{run_id:int}", get_run, methods=["GET"]),
+        *api_route("/api/interface/{script_id:int}/state", get_state, methods=["GET"]),
+        *api_route("/api/interface/{script_id:int}/state", put_state, methods=["PUT"], name="put_state"),
+    ]

@@ -1,0 +1,2 @@
+"""Scheduled scripts in a customer's account (DESIGN §14): the API's service, the sandbox, the
+in-sandbox runner and the ``pq`` module scripts import."""
