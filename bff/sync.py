@@ -143,6 +143,8 @@ class SyncRunner:
         self.retry_policy: Callable[[], RetryPolicy] = RetryPolicy.default
         # Told about every run that ended (the sync.finished webhook).
         self.finished_listeners: list[Callable[[Run], Awaitable[None]]] = []
+        # Set when a run of that connection ends in this process (waiters need not poll for it).
+        self._ended: dict[int, asyncio.Event] = {}
 
     # -- requests --------------------------------------------------------------------------------
 
@@ -195,10 +197,13 @@ class SyncRunner:
     async def wait(self, connection_id: int, *, timeout: float | None = None) -> Run | None:
         """Wait until the connection has no active run; the last run (None if it never ran)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while await self.store.active_run(connection_id) is not None:
+        while True:
+            ended = self._ended.setdefault(connection_id, asyncio.Event())
+            if await self.store.active_run(connection_id) is None:
+                break
             if deadline is not None and time.monotonic() >= deadline:
                 break
-            await asyncio.sleep(WAIT_POLL)
+            await self._until_ended(ended, WAIT_POLL)
         return await self.store.last_run(connection_id)
 
     async def wait_run(self, run_id: int, *, timeout: float) -> Run | None:
@@ -206,9 +211,16 @@ class SyncRunner:
         deadline = time.monotonic() + timeout
         run = await self.store.get_run(run_id)
         while run is not None and run.active and time.monotonic() < deadline:
-            await asyncio.sleep(min(WAIT_POLL * 4, max(0.0, deadline - time.monotonic())))
+            ended = self._ended.setdefault(run.connection_id, asyncio.Event())
+            await self._until_ended(ended, min(WAIT_POLL * 4, max(0.0, deadline - time.monotonic())))
             run = await self.store.get_run(run_id)
         return run
+
+    @staticmethod
+    async def _until_ended(ended: asyncio.Event, poll: float) -> None:
+        """A run that ends in this process says so at once; one on another worker is seen by polling."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(ended.wait(), poll)
 
     async def delete_connection(self, sub_account_id: int, connection_id: int) -> bool:
         """Delete a connection with its runs, logs, cursors and warehouse tables. A run in
@@ -467,6 +479,9 @@ class SyncRunner:
             detail=detail,
             logs=logs,
         )
+        waiting = self._ended.pop(run.connection_id, None)
+        if waiting is not None:
+            waiting.set()
         if ended and self.finished_listeners:
             finished = await self.store.get_run(run.id)
             for listener in self.finished_listeners if finished is not None else []:
