@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import operator
 import re
 import secrets
@@ -29,11 +30,14 @@ import zlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
+import psycopg
 from psycopg import AsyncConnection, sql
 from psycopg.types.json import Jsonb
 
 from .connectors import Stream
 from .store import Store, iso
+
+logger = logging.getLogger("bff.warehouse")
 
 # Random table ids stay below 2**31 so every client (JavaScript included) reads them exactly.
 WAREHOUSE_TABLE_ID_MIN = 1_000_000
@@ -186,10 +190,14 @@ def _plan(table: WarehouseTable, stream: Stream, *, brin_index: int | None) -> _
             " SELECT COUNT(*) FILTER (WHERE inserted) AS inserted FROM page"
         ).format(target=table.identifier, cols=cols, pk=pk, temp=temp, updates=updates, save_state=_SAVE_STATE),
         # A BRIN index only covers block ranges it has summarised (VACUUM does it, eventually); an
-        # unsummarised range matches every query. Rows appended by a page are summarised with it:
-        # this reads just the new ranges, and rows rewritten in place keep their summaries current.
+        # unsummarised range matches every query. Rows appended by a page are summarised after it
+        # commits: this reads just the new ranges, and rows rewritten in place keep their summaries
+        # current. It needs the lock VACUUM takes, so it waits briefly for it and otherwise leaves
+        # the ranges to that VACUUM (or to the next page): a page write never waits on it.
         summarize=(
-            sql.SQL("SELECT brin_summarize_new_values({}::oid::regclass)").format(sql.Literal(brin_index))
+            sql.SQL(
+                "SELECT set_config('lock_timeout', '200ms', true), brin_summarize_new_values({}::oid::regclass)"
+            ).format(sql.Literal(brin_index))
             if brin_index is not None
             else None
         ),
@@ -236,6 +244,7 @@ class TableWriter:
         plan, table = self._plan, self.table
         rows = plan.rows(records)
         params = {"connection": table.connection_id, "stream": table.stream, "state": Jsonb(dict(state))}
+        inserted = 0
         async with self.warehouse.store.transaction() as conn:
             if rows:
                 await conn.execute(plan.begin_page)
@@ -248,11 +257,21 @@ class TableWriter:
             if rows:
                 cur = await conn.execute(plan.upsert, {**params, "now": now, "run": run_id})
                 counted = await cur.fetchone()
-                if plan.summarize is not None and counted is not None and counted["inserted"]:
-                    await conn.execute(plan.summarize)
+                inserted = int(counted["inserted"]) if counted else 0
             else:
                 await conn.execute(_SAVE_STATE, {**params, "now": now})
+        if inserted and plan.summarize is not None:
+            await self._summarize(plan.summarize)
         return len(rows)
+
+    async def _summarize(self, statement: sql.Composed) -> None:
+        try:
+            async with self.warehouse.store.connection() as conn:
+                await conn.execute(statement)
+        except psycopg.errors.LockNotAvailable:
+            pass  # VACUUM (or the next page's summary) has the index: it summarises these ranges
+        except psycopg.Error:  # the page is committed; a summary is only an optimisation
+            logger.warning("could not summarise the _synced_at index of %s", self.table.physical, exc_info=True)
 
     async def mark_missing_deleted(self, run_id: int) -> int:
         """After a full read by ``run_id``: rows it did not write are gone at the provider. Sets

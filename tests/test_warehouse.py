@@ -219,3 +219,38 @@ async def test_new_fields_become_columns_and_values_keep_their_types(env: Env) -
     assert rows[1]["score"] == 2.5 and rows[1]["visits"] == 3
     field_ids = [f.id for f in second.table.fields]
     assert len(set(field_ids)) == len(field_ids)
+
+
+async def test_re_syncs_update_in_place_and_new_rows_are_summarised_into_the_synced_at_index(env: Env) -> None:
+    account, connection = env.accounts[0], env.connections[env.accounts[0]][0]
+    table = await env.warehouse.open_table(account, connection, contacts())
+    target = table.table.identifier
+    blocks = sql.SQL("SELECT id, (ctid::text::point)[0] AS block FROM {}").format(target)
+    where: list[dict[str, float]] = []
+    for run in (1, 2, 3):  # the first run inserts, the others rewrite every row
+        for start in range(0, 3000, 500):
+            await table.write([contact(i) for i in range(start, start + 500)], {}, run_id=run)
+        async with env.store.connection() as conn:
+            where.append({row["id"]: row["block"] for row in await (await conn.execute(blocks)).fetchall()})
+    # Each row's new version stays on its page (a HOT update: the page had room, no index changed).
+    assert len(where[2]) == 3000
+    assert sum(where[0][k] == where[2][k] for k in where[0]) >= 0.9 * 3000
+    async with env.store.connection() as conn:
+        # Nothing left unsummarised: an updated_since read skips the ranges it does not need.
+        index = sql.Identifier(table.table.schema, f"{table.table.physical[:45]}__synced").as_string(conn)
+        cur = await conn.execute("SELECT brin_summarize_new_values(%s::regclass) AS n", (index,))
+        assert (await cur.fetchone())["n"] == 0  # type: ignore[index]
+
+
+async def test_a_page_write_does_not_wait_for_vacuum_s_lock(env: Env, database_url: str) -> None:
+    account, connection = env.accounts[0], env.connections[env.accounts[0]][0]
+    table = await env.warehouse.open_table(account, connection, contacts())
+    await table.write([contact(i) for i in range(100)], {}, run_id=1)
+    with psycopg.connect(database_url) as holder:
+        # What VACUUM (and the BRIN summary) take: the summary waits briefly, then gives up.
+        holder.execute(sql.SQL("LOCK TABLE {} IN SHARE UPDATE EXCLUSIVE MODE").format(table.table.identifier))
+        assert await table.write([contact(i) for i in range(100, 600)], {"cursor": "x"}, run_id=2) == 500
+        holder.rollback()
+    count, _ = await env.warehouse.read_rows(account, table.table, offset=0, limit=1)
+    assert count == 600
+    assert await table.load_state() == {"cursor": "x"}
