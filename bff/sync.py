@@ -356,9 +356,9 @@ class SyncRunner:
     ) -> int:
         """Read ``stream`` from its saved cursor; each page and its cursor land in one transaction.
 
-        The next page is fetched while the current one is written (one page ahead, never
-        more), and copied into the database while the one before is upserted; pages are
-        committed strictly in order.
+        The next pages are fetched while the current one is written (READ_AHEAD_PAGES ahead,
+        never more), and each page is copied into the database while the one before is
+        upserted; pages are committed strictly in order.
         """
         table = await self.warehouse.open_table(connection.sub_account_id, connection.id, stream)
         if run.full_sync and stream.name not in outcome.full_started:
