@@ -479,3 +479,17 @@ async def test_a_sandbox_that_cannot_be_set_up_says_so(sbff: BFF, who: Customer,
     assert run["error"] == (
         "The sandbox could not be set up (bwrap: setting up uid map: Permission denied); the script did not run."
     )
+
+
+@pytest.mark.parametrize("after", [0.0, 0.3], ids=["while-starting", "while-running"])
+async def test_a_worker_shutting_down_fails_the_run_it_was_running(sbff: BFF, who: Customer, after: float) -> None:
+    script = await add_script(sbff, who, "import time\ntime.sleep(120)\n")
+    assert (await sbff.client.post(f"/api/interface/{script}/run", headers=who.headers)).status_code == 202
+    run = await wait_status(sbff, who, script, "running")
+    await asyncio.sleep(after)  # the stop lands while the sandbox starts, or once the script runs
+    await sbff.services.queue.stop_worker()  # what Ctrl-C / SIGTERM does to `bff worker`
+    stopped = (await sbff.client.get(f"/api/interface/{script}/runs/{run['id']}", headers=who.headers)).json()
+    assert stopped["status"] == "failed"
+    assert stopped["error"] == "The worker was stopped while the script ran; run it again."
+    if running_as_root():
+        await _no_processes_left(run_user(run["id"]))

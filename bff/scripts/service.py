@@ -166,10 +166,23 @@ class ScriptService:
         run = await self.table.start_run(run_id)
         if run is None:
             return  # deleted with its script, or taken already
+        tail = _Tail(OUTPUT_KEPT_BYTES)
+        try:
+            await self._execute(run, tail)
+        except asyncio.CancelledError:
+            # This worker is shutting down (the process, if started, was killed on the way out):
+            # the run must not stay "running" and block the script's next run.
+            script = await self.table.get_by_id(run.script_id)
+            if script is not None:
+                stopped = "The worker was stopped while the script ran; run it again."
+                await self._finish(script, run, "failed", None, tail.text(), stopped)
+            raise
+
+    async def _execute(self, run: ScriptRun, tail: _Tail) -> None:
         script = await self.table.get_by_id(run.script_id)
         account = await self.store.get_sub_account_by_id(run.sub_account_id)
         if script is None or account is None:
-            return
+            return  # deleted meanwhile (its runs went with it)
         if not self.mode.enabled:
             await self._finish(script, run, "failed", None, "", f"Not run: {self.mode.describe()}")
             return
@@ -181,7 +194,6 @@ class ScriptService:
         )
         assert self._socket is not None, "serve_api() was not called"
         socket_path = await self._socket.start()
-        tail = _Tail(OUTPUT_KEPT_BYTES)
         try:
             outcome = await self._run_process(script, run, token.token, socket_path, tail)
         except Exception as exc:
