@@ -181,15 +181,7 @@ class SyncRunner:
         )
         job_id = await self.queue.defer_sync(run.id, connection.id)
         if job_id is None:  # a job of this connection is still waiting: the queueing lock says no
-            await self.store.finish_run(
-                run.id,
-                status="failed",
-                records=None,
-                error="Another sync of this connection was already queued.",
-                connection_id=connection.id,
-                health_status=connection.health_status,
-                detail=connection.detail,
-            )
+            await self.store.delete_run(run.id)  # it never started: no failed run in the history
             raise RunAlreadyActive(None)
         await self.store.update_run(run.id, job_id=job_id)
         return run

@@ -432,3 +432,17 @@ async def test_retry_after_beyond_the_budget_fails_the_stream_and_says_so(
         assert (
             "the provider asked to wait 120 min, more than the 30 min left of the 30 min retry budget" in run["error"]
         )
+
+
+async def test_a_sync_refused_by_the_queueing_lock_leaves_no_run_behind(sandbox: Callable[..., Any]) -> None:
+    """A job of the connection still waits (its run gone, say): the request is a 409, and no
+    failed run shows up in the connection's history for a sync that never started."""
+    async with sandbox() as bff:
+        token, _ = await customer(bff)
+        bank = await connect_bank(bff.client, token)
+        await bff.services.queue.stop_worker()  # nothing takes the waiting job
+        assert await bff.services.queue.defer_sync(999_999, bank["id"]) is not None  # holds the lock
+        refused = await bff.client.post(f"/api/server/{bank['id']}/sync", headers=auth(token))
+        assert refused.status_code == 409 and refused.json()["code"] == "sync_already_running"
+        runs = (await bff.client.get(f"/api/server/{bank['id']}/runs", headers=auth(token))).json()
+        assert runs["count"] == 0

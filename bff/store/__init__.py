@@ -754,6 +754,11 @@ class Store:
         assert row is not None
         return Run(**row)
 
+    async def delete_run(self, run_id: int) -> None:
+        """Forget a run that never started (its job could not be queued)."""
+        async with self.pool.connection() as conn:
+            await conn.execute("DELETE FROM runs WHERE id = %s AND status = 'queued'", (run_id,))
+
     async def get_run(self, run_id: int) -> Run | None:
         return _build(Run, await self._one(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = %s", (run_id,)))
 
