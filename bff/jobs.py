@@ -69,21 +69,18 @@ class JobQueue:
         self.heartbeat_seconds = heartbeat_seconds
         self.stalled_seconds = stalled_seconds
         self.app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=url, min_size=1, max_size=4))
-        self._sync_handler: SyncHandler | None = None
         self._stalled_handler: StalledHandler | None = None
+        self._script_stalled_handler: ScriptHandler | None = None
+        self._tick_handler: TickHandler | None = None
+        # What this process does with each kind of job (set by start_worker); one int argument each.
+        self._handlers: dict[str, Callable[[int], Awaitable[None]]] = {}
         self._worker: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
 
-        @self.app.task(name=SYNC_TASK, queue=SYNC_QUEUE, pass_context=True)
-        async def sync_run(context: procrastinate.JobContext, run_id: int) -> None:
-            handler = self._sync_handler
-            if handler is None:  # pragma: no cover - a worker always registers its handler
-                raise RuntimeError("this process cannot run sync jobs")
-            await handler(run_id)
-
-        self._sync_task = sync_run
-        self._tick_handler: TickHandler | None = None
-        self._webhook_handler: WebhookHandler | None = None
+        self._sync_task = self._dispatching_task(SYNC_TASK, SYNC_QUEUE, "run_id", "run sync jobs")
+        self._webhook_task = self._dispatching_task(WEBHOOK_TASK, WEBHOOK_QUEUE, "delivery_id", "deliver webhooks")
+        self._refresh_task = self._dispatching_task(REFRESH_TASK, SYNC_QUEUE, "connection_id", "run refresh jobs")
+        self._script_task = self._dispatching_task(SCRIPT_TASK, SCRIPT_QUEUE, "run_id", "run scripts")
 
         # The queueing lock keeps at most one tick waiting; the periodic registry defers one per
         # minute for all workers together (the database refuses a second defer of the same minute).
@@ -95,35 +92,17 @@ class JobQueue:
 
         self._tick_task = scheduler_tick
 
-        @self.app.task(name=WEBHOOK_TASK, queue=WEBHOOK_QUEUE, pass_context=True)
-        async def webhook_deliver(context: procrastinate.JobContext, delivery_id: int) -> None:
-            handler = self._webhook_handler
-            if handler is None:  # pragma: no cover - a worker always registers its handler
-                raise RuntimeError("this process cannot deliver webhooks")
-            await handler(delivery_id)
+    def _dispatching_task(self, name: str, queue: str, argument: str, what: str) -> Any:
+        """A task whose one keyword argument goes to the handler this process registered for it."""
 
-        self._webhook_task = webhook_deliver
-        self._refresh_handler: RefreshHandler | None = None
+        @self.app.task(name=name, queue=queue, pass_context=True)
+        async def dispatch(context: procrastinate.JobContext, /, **kwargs: int) -> None:
+            handler = self._handlers.get(name)
+            if handler is None:  # pragma: no cover - a worker always registers its handlers
+                raise RuntimeError(f"this process cannot {what}")
+            await handler(int(kwargs[argument]))
 
-        @self.app.task(name=REFRESH_TASK, queue=SYNC_QUEUE, pass_context=True)
-        async def writeback_refresh(context: procrastinate.JobContext, connection_id: int) -> None:
-            handler = self._refresh_handler
-            if handler is None:  # pragma: no cover - a worker always registers its handler
-                raise RuntimeError("this process cannot run refresh jobs")
-            await handler(connection_id)
-
-        self._refresh_task = writeback_refresh
-        self._script_handler: ScriptHandler | None = None
-        self._script_stalled_handler: ScriptHandler | None = None
-
-        @self.app.task(name=SCRIPT_TASK, queue=SCRIPT_QUEUE, pass_context=True)
-        async def script_run(context: procrastinate.JobContext, run_id: int) -> None:
-            handler = self._script_handler
-            if handler is None:  # pragma: no cover - a worker always registers its handler
-                raise RuntimeError("this process cannot run scripts")
-            await handler(run_id)
-
-        self._script_task = script_run
+        return dispatch
 
     async def open(self) -> None:
         await self.app.open_async()
@@ -206,12 +185,10 @@ class JobQueue:
         name: str = "bff",
     ) -> None:
         """Run jobs in this process (as background tasks) until :meth:`stop_worker`."""
-        self._sync_handler = on_sync
+        handlers = {SYNC_TASK: on_sync, WEBHOOK_TASK: on_webhook, REFRESH_TASK: on_refresh, SCRIPT_TASK: on_script}
+        self._handlers = {name: handler for name, handler in handlers.items() if handler is not None}
         self._stalled_handler = on_stalled
         self._tick_handler = on_tick
-        self._webhook_handler = on_webhook
-        self._refresh_handler = on_refresh
-        self._script_handler = on_script
         self._script_stalled_handler = on_script_stalled
         self._worker = asyncio.create_task(
             self.app.run_worker_async(

@@ -251,21 +251,21 @@ class SyncRunner:
         run = await self.store.get_run(run_id)
         if run is None or not run.active:
             return
-        await self.store.update_run(run.id, status="queued")
-        await self.store.add_log(
-            run.connection_id,
-            "warning",
+        await self._back_to_queued(
+            run,
             f"Run {run.id} was interrupted: the worker running it stopped responding. "
             "It continues from the last saved page on another worker.",
-            run_id=run.id,
         )
+
+    async def _back_to_queued(self, run: Run, message: str) -> None:
+        await self.store.update_run(run.id, status="queued")
+        await self.store.add_log(run.connection_id, "warning", message, run_id=run.id)
 
     async def _requeue(self, run: Run, message: str) -> None:
         try:
             if await self.store.get_connection_by_id(run.connection_id) is None:
                 return
-            await self.store.update_run(run.id, status="queued")
-            await self.store.add_log(run.connection_id, "warning", message, run_id=run.id)
+            await self._back_to_queued(run, message)
             await self.queue.defer_sync(run.id, run.connection_id)
         except Exception:  # the store may be closing: the watchdog of another worker picks it up
             logger.exception("could not re-queue run %s", run.id)

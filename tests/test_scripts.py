@@ -453,7 +453,7 @@ async def test_a_script_job_of_a_dead_worker_fails_its_run_instead_of_running_ag
                 "UPDATE procrastinate_jobs SET status = 'doing', worker_id = %s WHERE task_name = 'bff.script_run'",
                 (dead_worker,),
             )
-        services.queue._script_stalled_handler = services.scripts.recover_stalled
+        services.queue._script_stalled_handler = services.scripts.recover_stalled  # as start_worker sets it
         await services.queue.requeue_stalled()
         run = (await bff.client.get(f"/api/interface/{script_id}/runs/{run_id}", headers=who.headers)).json()
         assert run["status"] == "failed" and run["error"] == "The worker running this script stopped; run it again."

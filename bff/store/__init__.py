@@ -69,6 +69,23 @@ def _build(cls: type[T], row: Row | None) -> T | None:
     return cls(**row) if row is not None else None
 
 
+def _given(value: Any) -> Any:
+    """None means "leave it" for these columns: :data:`UNSET`."""
+    return UNSET if value is None else value
+
+
+def _assignments(changes: Mapping[str, Any]) -> tuple[list[str], dict[str, Any]]:
+    """``column = %(column)s`` for every change that is not UNSET; mappings are stored as JSONB."""
+    sets: list[str] = []
+    params: dict[str, Any] = {}
+    for column, value in changes.items():
+        if value is UNSET:
+            continue
+        sets.append(f"{column} = %({column})s")
+        params[column] = Jsonb(dict(value)) if isinstance(value, Mapping) else value
+    return sets, params
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Partner:
     id: int
@@ -609,29 +626,19 @@ class Store:
         sync_frequency: int | None | _Unset = UNSET,
         table_frequencies: Mapping[str, int] | None = None,
     ) -> None:
-        sets: list[str] = ["updated_at = %(now)s"]
-        params: dict[str, Any] = {"id": connection_id, "now": self.now()}
-        if health_status is not None:
-            sets.append("health_status = %(h)s")
-            params["h"] = health_status
-        if detail is not UNSET:
-            sets.append("detail = %(d)s")
-            params["d"] = detail
-        if config is not None:
-            sets.append("config = %(cfg)s")
-            params["cfg"] = Jsonb(dict(config))
-        if secrets is not None:
-            sets.append("secrets = %(sec)s")
-            params["sec"] = secrets
-        if name is not None:
-            sets.append("name = %(n)s")
-            params["n"] = name
-        if sync_frequency is not UNSET:
-            sets.append("sync_frequency = %(freq)s")
-            params["freq"] = sync_frequency
-        if table_frequencies is not None:
-            sets.append("table_frequencies = %(tfreq)s")
-            params["tfreq"] = Jsonb(dict(table_frequencies))
+        sets, params = _assignments(
+            {
+                "health_status": _given(health_status),
+                "detail": detail,
+                "config": _given(config),
+                "secrets": _given(secrets),
+                "name": _given(name),
+                "sync_frequency": sync_frequency,
+                "table_frequencies": _given(table_frequencies),
+            }
+        )
+        sets.insert(0, "updated_at = %(now)s")
+        params.update(id=connection_id, now=self.now())
         # The old status comes from the locked row, so concurrent updates each see their own "from".
         row = await self._one(
             f"UPDATE connections c SET {', '.join(sets)}"
@@ -801,29 +808,18 @@ class Store:
         started: bool = False,
         attempt: bool = False,
     ) -> None:
-        sets: list[str] = []
-        params: dict[str, Any] = {"id": run_id, "now": self.now()}
-        if status is not None:
-            sets.append("status = %(status)s")
-            params["status"] = status
-        if records is not None:
-            sets.append("records = %(records)s")
-            params["records"] = Jsonb(dict(records))
-        if error is not UNSET:
-            sets.append("error = %(error)s")
-            params["error"] = error
-        if pid is not None:
-            sets.append("pid = %(pid)s")
-            params["pid"] = pid
-        if job_id is not None:
-            sets.append("job_id = %(job)s")
-            params["job"] = job_id
-        if resume_at is not UNSET:
-            sets.append("resume_at = %(resume)s")
-            params["resume"] = resume_at
-        if progress is not None:
-            sets.append("progress = %(progress)s")
-            params["progress"] = Jsonb(dict(progress))
+        sets, params = _assignments(
+            {
+                "status": _given(status),
+                "records": _given(records),
+                "error": error,
+                "pid": _given(pid),
+                "job_id": _given(job_id),
+                "resume_at": resume_at,
+                "progress": _given(progress),
+            }
+        )
+        params.update(id=run_id, now=self.now())
         if started:
             sets.append("started_at = COALESCE(started_at, %(now)s)")
         if attempt:
