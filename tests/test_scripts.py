@@ -490,6 +490,6 @@ async def test_a_worker_shutting_down_fails_the_run_it_was_running(sbff: BFF, wh
     await sbff.services.queue.stop_worker()  # what Ctrl-C / SIGTERM does to `bff worker`
     stopped = (await sbff.client.get(f"/api/interface/{script}/runs/{run['id']}", headers=who.headers)).json()
     assert stopped["status"] == "failed"
-    assert stopped["error"] == "The worker was stopped while the script ran; run it again."
+    assert stopped["error"] == "The worker was stopped while the script ran; run it again.", stopped
     if running_as_root():
         await _no_processes_left(run_user(run["id"]))

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -246,8 +247,9 @@ class ScriptService:
             return "succeeded", None
         if outcome.report:
             return "failed", outcome.report
-        if code == 1 and outcome.first_line.startswith("bwrap: "):
-            # bubblewrap itself failed (user namespaces turned off, say): the script never ran.
+        if code == 1 and (outcome.first_line.startswith("bwrap: ") or "bff.scripts.runner" in outcome.first_line):
+            # bubblewrap itself failed (user namespaces turned off, say), or Python could not find
+            # the runner in the sandbox: the script never ran.
             return "failed", f"The sandbox could not be set up ({outcome.first_line}); the script did not run."
         if code in (-SIGXCPU, 128 + SIGXCPU):
             return "failed", f"Stopped: the script used its {limits.cpu_seconds} s of CPU time."
@@ -286,8 +288,8 @@ class ScriptService:
             home = cwd = os.path.dirname(socket_path)
         uid = run_user(run.id)
         outcome = _Outcome()
-        try:
-            proc = await asyncio.create_subprocess_exec(
+        spawn = asyncio.ensure_future(
+            asyncio.create_subprocess_exec(
                 *argv,
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
@@ -301,6 +303,15 @@ class ScriptService:
                 group=uid,
                 extra_groups=[] if uid is not None else None,
             )
+        )
+        try:
+            # Shielded: a stop (the worker shutting down) while the process starts must not leave
+            # it running unseen; it is stopped below once it exists.
+            proc = await asyncio.shield(spawn)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await _stop(await spawn, uid)
+            raise
         finally:
             os.close(write_fd)
         try:
@@ -319,12 +330,12 @@ class ScriptService:
                     pass
                 if time.monotonic() > deadline:
                     outcome.stopped = "timeout"
-                    _kill(proc)
+                    await _kill_all(proc, uid)
                 elif await self.table.run_status(run.id) != "running":
                     outcome.stopped = "deleted"
-                    _kill(proc)
+                    await _kill_all(proc, uid)
             outcome.returncode = proc.returncode
-            _kill(proc)  # what the script left behind (unsandboxed, its process group)
+            await _kill_all(proc, uid)  # whatever the script left behind
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(reader, 5)
             outcome.report = _read_report(read_fd)
@@ -332,8 +343,7 @@ class ScriptService:
         finally:
             os.close(read_fd)
             if proc.returncode is None:
-                _kill(proc)
-                await proc.wait()
+                await _stop(proc, uid)
         return outcome
 
     async def _read_output(
@@ -352,6 +362,41 @@ class ScriptService:
 def _kill(proc: asyncio.subprocess.Process) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
+
+
+# Run as the run's own user: kill(-1) reaches every process of that user (the sandbox's too,
+# whatever session or pid namespace it made) except the caller.
+_KILL_ALL = "import os, signal\ntry:\n    os.kill(-1, signal.SIGKILL)\nexcept ProcessLookupError:\n    pass\n"
+
+
+async def _kill_all(proc: asyncio.subprocess.Process, uid: int | None) -> None:
+    """Kill the run's process group and, when it has a user of its own, every process of that user."""
+    _kill(proc)
+    if uid is None:
+        return  # no user of its own: bubblewrap's --die-with-parent and the pid namespace do it
+    with contextlib.suppress(OSError):
+        killer = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-I",
+            "-S",
+            "-c",
+            _KILL_ALL,
+            user=uid,
+            group=uid,
+            extra_groups=[],
+            env={},
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        await killer.wait()
+
+
+async def _stop(proc: asyncio.subprocess.Process, uid: int | None) -> None:
+    """Kill everything of the run and wait (a while) for the process to be reaped."""
+    await _kill_all(proc, uid)
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(proc.wait(), 5)
 
 
 def _read_report(fd: int) -> str:
