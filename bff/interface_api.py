@@ -22,13 +22,13 @@ from starlette.routing import BaseRoute
 from .auth import Caller, require_back_end, services
 from .errors import ApiError, not_found, validation_error
 from .http import Pagination, api_route, read_json, text_field
+from .scripts import MAX_STATE_BYTES
 from .scripts.service import MAX_CODE_BYTES, ScriptService, ScriptsUnavailable, check_code, parse_schedule
 from .store import UNSET
 from .store.scripts import Script, ScriptRunActive
 from .sync_api import parse_wait
 
 MAX_NAME_LENGTH = 100
-MAX_STATE_BYTES = 1024 * 1024
 FIELDS = ("name", "raw_code", "schedule")
 
 

@@ -255,6 +255,15 @@ class Webhooks:
             account.partner_id, event_type, {**data, "account_id": account.id, "external_id": account.external_id}
         )
 
+    async def _emit_for_connection(
+        self, sub_account_id: int, connection_id: int, event_type: str, data: dict[str, Any]
+    ) -> None:
+        """An event about a connection: its name and connector ride along while it still exists."""
+        connection = await self.store.get_connection_by_id(connection_id)
+        if connection is not None:
+            data = {**data, "name": connection.name, "connector": connection.connector}
+        await self._emit_for_account(sub_account_id, event_type, data)
+
     async def connection_created(self, account: SubAccount, connection: Connection) -> None:
         await self._emit_for_account(account.id, "connection.created", _connection_data(connection))
 
@@ -262,19 +271,10 @@ class Webhooks:
         await self._emit_for_account(account.id, "connection.deleted", _connection_data(connection))
 
     async def on_health_change(self, change: HealthChange) -> None:
-        connection = await self.store.get_connection_by_id(change.connection_id)
-        data: dict[str, Any] = {
-            "server_id": change.connection_id,
-            "from": change.old,
-            "to": change.new,
-            "detail": change.detail,
-        }
-        if connection is not None:
-            data.update(name=connection.name, connector=connection.connector)
-        await self._emit_for_account(change.sub_account_id, "connection.health_changed", data)
+        data = {"server_id": change.connection_id, "from": change.old, "to": change.new, "detail": change.detail}
+        await self._emit_for_connection(change.sub_account_id, change.connection_id, "connection.health_changed", data)
 
     async def on_run_finished(self, run: Run) -> None:
-        connection = await self.store.get_connection_by_id(run.connection_id)
         data: dict[str, Any] = {
             "server_id": run.connection_id,
             "pipeline_run_id": run.id,
@@ -286,9 +286,7 @@ class Webhooks:
             "started_at": iso(run.started_at),
             "finished_at": iso(run.finished_at),
         }
-        if connection is not None:
-            data.update(name=connection.name, connector=connection.connector)
-        await self._emit_for_account(run.sub_account_id, "sync.finished", data)
+        await self._emit_for_connection(run.sub_account_id, run.connection_id, "sync.finished", data)
 
     async def on_script_finished(self, script: Script, run: ScriptRun) -> None:
         data: dict[str, Any] = {

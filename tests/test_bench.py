@@ -14,33 +14,23 @@ ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.timeout(240)
 
 
-def test_bench_sync_runs_every_contender_and_checks_row_counts() -> None:
+def run_bench(*args: str) -> str:
+    """A benchmark script run without this shell's BFF_* settings; its stdout, after it succeeded."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("BFF_")}
-    done = subprocess.run(
-        [sys.executable, "bench/sync.py", "--scale", "1", "--rounds", "1", "--customers", "2", "--dlt", "none"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=220,
-    )
+    done = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=220)
     assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def test_bench_sync_runs_every_contender_and_checks_row_counts() -> None:
+    stdout = run_bench("bench/sync.py", "--scale", "1", "--rounds", "1", "--customers", "2", "--dlt", "none")
     # 200 sandbox transactions: fetched by the floor and the project, stored once in every warehouse.
-    assert "records per round checked: 200 fetched by every contender, 200 rows in every table" in done.stdout
+    assert "records per round checked: 200 fetched by every contender, 200 rows in every table" in stdout
     for line in ("project / floor", "project ×2 / floor ×2"):
-        assert line in done.stdout, done.stdout
+        assert line in stdout, stdout
 
 
 def test_bench_scripts_times_every_contender() -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BFF_")}
-    done = subprocess.run(
-        [sys.executable, "bench/scripts.py", "--rounds", "1"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=220,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+    stdout = run_bench("bench/scripts.py", "--rounds", "1")
     for line in ("sandboxed ", "unsandboxed ", "baseline ", "sandboxed / baseline at p50"):
-        assert line in done.stdout, done.stdout
+        assert line in stdout, stdout

@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 
 from ..client import BFFError, Connection, SubAccountClient, _Call
+from . import MAX_STATE_BYTES
 
 __all__ = [
     "DW_NAME",
@@ -35,7 +36,6 @@ __all__ = [
 ]
 
 DW_NAME = "Warehouse"  # the name of the customer's one warehouse (``GET /api/applications/``)
-MAX_STATE_BYTES = 1024 * 1024
 
 _api: SubAccountClient | None = None
 _script_id: int | None = None

@@ -20,6 +20,7 @@ A run is ``python -I -m bff.scripts.runner`` in a child process:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import resource
 import shutil
@@ -126,8 +127,10 @@ def _is_within(path: Path, roots: list[Path]) -> bool:
     return any(path == root or root in path.parents for root in roots)
 
 
-def _python_roots() -> list[Path]:
-    """The directories this Python and the runner's packages live in (read-only binds)."""
+@functools.cache
+def _python_roots() -> tuple[Path, ...]:
+    """The directories this Python and the runner's packages live in (read-only binds); fixed for
+    the life of the process, so found once, not on every run."""
     roots: list[Path] = []
     candidates = [sys.base_prefix, sys.prefix, sys.exec_prefix, os.path.dirname(os.path.realpath(sys.executable))]
     for candidate in candidates:
@@ -142,7 +145,7 @@ def _python_roots() -> list[Path]:
             path = Path(location).resolve()
             if not _is_within(path, roots):
                 roots.append(path)
-    return roots
+    return tuple(roots)
 
 
 def bwrap_command(bwrap: str, *, socket_path: str, hidden: list[Path]) -> list[str]:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from . import UNSET, _Unset, iso
+from . import UNSET, _build, _Unset, iso
 
 if TYPE_CHECKING:
     from . import Store
@@ -92,14 +92,6 @@ _RUN_COLUMNS = (
 )
 
 
-def _script(row: dict[str, Any] | None) -> Script | None:
-    return Script(**row) if row is not None else None
-
-
-def _run(row: dict[str, Any] | None) -> ScriptRun | None:
-    return ScriptRun(**row) if row is not None else None
-
-
 class ScriptStore:
     def __init__(self, store: Store) -> None:
         self._store = store
@@ -117,20 +109,23 @@ class ScriptStore:
             f" VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING {_SCRIPT_COLUMNS}",
             (sub_account_id, name, raw_code, schedule, now + schedule if schedule else None, now, now),
         )
-        script = _script(row)
+        script = _build(Script, row)
         assert script is not None
         return script
 
     async def get(self, sub_account_id: int, script_id: int) -> Script | None:
-        return _script(
+        return _build(
+            Script,
             await self._store._one(
                 f"SELECT {_SCRIPT_COLUMNS} FROM scripts WHERE id = %s AND sub_account_id = %s",
                 (script_id, sub_account_id),
-            )
+            ),
         )
 
     async def get_by_id(self, script_id: int) -> Script | None:
-        return _script(await self._store._one(f"SELECT {_SCRIPT_COLUMNS} FROM scripts WHERE id = %s", (script_id,)))
+        return _build(
+            Script, await self._store._one(f"SELECT {_SCRIPT_COLUMNS} FROM scripts WHERE id = %s", (script_id,))
+        )
 
     async def list_scripts(self, sub_account_id: int, *, offset: int, limit: int) -> tuple[int, list[Script]]:
         count = await self._store._one("SELECT COUNT(*) AS n FROM scripts WHERE sub_account_id = %s", (sub_account_id,))
@@ -166,7 +161,7 @@ class ScriptStore:
                 script.id,
             ),
         )
-        return _script(row)
+        return _build(Script, row)
 
     async def delete(self, sub_account_id: int, script_id: int) -> bool:
         row = await self._store._one(
@@ -212,30 +207,34 @@ class ScriptStore:
             raise ScriptRunActive(active.id if active else None) from None
         except psycopg.errors.ForeignKeyViolation:  # deleted meanwhile
             raise LookupError(script.id) from None
-        run = _run(row)
+        run = _build(ScriptRun, row)
         assert run is not None
         return run
 
     async def get_run(self, run_id: int) -> ScriptRun | None:
-        return _run(await self._store._one(f"SELECT {_RUN_COLUMNS} FROM script_runs WHERE id = %s", (run_id,)))
+        return _build(
+            ScriptRun, await self._store._one(f"SELECT {_RUN_COLUMNS} FROM script_runs WHERE id = %s", (run_id,))
+        )
 
     async def run_status(self, run_id: int) -> str | None:
         row = await self._store._one("SELECT status FROM script_runs WHERE id = %s", (run_id,))
         return str(row["status"]) if row else None
 
     async def active_run(self, script_id: int) -> ScriptRun | None:
-        return _run(
+        return _build(
+            ScriptRun,
             await self._store._one(
                 f"SELECT {_RUN_COLUMNS} FROM script_runs WHERE script_id = %s AND status IN ('queued', 'running')",
                 (script_id,),
-            )
+            ),
         )
 
     async def last_run(self, script_id: int) -> ScriptRun | None:
-        return _run(
+        return _build(
+            ScriptRun,
             await self._store._one(
                 f"SELECT {_RUN_COLUMNS} FROM script_runs WHERE script_id = %s ORDER BY id DESC LIMIT 1", (script_id,)
-            )
+            ),
         )
 
     async def list_runs(self, script_id: int, *, offset: int, limit: int) -> tuple[int, list[ScriptRun]]:
@@ -254,24 +253,26 @@ class ScriptStore:
 
     async def start_run(self, run_id: int) -> ScriptRun | None:
         """queued → running; None when the run is gone or was already taken."""
-        return _run(
+        return _build(
+            ScriptRun,
             await self._store._one(
                 f"UPDATE script_runs SET status = 'running', started_at = %s WHERE id = %s AND status = 'queued'"
                 f" RETURNING {_RUN_COLUMNS}",
                 (self._store.now(), run_id),
-            )
+            ),
         )
 
     async def finish_run(
         self, run_id: int, *, status: str, exit_code: int | None, output: str, error: str | None
     ) -> ScriptRun | None:
         """running/queued → a final status; None when the run is gone (its script was deleted)."""
-        return _run(
+        return _build(
+            ScriptRun,
             await self._store._one(
                 f"UPDATE script_runs SET status = %s, finished_at = %s, exit_code = %s, output = %s, error = %s"
                 f" WHERE id = %s AND status IN ('queued', 'running') RETURNING {_RUN_COLUMNS}",
                 (status, self._store.now(), exit_code, output, error, run_id),
-            )
+            ),
         )
 
     async def prune_runs(self, script_id: int, *, keep: int = RUNS_KEPT) -> None:
