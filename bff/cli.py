@@ -16,6 +16,7 @@ from .settings import Settings, SettingsError, generate_encryption_key, generate
 
 DEMO_KEYS_FILE = "demo-keys.json"
 DEMO_PARTNER_FILE = "demo-partner.json"
+DEMO_LOCK_FILE = "demo.lock"
 DEFAULT_DATA_DIR = "./bff-data"
 DEFAULT_BFF_PORT = 8000
 DEFAULT_SITE_PORT = 8001
@@ -70,9 +71,13 @@ def demo_keys(data_dir: Path, *, create: bool) -> dict[str, str] | None:
     return keys
 
 
+def data_dir_of(args: argparse.Namespace) -> Path:
+    return Path(getattr(args, "data_dir", None) or os.environ.get("BFF_DATA_DIR") or DEFAULT_DATA_DIR)
+
+
 def load_settings(args: argparse.Namespace, *, demo: bool = False, **overrides: Any) -> Settings:
     env = dict(os.environ)
-    data_dir = Path(args.data_dir or env.get("BFF_DATA_DIR") or DEFAULT_DATA_DIR)
+    data_dir = data_dir_of(args)
     env["BFF_DATA_DIR"] = str(data_dir)
     if not env.get("BFF_SECRET_KEYS") or not env.get("BFF_ENCRYPTION_KEY"):
         # `bff demo` creates them; `bff partner create` reuses the demo's.
@@ -96,13 +101,13 @@ def prepare_database(settings: Settings, *, migrate: bool = True) -> str:
     return url
 
 
-async def _with_store(settings: Settings, action: Any) -> Any:
+async def _with_store(settings: Settings, action: Any, *, migrate: bool = True) -> Any:
     from .app import check_encryption_key
     from .crypto import Vault
     from .store import Store
     from .tokens import TokenAuthority
 
-    url = await asyncio.to_thread(prepare_database, settings)
+    url = await asyncio.to_thread(prepare_database, settings, migrate=migrate)
     store = Store(url)
     await store.open()
     try:
@@ -132,7 +137,7 @@ async def create_partner(settings: Settings, name: str, origins: Sequence[str]) 
     return await _with_store(settings, action)  # type: ignore[no-any-return]
 
 
-async def ensure_demo_partner(settings: Settings, origin: str) -> dict[str, Any]:
+async def ensure_demo_partner(settings: Settings, origin: str, *, migrate: bool = True) -> dict[str, Any]:
     """The `demo` partner for the demo site's origin, written to demo-partner.json.
 
     The token already in demo-partner.json is kept while it is valid; otherwise the partner's
@@ -166,7 +171,7 @@ async def ensure_demo_partner(settings: Settings, origin: str) -> dict[str, Any]
             token = tokens.mint_partner_token(partner_id=partner.id, generation=partner.token_generation).token
         return {"id": partner.id, "name": partner.name, "origins": list(partner.origins), "token": token}
 
-    info = await _with_store(settings, action)
+    info = await _with_store(settings, action, migrate=migrate)
     info["bff_url"] = settings.public_url
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     path = settings.data_dir / DEMO_PARTNER_FILE
@@ -175,7 +180,7 @@ async def ensure_demo_partner(settings: Settings, origin: str) -> dict[str, Any]
     return info  # type: ignore[no-any-return]
 
 
-async def ensure_demo_webhook(settings: Settings, partner_id: int, url: str) -> str:
+async def ensure_demo_webhook(settings: Settings, partner_id: int, url: str, *, migrate: bool = True) -> str:
     """Point the demo partner's webhook at the demo site; the secret the site verifies with.
 
     The secret is kept in demo-partner.json next to the partner token; when the file does not
@@ -201,7 +206,7 @@ async def ensure_demo_webhook(settings: Settings, partner_id: int, url: str) -> 
         assert secret is not None
         return secret
 
-    secret: str = await _with_store(settings, action)
+    secret: str = await _with_store(settings, action, migrate=migrate)
     info = json.loads(path.read_text()) if path.exists() else {}
     info["webhook_secret"] = secret
     path.write_text(json.dumps(info, indent=2))
@@ -317,8 +322,16 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .demo import DataDirBusy, hold_data_dir, port_problem, run_demo
 
+    problem = port_problem(args.bff_port, args.site_port)
+    if problem:
+        return _fail(problem)
+    try:
+        # One demo per data directory: a second one would take over the first's partner and webhook.
+        lock = hold_data_dir(data_dir_of(args), DEMO_LOCK_FILE, "`bff demo`")
+    except DataDirBusy as exc:
+        return _fail(str(exc))
     try:
         settings = load_settings(
             args,
@@ -332,7 +345,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     check_startup(settings)
     _configure_logging(settings.log_level)
-    return run_demo(settings, bff_port=args.bff_port, site_port=args.site_port)
+    with lock:
+        return run_demo(settings, bff_port=args.bff_port, site_port=args.site_port)
 
 
 def cmd_partner_create(args: argparse.Namespace) -> int:
