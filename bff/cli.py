@@ -80,6 +80,11 @@ def load_settings(args: argparse.Namespace, *, demo: bool = False, **overrides: 
     data_dir = data_dir_of(args)
     env["BFF_DATA_DIR"] = str(data_dir)
     if not env.get("BFF_SECRET_KEYS") or not env.get("BFF_ENCRYPTION_KEY"):
+        if not demo and not data_dir.is_dir():  # a typo, most likely: there are no keys to find
+            raise SettingsError(
+                f"no such data directory: {data_dir}. Pass the one `bff demo` or `bff serve` uses "
+                "(--data-dir or BFF_DATA_DIR), or set BFF_SECRET_KEYS and BFF_ENCRYPTION_KEY."
+            )
         # `bff demo` creates them; `bff partner create` reuses the demo's.
         keys = demo_keys(data_dir, create=demo)
         if keys is not None:
