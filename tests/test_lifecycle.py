@@ -14,6 +14,7 @@ from sandbox_flows import connect_bank
 from bff import lifecycle
 from bff.lifecycle import STATES, TRANSITIONS, Event, Health
 from bff.settings import Settings
+from bff.store import HealthChange
 
 WIDGET = Path(__file__).resolve().parents[1] / "widget"
 
@@ -102,8 +103,8 @@ async def test_transition_writes_logs_and_keeps_a_state_it_does_not_apply_to(
         store = bff.services.store
         heard: list[tuple[str, str]] = []
 
-        async def listener(change: object) -> None:
-            heard.append((getattr(change, "old"), getattr(change, "new")))
+        async def listener(change: HealthChange) -> None:
+            heard.append((change.old, change.new))
 
         store.health_listeners.append(listener)
         with caplog.at_level("INFO", logger="bff.lifecycle"):
