@@ -214,12 +214,12 @@ class TokenAuthority:
         if max_age is not None and age > max_age:
             raise token_error(401, "token_expired", "This token has expired; mint a new one.")
         if claims.kind not in accept:
-            kind = claims.kind
+            wanted = " or ".join(accept)
             raise token_error(
                 401,
                 "token_wrong_kind",
-                f"{'An' if kind[0] in 'aeiou' else 'A'} {kind} token cannot be used here;"
-                f" this endpoint takes a {' or '.join(accept)} token.",
+                f"{_article(claims.kind).capitalize()} {claims.kind} token cannot be used here;"
+                f" this endpoint takes {_article(wanted)} {wanted} token.",
             )
         return claims
 
@@ -285,6 +285,10 @@ class TokenAuthority:
         except Exception:
             return self._variants
         return sorted(self._variants, key=lambda variant: variant[1] != claimed)
+
+
+def _article(word: str) -> str:
+    return "an" if word[:1] in ("a", "e", "i", "o", "u") else "a"
 
 
 def _is_canonical(token: str) -> bool:

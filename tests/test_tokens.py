@@ -47,6 +47,12 @@ def test_kinds_are_not_interchangeable(tmp_path: Path) -> None:
     assert code_of(lambda: tokens.verify(integrate, accept=("partner",))) == "token_wrong_kind"
     assert code_of(lambda: tokens.verify(identity, accept=("partner",))) == "token_wrong_kind"
     assert code_of(lambda: tokens.verify(partner, accept=("integrate", "identity"))) == "token_wrong_kind"
+    with pytest.raises(ApiError) as info:
+        tokens.verify(partner, accept=("integrate",))
+    assert info.value.detail == "A partner token cannot be used here; this endpoint takes an integrate token."
+    with pytest.raises(ApiError) as info:
+        tokens.verify(integrate, accept=("partner",))
+    assert info.value.detail == "An integrate token cannot be used here; this endpoint takes a partner token."
 
 
 def test_tampered_and_garbage_tokens_are_invalid(tmp_path: Path) -> None:
