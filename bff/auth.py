@@ -69,6 +69,12 @@ async def authenticate(
             raise token_error(401, "token_invalid", "The sub-account this token belongs to no longer exists.")
         if claims.generation != account.token_generation:
             raise token_error(401, "token_revoked", "This token has been revoked; mint a new one.")
+        if claims.partner_generation < partner.customer_token_floor:
+            raise token_error(
+                401,
+                "token_revoked",
+                "The partner token this token was minted with has been rotated or revoked; mint a new one.",
+            )
         if claims.script_run_id is not None and not await _script_run_live(svc, claims.script_run_id):
             raise token_error(401, "token_expired", "This script run has ended; its token no longer works.")
         caller = Caller(claims, partner=partner, sub_account=account, connection=connection)

@@ -424,7 +424,12 @@ def cmd_partner_webhook(args: argparse.Namespace) -> int:
 
 
 async def partner_action(
-    settings: Settings, action: str, *, partner_id: int | None, origins: Sequence[str] = ()
+    settings: Settings,
+    action: str,
+    *,
+    partner_id: int | None,
+    origins: Sequence[str] = (),
+    keep_customer_tokens: bool = False,
 ) -> Any:
     """`bff partner list|rotate-token|revoke|set-origins`: what each prints, or an error line."""
 
@@ -437,8 +442,11 @@ async def partner_action(
         if action == "set-origins":
             partner = await store.set_partner_origins(partner_id, origins)
             return {"id": partner.id, "name": partner.name, "origins": list(partner.origins)}
-        # rotate-token and revoke both end every token minted so far, on the next call, in every process.
-        partner = await store.bump_partner_generation(partner_id)
+        # rotate-token and revoke both end every token minted so far, the customers' tokens minted with
+        # them too (unless rotate-token --keep-customer-tokens), on the next call, in every process.
+        partner = await store.bump_partner_generation(
+            partner_id, keep_customer_tokens=keep_customer_tokens and action == "rotate-token"
+        )
         info: dict[str, Any] = {"id": partner.id, "name": partner.name, "origins": list(partner.origins)}
         if action == "rotate-token":
             info["token"] = tokens.mint_partner_token(partner_id=partner.id, generation=partner.token_generation).token
@@ -460,7 +468,13 @@ def cmd_partner_manage(args: argparse.Namespace) -> int:
 
     try:
         info = asyncio.run(
-            partner_action(settings, args.partner_command, partner_id=getattr(args, "id", None), origins=origins)
+            partner_action(
+                settings,
+                args.partner_command,
+                partner_id=getattr(args, "id", None),
+                origins=origins,
+                keep_customer_tokens=getattr(args, "keep_customer_tokens", False),
+            )
         )
     except (StartupError, DatabaseUnavailable, SettingsError) as exc:
         return _fail(str(exc))
@@ -555,8 +569,12 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--data-dir", help="data directory (default $BFF_DATA_DIR or ./bff-data)")
     listing.set_defaults(handler=cmd_partner_manage)
     for action, text in (
-        ("rotate-token", "print a new token; every older token of the partner stops working at once"),
-        ("revoke", "stop every token of the partner at once (rotate-token mints a new one)"),
+        (
+            "rotate-token",
+            "print a new token; every older token of the partner, and every customer token minted with one,"
+            " stops working at once",
+        ),
+        ("revoke", "stop every token of the partner and of its customers at once (rotate-token mints a new one)"),
         ("set-origins", "replace the browser origins allowed to embed the widget"),
     ):
         sub = partner_commands.add_parser(action, help=text)
@@ -564,6 +582,12 @@ def build_parser() -> argparse.ArgumentParser:
         if action == "set-origins":
             sub.add_argument(
                 "--origin", action="append", metavar="URL", help="an allowed origin (repeatable; none = no browser)"
+            )
+        if action == "rotate-token":
+            sub.add_argument(
+                "--keep-customer-tokens",
+                action="store_true",
+                help="leave the integrate and identity tokens minted with the old token working",
             )
         sub.add_argument("--data-dir", help="data directory (default $BFF_DATA_DIR or ./bff-data)")
         sub.set_defaults(handler=cmd_partner_manage)
