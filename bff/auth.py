@@ -104,7 +104,12 @@ def _check_partner(claims: Claims, partner: Partner | None) -> Partner:
     if partner is None:
         raise token_error(401, "token_invalid", "The partner this token belongs to no longer exists.")
     if claims.generation != partner.token_generation:
-        raise token_error(401, "token_revoked", "This partner token has been rotated; use the new one.")
+        raise token_error(
+            401,
+            "token_revoked",
+            "This partner token has been revoked (the partner's tokens were rotated or revoked);"
+            " use the partner's current token.",
+        )
     return partner
 
 

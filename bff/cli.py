@@ -150,8 +150,10 @@ async def ensure_demo_partner(settings: Settings, origin: str, *, migrate: bool 
     """
     path = settings.data_dir / DEMO_PARTNER_FILE
     try:
-        previous = str(json.loads(path.read_text())["token"])
+        previous = json.loads(path.read_text())["token"]
     except (OSError, ValueError, KeyError, TypeError):
+        previous = None
+    if not isinstance(previous, str):  # none yet, or `bff partner revoke` took it away
         previous = None
 
     async def action(store: Any, tokens: Any) -> dict[str, Any]:
@@ -454,7 +456,30 @@ async def partner_action(
             info["revoked"] = True
         return info
 
-    return await _with_store(settings, run)
+    info = await _with_store(settings, run)
+    if action in ("rotate-token", "revoke"):
+        _update_demo_partner_file(settings.data_dir, info)
+    return info
+
+
+def _update_demo_partner_file(data_dir: Path, info: dict[str, Any]) -> None:
+    """When the partner is the demo's, demo-partner.json gets its new token (or none, once revoked):
+    the running demo site reads it again when its token is refused."""
+    path = data_dir / DEMO_PARTNER_FILE
+    try:
+        demo = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    if not isinstance(demo, dict) or demo.get("id") != info["id"]:
+        return
+    demo["token"] = info.get("token")
+    path.write_text(json.dumps(demo, indent=2))
+    path.chmod(0o600)
+    if demo["token"]:
+        note = f"the demo's partner token in {path} is the new one; a running `bff demo` picks it up."
+    else:
+        note = f"a running `bff demo` stops working until `bff partner rotate-token {info['id']}` mints a new token."
+    print(f"bff: {note}", file=sys.stderr)
 
 
 def cmd_partner_manage(args: argparse.Namespace) -> int:

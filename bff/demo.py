@@ -191,4 +191,6 @@ def _demo_site_app(
         partner_token=str(partner["token"]),
         site_url=site_origin(site_port),
         webhook_secret=webhook_secret,
+        # `bff partner rotate-token` on the demo's partner writes the new token there.
+        partner_token_file=settings.data_dir / "demo-partner.json",
     )
