@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -17,6 +18,7 @@ from .settings import Settings, SettingsError, generate_encryption_key, generate
 DEMO_KEYS_FILE = "demo-keys.json"
 DEMO_PARTNER_FILE = "demo-partner.json"
 DEMO_LOCK_FILE = "demo.lock"
+SANDBOX_LOCK_FILE = "sandbox.lock"
 DEFAULT_DATA_DIR = "./bff-data"
 DEFAULT_BFF_PORT = 8000
 DEFAULT_SITE_PORT = 8001
@@ -350,9 +352,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
         )
     except SettingsError as exc:
         return _fail(str(exc))
-    check_startup(settings)
-    _configure_logging(settings.log_level)
-    with lock:
+    with contextlib.ExitStack() as held:
+        held.enter_context(lock)
+        if not settings.sandbox_external_url:  # the sandbox runs in this process and keeps its state here
+            try:
+                held.enter_context(hold_data_dir(settings.data_dir, SANDBOX_LOCK_FILE, "sandbox"))
+            except DataDirBusy as exc:
+                return _fail(str(exc))
+        check_startup(settings)
+        _configure_logging(settings.log_level)
         return run_demo(settings, bff_port=args.bff_port, site_port=args.site_port)
 
 
@@ -511,13 +519,42 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
     """The sandbox providers alone, for QA deployments and for BFF processes started with BFF_SANDBOX_URL."""
     import uvicorn
 
+    from .demo import DataDirBusy, _port_free, hold_data_dir
     from .sandbox import SandboxOptions, create_sandbox_app
 
     try:
         options = SandboxOptions.from_env(os.environ)
     except ValueError as exc:
         return _fail(str(exc))
-    uvicorn.run(create_sandbox_app(options), host=args.host, port=args.port, access_log=False, log_level="warning")
+    if not _port_free(args.host, args.port):
+        return _fail(f"port {args.port} on {args.host} is in use; stop what listens there or pass --port.")
+    data_dir = data_dir_of(args)
+    try:
+        lock = hold_data_dir(data_dir, SANDBOX_LOCK_FILE, "sandbox")
+    except DataDirBusy as exc:
+        return _fail(str(exc))
+    app = create_sandbox_app(options, state_dir=data_dir)
+    controls = (
+        "open to anyone"
+        if options.controls_open
+        else "behind BFF_SANDBOX_ADMIN_KEY"
+        if options.admin_key
+        else "off (set BFF_SANDBOX_ADMIN_KEY)"
+    )
+    started = (
+        f"bff sandbox: Sandbox CRM, Accounting, Bank and Chat on http://{args.host}:{args.port}"
+        f" (sign-ins and records kept in {(data_dir / 'sandbox.sqlite3').resolve()}; /_control {controls})."
+        " Ctrl-C stops."
+    )
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets)
+            if self.started:
+                print(started, flush=True)
+
+    with lock:
+        Server(uvicorn.Config(app, host=args.host, port=args.port, access_log=False, log_level="warning")).run()
     return 0
 
 
@@ -643,6 +680,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sandbox.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
     sandbox.add_argument("--port", type=int, default=8002, help="port (default 8002)")
+    sandbox.add_argument(
+        "--data-dir", help="where sign-ins and written records are kept (default $BFF_DATA_DIR or ./bff-data)"
+    )
     sandbox.set_defaults(handler=cmd_sandbox)
 
     keys = commands.add_parser("keys", help="print a fresh BFF_SECRET_KEYS and BFF_ENCRYPTION_KEY")
