@@ -159,6 +159,8 @@ def create_app(
                         on_refresh=writeback.refresh.execute,
                         on_script=scripts.execute,
                         on_script_stalled=scripts.recover_stalled,
+                        script_concurrency=settings.script_concurrency,
+                        queues=settings.worker_queues,
                     )
                 yield
             finally:
