@@ -20,7 +20,8 @@ Creating a query table, on the runner's connection:
    statement), then the transaction is made read-only and the view is read (``LIMIT 1``): the
    query's own permissions, functions and running time are checked by running it.
 
-Any database error on the way is ``400 query_invalid`` with the database's message.
+Any database error on the way is ``400 query_invalid`` with the database's message; a statement
+that changes data (``DELETE``…, which ``PREPARE`` parses too) is told that only a query can be saved.
 
 SQL access (``BFF_SQL_ACCESS=true``) gives the partner a LOGIN role ``<schema>_sql``, a member
 of the read role with ``default_transaction_read_only``; asking again sets a new password.
@@ -135,6 +136,16 @@ class QueryTable:
         return body
 
 
+def _refused(exc: psycopg.Error, *, parsed: bool, done: str) -> QueryInvalid:
+    """The refusal of a customer's query. PREPARE parses INSERT/UPDATE/DELETE/MERGE as well as
+    queries; a statement it took that a view (or a cursor) then cannot be made of is one of those."""
+    if parsed and isinstance(exc, psycopg.errors.SyntaxError):
+        return QueryInvalid(
+            f"Only a query (SELECT, or WITH … SELECT) can be {done}; INSERT, UPDATE, DELETE and MERGE change data."
+        )
+    return QueryInvalid(_message(exc))
+
+
 def _message(exc: psycopg.Error) -> str:
     diag = exc.diag
     if diag.message_primary:
@@ -236,11 +247,13 @@ class QueryTables:
         """Check ``query`` and (re)create the view; returns its columns ``(name, type)``."""
         target = sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(view))
         async with self._as_runner(runner) as conn:
+            parsed = False
             try:
                 async with self._read_only(conn):
                     # Parsed, not run: several statements or anything but a query stop here.
                     await conn.execute("PREPARE bff_query_check AS " + query, prepare=True)
                     await conn.execute("DEALLOCATE bff_query_check")
+                parsed = True
                 async with conn.transaction():
                     await conn.execute("SET TRANSACTION READ WRITE")
                     await conn.execute(sql.SQL("SET LOCAL statement_timeout = {}").format(sql.Literal(self.timeout_ms)))
@@ -262,7 +275,7 @@ class QueryTables:
                     await conn.execute("SET LOCAL transaction_read_only = on")
                     await conn.execute(sql.SQL("SELECT * FROM {} LIMIT 1").format(target))
             except psycopg.Error as exc:
-                raise QueryInvalid(_message(exc)) from None
+                raise _refused(exc, parsed=parsed, done="saved") from None
         return columns
 
     async def _field_ids(
@@ -448,16 +461,18 @@ class QueryTables:
         """
         _, runner = await self._runner(sub_account_id)
         async with self._as_runner(runner) as conn:
+            parsed = False
             try:
                 async with self._read_only(conn):
                     await conn.execute("PREPARE bff_query_check AS " + query, prepare=True)
                     await conn.execute("DEALLOCATE bff_query_check")
+                    parsed = True
                     async with conn.cursor(name="bff_query") as cur:
                         await cur.execute(query)
                         rows = await cur.fetchmany(limit + 1)
                         description = cur.description or []
             except psycopg.Error as exc:
-                raise QueryInvalid(_message(exc)) from None
+                raise _refused(exc, parsed=parsed, done="run") from None
         fields = [{"name": col.name, "type": _TYPES.get(int(col.type_code), "text")} for col in description]
         return fields, [{k: json_value(v) for k, v in row.items()} for row in rows[:limit]], len(rows) > limit
 

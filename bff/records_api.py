@@ -29,7 +29,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
 
-from . import connections as rt
+from . import lifecycle
 from .auth import authenticate, path_connection_id, services
 from .connectors import (
     ConfigRequired,
@@ -43,13 +43,13 @@ from .connectors.writer import FieldErrors, ObjectNotSupported, UpsertAmbiguous,
 from .errors import ApiError, not_found, validation_error
 from .http import api_route, query_bool, read_json
 from .idempotency import MAX_KEY_LENGTH, StoredAnswer, fingerprint
+from .lifecycle import Event
 from .store import Connection, SubAccount
 from .writeback import Writeback, writeback_for
 
 __all__ = ["connector_error", "proxy_suffix", "require_writable", "routes"]
 
 RESERVED_QUERY = frozenset(("timeout", "refresh", "match", "page", "page_size"))
-NOT_READY = {rt.AUTHORIZING, rt.CONFIG_SELECT, rt.CHECKING, rt.RE_AUTHORISING}
 # Request headers a proxied call may carry (everything else, auth and hop-by-hop included, is dropped).
 FORWARD_REQUEST = frozenset(
     ("accept", "accept-language", "content-type", "if-match", "if-none-match", "idempotency-key")
@@ -93,10 +93,11 @@ async def require_writable(request: Request) -> tuple[SubAccount, Connection]:
     assert account is not None
     if connection is None:
         raise not_found("No such connection.")
-    if connection.health_status == rt.DISABLED:
-        raise ApiError(409, "connection_disabled", "This connection is disabled; enable it first.")
-    if connection.health_status in NOT_READY:
-        raise ApiError(409, "connection_not_ready", "Finish connecting (authorise, choose its configuration) first.")
+    refused = lifecycle.refusal(connection.health_status, lifecycle.can_write(connection.health_status))
+    if refused == "connection_disabled":
+        raise ApiError(409, refused, "This connection is disabled; enable it first.")
+    if refused is not None:
+        raise ApiError(409, refused, "Finish connecting (authorise, choose its configuration) first.")
     return account, connection
 
 
@@ -169,7 +170,7 @@ async def perform(request: Request, action: str, object_name: str, call: Action,
         except ConnectorError as exc:
             error = connector_error(exc)
             if isinstance(exc, CredentialsRejected):
-                await svc.store.update_connection(connection.id, health_status=rt.ERROR, detail=error.detail)
+                await lifecycle.transition(svc.store, connection.id, Event.CREDENTIALS_REJECTED, detail=error.detail)
             status = error.status
             if key is not None and error.status == 422:
                 await wb.idempotency.finish(connection.id, key, StoredAnswer(error.status, error.body()))

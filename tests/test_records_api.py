@@ -321,9 +321,12 @@ async def test_timeout_true_gives_up_after_two_retries(limited: BFF) -> None:
 
 async def _chat_connection(bff: BFF, who: Customer) -> int:
     from bff import connections as rt
+    from bff.lifecycle import Health
 
     svc = bff.services
-    connection = await svc.store.create_connection(who.account_id, "sandbox_chat", "Sandbox Chat", health_status=rt.OK)
+    connection = await svc.store.create_connection(
+        who.account_id, "sandbox_chat", "Sandbox Chat", health_status=Health.OK
+    )
     await rt.save_secrets(svc, connection.id, rt.Secrets({"api_key": "sandbox-chat-key"}))
     return int(connection.id)
 

@@ -74,6 +74,15 @@ def _given(value: Any) -> Any:
     return UNSET if value is None else value
 
 
+def _guarded(assignment: str) -> str:
+    """``column = value`` → ``column = value`` only while the locked row's old health is one of
+    ``%(health_from)s`` (a transition's source states), else the column keeps its value."""
+    if not assignment.startswith(("health_status ", "detail ")):
+        return assignment
+    column, value = assignment.split(" = ", 1)
+    return f"{column} = CASE WHEN o.old = ANY(%(health_from)s) THEN {value} ELSE c.{column} END"
+
+
 def _assignments(changes: Mapping[str, Any]) -> tuple[list[str], dict[str, Any]]:
     """``column = %(column)s`` for every change that is not UNSET; mappings are stored as JSONB."""
     sets: list[str] = []
@@ -92,6 +101,8 @@ class Partner:
     name: str
     token_generation: int
     created_at: float
+    # Integrate and identity tokens minted under a partner generation below this are revoked.
+    customer_token_floor: int
     origins: tuple[str, ...] = ()
 
 
@@ -229,8 +240,8 @@ _SUB_ACCOUNT_COLUMNS = (
     "id, partner_id, external_id, first_name, last_name, email, language, company_name, token_generation, created_at,"
     " warehouse_schema"
 )
-_PARTNER_COLUMNS = "id, name, token_generation, created_at"
-_PARTNER_FIELDS = ("id", "name", "token_generation", "created_at")
+_PARTNER_FIELDS = ("id", "name", "token_generation", "created_at", "customer_token_floor")
+_PARTNER_COLUMNS = ", ".join(_PARTNER_FIELDS)
 # Partners and their sub-accounts by (partner id, external id), many keys in one query.
 _PARTNERS_AND_SUB_ACCOUNTS = (
     "SELECT k.partner_id AS key_partner_id, k.external_id AS key_external_id,"
@@ -443,10 +454,15 @@ class Store:
                 [(partner_id, origin) for origin in dict.fromkeys(origins)],
             )
 
-    async def bump_partner_generation(self, partner_id: int) -> Partner | None:
+    async def bump_partner_generation(self, partner_id: int, *, keep_customer_tokens: bool = False) -> Partner | None:
+        """A new partner token generation; unless ``keep_customer_tokens``, the integrate and
+        identity tokens minted under the older ones end with it."""
         async with self.transaction() as conn:
             await conn.execute(
-                "UPDATE partners SET token_generation = token_generation + 1 WHERE id = %s", (partner_id,)
+                "UPDATE partners SET token_generation = token_generation + 1,"
+                " customer_token_floor = CASE WHEN %(keep)s THEN customer_token_floor ELSE token_generation + 1 END"
+                " WHERE id = %(id)s",
+                {"id": partner_id, "keep": keep_customer_tokens},
             )
             return await self._partner(conn, partner_id)
 
@@ -625,7 +641,12 @@ class Store:
         name: str | None = None,
         sync_frequency: int | None | _Unset = UNSET,
         table_frequencies: Mapping[str, int] | None = None,
-    ) -> None:
+        health_from: Sequence[str] | None = None,
+        logs: Sequence[tuple[str, str]] = (),
+    ) -> tuple[str, str] | None:
+        """Change a connection's columns (and add ``logs``) in one transaction; ``(old, new)``
+        health, or None when it is gone. With ``health_from`` (see :mod:`bff.lifecycle`), the
+        health and detail change only if the locked row's health is one of those states."""
         sets, params = _assignments(
             {
                 "health_status": _given(health_status),
@@ -637,17 +658,27 @@ class Store:
                 "table_frequencies": _given(table_frequencies),
             }
         )
+        if health_from is not None:
+            params["health_from"] = list(health_from)
+            sets = [_guarded(assignment) for assignment in sets]
         sets.insert(0, "updated_at = %(now)s")
         params.update(id=connection_id, now=self.now())
         # The old status comes from the locked row, so concurrent updates each see their own "from".
-        row = await self._one(
-            f"UPDATE connections c SET {', '.join(sets)}"
-            " FROM (SELECT id, health_status AS old FROM connections WHERE id = %(id)s FOR UPDATE) o"
-            " WHERE c.id = o.id RETURNING c.id, c.sub_account_id, o.old, c.health_status, c.detail",
-            params,
-        )
-        if row is not None and row["old"] != row["health_status"]:
+        async with self.transaction() as conn:
+            cur = await conn.execute(
+                f"UPDATE connections c SET {', '.join(sets)}"
+                " FROM (SELECT id, health_status AS old FROM connections WHERE id = %(id)s FOR UPDATE) o"
+                " WHERE c.id = o.id RETURNING c.id, c.sub_account_id, o.old, c.health_status, c.detail",
+                params,
+            )
+            row = await cur.fetchone()
+            if row is not None:
+                await self._insert_logs(conn, connection_id, logs, None)
+        if row is None:
+            return None
+        if row["old"] != row["health_status"]:
             await self._health_changed(row)
+        return str(row["old"]), str(row["health_status"])
 
     async def _health_changed(self, row: Row) -> None:
         change = HealthChange(
@@ -836,6 +867,7 @@ class Store:
         error: str | None,
         connection_id: int,
         health_status: str,
+        health_from: Sequence[str],
         detail: str | None,
         logs: Sequence[tuple[str, str]] = (),
     ) -> bool:
@@ -858,12 +890,12 @@ class Store:
             if await cur.fetchone() is None:
                 return False
             cur = await conn.execute(
-                # A connection disabled while its run was going stays DISABLED.
-                "UPDATE connections c SET health_status = CASE WHEN o.old = 'DISABLED' THEN o.old ELSE %(h)s END,"
-                " detail = CASE WHEN o.old = 'DISABLED' THEN c.detail ELSE %(d)s END, updated_at = %(now)s"
+                # The health changes only from ``health_from`` (bff.lifecycle: not from DISABLED).
+                f"UPDATE connections c SET {_guarded('health_status = %(h)s')}, {_guarded('detail = %(d)s')},"
+                " updated_at = %(now)s"
                 " FROM (SELECT id, health_status AS old FROM connections WHERE id = %(id)s FOR UPDATE) o"
                 " WHERE c.id = o.id RETURNING c.id, c.sub_account_id, o.old, c.health_status, c.detail",
-                {"h": health_status, "d": detail, "now": now, "id": connection_id},
+                {"h": health_status, "d": detail, "now": now, "id": connection_id, "health_from": list(health_from)},
             )
             changed = await cur.fetchone()
             if changed is not None:  # deleted mid-run: its logs went with it
