@@ -69,6 +69,12 @@ async def authenticate(
             raise token_error(401, "token_invalid", "The sub-account this token belongs to no longer exists.")
         if claims.generation != account.token_generation:
             raise token_error(401, "token_revoked", "This token has been revoked; mint a new one.")
+        if claims.partner_generation < partner.customer_token_floor:
+            raise token_error(
+                401,
+                "token_revoked",
+                "The partner token this token was minted with has been rotated or revoked; mint a new one.",
+            )
         if claims.script_run_id is not None and not await _script_run_live(svc, claims.script_run_id):
             raise token_error(401, "token_expired", "This script run has ended; its token no longer works.")
         caller = Caller(claims, partner=partner, sub_account=account, connection=connection)
@@ -98,7 +104,12 @@ def _check_partner(claims: Claims, partner: Partner | None) -> Partner:
     if partner is None:
         raise token_error(401, "token_invalid", "The partner this token belongs to no longer exists.")
     if claims.generation != partner.token_generation:
-        raise token_error(401, "token_revoked", "This partner token has been rotated; use the new one.")
+        raise token_error(
+            401,
+            "token_revoked",
+            "This partner token has been revoked (the partner's tokens were rotated or revoked);"
+            " use the partner's current token.",
+        )
     return partner
 
 

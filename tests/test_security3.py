@@ -3,11 +3,124 @@
 from __future__ import annotations
 
 import ipaddress
+import json
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
-from conftest import BFF, auth
+from conftest import BFF, auth, running_bff
 
+from bff.settings import Settings
 from bff.webhooks import UnsafeTarget, _public, resolve_target, validate_url
+
+# -- 1. a partner rotate or revoke ends the customer tokens minted under the old partner token ----------------
+
+
+async def customer_tokens(bff: BFF, partner_token: str, external_id: str = "cust-1") -> dict[str, str]:
+    """Every kind of sub-account token, minted with ``partner_token``."""
+    minted = {"integrate": str((await bff.integrate(partner_token, external_id))["token"])}
+    for name, expire in (("identity", "true"), ("identity-forever", "false")):
+        answer = await bff.client.get(
+            "/api/partner/sub-account/identity/",
+            params={"external_id": external_id, "expire": expire},
+            headers=auth(partner_token),
+        )
+        assert answer.status_code == 200, answer.text
+        minted[name] = answer.json()["token"]
+    return minted
+
+
+async def statuses(bff: BFF, tokens: dict[str, str]) -> dict[str, object]:
+    found: dict[str, object] = {}
+    for name, token in tokens.items():
+        answer = await bff.client.get("/api/servers", headers=auth(token))
+        found[name] = answer.status_code if answer.status_code == 200 else answer.json()["code"]
+    return found
+
+
+async def test_rotating_or_revoking_a_partner_token_ends_the_customer_tokens_minted_with_it(bff: BFF) -> None:
+    _, leaked = await bff.partner()
+    before = await customer_tokens(bff, leaked)
+    assert set((await statuses(bff, before)).values()) == {200}
+    rotated = await bff.client.post("/api/partner/rotate-token", headers=auth(leaked))
+    assert rotated.status_code == 200
+    new = rotated.json()["token"]
+    assert set((await statuses(bff, before)).values()) == {"token_revoked"}
+    after = await customer_tokens(bff, new)
+    assert set((await statuses(bff, after)).values()) == {200}  # the sub-account itself was not revoked
+    assert (await bff.client.post("/api/partner/revoke", headers=auth(new))).status_code == 200
+    assert set((await statuses(bff, {**before, **{f"new {k}": v for k, v in after.items()}})).values()) == {
+        "token_revoked"
+    }
+
+
+async def test_a_partner_may_rotate_without_logging_its_customers_out(bff: BFF) -> None:
+    _, old = await bff.partner()
+    minted = await customer_tokens(bff, old)
+    for bad in ({"keep_customer_tokens": "yes"}, {"keep": True}):
+        refused = await bff.client.post("/api/partner/rotate-token", json=bad, headers=auth(old))
+        assert refused.status_code == 400 and refused.json()["code"] == "validation_error", bad
+        assert set(refused.json()["errors"]) == set(bad)
+    assert (await bff.client.get("/api/partner", headers=auth(old))).status_code == 200  # nothing rotated
+    kept = await bff.client.post("/api/partner/rotate-token", json={"keep_customer_tokens": True}, headers=auth(old))
+    assert kept.status_code == 200
+    new = kept.json()["token"]
+    assert (await bff.client.get("/api/partner", headers=auth(old))).json()["code"] == "token_revoked"
+    assert set((await statuses(bff, minted)).values()) == {200}
+    # A plain rotate later ends them (and those minted after the kept rotate).
+    later = await customer_tokens(bff, new, "cust-2")
+    again = await bff.client.post("/api/partner/rotate-token", json={"keep_customer_tokens": False}, headers=auth(new))
+    assert again.status_code == 200
+    assert set((await statuses(bff, {**minted, **later})).values()) == {"token_revoked"}
+
+
+async def test_tokens_minted_before_the_partner_generation_was_carried_end_at_the_next_rotate(bff: BFF) -> None:
+    partner_id, partner_token = await bff.partner()
+    account = await bff.services.store.create_sub_account(partner_id, "cust-1", {})
+    tokens = bff.services.tokens
+    legacy = tokens._mint["identity", False].dumps(
+        {"kind": "identity", "pid": partner_id, "sid": account.id, "gen": account.token_generation}
+    )
+    assert tokens.verify(legacy, accept=("identity",)).partner_generation == 0
+    assert (await bff.client.get("/api/servers", headers=auth(legacy))).status_code == 200
+    await bff.client.post("/api/partner/rotate-token", headers=auth(partner_token))
+    assert (await bff.client.get("/api/servers", headers=auth(legacy))).json()["code"] == "token_revoked"
+
+
+def test_rotate_token_from_the_cli_keeps_customer_tokens_only_when_asked(
+    settings_factory: Callable[..., Settings], database_url: str, tmp_path: Path
+) -> None:
+    import asyncio
+
+    from test_cli import run_bff
+
+    settings = settings_factory()
+    env = {
+        "BFF_SECRET_KEYS": ",".join(key.reveal() for key in settings.secret_keys),
+        "BFF_ENCRYPTION_KEY": settings.encryption_key.reveal(),
+        "BFF_DATABASE_URL": database_url,
+    }
+
+    async def mint() -> tuple[int, dict[str, str]]:
+        async with running_bff(settings) as bff:
+            partner_id, partner_token = await bff.partner()
+            return partner_id, await customer_tokens(bff, partner_token)
+
+    async def check(minted: dict[str, str]) -> set[object]:
+        async with running_bff(settings) as bff:
+            return set((await statuses(bff, minted)).values())
+
+    partner_id, minted = asyncio.run(mint())
+    cli = ("--data-dir", str(tmp_path / "cli"))
+    kept = run_bff("partner", "rotate-token", str(partner_id), "--keep-customer-tokens", *cli, env=env)
+    assert kept.returncode == 0, kept.stderr
+    assert "token" in json.loads(kept.stdout)
+    assert asyncio.run(check(minted)) == {200}
+    assert run_bff("partner", "rotate-token", str(partner_id), *cli, env=env).returncode == 0
+    assert asyncio.run(check(minted)) == {"token_revoked"}
+    bad = run_bff("partner", "revoke", str(partner_id), "--keep-customer-tokens", *cli, env=env)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr  # revoke never keeps them
+
 
 # -- 2. the webhook SSRF guard: only globally reachable addresses, IPv4 inside IPv6 included ------------------
 

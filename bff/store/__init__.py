@@ -102,6 +102,8 @@ class Partner:
     name: str
     token_generation: int
     created_at: float
+    # Integrate and identity tokens minted under a partner generation below this are revoked.
+    customer_token_floor: int
     origins: tuple[str, ...] = ()
 
 
@@ -245,8 +247,8 @@ _SUB_ACCOUNT_COLUMNS = (
     "id, partner_id, external_id, first_name, last_name, email, language, company_name, token_generation, created_at,"
     " warehouse_schema"
 )
-_PARTNER_COLUMNS = "id, name, token_generation, created_at"
-_PARTNER_FIELDS = ("id", "name", "token_generation", "created_at")
+_PARTNER_FIELDS = ("id", "name", "token_generation", "created_at", "customer_token_floor")
+_PARTNER_COLUMNS = ", ".join(_PARTNER_FIELDS)
 # Partners and their sub-accounts by (partner id, external id), many keys in one query.
 _PARTNERS_AND_SUB_ACCOUNTS = (
     "SELECT k.partner_id AS key_partner_id, k.external_id AS key_external_id,"
@@ -459,10 +461,15 @@ class Store:
                 [(partner_id, origin) for origin in dict.fromkeys(origins)],
             )
 
-    async def bump_partner_generation(self, partner_id: int) -> Partner | None:
+    async def bump_partner_generation(self, partner_id: int, *, keep_customer_tokens: bool = False) -> Partner | None:
+        """A new partner token generation; unless ``keep_customer_tokens``, the integrate and
+        identity tokens minted under the older ones end with it."""
         async with self.transaction() as conn:
             await conn.execute(
-                "UPDATE partners SET token_generation = token_generation + 1 WHERE id = %s", (partner_id,)
+                "UPDATE partners SET token_generation = token_generation + 1,"
+                " customer_token_floor = CASE WHEN %(keep)s THEN customer_token_floor ELSE token_generation + 1 END"
+                " WHERE id = %(id)s",
+                {"id": partner_id, "keep": keep_customer_tokens},
             )
             return await self._partner(conn, partner_id)
 
