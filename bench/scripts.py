@@ -93,7 +93,10 @@ async def bench(rounds: int) -> None:
             partner = await services.store.create_partner("bench", [])
             account = await services.store.create_sub_account(partner.id, "bench-1", {})
             token = services.tokens.mint_identity_token(
-                partner_id=partner.id, sub_account_id=account.id, generation=account.token_generation
+                partner_id=partner.id,
+                sub_account_id=account.id,
+                generation=account.token_generation,
+                partner_generation=partner.token_generation,
             ).token
             headers = {"Authorization": f"Bearer {token}"}
             created = await client.post(

@@ -89,7 +89,10 @@ def main() -> None:
     tokens = TokenAuthority(settings)
     runs = 20000
     # First sight of a token: the HMAC check itself (distinct tokens, so nothing is remembered).
-    fresh = [tokens.mint_integrate_token(partner_id=1, sub_account_id=i, generation=1).token for i in range(runs)]
+    fresh = [
+        tokens.mint_integrate_token(partner_id=1, sub_account_id=i, generation=1, partner_generation=1).token
+        for i in range(runs)
+    ]
     fresh_partner = [tokens.mint_partner_token(partner_id=i, generation=1).token for i in range(runs)]
     verify_us = (
         timeit.timeit(lambda it=iter(fresh): tokens.verify(next(it), accept=("integrate",)), number=runs) / runs * 1e6
@@ -103,7 +106,10 @@ def main() -> None:
     token = fresh[0]
     verify_again_us = timeit.timeit(lambda: tokens.verify(token, accept=("integrate",)), number=runs) / runs * 1e6
     mint_us = (
-        timeit.timeit(lambda: tokens.mint_integrate_token(partner_id=1, sub_account_id=1, generation=1), number=runs)
+        timeit.timeit(
+            lambda: tokens.mint_integrate_token(partner_id=1, sub_account_id=1, generation=1, partner_generation=1),
+            number=runs,
+        )
         / runs
         * 1e6
     )

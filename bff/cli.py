@@ -16,6 +16,7 @@ from .settings import Settings, SettingsError, generate_encryption_key, generate
 
 DEMO_KEYS_FILE = "demo-keys.json"
 DEMO_PARTNER_FILE = "demo-partner.json"
+DEMO_LOCK_FILE = "demo.lock"
 DEFAULT_DATA_DIR = "./bff-data"
 DEFAULT_BFF_PORT = 8000
 DEFAULT_SITE_PORT = 8001
@@ -70,11 +71,20 @@ def demo_keys(data_dir: Path, *, create: bool) -> dict[str, str] | None:
     return keys
 
 
+def data_dir_of(args: argparse.Namespace) -> Path:
+    return Path(getattr(args, "data_dir", None) or os.environ.get("BFF_DATA_DIR") or DEFAULT_DATA_DIR)
+
+
 def load_settings(args: argparse.Namespace, *, demo: bool = False, **overrides: Any) -> Settings:
     env = dict(os.environ)
-    data_dir = Path(args.data_dir or env.get("BFF_DATA_DIR") or DEFAULT_DATA_DIR)
+    data_dir = data_dir_of(args)
     env["BFF_DATA_DIR"] = str(data_dir)
     if not env.get("BFF_SECRET_KEYS") or not env.get("BFF_ENCRYPTION_KEY"):
+        if not demo and not data_dir.is_dir():  # a typo, most likely: there are no keys to find
+            raise SettingsError(
+                f"no such data directory: {data_dir}. Pass the one `bff demo` or `bff serve` uses "
+                "(--data-dir or BFF_DATA_DIR), or set BFF_SECRET_KEYS and BFF_ENCRYPTION_KEY."
+            )
         # `bff demo` creates them; `bff partner create` reuses the demo's.
         keys = demo_keys(data_dir, create=demo)
         if keys is not None:
@@ -96,13 +106,13 @@ def prepare_database(settings: Settings, *, migrate: bool = True) -> str:
     return url
 
 
-async def _with_store(settings: Settings, action: Any) -> Any:
+async def _with_store(settings: Settings, action: Any, *, migrate: bool = True) -> Any:
     from .app import check_encryption_key
     from .crypto import Vault
     from .store import Store
     from .tokens import TokenAuthority
 
-    url = await asyncio.to_thread(prepare_database, settings)
+    url = await asyncio.to_thread(prepare_database, settings, migrate=migrate)
     store = Store(url)
     await store.open()
     try:
@@ -132,7 +142,7 @@ async def create_partner(settings: Settings, name: str, origins: Sequence[str]) 
     return await _with_store(settings, action)  # type: ignore[no-any-return]
 
 
-async def ensure_demo_partner(settings: Settings, origin: str) -> dict[str, Any]:
+async def ensure_demo_partner(settings: Settings, origin: str, *, migrate: bool = True) -> dict[str, Any]:
     """The `demo` partner for the demo site's origin, written to demo-partner.json.
 
     The token already in demo-partner.json is kept while it is valid; otherwise the partner's
@@ -140,8 +150,10 @@ async def ensure_demo_partner(settings: Settings, origin: str) -> dict[str, Any]
     """
     path = settings.data_dir / DEMO_PARTNER_FILE
     try:
-        previous = str(json.loads(path.read_text())["token"])
+        previous = json.loads(path.read_text())["token"]
     except (OSError, ValueError, KeyError, TypeError):
+        previous = None
+    if not isinstance(previous, str):  # none yet, or `bff partner revoke` took it away
         previous = None
 
     async def action(store: Any, tokens: Any) -> dict[str, Any]:
@@ -166,7 +178,7 @@ async def ensure_demo_partner(settings: Settings, origin: str) -> dict[str, Any]
             token = tokens.mint_partner_token(partner_id=partner.id, generation=partner.token_generation).token
         return {"id": partner.id, "name": partner.name, "origins": list(partner.origins), "token": token}
 
-    info = await _with_store(settings, action)
+    info = await _with_store(settings, action, migrate=migrate)
     info["bff_url"] = settings.public_url
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     path = settings.data_dir / DEMO_PARTNER_FILE
@@ -175,7 +187,7 @@ async def ensure_demo_partner(settings: Settings, origin: str) -> dict[str, Any]
     return info  # type: ignore[no-any-return]
 
 
-async def ensure_demo_webhook(settings: Settings, partner_id: int, url: str) -> str:
+async def ensure_demo_webhook(settings: Settings, partner_id: int, url: str, *, migrate: bool = True) -> str:
     """Point the demo partner's webhook at the demo site; the secret the site verifies with.
 
     The secret is kept in demo-partner.json next to the partner token; when the file does not
@@ -201,7 +213,7 @@ async def ensure_demo_webhook(settings: Settings, partner_id: int, url: str) -> 
         assert secret is not None
         return secret
 
-    secret: str = await _with_store(settings, action)
+    secret: str = await _with_store(settings, action, migrate=migrate)
     info = json.loads(path.read_text()) if path.exists() else {}
     info["webhook_secret"] = secret
     path.write_text(json.dumps(info, indent=2))
@@ -317,8 +329,16 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .demo import DataDirBusy, hold_data_dir, port_problem, run_demo
 
+    problem = port_problem(args.bff_port, args.site_port)
+    if problem:
+        return _fail(problem)
+    try:
+        # One demo per data directory: a second one would take over the first's partner and webhook.
+        lock = hold_data_dir(data_dir_of(args), DEMO_LOCK_FILE, "`bff demo`")
+    except DataDirBusy as exc:
+        return _fail(str(exc))
     try:
         settings = load_settings(
             args,
@@ -332,7 +352,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     check_startup(settings)
     _configure_logging(settings.log_level)
-    return run_demo(settings, bff_port=args.bff_port, site_port=args.site_port)
+    with lock:
+        return run_demo(settings, bff_port=args.bff_port, site_port=args.site_port)
 
 
 def cmd_partner_create(args: argparse.Namespace) -> int:
@@ -405,7 +426,12 @@ def cmd_partner_webhook(args: argparse.Namespace) -> int:
 
 
 async def partner_action(
-    settings: Settings, action: str, *, partner_id: int | None, origins: Sequence[str] = ()
+    settings: Settings,
+    action: str,
+    *,
+    partner_id: int | None,
+    origins: Sequence[str] = (),
+    keep_customer_tokens: bool = False,
 ) -> Any:
     """`bff partner list|rotate-token|revoke|set-origins`: what each prints, or an error line."""
 
@@ -418,8 +444,11 @@ async def partner_action(
         if action == "set-origins":
             partner = await store.set_partner_origins(partner_id, origins)
             return {"id": partner.id, "name": partner.name, "origins": list(partner.origins)}
-        # rotate-token and revoke both end every token minted so far, on the next call, in every process.
-        partner = await store.bump_partner_generation(partner_id)
+        # rotate-token and revoke both end every token minted so far, the customers' tokens minted with
+        # them too (unless rotate-token --keep-customer-tokens), on the next call, in every process.
+        partner = await store.bump_partner_generation(
+            partner_id, keep_customer_tokens=keep_customer_tokens and action == "rotate-token"
+        )
         info: dict[str, Any] = {"id": partner.id, "name": partner.name, "origins": list(partner.origins)}
         if action == "rotate-token":
             info["token"] = tokens.mint_partner_token(partner_id=partner.id, generation=partner.token_generation).token
@@ -427,7 +456,30 @@ async def partner_action(
             info["revoked"] = True
         return info
 
-    return await _with_store(settings, run)
+    info = await _with_store(settings, run)
+    if action in ("rotate-token", "revoke"):
+        _update_demo_partner_file(settings.data_dir, info)
+    return info
+
+
+def _update_demo_partner_file(data_dir: Path, info: dict[str, Any]) -> None:
+    """When the partner is the demo's, demo-partner.json gets its new token (or none, once revoked):
+    the running demo site reads it again when its token is refused."""
+    path = data_dir / DEMO_PARTNER_FILE
+    try:
+        demo = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    if not isinstance(demo, dict) or demo.get("id") != info["id"]:
+        return
+    demo["token"] = info.get("token")
+    path.write_text(json.dumps(demo, indent=2))
+    path.chmod(0o600)
+    if demo["token"]:
+        note = f"the demo's partner token in {path} is the new one; a running `bff demo` picks it up."
+    else:
+        note = f"a running `bff demo` stops working until `bff partner rotate-token {info['id']}` mints a new token."
+    print(f"bff: {note}", file=sys.stderr)
 
 
 def cmd_partner_manage(args: argparse.Namespace) -> int:
@@ -441,7 +493,13 @@ def cmd_partner_manage(args: argparse.Namespace) -> int:
 
     try:
         info = asyncio.run(
-            partner_action(settings, args.partner_command, partner_id=getattr(args, "id", None), origins=origins)
+            partner_action(
+                settings,
+                args.partner_command,
+                partner_id=getattr(args, "id", None),
+                origins=origins,
+                keep_customer_tokens=getattr(args, "keep_customer_tokens", False),
+            )
         )
     except (StartupError, DatabaseUnavailable, SettingsError) as exc:
         return _fail(str(exc))
@@ -536,8 +594,12 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--data-dir", help="data directory (default $BFF_DATA_DIR or ./bff-data)")
     listing.set_defaults(handler=cmd_partner_manage)
     for action, text in (
-        ("rotate-token", "print a new token; every older token of the partner stops working at once"),
-        ("revoke", "stop every token of the partner at once (rotate-token mints a new one)"),
+        (
+            "rotate-token",
+            "print a new token; every older token of the partner, and every customer token minted with one,"
+            " stops working at once",
+        ),
+        ("revoke", "stop every token of the partner and of its customers at once (rotate-token mints a new one)"),
         ("set-origins", "replace the browser origins allowed to embed the widget"),
     ):
         sub = partner_commands.add_parser(action, help=text)
@@ -545,6 +607,12 @@ def build_parser() -> argparse.ArgumentParser:
         if action == "set-origins":
             sub.add_argument(
                 "--origin", action="append", metavar="URL", help="an allowed origin (repeatable; none = no browser)"
+            )
+        if action == "rotate-token":
+            sub.add_argument(
+                "--keep-customer-tokens",
+                action="store_true",
+                help="leave the integrate and identity tokens minted with the old token working",
             )
         sub.add_argument("--data-dir", help="data directory (default $BFF_DATA_DIR or ./bff-data)")
         sub.set_defaults(handler=cmd_partner_manage)

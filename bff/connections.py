@@ -21,19 +21,6 @@ from .store import Connection
 
 SANDBOX_CLIENT = ("bff-sandbox", "bff-sandbox-secret")
 
-# health_status values (DESIGN §4)
-AUTHORIZING = "AUTHORIZING"
-CONFIG_SELECT = "CONFIG_SELECT"
-CHECKING = "CHECKING"
-OK = "OK"
-HEALTHY = "HEALTHY"
-COMPLETED_WITH_ERRORS = "COMPLETED_WITH_ERRORS"
-ERROR = "ERROR"
-RE_AUTHORISING = "RE_AUTHORISING"
-RE_AUTHORISED = "RE_AUTHORISED"
-DISABLED = "DISABLED"
-RE_ENABLED = "RE_ENABLED"
-
 
 @dataclasses.dataclass(frozen=True)
 class Secrets:

@@ -12,6 +12,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from . import connections as rt
+from . import lifecycle
 from .auth import SUB_ACCOUNT_KINDS, authenticate, require_connection, require_sub_account, services
 from .connector_text import localized_config_select, localized_form, localized_servertype, request_locale
 from .connectors import (
@@ -25,17 +26,16 @@ from .connectors import (
 )
 from .connectors.definitions import Connector
 from .crypto import connection_aad
-from .errors import ApiError, validation_error
+from .errors import ApiError, connector_error, validation_error
 from .http import MAX_PAGE_SIZE, Pagination, api_route, read_json
+from .lifecycle import Event, Health
 from .store import Connection, OAuthFlow, SubAccount, iso
 from .templates import render
 from .throttle import CONNECTIONS_CREATED, FAILED_CREDENTIALS, Throttle
 
 OAUTH_FLOW_MAX_AGE = 15 * 60
-NOT_READY_FOR_CONFIG = {rt.AUTHORIZING, rt.RE_AUTHORISING}
 # Unfinished connections (waiting for a consent or a choice) one sub-account may hold at once.
 MAX_PENDING_CONNECTIONS = 20
-PENDING_STATUSES = frozenset({rt.AUTHORIZING, rt.CONFIG_SELECT})
 OAUTH_START_PATH = "/oauth/start"
 # A ticket (the one-time nonce the starter holds) is stored like a state, with this purpose prefix:
 # it can be swapped for a browser binding and a provider URL once, and never completes a flow itself.
@@ -110,12 +110,6 @@ def parse_name(data: dict[str, Any], default: str) -> str:
     return name.strip() or default
 
 
-def connector_error(exc: ConnectorError) -> ApiError:
-    if isinstance(exc, CredentialsRejected):
-        return ApiError(422, "credentials_rejected", f"The provider rejected these credentials: {exc.detail}")
-    return ApiError(502, "provider_unavailable", f"Could not reach the provider to check the credentials: {exc.detail}")
-
-
 # -- catalogue --------------------------------------------------------------------------
 
 
@@ -156,7 +150,7 @@ async def create_server(request: Request) -> JSONResponse:
         client = rt.oauth_client(svc, connector)
         if client is None:
             raise ApiError(400, "oauth_app_not_configured", f"{connector.display_name} has no OAuth app configured.")
-        connection = await svc.store.create_connection(account.id, connector.name, name, rt.AUTHORIZING)
+        connection = await svc.store.create_connection(account.id, connector.name, name, Health.AUTHORIZING)
         await svc.connection_created(account, connection)
         oauth_url, nonce = await start_oauth_flow(request, account, connection, connector, purpose="connect")
         body = await connection_dict(request, account, connection)
@@ -166,7 +160,7 @@ async def create_server(request: Request) -> JSONResponse:
 
     credentials = parse_credentials(connector, data)
     await check_credentials(request, account, connector, credentials)
-    status = rt.CONFIG_SELECT if connector.config_select else rt.OK
+    status = lifecycle.target(Event.CONNECTED, choice_missing=connector.config_select is not None)
     connection = await svc.store.create_connection(
         account.id,
         connector.name,
@@ -202,13 +196,15 @@ async def check_credentials(
     except ConnectorError as exc:
         if isinstance(exc, CredentialsRejected):
             await limits.hit(FAILED_CREDENTIALS, key)
-        raise connector_error(exc) from None
+        raise connector_error(
+            exc, new_credentials=True, unreachable="Could not reach the provider to check the credentials"
+        ) from None
 
 
 async def refuse_too_many_pending(request: Request, account: SubAccount) -> None:
     """A customer cannot pile up unfinished connections (each is a live consent link and a row)."""
     connections = await services(request).store.list_connections(account.id)
-    pending = sum(1 for connection in connections if connection.health_status in PENDING_STATUSES)
+    pending = sum(1 for connection in connections if lifecycle.is_pending(connection.health_status))
     if pending >= MAX_PENDING_CONNECTIONS:
         raise ApiError(
             429,
@@ -258,7 +254,7 @@ def _config_connector(connection: Connection) -> Connector:
     connector = load_connectors()[connection.connector]
     if connector.config_select is None:
         raise ApiError(400, "no_config_step", f"{connector.display_name} has no configuration step.")
-    if connection.health_status in NOT_READY_FOR_CONFIG:
+    if not lifecycle.can_configure(connection.health_status):
         raise ApiError(409, "connection_not_ready", "Finish authorising the connection first.")
     return connector
 
@@ -268,11 +264,17 @@ async def _config_options(request: Request, connection: Connection, connector: C
     try:
         return await rt.session_for_connection(svc, connection).config_options()
     except ConnectorError as exc:
+        error = connector_error(exc, unreachable="Could not load the options")
         if isinstance(exc, CredentialsRejected):
-            raise ApiError(
-                422, "credentials_rejected", f"The provider rejected the stored credentials: {exc.detail}"
-            ) from None
-        raise ApiError(502, "provider_unavailable", f"Could not load the options: {exc.detail}") from None
+            # The stored credentials stopped working: the same event as in a sync or a writeback.
+            await lifecycle.transition(
+                svc.store,
+                connection.id,
+                Event.CREDENTIALS_REJECTED,
+                detail=error.detail,
+                logs=[("warning", error.detail)],
+            )
+        raise error from None
 
 
 async def config_options(request: Request) -> JSONResponse:
@@ -315,11 +317,13 @@ async def save_config(request: Request) -> JSONResponse:
     if unknown:
         raise validation_error({select.field: f"Not offered by the provider: {', '.join(unknown)}."})
     svc = services(request)
-    status = connection.health_status if connection.health_status not in {rt.CONFIG_SELECT} else rt.OK
-    await svc.store.update_connection(
-        connection.id, config={**connection.config, select.field: values}, health_status=status, detail=None
+    await lifecycle.transition(
+        svc.store,
+        connection.id,
+        Event.CONFIG_SAVED,
+        config={**connection.config, select.field: values},
+        logs=[("info", f"{select.label} selected: {', '.join(values)}.")],
     )
-    await svc.store.add_log(connection.id, "info", f"{select.label} selected: {', '.join(values)}.")
     updated = await svc.store.get_connection(account.id, connection.id)
     assert updated is not None
     return JSONResponse(await connection_dict(request, account, updated))
@@ -328,16 +332,10 @@ async def save_config(request: Request) -> JSONResponse:
 # -- re-authorisation and manual refresh -------------------------------------------------------
 
 
-def status_after_authorising(connector: Connector, connection: Connection, *, reauthorise: bool) -> str:
-    """Where a connection goes once its credentials are (re)stored.
-
-    A connector's CONFIG_SELECT step is never skipped: without a saved choice the connection stops
-    there, also when it is re-authorised; a saved choice is kept, so re-authorising never asks again.
-    """
+def choice_missing(connector: Connector, connection: Connection) -> bool:
+    """The connector has a CONFIG_SELECT step and this connection has no saved choice yet."""
     select = connector.config_select
-    if select is not None and not connection.config.get(select.field):
-        return rt.CONFIG_SELECT
-    return rt.RE_AUTHORISED if reauthorise else rt.OK
+    return select is not None and not connection.config.get(select.field)
 
 
 async def reauthorise(request: Request) -> JSONResponse:
@@ -347,13 +345,13 @@ async def reauthorise(request: Request) -> JSONResponse:
     connector = load_connectors()[connection.connector]
     data = await read_json(request, required=False)
     if connector.auth_type == "oauth2":
-        if connection.health_status == rt.AUTHORIZING:
+        if connection.health_status == Health.AUTHORIZING:
             # Never authorised (the sign-in window was closed): "Finish setup" starts a new sign-in
             # that ends like a first connect (CONFIG_SELECT or OK), not as a re-authorisation.
             auth_uri, nonce = await start_oauth_flow(request, account, connection, connector, purpose="connect")
         else:
             auth_uri, nonce = await start_oauth_flow(request, account, connection, connector, purpose="reauthorise")
-            await svc.store.update_connection(connection.id, health_status=rt.RE_AUTHORISING)
+            await lifecycle.transition(svc.store, connection.id, Event.SIGN_IN_STARTED, keep_detail=True)
         return JSONResponse(
             {"auth_uri": auth_uri, "oauth_nonce": nonce, "id": connection.id}, headers={"Cache-Control": "no-store"}
         )
@@ -362,11 +360,14 @@ async def reauthorise(request: Request) -> JSONResponse:
         return JSONResponse({"id": connection.id, "form": {"fields": fields}})
     credentials = parse_credentials(connector, data)
     await check_credentials(request, account, connector, credentials, config=connection.config)
-    await rt.save_secrets(svc, connection.id, rt.Secrets(credentials))
-    await svc.store.update_connection(
-        connection.id, health_status=status_after_authorising(connector, connection, reauthorise=True), detail=None
+    await lifecycle.transition(
+        svc.store,
+        connection.id,
+        Event.REAUTHORISED,
+        choice_missing=choice_missing(connector, connection),
+        secrets=rt.seal_secrets(svc, connection.id, rt.Secrets(credentials)),
+        logs=[("info", "Credentials replaced and verified.")],
     )
-    await svc.store.add_log(connection.id, "info", "Credentials replaced and verified.")
     updated = await svc.store.get_connection(account.id, connection.id)
     assert updated is not None
     return JSONResponse(await connection_dict(request, account, updated))
@@ -584,7 +585,6 @@ async def finish_oauth_flow(request: Request, flow: OAuthFlow) -> HTMLResponse:
             request, ok=False, connection_id=None, status=400, message="This connection no longer exists."
         )
     connector = load_connectors()[connection.connector]
-    failed_status = rt.ERROR
     if params.get("error"):
         reason = params.get("error_description") or params.get("error") or "unknown error"
         detail = (
@@ -592,8 +592,13 @@ async def finish_oauth_flow(request: Request, flow: OAuthFlow) -> HTMLResponse:
             if params.get("error") == "access_denied"
             else f"The provider reported an error: {reason[:200]}"
         )
-        await svc.store.update_connection(connection.id, health_status=failed_status, detail=detail)
-        await svc.store.add_log(connection.id, "warning", f"Authorisation failed: {detail}")
+        await lifecycle.transition(
+            svc.store,
+            connection.id,
+            Event.SIGN_IN_FAILED,
+            detail=detail,
+            logs=[("warning", f"Authorisation failed: {detail}")],
+        )
         return callback_page(request, ok=False, connection_id=connection.id, message=detail)
     code = params.get("code")
     if not code:
@@ -621,13 +626,18 @@ async def finish_oauth_flow(request: Request, flow: OAuthFlow) -> HTMLResponse:
         )
     except (OAuthError, ConnectorError) as exc:
         detail = f"Could not complete authorisation: {exc.detail}"
-        await svc.store.update_connection(connection.id, health_status=failed_status, detail=detail)
-        await svc.store.add_log(connection.id, "error", detail)
+        await lifecycle.transition(
+            svc.store, connection.id, Event.SIGN_IN_FAILED, detail=detail, logs=[("error", detail)]
+        )
         return callback_page(request, ok=False, connection_id=connection.id, message=detail)
-    await rt.save_secrets(svc, connection.id, rt.Secrets(credentials={}, tokens=tokens))
-    status = status_after_authorising(connector, connection, reauthorise=flow.purpose == "reauthorise")
-    await svc.store.update_connection(connection.id, health_status=status, detail=None)
-    await svc.store.add_log(connection.id, "info", f"Authorised with {connector.display_name}.")
+    await lifecycle.transition(
+        svc.store,
+        connection.id,
+        Event.REAUTHORISED if flow.purpose == "reauthorise" else Event.CONNECTED,
+        choice_missing=choice_missing(connector, connection),
+        secrets=rt.seal_secrets(svc, connection.id, rt.Secrets(credentials={}, tokens=tokens)),
+        logs=[("info", f"Authorised with {connector.display_name}.")],
+    )
     return callback_page(
         request,
         ok=True,

@@ -7,11 +7,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute
 
-from . import connections as rt
+from . import lifecycle
 from .auth import require_connection, services
 from .connections_api import connection_dict
 from .errors import ApiError, validation_error
 from .http import api_route, read_json
+from .lifecycle import Event
 from .schedules import ScheduleError, parse_frequency, parse_table_frequencies, streams_of
 from .store import UNSET, Connection, SubAccount
 
@@ -44,7 +45,7 @@ async def patch_server(request: Request) -> JSONResponse:
     if "sync_frequency" in data:
         try:
             frequency = parse_frequency(data["sync_frequency"], "sync_frequency")
-        except ScheduleError as exc:
+        except ScheduleError as exc:  # collected: every field's error in one answer
             errors.update(exc.errors)
     tables: dict[str, int] | None = None
     if "table_frequencies" in data:
@@ -81,13 +82,14 @@ async def disable_server(request: Request) -> JSONResponse:
     already going finishes; the connection stays disabled."""
     account, connection = await require_connection(request)
     svc = services(request)
-    if connection.health_status != rt.DISABLED:
-        await svc.store.update_connection(
+    if lifecycle.applies(Event.DISABLED, connection.health_status):
+        await lifecycle.transition(
+            svc.store,
             connection.id,
-            health_status=rt.DISABLED,
+            Event.DISABLED,
             detail="Disabled: nothing syncs until the connection is enabled again.",
+            logs=[("info", "Connection disabled.")],
         )
-        await svc.store.add_log(connection.id, "info", "Connection disabled.")
     return JSONResponse(await connection_dict(request, account, await _reload(request, account, connection)))
 
 
@@ -95,10 +97,9 @@ async def enable_server(request: Request) -> JSONResponse:
     """``RE_ENABLED``, then the normal flow: a sync at once and the schedule again."""
     account, connection = await require_connection(request)
     svc = services(request)
-    if connection.health_status != rt.DISABLED:
+    if not lifecycle.applies(Event.ENABLED, connection.health_status):
         raise ApiError(409, "connection_not_disabled", "This connection is not disabled.")
-    await svc.store.update_connection(connection.id, health_status=rt.RE_ENABLED, detail=None)
-    await svc.store.add_log(connection.id, "info", "Connection enabled again.")
+    await lifecycle.transition(svc.store, connection.id, Event.ENABLED, logs=[("info", "Connection enabled again.")])
     return JSONResponse(await connection_dict(request, account, await _reload(request, account, connection)))
 
 

@@ -324,7 +324,21 @@ _WAIT = {"name": "wait", "in": "query", "required": False, "schema": {"type": "n
 OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
     ("GET", "/api/partner"): {"responses": {"200": _json(_ref("Partner"))}},
     ("POST", "/api/partner/rotate-token"): {
-        "responses": {"200": _json(_ref("Partner"), "The new token (the old one is dead)")}
+        "requestBody": _body(
+            {
+                "type": "object",
+                "properties": {"keep_customer_tokens": {"type": "boolean", "default": False}},
+                "additionalProperties": False,
+            },
+            required=False,
+        ),
+        "responses": {
+            "200": _json(
+                _ref("Partner"),
+                "The new token (the old one is dead, and so are the customer tokens minted with it"
+                " unless keep_customer_tokens)",
+            )
+        },
     },
     ("POST", "/api/partner/revoke"): {
         "responses": {"200": _json(_ref("Partner"), "Every token of the partner is dead")}

@@ -11,9 +11,9 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute
 
 from .auth import require_partner, require_partner_with_sub_account, services
-from .errors import ApiError, not_found, validation_error
+from .errors import BFFError, not_found, validation_error
 from .http import Pagination, api_route, parse_id, query_bool, read_json, require_str
-from .store import ExternalIdTaken, Partner, SubAccount
+from .store import Partner, SubAccount
 from .tokens import MintedToken
 
 _LANGUAGE = re.compile(r"^[a-z]{2,3}(-[A-Za-z]{2,4})?$")
@@ -114,7 +114,10 @@ def token_response(minted: MintedToken, account: SubAccount) -> JSONResponse:
 
 def integrate_response(request: Request, partner: Partner, account: SubAccount) -> JSONResponse:
     minted = services(request).tokens.mint_integrate_token(
-        partner_id=partner.id, sub_account_id=account.id, generation=account.token_generation
+        partner_id=partner.id,
+        sub_account_id=account.id,
+        generation=account.token_generation,
+        partner_generation=partner.token_generation,
     )
     return token_response(minted, account)
 
@@ -123,15 +126,7 @@ async def create_sub_account(request: Request) -> JSONResponse:
     """Create a sub-account for one of the partner's customers."""
     partner = await require_partner(request)
     external_id, fields = parse_sub_account_fields(await read_json(request))
-    try:
-        account = await services(request).store.create_sub_account(partner.id, external_id, fields)
-    except ExternalIdTaken as taken:
-        raise ApiError(
-            409,
-            "external_id_taken",
-            f"A sub-account with external_id {external_id!r} already exists.",
-            extra={"id": taken.existing_id},
-        ) from None
+    account = await services(request).store.create_sub_account(partner.id, external_id, fields)
     return JSONResponse(account.public_dict(), status_code=201)
 
 
@@ -150,7 +145,7 @@ async def integrate_provision(request: Request) -> JSONResponse:
         by_query = not data and bool(request.query_params.get("account_id") or request.query_params.get("external_id"))
         if not by_query:
             external_id, fields = parse_sub_account_fields(data)
-    except ApiError:
+    except BFFError:
         await require_partner(request)  # a bad token is told so before anything about the body
         raise
     if by_query:
@@ -175,7 +170,11 @@ async def identity_token(request: Request) -> JSONResponse:
     expire = query_bool(request, "expire", default=True)
     account = await lookup_sub_account(request, partner)
     minted = services(request).tokens.mint_identity_token(
-        partner_id=partner.id, sub_account_id=account.id, generation=account.token_generation, expire=expire
+        partner_id=partner.id,
+        sub_account_id=account.id,
+        generation=account.token_generation,
+        partner_generation=partner.token_generation,
+        expire=expire,
     )
     return token_response(minted, account)
 
@@ -206,17 +205,28 @@ async def get_partner(request: Request) -> JSONResponse:
 
 
 async def rotate_partner_token(request: Request) -> JSONResponse:
-    """A new partner token; the one used for this call (and every older one) stops working at once."""
+    """A new partner token; the one used for this call (and every older one) stops working at once,
+    and so does every integrate and identity token minted with them, unless the body says
+    ``{"keep_customer_tokens": true}``."""
     partner = await require_partner(request)
+    data = await read_json(request, required=False)
+    unknown = [key for key in data if key != "keep_customer_tokens"]
+    keep = data.get("keep_customer_tokens", False)
+    if unknown or not isinstance(keep, bool):
+        raise validation_error(
+            {key: "Unknown field; send keep_customer_tokens or nothing." for key in unknown}
+            | ({} if isinstance(keep, bool) else {"keep_customer_tokens": "Must be true or false."})
+        )
     svc = services(request)
-    rotated = await svc.store.bump_partner_generation(partner.id)
+    rotated = await svc.store.bump_partner_generation(partner.id, keep_customer_tokens=keep)
     assert rotated is not None
     token = svc.tokens.mint_partner_token(partner_id=rotated.id, generation=rotated.token_generation).token
     return JSONResponse({**partner_dict(rotated), "token": token}, headers={"Cache-Control": "no-store"})
 
 
 async def revoke_partner_tokens(request: Request) -> JSONResponse:
-    """Stop every token of this partner (this one too); `bff partner rotate-token` mints a new one."""
+    """Stop every token of this partner (this one too) and every token minted with them;
+    `bff partner rotate-token` mints a new one."""
     partner = await require_partner(request)
     revoked = await services(request).store.bump_partner_generation(partner.id)
     assert revoked is not None

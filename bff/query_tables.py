@@ -20,7 +20,8 @@ Creating a query table, on the runner's connection:
    statement), then the transaction is made read-only and the view is read (``LIMIT 1``): the
    query's own permissions, functions and running time are checked by running it.
 
-Any database error on the way is ``400 query_invalid`` with the database's message.
+Any database error on the way is ``400 query_invalid`` with the database's message; a statement
+that changes data (``DELETE``…, which ``PREPARE`` parses too) is told that only a query can be saved.
 
 SQL access (``BFF_SQL_ACCESS=true``) gives the partner a LOGIN role ``<schema>_sql``, a member
 of the read role with ``default_transaction_read_only``; asking again sets a new password.
@@ -33,7 +34,7 @@ import dataclasses
 import hashlib
 import hmac
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import psycopg
@@ -42,6 +43,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from .errors import BFFError, Conflict, Invalid
 from .store import Store, iso
 from .warehouse import WAREHOUSE_TABLE_ID_MAX, WAREHOUSE_TABLE_ID_MIN, Warehouse
 from .warehouse_reader import ReadField, RowQuery, json_value, read_page
@@ -68,32 +70,41 @@ _TYPES = {
 }
 
 
-class QueryInvalid(Exception):
+class QueryInvalid(BFFError):
     """The customer's query was refused; ``message`` is the database's own words."""
 
+    status = 400
+    code = "query_invalid"
+
     def __init__(self, message: str) -> None:
-        super().__init__(message)
+        super().__init__(f"The query was refused: {message}", errors={"query": message})
         self.message = message
 
 
-class QueryTableBroken(Exception):
+class QueryTableBroken(Conflict):
     """A saved query no longer runs (a table it read went with its connection, say)."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-
-class FilterValueRejected(Exception):
-    """A filter value the column's type cannot take (``filter__day__equal=someday`` on a date)."""
+    code = "query_table_broken"
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
 
 
-class NameTaken(Exception):
-    pass
+class FilterValueRejected(Invalid):
+    """A filter value the column's type cannot take (``filter__day__equal=someday`` on a date):
+    reported on each filter of the request."""
+
+    def __init__(self, message: str, filters: Sequence[str]) -> None:
+        super().__init__({key: message for key in filters} or {"filter": message}, message)
+        self.message = message
+
+
+class NameTaken(Conflict):
+    code = "name_taken"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"There is already a query table named {name!r}.", errors={"name": "Already in use."})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,6 +144,16 @@ class QueryTable:
         if error is not None:
             body["error"] = error
         return body
+
+
+def _refused(exc: psycopg.Error, *, parsed: bool, done: str) -> QueryInvalid:
+    """The refusal of a customer's query. PREPARE parses INSERT/UPDATE/DELETE/MERGE as well as
+    queries; a statement it took that a view (or a cursor) then cannot be made of is one of those."""
+    if parsed and isinstance(exc, psycopg.errors.SyntaxError):
+        return QueryInvalid(
+            f"Only a query (SELECT, or WITH … SELECT) can be {done}; INSERT, UPDATE, DELETE and MERGE change data."
+        )
+    return QueryInvalid(_message(exc))
 
 
 def _message(exc: psycopg.Error) -> str:
@@ -236,11 +257,13 @@ class QueryTables:
         """Check ``query`` and (re)create the view; returns its columns ``(name, type)``."""
         target = sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(view))
         async with self._as_runner(runner) as conn:
+            parsed = False
             try:
                 async with self._read_only(conn):
                     # Parsed, not run: several statements or anything but a query stop here.
                     await conn.execute("PREPARE bff_query_check AS " + query, prepare=True)
                     await conn.execute("DEALLOCATE bff_query_check")
+                parsed = True
                 async with conn.transaction():
                     await conn.execute("SET TRANSACTION READ WRITE")
                     await conn.execute(sql.SQL("SET LOCAL statement_timeout = {}").format(sql.Literal(self.timeout_ms)))
@@ -262,7 +285,7 @@ class QueryTables:
                     await conn.execute("SET LOCAL transaction_read_only = on")
                     await conn.execute(sql.SQL("SELECT * FROM {} LIMIT 1").format(target))
             except psycopg.Error as exc:
-                raise QueryInvalid(_message(exc)) from None
+                raise _refused(exc, parsed=parsed, done="saved") from None
         return columns
 
     async def _field_ids(
@@ -433,7 +456,7 @@ class QueryTables:
                         conn, table.identifier, query, extra_columns=(), tie_breakers=ties, offset=offset, limit=limit
                     )
             except psycopg.errors.DataError as exc:
-                raise FilterValueRejected(_message(exc)) from None
+                raise FilterValueRejected(_message(exc), query.filters) from None
             except psycopg.Error as exc:
                 raise QueryTableBroken(broken_message(exc)) from None
         return count, [{k: json_value(v) for k, v in row.items()} for row in rows]
@@ -448,16 +471,18 @@ class QueryTables:
         """
         _, runner = await self._runner(sub_account_id)
         async with self._as_runner(runner) as conn:
+            parsed = False
             try:
                 async with self._read_only(conn):
                     await conn.execute("PREPARE bff_query_check AS " + query, prepare=True)
                     await conn.execute("DEALLOCATE bff_query_check")
+                    parsed = True
                     async with conn.cursor(name="bff_query") as cur:
                         await cur.execute(query)
                         rows = await cur.fetchmany(limit + 1)
                         description = cur.description or []
             except psycopg.Error as exc:
-                raise QueryInvalid(_message(exc)) from None
+                raise _refused(exc, parsed=parsed, done="run") from None
         fields = [{"name": col.name, "type": _TYPES.get(int(col.type_code), "text")} for col in description]
         return fields, [{k: json_value(v) for k, v in row.items()} for row in rows[:limit]], len(rows) > limit
 

@@ -16,9 +16,11 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from . import connections as rt
+from . import lifecycle
 from .connectors import load_connectors
+from .errors import Invalid
 from .jobs import JobQueue
+from .lifecycle import Health
 from .runtime import Runtime
 from .store import Connection, HealthChange, Run, RunAlreadyActive
 from .sync import ConnectionNotReady, SyncRunner
@@ -30,18 +32,11 @@ MIN_SYNC_FREQUENCY = 300
 MAX_SYNC_FREQUENCY = 366 * 24 * 3600
 BUSY_RETRY_SECONDS = 60.0  # a due connection with a run still going is tried again this much later
 
-# A connection that reaches one of these has (new) credentials that work: it syncs at once.
-READY = frozenset({rt.OK, rt.RE_AUTHORISED, rt.RE_ENABLED})
-# Never synced by the schedule in these states (the API refuses them, or the customer must act).
-UNSCHEDULABLE = frozenset({rt.AUTHORIZING, rt.CONFIG_SELECT, rt.CHECKING, rt.RE_AUTHORISING, rt.DISABLED})
 
-
-class ScheduleError(Exception):
+class ScheduleError(Invalid):
     """Field-level validation errors of a schedule, in the contract's ``errors`` shape."""
 
-    def __init__(self, errors: dict[str, str]) -> None:
-        super().__init__("; ".join(f"{k}: {v}" for k, v in errors.items()))
-        self.errors = errors
+    errors: dict[str, str]
 
 
 def parse_frequency(value: Any, field: str) -> int | None:
@@ -124,9 +119,9 @@ class Scheduler:
 
     async def on_health_change(self, change: HealthChange) -> None:
         """Ready (again): every table is due now. Disabled: nothing is scheduled."""
-        if change.new == rt.DISABLED:
+        if change.new == Health.DISABLED:
             await self.store.set_schedule(change.connection_id, {})
-        elif change.new in READY and self.enabled:
+        elif lifecycle.syncs_on_entry(change.new) and self.enabled:
             connection = await self.store.get_connection_by_id(change.connection_id)
             if connection is None:
                 return
@@ -138,8 +133,8 @@ class Scheduler:
         """After ``PATCH``: recompute the due times of a connection that is already scheduled."""
         if not self.enabled:
             return connection  # nothing is scheduled in this deployment (BFF_SCHEDULES=false)
-        if connection.health_status in UNSCHEDULABLE or (
-            not connection.table_due and connection.health_status in READY
+        if not lifecycle.can_schedule(connection.health_status) or (
+            not connection.table_due and lifecycle.syncs_on_entry(connection.health_status)
         ):
             return connection  # its first sync, when it comes, plans from the new frequencies
         await self.store.set_schedule(connection.id, replanned(connection, self.now()))
@@ -160,7 +155,7 @@ class Scheduler:
         return queued
 
     async def _tick_connection(self, connection: Connection, now: float) -> Run | None:
-        if connection.health_status in UNSCHEDULABLE:
+        if not lifecycle.can_schedule(connection.health_status):
             # Disabled or waiting for the customer: nothing runs until it is ready again,
             # and becoming ready schedules it afresh.
             await self.store.claim_schedule(connection, {})

@@ -6,6 +6,7 @@ import dataclasses
 import time
 
 from .jobs import JobQueue
+from .lifecycle import Health
 from .query_tables import QueryTables
 from .runtime import Runtime
 from .schedules import Scheduler
@@ -62,7 +63,7 @@ class Services(Runtime):
             HealthChange(
                 connection_id=connection.id,
                 sub_account_id=account.id,
-                old="CHECKING",
+                old=Health.CHECKING,
                 new=connection.health_status,
                 detail=connection.detail,
             )

@@ -39,6 +39,7 @@ from typing import Any
 import psycopg
 
 from . import connections as rt
+from . import lifecycle
 from .connectors import (
     Connector,
     ConnectorError,
@@ -50,7 +51,9 @@ from .connectors import (
     Stream,
     load_connectors,
 )
+from .errors import Conflict, Invalid
 from .jobs import JobQueue
+from .lifecycle import Event, Health
 from .runtime import Runtime
 from .store import Connection, Run, RunAlreadyActive, Store, SubAccount
 from .warehouse import Warehouse
@@ -60,26 +63,28 @@ __all__ = ["ConnectionNotReady", "RunAlreadyActive", "SyncRunner", "UnknownTable
 logger = logging.getLogger("bff.sync")
 
 NOT_READY = {
-    rt.AUTHORIZING: "Finish authorising the connection before syncing it.",
-    rt.CONFIG_SELECT: "Choose the connection's configuration (e.g. divisions) before syncing it.",
+    Health.AUTHORIZING: "Finish authorising the connection before syncing it.",
+    Health.CONFIG_SELECT: "Choose the connection's configuration (e.g. divisions) before syncing it.",
+    Health.DISABLED: "This connection is disabled; enable it before syncing.",
 }
 PROGRESS_EVERY = 1.0  # seconds between progress updates of a run's record counts
 WAIT_POLL = 0.05  # seconds between checks in SyncRunner.wait
 READ_AHEAD_PAGES = 2  # pages fetched ahead of the one being written
 
 
-class ConnectionNotReady(Exception):
-    """The connection cannot sync in its current state; ``code``/``detail`` for the API."""
+class ConnectionNotReady(Conflict):
+    """The connection cannot sync in its current state: ``connection_not_ready`` or ``connection_disabled``."""
 
     def __init__(self, code: str, detail: str) -> None:
         super().__init__(detail)
         self.code = code
-        self.detail = detail
 
 
-class UnknownTables(Exception):
+class UnknownTables(Invalid):
     def __init__(self, unknown: Sequence[str], known: Sequence[str]) -> None:
-        super().__init__(", ".join(unknown))
+        super().__init__(
+            {"tables": f"Unknown table(s): {', '.join(unknown)}. This connection has: {', '.join(known)}."}
+        )
         self.unknown = list(unknown)
         self.known = list(known)
 
@@ -165,10 +170,9 @@ class SyncRunner:
         Raises :class:`ConnectionNotReady`, :class:`UnknownTables`, or the store's
         :class:`RunAlreadyActive` when this connection already has an active run.
         """
-        if connection.health_status in NOT_READY:
-            raise ConnectionNotReady("connection_not_ready", NOT_READY[connection.health_status])
-        if connection.health_status == rt.DISABLED:
-            raise ConnectionNotReady("connection_disabled", "This connection is disabled; enable it before syncing.")
+        refused = lifecycle.refusal(connection.health_status, lifecycle.can_sync(connection.health_status))
+        if refused is not None:
+            raise ConnectionNotReady(refused, NOT_READY[Health(connection.health_status)])
         connector = load_connectors()[connection.connector]
         select_streams([s.name for s in connector.streams], tables)
         run = await self.store.create_run(
@@ -242,7 +246,7 @@ class SyncRunner:
             logger.exception("sync run %s failed unexpectedly", run.id)
             detail = f"The sync failed because of an internal error ({type(exc).__name__}); it has been logged."
             try:
-                await self._finish(run, "failed", rt.ERROR, detail, None, [("error", detail)])
+                await self._finish(run, "failed", Event.SYNC_FAILED, detail, None, [("error", detail)])
             except Exception:
                 logger.exception("could not record the failure of run %s", run.id)
 
@@ -433,43 +437,36 @@ class SyncRunner:
     ) -> None:
         total = sum(outcome.records.values())
         if outcome.rejected is not None:
-            status, health = "failed", rt.ERROR
+            status, event = "failed", Event.CREDENTIALS_REJECTED
             detail: str | None = f"{outcome.rejected.detail} Re-authorise this connection to resume syncing."
         elif not outcome.failed:
-            status, health, detail = "succeeded", rt.HEALTHY, None
+            status, event, detail = "succeeded", Event.SYNC_SUCCEEDED, None
         elif len(outcome.failed) < len(streams):
             failed = "; ".join(f"{name}: {why}" for name, why in outcome.failed.items())
-            status, health = "completed_with_errors", rt.COMPLETED_WITH_ERRORS
+            status, event = "completed_with_errors", Event.SYNC_PARTLY_FAILED
             detail = (
                 f"{len(outcome.failed)} of {len(streams)} tables failed ({failed}). The other tables are up to date."
             )
         else:
             failed = "; ".join(f"{name}: {why}" for name, why in outcome.failed.items())
-            status, health, detail = "failed", rt.ERROR, f"The sync from {display} failed ({failed})."
+            status, event, detail = "failed", Event.SYNC_FAILED, f"The sync from {display} failed ({failed})."
         log(
             "info" if status == "succeeded" else "warning",
             f"Sync {status.replace('_', ' ')}: {total} records in {took:.1f} s.",
         )
-        await self._finish(run, status, health, detail, outcome.records, log.take())
+        await self._finish(run, status, event, detail, outcome.records, log.take())
 
     async def _finish(
         self,
         run: Run,
         status: str,
-        health: str,
+        event: Event,
         detail: str | None,
         records: dict[str, int] | None,
         logs: list[tuple[str, str]],
     ) -> None:
-        ended = await self.store.finish_run(
-            run.id,
-            status=status,
-            records=records,
-            error=detail,
-            connection_id=run.connection_id,
-            health_status=health,
-            detail=detail,
-            logs=logs,
+        ended = await lifecycle.conclude_run(
+            self.store, run.id, run.connection_id, event, status=status, records=records, detail=detail, logs=logs
         )
         waiting = self._ended.pop(run.connection_id, None)
         if waiting is not None:

@@ -8,6 +8,9 @@ Three kinds, each with its own salt and a ``kind`` field in the payload:
 * ``identity``  — expiring (``identity_token_ttl``, 12 h by default) or, minted
   with ``expire=False``, valid until the sub-account's generation is bumped.
 
+Integrate and identity tokens also carry the partner generation they were minted
+under (``pgen``): a partner rotate or revoke ends them too (see ``bff/auth.py``).
+
 Payloads carry ids only: itsdangerous signs, it does not encrypt. Signing keys
 are a list; itsdangerous signs with the last and verifies with all of them.
 """
@@ -64,6 +67,8 @@ class Claims:
     partner_id: int
     generation: int
     sub_account_id: int | None = None
+    # Sub-account tokens: the partner's token generation when minted (0 when minted before it was carried).
+    partner_generation: int = 0
     expires_at: int | None = None
     # Set on a script run's identity token: it works only while that run is running.
     script_run_id: int | None = None
@@ -145,8 +150,16 @@ class TokenAuthority:
         payload = {"kind": "partner", "pid": partner_id, "gen": generation}
         return MintedToken(self._mint["partner", False].dumps(payload), None, None)
 
-    def mint_integrate_token(self, *, partner_id: int, sub_account_id: int, generation: int) -> MintedToken:
-        payload = {"kind": "integrate", "pid": partner_id, "sid": sub_account_id, "gen": generation}
+    def mint_integrate_token(
+        self, *, partner_id: int, sub_account_id: int, generation: int, partner_generation: int
+    ) -> MintedToken:
+        payload = {
+            "kind": "integrate",
+            "pid": partner_id,
+            "sid": sub_account_id,
+            "gen": generation,
+            "pgen": partner_generation,
+        }
         return MintedToken(
             self._mint["integrate", True].dumps(payload),
             self.now() + INTEGRATE_TOKEN_TTL,
@@ -159,10 +172,17 @@ class TokenAuthority:
         partner_id: int,
         sub_account_id: int,
         generation: int,
+        partner_generation: int,
         expire: bool = True,
         script_run_id: int | None = None,
     ) -> MintedToken:
-        payload: dict[str, object] = {"kind": "identity", "pid": partner_id, "sid": sub_account_id, "gen": generation}
+        payload: dict[str, object] = {
+            "kind": "identity",
+            "pid": partner_id,
+            "sid": sub_account_id,
+            "gen": generation,
+            "pgen": partner_generation,
+        }
         if script_run_id is not None:
             payload["run"] = script_run_id
         token = self._mint["identity", expire].dumps(payload)
@@ -194,12 +214,12 @@ class TokenAuthority:
         if max_age is not None and age > max_age:
             raise token_error(401, "token_expired", "This token has expired; mint a new one.")
         if claims.kind not in accept:
-            kind = claims.kind
+            wanted = " or ".join(accept)
             raise token_error(
                 401,
                 "token_wrong_kind",
-                f"{'An' if kind[0] in 'aeiou' else 'A'} {kind} token cannot be used here;"
-                f" this endpoint takes a {' or '.join(accept)} token.",
+                f"{_article(claims.kind).capitalize()} {claims.kind} token cannot be used here;"
+                f" this endpoint takes {_article(wanted)} {wanted} token.",
             )
         return claims
 
@@ -241,12 +261,14 @@ class TokenAuthority:
             try:
                 sid = payload.get("sid")
                 run = payload.get("run")
+                partner_generation = int(payload.get("pgen", 0)) if kind != "partner" else 0
                 issued_at = int(issued.timestamp())
                 claims = Claims(
                     kind=kind,
                     partner_id=int(payload["pid"]),
                     generation=int(payload["gen"]),
                     sub_account_id=int(sid) if sid is not None else None,
+                    partner_generation=partner_generation,
                     expires_at=issued_at + max_age if max_age is not None else None,
                     script_run_id=int(run) if run is not None else None,
                 )
@@ -263,6 +285,10 @@ class TokenAuthority:
         except Exception:
             return self._variants
         return sorted(self._variants, key=lambda variant: variant[1] != claimed)
+
+
+def _article(word: str) -> str:
+    return "an" if word[:1] in ("a", "e", "i", "o", "u") else "a"
 
 
 def _is_canonical(token: str) -> bool:

@@ -7,8 +7,9 @@ is tried again after about 5 s, 5 min, 30 min, 2 h, 5 h and 10 h, then the deliv
 ``failed``; ``redeliver`` starts a new series.
 
 SSRF guard: only http(s) URLs; the host is resolved at send time and every address it has
-must be public (not private, loopback, link-local, multicast, reserved or unspecified), unless
-``BFF_WEBHOOK_ALLOW_PRIVATE=true``. The request then goes to the address that was checked
+must be globally reachable (``is_global``, plus the special-purpose ranges this Python may not
+know; an IPv4 address carried inside an IPv6 one, mapped, 6to4, Teredo or NAT64, must be global
+itself), unless ``BFF_WEBHOOK_ALLOW_PRIVATE=true``. The request then goes to the address that was checked
 (pinned: ``Host`` header and TLS SNI carry the name), so a DNS answer that changes between the
 check and the connection cannot redirect it.
 """
@@ -26,6 +27,7 @@ import logging
 import secrets
 import socket
 import time
+import unicodedata
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -99,34 +101,74 @@ class UnsafeTarget(Exception):
 
 
 def validate_url(value: Any) -> str:
-    """Checks that need no DNS: an absolute http(s) URL with a host and no credentials."""
+    """Checks that need no DNS: an absolute http(s) URL with a host and no credentials, exactly as
+    sent (no surrounding whitespace, no control characters: they would end up in a request line)."""
     if not isinstance(value, str) or not value.strip():
         raise UnsafeTarget("Must be an http:// or https:// URL.")
-    url: str = value.strip()
+    url: str = value
     if len(url) > MAX_URL_LENGTH:
         raise UnsafeTarget(f"Must be at most {MAX_URL_LENGTH} characters.")
-    parts = urlsplit(url)
+    if url != url.strip():
+        raise UnsafeTarget("Must not start or end with spaces.")
+    if any(unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp") or char.isspace() for char in url):
+        raise UnsafeTarget("Must not contain spaces or control characters (percent-encode them).")
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # raises on a port that is not a number in range
+    except ValueError:  # e.g. an unclosed IPv6 bracket, or a bad port
+        raise UnsafeTarget("Is not a valid URL (check the host and the port).") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UnsafeTarget("Must be an http:// or https:// URL.")
     if parts.username or parts.password:
         raise UnsafeTarget("Must not contain a user name or password.")
-    try:
-        _ = parts.port  # raises on a port that is not a number in range
-    except ValueError:
-        raise UnsafeTarget("Has an invalid port.") from None
     return url
 
 
+# Not globally reachable, but ``is_global`` of older Pythons says they are (IANA special-purpose registries).
+_NOT_GLOBAL = tuple(
+    ipaddress.ip_network(network)
+    for network in (
+        "192.0.0.0/24",  # IETF protocol assignments (its two anycast addresses are no webhook either)
+        "192.88.99.0/24",  # 6to4 relay anycast (deprecated)
+        "fec0::/10",  # site-local (deprecated)
+        "64:ff9b:1::/48",  # local-use NAT64
+        "5f00::/16",  # SRv6 SIDs
+        "3fff::/20",  # documentation
+    )
+)
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_IPV4_TRANSLATED = ipaddress.ip_network("::ffff:0:0:0/96")  # SIIT
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")  # deprecated; :: and ::1 are caught as themselves
+
+
+def _embedded_ipv4(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address carries (a connection to it may end up at them)."""
+    if address.ipv4_mapped is not None:
+        return [address.ipv4_mapped]
+    if address.sixtofour is not None:
+        return [address.sixtofour]
+    if address.teredo is not None:
+        return list(address.teredo)
+    low32 = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    if address in _NAT64 or address in _IPV4_TRANSLATED:
+        return [low32]
+    if address in _IPV4_COMPATIBLE and int(address) > 1:
+        return [low32]
+    return []
+
+
 def _public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return not (
-        address.is_private
-        or address.is_loopback
-        or address.is_link_local
-        or address.is_multicast
-        or address.is_reserved
-        or address.is_unspecified
+    """Globally reachable, and so is every IPv4 address it carries (SSRF guard)."""
+    if isinstance(address, ipaddress.IPv6Address):
+        embedded = _embedded_ipv4(address)
+        if embedded and not all(_public(inner) for inner in embedded):
+            return False
+        if embedded and (address.ipv4_mapped is not None or address in _IPV4_TRANSLATED or address in _IPV4_COMPATIBLE):
+            return True  # the IPv4 address itself, written the IPv6 way; 6to4, Teredo, NAT64 must be global too
+    return (
+        address.is_global
+        and not address.is_multicast
+        and not any(address.version == net.version and address in net for net in _NOT_GLOBAL)
     )
 
 
@@ -147,7 +189,8 @@ async def resolve_target(url: str, *, allow_private: bool) -> tuple[str, int]:
         blocked = [str(a) for a in addresses if not _public(a)]
         if blocked:
             raise UnsafeTarget(
-                f"{host} resolves to a private, loopback or link-local address ({blocked[0]}); refused. "
+                f"{host} resolves to an address that is not public (private, loopback, link-local or reserved:"
+                f" {blocked[0]}); refused. "
                 "Set BFF_WEBHOOK_ALLOW_PRIVATE=true to allow it (development only)."
             )
     return str(addresses[0]), port

@@ -85,6 +85,29 @@ async def test_api_key_connect_wrong_then_right(sbff: BFF) -> None:
     assert chosen.json()["config"] == {"divisions": ["101", "103"]}
 
 
+async def test_stored_credentials_rejected_on_config_options_is_the_writeback_answer(sbff: BFF) -> None:
+    """One event, one answer (bff.lifecycle): stored credentials the provider rejects move the
+    connection to ERROR and answer 409 connection_unauthorised, as in a writeback or a sync."""
+    token = await customer(sbff)
+    created = await sbff.client.post(
+        "/api/servers", json={"servertype_id": 2, "api_key": "sandbox-valid-key"}, headers=auth(token)
+    )
+    cid = created.json()["id"]
+    assert (await sbff.client.post("/sandbox/_control/revoke", json={"provider": "accounting"})).status_code == 200
+    refused = await sbff.client.get(f"/api/server/{cid}/config-options", headers=auth(token))
+    assert refused.status_code == 409 and refused.json()["code"] == "connection_unauthorised"
+    server = (await sbff.client.get(f"/api/server/{cid}", headers=auth(token))).json()
+    assert server["health_status"] == "ERROR" and "Re-authorise" in server["detail"]
+    logs = (await sbff.client.get(f"/api/server/{cid}/logs", headers=auth(token))).json()["results"]
+    assert logs[0]["level"] == "warning" and "Re-authorise" in logs[0]["message"]
+    # New credentials bring it back to its configuration step (no choice was saved yet).
+    assert (await sbff.client.post("/sandbox/_control/restore", json={"provider": "accounting"})).status_code == 200
+    again = await sbff.client.post(
+        f"/api/server/{cid}/reauthorise", json={"api_key": "sandbox-valid-key"}, headers=auth(token)
+    )
+    assert again.status_code == 200 and again.json()["health_status"] == "CONFIG_SELECT"
+
+
 async def test_login_password_connect(sbff: BFF) -> None:
     token = await customer(sbff)
     wrong = await sbff.client.post(

@@ -202,6 +202,31 @@ async def test_hostile_queries_are_refused_and_both_customers_tables_survive(sbf
         assert (await cur.fetchone())["n"] == 2
 
 
+async def test_a_statement_that_changes_data_is_told_only_a_query_can_be_saved_or_run(sbff: BFF) -> None:
+    token, _, by_name, _ = await crm_customer(sbff)
+    deals = by_name["deals"]["sql_name"]
+    changes = {
+        "delete": f"DELETE FROM {deals}",
+        "delete returning": f"  -- clean up\n DELETE FROM {deals} WHERE amount < 0 RETURNING id",
+        "update": f"UPDATE {deals} SET amount = 0",
+        "insert": f"INSERT INTO {deals} (id, _synced_at) VALUES ('x', 0)",
+        "merge": f"MERGE INTO {deals} d USING {deals} s ON d.id = s.id WHEN MATCHED THEN DELETE",
+        "with, then delete": f"WITH old AS (SELECT id FROM {deals}) DELETE FROM {deals} WHERE id IN (SELECT id FROM old)",
+    }
+    for label, query in changes.items():
+        saved = await create(sbff, token, label, query)
+        ran = await sbff.client.post("/api/database/query/", json={"query": query}, headers=auth(token))
+        for answer, done in ((saved, "saved"), (ran, "run")):
+            body = answer.json()
+            assert answer.status_code == 400 and body["code"] == "query_invalid", (label, answer.text)
+            assert f"Only a query (SELECT, or WITH … SELECT) can be {done};" in body["detail"], (label, body)
+            assert "syntax error" not in body["detail"] and body["errors"]["query"], (label, body)
+    # A query that is merely mistyped keeps the database's own words.
+    typo = (await create(sbff, token, "typo", f"SELECT id FROM {deals} WHERE")).json()
+    assert "syntax error" in typo["detail"]
+    assert (await rows(sbff, token, by_name["deals"]["id"]))["count"] == 300
+
+
 async def test_a_query_on_a_deleted_connection_fails_clearly_and_listing_still_works(sbff: BFF) -> None:
     token, _, by_name, connection_id = await crm_customer(sbff)
     table = (await create(sbff, token, "Deals", f"SELECT id, amount FROM {by_name['deals']['sql_name']}")).json()

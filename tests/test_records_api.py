@@ -321,9 +321,12 @@ async def test_timeout_true_gives_up_after_two_retries(limited: BFF) -> None:
 
 async def _chat_connection(bff: BFF, who: Customer) -> int:
     from bff import connections as rt
+    from bff.lifecycle import Health
 
     svc = bff.services
-    connection = await svc.store.create_connection(who.account_id, "sandbox_chat", "Sandbox Chat", health_status=rt.OK)
+    connection = await svc.store.create_connection(
+        who.account_id, "sandbox_chat", "Sandbox Chat", health_status=Health.OK
+    )
     await rt.save_secrets(svc, connection.id, rt.Secrets({"api_key": "sandbox-chat-key"}))
     return int(connection.id)
 
@@ -352,7 +355,7 @@ async def test_provider_5xx_past_the_budget_is_502_and_frees_the_idempotency_key
 
 async def test_error_mapping_of_the_retry_policy() -> None:
     from bff.connectors import ConfigRequired, RetriesExhausted
-    from bff.records_api import connector_error
+    from bff.errors import connector_error
 
     timeout = connector_error(RetriesExhausted("gave up", cause="timeout"))
     assert (timeout.status, timeout.code) == (504, "provider_timeout")

@@ -299,8 +299,10 @@ def test_only_the_canonical_token_string_verifies(tmp_path: Path) -> None:
     tokens = _authority(tmp_path, FakeClock())
     minted = [
         tokens.mint_partner_token(partner_id=1, generation=0).token,
-        tokens.mint_integrate_token(partner_id=1, sub_account_id=2, generation=0).token,
-        tokens.mint_identity_token(partner_id=1, sub_account_id=2, generation=0, expire=False).token,
+        tokens.mint_integrate_token(partner_id=1, sub_account_id=2, generation=0, partner_generation=1).token,
+        tokens.mint_identity_token(
+            partner_id=1, sub_account_id=2, generation=0, partner_generation=1, expire=False
+        ).token,
     ]
     for token in minted:
         tokens.verify(token, accept=("partner", "integrate", "identity"))
@@ -330,10 +332,10 @@ def test_tokens_dated_in_the_future_are_refused(tmp_path: Path, kind: str) -> No
     if kind == "partner":
         token = tokens.mint_partner_token(partner_id=1, generation=0).token
     elif kind == "integrate":
-        token = tokens.mint_integrate_token(partner_id=1, sub_account_id=2, generation=0).token
+        token = tokens.mint_integrate_token(partner_id=1, sub_account_id=2, generation=0, partner_generation=1).token
     else:
         token = tokens.mint_identity_token(
-            partner_id=1, sub_account_id=2, generation=0, expire=kind == "identity"
+            partner_id=1, sub_account_id=2, generation=0, partner_generation=1, expire=kind == "identity"
         ).token
     clock.advance(-3600)
     fresh = _authority(tmp_path / "other", clock)  # another process: nothing remembered

@@ -182,7 +182,8 @@ class ScriptService:
     async def _execute(self, run: ScriptRun, tail: _Tail) -> None:
         script = await self.table.get_by_id(run.script_id)
         account = await self.store.get_sub_account_by_id(run.sub_account_id)
-        if script is None or account is None:
+        partner = await self.store.get_partner(account.partner_id) if account is not None else None
+        if script is None or account is None or partner is None:
             return  # deleted meanwhile (its runs went with it)
         if not self.mode.enabled:
             await self._finish(script, run, "failed", None, "", f"Not run: {self.mode.describe()}")
@@ -191,6 +192,7 @@ class ScriptService:
             partner_id=account.partner_id,
             sub_account_id=account.id,
             generation=account.token_generation,
+            partner_generation=partner.token_generation,
             script_run_id=run.id,
         )
         assert self._socket is not None, "serve_api() was not called"

@@ -24,6 +24,7 @@ from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+from ..errors import Conflict
 from .batching import BatchedReads
 from .migrate import migrate
 
@@ -74,6 +75,15 @@ def _given(value: Any) -> Any:
     return UNSET if value is None else value
 
 
+def _guarded(assignment: str) -> str:
+    """``column = value`` → ``column = value`` only while the locked row's old health is one of
+    ``%(health_from)s`` (a transition's source states), else the column keeps its value."""
+    if not assignment.startswith(("health_status ", "detail ")):
+        return assignment
+    column, value = assignment.split(" = ", 1)
+    return f"{column} = CASE WHEN o.old = ANY(%(health_from)s) THEN {value} ELSE c.{column} END"
+
+
 def _assignments(changes: Mapping[str, Any]) -> tuple[list[str], dict[str, Any]]:
     """``column = %(column)s`` for every change that is not UNSET; mappings are stored as JSONB."""
     sets: list[str] = []
@@ -92,6 +102,8 @@ class Partner:
     name: str
     token_generation: int
     created_at: float
+    # Integrate and identity tokens minted under a partner generation below this are revoked.
+    customer_token_floor: int
     origins: tuple[str, ...] = ()
 
 
@@ -204,15 +216,21 @@ class OAuthFlow:
     created_at: float
 
 
-class ExternalIdTaken(Exception):
-    def __init__(self, existing_id: int) -> None:
-        super().__init__(existing_id)
+class ExternalIdTaken(Conflict):
+    code = "external_id_taken"
+
+    def __init__(self, existing_id: int, external_id: str) -> None:
+        super().__init__(f"A sub-account with external_id {external_id!r} already exists.", extra={"id": existing_id})
         self.existing_id = existing_id
 
 
-class RunAlreadyActive(Exception):
+class RunAlreadyActive(Conflict):
+    code = "sync_already_running"
+
     def __init__(self, run_id: int | None) -> None:
-        super().__init__(run_id)
+        super().__init__(
+            "A sync of this connection is already running; wait for it to finish.", extra={"pipeline_run_id": run_id}
+        )
         self.run_id = run_id
 
 
@@ -229,8 +247,8 @@ _SUB_ACCOUNT_COLUMNS = (
     "id, partner_id, external_id, first_name, last_name, email, language, company_name, token_generation, created_at,"
     " warehouse_schema"
 )
-_PARTNER_COLUMNS = "id, name, token_generation, created_at"
-_PARTNER_FIELDS = ("id", "name", "token_generation", "created_at")
+_PARTNER_FIELDS = ("id", "name", "token_generation", "created_at", "customer_token_floor")
+_PARTNER_COLUMNS = ", ".join(_PARTNER_FIELDS)
 # Partners and their sub-accounts by (partner id, external id), many keys in one query.
 _PARTNERS_AND_SUB_ACCOUNTS = (
     "SELECT k.partner_id AS key_partner_id, k.external_id AS key_external_id,"
@@ -443,10 +461,15 @@ class Store:
                 [(partner_id, origin) for origin in dict.fromkeys(origins)],
             )
 
-    async def bump_partner_generation(self, partner_id: int) -> Partner | None:
+    async def bump_partner_generation(self, partner_id: int, *, keep_customer_tokens: bool = False) -> Partner | None:
+        """A new partner token generation; unless ``keep_customer_tokens``, the integrate and
+        identity tokens minted under the older ones end with it."""
         async with self.transaction() as conn:
             await conn.execute(
-                "UPDATE partners SET token_generation = token_generation + 1 WHERE id = %s", (partner_id,)
+                "UPDATE partners SET token_generation = token_generation + 1,"
+                " customer_token_floor = CASE WHEN %(keep)s THEN customer_token_floor ELSE token_generation + 1 END"
+                " WHERE id = %(id)s",
+                {"id": partner_id, "keep": keep_customer_tokens},
             )
             return await self._partner(conn, partner_id)
 
@@ -476,7 +499,7 @@ class Store:
         """Create a sub-account; raises :class:`ExternalIdTaken` when it exists."""
         account, created = await self._insert_sub_account(partner_id, external_id, fields)
         if not created:
-            raise ExternalIdTaken(account.id)
+            raise ExternalIdTaken(account.id, external_id)
         return account
 
     async def get_or_create_sub_account(
@@ -625,7 +648,12 @@ class Store:
         name: str | None = None,
         sync_frequency: int | None | _Unset = UNSET,
         table_frequencies: Mapping[str, int] | None = None,
-    ) -> None:
+        health_from: Sequence[str] | None = None,
+        logs: Sequence[tuple[str, str]] = (),
+    ) -> tuple[str, str] | None:
+        """Change a connection's columns (and add ``logs``) in one transaction; ``(old, new)``
+        health, or None when it is gone. With ``health_from`` (see :mod:`bff.lifecycle`), the
+        health and detail change only if the locked row's health is one of those states."""
         sets, params = _assignments(
             {
                 "health_status": _given(health_status),
@@ -637,17 +665,27 @@ class Store:
                 "table_frequencies": _given(table_frequencies),
             }
         )
+        if health_from is not None:
+            params["health_from"] = list(health_from)
+            sets = [_guarded(assignment) for assignment in sets]
         sets.insert(0, "updated_at = %(now)s")
         params.update(id=connection_id, now=self.now())
         # The old status comes from the locked row, so concurrent updates each see their own "from".
-        row = await self._one(
-            f"UPDATE connections c SET {', '.join(sets)}"
-            " FROM (SELECT id, health_status AS old FROM connections WHERE id = %(id)s FOR UPDATE) o"
-            " WHERE c.id = o.id RETURNING c.id, c.sub_account_id, o.old, c.health_status, c.detail",
-            params,
-        )
-        if row is not None and row["old"] != row["health_status"]:
+        async with self.transaction() as conn:
+            cur = await conn.execute(
+                f"UPDATE connections c SET {', '.join(sets)}"
+                " FROM (SELECT id, health_status AS old FROM connections WHERE id = %(id)s FOR UPDATE) o"
+                " WHERE c.id = o.id RETURNING c.id, c.sub_account_id, o.old, c.health_status, c.detail",
+                params,
+            )
+            row = await cur.fetchone()
+            if row is not None:
+                await self._insert_logs(conn, connection_id, logs, None)
+        if row is None:
+            return None
+        if row["old"] != row["health_status"]:
             await self._health_changed(row)
+        return str(row["old"]), str(row["health_status"])
 
     async def _health_changed(self, row: Row) -> None:
         change = HealthChange(
@@ -836,6 +874,7 @@ class Store:
         error: str | None,
         connection_id: int,
         health_status: str,
+        health_from: Sequence[str],
         detail: str | None,
         logs: Sequence[tuple[str, str]] = (),
     ) -> bool:
@@ -858,12 +897,12 @@ class Store:
             if await cur.fetchone() is None:
                 return False
             cur = await conn.execute(
-                # A connection disabled while its run was going stays DISABLED.
-                "UPDATE connections c SET health_status = CASE WHEN o.old = 'DISABLED' THEN o.old ELSE %(h)s END,"
-                " detail = CASE WHEN o.old = 'DISABLED' THEN c.detail ELSE %(d)s END, updated_at = %(now)s"
+                # The health changes only from ``health_from`` (bff.lifecycle: not from DISABLED).
+                f"UPDATE connections c SET {_guarded('health_status = %(h)s')}, {_guarded('detail = %(d)s')},"
+                " updated_at = %(now)s"
                 " FROM (SELECT id, health_status AS old FROM connections WHERE id = %(id)s FOR UPDATE) o"
                 " WHERE c.id = o.id RETURNING c.id, c.sub_account_id, o.old, c.health_status, c.detail",
-                {"h": health_status, "d": detail, "now": now, "id": connection_id},
+                {"h": health_status, "d": detail, "now": now, "id": connection_id, "health_from": list(health_from)},
             )
             changed = await cur.fetchone()
             if changed is not None:  # deleted mid-run: its logs went with it

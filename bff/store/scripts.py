@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from psycopg.types.json import Jsonb
 
+from ..errors import Conflict
 from . import UNSET, _build, _Unset, iso
 
 if TYPE_CHECKING:
@@ -19,11 +20,15 @@ RUN_ACTIVE = ("queued", "running")
 RUNS_KEPT = 100  # per script: older runs (and their output) are deleted as new ones finish
 
 
-class ScriptRunActive(Exception):
+class ScriptRunActive(Conflict):
     """The script already has a queued or running run (the unique index said so)."""
 
+    code = "script_already_running"
+
     def __init__(self, run_id: int | None) -> None:
-        super().__init__(f"script run {run_id} is still active")
+        super().__init__(
+            "This script is already queued or running; wait for that run to finish.", extra={"run_id": run_id}
+        )
         self.run_id = run_id
 
 
