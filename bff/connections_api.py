@@ -26,7 +26,7 @@ from .connectors import (
 )
 from .connectors.definitions import Connector
 from .crypto import connection_aad
-from .errors import ApiError, validation_error
+from .errors import ApiError, connector_error, validation_error
 from .http import MAX_PAGE_SIZE, Pagination, api_route, read_json
 from .lifecycle import Event, Health
 from .store import Connection, OAuthFlow, SubAccount, iso
@@ -108,12 +108,6 @@ def parse_name(data: dict[str, Any], default: str) -> str:
     if not isinstance(name, str) or len(name) > 200:
         raise validation_error({"name": "Must be text of at most 200 characters."})
     return name.strip() or default
-
-
-def connector_error(exc: ConnectorError) -> ApiError:
-    if isinstance(exc, CredentialsRejected):
-        return ApiError(422, "credentials_rejected", f"The provider rejected these credentials: {exc.detail}")
-    return ApiError(502, "provider_unavailable", f"Could not reach the provider to check the credentials: {exc.detail}")
 
 
 # -- catalogue --------------------------------------------------------------------------
@@ -202,7 +196,9 @@ async def check_credentials(
     except ConnectorError as exc:
         if isinstance(exc, CredentialsRejected):
             await limits.hit(FAILED_CREDENTIALS, key)
-        raise connector_error(exc) from None
+        raise connector_error(
+            exc, new_credentials=True, unreachable="Could not reach the provider to check the credentials"
+        ) from None
 
 
 async def refuse_too_many_pending(request: Request, account: SubAccount) -> None:
@@ -268,14 +264,17 @@ async def _config_options(request: Request, connection: Connection, connector: C
     try:
         return await rt.session_for_connection(svc, connection).config_options()
     except ConnectorError as exc:
+        error = connector_error(exc, unreachable="Could not load the options")
         if isinstance(exc, CredentialsRejected):
             # The stored credentials stopped working: the same event as in a sync or a writeback.
-            detail = f"{exc.detail} Re-authorise the connection."
             await lifecycle.transition(
-                svc.store, connection.id, Event.CREDENTIALS_REJECTED, detail=detail, logs=[("warning", detail)]
+                svc.store,
+                connection.id,
+                Event.CREDENTIALS_REJECTED,
+                detail=error.detail,
+                logs=[("warning", error.detail)],
             )
-            raise ApiError(409, "connection_unauthorised", detail) from None
-        raise ApiError(502, "provider_unavailable", f"Could not load the options: {exc.detail}") from None
+        raise error from None
 
 
 async def config_options(request: Request) -> JSONResponse:

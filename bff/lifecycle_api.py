@@ -45,7 +45,7 @@ async def patch_server(request: Request) -> JSONResponse:
     if "sync_frequency" in data:
         try:
             frequency = parse_frequency(data["sync_frequency"], "sync_frequency")
-        except ScheduleError as exc:
+        except ScheduleError as exc:  # collected: every field's error in one answer
             errors.update(exc.errors)
     tables: dict[str, int] | None = None
     if "table_frequencies" in data:

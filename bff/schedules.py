@@ -18,6 +18,7 @@ from typing import Any
 
 from . import lifecycle
 from .connectors import load_connectors
+from .errors import Invalid
 from .jobs import JobQueue
 from .lifecycle import Health
 from .runtime import Runtime
@@ -32,12 +33,10 @@ MAX_SYNC_FREQUENCY = 366 * 24 * 3600
 BUSY_RETRY_SECONDS = 60.0  # a due connection with a run still going is tried again this much later
 
 
-class ScheduleError(Exception):
+class ScheduleError(Invalid):
     """Field-level validation errors of a schedule, in the contract's ``errors`` shape."""
 
-    def __init__(self, errors: dict[str, str]) -> None:
-        super().__init__("; ".join(f"{k}: {v}" for k, v in errors.items()))
-        self.errors = errors
+    errors: dict[str, str]
 
 
 def parse_frequency(value: Any, field: str) -> int | None:

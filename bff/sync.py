@@ -51,6 +51,7 @@ from .connectors import (
     Stream,
     load_connectors,
 )
+from .errors import Conflict, Invalid
 from .jobs import JobQueue
 from .lifecycle import Event, Health
 from .runtime import Runtime
@@ -71,18 +72,19 @@ WAIT_POLL = 0.05  # seconds between checks in SyncRunner.wait
 READ_AHEAD_PAGES = 2  # pages fetched ahead of the one being written
 
 
-class ConnectionNotReady(Exception):
-    """The connection cannot sync in its current state; ``code``/``detail`` for the API."""
+class ConnectionNotReady(Conflict):
+    """The connection cannot sync in its current state: ``connection_not_ready`` or ``connection_disabled``."""
 
     def __init__(self, code: str, detail: str) -> None:
         super().__init__(detail)
         self.code = code
-        self.detail = detail
 
 
-class UnknownTables(Exception):
+class UnknownTables(Invalid):
     def __init__(self, unknown: Sequence[str], known: Sequence[str]) -> None:
-        super().__init__(", ".join(unknown))
+        super().__init__(
+            {"tables": f"Unknown table(s): {', '.join(unknown)}. This connection has: {', '.join(known)}."}
+        )
         self.unknown = list(unknown)
         self.known = list(known)
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from psycopg.types.json import Jsonb
 
+from ..errors import Conflict
 from . import UNSET, _build, _Unset, iso
 
 if TYPE_CHECKING:
@@ -23,11 +24,15 @@ class CustomerBusy(Exception):
     """The run's customer has as many scripts running as it may; the run waits, queued."""
 
 
-class ScriptRunActive(Exception):
+class ScriptRunActive(Conflict):
     """The script already has a queued or running run (the unique index said so)."""
 
+    code = "script_already_running"
+
     def __init__(self, run_id: int | None) -> None:
-        super().__init__(f"script run {run_id} is still active")
+        super().__init__(
+            "This script is already queued or running; wait for that run to finish.", extra={"run_id": run_id}
+        )
         self.run_id = run_id
 
 
