@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .settings import Settings, SettingsError, generate_encryption_key, generate_secret_key
+from .settings import Settings, SettingsError, generate_encryption_key, generate_secret_key, parse_queues
 
 DEMO_KEYS_FILE = "demo-keys.json"
 DEMO_PARTNER_FILE = "demo-partner.json"
@@ -265,6 +265,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _worker_summary(settings: Settings) -> str:
+    """What a worker takes: ``sync, webhooks, scheduler with 4 slots; scripts with 2 slots``."""
+    queues = settings.worker_queues
+    parts = []
+    main = [queue for queue in queues if queue != "scripts"]
+    if main:
+        parts.append(f"{', '.join(main)} jobs with {settings.sync_concurrency} slots")
+    if "scripts" in queues:
+        parts.append(
+            f"scripts with {settings.script_concurrency} slots (at most {settings.scripts_per_customer} per customer)"
+        )
+    return "running " + "; ".join(parts)
+
+
 def _freeze_startup_objects() -> None:
     """Leave what start-up built (modules, routes, connector definitions) out of every later garbage
     collection: they live as long as the process, and a full collection would otherwise walk all of
@@ -288,6 +302,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
             if args.concurrency < 1:
                 return _fail("--concurrency must be at least 1.")
             overrides["sync_concurrency"] = args.concurrency
+        if args.script_concurrency is not None:
+            if args.script_concurrency < 1:
+                return _fail("--script-concurrency must be at least 1.")
+            overrides["script_concurrency"] = args.script_concurrency
+        if args.queues is not None:
+            overrides["worker_queues"] = parse_queues(args.queues)
         settings = load_settings(args, **overrides)
         _configure_logging(settings.log_level)
         prepare_database(settings, migrate=not args.no_migrate)
@@ -303,7 +323,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stop.set)
         async with app.router.lifespan_context(app):
             print(
-                f"bff worker: running jobs with concurrency {settings.sync_concurrency} (pid {os.getpid()});"
+                f"bff worker: {_worker_summary(settings)} (pid {os.getpid()});"
                 f" {app.state.services.scripts.mode.describe()}. Ctrl-C stops.",
                 file=sys.stderr,
                 flush=True,
@@ -588,9 +608,23 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-migrate", action="store_true", help="do not apply database migrations on start")
     serve.set_defaults(handler=cmd_serve)
 
-    worker = commands.add_parser("worker", help="run queued jobs (syncs) only; start as many as you like")
+    worker = commands.add_parser(
+        "worker",
+        help="run queued jobs (syncs, webhook deliveries, scheduler ticks, scripts); start as many as you like",
+    )
     worker.add_argument(
-        "--concurrency", type=int, help="jobs run at once by this process (default $BFF_SYNC_CONCURRENCY or 4)"
+        "--concurrency",
+        type=int,
+        help="sync, delivery and tick jobs run at once by this process (default $BFF_SYNC_CONCURRENCY or 4)",
+    )
+    worker.add_argument(
+        "--script-concurrency",
+        type=int,
+        help="scripts run at once by this process, on slots of their own (default $BFF_SCRIPT_CONCURRENCY or 2)",
+    )
+    worker.add_argument(
+        "--queues",
+        help="only these queues, comma-separated: sync, webhooks, scheduler, scripts (default all; $BFF_WORKER_QUEUES)",
     )
     worker.add_argument("--data-dir", help="data directory (default $BFF_DATA_DIR or ./bff-data)")
     worker.add_argument("--no-migrate", action="store_true", help="do not apply database migrations on start")

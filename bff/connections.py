@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 from starlette.types import ASGIApp
 
-from .connectors import Connector, ConnectorSession, OAuthClient, OAuthTokens, RetryPolicy, load_connectors
+from .connectors import Connector, ConnectorSession, OAuthClient, OAuthTokens, RetryPolicy
 from .crypto import connection_aad
 from .runtime import Runtime
 from .store import Connection
@@ -73,7 +73,7 @@ def catalogue(services: Runtime) -> dict[str, Connector]:
     """Connectors this deployment offers: sandbox ones only with the sandbox on,
     OAuth2 ones only when their client credentials are configured."""
     offered: dict[str, Connector] = {}
-    for name, connector in load_connectors().items():
+    for name, connector in services.connectors.items():
         if name.startswith("sandbox_"):
             if services.settings.sandbox_enabled:
                 offered[name] = connector
@@ -161,7 +161,7 @@ def session_for_connection(
     services: Runtime, connection: Connection, *, log: Any = None, policy: RetryPolicy | None = None
 ) -> ConnectorSession:
     """The session the sync runner uses for a stored connection."""
-    connector = load_connectors()[connection.connector]
+    connector = services.connectors[connection.connector]
     secrets = open_secrets(services, connection)
     return session_for(
         services,
