@@ -16,6 +16,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
+import pytest
 from conftest import free_port, running_bff
 from records_helpers import crm, customer
 from sandbox_flows import consent_form
@@ -250,3 +251,23 @@ async def test_a_scaled_up_sandbox_builds_a_table_only_when_it_is_used() -> None
         )
     assert invoice.status_code == 201 and invoice.json()["id"] == "inv_101_1501"  # after 3 × 500 fixtures
     assert set(vars(small.state.sandbox.data)) & {"contacts", "deals", "invoices", "transactions"} == {"invoices"}
+
+
+async def test_the_in_process_sandbox_times_out_like_a_provider_on_the_network() -> None:
+    from bff.connections import SandboxTransport
+
+    slow = create_sandbox_app(SandboxOptions(latency_ms=400))
+    transport = SandboxTransport(slow, "http://bff.test/sandbox", httpx.AsyncHTTPTransport())
+    async with httpx.AsyncClient(transport=transport, timeout=0.05) as client:
+        started = time.monotonic()
+        with pytest.raises(httpx.ReadTimeout):
+            await client.get("http://bff.test/sandbox/bank/api/accounts", auth=("sandbox", "sandbox"))
+        assert time.monotonic() - started < 0.3
+        # A timeout longer than the latency: the answer.
+        answer = await client.get("http://bff.test/sandbox/bank/api/accounts", auth=("sandbox", "sandbox"), timeout=5)
+        assert answer.status_code == 200 and answer.json()["accounts"][0]["id"] == "acc_1"
+        # No timeout at all (httpx's None): the answer, however slow.
+        answer = await client.get(
+            "http://bff.test/sandbox/bank/api/accounts", auth=("sandbox", "sandbox"), timeout=None
+        )
+        assert answer.status_code == 200
