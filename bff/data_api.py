@@ -5,7 +5,7 @@ whose id is the database id; ``GET /api/database/tables/database/{id}/`` its
 tables (synced ones and query tables); ``GET /api/database/rows/table/{id}/`` a
 table's rows, paged, with the filters of :mod:`bff.warehouse_reader`. Rows are
 keyed by field id (``field_<id>``) unless ``user_field_names`` is true, then by
-field name; ``_synced_at`` and ``_run_id`` come with every synced row. Another
+field name; ``_synced_at``, ``_run_id`` and ``_deleted_at`` come with every synced row. Another
 sub-account's database or table ids answer exactly like ids that do not exist.
 
 Back-end only: identity tokens, never the browser's integrate token (``403 token_not_allowed``),
@@ -28,7 +28,7 @@ from .query_tables import QueryTable
 from .store import SubAccount
 from .tokens import Claims
 from .warehouse import Warehouse, WarehouseTable
-from .warehouse_reader import ReadField, parse_row_query, read_synced, synced_fields
+from .warehouse_reader import SYNCED_META, ReadField, parse_row_query, read_synced, synced_fields
 
 DEFAULT_ROWS_PAGE = 100
 ROW_QUERY_PARAMS = ("search", "order_by", "updated_since", "include", "exclude")
@@ -50,10 +50,10 @@ def database_dict(account: SubAccount) -> dict[str, Any]:
 
 async def table_dicts(request: Request, account: SubAccount) -> list[dict[str, Any]]:
     tables = await warehouse(request).list_tables(account.id)
-    listed = [table.public_dict(database_id=account.id, row_count=count) for table, count in tables]
+    listed = [table.public_dict(database_id=account.id, counts=counts) for table, counts in tables]
     # A query table whose query broke (its connection went) is listed with its error, not a failure.
-    for query_table, count, error in await services(request).query_tables.list_tables(account.id):
-        listed.append(query_table.public_dict(row_count=count, error=error))
+    for query_table, counts, error in await services(request).query_tables.list_tables(account.id):
+        listed.append(query_table.public_dict(counts=counts, error=error))
     return listed
 
 
@@ -116,7 +116,7 @@ async def list_rows(request: Request) -> JSONResponse:
         count, rows = await services(request).query_tables.read_rows(table, query, offset=page.offset, limit=page.limit)
     else:
         fields = synced_fields(table)
-        query = parse_row_query(_row_params(request), fields)
+        query = parse_row_query(_row_params(request), fields, meta=SYNCED_META)
         async with warehouse(request).store.connection() as conn:
             count, rows = await read_synced(conn, table, query, offset=page.offset, limit=page.limit)
     if not by_name:

@@ -73,6 +73,7 @@ async def test_rows_page_correctly_with_names_or_field_ids(sbff: BFF) -> None:
         "updated_at",
         "_synced_at",
         "_run_id",
+        "_deleted_at",
     }
 
     last = (await sbff.client.get(f"{url}?user_field_names=true&page_size=200&page=8", headers=auth(token))).json()
@@ -85,7 +86,7 @@ async def test_rows_page_correctly_with_names_or_field_ids(sbff: BFF) -> None:
 
     by_id = (await sbff.client.get(f"{url}?page_size=1", headers=auth(token))).json()["results"][0]
     field_ids = {f["name"]: f"field_{f['id']}" for f in invoices["fields"]}
-    assert set(by_id) == {*field_ids.values(), "_synced_at", "_run_id"}
+    assert set(by_id) == {*field_ids.values(), "_synced_at", "_run_id", "_deleted_at"}
     assert by_id[field_ids["id"]] == "inv_101_0001" and by_id[field_ids["customer"]] == row["customer"]
 
     bad = await sbff.client.get(f"{url}?page_size=5000", headers=auth(token))
