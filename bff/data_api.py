@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute
 
 from .auth import require_identity, services
-from .errors import not_found
+from .errors import not_found, validation_error
 from .http import Pagination, api_route, query_bool
 from .query_tables import QueryTable
 from .store import SubAccount
@@ -58,12 +58,14 @@ async def table_dicts(request: Request, account: SubAccount) -> list[dict[str, A
 
 
 async def list_applications(request: Request) -> JSONResponse:
-    """The sub-account's warehouse; its tables too unless ``exclude_tables=1``."""
+    """The sub-account's warehouse (one), paged like every list; its tables too unless
+    ``exclude_tables=1``."""
     account = await require_identity(request)
-    database = database_dict(account)
-    if not query_bool(request, "exclude_tables", default=False):
-        database["tables"] = await table_dicts(request, account)
-    return JSONResponse({"count": 1, "next": None, "previous": None, "results": [database]})
+    page = Pagination(request)
+    databases = [database_dict(account)][page.offset : page.offset + page.limit]
+    if databases and not query_bool(request, "exclude_tables", default=False):
+        databases[0]["tables"] = await table_dicts(request, account)
+    return JSONResponse(page.envelope(1, databases))
 
 
 async def list_tables(request: Request) -> JSONResponse:
@@ -96,7 +98,26 @@ def _table_lookup(request: Request) -> tuple[Callable[[Claims], Awaitable[None]]
     return look_up, found
 
 
+# What else the rows API reads: paging and how rows are keyed.
+ROW_PAGE_PARAMS = ("page", "page_size", "size", "user_field_names")
+
+
 def _row_params(request: Request) -> list[tuple[str, str]]:
+    """The row-selecting parameters; a parameter the rows API does not know (``&email=x`` where
+    ``filter__email__equal=x`` was meant) is a ``400`` naming it, never silently ignored."""
+    unknown = sorted(
+        {
+            key
+            for key in request.query_params
+            if not key.startswith("filter__") and key not in ROW_QUERY_PARAMS and key not in ROW_PAGE_PARAMS
+        }
+    )
+    if unknown:
+        known = ", ".join((*ROW_QUERY_PARAMS, *ROW_PAGE_PARAMS, "filter__<field>__<operator>"))
+        raise validation_error(
+            {key: f"Unknown parameter; the rows API takes {known}." for key in unknown},
+            detail=f"Unknown parameter{'s' if len(unknown) > 1 else ''}: {', '.join(unknown)}.",
+        )
     return [(k, v) for k, v in request.query_params.multi_items() if k.startswith("filter__") or k in ROW_QUERY_PARAMS]
 
 

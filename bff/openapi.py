@@ -243,7 +243,10 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "type": "object",
         "required": ["server_id", "health_status", "run_data", "task_id", "detail", "syncing"],
         "properties": {
-            "server_id": _INT,
+            "server_id": {
+                "type": "string",
+                "description": "The connection id, as a string (as the source document has it).",
+            },
             "health_status": _STR,
             "task_id": {},
             "detail": _STR,
