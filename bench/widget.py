@@ -23,6 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import widget_sizes  # noqa: E402  (bench/widget_sizes.py: the bytes behind these timings)
 from playwright.sync_api import sync_playwright  # noqa: E402
 
 from e2e.browser import CHROMIUM_ARGS, chromium_path  # noqa: E402
@@ -140,6 +141,8 @@ def main() -> None:
     for kind in ("warm", "cold"):
         usable = median_ms(results[f"panel_{kind}"])
         print(f"{kind:>8} mountConnections → panel usable: {usable:7.1f} ms  ({usable / base:4.1f}× baseline)")
+    print("bytes on the wire (each file gzipped apart, static imports counted):")
+    print(widget_sizes.report())
 
 
 if __name__ == "__main__":

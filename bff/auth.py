@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 
-from .errors import ApiError, not_found
+from .errors import not_found, token_not_allowed
 from .store import Connection, Partner, SubAccount
 from .tokens import Claims, TokenKind, parse_authorization, token_error
 
@@ -90,13 +90,13 @@ async def _script_run_live(svc: Services, run_id: int) -> bool:
 async def require_back_end(request: Request, *, what: str) -> Caller:
     """An identity token (the partner's back-end, or a script's run); the browser's integrate
     token gets ``403 token_not_allowed``. ``what`` finishes "… take identity tokens"."""
-    caller = await authenticate(request, SUB_ACCOUNT_KINDS)
+    return identity_only(await authenticate(request, SUB_ACCOUNT_KINDS), what=what)
+
+
+def identity_only(caller: Caller, *, what: str) -> Caller:
+    """The one ``403 token_not_allowed`` for the browser's integrate token on a back-end surface."""
     if caller.claims.kind != "identity":
-        raise ApiError(
-            403,
-            "token_not_allowed",
-            f"{what} take identity tokens from your back-end, never the browser's integrate token.",
-        )
+        raise token_not_allowed(f"{what} take identity tokens from your back-end, never the browser's integrate token.")
     return caller
 
 
@@ -104,7 +104,12 @@ def _check_partner(claims: Claims, partner: Partner | None) -> Partner:
     if partner is None:
         raise token_error(401, "token_invalid", "The partner this token belongs to no longer exists.")
     if claims.generation != partner.token_generation:
-        raise token_error(401, "token_revoked", "This partner token has been rotated; use the new one.")
+        raise token_error(
+            401,
+            "token_revoked",
+            "This partner token has been revoked (the partner's tokens were rotated or revoked);"
+            " use the partner's current token.",
+        )
     return partner
 
 
@@ -147,14 +152,8 @@ async def require_identity(
             else:
                 await _all(Throttle(svc.store, svc.clock).take(WAREHOUSE_READS, key), meanwhile(claims))
 
-    caller = await authenticate(request, SUB_ACCOUNT_KINDS, meanwhile=count_read)
+    caller = identity_only(await authenticate(request, SUB_ACCOUNT_KINDS, meanwhile=count_read), what="Warehouse reads")
     assert caller.sub_account is not None
-    if caller.claims.kind != "identity":
-        raise ApiError(
-            403,
-            "token_not_allowed",
-            "The warehouse is read by your back-end with an identity token; the browser's integrate token cannot read it.",
-        )
     return caller.sub_account
 
 

@@ -22,9 +22,9 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute
 
 from .auth import require_identity, services
-from .errors import ApiError, not_found, validation_error
+from .errors import not_found
 from .http import Pagination, api_route, query_bool
-from .query_tables import FilterValueRejected, QueryTable, QueryTableBroken
+from .query_tables import QueryTable
 from .store import SubAccount
 from .tokens import Claims
 from .warehouse import Warehouse, WarehouseTable
@@ -113,17 +113,7 @@ async def list_rows(request: Request) -> JSONResponse:
     if isinstance(table, QueryTable):
         fields = table.fields
         query = parse_row_query(_row_params(request), fields, has_synced_at=table.has_synced_at)
-        try:
-            count, rows = await services(request).query_tables.read_rows(
-                table, query, offset=page.offset, limit=page.limit
-            )
-        except QueryTableBroken as exc:
-            raise ApiError(409, "query_table_broken", exc.message) from None
-        except FilterValueRejected as exc:
-            filters = [k for k, _ in _row_params(request) if k.startswith("filter__")]
-            raise validation_error(
-                {k: exc.message for k in filters} or {"filter": exc.message}, detail=exc.message
-            ) from None
+        count, rows = await services(request).query_tables.read_rows(table, query, offset=page.offset, limit=page.limit)
     else:
         fields = synced_fields(table)
         query = parse_row_query(_row_params(request), fields)

@@ -20,12 +20,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
 
 from .auth import Caller, require_back_end, services
-from .errors import ApiError, not_found, validation_error
+from .errors import ApiError, not_found, token_not_allowed, validation_error
 from .http import Pagination, api_route, read_json, text_field
 from .scripts import MAX_STATE_BYTES
 from .scripts.service import MAX_CODE_BYTES, ScriptService, ScriptsUnavailable, check_code, parse_schedule
 from .store import UNSET
-from .store.scripts import Script, ScriptRunActive
+from .store.scripts import Script
 from .sync_api import parse_wait
 
 MAX_NAME_LENGTH = 100
@@ -43,9 +43,7 @@ async def _caller(request: Request, *, own_state: bool = False) -> Caller:
         run = await scripts(request).table.get_run(run_id)
         allowed = own_state and run is not None and run.script_id == request.path_params.get("script_id")
         if not allowed:
-            raise ApiError(
-                403, "token_not_allowed", "A script's token can read and save its own state only, not manage scripts."
-            )
+            raise token_not_allowed("A script's token can read and save its own state only, not manage scripts.")
     return caller
 
 
@@ -141,13 +139,6 @@ async def run_script(request: Request) -> JSONResponse:
     service = scripts(request)
     try:
         run = await service.request_run(script)
-    except ScriptRunActive as exc:
-        raise ApiError(
-            409,
-            "script_already_running",
-            "This script is already queued or running; wait for that run to finish.",
-            extra={"run_id": exc.run_id},
-        ) from None
     except ScriptsUnavailable as exc:
         raise ApiError(503, "scripts_unavailable", f"Scripts cannot run on this server: {exc.mode.reason}") from None
     except LookupError:

@@ -45,12 +45,14 @@ async def patch_server(request: Request) -> JSONResponse:
     if "sync_frequency" in data:
         try:
             frequency = parse_frequency(data["sync_frequency"], "sync_frequency")
-        except ScheduleError as exc:
+        except ScheduleError as exc:  # collected: every field's error in one answer
             errors.update(exc.errors)
     tables: dict[str, int] | None = None
     if "table_frequencies" in data:
         try:
-            tables = parse_table_frequencies(data["table_frequencies"], streams_of(connection))
+            tables = parse_table_frequencies(
+                data["table_frequencies"], streams_of(services(request).connectors, connection)
+            )
         except ScheduleError as exc:
             errors.update(exc.errors)
     if errors:

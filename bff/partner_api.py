@@ -11,9 +11,9 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute
 
 from .auth import require_partner, require_partner_with_sub_account, services
-from .errors import ApiError, not_found, validation_error
+from .errors import BFFError, not_found, validation_error
 from .http import Pagination, api_route, parse_id, query_bool, read_json, require_str
-from .store import ExternalIdTaken, Partner, SubAccount
+from .store import Partner, SubAccount
 from .tokens import MintedToken
 
 _LANGUAGE = re.compile(r"^[a-z]{2,3}(-[A-Za-z]{2,4})?$")
@@ -162,15 +162,7 @@ async def create_sub_account(request: Request) -> JSONResponse:
     """Create a sub-account for one of the partner's customers."""
     partner = await require_partner(request)
     external_id, fields = parse_sub_account_fields(await read_json(request))
-    try:
-        account = await services(request).store.create_sub_account(partner.id, external_id, fields)
-    except ExternalIdTaken as taken:
-        raise ApiError(
-            409,
-            "external_id_taken",
-            f"A sub-account with external_id {external_id!r} already exists.",
-            extra={"id": taken.existing_id},
-        ) from None
+    account = await services(request).store.create_sub_account(partner.id, external_id, fields)
     return JSONResponse(account.public_dict(), status_code=201)
 
 
@@ -189,7 +181,7 @@ async def integrate_provision(request: Request) -> JSONResponse:
         by_query = not data and bool(request.query_params.get("account_id") or request.query_params.get("external_id"))
         if not by_query:
             external_id, fields = parse_sub_account_fields(data)
-    except ApiError:
+    except BFFError:
         await require_partner(request)  # a bad token is told so before anything about the body
         raise
     if by_query:

@@ -34,7 +34,7 @@ import dataclasses
 import hashlib
 import hmac
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import psycopg
@@ -43,6 +43,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from .errors import BFFError, Conflict, Invalid
 from .store import Store, iso
 from .warehouse import WAREHOUSE_TABLE_ID_MAX, WAREHOUSE_TABLE_ID_MIN, Warehouse
 from .warehouse_reader import ReadField, RowQuery, json_value, read_page
@@ -69,32 +70,41 @@ _TYPES = {
 }
 
 
-class QueryInvalid(Exception):
+class QueryInvalid(BFFError):
     """The customer's query was refused; ``message`` is the database's own words."""
 
+    status = 400
+    code = "query_invalid"
+
     def __init__(self, message: str) -> None:
-        super().__init__(message)
+        super().__init__(f"The query was refused: {message}", errors={"query": message})
         self.message = message
 
 
-class QueryTableBroken(Exception):
+class QueryTableBroken(Conflict):
     """A saved query no longer runs (a table it read went with its connection, say)."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-
-class FilterValueRejected(Exception):
-    """A filter value the column's type cannot take (``filter__day__equal=someday`` on a date)."""
+    code = "query_table_broken"
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
 
 
-class NameTaken(Exception):
-    pass
+class FilterValueRejected(Invalid):
+    """A filter value the column's type cannot take (``filter__day__equal=someday`` on a date):
+    reported on each filter of the request."""
+
+    def __init__(self, message: str, filters: Sequence[str]) -> None:
+        super().__init__({key: message for key in filters} or {"filter": message}, message)
+        self.message = message
+
+
+class NameTaken(Conflict):
+    code = "name_taken"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"There is already a query table named {name!r}.", errors={"name": "Already in use."})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -446,7 +456,7 @@ class QueryTables:
                         conn, table.identifier, query, extra_columns=(), tie_breakers=ties, offset=offset, limit=limit
                     )
             except psycopg.errors.DataError as exc:
-                raise FilterValueRejected(_message(exc)) from None
+                raise FilterValueRejected(_message(exc), query.filters) from None
             except psycopg.Error as exc:
                 raise QueryTableBroken(broken_message(exc)) from None
         return count, [{k: json_value(v) for k, v in row.items()} for row in rows]

@@ -30,24 +30,20 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
 
 from . import lifecycle
-from .auth import authenticate, path_connection_id, services
+from .auth import authenticate, identity_only, path_connection_id, services
 from .connectors import (
-    ConfigRequired,
     ConnectorError,
     CredentialsRejected,
-    ProviderRejected,
-    RetriesExhausted,
-    load_connectors,
 )
-from .connectors.writer import FieldErrors, ObjectNotSupported, UpsertAmbiguous, Writer
-from .errors import ApiError, not_found, validation_error
+from .connectors.writer import Writer
+from .errors import ApiError, connector_error, not_found, validation_error
 from .http import api_route, query_bool, read_json
 from .idempotency import MAX_KEY_LENGTH, StoredAnswer, fingerprint
 from .lifecycle import Event
 from .store import Connection, SubAccount
 from .writeback import Writeback, writeback_for
 
-__all__ = ["connector_error", "proxy_suffix", "require_writable", "routes"]
+__all__ = ["proxy_suffix", "require_writable", "routes"]
 
 RESERVED_QUERY = frozenset(("timeout", "refresh", "match", "page", "page_size"))
 # Request headers a proxied call may carry (everything else, auth and hop-by-hop included, is dropped).
@@ -83,12 +79,7 @@ async def require_writable(request: Request) -> tuple[SubAccount, Connection]:
     """The identity token's sub-account and its connection ``{id}``, ready to call its provider."""
     # The connection comes in the same round trip as the token's partner and sub-account.
     caller = await authenticate(request, ("integrate", "identity"), connection_id=path_connection_id(request))
-    if caller.claims.kind != "identity":
-        raise ApiError(
-            403,
-            "token_not_allowed",
-            "Writeback and the proxy take identity tokens from your back-end, never the browser's integrate token.",
-        )
+    identity_only(caller, what="Writeback and the proxy")
     account, connection = caller.sub_account, caller.connection
     assert account is not None
     if connection is None:
@@ -99,30 +90,6 @@ async def require_writable(request: Request) -> tuple[SubAccount, Connection]:
     if refused is not None:
         raise ApiError(409, refused, "Finish connecting (authorise, choose its configuration) first.")
     return account, connection
-
-
-def connector_error(exc: ConnectorError) -> ApiError:
-    """Provider and connection failures → the §12 error codes."""
-    if isinstance(exc, ObjectNotSupported):
-        return ApiError(404, "object_not_supported", exc.detail)
-    if isinstance(exc, FieldErrors):
-        return validation_error(exc.errors, exc.detail)
-    if isinstance(exc, UpsertAmbiguous):
-        return ApiError(409, "upsert_ambiguous", exc.detail)
-    if isinstance(exc, ProviderRejected):
-        errors = {"provider_status": str(exc.status), "provider_message": exc.message or ""}
-        return ApiError(422, "provider_rejected", exc.detail, errors=errors)
-    if isinstance(exc, RetriesExhausted):
-        if exc.cause == "rate_limited":
-            return ApiError(429, "provider_rate_limited", exc.detail, headers={"Retry-After": exc.retry_after or "1"})
-        if exc.cause == "timeout":
-            return ApiError(504, "provider_timeout", exc.detail)
-        return ApiError(502, "provider_error", exc.detail)
-    if isinstance(exc, CredentialsRejected):
-        return ApiError(409, "connection_unauthorised", f"{exc.detail} Re-authorise the connection.")
-    if isinstance(exc, ConfigRequired):
-        return ApiError(409, "connection_not_ready", exc.detail)
-    return ApiError(502, "provider_error", exc.detail)
 
 
 class _Log:
@@ -184,7 +151,7 @@ async def perform(request: Request, action: str, object_name: str, call: Action,
                 await wb.idempotency.release(connection.id, key)
         _log_write(wb, connection, action, object_name, status, log)
     if refresh and 200 <= status < 300 and action not in ("get", "search"):
-        connector = load_connectors()[connection.connector]
+        connector = svc.connectors[connection.connector]
         obj = connector.object(object_name)
         await wb.refresh.request(connection, obj.stream if obj else None)
         if isinstance(answer, dict):
@@ -216,7 +183,7 @@ def _record(result: Any) -> dict[str, Any]:
 async def list_objects(request: Request) -> JSONResponse:
     """What the connector can write: objects, their actions and fields."""
     _, connection = await require_writable(request)
-    connector = load_connectors()[connection.connector]
+    connector = services(request).connectors[connection.connector]
     results = [o.public_dict() for o in connector.objects]
     return JSONResponse({"count": len(results), "next": None, "previous": None, "results": results})
 
@@ -370,7 +337,6 @@ def _log_proxy(wb: Writeback, connection: Connection, method: str, suffix: str, 
 
 
 def routes() -> list[BaseRoute]:
-    load_connectors()  # validate every definition (BFF_CONNECTORS_DIR too) now: a bad file stops the start
     return [
         *api_route("/api/server/{id}/objects", list_objects, methods=["GET"]),
         *api_route("/api/server/{id}/records/{object}", records, methods=["GET", "POST", "PUT"]),

@@ -49,8 +49,8 @@ from .connectors import (
     Page,
     RetryPolicy,
     Stream,
-    load_connectors,
 )
+from .errors import Conflict, Invalid
 from .jobs import JobQueue
 from .lifecycle import Event, Health
 from .runtime import Runtime
@@ -71,18 +71,19 @@ WAIT_POLL = 0.05  # seconds between checks in SyncRunner.wait
 READ_AHEAD_PAGES = 2  # pages fetched ahead of the one being written
 
 
-class ConnectionNotReady(Exception):
-    """The connection cannot sync in its current state; ``code``/``detail`` for the API."""
+class ConnectionNotReady(Conflict):
+    """The connection cannot sync in its current state: ``connection_not_ready`` or ``connection_disabled``."""
 
     def __init__(self, code: str, detail: str) -> None:
         super().__init__(detail)
         self.code = code
-        self.detail = detail
 
 
-class UnknownTables(Exception):
+class UnknownTables(Invalid):
     def __init__(self, unknown: Sequence[str], known: Sequence[str]) -> None:
-        super().__init__(", ".join(unknown))
+        super().__init__(
+            {"tables": f"Unknown table(s): {', '.join(unknown)}. This connection has: {', '.join(known)}."}
+        )
         self.unknown = list(unknown)
         self.known = list(known)
 
@@ -171,7 +172,7 @@ class SyncRunner:
         refused = lifecycle.refusal(connection.health_status, lifecycle.can_sync(connection.health_status))
         if refused is not None:
             raise ConnectionNotReady(refused, NOT_READY[Health(connection.health_status)])
-        connector = load_connectors()[connection.connector]
+        connector = self.runtime.connectors[connection.connector]
         select_streams([s.name for s in connector.streams], tables)
         run = await self.store.create_run(
             connection.id,
@@ -280,7 +281,7 @@ class SyncRunner:
         connection = await self.store.get_connection_by_id(run.connection_id)
         if connection is None:  # deleted while queued
             return
-        connector = load_connectors()[connection.connector]
+        connector = self.runtime.connectors[connection.connector]
         streams = select_streams([s.name for s in connector.streams], run.tables)
         log = _RunLog(self.store, run)
         policy = dataclasses.replace(self.retry_policy(), long_wait=self.runtime.settings.long_wait_seconds)

@@ -12,10 +12,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
 
 from .auth import require_connection, services
-from .errors import ApiError, validation_error
+from .errors import validation_error
 from .http import Pagination, api_route, read_json
-from .store import RunAlreadyActive
-from .sync import ConnectionNotReady, SyncRunner, UnknownTables
+from .sync import SyncRunner
 
 
 def runner(request: Request) -> SyncRunner:
@@ -65,21 +64,7 @@ async def sync_server(request: Request) -> JSONResponse:
     data = await read_json(request, required=False)
     tables = parse_tables(data)
     full = parse_full(data)
-    try:
-        run = await runner(request).request_sync(account, connection, tables, full=full)
-    except RunAlreadyActive as exc:
-        raise ApiError(
-            409,
-            "sync_already_running",
-            "A sync of this connection is already running; wait for it to finish.",
-            extra={"pipeline_run_id": exc.run_id},
-        ) from None
-    except ConnectionNotReady as exc:
-        raise ApiError(409, exc.code, exc.detail) from None
-    except UnknownTables as exc:
-        raise validation_error(
-            {"tables": f"Unknown table(s): {', '.join(exc.unknown)}. This connection has: {', '.join(exc.known)}."}
-        ) from None
+    run = await runner(request).request_sync(account, connection, tables, full=full)
     body: dict[str, Any] = {
         "server_id": connection.id,
         "health_status": connection.health_status,

@@ -20,7 +20,7 @@ from .auth import require_partner, services
 from .errors import ApiError, not_found, validation_error
 from .http import api_route, read_json
 from .http import text_field as _text
-from .query_tables import MAX_QUERY_LENGTH, NameTaken, QueryInvalid, QueryTable
+from .query_tables import MAX_QUERY_LENGTH, QueryTable
 from .store import SubAccount
 
 MAX_NAME_LENGTH = 100
@@ -30,16 +30,6 @@ async def require_back_end(request: Request) -> SubAccount:
     caller = await auth.require_back_end(request, what="Query tables")
     assert caller.sub_account is not None
     return caller.sub_account
-
-
-def _query_invalid(exc: QueryInvalid) -> ApiError:
-    return ApiError(400, "query_invalid", f"The query was refused: {exc.message}", errors={"query": exc.message})
-
-
-def _name_taken(name: str) -> ApiError:
-    return ApiError(
-        409, "name_taken", f"There is already a query table named {name!r}.", errors={"name": "Already in use."}
-    )
 
 
 async def _own_query_table(request: Request, account: SubAccount) -> QueryTable:
@@ -59,12 +49,7 @@ async def create_table(request: Request) -> JSONResponse:
     query = _text(data, "query", errors, max_length=MAX_QUERY_LENGTH, required=True)
     if errors or name is None or query is None:
         raise validation_error(errors)
-    try:
-        table = await services(request).query_tables.create(account.id, name, query)
-    except QueryInvalid as exc:
-        raise _query_invalid(exc) from None
-    except NameTaken:
-        raise _name_taken(name) from None
+    table = await services(request).query_tables.create(account.id, name, query)
     return JSONResponse(table.public_dict(), status_code=201)
 
 
@@ -87,12 +72,7 @@ async def update_table(request: Request) -> JSONResponse:
     query = _text(data, "query", errors, max_length=MAX_QUERY_LENGTH, required=False)
     if errors:
         raise validation_error(errors)
-    try:
-        changed = await services(request).query_tables.update(table, name=name, query=query)
-    except QueryInvalid as exc:
-        raise _query_invalid(exc) from None
-    except NameTaken:
-        raise _name_taken(name or table.name) from None
+    changed = await services(request).query_tables.update(table, name=name, query=query)
     return JSONResponse(changed.public_dict())
 
 
@@ -121,10 +101,7 @@ async def run_query(request: Request) -> JSONResponse:
         errors["limit"] = f"Must be a whole number from 1 to {MAX_QUERY_ROWS}."
     if errors or query is None:
         raise validation_error(errors)
-    try:
-        fields, rows, truncated = await services(request).query_tables.run_query(account.id, query, limit=limit)
-    except QueryInvalid as exc:
-        raise _query_invalid(exc) from None
+    fields, rows, truncated = await services(request).query_tables.run_query(account.id, query, limit=limit)
     return JSONResponse({"fields": fields, "rows": rows, "count": len(rows), "truncated": truncated})
 
 

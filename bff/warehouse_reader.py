@@ -53,6 +53,7 @@ class RowQuery:
     where: sql.Composable
     params: tuple[Any, ...]
     order: tuple[tuple[str, bool], ...]  # (field name, descending)
+    filters: tuple[str, ...] = ()  # the filter__… parameters, as sent
 
 
 def _split(raw: str) -> list[str]:
@@ -138,8 +139,10 @@ def parse_row_query(
     order: list[tuple[str, bool]] = []
     include: list[ReadField] | None = None
     exclude: set[str] = set()
+    filters: list[str] = []
     for key, raw in params:
         if key.startswith("filter__"):
+            filters.append(key)
             name, sep, op = key[len("filter__") :].rpartition("__")
             if not sep:
                 raise validation_error(
@@ -201,7 +204,7 @@ def parse_row_query(
                 exclude |= {f.name for f in chosen}
     selected = tuple(f for f in (include if include is not None else fields) if f.name not in exclude)
     where = sql.SQL(" AND ").join(conditions) if conditions else sql.SQL("TRUE")
-    return RowQuery(selected, where, tuple(values), tuple(order))
+    return RowQuery(selected, where, tuple(values), tuple(order), tuple(filters))
 
 
 def order_clause(query: RowQuery, tie_breakers: Sequence[sql.Composable]) -> sql.Composable:

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 import secrets
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from standardwebhooks import Webhook, WebhookVerificationError
@@ -29,6 +30,7 @@ from starlette.staticfiles import StaticFiles
 from bff.client import AsyncPartnerClient, BFFError
 
 HERE = Path(__file__).parent
+T = TypeVar("T")
 CUSTOMERS: dict[str, dict[str, str]] = {
     "wood_123": {
         "first_name": "John",
@@ -153,6 +155,44 @@ async def connection_totals(client: Any) -> tuple[dict[int, int], list[dict[str,
     return totals, tables
 
 
+class PartnerSession:
+    """The site's partner client. ``token_file`` is `bff demo`'s demo-partner.json: when the BFF says
+    the token was revoked, the file is read again (`bff partner rotate-token` writes the new token
+    there) and the call made once more; without a new token the error says what to run."""
+
+    def __init__(self, bff_url: str, token: str, token_file: Path | None) -> None:
+        self.bff_url, self.token_file = bff_url, token_file
+        self.clients = [AsyncPartnerClient(bff_url, token)]
+        self.token = token
+
+    async def call(self, use: Callable[[AsyncPartnerClient], Awaitable[T]]) -> T:
+        try:
+            return await use(self.clients[-1])
+        except BFFError as exc:
+            if exc.code != "token_revoked" or self.token_file is None:
+                raise
+            try:
+                saved = json.loads(self.token_file.read_text())
+            except (OSError, ValueError):
+                saved = {}
+            fresh = saved.get("token") if isinstance(saved, dict) else None
+            if not isinstance(fresh, str) or fresh == self.token:
+                raise BFFError(
+                    exc.code,
+                    exc.status,
+                    f"{exc.detail} Run `bff partner rotate-token {saved.get('id', 'ID')} --data-dir"
+                    f" {self.token_file.parent}`: the demo takes the new token from {self.token_file.name}"
+                    " at once, no restart needed.",
+                ) from None
+            self.token = fresh
+            self.clients.append(AsyncPartnerClient(self.bff_url, fresh))
+        return await use(self.clients[-1])
+
+    async def aclose(self) -> None:
+        for client in self.clients:
+            await client.aclose()
+
+
 def create_site_app(
     *,
     bff_url: str,
@@ -161,18 +201,20 @@ def create_site_app(
     session_secret: str | None = None,
     customers: Mapping[str, Mapping[str, str]] | None = None,
     webhook_secret: str | None = None,
+    partner_token_file: Path | None = None,
 ) -> Starlette:
     """The demo site. ``partner_token`` never leaves this server.
 
     ``customers`` is the site's user directory (``external_id`` → profile fields); it defaults to
     the three demo customers. It is read on every request, so a test can add customers to it.
+    ``partner_token_file`` (`bff demo`'s demo-partner.json) is where a rotated token is found.
     """
     directory: Mapping[str, Mapping[str, str]] = CUSTOMERS if customers is None else customers
     templates = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"]))
     templates.filters["value"] = format_value
     templates.filters["thousands"] = lambda n: f"{int(n):,}"
     templates.tests["numeric"] = is_numeric
-    partner = AsyncPartnerClient(bff_url, partner_token)
+    partner = PartnerSession(bff_url, partner_token, partner_token_file)
     verifier = Webhook(webhook_secret) if webhook_secret else None
     activity: dict[str, deque[dict[str, Any]]] = {}
     seen: deque[str] = deque(maxlen=500)  # webhook-ids already taken: a retry is not a new event
@@ -210,11 +252,14 @@ def create_site_app(
         return {"external_id": external_id, **directory[external_id]}
 
     async def mint(external_id: str) -> dict[str, Any]:
-        return await partner.integrate_token(external_id, **directory[external_id])
+        return await partner.call(lambda client: client.integrate_token(external_id, **directory[external_id]))
+
+    async def identity_client(external_id: str) -> Any:
+        return await partner.call(lambda client: client.sub_account_client(external_id=external_id))
 
     async def customer_client(external_id: str) -> Any:
         await mint(external_id)  # provisions the sub-account on first use
-        return await partner.sub_account_client(external_id=external_id)
+        return await identity_client(external_id)
 
     async def home(request: Request) -> Response:
         if current(request):
@@ -244,7 +289,7 @@ def create_site_app(
             return RedirectResponse("/", status_code=303)
         try:
             minted = await mint(who["external_id"])
-            client = await partner.sub_account_client(external_id=who["external_id"])
+            client = await identity_client(who["external_id"])
             connections = [c async for c in client.connections()]
             totals, _ = await connection_totals(client)
         except BFFError as exc:
@@ -282,7 +327,10 @@ def create_site_app(
         who = require_xhr(request)
         if who is None:
             return JSONResponse({"detail": "Sign in first.", "code": "not_signed_in"}, status_code=403)
-        minted = await mint(who["external_id"])
+        try:
+            minted = await mint(who["external_id"])
+        except BFFError as exc:
+            return JSONResponse({"detail": exc.detail, "code": exc.code}, status_code=exc.status or 502)
         return JSONResponse(
             {"token": minted["token"], "expires_at": minted["expires_at"]}, headers={"Cache-Control": "no-store"}
         )
@@ -358,7 +406,7 @@ def create_site_app(
             sub_accounts = [
                 {"id": minted["account_id"], "external_id": minted["external_id"], "company_name": who["company_name"]}
             ]
-            client = await partner.sub_account_client(external_id=who["external_id"])
+            client = await identity_client(who["external_id"])
             connections = [c async for c in client.connections()]
             last_runs = {int(c["id"]): c.get("last_run") or {} for c in connections}
             names = {int(c["id"]): c["name"] for c in connections}

@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from bff.app import create_app
@@ -35,6 +35,7 @@ from bff.cli import create_partner, ensure_demo_partner, ensure_demo_webhook
 from bff.settings import Secret, Settings, generate_encryption_key, generate_secret_key
 from bff.testing import TestDatabases, free_port, serve_in_thread
 from demo_site.app import CUSTOMERS, create_site_app
+from e2e import frameworks
 
 WIDGET = Path(__file__).resolve().parents[1] / "widget"
 
@@ -161,7 +162,40 @@ def create_partner_site(*, bff_url: str, partner_token: str, other_url: str) -> 
     async def forge(request: Request) -> HTMLResponse:
         return HTMLResponse(FORGE_PAGE)
 
-    return Starlette(routes=[Route("/", page), Route("/token", token, methods=["POST"]), Route("/forge", forge)])
+    async def framework_page(request: Request) -> Response:
+        """A React 18 or Vue 3 app hosting the widget (e2e/frameworks.py)."""
+        if request.path_params["framework"] not in ("react", "vue"):
+            return Response(status_code=404)
+        customer = request.query_params.get("customer") or f"cust-{uuid.uuid4().hex[:8]}"
+        config = {
+            "customer": customer,
+            "token": (await mint(customer))["token"],
+            "naive": request.query_params.get("naive") == "1",
+            "bff": bff_url,
+        }
+        nonce = secrets.token_urlsafe(12)
+        body = frameworks.host_page(
+            request.path_params["framework"], nonce=nonce, config=json.dumps(config).replace("</", "<\\/")
+        )
+        return HTMLResponse(
+            body, headers={"Content-Security-Policy": content_security_policy(nonce, bff_url, other_url)}
+        )
+
+    async def npm_file(request: Request) -> Response:
+        name = request.path_params["name"]
+        if name not in frameworks.FILES:
+            return Response(status_code=404)
+        return FileResponse(frameworks.fixtures_dir() / name, media_type="text/javascript")
+
+    return Starlette(
+        routes=[
+            Route("/", page),
+            Route("/token", token, methods=["POST"]),
+            Route("/forge", forge),
+            Route("/host/{framework}", framework_page),
+            Route("/npm/{name}", npm_file),
+        ]
+    )
 
 
 # -- one stack: BFF + partner + partner site --------------------------------------------------
@@ -285,7 +319,10 @@ def running_demo(data_dir: Path, **sandbox_env: str) -> Iterator[DemoStack]:
 
 
 def locale_strings() -> dict[str, dict[str, Any]]:
-    """The widget's own string table (widget/locales.js is JSON after `export default`)."""
-    source = (WIDGET / "locales.js").read_text()
-    start = source.index("\nexport default ") + len("\nexport default ")
-    return json.loads(source[start:].strip().rstrip(";"))  # type: ignore[no-any-return]
+    """The widget's own string tables (widget/locales.<xx>.js: JSON after `export default`), by locale."""
+    tables = {}
+    for path in sorted(WIDGET.glob("locales.*.js")):
+        source = path.read_text()
+        start = source.index("\nexport default ") + len("\nexport default ")
+        tables[path.name.split(".")[1]] = json.loads(source[start:].strip().rstrip(";"))
+    return tables

@@ -116,8 +116,9 @@ def test_loader_defines_peliqan_once_exports_by_name_and_fires_ready(partner: Pa
 def test_the_source_documents_v1_3_script_path_loads_a_working_loader(partner: PartnerPage, stack: Stack) -> None:
     partner.goto()
     described = partner.page.evaluate(
-        "async (url) => { const m = await import(url); return [m.describeHealth('CONFIG_SELECT', 'nl'), typeof m.initialize, window.Peliqan.describeHealth('ERROR').label]; }",
-        f"{stack.bff_url}/embed/v1.3/peliqan-integration.js",
+        "async (base) => { const m = await import(base + 'peliqan-integration.js'), s = await import(base + 'peliqan-status.js');"
+        " return [s.describeHealth('CONFIG_SELECT', 'nl'), typeof m.initialize, s.describeHealth('ERROR').label]; }",
+        f"{stack.bff_url}/embed/v1.3/",
     )
     assert described == [
         {"label": "Koppeling afronden", "tone": "warning", "status": "CONFIG_SELECT"},
@@ -586,6 +587,71 @@ def test_destroy_leaves_nothing_behind(partner: PartnerPage, modal: ConnectModal
     expect(page.locator("iframe")).to_have_count(0)
     error = page.evaluate("() => { try { window.peliqan.open(); } catch (e) { return [e.name, e.code]; } }")
     assert error == ["PeliqanError", "destroyed"]
+
+
+def test_initialize_again_on_the_same_trigger_returns_the_live_instance(partner: PartnerPage) -> None:
+    partner.goto()
+    page = partner.page
+    same = page.evaluate("() => Peliqan.initialize(window.makeOptions({})) === window.peliqan")
+    assert same is True
+    expect(page.locator("body > [role=dialog]")).to_have_count(1)
+    partner.trigger.click()
+    expect(partner.dialog).to_have_count(1)
+    page.keyboard.press("Escape")
+    assert not any(partner.body_children_inert()) and not partner.scroll_locked()
+    # destroy() frees the trigger: the next initialize() makes a new instance
+    fresh = page.evaluate(
+        "() => { window.peliqan.destroy(); return Peliqan.initialize(window.makeOptions({})) !== window.peliqan; }"
+    )
+    assert fresh is True
+    expect(page.locator("body > [role=dialog]")).to_have_count(1)
+
+
+@pytest.mark.parametrize(
+    "order", ["a b -a -b", "a b -b -a", "a b destroy-a -b", "a b destroy-b destroy-a", "b a -b -a"]
+)
+def test_no_order_of_opening_and_closing_instances_leaves_the_page_inert(partner: PartnerPage, order: str) -> None:
+    partner.goto(initialize=False)
+    page = partner.page
+    page.wait_for_function("() => window.Peliqan !== undefined")
+    page.evaluate(
+        """() => {
+            document.body.style.overflow = 'auto';  // the page's own value: put back, not removed
+            const other = document.createElement('button');
+            other.id = 'other-trigger';
+            other.textContent = 'Other';
+            document.querySelector('main').append(other);
+            window.inst = {a: Peliqan.initialize(window.makeOptions({})), b: Peliqan.initialize(window.makeOptions({button: '#other-trigger'}))};
+        }"""
+    )
+    assert page.evaluate("() => window.inst.a !== window.inst.b")
+    for step in order.split():
+        kind, name = (
+            ("close", step[1:])
+            if step.startswith("-")
+            else ("destroy", step[8:])
+            if step.startswith("destroy-")
+            else ("open", step)
+        )
+        page.evaluate("([kind, name]) => window.inst[name][kind]()", [kind, name])
+        if kind == "open":
+            # The dialog opened last is on top (what the user sees and clicks) and the only live part.
+            expect(page.locator("body > [role=dialog]:visible")).to_have_count(order.split().index(step) + 1)
+            page.wait_for_function("() => document.activeElement?.tagName === 'IFRAME'")
+            top = page.evaluate(
+                """() => {
+                    const shown = document.elementFromPoint(innerWidth / 2, innerHeight / 2).closest('[role=dialog]');
+                    const live = [...document.querySelectorAll('body > [role=dialog]')].filter((d) => d.style.display !== 'none' && !d.inert);
+                    return [live.length, live[0] === shown, shown.contains(document.activeElement)];
+                }"""
+            )
+            assert top == [1, True, True], (step, top)
+    expect(page.locator("body > [role=dialog]:visible")).to_have_count(0)
+    state = page.evaluate(
+        "() => [[...document.body.children].filter((c) => c.inert).length, document.body.style.overflow, document.documentElement.getAttribute('style')]"
+    )
+    assert state == [0, "auto", None]
+    page.get_by_role("link", name="A link behind the modal").click(timeout=3_000)  # the page answers clicks
 
 
 # -- inline mode --------------------------------------------------------------------------------

@@ -121,6 +121,14 @@ def test_partner_create_without_any_keys_explains(data_dir_outside_pytest: Path)
     assert result.returncode == 2 and "BFF_SECRET_KEYS" in result.stderr
 
 
+def test_a_data_directory_that_does_not_exist_is_named_not_the_missing_keys(data_dir_outside_pytest: Path) -> None:
+    typo = data_dir_outside_pytest / "bff-dtaa"
+    for command in (["partner", "list"], ["partner", "revoke", "1"], ["partner", "webhook", "show", "--partner", "1"]):
+        line = one_line_error(run_bff(*command, "--data-dir", str(typo)))
+        assert line.startswith(f"bff: error: no such data directory: {typo}."), line
+        assert not typo.exists()
+
+
 def test_a_different_encryption_key_refuses_to_open_the_data(data_dir_outside_pytest: Path) -> None:
     first = run_bff(
         "partner",

@@ -80,6 +80,10 @@ def test_bff_demo_serves_both_origins_prints_where_and_stops_cleanly_on_ctrl_c(d
         assert "WARNING: generated demo keys" in printed  # first run: the keys are new, and it says so
         # Which way scripts run (bubblewrap is installed by .ci/run).
         assert "Scripts:                              scripts run sandboxed in bubblewrap" in printed
+        # Two servers, one database: each start-up line once (not once per server, per migration check).
+        for line in ("Started server process", "Waiting for application startup", "Application startup complete"):
+            assert sum(line in printed_line for printed_line in lines) == 1, (line, printed)
+        assert sum("alembic" in printed_line for printed_line in lines) <= 1, printed
 
         # The URLs are printed once both servers listen: they answer straight away.
         assert httpx.get(f"http://127.0.0.1:{bff_port}/healthz").json() == {"status": "ok"}
@@ -102,6 +106,24 @@ def test_bff_demo_serves_both_origins_prints_where_and_stops_cleanly_on_ctrl_c(d
             f"http://127.0.0.1:{bff_port}/api/servers", headers={"Origin": "http://evil.test", **preflight}
         )
         assert "access-control-allow-origin" not in other.headers
+
+        # A second demo on the same data directory refuses in one line and touches nothing.
+        before = {path.name: path.read_bytes() for path in data_dir.glob("demo-*.json")}
+        second = run_cli(
+            "demo", "--bff-port", str(free_port()), "--site-port", str(free_port()), "--data-dir", str(data_dir)
+        )
+        assert second.returncode == 2, second.stderr
+        assert second.stderr.splitlines() == [
+            f"bff: error: another `bff demo` (pid {proc.pid}) is using the data directory {data_dir.resolve()};"
+            " stop it first, or pass another --data-dir."
+        ]
+        assert {path.name: path.read_bytes() for path in data_dir.glob("demo-*.json")} == before
+        assert (
+            httpx.get(
+                f"http://127.0.0.1:{bff_port}/api/partner/sub-accounts", headers=auth(partner["token"])
+            ).status_code
+            == 200
+        )
     finally:
         code, out = stop(proc)
     assert code == 0, out
@@ -121,28 +143,58 @@ def test_bff_demo_serves_both_origins_prints_where_and_stops_cleanly_on_ctrl_c(d
     assert code == 0, out
 
 
-def test_bff_demo_says_which_port_is_taken(data_dir_outside_pytest: Path) -> None:
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BFF_")}
+    return subprocess.run([sys.executable, "-m", "bff.cli", *args], env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_bff_demo_says_which_port_is_taken_before_creating_anything(tmp_path: Path) -> None:
+    data_dir = tmp_path / "never-created"
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "bff.cli",
-                "demo",
-                "--bff-port",
-                str(port),
-                "--site-port",
-                str(free_port()),
-                "--data-dir",
-                str(data_dir_outside_pytest),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-    assert result.returncode == 1
-    assert f"port {port} on 127.0.0.1 is in use" in result.stderr and "--bff-port" in result.stderr
-    assert "Traceback" not in result.stderr and "Press Ctrl-C" not in result.stdout
+        result = run_cli("demo", "--bff-port", str(port), "--site-port", str(free_port()), "--data-dir", str(data_dir))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"bff: error: port {port} on 127.0.0.1 is in use (another `bff demo`?); stop it or pass --bff-port."
+    ]
+    assert result.stdout == "" and not data_dir.exists()
+
+
+def test_bff_demo_on_one_port_twice_says_so_in_one_line(tmp_path: Path) -> None:
+    data_dir = tmp_path / "never-created"
+    port = str(free_port())
+    result = run_cli("demo", "--bff-port", port, "--site-port", port, "--data-dir", str(data_dir))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"bff: error: --bff-port and --site-port are both {port}; the BFF and the demo site need a port each."
+    ]
+    assert result.stdout == "" and not data_dir.exists()
+    result = run_cli("demo", "--bff-port", "70000", "--data-dir", str(data_dir))
+    assert result.returncode == 2 and result.stderr == "bff: error: --bff-port 70000 is not a port (1–65535).\n"
+
+
+def test_the_data_dir_lock_is_released_when_its_holder_crashes(tmp_path: Path) -> None:
+    from bff.demo import DataDirBusy, hold_data_dir
+
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from bff.demo import hold_data_dir;"
+            f" lock = hold_data_dir(Path({str(tmp_path)!r}), 'demo.lock', 'x'); print('held', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        with pytest.raises(DataDirBusy, match=f"another `bff demo` \\(pid {holder.pid}\\) is using"):
+            hold_data_dir(tmp_path, "demo.lock", "`bff demo`")
+    finally:
+        holder.kill()  # a crash: nobody removes the lock file
+        holder.wait()
+    assert (tmp_path / "demo.lock").exists()
+    with hold_data_dir(tmp_path, "demo.lock", "`bff demo`") as lock:
+        assert (tmp_path / "demo.lock").read_text() == str(os.getpid()) and not lock.closed

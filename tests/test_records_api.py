@@ -355,7 +355,7 @@ async def test_provider_5xx_past_the_budget_is_502_and_frees_the_idempotency_key
 
 async def test_error_mapping_of_the_retry_policy() -> None:
     from bff.connectors import ConfigRequired, RetriesExhausted
-    from bff.records_api import connector_error
+    from bff.errors import connector_error
 
     timeout = connector_error(RetriesExhausted("gave up", cause="timeout"))
     assert (timeout.status, timeout.code) == (504, "provider_timeout")

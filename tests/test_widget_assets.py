@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import gzip
 import html.parser
+import importlib.util
 import json
 import re
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import BFF
@@ -24,13 +26,11 @@ STATUS = WIDGET / "peliqan-status.js"
 CONNECT_JS = WIDGET / "connect.js"
 CONNECT_CSS = WIDGET / "connect.css"
 CONNECT_HTML = WIDGET / "connect.html"
-LOCALES = WIDGET / "locales.js"
+MODAL = WIDGET / "peliqan-modal.js"
+SESSION = WIDGET / "frame-session.js"
+PANEL_JS = WIDGET / "panel.js"
 DTS = WIDGET / "peliqan-integration.d.ts"
-
-LOADER_BUDGET = 4096
-# Loader + SDK + state words (peliqan-status.js, 4 locales) + the connect UI. The loader's own
-# budget above is the one a partner page pays before anything is used.
-TOTAL_BUDGET = 24576
+SIZES = Path(__file__).resolve().parents[1] / "bench" / "widget_sizes.py"
 SDK_FUNCTIONS = {
     "syncServer",
     "getServerHealthStatus",
@@ -48,9 +48,28 @@ def gzipped_size(path: Path) -> int:
     return len(gzip.compress(path.read_bytes(), compresslevel=9, mtime=0))
 
 
-def test_loader_fits_its_gzip_budget() -> None:
-    size = gzipped_size(LOADER)
-    assert size <= LOADER_BUDGET, f"peliqan-integration.js is {size} bytes gzipped (budget {LOADER_BUDGET})"
+def widget_sizes() -> Any:
+    """bench/widget_sizes.py: what a page downloads (each file gzipped apart, static imports counted)."""
+    spec = importlib.util.spec_from_file_location("widget_sizes", SIZES)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_eager_loader_fits_its_gzip_budget() -> None:
+    ws = widget_sizes()
+    files = ws.eager_files()
+    size = sum(ws.sizes(files).values())
+    assert size <= ws.EAGER_BUDGET, f"{ws.sizes(files)} = {size} bytes gzipped (budget {ws.EAGER_BUDGET})"
+
+
+def test_the_size_count_follows_static_imports_and_the_documents_assets() -> None:
+    ws = widget_sizes()
+    assert ws.static_graph("panel.js") == ["panel.js", "peliqan-status.js", "frame-session.js"]
+    assert ws.document_files("connect.html") == ["connect.html", "connect.css", "connect.js", "frame-session.js"]
+    assert {"peliqan-modal.js", "peliqan-sdk.js", "connect.js", "frame-session.js"} <= set(ws.modal_files())
+    assert ws.largest_locale() in ws.modal_files()
 
 
 PANEL_BUDGET = (
@@ -80,19 +99,21 @@ async def test_the_panel_document_is_served_with_the_connect_csp(bff: BFF) -> No
         assert (await bff.client.get(f"/embed/v1/{name}")).status_code == 200, name
 
 
-def test_loader_sdk_and_connect_ui_fit_the_total_budget() -> None:
-    files = [LOADER, SDK, STATUS, CONNECT_JS, CONNECT_CSS, LOCALES]
-    sizes = {f.name: gzipped_size(f) for f in files}
-    assert sum(sizes.values()) <= TOTAL_BUDGET, f"{sizes} = {sum(sizes.values())} bytes gzipped (budget {TOTAL_BUDGET})"
+def test_the_modal_path_fits_its_budget() -> None:
+    ws = widget_sizes()
+    sizes = ws.sizes(ws.modal_files())
+    assert sum(sizes.values()) <= ws.MODAL_BUDGET, (
+        f"{sizes} = {sum(sizes.values())} bytes gzipped (budget {ws.MODAL_BUDGET})"
+    )
 
 
-@pytest.mark.parametrize("path", [LOADER, SDK, CONNECT_JS], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [LOADER, MODAL, SDK, CONNECT_JS, SESSION, PANEL_JS], ids=lambda p: p.name)
 def test_no_message_is_posted_to_any_origin(path: Path) -> None:
     source = path.read_text()
     assert not re.search(r"""postMessage\([^;]*,\s*['"`]\*['"`]\s*\)""", source)
 
 
-@pytest.mark.parametrize("path", [LOADER, CONNECT_JS], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [MODAL, CONNECT_JS], ids=lambda p: p.name)
 def test_message_listeners_check_origin_and_source(path: Path) -> None:
     source = path.read_text()
     assert source.count("addEventListener('message'") == 1
@@ -101,7 +122,7 @@ def test_message_listeners_check_origin_and_source(path: Path) -> None:
 
 
 def test_iframe_url_carries_only_parent_and_locale() -> None:
-    source = LOADER.read_text()
+    source = MODAL.read_text()
     urls = re.findall(r"/embed/v1/connect\?([^`]*)`", source)
     assert urls, "the loader builds the iframe URL"
     for query in urls:
@@ -154,9 +175,13 @@ def test_connect_ui_sets_no_style_attributes() -> None:
 
 
 def load_locales() -> dict[str, dict[str, object]]:
-    source = LOCALES.read_text()
-    table = source[source.index("\nexport default ") + len("\nexport default ") :].strip().rstrip(";")
-    return json.loads(table)
+    """widget/locales.<xx>.js, one table per locale (plain JSON after `export default`)."""
+    tables = {}
+    for path in sorted(WIDGET.glob("locales.*.js")):
+        source = path.read_text()
+        table = source[source.index("\nexport default ") + len("\nexport default ") :].strip().rstrip(";")
+        tables[path.name.split(".")[1]] = json.loads(table)
+    return tables
 
 
 def flatten(table: dict[str, object], prefix: str = "") -> dict[str, str]:
@@ -187,20 +212,43 @@ def test_the_contract_names_are_the_english_strings() -> None:
     assert english["connect"] == "Connect"
 
 
-def test_connect_ui_uses_only_strings_that_exist() -> None:
-    source = CONNECT_JS.read_text()
+@pytest.mark.parametrize("path", [CONNECT_JS, PANEL_JS, SESSION], ids=lambda p: p.name)
+def test_the_frames_use_only_strings_that_exist(path: Path) -> None:
+    source = path.read_text()
     english = load_locales()["en"]
     used = set(re.findall(r"\bt\.(\w+)", source))
     used |= set(re.findall(r"'(err[A-Z]\w*)'", source))  # the MESSAGES table names keys as strings
-    assert used, "connect.js reads its strings from the locale table"
+    assert used, f"{path.name} reads its strings from the locale table"
     assert used <= set(english), used - set(english)
 
 
-def test_loader_dialog_titles_match_the_locale_table() -> None:
-    titles = dict(
-        re.findall(r"(\w\w): '([^']+)'", re.search(r"const TITLES = \{([^}]*)\}", LOADER.read_text()).group(1))
-    )
-    assert titles == {locale: strings["title"] for locale, strings in load_locales().items()}
+@pytest.mark.parametrize(
+    ("path", "key"), [(MODAL, "title"), (WIDGET / "peliqan-panel.js", "panelTitle")], ids=["modal", "panel"]
+)
+def test_the_iframe_titles_inlined_on_the_partner_page_match_the_locale_tables(path: Path, key: str) -> None:
+    titles = dict(re.findall(r"(\w\w): '([^']+)'", re.search(r"const TITLES = \{([^}]*)\}", path.read_text()).group(1)))
+    assert titles == {locale: strings[key] for locale, strings in load_locales().items()}
+
+
+def test_connect_and_panel_share_one_session_module() -> None:
+    for path in (CONNECT_JS, PANEL_JS):
+        source = path.read_text()
+        assert "from './frame-session.js'" in source, path.name
+        # the token and session code lives in frame-session.js only
+        for twin in (
+            "async function http(",
+            "function askToken(",
+            "'/api/embed/session'",
+            "function h(",
+            "parentOk = (",
+        ):
+            assert twin not in source, (path.name, twin)
+        assert not re.search(r"^let ", source, re.M), f"{path.name}: state belongs in its view object"
+        assert "if (!fromParent(e)) return;" in source or "if (fromParent(e)) {" in source, path.name
+    session = SESSION.read_text()
+    assert "e.origin === PARENT && e.source === parent && parentOk" in session
+    # one translation rule for every token_* code (connect.js once knew four, panel.js all)
+    assert "/^token_/.test(code) ? 'errExpired'" in session
 
 
 def dts_interface(name: str) -> set[str]:
@@ -215,14 +263,7 @@ def test_types_cover_every_export_option_and_theme_key() -> None:
     exports = set(re.findall(r"export (?:const|function|class|async function) (\w+)", loader))
     exports |= set(re.findall(r"export const \[([^\]]+)\]", loader))
     exports |= {n.strip() for group in re.findall(r"export \{([^}]+)\}", loader) for n in group.split(",")}
-    assert exports >= SDK_FUNCTIONS | {
-        "initialize",
-        "PeliqanError",
-        "describeHealth",
-        "formatRelativeTime",
-        "timeElement",
-        "mountConnections",
-    }
+    assert exports >= SDK_FUNCTIONS | {"initialize", "PeliqanError", "mountConnections"}
     for name in exports:
         assert re.search(rf"export (?:declare )?(?:function|class|const) {name}\b", dts), name
     spec = re.search(r"const SPEC = \{(.*?)\n\};", loader, re.S).group(1)
@@ -265,15 +306,7 @@ def test_loader_imports_where_there_is_no_window() -> None:
     )
     out = json.loads(result.stdout)
     assert out["hasWindow"] is False
-    assert set(out["exports"]) == SDK_FUNCTIONS | {
-        "initialize",
-        "PeliqanError",
-        "default",
-        "describeHealth",
-        "formatRelativeTime",
-        "timeElement",
-        "mountConnections",
-    }
+    assert set(out["exports"]) == SDK_FUNCTIONS | {"initialize", "PeliqanError", "default", "mountConnections"}
     assert out["initialize"] == ["PeliqanError", "no_window"]
     assert out["sync"] == ["PeliqanError", "invalid_argument", 0]
     assert out["watch"] == ["PeliqanError", "invalid_argument"]
@@ -337,7 +370,7 @@ console.log(JSON.stringify({
 @pytest.mark.skipif(NODE is None, reason="needs node to import the module without a window")
 def test_describe_health_and_relative_times() -> None:
     result = subprocess.run(
-        [NODE, "--input-type=module", "-e", DESCRIBE_SCRIPT, LOADER.as_uri()],
+        [NODE, "--input-type=module", "-e", DESCRIBE_SCRIPT, STATUS.as_uri()],
         capture_output=True,
         text=True,
         timeout=30,

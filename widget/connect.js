@@ -2,69 +2,32 @@
 // It takes messages only from the window that embeds it, and only if that window has the origin
 // named in `?parent=`; it posts only to that origin. The server checks the same origin against the
 // token's partner (POST /api/embed/session) before anything is shown.
-import locales from './locales.js';
+import { $, LOCALE, fail, fmt, frameSession, h, parentOk, t, theme } from './frame-session.js';
 
-const query = new URLSearchParams(location.search);
-const PARENT = query.get('parent') || '';
-const LOCALE = Object.hasOwn(locales, query.get('locale')) ? query.get('locale') : 'en';
-const t = locales[LOCALE];
-const BASE = location.pathname.split('/embed/')[0]; // the BFF may be mounted under a path prefix
 const WAITING = new Set(['AUTHORIZING', 'RE_AUTHORISING', 'CHECKING']);
 const FAILED = new Set(['ERROR', 'DISABLED']);
-const TOKEN_MARGIN_MS = 120e3; // ask for a fresh token this long before expiry
 const POPUP_GRACE_MS = 5e3; // popup.closed lies under COOP: keep polling this long before believing it
 const OAUTH_GIVE_UP_MS = 15 * 60e3;
 const INPUT_TYPES = new Set(['text', 'email', 'url', 'number', 'password']);
-// Error codes whose server `detail` is replaced by a translated sentence.
-const MESSAGES = {
-  token_expired: 'errExpired', token_invalid: 'errExpired', token_revoked: 'errExpired', token_wrong_kind: 'errExpired',
-  origin_not_allowed: 'errOrigin', credentials_rejected: 'errRejected', network_error: 'errNetwork',
-};
 const root = document.documentElement;
-const $ = (id) => document.getElementById(id);
 const enc = encodeURIComponent;
+const { post, api, begin, tokenArrived, session, fromParent } = frameSession('peliqan');
 
-const parentOk = (() => {
-  try {
-    const ancestor = location.ancestorOrigins?.[0];
-    return parent !== window && new URL(PARENT).origin === PARENT && (!ancestor || ancestor === PARENT);
-  } catch {
-    return false;
-  }
-})();
+// This view's state.
+const view = {
+  mode: 'modal',
+  lastInit: null, // the parent's latest `init`
+  booting: null, // the session and catalogue load of that `init`
+  turn: 0, // only the latest refresh() renders
+  wanted: {}, // the options of the latest `open`
+  catalogue: null,
+  list: [], // the catalogue, limited to availableConnectors
+  pending: null, // the OAuth (or CHECKING) connection being waited for
+  autofocus: false, // move focus only once the user can see us
+};
 
-let mode = 'modal';
-let token = null;
-let deadline = 0; // token expiry on this browser's clock
-let session = null;
-let tokenWait = null;
-let onToken = null;
-let lastInit = null;
-let booting = null;
-let wanted = {}; // the options of the latest `open`
-let catalogue = null;
-let currentList = [];
-let pending = null; // the OAuth (or CHECKING) connection being waited for
-let autofocus = false; // move focus only once the user can see us
-
-// ---- small helpers ----
-
-const fmt = (s, vars) => s.replace(/\{(\w+)\}/g, (_, k) => vars[k] ?? '');
-const post = (msg) => parentOk && parent.postMessage({ source: 'peliqan', ...msg }, PARENT);
-const fail = (code, message, status = 0, errors = null) => Object.assign(new Error(message), { code, status, errors });
 const report = (e) => post({ type: 'error', error: { code: e.code || 'error', status: e.status || 0, message: e.message } });
 const serverPath = (id, rest = '') => `/api/server/${enc(id)}${rest}`;
-
-function h(tag, attrs, ...children) {
-  const el = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs || {})) {
-    if (v == null || v === false) continue;
-    if (k.startsWith('on')) el.addEventListener(k.slice(2), v);
-    else el.setAttribute(k, v === true ? '' : v);
-  }
-  el.append(...children.flat(Infinity).filter((c) => c != null && c !== false));
-  return el;
-}
 const alertBox = () => h('div', { role: 'alert', class: 'alert', hidden: true });
 const say = (box, text) => {
   box.textContent = text || '';
@@ -73,73 +36,7 @@ const say = (box, text) => {
 const actions = (...buttons) => h('div', { class: 'actions' }, buttons);
 const spinner = (text) => h('p', { class: 'status', role: 'status' }, h('span', { class: 'spinner', 'aria-hidden': 'true' }), ' ', text);
 
-// ---- HTTP, token and session ----
-
-async function http(method, path, body, bearer) {
-  let res;
-  try {
-    res = await fetch(BASE + path, {
-      method,
-      cache: 'no-store',
-      credentials: 'omit',
-      headers: { Authorization: 'Bearer ' + bearer, ...(body && { 'Content-Type': 'application/json' }) },
-      body: body && JSON.stringify(body),
-    });
-  } catch {
-    throw fail('network_error', t.errNetwork);
-  }
-  const data = res.status === 204 ? null : await res.json().catch(() => null);
-  if (!res.ok) {
-    const code = data?.code || `http_${res.status}`;
-    throw fail(code, t[MESSAGES[code]] || data?.detail || t.errGeneric, res.status, data?.errors);
-  }
-  return [data, res];
-}
-
-async function startSession(candidate) {
-  const [data, res] = await http('POST', '/api/embed/session', { parent_origin: PARENT }, candidate);
-  const serverNow = Date.parse(res.headers.get('Date')) || Date.now();
-  const exp = data?.expires_at;
-  const expMs = typeof exp === 'number' ? (exp < 1e12 ? exp * 1000 : exp) : Date.parse(exp);
-  // Kept on our own clock, so a user's wrong clock does not matter.
-  deadline = expMs ? Date.now() + (expMs - serverNow) : Infinity;
-  token = candidate;
-  session = data;
-}
-
-function askToken() {
-  tokenWait ||= new Promise((resolve) => {
-    const timer = setTimeout(resolve, 30e3, null);
-    onToken = (value) => {
-      clearTimeout(timer);
-      resolve(value);
-    };
-    post({ type: 'need_token' });
-  }).finally(() => {
-    tokenWait = onToken = null;
-  });
-  return tokenWait;
-}
-
-// A token missing or about to expire is replaced before the request, so a user who sat on a form
-// keeps what they typed.
-async function ensureToken() {
-  if (token && deadline - Date.now() > TOKEN_MARGIN_MS) return;
-  const next = await askToken();
-  if (typeof next === 'string' && next && next !== token) return startSession(next);
-  if (!token || deadline <= Date.now()) throw fail('token_expired', t.errExpired, 401);
-}
-
-async function api(method, path, body, retried = false) {
-  await ensureToken();
-  try {
-    return (await http(method, path, body, token))[0];
-  } catch (e) {
-    if (e.code !== 'token_expired' || retried) throw e;
-    deadline = 0;
-    return api(method, path, body, true);
-  }
-}
+// ---- catalogue ----
 
 async function loadCatalogue() {
   const all = [];
@@ -160,29 +57,29 @@ function show(title, nodes, { back = null, focus = null } = {}) {
   $('back').hidden = !back;
   $('back').onclick = back;
   $('view').replaceChildren(...nodes.filter(Boolean));
-  if (autofocus) (focus || $('title')).focus();
+  if (view.autofocus) (focus || $('title')).focus();
 }
 
 function fatal(e) {
   if (!e.reported) report(e);
   e.reported = true;
-  const close = mode === 'modal' && h('button', { type: 'button', class: 'secondary', onclick: () => post({ type: 'close' }) }, t.close);
+  const close = view.mode === 'modal' && h('button', { type: 'button', class: 'secondary', onclick: () => post({ type: 'close' }) }, t.close);
   show(t.title, [h('div', { role: 'alert', class: 'alert' }, e.message), close && actions(close)], { focus: close });
 }
 
 function start(options) {
-  const o = { ...lastInit?.options, ...options };
+  const o = { ...view.lastInit?.options, ...options };
   const names = o.availableConnectors;
-  currentList = catalogue.filter((s) => !names || names.includes(s.name));
+  view.list = view.catalogue.filter((s) => !names || names.includes(s.name));
   if (o.reauthServerId != null) return reauthorise(o.reauthServerId);
   if (o.serverId != null) return finishSetup(o.serverId);
-  const chosen = o.selectedConnector && currentList.find((s) => s.name === o.selectedConnector);
+  const chosen = o.selectedConnector && view.list.find((s) => s.name === o.selectedConnector);
   if (chosen) return connectForm(chosen);
   showCatalogue(o.selectedConnector ? t.errNotAvailable : null);
 }
 
 function showCatalogue(notice) {
-  const list = currentList;
+  const list = view.list;
   const input = h('input', { id: 'search', type: 'search', autocomplete: 'off', spellcheck: 'false' });
   const count = h('p', { class: 'count', role: 'status' });
   const items = list.map((s, i) => {
@@ -266,7 +163,7 @@ function connectForm(st, existing = null, finishing = false) {
     wait,
     actions(submit));
   const title = fmt(finishing ? t.finishTitle : existing ? t.reauthTitle : t.connectTitle, { name: st.display_name });
-  const back = !existing && currentList.length > 1 ? () => { abandon(); showCatalogue(); } : null;
+  const back = !existing && view.list.length > 1 ? () => { abandon(); showCatalogue(); } : null;
   const render = () => show(title, [form], { back, focus: rows[0]?.input || submit });
   let busy = false;
 
@@ -404,7 +301,7 @@ function track(conn, ctx) {
 // Polls GET /api/server/{id}, the source of truth; the callback's message or broadcast only
 // makes it poll sooner.
 async function follow(p) {
-  pending = p;
+  view.pending = p;
   const giveUp = Date.now() + OAUTH_GIVE_UP_MS;
   let closedAt = 0;
   let background = false;
@@ -437,14 +334,14 @@ async function follow(p) {
 function stop(p) {
   p.stopped = true;
   p.kick?.();
-  if (pending === p) pending = null;
+  if (view.pending === p) view.pending = null;
   try {
     p.popup?.close();
   } catch {}
 }
 // The user gave up on the connection being waited for (Cancel, Back, a new attempt): forget it.
 function abandon() {
-  const p = pending;
+  const p = view.pending;
   if (!p) return;
   stop(p);
   if (!p.existing) api('DELETE', serverPath(p.id)).catch(() => {});
@@ -505,14 +402,14 @@ const stepTitle = (ctx) => fmt(ctx.finishing ? t.finishTitle : ctx.existing ? t.
 function success(conn, announce = true) {
   const data = {};
   for (const k of ['id', 'name', 'servertype_id', 'connector', 'health_status']) data[k] = conn[k] ?? null;
-  for (const k of ['account_id', 'external_id']) data[k] = conn[k] ?? session?.[k] ?? null;
+  for (const k of ['account_id', 'external_id']) data[k] = conn[k] ?? session()?.[k] ?? null;
   if (announce) post({ type: 'connected', data });
   const done = h('button', {
     type: 'button',
     class: 'primary',
     onclick: () => {
       post({ type: 'close' });
-      if (mode === 'inline') start(wanted);
+      if (view.mode === 'inline') start(view.wanted);
     },
   }, t.done);
   show(t.connectedTitle, [h('p', { class: 'success' }, fmt(t.connectedText, { name: conn.name || '' })), actions(done)]);
@@ -521,7 +418,7 @@ function success(conn, announce = true) {
 async function connection(id) {
   show(t.title, [spinner(t.loading)]);
   const conn = await api('GET', serverPath(id));
-  const st = catalogue.find((s) => String(s.id) === String(conn.servertype_id) || s.name === conn.connector);
+  const st = view.catalogue.find((s) => String(s.id) === String(conn.servertype_id) || s.name === conn.connector);
   if (!st) throw fail('unknown_connector', t.errNotAvailable);
   return [conn, st];
 }
@@ -551,72 +448,65 @@ async function finishSetup(id) {
 
 // ---- boot and messages ----
 
-let refreshTurn = 0;
-
 async function refresh() {
-  if (!lastInit) return;
-  const boot = (booting ||= (async () => {
-    const first = lastInit.token;
-    // An expired first token is not fatal: ensureToken() asks the parent (getToken) for a new one.
-    if (typeof first === 'string' && first && first !== token) await startSession(first).catch((e) => { if (e.status !== 401) throw e; });
-    catalogue = await loadCatalogue();
+  if (!view.lastInit) return;
+  const boot = (view.booting ||= (async () => {
+    await begin(view.lastInit.token);
+    view.catalogue = await loadCatalogue();
   })());
   // `init` (preload) and `open` (click) both land here and await the same boot: only the latest
   // may render, or a late first render replaces the form the customer is already typing into.
-  const turn = ++refreshTurn;
+  const turn = ++view.turn;
   try {
     await boot;
-    if (turn !== refreshTurn) return;
-    start(wanted);
+    if (turn !== view.turn) return;
+    start(view.wanted);
   } catch (e) {
-    if (booting === boot) booting = null; // the next `open` tries again
+    if (view.booting === boot) view.booting = null; // the next `open` tries again
     fatal(e);
   }
 }
 
 function configure(options) {
-  mode = options.mode === 'inline' ? 'inline' : 'modal';
-  root.classList.toggle('inline', mode === 'inline');
-  $('close').hidden = mode !== 'modal';
-  for (const [k, v] of Object.entries(options.theme || {})) {
-    // CSSOM, not a style attribute: allowed by this document's CSP.
-    if (/^[a-zA-Z]+$/.test(k) && typeof v === 'string') root.style.setProperty('--pq-' + k.replace(/[A-Z]/g, (c) => '-' + c.toLowerCase()), v);
-  }
+  view.mode = options.mode === 'inline' ? 'inline' : 'modal';
+  root.classList.toggle('inline', view.mode === 'inline');
+  $('close').hidden = view.mode !== 'modal';
+  theme(options.theme);
 }
 
 addEventListener('message', (e) => {
   const m = e.data;
-  if (e.origin === PARENT && e.source === parent && parentOk && m?.source === 'peliqan') {
+  if (fromParent(e)) {
     if (m.type === 'init') {
-      lastInit = m;
-      booting = null;
+      view.lastInit = m;
+      view.booting = null;
       configure(m.options || {});
       refresh();
     } else if (m.type === 'open') {
-      wanted = m.options || {};
-      autofocus = true;
+      view.wanted = m.options || {};
+      view.autofocus = true;
       refresh();
-    } else if (m.type === 'token') onToken?.(m.token);
-  } else if (e.origin === location.origin && pending && m?.source === 'peliqan-oauth') {
-    if (m.type === 'oauth_ready' && pending.nonce && !pending.handedOver && (!pending.popup || e.source === pending.popup)) {
-      pending.popup = e.source; // a tab opened from our link asks for the nonce
-      handOver(pending);
-    } else if (pending.popup && e.source === pending.popup) {
-      if (m.type === 'oauth_nonce_received') pending.handedOver = true;
-      else if (String(m.connection_id) === String(pending.id)) pending.kick?.(); // the callback page reported: confirm by polling now
+    } else if (m.type === 'token') tokenArrived(m.token);
+  } else if (e.origin === location.origin && view.pending && m?.source === 'peliqan-oauth') {
+    if (m.type === 'oauth_ready' && view.pending.nonce && !view.pending.handedOver && (!view.pending.popup || e.source === view.pending.popup)) {
+      view.pending.popup = e.source; // a tab opened from our link asks for the nonce
+      handOver(view.pending);
+    } else if (view.pending.popup && e.source === view.pending.popup) {
+      if (m.type === 'oauth_nonce_received') view.pending.handedOver = true;
+      else if (String(m.connection_id) === String(view.pending.id)) view.pending.kick?.(); // the callback page reported: confirm by polling now
     }
   }
 });
 if (self.BroadcastChannel) {
   new BroadcastChannel('peliqan-oauth').onmessage = (e) => {
-    if (pending && String(e.data?.connection_id) === String(pending.id)) pending.kick?.();
+    if (view.pending && String(e.data?.connection_id) === String(view.pending.id)) view.pending.kick?.();
   };
 }
 
-addEventListener('pointerdown', () => (autofocus = true), true);
+addEventListener('pointerdown', () => (view.autofocus = true), true);
 addEventListener('keydown', (e) => {
-  autofocus = true;
-  if (mode !== 'modal') return;
+  view.autofocus = true;
+  if (view.mode !== 'modal') return;
   if (e.key === 'Escape') {
     e.preventDefault();
     post({ type: 'close' });
@@ -634,7 +524,7 @@ addEventListener('keydown', (e) => {
 }, true);
 
 new ResizeObserver(() => {
-  if (mode === 'inline') post({ type: 'resize', height: Math.ceil(root.getBoundingClientRect().height) });
+  if (view.mode === 'inline') post({ type: 'resize', height: Math.ceil(root.getBoundingClientRect().height) });
 }).observe(document.body);
 
 root.lang = LOCALE;

@@ -2,104 +2,23 @@
 // (peliqan-panel.js on the partner page). Same rules as the connect window (docs/embed-protocol.md):
 // messages only from the embedding window with the origin named in `?parent=`, posts only to that
 // origin, the token arrives by postMessage and is checked against the parent origin server-side.
-import locales from './locales.js';
+import { $, LOCALE, fail, fmt, frameSession, h, parentOk, t, theme } from './frame-session.js';
 import { describeHealth, timeElement, PENDING_SETUP } from './peliqan-status.js';
 
-const query = new URLSearchParams(location.search);
-const PARENT = query.get('parent') || '';
-const LOCALE = Object.hasOwn(locales, query.get('locale')) ? query.get('locale') : 'en';
-const t = locales[LOCALE];
-const BASE = location.pathname.split('/embed/')[0];
-const TOKEN_MARGIN_MS = 120e3;
 const root = document.documentElement;
-const $ = (id) => document.getElementById(id);
 const enc = encodeURIComponent;
-const fmt = (s, vars) => s.replace(/\{(\w+)\}/g, (_, k) => vars[k] ?? '');
+const { post, api, begin, tokenArrived, fromParent } = frameSession('peliqan-panel');
 
-const parentOk = (() => {
-  try {
-    const ancestor = location.ancestorOrigins?.[0];
-    return parent !== window && new URL(PARENT).origin === PARENT && (!ancestor || ancestor === PARENT);
-  } catch {
-    return false;
-  }
-})();
+// This view's state.
+const view = {
+  started: false,
+  catalogue: new Map(), // servertype id → capabilities
+  timer: 0,
+  syncing: new Set(), // connection ids with a sync followed here
+  confirming: new Set(), // connection ids showing the delete confirmation
+};
 
-let token = null;
-let deadline = 0;
-let tokenWait = null;
-let onToken = null;
-let started = false;
-let catalogue = new Map(); // servertype id → capabilities
-let timer = 0;
-const syncing = new Set(); // connection ids with a sync followed here
-const confirming = new Set(); // connection ids showing the delete confirmation
-
-const post = (msg) => parentOk && parent.postMessage({ source: 'peliqan-panel', ...msg }, PARENT);
-const fail = (code, message, status = 0) => Object.assign(new Error(message), { code, status });
-
-function h(tag, attrs, ...children) {
-  const el = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs || {})) {
-    if (v == null || v === false) continue;
-    if (k.startsWith('on')) el.addEventListener(k.slice(2), v);
-    else el.setAttribute(k, v === true ? '' : v);
-  }
-  el.append(...children.flat(Infinity).filter((c) => c != null && c !== false));
-  return el;
-}
 const say = (text) => { $('announcer').textContent = text || ''; };
-
-// ---- token and API ----
-
-async function http(method, path, body, bearer) {
-  let res;
-  try {
-    res = await fetch(BASE + path, {
-      method, cache: 'no-store', credentials: 'omit',
-      headers: { Authorization: 'Bearer ' + bearer, ...(body && { 'Content-Type': 'application/json' }) },
-      body: body && JSON.stringify(body),
-    });
-  } catch {
-    throw fail('network_error', t.errNetwork);
-  }
-  const data = res.status === 204 ? null : await res.json().catch(() => null);
-  if (!res.ok) throw fail(data?.code || `http_${res.status}`, String(data?.code || '').startsWith('token_') ? t.errExpired : data?.detail || t.errGeneric, res.status);
-  return [data, res];
-}
-
-async function startSession(candidate) {
-  const [data, res] = await http('POST', '/api/embed/session', { parent_origin: PARENT }, candidate);
-  const serverNow = Date.parse(res.headers.get('Date')) || Date.now();
-  const exp = data?.expires_at;
-  const expMs = typeof exp === 'number' ? (exp < 1e12 ? exp * 1000 : exp) : Date.parse(exp);
-  deadline = expMs ? Date.now() + (expMs - serverNow) : Infinity;
-  token = candidate;
-}
-
-function askToken() {
-  tokenWait ||= new Promise((resolve) => {
-    const wait = setTimeout(resolve, 30e3, null);
-    onToken = (value) => { clearTimeout(wait); resolve(value); };
-    post({ type: 'need_token' });
-  }).finally(() => { tokenWait = onToken = null; });
-  return tokenWait;
-}
-
-async function api(method, path, body, retried = false) {
-  if (!token || deadline - Date.now() < TOKEN_MARGIN_MS) {
-    const next = await askToken();
-    if (typeof next === 'string' && next && next !== token) await startSession(next);
-    else if (!token || deadline <= Date.now()) throw fail('token_expired', t.errExpired, 401);
-  }
-  try {
-    return (await http(method, path, body, token))[0];
-  } catch (e) {
-    if (e.code !== 'token_expired' || retried) throw e;
-    deadline = 0;
-    return api(method, path, body, true);
-  }
-}
 
 // ---- the list ----
 
@@ -118,8 +37,8 @@ function facts(c) {
 function item(c) {
   const id = String(c.id);
   const pending = PENDING_SETUP.includes(c.health_status);
-  const { label, tone } = describeHealth({ health_status: c.health_status, running: syncing.has(id) }, LOCALE);
-  const caps = catalogue.get(String(c.servertype_id)) || [];
+  const { label, tone } = describeHealth({ health_status: c.health_status, running: view.syncing.has(id) }, LOCALE);
+  const caps = view.catalogue.get(String(c.servertype_id)) || [];
   const button = (key, action, cls) => h('button', { type: 'button', class: cls, 'data-action': action, 'data-key': `${action}-${id}` }, t[key]);
   const progress = h('p', { class: 'progress', role: 'status', id: `progress-${id}` });
   const buttons = pending
@@ -129,13 +48,13 @@ function item(c) {
       : [button('syncNow', 'sync'), button('reauthorise', 'reauthorise'), caps.includes('manual_refresh') && button('manualRefresh', 'refresh'), button('pause', 'disable')];
   buttons.push(button('delete', 'delete', 'danger'));
   const sync = buttons.find((b) => b?.dataset?.action === 'sync');
-  if (sync && syncing.has(id)) sync.setAttribute('aria-disabled', 'true');
+  if (sync && view.syncing.has(id)) sync.setAttribute('aria-disabled', 'true');
   const li = h('li', { class: 'item', 'data-id': id, 'aria-labelledby': `name-${id}` },
     h('div', { class: 'head' }, h('h3', { id: `name-${id}` }, c.name), h('span', { class: 'badge', 'data-tone': tone }, label)),
     facts(c),
     progress,
     h('div', { class: 'actions', role: 'group', 'aria-label': fmt(t.actionsFor, { name: c.name }) }, buttons));
-  if (confirming.has(id)) li.append(confirmBox(c));
+  if (view.confirming.has(id)) li.append(confirmBox(c));
   li.connection = c;
   return li;
 }
@@ -143,7 +62,7 @@ function item(c) {
 function confirmBox(c) {
   const id = String(c.id);
   const close = (focus) => {
-    confirming.delete(id);
+    view.confirming.delete(id);
     box.remove();
     document.querySelector(`[data-key="${focus}-${id}"]`)?.focus();
   };
@@ -165,22 +84,22 @@ function render(list) {
   // Re-rendered on every refresh: the focused control is found again by its key.
   const focused = document.activeElement?.dataset?.key;
   const progress = new Map([...document.querySelectorAll('.progress')].map((p) => [p.id, p.textContent]));
-  const view = $('view');
-  if (!list.length) view.replaceChildren(h('p', { class: 'muted' }, t.panelEmpty));
-  else view.replaceChildren(h('ul', { class: 'list' }, list.map(item)));
+  const box = $('view');
+  if (!list.length) box.replaceChildren(h('p', { class: 'muted' }, t.panelEmpty));
+  else box.replaceChildren(h('ul', { class: 'list' }, list.map(item)));
   for (const [id, text] of progress) if ($(id)) $(id).textContent = text;
   if (focused) document.querySelector(`[data-key="${focused}"]`)?.focus();
 }
 
 async function load() {
-  clearTimeout(timer);
+  clearTimeout(view.timer);
   try {
     const data = await api('GET', '/api/servers?page_size=500');
     const list = data?.results || [];
     render(list);
     // Poll while something is on its way (a sync, a sign-in in another tab); rarely otherwise.
-    const busy = syncing.size || list.some((c) => ['AUTHORIZING', 'RE_AUTHORISING', 'CHECKING'].includes(c.health_status));
-    if (!document.hidden) timer = setTimeout(load, busy ? 2e3 : 30e3);
+    const busy = view.syncing.size || list.some((c) => ['AUTHORIZING', 'RE_AUTHORISING', 'CHECKING'].includes(c.health_status));
+    if (!document.hidden) view.timer = setTimeout(load, busy ? 2e3 : 30e3);
   } catch (e) {
     say(e.message);
     post({ type: 'error', error: { code: e.code, status: e.status, message: e.message } });
@@ -217,7 +136,7 @@ function handOverNonce(tab, nonce) {
 async function followSync(c) {
   const id = String(c.id);
   const progress = () => $(`progress-${id}`);
-  syncing.add(id);
+  view.syncing.add(id);
   load();
   try {
     for (;;) {
@@ -228,13 +147,13 @@ async function followSync(c) {
     }
     const runs = await api('GET', `/api/server/${enc(id)}/runs?page_size=1`);
     const run = runs?.results?.[0];
-    syncing.delete(id);
+    view.syncing.delete(id);
     await load();
     const text = run?.status === 'failed' ? fmt(t.syncFailed, { error: run.error || '' }) : fmt(t.syncDone, { n: total(run).toLocaleString(LOCALE) });
     if (progress()) progress().textContent = text;
     post({ type: 'change', change: { type: 'sync_finished', server_id: c.id, run } });
   } catch (e) {
-    syncing.delete(id);
+    view.syncing.delete(id);
     say(e.message);
   }
 }
@@ -283,12 +202,12 @@ async function act(button) {
       post({ type: 'change', change: { type: action === 'disable' ? 'disabled' : 'enabled', server_id: c.id } });
       load();
     } else if (action === 'delete') {
-      confirming.add(id);
+      view.confirming.add(id);
       li.append(confirmBox(c));
       document.querySelector(`[data-key="delete-cancel-${id}"]`).focus();
     } else if (action === 'delete-confirmed') {
       await api('DELETE', `/api/server/${enc(id)}`);
-      confirming.delete(id);
+      view.confirming.delete(id);
       li.remove();
       say(fmt(t.deleted, { name: c.name }));
       $('title').focus(); // the focused button is gone
@@ -306,40 +225,34 @@ async function act(button) {
 // ---- boot and messages ----
 
 async function start(first) {
-  if (started) return load();
-  started = true;
+  if (view.started) return load();
+  view.started = true;
   try {
-    if (typeof first === 'string' && first) await startSession(first).catch((e) => { if (e.status !== 401) throw e; });
+    await begin(first);
     const types = await api('GET', `/api/servertypes?page_size=500&locale=${LOCALE}`);
-    catalogue = new Map((types?.results || []).map((s) => [String(s.id), s.capabilities || []]));
+    view.catalogue = new Map((types?.results || []).map((s) => [String(s.id), s.capabilities || []]));
     await load();
   } catch (e) {
-    started = false;
+    view.started = false;
     say(e.message);
     post({ type: 'error', error: { code: e.code, status: e.status, message: e.message } });
   }
 }
 
-function theme(values) {
-  for (const [k, v] of Object.entries(values || {})) {
-    if (/^[a-zA-Z]+$/.test(k) && typeof v === 'string') root.style.setProperty('--pq-' + k.replace(/[A-Z]/g, (ch) => '-' + ch.toLowerCase()), v);
-  }
-}
-
 addEventListener('message', (e) => {
   const m = e.data;
-  if (!(e.origin === PARENT && e.source === parent && parentOk && m?.source === 'peliqan-panel')) return;
+  if (!fromParent(e)) return;
   if (m.type === 'init') {
     theme(m.options?.theme);
     start(m.token);
-  } else if (m.type === 'token') onToken?.(m.token);
+  } else if (m.type === 'token') tokenArrived(m.token);
   else if (m.type === 'refresh') load();
 });
 document.addEventListener('click', (e) => {
   const button = e.target.closest('button[data-action]');
   if (button) act(button);
 });
-document.addEventListener('visibilitychange', () => { if (!document.hidden && started) load(); });
+document.addEventListener('visibilitychange', () => { if (!document.hidden && view.started) load(); });
 new ResizeObserver(() => post({ type: 'resize', height: Math.ceil(root.getBoundingClientRect().height) })).observe(document.body);
 
 root.lang = LOCALE;

@@ -47,7 +47,7 @@ export type PeliqanErrorCode =
   | "no_window"
   /** `open()` on an instance after `destroy()`. */
   | "destroyed"
-  /** The SDK module could not be loaded from the BFF. */
+  /** The SDK module (or the connect window's, `peliqan-modal.js`) could not be loaded from the BFF. */
   | "load_failed"
   /** `getToken` threw, rejected, or resolved to something other than a non-empty string. */
   | "token_unavailable"
@@ -179,7 +179,10 @@ export interface InitializeOptions {
   button?: string | Element;
   /** Inline mode: render the connect window inside this element instead of a modal overlay. */
   container?: string | Element;
-  /** The BFF's URL. Default: the origin this module was loaded from. Also used by the SDK functions. */
+  /**
+   * The BFF's URL, for this instance only. Default: the origin this module was loaded from. The SDK
+   * functions take their own `apiBase` argument (another instance's never redirects them).
+   */
   apiBase?: string;
 }
 
@@ -191,12 +194,20 @@ export interface PeliqanInstance {
   destroy(): void;
 }
 
+/**
+ * One instance per trigger (or `container`): called again on an element that has a live instance,
+ * it returns that instance and ignores the new options (a React effect without cleanup, run twice
+ * by StrictMode, still gives one dialog); `destroy()` frees the element. Instances may be open
+ * together: the page is inert and unscrollable until the last one closes, then as it was before.
+ */
 export function initialize(options: InitializeOptions): PeliqanInstance;
 
 /** Every SDK function takes these. An integrate token is accepted as `identityToken`. */
 export interface ServerArgs {
   identityToken: string;
   serverId: ServerId;
+  /** The BFF's URL when it is not where this module was loaded from. */
+  apiBase?: string;
 }
 
 export interface SyncServerArgs extends ServerArgs {
@@ -358,34 +369,6 @@ export interface ConnectionsPanel {
  */
 export function mountConnections(element: string | Element, options: MountConnectionsOptions): ConnectionsPanel;
 
-/** How a partner page shows a state: the same words and colours as the widget. */
-export type HealthTone = "success" | "warning" | "danger" | "info" | "neutral";
-
-export interface HealthDescription {
-  /** e.g. "Healthy", "Needs your attention", "Finish setup", "Syncing…" (in the locale). */
-  label: string;
-  tone: HealthTone;
-  /** The code described (`"SYNCING"` for a running sync), or `null`. */
-  status: HealthStatus | "SYNCING" | string | null;
-}
-
-/**
- * Human words for a connection's state. `status` is a `health_status`, or a health object
- * (`{health_status, running?}`: a running sync reads "Syncing…"). Unknown codes keep their code
- * with a `"neutral"` tone. `AUTHORIZING` and `CONFIG_SELECT` read "Finish setup": offer
- * `instance.open({serverId})` for them instead of "Sync now".
- */
-export function describeHealth(
-  status: HealthStatus | string | { health_status: HealthStatus | string; running?: boolean } | null | undefined,
-  locale?: Locale,
-): HealthDescription;
-
-/** "2 minutes ago", "in 3 hours" (`Intl.RelativeTimeFormat`); `""` for an invalid date. */
-export function formatRelativeTime(when: Date | string | number, locale?: Locale, now?: number): string;
-
-/** A `<time datetime>` element with the relative text and the full localised time as its `title`. */
-export function timeElement(when: Date | string | number, locale?: Locale, now?: number): HTMLTimeElement;
-
 export interface PeliqanApi {
   initialize: typeof initialize;
   mountConnections: typeof mountConnections;
@@ -398,9 +381,6 @@ export interface PeliqanApi {
   enableServer: typeof enableServer;
   watchServer: typeof watchServer;
   PeliqanError: typeof PeliqanError;
-  describeHealth: typeof describeHealth;
-  formatRelativeTime: typeof formatRelativeTime;
-  timeElement: typeof timeElement;
 }
 
 declare const Peliqan: PeliqanApi;

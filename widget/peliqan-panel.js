@@ -6,7 +6,7 @@ const TITLES = { en: 'Your connections', nl: 'Je koppelingen', fr: 'Vos connexio
 const SRC = 'peliqan-panel';
 const ALLOWED = ['integrationToken', 'getToken', 'locale', 'theme', 'onChange', 'onError', 'apiBase'];
 
-export default function mount({ initialize, latest, base, PeliqanError }, element, options) {
+export default function mount({ initialize, latest, base, PeliqanError, tokenSource }, element, options) {
   const fail = (m) => { throw new TypeError(`Peliqan mountConnections: ${m}`); };
   const host = typeof element == 'string' ? document.querySelector(element) : element;
   if (!(host instanceof Element)) fail(`element "${element}" matches no element; pass a CSS selector or an Element`);
@@ -19,9 +19,8 @@ export default function mount({ initialize, latest, base, PeliqanError }, elemen
   if (o.theme != null && (typeof o.theme != 'object' || Object.values(o.theme).some((v) => typeof v != 'string'))) fail('theme must be an object of CSS values');
 
   const locale = o.locale || 'en';
-  const apiBase = (o.apiBase || base()).replace(/\/+$/, '');
+  const apiBase = (o.apiBase || base).replace(/\/+$/, '');
   const origin = new URL(apiBase).origin;
-  let token = o.integrationToken || null;
   let modal = null;
   let dead = false;
 
@@ -34,25 +33,14 @@ export default function mount({ initialize, latest, base, PeliqanError }, elemen
 
   const call = (fn, arg) => { try { fn?.(arg); } catch (e) { setTimeout(() => { throw e; }); } };
   const send = (msg) => frame.contentWindow?.postMessage({ source: SRC, ...msg }, origin); // exact origin, never '*'
-  const freshToken = async () => {
-    try {
-      if (o.getToken) {
-        const next = await o.getToken();
-        if (typeof next != 'string' || !next) throw Error('it returned ' + typeof next);
-        token = next;
-      }
-    } catch (e) {
-      call(o.onError, new PeliqanError('token_unavailable', 'getToken failed: ' + e?.message));
-    }
-    return token;
-  };
+  const tokens = tokenSource(o, (error) => call(o.onError, error));
   // The connect window for Finish setup and key/login re-authorisation: the page's own (its
   // `initialize()` instance: one modal per page), else one created when first needed.
   const openModal = (opts) => {
     const own = latest();
     if (own && own !== modal) return own.open(opts);
     modal ||= initialize({
-      ...(token && { integrationToken: token }),
+      ...(tokens.now() && { integrationToken: tokens.now() }),
       ...(o.getToken && { getToken: o.getToken }),
       locale,
       ...(o.theme && { theme: o.theme }),
@@ -67,8 +55,8 @@ export default function mount({ initialize, latest, base, PeliqanError }, elemen
   const onMessage = (e) => {
     const m = e.data;
     if (e.origin != origin || e.source != frame.contentWindow || m?.source != SRC) return;
-    if (m.type == 'ready') send({ type: 'init', token, options: { locale, theme: o.theme } });
-    else if (m.type == 'need_token') freshToken().then((value) => send({ type: 'token', token: value }));
+    if (m.type == 'ready') send({ type: 'init', token: tokens.now(), options: { locale, theme: o.theme } });
+    else if (m.type == 'need_token') tokens.fresh().then((value) => send({ type: 'token', token: value }));
     else if (m.type == 'resize') frame.style.height = Math.max(80, m.height | 0) + 'px';
     else if (m.type == 'change') call(o.onChange, m.change);
     else if (m.type == 'open') openModal(m.options || {});

@@ -3,7 +3,9 @@
 // with fetch + CORS; every failure is a PeliqanError {code, status, message}.
 // `ctx` comes from the loader, so both share one PeliqanError class whatever URL loaded them.
 export default function sdk({ PeliqanError, base, form }) {
-  const path = (a) => '/api/server/' + encodeURIComponent(a.serverId);
+  // Each call goes to its own `apiBase`, else to the BFF the loader came from (never to another
+  // instance's apiBase).
+  const at = (a) => (a.apiBase || base).replace(/\/+$/, '') + '/api/server/' + encodeURIComponent(a.serverId);
   const call = (fn, arg) => {
     try {
       fn?.(arg);
@@ -16,7 +18,7 @@ export default function sdk({ PeliqanError, base, form }) {
   async function request(method, url, token, body, headers) {
     let res;
     try {
-      res = await fetch(base() + url, {
+      res = await fetch(url, {
         method,
         mode: 'cors',
         credentials: 'omit',
@@ -25,17 +27,17 @@ export default function sdk({ PeliqanError, base, form }) {
         body: body && JSON.stringify(body),
       });
     } catch {
-      throw new PeliqanError('network_error', `could not reach ${base()}: check the network, apiBase, and that this page's origin is registered for the partner`);
+      throw new PeliqanError('network_error', `could not reach ${new URL(url).origin}: check the network, apiBase, and that this page's origin is registered for the partner`);
     }
     const data = res.status == 204 || res.status == 304 ? null : await res.json().catch(() => null);
-    if (!res.ok && res.status != 304) throw new PeliqanError(data?.code || 'http_' + res.status, data?.detail || `HTTP ${res.status} from ${url}`, res.status);
+    if (!res.ok && res.status != 304) throw new PeliqanError(data?.code || 'http_' + res.status, data?.detail || `HTTP ${res.status} from ${new URL(url).pathname}`, res.status);
     return [data, res];
   }
   const json = async (...args) => (await request(...args))[0];
 
   // `tab` was opened blank by the loader inside the user's click; navigate it, or close it.
   async function viaTab(a, tab, url, key, otherwise) {
-    const r = await json('POST', path(a) + url, a.identityToken);
+    const r = await json('POST', at(a) + url, a.identityToken);
     const target = r?.[key];
     if (!target) {
       tab?.close();
@@ -50,13 +52,13 @@ export default function sdk({ PeliqanError, base, form }) {
     if (!nonce) tab.opener = null; // the provider page gets no handle on the partner page
     tab.location.href = target;
     // OAuth: the start page (BFF origin only) takes its nonce from us, then drops its opener
-    const origin = new URL(base(), location.href).origin;
+    const origin = new URL(at(a)).origin;
     for (let i = 0; nonce && i < 120; i++) setTimeout(() => tab.postMessage({ source: 'peliqan', type: 'oauth_nonce', nonce }, origin), i * 250);
     return r;
   }
   const bad = (what) => new PeliqanError('bad_response', what);
   async function lifecycle(a, action) {
-    const r = await json('POST', path(a) + action, a.identityToken, {});
+    const r = await json('POST', at(a) + action, a.identityToken, {});
     for (const kick of watchers) kick(a.serverId);
     return r;
   }
@@ -65,7 +67,7 @@ export default function sdk({ PeliqanError, base, form }) {
     async syncServer(a) {
       if (a.tables != null && !(Array.isArray(a.tables) && a.tables.every((t) => typeof t == 'string')))
         throw new PeliqanError('invalid_argument', 'syncServer: tables must be an array of table names');
-      const r = await json('POST', path(a) + '/sync', a.identityToken, { ...(a.tables && { tables: a.tables }), ...(a.full && { full: true }) });
+      const r = await json('POST', at(a) + '/sync', a.identityToken, { ...(a.tables && { tables: a.tables }), ...(a.full && { full: true }) });
       for (const kick of watchers) kick(a.serverId);
       return r;
     },
@@ -74,8 +76,8 @@ export default function sdk({ PeliqanError, base, form }) {
     disableServer: (a) => lifecycle(a, '/disable'),
     enableServer: (a) => lifecycle(a, '/enable'),
 
-    getServerHealthStatus: (a) => json('GET', path(a) + '/health', a.identityToken),
-    getServerSyncRunStatus: (a) => json('GET', path(a) + '/sync-status', a.identityToken),
+    getServerHealthStatus: (a) => json('GET', at(a) + '/health', a.identityToken),
+    getServerSyncRunStatus: (a) => json('GET', at(a) + '/sync-status', a.identityToken),
 
     reAuthoriseServer: (a, tab) =>
       viaTab(a, tab, '/reauthorise', 'auth_uri', (r) => {
@@ -95,7 +97,7 @@ export default function sdk({ PeliqanError, base, form }) {
     watchServer(a) {
       const first = a.interval ?? 1000;
       const max = Math.max(15000, first);
-      const get = (url, headers) => request('GET', path(a) + url, a.identityToken, null, headers);
+      const get = (url, headers) => request('GET', at(a) + url, a.identityToken, null, headers);
       let delay = first;
       let timer = 0;
       let busy = false;

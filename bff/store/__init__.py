@@ -24,6 +24,7 @@ from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+from ..errors import Conflict
 from .batching import BatchedReads
 from .migrate import migrate
 
@@ -215,15 +216,21 @@ class OAuthFlow:
     created_at: float
 
 
-class ExternalIdTaken(Exception):
-    def __init__(self, existing_id: int) -> None:
-        super().__init__(existing_id)
+class ExternalIdTaken(Conflict):
+    code = "external_id_taken"
+
+    def __init__(self, existing_id: int, external_id: str) -> None:
+        super().__init__(f"A sub-account with external_id {external_id!r} already exists.", extra={"id": existing_id})
         self.existing_id = existing_id
 
 
-class RunAlreadyActive(Exception):
+class RunAlreadyActive(Conflict):
+    code = "sync_already_running"
+
     def __init__(self, run_id: int | None) -> None:
-        super().__init__(run_id)
+        super().__init__(
+            "A sync of this connection is already running; wait for it to finish.", extra={"pipeline_run_id": run_id}
+        )
         self.run_id = run_id
 
 
@@ -492,7 +499,7 @@ class Store:
         """Create a sub-account; raises :class:`ExternalIdTaken` when it exists."""
         account, created = await self._insert_sub_account(partner_id, external_id, fields)
         if not created:
-            raise ExternalIdTaken(account.id)
+            raise ExternalIdTaken(account.id, external_id)
         return account
 
     async def get_or_create_sub_account(

@@ -2,6 +2,7 @@
 // plus buttons wired to the SDK functions. Nothing here ever sees a customer's credentials.
 const config = JSON.parse(document.getElementById('acme-config').textContent);
 const Peliqan = await import(`${config.bffUrl}/embed/v1/peliqan-integration.js`);
+const { describeHealth, timeElement } = await import(`${config.bffUrl}/embed/v1/peliqan-status.js`); // the widget's words
 const announcer = document.getElementById('announcer');
 const PAGE_LOCALE = document.documentElement.lang || 'en'; // the page's words; the widget speaks the customer's
 const PENDING_SETUP = ['AUTHORIZING', 'CONFIG_SELECT'];
@@ -62,7 +63,7 @@ const plural = (n, one, other) => `${n.toLocaleString(PAGE_LOCALE)} ${n === 1 ? 
 
 function showHealth(row) {
   const badge = part(row, 'health');
-  const { label, tone } = Peliqan.describeHealth({ health_status: row.dataset.status, running: row.hasAttribute('data-syncing') }, PAGE_LOCALE);
+  const { label, tone } = describeHealth({ health_status: row.dataset.status, running: row.hasAttribute('data-syncing') }, PAGE_LOCALE);
   badge.textContent = label;
   badge.dataset.tone = tone;
 }
@@ -82,7 +83,7 @@ function showLastRun(row) {
     : [total(run) ? plural(total(run), 'new record', 'new records') : 'no new records', `${plural(Number(row.dataset.rows || 0), 'row', 'rows')} in total`];
   const first = document.createElement('span');
   first.className = 'when';
-  first.append(`${outcome} `, when ? Peliqan.timeElement(when, PAGE_LOCALE) : '');
+  first.append(`${outcome} `, when ? timeElement(when, PAGE_LOCALE) : '');
   const second = document.createElement('span');
   second.className = 'muted detail';
   second.textContent = detail.join(' · ');
@@ -233,7 +234,7 @@ async function pollActivity() {
         shownEvents.add(event.id);
         const item = document.createElement('li');
         item.textContent = event.text;
-        if (event.at) item.append(' ', Peliqan.timeElement(event.at, PAGE_LOCALE));
+        if (event.at) item.append(' ', timeElement(event.at, PAGE_LOCALE));
         activityList.prepend(item);
       }
       document.getElementById('no-activity').hidden = shownEvents.size > 0;
