@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import ipaddress
 import json
@@ -90,11 +91,9 @@ async def test_tokens_minted_before_the_partner_generation_was_carried_end_at_th
     assert (await bff.client.get("/api/servers", headers=auth(legacy))).json()["code"] == "token_revoked"
 
 
-def test_rotate_token_from_the_cli_keeps_customer_tokens_only_when_asked(
+async def test_rotate_token_from_the_cli_keeps_customer_tokens_only_when_asked(
     settings_factory: Callable[..., Settings], database_url: str, tmp_path: Path
 ) -> None:
-    import asyncio
-
     from test_cli import run_bff
 
     settings = settings_factory()
@@ -103,25 +102,22 @@ def test_rotate_token_from_the_cli_keeps_customer_tokens_only_when_asked(
         "BFF_ENCRYPTION_KEY": settings.encryption_key.reveal(),
         "BFF_DATABASE_URL": database_url,
     }
-
-    async def mint() -> tuple[int, dict[str, str]]:
-        async with running_bff(settings) as bff:
-            partner_id, partner_token = await bff.partner()
-            return partner_id, await customer_tokens(bff, partner_token)
-
-    async def check(minted: dict[str, str]) -> set[object]:
-        async with running_bff(settings) as bff:
-            return set((await statuses(bff, minted)).values())
-
-    partner_id, minted = asyncio.run(mint())
     cli = ("--data-dir", str(tmp_path / "cli"))
-    kept = run_bff("partner", "rotate-token", str(partner_id), "--keep-customer-tokens", *cli, env=env)
-    assert kept.returncode == 0, kept.stderr
-    assert "token" in json.loads(kept.stdout)
-    assert asyncio.run(check(minted)) == {200}
-    assert run_bff("partner", "rotate-token", str(partner_id), *cli, env=env).returncode == 0
-    assert asyncio.run(check(minted)) == {"token_revoked"}
-    bad = run_bff("partner", "revoke", str(partner_id), "--keep-customer-tokens", *cli, env=env)
+    async with running_bff(settings) as bff:
+        partner_id, partner_token = await bff.partner()
+        minted = await customer_tokens(bff, partner_token)
+        kept = await asyncio.to_thread(
+            run_bff, "partner", "rotate-token", str(partner_id), "--keep-customer-tokens", *cli, env=env
+        )
+        assert kept.returncode == 0, kept.stderr
+        assert "token" in json.loads(kept.stdout)
+        assert set((await statuses(bff, minted)).values()) == {200}
+        rotated = await asyncio.to_thread(run_bff, "partner", "rotate-token", str(partner_id), *cli, env=env)
+        assert rotated.returncode == 0, rotated.stderr
+        assert set((await statuses(bff, minted)).values()) == {"token_revoked"}
+    bad = await asyncio.to_thread(
+        run_bff, "partner", "revoke", str(partner_id), "--keep-customer-tokens", *cli, env=env
+    )
     assert bad.returncode == 2 and "Traceback" not in bad.stderr  # revoke never keeps them
 
 
