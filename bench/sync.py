@@ -157,7 +157,7 @@ class Project:
 
     async def rows(self, account: int) -> int:
         tables = await self.services.warehouse.list_tables(account)
-        return sum(count for _, count in tables)
+        return sum(counts.total for _, counts in tables)
 
 
 def _bearer(token: str) -> dict[str, str]:
