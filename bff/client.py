@@ -339,6 +339,8 @@ def _headers(token: str, extra: Mapping[str, str] | None = None) -> dict[str, st
 
 POLL_SECONDS = 1.0
 _ACTIVE_RUN = ("queued", "running", "waiting")
+# A sync another caller (the schedule, a write's refresh) started in between: wait for it, try again.
+REFRESH_ATTEMPTS = 5
 _RECENT = {"page_size": 50}  # the run a client just started is among a connection's newest
 
 
@@ -547,15 +549,16 @@ class SubAccountClient(_SyncBase):
         if (connection_name is None) == (connection_id is None):
             raise ValueError("Pass exactly one of connection_name or connection_id.")
         server_id = connection_id if connection_id is not None else self.connect(str(connection_name)).id
-        try:
-            started = self.sync(int(server_id), tables)
-        except BFFError as exc:
-            if exc.code != "sync_already_running":
-                raise
-            if is_async:
-                return {"server_id": server_id, "syncing": True, "detail": exc.detail}
-            self._wait(int(server_id))  # the running sync may predate the writes: run one more after it
-            started = self.sync(int(server_id), tables)
+        for attempt in range(REFRESH_ATTEMPTS):
+            try:
+                started = self.sync(int(server_id), tables)
+                break
+            except BFFError as exc:
+                if exc.code != "sync_already_running" or attempt == REFRESH_ATTEMPTS - 1:
+                    raise
+                if is_async:
+                    return {"server_id": server_id, "syncing": True, "detail": exc.detail}
+                self._wait(int(server_id))  # the running sync may predate the writes: run one more after it
         if is_async:
             return started
         return self._wait(int(server_id), _started_run(started))
@@ -858,15 +861,16 @@ class AsyncSubAccountClient(_AsyncBase):
         if (connection_name is None) == (connection_id is None):
             raise ValueError("Pass exactly one of connection_name or connection_id.")
         server_id = connection_id if connection_id is not None else (await self.connect(str(connection_name))).id
-        try:
-            started = await self.sync(int(server_id), tables)
-        except BFFError as exc:
-            if exc.code != "sync_already_running":
-                raise
-            if is_async:
-                return {"server_id": server_id, "syncing": True, "detail": exc.detail}
-            await self._wait(int(server_id))
-            started = await self.sync(int(server_id), tables)
+        for attempt in range(REFRESH_ATTEMPTS):
+            try:
+                started = await self.sync(int(server_id), tables)
+                break
+            except BFFError as exc:
+                if exc.code != "sync_already_running" or attempt == REFRESH_ATTEMPTS - 1:
+                    raise
+                if is_async:
+                    return {"server_id": server_id, "syncing": True, "detail": exc.detail}
+                await self._wait(int(server_id))
         if is_async:
             return started
         return await self._wait(int(server_id), _started_run(started))
