@@ -399,3 +399,27 @@ def test_every_locale_describes_every_state() -> None:
     keys = [set(re.findall(r"(\w+): '", body)) for _, body in tables]
     tones = set(re.findall(r"(\w+): '", re.search(r"const TONES = \{(.*?)\};", source, re.S).group(1)))
     assert all(k == keys[0] for k in keys) and keys[0] == tones | {"UNKNOWN"}
+
+
+TIME_SCRIPT = """
+globalThis.document = { createElement: (tag) => ({ tag, dateTime: '', title: '', textContent: '' }) };
+const m = await import(process.argv[1]);
+const shown = (w) => { const el = m.timeElement(w, 'en', Date.UTC(2026, 0, 1, 12, 0)); return [el.tag, el.dateTime, el.textContent]; };
+console.log(JSON.stringify({ none: shown(null), undef: shown(undefined), empty: shown(''),
+  done: shown('2026-01-01T11:58:00Z') }));
+"""
+
+
+@pytest.mark.skipif(NODE is None, reason="needs node to import the module without a window")
+def test_time_element_of_a_run_not_finished_is_empty() -> None:
+    """``timeElement(run.finished_at)`` with ``null`` (still running): no "56 years ago" (1970)."""
+    result = subprocess.run(
+        [NODE, "--input-type=module", "-e", TIME_SCRIPT, STATUS.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    out = json.loads(result.stdout)
+    assert out["none"] == out["undef"] == out["empty"] == ["time", "", ""]
+    assert out["done"] == ["time", "2026-01-01T11:58:00.000Z", "2 minutes ago"]

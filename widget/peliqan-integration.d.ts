@@ -392,6 +392,9 @@ declare global {
     /** Defined once by the first copy of the module that runs. */
     Peliqan?: PeliqanApi;
   }
+  /** The same object as a global, for pages that load the module with a plain script tag and then
+   *  call `Peliqan.initialize(…)` (it exists once the module has run). */
+  var Peliqan: PeliqanApi;
   interface WindowEventMap {
     /** Fired on `window` once `window.Peliqan` is defined; `detail` is the same object. */
     "peliqan:ready": CustomEvent<PeliqanApi>;

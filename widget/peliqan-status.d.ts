@@ -33,7 +33,8 @@ export function describeHealth(
 export function formatRelativeTime(when: Date | string | number, locale?: Locale, now?: number): string;
 
 /** A `<time datetime>` element with the relative text and the full localised time as its `title`. */
-export function timeElement(when: Date | string | number, locale?: Locale, now?: number): HTMLTimeElement;
+/** An empty `<time>` for `null`/`undefined` (a run that has not finished: `run.finished_at`). */
+export function timeElement(when: Date | string | number | null | undefined, locale?: Locale, now?: number): HTMLTimeElement;
 
 /** The states that cannot sync yet ("Finish setup"). */
 export const PENDING_SETUP: readonly HealthStatus[];

@@ -60,8 +60,9 @@ export function formatRelativeTime(when, locale = 'en', now = Date.now()) {
 
 // A <time datetime> element: relative text, the full localised time as its tooltip.
 export function timeElement(when, locale = 'en', now = Date.now()) {
-  const date = when instanceof Date ? when : new Date(when);
   const el = document.createElement('time');
+  if (when == null || when === '') return el; // not yet (new Date(null) would say 1970)
+  const date = when instanceof Date ? when : new Date(when);
   if (isNaN(date)) return el;
   el.dateTime = date.toISOString();
   el.title = date.toLocaleString(locale, { dateStyle: 'full', timeStyle: 'short' });
