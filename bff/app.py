@@ -29,6 +29,7 @@ from . import (
     webhooks_api,
 )
 from .connections import NoCookieJar, SandboxTransport
+from .connectors import load_connectors
 from .crypto import Vault
 from .db import database_url
 from .errors import EXCEPTION_HANDLERS
@@ -80,6 +81,8 @@ def create_app(
     Without ``settings.database_url`` this starts (or reuses) the embedded PostgreSQL
     in the data directory. Migrations run when the app starts, unless told not to.
     """
+    # Every definition (BFF_CONNECTORS_DIR too) is read and validated here, once: a bad file stops the start.
+    connectors = load_connectors()
     url = database_url(settings)
     # After the embedded server is up: its cluster may belong to another user, who keeps access.
     secure_data_dir(settings.data_dir)
@@ -90,7 +93,7 @@ def create_app(
         options = dataclasses.replace(
             SandboxOptions.from_env(settings.sandbox_env), redirect_uris=(settings.oauth_redirect_uri,)
         )
-        sandbox_app = create_sandbox_app(options, clock=clock)
+        sandbox_app = create_sandbox_app(options, clock=clock, state_dir=settings.data_dir)
         transport = SandboxTransport(sandbox_app, settings.sandbox_url, transport)
     queue = JobQueue(url, heartbeat_seconds=settings.heartbeat_seconds, stalled_seconds=settings.stalled_seconds)
     warehouse = Warehouse(store, clock=clock)
@@ -108,6 +111,7 @@ def create_app(
         vault=Vault(settings.encryption_key),
         clock=clock,
         http=http,
+        connectors=connectors,
     )
     runner = SyncRunner(runtime, warehouse, queue)
     # Runner roles' passwords are derived from the encryption key: nothing stores them.
@@ -159,6 +163,8 @@ def create_app(
                         on_refresh=writeback.refresh.execute,
                         on_script=scripts.execute,
                         on_script_stalled=scripts.recover_stalled,
+                        script_concurrency=settings.script_concurrency,
+                        queues=settings.worker_queues,
                     )
                 yield
             finally:

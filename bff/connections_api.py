@@ -21,7 +21,6 @@ from .connectors import (
     OAuthError,
     build_authorize_url,
     exchange_code,
-    load_connectors,
     new_pkce_pair,
 )
 from .connectors.definitions import Connector
@@ -48,7 +47,7 @@ BINDING_COOKIE = "bff_oauth_"
 
 async def connection_dict(request: Request, account: SubAccount, connection: Connection) -> dict[str, Any]:
     """The public shape of a connection: never credentials or provider tokens."""
-    connector = load_connectors().get(connection.connector)
+    connector = services(request).connectors.get(connection.connector)
     last_run = await services(request).store.last_run(connection.id)
     return {
         "id": connection.id,
@@ -250,8 +249,8 @@ async def server_logs(request: Request) -> JSONResponse:
 # -- CONFIG_SELECT ----------------------------------------------------------------------------
 
 
-def _config_connector(connection: Connection) -> Connector:
-    connector = load_connectors()[connection.connector]
+def _config_connector(request: Request, connection: Connection) -> Connector:
+    connector = services(request).connectors[connection.connector]
     if connector.config_select is None:
         raise ApiError(400, "no_config_step", f"{connector.display_name} has no configuration step.")
     if not lifecycle.can_configure(connection.health_status):
@@ -280,7 +279,7 @@ async def _config_options(request: Request, connection: Connection, connector: C
 async def config_options(request: Request) -> JSONResponse:
     """The CONFIG_SELECT choices (e.g. divisions) offered by the provider."""
     _, connection = await require_connection(request)
-    connector = _config_connector(connection)
+    connector = _config_connector(request, connection)
     assert connector.config_select is not None
     locale = request_locale(request)
     options = await _config_options(request, connection, connector)
@@ -296,7 +295,7 @@ async def config_options(request: Request) -> JSONResponse:
 async def save_config(request: Request) -> JSONResponse:
     """Store the CONFIG_SELECT choice; the connection becomes ready to sync."""
     account, connection = await require_connection(request)
-    connector = _config_connector(connection)
+    connector = _config_connector(request, connection)
     select = connector.config_select
     assert select is not None
     data = await read_json(request)
@@ -342,7 +341,7 @@ async def reauthorise(request: Request) -> JSONResponse:
     """OAuth2: a new consent URL. Key/login: the form, or new credentials tested and stored."""
     account, connection = await require_connection(request)
     svc = services(request)
-    connector = load_connectors()[connection.connector]
+    connector = services(request).connectors[connection.connector]
     data = await read_json(request, required=False)
     if connector.auth_type == "oauth2":
         if connection.health_status == Health.AUTHORIZING:
@@ -376,7 +375,7 @@ async def reauthorise(request: Request) -> JSONResponse:
 async def manual_refresh(request: Request) -> JSONResponse:
     """The provider page where the customer refreshes bank data by hand (SaltEdge-style)."""
     _, connection = await require_connection(request)
-    connector = load_connectors()[connection.connector]
+    connector = services(request).connectors[connection.connector]
     url = connector.manual_refresh_url(rt.context(services(request)))
     if url is None:
         raise ApiError(400, "manual_refresh_not_supported", f"{connector.display_name} has no manual refresh.")
@@ -475,7 +474,7 @@ async def oauth_start(request: Request) -> Response:
         raise ApiError(
             403, "origin_not_allowed", "The sign-in was handed over by a page that is not registered for this partner."
         )
-    connector = load_connectors()[connection.connector]
+    connector = services(request).connectors[connection.connector]
     client = rt.oauth_client(svc, connector)
     if client is None:
         raise ApiError(400, "oauth_app_not_configured", f"{connector.display_name} has no OAuth app configured.")
@@ -584,7 +583,7 @@ async def finish_oauth_flow(request: Request, flow: OAuthFlow) -> HTMLResponse:
         return callback_page(
             request, ok=False, connection_id=None, status=400, message="This connection no longer exists."
         )
-    connector = load_connectors()[connection.connector]
+    connector = services(request).connectors[connection.connector]
     if params.get("error"):
         reason = params.get("error_description") or params.get("error") or "unknown error"
         detail = (

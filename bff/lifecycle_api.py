@@ -50,7 +50,9 @@ async def patch_server(request: Request) -> JSONResponse:
     tables: dict[str, int] | None = None
     if "table_frequencies" in data:
         try:
-            tables = parse_table_frequencies(data["table_frequencies"], streams_of(connection))
+            tables = parse_table_frequencies(
+                data["table_frequencies"], streams_of(services(request).connectors, connection)
+            )
         except ScheduleError as exc:
             errors.update(exc.errors)
     if errors:

@@ -34,7 +34,6 @@ from .auth import authenticate, identity_only, path_connection_id, services
 from .connectors import (
     ConnectorError,
     CredentialsRejected,
-    load_connectors,
 )
 from .connectors.writer import Writer
 from .errors import ApiError, connector_error, not_found, validation_error
@@ -152,7 +151,7 @@ async def perform(request: Request, action: str, object_name: str, call: Action,
                 await wb.idempotency.release(connection.id, key)
         _log_write(wb, connection, action, object_name, status, log)
     if refresh and 200 <= status < 300 and action not in ("get", "search"):
-        connector = load_connectors()[connection.connector]
+        connector = svc.connectors[connection.connector]
         obj = connector.object(object_name)
         await wb.refresh.request(connection, obj.stream if obj else None)
         if isinstance(answer, dict):
@@ -184,7 +183,7 @@ def _record(result: Any) -> dict[str, Any]:
 async def list_objects(request: Request) -> JSONResponse:
     """What the connector can write: objects, their actions and fields."""
     _, connection = await require_writable(request)
-    connector = load_connectors()[connection.connector]
+    connector = services(request).connectors[connection.connector]
     results = [o.public_dict() for o in connector.objects]
     return JSONResponse({"count": len(results), "next": None, "previous": None, "results": results})
 
@@ -335,7 +334,6 @@ def _log_proxy(wb: Writeback, connection: Connection, method: str, suffix: str, 
 
 
 def routes() -> list[BaseRoute]:
-    load_connectors()  # validate every definition (BFF_CONNECTORS_DIR too) now: a bad file stops the start
     return [
         *api_route("/api/server/{id}/objects", list_objects, methods=["GET"]),
         *api_route("/api/server/{id}/records/{object}", records, methods=["GET", "POST", "PUT"]),

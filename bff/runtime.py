@@ -1,4 +1,5 @@
-"""What domain code needs at run time: settings, the store, tokens, the vault, a clock and HTTP.
+"""What domain code needs at run time: settings, the connector definitions, the store, tokens, the
+vault, a clock and HTTP.
 
 Routes get the full :class:`bff.services.Services` (which extends this); the
 connection runtime and the sync runner only need this much, so they never import
@@ -8,10 +9,11 @@ the application layer.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import httpx
 
+from .connectors import Connector
 from .crypto import Vault
 from .settings import Settings
 from .store import Store
@@ -26,3 +28,5 @@ class Runtime:
     vault: Vault
     clock: Callable[[], float]
     http: httpx.AsyncClient
+    # Every connector definition (BFF_CONNECTORS_DIR included), read and validated once by create_app.
+    connectors: Mapping[str, Connector]

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from . import lifecycle
-from .connectors import load_connectors
+from .connectors import Connector
 from .errors import Invalid
 from .jobs import JobQueue
 from .lifecycle import Health
@@ -83,16 +83,16 @@ def table_frequency(connection: Connection, table: str) -> int | None:
     return connection.table_frequencies.get(table, connection.sync_frequency)
 
 
-def streams_of(connection: Connection) -> list[str]:
-    connector = load_connectors().get(connection.connector)
+def streams_of(connectors: Mapping[str, Connector], connection: Connection) -> list[str]:
+    connector = connectors.get(connection.connector)
     return [s.name for s in connector.streams] if connector else []
 
 
-def replanned(connection: Connection, now: float) -> dict[str, float]:
+def replanned(connectors: Mapping[str, Connector], connection: Connection, now: float) -> dict[str, float]:
     """The due times after the schedule changed: a table keeps an earlier due time, gets one
     ``frequency`` from now if it had none, and loses it when it is on demand only."""
     due: dict[str, float] = {}
-    for table in streams_of(connection):
+    for table in streams_of(connectors, connection):
         frequency = table_frequency(connection, table)
         if frequency is None:
             continue
@@ -126,7 +126,9 @@ class Scheduler:
             if connection is None:
                 return
             now = self.now()
-            await self.store.set_schedule(connection.id, {table: now for table in streams_of(connection)})
+            await self.store.set_schedule(
+                connection.id, {table: now for table in streams_of(self.runtime.connectors, connection)}
+            )
             await self.queue.defer_tick()
 
     async def schedule_changed(self, connection: Connection) -> Connection:
@@ -137,7 +139,7 @@ class Scheduler:
             not connection.table_due and lifecycle.syncs_on_entry(connection.health_status)
         ):
             return connection  # its first sync, when it comes, plans from the new frequencies
-        await self.store.set_schedule(connection.id, replanned(connection, self.now()))
+        await self.store.set_schedule(connection.id, replanned(self.runtime.connectors, connection, self.now()))
         updated = await self.store.get_connection_by_id(connection.id)
         assert updated is not None
         return updated
@@ -160,7 +162,7 @@ class Scheduler:
             # and becoming ready schedules it afresh.
             await self.store.claim_schedule(connection, {})
             return None
-        streams = streams_of(connection)
+        streams = streams_of(self.runtime.connectors, connection)
         due_tables = [t for t in streams if t in connection.table_due and connection.table_due[t] <= now]
         after = self._after_run(connection, streams, due_tables, now)
         if not due_tables or not await self.store.claim_schedule(connection, after):

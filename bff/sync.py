@@ -49,7 +49,6 @@ from .connectors import (
     Page,
     RetryPolicy,
     Stream,
-    load_connectors,
 )
 from .errors import Conflict, Invalid
 from .jobs import JobQueue
@@ -173,7 +172,7 @@ class SyncRunner:
         refused = lifecycle.refusal(connection.health_status, lifecycle.can_sync(connection.health_status))
         if refused is not None:
             raise ConnectionNotReady(refused, NOT_READY[Health(connection.health_status)])
-        connector = load_connectors()[connection.connector]
+        connector = self.runtime.connectors[connection.connector]
         select_streams([s.name for s in connector.streams], tables)
         run = await self.store.create_run(
             connection.id,
@@ -282,7 +281,7 @@ class SyncRunner:
         connection = await self.store.get_connection_by_id(run.connection_id)
         if connection is None:  # deleted while queued
             return
-        connector = load_connectors()[connection.connector]
+        connector = self.runtime.connectors[connection.connector]
         streams = select_streams([s.name for s in connector.streams], run.tables)
         log = _RunLog(self.store, run)
         policy = dataclasses.replace(self.retry_policy(), long_wait=self.runtime.settings.long_wait_seconds)

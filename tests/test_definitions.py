@@ -163,6 +163,28 @@ def test_a_bad_connectors_dir_stops_the_app_from_starting(
     assert str(info.value).count("\n") == 0 and "'streams[0].incremantal' is not a known field here" in str(info.value)
 
 
+async def test_the_catalogue_is_read_once_when_the_app_is_built(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, settings_factory: Callable[..., Any]
+) -> None:
+    """Settings are read once: BFF_CONNECTORS_DIR changing (or breaking) later reaches no request."""
+    from conftest import auth, running_bff
+
+    async with running_bff(settings_factory(sandbox_enabled=True)) as bff:
+        _, partner_token = await bff.partner("p-catalogue")
+        token = str((await bff.integrate(partner_token, "cust-1"))["token"])
+        before = (await bff.client.get("/api/servertypes", headers=auth(token))).json()
+        broken = definition("sandbox_chat")
+        broken["streams"][0]["incremantal"] = {}
+        write(tmp_path / "later", broken, "sandbox_chat")
+        monkeypatch.setenv("BFF_CONNECTORS_DIR", str(tmp_path / "later"))
+        after = await bff.client.get("/api/servertypes", headers=auth(token))
+        assert after.status_code == 200 and after.json() == before
+        bank = await bff.client.post(
+            "/api/servers", json={"servertype_id": "sandbox_bank", "login": "x", "password": "y"}, headers=auth(token)
+        )
+        assert bank.status_code == 422  # the provider was asked: the request path never re-read the directory
+
+
 def test_translations_are_accepted_on_fields_options_and_objects() -> None:
     data = definition("sandbox_accounting")
     data["connect_form"][0]["i18n"] = {"nl": {"label": "API-sleutel", "help": "Gebruik sandbox-valid-key."}}

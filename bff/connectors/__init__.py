@@ -10,25 +10,19 @@
 
 from __future__ import annotations
 
-from .definitions import DEFINITIONS_DIR, LOGO_DIR, DefinitionError, get_connector, load_connectors
-from .engine import (
+from .definitions import DEFINITIONS_DIR, LOGO_DIR, DefinitionError, load_connectors
+from .errors import (
     ConfigRequired,
     ConnectorError,
-    ConnectorSession,
     CredentialsRejected,
-    OAuthClient,
     OAuthError,
-    OAuthTokens,
-    Page,
     ProviderError,
     ProviderRejected,
     RetriesExhausted,
-    build_authorize_url,
-    exchange_code,
-    new_pkce_pair,
-    refresh_tokens,
 )
+from .oauth import OAuthClient, OAuthTokens, build_authorize_url, exchange_code, new_pkce_pair, refresh_tokens
 from .retry import Cause, Decision, LongWait, RetryPolicy, parse_retry_after
+from .session import ConnectorSession, Page
 from .spec import Connector, FormField, ObjectSpec, Stream
 
 __all__ = [
@@ -56,7 +50,6 @@ __all__ = [
     "Stream",
     "build_authorize_url",
     "exchange_code",
-    "get_connector",
     "load_connectors",
     "new_pkce_pair",
     "parse_retry_after",

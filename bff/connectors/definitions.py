@@ -76,7 +76,6 @@ __all__ = [  # the runtime classes are re-exported: callers import them from her
     "TokenResponse",
     "compile_path",
     "definition_dirs",
-    "get_connector",
     "get_path",
     "load_connectors",
     "parse_connector",
@@ -579,8 +578,3 @@ def load_connectors(directory: str | Path | Sequence[str | Path] | None = None) 
     else:
         dirs = directory
     return dict(_load_cached(tuple(str(Path(d).resolve()) for d in dirs)))
-
-
-def get_connector(name: str) -> Connector:
-    """One connector by ``name``; ``KeyError`` if unknown."""
-    return load_connectors()[name]
