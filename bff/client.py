@@ -338,6 +338,20 @@ def _headers(token: str, extra: Mapping[str, str] | None = None) -> dict[str, st
 
 
 POLL_SECONDS = 1.0
+_ACTIVE_RUN = ("queued", "running", "waiting")
+# A sync another caller (the schedule, a write's refresh) started in between: wait for it, try again.
+REFRESH_ATTEMPTS = 5
+_RECENT = {"page_size": 50}  # the run a client just started is among a connection's newest
+
+
+def _started_run(started: JSON) -> int | None:
+    """The run id a sync answer names (``run_data[0].pipeline_run_id``), if it names one."""
+    runs = started.get("run_data") or []
+    return int(runs[0]["pipeline_run_id"]) if runs and runs[0].get("pipeline_run_id") is not None else None
+
+
+def _find_run(page: JSON, run_id: int) -> JSON | None:
+    return next((run for run in page.get("results", []) if run.get("id") == run_id), None)
 
 
 async def _sleep(seconds: float) -> None:
@@ -535,23 +549,33 @@ class SubAccountClient(_SyncBase):
         if (connection_name is None) == (connection_id is None):
             raise ValueError("Pass exactly one of connection_name or connection_id.")
         server_id = connection_id if connection_id is not None else self.connect(str(connection_name)).id
-        try:
-            started = self.sync(int(server_id), tables)
-        except BFFError as exc:
-            if exc.code != "sync_already_running":
-                raise
-            if is_async:
-                return {"server_id": server_id, "syncing": True, "detail": exc.detail}
-            self._wait(int(server_id))  # the running sync may predate the writes: run one more after it
-            started = self.sync(int(server_id), tables)
+        for attempt in range(REFRESH_ATTEMPTS):
+            try:
+                started = self.sync(int(server_id), tables)
+                break
+            except BFFError as exc:
+                if exc.code != "sync_already_running" or attempt == REFRESH_ATTEMPTS - 1:
+                    raise
+                if is_async:
+                    return {"server_id": server_id, "syncing": True, "detail": exc.detail}
+                self._wait(int(server_id))  # the running sync may predate the writes: run one more after it
         if is_async:
             return started
-        return self._wait(int(server_id))
+        return self._wait(int(server_id), _started_run(started))
 
-    def _wait(self, server_id: int) -> JSON:
-        while self.sync_status(server_id).get("running"):
+    def _wait(self, server_id: int, run_id: int | None = None) -> JSON:
+        """Until the connection's sync (run ``run_id`` when known) has ended; that run.
+
+        By its id: the newest run may be another one by then (a refresh a write asked for)."""
+        while True:
+            if run_id is None:
+                if not self.sync_status(server_id).get("running"):
+                    return next(self.runs(server_id))
+            else:
+                run = _find_run(self._do(_Call("GET", f"/api/server/{int(server_id)}/runs", params=_RECENT)), run_id)
+                if run is not None and run.get("status") not in _ACTIVE_RUN:
+                    return run
             time.sleep(POLL_SECONDS)
-        return next(self.runs(server_id))
 
 
 class Connection:
@@ -837,23 +861,32 @@ class AsyncSubAccountClient(_AsyncBase):
         if (connection_name is None) == (connection_id is None):
             raise ValueError("Pass exactly one of connection_name or connection_id.")
         server_id = connection_id if connection_id is not None else (await self.connect(str(connection_name))).id
-        try:
-            started = await self.sync(int(server_id), tables)
-        except BFFError as exc:
-            if exc.code != "sync_already_running":
-                raise
-            if is_async:
-                return {"server_id": server_id, "syncing": True, "detail": exc.detail}
-            await self._wait(int(server_id))
-            started = await self.sync(int(server_id), tables)
+        for attempt in range(REFRESH_ATTEMPTS):
+            try:
+                started = await self.sync(int(server_id), tables)
+                break
+            except BFFError as exc:
+                if exc.code != "sync_already_running" or attempt == REFRESH_ATTEMPTS - 1:
+                    raise
+                if is_async:
+                    return {"server_id": server_id, "syncing": True, "detail": exc.detail}
+                await self._wait(int(server_id))
         if is_async:
             return started
-        return await self._wait(int(server_id))
+        return await self._wait(int(server_id), _started_run(started))
 
-    async def _wait(self, server_id: int) -> JSON:
-        while (await self.sync_status(server_id)).get("running"):
+    async def _wait(self, server_id: int, run_id: int | None = None) -> JSON:
+        """:meth:`SubAccountClient._wait`, awaited."""
+        while True:
+            if run_id is None:
+                if not (await self.sync_status(server_id)).get("running"):
+                    return await anext(self.runs(server_id))
+            else:
+                page = await self._do(_Call("GET", f"/api/server/{int(server_id)}/runs", params=_RECENT))
+                run = _find_run(page, run_id)
+                if run is not None and run.get("status") not in _ACTIVE_RUN:
+                    return run
             await _sleep(POLL_SECONDS)
-        return await anext(self.runs(server_id))
 
 
 class AsyncConnection:

@@ -45,29 +45,13 @@ from psycopg.types.json import Jsonb
 
 from .errors import BFFError, Conflict, Invalid
 from .store import Store, iso
-from .warehouse import WAREHOUSE_TABLE_ID_MAX, WAREHOUSE_TABLE_ID_MIN, RowCounts, Warehouse
+from .warehouse import PG_TYPE_FIELDS, WAREHOUSE_TABLE_ID_MAX, WAREHOUSE_TABLE_ID_MIN, RowCounts, Warehouse
 from .warehouse_reader import ReadField, RowQuery, json_value, read_page
 
 QUERY_TIMEOUT_MS = 10_000
 MAX_QUERY_LENGTH = 100_000
 RUNNER_SUFFIX = "_q"
 SQL_LOGIN_SUFFIX = "_sql"
-
-# PostgreSQL type OIDs → the warehouse's field types (anything else reads as text).
-_TYPES = {
-    16: "boolean",
-    20: "integer",
-    21: "integer",
-    23: "integer",
-    700: "number",
-    701: "number",
-    1700: "number",
-    114: "json",
-    3802: "json",
-    1082: "datetime",
-    1114: "datetime",
-    1184: "datetime",
-}
 
 
 class QueryInvalid(BFFError):
@@ -287,7 +271,8 @@ class QueryTables:
                         (target.as_string(conn),),
                     )
                     columns = tuple(
-                        (str(r["attname"]), _TYPES.get(int(r["atttypid"]), "text")) for r in await cur.fetchall()
+                        (str(r["attname"]), PG_TYPE_FIELDS.get(int(r["atttypid"]), "text"))
+                        for r in await cur.fetchall()
                     )
                     # From here on nothing may write; then the query runs once, as the customer.
                     await conn.execute("SET LOCAL transaction_read_only = on")
@@ -494,7 +479,7 @@ class QueryTables:
                         description = cur.description or []
             except psycopg.Error as exc:
                 raise _refused(exc, parsed=parsed, done="run") from None
-        fields = [{"name": col.name, "type": _TYPES.get(int(col.type_code), "text")} for col in description]
+        fields = [{"name": col.name, "type": PG_TYPE_FIELDS.get(int(col.type_code), "text")} for col in description]
         return fields, [{k: json_value(v) for k, v in row.items()} for row in rows[:limit]], len(rows) > limit
 
     # -- SQL access -----------------------------------------------------------------------------

@@ -94,7 +94,7 @@ def format_value(value: Any, field_type: str | None) -> str:
         return "—"
     if isinstance(value, bool):
         return "yes" if value else "no"
-    if field_type == "number" and isinstance(value, (int, float)):
+    if field_type in ("number", "decimal") and isinstance(value, (int, float)):
         return f"{value:,.2f}"
     if isinstance(value, int) and field_type != "text":
         return f"{value:,}"
@@ -168,7 +168,7 @@ def describe_event(event: Mapping[str, Any], locale: str = "en") -> str | None:
 
 
 def is_numeric(field_type: str | None) -> bool:
-    return field_type in ("number", "integer")
+    return field_type in ("number", "decimal", "integer")
 
 
 async def connection_totals(client: Any) -> tuple[dict[int, int], list[dict[str, Any]]]:

@@ -71,6 +71,7 @@ def test_data_page_values_are_formatted() -> None:
     assert format_value(135.5, "number") == "135.50"
     assert format_value(1234567.891, "number") == "1,234,567.89"
     assert format_value(-68, "number") == "-68.00"
+    assert format_value(1500, "decimal") == "1,500.00"  # amounts are decimal columns
     assert format_value(1250, "integer") == "1,250"
     assert format_value("101-/2025-/00001", "text") == "101-/2025-/00001"
     assert format_value(None, "text") == "—"
