@@ -364,13 +364,18 @@ async def _sleep(seconds: float) -> None:
 
 
 class _SyncBase:
+    """A client owns the httpx client it made and closes only that one: a client given to it (a
+    sub-account client borrowing its partner's) stays open for its owner."""
+
     def __init__(self, base_url: str, token: str, *, client: httpx.Client | None = None, timeout: float = 30.0) -> None:
+        self._owns_client = client is None
         self._client = client or httpx.Client(base_url=base_url, timeout=timeout)
         self._base_url = base_url
         self._token = token
 
     def close(self) -> None:
-        self._client.close()
+        if self._owns_client:
+            self._client.close()
 
     def __enter__(self) -> Any:
         return self
@@ -385,6 +390,8 @@ class _SyncBase:
             )
         except httpx.HTTPError as exc:
             raise _transport_error(exc) from None
+        except RuntimeError as exc:  # httpx: "Cannot send a request, as the client has been closed"
+            raise BFFError("client_closed", 0, f"This client was closed: {exc}") from None
         return _check(response)
 
     def _pages(self, path: str, params: Mapping[str, Any] | None = None, page_size: int = 100) -> Iterator[JSON]:
@@ -681,12 +688,14 @@ class _AsyncBase:
     def __init__(
         self, base_url: str, token: str, *, client: httpx.AsyncClient | None = None, timeout: float = 30.0
     ) -> None:
+        self._owns_client = client is None
         self._client = client or httpx.AsyncClient(base_url=base_url, timeout=timeout)
         self._base_url = base_url
         self._token = token
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        if self._owns_client:
+            await self._client.aclose()
 
     async def __aenter__(self) -> Any:
         return self
@@ -701,6 +710,8 @@ class _AsyncBase:
             )
         except httpx.HTTPError as exc:
             raise _transport_error(exc) from None
+        except RuntimeError as exc:  # httpx: "Cannot send a request, as the client has been closed"
+            raise BFFError("client_closed", 0, f"This client was closed: {exc}") from None
         return _check(response)
 
     async def _pages(
