@@ -41,6 +41,8 @@ REFRESH_TASK = "bff.writeback_refresh"
 SCRIPT_QUEUE = "scripts"
 SCRIPT_TASK = "bff.script_run"
 ALL_QUEUES = (SYNC_QUEUE, WEBHOOK_QUEUE, SCHEDULER_QUEUE, SCRIPT_QUEUE)
+STOP_ATTEMPTS = 20
+STOP_WAIT_SECONDS = 0.5
 
 SyncHandler = Callable[[int], Awaitable[None]]
 StalledHandler = Callable[[int], Awaitable[None]]
@@ -226,13 +228,23 @@ class JobQueue:
         self._watchdog = asyncio.create_task(self._watch_stalled(), name="bff-stalled-watchdog")
 
     async def stop_worker(self) -> None:
+        """Cancel the workers (procrastinate stops a cancelled worker gracefully) and wait for them.
+
+        A cancellation that lands while a worker is still starting can be lost (seen with two
+        workers starting at once on a loaded machine: the worker's loop never heard its stop), so
+        a worker still running a moment later is cancelled again."""
         tasks = [task for task in (self._watchdog, *self._workers) if task is not None]
-        for task in tasks:
-            if not task.done():
+        for _ in range(STOP_ATTEMPTS):
+            pending = [task for task in tasks if not task.done()]
+            if not pending:
+                break
+            for task in pending:
                 task.cancel()
+            await asyncio.wait(pending, timeout=STOP_WAIT_SECONDS)
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+                if task.done():
+                    task.result()
         self._watchdog = None
         self._workers = []
 
