@@ -235,8 +235,7 @@ async def revoke_partner_tokens(request: Request) -> JSONResponse:
 
 async def set_partner_origins(request: Request) -> JSONResponse:
     """Replace the browser origins allowed to embed the widget (and to get CORS answers)."""
-    from .cli import normalise_origin
-    from .settings import SettingsError
+    from .settings import SettingsError, normalise_origin
 
     partner = await require_partner(request)
     data = await read_json(request)
