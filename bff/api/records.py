@@ -29,19 +29,19 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
 
-from . import lifecycle
-from .auth import authenticate, identity_only, path_connection_id, services
-from .connectors import (
+from .. import lifecycle
+from ..auth import authenticate, identity_only, path_connection_id, services
+from ..connectors import (
     ConnectorError,
     CredentialsRejected,
 )
-from .connectors.writer import Writer
-from .errors import ApiError, connector_error, not_found, validation_error
-from .http import api_route, query_bool, read_json
-from .idempotency import MAX_KEY_LENGTH, StoredAnswer, fingerprint
-from .lifecycle import Event
-from .store import Connection, SubAccount
-from .writeback import Writeback, writeback_for
+from ..connectors.writer import Writer
+from ..errors import ApiError, connector_error, not_found, validation_error
+from ..http import api_route, query_bool, read_json
+from ..idempotency import MAX_KEY_LENGTH, StoredAnswer, fingerprint
+from ..lifecycle import Event
+from ..services.writeback import Writeback, writeback_for
+from ..store import Connection, SubAccount
 
 __all__ = ["proxy_suffix", "require_writable", "routes"]
 

@@ -19,17 +19,17 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from starlette.requests import Request
 
-from . import connections as rt
-from .connectors import RetryPolicy
-from .connectors.writer import Writer
-from .idempotency import IdempotencyStore
-from .store import Connection, RunAlreadyActive
-from .store.idempotency import PgIdempotencyStore
-from .store.refresh import ALL_STREAMS, RefreshRequestStore
-from .sync import ConnectionNotReady, UnknownTables
+from .. import connections as rt
+from ..connectors import RetryPolicy
+from ..connectors.writer import Writer
+from ..idempotency import IdempotencyStore
+from ..store import Connection, RunAlreadyActive
+from ..store.idempotency import PgIdempotencyStore
+from ..store.refresh import ALL_STREAMS, RefreshRequestStore
+from ..sync import ConnectionNotReady, UnknownTables
 
 if TYPE_CHECKING:
-    from .services import Services
+    from . import Services
 
 __all__ = ["LOG_FLUSH_DELAY", "REFRESH_DELAY", "LogBuffer", "RefreshRequests", "Writeback", "writeback_for"]
 

@@ -21,14 +21,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute
 
-from .auth import require_identity, services
-from .errors import not_found
-from .http import Pagination, api_route, query_bool
-from .query_tables import QueryTable
-from .store import SubAccount
-from .tokens import Claims
-from .warehouse import Warehouse, WarehouseTable
-from .warehouse_reader import ReadField, parse_row_query, read_synced, synced_fields
+from ..auth import require_identity, services
+from ..errors import not_found
+from ..http import Pagination, api_route, query_bool
+from ..query_tables import QueryTable
+from ..store import SubAccount
+from ..tokens import Claims
+from ..warehouse import Warehouse, WarehouseTable
+from ..warehouse_reader import ReadField, parse_row_query, read_synced, synced_fields
 
 DEFAULT_ROWS_PAGE = 100
 ROW_QUERY_PARAMS = ("search", "order_by", "updated_since", "include", "exclude")
