@@ -64,7 +64,17 @@ def start_sandbox(scale: int, log: Path) -> tuple[subprocess.Popen[bytes], str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BFF_")}
     env.update({"BFF_SANDBOX_SCALE": str(scale), "BFF_LOG_LEVEL": "warning"})
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bff.cli", "sandbox", "--port", str(port)],
+        # Its own data directory: fresh fixtures each run, nothing written next to the caller's demo.
+        [
+            sys.executable,
+            "-m",
+            "bff.cli",
+            "sandbox",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(log.parent / "sandbox-data"),
+        ],
         env=env,
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
@@ -147,7 +157,7 @@ class Project:
 
     async def rows(self, account: int) -> int:
         tables = await self.services.warehouse.list_tables(account)
-        return sum(count for _, count in tables)
+        return sum(counts.total for _, counts in tables)
 
 
 def _bearer(token: str) -> dict[str, str]:

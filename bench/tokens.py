@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -25,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _load import free_port, hammer, raw_request, start_server  # noqa: E402
 
 from bff.settings import Settings, generate_encryption_key, generate_secret_key  # noqa: E402
+from bff.testing import stop_embedded  # noqa: E402
 from bff.tokens import TokenAuthority  # noqa: E402
 
 BARE_APP = """
@@ -85,6 +87,9 @@ def main() -> None:
         bare.terminate()
         bff.wait()
         bare.wait()
+        # create_partner above started (or joined) the embedded server: stop it, leave nothing behind.
+        stop_embedded(data_dir / "postgres")
+        shutil.rmtree(data_dir, ignore_errors=True)
 
     tokens = TokenAuthority(settings)
     runs = 20000

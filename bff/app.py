@@ -81,7 +81,7 @@ def create_app(
         options = dataclasses.replace(
             SandboxOptions.from_env(settings.sandbox_env), redirect_uris=(settings.oauth_redirect_uri,)
         )
-        sandbox_app = create_sandbox_app(options, clock=clock)
+        sandbox_app = create_sandbox_app(options, clock=clock, state_dir=settings.data_dir)
         transport = SandboxTransport(sandbox_app, settings.sandbox_url, transport)
     queue = JobQueue(url, heartbeat_seconds=settings.heartbeat_seconds, stalled_seconds=settings.stalled_seconds)
     warehouse = Warehouse(store, clock=clock)
@@ -151,6 +151,8 @@ def create_app(
                         on_refresh=writeback.refresh.execute,
                         on_script=scripts.execute,
                         on_script_stalled=scripts.recover_stalled,
+                        script_concurrency=settings.script_concurrency,
+                        queues=settings.worker_queues,
                     )
                 yield
             finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -12,11 +13,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .settings import Settings, SettingsError, generate_encryption_key, generate_secret_key, normalise_origin
+from .settings import (
+    Settings,
+    SettingsError,
+    generate_encryption_key,
+    generate_secret_key,
+    normalise_origin,
+    parse_queues,
+)
 
 DEMO_KEYS_FILE = "demo-keys.json"
 DEMO_PARTNER_FILE = "demo-partner.json"
 DEMO_LOCK_FILE = "demo.lock"
+SANDBOX_LOCK_FILE = "sandbox.lock"
 DEFAULT_DATA_DIR = "./bff-data"
 DEFAULT_BFF_PORT = 8000
 DEFAULT_SITE_PORT = 8001
@@ -252,6 +261,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _worker_summary(settings: Settings) -> str:
+    """What a worker takes: ``sync, webhooks, scheduler with 4 slots; scripts with 2 slots``."""
+    queues = settings.worker_queues
+    parts = []
+    main = [queue for queue in queues if queue != "scripts"]
+    if main:
+        parts.append(f"{', '.join(main)} jobs with {settings.sync_concurrency} slots")
+    if "scripts" in queues:
+        parts.append(
+            f"scripts with {settings.script_concurrency} slots (at most {settings.scripts_per_customer} per customer)"
+        )
+    return "running " + "; ".join(parts)
+
+
 def _freeze_startup_objects() -> None:
     """Leave what start-up built (modules, routes, connector definitions) out of every later garbage
     collection: they live as long as the process, and a full collection would otherwise walk all of
@@ -275,6 +298,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
             if args.concurrency < 1:
                 return _fail("--concurrency must be at least 1.")
             overrides["sync_concurrency"] = args.concurrency
+        if args.script_concurrency is not None:
+            if args.script_concurrency < 1:
+                return _fail("--script-concurrency must be at least 1.")
+            overrides["script_concurrency"] = args.script_concurrency
+        if args.queues is not None:
+            overrides["worker_queues"] = parse_queues(args.queues)
         settings = load_settings(args, **overrides)
         _configure_logging(settings.log_level)
         prepare_database(settings, migrate=not args.no_migrate)
@@ -290,7 +319,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stop.set)
         async with app.router.lifespan_context(app):
             print(
-                f"bff worker: running jobs with concurrency {settings.sync_concurrency} (pid {os.getpid()});"
+                f"bff worker: {_worker_summary(settings)} (pid {os.getpid()});"
                 f" {app.state.services.scripts.mode.describe()}. Ctrl-C stops.",
                 file=sys.stderr,
                 flush=True,
@@ -339,9 +368,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
         )
     except SettingsError as exc:
         return _fail(str(exc))
-    check_startup(settings)
-    _configure_logging(settings.log_level)
-    with lock:
+    with contextlib.ExitStack() as held:
+        held.enter_context(lock)
+        if not settings.sandbox_external_url:  # the sandbox runs in this process and keeps its state here
+            try:
+                held.enter_context(hold_data_dir(settings.data_dir, SANDBOX_LOCK_FILE, "sandbox"))
+            except DataDirBusy as exc:
+                return _fail(str(exc))
+        check_startup(settings)
+        _configure_logging(settings.log_level)
         return run_demo(settings, bff_port=args.bff_port, site_port=args.site_port)
 
 
@@ -500,13 +535,42 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
     """The sandbox providers alone, for QA deployments and for BFF processes started with BFF_SANDBOX_URL."""
     import uvicorn
 
+    from .demo import DataDirBusy, _port_free, hold_data_dir
     from .sandbox import SandboxOptions, create_sandbox_app
 
     try:
         options = SandboxOptions.from_env(os.environ)
     except ValueError as exc:
         return _fail(str(exc))
-    uvicorn.run(create_sandbox_app(options), host=args.host, port=args.port, access_log=False, log_level="warning")
+    if not _port_free(args.host, args.port):
+        return _fail(f"port {args.port} on {args.host} is in use; stop what listens there or pass --port.")
+    data_dir = data_dir_of(args)
+    try:
+        lock = hold_data_dir(data_dir, SANDBOX_LOCK_FILE, "sandbox")
+    except DataDirBusy as exc:
+        return _fail(str(exc))
+    app = create_sandbox_app(options, state_dir=data_dir)
+    controls = (
+        "open to anyone"
+        if options.controls_open
+        else "behind BFF_SANDBOX_ADMIN_KEY"
+        if options.admin_key
+        else "off (set BFF_SANDBOX_ADMIN_KEY)"
+    )
+    started = (
+        f"bff sandbox: Sandbox CRM, Accounting, Bank and Chat on http://{args.host}:{args.port}"
+        f" (sign-ins and records kept in {(data_dir / 'sandbox.sqlite3').resolve()}; /_control {controls})."
+        " Ctrl-C stops."
+    )
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets)
+            if self.started:
+                print(started, flush=True)
+
+    with lock:
+        Server(uvicorn.Config(app, host=args.host, port=args.port, access_log=False, log_level="warning")).run()
     return 0
 
 
@@ -540,9 +604,23 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-migrate", action="store_true", help="do not apply database migrations on start")
     serve.set_defaults(handler=cmd_serve)
 
-    worker = commands.add_parser("worker", help="run queued jobs (syncs) only; start as many as you like")
+    worker = commands.add_parser(
+        "worker",
+        help="run queued jobs (syncs, webhook deliveries, scheduler ticks, scripts); start as many as you like",
+    )
     worker.add_argument(
-        "--concurrency", type=int, help="jobs run at once by this process (default $BFF_SYNC_CONCURRENCY or 4)"
+        "--concurrency",
+        type=int,
+        help="sync, delivery and tick jobs run at once by this process (default $BFF_SYNC_CONCURRENCY or 4)",
+    )
+    worker.add_argument(
+        "--script-concurrency",
+        type=int,
+        help="scripts run at once by this process, on slots of their own (default $BFF_SCRIPT_CONCURRENCY or 2)",
+    )
+    worker.add_argument(
+        "--queues",
+        help="only these queues, comma-separated: sync, webhooks, scheduler, scripts (default all; $BFF_WORKER_QUEUES)",
     )
     worker.add_argument("--data-dir", help="data directory (default $BFF_DATA_DIR or ./bff-data)")
     worker.add_argument("--no-migrate", action="store_true", help="do not apply database migrations on start")
@@ -632,6 +710,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sandbox.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
     sandbox.add_argument("--port", type=int, default=8002, help="port (default 8002)")
+    sandbox.add_argument(
+        "--data-dir", help="where sign-ins and written records are kept (default $BFF_DATA_DIR or ./bff-data)"
+    )
     sandbox.set_defaults(handler=cmd_sandbox)
 
     keys = commands.add_parser("keys", help="print a fresh BFF_SECRET_KEYS and BFF_ENCRYPTION_KEY")

@@ -338,6 +338,18 @@ def _headers(token: str, extra: Mapping[str, str] | None = None) -> dict[str, st
 
 
 POLL_SECONDS = 1.0
+_ACTIVE_RUN = ("queued", "running", "waiting")
+_RECENT = {"page_size": 50}  # the run a client just started is among a connection's newest
+
+
+def _started_run(started: JSON) -> int | None:
+    """The run id a sync answer names (``run_data[0].pipeline_run_id``), if it names one."""
+    runs = started.get("run_data") or []
+    return int(runs[0]["pipeline_run_id"]) if runs and runs[0].get("pipeline_run_id") is not None else None
+
+
+def _find_run(page: JSON, run_id: int) -> JSON | None:
+    return next((run for run in page.get("results", []) if run.get("id") == run_id), None)
 
 
 async def _sleep(seconds: float) -> None:
@@ -546,12 +558,21 @@ class SubAccountClient(_SyncBase):
             started = self.sync(int(server_id), tables)
         if is_async:
             return started
-        return self._wait(int(server_id))
+        return self._wait(int(server_id), _started_run(started))
 
-    def _wait(self, server_id: int) -> JSON:
-        while self.sync_status(server_id).get("running"):
+    def _wait(self, server_id: int, run_id: int | None = None) -> JSON:
+        """Until the connection's sync (run ``run_id`` when known) has ended; that run.
+
+        By its id: the newest run may be another one by then (a refresh a write asked for)."""
+        while True:
+            if run_id is None:
+                if not self.sync_status(server_id).get("running"):
+                    return next(self.runs(server_id))
+            else:
+                run = _find_run(self._do(_Call("GET", f"/api/server/{int(server_id)}/runs", params=_RECENT)), run_id)
+                if run is not None and run.get("status") not in _ACTIVE_RUN:
+                    return run
             time.sleep(POLL_SECONDS)
-        return next(self.runs(server_id))
 
 
 class Connection:
@@ -848,12 +869,20 @@ class AsyncSubAccountClient(_AsyncBase):
             started = await self.sync(int(server_id), tables)
         if is_async:
             return started
-        return await self._wait(int(server_id))
+        return await self._wait(int(server_id), _started_run(started))
 
-    async def _wait(self, server_id: int) -> JSON:
-        while (await self.sync_status(server_id)).get("running"):
+    async def _wait(self, server_id: int, run_id: int | None = None) -> JSON:
+        """:meth:`SubAccountClient._wait`, awaited."""
+        while True:
+            if run_id is None:
+                if not (await self.sync_status(server_id)).get("running"):
+                    return await anext(self.runs(server_id))
+            else:
+                page = await self._do(_Call("GET", f"/api/server/{int(server_id)}/runs", params=_RECENT))
+                run = _find_run(page, run_id)
+                if run is not None and run.get("status") not in _ACTIVE_RUN:
+                    return run
             await _sleep(POLL_SECONDS)
-        return await anext(self.runs(server_id))
 
 
 class AsyncConnection:

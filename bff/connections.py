@@ -17,6 +17,7 @@ from starlette.types import ASGIApp
 from .connectors import Connector, ConnectorSession, OAuthClient, OAuthTokens, RetryPolicy
 from .crypto import connection_aad
 from .runtime import Runtime
+from .sandbox.transport import answer_within_timeout
 from .store import Connection
 
 SANDBOX_CLIENT = ("bff-sandbox", "bff-sandbox-secret")
@@ -36,7 +37,7 @@ class SandboxTransport(httpx.AsyncBaseTransport):
 
     The sandbox is mounted on this very server; going through the ASGI app saves
     a loopback round trip and lets tests run without a listening socket. Every
-    other URL goes over the network as usual.
+    other URL goes over the network as usual. Timeouts hold as over the network.
     """
 
     def __init__(self, sandbox_app: ASGIApp, sandbox_url: str, fallback: httpx.AsyncBaseTransport) -> None:
@@ -47,7 +48,7 @@ class SandboxTransport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if str(request.url).startswith(self._prefix):
-            return await self._asgi.handle_async_request(request)
+            return await answer_within_timeout(self._asgi, request)
         return await self._fallback.handle_async_request(request)
 
     async def aclose(self) -> None:

@@ -40,6 +40,7 @@ WEBHOOK_TASK = "bff.webhook_deliver"
 REFRESH_TASK = "bff.writeback_refresh"
 SCRIPT_QUEUE = "scripts"
 SCRIPT_TASK = "bff.script_run"
+ALL_QUEUES = (SYNC_QUEUE, WEBHOOK_QUEUE, SCHEDULER_QUEUE, SCRIPT_QUEUE)
 
 SyncHandler = Callable[[int], Awaitable[None]]
 StalledHandler = Callable[[int], Awaitable[None]]
@@ -74,7 +75,7 @@ class JobQueue:
         self._tick_handler: TickHandler | None = None
         # What this process does with each kind of job (set by start_worker); one int argument each.
         self._handlers: dict[str, Callable[[int], Awaitable[None]]] = {}
-        self._worker: asyncio.Task[None] | None = None
+        self._workers: list[asyncio.Task[None]] = []
         self._watchdog: asyncio.Task[None] | None = None
 
         self._sync_task = self._dispatching_task(SYNC_TASK, SYNC_QUEUE, "run_id", "run sync jobs")
@@ -159,12 +160,13 @@ class JobQueue:
             pending += len(list(found))
         return pending
 
-    async def defer_script(self, run_id: int, script_id: int) -> int | None:
+    async def defer_script(self, run_id: int, script_id: int, *, at: float | None = None) -> int | None:
         """Queue a script run; None when a run of this script is already waiting."""
+        options: dict[str, Any] = {"queueing_lock": script_lock(script_id)}
+        if at is not None:
+            options["schedule_at"] = datetime.datetime.fromtimestamp(at, datetime.UTC)
         try:
-            job_id: int = await self._script_task.configure(queueing_lock=script_lock(script_id)).defer_async(
-                run_id=run_id
-            )
+            job_id: int = await self._script_task.configure(**options).defer_async(run_id=run_id)
         except procrastinate_errors.AlreadyEnqueued:
             return None
         return job_id
@@ -182,45 +184,57 @@ class JobQueue:
         on_refresh: RefreshHandler | None = None,
         on_script: ScriptHandler | None = None,
         on_script_stalled: ScriptHandler | None = None,
+        script_concurrency: int = 2,
+        queues: tuple[str, ...] = ALL_QUEUES,
         name: str = "bff",
     ) -> None:
-        """Run jobs in this process (as background tasks) until :meth:`stop_worker`."""
+        """Run jobs in this process (as background tasks) until :meth:`stop_worker`.
+
+        Scripts have a worker of their own (``script_concurrency`` slots on the ``scripts``
+        queue), so syncs, deliveries and ticks never wait behind a customer's long scripts;
+        ``queues`` picks what this process takes at all."""
         handlers = {SYNC_TASK: on_sync, WEBHOOK_TASK: on_webhook, REFRESH_TASK: on_refresh, SCRIPT_TASK: on_script}
         self._handlers = {name: handler for name, handler in handlers.items() if handler is not None}
         self._stalled_handler = on_stalled
         self._tick_handler = on_tick
         self._script_stalled_handler = on_script_stalled
-        self._worker = asyncio.create_task(
-            self.app.run_worker_async(
-                name=name,
-                concurrency=concurrency,
-                wait=True,
-                install_signal_handlers=False,
-                listen_notify=True,
-                fetch_job_polling_interval=1.0,
-                delete_jobs="successful",
-                update_heartbeat_interval=self.heartbeat_seconds,
-                stalled_worker_timeout=self.stalled_seconds,
-                shutdown_graceful_timeout=0.0,
-            ),
-            name="bff-worker",
-        )
+        main_queues = [queue for queue in queues if queue != SCRIPT_QUEUE]
+        pools = []
+        if main_queues:
+            pools.append((name, main_queues, concurrency))
+        if SCRIPT_QUEUE in queues and on_script is not None:
+            pools.append((f"{name}-scripts", [SCRIPT_QUEUE], script_concurrency))
+        self._workers = [
+            asyncio.create_task(
+                self.app.run_worker_async(
+                    name=worker_name,
+                    queues=worker_queues,
+                    concurrency=slots,
+                    wait=True,
+                    install_signal_handlers=False,
+                    listen_notify=True,
+                    fetch_job_polling_interval=1.0,
+                    delete_jobs="successful",
+                    update_heartbeat_interval=self.heartbeat_seconds,
+                    stalled_worker_timeout=self.stalled_seconds,
+                    shutdown_graceful_timeout=0.0,
+                ),
+                name=f"bff-worker-{worker_name}",
+            )
+            for worker_name, worker_queues, slots in pools
+        ]
         self._watchdog = asyncio.create_task(self._watch_stalled(), name="bff-stalled-watchdog")
 
     async def stop_worker(self) -> None:
-        for task in (self._watchdog, self._worker):
-            if task is not None and not task.done():
+        tasks = [task for task in (self._watchdog, *self._workers) if task is not None]
+        for task in tasks:
+            if not task.done():
                 task.cancel()
-        for task in (self._watchdog, self._worker):
-            if task is not None:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
-        self._watchdog = self._worker = None
-
-    async def wait_worker(self) -> None:
-        """Block while the worker runs (``bff worker``)."""
-        if self._worker is not None:
-            await self._worker
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._watchdog = None
+        self._workers = []
 
     async def _watch_stalled(self) -> None:
         interval = max(0.2, self.stalled_seconds / 3)

@@ -243,7 +243,10 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "type": "object",
         "required": ["server_id", "health_status", "run_data", "task_id", "detail", "syncing"],
         "properties": {
-            "server_id": _INT,
+            "server_id": {
+                "type": "string",
+                "description": "The connection id, as a string (as the source document has it).",
+            },
             "health_status": _STR,
             "task_id": {},
             "detail": _STR,
@@ -266,7 +269,9 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "name": _STR,
             "connection": _INT,
             "database_id": _INT,
-            "row_count": _INT,
+            "row_count": _INT,  # every row, deleted ones included (null: a query table whose query broke)
+            "live_count": _nullable(_INT),
+            "deleted_count": _nullable(_INT),  # null: a query table without a _deleted_at column
             "primary_key": {"type": "array", "items": _STR},
             "fields": {"type": "array", "items": {"type": "object"}},
             "created_at": _TIME,

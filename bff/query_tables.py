@@ -45,7 +45,7 @@ from psycopg.types.json import Jsonb
 
 from .errors import BFFError, Conflict, Invalid
 from .store import Store, iso
-from .warehouse import WAREHOUSE_TABLE_ID_MAX, WAREHOUSE_TABLE_ID_MIN, Warehouse
+from .warehouse import WAREHOUSE_TABLE_ID_MAX, WAREHOUSE_TABLE_ID_MIN, RowCounts, Warehouse
 from .warehouse_reader import ReadField, RowQuery, json_value, read_page
 
 QUERY_TIMEOUT_MS = 10_000
@@ -127,7 +127,11 @@ class QueryTable:
     def has_synced_at(self) -> bool:
         return any(f.name == "_synced_at" for f in self.fields)
 
-    def public_dict(self, *, row_count: int | None = None, error: str | None = None) -> dict[str, Any]:
+    @property
+    def has_deleted_at(self) -> bool:
+        return any(f.name == "_deleted_at" for f in self.fields)
+
+    def public_dict(self, *, counts: RowCounts | None = None, error: str | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {
             "id": self.id,
             "name": self.name,
@@ -140,7 +144,11 @@ class QueryTable:
             "created_at": iso(self.created_at),
             "updated_at": iso(self.updated_at),
         }
-        body["row_count"] = row_count
+        # Live and deleted rows are told apart by a ``_deleted_at`` column, when the query has one.
+        body["row_count"] = counts.total if counts else None
+        known = counts is not None and self.has_deleted_at
+        body["live_count"] = counts.total - counts.deleted if counts and known else None
+        body["deleted_count"] = counts.deleted if counts and known else None
         if error is not None:
             body["error"] = error
         return body
@@ -425,20 +433,23 @@ class QueryTables:
             for r in rows
         ]
 
-    async def list_tables(self, sub_account_id: int) -> list[tuple[QueryTable, int | None, str | None]]:
-        """Every query table with its row count; a table whose query no longer runs gets its error instead."""
+    async def list_tables(self, sub_account_id: int) -> list[tuple[QueryTable, RowCounts | None, str | None]]:
+        """Every query table with its row counts; a table whose query no longer runs gets its error instead."""
         tables = await self._load(sub_account_id)
         if not tables:
             return []
         _, runner = await self._runner(sub_account_id)
-        listed: list[tuple[QueryTable, int | None, str | None]] = []
+        listed: list[tuple[QueryTable, RowCounts | None, str | None]] = []
         async with self._as_runner(runner) as conn:
             for table in tables:
+                deleted = sql.SQL("COUNT(_deleted_at)" if table.has_deleted_at else "0")
                 try:
                     async with self._read_only(conn):
-                        cur = await conn.execute(sql.SQL("SELECT COUNT(*) AS n FROM {}").format(table.identifier))
+                        cur = await conn.execute(
+                            sql.SQL("SELECT COUNT(*) AS n, {} AS deleted FROM {}").format(deleted, table.identifier)
+                        )
                         row = await cur.fetchone()
-                    listed.append((table, int(row["n"]) if row else 0, None))
+                    listed.append((table, RowCounts(int(row["n"]), int(row["deleted"])) if row else None, None))
                 except psycopg.Error as exc:
                     listed.append((table, None, broken_message(exc)))
         return listed

@@ -18,6 +18,9 @@ DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 DEFAULT_IDENTITY_TOKEN_TTL = 12 * 3600
 INTEGRATE_TOKEN_TTL = 1800
 DEFAULT_SYNC_CONCURRENCY = 4
+DEFAULT_SCRIPT_CONCURRENCY = 2  # scripts run on their own queue, beside the 4 sync/delivery slots
+DEFAULT_SCRIPTS_PER_CUSTOMER = 1  # a customer's scripts running at once; the rest wait, queued
+WORKER_QUEUES = ("sync", "webhooks", "scheduler", "scripts")
 DEFAULT_LONG_WAIT_SECONDS = 30.0  # a provider asking to wait longer frees the worker (DESIGN §9)
 DEFAULT_HEARTBEAT_SECONDS = 10.0
 DEFAULT_STALLED_SECONDS = 30.0
@@ -76,6 +79,9 @@ class Settings:
     sandbox_enabled: bool = False
     sandbox_env: Mapping[str, str] = dataclasses.field(default_factory=dict)
     sync_concurrency: int = DEFAULT_SYNC_CONCURRENCY
+    script_concurrency: int = DEFAULT_SCRIPT_CONCURRENCY
+    scripts_per_customer: int = DEFAULT_SCRIPTS_PER_CUSTOMER
+    worker_queues: tuple[str, ...] = WORKER_QUEUES
     oauth_apps: Mapping[str, OAuthApp] = dataclasses.field(default_factory=dict)
     log_level: str = "info"
     # PostgreSQL: None = the embedded server under <data_dir>/postgres.
@@ -118,6 +124,15 @@ class Settings:
             raise SettingsError("BFF_MAX_BODY_BYTES must be at least 1024.")
         if self.sync_concurrency < 1:
             raise SettingsError("BFF_SYNC_CONCURRENCY must be at least 1.")
+        if self.script_concurrency < 1:
+            raise SettingsError("BFF_SCRIPT_CONCURRENCY must be at least 1.")
+        if self.scripts_per_customer < 1:
+            raise SettingsError("BFF_SCRIPTS_PER_CUSTOMER must be at least 1.")
+        unknown = [queue for queue in self.worker_queues if queue not in WORKER_QUEUES]
+        if unknown or not self.worker_queues:
+            raise SettingsError(
+                f"BFF_WORKER_QUEUES must name some of {', '.join(WORKER_QUEUES)}; got {', '.join(self.worker_queues)!r}."
+            )
         if self.stalled_seconds <= self.heartbeat_seconds:
             raise SettingsError("BFF_WORKER_STALLED_SECONDS must be longer than BFF_WORKER_HEARTBEAT_SECONDS.")
         if self.scripts not in SCRIPT_MODES:
@@ -165,6 +180,8 @@ class Settings:
             ("BFF_MAX_BODY_BYTES", "max_body_bytes"),
             ("BFF_IDENTITY_TOKEN_TTL", "identity_token_ttl"),
             ("BFF_SYNC_CONCURRENCY", "sync_concurrency"),
+            ("BFF_SCRIPT_CONCURRENCY", "script_concurrency"),
+            ("BFF_SCRIPTS_PER_CUSTOMER", "scripts_per_customer"),
             ("BFF_SCRIPT_CPU_SECONDS", "script_cpu_seconds"),
             ("BFF_SCRIPT_MEMORY_MB", "script_memory_mb"),
             ("BFF_SCRIPT_MAX_PROCESSES", "script_max_processes"),
@@ -172,6 +189,8 @@ class Settings:
         ):
             if env.get(name):
                 values[field] = _parse_int(name, env[name])
+        if env.get("BFF_WORKER_QUEUES"):
+            values["worker_queues"] = parse_queues(env["BFF_WORKER_QUEUES"])
         if env.get("BFF_SANDBOX"):
             values["sandbox_enabled"] = _parse_bool("BFF_SANDBOX", env["BFF_SANDBOX"])
         if env.get("BFF_SQL_ACCESS"):
@@ -323,6 +342,11 @@ def _parse_bool(name: str, raw: str) -> bool:
     if lowered in {"0", "false", "no", "off", ""}:
         return False
     raise SettingsError(f"{name} must be true or false, got {raw!r}.")
+
+
+def parse_queues(text: str) -> tuple[str, ...]:
+    """``sync,webhooks`` → the queues a worker takes jobs from (checked by Settings)."""
+    return tuple(dict.fromkeys(part.strip().lower() for part in text.split(",") if part.strip()))
 
 
 def normalise_origin(raw: str) -> str:

@@ -28,7 +28,7 @@ import secrets
 import time
 import zlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 from psycopg import AsyncConnection, sql
@@ -77,6 +77,13 @@ class WarehouseField:
         return {"id": self.id, "name": self.name, "type": self.type, "primary": self.primary}
 
 
+class RowCounts(NamedTuple):
+    """How many rows a table holds, and how many of them are marked deleted (``_deleted_at``)."""
+
+    total: int
+    deleted: int
+
+
 @dataclasses.dataclass(frozen=True)
 class WarehouseTable:
     """One synced table: a connection's stream inside a sub-account's schema."""
@@ -94,7 +101,7 @@ class WarehouseTable:
     def identifier(self) -> sql.Composed:
         return sql.SQL("{}.{}").format(sql.Identifier(self.schema), sql.Identifier(self.physical))
 
-    def public_dict(self, *, database_id: int, row_count: int) -> dict[str, Any]:
+    def public_dict(self, *, database_id: int, counts: RowCounts) -> dict[str, Any]:
         return {
             "id": self.id,
             "name": self.stream,
@@ -102,7 +109,9 @@ class WarehouseTable:
             "connection": self.connection_id,
             "database_id": database_id,
             "sql_name": self.physical,  # how query tables and SQL access name it (in the customer's schema)
-            "row_count": row_count,
+            "row_count": counts.total,  # every row, deleted ones included
+            "live_count": counts.total - counts.deleted,
+            "deleted_count": counts.deleted,
             "primary_key": list(self.primary_key),
             "fields": [f.public_dict() for f in self.fields],
             "created_at": iso(self.created_at),
@@ -545,8 +554,8 @@ class Warehouse:
             row = await cur.fetchone()
         return int(row["sub_account_id"]) if row else None
 
-    async def list_tables(self, sub_account_id: int) -> list[tuple[WarehouseTable, int]]:
-        """Every table of the sub-account with its row count, ordered by connection and stream."""
+    async def list_tables(self, sub_account_id: int) -> list[tuple[WarehouseTable, RowCounts]]:
+        """Every table of the sub-account with its row counts, ordered by connection and stream."""
         schema = await self.schema_of(sub_account_id)
         if schema is None:
             return []
@@ -554,9 +563,11 @@ class Warehouse:
             tables = await _load_tables(conn, schema, sub_account_id=sub_account_id)
             counted = []
             for table in tables:
-                cur = await conn.execute(sql.SQL("SELECT COUNT(*) AS n FROM {}").format(table.identifier))
+                cur = await conn.execute(
+                    sql.SQL("SELECT COUNT(*) AS n, COUNT(_deleted_at) AS deleted FROM {}").format(table.identifier)
+                )
                 row = await cur.fetchone()
-                counted.append((table, int(row["n"]) if row else 0))
+                counted.append((table, RowCounts(int(row["n"]), int(row["deleted"])) if row else RowCounts(0, 0)))
         return counted
 
     async def get_table(self, sub_account_id: int, table_id: int) -> WarehouseTable | None:
@@ -635,4 +646,4 @@ async def _load_tables(
     return tables
 
 
-__all__ = ["TableWriter", "Warehouse", "WarehouseField", "WarehouseTable", "physical_name"]
+__all__ = ["RowCounts", "TableWriter", "Warehouse", "WarehouseField", "WarehouseTable", "physical_name"]

@@ -13,6 +13,10 @@ Parameters (§13):
 - ``order_by=field,-field`` — ``-`` sorts descending; ties keep insertion order.
 - ``updated_since=<ISO time>`` — rows synced at or after that time (``_synced_at``).
 - ``include=`` / ``exclude=`` — comma-separated fields to return.
+
+A synced table's bookkeeping columns (:data:`SYNCED_META`: ``_synced_at``, ``_run_id``,
+``_deleted_at``) come with every row and may be filtered and ordered on by name, and named in
+``include``/``exclude`` (which changes nothing: they always come back).
 """
 
 from __future__ import annotations
@@ -45,6 +49,15 @@ class ReadField:
     type: str
 
 
+# A synced table's bookkeeping columns: readable and filterable by name, never by ``field_<id>``.
+SYNCED_META = (
+    ReadField(0, "_synced_at", "datetime"),
+    ReadField(0, "_run_id", "integer"),
+    ReadField(0, "_deleted_at", "datetime"),
+)
+_EPOCH_COLUMNS = ("_synced_at", "_deleted_at")
+
+
 @dataclasses.dataclass(frozen=True)
 class RowQuery:
     """A parsed rows request: which fields to return, the WHERE clause and its values, the order."""
@@ -65,6 +78,8 @@ def _resolve(name: str, by_name: Mapping[str, ReadField], by_key: Mapping[str, R
 
 
 def _typed(field: ReadField, raw: str, param: str) -> Any:
+    if field.name in _EPOCH_COLUMNS:
+        return parse_since(raw, param)
     if field.type == "integer":
         try:
             return int(raw)
@@ -129,11 +144,16 @@ def parse_since(raw: str, param: str = "updated_since") -> float:
 
 
 def parse_row_query(
-    params: Iterable[tuple[str, str]], fields: Sequence[ReadField], *, has_synced_at: bool = True
+    params: Iterable[tuple[str, str]],
+    fields: Sequence[ReadField],
+    *,
+    has_synced_at: bool = True,
+    meta: Sequence[ReadField] = (),
 ) -> RowQuery:
-    """Check the rows API's parameters against ``fields``; see the module docstring."""
-    by_name = {f.name: f for f in fields}
+    """Check the rows API's parameters against ``fields`` (and the columns in ``meta``, which
+    always come back); see the module docstring."""
     by_key = {f"field_{f.id}": f for f in fields}
+    by_name = {f.name: f for f in (*meta, *fields)}
     conditions: list[sql.Composable] = []
     values: list[Any] = []
     order: list[tuple[str, bool]] = []
@@ -202,7 +222,10 @@ def parse_row_query(
                 include = chosen
             else:
                 exclude |= {f.name for f in chosen}
-    selected = tuple(f for f in (include if include is not None else fields) if f.name not in exclude)
+    meta_names = {f.name for f in meta}
+    selected = tuple(
+        f for f in (include if include is not None else fields) if f.name not in exclude and f.name not in meta_names
+    )
     where = sql.SQL(" AND ").join(conditions) if conditions else sql.SQL("TRUE")
     return RowQuery(selected, where, tuple(values), tuple(order), tuple(filters))
 
@@ -269,23 +292,24 @@ async def read_synced(
     conn: AsyncConnection[Any], table: WarehouseTable, query: RowQuery, *, offset: int, limit: int
 ) -> tuple[int, list[dict[str, Any]]]:
     """A page of a synced table (a :class:`bff.warehouse.WarehouseTable`): ties in insertion order,
-    ``_synced_at`` as ISO time, ``_run_id`` with every row. No customer SQL is involved, so the BFF's
-    own connection reads it."""
+    ``_synced_at`` and ``_deleted_at`` (or null) as ISO times, ``_run_id`` with every row. No customer
+    SQL is involved, so the BFF's own connection reads it."""
     count, rows = await read_page(
         conn,
         table.identifier,
         query,
-        extra_columns=("_synced_at", "_run_id"),
+        extra_columns=tuple(f.name for f in SYNCED_META),
         tie_breakers=[sql.SQL("_seq")],
         offset=offset,
         limit=limit,
     )
-    stamps: dict[float, str | None] = {}  # the rows of one sync share their time: format it once
+    stamps: dict[float | None, str | None] = {None: None}  # the rows of one sync share their time
     for row in rows:
-        synced = row["_synced_at"]
-        if synced not in stamps:
-            stamps[synced] = iso(synced)
-        row["_synced_at"] = stamps[synced]
+        for column in _EPOCH_COLUMNS:
+            value = row[column]
+            if value not in stamps:
+                stamps[value] = iso(value)
+            row[column] = stamps[value]
     return count, rows
 
 

@@ -12,6 +12,7 @@ from sandbox_flows import connect_accounting, connect_crm
 from bff.cli import create_partner
 from bff.client import AsyncPartnerClient, BFFError, PartnerClient
 from bff.settings import Settings
+from bff.store import Store
 
 
 async def connect_everything(base_url: str, integrate_token: str) -> None:
@@ -109,3 +110,31 @@ async def test_the_async_client(settings_factory: Callable[..., Settings]) -> No
                 await (await browser.connect("Sandbox CRM")).add("contact", email="x@y.z")
             assert refused.value.code == "token_not_allowed" and refused.value.status == 403
             await browser.aclose()
+
+
+async def test_waiting_returns_the_run_it_started_not_a_newer_one(
+    settings_factory: Callable[..., Settings], database_url: str
+) -> None:
+    """refresh_connection(is_async=False) answers the run it started, even when another run (the
+    refresh a write asked for) was queued after it, as happens on a busy machine."""
+    port = free_port()
+    settings = settings_factory(sandbox_enabled=True, public_url=f"http://127.0.0.1:{port}")
+    with serve_in_thread(settings, port=port) as base_url:
+        token = (await create_partner(settings, "acme", []))["token"]
+        with PartnerClient(base_url, token) as partner:
+            minted = partner.integrate_token("wood_9")
+            async with httpx.AsyncClient(base_url=base_url) as browser:
+                crm_id = int((await connect_crm(browser, minted["token"]))["id"])
+            customer = partner.sub_account_client(external_id="wood_9")
+            finished = customer.refresh_connection(connection_id=crm_id, is_async=False)
+            run_id = int(finished["id"])
+            assert finished["status"] == "succeeded" and next(customer.runs(crm_id))["id"] == run_id
+            # A newer run now waits in the queue (created as the write-refresh job would).
+            store = Store(database_url)
+            await store.open()
+            try:
+                newer = await store.create_run(crm_id, int(minted["account_id"]), task_id="later", tables=None)
+            finally:
+                await store.close()
+            assert newer.id > run_id and next(customer.runs(crm_id))["status"] == "queued"
+            assert customer._wait(crm_id, run_id)["id"] == run_id

@@ -1287,6 +1287,109 @@ async def test_exact_online(connectors, rec):
     assert incremental.url.params["$filter"] == "Modified gt datetime'2026-02-05T09:30:00'"
 
 
+async def test_exact_online_sync_api_streams(connectors, rec):
+    """Transaction lines and deleted records through Exact's Sync API, as its documentation and
+    the shapes its API answers show: `Timestamp gt N` filters, up to 1,000 rows a page with the
+    next page's absolute URL in d.__next, dates as /Date(ms)/, the highest Timestamp kept."""
+    base = "https://start.exactonline.nl/api/v1"
+    day = lambda d: f"/Date({int(datetime(2026, 3, d, 8, 0, tzinfo=UTC).timestamp() * 1000)})/"  # noqa: E731
+
+    def line(i: int) -> dict[str, Any]:
+        return {
+            "__metadata": {"uri": f"{base}/7095/sync/Financial/TransactionLines(guid'{i}')"},
+            "ID": f"10000000-0000-0000-0000-00000000000{i}",
+            "Division": 7095,
+            "Date": day(i),
+            "FinancialYear": 2026,
+            "FinancialPeriod": 3,
+            "EntryNumber": 26000000 + i,
+            "JournalCode": "70",
+            "GLAccountCode": "8000",
+            "GLAccountDescription": "Revenue",
+            "Account": "00000000-0000-0000-0000-000000000001",
+            "AccountName": "Account 1",
+            "Description": f"Line {i}",
+            "AmountDC": -121.5 * i,
+            "Currency": "EUR",
+            "InvoiceNumber": 26000 + i,
+            "Type": 20,
+            "Created": day(i),
+            "Modified": day(i),
+            "Timestamp": 1000 * i,
+        }
+
+    def lines(request: httpx.Request) -> httpx.Response:
+        if "$skiptoken" not in request.url.params:
+            assert request.url.params["$filter"] in ("Timestamp gt 1", "Timestamp gt 3000")
+            if request.url.params["$filter"] == "Timestamp gt 3000":
+                return httpx.Response(200, json={"d": {"results": [line(4)]}})
+            return httpx.Response(
+                200,
+                json={
+                    "d": {
+                        "results": [line(1), line(2)],
+                        "__next": f"{base}/7095/sync/Financial/TransactionLines?$skiptoken=guid'2'",
+                    }
+                },
+            )
+        return httpx.Response(200, json={"d": {"results": [line(3)]}})
+
+    def deleted(request: httpx.Request) -> httpx.Response:
+        assert request.url.params["$filter"] == "Timestamp gt 1"
+        return httpx.Response(
+            200,
+            json={
+                "d": {
+                    "results": [
+                        {
+                            "ID": "aaaaaaaa-aaaa-aaaa-aaaa-aaaaaaaaaaaa",
+                            "EntityKey": "10000000-0000-0000-0000-000000000002",
+                            "EntityType": 1,
+                            "Division": 7095,
+                            "DeletedBy": "bbbbbbbb-bbbb-bbbb-bbbb-bbbbbbbbbbbb",
+                            "DeletedDate": day(5),
+                            "Timestamp": 99999,
+                        }
+                    ]
+                }
+            },
+        )
+
+    provider = Provider(
+        {
+            ("GET", f"{base}/7095/sync/Financial/TransactionLines"): lines,
+            ("GET", f"{base}/7095/sync/Deleted"): deleted,
+        }
+    )
+    clock = Clock()
+    async with provider.client() as http:
+        sess = session(
+            connectors,
+            "exact_online",
+            http,
+            rec,
+            oauth_client=OAuthClient("eo-client-id", "eo-client-secret", REDIRECT),
+            tokens=OAuthTokens(access_token="eo-at", refresh_token="eo-rt", expires_at=clock() + 600, scope=""),
+            clock=clock,
+            config={"divisions": [7095]},
+        )
+        pages = await collect(sess, "transaction_lines")
+        again = await collect(sess, "transaction_lines", pages[-1].state)
+        gone = await collect(sess, "deleted")
+    records = [r for p in pages for r in p.records]
+    assert [r["entry_number"] for r in records] == [26000001, 26000002, 26000003]
+    assert records[0]["date"] == "2026-03-01T08:00:00" and records[0]["amount"] == -121.5
+    assert records[0]["gl_account_code"] == "8000" and records[0]["timestamp"] == 1000
+    # Ordered by Timestamp: the cursor moves with every page and the next sync asks for what is newer.
+    assert pages[-1].state == {"partitions": {"7095": {"cursor": 3000}}}
+    assert [r["id"] for p in again for r in p.records] == ["10000000-0000-0000-0000-000000000004"]
+    row = gone[0].records[0]
+    assert (row["entitykey"], row["entitytype"], row["division"]) == ("10000000-0000-0000-0000-000000000002", 1, 7095)
+    assert row["deleted_date"] == "2026-03-05T08:00:00"
+    first = provider.requests[0]
+    assert first.url.params["$select"].startswith("ID,Division,Date,") and first.headers["Accept"] == "application/json"
+
+
 async def test_stripe(connectors, rec):
     def customer(i: int) -> dict[str, Any]:
         return {

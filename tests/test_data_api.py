@@ -73,6 +73,7 @@ async def test_rows_page_correctly_with_names_or_field_ids(sbff: BFF) -> None:
         "updated_at",
         "_synced_at",
         "_run_id",
+        "_deleted_at",
     }
 
     last = (await sbff.client.get(f"{url}?user_field_names=true&page_size=200&page=8", headers=auth(token))).json()
@@ -85,7 +86,7 @@ async def test_rows_page_correctly_with_names_or_field_ids(sbff: BFF) -> None:
 
     by_id = (await sbff.client.get(f"{url}?page_size=1", headers=auth(token))).json()["results"][0]
     field_ids = {f["name"]: f"field_{f['id']}" for f in invoices["fields"]}
-    assert set(by_id) == {*field_ids.values(), "_synced_at", "_run_id"}
+    assert set(by_id) == {*field_ids.values(), "_synced_at", "_run_id", "_deleted_at"}
     assert by_id[field_ids["id"]] == "inv_101_0001" and by_id[field_ids["customer"]] == row["customer"]
 
     bad = await sbff.client.get(f"{url}?page_size=5000", headers=auth(token))
@@ -117,3 +118,33 @@ async def test_another_sub_accounts_database_and_tables_are_404(sbff: BFF) -> No
     _, partner_token = await sbff.partner("nosy")
     answer = await sbff.client.get(f"/api/database/rows/table/{contacts['id']}/", headers=auth(partner_token))
     assert answer.status_code == 401 and answer.json()["code"] == "token_wrong_kind"
+
+
+async def test_applications_page_like_every_list(sbff: BFF) -> None:
+    """The document pages every list with ?page=&page_size=; the one warehouse is no exception."""
+    token, account_id = await customer(sbff)
+    second = (await sbff.client.get("/api/applications/?page=2&exclude_tables=1", headers=auth(token))).json()
+    assert second["count"] == 1 and second["results"] == [] and second["next"] is None
+    assert "page=1" in second["previous"]
+    first = (await sbff.client.get("/api/applications/?page_size=1", headers=auth(token))).json()
+    assert [r["id"] for r in first["results"]] == [account_id] and first["next"] is None
+    bad = await sbff.client.get("/api/applications/?page_size=0", headers=auth(token))
+    assert bad.status_code == 400 and bad.json()["code"] == "validation_error"
+
+
+async def test_an_unknown_rows_parameter_is_named_not_ignored(sbff: BFF) -> None:
+    token, _ = await customer(sbff)
+    crm = await connect_crm(sbff.client, token)
+    await sync(sbff, token, crm["id"])
+    contacts = (await tables(sbff.client, token))["contacts"]
+    url = f"/api/database/rows/table/{contacts['id']}/"
+    refused = await sbff.client.get(f"{url}?email=x@example.com&user_field_names=1&colour=red", headers=auth(token))
+    assert refused.status_code == 400, refused.text
+    body = refused.json()
+    assert body["code"] == "validation_error" and set(body["errors"]) == {"email", "colour"}
+    assert body["detail"] == "Unknown parameters: colour, email."
+    assert "filter__<field>__<operator>" in body["errors"]["email"]
+    meant = await sbff.client.get(
+        f"{url}?filter__email__equal=x@example.com&user_field_names=1&size=5&page=1", headers=auth(token)
+    )
+    assert meant.status_code == 200 and meant.json()["count"] == 0

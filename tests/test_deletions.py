@@ -3,6 +3,7 @@ sync marking exactly the rows the provider no longer has, and the definition for
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -11,7 +12,8 @@ import pytest
 from conftest import BFF, auth, running_bff
 from records_helpers import customer
 from sandbox_flows import connect_crm
-from sync_helpers import sync
+from sync_helpers import sync, tables
+from tables_helpers import rows
 
 from bff.connectors import DEFINITIONS_DIR, load_connectors
 from bff.connectors.definitions import DefinitionError, parse_connector
@@ -26,13 +28,16 @@ async def sbff(settings_factory: Callable[..., Settings]) -> AsyncIterator[BFF]:
 
 async def deleted_rows(bff: BFF, account_id: int, stream: str) -> dict[str, Any]:
     """``{id: _deleted_at}`` of the rows marked deleted, and how many rows the table has."""
-    for table, count in await bff.services.warehouse.list_tables(account_id):
+    for table, counts in await bff.services.warehouse.list_tables(account_id):
         if table.stream == stream:
             async with bff.services.store.connection() as conn:
                 cur = await conn.execute(
                     f"SELECT id, _deleted_at FROM {table.identifier.as_string(conn)} WHERE _deleted_at IS NOT NULL"
                 )
-                return {"count": count, "deleted": {row["id"]: row["_deleted_at"] for row in await cur.fetchall()}}
+                return {
+                    "count": counts.total,
+                    "deleted": {row["id"]: row["_deleted_at"] for row in await cur.fetchall()},
+                }
     raise AssertionError(f"no table {stream}")
 
 
@@ -130,3 +135,45 @@ async def test_archived_flag_marks_flagged_rows(sbff: BFF) -> None:
     assert await table.mark_flagged_deleted("archived") == 0  # already marked
     await table.write([record(3, False)], {}, run_id=2)
     assert set((await deleted_rows(sbff, who.account_id, stream.name))["deleted"]) == {"t2"}
+
+
+async def test_deleted_rows_are_visible_filterable_and_counted_through_the_api(sbff: BFF) -> None:
+    who = await customer(sbff)
+    connection = await connect_crm(sbff.client, who.integrate)
+    await sync(sbff, who.integrate, connection["id"])
+    gone = (await sbff.client.post("/sandbox/_control/delete", json={"resource": "crm.contacts", "count": 3})).json()
+    await sync(sbff, who.integrate, connection["id"])
+    listed = await tables(sbff.client, who.identity)
+    contacts = listed["contacts"]
+    assert (contacts["row_count"], contacts["live_count"], contacts["deleted_count"]) == (1250, 1247, 3)
+    assert (listed["deals"]["live_count"], listed["deals"]["deleted_count"]) == (300, 0)
+
+    async def read(query: str, status: int = 200) -> dict[str, Any]:
+        return await rows(sbff, who.identity, contacts["id"], query, status=status)
+
+    deleted = await read("filter___deleted_at__not_empty=1&order_by=id")
+    assert deleted["count"] == 3 and {r["id"] for r in deleted["results"]} == set(gone["deleted"])
+    for row in deleted["results"]:
+        assert dt.datetime.fromisoformat(row["_deleted_at"]).tzinfo is not None  # an ISO time
+    live = await read("filter___deleted_at__empty=1&size=5")
+    assert live["count"] == 1247 and all(r["_deleted_at"] is None for r in live["results"])
+    # Every synced row carries _deleted_at; include= may name it (only it and the bookkeeping come back).
+    only = await read("include=_deleted_at&filter___deleted_at__not_empty=1")
+    assert {frozenset(r) for r in only["results"]} == {frozenset({"_deleted_at", "_synced_at", "_run_id"})}
+    assert set((await read("size=1"))["results"][0]) >= {"id", "email", "_deleted_at", "_synced_at", "_run_id"}
+    newest = await read("order_by=-_deleted_at&size=1")
+    assert newest["results"][0]["_deleted_at"] is not None
+    since = deleted["results"][0]["_deleted_at"]
+    assert (await read(f"filter___deleted_at__lower_than={since}"))["count"] == 0
+    bad = await read("filter___deleted_at__higher_than=yesterday", status=400)
+    assert bad["code"] == "validation_error"
+    # A query table that keeps the column is counted the same way.
+    made = await sbff.client.post(
+        "/api/table",
+        headers=who.headers,
+        json={"name": "All contacts", "query": f"SELECT id, _deleted_at FROM {contacts['sql_name']}"},
+    )
+    assert made.status_code == 201, made.text
+    query_table = (await tables(sbff.client, who.identity))["All contacts"]
+    assert (query_table["row_count"], query_table["live_count"], query_table["deleted_count"]) == (1250, 1247, 3)
+    assert (await rows(sbff, who.identity, made.json()["id"], "filter___deleted_at__not_empty=1"))["count"] == 3

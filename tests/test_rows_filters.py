@@ -103,7 +103,7 @@ async def test_search_order_by_include_exclude_and_size(sbff: BFF) -> None:
     ]
 
     narrow = await rows(sbff, token, deals, "include=id,amount&size=2")
-    assert [set(r) for r in narrow["results"]] == [{"id", "amount", "_synced_at", "_run_id"}] * 2
+    assert [set(r) for r in narrow["results"]] == [{"id", "amount", "_synced_at", "_run_id", "_deleted_at"}] * 2
     wide = await rows(sbff, token, deals, "exclude=name,stage&size=1")
     assert set(wide["results"][0]) == {
         "id",
@@ -113,6 +113,7 @@ async def test_search_order_by_include_exclude_and_size(sbff: BFF) -> None:
         "updated_at",
         "_synced_at",
         "_run_id",
+        "_deleted_at",
     }
     # page_size wins over its alias; size is bounded like page_size.
     assert len((await rows(sbff, token, deals, "size=7&page_size=3"))["results"]) == 3

@@ -32,7 +32,7 @@ def _ppid(pid: int) -> int:
 
 
 def _worker_running(run_id: int, timeout: float = 30) -> int:
-    """The pid of the worker whose sandbox runs this run (the parent of the outer bwrap)."""
+    """The pid of the worker whose sandbox runs this run (the first ancestor that is not bubblewrap)."""
     uid = run_user(run_id)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -41,6 +41,9 @@ def _worker_running(run_id: int, timeout: float = 30) -> int:
                 parent = _ppid(pid)
             except (OSError, AssertionError):
                 continue
+            # Up past the bubblewrap processes (as root there are two: the outer one is root's).
+            while parent and Path(f"/proc/{parent}/comm").read_text().strip() == "bwrap":
+                parent = _ppid(parent)
             if parent and os.stat(f"/proc/{parent}").st_uid == 0:
                 return parent
         time.sleep(0.1)

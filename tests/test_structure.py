@@ -24,6 +24,7 @@ LONG_MODULES = {
     "connectors/session.py": "the read engine: auth, refresh, paging, retries",
     "query_tables.py": "query tables and the customer's read-only SQL role",
     "sync.py": "the sync runner: runs, streams, pages, resumes",
+    "scripts/service.py": "script runs: queueing, per-customer caps, the sandbox trial (issue 20)",
 }
 SQL = re.compile(r"\b(SELECT\b.*\bFROM|INSERT INTO|UPDATE \w+ SET|DELETE FROM)\b")
 

@@ -188,7 +188,7 @@ async def test_concurrent_sync_requests_get_one_202_and_one_409(sandbox: Callabl
             refused["code"] == "sync_already_running"
             and refused["pipeline_run_id"] == accepted["run_data"][0]["pipeline_run_id"]
         )
-        assert accepted["server_id"] == bank["id"] and accepted["syncing"] is True
+        assert accepted["server_id"] == str(bank["id"]) and accepted["syncing"] is True
         assert accepted["task_id"] == accepted["run_data"][0]["task_id"]
 
         # Many at once: still exactly one run.

@@ -118,7 +118,7 @@ async def test_one_schema_per_sub_account_and_globally_unique_table_ids(env: Env
     assert await env.warehouse.table_owner(table_b.table.id) == b
     # Each sub-account only sees its own tables.
     assert await env.warehouse.get_table(a, table_b.table.id) is None
-    assert [(t.id, n) for t, n in await env.warehouse.list_tables(b)] == [(table_b.table.id, 2)]
+    assert [(t.id, n.total) for t, n in await env.warehouse.list_tables(b)] == [(table_b.table.id, 2)]
     # Opening the same stream again gives the same table.
     again = await Warehouse(env.store).open_table(a, env.connections[a][0], contacts())
     assert again.table.id == table_a.table.id

@@ -238,7 +238,8 @@ export interface ServerResponse {
 }
 
 export interface SyncResponse {
-  server_id: ServerId;
+  /** The connection's id as a string, as the source document shows it. */
+  server_id: string;
   health_status: HealthStatus;
   run_data: { pipeline_run_id: number; task_id: string }[];
   task_id: string;

@@ -5,7 +5,7 @@ whose id is the database id; ``GET /api/database/tables/database/{id}/`` its
 tables (synced ones and query tables); ``GET /api/database/rows/table/{id}/`` a
 table's rows, paged, with the filters of :mod:`bff.warehouse_reader`. Rows are
 keyed by field id (``field_<id>``) unless ``user_field_names`` is true, then by
-field name; ``_synced_at`` and ``_run_id`` come with every synced row. Another
+field name; ``_synced_at``, ``_run_id`` and ``_deleted_at`` come with every synced row. Another
 sub-account's database or table ids answer exactly like ids that do not exist.
 
 Back-end only: identity tokens, never the browser's integrate token (``403 token_not_allowed``),
@@ -22,13 +22,13 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute
 
 from ..auth import require_identity, services
-from ..errors import not_found
+from ..errors import not_found, validation_error
 from ..http import Pagination, api_route, query_bool
 from ..query_tables import QueryTable
 from ..store import SubAccount
 from ..tokens import Claims
 from ..warehouse import Warehouse, WarehouseTable
-from ..warehouse_reader import ReadField, parse_row_query, read_synced_rows, synced_fields
+from ..warehouse_reader import SYNCED_META, ReadField, parse_row_query, read_synced_rows, synced_fields
 
 DEFAULT_ROWS_PAGE = 100
 ROW_QUERY_PARAMS = ("search", "order_by", "updated_since", "include", "exclude")
@@ -50,20 +50,22 @@ def database_dict(account: SubAccount) -> dict[str, Any]:
 
 async def table_dicts(request: Request, account: SubAccount) -> list[dict[str, Any]]:
     tables = await warehouse(request).list_tables(account.id)
-    listed = [table.public_dict(database_id=account.id, row_count=count) for table, count in tables]
+    listed = [table.public_dict(database_id=account.id, counts=counts) for table, counts in tables]
     # A query table whose query broke (its connection went) is listed with its error, not a failure.
-    for query_table, count, error in await services(request).query_tables.list_tables(account.id):
-        listed.append(query_table.public_dict(row_count=count, error=error))
+    for query_table, counts, error in await services(request).query_tables.list_tables(account.id):
+        listed.append(query_table.public_dict(counts=counts, error=error))
     return listed
 
 
 async def list_applications(request: Request) -> JSONResponse:
-    """The sub-account's warehouse; its tables too unless ``exclude_tables=1``."""
+    """The sub-account's warehouse (one), paged like every list; its tables too unless
+    ``exclude_tables=1``."""
     account = await require_identity(request)
-    database = database_dict(account)
-    if not query_bool(request, "exclude_tables", default=False):
-        database["tables"] = await table_dicts(request, account)
-    return JSONResponse({"count": 1, "next": None, "previous": None, "results": [database]})
+    page = Pagination(request)
+    databases = [database_dict(account)][page.offset : page.offset + page.limit]
+    if databases and not query_bool(request, "exclude_tables", default=False):
+        databases[0]["tables"] = await table_dicts(request, account)
+    return JSONResponse(page.envelope(1, databases))
 
 
 async def list_tables(request: Request) -> JSONResponse:
@@ -96,7 +98,26 @@ def _table_lookup(request: Request) -> tuple[Callable[[Claims], Awaitable[None]]
     return look_up, found
 
 
+# What else the rows API reads: paging and how rows are keyed.
+ROW_PAGE_PARAMS = ("page", "page_size", "size", "user_field_names")
+
+
 def _row_params(request: Request) -> list[tuple[str, str]]:
+    """The row-selecting parameters; a parameter the rows API does not know (``&email=x`` where
+    ``filter__email__equal=x`` was meant) is a ``400`` naming it, never silently ignored."""
+    unknown = sorted(
+        {
+            key
+            for key in request.query_params
+            if not key.startswith("filter__") and key not in ROW_QUERY_PARAMS and key not in ROW_PAGE_PARAMS
+        }
+    )
+    if unknown:
+        known = ", ".join((*ROW_QUERY_PARAMS, *ROW_PAGE_PARAMS, "filter__<field>__<operator>"))
+        raise validation_error(
+            {key: f"Unknown parameter; the rows API takes {known}." for key in unknown},
+            detail=f"Unknown parameter{'s' if len(unknown) > 1 else ''}: {', '.join(unknown)}.",
+        )
     return [(k, v) for k, v in request.query_params.multi_items() if k.startswith("filter__") or k in ROW_QUERY_PARAMS]
 
 
@@ -116,7 +137,7 @@ async def list_rows(request: Request) -> JSONResponse:
         count, rows = await services(request).query_tables.read_rows(table, query, offset=page.offset, limit=page.limit)
     else:
         fields = synced_fields(table)
-        query = parse_row_query(_row_params(request), fields)
+        query = parse_row_query(_row_params(request), fields, meta=SYNCED_META)
         count, rows = await read_synced_rows(
             services(request).store, table, query, offset=page.offset, limit=page.limit
         )

@@ -66,7 +66,7 @@ async def sync_server(request: Request) -> JSONResponse:
     full = parse_full(data)
     run = await runner(request).request_sync(account, connection, tables, full=full)
     body: dict[str, Any] = {
-        "server_id": connection.id,
+        "server_id": str(connection.id),  # a string, as the source document shows it
         "health_status": connection.health_status,
         "run_data": [{"pipeline_run_id": run.id, "task_id": run.task_id}],
         "task_id": run.task_id,

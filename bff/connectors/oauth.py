@@ -202,7 +202,7 @@ async def _token_request(
             why += f": {scrub(short(description)).rstrip('.')}"
         if code in tr.invalid_grant_errors:
             raise CredentialsRejected(
-                f"{display} no longer accepts this authorisation ({why}). Connect again to authorise.",
+                f"{display} no longer accepts this authorisation ({why}).",
                 code="credentials_rejected",
                 status=response.status_code,
             )

@@ -16,6 +16,7 @@ import math
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
+from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
@@ -29,6 +30,8 @@ from .data import DIVISIONS, REFRESH_BATCH, Key, Record, Table, iso, parse_iso
 from .oauth import CrmOAuth
 from .options import SandboxOptions
 from .state import DELETABLE, PROVIDERS, TOUCHABLE, Faults, SandboxData, Stats
+from .store import FILE_NAME as STORE_FILE
+from .store import SandboxStore
 from .writes import SandboxWrites
 
 MAX_PAGE = 500
@@ -71,14 +74,15 @@ class ControlError(Exception):
 class Sandbox:
     """One sandbox instance: its data, knobs, counters and route handlers."""
 
-    def __init__(self, options: SandboxOptions, clock: Callable[[], float]) -> None:
+    def __init__(self, options: SandboxOptions, clock: Callable[[], float], store: SandboxStore) -> None:
         self.options = options
         self.clock = clock
-        self.data = SandboxData(options.scale)
+        self.store = store
+        self.data = SandboxData(options.scale, store)
         self.stats = Stats()
         self.faults = Faults(options)
-        self.revoked: set[str] = set()
-        self.oauth = CrmOAuth(options, clock, lambda: "crm" in self.revoked)
+        self.revoked: set[str] = set(store.get("revoked_providers", []))
+        self.oauth = CrmOAuth(options, clock, lambda: "crm" in self.revoked, store)
         self.writes = SandboxWrites(self)
         self.chat = SandboxChat(self)
 
@@ -386,19 +390,26 @@ class Sandbox:
                 self.revoked.add(provider)
             else:
                 self.revoked.discard(provider)
+            self.store.set("revoked_providers", sorted(self.revoked))
             return JSONResponse({"provider": provider, "revoked": revoke})
 
         return endpoint
 
 
-def create_sandbox_app(options: SandboxOptions | None = None, *, clock: Callable[[], float] = time.time) -> Starlette:
-    """Build a fresh, self-contained sandbox app (its own data, tokens and counters).
+def create_sandbox_app(
+    options: SandboxOptions | None = None, *, clock: Callable[[], float] = time.time, state_dir: Path | None = None
+) -> Starlette:
+    """Build a sandbox app (its own data, tokens and counters).
 
     ``clock`` returns epoch seconds; tests inject a fake one to expire codes/tokens.
-    The ``Sandbox`` instance is exposed as ``app.state.sandbox`` for introspection.
+    With ``state_dir``, its sign-ins (OAuth grants and tokens), written records and revocations are
+    kept there (``sandbox.sqlite3``), so an app built again on that directory carries on; without,
+    in memory. The ``Sandbox`` instance is exposed as ``app.state.sandbox`` for introspection.
     """
     # Built in code without options (a test's own sandbox): nobody else can reach the controls.
-    sandbox = Sandbox(options or SandboxOptions(controls_open=True), clock)
+    options = options or SandboxOptions(controls_open=True)
+    store = SandboxStore(state_dir / STORE_FILE if state_dir is not None else None, scale=options.scale)
+    sandbox = Sandbox(options, clock, store)
     app = Starlette(routes=sandbox.routes())
     app.state.sandbox = sandbox
     return app

@@ -69,8 +69,7 @@ class SandboxChat:
 
     def __init__(self, sandbox: Sandbox) -> None:
         self.sandbox = sandbox
-        self.messages = messages_table()
-        self.next_message = MESSAGE_COUNT + 1
+        self.messages = sandbox.data.kept("chat.messages", messages_table())
 
     def routes(self, api: Wrap) -> list[BaseRoute]:
         def guarded(key: str, handler: Any) -> Any:
@@ -139,13 +138,12 @@ class SandboxChat:
         message = text(body, "text", required=True, max_length=MAX_TEXT)
         ts = max(self.messages.last_stamp() + 1, int(self.sandbox.clock()))
         record = {
-            "id": f"m_{self.next_message:04d}",
+            "id": f"m_{self.sandbox.data.next_id('chat.messages', MESSAGE_COUNT):04d}",
             "channel": channel,
             "user": "U_SANDBOX",
             "text": message,
             "created_at": iso(ts),
         }
-        self.next_message += 1
         self.messages.append(record, ts)
         return JSONResponse(record, status_code=201), 1
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, date, datetime, timedelta
 from operator import itemgetter
 from typing import Any
@@ -152,15 +152,35 @@ def _slug(text: str) -> str:
     return "".join(ch for ch in text.lower() if ch.isalnum())
 
 
-class Table:
-    """Records kept sorted by (updated_at, id) with a parallel list of sort keys."""
+Journal = Callable[[str, Any], None]
 
-    __slots__ = ("records", "keys")
+
+class Table:
+    """Records kept sorted by (updated_at, id) with a parallel list of sort keys.
+
+    Every change goes through ``pop_front``, ``remove`` or ``append``, and is told to ``journal``
+    (``op, argument``) when one is attached: :meth:`replay` of those brings a fresh table to the same state.
+    """
+
+    __slots__ = ("records", "keys", "journal")
 
     def __init__(self, rows: Iterable[tuple[Record, int]]) -> None:
         pairs = sorted(rows, key=lambda pair: (pair[1], pair[0]["id"]))
         self.records: list[Record] = [record for record, _ in pairs]
         self.keys: list[Key] = [(ts, record["id"]) for record, ts in pairs]
+        self.journal: Journal | None = None
+
+    def replay(self, changes: Iterable[tuple[str, Any]]) -> None:
+        for op, body in changes:
+            if op == "pop_front":
+                self.pop_front(int(body))
+            elif op == "remove":
+                if self.find(str(body)) is not None:
+                    self.remove(str(body))
+            elif op == "append":
+                record, ts = body
+                if not self.keys or (int(ts), record["id"]) > self.keys[-1]:
+                    self.append(record, int(ts))
 
     def __len__(self) -> int:
         return len(self.records)
@@ -181,6 +201,8 @@ class Table:
         taken = self.records[:count]
         del self.records[:count]
         del self.keys[:count]
+        if self.journal is not None:
+            self.journal("pop_front", count)
         return taken
 
     def find(self, record_id: str) -> Record | None:
@@ -192,6 +214,8 @@ class Table:
             if record["id"] == record_id:
                 del self.records[i]
                 del self.keys[i]
+                if self.journal is not None:
+                    self.journal("remove", record_id)
                 return record
         raise KeyError(record_id)
 
@@ -202,6 +226,8 @@ class Table:
         record["updated_at"] = iso(ts)
         self.records.append(record)
         self.keys.append((ts, record["id"]))
+        if self.journal is not None:
+            self.journal("append", [record, ts])
 
 
 def _stamp(index: int) -> int:

@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from . import pages
 from .options import SandboxOptions
+from .store import SandboxStore, token_hash
 
 CODE_TTL = 60
 REALM = "Sandbox CRM"
@@ -79,6 +80,7 @@ class Grant:
     client_id: str
     scope: str
     revoked: bool = False
+    id: str = field(default_factory=lambda: secrets.token_urlsafe(12))
 
 
 @dataclass
@@ -97,9 +99,22 @@ class AccessToken:
 
 @dataclass
 class TokenStore:
+    """Codes (in memory: they live a minute) and, by SHA-256 hash, the tokens kept in the sandbox store."""
+
     codes: dict[str, AuthorizationCode] = field(default_factory=dict)
     access: dict[str, AccessToken] = field(default_factory=dict)
     refresh: dict[str, Grant] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, store: SandboxStore) -> TokenStore:
+        grants = {gid: Grant(client_id, scope, revoked, gid) for gid, client_id, scope, revoked in store.grants()}
+        tokens = cls()
+        for hashed, kind, grant_id, expires_at in store.tokens():
+            if kind == "access":
+                tokens.access[hashed] = AccessToken(grants[grant_id], float(expires_at or 0))
+            else:
+                tokens.refresh[hashed] = grants[grant_id]
+        return tokens
 
 
 class OAuthError(Exception):
@@ -210,11 +225,13 @@ class CrmOAuth:
         options: SandboxOptions,
         clock: Callable[[], float],
         is_revoked: Callable[[], bool],
+        store: SandboxStore,
     ) -> None:
         self.options = options
         self.clock = clock
         self.is_revoked = is_revoked
-        self.tokens = TokenStore()
+        self.store = store
+        self.tokens = TokenStore.load(store)
 
     # -- authorize + consent ------------------------------------------------
 
@@ -331,6 +348,7 @@ class CrmOAuth:
         if stored.used:
             # A replayed code may be stolen: kill whatever it already produced (§4.1.2).
             stored.grant.revoked = True
+            self.store.revoke_grant(stored.grant.id)
             raise OAuthError("invalid_grant", "The authorization code has already been used.")
         # Any redemption attempt consumes the code, so a verifier cannot be guessed.
         stored.used = True
@@ -345,7 +363,7 @@ class CrmOAuth:
         return self._mint(stored.grant)
 
     def _refresh(self, client: Client, form: FormData) -> dict[str, Any]:
-        refresh_token = _required(form, "refresh_token")
+        refresh_token = token_hash(_required(form, "refresh_token"))
         grant = self.tokens.refresh.get(refresh_token)
         if grant is None or grant.client_id != client.client_id or grant.revoked:
             raise OAuthError("invalid_grant", "The refresh token is invalid.")
@@ -355,16 +373,23 @@ class CrmOAuth:
         if requested is not None and not set(requested.split()) <= set(grant.scope.split()):
             raise OAuthError("invalid_scope", "The requested scope exceeds the granted scope.")
         del self.tokens.refresh[refresh_token]  # rotation: the old one is spent
+        self.store.drop_tokens([refresh_token])
         return self._mint(grant, scope=requested)
 
     def _mint(self, grant: Grant, scope: str | None = None) -> dict[str, Any]:
         now = self.clock()
-        self.tokens.access = {k: t for k, t in self.tokens.access.items() if t.expires_at > now}
+        expired = [k for k, t in self.tokens.access.items() if t.expires_at <= now]
+        for key in expired:
+            del self.tokens.access[key]
+        self.store.drop_tokens(expired)
         access = "sbx_at_" + secrets.token_urlsafe(32)
         refresh = "sbx_rt_" + secrets.token_urlsafe(32)
         ttl = self.options.access_token_ttl
-        self.tokens.access[access] = AccessToken(grant, now + ttl)
-        self.tokens.refresh[refresh] = grant
+        self.store.save_grant(grant.id, grant.client_id, grant.scope)
+        self.tokens.access[token_hash(access)] = AccessToken(grant, now + ttl)
+        self.store.save_token("access", token_hash(access), grant.id, now + ttl)
+        self.tokens.refresh[token_hash(refresh)] = grant
+        self.store.save_token("refresh", token_hash(refresh), grant.id, None)
         return {
             "access_token": access,
             "refresh_token": refresh,
@@ -379,7 +404,7 @@ class CrmOAuth:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             return False
-        stored = self.tokens.access.get(token.strip())
+        stored = self.tokens.access.get(token_hash(token.strip()))
         return (
             stored is not None
             and not stored.grant.revoked

@@ -12,6 +12,7 @@ from typing import Any
 from . import data
 from .data import MINUTE, Key, Record, Table
 from .options import SandboxOptions
+from .store import SandboxStore
 
 PROVIDERS = ("crm", "accounting", "bank", "chat")
 TOUCHABLE = ("crm.contacts", "crm.deals", "accounting.invoices", "bank.transactions")
@@ -35,6 +36,7 @@ STAT_KEYS = (
     "chat.messages.write",
 )
 EDITED = " (edited)"
+DELETED_CONTACTS = "crm.contacts.deleted"
 # The human-visible field that a touch marks as edited.
 _EDIT_FIELD = {
     "crm.contacts": "last_name",
@@ -95,35 +97,52 @@ class Faults:
 
 
 class SandboxData:
-    """The fixture tables, each built on first use (a scaled-up sandbox only builds what is read)."""
+    """The fixture tables, each built on first use (a scaled-up sandbox only builds what is read),
+    with the changes kept in ``store`` replayed onto them (so a restart changes nothing)."""
 
-    def __init__(self, scale: int = 1) -> None:
+    def __init__(self, scale: int = 1, store: SandboxStore | None = None) -> None:
         self.scale = scale
-        self.next_transaction = data.TRANSACTION_COUNT * scale + 1
-        # Deleted contacts, oldest first: (id, deleted_at stamp), for GET /crm/api/contacts/deleted.
-        self.deleted_contacts: list[tuple[str, int]] = []
+        self.store = store or SandboxStore(None, scale=scale)
+
+    def kept(self, name: str, table: Table) -> Table:
+        """``table`` (fresh fixtures) with the changes made to it so far; later ones are kept too."""
+        table.replay(self.store.changes(name))
+        table.journal = lambda op, body: self.store.record_change(name, op, body)
+        return table
+
+    def next_id(self, name: str, fixtures: int) -> int:
+        """The number of the next record written to ``name``, whose fixtures are 1…``fixtures``."""
+        return self.store.take_number(name, fixtures + 1)
 
     @cached_property
     def contacts(self) -> Table:
-        return data.contacts_table(self.scale)
+        return self.kept("crm.contacts", data.contacts_table(self.scale))
 
     @cached_property
     def deals(self) -> Table:
-        return data.deals_table(self.scale)
+        return self.kept("crm.deals", data.deals_table(self.scale))
 
     @cached_property
     def invoices(self) -> dict[int, Table]:
-        return data.invoice_tables(self.scale)
+        tables = data.invoice_tables(self.scale)
+        return {code: self.kept(f"accounting.invoices.{code}", table) for code, table in tables.items()}
 
     @cached_property
     def transactions(self) -> Table:
-        return data.transactions_table(self.scale)
+        return self.kept("bank.transactions", data.transactions_table(self.scale))
+
+    @cached_property
+    def deleted_contacts(self) -> list[tuple[str, int]]:
+        """Deleted contacts, oldest first: (id, deleted_at stamp), for GET /crm/api/contacts/deleted."""
+        return [(str(record_id), int(stamp)) for _, (record_id, stamp) in self.store.changes(DELETED_CONTACTS)]
 
     def delete_contact(self, record_id: str) -> None:
         """Remove a contact and remember when, so incremental syncs can learn about it."""
         self.contacts.remove(record_id)
         last = self.deleted_contacts[-1][1] if self.deleted_contacts else 0
-        self.deleted_contacts.append((record_id, max(self.contacts.last_stamp(), last) + MINUTE))
+        entry = (record_id, max(self.contacts.last_stamp(), last) + MINUTE)
+        self.deleted_contacts.append(entry)
+        self.store.record_change(DELETED_CONTACTS, "deleted", entry)
 
     def delete(self, resource: str, count: int) -> list[str]:
         """Delete the first ``count`` records of ``resource`` (in (updated_at, id) order)."""
@@ -169,8 +188,7 @@ class SandboxData:
         newest = self.transactions.last_stamp()
         added = []
         for offset in range(1, count + 1):
-            record = data.make_transaction(self.next_transaction)
-            self.next_transaction += 1
+            record = data.make_transaction(self.next_id("bank.transactions", data.TRANSACTION_COUNT * self.scale))
             self.transactions.append(record, newest + offset * MINUTE)
             added.append(record)
         return added

@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from .data import DEAL_STAGES, Record, Table, iso
+from .data import CONTACT_COUNT, DEAL_COUNT, DEAL_STAGES, INVOICES_PER_DIVISION, Record, Table, iso
 
 if TYPE_CHECKING:
     from .app import Sandbox
@@ -107,10 +107,7 @@ class SandboxWrites:
 
     def __init__(self, sandbox: Sandbox) -> None:
         self.sandbox = sandbox
-        self.data = sandbox.data
-        self.next_contact = len(self.data.contacts) + 1
-        self.next_deal = len(self.data.deals) + 1
-        self.next_invoice = {code: len(table) + 1 for code, table in self.data.invoices.items()}
+        self.data = sandbox.data  # nothing is read here: a table is built when a request needs it
 
     def routes(self, api: Wrap) -> list[BaseRoute]:
         def wrap(key: str, handler: DataHandler) -> Callable[[Request], Awaitable[Response]]:
@@ -165,8 +162,7 @@ class SandboxWrites:
     async def add_contact(self, request: Request) -> tuple[Response, int]:
         self.sandbox.require_crm(request)
         values = self._contact_fields(await json_body(request), creating=True)
-        record_id = f"c_{self.next_contact:04d}"
-        self.next_contact += 1
+        record_id = f"c_{self.data.next_id('crm.contacts', CONTACT_COUNT * self.data.scale):04d}"
         ts = stamp(self.data.contacts, self.sandbox.clock)
         record = {
             "id": record_id,
@@ -220,8 +216,7 @@ class SandboxWrites:
     async def add_deal(self, request: Request) -> tuple[Response, int]:
         self.sandbox.require_crm(request)
         values = self._deal_fields(await json_body(request), creating=True)
-        record_id = f"d_{self.next_deal:03d}"
-        self.next_deal += 1
+        record_id = f"d_{self.data.next_id('crm.deals', DEAL_COUNT * self.data.scale):03d}"
         ts = stamp(self.data.deals, self.sandbox.clock)
         record = {
             "id": record_id,
@@ -296,8 +291,7 @@ class SandboxWrites:
         if table is None:
             raise WriteError(404, "not_found", f"There is no division {raw}.")
         values = self._invoice_fields(await json_body(request), creating=True)
-        n = self.next_invoice[code]
-        self.next_invoice[code] += 1
+        n = self.data.next_id(f"accounting.invoices.{code}", INVOICES_PER_DIVISION * self.data.scale)
         ts = stamp(table, self.sandbox.clock)
         record = {
             "id": f"inv_{code}_{n:04d}",

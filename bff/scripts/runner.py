@@ -1,9 +1,11 @@
 """The first thing that runs inside a script's sandbox: ``python -I -m bff.scripts.runner``.
 
-stdin carries one JSON object (the script's code, its run's token, where the BFF's socket is,
-the limits) and is then closed. The runner sets up :mod:`bff.scripts.pq`, runs the code as
-``__main__`` and, when the code raises, writes one line saying what went wrong to the report
-descriptor (a pipe to the worker) and the traceback to stderr, then exits 1.
+stdin carries one JSON object (the script's code, its run's token, where the BFF's socket is)
+and is then closed. The runner sets up :mod:`bff.scripts.pq`, tells the worker it is ready on the
+"ready" descriptor and closes it, *then* runs the code as ``__main__``: nothing the script does can
+write to the worker's pipe, so the worker knows whether the sandbox came up without taking the
+script's word for anything. When the code raises, the traceback goes to stderr and the runner
+exits 1; the worker reads why a run ended from facts (exit status, the run's control group).
 """
 
 from __future__ import annotations
@@ -17,28 +19,10 @@ import traceback
 from typing import Any
 
 
-def _summary(exc: BaseException, config: dict[str, Any]) -> str:
-    text = f"{type(exc).__name__}: {exc}".rstrip(": ")
-    if isinstance(exc, MemoryError):
-        text = f"MemoryError: the script ran out of memory (a script may use {config.get('memory_mb')} MB)."
-    elif isinstance(exc, BlockingIOError) and "fork" in "".join(traceback.format_tb(exc.__traceback__)):
-        text += f" (a script may run at most {config.get('max_processes')} processes)"
-    return text
-
-
-def _report(fd: int | None, text: str) -> None:
-    if fd is None:
-        return
-    try:
-        os.write(fd, text.encode("utf-8", "replace")[:4000])
-    except OSError:
-        pass
-
-
 def main() -> int:
     config: dict[str, Any] = json.loads(sys.stdin.buffer.read())
     sys.stdin.close()
-    report_fd = config.get("report_fd")
+    ready_fd = config.get("ready_fd")
     # -I ignores PYTHONUNBUFFERED: keep stdout and stderr in the order they were written.
     for stream in (sys.stdout, sys.stderr):
         if isinstance(stream, io.TextIOWrapper):
@@ -56,6 +40,9 @@ def main() -> int:
         run_id=int(config["run_id"]),
     )
     code = config["code"]
+    if isinstance(ready_fd, int):
+        os.write(ready_fd, b"ready")
+        os.close(ready_fd)
     namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": __builtins__, "pq": pq}
     filename = f"<script {config.get('name', '')}>"
     # Tracebacks show the script's own lines.
@@ -67,9 +54,10 @@ def main() -> int:
         status = exc.code
         if status in (None, 0):
             return 0
-        if os.getpid() == leader:
-            _report(report_fd, f"The script called exit({status!r}).")
-        return status if isinstance(status, int) else 1
+        if not isinstance(status, int):
+            print(status, file=sys.stderr)
+            return 1
+        return status
     except BaseException as exc:  # noqa: BLE001 - everything the script raises is its result
         if os.getpid() != leader:  # a forked child of the script: not the run's answer
             os._exit(1)
@@ -80,8 +68,7 @@ def main() -> int:
         try:
             traceback.print_exception(type(exc), exc, tb, file=sys.stderr)
         except MemoryError:
-            pass
-        _report(report_fd, _summary(exc, config))
+            os.write(2, f"{type(exc).__name__}\n".encode())
         return 1
     finally:
         try:

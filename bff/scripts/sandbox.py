@@ -21,20 +21,27 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
 import resource
 import shutil
+import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from importlib.util import find_spec
 from pathlib import Path
 
 from ..settings import Settings
+from . import cgroups
+from .cgroups import Host
 
 SOCKET_IN_SANDBOX = "/run/bff/api.sock"
+READY = b"ready"  # what the runner writes (then closes) once set up, before the script's code runs
 RUN_UID_BASE = 200_000
 RUN_UID_SLOTS = 50_000
-TMP_SIZE_BYTES = 64 * 1024 * 1024
+TMP_SIZE_BYTES = 48 * 1024 * 1024
+SHM_SIZE_BYTES = 16 * 1024 * 1024  # with /tmp: 64 MB of writable space for a run in all
 MAX_OPEN_FILES = 256
 MAX_FILE_BYTES = 64 * 1024 * 1024
 # What the runner imports; bound when it lives outside the Python prefixes (editable installs).
@@ -60,11 +67,20 @@ class Limits:
             timeout_seconds=settings.script_timeout_seconds,
         )
 
-    def apply(self) -> None:
-        """Runs in the child between fork and exec: system calls only."""
+    def apply(self, join: tuple[str, ...] = (), *, per_run: bool = False) -> None:
+        """Runs in the child between fork and exec: system calls only. ``join`` are the run's
+        control-group ``cgroup.procs`` files (written first, so everything started after counts)."""
+        pid = str(os.getpid()).encode()
+        for procs in join:
+            fd = os.open(procs, os.O_WRONLY)
+            try:
+                os.write(fd, pid)
+            finally:
+                os.close(fd)
         resource.setrlimit(resource.RLIMIT_CPU, (self.cpu_seconds, self.cpu_seconds + 1))
-        memory = self.memory_mb * 1024 * 1024
-        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+        if not per_run:  # with a control group, memory is counted for the run as a whole instead
+            memory = self.memory_mb * 1024 * 1024
+            resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
         resource.setrlimit(resource.RLIMIT_NPROC, (self.max_processes, self.max_processes))
         resource.setrlimit(resource.RLIMIT_NOFILE, (MAX_OPEN_FILES, MAX_OPEN_FILES))
         resource.setrlimit(resource.RLIMIT_FSIZE, (MAX_FILE_BYTES, MAX_FILE_BYTES))
@@ -78,21 +94,29 @@ class Mode:
     name: str
     bwrap: str | None = None
     reason: str = ""
+    cgroups: Host | None = None
 
     @property
     def enabled(self) -> bool:
         return self.name != "off"
 
     def describe(self) -> str:
+        if self.cgroups is not None:
+            limits = f"limits hold for each run as a whole ({self.cgroups.describe()})"
+        else:
+            limits = "limits hold per process (no control group this process may create)"
         if self.name == "sandboxed":
-            return f"scripts run sandboxed in bubblewrap ({self.bwrap})"
+            return f"scripts run sandboxed in bubblewrap ({self.bwrap}; a trial run worked); {limits}"
         if self.name == "unsandboxed":
-            return "scripts run UNSANDBOXED (BFF_SCRIPTS=unsandboxed): only for trusted code on a development machine"
+            return (
+                "scripts run UNSANDBOXED (BFF_SCRIPTS=unsandboxed): only for trusted code on a development machine;"
+                f" {limits}"
+            )
         return f"scripts are off: {self.reason}"
 
 
 class ScriptModeError(RuntimeError):
-    """BFF_SCRIPTS=sandboxed on a machine without bubblewrap."""
+    """BFF_SCRIPTS=sandboxed on a machine where the sandbox cannot run."""
 
 
 def find_bwrap() -> str | None:
@@ -100,22 +124,88 @@ def find_bwrap() -> str | None:
 
 
 def resolve_mode(setting: str) -> Mode:
+    """The mode this process runs scripts in, proven: a sandbox counts only once a trial run in
+    it worked (found once per process)."""
     if setting == "off":
         return Mode("off", reason="BFF_SCRIPTS=off.")
+    groups = cgroups.detect()
     if setting == "unsandboxed":
-        return Mode("unsandboxed")
+        return Mode("unsandboxed", cgroups=groups)
     bwrap = find_bwrap()
-    if bwrap is not None:
-        return Mode("sandboxed", bwrap=bwrap)
-    if setting == "sandboxed":
-        raise ScriptModeError(
-            "BFF_SCRIPTS=sandboxed, but bubblewrap (`bwrap`) is not installed: `apt-get install bubblewrap`."
+    if bwrap is None:
+        if setting == "sandboxed":
+            raise ScriptModeError(
+                "BFF_SCRIPTS=sandboxed, but bubblewrap (`bwrap`) is not installed: `apt-get install bubblewrap`."
+            )
+        return Mode(
+            "off",
+            reason="bubblewrap (`bwrap`) is not installed. Install it (`apt-get install bubblewrap`), or set "
+            "BFF_SCRIPTS=unsandboxed to run scripts without isolation (trusted code only).",
         )
+    failure = prove(bwrap)
+    if failure is None:
+        return Mode("sandboxed", bwrap=bwrap, cgroups=groups)
+    if setting == "sandboxed":
+        raise ScriptModeError(f"BFF_SCRIPTS=sandboxed, but a trial run in bubblewrap failed: {failure}")
     return Mode(
         "off",
-        reason="bubblewrap (`bwrap`) is not installed. Install it (`apt-get install bubblewrap`), or set "
+        reason=f"a trial run in bubblewrap failed: {failure} Fix that (see the README's scripts section), or set "
         "BFF_SCRIPTS=unsandboxed to run scripts without isolation (trusted code only).",
     )
+
+
+PROBE_UID = RUN_UID_BASE + RUN_UID_SLOTS  # beyond every run's own user id
+
+
+@functools.cache
+def prove(bwrap: str) -> str | None:
+    """Run one trivial script in the sandbox, as a run would be started; None when it worked,
+    else what went wrong in one line. Once per process (and per bubblewrap)."""
+    with tempfile.TemporaryDirectory(prefix="bff-probe-") as scratch:
+        os.chmod(scratch, 0o711)
+        socket_path = os.path.join(scratch, "api.sock")
+        with open(socket_path, "w"):
+            pass
+        os.chmod(socket_path, 0o666)
+        run_uid = PROBE_UID if os.geteuid() == 0 else None
+        argv = bwrap_command(bwrap, socket_path=socket_path, hidden=[], run_uid=run_uid)
+        read_fd, write_fd = os.pipe()
+        config = {
+            "code": "print('sandbox ok')",
+            "name": "trial",
+            "token": "-",
+            "script_id": 0,
+            "run_id": 0,
+            "socket": SOCKET_IN_SANDBOX,
+            "ready_fd": write_fd,
+        }
+        limits = Limits(cpu_seconds=30, memory_mb=512, max_processes=64, max_output_bytes=65536, timeout_seconds=30)
+        try:
+            done = subprocess.run(
+                argv,
+                input=json.dumps(config).encode(),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                env=clean_environment("/tmp"),
+                cwd="/",
+                pass_fds=(write_fd,),
+                preexec_fn=limits.apply,
+                timeout=60,
+                check=False,
+            )
+        except (OSError, subprocess.SubprocessError) as exc:
+            return f"could not start bubblewrap ({exc})."
+        finally:
+            os.close(write_fd)
+        with os.fdopen(read_fd, "rb") as ready:
+            started = ready.read() == READY
+    output = done.stdout.decode("utf-8", "replace").strip()
+    if done.returncode == 0 and started and output == "sandbox ok":
+        return None
+    lines = output.splitlines()
+    # bubblewrap's own complaint is its first line; a Python traceback's point is its last.
+    line = (lines[-1] if lines[0].startswith("Traceback") else lines[0]) if lines else f"exit code {done.returncode}"
+    return f"{line.strip().rstrip('.')[:300]}."
 
 
 def clean_environment(home: str) -> dict[str, str]:
@@ -148,61 +238,146 @@ def _python_roots() -> tuple[Path, ...]:
     return tuple(roots)
 
 
-def bwrap_command(bwrap: str, *, socket_path: str, hidden: list[Path]) -> list[str]:
-    """The bubblewrap command line around ``python -I -m bff.scripts.runner``."""
-    argv = [
-        bwrap,
-        "--unshare-all",  # network, IPC, PID, UTS, cgroup and user namespaces of its own
-        "--die-with-parent",
-        "--new-session",
-        "--cap-drop",
-        "ALL",
-        "--hostname",
-        "bff-script",
-        "--ro-bind",
-        "/usr",
-        "/usr",
-    ]
+def _system_binds() -> list[str]:
+    argv = ["--ro-bind", "/usr", "/usr"]
     for link in SYSTEM_LINKS:
         if os.path.islink(link):
             argv += ["--symlink", os.readlink(link), link]
         elif os.path.isdir(link):
             argv += ["--ro-bind", link, link]
-    roots = _python_roots()
-    for root in roots:
-        if not _is_within(root, [Path("/usr")]):
-            argv += ["--ro-bind", str(root), str(root)]
-    # Should the data directory (keys, database socket) sit inside a bound path, cover it.
-    for path in hidden:
-        resolved = path.resolve()
-        if _is_within(resolved, [*roots, Path("/usr")]):
-            argv += ["--tmpfs", str(resolved)]
-    argv += [
+    return argv
+
+
+def _reachable_dirs(paths: list[Path]) -> list[str]:
+    """``--dir`` (mode 0755) for every ancestor of ``paths``: bubblewrap would otherwise copy the
+    mode of the host's directories (a 0700 home) and the run's user could not walk through them."""
+    argv: list[str] = []
+    made: set[Path] = {Path("/")}
+    for path in paths:
+        for ancestor in reversed(path.parents):
+            if ancestor not in made:
+                made.add(ancestor)
+                argv += ["--perms", "0755", "--dir", str(ancestor)]
+    return argv
+
+
+def bwrap_command(bwrap: str, *, socket_path: str | None, hidden: list[Path], run_uid: int | None = None) -> list[str]:
+    """The bubblewrap command line around ``python -I -m bff.scripts.runner``.
+
+    The sandbox itself (the "inner" bubblewrap) runs as an unprivileged user: ours, or, when we
+    are root, the run's own user id (``run_uid``). Such a user cannot reach a Python installed
+    under a ``0700`` home (pyenv's under root's), so as root an "outer" bubblewrap, still root,
+    first builds a mount namespace holding only the system, the Python roots and the socket,
+    with world-walkable directories above them; it then drops to the run's user (``setpriv``)
+    and starts the inner one, which binds from there. Nothing of the host is opened up.
+    """
+    roots = [root for root in _python_roots() if not _is_within(root, [Path("/usr")])]
+    argv = [
+        bwrap,
+        "--unshare-all",  # network, IPC, PID, UTS, cgroup and user namespaces of its own
+        "--unshare-user",
+        "--disable-userns",  # no nested user namespace: no mounts of its own, no capabilities
+        "--die-with-parent",
+        "--new-session",
+        "--as-pid-1",  # the runner is pid 1: no bubblewrap process in there to trace or read
+        "--cap-drop",
+        "ALL",
+        "--hostname",
+        "bff-script",
+        *_system_binds(),
         "--proc",
         "/proc",
         "--dev",
         "/dev",
+        # Every writable place is a sized tmpfs; together they are the run's disk budget.
         "--size",
         str(TMP_SIZE_BYTES),
         "--tmpfs",
         "/tmp",
-        "--dir",
-        "/run/bff",
-        "--bind",
-        socket_path,
-        SOCKET_IN_SANDBOX,
-        "--chdir",
-        "/tmp",
-        "--clearenv",
+        "--size",
+        str(SHM_SIZE_BYTES),
+        "--tmpfs",
+        "/dev/shm",
     ]
+    # After /tmp, so a Python (or a venv) under /tmp is not hidden by the empty one.
+    for root in roots:
+        argv += ["--ro-bind", str(root), str(root)]
+    # Should the data directory (keys, database socket) sit inside a bound path, cover it.
+    for path in hidden:
+        resolved = path.resolve()
+        if _is_within(resolved, [*roots, Path("/usr")]):
+            argv += ["--size", "4096", "--tmpfs", str(resolved), "--remount-ro", str(resolved)]
+    argv += ["--dir", "/run/bff"]
+    if socket_path is not None:
+        argv += ["--bind", socket_path, SOCKET_IN_SANDBOX]
+    argv += ["--remount-ro", "/dev", "--remount-ro", "/", "--chdir", "/tmp", "--clearenv"]
     for key, value in clean_environment("/tmp").items():
         argv += ["--setenv", key, value]
-    argv += ["--", sys.executable, "-I", "-m", "bff.scripts.runner"]
-    return argv
+    argv += ["--", *runner_command()]
+    if run_uid is None:
+        return argv
+    setpriv = shutil.which("setpriv") or "/usr/bin/setpriv"
+    reach = [*roots, *([Path(socket_path)] if socket_path is not None else [])]
+    outer = [
+        bwrap,
+        "--die-with-parent",
+        "--cap-drop",
+        "ALL",
+        "--cap-add",
+        "CAP_SETUID",
+        "--cap-add",
+        "CAP_SETGID",
+        *_system_binds(),
+        # The host's /proc (writable: the inner bubblewrap writes its uid map there); the inner
+        # one mounts a fresh /proc of its own and leaves this behind.
+        "--bind",
+        "/proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        "--dir",
+        "/tmp",  # where the inner bubblewrap builds its root
+        *_reachable_dirs(reach),
+    ]
+    for root in roots:
+        outer += ["--ro-bind", str(root), str(root)]
+    if socket_path is not None:
+        outer += ["--bind", socket_path, socket_path]
+    for path in hidden:  # the same cover one level up: the inner one never sees what is under it
+        resolved = path.resolve()
+        if _is_within(resolved, roots):
+            outer += ["--tmpfs", str(resolved), "--remount-ro", str(resolved)]
+    if not _is_within(Path(bwrap).resolve(), [Path("/usr")]):  # a bubblewrap of its own: the inner one needs it
+        outer += [*_reachable_dirs([Path(bwrap)]), "--ro-bind", bwrap, bwrap]
+    outer += ["--", setpriv, f"--reuid={run_uid}", f"--regid={run_uid}", "--clear-groups", "--", *argv]
+    return outer
+
+
+@functools.cache
+def _package_parents() -> tuple[str, ...]:
+    """The directories the runner's packages are imported from (a checkout, a PYTHONPATH entry):
+    ``python -I`` would not look there by itself."""
+    parents: list[str] = []
+    for package in RUNNER_PACKAGES:
+        spec = find_spec(package)
+        for location in (spec.submodule_search_locations or []) if spec is not None else []:
+            parent = str(Path(location).resolve().parent)
+            if parent not in parents:
+                parents.append(parent)
+    return tuple(parents)
+
+
+def runner_command() -> list[str]:
+    """``python -I`` running :mod:`bff.scripts.runner`, importing from where this process does."""
+    boot = (
+        f"import sys; sys.path[:0] = {list(_package_parents())!r}; import runpy; "
+        "runpy.run_module('bff.scripts.runner', run_name='__main__', alter_sys=True)"
+    )
+    return [sys.executable, "-I", "-c", boot]
 
 
 def unsandboxed_command() -> list[str]:
-    return [sys.executable, "-I", "-m", "bff.scripts.runner"]
+    return runner_command()
 
 
 def run_user(run_id: int) -> int | None:
@@ -212,5 +387,5 @@ def run_user(run_id: int) -> int | None:
     return RUN_UID_BASE + run_id % RUN_UID_SLOTS
 
 
-def preexec(limits: Limits) -> Callable[[], None]:
-    return limits.apply
+def preexec(limits: Limits, join: tuple[str, ...] = ()) -> Callable[[], None]:
+    return functools.partial(limits.apply, join, per_run=bool(join))

@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import time
@@ -26,15 +27,18 @@ from starlette.types import ASGIApp
 
 from ..jobs import JobQueue
 from ..runtime import Runtime
-from ..store.scripts import Script, ScriptRun, ScriptRunActive, ScriptStore
+from ..store.scripts import CustomerBusy, Script, ScriptRun, ScriptRunActive, ScriptStore
 from ..webhooks import Webhooks
 from .api_socket import ApiSocket
+from .cgroups import RunGroup
 from .sandbox import (
+    READY,
     SOCKET_IN_SANDBOX,
     Limits,
     Mode,
     bwrap_command,
     clean_environment,
+    preexec,
     resolve_mode,
     run_user,
     unsandboxed_command,
@@ -46,6 +50,7 @@ OUTPUT_KEPT_BYTES = 64 * 1024
 MAX_CODE_BYTES = 256 * 1024
 MIN_SCHEDULE = 60
 MAX_SCHEDULE = 366 * 24 * 3600
+BUSY_RETRY_SECONDS = 1.0  # how soon a run whose customer had no free slot is tried again
 WATCH_SECONDS = 0.5  # how often a running script's row is checked (deleted → stop it)
 READ_CHUNK = 65536
 SIGXCPU = int(getattr(signal, "SIGXCPU", 24))
@@ -81,10 +86,14 @@ class _Tail:
 
 class _Outcome:
     def __init__(self) -> None:
-        self.stopped: str | None = None  # "timeout", "output" or "deleted" when we ended it
+        self.stopped: str | None = None  # "timeout", "output", "cpu" or "deleted" when we ended it
         self.returncode: int | None = None
-        self.report = ""
+        self.ready = False  # the runner was set up before the script's code ran
         self.first_line = ""
+        self.last_line = ""
+        self.cpu_seconds = 0.0  # the run's control group's counters (0/False without one)
+        self.out_of_memory = False
+        self.hit_process_limit = False
 
 
 class ScriptService:
@@ -164,7 +173,11 @@ class ScriptService:
 
     async def execute(self, run_id: int) -> None:
         """The body of a ``bff.script_run`` job."""
-        run = await self.table.start_run(run_id)
+        try:
+            run = await self.table.start_run(run_id, per_customer=self.runtime.settings.scripts_per_customer)
+        except CustomerBusy:
+            await self._wait_for_a_slot(run_id)
+            return
         if run is None:
             return  # deleted with its script, or taken already
         tail = _Tail(OUTPUT_KEPT_BYTES)
@@ -178,6 +191,16 @@ class ScriptService:
                 stopped = "The worker was stopped while the script ran; run it again."
                 await self._finish(script, run, "failed", None, tail.text(), stopped)
             raise
+
+    async def _wait_for_a_slot(self, run_id: int) -> None:
+        """The customer's other scripts hold its slots: queue this run again a little later (it
+        stays ``queued``), so it does not hold a worker slot another customer could use."""
+        run = await self.table.get_run(run_id)
+        if run is None or run.status != "queued":
+            return
+        job_id = await self.queue.defer_script(run.id, run.script_id, at=time.time() + BUSY_RETRY_SECONDS)
+        if job_id is not None:
+            await self.table.set_job(run.id, job_id)
 
     async def _execute(self, run: ScriptRun, tail: _Tail) -> None:
         script = await self.table.get_by_id(run.script_id)
@@ -233,6 +256,9 @@ class ScriptService:
                 logger.exception("a listener failed after script run %s", run.id)
 
     def _verdict(self, outcome: _Outcome) -> tuple[str, str | None]:
+        """Why a run ended, from facts the script cannot write: what the worker saw (time, output,
+        deletion), the run's control group, whether the runner said it was ready before the
+        script's code ran, the exit status. Text the script printed is only quoted as its own."""
         limits = self.limits
         if outcome.stopped == "timeout":
             return "failed", (
@@ -245,14 +271,27 @@ class ScriptService:
                 " (BFF_SCRIPT_MAX_OUTPUT_BYTES); the last 64 KB are kept."
             )
         code = outcome.returncode
+        if not outcome.ready:
+            if code == 0:
+                return "failed", "The sandbox could not be set up (it ended before the script started); it did not run."
+            # bubblewrap itself failed (user namespaces turned off, say), or Python could not find
+            # the runner in the sandbox: the script never ran, so this line is not the script's.
+            line = outcome.first_line or f"exit code {code}"
+            return "failed", f"The sandbox could not be set up ({line}); the script did not run."
+        if outcome.stopped == "cpu" or outcome.cpu_seconds >= limits.cpu_seconds:
+            return "failed", f"Stopped: the script used its {limits.cpu_seconds} s of CPU time."
+        if outcome.out_of_memory:
+            return "failed", (
+                f"Stopped: the script ran out of memory (a run may use {limits.memory_mb} MB,"
+                " all its processes together)."
+            )
+        if outcome.hit_process_limit and code != 0:
+            return "failed", (
+                f"Stopped: the script tried to start more processes than it may (a run may have at most"
+                f" {limits.max_processes} processes at once)."
+            )
         if code == 0:
             return "succeeded", None
-        if outcome.report:
-            return "failed", outcome.report
-        if code == 1 and (outcome.first_line.startswith("bwrap: ") or "bff.scripts.runner" in outcome.first_line):
-            # bubblewrap itself failed (user namespaces turned off, say), or Python could not find
-            # the runner in the sandbox: the script never ran.
-            return "failed", f"The sandbox could not be set up ({outcome.first_line}); the script did not run."
         if code in (-SIGXCPU, 128 + SIGXCPU):
             return "failed", f"Stopped: the script used its {limits.cpu_seconds} s of CPU time."
         if code in (-signal.SIGKILL, 128 + signal.SIGKILL):
@@ -263,32 +302,52 @@ class ScriptService:
             return "failed", f"The script was ended by signal {-code}."
         if code is not None and code > 128:
             return "failed", f"The script was ended by signal {code - 128}."
+        raised = _exception_line(outcome.last_line)
+        if code == 1 and raised is not None:
+            if raised.startswith("MemoryError"):
+                return "failed", (
+                    f"The script raised {raised} (it could not get more memory: a script may use"
+                    f" {limits.memory_mb} MB)."
+                )
+            if raised.startswith("BlockingIOError") and "Resource temporarily unavailable" in raised:
+                return "failed", (
+                    f"The script raised {raised} (a script may run at most {limits.max_processes} processes)."
+                )
+            return "failed", f"The script raised {raised}"
         return "failed", f"The script exited with code {code}."
 
     async def _run_process(self, script: Script, run: ScriptRun, token: str, socket_path: str, tail: _Tail) -> _Outcome:
         read_fd, write_fd = os.pipe()
-        config = {
+        config: dict[str, Any] = {
             "code": script.raw_code,
             "name": script.name,
             "token": token,
             "script_id": script.id,
             "run_id": run.id,
-            "report_fd": write_fd,
-            "memory_mb": self.limits.memory_mb,
-            "max_processes": self.limits.max_processes,
+            "ready_fd": write_fd,
         }
-        sandboxed = self.mode.name == "sandboxed"
-        if sandboxed:
+        uid = run_user(run.id)
+        if self.mode.name == "sandboxed":
             assert self.mode.bwrap is not None
-            argv = bwrap_command(self.mode.bwrap, socket_path=socket_path, hidden=self._hidden)
+            # As root, the outer bubblewrap drops to the run's user: the process starts as root.
+            argv = bwrap_command(self.mode.bwrap, socket_path=socket_path, hidden=self._hidden, run_uid=uid)
             config["socket"] = SOCKET_IN_SANDBOX
             cwd = "/"
             home = "/tmp"
         else:
+            # Trusted code only: it runs as this process's user (a run's own user could not reach a
+            # Python under a 0700 home).
             argv = unsandboxed_command()
             config["socket"] = socket_path
             home = cwd = os.path.dirname(socket_path)
-        uid = run_user(run.id)
+        group = None
+        if self.mode.cgroups is not None:
+            group = await asyncio.to_thread(
+                self.mode.cgroups.create,
+                f"run-{run.id}-{os.getpid()}",
+                memory_mb=self.limits.memory_mb,
+                max_processes=self.limits.max_processes,
+            )
         outcome = _Outcome()
         spawn = asyncio.ensure_future(
             asyncio.create_subprocess_exec(
@@ -300,53 +359,78 @@ class ScriptService:
                 cwd=cwd,
                 pass_fds=(write_fd,),
                 start_new_session=True,
-                preexec_fn=self.limits.apply,
-                user=uid,
-                group=uid,
-                extra_groups=[] if uid is not None else None,
+                preexec_fn=preexec(self.limits, tuple(group.procs_files) if group is not None else ()),
             )
         )
         try:
-            # Shielded: a stop (the worker shutting down) while the process starts must not leave
-            # it running unseen; it is stopped below once it exists.
-            proc = await asyncio.shield(spawn)
-        except asyncio.CancelledError:
-            with contextlib.suppress(Exception):
-                await _stop(await spawn, uid)
-            raise
-        finally:
-            os.close(write_fd)
-        try:
-            assert proc.stdin is not None and proc.stdout is not None
-            proc.stdin.write(json.dumps(config).encode())
-            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                await proc.stdin.drain()
-            proc.stdin.close()
-            reader = asyncio.create_task(self._read_output(proc.stdout, tail, outcome, proc))
-            deadline = time.monotonic() + self.limits.timeout_seconds
-            while True:
-                try:
-                    await asyncio.wait_for(asyncio.shield(proc.wait()), WATCH_SECONDS)
-                    break
-                except TimeoutError:
-                    pass
-                if time.monotonic() > deadline:
-                    outcome.stopped = "timeout"
-                    await _kill_all(proc, uid)
-                elif await self.table.run_status(run.id) != "running":
-                    outcome.stopped = "deleted"
-                    await _kill_all(proc, uid)
-            outcome.returncode = proc.returncode
-            await _kill_all(proc, uid)  # whatever the script left behind
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(reader, 5)
-            outcome.report = _read_report(read_fd)
-            outcome.first_line = bytes(tail.data[:500]).decode("utf-8", "replace").partition("\n")[0].strip()
+            try:
+                # Shielded: a stop (the worker shutting down) while the process starts must not
+                # leave it running unseen; it is stopped below once it exists.
+                proc = await asyncio.shield(spawn)
+            except asyncio.CancelledError:
+                with contextlib.suppress(Exception):
+                    await _stop(await spawn, uid, group)
+                raise
+            finally:
+                os.close(write_fd)
+            try:
+                await self._watch(proc, run, config, tail, outcome, uid, group)
+                outcome.ready = _read_ready(read_fd)
+            finally:
+                if proc.returncode is None:
+                    await _stop(proc, uid, group)
+            if group is not None:
+                outcome.cpu_seconds = group.cpu_seconds()
+                outcome.out_of_memory = group.out_of_memory()
+                outcome.hit_process_limit = group.hit_process_limit()
         finally:
             os.close(read_fd)
-            if proc.returncode is None:
-                await _stop(proc, uid)
+            if group is not None:
+                await asyncio.to_thread(group.remove)
         return outcome
+
+    async def _watch(
+        self,
+        proc: asyncio.subprocess.Process,
+        run: ScriptRun,
+        config: dict[str, Any],
+        tail: _Tail,
+        outcome: _Outcome,
+        uid: int | None,
+        group: RunGroup | None,
+    ) -> None:
+        """Hand the run its code, then watch it until it ends: the wall clock, the run's CPU time,
+        its output, and whether the run still exists."""
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(json.dumps(config).encode())
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            await proc.stdin.drain()
+        proc.stdin.close()
+        reader = asyncio.create_task(self._read_output(proc.stdout, tail, outcome, proc))
+        deadline = time.monotonic() + self.limits.timeout_seconds
+        while True:
+            try:
+                await asyncio.wait_for(asyncio.shield(proc.wait()), WATCH_SECONDS)
+                break
+            except TimeoutError:
+                pass
+            if time.monotonic() > deadline:
+                outcome.stopped = "timeout"
+                await _kill_all(proc, uid, group)
+            elif group is not None and group.cpu_seconds() >= self.limits.cpu_seconds:
+                outcome.stopped = "cpu"
+                await _kill_all(proc, uid, group)
+            elif await self.table.run_status(run.id) != "running":
+                outcome.stopped = "deleted"
+                await _kill_all(proc, uid, group)
+        outcome.returncode = proc.returncode
+        await _kill_all(proc, uid, group)  # whatever the script left behind
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(reader, 5)
+        head = bytes(tail.data[:500]) if tail.total == len(tail.data) else b""
+        outcome.first_line = head.decode("utf-8", "replace").partition("\n")[0].strip()[:300]
+        lines = bytes(tail.data[-2000:]).decode("utf-8", "replace").strip().splitlines()
+        outcome.last_line = lines[-1].strip() if lines else ""
 
     async def _read_output(
         self, stream: asyncio.StreamReader, tail: _Tail, outcome: _Outcome, proc: asyncio.subprocess.Process
@@ -371,9 +455,12 @@ def _kill(proc: asyncio.subprocess.Process) -> None:
 _KILL_ALL = "import os, signal\ntry:\n    os.kill(-1, signal.SIGKILL)\nexcept ProcessLookupError:\n    pass\n"
 
 
-async def _kill_all(proc: asyncio.subprocess.Process, uid: int | None) -> None:
-    """Kill the run's process group and, when it has a user of its own, every process of that user."""
+async def _kill_all(proc: asyncio.subprocess.Process, uid: int | None, group: RunGroup | None = None) -> None:
+    """Kill the run's process group, every process in its control group and, when it has a user
+    of its own, every process of that user."""
     _kill(proc)
+    if group is not None:
+        await asyncio.to_thread(group.kill_all)
     if uid is None:
         return  # no user of its own: bubblewrap's --die-with-parent and the pid namespace do it
     with contextlib.suppress(OSError):
@@ -394,23 +481,28 @@ async def _kill_all(proc: asyncio.subprocess.Process, uid: int | None) -> None:
         await killer.wait()
 
 
-async def _stop(proc: asyncio.subprocess.Process, uid: int | None) -> None:
+async def _stop(proc: asyncio.subprocess.Process, uid: int | None, group: RunGroup | None = None) -> None:
     """Kill everything of the run and wait (a while) for the process to be reaped."""
-    await _kill_all(proc, uid)
+    await _kill_all(proc, uid, group)
     with contextlib.suppress(asyncio.TimeoutError):
         await asyncio.wait_for(proc.wait(), 5)
 
 
-def _read_report(fd: int) -> str:
+def _read_ready(fd: int) -> bool:
+    """Did the runner say it was ready (it closes the pipe before the script's code runs)?"""
     os.set_blocking(fd, False)
-    data = b""
     with contextlib.suppress(BlockingIOError, OSError):
-        while len(data) < 8000:
-            chunk = os.read(fd, 4096)
-            if not chunk:
-                break
-            data += chunk
-    return data.decode("utf-8", "replace").strip()[:4000]
+        return os.read(fd, 16) == READY
+    return False
+
+
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Warning|Iteration)(: .*)?$")
+
+
+def _exception_line(line: str) -> str | None:
+    """The last line of a traceback (``NameError: name 'x' is not defined``), or None."""
+    line = line.strip()[:500]
+    return line if _EXCEPTION_LINE.match(line) else None
 
 
 def check_code(code: str, name: str) -> str | None:

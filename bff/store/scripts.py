@@ -20,6 +20,10 @@ RUN_ACTIVE = ("queued", "running")
 RUNS_KEPT = 100  # per script: older runs (and their output) are deleted as new ones finish
 
 
+class CustomerBusy(Exception):
+    """The run's customer has as many scripts running as it may; the run waits, queued."""
+
+
 class ScriptRunActive(Conflict):
     """The script already has a queued or running run (the unique index said so)."""
 
@@ -256,16 +260,35 @@ class ScriptStore:
     async def delete_run(self, run_id: int) -> None:
         await self._execute("DELETE FROM script_runs WHERE id = %s", (run_id,))
 
-    async def start_run(self, run_id: int) -> ScriptRun | None:
-        """queued → running; None when the run is gone or was already taken."""
-        return _build(
-            ScriptRun,
-            await self._store._one(
+    async def start_run(self, run_id: int, *, per_customer: int | None = None) -> ScriptRun | None:
+        """queued → running; None when the run is gone or was already taken. CustomerBusy when
+        its customer already has ``per_customer`` runs running (the run stays queued).
+
+        The customer's row is locked first, so two workers starting two of its runs at once
+        count each other: the count is read after the lock, in a statement of its own."""
+        async with self._store.transaction() as conn:
+            if per_customer is not None:
+                cur = await conn.execute(
+                    "SELECT a.id FROM sub_accounts a JOIN script_runs r ON r.sub_account_id = a.id"
+                    " WHERE r.id = %s AND r.status = 'queued' FOR UPDATE OF a",
+                    (run_id,),
+                )
+                if await cur.fetchone() is None:
+                    return None
+                cur = await conn.execute(
+                    "SELECT count(*) AS running FROM script_runs WHERE status = 'running'"
+                    " AND sub_account_id = (SELECT sub_account_id FROM script_runs WHERE id = %s)",
+                    (run_id,),
+                )
+                row = await cur.fetchone()
+                if row is not None and int(row["running"]) >= per_customer:
+                    raise CustomerBusy(run_id)
+            cur = await conn.execute(
                 f"UPDATE script_runs SET status = 'running', started_at = %s WHERE id = %s AND status = 'queued'"
                 f" RETURNING {_RUN_COLUMNS}",
                 (self._store.now(), run_id),
-            ),
-        )
+            )
+            return _build(ScriptRun, await cur.fetchone())
 
     async def finish_run(
         self, run_id: int, *, status: str, exit_code: int | None, output: str, error: str | None
