@@ -1,4 +1,5 @@
-"""ASGI middleware: security headers, body size limit, CORS for the token's partner's origins, access log."""
+"""ASGI middleware: security headers, header and body size limits, CORS for the token's partner's origins,
+access log."""
 
 from __future__ import annotations
 
@@ -20,6 +21,9 @@ CORS_MAX_AGE = "600"
 PARTNER_ORIGIN_CACHE_SECONDS = 2.0
 PARTNER_ORIGIN_CACHE_SIZE = 4096
 HSTS_VALUE = b"max-age=63072000; includeSubDomains"
+# As production servers cap them (nginx: 8-32 KiB of headers, Apache: 100 fields): more is refused with 431.
+MAX_HEADER_COUNT = 100
+MAX_HEADER_BYTES = 16 * 1024
 
 
 async def _send_json(
@@ -42,7 +46,8 @@ class _BodyTooLarge(Exception):
 
 
 class BodyLimitMiddleware:
-    """Reject bodies over ``max_bytes`` with 413, by Content-Length or while streaming."""
+    """Reject more than ``MAX_HEADER_COUNT`` headers or ``MAX_HEADER_BYTES`` of them with 431, and
+    bodies over ``max_bytes`` with 413, by Content-Length or while streaming."""
 
     def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
         self.app = app
@@ -54,7 +59,19 @@ class BodyLimitMiddleware:
             return
         raw_length: bytes | None = None
         chunked = False
-        for name, value in scope["headers"]:  # ASGI servers give header names in lower case
+        headers = scope["headers"]
+        if len(headers) > MAX_HEADER_COUNT or sum(len(n) + len(v) for n, v in headers) > MAX_HEADER_BYTES:
+            await _send_json(
+                send,
+                431,
+                {
+                    "detail": f"Too many or too large request headers (at most {MAX_HEADER_COUNT},"
+                    f" {MAX_HEADER_BYTES // 1024} KiB in all).",
+                    "code": "headers_too_large",
+                },
+            )
+            return
+        for name, value in headers:  # ASGI servers give header names in lower case
             if name == b"content-length":
                 raw_length = value
             elif name == b"transfer-encoding":

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import ipaddress
 import json
+import secrets
+import string
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from conftest import BFF, auth, running_bff
 
-from bff.settings import Settings
+from bff.settings import Settings, SettingsError, check_secret_key, generate_encryption_key, generate_secret_key
 from bff.webhooks import UnsafeTarget, _public, resolve_target, validate_url
 
 # -- 1. a partner rotate or revoke ends the customer tokens minted under the old partner token ----------------
@@ -87,11 +91,9 @@ async def test_tokens_minted_before_the_partner_generation_was_carried_end_at_th
     assert (await bff.client.get("/api/servers", headers=auth(legacy))).json()["code"] == "token_revoked"
 
 
-def test_rotate_token_from_the_cli_keeps_customer_tokens_only_when_asked(
+async def test_rotate_token_from_the_cli_keeps_customer_tokens_only_when_asked(
     settings_factory: Callable[..., Settings], database_url: str, tmp_path: Path
 ) -> None:
-    import asyncio
-
     from test_cli import run_bff
 
     settings = settings_factory()
@@ -100,25 +102,22 @@ def test_rotate_token_from_the_cli_keeps_customer_tokens_only_when_asked(
         "BFF_ENCRYPTION_KEY": settings.encryption_key.reveal(),
         "BFF_DATABASE_URL": database_url,
     }
-
-    async def mint() -> tuple[int, dict[str, str]]:
-        async with running_bff(settings) as bff:
-            partner_id, partner_token = await bff.partner()
-            return partner_id, await customer_tokens(bff, partner_token)
-
-    async def check(minted: dict[str, str]) -> set[object]:
-        async with running_bff(settings) as bff:
-            return set((await statuses(bff, minted)).values())
-
-    partner_id, minted = asyncio.run(mint())
     cli = ("--data-dir", str(tmp_path / "cli"))
-    kept = run_bff("partner", "rotate-token", str(partner_id), "--keep-customer-tokens", *cli, env=env)
-    assert kept.returncode == 0, kept.stderr
-    assert "token" in json.loads(kept.stdout)
-    assert asyncio.run(check(minted)) == {200}
-    assert run_bff("partner", "rotate-token", str(partner_id), *cli, env=env).returncode == 0
-    assert asyncio.run(check(minted)) == {"token_revoked"}
-    bad = run_bff("partner", "revoke", str(partner_id), "--keep-customer-tokens", *cli, env=env)
+    async with running_bff(settings) as bff:
+        partner_id, partner_token = await bff.partner()
+        minted = await customer_tokens(bff, partner_token)
+        kept = await asyncio.to_thread(
+            run_bff, "partner", "rotate-token", str(partner_id), "--keep-customer-tokens", *cli, env=env
+        )
+        assert kept.returncode == 0, kept.stderr
+        assert "token" in json.loads(kept.stdout)
+        assert set((await statuses(bff, minted)).values()) == {200}
+        rotated = await asyncio.to_thread(run_bff, "partner", "rotate-token", str(partner_id), *cli, env=env)
+        assert rotated.returncode == 0, rotated.stderr
+        assert set((await statuses(bff, minted)).values()) == {"token_revoked"}
+    bad = await asyncio.to_thread(
+        run_bff, "partner", "revoke", str(partner_id), "--keep-customer-tokens", *cli, env=env
+    )
     assert bad.returncode == 2 and "Traceback" not in bad.stderr  # revoke never keeps them
 
 
@@ -253,3 +252,180 @@ def test_a_clean_webhook_url_is_kept_as_sent() -> None:
         with pytest.raises(UnsafeTarget):  # (the JSON reader refuses NUL before this is reached)
             validate_url(url)
     assert validate_url("https://hooks.example.com:8443/in?x=1") == "https://hooks.example.com:8443/in?x=1"
+
+
+# -- 3. external_id: nothing invisible, no fillers or blanks, no mark without a base -----------------------------------
+
+
+@pytest.mark.parametrize(
+    "external_id",
+    [
+        "acme_7\u034f",  # combining grapheme joiner
+        "acme_7\ufe00",  # variation selector 1
+        "acme_7\ufe0f",
+        "acme_7\U000e0100",  # variation selector 17
+        "acme_7\U000e01ef",
+        "acme_7\u3164",  # Hangul filler
+        "acme_7\u115f",  # Hangul choseong filler
+        "acme_7\u1160",  # Hangul jungseong filler
+        "acme_7\uffa0",  # halfwidth Hangul filler
+        "acme_7\u2800",  # braille pattern blank
+        "acme_7\u00ad",  # soft hyphen
+        "acme_7\u180b",  # Mongolian free variation selector
+        "acme_7\u17b4",
+        "acme\u00a07",  # a space that is not a space
+        "acme\u30007",
+        "\u0301",  # a lone combining mark
+        "\u0301acme_7",
+    ],
+)
+async def test_external_id_refuses_look_alikes_naming_the_field(bff: BFF, external_id: str) -> None:
+    _, partner_token = await bff.partner()
+    await bff.integrate(partner_token, "acme_7")
+    for path in ("/api/partner/sub-account/", "/api/partner/sub-account/integrate/"):
+        answer = await bff.client.post(path, json={"external_id": external_id}, headers=auth(partner_token))
+        assert answer.status_code == 400, (path, external_id, answer.text)
+        body = answer.json()
+        assert body["code"] == "validation_error" and set(body["errors"]) == {"external_id"}
+        named = [char for char in external_id if f"U+{ord(char):04X}" in body["errors"]["external_id"]]
+        assert named and not named[0].isascii(), body
+    found = await bff.client.get(
+        "/api/partner/sub-account/identity/", params={"external_id": external_id}, headers=auth(partner_token)
+    )
+    assert found.status_code == 400 and found.json()["code"] == "validation_error"
+    listed = await bff.client.get("/api/partner/sub-accounts", headers=auth(partner_token))
+    assert listed.json()["count"] == 1
+
+
+async def test_external_ids_in_any_script_still_work(bff: BFF) -> None:
+    _, partner_token = await bff.partner()
+    for external_id in ("acme 7", "café", "cafe\u0301", "한국-1", "Ωμέγα", "客户-42", "x\u0301y", "ṩ"):
+        answer = await bff.client.post(
+            "/api/partner/sub-account/integrate/", json={"external_id": external_id}, headers=auth(partner_token)
+        )
+        assert answer.status_code == 200, (external_id, answer.text)
+
+
+# -- 5. weak keys: keyboard walks, sequences and repeats are refused; generated keys pass ---------------------
+
+
+WALKS_AND_SEQUENCES = [
+    "qwertyuiopasdfghjklzxcvbnm123456",
+    "QWERTYUIOPasdfghjkl;zxcvbnm,./12",
+    "1qaz2wsx3edc4rfv",
+    "zaq12wsxcde34rfvbgt56yhn",
+    "poiuytrewqlkjhgfdsamnbvcxz",
+    "!@#$%^&*()qwertyuiopasdf",
+    "abcdefghijklmnopqrstuvwxyz012345",
+    "0246810121416182022242628",
+    "asdfasdfqwerqwer12341234",
+]
+
+
+@pytest.mark.parametrize("key", WALKS_AND_SEQUENCES)
+def test_keyboard_walks_and_sequences_are_refused_as_signing_keys(tmp_path: Path, key: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env(
+            {"BFF_DATA_DIR": str(tmp_path), "BFF_SECRET_KEYS": key, "BFF_ENCRYPTION_KEY": generate_encryption_key()}
+        )
+    message = str(info.value)
+    assert "BFF_SECRET_KEYS" in message and "predictable" in message and key not in message and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        bytes(range(32)),
+        bytes(range(31, -1, -1)),
+        bytes(range(100, 132)),
+        bytes(range(0, 224, 7)),
+        b"qwertyuiopasdfghjklzxcvbnm123456",
+        b"0123456789abcdefghijklmnopqrstuv",
+        b"Sup3rS3cr3t!Sup3rS3cr3t!Sup3rS3c",
+    ],
+)
+def test_sequences_and_walks_are_refused_as_encryption_keys(tmp_path: Path, raw: bytes) -> None:
+    key = base64.urlsafe_b64encode(raw).decode()
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env(
+            {"BFF_DATA_DIR": str(tmp_path), "BFF_SECRET_KEYS": generate_secret_key(), "BFF_ENCRYPTION_KEY": key}
+        )
+    assert "BFF_ENCRYPTION_KEY" in str(info.value) and "predictable" in str(info.value)
+
+
+def test_generated_and_random_keys_still_pass(tmp_path: Path) -> None:
+    from conftest import SECRET_KEY
+
+    for _ in range(300):
+        Settings.from_env(
+            {
+                "BFF_DATA_DIR": str(tmp_path),
+                "BFF_SECRET_KEYS": f"{SECRET_KEY},{generate_secret_key()},{secrets.token_hex(16)}",
+                "BFF_ENCRYPTION_KEY": generate_encryption_key(),
+            }
+        )
+    # Random keys of the shortest length allowed, from the usual alphabets, keep their bits.
+    for alphabet in (
+        string.ascii_letters + string.digits,
+        string.ascii_letters + string.digits + "-_",
+        string.printable[:94],
+    ):
+        for _ in range(2000):
+            key = "".join(secrets.choice(alphabet) for _ in range(16))
+            check_secret_key(key)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("BFF_SECRET_KEYS", "qwertyuiopasdfghjklzxcvbnm123456"),
+        ("BFF_ENCRYPTION_KEY", base64.urlsafe_b64encode(bytes(range(32))).decode()),
+    ],
+)
+def test_bff_serve_refuses_walks_and_sequences_in_one_line(tmp_path: Path, variable: str, value: str) -> None:
+    from test_cli import run_bff
+
+    env = {"BFF_SECRET_KEYS": generate_secret_key(), "BFF_ENCRYPTION_KEY": generate_encryption_key(), variable: value}
+    result = run_bff("serve", "--data-dir", str(tmp_path), env=env)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and variable in result.stderr and value not in result.stderr
+
+
+# -- 6. header count and size are capped; `.` and `..` are no record ids -------------------------------------------
+
+
+async def test_too_many_or_too_large_headers_are_431(bff: BFF) -> None:
+    _, partner_token = await bff.partner()
+    ok = await bff.client.get("/api/partner", headers={**auth(partner_token), **{f"x-h{i}": "1" for i in range(80)}})
+    assert ok.status_code == 200
+    for headers in (
+        {f"x-h{i}": "1" for i in range(3000)},
+        {f"x-h{i}": "1" for i in range(101)},
+        {"x-big": "a" * (17 * 1024)},
+        {f"x-h{i}": "b" * 1000 for i in range(20)},
+    ):
+        answer = await bff.client.get("/api/partner", headers={**auth(partner_token), **headers})
+        assert answer.status_code == 431, len(headers)
+        body = answer.json()
+        assert body["code"] == "headers_too_large" and set(body) == {"detail", "code"}
+        assert answer.headers["x-content-type-options"] == "nosniff"
+
+
+async def test_dot_and_dot_dot_are_refused_as_record_ids(settings_factory: Callable[..., Settings]) -> None:
+    from records_helpers import crm, customer
+
+    async with running_bff(settings_factory(sandbox_enabled=True)) as sbff:
+        who = await customer(sbff)
+        cid = await crm(sbff, who)
+        base = f"/api/server/{cid}/records/contact"
+        created = await sbff.client.post(base, json={"email": "a@b.example", "last_name": "A"}, headers=who.headers)
+        assert created.status_code == 201, created.text
+        for raw in ("%2E", "%2E%2E", ".%2E", "%20", "%2E%2E%5C"):
+            for method in ("GET", "PATCH", "DELETE"):
+                answer = await sbff.client.request(
+                    method, f"{base}/{raw}", json={"company": "X"} if method == "PATCH" else None, headers=who.headers
+                )
+                assert answer.status_code == 400, (raw, method, answer.text)
+                assert answer.json()["code"] == "validation_error" and "record_id" in answer.json()["errors"]
+        fine = await sbff.client.get(f"{base}/{created.json()['id']}", headers=who.headers)
+        assert fine.status_code == 200

@@ -167,6 +167,9 @@ async def record(request: Request) -> Response:
     """``GET`` get, ``PATCH`` update, ``DELETE`` delete of one record."""
     object_name = request.path_params["object"]
     record_id = request.path_params["record_id"]
+    if record_id.strip() in ("", ".", "..") or "/" in record_id or "\\" in record_id:
+        # A URL joiner (httpx) would turn ".." into the parent of the record's path at the provider.
+        raise validation_error({"record_id": "Not a record id: `.`, `..` and ids with slashes are refused."})
     if request.method == "GET":
 
         async def get(writer: Writer) -> tuple[int, Any]:
