@@ -1,6 +1,7 @@
 """Sync throughput on PostgreSQL: the project vs a bare fetch (the floor) vs dlt, same pages, same run.
 
 Usage: python bench/sync.py [--rounds 5] [--scale 251] [--customers 4] [--dlt postgres|duckdb|none]
+                           [--cases resync,first-load,incremental]
 
 The sandbox providers run in a process of their own (``bff sandbox``, with
 ``BFF_SANDBOX_SCALE``: scale 251 is 50,200 bank transactions), reached over real
@@ -19,11 +20,25 @@ noise and warm caches hit all alike):
   ``id`` (primary key) into the same PostgreSQL (``--dlt duckdb`` for its in-process
   database). Like the project it upserts over the rows of the previous round.
 
+Cases (``--cases``, all by default):
+
+* **resync** — the cursor forgotten, every record fetched and upserted over the rows of
+  the previous round (above); then ``--customers`` customers syncing at once
+  (``BFF_SYNC_CONCURRENCY`` 4) against as many bare fetches at once;
+* **first-load** — into an empty table: before each round (untimed) the project's
+  tables are dropped and dlt gets a new dataset, so both create and fill them;
+* **incremental** — with the cursors kept: a sync when nothing changed, then after the
+  sandbox changed 1 % of the transactions (``/_control/touch``); the floor fetches
+  ``updated_after`` its own last cursor. Milliseconds, lower is better.
+
 Row counts are checked equal (every contender sees every record once; each table
-ends with exactly that many rows). Then the same with ``--customers`` customers
-syncing at once (``BFF_SYNC_CONCURRENCY`` 4) against as many bare fetches at once.
-Prints min/median/max records/s and the ratios; asserts nothing about speed.
-Goals (issue 11): project ≥ 0.6× the floor and ≥ 5× dlt; 4 customers ≥ 0.5× the floor.
+ends with exactly that many rows). With psutil (the ``[bench]`` extra), the CPU time
+each process spent during the project's and dlt's rounds is printed per 1,000
+records: this process (the BFF's worker and web code, or dlt), PostgreSQL (every
+process of the embedded server) and the sandbox. Prints min/median/max and the
+ratios; asserts nothing about speed. Goals (issues 11, 27): re-sync and first load ≥ 5×
+dlt → PostgreSQL and ≥ 0.6× the floor; 4 customers ≥ 0.5× the floor; ≤ 22 ms of CPU per
+1,000 records on a re-sync, all processes together.
 """
 
 from __future__ import annotations
@@ -62,7 +77,8 @@ def start_sandbox(scale: int, log: Path) -> tuple[subprocess.Popen[bytes], str]:
     """`bff sandbox` in its own process; its URL once it answers."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("BFF_")}
-    env.update({"BFF_SANDBOX_SCALE": str(scale), "BFF_LOG_LEVEL": "warning"})
+    # Controls open: the incremental case changes 1 % of the transactions through /_control/touch.
+    env.update({"BFF_SANDBOX_SCALE": str(scale), "BFF_LOG_LEVEL": "warning", "BFF_SANDBOX_CONTROLS": "open"})
     proc = subprocess.Popen(
         # Its own data directory: fresh fixtures each run, nothing written next to the caller's demo.
         [
@@ -98,16 +114,85 @@ def start_sandbox(scale: int, log: Path) -> tuple[subprocess.Popen[bytes], str]:
 # -- the floor ------------------------------------------------------------------------------
 
 
-async def floor_fetch(client: httpx.AsyncClient, sandbox: str) -> int:
-    """Every page of transactions: fetched, decoded, counted; nothing else."""
+async def floor_fetch(client: httpx.AsyncClient, sandbox: str, since: list[str] | None = None) -> int:
+    """Every page of transactions (``updated_after since[0]`` when given, which then moves to
+    the newest ``updated_at`` seen): fetched, decoded, counted; nothing else."""
     count = 0
     url: str | None = f"{sandbox}/bank/api/transactions?per_page={PAGE}"
+    params = {"updated_after": since[0]} if since else None
     while url is not None:
-        response = await client.get(url, auth=BANK_AUTH)
+        response = await client.get(url, auth=BANK_AUTH, params=params)
         response.raise_for_status()
-        count += len(json.loads(response.content))
+        page = json.loads(response.content)
+        count += len(page)
+        if since is not None:
+            since[0] = max([since[0], *(row["updated_at"] for row in page)])
         url = response.links.get("next", {}).get("url")
+        params = None  # the next link carries them
     return count
+
+
+async def touch(client: httpx.AsyncClient, sandbox: str, count: int) -> None:
+    """The sandbox changes ``count`` transactions (their updated_at moves to now)."""
+    response = await client.post(f"{sandbox}/_control/touch", json={"resource": "bank.transactions", "count": count})
+    response.raise_for_status()
+
+
+class CpuMeter:
+    """CPU seconds (user + system) of this process, the embedded PostgreSQL and the sandbox."""
+
+    def __init__(self, postgres_dir: Path, sandbox_pid: int) -> None:
+        import psutil
+
+        self._psutil = psutil
+        self.postgres_dir = str(postgres_dir)
+        self.sandbox = psutil.Process(sandbox_pid)
+        self.me = psutil.Process()
+
+    def _postgres(self) -> list[Any]:
+        found = []
+        for proc in self._psutil.process_iter(["cmdline"]):
+            cmdline = proc.info.get("cmdline") or []
+            if any(self.postgres_dir in part for part in cmdline) or self._is_backend(proc):
+                found.append(proc)
+        return found
+
+    def _is_backend(self, proc: Any) -> bool:
+        # Backends and helpers show "postgres: …" titles; they are children of the postmaster.
+        try:
+            parent = proc.parent()
+            return parent is not None and any(self.postgres_dir in part for part in (parent.cmdline() or []))
+        except self._psutil.Error:
+            return False
+
+    @staticmethod
+    def _seconds(proc: Any) -> float:
+        times = proc.cpu_times()
+        return float(times.user + times.system)
+
+    def sample(self) -> dict[str, float]:
+        total: dict[str, float] = {"this process": self._seconds(self.me), "PostgreSQL": 0.0, "sandbox": 0.0}
+        for proc in self._postgres():
+            try:
+                total["PostgreSQL"] += self._seconds(proc)
+                if any(self.postgres_dir in part for part in proc.cmdline() or []):
+                    # The postmaster: backends that ended (dlt's connections) left their CPU here.
+                    times = proc.cpu_times()
+                    total["PostgreSQL"] += float(times.children_user + times.children_system)
+            except self._psutil.Error:
+                continue
+        try:
+            total["sandbox"] = self._seconds(self.sandbox)
+        except self._psutil.Error:
+            pass
+        return total
+
+
+def cpu_line(name: str, spent: list[dict[str, float]], records: int) -> str:
+    """Median CPU ms per 1,000 records, per process and in all."""
+    per = {key: statistics.median(s[key] for s in spent) * 1000 / (records / 1000) for key in spent[0]}
+    parts = "   ".join(f"{key} {value:5.1f}" for key, value in per.items())
+    return f"  {name:<34} {parts}   all {sum(per.values()):5.1f} ms per 1,000 records"
 
 
 # -- the project ----------------------------------------------------------------------------
@@ -146,6 +231,12 @@ class Project:
         for _, account, connection in customers:
             await self.services.warehouse.reset_state(account, connection)
 
+    async def drop_tables(self, customer: tuple[str, int, int]) -> None:
+        """As before a first sync: no table, no cursor."""
+        _, account, connection = customer
+        await self.services.warehouse.drop_connection_tables(account, connection)
+        await self.services.warehouse.reset_state(account, connection)
+
     async def sync(self, customer: tuple[str, int, int]) -> int:
         """One full sync through the API; returns the records the run stored."""
         token, _, connection = customer
@@ -168,12 +259,29 @@ def _bearer(token: str) -> dict[str, str]:
 
 
 class Dlt:
-    """dlt's rest_api source into ``destination``, merging on ``id``; one pipeline, run every round."""
+    """dlt's rest_api source into ``destination``, merging on ``id``; one pipeline per dataset,
+    run every round (``incremental``: on ``updated_after``, as the project's connector reads)."""
 
-    def __init__(self, sandbox: str, destination: str, database_url: str, workdir: Path) -> None:
+    def __init__(
+        self,
+        sandbox: str,
+        destination: str,
+        database_url: str,
+        workdir: Path,
+        *,
+        dataset: str = "dlt_bench",
+        incremental: bool = False,
+    ) -> None:
         import dlt
         from dlt.sources.rest_api import rest_api_source
 
+        params: dict[str, Any] = {"per_page": PAGE}
+        if incremental:
+            params["updated_after"] = {
+                "type": "incremental",
+                "cursor_path": "updated_at",
+                "initial_value": "1970-01-01T00:00:00Z",
+            }
         self._source = lambda: rest_api_source(
             {
                 "client": {
@@ -182,9 +290,7 @@ class Dlt:
                     "paginator": {"type": "header_link"},
                 },
                 "resource_defaults": {"primary_key": "id", "write_disposition": "merge"},
-                "resources": [
-                    {"name": "transactions", "endpoint": {"path": "transactions", "params": {"per_page": PAGE}}}
-                ],
+                "resources": [{"name": "transactions", "endpoint": {"path": "transactions", "params": params}}],
             }
         )
         if destination == "postgres":
@@ -194,29 +300,39 @@ class Dlt:
         self.destination = destination
         self.database_url = database_url
         self.workdir = workdir
+        self.dataset = dataset
         self.pipeline = dlt.pipeline(
-            pipeline_name="bench_sync",
+            pipeline_name=f"bench_{dataset}",
             destination=target,
-            dataset_name="dlt_bench",
+            dataset_name=dataset,
             pipelines_dir=str(workdir / "pipelines"),
         )
 
     def run(self) -> int:
         info = self.pipeline.run(self._source())
         info.raise_on_failed_jobs()
-        counts = self.pipeline.last_trace.last_normalize_info.row_counts  # type: ignore[union-attr]
+        trace = self.pipeline.last_trace.last_normalize_info
+        counts = trace.row_counts if trace is not None else {}
         return int(counts.get("transactions", 0))
 
-    def rows(self) -> int:
+    def _query(self, statement: str) -> Any:
         if self.destination == "postgres":
-            with psycopg.connect(self.database_url) as conn:
-                row = conn.execute("SELECT COUNT(*) FROM dlt_bench.transactions").fetchone()
-        else:
-            import duckdb
+            with psycopg.connect(self.database_url, autocommit=True) as conn:
+                cur = conn.execute(statement)
+                return cur.fetchone() if cur.description else None
+        import duckdb
 
-            with duckdb.connect(str(self.workdir / "dlt.duckdb"), read_only=True) as conn:
-                row = conn.execute("SELECT COUNT(*) FROM dlt_bench.transactions").fetchone()
+        with duckdb.connect(str(self.workdir / "dlt.duckdb")) as conn:
+            return conn.execute(statement).fetchone()
+
+    def rows(self) -> int:
+        row = self._query(f"SELECT COUNT(*) FROM {self.dataset}.transactions")
         return int(row[0]) if row else 0
+
+    def drop(self) -> None:
+        """The dataset and the pipeline's local state (a first-load round is over)."""
+        self._query(f"DROP SCHEMA IF EXISTS {self.dataset} CASCADE")
+        shutil.rmtree(self.workdir / "pipelines" / f"bench_{self.dataset}", ignore_errors=True)
 
 
 def _libpq_credentials(url: str) -> str:
@@ -259,6 +375,10 @@ def ratio(name: str, a: list[Round], b: list[Round], goal: str) -> str:
 
 
 async def bench(args: argparse.Namespace) -> None:
+    cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    unknown = set(cases) - {"resync", "first-load", "incremental"}
+    if unknown or not cases:
+        raise SystemExit(f"--cases takes resync, first-load, incremental; got {args.cases!r}")
     root = Path(tempfile.mkdtemp(prefix="bff-bench-sync-"))
     expected = TRANSACTIONS_PER_SCALE * args.scale
     print(
@@ -274,6 +394,11 @@ async def bench(args: argparse.Namespace) -> None:
             dlt_runner = Dlt(sandbox, args.dlt, url, root / "dlt")
         except ImportError:
             print("  dlt is not installed (pip install -e '.[bench]'): comparing with the floor only")
+    try:
+        meter: CpuMeter | None = CpuMeter(root / "postgres", sandbox_proc.pid)
+    except ImportError:
+        meter = None
+        print("  psutil is not installed (pip install -e '.[bench]'): no CPU per record")
     settings = Settings(
         data_dir=root / "data",
         database_url=Secret(url),
@@ -286,6 +411,22 @@ async def bench(args: argparse.Namespace) -> None:
         # Only the timed syncs: no first sync started by the scheduler on connect (issue 12).
         schedules_enabled=False,
     )
+    results: dict[str, list[Round]] = {"project": [], "floor": [], "dlt": []}
+    first: dict[str, list[Round]] = {"project": [], "floor": [], "dlt": []}
+    quiet: dict[str, list[Round]] = {"project": [], "floor": [], "dlt": []}  # incremental, nothing changed
+    changed: dict[str, list[Round]] = {"project": [], "floor": [], "dlt": []}  # incremental, 1 % changed
+    cpu: dict[str, list[dict[str, float]]] = {}  # "<case> <contender>" → CPU seconds per round
+    many: dict[str, list[Round]] = {"project": [], "floor": []}
+    customers: list[tuple[str, int, int]] = []
+
+    async def measured(key: str, action: Callable[[], Awaitable[list[int]]]) -> Round:
+        before = meter.sample() if meter is not None else None
+        done = await timed(action)
+        if meter is not None and before is not None:
+            after = meter.sample()
+            cpu.setdefault(key, []).append({k: after[k] - before[k] for k in after})
+        return done
+
     try:
         app = create_app(settings, migrate_on_start=False)
         async with app.router.lifespan_context(app):
@@ -297,14 +438,13 @@ async def bench(args: argparse.Namespace) -> None:
                 project = Project(app, client)
                 await project.add_customers(max(1, args.customers))
                 one = project.customers[:1]
+                customers = project.customers
 
                 # Warm-up (untimed): table creation, imports, connection pools, dlt's schema.
                 await project.sync(one[0])
                 await floor_fetch(bare, sandbox)
                 if dlt_runner is not None and args.only in (None, "dlt"):
                     await asyncio.to_thread(dlt_runner.run)
-
-                results: dict[str, list[Round]] = {"project": [], "floor": [], "dlt": []}
 
                 async def run_project() -> list[int]:
                     return [await project.sync(one[0])]
@@ -324,60 +464,135 @@ async def bench(args: argparse.Namespace) -> None:
                     contenders.append(("dlt", run_dlt))
                 if args.only:  # profiling one contender (py-spy), or timing it alone
                     contenders = [c for c in contenders if c[0] == args.only]
-                print(
-                    f"one customer, {args.rounds} rounds, contenders alternated: {', '.join(n for n, _ in contenders)}",
-                    flush=True,
-                )
-                for i in range(args.rounds):
-                    await project.forget_cursors(one)
-                    for name, action in contenders[i % len(contenders) :] + contenders[: i % len(contenders)]:
-                        results[name].append(await timed(action))
+
+                if "resync" in cases:
                     print(
-                        f"  round {i + 1}: "
-                        + ", ".join(f"{n} {results[n][-1][0] / results[n][-1][1]:,.0f}/s" for n, _ in contenders),
+                        f"re-sync, one customer, {args.rounds} rounds, contenders alternated:"
+                        f" {', '.join(n for n, _ in contenders)}",
                         flush=True,
                     )
-
-                many: dict[str, list[Round]] = {"project": [], "floor": []}
-                customers = project.customers
-                if len(customers) > 1 and not args.only:
-                    for customer in customers[1:]:  # warm-up: their tables
-                        await project.sync(customer)
-
-                    async def run_many_project() -> list[int]:
-                        return list(await asyncio.gather(*(project.sync(c) for c in customers)))
-
-                    async def run_many_floor() -> list[int]:
-                        return list(await asyncio.gather(*(floor_fetch(bare, sandbox) for _ in customers)))
-
-                    print(f"{len(customers)} customers at once, {args.rounds} rounds", flush=True)
                     for i in range(args.rounds):
-                        await project.forget_cursors(customers)
-                        pair = [("project", run_many_project), ("floor", run_many_floor)]
-                        for name, action in pair if i % 2 == 0 else pair[::-1]:
-                            many[name].append(await timed(action))
+                        await project.forget_cursors(one)
+                        for name, action in contenders[i % len(contenders) :] + contenders[: i % len(contenders)]:
+                            results[name].append(await measured(f"resync {name}", action))
                         print(
                             f"  round {i + 1}: "
-                            + ", ".join(f"{n} {many[n][-1][0] / many[n][-1][1]:,.0f}/s" for n, _ in pair),
+                            + ", ".join(f"{n} {results[n][-1][0] / results[n][-1][1]:,.0f}/s" for n, _ in contenders),
                             flush=True,
                         )
 
+                    if len(customers) > 1 and not args.only:
+                        for customer in customers[1:]:  # warm-up: their tables
+                            await project.sync(customer)
+
+                        async def run_many_project() -> list[int]:
+                            return list(await asyncio.gather(*(project.sync(c) for c in customers)))
+
+                        async def run_many_floor() -> list[int]:
+                            return list(await asyncio.gather(*(floor_fetch(bare, sandbox) for _ in customers)))
+
+                        print(f"{len(customers)} customers at once, {args.rounds} rounds", flush=True)
+                        for i in range(args.rounds):
+                            await project.forget_cursors(customers)
+                            pair = [("project", run_many_project), ("floor", run_many_floor)]
+                            for name, action in pair if i % 2 == 0 else pair[::-1]:
+                                many[name].append(await timed(action))
+                            print(
+                                f"  round {i + 1}: "
+                                + ", ".join(f"{n} {many[n][-1][0] / many[n][-1][1]:,.0f}/s" for n, _ in pair),
+                                flush=True,
+                            )
+
+                if "first-load" in cases and not args.only:
+                    print(f"first load into an empty table, {args.rounds} rounds", flush=True)
+                    names = [n for n, _ in contenders]
+                    for i in range(args.rounds):
+                        for name in names[i % len(names) :] + names[: i % len(names)]:
+                            if name == "project":
+                                await project.drop_tables(one[0])  # untimed: as before a first sync
+                                first[name].append(await measured("first-load project", run_project))
+                                stored = await project.rows(one[0][1])
+                            elif name == "dlt":
+                                fresh = Dlt(sandbox, args.dlt, url, root / "dlt", dataset=f"dlt_first_{i}")
+
+                                async def run_fresh(fresh: Dlt = fresh) -> list[int]:
+                                    return [await asyncio.to_thread(fresh.run)]
+
+                                first[name].append(await measured("first-load dlt", run_fresh))
+                                stored = await asyncio.to_thread(fresh.rows)
+                                await asyncio.to_thread(fresh.drop)
+                            else:
+                                first[name].append(await timed(run_floor))
+                                stored = expected
+                            if stored != expected or first[name][-1][0] != expected:
+                                raise SystemExit(f"first load, {name}: {first[name][-1][0]:,} read, {stored:,} rows")
+                        print(
+                            f"  round {i + 1}: "
+                            + ", ".join(f"{n} {first[n][-1][0] / first[n][-1][1]:,.0f}/s" for n in names),
+                            flush=True,
+                        )
+
+                if "incremental" in cases and not args.only:
+                    # Start from everything synced, cursors kept from here on.
+                    await project.forget_cursors(one)
+                    await project.sync(one[0])
+                    since = ["1970-01-01T00:00:00Z"]
+                    await floor_fetch(bare, sandbox, since)
+                    incremental: Dlt | None = None
+                    if dlt_runner is not None:
+                        incremental = Dlt(sandbox, args.dlt, url, root / "dlt", dataset="dlt_incr", incremental=True)
+                        await asyncio.to_thread(incremental.run)
+
+                    async def run_incremental_dlt() -> list[int]:
+                        assert incremental is not None
+                        return [await asyncio.to_thread(incremental.run)]
+
+                    async def run_incremental_floor() -> list[int]:
+                        return [await floor_fetch(bare, sandbox, since)]
+
+                    pair = [("project", run_project), ("floor", run_incremental_floor)]
+                    if incremental is not None:
+                        pair.append(("dlt", run_incremental_dlt))
+                    share = max(1, expected // 100)
+                    print(f"incremental, {args.rounds} rounds: nothing changed, then {share:,} of {expected:,} changed")
+                    for i in range(args.rounds):
+                        order = pair[i % len(pair) :] + pair[: i % len(pair)]
+                        for name, action in order:
+                            quiet[name].append(await measured(f"incremental-quiet {name}", action))
+                        await touch(bare, sandbox, share)  # every contender sees the same changes
+                        for name, action in order:
+                            changed[name].append(await measured(f"incremental-1% {name}", action))
+                        print(
+                            f"  round {i + 1}: "
+                            + ", ".join(
+                                f"{n} {quiet[n][-1][1] * 1000:,.0f} / {changed[n][-1][1] * 1000:,.0f} ms"
+                                for n, _ in pair
+                            ),
+                            flush=True,
+                        )
+                    wrong = {
+                        n: sorted({c for c, _ in changed[n]}) for n, _ in pair if {c for c, _ in changed[n]} != {share}
+                    }
+                    if wrong:
+                        raise SystemExit(f"incremental: each contender should read the {share:,} changed; {wrong}")
+
                 # Row counts: every contender saw every record, and each table holds each once.
-                seen = {name: {n for n, _ in rounds} for name, rounds in results.items() if rounds}
-                if not (results["project"] and results["floor"]):
+                if args.only:
                     print(describe(args.only, results[args.only]))
                     return
-                stored = {"project": await project.rows(one[0][1])}
-                if dlt_runner is not None:
-                    stored["dlt"] = await asyncio.to_thread(dlt_runner.rows)
-                for customer in customers[1:]:
-                    stored[f"project, customer {customer[1]}"] = await project.rows(customer[1])
-                if many["floor"]:
-                    seen["floor ×N"] = {n // len(customers) for n, _ in many["floor"]}
-                    seen["project ×N"] = {n // len(customers) for n, _ in many["project"]}
-                mismatches = {k: v for k, v in {**seen, **stored}.items() if v != {expected} and v != expected}
-                if mismatches:
-                    raise SystemExit(f"row counts differ from the sandbox's {expected:,}: {mismatches}")
+                if results["project"]:
+                    seen = {name: {n for n, _ in rounds} for name, rounds in results.items() if rounds}
+                    stored = {"project": await project.rows(one[0][1])}
+                    if dlt_runner is not None:
+                        stored["dlt"] = await asyncio.to_thread(dlt_runner.rows)
+                    for customer in customers[1:] if many["project"] else []:
+                        stored[f"project, customer {customer[1]}"] = await project.rows(customer[1])
+                    if many["floor"]:
+                        seen["floor ×N"] = {n // len(customers) for n, _ in many["floor"]}
+                        seen["project ×N"] = {n // len(customers) for n, _ in many["project"]}
+                    mismatches = {k: v for k, v in {**seen, **stored}.items() if v != {expected} and v != expected}
+                    if mismatches:
+                        raise SystemExit(f"row counts differ from the sandbox's {expected:,}: {mismatches}")
     finally:
         sandbox_proc.terminate()
         sandbox_proc.wait()
@@ -389,17 +604,18 @@ async def bench(args: argparse.Namespace) -> None:
         f"\nmachine: {os.cpu_count()} CPUs, load average {load} (the CPU is shared: compare ratios, not absolute numbers)"
     )
     print(f"records per round checked: {expected:,} fetched by every contender, {expected:,} rows in every table")
-    print("one customer (records/s, higher is better):")
-    print(describe("project (sync → PostgreSQL)", results["project"]))
-    print(describe("floor (httpx + json)", results["floor"]))
-    if results["dlt"]:
-        print(describe(f"dlt (rest_api → {args.dlt}, merge)", results["dlt"]))
-    print("ratios, per round:")
-    print(ratio("project / floor", results["project"], results["floor"], "≥ 0.6"))
-    if results["dlt"]:
-        print(ratio("project / dlt", results["project"], results["dlt"], "≥ 5"))
+    if results["project"]:
+        print("re-sync, one customer (records/s, higher is better):")
+        print(describe("project (sync → PostgreSQL)", results["project"]))
+        print(describe("floor (httpx + json)", results["floor"]))
+        if results["dlt"]:
+            print(describe(f"dlt (rest_api → {args.dlt}, merge)", results["dlt"]))
+        print("ratios, per round:")
+        print(ratio("project / floor", results["project"], results["floor"], "≥ 0.6"))
+        if results["dlt"]:
+            print(ratio("project / dlt", results["project"], results["dlt"], "≥ 5"))
     if many["project"]:
-        n = len(project.customers)
+        n = len(customers)
         print(f"{n} customers at once (records/s of all of them together):")
         print(describe(f"project ×{n}", many["project"]))
         print(describe(f"floor ×{n}", many["floor"]))
@@ -409,6 +625,40 @@ async def bench(args: argparse.Namespace) -> None:
         print(
             f"  {'project ×' + str(n) + ' / floor (one)':<34} min {min(per):5.2f}   median {statistics.median(per):5.2f}   max {max(per):5.2f}"
         )
+    if first["project"]:
+        print("first load into an empty table (records/s):")
+        print(describe("project", first["project"]))
+        print(describe("floor", first["floor"]))
+        if first["dlt"]:
+            print(describe(f"dlt (→ {args.dlt})", first["dlt"]))
+        print(ratio("project / floor", first["project"], first["floor"], "≥ 0.6"))
+        if first["dlt"]:
+            print(ratio("project / dlt", first["project"], first["dlt"], "≥ 5"))
+    if quiet["project"]:
+        print("incremental (ms, lower is better): nothing changed · 1 % changed")
+        for name in ("project", "floor", "dlt"):
+            if quiet[name]:
+                q = [t * 1000 for _, t in quiet[name]]
+                c = [t * 1000 for _, t in changed[name]]
+                print(
+                    f"  {name:<34} median {statistics.median(q):7.1f} · {statistics.median(c):7.1f} ms"
+                    f"   (min {min(q):.1f} · {min(c):.1f}, max {max(q):.1f} · {max(c):.1f})"
+                )
+        if quiet["dlt"]:
+            speed_q = [d / p for (_, p), (_, d) in zip(quiet["project"], quiet["dlt"], strict=True)]
+            speed_c = [d / p for (_, p), (_, d) in zip(changed["project"], changed["dlt"], strict=True)]
+            print(
+                f"  {'dlt time / project time':<34} median {statistics.median(speed_q):5.2f} ·"
+                f" {statistics.median(speed_c):5.2f}"
+            )
+    if cpu:
+        print("CPU per 1,000 records (median of the rounds; this process is the BFF, or dlt for dlt):")
+        for key, spent in cpu.items():
+            case, _, name = key.partition(" ")
+            if case.startswith("incremental"):
+                continue  # a handful of records: per-record CPU means little there
+            source = {"resync": results, "first-load": first}[case][name]
+            print(cpu_line(key, spent, source[0][0]) + ("   (goal ≤ 22)" if key == "resync project" else ""))
 
 
 def main() -> None:
@@ -422,6 +672,9 @@ def main() -> None:
     )
     parser.add_argument("--only", choices=("project", "floor", "dlt"), help="run one contender alone (for py-spy)")
     parser.add_argument("--dlt", choices=("postgres", "duckdb", "none"), default="postgres", help="dlt's destination")
+    parser.add_argument(
+        "--cases", default="resync,first-load,incremental", help="which loads to measure (comma-separated; default all)"
+    )
     asyncio.run(bench(parser.parse_args()))
 
 

@@ -339,6 +339,8 @@ def _headers(token: str, extra: Mapping[str, str] | None = None) -> dict[str, st
 
 POLL_SECONDS = 1.0
 _ACTIVE_RUN = ("queued", "running", "waiting")
+# A sync another caller (the schedule, a write's refresh) started in between: wait for it, try again.
+REFRESH_ATTEMPTS = 5
 _RECENT = {"page_size": 50}  # the run a client just started is among a connection's newest
 
 
@@ -362,13 +364,18 @@ async def _sleep(seconds: float) -> None:
 
 
 class _SyncBase:
+    """A client owns the httpx client it made and closes only that one: a client given to it (a
+    sub-account client borrowing its partner's) stays open for its owner."""
+
     def __init__(self, base_url: str, token: str, *, client: httpx.Client | None = None, timeout: float = 30.0) -> None:
+        self._owns_client = client is None
         self._client = client or httpx.Client(base_url=base_url, timeout=timeout)
         self._base_url = base_url
         self._token = token
 
     def close(self) -> None:
-        self._client.close()
+        if self._owns_client:
+            self._client.close()
 
     def __enter__(self) -> Any:
         return self
@@ -383,6 +390,8 @@ class _SyncBase:
             )
         except httpx.HTTPError as exc:
             raise _transport_error(exc) from None
+        except RuntimeError as exc:  # httpx: "Cannot send a request, as the client has been closed"
+            raise BFFError("client_closed", 0, f"This client was closed: {exc}") from None
         return _check(response)
 
     def _pages(self, path: str, params: Mapping[str, Any] | None = None, page_size: int = 100) -> Iterator[JSON]:
@@ -547,15 +556,16 @@ class SubAccountClient(_SyncBase):
         if (connection_name is None) == (connection_id is None):
             raise ValueError("Pass exactly one of connection_name or connection_id.")
         server_id = connection_id if connection_id is not None else self.connect(str(connection_name)).id
-        try:
-            started = self.sync(int(server_id), tables)
-        except BFFError as exc:
-            if exc.code != "sync_already_running":
-                raise
-            if is_async:
-                return {"server_id": server_id, "syncing": True, "detail": exc.detail}
-            self._wait(int(server_id))  # the running sync may predate the writes: run one more after it
-            started = self.sync(int(server_id), tables)
+        for attempt in range(REFRESH_ATTEMPTS):
+            try:
+                started = self.sync(int(server_id), tables)
+                break
+            except BFFError as exc:
+                if exc.code != "sync_already_running" or attempt == REFRESH_ATTEMPTS - 1:
+                    raise
+                if is_async:
+                    return {"server_id": server_id, "syncing": True, "detail": exc.detail}
+                self._wait(int(server_id))  # the running sync may predate the writes: run one more after it
         if is_async:
             return started
         return self._wait(int(server_id), _started_run(started))
@@ -678,12 +688,14 @@ class _AsyncBase:
     def __init__(
         self, base_url: str, token: str, *, client: httpx.AsyncClient | None = None, timeout: float = 30.0
     ) -> None:
+        self._owns_client = client is None
         self._client = client or httpx.AsyncClient(base_url=base_url, timeout=timeout)
         self._base_url = base_url
         self._token = token
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        if self._owns_client:
+            await self._client.aclose()
 
     async def __aenter__(self) -> Any:
         return self
@@ -698,6 +710,8 @@ class _AsyncBase:
             )
         except httpx.HTTPError as exc:
             raise _transport_error(exc) from None
+        except RuntimeError as exc:  # httpx: "Cannot send a request, as the client has been closed"
+            raise BFFError("client_closed", 0, f"This client was closed: {exc}") from None
         return _check(response)
 
     async def _pages(
@@ -858,15 +872,16 @@ class AsyncSubAccountClient(_AsyncBase):
         if (connection_name is None) == (connection_id is None):
             raise ValueError("Pass exactly one of connection_name or connection_id.")
         server_id = connection_id if connection_id is not None else (await self.connect(str(connection_name))).id
-        try:
-            started = await self.sync(int(server_id), tables)
-        except BFFError as exc:
-            if exc.code != "sync_already_running":
-                raise
-            if is_async:
-                return {"server_id": server_id, "syncing": True, "detail": exc.detail}
-            await self._wait(int(server_id))
-            started = await self.sync(int(server_id), tables)
+        for attempt in range(REFRESH_ATTEMPTS):
+            try:
+                started = await self.sync(int(server_id), tables)
+                break
+            except BFFError as exc:
+                if exc.code != "sync_already_running" or attempt == REFRESH_ATTEMPTS - 1:
+                    raise
+                if is_async:
+                    return {"server_id": server_id, "syncing": True, "detail": exc.detail}
+                await self._wait(int(server_id))
         if is_async:
             return started
         return await self._wait(int(server_id), _started_run(started))

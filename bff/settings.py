@@ -113,6 +113,7 @@ class Settings:
     script_max_output_bytes: int = DEFAULT_SCRIPT_MAX_OUTPUT_BYTES
     # Wall-clock time a run may take (waiting on the API included); CPU time is capped separately.
     script_timeout_seconds: float = DEFAULT_SCRIPT_TIMEOUT_SECONDS
+    script_packages: tuple[str, ...] = ()  # more packages scripts may import (BFF_SCRIPT_PACKAGES)
 
     def __post_init__(self) -> None:
         if not self.secret_keys:
@@ -219,6 +220,10 @@ class Settings:
                 values[field] = _parse_bool(name, env[name])
         if env.get("BFF_SCRIPTS"):
             values["scripts"] = env["BFF_SCRIPTS"].strip().lower()
+        if env.get("BFF_SCRIPT_PACKAGES"):
+            values["script_packages"] = tuple(
+                dict.fromkeys(part.strip() for part in env["BFF_SCRIPT_PACKAGES"].split(",") if part.strip())
+            )
         if env.get("BFF_SANDBOX_URL"):
             values["sandbox_external_url"] = env["BFF_SANDBOX_URL"].strip()
         if env.get("BFF_DATABASE_URL"):

@@ -7,8 +7,8 @@ that role, so isolation is enforced by PostgreSQL, not only by this code.
 
 The index of the tables lives in the control schema (``warehouse_tables``,
 ``warehouse_fields``, ``warehouse_state``). Each data table has the stream's
-fields as columns plus ``_synced_at`` (epoch seconds), ``_run_id``,
-``_deleted_at`` and a hidden ``_seq`` (insertion order, the rows API's stable
+fields as typed columns (:data:`SQL_TYPES`) plus ``_synced_at`` and ``_deleted_at``
+(``timestamptz``), ``_run_id`` and a hidden ``_seq`` (insertion order, the rows API's stable
 order); a unique index on the primary key makes every write an upsert.
 
 A page is written in one transaction: COPY into a temporary table, then
@@ -20,6 +20,7 @@ never duplicates a row.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 import logging
 import operator
@@ -43,16 +44,120 @@ logger = logging.getLogger("bff.warehouse")
 WAREHOUSE_TABLE_ID_MIN = 1_000_000
 WAREHOUSE_TABLE_ID_MAX = 2**31 - 1
 
+# A connector field's type → its column type. Money is ``decimal`` (never a float); values are
+# parsed by PostgreSQL itself (COPY into typed columns), a naive datetime as UTC.
 SQL_TYPES = {
     "text": "text",
     "integer": "bigint",
+    "decimal": "numeric",
     "number": "double precision",
     "boolean": "boolean",
-    "datetime": "text",
+    "date": "date",
+    "datetime": "timestamptz",
     "json": "jsonb",
 }
 META_COLUMNS = ("_synced_at", "_run_id")
 TABLE_FILLFACTOR = 50  # percent of each heap page filled by inserts; see _create_table
+
+
+# PostgreSQL type OIDs → field types, for the columns of views (query tables); anything else is text.
+PG_TYPE_FIELDS = {
+    16: "boolean",
+    20: "integer",
+    21: "integer",
+    23: "integer",
+    700: "number",
+    701: "number",
+    1700: "decimal",
+    114: "json",
+    3802: "json",
+    1082: "date",
+    1114: "datetime",
+    1184: "datetime",
+}
+
+
+def cast_using(column: str, sql_type: str, *, old_type: str = "text") -> sql.Composed:
+    """``USING`` for a column retyped from ``old_type`` to ``sql_type``: numbers that become
+    times are epoch seconds; otherwise a value that does not parse becomes NULL (a text
+    ``created_at`` of ``"n/a"`` cannot stop an upgrade)."""
+    col = sql.Identifier(column)
+    if old_type in ("bigint", "double precision") and sql_type in ("timestamptz", "date"):
+        return sql.SQL("to_timestamp({})::{}").format(col, sql.SQL(sql_type))
+    return sql.SQL("CASE WHEN pg_input_is_valid({}::text, {}) THEN {}::text::{} END").format(
+        col, sql.Literal(sql_type), col, sql.SQL(sql_type)
+    )
+
+
+def retype_statement(schema: str, physical: str, changes: Sequence[tuple[str, str, sql.Composable]]) -> sql.Composed:
+    """One ``DO`` block that changes column types of ``schema.physical``: ``(column, SQL type,
+    USING expression)``. Views that read the table (query tables, and views over those) would stop
+    ``ALTER … TYPE``; they are kept as they are defined (``pg_get_viewdef``), dropped, and made
+    again with their owner and grants, and each query table's field types follow its columns.
+    Used by the typed-columns migration and when a connector definition changes a field's type."""
+    target = sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(physical))
+    alter = sql.SQL("ALTER TABLE {} {}").format(
+        target,
+        sql.SQL(", ").join(
+            sql.SQL("ALTER COLUMN {} TYPE {} USING {}").format(sql.Identifier(c), sql.SQL(t), using)
+            for c, t, using in changes
+        ),
+    )
+    kinds = sql.SQL(" ").join(
+        sql.SQL("WHEN {} THEN {}").format(sql.Literal(oid), sql.Literal(kind)) for oid, kind in PG_TYPE_FIELDS.items()
+    )
+    body = sql.SQL(
+        """
+DECLARE
+  views jsonb := '[]';
+  v jsonb;
+  acl record;
+BEGIN
+  PERFORM set_config('TimeZone', 'UTC', true);
+  SELECT COALESCE(jsonb_agg(jsonb_build_object('schema', n.nspname, 'name', c.relname, 'owner',
+           pg_get_userbyid(c.relowner), 'definition', pg_get_viewdef(c.oid), 'acl', COALESCE(c.relacl::text[], '{{}}'))
+           ORDER BY d.depth), '[]')
+    INTO views
+    FROM (WITH RECURSIVE deps(oid, depth) AS (
+            SELECT r.ev_class, 1 FROM pg_depend p JOIN pg_rewrite r ON r.oid = p.objid
+             WHERE p.classid = 'pg_rewrite'::regclass AND p.refobjid = {regclass}::regclass
+               AND r.ev_class <> p.refobjid
+            UNION
+            SELECT r.ev_class, deps.depth + 1 FROM deps JOIN pg_depend p ON p.refobjid = deps.oid
+              JOIN pg_rewrite r ON r.oid = p.objid
+             WHERE p.classid = 'pg_rewrite'::regclass AND r.ev_class <> p.refobjid)
+          SELECT oid, max(depth) AS depth FROM deps GROUP BY oid) d
+    JOIN pg_class c ON c.oid = d.oid JOIN pg_namespace n ON n.oid = c.relnamespace;
+  FOR v IN SELECT value FROM jsonb_array_elements(views) WITH ORDINALITY AS e(value, i) ORDER BY i DESC LOOP
+    EXECUTE format('DROP VIEW IF EXISTS %I.%I', v->>'schema', v->>'name');
+  END LOOP;
+  {alter};
+  FOR v IN SELECT value FROM jsonb_array_elements(views) LOOP
+    EXECUTE format('CREATE VIEW %I.%I AS %s', v->>'schema', v->>'name', v->>'definition');
+    EXECUTE format('ALTER VIEW %I.%I OWNER TO %I', v->>'schema', v->>'name', v->>'owner');
+    FOR acl IN SELECT x.grantee, x.privilege_type
+        FROM jsonb_array_elements_text(v->'acl') AS item, aclexplode(ARRAY[item::aclitem]) AS x
+        WHERE x.grantee <> (SELECT oid FROM pg_roles WHERE rolname = v->>'owner') LOOP
+      EXECUTE format('GRANT %s ON %I.%I TO %s', acl.privilege_type, v->>'schema', v->>'name',
+        CASE WHEN acl.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(acl.grantee)) END);
+    END LOOP;
+    UPDATE query_tables q SET fields = (
+        SELECT COALESCE(jsonb_agg(f.value || jsonb_build_object('type',
+                 CASE a.atttypid {kinds} ELSE 'text' END) ORDER BY f.i), '[]')
+          FROM jsonb_array_elements(q.fields) WITH ORDINALITY AS f(value, i)
+          JOIN pg_attribute a ON a.attrelid = {view_oid} AND a.attname = f.value->>'name')
+     WHERE q.view_name = v->>'name'
+       AND q.sub_account_id IN (SELECT id FROM sub_accounts WHERE warehouse_schema = v->>'schema');
+  END LOOP;
+END"""
+    ).format(
+        regclass=sql.Literal(target.as_string(None)),
+        alter=alter,
+        kinds=kinds,
+        view_oid=sql.SQL("format('%I.%I', v->>'schema', v->>'name')::regclass"),
+    )
+    assert "$bff_retype$" not in body.as_string(None)
+    return sql.Composed([sql.SQL("DO $bff_retype$"), body, sql.SQL("$bff_retype$")])
 
 
 def physical_name(connection_id: int, stream: str) -> str:
@@ -64,6 +169,16 @@ def new_schema_name() -> str:
 
 
 iso_seconds = iso
+
+
+def moment(epoch: float) -> dt.datetime:
+    """Epoch seconds (the warehouse clock) → the aware datetime a ``timestamptz`` column takes."""
+    return dt.datetime.fromtimestamp(epoch, dt.UTC)
+
+
+def iso_moment(value: dt.datetime | None) -> str | None:
+    """A ``timestamptz`` bookkeeping value (``_synced_at``, ``_deleted_at``) as the API writes times."""
+    return None if value is None else iso(value.timestamp())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,14 +300,15 @@ def _plan(table: WarehouseTable, stream: Stream, *, brin_index: int | None) -> _
         # for the WAL flush: a server crash can lose the last pages, rows and cursor together (never
         # one without the other), and the next run fetches them again.
         begin_page=sql.SQL(
-            "SET LOCAL synchronous_commit = off; CREATE TEMP TABLE IF NOT EXISTS {} ({}) ON COMMIT DELETE ROWS"
+            "SET LOCAL synchronous_commit = off; SET LOCAL TimeZone = 'UTC';"
+            " CREATE TEMP TABLE IF NOT EXISTS {} ({}) ON COMMIT DELETE ROWS"
         ).format(temp, temp_cols),
         copy=sql.SQL("COPY {} ({}) FROM STDIN").format(temp, cols),
         # DISTINCT ON: a page listing one record twice keeps its last copy (ctid is insertion order).
         # The cursor is saved by the same statement (one round trip less per page).
         upsert=sql.SQL(
             "WITH page AS (INSERT INTO {target} ({cols}, _synced_at, _run_id, _deleted_at)"
-            " SELECT DISTINCT ON ({pk}) {cols}, %(now)s, %(run)s, NULL FROM {temp} ORDER BY {pk}, ctid DESC"
+            " SELECT DISTINCT ON ({pk}) {cols}, %(stamp)s, %(run)s, NULL FROM {temp} ORDER BY {pk}, ctid DESC"
             # xmax is 0 on a row version this statement inserted, set on one it updated.
             " ON CONFLICT ({pk}) DO UPDATE SET {updates} RETURNING xmax = 0 AS inserted),"
             " saved AS ({save_state})"
@@ -264,7 +380,7 @@ class TableWriter:
                 await after
             now = self.warehouse.now()
             if rows:
-                cur = await conn.execute(plan.upsert, {**params, "now": now, "run": run_id})
+                cur = await conn.execute(plan.upsert, {**params, "now": now, "stamp": moment(now), "run": run_id})
                 counted = await cur.fetchone()
                 inserted = int(counted["inserted"]) if counted else 0
             else:
@@ -290,7 +406,7 @@ class TableWriter:
                 sql.SQL(
                     "UPDATE {} SET _deleted_at = %s WHERE _deleted_at IS NULL AND _run_id IS DISTINCT FROM %s"
                 ).format(self.table.identifier),
-                (self.warehouse.now(), run_id),
+                (moment(self.warehouse.now()), run_id),
             )
             return cur.rowcount
 
@@ -321,7 +437,7 @@ class TableWriter:
                     sql.SQL("UPDATE {} SET _deleted_at = %s WHERE _deleted_at IS NULL AND {}::text = ANY(%s)").format(
                         self.table.identifier, key
                     ),
-                    (now, [str(i) for i in ids]),
+                    (moment(now), [str(i) for i in ids]),
                 )
                 marked = cur.rowcount
             if cursor is not None:
@@ -339,7 +455,7 @@ class TableWriter:
                 sql.SQL(
                     "UPDATE {} SET _deleted_at = %s WHERE _deleted_at IS NULL AND lower({}::text) IN ('true', 't', '1')"
                 ).format(self.table.identifier, sql.Identifier(field)),
-                (self.warehouse.now(),),
+                (moment(self.warehouse.now()),),
             )
             return cur.rowcount
 
@@ -428,6 +544,20 @@ class Warehouse:
                 table = existing[0]
                 known = {f.name for f in table.fields}
                 position = len(table.fields)
+                # A newer definition changed a field's type (an amount from number to decimal).
+                declared = {spec.name: spec.type for spec in stream.fields}
+                retyped = [f for f in table.fields if declared.get(f.name, f.type) != f.type]
+                if retyped:
+                    changes = []
+                    for f in retyped:
+                        wanted = SQL_TYPES[declared[f.name]]
+                        using = cast_using(f.name, wanted, old_type=SQL_TYPES.get(f.type, "text"))
+                        changes.append((f.name, wanted, using))
+                    await conn.execute(retype_statement(table.schema, table.physical, changes))
+                    for f in retyped:
+                        await conn.execute(
+                            "UPDATE warehouse_fields SET type = %s WHERE id = %s", (declared[f.name], f.id)
+                        )
                 for spec in stream.fields:
                     if spec.name in known:
                         continue
@@ -456,9 +586,9 @@ class Warehouse:
             sql.SQL("{} {}").format(sql.Identifier(f.name), sql.SQL(SQL_TYPES[f.type])) for f in stream.fields
         ]
         columns += [
-            sql.SQL("_synced_at double precision NOT NULL"),
+            sql.SQL("_synced_at timestamptz NOT NULL"),
             sql.SQL("_run_id bigint"),
-            sql.SQL("_deleted_at double precision"),
+            sql.SQL("_deleted_at timestamptz"),
             sql.SQL("_seq bigint GENERATED ALWAYS AS IDENTITY"),
         ]
         await conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(target))  # leftovers of a half-deleted connection
@@ -593,7 +723,7 @@ class Warehouse:
             rows = []
             for values in await cur.fetchall():
                 row = {name: values[name] for name in names}
-                row["_synced_at"] = iso(values["_synced_at"])
+                row["_synced_at"] = iso_moment(values["_synced_at"])
                 row["_run_id"] = values["_run_id"]
                 rows.append(row)
         return int(count_row["n"]) if count_row else 0, rows

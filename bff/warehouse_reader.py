@@ -31,13 +31,12 @@ from typing import Any
 from psycopg import AsyncConnection, sql
 
 from .errors import validation_error
-from .store import Store, iso
-from .warehouse import WarehouseTable
+from .store import Store
+from .warehouse import WarehouseTable, iso_moment
 
 OPERATORS = ("equal", "not_equal", "contains", "higher_than", "lower_than", "empty", "not_empty")
 # Types a value must be parsed into before it is bound; the rest compare as text.
-_NUMERIC = ("integer", "number")
-_ORDERED = ("text", "integer", "number", "datetime")
+_ORDERED = ("text", "integer", "decimal", "number", "date", "datetime")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +54,9 @@ SYNCED_META = (
     ReadField(0, "_run_id", "integer"),
     ReadField(0, "_deleted_at", "datetime"),
 )
-_EPOCH_COLUMNS = ("_synced_at", "_deleted_at")
+_MOMENTS = ("_synced_at", "_deleted_at")
+# Field types whose database values JSON cannot carry as they are (see :func:`json_value`).
+_CONVERTED = ("decimal", "date", "datetime")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,8 +79,21 @@ def _resolve(name: str, by_name: Mapping[str, ReadField], by_key: Mapping[str, R
 
 
 def _typed(field: ReadField, raw: str, param: str) -> Any:
-    if field.name in _EPOCH_COLUMNS:
+    if field.type == "datetime":
         return parse_since(raw, param)
+    if field.type == "date":
+        try:
+            return dt.date.fromisoformat(raw.strip())
+        except ValueError:
+            raise validation_error({param: f"{field.name} holds dates; {raw!r} is not one (2026-01-31)."}) from None
+    if field.type == "decimal":
+        try:
+            value = decimal.Decimal(raw.strip())
+        except decimal.InvalidOperation:
+            value = decimal.Decimal("NaN")
+        if not value.is_finite():
+            raise validation_error({param: f"{field.name} holds numbers; {raw!r} is not one."})
+        return value
     if field.type == "integer":
         try:
             return int(raw)
@@ -132,15 +146,15 @@ def _condition(field: ReadField, op: str, raw: str, param: str) -> tuple[sql.Com
     return sql.SQL("{} " + comparison + " %s").format(target), [value]
 
 
-def parse_since(raw: str, param: str = "updated_since") -> float:
-    """An ISO 8601 time (``Z`` or an offset; none means UTC) → epoch seconds."""
+def parse_since(raw: str, param: str = "updated_since") -> dt.datetime:
+    """An ISO 8601 time (``Z`` or an offset; none means UTC) → an aware datetime."""
     try:
         moment = dt.datetime.fromisoformat(raw.strip())
     except ValueError:
         raise validation_error({param: f"{raw!r} is not an ISO 8601 time such as 2026-01-31T12:00:00Z."}) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=dt.UTC)
-    return moment.timestamp()
+    return moment
 
 
 def parse_row_query(
@@ -180,7 +194,7 @@ def parse_row_query(
             conditions.append(condition)
             values += bound
         elif key == "search":
-            text_fields = [f for f in fields if f.type in ("text", "datetime")]
+            text_fields = [f for f in fields if f.type in ("text", "date", "datetime")]
             if raw and text_fields:
                 conditions.append(
                     sql.SQL("({})").format(
@@ -277,6 +291,8 @@ def json_value(value: Any) -> Any:
         return value
     if isinstance(value, decimal.Decimal):
         return float(value)
+    if isinstance(value, dt.datetime) and value.tzinfo is not None:  # timestamptz: in UTC, with a Z
+        return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
     if isinstance(value, (dt.datetime, dt.date, dt.time)):
         return value.isoformat()
     if isinstance(value, dt.timedelta):
@@ -303,13 +319,16 @@ async def read_synced(
         offset=offset,
         limit=limit,
     )
-    stamps: dict[float | None, str | None] = {None: None}  # the rows of one sync share their time
+    stamps: dict[dt.datetime | None, str | None] = {None: None}  # the rows of one sync share their time
+    converted = [f.name for f in query.fields if f.type in _CONVERTED]
     for row in rows:
-        for column in _EPOCH_COLUMNS:
+        for column in _MOMENTS:
             value = row[column]
             if value not in stamps:
-                stamps[value] = iso(value)
+                stamps[value] = iso_moment(value)
             row[column] = stamps[value]
+        for column in converted:
+            row[column] = json_value(row[column])
     return count, rows
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import re
 import secrets
@@ -93,7 +94,7 @@ def format_value(value: Any, field_type: str | None) -> str:
         return "—"
     if isinstance(value, bool):
         return "yes" if value else "no"
-    if field_type == "number" and isinstance(value, (int, float)):
+    if field_type in ("number", "decimal") and isinstance(value, (int, float)):
         return f"{value:,.2f}"
     if isinstance(value, int) and field_type != "text":
         return f"{value:,}"
@@ -105,40 +106,69 @@ def format_value(value: Any, field_type: str | None) -> str:
 ACTIVITY_KEPT = 50  # events remembered per customer (in memory: a demo)
 
 
-def _records_text(records: Mapping[str, Any]) -> str:
-    parts = [f"{int(n):,} {table}" for table, n in records.items()]
-    return ", ".join(parts) if parts else "nothing new"
+@functools.lru_cache(maxsize=8)
+def widget_strings(locale: str = "en") -> dict[str, Any]:
+    """The widget's string table for `locale` (widget/locales.<xx>.js: JSON after `export default`).
+
+    The Activity feed's sentences live there too ("activity"), so the feed speaks the widget's words.
+    """
+    source_dir = HERE.parent / "widget"
+    if not (source_dir / "locales.en.js").exists():  # installed: the widget is the package bff.widget
+        import importlib
+
+        source_dir = Path(str(importlib.import_module("bff.widget").__file__)).parent
+    path = source_dir / f"locales.{locale}.js"
+    source = (path if path.exists() else source_dir / "locales.en.js").read_text(encoding="utf-8")
+    table: dict[str, Any] = json.loads(source[source.index("\nexport default ") + 16 :].strip().rstrip(";"))
+    return table
 
 
-def describe_event(event: Mapping[str, Any]) -> str | None:
-    """The Activity feed's sentence for a webhook event (None: not shown)."""
+PENDING = ("AUTHORIZING", "CONFIG_SELECT")  # a connection that is not set up yet
+SETTLED = ("OK", "HEALTHY")
+
+
+def describe_event(event: Mapping[str, Any], locale: str = "en") -> str | None:
+    """The Activity feed's sentence for a webhook event (None: not shown), in the widget's words."""
+    t = widget_strings(locale)["activity"]
     data = event.get("data") or {}
-    name = data.get("name") or f"Connection #{data.get('server_id')}"
-    kind = event.get("type")
+
+    def say(key: str, **more: Any) -> str:
+        return str(t[key]).format(name=data.get("name") or f"#{data.get('server_id')}", **more)
+
+    kind, health = event.get("type"), data.get("health_status")
     if kind == "sync.finished":
+        status = data.get("status")
+        if status == "succeeded":
+            records = ", ".join(f"{int(n):,} {table}" for table, n in (data.get("records") or {}).items())
+            return say("synced", records=records or t["nothingNew"])
+        return say("syncedWithErrors" if status == "completed_with_errors" else "syncFailed", error=data.get("error"))
+    if kind == "script.finished":
         if data.get("status") == "succeeded":
-            return f"{name} synced: {_records_text(data.get('records') or {})}"
-        if data.get("status") == "completed_with_errors":
-            return f"{name} synced with errors: {data.get('error')}"
-        return f"{name} sync failed: {data.get('error')}"
-    if kind == "connection.health_changed":
-        to = data.get("to")
-        if to == "ERROR" and "re-authorise" in str(data.get("detail") or "").lower():
-            return f"{name} needs re-authorisation"
-        if to in ("ERROR", "DISABLED", "RE_ENABLED", "RE_AUTHORISED"):
-            return f"{name}: {str(to).replace('_', ' ').lower()}" + (
-                f" ({data['detail']})" if data.get("detail") else ""
-            )
-        return None  # the routine OK → HEALTHY steps are in the sync lines already
+            return say("scriptDone")
+        return say("scriptFailed", error=data.get("error") or f"exit code {data.get('exit_code')}")
     if kind == "connection.created":
-        return f"{name} connected"
+        # An OAuth connection starts signing in: "connected" only once it is (health_changed below).
+        return say("signInStarted") if health == "AUTHORIZING" else say("created") if health in SETTLED else None
     if kind == "connection.deleted":
-        return f"{name} removed"
+        return say("notFinished") if health in PENDING else say("deleted")
+    if kind == "connection.health_changed":
+        old, new, detail = data.get("from"), data.get("to"), data.get("detail") or ""
+        if new == "ERROR":
+            return say("signInFailed" if old == "AUTHORIZING" else "needsAttention", detail=detail)
+        if new in SETTLED and old in (*PENDING, "CHECKING"):
+            return say("created")
+        simple = {
+            "CONFIG_SELECT": "choiceNeeded",
+            "DISABLED": "paused",
+            "RE_ENABLED": "resumed",
+            "RE_AUTHORISED": "reconnected",
+        }
+        return say(simple[new]) if new in simple else None  # OK → HEALTHY: the sync lines say it
     return None
 
 
 def is_numeric(field_type: str | None) -> bool:
-    return field_type in ("number", "integer")
+    return field_type in ("number", "decimal", "integer")
 
 
 async def connection_totals(client: Any) -> tuple[dict[int, int], list[dict[str, Any]]]:

@@ -500,7 +500,7 @@ LAYOUT = """() => {
         pageWidth: document.documentElement.scrollWidth,
         viewport: innerWidth,
         // every button of a row's actions on one line (same top)
-        actionLines: rows.map((r) => new Set([...r.querySelectorAll('.actions button')].map((b) => Math.round(b.getBoundingClientRect().top))).size),
+        actionLines: rows.map((r) => new Set([...r.querySelectorAll('.actions button:not([hidden])')].map((b) => Math.round(b.getBoundingClientRect().top))).size),
         // every cell of a row ends on the same line (the row's border is straight)
         cellBottoms: rows.map((r) => new Set([...r.children].map((c) => Math.round(c.getBoundingClientRect().bottom))).size),
         rowWidths: rows.map((r) => Math.round(r.getBoundingClientRect().right)),
@@ -609,3 +609,91 @@ def test_the_activity_feed_shows_the_syncs_webhook_without_a_reload(page: Page, 
     integrations.connection("Sandbox Bank").sync()  # (the session's bank may hold refreshed extras)
     expect(activity).to_contain_text("Sandbox Bank synced", timeout=15_000)
     assert page.evaluate("window.stillTheSamePage") is True  # arrived without a reload
+
+
+def sandbox_control(demo: DemoStack, action: str, provider: str) -> None:
+    """The sandbox's own switches (`BFF_SANDBOX_CONTROLS=open`, as `bff demo` runs it)."""
+    import httpx
+
+    httpx.post(f"{demo.bff_url}/sandbox/_control/{action}", json={"provider": provider}, timeout=10).raise_for_status()
+
+
+def test_a_long_error_and_a_paused_connection_fit_the_page_and_resume_works(page: Page, demo: DemoStack) -> None:
+    external_id = demo.new_customer("Long Error Co")
+    with PartnerClient(demo.bff_url, demo.partner_token) as partner:
+        token = partner.integrate_token(external_id, **demo.customers[external_id])["token"]
+    import httpx
+
+    with httpx.Client(base_url=demo.bff_url, headers={"Authorization": f"Bearer {token}"}, timeout=30) as api:
+        bank = api.post(
+            "/api/servers", json={"servertype_id": "sandbox_bank", "login": "sandbox", "password": "sandbox"}
+        )
+        accounting = api.post(
+            "/api/servers", json={"servertype_id": "sandbox_accounting", "api_key": "sandbox-valid-key"}
+        ).json()
+        api.post(f"/api/server/{accounting['id']}/config", json={"divisions": ["101"]}).raise_for_status()
+        api.post(f"/api/server/{bank.json()['id']}/disable").raise_for_status()  # paused by the customer
+    page.set_viewport_size({"width": 1280, "height": 800})
+    integrations = SignInPage(page, demo.site_url).sign_in(external_id, EN)
+    accounting_row = integrations.connection("Sandbox Accounting")
+    sandbox_control(demo, "revoke", "accounting")  # the provider refuses the key: a real, long error
+    try:
+        accounting_row.sync_button.click()
+        expect(accounting_row.progress).to_have_text("Failed: see Last run", timeout=30_000)
+        expect(accounting_row.last_run).to_contain_text(re.compile(r"Failed .*ago.{60,}"))  # the reason, once
+    finally:
+        sandbox_control(demo, "restore", "accounting")
+    bank_row = integrations.connection("Sandbox Bank")
+    resume = bank_row.row.get_by_role("button", name="Resume syncing", exact=True)
+    expect(bank_row.health).to_have_text("Paused")
+    expect(resume).to_be_visible()
+    expect(bank_row.sync_button).to_be_hidden()  # the BFF would refuse it ("enable it before syncing")
+
+    for width, phone in ((1280, False), (390, True)):
+        page.set_viewport_size({"width": width, "height": 800})
+        page.mouse.move(0, 0)
+        expect_product_layout(page, phone=phone)
+        # Every Delete is inside the card and on the screen.
+        edges = page.evaluate(
+            """() => {
+                const card = document.querySelector('.connections-card').getBoundingClientRect();
+                return [...document.querySelectorAll('[data-action="delete"]')].map((b) => {
+                    const r = b.getBoundingClientRect();
+                    return r.left >= card.left && r.right <= card.right && r.right <= innerWidth;
+                });
+            }"""
+        )
+        assert edges == [True, True], (width, edges)
+        page.screenshot(path=str(ROOT / "test-results" / f"long-error-{width}.png"), full_page=True)  # to look at
+
+    page.set_viewport_size({"width": 1280, "height": 800})
+    resume.click()
+    expect(integrations.messages).to_have_text("Sandbox Bank resumed: it syncs now.")
+    expect(bank_row.sync_button).to_be_focused()  # Resume is gone: focus moves to what replaced it
+    expect(bank_row.progress).to_have_text(re.compile(r"^Finished: [\d,]+ new records?$"), timeout=30_000)
+    expect(bank_row.health).to_have_text("Healthy")
+    expect(resume).to_be_hidden()
+    activity = page.get_by_role("list", name="Activity")
+    expect(activity).to_contain_text("Sandbox Bank paused: nothing syncs until it is resumed", timeout=15_000)
+    expect(activity).to_contain_text("Sandbox Bank resumed")
+    expect(activity).to_contain_text("Sandbox Accounting could not sync: ")
+    for raw in ("re enabled", "disabled (", "re authorised"):
+        expect(activity).not_to_contain_text(raw)
+
+
+def test_the_activity_feed_never_calls_a_denied_sign_in_connected(page: Page, demo: DemoStack) -> None:
+    integrations = sign_in(page, demo)
+    modal = integrations.open_modal()
+    modal.start_oauth().deny()
+    expect(modal.alert).to_have_text("Access was denied at the provider.")
+    with page.expect_navigation():  # the page reloads when the modal closes after a started connection
+        page.keyboard.press("Escape")
+    integrations.wait_until_ready()
+    activity = page.get_by_role("list", name="Activity")
+    expect(activity).to_contain_text("Sandbox CRM removed", timeout=15_000)
+    expect(activity).to_contain_text("Signing in to Sandbox CRM started")
+    expect(activity).to_contain_text("Signing in to Sandbox CRM failed: Access was denied at the provider.")
+    expect(activity).not_to_contain_text("connected")
+    for width in (1280, 390):
+        page.set_viewport_size({"width": width, "height": 800})
+        page.screenshot(path=str(ROOT / "test-results" / f"activity-{width}.png"), full_page=True)  # to look at

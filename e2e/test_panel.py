@@ -252,3 +252,48 @@ def test_pause_and_resume_syncing_from_the_panel(page: Page, demo: DemoStack) ->
     expect(bank.sync_button).to_be_visible()
     expect(bank.pause_button).to_be_visible()
     assert axe_violations(panel.document(), PANEL_ONLY) == []
+
+
+def test_the_panel_tells_the_truth_after_resume_on_errors_and_for_twins(page: Page, demo: DemoStack) -> None:
+    customer = demo.new_customer()
+    token = api_token(demo, customer)
+    first = create(demo, token, servertype_id="sandbox_bank", login="sandbox", password="sandbox")
+    second = create(demo, token, servertype_id="sandbox_bank", login="sandbox", password="sandbox")
+    accounting = create(demo, token, servertype_id="sandbox_accounting", api_key="sandbox-valid-key")
+    headers = {"Authorization": f"Bearer {token}"}
+    httpx.post(f"{demo.bff_url}/api/server/{accounting['id']}/config", json={"divisions": ["101"]}, headers=headers)
+    httpx.post(f"{demo.bff_url}/api/server/{first['id']}/disable", headers=headers).raise_for_status()
+    panel = open_panel(page, demo, customer)
+
+    # Two connections named "Sandbox Bank": each card shows its id, and its actions say which.
+    items = panel.items.filter(has=panel.frame.get_by_role("heading", name="Sandbox Bank", level=3, exact=True))
+    expect(items).to_have_count(2)
+    for created in (first, second):
+        card = panel.frame.locator(f"li[data-id='{created['id']}']")
+        expect(card.locator(".cid")).to_have_text(f"#{created['id']}")
+        expect(card.get_by_role("group", name=f"Actions for Sandbox Bank #{created['id']}", exact=True)).to_be_visible()
+    paused = panel.frame.locator(f"li[data-id='{first['id']}']")
+
+    # Resume: the sync it starts is followed, and its result shows within seconds (not at the next 30 s poll).
+    paused.get_by_role("button", name=EN["resume"], exact=True).click()
+    expect(paused.get_by_role("status")).to_have_text(re.compile(r"^Synced: [\d,]+ new records\.$"), timeout=10_000)
+    expect(paused.locator("dl div").first.locator("dd time")).to_have_attribute("datetime", re.compile(r"^\d{4}-"))
+    expect(paused.locator(".badge")).to_have_text("Healthy")
+
+    # A failed run says it failed, and the card says why it needs attention.
+    card = panel.frame.locator(f"li[data-id='{accounting['id']}']")
+    httpx.post(f"{demo.bff_url}/sandbox/_control/revoke", json={"provider": "accounting"}).raise_for_status()
+    try:
+        card.get_by_role("button", name=EN["syncNow"], exact=True).click()
+        expect(card.get_by_role("status")).to_have_text(re.compile(r"^The sync failed: "), timeout=30_000)
+    finally:
+        httpx.post(f"{demo.bff_url}/sandbox/_control/restore", json={"provider": "accounting"})
+    expect(card.locator(".badge")).to_have_text("Needs your attention")
+    expect(card.locator(".why")).to_have_text(re.compile(r"^Why: \S.{10,}"))
+    expect(card.locator("dl div").first.locator("dd")).to_have_text(re.compile(r"^Failed \S"))
+    assert axe_violations(panel.document(), PANEL_ONLY) == []
+    for width in (1280, 390):
+        page.set_viewport_size({"width": width, "height": 900})
+        page.mouse.move(0, 0)
+        assert panel.document().evaluate("document.documentElement.scrollWidth <= innerWidth")
+        page.screenshot(path=str(ROOT / "test-results" / f"panel-truth-{width}.png"), full_page=True)  # to look at

@@ -60,3 +60,26 @@ async def test_async_client_and_errors(settings_factory: Callable[..., Settings]
         with pytest.raises(BFFError) as down:
             await nowhere.integrate_token("a1")
         assert down.value.code == "connection_error"
+
+
+async def test_a_sub_account_client_used_as_a_context_manager_leaves_the_partners_open(
+    settings_factory: Callable[..., Settings],
+) -> None:
+    settings = settings_factory()
+    with serve_in_thread(settings) as base_url:
+        token = (await create_partner(settings, "acme", []))["token"]
+        with PartnerClient(base_url, token) as partner:
+            partner.create_sub_account("ctx_1")
+            with partner.sub_account_client(external_id="ctx_1") as customer:
+                assert list(customer.connections()) == []
+            assert partner.identity_token(external_id="ctx_1")["token"]  # still open
+        with pytest.raises(BFFError) as closed:  # its own client, closed by the with-block
+            partner.identity_token(external_id="ctx_1")
+        assert closed.value.code == "client_closed" and closed.value.status == 0
+        async with AsyncPartnerClient(base_url, token) as apartner:
+            async with await apartner.sub_account_client(external_id="ctx_1") as acustomer:
+                assert [c async for c in acustomer.connections()] == []
+            assert (await apartner.identity_token(external_id="ctx_1"))["token"]
+        with pytest.raises(BFFError) as aclosed:
+            await apartner.identity_token(external_id="ctx_1")
+        assert aclosed.value.code == "client_closed"

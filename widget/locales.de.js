@@ -61,7 +61,7 @@ export default {
   "confirmDeleteButton": "{name} löschen",
   "deleted": "{name} wurde gelöscht.",
   "lastSync": "Letzte Synchronisierung",
-  "records": "Datensätze",
+  "records": "Neue Datensätze (letzte Synchronisierung)",
   "nextSync": "Nächste Synchronisierung",
   "never": "Nie",
   "notScheduled": "Nicht geplant",
@@ -80,5 +80,26 @@ export default {
     "hr": "Personal",
     "support": "Support",
     "other": "Sonstige"
+  },
+  "failedAt": "Fehlgeschlagen",
+  "partlyAt": "Teilweise synchronisiert",
+  "why": "Grund: {detail}",
+  "activity": {
+    "synced": "{name} synchronisiert: {records}",
+    "nothingNew": "nichts Neues",
+    "syncedWithErrors": "{name} mit Fehlern synchronisiert: {error}",
+    "syncFailed": "{name} konnte nicht synchronisieren: {error}",
+    "created": "{name} verbunden",
+    "signInStarted": "Anmeldung bei {name} begonnen",
+    "signInFailed": "Anmeldung bei {name} fehlgeschlagen: {detail}",
+    "notFinished": "Die Einrichtung von {name} wurde nicht abgeschlossen: nichts wurde verbunden",
+    "deleted": "{name} entfernt",
+    "needsAttention": "{name} braucht Ihre Aufmerksamkeit: {detail}",
+    "choiceNeeded": "{name} wartet auf eine Auswahl, um die Einrichtung abzuschließen",
+    "paused": "{name} pausiert: bis zur Fortsetzung wird nichts synchronisiert",
+    "resumed": "{name} fortgesetzt",
+    "reconnected": "{name} erneut verbunden",
+    "scriptDone": "Skript {name} ausgeführt",
+    "scriptFailed": "Skript {name} fehlgeschlagen: {error}"
   }
 };

@@ -61,7 +61,7 @@ export default {
   "confirmDeleteButton": "Delete {name}",
   "deleted": "{name} was deleted.",
   "lastSync": "Last sync",
-  "records": "Records",
+  "records": "New records (last sync)",
   "nextSync": "Next sync",
   "never": "Never",
   "notScheduled": "Not scheduled",
@@ -80,5 +80,26 @@ export default {
     "hr": "HR",
     "support": "Support",
     "other": "Other"
+  },
+  "failedAt": "Failed",
+  "partlyAt": "Partly synced",
+  "why": "Why: {detail}",
+  "activity": {
+    "synced": "{name} synced: {records}",
+    "nothingNew": "nothing new",
+    "syncedWithErrors": "{name} synced with errors: {error}",
+    "syncFailed": "{name} could not sync: {error}",
+    "created": "{name} connected",
+    "signInStarted": "Signing in to {name} started",
+    "signInFailed": "Signing in to {name} failed: {detail}",
+    "notFinished": "The setup of {name} was not finished: nothing was connected",
+    "deleted": "{name} removed",
+    "needsAttention": "{name} needs your attention: {detail}",
+    "choiceNeeded": "{name} is waiting for a choice to finish its setup",
+    "paused": "{name} paused: nothing syncs until it is resumed",
+    "resumed": "{name} resumed",
+    "reconnected": "{name} reconnected",
+    "scriptDone": "Script {name} ran",
+    "scriptFailed": "Script {name} failed: {error}"
   }
 };

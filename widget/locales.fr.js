@@ -61,7 +61,7 @@ export default {
   "confirmDeleteButton": "Supprimer {name}",
   "deleted": "{name} a été supprimé.",
   "lastSync": "Dernière synchronisation",
-  "records": "Enregistrements",
+  "records": "Nouveaux enregistrements (dernière synchro)",
   "nextSync": "Prochaine synchronisation",
   "never": "Jamais",
   "notScheduled": "Non planifiée",
@@ -80,5 +80,26 @@ export default {
     "hr": "RH",
     "support": "Support",
     "other": "Autre"
+  },
+  "failedAt": "Échec",
+  "partlyAt": "Synchronisé en partie",
+  "why": "Cause : {detail}",
+  "activity": {
+    "synced": "{name} synchronisé : {records}",
+    "nothingNew": "rien de nouveau",
+    "syncedWithErrors": "{name} synchronisé avec des erreurs : {error}",
+    "syncFailed": "{name} n’a pas pu être synchronisé : {error}",
+    "created": "{name} connecté",
+    "signInStarted": "Connexion à {name} commencée",
+    "signInFailed": "La connexion à {name} a échoué : {detail}",
+    "notFinished": "La configuration de {name} n’a pas été terminée : rien n’a été connecté",
+    "deleted": "{name} supprimé",
+    "needsAttention": "{name} requiert votre attention : {detail}",
+    "choiceNeeded": "{name} attend un choix pour terminer sa configuration",
+    "paused": "{name} en pause : rien n’est synchronisé avant la reprise",
+    "resumed": "{name} a repris",
+    "reconnected": "{name} reconnecté",
+    "scriptDone": "Le script {name} s’est exécuté",
+    "scriptFailed": "Le script {name} a échoué : {error}"
   }
 };

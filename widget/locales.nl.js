@@ -61,7 +61,7 @@ export default {
   "confirmDeleteButton": "{name} verwijderen",
   "deleted": "{name} is verwijderd.",
   "lastSync": "Laatste synchronisatie",
-  "records": "Records",
+  "records": "Nieuwe records (laatste sync)",
   "nextSync": "Volgende synchronisatie",
   "never": "Nooit",
   "notScheduled": "Niet gepland",
@@ -80,5 +80,26 @@ export default {
     "hr": "HR",
     "support": "Support",
     "other": "Overig"
+  },
+  "failedAt": "Mislukt",
+  "partlyAt": "Deels gesynchroniseerd",
+  "why": "Oorzaak: {detail}",
+  "activity": {
+    "synced": "{name} gesynchroniseerd: {records}",
+    "nothingNew": "niets nieuws",
+    "syncedWithErrors": "{name} gesynchroniseerd met fouten: {error}",
+    "syncFailed": "{name} kon niet synchroniseren: {error}",
+    "created": "{name} gekoppeld",
+    "signInStarted": "Aanmelden bij {name} gestart",
+    "signInFailed": "Aanmelden bij {name} mislukt: {detail}",
+    "notFinished": "Het koppelen van {name} is niet afgerond: er is niets gekoppeld",
+    "deleted": "{name} verwijderd",
+    "needsAttention": "{name} vraagt je aandacht: {detail}",
+    "choiceNeeded": "{name} wacht op een keuze om de koppeling af te ronden",
+    "paused": "{name} gepauzeerd: er wordt niets gesynchroniseerd tot je hervat",
+    "resumed": "{name} hervat",
+    "reconnected": "{name} opnieuw gekoppeld",
+    "scriptDone": "Script {name} uitgevoerd",
+    "scriptFailed": "Script {name} mislukt: {error}"
   }
 };

@@ -28,8 +28,11 @@ function facts(c) {
   const run = c.last_run;
   const when = run?.finished_at || run?.started_at;
   const fact = (label, value) => h('div', null, h('dt', null, label), h('dd', null, value));
+  // A run that failed (or partly) says so: never "48 seconds ago" alone for a failure.
+  const outcome = { failed: ['failedAt', 'danger'], completed_with_errors: ['partlyAt', 'warning'] }[run?.status];
+  const last = when ? [outcome && h('span', { class: 'outcome', 'data-tone': outcome[1] }, t[outcome[0]]), outcome && ' ', timeElement(when, LOCALE)] : t.never;
   return h('dl', { class: 'facts' },
-    fact(t.lastSync, when ? timeElement(when, LOCALE) : t.never),
+    fact(t.lastSync, last),
     fact(t.records, run ? total(run).toLocaleString(LOCALE) : '—'),
     fact(t.nextSync, c.next_sync_at ? timeElement(c.next_sync_at, LOCALE) : t.notScheduled));
 }
@@ -49,11 +52,15 @@ function item(c) {
   buttons.push(button('delete', 'delete', 'danger'));
   const sync = buttons.find((b) => b?.dataset?.action === 'sync');
   if (sync && view.syncing.has(id)) sync.setAttribute('aria-disabled', 'true');
-  const li = h('li', { class: 'item', 'data-id': id, 'aria-labelledby': `name-${id}` },
-    h('div', { class: 'head' }, h('h3', { id: `name-${id}` }, c.name), h('span', { class: 'badge', 'data-tone': tone }, label)),
+  // Why it needs attention, in the BFF's words (c.detail), for the states that have a reason.
+  const why = ['ERROR', 'COMPLETED_WITH_ERRORS'].includes(c.health_status) && c.detail;
+  // The id tells apart two connections with the same name (e.g. two Sandbox CRM accounts).
+  const li = h('li', { class: 'item', 'data-id': id, 'aria-labelledby': `name-${id} cid-${id}` },
+    h('div', { class: 'head' }, h('h3', { id: `name-${id}` }, c.name), h('span', { class: 'muted cid', id: `cid-${id}` }, `#${id}`), h('span', { class: 'badge', 'data-tone': tone }, label)),
+    why && h('p', { class: 'why' }, fmt(t.why, { detail: why })),
     facts(c),
     progress,
-    h('div', { class: 'actions', role: 'group', 'aria-label': fmt(t.actionsFor, { name: c.name }) }, buttons));
+    h('div', { class: 'actions', role: 'group', 'aria-label': fmt(t.actionsFor, { name: `${c.name} #${id}` }) }, buttons));
   if (view.confirming.has(id)) li.append(confirmBox(c));
   li.connection = c;
   return li;
@@ -158,6 +165,17 @@ async function followSync(c) {
   }
 }
 
+// Starts a sync (or joins the one running) and follows it.
+async function startSync(c) {
+  try {
+    await api('POST', `/api/server/${enc(String(c.id))}/sync`, {});
+  } catch (e) {
+    if (e.code !== 'sync_already_running') throw e;
+  }
+  post({ type: 'change', change: { type: 'sync_started', server_id: c.id } });
+  followSync(c);
+}
+
 async function act(button) {
   const li = button.closest('li');
   const c = li.connection;
@@ -169,13 +187,7 @@ async function act(button) {
   try {
     if (action === 'sync') {
       $(`progress-${id}`).textContent = t.syncStarting;
-      try {
-        await api('POST', `/api/server/${enc(id)}/sync`, {});
-      } catch (e) {
-        if (e.code !== 'sync_already_running') throw e;
-      }
-      post({ type: 'change', change: { type: 'sync_started', server_id: c.id } });
-      followSync(c);
+      await startSync(c);
     } else if (action === 'finish') {
       post({ type: 'open', options: { serverId: c.id } });
     } else if (action === 'reauthorise') {
@@ -200,7 +212,10 @@ async function act(button) {
       await api('POST', `/api/server/${enc(id)}/${action}`);
       say(fmt(action === 'disable' ? t.paused : t.resumed, { name: c.name }));
       post({ type: 'change', change: { type: action === 'disable' ? 'disabled' : 'enabled', server_id: c.id } });
-      load();
+      // Resume = the sync a resumed connection owes, now (or the one the schedule just started),
+      // followed like "Sync now": its result shows when it ends, not at the next poll.
+      if (action === 'enable') await startSync(c);
+      else load();
     } else if (action === 'delete') {
       view.confirming.add(id);
       li.append(confirmBox(c));

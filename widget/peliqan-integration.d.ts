@@ -364,7 +364,8 @@ export interface ConnectionsPanel {
 }
 
 /**
- * The customer's connections with health badge, last sync, records and next sync, and the actions
+ * The customer's connections (name and id) with health badge and, when one needs attention, why; the
+ * last sync ("Failed" when it did), the last sync's new records and the next sync; and the actions
  * Sync now (live progress), Re-authorise, Finish setup, Manual refresh and Delete (confirmed inside
  * the panel). Renders in an iframe on the BFF's origin inside `element`; its code loads only now.
  */

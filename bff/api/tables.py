@@ -90,9 +90,12 @@ MAX_QUERY_ROWS = 10_000
 async def run_query(request: Request) -> JSONResponse:
     """Run one read-only query as the customer: ``{query, limit?}`` → ``{fields, rows, truncated}``.
 
-    What ``pq.dbconnect(pq.DW_NAME).execute(sql)`` calls; nothing is saved.
+    What ``pq.dbconnect(pq.DW_NAME).execute(sql)`` calls; nothing is saved. Counted with the
+    rows API's reads (``429 rate_limited``); more queries of one customer at once than the BFF
+    opens connections for are ``429 too_many_queries``, a database without a free connection
+    ``503 database_busy``.
     """
-    account = await require_back_end(request)
+    account = await auth.require_identity(request)
     data = await read_json(request)
     errors: dict[str, str] = {}
     query = _text(data, "query", errors, max_length=MAX_QUERY_LENGTH, required=True)

@@ -29,7 +29,7 @@ Category = Literal[
     "crm", "accounting", "banking", "payments", "communication", "marketing", "ecommerce", "hr", "support", "other"
 ]
 FormType = Literal["text", "password", "select", "url", "email", "number", "textarea"]
-FieldType = Literal["text", "integer", "number", "boolean", "datetime", "json"]
+FieldType = Literal["text", "integer", "decimal", "number", "boolean", "date", "datetime", "json"]
 Method = Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
 Params = dict[str, str | int | float]
 # Localised UI text, e.g. {"nl": {"label": "API-sleutel", "help": "…"}}; the keys inside a

@@ -101,11 +101,25 @@ def _to_datetime(v: Any) -> Any:
     return v
 
 
+def _to_decimal(v: Any) -> Any:
+    if type(v) is str:  # PostgreSQL parses the text into numeric: no float in between
+        text = v.strip()
+        return text or None
+    return _to_number(v)
+
+
+def _to_date(v: Any) -> Any:
+    value = _to_datetime(v)  # an epoch or an OData date: its day; an ISO time: its date part
+    return value[:10] if type(value) is str and len(value) > 10 and value[4:5] == "-" else value
+
+
 _COERCE: dict[str, Callable[[Any], Any] | None] = {
     "text": _to_text,
     "integer": _to_int,
+    "decimal": _to_decimal,
     "number": _to_number,
     "boolean": _to_bool,
+    "date": _to_date,
     "datetime": _to_datetime,
     "json": None,  # keep the Python object as decoded
 }
@@ -116,8 +130,10 @@ _COERCE: dict[str, Callable[[Any], Any] | None] = {
 _NEEDS_COERCION = {
     "text": "type({v}) is not str",
     "integer": "type({v}) is not int",
+    "decimal": "type({v}) is not float and type({v}) is not int",
     "number": "type({v}) is not float and type({v}) is not int",
     "boolean": "type({v}) is not bool",
+    "date": "(type({v}) is not str or len({v}) != 10)",
     "datetime": '(type({v}) is not str or {v}.startswith("/Date("))',
 }
 

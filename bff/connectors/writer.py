@@ -27,13 +27,17 @@ __all__ = ["FieldErrors", "ObjectNotSupported", "UpsertAmbiguous", "WriteResult"
 _TYPE_CHECKS: dict[str, tuple[type, ...]] = {
     "text": (str,),
     "datetime": (str,),
+    "date": (str,),
     "integer": (int,),
+    "decimal": (int, float),
     "number": (int, float),
     "boolean": (bool,),
 }
 _TYPE_NAMES = {
     "text": "a string",
     "datetime": "an ISO-8601 string",
+    "date": "an ISO-8601 date (2026-01-31)",
+    "decimal": "a number",
     "integer": "an integer",
     "number": "a number",
     "boolean": "true or false",

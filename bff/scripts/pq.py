@@ -30,9 +30,13 @@ __all__ = [
     "Database",
     "connect",
     "dbconnect",
+    "get_pipeline_runs",
     "get_state",
     "refresh_connection",
+    "run_pipeline",
     "set_state",
+    "set_table_frequency",
+    "st",
 ]
 
 DW_NAME = "Warehouse"  # the name of the customer's one warehouse (``GET /api/applications/``)
@@ -72,6 +76,110 @@ def refresh_connection(
     return api().refresh_connection(connection_name, connection_id, is_async=is_async, tables=tables)
 
 
+def run_pipeline(
+    connection_name: str | None = None,
+    connection_id: int | None = None,
+    is_async: bool = True,
+    tables: str | list[str] | None = None,
+    categories: str | list[str] | None = None,
+) -> dict[str, Any]:
+    """The source documents' name for :func:`refresh_connection`: ``{"run_id": …}`` (and, with
+    ``is_async=False``, the finished run's ``status``). ``tables`` may be one name or a list."""
+    if categories is not None:
+        # Syncing some partitions (divisions) only needs the sync API to take them; it does not yet.
+        raise BFFError(
+            "categories_not_supported",
+            400,
+            "run_pipeline(categories=…) is not supported yet: sync the connection's divisions by choosing them"
+            " on the connection (its config step), or sync all of them.",
+        )
+    wanted = [tables] if isinstance(tables, str) else list(tables) if tables is not None else None
+    result = refresh_connection(connection_name, connection_id, is_async=is_async, tables=wanted)
+    if is_async:
+        runs = result.get("run_data") or [{}]
+        return {**result, "run_id": runs[0].get("pipeline_run_id")}
+    return {**result, "run_id": result.get("id")}
+
+
+def get_pipeline_runs(
+    connection_name: str | None = None, connection_id: int | None = None, run_id: int | None = None
+) -> dict[str, Any]:
+    """A connection's sync runs, newest first, as ``{"data": [{"id", "status", …}]}`` (the
+    documents' shape); only run ``run_id`` when given."""
+    if (connection_name is None) == (connection_id is None):
+        raise ValueError("Pass exactly one of connection_name or connection_id.")
+    client = api()
+    server_id = connection_id if connection_id is not None else client.connect(str(connection_name)).id
+    page = client._do(_Call("GET", f"/api/server/{int(server_id)}/runs", params={"page_size": 100}))
+    runs = [run for run in page.get("results", []) if run_id is None or run.get("id") == int(run_id)]
+    return {"data": runs}
+
+
+def set_table_frequency(connection_name: str | int, table: str, seconds: int | None) -> dict[str, Any]:
+    """Sync one table of a connection every ``seconds`` (None: back to the connection's own
+    frequency); the other tables' frequencies are kept. Returns the connection."""
+    client = api()
+    server_id = client.connect(connection_name).id
+    connection = client._do(_Call("GET", f"/api/server/{server_id}"))
+    frequencies = dict(connection.get("table_frequencies") or {})
+    if seconds is None:
+        frequencies.pop(table, None)
+    else:
+        frequencies[table] = seconds
+    return client._do(  # type: ignore[no-any-return]
+        _Call("PATCH", f"/api/server/{server_id}", json={"table_frequencies": frequencies})
+    )
+
+
+class _Output:
+    """``st``: what the source documents' scripts write with (Streamlit's names), as lines of
+    the run's output."""
+
+    @staticmethod
+    def write(*values: Any) -> None:
+        print(" ".join(v if isinstance(v, str) else _shown(v) for v in values), flush=True)
+
+    @staticmethod
+    def text(value: Any) -> None:
+        print(str(value), flush=True)
+
+    @staticmethod
+    def json(value: Any) -> None:
+        print(json.dumps(value, indent=2, default=str, ensure_ascii=False), flush=True)
+
+    @staticmethod
+    def table(rows: Any) -> None:
+        """Rows (dicts, or lists) as aligned columns."""
+        items = list(rows.values()) if isinstance(rows, dict) else list(rows)
+        if not items:
+            print("(no rows)", flush=True)
+            return
+        if all(isinstance(r, dict) for r in items):
+            columns = list(dict.fromkeys(k for r in items for k in r))
+            grid = [columns] + [[_shown(r.get(c)) for c in columns] for r in items]
+        else:
+            grid = [[_shown(v) for v in (r if isinstance(r, (list, tuple)) else [r])] for r in items]
+        widths = [max(len(row[i]) if i < len(row) else 0 for row in grid) for i in range(max(map(len, grid)))]
+        for row in grid:
+            print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip(), flush=True)
+
+    markdown = text
+    title = text
+    header = text
+    subheader = text
+    caption = text
+    code = text
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, default=str, ensure_ascii=False)
+    return "" if value is None else str(value)
+
+
+st = _Output()
+
+
 class Database:
     """The customer's warehouse, read-only, as the customer's own database role."""
 
@@ -108,15 +216,19 @@ class Database:
         schema: str | None = None,
         table: str | None = None,
         *,
+        query: str | None = None,
         filters: dict[str, Any] | None = None,
         order_by: str | list[str] | None = None,
         limit: int | None = None,
     ) -> list[dict[str, Any]]:
-        """Every row of a table (``schema`` is the connection's name; ``table`` the table's name)."""
+        """Every row of a table (``schema`` is the connection's name; ``table`` the table's name),
+        or the rows of one ``SELECT`` (``query=``), as dicts."""
         if db not in (DW_NAME, self.name):
             raise BFFError("database_not_found", 404, f"No database called {db!r}; use pq.DW_NAME.")
+        if query is not None:
+            return api().query(query, limit=limit if limit is not None else 10_000)
         if table is None:
-            raise ValueError("fetch(db, schema, table): name the table.")
+            raise ValueError("fetch(db, schema, table): name the table (or pass query=).")
         found = self._find(schema, table)
         rows: list[dict[str, Any]] = []
         for row in api().rows(int(found["id"]), filters=filters, order_by=order_by):
@@ -125,9 +237,21 @@ class Database:
                 break
         return rows
 
-    def execute(self, query: str, *, limit: int = 1000) -> list[dict[str, Any]]:
-        """One read-only ``SELECT``/``WITH`` query over the customer's tables; its rows."""
-        return api().query(query, limit=limit)
+    def execute(self, *args: str, query: str | None = None, limit: int = 1000) -> Any:
+        """``execute(sql)``: one ``SELECT``/``WITH`` query, its rows. ``execute(db, query=sql)`` (the
+        documents' form): ``{"status": …, "rowcount": …, "rows": […]}``, and a statement the
+        database refuses is a status that says why, not an exception."""
+        if query is None:
+            if len(args) != 1:
+                raise ValueError("execute(sql), or execute(pq.DW_NAME, query=sql).")
+            return api().query(args[0], limit=limit)
+        if len(args) > 1 or (args and args[0] not in (DW_NAME, self.name)):
+            raise BFFError("database_not_found", 404, f"No database called {args[0]!r}; use pq.DW_NAME.")
+        try:
+            rows = api().query(query, limit=limit)
+        except BFFError as exc:
+            return {"status": f"error: {exc.detail}", "rowcount": 0, "rows": []}
+        return {"status": "ok", "rowcount": len(rows), "rows": rows}
 
 
 def dbconnect(name: str = DW_NAME) -> Database:

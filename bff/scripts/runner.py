@@ -43,7 +43,7 @@ def main() -> int:
     if isinstance(ready_fd, int):
         os.write(ready_fd, b"ready")
         os.close(ready_fd)
-    namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": __builtins__, "pq": pq}
+    namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": __builtins__, "pq": pq, "st": pq.st}
     filename = f"<script {config.get('name', '')}>"
     # Tracebacks show the script's own lines.
     linecache.cache[filename] = (len(code), None, code.splitlines(keepends=True), filename)

@@ -46,6 +46,8 @@ MAX_OPEN_FILES = 256
 MAX_FILE_BYTES = 64 * 1024 * 1024
 # What the runner imports; bound when it lives outside the Python prefixes (editable installs).
 RUNNER_PACKAGES = ("bff", "httpx", "httpcore", "h11", "anyio", "idna", "certifi", "sniffio")
+# Importable by every script (the source documents' scripts use them); BFF_SCRIPT_PACKAGES adds more.
+SCRIPT_PACKAGES = ("pytz", "dateutil", "six")
 SYSTEM_LINKS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 
 
@@ -217,22 +219,36 @@ def _is_within(path: Path, roots: list[Path]) -> bool:
     return any(path == root or root in path.parents for root in roots)
 
 
+def _locations(package: str) -> list[Path]:
+    """Where an importable package (its directories) or module (its file) lives; [] if nowhere."""
+    try:
+        spec = find_spec(package)
+    except (ImportError, ValueError):
+        return []
+    if spec is None:
+        return []
+    if spec.submodule_search_locations:
+        return [Path(location).resolve() for location in spec.submodule_search_locations]
+    return [Path(spec.origin).resolve()] if spec.origin and os.path.isfile(spec.origin) else []
+
+
+def missing_packages(packages: tuple[str, ...]) -> list[str]:
+    """Which of ``packages`` (BFF_SCRIPT_PACKAGES) this Python cannot import."""
+    return [package for package in packages if not _locations(package)]
+
+
 @functools.cache
-def _python_roots() -> tuple[Path, ...]:
-    """The directories this Python and the runner's packages live in (read-only binds); fixed for
-    the life of the process, so found once, not on every run."""
+def _python_roots(packages: tuple[str, ...] = ()) -> tuple[Path, ...]:
+    """The directories this Python and the runner's and scripts' packages live in (read-only
+    binds); fixed for the life of the process, so found once, not on every run."""
     roots: list[Path] = []
     candidates = [sys.base_prefix, sys.prefix, sys.exec_prefix, os.path.dirname(os.path.realpath(sys.executable))]
     for candidate in candidates:
         path = Path(candidate).resolve()
         if path.is_dir() and path != Path("/") and not _is_within(path, roots):
             roots.append(path)
-    for package in RUNNER_PACKAGES:
-        spec = find_spec(package)
-        if spec is None or not spec.submodule_search_locations:
-            continue
-        for location in spec.submodule_search_locations:
-            path = Path(location).resolve()
+    for package in (*RUNNER_PACKAGES, *SCRIPT_PACKAGES, *packages):
+        for path in _locations(package):
             if not _is_within(path, roots):
                 roots.append(path)
     return tuple(roots)
@@ -261,7 +277,14 @@ def _reachable_dirs(paths: list[Path]) -> list[str]:
     return argv
 
 
-def bwrap_command(bwrap: str, *, socket_path: str | None, hidden: list[Path], run_uid: int | None = None) -> list[str]:
+def bwrap_command(
+    bwrap: str,
+    *,
+    socket_path: str | None,
+    hidden: list[Path],
+    run_uid: int | None = None,
+    packages: tuple[str, ...] = (),
+) -> list[str]:
     """The bubblewrap command line around ``python -I -m bff.scripts.runner``.
 
     The sandbox itself (the "inner" bubblewrap) runs as an unprivileged user: ours, or, when we
@@ -271,7 +294,7 @@ def bwrap_command(bwrap: str, *, socket_path: str | None, hidden: list[Path], ru
     with world-walkable directories above them; it then drops to the run's user (``setpriv``)
     and starts the inner one, which binds from there. Nothing of the host is opened up.
     """
-    roots = [root for root in _python_roots() if not _is_within(root, [Path("/usr")])]
+    roots = [root for root in _python_roots(packages) if not _is_within(root, [Path("/usr")])]
     argv = [
         bwrap,
         "--unshare-all",  # network, IPC, PID, UTS, cgroup and user namespaces of its own
@@ -313,7 +336,7 @@ def bwrap_command(bwrap: str, *, socket_path: str | None, hidden: list[Path], ru
     argv += ["--remount-ro", "/dev", "--remount-ro", "/", "--chdir", "/tmp", "--clearenv"]
     for key, value in clean_environment("/tmp").items():
         argv += ["--setenv", key, value]
-    argv += ["--", *runner_command()]
+    argv += ["--", *runner_command(packages)]
     if run_uid is None:
         return argv
     setpriv = shutil.which("setpriv") or "/usr/bin/setpriv"
@@ -354,30 +377,29 @@ def bwrap_command(bwrap: str, *, socket_path: str | None, hidden: list[Path], ru
 
 
 @functools.cache
-def _package_parents() -> tuple[str, ...]:
-    """The directories the runner's packages are imported from (a checkout, a PYTHONPATH entry):
-    ``python -I`` would not look there by itself."""
+def _package_parents(packages: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The directories the runner's and scripts' packages are imported from (a checkout, a
+    PYTHONPATH entry): ``python -I`` would not look there by itself."""
     parents: list[str] = []
-    for package in RUNNER_PACKAGES:
-        spec = find_spec(package)
-        for location in (spec.submodule_search_locations or []) if spec is not None else []:
-            parent = str(Path(location).resolve().parent)
+    for package in (*RUNNER_PACKAGES, *SCRIPT_PACKAGES, *packages):
+        for location in _locations(package):
+            parent = str(location.parent)
             if parent not in parents:
                 parents.append(parent)
     return tuple(parents)
 
 
-def runner_command() -> list[str]:
+def runner_command(packages: tuple[str, ...] = ()) -> list[str]:
     """``python -I`` running :mod:`bff.scripts.runner`, importing from where this process does."""
     boot = (
-        f"import sys; sys.path[:0] = {list(_package_parents())!r}; import runpy; "
+        f"import sys; sys.path[:0] = {list(_package_parents(packages))!r}; import runpy; "
         "runpy.run_module('bff.scripts.runner', run_name='__main__', alter_sys=True)"
     )
     return [sys.executable, "-I", "-c", boot]
 
 
-def unsandboxed_command() -> list[str]:
-    return runner_command()
+def unsandboxed_command(packages: tuple[str, ...] = ()) -> list[str]:
+    return runner_command(packages)
 
 
 def run_user(run_id: int) -> int | None:

@@ -36,8 +36,10 @@ from .sandbox import (
     SOCKET_IN_SANDBOX,
     Limits,
     Mode,
+    ScriptModeError,
     bwrap_command,
     clean_environment,
+    missing_packages,
     preexec,
     resolve_mode,
     run_user,
@@ -105,6 +107,13 @@ class ScriptService:
         self.webhooks = webhooks
         self.limits = Limits.from_settings(runtime.settings)
         self.mode = resolve_mode(runtime.settings.scripts)
+        self._packages = runtime.settings.script_packages
+        missing = missing_packages(self._packages)
+        if missing:
+            raise ScriptModeError(
+                f"BFF_SCRIPT_PACKAGES names {', '.join(missing)}, which this Python cannot import: install it"
+                " where the BFF is installed (pip install …), or leave it out."
+            )
         self._socket: ApiSocket | None = None
         self._hidden = [Path(runtime.settings.data_dir)]
         self.finished_listeners: list[Callable[[Script, ScriptRun], Awaitable[None]]] = []
@@ -330,14 +339,16 @@ class ScriptService:
         if self.mode.name == "sandboxed":
             assert self.mode.bwrap is not None
             # As root, the outer bubblewrap drops to the run's user: the process starts as root.
-            argv = bwrap_command(self.mode.bwrap, socket_path=socket_path, hidden=self._hidden, run_uid=uid)
+            argv = bwrap_command(
+                self.mode.bwrap, socket_path=socket_path, hidden=self._hidden, run_uid=uid, packages=self._packages
+            )
             config["socket"] = SOCKET_IN_SANDBOX
             cwd = "/"
             home = "/tmp"
         else:
             # Trusted code only: it runs as this process's user (a run's own user could not reach a
             # Python under a 0700 home).
-            argv = unsandboxed_command()
+            argv = unsandboxed_command(self._packages)
             config["socket"] = socket_path
             home = cwd = os.path.dirname(socket_path)
         group = None

@@ -66,6 +66,16 @@ function showHealth(row) {
   const { label, tone } = describeHealth({ health_status: row.dataset.status, running: row.hasAttribute('data-syncing') }, PAGE_LOCALE);
   badge.textContent = label;
   badge.dataset.tone = tone;
+  // Paused: "Resume syncing" instead of "Sync now" (which the BFF would refuse).
+  const paused = row.dataset.status === 'DISABLED';
+  const sync = row.querySelector('[data-action="sync"]');
+  const resume = row.querySelector('[data-action="resume"]');
+  if (sync && resume && sync.hidden !== paused) {
+    const moveFocus = document.activeElement === (paused ? sync : resume);
+    sync.hidden = paused;
+    resume.hidden = !paused;
+    if (moveFocus) (paused ? resume : sync).focus();
+  }
 }
 
 // "Last run": when (relative, full time on hover), what it brought, and what the tables hold now.
@@ -100,8 +110,9 @@ function syncing(row, on) {
 async function finished(row, run) {
   if (row.dataset.startedRun && Number(run.id) < Number(row.dataset.startedRun)) return; // an older run's late news
   syncing(row, false);
+  // A failure's reason is under "Last run": said once, not twice side by side.
   part(row, 'progress').textContent = run.status === 'failed'
-    ? `Failed: ${run.error || 'the sync failed'}`
+    ? 'Failed: see Last run'
     : `Finished: ${plural(total(run), 'new record', 'new records')}`;
   row.dataset.run = JSON.stringify(run);
   try {
@@ -176,6 +187,24 @@ async function act(row, action) {
       row.dataset.startedRun = runId ?? '';
       // A run that failed at once may already be reported by the watcher: never go back to "Running…".
       if (row.hasAttribute('data-syncing')) progress.textContent = 'Running…';
+    } else if (action === 'resume') {
+      syncing(row, true);
+      progress.textContent = 'Starting…';
+      row.dataset.startedRun = '';
+      await row.primed;
+      await withToken((t) => Peliqan.enableServer({ identityToken: t, serverId }));
+      row.dataset.status = 'RE_ENABLED';
+      showHealth(row);
+      // The sync a resumed connection owes, now (or the one its schedule just started): the row
+      // follows it like "Sync now".
+      try {
+        const result = await withToken((t) => Peliqan.syncServer({ identityToken: t, serverId }));
+        row.dataset.startedRun = result.run_data?.[0]?.pipeline_run_id ?? '';
+      } catch (error) {
+        if (error.code !== 'sync_already_running') throw error;
+      }
+      if (row.hasAttribute('data-syncing')) progress.textContent = 'Running…';
+      say(`${name} resumed: it syncs now.`); // (showHealth moved the focus from Resume to Sync now)
     } else if (action === 'finish') {
       widget.open({ serverId }); // the modal resumes at the pending step (sign-in or choice)
     } else if (action === 'reauthorise') {
@@ -200,7 +229,7 @@ async function act(row, action) {
       document.getElementById('connections-heading').focus(); // the focused button is gone
     }
   } catch (error) {
-    if (action === 'sync') {
+    if (action === 'sync' || action === 'resume') {
       progress.textContent = '';
       syncing(row, false);
     }
