@@ -27,7 +27,6 @@ from .sync import ConnectionNotReady, SyncRunner
 
 logger = logging.getLogger("bff.schedules")
 
-DEFAULT_SYNC_FREQUENCY = 21600
 MIN_SYNC_FREQUENCY = 300
 MAX_SYNC_FREQUENCY = 366 * 24 * 3600
 BUSY_RETRY_SECONDS = 60.0  # a due connection with a run still going is tried again this much later

@@ -168,9 +168,6 @@ def new_schema_name() -> str:
     return "wh_" + secrets.token_hex(8)
 
 
-iso_seconds = iso
-
-
 def moment(epoch: float) -> dt.datetime:
     """Epoch seconds (the warehouse clock) → the aware datetime a ``timestamptz`` column takes."""
     return dt.datetime.fromtimestamp(epoch, dt.UTC)

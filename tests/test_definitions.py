@@ -251,7 +251,7 @@ async def test_native_upsert_from_a_partner_definition() -> None:
     assert json.loads(seen[0].content) == {"channel": "new", "text": "hi"}
     assert seen[0].headers["authorization"] == "Bearer sandbox-chat-key"
     updated = await Writer(session).upsert("message", {"channel": "qa", "text": "hi"}, "channel")
-    assert updated.status == 200
+    assert not updated.created
 
 
 def test_builtin_definitions_keep_their_logos(tmp_path: Path) -> None:

@@ -84,6 +84,8 @@ async def test_connect_ui_may_be_framed_only_by_a_registered_origin(bff: BFF) ->
         ("GET", f"/api/database/rows/table/{TOO_BIG}/"),
         ("GET", f"/api/database/tables/database/{TOO_BIG}/"),
         ("GET", f"/api/server/{2**31}"),
+        ("GET", f"/api/table/{TOO_BIG}/"),
+        ("GET", f"/api/interface/{TOO_BIG}"),
     ],
 )
 async def test_huge_path_ids_are_404_not_500(bff: BFF, method: str, path: str) -> None:

@@ -34,7 +34,7 @@ async def require_back_end(request: Request) -> SubAccount:
 
 async def _own_query_table(request: Request, account: SubAccount) -> QueryTable:
     raw = request.path_params["table_id"]
-    table = await services(request).query_tables.get(account.id, raw) if raw < 2**63 else None
+    table = await services(request).query_tables.get(account.id, raw)
     if table is None:
         raise not_found("No such query table.")
     return table

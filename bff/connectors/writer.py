@@ -294,7 +294,7 @@ class Writer:
             if message is None and response.status_code >= 400 and response.content and body is None:
                 message = short(response.text, 160)
             message = session.scrub(message) if message else None
-            what = f"{self.display} refused to {spec.name if spec.name != 'search' else 'search'} the {obj.name}"
+            what = f"{self.display} refused to {spec.name} the {obj.name}"
             raise ProviderRejected(
                 f"{what} (HTTP {response.status_code}){': ' + message.rstrip('.') if message else ''}.",
                 status=response.status_code,

@@ -44,6 +44,8 @@ __all__ = [
 ]
 
 ACTIVE_RUN_STATUSES = ("queued", "running", "waiting")
+# Seconds between scheduled syncs of a new connection (DESIGN §10; the column default, migration 0005).
+DEFAULT_SYNC_FREQUENCY = 21600
 
 SUB_ACCOUNT_FIELDS = ("first_name", "last_name", "email", "language", "company_name")
 
@@ -148,7 +150,7 @@ class Connection:
     updated_at: float
     # Schedule (DESIGN §10): seconds between syncs (None = on demand), per-table overrides,
     # when each table is due, and the earliest of those.
-    sync_frequency: int | None = 21600
+    sync_frequency: int | None = DEFAULT_SYNC_FREQUENCY
     table_frequencies: dict[str, int] = dataclasses.field(default_factory=dict)
     table_due: dict[str, float] = dataclasses.field(default_factory=dict)
     next_sync_at: float | None = None
