@@ -15,19 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Mount, Route
 
-from . import (
-    connections_api,
-    data_api,
-    embed,
-    interface_api,
-    lifecycle_api,
-    openapi,
-    partner_api,
-    records_api,
-    sync_api,
-    tables_api,
-    webhooks_api,
-)
+from . import api, openapi
 from .connections import NoCookieJar, SandboxTransport
 from .connectors import load_connectors
 from .crypto import Vault
@@ -43,13 +31,13 @@ from .schedules import Scheduler
 from .scripts.sandbox import ScriptModeError
 from .scripts.service import ScriptService
 from .services import Services
+from .services.writeback import Writeback
 from .settings import Settings
 from .store import Store, migrate
 from .sync import SyncRunner
 from .tokens import TokenAuthority
 from .warehouse import Warehouse
 from .webhooks import Webhooks
-from .writeback import Writeback
 
 
 class StartupError(RuntimeError):
@@ -178,16 +166,7 @@ def create_app(
 
     routes: list[BaseRoute] = [
         Route("/healthz", healthz, methods=["GET"]),
-        *partner_api.routes(),
-        *connections_api.routes(),
-        *sync_api.routes(),
-        *data_api.routes(),
-        *tables_api.routes(),
-        *embed.routes(),
-        *records_api.routes(),
-        *lifecycle_api.routes(),
-        *webhooks_api.routes(),
-        *interface_api.routes(),
+        *api.routes(),
     ]
     if sandbox_app is not None:
         routes.append(Mount("/sandbox", app=sandbox_app, name="sandbox"))

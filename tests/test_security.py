@@ -672,7 +672,7 @@ async def test_the_start_step_only_answers_the_start_page_of_a_registered_opener
 
 
 async def test_unfinished_connections_per_sub_account_are_capped(sbff: BFF) -> None:
-    from bff.connections_api import MAX_PENDING_CONNECTIONS
+    from bff.api.connections import MAX_PENDING_CONNECTIONS
 
     _, token = await customer(sbff)
     ids = []

@@ -824,6 +824,17 @@ class Store:
             ),
         )
 
+    async def last_runs(self, connection_ids: Sequence[int]) -> dict[int, Run]:
+        """The last run of each of these connections (those that ran), in one query."""
+        if not connection_ids:
+            return {}
+        rows = await self._all(
+            f"SELECT DISTINCT ON (connection_id) {_RUN_COLUMNS} FROM runs WHERE connection_id = ANY(%s)"
+            " ORDER BY connection_id, id DESC",
+            (list(connection_ids),),
+        )
+        return {int(row["connection_id"]): Run(**row) for row in rows}
+
     async def list_runs(self, connection_id: int, *, offset: int, limit: int) -> tuple[int, list[Run]]:
         count = await self._one("SELECT COUNT(*) AS n FROM runs WHERE connection_id = %s", (connection_id,))
         rows = await self._all(

@@ -19,14 +19,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
 
-from .auth import Caller, require_back_end, services
-from .errors import ApiError, not_found, token_not_allowed, validation_error
-from .http import Pagination, api_route, read_json, text_field
-from .scripts import MAX_STATE_BYTES
-from .scripts.service import MAX_CODE_BYTES, ScriptService, ScriptsUnavailable, check_code, parse_schedule
-from .store import UNSET
-from .store.scripts import Script
-from .sync_api import parse_wait
+from ..auth import Caller, require_back_end, services
+from ..errors import ApiError, not_found, token_not_allowed, validation_error
+from ..http import Pagination, api_route, read_json, text_field
+from ..scripts import MAX_STATE_BYTES
+from ..scripts.service import MAX_CODE_BYTES, ScriptService, ScriptsUnavailable, check_code, parse_schedule
+from ..store import UNSET
+from ..store.scripts import Script
+from .sync import parse_wait
 
 MAX_NAME_LENGTH = 100
 FIELDS = ("name", "raw_code", "schedule")

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 
-from .jobs import JobQueue
-from .lifecycle import Health
-from .query_tables import QueryTables
-from .runtime import Runtime
-from .schedules import Scheduler
-from .scripts.service import ScriptService
-from .store import Connection, HealthChange, SubAccount
-from .sync import SyncRunner
-from .warehouse import Warehouse
-from .webhooks import Webhooks
+from ..jobs import JobQueue
+from ..lifecycle import Health
+from ..query_tables import QueryTables
+from ..runtime import Runtime
+from ..schedules import Scheduler
+from ..scripts.service import ScriptService
+from ..store import Connection, HealthChange, SubAccount
+from ..sync import SyncRunner
+from ..warehouse import Warehouse
+from ..webhooks import Webhooks
+from .connections import Connections
+from .oauth_flows import OAuthFlows
 
 ORIGIN_CACHE_SECONDS = 2.0
 
@@ -29,6 +32,15 @@ class Services(Runtime):
     webhooks: Webhooks
     scripts: ScriptService
     _origins: frozenset[str] = frozenset()
+
+    @functools.cached_property
+    def connections(self) -> Connections:
+        return Connections(self)
+
+    @functools.cached_property
+    def oauth(self) -> OAuthFlows:
+        return OAuthFlows(self)
+
     _origins_loaded_at: float = float("-inf")
 
     @classmethod

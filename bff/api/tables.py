@@ -15,13 +15,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
 
-from . import auth
-from .auth import require_partner, services
-from .errors import ApiError, not_found, validation_error
-from .http import api_route, read_json
-from .http import text_field as _text
-from .query_tables import MAX_QUERY_LENGTH, QueryTable
-from .store import SubAccount
+from .. import auth
+from ..auth import require_partner, services
+from ..errors import ApiError, not_found, validation_error
+from ..http import api_route, read_json
+from ..http import text_field as _text
+from ..query_tables import MAX_QUERY_LENGTH, QueryTable
+from ..store import SubAccount
 
 MAX_NAME_LENGTH = 100
 

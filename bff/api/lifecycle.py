@@ -7,23 +7,20 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute
 
-from . import lifecycle
-from .auth import require_connection, services
-from .connections_api import connection_dict
-from .errors import ApiError, validation_error
-from .http import api_route, read_json
-from .lifecycle import Event
-from .schedules import ScheduleError, parse_frequency, parse_table_frequencies, streams_of
-from .store import UNSET, Connection, SubAccount
+from .. import lifecycle
+from ..auth import require_connection, services
+from ..errors import ApiError, validation_error
+from ..http import api_route, read_json
+from ..lifecycle import Event
+from ..schedules import ScheduleError, parse_frequency, parse_table_frequencies, streams_of
+from ..store import UNSET, Connection, SubAccount
+from .connections import connection_dict
 
 PATCHABLE = ("name", "sync_frequency", "table_frequencies")
 
 
 async def _reload(request: Request, account: SubAccount, connection: Connection) -> Connection:
-    updated = await services(request).store.get_connection(account.id, connection.id)
-    if updated is None:
-        raise ApiError(404, "not_found", "No such connection.")
-    return updated
+    return await services(request).connections.reload(account, connection)
 
 
 async def patch_server(request: Request) -> JSONResponse:
