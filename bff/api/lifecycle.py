@@ -84,6 +84,7 @@ async def disable_server(request: Request) -> JSONResponse:
     if lifecycle.applies(Event.DISABLED, connection.health_status):
         await lifecycle.transition(
             svc.store,
+            svc.events,
             connection.id,
             Event.DISABLED,
             detail="Disabled: nothing syncs until the connection is enabled again.",
@@ -98,7 +99,9 @@ async def enable_server(request: Request) -> JSONResponse:
     svc = services(request)
     if not lifecycle.applies(Event.ENABLED, connection.health_status):
         raise ApiError(409, "connection_not_disabled", "This connection is not disabled.")
-    await lifecycle.transition(svc.store, connection.id, Event.ENABLED, logs=[("info", "Connection enabled again.")])
+    await lifecycle.transition(
+        svc.store, svc.events, connection.id, Event.ENABLED, logs=[("info", "Connection enabled again.")]
+    )
     return JSONResponse(await connection_dict(request, account, await _reload(request, account, connection)))
 
 

@@ -6,13 +6,12 @@ import dataclasses
 import functools
 import time
 
+from ..events import Events
 from ..jobs import JobQueue
-from ..lifecycle import Health
 from ..query_tables import QueryTables
 from ..runtime import Runtime
 from ..schedules import Scheduler
 from ..scripts.service import ScriptService
-from ..store import Connection, HealthChange, SubAccount
 from ..sync import SyncRunner
 from ..warehouse import Warehouse
 from ..webhooks import Webhooks
@@ -31,7 +30,9 @@ class Services(Runtime):
     schedules: Scheduler
     webhooks: Webhooks
     scripts: ScriptService
+    events: Events
     _origins: frozenset[str] = frozenset()
+    _origins_loaded_at: float = float("-inf")
 
     @functools.cached_property
     def connections(self) -> Connections:
@@ -40,8 +41,6 @@ class Services(Runtime):
     @functools.cached_property
     def oauth(self) -> OAuthFlows:
         return OAuthFlows(self)
-
-    _origins_loaded_at: float = float("-inf")
 
     @classmethod
     def extend(
@@ -55,6 +54,7 @@ class Services(Runtime):
         schedules: Scheduler,
         webhooks: Webhooks,
         scripts: ScriptService,
+        events: Events,
     ) -> Services:
         shared = {f.name: getattr(runtime, f.name) for f in dataclasses.fields(Runtime)}
         return cls(
@@ -66,19 +66,7 @@ class Services(Runtime):
             schedules=schedules,
             webhooks=webhooks,
             scripts=scripts,
-        )
-
-    async def connection_created(self, account: SubAccount, connection: Connection) -> None:
-        """A new connection: tell the partner, and sync it at once if it is ready already."""
-        await self.webhooks.connection_created(account, connection)
-        await self.schedules.on_health_change(
-            HealthChange(
-                connection_id=connection.id,
-                sub_account_id=account.id,
-                old=Health.CHECKING,
-                new=connection.health_status,
-                detail=connection.detail,
-            )
+            events=events,
         )
 
     async def origin_registered(self, origin: str) -> bool:

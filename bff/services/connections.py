@@ -126,7 +126,7 @@ class Connections:
                     400, "oauth_app_not_configured", f"{connector.display_name} has no OAuth app configured."
                 )
             connection = await svc.store.create_connection(account.id, connector.name, name, Health.AUTHORIZING)
-            await svc.connection_created(account, connection)
+            await svc.events.connection_created(account, connection)
             url, nonce = await svc.oauth.start(account, connection, connector, purpose="connect")
             return connection, SignIn(url, nonce)
         credentials = parse_credentials(connector, data)
@@ -140,7 +140,7 @@ class Connections:
             seal=lambda connection_id: rt.seal_secrets(svc, connection_id, rt.Secrets(credentials)),
         )
         await svc.store.add_log(connection.id, "info", f"Connected to {connector.display_name}; credentials verified.")
-        await svc.connection_created(account, connection)
+        await svc.events.connection_created(account, connection)
         return connection, None
 
     async def check_credentials(
@@ -180,7 +180,7 @@ class Connections:
     async def delete(self, account: SubAccount, connection: Connection) -> None:
         """The connection, its secrets, runs, logs and warehouse tables; the partner is told."""
         if await self.services.sync.delete_connection(account.id, connection.id):
-            await self.services.webhooks.connection_deleted(account, connection)
+            await self.services.events.connection_deleted(account, connection)
 
     # -- CONFIG_SELECT ------------------------------------------------------------------------
 
@@ -204,6 +204,7 @@ class Connections:
             if isinstance(exc, CredentialsRejected):
                 await lifecycle.transition(
                     svc.store,
+                    svc.events,
                     connection.id,
                     Event.CREDENTIALS_REJECTED,
                     detail=error.detail,
@@ -233,6 +234,7 @@ class Connections:
             raise validation_error({select.field: f"Not offered by the provider: {', '.join(unknown)}."})
         await lifecycle.transition(
             self.services.store,
+            self.services.events,
             connection.id,
             Event.CONFIG_SAVED,
             config={**connection.config, select.field: values},
@@ -250,7 +252,7 @@ class Connections:
             url, nonce = await svc.oauth.start(account, connection, connector, purpose="connect")
         else:
             url, nonce = await svc.oauth.start(account, connection, connector, purpose="reauthorise")
-            await lifecycle.transition(svc.store, connection.id, Event.SIGN_IN_STARTED, keep_detail=True)
+            await lifecycle.transition(svc.store, svc.events, connection.id, Event.SIGN_IN_STARTED, keep_detail=True)
         return SignIn(url, nonce)
 
     async def replace_credentials(
@@ -261,6 +263,7 @@ class Connections:
         await self.check_credentials(account, connector, credentials, config=connection.config)
         await lifecycle.transition(
             svc.store,
+            svc.events,
             connection.id,
             Event.REAUTHORISED,
             choice_missing=choice_missing(connector, connection),

@@ -148,6 +148,7 @@ class OAuthFlows:
             )
             await lifecycle.transition(
                 svc.store,
+                svc.events,
                 connection.id,
                 Event.SIGN_IN_FAILED,
                 detail=detail,
@@ -175,11 +176,12 @@ class OAuthFlows:
         except (OAuthError, ConnectorError) as exc:
             detail = f"Could not complete authorisation: {exc.detail}"
             await lifecycle.transition(
-                svc.store, connection.id, Event.SIGN_IN_FAILED, detail=detail, logs=[("error", detail)]
+                svc.store, svc.events, connection.id, Event.SIGN_IN_FAILED, detail=detail, logs=[("error", detail)]
             )
             return SignInResult(False, connection.id, detail)
         await lifecycle.transition(
             svc.store,
+            svc.events,
             connection.id,
             Event.REAUTHORISED if flow.purpose == "reauthorise" else Event.CONNECTED,
             choice_missing=choice_missing(connector, connection),

@@ -202,7 +202,11 @@ class Writeback:
                 error = connector_error(exc)
                 if isinstance(exc, CredentialsRejected):
                     await lifecycle.transition(
-                        self.services.store, connection.id, Event.CREDENTIALS_REJECTED, detail=error.detail
+                        self.services.store,
+                        self.services.events,
+                        connection.id,
+                        Event.CREDENTIALS_REJECTED,
+                        detail=error.detail,
                     )
                 status = error.status
                 if key is not None and error.status == 422:  # the provider's own refusal is kept
