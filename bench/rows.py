@@ -186,7 +186,7 @@ def measure(
         "SELECT id, name, amount, stage, contact_id, created_at, updated_at, _synced_at, _run_id FROM {} WHERE {}"
         " ORDER BY amount DESC NULLS LAST, _seq LIMIT 100 OFFSET 0"
     ).format(target, where)
-    params = ("closedwon", FIRST_SYNC + 1800)
+    params = ("closedwon", dt.datetime.fromtimestamp(FIRST_SYNC + 1800, tz=dt.UTC))  # _synced_at is timestamptz
     measured: list[dict[str, list[float]]] = []
     with psycopg.connect(url, autocommit=True) as conn:
         answer = http.get(path, headers=auths[-1])

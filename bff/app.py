@@ -15,41 +15,30 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Mount, Route
 
-from . import (
-    connections_api,
-    data_api,
-    embed,
-    interface_api,
-    lifecycle_api,
-    openapi,
-    partner_api,
-    records_api,
-    sync_api,
-    tables_api,
-    webhooks_api,
-)
+from . import api, openapi
 from .connections import NoCookieJar, SandboxTransport
 from .connectors import load_connectors
 from .crypto import Vault
 from .db import database_url
 from .errors import EXCEPTION_HANDLERS
+from .events import AppEvents
 from .files import secure_data_dir
 from .jobs import JobQueue
 from .middleware import AccessLogMiddleware, BodyLimitMiddleware, CORSMiddleware, SecurityHeadersMiddleware
 from .query_tables import QueryTables
 from .runtime import Runtime
 from .sandbox import SandboxOptions, create_sandbox_app
-from .schedules import Scheduler
+from .schedules import Scheduler, ScheduleReactions
 from .scripts.sandbox import ScriptModeError
 from .scripts.service import ScriptService
 from .services import Services
+from .services.writeback import Writeback
 from .settings import Settings
 from .store import Store, migrate
 from .sync import SyncRunner
 from .tokens import TokenAuthority
 from .warehouse import Warehouse
 from .webhooks import Webhooks
-from .writeback import Writeback
 
 
 class StartupError(RuntimeError):
@@ -113,15 +102,14 @@ def create_app(
         http=http,
         connectors=connectors,
     )
-    runner = SyncRunner(runtime, warehouse, queue)
+    webhooks = Webhooks(store, runtime.vault, queue, allow_private=settings.webhook_allow_private)
+    # Webhooks hear every event first (a health change says from→to); then the schedule plans
+    # the first sync of a connection that became ready.
+    events = AppEvents(webhooks, ScheduleReactions(runtime, queue, enabled=settings.schedules_enabled))
+    runner = SyncRunner(runtime, warehouse, queue, events)
     # Runner roles' passwords are derived from the encryption key: nothing stores them.
     query_tables = QueryTables(store, warehouse, role_secret=settings.encryption_key.reveal().encode())
     schedules = Scheduler(runtime, runner, queue, enabled=settings.schedules_enabled)
-    webhooks = Webhooks(store, runtime.vault, queue, allow_private=settings.webhook_allow_private)
-    # Webhooks hear every health change first (the event says from→to); then the scheduler
-    # plans the first sync of a connection that became ready.
-    store.health_listeners += [webhooks.on_health_change, schedules.on_health_change]
-    runner.finished_listeners.append(webhooks.on_run_finished)
     try:
         scripts = ScriptService(runtime, queue, webhooks)
     except ScriptModeError as exc:
@@ -136,6 +124,7 @@ def create_app(
         schedules=schedules,
         webhooks=webhooks,
         scripts=scripts,
+        events=events,
     )
 
     writeback = Writeback(services)
@@ -178,16 +167,7 @@ def create_app(
 
     routes: list[BaseRoute] = [
         Route("/healthz", healthz, methods=["GET"]),
-        *partner_api.routes(),
-        *connections_api.routes(),
-        *sync_api.routes(),
-        *data_api.routes(),
-        *tables_api.routes(),
-        *embed.routes(),
-        *records_api.routes(),
-        *lifecycle_api.routes(),
-        *webhooks_api.routes(),
-        *interface_api.routes(),
+        *api.routes(),
     ]
     if sandbox_app is not None:
         routes.append(Mount("/sandbox", app=sandbox_app, name="sandbox"))

@@ -13,7 +13,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .settings import Settings, SettingsError, generate_encryption_key, generate_secret_key, parse_queues
+from .settings import (
+    Settings,
+    SettingsError,
+    generate_encryption_key,
+    generate_secret_key,
+    normalise_origin,
+    parse_queues,
+)
 
 DEMO_KEYS_FILE = "demo-keys.json"
 DEMO_PARTNER_FILE = "demo-partner.json"
@@ -122,17 +129,6 @@ async def _with_store(settings: Settings, action: Any, *, migrate: bool = True) 
         return await action(store, TokenAuthority(settings))
     finally:
         await store.close()
-
-
-def normalise_origin(raw: str) -> str:
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(raw.strip())
-    if parts.scheme not in {"http", "https"} or not parts.netloc or parts.path not in {"", "/"} or parts.query:
-        raise SettingsError(
-            f"{raw!r} is not an origin; pass it like https://app.example.com (scheme and host, no path)."
-        )
-    return f"{parts.scheme}://{parts.netloc.lower()}"
 
 
 async def create_partner(settings: Settings, name: str, origins: Sequence[str]) -> dict[str, Any]:

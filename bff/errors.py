@@ -11,6 +11,8 @@
     │   │   ├── ScheduleError           bff.schedules: a frequency out of range
     │   │   └── FilterValueRejected     bff.query_tables: a filter value the column cannot take
     │   ├── QueryInvalid            400 query_invalid (bff.query_tables)
+    │   ├── TooManyQueries          429 too_many_queries (bff.query_tables: a customer's connections in use)
+    │   ├── DatabaseBusy            503 database_busy (bff.query_tables: no connection for the customer)
     │   ├── Conflict                409, the code per subclass
     │   │   ├── ConnectionNotReady      bff.sync: connection_not_ready / connection_disabled
     │   │   ├── RunAlreadyActive        bff.store: sync_already_running (+ pipeline_run_id)

@@ -14,9 +14,10 @@ Two tables, read together:
   store's ``UPDATE`` (``CASE WHEN old = ANY(sources)``), on the locked row: a concurrent change
   can never be overwritten by a transition that no longer applies.
 
-:func:`transition` is the only writer: it stores the new state (with the caller's detail, log
-lines and other changes, in one statement or transaction), logs it on ``bff.lifecycle``, and the
-store tells the health listeners (webhooks, the scheduler) when the state really changed.
+:func:`transition` is the only writer (:func:`conclude_run` at the end of a sync run): it stores
+the new state (with the caller's detail, log lines and other changes, in one transaction), logs
+it on ``bff.lifecycle`` and, when the state really changed, calls ``events.health_changed``
+(:mod:`bff.events`: webhooks, then the schedule).
 ``connect`` and ``reauthorise`` land on ``CONFIG_SELECT`` instead when the connector has a
 configuration step and no choice was saved yet: that step is never skipped, and a saved choice is
 never asked for again.
@@ -38,7 +39,8 @@ from typing import TYPE_CHECKING, Any
 from .store import UNSET
 
 if TYPE_CHECKING:
-    from .store import Store
+    from .events import Events
+    from .store import HealthChange, Store
 
 __all__ = [
     "STATES",
@@ -202,6 +204,7 @@ def target(event: Event, current: str | None = None, *, choice_missing: bool = F
 
 async def transition(
     store: Store,
+    events: Events,
     connection_id: int,
     event: Event,
     *,
@@ -212,9 +215,10 @@ async def transition(
     **changes: Any,
 ) -> Health | None:
     """Apply ``event`` to a stored connection: the new state (and ``detail``, unless ``keep_detail``),
-    ``changes`` (other columns) and ``logs`` in one write. The state after it; None if the
-    connection is gone. From a state the event does not apply to, state and detail stay."""
-    row = await store.update_connection(
+    ``changes`` (other columns) and ``logs`` in one write; then ``events.health_changed`` if the
+    state changed. The state after it; None if the connection is gone. From a state the event
+    does not apply to, state and detail stay."""
+    change = await store.update_connection(
         connection_id,
         health_status=target(event, choice_missing=choice_missing).value,
         health_from=sorted(TRANSITIONS[event][0]),
@@ -222,16 +226,21 @@ async def transition(
         logs=logs,
         **changes,
     )
-    if row is None:
+    if change is None:
         return None
-    old, new = row
-    if old != new:
-        logger.info("connection %s: %s → %s (%s)", connection_id, old, new, event.value)
-    return Health(new)
+    await _changed(events, change, event)
+    return Health(change.new)
+
+
+async def _changed(events: Events, change: HealthChange, event: Event) -> None:
+    if change.old != change.new:
+        logger.info("connection %s: %s → %s (%s)", change.connection_id, change.old, change.new, event.value)
+        await events.health_changed(change)
 
 
 async def conclude_run(
     store: Store,
+    events: Events,
     run_id: int,
     connection_id: int,
     event: Event,
@@ -241,9 +250,9 @@ async def conclude_run(
     detail: str | None,
     logs: Sequence[tuple[str, str]] = (),
 ) -> bool:
-    """End a run and apply its ``event`` to the connection, atomically (see ``Store.finish_run``).
-    False when the run had already ended."""
-    return await store.finish_run(
+    """End a run and apply its ``event`` to the connection, atomically (see ``Store.finish_run``);
+    then tell the events about the health change. False when the run had already ended."""
+    ended, change = await store.finish_run(
         run_id,
         status=status,
         records=records,
@@ -254,3 +263,6 @@ async def conclude_run(
         detail=detail,
         logs=logs,
     )
+    if change is not None:
+        await _changed(events, change, event)
+    return ended

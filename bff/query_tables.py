@@ -29,10 +29,12 @@ of the read role with ``default_transaction_read_only``; asking again sets a new
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import hashlib
 import hmac
+import logging
 import secrets
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
@@ -48,7 +50,17 @@ from .store import Store, iso
 from .warehouse import PG_TYPE_FIELDS, WAREHOUSE_TABLE_ID_MAX, WAREHOUSE_TABLE_ID_MIN, RowCounts, Warehouse
 from .warehouse_reader import ReadField, RowQuery, json_value, read_page
 
+logger = logging.getLogger("bff.query_tables")
+
 QUERY_TIMEOUT_MS = 10_000
+# Limits on every customer SQL role (the runner and the SQL-access login), set on the role itself.
+TEMP_FILE_LIMIT = "256MB"  # what one session may spill to disk (sorts, hashes); superuser-only to change
+RUNNER_CONNECTION_LIMIT = 16  # the runner's sessions, all BFF processes together
+SQL_LOGIN_CONNECTION_LIMIT = 5  # a BI tool's sessions on the SQL-access login
+# The BFF's own connections per customer and process (query tables, /api/database/query/): more at
+# once wait up to CUSTOMER_WAIT_SECONDS for one, then are answered 429 too_many_queries.
+CUSTOMER_CONNECTIONS = 4
+CUSTOMER_WAIT_SECONDS = 2.0
 MAX_QUERY_LENGTH = 100_000
 RUNNER_SUFFIX = "_q"
 SQL_LOGIN_SUFFIX = "_sql"
@@ -82,6 +94,32 @@ class FilterValueRejected(Invalid):
     def __init__(self, message: str, filters: Sequence[str]) -> None:
         super().__init__({key: message for key in filters} or {"filter": message}, message)
         self.message = message
+
+
+class TooManyQueries(BFFError):
+    """This customer already has as many queries running as the BFF opens for one customer."""
+
+    status = 429
+    code = "too_many_queries"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "Too many queries of this customer are running at once; retry when one has finished.",
+            headers={"Retry-After": "1"},
+        )
+
+
+class DatabaseBusy(BFFError):
+    """PostgreSQL refused another connection (the customer role's connection limit, or the server's)."""
+
+    status = 503
+    code = "database_busy"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The database has no connection free for this customer's query; retry shortly.",
+            headers={"Retry-After": "1"},
+        )
 
 
 class NameTaken(Conflict):
@@ -186,6 +224,9 @@ class QueryTables:
         self.timeout_ms = timeout_ms
         self._clock = clock or warehouse.now
         self._ready: set[str] = set()
+        self.connection_cap = CUSTOMER_CONNECTIONS
+        self.wait_seconds = CUSTOMER_WAIT_SECONDS
+        self._slots: dict[str, asyncio.Semaphore] = {}
 
     # -- roles ----------------------------------------------------------------------------
 
@@ -208,22 +249,62 @@ class QueryTables:
                 await conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(role, password))
                 await conn.execute(sql.SQL("GRANT {} TO {}").format(ident, role))
                 await conn.execute(sql.SQL("GRANT USAGE, CREATE ON SCHEMA {} TO {}").format(ident, role))
-                await conn.execute(sql.SQL("ALTER ROLE {} SET default_transaction_read_only = on").format(role))
                 # Queries name tables without the schema: ``SELECT … FROM c12_deals``.
                 await conn.execute(sql.SQL("ALTER ROLE {} SET search_path = {}").format(role, ident))
-                await conn.execute(
-                    sql.SQL("ALTER ROLE {} SET statement_timeout = {}").format(role, sql.Literal(self.timeout_ms))
-                )
             else:  # another key, or made by another process: make sure the password is ours
                 await conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(role, password))
+            await self._limit_role(conn, runner, connection_limit=RUNNER_CONNECTION_LIMIT)
         self._ready.add(runner)
         return schema, runner
 
+    async def _limit_role(self, conn: AsyncConnection[Any], role: str, *, connection_limit: int) -> None:
+        """The limits of a customer SQL role, on the role (every session gets them at login), and
+        privileges that make read-only hold even when a session turns it off: no temporary tables
+        (``TEMPORARY`` on the database is not granted to ``PUBLIC``), nothing to create in
+        ``public``; the customer's roles have ``SELECT`` on their own schema and nothing else."""
+        ident = sql.Identifier(role)
+        for statement in (
+            sql.SQL("ALTER ROLE {} SET default_transaction_read_only = on").format(ident),
+            sql.SQL("ALTER ROLE {} SET statement_timeout = {}").format(ident, sql.Literal(self.timeout_ms)),
+            sql.SQL("ALTER ROLE {} CONNECTION LIMIT {}").format(ident, sql.Literal(connection_limit)),
+            # Superuser-only settings: the customer cannot raise them in its session.
+            sql.SQL("ALTER ROLE {} SET temp_file_limit = {}").format(ident, sql.Literal(TEMP_FILE_LIMIT)),
+            sql.SQL("REVOKE TEMPORARY ON DATABASE {} FROM PUBLIC").format(sql.Identifier(conn.info.dbname)),
+            sql.SQL("REVOKE CREATE ON SCHEMA public FROM PUBLIC"),
+        ):
+            try:
+                async with conn.transaction():  # a savepoint: a refusal leaves the rest standing
+                    await conn.execute(statement)
+            except psycopg.errors.InsufficientPrivilege as exc:
+                logger.warning("could not limit the customer SQL role %s: %s", role, _message(exc))
+
     @contextlib.asynccontextmanager
     async def _as_runner(self, runner: str) -> AsyncIterator[AsyncConnection[Any]]:
-        """A connection logged in as the customer's runner role (never the BFF's own role)."""
+        """A connection logged in as the customer's runner role (never the BFF's own role), at most
+        :attr:`connection_cap` at once per customer in this process."""
+        slots = self._slots.get(runner)
+        if slots is None:
+            slots = self._slots[runner] = asyncio.Semaphore(self.connection_cap)
+        try:
+            await asyncio.wait_for(slots.acquire(), timeout=self.wait_seconds)
+        except TimeoutError:
+            raise TooManyQueries() from None
+        try:
+            async with self._runner_connection(runner) as conn:
+                yield conn
+        finally:
+            slots.release()
+
+    @contextlib.asynccontextmanager
+    async def _runner_connection(self, runner: str) -> AsyncIterator[AsyncConnection[Any]]:
         conninfo = make_conninfo(self.store.url, user=runner, password=self._runner_password(runner))
-        conn = await AsyncConnection.connect(conninfo, autocommit=True, row_factory=dict_row)
+        try:
+            conn = await AsyncConnection.connect(conninfo, autocommit=True, row_factory=dict_row)
+        except psycopg.OperationalError as exc:
+            text = str(exc)
+            if "too many connections" in text or "remaining connection slots" in text:
+                raise DatabaseBusy() from None  # the role's CONNECTION LIMIT, or the server's
+            raise
         try:
             cur = await conn.execute("SELECT session_user AS who, current_user AS acting")
             row = await cur.fetchone()
@@ -498,10 +579,10 @@ class QueryTables:
                 await conn.execute(
                     sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} IN ROLE {}").format(role, sql.Literal(password), ident)
                 )
-                await conn.execute(sql.SQL("ALTER ROLE {} SET default_transaction_read_only = on").format(role))
                 await conn.execute(sql.SQL("ALTER ROLE {} SET search_path = {}").format(role, ident))
             else:
                 await conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(role, sql.Literal(password)))
+            await self._limit_role(conn, login, connection_limit=SQL_LOGIN_CONNECTION_LIMIT)
             cur = await conn.execute("SELECT current_setting('port') AS port")
             port_row = await cur.fetchone()
         parts = conninfo_to_dict(self.store.url)
@@ -525,6 +606,7 @@ def _fields_json(fields: tuple[ReadField, ...]) -> list[dict[str, Any]]:
 
 
 __all__ = [
+    "DatabaseBusy",
     "DatabaseCredentials",
     "FilterValueRejected",
     "NameTaken",
@@ -532,4 +614,5 @@ __all__ = [
     "QueryTable",
     "QueryTableBroken",
     "QueryTables",
+    "TooManyQueries",
 ]

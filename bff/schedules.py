@@ -27,7 +27,6 @@ from .sync import ConnectionNotReady, SyncRunner
 
 logger = logging.getLogger("bff.schedules")
 
-DEFAULT_SYNC_FREQUENCY = 21600
 MIN_SYNC_FREQUENCY = 300
 MAX_SYNC_FREQUENCY = 366 * 24 * 3600
 BUSY_RETRY_SECONDS = 60.0  # a due connection with a run still going is tried again this much later
@@ -102,6 +101,37 @@ def replanned(connectors: Mapping[str, Connector], connection: Connection, now: 
     return due
 
 
+class ScheduleReactions:
+    """What a health change does to a connection's schedule (no sync runner needed: the events
+    are built before it)."""
+
+    def __init__(self, runtime: Runtime, queue: JobQueue, *, enabled: bool = True) -> None:
+        self.runtime = runtime
+        self.store = runtime.store
+        self.queue = queue
+        self.enabled = enabled
+
+    def now(self) -> float:
+        return float(self.runtime.clock())
+
+    async def on_health_change(self, change: HealthChange) -> None:
+        """Ready (again): every table is due now. Disabled: nothing is scheduled."""
+        if change.new == Health.DISABLED:
+            await self.store.set_schedule(change.connection_id, {})
+        elif lifecycle.syncs_on_entry(change.new) and self.enabled:
+            connection = await self.store.get_connection_by_id(change.connection_id)
+            if connection is not None:
+                await self.on_connection_ready(connection)
+
+    async def on_connection_ready(self, connection: Connection) -> None:
+        """Every table is due now; the tick is deferred at once."""
+        if self.enabled:
+            now = self.now()
+            tables = streams_of(self.runtime.connectors, connection)
+            await self.store.set_schedule(connection.id, {table: now for table in tables})
+            await self.queue.defer_tick()
+
+
 class Scheduler:
     """Decides which connections are due and queues their runs."""
 
@@ -114,22 +144,6 @@ class Scheduler:
 
     def now(self) -> float:
         return float(self.runtime.clock())
-
-    # -- reacting to the lifecycle ------------------------------------------------------------
-
-    async def on_health_change(self, change: HealthChange) -> None:
-        """Ready (again): every table is due now. Disabled: nothing is scheduled."""
-        if change.new == Health.DISABLED:
-            await self.store.set_schedule(change.connection_id, {})
-        elif lifecycle.syncs_on_entry(change.new) and self.enabled:
-            connection = await self.store.get_connection_by_id(change.connection_id)
-            if connection is None:
-                return
-            now = self.now()
-            await self.store.set_schedule(
-                connection.id, {table: now for table in streams_of(self.runtime.connectors, connection)}
-            )
-            await self.queue.defer_tick()
 
     async def schedule_changed(self, connection: Connection) -> Connection:
         """After ``PATCH``: recompute the due times of a connection that is already scheduled."""

@@ -11,6 +11,7 @@ import re
 import secrets
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from urllib.parse import urlsplit
 
 DEFAULT_PUBLIC_URL = "http://127.0.0.1:8000"
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
@@ -441,3 +442,13 @@ def _parse_bool(name: str, raw: str) -> bool:
 def parse_queues(text: str) -> tuple[str, ...]:
     """``sync,webhooks`` → the queues a worker takes jobs from (checked by Settings)."""
     return tuple(dict.fromkeys(part.strip().lower() for part in text.split(",") if part.strip()))
+
+
+def normalise_origin(raw: str) -> str:
+    """A browser origin as the partner registers it (``https://app.example.com``), lower-cased host."""
+    parts = urlsplit(raw.strip())
+    if parts.scheme not in {"http", "https"} or not parts.netloc or parts.path not in {"", "/"} or parts.query:
+        raise SettingsError(
+            f"{raw!r} is not an origin; pass it like https://app.example.com (scheme and host, no path)."
+        )
+    return f"{parts.scheme}://{parts.netloc.lower()}"

@@ -32,7 +32,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +51,7 @@ from .connectors import (
     Stream,
 )
 from .errors import Conflict, Invalid
+from .events import Events
 from .jobs import JobQueue
 from .lifecycle import Event, Health
 from .runtime import Runtime
@@ -138,15 +139,15 @@ class _RunLog:
 class SyncRunner:
     """Queues sync runs and executes them when this process's worker picks their jobs."""
 
-    def __init__(self, runtime: Runtime, warehouse: Warehouse, queue: JobQueue) -> None:
+    def __init__(self, runtime: Runtime, warehouse: Warehouse, queue: JobQueue, events: Events) -> None:
         self.runtime = runtime
         self.store = runtime.store
         self.warehouse = warehouse
         self.queue = queue
+        # Told about health changes and every run that ended (webhooks, the schedule).
+        self.events = events
         # Tests swap this for a policy with short back-offs.
         self.retry_policy: Callable[[], RetryPolicy] = RetryPolicy.default
-        # Told about every run that ended (the sync.finished webhook).
-        self.finished_listeners: list[Callable[[Run], Awaitable[None]]] = []
         # Set when a run of that connection ends in this process (waiters need not poll for it).
         self._ended: dict[int, asyncio.Event] = {}
 
@@ -465,18 +466,23 @@ class SyncRunner:
         logs: list[tuple[str, str]],
     ) -> None:
         ended = await lifecycle.conclude_run(
-            self.store, run.id, run.connection_id, event, status=status, records=records, detail=detail, logs=logs
+            self.store,
+            self.events,
+            run.id,
+            run.connection_id,
+            event,
+            status=status,
+            records=records,
+            detail=detail,
+            logs=logs,
         )
         waiting = self._ended.pop(run.connection_id, None)
         if waiting is not None:
             waiting.set()
-        if ended and self.finished_listeners:
+        if ended:
             finished = await self.store.get_run(run.id)
-            for listener in self.finished_listeners if finished is not None else []:
-                try:
-                    await listener(finished)  # type: ignore[arg-type]
-                except Exception:  # the run has ended either way
-                    logger.exception("finished-run listener failed for run %s", run.id)
+            if finished is not None:
+                await self.events.run_finished(finished)
 
 
 async def _read_ahead(pages: AsyncIterator[Page], *, depth: int = READ_AHEAD_PAGES) -> AsyncIterator[Page]:

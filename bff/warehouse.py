@@ -77,10 +77,13 @@ PG_TYPE_FIELDS = {
 }
 
 
-def cast_using(column: str, sql_type: str) -> sql.Composed:
-    """``USING`` for a column retyped to ``sql_type``: a value that does not parse becomes NULL
-    (a text ``created_at`` of ``"n/a"`` cannot stop an upgrade)."""
+def cast_using(column: str, sql_type: str, *, old_type: str = "text") -> sql.Composed:
+    """``USING`` for a column retyped from ``old_type`` to ``sql_type``: numbers that become
+    times are epoch seconds; otherwise a value that does not parse becomes NULL (a text
+    ``created_at`` of ``"n/a"`` cannot stop an upgrade)."""
     col = sql.Identifier(column)
+    if old_type in ("bigint", "double precision") and sql_type in ("timestamptz", "date"):
+        return sql.SQL("to_timestamp({})::{}").format(col, sql.SQL(sql_type))
     return sql.SQL("CASE WHEN pg_input_is_valid({}::text, {}) THEN {}::text::{} END").format(
         col, sql.Literal(sql_type), col, sql.SQL(sql_type)
     )
@@ -163,9 +166,6 @@ def physical_name(connection_id: int, stream: str) -> str:
 
 def new_schema_name() -> str:
     return "wh_" + secrets.token_hex(8)
-
-
-iso_seconds = iso
 
 
 def moment(epoch: float) -> dt.datetime:
@@ -545,10 +545,11 @@ class Warehouse:
                 declared = {spec.name: spec.type for spec in stream.fields}
                 retyped = [f for f in table.fields if declared.get(f.name, f.type) != f.type]
                 if retyped:
-                    changes = [
-                        (f.name, SQL_TYPES[declared[f.name]], cast_using(f.name, SQL_TYPES[declared[f.name]]))
-                        for f in retyped
-                    ]
+                    changes = []
+                    for f in retyped:
+                        wanted = SQL_TYPES[declared[f.name]]
+                        using = cast_using(f.name, wanted, old_type=SQL_TYPES.get(f.type, "text"))
+                        changes.append((f.name, wanted, using))
                     await conn.execute(retype_statement(table.schema, table.physical, changes))
                     for f in retyped:
                         await conn.execute(

@@ -31,6 +31,7 @@ from typing import Any
 from psycopg import AsyncConnection, sql
 
 from .errors import validation_error
+from .store import Store
 from .warehouse import WarehouseTable, iso_moment
 
 OPERATORS = ("equal", "not_equal", "contains", "higher_than", "lower_than", "empty", "not_empty")
@@ -333,3 +334,11 @@ async def read_synced(
 
 def synced_fields(table: WarehouseTable) -> tuple[ReadField, ...]:
     return tuple(ReadField(f.id, f.name, f.type) for f in table.fields)
+
+
+async def read_synced_rows(
+    store: Store, table: WarehouseTable, query: RowQuery, *, offset: int, limit: int
+) -> tuple[int, list[dict[str, Any]]]:
+    """:func:`read_synced` on a connection of the BFF's own pool."""
+    async with store.connection() as conn:
+        return await read_synced(conn, table, query, offset=offset, limit=limit)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from bff.cli import main, normalise_origin
-from bff.settings import SettingsError, generate_encryption_key, generate_secret_key
+from bff.cli import main
+from bff.settings import SettingsError, generate_encryption_key, generate_secret_key, normalise_origin
 from bff.testing import free_port
 
 # Fixed per run, so two invocations share them; weak keys (e.g. STRONG_SIGNING_KEY) are refused since issue 16.

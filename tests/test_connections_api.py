@@ -392,6 +392,33 @@ async def test_reauthorise_a_connection_still_authorizing_finishes_it_as_a_first
     assert (await sbff.client.get(f"/api/server/{created['id']}", headers=auth(token))).json()["health_status"] == "OK"
 
 
+async def test_a_page_of_connections_reads_the_last_runs_in_one_query(
+    sbff: BFF, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token = await customer(sbff)
+    ids = [(await connect_bank(sbff.client, token))["id"] for _ in range(3)]
+    for cid in ids[:2]:
+        started = await sbff.client.post(f"/api/server/{cid}/sync", headers=auth(token))
+        assert started.status_code == 202, started.text
+        await sbff.services.sync.wait(cid)
+    store = sbff.services.store
+    calls: list[list[int]] = []
+    batched = store.last_runs
+
+    async def one_query(connection_ids: list[int]) -> object:
+        calls.append(list(connection_ids))
+        return await batched(connection_ids)
+
+    async def per_connection(connection_id: int) -> None:
+        raise AssertionError("one last_run query per connection")
+
+    monkeypatch.setattr(store, "last_runs", one_query)
+    monkeypatch.setattr(store, "last_run", per_connection)
+    listed = (await sbff.client.get("/api/servers", headers=auth(token))).json()["results"]
+    assert calls == [ids]
+    assert [c["last_run"]["status"] if c["last_run"] else None for c in listed] == ["succeeded", "succeeded", None]
+
+
 async def test_servers_and_servertypes_take_page_and_page_size(sbff: BFF) -> None:
     token = await customer(sbff)
     ids = [(await connect_bank(sbff.client, token))["id"] for _ in range(3)]

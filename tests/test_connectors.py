@@ -1449,9 +1449,10 @@ async def test_stripe(connectors, rec):
     assert all(r.headers["Authorization"] == "Bearer sk_test_abc123" for r in reads)
     records = [r for p in pages for r in p.records]
     assert [r["id"] for r in records] == ["cus_3", "cus_2", "cus_1"]
-    assert records[0]["metadata"] == {"plan": "pro"} and records[0]["created"] == 1_700_000_003
-    # newest-first lists: the cursor only moves after the last page
-    assert [p.state for p in pages] == [{}, {"cursor": 1_700_000_003}]
+    # created is a datetime field: epoch seconds become an ISO time (a timestamptz column)
+    assert records[0]["metadata"] == {"plan": "pro"} and records[0]["created"] == "2023-11-14T22:13:23Z"
+    # newest-first lists: the cursor only moves after the last page; it is sent as unix seconds
+    assert [p.state for p in pages] == [{}, {"cursor": "2023-11-14T22:13:23Z"}]
     assert q(provider.requests[0]) == {"limit": "100", "created[gt]": "1700000003"}
 
 

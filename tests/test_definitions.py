@@ -246,12 +246,12 @@ async def test_native_upsert_from_a_partner_definition() -> None:
         policy=RetryPolicy.short(),
     )
     result = await Writer(session).upsert("message", {"channel": "new", "text": "hi"}, "channel")
-    assert result.status == 201 and result.id == "m_1"
+    assert result.created and result.id == "m_1"
     assert seen[0].method == "PUT" and str(seen[0].url) == "http://b/sandbox/chat/api/messages/by/channel/new"
     assert json.loads(seen[0].content) == {"channel": "new", "text": "hi"}
     assert seen[0].headers["authorization"] == "Bearer sandbox-chat-key"
     updated = await Writer(session).upsert("message", {"channel": "qa", "text": "hi"}, "channel")
-    assert updated.status == 200
+    assert not updated.created
 
 
 def test_builtin_definitions_keep_their_logos(tmp_path: Path) -> None:

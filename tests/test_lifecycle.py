@@ -103,21 +103,34 @@ async def test_transition_writes_logs_and_keeps_a_state_it_does_not_apply_to(
         store = bff.services.store
         heard: list[tuple[str, str]] = []
 
-        async def listener(change: HealthChange) -> None:
-            heard.append((change.old, change.new))
+        class Recording:
+            """The events interface, recording what it is told."""
 
-        store.health_listeners.append(listener)
+            async def health_changed(self, change: HealthChange) -> None:
+                heard.append((change.old, change.new))
+
+            async def run_finished(self, run: object) -> None:
+                raise AssertionError("no run here")
+
+            async def connection_created(self, account: object, connection: object) -> None:
+                raise AssertionError("no connection created here")
+
+            async def connection_deleted(self, account: object, connection: object) -> None:
+                raise AssertionError("no connection deleted here")
+
+        events = Recording()
         with caplog.at_level("INFO", logger="bff.lifecycle"):
             new = await lifecycle.transition(
-                store, cid, Event.DISABLED, detail="paused", logs=[("info", "Connection disabled.")]
+                store, events, cid, Event.DISABLED, detail="paused", logs=[("info", "Connection disabled.")]
             )
         assert new == Health.DISABLED and heard == [("OK", "DISABLED")]
         assert "OK → DISABLED (disabled)" in caplog.text
-        # A run ending on a disabled connection leaves it (and its detail) as it is.
-        assert await lifecycle.transition(store, cid, Event.SYNC_FAILED, detail="boom") == Health.DISABLED
+        # A run ending on a disabled connection leaves it (and its detail) as it is: nobody is told.
+        assert await lifecycle.transition(store, events, cid, Event.SYNC_FAILED, detail="boom") == Health.DISABLED
         server = (await bff.client.get(f"/api/server/{cid}", headers=auth(token))).json()
         assert server["health_status"] == "DISABLED" and server["detail"] == "paused" and len(heard) == 1
         logs = (await bff.client.get(f"/api/server/{cid}/logs", headers=auth(token))).json()["results"]
         assert logs[0]["message"] == "Connection disabled."
-        assert await lifecycle.transition(store, cid, Event.ENABLED) == Health.RE_ENABLED
-        assert await lifecycle.transition(store, 10**9, Event.ENABLED) is None
+        assert await lifecycle.transition(store, events, cid, Event.ENABLED) == Health.RE_ENABLED
+        assert heard[-1] == ("DISABLED", "RE_ENABLED")
+        assert await lifecycle.transition(store, events, 10**9, Event.ENABLED) is None

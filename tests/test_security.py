@@ -84,6 +84,8 @@ async def test_connect_ui_may_be_framed_only_by_a_registered_origin(bff: BFF) ->
         ("GET", f"/api/database/rows/table/{TOO_BIG}/"),
         ("GET", f"/api/database/tables/database/{TOO_BIG}/"),
         ("GET", f"/api/server/{2**31}"),
+        ("GET", f"/api/table/{TOO_BIG}/"),
+        ("GET", f"/api/interface/{TOO_BIG}"),
     ],
 )
 async def test_huge_path_ids_are_404_not_500(bff: BFF, method: str, path: str) -> None:
@@ -672,7 +674,7 @@ async def test_the_start_step_only_answers_the_start_page_of_a_registered_opener
 
 
 async def test_unfinished_connections_per_sub_account_are_capped(sbff: BFF) -> None:
-    from bff.connections_api import MAX_PENDING_CONNECTIONS
+    from bff.api.connections import MAX_PENDING_CONNECTIONS
 
     _, token = await customer(sbff)
     ids = []

@@ -4,6 +4,8 @@ and isolation enforced by PostgreSQL roles."""
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
+import decimal
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -254,3 +256,29 @@ async def test_a_page_write_does_not_wait_for_vacuum_s_lock(env: Env, database_u
     count, _ = await env.warehouse.read_rows(account, table.table, offset=0, limit=1)
     assert count == 600
     assert await table.load_state() == {"cursor": "x"}
+
+
+async def test_a_field_retyped_by_its_definition_keeps_its_values(env: Env) -> None:
+    """Stripe's ``created`` went from integer (epoch seconds) to datetime, amounts from number to
+    decimal: the next open converts the column and its values (epochs become their time)."""
+    account, connection = env.accounts[0], env.connections[env.accounts[0]][0]
+    base = contacts()
+    old = dataclasses.replace(
+        base,
+        fields=(*base.fields, FieldSpec("created", ("created",), "integer"), FieldSpec("paid", ("paid",), "number")),
+    )
+    first = await env.warehouse.open_table(account, connection, old)
+    await first.write([contact(1, created=1_700_000_003, paid=10.1)], {}, run_id=1)
+    new = dataclasses.replace(
+        base,
+        fields=(*base.fields, FieldSpec("created", ("created",), "datetime"), FieldSpec("paid", ("paid",), "decimal")),
+    )
+    second = await env.warehouse.open_table(account, connection, new)
+    assert second.table.id == first.table.id
+    assert {f.name: f.type for f in second.table.fields}["created"] == "datetime"
+    await second.write([contact(2, created="2026-01-02T03:04:05Z", paid="0.30")], {}, run_id=2)
+    _, rows = await env.warehouse.read_rows(account, second.table, offset=0, limit=10)
+    assert [(r["created"], r["paid"]) for r in rows] == [
+        (dt.datetime(2023, 11, 14, 22, 13, 23, tzinfo=dt.UTC), decimal.Decimal("10.1")),
+        (dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC), decimal.Decimal("0.30")),
+    ]

@@ -69,7 +69,7 @@ async def test_hubspot_contact_add_update_delete_search_upsert() -> None:
 
     w = writer("hubspot", hubspot, seen=seen)
     added = await w.add("contact", {"email": "john@acme.com", "firstname": "John", "lastname": "Doe"})
-    assert (added.status, added.id) == (201, "512")
+    assert (added.created, added.id) == (True, "512")
     request = seen[-1]
     assert request.method == "POST" and str(request.url) == "https://api.hubapi.com/crm/v3/objects/contacts"
     assert (
@@ -82,7 +82,12 @@ async def test_hubspot_contact_add_update_delete_search_upsert() -> None:
     assert body(seen[-1]) == {"properties": {"company": "Acme"}}
 
     deleted = await w.delete("contact", "512")
-    assert deleted.status == 204 and seen[-1].method == "DELETE" and seen[-1].url.path == "/crm/v3/objects/contacts/512"
+    assert (
+        not deleted.created
+        and deleted.record is None
+        and seen[-1].method == "DELETE"
+        and seen[-1].url.path == "/crm/v3/objects/contacts/512"
+    )
 
     found = await w.search("contact", {"email": "john@acme.com"})
     assert found == [{"id": "512", "properties": {"email": "john@acme.com"}}]
@@ -92,9 +97,9 @@ async def test_hubspot_contact_add_update_delete_search_upsert() -> None:
     ]
 
     updated = await w.upsert("contact", {"email": "john@acme.com", "lastname": "Smith"}, "email")
-    assert updated.status == 200 and seen[-1].method == "PATCH" and seen[-1].url.path.endswith("/512")
+    assert not updated.created and seen[-1].method == "PATCH" and seen[-1].url.path.endswith("/512")
     created = await w.upsert("contact", {"email": "new@acme.com"}, "email")
-    assert created.status == 201 and seen[-1].method == "POST" and seen[-1].url.path == "/crm/v3/objects/contacts"
+    assert created.created and seen[-1].method == "POST" and seen[-1].url.path == "/crm/v3/objects/contacts"
 
     with pytest.raises(ProviderRejected) as info:
         await w.get("contact", "999")
@@ -133,7 +138,7 @@ async def test_pipedrive_person() -> None:
 
     w = writer("pipedrive", pipedrive, {"company_domain": "acme", "api_token": "pd-token-1"}, seen)
     added = await w.add("person", {"name": "John Doe", "email": "john@acme.com"})
-    assert (added.status, added.id) == (201, "77") and added.record["name"] == "John Doe"
+    assert (added.created, added.id) == (True, "77") and added.record["name"] == "John Doe"
     r = seen[-1]
     assert str(r.url) == "https://acme.pipedrive.com/api/v1/persons" and r.method == "POST"
     assert r.headers["x-api-token"] == "pd-token-1" and body(r) == {"name": "John Doe", "email": "john@acme.com"}
@@ -186,7 +191,7 @@ async def test_stripe_customer_is_form_encoded() -> None:
         and seen[-1].url.path == "/v1/customers/cus_1"
         and seen[-1].content == b"description=VIP"
     )
-    assert (await w.delete("customer", "cus_1")).status == 204 and seen[-1].method == "DELETE"
+    assert (await w.delete("customer", "cus_1")).record is None and seen[-1].method == "DELETE"
     assert (await w.search("customer", {"email": "john@acme.com"}))[0]["id"] == "cus_1"
     assert seen[-1].url.path == "/v1/customers" and seen[-1].url.params["email"] == "john@acme.com"
     with pytest.raises(ProviderRejected) as info:
@@ -213,7 +218,7 @@ async def test_slack_post_message() -> None:
 
     w = writer("slack", slack, seen=seen)
     sent = await w.add("message", {"channel": "QA", "text": "Data quality alert"})
-    assert (sent.status, sent.id) == (201, "1503435956.000247")
+    assert (sent.created, sent.id) == (True, "1503435956.000247")
     r = seen[-1]
     assert r.method == "POST" and str(r.url) == "https://slack.com/api/chat.postMessage"
     assert r.headers["authorization"] == "Bearer at-123456" and body(r) == {
@@ -248,7 +253,7 @@ async def test_exact_online_sales_invoice_add() -> None:
         "SalesInvoiceLines": [{"Item": "9a8b…", "Quantity": 2}],
     }
     added = await w.add("sales_invoice", fields)
-    assert (added.status, added.id) == (201, "a1b2c3d4-0000-0000-0000-000000000001")
+    assert (added.created, added.id) == (True, "a1b2c3d4-0000-0000-0000-000000000001")
     r = seen[-1]
     assert r.method == "POST" and str(r.url) == "https://start.exactonline.nl/api/v1/3200000/salesinvoice/SalesInvoices"
     assert r.headers["accept"] == "application/json" and r.headers["content-type"] == "application/json"

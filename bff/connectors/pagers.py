@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import httpx
 
@@ -27,10 +27,6 @@ class Request:
     url: str | httpx.URL
     params: dict[str, str] | None
     followed: bool = False  # the URL came from the provider (check its origin)
-
-
-class Pager(Protocol):
-    def next(self, request: Request, response: httpx.Response, body: Any, records: list[Any]) -> Request | None: ...
 
 
 class _Single:

@@ -42,7 +42,6 @@ PLACEHOLDER_ROOTS = (
     "fields",
     "match",
 )
-KEYED_ROOTS = frozenset(("context", "config", "credentials", "lookup", "fields", "match"))
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_$\-]+)?)\}")
 
 Path = tuple[str | int, ...]
@@ -92,10 +91,6 @@ class Template:
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(text for is_ph, text in self.parts if is_ph)
-
-    @property
-    def is_static(self) -> bool:
-        return not any(is_ph for is_ph, _ in self.parts)
 
     def uses(self, root: str) -> bool:
         return any(is_ph and (text == root or text.startswith(root + ".")) for is_ph, text in self.parts)

@@ -68,9 +68,9 @@ class UpsertAmbiguous(ConnectorError):
 
 @dataclass(frozen=True)
 class WriteResult:
-    """``status``: the HTTP status our API answers (201 created, 200, 204 deleted)."""
+    """``created``: the provider made a new record (add, or an upsert that matched nothing)."""
 
-    status: int
+    created: bool
     id: str | None
     record: Any
 
@@ -177,25 +177,25 @@ class Writer:
         spec = obj.actions["add"]
         self.validate(obj, spec, fields)
         _, record = await self._run(obj, spec, fields)
-        return WriteResult(201, _id(record, spec.id_path), record)
+        return WriteResult(True, _id(record, spec.id_path), record)
 
     async def update(self, object_name: str, record_id: str, fields: Mapping[str, Any]) -> WriteResult:
         obj = self.object(object_name, "update")
         spec = obj.actions["update"]
         self.validate(obj, spec, fields, partial=True)
         _, record = await self._run(obj, spec, fields, record_id=record_id)
-        return WriteResult(200, _id(record, spec.id_path) or record_id, record)
+        return WriteResult(False, _id(record, spec.id_path) or record_id, record)
 
     async def delete(self, object_name: str, record_id: str) -> WriteResult:
         obj = self.object(object_name, "delete")
         await self._run(obj, obj.actions["delete"], {}, record_id=record_id)
-        return WriteResult(204, record_id, None)
+        return WriteResult(False, record_id, None)
 
     async def get(self, object_name: str, record_id: str) -> WriteResult:
         obj = self.object(object_name, "get")
         spec = obj.actions["get"]
         _, record = await self._run(obj, spec, {}, record_id=record_id)
-        return WriteResult(200, _id(record, spec.id_path) or record_id, record)
+        return WriteResult(False, _id(record, spec.id_path) or record_id, record)
 
     async def search(self, object_name: str, match: Mapping[str, Any]) -> list[Any]:
         obj = self.object(object_name, "search")
@@ -217,7 +217,7 @@ class Writer:
             self.validate(obj, spec, fields)
             body, record = await self._run(obj, spec, fields, match={"field": match, "value": fields[match]})
             created = bool(get_path(body, spec.created_path)) if spec.created_path else self._last_status == 201
-            return WriteResult(201 if created else 200, _id(record, spec.id_path), record)
+            return WriteResult(created, _id(record, spec.id_path), record)
         search = obj.actions["search"]
         self.validate(obj, obj.actions["add"], fields)  # whichever way it goes, the record must be valid to add
         found = await self._search(obj, search, {match: fields[match]})
@@ -294,7 +294,7 @@ class Writer:
             if message is None and response.status_code >= 400 and response.content and body is None:
                 message = short(response.text, 160)
             message = session.scrub(message) if message else None
-            what = f"{self.display} refused to {spec.name if spec.name != 'search' else 'search'} the {obj.name}"
+            what = f"{self.display} refused to {spec.name} the {obj.name}"
             raise ProviderRejected(
                 f"{what} (HTTP {response.status_code}){': ' + message.rstrip('.') if message else ''}.",
                 status=response.status_code,

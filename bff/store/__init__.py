@@ -14,9 +14,8 @@ import contextlib
 import dataclasses
 import enum
 import json
-import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import psycopg
@@ -44,6 +43,8 @@ __all__ = [
 ]
 
 ACTIVE_RUN_STATUSES = ("queued", "running", "waiting")
+# Seconds between scheduled syncs of a new connection (DESIGN §10; the column default, migration 0005).
+DEFAULT_SYNC_FREQUENCY = 21600
 
 SUB_ACCOUNT_FIELDS = ("first_name", "last_name", "email", "language", "company_name")
 
@@ -73,6 +74,18 @@ def _build(cls: type[T], row: Row | None) -> T | None:
 def _given(value: Any) -> Any:
     """None means "leave it" for these columns: :data:`UNSET`."""
     return UNSET if value is None else value
+
+
+def _change(row: Row | None) -> HealthChange | None:
+    if row is None:
+        return None
+    return HealthChange(
+        connection_id=int(row["id"]),
+        sub_account_id=int(row["sub_account_id"]),
+        old=str(row["old"]),
+        new=str(row["health_status"]),
+        detail=row["detail"],
+    )
 
 
 def _guarded(assignment: str) -> str:
@@ -148,7 +161,7 @@ class Connection:
     updated_at: float
     # Schedule (DESIGN §10): seconds between syncs (None = on demand), per-table overrides,
     # when each table is due, and the earliest of those.
-    sync_frequency: int | None = 21600
+    sync_frequency: int | None = DEFAULT_SYNC_FREQUENCY
     table_frequencies: dict[str, int] = dataclasses.field(default_factory=dict)
     table_due: dict[str, float] = dataclasses.field(default_factory=dict)
     next_sync_at: float | None = None
@@ -242,7 +255,6 @@ _RUN_COLUMNS = (
     "id, connection_id, sub_account_id, status, task_id, tables, records, error, pid, job_id, attempts, resume_at,"
     " progress, created_at, started_at, finished_at, full_sync, trigger"
 )
-HealthListener = Callable[[HealthChange], Awaitable[None]]
 _SUB_ACCOUNT_COLUMNS = (
     "id, partner_id, external_id, first_name, last_name, email, language, company_name, token_generation, created_at,"
     " warehouse_schema"
@@ -283,8 +295,6 @@ class Store:
         self._clock = clock
         self._max_connections = max_connections
         self._pool: AsyncConnectionPool[Any] | None = None
-        # Told after every committed change of a connection's health_status (scheduler, webhooks).
-        self.health_listeners: list[HealthListener] = []
         # Token minting reads these under load: concurrent reads share one query.
         self._partner_reads: BatchedReads[tuple[int, str], tuple[Partner | None, SubAccount | None]] = BatchedReads(
             self._fetch_partners_and_sub_accounts, missing=(None, None)
@@ -650,9 +660,9 @@ class Store:
         table_frequencies: Mapping[str, int] | None = None,
         health_from: Sequence[str] | None = None,
         logs: Sequence[tuple[str, str]] = (),
-    ) -> tuple[str, str] | None:
-        """Change a connection's columns (and add ``logs``) in one transaction; ``(old, new)``
-        health, or None when it is gone. With ``health_from`` (see :mod:`bff.lifecycle`), the
+    ) -> HealthChange | None:
+        """Change a connection's columns (and add ``logs``) in one transaction; its health before
+        and after (:func:`bff.lifecycle.transition` tells the events), or None when it is gone. With ``health_from`` (see :mod:`bff.lifecycle`), the
         health and detail change only if the locked row's health is one of those states."""
         sets, params = _assignments(
             {
@@ -681,27 +691,7 @@ class Store:
             row = await cur.fetchone()
             if row is not None:
                 await self._insert_logs(conn, connection_id, logs, None)
-        if row is None:
-            return None
-        if row["old"] != row["health_status"]:
-            await self._health_changed(row)
-        return str(row["old"]), str(row["health_status"])
-
-    async def _health_changed(self, row: Row) -> None:
-        change = HealthChange(
-            connection_id=int(row["id"]),
-            sub_account_id=int(row["sub_account_id"]),
-            old=str(row["old"]),
-            new=str(row["health_status"]),
-            detail=row["detail"],
-        )
-        for listener in self.health_listeners:
-            try:
-                await listener(change)
-            except Exception:  # a listener failing must not undo the change the caller made
-                logging.getLogger("bff.store").exception(
-                    "health listener failed for connection %s", change.connection_id
-                )
+        return _change(row)
 
     async def set_schedule(self, connection_id: int, table_due: Mapping[str, float]) -> None:
         """Store when each table is due next; ``next_sync_at`` becomes the earliest (None: never)."""
@@ -824,6 +814,17 @@ class Store:
             ),
         )
 
+    async def last_runs(self, connection_ids: Sequence[int]) -> dict[int, Run]:
+        """The last run of each of these connections (those that ran), in one query."""
+        if not connection_ids:
+            return {}
+        rows = await self._all(
+            f"SELECT DISTINCT ON (connection_id) {_RUN_COLUMNS} FROM runs WHERE connection_id = ANY(%s)"
+            " ORDER BY connection_id, id DESC",
+            (list(connection_ids),),
+        )
+        return {int(row["connection_id"]): Run(**row) for row in rows}
+
     async def list_runs(self, connection_id: int, *, offset: int, limit: int) -> tuple[int, list[Run]]:
         count = await self._one("SELECT COUNT(*) AS n FROM runs WHERE connection_id = %s", (connection_id,))
         rows = await self._all(
@@ -877,9 +878,10 @@ class Store:
         health_from: Sequence[str],
         detail: str | None,
         logs: Sequence[tuple[str, str]] = (),
-    ) -> bool:
+    ) -> tuple[bool, HealthChange | None]:
         """End a run: its status, the connection's health and the last log lines, atomically.
-        False when the run had already ended (another worker, or a delete, got there first)."""
+        (False, None) when the run had already ended (another worker, or a delete, got there
+        first); else (True, the connection's health before and after, None if it is gone)."""
         now = self.now()
         async with self.transaction() as conn:
             cur = await conn.execute(
@@ -895,7 +897,7 @@ class Store:
                 },
             )
             if await cur.fetchone() is None:
-                return False
+                return False, None
             cur = await conn.execute(
                 # The health changes only from ``health_from`` (bff.lifecycle: not from DISABLED).
                 f"UPDATE connections c SET {_guarded('health_status = %(h)s')}, {_guarded('detail = %(d)s')},"
@@ -907,9 +909,7 @@ class Store:
             changed = await cur.fetchone()
             if changed is not None:  # deleted mid-run: its logs went with it
                 await self._insert_logs(conn, connection_id, logs, run_id)
-        if changed is not None and changed["old"] != changed["health_status"]:
-            await self._health_changed(changed)
-        return True
+        return True, _change(changed)
 
     # -- logs ----------------------------------------------------------------------------------
 

@@ -1,5 +1,5 @@
 """The ``refresh_requests`` table (migration p1314_refresh_requests): the SQL behind
-:class:`bff.writeback.RefreshRequests`."""
+:class:`bff.services.writeback.RefreshRequests`."""
 
 from __future__ import annotations
 

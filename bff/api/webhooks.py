@@ -9,12 +9,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
 
-from .auth import require_partner, services
-from .errors import ApiError, validation_error
-from .http import Pagination, api_route, read_json
-from .store import iso
-from .store.webhooks import WebhookConfig
-from .webhooks import EVENT_TYPES, UnsafeTarget, validate_url
+from ..auth import require_partner, services
+from ..errors import ApiError, validation_error
+from ..http import Pagination, api_route, read_json
+from ..store import iso
+from ..store.webhooks import WebhookConfig
+from ..webhooks import EVENT_TYPES, UnsafeTarget, validate_url
 
 NO_STORE = {"Cache-Control": "no-store"}
 

@@ -11,10 +11,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
 
-from .auth import require_connection, services
-from .errors import validation_error
-from .http import Pagination, api_route, read_json
-from .sync import SyncRunner
+from ..auth import require_connection, services
+from ..errors import validation_error
+from ..http import Pagination, api_route, read_json
+from ..sync import SyncRunner
 
 
 def runner(request: Request) -> SyncRunner:

@@ -10,11 +10,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute
 
-from .auth import require_partner, require_partner_with_sub_account, services
-from .errors import BFFError, not_found, validation_error
-from .http import Pagination, api_route, parse_id, query_bool, read_json, require_str
-from .store import Partner, SubAccount
-from .tokens import MintedToken
+from ..auth import require_partner, require_partner_with_sub_account, services
+from ..errors import BFFError, not_found, validation_error
+from ..http import Pagination, api_route, parse_id, query_bool, read_json, require_str
+from ..store import Partner, SubAccount
+from ..tokens import MintedToken
 
 _LANGUAGE = re.compile(r"^[a-z]{2,3}(-[A-Za-z]{2,4})?$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -271,8 +271,7 @@ async def revoke_partner_tokens(request: Request) -> JSONResponse:
 
 async def set_partner_origins(request: Request) -> JSONResponse:
     """Replace the browser origins allowed to embed the widget (and to get CORS answers)."""
-    from .cli import normalise_origin
-    from .settings import SettingsError
+    from ..settings import SettingsError, normalise_origin
 
     partner = await require_partner(request)
     data = await read_json(request)

@@ -19,14 +19,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
 
-from .auth import Caller, require_back_end, services
-from .errors import ApiError, not_found, token_not_allowed, validation_error
-from .http import Pagination, api_route, read_json, text_field
-from .scripts import MAX_STATE_BYTES
-from .scripts.service import MAX_CODE_BYTES, ScriptService, ScriptsUnavailable, check_code, parse_schedule
-from .store import UNSET
-from .store.scripts import Script
-from .sync_api import parse_wait
+from ..auth import Caller, require_back_end, services
+from ..errors import ApiError, not_found, token_not_allowed, validation_error
+from ..http import Pagination, api_route, read_json, text_field
+from ..scripts import MAX_STATE_BYTES
+from ..scripts.service import MAX_CODE_BYTES, ScriptService, ScriptsUnavailable, check_code, parse_schedule
+from ..store import UNSET
+from ..store.scripts import Script
+from .sync import parse_wait
 
 MAX_NAME_LENGTH = 100
 FIELDS = ("name", "raw_code", "schedule")
@@ -50,7 +50,7 @@ async def _caller(request: Request, *, own_state: bool = False) -> Caller:
 async def _own_script(request: Request, caller: Caller) -> Script:
     assert caller.sub_account is not None
     raw = request.path_params["script_id"]
-    script = await scripts(request).table.get(caller.sub_account.id, raw) if raw < 2**63 else None
+    script = await scripts(request).table.get(caller.sub_account.id, raw)
     if script is None:
         raise not_found("No such script.")
     return script
@@ -164,7 +164,7 @@ async def list_runs(request: Request) -> JSONResponse:
 async def get_run(request: Request) -> JSONResponse:
     script = await _own_script(request, await _caller(request))
     run_id = request.path_params["run_id"]
-    run = await scripts(request).table.get_run(run_id) if run_id < 2**63 else None
+    run = await scripts(request).table.get_run(run_id)
     if run is None or run.script_id != script.id:
         raise not_found("No such run.")
     return JSONResponse(run.public_dict())

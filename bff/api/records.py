@@ -20,7 +20,6 @@ answer (see :mod:`bff.idempotency`). Every write is logged on the connection
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import unquote
 
@@ -29,19 +28,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
 
-from . import lifecycle
-from .auth import authenticate, identity_only, path_connection_id, services
-from .connectors import (
+from .. import lifecycle
+from ..auth import authenticate, identity_only, path_connection_id, services
+from ..connectors import (
     ConnectorError,
-    CredentialsRejected,
 )
-from .connectors.writer import Writer
-from .errors import ApiError, connector_error, not_found, validation_error
-from .http import api_route, query_bool, read_json
-from .idempotency import MAX_KEY_LENGTH, StoredAnswer, fingerprint
-from .lifecycle import Event
-from .store import Connection, SubAccount
-from .writeback import Writeback, writeback_for
+from ..connectors.writer import Writer
+from ..errors import ApiError, connector_error, not_found, validation_error
+from ..http import api_route, query_bool, read_json
+from ..idempotency import MAX_KEY_LENGTH, fingerprint
+from ..services.writeback import READS, Action, EngineLog, Writeback, writeback_for
+from ..store import Connection, SubAccount
 
 __all__ = ["proxy_suffix", "require_writable", "routes"]
 
@@ -92,78 +89,26 @@ async def require_writable(request: Request) -> tuple[SubAccount, Connection]:
     return account, connection
 
 
-class _Log:
-    """Engine log lines (retries, token renewals) collected during one request."""
-
-    def __init__(self) -> None:
-        self.lines: list[tuple[str, str]] = []
-
-    def __call__(self, level: str, message: str) -> None:
-        self.lines.append((level, message))
-
-
-# --------------------------------------------------------------------------- one write, end to end
-
-
-Action = Callable[[Writer], Awaitable[tuple[int, Any]]]
-
-
 async def perform(request: Request, action: str, object_name: str, call: Action, *, body: Any = None) -> Response:
-    """Idempotency, the provider call, error mapping, the connection log and the refresh."""
-    account, connection = await require_writable(request)
-    svc = services(request)
-    wb = writeback_for(request)
-    short = query_bool(request, "timeout", default=False)
-    refresh = query_bool(request, "refresh", default=False)
-    key = request.headers.get("idempotency-key") if action not in ("get", "search") else None
-    if key is not None and not 0 < len(key) <= MAX_KEY_LENGTH:
-        raise validation_error({"Idempotency-Key": f"Must be 1 to {MAX_KEY_LENGTH} characters."})
+    """Parse what the write needs from the request, run it (:meth:`Writeback.execute`), answer."""
+    _, connection = await require_writable(request)
+    key = request.headers.get("idempotency-key") if action not in READS else None
+    idempotency = None
     if key is not None:
+        if not 0 < len(key) <= MAX_KEY_LENGTH:
+            raise validation_error({"Idempotency-Key": f"Must be 1 to {MAX_KEY_LENGTH} characters."})
         query = {k: v for k, v in request.query_params.items() if k in ("match",)}
-        begun = await wb.idempotency.begin(
-            connection.id, key, fingerprint(request.method, request.url.path.rstrip("/"), query, body)
-        )
-        if begun.replay is not None:
-            return _answer(begun.replay.status, begun.replay.body, replayed=True)
-        if begun.reused:
-            raise ApiError(409, "idempotency_key_reused", "This Idempotency-Key was used for a different request.")
-        if begun.in_use:
-            raise ApiError(409, "idempotency_key_in_use", "A request with this Idempotency-Key is still running.")
-    log = _Log()
-    status, answer = 500, None
-    try:
-        try:
-            status, answer = await call(wb.writer(connection, short=short, log=log))
-        except ConnectorError as exc:
-            error = connector_error(exc)
-            if isinstance(exc, CredentialsRejected):
-                await lifecycle.transition(svc.store, connection.id, Event.CREDENTIALS_REJECTED, detail=error.detail)
-            status = error.status
-            if key is not None and error.status == 422:
-                await wb.idempotency.finish(connection.id, key, StoredAnswer(error.status, error.body()))
-                key = None
-            raise error from None
-    finally:
-        if key is not None:
-            if 200 <= status < 300:
-                await wb.idempotency.finish(connection.id, key, StoredAnswer(status, answer))
-            else:
-                await wb.idempotency.release(connection.id, key)
-        _log_write(wb, connection, action, object_name, status, log)
-    if refresh and 200 <= status < 300 and action not in ("get", "search"):
-        connector = svc.connectors[connection.connector]
-        obj = connector.object(object_name)
-        await wb.refresh.request(connection, obj.stream if obj else None)
-        if isinstance(answer, dict):
-            answer = {**answer, "refresh_queued": True}
-    return _answer(status, answer)
-
-
-def _log_write(wb: Writeback, connection: Connection, action: str, object_name: str, status: int, log: _Log) -> None:
-    if action in ("get", "search") and status < 400 and not log.lines:
-        return  # reads are not logged unless something happened
-    level = "info" if status < 400 else "warning"
-    wb.log.add(connection.id, [*log.lines, (level, f"Writeback: {action} {object_name} → {status}.")])
+        idempotency = (key, fingerprint(request.method, request.url.path.rstrip("/"), query, body))
+    outcome = await writeback_for(request).execute(
+        connection,
+        action,
+        object_name,
+        call,
+        idempotency=idempotency,
+        short=query_bool(request, "timeout", default=False),
+        refresh=query_bool(request, "refresh", default=False),
+    )
+    return _answer(outcome.status, outcome.body, replayed=outcome.replayed)
 
 
 def _answer(status: int, body: Any, *, replayed: bool = False) -> Response:
@@ -204,7 +149,7 @@ async def records(request: Request) -> Response:
 
         async def add(writer: Writer) -> tuple[int, Any]:
             result = await writer.add(object_name, fields)
-            return result.status, _record(result)
+            return 201, _record(result)
 
         return await perform(request, "add", object_name, add, body=fields)
     match_field = request.query_params.get("match")
@@ -213,7 +158,7 @@ async def records(request: Request) -> Response:
 
     async def upsert(writer: Writer) -> tuple[int, Any]:
         result = await writer.upsert(object_name, fields, match_field)
-        return result.status, _record(result)
+        return 201 if result.created else 200, _record(result)
 
     return await perform(request, "upsert", object_name, upsert, body=fields)
 
@@ -243,7 +188,7 @@ async def record(request: Request) -> Response:
 
     async def update(writer: Writer) -> tuple[int, Any]:
         result = await writer.update(object_name, record_id, fields)
-        return result.status, _record(result)
+        return 200, _record(result)
 
     return await perform(request, "update", object_name, update, body=fields)
 
@@ -284,7 +229,7 @@ async def proxy(request: Request) -> Response:
     """A raw call to the provider with the connection's auth and the retry policy; status and body pass through."""
     _, connection = await require_writable(request)
     suffix = proxy_suffix(request)
-    log = _Log()
+    log = EngineLog()
     wb: Writeback = writeback_for(request)
     session = wb.writer(connection, short=False, log=log).session
     auth_headers, auth_params = session.auth_names()
@@ -328,7 +273,7 @@ async def proxy(request: Request) -> Response:
     return Response(body, status_code=response.status_code, headers=out_headers)
 
 
-def _log_proxy(wb: Writeback, connection: Connection, method: str, suffix: str, status: int, log: _Log) -> None:
+def _log_proxy(wb: Writeback, connection: Connection, method: str, suffix: str, status: int, log: EngineLog) -> None:
     path = "/" + suffix.split("?", 1)[0]
     wb.log.add(
         connection.id,

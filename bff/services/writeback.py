@@ -11,27 +11,40 @@ five writes in a row, through any number of web processes, give one sync, not fi
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 from starlette.requests import Request
 
-from . import connections as rt
-from .connectors import RetryPolicy
-from .connectors.writer import Writer
-from .idempotency import IdempotencyStore
-from .store import Connection, RunAlreadyActive
-from .store.idempotency import PgIdempotencyStore
-from .store.refresh import ALL_STREAMS, RefreshRequestStore
-from .sync import ConnectionNotReady, UnknownTables
+from .. import connections as rt
+from .. import lifecycle
+from ..connectors import ConnectorError, CredentialsRejected, RetryPolicy
+from ..connectors.writer import Writer
+from ..errors import ApiError, connector_error
+from ..idempotency import IdempotencyStore, StoredAnswer
+from ..lifecycle import Event
+from ..store import Connection, RunAlreadyActive
+from ..store.idempotency import PgIdempotencyStore
+from ..store.refresh import ALL_STREAMS, RefreshRequestStore
+from ..sync import ConnectionNotReady, UnknownTables
 
 if TYPE_CHECKING:
-    from .services import Services
+    from . import Services
 
-__all__ = ["LOG_FLUSH_DELAY", "REFRESH_DELAY", "LogBuffer", "RefreshRequests", "Writeback", "writeback_for"]
+__all__ = [
+    "LOG_FLUSH_DELAY",
+    "REFRESH_DELAY",
+    "EngineLog",
+    "LogBuffer",
+    "RefreshRequests",
+    "WriteOutcome",
+    "Writeback",
+    "writeback_for",
+]
 
 logger = logging.getLogger("bff.writeback")
 
@@ -130,8 +143,22 @@ class LogBuffer:
                     )
 
 
+READS = ("get", "search")
+# The API's part of a write: the writer call, and the status it answers with (201 created, …).
+Action = Callable[[Writer], Awaitable[tuple[int, Any]]]
+
+
+@dataclasses.dataclass(frozen=True)
+class WriteOutcome:
+    """What the API answers: status and body; ``replayed`` when an Idempotency-Key replayed it."""
+
+    status: int
+    body: Any
+    replayed: bool = False
+
+
 class Writeback:
-    """Per-app state of the writeback API."""
+    """Per-app state of the writeback API, and :meth:`execute`."""
 
     def __init__(self, services: Services, *, idempotency: IdempotencyStore | None = None) -> None:
         self.services = services
@@ -142,6 +169,79 @@ class Writeback:
     def writer(self, connection: Connection, *, short: bool, log: Callable[[str, str], None]) -> Writer:
         policy = RetryPolicy.short() if short else RetryPolicy.default()
         return Writer(rt.session_for_connection(self.services, connection, log=log, policy=policy))
+
+    async def execute(
+        self,
+        connection: Connection,
+        action: str,
+        object_name: str,
+        call: Action,
+        *,
+        idempotency: tuple[str, str] | None = None,
+        short: bool = False,
+        refresh: bool = False,
+    ) -> WriteOutcome:
+        """One write (or read) end to end: the ``Idempotency-Key`` (``(key, fingerprint)``), the
+        provider call, a rejection of the stored credentials (``bff.lifecycle``), the connection
+        log and the ``refresh=true`` sync. A failure raises its :class:`bff.errors.BFFError`."""
+        key = idempotency[0] if idempotency else None
+        if idempotency is not None:
+            begun = await self.idempotency.begin(connection.id, *idempotency)
+            if begun.replay is not None:
+                return WriteOutcome(begun.replay.status, begun.replay.body, replayed=True)
+            if begun.reused:
+                raise ApiError(409, "idempotency_key_reused", "This Idempotency-Key was used for a different request.")
+            if begun.in_use:
+                raise ApiError(409, "idempotency_key_in_use", "A request with this Idempotency-Key is still running.")
+        log = EngineLog()
+        status, answer = 500, None
+        try:
+            try:
+                status, answer = await call(self.writer(connection, short=short, log=log))
+            except ConnectorError as exc:
+                error = connector_error(exc)
+                if isinstance(exc, CredentialsRejected):
+                    await lifecycle.transition(
+                        self.services.store,
+                        self.services.events,
+                        connection.id,
+                        Event.CREDENTIALS_REJECTED,
+                        detail=error.detail,
+                    )
+                status = error.status
+                if key is not None and error.status == 422:  # the provider's own refusal is kept
+                    await self.idempotency.finish(connection.id, key, StoredAnswer(error.status, error.body()))
+                    key = None
+                raise error from None
+        finally:
+            if key is not None:
+                if 200 <= status < 300:
+                    await self.idempotency.finish(connection.id, key, StoredAnswer(status, answer))
+                else:
+                    await self.idempotency.release(connection.id, key)
+            self._log_write(connection, action, object_name, status, log)
+        if refresh and 200 <= status < 300 and action not in READS:
+            obj = self.services.connectors[connection.connector].object(object_name)
+            await self.refresh.request(connection, obj.stream if obj else None)
+            if isinstance(answer, dict):
+                answer = {**answer, "refresh_queued": True}
+        return WriteOutcome(status, answer)
+
+    def _log_write(self, connection: Connection, action: str, object_name: str, status: int, log: EngineLog) -> None:
+        if action in READS and status < 400 and not log.lines:
+            return  # reads are not logged unless something happened
+        level = "info" if status < 400 else "warning"
+        self.log.add(connection.id, [*log.lines, (level, f"Writeback: {action} {object_name} → {status}.")])
+
+
+class EngineLog:
+    """Engine log lines (retries, token renewals) collected during one request."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str]] = []
+
+    def __call__(self, level: str, message: str) -> None:
+        self.lines.append((level, message))
 
 
 def writeback_for(request: Request) -> Writeback:

@@ -21,14 +21,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute
 
-from .auth import require_identity, services
-from .errors import not_found, validation_error
-from .http import Pagination, api_route, query_bool
-from .query_tables import QueryTable
-from .store import SubAccount
-from .tokens import Claims
-from .warehouse import Warehouse, WarehouseTable
-from .warehouse_reader import SYNCED_META, ReadField, parse_row_query, read_synced, synced_fields
+from ..auth import require_identity, services
+from ..errors import not_found, validation_error
+from ..http import Pagination, api_route, query_bool
+from ..query_tables import QueryTable
+from ..store import SubAccount
+from ..tokens import Claims
+from ..warehouse import Warehouse, WarehouseTable
+from ..warehouse_reader import SYNCED_META, ReadField, parse_row_query, read_synced_rows, synced_fields
 
 DEFAULT_ROWS_PAGE = 100
 ROW_QUERY_PARAMS = ("search", "order_by", "updated_since", "include", "exclude")
@@ -138,8 +138,9 @@ async def list_rows(request: Request) -> JSONResponse:
     else:
         fields = synced_fields(table)
         query = parse_row_query(_row_params(request), fields, meta=SYNCED_META)
-        async with warehouse(request).store.connection() as conn:
-            count, rows = await read_synced(conn, table, query, offset=page.offset, limit=page.limit)
+        count, rows = await read_synced_rows(
+            services(request).store, table, query, offset=page.offset, limit=page.limit
+        )
     if not by_name:
         keys = {f.name: f"field_{f.id}" for f in fields}
         rows = [{keys.get(k, k): v for k, v in row.items()} for row in rows]

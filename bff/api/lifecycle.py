@@ -7,23 +7,20 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute
 
-from . import lifecycle
-from .auth import require_connection, services
-from .connections_api import connection_dict
-from .errors import ApiError, validation_error
-from .http import api_route, read_json
-from .lifecycle import Event
-from .schedules import ScheduleError, parse_frequency, parse_table_frequencies, streams_of
-from .store import UNSET, Connection, SubAccount
+from .. import lifecycle
+from ..auth import require_connection, services
+from ..errors import ApiError, validation_error
+from ..http import api_route, read_json
+from ..lifecycle import Event
+from ..schedules import ScheduleError, parse_frequency, parse_table_frequencies, streams_of
+from ..store import UNSET, Connection, SubAccount
+from .connections import connection_dict
 
 PATCHABLE = ("name", "sync_frequency", "table_frequencies")
 
 
 async def _reload(request: Request, account: SubAccount, connection: Connection) -> Connection:
-    updated = await services(request).store.get_connection(account.id, connection.id)
-    if updated is None:
-        raise ApiError(404, "not_found", "No such connection.")
-    return updated
+    return await services(request).connections.reload(account, connection)
 
 
 async def patch_server(request: Request) -> JSONResponse:
@@ -87,6 +84,7 @@ async def disable_server(request: Request) -> JSONResponse:
     if lifecycle.applies(Event.DISABLED, connection.health_status):
         await lifecycle.transition(
             svc.store,
+            svc.events,
             connection.id,
             Event.DISABLED,
             detail="Disabled: nothing syncs until the connection is enabled again.",
@@ -101,7 +99,9 @@ async def enable_server(request: Request) -> JSONResponse:
     svc = services(request)
     if not lifecycle.applies(Event.ENABLED, connection.health_status):
         raise ApiError(409, "connection_not_disabled", "This connection is not disabled.")
-    await lifecycle.transition(svc.store, connection.id, Event.ENABLED, logs=[("info", "Connection enabled again.")])
+    await lifecycle.transition(
+        svc.store, svc.events, connection.id, Event.ENABLED, logs=[("info", "Connection enabled again.")]
+    )
     return JSONResponse(await connection_dict(request, account, await _reload(request, account, connection)))
 
 

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 
-from .jobs import JobQueue
-from .lifecycle import Health
-from .query_tables import QueryTables
-from .runtime import Runtime
-from .schedules import Scheduler
-from .scripts.service import ScriptService
-from .store import Connection, HealthChange, SubAccount
-from .sync import SyncRunner
-from .warehouse import Warehouse
-from .webhooks import Webhooks
+from ..events import Events
+from ..jobs import JobQueue
+from ..query_tables import QueryTables
+from ..runtime import Runtime
+from ..schedules import Scheduler
+from ..scripts.service import ScriptService
+from ..sync import SyncRunner
+from ..warehouse import Warehouse
+from ..webhooks import Webhooks
+from .connections import Connections
+from .oauth_flows import OAuthFlows
 
 ORIGIN_CACHE_SECONDS = 2.0
 
@@ -28,8 +30,17 @@ class Services(Runtime):
     schedules: Scheduler
     webhooks: Webhooks
     scripts: ScriptService
+    events: Events
     _origins: frozenset[str] = frozenset()
     _origins_loaded_at: float = float("-inf")
+
+    @functools.cached_property
+    def connections(self) -> Connections:
+        return Connections(self)
+
+    @functools.cached_property
+    def oauth(self) -> OAuthFlows:
+        return OAuthFlows(self)
 
     @classmethod
     def extend(
@@ -43,6 +54,7 @@ class Services(Runtime):
         schedules: Scheduler,
         webhooks: Webhooks,
         scripts: ScriptService,
+        events: Events,
     ) -> Services:
         shared = {f.name: getattr(runtime, f.name) for f in dataclasses.fields(Runtime)}
         return cls(
@@ -54,19 +66,7 @@ class Services(Runtime):
             schedules=schedules,
             webhooks=webhooks,
             scripts=scripts,
-        )
-
-    async def connection_created(self, account: SubAccount, connection: Connection) -> None:
-        """A new connection: tell the partner, and sync it at once if it is ready already."""
-        await self.webhooks.connection_created(account, connection)
-        await self.schedules.on_health_change(
-            HealthChange(
-                connection_id=connection.id,
-                sub_account_id=account.id,
-                old=Health.CHECKING,
-                new=connection.health_status,
-                detail=connection.detail,
-            )
+            events=events,
         )
 
     async def origin_registered(self, origin: str) -> bool:

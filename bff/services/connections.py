@@ -1,0 +1,273 @@
+"""Connections of a sub-account: add (credentials tested, or an OAuth sign-in started), the
+CONFIG_SELECT step, re-authorisation, delete, and the public shape (no secrets, ever).
+
+Every health change goes through :mod:`bff.lifecycle`; OAuth sign-ins through
+:class:`bff.services.oauth_flows.OAuthFlows`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from .. import connections as rt
+from .. import lifecycle
+from ..connectors import ConnectorError, CredentialsRejected
+from ..connectors.definitions import Connector
+from ..errors import ApiError, connector_error, validation_error
+from ..lifecycle import Event, Health
+from ..store import Connection, SubAccount, iso
+from ..throttle import CONNECTIONS_CREATED, FAILED_CREDENTIALS, Throttle
+from .oauth_flows import choice_missing
+
+if TYPE_CHECKING:
+    from . import Services
+
+# Unfinished connections (waiting for a consent or a choice) one sub-account may hold at once.
+MAX_PENDING_CONNECTIONS = 20
+
+
+@dataclasses.dataclass(frozen=True)
+class SignIn:
+    """An OAuth sign-in to open: the start page's URL and the one-time ticket (nonce)."""
+
+    url: str
+    nonce: str
+
+
+def parse_credentials(connector: Connector, data: dict[str, Any]) -> dict[str, str]:
+    """The connect-form fields, each checked; errors are reported per field."""
+    errors: dict[str, str] = {}
+    credentials: dict[str, str] = {}
+    for field in connector.connect_form:
+        value = data.get(field.name)
+        if value is None or (isinstance(value, str) and not value.strip()):
+            if field.required:
+                errors[field.name] = f"{field.label} is required."
+            continue
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            errors[field.name] = f"{field.label} must be text."
+            continue
+        text_value = str(value).strip() if not field.secret else str(value)
+        if len(text_value) > 4096:
+            errors[field.name] = f"{field.label} is too long."
+            continue
+        if field.options and text_value not in {option.value for option in field.options}:
+            errors[field.name] = f"Choose one of the offered values for {field.label}."
+            continue
+        credentials[field.name] = text_value
+    if errors:
+        raise validation_error(errors, detail="Some connection details are missing or invalid.")
+    return credentials
+
+
+class Connections:
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    @property
+    def _throttle(self) -> Throttle:
+        return Throttle(self.services.store, self.services.clock)
+
+    # -- the public shape ------------------------------------------------------------------
+
+    async def views(self, account: SubAccount, connections: Sequence[Connection]) -> list[dict[str, Any]]:
+        """The public shape of connections (never credentials or provider tokens); the last run of
+        every one of them comes in one query."""
+        runs = await self.services.store.last_runs([c.id for c in connections])
+        connectors = self.services.connectors
+        views = []
+        for connection in connections:
+            connector = connectors.get(connection.connector)
+            last_run = runs.get(connection.id)
+            views.append(
+                {
+                    "id": connection.id,
+                    "name": connection.name,
+                    "servertype_id": connector.id if connector else None,
+                    "connector": connection.connector,
+                    "health_status": connection.health_status,
+                    "detail": connection.detail,
+                    "config": connection.config,
+                    "created_at": iso(connection.created_at),
+                    "last_run": last_run.public_dict() if last_run else None,
+                    "sync_frequency": connection.sync_frequency,
+                    "table_frequencies": connection.table_frequencies,
+                    "next_sync_at": iso(connection.next_sync_at),
+                    "account_id": account.id,
+                    "external_id": account.external_id,
+                }
+            )
+        return views
+
+    async def view(self, account: SubAccount, connection: Connection) -> dict[str, Any]:
+        return (await self.views(account, [connection]))[0]
+
+    async def reload(self, account: SubAccount, connection: Connection) -> Connection:
+        updated = await self.services.store.get_connection(account.id, connection.id)
+        if updated is None:
+            raise ApiError(404, "not_found", "No such connection.")
+        return updated
+
+    # -- adding -------------------------------------------------------------------------------
+
+    async def create(
+        self, account: SubAccount, connector: Connector, name: str, data: dict[str, Any]
+    ) -> tuple[Connection, SignIn | None]:
+        """A new connection: OAuth2 ones start ``AUTHORIZING`` with a sign-in to open; the others
+        only once the provider accepted the connect form's credentials in ``data``."""
+        svc = self.services
+        await self._refuse_too_many_pending(account)
+        await self._throttle.take(CONNECTIONS_CREATED, str(account.id))
+        if connector.auth_type == "oauth2":
+            if rt.oauth_client(svc, connector) is None:
+                raise ApiError(
+                    400, "oauth_app_not_configured", f"{connector.display_name} has no OAuth app configured."
+                )
+            connection = await svc.store.create_connection(account.id, connector.name, name, Health.AUTHORIZING)
+            await svc.events.connection_created(account, connection)
+            url, nonce = await svc.oauth.start(account, connection, connector, purpose="connect")
+            return connection, SignIn(url, nonce)
+        credentials = parse_credentials(connector, data)
+        await self.check_credentials(account, connector, credentials)
+        status = lifecycle.target(Event.CONNECTED, choice_missing=connector.config_select is not None)
+        connection = await svc.store.create_connection(
+            account.id,
+            connector.name,
+            name,
+            status,
+            seal=lambda connection_id: rt.seal_secrets(svc, connection_id, rt.Secrets(credentials)),
+        )
+        await svc.store.add_log(connection.id, "info", f"Connected to {connector.display_name}; credentials verified.")
+        await svc.events.connection_created(account, connection)
+        return connection, None
+
+    async def check_credentials(
+        self,
+        account: SubAccount,
+        connector: Connector,
+        credentials: dict[str, str],
+        *,
+        config: dict[str, Any] | None = None,
+    ) -> None:
+        """Test credentials at the provider, unless this customer had too many rejected lately
+        (counted across processes): the BFF must not become a password-guessing proxy."""
+        limits = self._throttle
+        key = f"{account.id}:{connector.name}"
+        await limits.check(FAILED_CREDENTIALS, key)
+        try:
+            await rt.session_for(self.services, connector, credentials=credentials, config=config).test()
+        except ConnectorError as exc:
+            if isinstance(exc, CredentialsRejected):
+                await limits.hit(FAILED_CREDENTIALS, key)
+            raise connector_error(
+                exc, new_credentials=True, unreachable="Could not reach the provider to check the credentials"
+            ) from None
+
+    async def _refuse_too_many_pending(self, account: SubAccount) -> None:
+        """A customer cannot pile up unfinished connections (each is a live consent link and a row)."""
+        connections = await self.services.store.list_connections(account.id)
+        pending = sum(1 for connection in connections if lifecycle.is_pending(connection.health_status))
+        if pending >= MAX_PENDING_CONNECTIONS:
+            raise ApiError(
+                429,
+                "too_many_pending_connections",
+                f"This account has {pending} unfinished connections (waiting for consent or a choice). "
+                "Finish or delete some before adding more.",
+            )
+
+    async def delete(self, account: SubAccount, connection: Connection) -> None:
+        """The connection, its secrets, runs, logs and warehouse tables; the partner is told."""
+        if await self.services.sync.delete_connection(account.id, connection.id):
+            await self.services.events.connection_deleted(account, connection)
+
+    # -- CONFIG_SELECT ------------------------------------------------------------------------
+
+    def config_connector(self, connection: Connection) -> Connector:
+        """The connector, if this connection has a configuration step it may take now."""
+        connector = self.services.connectors[connection.connector]
+        if connector.config_select is None:
+            raise ApiError(400, "no_config_step", f"{connector.display_name} has no configuration step.")
+        if not lifecycle.can_configure(connection.health_status):
+            raise ApiError(409, "connection_not_ready", "Finish authorising the connection first.")
+        return connector
+
+    async def config_options(self, connection: Connection) -> list[dict[str, Any]]:
+        """The provider's choices; stored credentials it rejects move the connection to ERROR
+        (the same event as in a sync or a writeback)."""
+        svc = self.services
+        try:
+            return await rt.session_for_connection(svc, connection).config_options()
+        except ConnectorError as exc:
+            error = connector_error(exc, unreachable="Could not load the options")
+            if isinstance(exc, CredentialsRejected):
+                await lifecycle.transition(
+                    svc.store,
+                    svc.events,
+                    connection.id,
+                    Event.CREDENTIALS_REJECTED,
+                    detail=error.detail,
+                    logs=[("warning", error.detail)],
+                )
+            raise error from None
+
+    async def save_config(self, account: SubAccount, connection: Connection, chosen: Any) -> Connection:
+        """Store the CONFIG_SELECT choice (checked against what the provider offers now)."""
+        connector = self.config_connector(connection)
+        select = connector.config_select
+        assert select is not None
+        if isinstance(chosen, (str, int)) and not isinstance(chosen, bool):
+            chosen = [chosen]
+        if (
+            not isinstance(chosen, list)
+            or not chosen
+            or not all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in chosen)
+        ):
+            raise validation_error({select.field: f"Choose at least one of the {select.label.lower()}."})
+        values = list(dict.fromkeys(str(v) for v in chosen))
+        if not select.multiple and len(values) > 1:
+            raise validation_error({select.field: "Choose exactly one."})
+        offered = {str(option["value"]) for option in await self.config_options(connection)}
+        unknown = [v for v in values if v not in offered]
+        if unknown:
+            raise validation_error({select.field: f"Not offered by the provider: {', '.join(unknown)}."})
+        await lifecycle.transition(
+            self.services.store,
+            self.services.events,
+            connection.id,
+            Event.CONFIG_SAVED,
+            config={**connection.config, select.field: values},
+            logs=[("info", f"{select.label} selected: {', '.join(values)}.")],
+        )
+        return await self.reload(account, connection)
+
+    # -- re-authorisation ---------------------------------------------------------------------
+
+    async def start_reauthorising(self, account: SubAccount, connection: Connection, connector: Connector) -> SignIn:
+        """OAuth2: a new sign-in. One never finished (``AUTHORIZING``, the window was closed) ends
+        like a first connect (CONFIG_SELECT or OK), not as a re-authorisation."""
+        svc = self.services
+        if connection.health_status == Health.AUTHORIZING:
+            url, nonce = await svc.oauth.start(account, connection, connector, purpose="connect")
+        else:
+            url, nonce = await svc.oauth.start(account, connection, connector, purpose="reauthorise")
+            await lifecycle.transition(svc.store, svc.events, connection.id, Event.SIGN_IN_STARTED, keep_detail=True)
+        return SignIn(url, nonce)
+
+    async def replace_credentials(
+        self, account: SubAccount, connection: Connection, connector: Connector, credentials: dict[str, str]
+    ) -> Connection:
+        """Key/login: new credentials, tested, then stored with the state change in one write."""
+        svc = self.services
+        await self.check_credentials(account, connector, credentials, config=connection.config)
+        await lifecycle.transition(
+            svc.store,
+            svc.events,
+            connection.id,
+            Event.REAUTHORISED,
+            choice_missing=choice_missing(connector, connection),
+            secrets=rt.seal_secrets(svc, connection.id, rt.Secrets(credentials)),
+            logs=[("info", "Credentials replaced and verified.")],
+        )
+        return await self.reload(account, connection)

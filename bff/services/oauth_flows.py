@@ -1,0 +1,191 @@
+"""OAuth2 sign-ins (DESIGN §6): tickets, states with PKCE, the code exchange, the connection's health.
+
+A sign-in has three steps, each one-time and bound to the one before it:
+
+1. :meth:`OAuthFlows.start` — a one-time *ticket* for whoever asked (the connect iframe, a partner
+   page), stored (hashed) like a state with the ``start:`` purpose prefix; never the provider's URL.
+2. :meth:`OAuthFlows.swap_ticket` — the start page swaps the ticket (once) for a fresh *state*
+   with a PKCE challenge and the provider's authorize URL; the route binds that browser with a
+   cookie signed over the state's hash (RFC 9700 §4.7).
+3. :meth:`OAuthFlows.complete` — the callback (after the route checked the cookie) uses the state
+   up, exchanges the code and moves the connection (``bff.lifecycle``).
+
+Only hashes of tickets and states are stored: a database leak yields no usable one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import secrets
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from .. import connections as rt
+from .. import lifecycle
+from ..connectors import ConnectorError, OAuthError, build_authorize_url, exchange_code, new_pkce_pair
+from ..connectors.definitions import Connector
+from ..crypto import connection_aad
+from ..errors import ApiError
+from ..lifecycle import Event
+from ..store import Connection, OAuthFlow, SubAccount
+
+if TYPE_CHECKING:
+    from . import Services
+
+OAUTH_FLOW_MAX_AGE = 15 * 60
+OAUTH_START_PATH = "/oauth/start"
+# A ticket (the one-time nonce the starter holds) is stored like a state, with this purpose prefix:
+# it can be swapped for a browser binding and a provider URL once, and never completes a flow itself.
+TICKET_PREFIX = "start:"
+
+
+def state_hash(state: str) -> str:
+    return hashlib.sha256(state.encode()).hexdigest()
+
+
+def choice_missing(connector: Connector, connection: Connection) -> bool:
+    """The connector has a CONFIG_SELECT step and this connection has no saved choice yet."""
+    select = connector.config_select
+    return select is not None and not connection.config.get(select.field)
+
+
+@dataclasses.dataclass(frozen=True)
+class SignInResult:
+    """What the callback page shows and reports to the window that opened it."""
+
+    ok: bool
+    connection_id: int | None
+    message: str
+    status: int = 200
+
+
+class OAuthFlows:
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    def _not_configured(self, connector: Connector) -> ApiError:
+        return ApiError(400, "oauth_app_not_configured", f"{connector.display_name} has no OAuth app configured.")
+
+    async def start(
+        self, account: SubAccount, connection: Connection, connector: Connector, *, purpose: str
+    ) -> tuple[str, str]:
+        """The start page's URL and a one-time ticket (the nonce) for the caller, never the provider's URL."""
+        svc = self.services
+        if rt.oauth_client(svc, connector) is None:
+            raise self._not_configured(connector)
+        ticket = secrets.token_urlsafe(32)
+        await svc.store.create_oauth_flow(
+            state_hash(ticket),
+            connection_id=connection.id,
+            sub_account_id=account.id,
+            purpose=TICKET_PREFIX + purpose,
+            verifier=None,
+        )
+        return svc.settings.public_url + OAUTH_START_PATH, ticket
+
+    async def swap_ticket(self, ticket: str, *, opener: str, own_origin: str) -> tuple[str, str]:
+        """(the provider's authorize URL, the new state's hash) for a ticket used now, once.
+        ``opener`` is the origin the start page got the ticket from: ours, or one the ticket's
+        partner registered."""
+        svc = self.services
+        flow = await svc.store.consume_oauth_flow(state_hash(ticket), max_age=OAUTH_FLOW_MAX_AGE)
+        if flow is None or not flow.purpose.startswith(TICKET_PREFIX):
+            raise ApiError(
+                400, "oauth_start_invalid", "This sign-in has expired or was already started. Start again from the app."
+            )
+        account = await svc.store.get_sub_account_by_id(flow.sub_account_id)
+        connection = await svc.store.get_connection(flow.sub_account_id, flow.connection_id)
+        if account is None or connection is None:
+            raise ApiError(400, "oauth_start_invalid", "This connection no longer exists. Start again from the app.")
+        if opener != own_origin and not await svc.store.partner_has_origin(account.partner_id, opener):
+            raise ApiError(
+                403,
+                "origin_not_allowed",
+                "The sign-in was handed over by a page that is not registered for this partner.",
+            )
+        connector = svc.connectors[connection.connector]
+        client = rt.oauth_client(svc, connector)
+        if client is None:
+            raise self._not_configured(connector)
+        state = secrets.token_urlsafe(32)
+        verifier, challenge = new_pkce_pair() if connector.oauth and connector.oauth.pkce else (None, None)
+        sealed = svc.vault.encrypt(verifier.encode(), connection_aad(connection.id, "pkce")) if verifier else None
+        purpose = flow.purpose.removeprefix(TICKET_PREFIX)
+        await svc.store.create_oauth_flow(
+            state_hash(state), connection_id=connection.id, sub_account_id=account.id, purpose=purpose, verifier=sealed
+        )
+        url = build_authorize_url(
+            connector, client=client, state=state, code_challenge=challenge, context=rt.context(svc)
+        )
+        return url, state_hash(state)
+
+    async def complete(self, state: str, params: Mapping[str, str]) -> SignInResult:
+        """Use the state up (the route has checked this browser's binding) and finish the sign-in."""
+        flow = await self.services.store.consume_oauth_flow(state_hash(state), max_age=OAUTH_FLOW_MAX_AGE)
+        if flow is None or flow.purpose.startswith(TICKET_PREFIX):
+            return SignInResult(
+                False,
+                None,
+                "This sign-in link has expired or was already used. Close this window and start again.",
+                400,
+            )
+        return await self._finish(flow, params)
+
+    async def _finish(self, flow: OAuthFlow, params: Mapping[str, str]) -> SignInResult:
+        """The flow is this browser's and now used: exchange the code, store the tokens."""
+        svc = self.services
+        connection = await svc.store.get_connection(flow.sub_account_id, flow.connection_id)
+        if connection is None:
+            return SignInResult(False, None, "This connection no longer exists.", 400)
+        connector = svc.connectors[connection.connector]
+        if params.get("error"):
+            reason = params.get("error_description") or params.get("error") or "unknown error"
+            detail = (
+                "Access was denied at the provider."
+                if params.get("error") == "access_denied"
+                else f"The provider reported an error: {reason[:200]}"
+            )
+            await lifecycle.transition(
+                svc.store,
+                svc.events,
+                connection.id,
+                Event.SIGN_IN_FAILED,
+                detail=detail,
+                logs=[("warning", f"Authorisation failed: {detail}")],
+            )
+            return SignInResult(False, connection.id, detail)
+        code = params.get("code")
+        if not code:
+            return SignInResult(False, connection.id, "The provider sent no authorisation code.", 400)
+        client = rt.oauth_client(svc, connector)
+        assert client is not None
+        verifier = (
+            svc.vault.decrypt(flow.verifier, connection_aad(connection.id, "pkce")).decode() if flow.verifier else None
+        )
+        try:
+            tokens = await exchange_code(
+                connector,
+                http=svc.http,
+                client=client,
+                code=code,
+                code_verifier=verifier,
+                context=rt.context(svc),
+                clock=svc.clock,
+            )
+        except (OAuthError, ConnectorError) as exc:
+            detail = f"Could not complete authorisation: {exc.detail}"
+            await lifecycle.transition(
+                svc.store, svc.events, connection.id, Event.SIGN_IN_FAILED, detail=detail, logs=[("error", detail)]
+            )
+            return SignInResult(False, connection.id, detail)
+        await lifecycle.transition(
+            svc.store,
+            svc.events,
+            connection.id,
+            Event.REAUTHORISED if flow.purpose == "reauthorise" else Event.CONNECTED,
+            choice_missing=choice_missing(connector, connection),
+            secrets=rt.seal_secrets(svc, connection.id, rt.Secrets(credentials={}, tokens=tokens)),
+            logs=[("info", f"Authorised with {connector.display_name}.")],
+        )
+        return SignInResult(True, connection.id, f"{connector.display_name} is connected. You can close this window.")
