@@ -137,18 +137,6 @@ class SubAccount:
     created_at: float
     warehouse_schema: str | None = None
 
-    def public_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "external_id": self.external_id,
-            "first_name": self.first_name,
-            "last_name": self.last_name,
-            "email": self.email,
-            "language": self.language,
-            "company_name": self.company_name,
-            "created_at": iso(self.created_at),
-        }
-
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Connection:
@@ -205,22 +193,6 @@ class Run:
     @property
     def active(self) -> bool:
         return self.status in ACTIVE_RUN_STATUSES
-
-    def public_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "pipeline_run_id": self.id,
-            "task_id": self.task_id,
-            "status": self.status,
-            "started_at": iso(self.started_at),
-            "finished_at": iso(self.finished_at),
-            "resume_at": iso(self.resume_at),
-            "records": self.records,
-            "tables": self.tables,
-            "error": self.error,
-            "full": self.full_sync,
-            "trigger": self.trigger,
-        }
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
