@@ -286,7 +286,8 @@ def _freeze_startup_objects() -> None:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    """Run queued jobs (syncs) only, until SIGINT/SIGTERM; any number of these share the queue."""
+    """Run queued jobs (syncs, refreshes, webhook deliveries, ticks, scripts; ``--queues`` picks)
+    and no HTTP, until SIGINT/SIGTERM; any number of these share the queue."""
     import signal
 
     from .app import StartupError, create_app

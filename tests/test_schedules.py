@@ -14,6 +14,7 @@ from sandbox_flows import connect_accounting, connect_bank, connect_crm
 from sync_helpers import customer
 
 from bff.settings import Settings
+from bff.shapes import run_dict
 
 T0 = 1_800_000_000.0
 
@@ -46,7 +47,7 @@ async def server(bff: BFF, token: str, connection_id: int) -> dict[str, Any]:
 
 async def runs_of(bff: BFF, token: str, connection_id: int) -> list[dict[str, Any]]:
     _, runs = await bff.services.store.list_runs(connection_id, offset=0, limit=100)
-    return [run.public_dict() for run in runs]
+    return [run_dict(run) for run in runs]
 
 
 class Customer:

@@ -13,6 +13,7 @@ from starlette.routing import BaseRoute
 from ..auth import require_partner, require_partner_with_sub_account, services
 from ..errors import BFFError, not_found, validation_error
 from ..http import Pagination, api_route, parse_id, query_bool, read_json, require_str
+from ..shapes import sub_account_dict
 from ..store import Partner, SubAccount
 from ..tokens import MintedToken
 
@@ -163,7 +164,7 @@ async def create_sub_account(request: Request) -> JSONResponse:
     partner = await require_partner(request)
     external_id, fields = parse_sub_account_fields(await read_json(request))
     account = await services(request).store.create_sub_account(partner.id, external_id, fields)
-    return JSONResponse(account.public_dict(), status_code=201)
+    return JSONResponse(sub_account_dict(account), status_code=201)
 
 
 async def list_sub_accounts(request: Request) -> JSONResponse:
@@ -171,7 +172,7 @@ async def list_sub_accounts(request: Request) -> JSONResponse:
     partner = await require_partner(request)
     page = Pagination(request)
     count, accounts = await services(request).store.list_sub_accounts(partner.id, offset=page.offset, limit=page.limit)
-    return JSONResponse(page.envelope(count, [a.public_dict() for a in accounts]))
+    return JSONResponse(page.envelope(count, [sub_account_dict(a) for a in accounts]))
 
 
 async def integrate_provision(request: Request) -> JSONResponse:

@@ -14,6 +14,7 @@ from starlette.routing import BaseRoute
 from ..auth import require_connection, services
 from ..errors import validation_error
 from ..http import Pagination, api_route, read_json
+from ..shapes import run_dict
 from ..sync import SyncRunner
 
 
@@ -83,7 +84,7 @@ async def sync_server(request: Request) -> JSONResponse:
                 health_status=updated.health_status if updated else connection.health_status,
                 syncing=False,
                 detail=f"Sync {finished.status.replace('_', ' ')}.",
-                run=finished.public_dict(),
+                run=run_dict(finished),
             )
             return JSONResponse(body, status_code=200)
         body["detail"] += f" Still running after {wait:g} s."
@@ -143,7 +144,7 @@ async def list_runs(request: Request) -> JSONResponse:
     _, connection = await require_connection(request)
     page = Pagination(request, default_size=20)
     count, runs = await services(request).store.list_runs(connection.id, offset=page.offset, limit=page.limit)
-    return JSONResponse(page.envelope(count, [run.public_dict() for run in runs]))
+    return JSONResponse(page.envelope(count, [run_dict(run) for run in runs]))
 
 
 def routes() -> list[BaseRoute]:

@@ -17,6 +17,7 @@ from ..connectors import ConnectorError, CredentialsRejected
 from ..connectors.definitions import Connector
 from ..errors import ApiError, connector_error, validation_error
 from ..lifecycle import Event, Health
+from ..shapes import run_dict
 from ..store import Connection, SubAccount, iso
 from ..throttle import CONNECTIONS_CREATED, FAILED_CREDENTIALS, Throttle
 from .oauth_flows import choice_missing
@@ -91,7 +92,7 @@ class Connections:
                     "detail": connection.detail,
                     "config": connection.config,
                     "created_at": iso(connection.created_at),
-                    "last_run": last_run.public_dict() if last_run else None,
+                    "last_run": run_dict(last_run) if last_run else None,
                     "sync_frequency": connection.sync_frequency,
                     "table_frequencies": connection.table_frequencies,
                     "next_sync_at": iso(connection.next_sync_at),

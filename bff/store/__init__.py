@@ -1,11 +1,14 @@
-"""The store: the one package that owns the control database's SQL.
+"""The store: the control database's SQL, and its pool and transactions.
 
 PostgreSQL through psycopg 3 (async) and a connection pool; rows come back as
 dicts and are turned into frozen dataclasses by column name (never by position).
-Schema changes are Alembic migrations in ``bff/store/migrations`` (``bff db
-upgrade``; ``serve``, ``worker`` and ``demo`` apply them on start). The
-per-customer warehouse tables live in per-customer schemas (``bff/warehouse.py``);
-their index (``warehouse_*``) is here.
+:class:`Store` holds partners, sub-accounts, connections, runs and their logs, OAuth
+flows and throttles; ``store/webhooks.py``, ``store/scripts.py``, ``store/refresh.py``
+and ``store/idempotency.py`` are the repositories split out so far. The warehouse index
+(``warehouse_*``) and the query tables' rows are still written by ``bff/warehouse.py`` and
+``bff/query_tables.py`` themselves, next to the per-customer schemas they describe.
+Schema changes are Alembic migrations in ``bff/store/migrations`` (``bff db upgrade``;
+``serve``, ``worker`` and ``demo`` apply them on start).
 """
 
 from __future__ import annotations
@@ -134,18 +137,6 @@ class SubAccount:
     created_at: float
     warehouse_schema: str | None = None
 
-    def public_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "external_id": self.external_id,
-            "first_name": self.first_name,
-            "last_name": self.last_name,
-            "email": self.email,
-            "language": self.language,
-            "company_name": self.company_name,
-            "created_at": iso(self.created_at),
-        }
-
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Connection:
@@ -202,22 +193,6 @@ class Run:
     @property
     def active(self) -> bool:
         return self.status in ACTIVE_RUN_STATUSES
-
-    def public_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "pipeline_run_id": self.id,
-            "task_id": self.task_id,
-            "status": self.status,
-            "started_at": iso(self.started_at),
-            "finished_at": iso(self.finished_at),
-            "resume_at": iso(self.resume_at),
-            "records": self.records,
-            "tables": self.tables,
-            "error": self.error,
-            "full": self.full_sync,
-            "trigger": self.trigger,
-        }
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -288,7 +263,8 @@ _CALLER_QUERY = (
 
 
 class Store:
-    """Async access to the control database. One instance per process."""
+    """Async access to the control database: the pool, transactions, and the SQL of the
+    aggregates not yet split into their own repository. One instance per process."""
 
     def __init__(self, url: str, *, clock: Callable[[], float] = time.time, max_connections: int = 10) -> None:
         self.url = url

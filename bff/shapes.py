@@ -1,0 +1,38 @@
+"""The public (API) shapes of the store's rows: what a response shows of a run or a sub-account.
+The store returns rows; how they look on the wire is decided here, once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .store import Run, SubAccount, iso
+
+
+def run_dict(run: Run) -> dict[str, Any]:
+    return {
+        "id": run.id,
+        "pipeline_run_id": run.id,
+        "task_id": run.task_id,
+        "status": run.status,
+        "started_at": iso(run.started_at),
+        "finished_at": iso(run.finished_at),
+        "resume_at": iso(run.resume_at),
+        "records": run.records,
+        "tables": run.tables,
+        "error": run.error,
+        "full": run.full_sync,
+        "trigger": run.trigger,
+    }
+
+
+def sub_account_dict(account: SubAccount) -> dict[str, Any]:
+    return {
+        "id": account.id,
+        "external_id": account.external_id,
+        "first_name": account.first_name,
+        "last_name": account.last_name,
+        "email": account.email,
+        "language": account.language,
+        "company_name": account.company_name,
+        "created_at": iso(account.created_at),
+    }
