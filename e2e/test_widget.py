@@ -637,7 +637,13 @@ def test_no_order_of_opening_and_closing_instances_leaves_the_page_inert(partner
         if kind == "open":
             # The dialog opened last is on top (what the user sees and clicks) and the only live part.
             expect(page.locator("body > [role=dialog]:visible")).to_have_count(order.split().index(step) + 1)
-            page.wait_for_function("() => document.activeElement?.tagName === 'IFRAME'")
+            # Focus moves into the new top dialog's iframe (it may still be on the one below a moment).
+            page.wait_for_function(
+                """() => {
+                    const live = [...document.querySelectorAll('body > [role=dialog]')].filter((d) => d.style.display !== 'none' && !d.inert);
+                    return document.activeElement?.tagName === 'IFRAME' && live.length === 1 && live[0].contains(document.activeElement);
+                }"""
+            )
             top = page.evaluate(
                 """() => {
                     const shown = document.elementFromPoint(innerWidth / 2, innerHeight / 2).closest('[role=dialog]');

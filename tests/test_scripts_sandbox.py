@@ -331,3 +331,23 @@ async def test_forked_children_together_over_the_cpu_limit_fail_the_run(sbff: BF
     run = await run_code(sbff, who, code)
     assert run["status"] == "failed", run
     assert run["error"] == "Stopped: the script used its 3 s of CPU time."
+
+
+def test_run_groups_are_new_and_a_dead_workers_are_cleared() -> None:
+    """A run never inherits another run's counters; groups of a worker that is gone are removed,
+    a live process's never."""
+    from bff.scripts import cgroups
+
+    host = cgroups.detect()
+    if host is None:
+        pytest.skip("no control group this process may create")
+    mine = host.create(f"run-1-{os.getpid()}-aaaa0001", memory_mb=64, max_processes=4)
+    with pytest.raises(FileExistsError):
+        host.create(f"run-1-{os.getpid()}-aaaa0001", memory_mb=64, max_processes=4)
+    gone_pid = 4_000_000  # above pid_max: no such process
+    stale = host.create(f"run-1-{gone_pid}-bbbb0002", memory_mb=64, max_processes=4)
+    host.remove_stale()
+    assert all(not path.exists() for path in stale.dirs.values())
+    assert all(path.exists() for path in mine.dirs.values())
+    mine.remove()
+    assert all(not path.exists() for path in mine.dirs.values())

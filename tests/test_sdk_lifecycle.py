@@ -22,7 +22,7 @@ globalThis.fetch = async (url, init) => {
   return {ok: status < 300, status, json: async () => body};
 };
 class PeliqanError extends Error { constructor(code, message, status = 0) { super(message); Object.assign(this, {code, status}); } }
-const sdk = (await import(process.argv[1])).default({PeliqanError, base: () => 'https://bff.test', form: () => null});
+const sdk = (await import(process.argv[1])).default({PeliqanError, base: 'https://bff.test', form: () => null});
 const out = {};
 out.disabled = await sdk.disableServer({identityToken: 'tok', serverId: 7});
 out.enable = await sdk.enableServer({identityToken: 'tok', serverId: 7}).then(() => 'resolved', (e) => [e.code, e.status]);

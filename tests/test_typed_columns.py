@@ -20,6 +20,7 @@ from bff import testing
 from bff.sandbox.data import deals_table
 from bff.settings import Settings
 from bff.store.migrate import migrate
+from bff.warehouse import VALID_INPUT_FUNCTIONS
 
 DEALS = {d["id"]: d for d in deals_table().records}
 
@@ -221,3 +222,17 @@ async def test_a_definition_that_makes_an_amount_decimal_retypes_the_table_on_th
     assert {f["name"]: f["type"] for f in listed["deals"]["fields"]}["amount"] == "decimal"
     assert {f["name"]: f["type"] for f in listed["Amounts"]["fields"]}["amount"] == "decimal"
     assert listed["Amounts"]["row_count"] == len(DEALS)
+
+
+@pytest.mark.parametrize("version", [0, 1], ids=["pg16+", "pg14-15"])
+async def test_both_ways_of_telling_a_valid_input_agree(sbff: BFF, version: int) -> None:
+    """Retyping a text column keeps what parses and empties the rest, on PostgreSQL 14 and 15
+    (no pg_input_is_valid) as on 16+."""
+    async with sbff.services.store.connection() as conn:
+        await conn.execute(sql.SQL(VALID_INPUT_FUNCTIONS[version]))  # type: ignore[arg-type]
+        cur = await conn.execute(
+            "SELECT pg_temp.bff_valid('2025-03-07T00:00:00Z', 'timestamptz') AS a,"
+            " pg_temp.bff_valid('n/a', 'timestamptz') AS b, pg_temp.bff_valid('12.50', 'numeric') AS c,"
+            " pg_temp.bff_valid('lots', 'numeric') AS d, pg_temp.bff_valid('2025-02-30', 'date') AS e"
+        )
+        assert await cur.fetchone() == {"a": True, "b": False, "c": True, "d": False, "e": False}

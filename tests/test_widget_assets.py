@@ -285,6 +285,20 @@ def test_every_theme_key_is_a_custom_property_of_the_connect_css() -> None:
 
 NODE = shutil.which("node")
 
+
+def run_module_script(script: str, module: Path) -> Any:
+    """Run ``script`` in node with ``module``'s URL as its argument; what it printed, as JSON."""
+    assert NODE is not None
+    result = subprocess.run(
+        [NODE, "--input-type=module", "-e", script, module.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    return json.loads(result.stdout)
+
+
 SSR_SCRIPT = """
 const m = await import(process.argv[1]);
 const out = {exports: Object.keys(m).sort(), hasWindow: typeof window !== 'undefined'};
@@ -297,14 +311,7 @@ console.log(JSON.stringify(out));
 
 @pytest.mark.skipif(NODE is None, reason="needs node to import the module without a window")
 def test_loader_imports_where_there_is_no_window() -> None:
-    result = subprocess.run(
-        [NODE, "--input-type=module", "-e", SSR_SCRIPT, LOADER.as_uri()],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    )
-    out = json.loads(result.stdout)
+    out = run_module_script(SSR_SCRIPT, LOADER)
     assert out["hasWindow"] is False
     assert set(out["exports"]) == SDK_FUNCTIONS | {"initialize", "PeliqanError", "default", "mountConnections"}
     assert out["initialize"] == ["PeliqanError", "no_window"]
@@ -369,14 +376,7 @@ console.log(JSON.stringify({
 
 @pytest.mark.skipif(NODE is None, reason="needs node to import the module without a window")
 def test_describe_health_and_relative_times() -> None:
-    result = subprocess.run(
-        [NODE, "--input-type=module", "-e", DESCRIBE_SCRIPT, STATUS.as_uri()],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    )
-    out = json.loads(result.stdout)
+    out = run_module_script(DESCRIBE_SCRIPT, STATUS)
     assert out["healthy"] == ["Healthy", "success"]
     assert out["error"] == ["Needs your attention", "danger"]
     assert out["config"] == out["authorizing"] == ["Finish setup", "warning"]
@@ -413,13 +413,6 @@ console.log(JSON.stringify({ none: shown(null), undef: shown(undefined), empty: 
 @pytest.mark.skipif(NODE is None, reason="needs node to import the module without a window")
 def test_time_element_of_a_run_not_finished_is_empty() -> None:
     """``timeElement(run.finished_at)`` with ``null`` (still running): no "56 years ago" (1970)."""
-    result = subprocess.run(
-        [NODE, "--input-type=module", "-e", TIME_SCRIPT, STATUS.as_uri()],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    )
-    out = json.loads(result.stdout)
+    out = run_module_script(TIME_SCRIPT, STATUS)
     assert out["none"] == out["undef"] == out["empty"] == ["time", "", ""]
     assert out["done"] == ["time", "2026-01-01T11:58:00.000Z", "2 minutes ago"]

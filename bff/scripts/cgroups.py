@@ -24,6 +24,7 @@ import contextlib
 import dataclasses
 import functools
 import os
+import secrets
 import signal
 import time
 from pathlib import Path
@@ -102,7 +103,7 @@ class RunGroup:
     def remove(self) -> None:
         self.kill_all()
         for path in self.dirs.values():
-            for _ in range(50):  # a killed process leaves its group a moment after it dies
+            for _ in range(250):  # a killed process leaves its group a moment after it dies (5 s at most)
                 try:
                     path.rmdir()
                     break
@@ -122,12 +123,22 @@ class Host:
     def describe(self) -> str:
         return f"cgroup v{self.version}"
 
+    def remove_stale(self) -> None:
+        """Remove run groups left behind by a worker that is gone. Their names carry the pid of
+        the process that made them; another live process's groups are never touched."""
+        for parent in self.parents.values():
+            with contextlib.suppress(OSError):
+                for child in parent.iterdir():
+                    if child.is_dir() and _maker_gone(child.name):
+                        with contextlib.suppress(OSError):
+                            child.rmdir()  # only an empty group can go
+
     def create(self, name: str, *, memory_mb: int, max_processes: int) -> RunGroup:
         dirs: dict[str, Path] = {}
         try:
             for controller, parent in self.parents.items():
                 path = parent / name
-                path.mkdir(exist_ok=True)
+                path.mkdir()  # new: a group left from an earlier run would bring its counters along
                 dirs[controller] = path
             group = RunGroup(self.version, dirs)
             memory = str(memory_mb * 1024 * 1024)
@@ -145,6 +156,18 @@ class Host:
             RunGroup(self.version, dirs).remove()
             raise
         return group
+
+
+def _maker_gone(name: str) -> bool:
+    """``run-<run>-<pid>-<hex>`` / ``probe-<pid>-<hex>``: is that pid no longer running?"""
+    parts = name.split("-")
+    if parts[0] == "run" and len(parts) == 4:
+        pid = parts[2]
+    elif parts[0] == "probe" and len(parts) == 3:
+        pid = parts[1]
+    else:
+        return False
+    return pid.isdigit() and not os.path.exists(f"/proc/{pid}")
 
 
 def _write(path: Path, value: str) -> None:
@@ -218,7 +241,8 @@ def detect(base: str = "bff-scripts") -> Host | None:
                     _write(parent.parent / "cgroup.subtree_control", wanted)
                     _write(parent / "cgroup.subtree_control", wanted)
             host = Host(version, parents)
-            host.create(f"probe-{os.getpid()}", memory_mb=64, max_processes=4).remove()
+            host.remove_stale()
+            host.create(f"probe-{os.getpid()}-{secrets.token_hex(4)}", memory_mb=64, max_processes=4).remove()
         except OSError:
             continue
         return host

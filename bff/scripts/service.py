@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import signal
 import sys
 import time
@@ -355,7 +356,7 @@ class ScriptService:
         if self.mode.cgroups is not None:
             group = await asyncio.to_thread(
                 self.mode.cgroups.create,
-                f"run-{run.id}-{os.getpid()}",
+                f"run-{run.id}-{os.getpid()}-{secrets.token_hex(4)}",
                 memory_mb=self.limits.memory_mb,
                 max_processes=self.limits.max_processes,
             )
