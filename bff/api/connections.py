@@ -17,7 +17,7 @@ from ..http import MAX_PAGE_SIZE, Pagination, api_route, read_json
 from ..services.connections import MAX_PENDING_CONNECTIONS, parse_credentials
 from ..store import Connection, SubAccount
 
-__all__ = ["MAX_PENDING_CONNECTIONS", "connection_dict", "routes"]
+__all__ = ["MAX_PENDING_CONNECTIONS", "routes"]
 
 NO_STORE = {"Cache-Control": "no-store"}
 

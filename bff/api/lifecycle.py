@@ -14,7 +14,6 @@ from ..http import api_route, read_json
 from ..lifecycle import Event
 from ..schedules import ScheduleError, parse_frequency, parse_table_frequencies, streams_of
 from ..store import UNSET, Connection, SubAccount
-from .connections import connection_dict
 
 PATCHABLE = ("name", "sync_frequency", "table_frequencies")
 
@@ -65,7 +64,7 @@ async def patch_server(request: Request) -> JSONResponse:
     if "sync_frequency" in data or "table_frequencies" in data:
         updated = await svc.schedules.schedule_changed(updated)
         await svc.store.add_log(connection.id, "info", f"Schedule changed: {describe_schedule(updated)}.")
-    return JSONResponse(await connection_dict(request, account, updated))
+    return JSONResponse(await services(request).connections.view(account, updated))
 
 
 def describe_schedule(connection: Connection) -> str:
@@ -90,7 +89,7 @@ async def disable_server(request: Request) -> JSONResponse:
             detail="Disabled: nothing syncs until the connection is enabled again.",
             logs=[("info", "Connection disabled.")],
         )
-    return JSONResponse(await connection_dict(request, account, await _reload(request, account, connection)))
+    return JSONResponse(await services(request).connections.view(account, await _reload(request, account, connection)))
 
 
 async def enable_server(request: Request) -> JSONResponse:
@@ -102,7 +101,7 @@ async def enable_server(request: Request) -> JSONResponse:
     await lifecycle.transition(
         svc.store, svc.events, connection.id, Event.ENABLED, logs=[("info", "Connection enabled again.")]
     )
-    return JSONResponse(await connection_dict(request, account, await _reload(request, account, connection)))
+    return JSONResponse(await services(request).connections.view(account, await _reload(request, account, connection)))
 
 
 def routes() -> list[BaseRoute]:
