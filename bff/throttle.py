@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from .errors import ApiError
 from .store import Store
+from .store.throttles import ThrottleStore
 
 # One hit in this many also deletes expired windows (cheap housekeeping, no scheduler needed).
 HOUSEKEEPING_ONE_IN = 200
@@ -55,7 +56,7 @@ WAREHOUSE_READS = Limit(
 
 class Throttle:
     def __init__(self, store: Store, clock: Callable[[], float]) -> None:
-        self._store = store
+        self._store = ThrottleStore(store)
         self._clock = clock
 
     def _window(self, limit: Limit) -> tuple[int, float]:
@@ -70,15 +71,15 @@ class Throttle:
     async def check(self, limit: Limit, key: str) -> None:
         """Refuse when the window's hits are used up, without counting this call."""
         start, ends = self._window(limit)
-        if await self._store.throttle_hits(f"{limit.name}:{key}", start) >= limit.hits:
+        if await self._store.hits(f"{limit.name}:{key}", start) >= limit.hits:
             raise self._refusal(limit, ends)
 
     async def hit(self, limit: Limit, key: str) -> int:
         """Count one hit (e.g. a failed attempt); the window's count so far."""
         start, ends = self._window(limit)
         if secrets.randbelow(HOUSEKEEPING_ONE_IN) == 0:
-            await self._store.forget_expired_throttles()
-        return await self._store.throttle_hit(f"{limit.name}:{key}", start, expires_at=ends)
+            await self._store.forget_expired()
+        return await self._store.hit(f"{limit.name}:{key}", start, expires_at=ends)
 
     async def take(self, limit: Limit, key: str) -> None:
         """Count this call and refuse it if it is one too many."""

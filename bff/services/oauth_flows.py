@@ -29,6 +29,7 @@ from ..crypto import connection_aad
 from ..errors import ApiError
 from ..lifecycle import Event
 from ..store import Connection, OAuthFlow, SubAccount
+from ..store.oauth_flows import OAuthFlowStore
 
 if TYPE_CHECKING:
     from . import Services
@@ -63,6 +64,7 @@ class SignInResult:
 class OAuthFlows:
     def __init__(self, services: Services) -> None:
         self.services = services
+        self.flows = OAuthFlowStore(services.store)
 
     def _not_configured(self, connector: Connector) -> ApiError:
         return ApiError(400, "oauth_app_not_configured", f"{connector.display_name} has no OAuth app configured.")
@@ -75,7 +77,7 @@ class OAuthFlows:
         if rt.oauth_client(svc, connector) is None:
             raise self._not_configured(connector)
         ticket = secrets.token_urlsafe(32)
-        await svc.store.create_oauth_flow(
+        await self.flows.create(
             state_hash(ticket),
             connection_id=connection.id,
             sub_account_id=account.id,
@@ -89,7 +91,7 @@ class OAuthFlows:
         ``opener`` is the origin the start page got the ticket from: ours, or one the ticket's
         partner registered."""
         svc = self.services
-        flow = await svc.store.consume_oauth_flow(state_hash(ticket), max_age=OAUTH_FLOW_MAX_AGE)
+        flow = await self.flows.consume(state_hash(ticket), max_age=OAUTH_FLOW_MAX_AGE)
         if flow is None or not flow.purpose.startswith(TICKET_PREFIX):
             raise ApiError(
                 400, "oauth_start_invalid", "This sign-in has expired or was already started. Start again from the app."
@@ -112,7 +114,7 @@ class OAuthFlows:
         verifier, challenge = new_pkce_pair() if connector.oauth and connector.oauth.pkce else (None, None)
         sealed = svc.vault.encrypt(verifier.encode(), connection_aad(connection.id, "pkce")) if verifier else None
         purpose = flow.purpose.removeprefix(TICKET_PREFIX)
-        await svc.store.create_oauth_flow(
+        await self.flows.create(
             state_hash(state), connection_id=connection.id, sub_account_id=account.id, purpose=purpose, verifier=sealed
         )
         url = build_authorize_url(
@@ -122,7 +124,7 @@ class OAuthFlows:
 
     async def complete(self, state: str, params: Mapping[str, str]) -> SignInResult:
         """Use the state up (the route has checked this browser's binding) and finish the sign-in."""
-        flow = await self.services.store.consume_oauth_flow(state_hash(state), max_age=OAUTH_FLOW_MAX_AGE)
+        flow = await self.flows.consume(state_hash(state), max_age=OAUTH_FLOW_MAX_AGE)
         if flow is None or flow.purpose.startswith(TICKET_PREFIX):
             return SignInResult(
                 False,

@@ -2,9 +2,10 @@
 
 PostgreSQL through psycopg 3 (async) and a connection pool; rows come back as
 dicts and are turned into frozen dataclasses by column name (never by position).
-:class:`Store` holds partners, sub-accounts, connections, runs and their logs, OAuth
-flows and throttles; ``store/webhooks.py``, ``store/scripts.py``, ``store/refresh.py``
-and ``store/idempotency.py`` are the repositories split out so far. The warehouse index
+:class:`Store` holds the pool, transactions, and partners, sub-accounts, connections, runs
+and their logs; ``store/webhooks.py``, ``store/scripts.py``, ``store/refresh.py``,
+``store/idempotency.py``, ``store/throttles.py`` and ``store/oauth_flows.py`` are the
+repositories split out so far. The warehouse index
 (``warehouse_*``) and the query tables' rows are still written by ``bff/warehouse.py`` and
 ``bff/query_tables.py`` themselves, next to the per-customer schemas they describe.
 Schema changes are Alembic migrations in ``bff/store/migrations`` (``bff db upgrade``;
@@ -341,25 +342,6 @@ class Store:
         )
         assert row is not None
         return str(row["value"])
-
-    # -- throttles (migration 0004) ---------------------------------------------------------
-
-    async def throttle_hits(self, key: str, window_start: int) -> int:
-        row = await self._one("SELECT hits FROM throttles WHERE key = %s AND window_start = %s", (key, window_start))
-        return int(row["hits"]) if row else 0
-
-    async def throttle_hit(self, key: str, window_start: int, *, expires_at: float) -> int:
-        """Count one more hit in this window, atomically across processes; the new count."""
-        row = await self._one(
-            "INSERT INTO throttles (key, window_start, hits, expires_at) VALUES (%s, %s, 1, %s)"
-            " ON CONFLICT (key, window_start) DO UPDATE SET hits = throttles.hits + 1 RETURNING hits",
-            (key, window_start, expires_at),
-        )
-        assert row is not None
-        return int(row["hits"])
-
-    async def forget_expired_throttles(self) -> None:
-        await self._one("DELETE FROM throttles WHERE expires_at < %s RETURNING NULL AS gone", (self.now(),))
 
     # -- partners -----------------------------------------------------------------------
 
@@ -708,29 +690,6 @@ class Store:
             (connection_id, sub_account_id),
         )
         return row is not None
-
-    # -- OAuth flows ------------------------------------------------------------------------
-
-    async def create_oauth_flow(
-        self, state_hash: str, *, connection_id: int, sub_account_id: int, purpose: str, verifier: bytes | None
-    ) -> None:
-        await self._one(
-            "INSERT INTO oauth_flows (state_hash, connection_id, sub_account_id, purpose, verifier, created_at)"
-            " VALUES (%s, %s, %s, %s, %s, %s) RETURNING state_hash",
-            (state_hash, connection_id, sub_account_id, purpose, verifier, self.now()),
-        )
-
-    async def consume_oauth_flow(self, state_hash: str, *, max_age: float) -> OAuthFlow | None:
-        """Mark a flow used and return it; None when unknown, used already, or too old."""
-        now = self.now()
-        return _build(
-            OAuthFlow,
-            await self._one(
-                "UPDATE oauth_flows SET used_at = %(now)s WHERE state_hash = %(h)s AND used_at IS NULL"
-                " AND created_at >= %(oldest)s RETURNING connection_id, sub_account_id, purpose, verifier, created_at",
-                {"h": state_hash, "now": now, "oldest": now - max_age},
-            ),
-        )
 
     # -- runs ---------------------------------------------------------------------------------
 

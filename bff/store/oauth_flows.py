@@ -1,0 +1,39 @@
+"""The ``oauth_flows`` table: one-time sign-in tickets and states (hashed), the SQL behind
+:mod:`bff.services.oauth_flows`."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from . import OAuthFlow, _build
+
+if TYPE_CHECKING:
+    from . import Store
+
+__all__ = ["OAuthFlowStore"]
+
+
+class OAuthFlowStore:
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    async def create(
+        self, state_hash: str, *, connection_id: int, sub_account_id: int, purpose: str, verifier: bytes | None
+    ) -> None:
+        await self._store._one(
+            "INSERT INTO oauth_flows (state_hash, connection_id, sub_account_id, purpose, verifier, created_at)"
+            " VALUES (%s, %s, %s, %s, %s, %s) RETURNING state_hash",
+            (state_hash, connection_id, sub_account_id, purpose, verifier, self._store.now()),
+        )
+
+    async def consume(self, state_hash: str, *, max_age: float) -> OAuthFlow | None:
+        """Mark a flow used and return it; None when unknown, used already, or too old."""
+        now = self._store.now()
+        return _build(
+            OAuthFlow,
+            await self._store._one(
+                "UPDATE oauth_flows SET used_at = %(now)s WHERE state_hash = %(h)s AND used_at IS NULL"
+                " AND created_at >= %(oldest)s RETURNING connection_id, sub_account_id, purpose, verifier, created_at",
+                {"h": state_hash, "now": now, "oldest": now - max_age},
+            ),
+        )
