@@ -41,6 +41,7 @@ REFRESH_TASK = "bff.writeback_refresh"
 SCRIPT_QUEUE = "scripts"
 SCRIPT_TASK = "bff.script_run"
 ALL_QUEUES = (SYNC_QUEUE, WEBHOOK_QUEUE, SCHEDULER_QUEUE, SCRIPT_QUEUE)
+JOB_POOL_SIZE = 8
 STOP_ATTEMPTS = 20
 STOP_WAIT_SECONDS = 0.5
 
@@ -71,7 +72,11 @@ class JobQueue:
         self.url = url
         self.heartbeat_seconds = heartbeat_seconds
         self.stalled_seconds = stalled_seconds
-        self.app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=url, min_size=1, max_size=4))
+        # Each worker holds a LISTEN connection and takes more for fetching, heartbeats and its
+        # jobs' bookkeeping; two workers (main and scripts) and this process's defers share the pool.
+        self.app = procrastinate.App(
+            connector=procrastinate.PsycopgConnector(conninfo=url, min_size=1, max_size=JOB_POOL_SIZE)
+        )
         self._stalled_handler: StalledHandler | None = None
         self._script_stalled_handler: ScriptHandler | None = None
         self._tick_handler: TickHandler | None = None
