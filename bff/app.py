@@ -111,10 +111,9 @@ def create_app(
     query_tables = QueryTables(store, warehouse, role_secret=settings.encryption_key.reveal().encode())
     schedules = Scheduler(runtime, runner, queue, enabled=settings.schedules_enabled)
     try:
-        scripts = ScriptService(runtime, queue, webhooks)
+        scripts = ScriptService(runtime, queue, events)
     except ScriptModeError as exc:
         raise StartupError(str(exc)) from None
-    scripts.finished_listeners.append(webhooks.on_script_finished)
     services = Services.extend(
         runtime,
         warehouse=warehouse,

@@ -15,6 +15,7 @@ from . import lifecycle
 if TYPE_CHECKING:
     from .schedules import ScheduleReactions
     from .store import Connection, HealthChange, Run, SubAccount
+    from .store.scripts import Script, ScriptRun
     from .webhooks import Webhooks
 
 logger = logging.getLogger("bff.events")
@@ -28,6 +29,8 @@ class Events(Protocol):
     async def connection_created(self, account: SubAccount, connection: Connection) -> None: ...
 
     async def connection_deleted(self, account: SubAccount, connection: Connection) -> None: ...
+
+    async def script_finished(self, script: Script, run: ScriptRun) -> None: ...
 
 
 class AppEvents:
@@ -59,3 +62,9 @@ class AppEvents:
 
     async def connection_deleted(self, account: SubAccount, connection: Connection) -> None:
         await self.webhooks.connection_deleted(account, connection)
+
+    async def script_finished(self, script: Script, run: ScriptRun) -> None:
+        try:
+            await self.webhooks.on_script_finished(script, run)
+        except Exception:  # the run has ended either way
+            logger.exception("reacting to the end of script run %s failed", run.id)

@@ -20,16 +20,15 @@ import secrets
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from starlette.types import ASGIApp
 
+from ..events import Events
 from ..jobs import JobQueue
 from ..runtime import Runtime
 from ..store.scripts import CustomerBusy, Script, ScriptRun, ScriptRunActive, ScriptStore
-from ..webhooks import Webhooks
 from .api_socket import ApiSocket
 from .cgroups import RunGroup
 from .sandbox import (
@@ -100,12 +99,12 @@ class _Outcome:
 
 
 class ScriptService:
-    def __init__(self, runtime: Runtime, queue: JobQueue, webhooks: Webhooks) -> None:
+    def __init__(self, runtime: Runtime, queue: JobQueue, events: Events) -> None:
         self.runtime = runtime
         self.store = runtime.store
         self.table = ScriptStore(runtime.store)
         self.queue = queue
-        self.webhooks = webhooks
+        self.events = events
         self.limits = Limits.from_settings(runtime.settings)
         self.mode = resolve_mode(runtime.settings.scripts)
         self._packages = runtime.settings.script_packages
@@ -117,7 +116,6 @@ class ScriptService:
             )
         self._socket: ApiSocket | None = None
         self._hidden = [Path(runtime.settings.data_dir)]
-        self.finished_listeners: list[Callable[[Script, ScriptRun], Awaitable[None]]] = []
 
     def serve_api(self, app: ASGIApp) -> None:
         """The app scripts reach over their socket (this process's own)."""
@@ -259,11 +257,7 @@ class ScriptService:
             return  # the script was deleted meanwhile
         await self.table.prune_runs(script.id)
         logger.info("script %s run %s %s%s", script.id, run.id, status, f": {error}" if error else "")
-        for listener in self.finished_listeners:
-            try:
-                await listener(script, finished)
-            except Exception:
-                logger.exception("a listener failed after script run %s", run.id)
+        await self.events.script_finished(script, finished)
 
     def _verdict(self, outcome: _Outcome) -> tuple[str, str | None]:
         """Why a run ended, from facts the script cannot write: what the worker saw (time, output,
