@@ -1,4 +1,4 @@
-"""The first thing that runs inside a script's sandbox: ``python -I -m bff.scripts.runner``.
+"""The first thing that runs inside a script's sandbox (``python -I``, see :func:`bff.scripts.sandbox.runner_command`).
 
 stdin carries one JSON object (the script's code, its run's token, where the BFF's socket is)
 and is then closed. The runner sets up :mod:`bff.scripts.pq`, tells the worker it is ready on the

@@ -1,20 +1,24 @@
 """Starting a script's process: in bubblewrap (or, when the operator asks, without it), with limits.
 
-A run is ``python -I -m bff.scripts.runner`` in a child process:
+A run is ``python -I`` running :mod:`bff.scripts.runner` in a child process:
 
 * **bubblewrap** gives it new namespaces of every kind (so an empty network namespace: no
-  TCP, no UDP, no abstract Unix sockets), a root made of read-only binds of the system
-  (``/usr``) and of this Python and its packages only, an empty private ``/tmp`` of limited
-  size, its own ``/proc`` (it sees only its own processes) and no capabilities. The data
-  directory is never bound (and is covered by an empty tmpfs should it lie inside a bound
-  path). The one way out is the Unix socket of :mod:`bff.scripts.api_socket`, bound at
-  ``/run/bff/api.sock``.
-* **rlimits** (CPU seconds, address space, processes, open files, file size) are set in the
-  child before bubblewrap starts and hold for everything it starts. When the BFF runs as
-  root the child also switches to an unprivileged user id of its own (``RUN_UID_BASE`` + a
-  slot), so the process limit counts only that run's processes.
+  TCP, no UDP, no abstract Unix sockets) and no nested user namespaces, a read-only root made
+  of read-only binds of the system (``/usr``) and of this Python and its packages only, sized
+  tmpfs mounts as its only writable places (``/tmp``, ``/dev/shm``), its own ``/proc`` (it sees
+  only its own processes; the runner is pid 1) and no capabilities. The data directory is never
+  bound (and is covered should it lie inside a bound path). The one way out is the Unix socket
+  of :mod:`bff.scripts.api_socket`, bound at ``/run/bff/api.sock``. As root, an outer
+  bubblewrap builds what the run may see and drops to the run's own user id (``RUN_UID_BASE`` +
+  a slot) before the sandbox proper starts (see :func:`bwrap_command`).
+* **limits**: a control group per run where the host offers one (:mod:`bff.scripts.cgroups`:
+  memory, processes and CPU time for the run as a whole), and rlimits set in the child before
+  bubblewrap starts (per process; the only limits where there is no control group).
 * the environment is built from nothing: no ``BFF_*`` variable reaches bubblewrap, let alone
   the script; the run's token and code arrive on stdin.
+
+Every process that runs scripts proves the sandbox once with a trial run (:func:`prove`) and
+says what it found (:meth:`Mode.describe`).
 """
 
 from __future__ import annotations
