@@ -68,7 +68,7 @@ class _Schemas:
                 if model is not None:
                     wanted[(model, "validation")] = None
         refs, defs = models_json_schema(list(wanted), ref_template=_REF)
-        self.refs: dict[tuple[type[BaseModel], JsonSchemaMode], dict[str, Any]] = dict(refs)
+        self.refs: dict[tuple[Any, JsonSchemaMode], dict[str, Any]] = dict(refs)
         self.components: dict[str, Any] = dict(sorted(defs.get("$defs", {}).items()))
 
     def ref(self, model: type[BaseModel], mode: JsonSchemaMode) -> dict[str, Any]:
@@ -124,7 +124,10 @@ def _operation(
         if content:
             answer["content"] = content
         answers[str(status)] = answer
-    error = {"description": "Error", "content": {"application/json": {"schema": schemas.ref(responses.Error, "serialization")}}}
+    error = {
+        "description": "Error",
+        "content": {"application/json": {"schema": schemas.ref(responses.Error, "serialization")}},
+    }
     operation: dict[str, Any] = {
         "operationId": op.id,
         "summary": summary,
@@ -234,4 +237,3 @@ def endpoint(routes: Sequence[BaseRoute]) -> Callable[[Request], Any]:
         return JSONResponse(cache["spec"])
 
     return openapi_json
-

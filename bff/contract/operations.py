@@ -84,18 +84,14 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("POST", "/api/partner/revoke"): Operation(
         "revokePartnerTokens", PARTNER, ok(rs.Partner, "Every token of the partner is dead")
     ),
-    ("PUT", "/api/partner/origins"): Operation(
-        "setPartnerOrigins", PARTNER, ok(rs.Partner), body=rq.PartnerOrigins
-    ),
+    ("PUT", "/api/partner/origins"): Operation("setPartnerOrigins", PARTNER, ok(rs.Partner), body=rq.PartnerOrigins),
     ("POST", "/api/partner/sub-account"): Operation(
         "createSubAccount", PARTNER, _SUB_ACCOUNT_CREATED, body=rq.SubAccountFields
     ),
     ("POST", "/api/sub-account"): Operation(
         "createSubAccountAlias", PARTNER, _SUB_ACCOUNT_CREATED, body=rq.SubAccountFields
     ),
-    ("GET", "/api/partner/sub-accounts"): Operation(
-        "listSubAccounts", PARTNER, page(rs.SubAccount), query=rq.Paging
-    ),
+    ("GET", "/api/partner/sub-accounts"): Operation("listSubAccounts", PARTNER, page(rs.SubAccount), query=rq.Paging),
     ("GET", "/api/sub-accounts"): Operation("listSubAccountsAlias", PARTNER, page(rs.SubAccount), query=rq.Paging),
     ("POST", "/api/partner/sub-account/integrate"): Operation(
         "mintIntegrateToken",
@@ -111,9 +107,7 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("GET", "/api/partner/sub-account/identity"): Operation(
         "mintIdentityToken", PARTNER, _TOKEN, query=rq.IdentityQuery
     ),
-    ("GET", "/api/sub-account/identity"): Operation(
-        "mintIdentityTokenAlias", PARTNER, _TOKEN, query=rq.IdentityQuery
-    ),
+    ("GET", "/api/sub-account/identity"): Operation("mintIdentityTokenAlias", PARTNER, _TOKEN, query=rq.IdentityQuery),
     ("POST", "/api/partner/sub-account/{account_id}/revoke-tokens"): Operation(
         "revokeSubAccountTokens", PARTNER, _REVOKED
     ),
@@ -170,9 +164,7 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         body_required=False,
         query=rq.LocaleQuery,
     ),
-    ("POST", "/api/server/{id}/manual-refresh"): Operation(
-        "getManualRefreshUrl", CONNECTIONS, ok(rs.ManualRefresh)
-    ),
+    ("POST", "/api/server/{id}/manual-refresh"): Operation("getManualRefreshUrl", CONNECTIONS, ok(rs.ManualRefresh)),
     ("POST", "/api/server/{id}/disable"): Operation("disableServer", CONNECTIONS, ok(rs.Connection, "DISABLED")),
     ("POST", "/api/server/{id}/enable"): Operation("enableServer", CONNECTIONS, ok(rs.Connection, "RE_ENABLED")),
     ("POST", "/api/embed/session"): Operation(
@@ -204,9 +196,7 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("GET", "/api/database/tables/database/{database_id}"): Operation(
         "listTables", WAREHOUSE, page(rs.Table), query=rq.Paging
     ),
-    ("GET", "/api/database/rows/table/{table_id}"): Operation(
-        "listRows", WAREHOUSE, page(rs.Row), query=rq.RowsQuery
-    ),
+    ("GET", "/api/database/rows/table/{table_id}"): Operation("listRows", WAREHOUSE, page(rs.Row), query=rq.RowsQuery),
     ("POST", "/api/table"): Operation(
         "createQueryTable", QUERY_TABLES, {201: (rs.Table, "Created")}, body=rq.QueryTableCreate
     ),
@@ -250,9 +240,7 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ),
     ("GET", "/api/interface"): Operation("listScripts", SCRIPTS, page(rs.Script), query=rq.Paging),
     ("GET", "/api/interface/{script_id}"): Operation("getScript", SCRIPTS, ok(rs.Script)),
-    ("PATCH", "/api/interface/{script_id}"): Operation(
-        "updateScript", SCRIPTS, ok(rs.Script), body=rq.ScriptChange
-    ),
+    ("PATCH", "/api/interface/{script_id}"): Operation("updateScript", SCRIPTS, ok(rs.Script), body=rq.ScriptChange),
     ("DELETE", "/api/interface/{script_id}"): Operation(
         "deleteScript", SCRIPTS, {204: (NO_BODY, "Deleted (a run is stopped)")}
     ),

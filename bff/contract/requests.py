@@ -12,18 +12,19 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import SkipJsonSchema
 
 from ..connector_text import LOCALES
 from ..http import MAX_ID, MAX_PAGE_SIZE, MAX_QUERY_INT
 from ..query_tables import MAX_QUERY_LENGTH
-from ..schedules import MIN_SYNC_FREQUENCY
+from ..schedules import MAX_SYNC_FREQUENCY, MIN_SYNC_FREQUENCY
 from ..scripts.service import MAX_SCHEDULE, MIN_SCHEDULE
 from ..warehouse_reader import OPERATORS
 from ..webhooks import EVENT_TYPES
 
 Locale = Literal[LOCALES]  # type: ignore[valid-type]
 EventType = Literal[EVENT_TYPES]  # type: ignore[valid-type]
-Frequency = Annotated[int, Field(ge=MIN_SYNC_FREQUENCY)]
+Frequency = Annotated[int, Field(ge=MIN_SYNC_FREQUENCY, le=MAX_SYNC_FREQUENCY)]
 Text200 = Annotated[str, Field(max_length=200)]
 
 
@@ -93,8 +94,15 @@ class ConfigChoice(OpenBody):
     __pydantic_extra__: dict[str, list[str | int] | str | int]
 
 
+def _no_default(schema: dict[str, Any]) -> None:
+    schema.pop("default", None)
+
+
 class ConnectionChange(Body):
-    name: Annotated[str, Field(min_length=1)] | None = None
+    # Optional, but not null: `null` is refused (SkipJsonSchema keeps None out of the document).
+    name: Annotated[str, Field(min_length=1, max_length=200)] | SkipJsonSchema[None] = Field(
+        default=None, json_schema_extra=_no_default
+    )
     sync_frequency: Frequency | None = Field(default=None, description="Seconds between syncs; null: no schedule.")
     table_frequencies: dict[str, Frequency] | None = None
 
