@@ -407,8 +407,14 @@ async def test_a_finished_run_sends_a_script_finished_webhook(sbff: BFF, who: Cu
     )
     assert put.status_code in (200, 201), put.text
     run = await run_code(sbff, who, "print('done')")
-    deliveries = (await sbff.client.get("/api/partner/webhook/deliveries", headers=auth(partner_token))).json()
-    events = [d for d in deliveries["results"] if d["type"] == "script.finished"]
+    # The event follows the run's final status (webhooks are asynchronous): wait for it.
+    deadline = asyncio.get_running_loop().time() + 10
+    while True:
+        deliveries = (await sbff.client.get("/api/partner/webhook/deliveries", headers=auth(partner_token))).json()
+        events = [d for d in deliveries["results"] if d["type"] == "script.finished"]
+        if events or asyncio.get_running_loop().time() > deadline:
+            break
+        await asyncio.sleep(0.05)
     assert len(events) == 1
     data = events[0]["payload"]["data"]
     assert data["run_id"] == run["id"] and data["status"] == "succeeded" and data["external_id"] == "cust-a"
