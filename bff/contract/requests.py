@@ -17,8 +17,8 @@ from pydantic.json_schema import SkipJsonSchema
 from ..connector_text import LOCALES
 from ..http import MAX_ID, MAX_PAGE_SIZE, MAX_QUERY_INT
 from ..query_tables import MAX_QUERY_LENGTH
-from ..schedules import MAX_SYNC_FREQUENCY, MIN_SYNC_FREQUENCY
 from ..scripts.service import MAX_SCHEDULE, MIN_SCHEDULE
+from ..services.schedules import MAX_SYNC_FREQUENCY, MIN_SYNC_FREQUENCY
 from ..warehouse_reader import OPERATORS
 from ..webhooks import EVENT_TYPES
 

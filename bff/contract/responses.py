@@ -162,6 +162,7 @@ class Connection(Model):
     config: dict[str, Any]
     created_at: Time
     last_run: Run | None
+    live_count: int = Field(description="Rows its tables hold now (deleted ones not counted).")
     sync_frequency: int | None
     table_frequencies: dict[str, int]
     next_sync_at: Time
