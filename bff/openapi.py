@@ -156,6 +156,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "finished_at": _TIME,
             "records": {},
             "tables": {},
+            "categories": _nullable({"type": "array", "items": _STR}),
             "error": _nullable(_STR),
             "full": {"type": "boolean"},
             "trigger": _STR,
@@ -417,7 +418,14 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
     },
     ("POST", "/api/server/{id}/sync"): {
         "requestBody": _body(
-            {"type": "object", "properties": {"tables": {"type": "array", "items": _STR}, "full": {"type": "boolean"}}},
+            {
+                "type": "object",
+                "properties": {
+                    "tables": {"type": "array", "items": _STR},
+                    "full": {"type": "boolean"},
+                    "categories": {"type": "array", "items": _STR},
+                },
+            },
             required=False,
         ),
         "parameters": [_WAIT],
