@@ -28,14 +28,14 @@ from .middleware import AccessLogMiddleware, BodyLimitMiddleware, CORSMiddleware
 from .query_tables import QueryTables
 from .runtime import Runtime
 from .sandbox import SandboxOptions, create_sandbox_app
-from .schedules import Scheduler, ScheduleReactions
 from .scripts.sandbox import ScriptModeError
 from .scripts.service import ScriptService
 from .services import Services
+from .services.schedules import Scheduler, ScheduleReactions
+from .services.sync import SyncRunner
 from .services.writeback import Writeback
 from .settings import Settings
 from .store import Store, migrate
-from .sync import SyncRunner
 from .tokens import TokenAuthority
 from .warehouse import Warehouse
 from .webhooks import Webhooks

@@ -175,6 +175,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "config": {"type": "object"},
             "created_at": _TIME,
             "last_run": _nullable(_ref("Run")),
+            "live_count": _INT,
             "account_id": _INT,
             "external_id": _STR,
             "oauth_url": _STR,

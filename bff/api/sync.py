@@ -14,8 +14,8 @@ from starlette.routing import BaseRoute
 from ..auth import require_connection, services
 from ..errors import validation_error
 from ..http import Pagination, api_route, read_json
+from ..services.sync import SyncRunner
 from ..shapes import run_dict
-from ..sync import SyncRunner
 
 
 def runner(request: Request) -> SyncRunner:
@@ -92,11 +92,11 @@ async def sync_server(request: Request) -> JSONResponse:
         "full": full,
     }
     if wait is not None:
-        finished = await runner(request).wait_run(run.id, timeout=wait)
-        if finished is not None and not finished.active:
-            updated = await services(request).store.get_connection_by_id(connection.id)
+        ended = await runner(request).wait_finished(run.id, connection, timeout=wait)
+        if ended is not None:
+            finished, updated = ended
             body.update(
-                health_status=updated.health_status if updated else connection.health_status,
+                health_status=updated.health_status,
                 syncing=False,
                 detail=f"Sync {finished.status.replace('_', ' ')}.",
                 run=run_dict(finished),
@@ -141,12 +141,10 @@ async def server_health(request: Request) -> Response:
 async def sync_status(request: Request) -> JSONResponse:
     """Whether a run is queued or running; otherwise the last run's id and status."""
     _, connection = await require_connection(request)
-    store = services(request).store
-    active = await store.active_run(connection.id)
-    run = active or await store.last_run(connection.id)
+    run, running = await runner(request).status(connection.id)
     return JSONResponse(
         {
-            "running": active is not None,
+            "running": running,
             "pipeline_run_id": run.id if run else None,
             "status": run.status if run else None,
         },
@@ -158,7 +156,7 @@ async def list_runs(request: Request) -> JSONResponse:
     """The connection's sync runs, newest first."""
     _, connection = await require_connection(request)
     page = Pagination(request, default_size=20)
-    count, runs = await services(request).store.list_runs(connection.id, offset=page.offset, limit=page.limit)
+    count, runs = await runner(request).runs(connection.id, offset=page.offset, limit=page.limit)
     return JSONResponse(page.envelope(count, [run_dict(run) for run in runs]))
 
 

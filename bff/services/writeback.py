@@ -30,7 +30,7 @@ from ..lifecycle import Event
 from ..store import Connection, RunAlreadyActive
 from ..store.idempotency import PgIdempotencyStore
 from ..store.refresh import ALL_STREAMS, RefreshRequestStore
-from ..sync import ConnectionNotReady, UnknownTables
+from .sync import ConnectionNotReady, UnknownTables
 
 if TYPE_CHECKING:
     from . import Services

@@ -56,13 +56,13 @@ Row = dict[str, Any]
 T = TypeVar("T")
 
 
-class _Unset(enum.Enum):
+class Unset(enum.Enum):
     """'Leave this column as it is' (None already means 'set it to NULL')."""
 
     UNSET = 0
 
 
-UNSET = _Unset.UNSET
+UNSET = Unset.UNSET
 
 
 def iso(ts: float | None) -> str | None:
@@ -611,11 +611,11 @@ class Store:
         connection_id: int,
         *,
         health_status: str | None = None,
-        detail: str | None | _Unset = UNSET,
+        detail: str | None | Unset = UNSET,
         config: Mapping[str, Any] | None = None,
         secrets: bytes | None = None,
         name: str | None = None,
-        sync_frequency: int | None | _Unset = UNSET,
+        sync_frequency: int | None | Unset = UNSET,
         table_frequencies: Mapping[str, int] | None = None,
         health_from: Sequence[str] | None = None,
         logs: Sequence[tuple[str, str]] = (),
@@ -777,10 +777,10 @@ class Store:
         *,
         status: str | None = None,
         records: Mapping[str, int] | None = None,
-        error: str | None | _Unset = UNSET,
+        error: str | None | Unset = UNSET,
         pid: int | None = None,
         job_id: int | None = None,
-        resume_at: float | None | _Unset = UNSET,
+        resume_at: float | None | Unset = UNSET,
         progress: Mapping[str, Any] | None = None,
         started: bool = False,
         attempt: bool = False,

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg.types.json import Jsonb
 
 from ..errors import Conflict
-from . import UNSET, _build, _Unset, iso
+from . import UNSET, Unset, _build, iso
 
 if TYPE_CHECKING:
     from . import Store
@@ -148,22 +149,22 @@ class ScriptStore:
         self,
         script: Script,
         *,
-        name: str | _Unset = UNSET,
-        raw_code: str | _Unset = UNSET,
-        schedule: int | None | _Unset = UNSET,
+        name: str | Unset = UNSET,
+        raw_code: str | Unset = UNSET,
+        schedule: int | None | Unset = UNSET,
     ) -> Script | None:
         """Change what was given; a new schedule counts from now (manual clears the next run)."""
         now = self._store.now()
-        new_schedule = script.schedule if isinstance(schedule, _Unset) else schedule
+        new_schedule = script.schedule if isinstance(schedule, Unset) else schedule
         next_run_at = script.next_run_at
-        if not isinstance(schedule, _Unset) and schedule != script.schedule:
+        if not isinstance(schedule, Unset) and schedule != script.schedule:
             next_run_at = now + schedule if schedule else None
         row = await self._store._one(
             f"UPDATE scripts SET name = %s, raw_code = %s, schedule = %s, next_run_at = %s, updated_at = %s"
             f" WHERE id = %s RETURNING {_SCRIPT_COLUMNS}",
             (
-                script.name if isinstance(name, _Unset) else name,
-                script.raw_code if isinstance(raw_code, _Unset) else raw_code,
+                script.name if isinstance(name, Unset) else name,
+                script.raw_code if isinstance(raw_code, Unset) else raw_code,
                 new_schedule,
                 next_run_at,
                 now,
@@ -245,6 +246,17 @@ class ScriptStore:
                 f"SELECT {_RUN_COLUMNS} FROM script_runs WHERE script_id = %s ORDER BY id DESC LIMIT 1", (script_id,)
             ),
         )
+
+    async def last_runs(self, script_ids: Sequence[int]) -> dict[int, ScriptRun]:
+        """The last run of each of these scripts (those that ran), in one query."""
+        if not script_ids:
+            return {}
+        rows = await self._store._all(
+            f"SELECT DISTINCT ON (script_id) {_RUN_COLUMNS} FROM script_runs WHERE script_id = ANY(%s)"
+            " ORDER BY script_id, id DESC",
+            (list(script_ids),),
+        )
+        return {int(row["script_id"]): ScriptRun(**row) for row in rows}
 
     async def list_runs(self, script_id: int, *, offset: int, limit: int) -> tuple[int, list[ScriptRun]]:
         count = await self._store._one("SELECT COUNT(*) AS n FROM script_runs WHERE script_id = %s", (script_id,))

@@ -16,13 +16,13 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from . import lifecycle
-from .connectors import Connector
-from .errors import Invalid
-from .jobs import JobQueue
-from .lifecycle import Health
-from .runtime import Runtime
-from .store import Connection, HealthChange, Run, RunAlreadyActive
+from .. import lifecycle
+from ..connectors import Connector
+from ..errors import Invalid
+from ..jobs import JobQueue
+from ..lifecycle import Health
+from ..runtime import Runtime
+from ..store import Connection, HealthChange, Run, RunAlreadyActive
 from .sync import ConnectionNotReady, SyncRunner
 
 logger = logging.getLogger("bff.schedules")

@@ -38,9 +38,9 @@ from typing import Any
 
 import psycopg
 
-from . import connections as rt
-from . import lifecycle
-from .connectors import (
+from .. import connections as rt
+from .. import lifecycle
+from ..connectors import (
     Connector,
     ConnectorError,
     ConnectorSession,
@@ -50,13 +50,13 @@ from .connectors import (
     RetryPolicy,
     Stream,
 )
-from .errors import Conflict, Invalid
-from .events import Events
-from .jobs import JobQueue
-from .lifecycle import Event, Health
-from .runtime import Runtime
-from .store import Connection, Run, RunAlreadyActive, Store, SubAccount
-from .warehouse import Warehouse
+from ..errors import Conflict, Invalid
+from ..events import Events
+from ..jobs import JobQueue
+from ..lifecycle import Event, Health
+from ..runtime import Runtime
+from ..store import Connection, Run, RunAlreadyActive, Store, SubAccount
+from ..warehouse import Warehouse
 
 __all__ = ["CategoriesNotSupported", "ConnectionNotReady", "RunAlreadyActive", "SyncRunner", "UnknownTables"]
 
@@ -232,6 +232,27 @@ class SyncRunner:
             await self._until_ended(ended, min(WAIT_POLL * 4, max(0.0, deadline - time.monotonic())))
             run = await self.store.get_run(run_id)
         return run
+
+    async def wait_finished(
+        self, run_id: int, connection: Connection, *, timeout: float
+    ) -> tuple[Run, Connection] | None:
+        """Wait up to ``timeout`` seconds for a run to end: the ended run and its connection as the
+        run left it; None while it is still going."""
+        run = await self.wait_run(run_id, timeout=timeout)
+        if run is None or run.active:
+            return None
+        return run, await self.store.get_connection_by_id(connection.id) or connection
+
+    async def status(self, connection_id: int) -> tuple[Run | None, bool]:
+        """The run queued or going (and True), else the last one (and False; None if none ran)."""
+        active = await self.store.active_run(connection_id)
+        if active is not None:
+            return active, True
+        return await self.store.last_run(connection_id), False
+
+    async def runs(self, connection_id: int, *, offset: int, limit: int) -> tuple[int, list[Run]]:
+        """A page of the connection's runs, newest first, and how many there are."""
+        return await self.store.list_runs(connection_id, offset=offset, limit=limit)
 
     @staticmethod
     async def _until_ended(ended: asyncio.Event, poll: float) -> None:
