@@ -32,13 +32,20 @@ def parse_tables(data: dict[str, Any]) -> list[str] | None:
 
 
 def parse_categories(data: dict[str, Any]) -> list[str] | None:
-    """``categories``: partition values (division codes), as strings or integers, or one of them."""
-    raw = data.get("categories")
-    if raw is None:
+    """``categories``: partition values (division codes), as strings or integers."""
+    items = data.get("categories")
+    if items is None:
         return None
-    items = raw if isinstance(raw, list) else [raw]
-    values = [str(v) for v in items if isinstance(v, (str, int)) and not isinstance(v, bool)]
-    if len(values) != len(items) or not all(0 < len(v) <= 64 and v.strip() == v for v in values):
+    values = (
+        [str(v) for v in items if isinstance(v, (str, int)) and not isinstance(v, bool)]
+        if isinstance(items, list)
+        else []
+    )
+    if (
+        not isinstance(items, list)
+        or len(values) != len(items)
+        or not all(0 < len(v) <= 64 and v.strip() == v for v in values)
+    ):
         raise validation_error({"categories": "Must be a list of division codes (strings or integers)."})
     return list(dict.fromkeys(values)) or None
 
