@@ -105,6 +105,9 @@ class ConnectionChange(Body):
 class SyncRequest(Body):
     tables: list[Annotated[str, Field(min_length=1)]] | None = Field(default=None, description="All when absent.")
     full: bool = Field(default=False, description="Forget the cursors; rows the provider no longer has are marked.")
+    categories: list[Annotated[str, Field(min_length=1, max_length=64)] | int] | None = Field(
+        default=None, description="Only these divisions (partitions) of a connector that has them; not with full."
+    )
 
 
 class EmbedSessionRequest(OpenBody):

@@ -153,6 +153,7 @@ class Run(Model):
     resume_at: Time = Field(description="When a run paused by the provider's rate limit goes on.")
     records: dict[str, int] = Field(description="Rows written per table.")
     tables: list[str] | None = Field(description="The tables asked for; null: all of them.")
+    categories: list[str] | None = Field(description="The divisions asked for; null: the connection's own.")
     error: str | None
     full: bool
     trigger: str
