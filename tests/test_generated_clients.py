@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -358,3 +359,20 @@ export async function mainFlow(partnerToken: string): Promise<string[]> {
   return [String(expires), String(finished), String(rowsQuery?.order_by), String(connectionOfTable), status, String(listRuns.script_id)];
 }
 """
+
+
+def test_the_recipe_names_operations_that_exist() -> None:
+    """docs/generated-clients.md (linked from the README) imports generated modules by tag and
+    operationId, and lists operationIds: each must be one the document has."""
+    from bff.contract.operations import OPERATIONS
+
+    recipe = (Path(__file__).resolve().parents[1] / "docs" / "generated-clients.md").read_text()
+    snake = {(op.tag.replace("-", "_"), re.sub(r"(?<!^)(?=[A-Z])", "_", op.id).lower()) for op in OPERATIONS.values()}
+    imported = [
+        (tag, name.strip())
+        for tag, names in re.findall(r"from bff_api_client\.api\.(\w+) import ([\w, ]+)", recipe)
+        for name in names.split(",")
+    ]
+    assert len(imported) >= 6 and set(imported) <= snake
+    listed = set(re.findall(r"`([a-z]+[A-Z]\w+)`", recipe)) - {"operationId"}
+    assert len(listed) >= 10 and listed <= {op.id for op in OPERATIONS.values()}
