@@ -127,7 +127,7 @@ class Connections:
     # -- adding -------------------------------------------------------------------------------
 
     async def create(
-        self, account: SubAccount, connector: Connector, name: str, data: dict[str, Any]
+        self, account: SubAccount, connector: Connector, name: str, data: dict[str, Any], *, strict: bool = False
     ) -> tuple[Connection, SignIn | None]:
         """A new connection: OAuth2 ones start ``AUTHORIZING`` with a sign-in to open; the others
         only once the provider accepted the connect form's credentials in ``data``."""
@@ -141,7 +141,7 @@ class Connections:
                 )
             connection = await svc.store.create_connection(account.id, connector.name, name, Health.AUTHORIZING)
             await svc.events.connection_created(account, connection)
-            url, nonce = await svc.oauth.start(account, connection, connector, purpose="connect")
+            url, nonce = await svc.oauth.start(account, connection, connector, purpose="connect", strict=strict)
             return connection, SignIn(url, nonce)
         credentials = parse_credentials(connector, data)
         await self.check_credentials(account, connector, credentials)
@@ -258,14 +258,16 @@ class Connections:
 
     # -- re-authorisation ---------------------------------------------------------------------
 
-    async def start_reauthorising(self, account: SubAccount, connection: Connection, connector: Connector) -> SignIn:
+    async def start_reauthorising(
+        self, account: SubAccount, connection: Connection, connector: Connector, *, strict: bool = False
+    ) -> SignIn:
         """OAuth2: a new sign-in. One never finished (``AUTHORIZING``, the window was closed) ends
         like a first connect (CONFIG_SELECT or OK), not as a re-authorisation."""
         svc = self.services
         if connection.health_status == Health.AUTHORIZING:
-            url, nonce = await svc.oauth.start(account, connection, connector, purpose="connect")
+            url, nonce = await svc.oauth.start(account, connection, connector, purpose="connect", strict=strict)
         else:
-            url, nonce = await svc.oauth.start(account, connection, connector, purpose="reauthorise")
+            url, nonce = await svc.oauth.start(account, connection, connector, purpose="reauthorise", strict=strict)
             await lifecycle.transition(svc.store, svc.events, connection.id, Event.SIGN_IN_STARTED, keep_detail=True)
         return SignIn(url, nonce)
 
