@@ -43,6 +43,7 @@ class Run:
     finished_at: float | None
     full_sync: bool = False
     trigger: str = "api"
+    categories: list[str] | None = None  # the partitions (divisions) it reads; None: the chosen ones
 
     @property
     def active(self) -> bool:
@@ -69,7 +70,7 @@ class RunAlreadyActive(Conflict):
 
 RUN_COLUMNS = (
     "id, connection_id, sub_account_id, status, task_id, tables, records, error, pid, job_id, attempts, resume_at,"
-    " progress, created_at, started_at, finished_at, full_sync, trigger"
+    " progress, created_at, started_at, finished_at, full_sync, trigger, categories"
 )
 
 
@@ -86,12 +87,13 @@ class RunStore:
         tables: Sequence[str] | None,
         full_sync: bool = False,
         trigger: str = "api",
+        categories: Sequence[str] | None = None,
     ) -> Run:
         """Queue a run; raises :class:`RunAlreadyActive` if one is queued, running or waiting."""
         try:
             row = await self._store._one(
-                "INSERT INTO runs (connection_id, sub_account_id, status, task_id, tables, created_at, full_sync, trigger)"
-                f" VALUES (%s, %s, 'queued', %s, %s, %s, %s, %s) RETURNING {RUN_COLUMNS}",
+                "INSERT INTO runs (connection_id, sub_account_id, status, task_id, tables, created_at, full_sync,"
+                f" trigger, categories) VALUES (%s, %s, 'queued', %s, %s, %s, %s, %s, %s) RETURNING {RUN_COLUMNS}",
                 (
                     connection_id,
                     sub_account_id,
@@ -100,6 +102,7 @@ class RunStore:
                     self._store.now(),
                     full_sync,
                     trigger,
+                    Jsonb(list(categories)) if categories else None,
                 ),
             )
         except psycopg.errors.UniqueViolation:
