@@ -19,6 +19,7 @@ def run_dict(run: Run) -> dict[str, Any]:
         "resume_at": iso(run.resume_at),
         "records": run.records,
         "tables": run.tables,
+        "categories": run.categories,
         "error": run.error,
         "full": run.full_sync,
         "trigger": run.trigger,

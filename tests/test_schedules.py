@@ -254,7 +254,7 @@ async def test_the_worker_runs_the_first_sync_by_itself(settings_factory: Callab
                 break
             await asyncio.sleep(0.05)
         assert [(r["trigger"], r["status"], r["records"]) for r in runs] == [
-            ("schedule", "succeeded", {"invoices": 500})
+            ("schedule", "succeeded", {"invoices": 500, "deleted": 0, "entitytype": 1})
         ]
 
 

@@ -75,8 +75,11 @@ class Connections:
 
     async def views(self, account: SubAccount, connections: Sequence[Connection]) -> list[dict[str, Any]]:
         """The public shape of connections (never credentials or provider tokens); the last run of
-        every one of them comes in one query."""
-        runs = await self.services.store.last_runs([c.id for c in connections])
+        every one of them comes in one query; the rows they hold in two more (their tables, then one count
+        over all of them)."""
+        ids = [c.id for c in connections]
+        runs = await self.services.store.last_runs(ids)
+        held = await self.services.warehouse.live_counts(account.id, ids)
         connectors = self.services.connectors
         views = []
         for connection in connections:
@@ -93,6 +96,7 @@ class Connections:
                     "config": connection.config,
                     "created_at": iso(connection.created_at),
                     "last_run": run_dict(last_run) if last_run else None,
+                    "live_count": held.get(connection.id, 0),  # rows held now, deleted ones not counted
                     "sync_frequency": connection.sync_frequency,
                     "table_frequencies": connection.table_frequencies,
                     "next_sync_at": iso(connection.next_sync_at),

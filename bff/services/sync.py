@@ -58,7 +58,7 @@ from ..runtime import Runtime
 from ..store import Connection, Run, RunAlreadyActive, Store, SubAccount
 from ..warehouse import Warehouse
 
-__all__ = ["ConnectionNotReady", "RunAlreadyActive", "SyncRunner", "UnknownTables"]
+__all__ = ["CategoriesNotSupported", "ConnectionNotReady", "RunAlreadyActive", "SyncRunner", "UnknownTables"]
 
 logger = logging.getLogger("bff.sync")
 
@@ -87,6 +87,18 @@ class UnknownTables(Invalid):
         )
         self.unknown = list(unknown)
         self.known = list(known)
+
+
+class CategoriesNotSupported(Invalid):
+    """``categories`` for a connector whose tables are not read per division (no ``partition_by``)."""
+
+    code = "categories_not_supported"
+
+    def __init__(self, display_name: str) -> None:
+        super().__init__(
+            {"categories": f"{display_name} has no divisions (categories) to choose from; sync without categories."},
+            f"{display_name} cannot sync some categories only.",
+        )
 
 
 @dataclass
@@ -161,20 +173,28 @@ class SyncRunner:
         *,
         full: bool = False,
         trigger: str = "api",
+        categories: Sequence[str] | None = None,
     ) -> Run:
         """Queue a run of ``tables`` (default: every stream); a worker executes it.
 
         ``full`` forgets the cursors of those tables, reads everything and marks the rows the
-        provider no longer has as deleted (``_deleted_at``).
+        provider no longer has as deleted (``_deleted_at``). ``categories`` reads only those
+        partitions (divisions) of the tables read per partition, chosen on the connection or not
+        (the provider decides what the connection's credentials reach); the other tables as usual.
 
-        Raises :class:`ConnectionNotReady`, :class:`UnknownTables`, or the store's
-        :class:`RunAlreadyActive` when this connection already has an active run.
+        Raises :class:`ConnectionNotReady`, :class:`UnknownTables`, :class:`CategoriesNotSupported`,
+        or the store's :class:`RunAlreadyActive` when this connection already has an active run.
         """
         refused = lifecycle.refusal(connection.health_status, lifecycle.can_sync(connection.health_status))
         if refused is not None:
             raise ConnectionNotReady(refused, NOT_READY[Health(connection.health_status)])
         connector = self.runtime.connectors[connection.connector]
         select_streams([s.name for s in connector.streams], tables)
+        if categories and not connector.partition_by:
+            raise CategoriesNotSupported(connector.display_name)
+        if categories and full:
+            # A full sync marks every row it did not write as deleted: the other divisions' rows too.
+            raise Invalid({"categories": "A full sync reads every division; leave categories out or full off."})
         run = await self.store.create_run(
             connection.id,
             account.id,
@@ -182,6 +202,7 @@ class SyncRunner:
             tables=list(tables) if tables else None,
             full_sync=full,
             trigger=trigger,
+            categories=list(categories) if categories else None,
         )
         job_id = await self.queue.defer_sync(run.id, connection.id)
         if job_id is None:  # a job of this connection is still waiting: the queueing lock says no
@@ -309,7 +330,8 @@ class SyncRunner:
         policy = dataclasses.replace(self.retry_policy(), long_wait=self.runtime.settings.long_wait_seconds)
         session = rt.session_for_connection(self.runtime, connection, log=log, policy=policy)
         outcome = _Outcome.resumed(run)
-        log("info", f"Sync {'resumed' if run.attempts else 'started'}: {', '.join(streams)}.")
+        which = f" (divisions {', '.join(run.categories)})" if run.categories else ""
+        log("info", f"Sync {'resumed' if run.attempts else 'started'}: {', '.join(streams)}{which}.")
         try:
             await self._run_streams(run, connection, connector, streams, session, outcome, log)
         except asyncio.CancelledError:  # the worker is stopping: keep what this attempt counted
@@ -390,7 +412,7 @@ class SyncRunner:
         # Writes not counted yet, oldest first: at most the page being upserted and the next one.
         writing: list[asyncio.Task[int]] = []
         try:
-            async for page in _read_ahead(session.read(stream.name, state)):
+            async for page in _read_ahead(session.read(stream.name, state, partitions=run.categories)):
                 after = writing[-1] if writing else None
                 writing.append(asyncio.create_task(table.write(page.records, page.state, run.id, after=after)))
                 if len(writing) > 1:

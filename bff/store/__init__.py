@@ -190,6 +190,7 @@ class Run:
     finished_at: float | None
     full_sync: bool = False
     trigger: str = "api"
+    categories: list[str] | None = None  # the partitions (divisions) it reads; None: the chosen ones
 
     @property
     def active(self) -> bool:
@@ -229,7 +230,7 @@ _CONNECTION_COLUMNS = (
 )
 _RUN_COLUMNS = (
     "id, connection_id, sub_account_id, status, task_id, tables, records, error, pid, job_id, attempts, resume_at,"
-    " progress, created_at, started_at, finished_at, full_sync, trigger"
+    " progress, created_at, started_at, finished_at, full_sync, trigger, categories"
 )
 _SUB_ACCOUNT_COLUMNS = (
     "id, partner_id, external_id, first_name, last_name, email, language, company_name, token_generation, created_at,"
@@ -702,12 +703,13 @@ class Store:
         tables: Sequence[str] | None,
         full_sync: bool = False,
         trigger: str = "api",
+        categories: Sequence[str] | None = None,
     ) -> Run:
         """Queue a run; raises :class:`RunAlreadyActive` if one is queued, running or waiting."""
         try:
             row = await self._one(
-                "INSERT INTO runs (connection_id, sub_account_id, status, task_id, tables, created_at, full_sync, trigger)"
-                f" VALUES (%s, %s, 'queued', %s, %s, %s, %s, %s) RETURNING {_RUN_COLUMNS}",
+                "INSERT INTO runs (connection_id, sub_account_id, status, task_id, tables, created_at, full_sync,"
+                f" trigger, categories) VALUES (%s, %s, 'queued', %s, %s, %s, %s, %s, %s) RETURNING {_RUN_COLUMNS}",
                 (
                     connection_id,
                     sub_account_id,
@@ -716,6 +718,7 @@ class Store:
                     self.now(),
                     full_sync,
                     trigger,
+                    Jsonb(list(categories)) if categories else None,
                 ),
             )
         except psycopg.errors.UniqueViolation:
