@@ -21,6 +21,7 @@ from ..scripts.service import MAX_SCHEDULE, MIN_SCHEDULE
 from ..services.schedules import MAX_SYNC_FREQUENCY, MIN_SYNC_FREQUENCY
 from ..warehouse_reader import OPERATORS
 from ..webhooks import EVENT_TYPES
+from .responses import no_null_defaults
 
 Locale = Literal[LOCALES]  # type: ignore[valid-type]
 EventType = Literal[EVENT_TYPES]  # type: ignore[valid-type]
@@ -29,13 +30,13 @@ Text200 = Annotated[str, Field(max_length=200)]
 
 
 class Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=no_null_defaults)
 
 
 class OpenBody(BaseModel):
     """A body whose keys are not fixed (a connector's form fields, a provider's record)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", json_schema_extra=no_null_defaults)
 
 
 # -- partner -----------------------------------------------------------------------------------------
@@ -101,15 +102,9 @@ class ConfigChoice(OpenBody):
     __pydantic_extra__: dict[str, list[str | int] | str | int]
 
 
-def _no_default(schema: dict[str, Any]) -> None:
-    schema.pop("default", None)
-
-
 class ConnectionChange(Body):
     # Optional, but not null: `null` is refused (SkipJsonSchema keeps None out of the document).
-    name: Annotated[str, Field(min_length=1, max_length=200)] | SkipJsonSchema[None] = Field(
-        default=None, json_schema_extra=_no_default
-    )
+    name: Annotated[str, Field(min_length=1, max_length=200)] | SkipJsonSchema[None] = None
     sync_frequency: Frequency | None = Field(default=None, description="Seconds between syncs; null: no schedule.")
     table_frequencies: dict[str, Frequency] | None = None
 

@@ -12,8 +12,16 @@ Item = TypeVar("Item")
 Time = str | None  # ISO 8601 (UTC, "Z"), null when not (yet) known
 
 
+def no_null_defaults(schema: dict[str, Any]) -> None:
+    """A field that may be left out has no ``default: null`` in the document: openapi-typescript
+    would type it as always there."""
+    for prop in schema.get("properties", {}).values():
+        if "default" in prop and prop["default"] is None:
+            del prop["default"]
+
+
 class Model(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", json_schema_extra=no_null_defaults)
 
 
 class Error(Model):

@@ -124,9 +124,9 @@ class OAuthFlows:
         flow = await self.flows.peek(state_hash(link), max_age=LINK_MAX_AGE)
         if flow is None or not flow.purpose.startswith(LINK_PREFIX):
             return None
-        account = await svc.store.get_sub_account_by_id(flow.sub_account_id)
-        connection = await svc.store.get_connection(flow.sub_account_id, flow.connection_id)
-        partner = await svc.store.get_partner(account.partner_id) if account is not None else None
+        account = await svc.store.sub_accounts.get_by_id(flow.sub_account_id)
+        connection = await svc.store.connections.get(flow.sub_account_id, flow.connection_id)
+        partner = await svc.store.partners.get(account.partner_id) if account is not None else None
         if account is None or connection is None or partner is None:
             return None
         connector = svc.connectors[connection.connector]
@@ -157,11 +157,11 @@ class OAuthFlows:
         flow = await self.flows.consume(state_hash(ticket), max_age=OAUTH_FLOW_MAX_AGE)
         if flow is None or not flow.purpose.startswith(TICKET_PREFIX):
             raise self._spent()
-        account = await svc.store.get_sub_account_by_id(flow.sub_account_id)
+        account = await svc.store.sub_accounts.get_by_id(flow.sub_account_id)
         if (
             account is not None
             and opener != own_origin
-            and not await svc.store.partner_has_origin(account.partner_id, opener)
+            and not await svc.store.partners.has_origin(account.partner_id, opener)
         ):
             raise ApiError(
                 403,
@@ -174,8 +174,8 @@ class OAuthFlows:
         """A used ticket's sign-in begins: its other ticket is used up, a state made, the provider's URL built."""
         svc = self.services
         await self.flows.retire_tickets(flow.connection_id, (TICKET_PREFIX, LINK_PREFIX))
-        account = await svc.store.get_sub_account_by_id(flow.sub_account_id)
-        connection = await svc.store.get_connection(flow.sub_account_id, flow.connection_id)
+        account = await svc.store.sub_accounts.get_by_id(flow.sub_account_id)
+        connection = await svc.store.connections.get(flow.sub_account_id, flow.connection_id)
         if account is None or connection is None:
             raise ApiError(400, "oauth_start_invalid", "This connection no longer exists. Start again from the app.")
         connector = svc.connectors[connection.connector]
@@ -208,7 +208,7 @@ class OAuthFlows:
     async def _finish(self, flow: OAuthFlow, params: Mapping[str, str]) -> SignInResult:
         """The flow is this browser's and now used: exchange the code, store the tokens."""
         svc = self.services
-        connection = await svc.store.get_connection(flow.sub_account_id, flow.connection_id)
+        connection = await svc.store.connections.get(flow.sub_account_id, flow.connection_id)
         if connection is None:
             return SignInResult(False, None, "This connection no longer exists.", 400)
         connector = svc.connectors[connection.connector]
