@@ -174,13 +174,22 @@ def test_connect_ui_sets_no_style_attributes() -> None:
         assert ".innerHTML" not in source and "insertAdjacentHTML" not in source
 
 
-def load_locales() -> dict[str, dict[str, object]]:
-    """widget/locales.<xx>.js, one table per locale (plain JSON after `export default`)."""
+def read_table(path: Path) -> dict[str, object]:
+    source = path.read_text()
+    table: dict[str, object] = json.loads(source[source.index("\nexport default ") + 16 :].strip().rstrip(";"))
+    return table
+
+
+def load_locales(only_shared: bool = False) -> dict[str, dict[str, object]]:
+    """The UI strings by locale: widget/locales.<xx>.js (the shared table, all the connect window
+    loads) with the panel's own widget/panel-locales.<xx>.js, which never repeats a shared key."""
     tables = {}
     for path in sorted(WIDGET.glob("locales.*.js")):
-        source = path.read_text()
-        table = source[source.index("\nexport default ") + len("\nexport default ") :].strip().rstrip(";")
-        tables[path.name.split(".")[1]] = json.loads(table)
+        locale = path.name.split(".")[1]
+        shared = read_table(path)
+        panel = {} if only_shared else read_table(WIDGET / f"panel-locales.{locale}.js")
+        assert not set(shared) & set(panel), f"{locale}: in both tables: {set(shared) & set(panel)}"
+        tables[locale] = {**shared, **panel}
     return tables
 
 
@@ -215,7 +224,7 @@ def test_the_contract_names_are_the_english_strings() -> None:
 @pytest.mark.parametrize("path", [CONNECT_JS, PANEL_JS, SESSION], ids=lambda p: p.name)
 def test_the_frames_use_only_strings_that_exist(path: Path) -> None:
     source = path.read_text()
-    english = load_locales()["en"]
+    english = load_locales(only_shared=path != PANEL_JS)["en"]  # the connect window has the shared table only
     used = set(re.findall(r"\bt\.(\w+)", source))
     used |= set(re.findall(r"'(err[A-Z]\w*)'", source))  # the MESSAGES table names keys as strings
     assert used, f"{path.name} reads its strings from the locale table"
