@@ -31,6 +31,25 @@ def parse_tables(data: dict[str, Any]) -> list[str] | None:
     return list(dict.fromkeys(tables)) or None
 
 
+def parse_categories(data: dict[str, Any]) -> list[str] | None:
+    """``categories``: partition values (division codes), as strings or integers."""
+    items = data.get("categories")
+    if items is None:
+        return None
+    values = (
+        [str(v) for v in items if isinstance(v, (str, int)) and not isinstance(v, bool)]
+        if isinstance(items, list)
+        else []
+    )
+    if (
+        not isinstance(items, list)
+        or len(values) != len(items)
+        or not all(0 < len(v) <= 64 and v.strip() == v for v in values)
+    ):
+        raise validation_error({"categories": "Must be a list of division codes (strings or integers)."})
+    return list(dict.fromkeys(values)) or None
+
+
 MAX_WAIT_SECONDS = 120
 
 
@@ -65,14 +84,17 @@ async def sync_server(request: Request) -> JSONResponse:
     data = await read_json(request, required=False)
     tables = parse_tables(data)
     full = parse_full(data)
-    run = await runner(request).request_sync(account, connection, tables, full=full)
+    categories = parse_categories(data)
+    run = await runner(request).request_sync(account, connection, tables, full=full, categories=categories)
     body: dict[str, Any] = {
         "server_id": str(connection.id),  # a string, as the source document shows it
         "health_status": connection.health_status,
         "run_data": [{"pipeline_run_id": run.id, "task_id": run.task_id}],
         "task_id": run.task_id,
         "detail": ("Full sync" if full else "Sync")
-        + (" started." if tables is None else f" of {', '.join(tables)} started."),
+        + ("" if tables is None else f" of {', '.join(tables)}")
+        + ("" if categories is None else f" for {', '.join(categories)}")
+        + " started.",
         "syncing": True,
         "full": full,
     }
