@@ -366,10 +366,15 @@ def running_demo(data_dir: Path, **sandbox_env: str) -> Iterator[DemoStack]:
 
 
 def locale_strings() -> dict[str, dict[str, Any]]:
-    """The widget's own string tables (widget/locales.<xx>.js: JSON after `export default`), by locale."""
-    tables = {}
-    for path in sorted(WIDGET.glob("locales.*.js")):
+    """The widget's own string tables by locale: widget/locales.<xx>.js and the panel's
+    panel-locales.<xx>.js (JSON after `export default`), merged."""
+
+    def table(path: Path) -> dict[str, Any]:
         source = path.read_text()
         start = source.index("\nexport default ") + len("\nexport default ")
-        tables[path.name.split(".")[1]] = json.loads(source[start:].strip().rstrip(";"))
-    return tables
+        return json.loads(source[start:].strip().rstrip(";"))  # type: ignore[no-any-return]
+
+    return {
+        path.name.split(".")[1]: {**table(path), **table(WIDGET / f"panel-locales.{path.name.split('.')[1]}.js")}
+        for path in sorted(WIDGET.glob("locales.*.js"))
+    }

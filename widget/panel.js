@@ -5,6 +5,9 @@
 import { $, LOCALE, fail, fmt, frameSession, h, parentOk, t, theme } from './frame-session.js';
 import { describeHealth, timeElement, PENDING_SETUP } from './peliqan-status.js';
 
+// The panel's own strings join the shared table (the connect window never downloads them).
+Object.assign(t, (await import(`./panel-locales.${LOCALE}.js`)).default);
+
 const root = document.documentElement;
 const enc = encodeURIComponent;
 const { post, api, begin, tokenArrived, fromParent } = frameSession('peliqan-panel');
