@@ -181,7 +181,7 @@ def create_app(
                 CORSMiddleware,
                 is_allowed=services.origin_registered,
                 partner_of=services.tokens.partner_of,
-                partner_has_origin=store.partner_has_origin,
+                partner_has_origin=store.partners.has_origin,
             ),
             Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes),
         ],

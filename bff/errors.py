@@ -8,6 +8,7 @@
     │   ├── NotFound                404 not_found
     │   ├── Invalid                 400 validation_error, ``errors`` per field
     │   │   ├── UnknownTables           bff.services.sync: a sync of tables the connection does not have
+    │   │   ├── CategoriesNotSupported  bff.services.sync: categories_not_supported (no divisions to pick)
     │   │   ├── ScheduleError           bff.services.schedules: a frequency out of range
     │   │   └── FilterValueRejected     bff.query_tables: a filter value the column cannot take
     │   ├── QueryInvalid            400 query_invalid (bff.query_tables)

@@ -106,20 +106,11 @@ def format_value(value: Any, field_type: str | None) -> str:
 ACTIVITY_KEPT = 50  # events remembered per customer (in memory: a demo)
 
 
-@functools.lru_cache(maxsize=8)
-def widget_strings(locale: str = "en") -> dict[str, Any]:
-    """The widget's string table for `locale` (widget/locales.<xx>.js: JSON after `export default`).
-
-    The Activity feed's sentences live there too ("activity"), so the feed speaks the widget's words.
-    """
-    source_dir = HERE.parent / "widget"
-    if not (source_dir / "locales.en.js").exists():  # installed: the widget is the package bff.widget
-        import importlib
-
-        source_dir = Path(str(importlib.import_module("bff.widget").__file__)).parent
-    path = source_dir / f"locales.{locale}.js"
-    source = (path if path.exists() else source_dir / "locales.en.js").read_text(encoding="utf-8")
-    table: dict[str, Any] = json.loads(source[source.index("\nexport default ") + 16 :].strip().rstrip(";"))
+@functools.lru_cache(maxsize=1)
+def activity_strings() -> dict[str, dict[str, str]]:
+    """The Activity feed's sentences by locale (demo_site/activity.json): the demo's own words,
+    which the widget's string tables no longer carry to every customer's browser."""
+    table: dict[str, dict[str, str]] = json.loads((HERE / "activity.json").read_text(encoding="utf-8"))
     return table
 
 
@@ -129,7 +120,7 @@ SETTLED = ("OK", "HEALTHY")
 
 def describe_event(event: Mapping[str, Any], locale: str = "en") -> str | None:
     """The Activity feed's sentence for a webhook event (None: not shown), in the widget's words."""
-    t = widget_strings(locale)["activity"]
+    t = activity_strings().get(locale) or activity_strings()["en"]
     data = event.get("data") or {}
 
     def say(key: str, **more: Any) -> str:

@@ -131,7 +131,8 @@ async def test_oauth_connect_with_pkce(sbff: BFF) -> None:
     assert created.status_code == 201
     body = created.json()
     assert body["health_status"] == "AUTHORIZING"
-    assert body["oauth_url"] == "http://testserver/oauth/start" and len(body["oauth_nonce"]) >= 32
+    assert body["oauth_url"].startswith("http://testserver/oauth/start?link=") and len(body["oauth_nonce"]) >= 32
+    assert body["oauth_nonce"] not in body["oauth_url"]  # the nonce never travels in a URL
     provider_url = await start_sign_in(sbff.client, body)  # what the start page does in the browser
     query = parse_qs(urlsplit(provider_url).query)
     assert query["redirect_uri"] == ["http://testserver/oauth/callback"]  # byte-equal to the registered one
@@ -346,11 +347,11 @@ async def test_secrets_never_leave_the_vault(
     # The CRM's live tokens, read through the vault (the only way to see them).
     from bff.connections import open_secrets
 
-    stored = await sbff.services.store.get_connection_by_id(crm["id"])
+    stored = await sbff.services.store.connections.get_by_id(crm["id"])
     tokens = open_secrets(sbff.services, stored).tokens
     assert tokens is not None and tokens.access_token and tokens.refresh_token
     secrets = ["sandbox-valid-key", tokens.access_token, tokens.refresh_token]
-    bank_secrets = open_secrets(sbff.services, await sbff.services.store.get_connection_by_id(bank["id"])).credentials
+    bank_secrets = open_secrets(sbff.services, await sbff.services.store.connections.get_by_id(bank["id"])).credentials
     assert bank_secrets == {"login": "sandbox", "password": "sandbox"}
     for secret in secrets:
         for body in bodies:
@@ -403,8 +404,9 @@ async def test_a_page_of_connections_reads_the_last_runs_in_one_query(
         assert started.status_code == 202, started.text
         await sbff.services.sync.wait(cid)
     store = sbff.services.store
+    runs = store.runs
     calls: list[list[int]] = []
-    batched = store.last_runs
+    batched = runs.last_of
 
     async def one_query(connection_ids: list[int]) -> object:
         calls.append(list(connection_ids))
@@ -413,8 +415,8 @@ async def test_a_page_of_connections_reads_the_last_runs_in_one_query(
     async def per_connection(connection_id: int) -> None:
         raise AssertionError("one last_run query per connection")
 
-    monkeypatch.setattr(store, "last_runs", one_query)
-    monkeypatch.setattr(store, "last_run", per_connection)
+    monkeypatch.setattr(runs, "last_of", one_query)
+    monkeypatch.setattr(runs, "last", per_connection)
     # The rows each connection holds (the panel's "Records"): one count for the whole page too.
     warehouse = sbff.services.warehouse
     counted: list[list[int]] = []

@@ -122,7 +122,7 @@ async def test_archived_flag_marks_flagged_rows(sbff: BFF) -> None:
     stream_def["deletions"] = {"kind": "archived_flag", "field": "archived"}
     stream = parse_connector(data, "bank.json").streams[0]
     who = await customer(sbff)
-    connection = await sbff.services.store.create_connection(who.account_id, "sandbox_bank", "Flagged", "OK")
+    connection = await sbff.services.store.connections.create(who.account_id, "sandbox_bank", "Flagged", "OK")
     table = await sbff.services.warehouse.open_table(who.account_id, connection.id, stream)
     key = stream.primary_key[0]
 

@@ -421,8 +421,8 @@ async def test_a_finished_run_sends_a_script_finished_webhook(sbff: BFF, who: Cu
 
 
 async def _partner_token_of(bff: BFF, who: Customer) -> str:
-    account = await bff.services.store.get_sub_account_by_id(who.account_id)
-    partner = await bff.services.store.get_partner(account.partner_id)
+    account = await bff.services.store.sub_accounts.get_by_id(who.account_id)
+    partner = await bff.services.store.partners.get(account.partner_id)
     return str(bff.services.tokens.mint_partner_token(partner_id=partner.id, generation=partner.token_generation).token)
 
 

@@ -300,7 +300,7 @@ async def test_deleting_a_connection_mid_sync_stops_it_and_drops_its_tables(sand
         async with bff.services.store.connection() as conn:
             cur = await conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = %s ORDER BY 1", (schema,))
             assert [row["tablename"] for row in await cur.fetchall()] == [f"c{bank['id']}_transactions"]
-        assert await bff.services.store.active_run(crm["id"]) is None
+        assert await bff.services.store.runs.active(crm["id"]) is None
 
 
 async def test_stopping_the_worker_mid_sync_requeues_the_run_and_the_next_worker_resumes_it(
@@ -345,7 +345,7 @@ async def test_a_run_whose_worker_died_is_requeued_by_the_watchdog_and_finishes(
         dead_worker = await manager.register_worker()
         job = await manager.fetch_job(queues=None, worker_id=dead_worker)
         assert job is not None and job.task_kwargs == {"run_id": run_id}
-        await bff.services.store.update_run(run_id, status="running", started=True, pid=999_999)
+        await bff.services.store.runs.update(run_id, status="running", started=True, pid=999_999)
     async with running_bff(dataclasses.replace(settings, run_worker=True)) as bff:
         # A live worker never touches another live worker's run; this one's worker is silent.
         run = await bff.services.sync.wait(bank["id"], timeout=30)

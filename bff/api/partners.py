@@ -49,13 +49,15 @@ _INVISIBLE = (
 EXTERNAL_ID_MAX_LENGTH = 255
 
 
+_INVISIBLE_CHAR = re.compile("[" + "".join(f"\\U{low:08x}-\\U{high:08x}" for low, high in _INVISIBLE) + "]")
+
+
 def _refused_char(char: str) -> bool:
-    code = ord(char)
     category = unicodedata.category(char)
     return (
         category in _REFUSED_CATEGORIES
         or (category == "Zs" and char != " ")  # spaces that look like " " but are not
-        or any(low <= code <= high for low, high in _INVISIBLE)
+        or _INVISIBLE_CHAR.match(char) is not None
     )
 
 
@@ -65,6 +67,8 @@ def normalise_external_id(raw: str) -> str:
     value = unicodedata.normalize("NFC", raw).strip()
     if not value or len(value) > EXTERNAL_ID_MAX_LENGTH:
         raise ValueError(f"Must be 1 to {EXTERNAL_ID_MAX_LENGTH} characters.")
+    if value.isascii() and value.isprintable():
+        return value  # the common case: nothing invisible, no control character, no mark (on the mint path)
     for char in value:
         if _refused_char(char):
             raise ValueError(

@@ -79,12 +79,19 @@ class ConnectionCreate(OpenBody):
 
     servertype_id: int | str
     name: Text200 | None = None
+    oauth_strict: bool = Field(
+        default=False,
+        description="OAuth2: oauth_url then goes on only with oauth_nonce handed over by the window that opened it;"
+        " without, oauth_url also works opened on its own, after the person presses Continue on a page naming the"
+        " partner, the customer and the connector.",
+    )
     __pydantic_extra__: dict[str, str | int | float]
 
 
 class Credentials(OpenBody):
     """The connector's connect-form fields, tested with the provider before they are stored."""
 
+    oauth_strict: bool = Field(default=False, description="OAuth2: as for createServer, for auth_uri.")
     __pydantic_extra__: dict[str, str | int | float]
 
 
@@ -115,8 +122,11 @@ class EmbedSessionRequest(OpenBody):
 
 
 class OAuthStart(OpenBody):
-    nonce: Annotated[str, Field(max_length=128)]
-    opener_origin: Annotated[str, Field(max_length=300)]
+    """``{nonce, opener_origin}`` (handed over by the opener) or ``{link}`` (oauth_url's own ticket, on Continue)."""
+
+    nonce: Annotated[str, Field(max_length=128)] | None = None
+    opener_origin: Annotated[str, Field(max_length=300)] | None = None
+    link: Annotated[str, Field(max_length=128)] | None = None
 
 
 # -- the warehouse ------------------------------------------------------------------------------------------

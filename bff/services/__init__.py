@@ -83,11 +83,11 @@ class Services(Runtime):
         # A short cache: `bff partner create` in another process shows up within seconds.
         now = time.monotonic()
         if now - self._origins_loaded_at > ORIGIN_CACHE_SECONDS:
-            self._origins = await self.store.all_origins()
+            self._origins = await self.store.partners.all_origins()
             self._origins_loaded_at = now
         if origin in self._origins:
             return True
-        self._origins = await self.store.all_origins()
+        self._origins = await self.store.partners.all_origins()
         self._origins_loaded_at = now
         return origin in self._origins
 

@@ -17,7 +17,7 @@ from ..connectors import ConnectorError, CredentialsRejected
 from ..connectors.definitions import Connector
 from ..errors import ApiError, connector_error, validation_error
 from ..lifecycle import Event, Health
-from ..shapes import run_dict
+from ..shapes import log_dict, run_dict
 from ..store import UNSET, Connection, SubAccount, Unset, iso
 from ..throttle import CONNECTIONS_CREATED, FAILED_CREDENTIALS, Throttle
 from .oauth_flows import choice_missing
@@ -78,7 +78,7 @@ class Connections:
         every one of them comes in one query; the rows they hold in two more (their tables, then one count
         over all of them)."""
         ids = [c.id for c in connections]
-        runs = await self.services.store.last_runs(ids)
+        runs = await self.services.store.runs.last_of(ids)
         held = await self.services.warehouse.live_counts(account.id, ids)
         connectors = self.services.connectors
         views = []
@@ -111,15 +111,16 @@ class Connections:
 
     async def page(self, account: SubAccount, *, offset: int, limit: int) -> tuple[int, list[dict[str, Any]]]:
         """A page of the sub-account's connections in their public shape, and how many there are."""
-        connections = await self.services.store.list_connections(account.id)
+        connections = await self.services.store.connections.list_for(account.id)
         return len(connections), await self.views(account, connections[offset : offset + limit])
 
     async def logs(self, connection: Connection, *, offset: int, limit: int) -> tuple[int, list[dict[str, Any]]]:
         """A page of the connection's log lines, newest first, and how many there are."""
-        return await self.services.store.list_logs(connection.id, offset=offset, limit=limit)
+        count, lines = await self.services.store.runs.list_logs(connection.id, offset=offset, limit=limit)
+        return count, [log_dict(line) for line in lines]
 
     async def reload(self, account: SubAccount, connection: Connection) -> Connection:
-        updated = await self.services.store.get_connection(account.id, connection.id)
+        updated = await self.services.store.connections.get(account.id, connection.id)
         if updated is None:
             raise ApiError(404, "not_found", "No such connection.")
         return updated
@@ -127,7 +128,7 @@ class Connections:
     # -- adding -------------------------------------------------------------------------------
 
     async def create(
-        self, account: SubAccount, connector: Connector, name: str, data: dict[str, Any]
+        self, account: SubAccount, connector: Connector, name: str, data: dict[str, Any], *, strict: bool = False
     ) -> tuple[Connection, SignIn | None]:
         """A new connection: OAuth2 ones start ``AUTHORIZING`` with a sign-in to open; the others
         only once the provider accepted the connect form's credentials in ``data``."""
@@ -139,21 +140,23 @@ class Connections:
                 raise ApiError(
                     400, "oauth_app_not_configured", f"{connector.display_name} has no OAuth app configured."
                 )
-            connection = await svc.store.create_connection(account.id, connector.name, name, Health.AUTHORIZING)
+            connection = await svc.store.connections.create(account.id, connector.name, name, Health.AUTHORIZING)
             await svc.events.connection_created(account, connection)
-            url, nonce = await svc.oauth.start(account, connection, connector, purpose="connect")
+            url, nonce = await svc.oauth.start(account, connection, connector, purpose="connect", strict=strict)
             return connection, SignIn(url, nonce)
         credentials = parse_credentials(connector, data)
         await self.check_credentials(account, connector, credentials)
         status = lifecycle.target(Event.CONNECTED, choice_missing=connector.config_select is not None)
-        connection = await svc.store.create_connection(
+        connection = await svc.store.connections.create(
             account.id,
             connector.name,
             name,
             status,
             seal=lambda connection_id: rt.seal_secrets(svc, connection_id, rt.Secrets(credentials)),
         )
-        await svc.store.add_log(connection.id, "info", f"Connected to {connector.display_name}; credentials verified.")
+        await svc.store.runs.add_log(
+            connection.id, "info", f"Connected to {connector.display_name}; credentials verified."
+        )
         await svc.events.connection_created(account, connection)
         return connection, None
 
@@ -181,7 +184,7 @@ class Connections:
 
     async def _refuse_too_many_pending(self, account: SubAccount) -> None:
         """A customer cannot pile up unfinished connections (each is a live consent link and a row)."""
-        connections = await self.services.store.list_connections(account.id)
+        connections = await self.services.store.connections.list_for(account.id)
         pending = sum(1 for connection in connections if lifecycle.is_pending(connection.health_status))
         if pending >= MAX_PENDING_CONNECTIONS:
             raise ApiError(
@@ -258,14 +261,16 @@ class Connections:
 
     # -- re-authorisation ---------------------------------------------------------------------
 
-    async def start_reauthorising(self, account: SubAccount, connection: Connection, connector: Connector) -> SignIn:
+    async def start_reauthorising(
+        self, account: SubAccount, connection: Connection, connector: Connector, *, strict: bool = False
+    ) -> SignIn:
         """OAuth2: a new sign-in. One never finished (``AUTHORIZING``, the window was closed) ends
         like a first connect (CONFIG_SELECT or OK), not as a re-authorisation."""
         svc = self.services
         if connection.health_status == Health.AUTHORIZING:
-            url, nonce = await svc.oauth.start(account, connection, connector, purpose="connect")
+            url, nonce = await svc.oauth.start(account, connection, connector, purpose="connect", strict=strict)
         else:
-            url, nonce = await svc.oauth.start(account, connection, connector, purpose="reauthorise")
+            url, nonce = await svc.oauth.start(account, connection, connector, purpose="reauthorise", strict=strict)
             await lifecycle.transition(svc.store, svc.events, connection.id, Event.SIGN_IN_STARTED, keep_detail=True)
         return SignIn(url, nonce)
 
@@ -300,13 +305,13 @@ class Connections:
         """Rename the connection or change its schedule (checked by the caller); the schedule is
         planned again and the change logged."""
         svc = self.services
-        await svc.store.update_connection(
+        await svc.store.connections.update(
             connection.id, name=name, sync_frequency=sync_frequency, table_frequencies=table_frequencies
         )
         updated = await self.reload(account, connection)
         if sync_frequency is not UNSET or table_frequencies is not None:
             updated = await svc.schedules.schedule_changed(updated)
-            await svc.store.add_log(connection.id, "info", f"Schedule changed: {describe_schedule(updated)}.")
+            await svc.store.runs.add_log(connection.id, "info", f"Schedule changed: {describe_schedule(updated)}.")
         return updated
 
     async def disable(self, account: SubAccount, connection: Connection) -> Connection:

@@ -10,7 +10,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from ..errors import Conflict
-from . import UNSET, Unset, _build, iso
+from .base import UNSET, Unset, build, iso
 
 if TYPE_CHECKING:
     from . import Store
@@ -119,12 +119,12 @@ class ScriptStore:
             f" VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING {_SCRIPT_COLUMNS}",
             (sub_account_id, name, raw_code, schedule, now + schedule if schedule else None, now, now),
         )
-        script = _build(Script, row)
+        script = build(Script, row)
         assert script is not None
         return script
 
     async def get(self, sub_account_id: int, script_id: int) -> Script | None:
-        return _build(
+        return build(
             Script,
             await self._store._one(
                 f"SELECT {_SCRIPT_COLUMNS} FROM scripts WHERE id = %s AND sub_account_id = %s",
@@ -133,7 +133,7 @@ class ScriptStore:
         )
 
     async def get_by_id(self, script_id: int) -> Script | None:
-        return _build(
+        return build(
             Script, await self._store._one(f"SELECT {_SCRIPT_COLUMNS} FROM scripts WHERE id = %s", (script_id,))
         )
 
@@ -171,7 +171,7 @@ class ScriptStore:
                 script.id,
             ),
         )
-        return _build(Script, row)
+        return build(Script, row)
 
     async def delete(self, sub_account_id: int, script_id: int) -> bool:
         row = await self._store._one(
@@ -217,12 +217,12 @@ class ScriptStore:
             raise ScriptRunActive(active.id if active else None) from None
         except psycopg.errors.ForeignKeyViolation:  # deleted meanwhile
             raise LookupError(script.id) from None
-        run = _build(ScriptRun, row)
+        run = build(ScriptRun, row)
         assert run is not None
         return run
 
     async def get_run(self, run_id: int) -> ScriptRun | None:
-        return _build(
+        return build(
             ScriptRun, await self._store._one(f"SELECT {_RUN_COLUMNS} FROM script_runs WHERE id = %s", (run_id,))
         )
 
@@ -231,7 +231,7 @@ class ScriptStore:
         return str(row["status"]) if row else None
 
     async def active_run(self, script_id: int) -> ScriptRun | None:
-        return _build(
+        return build(
             ScriptRun,
             await self._store._one(
                 f"SELECT {_RUN_COLUMNS} FROM script_runs WHERE script_id = %s AND status IN ('queued', 'running')",
@@ -240,7 +240,7 @@ class ScriptStore:
         )
 
     async def last_run(self, script_id: int) -> ScriptRun | None:
-        return _build(
+        return build(
             ScriptRun,
             await self._store._one(
                 f"SELECT {_RUN_COLUMNS} FROM script_runs WHERE script_id = %s ORDER BY id DESC LIMIT 1", (script_id,)
@@ -300,13 +300,13 @@ class ScriptStore:
                 f" RETURNING {_RUN_COLUMNS}",
                 (self._store.now(), run_id),
             )
-            return _build(ScriptRun, await cur.fetchone())
+            return build(ScriptRun, await cur.fetchone())
 
     async def finish_run(
         self, run_id: int, *, status: str, exit_code: int | None, output: str, error: str | None
     ) -> ScriptRun | None:
         """running/queued → a final status; None when the run is gone (its script was deleted)."""
-        return _build(
+        return build(
             ScriptRun,
             await self._store._one(
                 f"UPDATE script_runs SET status = %s, finished_at = %s, exit_code = %s, output = %s, error = %s"
