@@ -9,6 +9,7 @@ The routes check their input themselves, with the exact error wording the contra
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -21,7 +22,6 @@ from ..scripts.service import MAX_SCHEDULE, MIN_SCHEDULE
 from ..services.schedules import MAX_SYNC_FREQUENCY, MIN_SYNC_FREQUENCY
 from ..warehouse_reader import OPERATORS
 from ..webhooks import EVENT_TYPES
-from .responses import no_null_defaults
 
 Locale = Literal[LOCALES]  # type: ignore[valid-type]
 EventType = Literal[EVENT_TYPES]  # type: ignore[valid-type]
@@ -29,14 +29,25 @@ Frequency = Annotated[int, Field(ge=MIN_SYNC_FREQUENCY, le=MAX_SYNC_FREQUENCY)]
 Text200 = Annotated[str, Field(max_length=200)]
 
 
+def defaults_in_words(schema: dict[str, Any]) -> None:
+    """A field that may be left out has no ``default`` in the document, but says it in words:
+    openapi-typescript types a field with a default as one that must be sent."""
+    for prop in schema.get("properties", {}).values():
+        if "default" in prop:
+            default = prop.pop("default")
+            if default is not None:
+                said = f"Default: {json.dumps(default)}."
+                prop["description"] = f"{prop['description']} {said}" if prop.get("description") else said
+
+
 class Body(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra=no_null_defaults)
+    model_config = ConfigDict(extra="forbid", json_schema_extra=defaults_in_words)
 
 
 class OpenBody(BaseModel):
     """A body whose keys are not fixed (a connector's form fields, a provider's record)."""
 
-    model_config = ConfigDict(extra="allow", json_schema_extra=no_null_defaults)
+    model_config = ConfigDict(extra="allow", json_schema_extra=defaults_in_words)
 
 
 # -- partner -----------------------------------------------------------------------------------------
