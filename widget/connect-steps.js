@@ -121,10 +121,11 @@ export function connectForm(st, existing = null, finishing = false) {
     // Opened now, inside the click: after an await the pop-up blocker would refuse it.
     const popup = oauth ? openPopup() : null;
     setBusy(true);
-    const body = existing ? values : { servertype_id: st.id, ...values };
+    // oauth_strict: the start page goes on only with the nonce this window hands over (handOver).
+    const body = existing ? values : { servertype_id: st.id, ...values, ...(oauth && { oauth_strict: true }) };
     const path = existing ? serverPath(existing.id, '/reauthorise') : '/api/servers';
     (async () => {
-      const r = await api('POST', path, oauth && existing ? undefined : body);
+      const r = await api('POST', path, oauth && existing ? { oauth_strict: true } : body);
       if (!oauth) return track(r, ctx);
       const url = existing ? r?.auth_uri : r?.oauth_url;
       const id = existing ? existing.id : r?.id;

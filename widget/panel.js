@@ -194,7 +194,7 @@ async function act(button) {
     } else if (action === 'finish') {
       post({ type: 'open', options: { serverId: c.id } });
     } else if (action === 'reauthorise') {
-      const r = await api('POST', `/api/server/${enc(id)}/reauthorise`);
+      const r = await api('POST', `/api/server/${enc(id)}/reauthorise`, { oauth_strict: true }); // nonce hand-over only
       if (r?.auth_uri) {
         if (!tab) throw fail('popup_blocked', t.popupBlockedShort);
         tab.location.href = r.auth_uri;
