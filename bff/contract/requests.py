@@ -118,6 +118,9 @@ class ConnectionChange(Body):
     name: Annotated[str, Field(min_length=1, max_length=200)] | SkipJsonSchema[None] = None
     sync_frequency: Frequency | None = Field(default=None, description="Seconds between syncs; null: no schedule.")
     table_frequencies: dict[str, Frequency] | None = None
+    tables: list[Annotated[str, Field(min_length=1)]] | None = Field(
+        default=None, min_length=1, description="The tables to sync and schedule (the others are left out); null: all."
+    )
 
 
 class SyncRequest(Body):

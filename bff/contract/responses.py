@@ -174,6 +174,7 @@ class Connection(Model):
     live_count: int = Field(description="Rows its tables hold now (deleted ones not counted).")
     sync_frequency: int | None
     table_frequencies: dict[str, int]
+    tables: list[str] | None = Field(default=None, description="The tables chosen to sync; null: every table.")
     next_sync_at: Time
     account_id: int
     external_id: str

@@ -99,6 +99,7 @@ class Connections:
                     "live_count": held.get(connection.id, 0),  # rows held now, deleted ones not counted
                     "sync_frequency": connection.sync_frequency,
                     "table_frequencies": connection.table_frequencies,
+                    "tables": connection.selected_tables,
                     "next_sync_at": iso(connection.next_sync_at),
                     "account_id": account.id,
                     "external_id": account.external_id,
@@ -301,15 +302,23 @@ class Connections:
         name: str | None = None,
         sync_frequency: int | None | Unset = UNSET,
         table_frequencies: dict[str, int] | None = None,
+        selected_tables: list[str] | None | Unset = UNSET,
     ) -> Connection:
-        """Rename the connection or change its schedule (checked by the caller); the schedule is
-        planned again and the change logged."""
+        """Rename the connection, change its schedule or its table selection (checked by the
+        caller); the schedule is planned again and the change logged."""
         svc = self.services
         await svc.store.connections.update(
-            connection.id, name=name, sync_frequency=sync_frequency, table_frequencies=table_frequencies
+            connection.id,
+            name=name,
+            sync_frequency=sync_frequency,
+            table_frequencies=table_frequencies,
+            selected_tables=selected_tables,
         )
         updated = await self.reload(account, connection)
-        if sync_frequency is not UNSET or table_frequencies is not None:
+        if selected_tables is not UNSET:
+            chosen = "every table" if selected_tables is None else ", ".join(selected_tables)
+            await svc.store.runs.add_log(connection.id, "info", f"Tables to sync: {chosen}.")
+        if sync_frequency is not UNSET or table_frequencies is not None or selected_tables is not UNSET:
             updated = await svc.schedules.schedule_changed(updated)
             await svc.store.runs.add_log(connection.id, "info", f"Schedule changed: {describe_schedule(updated)}.")
         return updated
