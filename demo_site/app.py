@@ -162,9 +162,8 @@ def is_numeric(field_type: str | None) -> bool:
     return field_type in ("number", "decimal", "integer")
 
 
-async def connection_totals(client: Any) -> tuple[dict[int, int], list[dict[str, Any]]]:
-    """Rows in the warehouse per connection, and the tables themselves."""
-    totals: dict[int, int] = {}
+async def synced_tables(client: Any) -> list[dict[str, Any]]:
+    """The customer's synced tables (saved queries left out)."""
     tables: list[dict[str, Any]] = []
     applications = await client.applications()
     if applications:
@@ -172,8 +171,7 @@ async def connection_totals(client: Any) -> tuple[dict[int, int], list[dict[str,
             if table.get("type") == "query":  # saved queries belong to no connection
                 continue
             tables.append(table)
-            totals[int(table["connection"])] = totals.get(int(table["connection"]), 0) + int(table["row_count"])
-    return totals, tables
+    return tables
 
 
 class PartnerSession:
@@ -312,9 +310,9 @@ def create_site_app(
             minted = await mint(who["external_id"])
             client = await identity_client(who["external_id"])
             connections = [c async for c in client.connections()]
-            totals, _ = await connection_totals(client)
         except BFFError as exc:
             return page(request, "error.html", status=502, error=exc)
+        totals = {c["id"]: c.get("live_count", 0) for c in connections}  # rows held, as the panel says
         return page(
             request,
             "integrations.html",
@@ -374,12 +372,10 @@ def create_site_app(
             return JSONResponse({"detail": "Sign in first.", "code": "not_signed_in"}, status_code=403)
         try:
             client = await customer_client(who["external_id"])
-            totals, _ = await connection_totals(client)
+            rows = (await client.connection(int(request.path_params["id"]))).get("live_count", 0)
         except BFFError as exc:
             return JSONResponse({"detail": exc.detail, "code": exc.code}, status_code=exc.status or 502)
-        return JSONResponse(
-            {"rows": totals.get(int(request.path_params["id"]), 0)}, headers={"Cache-Control": "no-store"}
-        )
+        return JSONResponse({"rows": rows}, headers={"Cache-Control": "no-store"})
 
     async def receive_webhook(request: Request) -> Response:
         """The partner back-end's webhook endpoint: verified with the standardwebhooks package."""
@@ -434,7 +430,7 @@ def create_site_app(
             tables: list[dict[str, Any]] = []
             saved = await saved_queries(client)
             opened = await open_saved_query(client, saved, request.query_params.get("query"))
-            for table in (await connection_totals(client))[1]:
+            for table in await synced_tables(client):
                 rows = []
                 async for row in client.rows(int(table["id"]), page_size=ROWS_SHOWN):
                     rows.append(row)

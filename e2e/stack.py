@@ -15,6 +15,7 @@ import concurrent.futures
 import contextlib
 import functools
 import json
+import os
 import secrets
 import shutil
 import tempfile
@@ -363,6 +364,14 @@ def running_demo(data_dir: Path, **sandbox_env: str) -> Iterator[DemoStack]:
         )
         with serve_in_thread(site, port=site_port):
             yield DemoStack(bff_url=bff_url, site_url=site_url, partner_token=partner["token"], customers=customers)
+
+
+def screenshot_path(name: str) -> Path:
+    """docs/<name> with BFF_UPDATE_SCREENSHOTS=1 (to refresh the README's pictures), else test-results/."""
+    root = WIDGET.parent
+    folder = root / "docs" if os.environ.get("BFF_UPDATE_SCREENSHOTS") == "1" else root / "test-results"
+    folder.mkdir(exist_ok=True)
+    return folder / name
 
 
 def locale_strings() -> dict[str, dict[str, Any]]:

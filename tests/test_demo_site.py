@@ -54,7 +54,7 @@ async def test_demo_site_pages_and_csp(settings_factory: Callable[..., Settings]
             assert '<link rel="icon" href="/favicon.ico"' in page.text
             assert (await browser.get("/integrations/1/summary")).status_code == 403  # CSRF header needed
             summary = await browser.get("/integrations/999/summary", headers={"X-CSRF-Token": config["csrf"]})
-            assert summary.status_code == 200 and summary.json() == {"rows": 0}
+            assert summary.status_code == 404 and summary.json()["code"] == "not_found"  # not this customer's
 
             embedded = await browser.get("/integrations/embedded")
             assert embedded.status_code == 200 and 'id="connections-panel"' in embedded.text
