@@ -139,7 +139,7 @@ async def list_rows(request: Request) -> JSONResponse:
         fields = synced_fields(table)
         query = parse_row_query(_row_params(request), fields, meta=SYNCED_META)
         count, rows = await read_synced_rows(
-            services(request).store, table, query, offset=page.offset, limit=page.limit
+            services(request).warehouse.servers, table, query, offset=page.offset, limit=page.limit
         )
     if not by_name:
         keys = {f.name: f"field_{f.id}" for f in fields}
