@@ -108,14 +108,22 @@ class CustomerConnections:
     def __init__(self, conninfo: str, user: str, *, cap: int, wait_seconds: float) -> None:
         self._conninfo = conninfo
         self._user = user
-        self._slots = asyncio.Semaphore(cap)
         self._idle: collections.deque[tuple[AsyncConnection[Any], float]] = collections.deque()
-        self._wait = wait_seconds
+        self.cap = cap
+        self._slots = asyncio.Semaphore(cap)
+        self.wait_seconds = wait_seconds
+
+    def limit(self, cap: int, wait_seconds: float) -> None:
+        """Change the cap (connections already out give their slot back to the old one)."""
+        if cap != self.cap:
+            self.cap, self._slots = cap, asyncio.Semaphore(cap)
+        self.wait_seconds = wait_seconds
 
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[AsyncConnection[Any]]:
+        slots = self._slots
         try:
-            await asyncio.wait_for(self._slots.acquire(), timeout=self._wait)
+            await asyncio.wait_for(slots.acquire(), timeout=self.wait_seconds)
         except TimeoutError:
             raise TooManyQueries() from None
         conn: AsyncConnection[Any] | None = None
@@ -130,7 +138,7 @@ class CustomerConnections:
         finally:
             if conn is not None:
                 await self._give_back(conn)
-            self._slots.release()
+            slots.release()
 
     async def _take(self) -> AsyncConnection[Any]:
         now = time.monotonic()
@@ -253,6 +261,7 @@ class WarehouseServers:
         if found is None:
             conninfo = self.url(placement.server, placement.database, user=role, password=password)
             found = self._customers[key] = CustomerConnections(conninfo, role, cap=cap, wait_seconds=wait_seconds)
+        found.limit(cap, wait_seconds)
         return found
 
     async def forget(self, placement: Placement) -> None:
