@@ -84,7 +84,7 @@ async def load(url: str, account_id: int, rows: int) -> tuple[int, str, str]:
     store = Store(url)
     await store.open()
     try:
-        connection = await store.create_connection(account_id, "sandbox_crm", "CRM", "OK")
+        connection = await store.connections.create(account_id, "sandbox_crm", "CRM", "OK")
         clock = Clock()
         warehouse = Warehouse(store, clock=clock)
         writer = await warehouse.open_table(account_id, connection.id, load_connectors()["sandbox_crm"].stream("deals"))

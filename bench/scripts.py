@@ -90,8 +90,8 @@ async def bench(rounds: int) -> None:
         services.scripts._socket = ApiSocket(arrivals)
         socket_path = await services.scripts._socket.start()
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://bench.local") as client:
-            partner = await services.store.create_partner("bench", [])
-            account = await services.store.create_sub_account(partner.id, "bench-1", {})
+            partner = await services.store.partners.create("bench", [])
+            account = await services.store.sub_accounts.create(partner.id, "bench-1", {})
             token = services.tokens.mint_identity_token(
                 partner_id=partner.id,
                 sub_account_id=account.id,

@@ -209,7 +209,7 @@ class Project:
 
     async def add_customers(self, count: int) -> None:
         store, tokens = self.services.store, self.services.tokens
-        partner = await store.create_partner("bench", [])
+        partner = await store.partners.create("bench", [])
         partner_token = tokens.mint_partner_token(partner_id=partner.id, generation=partner.token_generation).token
         for i in range(count):
             minted = await self.client.post(

@@ -69,7 +69,7 @@ async def bench(syncs: int) -> None:
             async with httpx.AsyncClient(
                 transport=httpx.ASGITransport(app=app), base_url="http://bench.local"
             ) as client:
-                partner = await services.store.create_partner("bench", [])
+                partner = await services.store.partners.create("bench", [])
                 partner_token = services.tokens.mint_partner_token(
                     partner_id=partner.id, generation=partner.token_generation
                 ).token
@@ -95,7 +95,7 @@ async def bench(syncs: int) -> None:
                 for _ in range(syncs):
                     answer = await client.post(f"/api/server/{server_id}/sync?wait=60", headers=auth)
                     assert answer.status_code == 200, answer.text
-                    run = await services.store.get_run(answer.json()["run"]["id"])
+                    run = await services.store.runs.get(answer.json()["run"]["id"])
                     deadline = time.monotonic() + 30
                     while run.id not in arrivals:
                         assert time.monotonic() < deadline, "no webhook within 30 s"

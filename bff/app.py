@@ -28,14 +28,14 @@ from .middleware import AccessLogMiddleware, BodyLimitMiddleware, CORSMiddleware
 from .query_tables import QueryTables
 from .runtime import Runtime
 from .sandbox import SandboxOptions, create_sandbox_app
-from .schedules import Scheduler, ScheduleReactions
 from .scripts.sandbox import ScriptModeError
 from .scripts.service import ScriptService
 from .services import Services
+from .services.schedules import Scheduler, ScheduleReactions
+from .services.sync import SyncRunner
 from .services.writeback import Writeback
 from .settings import Settings
 from .store import Store, migrate
-from .sync import SyncRunner
 from .tokens import TokenAuthority
 from .warehouse import Warehouse
 from .warehouse_servers import WarehouseServers
@@ -185,7 +185,7 @@ def create_app(
                 CORSMiddleware,
                 is_allowed=services.origin_registered,
                 partner_of=services.tokens.partner_of,
-                partner_has_origin=store.partner_has_origin,
+                partner_has_origin=store.partners.has_origin,
             ),
             Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes),
         ],

@@ -47,7 +47,7 @@ async def authenticate(
     """
     svc = services(request)
     claims = svc.tokens.verify(parse_authorization(request.headers.get("authorization")), accept=accept)
-    lookup = svc.store.get_caller(
+    lookup = svc.store.partners.caller(
         claims.partner_id, claims.sub_account_id, connection_id if claims.kind != "partner" else None
     )
     side: BaseException | None = None
@@ -117,7 +117,7 @@ async def require_partner_with_sub_account(request: Request, external_id: str) -
     """:func:`require_partner` and the partner's sub-account ``external_id`` (if it exists), in one query."""
     svc = services(request)
     claims = svc.tokens.verify(parse_authorization(request.headers.get("authorization")), accept=("partner",))
-    partner, account = await svc.store.get_partner_and_sub_account(claims.partner_id, external_id)
+    partner, account = await svc.store.partners.with_sub_account(claims.partner_id, external_id)
     return _check_partner(claims, partner), account
 
 

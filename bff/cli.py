@@ -133,7 +133,7 @@ async def _with_store(settings: Settings, action: Any, *, migrate: bool = True) 
 
 async def create_partner(settings: Settings, name: str, origins: Sequence[str]) -> dict[str, Any]:
     async def action(store: Any, tokens: Any) -> dict[str, Any]:
-        partner = await store.create_partner(name, origins)
+        partner = await store.partners.create(name, origins)
         token = tokens.mint_partner_token(partner_id=partner.id, generation=partner.token_generation).token
         return {"id": partner.id, "name": partner.name, "origins": list(partner.origins), "token": token}
 
@@ -157,12 +157,12 @@ async def ensure_demo_partner(settings: Settings, origin: str, *, migrate: bool 
     async def action(store: Any, tokens: Any) -> dict[str, Any]:
         from .errors import ApiError
 
-        partner = await store.find_partner_by_name("demo")
+        partner = await store.partners.find_by_name("demo")
         if partner is None:
-            partner = await store.create_partner("demo", [origin])
+            partner = await store.partners.create("demo", [origin])
         elif origin not in partner.origins:
-            await store.add_partner_origins(partner.id, [origin])
-        partner = await store.get_partner_with_origins(partner.id)
+            await store.partners.add_origins(partner.id, [origin])
+        partner = await store.partners.get_with_origins(partner.id)
         token = None
         if previous is not None:
             try:
@@ -172,7 +172,7 @@ async def ensure_demo_partner(settings: Settings, origin: str, *, migrate: bool 
             if claims is not None and claims.partner_id == partner.id and claims.generation == partner.token_generation:
                 token = previous
         if token is None:
-            partner = await store.bump_partner_generation(partner.id)
+            partner = await store.partners.bump_generation(partner.id)
             token = tokens.mint_partner_token(partner_id=partner.id, generation=partner.token_generation).token
         return {"id": partner.id, "name": partner.name, "origins": list(partner.origins), "token": token}
 
@@ -419,9 +419,9 @@ def cmd_partner_webhook(args: argparse.Namespace) -> int:
         return _fail(f"unknown event(s) {', '.join(unknown)}; choose from {', '.join(EVENT_TYPES)}.")
 
     async def action(store: Any, tokens: Any) -> tuple[int, Any]:
-        partner = await store.find_partner_by_name(args.partner)
+        partner = await store.partners.find_by_name(args.partner)
         if partner is None and args.partner.isdigit():
-            partner = await store.get_partner(int(args.partner))
+            partner = await store.partners.get(int(args.partner))
         if partner is None:
             return 1, f"no partner named (or with id) {args.partner!r}."
         table, vault = WebhookStore(store), Vault(settings.encryption_key)
@@ -462,16 +462,16 @@ async def partner_action(
 
     async def run(store: Any, tokens: Any) -> Any:
         if action == "list":
-            return [{"id": p.id, "name": p.name, "origins": list(p.origins)} for p in await store.list_partners()]
+            return [{"id": p.id, "name": p.name, "origins": list(p.origins)} for p in await store.partners.list_all()]
         assert partner_id is not None
-        if await store.get_partner(partner_id) is None:
+        if await store.partners.get(partner_id) is None:
             raise SettingsError(f"There is no partner {partner_id}; see `bff partner list`.")
         if action == "set-origins":
-            partner = await store.set_partner_origins(partner_id, origins)
+            partner = await store.partners.set_origins(partner_id, origins)
             return {"id": partner.id, "name": partner.name, "origins": list(partner.origins)}
         # rotate-token and revoke both end every token minted so far, the customers' tokens minted with
         # them too (unless rotate-token --keep-customer-tokens), on the next call, in every process.
-        partner = await store.bump_partner_generation(
+        partner = await store.partners.bump_generation(
             partner_id, keep_customer_tokens=keep_customer_tokens and action == "rotate-token"
         )
         info: dict[str, Any] = {"id": partner.id, "name": partner.name, "origins": list(partner.origins)}

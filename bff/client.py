@@ -130,8 +130,11 @@ class _SubAccountCalls:
         return _Call("DELETE", f"/api/server/{int(server_id)}")
 
     @staticmethod
-    def sync(server_id: int, tables: list[str] | None = None) -> _Call:
-        return _Call("POST", f"/api/server/{int(server_id)}/sync", json={"tables": tables} if tables else {})
+    def sync(server_id: int, tables: list[str] | None = None, categories: list[str] | None = None) -> _Call:
+        body: dict[str, Any] = {"tables": tables} if tables else {}
+        if categories:
+            body["categories"] = categories
+        return _Call("POST", f"/api/server/{int(server_id)}/sync", json=body)
 
     @staticmethod
     def health(server_id: int) -> _Call:
@@ -445,8 +448,8 @@ class SubAccountClient(_SyncBase):
     def delete_connection(self, server_id: int) -> None:
         self._do(_SubAccountCalls.delete(server_id))
 
-    def sync(self, server_id: int, tables: list[str] | None = None) -> JSON:
-        return self._do(_SubAccountCalls.sync(server_id, tables))  # type: ignore[no-any-return]
+    def sync(self, server_id: int, tables: list[str] | None = None, categories: list[str] | None = None) -> JSON:
+        return self._do(_SubAccountCalls.sync(server_id, tables, categories))  # type: ignore[no-any-return]
 
     def health(self, server_id: int) -> JSON:
         return self._do(_SubAccountCalls.health(server_id))  # type: ignore[no-any-return]
@@ -551,14 +554,16 @@ class SubAccountClient(_SyncBase):
         *,
         is_async: bool = True,
         tables: list[str] | None = None,
+        categories: list[str] | None = None,
     ) -> JSON:
-        """Sync a connection (after writes). ``is_async=False`` waits for the run and returns it."""
+        """Sync a connection (after writes). ``is_async=False`` waits for the run and returns it;
+        ``categories``: only those divisions of a connector that has them."""
         if (connection_name is None) == (connection_id is None):
             raise ValueError("Pass exactly one of connection_name or connection_id.")
         server_id = connection_id if connection_id is not None else self.connect(str(connection_name)).id
         for attempt in range(REFRESH_ATTEMPTS):
             try:
-                started = self.sync(int(server_id), tables)
+                started = self.sync(int(server_id), tables, categories)
                 break
             except BFFError as exc:
                 if exc.code != "sync_already_running" or attempt == REFRESH_ATTEMPTS - 1:
@@ -765,8 +770,8 @@ class AsyncSubAccountClient(_AsyncBase):
     async def delete_connection(self, server_id: int) -> None:
         await self._do(_SubAccountCalls.delete(server_id))
 
-    async def sync(self, server_id: int, tables: list[str] | None = None) -> JSON:
-        return await self._do(_SubAccountCalls.sync(server_id, tables))  # type: ignore[no-any-return]
+    async def sync(self, server_id: int, tables: list[str] | None = None, categories: list[str] | None = None) -> JSON:
+        return await self._do(_SubAccountCalls.sync(server_id, tables, categories))  # type: ignore[no-any-return]
 
     async def health(self, server_id: int) -> JSON:
         return await self._do(_SubAccountCalls.health(server_id))  # type: ignore[no-any-return]
@@ -867,14 +872,16 @@ class AsyncSubAccountClient(_AsyncBase):
         *,
         is_async: bool = True,
         tables: list[str] | None = None,
+        categories: list[str] | None = None,
     ) -> JSON:
-        """Sync a connection (after writes). ``is_async=False`` waits for the run and returns it."""
+        """Sync a connection (after writes). ``is_async=False`` waits for the run and returns it;
+        ``categories``: only those divisions of a connector that has them."""
         if (connection_name is None) == (connection_id is None):
             raise ValueError("Pass exactly one of connection_name or connection_id.")
         server_id = connection_id if connection_id is not None else (await self.connect(str(connection_name))).id
         for attempt in range(REFRESH_ATTEMPTS):
             try:
-                started = await self.sync(int(server_id), tables)
+                started = await self.sync(int(server_id), tables, categories)
                 break
             except BFFError as exc:
                 if exc.code != "sync_already_running" or attempt == REFRESH_ATTEMPTS - 1:

@@ -121,7 +121,7 @@ def open_secrets(services: Runtime, connection: Connection) -> Secrets:
 
 
 async def save_secrets(services: Runtime, connection_id: int, secrets: Secrets) -> None:
-    await services.store.update_connection(connection_id, secrets=seal_secrets(services, connection_id, secrets))
+    await services.store.connections.update(connection_id, secrets=seal_secrets(services, connection_id, secrets))
 
 
 def session_for(

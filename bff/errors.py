@@ -7,14 +7,15 @@
     │   ├── ApiError                a refusal stated where it happens (status and code given there)
     │   ├── NotFound                404 not_found
     │   ├── Invalid                 400 validation_error, ``errors`` per field
-    │   │   ├── UnknownTables           bff.sync: a sync of tables the connection does not have
-    │   │   ├── ScheduleError           bff.schedules: a frequency out of range
+    │   │   ├── UnknownTables           bff.services.sync: a sync of tables the connection does not have
+    │   │   ├── CategoriesNotSupported  bff.services.sync: categories_not_supported (no divisions to pick)
+    │   │   ├── ScheduleError           bff.services.schedules: a frequency out of range
     │   │   └── FilterValueRejected     bff.query_tables: a filter value the column cannot take
     │   ├── QueryInvalid            400 query_invalid (bff.query_tables)
     │   ├── TooManyQueries          429 too_many_queries (bff.query_tables: a customer's connections in use)
     │   ├── DatabaseBusy            503 database_busy (bff.query_tables: no connection for the customer)
     │   ├── Conflict                409, the code per subclass
-    │   │   ├── ConnectionNotReady      bff.sync: connection_not_ready / connection_disabled
+    │   │   ├── ConnectionNotReady      bff.services.sync: connection_not_ready / connection_disabled
     │   │   ├── RunAlreadyActive        bff.store: sync_already_running (+ pipeline_run_id)
     │   │   ├── ScriptRunActive         bff.store.scripts: script_already_running (+ run_id)
     │   │   ├── ExternalIdTaken         bff.store: external_id_taken (+ id)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Protocol
 from . import lifecycle
 
 if TYPE_CHECKING:
-    from .schedules import ScheduleReactions
+    from .services.schedules import ScheduleReactions
     from .store import Connection, HealthChange, Run, SubAccount
     from .store.scripts import Script, ScriptRun
     from .webhooks import Webhooks

@@ -218,7 +218,7 @@ async def transition(
     ``changes`` (other columns) and ``logs`` in one write; then ``events.health_changed`` if the
     state changed. The state after it; None if the connection is gone. From a state the event
     does not apply to, state and detail stay."""
-    change = await store.update_connection(
+    change = await store.connections.update(
         connection_id,
         health_status=target(event, choice_missing=choice_missing).value,
         health_from=sorted(TRANSITIONS[event][0]),
@@ -250,9 +250,9 @@ async def conclude_run(
     detail: str | None,
     logs: Sequence[tuple[str, str]] = (),
 ) -> bool:
-    """End a run and apply its ``event`` to the connection, atomically (see ``Store.finish_run``);
+    """End a run and apply its ``event`` to the connection, atomically (see ``RunStore.finish``);
     then tell the events about the health change. False when the run had already ended."""
-    ended, change = await store.finish_run(
+    ended, change = await store.runs.finish(
         run_id,
         status=status,
         records=records,

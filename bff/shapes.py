@@ -1,11 +1,11 @@
-"""The public (API) shapes of the store's rows: what a response shows of a run or a sub-account.
+"""The public (API) shapes of the store's rows: what a response shows of a run, a log line or a sub-account.
 The store returns rows; how they look on the wire is decided here, once."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from .store import Run, SubAccount, iso
+from .store import LogLine, Run, SubAccount, iso
 
 
 def run_dict(run: Run) -> dict[str, Any]:
@@ -19,6 +19,7 @@ def run_dict(run: Run) -> dict[str, Any]:
         "resume_at": iso(run.resume_at),
         "records": run.records,
         "tables": run.tables,
+        "categories": run.categories,
         "error": run.error,
         "full": run.full_sync,
         "trigger": run.trigger,
@@ -36,3 +37,7 @@ def sub_account_dict(account: SubAccount) -> dict[str, Any]:
         "company_name": account.company_name,
         "created_at": iso(account.created_at),
     }
+
+
+def log_dict(line: LogLine) -> dict[str, Any]:
+    return {"ts": iso(line.ts), "level": line.level, "message": line.message, "pipeline_run_id": line.run_id}

@@ -868,6 +868,42 @@ class Warehouse:
                 counted.append((table, RowCounts(int(row["n"]), int(row["deleted"])) if row else RowCounts(0, 0)))
         return counted
 
+    async def live_counts(self, sub_account_id: int, connection_ids: Sequence[int]) -> dict[int, int]:
+        """Live rows (not marked deleted) each of these connections holds over all its tables, as
+        the tables API's ``live_count`` adds up: one statement for all of them, whatever their
+        number (the connection answers carry it; the panel shows it on every card). A connection
+        without tables is absent."""
+        if not connection_ids:
+            return {}
+        try:
+            return await self._live_counts(sub_account_id, connection_ids)
+        except psycopg.errors.UndefinedTable:  # a table dropped (its connection deleted) in between: read again
+            return await self._live_counts(sub_account_id, connection_ids)
+
+    async def _live_counts(self, sub_account_id: int, connection_ids: Sequence[int]) -> dict[int, int]:
+        async with self.store.connection() as conn:
+            cur = await conn.execute(
+                "SELECT t.connection_id, t.physical, s.warehouse_schema AS schema FROM warehouse_tables t"
+                " JOIN sub_accounts s ON s.id = t.sub_account_id"
+                " WHERE t.sub_account_id = %s AND t.connection_id = ANY(%s) AND s.warehouse_schema IS NOT NULL",
+                (sub_account_id, list(connection_ids)),
+            )
+            tables = await cur.fetchall()
+            if not tables:
+                return {}
+            counts = sql.SQL(" UNION ALL ").join(
+                sql.SQL(
+                    "SELECT {}::bigint AS connection_id, COUNT(*) AS n FROM {}.{} WHERE _deleted_at IS NULL"
+                ).format(
+                    sql.Literal(int(t["connection_id"])), sql.Identifier(t["schema"]), sql.Identifier(t["physical"])
+                )
+                for t in tables
+            )
+            cur = await conn.execute(
+                sql.SQL("SELECT connection_id, SUM(n)::bigint AS n FROM ({}) c GROUP BY connection_id").format(counts)
+            )
+            return {int(r["connection_id"]): int(r["n"]) for r in await cur.fetchall()}
+
     async def get_table(self, sub_account_id: int, table_id: int) -> WarehouseTable | None:
         """A synced table of this sub-account, with its fields and place, in one query."""
         async with self.store.connection() as conn:

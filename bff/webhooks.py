@@ -291,7 +291,7 @@ class Webhooks:
         return delivery
 
     async def _emit_for_account(self, sub_account_id: int, event_type: str, data: Mapping[str, Any]) -> None:
-        account = await self.store.get_sub_account_by_id(sub_account_id)
+        account = await self.store.sub_accounts.get_by_id(sub_account_id)
         if account is None:
             return
         await self.emit(
@@ -302,7 +302,7 @@ class Webhooks:
         self, sub_account_id: int, connection_id: int, event_type: str, data: dict[str, Any]
     ) -> None:
         """An event about a connection: its name and connector ride along while it still exists."""
-        connection = await self.store.get_connection_by_id(connection_id)
+        connection = await self.store.connections.get_by_id(connection_id)
         if connection is not None:
             data = {**data, "name": connection.name, "connector": connection.connector}
         await self._emit_for_account(sub_account_id, event_type, data)

@@ -72,6 +72,12 @@ def context(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Browse
         for index, open_page in enumerate(value.pages):
             with contextlib.suppress(Exception):  # a page that crashed cannot be pictured
                 open_page.screenshot(path=str(ARTIFACTS / f"{stem}-{index}.png"), full_page=True, timeout=5_000)
+            # What each frame showed, in the log: the CI's artefacts are not always at hand, and an
+            # accessibility snapshot of the page does not reach into the widget's cross-origin iframe.
+            for frame in open_page.frames:
+                with contextlib.suppress(Exception):
+                    text = " ".join(frame.locator("body").inner_text(timeout=2_000).split())
+                    print(f"page {index} frame {frame.url[:120]}: {text[:800]}")
         path = ARTIFACTS / f"{stem}.zip"
         value.tracing.stop(path=str(path))
         print(f"trace: {path}; screenshots: {ARTIFACTS / stem}-*.png")

@@ -89,17 +89,27 @@ def test_panel_lists_connections_syncs_with_live_progress_and_passes_axe(page: P
     expect(bank.badge).to_have_text("Healthy")
     expect(bank.fact(EN["records"])).to_have_text(re.compile(r"^2[01]0$"))
     expect(bank.fact(EN["lastSync"]).locator("time")).to_have_attribute("datetime", re.compile(r"^\d{4}-"))
+    # A second sync brings nothing new: "Records" still says what the connection holds (not 0).
+    bank.sync_button.click()
+    expect(bank.progress).to_have_text("Synced: 0 new records.", timeout=30_000)
+    held = httpx.get(f"{demo.bff_url}/api/servers", headers={"Authorization": f"Bearer {token}"}).json()["results"]
+    assert [c["live_count"] for c in held if c["connector"] == "sandbox_bank"] == [
+        int(bank.fact(EN["records"]).inner_text())
+    ]
+    expect(bank.fact(EN["records"])).to_have_text(re.compile(r"^2[01]0$"))
     assert axe_violations(panel.document(), PANEL_ONLY) == [], "the panel after a sync"
 
     # Looks like a product at both widths; the pictures are for people to look at (test-results/).
     ROOT.joinpath("test-results").mkdir(exist_ok=True)
     page.set_viewport_size({"width": 1280, "height": 800})
     page.mouse.move(0, 0)
+    panel.fitted()
     page.screenshot(path=str(ROOT / "test-results" / "panel.png"), full_page=True)
     page.set_viewport_size({"width": 390, "height": 844})
     expect(bank.sync_button).to_be_visible()
     assert page.evaluate("document.documentElement.scrollWidth <= innerWidth")
     assert panel.document().evaluate("document.documentElement.scrollWidth <= innerWidth")
+    panel.fitted()
     page.screenshot(path=str(ROOT / "test-results" / "panel-phone.png"), full_page=True)
 
 
@@ -296,4 +306,5 @@ def test_the_panel_tells_the_truth_after_resume_on_errors_and_for_twins(page: Pa
         page.set_viewport_size({"width": width, "height": 900})
         page.mouse.move(0, 0)
         assert panel.document().evaluate("document.documentElement.scrollWidth <= innerWidth")
+        panel.fitted()
         page.screenshot(path=str(ROOT / "test-results" / f"panel-truth-{width}.png"), full_page=True)  # to look at

@@ -597,7 +597,8 @@ def test_initialize_again_on_the_same_trigger_returns_the_live_instance(partner:
     expect(page.locator("body > [role=dialog]")).to_have_count(1)
     partner.trigger.click()
     expect(partner.dialog).to_have_count(1)
-    page.keyboard.press("Escape")
+    page.keyboard.press("Escape")  # in the iframe: it asks the page to close (a message, not at once)
+    expect(partner.dialog).to_be_hidden()
     assert not any(partner.body_children_inert()) and not partner.scroll_locked()
     # destroy() frees the trigger: the next initialize() makes a new instance
     fresh = page.evaluate(

@@ -64,7 +64,7 @@ class BFF:
     async def partner(
         self, name: str = "acme", origins: tuple[str, ...] = ("http://localhost:8001",)
     ) -> tuple[int, str]:
-        partner = await self.services.store.create_partner(name, origins)
+        partner = await self.services.store.partners.create(name, origins)
         token = self.services.tokens.mint_partner_token(partner_id=partner.id, generation=partner.token_generation)
         return partner.id, token.token
 

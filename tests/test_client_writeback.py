@@ -133,7 +133,7 @@ async def test_waiting_returns_the_run_it_started_not_a_newer_one(
             store = Store(database_url)
             await store.open()
             try:
-                newer = await store.create_run(crm_id, int(minted["account_id"]), task_id="later", tables=None)
+                newer = await store.runs.create(crm_id, int(minted["account_id"]), task_id="later", tables=None)
             finally:
                 await store.close()
             assert newer.id > run_id and next(customer.runs(crm_id))["status"] == "queued"

@@ -8,6 +8,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from conftest import BFF, auth, running_bff
+from psycopg import sql
 from sandbox_flows import authorize, connect_accounting, connect_bank, connect_crm, consent_form, start_sign_in
 
 from bff.settings import Settings
@@ -345,11 +346,11 @@ async def test_secrets_never_leave_the_vault(
     # The CRM's live tokens, read through the vault (the only way to see them).
     from bff.connections import open_secrets
 
-    stored = await sbff.services.store.get_connection_by_id(crm["id"])
+    stored = await sbff.services.store.connections.get_by_id(crm["id"])
     tokens = open_secrets(sbff.services, stored).tokens
     assert tokens is not None and tokens.access_token and tokens.refresh_token
     secrets = ["sandbox-valid-key", tokens.access_token, tokens.refresh_token]
-    bank_secrets = open_secrets(sbff.services, await sbff.services.store.get_connection_by_id(bank["id"])).credentials
+    bank_secrets = open_secrets(sbff.services, await sbff.services.store.connections.get_by_id(bank["id"])).credentials
     assert bank_secrets == {"login": "sandbox", "password": "sandbox"}
     for secret in secrets:
         for body in bodies:
@@ -402,8 +403,9 @@ async def test_a_page_of_connections_reads_the_last_runs_in_one_query(
         assert started.status_code == 202, started.text
         await sbff.services.sync.wait(cid)
     store = sbff.services.store
+    runs = store.runs
     calls: list[list[int]] = []
-    batched = store.last_runs
+    batched = runs.last_of
 
     async def one_query(connection_ids: list[int]) -> object:
         calls.append(list(connection_ids))
@@ -412,11 +414,27 @@ async def test_a_page_of_connections_reads_the_last_runs_in_one_query(
     async def per_connection(connection_id: int) -> None:
         raise AssertionError("one last_run query per connection")
 
-    monkeypatch.setattr(store, "last_runs", one_query)
-    monkeypatch.setattr(store, "last_run", per_connection)
+    monkeypatch.setattr(runs, "last_of", one_query)
+    monkeypatch.setattr(runs, "last", per_connection)
+    # The rows each connection holds (the panel's "Records"): one count for the whole page too.
+    warehouse = sbff.services.warehouse
+    counted: list[list[int]] = []
+    count_all = warehouse.live_counts
+
+    async def one_count(account_id: int, connection_ids: list[int]) -> dict[int, int]:
+        counted.append(list(connection_ids))
+        return await count_all(account_id, connection_ids)
+
+    monkeypatch.setattr(warehouse, "live_counts", one_count)
     listed = (await sbff.client.get("/api/servers", headers=auth(token))).json()["results"]
-    assert calls == [ids]
+    assert calls == [ids] and counted == [ids]
     assert [c["last_run"]["status"] if c["last_run"] else None for c in listed] == ["succeeded", "succeeded", None]
+    held = {}
+    async with store.connection() as conn:
+        for table, _ in await warehouse.list_tables(listed[0]["account_id"]):
+            cur = await conn.execute(sql.SQL("SELECT COUNT(*) AS n FROM {}").format(table.identifier))
+            held[table.connection_id] = held.get(table.connection_id, 0) + (await cur.fetchone())["n"]
+    assert held[ids[0]] > 0 and [c["live_count"] for c in listed] == [held[ids[0]], held[ids[1]], 0]
 
 
 async def test_servers_and_servertypes_take_page_and_page_size(sbff: BFF) -> None:

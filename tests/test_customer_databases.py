@@ -39,7 +39,7 @@ async def sql_login(bff: BFF, account_id: int) -> psycopg.Connection[Any]:
     """A connection on the customer's read-only SQL login (as its partner asks for one)."""
     async with bff.services.store.connection() as conn:
         cur = await conn.execute("SELECT partner_id FROM sub_accounts WHERE id = %s", (account_id,))
-        partner = await bff.services.store.get_partner((await cur.fetchone())["partner_id"])
+        partner = await bff.services.store.partners.get((await cur.fetchone())["partner_id"])
     minted = bff.services.tokens.mint_partner_token(partner_id=partner.id, generation=partner.token_generation)
     answer = await bff.client.post(
         f"/api/partner/sub-account/{account_id}/database-credentials", headers=auth(minted.token)

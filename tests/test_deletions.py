@@ -122,7 +122,7 @@ async def test_archived_flag_marks_flagged_rows(sbff: BFF) -> None:
     stream_def["deletions"] = {"kind": "archived_flag", "field": "archived"}
     stream = parse_connector(data, "bank.json").streams[0]
     who = await customer(sbff)
-    connection = await sbff.services.store.create_connection(who.account_id, "sandbox_bank", "Flagged", "OK")
+    connection = await sbff.services.store.connections.create(who.account_id, "sandbox_bank", "Flagged", "OK")
     table = await sbff.services.warehouse.open_table(who.account_id, connection.id, stream)
     key = stream.primary_key[0]
 
@@ -147,6 +147,9 @@ async def test_deleted_rows_are_visible_filterable_and_counted_through_the_api(s
     contacts = listed["contacts"]
     assert (contacts["row_count"], contacts["live_count"], contacts["deleted_count"]) == (1250, 1247, 3)
     assert (listed["deals"]["live_count"], listed["deals"]["deleted_count"]) == (300, 0)
+    # The connection answer says how many rows it holds: the live ones of all its tables.
+    answer = (await sbff.client.get(f"/api/server/{connection['id']}", headers=auth(who.integrate))).json()
+    assert answer["live_count"] == 1247 + 300
 
     async def read(query: str, status: int = 200) -> dict[str, Any]:
         return await rows(sbff, who.identity, contacts["id"], query, status=status)

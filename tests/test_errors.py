@@ -28,8 +28,8 @@ def test_the_docstring_draws_every_error_class() -> None:
 
 def test_domain_errors_carry_their_answer() -> None:
     from bff.query_tables import FilterValueRejected, NameTaken, QueryInvalid
+    from bff.services.sync import ConnectionNotReady, UnknownTables
     from bff.store import ExternalIdTaken, RunAlreadyActive
-    from bff.sync import ConnectionNotReady, UnknownTables
 
     running = RunAlreadyActive(7)
     assert isinstance(running, Conflict) and running.status == 409

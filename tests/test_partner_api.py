@@ -187,7 +187,7 @@ async def test_missing_tampered_and_unknown_partner_tokens(bff: BFF) -> None:
 
 async def test_rotated_partner_token_is_revoked(bff: BFF) -> None:
     partner_id, token = await bff.partner()
-    await bff.services.store.bump_partner_generation(partner_id)
+    await bff.services.store.partners.bump_generation(partner_id)
     response = await bff.client.get("/api/partner/sub-accounts", headers=auth(token))
     assert response.status_code == 401 and response.json()["code"] == "token_revoked"
 
@@ -196,7 +196,7 @@ async def test_minting_with_a_rotated_partner_token_is_refused_at_once(bff: BFF)
     """The mint's one-query path (partner and sub-account together) still sees a rotation immediately."""
     partner_id, token = await bff.partner()
     assert (await bff.integrate(token, "cust-rot"))["account_id"]
-    await bff.services.store.bump_partner_generation(partner_id)
+    await bff.services.store.partners.bump_generation(partner_id)
     for body in ({"external_id": "cust-rot"}, {"external_id": "someone-new"}, {"external_id": ""}):
         response = await bff.client.post("/api/partner/sub-account/integrate/", json=body, headers=auth(token))
         assert response.status_code == 401 and response.json()["code"] == "token_revoked", body
@@ -364,7 +364,7 @@ async def test_cors_only_for_registered_origins(bff: BFF) -> None:
 
 async def test_origin_registered_later_is_picked_up(bff: BFF) -> None:
     await bff.client.get("/healthz", headers={"Origin": "http://late.test"})
-    await bff.services.store.create_partner("late", ["http://late.test"])
+    await bff.services.store.partners.create("late", ["http://late.test"])
     response = await bff.client.get("/healthz", headers={"Origin": "http://late.test"})
     assert response.headers.get("access-control-allow-origin") == "http://late.test"
 

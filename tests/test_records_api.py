@@ -200,10 +200,10 @@ async def test_other_customers_connections_are_404(sbff: BFF, who: Customer) -> 
 
 async def test_disabled_and_unauthorised_connections_are_409(sbff: BFF, who: Customer) -> None:
     cid = await crm(sbff, who)
-    await sbff.services.store.update_connection(cid, health_status="DISABLED")
+    await sbff.services.store.connections.update(cid, health_status="DISABLED")
     disabled = await sbff.client.post(url(cid, "records/contact"), json={"email": "a@b.co"}, headers=who.headers)
     assert disabled.status_code == 409 and disabled.json()["code"] == "connection_disabled"
-    await sbff.services.store.update_connection(cid, health_status="HEALTHY")
+    await sbff.services.store.connections.update(cid, health_status="HEALTHY")
     assert (await sbff.client.post("/sandbox/_control/revoke", json={"provider": "crm"})).status_code == 200
     refused = await sbff.client.post(url(cid, "records/contact"), json={"email": "a@b.co"}, headers=who.headers)
     assert refused.status_code == 409 and refused.json()["code"] == "connection_unauthorised"
@@ -324,7 +324,7 @@ async def _chat_connection(bff: BFF, who: Customer) -> int:
     from bff.lifecycle import Health
 
     svc = bff.services
-    connection = await svc.store.create_connection(
+    connection = await svc.store.connections.create(
         who.account_id, "sandbox_chat", "Sandbox Chat", health_status=Health.OK
     )
     await rt.save_secrets(svc, connection.id, rt.Secrets({"api_key": "sandbox-chat-key"}))

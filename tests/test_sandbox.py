@@ -852,3 +852,52 @@ def test_options_are_frozen_and_validated() -> None:
         SandboxOptions(rate_limit_every=-1)
     with pytest.raises(TypeError):
         SandboxOptions(3)  # type: ignore[misc]
+
+
+async def test_accounting_lists_deleted_invoices_and_entity_types(tmp_path: Any) -> None:
+    """Seed 003's Exact tables on the sandbox: ``deleted`` (entitykey, division, entitytype, time),
+    fed by ``_control/delete`` and by the API's DELETE, and ``entitytypes`` naming their tables."""
+    clock = FakeClock(1_800_000_000.0)
+    async with client_for(create_sandbox_app(clock=clock, state_dir=tmp_path)) as books:
+        types = (await books.get("/accounting/api/entitytypes", headers=KEY)).json()["results"]
+        assert types == [{"number": 20, "name": "Invoices"}]
+        assert (await books.get("/accounting/api/divisions/101/deleted", headers=KEY)).json()["total"] == 0
+
+        # The first 3 invoices of the resource, in its (updated_at, id) order: division 101's first three.
+        deleted = (await books.post("/_control/delete", json={"resource": "accounting.invoices", "count": 3})).json()
+        assert deleted == {"deleted": ["inv_101_0001", "inv_101_0002", "inv_101_0003"]}
+        clock.now += 60
+        assert (await books.delete("/accounting/api/invoices/inv_102_0007", headers=KEY)).status_code == 204
+        assert (await books.delete("/accounting/api/invoices/inv_102_0007", headers=KEY)).status_code == 404
+
+        listed = (await books.get("/accounting/api/divisions/101/deleted", headers=KEY)).json()
+        assert listed["total"] == 3 and listed["page_count"] == 1
+        assert [(r["entitykey"], r["division"], r["entitytype"]) for r in listed["results"]] == [
+            ("inv_101_0001", 101, 20),
+            ("inv_101_0002", 101, 20),
+            ("inv_101_0003", 101, 20),
+        ]
+        stamps = [r["deleted_at"] for r in listed["results"]]
+        assert stamps == sorted(set(stamps)) and stamps[0] == "2027-01-15T08:00:00Z"
+        other = (await books.get("/accounting/api/divisions/102/deleted", headers=KEY)).json()["results"]
+        assert [(r["entitykey"], r["deleted_at"]) for r in other] == [("inv_102_0007", "2027-01-15T08:01:00Z")]
+        assert (await books.get("/accounting/api/divisions/103/deleted", headers=KEY)).json()["results"] == []
+        # Incremental, exclusive, like updated_after; paged like the invoices.
+        later = await books.get(
+            "/accounting/api/divisions/101/deleted", params={"deleted_after": stamps[0], "page_size": 1}, headers=KEY
+        )
+        assert [r["entitykey"] for r in later.json()["results"]] == ["inv_101_0002"] and later.json()["total"] == 2
+        gone = (
+            await books.get("/accounting/api/divisions/101/invoices", params={"page_size": 500}, headers=KEY)
+        ).json()
+        assert gone["total"] == 497 and "inv_101_0001" not in {r["id"] for r in gone["results"]}
+        assert (await books.get("/accounting/api/divisions/999/deleted", headers=KEY)).status_code == 404
+        assert (await books.get("/accounting/api/entitytypes")).status_code == 401
+        bad = await books.get("/accounting/api/divisions/101/deleted", params={"deleted_after": "x"}, headers=KEY)
+        assert bad.status_code == 400
+
+    # Kept across a restart on the same data directory.
+    async with client_for(create_sandbox_app(clock=clock, state_dir=tmp_path)) as books:
+        again = (await books.get("/accounting/api/divisions/101/deleted", headers=KEY)).json()["results"]
+        assert [r["deleted_at"] for r in again] == stamps
+        assert (await books.get("/accounting/api/invoices/inv_101_0001", headers=KEY)).status_code == 404

@@ -34,7 +34,7 @@ async def execute_all(bff: BFF, runs: list[Any]) -> None:
     frees their queueing lock)."""
     for run in runs:
         await bff.services.sync.execute(run.id)
-        job_id = (await bff.services.store.get_run(run.id)).job_id
+        job_id = (await bff.services.store.runs.get(run.id)).job_id
         async with bff.services.store.connection() as conn:
             await conn.execute("UPDATE procrastinate_jobs SET status = 'succeeded' WHERE id = %s", (job_id,))
 
@@ -46,7 +46,7 @@ async def server(bff: BFF, token: str, connection_id: int) -> dict[str, Any]:
 
 
 async def runs_of(bff: BFF, token: str, connection_id: int) -> list[dict[str, Any]]:
-    _, runs = await bff.services.store.list_runs(connection_id, offset=0, limit=100)
+    _, runs = await bff.services.store.runs.list_page(connection_id, offset=0, limit=100)
     return [run_dict(run) for run in runs]
 
 
@@ -88,7 +88,7 @@ async def test_first_sync_when_ok_then_every_sync_frequency_and_never_twice(
         ticks = await asyncio.gather(*(bff.services.schedules.tick() for _ in range(3)))
         assert sum(len(t) for t in ticks) == 1
         await execute_all(bff, [r for t in ticks for r in t])
-        assert (await bff.services.store.get_connection_by_id(connection["id"])).next_sync_at == T0 + 2 * 21600
+        assert (await bff.services.store.connections.get_by_id(connection["id"])).next_sync_at == T0 + 2 * 21600
         runs = await runs_of(bff, token, connection["id"])
         assert [r["trigger"] for r in runs] == ["schedule", "schedule"]
         assert all(r["status"] == "succeeded" for r in runs)
@@ -122,7 +122,7 @@ async def test_null_frequency_is_on_demand_only(settings_factory: Callable[..., 
         # On demand still works.
         answer = await bff.client.post(f"/api/server/{connection['id']}/sync", headers=auth(token))
         assert answer.status_code == 202, answer.text
-        await execute_all(bff, [await bff.services.store.get_run(answer.json()["run_data"][0]["pipeline_run_id"])])
+        await execute_all(bff, [await bff.services.store.runs.get(answer.json()["run_data"][0]["pipeline_run_id"])])
         newest = (await runs_of(bff, token, connection["id"]))[0]
         assert (newest["trigger"], newest["status"]) == ("api", "succeeded")
 
@@ -254,7 +254,7 @@ async def test_the_worker_runs_the_first_sync_by_itself(settings_factory: Callab
                 break
             await asyncio.sleep(0.05)
         assert [(r["trigger"], r["status"], r["records"]) for r in runs] == [
-            ("schedule", "succeeded", {"invoices": 500})
+            ("schedule", "succeeded", {"invoices": 500, "deleted": 0, "entitytype": 1})
         ]
 
 

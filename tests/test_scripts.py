@@ -312,6 +312,33 @@ async def test_never_two_runs_of_one_script(sbff: BFF, who: Customer) -> None:
 # -- the API --------------------------------------------------------------------------------------
 
 
+async def test_a_page_of_scripts_reads_the_last_runs_in_one_query(
+    sbff: BFF, who: Customer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ran = await add_script(sbff, who, "print(1)", name="ran")
+    idle = await add_script(sbff, who, "print(2)", name="idle")
+    assert (await run_script(sbff, who, ran))["status"] == "succeeded"
+    table = sbff.services.scripts.table
+    calls: list[list[int]] = []
+    batched = table.last_runs
+
+    async def one_query(script_ids: list[int]) -> object:
+        calls.append(list(script_ids))
+        return await batched(script_ids)
+
+    async def per_script(script_id: int) -> None:
+        raise AssertionError("one last_run query per script")
+
+    monkeypatch.setattr(table, "last_runs", one_query)
+    monkeypatch.setattr(table, "last_run", per_script)
+    listed = (await sbff.client.get("/api/interface", headers=who.headers)).json()["results"]
+    assert calls == [[ran, idle]]
+    assert [(s["id"], s["last_run"]["status"] if s["last_run"] else None) for s in listed] == [
+        (ran, "succeeded"),
+        (idle, None),
+    ]
+
+
 async def test_crud_validation_and_tenancy(sbff: BFF, who: Customer, other: Customer) -> None:
     created = await sbff.client.post(
         "/interface", json={"name": " nightly ", "raw_code": "print(1)", "schedule": 3600}, headers=who.headers
@@ -380,16 +407,22 @@ async def test_a_finished_run_sends_a_script_finished_webhook(sbff: BFF, who: Cu
     )
     assert put.status_code in (200, 201), put.text
     run = await run_code(sbff, who, "print('done')")
-    deliveries = (await sbff.client.get("/api/partner/webhook/deliveries", headers=auth(partner_token))).json()
-    events = [d for d in deliveries["results"] if d["type"] == "script.finished"]
+    # The event follows the run's final status (webhooks are asynchronous): wait for it.
+    deadline = asyncio.get_running_loop().time() + 10
+    while True:
+        deliveries = (await sbff.client.get("/api/partner/webhook/deliveries", headers=auth(partner_token))).json()
+        events = [d for d in deliveries["results"] if d["type"] == "script.finished"]
+        if events or asyncio.get_running_loop().time() > deadline:
+            break
+        await asyncio.sleep(0.05)
     assert len(events) == 1
     data = events[0]["payload"]["data"]
     assert data["run_id"] == run["id"] and data["status"] == "succeeded" and data["external_id"] == "cust-a"
 
 
 async def _partner_token_of(bff: BFF, who: Customer) -> str:
-    account = await bff.services.store.get_sub_account_by_id(who.account_id)
-    partner = await bff.services.store.get_partner(account.partner_id)
+    account = await bff.services.store.sub_accounts.get_by_id(who.account_id)
+    partner = await bff.services.store.partners.get(account.partner_id)
     return str(bff.services.tokens.mint_partner_token(partner_id=partner.id, generation=partner.token_generation).token)
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import BFF, running_bff
-from records_helpers import Customer, crm, customer
+from records_helpers import Customer, accounting, crm, customer
 from scripts_helpers import run_code
 
 from bff.app import StartupError
@@ -68,6 +68,23 @@ async def test_run_pipeline_and_its_runs_as_the_documents_call_them(sbff: BFF, w
     run = await run_code(sbff, who, code)
     assert run["status"] == "succeeded", (run["error"], run["output"])
     assert run["output"] == 'succeeded True ["deals"]\nint\ncategories_not_supported\n'
+
+
+async def test_run_pipeline_with_categories_syncs_those_divisions(sbff: BFF, who: Customer) -> None:
+    connection = await accounting(sbff, who)
+    code = textwrap.dedent(
+        """
+        division = 102
+        result = pq.run_pipeline(connection_name="Sandbox Accounting", is_async=False, categories=str(division))
+        details = pq.get_pipeline_runs(connection_name="Sandbox Accounting", run_id=result["run_id"])
+        st.write(details["data"][0]["status"], details["data"][0]["categories"], result["records"]["invoices"])
+        """
+    )
+    run = await run_code(sbff, who, code)
+    assert run["status"] == "succeeded", (run["error"], run["output"])
+    assert run["output"] == 'succeeded ["102"] 500\n'
+    runs = (await sbff.client.get(f"/api/server/{connection}/runs", headers=who.headers)).json()["results"]
+    assert [r["categories"] for r in runs] == [["102"]]
 
 
 async def test_fetch_and_execute_with_query(sbff: BFF, who: Customer) -> None:

@@ -80,7 +80,7 @@ async def test_a_partner_may_rotate_without_logging_its_customers_out(bff: BFF) 
 
 async def test_tokens_minted_before_the_partner_generation_was_carried_end_at_the_next_rotate(bff: BFF) -> None:
     partner_id, partner_token = await bff.partner()
-    account = await bff.services.store.create_sub_account(partner_id, "cust-1", {})
+    account = await bff.services.store.sub_accounts.create(partner_id, "cust-1", {})
     tokens = bff.services.tokens
     legacy = tokens._mint["identity", False].dumps(
         {"kind": "identity", "pid": partner_id, "sid": account.id, "gen": account.token_generation}

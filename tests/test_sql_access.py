@@ -55,7 +55,7 @@ async def test_credentials_read_their_own_schema_only_and_rotate(settings_factor
                 "SELECT p.id FROM partners p JOIN sub_accounts s ON s.partner_id = p.id WHERE s.id = %s", (account_id,)
             )
             partner_id = (await cur.fetchone())["id"]
-        partner = await bff.services.store.get_partner(partner_id)
+        partner = await bff.services.store.partners.get(partner_id)
         partner_token = bff.services.tokens.mint_partner_token(
             partner_id=partner.id, generation=partner.token_generation
         ).token

@@ -18,9 +18,11 @@ from bff.settings import Settings
 
 FIXTURES = {
     "crm": {"contacts": 1250, "deals": 300},
-    "accounting": {"invoices": 1500},
+    "accounting": {"invoices": 1500, "deleted": 0, "entitytype": 1},
     "bank": {"transactions": 200},
 }
+# Tables read whole on every run (no cursor): the accounting app's entity types.
+REREAD = {"accounting": {"entitytype": 1}}
 CONNECT = {"crm": connect_crm, "accounting": connect_accounting, "bank": connect_bank}
 
 
@@ -63,8 +65,10 @@ async def test_full_sync_lands_the_fixture_counts_and_a_second_sync_adds_nothing
 
     await reset_sandbox_stats(sbff.client)
     again = await sync(sbff, token, connection["id"])
-    assert again["status"] == "succeeded" and again["records"] == dict.fromkeys(FIXTURES[provider], 0)
-    assert sum((await sandbox_stats(sbff.client))["records_served"].values()) == 0  # only "anything newer?" calls
+    reread = REREAD.get(provider, {})
+    assert again["status"] == "succeeded" and again["records"] == {**dict.fromkeys(FIXTURES[provider], 0), **reread}
+    # Only "anything newer?" calls
+    assert sum((await sandbox_stats(sbff.client))["records_served"].values()) == sum(reread.values())
     assert {name: t["row_count"] for name, t in (await tables(sbff.client, token)).items()} == FIXTURES[provider]
 
 
@@ -301,7 +305,7 @@ async def test_deleting_a_connection_mid_sync_stops_it_and_drops_its_tables(sand
             assert [(row["schemaname"], row["tablename"]) for row in await cur.fetchall()] == [
                 (bank["name"], "transactions")
             ]
-        assert await bff.services.store.active_run(crm["id"]) is None
+        assert await bff.services.store.runs.active(crm["id"]) is None
 
 
 async def test_stopping_the_worker_mid_sync_requeues_the_run_and_the_next_worker_resumes_it(
@@ -346,7 +350,7 @@ async def test_a_run_whose_worker_died_is_requeued_by_the_watchdog_and_finishes(
         dead_worker = await manager.register_worker()
         job = await manager.fetch_job(queues=None, worker_id=dead_worker)
         assert job is not None and job.task_kwargs == {"run_id": run_id}
-        await bff.services.store.update_run(run_id, status="running", started=True, pid=999_999)
+        await bff.services.store.runs.update(run_id, status="running", started=True, pid=999_999)
     async with running_bff(dataclasses.replace(settings, run_worker=True)) as bff:
         # A live worker never touches another live worker's run; this one's worker is silent.
         run = await bff.services.sync.wait(bank["id"], timeout=30)
@@ -451,3 +455,67 @@ async def test_a_sync_refused_by_the_queueing_lock_leaves_no_run_behind(sandbox:
         assert refused.status_code == 409 and refused.json()["code"] == "sync_already_running"
         runs = (await bff.client.get(f"/api/server/{bank['id']}/runs", headers=auth(token))).json()
         assert runs["count"] == 0
+
+
+async def test_categories_sync_only_those_divisions_and_keep_the_others_cursors(sbff: BFF) -> None:
+    """``run_pipeline(categories=str(division))`` of seed 003: a division the connection did not choose
+    is read by asking for it; the chosen ones' cursors are untouched."""
+    token, _ = await customer(sbff)
+    books = await connect_accounting(sbff.client, token, divisions=("101",))
+    first = await sync(sbff, token, books["id"])
+    assert first["records"]["invoices"] == 500 and first["categories"] is None
+
+    answer = await sbff.client.post(
+        f"/api/server/{books['id']}/sync?wait=60",
+        json={"tables": ["invoices"], "categories": ["102", 103]},
+        headers=auth(token),
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["run"]["records"] == {"invoices": 1000}
+    assert answer.json()["run"]["categories"] == ["102", "103"]
+    rows = (await tables(sbff.client, token))["invoices"]
+    assert rows["row_count"] == 1500
+    assert any("(divisions 102, 103)" in line["message"] for line in await logs(sbff, token, books["id"]))
+
+    await sbff.client.post("/sandbox/_control/touch", json={"resource": "accounting.invoices", "count": 1})
+    # The chosen division only, from its own cursor: 101's first invoice was touched.
+    assert (await sync(sbff, token, books["id"], tables=["invoices"]))["records"] == {"invoices": 1}
+    # 102 from the cursor its own run left: nothing new.
+    again = await sync(sbff, token, books["id"], tables=["invoices"], categories=["102"])
+    assert again["records"] == {"invoices": 0}
+
+
+async def test_categories_refused_where_they_cannot_apply(sbff: BFF) -> None:
+    token, _ = await customer(sbff)
+    crm = await connect_crm(sbff.client, token)
+    books = await connect_accounting(sbff.client, token)
+    cases = [
+        (crm["id"], {"categories": ["101"]}, "categories_not_supported"),
+        (books["id"], {"categories": ["101"], "full": True}, "validation_error"),
+        (books["id"], {"categories": [True]}, "validation_error"),
+        (books["id"], {"categories": [""]}, "validation_error"),
+        (books["id"], {"categories": {"101": 1}}, "validation_error"),
+    ]
+    for server_id, body, code in cases:
+        answer = await sbff.client.post(f"/api/server/{server_id}/sync", json=body, headers=auth(token))
+        assert answer.status_code == 400 and answer.json()["code"] == code, (body, answer.text)
+        assert "categories" in answer.json()["errors"]
+
+
+async def test_accounting_deleted_and_entitytype_tables(sbff: BFF) -> None:
+    token, _ = await customer(sbff)
+    books = await connect_accounting(sbff.client, token)
+    await sync(sbff, token, books["id"])
+    deleted = (
+        await sbff.client.post("/sandbox/_control/delete", json={"resource": "accounting.invoices", "count": 2})
+    ).json()
+    run = await sync(sbff, token, books["id"], tables=["deleted"])
+    assert run["records"] == {"deleted": 2}
+    listed = await tables(sbff.client, token)
+    assert listed["entitytype"]["row_count"] == 1
+    answer = await sbff.client.get(
+        f"/api/database/rows/table/{listed['deleted']['id']}/?user_field_names=True", headers=auth(token)
+    )
+    assert [(r["entitykey"], r["division"], r["entitytype"]) for r in answer.json()["results"]] == [
+        (record_id, 101, 20) for record_id in deleted["deleted"]
+    ]

@@ -31,13 +31,13 @@ class Env:
 async def env(database_url: str) -> AsyncIterator[Env]:
     store = Store(database_url)
     await store.open()
-    partner = await store.create_partner("p", [])
+    partner = await store.partners.create("p", [])
     accounts, connections = [], {}
     for external_id in ("a", "b"):
-        account = await store.create_sub_account(partner.id, external_id, {})
+        account = await store.sub_accounts.create(partner.id, external_id, {})
         accounts.append(account.id)
         connections[account.id] = [
-            (await store.create_connection(account.id, "sandbox_crm", "CRM", "OK")).id for _ in range(2)
+            (await store.connections.create(account.id, "sandbox_crm", "CRM", "OK")).id for _ in range(2)
         ]
     warehouse = Warehouse(store)
     try:

@@ -61,7 +61,7 @@ export default {
   "confirmDeleteButton": "{name} löschen",
   "deleted": "{name} wurde gelöscht.",
   "lastSync": "Letzte Synchronisierung",
-  "records": "Neue Datensätze (letzte Synchronisierung)",
+  "records": "Datensätze",
   "nextSync": "Nächste Synchronisierung",
   "never": "Nie",
   "notScheduled": "Nicht geplant",

@@ -61,7 +61,7 @@ export default {
   "confirmDeleteButton": "Delete {name}",
   "deleted": "{name} was deleted.",
   "lastSync": "Last sync",
-  "records": "New records (last sync)",
+  "records": "Records",
   "nextSync": "Next sync",
   "never": "Never",
   "notScheduled": "Not scheduled",

@@ -61,7 +61,7 @@ export default {
   "confirmDeleteButton": "Supprimer {name}",
   "deleted": "{name} a été supprimé.",
   "lastSync": "Dernière synchronisation",
-  "records": "Nouveaux enregistrements (dernière synchro)",
+  "records": "Enregistrements",
   "nextSync": "Prochaine synchronisation",
   "never": "Jamais",
   "notScheduled": "Non planifiée",

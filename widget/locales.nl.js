@@ -61,7 +61,7 @@ export default {
   "confirmDeleteButton": "{name} verwijderen",
   "deleted": "{name} is verwijderd.",
   "lastSync": "Laatste synchronisatie",
-  "records": "Nieuwe records (laatste sync)",
+  "records": "Records",
   "nextSync": "Volgende synchronisatie",
   "never": "Nooit",
   "notScheduled": "Niet gepland",

@@ -33,7 +33,7 @@ function facts(c) {
   const last = when ? [outcome && h('span', { class: 'outcome', 'data-tone': outcome[1] }, t[outcome[0]]), outcome && ' ', timeElement(when, LOCALE)] : t.never;
   return h('dl', { class: 'facts' },
     fact(t.lastSync, last),
-    fact(t.records, run ? total(run).toLocaleString(LOCALE) : '—'),
+    fact(t.records, (c.live_count || 0).toLocaleString(LOCALE)), // rows held now (a run's new ones: its progress line)
     fact(t.nextSync, c.next_sync_at ? timeElement(c.next_sync_at, LOCALE) : t.notScheduled));
 }
 

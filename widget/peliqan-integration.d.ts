@@ -227,6 +227,8 @@ export interface ServerResponse {
   detail: string | null;
   created_at: string;
   last_run: PipelineRun | null;
+  /** Rows the connection's tables hold now (rows marked deleted not counted; 0 before the first sync). */
+  live_count: number;
   /** Seconds between scheduled syncs; null = on demand only. */
   sync_frequency: number | null;
   /** Per-table overrides, e.g. `{deals: 3600}`. */

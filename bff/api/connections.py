@@ -79,10 +79,8 @@ async def list_servers(request: Request) -> JSONResponse:
     """The sub-account's connections (no secrets)."""
     account = await require_sub_account(request)
     page = Pagination(request)
-    svc = services(request)
-    connections = await svc.store.list_connections(account.id)
-    shown = connections[page.offset : page.offset + page.limit]
-    return JSONResponse(page.envelope(len(connections), await svc.connections.views(account, shown)))
+    count, views = await services(request).connections.page(account, offset=page.offset, limit=page.limit)
+    return JSONResponse(page.envelope(count, views))
 
 
 async def get_server(request: Request) -> JSONResponse:
@@ -102,7 +100,7 @@ async def server_logs(request: Request) -> JSONResponse:
     """The connection's log lines, newest first."""
     _, connection = await require_connection(request)
     page = Pagination(request, default_size=100)
-    count, lines = await services(request).store.list_logs(connection.id, offset=page.offset, limit=page.limit)
+    count, lines = await services(request).connections.logs(connection, offset=page.offset, limit=page.limit)
     return JSONResponse(page.envelope(count, lines))
 
 
@@ -175,7 +173,7 @@ async def embed_session(request: Request) -> JSONResponse:
     assert caller.partner is not None and caller.sub_account is not None
     data = await read_json(request)
     origin = data.get("parent_origin")
-    if not isinstance(origin, str) or not await services(request).store.partner_has_origin(caller.partner.id, origin):
+    if not isinstance(origin, str) or not await services(request).partners.has_origin(caller.partner, origin):
         raise ApiError(403, "origin_not_allowed", "This page's origin is not registered for this partner.")
     return JSONResponse(
         {

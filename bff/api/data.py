@@ -24,18 +24,11 @@ from starlette.routing import BaseRoute
 from ..auth import require_identity, services
 from ..errors import not_found, validation_error
 from ..http import Pagination, api_route, query_bool
-from ..query_tables import QueryTable
 from ..store import SubAccount
 from ..tokens import Claims
-from ..warehouse import Warehouse, WarehouseTable
-from ..warehouse_reader import SYNCED_META, ReadField, parse_row_query, read_synced_rows, synced_fields
 
 DEFAULT_ROWS_PAGE = 100
 ROW_QUERY_PARAMS = ("search", "order_by", "updated_since", "include", "exclude")
-
-
-def warehouse(request: Request) -> Warehouse:
-    return services(request).warehouse
 
 
 def database_dict(account: SubAccount) -> dict[str, Any]:
@@ -48,15 +41,6 @@ def database_dict(account: SubAccount) -> dict[str, Any]:
     }
 
 
-async def table_dicts(request: Request, account: SubAccount) -> list[dict[str, Any]]:
-    tables = await warehouse(request).list_tables(account.id)
-    listed = [table.public_dict(database_id=account.id, counts=counts) for table, counts in tables]
-    # A query table whose query broke (its connection went) is listed with its error, not a failure.
-    for query_table, counts, error in await services(request).query_tables.list_tables(account.id):
-        listed.append(query_table.public_dict(counts=counts, error=error))
-    return listed
-
-
 async def list_applications(request: Request) -> JSONResponse:
     """The sub-account's warehouse (one), paged like every list; its tables too unless
     ``exclude_tables=1``."""
@@ -64,7 +48,7 @@ async def list_applications(request: Request) -> JSONResponse:
     page = Pagination(request)
     databases = [database_dict(account)][page.offset : page.offset + page.limit]
     if databases and not query_bool(request, "exclude_tables", default=False):
-        databases[0]["tables"] = await table_dicts(request, account)
+        databases[0]["tables"] = await services(request).tables.listed(account)
     return JSONResponse(page.envelope(1, databases))
 
 
@@ -74,7 +58,7 @@ async def list_tables(request: Request) -> JSONResponse:
     if request.path_params["database_id"] != account.id:
         raise not_found("No such database.")
     page = Pagination(request)
-    tables = await table_dicts(request, account)
+    tables = await services(request).tables.listed(account)
     return JSONResponse(page.envelope(len(tables), tables[page.offset : page.offset + page.limit]))
 
 
@@ -89,11 +73,7 @@ def _table_lookup(request: Request) -> tuple[Callable[[Claims], Awaitable[None]]
 
     async def look_up(claims: Claims) -> None:
         assert claims.sub_account_id is not None
-        table_id = request.path_params["table_id"]
-        table: WarehouseTable | QueryTable | None = await warehouse(request).get_table(claims.sub_account_id, table_id)
-        if table is None:
-            table = await services(request).query_tables.get(claims.sub_account_id, table_id)
-        found["table"] = table
+        found["table"] = await services(request).tables.find(claims.sub_account_id, request.path_params["table_id"])
 
     return look_up, found
 
@@ -130,17 +110,9 @@ async def list_rows(request: Request) -> JSONResponse:
         raise not_found("No such table.")
     page = Pagination(request, default_size=DEFAULT_ROWS_PAGE, size_alias="size")
     by_name = query_bool(request, "user_field_names", default=False)
-    fields: tuple[ReadField, ...]
-    if isinstance(table, QueryTable):
-        fields = table.fields
-        query = parse_row_query(_row_params(request), fields, has_synced_at=table.has_synced_at)
-        count, rows = await services(request).query_tables.read_rows(table, query, offset=page.offset, limit=page.limit)
-    else:
-        fields = synced_fields(table)
-        query = parse_row_query(_row_params(request), fields, meta=SYNCED_META)
-        count, rows = await read_synced_rows(
-            services(request).warehouse.servers, table, query, offset=page.offset, limit=page.limit
-        )
+    fields, count, rows = await services(request).tables.read_rows(
+        table, _row_params(request), offset=page.offset, limit=page.limit
+    )
     if not by_name:
         keys = {f.name: f"field_{f.id}" for f in fields}
         rows = [{keys.get(k, k): v for k, v in row.items()} for row in rows]

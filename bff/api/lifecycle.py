@@ -7,19 +7,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute
 
-from .. import lifecycle
 from ..auth import require_connection, services
-from ..errors import ApiError, validation_error
+from ..errors import validation_error
 from ..http import api_route, read_json
-from ..lifecycle import Event
-from ..schedules import ScheduleError, parse_frequency, parse_table_frequencies, streams_of
-from ..store import UNSET, Connection, SubAccount
+from ..services.schedules import ScheduleError, parse_frequency, parse_table_frequencies, streams_of
+from ..store import UNSET
 
 PATCHABLE = ("name", "sync_frequency", "table_frequencies")
-
-
-async def _reload(request: Request, account: SubAccount, connection: Connection) -> Connection:
-    return await services(request).connections.reload(account, connection)
 
 
 async def patch_server(request: Request) -> JSONResponse:
@@ -53,55 +47,29 @@ async def patch_server(request: Request) -> JSONResponse:
             errors.update(exc.errors)
     if errors:
         raise validation_error(errors)
-    svc = services(request)
-    await svc.store.update_connection(
-        connection.id,
+    updated = await services(request).connections.change(
+        account,
+        connection,
         name=name,
         sync_frequency=frequency if "sync_frequency" in data else UNSET,
         table_frequencies=tables,
     )
-    updated = await _reload(request, account, connection)
-    if "sync_frequency" in data or "table_frequencies" in data:
-        updated = await svc.schedules.schedule_changed(updated)
-        await svc.store.add_log(connection.id, "info", f"Schedule changed: {describe_schedule(updated)}.")
     return JSONResponse(await services(request).connections.view(account, updated))
-
-
-def describe_schedule(connection: Connection) -> str:
-    every = "on demand only" if connection.sync_frequency is None else f"every {connection.sync_frequency} s"
-    if not connection.table_frequencies:
-        return every
-    tables = ", ".join(f"{t} every {s} s" for t, s in sorted(connection.table_frequencies.items()))
-    return f"{every}; {tables}"
 
 
 async def disable_server(request: Request) -> JSONResponse:
     """``DISABLED``: no scheduled runs and no manual syncs until it is enabled again. A run
     already going finishes; the connection stays disabled."""
     account, connection = await require_connection(request)
-    svc = services(request)
-    if lifecycle.applies(Event.DISABLED, connection.health_status):
-        await lifecycle.transition(
-            svc.store,
-            svc.events,
-            connection.id,
-            Event.DISABLED,
-            detail="Disabled: nothing syncs until the connection is enabled again.",
-            logs=[("info", "Connection disabled.")],
-        )
-    return JSONResponse(await services(request).connections.view(account, await _reload(request, account, connection)))
+    connections = services(request).connections
+    return JSONResponse(await connections.view(account, await connections.disable(account, connection)))
 
 
 async def enable_server(request: Request) -> JSONResponse:
     """``RE_ENABLED``, then the normal flow: a sync at once and the schedule again."""
     account, connection = await require_connection(request)
-    svc = services(request)
-    if not lifecycle.applies(Event.ENABLED, connection.health_status):
-        raise ApiError(409, "connection_not_disabled", "This connection is not disabled.")
-    await lifecycle.transition(
-        svc.store, svc.events, connection.id, Event.ENABLED, logs=[("info", "Connection enabled again.")]
-    )
-    return JSONResponse(await services(request).connections.view(account, await _reload(request, account, connection)))
+    connections = services(request).connections
+    return JSONResponse(await connections.view(account, await connections.enable(account, connection)))
 
 
 def routes() -> list[BaseRoute]:

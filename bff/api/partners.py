@@ -49,13 +49,15 @@ _INVISIBLE = (
 EXTERNAL_ID_MAX_LENGTH = 255
 
 
+_INVISIBLE_CHAR = re.compile("[" + "".join(f"\\U{low:08x}-\\U{high:08x}" for low, high in _INVISIBLE) + "]")
+
+
 def _refused_char(char: str) -> bool:
-    code = ord(char)
     category = unicodedata.category(char)
     return (
         category in _REFUSED_CATEGORIES
         or (category == "Zs" and char != " ")  # spaces that look like " " but are not
-        or any(low <= code <= high for low, high in _INVISIBLE)
+        or _INVISIBLE_CHAR.match(char) is not None
     )
 
 
@@ -65,6 +67,8 @@ def normalise_external_id(raw: str) -> str:
     value = unicodedata.normalize("NFC", raw).strip()
     if not value or len(value) > EXTERNAL_ID_MAX_LENGTH:
         raise ValueError(f"Must be 1 to {EXTERNAL_ID_MAX_LENGTH} characters.")
+    if value.isascii() and value.isprintable():
+        return value  # the common case: nothing invisible, no control character, no mark (on the mint path)
     for char in value:
         if _refused_char(char):
             raise ValueError(
@@ -121,15 +125,15 @@ async def lookup_sub_account(request: Request, partner: Partner) -> SubAccount:
             {"account_id": "Pass `account_id` or `external_id`."},
             detail="Say which sub-account: account_id or external_id.",
         )
-    store = services(request).store
+    partners = services(request).partners
     if account_id:
-        account = await store.get_sub_account(partner.id, account_id=parse_id(account_id, "account_id"))
+        account = await partners.find_sub_account(partner, account_id=parse_id(account_id, "account_id"))
     else:
         try:
             external_id = normalise_external_id(external_id or "")
         except ValueError as exc:
             raise validation_error({"external_id": str(exc)}) from None
-        account = await store.get_sub_account(partner.id, external_id=external_id)
+        account = await partners.find_sub_account(partner, external_id=external_id)
     if account is None:
         raise not_found("No such sub-account.")
     return account
@@ -163,7 +167,7 @@ async def create_sub_account(request: Request) -> JSONResponse:
     """Create a sub-account for one of the partner's customers."""
     partner = await require_partner(request)
     external_id, fields = parse_sub_account_fields(await read_json(request))
-    account = await services(request).store.create_sub_account(partner.id, external_id, fields)
+    account = await services(request).partners.create_sub_account(partner, external_id, fields)
     return JSONResponse(sub_account_dict(account), status_code=201)
 
 
@@ -171,7 +175,7 @@ async def list_sub_accounts(request: Request) -> JSONResponse:
     """List the partner's sub-accounts, paged."""
     partner = await require_partner(request)
     page = Pagination(request)
-    count, accounts = await services(request).store.list_sub_accounts(partner.id, offset=page.offset, limit=page.limit)
+    count, accounts = await services(request).partners.sub_accounts(partner, offset=page.offset, limit=page.limit)
     return JSONResponse(page.envelope(count, [sub_account_dict(a) for a in accounts]))
 
 
@@ -191,7 +195,7 @@ async def integrate_provision(request: Request) -> JSONResponse:
     # The hot path (a partner's back-end minting for a customer): partner and sub-account in one query.
     partner, account = await require_partner_with_sub_account(request, external_id)
     if account is None:
-        account, _created = await services(request).store.get_or_create_sub_account(partner.id, external_id, fields)
+        account = await services(request).partners.provision(partner, external_id, fields)
     return integrate_response(request, partner, account)
 
 
@@ -220,7 +224,7 @@ async def revoke_tokens(request: Request) -> JSONResponse:
     """Revoke every identity and integrate token of a sub-account."""
     partner = await require_partner(request)
     raw_id = request.path_params["account_id"]
-    account = await services(request).store.bump_sub_account_generation(partner.id, raw_id)
+    account = await services(request).partners.revoke_sub_account_tokens(partner, raw_id)
     if account is None:
         raise not_found("No such sub-account.")
     return JSONResponse({"account_id": account.id, "external_id": account.external_id, "revoked": True})
@@ -236,9 +240,7 @@ def partner_dict(partner: Partner) -> dict[str, Any]:
 async def get_partner(request: Request) -> JSONResponse:
     """The calling partner: id, name and the browser origins allowed to embed the widget."""
     partner = await require_partner(request)
-    found = await services(request).store.get_partner_with_origins(partner.id)
-    assert found is not None
-    return JSONResponse(partner_dict(found))
+    return JSONResponse(partner_dict(await services(request).partners.with_origins(partner)))
 
 
 async def rotate_partner_token(request: Request) -> JSONResponse:
@@ -254,10 +256,7 @@ async def rotate_partner_token(request: Request) -> JSONResponse:
             {key: "Unknown field; send keep_customer_tokens or nothing." for key in unknown}
             | ({} if isinstance(keep, bool) else {"keep_customer_tokens": "Must be true or false."})
         )
-    svc = services(request)
-    rotated = await svc.store.bump_partner_generation(partner.id, keep_customer_tokens=keep)
-    assert rotated is not None
-    token = svc.tokens.mint_partner_token(partner_id=rotated.id, generation=rotated.token_generation).token
+    rotated, token = await services(request).partners.rotate_token(partner, keep_customer_tokens=keep)
     return JSONResponse({**partner_dict(rotated), "token": token}, headers={"Cache-Control": "no-store"})
 
 
@@ -265,8 +264,7 @@ async def revoke_partner_tokens(request: Request) -> JSONResponse:
     """Stop every token of this partner (this one too) and every token minted with them;
     `bff partner rotate-token` mints a new one."""
     partner = await require_partner(request)
-    revoked = await services(request).store.bump_partner_generation(partner.id)
-    assert revoked is not None
+    revoked = await services(request).partners.revoke_tokens(partner)
     return JSONResponse({**partner_dict(revoked), "revoked": True})
 
 
@@ -283,10 +281,7 @@ async def set_partner_origins(request: Request) -> JSONResponse:
         origins = [normalise_origin(origin) for origin in raw]
     except SettingsError as exc:
         raise validation_error({"origins": str(exc)}) from None
-    svc = services(request)
-    updated = await svc.store.set_partner_origins(partner.id, origins)
-    assert updated is not None
-    svc.forget_origins()
+    updated = await services(request).partners.set_origins(partner, origins)
     return JSONResponse(partner_dict(updated))
 
 

@@ -14,8 +14,8 @@ from starlette.routing import BaseRoute
 from ..auth import require_connection, services
 from ..errors import validation_error
 from ..http import Pagination, api_route, read_json
+from ..services.sync import SyncRunner
 from ..shapes import run_dict
-from ..sync import SyncRunner
 
 
 def runner(request: Request) -> SyncRunner:
@@ -29,6 +29,25 @@ def parse_tables(data: dict[str, Any]) -> list[str] | None:
     if not isinstance(tables, list) or not all(isinstance(t, str) and t for t in tables):
         raise validation_error({"tables": "Must be a list of table names."})
     return list(dict.fromkeys(tables)) or None
+
+
+def parse_categories(data: dict[str, Any]) -> list[str] | None:
+    """``categories``: partition values (division codes), as strings or integers."""
+    items = data.get("categories")
+    if items is None:
+        return None
+    values = (
+        [str(v) for v in items if isinstance(v, (str, int)) and not isinstance(v, bool)]
+        if isinstance(items, list)
+        else []
+    )
+    if (
+        not isinstance(items, list)
+        or len(values) != len(items)
+        or not all(0 < len(v) <= 64 and v.strip() == v for v in values)
+    ):
+        raise validation_error({"categories": "Must be a list of division codes (strings or integers)."})
+    return list(dict.fromkeys(values)) or None
 
 
 MAX_WAIT_SECONDS = 120
@@ -65,23 +84,26 @@ async def sync_server(request: Request) -> JSONResponse:
     data = await read_json(request, required=False)
     tables = parse_tables(data)
     full = parse_full(data)
-    run = await runner(request).request_sync(account, connection, tables, full=full)
+    categories = parse_categories(data)
+    run = await runner(request).request_sync(account, connection, tables, full=full, categories=categories)
     body: dict[str, Any] = {
         "server_id": str(connection.id),  # a string, as the source document shows it
         "health_status": connection.health_status,
         "run_data": [{"pipeline_run_id": run.id, "task_id": run.task_id}],
         "task_id": run.task_id,
         "detail": ("Full sync" if full else "Sync")
-        + (" started." if tables is None else f" of {', '.join(tables)} started."),
+        + ("" if tables is None else f" of {', '.join(tables)}")
+        + ("" if categories is None else f" for {', '.join(categories)}")
+        + " started.",
         "syncing": True,
         "full": full,
     }
     if wait is not None:
-        finished = await runner(request).wait_run(run.id, timeout=wait)
-        if finished is not None and not finished.active:
-            updated = await services(request).store.get_connection_by_id(connection.id)
+        ended = await runner(request).wait_finished(run.id, connection, timeout=wait)
+        if ended is not None:
+            finished, updated = ended
             body.update(
-                health_status=updated.health_status if updated else connection.health_status,
+                health_status=updated.health_status,
                 syncing=False,
                 detail=f"Sync {finished.status.replace('_', ' ')}.",
                 run=run_dict(finished),
@@ -126,12 +148,10 @@ async def server_health(request: Request) -> Response:
 async def sync_status(request: Request) -> JSONResponse:
     """Whether a run is queued or running; otherwise the last run's id and status."""
     _, connection = await require_connection(request)
-    store = services(request).store
-    active = await store.active_run(connection.id)
-    run = active or await store.last_run(connection.id)
+    run, running = await runner(request).status(connection.id)
     return JSONResponse(
         {
-            "running": active is not None,
+            "running": running,
             "pipeline_run_id": run.id if run else None,
             "status": run.status if run else None,
         },
@@ -143,7 +163,7 @@ async def list_runs(request: Request) -> JSONResponse:
     """The connection's sync runs, newest first."""
     _, connection = await require_connection(request)
     page = Pagination(request, default_size=20)
-    count, runs = await services(request).store.list_runs(connection.id, offset=page.offset, limit=page.limit)
+    count, runs = await runner(request).runs(connection.id, offset=page.offset, limit=page.limit)
     return JSONResponse(page.envelope(count, [run_dict(run) for run in runs]))
 
 

@@ -118,7 +118,7 @@ async def database_credentials(request: Request) -> JSONResponse:
             "sql_access_disabled",
             "SQL access is off on this server; the operator turns it on with BFF_SQL_ACCESS=true.",
         )
-    account = await svc.store.get_sub_account(partner.id, account_id=request.path_params["account_id"])
+    account = await svc.partners.find_sub_account(partner, account_id=request.path_params["account_id"])
     if account is None:
         raise not_found("No such sub-account.")
     credentials = await svc.query_tables.database_credentials(account.id, public_host=svc.settings.sql_access_host)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -477,11 +477,13 @@ class ConnectorSession:
             raise ConfigRequired(f"Choose {label.lower()} for {self.display} before syncing.")
         return values
 
-    async def read(self, stream: str, state: Mapping[str, Any] | None = None) -> AsyncIterator[Page]:
-        """Page through ``stream`` (every partition), incrementally from ``state``.
+    async def read(
+        self, stream: str, state: Mapping[str, Any] | None = None, *, partitions: Sequence[str] | None = None
+    ) -> AsyncIterator[Page]:
+        """Page through ``stream`` (every partition, or only ``partitions``), incrementally from ``state``.
 
         Each :class:`Page` carries normalised records and the state to persist
-        with them (see the module docstring for its shape).
+        with them (see the module docstring for its shape); the cursors of partitions not read are kept.
         """
         try:
             spec = self.connector.stream(stream)
@@ -498,7 +500,7 @@ class ConnectorSession:
         done: dict[str, dict[str, Any]] = {}
         if isinstance(previous, Mapping):
             done = {str(k): dict(v) for k, v in previous.items() if isinstance(v, Mapping)}
-        for value in self._partition_values():
+        for value in list(partitions) if partitions else self._partition_values():
             start = done.get(value, {}).get("cursor") if spec.incremental else None
             async for records, cursor in self._read_one(spec, value, start):
                 if spec.incremental:

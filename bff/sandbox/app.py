@@ -26,7 +26,7 @@ from starlette.routing import BaseRoute, Route
 
 from . import pages
 from .chat import SandboxChat
-from .data import DIVISIONS, REFRESH_BATCH, Key, Record, Table, iso, parse_iso
+from .data import DIVISIONS, ENTITY_TYPES, REFRESH_BATCH, Key, Record, Table, iso, parse_iso
 from .oauth import CrmOAuth
 from .options import SandboxOptions
 from .state import DELETABLE, PROVIDERS, TOUCHABLE, Faults, SandboxData, Stats
@@ -107,6 +107,12 @@ class Sandbox:
                 api("accounting.invoices", self.invoices),
                 methods=["GET"],
             ),
+            Route(
+                "/accounting/api/divisions/{code}/deleted",
+                api("accounting.deleted", self.deleted_records),
+                methods=["GET"],
+            ),
+            Route("/accounting/api/entitytypes", api("accounting.entitytypes", self.entity_types), methods=["GET"]),
             Route("/bank/api/accounts", api("bank.accounts", self.accounts), methods=["GET"]),
             Route(
                 "/bank/api/transactions",
@@ -270,6 +276,38 @@ class Sandbox:
         }
         return JSONResponse(body), len(results)
 
+    async def deleted_records(self, request: Request) -> tuple[Response, int]:
+        """Records deleted in one division, oldest first, paged like the invoices:
+        ``{results: [{entitykey, division, entitytype, deleted_at}], page, page_size, page_count, total}``."""
+        self.require_accounting(request)
+        self._division(request.path_params["code"])
+        table = self.data.deleted_invoices[int(request.path_params["code"])]
+        page_size = _page_size(request, "page_size")
+        page = _int_param(request, "page", 1, minimum=1)
+        rows, total = _numbered_page(table, _updated_after(request, "deleted_after"), page, page_size)
+        results = [
+            {
+                "entitykey": row["id"],
+                "division": row["division"],
+                "entitytype": row["entitytype"],
+                "deleted_at": row["updated_at"],
+            }
+            for row in rows
+        ]
+        body = {
+            "results": results,
+            "page": page,
+            "page_size": page_size,
+            "page_count": math.ceil(total / page_size),
+            "total": total,
+        }
+        return JSONResponse(body), len(results)
+
+    async def entity_types(self, request: Request) -> tuple[Response, int]:
+        self.require_accounting(request)
+        types = [{"number": number, "name": name} for number, name in ENTITY_TYPES]
+        return JSONResponse({"results": types}), len(types)
+
     def _division(self, raw_code: str) -> Table:
         table = self.data.invoices.get(int(raw_code)) if raw_code.isdigit() else None
         if table is None:
@@ -377,7 +415,7 @@ class Sandbox:
                 raise ControlError("invalid_count", f"count must be a positive integer; got {count!r}.")
         except ControlError as exc:
             return _control_error(exc)
-        return JSONResponse({"deleted": self.data.delete(resource, count)})
+        return JSONResponse({"deleted": self.data.delete(resource, count, self.clock())})
 
     def _control_revocation(self, revoke: bool) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
@@ -436,14 +474,14 @@ def _page_size(request: Request, name: str) -> int:
     return min(_int_param(request, name, DEFAULT_PAGE, minimum=1), MAX_PAGE)
 
 
-def _updated_after(request: Request) -> float | None:
-    raw = request.query_params.get("updated_after")
+def _updated_after(request: Request, name: str = "updated_after") -> float | None:
+    raw = request.query_params.get(name)
     if not raw:
         return None
     try:
         return parse_iso(raw)
     except ValueError:
-        raise ApiError(400, "invalid_request", "updated_after must be an ISO-8601 date-time.") from None
+        raise ApiError(400, "invalid_request", f"{name} must be an ISO-8601 date-time.") from None
 
 
 def _numbered_page(table: Table, updated_after: float | None, page: int, size: int) -> tuple[list[Record], int]:

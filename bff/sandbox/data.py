@@ -27,6 +27,11 @@ DIVISIONS: tuple[tuple[int, str], ...] = (
     (103, "Acme Services"),
 )
 
+# The accounting app's entity types, as Exact Online numbers them in its own ``deleted`` list:
+# ``name`` lower-cased is the table that holds that entity's records.
+ENTITY_TYPES: tuple[tuple[int, str], ...] = ((20, "Invoices"),)
+INVOICE_ENTITY = 20
+
 _FIRST_NAMES = (
     "Anna",
     "Bram",

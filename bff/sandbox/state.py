@@ -16,7 +16,7 @@ from .store import SandboxStore
 
 PROVIDERS = ("crm", "accounting", "bank", "chat")
 TOUCHABLE = ("crm.contacts", "crm.deals", "accounting.invoices", "bank.transactions")
-DELETABLE = ("crm.contacts",)
+DELETABLE = ("crm.contacts", "accounting.invoices")
 STAT_KEYS = (
     "crm.me",
     "crm.contacts",
@@ -30,6 +30,8 @@ STAT_KEYS = (
     "crm.contacts.deleted",
     "crm.deals.write",
     "accounting.invoices.write",
+    "accounting.deleted",
+    "accounting.entitytypes",
     "chat.me",
     "chat.channels",
     "chat.messages",
@@ -128,6 +130,21 @@ class SandboxData:
         return {code: self.kept(f"accounting.invoices.{code}", table) for code, table in tables.items()}
 
     @cached_property
+    def deleted_invoices(self) -> dict[int, Table]:
+        """Per division, the invoices deleted there, oldest first: ``{id: invoice id, division,
+        entitytype}`` with the time of the deletion as ``updated_at`` (the deleted list pages like
+        the invoices do)."""
+        return {code: self.kept(f"accounting.deleted.{code}", Table([])) for code, _ in data.DIVISIONS}
+
+    def delete_invoice(self, record_id: str, now: float) -> None:
+        """Remove an invoice and list it as deleted, at ``now`` but after every earlier deletion."""
+        division = int(record_id.split("_")[1])
+        self.invoices[division].remove(record_id)
+        last = max(table.last_stamp() for table in self.deleted_invoices.values())
+        entry = {"id": record_id, "division": division, "entitytype": data.INVOICE_ENTITY}
+        self.deleted_invoices[division].append(entry, max(last + 1, int(now)))
+
+    @cached_property
     def transactions(self) -> Table:
         return self.kept("bank.transactions", data.transactions_table(self.scale))
 
@@ -144,8 +161,14 @@ class SandboxData:
         self.deleted_contacts.append(entry)
         self.store.record_change(DELETED_CONTACTS, "deleted", entry)
 
-    def delete(self, resource: str, count: int) -> list[str]:
+    def delete(self, resource: str, count: int, now: float) -> list[str]:
         """Delete the first ``count`` records of ``resource`` (in (updated_at, id) order)."""
+        if resource == "accounting.invoices":
+            merged = heapq.merge(*(_tagged(table.keys, code) for code, table in self.invoices.items()))
+            ids = [record_id for (_, record_id), _ in islice(merged, count)]
+            for record_id in ids:
+                self.delete_invoice(record_id, now)
+            return ids
         ids = [record["id"] for record in self.contacts.records[:count]]
         for record_id in ids:
             self.delete_contact(record_id)

@@ -321,7 +321,8 @@ class SandboxWrites:
     async def delete_invoice(self, request: Request) -> tuple[Response, int]:
         self.sandbox.require_accounting(request)
         record_id = request.path_params["id"]
-        self._invoice_table(record_id).remove(record_id)
+        self._invoice_table(record_id)  # 404 when there is none
+        self.data.delete_invoice(record_id, self.sandbox.clock())
         return Response(status_code=204), 0
 
     # -- shared --------------------------------------------------------------

@@ -71,9 +71,12 @@ def refresh_connection(
     connection_id: int | None = None,
     is_async: bool = True,
     tables: list[str] | None = None,
+    categories: list[str] | None = None,
 ) -> dict[str, Any]:
     """Sync a connection now; ``is_async=False`` waits until the run has finished and returns it."""
-    return api().refresh_connection(connection_name, connection_id, is_async=is_async, tables=tables)
+    return api().refresh_connection(
+        connection_name, connection_id, is_async=is_async, tables=tables, categories=categories
+    )
 
 
 def run_pipeline(
@@ -81,24 +84,24 @@ def run_pipeline(
     connection_id: int | None = None,
     is_async: bool = True,
     tables: str | list[str] | None = None,
-    categories: str | list[str] | None = None,
+    categories: str | int | list[str | int] | None = None,
 ) -> dict[str, Any]:
     """The source documents' name for :func:`refresh_connection`: ``{"run_id": …}`` (and, with
-    ``is_async=False``, the finished run's ``status``). ``tables`` may be one name or a list."""
-    if categories is not None:
-        # Syncing some partitions (divisions) only needs the sync API to take them; it does not yet.
-        raise BFFError(
-            "categories_not_supported",
-            400,
-            "run_pipeline(categories=…) is not supported yet: sync the connection's divisions by choosing them"
-            " on the connection (its config step), or sync all of them.",
-        )
-    wanted = [tables] if isinstance(tables, str) else list(tables) if tables is not None else None
-    result = refresh_connection(connection_name, connection_id, is_async=is_async, tables=wanted)
+    ``is_async=False``, the finished run's ``status``). ``tables`` may be one name or a list;
+    ``categories`` one division code or a list (only those divisions; connectors with divisions only)."""
+    wanted = _names(tables)
+    chosen = _names(categories)
+    result = refresh_connection(connection_name, connection_id, is_async=is_async, tables=wanted, categories=chosen)
     if is_async:
         runs = result.get("run_data") or [{}]
         return {**result, "run_id": runs[0].get("pipeline_run_id")}
     return {**result, "run_id": result.get("id")}
+
+
+def _names(value: str | int | list[Any] | None) -> list[str] | None:
+    if value is None:
+        return None
+    return [str(v) for v in value] if isinstance(value, list) else [str(value)]
 
 
 def get_pipeline_runs(

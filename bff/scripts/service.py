@@ -212,8 +212,8 @@ class ScriptService:
 
     async def _execute(self, run: ScriptRun, tail: _Tail) -> None:
         script = await self.table.get_by_id(run.script_id)
-        account = await self.store.get_sub_account_by_id(run.sub_account_id)
-        partner = await self.store.get_partner(account.partner_id) if account is not None else None
+        account = await self.store.sub_accounts.get_by_id(run.sub_account_id)
+        partner = await self.store.partners.get(account.partner_id) if account is not None else None
         if script is None or account is None or partner is None:
             return  # deleted meanwhile (its runs went with it)
         if not self.mode.enabled:

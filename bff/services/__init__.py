@@ -10,13 +10,15 @@ from ..events import Events
 from ..jobs import JobQueue
 from ..query_tables import QueryTables
 from ..runtime import Runtime
-from ..schedules import Scheduler
 from ..scripts.service import ScriptService
-from ..sync import SyncRunner
 from ..warehouse import Warehouse
 from ..webhooks import Webhooks
 from .connections import Connections
 from .oauth_flows import OAuthFlows
+from .partners import Partners
+from .schedules import Scheduler
+from .sync import SyncRunner
+from .tables import Tables
 
 ORIGIN_CACHE_SECONDS = 2.0
 
@@ -41,6 +43,14 @@ class Services(Runtime):
     @functools.cached_property
     def oauth(self) -> OAuthFlows:
         return OAuthFlows(self)
+
+    @functools.cached_property
+    def partners(self) -> Partners:
+        return Partners(self)
+
+    @functools.cached_property
+    def tables(self) -> Tables:
+        return Tables(self)
 
     @classmethod
     def extend(
@@ -73,11 +83,11 @@ class Services(Runtime):
         # A short cache: `bff partner create` in another process shows up within seconds.
         now = time.monotonic()
         if now - self._origins_loaded_at > ORIGIN_CACHE_SECONDS:
-            self._origins = await self.store.all_origins()
+            self._origins = await self.store.partners.all_origins()
             self._origins_loaded_at = now
         if origin in self._origins:
             return True
-        self._origins = await self.store.all_origins()
+        self._origins = await self.store.partners.all_origins()
         self._origins_loaded_at = now
         return origin in self._origins
 

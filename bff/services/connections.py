@@ -17,8 +17,8 @@ from ..connectors import ConnectorError, CredentialsRejected
 from ..connectors.definitions import Connector
 from ..errors import ApiError, connector_error, validation_error
 from ..lifecycle import Event, Health
-from ..shapes import run_dict
-from ..store import Connection, SubAccount, iso
+from ..shapes import log_dict, run_dict
+from ..store import UNSET, Connection, SubAccount, Unset, iso
 from ..throttle import CONNECTIONS_CREATED, FAILED_CREDENTIALS, Throttle
 from .oauth_flows import choice_missing
 
@@ -75,8 +75,11 @@ class Connections:
 
     async def views(self, account: SubAccount, connections: Sequence[Connection]) -> list[dict[str, Any]]:
         """The public shape of connections (never credentials or provider tokens); the last run of
-        every one of them comes in one query."""
-        runs = await self.services.store.last_runs([c.id for c in connections])
+        every one of them comes in one query; the rows they hold in two more (their tables, then one count
+        over all of them)."""
+        ids = [c.id for c in connections]
+        runs = await self.services.store.runs.last_of(ids)
+        held = await self.services.warehouse.live_counts(account.id, ids)
         connectors = self.services.connectors
         views = []
         for connection in connections:
@@ -93,6 +96,7 @@ class Connections:
                     "config": connection.config,
                     "created_at": iso(connection.created_at),
                     "last_run": run_dict(last_run) if last_run else None,
+                    "live_count": held.get(connection.id, 0),  # rows held now, deleted ones not counted
                     "sync_frequency": connection.sync_frequency,
                     "table_frequencies": connection.table_frequencies,
                     "next_sync_at": iso(connection.next_sync_at),
@@ -105,8 +109,18 @@ class Connections:
     async def view(self, account: SubAccount, connection: Connection) -> dict[str, Any]:
         return (await self.views(account, [connection]))[0]
 
+    async def page(self, account: SubAccount, *, offset: int, limit: int) -> tuple[int, list[dict[str, Any]]]:
+        """A page of the sub-account's connections in their public shape, and how many there are."""
+        connections = await self.services.store.connections.list_for(account.id)
+        return len(connections), await self.views(account, connections[offset : offset + limit])
+
+    async def logs(self, connection: Connection, *, offset: int, limit: int) -> tuple[int, list[dict[str, Any]]]:
+        """A page of the connection's log lines, newest first, and how many there are."""
+        count, lines = await self.services.store.runs.list_logs(connection.id, offset=offset, limit=limit)
+        return count, [log_dict(line) for line in lines]
+
     async def reload(self, account: SubAccount, connection: Connection) -> Connection:
-        updated = await self.services.store.get_connection(account.id, connection.id)
+        updated = await self.services.store.connections.get(account.id, connection.id)
         if updated is None:
             raise ApiError(404, "not_found", "No such connection.")
         return updated
@@ -126,21 +140,23 @@ class Connections:
                 raise ApiError(
                     400, "oauth_app_not_configured", f"{connector.display_name} has no OAuth app configured."
                 )
-            connection = await svc.store.create_connection(account.id, connector.name, name, Health.AUTHORIZING)
+            connection = await svc.store.connections.create(account.id, connector.name, name, Health.AUTHORIZING)
             await svc.events.connection_created(account, connection)
             url, nonce = await svc.oauth.start(account, connection, connector, purpose="connect")
             return connection, SignIn(url, nonce)
         credentials = parse_credentials(connector, data)
         await self.check_credentials(account, connector, credentials)
         status = lifecycle.target(Event.CONNECTED, choice_missing=connector.config_select is not None)
-        connection = await svc.store.create_connection(
+        connection = await svc.store.connections.create(
             account.id,
             connector.name,
             name,
             status,
             seal=lambda connection_id: rt.seal_secrets(svc, connection_id, rt.Secrets(credentials)),
         )
-        await svc.store.add_log(connection.id, "info", f"Connected to {connector.display_name}; credentials verified.")
+        await svc.store.runs.add_log(
+            connection.id, "info", f"Connected to {connector.display_name}; credentials verified."
+        )
         await svc.events.connection_created(account, connection)
         return connection, None
 
@@ -168,7 +184,7 @@ class Connections:
 
     async def _refuse_too_many_pending(self, account: SubAccount) -> None:
         """A customer cannot pile up unfinished connections (each is a live consent link and a row)."""
-        connections = await self.services.store.list_connections(account.id)
+        connections = await self.services.store.connections.list_for(account.id)
         pending = sum(1 for connection in connections if lifecycle.is_pending(connection.health_status))
         if pending >= MAX_PENDING_CONNECTIONS:
             raise ApiError(
@@ -272,3 +288,59 @@ class Connections:
             logs=[("info", "Credentials replaced and verified.")],
         )
         return await self.reload(account, connection)
+
+    # -- schedule and lifecycle ------------------------------------------------------------------
+
+    async def change(
+        self,
+        account: SubAccount,
+        connection: Connection,
+        *,
+        name: str | None = None,
+        sync_frequency: int | None | Unset = UNSET,
+        table_frequencies: dict[str, int] | None = None,
+    ) -> Connection:
+        """Rename the connection or change its schedule (checked by the caller); the schedule is
+        planned again and the change logged."""
+        svc = self.services
+        await svc.store.connections.update(
+            connection.id, name=name, sync_frequency=sync_frequency, table_frequencies=table_frequencies
+        )
+        updated = await self.reload(account, connection)
+        if sync_frequency is not UNSET or table_frequencies is not None:
+            updated = await svc.schedules.schedule_changed(updated)
+            await svc.store.runs.add_log(connection.id, "info", f"Schedule changed: {describe_schedule(updated)}.")
+        return updated
+
+    async def disable(self, account: SubAccount, connection: Connection) -> Connection:
+        """``DISABLED``: no scheduled runs and no manual syncs until enabled again. A run already
+        going finishes; the connection stays disabled."""
+        svc = self.services
+        if lifecycle.applies(Event.DISABLED, connection.health_status):
+            await lifecycle.transition(
+                svc.store,
+                svc.events,
+                connection.id,
+                Event.DISABLED,
+                detail="Disabled: nothing syncs until the connection is enabled again.",
+                logs=[("info", "Connection disabled.")],
+            )
+        return await self.reload(account, connection)
+
+    async def enable(self, account: SubAccount, connection: Connection) -> Connection:
+        """``RE_ENABLED``, then the normal flow: a sync at once and the schedule again."""
+        svc = self.services
+        if not lifecycle.applies(Event.ENABLED, connection.health_status):
+            raise ApiError(409, "connection_not_disabled", "This connection is not disabled.")
+        await lifecycle.transition(
+            svc.store, svc.events, connection.id, Event.ENABLED, logs=[("info", "Connection enabled again.")]
+        )
+        return await self.reload(account, connection)
+
+
+def describe_schedule(connection: Connection) -> str:
+    every = "on demand only" if connection.sync_frequency is None else f"every {connection.sync_frequency} s"
+    if not connection.table_frequencies:
+        return every
+    tables = ", ".join(f"{t} every {s} s" for t, s in sorted(connection.table_frequencies.items()))
+    return f"{every}; {tables}"

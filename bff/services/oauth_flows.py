@@ -96,11 +96,11 @@ class OAuthFlows:
             raise ApiError(
                 400, "oauth_start_invalid", "This sign-in has expired or was already started. Start again from the app."
             )
-        account = await svc.store.get_sub_account_by_id(flow.sub_account_id)
-        connection = await svc.store.get_connection(flow.sub_account_id, flow.connection_id)
+        account = await svc.store.sub_accounts.get_by_id(flow.sub_account_id)
+        connection = await svc.store.connections.get(flow.sub_account_id, flow.connection_id)
         if account is None or connection is None:
             raise ApiError(400, "oauth_start_invalid", "This connection no longer exists. Start again from the app.")
-        if opener != own_origin and not await svc.store.partner_has_origin(account.partner_id, opener):
+        if opener != own_origin and not await svc.store.partners.has_origin(account.partner_id, opener):
             raise ApiError(
                 403,
                 "origin_not_allowed",
@@ -137,7 +137,7 @@ class OAuthFlows:
     async def _finish(self, flow: OAuthFlow, params: Mapping[str, str]) -> SignInResult:
         """The flow is this browser's and now used: exchange the code, store the tokens."""
         svc = self.services
-        connection = await svc.store.get_connection(flow.sub_account_id, flow.connection_id)
+        connection = await svc.store.connections.get(flow.sub_account_id, flow.connection_id)
         if connection is None:
             return SignInResult(False, None, "This connection no longer exists.", 400)
         connector = svc.connectors[connection.connector]

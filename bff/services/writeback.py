@@ -30,7 +30,7 @@ from ..lifecycle import Event
 from ..store import Connection, RunAlreadyActive
 from ..store.idempotency import PgIdempotencyStore
 from ..store.refresh import ALL_STREAMS, RefreshRequestStore
-from ..sync import ConnectionNotReady, UnknownTables
+from .sync import ConnectionNotReady, UnknownTables
 
 if TYPE_CHECKING:
     from . import Services
@@ -77,15 +77,15 @@ class RefreshRequests:
     async def execute(self, connection_id: int) -> None:
         """The body of a ``writeback_refresh`` job."""
         store, queue = self.services.store, self.services.queue
-        connection = await store.get_connection_by_id(connection_id)
+        connection = await store.connections.get_by_id(connection_id)
         if connection is None:
             return  # deleted: its requests went with it
-        if await store.active_run(connection_id) is not None:
+        if await store.runs.active(connection_id) is not None:
             # A sync that started before these writes may not see them: ours follows it.
             await queue.defer_refresh(connection_id, at=time.time() + RETRY_WAIT)
             return
         streams = await self.requests.take(connection_id)
-        account = await store.get_sub_account_by_id(connection.sub_account_id) if streams else None
+        account = await store.sub_accounts.get_by_id(connection.sub_account_id) if streams else None
         if account is None:
             return
         tables = None if ALL_STREAMS in streams else sorted(streams)
@@ -136,7 +136,7 @@ class LogBuffer:
                 by_connection.setdefault(connection_id, []).extend(lines)
             for connection_id, lines in by_connection.items():
                 try:
-                    await self.services.store.add_logs(connection_id, lines)
+                    await self.services.store.runs.add_logs(connection_id, lines)
                 except psycopg.Error as exc:  # the database is having a moment: a lost log line, not a lost write
                     logger.warning(
                         "could not store writeback log lines of connection %s: %s", connection_id, type(exc).__name__

@@ -3,14 +3,24 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING
 
-from . import OAuthFlow, _build
+from .base import build
 
 if TYPE_CHECKING:
     from . import Store
 
-__all__ = ["OAuthFlowStore"]
+__all__ = ["OAuthFlow", "OAuthFlowStore"]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class OAuthFlow:
+    connection_id: int
+    sub_account_id: int
+    purpose: str
+    verifier: bytes | None
+    created_at: float
 
 
 class OAuthFlowStore:
@@ -29,7 +39,7 @@ class OAuthFlowStore:
     async def consume(self, state_hash: str, *, max_age: float) -> OAuthFlow | None:
         """Mark a flow used and return it; None when unknown, used already, or too old."""
         now = self._store.now()
-        return _build(
+        return build(
             OAuthFlow,
             await self._store._one(
                 "UPDATE oauth_flows SET used_at = %(now)s WHERE state_hash = %(h)s AND used_at IS NULL"

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg.types.json import Jsonb
 
 from ..errors import Conflict
-from . import UNSET, _build, _Unset, iso
+from .base import UNSET, Unset, build, iso
 
 if TYPE_CHECKING:
     from . import Store
@@ -118,12 +119,12 @@ class ScriptStore:
             f" VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING {_SCRIPT_COLUMNS}",
             (sub_account_id, name, raw_code, schedule, now + schedule if schedule else None, now, now),
         )
-        script = _build(Script, row)
+        script = build(Script, row)
         assert script is not None
         return script
 
     async def get(self, sub_account_id: int, script_id: int) -> Script | None:
-        return _build(
+        return build(
             Script,
             await self._store._one(
                 f"SELECT {_SCRIPT_COLUMNS} FROM scripts WHERE id = %s AND sub_account_id = %s",
@@ -132,7 +133,7 @@ class ScriptStore:
         )
 
     async def get_by_id(self, script_id: int) -> Script | None:
-        return _build(
+        return build(
             Script, await self._store._one(f"SELECT {_SCRIPT_COLUMNS} FROM scripts WHERE id = %s", (script_id,))
         )
 
@@ -148,29 +149,29 @@ class ScriptStore:
         self,
         script: Script,
         *,
-        name: str | _Unset = UNSET,
-        raw_code: str | _Unset = UNSET,
-        schedule: int | None | _Unset = UNSET,
+        name: str | Unset = UNSET,
+        raw_code: str | Unset = UNSET,
+        schedule: int | None | Unset = UNSET,
     ) -> Script | None:
         """Change what was given; a new schedule counts from now (manual clears the next run)."""
         now = self._store.now()
-        new_schedule = script.schedule if isinstance(schedule, _Unset) else schedule
+        new_schedule = script.schedule if isinstance(schedule, Unset) else schedule
         next_run_at = script.next_run_at
-        if not isinstance(schedule, _Unset) and schedule != script.schedule:
+        if not isinstance(schedule, Unset) and schedule != script.schedule:
             next_run_at = now + schedule if schedule else None
         row = await self._store._one(
             f"UPDATE scripts SET name = %s, raw_code = %s, schedule = %s, next_run_at = %s, updated_at = %s"
             f" WHERE id = %s RETURNING {_SCRIPT_COLUMNS}",
             (
-                script.name if isinstance(name, _Unset) else name,
-                script.raw_code if isinstance(raw_code, _Unset) else raw_code,
+                script.name if isinstance(name, Unset) else name,
+                script.raw_code if isinstance(raw_code, Unset) else raw_code,
                 new_schedule,
                 next_run_at,
                 now,
                 script.id,
             ),
         )
-        return _build(Script, row)
+        return build(Script, row)
 
     async def delete(self, sub_account_id: int, script_id: int) -> bool:
         row = await self._store._one(
@@ -216,12 +217,12 @@ class ScriptStore:
             raise ScriptRunActive(active.id if active else None) from None
         except psycopg.errors.ForeignKeyViolation:  # deleted meanwhile
             raise LookupError(script.id) from None
-        run = _build(ScriptRun, row)
+        run = build(ScriptRun, row)
         assert run is not None
         return run
 
     async def get_run(self, run_id: int) -> ScriptRun | None:
-        return _build(
+        return build(
             ScriptRun, await self._store._one(f"SELECT {_RUN_COLUMNS} FROM script_runs WHERE id = %s", (run_id,))
         )
 
@@ -230,7 +231,7 @@ class ScriptStore:
         return str(row["status"]) if row else None
 
     async def active_run(self, script_id: int) -> ScriptRun | None:
-        return _build(
+        return build(
             ScriptRun,
             await self._store._one(
                 f"SELECT {_RUN_COLUMNS} FROM script_runs WHERE script_id = %s AND status IN ('queued', 'running')",
@@ -239,12 +240,23 @@ class ScriptStore:
         )
 
     async def last_run(self, script_id: int) -> ScriptRun | None:
-        return _build(
+        return build(
             ScriptRun,
             await self._store._one(
                 f"SELECT {_RUN_COLUMNS} FROM script_runs WHERE script_id = %s ORDER BY id DESC LIMIT 1", (script_id,)
             ),
         )
+
+    async def last_runs(self, script_ids: Sequence[int]) -> dict[int, ScriptRun]:
+        """The last run of each of these scripts (those that ran), in one query."""
+        if not script_ids:
+            return {}
+        rows = await self._store._all(
+            f"SELECT DISTINCT ON (script_id) {_RUN_COLUMNS} FROM script_runs WHERE script_id = ANY(%s)"
+            " ORDER BY script_id, id DESC",
+            (list(script_ids),),
+        )
+        return {int(row["script_id"]): ScriptRun(**row) for row in rows}
 
     async def list_runs(self, script_id: int, *, offset: int, limit: int) -> tuple[int, list[ScriptRun]]:
         count = await self._store._one("SELECT COUNT(*) AS n FROM script_runs WHERE script_id = %s", (script_id,))
@@ -288,13 +300,13 @@ class ScriptStore:
                 f" RETURNING {_RUN_COLUMNS}",
                 (self._store.now(), run_id),
             )
-            return _build(ScriptRun, await cur.fetchone())
+            return build(ScriptRun, await cur.fetchone())
 
     async def finish_run(
         self, run_id: int, *, status: str, exit_code: int | None, output: str, error: str | None
     ) -> ScriptRun | None:
         """running/queued → a final status; None when the run is gone (its script was deleted)."""
-        return _build(
+        return build(
             ScriptRun,
             await self._store._one(
                 f"UPDATE script_runs SET status = %s, finished_at = %s, exit_code = %s, output = %s, error = %s"

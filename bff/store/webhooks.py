@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from psycopg.types.json import Jsonb
 
-from . import iso
+from .base import iso
 
 if TYPE_CHECKING:
     from . import Store

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from playwright.sync_api import Frame, FrameLocator, Locator, Page
+from playwright.sync_api import Frame, FrameLocator, Locator, Page, expect
 
 
 class ConnectionsPanel:
@@ -21,6 +21,12 @@ class ConnectionsPanel:
 
     def connection(self, name: str) -> PanelItem:
         return PanelItem(self, name)
+
+    def fitted(self) -> None:
+        """Waits until the iframe is as tall as its content (it follows the content by postMessage,
+        e.g. after the viewport changed), so a screenshot shows every card whole."""
+        height = self.document().evaluate("Math.ceil(document.documentElement.getBoundingClientRect().height)")
+        expect(self.iframe).to_have_css("height", f"{max(80, height)}px")
 
     def document(self) -> Frame:
         for frame in self.page.frames:

@@ -16,13 +16,13 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from . import lifecycle
-from .connectors import Connector
-from .errors import Invalid
-from .jobs import JobQueue
-from .lifecycle import Health
-from .runtime import Runtime
-from .store import Connection, HealthChange, Run, RunAlreadyActive
+from .. import lifecycle
+from ..connectors import Connector
+from ..errors import Invalid
+from ..jobs import JobQueue
+from ..lifecycle import Health
+from ..runtime import Runtime
+from ..store import Connection, HealthChange, Run, RunAlreadyActive
 from .sync import ConnectionNotReady, SyncRunner
 
 logger = logging.getLogger("bff.schedules")
@@ -117,9 +117,9 @@ class ScheduleReactions:
     async def on_health_change(self, change: HealthChange) -> None:
         """Ready (again): every table is due now. Disabled: nothing is scheduled."""
         if change.new == Health.DISABLED:
-            await self.store.set_schedule(change.connection_id, {})
+            await self.store.connections.set_schedule(change.connection_id, {})
         elif lifecycle.syncs_on_entry(change.new) and self.enabled:
-            connection = await self.store.get_connection_by_id(change.connection_id)
+            connection = await self.store.connections.get_by_id(change.connection_id)
             if connection is not None:
                 await self.on_connection_ready(connection)
 
@@ -128,7 +128,7 @@ class ScheduleReactions:
         if self.enabled:
             now = self.now()
             tables = streams_of(self.runtime.connectors, connection)
-            await self.store.set_schedule(connection.id, {table: now for table in tables})
+            await self.store.connections.set_schedule(connection.id, {table: now for table in tables})
             await self.queue.defer_tick()
 
 
@@ -153,8 +153,10 @@ class Scheduler:
             not connection.table_due and lifecycle.syncs_on_entry(connection.health_status)
         ):
             return connection  # its first sync, when it comes, plans from the new frequencies
-        await self.store.set_schedule(connection.id, replanned(self.runtime.connectors, connection, self.now()))
-        updated = await self.store.get_connection_by_id(connection.id)
+        await self.store.connections.set_schedule(
+            connection.id, replanned(self.runtime.connectors, connection, self.now())
+        )
+        updated = await self.store.connections.get_by_id(connection.id)
         assert updated is not None
         return updated
 
@@ -164,7 +166,7 @@ class Scheduler:
         """Queue a run for every due connection (only its due tables); the runs queued."""
         now = self.now()
         queued: list[Run] = []
-        for connection in await self.store.list_due_connections(now):
+        for connection in await self.store.connections.list_due(now):
             run = await self._tick_connection(connection, now)
             if run is not None:
                 queued.append(run)
@@ -174,14 +176,14 @@ class Scheduler:
         if not lifecycle.can_schedule(connection.health_status):
             # Disabled or waiting for the customer: nothing runs until it is ready again,
             # and becoming ready schedules it afresh.
-            await self.store.claim_schedule(connection, {})
+            await self.store.connections.claim_schedule(connection, {})
             return None
         streams = streams_of(self.runtime.connectors, connection)
         due_tables = [t for t in streams if t in connection.table_due and connection.table_due[t] <= now]
         after = self._after_run(connection, streams, due_tables, now)
-        if not due_tables or not await self.store.claim_schedule(connection, after):
+        if not due_tables or not await self.store.connections.claim_schedule(connection, after):
             return None  # nothing of ours is due, or another scheduler claimed it first
-        account = await self.store.get_sub_account_by_id(connection.sub_account_id)
+        account = await self.store.sub_accounts.get_by_id(connection.sub_account_id)
         if account is None:
             return None
         tables = None if set(due_tables) == set(streams) else due_tables
@@ -190,9 +192,9 @@ class Scheduler:
         except RunAlreadyActive:
             # A run is going (someone pressed Sync): try these tables again a little later.
             retry = {**after, **{t: now + BUSY_RETRY_SECONDS for t in due_tables}}
-            await self.store.set_schedule(connection.id, retry)
+            await self.store.connections.set_schedule(connection.id, retry)
         except ConnectionNotReady:
-            await self.store.set_schedule(connection.id, {})
+            await self.store.connections.set_schedule(connection.id, {})
         return None
 
     @staticmethod

@@ -38,9 +38,9 @@ from typing import Any
 
 import psycopg
 
-from . import connections as rt
-from . import lifecycle
-from .connectors import (
+from .. import connections as rt
+from .. import lifecycle
+from ..connectors import (
     Connector,
     ConnectorError,
     ConnectorSession,
@@ -50,15 +50,15 @@ from .connectors import (
     RetryPolicy,
     Stream,
 )
-from .errors import Conflict, Invalid
-from .events import Events
-from .jobs import JobQueue
-from .lifecycle import Event, Health
-from .runtime import Runtime
-from .store import Connection, Run, RunAlreadyActive, Store, SubAccount
-from .warehouse import Warehouse
+from ..errors import Conflict, Invalid
+from ..events import Events
+from ..jobs import JobQueue
+from ..lifecycle import Event, Health
+from ..runtime import Runtime
+from ..store import Connection, Run, RunAlreadyActive, Store, SubAccount
+from ..warehouse import Warehouse
 
-__all__ = ["ConnectionNotReady", "RunAlreadyActive", "SyncRunner", "UnknownTables"]
+__all__ = ["CategoriesNotSupported", "ConnectionNotReady", "RunAlreadyActive", "SyncRunner", "UnknownTables"]
 
 logger = logging.getLogger("bff.sync")
 
@@ -87,6 +87,18 @@ class UnknownTables(Invalid):
         )
         self.unknown = list(unknown)
         self.known = list(known)
+
+
+class CategoriesNotSupported(Invalid):
+    """``categories`` for a connector whose tables are not read per division (no ``partition_by``)."""
+
+    code = "categories_not_supported"
+
+    def __init__(self, display_name: str) -> None:
+        super().__init__(
+            {"categories": f"{display_name} has no divisions (categories) to choose from; sync without categories."},
+            f"{display_name} cannot sync some categories only.",
+        )
 
 
 @dataclass
@@ -133,7 +145,7 @@ class _RunLog:
         return lines
 
     async def flush(self) -> None:
-        await self._store.add_logs(self._run.connection_id, self.take(), run_id=self._run.id)
+        await self._store.runs.add_logs(self._run.connection_id, self.take(), run_id=self._run.id)
 
 
 class SyncRunner:
@@ -161,33 +173,42 @@ class SyncRunner:
         *,
         full: bool = False,
         trigger: str = "api",
+        categories: Sequence[str] | None = None,
     ) -> Run:
         """Queue a run of ``tables`` (default: every stream); a worker executes it.
 
         ``full`` forgets the cursors of those tables, reads everything and marks the rows the
-        provider no longer has as deleted (``_deleted_at``).
+        provider no longer has as deleted (``_deleted_at``). ``categories`` reads only those
+        partitions (divisions) of the tables read per partition, chosen on the connection or not
+        (the provider decides what the connection's credentials reach); the other tables as usual.
 
-        Raises :class:`ConnectionNotReady`, :class:`UnknownTables`, or the store's
-        :class:`RunAlreadyActive` when this connection already has an active run.
+        Raises :class:`ConnectionNotReady`, :class:`UnknownTables`, :class:`CategoriesNotSupported`,
+        or the store's :class:`RunAlreadyActive` when this connection already has an active run.
         """
         refused = lifecycle.refusal(connection.health_status, lifecycle.can_sync(connection.health_status))
         if refused is not None:
             raise ConnectionNotReady(refused, NOT_READY[Health(connection.health_status)])
         connector = self.runtime.connectors[connection.connector]
         select_streams([s.name for s in connector.streams], tables)
-        run = await self.store.create_run(
+        if categories and not connector.partition_by:
+            raise CategoriesNotSupported(connector.display_name)
+        if categories and full:
+            # A full sync marks every row it did not write as deleted: the other divisions' rows too.
+            raise Invalid({"categories": "A full sync reads every division; leave categories out or full off."})
+        run = await self.store.runs.create(
             connection.id,
             account.id,
             task_id=uuid.uuid4().hex,
             tables=list(tables) if tables else None,
             full_sync=full,
             trigger=trigger,
+            categories=list(categories) if categories else None,
         )
         job_id = await self.queue.defer_sync(run.id, connection.id)
         if job_id is None:  # a job of this connection is still waiting: the queueing lock says no
-            await self.store.delete_run(run.id)  # it never started: no failed run in the history
+            await self.store.runs.delete(run.id)  # it never started: no failed run in the history
             raise RunAlreadyActive(None)
-        await self.store.update_run(run.id, job_id=job_id)
+        await self.store.runs.update(run.id, job_id=job_id)
         return run
 
     async def wait(self, connection_id: int, *, timeout: float | None = None) -> Run | None:
@@ -195,22 +216,43 @@ class SyncRunner:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             ended = self._ended.setdefault(connection_id, asyncio.Event())
-            if await self.store.active_run(connection_id) is None:
+            if await self.store.runs.active(connection_id) is None:
                 break
             if deadline is not None and time.monotonic() >= deadline:
                 break
             await self._until_ended(ended, WAIT_POLL)
-        return await self.store.last_run(connection_id)
+        return await self.store.runs.last(connection_id)
 
     async def wait_run(self, run_id: int, *, timeout: float) -> Run | None:
         """Wait up to ``timeout`` seconds for one run to end; the run as it is then."""
         deadline = time.monotonic() + timeout
-        run = await self.store.get_run(run_id)
+        run = await self.store.runs.get(run_id)
         while run is not None and run.active and time.monotonic() < deadline:
             ended = self._ended.setdefault(run.connection_id, asyncio.Event())
             await self._until_ended(ended, min(WAIT_POLL * 4, max(0.0, deadline - time.monotonic())))
-            run = await self.store.get_run(run_id)
+            run = await self.store.runs.get(run_id)
         return run
+
+    async def wait_finished(
+        self, run_id: int, connection: Connection, *, timeout: float
+    ) -> tuple[Run, Connection] | None:
+        """Wait up to ``timeout`` seconds for a run to end: the ended run and its connection as the
+        run left it; None while it is still going."""
+        run = await self.wait_run(run_id, timeout=timeout)
+        if run is None or run.active:
+            return None
+        return run, await self.store.connections.get_by_id(connection.id) or connection
+
+    async def status(self, connection_id: int) -> tuple[Run | None, bool]:
+        """The run queued or going (and True), else the last one (and False; None if none ran)."""
+        active = await self.store.runs.active(connection_id)
+        if active is not None:
+            return active, True
+        return await self.store.runs.last(connection_id), False
+
+    async def runs(self, connection_id: int, *, offset: int, limit: int) -> tuple[int, list[Run]]:
+        """A page of the connection's runs, newest first, and how many there are."""
+        return await self.store.runs.list_page(connection_id, offset=offset, limit=limit)
 
     @staticmethod
     async def _until_ended(ended: asyncio.Event, poll: float) -> None:
@@ -221,7 +263,7 @@ class SyncRunner:
     async def delete_connection(self, sub_account_id: int, connection_id: int) -> bool:
         """Delete a connection with its runs, logs, cursors and warehouse tables. A run in
         progress on any worker fails its next write (the rows it needs are gone) and stops."""
-        deleted = await self.store.delete_connection(sub_account_id, connection_id)
+        deleted = await self.store.connections.delete(sub_account_id, connection_id)
         if deleted:
             await self.warehouse.drop_connection_tables(sub_account_id, connection_id)
         return deleted
@@ -230,7 +272,7 @@ class SyncRunner:
 
     async def execute(self, run_id: int) -> None:
         """The body of a ``sync_run`` job."""
-        run = await self.store.get_run(run_id)
+        run = await self.store.runs.get(run_id)
         if run is None or not run.active:
             return  # deleted with its connection, or already ended
         try:
@@ -241,7 +283,7 @@ class SyncRunner:
             )
             raise
         except Exception as exc:  # a bug, or the database failing: never leave the run active
-            if await self.store.get_connection_by_id(run.connection_id) is None:
+            if await self.store.connections.get_by_id(run.connection_id) is None:
                 return  # deleted mid-run: nothing left to report on
             logger.exception("sync run %s failed unexpectedly", run.id)
             detail = f"The sync failed because of an internal error ({type(exc).__name__}); it has been logged."
@@ -252,7 +294,7 @@ class SyncRunner:
 
     async def recover_stalled(self, run_id: int) -> None:
         """The watchdog re-queued this run's job: its worker died. Say so where the customer looks."""
-        run = await self.store.get_run(run_id)
+        run = await self.store.runs.get(run_id)
         if run is None or not run.active:
             return
         await self._back_to_queued(
@@ -262,12 +304,12 @@ class SyncRunner:
         )
 
     async def _back_to_queued(self, run: Run, message: str) -> None:
-        await self.store.update_run(run.id, status="queued")
-        await self.store.add_log(run.connection_id, "warning", message, run_id=run.id)
+        await self.store.runs.update(run.id, status="queued")
+        await self.store.runs.add_log(run.connection_id, "warning", message, run_id=run.id)
 
     async def _requeue(self, run: Run, message: str) -> None:
         try:
-            if await self.store.get_connection_by_id(run.connection_id) is None:
+            if await self.store.connections.get_by_id(run.connection_id) is None:
                 return
             await self._back_to_queued(run, message)
             await self.queue.defer_sync(run.id, run.connection_id)
@@ -276,10 +318,10 @@ class SyncRunner:
 
     async def _run(self, run: Run) -> None:
         started = time.monotonic()
-        await self.store.update_run(
+        await self.store.runs.update(
             run.id, status="running", started=True, pid=os.getpid(), attempt=True, resume_at=None
         )
-        connection = await self.store.get_connection_by_id(run.connection_id)
+        connection = await self.store.connections.get_by_id(run.connection_id)
         if connection is None:  # deleted while queued
             return
         connector = self.runtime.connectors[connection.connector]
@@ -288,7 +330,8 @@ class SyncRunner:
         policy = dataclasses.replace(self.retry_policy(), long_wait=self.runtime.settings.long_wait_seconds)
         session = rt.session_for_connection(self.runtime, connection, log=log, policy=policy)
         outcome = _Outcome.resumed(run)
-        log("info", f"Sync {'resumed' if run.attempts else 'started'}: {', '.join(streams)}.")
+        which = f" (divisions {', '.join(run.categories)})" if run.categories else ""
+        log("info", f"Sync {'resumed' if run.attempts else 'started'}: {', '.join(streams)}{which}.")
         try:
             await self._run_streams(run, connection, connector, streams, session, outcome, log)
         except asyncio.CancelledError:  # the worker is stopping: keep what this attempt counted
@@ -325,7 +368,7 @@ class SyncRunner:
             except ConnectorError as exc:
                 outcome.failed[name] = str(exc)
             except psycopg.Error as exc:
-                if await self.store.get_connection_by_id(run.connection_id) is None:
+                if await self.store.connections.get_by_id(run.connection_id) is None:
                     outcome.paused = True  # deleted mid-run: its tables, cursors and runs went with it
                     return
                 logger.exception("warehouse write failed for run %s, stream %s", run.id, name)
@@ -369,7 +412,7 @@ class SyncRunner:
         # Writes not counted yet, oldest first: at most the page being upserted and the next one.
         writing: list[asyncio.Task[int]] = []
         try:
-            async for page in _read_ahead(session.read(stream.name, state)):
+            async for page in _read_ahead(session.read(stream.name, state, partitions=run.categories)):
                 after = writing[-1] if writing else None
                 writing.append(asyncio.create_task(table.write(page.records, page.state, run.id, after=after)))
                 if len(writing) > 1:
@@ -413,7 +456,7 @@ class SyncRunner:
         """Save the run's place and come back when the provider said to; the worker is free meanwhile."""
         resume_at = self.runtime.clock() + exc.delay
         log("info", f"Waiting: {exc.reason}. The sync continues after that, from where it stopped.")
-        await self.store.update_run(
+        await self.store.runs.update(
             run.id, status="waiting", resume_at=resume_at, records=outcome.records, progress=outcome.progress()
         )
         await log.flush()
@@ -429,7 +472,7 @@ class SyncRunner:
         await self._save_progress(run, outcome, log)
 
     async def _save_progress(self, run: Run, outcome: _Outcome, log: _RunLog) -> None:
-        await self.store.update_run(run.id, records=outcome.records, progress=outcome.progress())
+        await self.store.runs.update(run.id, records=outcome.records, progress=outcome.progress())
         await log.flush()
 
     async def _conclude(
@@ -480,7 +523,7 @@ class SyncRunner:
         if waiting is not None:
             waiting.set()
         if ended:
-            finished = await self.store.get_run(run.id)
+            finished = await self.store.runs.get(run.id)
             if finished is not None:
                 await self.events.run_finished(finished)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from alembic import op
 
 revision = "i22_customer_databases"
-down_revision = "i22_typed_columns"
+down_revision = "i23_run_categories"
 branch_labels = None
 depends_on = None
 

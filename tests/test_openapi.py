@@ -1,0 +1,157 @@
+"""/openapi.json as outside tools read it (DESIGN §16): valid, unique and stable operationIds, every
+route of the API described by the contract's models, nulls and arrays as the server answers them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from openapi_spec_validator import validate
+
+from bff.app import create_app
+from bff.contract.operations import OPERATIONS
+from bff.openapi import _walk, build_spec, derived_id
+from bff.settings import Settings
+
+
+@pytest.fixture(params=[True, False], ids=["sandbox", "no-sandbox"])
+def spec_and_app(
+    request: pytest.FixtureRequest, settings_factory: Callable[..., Settings]
+) -> tuple[dict[str, Any], Any]:
+    app = create_app(settings_factory(sandbox_enabled=request.param))  # no server of its own: nothing starts
+    return build_spec(app.routes), app
+
+
+def operations(spec: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    return [(method, path, op) for path, item in spec["paths"].items() for method, op in item.items()]
+
+
+def schema_of(spec: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    ref = schema.get("$ref")
+    return schema_of(spec, spec["components"]["schemas"][ref.rsplit("/", 1)[1]]) if ref else schema
+
+
+def test_the_document_is_valid_openapi_3_1(spec_and_app: tuple[dict[str, Any], Any]) -> None:
+    spec, _ = spec_and_app
+    assert spec["openapi"] == "3.1.0"
+    validate(spec)  # openapi-spec-validator: raises on the first problem
+    ids = [op["operationId"] for _, _, op in operations(spec)]
+    assert len(ids) == len(set(ids))
+
+
+def test_every_route_of_the_api_has_its_operation_and_every_operation_a_route(
+    spec_and_app: tuple[dict[str, Any], Any],
+) -> None:
+    spec, app = spec_and_app
+    routed = set()
+    for raw, route in _walk(app.routes):
+        path = raw.replace(":int}", "}").replace(":path}", "}")
+        for method in route.methods - {"HEAD"}:
+            routed.add((method, path))
+            if not path.startswith("/sandbox/"):
+                assert (method, path) in OPERATIONS, f"{method} {path} has no operation in bff/contract/operations.py"
+    assert set(OPERATIONS) - routed == set()
+    sandbox = [op for method, path, op in operations(spec) if path.startswith("/sandbox/")]
+    assert all(op["tags"] == ["sandbox"] and op["operationId"].startswith("sandbox") for op in sandbox)
+
+
+def test_operation_ids_say_what_they_do_and_do_not_change() -> None:
+    named = {(m, p): op.id for (m, p), op in OPERATIONS.items()}
+    # Released names: a generated client's functions are called this, so these never change.
+    assert named[("POST", "/api/partner/sub-account")] == "createSubAccount"
+    assert named[("GET", "/api/server/{id}/runs")] == "listServerRuns"
+    assert named[("GET", "/api/interface/{script_id}/runs")] == "listScriptRuns"
+    assert named[("GET", "/api/server/{id}/config-options")] == "getConfigOptions"
+    assert named[("POST", "/api/server/{id}/config")] == "saveConfig"
+    assert named[("GET", "/api/database/rows/table/{table_id}")] == "listRows"
+    assert all(op.id[:1].islower() and op.id.isalnum() for op in OPERATIONS.values())
+    assert derived_id("GET", "/sandbox/exact/api/v1/{division}/invoices") == "sandboxGetExactApiV1DivisionInvoices"
+
+
+def test_arrays_have_items_nulls_are_allowed_where_the_server_answers_them(
+    spec_and_app: tuple[dict[str, Any], Any],
+) -> None:
+    spec, _ = spec_and_app
+
+    def arrays(value: Any) -> list[dict[str, Any]]:
+        if isinstance(value, dict):
+            found = [value] if value.get("type") == "array" else []
+            return found + [a for inner in value.values() for a in arrays(inner)]
+        return [a for inner in value for a in arrays(inner)] if isinstance(value, list) else []
+
+    assert all("items" in array for array in arrays(spec))
+    schemas = spec["components"]["schemas"]
+    assert schemas["ConfigOptions"]["properties"]["selected"]["items"]["anyOf"] == [
+        {"type": "string"},
+        {"type": "integer"},
+    ]
+    config_body = schema_of(
+        spec, spec["paths"]["/api/server/{id}/config"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    )
+    assert config_body["additionalProperties"]["anyOf"][0]["items"]
+    table = schemas["Table"]["properties"]
+    # A query table has no connection, and no row count when its query broke.
+    assert {"type": "null"} in table["connection"]["anyOf"] and {"type": "null"} in table["row_count"]["anyOf"]
+    for model, fields in {
+        "Table": ("type", "sql_name", "query", "updated_at", "error"),
+        "Connection": ("oauth_url", "oauth_nonce"),
+        "Run": ("resume_at",),
+        "Servertype": ("description", "streams", "config_select"),
+    }.items():
+        assert set(fields) <= set(schemas[model]["properties"]), model
+
+
+def test_every_documented_query_parameter(spec_and_app: tuple[dict[str, Any], Any]) -> None:
+    spec, _ = spec_and_app
+
+    def params(path: str, method: str = "get") -> dict[str, dict[str, Any]]:
+        return {p["name"]: p for p in spec["paths"][path][method].get("parameters", [])}
+
+    rows = params("/api/database/rows/table/{table_id}")
+    assert set(rows) >= {"search", "order_by", "updated_since", "include", "exclude", "size", "page", "page_size"}
+    filters = rows["filters"]
+    assert filters["style"] == "form" and filters["explode"] is True
+    pattern = schema_of(spec, filters["schema"])["propertyNames"]["pattern"]
+    assert pattern.startswith("^filter__") and "not_empty" in pattern
+    assert set(params("/api/servertypes")) >= {"locale", "page", "page_size"}
+    assert params("/api/servertypes")["locale"]["schema"]["enum"] == ["en", "nl", "fr", "de"]
+    assert set(params("/api/servers")) >= {"page", "page_size"}
+    assert "locale" in params("/api/server/{id}/config-options")
+    assert "locale" in params("/api/server/{id}/reauthorise", "post")
+    records = "/api/server/{id}/records/{object}"
+    assert {"refresh", "timeout"} <= set(params(records, "post"))
+    assert params(records, "put")["match"]["required"] is True
+    assert params(records)["fields"]["explode"] is True
+
+
+def test_bodies_and_answers_are_described(spec_and_app: tuple[dict[str, Any], Any]) -> None:
+    spec, _ = spec_and_app
+    for method, path in [
+        ("post", "/api/table"),
+        ("post", "/table"),
+        ("patch", "/api/table/{table_id}"),
+        ("post", "/api/database/query"),
+        ("put", "/api/interface/{script_id}/state"),
+        ("post", "/api/server/{id}/records/{object}"),
+        ("put", "/api/server/{id}/records/{object}"),
+        ("patch", "/api/server/{id}/records/{object}/{record_id}"),
+        ("post", "/api/server/{id}/proxy/{path}"),
+    ]:
+        assert "requestBody" in spec["paths"][path][method], (method, path)
+    for method, path, status in [
+        ("post", "/api/partner/sub-account/{account_id}/database-credentials", "200"),
+        ("get", "/api/server/{id}/objects", "200"),
+        ("post", "/api/server/{id}/records/{object}", "201"),
+        ("get", "/api/interface/{script_id}/state", "200"),
+    ]:
+        assert spec["paths"][path][method]["responses"][status]["content"]["application/json"]["schema"]
+    for _method, path, op in operations(spec):
+        if path.startswith("/api/"):
+            assert op["security"] == [{"token": []}]
+            assert schema_of(spec, op["responses"]["default"]["content"]["application/json"]["schema"])["required"] == [
+                "detail",
+                "code",
+            ]
+    tags = {t["name"] for t in spec["tags"]}
+    assert {"partner", "connections", "sync", "warehouse", "query-tables", "writeback", "scripts"} <= tags
