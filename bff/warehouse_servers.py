@@ -190,6 +190,7 @@ class WarehouseServers:
         self._pools: dict[tuple[str, str], AsyncConnectionPool[Any]] = {}
         self._customers: dict[tuple[str, str, str], CustomerConnections] = {}
         self._lock = asyncio.Lock()
+        self._placing: dict[int, asyncio.Lock] = {}
 
     @property
     def names(self) -> list[str]:
@@ -286,9 +287,9 @@ class WarehouseServers:
 
     # -- placing customers ---------------------------------------------------------------------
 
-    async def choose_server(self) -> str:
+    async def choose_server(self, conn: AsyncConnection[Any] | None = None) -> str:
         """The configured server with the fewest customers (the first listed among equals)."""
-        counts = await self.placements.customers_per_server()
+        counts = await self.placements.customers_per_server(conn)
         return min(self._urls, key=lambda name: counts.get(name, 0))
 
     async def placement(self, sub_account_id: int, *, create: bool = False) -> Placement | None:
@@ -298,6 +299,20 @@ class WarehouseServers:
             return found
         if not create:
             return None
+        # One first placement per customer at a time in this process (the others wait here, not
+        # on the database lock holding a connection of the control pool each).
+        local = self._placing.setdefault(sub_account_id, asyncio.Lock())
+        async with local:
+            try:
+                return await self._place(sub_account_id)
+            finally:
+                # Waiters keep their lock object; a later caller finds the placement ready first.
+                self._placing.pop(sub_account_id, None)
+
+    async def _place(self, sub_account_id: int) -> Placement:
+        found = await self.placements.get(sub_account_id)
+        if found is not None and found.ready:
+            return found
         async with self.store.transaction() as conn:
             found = await self.placements.locked(conn, sub_account_id)
             if found is None:
@@ -306,7 +321,7 @@ class WarehouseServers:
                     raise LookupError(f"sub-account {sub_account_id} does not exist")
                 found = Placement(
                     sub_account_id=sub_account_id,
-                    server=await self.choose_server(),
+                    server=await self.choose_server(conn),
                     database=new_database_name(),
                     ready=False,
                 )

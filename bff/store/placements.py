@@ -72,8 +72,12 @@ class PlacementStore:
             "DELETE FROM warehouse_schemas WHERE sub_account_id = %s RETURNING NULL AS gone", (sub_account_id,)
         )
 
-    async def customers_per_server(self) -> dict[str, int]:
-        rows = await self._store._all("SELECT server, COUNT(*) AS n FROM warehouse_placements GROUP BY server")
+    async def customers_per_server(self, conn: AsyncConnection[Any] | None = None) -> dict[str, int]:
+        statement = "SELECT server, COUNT(*) AS n FROM warehouse_placements GROUP BY server"
+        if conn is None:
+            rows = await self._store._all(statement)
+        else:
+            rows = await (await conn.execute(statement)).fetchall()
         return {str(r["server"]): int(r["n"]) for r in rows}
 
     async def all(self) -> list[Placement]:
