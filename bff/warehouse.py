@@ -882,23 +882,18 @@ class Warehouse:
 
     async def _live_counts(self, sub_account_id: int, connection_ids: Sequence[int]) -> dict[int, int]:
         async with self.store.connection() as conn:
-            cur = await conn.execute(
-                "SELECT t.connection_id, t.physical, s.warehouse_schema AS schema FROM warehouse_tables t"
-                " JOIN sub_accounts s ON s.id = t.sub_account_id"
-                " WHERE t.sub_account_id = %s AND t.connection_id = ANY(%s) AND s.warehouse_schema IS NOT NULL",
-                (sub_account_id, list(connection_ids)),
+            tables = [
+                t for t in await _load_tables(conn, sub_account_id=sub_account_id) if t.connection_id in connection_ids
+            ]
+        if not tables:
+            return {}
+        counts = sql.SQL(" UNION ALL ").join(
+            sql.SQL("SELECT {}::bigint AS connection_id, COUNT(*) AS n FROM {} WHERE _deleted_at IS NULL").format(
+                sql.Literal(t.connection_id), t.identifier
             )
-            tables = await cur.fetchall()
-            if not tables:
-                return {}
-            counts = sql.SQL(" UNION ALL ").join(
-                sql.SQL(
-                    "SELECT {}::bigint AS connection_id, COUNT(*) AS n FROM {}.{} WHERE _deleted_at IS NULL"
-                ).format(
-                    sql.Literal(int(t["connection_id"])), sql.Identifier(t["schema"]), sql.Identifier(t["physical"])
-                )
-                for t in tables
-            )
+            for t in tables
+        )
+        async with self.servers.connection(tables[0].placement) as conn:
             cur = await conn.execute(
                 sql.SQL("SELECT connection_id, SUM(n)::bigint AS n FROM ({}) c GROUP BY connection_id").format(counts)
             )
