@@ -131,7 +131,8 @@ async def test_oauth_connect_with_pkce(sbff: BFF) -> None:
     assert created.status_code == 201
     body = created.json()
     assert body["health_status"] == "AUTHORIZING"
-    assert body["oauth_url"] == "http://testserver/oauth/start" and len(body["oauth_nonce"]) >= 32
+    assert body["oauth_url"].startswith("http://testserver/oauth/start?link=") and len(body["oauth_nonce"]) >= 32
+    assert body["oauth_nonce"] not in body["oauth_url"]  # the nonce never travels in a URL
     provider_url = await start_sign_in(sbff.client, body)  # what the start page does in the browser
     query = parse_qs(urlsplit(provider_url).query)
     assert query["redirect_uri"] == ["http://testserver/oauth/callback"]  # byte-equal to the registered one
