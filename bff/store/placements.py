@@ -1,4 +1,4 @@
-"""The ``warehouse_placements`` and ``warehouse_schemas`` tables (migration 0013): which server and
+"""The ``warehouse_placements`` and ``warehouse_schemas`` tables (migration 0014): which server and
 database each customer's warehouse is on, and the schema of each connection in it. The SQL behind
 :mod:`bff.warehouse_servers` and :mod:`bff.warehouse`."""
 

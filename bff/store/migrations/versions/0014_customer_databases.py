@@ -15,7 +15,7 @@ from __future__ import annotations
 from alembic import op
 
 revision = "i22_customer_databases"
-down_revision = "i23_run_categories"
+down_revision = "i23_connection_tables"
 branch_labels = None
 depends_on = None
 
