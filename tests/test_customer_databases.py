@@ -217,10 +217,16 @@ async def test_schemas_are_named_after_connections_and_follow_a_rename(sbff: BFF
         "/api/table", headers=auth(token), json={"name": "Big deals", "query": 'SELECT id FROM "Sandbox CRM".deals'}
     )
     assert made.status_code == 201, made.text
-    assert await sbff.services.warehouse.rename_connection(account_id, connection_id, "Sandbox CRM (2)") == (
-        "Sandbox CRM (2) (2)"  # taken by the other connection: a duplicate gets " (2)"
-    )
-    assert await sbff.services.warehouse.rename_connection(account_id, connection_id, "exact online") == "exact online"
+
+    async def rename(name: str) -> set[str]:
+        answer = await sbff.client.patch(f"/api/server/{connection_id}", headers=auth(token), json={"name": name})
+        assert answer.status_code == 200, answer.text
+        listed = (await sbff.client.get(f"/api/database/tables/database/{account_id}/", headers=auth(token))).json()
+        return {t["schema"] for t in listed["results"] if t["connection"] == connection_id}
+
+    # Taken by the other connection: a duplicate gets " (2)".
+    assert await rename("Sandbox CRM (2)") == {"Sandbox CRM (2) (2)"}
+    assert await rename("exact online") == {"exact online"}
     listed = (await sbff.client.get(f"/api/database/tables/database/{account_id}/", headers=auth(token))).json()
     renamed = {t["name"]: t for t in listed["results"] if t["connection"] == connection_id}
     assert renamed["deals"]["sql_name"] == '"exact online"."deals"'
