@@ -331,6 +331,13 @@ class Connections:
             selected_tables=selected_tables,
         )
         updated = await self.reload(account, connection)
+        if name is not None and name != connection.name:
+            # Its schema in the customer's database follows (query tables over it keep working).
+            schema = await svc.warehouse.rename_connection(account.id, connection.id, name)
+            if schema is not None:
+                await svc.store.runs.add_log(
+                    connection.id, "info", f"Renamed; its tables are now in schema {schema!r}."
+                )
         if selected_tables is not UNSET:
             chosen = "every table" if selected_tables is None else ", ".join(selected_tables)
             await svc.store.runs.add_log(connection.id, "info", f"Tables to sync: {chosen}.")
