@@ -38,6 +38,7 @@ from .settings import Settings
 from .store import Store, migrate
 from .tokens import TokenAuthority
 from .warehouse import Warehouse
+from .warehouse_servers import WarehouseServers
 from .webhooks import Webhooks
 
 
@@ -85,7 +86,8 @@ def create_app(
         sandbox_app = create_sandbox_app(options, clock=clock, state_dir=settings.data_dir)
         transport = SandboxTransport(sandbox_app, settings.sandbox_url, transport)
     queue = JobQueue(url, heartbeat_seconds=settings.heartbeat_seconds, stalled_seconds=settings.stalled_seconds)
-    warehouse = Warehouse(store, clock=clock)
+    servers = WarehouseServers(store, [url.reveal() for url in settings.warehouse_urls])
+    warehouse = Warehouse(store, servers, clock=clock)
     # One keep-alive client for every provider call of this process, which keeps no cookies.
     http = httpx.AsyncClient(
         transport=transport,
@@ -139,6 +141,7 @@ def create_app(
         await store.open()
         try:
             await check_encryption_key(store, services.vault)
+            await servers.close_control_database()
             await queue.open()
             try:
                 if settings.run_worker:
@@ -162,6 +165,7 @@ def create_app(
             await services.http.aclose()
             await scripts.close()
             await webhooks.close()
+            await warehouse.close()
             await store.close()
 
     routes: list[BaseRoute] = [
