@@ -55,7 +55,7 @@ STATE_SCHEMA = "_bff"  # the BFF's bookkeeping in each customer database (cursor
 RESERVED_SCHEMAS = ("public", STATE_SCHEMA, "information_schema")
 
 WRITER_SUFFIX = "_w"  # NOLOGIN: may write synced tables and create schemas (DESIGN §15)
-ROLE_SUFFIXES = ("", WRITER_SUFFIX, "_q", "_sql", "_sqlw")  # owner, writer, runner, SQL logins
+ROLE_SUFFIXES = ("", WRITER_SUFFIX, "_q", "_qw", "_sql", "_sqlw")  # owner, writer, runners, SQL logins
 
 
 class TooManyQueries(BFFError):

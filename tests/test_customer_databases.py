@@ -35,14 +35,16 @@ async def query(bff: BFF, token: str, text: str) -> Any:
     return answer.json()["rows"]
 
 
-async def sql_login(bff: BFF, account_id: int) -> psycopg.Connection[Any]:
-    """A connection on the customer's read-only SQL login (as its partner asks for one)."""
+async def sql_login(bff: BFF, account_id: int, *, write: bool = False) -> psycopg.Connection[Any]:
+    """A connection on the customer's SQL login, read-only or a writer (as its partner asks for one)."""
     async with bff.services.store.connection() as conn:
         cur = await conn.execute("SELECT partner_id FROM sub_accounts WHERE id = %s", (account_id,))
         partner = await bff.services.store.partners.get((await cur.fetchone())["partner_id"])
     minted = bff.services.tokens.mint_partner_token(partner_id=partner.id, generation=partner.token_generation)
     answer = await bff.client.post(
-        f"/api/partner/sub-account/{account_id}/database-credentials", headers=auth(minted.token)
+        f"/api/partner/sub-account/{account_id}/database-credentials",
+        headers=auth(minted.token),
+        json={"write": True} if write else None,
     )
     assert answer.status_code == 200, answer.text
     login = answer.json()
@@ -235,3 +237,56 @@ async def test_schemas_are_named_after_connections_and_follow_a_rename(sbff: BFF
     assert (await rows(sbff, token, renamed["deals"]["id"]))["count"] == 300
     assert (await sync(sbff, token, connection_id))["status"] == "succeeded"
     assert await query(sbff, token, 'SELECT COUNT(*) AS n FROM "exact online".deals') == [{"n": 300}]
+
+
+async def test_customers_may_write_their_own_database_and_the_next_sync_upserts_over_it(sbff: BFF) -> None:
+    """Issue 22 item 5: a writer login and /api/database/query/ {"write": true} change synced rows and
+    make tables in schemas of the customer's own; the synced schemas' DDL stays the BFF's."""
+    token, account_id, by_name, connection_id = await crm_customer(sbff, "writer")
+    deals = by_name["deals"]["sql_name"]
+
+    async def write(statement: str) -> Any:
+        return await sbff.client.post(
+            "/api/database/query/", headers=auth(token), json={"query": statement, "write": True}
+        )
+
+    deleted = await write(f"DELETE FROM {deals} WHERE stage = 'closedlost'")
+    assert deleted.status_code == 200, deleted.text
+    lost = deleted.json()["rowcount"]
+    assert lost > 0 and deleted.json()["status"] == f"DELETE {lost}"
+    changed = (await write(f"UPDATE {deals} SET amount = 0 WHERE id = 'd_001' RETURNING id, amount")).json()
+    assert changed["rows"] == [{"id": "d_001", "amount": 0.0}] and changed["rowcount"] == 1
+    made = await write("CREATE SCHEMA mine")
+    assert made.status_code == 200 and made.json()["status"] == "CREATE SCHEMA", made.text
+    assert (await write('CREATE TABLE mine.notes AS SELECT id FROM "Sandbox CRM".deals LIMIT 3')).status_code == 200
+    for refused in (
+        f"ALTER TABLE {deals} ADD COLUMN mine int",
+        f"DROP TABLE {deals}",
+        f"TRUNCATE {deals}",
+        'CREATE TABLE "Sandbox CRM".mine (n int)',
+        "UPDATE _bff.state SET state = '{}'",
+        "CREATE TEMP TABLE t (n int)",
+        "SELECT 1; SELECT 2",
+    ):
+        answer = await write(refused)
+        assert answer.status_code == 400 and answer.json()["code"] == "query_invalid", (refused, answer.text)
+    # Without write, the same endpoint stays read-only.
+    read_only = await sbff.client.post(
+        "/api/database/query/", headers=auth(token), json={"query": f"DELETE FROM {deals}"}
+    )
+    assert read_only.status_code == 400
+    assert (await rows(sbff, token, by_name["deals"]["id"]))["count"] == 300 - lost
+    # The customer's read login reads what its writers made; its writer login writes too.
+    with await sql_login(sbff, account_id) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM mine.notes").fetchone() == (3,)
+    with await sql_login(sbff, account_id, write=True) as conn:
+        conn.execute("INSERT INTO mine.notes VALUES ('x')")
+        assert conn.execute(f"DELETE FROM {deals} WHERE id = 'd_001'").rowcount == 1
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(f"ALTER TABLE {deals} ADD COLUMN mine int")
+        assert conn.execute("SHOW statement_timeout").fetchone() == ("10s",)
+    # The next (full) sync upserts over the customer's edits, as usual.
+    assert (await sync(sbff, token, connection_id, full=True))["status"] == "succeeded"
+    assert (await rows(sbff, token, by_name["deals"]["id"]))["count"] == 300
+    restored = await rows(sbff, token, by_name["deals"]["id"], "filter__id__equal=d_001")
+    assert restored["results"][0]["amount"] != 0

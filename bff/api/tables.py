@@ -6,7 +6,7 @@ never the browser's integrate token. The SQL itself is checked and run by
 :class:`bff.query_tables.QueryTables`, as the customer's own database role.
 
 ``POST /api/partner/sub-account/{id}/database-credentials`` (partner token, ``BFF_SQL_ACCESS=true``)
-→ ``{host, port, database, user, password, schema}``; every call sets a new password.
+``{write?}`` → ``{host, port, database, user, password, schema}``; every call sets a new password.
 """
 
 from __future__ import annotations
@@ -88,9 +88,12 @@ MAX_QUERY_ROWS = 10_000
 
 
 async def run_query(request: Request) -> JSONResponse:
-    """Run one read-only query as the customer: ``{query, limit?}`` → ``{fields, rows, truncated}``.
+    """Run one query as the customer: ``{query, limit?, write?}`` → ``{fields, rows, count, truncated}``.
 
-    What ``pq.dbconnect(pq.DW_NAME).execute(sql)`` calls; nothing is saved. Counted with the
+    Read-only unless ``write`` is true: then one statement that may change the customer's own
+    database (``INSERT``/``UPDATE``/``DELETE`` in synced tables, tables in schemas of its own), whose
+    answer adds ``status`` (the command tag) and ``rowcount``. What ``pq.dbconnect(pq.DW_NAME)``
+    calls; nothing is saved. Counted with the
     rows API's reads (``429 rate_limited``); more queries of one customer at once than the BFF
     opens connections for are ``429 too_many_queries``, a database without a free connection
     ``503 database_busy``.
@@ -102,14 +105,36 @@ async def run_query(request: Request) -> JSONResponse:
     limit = data.get("limit", 1000)
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_QUERY_ROWS:
         errors["limit"] = f"Must be a whole number from 1 to {MAX_QUERY_ROWS}."
+    write = _flag(data, "write", errors)
     if errors or query is None:
         raise validation_error(errors)
+    if write:
+        done = await services(request).query_tables.run_statement(account.id, query, limit=limit)
+        return JSONResponse(
+            {
+                "fields": done.fields,
+                "rows": done.rows,
+                "count": len(done.rows),
+                "truncated": done.truncated,
+                "status": done.status,
+                "rowcount": done.rowcount,
+            }
+        )
     fields, rows, truncated = await services(request).query_tables.run_query(account.id, query, limit=limit)
     return JSONResponse({"fields": fields, "rows": rows, "count": len(rows), "truncated": truncated})
 
 
+def _flag(data: dict[str, object], key: str, errors: dict[str, str]) -> bool:
+    value = data.get(key, False)
+    if not isinstance(value, bool):
+        errors[key] = "Must be true or false."
+        return False
+    return value
+
+
 async def database_credentials(request: Request) -> JSONResponse:
-    """A read-only SQL login for one customer's schema (BFF_SQL_ACCESS=true); a new password each call."""
+    """A SQL login for one customer's own database (BFF_SQL_ACCESS=true): read-only, or with
+    ``{"write": true}`` one that may also write it; a new password each call."""
     partner = await require_partner(request)
     svc = services(request)
     if not svc.settings.sql_access:
@@ -118,10 +143,19 @@ async def database_credentials(request: Request) -> JSONResponse:
             "sql_access_disabled",
             "SQL access is off on this server; the operator turns it on with BFF_SQL_ACCESS=true.",
         )
+    data = await read_json(request, required=False)
+    errors: dict[str, str] = {
+        key: "Unknown field; send write (true or false) or nothing." for key in set(data) - {"write"}
+    }
+    write = _flag(data, "write", errors)
+    if errors:
+        raise validation_error(errors)
     account = await svc.partners.find_sub_account(partner, account_id=request.path_params["account_id"])
     if account is None:
         raise not_found("No such sub-account.")
-    credentials = await svc.query_tables.database_credentials(account.id, public_host=svc.settings.sql_access_host)
+    credentials = await svc.query_tables.database_credentials(
+        account.id, write=write, public_host=svc.settings.sql_access_host
+    )
     return JSONResponse(credentials.public_dict(), headers={"Cache-Control": "no-store"})
 
 

@@ -116,7 +116,11 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         "revokeSubAccountTokensAlias", PARTNER, _REVOKED
     ),
     ("POST", "/api/partner/sub-account/{account_id}/database-credentials"): Operation(
-        "createDatabaseCredentials", QUERY_TABLES, ok(rs.DatabaseCredentials)
+        "createDatabaseCredentials",
+        QUERY_TABLES,
+        ok(rs.DatabaseCredentials),
+        body=rq.DatabaseCredentialsRequest,
+        body_required=False,
     ),
     # -- webhooks -------------------------------------------------------------------------------------------
     ("PUT", "/api/partner/webhook"): Operation(
