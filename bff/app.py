@@ -25,7 +25,7 @@ from .db import database_url
 from .errors import EXCEPTION_HANDLERS
 from .events import AppEvents
 from .files import secure_data_dir
-from .jobs import JobQueue
+from .jobs import SCRIPT_QUEUE, JobQueue
 from .middleware import AccessLogMiddleware, BodyLimitMiddleware, CORSMiddleware, SecurityHeadersMiddleware
 from .query_tables import QueryTables
 from .runtime import Runtime
@@ -98,6 +98,8 @@ class ServiceContext:
             await svc.queue.open()
             try:
                 if settings.run_worker:
+                    if SCRIPT_QUEUE in settings.worker_queues and not svc.scripts.serving_api:
+                        http_app(svc)  # a worker's scripts call the API over their socket (bff worker)
                     svc.queue.start_worker(
                         concurrency=settings.sync_concurrency,
                         script_concurrency=settings.script_concurrency,
@@ -181,8 +183,9 @@ def build_services(
 
 
 def http_app(services: Services, *, lifespan: Lifespan[Starlette] | None = None) -> Starlette:
-    """The HTTP API over these services: routes, middleware, the one error handler. ``bff worker``
-    builds it without a lifespan only to answer its scripts over their socket."""
+    """The HTTP API over these services: routes, middleware, the one error handler. A worker
+    without a web app (``bff worker``) builds it, with no lifespan and no port, only to answer its
+    scripts over their socket."""
     routes: list[BaseRoute] = [
         Route("/healthz", healthz, methods=["GET"]),
         *api.routes(),

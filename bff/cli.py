@@ -290,7 +290,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     and no HTTP, until SIGINT/SIGTERM; any number of these share the queue."""
     import signal
 
-    from .app import StartupError, build_services, http_app
+    from .app import StartupError, build_services
     from .db import DatabaseUnavailable
 
     try:
@@ -310,13 +310,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
         prepare_database(settings, migrate=not args.no_migrate)
     except (SettingsError, DatabaseUnavailable) as exc:
         return _fail(str(exc))
-    # The services and a worker, no web app: the HTTP routes are built (never served on a port)
-    # only so this process's scripts can call the API over their socket.
+    # The services and a worker, no web app (its scripts get the API routes over their socket).
     try:
         context = build_services(settings, migrate_on_start=False)
     except StartupError as exc:
         return _fail(str(exc))
-    http_app(context.services)
     _freeze_startup_objects()
 
     async def work() -> None:

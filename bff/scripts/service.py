@@ -121,6 +121,10 @@ class ScriptService:
         """The app scripts reach over their socket (this process's own)."""
         self._socket = ApiSocket(app)
 
+    @property
+    def serving_api(self) -> bool:
+        return self._socket is not None
+
     async def close(self) -> None:
         if self._socket is not None:
             await self._socket.stop()
