@@ -39,6 +39,7 @@ from .settings import Settings
 from .store import Store, migrate
 from .tokens import TokenAuthority
 from .warehouse import Warehouse
+from .warehouse_servers import WarehouseServers
 from .webhooks import Webhooks
 
 
@@ -95,6 +96,7 @@ class ServiceContext:
         await svc.store.open()
         try:
             await check_encryption_key(svc.store, svc.vault)
+            await svc.warehouse.servers.close_control_database()
             await svc.queue.open()
             try:
                 if settings.run_worker:
@@ -113,6 +115,7 @@ class ServiceContext:
             await svc.http.aclose()
             await svc.scripts.close()
             await svc.webhooks.close()
+            await svc.warehouse.close()
             await svc.store.close()
 
 
@@ -137,7 +140,8 @@ def build_services(
         sandbox_app = create_sandbox_app(options, clock=clock, state_dir=settings.data_dir)
         transport = SandboxTransport(sandbox_app, settings.sandbox_url, transport)
     queue = JobQueue(url, heartbeat_seconds=settings.heartbeat_seconds, stalled_seconds=settings.stalled_seconds)
-    warehouse = Warehouse(store, clock=clock)
+    servers = WarehouseServers(store, [url.reveal() for url in settings.warehouse_urls])
+    warehouse = Warehouse(store, servers, clock=clock)
     # One keep-alive client for every provider call of this process, which keeps no cookies.
     http = httpx.AsyncClient(
         transport=transport,

@@ -21,7 +21,7 @@ Writeback, as the source documents write it (identity token; see README "Writeba
 
 Query tables and filtered reads (identity token)::
 
-    won = customer.create_query_table("Won deals", "SELECT d.id, d.amount, c.email FROM c12_deals d JOIN c12_contacts c ON c.id = d.contact_id WHERE d.stage = 'closedwon'")
+    won = customer.create_query_table("Won deals", "SELECT d.id, d.amount, c.email FROM \"Sandbox CRM\".deals d JOIN \"Sandbox CRM\".contacts c ON c.id = d.contact_id WHERE d.stage = 'closedwon'")
     for row in customer.rows(won["id"], filters={"amount__higher_than": 1000}, order_by="-amount",
                              updated_since="2026-01-01T00:00:00Z"):
         ...

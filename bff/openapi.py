@@ -124,10 +124,9 @@ def _operation(
         if content:
             answer["content"] = content
         answers[str(status)] = answer
-    error = {
-        "description": "Error",
-        "content": {"application/json": {"schema": schemas.ref(responses.Error, "serialization")}},
-    }
+    error: dict[str, Any] = {"description": op.errors}
+    if op.errors == "Error":
+        error["content"] = {"application/json": {"schema": schemas.ref(responses.Error, "serialization")}}
     operation: dict[str, Any] = {
         "operationId": op.id,
         "summary": summary,

@@ -106,20 +106,11 @@ def format_value(value: Any, field_type: str | None) -> str:
 ACTIVITY_KEPT = 50  # events remembered per customer (in memory: a demo)
 
 
-@functools.lru_cache(maxsize=8)
-def widget_strings(locale: str = "en") -> dict[str, Any]:
-    """The widget's string table for `locale` (widget/locales.<xx>.js: JSON after `export default`).
-
-    The Activity feed's sentences live there too ("activity"), so the feed speaks the widget's words.
-    """
-    source_dir = HERE.parent / "widget"
-    if not (source_dir / "locales.en.js").exists():  # installed: the widget is the package bff.widget
-        import importlib
-
-        source_dir = Path(str(importlib.import_module("bff.widget").__file__)).parent
-    path = source_dir / f"locales.{locale}.js"
-    source = (path if path.exists() else source_dir / "locales.en.js").read_text(encoding="utf-8")
-    table: dict[str, Any] = json.loads(source[source.index("\nexport default ") + 16 :].strip().rstrip(";"))
+@functools.lru_cache(maxsize=1)
+def activity_strings() -> dict[str, dict[str, str]]:
+    """The Activity feed's sentences by locale (demo_site/activity.json): the demo's own words,
+    which the widget's string tables no longer carry to every customer's browser."""
+    table: dict[str, dict[str, str]] = json.loads((HERE / "activity.json").read_text(encoding="utf-8"))
     return table
 
 
@@ -129,7 +120,7 @@ SETTLED = ("OK", "HEALTHY")
 
 def describe_event(event: Mapping[str, Any], locale: str = "en") -> str | None:
     """The Activity feed's sentence for a webhook event (None: not shown), in the widget's words."""
-    t = widget_strings(locale)["activity"]
+    t = activity_strings().get(locale) or activity_strings()["en"]
     data = event.get("data") or {}
 
     def say(key: str, **more: Any) -> str:
@@ -171,9 +162,8 @@ def is_numeric(field_type: str | None) -> bool:
     return field_type in ("number", "decimal", "integer")
 
 
-async def connection_totals(client: Any) -> tuple[dict[int, int], list[dict[str, Any]]]:
-    """Rows in the warehouse per connection, and the tables themselves."""
-    totals: dict[int, int] = {}
+async def synced_tables(client: Any) -> list[dict[str, Any]]:
+    """The customer's synced tables (saved queries left out)."""
     tables: list[dict[str, Any]] = []
     applications = await client.applications()
     if applications:
@@ -181,8 +171,7 @@ async def connection_totals(client: Any) -> tuple[dict[int, int], list[dict[str,
             if table.get("type") == "query":  # saved queries belong to no connection
                 continue
             tables.append(table)
-            totals[int(table["connection"])] = totals.get(int(table["connection"]), 0) + int(table["row_count"])
-    return totals, tables
+    return tables
 
 
 class PartnerSession:
@@ -321,9 +310,9 @@ def create_site_app(
             minted = await mint(who["external_id"])
             client = await identity_client(who["external_id"])
             connections = [c async for c in client.connections()]
-            totals, _ = await connection_totals(client)
         except BFFError as exc:
             return page(request, "error.html", status=502, error=exc)
+        totals = {c["id"]: c.get("live_count", 0) for c in connections}  # rows held, as the panel says
         return page(
             request,
             "integrations.html",
@@ -383,12 +372,10 @@ def create_site_app(
             return JSONResponse({"detail": "Sign in first.", "code": "not_signed_in"}, status_code=403)
         try:
             client = await customer_client(who["external_id"])
-            totals, _ = await connection_totals(client)
+            rows = (await client.connection(int(request.path_params["id"]))).get("live_count", 0)
         except BFFError as exc:
             return JSONResponse({"detail": exc.detail, "code": exc.code}, status_code=exc.status or 502)
-        return JSONResponse(
-            {"rows": totals.get(int(request.path_params["id"]), 0)}, headers={"Cache-Control": "no-store"}
-        )
+        return JSONResponse({"rows": rows}, headers={"Cache-Control": "no-store"})
 
     async def receive_webhook(request: Request) -> Response:
         """The partner back-end's webhook endpoint: verified with the standardwebhooks package."""
@@ -443,7 +430,7 @@ def create_site_app(
             tables: list[dict[str, Any]] = []
             saved = await saved_queries(client)
             opened = await open_saved_query(client, saved, request.query_params.get("query"))
-            for table in (await connection_totals(client))[1]:
+            for table in await synced_tables(client):
                 rows = []
                 async for row in client.rows(int(table["id"]), page_size=ROWS_SHOWN):
                     rows.append(row)

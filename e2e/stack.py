@@ -15,6 +15,7 @@ import concurrent.futures
 import contextlib
 import functools
 import json
+import os
 import secrets
 import shutil
 import tempfile
@@ -108,6 +109,36 @@ FORGE_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><titl
 </script></body></html>"""
 
 
+# Seed 002's "connector with oAuth2 flow", as a partner's own UI does it without the widget: its
+# back-end created the connection (POST /api/servers) and got oauth_url; the page opens it in a new
+# tab, and when that tab closes asks GET /api/server/<id>. Nothing else (no nonce hand-over).
+PARTNER_UI_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Partner UI</title></head>
+<body>
+<main>
+  <h1>Integrations</h1>
+  <p>Data access for this integration is powered by bff.</p>
+  <button type="button" id="connect">Connect Sandbox CRM</button>
+  <p id="result" role="status"></p>
+</main>
+<script nonce="{nonce}">
+  const config = {config};
+  document.getElementById('connect').addEventListener('click', () => {{
+    const tab = window.open(config.oauth_url, '_blank');
+    const timer = setInterval(async () => {{
+      if (!tab.closed) return;
+      clearInterval(timer);
+      const answer = await fetch(config.bff + '/api/server/' + config.id, {{
+        headers: {{ Authorization: 'JWT ' + config.token }},
+      }});
+      const body = await answer.json();
+      document.getElementById('result').textContent = 'Connection ' + config.id + ': ' + body.health_status;
+    }}, 250);
+  }});
+</script>
+</body></html>"""
+
+
 def content_security_policy(nonce: str, bff_url: str, other_url: str) -> str:
     # Strict: no inline styles at all, scripts by nonce or from the BFF. The widget must live with it.
     return (
@@ -159,6 +190,22 @@ def create_partner_site(*, bff_url: str, partner_token: str, other_url: str) -> 
     async def token(request: Request) -> JSONResponse:
         return JSONResponse({"token": (await mint(request.query_params["customer"]))["token"]})
 
+    async def partner_ui(request: Request) -> HTMLResponse:
+        """The connection is created by the partner's back-end, as seed 002 shows it."""
+        customer = request.query_params.get("customer") or f"cust-{uuid.uuid4().hex[:8]}"
+        token = (await mint(customer))["token"]
+        async with httpx.AsyncClient(base_url=bff_url) as client:
+            created = await client.post(
+                "/api/servers", json={"servertype_id": "sandbox_crm"}, headers={"Authorization": f"JWT {token}"}
+            )
+        created.raise_for_status()
+        config = {"bff": bff_url, "token": token, "id": created.json()["id"], "oauth_url": created.json()["oauth_url"]}
+        nonce = secrets.token_urlsafe(12)
+        body = PARTNER_UI_PAGE.format(nonce=nonce, config=json.dumps(config).replace("</", "<\\/"))
+        return HTMLResponse(
+            body, headers={"Content-Security-Policy": content_security_policy(nonce, bff_url, other_url)}
+        )
+
     async def forge(request: Request) -> HTMLResponse:
         return HTMLResponse(FORGE_PAGE)
 
@@ -191,6 +238,7 @@ def create_partner_site(*, bff_url: str, partner_token: str, other_url: str) -> 
         routes=[
             Route("/", page),
             Route("/token", token, methods=["POST"]),
+            Route("/partner-ui", partner_ui),
             Route("/forge", forge),
             Route("/host/{framework}", framework_page),
             Route("/npm/{name}", npm_file),
@@ -318,11 +366,24 @@ def running_demo(data_dir: Path, **sandbox_env: str) -> Iterator[DemoStack]:
             yield DemoStack(bff_url=bff_url, site_url=site_url, partner_token=partner["token"], customers=customers)
 
 
+def screenshot_path(name: str) -> Path:
+    """docs/<name> with BFF_UPDATE_SCREENSHOTS=1 (to refresh the README's pictures), else test-results/."""
+    root = WIDGET.parent
+    folder = root / "docs" if os.environ.get("BFF_UPDATE_SCREENSHOTS") == "1" else root / "test-results"
+    folder.mkdir(exist_ok=True)
+    return folder / name
+
+
 def locale_strings() -> dict[str, dict[str, Any]]:
-    """The widget's own string tables (widget/locales.<xx>.js: JSON after `export default`), by locale."""
-    tables = {}
-    for path in sorted(WIDGET.glob("locales.*.js")):
+    """The widget's own string tables by locale: widget/locales.<xx>.js and the panel's
+    panel-locales.<xx>.js (JSON after `export default`), merged."""
+
+    def table(path: Path) -> dict[str, Any]:
         source = path.read_text()
         start = source.index("\nexport default ") + len("\nexport default ")
-        tables[path.name.split(".")[1]] = json.loads(source[start:].strip().rstrip(";"))
-    return tables
+        return json.loads(source[start:].strip().rstrip(";"))  # type: ignore[no-any-return]
+
+    return {
+        path.name.split(".")[1]: {**table(path), **table(WIDGET / f"panel-locales.{path.name.split('.')[1]}.js")}
+        for path in sorted(WIDGET.glob("locales.*.js"))
+    }

@@ -10,7 +10,6 @@ screenshots (written to docs/ when BFF_UPDATE_SCREENSHOTS=1, else to test-result
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +22,7 @@ from playwright.sync_api import BrowserContext, Page, Request, expect
 from bff.client import PartnerClient
 from e2e.pages.demo_site import DataPage, IntegrationsPage, SignInPage
 from e2e.pages.sandbox_provider import BankRefreshPage, ConsentPage
-from e2e.stack import DemoStack, locale_strings, running_demo
+from e2e.stack import DemoStack, locale_strings, running_demo, screenshot_path
 
 EN = locale_strings()["en"]
 BANK = {"Login": "sandbox", "Password": "sandbox"}
@@ -485,13 +484,6 @@ def test_forged_post_messages_are_ignored(page: Page, demo: DemoStack, context: 
 def axe_violations(target: Any) -> list[str]:
     result = Axe().run(target)
     return [f"{v['id']}: {[n['target'] for n in v['nodes']]}" for v in result.response["violations"]]
-
-
-def screenshot_path(name: str) -> Path:
-    """docs/<name> with BFF_UPDATE_SCREENSHOTS=1 (to refresh the README's pictures), else test-results/."""
-    folder = ROOT / "docs" if os.environ.get("BFF_UPDATE_SCREENSHOTS") == "1" else ROOT / "test-results"
-    folder.mkdir(exist_ok=True)
-    return folder / name
 
 
 LAYOUT = """() => {

@@ -19,7 +19,7 @@ from e2e.pages.connections_panel import ConnectionsPanel
 from e2e.pages.demo_site import SignInPage
 from e2e.pages.partner_page import PartnerPage
 from e2e.pages.sandbox_provider import ConsentPage
-from e2e.stack import DemoStack, Stack, locale_strings, running_demo
+from e2e.stack import DemoStack, Stack, locale_strings, running_demo, screenshot_path
 
 ROOT = Path(__file__).resolve().parents[1]
 STRINGS = locale_strings()
@@ -104,7 +104,7 @@ def test_panel_lists_connections_syncs_with_live_progress_and_passes_axe(page: P
     page.set_viewport_size({"width": 1280, "height": 800})
     page.mouse.move(0, 0)
     panel.fitted()
-    page.screenshot(path=str(ROOT / "test-results" / "panel.png"), full_page=True)
+    page.screenshot(path=str(screenshot_path("panel.png")), full_page=True)  # the README's picture
     page.set_viewport_size({"width": 390, "height": 844})
     expect(bank.sync_button).to_be_visible()
     assert page.evaluate("document.documentElement.scrollWidth <= innerWidth")

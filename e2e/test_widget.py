@@ -230,6 +230,30 @@ def test_catalogue_names_connectors_by_display_name_and_searches(partner: Partne
     expect(modal.count).to_have_text(EN["noResults"])
 
 
+def test_the_steps_after_a_pick_load_when_a_connector_is_pointed_at_and_again_after_a_failed_load(
+    partner: PartnerPage, modal: ConnectModal
+) -> None:
+    page = partner.page
+    asked: list[str] = []
+    page.on("request", lambda r: asked.append(r.url) if "/connect-steps.js" in r.url else None)
+    page.route("**/connect-steps.js*", lambda route: route.abort())
+    partner.goto()
+    partner.trigger.focus()
+    page.keyboard.press("Enter")  # no pointer over the catalogue yet
+    expect(modal.connector("Sandbox Bank")).to_be_visible()
+    assert asked == []  # the modal open at its catalogue needs no more than connect.js
+    with page.expect_request("**/connect-steps.js*"):
+        modal.connector("Sandbox Bank").hover()  # pointing at a connector fetches the steps
+    modal.connector("Sandbox Bank").click()
+    expect(modal.alert).to_have_text(EN["errNetwork"])  # a failed load says so, it does not hang
+    page.unroute("**/connect-steps.js*")
+    page.keyboard.press("Escape")
+    expect(partner.dialog).to_be_hidden()
+    partner.trigger.click()
+    modal.choose("Sandbox Bank")  # loaded on another try
+    expect(modal.heading).to_have_text(modal.title("connectTitle", name="Sandbox Bank"))
+
+
 def test_available_connectors_filter_and_selected_connector_skips_to_its_form(
     partner: PartnerPage, modal: ConnectModal
 ) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
+from contract_check import check_answers
 from starlette.applications import Starlette
 
 from bff.app import create_app
@@ -87,7 +88,9 @@ async def running_bff(settings: Settings, **kwargs: Any) -> AsyncIterator[BFF]:
     app = create_app(settings, **kwargs)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        # Every answer is checked against /openapi.json (tests/contract_check.py).
+        hooks = {"response": [check_answers(app)]}
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver", event_hooks=hooks) as client:
             yield BFF(app, client)
 
 

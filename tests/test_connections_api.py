@@ -131,7 +131,8 @@ async def test_oauth_connect_with_pkce(sbff: BFF) -> None:
     assert created.status_code == 201
     body = created.json()
     assert body["health_status"] == "AUTHORIZING"
-    assert body["oauth_url"] == "http://testserver/oauth/start" and len(body["oauth_nonce"]) >= 32
+    assert body["oauth_url"].startswith("http://testserver/oauth/start?link=") and len(body["oauth_nonce"]) >= 32
+    assert body["oauth_nonce"] not in body["oauth_url"]  # the nonce never travels in a URL
     provider_url = await start_sign_in(sbff.client, body)  # what the start page does in the browser
     query = parse_qs(urlsplit(provider_url).query)
     assert query["redirect_uri"] == ["http://testserver/oauth/callback"]  # byte-equal to the registered one
@@ -430,8 +431,8 @@ async def test_a_page_of_connections_reads_the_last_runs_in_one_query(
     assert calls == [ids] and counted == [ids]
     assert [c["last_run"]["status"] if c["last_run"] else None for c in listed] == ["succeeded", "succeeded", None]
     held = {}
-    async with store.connection() as conn:
-        for table, _ in await warehouse.list_tables(listed[0]["account_id"]):
+    for table, _ in await warehouse.list_tables(listed[0]["account_id"]):
+        async with warehouse.servers.connection(table.placement) as conn:
             cur = await conn.execute(sql.SQL("SELECT COUNT(*) AS n FROM {}").format(table.identifier))
             held[table.connection_id] = held.get(table.connection_id, 0) + (await cur.fetchone())["n"]
     assert held[ids[0]] > 0 and [c["live_count"] for c in listed] == [held[ids[0]], held[ids[1]], 0]

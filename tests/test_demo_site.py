@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import json
+import re
 from collections.abc import Callable
 
 import httpx
@@ -11,7 +12,7 @@ from standardwebhooks import Webhook
 
 from bff.cli import ensure_demo_partner, ensure_demo_webhook
 from bff.settings import Settings
-from demo_site.app import create_site_app, describe_event, format_value
+from demo_site.app import activity_strings, create_site_app, describe_event, format_value
 
 
 async def test_demo_site_pages_and_csp(settings_factory: Callable[..., Settings]) -> None:
@@ -53,7 +54,7 @@ async def test_demo_site_pages_and_csp(settings_factory: Callable[..., Settings]
             assert '<link rel="icon" href="/favicon.ico"' in page.text
             assert (await browser.get("/integrations/1/summary")).status_code == 403  # CSRF header needed
             summary = await browser.get("/integrations/999/summary", headers={"X-CSRF-Token": config["csrf"]})
-            assert summary.status_code == 200 and summary.json() == {"rows": 0}
+            assert summary.status_code == 404 and summary.json()["code"] == "not_found"  # not this customer's
 
             embedded = await browser.get("/integrations/embedded")
             assert embedded.status_code == 200 and 'id="connections-panel"' in embedded.text
@@ -188,6 +189,16 @@ async def test_data_page_saved_queries(settings_factory: Callable[..., Settings]
 
 def _event(kind: str, **data: object) -> dict[str, object]:
     return {"type": kind, "data": {"name": "Sandbox CRM", "server_id": 7, **data}}
+
+
+def test_the_activity_feed_has_every_sentence_in_every_locale_with_the_same_placeholders() -> None:
+    tables = activity_strings()
+    assert list(tables) == ["en", "nl", "fr", "de"]
+    for locale, table in tables.items():
+        assert set(table) == set(tables["en"]), locale
+        for key, text in table.items():
+            assert text.strip() and set(re.findall(r"\{\w+\}", text)) == set(re.findall(r"\{\w+\}", tables["en"][key]))
+    assert describe_event(_event("connection.deleted", health_status="OK"), "de") == "Sandbox CRM entfernt"
 
 
 def test_the_activity_feed_speaks_human_words_and_only_says_connected_when_it_is() -> None:

@@ -36,7 +36,7 @@ def test_every_state_has_one_row_and_every_event_one_rule() -> None:
 
 
 def test_the_widget_state_sets_match_the_table() -> None:
-    connect = WIDGET / "connect.js"
+    connect = WIDGET / "connect-steps.js"  # the connect window's steps after a pick
     waiting = states(lambda s: STATES[Health(s)].waiting)
     assert js_set(connect, r"const WAITING = new Set\(\[([^\]]*)\]\)") == waiting
     assert js_set(connect, r"const FAILED = new Set\(\[([^\]]*)\]\)") == states(lambda s: STATES[Health(s)].failed)

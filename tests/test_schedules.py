@@ -304,3 +304,20 @@ async def test_with_schedules_off_nothing_is_planned(settings_factory: Callable[
         assert patched.status_code == 200 and patched.json()["sync_frequency"] == 600
         assert patched.json()["next_sync_at"] is None
         assert await bff.services.schedules.tick() == []
+
+
+async def test_scheduled_runs_read_only_the_selected_tables(settings_factory: Callable[..., Settings]) -> None:
+    clock = FakeClock(T0)
+    async with scheduled(settings_factory, clock) as bff:
+        token, _ = await customer(bff)
+        connection = await connect_crm(bff.client, token)
+        patched = await bff.client.patch(
+            f"/api/server/{connection['id']}", json={"tables": ["deals"]}, headers=auth(token)
+        )
+        assert patched.status_code == 200, patched.text
+        first = await bff.services.schedules.tick()
+        assert [r.tables for r in first] == [["deals"]]
+        await execute_all(bff, first)
+        assert (await runs_of(bff, token, connection["id"]))[0]["records"] == {"deals": 300}
+        clock.advance(21600)
+        assert [r.tables for r in await bff.services.schedules.tick()] == [["deals"]]

@@ -160,8 +160,8 @@ async def test_pq_cannot_reach_another_customers_connection_or_schema(
     theirs = await crm(sbff, other)
     synced = await sbff.client.post(f"/api/server/{theirs}/sync?wait=60", headers=other.headers)
     assert synced.status_code == 200, synced.text
-    schema = await sbff.services.warehouse.schema_of(other.account_id)
-    assert schema
+    database = await sbff.services.warehouse.database_of(other.account_id)
+    assert database
     run = await run_code(sbff, who, f"pq.connect({theirs})")
     assert run["status"] == "failed"
     assert (
@@ -175,9 +175,9 @@ async def test_pq_cannot_reach_another_customers_connection_or_schema(
     )
     tables = [t async for t in _tables(sbff, other) if t["name"] == "contacts"]
     sql_name = tables[0]["sql_name"]
-    run = await run_code(sbff, who, f"pq.dbconnect(pq.DW_NAME).execute('SELECT * FROM {schema}.{sql_name}')")
+    run = await run_code(sbff, who, f"pq.dbconnect(pq.DW_NAME).execute('SELECT * FROM {database}.{sql_name}')")
     assert run["status"] == "failed"
-    assert "permission denied for schema" in run["error"], run["error"]
+    assert "cross-database references are not implemented" in run["error"], run["error"]
     # Straight at the API with its token: another customer's connection is not there.
     code = f"print(pq.api()._client.get('/api/server/{theirs}', headers={{'Authorization': 'Bearer ' + pq.api()._token}}).status_code)"
     run = await run_code(sbff, who, code)

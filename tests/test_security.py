@@ -893,3 +893,172 @@ async def test_the_warehouse_is_read_with_identity_tokens_only_and_reads_are_thr
         )
     ).json()["token"]
     assert (await sbff.client.get("/api/applications/", headers=auth(fresh))).status_code == 200
+
+
+# -- 1b. Seed 002's flow: oauth_url opened on its own, after a page that says who asks --------------
+
+
+async def _continue(client: Any, oauth_url: str) -> Any:
+    """What pressing Continue on a link's start page does in the browser that shows it."""
+    link = oauth_url.split("?link=", 1)[1]
+    return await client.post(
+        "/oauth/start", json={"link": link}, headers={"Origin": "http://testserver", "Sec-Fetch-Site": "same-origin"}
+    )
+
+
+async def test_the_documents_oauth_url_works_opened_on_its_own_after_continue(sbff: BFF) -> None:
+    import httpx
+    from sandbox_flows import authorize
+
+    _, partner_token = await sbff.partner("Wood Software")
+    minted = await sbff.integrate(partner_token, "wood_123", company_name="Wood Solutions Ltd")
+    token = str(minted["token"])
+    created = (
+        await sbff.client.post("/api/servers", json={"servertype_id": "sandbox_crm"}, headers=auth(token))
+    ).json()
+    oauth_url = created["oauth_url"]
+    assert oauth_url.startswith("http://testserver/oauth/start?link=")
+    # The page names the partner, the customer and the connector, says what it is powered by, and
+    # asks to continue; showing it (a link preview, a mail scanner) uses nothing up.
+    for _ in range(2):
+        page = await sbff.client.get(oauth_url)
+        assert page.status_code == 200 and page.headers["cache-control"] == "no-store"
+        assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+        assert page.headers["referrer-policy"] == "no-referrer"
+        text = page.text
+        assert "<strong>Wood Software</strong> asks to connect your <strong>Sandbox CRM</strong>" in text
+        assert "<strong>Wood Solutions Ltd</strong>" in text and "Powered by bff" in text
+        assert "Continue to Sandbox CRM" in text and "If someone sent you this link" in text
+    # Continue from another site (a form or fetch on a page the attacker controls) is refused.
+    link = oauth_url.split("?link=", 1)[1]
+    for headers in (
+        {},
+        {"Origin": "https://evil.example"},
+        {"Origin": "http://testserver", "Sec-Fetch-Site": "cross-site"},
+    ):
+        refused = await sbff.client.post("/oauth/start", json={"link": link}, headers=headers)
+        assert refused.status_code == 403 and refused.json()["code"] == "origin_not_allowed", headers
+
+    started = await _continue(sbff.client, oauth_url)
+    assert started.status_code == 200 and started.headers["cache-control"] == "no-store"
+    assert "httponly" in started.headers["set-cookie"].lower()  # this browser is bound to the sign-in
+    provider_url = started.json()["authorize_url"]
+    assert link not in provider_url and created["oauth_nonce"] not in provider_url
+
+    # Single use: the link, and the nonce of the same sign-in, start nothing more.
+    again = await _continue(sbff.client, oauth_url)
+    assert again.status_code == 400 and again.json()["code"] == "oauth_start_invalid"
+    nonce = await sbff.client.post(
+        "/oauth/start",
+        json={"nonce": created["oauth_nonce"], "opener_origin": "http://testserver"},
+        headers={"Origin": "http://testserver"},
+    )
+    assert nonce.status_code == 400 and nonce.json()["code"] == "oauth_start_invalid"
+    spent = await sbff.client.get(oauth_url)
+    assert "Sign-in not started" in spent.text and "expired or was already used" in spent.text
+    assert "Continue to" not in spent.text
+
+    # The consent page forwarded from here to another browser completes nothing.
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=sbff.app), base_url="http://testserver") as victim:
+        forwarded = await authorize(victim, provider_url)
+        assert forwarded.status_code == 400 and "started in another browser" in forwarded.text
+    shown = (await sbff.client.get(f"/api/server/{created['id']}", headers=auth(token))).json()
+    assert shown["health_status"] == "AUTHORIZING"
+
+    # The browser that pressed Continue finishes it; GET /api/server/<id> then says so (seed 002).
+    finished = await authorize(sbff.client, provider_url)
+    assert finished.status_code == 200
+    shown = (await sbff.client.get(f"/api/server/{created['id']}", headers=auth(token))).json()
+    assert shown["health_status"] == "OK"
+
+
+async def test_a_nonce_handed_over_uses_the_link_up_and_strict_sign_ins_have_no_link(sbff: BFF) -> None:
+    from sandbox_flows import start_sign_in
+
+    _, token = await customer(sbff)
+    created = (
+        await sbff.client.post("/api/servers", json={"servertype_id": "sandbox_crm"}, headers=auth(token))
+    ).json()
+    await start_sign_in(sbff.client, created)  # the opener handed the nonce over: the strict path
+    late = await _continue(sbff.client, created["oauth_url"])
+    assert late.status_code == 400 and late.json()["code"] == "oauth_start_invalid"
+
+    strict = await sbff.client.post(
+        "/api/servers", json={"servertype_id": "sandbox_crm", "oauth_strict": True}, headers=auth(token)
+    )
+    assert strict.status_code == 201 and strict.json()["oauth_url"] == "http://testserver/oauth/start"
+    reauth = await sbff.client.post(
+        f"/api/server/{strict.json()['id']}/reauthorise", json={"oauth_strict": True}, headers=auth(token)
+    )
+    assert reauth.status_code == 200 and reauth.json()["auth_uri"] == "http://testserver/oauth/start"
+    loose = await sbff.client.post(f"/api/server/{strict.json()['id']}/reauthorise", headers=auth(token))
+    assert loose.json()["auth_uri"].startswith("http://testserver/oauth/start?link=")
+    bad = await sbff.client.post(
+        "/api/servers", json={"servertype_id": "sandbox_crm", "oauth_strict": "yes"}, headers=auth(token)
+    )
+    assert bad.status_code == 400 and "oauth_strict" in bad.json()["errors"]
+    # A made-up link shows the refusal; a key connector's reauthorise still answers its form.
+    made_up = await sbff.client.get("/oauth/start?link=" + "x" * 43)
+    assert "expired or was already used" in made_up.text
+    books = await sbff.client.post(
+        "/api/servers",
+        json={"servertype_id": "sandbox_accounting", "api_key": "sandbox-valid-key", "oauth_strict": True},
+        headers=auth(token),
+    )
+    assert books.status_code == 201, books.text
+    form = await sbff.client.post(
+        f"/api/server/{books.json()['id']}/reauthorise", json={"oauth_strict": True}, headers=auth(token)
+    )
+    assert form.status_code == 200 and "form" in form.json()
+
+
+async def test_a_link_lives_ten_minutes(settings_factory: Callable[..., Settings]) -> None:
+    class Clock:
+        now = 1_900_000_000.0
+
+        def __call__(self) -> float:
+            return self.now
+
+    clock = Clock()
+    async with running_bff(settings_factory(sandbox_enabled=True), clock=clock) as bff:
+        _, token = await customer(bff)
+        created = (
+            await bff.client.post("/api/servers", json={"servertype_id": "sandbox_crm"}, headers=auth(token))
+        ).json()
+        clock.now += 10 * 60 + 1
+        assert "expired or was already used" in (await bff.client.get(created["oauth_url"])).text
+        late = await _continue(bff.client, created["oauth_url"])
+        assert late.status_code == 400 and late.json()["code"] == "oauth_start_invalid"
+
+
+async def test_exact_onlines_connect_form_sets_the_sign_ins_host(settings_factory: Callable[..., Settings]) -> None:
+    """Seed 003: the connect form (country, starting year) comes before the sign-in; an OAuth
+    connection keeps its values, sealed with its tokens-to-be, and the sign-in goes to that country's host."""
+    from sandbox_flows import start_sign_in
+
+    from bff.connections import open_secrets
+    from bff.settings import OAuthApp, Secret
+
+    apps = {"exact_online": OAuthApp(client_id="eo-id", client_secret=Secret("eo-secret"))}
+    async with running_bff(settings_factory(oauth_apps=apps)) as bff:
+        _, token = await customer(bff)
+        missing = await bff.client.post("/api/servers", json={"servertype_id": "exact_online"}, headers=auth(token))
+        assert missing.status_code == 400 and set(missing.json()["errors"]) == {"country", "starting_year"}
+        bad = await bff.client.post(
+            "/api/servers",
+            json={"servertype_id": "exact_online", "country": "xx", "starting_year": "soon"},
+            headers=auth(token),
+        )
+        assert bad.status_code == 400 and set(bad.json()["errors"]) == {"country", "starting_year"}
+        created = await bff.client.post(
+            "/api/servers",
+            json={"servertype_id": "exact_online", "country": "be", "starting_year": 2024},
+            headers=auth(token),
+        )
+        assert created.status_code == 201, created.text
+        assert "2024" not in created.text and created.json()["config"] == {}
+        url = await start_sign_in(bff.client, created.json())
+        assert url.startswith("https://start.exactonline.be/api/oauth2/auth?") and "client_id=eo-id" in url
+        stored = await bff.services.store.connections.get_by_id(created.json()["id"])
+        assert stored is not None
+        assert open_secrets(bff.services, stored).credentials == {"country": "be", "starting_year": "2024"}

@@ -296,10 +296,15 @@ async def test_deleting_a_connection_mid_sync_stops_it_and_drops_its_tables(sand
         assert await bff.services.warehouse.table_owner(contacts_id) is None
         # The worker's run notices on its next write and stops without re-creating anything.
         await asyncio.sleep(0.5)
-        schema = await bff.services.warehouse.schema_of(account_id)
-        async with bff.services.store.connection() as conn:
-            cur = await conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = %s ORDER BY 1", (schema,))
-            assert [row["tablename"] for row in await cur.fetchall()] == [f"c{bank['id']}_transactions"]
+        placement = await bff.services.warehouse.placement(account_id)
+        async with bff.services.warehouse.servers.connection(placement) as conn:
+            cur = await conn.execute(
+                "SELECT schemaname, tablename FROM pg_tables WHERE schemaname NOT LIKE 'pg\\_%%'"
+                " AND schemaname NOT IN ('information_schema', '_bff') ORDER BY 1, 2"
+            )
+            assert [(row["schemaname"], row["tablename"]) for row in await cur.fetchall()] == [
+                (bank["name"], "transactions")
+            ]
         assert await bff.services.store.runs.active(crm["id"]) is None
 
 
@@ -514,3 +519,26 @@ async def test_accounting_deleted_and_entitytype_tables(sbff: BFF) -> None:
     assert [(r["entitykey"], r["division"], r["entitytype"]) for r in answer.json()["results"]] == [
         (record_id, 101, 20) for record_id in deleted["deleted"]
     ]
+
+
+async def test_a_table_selection_leaves_the_other_tables_out(sbff: BFF) -> None:
+    """Seed 003's "(Optional) table selection via 'Advanced'": PATCH /api/server/{id} {tables: [...]}."""
+    token, _ = await customer(sbff)
+    books = await connect_accounting(sbff.client, token)
+    url = f"/api/server/{books['id']}"
+    chosen = await sbff.client.patch(url, json={"tables": ["entitytype", "invoices"]}, headers=auth(token))
+    assert chosen.status_code == 200 and chosen.json()["tables"] == ["invoices", "entitytype"]
+    run = await sync(sbff, token, books["id"])
+    assert run["records"] == {"invoices": 1500, "entitytype": 1} and run["tables"] == ["invoices", "entitytype"]
+    assert set(await tables(sbff.client, token)) == {"invoices", "entitytype"}
+    left_out = await sbff.client.post(f"{url}/sync", json={"tables": ["deleted"]}, headers=auth(token))
+    assert left_out.status_code == 400 and "deleted" in left_out.json()["errors"]["tables"]
+    for bad in ([], ["nope"], "invoices", [1]):
+        refused = await sbff.client.patch(url, json={"tables": bad}, headers=auth(token))
+        assert refused.status_code == 400 and "tables" in refused.json()["errors"], bad
+    every = await sbff.client.patch(url, json={"tables": None}, headers=auth(token))
+    assert every.json()["tables"] is None
+    assert set((await sync(sbff, token, books["id"]))["records"]) == {"invoices", "deleted", "entitytype"}
+    assert any(
+        "Tables to sync: invoices, entitytype." in line["message"] for line in await logs(sbff, token, books["id"])
+    )

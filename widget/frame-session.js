@@ -7,7 +7,7 @@ const query = new URLSearchParams(location.search);
 export const PARENT = query.get('parent') || '';
 export const LOCALE = ['en', 'nl', 'fr', 'de'].includes(query.get('locale')) ? query.get('locale') : 'en';
 export const t = (await import(`./locales.${LOCALE}.js`)).default;
-const BASE = location.pathname.split('/embed/')[0]; // the BFF may be mounted under a path prefix
+export const BASE = location.pathname.split('/embed/')[0]; // the BFF may be mounted under a path prefix
 const TOKEN_MARGIN_MS = 120e3; // ask for a fresh token this long before expiry
 // Error codes whose server `detail` is replaced by a translated sentence (every token_* code).
 const MESSAGES = { origin_not_allowed: 'errOrigin', credentials_rejected: 'errRejected', network_error: 'errNetwork' };

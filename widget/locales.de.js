@@ -1,4 +1,5 @@
-// The widget's UI strings in de (one table per locale; the iframes load only their own).
+// The widget's UI strings in de (one table per locale; the iframes load only their own; the panel's
+// own strings are in panel-locales.de.js).
 // Placeholders: {name}, {n}. The table is plain JSON after `export default` (the tests parse it).
 export default {
   "title": "Verbindung hinzufügen",
@@ -42,33 +43,6 @@ export default {
   "retry": "Erneut versuchen",
   "errRejected": "Die Zugangsdaten wurden abgelehnt. Prüfen Sie sie und versuchen Sie es erneut.",
   "errTimeout": "Die Anmeldung hat zu lange gedauert. Bitte versuchen Sie es erneut.",
-  "panelTitle": "Ihre Verbindungen",
-  "panelEmpty": "Noch keine Verbindungen.",
-  "syncNow": "Jetzt synchronisieren",
-  "syncStarting": "Wird gestartet…",
-  "syncRunning": "Wird synchronisiert…",
-  "syncDone": "Synchronisiert: {n} neue Datensätze.",
-  "syncFailed": "Die Synchronisierung ist fehlgeschlagen: {error}",
-  "reauthorise": "Erneut verbinden",
-  "finishSetup": "Einrichtung abschließen",
-  "manualRefresh": "Manuell aktualisieren",
-  "pause": "Synchronisierung pausieren",
-  "resume": "Synchronisierung fortsetzen",
-  "paused": "{name} ist pausiert: Es wird nichts synchronisiert, bis Sie fortsetzen.",
-  "resumed": "{name} wurde fortgesetzt und synchronisiert jetzt.",
-  "delete": "Löschen",
-  "confirmDelete": "{name} löschen? Die synchronisierten Daten werden ebenfalls gelöscht.",
-  "confirmDeleteButton": "{name} löschen",
-  "deleted": "{name} wurde gelöscht.",
-  "lastSync": "Letzte Synchronisierung",
-  "records": "Datensätze",
-  "nextSync": "Nächste Synchronisierung",
-  "never": "Nie",
-  "notScheduled": "Nicht geplant",
-  "reauthOpened": "Melden Sie sich im neuen Tab erneut bei {name} an.",
-  "refreshOpened": "Die Aktualisierungsseite der Bank wurde in einem neuen Tab geöffnet. Bestätigen Sie dort und synchronisieren Sie dann.",
-  "popupBlockedShort": "Ihr Browser hat den neuen Tab blockiert. Erlauben Sie Pop-ups für diese Website und versuchen Sie es erneut.",
-  "actionsFor": "Aktionen für {name}",
   "categories": {
     "crm": "CRM",
     "accounting": "Buchhaltung",
@@ -80,26 +54,5 @@ export default {
     "hr": "Personal",
     "support": "Support",
     "other": "Sonstige"
-  },
-  "failedAt": "Fehlgeschlagen",
-  "partlyAt": "Teilweise synchronisiert",
-  "why": "Grund: {detail}",
-  "activity": {
-    "synced": "{name} synchronisiert: {records}",
-    "nothingNew": "nichts Neues",
-    "syncedWithErrors": "{name} mit Fehlern synchronisiert: {error}",
-    "syncFailed": "{name} konnte nicht synchronisieren: {error}",
-    "created": "{name} verbunden",
-    "signInStarted": "Anmeldung bei {name} begonnen",
-    "signInFailed": "Anmeldung bei {name} fehlgeschlagen: {detail}",
-    "notFinished": "Die Einrichtung von {name} wurde nicht abgeschlossen: nichts wurde verbunden",
-    "deleted": "{name} entfernt",
-    "needsAttention": "{name} braucht Ihre Aufmerksamkeit: {detail}",
-    "choiceNeeded": "{name} wartet auf eine Auswahl, um die Einrichtung abzuschließen",
-    "paused": "{name} pausiert: bis zur Fortsetzung wird nichts synchronisiert",
-    "resumed": "{name} fortgesetzt",
-    "reconnected": "{name} erneut verbunden",
-    "scriptDone": "Skript {name} ausgeführt",
-    "scriptFailed": "Skript {name} fehlgeschlagen: {error}"
   }
 };

@@ -1,4 +1,5 @@
-// The widget's UI strings in en (one table per locale; the iframes load only their own).
+// The widget's UI strings in en (one table per locale; the iframes load only their own; the panel's
+// own strings are in panel-locales.en.js).
 // Placeholders: {name}, {n}. The table is plain JSON after `export default` (the tests parse it).
 export default {
   "title": "Add connection",
@@ -42,33 +43,6 @@ export default {
   "retry": "Try again",
   "errRejected": "The credentials were rejected. Check them and try again.",
   "errTimeout": "Signing in took too long. Please try again.",
-  "panelTitle": "Your connections",
-  "panelEmpty": "No connections yet.",
-  "syncNow": "Sync now",
-  "syncStarting": "Starting…",
-  "syncRunning": "Syncing…",
-  "syncDone": "Synced: {n} new records.",
-  "syncFailed": "The sync failed: {error}",
-  "reauthorise": "Re-authorise",
-  "finishSetup": "Finish setup",
-  "manualRefresh": "Manual refresh",
-  "pause": "Pause syncing",
-  "resume": "Resume syncing",
-  "paused": "{name} is paused: nothing syncs until you resume it.",
-  "resumed": "{name} resumed: it syncs now.",
-  "delete": "Delete",
-  "confirmDelete": "Delete {name}? Its synced data is deleted too.",
-  "confirmDeleteButton": "Delete {name}",
-  "deleted": "{name} was deleted.",
-  "lastSync": "Last sync",
-  "records": "Records",
-  "nextSync": "Next sync",
-  "never": "Never",
-  "notScheduled": "Not scheduled",
-  "reauthOpened": "Sign in to {name} again in the new tab.",
-  "refreshOpened": "The bank’s refresh page opened in a new tab. Confirm there, then sync.",
-  "popupBlockedShort": "Your browser blocked the new tab. Allow pop-ups for this site and try again.",
-  "actionsFor": "Actions for {name}",
   "categories": {
     "crm": "CRM",
     "accounting": "Accounting",
@@ -80,26 +54,5 @@ export default {
     "hr": "HR",
     "support": "Support",
     "other": "Other"
-  },
-  "failedAt": "Failed",
-  "partlyAt": "Partly synced",
-  "why": "Why: {detail}",
-  "activity": {
-    "synced": "{name} synced: {records}",
-    "nothingNew": "nothing new",
-    "syncedWithErrors": "{name} synced with errors: {error}",
-    "syncFailed": "{name} could not sync: {error}",
-    "created": "{name} connected",
-    "signInStarted": "Signing in to {name} started",
-    "signInFailed": "Signing in to {name} failed: {detail}",
-    "notFinished": "The setup of {name} was not finished: nothing was connected",
-    "deleted": "{name} removed",
-    "needsAttention": "{name} needs your attention: {detail}",
-    "choiceNeeded": "{name} is waiting for a choice to finish its setup",
-    "paused": "{name} paused: nothing syncs until it is resumed",
-    "resumed": "{name} resumed",
-    "reconnected": "{name} reconnected",
-    "scriptDone": "Script {name} ran",
-    "scriptFailed": "Script {name} failed: {error}"
   }
 };

@@ -1,4 +1,5 @@
-// The widget's UI strings in fr (one table per locale; the iframes load only their own).
+// The widget's UI strings in fr (one table per locale; the iframes load only their own; the panel's
+// own strings are in panel-locales.fr.js).
 // Placeholders: {name}, {n}. The table is plain JSON after `export default` (the tests parse it).
 export default {
   "title": "Ajouter une connexion",
@@ -42,33 +43,6 @@ export default {
   "retry": "Réessayer",
   "errRejected": "Les identifiants ont été refusés. Vérifiez-les et réessayez.",
   "errTimeout": "La connexion a pris trop de temps. Veuillez réessayer.",
-  "panelTitle": "Vos connexions",
-  "panelEmpty": "Aucune connexion pour l’instant.",
-  "syncNow": "Synchroniser",
-  "syncStarting": "Démarrage…",
-  "syncRunning": "Synchronisation…",
-  "syncDone": "Synchronisé : {n} nouveaux enregistrements.",
-  "syncFailed": "La synchronisation a échoué : {error}",
-  "reauthorise": "Reconnecter",
-  "finishSetup": "Terminer la configuration",
-  "manualRefresh": "Actualisation manuelle",
-  "pause": "Suspendre la synchronisation",
-  "resume": "Reprendre la synchronisation",
-  "paused": "{name} est en pause : rien n’est synchronisé jusqu’à la reprise.",
-  "resumed": "{name} a repris : synchronisation en cours.",
-  "delete": "Supprimer",
-  "confirmDelete": "Supprimer {name} ? Ses données synchronisées sont supprimées aussi.",
-  "confirmDeleteButton": "Supprimer {name}",
-  "deleted": "{name} a été supprimé.",
-  "lastSync": "Dernière synchronisation",
-  "records": "Enregistrements",
-  "nextSync": "Prochaine synchronisation",
-  "never": "Jamais",
-  "notScheduled": "Non planifiée",
-  "reauthOpened": "Reconnectez-vous à {name} dans le nouvel onglet.",
-  "refreshOpened": "La page d’actualisation de la banque s’est ouverte dans un nouvel onglet. Confirmez-y, puis synchronisez.",
-  "popupBlockedShort": "Votre navigateur a bloqué le nouvel onglet. Autorisez les fenêtres pop-up pour ce site et réessayez.",
-  "actionsFor": "Actions pour {name}",
   "categories": {
     "crm": "CRM",
     "accounting": "Comptabilité",
@@ -80,26 +54,5 @@ export default {
     "hr": "RH",
     "support": "Support",
     "other": "Autre"
-  },
-  "failedAt": "Échec",
-  "partlyAt": "Synchronisé en partie",
-  "why": "Cause : {detail}",
-  "activity": {
-    "synced": "{name} synchronisé : {records}",
-    "nothingNew": "rien de nouveau",
-    "syncedWithErrors": "{name} synchronisé avec des erreurs : {error}",
-    "syncFailed": "{name} n’a pas pu être synchronisé : {error}",
-    "created": "{name} connecté",
-    "signInStarted": "Connexion à {name} commencée",
-    "signInFailed": "La connexion à {name} a échoué : {detail}",
-    "notFinished": "La configuration de {name} n’a pas été terminée : rien n’a été connecté",
-    "deleted": "{name} supprimé",
-    "needsAttention": "{name} requiert votre attention : {detail}",
-    "choiceNeeded": "{name} attend un choix pour terminer sa configuration",
-    "paused": "{name} en pause : rien n’est synchronisé avant la reprise",
-    "resumed": "{name} a repris",
-    "reconnected": "{name} reconnecté",
-    "scriptDone": "Le script {name} s’est exécuté",
-    "scriptFailed": "Le script {name} a échoué : {error}"
   }
 };

@@ -1,4 +1,5 @@
-// The widget's UI strings in nl (one table per locale; the iframes load only their own).
+// The widget's UI strings in nl (one table per locale; the iframes load only their own; the panel's
+// own strings are in panel-locales.nl.js).
 // Placeholders: {name}, {n}. The table is plain JSON after `export default` (the tests parse it).
 export default {
   "title": "Verbinding toevoegen",
@@ -42,33 +43,6 @@ export default {
   "retry": "Opnieuw proberen",
   "errRejected": "De inloggegevens zijn geweigerd. Controleer ze en probeer het opnieuw.",
   "errTimeout": "Het aanmelden duurde te lang. Probeer het opnieuw.",
-  "panelTitle": "Je koppelingen",
-  "panelEmpty": "Nog geen koppelingen.",
-  "syncNow": "Nu synchroniseren",
-  "syncStarting": "Starten…",
-  "syncRunning": "Synchroniseren…",
-  "syncDone": "Gesynchroniseerd: {n} nieuwe records.",
-  "syncFailed": "De synchronisatie is mislukt: {error}",
-  "reauthorise": "Opnieuw koppelen",
-  "finishSetup": "Koppeling afronden",
-  "manualRefresh": "Handmatig vernieuwen",
-  "pause": "Synchronisatie pauzeren",
-  "resume": "Synchronisatie hervatten",
-  "paused": "{name} is gepauzeerd: er wordt niets gesynchroniseerd tot u het hervat.",
-  "resumed": "{name} is hervat en synchroniseert nu.",
-  "delete": "Verwijderen",
-  "confirmDelete": "{name} verwijderen? De gesynchroniseerde gegevens worden ook verwijderd.",
-  "confirmDeleteButton": "{name} verwijderen",
-  "deleted": "{name} is verwijderd.",
-  "lastSync": "Laatste synchronisatie",
-  "records": "Records",
-  "nextSync": "Volgende synchronisatie",
-  "never": "Nooit",
-  "notScheduled": "Niet gepland",
-  "reauthOpened": "Meld je opnieuw aan bij {name} in het nieuwe tabblad.",
-  "refreshOpened": "De vernieuwpagina van de bank is geopend in een nieuw tabblad. Bevestig daar en synchroniseer daarna.",
-  "popupBlockedShort": "Je browser heeft het nieuwe tabblad geblokkeerd. Sta pop-ups toe voor deze website en probeer het opnieuw.",
-  "actionsFor": "Acties voor {name}",
   "categories": {
     "crm": "CRM",
     "accounting": "Boekhouding",
@@ -80,26 +54,5 @@ export default {
     "hr": "HR",
     "support": "Support",
     "other": "Overig"
-  },
-  "failedAt": "Mislukt",
-  "partlyAt": "Deels gesynchroniseerd",
-  "why": "Oorzaak: {detail}",
-  "activity": {
-    "synced": "{name} gesynchroniseerd: {records}",
-    "nothingNew": "niets nieuws",
-    "syncedWithErrors": "{name} gesynchroniseerd met fouten: {error}",
-    "syncFailed": "{name} kon niet synchroniseren: {error}",
-    "created": "{name} gekoppeld",
-    "signInStarted": "Aanmelden bij {name} gestart",
-    "signInFailed": "Aanmelden bij {name} mislukt: {detail}",
-    "notFinished": "Het koppelen van {name} is niet afgerond: er is niets gekoppeld",
-    "deleted": "{name} verwijderd",
-    "needsAttention": "{name} vraagt je aandacht: {detail}",
-    "choiceNeeded": "{name} wacht op een keuze om de koppeling af te ronden",
-    "paused": "{name} gepauzeerd: er wordt niets gesynchroniseerd tot je hervat",
-    "resumed": "{name} hervat",
-    "reconnected": "{name} opnieuw gekoppeld",
-    "scriptDone": "Script {name} uitgevoerd",
-    "scriptFailed": "Script {name} mislukt: {error}"
   }
 };

@@ -5,6 +5,9 @@
 import { $, LOCALE, fail, fmt, frameSession, h, parentOk, t, theme } from './frame-session.js';
 import { describeHealth, timeElement, PENDING_SETUP } from './peliqan-status.js';
 
+// The panel's own strings join the shared table (the connect window never downloads them).
+Object.assign(t, (await import(`./panel-locales.${LOCALE}.js`)).default);
+
 const root = document.documentElement;
 const enc = encodeURIComponent;
 const { post, api, begin, tokenArrived, fromParent } = frameSession('peliqan-panel');
@@ -191,7 +194,7 @@ async function act(button) {
     } else if (action === 'finish') {
       post({ type: 'open', options: { serverId: c.id } });
     } else if (action === 'reauthorise') {
-      const r = await api('POST', `/api/server/${enc(id)}/reauthorise`);
+      const r = await api('POST', `/api/server/${enc(id)}/reauthorise`, { oauth_strict: true }); // nonce hand-over only
       if (r?.auth_uri) {
         if (!tab) throw fail('popup_blocked', t.popupBlockedShort);
         tab.location.href = r.auth_uri;

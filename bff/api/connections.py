@@ -54,6 +54,15 @@ async def list_servertypes(request: Request) -> JSONResponse:
 # -- connections ------------------------------------------------------------------------
 
 
+def parse_strict(data: dict[str, Any]) -> bool:
+    """``oauth_strict``: the sign-in's start page goes on only with ``oauth_nonce`` handed over by
+    the window that opened it (the widget does this), not on its own after a Continue press."""
+    strict = data.get("oauth_strict", False)
+    if not isinstance(strict, bool):
+        raise validation_error({"oauth_strict": "Must be true or false."})
+    return strict
+
+
 async def create_server(request: Request) -> JSONResponse:
     """Add a connection: credentials are tested first; OAuth2 returns the URL to open."""
     account = await require_sub_account(request)
@@ -68,7 +77,8 @@ async def create_server(request: Request) -> JSONResponse:
     if connector is None:
         raise validation_error({"servertype_id": "Unknown connector; see GET /api/servertypes."})
     name = parse_name(data, connector.display_name)
-    connection, sign_in = await svc.connections.create(account, connector, name, data)
+    strict = parse_strict(data)
+    connection, sign_in = await svc.connections.create(account, connector, name, data, strict=strict)
     body = await svc.connections.view(account, connection)
     if sign_in is None:
         return JSONResponse(body, status_code=201)
@@ -143,8 +153,10 @@ async def reauthorise(request: Request) -> JSONResponse:
     svc = services(request)
     connector = svc.connectors[connection.connector]
     data = await read_json(request, required=False)
+    strict = parse_strict(data)
+    data.pop("oauth_strict", None)
     if connector.auth_type == "oauth2":
-        sign_in = await svc.connections.start_reauthorising(account, connection, connector)
+        sign_in = await svc.connections.start_reauthorising(account, connection, connector, strict=strict)
         return JSONResponse({"auth_uri": sign_in.url, "oauth_nonce": sign_in.nonce, "id": connection.id}, 200, NO_STORE)
     if not data:
         fields = localized_form(connector, [f.public_dict() for f in connector.connect_form], request_locale(request))

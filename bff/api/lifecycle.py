@@ -13,11 +13,12 @@ from ..http import api_route, read_json
 from ..services.schedules import ScheduleError, parse_frequency, parse_table_frequencies, streams_of
 from ..store import UNSET
 
-PATCHABLE = ("name", "sync_frequency", "table_frequencies")
+PATCHABLE = ("name", "sync_frequency", "table_frequencies", "tables")
 
 
 async def patch_server(request: Request) -> JSONResponse:
-    """Rename the connection or change its schedule: ``{name?, sync_frequency?, table_frequencies?}``."""
+    """Rename the connection, change its schedule or choose its tables:
+    ``{name?, sync_frequency?, table_frequencies?, tables?}`` (``tables: null``: every table)."""
     account, connection = await require_connection(request)
     data = await read_json(request)
     errors: dict[str, str] = {}
@@ -45,6 +46,14 @@ async def patch_server(request: Request) -> JSONResponse:
             )
         except ScheduleError as exc:
             errors.update(exc.errors)
+    selected: list[str] | None = None
+    if "tables" in data:
+        known = [stream.name for stream in services(request).connectors[connection.connector].streams]
+        chosen = parse_selection(data["tables"], known)
+        if isinstance(chosen, str):
+            errors["tables"] = chosen
+        else:
+            selected = chosen
     if errors:
         raise validation_error(errors)
     updated = await services(request).connections.change(
@@ -53,8 +62,21 @@ async def patch_server(request: Request) -> JSONResponse:
         name=name,
         sync_frequency=frequency if "sync_frequency" in data else UNSET,
         table_frequencies=tables,
+        selected_tables=selected if "tables" in data else UNSET,
     )
     return JSONResponse(await services(request).connections.view(account, updated))
+
+
+def parse_selection(value: object, known: list[str]) -> list[str] | None | str:
+    """The tables chosen (in the connector's order), None for every one, or why not (a message)."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value or not all(isinstance(t, str) for t in value):
+        return f"Must be a non-empty list of table names (of {', '.join(known)}), or null for every table."
+    unknown = [t for t in value if t not in known]
+    if unknown:
+        return f"Unknown table(s): {', '.join(unknown)}. This connection has: {', '.join(known)}."
+    return [name for name in known if name in value]
 
 
 async def disable_server(request: Request) -> JSONResponse:

@@ -15,7 +15,7 @@ from starlette.routing import BaseRoute, Route
 from ..auth import services
 from ..errors import ApiError, validation_error
 from ..http import read_json
-from ..services.oauth_flows import OAUTH_FLOW_MAX_AGE, OAUTH_START_PATH, SignInResult, state_hash
+from ..services.oauth_flows import LINK_PARAM, OAUTH_FLOW_MAX_AGE, OAUTH_START_PATH, SignInResult, state_hash
 from ..templates import render
 
 BINDING_COOKIE = "bff_oauth_"
@@ -34,9 +34,20 @@ def _binding_cookie(request: Request, state_hash: str) -> tuple[str, str, bool]:
 
 
 async def start_page(request: Request) -> HTMLResponse:
-    """The page ``oauth_url`` opens: it takes the ticket from the window that opened it and goes on to the provider."""
+    """The page ``oauth_url`` opens. With a link ticket (``?link=``): it names the partner, the
+    customer and the connector and goes on to the provider when the person presses Continue. Either
+    way it takes the nonce from the window that opened it, if that window hands it over, and goes on."""
     nonce = secrets.token_urlsafe(16)
-    html = render("oauth_start.html", nonce=nonce, start_path=OAUTH_START_PATH)
+    link = request.query_params.get(LINK_PARAM)
+    info = await services(request).oauth.describe_link(link) if link and len(link) <= 128 else None
+    html = render(
+        "oauth_start.html",
+        nonce=nonce,
+        start_path=OAUTH_START_PATH,
+        link=link if info is not None else None,
+        link_spent=bool(link) and info is None,
+        info=info,
+    )
     return HTMLResponse(
         html,
         headers={
@@ -54,8 +65,9 @@ async def oauth_start(request: Request) -> Response:
     """Swap a ticket for a browser binding (an HttpOnly cookie) and the provider's URL.
 
     Called only by the start page itself (same origin, JSON): a page on another site cannot
-    make a victim's browser do it. ``opener_origin`` is the origin the start page received the
-    ticket from: the connect iframe (this origin) or a page the ticket's partner registered.
+    make a victim's browser do it. ``{nonce, opener_origin}``: the origin the start page received
+    the nonce from: the connect iframe (this origin) or a page the ticket's partner registered.
+    ``{link}``: the link ticket of the page's own URL, after the person pressed Continue.
     """
     svc = services(request)
     own_origin = _public_origin(request)
@@ -65,10 +77,16 @@ async def oauth_start(request: Request) -> Response:
     ):
         raise ApiError(403, "origin_not_allowed", "Only the sign-in start page may start a sign-in.")
     data = await read_json(request)
-    ticket, opener = data.get("nonce"), data.get("opener_origin")
-    if not isinstance(ticket, str) or not isinstance(opener, str) or len(ticket) > 128 or len(opener) > 300:
-        raise validation_error({"nonce": "Send the nonce and the origin it came from."})
-    url, hashed = await svc.oauth.swap_ticket(ticket, opener=opener, own_origin=own_origin)
+    ticket, opener, link = data.get("nonce"), data.get("opener_origin"), data.get("link")
+    if link is not None and ticket is None:
+        # The person pressed Continue on the page of an ``oauth_url`` opened on its own.
+        if not isinstance(link, str) or len(link) > 128:
+            raise validation_error({"link": "Send the link's ticket."})
+        url, hashed = await svc.oauth.swap_link(link)
+    else:
+        if not isinstance(ticket, str) or not isinstance(opener, str) or len(ticket) > 128 or len(opener) > 300:
+            raise validation_error({"nonce": "Send the nonce and the origin it came from."})
+        url, hashed = await svc.oauth.swap_ticket(ticket, opener=opener, own_origin=own_origin)
     response = JSONResponse({"authorize_url": url}, headers={"Cache-Control": "no-store"})
     name, path, secure = _binding_cookie(request, hashed)
     response.set_cookie(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel
@@ -30,7 +30,8 @@ class Operation:
     body_required: bool = True
     query: type[BaseModel] | None = None
     content_type: str = "application/json"
-    extra: Mapping[str, Any] = field(default_factory=dict)
+    # The proxy passes the provider's status and body through: its errors are not only ours.
+    errors: str = "Error"
 
 
 PARTNER, CONNECTIONS, SYNC, WAREHOUSE, QUERY_TABLES = "partner", "connections", "sync", "warehouse", "query-tables"
@@ -262,7 +263,7 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("POST", "/oauth/start"): Operation("startOAuth", EMBED, ok(rs.OAuthStarted), body=rq.OAuthStart),
     ("GET", "/healthz"): Operation("getHealthz", META, ok(rs.HealthCheck)),
 }
-_PROXIED = {200: (NO_BODY, "The provider's answer: its status, headers and body as it gave them")}
+_PROXIED: Answers = {}
 for _method in ("GET", "POST", "PUT", "PATCH", "DELETE"):
     OPERATIONS[(_method, "/api/server/{id}/proxy/{path}")] = Operation(
         f"proxy{_method.title()}",
@@ -271,6 +272,7 @@ for _method in ("GET", "POST", "PUT", "PATCH", "DELETE"):
         body=None if _method in ("GET", "DELETE") else rq.RecordFields,
         body_required=False,
         content_type="*/*",
+        errors="The provider's answer: its status, headers and body as it gave them (or an Error of ours)",
     )
 # Pages, scripts and images: their answers are not JSON.
 for (_method, _path), (_id, _type) in {

@@ -9,6 +9,7 @@ The routes check their input themselves, with the exact error wording the contra
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -21,7 +22,6 @@ from ..scripts.service import MAX_SCHEDULE, MIN_SCHEDULE
 from ..services.schedules import MAX_SYNC_FREQUENCY, MIN_SYNC_FREQUENCY
 from ..warehouse_reader import OPERATORS
 from ..webhooks import EVENT_TYPES
-from .responses import no_null_defaults
 
 Locale = Literal[LOCALES]  # type: ignore[valid-type]
 EventType = Literal[EVENT_TYPES]  # type: ignore[valid-type]
@@ -29,14 +29,25 @@ Frequency = Annotated[int, Field(ge=MIN_SYNC_FREQUENCY, le=MAX_SYNC_FREQUENCY)]
 Text200 = Annotated[str, Field(max_length=200)]
 
 
+def defaults_in_words(schema: dict[str, Any]) -> None:
+    """A field that may be left out has no ``default`` in the document, but says it in words:
+    openapi-typescript types a field with a default as one that must be sent."""
+    for prop in schema.get("properties", {}).values():
+        if "default" in prop:
+            default = prop.pop("default")
+            if default is not None:
+                said = f"Default: {json.dumps(default)}."
+                prop["description"] = f"{prop['description']} {said}" if prop.get("description") else said
+
+
 class Body(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra=no_null_defaults)
+    model_config = ConfigDict(extra="forbid", json_schema_extra=defaults_in_words)
 
 
 class OpenBody(BaseModel):
     """A body whose keys are not fixed (a connector's form fields, a provider's record)."""
 
-    model_config = ConfigDict(extra="allow", json_schema_extra=no_null_defaults)
+    model_config = ConfigDict(extra="allow", json_schema_extra=defaults_in_words)
 
 
 # -- partner -----------------------------------------------------------------------------------------
@@ -79,12 +90,19 @@ class ConnectionCreate(OpenBody):
 
     servertype_id: int | str
     name: Text200 | None = None
+    oauth_strict: bool = Field(
+        default=False,
+        description="OAuth2: oauth_url then goes on only with oauth_nonce handed over by the window that opened it;"
+        " without, oauth_url also works opened on its own, after the person presses Continue on a page naming the"
+        " partner, the customer and the connector.",
+    )
     __pydantic_extra__: dict[str, str | int | float]
 
 
 class Credentials(OpenBody):
     """The connector's connect-form fields, tested with the provider before they are stored."""
 
+    oauth_strict: bool = Field(default=False, description="OAuth2: as for createServer, for auth_uri.")
     __pydantic_extra__: dict[str, str | int | float]
 
 
@@ -100,6 +118,9 @@ class ConnectionChange(Body):
     name: Annotated[str, Field(min_length=1, max_length=200)] | SkipJsonSchema[None] = None
     sync_frequency: Frequency | None = Field(default=None, description="Seconds between syncs; null: no schedule.")
     table_frequencies: dict[str, Frequency] | None = None
+    tables: list[Annotated[str, Field(min_length=1)]] | None = Field(
+        default=None, min_length=1, description="The tables to sync and schedule (the others are left out); null: all."
+    )
 
 
 class SyncRequest(Body):
@@ -115,8 +136,11 @@ class EmbedSessionRequest(OpenBody):
 
 
 class OAuthStart(OpenBody):
-    nonce: Annotated[str, Field(max_length=128)]
-    opener_origin: Annotated[str, Field(max_length=300)]
+    """``{nonce, opener_origin}`` (handed over by the opener) or ``{link}`` (oauth_url's own ticket, on Continue)."""
+
+    nonce: Annotated[str, Field(max_length=128)] | None = None
+    opener_origin: Annotated[str, Field(max_length=300)] | None = None
+    link: Annotated[str, Field(max_length=128)] | None = None
 
 
 # -- the warehouse ------------------------------------------------------------------------------------------

@@ -174,10 +174,16 @@ class Connection(Model):
     live_count: int = Field(description="Rows its tables hold now (deleted ones not counted).")
     sync_frequency: int | None
     table_frequencies: dict[str, int]
+    tables: list[str] | None = Field(default=None, description="The tables chosen to sync; null: every table.")
     next_sync_at: Time
     account_id: int
     external_id: str
-    oauth_url: str | None = Field(default=None, description="OAuth2: the consent page to open (on create only).")
+    oauth_url: str | None = Field(
+        default=None,
+        description="OAuth2 (on create only): the sign-in's start page, to open in a new tab or window; it names the"
+        " partner, the customer and the connector and goes on when the person presses Continue (or at once when"
+        " the opener hands over oauth_nonce).",
+    )
     oauth_nonce: str | None = Field(default=None, description="OAuth2: the nonce the sign-in page is opened with.")
 
 

@@ -8,6 +8,7 @@ Every health change goes through :mod:`bff.lifecycle`; OAuth sign-ins through
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +38,9 @@ class SignIn:
     nonce: str
 
 
+NUMBER = re.compile(r"-?[0-9]{1,15}(\.[0-9]{1,15})?")
+
+
 def parse_credentials(connector: Connector, data: dict[str, Any]) -> dict[str, str]:
     """The connect-form fields, each checked; errors are reported per field."""
     errors: dict[str, str] = {}
@@ -53,6 +57,9 @@ def parse_credentials(connector: Connector, data: dict[str, Any]) -> dict[str, s
         text_value = str(value).strip() if not field.secret else str(value)
         if len(text_value) > 4096:
             errors[field.name] = f"{field.label} is too long."
+            continue
+        if field.type == "number" and not NUMBER.fullmatch(text_value):
+            errors[field.name] = f"{field.label} must be a number."
             continue
         if field.options and text_value not in {option.value for option in field.options}:
             errors[field.name] = f"Choose one of the offered values for {field.label}."
@@ -99,6 +106,7 @@ class Connections:
                     "live_count": held.get(connection.id, 0),  # rows held now, deleted ones not counted
                     "sync_frequency": connection.sync_frequency,
                     "table_frequencies": connection.table_frequencies,
+                    "tables": connection.selected_tables,
                     "next_sync_at": iso(connection.next_sync_at),
                     "account_id": account.id,
                     "external_id": account.external_id,
@@ -128,7 +136,7 @@ class Connections:
     # -- adding -------------------------------------------------------------------------------
 
     async def create(
-        self, account: SubAccount, connector: Connector, name: str, data: dict[str, Any]
+        self, account: SubAccount, connector: Connector, name: str, data: dict[str, Any], *, strict: bool = False
     ) -> tuple[Connection, SignIn | None]:
         """A new connection: OAuth2 ones start ``AUTHORIZING`` with a sign-in to open; the others
         only once the provider accepted the connect form's credentials in ``data``."""
@@ -140,9 +148,18 @@ class Connections:
                 raise ApiError(
                     400, "oauth_app_not_configured", f"{connector.display_name} has no OAuth app configured."
                 )
-            connection = await svc.store.connections.create(account.id, connector.name, name, Health.AUTHORIZING)
+            # The connect form's values (Exact Online's country and starting year) are kept with
+            # the tokens to come: the sign-in's URLs and the reads may name them.
+            form = parse_credentials(connector, data)
+            connection = await svc.store.connections.create(
+                account.id,
+                connector.name,
+                name,
+                Health.AUTHORIZING,
+                seal=(lambda connection_id: rt.seal_secrets(svc, connection_id, rt.Secrets(form))) if form else None,
+            )
             await svc.events.connection_created(account, connection)
-            url, nonce = await svc.oauth.start(account, connection, connector, purpose="connect")
+            url, nonce = await svc.oauth.start(account, connection, connector, purpose="connect", strict=strict)
             return connection, SignIn(url, nonce)
         credentials = parse_credentials(connector, data)
         await self.check_credentials(account, connector, credentials)
@@ -261,14 +278,16 @@ class Connections:
 
     # -- re-authorisation ---------------------------------------------------------------------
 
-    async def start_reauthorising(self, account: SubAccount, connection: Connection, connector: Connector) -> SignIn:
+    async def start_reauthorising(
+        self, account: SubAccount, connection: Connection, connector: Connector, *, strict: bool = False
+    ) -> SignIn:
         """OAuth2: a new sign-in. One never finished (``AUTHORIZING``, the window was closed) ends
         like a first connect (CONFIG_SELECT or OK), not as a re-authorisation."""
         svc = self.services
         if connection.health_status == Health.AUTHORIZING:
-            url, nonce = await svc.oauth.start(account, connection, connector, purpose="connect")
+            url, nonce = await svc.oauth.start(account, connection, connector, purpose="connect", strict=strict)
         else:
-            url, nonce = await svc.oauth.start(account, connection, connector, purpose="reauthorise")
+            url, nonce = await svc.oauth.start(account, connection, connector, purpose="reauthorise", strict=strict)
             await lifecycle.transition(svc.store, svc.events, connection.id, Event.SIGN_IN_STARTED, keep_detail=True)
         return SignIn(url, nonce)
 
@@ -299,15 +318,30 @@ class Connections:
         name: str | None = None,
         sync_frequency: int | None | Unset = UNSET,
         table_frequencies: dict[str, int] | None = None,
+        selected_tables: list[str] | None | Unset = UNSET,
     ) -> Connection:
-        """Rename the connection or change its schedule (checked by the caller); the schedule is
-        planned again and the change logged."""
+        """Rename the connection, change its schedule or its table selection (checked by the
+        caller); the schedule is planned again and the change logged."""
         svc = self.services
         await svc.store.connections.update(
-            connection.id, name=name, sync_frequency=sync_frequency, table_frequencies=table_frequencies
+            connection.id,
+            name=name,
+            sync_frequency=sync_frequency,
+            table_frequencies=table_frequencies,
+            selected_tables=selected_tables,
         )
         updated = await self.reload(account, connection)
-        if sync_frequency is not UNSET or table_frequencies is not None:
+        if name is not None and name != connection.name:
+            # Its schema in the customer's database follows (query tables over it keep working).
+            schema = await svc.warehouse.rename_connection(account.id, connection.id, name)
+            if schema is not None:
+                await svc.store.runs.add_log(
+                    connection.id, "info", f"Renamed; its tables are now in schema {schema!r}."
+                )
+        if selected_tables is not UNSET:
+            chosen = "every table" if selected_tables is None else ", ".join(selected_tables)
+            await svc.store.runs.add_log(connection.id, "info", f"Tables to sync: {chosen}.")
+        if sync_frequency is not UNSET or table_frequencies is not None or selected_tables is not UNSET:
             updated = await svc.schedules.schedule_changed(updated)
             await svc.store.runs.add_log(connection.id, "info", f"Schedule changed: {describe_schedule(updated)}.")
         return updated

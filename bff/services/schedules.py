@@ -23,7 +23,7 @@ from ..jobs import JobQueue
 from ..lifecycle import Health
 from ..runtime import Runtime
 from ..store import Connection, HealthChange, Run, RunAlreadyActive
-from .sync import ConnectionNotReady, SyncRunner
+from .sync import ConnectionNotReady, SyncRunner, chosen_streams
 
 logger = logging.getLogger("bff.schedules")
 
@@ -84,7 +84,7 @@ def table_frequency(connection: Connection, table: str) -> int | None:
 
 def streams_of(connectors: Mapping[str, Connector], connection: Connection) -> list[str]:
     connector = connectors.get(connection.connector)
-    return [s.name for s in connector.streams] if connector else []
+    return chosen_streams(connector, connection) if connector else []
 
 
 def replanned(connectors: Mapping[str, Connector], connection: Connection, now: float) -> dict[str, float]:

@@ -189,7 +189,9 @@ class SyncRunner:
         if refused is not None:
             raise ConnectionNotReady(refused, NOT_READY[Health(connection.health_status)])
         connector = self.runtime.connectors[connection.connector]
-        select_streams([s.name for s in connector.streams], tables)
+        chosen = chosen_streams(connector, connection)
+        # Without tables: the connection's own selection (what a scheduled run reads too).
+        tables = select_streams(chosen, tables) if tables or connection.selected_tables is not None else None
         if categories and not connector.partition_by:
             raise CategoriesNotSupported(connector.display_name)
         if categories and full:
@@ -553,6 +555,13 @@ async def _read_ahead(pages: AsyncIterator[Page], *, depth: int = READ_AHEAD_PAG
             fetching.cancel()
             with contextlib.suppress(BaseException):
                 await fetching
+
+
+def chosen_streams(connector: Connector, connection: Connection) -> list[str]:
+    """The connection's tables: its connector's streams, only the selected ones when it has a selection."""
+    names = [s.name for s in connector.streams]
+    chosen = connection.selected_tables
+    return names if chosen is None else [name for name in names if name in chosen]
 
 
 def select_streams(available: Sequence[str], tables: Sequence[str] | None) -> list[str]:

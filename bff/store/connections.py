@@ -38,6 +38,8 @@ class Connection:
     table_frequencies: dict[str, int] = dataclasses.field(default_factory=dict)
     table_due: dict[str, float] = dataclasses.field(default_factory=dict)
     next_sync_at: float | None = None
+    # The tables (streams) chosen to sync; None: every one the connector has.
+    selected_tables: list[str] | None = None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -53,7 +55,7 @@ class HealthChange:
 
 CONNECTION_COLUMNS = (
     "id, sub_account_id, connector, name, health_status, detail, config, secrets, created_at, updated_at,"
-    " sync_frequency, table_frequencies, table_due, next_sync_at"
+    " sync_frequency, table_frequencies, table_due, next_sync_at, selected_tables"
 )
 
 
@@ -153,6 +155,7 @@ class ConnectionStore:
         name: str | None = None,
         sync_frequency: int | None | Unset = UNSET,
         table_frequencies: Mapping[str, int] | None = None,
+        selected_tables: Sequence[str] | None | Unset = UNSET,
         health_from: Sequence[str] | None = None,
         logs: Sequence[tuple[str, str]] = (),
     ) -> HealthChange | None:
@@ -168,6 +171,9 @@ class ConnectionStore:
                 "name": given(name),
                 "sync_frequency": sync_frequency,
                 "table_frequencies": given(table_frequencies),
+                "selected_tables": selected_tables
+                if isinstance(selected_tables, Unset) or selected_tables is None
+                else Jsonb(list(selected_tables)),
             }
         )
         if health_from is not None:

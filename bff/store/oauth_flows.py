@@ -47,3 +47,25 @@ class OAuthFlowStore:
                 {"h": state_hash, "now": now, "oldest": now - max_age},
             ),
         )
+
+    async def peek(self, state_hash: str, *, max_age: float) -> OAuthFlow | None:
+        """A flow not used yet and young enough, left as it is (a page that only shows it)."""
+        oldest = self._store.now() - max_age
+        return build(
+            OAuthFlow,
+            await self._store._one(
+                "SELECT connection_id, sub_account_id, purpose, verifier, created_at FROM oauth_flows"
+                " WHERE state_hash = %s AND used_at IS NULL AND created_at >= %s",
+                (state_hash, oldest),
+            ),
+        )
+
+    async def retire_tickets(self, connection_id: int, prefixes: tuple[str, ...]) -> None:
+        """Use up the connection's unused tickets (purposes starting with one of ``prefixes``):
+        a sign-in starts once, whichever of its tickets started it."""
+        async with self._store.pool.connection() as conn:
+            await conn.execute(
+                "UPDATE oauth_flows SET used_at = %s WHERE connection_id = %s AND used_at IS NULL"
+                " AND purpose LIKE ANY(%s)",
+                (self._store.now(), connection_id, [prefix + "%" for prefix in prefixes]),
+            )
