@@ -194,3 +194,15 @@ async def test_every_body_the_server_takes_is_one_the_document_allows(bff: Any) 
     finally:
         contract.check_accepted_body = original  # type: ignore[method-assign]
     assert seen == [b'{"origins":[]}'] or seen == [b'{"origins": []}']
+
+
+def test_released_operation_ids_never_change() -> None:
+    """tests/released_operation_ids.json lists every operationId released so far: none may be
+    renamed or moved to another route (generated clients call them by name). A new operation is
+    added to the file when it is released."""
+    import json
+    from pathlib import Path
+
+    released = json.loads((Path(__file__).parent / "released_operation_ids.json").read_text())
+    now = {f"{method} {path}": op.id for (method, path), op in OPERATIONS.items()}
+    assert {key: now.get(key) for key in released} == released

@@ -2,7 +2,7 @@
 
 Keyed by method and path as the router has them (``{id}`` without a convertor). An ``operationId``
 is part of the contract: generated clients name their functions after it, so it never changes
-once released (a new path gets a new one). ``tests/test_openapi.py`` checks that every route of
+once released (a new path gets a new one; ``tests/released_operation_ids.json`` lists the released ones). ``tests/test_openapi.py`` checks that every route of
 ``/api`` has an entry here and that no entry is left without a route.
 """
 
