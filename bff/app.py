@@ -40,6 +40,7 @@ from .store import Store, migrate
 from .tokens import TokenAuthority
 from .warehouse import Warehouse
 from .warehouse_servers import WarehouseServers
+from .warehouse_upgrade import upgrade_warehouses
 from .webhooks import Webhooks
 
 
@@ -97,6 +98,8 @@ class ServiceContext:
         try:
             await check_encryption_key(svc.store, svc.vault)
             await svc.warehouse.servers.close_control_database()
+            # Warehouses of an earlier release (schemas of the control database) move into databases.
+            await upgrade_warehouses(svc.warehouse, svc.query_tables)
             await svc.queue.open()
             try:
                 if settings.run_worker:

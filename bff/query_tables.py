@@ -378,6 +378,11 @@ class QueryTables:
                 raise _refused(exc, parsed=parsed, done="saved") from None
         return columns
 
+    async def remake_view(self, sub_account_id: int, view: str, query: str) -> None:
+        """Make a query table's view again from its saved query (a warehouse moved by an upgrade)."""
+        placement, runner = await self._runner(sub_account_id)
+        await self._define(placement, runner, view, query, replace=True)
+
     async def _field_ids(
         self, columns: tuple[tuple[str, str], ...], previous: tuple[ReadField, ...] = ()
     ) -> tuple[ReadField, ...]:
