@@ -29,7 +29,6 @@ of the read role with ``default_transaction_read_only``; asking again sets a new
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import hashlib
@@ -41,14 +40,21 @@ from typing import Any
 
 import psycopg
 from psycopg import AsyncConnection, sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
-from psycopg.rows import dict_row
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import Jsonb
 
 from .errors import BFFError, Conflict, Invalid
 from .store import Store, iso
+from .store.placements import Placement
 from .warehouse import PG_TYPE_FIELDS, WAREHOUSE_TABLE_ID_MAX, WAREHOUSE_TABLE_ID_MIN, RowCounts, Warehouse
 from .warehouse_reader import ReadField, RowQuery, json_value, read_page
+from .warehouse_servers import (
+    CUSTOMER_CONNECTIONS,
+    CUSTOMER_WAIT_SECONDS,
+    WRITER_SUFFIX,
+    DatabaseBusy,
+    TooManyQueries,
+)
 
 logger = logging.getLogger("bff.query_tables")
 
@@ -57,13 +63,11 @@ QUERY_TIMEOUT_MS = 10_000
 TEMP_FILE_LIMIT = "256MB"  # what one session may spill to disk (sorts, hashes); superuser-only to change
 RUNNER_CONNECTION_LIMIT = 16  # the runner's sessions, all BFF processes together
 SQL_LOGIN_CONNECTION_LIMIT = 5  # a BI tool's sessions on the SQL-access login
-# The BFF's own connections per customer and process (query tables, /api/database/query/): more at
-# once wait up to CUSTOMER_WAIT_SECONDS for one, then are answered 429 too_many_queries.
-CUSTOMER_CONNECTIONS = 4
-CUSTOMER_WAIT_SECONDS = 2.0
 MAX_QUERY_LENGTH = 100_000
 RUNNER_SUFFIX = "_q"
+WRITE_RUNNER_SUFFIX = "_qw"  # runs a customer's writes (POST /api/database/query/ {"write": true}, scripts)
 SQL_LOGIN_SUFFIX = "_sql"
+SQL_WRITER_SUFFIX = "_sqlw"
 
 
 class QueryInvalid(BFFError):
@@ -96,32 +100,6 @@ class FilterValueRejected(Invalid):
         self.message = message
 
 
-class TooManyQueries(BFFError):
-    """This customer already has as many queries running as the BFF opens for one customer."""
-
-    status = 429
-    code = "too_many_queries"
-
-    def __init__(self) -> None:
-        super().__init__(
-            "Too many queries of this customer are running at once; retry when one has finished.",
-            headers={"Retry-After": "1"},
-        )
-
-
-class DatabaseBusy(BFFError):
-    """PostgreSQL refused another connection (the customer role's connection limit, or the server's)."""
-
-    status = 503
-    code = "database_busy"
-
-    def __init__(self) -> None:
-        super().__init__(
-            "The database has no connection free for this customer's query; retry shortly.",
-            headers={"Retry-After": "1"},
-        )
-
-
 class NameTaken(Conflict):
     code = "name_taken"
 
@@ -129,10 +107,18 @@ class NameTaken(Conflict):
         super().__init__(f"There is already a query table named {name!r}.", errors={"name": "Already in use."})
 
 
+VIEW_SCHEMA = "public"  # query tables are views there, named as the customer named them
+
+
+def view_name(name: str) -> str:
+    return name.encode()[:63].decode(errors="ignore")
+
+
 @dataclasses.dataclass(frozen=True)
 class QueryTable:
     id: int
     sub_account_id: int
+    placement: Placement
     schema: str
     name: str
     query: str
@@ -194,6 +180,17 @@ def _message(exc: psycopg.Error) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
+class StatementResult:
+    """What a statement run with ``write`` gave: its rows (if it returns any) and its status."""
+
+    fields: list[dict[str, str]]
+    rows: list[dict[str, Any]]
+    truncated: bool
+    status: str  # PostgreSQL's command tag: "DELETE 3", "CREATE TABLE"
+    rowcount: int
+
+
+@dataclasses.dataclass(frozen=True)
 class DatabaseCredentials:
     host: str
     port: int
@@ -223,54 +220,98 @@ class QueryTables:
         self._secret = role_secret
         self.timeout_ms = timeout_ms
         self._clock = clock or warehouse.now
-        self._ready: set[str] = set()
+        self._ready: set[tuple[str, str]] = set()
         self.connection_cap = CUSTOMER_CONNECTIONS
         self.wait_seconds = CUSTOMER_WAIT_SECONDS
-        self._slots: dict[str, asyncio.Semaphore] = {}
 
     # -- roles ----------------------------------------------------------------------------
 
     def _runner_password(self, role: str) -> str:
         return hmac.new(self._secret, f"runner:{role}".encode(), hashlib.sha256).hexdigest()
 
-    async def _runner(self, sub_account_id: int) -> tuple[str, str]:
-        """``(schema, runner role)`` of a sub-account, made on first use."""
-        schema = await self.warehouse.schema_of(sub_account_id, create=True)
-        assert schema is not None
-        runner = schema + RUNNER_SUFFIX
-        if runner in self._ready:
-            return schema, runner
-        ident, role = sql.Identifier(schema), sql.Identifier(runner)
-        async with self.store.transaction() as conn:
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (runner,))
-            cur = await conn.execute("SELECT 1 AS found FROM pg_roles WHERE rolname = %s", (runner,))
-            password = sql.Literal(self._runner_password(runner))
-            if await cur.fetchone() is None:
-                await conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(role, password))
-                await conn.execute(sql.SQL("GRANT {} TO {}").format(ident, role))
-                await conn.execute(sql.SQL("GRANT USAGE, CREATE ON SCHEMA {} TO {}").format(ident, role))
-                # Queries name tables without the schema: ``SELECT … FROM c12_deals``.
-                await conn.execute(sql.SQL("ALTER ROLE {} SET search_path = {}").format(role, ident))
-            else:  # another key, or made by another process: make sure the password is ours
-                await conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(role, password))
-            await self._limit_role(conn, runner, connection_limit=RUNNER_CONNECTION_LIMIT)
-        self._ready.add(runner)
-        return schema, runner
+    async def _runner(self, sub_account_id: int, *, write: bool = False) -> tuple[Placement, str]:
+        """``(placement, runner role)`` of a sub-account, made on first use, on the customer's server:
+        the read runner, or with ``write`` the one that may write (a member of the writer role)."""
+        placement = await self.warehouse.placement(sub_account_id, create=True)
+        assert placement is not None
+        runner = placement.database + (WRITE_RUNNER_SUFFIX if write else RUNNER_SUFFIX)
+        if (placement.server, runner) in self._ready:
+            return placement, runner
+        async with self.warehouse.servers.transaction(placement) as conn:
+            await self._login(
+                conn,
+                placement,
+                runner,
+                self._runner_password(runner),
+                write=write,
+                connection_limit=RUNNER_CONNECTION_LIMIT,
+            )
+            if not write:
+                # The runner owns the query tables' views (in public); the owner role reads them.
+                await conn.execute(
+                    sql.SQL("GRANT USAGE, CREATE ON SCHEMA {} TO {}").format(
+                        sql.Identifier(VIEW_SCHEMA), sql.Identifier(runner)
+                    )
+                )
+        self._ready.add((placement.server, runner))
+        return placement, runner
 
-    async def _limit_role(self, conn: AsyncConnection[Any], role: str, *, connection_limit: int) -> None:
-        """The limits of a customer SQL role, on the role (every session gets them at login), and
-        privileges that make read-only hold even when a session turns it off: no temporary tables
-        (``TEMPORARY`` on the database is not granted to ``PUBLIC``), nothing to create in
-        ``public``; the customer's roles have ``SELECT`` on their own schema and nothing else."""
+    async def _login(
+        self,
+        conn: AsyncConnection[Any],
+        placement: Placement,
+        login: str,
+        password: str,
+        *,
+        write: bool,
+        connection_limit: int,
+    ) -> None:
+        """A LOGIN role of the customer (made, or given ``password``), a member of its owner role
+        (reads) or of its writer role (``write``: also writes the synced tables and makes schemas of
+        its own). What a writer login makes, the customer's other writers may change and its readers
+        read (default privileges)."""
+        member_of = placement.database + (WRITER_SUFFIX if write else "")
+        role = sql.Identifier(login)
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (login,))
+        cur = await conn.execute("SELECT 1 AS found FROM pg_roles WHERE rolname = %s", (login,))
+        if await cur.fetchone() is None:
+            await conn.execute(
+                sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} IN ROLE {}").format(
+                    role, sql.Literal(password), sql.Identifier(member_of)
+                )
+            )
+        else:  # another key, or made by another process: make sure the password is ours
+            await conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(role, sql.Literal(password)))
+        if write:
+            owner, writer = sql.Identifier(placement.database), sql.Identifier(member_of)
+            for grant in (
+                sql.SQL("ALTER DEFAULT PRIVILEGES FOR ROLE {} GRANT ALL ON TABLES TO {}").format(role, writer),
+                sql.SQL("ALTER DEFAULT PRIVILEGES FOR ROLE {} GRANT SELECT ON TABLES TO {}").format(role, owner),
+                sql.SQL("ALTER DEFAULT PRIVILEGES FOR ROLE {} GRANT ALL ON SEQUENCES TO {}").format(role, writer),
+                sql.SQL("ALTER DEFAULT PRIVILEGES FOR ROLE {} GRANT USAGE, CREATE ON SCHEMAS TO {}").format(
+                    role, writer
+                ),
+                sql.SQL("ALTER DEFAULT PRIVILEGES FOR ROLE {} GRANT USAGE ON SCHEMAS TO {}").format(role, owner),
+            ):
+                await conn.execute(grant)
+        await self._limit_role(conn, login, connection_limit=connection_limit, read_only=not write)
+
+    async def _limit_role(
+        self, conn: AsyncConnection[Any], role: str, *, connection_limit: int, read_only: bool = True
+    ) -> None:
+        """The limits of a customer SQL role, on the role (every session gets them at login). Read-only
+        holds by privileges too, whatever a session sets: no temporary tables (``TEMPORARY`` on the
+        database is not granted), ``SELECT`` on the synced schemas and nothing else."""
         ident = sql.Identifier(role)
         for statement in (
-            sql.SQL("ALTER ROLE {} SET default_transaction_read_only = on").format(ident),
+            sql.SQL("ALTER ROLE {} SET default_transaction_read_only = {}").format(
+                ident, sql.SQL("on" if read_only else "off")
+            ),
             sql.SQL("ALTER ROLE {} SET statement_timeout = {}").format(ident, sql.Literal(self.timeout_ms)),
+            sql.SQL("ALTER ROLE {} SET search_path = {}").format(ident, sql.Identifier(VIEW_SCHEMA)),
             sql.SQL("ALTER ROLE {} CONNECTION LIMIT {}").format(ident, sql.Literal(connection_limit)),
             # Superuser-only settings: the customer cannot raise them in its session.
             sql.SQL("ALTER ROLE {} SET temp_file_limit = {}").format(ident, sql.Literal(TEMP_FILE_LIMIT)),
-            sql.SQL("REVOKE TEMPORARY ON DATABASE {} FROM PUBLIC").format(sql.Identifier(conn.info.dbname)),
-            sql.SQL("REVOKE CREATE ON SCHEMA public FROM PUBLIC"),
         ):
             try:
                 async with conn.transaction():  # a savepoint: a refusal leaves the rest standing
@@ -278,42 +319,15 @@ class QueryTables:
             except psycopg.errors.InsufficientPrivilege as exc:
                 logger.warning("could not limit the customer SQL role %s: %s", role, _message(exc))
 
-    @contextlib.asynccontextmanager
-    async def _as_runner(self, runner: str) -> AsyncIterator[AsyncConnection[Any]]:
+    def _as_runner(
+        self, placement: Placement, runner: str
+    ) -> contextlib.AbstractAsyncContextManager[AsyncConnection[Any]]:
         """A connection logged in as the customer's runner role (never the BFF's own role), at most
         :attr:`connection_cap` at once per customer in this process."""
-        slots = self._slots.get(runner)
-        if slots is None:
-            slots = self._slots[runner] = asyncio.Semaphore(self.connection_cap)
-        try:
-            await asyncio.wait_for(slots.acquire(), timeout=self.wait_seconds)
-        except TimeoutError:
-            raise TooManyQueries() from None
-        try:
-            async with self._runner_connection(runner) as conn:
-                yield conn
-        finally:
-            slots.release()
-
-    @contextlib.asynccontextmanager
-    async def _runner_connection(self, runner: str) -> AsyncIterator[AsyncConnection[Any]]:
-        conninfo = make_conninfo(self.store.url, user=runner, password=self._runner_password(runner))
-        try:
-            conn = await AsyncConnection.connect(conninfo, autocommit=True, row_factory=dict_row)
-        except psycopg.OperationalError as exc:
-            text = str(exc)
-            if "too many connections" in text or "remaining connection slots" in text:
-                raise DatabaseBusy() from None  # the role's CONNECTION LIMIT, or the server's
-            raise
-        try:
-            cur = await conn.execute("SELECT session_user AS who, current_user AS acting")
-            row = await cur.fetchone()
-            # The whole design rests on this: customer SQL never runs in a superuser's session.
-            if row != {"who": runner, "acting": runner}:
-                raise RuntimeError(f"refusing to run customer SQL: the session is {row}, not {runner!r}")
-            yield conn
-        finally:
-            await conn.close()
+        connections = self.warehouse.servers.customer(
+            placement, runner, self._runner_password(runner), cap=self.connection_cap, wait_seconds=self.wait_seconds
+        )
+        return connections.connection()
 
     @contextlib.asynccontextmanager
     async def _read_only(self, conn: AsyncConnection[Any]) -> AsyncIterator[AsyncConnection[Any]]:
@@ -325,11 +339,11 @@ class QueryTables:
     # -- defining views --------------------------------------------------------------------
 
     async def _define(
-        self, runner: str, schema: str, view: str, query: str, *, replace: bool
+        self, placement: Placement, runner: str, view: str, query: str, *, replace: bool
     ) -> tuple[tuple[str, str], ...]:
         """Check ``query`` and (re)create the view; returns its columns ``(name, type)``."""
-        target = sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(view))
-        async with self._as_runner(runner) as conn:
+        target = sql.SQL("{}.{}").format(sql.Identifier(VIEW_SCHEMA), sql.Identifier(view))
+        async with self._as_runner(placement, runner) as conn:
             parsed = False
             try:
                 async with self._read_only(conn):
@@ -344,8 +358,10 @@ class QueryTables:
                         await conn.execute(sql.SQL("DROP VIEW IF EXISTS {}").format(target))
                     create = sql.SQL("CREATE VIEW {} AS ").format(target).as_string(conn) + query
                     await conn.execute(create, prepare=True)
-                    # The owner (the runner) lets the read role, and so SQL-access logins, read it.
-                    await conn.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(target, sql.Identifier(schema)))
+                    # The owner (the runner) lets the owner role, and so SQL-access logins, read it.
+                    await conn.execute(
+                        sql.SQL("GRANT SELECT ON {} TO {}").format(target, sql.Identifier(placement.database))
+                    )
                     cur = await conn.execute(
                         "SELECT attname, atttypid FROM pg_attribute WHERE attrelid = %s::regclass"
                         " AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
@@ -361,6 +377,11 @@ class QueryTables:
             except psycopg.Error as exc:
                 raise _refused(exc, parsed=parsed, done="saved") from None
         return columns
+
+    async def remake_view(self, sub_account_id: int, view: str, query: str) -> None:
+        """Make a query table's view again from its saved query (a warehouse moved by an upgrade)."""
+        placement, runner = await self._runner(sub_account_id)
+        await self._define(placement, runner, view, query, replace=True)
 
     async def _field_ids(
         self, columns: tuple[tuple[str, str], ...], previous: tuple[ReadField, ...] = ()
@@ -381,10 +402,10 @@ class QueryTables:
     async def create(self, sub_account_id: int, name: str, query: str) -> QueryTable:
         if await self._name_taken(sub_account_id, name):
             raise NameTaken(name)
-        schema, runner = await self._runner(sub_account_id)
+        placement, runner = await self._runner(sub_account_id)
         table_id = await self._new_id()
-        view = f"q_{table_id}"
-        columns = await self._define(runner, schema, view, query, replace=False)
+        view = view_name(name)
+        columns = await self._define(placement, runner, view, query, replace=False)
         fields = await self._field_ids(columns)
         now = self._clock()
         try:
@@ -395,24 +416,28 @@ class QueryTables:
                     (table_id, sub_account_id, name, query, view, Jsonb(_fields_json(fields)), now, now),
                 )
         except psycopg.errors.UniqueViolation:
-            await self._drop_view(schema, view)
+            await self._drop_view(placement, view)
             raise NameTaken(name) from None
         except BaseException:
-            await self._drop_view(schema, view)
+            await self._drop_view(placement, view)
             raise
-        return QueryTable(table_id, sub_account_id, schema, name, query, view, fields, now, now)
+        return QueryTable(table_id, sub_account_id, placement, VIEW_SCHEMA, name, query, view, fields, now, now)
 
     async def update(self, table: QueryTable, *, name: str | None, query: str | None) -> QueryTable:
         if name is not None and name != table.name and await self._name_taken(table.sub_account_id, name):
             raise NameTaken(name)
         fields = table.fields
         if query is not None:
-            schema, runner = await self._runner(table.sub_account_id)
-            columns = await self._define(runner, schema, table.view, query, replace=True)
+            placement, runner = await self._runner(table.sub_account_id)
+            columns = await self._define(placement, runner, table.view, query, replace=True)
             fields = await self._field_ids(columns, table.fields)
+        view = table.view
+        if name is not None and name != table.name:
+            view = await self._rename_view(table, view_name(name))
         now = self._clock()
         changed = dataclasses.replace(
             table,
+            view=view,
             name=name if name is not None else table.name,
             query=query if query is not None else table.query,
             fields=fields,
@@ -421,23 +446,37 @@ class QueryTables:
         try:
             async with self.store.connection() as conn:
                 await conn.execute(
-                    "UPDATE query_tables SET name = %s, query = %s, fields = %s, updated_at = %s WHERE id = %s",
-                    (changed.name, changed.query, Jsonb(_fields_json(fields)), now, table.id),
+                    "UPDATE query_tables SET name = %s, query = %s, view_name = %s, fields = %s, updated_at = %s"
+                    " WHERE id = %s",
+                    (changed.name, changed.query, view, Jsonb(_fields_json(fields)), now, table.id),
                 )
         except psycopg.errors.UniqueViolation:
             raise NameTaken(changed.name) from None
         return changed
 
     async def delete(self, table: QueryTable) -> None:
-        await self._drop_view(table.schema, table.view)
+        await self._drop_view(table.placement, table.view)
         async with self.store.connection() as conn:
             await conn.execute("DELETE FROM query_tables WHERE id = %s", (table.id,))
 
-    async def _drop_view(self, schema: str, view: str) -> None:
-        async with self.store.connection() as conn:  # no customer SQL runs here: a DROP only
+    async def _drop_view(self, placement: Placement, view: str) -> None:
+        async with self.warehouse.servers.connection(placement) as conn:  # no customer SQL runs here
             await conn.execute(
-                sql.SQL("DROP VIEW IF EXISTS {}.{}").format(sql.Identifier(schema), sql.Identifier(view))
+                sql.SQL("DROP VIEW IF EXISTS {}.{}").format(sql.Identifier(VIEW_SCHEMA), sql.Identifier(view))
             )
+
+    async def _rename_view(self, table: QueryTable, view: str) -> str:
+        """The view follows the table's new name (a view of that name already there: a 409)."""
+        async with self.warehouse.servers.connection(table.placement) as conn:
+            try:
+                await conn.execute(
+                    sql.SQL("ALTER VIEW IF EXISTS {}.{} RENAME TO {}").format(
+                        sql.Identifier(VIEW_SCHEMA), sql.Identifier(table.view), sql.Identifier(view)
+                    )
+                )
+            except psycopg.errors.DuplicateTable:
+                raise NameTaken(view) from None
+        return view
 
     async def _name_taken(self, sub_account_id: int, name: str) -> bool:
         async with self.store.connection() as conn:
@@ -478,8 +517,8 @@ class QueryTables:
     async def _load(self, sub_account_id: int, table_id: int | None = None) -> list[QueryTable]:
         async with self.store.connection() as conn:
             cur = await conn.execute(
-                "SELECT q.id, q.name, q.query, q.view_name, q.fields, q.created_at, q.updated_at, s.warehouse_schema"
-                " FROM query_tables q JOIN sub_accounts s ON s.id = q.sub_account_id"
+                "SELECT q.id, q.name, q.query, q.view_name, q.fields, q.created_at, q.updated_at, p.server, p.database"
+                " FROM query_tables q JOIN warehouse_placements p ON p.sub_account_id = q.sub_account_id"
                 " WHERE q.sub_account_id = %s AND (%s::bigint IS NULL OR q.id = %s) ORDER BY q.name, q.id",
                 (sub_account_id, table_id, table_id),
             )
@@ -488,7 +527,8 @@ class QueryTables:
             QueryTable(
                 int(r["id"]),
                 sub_account_id,
-                r["warehouse_schema"],
+                Placement(sub_account_id=sub_account_id, server=r["server"], database=r["database"]),
+                VIEW_SCHEMA,
                 r["name"],
                 r["query"],
                 r["view_name"],
@@ -504,9 +544,9 @@ class QueryTables:
         tables = await self._load(sub_account_id)
         if not tables:
             return []
-        _, runner = await self._runner(sub_account_id)
+        placement, runner = await self._runner(sub_account_id)
         listed: list[tuple[QueryTable, RowCounts | None, str | None]] = []
-        async with self._as_runner(runner) as conn:
+        async with self._as_runner(placement, runner) as conn:
             for table in tables:
                 deleted = sql.SQL("COUNT(_deleted_at)" if table.has_deleted_at else "0")
                 try:
@@ -523,10 +563,10 @@ class QueryTables:
     async def read_rows(
         self, table: QueryTable, query: RowQuery, *, offset: int, limit: int
     ) -> tuple[int, list[dict[str, Any]]]:
-        _, runner = await self._runner(table.sub_account_id)
+        placement, runner = await self._runner(table.sub_account_id)
         # Ties (and queries without order_by) are ordered by every orderable column, so pages are stable.
         ties = [sql.Identifier(f.name) for f in table.fields if f.type != "json"]
-        async with self._as_runner(runner) as conn:
+        async with self._as_runner(placement, runner) as conn:
             try:
                 async with self._read_only(conn):
                     count, rows = await read_page(
@@ -538,6 +578,34 @@ class QueryTables:
                 raise QueryTableBroken(broken_message(exc)) from None
         return count, [{k: json_value(v) for k, v in row.items()} for row in rows]
 
+    async def run_statement(self, sub_account_id: int, statement: str, *, limit: int) -> StatementResult:
+        """One statement that may write, as the customer's write runner (a member of its writer
+        role), in its own transaction with the 10 s timeout: ``INSERT``/``UPDATE``/``DELETE`` in the
+        synced tables, DDL in schemas of the customer's own; what the writer role may not do (DDL of
+        a synced schema, the BFF's ``_bff``) is refused by PostgreSQL. One statement only (the
+        extended protocol refuses several); at most ``limit`` rows it returns come back."""
+        placement, runner = await self._runner(sub_account_id, write=True)
+        async with self._as_runner(placement, runner) as conn:
+            try:
+                async with conn.transaction():
+                    await conn.execute(sql.SQL("SET LOCAL statement_timeout = {}").format(sql.Literal(self.timeout_ms)))
+                    # prepare: the extended protocol, which takes one statement only (the simple one
+                    # would run "SELECT 1; DROP …" as two).
+                    cur = await conn.execute(statement, prepare=True)
+                    rows = await cur.fetchmany(limit + 1) if cur.description else []
+                    description = cur.description or []
+                    status, rowcount = cur.statusmessage or "", cur.rowcount
+            except psycopg.Error as exc:
+                raise QueryInvalid(_message(exc)) from None
+        fields = [{"name": col.name, "type": PG_TYPE_FIELDS.get(int(col.type_code), "text")} for col in description]
+        return StatementResult(
+            fields,
+            [{k: json_value(v) for k, v in row.items()} for row in rows[:limit]],
+            len(rows) > limit,
+            status,
+            rowcount,
+        )
+
     async def run_query(
         self, sub_account_id: int, query: str, *, limit: int
     ) -> tuple[list[dict[str, str]], list[dict[str, Any]], bool]:
@@ -546,8 +614,8 @@ class QueryTables:
         The query is a server-side cursor (``DECLARE … CURSOR FOR``): only a query can be one,
         and only ``limit`` rows are fetched however many it would return.
         """
-        _, runner = await self._runner(sub_account_id)
-        async with self._as_runner(runner) as conn:
+        placement, runner = await self._runner(sub_account_id)
+        async with self._as_runner(placement, runner) as conn:
             parsed = False
             try:
                 async with self._read_only(conn):
@@ -565,35 +633,30 @@ class QueryTables:
 
     # -- SQL access -----------------------------------------------------------------------------
 
-    async def database_credentials(self, sub_account_id: int, *, public_host: str | None = None) -> DatabaseCredentials:
-        """A read-only LOGIN role for the customer's schema; a new password on every call."""
-        schema = await self.warehouse.schema_of(sub_account_id, create=True)
-        assert schema is not None
-        login = schema + SQL_LOGIN_SUFFIX
+    async def database_credentials(
+        self, sub_account_id: int, *, write: bool = False, public_host: str | None = None
+    ) -> DatabaseCredentials:
+        """A LOGIN role for the customer's own database, read-only (or with ``write`` one that may also
+        write it); a new password on every call."""
+        placement = await self.warehouse.placement(sub_account_id, create=True)
+        assert placement is not None
+        login = placement.database + (SQL_WRITER_SUFFIX if write else SQL_LOGIN_SUFFIX)
         password = secrets.token_urlsafe(24)
-        ident, role = sql.Identifier(schema), sql.Identifier(login)
-        async with self.store.transaction() as conn:
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (login,))
-            cur = await conn.execute("SELECT 1 AS found FROM pg_roles WHERE rolname = %s", (login,))
-            if await cur.fetchone() is None:
-                await conn.execute(
-                    sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} IN ROLE {}").format(role, sql.Literal(password), ident)
-                )
-                await conn.execute(sql.SQL("ALTER ROLE {} SET search_path = {}").format(role, ident))
-            else:
-                await conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(role, sql.Literal(password)))
-            await self._limit_role(conn, login, connection_limit=SQL_LOGIN_CONNECTION_LIMIT)
+        async with self.warehouse.servers.transaction(placement) as conn:
+            await self._login(
+                conn, placement, login, password, write=write, connection_limit=SQL_LOGIN_CONNECTION_LIMIT
+            )
             cur = await conn.execute("SELECT current_setting('port') AS port")
             port_row = await cur.fetchone()
-        parts = conninfo_to_dict(self.store.url)
+        parts = conninfo_to_dict(self.warehouse.servers.url(placement.server))
         host = public_host or str(parts.get("host") or "localhost")
         return DatabaseCredentials(
             host=host,
             port=int(port_row["port"]) if port_row else int(parts.get("port") or 5432),
-            database=str(parts.get("dbname") or ""),
+            database=placement.database,
             user=login,
             password=password,
-            schema=schema,
+            schema=VIEW_SCHEMA,
         )
 
 

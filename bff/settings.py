@@ -86,6 +86,9 @@ class Settings:
     log_level: str = "info"
     # PostgreSQL: None = the embedded server under <data_dir>/postgres.
     database_url: Secret | None = None
+    # The servers customers' warehouse databases go on (BFF_WAREHOUSE_URLS, comma-separated admin
+    # URLs); none = the control database's server (DESIGN §15).
+    warehouse_urls: tuple[Secret, ...] = ()
     # Whether this process also runs queued jobs (`bff serve --no-worker` turns it off).
     run_worker: bool = True
     # A provider asking to wait longer than this frees the worker: the run re-defers itself.
@@ -228,6 +231,10 @@ class Settings:
             values["sandbox_external_url"] = env["BFF_SANDBOX_URL"].strip()
         if env.get("BFF_DATABASE_URL"):
             values["database_url"] = Secret(env["BFF_DATABASE_URL"].strip())
+        if env.get("BFF_WAREHOUSE_URLS"):
+            values["warehouse_urls"] = tuple(
+                Secret(part.strip()) for part in env["BFF_WAREHOUSE_URLS"].split(",") if part.strip()
+            )
         values.update({k: v for k, v in overrides.items() if v is not None})
         missing = [
             var

@@ -82,9 +82,19 @@ class TestDatabases:
         import psycopg
         from psycopg import sql
 
+        from .warehouse_servers import ROLE_SUFFIXES
+
         name = url.split("?")[0].rsplit("/", 1)[1]
+        # The customers' databases this control database placed on this server, and their roles.
+        customers: list[str] = []
+        with contextlib.suppress(psycopg.Error), psycopg.connect(url, autocommit=True) as conn:
+            customers = [row[0] for row in conn.execute("SELECT database FROM warehouse_placements").fetchall()]
         with psycopg.connect(self.admin_url, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+            for database in [name, *customers]:
+                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
+            for database in customers:
+                for suffix in reversed(ROLE_SUFFIXES):
+                    conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(database + suffix)))
 
 
 def stop_embedded(postgres_dir: Path) -> None:

@@ -24,7 +24,6 @@ import datetime as dt
 import json
 import logging
 import operator
-import re
 import secrets
 import time
 import zlib
@@ -37,6 +36,8 @@ from psycopg.types.json import Jsonb
 
 from .connectors import Stream
 from .store import Store, iso
+from .store.placements import Placement
+from .warehouse_servers import RESERVED_SCHEMAS, WRITER_SUFFIX, WarehouseServers
 
 logger = logging.getLogger("bff.warehouse")
 
@@ -104,12 +105,16 @@ VALID_INPUT_FUNCTIONS = (
 )
 
 
-def retype_statement(schema: str, physical: str, changes: Sequence[tuple[str, str, sql.Composable]]) -> sql.Composed:
+def retype_statement(
+    schema: str, physical: str, changes: Sequence[tuple[str, str, sql.Composable]], *, control_database: bool = True
+) -> sql.Composed:
     """One ``DO`` block that changes column types of ``schema.physical``: ``(column, SQL type,
     USING expression)``. Views that read the table (query tables, and views over those) would stop
     ``ALTER … TYPE``; they are kept as they are defined (``pg_get_viewdef``), dropped, and made
-    again with their owner and grants, and each query table's field types follow its columns.
-    Used by the typed-columns migration and when a connector definition changes a field's type."""
+    again with their owner and grants. In the control database (the typed-columns migration, when
+    warehouses were schemas there) each query table's field types follow its columns in the same
+    block; in a customer's database (a connector definition changed a field's type) the caller
+    updates them (:meth:`Warehouse._refresh_query_fields`)."""
     target = sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(physical))
     alter = sql.SQL("ALTER TABLE {} {}").format(
         target,
@@ -121,6 +126,16 @@ def retype_statement(schema: str, physical: str, changes: Sequence[tuple[str, st
     kinds = sql.SQL(" ").join(
         sql.SQL("WHEN {} THEN {}").format(sql.Literal(oid), sql.Literal(kind)) for oid, kind in PG_TYPE_FIELDS.items()
     )
+    update_fields = sql.SQL(
+        """
+    UPDATE query_tables q SET fields = (
+        SELECT COALESCE(jsonb_agg(f.value || jsonb_build_object('type',
+                 CASE a.atttypid {kinds} ELSE 'text' END) ORDER BY f.i), '[]')
+          FROM jsonb_array_elements(q.fields) WITH ORDINALITY AS f(value, i)
+          JOIN pg_attribute a ON a.attrelid = {view_oid} AND a.attname = f.value->>'name')
+     WHERE q.view_name = v->>'name'
+       AND q.sub_account_id IN (SELECT id FROM sub_accounts WHERE warehouse_schema = v->>'schema');"""
+    ).format(kinds=kinds, view_oid=sql.SQL("format('%I.%I', v->>'schema', v->>'name')::regclass"))
     body = sql.SQL(
         """
 DECLARE
@@ -161,13 +176,7 @@ BEGIN
       EXECUTE format('GRANT %s ON %I.%I TO %s', acl.privilege_type, v->>'schema', v->>'name',
         CASE WHEN acl.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(acl.grantee)) END);
     END LOOP;
-    UPDATE query_tables q SET fields = (
-        SELECT COALESCE(jsonb_agg(f.value || jsonb_build_object('type',
-                 CASE a.atttypid {kinds} ELSE 'text' END) ORDER BY f.i), '[]')
-          FROM jsonb_array_elements(q.fields) WITH ORDINALITY AS f(value, i)
-          JOIN pg_attribute a ON a.attrelid = {view_oid} AND a.attname = f.value->>'name')
-     WHERE q.view_name = v->>'name'
-       AND q.sub_account_id IN (SELECT id FROM sub_accounts WHERE warehouse_schema = v->>'schema');
+    {update_fields}
   END LOOP;
 END"""
     ).format(
@@ -175,19 +184,28 @@ END"""
         valid_16=sql.Literal(VALID_INPUT_FUNCTIONS[0]),
         valid_14=sql.Literal(VALID_INPUT_FUNCTIONS[1]),
         alter=alter,
-        kinds=kinds,
-        view_oid=sql.SQL("format('%I.%I', v->>'schema', v->>'name')::regclass"),
+        update_fields=update_fields if control_database else sql.SQL(""),
     )
     assert "$bff_retype$" not in body.as_string(None)
     return sql.Composed([sql.SQL("DO $bff_retype$"), body, sql.SQL("$bff_retype$")])
 
 
-def physical_name(connection_id: int, stream: str) -> str:
-    return f"c{int(connection_id)}_{re.sub(r'[^0-9A-Za-z_]', '_', stream)}"[:63]
+def table_name(stream: str) -> str:
+    """A stream's table: named after the stream (PostgreSQL keeps 63 bytes of a name)."""
+    return stream.encode()[:63].decode(errors="ignore")
 
 
-def new_schema_name() -> str:
-    return "wh_" + secrets.token_hex(8)
+def schema_name(connection_name: str, taken: set[str]) -> str:
+    """A connection's schema: its name (``"exact online"``), `` (2)``, `` (3)``… when taken (or one
+    PostgreSQL or the BFF keeps), within PostgreSQL's 63 bytes."""
+    base = " ".join(connection_name.split()) or "connection"
+    number = 1
+    while True:
+        suffix = "" if number == 1 else f" ({number})"
+        candidate = base.encode()[: 63 - len(suffix)].decode(errors="ignore") + suffix
+        if candidate not in taken and candidate not in RESERVED_SCHEMAS and not candidate.startswith("pg_"):
+            return candidate
+        number += 1
 
 
 def moment(epoch: float) -> dt.datetime:
@@ -220,9 +238,10 @@ class RowCounts(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class WarehouseTable:
-    """One synced table: a connection's stream inside a sub-account's schema."""
+    """One synced table: a connection's stream, in the connection's schema of the customer's database."""
 
     id: int
+    placement: Placement
     schema: str
     connection_id: int
     stream: str
@@ -242,7 +261,9 @@ class WarehouseTable:
             "type": "synced",
             "connection": self.connection_id,
             "database_id": database_id,
-            "sql_name": self.physical,  # how query tables and SQL access name it (in the customer's schema)
+            "schema": self.schema,
+            "table": self.physical,
+            "sql_name": self.identifier.as_string(None),  # how SQL names it: "exact online"."deleted"
             "row_count": counts.total,  # every row, deleted ones included
             "live_count": counts.total - counts.deleted,
             "deleted_count": counts.deleted,
@@ -288,8 +309,10 @@ class _WritePlan:
         return tuple(values)
 
 
+# The cursors live with the data, in the customer's database (``_bff.state``, no customer grant):
+# a page and its cursor commit together, and a database moved to another server takes them along.
 _SAVE_STATE = sql.SQL(
-    "INSERT INTO warehouse_state (connection_id, stream, state, updated_at)"
+    "INSERT INTO _bff.state (connection_id, stream, state, updated_at)"
     " VALUES (%(connection)s, %(stream)s, %(state)s, %(now)s)"
     " ON CONFLICT (connection_id, stream) DO UPDATE SET state = EXCLUDED.state, updated_at = EXCLUDED.updated_at"
 )
@@ -352,6 +375,47 @@ def _plan(table: WarehouseTable, stream: Stream, *, brin_index: int | None) -> _
     )
 
 
+async def make_table(
+    wconn: AsyncConnection[Any], schema: str, physical: str, specs: Sequence[tuple[str, str]], pk: Sequence[str]
+) -> None:
+    """A synced table: ``specs`` (field name, field type) as typed columns, the bookkeeping columns,
+    a unique index on the primary key, ``_seq`` and a BRIN index on ``_synced_at``."""
+    target = sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(physical))
+    columns: list[sql.Composable] = [
+        sql.SQL("{} {}").format(sql.Identifier(name), sql.SQL(SQL_TYPES[kind])) for name, kind in specs
+    ]
+    columns += [
+        sql.SQL("_synced_at timestamptz NOT NULL"),
+        sql.SQL("_run_id bigint"),
+        sql.SQL("_deleted_at timestamptz"),
+        sql.SQL("_seq bigint GENERATED ALWAYS AS IDENTITY"),
+    ]
+    await wconn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(target))  # leftovers of a crash
+    # Room on every page for the next version of each of its rows: a re-sync rewrites every row
+    # it reads (a page of 500 in one transaction), and with the space (and no B-tree on a column
+    # it changes) PostgreSQL updates in place: a HOT update, no new index entries, and the old
+    # versions are pruned on the page. Measured on a full re-sync: 99% HOT and half the backend
+    # CPU per row of fillfactor 90, whose table ends twice the size (dead versions wait for vacuum).
+    await wconn.execute(
+        sql.SQL("CREATE TABLE {} ({}) WITH (fillfactor = {})").format(
+            target, sql.SQL(", ").join(columns), sql.Literal(TABLE_FILLFACTOR)
+        )
+    )
+    short = physical.encode()[:45].decode(errors="ignore")
+    await wconn.execute(
+        sql.SQL("CREATE UNIQUE INDEX {} ON {} ({})").format(
+            sql.Identifier(f"{short}__pk"), target, sql.SQL(", ").join(sql.Identifier(k) for k in pk)
+        )
+    )
+    await wconn.execute(sql.SQL("CREATE INDEX {} ON {} (_seq)").format(sql.Identifier(f"{short}__seq"), target))
+    # updated_since filters. BRIN, not a B-tree: every sync changes _synced_at, and a B-tree on it
+    # would make each rewritten row a new index entry in all three indexes (PostgreSQL 16+ keeps
+    # an update HOT when only BRIN-indexed columns change).
+    await wconn.execute(
+        sql.SQL("CREATE INDEX {} ON {} USING brin (_synced_at)").format(sql.Identifier(f"{short}__synced"), target)
+    )
+
+
 class TableWriter:
     """Writes pages of one stream into its table; returned by :meth:`Warehouse.open_table`."""
 
@@ -362,9 +426,9 @@ class TableWriter:
 
     async def load_state(self) -> dict[str, Any]:
         """The incremental state saved with the last written page (``{}`` before the first)."""
-        async with self.warehouse.store.connection() as conn:
+        async with self.warehouse.servers.connection(self.table.placement) as conn:
             cur = await conn.execute(
-                "SELECT state FROM warehouse_state WHERE connection_id = %s AND stream = %s",
+                "SELECT state FROM _bff.state WHERE connection_id = %s AND stream = %s",
                 (self.table.connection_id, self.table.stream),
             )
             row = await cur.fetchone()
@@ -389,7 +453,7 @@ class TableWriter:
         rows = plan.rows(records)
         params = {"connection": table.connection_id, "stream": table.stream, "state": Jsonb(dict(state))}
         inserted = 0
-        async with self.warehouse.store.transaction() as conn:
+        async with self.warehouse.servers.transaction(self.table.placement) as conn:
             if rows:
                 await conn.execute(plan.begin_page)
                 async with conn.cursor().copy(plan.copy) as copy:
@@ -410,7 +474,7 @@ class TableWriter:
 
     async def _summarize(self, statement: sql.Composed) -> None:
         try:
-            async with self.warehouse.store.connection() as conn:
+            async with self.warehouse.servers.connection(self.table.placement) as conn:
                 await conn.execute(statement)
         except psycopg.errors.LockNotAvailable:
             pass  # VACUUM (or the next page's summary) has the index: it summarises these ranges
@@ -420,7 +484,7 @@ class TableWriter:
     async def mark_missing_deleted(self, run_id: int) -> int:
         """After a full read by ``run_id``: rows it did not write are gone at the provider. Sets
         ``_deleted_at`` on them (once; rows already marked keep their time); returns how many."""
-        async with self.warehouse.store.connection() as conn:
+        async with self.warehouse.servers.connection(self.table.placement) as conn:
             cur = await conn.execute(
                 sql.SQL(
                     "UPDATE {} SET _deleted_at = %s WHERE _deleted_at IS NULL AND _run_id IS DISTINCT FROM %s"
@@ -436,9 +500,9 @@ class TableWriter:
         return f"{self.table.stream}:deletions"
 
     async def deletions_cursor(self) -> str | None:
-        async with self.warehouse.store.connection() as conn:
+        async with self.warehouse.servers.connection(self.table.placement) as conn:
             cur = await conn.execute(
-                "SELECT state FROM warehouse_state WHERE connection_id = %s AND stream = %s",
+                "SELECT state FROM _bff.state WHERE connection_id = %s AND stream = %s",
                 (self.table.connection_id, self._deletions_key),
             )
             row = await cur.fetchone()
@@ -449,7 +513,7 @@ class TableWriter:
         and save the list's cursor, in one transaction; returns how many rows were marked."""
         key = sql.Identifier(self.table.primary_key[0])
         now = self.warehouse.now()
-        async with self.warehouse.store.transaction() as conn:
+        async with self.warehouse.servers.transaction(self.table.placement) as conn:
             marked = 0
             if ids:
                 cur = await conn.execute(
@@ -461,7 +525,7 @@ class TableWriter:
                 marked = cur.rowcount
             if cursor is not None:
                 await conn.execute(
-                    "INSERT INTO warehouse_state (connection_id, stream, state, updated_at) VALUES (%s, %s, %s, %s)"
+                    "INSERT INTO _bff.state (connection_id, stream, state, updated_at) VALUES (%s, %s, %s, %s)"
                     " ON CONFLICT (connection_id, stream) DO UPDATE SET state = EXCLUDED.state, updated_at = EXCLUDED.updated_at",
                     (self.table.connection_id, self._deletions_key, Jsonb({"since": cursor}), now),
                 )
@@ -469,7 +533,7 @@ class TableWriter:
 
     async def mark_flagged_deleted(self, field: str) -> int:
         """Rows whose ``field`` is true are deleted at the provider (an archived flag)."""
-        async with self.warehouse.store.connection() as conn:
+        async with self.warehouse.servers.connection(self.table.placement) as conn:
             cur = await conn.execute(
                 sql.SQL(
                     "UPDATE {} SET _deleted_at = %s WHERE _deleted_at IS NULL AND lower({}::text) IN ('true', 't', '1')"
@@ -480,47 +544,46 @@ class TableWriter:
 
 
 class Warehouse:
-    """Every sub-account's warehouse schema, in the control database's PostgreSQL."""
+    """Every sub-account's warehouse: its own database (see :mod:`bff.warehouse_servers`), a schema
+    per connection in it, a table per stream; the index of the tables in the control database."""
 
-    def __init__(self, store: Store, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, store: Store, servers: WarehouseServers | None = None, *, clock: Callable[[], float] = time.time
+    ) -> None:
         self.store = store
+        self.servers = servers or WarehouseServers(store)
         self._clock = clock
         self._plans: dict[tuple[Any, ...], tuple[WarehouseTable, _WritePlan]] = {}
 
     def now(self) -> float:
         return float(self._clock())
 
-    # -- schemas and roles ----------------------------------------------------------------
+    async def close(self) -> None:
+        await self.servers.close()
 
-    async def schema_of(self, sub_account_id: int, *, create: bool = False) -> str | None:
-        """The sub-account's schema name; with ``create``, its schema and role are made on first use."""
-        async with self.store.connection() as conn:
-            cur = await conn.execute("SELECT warehouse_schema FROM sub_accounts WHERE id = %s", (sub_account_id,))
-            row = await cur.fetchone()
-        if row is None:
-            raise LookupError(f"sub-account {sub_account_id} does not exist")
-        if row["warehouse_schema"] is not None or not create:
-            return row["warehouse_schema"]  # type: ignore[no-any-return]
-        name = new_schema_name()
+    # -- databases --------------------------------------------------------------------------------
+
+    async def placement(self, sub_account_id: int, *, create: bool = False) -> Placement | None:
+        """Where the customer's database is; with ``create`` it is made on first need."""
+        return await self.servers.placement(sub_account_id, create=create)
+
+    async def database_of(self, sub_account_id: int) -> str | None:
+        """The name of the customer's database (``wh_…``), None before its first table."""
+        placement = await self.placement(sub_account_id)
+        return placement.database if placement else None
+
+    async def drop_customer(self, sub_account_id: int) -> bool:
+        """The customer's database and roles, dropped, and its tables forgotten (a deleted sub-account)."""
+        placement = await self.servers.placements.get(sub_account_id)
+        self._plans = {k: v for k, v in self._plans.items() if k[0] != sub_account_id}
+        if placement is None:
+            return False
+        await self.servers.drop_database(placement)
         async with self.store.transaction() as conn:
-            # Row lock: two first syncs of one customer must agree on one schema.
-            cur = await conn.execute(
-                "SELECT warehouse_schema FROM sub_accounts WHERE id = %s FOR UPDATE", (sub_account_id,)
-            )
-            locked = await cur.fetchone()
-            assert locked is not None
-            if locked["warehouse_schema"] is not None:
-                return locked["warehouse_schema"]  # type: ignore[no-any-return]
-            ident = sql.Identifier(name)
-            await conn.execute(sql.SQL("CREATE SCHEMA {}").format(ident))
-            await conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN").format(ident))
-            await conn.execute(sql.SQL("REVOKE ALL ON SCHEMA {} FROM PUBLIC").format(ident))
-            await conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(ident, ident))
-            await conn.execute(
-                sql.SQL("ALTER DEFAULT PRIVILEGES IN SCHEMA {} GRANT SELECT ON TABLES TO {}").format(ident, ident)
-            )
-            await conn.execute("UPDATE sub_accounts SET warehouse_schema = %s WHERE id = %s", (name, sub_account_id))
-        return name
+            await conn.execute("DELETE FROM warehouse_tables WHERE sub_account_id = %s", (sub_account_id,))
+        await self.servers.placements.delete(sub_account_id)
+        logger.info("dropped the warehouse database of sub-account %s on %s", sub_account_id, placement.server)
+        return True
 
     # -- tables -------------------------------------------------------------------------------
 
@@ -529,15 +592,15 @@ class Warehouse:
         key = (sub_account_id, connection_id, stream.name, stream.fields, stream.primary_key)
         cached = self._plans.get(key)
         if cached is None or not await self._exists(cached[0]):
-            schema = await self.schema_of(sub_account_id, create=True)
-            assert schema is not None
-            table = await self._ensure_table(sub_account_id, schema, connection_id, stream)
+            placement = await self.placement(sub_account_id, create=True)
+            assert placement is not None
+            table = await self._ensure_table(placement, connection_id, stream)
             plan = _plan(table, stream, brin_index=await self._brin_index(table))
             cached = self._plans[key] = (table, plan)
         return TableWriter(self, *cached)
 
     async def _brin_index(self, table: WarehouseTable) -> int | None:
-        async with self.store.connection() as conn:
+        async with self.servers.connection(table.placement) as conn:
             cur = await conn.execute(
                 "SELECT i.indexrelid AS oid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
                 " JOIN pg_am a ON a.oid = c.relam WHERE i.indrelid = %s::regclass AND a.amname = 'brin'",
@@ -548,18 +611,87 @@ class Warehouse:
 
     async def _exists(self, table: WarehouseTable) -> bool:
         async with self.store.connection() as conn:
-            cur = await conn.execute("SELECT 1 AS found FROM warehouse_tables WHERE id = %s", (table.id,))
+            cur = await conn.execute(
+                "SELECT 1 AS found FROM warehouse_tables WHERE id = %s AND schema_name = %s", (table.id, table.schema)
+            )
             return await cur.fetchone() is not None
 
-    async def _ensure_table(
-        self, sub_account_id: int, schema: str, connection_id: int, stream: Stream
-    ) -> WarehouseTable:
-        """Create the table on first use; add columns a newer connector definition declares."""
+    async def connection_schema(
+        self, conn: AsyncConnection[Any], wconn: AsyncConnection[Any], placement: Placement, connection_id: int
+    ) -> str:
+        """The connection's schema in the customer's database, made on first need, named after it."""
+        placements = self.servers.placements
+        name = await placements.schema_of(conn, connection_id)
+        if name is None:
+            # One name at a time per customer (a lock in the control database, out of customers' reach).
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtext('bff.schemas'), %s::int)", (placement.sub_account_id,)
+            )
+            name = await placements.schema_of(conn, connection_id)
+        if name is None:
+            cur = await conn.execute("SELECT name FROM connections WHERE id = %s", (connection_id,))
+            row = await cur.fetchone()
+            name = schema_name(
+                str(row["name"]) if row else f"connection {connection_id}",
+                await placements.schema_names(conn, placement.sub_account_id),
+            )
+            await placements.add_schema(conn, placement.sub_account_id, connection_id, name)
+        ident, owner = sql.Identifier(name), sql.Identifier(placement.database)
+        cur = await wconn.execute("SELECT 1 AS found FROM pg_namespace WHERE nspname = %s", (name,))
+        if await cur.fetchone() is None:
+            await wconn.execute(sql.SQL("CREATE SCHEMA {}").format(ident))
+            # The customer reads (and, with the writer role, writes) the synced tables; their DDL stays ours.
+            await wconn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(ident, owner))
+            for grant in (
+                sql.SQL("ALTER DEFAULT PRIVILEGES IN SCHEMA {} GRANT SELECT ON TABLES TO {}").format(ident, owner),
+                sql.SQL("ALTER DEFAULT PRIVILEGES IN SCHEMA {} GRANT INSERT, UPDATE, DELETE ON TABLES TO {}").format(
+                    ident, sql.Identifier(placement.database + WRITER_SUFFIX)
+                ),
+            ):
+                await wconn.execute(grant)
+        return name
+
+    async def rename_connection(self, sub_account_id: int, connection_id: int, name: str) -> str | None:
+        """Rename the connection's schema after the connection (`` (2)`` when taken); views over its
+        tables (query tables) keep working: PostgreSQL tracks them by object, not by name."""
+        placement = await self.placement(sub_account_id)
+        if placement is None:
+            return None
         async with self.store.transaction() as conn:
-            # Serialise DDL for one connection's stream across processes.
-            await conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (connection_id, stream.name))
-            existing = await _load_tables(conn, schema, connection_id=connection_id, stream=stream.name)
-            if existing:
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext('bff.schemas'), %s::int)", (sub_account_id,))
+            old = await self.servers.placements.schema_of(conn, connection_id)
+            if old is None:
+                return None
+            taken = await self.servers.placements.schema_names(conn, sub_account_id) - {old}
+            new = schema_name(name, taken)
+            if new == old:
+                return old
+            async with self.servers.transaction(placement) as wconn:
+                await wconn.execute(
+                    sql.SQL("ALTER SCHEMA {} RENAME TO {}").format(sql.Identifier(old), sql.Identifier(new))
+                )
+                await self.servers.placements.rename_schema(conn, connection_id, new)
+                await conn.execute(
+                    "UPDATE warehouse_tables SET schema_name = %s WHERE connection_id = %s", (new, connection_id)
+                )
+        self._plans = {k: v for k, v in self._plans.items() if k[:2] != (sub_account_id, connection_id)}
+        return new
+
+    async def _ensure_table(self, placement: Placement, connection_id: int, stream: Stream) -> WarehouseTable:
+        """Create the table on first use; add columns a newer connector definition declares.
+
+        The index (control database) commits after the table (customer database): a crash between
+        leaves a table without index rows, which the next open makes again."""
+        sub_account_id = placement.sub_account_id
+        async with self.store.transaction() as conn, self.servers.transaction(placement) as wconn:
+            # Serialise DDL for one connection's stream across processes (in the customer's database:
+            # only this customer's own logins could hold the same key).
+            await wconn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (connection_id, stream.name))
+            schema = await self.connection_schema(conn, wconn, placement, connection_id)
+            existing = await load_tables(
+                conn, sub_account_id=sub_account_id, connection_id=connection_id, stream=stream.name, legacy=True
+            )
+            if existing and existing[0].schema is not None and existing[0].schema != "":
                 table = existing[0]
                 known = {f.name for f in table.fields}
                 position = len(table.fields)
@@ -572,16 +704,17 @@ class Warehouse:
                         wanted = SQL_TYPES[declared[f.name]]
                         using = cast_using(f.name, wanted, old_type=SQL_TYPES.get(f.type, "text"))
                         changes.append((f.name, wanted, using))
-                    await conn.execute(retype_statement(table.schema, table.physical, changes))
+                    await wconn.execute(retype_statement(table.schema, table.physical, changes, control_database=False))
                     for f in retyped:
                         await conn.execute(
                             "UPDATE warehouse_fields SET type = %s WHERE id = %s", (declared[f.name], f.id)
                         )
+                    await self._refresh_query_fields(conn, wconn, sub_account_id)
                 for spec in stream.fields:
                     if spec.name in known:
                         continue
-                    await conn.execute(
-                        sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(
+                    await wconn.execute(
+                        sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}").format(
                             table.identifier, sql.Identifier(spec.name), sql.SQL(SQL_TYPES[spec.type])
                         )
                     )
@@ -591,61 +724,87 @@ class Warehouse:
                     )
                     position += 1
             else:
-                await self._create_table(conn, sub_account_id, schema, connection_id, stream)
-            found = await _load_tables(conn, schema, connection_id=connection_id, stream=stream.name)
+                await self._create_table(
+                    conn, wconn, placement, schema, connection_id, stream, existing[0] if existing else None
+                )
+            found = await load_tables(
+                conn, sub_account_id=sub_account_id, connection_id=connection_id, stream=stream.name
+            )
         return found[0]
 
-    async def _create_table(
-        self, conn: AsyncConnection[Any], sub_account_id: int, schema: str, connection_id: int, stream: Stream
+    async def _refresh_query_fields(
+        self, conn: AsyncConnection[Any], wconn: AsyncConnection[Any], sub_account_id: int
     ) -> None:
-        physical = physical_name(connection_id, stream.name)
-        target = sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(physical))
+        """Each query table's field types follow its view's columns (after a column changed type)."""
+        cur = await conn.execute(
+            "SELECT id, view_name, fields FROM query_tables WHERE sub_account_id = %s", (sub_account_id,)
+        )
+        for row in await cur.fetchall():
+            found = await wconn.execute(
+                "SELECT attname, atttypid FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attnum > 0",
+                (sql.SQL("public.{}").format(sql.Identifier(row["view_name"])).as_string(wconn),),
+            )
+            types = {str(r["attname"]): PG_TYPE_FIELDS.get(int(r["atttypid"]), "text") for r in await found.fetchall()}
+            fields = [{**f, "type": types.get(f["name"], f["type"])} for f in row["fields"]]
+            if fields != row["fields"]:
+                await conn.execute("UPDATE query_tables SET fields = %s WHERE id = %s", (Jsonb(fields), row["id"]))
+
+    async def _create_table(
+        self,
+        conn: AsyncConnection[Any],
+        wconn: AsyncConnection[Any],
+        placement: Placement,
+        schema: str,
+        connection_id: int,
+        stream: Stream,
+        legacy: WarehouseTable | None,
+    ) -> None:
+        """The stream's table in the connection's schema. ``legacy``: the index rows of the same
+        stream's table in the shared database (before customer databases): its id and field ids
+        are kept, so table and field ids the partner saved keep working."""
+        physical = table_name(stream.name)
         pk = list(stream.primary_key) or [stream.fields[0].name]
-        columns: list[sql.Composable] = [
-            sql.SQL("{} {}").format(sql.Identifier(f.name), sql.SQL(SQL_TYPES[f.type])) for f in stream.fields
-        ]
-        columns += [
-            sql.SQL("_synced_at timestamptz NOT NULL"),
-            sql.SQL("_run_id bigint"),
-            sql.SQL("_deleted_at timestamptz"),
-            sql.SQL("_seq bigint GENERATED ALWAYS AS IDENTITY"),
-        ]
-        await conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(target))  # leftovers of a half-deleted connection
-        # Room on every page for the next version of each of its rows: a re-sync rewrites every row
-        # it reads (a page of 500 in one transaction), and with the space (and no B-tree on a column
-        # it changes) PostgreSQL updates in place: a HOT update, no new index entries, and the old
-        # versions are pruned on the page. Measured on a full re-sync: 99% HOT and half the backend
-        # CPU per row of fillfactor 90, whose table ends twice the size (dead versions wait for vacuum).
-        await conn.execute(
-            sql.SQL("CREATE TABLE {} ({}) WITH (fillfactor = {})").format(
-                target, sql.SQL(", ").join(columns), sql.Literal(TABLE_FILLFACTOR)
+        specs = [(f.name, f.type) for f in stream.fields]
+        if legacy is not None:
+            declared = {name for name, _ in specs}
+            specs += [(f.name, f.type) for f in legacy.fields if f.name not in declared]
+        await make_table(wconn, schema, physical, specs, pk)
+        if legacy is not None:
+            await conn.execute(
+                "UPDATE warehouse_tables SET schema_name = %s, physical = %s, primary_key = %s WHERE id = %s",
+                (schema, physical, Jsonb(pk), legacy.id),
             )
-        )
-        await conn.execute(
-            sql.SQL("CREATE UNIQUE INDEX {} ON {} ({})").format(
-                sql.Identifier(f"{physical[:50]}__pk"), target, sql.SQL(", ").join(sql.Identifier(k) for k in pk)
-            )
-        )
-        await conn.execute(
-            sql.SQL("CREATE INDEX {} ON {} (_seq)").format(sql.Identifier(f"{physical[:49]}__seq"), target)
-        )
-        # updated_since filters. BRIN, not a B-tree: every sync changes _synced_at, and a B-tree on it
-        # would make each rewritten row a new index entry in all three indexes (PostgreSQL 16+ keeps
-        # an update HOT when only BRIN-indexed columns change).
-        await conn.execute(
-            sql.SQL("CREATE INDEX {} ON {} USING brin (_synced_at)").format(
-                sql.Identifier(f"{physical[:45]}__synced"), target
-            )
-        )
-        await conn.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(target, sql.Identifier(schema)))
+            known = {f.name: f for f in legacy.fields}
+            for position, (name, kind) in enumerate(specs):
+                if name in known:
+                    await conn.execute(
+                        "UPDATE warehouse_fields SET type = %s, position = %s WHERE id = %s",
+                        (kind, position, known[name].id),
+                    )
+                else:
+                    await conn.execute(
+                        "INSERT INTO warehouse_fields (table_id, name, type, position) VALUES (%s, %s, %s, %s)",
+                        (legacy.id, name, kind, position),
+                    )
+            return
         for _ in range(20):
             table_id = WAREHOUSE_TABLE_ID_MIN + secrets.randbelow(WAREHOUSE_TABLE_ID_MAX - WAREHOUSE_TABLE_ID_MIN)
             cur = await conn.execute(
-                "INSERT INTO warehouse_tables (id, sub_account_id, connection_id, stream, physical, primary_key, created_at)"
-                " SELECT %s, %s, %s, %s, %s, %s, %s"
+                "INSERT INTO warehouse_tables (id, sub_account_id, connection_id, stream, physical, schema_name,"
+                " primary_key, created_at) SELECT %s, %s, %s, %s, %s, %s, %s, %s"
                 # Query tables share the id space (the rows API reads both by id).
                 " WHERE NOT EXISTS (SELECT 1 FROM query_tables WHERE id = %s) ON CONFLICT (id) DO NOTHING RETURNING id",
-                (table_id, sub_account_id, connection_id, stream.name, physical, Jsonb(pk), self.now(), table_id),
+                (
+                    table_id,
+                    placement.sub_account_id,
+                    connection_id,
+                    stream.name,
+                    physical,
+                    schema,
+                    Jsonb(pk),
+                    self.now(),
+                    table_id,
+                ),
             )
             if await cur.fetchone() is not None:
                 break
@@ -654,45 +813,43 @@ class Warehouse:
         async with conn.cursor() as cur:
             await cur.executemany(
                 "INSERT INTO warehouse_fields (table_id, name, type, position) VALUES (%s, %s, %s, %s)",
-                [(table_id, f.name, f.type, i) for i, f in enumerate(stream.fields)],
+                [(table_id, name, kind, i) for i, (name, kind) in enumerate(specs)],
             )
 
     async def reset_state(self, sub_account_id: int, connection_id: int, streams: Sequence[str] | None = None) -> None:
         """Forget the cursors so the next sync reads everything again (rows stay; upserts dedupe)."""
-        async with self.store.connection() as conn:
+        placement = await self.placement(sub_account_id)
+        if placement is None:
+            return
+        async with self.servers.connection(placement) as conn:
             if streams is None:
-                await conn.execute("DELETE FROM warehouse_state WHERE connection_id = %s", (connection_id,))
+                await conn.execute("DELETE FROM _bff.state WHERE connection_id = %s", (connection_id,))
             else:
                 await conn.execute(
-                    "DELETE FROM warehouse_state WHERE connection_id = %s AND stream = ANY(%s)",
+                    "DELETE FROM _bff.state WHERE connection_id = %s AND stream = ANY(%s)",
                     (connection_id, list(streams)),
                 )
 
     async def drop_connection_tables(self, sub_account_id: int, connection_id: int) -> int:
-        """Drop every table of a connection; returns how many went. Called after the connection's
-        row is deleted (its index rows and cursors went with it), so it finds the tables by name
-        in the customer's schema, leftovers of a crash included."""
-        schema = await self.schema_of(sub_account_id)
+        """Drop the connection's schema with its tables; returns how many tables went. Called after
+        the connection's row is deleted, so it finds the schema by the connection's id."""
         self._plans = {k: v for k, v in self._plans.items() if k[:2] != (sub_account_id, connection_id)}
-        if schema is None:
-            return 0
-        prefix = physical_name(connection_id, "")
+        placement = await self.placement(sub_account_id)
         async with self.store.transaction() as conn:
-            cur = await conn.execute(
-                "SELECT tablename FROM pg_tables WHERE schemaname = %s AND starts_with(tablename, %s)", (schema, prefix)
-            )
-            names = [row["tablename"] for row in await cur.fetchall()]
-            for name in names:
-                # CASCADE: query tables reading it lose their view; they then report themselves broken.
-                await conn.execute(
-                    sql.SQL("DROP TABLE IF EXISTS {}.{} CASCADE").format(sql.Identifier(schema), sql.Identifier(name))
-                )
+            schema = await self.servers.placements.forget_schema(conn, connection_id)
             await conn.execute(
                 "DELETE FROM warehouse_tables WHERE connection_id = %s AND sub_account_id = %s",
                 (connection_id, sub_account_id),
             )
-            await conn.execute("DELETE FROM warehouse_state WHERE connection_id = %s", (connection_id,))
-        return len(names)
+            if placement is None or schema is None:
+                return 0
+            async with self.servers.transaction(placement) as wconn:
+                cur = await wconn.execute("SELECT COUNT(*) AS n FROM pg_tables WHERE schemaname = %s", (schema,))
+                row = await cur.fetchone()
+                # CASCADE: query tables reading it lose their view; they then report themselves broken.
+                await wconn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+                await wconn.execute("DELETE FROM _bff.state WHERE connection_id = %s", (connection_id,))
+        return int(row["n"]) if row else 0
 
     # -- reads (the data API) --------------------------------------------------------------------
 
@@ -705,12 +862,12 @@ class Warehouse:
 
     async def list_tables(self, sub_account_id: int) -> list[tuple[WarehouseTable, RowCounts]]:
         """Every table of the sub-account with its row counts, ordered by connection and stream."""
-        schema = await self.schema_of(sub_account_id)
-        if schema is None:
-            return []
         async with self.store.connection() as conn:
-            tables = await _load_tables(conn, schema, sub_account_id=sub_account_id)
-            counted = []
+            tables = await load_tables(conn, sub_account_id=sub_account_id)
+        if not tables:
+            return []
+        counted = []
+        async with self.servers.connection(tables[0].placement) as conn:
             for table in tables:
                 cur = await conn.execute(
                     sql.SQL("SELECT COUNT(*) AS n, COUNT(_deleted_at) AS deleted FROM {}").format(table.identifier)
@@ -733,32 +890,27 @@ class Warehouse:
 
     async def _live_counts(self, sub_account_id: int, connection_ids: Sequence[int]) -> dict[int, int]:
         async with self.store.connection() as conn:
-            cur = await conn.execute(
-                "SELECT t.connection_id, t.physical, s.warehouse_schema AS schema FROM warehouse_tables t"
-                " JOIN sub_accounts s ON s.id = t.sub_account_id"
-                " WHERE t.sub_account_id = %s AND t.connection_id = ANY(%s) AND s.warehouse_schema IS NOT NULL",
-                (sub_account_id, list(connection_ids)),
+            tables = [
+                t for t in await load_tables(conn, sub_account_id=sub_account_id) if t.connection_id in connection_ids
+            ]
+        if not tables:
+            return {}
+        counts = sql.SQL(" UNION ALL ").join(
+            sql.SQL("SELECT {}::bigint AS connection_id, COUNT(*) AS n FROM {} WHERE _deleted_at IS NULL").format(
+                sql.Literal(t.connection_id), t.identifier
             )
-            tables = await cur.fetchall()
-            if not tables:
-                return {}
-            counts = sql.SQL(" UNION ALL ").join(
-                sql.SQL(
-                    "SELECT {}::bigint AS connection_id, COUNT(*) AS n FROM {}.{} WHERE _deleted_at IS NULL"
-                ).format(
-                    sql.Literal(int(t["connection_id"])), sql.Identifier(t["schema"]), sql.Identifier(t["physical"])
-                )
-                for t in tables
-            )
+            for t in tables
+        )
+        async with self.servers.connection(tables[0].placement) as conn:
             cur = await conn.execute(
                 sql.SQL("SELECT connection_id, SUM(n)::bigint AS n FROM ({}) c GROUP BY connection_id").format(counts)
             )
             return {int(r["connection_id"]): int(r["n"]) for r in await cur.fetchall()}
 
     async def get_table(self, sub_account_id: int, table_id: int) -> WarehouseTable | None:
-        """A synced table of this sub-account, with its fields and schema, in one query."""
+        """A synced table of this sub-account, with its fields and place, in one query."""
         async with self.store.connection() as conn:
-            found = await _load_tables(conn, None, sub_account_id=sub_account_id, table_id=table_id)
+            found = await load_tables(conn, sub_account_id=sub_account_id, table_id=table_id)
         return found[0] if found else None
 
     async def read_rows(
@@ -768,7 +920,7 @@ class Warehouse:
         in insertion order (stable across pages)."""
         names = [f.name for f in table.fields]
         columns = sql.SQL(", ").join(sql.Identifier(c) for c in [*names, *META_COLUMNS])
-        async with self.store.connection() as conn:
+        async with self.servers.connection(table.placement) as conn:
             cur = await conn.execute(sql.SQL("SELECT COUNT(*) AS n FROM {}").format(table.identifier))
             count_row = await cur.fetchone()
             cur = await conn.execute(
@@ -784,32 +936,35 @@ class Warehouse:
         return int(count_row["n"]) if count_row else 0, rows
 
 
-async def _load_tables(
+async def load_tables(
     conn: AsyncConnection[Any],
-    schema: str | None,
     *,
     sub_account_id: int | None = None,
     table_id: int | None = None,
     connection_id: int | None = None,
     stream: str | None = None,
+    legacy: bool = False,
 ) -> list[WarehouseTable]:
-    where, params = [], []
+    """Tables of the index with their fields and placement. ``legacy``: also those still in the shared
+    database of before (``schema_name`` NULL; their ``schema`` is then empty)."""
+    where, params = [] if legacy else ["t.schema_name IS NOT NULL"], []
     for column, value in (
-        ("sub_account_id", sub_account_id),
-        ("id", table_id),
-        ("connection_id", connection_id),
-        ("stream", stream),
+        ("t.sub_account_id", sub_account_id),
+        ("t.id", table_id),
+        ("t.connection_id", connection_id),
+        ("t.stream", stream),
     ):
         if value is not None:
             where.append(f"{column} = %s")
             params.append(value)
-    # One round trip: each table with its fields (the rows API looks a table up on every page).
+    # One round trip: each table with its fields and place (the rows API looks a table up on every page).
     cur = await conn.execute(
-        "SELECT t.id, connection_id, stream, physical, primary_key, created_at,"
+        "SELECT t.id, t.sub_account_id, t.connection_id, t.stream, t.physical, t.schema_name, t.primary_key,"
+        " t.created_at, p.server, p.database,"
         " (SELECT COALESCE(json_agg(json_build_object('id', f.id, 'name', f.name, 'type', f.type)"
-        "  ORDER BY f.position, f.id), '[]') FROM warehouse_fields f WHERE f.table_id = t.id) AS fields,"
-        " (SELECT warehouse_schema FROM sub_accounts s WHERE s.id = t.sub_account_id) AS schema"
-        f" FROM warehouse_tables t WHERE {' AND '.join(where) or 'TRUE'} ORDER BY connection_id, stream, id",
+        "  ORDER BY f.position, f.id), '[]') FROM warehouse_fields f WHERE f.table_id = t.id) AS fields"
+        " FROM warehouse_tables t JOIN warehouse_placements p ON p.sub_account_id = t.sub_account_id AND p.ready"
+        f" WHERE {' AND '.join(where)} ORDER BY t.connection_id, t.stream, t.id",
         params,
     )
     tables = []
@@ -819,7 +974,8 @@ async def _load_tables(
         tables.append(
             WarehouseTable(
                 r["id"],
-                schema or r["schema"],
+                Placement(sub_account_id=r["sub_account_id"], server=r["server"], database=r["database"]),
+                r["schema_name"] or "",
                 r["connection_id"],
                 r["stream"],
                 r["physical"],
@@ -831,4 +987,4 @@ async def _load_tables(
     return tables
 
 
-__all__ = ["RowCounts", "TableWriter", "Warehouse", "WarehouseField", "WarehouseTable", "physical_name"]
+__all__ = ["RowCounts", "TableWriter", "Warehouse", "WarehouseField", "WarehouseTable", "schema_name", "table_name"]

@@ -31,8 +31,8 @@ from typing import Any
 from psycopg import AsyncConnection, sql
 
 from .errors import validation_error
-from .store import Store
 from .warehouse import WarehouseTable, iso_moment
+from .warehouse_servers import WarehouseServers
 
 OPERATORS = ("equal", "not_equal", "contains", "higher_than", "lower_than", "empty", "not_empty")
 # Types a value must be parsed into before it is bound; the rest compare as text.
@@ -337,8 +337,8 @@ def synced_fields(table: WarehouseTable) -> tuple[ReadField, ...]:
 
 
 async def read_synced_rows(
-    store: Store, table: WarehouseTable, query: RowQuery, *, offset: int, limit: int
+    servers: WarehouseServers, table: WarehouseTable, query: RowQuery, *, offset: int, limit: int
 ) -> tuple[int, list[dict[str, Any]]]:
-    """:func:`read_synced` on a connection of the BFF's own pool."""
-    async with store.connection() as conn:
+    """:func:`read_synced` on a connection of the BFF's own pool for the customer's database."""
+    async with servers.connection(table.placement) as conn:
         return await read_synced(conn, table, query, offset=offset, limit=limit)

@@ -2,8 +2,9 @@
 
 :func:`check_answers` is an httpx response hook: it finds the operation of the request's method
 and path, the answer described for the status (or ``default``, the error shape), and validates
-the JSON body against that schema. So every API test is also a test that the document says what
-the server answers; an answer that does not match fails the test that got it.
+the JSON body against that schema; and a JSON body the server took (2xx) against the operation's
+request body. So every API test is also a test that the document says what the server answers
+and takes; a mismatch fails the test that met it.
 """
 
 from __future__ import annotations
@@ -65,13 +66,27 @@ class Contract:
         media = answer.get("content", {}).get("application/json")
         if media is None or not content_type.startswith("application/json"):
             return
-        value = json.loads(body)
-        errors = [
-            f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
-            for e in self.validator(media["schema"]).iter_errors(value)
-        ]
+        errors = self.errors(media["schema"], json.loads(body))
         if errors:
             raise AnswerMismatch(f"{method} {path} {status} does not match the document: {errors[:5]}")
+
+    def check_accepted_body(self, method: str, url_path: str, status: int, content_type: str, body: bytes) -> None:
+        """A JSON body the server took (2xx) must be one the document allows: the document is not stricter."""
+        found = self.operation(method, url_path)
+        if found is None or not 200 <= status < 300 or not body or not content_type.startswith("application/json"):
+            return
+        path, operation = found
+        media = operation.get("requestBody", {}).get("content", {}).get("application/json")
+        if media is None:
+            raise AnswerMismatch(f"{method} {path} took a JSON body, which the document does not describe")
+        errors = self.errors(media["schema"], json.loads(body))
+        if errors:
+            raise AnswerMismatch(f"{method} {path} took a body the document refuses: {errors[:5]}")
+
+    def errors(self, schema: dict[str, Any], value: Any) -> list[str]:
+        return [
+            f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in self.validator(schema).iter_errors(value)
+        ]
 
 
 def contract_for(app: Starlette) -> Contract:
@@ -96,6 +111,14 @@ def check_answers(app: Starlette) -> Callable[[httpx.Response], Awaitable[None]]
             response.status_code,
             response.headers.get("content-type", ""),
             response.content,
+        )
+        request = response.request
+        contract.check_accepted_body(
+            request.method,
+            request.url.path,
+            response.status_code,
+            request.headers.get("content-type", ""),
+            request.content if isinstance(request.stream, httpx.ByteStream) else b"",
         )
 
     return hook

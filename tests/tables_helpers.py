@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 from conftest import BFF, auth
+from psycopg import AsyncConnection
 from sandbox_flows import connect_crm
 from sync_helpers import sync, tables
 
@@ -36,3 +39,12 @@ async def rows(bff: BFF, token: str, table_id: int, query: str = "", *, status: 
     )
     assert answer.status_code == status, answer.text
     return answer.json()  # type: ignore[no-any-return]
+
+
+@contextlib.asynccontextmanager
+async def customer_database(bff: BFF, account_id: int) -> AsyncIterator[AsyncConnection[Any]]:
+    """The BFF's own (admin) connection to a customer's database, for looking inside it."""
+    placement = await bff.services.warehouse.placement(account_id)
+    assert placement is not None, "the customer has no database yet"
+    async with bff.services.warehouse.servers.connection(placement) as conn:
+        yield conn

@@ -431,8 +431,8 @@ async def test_a_page_of_connections_reads_the_last_runs_in_one_query(
     assert calls == [ids] and counted == [ids]
     assert [c["last_run"]["status"] if c["last_run"] else None for c in listed] == ["succeeded", "succeeded", None]
     held = {}
-    async with store.connection() as conn:
-        for table, _ in await warehouse.list_tables(listed[0]["account_id"]):
+    for table, _ in await warehouse.list_tables(listed[0]["account_id"]):
+        async with warehouse.servers.connection(table.placement) as conn:
             cur = await conn.execute(sql.SQL("SELECT COUNT(*) AS n FROM {}").format(table.identifier))
             held[table.connection_id] = held.get(table.connection_id, 0) + (await cur.fetchone())["n"]
     assert held[ids[0]] > 0 and [c["live_count"] for c in listed] == [held[ids[0]], held[ids[1]], 0]

@@ -1158,10 +1158,13 @@ async def test_pipedrive(connectors, rec):
     }
 
 
+NL_FORM = {"country": "nl", "starting_year": "2020"}  # Exact Online's connect form
+
+
 async def test_exact_online(connectors, rec):
     exact = connectors["exact_online"]
     client = OAuthClient("eo-client-id", "eo-client-secret", REDIRECT)
-    url = build_authorize_url(exact, client=client, state="s2", code_challenge=None, context={})
+    url = build_authorize_url(exact, client=client, state="s2", code_challenge=None, context={"credentials": NL_FORM})
     assert url.startswith("https://start.exactonline.nl/api/oauth2/auth?")
     assert {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()} == {
         "response_type": "code",
@@ -1239,7 +1242,13 @@ async def test_exact_online(connectors, rec):
     clock = Clock()
     async with provider.client() as http:
         tokens = await exchange_code(
-            exact, http=http, client=client, code="eo-code", code_verifier=None, context={}, clock=clock
+            exact,
+            http=http,
+            client=client,
+            code="eo-code",
+            code_verifier=None,
+            context={"credentials": NL_FORM},
+            clock=clock,
         )
         assert tokens.expires_at == clock() + 600  # Exact sends expires_in as a string
         sess = session(
@@ -1248,6 +1257,7 @@ async def test_exact_online(connectors, rec):
             http,
             rec,
             context={},
+            credentials=NL_FORM,
             oauth_client=client,
             tokens=tokens,
             clock=clock,
@@ -1272,7 +1282,8 @@ async def test_exact_online(connectors, rec):
         r.headers["Accept"] == "application/json" and r.headers["Authorization"] == "Bearer eo-at" for r in reads
     )
     assert [str(r.url) for r in reads] == [
-        f"{base}/7095/crm/Accounts?%24select=ID%2CDivision%2CCode%2CName%2CEmail%2CPhone%2CCity%2CCountry%2CVATNumber%2CStatus%2CIsSupplier%2CCreated%2CModified",
+        f"{base}/7095/crm/Accounts?%24select=ID%2CDivision%2CCode%2CName%2CEmail%2CPhone%2CCity%2CCountry%2CVATNumber%2CStatus%2CIsSupplier%2CCreated%2CModified"
+        "&%24filter=Modified+gt+datetime%272020-01-01T00%3A00%3A00%27",  # the starting year: the first cursor
         f"{base}/7095/crm/Accounts?$select=ID&$skiptoken=guid'2'",
     ]
     records = [r for p in pages for r in p.records]
@@ -1283,7 +1294,11 @@ async def test_exact_online(connectors, rec):
         and records[0]["is_supplier"] is False
     )
     # Exact does not promise an order: the cursor is committed only after the division's last page
-    assert [p.state for p in pages] == [{"partitions": {}}, {"partitions": {"7095": {"cursor": "2026-02-05T09:30:00"}}}]
+    # (the first page keeps the cursor it started from: the starting year)
+    assert [p.state for p in pages] == [
+        {"partitions": {"7095": {"cursor": "2020-01-01T00:00:00"}}},
+        {"partitions": {"7095": {"cursor": "2026-02-05T09:30:00"}}},
+    ]
     assert incremental.url.params["$filter"] == "Modified gt datetime'2026-02-05T09:30:00'"
 
 
@@ -1368,6 +1383,7 @@ async def test_exact_online_sync_api_streams(connectors, rec):
             "exact_online",
             http,
             rec,
+            credentials=NL_FORM,
             oauth_client=OAuthClient("eo-client-id", "eo-client-secret", REDIRECT),
             tokens=OAuthTokens(access_token="eo-at", refresh_token="eo-rt", expires_at=clock() + 600, scope=""),
             clock=clock,
@@ -1388,6 +1404,57 @@ async def test_exact_online_sync_api_streams(connectors, rec):
     assert row["deleted_date"] == "2026-03-05T08:00:00"
     first = provider.requests[0]
     assert first.url.params["$select"].startswith("ID,Division,Date,") and first.headers["Accept"] == "application/json"
+
+
+async def test_exact_online_country_and_starting_year(connectors, rec):
+    """Seed 003's connect form: the country picks Exact's host for the sign-in and every call (Belgian
+    accounts live on start.exactonline.be), the starting year is where Modified-filtered reads begin;
+    streams read by Timestamp (the Sync API) are not limited by it."""
+    exact = connectors["exact_online"]
+    form = {"country": "be", "starting_year": "2025"}
+    client = OAuthClient("eo-client-id", "eo-client-secret", REDIRECT)
+    url = build_authorize_url(exact, client=client, state="s", code_challenge=None, context={"credentials": form})
+    assert url.startswith("https://start.exactonline.be/api/oauth2/auth?")
+    base = "https://start.exactonline.be/api/v1"
+
+    def token(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"access_token": "be-at", "expires_in": "600", "refresh_token": "be-rt"})
+
+    def empty(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"d": {"results": []}})
+
+    provider = Provider(
+        {
+            ("POST", "https://start.exactonline.be/api/oauth2/token"): token,
+            ("GET", f"{base}/7095/crm/Accounts"): empty,
+            ("GET", f"{base}/7095/salesinvoice/SalesInvoices"): empty,
+            ("GET", f"{base}/7095/sync/Financial/TransactionLines"): empty,
+        }
+    )
+    clock = Clock()
+    async with provider.client() as http:
+        tokens = await exchange_code(
+            exact, http=http, client=client, code="c", code_verifier=None, context={"credentials": form}, clock=clock
+        )
+        expired = OAuthTokens(access_token="old", refresh_token=tokens.refresh_token, expires_at=clock() - 1, scope="")
+        sess = session(
+            connectors,
+            "exact_online",
+            http,
+            rec,
+            credentials=form,
+            oauth_client=client,
+            tokens=expired,  # refreshed first: the token URL is the Belgian one too
+            clock=clock,
+            config={"divisions": [7095]},
+        )
+        for stream in ("accounts", "sales_invoices", "transaction_lines"):
+            await collect(sess, stream)
+    hosts = {r.url.host for r in provider.requests}
+    assert hosts == {"start.exactonline.be"} and len(provider.requests) == 5
+    filters = {r.url.path.rsplit("/", 1)[1]: r.url.params.get("$filter") for r in provider.requests}
+    assert filters["Accounts"] == filters["SalesInvoices"] == "Modified gt datetime'2025-01-01T00:00:00'"
+    assert filters["TransactionLines"] == "Timestamp gt 1"
 
 
 async def test_stripe(connectors, rec):

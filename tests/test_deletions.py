@@ -30,7 +30,7 @@ async def deleted_rows(bff: BFF, account_id: int, stream: str) -> dict[str, Any]
     """``{id: _deleted_at}`` of the rows marked deleted, and how many rows the table has."""
     for table, counts in await bff.services.warehouse.list_tables(account_id):
         if table.stream == stream:
-            async with bff.services.store.connection() as conn:
+            async with bff.services.warehouse.servers.connection(table.placement) as conn:
                 cur = await conn.execute(
                     f"SELECT id, _deleted_at FROM {table.identifier.as_string(conn)} WHERE _deleted_at IS NOT NULL"
                 )

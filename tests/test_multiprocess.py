@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 from sandbox_flows import consent_form, start_sign_in
 
@@ -228,11 +229,14 @@ async def test_two_web_processes_and_two_workers_share_the_work_and_survive_a_ki
     # Every customer's warehouse holds each record exactly once.
     with psycopg.connect(db, row_factory=dict_row) as conn:
         tables = conn.execute(
-            "SELECT t.stream, t.physical, s.warehouse_schema FROM warehouse_tables t JOIN sub_accounts s ON s.id = t.sub_account_id"
+            "SELECT t.stream, t.physical, t.schema_name, p.database FROM warehouse_tables t"
+            " JOIN warehouse_placements p ON p.sub_account_id = t.sub_account_id"
         ).fetchall()
-        assert len(tables) == CUSTOMERS * 3
-        for t in tables:
+    assert len(tables) == CUSTOMERS * 3
+    assert len({t["database"] for t in tables}) == CUSTOMERS  # a database per customer
+    for t in tables:
+        with psycopg.connect(make_conninfo(db, dbname=t["database"]), row_factory=dict_row) as conn:
             counts = conn.execute(
-                f'SELECT COUNT(*) AS n, COUNT(DISTINCT id) AS distinct_ids FROM "{t["warehouse_schema"]}"."{t["physical"]}"'
+                f'SELECT COUNT(*) AS n, COUNT(DISTINCT id) AS distinct_ids FROM "{t["schema_name"]}"."{t["physical"]}"'
             ).fetchone()
             assert counts == {"n": EXPECTED[t["stream"]], "distinct_ids": EXPECTED[t["stream"]]}, t

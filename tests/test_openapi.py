@@ -173,3 +173,36 @@ async def test_every_in_process_answer_is_checked_against_the_document(bff: Any)
         contract.check("GET", "/api/partner", 403, "application/json", b'{"detail": "no code"}')
     with pytest.raises(AnswerMismatch, match="DELETE .* 200"):  # only 204 is described: 200 is taken for an error
         contract.check("DELETE", "/api/server/7", 200, "application/json", b"{}")
+
+
+async def test_every_body_the_server_takes_is_one_the_document_allows(bff: Any) -> None:
+    from contract_check import AnswerMismatch, contract_for
+
+    contract = contract_for(bff.app)
+    contract.check_accepted_body("POST", "/api/interface", 201, "application/json", b'{"name": "a", "raw_code": "x"}')
+    contract.check_accepted_body("POST", "/api/interface", 400, "application/json", b'{"name": 5}')  # refused: fine
+    with pytest.raises(AnswerMismatch, match="name"):
+        contract.check_accepted_body("POST", "/api/interface", 201, "application/json", b'{"name": 5, "raw_code": "x"}')
+    with pytest.raises(AnswerMismatch, match="does not describe"):
+        contract.check_accepted_body("GET", "/api/servers", 200, "application/json", b"{}")
+    # The hook sees the bodies the tests send.
+    seen: list[bytes] = []
+    original = contract.check_accepted_body
+    contract.check_accepted_body = lambda *args: seen.append(args[-1]) or original(*args)  # type: ignore[method-assign]
+    try:
+        await bff.client.post("/api/partner/origins", json={"origins": []})
+    finally:
+        contract.check_accepted_body = original  # type: ignore[method-assign]
+    assert seen == [b'{"origins":[]}'] or seen == [b'{"origins": []}']
+
+
+def test_released_operation_ids_never_change() -> None:
+    """tests/released_operation_ids.json lists every operationId released so far: none may be
+    renamed or moved to another route (generated clients call them by name). A new operation is
+    added to the file when it is released."""
+    import json
+    from pathlib import Path
+
+    released = json.loads((Path(__file__).parent / "released_operation_ids.json").read_text())
+    now = {f"{method} {path}": op.id for (method, path), op in OPERATIONS.items()}
+    assert {key: now.get(key) for key in released} == released

@@ -14,7 +14,7 @@ def test_every_package_is_listed_in_pyproject() -> None:
     found = {
         ".".join(init.parent.relative_to(ROOT).parts)
         for top in ("bff", "demo_site")
-        for init in (ROOT / top).rglob("__init__.py")
+        for init in (ROOT / top).rglob("*.py")  # a folder without __init__.py is a package too
         if "__pycache__" not in init.parts
     }
     assert found <= listed, f"add to [tool.setuptools] packages: {sorted(found - listed)}"

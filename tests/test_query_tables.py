@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from conftest import BFF, auth, running_bff
 from sync_helpers import tables
-from tables_helpers import crm_customer, identity_customer, rows
+from tables_helpers import crm_customer, customer_database, identity_customer, rows
 
 from bff.sandbox.data import contacts_table, deals_table
 from bff.settings import Settings
@@ -147,11 +147,10 @@ async def test_bad_bodies_tokens_and_other_customers(sbff: BFF) -> None:
 async def test_hostile_queries_are_refused_and_both_customers_tables_survive(sbff: BFF) -> None:
     token, account_id, by_name, _ = await crm_customer(sbff, "a")
     other_token, other_id, other_tables, _ = await crm_customer(sbff, "b")
-    other_schema = await sbff.services.warehouse.schema_of(other_id)
-    own_schema = await sbff.services.warehouse.schema_of(account_id)
+    other_database = await sbff.services.warehouse.database_of(other_id)
     deals = by_name["deals"]["sql_name"]
     hostile = {
-        "other schema": f'SELECT * FROM "{other_schema}".{other_tables["deals"]["sql_name"]}',
+        "other database": f'SELECT * FROM "{other_database}".{other_tables["deals"]["sql_name"]}',
         "control tables": "SELECT * FROM public.connections",
         "partners": "SELECT name FROM partners",
         "two statements": f"SELECT 1; DROP TABLE {deals}",
@@ -169,7 +168,8 @@ async def test_hostile_queries_are_refused_and_both_customers_tables_survive(sbf
             " query_to_xml('SELECT pg_read_file(''/etc/hostname'')', true, true, '') AS x"
         ),
         "session authorization": "SELECT set_config('session_authorization', 'postgres', true)",
-        "grant": f'GRANT SELECT ON ALL TABLES IN SCHEMA "{own_schema}" TO PUBLIC',
+        "grant": f'GRANT SELECT ON ALL TABLES IN SCHEMA "{by_name["deals"]["schema"]}" TO PUBLIC',
+        "bookkeeping": "SELECT * FROM _bff.state",
         "empty": "-- nothing",
         "syntax": "SELEKT 1",
     }
@@ -177,8 +177,9 @@ async def test_hostile_queries_are_refused_and_both_customers_tables_survive(sbf
         answer = await create(sbff, token, label, query)
         assert answer.status_code == 400 and answer.json()["code"] == "query_invalid", (label, answer.text)
         assert answer.json()["errors"]["query"], label
-    other_schema_answer = (await create(sbff, token, "x", hostile["other schema"])).json()
-    assert "permission denied" in other_schema_answer["detail"]
+    other_database_answer = (await create(sbff, token, "x", hostile["other database"])).json()
+    assert "cross-database references are not implemented" in other_database_answer["detail"]
+    assert "permission denied" in (await create(sbff, token, "x", hostile["bookkeeping"])).json()["detail"]
     assert "multiple commands" in (await create(sbff, token, "x", hostile["two statements"])).json()["detail"]
 
     started = time.monotonic()
@@ -194,12 +195,12 @@ async def test_hostile_queries_are_refused_and_both_customers_tables_survive(sbf
     async with sbff.services.store.connection() as conn:
         cur = await conn.execute("SELECT COUNT(*) AS n FROM query_tables")
         assert await cur.fetchone() == {"n": 0}
-        cur = await conn.execute(
-            "SELECT COUNT(*) AS n FROM pg_views WHERE schemaname IN (%s, %s)", (own_schema, other_schema)
-        )
-        assert await cur.fetchone() == {"n": 0}
         cur = await conn.execute("SELECT COUNT(*) AS n FROM partners")
         assert (await cur.fetchone())["n"] == 2
+    for who in (account_id, other_id):
+        async with customer_database(sbff, who) as conn:
+            cur = await conn.execute("SELECT COUNT(*) AS n FROM pg_views WHERE schemaname = 'public'")
+            assert await cur.fetchone() == {"n": 0}
 
 
 async def test_a_statement_that_changes_data_is_told_only_a_query_can_be_saved_or_run(sbff: BFF) -> None:
@@ -248,21 +249,30 @@ async def test_a_query_on_a_deleted_connection_fails_clearly_and_listing_still_w
 
 async def test_views_belong_to_the_customers_runner_role_not_to_the_bff(sbff: BFF) -> None:
     token, account_id, by_name, _ = await crm_customer(sbff)
-    table = (await create(sbff, token, "Deals", f"SELECT id FROM {by_name['deals']['sql_name']}")).json()
-    schema = await sbff.services.warehouse.schema_of(account_id)
-    async with sbff.services.store.connection() as conn:
+    await create(sbff, token, "Deals", f"SELECT id FROM {by_name['deals']['sql_name']}")
+    database = await sbff.services.warehouse.database_of(account_id)
+    runner = f"{database}_q"
+    async with customer_database(sbff, account_id) as conn:
+        # The view has the name the customer gave it, in the customer's own public schema.
         cur = await conn.execute(
             "SELECT viewowner, (SELECT rolsuper FROM pg_roles WHERE rolname = viewowner) AS super FROM pg_views"
-            " WHERE schemaname = %s AND viewname = %s",
-            (schema, f"q_{table['id']}"),
+            " WHERE schemaname = 'public' AND viewname = 'Deals'",
         )
-        assert await cur.fetchone() == {"viewowner": f"{schema}_q", "super": False}
+        assert await cur.fetchone() == {"viewowner": runner, "super": False}
+        # It may make views in its own public schema, and nothing in the synced schemas or the bookkeeping.
         cur = await conn.execute(
-            "SELECT has_schema_privilege(%s, 'public', 'CREATE') AS public_create,"
-            " has_table_privilege(%s, 'public.partners', 'SELECT') AS partners",
-            (f"{schema}_q", f"{schema}_q"),
+            "SELECT has_schema_privilege(%s, %s, 'CREATE') AS synced_create,"
+            " has_schema_privilege(%s, '_bff', 'USAGE') AS bookkeeping,"
+            " has_database_privilege(%s, current_database(), 'TEMPORARY') AS temp",
+            (runner, by_name["deals"]["schema"], runner, runner),
         )
-        assert await cur.fetchone() == {"public_create": False, "partners": False}
+        assert await cur.fetchone() == {"synced_create": False, "bookkeeping": False, "temp": False}
+    async with sbff.services.store.connection() as conn:
+        # The control database (partners, tokens, connections) is not the customer's to open.
+        cur = await conn.execute(
+            "SELECT has_database_privilege(%s, current_database(), 'CONNECT') AS control", (runner,)
+        )
+        assert await cur.fetchone() == {"control": False}
 
 
 async def test_filters_on_typed_view_columns(sbff: BFF) -> None:

@@ -9,7 +9,7 @@ from urllib.parse import quote
 import pytest
 from conftest import BFF, FakeClock, auth, running_bff
 from sync_helpers import sync, tables
-from tables_helpers import crm_customer, rows
+from tables_helpers import crm_customer, customer_database, rows
 
 from bff.sandbox.data import contacts_table, deals_table
 from bff.settings import Settings
@@ -63,14 +63,9 @@ async def test_empty_and_not_empty_see_nulls(sbff: BFF) -> None:
     token, account_id, by_name, _ = await crm_customer(sbff)
     contacts = by_name["contacts"]
     # Blank out two companies behind the API's back (a provider that stopped sending the field).
-    schema = await sbff.services.warehouse.schema_of(account_id)
-    async with sbff.services.store.connection() as conn:
-        await conn.execute(
-            f'UPDATE "{schema}"."c{contacts["connection"]}_contacts" SET company = NULL WHERE id = \'c_0001\''
-        )
-        await conn.execute(
-            f"UPDATE \"{schema}\".\"c{contacts['connection']}_contacts\" SET company = '' WHERE id = 'c_0002'"
-        )
+    async with customer_database(sbff, account_id) as conn:
+        await conn.execute(f"UPDATE {contacts['sql_name']} SET company = NULL WHERE id = 'c_0001'")
+        await conn.execute(f"UPDATE {contacts['sql_name']} SET company = '' WHERE id = 'c_0002'")
     assert ids(await rows(sbff, token, contacts["id"], "filter__company__empty=1&order_by=id")) == ["c_0001", "c_0002"]
     assert (await rows(sbff, token, contacts["id"], "filter__company__not_empty=1"))["count"] == len(CONTACTS) - 2
 

@@ -1029,3 +1029,36 @@ async def test_a_link_lives_ten_minutes(settings_factory: Callable[..., Settings
         assert "expired or was already used" in (await bff.client.get(created["oauth_url"])).text
         late = await _continue(bff.client, created["oauth_url"])
         assert late.status_code == 400 and late.json()["code"] == "oauth_start_invalid"
+
+
+async def test_exact_onlines_connect_form_sets_the_sign_ins_host(settings_factory: Callable[..., Settings]) -> None:
+    """Seed 003: the connect form (country, starting year) comes before the sign-in; an OAuth
+    connection keeps its values, sealed with its tokens-to-be, and the sign-in goes to that country's host."""
+    from sandbox_flows import start_sign_in
+
+    from bff.connections import open_secrets
+    from bff.settings import OAuthApp, Secret
+
+    apps = {"exact_online": OAuthApp(client_id="eo-id", client_secret=Secret("eo-secret"))}
+    async with running_bff(settings_factory(oauth_apps=apps)) as bff:
+        _, token = await customer(bff)
+        missing = await bff.client.post("/api/servers", json={"servertype_id": "exact_online"}, headers=auth(token))
+        assert missing.status_code == 400 and set(missing.json()["errors"]) == {"country", "starting_year"}
+        bad = await bff.client.post(
+            "/api/servers",
+            json={"servertype_id": "exact_online", "country": "xx", "starting_year": "soon"},
+            headers=auth(token),
+        )
+        assert bad.status_code == 400 and set(bad.json()["errors"]) == {"country", "starting_year"}
+        created = await bff.client.post(
+            "/api/servers",
+            json={"servertype_id": "exact_online", "country": "be", "starting_year": 2024},
+            headers=auth(token),
+        )
+        assert created.status_code == 201, created.text
+        assert "2024" not in created.text and created.json()["config"] == {}
+        url = await start_sign_in(bff.client, created.json())
+        assert url.startswith("https://start.exactonline.be/api/oauth2/auth?") and "client_id=eo-id" in url
+        stored = await bff.services.store.connections.get_by_id(created.json()["id"])
+        assert stored is not None
+        assert open_secrets(bff.services, stored).credentials == {"country": "be", "starting_year": "2024"}

@@ -1,4 +1,4 @@
-"""SQL access for BI tools: a read-only login per customer, limited to its own schema."""
+"""SQL access for BI tools: a read-only login per customer, limited to its own database."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import psycopg
 import pytest
 from conftest import BFF, auth, running_bff
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 from tables_helpers import crm_customer
 
 from bff.settings import Settings
@@ -67,44 +68,55 @@ async def test_credentials_read_their_own_schema_only_and_rotate(settings_factor
         first = await credentials_for(bff, partner_token, account_id)
         assert first.status_code == 200, first.text
         creds = first.json()
-        schema = await bff.services.warehouse.schema_of(account_id)
-        other_schema = await bff.services.warehouse.schema_of(other_id)
-        assert set(creds) == {"host", "port", "database", "user", "password", "schema"} and creds["schema"] == schema
+        database = await bff.services.warehouse.database_of(account_id)
+        other_database = await bff.services.warehouse.database_of(other_id)
+        assert set(creds) == {"host", "port", "database", "user", "password", "schema"}
+        assert creds["database"] == database and creds["schema"] == "public"
         assert first.headers["cache-control"] == "no-store"
 
+        synced_schema = by_name["deals"]["schema"]
         with connect(creds) as conn:
-            deals = by_name["deals"]["sql_name"]
-            assert conn.execute(sql.SQL("SELECT COUNT(*) FROM {}").format(sql.Identifier(deals))).fetchone() == (300,)
-            view = f"q_{query_table.json()['id']}"
-            assert conn.execute(sql.SQL("SELECT COUNT(*) FROM {}").format(sql.Identifier(view))).fetchone() == (300,)
+            deals = sql.SQL(by_name["deals"]["sql_name"])
+            assert conn.execute(sql.SQL("SELECT COUNT(*) FROM {}").format(deals)).fetchone() == (300,)
+            view = sql.Identifier("Deals")  # the query table, by the name the customer gave it
+            assert conn.execute(sql.SQL("SELECT COUNT(*) FROM {}").format(view)).fetchone() == (300,)
             for forbidden in (
-                sql.SQL("SELECT * FROM {}.{}").format(
-                    sql.Identifier(other_schema), sql.Identifier(other_tables["deals"]["sql_name"])
-                ),
-                sql.SQL("SELECT * FROM public.connections"),
-                sql.SQL("SELECT * FROM public.sub_accounts"),
-                sql.SQL("SELECT * FROM public.partners"),
+                sql.SQL("SELECT * FROM _bff.state"),
                 sql.SQL("SELECT pg_read_file('/etc/hostname')"),
             ):
                 with pytest.raises(psycopg.errors.InsufficientPrivilege):
                     conn.execute(forbidden)
+            # Another customer's tables are in another database: not even nameable here.
+            with pytest.raises(psycopg.errors.FeatureNotSupported):
+                conn.execute(
+                    sql.SQL("SELECT * FROM {}.{}").format(
+                        sql.Identifier(other_database), sql.SQL(other_tables["deals"]["sql_name"])
+                    )
+                )
             # Read-only: no writes, no DDL, even on its own tables and views.
             for write in (
-                sql.SQL("DELETE FROM {}").format(sql.Identifier(deals)),
-                sql.SQL("DROP VIEW {}").format(sql.Identifier(view)),
-                sql.SQL("CREATE TABLE {}.x (y int)").format(sql.Identifier(schema)),
+                sql.SQL("DELETE FROM {}").format(deals),
+                sql.SQL("DROP VIEW {}").format(view),
+                sql.SQL("CREATE TABLE {}.x (y int)").format(sql.Identifier(synced_schema)),
             ):
                 with pytest.raises((psycopg.errors.ReadOnlySqlTransaction, psycopg.errors.InsufficientPrivilege)):
                     conn.execute(write)
             conn.execute("SET default_transaction_read_only = off")
             for write in (
-                sql.SQL("DELETE FROM {}").format(sql.Identifier(deals)),
-                sql.SQL("DROP VIEW {}").format(sql.Identifier(view)),
-                sql.SQL("CREATE TABLE {}.x (y int)").format(sql.Identifier(schema)),
+                sql.SQL("DELETE FROM {}").format(deals),
+                sql.SQL("DROP VIEW {}").format(view),
+                sql.SQL("CREATE TABLE {}.x (y int)").format(sql.Identifier(synced_schema)),
                 sql.SQL("CREATE TABLE public.x (y int)"),
+                sql.SQL("CREATE SCHEMA mine"),
+                sql.SQL("CREATE TEMP TABLE x (y int)"),
             ):
                 with pytest.raises(psycopg.errors.InsufficientPrivilege):
                     conn.execute(write)
+        # The login opens its own database and no other: not another customer's, not the control database.
+        control = bff.services.store.url
+        for elsewhere in (other_database, conninfo_to_dict(control)["dbname"]):
+            with pytest.raises(psycopg.OperationalError, match="permission denied for database"):
+                connect({**creds, "database": elsewhere})
 
         async with bff.services.store.connection() as conn:
             cur = await conn.execute(

@@ -296,10 +296,15 @@ async def test_deleting_a_connection_mid_sync_stops_it_and_drops_its_tables(sand
         assert await bff.services.warehouse.table_owner(contacts_id) is None
         # The worker's run notices on its next write and stops without re-creating anything.
         await asyncio.sleep(0.5)
-        schema = await bff.services.warehouse.schema_of(account_id)
-        async with bff.services.store.connection() as conn:
-            cur = await conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = %s ORDER BY 1", (schema,))
-            assert [row["tablename"] for row in await cur.fetchall()] == [f"c{bank['id']}_transactions"]
+        placement = await bff.services.warehouse.placement(account_id)
+        async with bff.services.warehouse.servers.connection(placement) as conn:
+            cur = await conn.execute(
+                "SELECT schemaname, tablename FROM pg_tables WHERE schemaname NOT LIKE 'pg\\_%%'"
+                " AND schemaname NOT IN ('information_schema', '_bff') ORDER BY 1, 2"
+            )
+            assert [(row["schemaname"], row["tablename"]) for row in await cur.fetchall()] == [
+                (bank["name"], "transactions")
+            ]
         assert await bff.services.store.runs.active(crm["id"]) is None
 
 

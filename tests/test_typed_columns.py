@@ -14,7 +14,7 @@ from conftest import BFF, auth, running_bff
 from psycopg import sql
 from sandbox_flows import connect_crm
 from sync_helpers import sync, tables
-from tables_helpers import identity_customer, rows
+from tables_helpers import customer_database, identity_customer, rows
 
 from bff import testing
 from bff.sandbox.data import deals_table
@@ -49,7 +49,7 @@ async def test_columns_are_typed_for_sql_readers_and_the_rows_api_keeps_its_json
     ) as conn:  # fmt: skip
         row = conn.execute(
             sql.SQL("SELECT amount, created_at, _synced_at, _deleted_at FROM {} WHERE id = 'd_001'").format(
-                sql.Identifier(deals["sql_name"])
+                sql.SQL(deals["sql_name"])
             )
         ).fetchone()
         assert row is not None
@@ -59,7 +59,7 @@ async def test_columns_are_typed_for_sql_readers_and_the_rows_api_keeps_its_json
         assert isinstance(synced, dt.datetime) and synced.tzinfo is not None and deleted is None
         recent = conn.execute(
             sql.SQL("SELECT COUNT(*) FROM {} WHERE _synced_at > now() - interval '1 day'").format(
-                sql.Identifier(deals["sql_name"])
+                sql.SQL(deals["sql_name"])
             )
         ).fetchone()
         assert recent == (len(DEALS),)
@@ -195,11 +195,10 @@ async def test_a_definition_that_makes_an_amount_decimal_retypes_the_table_on_th
     )
     assert made.status_code == 201, made.text
     # As a release before typed columns left it: a double precision amount, typed "number".
-    async with sbff.services.store.connection() as conn:
-        await conn.execute(
-            sql.SQL("DROP VIEW {}.{}").format(sql.Identifier(table.schema), sql.Identifier(f"q_{made.json()['id']}"))
-        )
+    async with customer_database(sbff, account_id) as conn:
+        await conn.execute(sql.SQL("DROP VIEW public.{}").format(sql.Identifier("Amounts")))
         await conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN amount TYPE double precision").format(table.identifier))
+    async with sbff.services.store.connection() as conn:
         await conn.execute(
             "UPDATE warehouse_fields SET type = 'number' WHERE table_id = %s AND name = 'amount'", (table.id,)
         )
@@ -211,7 +210,7 @@ async def test_a_definition_that_makes_an_amount_decimal_retypes_the_table_on_th
     assert updated.status_code == 200 and updated.json()["fields"][1]["type"] == "number"
     sbff.services.warehouse._plans.clear()  # a new process: the definition is read afresh
     await sync(sbff, token, crm["id"], full=True)
-    async with sbff.services.store.connection() as conn:
+    async with customer_database(sbff, account_id) as conn:
         cur = await conn.execute(
             "SELECT format_type(atttypid, atttypmod) AS t FROM pg_attribute WHERE attrelid = %s::regclass"
             " AND attname = 'amount'",

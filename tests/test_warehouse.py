@@ -1,5 +1,5 @@
-"""The per-sub-account warehouse schemas: upserts, cursors in the same transaction, tables' life cycle,
-and isolation enforced by PostgreSQL roles."""
+"""The per-sub-account warehouse databases: upserts, cursors in the same transaction, tables' life cycle,
+and isolation enforced by PostgreSQL (a database and roles per customer)."""
 
 from __future__ import annotations
 
@@ -106,15 +106,23 @@ async def test_a_failed_page_leaves_neither_rows_nor_cursor(env: Env) -> None:
     assert await (await fresh.open_table(account, connection, contacts())).load_state() == {"cursor": "first"}
 
 
-async def test_one_schema_per_sub_account_and_globally_unique_table_ids(env: Env) -> None:
+async def test_one_database_per_sub_account_and_globally_unique_table_ids(env: Env) -> None:
     a, b = env.accounts
     table_a = await env.warehouse.open_table(a, env.connections[a][0], contacts())
     table_b = await env.warehouse.open_table(b, env.connections[b][0], contacts())
     await table_a.write([contact(1)], {}, run_id=1)
     await table_b.write([contact(1), contact(2)], {}, run_id=2)
-    schema_a, schema_b = await env.warehouse.schema_of(a), await env.warehouse.schema_of(b)
-    assert schema_a and schema_b and schema_a != schema_b
-    assert schema_a.startswith("wh_") and table_a.table.schema == schema_a  # random, not the account id
+    database_a, database_b = await env.warehouse.database_of(a), await env.warehouse.database_of(b)
+    assert database_a and database_b and database_a != database_b
+    assert database_a.startswith("wh_") and table_a.table.placement.database == database_a  # random, not the id
+    # A schema named after the connection, a table named after the stream.
+    assert (table_a.table.schema, table_a.table.physical) == ("CRM", "contacts")
+    async with env.store.connection() as conn:
+        cur = await conn.execute("SELECT datname FROM pg_database WHERE datname = ANY(%s)", ([database_a, database_b],))
+        assert {row["datname"] for row in await cur.fetchall()} == {database_a, database_b}
+        # Nothing of the customers' data is in the control database.
+        cur = await conn.execute("SELECT COUNT(*) AS n FROM pg_tables WHERE tablename = 'contacts'")
+        assert await cur.fetchone() == {"n": 0}
     assert table_a.table.id != table_b.table.id
     assert await env.warehouse.table_owner(table_a.table.id) == a
     assert await env.warehouse.table_owner(table_b.table.id) == b
@@ -126,32 +134,40 @@ async def test_one_schema_per_sub_account_and_globally_unique_table_ids(env: Env
     assert again.table.id == table_a.table.id
 
 
-async def test_each_customers_role_reads_its_own_schema_and_nothing_else(env: Env) -> None:
+async def test_each_customers_role_reads_its_own_database_and_nothing_else(env: Env, database_url: str) -> None:
     a, b = env.accounts
     for account in (a, b):
         writer = await env.warehouse.open_table(account, env.connections[account][0], contacts())
         await writer.write([contact(1)], {}, run_id=1)
-    schema_a, schema_b = await env.warehouse.schema_of(a), await env.warehouse.schema_of(b)
-    table_a = f"c{env.connections[a][0]}_contacts"
-    table_b = f"c{env.connections[b][0]}_contacts"
+    place_a, place_b = await env.warehouse.placement(a), await env.warehouse.placement(b)
+    assert place_a is not None and place_b is not None
     async with env.store.connection() as conn:
-        cur = await conn.execute("SELECT rolcanlogin FROM pg_roles WHERE rolname = %s", (schema_a,))
+        cur = await conn.execute("SELECT rolcanlogin FROM pg_roles WHERE rolname = %s", (place_a.database,))
         assert await cur.fetchone() == {"rolcanlogin": False}  # NOLOGIN
-        await conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(schema_a)))
+        # CONNECT is not PUBLIC's on a customer's database: only its own roles may open it.
+        cur = await conn.execute(
+            "SELECT has_database_privilege(%s, %s, 'CONNECT') AS own, has_database_privilege(%s, %s, 'CONNECT') AS other,"
+            " has_database_privilege('public', %s, 'CONNECT') AS anyone,"
+            " has_database_privilege(%s, %s, 'TEMPORARY') AS temp",
+            (place_a.database, place_a.database, place_a.database, place_b.database, place_a.database)
+            + (place_a.database, place_a.database),
+        )
+        assert await cur.fetchone() == {"own": True, "other": False, "anyone": False, "temp": False}
+    async with env.warehouse.servers.connection(place_a) as conn:
+        await conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(place_a.database)))
         try:
-            cur = await conn.execute(
-                sql.SQL("SELECT COUNT(*) AS n FROM {}.{}").format(sql.Identifier(schema_a), sql.Identifier(table_a))
-            )
+            cur = await conn.execute('SELECT COUNT(*) AS n FROM "CRM".contacts')
             assert await cur.fetchone() == {"n": 1}
             for forbidden in (
-                sql.SQL("SELECT * FROM {}.{}").format(sql.Identifier(schema_b), sql.Identifier(table_b)),
-                sql.SQL("SELECT * FROM public.connections"),
-                sql.SQL("SELECT * FROM public.warehouse_state"),
-                sql.SQL("DELETE FROM {}.{}").format(sql.Identifier(schema_a), sql.Identifier(table_a)),
-                sql.SQL("CREATE TABLE {}.x (y int)").format(sql.Identifier(schema_a)),
+                sql.SQL("SELECT * FROM _bff.state"),
+                sql.SQL('DELETE FROM "CRM".contacts'),
+                sql.SQL('CREATE TABLE "CRM".x (y int)'),
+                sql.SQL("CREATE TABLE public.x (y int)"),
+                sql.SQL("CREATE TEMP TABLE x (y int)"),
             ):
                 with pytest.raises(psycopg.errors.InsufficientPrivilege):
-                    await conn.execute(forbidden)
+                    async with conn.transaction():
+                        await conn.execute(forbidden)
         finally:
             await conn.execute("RESET ROLE")
 
@@ -159,7 +175,7 @@ async def test_each_customers_role_reads_its_own_schema_and_nothing_else(env: En
 async def test_reading_a_sub_account_without_tables_creates_nothing(env: Env) -> None:
     assert await env.warehouse.list_tables(env.accounts[1]) == []
     assert await env.warehouse.get_table(env.accounts[1], 12345) is None
-    assert await env.warehouse.schema_of(env.accounts[1]) is None
+    assert await env.warehouse.placement(env.accounts[1]) is None
 
 
 async def test_drop_connection_tables_removes_tables_cursors_and_index(env: Env) -> None:
@@ -174,13 +190,14 @@ async def test_drop_connection_tables_removes_tables_cursors_and_index(env: Env)
     assert [t.connection_id for t, _ in await env.warehouse.list_tables(account)] == [keep]
     assert await env.warehouse.table_owner(dropped.table.id) is None
     assert await env.warehouse.table_owner(deals.table.id) is None
-    async with env.store.connection() as conn:
+    async with env.warehouse.servers.connection(kept.table.placement) as conn:
         cur = await conn.execute(
-            "SELECT tablename FROM pg_tables WHERE schemaname = %s", (await env.warehouse.schema_of(account),)
+            "SELECT schemaname, tablename FROM pg_tables"
+            " WHERE schemaname NOT LIKE 'pg\\_%%' AND schemaname <> 'information_schema'"
         )
-        names = {row["tablename"] for row in await cur.fetchall()}
-        assert f"c{drop}_contacts" not in names and f"c{keep}_contacts" in names
-        cur = await conn.execute("SELECT COUNT(*) AS n FROM warehouse_state WHERE connection_id = %s", (drop,))
+        names = {(row["schemaname"], row["tablename"]) for row in await cur.fetchall()}
+        assert names == {(kept.table.schema, "contacts"), ("_bff", "state")}
+        cur = await conn.execute("SELECT COUNT(*) AS n FROM _bff.state WHERE connection_id = %s", (drop,))
         assert await cur.fetchone() == {"n": 0}
     # The stream starts from scratch if the same connection id ever syncs again.
     fresh = await env.warehouse.open_table(account, drop, contacts())
@@ -232,23 +249,24 @@ async def test_re_syncs_update_in_place_and_new_rows_are_summarised_into_the_syn
     for run in (1, 2, 3):  # the first run inserts, the others rewrite every row
         for start in range(0, 3000, 500):
             await table.write([contact(i) for i in range(start, start + 500)], {}, run_id=run)
-        async with env.store.connection() as conn:
+        async with env.warehouse.servers.connection(table.table.placement) as conn:
             where.append({row["id"]: row["block"] for row in await (await conn.execute(blocks)).fetchall()})
     # Each row's new version stays on its page (a HOT update: the page had room, no index changed).
     assert len(where[2]) == 3000
     assert sum(where[0][k] == where[2][k] for k in where[0]) >= 0.9 * 3000
-    async with env.store.connection() as conn:
+    async with env.warehouse.servers.connection(table.table.placement) as conn:
         # Nothing left unsummarised: an updated_since read skips the ranges it does not need.
         index = sql.Identifier(table.table.schema, f"{table.table.physical[:45]}__synced").as_string(conn)
         cur = await conn.execute("SELECT brin_summarize_new_values(%s::regclass) AS n", (index,))
         assert (await cur.fetchone())["n"] == 0  # type: ignore[index]
 
 
-async def test_a_page_write_does_not_wait_for_vacuum_s_lock(env: Env, database_url: str) -> None:
+async def test_a_page_write_does_not_wait_for_vacuum_s_lock(env: Env) -> None:
     account, connection = env.accounts[0], env.connections[env.accounts[0]][0]
     table = await env.warehouse.open_table(account, connection, contacts())
     await table.write([contact(i) for i in range(100)], {}, run_id=1)
-    with psycopg.connect(database_url) as holder:
+    placement = table.table.placement
+    with psycopg.connect(env.warehouse.servers.url(placement.server, placement.database)) as holder:
         # What VACUUM (and the BRIN summary) take: the summary waits briefly, then gives up.
         holder.execute(sql.SQL("LOCK TABLE {} IN SHARE UPDATE EXCLUSIVE MODE").format(table.table.identifier))
         assert await table.write([contact(i) for i in range(100, 600)], {"cursor": "x"}, run_id=2) == 500

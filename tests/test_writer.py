@@ -245,7 +245,7 @@ async def test_exact_online_sales_invoice_add() -> None:
             201, json={"d": {"InvoiceID": "a1b2c3d4-0000-0000-0000-000000000001", "InvoiceNumber": 25000001, **sent}}
         )
 
-    w = writer("exact_online", exact, seen=seen)
+    w = writer("exact_online", exact, credentials={"country": "nl", "starting_year": "2024"}, seen=seen)
     fields = {
         "division": 3200000,
         "OrderedBy": "b7c2…",

@@ -376,7 +376,7 @@ class _Builder:
                 format=inc.format,
                 template=template,
                 order=inc.order,
-                start=inc.start,
+                start=None if inc.start is None else self.template(f"{where}.incremental.start", inc.start, _URL),
             )
         path = self.template(f"{where}.path", s.path, _REQUEST)
         params = self.params(f"{where}.params", s.params, _REQUEST)

@@ -241,7 +241,7 @@ class ConnectorSession:
             http=self._http,
             client=self._oauth_client,
             refresh_token=tokens.refresh_token,
-            context=self._context,
+            context={**self._context, "config": self._config, "credentials": self._credentials},
             clock=self._clock,
             policy=self.policy,
             sleep=self._sleep,
@@ -542,7 +542,7 @@ class ConnectorSession:
         params = self.params(spec.params, partition=partition)
         if inc is not None:
             if start is None and inc.start is not None:
-                start = inc.start
+                start = inc.start.render(self.placeholders())
             if start is not None:
                 params[inc.param] = format_cursor(inc, start)
         normalise = compile_normaliser(spec.fields)

@@ -172,7 +172,9 @@ class Incremental:
     format: str = "iso8601"
     template: Template | None = None
     order: str = "asc"
-    start: str | None = None  # value used when there is no state yet (None = full read)
+    # The cursor used when there is no state yet (None = full read); may name connect-form values,
+    # e.g. "{credentials.starting_year}-01-01T00:00:00".
+    start: Template | None = None
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 Keyed by method and path as the router has them (``{id}`` without a convertor). An ``operationId``
 is part of the contract: generated clients name their functions after it, so it never changes
-once released (a new path gets a new one). ``tests/test_openapi.py`` checks that every route of
+once released (a new path gets a new one; ``tests/released_operation_ids.json`` lists the released ones). ``tests/test_openapi.py`` checks that every route of
 ``/api`` has an entry here and that no entry is left without a route.
 """
 
@@ -116,7 +116,20 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         "revokeSubAccountTokensAlias", PARTNER, _REVOKED
     ),
     ("POST", "/api/partner/sub-account/{account_id}/database-credentials"): Operation(
-        "createDatabaseCredentials", QUERY_TABLES, ok(rs.DatabaseCredentials)
+        "createDatabaseCredentials",
+        QUERY_TABLES,
+        ok(rs.DatabaseCredentials),
+        body=rq.DatabaseCredentialsRequest,
+        body_required=False,
+    ),
+    ("GET", "/api/partner/sub-account/{account_id}/export"): Operation(
+        "exportSubAccount",
+        PARTNER,
+        ok(NO_BODY, "The customer's database as a pg_dump archive (custom format, for pg_restore)"),
+        content_type="application/octet-stream",
+    ),
+    ("DELETE", "/api/partner/sub-account/{account_id}"): Operation(
+        "deleteSubAccount", PARTNER, {204: (NO_BODY, "Deleted, with its database and roles")}
     ),
     # -- webhooks -------------------------------------------------------------------------------------------
     ("PUT", "/api/partner/webhook"): Operation(

@@ -86,7 +86,7 @@ class TokensRevoked(Model):
 
 
 class DatabaseCredentials(Model):
-    """A read-only SQL login for one customer's schema; a new password each call."""
+    """A SQL login for one customer's own database (read-only unless asked to write); a new password each call."""
 
     host: str
     port: int
@@ -306,6 +306,8 @@ class QueryResult(Model):
     rows: list[dict[str, Any]]
     count: int
     truncated: bool
+    status: str | None = Field(default=None, description="With write: PostgreSQL's command tag (DELETE 3).")
+    rowcount: int | None = Field(default=None, description="With write: the rows the statement changed or returned.")
 
 
 # -- writeback -------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ Every health change goes through :mod:`bff.lifecycle`; OAuth sign-ins through
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +38,9 @@ class SignIn:
     nonce: str
 
 
+NUMBER = re.compile(r"-?[0-9]{1,15}(\.[0-9]{1,15})?")
+
+
 def parse_credentials(connector: Connector, data: dict[str, Any]) -> dict[str, str]:
     """The connect-form fields, each checked; errors are reported per field."""
     errors: dict[str, str] = {}
@@ -53,6 +57,9 @@ def parse_credentials(connector: Connector, data: dict[str, Any]) -> dict[str, s
         text_value = str(value).strip() if not field.secret else str(value)
         if len(text_value) > 4096:
             errors[field.name] = f"{field.label} is too long."
+            continue
+        if field.type == "number" and not NUMBER.fullmatch(text_value):
+            errors[field.name] = f"{field.label} must be a number."
             continue
         if field.options and text_value not in {option.value for option in field.options}:
             errors[field.name] = f"Choose one of the offered values for {field.label}."
@@ -141,7 +148,16 @@ class Connections:
                 raise ApiError(
                     400, "oauth_app_not_configured", f"{connector.display_name} has no OAuth app configured."
                 )
-            connection = await svc.store.connections.create(account.id, connector.name, name, Health.AUTHORIZING)
+            # The connect form's values (Exact Online's country and starting year) are kept with
+            # the tokens to come: the sign-in's URLs and the reads may name them.
+            form = parse_credentials(connector, data)
+            connection = await svc.store.connections.create(
+                account.id,
+                connector.name,
+                name,
+                Health.AUTHORIZING,
+                seal=(lambda connection_id: rt.seal_secrets(svc, connection_id, rt.Secrets(form))) if form else None,
+            )
             await svc.events.connection_created(account, connection)
             url, nonce = await svc.oauth.start(account, connection, connector, purpose="connect", strict=strict)
             return connection, SignIn(url, nonce)
@@ -315,6 +331,13 @@ class Connections:
             selected_tables=selected_tables,
         )
         updated = await self.reload(account, connection)
+        if name is not None and name != connection.name:
+            # Its schema in the customer's database follows (query tables over it keep working).
+            schema = await svc.warehouse.rename_connection(account.id, connection.id, name)
+            if schema is not None:
+                await svc.store.runs.add_log(
+                    connection.id, "info", f"Renamed; its tables are now in schema {schema!r}."
+                )
         if selected_tables is not UNSET:
             chosen = "every table" if selected_tables is None else ", ".join(selected_tables)
             await svc.store.runs.add_log(connection.id, "info", f"Tables to sync: {chosen}.")

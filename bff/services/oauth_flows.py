@@ -24,7 +24,7 @@ import dataclasses
 import hashlib
 import secrets
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .. import connections as rt
 from .. import lifecycle
@@ -189,9 +189,14 @@ class OAuthFlows:
             state_hash(state), connection_id=connection.id, sub_account_id=account.id, purpose=purpose, verifier=sealed
         )
         url = build_authorize_url(
-            connector, client=client, state=state, code_challenge=challenge, context=rt.context(svc)
+            connector, client=client, state=state, code_challenge=challenge, context=self._context(connection)
         )
         return url, state_hash(state)
+
+    def _context(self, connection: Connection) -> dict[str, Any]:
+        """What the connector's OAuth URLs may name: the deployment, the connection's choices and its form."""
+        form = rt.open_secrets(self.services, connection).credentials
+        return {**rt.context(self.services), "config": connection.config, "credentials": form}
 
     async def complete(self, state: str, params: Mapping[str, str]) -> SignInResult:
         """Use the state up (the route has checked this browser's binding) and finish the sign-in."""
@@ -243,7 +248,7 @@ class OAuthFlows:
                 client=client,
                 code=code,
                 code_verifier=verifier,
-                context=rt.context(svc),
+                context=self._context(connection),
                 clock=svc.clock,
             )
         except (OAuthError, ConnectorError) as exc:
@@ -258,7 +263,9 @@ class OAuthFlows:
             connection.id,
             Event.REAUTHORISED if flow.purpose == "reauthorise" else Event.CONNECTED,
             choice_missing=choice_missing(connector, connection),
-            secrets=rt.seal_secrets(svc, connection.id, rt.Secrets(credentials={}, tokens=tokens)),
+            secrets=rt.seal_secrets(
+                svc, connection.id, rt.Secrets(rt.open_secrets(svc, connection).credentials, tokens=tokens)
+            ),
             logs=[("info", f"Authorised with {connector.display_name}.")],
         )
         return SignInResult(True, connection.id, f"{connector.display_name} is connected. You can close this window.")

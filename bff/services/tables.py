@@ -50,5 +50,5 @@ class Tables:
             return table.fields, count, rows
         fields = synced_fields(table)
         query = parse_row_query(params, fields, meta=SYNCED_META)
-        count, rows = await read_synced_rows(self.services.store, table, query, offset=offset, limit=limit)
+        count, rows = await read_synced_rows(self.services.warehouse.servers, table, query, offset=offset, limit=limit)
         return fields, count, rows

