@@ -11,8 +11,11 @@ never the browser's integrate token. The SQL itself is checked and run by
 
 from __future__ import annotations
 
+import logging
+from collections.abc import AsyncIterator
+
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute
 
 from .. import auth
@@ -24,6 +27,9 @@ from ..query_tables import MAX_QUERY_LENGTH, QueryTable
 from ..store import SubAccount
 
 MAX_NAME_LENGTH = 100
+EXPORT_CHUNK = 256 * 1024
+
+logger = logging.getLogger("bff.warehouse")
 
 
 async def require_back_end(request: Request) -> SubAccount:
@@ -159,6 +165,68 @@ async def database_credentials(request: Request) -> JSONResponse:
     return JSONResponse(credentials.public_dict(), headers={"Cache-Control": "no-store"})
 
 
+async def _partners_sub_account(request: Request) -> SubAccount:
+    partner = await require_partner(request)
+    account = await services(request).partners.find_sub_account(partner, account_id=request.path_params["account_id"])
+    if account is None:
+        raise not_found("No such sub-account.")
+    return account
+
+
+async def export_sub_account(request: Request) -> Response:
+    """The customer's whole database as a ``pg_dump`` archive (custom format, for ``pg_restore``),
+    streamed; a customer without a database yet has nothing to export (``404 no_warehouse``)."""
+    account = await _partners_sub_account(request)
+    svc = services(request)
+    placement = await svc.warehouse.placement(account.id)
+    if placement is None:
+        raise ApiError(404, "no_warehouse", "This sub-account has no warehouse yet (nothing was synced).")
+    process = await svc.warehouse.servers.dump(placement)
+    assert process.stdout is not None and process.stderr is not None
+    first = await process.stdout.read(EXPORT_CHUNK)
+    if not first:  # pg_dump writes its archive header at once; nothing means it failed
+        problem = (await process.stderr.read()).decode(errors="replace").strip().splitlines()
+        await process.wait()
+        logger.error("export of sub-account %s failed: %s", account.id, problem[:1])
+        raise ApiError(503, "export_failed", "The database could not be dumped; retry shortly.")
+    logger.info("export of sub-account %s (database %s) started", account.id, placement.database)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        assert process.stdout is not None
+        try:
+            chunk = first
+            while chunk:
+                yield chunk
+                chunk = await process.stdout.read(EXPORT_CHUNK)
+            code = await process.wait()
+            logger.info("export of sub-account %s ended (pg_dump exit %s)", account.id, code)
+        finally:
+            if process.returncode is None:  # the client went away: stop the dump
+                process.kill()
+                await process.wait()
+
+    return StreamingResponse(
+        chunks(),
+        media_type="application/octet-stream",
+        headers={
+            "Content-Disposition": f'attachment; filename="sub-account-{account.id}.dump"',
+            "Cache-Control": "no-store",
+        },
+    )
+
+
+async def delete_sub_account(request: Request) -> Response:
+    """Delete a sub-account: its connections, runs, scripts and query tables, then its database and
+    every role of it."""
+    account = await _partners_sub_account(request)
+    svc = services(request)
+    # The rows first: a sync still running fails its next write instead of making the database again.
+    await svc.store.sub_accounts.delete(account.partner_id, account.id)
+    await svc.warehouse.drop_customer(account.id)
+    logger.info("sub-account %s (external id %r) deleted with its warehouse", account.id, account.external_id)
+    return Response(status_code=204)
+
+
 def routes() -> list[BaseRoute]:
     return [
         *api_route("/api/table/", create_table, methods=["POST"]),
@@ -170,4 +238,6 @@ def routes() -> list[BaseRoute]:
         *api_route(
             "/api/partner/sub-account/{account_id:int}/database-credentials", database_credentials, methods=["POST"]
         ),
+        *api_route("/api/partner/sub-account/{account_id:int}/export", export_sub_account, methods=["GET"]),
+        *api_route("/api/partner/sub-account/{account_id:int}", delete_sub_account, methods=["DELETE"]),
     ]
