@@ -1,4 +1,5 @@
-"""The application factory: wires settings, services, routes and middleware."""
+"""Wiring: :func:`build_services` (every service of a web or worker process) and
+:func:`create_app` (the HTTP API over them). Nothing else lives here."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Mount, Route
+from starlette.types import Lifespan
 
 from . import api, openapi
 from .connections import NoCookieJar, SandboxTransport
@@ -23,7 +25,7 @@ from .db import database_url
 from .errors import EXCEPTION_HANDLERS
 from .events import AppEvents
 from .files import secure_data_dir
-from .jobs import JobQueue
+from .jobs import SCRIPT_QUEUE, JobQueue
 from .middleware import AccessLogMiddleware, BodyLimitMiddleware, CORSMiddleware, SecurityHeadersMiddleware
 from .query_tables import QueryTables
 from .runtime import Runtime
@@ -33,12 +35,12 @@ from .scripts.service import ScriptService
 from .services import Services
 from .services.schedules import Scheduler, ScheduleReactions
 from .services.sync import SyncRunner
-from .services.writeback import Writeback
 from .settings import Settings
 from .store import Store, migrate
 from .tokens import TokenAuthority
 from .warehouse import Warehouse
 from .warehouse_servers import WarehouseServers
+from .warehouse_upgrade import upgrade_warehouses
 from .webhooks import Webhooks
 
 
@@ -63,14 +65,69 @@ async def healthz(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok"})
 
 
-def create_app(
-    settings: Settings, *, clock: Callable[[], float] = time.time, migrate_on_start: bool = True
-) -> Starlette:
-    """Build the BFF. Nothing happens at import time; each call is independent.
+class ServiceContext:
+    """Every service of one process, built (nothing opened yet): :attr:`services`. ``async with``
+    opens them (migrations first, unless told not to; the store; the encryption-key check; the
+    job queue) and, with ``settings.run_worker``, runs a worker in this process; on exit
+    everything is stopped and closed in reverse order. ``create_app``'s lifespan and
+    ``bff worker`` are both one ``async with`` of this."""
 
-    Without ``settings.database_url`` this starts (or reuses) the embedded PostgreSQL
-    in the data directory. Migrations run when the app starts, unless told not to.
-    """
+    def __init__(self, services: Services, *, migrate_on_start: bool) -> None:
+        self.services = services
+        self.migrate_on_start = migrate_on_start
+
+    async def __aenter__(self) -> Services:
+        self._stack = contextlib.AsyncExitStack()
+        try:
+            await self._stack.enter_async_context(self._running())
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        return self.services
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._stack.aclose()
+
+    @contextlib.asynccontextmanager
+    async def _running(self) -> AsyncIterator[None]:
+        svc = self.services
+        settings = svc.settings
+        if self.migrate_on_start:
+            await asyncio.to_thread(migrate, svc.store.url)
+        await svc.store.open()
+        try:
+            await check_encryption_key(svc.store, svc.vault)
+            await svc.warehouse.servers.close_control_database()
+            # Warehouses of an earlier release (schemas of the control database) move into databases.
+            await upgrade_warehouses(svc.warehouse, svc.query_tables)
+            await svc.queue.open()
+            try:
+                if settings.run_worker:
+                    if SCRIPT_QUEUE in settings.worker_queues and not svc.scripts.serving_api:
+                        http_app(svc)  # a worker's scripts call the API over their socket (bff worker)
+                    svc.queue.start_worker(
+                        concurrency=settings.sync_concurrency,
+                        script_concurrency=settings.script_concurrency,
+                        queues=settings.worker_queues,
+                    )
+                yield
+            finally:
+                await svc.queue.close()
+                await svc.writeback.log.flush()  # write log lines still buffered (they are batched for 0.25 s)
+        finally:
+            await svc.http.aclose()
+            await svc.scripts.close()
+            await svc.webhooks.close()
+            await svc.warehouse.close()
+            await svc.store.close()
+
+
+def build_services(
+    settings: Settings, *, clock: Callable[[], float] = time.time, migrate_on_start: bool = True
+) -> ServiceContext:
+    """The services of a web or worker process, wired; nothing happens at import time and each
+    call is independent. Without ``settings.database_url`` this starts (or reuses) the embedded
+    PostgreSQL in the data directory."""
     # Every definition (BFF_CONNECTORS_DIR too) is read and validated here, once: a bad file stops the start.
     connectors = load_connectors()
     url = database_url(settings)
@@ -126,73 +183,56 @@ def create_app(
         webhooks=webhooks,
         scripts=scripts,
         events=events,
+        sandbox=sandbox_app,
     )
+    queue.bind(services)  # the jobs this process runs get these services in their context
+    return ServiceContext(services, migrate_on_start=migrate_on_start)
 
-    writeback = Writeback(services)
 
-    async def tick() -> None:
-        await schedules.tick()
-        await scripts.tick()
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        if migrate_on_start:
-            await asyncio.to_thread(migrate, url)
-        await store.open()
-        try:
-            await check_encryption_key(store, services.vault)
-            await servers.close_control_database()
-            await queue.open()
-            try:
-                if settings.run_worker:
-                    queue.start_worker(
-                        concurrency=settings.sync_concurrency,
-                        on_sync=runner.execute,
-                        on_stalled=runner.recover_stalled,
-                        on_tick=tick if settings.schedules_enabled else None,
-                        on_webhook=webhooks.deliver,
-                        on_refresh=writeback.refresh.execute,
-                        on_script=scripts.execute,
-                        on_script_stalled=scripts.recover_stalled,
-                        script_concurrency=settings.script_concurrency,
-                        queues=settings.worker_queues,
-                    )
-                yield
-            finally:
-                await queue.close()
-                await writeback.log.flush()  # write log lines still buffered (they are batched for 0.25 s)
-        finally:
-            await services.http.aclose()
-            await scripts.close()
-            await webhooks.close()
-            await warehouse.close()
-            await store.close()
-
+def http_app(services: Services, *, lifespan: Lifespan[Starlette] | None = None) -> Starlette:
+    """The HTTP API over these services: routes, middleware, the one error handler. A worker
+    without a web app (``bff worker``) builds it, with no lifespan and no port, only to answer its
+    scripts over their socket."""
     routes: list[BaseRoute] = [
         Route("/healthz", healthz, methods=["GET"]),
         *api.routes(),
     ]
-    if sandbox_app is not None:
-        routes.append(Mount("/sandbox", app=sandbox_app, name="sandbox"))
+    if services.sandbox is not None:
+        routes.append(Mount("/sandbox", app=services.sandbox, name="sandbox"))
     routes.append(Route("/openapi.json", openapi.endpoint(routes), methods=["GET"], include_in_schema=False))
-
     app = Starlette(
         routes=routes,
         middleware=[
             Middleware(AccessLogMiddleware),
-            Middleware(SecurityHeadersMiddleware, hsts=settings.hsts),
+            Middleware(SecurityHeadersMiddleware, hsts=services.settings.hsts),
             Middleware(
                 CORSMiddleware,
                 is_allowed=services.origin_registered,
                 partner_of=services.tokens.partner_of,
-                partner_has_origin=store.partners.has_origin,
+                partner_has_origin=services.store.partners.has_origin,
             ),
-            Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes),
+            Middleware(BodyLimitMiddleware, max_bytes=services.settings.max_body_bytes),
         ],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
     app.state.services = services
-    app.state.writeback = writeback
-    scripts.serve_api(app)
+    app.state.writeback = services.writeback
+    # Scripts reach the API over a socket of their own, served by this process.
+    services.scripts.serve_api(app)
     return app
+
+
+def create_app(
+    settings: Settings, *, clock: Callable[[], float] = time.time, migrate_on_start: bool = True
+) -> Starlette:
+    """Build the BFF: :func:`build_services` and the HTTP API over them; the app's lifespan is the
+    services' ``async with`` (migrations unless told not to, and a worker with ``run_worker``)."""
+    context = build_services(settings, clock=clock, migrate_on_start=migrate_on_start)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with context:
+            yield
+
+    return http_app(context.services, lifespan=lifespan)

@@ -290,7 +290,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     and no HTTP, until SIGINT/SIGTERM; any number of these share the queue."""
     import signal
 
-    from .app import StartupError, create_app
+    from .app import StartupError, build_services
     from .db import DatabaseUnavailable
 
     try:
@@ -310,7 +310,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
         prepare_database(settings, migrate=not args.no_migrate)
     except (SettingsError, DatabaseUnavailable) as exc:
         return _fail(str(exc))
-    app = create_app(settings, migrate_on_start=False)
+    # The services and a worker, no web app (its scripts get the API routes over their socket).
+    try:
+        context = build_services(settings, migrate_on_start=False)
+    except StartupError as exc:
+        return _fail(str(exc))
     _freeze_startup_objects()
 
     async def work() -> None:
@@ -318,10 +322,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        async with app.router.lifespan_context(app):
+        async with context as services:
             print(
                 f"bff worker: {_worker_summary(settings)} (pid {os.getpid()});"
-                f" {app.state.services.scripts.mode.describe()}. Ctrl-C stops.",
+                f" {services.scripts.mode.describe()}. Ctrl-C stops.",
                 file=sys.stderr,
                 flush=True,
             )

@@ -166,8 +166,11 @@ class _SubAccountCalls:
         return _Call("DELETE", f"/api/table/{int(table_id)}")
 
     @staticmethod
-    def query(sql: str, limit: int) -> _Call:
-        return _Call("POST", "/api/database/query/", json={"query": sql, "limit": limit})
+    def query(sql: str, limit: int, write: bool = False) -> _Call:
+        body: dict[str, Any] = {"query": sql, "limit": limit}
+        if write:
+            body["write"] = True
+        return _Call("POST", "/api/database/query/", json=body)
 
     @staticmethod
     def add_script(name: str, code: str, schedule: int | None) -> _Call:
@@ -511,6 +514,11 @@ class SubAccountClient(_SyncBase):
         """Rows of one read-only SELECT over the customer's tables, run as the customer's database role."""
         return self._do(_SubAccountCalls.query(sql, limit))["rows"]  # type: ignore[no-any-return]
 
+    def run_statement(self, sql: str, *, limit: int = 1000) -> JSON:
+        """One statement that may write the customer's own database (``DELETE``/``UPDATE``/``INSERT``
+        in synced tables, tables in schemas of its own): ``{fields, rows, count, truncated, status, rowcount}``."""
+        return self._do(_SubAccountCalls.query(sql, limit, write=True))  # type: ignore[no-any-return]
+
     def add_script(self, name: str, code: str, schedule: int | None = None) -> JSON:
         """Save a script in this customer's account; ``schedule`` in seconds (≥ 60), None to run it by hand."""
         return self._do(_SubAccountCalls.add_script(name, code, schedule))  # type: ignore[no-any-return]
@@ -829,6 +837,9 @@ class AsyncSubAccountClient(_AsyncBase):
 
     async def query(self, sql: str, *, limit: int = 1000) -> list[JSON]:
         return (await self._do(_SubAccountCalls.query(sql, limit)))["rows"]  # type: ignore[no-any-return]
+
+    async def run_statement(self, sql: str, *, limit: int = 1000) -> JSON:
+        return await self._do(_SubAccountCalls.query(sql, limit, write=True))  # type: ignore[no-any-return]
 
     async def add_script(self, name: str, code: str, schedule: int | None = None) -> JSON:
         return await self._do(_SubAccountCalls.add_script(name, code, schedule))  # type: ignore[no-any-return]

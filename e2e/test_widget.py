@@ -344,6 +344,30 @@ def test_config_select_step_then_success(partner: PartnerPage, modal: ConnectMod
     assert saved["health_status"] == "OK" and saved["config"] == {"divisions": ["102", "103"]}
 
 
+def test_config_step_can_leave_tables_out(partner: PartnerPage, modal: ConnectModal, stack: Stack) -> None:
+    """Seed 003's "(Optional) table selection via 'Advanced'", in the config step."""
+    open_modal(partner, modal)
+    modal.choose("Sandbox Accounting")
+    modal.fill({"API key": "sandbox-valid-key"})
+    modal.connect_button.click()
+    expect(modal.group("Divisions")).to_be_visible()
+    tables = modal.group("Tables to sync")
+    expect(tables).to_be_hidden()  # tucked away under "Advanced": every table unless asked
+    modal.frame.get_by_text("Advanced", exact=True).click()
+    for name in ("deleted", "entitytype"):
+        tables.get_by_role("checkbox", name=name).uncheck()
+    tables.get_by_role("checkbox", name="invoices").uncheck()
+    modal.choice("Acme Retail").check()
+    modal.continue_button.click()
+    expect(modal.alert).to_have_text(EN["errTables"])
+    tables.get_by_role("checkbox", name="invoices").check()
+    modal.continue_button.click()
+    expect(modal.connected_heading).to_be_visible()
+    connection = partner.seen()["connected"][0]
+    saved = stack.api("GET", f"/api/server/{connection['id']}", partner.config()["token"]).json()
+    assert saved["tables"] == ["invoices"] and saved["config"] == {"divisions": ["102"]}
+
+
 # -- OAuth2 -----------------------------------------------------------------------------------
 
 

@@ -5,6 +5,8 @@ locks that cannot stall another customer's sync, and a customer's database dropp
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -14,11 +16,12 @@ import pytest
 from conftest import BFF, auth, running_bff
 from sandbox_flows import connect_crm
 from sync_helpers import sync, tables
-from tables_helpers import crm_customer, rows
+from tables_helpers import crm_customer, identity_customer, rows
 
+from bff import testing
 from bff.db import embedded_url
 from bff.settings import Secret, Settings
-from bff.warehouse_servers import ROLE_SUFFIXES, server_name
+from bff.warehouse_servers import ROLE_SUFFIXES, libpq_environment, pg_tool, server_name
 
 SECRET_LITERAL = "vip-customer-ceo@bigclient.example"
 
@@ -35,14 +38,16 @@ async def query(bff: BFF, token: str, text: str) -> Any:
     return answer.json()["rows"]
 
 
-async def sql_login(bff: BFF, account_id: int) -> psycopg.Connection[Any]:
-    """A connection on the customer's read-only SQL login (as its partner asks for one)."""
+async def sql_login(bff: BFF, account_id: int, *, write: bool = False) -> psycopg.Connection[Any]:
+    """A connection on the customer's SQL login, read-only or a writer (as its partner asks for one)."""
     async with bff.services.store.connection() as conn:
         cur = await conn.execute("SELECT partner_id FROM sub_accounts WHERE id = %s", (account_id,))
         partner = await bff.services.store.partners.get((await cur.fetchone())["partner_id"])
     minted = bff.services.tokens.mint_partner_token(partner_id=partner.id, generation=partner.token_generation)
     answer = await bff.client.post(
-        f"/api/partner/sub-account/{account_id}/database-credentials", headers=auth(minted.token)
+        f"/api/partner/sub-account/{account_id}/database-credentials",
+        headers=auth(minted.token),
+        json={"write": True} if write else None,
     )
     assert answer.status_code == 200, answer.text
     login = answer.json()
@@ -235,3 +240,125 @@ async def test_schemas_are_named_after_connections_and_follow_a_rename(sbff: BFF
     assert (await rows(sbff, token, renamed["deals"]["id"]))["count"] == 300
     assert (await sync(sbff, token, connection_id))["status"] == "succeeded"
     assert await query(sbff, token, 'SELECT COUNT(*) AS n FROM "exact online".deals') == [{"n": 300}]
+
+
+async def test_customers_may_write_their_own_database_and_the_next_sync_upserts_over_it(sbff: BFF) -> None:
+    """Issue 22 item 5: a writer login and /api/database/query/ {"write": true} change synced rows and
+    make tables in schemas of the customer's own; the synced schemas' DDL stays the BFF's."""
+    token, account_id, by_name, connection_id = await crm_customer(sbff, "writer")
+    deals = by_name["deals"]["sql_name"]
+
+    async def write(statement: str) -> Any:
+        return await sbff.client.post(
+            "/api/database/query/", headers=auth(token), json={"query": statement, "write": True}
+        )
+
+    deleted = await write(f"DELETE FROM {deals} WHERE stage = 'closedlost'")
+    assert deleted.status_code == 200, deleted.text
+    lost = deleted.json()["rowcount"]
+    assert lost > 0 and deleted.json()["status"] == f"DELETE {lost}"
+    changed = (await write(f"UPDATE {deals} SET amount = 0 WHERE id = 'd_001' RETURNING id, amount")).json()
+    assert changed["rows"] == [{"id": "d_001", "amount": 0.0}] and changed["rowcount"] == 1
+    made = await write("CREATE SCHEMA mine")
+    assert made.status_code == 200 and made.json()["status"] == "CREATE SCHEMA", made.text
+    assert (await write('CREATE TABLE mine.notes AS SELECT id FROM "Sandbox CRM".deals LIMIT 3')).status_code == 200
+    for refused in (
+        f"ALTER TABLE {deals} ADD COLUMN mine int",
+        f"DROP TABLE {deals}",
+        f"TRUNCATE {deals}",
+        'CREATE TABLE "Sandbox CRM".mine (n int)',
+        "UPDATE _bff.state SET state = '{}'",
+        "CREATE TEMP TABLE t (n int)",
+        "SELECT 1; SELECT 2",
+    ):
+        answer = await write(refused)
+        assert answer.status_code == 400 and answer.json()["code"] == "query_invalid", (refused, answer.text)
+    # Without write, the same endpoint stays read-only.
+    read_only = await sbff.client.post(
+        "/api/database/query/", headers=auth(token), json={"query": f"DELETE FROM {deals}"}
+    )
+    assert read_only.status_code == 400
+    assert (await rows(sbff, token, by_name["deals"]["id"]))["count"] == 300 - lost
+    # The customer's read login reads what its writers made; its writer login writes too.
+    with await sql_login(sbff, account_id) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM mine.notes").fetchone() == (3,)
+    with await sql_login(sbff, account_id, write=True) as conn:
+        conn.execute("INSERT INTO mine.notes VALUES ('x')")
+        assert conn.execute(f"DELETE FROM {deals} WHERE id = 'd_001'").rowcount == 1
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(f"ALTER TABLE {deals} ADD COLUMN mine int")
+        assert conn.execute("SHOW statement_timeout").fetchone() == ("10s",)
+    # The next (full) sync upserts over the customer's edits, as usual.
+    assert (await sync(sbff, token, connection_id, full=True))["status"] == "succeeded"
+    assert (await rows(sbff, token, by_name["deals"]["id"]))["count"] == 300
+    restored = await rows(sbff, token, by_name["deals"]["id"], "filter__id__equal=d_001")
+    assert restored["results"][0]["amount"] != 0
+
+
+async def test_a_partner_exports_a_customers_database_as_a_pg_dump_archive(
+    sbff: BFF, test_databases: testing.TestDatabases
+) -> None:
+    token, account_id, partner_token = await identity_customer(sbff, "exported")
+    path = f"/api/partner/sub-account/{account_id}/export"
+    nothing = await sbff.client.get(path, headers=auth(partner_token))
+    assert nothing.status_code == 404 and nothing.json()["code"] == "no_warehouse"
+    crm = await connect_crm(sbff.client, token)
+    assert (await sync(sbff, token, crm["id"]))["status"] == "succeeded"
+    await sbff.client.post(
+        "/api/table", headers=auth(token), json={"name": "Won", "query": 'SELECT id FROM "Sandbox CRM".deals'}
+    )
+    answer = await sbff.client.get(path, headers=auth(partner_token))
+    assert answer.status_code == 200 and answer.headers["content-type"] == "application/octet-stream"
+    assert answer.headers["cache-control"] == "no-store" and answer.content.startswith(b"PGDMP")
+    # It restores anywhere (no owners, no grants) with the customer's tables and views, and no cursors.
+    target = f"restored_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(test_databases.admin_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{target}"')
+    url = test_databases.admin_url.replace("/postgres?", f"/{target}?")
+    try:
+        restore = subprocess.run(
+            [pg_tool("pg_restore"), "--no-owner", "--dbname", target],
+            input=answer.content,
+            capture_output=True,
+            env=libpq_environment(url),
+            check=False,
+        )
+        assert restore.returncode == 0, restore.stderr
+        with psycopg.connect(url) as conn:
+            assert conn.execute('SELECT COUNT(*) FROM "Sandbox CRM".deals').fetchone() == (300,)
+            assert conn.execute('SELECT COUNT(*) FROM public."Won"').fetchone() == (300,)
+            assert conn.execute("SELECT to_regnamespace('_bff')").fetchone() == (None,)
+    finally:
+        with psycopg.connect(test_databases.admin_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{target}" WITH (FORCE)')
+    # Only its partner may: another partner's token finds nothing; a customer token is refused.
+    _, stranger = await sbff.partner("stranger")
+    assert (await sbff.client.get(path, headers=auth(stranger))).status_code == 404
+    assert (await sbff.client.get(path, headers=auth(token))).status_code in (401, 403)
+
+
+async def test_deleting_a_sub_account_drops_its_database_and_roles(sbff: BFF) -> None:
+    token, account_id, partner_token = await identity_customer(sbff, "deleted")
+    crm = await connect_crm(sbff.client, token)
+    assert (await sync(sbff, token, crm["id"]))["status"] == "succeeded"
+    await query(sbff, token, "SELECT 1")  # its runner exists too
+    placement = await sbff.services.warehouse.placement(account_id)
+    assert placement is not None
+    _, stranger = await sbff.partner("stranger")
+    assert (
+        await sbff.client.delete(f"/api/partner/sub-account/{account_id}", headers=auth(stranger))
+    ).status_code == 404
+    gone = await sbff.client.delete(f"/api/partner/sub-account/{account_id}", headers=auth(partner_token))
+    assert gone.status_code == 204, gone.text
+    async with sbff.services.store.connection() as conn:
+        cur = await conn.execute("SELECT 1 AS found FROM pg_database WHERE datname = %s", (placement.database,))
+        assert await cur.fetchone() is None
+        cur = await conn.execute("SELECT rolname FROM pg_roles WHERE starts_with(rolname, %s)", (placement.database,))
+        assert await cur.fetchall() == []
+        cur = await conn.execute("SELECT COUNT(*) AS n FROM connections WHERE sub_account_id = %s", (account_id,))
+        assert await cur.fetchone() == {"n": 0}
+    listed = (await sbff.client.get("/api/partner/sub-accounts", headers=auth(partner_token))).json()
+    assert account_id not in {a["id"] for a in listed["results"]}
+    assert (
+        await sbff.client.delete(f"/api/partner/sub-account/{account_id}", headers=auth(partner_token))
+    ).status_code == 404

@@ -15,6 +15,7 @@ from conftest import BFF, auth, running_bff
 from records_helpers import Customer, crm, customer
 from scripts_helpers import add_script, processes_of, run_code, run_script, running_as_root, wait_status
 
+from bff.jobs import SCRIPT_TASK
 from bff.scripts.sandbox import run_user
 from bff.settings import Settings
 
@@ -490,15 +491,14 @@ async def test_a_script_job_of_a_dead_worker_fails_its_run_instead_of_running_ag
             )
             dead_worker = (await cur.fetchone())["id"]
             await conn.execute(
-                "UPDATE procrastinate_jobs SET status = 'doing', worker_id = %s WHERE task_name = 'bff.script_run'",
-                (dead_worker,),
+                "UPDATE procrastinate_jobs SET status = 'doing', worker_id = %s WHERE task_name = %s",
+                (dead_worker, SCRIPT_TASK),
             )
-        services.queue._script_stalled_handler = services.scripts.recover_stalled  # as start_worker sets it
         await services.queue.requeue_stalled()
         run = (await bff.client.get(f"/api/interface/{script_id}/runs/{run_id}", headers=who.headers)).json()
         assert run["status"] == "failed" and run["error"] == "The worker running this script stopped; run it again."
         async with services.store.connection() as conn:
-            cur = await conn.execute("SELECT status FROM procrastinate_jobs WHERE task_name = 'bff.script_run'")
+            cur = await conn.execute("SELECT status FROM procrastinate_jobs WHERE task_name = %s", (SCRIPT_TASK,))
             assert [r["status"] for r in await cur.fetchall()] == ["failed"]
         # and the script can run again
         again = await bff.client.post(f"/api/interface/{script_id}/run", headers=who.headers)

@@ -14,6 +14,7 @@ import pytest
 from conftest import BFF, running_bff
 from records_helpers import Customer, accounting, crm, customer
 from scripts_helpers import run_code
+from sync_helpers import tables
 
 from bff.app import StartupError
 from bff.settings import Settings
@@ -100,7 +101,9 @@ async def test_fetch_and_execute_with_query(sbff: BFF, who: Customer) -> None:
         st.write(rows)
         result = dbconn.execute(pq.DW_NAME, query="SELECT 1 AS one")
         st.write(result["status"], result["rowcount"], result["rows"])
-        refused = dbconn.execute(pq.DW_NAME, query=f"DELETE FROM {tables['contacts']}")
+        deleted = dbconn.execute(pq.DW_NAME, query=f"DELETE FROM {tables['contacts']} WHERE id IN ('c_0001', 'c_0002')")
+        st.write(deleted["status"], deleted["rowcount"])
+        refused = dbconn.execute(pq.DW_NAME, query=f"ALTER TABLE {tables['contacts']} ADD COLUMN mine int")
         st.write(refused["status"].startswith("error: "), refused["rowcount"])
         st.write(len(dbconn.execute("SELECT 1")))
         """
@@ -110,8 +113,10 @@ async def test_fetch_and_execute_with_query(sbff: BFF, who: Customer) -> None:
     lines = run["output"].splitlines()
     assert lines[0] == '[{"n": 1250}]'
     assert lines[1] == 'ok 1 [{"one": 1}]'
-    assert lines[2] == "True 0"  # DML in the customer's own database waits for its warehouse (issue 22)
-    assert lines[3] == "1"
+    assert lines[2] == "ok 2"  # DML in the customer's own database (the seeds' clean-up scripts)
+    assert lines[3] == "True 0"  # the synced tables' DDL stays the BFF's
+    assert lines[4] == "1"
+    assert (await tables(sbff.client, who.identity))["contacts"]["row_count"] == 1248
 
 
 async def test_set_table_frequency(sbff: BFF, who: Customer) -> None:

@@ -244,6 +244,10 @@ async function configStep(conn, ctx) {
   const inputs = options.map((o, i) => h('input', { type, id: `choice-${i}`, name: 'choice', value: String(i), checked: saved.has(String(o.value)) }));
   const alert = alertBox();
   const submit = h('button', { type: 'submit', class: 'primary' }, t.continue);
+  // "Advanced": the tables to sync (seed 003), all of them unless the customer leaves some out.
+  const streams = ctx.st.streams || [];
+  const kept = conn.tables ? new Set(conn.tables) : null;
+  const tableInputs = streams.map((name, i) => h('input', { type: 'checkbox', id: `table-${i}`, value: name, checked: !kept || kept.has(name) }));
   let busy = false;
   const onSubmit = async (e) => {
     e.preventDefault();
@@ -253,10 +257,18 @@ async function configStep(conn, ctx) {
       say(alert, t.errChoose);
       return inputs[0]?.focus();
     }
+    const tables = tableInputs.filter((i) => i.checked).map((i) => i.value);
+    if (streams.length && !tables.length) {
+      say(alert, t.errTables);
+      return tableInputs[0].focus();
+    }
     busy = true;
     submit.setAttribute('aria-disabled', 'true');
     say(alert, '');
     try {
+      // Before the choice: choosing makes the connection ready, and its first sync reads the selection.
+      const all = tables.length === streams.length;
+      if (!all || kept) await api('PATCH', serverPath(conn.id), { tables: all ? null : tables });
       const r = await api('POST', serverPath(conn.id, '/config'), { [step.field]: chosen });
       track(r?.health_status ? r : await api('GET', serverPath(conn.id)), ctx);
     } catch (err) {
@@ -274,6 +286,12 @@ async function configStep(conn, ctx) {
       h('legend', null, step.label),
       h('p', { class: 'help', id: 'choice-help' }, help),
       options.map((o, i) => h('div', { class: 'choice' }, inputs[i], h('label', { for: `choice-${i}` }, String(o.label))))),
+    streams.length > 1 && h('details', { open: !!kept },
+      h('summary', null, t.tablesAdvanced),
+      h('fieldset', { 'aria-describedby': 'tables-help' },
+        h('legend', null, t.tablesLegend),
+        h('p', { class: 'help', id: 'tables-help' }, fmt(t.tablesHelp, { name: ctx.st.display_name })),
+        streams.map((name, i) => h('div', { class: 'choice' }, tableInputs[i], h('label', { for: `table-${i}` }, name))))),
     actions(submit));
   show(stepTitle(ctx), [form], { focus: inputs[0] || submit });
 }

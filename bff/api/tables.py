@@ -6,13 +6,16 @@ never the browser's integrate token. The SQL itself is checked and run by
 :class:`bff.query_tables.QueryTables`, as the customer's own database role.
 
 ``POST /api/partner/sub-account/{id}/database-credentials`` (partner token, ``BFF_SQL_ACCESS=true``)
-→ ``{host, port, database, user, password, schema}``; every call sets a new password.
+``{write?}`` → ``{host, port, database, user, password, schema}``; every call sets a new password.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import AsyncIterator
+
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute
 
 from .. import auth
@@ -24,6 +27,9 @@ from ..query_tables import MAX_QUERY_LENGTH, QueryTable
 from ..store import SubAccount
 
 MAX_NAME_LENGTH = 100
+EXPORT_CHUNK = 256 * 1024
+
+logger = logging.getLogger("bff.warehouse")
 
 
 async def require_back_end(request: Request) -> SubAccount:
@@ -88,9 +94,12 @@ MAX_QUERY_ROWS = 10_000
 
 
 async def run_query(request: Request) -> JSONResponse:
-    """Run one read-only query as the customer: ``{query, limit?}`` → ``{fields, rows, truncated}``.
+    """Run one query as the customer: ``{query, limit?, write?}`` → ``{fields, rows, count, truncated}``.
 
-    What ``pq.dbconnect(pq.DW_NAME).execute(sql)`` calls; nothing is saved. Counted with the
+    Read-only unless ``write`` is true: then one statement that may change the customer's own
+    database (``INSERT``/``UPDATE``/``DELETE`` in synced tables, tables in schemas of its own), whose
+    answer adds ``status`` (the command tag) and ``rowcount``. What ``pq.dbconnect(pq.DW_NAME)``
+    calls; nothing is saved. Counted with the
     rows API's reads (``429 rate_limited``); more queries of one customer at once than the BFF
     opens connections for are ``429 too_many_queries``, a database without a free connection
     ``503 database_busy``.
@@ -102,14 +111,36 @@ async def run_query(request: Request) -> JSONResponse:
     limit = data.get("limit", 1000)
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_QUERY_ROWS:
         errors["limit"] = f"Must be a whole number from 1 to {MAX_QUERY_ROWS}."
+    write = _flag(data, "write", errors)
     if errors or query is None:
         raise validation_error(errors)
+    if write:
+        done = await services(request).query_tables.run_statement(account.id, query, limit=limit)
+        return JSONResponse(
+            {
+                "fields": done.fields,
+                "rows": done.rows,
+                "count": len(done.rows),
+                "truncated": done.truncated,
+                "status": done.status,
+                "rowcount": done.rowcount,
+            }
+        )
     fields, rows, truncated = await services(request).query_tables.run_query(account.id, query, limit=limit)
     return JSONResponse({"fields": fields, "rows": rows, "count": len(rows), "truncated": truncated})
 
 
+def _flag(data: dict[str, object], key: str, errors: dict[str, str]) -> bool:
+    value = data.get(key, False)
+    if not isinstance(value, bool):
+        errors[key] = "Must be true or false."
+        return False
+    return value
+
+
 async def database_credentials(request: Request) -> JSONResponse:
-    """A read-only SQL login for one customer's schema (BFF_SQL_ACCESS=true); a new password each call."""
+    """A SQL login for one customer's own database (BFF_SQL_ACCESS=true): read-only, or with
+    ``{"write": true}`` one that may also write it; a new password each call."""
     partner = await require_partner(request)
     svc = services(request)
     if not svc.settings.sql_access:
@@ -118,11 +149,82 @@ async def database_credentials(request: Request) -> JSONResponse:
             "sql_access_disabled",
             "SQL access is off on this server; the operator turns it on with BFF_SQL_ACCESS=true.",
         )
+    data = await read_json(request, required=False)
+    errors: dict[str, str] = {
+        key: "Unknown field; send write (true or false) or nothing." for key in set(data) - {"write"}
+    }
+    write = _flag(data, "write", errors)
+    if errors:
+        raise validation_error(errors)
     account = await svc.partners.find_sub_account(partner, account_id=request.path_params["account_id"])
     if account is None:
         raise not_found("No such sub-account.")
-    credentials = await svc.query_tables.database_credentials(account.id, public_host=svc.settings.sql_access_host)
+    credentials = await svc.query_tables.database_credentials(
+        account.id, write=write, public_host=svc.settings.sql_access_host
+    )
     return JSONResponse(credentials.public_dict(), headers={"Cache-Control": "no-store"})
+
+
+async def _partners_sub_account(request: Request) -> SubAccount:
+    partner = await require_partner(request)
+    account = await services(request).partners.find_sub_account(partner, account_id=request.path_params["account_id"])
+    if account is None:
+        raise not_found("No such sub-account.")
+    return account
+
+
+async def export_sub_account(request: Request) -> Response:
+    """The customer's whole database as a ``pg_dump`` archive (custom format, for ``pg_restore``),
+    streamed; a customer without a database yet has nothing to export (``404 no_warehouse``)."""
+    account = await _partners_sub_account(request)
+    svc = services(request)
+    placement = await svc.warehouse.placement(account.id)
+    if placement is None:
+        raise ApiError(404, "no_warehouse", "This sub-account has no warehouse yet (nothing was synced).")
+    process = await svc.warehouse.servers.dump(placement)
+    assert process.stdout is not None and process.stderr is not None
+    first = await process.stdout.read(EXPORT_CHUNK)
+    if not first:  # pg_dump writes its archive header at once; nothing means it failed
+        problem = (await process.stderr.read()).decode(errors="replace").strip().splitlines()
+        await process.wait()
+        logger.error("export of sub-account %s failed: %s", account.id, problem[:1])
+        raise ApiError(503, "export_failed", "The database could not be dumped; retry shortly.")
+    logger.info("export of sub-account %s (database %s) started", account.id, placement.database)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        assert process.stdout is not None
+        try:
+            chunk = first
+            while chunk:
+                yield chunk
+                chunk = await process.stdout.read(EXPORT_CHUNK)
+            code = await process.wait()
+            logger.info("export of sub-account %s ended (pg_dump exit %s)", account.id, code)
+        finally:
+            if process.returncode is None:  # the client went away: stop the dump
+                process.kill()
+                await process.wait()
+
+    return StreamingResponse(
+        chunks(),
+        media_type="application/octet-stream",
+        headers={
+            "Content-Disposition": f'attachment; filename="sub-account-{account.id}.dump"',
+            "Cache-Control": "no-store",
+        },
+    )
+
+
+async def delete_sub_account(request: Request) -> Response:
+    """Delete a sub-account: its connections, runs, scripts and query tables, then its database and
+    every role of it."""
+    account = await _partners_sub_account(request)
+    svc = services(request)
+    # The rows first: a sync still running fails its next write instead of making the database again.
+    await svc.store.sub_accounts.delete(account.partner_id, account.id)
+    await svc.warehouse.drop_customer(account.id)
+    logger.info("sub-account %s (external id %r) deleted with its warehouse", account.id, account.external_id)
+    return Response(status_code=204)
 
 
 def routes() -> list[BaseRoute]:
@@ -136,4 +238,6 @@ def routes() -> list[BaseRoute]:
         *api_route(
             "/api/partner/sub-account/{account_id:int}/database-credentials", database_credentials, methods=["POST"]
         ),
+        *api_route("/api/partner/sub-account/{account_id:int}/export", export_sub_account, methods=["GET"]),
+        *api_route("/api/partner/sub-account/{account_id:int}", delete_sub_account, methods=["DELETE"]),
     ]

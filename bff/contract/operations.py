@@ -121,7 +121,20 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         "revokeSubAccountTokensAlias", PARTNER, _REVOKED
     ),
     ("POST", "/api/partner/sub-account/{account_id}/database-credentials"): Operation(
-        "createDatabaseCredentials", QUERY_TABLES, ok(rs.DatabaseCredentials)
+        "createDatabaseCredentials",
+        QUERY_TABLES,
+        ok(rs.DatabaseCredentials),
+        body=rq.DatabaseCredentialsRequest,
+        body_required=False,
+    ),
+    ("GET", "/api/partner/sub-account/{account_id}/export"): Operation(
+        "exportSubAccount",
+        PARTNER,
+        ok(NO_BODY, "The customer's database as a pg_dump archive (custom format, for pg_restore)"),
+        content_type="application/octet-stream",
+    ),
+    ("DELETE", "/api/partner/sub-account/{account_id}"): Operation(
+        "deleteSubAccount", PARTNER, {204: (NO_BODY, "Deleted, with its database and roles")}
     ),
     # -- webhooks -------------------------------------------------------------------------------------------
     ("PUT", "/api/partner/webhook"): Operation(

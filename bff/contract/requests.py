@@ -161,6 +161,15 @@ class QueryTableChange(Body):
 class QueryRun(OpenBody):
     query: Annotated[str, Field(min_length=1, max_length=MAX_QUERY_LENGTH)]
     limit: int = Field(default=1000, ge=1, le=10_000)
+    write: bool = Field(
+        default=False,
+        description="One statement that may change the customer's own database (INSERT/UPDATE/DELETE in synced"
+        " tables, tables in schemas of its own); the answer adds status and rowcount.",
+    )
+
+
+class DatabaseCredentialsRequest(Body):
+    write: bool = Field(default=False, description="A login that may also write the customer's own database.")
 
 
 # -- writeback ------------------------------------------------------------------------------------------------

@@ -86,7 +86,7 @@ class TokensRevoked(Model):
 
 
 class DatabaseCredentials(Model):
-    """A read-only SQL login for one customer's schema; a new password each call."""
+    """A SQL login for one customer's own database (read-only unless asked to write); a new password each call."""
 
     host: str
     port: int
@@ -171,7 +171,9 @@ class Connection(Model):
     config: dict[str, Any]
     created_at: Time
     last_run: Run | None
-    live_count: int = Field(description="Rows its tables hold now (deleted ones not counted).")
+    live_count: int = Field(
+        description="Rows its tables hold (deleted ones not counted): counted again after each run, otherwise at most every 10 s."
+    )
     sync_frequency: int | None
     table_frequencies: dict[str, int]
     tables: list[str] | None = Field(default=None, description="The tables chosen to sync; null: every table.")
@@ -306,6 +308,8 @@ class QueryResult(Model):
     rows: list[dict[str, Any]]
     count: int
     truncated: bool
+    status: str | None = Field(default=None, description="With write: PostgreSQL's command tag (DELETE 3).")
+    rowcount: int | None = Field(default=None, description="With write: the rows the statement changed or returned.")
 
 
 # -- writeback -------------------------------------------------------------------------------------------

@@ -184,7 +184,7 @@ st = _Output()
 
 
 class Database:
-    """The customer's warehouse, read-only, as the customer's own database role."""
+    """The customer's warehouse, as the customer's own database roles (writes only through ``execute(db, query=)``)."""
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -242,8 +242,10 @@ class Database:
 
     def execute(self, *args: str, query: str | None = None, limit: int = 1000) -> Any:
         """``execute(sql)``: one ``SELECT``/``WITH`` query, its rows. ``execute(db, query=sql)`` (the
-        documents' form): ``{"status": …, "rowcount": …, "rows": […]}``, and a statement the
-        database refuses is a status that says why, not an exception."""
+        documents' form): one statement that may write the customer's own database (``DELETE``,
+        ``UPDATE``, ``INSERT`` in synced tables; tables in schemas of its own) →
+        ``{"status": …, "rowcount": …, "rows": […]}``; a statement the database refuses is a status
+        that says why, not an exception."""
         if query is None:
             if len(args) != 1:
                 raise ValueError("execute(sql), or execute(pq.DW_NAME, query=sql).")
@@ -251,10 +253,10 @@ class Database:
         if len(args) > 1 or (args and args[0] not in (DW_NAME, self.name)):
             raise BFFError("database_not_found", 404, f"No database called {args[0]!r}; use pq.DW_NAME.")
         try:
-            rows = api().query(query, limit=limit)
+            done = api().run_statement(query, limit=limit)
         except BFFError as exc:
             return {"status": f"error: {exc.detail}", "rowcount": 0, "rows": []}
-        return {"status": "ok", "rowcount": len(rows), "rows": rows}
+        return {"status": "ok", "rowcount": done["rowcount"], "rows": done["rows"]}
 
 
 def dbconnect(name: str = DW_NAME) -> Database:

@@ -1,6 +1,6 @@
 """Scripts: saving them, queueing their runs, and running them inside a worker (DESIGN §14).
 
-A run is a ``bff.script_run`` job (queueing lock ``script-{id}``; the ``script_runs`` table's
+A run is a ``bff:script_run`` job (queueing lock ``script-{id}``; the ``script_runs`` table's
 unique index is the second guard: never two runs of one script at once). The worker that takes
 it marks it running, mints an identity token that works only while this run is ``running``,
 starts the process (:mod:`bff.scripts.sandbox`) and watches it: the wall-clock limit, the output
@@ -121,6 +121,10 @@ class ScriptService:
         """The app scripts reach over their socket (this process's own)."""
         self._socket = ApiSocket(app)
 
+    @property
+    def serving_api(self) -> bool:
+        return self._socket is not None
+
     async def close(self) -> None:
         if self._socket is not None:
             await self._socket.stop()
@@ -180,7 +184,7 @@ class ScriptService:
     # -- inside a worker ----------------------------------------------------------------------------
 
     async def execute(self, run_id: int) -> None:
-        """The body of a ``bff.script_run`` job."""
+        """The body of a ``bff:script_run`` job."""
         try:
             run = await self.table.start_run(run_id, per_customer=self.runtime.settings.scripts_per_customer)
         except CustomerBusy:

@@ -1,10 +1,13 @@
-"""Everything a request handler may use, typed: the runtime plus the warehouse, the queue and the sync runner."""
+"""Everything a request handler or a job may use, typed: the runtime plus the warehouse, the queue,
+the sync runner and the use-case services (built once per process by :func:`bff.app.build_services`)."""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
 import time
+
+from starlette.types import ASGIApp
 
 from ..events import Events
 from ..jobs import JobQueue
@@ -19,6 +22,7 @@ from .partners import Partners
 from .schedules import Scheduler
 from .sync import SyncRunner
 from .tables import Tables
+from .writeback import Writeback
 
 ORIGIN_CACHE_SECONDS = 2.0
 
@@ -33,6 +37,7 @@ class Services(Runtime):
     webhooks: Webhooks
     scripts: ScriptService
     events: Events
+    sandbox: ASGIApp | None = None  # the fake providers, answered in-process (BFF_SANDBOX)
     _origins: frozenset[str] = frozenset()
     _origins_loaded_at: float = float("-inf")
 
@@ -52,6 +57,10 @@ class Services(Runtime):
     def tables(self) -> Tables:
         return Tables(self)
 
+    @functools.cached_property
+    def writeback(self) -> Writeback:
+        return Writeback(self)
+
     @classmethod
     def extend(
         cls,
@@ -65,6 +74,7 @@ class Services(Runtime):
         webhooks: Webhooks,
         scripts: ScriptService,
         events: Events,
+        sandbox: ASGIApp | None = None,
     ) -> Services:
         shared = {f.name: getattr(runtime, f.name) for f in dataclasses.fields(Runtime)}
         return cls(
@@ -77,6 +87,7 @@ class Services(Runtime):
             webhooks=webhooks,
             scripts=scripts,
             events=events,
+            sandbox=sandbox,
         )
 
     async def origin_registered(self, origin: str) -> bool:

@@ -2,7 +2,7 @@
 ``sync_frequency`` seconds, with optional per-table frequencies.
 
 Each connection keeps when each of its tables is due next (``table_due``) and the earliest of
-those (``next_sync_at``). :meth:`Scheduler.tick` — the body of the ``bff.scheduler_tick`` job,
+those (``next_sync_at``). :meth:`Scheduler.tick` — the body of the ``bff:scheduler_tick`` job,
 deferred by procrastinate's periodic registry every minute and right after a connection becomes
 ready — queues one run per due connection covering only the due tables. Several workers never
 run anything twice: procrastinate defers the periodic job once per period, each connection is

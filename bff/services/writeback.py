@@ -1,7 +1,6 @@
 """Writeback services: a writer per request, idempotency keys, and coalesced refreshes.
 
-One :class:`Writeback` per app (made by ``create_app``, kept in
-``app.state.writeback``). ``refresh=true`` writes call
+One :class:`Writeback` per process (``Services.writeback``). ``refresh=true`` writes call
 :meth:`RefreshRequests.request`: the connection's refresh job runs ``REFRESH_DELAY``
 seconds after the first of them (and after any running sync has finished) on any
 worker, and asks the sync runner for ONE run of every table those writes touched:
@@ -245,7 +244,7 @@ class EngineLog:
 
 
 def writeback_for(request: Request) -> Writeback:
-    """The app's :class:`Writeback` (made by ``create_app``)."""
-    found: Any = request.app.state.writeback
+    """The process's :class:`Writeback` (``Services.writeback``)."""
+    found: Any = request.app.state.services.writeback
     assert isinstance(found, Writeback)
     return found

@@ -119,6 +119,13 @@ class SubAccountStore:
         )
         return int(count["n"] if count else 0), [SubAccount(**row) for row in rows]
 
+    async def delete(self, partner_id: int, account_id: int) -> bool:
+        """The sub-account and, by cascade, its connections, runs, logs, scripts and query tables."""
+        row = await self._store._one(
+            "DELETE FROM sub_accounts WHERE id = %s AND partner_id = %s RETURNING id", (account_id, partner_id)
+        )
+        return row is not None
+
     async def bump_generation(self, partner_id: int, account_id: int) -> SubAccount | None:
         return build(
             SubAccount,

@@ -3,9 +3,9 @@ server and database name, ``ready`` once its roles and bookkeeping schema are ma
 connection inside it (``warehouse_schemas``: named after the connection, unique per customer), and the
 schema of each synced table (``warehouse_tables.schema_name``).
 
-Tables indexed before this (``schema_name`` NULL) lived in a schema of the shared database; they are
-moved into the customer's own database by ``bff warehouse upgrade`` (run by ``bff db upgrade`` and at
-start), see :mod:`bff.warehouse_upgrade`.
+Tables indexed before this (``schema_name`` NULL) lived in a schema of the shared database; the BFF
+moves them into the customer's own database when it starts (it needs the warehouse servers and the
+customers' roles, which a migration does not have): see :mod:`bff.warehouse_upgrade`.
 
 Revision ID: i22_customer_databases
 """
