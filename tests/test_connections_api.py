@@ -406,7 +406,7 @@ async def test_a_page_of_connections_reads_the_last_runs_in_one_query(
     store = sbff.services.store
     runs = store.runs
     calls: list[list[int]] = []
-    batched = runs.last_of
+    batched, single = runs.last_of, runs.last
 
     async def one_query(connection_ids: list[int]) -> object:
         calls.append(list(connection_ids))
@@ -428,7 +428,8 @@ async def test_a_page_of_connections_reads_the_last_runs_in_one_query(
 
     monkeypatch.setattr(warehouse, "live_counts", one_count)
     listed = (await sbff.client.get("/api/servers", headers=auth(token))).json()["results"]
-    assert calls == [ids] and counted == [ids]
+    # (The third connection was counted when it was created and has not run since: not counted again.)
+    assert calls == [ids] and counted == [ids[:2]]
     assert [c["last_run"]["status"] if c["last_run"] else None for c in listed] == ["succeeded", "succeeded", None]
     held = {}
     for table, _ in await warehouse.list_tables(listed[0]["account_id"]):
@@ -436,6 +437,17 @@ async def test_a_page_of_connections_reads_the_last_runs_in_one_query(
             cur = await conn.execute(sql.SQL("SELECT COUNT(*) AS n FROM {}").format(table.identifier))
             held[table.connection_id] = held.get(table.connection_id, 0) + (await cur.fetchone())["n"]
     assert held[ids[0]] > 0 and [c["live_count"] for c in listed] == [held[ids[0]], held[ids[1]], 0]
+    # A panel polling the list does not count again while the last runs are the same (within seconds).
+    again = (await sbff.client.get("/api/servers", headers=auth(token))).json()["results"]
+    assert counted == [ids[:2]] and [c["live_count"] for c in again] == [c["live_count"] for c in listed]
+    # A finished run is a new count at once, for that connection only.
+    monkeypatch.setattr(runs, "last", single)  # the sync itself reads its connection's last run
+    started = await sbff.client.post(f"/api/server/{ids[1]}/sync", headers=auth(token))
+    assert started.status_code == 202, started.text
+    await sbff.services.sync.wait(ids[1])
+    monkeypatch.setattr(runs, "last", per_connection)
+    listed = (await sbff.client.get("/api/servers", headers=auth(token))).json()["results"]
+    assert counted == [ids[:2], [ids[1]]] and listed[1]["live_count"] == held[ids[1]]
 
 
 async def test_servers_and_servertypes_take_page_and_page_size(sbff: BFF) -> None:

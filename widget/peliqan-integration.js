@@ -136,7 +136,7 @@ export function initialize(options) {
 }
 
 // SDK and panel load on first use.
-const ctx = { PeliqanError, base: HOME, form: (id) => latest && !latest.open({ reauthServerId: id }) };
+const ctx = { PeliqanError, base: HOME, call, form: (id) => latest && !latest.open({ reauthServerId: id }) };
 const load = () => (sdk ||= import('./peliqan-sdk.js').then((m) => m.default(ctx), () => {
   sdk = 0;
   throw new PeliqanError('load_failed', 'could not load peliqan-sdk.js');

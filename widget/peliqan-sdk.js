@@ -1,18 +1,12 @@
 // The SDK functions' work, imported by peliqan-integration.js on the first SDK call (the loader
 // has already checked {identityToken, serverId} and the watchServer callbacks). Partner page → BFF
 // with fetch + CORS; every failure is a PeliqanError {code, status, message}.
-// `ctx` comes from the loader, so both share one PeliqanError class whatever URL loaded them.
-export default function sdk({ PeliqanError, base, form }) {
+// `ctx` comes from the loader, so both share one PeliqanError class whatever URL loaded them, and
+// its `call` (a partner callback's bug is rethrown apart and never stops a loop).
+export default function sdk({ PeliqanError, base, form, call }) {
   // Each call goes to its own `apiBase`, else to the BFF the loader came from (never to another
   // instance's apiBase).
   const at = (a) => (a.apiBase || base).replace(/\/+$/, '') + '/api/server/' + encodeURIComponent(a.serverId);
-  const call = (fn, arg) => {
-    try {
-      fn?.(arg);
-    } catch (e) {
-      setTimeout(() => { throw e; }); // a partner callback's bug must not stop the loop
-    }
-  };
   const watchers = new Set(); // running watchServer loops; syncServer nudges them
 
   async function request(method, url, token, body, headers) {

@@ -171,7 +171,9 @@ class Connection(Model):
     config: dict[str, Any]
     created_at: Time
     last_run: Run | None
-    live_count: int = Field(description="Rows its tables hold now (deleted ones not counted).")
+    live_count: int = Field(
+        description="Rows its tables hold (deleted ones not counted): counted again after each run, otherwise at most every 10 s."
+    )
     sync_frequency: int | None
     table_frequencies: dict[str, int]
     tables: list[str] | None = Field(default=None, description="The tables chosen to sync; null: every table.")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -70,9 +71,39 @@ def parse_credentials(connector: Connector, data: dict[str, Any]) -> dict[str, s
     return credentials
 
 
+# Rows held are counted in the customer's database (a COUNT over each table): a list of
+# connections reuses a count while the connection's last run is the same one and the count is
+# younger than this, so a panel polling every few seconds does not scan every table each time.
+# A finished run is a new marker (a fresh count at once); rows a customer writes with SQL show
+# within this many seconds.
+HELD_COUNT_SECONDS = 10.0
+HELD_COUNT_CACHE_SIZE = 10_000
+
+
 class Connections:
     def __init__(self, services: Services) -> None:
         self.services = services
+        # (sub-account, connection) → (last run marker, when counted, rows held)
+        self._held: dict[tuple[int, int], tuple[object, float, int]] = {}
+
+    async def _rows_held(self, account: SubAccount, markers: dict[int, object]) -> dict[int, int]:
+        now = time.monotonic()
+        held: dict[int, int] = {}
+        stale = []
+        for connection_id, marker in markers.items():
+            cached = self._held.get((account.id, connection_id))
+            if cached is not None and cached[0] == marker and now - cached[1] < HELD_COUNT_SECONDS:
+                held[connection_id] = cached[2]
+            else:
+                stale.append(connection_id)
+        if stale:
+            counted = await self.services.warehouse.live_counts(account.id, stale)
+            if len(self._held) + len(stale) > HELD_COUNT_CACHE_SIZE:
+                self._held.clear()
+            for connection_id in stale:
+                held[connection_id] = counted.get(connection_id, 0)
+                self._held[account.id, connection_id] = (markers[connection_id], now, held[connection_id])
+        return held
 
     @property
     def _throttle(self) -> Throttle:
@@ -83,10 +114,12 @@ class Connections:
     async def views(self, account: SubAccount, connections: Sequence[Connection]) -> list[dict[str, Any]]:
         """The public shape of connections (never credentials or provider tokens); the last run of
         every one of them comes in one query; the rows they hold in two more (their tables, then one count
-        over all of them)."""
+        over all of them), unless counted since their last run (``HELD_COUNT_SECONDS``)."""
         ids = [c.id for c in connections]
         runs = await self.services.store.runs.last_of(ids)
-        held = await self.services.warehouse.live_counts(account.id, ids)
+        held = await self._rows_held(
+            account, {i: (r.id, r.status, r.finished_at) if (r := runs.get(i)) else None for i in ids}
+        )
         connectors = self.services.connectors
         views = []
         for connection in connections:
@@ -103,7 +136,7 @@ class Connections:
                     "config": connection.config,
                     "created_at": iso(connection.created_at),
                     "last_run": run_dict(last_run) if last_run else None,
-                    "live_count": held.get(connection.id, 0),  # rows held now, deleted ones not counted
+                    "live_count": held[connection.id],  # rows held (deleted ones not counted), see _rows_held
                     "sync_frequency": connection.sync_frequency,
                     "table_frequencies": connection.table_frequencies,
                     "tables": connection.selected_tables,
