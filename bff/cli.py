@@ -351,6 +351,23 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_warehouse_servers(args: argparse.Namespace) -> int:
+    """``bff warehouse servers``: JSON ``[{server, customers, size_bytes}]``, one per warehouse server."""
+    settings = load_settings(args)
+
+    async def action(store: Any, tokens: Any) -> list[dict[str, Any]]:
+        from .warehouse_servers import WarehouseServers
+
+        servers = WarehouseServers(store, [url.reveal() for url in settings.warehouse_urls])
+        try:
+            return await servers.describe()
+        finally:
+            await servers.close()
+
+    print(json.dumps(asyncio.run(_with_store(settings, action))))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import DataDirBusy, hold_data_dir, port_problem, run_demo
 
@@ -637,6 +654,15 @@ def build_parser() -> argparse.ArgumentParser:
     upgrade = db_commands.add_parser("upgrade", help="apply the database migrations")
     upgrade.add_argument("--data-dir", help="data directory (default $BFF_DATA_DIR or ./bff-data)")
     upgrade.set_defaults(handler=cmd_db_upgrade)
+
+    warehouse = commands.add_parser("warehouse", help="the customers' warehouse servers")
+    warehouse_commands = warehouse.add_subparsers(dest="warehouse_command", metavar="ACTION")
+    warehouse_commands.required = True
+    servers = warehouse_commands.add_parser(
+        "servers", help="print JSON [{server, customers, size_bytes}] for each server of BFF_WAREHOUSE_URLS"
+    )
+    servers.add_argument("--data-dir", help="data directory (default $BFF_DATA_DIR or ./bff-data)")
+    servers.set_defaults(handler=cmd_warehouse_servers)
 
     demo = commands.add_parser("demo", help="run the BFF and the demo partner site with sandbox providers")
     demo.add_argument("--bff-port", type=int, default=DEFAULT_BFF_PORT, help="BFF port on 127.0.0.1 (default 8000)")

@@ -418,6 +418,33 @@ class WarehouseServers:
         finally:
             await conn.close()
 
+    async def describe(self) -> list[dict[str, Any]]:
+        """Each configured server: its name, how many customers are on it and their databases' size."""
+        placements = await self.placements.all()
+        described = []
+        for name in self._urls:
+            databases = [p.database for p in placements if p.server == name]
+            size = 0
+            if databases:
+                conn = await self.admin(name)
+                try:
+                    cur = await conn.execute(
+                        "SELECT COALESCE(SUM(pg_database_size(datname)), 0)::bigint AS size FROM pg_database"
+                        " WHERE datname = ANY(%s)",
+                        (databases,),
+                    )
+                    row = await cur.fetchone()
+                    size = int(row["size"]) if row else 0
+                finally:
+                    await conn.close()
+            described.append({"server": name, "customers": len(databases), "size_bytes": size})
+        unknown = sorted({p.server for p in placements} - set(self._urls))
+        described += [
+            {"server": name, "customers": sum(p.server == name for p in placements), "size_bytes": None}
+            for name in unknown
+        ]  # customers on a server no longer configured: listed, not measured
+        return described
+
     async def dump(self, placement: Placement, *, bookkeeping: bool = False) -> asyncio.subprocess.Process:
         """``pg_dump`` of the customer's database (custom format, no owners or grants: restorable into
         any database), its output on the process's stdout. Without ``bookkeeping`` the BFF's

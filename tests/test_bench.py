@@ -34,3 +34,9 @@ def test_bench_scripts_times_every_contender() -> None:
     stdout = run_bench("bench/scripts.py", "--rounds", "1")
     for line in ("sandboxed ", "unsandboxed ", "baseline ", "sandboxed / baseline at p50"):
         assert line in stdout, stdout
+
+
+def test_bench_customer_databases_measures_what_one_costs() -> None:
+    stdout = run_bench("bench/customer_databases.py", "--customers", "2")
+    for line in ("make a customer's database", "its first table", "one customer database", "for 1,000"):
+        assert line in stdout, stdout

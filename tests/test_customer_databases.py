@@ -5,7 +5,10 @@ locks that cannot stall another customer's sync, and a customer's database dropp
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -20,7 +23,7 @@ from tables_helpers import crm_customer, identity_customer, rows
 
 from bff import testing
 from bff.db import embedded_url
-from bff.settings import Secret, Settings
+from bff.settings import Secret, Settings, generate_secret_key
 from bff.warehouse_servers import ROLE_SUFFIXES, libpq_environment, pg_tool, server_name
 
 SECRET_LITERAL = "vip-customer-ceo@bigclient.example"
@@ -173,6 +176,31 @@ async def test_customers_spread_over_the_warehouse_servers(
                 conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (placements[1].database,)).fetchone()
                 is None
             )
+        # bff warehouse servers: customers and size per server (the keys of the running BFF).
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BFF_")}
+        env.update(
+            BFF_DATABASE_URL=first,
+            BFF_WAREHOUSE_URLS=f"{first},{second_server}",
+            BFF_SECRET_KEYS=generate_secret_key(),
+            BFF_ENCRYPTION_KEY=settings.encryption_key.reveal(),
+            BFF_DATA_DIR=str(settings.data_dir),
+        )
+        listed = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "bff.cli", "warehouse", "servers"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+        assert listed.returncode == 0, listed.stderr
+        servers = json.loads(listed.stdout)
+        assert [(s["server"], s["customers"]) for s in servers] == [
+            (server_name(first), 2),
+            (server_name(second_server), 1),
+        ]
+        assert all(s["size_bytes"] > 1_000_000 for s in servers), servers  # databases of several MB each
+        assert "postgresql://" not in listed.stdout and "password" not in listed.stdout
         # A customer on the second server is dropped there with its roles.
         assert await bff.services.warehouse.drop_customer(customers[1][1])
         with psycopg.connect(second_server, autocommit=True) as conn:
