@@ -375,6 +375,32 @@ def _plan(table: WarehouseTable, stream: Stream, *, brin_index: int | None) -> _
     )
 
 
+# The source documents' scripts read ``_sdc_batched_at`` (the Singer loaders' batch time): the same
+# instant as ``_synced_at``, as a generated column. PostgreSQL 18 computes it when read (VIRTUAL:
+# no bytes stored, nothing for a sync to write); before 18 it is STORED (8 bytes a row).
+BATCHED_AT = "_sdc_batched_at"
+
+
+def batched_at_column(wconn: AsyncConnection[Any]) -> sql.Composed:
+    kind = "VIRTUAL" if wconn.info.server_version >= 180000 else "STORED"
+    return sql.SQL("{} timestamptz GENERATED ALWAYS AS (_synced_at) {}").format(
+        sql.Identifier(BATCHED_AT), sql.SQL(kind)
+    )
+
+
+async def add_batched_at(wconn: AsyncConnection[Any], target: sql.Composable) -> None:
+    """Give a table made before the alias its ``_sdc_batched_at`` (a look at the catalogue first: an
+    ``ALTER TABLE`` would lock the table even when there is nothing to add)."""
+    cur = await wconn.execute(
+        "SELECT 1 FROM pg_attribute WHERE attrelid = %s::regclass AND attname = %s AND NOT attisdropped",
+        (target.as_string(wconn), BATCHED_AT),
+    )
+    if await cur.fetchone() is None:
+        await wconn.execute(
+            sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {}").format(target, batched_at_column(wconn))
+        )
+
+
 async def make_table(
     wconn: AsyncConnection[Any], schema: str, physical: str, specs: Sequence[tuple[str, str]], pk: Sequence[str]
 ) -> None:
@@ -389,6 +415,7 @@ async def make_table(
         sql.SQL("_run_id bigint"),
         sql.SQL("_deleted_at timestamptz"),
         sql.SQL("_seq bigint GENERATED ALWAYS AS IDENTITY"),
+        batched_at_column(wconn),
     ]
     await wconn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(target))  # leftovers of a crash
     # Room on every page for the next version of each of its rows: a re-sync rewrites every row
@@ -693,6 +720,7 @@ class Warehouse:
             )
             if existing and existing[0].schema is not None and existing[0].schema != "":
                 table = existing[0]
+                await add_batched_at(wconn, table.identifier)
                 known = {f.name for f in table.fields}
                 position = len(table.fields)
                 # A newer definition changed a field's type (an amount from number to decimal).

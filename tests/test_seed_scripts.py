@@ -24,11 +24,6 @@ from bff.settings import Settings
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")
 
-NEEDS_WAREHOUSE_WRITES = pytest.mark.skip(
-    reason="needs a _sdc_batched_at column on synced tables (the Singer batch time seed 003 reads); the "
-    "customer's own warehouse (issue 22: DML, DDL in its own schemas, schemas named after connections) is there"
-)
-
 
 @pytest.fixture
 async def sbff(settings_factory: Callable[..., Settings]) -> AsyncIterator[BFF]:
@@ -139,7 +134,6 @@ if len(rows):
 """
 
 
-@NEEDS_WAREHOUSE_WRITES
 async def test_seed_003_deleted_records_script_deletes_exactly_what_the_sandbox_deleted(sbff: BFF) -> None:
     who = await customer(sbff, "cust-seed-003a")
     connection = await accounting(sbff, who)
