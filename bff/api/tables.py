@@ -219,10 +219,7 @@ async def delete_sub_account(request: Request) -> Response:
     """Delete a sub-account: its connections, runs, scripts and query tables, then its database and
     every role of it."""
     account = await _partners_sub_account(request)
-    svc = services(request)
-    # The rows first: a sync still running fails its next write instead of making the database again.
-    await svc.store.sub_accounts.delete(account.partner_id, account.id)
-    await svc.warehouse.drop_customer(account.id)
+    await services(request).partners.delete_sub_account(account)
     logger.info("sub-account %s (external id %r) deleted with its warehouse", account.id, account.external_id)
     return Response(status_code=204)
 

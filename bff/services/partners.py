@@ -24,6 +24,13 @@ class Partners:
         """One of this partner's sub-accounts by id or external id; another partner's is None."""
         return await self.services.store.sub_accounts.get(partner.id, account_id=account_id, external_id=external_id)
 
+    async def delete_sub_account(self, account: SubAccount) -> None:
+        """The sub-account's rows (connections, runs, scripts, query tables: by cascade), then its
+        database and every role of it. The rows first: a sync still running fails its next write
+        instead of making the database again."""
+        await self.services.store.sub_accounts.delete(account.partner_id, account.id)
+        await self.services.warehouse.drop_customer(account.id)
+
     async def create_sub_account(self, partner: Partner, external_id: str, fields: Mapping[str, str]) -> SubAccount:
         """A new sub-account; ``ExternalIdTaken`` (409) when the external id is in use."""
         return await self.services.store.sub_accounts.create(partner.id, external_id, fields)
