@@ -94,7 +94,7 @@ def test_arrays_have_items_nulls_are_allowed_where_the_server_answers_them(
     # A query table has no connection, and no row count when its query broke.
     assert {"type": "null"} in table["connection"]["anyOf"] and {"type": "null"} in table["row_count"]["anyOf"]
     for model, fields in {
-        "Table": ("type", "sql_name", "query", "updated_at", "error"),
+        "Table": ("type", "schema", "table", "sql_name", "query", "updated_at", "error"),
         "Connection": ("oauth_url", "oauth_nonce"),
         "Run": ("resume_at",),
         "Servertype": ("description", "streams", "config_select"),

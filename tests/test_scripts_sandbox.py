@@ -351,3 +351,33 @@ def test_run_groups_are_new_and_a_dead_workers_are_cleared() -> None:
     assert all(path.exists() for path in mine.dirs.values())
     mine.remove()
     assert all(not path.exists() for path in mine.dirs.values())
+
+
+@pytest.mark.skipif(not running_as_root(), reason="run user ids are only used as root")
+def test_runs_of_two_installs_on_one_host_never_share_a_user_id() -> None:
+    # Run ids restart in every control database, and a run's end kills every process of its user
+    # id: a second install's run 7 (another process, the same lease file) must get another id.
+    held = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, bff.scripts.sandbox as s; s.lease_run_user(7); print(1, flush=True); sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert held.stdout is not None and held.stdout.readline() == b"1\n"
+        mine = sandbox.lease_run_user(7)
+        assert mine.uid is not None and mine.uid != sandbox.run_user(7)
+        again = sandbox.lease_run_user(7)
+        assert again.uid not in (mine.uid, sandbox.run_user(7))
+        mine.release()
+        again.release()
+    finally:
+        held.kill()
+        held.wait()
+    # The other process is gone: its lease went with it.
+    first = sandbox.lease_run_user(7)
+    assert first.uid == sandbox.run_user(7)
+    first.release()

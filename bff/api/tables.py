@@ -220,7 +220,6 @@ async def delete_sub_account(request: Request) -> Response:
     every role of it."""
     account = await _partners_sub_account(request)
     await services(request).partners.delete_sub_account(account)
-    logger.info("sub-account %s (external id %r) deleted with its warehouse", account.id, account.external_id)
     return Response(status_code=204)
 
 

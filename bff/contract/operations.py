@@ -2,8 +2,13 @@
 
 Keyed by method and path as the router has them (``{id}`` without a convertor). An ``operationId``
 is part of the contract: generated clients name their functions after it, so it never changes
-once released (a new path gets a new one; ``tests/released_operation_ids.json`` lists the released ones). ``tests/test_openapi.py`` checks that every route of
-``/api`` has an entry here and that no entry is left without a route.
+once released (a new path gets a new one; ``tests/released_operation_ids.json`` lists the
+released ones). ``tests/test_openapi.py`` checks that every route outside the sandbox has an
+entry here and that no entry is left without a route.
+
+The routes check their own input (with the error wording the contract fixes); these models
+describe it, and ``tests/contract_check.py`` holds every in-process test's answers, and every
+body the server took, to them.
 """
 
 from __future__ import annotations

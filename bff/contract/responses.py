@@ -283,7 +283,15 @@ class Table(Model):
     primary_key: list[str]
     fields: list[TableField]
     created_at: Time
-    sql_name: str | None = Field(default=None, description="A synced table's name in the customer's schema.")
+    schema_: str | None = Field(
+        default=None,
+        alias="schema",
+        description="A synced table's schema in the customer's database (its connection's).",
+    )
+    table: str | None = Field(default=None, description="A synced table's name inside that schema.")
+    sql_name: str | None = Field(
+        default=None, description='How SQL names a synced table, quoted and qualified: "exact online"."invoices".'
+    )
     query: str | None = Field(default=None, description="A query table's SELECT.")
     updated_at: Time = Field(default=None, description="When a query table last changed.")
     error: str | None = Field(default=None, description="Why a query table cannot be read now.")

@@ -23,7 +23,9 @@ says what it found (:meth:`Mode.describe`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import functools
 import json
 import os
@@ -406,11 +408,57 @@ def unsandboxed_command(packages: tuple[str, ...] = ()) -> list[str]:
     return runner_command(packages)
 
 
+class RunUser:
+    """A user id held by one run on this host, or ``uid`` None (not root: the run keeps ours).
+
+    Run ids are only unique within one control database, and a run's end kills every process of
+    its user id: two installs on one host (a staging and a live BFF, a test suite beside
+    ``bff demo``) must never share one while both run. So the id is leased: an exclusive
+    ``flock`` on a file named after it in a host-wide folder, held until :meth:`release` (the
+    kernel drops it if this process dies, so a lease never outlives its holder)."""
+
+    def __init__(self, uid: int | None, fd: int | None = None) -> None:
+        self.uid = uid
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _lease_folder() -> str:
+    for folder in ("/run/bff-run-users", os.path.join(tempfile.gettempdir(), "bff-run-users")):
+        with contextlib.suppress(OSError):
+            os.makedirs(folder, mode=0o700, exist_ok=True)
+            if os.access(folder, os.W_OK):
+                return folder
+    raise OSError("no folder for run user leases (/run or the temporary directory)")
+
+
 def run_user(run_id: int) -> int | None:
-    """An unprivileged user id for this run when we are root (None: keep our own)."""
+    """The user id a run asks for first when we are root (None: keep our own); see :func:`lease_run_user`."""
     if os.geteuid() != 0:
         return None
     return RUN_UID_BASE + run_id % RUN_UID_SLOTS
+
+
+def lease_run_user(run_id: int) -> RunUser:
+    """An unprivileged user id for this run when we are root, no other run on this host holding it
+    (the run id's own slot first, then the next free one)."""
+    if os.geteuid() != 0:
+        return RunUser(None)
+    folder = _lease_folder()
+    for step in range(RUN_UID_SLOTS):
+        uid = RUN_UID_BASE + (run_id + step) % RUN_UID_SLOTS
+        fd = os.open(os.path.join(folder, str(uid)), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        return RunUser(uid, fd)
+    raise OSError(f"all {RUN_UID_SLOTS} run user ids are in use on this host")
 
 
 def preexec(limits: Limits, join: tuple[str, ...] = ()) -> Callable[[], None]:

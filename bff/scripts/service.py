@@ -39,10 +39,10 @@ from .sandbox import (
     ScriptModeError,
     bwrap_command,
     clean_environment,
+    lease_run_user,
     missing_packages,
     preexec,
     resolve_mode,
-    run_user,
     unsandboxed_command,
 )
 
@@ -325,6 +325,16 @@ class ScriptService:
         return "failed", f"The script exited with code {code}."
 
     async def _run_process(self, script: Script, run: ScriptRun, token: str, socket_path: str, tail: _Tail) -> _Outcome:
+        # A user id no other run on this host holds, until every process of this run is gone.
+        lease = await asyncio.to_thread(lease_run_user, run.id)
+        try:
+            return await self._run_leased(script, run, token, socket_path, tail, lease.uid)
+        finally:
+            lease.release()
+
+    async def _run_leased(
+        self, script: Script, run: ScriptRun, token: str, socket_path: str, tail: _Tail, uid: int | None
+    ) -> _Outcome:
         read_fd, write_fd = os.pipe()
         config: dict[str, Any] = {
             "code": script.raw_code,
@@ -334,7 +344,6 @@ class ScriptService:
             "run_id": run.id,
             "ready_fd": write_fd,
         }
-        uid = run_user(run.id)
         if self.mode.name == "sandboxed":
             assert self.mode.bwrap is not None
             # As root, the outer bubblewrap drops to the run's user: the process starts as root.

@@ -3,6 +3,7 @@ allowed to embed the widget. Input is checked by the routes; this is what they t
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -10,6 +11,8 @@ from ..store import Partner, SubAccount
 
 if TYPE_CHECKING:
     from . import Services
+
+logger = logging.getLogger("bff.warehouse")
 
 
 class Partners:
@@ -24,13 +27,6 @@ class Partners:
         """One of this partner's sub-accounts by id or external id; another partner's is None."""
         return await self.services.store.sub_accounts.get(partner.id, account_id=account_id, external_id=external_id)
 
-    async def delete_sub_account(self, account: SubAccount) -> None:
-        """The sub-account's rows (connections, runs, scripts, query tables: by cascade), then its
-        database and every role of it. The rows first: a sync still running fails its next write
-        instead of making the database again."""
-        await self.services.store.sub_accounts.delete(account.partner_id, account.id)
-        await self.services.warehouse.drop_customer(account.id)
-
     async def create_sub_account(self, partner: Partner, external_id: str, fields: Mapping[str, str]) -> SubAccount:
         """A new sub-account; ``ExternalIdTaken`` (409) when the external id is in use."""
         return await self.services.store.sub_accounts.create(partner.id, external_id, fields)
@@ -42,6 +38,15 @@ class Partners:
 
     async def sub_accounts(self, partner: Partner, *, offset: int, limit: int) -> tuple[int, list[SubAccount]]:
         return await self.services.store.sub_accounts.list_page(partner.id, offset=offset, limit=limit)
+
+    async def delete_sub_account(self, account: SubAccount) -> None:
+        """A sub-account with its connections, runs, scripts and query tables, then its database and
+        every role of it."""
+        svc = self.services
+        # The rows first: a sync still running fails its next write instead of making the database again.
+        await svc.store.sub_accounts.delete(account.partner_id, account.id)
+        await svc.warehouse.drop_customer(account.id)
+        logger.info("sub-account %s (external id %r) deleted with its warehouse", account.id, account.external_id)
 
     async def revoke_sub_account_tokens(self, partner: Partner, account_id: int) -> SubAccount | None:
         """End every integrate and identity token of one sub-account (None: not this partner's)."""
