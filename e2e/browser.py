@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import shutil
 
+from playwright.sync_api import Page
+
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -24,3 +26,12 @@ def chromium_path() -> str | None:
     if configured := os.environ.get("BFF_CHROMIUM"):
         return configured
     return shutil.which("chromium") or (shutil.which("chromium-browser"))
+
+
+def close_settled(page: Page) -> None:
+    """Close a pop-up or tab once it is on its page and loaded. Chromium can drop a close that
+    races a navigation commit (an ``about:blank`` pop-up being sent on, a redirect), and
+    ``page.close()`` then waits forever (microsoft/playwright#41900, crbug.com/536385539)."""
+    page.wait_for_url(lambda url: url != "about:blank")
+    page.wait_for_load_state("load")
+    page.close()

@@ -20,6 +20,7 @@ from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import BrowserContext, Page, Request, expect
 
 from bff.client import PartnerClient
+from e2e.browser import close_settled
 from e2e.pages.demo_site import DataPage, IntegrationsPage, SignInPage
 from e2e.pages.sandbox_provider import BankRefreshPage, ConsentPage
 from e2e.stack import DemoStack, locale_strings, running_demo, screenshot_path
@@ -147,7 +148,7 @@ def test_login_password_connect_sync_manual_refresh_and_data_page(page: Page, de
     expect(integrations.messages).to_contain_text("Sync now")
     BankRefreshPage(tab.value).refresh_button.click()
     expect(tab.value.get_by_role("status")).to_have_text("10 new transactions imported.")
-    tab.value.close()
+    close_settled(tab.value)
     bank.sync()
     DataPage(page, demo.site_url).goto().table("transactions").expect_rows(210)
 
@@ -230,7 +231,7 @@ def test_popup_closed_by_the_user_says_so_and_can_be_retried(page: Page, demo: D
     integrations = sign_in(page, demo)
     modal = integrations.open_modal()
     consent = modal.start_oauth().wait_until_shown()
-    consent.page.close()
+    consent.close()
     expect(modal.alert).to_have_text(EN["popupClosed"], timeout=15_000)
     expect(modal.waiting).to_be_hidden()
     expect(modal.connect_button).to_have_text(EN["connect"])
@@ -338,7 +339,7 @@ def test_finish_setup_of_an_oauth_connection_left_authorizing(page: Page, demo: 
     modal = integrations.open_modal()
     consent = modal.start_oauth()
     expect(modal.waiting).to_be_visible()
-    consent.page.close()
+    consent.close()
     expect(modal.alert).to_have_text(EN["popupClosed"], timeout=15_000)
     with page.expect_navigation():
         modal.close_button.click()
@@ -392,7 +393,7 @@ def test_page_messages_never_repeat_the_modal_and_clear_when_stale(page: Page, d
     with page.expect_popup() as tab:
         bank.refresh_button.click()
     expect(integrations.messages).to_contain_text("Sync now")
-    tab.value.close()
+    close_settled(tab.value)
     bank.sync()
     expect(integrations.messages).to_have_text("")  # the refresh hint is done with
 

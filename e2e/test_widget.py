@@ -201,7 +201,7 @@ def test_reduced_motion_stops_the_spinner(partner: PartnerPage, modal: ConnectMo
     expect(modal.waiting).to_be_visible()
     assert modal.document().evaluate("getComputedStyle(document.querySelector('.spinner')).animationName") == "none"
     consent.wait_until_shown()  # closed mid-way through the start page's redirect, close() once hung
-    consent.page.close()
+    consent.close()
 
 
 def test_theme_and_z_index_apply_and_a_strict_csp_sees_no_violation(partner: PartnerPage, modal: ConnectModal) -> None:
@@ -488,7 +488,7 @@ def test_coop_on_the_provider_page_does_not_stop_completion(page: Page, coop_sta
 def test_popup_closed_by_the_user_returns_to_the_form_with_a_message(partner: PartnerPage, modal: ConnectModal) -> None:
     open_modal(partner, modal)
     consent = modal.start_oauth().wait_until_shown()
-    consent.page.close()
+    consent.close()
     expect(modal.alert).to_have_text(EN["popupClosed"], timeout=15_000)
     expect(modal.waiting).to_be_hidden()
     expect(modal.connect_button).to_have_text(EN["connect"])

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from playwright.sync_api import Page
 
+from e2e.browser import close_settled
+
 
 class ConsentPage:
     """The sandbox CRM's OAuth consent page ("Allow" / "Deny")."""
@@ -22,6 +24,11 @@ class ConsentPage:
 
     def deny(self) -> None:
         self.wait_until_shown().deny_button.click()
+
+    def close(self) -> None:
+        """The person closes the pop-up (once its consent page is there: see close_settled)."""
+        self.wait_until_shown()
+        close_settled(self.page)
 
 
 class BankRefreshPage:
