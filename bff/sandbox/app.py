@@ -267,14 +267,7 @@ class Sandbox:
         page_size = _page_size(request, "page_size")
         page = _int_param(request, "page", 1, minimum=1)
         results, total = _numbered_page(table, _updated_after(request), page, page_size)
-        body = {
-            "results": results,
-            "page": page,
-            "page_size": page_size,
-            "page_count": math.ceil(total / page_size),
-            "total": total,
-        }
-        return JSONResponse(body), len(results)
+        return _numbered_answer(results, page, page_size, total), len(results)
 
     async def deleted_records(self, request: Request) -> tuple[Response, int]:
         """Records deleted in one division, oldest first, paged like the invoices:
@@ -294,14 +287,7 @@ class Sandbox:
             }
             for row in rows
         ]
-        body = {
-            "results": results,
-            "page": page,
-            "page_size": page_size,
-            "page_count": math.ceil(total / page_size),
-            "total": total,
-        }
-        return JSONResponse(body), len(results)
+        return _numbered_answer(results, page, page_size, total), len(results)
 
     async def entity_types(self, request: Request) -> tuple[Response, int]:
         self.require_accounting(request)
@@ -482,6 +468,18 @@ def _updated_after(request: Request, name: str = "updated_after") -> float | Non
         return parse_iso(raw)
     except ValueError:
         raise ApiError(400, "invalid_request", f"{name} must be an ISO-8601 date-time.") from None
+
+
+def _numbered_answer(results: list[dict[str, Any]], page: int, page_size: int, total: int) -> JSONResponse:
+    """A page of an Exact-style numbered list: ``{results, page, page_size, page_count, total}``."""
+    body = {
+        "results": results,
+        "page": page,
+        "page_size": page_size,
+        "page_count": math.ceil(total / page_size),
+        "total": total,
+    }
+    return JSONResponse(body)
 
 
 def _numbered_page(table: Table, updated_after: float | None, page: int, size: int) -> tuple[list[Record], int]:
