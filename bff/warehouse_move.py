@@ -63,7 +63,7 @@ class Moved:
 async def move_customer(warehouse: Warehouse, sub_account_id: int, target: str) -> Moved:
     """Move the customer's database to the warehouse server named ``target`` (``host:port``)."""
     servers = warehouse.servers
-    if target not in servers.names:
+    if not servers.knows(target):
         raise MoveRefused(f"{target} is not a warehouse server (BFF_WAREHOUSE_URLS has {', '.join(servers.names)})")
     started = time.monotonic()
     async with servers.store.connection() as lock:

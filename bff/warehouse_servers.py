@@ -41,6 +41,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from .connectors.retry import LongWait
+from .crypto import DecryptionError, Vault
 from .db import DatabaseUnavailable
 from .errors import BFFError
 from .store import Store
@@ -252,10 +253,14 @@ class CustomerConnections:
 class WarehouseServers:
     """The configured servers, the placements, and pooled connections to customer databases."""
 
-    def __init__(self, store: Store, urls: Sequence[str] = ()) -> None:
+    def __init__(self, store: Store, urls: Sequence[str] = (), *, vault: Vault | None = None) -> None:
         self.store = store
         self.placements = PlacementStore(store)
+        self._vault = vault
         self._urls: dict[str, str] = {}
+        # Servers a partner gave one customer (PUT /api/partner/sub-account/{id}/warehouse): their
+        # URLs are kept encrypted in the placements and learnt here on first need; never placed on.
+        self._own: dict[str, str] = {}
         for url in urls or (store.url,):
             self._urls.setdefault(server_name(url), url)
         self._pools: dict[tuple[str, str], AsyncConnectionPool[Any]] = {}
@@ -270,7 +275,7 @@ class WarehouseServers:
     def url(self, server: str, database: str | None = None, **overrides: Any) -> str:
         """The admin URL of ``server`` (of ``database`` on it); an unknown server is a one-line error."""
         try:
-            url = self._urls[server]
+            url = self._urls[server] if server in self._urls else self._own[server]
         except KeyError:
             raise DatabaseUnavailable(
                 f"warehouse server {server} is not in BFF_WAREHOUSE_URLS (a customer's database is there)"
@@ -280,10 +285,42 @@ class WarehouseServers:
         return make_conninfo(url, **overrides) if overrides else url
 
     def add(self, url: str) -> str:
-        """Use one more server (a customer brought its own, or a test's second server)."""
+        """Use one more server for new customers (a test's second server)."""
         name = server_name(url)
         self._urls.setdefault(name, url)
         return name
+
+    def knows(self, server: str) -> bool:
+        return server in self._urls or server in self._own
+
+    def add_own(self, url: str) -> str:
+        """A server one customer brought: known by name, never chosen for another customer."""
+        name = server_name(url)
+        if name not in self._urls:
+            self._own[name] = url
+        return name
+
+    def own_url_aad(self, sub_account_id: int) -> bytes:
+        return f"warehouse-url:{sub_account_id}".encode()
+
+    async def learn(self, server: str) -> None:
+        """Know ``server`` if it is a customer's own (its URL decrypted from the placements)."""
+        if server in self._urls or server in self._own or self._vault is None:
+            return
+        rows = await self.store._all(
+            "SELECT sub_account_id, own_url FROM warehouse_placements"
+            " WHERE (server = %s OR moving_to = %s) AND own_url IS NOT NULL",
+            (server, server),
+        )
+        for row in rows:
+            try:
+                url = self._vault.decrypt(bytes.fromhex(row["own_url"]), self.own_url_aad(row["sub_account_id"]))
+            except (DecryptionError, ValueError):
+                logger.warning("the own warehouse URL of sub-account %s does not decrypt", row["sub_account_id"])
+                continue
+            if server_name(url.decode()) == server:
+                self.add_own(url.decode())
+                return
 
     # -- connections -------------------------------------------------------------------------
 
@@ -291,6 +328,7 @@ class WarehouseServers:
         key = (placement.server, placement.database)
         pool = self._pools.get(key)
         if pool is None:
+            await self.learn(placement.server)
             async with self._lock:
                 pool = self._pools.get(key)
                 if pool is None:
@@ -380,6 +418,7 @@ class WarehouseServers:
 
     async def admin(self, server: str) -> AsyncConnection[Any]:
         """An autocommit connection to the server's own database (for CREATE/DROP DATABASE and roles)."""
+        await self.learn(server)
         return await AsyncConnection.connect(self.url(server), autocommit=True, row_factory=dict_row)
 
     # -- placing customers ---------------------------------------------------------------------
@@ -393,6 +432,7 @@ class WarehouseServers:
         """Where the customer's database is; with ``create``, it is made on first need."""
         found = await self.placements.get(sub_account_id)
         if found is not None and found.ready:
+            await self.learn(found.server)
             return found
         if not create:
             return None
