@@ -650,6 +650,8 @@ class QueryTables:
             port_row = await cur.fetchone()
         parts = conninfo_to_dict(self.warehouse.servers.url(placement.server))
         host = public_host or str(parts.get("host") or "localhost")
+        if host.startswith("/"):  # the embedded server's socket: BI tools reach it over TCP (scram)
+            host = "127.0.0.1"
         return DatabaseCredentials(
             host=host,
             port=int(port_row["port"]) if port_row else int(parts.get("port") or 5432),
