@@ -10,11 +10,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
 
 from ..auth import require_partner, services
-from ..errors import ApiError, validation_error
-from ..http import Pagination, api_route, read_json
+from ..contract.requests import WebhookSettings
+from ..errors import ApiError
+from ..http import Pagination, api_route, parse_body
 from ..store import iso
 from ..store.webhooks import WebhookConfig
-from ..webhooks import EVENT_TYPES, UnsafeTarget, validate_url
+from ..webhooks import EVENT_TYPES
 
 NO_STORE = {"Cache-Control": "no-store"}
 
@@ -31,35 +32,12 @@ def config_dict(config: WebhookConfig, secret: str | None = None) -> dict[str, A
     return body
 
 
-def parse_events(value: Any) -> list[str]:
-    if value is None:
-        return [e for e in EVENT_TYPES]
-    if not isinstance(value, list) or not value or not all(isinstance(e, str) for e in value):
-        raise validation_error({"events": f"Must be a non-empty list of event types: {', '.join(EVENT_TYPES)}."})
-    unknown = [e for e in value if e not in EVENT_TYPES]
-    if unknown:
-        raise validation_error(
-            {"events": f"Unknown event type(s): {', '.join(unknown)}. Known: {', '.join(EVENT_TYPES)}."}
-        )
-    return list(dict.fromkeys(value))
-
-
 async def put_webhook(request: Request) -> JSONResponse:
     """Set the webhook URL and events; ``secret`` is returned when the webhook is created."""
     partner = await require_partner(request)
-    data = await read_json(request)
-    errors: dict[str, str] = {}
-    unknown = [key for key in data if key not in ("url", "events")]
-    for key in unknown:
-        errors[key] = "Unknown field; send url and events."
-    try:
-        url = validate_url(data.get("url"))
-    except UnsafeTarget as exc:
-        errors["url"] = str(exc)
-    if errors:
-        raise validation_error(errors)
-    events = parse_events(data.get("events"))
-    config, secret = await services(request).webhooks.configure(partner.id, url, events)
+    settings = await parse_body(request, WebhookSettings)
+    events = list(settings.events or EVENT_TYPES)
+    config, secret = await services(request).webhooks.configure(partner.id, settings.url, events)
     return JSONResponse(config_dict(config, secret), status_code=201 if secret else 200, headers=NO_STORE)
 
 
