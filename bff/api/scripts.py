@@ -34,7 +34,7 @@ async def _caller(request: Request, *, own_state: bool = False) -> Caller:
     caller = await require_back_end(request, what="Scripts")
     run_id = caller.claims.script_run_id
     if run_id is not None:
-        run = await scripts(request).table.get_run(run_id)
+        run = await scripts(request).run(run_id)
         allowed = own_state and run is not None and run.script_id == request.path_params.get("script_id")
         if not allowed:
             raise token_not_allowed("A script's token can read and save its own state only, not manage scripts.")
@@ -44,7 +44,7 @@ async def _caller(request: Request, *, own_state: bool = False) -> Caller:
 async def _own_script(request: Request, caller: Caller) -> Script:
     assert caller.sub_account is not None
     raw = request.path_params["script_id"]
-    script = await scripts(request).table.get(caller.sub_account.id, raw)
+    script = await scripts(request).find(caller.sub_account.id, raw)
     if script is None:
         raise not_found("No such script.")
     return script
@@ -55,7 +55,7 @@ async def create_script(request: Request) -> JSONResponse:
     caller = await _caller(request)
     assert caller.sub_account is not None
     given = await parse_body(request, ScriptCreate)
-    script = await scripts(request).table.create(caller.sub_account.id, given.name, given.raw_code, given.schedule)
+    script = await scripts(request).create(caller.sub_account.id, given.name, given.raw_code, given.schedule)
     return JSONResponse(script.public_dict(), status_code=201)
 
 
@@ -63,30 +63,28 @@ async def list_scripts(request: Request) -> JSONResponse:
     caller = await _caller(request)
     assert caller.sub_account is not None
     page = Pagination(request)
-    table = scripts(request).table
-    count, found = await table.list_scripts(caller.sub_account.id, offset=page.offset, limit=page.limit)
-    last_runs = await table.last_runs([s.id for s in found])  # one query for the page
-    return JSONResponse(page.envelope(count, [s.public_dict(last_runs.get(s.id)) for s in found]))
+    count, views = await scripts(request).page(caller.sub_account.id, offset=page.offset, limit=page.limit)
+    return JSONResponse(page.envelope(count, views))
 
 
 async def get_script(request: Request) -> JSONResponse:
     script = await _own_script(request, await _caller(request))
-    return JSONResponse(script.public_dict(await scripts(request).table.last_run(script.id)))
+    return JSONResponse(await scripts(request).view(script))
 
 
 async def update_script(request: Request) -> JSONResponse:
     """Change the name, code or schedule; a changed schedule counts from now."""
     script = await _own_script(request, await _caller(request))
     change = await parse_body(request, ScriptChange)
-    changed = await scripts(request).table.update(
+    changed = await scripts(request).change(
         script,
-        name=UNSET if change.name is None else change.name,
-        raw_code=UNSET if change.raw_code is None else change.raw_code,
+        name=change.name,
+        raw_code=change.raw_code,
         schedule=change.schedule if "schedule" in change.model_fields_set else UNSET,
     )
     if changed is None:
         raise not_found("No such script.")
-    return JSONResponse(changed.public_dict(await scripts(request).table.last_run(changed.id)))
+    return JSONResponse(await scripts(request).view(changed))
 
 
 async def delete_script(request: Request) -> Response:
@@ -94,7 +92,7 @@ async def delete_script(request: Request) -> Response:
     caller = await _caller(request)
     assert caller.sub_account is not None
     script = await _own_script(request, caller)
-    await scripts(request).table.delete(caller.sub_account.id, script.id)
+    await scripts(request).delete(caller.sub_account.id, script.id)
     return Response(status_code=204)
 
 
@@ -123,14 +121,14 @@ async def list_runs(request: Request) -> JSONResponse:
     """The script's runs, newest first: status, times, exit code, output (last 64 KB) and error."""
     script = await _own_script(request, await _caller(request))
     page = Pagination(request, default_size=20)
-    count, runs = await scripts(request).table.list_runs(script.id, offset=page.offset, limit=page.limit)
+    count, runs = await scripts(request).runs(script.id, offset=page.offset, limit=page.limit)
     return JSONResponse(page.envelope(count, [run.public_dict() for run in runs]))
 
 
 async def get_run(request: Request) -> JSONResponse:
     script = await _own_script(request, await _caller(request))
     run_id = request.path_params["run_id"]
-    run = await scripts(request).table.get_run(run_id)
+    run = await scripts(request).run(run_id)
     if run is None or run.script_id != script.id:
         raise not_found("No such run.")
     return JSONResponse(run.public_dict())
@@ -138,14 +136,14 @@ async def get_run(request: Request) -> JSONResponse:
 
 async def get_state(request: Request) -> JSONResponse:
     script = await _own_script(request, await _caller(request, own_state=True))
-    return JSONResponse({"state": await scripts(request).table.get_state(script.id)})
+    return JSONResponse({"state": await scripts(request).state(script.id)})
 
 
 async def put_state(request: Request) -> JSONResponse:
     """``{"state": <any JSON>}``, at most 1 MB; kept for the script's next runs."""
     script = await _own_script(request, await _caller(request, own_state=True))
     state = (await parse_body(request, ScriptStateBody)).state
-    await scripts(request).table.set_state(script.id, state)
+    await scripts(request).save_state(script.id, state)
     return JSONResponse({"state": state})
 
 

@@ -44,7 +44,7 @@ async def put_webhook(request: Request) -> JSONResponse:
 async def get_webhook(request: Request) -> JSONResponse:
     """The webhook's URL and events (never its secret)."""
     partner = await require_partner(request)
-    config = await services(request).webhooks.table.get(partner.id)
+    config = await services(request).webhooks.config(partner.id)
     if config is None:
         raise ApiError(404, "webhook_not_configured", "No webhook is configured; PUT /api/partner/webhook sets one.")
     return JSONResponse(config_dict(config))
@@ -52,7 +52,7 @@ async def get_webhook(request: Request) -> JSONResponse:
 
 async def delete_webhook(request: Request) -> Response:
     partner = await require_partner(request)
-    if not await services(request).webhooks.table.delete(partner.id):
+    if not await services(request).webhooks.remove(partner.id):
         raise ApiError(404, "webhook_not_configured", "No webhook is configured.")
     return Response(status_code=204)
 
@@ -60,12 +60,10 @@ async def delete_webhook(request: Request) -> Response:
 async def rotate_secret(request: Request) -> JSONResponse:
     """A new secret, used for every attempt from now on (retries of older events included)."""
     partner = await require_partner(request)
-    webhooks = services(request).webhooks
-    secret = await webhooks.rotate_secret(partner.id)
-    if secret is None:
+    rotated = await services(request).webhooks.rotate_secret(partner.id)
+    if rotated is None:
         raise ApiError(404, "webhook_not_configured", "No webhook is configured; PUT /api/partner/webhook sets one.")
-    config = await webhooks.table.get(partner.id)
-    assert config is not None
+    config, secret = rotated
     return JSONResponse(config_dict(config, secret), headers=NO_STORE)
 
 
@@ -73,9 +71,7 @@ async def list_deliveries(request: Request) -> JSONResponse:
     """Deliveries, newest first, each with every attempt."""
     partner = await require_partner(request)
     page = Pagination(request, default_size=20)
-    count, results = await services(request).webhooks.table.list_deliveries(
-        partner.id, offset=page.offset, limit=page.limit
-    )
+    count, results = await services(request).webhooks.deliveries(partner.id, offset=page.offset, limit=page.limit)
     return JSONResponse(page.envelope(count, results))
 
 
