@@ -143,7 +143,9 @@ def build_services(
         sandbox_app = create_sandbox_app(options, clock=clock, state_dir=settings.data_dir)
         transport = SandboxTransport(sandbox_app, settings.sandbox_url, transport)
     queue = JobQueue(url, heartbeat_seconds=settings.heartbeat_seconds, stalled_seconds=settings.stalled_seconds)
-    servers = WarehouseServers(store, [url.reveal() for url in settings.warehouse_urls])
+    servers = WarehouseServers(
+        store, [url.reveal() for url in settings.warehouse_urls], vault=Vault(settings.encryption_key)
+    )
     warehouse = Warehouse(store, servers, clock=clock)
     # One keep-alive client for every provider call of this process, which keeps no cookies.
     http = httpx.AsyncClient(

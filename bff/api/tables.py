@@ -25,6 +25,7 @@ from ..errors import ApiError, not_found
 from ..http import api_route, parse_body
 from ..query_tables import QueryTable
 from ..store import SubAccount
+from ..warehouse_own import bring_own_server
 
 EXPORT_CHUNK = 256 * 1024
 
@@ -177,6 +178,21 @@ async def export_sub_account(request: Request) -> Response:
     )
 
 
+async def set_own_warehouse(request: Request) -> JSONResponse:
+    """``PUT /api/partner/sub-account/{id}/warehouse {"url": …}``: this customer's database on a
+    PostgreSQL server of its own (checked first; moved there if it is elsewhere). The URL is kept
+    encrypted and never shown again."""
+    account = await _partners_sub_account(request)
+    data = await read_json(request)
+    unknown = {key: "Unknown field; send url." for key in set(data) - {"url"}}
+    if unknown:
+        raise validation_error(unknown)
+    svc = services(request)
+    placed = await bring_own_server(svc.warehouse, svc.vault, account.id, data.get("url"))
+    logger.info("sub-account %s now has its own warehouse server %s", account.id, placed["server"])
+    return JSONResponse(placed, headers={"Cache-Control": "no-store"})
+
+
 async def delete_sub_account(request: Request) -> Response:
     """Delete a sub-account: its connections, runs, scripts and query tables, then its database and
     every role of it."""
@@ -197,5 +213,6 @@ def routes() -> list[BaseRoute]:
             "/api/partner/sub-account/{account_id:int}/database-credentials", database_credentials, methods=["POST"]
         ),
         *api_route("/api/partner/sub-account/{account_id:int}/export", export_sub_account, methods=["GET"]),
+        *api_route("/api/partner/sub-account/{account_id:int}/warehouse", set_own_warehouse, methods=["PUT"]),
         *api_route("/api/partner/sub-account/{account_id:int}", delete_sub_account, methods=["DELETE"]),
     ]

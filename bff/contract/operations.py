@@ -135,6 +135,12 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         ok(NO_BODY, "The customer's database as a pg_dump archive (custom format, for pg_restore)"),
         content_type="application/octet-stream",
     ),
+    ("PUT", "/api/partner/sub-account/{account_id}/warehouse"): Operation(
+        "setSubAccountWarehouse",
+        PARTNER,
+        ok(rs.OwnWarehouse, "The customer's database is on that server (moved there if it was elsewhere)"),
+        body=rq.OwnWarehouseRequest,
+    ),
     ("DELETE", "/api/partner/sub-account/{account_id}"): Operation(
         "deleteSubAccount", PARTNER, {204: (NO_BODY, "Deleted, with its database and roles")}
     ),

@@ -362,6 +362,13 @@ class DatabaseCredentialsRequest(Body):
     write: bool = Field(default=False, description="A login that may also write the customer's own database.")
 
 
+class OwnWarehouseRequest(Body):
+    url: Annotated[str, Field(min_length=1, max_length=2000)] = Field(
+        description="The customer's own PostgreSQL (14+): postgresql://user:password@host:port/db of a role with"
+        " CREATEDB and CREATEROLE. Kept encrypted; never shown again."
+    )
+
+
 # -- writeback ------------------------------------------------------------------------------------------------
 
 
