@@ -83,6 +83,7 @@ CASES: dict[tuple[str, str], tuple[tuple[dict[str, Any], str], tuple[dict[str, A
         ({"x": 1}, "external_id"),
     ),
     ("POST", "/api/partner/sub-account/{account_id}/database-credentials"): (({"write": "yes"}, "write"), None),
+    ("PUT", "/api/partner/sub-account/{account_id}/warehouse"): (({"url": 5}, "url"), ({"x": "y"}, "url")),
     ("PUT", "/api/partner/webhook"): (({"url": 5}, "url"), ({"events": ["sync.finished"]}, "url")),
     ("POST", "/api/servers"): (
         ({"servertype_id": "sandbox_crm", "oauth_strict": "yes"}, "oauth_strict"),

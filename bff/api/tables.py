@@ -20,7 +20,13 @@ from starlette.routing import BaseRoute
 
 from .. import auth
 from ..auth import require_partner, services
-from ..contract.requests import DatabaseCredentialsRequest, QueryRun, QueryTableChange, QueryTableCreate
+from ..contract.requests import (
+    DatabaseCredentialsRequest,
+    OwnWarehouseRequest,
+    QueryRun,
+    QueryTableChange,
+    QueryTableCreate,
+)
 from ..errors import ApiError, not_found
 from ..http import api_route, parse_body
 from ..query_tables import QueryTable
@@ -183,12 +189,9 @@ async def set_own_warehouse(request: Request) -> JSONResponse:
     PostgreSQL server of its own (checked first; moved there if it is elsewhere). The URL is kept
     encrypted and never shown again."""
     account = await _partners_sub_account(request)
-    data = await read_json(request)
-    unknown = {key: "Unknown field; send url." for key in set(data) - {"url"}}
-    if unknown:
-        raise validation_error(unknown)
+    url = (await parse_body(request, OwnWarehouseRequest)).url
     svc = services(request)
-    placed = await bring_own_server(svc.warehouse, svc.vault, account.id, data.get("url"))
+    placed = await bring_own_server(svc.warehouse, svc.vault, account.id, url)
     logger.info("sub-account %s now has its own warehouse server %s", account.id, placed["server"])
     return JSONResponse(placed, headers={"Cache-Control": "no-store"})
 

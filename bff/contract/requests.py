@@ -21,11 +21,12 @@ from pydantic import (
 from pydantic.json_schema import SkipJsonSchema
 
 from ..connector_text import LOCALES
-from ..errors import ApiError, validation_error
+from ..errors import ApiError, Invalid, validation_error
 from ..external_ids import normalise_external_id
 from ..query_tables import MAX_QUERY_LENGTH
 from ..scripts.service import MAX_SCHEDULE, MIN_SCHEDULE
 from ..services.schedules import MAX_SYNC_FREQUENCY, MIN_SYNC_FREQUENCY
+from ..warehouse_own import NOT_A_POSTGRESQL_URL, parse_url
 from ..webhooks import EVENT_TYPES
 from .input import Body, FieldsRefused, FormBody, OpenBody, blank_is_absent, context_of, text
 
@@ -363,10 +364,21 @@ class DatabaseCredentialsRequest(Body):
 
 
 class OwnWarehouseRequest(Body):
+    say = {"*unknown": "Unknown field; send url.", "url:missing": NOT_A_POSTGRESQL_URL}
+
     url: Annotated[str, Field(min_length=1, max_length=2000)] = Field(
         description="The customer's own PostgreSQL (14+): postgresql://user:password@host:port/db of a role with"
         " CREATEDB and CREATEROLE. Kept encrypted; never shown again."
     )
+
+    @field_validator("url", mode="before")
+    @classmethod
+    def _a_postgresql_url(cls, value: Any) -> Any:
+        try:
+            parse_url(value)  # the same checks the move makes, with their words
+        except Invalid as exc:
+            raise FieldsRefused(exc.errors or {}) from None
+        return value
 
 
 # -- writeback ------------------------------------------------------------------------------------------------
