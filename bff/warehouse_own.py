@@ -41,12 +41,15 @@ def _refused(code: str, detail: str) -> ApiError:
     return ApiError(422, code, detail)
 
 
+NOT_A_POSTGRESQL_URL = (
+    f"A PostgreSQL URL (postgresql://user:password@host:port/db), at most {MAX_URL_LENGTH} characters."
+)
+
+
 def parse_url(url: object) -> str:
     """The URL as a conninfo with a short connect timeout; a 400 for what is not a usable URL."""
     if not isinstance(url, str) or not url.strip() or len(url) > MAX_URL_LENGTH:
-        raise validation_error(
-            {"url": f"A PostgreSQL URL (postgresql://user:password@host:port/db), at most {MAX_URL_LENGTH} characters."}
-        )
+        raise validation_error({"url": NOT_A_POSTGRESQL_URL})
     try:
         parts = conninfo_to_dict(url.strip())
     except psycopg.ProgrammingError:

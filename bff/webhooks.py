@@ -272,8 +272,21 @@ class Webhooks:
         """Set the URL and events; a secret is made (and returned, once) only on first creation."""
         return await configure_webhook(self.table, self.vault, partner_id, url, events)
 
-    async def rotate_secret(self, partner_id: int) -> str | None:
-        return await rotate_webhook_secret(self.table, self.vault, partner_id)
+    async def rotate_secret(self, partner_id: int) -> tuple[WebhookConfig, str] | None:
+        """The webhook with its new secret (None: no webhook)."""
+        secret = await rotate_webhook_secret(self.table, self.vault, partner_id)
+        config = None if secret is None else await self.table.get(partner_id)
+        return None if config is None or secret is None else (config, secret)
+
+    async def config(self, partner_id: int) -> WebhookConfig | None:
+        return await self.table.get(partner_id)
+
+    async def remove(self, partner_id: int) -> bool:
+        return await self.table.delete(partner_id)
+
+    async def deliveries(self, partner_id: int, *, offset: int, limit: int) -> tuple[int, list[dict[str, Any]]]:
+        """Deliveries, newest first, each with every attempt."""
+        return await self.table.list_deliveries(partner_id, offset=offset, limit=limit)
 
     def secret_of(self, config: WebhookConfig) -> str:
         return webhook_secret(self.vault, config)

@@ -12,7 +12,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from ..errors import Conflict
-from .base import UNSET, Unset, assignments, build, given, insert_logs
+from .base import UNSET, Unset, assignments, build, given, insert_logs, last_per_parent
 from .connections import HealthChange, guarded, health_change
 
 if TYPE_CHECKING:
@@ -129,23 +129,12 @@ class RunStore:
         )
 
     async def last(self, connection_id: int) -> Run | None:
-        return build(
-            Run,
-            await self._store._one(
-                f"SELECT {RUN_COLUMNS} FROM runs WHERE connection_id = %s ORDER BY id DESC LIMIT 1", (connection_id,)
-            ),
-        )
+        return (await self.last_of([connection_id])).get(connection_id)
 
     async def last_of(self, connection_ids: Sequence[int]) -> dict[int, Run]:
         """The last run of each of these connections (those that ran), in one query."""
-        if not connection_ids:
-            return {}
-        rows = await self._store._all(
-            f"SELECT DISTINCT ON (connection_id) {RUN_COLUMNS} FROM runs WHERE connection_id = ANY(%s)"
-            " ORDER BY connection_id, id DESC",
-            (list(connection_ids),),
-        )
-        return {int(row["connection_id"]): Run(**row) for row in rows}
+        rows = await last_per_parent(self._store, "runs", "connection_id", RUN_COLUMNS, connection_ids)
+        return {connection_id: Run(**row) for connection_id, row in rows.items()}
 
     async def list_page(self, connection_id: int, *, offset: int, limit: int) -> tuple[int, list[Run]]:
         count = await self._store._one("SELECT COUNT(*) AS n FROM runs WHERE connection_id = %s", (connection_id,))
