@@ -679,7 +679,7 @@ class Warehouse:
     async def drop_customer(self, sub_account_id: int) -> bool:
         """The customer's database and roles, dropped, and its tables forgotten (a deleted sub-account)."""
         placement = await self.servers.placements.get(sub_account_id)
-        self._plans = {k: v for k, v in self._plans.items() if k[0] != sub_account_id}
+        self.forget_customer(sub_account_id)
         if placement is None:
             return False
         await self.servers.drop_database(placement)
@@ -688,6 +688,10 @@ class Warehouse:
         await self.servers.placements.delete(sub_account_id)
         logger.info("dropped the warehouse database of sub-account %s on %s", sub_account_id, placement.server)
         return True
+
+    def forget_customer(self, sub_account_id: int) -> None:
+        """Forget what this process knows of the customer's tables (dropped, or moved elsewhere)."""
+        self._plans = {k: v for k, v in self._plans.items() if k[0] != sub_account_id}
 
     # -- tables -------------------------------------------------------------------------------
 
@@ -715,8 +719,11 @@ class Warehouse:
 
     async def _exists(self, table: WarehouseTable) -> bool:
         async with self.store.connection() as conn:
+            # ... where it was made: a customer moved to another server (by another process) is written there.
             cur = await conn.execute(
-                "SELECT 1 AS found FROM warehouse_tables WHERE id = %s AND schema_name = %s", (table.id, table.schema)
+                "SELECT 1 AS found FROM warehouse_tables t JOIN warehouse_placements p USING (sub_account_id)"
+                " WHERE t.id = %s AND t.schema_name = %s AND p.server = %s AND p.database = %s",
+                (table.id, table.schema, table.placement.server, table.placement.database),
             )
             return await cur.fetchone() is not None
 

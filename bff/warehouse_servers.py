@@ -30,7 +30,7 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from .connectors.retry import LongWait
 from .db import DatabaseUnavailable
 from .errors import BFFError
 from .store import Store
@@ -123,6 +124,26 @@ class DatabaseBusy(BFFError):
         )
 
 
+MOVING_RETRY_SECONDS = 3.0
+
+
+class WarehouseMoving(LongWait, BFFError):
+    """The customer's database is being moved to another server (``bff warehouse move``): its
+    writes are refused until the move is over. An API request is answered ``503 warehouse_moving``;
+    a sync waits (a long wait: it saves its place and goes on from its cursors once moved)."""
+
+    status = 503
+    code = "warehouse_moving"
+
+    def __init__(self) -> None:
+        reason = "the customer's database is being moved to another server"
+        Exception.__init__(self, reason)
+        self.delay, self.reason = MOVING_RETRY_SECONDS, reason
+        self.detail = "This customer's database is being moved to another server; retry in a few seconds."
+        self.errors, self.extra = None, {}
+        self.headers = {"Retry-After": str(int(MOVING_RETRY_SECONDS))}
+
+
 def server_name(url: str) -> str:
     """``host:port`` of a URL (a socket directory stands for the host), without user or password."""
     parts = conninfo_to_dict(url)
@@ -144,8 +165,17 @@ class CustomerConnections:
     closed after :data:`IDLE_SECONDS`. A connection goes back only when it is idle, after
     ``DISCARD ALL`` (what one query set in its session never reaches the next)."""
 
-    def __init__(self, conninfo: str, user: str, *, cap: int, wait_seconds: float) -> None:
+    def __init__(
+        self,
+        conninfo: str,
+        user: str,
+        *,
+        cap: int,
+        wait_seconds: float,
+        if_moving: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self._conninfo = conninfo
+        self._if_moving = if_moving
         self._user = user
         self._idle: collections.deque[tuple[AsyncConnection[Any], float]] = collections.deque()
         self.cap = cap
@@ -169,10 +199,12 @@ class CustomerConnections:
         try:
             conn = await self._take()
             yield conn
-        except BaseException:
+        except BaseException as exc:
             if conn is not None:
                 await conn.close()
                 conn = None
+            if isinstance(exc, psycopg.OperationalError) and self._if_moving is not None:
+                await self._if_moving()  # refused or ended by a move: 503 warehouse_moving
             raise
         finally:
             if conn is not None:
@@ -279,13 +311,37 @@ class WarehouseServers:
 
     @contextlib.asynccontextmanager
     async def connection(self, placement: Placement) -> AsyncIterator[AsyncConnection[Any]]:
-        """A connection of the BFF's own role to the customer's database (autocommit, dict rows)."""
+        """A connection of the BFF's own role to the customer's database (autocommit, dict rows).
+        What fails because the database is being moved (or has just moved) is :class:`WarehouseMoving`."""
         pool = await self._pool(placement)
         try:
             async with pool.connection() as conn:
                 yield conn
         except PoolTimeout:
+            await self._if_moving(pool, placement)
             raise DatabaseBusy() from None
+        except psycopg.Error:
+            await self._if_moving(pool, placement)
+            raise
+
+    async def _if_moving(self, pool: AsyncConnectionPool[Any], placement: Placement) -> None:
+        try:
+            await self.if_moving(placement)
+        except WarehouseMoving:
+            await pool.check()  # the move ended its sessions: the next caller gets a new one
+            raise
+
+    async def if_moving(self, placement: Placement) -> None:
+        """Raise :class:`WarehouseMoving` if the customer's database is being moved, or is no longer
+        where ``placement`` says (moved meanwhile). Asked only once something has failed."""
+        try:
+            now, target = await self.placements.moving_to(placement.sub_account_id)
+        except (psycopg.Error, DatabaseUnavailable):
+            return  # the original error says more
+        if now is not None and (
+            target is not None or (now.server, now.database) != (placement.server, placement.database)
+        ):
+            raise WarehouseMoving()
 
     @contextlib.asynccontextmanager
     async def transaction(self, placement: Placement) -> AsyncIterator[AsyncConnection[Any]]:
@@ -300,7 +356,9 @@ class WarehouseServers:
         found = self._customers.get(key)
         if found is None:
             conninfo = self.url(placement.server, placement.database, user=role, password=password)
-            found = self._customers[key] = CustomerConnections(conninfo, role, cap=cap, wait_seconds=wait_seconds)
+            found = self._customers[key] = CustomerConnections(
+                conninfo, role, cap=cap, wait_seconds=wait_seconds, if_moving=lambda: self.if_moving(placement)
+            )
         found.limit(cap, wait_seconds)
         return found
 
@@ -483,6 +541,7 @@ __all__ = [
     "DatabaseBusy",
     "Placement",
     "TooManyQueries",
+    "WarehouseMoving",
     "WarehouseServers",
     "server_name",
 ]
