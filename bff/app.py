@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -40,6 +41,7 @@ from .store import Store, migrate
 from .tokens import TokenAuthority
 from .warehouse import Warehouse
 from .warehouse_servers import WarehouseServers
+from .warehouse_upgrade import move_customer as upgrade_customer
 from .warehouse_upgrade import upgrade_warehouses
 from .webhooks import Webhooks
 
@@ -170,6 +172,7 @@ def build_services(
     runner = SyncRunner(runtime, warehouse, queue, events)
     # Runner roles' passwords are derived from the encryption key: nothing stores them.
     query_tables = QueryTables(store, warehouse, role_secret=settings.encryption_key.reveal().encode())
+    warehouse.upgrade_customer = functools.partial(upgrade_customer, warehouse, query_tables)
     schedules = Scheduler(runtime, runner, queue, enabled=settings.schedules_enabled)
     try:
         scripts = ScriptService(runtime, queue, events)

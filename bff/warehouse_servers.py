@@ -52,6 +52,10 @@ logger = logging.getLogger("bff.warehouse")
 ADMIN_CONNECTIONS = 6  # the BFF's own connections per customer database and process (sync pages, reads)
 ADMIN_WAIT_SECONDS = 30.0
 IDLE_SECONDS = 60.0  # connections unused this long are closed
+# A customer's pool (and its customer-role connections) unused this long is closed and forgotten, so
+# a process that served many customers does not keep a pool object (and its worker task) for each.
+EVICT_SECONDS = 600.0
+SWEEP_SECONDS = 60.0  # how often a look for such pools is taken (when a pool is asked for)
 # Customer SQL (query tables, /api/database/query/, scripts): per customer and process; more at
 # once wait up to CUSTOMER_WAIT_SECONDS for one, then are answered 429 too_many_queries.
 CUSTOMER_CONNECTIONS = 4
@@ -182,6 +186,8 @@ class CustomerConnections:
         self.cap = cap
         self._slots = asyncio.Semaphore(cap)
         self.wait_seconds = wait_seconds
+        self.out = 0  # connections in use now
+        self.last_used = time.monotonic()
 
     def limit(self, cap: int, wait_seconds: float) -> None:
         """Change the cap (connections already out give their slot back to the old one)."""
@@ -197,6 +203,7 @@ class CustomerConnections:
         except TimeoutError:
             raise TooManyQueries() from None
         conn: AsyncConnection[Any] | None = None
+        self.out += 1
         try:
             conn = await self._take()
             yield conn
@@ -208,6 +215,8 @@ class CustomerConnections:
                 await self._if_moving()  # refused or ended by a move: 503 warehouse_moving
             raise
         finally:
+            self.out -= 1
+            self.last_used = time.monotonic()
             if conn is not None:
                 await self._give_back(conn)
             slots.release()
@@ -264,6 +273,8 @@ class WarehouseServers:
         for url in urls or (store.url,):
             self._urls.setdefault(server_name(url), url)
         self._pools: dict[tuple[str, str], AsyncConnectionPool[Any]] = {}
+        self._pool_used: dict[tuple[str, str], float] = {}
+        self._swept = time.monotonic()
         self._customers: dict[tuple[str, str, str], CustomerConnections] = {}
         self._lock = asyncio.Lock()
         self._placing: dict[int, asyncio.Lock] = {}
@@ -324,8 +335,40 @@ class WarehouseServers:
 
     # -- connections -------------------------------------------------------------------------
 
+    @property
+    def open_pools(self) -> list[tuple[str, ...]]:
+        """What this process holds for customers: ``(server, database)`` of each pool and
+        ``(server, database, role)`` of each set of customer-role connections."""
+        return [*self._pools, *self._customers]
+
+    async def evict_idle(self, now: float | None = None) -> int:
+        """Close and forget the pools and customer-role connections unused for :data:`EVICT_SECONDS`
+        with nothing checked out; how many. They are made again on next need."""
+        now = time.monotonic() if now is None else now
+        evicted = 0
+        for key, pool in list(self._pools.items()):
+            stats = pool.get_stats()
+            in_use = stats.get("pool_size", 0) - stats.get("pool_available", 0) + stats.get("requests_waiting", 0)
+            if in_use > 0 or now - self._pool_used.get(key, now) < EVICT_SECONDS:
+                continue
+            del self._pools[key]
+            self._pool_used.pop(key, None)
+            await pool.close()
+            evicted += 1
+        for ckey, customer in list(self._customers.items()):
+            if customer.out or now - customer.last_used < EVICT_SECONDS:
+                continue
+            del self._customers[ckey]
+            await customer.close()
+            evicted += 1
+        return evicted
+
     async def _pool(self, placement: Placement) -> AsyncConnectionPool[Any]:
         key = (placement.server, placement.database)
+        now = self._pool_used[key] = time.monotonic()
+        if now - self._swept >= SWEEP_SECONDS:
+            self._swept = now
+            await self.evict_idle(now)
         pool = self._pools.get(key)
         if pool is None:
             await self.learn(placement.server)
@@ -403,6 +446,7 @@ class WarehouseServers:
     async def forget(self, placement: Placement) -> None:
         """Close every connection this process has to the customer's database."""
         pool = self._pools.pop((placement.server, placement.database), None)
+        self._pool_used.pop((placement.server, placement.database), None)
         if pool is not None:
             await pool.close()
         for key in [k for k in self._customers if k[:2] == (placement.server, placement.database)]:
