@@ -356,9 +356,12 @@ def cmd_warehouse_servers(args: argparse.Namespace) -> int:
     settings = load_settings(args)
 
     async def action(store: Any, tokens: Any) -> list[dict[str, Any]]:
+        from .crypto import Vault
         from .warehouse_servers import WarehouseServers
 
-        servers = WarehouseServers(store, [url.reveal() for url in settings.warehouse_urls])
+        servers = WarehouseServers(
+            store, [url.reveal() for url in settings.warehouse_urls], vault=Vault(settings.encryption_key)
+        )
         try:
             return await servers.describe()
         finally:
@@ -377,11 +380,13 @@ def cmd_warehouse_move(args: argparse.Namespace) -> int:
     settings = load_settings(args)
 
     async def action(store: Any, tokens: Any) -> dict[str, Any]:
+        from .crypto import Vault
         from .warehouse import Warehouse
         from .warehouse_move import move_customer
         from .warehouse_servers import WarehouseServers
 
-        warehouse = Warehouse(store, WarehouseServers(store, [url.reveal() for url in settings.warehouse_urls]))
+        urls = [url.reveal() for url in settings.warehouse_urls]
+        warehouse = Warehouse(store, WarehouseServers(store, urls, vault=Vault(settings.encryption_key)))
         try:
             return (await move_customer(warehouse, args.sub_account, args.server)).as_dict()
         finally:

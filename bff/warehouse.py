@@ -658,6 +658,9 @@ class Warehouse:
         self.servers = servers or WarehouseServers(store)
         self._clock = clock
         self._plans: dict[tuple[Any, ...], tuple[WarehouseTable, _WritePlan]] = {}
+        # Moves a customer of an earlier release (a schema of the control database) into its own
+        # database (bff.warehouse_upgrade, set by the app): done before its first table is opened.
+        self.upgrade_customer: Callable[[int], Awaitable[object]] | None = None
 
     def now(self) -> float:
         return float(self._clock())
@@ -700,12 +703,21 @@ class Warehouse:
         key = (sub_account_id, connection_id, stream.name, stream.fields, stream.primary_key)
         cached = self._plans.get(key)
         if cached is None or not await self._exists(cached[0]):
+            if self.upgrade_customer is not None and await self._legacy(sub_account_id):
+                # Its tables move first, or this one would be made anew, empty, beside the old one.
+                await self.upgrade_customer(sub_account_id)
             placement = await self.placement(sub_account_id, create=True)
             assert placement is not None
             table = await self._ensure_table(placement, connection_id, stream)
             plan = _plan(table, stream, brin_index=await self._brin_index(table))
             cached = self._plans[key] = (table, plan)
         return TableWriter(self, *cached)
+
+    async def _legacy(self, sub_account_id: int) -> bool:
+        async with self.store.connection() as conn:
+            cur = await conn.execute("SELECT warehouse_schema FROM sub_accounts WHERE id = %s", (sub_account_id,))
+            row = await cur.fetchone()
+        return bool(row and row["warehouse_schema"])
 
     async def _brin_index(self, table: WarehouseTable) -> int | None:
         async with self.servers.connection(table.placement) as conn:

@@ -42,6 +42,7 @@ from .warehouse_servers import ROLE_SUFFIXES, WarehouseServers, libpq_environmen
 logger = logging.getLogger("bff.warehouse")
 
 DRAIN_SECONDS = 10.0  # how long transactions going when the move starts may take to end
+TERMINATE_ROUNDS = 12  # rounds of ending the sessions left (each waits up to 5 s for them)
 
 
 class MoveRefused(Exception):
@@ -63,7 +64,7 @@ class Moved:
 async def move_customer(warehouse: Warehouse, sub_account_id: int, target: str) -> Moved:
     """Move the customer's database to the warehouse server named ``target`` (``host:port``)."""
     servers = warehouse.servers
-    if target not in servers.names:
+    if not servers.knows(target):
         raise MoveRefused(f"{target} is not a warehouse server (BFF_WAREHOUSE_URLS has {', '.join(servers.names)})")
     started = time.monotonic()
     async with servers.store.connection() as lock:
@@ -102,8 +103,8 @@ async def move_customer(warehouse: Warehouse, sub_account_id: int, target: str) 
 
 
 async def _copy(servers: WarehouseServers, source: Placement, target: Placement) -> None:
-    await _close(servers, source)
     try:
+        await _close(servers, source)
         with tempfile.TemporaryDirectory(prefix="bff-move-") as tmp:
             archive = Path(tmp) / "database.dump"
             await _run(
@@ -171,13 +172,15 @@ async def _close(servers: WarehouseServers, placement: Placement) -> None:
                 "SELECT pid, xact_start FROM pg_stat_activity WHERE pid = ANY(%s)", ([pid for pid, _ in going],)
             )
             going &= {(r["pid"], r["xact_start"]) for r in await cur.fetchall()}
-        while True:  # then end every session opened before the close (new ones cannot write)
+        for _ in range(TERMINATE_ROUNDS):  # then end every session opened before the close (new ones cannot write)
             cur = await conn.execute(
                 f"SELECT pid, pg_terminate_backend(pid, 5000) AS ended FROM pg_stat_activity WHERE {others}",
                 (placement.database, closed),
             )
             if not await cur.fetchall():
                 break
+        else:
+            raise DatabaseUnavailable(f"sessions of {placement.database} did not end; the move stopped")
     finally:
         await conn.close()
 

@@ -517,7 +517,7 @@ class SyncRunner:
         records: dict[str, int] | None,
         logs: list[tuple[str, str]],
     ) -> None:
-        ended = await lifecycle.conclude_run(
+        await lifecycle.conclude_run(
             self.store,
             self.events,
             run.id,
@@ -531,10 +531,6 @@ class SyncRunner:
         waiting = self._ended.pop(run.connection_id, None)
         if waiting is not None:
             waiting.set()
-        if ended:
-            finished = await self.store.runs.get(run.id)
-            if finished is not None:
-                await self.events.run_finished(finished)
 
 
 async def _batches(
