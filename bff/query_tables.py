@@ -646,10 +646,14 @@ class QueryTables:
             await self._login(
                 conn, placement, login, password, write=write, connection_limit=SQL_LOGIN_CONNECTION_LIMIT
             )
-            cur = await conn.execute("SELECT current_setting('port') AS port")
+            cur = await conn.execute(
+                "SELECT current_setting('port') AS port, current_setting('listen_addresses') <> '' AS tcp"
+            )
             port_row = await cur.fetchone()
         parts = conninfo_to_dict(self.warehouse.servers.url(placement.server))
         host = public_host or str(parts.get("host") or "localhost")
+        if host.startswith("/") and port_row and port_row["tcp"]:  # a socket, and TCP too (the embedded server)
+            host = "127.0.0.1"
         return DatabaseCredentials(
             host=host,
             port=int(port_row["port"]) if port_row else int(parts.get("port") or 5432),

@@ -102,6 +102,8 @@ class Settings:
     sql_access: bool = False
     # The host name given out with those logins (default: the host of the database URL).
     sql_access_host: str | None = None
+    # The embedded server's TCP port while SQL access is on (scram passwords on every TCP login).
+    sql_access_port: int = 5433
     hsts: bool = False
     # Scheduled syncs (DESIGN §10): off, nothing syncs unless asked (tests of other features turn it off).
     schedules_enabled: bool = True
@@ -190,6 +192,7 @@ class Settings:
             ("BFF_SCRIPT_MEMORY_MB", "script_memory_mb"),
             ("BFF_SCRIPT_MAX_PROCESSES", "script_max_processes"),
             ("BFF_SCRIPT_MAX_OUTPUT_BYTES", "script_max_output_bytes"),
+            ("BFF_SQL_ACCESS_PORT", "sql_access_port"),
         ):
             if env.get(name):
                 values[field] = _parse_int(name, env[name])

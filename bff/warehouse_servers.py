@@ -30,7 +30,7 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,8 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from .connectors.retry import LongWait
+from .crypto import DecryptionError, Vault
 from .db import DatabaseUnavailable
 from .errors import BFFError
 from .store import Store
@@ -50,6 +52,10 @@ logger = logging.getLogger("bff.warehouse")
 ADMIN_CONNECTIONS = 6  # the BFF's own connections per customer database and process (sync pages, reads)
 ADMIN_WAIT_SECONDS = 30.0
 IDLE_SECONDS = 60.0  # connections unused this long are closed
+# A customer's pool (and its customer-role connections) unused this long is closed and forgotten, so
+# a process that served many customers does not keep a pool object (and its worker task) for each.
+EVICT_SECONDS = 600.0
+SWEEP_SECONDS = 60.0  # how often a look for such pools is taken (when a pool is asked for)
 # Customer SQL (query tables, /api/database/query/, scripts): per customer and process; more at
 # once wait up to CUSTOMER_WAIT_SECONDS for one, then are answered 429 too_many_queries.
 CUSTOMER_CONNECTIONS = 4
@@ -123,6 +129,26 @@ class DatabaseBusy(BFFError):
         )
 
 
+MOVING_RETRY_SECONDS = 3.0
+
+
+class WarehouseMoving(LongWait, BFFError):
+    """The customer's database is being moved to another server (``bff warehouse move``): its
+    writes are refused until the move is over. An API request is answered ``503 warehouse_moving``;
+    a sync waits (a long wait: it saves its place and goes on from its cursors once moved)."""
+
+    status = 503
+    code = "warehouse_moving"
+
+    def __init__(self) -> None:
+        reason = "the customer's database is being moved to another server"
+        Exception.__init__(self, reason)
+        self.delay, self.reason = MOVING_RETRY_SECONDS, reason
+        self.detail = "This customer's database is being moved to another server; retry in a few seconds."
+        self.errors, self.extra = None, {}
+        self.headers = {"Retry-After": str(int(MOVING_RETRY_SECONDS))}
+
+
 def server_name(url: str) -> str:
     """``host:port`` of a URL (a socket directory stands for the host), without user or password."""
     parts = conninfo_to_dict(url)
@@ -144,13 +170,24 @@ class CustomerConnections:
     closed after :data:`IDLE_SECONDS`. A connection goes back only when it is idle, after
     ``DISCARD ALL`` (what one query set in its session never reaches the next)."""
 
-    def __init__(self, conninfo: str, user: str, *, cap: int, wait_seconds: float) -> None:
+    def __init__(
+        self,
+        conninfo: str,
+        user: str,
+        *,
+        cap: int,
+        wait_seconds: float,
+        if_moving: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self._conninfo = conninfo
+        self._if_moving = if_moving
         self._user = user
         self._idle: collections.deque[tuple[AsyncConnection[Any], float]] = collections.deque()
         self.cap = cap
         self._slots = asyncio.Semaphore(cap)
         self.wait_seconds = wait_seconds
+        self.out = 0  # connections in use now
+        self.last_used = time.monotonic()
 
     def limit(self, cap: int, wait_seconds: float) -> None:
         """Change the cap (connections already out give their slot back to the old one)."""
@@ -166,15 +203,20 @@ class CustomerConnections:
         except TimeoutError:
             raise TooManyQueries() from None
         conn: AsyncConnection[Any] | None = None
+        self.out += 1
         try:
             conn = await self._take()
             yield conn
-        except BaseException:
+        except BaseException as exc:
             if conn is not None:
                 await conn.close()
                 conn = None
+            if isinstance(exc, psycopg.OperationalError) and self._if_moving is not None:
+                await self._if_moving()  # refused or ended by a move: 503 warehouse_moving
             raise
         finally:
+            self.out -= 1
+            self.last_used = time.monotonic()
             if conn is not None:
                 await self._give_back(conn)
             slots.release()
@@ -220,13 +262,19 @@ class CustomerConnections:
 class WarehouseServers:
     """The configured servers, the placements, and pooled connections to customer databases."""
 
-    def __init__(self, store: Store, urls: Sequence[str] = ()) -> None:
+    def __init__(self, store: Store, urls: Sequence[str] = (), *, vault: Vault | None = None) -> None:
         self.store = store
         self.placements = PlacementStore(store)
+        self._vault = vault
         self._urls: dict[str, str] = {}
+        # Servers a partner gave one customer (PUT /api/partner/sub-account/{id}/warehouse): their
+        # URLs are kept encrypted in the placements and learnt here on first need; never placed on.
+        self._own: dict[str, str] = {}
         for url in urls or (store.url,):
             self._urls.setdefault(server_name(url), url)
         self._pools: dict[tuple[str, str], AsyncConnectionPool[Any]] = {}
+        self._pool_used: dict[tuple[str, str], float] = {}
+        self._swept = time.monotonic()
         self._customers: dict[tuple[str, str, str], CustomerConnections] = {}
         self._lock = asyncio.Lock()
         self._placing: dict[int, asyncio.Lock] = {}
@@ -238,7 +286,7 @@ class WarehouseServers:
     def url(self, server: str, database: str | None = None, **overrides: Any) -> str:
         """The admin URL of ``server`` (of ``database`` on it); an unknown server is a one-line error."""
         try:
-            url = self._urls[server]
+            url = self._urls[server] if server in self._urls else self._own[server]
         except KeyError:
             raise DatabaseUnavailable(
                 f"warehouse server {server} is not in BFF_WAREHOUSE_URLS (a customer's database is there)"
@@ -248,17 +296,82 @@ class WarehouseServers:
         return make_conninfo(url, **overrides) if overrides else url
 
     def add(self, url: str) -> str:
-        """Use one more server (a customer brought its own, or a test's second server)."""
+        """Use one more server for new customers (a test's second server)."""
         name = server_name(url)
         self._urls.setdefault(name, url)
         return name
 
+    def knows(self, server: str) -> bool:
+        return server in self._urls or server in self._own
+
+    def add_own(self, url: str) -> str:
+        """A server one customer brought: known by name, never chosen for another customer."""
+        name = server_name(url)
+        if name not in self._urls:
+            self._own[name] = url
+        return name
+
+    def own_url_aad(self, sub_account_id: int) -> bytes:
+        return f"warehouse-url:{sub_account_id}".encode()
+
+    async def learn(self, server: str) -> None:
+        """Know ``server`` if it is a customer's own (its URL decrypted from the placements)."""
+        if server in self._urls or server in self._own or self._vault is None:
+            return
+        rows = await self.store._all(
+            "SELECT sub_account_id, own_url FROM warehouse_placements"
+            " WHERE (server = %s OR moving_to = %s) AND own_url IS NOT NULL",
+            (server, server),
+        )
+        for row in rows:
+            try:
+                url = self._vault.decrypt(bytes.fromhex(row["own_url"]), self.own_url_aad(row["sub_account_id"]))
+            except (DecryptionError, ValueError):
+                logger.warning("the own warehouse URL of sub-account %s does not decrypt", row["sub_account_id"])
+                continue
+            if server_name(url.decode()) == server:
+                self.add_own(url.decode())
+                return
+
     # -- connections -------------------------------------------------------------------------
+
+    @property
+    def open_pools(self) -> list[tuple[str, ...]]:
+        """What this process holds for customers: ``(server, database)`` of each pool and
+        ``(server, database, role)`` of each set of customer-role connections."""
+        return [*self._pools, *self._customers]
+
+    async def evict_idle(self, now: float | None = None) -> int:
+        """Close and forget the pools and customer-role connections unused for :data:`EVICT_SECONDS`
+        with nothing checked out; how many. They are made again on next need."""
+        now = time.monotonic() if now is None else now
+        evicted = 0
+        for key, pool in list(self._pools.items()):
+            stats = pool.get_stats()
+            in_use = stats.get("pool_size", 0) - stats.get("pool_available", 0) + stats.get("requests_waiting", 0)
+            if in_use > 0 or now - self._pool_used.get(key, now) < EVICT_SECONDS:
+                continue
+            del self._pools[key]
+            self._pool_used.pop(key, None)
+            await pool.close()
+            evicted += 1
+        for ckey, customer in list(self._customers.items()):
+            if customer.out or now - customer.last_used < EVICT_SECONDS:
+                continue
+            del self._customers[ckey]
+            await customer.close()
+            evicted += 1
+        return evicted
 
     async def _pool(self, placement: Placement) -> AsyncConnectionPool[Any]:
         key = (placement.server, placement.database)
+        now = self._pool_used[key] = time.monotonic()
+        if now - self._swept >= SWEEP_SECONDS:
+            self._swept = now
+            await self.evict_idle(now)
         pool = self._pools.get(key)
         if pool is None:
+            await self.learn(placement.server)
             async with self._lock:
                 pool = self._pools.get(key)
                 if pool is None:
@@ -279,13 +392,37 @@ class WarehouseServers:
 
     @contextlib.asynccontextmanager
     async def connection(self, placement: Placement) -> AsyncIterator[AsyncConnection[Any]]:
-        """A connection of the BFF's own role to the customer's database (autocommit, dict rows)."""
+        """A connection of the BFF's own role to the customer's database (autocommit, dict rows).
+        What fails because the database is being moved (or has just moved) is :class:`WarehouseMoving`."""
         pool = await self._pool(placement)
         try:
             async with pool.connection() as conn:
                 yield conn
         except PoolTimeout:
+            await self._if_moving(pool, placement)
             raise DatabaseBusy() from None
+        except psycopg.Error:
+            await self._if_moving(pool, placement)
+            raise
+
+    async def _if_moving(self, pool: AsyncConnectionPool[Any], placement: Placement) -> None:
+        try:
+            await self.if_moving(placement)
+        except WarehouseMoving:
+            await pool.check()  # the move ended its sessions: the next caller gets a new one
+            raise
+
+    async def if_moving(self, placement: Placement) -> None:
+        """Raise :class:`WarehouseMoving` if the customer's database is being moved, or is no longer
+        where ``placement`` says (moved meanwhile). Asked only once something has failed."""
+        try:
+            now, target = await self.placements.moving_to(placement.sub_account_id)
+        except (psycopg.Error, DatabaseUnavailable):
+            return  # the original error says more
+        if now is not None and (
+            target is not None or (now.server, now.database) != (placement.server, placement.database)
+        ):
+            raise WarehouseMoving()
 
     @contextlib.asynccontextmanager
     async def transaction(self, placement: Placement) -> AsyncIterator[AsyncConnection[Any]]:
@@ -300,13 +437,16 @@ class WarehouseServers:
         found = self._customers.get(key)
         if found is None:
             conninfo = self.url(placement.server, placement.database, user=role, password=password)
-            found = self._customers[key] = CustomerConnections(conninfo, role, cap=cap, wait_seconds=wait_seconds)
+            found = self._customers[key] = CustomerConnections(
+                conninfo, role, cap=cap, wait_seconds=wait_seconds, if_moving=lambda: self.if_moving(placement)
+            )
         found.limit(cap, wait_seconds)
         return found
 
     async def forget(self, placement: Placement) -> None:
         """Close every connection this process has to the customer's database."""
         pool = self._pools.pop((placement.server, placement.database), None)
+        self._pool_used.pop((placement.server, placement.database), None)
         if pool is not None:
             await pool.close()
         for key in [k for k in self._customers if k[:2] == (placement.server, placement.database)]:
@@ -322,6 +462,7 @@ class WarehouseServers:
 
     async def admin(self, server: str) -> AsyncConnection[Any]:
         """An autocommit connection to the server's own database (for CREATE/DROP DATABASE and roles)."""
+        await self.learn(server)
         return await AsyncConnection.connect(self.url(server), autocommit=True, row_factory=dict_row)
 
     # -- placing customers ---------------------------------------------------------------------
@@ -335,6 +476,7 @@ class WarehouseServers:
         """Where the customer's database is; with ``create``, it is made on first need."""
         found = await self.placements.get(sub_account_id)
         if found is not None and found.ready:
+            await self.learn(found.server)
             return found
         if not create:
             return None
@@ -483,6 +625,7 @@ __all__ = [
     "DatabaseBusy",
     "Placement",
     "TooManyQueries",
+    "WarehouseMoving",
     "WarehouseServers",
     "server_name",
 ]

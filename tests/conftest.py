@@ -104,6 +104,17 @@ def test_databases() -> Iterator[TestDatabases]:
     shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+def second_warehouse_server() -> Iterator[str]:
+    """Another embedded PostgreSQL for the session: a second warehouse server (its admin URL)."""
+    from bff.db import embedded_url
+
+    root = Path(tempfile.mkdtemp(prefix="bff-test-pg2-"))
+    yield embedded_url(root / "postgres", "postgres")
+    stop_embedded(root / "postgres")
+    shutil.rmtree(root, ignore_errors=True)
+
+
 @pytest.fixture
 def data_dir_outside_pytest() -> Iterator[Path]:
     """A data directory for a test that starts the embedded PostgreSQL itself. Outside pytest's

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -22,7 +21,6 @@ from sync_helpers import sync, tables
 from tables_helpers import crm_customer, identity_customer, rows
 
 from bff import testing
-from bff.db import embedded_url
 from bff.settings import Secret, Settings, generate_secret_key
 from bff.warehouse_servers import ROLE_SUFFIXES, libpq_environment, pg_tool, server_name
 
@@ -148,10 +146,24 @@ async def test_an_advisory_lock_a_customer_holds_cannot_stall_another_customers_
     }
 
 
+async def bff_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m bff.cli ARGS`` with the database, warehouse servers and keys of a running BFF."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BFF_")}
+    env.update(
+        BFF_DATABASE_URL=settings.database_url.reveal(),  # type: ignore[union-attr]
+        BFF_WAREHOUSE_URLS=",".join(url.reveal() for url in settings.warehouse_urls),
+        BFF_SECRET_KEYS=generate_secret_key(),
+        BFF_ENCRYPTION_KEY=settings.encryption_key.reveal(),
+        BFF_DATA_DIR=str(settings.data_dir),
+    )
+    command = [sys.executable, "-m", "bff.cli", *args]
+    return await asyncio.to_thread(subprocess.run, command, capture_output=True, text=True, env=env, timeout=180)
+
+
 @pytest.fixture
-def second_server(data_dir_outside_pytest: Path) -> str:
+def second_server(second_warehouse_server: str) -> str:
     """Another embedded PostgreSQL: a second warehouse server."""
-    return embedded_url(data_dir_outside_pytest / "postgres", "postgres")
+    return second_warehouse_server
 
 
 async def test_customers_spread_over_the_warehouse_servers(
@@ -177,22 +189,7 @@ async def test_customers_spread_over_the_warehouse_servers(
                 is None
             )
         # bff warehouse servers: customers and size per server (the keys of the running BFF).
-        env = {k: v for k, v in os.environ.items() if not k.startswith("BFF_")}
-        env.update(
-            BFF_DATABASE_URL=first,
-            BFF_WAREHOUSE_URLS=f"{first},{second_server}",
-            BFF_SECRET_KEYS=generate_secret_key(),
-            BFF_ENCRYPTION_KEY=settings.encryption_key.reveal(),
-            BFF_DATA_DIR=str(settings.data_dir),
-        )
-        listed = await asyncio.to_thread(
-            subprocess.run,
-            [sys.executable, "-m", "bff.cli", "warehouse", "servers"],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=120,
-        )
+        listed = await bff_cli(settings, "warehouse", "servers")
         assert listed.returncode == 0, listed.stderr
         servers = json.loads(listed.stdout)
         assert [(s["server"], s["customers"]) for s in servers] == [

@@ -119,8 +119,9 @@ def test_routes_never_touch_sql_or_the_pool() -> None:
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 names = [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
                 offences += [f"{path.name}: imports {n}" for n in names if n.split(".")[0] == "psycopg"]
-            elif isinstance(node, ast.Attribute) and node.attr in ("pool", "store"):
-                # Routes reach the control database only through a service, never the store itself.
+            elif isinstance(node, ast.Attribute) and node.attr in ("pool", "store", "table"):
+                # Routes reach the control database only through a service, never the store itself
+                # nor a service's repository (``.table``).
                 offences.append(f"{path.name}:{node.lineno}: .{node.attr}")
             elif (
                 isinstance(node, ast.Call)
@@ -141,3 +142,14 @@ def test_modules_stay_small() -> None:
         if "migrations" not in path.parts and "sandbox" not in path.parts
     }
     assert {name: n for name, n in long.items() if n > 500 and name not in LONG_MODULES} == {}
+
+
+def test_the_last_row_per_parent_is_one_query_in_the_store() -> None:
+    """A connection's and a script's last run(s) come from ``store.base.last_per_parent``: no
+    repository writes its own "newest row of each parent" query."""
+    own = [
+        path.name
+        for path in sorted((BFF / "store").glob("*.py"))
+        if path.name != "base.py" and re.search(r"DISTINCT ON|ORDER BY id DESC LIMIT 1", path.read_text())
+    ]
+    assert own == []

@@ -9,11 +9,13 @@ from collections.abc import Callable
 from typing import Any
 
 import psycopg
+import pytest
 from conftest import auth, running_bff
 from psycopg import sql
 from sync_helpers import tables
 from tables_helpers import customer_database, rows
 
+from bff import app as app_module
 from bff import testing
 from bff.settings import Secret, Settings
 from bff.store import migrate
@@ -162,5 +164,41 @@ async def test_an_install_of_the_previous_release_moves_each_customer_into_its_o
         async with running_bff(settings) as bff:
             assert await bff.services.warehouse.placement(old["account"]) == placement
             assert (await rows(bff, token, 1000001))["count"] == 2
+    finally:
+        test_databases.drop(url)
+
+
+async def test_a_sync_that_meets_a_customer_not_yet_moved_moves_it_first(
+    test_databases: testing.TestDatabases,
+    settings_factory: Callable[..., Settings],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 22 (item 4): a sync opening a table of a customer the start-up move had not reached
+    made the new table empty beside the old one, whose rows were then never moved."""
+    name = f"prev_{uuid.uuid4().hex[:12]}"
+    schema = f"wh_{uuid.uuid4().hex[:16]}"
+    with psycopg.connect(test_databases.admin_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    url = test_databases.admin_url.replace("/postgres?", f"/{name}?")
+    try:
+        old = build_previous_release(url, schema)
+
+        async def not_yet(*args: Any) -> int:
+            return 0  # another process is still moving customers, and has not reached this one
+
+        monkeypatch.setattr(app_module, "upgrade_warehouses", not_yet)
+        settings = settings_factory(database_url=Secret(url), sandbox_enabled=True)
+        async with running_bff(settings) as bff:
+            stream = bff.services.connectors["sandbox_crm"].stream("deals")
+            table = (await bff.services.warehouse.open_table(old["account"], old["connection"], stream)).table
+            assert (table.id, table.schema, table.physical) == (1000001, "Sandbox CRM", "deals")
+            async with customer_database(bff, old["account"]) as conn:
+                cur = await conn.execute('SELECT id FROM "Sandbox CRM".deals ORDER BY _seq')
+                assert [r["id"] for r in await cur.fetchall()] == ["d_b", "d_a"]  # moved, not made anew
+                cur = await conn.execute("SELECT state FROM _bff.state WHERE stream = 'deals'")
+                assert [r["state"] for r in await cur.fetchall()] == [{"cursor": "2027-01-01"}]
+            async with bff.services.store.connection() as conn:
+                cur = await conn.execute("SELECT warehouse_schema FROM sub_accounts WHERE id = %s", (old["account"],))
+                assert (await cur.fetchone())["warehouse_schema"] is None
     finally:
         test_databases.drop(url)

@@ -12,8 +12,16 @@ from starlette.routing import BaseRoute
 from .. import connections as rt
 from ..auth import SUB_ACCOUNT_KINDS, authenticate, require_connection, require_sub_account, services
 from ..connector_text import localized_config_select, localized_form, localized_servertype, request_locale
+from ..contract.requests import (
+    UNKNOWN_CONNECTOR,
+    ConfigChoice,
+    ConnectionCreate,
+    Credentials,
+    EmbedSessionRequest,
+    origin_not_allowed,
+)
 from ..errors import ApiError, validation_error
-from ..http import MAX_PAGE_SIZE, Pagination, api_route, read_json
+from ..http import MAX_PAGE_SIZE, Pagination, api_route, parse_body
 from ..services.connections import MAX_PENDING_CONNECTIONS, parse_credentials
 from ..store import Connection, SubAccount
 
@@ -25,15 +33,6 @@ NO_STORE = {"Cache-Control": "no-store"}
 async def connection_dict(request: Request, account: SubAccount, connection: Connection) -> dict[str, Any]:
     """The public shape of a connection: never credentials or provider tokens."""
     return await services(request).connections.view(account, connection)
-
-
-def parse_name(data: dict[str, Any], default: str) -> str:
-    name = data.get("name")
-    if name is None or name == "":
-        return default
-    if not isinstance(name, str) or len(name) > 200:
-        raise validation_error({"name": "Must be text of at most 200 characters."})
-    return name.strip() or default
 
 
 # -- catalogue --------------------------------------------------------------------------
@@ -54,31 +53,20 @@ async def list_servertypes(request: Request) -> JSONResponse:
 # -- connections ------------------------------------------------------------------------
 
 
-def parse_strict(data: dict[str, Any]) -> bool:
-    """``oauth_strict``: the sign-in's start page goes on only with ``oauth_nonce`` handed over by
-    the window that opened it (the widget does this), not on its own after a Continue press."""
-    strict = data.get("oauth_strict", False)
-    if not isinstance(strict, bool):
-        raise validation_error({"oauth_strict": "Must be true or false."})
-    return strict
-
-
 async def create_server(request: Request) -> JSONResponse:
     """Add a connection: credentials are tested first; OAuth2 returns the URL to open."""
     account = await require_sub_account(request)
-    data = await read_json(request)
+    given = await parse_body(request, ConnectionCreate)
     svc = services(request)
-    servertype_id = data.get("servertype_id")
-    connector = (
-        rt.connector_by_id(svc, servertype_id)
-        if isinstance(servertype_id, (int, str)) and not isinstance(servertype_id, bool)
-        else None
-    )
+    connector = rt.connector_by_id(svc, given.servertype_id)
     if connector is None:
-        raise validation_error({"servertype_id": "Unknown connector; see GET /api/servertypes."})
-    name = parse_name(data, connector.display_name)
-    strict = parse_strict(data)
-    connection, sign_in = await svc.connections.create(account, connector, name, data, strict=strict)
+        raise validation_error({"servertype_id": UNKNOWN_CONNECTOR})
+    name = (given.name or "").strip() or connector.display_name
+    # oauth_strict: the sign-in's start page goes on only with oauth_nonce handed over by the
+    # window that opened it (the widget does this), not on its own after a Continue press.
+    connection, sign_in = await svc.connections.create(
+        account, connector, name, given.model_dump(exclude_unset=True), strict=given.oauth_strict
+    )
     body = await svc.connections.view(account, connection)
     if sign_in is None:
         return JSONResponse(body, status_code=201)
@@ -139,8 +127,8 @@ async def save_config(request: Request) -> JSONResponse:
     svc = services(request)
     select = svc.connections.config_connector(connection).config_select
     assert select is not None
-    data = await read_json(request)
-    updated = await svc.connections.save_config(account, connection, data.get(select.field))
+    choice = await parse_body(request, ConfigChoice)
+    updated = await svc.connections.save_config(account, connection, (choice.model_extra or {}).get(select.field))
     return JSONResponse(await connection_dict(request, account, updated))
 
 
@@ -152,11 +140,10 @@ async def reauthorise(request: Request) -> JSONResponse:
     account, connection = await require_connection(request)
     svc = services(request)
     connector = svc.connectors[connection.connector]
-    data = await read_json(request, required=False)
-    strict = parse_strict(data)
-    data.pop("oauth_strict", None)
+    given = await parse_body(request, Credentials, required=False)
+    data = given.model_extra or {}
     if connector.auth_type == "oauth2":
-        sign_in = await svc.connections.start_reauthorising(account, connection, connector, strict=strict)
+        sign_in = await svc.connections.start_reauthorising(account, connection, connector, strict=given.oauth_strict)
         return JSONResponse({"auth_uri": sign_in.url, "oauth_nonce": sign_in.nonce, "id": connection.id}, 200, NO_STORE)
     if not data:
         fields = localized_form(connector, [f.public_dict() for f in connector.connect_form], request_locale(request))
@@ -183,10 +170,9 @@ async def embed_session(request: Request) -> JSONResponse:
     """The iframe proves its parent page's origin is registered for the token's partner."""
     caller = await authenticate(request, SUB_ACCOUNT_KINDS)
     assert caller.partner is not None and caller.sub_account is not None
-    data = await read_json(request)
-    origin = data.get("parent_origin")
-    if not isinstance(origin, str) or not await services(request).partners.has_origin(caller.partner, origin):
-        raise ApiError(403, "origin_not_allowed", "This page's origin is not registered for this partner.")
+    origin = (await parse_body(request, EmbedSessionRequest)).parent_origin
+    if not await services(request).partners.has_origin(caller.partner, origin):
+        raise origin_not_allowed()
     return JSONResponse(
         {
             "account_id": caller.sub_account.id,

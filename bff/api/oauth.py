@@ -13,8 +13,9 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from ..auth import services
-from ..errors import ApiError, validation_error
-from ..http import read_json
+from ..contract.requests import OAuthStart
+from ..errors import ApiError
+from ..http import parse_body
 from ..services.oauth_flows import LINK_PARAM, OAUTH_FLOW_MAX_AGE, OAUTH_START_PATH, SignInResult, state_hash
 from ..templates import render
 
@@ -76,17 +77,12 @@ async def oauth_start(request: Request) -> Response:
         or request.headers.get("sec-fetch-site", "same-origin") != "same-origin"
     ):
         raise ApiError(403, "origin_not_allowed", "Only the sign-in start page may start a sign-in.")
-    data = await read_json(request)
-    ticket, opener, link = data.get("nonce"), data.get("opener_origin"), data.get("link")
-    if link is not None and ticket is None:
-        # The person pressed Continue on the page of an ``oauth_url`` opened on its own.
-        if not isinstance(link, str) or len(link) > 128:
-            raise validation_error({"link": "Send the link's ticket."})
-        url, hashed = await svc.oauth.swap_link(link)
+    given = await parse_body(request, OAuthStart)
+    if given.link is not None and given.nonce is None:
+        url, hashed = await svc.oauth.swap_link(given.link)  # Continue pressed on an oauth_url opened on its own
     else:
-        if not isinstance(ticket, str) or not isinstance(opener, str) or len(ticket) > 128 or len(opener) > 300:
-            raise validation_error({"nonce": "Send the nonce and the origin it came from."})
-        url, hashed = await svc.oauth.swap_ticket(ticket, opener=opener, own_origin=own_origin)
+        assert given.nonce is not None and given.opener_origin is not None  # OAuthStart checks it
+        url, hashed = await svc.oauth.swap_ticket(given.nonce, opener=given.opener_origin, own_origin=own_origin)
     response = JSONResponse({"authorize_url": url}, headers={"Cache-Control": "no-store"})
     name, path, secure = _binding_cookie(request, hashed)
     response.set_cookie(

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-import unicodedata
 from typing import Any
 
 from starlette.requests import Request
@@ -11,109 +9,13 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute
 
 from ..auth import require_partner, require_partner_with_sub_account, services
+from ..contract.requests import PartnerOrigins, RotateToken, SubAccountFields
 from ..errors import BFFError, not_found, validation_error
-from ..http import Pagination, api_route, parse_id, query_bool, read_json, require_str
+from ..external_ids import normalise_external_id
+from ..http import Pagination, api_route, parse_body, parse_id, query_bool, read_json, validated
 from ..shapes import sub_account_dict
 from ..store import Partner, SubAccount
 from ..tokens import MintedToken
-
-_LANGUAGE = re.compile(r"^[a-z]{2,3}(-[A-Za-z]{2,4})?$")
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-# Control (Cc), format (Cf: bidi overrides, zero-width joiners and spaces, BOM), surrogate (Cs),
-# private-use (Co), unassigned (Cn) and line/paragraph separators (Zl, Zp): invisible or
-# reorderable text that would let two customers look alike in a partner's dashboard.
-_REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
-# Default_Ignorable_Code_Point (Unicode DerivedCoreProperties; unicodedata does not expose it): what
-# renders as nothing, such as U+034F, the variation selectors (U+FE00.., U+E0100..) and the Hangul
-# fillers (U+115F, U+1160, U+3164, U+FFA0); plus U+2800, the braille blank, which shows as a space.
-_INVISIBLE = (
-    (0x00AD, 0x00AD),
-    (0x034F, 0x034F),
-    (0x061C, 0x061C),
-    (0x115F, 0x1160),
-    (0x17B4, 0x17B5),
-    (0x180B, 0x180F),
-    (0x200B, 0x200F),
-    (0x202A, 0x202E),
-    (0x2060, 0x206F),
-    (0x2800, 0x2800),
-    (0x3164, 0x3164),
-    (0xFE00, 0xFE0F),
-    (0xFEFF, 0xFEFF),
-    (0xFFA0, 0xFFA0),
-    (0xFFF0, 0xFFF8),
-    (0x1BCA0, 0x1BCA3),
-    (0x1D173, 0x1D17A),
-    (0xE0000, 0xE0FFF),
-)
-EXTERNAL_ID_MAX_LENGTH = 255
-
-
-_INVISIBLE_CHAR = re.compile("[" + "".join(f"\\U{low:08x}-\\U{high:08x}" for low, high in _INVISIBLE) + "]")
-
-
-def _refused_char(char: str) -> bool:
-    category = unicodedata.category(char)
-    return (
-        category in _REFUSED_CATEGORIES
-        or (category == "Zs" and char != " ")  # spaces that look like " " but are not
-        or _INVISIBLE_CHAR.match(char) is not None
-    )
-
-
-def normalise_external_id(raw: str) -> str:
-    """NFC-normalised and stripped; raises ValueError naming the problem for characters that are
-    invisible, control, look like a space, or a combining mark with nothing to combine with."""
-    value = unicodedata.normalize("NFC", raw).strip()
-    if not value or len(value) > EXTERNAL_ID_MAX_LENGTH:
-        raise ValueError(f"Must be 1 to {EXTERNAL_ID_MAX_LENGTH} characters.")
-    if value.isascii() and value.isprintable():
-        return value  # the common case: nothing invisible, no control character, no mark (on the mint path)
-    for char in value:
-        if _refused_char(char):
-            raise ValueError(
-                f"Must not contain control, invisible, space-like or text-direction characters (found U+{ord(char):04X})."
-            )
-    if unicodedata.category(value[0]).startswith("M"):
-        raise ValueError(f"Must not start with a combining mark (found U+{ord(value[0]):04X}).")
-    return value
-
-
-def parse_sub_account_fields(data: dict[str, Any], *, external_id_required: bool = True) -> tuple[str, dict[str, str]]:
-    """Validate the create fields; every problem is reported per field at once."""
-    errors: dict[str, str] = {}
-    raw_external_id = data.get("external_id")
-    external_id = ""
-    if raw_external_id is None or raw_external_id == "":
-        if external_id_required:
-            errors["external_id"] = "This field is required: your own unique id for this customer."
-    elif isinstance(raw_external_id, bool) or not isinstance(raw_external_id, (str, int)):
-        errors["external_id"] = "Must be a string (or an integer)."
-    else:
-        try:
-            external_id = normalise_external_id(str(raw_external_id))
-        except ValueError as exc:
-            errors["external_id"] = str(exc)
-    fields: dict[str, str] = {}
-    for name in ("first_name", "last_name", "company_name"):
-        value = require_str(data, name, errors)
-        if value is not None:
-            fields[name] = value
-    email = require_str(data, "email", errors, max_length=254)
-    if email is not None:
-        if _EMAIL.match(email):
-            fields["email"] = email
-        else:
-            errors["email"] = "Must be an email address."
-    language = require_str(data, "language", errors, max_length=10)
-    if language is not None:
-        if _LANGUAGE.match(language):
-            fields["language"] = language
-        else:
-            errors["language"] = "Must be a language code such as `en` or `nl`."
-    if errors:
-        raise validation_error(errors)
-    return external_id, fields
 
 
 async def lookup_sub_account(request: Request, partner: Partner) -> SubAccount:
@@ -166,8 +68,8 @@ def integrate_response(request: Request, partner: Partner, account: SubAccount) 
 async def create_sub_account(request: Request) -> JSONResponse:
     """Create a sub-account for one of the partner's customers."""
     partner = await require_partner(request)
-    external_id, fields = parse_sub_account_fields(await read_json(request))
-    account = await services(request).partners.create_sub_account(partner, external_id, fields)
+    fields = await parse_body(request, SubAccountFields)
+    account = await services(request).partners.create_sub_account(partner, str(fields.external_id), fields.profile())
     return JSONResponse(sub_account_dict(account), status_code=201)
 
 
@@ -185,7 +87,7 @@ async def integrate_provision(request: Request) -> JSONResponse:
         data = await read_json(request, required=False)
         by_query = not data and bool(request.query_params.get("account_id") or request.query_params.get("external_id"))
         if not by_query:
-            external_id, fields = parse_sub_account_fields(data)
+            fields = validated(SubAccountFields, data)
     except BFFError:
         await require_partner(request)  # a bad token is told so before anything about the body
         raise
@@ -193,9 +95,9 @@ async def integrate_provision(request: Request) -> JSONResponse:
         partner = await require_partner(request)
         return integrate_response(request, partner, await lookup_sub_account(request, partner))
     # The hot path (a partner's back-end minting for a customer): partner and sub-account in one query.
-    partner, account = await require_partner_with_sub_account(request, external_id)
+    partner, account = await require_partner_with_sub_account(request, str(fields.external_id))
     if account is None:
-        account = await services(request).partners.provision(partner, external_id, fields)
+        account = await services(request).partners.provision(partner, str(fields.external_id), fields.profile())
     return integrate_response(request, partner, account)
 
 
@@ -248,14 +150,7 @@ async def rotate_partner_token(request: Request) -> JSONResponse:
     and so does every integrate and identity token minted with them, unless the body says
     ``{"keep_customer_tokens": true}``."""
     partner = await require_partner(request)
-    data = await read_json(request, required=False)
-    unknown = [key for key in data if key != "keep_customer_tokens"]
-    keep = data.get("keep_customer_tokens", False)
-    if unknown or not isinstance(keep, bool):
-        raise validation_error(
-            {key: "Unknown field; send keep_customer_tokens or nothing." for key in unknown}
-            | ({} if isinstance(keep, bool) else {"keep_customer_tokens": "Must be true or false."})
-        )
+    keep = (await parse_body(request, RotateToken, required=False)).keep_customer_tokens
     rotated, token = await services(request).partners.rotate_token(partner, keep_customer_tokens=keep)
     return JSONResponse({**partner_dict(rotated), "token": token}, headers={"Cache-Control": "no-store"})
 
@@ -270,17 +165,8 @@ async def revoke_partner_tokens(request: Request) -> JSONResponse:
 
 async def set_partner_origins(request: Request) -> JSONResponse:
     """Replace the browser origins allowed to embed the widget (and to get CORS answers)."""
-    from ..settings import SettingsError, normalise_origin
-
     partner = await require_partner(request)
-    data = await read_json(request)
-    raw = data.get("origins")
-    if not isinstance(raw, list) or len(raw) > 50 or not all(isinstance(o, str) and len(o) <= 300 for o in raw):
-        raise validation_error({"origins": "Send a list of at most 50 origins, like https://app.example.com."})
-    try:
-        origins = [normalise_origin(origin) for origin in raw]
-    except SettingsError as exc:
-        raise validation_error({"origins": str(exc)}) from None
+    origins = (await parse_body(request, PartnerOrigins)).origins
     updated = await services(request).partners.set_origins(partner, origins)
     return JSONResponse(partner_dict(updated))
 

@@ -34,8 +34,9 @@ from ..connectors import (
     ConnectorError,
 )
 from ..connectors.writer import Writer
+from ..contract.requests import RecordFields
 from ..errors import ApiError, connector_error, not_found, validation_error
-from ..http import api_route, query_bool, read_json
+from ..http import api_route, parse_body, query_bool
 from ..idempotency import MAX_KEY_LENGTH, fingerprint
 from ..services.writeback import READS, Action, EngineLog, Writeback, writeback_for
 from ..store import Connection, SubAccount
@@ -144,7 +145,7 @@ async def records(request: Request) -> Response:
             return 200, {"count": len(found), "next": None, "previous": None, "results": found}
 
         return await perform(request, "search", object_name, search)
-    fields = await read_json(request)
+    fields = (await parse_body(request, RecordFields)).model_dump()
     if request.method == "POST":
 
         async def add(writer: Writer) -> tuple[int, Any]:
@@ -184,7 +185,7 @@ async def record(request: Request) -> Response:
             return 204, None
 
         return await perform(request, "delete", object_name, delete)
-    fields = await read_json(request)
+    fields = (await parse_body(request, RecordFields)).model_dump()
 
     async def update(writer: Writer) -> tuple[int, Any]:
         result = await writer.update(object_name, record_id, fields)

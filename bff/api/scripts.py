@@ -12,24 +12,18 @@ nothing else here: scripts do not make, change or start scripts.
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
 
 from ..auth import Caller, require_back_end, services
-from ..errors import ApiError, not_found, token_not_allowed, validation_error
-from ..http import Pagination, api_route, read_json, text_field
-from ..scripts import MAX_STATE_BYTES
-from ..scripts.service import MAX_CODE_BYTES, ScriptService, ScriptsUnavailable, check_code, parse_schedule
+from ..contract.requests import ScriptChange, ScriptCreate, ScriptStateBody
+from ..errors import ApiError, not_found, token_not_allowed
+from ..http import Pagination, api_route, parse_body
+from ..scripts.service import ScriptService, ScriptsUnavailable
 from ..store import UNSET
 from ..store.scripts import Script
 from .sync import parse_wait
-
-MAX_NAME_LENGTH = 100
-FIELDS = ("name", "raw_code", "schedule")
 
 
 def scripts(request: Request) -> ScriptService:
@@ -40,7 +34,7 @@ async def _caller(request: Request, *, own_state: bool = False) -> Caller:
     caller = await require_back_end(request, what="Scripts")
     run_id = caller.claims.script_run_id
     if run_id is not None:
-        run = await scripts(request).table.get_run(run_id)
+        run = await scripts(request).run(run_id)
         allowed = own_state and run is not None and run.script_id == request.path_params.get("script_id")
         if not allowed:
             raise token_not_allowed("A script's token can read and save its own state only, not manage scripts.")
@@ -50,47 +44,18 @@ async def _caller(request: Request, *, own_state: bool = False) -> Caller:
 async def _own_script(request: Request, caller: Caller) -> Script:
     assert caller.sub_account is not None
     raw = request.path_params["script_id"]
-    script = await scripts(request).table.get(caller.sub_account.id, raw)
+    script = await scripts(request).find(caller.sub_account.id, raw)
     if script is None:
         raise not_found("No such script.")
     return script
-
-
-def _parse(data: dict[str, Any], *, partial: bool) -> dict[str, Any]:
-    errors: dict[str, str] = {}
-    for key in sorted(set(data) - set(FIELDS)):
-        errors[key] = "Unknown field; a script has a name, raw_code and schedule."
-    values: dict[str, Any] = {}
-    required = not partial
-    name = text_field(data, "name", errors, max_length=MAX_NAME_LENGTH, required=required)
-    if name is not None:
-        values["name"] = name
-    code = text_field(data, "raw_code", errors, max_length=MAX_CODE_BYTES, required=required)
-    if code is not None:
-        problem = check_code(code, name or "")
-        if problem:
-            errors["raw_code"] = f"The code does not compile: {problem}"
-        else:
-            values["raw_code"] = code
-    if "schedule" in data or not partial:
-        try:
-            values["schedule"] = parse_schedule(data.get("schedule"))
-        except ValueError as exc:
-            errors["schedule"] = str(exc)
-    if errors:
-        detail = errors.get("raw_code", "Some fields are invalid.") if list(errors) == ["raw_code"] else None
-        raise validation_error(errors, detail=detail or "Some fields are invalid.")
-    return values
 
 
 async def create_script(request: Request) -> JSONResponse:
     """Save a script; with a ``schedule`` (seconds, at least 60) it runs that often, the first time one period from now."""
     caller = await _caller(request)
     assert caller.sub_account is not None
-    values = _parse(await read_json(request), partial=False)
-    script = await scripts(request).table.create(
-        caller.sub_account.id, values["name"], values["raw_code"], values["schedule"]
-    )
+    given = await parse_body(request, ScriptCreate)
+    script = await scripts(request).create(caller.sub_account.id, given.name, given.raw_code, given.schedule)
     return JSONResponse(script.public_dict(), status_code=201)
 
 
@@ -98,30 +63,28 @@ async def list_scripts(request: Request) -> JSONResponse:
     caller = await _caller(request)
     assert caller.sub_account is not None
     page = Pagination(request)
-    table = scripts(request).table
-    count, found = await table.list_scripts(caller.sub_account.id, offset=page.offset, limit=page.limit)
-    last_runs = await table.last_runs([s.id for s in found])  # one query for the page
-    return JSONResponse(page.envelope(count, [s.public_dict(last_runs.get(s.id)) for s in found]))
+    count, views = await scripts(request).page(caller.sub_account.id, offset=page.offset, limit=page.limit)
+    return JSONResponse(page.envelope(count, views))
 
 
 async def get_script(request: Request) -> JSONResponse:
     script = await _own_script(request, await _caller(request))
-    return JSONResponse(script.public_dict(await scripts(request).table.last_run(script.id)))
+    return JSONResponse(await scripts(request).view(script))
 
 
 async def update_script(request: Request) -> JSONResponse:
     """Change the name, code or schedule; a changed schedule counts from now."""
     script = await _own_script(request, await _caller(request))
-    values = _parse(await read_json(request), partial=True)
-    changed = await scripts(request).table.update(
+    change = await parse_body(request, ScriptChange)
+    changed = await scripts(request).change(
         script,
-        name=values.get("name", UNSET),
-        raw_code=values.get("raw_code", UNSET),
-        schedule=values["schedule"] if "schedule" in values else UNSET,
+        name=change.name,
+        raw_code=change.raw_code,
+        schedule=change.schedule if "schedule" in change.model_fields_set else UNSET,
     )
     if changed is None:
         raise not_found("No such script.")
-    return JSONResponse(changed.public_dict(await scripts(request).table.last_run(changed.id)))
+    return JSONResponse(await scripts(request).view(changed))
 
 
 async def delete_script(request: Request) -> Response:
@@ -129,7 +92,7 @@ async def delete_script(request: Request) -> Response:
     caller = await _caller(request)
     assert caller.sub_account is not None
     script = await _own_script(request, caller)
-    await scripts(request).table.delete(caller.sub_account.id, script.id)
+    await scripts(request).delete(caller.sub_account.id, script.id)
     return Response(status_code=204)
 
 
@@ -158,14 +121,14 @@ async def list_runs(request: Request) -> JSONResponse:
     """The script's runs, newest first: status, times, exit code, output (last 64 KB) and error."""
     script = await _own_script(request, await _caller(request))
     page = Pagination(request, default_size=20)
-    count, runs = await scripts(request).table.list_runs(script.id, offset=page.offset, limit=page.limit)
+    count, runs = await scripts(request).runs(script.id, offset=page.offset, limit=page.limit)
     return JSONResponse(page.envelope(count, [run.public_dict() for run in runs]))
 
 
 async def get_run(request: Request) -> JSONResponse:
     script = await _own_script(request, await _caller(request))
     run_id = request.path_params["run_id"]
-    run = await scripts(request).table.get_run(run_id)
+    run = await scripts(request).run(run_id)
     if run is None or run.script_id != script.id:
         raise not_found("No such run.")
     return JSONResponse(run.public_dict())
@@ -173,20 +136,15 @@ async def get_run(request: Request) -> JSONResponse:
 
 async def get_state(request: Request) -> JSONResponse:
     script = await _own_script(request, await _caller(request, own_state=True))
-    return JSONResponse({"state": await scripts(request).table.get_state(script.id)})
+    return JSONResponse({"state": await scripts(request).state(script.id)})
 
 
 async def put_state(request: Request) -> JSONResponse:
     """``{"state": <any JSON>}``, at most 1 MB; kept for the script's next runs."""
     script = await _own_script(request, await _caller(request, own_state=True))
-    data = await read_json(request)
-    if set(data) != {"state"}:
-        raise validation_error({"state": 'Send {"state": <any JSON value>}.'})
-    size = len(json.dumps(data["state"]).encode())
-    if size > MAX_STATE_BYTES:
-        raise validation_error({"state": f"Is {size} bytes as JSON; at most {MAX_STATE_BYTES} are kept."})
-    await scripts(request).table.set_state(script.id, data["state"])
-    return JSONResponse({"state": data["state"]})
+    state = (await parse_body(request, ScriptStateBody)).state
+    await scripts(request).save_state(script.id, state)
+    return JSONResponse({"state": state})
 
 
 def routes() -> list[BaseRoute]:

@@ -12,42 +12,15 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
 
 from ..auth import require_connection, services
+from ..contract.requests import SyncRequest
 from ..errors import validation_error
-from ..http import Pagination, api_route, read_json
+from ..http import Pagination, api_route, parse_body
 from ..services.sync import SyncRunner
 from ..shapes import run_dict
 
 
 def runner(request: Request) -> SyncRunner:
     return services(request).sync
-
-
-def parse_tables(data: dict[str, Any]) -> list[str] | None:
-    tables = data.get("tables")
-    if tables is None:
-        return None
-    if not isinstance(tables, list) or not all(isinstance(t, str) and t for t in tables):
-        raise validation_error({"tables": "Must be a list of table names."})
-    return list(dict.fromkeys(tables)) or None
-
-
-def parse_categories(data: dict[str, Any]) -> list[str] | None:
-    """``categories``: partition values (division codes), as strings or integers."""
-    items = data.get("categories")
-    if items is None:
-        return None
-    values = (
-        [str(v) for v in items if isinstance(v, (str, int)) and not isinstance(v, bool)]
-        if isinstance(items, list)
-        else []
-    )
-    if (
-        not isinstance(items, list)
-        or len(values) != len(items)
-        or not all(0 < len(v) <= 64 and v.strip() == v for v in values)
-    ):
-        raise validation_error({"categories": "Must be a list of division codes (strings or integers)."})
-    return list(dict.fromkeys(values)) or None
 
 
 MAX_WAIT_SECONDS = 120
@@ -66,13 +39,6 @@ def parse_wait(request: Request) -> float | None:
     return seconds
 
 
-def parse_full(data: dict[str, Any]) -> bool:
-    full = data.get("full", False)
-    if not isinstance(full, bool):
-        raise validation_error({"full": "Must be true or false."})
-    return full
-
-
 async def sync_server(request: Request) -> JSONResponse:
     """Start a sync run of the connection (optionally only some tables); it runs in the background.
 
@@ -81,10 +47,8 @@ async def sync_server(request: Request) -> JSONResponse:
     """
     account, connection = await require_connection(request)
     wait = parse_wait(request)
-    data = await read_json(request, required=False)
-    tables = parse_tables(data)
-    full = parse_full(data)
-    categories = parse_categories(data)
+    asked = await parse_body(request, SyncRequest, required=False)
+    tables, full, categories = asked.tables, asked.full, [str(c) for c in asked.categories or []] or None
     run = await runner(request).request_sync(account, connection, tables, full=full, categories=categories)
     body: dict[str, Any] = {
         "server_id": str(connection.id),  # a string, as the source document shows it

@@ -20,13 +20,19 @@ from starlette.routing import BaseRoute
 
 from .. import auth
 from ..auth import require_partner, services
-from ..errors import ApiError, not_found, validation_error
-from ..http import api_route, read_json
-from ..http import text_field as _text
-from ..query_tables import MAX_QUERY_LENGTH, QueryTable
+from ..contract.requests import (
+    DatabaseCredentialsRequest,
+    OwnWarehouseRequest,
+    QueryRun,
+    QueryTableChange,
+    QueryTableCreate,
+)
+from ..errors import ApiError, not_found
+from ..http import api_route, parse_body
+from ..query_tables import QueryTable
 from ..store import SubAccount
+from ..warehouse_own import bring_own_server
 
-MAX_NAME_LENGTH = 100
 EXPORT_CHUNK = 256 * 1024
 
 logger = logging.getLogger("bff.warehouse")
@@ -49,13 +55,8 @@ async def _own_query_table(request: Request, account: SubAccount) -> QueryTable:
 async def create_table(request: Request) -> JSONResponse:
     """Save a query table: one SELECT over the customer's own tables, kept as a view."""
     account = await require_back_end(request)
-    data = await read_json(request)
-    errors: dict[str, str] = {}
-    name = _text(data, "name", errors, max_length=MAX_NAME_LENGTH, required=True)
-    query = _text(data, "query", errors, max_length=MAX_QUERY_LENGTH, required=True)
-    if errors or name is None or query is None:
-        raise validation_error(errors)
-    table = await services(request).query_tables.create(account.id, name, query)
+    given = await parse_body(request, QueryTableCreate)
+    table = await services(request).query_tables.create(account.id, given.name, given.query)
     return JSONResponse(table.public_dict(), status_code=201)
 
 
@@ -69,16 +70,8 @@ async def update_table(request: Request) -> JSONResponse:
     """Rename a query table or change its query (checked like a new one)."""
     account = await require_back_end(request)
     table = await _own_query_table(request, account)
-    data = await read_json(request)
-    errors: dict[str, str] = {}
-    unknown = set(data) - {"name", "query"}
-    for key in sorted(unknown):
-        errors[key] = "Unknown field; a query table has a name and a query."
-    name = _text(data, "name", errors, max_length=MAX_NAME_LENGTH, required=False)
-    query = _text(data, "query", errors, max_length=MAX_QUERY_LENGTH, required=False)
-    if errors:
-        raise validation_error(errors)
-    changed = await services(request).query_tables.update(table, name=name, query=query)
+    change = await parse_body(request, QueryTableChange)
+    changed = await services(request).query_tables.update(table, name=change.name, query=change.query)
     return JSONResponse(changed.public_dict())
 
 
@@ -88,9 +81,6 @@ async def delete_table(request: Request) -> Response:
     table = await _own_query_table(request, account)
     await services(request).query_tables.delete(table)
     return Response(status_code=204)
-
-
-MAX_QUERY_ROWS = 10_000
 
 
 async def run_query(request: Request) -> JSONResponse:
@@ -105,16 +95,9 @@ async def run_query(request: Request) -> JSONResponse:
     ``503 database_busy``.
     """
     account = await auth.require_identity(request)
-    data = await read_json(request)
-    errors: dict[str, str] = {}
-    query = _text(data, "query", errors, max_length=MAX_QUERY_LENGTH, required=True)
-    limit = data.get("limit", 1000)
-    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_QUERY_ROWS:
-        errors["limit"] = f"Must be a whole number from 1 to {MAX_QUERY_ROWS}."
-    write = _flag(data, "write", errors)
-    if errors or query is None:
-        raise validation_error(errors)
-    if write:
+    asked = await parse_body(request, QueryRun)
+    query, limit = asked.query, asked.limit
+    if asked.write:
         done = await services(request).query_tables.run_statement(account.id, query, limit=limit)
         return JSONResponse(
             {
@@ -130,14 +113,6 @@ async def run_query(request: Request) -> JSONResponse:
     return JSONResponse({"fields": fields, "rows": rows, "count": len(rows), "truncated": truncated})
 
 
-def _flag(data: dict[str, object], key: str, errors: dict[str, str]) -> bool:
-    value = data.get(key, False)
-    if not isinstance(value, bool):
-        errors[key] = "Must be true or false."
-        return False
-    return value
-
-
 async def database_credentials(request: Request) -> JSONResponse:
     """A SQL login for one customer's own database (BFF_SQL_ACCESS=true): read-only, or with
     ``{"write": true}`` one that may also write it; a new password each call."""
@@ -149,13 +124,7 @@ async def database_credentials(request: Request) -> JSONResponse:
             "sql_access_disabled",
             "SQL access is off on this server; the operator turns it on with BFF_SQL_ACCESS=true.",
         )
-    data = await read_json(request, required=False)
-    errors: dict[str, str] = {
-        key: "Unknown field; send write (true or false) or nothing." for key in set(data) - {"write"}
-    }
-    write = _flag(data, "write", errors)
-    if errors:
-        raise validation_error(errors)
+    write = (await parse_body(request, DatabaseCredentialsRequest, required=False)).write
     account = await svc.partners.find_sub_account(partner, account_id=request.path_params["account_id"])
     if account is None:
         raise not_found("No such sub-account.")
@@ -215,6 +184,18 @@ async def export_sub_account(request: Request) -> Response:
     )
 
 
+async def set_own_warehouse(request: Request) -> JSONResponse:
+    """``PUT /api/partner/sub-account/{id}/warehouse {"url": …}``: this customer's database on a
+    PostgreSQL server of its own (checked first; moved there if it is elsewhere). The URL is kept
+    encrypted and never shown again."""
+    account = await _partners_sub_account(request)
+    url = (await parse_body(request, OwnWarehouseRequest)).url
+    svc = services(request)
+    placed = await bring_own_server(svc.warehouse, svc.vault, account.id, url)
+    logger.info("sub-account %s now has its own warehouse server %s", account.id, placed["server"])
+    return JSONResponse(placed, headers={"Cache-Control": "no-store"})
+
+
 async def delete_sub_account(request: Request) -> Response:
     """Delete a sub-account: its connections, runs, scripts and query tables, then its database and
     every role of it."""
@@ -235,5 +216,6 @@ def routes() -> list[BaseRoute]:
             "/api/partner/sub-account/{account_id:int}/database-credentials", database_credentials, methods=["POST"]
         ),
         *api_route("/api/partner/sub-account/{account_id:int}/export", export_sub_account, methods=["GET"]),
+        *api_route("/api/partner/sub-account/{account_id:int}/warehouse", set_own_warehouse, methods=["PUT"]),
         *api_route("/api/partner/sub-account/{account_id:int}", delete_sub_account, methods=["DELETE"]),
     ]

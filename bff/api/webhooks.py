@@ -10,11 +10,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
 
 from ..auth import require_partner, services
-from ..errors import ApiError, validation_error
-from ..http import Pagination, api_route, read_json
+from ..contract.requests import WebhookSettings
+from ..errors import ApiError
+from ..http import Pagination, api_route, parse_body
 from ..store import iso
 from ..store.webhooks import WebhookConfig
-from ..webhooks import EVENT_TYPES, UnsafeTarget, validate_url
+from ..webhooks import EVENT_TYPES
 
 NO_STORE = {"Cache-Control": "no-store"}
 
@@ -31,42 +32,19 @@ def config_dict(config: WebhookConfig, secret: str | None = None) -> dict[str, A
     return body
 
 
-def parse_events(value: Any) -> list[str]:
-    if value is None:
-        return [e for e in EVENT_TYPES]
-    if not isinstance(value, list) or not value or not all(isinstance(e, str) for e in value):
-        raise validation_error({"events": f"Must be a non-empty list of event types: {', '.join(EVENT_TYPES)}."})
-    unknown = [e for e in value if e not in EVENT_TYPES]
-    if unknown:
-        raise validation_error(
-            {"events": f"Unknown event type(s): {', '.join(unknown)}. Known: {', '.join(EVENT_TYPES)}."}
-        )
-    return list(dict.fromkeys(value))
-
-
 async def put_webhook(request: Request) -> JSONResponse:
     """Set the webhook URL and events; ``secret`` is returned when the webhook is created."""
     partner = await require_partner(request)
-    data = await read_json(request)
-    errors: dict[str, str] = {}
-    unknown = [key for key in data if key not in ("url", "events")]
-    for key in unknown:
-        errors[key] = "Unknown field; send url and events."
-    try:
-        url = validate_url(data.get("url"))
-    except UnsafeTarget as exc:
-        errors["url"] = str(exc)
-    if errors:
-        raise validation_error(errors)
-    events = parse_events(data.get("events"))
-    config, secret = await services(request).webhooks.configure(partner.id, url, events)
+    settings = await parse_body(request, WebhookSettings)
+    events = list(settings.events or EVENT_TYPES)
+    config, secret = await services(request).webhooks.configure(partner.id, settings.url, events)
     return JSONResponse(config_dict(config, secret), status_code=201 if secret else 200, headers=NO_STORE)
 
 
 async def get_webhook(request: Request) -> JSONResponse:
     """The webhook's URL and events (never its secret)."""
     partner = await require_partner(request)
-    config = await services(request).webhooks.table.get(partner.id)
+    config = await services(request).webhooks.config(partner.id)
     if config is None:
         raise ApiError(404, "webhook_not_configured", "No webhook is configured; PUT /api/partner/webhook sets one.")
     return JSONResponse(config_dict(config))
@@ -74,7 +52,7 @@ async def get_webhook(request: Request) -> JSONResponse:
 
 async def delete_webhook(request: Request) -> Response:
     partner = await require_partner(request)
-    if not await services(request).webhooks.table.delete(partner.id):
+    if not await services(request).webhooks.remove(partner.id):
         raise ApiError(404, "webhook_not_configured", "No webhook is configured.")
     return Response(status_code=204)
 
@@ -82,12 +60,10 @@ async def delete_webhook(request: Request) -> Response:
 async def rotate_secret(request: Request) -> JSONResponse:
     """A new secret, used for every attempt from now on (retries of older events included)."""
     partner = await require_partner(request)
-    webhooks = services(request).webhooks
-    secret = await webhooks.rotate_secret(partner.id)
-    if secret is None:
+    rotated = await services(request).webhooks.rotate_secret(partner.id)
+    if rotated is None:
         raise ApiError(404, "webhook_not_configured", "No webhook is configured; PUT /api/partner/webhook sets one.")
-    config = await webhooks.table.get(partner.id)
-    assert config is not None
+    config, secret = rotated
     return JSONResponse(config_dict(config, secret), headers=NO_STORE)
 
 
@@ -95,9 +71,7 @@ async def list_deliveries(request: Request) -> JSONResponse:
     """Deliveries, newest first, each with every attempt."""
     partner = await require_partner(request)
     page = Pagination(request, default_size=20)
-    count, results = await services(request).webhooks.table.list_deliveries(
-        partner.id, offset=page.offset, limit=page.limit
-    )
+    count, results = await services(request).webhooks.deliveries(partner.id, offset=page.offset, limit=page.limit)
     return JSONResponse(page.envelope(count, results))
 
 

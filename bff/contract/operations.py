@@ -6,9 +6,10 @@ once released (a new path gets a new one; ``tests/released_operation_ids.json`` 
 released ones). ``tests/test_openapi.py`` checks that every route outside the sandbox has an
 entry here and that no entry is left without a route.
 
-The routes check their own input (with the error wording the contract fixes); these models
-describe it, and ``tests/contract_check.py`` holds every in-process test's answers, and every
-body the server took, to them.
+The routes parse their bodies with these models (``bff.http.parse_body``; query parameters are
+still checked by the routes, with the error wording the contract fixes), and
+``tests/contract_check.py`` holds every in-process test's answers, and every body the server
+took, to them.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from . import queries as qp
 from . import requests as rq
 from . import responses as rs
 
@@ -97,23 +99,23 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("POST", "/api/sub-account"): Operation(
         "createSubAccountAlias", PARTNER, _SUB_ACCOUNT_CREATED, body=rq.SubAccountFields
     ),
-    ("GET", "/api/partner/sub-accounts"): Operation("listSubAccounts", PARTNER, page(rs.SubAccount), query=rq.Paging),
-    ("GET", "/api/sub-accounts"): Operation("listSubAccountsAlias", PARTNER, page(rs.SubAccount), query=rq.Paging),
+    ("GET", "/api/partner/sub-accounts"): Operation("listSubAccounts", PARTNER, page(rs.SubAccount), query=qp.Paging),
+    ("GET", "/api/sub-accounts"): Operation("listSubAccountsAlias", PARTNER, page(rs.SubAccount), query=qp.Paging),
     ("POST", "/api/partner/sub-account/integrate"): Operation(
         "mintIntegrateToken",
         PARTNER,
         ok(rs.Token, "An integrate token (the sub-account is created on first use)"),
         body=rq.SubAccountFields,
         body_required=False,
-        query=rq.WhichSubAccount,
+        query=qp.WhichSubAccount,
     ),
     ("POST", "/api/sub-account/integrate"): Operation(
-        "mintIntegrateTokenForExisting", PARTNER, _TOKEN, query=rq.WhichSubAccount
+        "mintIntegrateTokenForExisting", PARTNER, _TOKEN, query=qp.WhichSubAccount
     ),
     ("GET", "/api/partner/sub-account/identity"): Operation(
-        "mintIdentityToken", PARTNER, _TOKEN, query=rq.IdentityQuery
+        "mintIdentityToken", PARTNER, _TOKEN, query=qp.IdentityQuery
     ),
-    ("GET", "/api/sub-account/identity"): Operation("mintIdentityTokenAlias", PARTNER, _TOKEN, query=rq.IdentityQuery),
+    ("GET", "/api/sub-account/identity"): Operation("mintIdentityTokenAlias", PARTNER, _TOKEN, query=qp.IdentityQuery),
     ("POST", "/api/partner/sub-account/{account_id}/revoke-tokens"): Operation(
         "revokeSubAccountTokens", PARTNER, _REVOKED
     ),
@@ -133,6 +135,12 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         ok(NO_BODY, "The customer's database as a pg_dump archive (custom format, for pg_restore)"),
         content_type="application/octet-stream",
     ),
+    ("PUT", "/api/partner/sub-account/{account_id}/warehouse"): Operation(
+        "setSubAccountWarehouse",
+        PARTNER,
+        ok(rs.OwnWarehouse, "The customer's database is on that server (moved there if it was elsewhere)"),
+        body=rq.OwnWarehouseRequest,
+    ),
     ("DELETE", "/api/partner/sub-account/{account_id}"): Operation(
         "deleteSubAccount", PARTNER, {204: (NO_BODY, "Deleted, with its database and roles")}
     ),
@@ -149,14 +157,14 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         "rotateWebhookSecret", WEBHOOKS, ok(rs.Webhook, "With the new secret")
     ),
     ("GET", "/api/partner/webhook/deliveries"): Operation(
-        "listWebhookDeliveries", WEBHOOKS, page(rs.WebhookDelivery), query=rq.Paging
+        "listWebhookDeliveries", WEBHOOKS, page(rs.WebhookDelivery), query=qp.Paging
     ),
     ("POST", "/api/partner/webhook/deliveries/{delivery_id}/redeliver"): Operation(
         "redeliverWebhook", WEBHOOKS, {202: (rs.Redelivery, "Queued again")}
     ),
     # -- connections --------------------------------------------------------------------------------------------
     ("GET", "/api/servertypes"): Operation(
-        "listServertypes", CONNECTIONS, page(rs.Servertype), query=rq.ServertypesQuery
+        "listServertypes", CONNECTIONS, page(rs.Servertype), query=qp.ServertypesQuery
     ),
     ("POST", "/api/servers"): Operation(
         "createServer",
@@ -164,13 +172,13 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         {201: (rs.Connection, "Created (OAuth2: with oauth_url and oauth_nonce)")},
         body=rq.ConnectionCreate,
     ),
-    ("GET", "/api/servers"): Operation("listServers", CONNECTIONS, page(rs.Connection), query=rq.Paging),
+    ("GET", "/api/servers"): Operation("listServers", CONNECTIONS, page(rs.Connection), query=qp.Paging),
     ("GET", "/api/server/{id}"): Operation("getServer", CONNECTIONS, _CONNECTION),
     ("PATCH", "/api/server/{id}"): Operation("updateServer", CONNECTIONS, _CONNECTION, body=rq.ConnectionChange),
     ("DELETE", "/api/server/{id}"): Operation("deleteServer", CONNECTIONS, _DELETED),
-    ("GET", "/api/server/{id}/logs"): Operation("listServerLogs", CONNECTIONS, page(rs.Log), query=rq.Paging),
+    ("GET", "/api/server/{id}/logs"): Operation("listServerLogs", CONNECTIONS, page(rs.Log), query=qp.Paging),
     ("GET", "/api/server/{id}/config-options"): Operation(
-        "getConfigOptions", CONNECTIONS, ok(rs.ConfigOptions), query=rq.LocaleQuery
+        "getConfigOptions", CONNECTIONS, ok(rs.ConfigOptions), query=qp.LocaleQuery
     ),
     ("POST", "/api/server/{id}/config"): Operation(
         "saveConfig", CONNECTIONS, ok(rs.Connection, "Ready to sync"), body=rq.ConfigChoice
@@ -181,7 +189,7 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         ok(rs.Reauthorisation | rs.Connection, "A consent URL, the form, or the connection with new credentials"),
         body=rq.Credentials,
         body_required=False,
-        query=rq.LocaleQuery,
+        query=qp.LocaleQuery,
     ),
     ("POST", "/api/server/{id}/manual-refresh"): Operation("getManualRefreshUrl", CONNECTIONS, ok(rs.ManualRefresh)),
     ("POST", "/api/server/{id}/disable"): Operation("disableServer", CONNECTIONS, ok(rs.Connection, "DISABLED")),
@@ -199,7 +207,7 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         },
         body=rq.SyncRequest,
         body_required=False,
-        query=rq.WaitQuery,
+        query=qp.WaitQuery,
     ),
     ("GET", "/api/server/{id}/health"): Operation(
         "getServerHealth",
@@ -207,15 +215,15 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         {200: (rs.Health, "Success"), 304: (NO_BODY, "Not modified (If-None-Match)")},
     ),
     ("GET", "/api/server/{id}/sync-status"): Operation("getServerSyncStatus", SYNC, ok(rs.SyncStatus)),
-    ("GET", "/api/server/{id}/runs"): Operation("listServerRuns", SYNC, page(rs.Run), query=rq.Paging),
+    ("GET", "/api/server/{id}/runs"): Operation("listServerRuns", SYNC, page(rs.Run), query=qp.Paging),
     # -- the warehouse --------------------------------------------------------------------------------------------
     ("GET", "/api/applications"): Operation(
-        "listApplications", WAREHOUSE, page(rs.Database), query=rq.ApplicationsQuery
+        "listApplications", WAREHOUSE, page(rs.Database), query=qp.ApplicationsQuery
     ),
     ("GET", "/api/database/tables/database/{database_id}"): Operation(
-        "listTables", WAREHOUSE, page(rs.Table), query=rq.Paging
+        "listTables", WAREHOUSE, page(rs.Table), query=qp.Paging
     ),
-    ("GET", "/api/database/rows/table/{table_id}"): Operation("listRows", WAREHOUSE, page(rs.Row), query=rq.RowsQuery),
+    ("GET", "/api/database/rows/table/{table_id}"): Operation("listRows", WAREHOUSE, page(rs.Row), query=qp.RowsQuery),
     ("POST", "/api/table"): Operation(
         "createQueryTable", QUERY_TABLES, {201: (rs.Table, "Created")}, body=rq.QueryTableCreate
     ),
@@ -231,33 +239,33 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     # -- writeback --------------------------------------------------------------------------------------------------
     ("GET", "/api/server/{id}/objects"): Operation("listObjects", WRITEBACK, page(rs.WritableObject)),
     ("GET", "/api/server/{id}/records/{object}"): Operation(
-        "searchRecords", WRITEBACK, page(rs.Row), query=rq.RecordSearchQuery
+        "searchRecords", WRITEBACK, page(rs.Row), query=qp.RecordSearchQuery
     ),
     ("POST", "/api/server/{id}/records/{object}"): Operation(
-        "addRecord", WRITEBACK, {201: (rs.Record, "Created")}, body=rq.RecordFields, query=rq.WriteQuery
+        "addRecord", WRITEBACK, {201: (rs.Record, "Created")}, body=rq.RecordFields, query=qp.WriteQuery
     ),
     ("PUT", "/api/server/{id}/records/{object}"): Operation(
         "upsertRecord",
         WRITEBACK,
         {201: (rs.Record, "Created"), 200: (rs.Record, "Updated")},
         body=rq.RecordFields,
-        query=rq.UpsertQuery,
+        query=qp.UpsertQuery,
     ),
     ("GET", "/api/server/{id}/records/{object}/{record_id}"): Operation(
-        "getRecord", WRITEBACK, ok(rs.Record), query=rq.WriteQuery
+        "getRecord", WRITEBACK, ok(rs.Record), query=qp.WriteQuery
     ),
     ("PATCH", "/api/server/{id}/records/{object}/{record_id}"): Operation(
-        "updateRecord", WRITEBACK, ok(rs.Record), body=rq.RecordFields, query=rq.WriteQuery
+        "updateRecord", WRITEBACK, ok(rs.Record), body=rq.RecordFields, query=qp.WriteQuery
     ),
     ("DELETE", "/api/server/{id}/records/{object}/{record_id}"): Operation(
-        "deleteRecord", WRITEBACK, _DELETED, query=rq.WriteQuery
+        "deleteRecord", WRITEBACK, _DELETED, query=qp.WriteQuery
     ),
     # -- scripts -----------------------------------------------------------------------------------------------------
     ("POST", "/api/interface"): Operation("createScript", SCRIPTS, {201: (rs.Script, "Created")}, body=rq.ScriptCreate),
     ("POST", "/interface"): Operation(
         "createScriptAlias", SCRIPTS, {201: (rs.Script, "Created")}, body=rq.ScriptCreate
     ),
-    ("GET", "/api/interface"): Operation("listScripts", SCRIPTS, page(rs.Script), query=rq.Paging),
+    ("GET", "/api/interface"): Operation("listScripts", SCRIPTS, page(rs.Script), query=qp.Paging),
     ("GET", "/api/interface/{script_id}"): Operation("getScript", SCRIPTS, ok(rs.Script)),
     ("PATCH", "/api/interface/{script_id}"): Operation("updateScript", SCRIPTS, ok(rs.Script), body=rq.ScriptChange),
     ("DELETE", "/api/interface/{script_id}"): Operation(
@@ -267,10 +275,10 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         "runScript",
         SCRIPTS,
         {200: (rs.ScriptRun, "Finished within ?wait="), 202: (rs.ScriptRun, "Queued or running")},
-        query=rq.WaitQuery,
+        query=qp.WaitQuery,
     ),
     ("GET", "/api/interface/{script_id}/runs"): Operation(
-        "listScriptRuns", SCRIPTS, page(rs.ScriptRun), query=rq.Paging
+        "listScriptRuns", SCRIPTS, page(rs.ScriptRun), query=qp.Paging
     ),
     ("GET", "/api/interface/{script_id}/runs/{run_id}"): Operation("getScriptRun", SCRIPTS, ok(rs.ScriptRun)),
     ("GET", "/api/interface/{script_id}/state"): Operation("getScriptState", SCRIPTS, ok(rs.ScriptState)),

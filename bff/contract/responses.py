@@ -96,6 +96,14 @@ class DatabaseCredentials(Model):
     schema_: str = Field(alias="schema")
 
 
+class OwnWarehouse(Model):
+    """Where the customer's database now is: its server by host and port (never the URL)."""
+
+    server: str
+    database: str
+    moved: bool = Field(description="True when the database was moved there from another server.")
+
+
 # -- catalogue and connections -----------------------------------------------------------------------
 
 

@@ -28,6 +28,7 @@ from starlette.types import ASGIApp
 from ..events import Events
 from ..jobs import JobQueue
 from ..runtime import Runtime
+from ..store import UNSET, Unset
 from ..store.scripts import CustomerBusy, Script, ScriptRun, ScriptRunActive, ScriptStore
 from .api_socket import ApiSocket
 from .cgroups import RunGroup
@@ -131,6 +132,49 @@ class ScriptService:
 
     def now(self) -> float:
         return float(self.runtime.clock())
+
+    # -- the customer's scripts, for /api/interface (the routes reach the table only through these) --
+
+    async def create(self, sub_account_id: int, name: str, raw_code: str, schedule: int | None) -> Script:
+        return await self.table.create(sub_account_id, name, raw_code, schedule)
+
+    async def find(self, sub_account_id: int, script_id: int) -> Script | None:
+        return await self.table.get(sub_account_id, script_id)
+
+    async def page(self, sub_account_id: int, *, offset: int, limit: int) -> tuple[int, list[dict[str, Any]]]:
+        """A page of scripts as the API shows them, each with its last run (one query for the page)."""
+        count, found = await self.table.list_scripts(sub_account_id, offset=offset, limit=limit)
+        last_runs = await self.table.last_runs([s.id for s in found])
+        return count, [s.public_dict(last_runs.get(s.id)) for s in found]
+
+    async def view(self, script: Script) -> dict[str, Any]:
+        return script.public_dict(await self.table.last_run(script.id))
+
+    async def change(
+        self, script: Script, *, name: str | None, raw_code: str | None, schedule: int | None | Unset
+    ) -> Script | None:
+        """Change what was given (None: unchanged, but a schedule of None is "by hand only")."""
+        return await self.table.update(
+            script,
+            name=UNSET if name is None else name,
+            raw_code=UNSET if raw_code is None else raw_code,
+            schedule=schedule,
+        )
+
+    async def delete(self, sub_account_id: int, script_id: int) -> bool:
+        return await self.table.delete(sub_account_id, script_id)
+
+    async def runs(self, script_id: int, *, offset: int, limit: int) -> tuple[int, list[ScriptRun]]:
+        return await self.table.list_runs(script_id, offset=offset, limit=limit)
+
+    async def run(self, run_id: int) -> ScriptRun | None:
+        return await self.table.get_run(run_id)
+
+    async def state(self, script_id: int) -> Any:
+        return await self.table.get_state(script_id)
+
+    async def save_state(self, script_id: int, state: Any) -> None:
+        await self.table.set_state(script_id, state)
 
     # -- runs, from the API and the scheduler -----------------------------------------------------
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import enum
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
@@ -33,6 +33,24 @@ def iso(ts: float | None) -> str | None:
 def build(cls: type[T], row: Row | None) -> T | None:
     """A frozen dataclass from a row, by column name (never by position); None for no row."""
     return cls(**row) if row is not None else None
+
+
+class Reads(Protocol):
+    async def _all(self, query: str, params: Mapping[str, Any] | Sequence[Any] = ()) -> list[Row]: ...
+
+
+async def last_per_parent(
+    store: Reads, table: str, parent: str, columns: str, parent_ids: Sequence[int]
+) -> dict[int, Row]:
+    """The newest row (highest id) of ``table`` for each of these parents that has one, in one
+    query: a connection's last run, a script's last run (for one, or for a page of them)."""
+    if not parent_ids:
+        return {}
+    rows = await store._all(
+        f"SELECT DISTINCT ON ({parent}) {columns} FROM {table} WHERE {parent} = ANY(%s) ORDER BY {parent}, id DESC",
+        (list(parent_ids),),
+    )
+    return {int(row[parent]): row for row in rows}
 
 
 def given(value: Any) -> Any:

@@ -64,6 +64,33 @@ class PlacementStore:
             (server, sub_account_id),
         )
 
+    # -- moves (bff warehouse move) ---------------------------------------------------------------
+
+    async def moving_to(self, sub_account_id: int) -> tuple[Placement | None, str | None]:
+        """The placement and the server it is being moved to (None when no move is under way)."""
+        row = await self._store._one(
+            f"SELECT {_COLUMNS}, moving_to FROM warehouse_placements WHERE sub_account_id = %s", (sub_account_id,)
+        )
+        if row is None:
+            return None, None
+        target = row.pop("moving_to")
+        return Placement(**row), target
+
+    async def start_move(self, sub_account_id: int, server: str) -> None:
+        await self._store._one(
+            "UPDATE warehouse_placements SET moving_to = %s WHERE sub_account_id = %s RETURNING NULL AS done",
+            (server, sub_account_id),
+        )
+
+    async def end_move(self, sub_account_id: int, *, server: str | None = None) -> None:
+        """The move is over: on ``server`` when it succeeded (one statement: every process sees the
+        customer on one server or the other), where it was when it did not."""
+        await self._store._one(
+            "UPDATE warehouse_placements SET moving_to = NULL, server = COALESCE(%s, server)"
+            " WHERE sub_account_id = %s RETURNING NULL AS done",
+            (server, sub_account_id),
+        )
+
     async def delete(self, sub_account_id: int) -> None:
         await self._store._one(
             "DELETE FROM warehouse_placements WHERE sub_account_id = %s RETURNING NULL AS gone", (sub_account_id,)

@@ -10,7 +10,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from ..errors import Conflict
-from .base import UNSET, Unset, build, iso
+from .base import UNSET, Unset, build, iso, last_per_parent
 
 if TYPE_CHECKING:
     from . import Store
@@ -240,23 +240,12 @@ class ScriptStore:
         )
 
     async def last_run(self, script_id: int) -> ScriptRun | None:
-        return build(
-            ScriptRun,
-            await self._store._one(
-                f"SELECT {_RUN_COLUMNS} FROM script_runs WHERE script_id = %s ORDER BY id DESC LIMIT 1", (script_id,)
-            ),
-        )
+        return (await self.last_runs([script_id])).get(script_id)
 
     async def last_runs(self, script_ids: Sequence[int]) -> dict[int, ScriptRun]:
         """The last run of each of these scripts (those that ran), in one query."""
-        if not script_ids:
-            return {}
-        rows = await self._store._all(
-            f"SELECT DISTINCT ON (script_id) {_RUN_COLUMNS} FROM script_runs WHERE script_id = ANY(%s)"
-            " ORDER BY script_id, id DESC",
-            (list(script_ids),),
-        )
-        return {int(row["script_id"]): ScriptRun(**row) for row in rows}
+        rows = await last_per_parent(self._store, "script_runs", "script_id", _RUN_COLUMNS, script_ids)
+        return {script_id: ScriptRun(**row) for script_id, row in rows.items()}
 
     async def list_runs(self, script_id: int, *, offset: int, limit: int) -> tuple[int, list[ScriptRun]]:
         count = await self._store._one("SELECT COUNT(*) AS n FROM script_runs WHERE script_id = %s", (script_id,))
