@@ -8,11 +8,14 @@ reacts to health changes (a connection that became ready syncs at once).
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from . import lifecycle
 
 if TYPE_CHECKING:
+    from psycopg import AsyncConnection
+
     from .services.schedules import ScheduleReactions
     from .store import Connection, HealthChange, Run, SubAccount
     from .store.scripts import Script, ScriptRun
@@ -24,7 +27,14 @@ logger = logging.getLogger("bff.events")
 class Events(Protocol):
     async def health_changed(self, change: HealthChange) -> None: ...
 
-    async def run_finished(self, run: Run) -> None: ...
+    async def run_ending(self, conn: AsyncConnection[Any], run: Run, change: HealthChange | None) -> Sequence[int]:
+        """Inside the transaction that ends ``run`` (and changes the connection's health): write
+        what must exist exactly when that end does; what :meth:`run_ended` acts on."""
+        ...
+
+    async def run_ended(self, run: Run, change: HealthChange | None, written: Sequence[int]) -> None:
+        """Once the run's end is committed."""
+        ...
 
     async def connection_created(self, account: SubAccount, connection: Connection) -> None: ...
 
@@ -48,11 +58,23 @@ class AppEvents:
             except Exception:
                 logger.exception("reacting to the health change of connection %s failed", change.connection_id)
 
-    async def run_finished(self, run: Run) -> None:
+    async def run_ending(self, conn: AsyncConnection[Any], run: Run, change: HealthChange | None) -> Sequence[int]:
+        """The webhook's events of the run's end, in its transaction (a failure here undoes the end:
+        the run is finished again, by its retry or the stalled-run recovery)."""
+        return await self.webhooks.record_run_end(conn, run, change)
+
+    async def run_ended(self, run: Run, change: HealthChange | None, written: Sequence[int]) -> None:
+        """Queue the deliveries written with the run's end; then the schedule hears of the health
+        change (a connection that became ready syncs at once)."""
         try:
-            await self.webhooks.on_run_finished(run)
-        except Exception:  # the run has ended either way
-            logger.exception("reacting to the end of run %s failed", run.id)
+            await self.webhooks.queue_deliveries(written)
+        except Exception:  # they are in the outbox: the scheduler tick queues them
+            logger.exception("queueing the webhook deliveries of run %s failed", run.id)
+        if change is not None and change.old != change.new:
+            try:
+                await self.schedules.on_health_change(change)
+            except Exception:
+                logger.exception("reacting to the health change of connection %s failed", change.connection_id)
 
     async def connection_created(self, account: SubAccount, connection: Connection) -> None:
         """Tell the partner; a connection that starts ready (credentials tested) syncs at once."""

@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import datetime
 import logging
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import procrastinate
@@ -80,8 +81,10 @@ async def script_run(context: procrastinate.JobContext, run_id: int) -> None:
 
 
 async def scheduler_tick(context: procrastinate.JobContext, timestamp: int | None = None) -> None:
-    """Due scheduled syncs, then due scripts (nothing when this deployment has schedules off)."""
+    """Webhook deliveries left without a job, due scheduled syncs, then due scripts (no syncs or
+    scripts when this deployment has schedules off)."""
     services = services_of(context)
+    await services.webhooks.queue_unqueued()  # the outbox's deliveries whose job was never queued
     if services.settings.schedules_enabled:
         await services.schedules.tick()
         await services.scripts.tick()
@@ -176,6 +179,16 @@ class JobQueue:
             options["schedule_at"] = datetime.datetime.fromtimestamp(at, datetime.UTC)
         job_id: int = await self._webhook_task.configure(**options).defer_async(delivery_id=delivery_id)
         return job_id
+
+    async def webhook_jobs(self, delivery_ids: Sequence[int]) -> set[int]:
+        """Those of these deliveries that have a job in the queue (in any state)."""
+        rows = await self.app.connector.execute_query_all_async(
+            "SELECT DISTINCT (args->>'delivery_id')::bigint AS delivery_id FROM procrastinate_jobs"
+            " WHERE task_name = %(task)s AND (args->>'delivery_id')::bigint = ANY(%(ids)s)",
+            task=WEBHOOK_TASK,
+            ids=list(delivery_ids),
+        )
+        return {int(row["delivery_id"]) for row in rows}
 
     async def defer_refresh(self, connection_id: int, *, at: float) -> bool:
         """Queue the refresh job of a connection for ``at``; False when one is already waiting

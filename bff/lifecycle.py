@@ -40,7 +40,7 @@ from .store import UNSET
 
 if TYPE_CHECKING:
     from .events import Events
-    from .store import HealthChange, Store
+    from .store import HealthChange, Run, Store
 
 __all__ = [
     "STATES",
@@ -249,10 +249,11 @@ async def conclude_run(
     records: Mapping[str, int] | None,
     detail: str | None,
     logs: Sequence[tuple[str, str]] = (),
-) -> bool:
-    """End a run and apply its ``event`` to the connection, atomically (see ``RunStore.finish``);
-    then tell the events about the health change. False when the run had already ended."""
-    ended, change = await store.runs.finish(
+) -> Run | None:
+    """End a run and apply its ``event`` to the connection, with the events' outbox rows of both
+    in the same transaction (``RunStore.finish``, ``Events.run_ending``); then ``Events.run_ended``.
+    The ended run; None when it had already ended."""
+    ended, change, written = await store.runs.finish(
         run_id,
         status=status,
         records=records,
@@ -262,7 +263,11 @@ async def conclude_run(
         health_from=sorted(TRANSITIONS[event][0]),
         detail=detail,
         logs=logs,
+        outbox=events.run_ending,
     )
-    if change is not None:
-        await _changed(events, change, event)
+    if ended is None:
+        return None
+    if change is not None and change.old != change.new:
+        logger.info("connection %s: %s → %s (%s)", change.connection_id, change.old, change.new, event.value)
+    await events.run_ended(ended, change, written or ())
     return ended

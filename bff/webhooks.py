@@ -34,6 +34,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+from psycopg import AsyncConnection
 
 from .crypto import Vault
 from .jobs import JobQueue
@@ -63,6 +64,8 @@ EVENT_TYPES = (
 )
 BACKOFF_SECONDS = (5, 5 * 60, 30 * 60, 2 * 3600, 5 * 3600, 10 * 3600)
 DELIVERY_TIMEOUT = 10.0
+# An outbox delivery still pending and unattempted this long after it was written may have no job.
+UNQUEUED_AFTER = 60.0
 SECRET_PREFIX = "whsec_"
 MAX_URL_LENGTH = 2048
 
@@ -327,22 +330,49 @@ class Webhooks:
         await self._emit_for_account(account.id, "connection.deleted", _connection_data(connection))
 
     async def on_health_change(self, change: HealthChange) -> None:
-        data = {"server_id": change.connection_id, "from": change.old, "to": change.new, "detail": change.detail}
-        await self._emit_for_connection(change.sub_account_id, change.connection_id, "connection.health_changed", data)
+        await self._emit_for_connection(
+            change.sub_account_id, change.connection_id, "connection.health_changed", _health_data(change)
+        )
 
-    async def on_run_finished(self, run: Run) -> None:
-        data: dict[str, Any] = {
-            "server_id": run.connection_id,
-            "pipeline_run_id": run.id,
-            "status": run.status,
-            "records": run.records,
-            "error": run.error,
-            "full": run.full_sync,
-            "trigger": run.trigger,
-            "started_at": iso(run.started_at),
-            "finished_at": iso(run.finished_at),
-        }
-        await self._emit_for_connection(run.sub_account_id, run.connection_id, "sync.finished", data)
+    async def record_run_end(self, conn: AsyncConnection[Any], run: Run, change: HealthChange | None) -> list[int]:
+        """Inside the transaction that ends ``run``: its ``connection.health_changed`` (when the
+        health changed) and ``sync.finished`` deliveries, committed with the run's end or not at
+        all (an outbox). The deliveries' ids: :meth:`queue_deliveries` them once that is committed."""
+        audience = await self.table.audience(conn, run.sub_account_id, run.connection_id)
+        if audience is None:
+            return []
+        about: dict[str, Any] = {}
+        if audience["name"] is not None:  # the connection's name and connector, while it exists
+            about = {"name": audience["name"], "connector": audience["connector"]}
+        about |= {"account_id": run.sub_account_id, "external_id": audience["external_id"]}
+        events = [("connection.health_changed", _health_data(change))] if change and change.old != change.new else []
+        events.append(("sync.finished", _run_data(run)))
+        ids = []
+        for event_type, data in events:
+            if event_type in audience["events"]:
+                payload = {"type": event_type, "timestamp": iso(self.store.now()), "data": {**data, **about}}
+                message_id = f"msg_{uuid.uuid4().hex}"
+                delivery = await self.table.create_delivery(
+                    audience["partner_id"], message_id, event_type, payload, conn=conn
+                )
+                ids.append(delivery.id)
+        return ids
+
+    async def queue_deliveries(self, delivery_ids: Sequence[int]) -> None:
+        for delivery_id in delivery_ids:
+            await self.queue.defer_webhook(delivery_id)
+
+    async def queue_unqueued(self, *, after: float = UNQUEUED_AFTER) -> list[int]:
+        """Queue the outbox's deliveries left without a job (the process stopped between the
+        commit and :meth:`queue_deliveries`): pending, never attempted, older than ``after`` seconds, and
+        no job of theirs in the queue. The scheduler tick calls it every minute."""
+        candidates = await self.table.unqueued(older_than=self.store.now() - after)
+        queued = await self.queue.webhook_jobs(candidates) if candidates else set()
+        missing = [delivery_id for delivery_id in candidates if delivery_id not in queued]
+        for delivery_id in missing:
+            logger.warning("webhook delivery %s had no job (queued now)", delivery_id)
+        await self.queue_deliveries(missing)
+        return missing
 
     async def on_script_finished(self, script: Script, run: ScriptRun) -> None:
         data: dict[str, Any] = {
@@ -445,6 +475,24 @@ class Webhooks:
         except httpx.HTTPError as exc:
             return None, f"Could not connect: {type(exc).__name__}: {exc}"[:500]
         return response.status_code, None
+
+
+def _health_data(change: HealthChange) -> dict[str, Any]:
+    return {"server_id": change.connection_id, "from": change.old, "to": change.new, "detail": change.detail}
+
+
+def _run_data(run: Run) -> dict[str, Any]:
+    return {
+        "server_id": run.connection_id,
+        "pipeline_run_id": run.id,
+        "status": run.status,
+        "records": run.records,
+        "error": run.error,
+        "full": run.full_sync,
+        "trigger": run.trigger,
+        "started_at": iso(run.started_at),
+        "finished_at": iso(run.finished_at),
+    }
 
 
 def _connection_data(connection: Connection) -> dict[str, Any]:

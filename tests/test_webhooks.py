@@ -278,3 +278,92 @@ def test_pinned_request_keeps_the_name_in_host_and_sni() -> None:
     assert headers == {"Host": "hooks.example.com"} and extensions == {"sni_hostname": "hooks.example.com"}
     url, headers, _ = pinned_request("http://hooks.example.com:8080/in", "2606:2800::1", 8080)
     assert url == "http://[2606:2800::1]:8080/in" and headers == {"Host": "hooks.example.com:8080"}
+
+
+async def _queued_run(bff: BFF, partner_token: str) -> tuple[Any, dict[str, Any]]:
+    """A connected bank (health OK) and a queued run of it that no worker was asked to start."""
+    minted = await bff.integrate(partner_token, "cust-1")
+    connection = await connect_bank(bff.client, minted["token"])
+    run = await bff.services.store.runs.create(connection["id"], minted["account_id"], task_id="t-outbox", tables=None)
+    return run, connection
+
+
+async def _end(bff: BFF, run: Any) -> Any:
+    from bff import lifecycle
+
+    return await lifecycle.conclude_run(
+        bff.services.store,
+        bff.services.events,
+        run.id,
+        run.connection_id,
+        lifecycle.Event.SYNC_SUCCEEDED,
+        status="succeeded",
+        records={"transactions": 1},
+        detail=None,
+    )
+
+
+async def test_a_runs_end_and_its_webhook_events_are_one_transaction(wbff: BFF, monkeypatch: Any) -> None:
+    """The deliveries of a run's end (its health change and sync.finished) are written in the
+    transaction that ends it: when writing them fails, the run has not ended either (its retry or
+    the stalled-run recovery ends it again); when the end is committed, so are they."""
+    receiver = Receiver()
+    with receiving(receiver) as url:
+        _, partner_token = await wbff.partner("outbox")
+        await configure(wbff, partner_token, url, events=["connection.health_changed", "sync.finished"])
+        run, connection = await _queued_run(wbff, partner_token)
+        webhooks = wbff.services.webhooks
+
+        async def crash(*args: Any, **kwargs: Any) -> Any:
+            raise RuntimeError("the process stopped while writing the event")
+
+        monkeypatch.setattr(webhooks.table, "create_delivery", crash)
+        with pytest.raises(RuntimeError):
+            await _end(wbff, run)
+        monkeypatch.undo()
+        assert (await wbff.services.store.runs.get(run.id)).status == "queued"
+        assert (await wbff.services.store.connections.get_by_id(connection["id"])).health_status == "OK"
+        assert (await webhooks.deliveries(await _partner_id(wbff, run), offset=0, limit=10))[0] == 0
+
+        ended = await _end(wbff, run)
+        assert ended is not None and ended.status == "succeeded"
+        await until(lambda: len(receiver.requests) == 2)
+        by_type = {e["type"]: e["data"] for e in receiver.events()}
+        assert by_type["connection.health_changed"]["to"] == "HEALTHY"
+        assert by_type["sync.finished"]["pipeline_run_id"] == run.id
+        assert by_type["sync.finished"]["records"] == {"transactions": 1}
+        assert by_type["sync.finished"]["connector"] == "sandbox_bank"
+        assert await _end(wbff, run) is None  # ended once: no second set of events
+        await asyncio.sleep(0.3)
+        assert len(receiver.requests) == 2
+
+
+async def _partner_id(bff: BFF, run: Any) -> int:
+    account = await bff.services.store.sub_accounts.get_by_id(run.sub_account_id)
+    return int(account.partner_id)
+
+
+async def test_deliveries_whose_job_was_never_queued_are_queued_by_the_tick(wbff: BFF, monkeypatch: Any) -> None:
+    """The process stops after the run's end is committed but before its deliveries' jobs are
+    queued: the deliveries are there, and the scheduler tick's sweep queues them (once)."""
+    receiver = Receiver()
+    with receiving(receiver) as url:
+        _, partner_token = await wbff.partner("outbox-tick")
+        await configure(wbff, partner_token, url, events=["sync.finished"])
+        run, _ = await _queued_run(wbff, partner_token)
+        webhooks = wbff.services.webhooks
+
+        async def stopped(delivery_ids: Any) -> None:
+            return None
+
+        monkeypatch.setattr(webhooks, "queue_deliveries", stopped)
+        await _end(wbff, run)
+        monkeypatch.undo()
+        count, deliveries = await webhooks.deliveries(await _partner_id(wbff, run), offset=0, limit=10)
+        assert count == 1 and deliveries[0]["status"] == "pending"
+        assert await webhooks.queue_unqueued() == []  # younger than a minute: its job may be on its way
+        queued = await webhooks.queue_unqueued(after=0)
+        assert queued == [deliveries[0]["id"]]
+        await until(lambda: len(receiver.requests) == 1)
+        assert receiver.events()[0]["data"]["pipeline_run_id"] == run.id
+        assert await webhooks.queue_unqueued(after=0) == []  # it has its job (and was delivered)

@@ -5,8 +5,8 @@ index says so) and its log lines. A run ends together with its connection's heal
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
 from psycopg.types.json import Jsonb
@@ -17,6 +17,10 @@ from .connections import HealthChange, guarded, health_change
 
 if TYPE_CHECKING:
     from . import Store
+
+T = TypeVar("T")
+# Writes, inside the transaction that ends a run, what must exist exactly when that end does.
+Outbox = Callable[[psycopg.AsyncConnection[Any], "Run", HealthChange | None], Awaitable[T]]
 
 __all__ = ["ACTIVE_RUN_STATUSES", "LogLine", "Run", "RunAlreadyActive", "RunStore"]
 
@@ -189,16 +193,19 @@ class RunStore:
         health_from: Sequence[str],
         detail: str | None,
         logs: Sequence[tuple[str, str]] = (),
-    ) -> tuple[bool, HealthChange | None]:
-        """End a run: its status, the connection's health and the last log lines, atomically.
-        (False, None) when the run had already ended (another worker, or a delete, got there
-        first); else (True, the connection's health before and after, None if it is gone)."""
+        outbox: Outbox[T] | None = None,
+    ) -> tuple[Run | None, HealthChange | None, T | None]:
+        """End a run: its status, the connection's health and the last log lines, atomically, and
+        what ``outbox`` writes about it in the same transaction (the events of the run's end: they
+        exist exactly when the run's end does). (None, None, None) when the run had already ended
+        (another worker, or a delete, got there first); else (the ended run, the connection's
+        health before and after or None if it is gone, what ``outbox`` returned)."""
         now = self._store.now()
         async with self._store.transaction() as conn:
             cur = await conn.execute(
                 "UPDATE runs SET status = %(status)s, records = COALESCE(%(records)s, records), error = %(error)s,"
                 " resume_at = NULL, finished_at = %(now)s"
-                " WHERE id = %(id)s AND status IN ('queued', 'running', 'waiting') RETURNING id",
+                f" WHERE id = %(id)s AND status IN ('queued', 'running', 'waiting') RETURNING {RUN_COLUMNS}",
                 {
                     "status": status,
                     "records": Jsonb(dict(records)) if records is not None else None,
@@ -207,8 +214,9 @@ class RunStore:
                     "id": run_id,
                 },
             )
-            if await cur.fetchone() is None:
-                return False, None
+            ended = build(Run, await cur.fetchone())
+            if ended is None:
+                return None, None, None
             cur = await conn.execute(
                 # The health changes only from ``health_from`` (bff.lifecycle: not from DISABLED).
                 f"UPDATE connections c SET {guarded('health_status = %(h)s')}, {guarded('detail = %(d)s')},"
@@ -220,7 +228,9 @@ class RunStore:
             changed = await cur.fetchone()
             if changed is not None:  # deleted mid-run: its logs went with it
                 await insert_logs(conn, connection_id, logs, run_id, now=now)
-        return True, health_change(changed)
+            change = health_change(changed)
+            written = await outbox(conn, ended, change) if outbox is not None else None
+        return ended, change, written
 
     async def add_log(self, connection_id: int, level: str, message: str, *, run_id: int | None = None) -> None:
         await self.add_logs(connection_id, [(level, message)], run_id=run_id)

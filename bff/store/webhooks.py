@@ -7,6 +7,7 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 
 from .base import iso
@@ -99,16 +100,52 @@ class WebhookStore:
     # -- deliveries --------------------------------------------------------------------------
 
     async def create_delivery(
-        self, partner_id: int, message_id: str, event_type: str, payload: Mapping[str, Any]
+        self,
+        partner_id: int,
+        message_id: str,
+        event_type: str,
+        payload: Mapping[str, Any],
+        *,
+        conn: AsyncConnection[Any] | None = None,
     ) -> Delivery:
+        """A pending delivery; with ``conn``, inside that connection's transaction (the outbox of
+        what that transaction changed: committed with it or not at all)."""
         now = self._store.now()
-        row = await self._store._one(
+        query = (
             "INSERT INTO webhook_deliveries (partner_id, message_id, event_type, payload, status, next_attempt_at, created_at)"
-            f" VALUES (%s, %s, %s, %s, 'pending', %s, %s) RETURNING {_DELIVERY_COLUMNS}",
-            (partner_id, message_id, event_type, Jsonb(dict(payload)), now, now),
+            f" VALUES (%s, %s, %s, %s, 'pending', %s, %s) RETURNING {_DELIVERY_COLUMNS}"
         )
+        params = (partner_id, message_id, event_type, Jsonb(dict(payload)), now, now)
+        if conn is None:
+            row = await self._store._one(query, params)
+        else:
+            row = await (await conn.execute(query, params)).fetchone()
         assert row is not None
         return Delivery(**row)
+
+    async def audience(
+        self, conn: AsyncConnection[Any], sub_account_id: int, connection_id: int
+    ) -> dict[str, Any] | None:
+        """Inside ``conn``'s transaction: who hears of a connection's events (the partner's id and
+        webhook events, the sub-account's external id) and the connection's name and connector
+        (None while it is gone); None when the partner has no webhook."""
+        cur = await conn.execute(
+            "SELECT s.partner_id, s.external_id, w.events, c.name, c.connector FROM sub_accounts s"
+            " JOIN webhooks w ON w.partner_id = s.partner_id LEFT JOIN connections c ON c.id = %s WHERE s.id = %s",
+            (connection_id, sub_account_id),
+        )
+        row: dict[str, Any] | None = await cur.fetchone()
+        return row
+
+    async def unqueued(self, *, older_than: float, limit: int = 500) -> list[int]:
+        """Pending deliveries never attempted and older than ``older_than`` (a timestamp): the
+        outbox rows whose job may not have been queued (the process stopped after the commit)."""
+        rows = await self._store._all(
+            "SELECT id FROM webhook_deliveries WHERE status = 'pending' AND attempts = 0 AND created_at < %s"
+            " ORDER BY id LIMIT %s",
+            (older_than, limit),
+        )
+        return [int(row["id"]) for row in rows]
 
     async def get_delivery(self, delivery_id: int, *, partner_id: int | None = None) -> Delivery | None:
         if partner_id is None:
