@@ -144,7 +144,13 @@ def build_services(
         )
         sandbox_app = create_sandbox_app(options, clock=clock, state_dir=settings.data_dir)
         transport = SandboxTransport(sandbox_app, settings.sandbox_url, transport)
-    queue = JobQueue(url, heartbeat_seconds=settings.heartbeat_seconds, stalled_seconds=settings.stalled_seconds)
+    queue = JobQueue(
+        url,
+        heartbeat_seconds=settings.heartbeat_seconds,
+        stalled_seconds=settings.stalled_seconds,
+        sql_watch_seconds=settings.sql_watch_seconds,
+        sql_idle_seconds=settings.sql_idle_seconds,
+    )
     servers = WarehouseServers(
         store, [url.reveal() for url in settings.warehouse_urls], vault=Vault(settings.encryption_key)
     )

@@ -120,10 +120,22 @@ def script_lock(script_id: int) -> str:
 class JobQueue:
     """Defers jobs and, when asked, runs a worker in this process."""
 
-    def __init__(self, url: str, *, heartbeat_seconds: float = 10.0, stalled_seconds: float = 30.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        heartbeat_seconds: float = 10.0,
+        stalled_seconds: float = 30.0,
+        sql_watch_seconds: float = 5.0,
+        sql_idle_seconds: float = 60.0,
+    ) -> None:
         self.url = url
         self.heartbeat_seconds = heartbeat_seconds
         self.stalled_seconds = stalled_seconds
+        # Customer SQL: how often the watchdog looks, and how long a customer session may sit idle
+        # in a transaction (the statement limit is the query tables' timeout).
+        self.sql_watch_seconds = sql_watch_seconds
+        self.sql_idle_seconds = sql_idle_seconds
         # Each worker holds a LISTEN connection and takes more for fetching, heartbeats and its
         # jobs' bookkeeping; two workers (main and scripts) and this process's defers share the pool.
         self.app = procrastinate.App(
@@ -141,6 +153,7 @@ class JobQueue:
         self._services: Services | None = None
         self._workers: list[asyncio.Task[None]] = []
         self._watchdog: asyncio.Task[None] | None = None
+        self._sql_watchdog: asyncio.Task[None] | None = None
 
     def bind(self, services: Services) -> None:
         """The services this process's jobs (and the watchdog's recoveries) run with."""
@@ -266,6 +279,7 @@ class JobQueue:
             for worker_name, worker_queues, slots in pools
         ]
         self._watchdog = asyncio.create_task(self._watch_stalled(), name="bff-stalled-watchdog")
+        self._sql_watchdog = asyncio.create_task(self._watch_customer_sql(), name="bff-sql-watchdog")
 
     async def stop_worker(self) -> None:
         """Cancel the workers (procrastinate stops a cancelled worker gracefully) and wait for them.
@@ -273,7 +287,7 @@ class JobQueue:
         A cancellation that lands while a worker is still starting can be lost (seen with two
         workers starting at once on a loaded machine: the worker's loop never heard its stop), so
         a worker still running a moment later is cancelled again."""
-        tasks = [task for task in (self._watchdog, *self._workers) if task is not None]
+        tasks = [task for task in (self._watchdog, self._sql_watchdog, *self._workers) if task is not None]
         for _ in range(STOP_ATTEMPTS):
             pending = [task for task in tasks if not task.done()]
             if not pending:
@@ -285,7 +299,7 @@ class JobQueue:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 if task.done():
                     task.result()
-        self._watchdog = None
+        self._watchdog = self._sql_watchdog = None
         self._workers = []
 
     async def _watch_stalled(self) -> None:
@@ -296,6 +310,22 @@ class JobQueue:
                 await self.requeue_stalled()
             except Exception:  # the database restarting, say: try again next round
                 logger.exception("could not check for stalled jobs")
+
+    async def _watch_customer_sql(self) -> None:
+        """Hold customer logins to their statement limit: a session may lift its own
+        ``statement_timeout``, so every worker cancels what runs past it (see
+        :meth:`WarehouseServers.stop_overrunning`)."""
+        while True:
+            await asyncio.sleep(self.sql_watch_seconds)
+            if self._services is None:
+                continue
+            try:
+                await self._services.warehouse.servers.stop_overrunning(
+                    statement_seconds=self._services.query_tables.timeout_ms / 1000,
+                    idle_seconds=self.sql_idle_seconds,
+                )
+            except Exception:  # the control database restarting, say: try again next round
+                logger.exception("could not check customer SQL sessions")
 
     async def requeue_stalled(self) -> list[int]:
         """Re-queue the sync jobs of workers that stopped sending heartbeats; their run ids."""

@@ -24,6 +24,8 @@ WORKER_QUEUES = ("sync", "webhooks", "scheduler", "scripts")
 DEFAULT_LONG_WAIT_SECONDS = 30.0  # a provider asking to wait longer frees the worker (DESIGN §9)
 DEFAULT_HEARTBEAT_SECONDS = 10.0
 DEFAULT_STALLED_SECONDS = 30.0
+DEFAULT_SQL_WATCH_SECONDS = 5.0  # how often workers look for customer SQL past its limit
+DEFAULT_SQL_IDLE_SECONDS = 60.0  # a customer session idle in a transaction longer is ended
 # Scripts (DESIGN §14): how they are isolated, and their limits.
 SCRIPT_MODES = ("auto", "sandboxed", "unsandboxed", "off")
 DEFAULT_SCRIPT_CPU_SECONDS = 60
@@ -96,6 +98,9 @@ class Settings:
     # Worker liveness: heartbeat interval, and how long without one makes a worker dead.
     heartbeat_seconds: float = DEFAULT_HEARTBEAT_SECONDS
     stalled_seconds: float = DEFAULT_STALLED_SECONDS
+    # Customer SQL watchdog: its period, and how long a customer login may sit idle in a transaction.
+    sql_watch_seconds: float = DEFAULT_SQL_WATCH_SECONDS
+    sql_idle_seconds: float = DEFAULT_SQL_IDLE_SECONDS
     # The sandbox providers served by another process (`bff sandbox`) instead of mounted here.
     sandbox_external_url: str | None = None
     # SQL access for BI tools (per-customer read-only logins); off unless asked for.
@@ -141,6 +146,8 @@ class Settings:
             )
         if self.stalled_seconds <= self.heartbeat_seconds:
             raise SettingsError("BFF_WORKER_STALLED_SECONDS must be longer than BFF_WORKER_HEARTBEAT_SECONDS.")
+        if self.sql_watch_seconds <= 0 or self.sql_idle_seconds <= 0:
+            raise SettingsError("BFF_SQL_WATCH_SECONDS and BFF_SQL_IDLE_SECONDS must be positive.")
         if self.scripts not in SCRIPT_MODES:
             raise SettingsError(f"BFF_SCRIPTS must be one of {', '.join(SCRIPT_MODES)}, got {self.scripts!r}.")
         for name, value, least in (
@@ -214,6 +221,8 @@ class Settings:
             ("BFF_LONG_WAIT_SECONDS", "long_wait_seconds"),
             ("BFF_WORKER_HEARTBEAT_SECONDS", "heartbeat_seconds"),
             ("BFF_WORKER_STALLED_SECONDS", "stalled_seconds"),
+            ("BFF_SQL_WATCH_SECONDS", "sql_watch_seconds"),
+            ("BFF_SQL_IDLE_SECONDS", "sql_idle_seconds"),
             ("BFF_SCRIPT_TIMEOUT_SECONDS", "script_timeout_seconds"),
         ):
             if env.get(name):

@@ -5,6 +5,7 @@ roles' own timeouts and connection limits, a read-only login that stays read-onl
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -133,3 +134,61 @@ async def test_database_queries_count_against_the_read_limit(sbff: BFF) -> None:
     refused = await query(sbff, token, "SELECT 1")
     assert refused.status_code == 429 and refused.json()["code"] == "rate_limited"
     assert refused.headers["retry-after"]
+
+
+async def test_the_watchdog_holds_a_customer_login_to_the_limit_it_lifted_and_spares_the_bffs_own(
+    settings_factory: Callable[..., Settings],
+) -> None:
+    settings = settings_factory(sandbox_enabled=True, sql_access=True, sql_watch_seconds=0.5, sql_idle_seconds=2.0)
+    async with running_bff(settings) as bff:
+        token, account_id, partner_token = await identity_customer(bff)
+        bff.services.query_tables.timeout_ms = 2000  # the statement limit the watchdog holds
+        answer = await bff.client.post(
+            f"/api/partner/sub-account/{account_id}/database-credentials", headers=auth(partner_token)
+        )
+        login = answer.json()
+        placement = await bff.services.warehouse.placement(account_id)
+        assert placement is not None
+
+        def lifted_sleep() -> float:
+            with connect(login) as conn:
+                conn.execute("SET statement_timeout = 0")
+                conn.execute("SET default_transaction_read_only = off")
+                # A login may set its own role's defaults (PostgreSQL lets every role): the
+                # watchdog puts them back.
+                conn.execute("ALTER ROLE CURRENT_USER SET statement_timeout = 0")
+                conn.execute(
+                    sql.SQL("ALTER ROLE CURRENT_USER IN DATABASE {} SET statement_timeout = 0").format(
+                        sql.Identifier(login["database"])
+                    )
+                )
+                started = time.monotonic()
+                with pytest.raises(psycopg.errors.QueryCanceled):
+                    conn.execute("SELECT pg_sleep(60)")
+                return time.monotonic() - started
+
+        def idle_in_transaction() -> None:
+            with connect(login) as conn:
+                with pytest.raises(psycopg.OperationalError):
+                    with conn.transaction():
+                        conn.execute("SELECT 1")
+                        time.sleep(4)
+                        conn.execute("SELECT 1")
+
+        async def control_sleep() -> None:
+            async with bff.services.store.connection() as conn:
+                await conn.execute("SELECT pg_sleep(4)")
+
+        async def bff_own_sleep() -> None:  # the BFF's own connection to the customer database
+            async with bff.services.warehouse.servers.connection(placement) as conn:
+                await conn.execute("SET statement_timeout = 0")
+                await conn.execute("SELECT pg_sleep(4)")
+
+        took, *_ = await asyncio.gather(
+            asyncio.to_thread(lifted_sleep), asyncio.to_thread(idle_in_transaction), control_sleep(), bff_own_sleep()
+        )
+        assert 2.0 <= took < 2.0 + 0.5 + 1.5, took
+        # The defaults the login lifted are back: a fresh session starts with the limit again.
+        with connect(login) as conn:
+            assert conn.execute("SHOW statement_timeout").fetchone() == ("2s",)
+        assert 2.0 <= await asyncio.to_thread(lifted_sleep) < 4.0
