@@ -12,13 +12,14 @@ fields as typed columns (:data:`SQL_TYPES`) plus ``_synced_at`` and ``_deleted_a
 order); a unique index on the primary key makes every write an upsert.
 
 A page is written in one transaction: COPY into a temporary table, then
-``INSERT … SELECT … ON CONFLICT DO UPDATE``, then the stream's cursor. A crash
-therefore never leaves a cursor ahead of its data, and a page fetched twice
-never duplicates a row.
+``INSERT … SELECT … ON CONFLICT DO UPDATE``, then the stream's cursor (on a first
+load, COPY straight into the table, then the cursor). A crash therefore never
+leaves a cursor ahead of its data, and a page fetched twice never duplicates a row.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import json
@@ -278,8 +279,12 @@ class _WritePlan:
     """Everything a page write needs, computed once per table and stream definition."""
 
     begin_page: sql.Composed
+    begin_direct: sql.SQL
     copy: sql.Composed
     upsert: sql.Composed  # answers how many rows were new (inserted rather than updated)
+    upsert_unique: sql.Composed  # the same for a page whose keys are all different (no DISTINCT ON sort)
+    is_empty: sql.Composed
+    copy_direct: sql.Composed  # straight into the table (a first load): fields, _synced_at, _run_id
     summarize: sql.Composed | None  # the BRIN index on _synced_at learns the new rows' block ranges
     getter: Callable[[Mapping[str, Any]], Any]
     single: bool  # one column: itemgetter returns a scalar, not a tuple
@@ -300,6 +305,16 @@ class _WritePlan:
         if self.json_positions:
             rows = [self._encode_json(row) for row in rows]
         return rows
+
+    def unique(self, rows: Sequence[tuple[Any, ...]]) -> bool:
+        """Whether no two rows share a primary key, as Python compares them. PostgreSQL may still
+        find two equal (``"01"`` and ``"1"`` into a ``bigint``): the write then fails with a
+        unique or cardinality violation and is done again the safe way."""
+        positions = self.key_positions
+        if len(positions) == 1:
+            (k,) = positions
+            return len({row[k] for row in rows}) == len(rows)
+        return len({tuple(row[k] for k in positions) for row in rows}) == len(rows)
 
     def _encode_json(self, row: tuple[Any, ...]) -> tuple[Any, ...]:
         values = list(row)
@@ -336,6 +351,15 @@ def _plan(table: WarehouseTable, stream: Stream, *, brin_index: int | None) -> _
     temp_cols = sql.SQL(", ").join(
         sql.SQL("{} {}").format(sql.Identifier(f.name), sql.SQL(SQL_TYPES[f.type])) for f in stream.fields
     )
+    upsert = sql.SQL(
+        "WITH page AS (INSERT INTO {target} ({cols}, _synced_at, _run_id, _deleted_at)"
+        " SELECT {distinct}{cols}, %(stamp)s, %(run)s, NULL FROM {temp}{order}"
+        # xmax is 0 on a row version this statement inserted, set on one it updated.
+        " ON CONFLICT ({pk}) DO UPDATE SET {updates} RETURNING xmax = 0 AS inserted),"
+        " saved AS ({save_state})"
+        " SELECT COUNT(*) FILTER (WHERE inserted) AS inserted FROM page"
+    )
+    statement = {"target": table.identifier, "cols": cols, "pk": pk, "temp": temp, "updates": updates}
     return _WritePlan(
         # Both in one round trip (no parameters: the simple query protocol takes several statements).
         # The page's rows and cursor are re-fetchable from the provider, so the commit does not wait
@@ -345,17 +369,20 @@ def _plan(table: WarehouseTable, stream: Stream, *, brin_index: int | None) -> _
             "SET LOCAL synchronous_commit = off; SET LOCAL TimeZone = 'UTC';"
             " CREATE TEMP TABLE IF NOT EXISTS {} ({}) ON COMMIT DELETE ROWS"
         ).format(temp, temp_cols),
+        begin_direct=sql.SQL("SET LOCAL synchronous_commit = off; SET LOCAL TimeZone = 'UTC'"),
         copy=sql.SQL("COPY {} ({}) FROM STDIN").format(temp, cols),
         # DISTINCT ON: a page listing one record twice keeps its last copy (ctid is insertion order).
         # The cursor is saved by the same statement (one round trip less per page).
-        upsert=sql.SQL(
-            "WITH page AS (INSERT INTO {target} ({cols}, _synced_at, _run_id, _deleted_at)"
-            " SELECT DISTINCT ON ({pk}) {cols}, %(stamp)s, %(run)s, NULL FROM {temp} ORDER BY {pk}, ctid DESC"
-            # xmax is 0 on a row version this statement inserted, set on one it updated.
-            " ON CONFLICT ({pk}) DO UPDATE SET {updates} RETURNING xmax = 0 AS inserted),"
-            " saved AS ({save_state})"
-            " SELECT COUNT(*) FILTER (WHERE inserted) AS inserted FROM page"
-        ).format(target=table.identifier, cols=cols, pk=pk, temp=temp, updates=updates, save_state=_SAVE_STATE),
+        upsert=upsert.format(
+            **statement,
+            distinct=sql.SQL("DISTINCT ON ({}) ").format(pk),
+            order=sql.SQL(" ORDER BY {}, ctid DESC").format(pk),
+            save_state=_SAVE_STATE,
+        ),
+        # Keys all different (most pages): no sort; rows go in in the provider's order.
+        upsert_unique=upsert.format(**statement, distinct=sql.SQL(""), order=sql.SQL(""), save_state=_SAVE_STATE),
+        is_empty=sql.SQL("SELECT NOT EXISTS (SELECT FROM {}) AS empty").format(table.identifier),
+        copy_direct=sql.SQL("COPY {} ({}, _synced_at, _run_id) FROM STDIN").format(table.identifier, cols),
         # A BRIN index only covers block ranges it has summarised (VACUUM does it, eventually); an
         # unsummarised range matches every query. Rows appended by a page are summarised after it
         # commits: this reads just the new ranges, and rows rewritten in place keep their summaries
@@ -450,6 +477,9 @@ class TableWriter:
         self.warehouse = warehouse
         self.table = table
         self._plan = plan
+        # A first load: pages are copied straight into the table while it held nothing but what
+        # this writer copied into it (None: not looked yet). See write.
+        self._direct: bool | None = None
 
     async def load_state(self) -> dict[str, Any]:
         """The incremental state saved with the last written page (``{}`` before the first)."""
@@ -475,12 +505,61 @@ class TableWriter:
         connection's temporary table meanwhile, and upserted (with its cursor) only once that one
         has committed, so pages land in order. If it failed, this one fails the same way and
         saves nothing.
+
+        A first load (the table was empty when this writer first looked) copies each page straight
+        into the table, once the page before has committed: no temporary table, no ``ON CONFLICT``.
+        The table's unique index still guards it: a page holding a key already there (a record
+        listed twice by the provider, a row a customer's script inserted meanwhile) fails that
+        COPY, which is rolled back whole, and the page and every later one are upserted instead.
         """
-        plan, table = self._plan, self.table
+        plan = self._plan
         rows = plan.rows(records)
+        if after is not None:
+            after = asyncio.ensure_future(after)  # awaited again if the page is written a second time
+        inserted: int | None = None
+        if rows and plan.unique(rows):
+            try:
+                inserted = await self._write(rows, state, run_id, after, distinct=False)
+            except (psycopg.errors.UniqueViolation, psycopg.errors.CardinalityViolation):
+                # Keys equal for PostgreSQL though not for Python, or already in the table.
+                self._direct = False
+        if inserted is None:
+            inserted = await self._write(rows, state, run_id, after, distinct=True)
+        if inserted and plan.summarize is not None:
+            await self._summarize(plan.summarize)
+        return len(rows)
+
+    async def _write(
+        self,
+        rows: list[tuple[Any, ...]],
+        state: Mapping[str, Any],
+        run_id: int | None,
+        after: Awaitable[int] | None,
+        *,
+        distinct: bool,
+    ) -> int:
+        """One page's transaction; returns how many of its rows were new."""
+        plan, table = self._plan, self.table
         params = {"connection": table.connection_id, "stream": table.stream, "state": Jsonb(dict(state))}
-        inserted = 0
-        async with self.warehouse.servers.transaction(self.table.placement) as conn:
+        async with self.warehouse.servers.transaction(table.placement) as conn:
+            if rows and not distinct and self._direct is not False:
+                # Straight into the table keeps the pages' order only once the page before is in.
+                if after is not None:
+                    await after
+                    after = None
+                if self._direct is None:
+                    cur = await conn.execute(plan.is_empty)
+                    found = await cur.fetchone()
+                    self._direct = bool(found and found["empty"])
+                if self._direct:
+                    now = self.warehouse.now()
+                    await conn.execute(plan.begin_direct)
+                    tail = (moment(now).isoformat(), run_id)
+                    async with conn.cursor().copy(plan.copy_direct) as copy:
+                        for row in rows:
+                            await copy.write_row(row + tail)
+                    await conn.execute(_SAVE_STATE, {**params, "now": now})
+                    return len(rows)
             if rows:
                 await conn.execute(plan.begin_page)
                 async with conn.cursor().copy(plan.copy) as copy:
@@ -489,15 +568,13 @@ class TableWriter:
             if after is not None:
                 await after
             now = self.warehouse.now()
-            if rows:
-                cur = await conn.execute(plan.upsert, {**params, "now": now, "stamp": moment(now), "run": run_id})
-                counted = await cur.fetchone()
-                inserted = int(counted["inserted"]) if counted else 0
-            else:
+            if not rows:
                 await conn.execute(_SAVE_STATE, {**params, "now": now})
-        if inserted and plan.summarize is not None:
-            await self._summarize(plan.summarize)
-        return len(rows)
+                return 0
+            statement = plan.upsert if distinct else plan.upsert_unique
+            cur = await conn.execute(statement, {**params, "now": now, "stamp": moment(now), "run": run_id})
+            counted = await cur.fetchone()
+            return int(counted["inserted"]) if counted else 0
 
     async def _summarize(self, statement: sql.Composed) -> None:
         try:

@@ -7,13 +7,16 @@ import dataclasses
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import psycopg
 import pytest
 from conftest import BFF, auth, running_bff
+from psycopg import sql
 from sandbox_flows import connect_accounting, connect_bank, connect_crm, press_refresh
 from sync_helpers import customer, health, last_run, logs, reset_sandbox_stats, sandbox_stats, sync, tables
 
-from bff.connectors import RetryPolicy
+from bff.connectors import ConnectorError, Page, RetryPolicy
 from bff.connectors.retry import Budget
+from bff.services import sync as sync_service
 from bff.settings import Settings
 
 FIXTURES = {
@@ -542,3 +545,64 @@ async def test_a_table_selection_leaves_the_other_tables_out(sbff: BFF) -> None:
     assert any(
         "Tables to sync: invoices, entitytype." in line["message"] for line in await logs(sbff, token, books["id"])
     )
+
+
+async def transactions_that_wrote(bff: BFF, account: int, table: str) -> int:
+    """How many transactions wrote the rows of a synced table (rows written together share an xmin)."""
+    for found, _ in await bff.services.warehouse.list_tables(account):
+        if found.stream == table:
+            async with bff.services.warehouse.servers.connection(found.placement) as conn:
+                statement = sql.SQL("SELECT COUNT(DISTINCT xmin::text) AS n FROM {}").format(found.identifier)
+                return int((await (await conn.execute(statement)).fetchone())["n"])  # type: ignore[index]
+    raise AssertionError(f"no table {table}")
+
+
+async def test_pages_fetched_while_a_batch_is_written_are_written_together_with_the_last_ones_cursor(
+    sandbox: Callable[..., Any],
+) -> None:
+    async with sandbox(BFF_SANDBOX_SCALE="20") as bff:  # 4,000 transactions: 8 pages of 500
+        token, account = await customer(bff)
+        bank = await connect_bank(bff.client, token)
+        run = await sync(bff, token, bank["id"])
+        assert run["records"] == {"transactions": 4000}
+        found = [t for t, _ in await bff.services.warehouse.list_tables(account) if t.stream == "transactions"][0]
+        url = bff.services.warehouse.servers.url(found.placement.server, found.placement.database)
+        # The table locked: the run's first write waits, the next pages are fetched meanwhile.
+        async with await psycopg.AsyncConnection.connect(url) as holder:
+            await holder.execute(sql.SQL("LOCK TABLE {} IN EXCLUSIVE MODE").format(found.identifier))
+            answer = await bff.client.post(f"/api/server/{bank['id']}/sync", json={"full": True}, headers=auth(token))
+            assert answer.status_code == 202
+            await asyncio.sleep(2)
+            await holder.rollback()
+        await bff.services.sync.wait(bank["id"])
+        again = await last_run(bff, token, bank["id"])
+        assert again["status"] == "succeeded" and again["records"] == {"transactions": 4000}
+        async with bff.services.warehouse.servers.connection(found.placement) as conn:
+            statement = sql.SQL("SELECT COUNT(DISTINCT xmin::text) AS n, COUNT(*) AS rows FROM {}")
+            written = await (await conn.execute(statement.format(found.identifier))).fetchone()
+        assert written is not None and written["rows"] == 4000
+        assert written["n"] < 8  # fewer transactions than pages: what waited went in together
+        messages = [line["message"] for line in await logs(bff, token, bank["id"])]
+        assert sum(m.startswith("transactions: 4000 records in 8 pages") for m in messages) == 2
+        # The cursor committed with the last batch: nothing new, nothing read again.
+        assert (await sync(bff, token, bank["id"]))["records"] == {"transactions": 0}
+
+
+async def test_batches_are_the_pages_already_fetched_and_a_failed_fetch_comes_after_them() -> None:
+    async def pages() -> AsyncIterator[Page]:
+        for n in range(7):
+            yield Page("s", None, [{"id": n * 10 + i} for i in range(10)], {"cursor": n})
+        raise ConnectorError("gone")
+
+    batches = []
+    with pytest.raises(ConnectorError, match="gone"):
+        async for batch, count in sync_service._batches(pages(), size=30, depth=8):
+            batches.append(([r["id"] for r in batch.records], batch.state, count))
+            await asyncio.sleep(0.01)  # a write
+    # Every page was fetched before the first batch was asked for: 30 records a batch, in order,
+    # each with its last page's cursor; then the pages before the failure, then the failure.
+    assert batches == [
+        (list(range(30)), {"cursor": 2}, 3),
+        (list(range(30, 60)), {"cursor": 5}, 3),
+        (list(range(60, 70)), {"cursor": 6}, 1),
+    ]

@@ -300,3 +300,139 @@ async def test_a_field_retyped_by_its_definition_keeps_its_values(env: Env) -> N
         (dt.datetime(2023, 11, 14, 22, 13, 23, tzinfo=dt.UTC), decimal.Decimal("10.1")),
         (dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC), decimal.Decimal("0.30")),
     ]
+
+
+# -- the write path's shortcuts (issue 27): each must store exactly what the plain upsert stores ---------------
+
+
+async def stored(env: Env, table: Any) -> dict[str, dict[str, Any]]:
+    """Every column of every row (``_sdc_batched_at`` too), by id; ``_seq`` left out (insertion order only)."""
+    async with env.warehouse.servers.connection(table.table.placement) as conn:
+        cur = await conn.execute(sql.SQL("SELECT *, _sdc_batched_at FROM {}").format(table.table.identifier))
+        return {row["id"]: {k: v for k, v in row.items() if k != "_seq"} for row in await cur.fetchall()}
+
+
+async def page_tables(env: Env, table: Any) -> int:
+    """Temporary page tables in the customer's database, of any session (the upsert's staging)."""
+    async with env.warehouse.servers.connection(table.table.placement) as conn:
+        cur = await conn.execute(
+            "SELECT COUNT(*) AS n FROM pg_class WHERE relpersistence = 't' AND relname LIKE %s", ("\\_page\\_%",)
+        )
+        return int((await cur.fetchone())["n"])  # type: ignore[index]
+
+
+async def test_a_first_load_is_copied_straight_into_the_table_and_stores_what_an_upsert_stores(env: Env) -> None:
+    clock = [1_800_000_000.25]
+    warehouse = Warehouse(env.store, clock=lambda: clock[0])
+    account = env.accounts[0]
+    straight, upserted = env.connections[account]
+    pages = [[contact(i) for i in range(start, start + 250)] for start in (1, 251)]
+    # A table holding a row already: its pages go through the temporary table and ON CONFLICT.
+    await (await warehouse.open_table(account, upserted, contacts())).write([contact(9999)], {}, run_id=0)
+
+    first = await warehouse.open_table(account, straight, contacts())
+    for n, page in enumerate(pages):
+        assert await first.write(page, {"cursor": f"p{n}"}, run_id=1) == 250
+    assert await page_tables(env, first) == 0  # no staging table: COPY went into the table itself
+    other = await warehouse.open_table(account, upserted, contacts())
+    for n, page in enumerate(pages):
+        assert await other.write(page, {"cursor": f"p{n}"}, run_id=1) == 250
+    assert await page_tables(env, other) >= 1
+    by_copy, by_upsert = await stored(env, first), await stored(env, other)
+    del by_upsert["c_9999"]
+    assert by_copy == by_upsert and len(by_copy) == 500
+    assert by_copy["c_0007"]["_synced_at"] == by_copy["c_0007"]["_sdc_batched_at"] == warehouse_moment(clock[0])
+    assert await first.load_state() == await other.load_state() == {"cursor": "p1"}
+    # The rows API reads a first load in the provider's order.
+    _, rows = await warehouse.read_rows(account, first.table, offset=0, limit=3)
+    assert [row["id"] for row in rows] == ["c_0001", "c_0002", "c_0003"]
+
+    # The next run (a full re-sync that no longer sees the last 100) upserts over both the same way.
+    clock[0] += 60
+    changed = [contact(i, last_name="Changed") if i % 3 == 0 else contact(i) for i in range(1, 401)]
+    for writer_connection in (straight, upserted):
+        again = await warehouse.open_table(account, writer_connection, contacts())
+        await again.write(changed[:200], {"cursor": "r0"}, run_id=2)
+        await again.write(changed[200:], {"cursor": "r1"}, run_id=2)
+        assert await again.mark_missing_deleted(2) == (100 if writer_connection == straight else 101)
+    by_copy, by_upsert = await stored(env, first), await stored(env, other)
+    del by_upsert["c_9999"]
+    assert by_copy == by_upsert and len(by_copy) == 500
+    assert by_copy["c_0003"]["last_name"] == "Changed" and by_copy["c_0003"]["_run_id"] == 2
+    assert by_copy["c_0450"]["_deleted_at"] is not None and by_copy["c_0450"]["_run_id"] == 1
+
+
+def warehouse_moment(epoch: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(epoch, dt.UTC)
+
+
+async def test_a_record_listed_twice_in_one_page_keeps_its_last_copy(env: Env) -> None:
+    account, connection = env.accounts[0], env.connections[env.accounts[0]][0]
+    table = await env.warehouse.open_table(account, connection, contacts())
+    page = [contact(1), contact(2), contact(1, last_name="Again")]
+    assert await table.write(page, {"cursor": "a"}, run_id=1) == 3  # a first load
+    assert await table.write([contact(3), contact(3, last_name="Twice")], {"cursor": "b"}, run_id=1) == 2
+    later = await env.warehouse.open_table(account, connection, contacts())  # the next run: upserts
+    assert await later.write([contact(2, last_name="New"), contact(2, last_name="Newer")], {}, run_id=2) == 2
+    rows = await stored(env, table)
+    assert sorted(rows) == ["c_0001", "c_0002", "c_0003"]
+    assert [rows[k]["last_name"] for k in sorted(rows)] == ["Again", "Newer", "Twice"]
+
+
+async def test_a_first_load_that_meets_a_key_already_stored_upserts_that_page_and_the_rest(env: Env) -> None:
+    """A provider listing a record on two pages (records moved between reads), or a row a customer's
+    script inserted meanwhile: the page's COPY fails whole and the page is upserted instead."""
+    account, connection = env.accounts[0], env.connections[env.accounts[0]][0]
+    table = await env.warehouse.open_table(account, connection, contacts())
+    assert await table.write([contact(i) for i in range(1, 101)], {"cursor": "1"}, run_id=1) == 100
+    async with env.warehouse.servers.connection(table.table.placement) as conn:  # as a writer login would
+        await conn.execute(
+            sql.SQL("INSERT INTO {} (id, last_name, _synced_at) VALUES ('c_0150', 'by a script', now())").format(
+                table.table.identifier
+            )
+        )
+    page = [contact(i, last_name="Moved") if i == 100 else contact(i) for i in range(100, 201)]
+    assert await table.write(page, {"cursor": "2"}, run_id=1) == 101
+    assert await table.write([contact(i) for i in range(201, 251)], {"cursor": "3"}, run_id=1) == 50
+    rows = await stored(env, table)
+    assert len(rows) == 250
+    assert rows["c_0100"]["last_name"] == "Moved" and rows["c_0150"]["last_name"] == "Last 150"
+    assert rows["c_0150"]["_run_id"] == 1 and rows["c_0150"]["email"] == "p150@example.test"
+    assert await table.load_state() == {"cursor": "3"}
+    async with env.warehouse.servers.connection(table.table.placement) as conn:
+        cur = await conn.execute(
+            sql.SQL("SELECT COUNT(*) AS n FROM {} GROUP BY id HAVING COUNT(*) > 1").format(table.table.identifier)
+        )
+        assert await cur.fetchall() == []
+
+
+async def test_keys_equal_only_for_postgresql_are_one_row(env: Env) -> None:
+    """``1.0`` and ``1.00`` differ in Python and are one ``numeric`` key: the shortcut that trusted
+    Python (straight COPY, or an upsert without DISTINCT ON) fails, and the page is written again."""
+    base = contacts()
+    stream = dataclasses.replace(
+        base,
+        fields=(FieldSpec("id", ("id",), "decimal"), *base.fields[1:]),
+    )
+    account, connection = env.accounts[0], env.connections[env.accounts[0]][0]
+    table = await env.warehouse.open_table(account, connection, stream)
+    assert await table.write([contact(1, id="1.0"), contact(2, id="1.00")], {"cursor": "a"}, run_id=1) == 2
+    later = await env.warehouse.open_table(account, connection, stream)  # not a first load any more
+    assert await later.write([contact(3, id="2.0"), contact(4, id="2.00")], {"cursor": "b"}, run_id=2) == 2
+    rows = await stored(env, table)
+    assert sorted(rows) == [decimal.Decimal("1.0"), decimal.Decimal("2.0")]
+    assert rows[decimal.Decimal("1")]["last_name"] == "Last 2" and rows[decimal.Decimal("2")]["last_name"] == "Last 4"
+    assert await later.load_state() == {"cursor": "b"}
+
+
+async def test_a_first_load_page_postgresql_refuses_leaves_neither_rows_nor_cursor(env: Env) -> None:
+    account, connection = env.accounts[0], env.connections[env.accounts[0]][0]
+    table = await env.warehouse.open_table(account, connection, contacts())
+    await table.write([contact(i) for i in range(1, 11)], {"cursor": "first"}, run_id=1)
+    page = [contact(i) for i in range(11, 300)] + [contact(300, created_at="not a time")]
+    with pytest.raises(psycopg.errors.DataError):
+        await table.write(page, {"cursor": "second"}, run_id=1)
+    assert len(await stored(env, table)) == 10
+    assert await table.load_state() == {"cursor": "first"}
+    assert await table.write(page[:-1], {"cursor": "again"}, run_id=1) == 289
+    assert len(await stored(env, table)) == 299 and await table.load_state() == {"cursor": "again"}

@@ -17,6 +17,7 @@ from tables_helpers import crm_customer, customer_database, rows
 from test_customer_databases import bff_cli, sql_login
 
 from bff import warehouse_move
+from bff.services import sync as sync_service
 from bff.settings import Secret, Settings
 from bff.warehouse import TableWriter
 from bff.warehouse_servers import WarehouseMoving, server_name
@@ -76,6 +77,7 @@ async def test_a_customer_moves_to_another_server_while_a_sync_writes_and_nothin
             return await original(self, *args, **kwargs)
 
         monkeypatch.setattr(TableWriter, "write", held_write)
+        monkeypatch.setattr(sync_service, "WRITE_BATCH_RECORDS", 1)  # a write per page, whatever was fetched
         started = await bff.client.post(f"/api/server/{connection_id}/sync", headers=auth(token), json={"full": True})
         assert started.status_code == 202, started.text
         while pages < 3:

@@ -69,7 +69,11 @@ NOT_READY = {
 }
 PROGRESS_EVERY = 1.0  # seconds between progress updates of a run's record counts
 WAIT_POLL = 0.05  # seconds between checks in SyncRunner.wait
-READ_AHEAD_PAGES = 2  # pages fetched ahead of the one being written
+READ_AHEAD_PAGES = 4  # pages fetched and waiting while a batch is written (one more being fetched)
+# Pages already fetched when the writer is ready are written in one transaction, up to about this
+# many records (4 pages of 500): each transaction has a fixed cost in PostgreSQL (statements,
+# commit, index summary).
+WRITE_BATCH_RECORDS = 2000
 
 
 class ConnectionNotReady(Conflict):
@@ -395,11 +399,13 @@ class SyncRunner:
         outcome: _Outcome,
         log: _RunLog,
     ) -> int:
-        """Read ``stream`` from its saved cursor; each page and its cursor land in one transaction.
+        """Read ``stream`` from its saved cursor; each batch of pages and the cursor of its last
+        page land in one transaction.
 
-        The next pages are fetched while the current one is written (READ_AHEAD_PAGES ahead,
-        never more), and each page is copied into the database while the one before is
-        upserted; pages are committed strictly in order.
+        The next pages are fetched while the current batch is written (READ_AHEAD_PAGES ahead,
+        never more); the pages fetched meanwhile make the next batch (see :func:`_batches`), which
+        is copied into the database while the one before is upserted; batches are committed
+        strictly in order.
         """
         table = await self.warehouse.open_table(connection.sub_account_id, connection.id, stream)
         if run.full_sync and stream.name not in outcome.full_started:
@@ -411,29 +417,30 @@ class SyncRunner:
         state = await table.load_state()
         outcome.records.setdefault(stream.name, 0)
         pages = 0
-        # Writes not counted yet, oldest first: at most the page being upserted and the next one.
-        writing: list[asyncio.Task[int]] = []
+        # Writes not counted yet (with their pages), oldest first: at most the batch being upserted
+        # and the next one.
+        writing: list[tuple[asyncio.Task[int], int]] = []
         try:
-            async for page in _read_ahead(session.read(stream.name, state, partitions=run.categories)):
-                after = writing[-1] if writing else None
-                writing.append(asyncio.create_task(table.write(page.records, page.state, run.id, after=after)))
+            pages_read = session.read(stream.name, state, partitions=run.categories)
+            async for batch, count in _batches(pages_read, size=WRITE_BATCH_RECORDS):
+                after = writing[-1][0] if writing else None
+                task = asyncio.create_task(table.write(batch.records, batch.state, run.id, after=after))
+                writing.append((task, count))
                 if len(writing) > 1:
-                    outcome.records[stream.name] += await writing[0]
-                    writing.pop(0)
-                    pages += 1
+                    outcome.records[stream.name] += await writing[0][0]
+                    pages += writing.pop(0)[1]
                     await self._progress(run, outcome, log)
             while writing:
-                outcome.records[stream.name] += await writing[0]
-                writing.pop(0)
-                pages += 1
+                outcome.records[stream.name] += await writing[0][0]
+                pages += writing.pop(0)[1]
         except BaseException as exc:
             # Stopping (cancelled): the writes still going are abandoned (rolled back). Reading
-            # failed: the page already read is still written, as when pages were written one at a
-            # time. Either way what did commit is counted; a page after a failed one saved nothing.
+            # failed: the pages already read are still written, as when pages were written one at
+            # a time. Either way what did commit is counted; a batch after a failed one saved nothing.
             if isinstance(exc, asyncio.CancelledError):
-                for task in writing:
+                for task, _ in writing:
                     task.cancel()
-            for result in await asyncio.gather(*writing, return_exceptions=True):
+            for result in await asyncio.gather(*(task for task, _ in writing), return_exceptions=True):
                 if isinstance(result, int):
                     outcome.records[stream.name] += result
             raise
@@ -526,10 +533,16 @@ class SyncRunner:
             waiting.set()
 
 
-async def _read_ahead(pages: AsyncIterator[Page], *, depth: int = READ_AHEAD_PAGES) -> AsyncIterator[Page]:
-    """Yield ``pages`` while the next ones are already being fetched (up to ``depth`` pages ahead).
-    A fetch that fails raises here, after the pages fetched before it."""
-    ready: asyncio.Queue[Page | BaseException | None] = asyncio.Queue(maxsize=max(1, depth - 1))
+async def _batches(
+    pages: AsyncIterator[Page], *, size: int, depth: int = READ_AHEAD_PAGES
+) -> AsyncIterator[tuple[Page, int]]:
+    """``pages`` fetched ahead (up to ``depth`` pages waiting) while the caller writes, and handed over
+    in batches: each time, every page already fetched (at least one, until they hold ``size``
+    records) as one ``(page with their records in order and the last one's state, how many
+    pages)``. A provider slower than the writes gives one page at a time, each committed as soon
+    as it can be; a faster one gives several, written in one transaction. A fetch that fails
+    raises here, after the pages fetched before it."""
+    ready: asyncio.Queue[Page | BaseException | None] = asyncio.Queue(maxsize=max(1, depth))
 
     async def fetch() -> None:
         try:
@@ -540,12 +553,28 @@ async def _read_ahead(pages: AsyncIterator[Page], *, depth: int = READ_AHEAD_PAG
         else:
             await ready.put(None)
 
+    def batch(held: list[Page]) -> tuple[Page, int]:
+        last = held[-1]
+        records = last.records if len(held) == 1 else [r for page in held for r in page.records]
+        return Page(last.stream, last.partition, records, last.state), len(held)
+
     fetching = asyncio.create_task(fetch())
     try:
-        while (item := await ready.get()) is not None:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
+        item = await ready.get()
+        while isinstance(item, Page):
+            held, count = [item], len(item.records)
+            following: list[Page | BaseException | None] = []  # the end or a failure, after this batch
+            while count < size and not ready.empty():
+                more = ready.get_nowait()
+                if not isinstance(more, Page):
+                    following.append(more)
+                    break
+                held.append(more)
+                count += len(more.records)
+            yield batch(held)
+            item = following[0] if following else await ready.get()
+        if isinstance(item, BaseException):
+            raise item
     finally:
         if not fetching.done():
             fetching.cancel()
