@@ -14,6 +14,7 @@
     │   ├── QueryInvalid            400 query_invalid (bff.query_tables)
     │   ├── TooManyQueries          429 too_many_queries (bff.query_tables: a customer's connections in use)
     │   ├── DatabaseBusy            503 database_busy (bff.query_tables: no connection for the customer)
+    │   ├── WarehouseMoving         503 warehouse_moving (bff.warehouse_connections: ``bff warehouse move`` under way; a LongWait for syncs)
     │   ├── Conflict                409, the code per subclass
     │   │   ├── ConnectionNotReady      bff.services.sync: connection_not_ready / connection_disabled
     │   │   ├── RunAlreadyActive        bff.store: sync_already_running (+ pipeline_run_id)
