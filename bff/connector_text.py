@@ -18,10 +18,6 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from starlette.requests import Request
-
-from .errors import validation_error
-
 if TYPE_CHECKING:
     from .connectors.models import DefinitionModel
     from .connectors.spec import Connector
@@ -69,17 +65,6 @@ def collect_translations(model: DefinitionModel) -> dict[str, Any]:
         for locale, texts in _blocks(model.config_select.i18n, "config_select.i18n", {"label", "help"}):
             block(locale)["config_select"] = texts
     return out
-
-
-def request_locale(request: Request) -> str:
-    """``?locale=`` (``nl``, ``nl-BE``, …) → one of :data:`LOCALES`; English when absent."""
-    raw = request.query_params.get("locale")
-    if raw is None or raw == "":
-        return DEFAULT_LOCALE
-    base = raw.replace("_", "-").split("-", 1)[0].lower()
-    if base not in LOCALES:
-        raise validation_error({"locale": f"Must be one of {', '.join(LOCALES)}."}, detail="Unsupported locale.")
-    return base
 
 
 def localized_servertype(connector: Connector, item: dict[str, Any], locale: str) -> dict[str, Any]:

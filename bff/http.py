@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
-from urllib.parse import urlencode
 
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
@@ -96,12 +95,23 @@ async def parse_body(request: Request, model: type[Parsed], *, required: bool = 
     return validated(model, await read_json(request, required=required), context=context)
 
 
-def validated(model: type[Parsed], data: Any, *, context: Any = None) -> Parsed:
+def parse_query(request: Request, model: type[Parsed], *, named: Mapping[str, str] | None = None) -> Parsed:
+    """The query parameters ``model`` describes (the operation's query model in /openapi.json,
+    or a part of it), parsed by it; an empty value is an absent one. ``named``: a field read from
+    a parameter of another name (``{"page_size": "size"}``), and refused under that name."""
+    names = {field: (named or {}).get(field, field) for field in model.model_fields}
+    data = {field: value for field, name in names.items() if (value := request.query_params.get(name))}
+    return validated(model, data, rename={field: name for field, name in names.items() if field != name})
+
+
+def validated(
+    model: type[Parsed], data: Any, *, context: Any = None, rename: Mapping[str, str] | None = None
+) -> Parsed:
     try:
         return model.model_validate(data, strict=True, context=context)
     except ValidationError as exc:
         refused = getattr(model, "refused", None)
-        errors = field_errors(model, exc)
+        errors = {(rename or {}).get(field, field): message for field, message in field_errors(model, exc).items()}
         raise (refused(errors) if refused is not None else validation_error(errors)) from None
 
 
@@ -161,104 +171,3 @@ def _is_encodable(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
-
-
-def parse_id(raw: str, name: str) -> int:
-    """An id from a query parameter: ASCII digits only, at most MAX_ID, else 400."""
-    if not (raw.isascii() and raw.isdigit()):
-        raise validation_error({name: "Must be an integer."})
-    if len(raw) > len(str(MAX_ID)) or int(raw) > MAX_ID:
-        raise validation_error({name: f"Must be at most {MAX_ID}."})
-    return int(raw)
-
-
-def query_int(
-    request: Request, name: str, *, default: int | None = None, minimum: int = 1, maximum: int | None = None
-) -> int | None:
-    raw = request.query_params.get(name)
-    if raw is None or raw == "":
-        return default
-    maximum = MAX_QUERY_INT if maximum is None else min(maximum, MAX_QUERY_INT)
-    if len(raw) > 20:
-        raise validation_error({name: f"Must be between {minimum} and {maximum}."})
-    try:
-        value = int(raw)
-    except ValueError:
-        raise validation_error({name: "Must be an integer."}) from None
-    if value < minimum or (maximum is not None and value > maximum):
-        raise validation_error({name: f"Must be between {minimum} and {maximum}."})
-    return value
-
-
-def query_bool(request: Request, name: str, *, default: bool) -> bool:
-    raw = request.query_params.get(name)
-    if raw is None or raw == "":
-        return default
-    lowered = raw.lower()
-    if lowered in {"1", "true", "yes"}:
-        return True
-    if lowered in {"0", "false", "no"}:
-        return False
-    raise validation_error({name: "Must be true or false."})
-
-
-class Pagination:
-    """``?page=&page_size=`` → offset/limit, and the ``{count, next, previous, results}`` envelope."""
-
-    def __init__(
-        self, request: Request, *, default_size: int = DEFAULT_PAGE_SIZE, size_alias: str | None = None
-    ) -> None:
-        self.request = request
-        self.page = query_int(request, "page", default=1) or 1
-        size_name = "page_size"
-        if size_alias and not request.query_params.get("page_size") and request.query_params.get(size_alias):
-            size_name = size_alias
-        self.page_size = query_int(request, size_name, default=default_size, maximum=MAX_PAGE_SIZE) or default_size
-        self.offset = (self.page - 1) * self.page_size
-        self.limit = self.page_size
-
-    def _link(self, page: int) -> str:
-        # From the configured public URL, never the request's Host header (which the client chooses).
-        params = dict(self.request.query_params)
-        params["page"] = str(page)
-        public_url = self.request.app.state.services.settings.public_url
-        return f"{public_url}{self.request.url.path}?{urlencode(params)}"
-
-    def envelope(self, count: int, results: list[Any]) -> dict[str, Any]:
-        has_next = self.offset + len(results) < count
-        return {
-            "count": count,
-            "next": self._link(self.page + 1) if has_next else None,
-            "previous": self._link(self.page - 1) if self.page > 1 else None,
-            "results": results,
-        }
-
-
-def require_str(
-    data: dict[str, Any], name: str, errors: dict[str, str], *, max_length: int = 200, required: bool = False
-) -> str | None:
-    value = data.get(name)
-    if value is None or value == "":
-        if required:
-            errors[name] = "This field is required."
-        return None
-    if not isinstance(value, str):
-        errors[name] = "Must be a string."
-        return None
-    if len(value) > max_length:
-        errors[name] = f"Must be at most {max_length} characters."
-        return None
-    return value
-
-
-def text_field(
-    data: dict[str, Any], name: str, errors: dict[str, str], *, max_length: int, required: bool
-) -> str | None:
-    """A non-blank string field of a JSON body: its value, or None with the reason put in ``errors``."""
-    if isinstance(data.get(name), str) and not data[name].strip():
-        errors[name] = "Must not be empty."
-        return None
-    value = require_str(data, name, errors, max_length=max_length, required=required)
-    if value is None:
-        return None
-    return value.strip() if name == "name" else value  # names lose surrounding spaces; code and SQL do not

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .store import LogLine, Run, SubAccount, iso
+from .store import HealthChange, LogLine, Run, SubAccount, iso
 
 
 def run_dict(run: Run) -> dict[str, Any]:
@@ -41,3 +41,23 @@ def sub_account_dict(account: SubAccount) -> dict[str, Any]:
 
 def log_dict(line: LogLine) -> dict[str, Any]:
     return {"ts": iso(line.ts), "level": line.level, "message": line.message, "pipeline_run_id": line.run_id}
+
+
+def health_event_data(change: HealthChange) -> dict[str, Any]:
+    """A ``connection.health_changed`` webhook's data (before the connection's and account's)."""
+    return {"server_id": change.connection_id, "from": change.old, "to": change.new, "detail": change.detail}
+
+
+def run_event_data(run: Run) -> dict[str, Any]:
+    """A ``sync.finished`` webhook's data (before the connection's and account's)."""
+    return {
+        "server_id": run.connection_id,
+        "pipeline_run_id": run.id,
+        "status": run.status,
+        "records": run.records,
+        "error": run.error,
+        "full": run.full_sync,
+        "trigger": run.trigger,
+        "started_at": iso(run.started_at),
+        "finished_at": iso(run.finished_at),
+    }

@@ -38,6 +38,7 @@ from psycopg import AsyncConnection
 
 from .crypto import Vault
 from .jobs import JobQueue
+from .shapes import health_event_data, run_event_data
 from .store import Connection, HealthChange, Run, Store, SubAccount, iso
 from .store.scripts import Script, ScriptRun
 from .store.webhooks import Delivery, WebhookConfig, WebhookStore
@@ -331,7 +332,7 @@ class Webhooks:
 
     async def on_health_change(self, change: HealthChange) -> None:
         await self._emit_for_connection(
-            change.sub_account_id, change.connection_id, "connection.health_changed", _health_data(change)
+            change.sub_account_id, change.connection_id, "connection.health_changed", health_event_data(change)
         )
 
     async def record_run_end(self, conn: AsyncConnection[Any], run: Run, change: HealthChange | None) -> list[int]:
@@ -345,8 +346,10 @@ class Webhooks:
         if audience["name"] is not None:  # the connection's name and connector, while it exists
             about = {"name": audience["name"], "connector": audience["connector"]}
         about |= {"account_id": run.sub_account_id, "external_id": audience["external_id"]}
-        events = [("connection.health_changed", _health_data(change))] if change and change.old != change.new else []
-        events.append(("sync.finished", _run_data(run)))
+        events = (
+            [("connection.health_changed", health_event_data(change))] if change and change.old != change.new else []
+        )
+        events.append(("sync.finished", run_event_data(run)))
         ids = []
         for event_type, data in events:
             if event_type in audience["events"]:
@@ -369,9 +372,9 @@ class Webhooks:
         candidates = await self.table.unqueued(older_than=self.store.now() - after)
         queued = await self.queue.webhook_jobs(candidates) if candidates else set()
         missing = [delivery_id for delivery_id in candidates if delivery_id not in queued]
-        for delivery_id in missing:
-            logger.warning("webhook delivery %s had no job (queued now)", delivery_id)
-        await self.queue_deliveries(missing)
+        if missing:
+            logger.warning("webhook deliveries %s had no job (queued now)", missing)
+            await self.queue_deliveries(missing)
         return missing
 
     async def on_script_finished(self, script: Script, run: ScriptRun) -> None:
@@ -475,24 +478,6 @@ class Webhooks:
         except httpx.HTTPError as exc:
             return None, f"Could not connect: {type(exc).__name__}: {exc}"[:500]
         return response.status_code, None
-
-
-def _health_data(change: HealthChange) -> dict[str, Any]:
-    return {"server_id": change.connection_id, "from": change.old, "to": change.new, "detail": change.detail}
-
-
-def _run_data(run: Run) -> dict[str, Any]:
-    return {
-        "server_id": run.connection_id,
-        "pipeline_run_id": run.id,
-        "status": run.status,
-        "records": run.records,
-        "error": run.error,
-        "full": run.full_sync,
-        "trigger": run.trigger,
-        "started_at": iso(run.started_at),
-        "finished_at": iso(run.finished_at),
-    }
 
 
 def _connection_data(connection: Connection) -> dict[str, Any]:

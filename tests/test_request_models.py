@@ -44,7 +44,9 @@ async def world(settings_factory: Callable[..., Settings]) -> AsyncIterator[Worl
         assert script.status_code == 201, script.text
         _, partner = await instance.partner("other-partner")
         minted = await instance.integrate(partner, "cust-2")
+        databases = (await client.get("/api/applications", headers=identity)).json()["results"]
         ids = {
+            "database_id": str(databases[0]["id"]),
             "id": str(crm_id),
             "accounting": str(accounting["id"]),
             "account_id": str(minted["account_id"]),
@@ -63,8 +65,8 @@ def headers_for(world: World, path: str) -> dict[str, str]:
 
 
 def url_of(world: World, path: str) -> str:
-    if path == "/api/server/{id}/config":
-        return f"/api/server/{world.ids['accounting']}/config"
+    if path in ("/api/server/{id}/config", "/api/server/{id}/config-options", "/api/server/{id}/reauthorise"):
+        return path.replace("{id}", world.ids["accounting"])  # an API-key connection with a config step
     return re.sub(r"{(\w+)}", lambda m: world.ids[m.group(1)], path)
 
 
@@ -132,9 +134,9 @@ def parsed_with(monkeypatch: pytest.MonkeyPatch) -> list[type[BaseModel]]:
     seen: list[type[BaseModel]] = []
     original = bff.http.validated
 
-    def recording(model: Any, data: Any, *, context: Any = None) -> Any:
+    def recording(model: Any, data: Any, **options: Any) -> Any:
         seen.append(model)
-        return original(model, data, context=context)
+        return original(model, data, **options)
 
     monkeypatch.setattr(bff.http, "validated", recording)
     monkeypatch.setattr(bff.api.partners, "validated", recording)
@@ -165,7 +167,7 @@ async def test_every_route_with_a_request_body_parses_it_with_its_operations_mod
                 method.upper(), url_of(world, path), json=body, headers=headers_for(world, path)
             )
             assert answer.status_code < 500, (key, answer.text)
-            assert parsed_with == [model], (key, parsed_with)
+            assert model in parsed_with, (key, parsed_with)
     assert walked == len(body_operations())
 
 
@@ -231,3 +233,56 @@ def test_refusals_keep_the_contracts_wording() -> None:
     assert refused(rq.QueryRun, {"query": "SELECT 1", "limit": "5"}) == {
         "limit": "Must be a whole number from 1 to 10000."
     }
+
+
+# (method, path): (a query string with one bad parameter, that parameter).
+QUERY_CASES: dict[tuple[str, str], tuple[str, str]] = {
+    ("GET", "/api/partner/sub-accounts"): ("page=x", "page"),
+    ("GET", "/api/sub-accounts"): ("page_size=501", "page_size"),
+    ("POST", "/api/partner/sub-account/integrate"): ("account_id=x", "account_id"),
+    ("POST", "/api/sub-account/integrate"): ("account_id=-1", "account_id"),
+    ("GET", "/api/partner/sub-account/identity"): ("external_id=cust-2&expire=maybe", "expire"),
+    ("GET", "/api/sub-account/identity"): ("external_id=%E2%80%8Bx", "external_id"),
+    ("GET", "/api/partner/webhook/deliveries"): ("page_size=0", "page_size"),
+    ("GET", "/api/servertypes"): ("locale=xx", "locale"),
+    ("GET", "/api/servers"): ("page=0", "page"),
+    ("GET", "/api/server/{id}/logs"): ("page=1.5", "page"),
+    ("GET", "/api/server/{id}/config-options"): ("locale=klingon", "locale"),
+    ("POST", "/api/server/{id}/reauthorise"): ("locale=xx", "locale"),
+    ("POST", "/api/server/{id}/sync"): ("wait=soon", "wait"),
+    ("GET", "/api/server/{id}/runs"): ("page=99999999999", "page"),
+    ("GET", "/api/applications"): ("exclude_tables=maybe", "exclude_tables"),
+    ("GET", "/api/database/tables/database/{database_id}"): ("page=x", "page"),
+    ("GET", "/api/database/rows/table/{table_id}"): ("user_field_names=maybe", "user_field_names"),
+    ("GET", "/api/server/{id}/records/{object}"): ("timeout=maybe", "timeout"),
+    ("POST", "/api/server/{id}/records/{object}"): ("refresh=maybe", "refresh"),
+    ("PUT", "/api/server/{id}/records/{object}"): ("", "match"),
+    ("GET", "/api/server/{id}/records/{object}/{record_id}"): ("timeout=2", "timeout"),
+    ("PATCH", "/api/server/{id}/records/{object}/{record_id}"): ("refresh=x", "refresh"),
+    ("DELETE", "/api/server/{id}/records/{object}/{record_id}"): ("timeout=x", "timeout"),
+    ("GET", "/api/interface"): ("page=x", "page"),
+    ("POST", "/api/interface/{script_id}/run"): ("wait=-1", "wait"),
+    ("GET", "/api/interface/{script_id}/runs"): ("page_size=x", "page_size"),
+}
+
+
+def test_every_operation_with_query_parameters_has_a_case_here() -> None:
+    assert {key for key, op in OPERATIONS.items() if op.query is not None} == set(QUERY_CASES)
+
+
+async def test_every_route_parses_its_query_parameters_with_its_operations_model(
+    world: World, parsed_with: list[type[BaseModel]]
+) -> None:
+    """A bad parameter is refused naming it, by the operation's query model (or the part of it
+    that holds the parameter: Paging for the paged lists)."""
+    for (method, path), (query, field) in QUERY_CASES.items():
+        model = OPERATIONS[(method, path)].query
+        assert model is not None and field in model.model_fields
+        body = {} if method in ("POST", "PUT", "PATCH") and OPERATIONS[(method, path)].body is not None else None
+        parsed_with.clear()
+        answer = await world.bff.client.request(
+            method, f"{url_of(world, path)}?{query}", json=body, headers=headers_for(world, path)
+        )
+        assert answer.status_code == 400, (method, path, answer.text)
+        assert answer.json()["code"] == "validation_error" and field in answer.json()["errors"], answer.text
+        assert any(issubclass(model, used) and field in used.model_fields for used in parsed_with), (path, parsed_with)

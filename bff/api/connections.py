@@ -11,7 +11,8 @@ from starlette.routing import BaseRoute
 
 from .. import connections as rt
 from ..auth import SUB_ACCOUNT_KINDS, authenticate, require_connection, require_sub_account, services
-from ..connector_text import localized_config_select, localized_form, localized_servertype, request_locale
+from ..connector_text import DEFAULT_LOCALE, localized_config_select, localized_form, localized_servertype
+from ..contract.queries import LocaleQuery
 from ..contract.requests import (
     UNKNOWN_CONNECTOR,
     ConfigChoice,
@@ -21,9 +22,10 @@ from ..contract.requests import (
     origin_not_allowed,
 )
 from ..errors import ApiError, validation_error
-from ..http import MAX_PAGE_SIZE, Pagination, api_route, parse_body
+from ..http import MAX_PAGE_SIZE, api_route, parse_body, parse_query
 from ..services.connections import MAX_PENDING_CONNECTIONS, parse_credentials
 from ..store import Connection, SubAccount
+from .paging import Pagination
 
 __all__ = ["MAX_PENDING_CONNECTIONS", "routes"]
 
@@ -38,11 +40,16 @@ async def connection_dict(request: Request, account: SubAccount, connection: Con
 # -- catalogue --------------------------------------------------------------------------
 
 
+def _locale(request: Request) -> str:
+    """``?locale=`` (``nl``, ``nl-BE``, …) → one of the catalogue's locales; English when absent."""
+    return parse_query(request, LocaleQuery).locale or DEFAULT_LOCALE
+
+
 async def list_servertypes(request: Request) -> JSONResponse:
     """The connector catalogue with each connector's connect form."""
     await authenticate(request, ("partner", *SUB_ACCOUNT_KINDS))
     base = f"{services(request).settings.public_url}/embed/v1/logos/"
-    locale = request_locale(request)
+    locale = _locale(request)
     page = Pagination(request, default_size=MAX_PAGE_SIZE)
     connectors = sorted(rt.catalogue(services(request)).values(), key=lambda connector: connector.id)
     shown = connectors[page.offset : page.offset + page.limit]
@@ -114,7 +121,7 @@ async def config_options(request: Request) -> JSONResponse:
     options = await svc.connections.config_options(connection)
     return JSONResponse(
         {
-            **localized_config_select(connector, connector.config_select.public_dict(), request_locale(request)),
+            **localized_config_select(connector, connector.config_select.public_dict(), _locale(request)),
             "options": options,
             "selected": connection.config.get(connector.config_select.field, []),
         }
@@ -146,7 +153,7 @@ async def reauthorise(request: Request) -> JSONResponse:
         sign_in = await svc.connections.start_reauthorising(account, connection, connector, strict=given.oauth_strict)
         return JSONResponse({"auth_uri": sign_in.url, "oauth_nonce": sign_in.nonce, "id": connection.id}, 200, NO_STORE)
     if not data:
-        fields = localized_form(connector, [f.public_dict() for f in connector.connect_form], request_locale(request))
+        fields = localized_form(connector, [f.public_dict() for f in connector.connect_form], _locale(request))
         return JSONResponse({"id": connection.id, "form": {"fields": fields}})
     credentials = parse_credentials(connector, data)
     updated = await svc.connections.replace_credentials(account, connection, connector, credentials)

@@ -22,10 +22,12 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute
 
 from ..auth import require_identity, services
+from ..contract.queries import ApplicationsQuery, RowsQuery
 from ..errors import not_found, validation_error
-from ..http import Pagination, api_route, query_bool
+from ..http import api_route, parse_query
 from ..store import SubAccount
 from ..tokens import Claims
+from .paging import Pagination
 
 DEFAULT_ROWS_PAGE = 100
 ROW_QUERY_PARAMS = ("search", "order_by", "updated_since", "include", "exclude")
@@ -47,7 +49,7 @@ async def list_applications(request: Request) -> JSONResponse:
     account = await require_identity(request)
     page = Pagination(request)
     databases = [database_dict(account)][page.offset : page.offset + page.limit]
-    if databases and not query_bool(request, "exclude_tables", default=False):
+    if databases and not parse_query(request, ApplicationsQuery).exclude_tables:
         databases[0]["tables"] = await services(request).tables.listed(account)
     return JSONResponse(page.envelope(1, databases))
 
@@ -109,7 +111,7 @@ async def list_rows(request: Request) -> JSONResponse:
     if table is None:
         raise not_found("No such table.")
     page = Pagination(request, default_size=DEFAULT_ROWS_PAGE, size_alias="size")
-    by_name = query_bool(request, "user_field_names", default=False)
+    by_name = bool(parse_query(request, RowsQuery).user_field_names)
     fields, count, rows = await services(request).tables.read_rows(
         table, _row_params(request), offset=page.offset, limit=page.limit
     )

@@ -9,33 +9,24 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute
 
 from ..auth import require_partner, require_partner_with_sub_account, services
+from ..contract.queries import IdentityQuery, WhichSubAccount
 from ..contract.requests import PartnerOrigins, RotateToken, SubAccountFields
-from ..errors import BFFError, not_found, validation_error
-from ..external_ids import normalise_external_id
-from ..http import Pagination, api_route, parse_body, parse_id, query_bool, read_json, validated
+from ..errors import BFFError, not_found
+from ..http import api_route, parse_body, parse_query, read_json, validated
 from ..shapes import sub_account_dict
 from ..store import Partner, SubAccount
 from ..tokens import MintedToken
+from .paging import Pagination
 
 
 async def lookup_sub_account(request: Request, partner: Partner) -> SubAccount:
     """``?account_id=`` or ``?external_id=``; another partner's ids are simply not found."""
-    params = request.query_params
-    account_id, external_id = params.get("account_id"), params.get("external_id")
-    if not account_id and not external_id:
-        raise validation_error(
-            {"account_id": "Pass `account_id` or `external_id`."},
-            detail="Say which sub-account: account_id or external_id.",
-        )
+    which = parse_query(request, WhichSubAccount)
     partners = services(request).partners
-    if account_id:
-        account = await partners.find_sub_account(partner, account_id=parse_id(account_id, "account_id"))
+    if which.account_id is not None:
+        account = await partners.find_sub_account(partner, account_id=which.account_id)
     else:
-        try:
-            external_id = normalise_external_id(external_id or "")
-        except ValueError as exc:
-            raise validation_error({"external_id": str(exc)}) from None
-        account = await partners.find_sub_account(partner, external_id=external_id)
+        account = await partners.find_sub_account(partner, external_id=which.external_id)
     if account is None:
         raise not_found("No such sub-account.")
     return account
@@ -110,7 +101,7 @@ async def integrate_existing(request: Request) -> JSONResponse:
 async def identity_token(request: Request) -> JSONResponse:
     """Mint an identity token (expiring by default, ``expire=false`` until revoked)."""
     partner = await require_partner(request)
-    expire = query_bool(request, "expire", default=True)
+    expire = parse_query(request, IdentityQuery).expire is not False
     account = await lookup_sub_account(request, partner)
     minted = services(request).tokens.mint_identity_token(
         partner_id=partner.id,

@@ -34,9 +34,10 @@ from ..connectors import (
     ConnectorError,
 )
 from ..connectors.writer import Writer
+from ..contract.queries import UpsertQuery, WriteQuery
 from ..contract.requests import RecordFields
 from ..errors import ApiError, connector_error, not_found, validation_error
-from ..http import api_route, parse_body, query_bool
+from ..http import api_route, parse_body, parse_query
 from ..idempotency import MAX_KEY_LENGTH, fingerprint
 from ..services.writeback import READS, Action, EngineLog, Writeback, writeback_for
 from ..store import Connection, SubAccount
@@ -93,6 +94,7 @@ async def require_writable(request: Request) -> tuple[SubAccount, Connection]:
 async def perform(request: Request, action: str, object_name: str, call: Action, *, body: Any = None) -> Response:
     """Parse what the write needs from the request, run it (:meth:`Writeback.execute`), answer."""
     _, connection = await require_writable(request)
+    asked = parse_query(request, WriteQuery)
     key = request.headers.get("idempotency-key") if action not in READS else None
     idempotency = None
     if key is not None:
@@ -106,8 +108,8 @@ async def perform(request: Request, action: str, object_name: str, call: Action,
         object_name,
         call,
         idempotency=idempotency,
-        short=query_bool(request, "timeout", default=False),
-        refresh=query_bool(request, "refresh", default=False),
+        short=bool(asked.timeout),
+        refresh=bool(asked.refresh),
     )
     return _answer(outcome.status, outcome.body, replayed=outcome.replayed)
 
@@ -153,9 +155,7 @@ async def records(request: Request) -> Response:
             return 201, _record(result)
 
         return await perform(request, "add", object_name, add, body=fields)
-    match_field = request.query_params.get("match")
-    if not match_field:
-        raise validation_error({"match": "Give the field to match on, e.g. ?match=email."})
+    match_field = parse_query(request, UpsertQuery).match
 
     async def upsert(writer: Writer) -> tuple[int, Any]:
         result = await writer.upsert(object_name, fields, match_field)

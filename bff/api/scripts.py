@@ -17,13 +17,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
 
 from ..auth import Caller, require_back_end, services
+from ..contract.queries import WaitQuery
 from ..contract.requests import ScriptChange, ScriptCreate, ScriptStateBody
 from ..errors import ApiError, not_found, token_not_allowed
-from ..http import Pagination, api_route, parse_body
+from ..http import api_route, parse_body, parse_query
 from ..scripts.service import ScriptService, ScriptsUnavailable
 from ..store import UNSET
 from ..store.scripts import Script
-from .sync import parse_wait
+from .paging import Pagination
 
 
 def scripts(request: Request) -> ScriptService:
@@ -99,7 +100,7 @@ async def delete_script(request: Request) -> Response:
 async def run_script(request: Request) -> JSONResponse:
     """Run a script now; ``?wait=N`` (N ≤ 120) answers ``200`` with the finished run, else ``202``."""
     script = await _own_script(request, await _caller(request))
-    wait = parse_wait(request)
+    wait = parse_query(request, WaitQuery).wait
     service = scripts(request)
     try:
         run = await service.request_run(script)

@@ -12,31 +12,16 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute
 
 from ..auth import require_connection, services
+from ..contract.queries import WaitQuery
 from ..contract.requests import SyncRequest
-from ..errors import validation_error
-from ..http import Pagination, api_route, parse_body
+from ..http import api_route, parse_body, parse_query
 from ..services.sync import SyncRunner
 from ..shapes import run_dict
+from .paging import Pagination
 
 
 def runner(request: Request) -> SyncRunner:
     return services(request).sync
-
-
-MAX_WAIT_SECONDS = 120
-
-
-def parse_wait(request: Request) -> float | None:
-    raw = request.query_params.get("wait")
-    if raw is None:
-        return None
-    try:
-        seconds = float(raw)
-    except ValueError:
-        seconds = -1.0
-    if not 0 <= seconds <= MAX_WAIT_SECONDS or seconds != seconds:
-        raise validation_error({"wait": f"Must be a number of seconds from 0 to {MAX_WAIT_SECONDS}."})
-    return seconds
 
 
 async def sync_server(request: Request) -> JSONResponse:
@@ -46,7 +31,7 @@ async def sync_server(request: Request) -> JSONResponse:
     ``?wait=N`` (N ≤ 120) answers ``200`` with the finished run, or ``202`` if it is still going.
     """
     account, connection = await require_connection(request)
-    wait = parse_wait(request)
+    wait = parse_query(request, WaitQuery).wait
     asked = await parse_body(request, SyncRequest, required=False)
     tables, full, categories = asked.tables, asked.full, [str(c) for c in asked.categories or []] or None
     run = await runner(request).request_sync(account, connection, tables, full=full, categories=categories)

@@ -12,10 +12,11 @@ from starlette.routing import BaseRoute
 from ..auth import require_partner, services
 from ..contract.requests import WebhookSettings
 from ..errors import ApiError
-from ..http import Pagination, api_route, parse_body
+from ..http import api_route, parse_body
 from ..store import iso
 from ..store.webhooks import WebhookConfig
 from ..webhooks import EVENT_TYPES
+from .paging import Pagination
 
 NO_STORE = {"Cache-Control": "no-store"}
 
