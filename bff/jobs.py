@@ -314,13 +314,16 @@ class JobQueue:
     async def _watch_customer_sql(self) -> None:
         """Hold customer logins to their statement limit: a session may lift its own
         ``statement_timeout``, so every worker cancels what runs past it (see
-        :meth:`WarehouseServers.stop_overrunning`)."""
+        `bff.warehouse_limits`)."""
+        from .warehouse_limits import stop_overrunning  # loaded with the services, not with this module
+
         while True:
             await asyncio.sleep(self.sql_watch_seconds)
             if self._services is None:
                 continue
             try:
-                await self._services.warehouse.servers.stop_overrunning(
+                await stop_overrunning(
+                    self._services.warehouse.servers,
                     statement_seconds=self._services.query_tables.timeout_ms / 1000,
                     idle_seconds=self.sql_idle_seconds,
                 )
