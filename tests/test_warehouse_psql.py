@@ -172,3 +172,18 @@ async def test_psql_on_a_customers_login_sees_its_typed_tables_and_nothing_of_an
     deals = (await tables(sbff.client, token))["deals"]
     assert deals["row_count"] == len(records)
     assert outputs and [word for word in rival_words if any(word in output for output in outputs)] == []
+
+
+async def test_a_customer_login_makes_no_temporary_tables_in_the_postgres_database(sbff: BFF) -> None:
+    """`postgres` grants TEMPORARY to PUBLIC by default: a read-only login that turned read-only off
+    made a 415 MB temporary table there. The BFF revokes it (CONNECT stays: tools list from there)."""
+    _, _, login = await synced_customer(sbff, "temp-in-postgres")
+    listed = psql(login, "SELECT current_database()", database="postgres")
+    assert listed.returncode == 0 and "postgres" in listed.stdout, listed.stderr
+    made = psql(
+        login,
+        "SET default_transaction_read_only = off",
+        "CREATE TEMP TABLE filler AS SELECT generate_series(1, 1000) AS n",
+        database="postgres",
+    )
+    assert made.returncode != 0 and "permission denied" in made.stderr, (made.stdout, made.stderr)
