@@ -1392,6 +1392,12 @@ async def test_exact_online_sync_api_streams(connectors, rec):
         pages = await collect(sess, "transaction_lines")
         again = await collect(sess, "transaction_lines", pages[-1].state)
         gone = await collect(sess, "deleted")
+        called = len(provider.requests)
+        kinds = await collect(sess, "entitytype")
+    # The entity types come from the definition (Exact serves them from no endpoint): nothing is called.
+    assert len(provider.requests) == called and len(kinds) == 1 and kinds[0].state == {}
+    names = {r["number"]: r["name"] for r in kinds[0].records}
+    assert len(names) == 14 and names[1] == "TransactionLines" and names[13] == "SalesInvoices"
     records = [r for p in pages for r in p.records]
     assert [r["entry_number"] for r in records] == [26000001, 26000002, 26000003]
     assert records[0]["date"] == "2026-03-01T08:00:00" and records[0]["amount"] == -121.5
@@ -1401,6 +1407,7 @@ async def test_exact_online_sync_api_streams(connectors, rec):
     assert [r["id"] for p in again for r in p.records] == ["10000000-0000-0000-0000-000000000004"]
     row = gone[0].records[0]
     assert (row["entitykey"], row["entitytype"], row["division"]) == ("10000000-0000-0000-0000-000000000002", 1, 7095)
+    assert names[row["entitytype"]] == "TransactionLines"  # the seed's JOIN of deleted with entitytype
     assert row["deleted_date"] == "2026-03-05T08:00:00"
     first = provider.requests[0]
     assert first.url.params["$select"].startswith("ID,Division,Date,") and first.headers["Accept"] == "application/json"

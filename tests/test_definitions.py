@@ -59,6 +59,20 @@ def test_every_builtin_definition_validates_against_the_published_schema() -> No
             "objects.message.actions.add.verb",
             "not a known field",
         ),
+        (
+            lambda d: d["streams"][0].update(rows=[{"id": "c1", "name": "general"}]),
+            "streams[0].rows",
+            "goes without path, params, paging, incremental and deletions",
+        ),
+        (
+            lambda d: (
+                [d["streams"][0].pop(k, None) for k in ("path", "params", "paging", "incremental")]
+                and d["streams"][0].update(rows=[{"id": "c1", "colour": "red"}])
+            ),
+            "streams[0].rows[0]",
+            "has keys no field reads: ['colour']",
+        ),
+        (lambda d: d["streams"][0].pop("path"), "streams[0].path", "is required (or rows)"),
         (lambda d: d["auth"].update(kind="cookie"), "auth.kind", "must be one of"),
         (lambda d: d["auth"].pop("header"), "auth.header", "is required"),
         (lambda d: d["streams"][1]["paging"].pop("cursor_param"), "streams[1].paging.cursor_param", "is required"),

@@ -378,6 +378,15 @@ class _Builder:
                 order=inc.order,
                 start=None if inc.start is None else self.template(f"{where}.incremental.start", inc.start, _URL),
             )
+        if s.rows is not None:
+            if s.path or s.params or s.paging or s.incremental or s.deletions:
+                raise self.fail(f"{where}.rows", "goes without path, params, paging, incremental and deletions")
+            keys = {f.path if f.path is not None else f.name for f in s.fields}
+            for i, row in enumerate(s.rows):
+                if not set(row) <= keys:
+                    raise self.fail(f"{where}.rows[{i}]", f"has keys no field reads: {sorted(set(row) - keys)}")
+        elif not s.path:
+            raise self.fail(f"{where}.path", "is required (or rows)")
         path = self.template(f"{where}.path", s.path, _REQUEST)
         params = self.params(f"{where}.params", s.params, _REQUEST)
         deletions = None
@@ -412,6 +421,7 @@ class _Builder:
             description=s.description,
             partitioned=path.uses("partition") or any(t.uses("partition") for _, t in params),
             deletions=deletions,
+            rows=None if s.rows is None else tuple(dict(row) for row in s.rows),
         )
 
     def object(self, name: str, o: m.ObjectModel, streams: set[str]) -> ObjectSpec:

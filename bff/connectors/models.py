@@ -285,7 +285,14 @@ class StreamModel(_Model):
     name: Snake
     description: str = ""
     notes: str = ""
-    path: str
+    path: str = Field(default="", description="The list endpoint (required unless `rows` is given).")
+    rows: list[dict[str, Any]] | None = Field(
+        default=None,
+        description="Rows the provider documents but serves from no endpoint (Exact Online's EntityType "
+        "numbers, say): every sync of the stream yields exactly these and calls nothing. Keyed like the "
+        "provider's records (by the fields' paths); goes without `path`, `params`, `paging`, `incremental` "
+        "and `deletions`.",
+    )
     params: Params = {}
     records_path: str = ""
     primary_key: list[str]

@@ -489,6 +489,10 @@ class ConnectorSession:
             spec = self.connector.stream(stream)
         except KeyError:
             raise ProviderError(f"{self.display} has no table named {stream!r}.", code="unknown_stream") from None
+        if spec.rows is not None:  # documented rows no endpoint serves: nothing to call
+            normalise = compile_normaliser(spec.fields)
+            yield Page(spec.name, None, [normalise(row) for row in spec.rows], {})
+            return
         state = state or {}
         if not spec.partitioned:
             start = state.get("cursor") if spec.incremental else None

@@ -211,6 +211,7 @@ class Stream:
     description: str = ""
     partitioned: bool = False
     deletions: Deletions | None = None
+    rows: tuple[dict[str, Any], ...] | None = None  # documented rows served by no endpoint
 
     @property
     def field_names(self) -> tuple[str, ...]:
