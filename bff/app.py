@@ -40,6 +40,7 @@ from .settings import Settings
 from .store import Store, migrate
 from .tokens import TokenAuthority
 from .warehouse import Warehouse
+from .warehouse_limits import close_to_customers
 from .warehouse_servers import WarehouseServers
 from .warehouse_upgrade import move_customer as upgrade_customer
 from .warehouse_upgrade import upgrade_warehouses
@@ -99,7 +100,7 @@ class ServiceContext:
         await svc.store.open()
         try:
             await check_encryption_key(svc.store, svc.vault)
-            await svc.warehouse.servers.close_control_database()
+            await close_to_customers(svc.warehouse.servers)
             # Warehouses of an earlier release (schemas of the control database) move into databases.
             await upgrade_warehouses(svc.warehouse, svc.query_tables)
             await svc.queue.open()

@@ -40,7 +40,13 @@ class Events(Protocol):
 
     async def connection_deleted(self, account: SubAccount, connection: Connection) -> None: ...
 
-    async def script_finished(self, script: Script, run: ScriptRun) -> None: ...
+    async def script_ending(self, conn: AsyncConnection[Any], script: Script, run: ScriptRun) -> Sequence[int]:
+        """Inside the transaction that ends a script run: what must exist exactly when that end does."""
+        ...
+
+    async def script_ended(self, run: ScriptRun, written: Sequence[int]) -> None:
+        """Once the script run's end is committed."""
+        ...
 
 
 class AppEvents:
@@ -85,8 +91,12 @@ class AppEvents:
     async def connection_deleted(self, account: SubAccount, connection: Connection) -> None:
         await self.webhooks.connection_deleted(account, connection)
 
-    async def script_finished(self, script: Script, run: ScriptRun) -> None:
+    async def script_ending(self, conn: AsyncConnection[Any], script: Script, run: ScriptRun) -> Sequence[int]:
+        """The ``script.finished`` delivery, in the transaction that ends the run (an outbox)."""
+        return await self.webhooks.record_script_end(conn, script, run)
+
+    async def script_ended(self, run: ScriptRun, written: Sequence[int]) -> None:
         try:
-            await self.webhooks.on_script_finished(script, run)
-        except Exception:  # the run has ended either way
-            logger.exception("reacting to the end of script run %s failed", run.id)
+            await self.webhooks.queue_deliveries(written)
+        except Exception:  # they are in the outbox: the scheduler tick queues them
+            logger.exception("queueing the webhook deliveries of script run %s failed", run.id)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from .store import HealthChange, LogLine, Run, SubAccount, iso
+from .store.scripts import Script, ScriptRun
 
 
 def run_dict(run: Run) -> dict[str, Any]:
@@ -46,6 +47,21 @@ def log_dict(line: LogLine) -> dict[str, Any]:
 def health_event_data(change: HealthChange) -> dict[str, Any]:
     """A ``connection.health_changed`` webhook's data (before the connection's and account's)."""
     return {"server_id": change.connection_id, "from": change.old, "to": change.new, "detail": change.detail}
+
+
+def script_event_data(script: Script, run: ScriptRun) -> dict[str, Any]:
+    """A ``script.finished`` webhook's data (before the account's)."""
+    return {
+        "script_id": script.id,
+        "name": script.name,
+        "run_id": run.id,
+        "status": run.status,
+        "exit_code": run.exit_code,
+        "error": run.error,
+        "trigger": run.trigger,
+        "started_at": iso(run.started_at),
+        "finished_at": iso(run.finished_at),
+    }
 
 
 def run_event_data(run: Run) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""The customer SQL limits, held whatever a login sets (DESIGN §15).
+"""The customer SQL limits, held whatever a login sets (DESIGN §15), and the databases customer
+logins must not reach or fill (:func:`close_to_customers`, at start).
 
 PostgreSQL lets every role `SET statement_timeout = 0` and `ALTER ROLE CURRENT_USER SET …`, so a
 role default alone does not bind a customer's SQL login. A watchdog in every worker
@@ -9,9 +10,10 @@ the limit, ends sessions left idle in a transaction, and puts back the defaults 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import psycopg
-from psycopg import sql
+from psycopg import AsyncConnection, sql
 
 from .db import DatabaseUnavailable
 from .warehouse_servers import LOGIN_SUFFIXES, WarehouseServers
@@ -73,3 +75,34 @@ async def stop_overrunning(servers: WarehouseServers, *, statement_seconds: floa
         except (psycopg.Error, DatabaseUnavailable, OSError) as error:
             logger.warning("could not check customer sessions on %s: %s", server, error)
     return stopped
+
+
+async def close_to_customers(servers: WarehouseServers) -> None:
+    """Revoke ``CONNECT`` on the control database from ``PUBLIC``: no customer login reaches it;
+    and ``TEMPORARY`` on every configured warehouse server's ``postgres`` database. Where the BFF's
+    role may not (it does not own that database) it says so once."""
+    async with servers.store.connection() as conn:
+        try:
+            await conn.execute(
+                sql.SQL("REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC").format(sql.Identifier(conn.info.dbname))
+            )
+        except psycopg.errors.InsufficientPrivilege as exc:
+            logger.warning("could not close the control database to other roles: %s", exc.diag.message_primary)
+    for server in servers.names:
+        try:
+            async with await servers.admin(server) as conn:
+                await _close_postgres_database(conn, server)
+        except (psycopg.OperationalError, OSError) as exc:
+            logger.warning("could not reach warehouse server %s: %s", server, exc)
+
+
+async def _close_postgres_database(conn: AsyncConnection[Any], server: str) -> None:
+    """Revoke ``TEMPORARY`` on the server's ``postgres`` database from ``PUBLIC``, which has it by
+    default: a customer login may connect there (tools list databases from it) and, read-only
+    turned off, would fill it with temporary tables (``temp_file_limit`` does not count them)."""
+    try:
+        await conn.execute("REVOKE TEMPORARY ON DATABASE postgres FROM PUBLIC")
+    except (psycopg.errors.InvalidCatalogName, psycopg.errors.UndefinedObject):
+        pass  # a server without that database
+    except psycopg.errors.InsufficientPrivilege as exc:
+        logger.warning("could not revoke TEMPORARY on %s's postgres database: %s", server, exc.diag.message_primary)

@@ -389,7 +389,6 @@ class WarehouseServers:
             await conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(db))
             await conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(db, owner))
             await conn.execute(sql.SQL("GRANT CREATE ON DATABASE {} TO {}").format(db, writer))
-            await self._close_postgres_database(conn, placement.server)
         finally:
             await conn.close()
         async with self.transaction(placement) as conn:
@@ -462,38 +461,6 @@ class WarehouseServers:
             stderr=asyncio.subprocess.PIPE,
             env=libpq_environment(self.url(placement.server, placement.database)),
         )
-
-    async def close_control_database(self) -> None:
-        """Revoke ``CONNECT`` on the control database from ``PUBLIC``: no customer login reaches it;
-        and ``TEMPORARY`` on every warehouse server's ``postgres`` database (`_close_postgres_database`).
-        Where the BFF's role may not (it does not own that database) it says so once."""
-        async with self.store.connection() as conn:
-            try:
-                await conn.execute(
-                    sql.SQL("REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC").format(
-                        sql.Identifier(conn.info.dbname)
-                    )
-                )
-            except psycopg.errors.InsufficientPrivilege as exc:
-                logger.warning("could not close the control database to other roles: %s", exc.diag.message_primary)
-        for server in self.names:
-            try:
-                async with await self.admin(server) as conn:
-                    await self._close_postgres_database(conn, server)
-            except (psycopg.OperationalError, OSError) as exc:
-                logger.warning("could not reach warehouse server %s: %s", server, exc)
-
-    @staticmethod
-    async def _close_postgres_database(conn: AsyncConnection[Any], server: str) -> None:
-        """Revoke ``TEMPORARY`` on the server's ``postgres`` database from ``PUBLIC``, which has it by
-        default: a customer login may connect there (tools list databases from it) and, read-only
-        turned off, would fill it with temporary tables (``temp_file_limit`` does not count them)."""
-        try:
-            await conn.execute("REVOKE TEMPORARY ON DATABASE postgres FROM PUBLIC")
-        except (psycopg.errors.InvalidCatalogName, psycopg.errors.UndefinedObject):
-            pass  # a server without that database
-        except psycopg.errors.InsufficientPrivilege as exc:
-            logger.warning("could not revoke TEMPORARY on %s's postgres database: %s", server, exc.diag.message_primary)
 
 
 __all__ = [

@@ -38,7 +38,7 @@ from psycopg import AsyncConnection
 
 from .crypto import Vault
 from .jobs import JobQueue
-from .shapes import health_event_data, run_event_data
+from .shapes import health_event_data, run_event_data, script_event_data
 from .store import Connection, HealthChange, Run, Store, SubAccount, iso
 from .store.scripts import Script, ScriptRun
 from .store.webhooks import Delivery, WebhookConfig, WebhookStore
@@ -339,17 +339,31 @@ class Webhooks:
         """Inside the transaction that ends ``run``: its ``connection.health_changed`` (when the
         health changed) and ``sync.finished`` deliveries, committed with the run's end or not at
         all (an outbox). The deliveries' ids: :meth:`queue_deliveries` them once that is committed."""
-        audience = await self.table.audience(conn, run.sub_account_id, run.connection_id)
+        events = (
+            [("connection.health_changed", health_event_data(change))] if change and change.old != change.new else []
+        )
+        events.append(("sync.finished", run_event_data(run)))
+        return await self._record(conn, run.sub_account_id, run.connection_id, events)
+
+    async def record_script_end(self, conn: AsyncConnection[Any], script: Script, run: ScriptRun) -> list[int]:
+        """Inside the transaction that ends a script run: its ``script.finished`` delivery (an outbox)."""
+        return await self._record(conn, run.sub_account_id, None, [("script.finished", script_event_data(script, run))])
+
+    async def _record(
+        self,
+        conn: AsyncConnection[Any],
+        sub_account_id: int,
+        connection_id: int | None,
+        events: Sequence[tuple[str, dict[str, Any]]],
+    ) -> list[int]:
+        """Write the deliveries of ``events`` the partner listens to, inside ``conn``'s transaction."""
+        audience = await self.table.audience(conn, sub_account_id, connection_id)
         if audience is None:
             return []
         about: dict[str, Any] = {}
         if audience["name"] is not None:  # the connection's name and connector, while it exists
             about = {"name": audience["name"], "connector": audience["connector"]}
-        about |= {"account_id": run.sub_account_id, "external_id": audience["external_id"]}
-        events = (
-            [("connection.health_changed", health_event_data(change))] if change and change.old != change.new else []
-        )
-        events.append(("sync.finished", run_event_data(run)))
+        about |= {"account_id": sub_account_id, "external_id": audience["external_id"]}
         ids = []
         for event_type, data in events:
             if event_type in audience["events"]:
@@ -376,20 +390,6 @@ class Webhooks:
             logger.warning("webhook deliveries %s had no job (queued now)", missing)
             await self.queue_deliveries(missing)
         return missing
-
-    async def on_script_finished(self, script: Script, run: ScriptRun) -> None:
-        data: dict[str, Any] = {
-            "script_id": script.id,
-            "name": script.name,
-            "run_id": run.id,
-            "status": run.status,
-            "exit_code": run.exit_code,
-            "error": run.error,
-            "trigger": run.trigger,
-            "started_at": iso(run.started_at),
-            "finished_at": iso(run.finished_at),
-        }
-        await self._emit_for_account(run.sub_account_id, "script.finished", data)
 
     # -- delivery (inside a worker) ------------------------------------------------------------
 

@@ -421,6 +421,44 @@ async def test_a_finished_run_sends_a_script_finished_webhook(sbff: BFF, who: Cu
     assert data["run_id"] == run["id"] and data["status"] == "succeeded" and data["external_id"] == "cust-a"
 
 
+async def test_a_script_runs_end_and_its_webhook_event_are_one_transaction(
+    sbff: BFF, who: Customer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The script.finished delivery is written in the transaction that ends the run: when writing
+    it fails, the run has not ended either; once the end is committed, so is the event (once)."""
+    partner_token = await _partner_token_of(sbff, who)
+    put = await sbff.client.put(
+        "/api/partner/webhook",
+        json={"url": "https://hooks.example.com/bff", "events": ["script.finished"]},
+        headers=auth(partner_token),
+    )
+    assert put.status_code in (200, 201), put.text
+    scripts = sbff.services.scripts
+    script = await scripts.table.get_by_id(await add_script(sbff, who, "print(1)"))
+    run = await scripts.table.create_run(script, "api")  # queued, never picked up in this test
+
+    async def crash(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("the process stopped while writing the event")
+
+    monkeypatch.setattr(sbff.services.webhooks.table, "create_delivery", crash)
+    with pytest.raises(RuntimeError):
+        await scripts.recover_stalled(run.id)  # ends the run as failed, with its event
+    monkeypatch.undo()
+    assert await scripts.table.run_status(run.id) == "queued"
+
+    def script_events(answer: dict[str, object]) -> list[dict[str, object]]:
+        return [d for d in answer["results"] if d["type"] == "script.finished"]  # type: ignore[index,union-attr]
+
+    listed = await sbff.client.get("/api/partner/webhook/deliveries", headers=auth(partner_token))
+    assert script_events(listed.json()) == []
+    await scripts.recover_stalled(run.id)
+    await scripts.recover_stalled(run.id)  # already ended: no second event
+    assert await scripts.table.run_status(run.id) == "failed"
+    listed = await sbff.client.get("/api/partner/webhook/deliveries", headers=auth(partner_token))
+    events = script_events(listed.json())
+    assert len(events) == 1 and events[0]["payload"]["data"]["run_id"] == run.id  # type: ignore[index]
+
+
 async def _partner_token_of(bff: BFF, who: Customer) -> str:
     account = await bff.services.store.sub_accounts.get_by_id(who.account_id)
     partner = await bff.services.store.partners.get(account.partner_id)

@@ -300,12 +300,19 @@ class ScriptService:
     async def _finish(
         self, script: Script, run: ScriptRun, status: str, exit_code: int | None, output: str, error: str | None
     ) -> None:
-        finished = await self.table.finish_run(run.id, status=status, exit_code=exit_code, output=output, error=error)
+        finished, written = await self.table.finish_run(
+            run.id,
+            status=status,
+            exit_code=exit_code,
+            output=output,
+            error=error,
+            outbox=lambda conn, ended: self.events.script_ending(conn, script, ended),
+        )
         if finished is None:
             return  # the script was deleted meanwhile
         await self.table.prune_runs(script.id)
         logger.info("script %s run %s %s%s", script.id, run.id, status, f": {error}" if error else "")
-        await self.events.script_finished(script, finished)
+        await self.events.script_ended(finished, written)
 
     def _verdict(self, outcome: _Outcome) -> tuple[str, str | None]:
         """Why a run ended, from facts the script cannot write: what the worker saw (time, output,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -96,6 +96,9 @@ class ScriptRun:
 
 
 _SCRIPT_COLUMNS = "id, sub_account_id, name, raw_code, schedule, next_run_at, created_at, updated_at"
+# Writes, in the transaction that ends a script run, what must exist exactly when that end does.
+ScriptOutbox = Callable[[psycopg.AsyncConnection[Any], "ScriptRun"], Awaitable[Sequence[int]]]
+
 _RUN_COLUMNS = (
     "id, script_id, sub_account_id, status, trigger, job_id, created_at, started_at, finished_at, exit_code,"
     " output, error"
@@ -292,17 +295,28 @@ class ScriptStore:
             return build(ScriptRun, await cur.fetchone())
 
     async def finish_run(
-        self, run_id: int, *, status: str, exit_code: int | None, output: str, error: str | None
-    ) -> ScriptRun | None:
-        """running/queued → a final status; None when the run is gone (its script was deleted)."""
-        return build(
-            ScriptRun,
-            await self._store._one(
+        self,
+        run_id: int,
+        *,
+        status: str,
+        exit_code: int | None,
+        output: str,
+        error: str | None,
+        outbox: ScriptOutbox | None = None,
+    ) -> tuple[ScriptRun | None, Sequence[int]]:
+        """running/queued → a final status, and what ``outbox`` writes about it in the same
+        transaction (the ``script.finished`` delivery: it exists exactly when the run's end does);
+        (None, ()) when the run is gone (its script was deleted) or had already ended."""
+        async with self._store.transaction() as conn:
+            cur = await conn.execute(
                 f"UPDATE script_runs SET status = %s, finished_at = %s, exit_code = %s, output = %s, error = %s"
                 f" WHERE id = %s AND status IN ('queued', 'running') RETURNING {_RUN_COLUMNS}",
                 (status, self._store.now(), exit_code, output, error, run_id),
-            ),
-        )
+            )
+            ended = build(ScriptRun, await cur.fetchone())
+            if ended is None:
+                return None, ()
+            return ended, (await outbox(conn, ended) if outbox is not None else ())
 
     async def prune_runs(self, script_id: int, *, keep: int = RUNS_KEPT) -> None:
         """Forget all but the newest ``keep`` runs of a script."""

@@ -124,7 +124,7 @@ class WebhookStore:
         return Delivery(**row)
 
     async def audience(
-        self, conn: AsyncConnection[Any], sub_account_id: int, connection_id: int
+        self, conn: AsyncConnection[Any], sub_account_id: int, connection_id: int | None
     ) -> dict[str, Any] | None:
         """Inside ``conn``'s transaction: who hears of a connection's events (the partner's id and
         webhook events, the sub-account's external id) and the connection's name and connector
