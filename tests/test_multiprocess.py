@@ -162,7 +162,7 @@ async def connect(client: httpx.AsyncClient, web: str, sandbox: str, token: str)
 def runs_of(db: str) -> list[dict[str, Any]]:
     with psycopg.connect(db, row_factory=dict_row) as conn:
         return conn.execute(
-            "SELECT id, connection_id, status, records, pid, attempts, started_at, finished_at FROM runs"
+            "SELECT id, connection_id, status, records, error, pid, attempts, started_at, finished_at FROM runs"
         ).fetchall()
 
 
@@ -215,7 +215,11 @@ async def test_two_web_processes_and_two_workers_share_the_work_and_survive_a_ki
             await asyncio.sleep(0.2)
 
     runs = runs_of(db)
-    assert {r["status"] for r in runs} == {"succeeded"}, [r for r in runs if r["status"] != "succeeded"]
+    # A failure names each run's error and shows the workers' last log lines (their files go with tmp_path).
+    assert {r["status"] for r in runs} == {"succeeded"}, (
+        [(r["id"], r["connection_id"], r["status"], r["error"]) for r in runs if r["status"] != "succeeded"],
+        {name: procs.log(name)[-4000:] for name in ("worker0", "worker1")},
+    )
     assert any(r["attempts"] >= 2 for r in runs), "no run was taken over from the killed worker"
     # Never two runs of one connection at the same time.
     by_connection: dict[int, list[dict[str, Any]]] = {}
