@@ -9,6 +9,7 @@ import socket
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import BFF, auth, running_bff
@@ -400,19 +401,12 @@ async def test_a_scheduled_script_runs_on_the_scheduler_tick(settings_factory: C
 
 
 async def test_a_finished_run_sends_a_script_finished_webhook(sbff: BFF, who: Customer) -> None:
-    partner_token = await _partner_token_of(sbff, who)
-    put = await sbff.client.put(
-        "/api/partner/webhook",
-        json={"url": "https://hooks.example.com/bff", "events": ["script.finished"]},
-        headers=auth(partner_token),
-    )
-    assert put.status_code in (200, 201), put.text
+    partner_token = await _listening_to_script_finished(sbff, who)
     run = await run_code(sbff, who, "print('done')")
     # The event follows the run's final status (webhooks are asynchronous): wait for it.
     deadline = asyncio.get_running_loop().time() + 10
     while True:
-        deliveries = (await sbff.client.get("/api/partner/webhook/deliveries", headers=auth(partner_token))).json()
-        events = [d for d in deliveries["results"] if d["type"] == "script.finished"]
+        events = await _script_finished_deliveries(sbff, partner_token)
         if events or asyncio.get_running_loop().time() > deadline:
             break
         await asyncio.sleep(0.05)
@@ -426,13 +420,7 @@ async def test_a_script_runs_end_and_its_webhook_event_are_one_transaction(
 ) -> None:
     """The script.finished delivery is written in the transaction that ends the run: when writing
     it fails, the run has not ended either; once the end is committed, so is the event (once)."""
-    partner_token = await _partner_token_of(sbff, who)
-    put = await sbff.client.put(
-        "/api/partner/webhook",
-        json={"url": "https://hooks.example.com/bff", "events": ["script.finished"]},
-        headers=auth(partner_token),
-    )
-    assert put.status_code in (200, 201), put.text
+    partner_token = await _listening_to_script_finished(sbff, who)
     scripts = sbff.services.scripts
     script = await scripts.table.get_by_id(await add_script(sbff, who, "print(1)"))
     run = await scripts.table.create_run(script, "api")  # queued, never picked up in this test
@@ -445,18 +433,29 @@ async def test_a_script_runs_end_and_its_webhook_event_are_one_transaction(
         await scripts.recover_stalled(run.id)  # ends the run as failed, with its event
     monkeypatch.undo()
     assert await scripts.table.run_status(run.id) == "queued"
-
-    def script_events(answer: dict[str, object]) -> list[dict[str, object]]:
-        return [d for d in answer["results"] if d["type"] == "script.finished"]  # type: ignore[index,union-attr]
-
-    listed = await sbff.client.get("/api/partner/webhook/deliveries", headers=auth(partner_token))
-    assert script_events(listed.json()) == []
+    assert await _script_finished_deliveries(sbff, partner_token) == []
     await scripts.recover_stalled(run.id)
     await scripts.recover_stalled(run.id)  # already ended: no second event
     assert await scripts.table.run_status(run.id) == "failed"
-    listed = await sbff.client.get("/api/partner/webhook/deliveries", headers=auth(partner_token))
-    events = script_events(listed.json())
-    assert len(events) == 1 and events[0]["payload"]["data"]["run_id"] == run.id  # type: ignore[index]
+    events = await _script_finished_deliveries(sbff, partner_token)
+    assert len(events) == 1 and events[0]["payload"]["data"]["run_id"] == run.id
+
+
+async def _listening_to_script_finished(bff: BFF, who: Customer) -> str:
+    """The customer's partner's webhook, set to hear script.finished; the partner's token."""
+    partner_token = await _partner_token_of(bff, who)
+    put = await bff.client.put(
+        "/api/partner/webhook",
+        json={"url": "https://hooks.example.com/bff", "events": ["script.finished"]},
+        headers=auth(partner_token),
+    )
+    assert put.status_code in (200, 201), put.text
+    return partner_token
+
+
+async def _script_finished_deliveries(bff: BFF, partner_token: str) -> list[dict[str, Any]]:
+    deliveries = (await bff.client.get("/api/partner/webhook/deliveries", headers=auth(partner_token))).json()
+    return [d for d in deliveries["results"] if d["type"] == "script.finished"]
 
 
 async def _partner_token_of(bff: BFF, who: Customer) -> str:

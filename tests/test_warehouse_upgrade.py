@@ -4,8 +4,9 @@ of its own at start, with its table and field ids, rows, cursors and query table
 
 from __future__ import annotations
 
+import contextlib
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
@@ -95,16 +96,25 @@ def build_previous_release(url: str, schema: str) -> dict[str, Any]:
     return {"account": account, "connection": connection, "physical": physical, "field_ids": [f[0] for f in fields]}
 
 
-async def test_an_install_of_the_previous_release_moves_each_customer_into_its_own_database(
-    test_databases: testing.TestDatabases, settings_factory: Callable[..., Settings]
-) -> None:
+@contextlib.contextmanager
+def previous_release(test_databases: testing.TestDatabases) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """A database of its own as that release left it (:func:`build_previous_release`), dropped
+    afterwards: (its URL, the customer's schema, what was made)."""
     name = f"prev_{uuid.uuid4().hex[:12]}"
     schema = f"wh_{uuid.uuid4().hex[:16]}"
     with psycopg.connect(test_databases.admin_url, autocommit=True) as admin:
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     url = test_databases.admin_url.replace("/postgres?", f"/{name}?")
     try:
-        old = build_previous_release(url, schema)
+        yield url, schema, build_previous_release(url, schema)
+    finally:
+        test_databases.drop(url)
+
+
+async def test_an_install_of_the_previous_release_moves_each_customer_into_its_own_database(
+    test_databases: testing.TestDatabases, settings_factory: Callable[..., Settings]
+) -> None:
+    with previous_release(test_databases) as (url, schema, old):
         settings = settings_factory(database_url=Secret(url), sandbox_enabled=True)
         async with running_bff(settings) as bff:  # migrations, then the move, at start
             store = bff.services.store
@@ -164,8 +174,6 @@ async def test_an_install_of_the_previous_release_moves_each_customer_into_its_o
         async with running_bff(settings) as bff:
             assert await bff.services.warehouse.placement(old["account"]) == placement
             assert (await rows(bff, token, 1000001))["count"] == 2
-    finally:
-        test_databases.drop(url)
 
 
 async def test_a_sync_that_meets_a_customer_not_yet_moved_moves_it_first(
@@ -175,13 +183,7 @@ async def test_a_sync_that_meets_a_customer_not_yet_moved_moves_it_first(
 ) -> None:
     """Issue 22 (item 4): a sync opening a table of a customer the start-up move had not reached
     made the new table empty beside the old one, whose rows were then never moved."""
-    name = f"prev_{uuid.uuid4().hex[:12]}"
-    schema = f"wh_{uuid.uuid4().hex[:16]}"
-    with psycopg.connect(test_databases.admin_url, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    url = test_databases.admin_url.replace("/postgres?", f"/{name}?")
-    try:
-        old = build_previous_release(url, schema)
+    with previous_release(test_databases) as (url, schema, old):
 
         async def not_yet(*args: Any) -> int:
             return 0  # another process is still moving customers, and has not reached this one
@@ -200,5 +202,3 @@ async def test_a_sync_that_meets_a_customer_not_yet_moved_moves_it_first(
             async with bff.services.store.connection() as conn:
                 cur = await conn.execute("SELECT warehouse_schema FROM sub_accounts WHERE id = %s", (old["account"],))
                 assert (await cur.fetchone())["warehouse_schema"] is None
-    finally:
-        test_databases.drop(url)
