@@ -21,6 +21,7 @@ from starlette.types import Lifespan
 from . import api, openapi
 from .connections import NoCookieJar, SandboxTransport
 from .connectors import load_connectors
+from .connectors.http11 import Http11Transport
 from .crypto import Vault
 from .db import database_url
 from .errors import EXCEPTION_HANDLERS
@@ -138,7 +139,8 @@ def build_services(
     secure_data_dir(settings.data_dir)
     store = Store(url, clock=clock)
     sandbox_app = None
-    transport: httpx.AsyncBaseTransport = httpx.AsyncHTTPTransport(retries=0)
+    # Provider calls go over the lean HTTP/1.1 transport (docs/architecture.md, "The provider client").
+    transport: httpx.AsyncBaseTransport = Http11Transport()
     if settings.sandbox_enabled and not settings.sandbox_external_url:
         options = dataclasses.replace(
             SandboxOptions.from_env(settings.sandbox_env), redirect_uris=(settings.oauth_redirect_uri,)
