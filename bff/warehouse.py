@@ -291,9 +291,14 @@ class _WritePlan:
     json_positions: tuple[int, ...]
     key_positions: tuple[int, ...]
 
-    def rows(self, records: Sequence[Mapping[str, Any]]) -> list[tuple[Any, ...]]:
-        getter = self.getter
-        rows = [(getter(r),) for r in records] if self.single else list(map(getter, records))
+    def rows(self, records: Sequence[Any], *, tuples: bool = False) -> list[tuple[Any, ...]]:
+        """The page's rows in column order: ``records`` are dicts of the stream's fields, or (with
+        ``tuples``) already tuples in the order of its fields (:func:`compile_row_maker`)."""
+        if tuples:
+            rows = records if isinstance(records, list) else list(records)
+        else:
+            getter = self.getter
+            rows = [(getter(r),) for r in records] if self.single else list(map(getter, records))
         # A record without its primary key cannot be upserted (NULLs never conflict),
         # so it would be duplicated on every sync: leave it out.
         positions = self.key_positions
@@ -322,6 +327,41 @@ class _WritePlan:
             if values[i] is not None:
                 values[i] = json.dumps(values[i], separators=(",", ":"), ensure_ascii=False)
         return tuple(values)
+
+
+def _bool_text(value: bool) -> str:
+    return "t" if value else "f"
+
+
+def _null_text(value: None) -> str:
+    return "\\N"
+
+
+# COPY's text for the values a JSON page decodes to (psycopg's own dumpers write the same text).
+_COPY_TEXT: dict[type, Callable[[Any], str]] = {
+    int: int.__repr__,
+    float: float.__repr__,  # inf, -inf and nan as PostgreSQL's numeric and float8 read them
+    bool: _bool_text,
+    type(None): _null_text,
+}
+
+
+def _text_of(value: Any) -> str:
+    return value if type(value) is str else _COPY_TEXT[type(value)](value)
+
+
+def copy_text(rows: Sequence[tuple[Any, ...]], tail: str = "") -> bytes | None:
+    """``rows`` in COPY's text format (``tail``, already text, ends each line), for a page whose
+    strings need no escaping (:attr:`bff.connectors.Page.plain`): about twice as fast as psycopg's
+    row-by-row writer. ``None`` when a value is not a string, number, boolean or null (psycopg
+    writes that page)."""
+    text = _COPY_TEXT
+    try:
+        lines = ["\t".join([v if type(v) is str else text[type(v)](v) for v in row]) for row in rows]
+    except KeyError:
+        return None
+    lines.append("")
+    return (tail + "\n").join(lines).encode()
 
 
 # The cursors live with the data, in the customer's database (``_bff.state``, no customer grant):
@@ -498,8 +538,13 @@ class TableWriter:
         run_id: int | None,
         *,
         after: Awaitable[int] | None = None,
+        tuples: bool = False,
+        plain: bool = False,
     ) -> int:
         """Upsert ``records`` and save ``state`` in one transaction; returns how many rows were written.
+
+        ``records``: dicts of the stream's fields, or with ``tuples`` tuples in their order.
+        ``plain``: no string in them needs escaping (:attr:`bff.connectors.Page.plain`).
 
         ``after`` is the previous page's write, still running: this page is copied into its own
         connection's temporary table meanwhile, and upserted (with its cursor) only once that one
@@ -513,18 +558,18 @@ class TableWriter:
         COPY, which is rolled back whole, and the page and every later one are upserted instead.
         """
         plan = self._plan
-        rows = plan.rows(records)
+        rows = plan.rows(records, tuples=tuples)
         if after is not None:
             after = asyncio.ensure_future(after)  # awaited again if the page is written a second time
         inserted: int | None = None
         if rows and plan.unique(rows):
             try:
-                inserted = await self._write(rows, state, run_id, after, distinct=False)
+                inserted = await self._write(rows, state, run_id, after, distinct=False, plain=plain)
             except (psycopg.errors.UniqueViolation, psycopg.errors.CardinalityViolation):
                 # Keys equal for PostgreSQL though not for Python, or already in the table.
                 self._direct = False
         if inserted is None:
-            inserted = await self._write(rows, state, run_id, after, distinct=True)
+            inserted = await self._write(rows, state, run_id, after, distinct=True, plain=plain)
         if inserted and plan.summarize is not None:
             await self._summarize(plan.summarize)
         return len(rows)
@@ -537,6 +582,7 @@ class TableWriter:
         after: Awaitable[int] | None,
         *,
         distinct: bool,
+        plain: bool = False,
     ) -> int:
         """One page's transaction; returns how many of its rows were new."""
         plan, table = self._plan, self.table
@@ -556,15 +602,23 @@ class TableWriter:
                     await conn.execute(plan.begin_direct)
                     tail = (moment(now).isoformat(), run_id)
                     async with conn.cursor().copy(plan.copy_direct) as copy:
-                        for row in rows:
-                            await copy.write_row(row + tail)
+                        data = copy_text(rows, "\t" + "\t".join(map(_text_of, tail))) if plain else None
+                        if data is not None:
+                            await copy.write(data)
+                        else:
+                            for row in rows:
+                                await copy.write_row(row + tail)
                     await conn.execute(_SAVE_STATE, {**params, "now": now})
                     return len(rows)
             if rows:
                 await conn.execute(plan.begin_page)
                 async with conn.cursor().copy(plan.copy) as copy:
-                    for row in rows:
-                        await copy.write_row(row)
+                    data = copy_text(rows) if plain else None
+                    if data is not None:
+                        await copy.write(data)
+                    else:
+                        for row in rows:
+                            await copy.write_row(row)
             if after is not None:
                 await after
             now = self.warehouse.now()

@@ -43,8 +43,6 @@ from bff.connectors import (
 )
 from bff.connectors.definitions import DEFINITIONS_DIR, LOGO_DIR, parse_connector
 
-pytestmark = pytest.mark.asyncio
-
 SANDBOX = "http://bff.test/sandbox"
 CONTEXT = {"sandbox": SANDBOX}
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -920,15 +918,7 @@ async def test_throughput_of_read_and_normalise(connectors, rec):
         for i in range(20_000)
     ]
     bodies = [json.dumps(rows[i : i + 500]).encode() for i in range(0, len(rows), 500)]
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        page = int(request.url.params.get("page", 1))
-        headers = {"Content-Type": "application/json"}
-        if page < len(bodies):
-            headers["Link"] = f'<{request.url.copy_set_param("page", str(page + 1))}>; rel="next"'
-        return httpx.Response(200, content=bodies[page - 1], headers=headers)
-
-    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+    async with httpx.AsyncClient(transport=httpx.MockTransport(_bank_pages(*bodies))) as client:
         sess = session(connectors, "sandbox_bank", client, rec, credentials={"login": "sandbox", "password": "sandbox"})
         started = time.perf_counter()
         count = sum([len(p.records) async for p in sess.read("transactions")])
@@ -1668,3 +1658,75 @@ def test_cursor_comparison_numbers_by_value_strings_as_text() -> None:
     assert cursor_gt(10, 9) and cursor_gt(2.5, 2) and not cursor_gt(9, 10)
     assert not cursor_gt("10", "9")  # opaque text cursors are never parsed as numbers
     assert cursor_gt("b", 1) == ("b" > "1")
+
+
+# =========================================================================== the sync's read path (issue 27)
+
+
+def _bank_pages(*bodies: bytes) -> Callable[[httpx.Request], httpx.Response]:
+    """A bank provider answering ``bodies`` as its pages, linked by ``Link: rel="next"``."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        page = int(request.url.params.get("page", 1))
+        headers = {"Content-Type": "application/json"}
+        if page < len(bodies):
+            headers["Link"] = f'<{request.url.copy_set_param("page", str(page + 1))}>; rel="next"'
+        return httpx.Response(200, content=bodies[page - 1], headers=headers)
+
+    return handler
+
+
+async def test_row_maker_gives_the_normalisers_values_in_field_order(connectors):
+    """A sync reads rows (tuples) instead of dicts: for every stream of every built-in connector,
+    each field's value is the one the dict normaliser gives, at the field's position."""
+    from bff.connectors.records import compile_normaliser, compile_row_maker
+
+    samples = ["12", 3, 4.5, True, None, "2026-01-01T00:00:00Z", {"a": [1]}, "/Date(1700000000000)/", " 7.10 ", ""]
+    checked = 0
+    for connector in connectors.values():
+        for stream in connector.streams:
+            normalise, make_row = compile_normaliser(stream.fields), compile_row_maker(stream.fields)
+            for shift in range(len(samples)):
+                record: dict[str, Any] = {}
+                for i, field in enumerate(stream.fields):
+                    value = samples[(i + shift) % len(samples)]
+                    target = record
+                    for step in field.path[:-1]:
+                        target = target.setdefault(str(step), {}) if isinstance(target, dict) else {}
+                    if isinstance(target, dict) and isinstance(field.path[-1], str):
+                        target[field.path[-1]] = value
+                assert make_row(record) == tuple(normalise(record).values()), (connector.name, stream.name)
+                assert list(normalise(record)) == [f.name for f in stream.fields]
+                checked += 1
+    assert checked > 100
+
+
+def test_provider_json_keeps_big_integers_exact_and_takes_what_json_takes() -> None:
+    from bff.connectors.records import decode_json
+
+    assert decode_json(b'{"id": 123456789012345678901234567890}') == {"id": 123456789012345678901234567890}
+    assert math.isnan(decode_json(b"[NaN]")[0]) and decode_json(b"[1e400]") == [math.inf]
+    assert decode_json(b'[1.5, -0.0, 0.1, "\\u00e9\\t"]') == json.loads(b'[1.5, -0.0, 0.1, "\\u00e9\\t"]')
+    # What the fast parser refuses, json decodes (a byte-order mark, UTF-16), or refuses too.
+    assert decode_json(b"\xef\xbb\xbf[1]") == [1]
+    assert decode_json('[{"a": "b"}]'.encode("utf-16")) == [{"a": "b"}]
+    for bad in (b'["a\tb"]', b"[1,", b""):
+        with pytest.raises(ValueError):
+            decode_json(bad)
+
+
+async def test_a_page_is_plain_only_when_its_json_has_no_backslash(connectors, rec):
+    """``Page.plain`` lets the warehouse write COPY text without escaping: a page whose strings
+    hold a tab, newline or backslash (escaped in its JSON) must never be flagged plain."""
+    record = {"id": "t_1", "account_id": "a", "amount": 1, "currency": "EUR", "made_on": "2026-01-01"}
+    plain = json.dumps([{**record, "description": "Coffee"}]).encode()
+    tricky = json.dumps([{**record, "id": "t_2", "description": "a\tb\\c\nd\re"}]).encode()
+    big = b'[{"id": 123456789012345678901234567890, "amount": "1.10"}]'
+    async with httpx.AsyncClient(transport=httpx.MockTransport(_bank_pages(plain, tricky, big))) as client:
+        sess = session(connectors, "sandbox_bank", client, rec, credentials={"login": "sandbox", "password": "sandbox"})
+        pages = [page async for page in sess.read("transactions", rows=True)]
+    assert [page.plain for page in pages] == [True, False, True]
+    fields = [f.name for f in connectors["sandbox_bank"].stream("transactions").fields]
+    assert pages[0].records == [tuple({**record, "description": "Coffee", "updated_at": None}[f] for f in fields)]
+    assert pages[1].records[0][fields.index("description")] == "a\tb\\c\nd\re"
+    assert pages[2].records[0][:3] == ("123456789012345678901234567890", None, "1.10")

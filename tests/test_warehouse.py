@@ -436,3 +436,53 @@ async def test_a_first_load_page_postgresql_refuses_leaves_neither_rows_nor_curs
     assert await table.load_state() == {"cursor": "first"}
     assert await table.write(page[:-1], {"cursor": "again"}, run_id=1) == 289
     assert len(await stored(env, table)) == 299 and await table.load_state() == {"cursor": "again"}
+
+
+def test_copy_text_is_what_psycopg_writes() -> None:
+    """The fast COPY text of a plain page (issue 27) is byte for byte psycopg's own."""
+    from psycopg._copy_base import TextFormatter
+    from psycopg.adapt import Transformer
+
+    from bff.warehouse import copy_text
+
+    rows = [
+        ("t_1", 1, -80.69, 1e16, True, None, "2026-01-01T00:01:00Z"),
+        ("", 2**70, float("inf"), float("-inf"), False, "é ☃", "2026-01-01"),
+        ("x", -0, -0.0, 0.1, True, None, "1/Date("),
+    ]
+    formatter = TextFormatter(Transformer())
+    expected = b"".join([*(formatter.write_row(row) for row in rows), formatter.end()])
+    assert copy_text(rows) == expected
+    nan = copy_text([(float("nan"),)])
+    assert nan is not None and nan.lower() == b"nan\n"
+    assert copy_text([("a", 1)], "\tZ\t7") == b"a\t1\tZ\t7\n"
+    # Anything else is psycopg's to write.
+    for other in ({"a": 1}, [1], decimal.Decimal("1.5"), dt.date(2026, 1, 1), b"x"):
+        assert copy_text([("a", other)]) is None
+
+
+@pytest.mark.parametrize("plain", [True, False])
+async def test_rows_written_as_tuples_land_as_written(env: Env, plain: bool) -> None:
+    """A sync writes tuples in field order, as COPY text when the page is plain: a first load
+    (copied straight into the table) and a re-sync (upserted) store the same values either way,
+    and a page that is not plain keeps tabs, newlines and backslashes."""
+    account, connection = env.accounts[0], env.connections[env.accounts[0]][0]
+    stream = contacts()
+    table = await env.warehouse.open_table(account, connection, stream)
+    names = [f.name for f in stream.fields]
+
+    def rows(last_name: str) -> list[tuple[Any, ...]]:
+        return [tuple(contact(i, last_name=f"{last_name} {i}")[n] for n in names) for i in range(1, 4)]
+
+    async def stored() -> dict[str, str]:
+        _, found = await env.warehouse.read_rows(account, table.table, offset=0, limit=10)
+        return {row["id"]: row["last_name"] for row in found}
+
+    assert await table.write(rows("First"), {"cursor": "1"}, run_id=1, tuples=True, plain=plain) == 3
+    assert await stored() == {f"c_000{i}": f"First {i}" for i in range(1, 4)}
+    assert await table.write(rows("Again"), {"cursor": "2"}, run_id=2, tuples=True, plain=plain) == 3
+    assert await stored() == {f"c_000{i}": f"Again {i}" for i in range(1, 4)}
+    if not plain:
+        await table.write(rows("Tab\there\\\nx\r"), {}, run_id=3, tuples=True, plain=False)
+        assert (await stored())["c_0001"] == "Tab\there\\\nx\r 1"
+    assert await table.load_state() == ({"cursor": "2"} if plain else {})

@@ -9,11 +9,13 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from pydantic_core import from_json
+
 from .spec import FieldSpec, Incremental
 from .templates import get_path
 from .transport import num
 
-__all__ = ["compile_normaliser", "cursor_gt", "format_cursor"]
+__all__ = ["compile_normaliser", "compile_row_maker", "cursor_gt", "decode_json", "format_cursor"]
 
 _ODATA_DATE = re.compile(r"^/Date\((-?\d+)([+-]\d{4})?\)/$")
 
@@ -138,11 +140,23 @@ _NEEDS_COERCION = {
 }
 
 
-@functools.lru_cache(maxsize=256)
 def compile_normaliser(fields: tuple[FieldSpec, ...]) -> Callable[[Any], dict[str, Any]]:
-    """Build ``record -> {declared field: value}`` once per stream: straight-line Python generated
-    for the stream's fields (no per-record loop over the field list, no call for values already
-    of the declared type)."""
+    """Build ``record -> {declared field: value}`` once per stream."""
+    normalise: Callable[[Any], dict[str, Any]] = _compile(fields, as_tuple=False)
+    return normalise
+
+
+def compile_row_maker(fields: tuple[FieldSpec, ...]) -> Callable[[Any], tuple[Any, ...]]:
+    """Build ``record -> (value of each declared field, in declaration order)``: the same values as
+    :func:`compile_normaliser` without a dict per record (a sync writes tuples in that order)."""
+    make_row: Callable[[Any], tuple[Any, ...]] = _compile(fields, as_tuple=True)
+    return make_row
+
+
+@functools.lru_cache(maxsize=512)
+def _compile(fields: tuple[FieldSpec, ...], *, as_tuple: bool) -> Callable[[Any], Any]:
+    """Straight-line Python generated for the stream's fields (no per-record loop over the field
+    list, no call for values already of the declared type)."""
     namespace: dict[str, Any] = {"get_path": get_path}
     lines = ["def normalise(record):", "    get = record.get"]
     items = []
@@ -158,11 +172,26 @@ def compile_normaliser(fields: tuple[FieldSpec, ...]) -> Callable[[Any], dict[st
             namespace[f"coerce{i}"] = coerce
             lines.append(f"    if {v} is not None and {_NEEDS_COERCION[f.type].format(v=v)}:")
             lines.append(f"        {v} = coerce{i}({v})")
-        items.append(f"{f.name!r}: {v}")
-    lines.append(f"    return {{{', '.join(items)}}}")
-    exec(compile("\n".join(lines), f"<normaliser of {len(fields)} fields>", "exec"), namespace)
-    normalise: Callable[[Any], dict[str, Any]] = namespace["normalise"]
-    return normalise
+        items.append(v if as_tuple else f"{f.name!r}: {v}")
+    if as_tuple:
+        lines.append(f"    return ({', '.join(items)},)" if items else "    return ()")
+    else:
+        lines.append(f"    return {{{', '.join(items)}}}")
+    kind = "row maker" if as_tuple else "normaliser"
+    exec(compile("\n".join(lines), f"<{kind} of {len(fields)} fields>", "exec"), namespace)
+    return namespace["normalise"]  # type: ignore[no-any-return]
+
+
+def decode_json(content: bytes) -> Any:
+    """A provider's JSON answer, decoded. pydantic_core's parser (jiter) first: about 1.5× faster
+    than :func:`json.loads` on a page of records, with the same values (integers of any size
+    exact, NaN and Infinity accepted, control characters in strings refused). What it refuses
+    (a byte-order mark, UTF-16, bad JSON) goes to :func:`json.loads`, whose ``ValueError`` is the
+    caller's."""
+    try:
+        return from_json(content)
+    except ValueError:
+        return json.loads(content)
 
 
 def cursor_gt(a: Any, b: Any) -> bool:

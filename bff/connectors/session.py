@@ -31,7 +31,7 @@ import httpx
 from .errors import ConfigRequired, CredentialsRejected, ProviderError
 from .oauth import OAuthClient, OAuthTokens, refresh_tokens
 from .pagers import pages
-from .records import compile_normaliser, cursor_gt, format_cursor
+from .records import compile_normaliser, compile_row_maker, cursor_gt, decode_json, format_cursor
 from .retry import RetryPolicy
 from .spec import Connector, Paging, Stream
 from .templates import Path, Placeholders, Template, get_path
@@ -42,12 +42,19 @@ __all__ = ["ConnectorSession", "Page"]
 
 @dataclass(frozen=True)
 class Page:
-    """One provider page, normalised. Persist ``state`` together with ``records``."""
+    """One provider page, normalised. Persist ``state`` together with ``records``.
+
+    ``records`` are dicts of the declared fields, or tuples in declaration order when read with
+    ``rows=True``. ``plain``: no text in them holds a backslash, tab, newline or carriage return
+    (the page's JSON had no backslash, and JSON allows those characters in strings only escaped),
+    so a COPY can take the values as they are.
+    """
 
     stream: str
     partition: str | None
-    records: list[dict[str, Any]]
+    records: list[Any]
     state: dict[str, Any]
+    plain: bool = False
 
 
 class ConnectorSession:
@@ -388,7 +395,7 @@ class ConnectorSession:
         if not response.content:
             return None
         try:
-            return json.loads(response.content)
+            return decode_json(response.content)
         except ValueError:
             raise ProviderError(
                 f"{self.display} answered with something that is not JSON on "
@@ -406,14 +413,25 @@ class ConnectorSession:
         return records
 
     def _pages(
-        self, paging: Paging, url: str, params: dict[str, str], records_path: Path, label: str
+        self,
+        paging: Paging,
+        url: str,
+        params: dict[str, str],
+        records_path: Path,
+        label: str,
+        answers: list[httpx.Response] | None = None,
     ) -> AsyncIterator[tuple[list[Any], bool]]:
+        """The stream's pages; ``answers`` (when given) holds the answer of the page just yielded."""
+
         async def call(
             target: str | httpx.URL, query: dict[str, str] | None, followed: bool
         ) -> tuple[httpx.Response, Any]:
             if followed:
                 self.check_origin(httpx.URL(str(target)))
-            return await self._call("GET", target, query, label)
+            response, body = await self._call("GET", target, query, label)
+            if answers is not None:
+                answers[:] = [response]
+            return response, body
 
         return pages(
             paging,
@@ -478,27 +496,33 @@ class ConnectorSession:
         return values
 
     async def read(
-        self, stream: str, state: Mapping[str, Any] | None = None, *, partitions: Sequence[str] | None = None
+        self,
+        stream: str,
+        state: Mapping[str, Any] | None = None,
+        *,
+        partitions: Sequence[str] | None = None,
+        rows: bool = False,
     ) -> AsyncIterator[Page]:
         """Page through ``stream`` (every partition, or only ``partitions``), incrementally from ``state``.
 
-        Each :class:`Page` carries normalised records and the state to persist
-        with them (see the module docstring for its shape); the cursors of partitions not read are kept.
+        Each :class:`Page` carries normalised records (dicts; with ``rows`` tuples in the order of
+        the stream's fields) and the state to persist with them (see the module docstring for its
+        shape); the cursors of partitions not read are kept.
         """
         try:
             spec = self.connector.stream(stream)
         except KeyError:
             raise ProviderError(f"{self.display} has no table named {stream!r}.", code="unknown_stream") from None
         if spec.rows is not None:  # documented rows no endpoint serves: nothing to call
-            normalise = compile_normaliser(spec.fields)
+            normalise = (compile_row_maker if rows else compile_normaliser)(spec.fields)
             yield Page(spec.name, None, [normalise(row) for row in spec.rows], {})
             return
         state = state or {}
         if not spec.partitioned:
             start = state.get("cursor") if spec.incremental else None
-            async for records, cursor in self._read_one(spec, None, start):
+            async for records, cursor, plain in self._read_one(spec, None, start, rows=rows):
                 state_out = {"cursor": cursor} if spec.incremental and cursor is not None else {}
-                yield Page(spec.name, None, records, state_out)
+                yield Page(spec.name, None, records, state_out, plain)
             return
         previous = state.get("partitions") if spec.incremental else None
         done: dict[str, dict[str, Any]] = {}
@@ -506,14 +530,14 @@ class ConnectorSession:
             done = {str(k): dict(v) for k, v in previous.items() if isinstance(v, Mapping)}
         for value in list(partitions) if partitions else self._partition_values():
             start = done.get(value, {}).get("cursor") if spec.incremental else None
-            async for records, cursor in self._read_one(spec, value, start):
+            async for records, cursor, plain in self._read_one(spec, value, start, rows=rows):
                 if spec.incremental:
                     if cursor is not None:
                         done[value] = {"cursor": cursor}
                     out: dict[str, Any] = {"partitions": {k: dict(v) for k, v in done.items()}}
                 else:
                     out = {}
-                yield Page(spec.name, value, records, out)
+                yield Page(spec.name, value, records, out, plain)
 
     async def deleted_ids(self, stream: str, since: str | None) -> tuple[list[str], str | None]:
         """The ids the provider reports deleted since ``since`` (its own cursor value), and the
@@ -538,9 +562,10 @@ class ConnectorSession:
         return ids, cursor
 
     async def _read_one(
-        self, spec: Stream, partition: str | None, start: Any
-    ) -> AsyncIterator[tuple[list[dict[str, Any]], Any]]:
-        """Yield ``(normalised records, cursor to persist)`` for one partition."""
+        self, spec: Stream, partition: str | None, start: Any, *, rows: bool = False
+    ) -> AsyncIterator[tuple[list[Any], Any, bool]]:
+        """Yield ``(normalised records, cursor to persist, plain)`` per page of one partition
+        (``plain``: see :class:`Page`)."""
         inc = spec.incremental
         url = await self.url(spec.path, partition=partition)
         params = self.params(spec.params, partition=partition)
@@ -549,17 +574,23 @@ class ConnectorSession:
                 start = inc.start.render(self.placeholders())
             if start is not None:
                 params[inc.param] = format_cursor(inc, start)
-        normalise = compile_normaliser(spec.fields)
+        normalise: Callable[[Any], Any] = (compile_row_maker if rows else compile_normaliser)(spec.fields)
         label = spec.name if partition is None else f"{spec.name} [{partition}]"
         best = start
         cursor_field = inc.cursor_field if inc else ""
-        async for raw, last in self._pages(spec.paging, url, params, spec.records_path, label):
+        # Where the cursor is in a record: its key, or its position in a row (None: not a field).
+        names = [f.name for f in spec.fields]
+        at: Any = (names.index(cursor_field) if cursor_field in names else None) if rows else cursor_field
+        answers: list[httpx.Response] = []
+        async for raw, last in self._pages(spec.paging, url, params, spec.records_path, label, answers):
             records = [normalise(r) for r in raw]
+            plain = bool(answers) and b"\\" not in answers[0].content
             if inc is None:
-                yield records, None
+                yield records, None, plain
                 continue
-            for record in records:
-                value = record.get(cursor_field)
-                if value is not None and (best is None or cursor_gt(value, best)):
-                    best = value
-            yield records, best if (inc.order == "asc" or last) else start
+            if at is not None:
+                for record in records:
+                    value = record[at] if rows else record.get(at)
+                    if value is not None and (best is None or cursor_gt(value, best)):
+                        best = value
+            yield records, best if (inc.order == "asc" or last) else start, plain

@@ -421,10 +421,11 @@ class SyncRunner:
         # and the next one.
         writing: list[tuple[asyncio.Task[int], int]] = []
         try:
-            pages_read = session.read(stream.name, state, partitions=run.categories)
+            pages_read = session.read(stream.name, state, partitions=run.categories, rows=True)
             async for batch, count in _batches(pages_read, size=WRITE_BATCH_RECORDS):
                 after = writing[-1][0] if writing else None
-                task = asyncio.create_task(table.write(batch.records, batch.state, run.id, after=after))
+                write = table.write(batch.records, batch.state, run.id, after=after, tuples=True, plain=batch.plain)
+                task = asyncio.create_task(write)
                 writing.append((task, count))
                 if len(writing) > 1:
                     outcome.records[stream.name] += await writing[0][0]
@@ -556,7 +557,7 @@ async def _batches(
     def batch(held: list[Page]) -> tuple[Page, int]:
         last = held[-1]
         records = last.records if len(held) == 1 else [r for page in held for r in page.records]
-        return Page(last.stream, last.partition, records, last.state), len(held)
+        return Page(last.stream, last.partition, records, last.state, all(p.plain for p in held)), len(held)
 
     fetching = asyncio.create_task(fetch())
     try:
