@@ -21,6 +21,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import BFF
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -147,6 +148,50 @@ async def test_a_malformed_chunk_size_is_a_protocol_error(client: httpx.AsyncCli
     async with raw_server(answer) as server:
         with pytest.raises(httpx.RemoteProtocolError):
             await client.get(server.url)
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"Content-Length: 5\r\nContent-Length: 6\r\n",  # two lengths: which one frames the body?
+        b"Content-Length: -5\r\n",
+        b"Content-Length: 0x5\r\n",
+    ],
+)
+async def test_an_invalid_content_length_is_a_protocol_error(client: httpx.AsyncClient, head: bytes) -> None:
+    async def answer(seen: Seen, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\n" + head + b"\r\nhello!")
+        return True
+
+    async with raw_server(answer) as server:
+        with pytest.raises(httpx.RemoteProtocolError, match="Content-Length"):
+            await client.get(server.url)
+
+
+async def test_a_body_cut_short_is_a_protocol_error(client: httpx.AsyncClient) -> None:
+    async def answer(seen: Seen, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this")
+        return False
+
+    async with raw_server(answer) as server:
+        with pytest.raises(httpx.RemoteProtocolError, match="before the end"):
+            await client.get(server.url)
+
+
+async def test_both_transfer_encoding_and_content_length_frame_by_chunks_and_end_the_connection(
+    client: httpx.AsyncClient,
+) -> None:
+    async def answer(seen: Seen, writer: asyncio.StreamWriter) -> bool:
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+        )
+        return True
+
+    async with raw_server(answer) as server:
+        first = await client.get(server.url)
+        second = await client.get(server.url)
+    assert first.text == second.text == "hello"
+    assert server.connections == 2
 
 
 async def test_a_body_without_length_runs_to_the_end_of_the_connection(client: httpx.AsyncClient) -> None:
@@ -496,3 +541,13 @@ async def test_tls_verifies_the_server_certificate(tmp_path: Path) -> None:
         async with httpx.AsyncClient(transport=Http11Transport(ssl_context=trusting)) as client:
             with pytest.raises(httpx.ConnectError):
                 await client.get(server.url)  # trusting one certificate is not trusting another
+
+
+async def test_the_provider_client_of_the_app_goes_through_it(bff: BFF) -> None:
+    """The shared provider client retries a GET whose keep-alive connection the server dropped:
+    httpx's own transport would raise ``RemoteProtocolError`` here."""
+    async with raw_server(closes_reused_connections_unanswered()) as server:
+        first = await bff.services.http.get(server.url + "/page/1")
+        second = await bff.services.http.get(server.url + "/page/2")
+    assert first.text == second.text == "ok"
+    assert [s.conn for s in server.requests] == [0, 0, 1]
