@@ -9,11 +9,16 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bff.testing import free_port
 
-__all__ = ["free_port", "hammer", "raw_request", "start_server"]
+if TYPE_CHECKING:
+    import psutil
+
+__all__ = ["cpu_by_pid", "cpu_seconds", "free_port", "hammer", "postgres_processes", "raw_request", "start_server"]
 
 
 def start_server(args: Sequence[str], port: int, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
@@ -41,6 +46,33 @@ def raw_request(method: str, path: str, *, body: bytes = b"", headers: dict[str,
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
+def postgres_processes(postgres_dir: Path) -> list[psutil.Process]:
+    """The postmaster (first line of postmaster.pid) and its children (one backend per connection)."""
+    import psutil
+
+    pid = int((postgres_dir / "postmaster.pid").read_text().split()[0])
+    master = psutil.Process(pid)
+    return [master, *master.children(recursive=True)]
+
+
+def cpu_by_pid(procs: list[psutil.Process]) -> dict[int, float]:
+    """CPU seconds (user + system) of each process still running."""
+    import psutil
+
+    seconds = {}
+    for proc in procs:
+        try:
+            times = proc.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        seconds[proc.pid] = times.user + times.system
+    return seconds
+
+
+def cpu_seconds(procs: list[psutil.Process]) -> float:
+    return sum(cpu_by_pid(procs).values())
+
+
 async def _read_response(reader: asyncio.StreamReader) -> int:
     head = await reader.readuntil(b"\r\n\r\n")
     status = int(head.split(b" ", 2)[1])
@@ -55,12 +87,20 @@ async def _read_response(reader: asyncio.StreamReader) -> int:
 
 
 async def hammer(
-    port: int, request: bytes, *, concurrency: int = 50, seconds: float = 5.0, warmup: float = 1.0
+    port: int,
+    request: bytes,
+    *,
+    concurrency: int = 50,
+    seconds: float = 5.0,
+    warmup: float = 1.0,
+    meter: Callable[[], dict[str, float]] | None = None,
 ) -> dict[str, float]:
     """``concurrency`` keep-alive connections sending ``request`` for ``seconds``.
 
     A raw-socket client: an httpx client at 50 connections is slower than the
     servers it would measure, which would make every ratio read 1.0.
+    ``meter``: CPU seconds by name, read when the timed requests start and after the last
+    one was answered; the difference comes back as ``cpu <name>`` (seconds).
     """
     latencies: list[float] = []
     errors = 0
@@ -80,9 +120,11 @@ async def hammer(
             writer.close()
 
     await asyncio.gather(*(worker(time.perf_counter() + warmup, False) for _ in range(concurrency)))
+    cpu_before = meter() if meter is not None else {}
     began = time.perf_counter()
     await asyncio.gather(*(worker(began + seconds, True) for _ in range(concurrency)))
     elapsed = time.perf_counter() - began
+    cpu_after = meter() if meter is not None else {}
     latencies.sort()
     return {
         "rps": len(latencies) / elapsed,
@@ -90,4 +132,5 @@ async def hammer(
         "p99_ms": latencies[max(0, int(len(latencies) * 0.99) - 1)] * 1000,
         "errors": errors,
         "requests": len(latencies),
+        **{f"cpu {name}": spent - cpu_before[name] for name, spent in cpu_after.items()},
     }

@@ -36,33 +36,12 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from _load import cpu_by_pid, cpu_seconds, postgres_processes  # noqa: E402
 from sync import TRANSACTIONS_PER_SCALE, Project, start_sandbox  # noqa: E402
 
 from bff.app import create_app  # noqa: E402
 from bff.settings import Secret, Settings, generate_encryption_key, generate_secret_key  # noqa: E402
 from bff.testing import TestDatabases, stop_embedded  # noqa: E402
-
-
-def postgres_processes(postgres_dir: Path) -> list[psutil.Process]:
-    """The postmaster (first line of postmaster.pid) and its children (one backend per connection)."""
-    pid = int((postgres_dir / "postmaster.pid").read_text().split()[0])
-    master = psutil.Process(pid)
-    return [master, *master.children(recursive=True)]
-
-
-def cpu_by_pid(procs: list[psutil.Process]) -> dict[int, float]:
-    seconds = {}
-    for proc in procs:
-        try:
-            times = proc.cpu_times()
-        except psutil.NoSuchProcess:
-            continue
-        seconds[proc.pid] = times.user + times.system
-    return seconds
-
-
-def cpu_seconds(procs: list[psutil.Process]) -> float:
-    return sum(cpu_by_pid(procs).values())
 
 
 def start_worker(env: dict[str, str], concurrency: int, log: Path) -> subprocess.Popen[bytes]:

@@ -8,6 +8,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -257,6 +258,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     app = create_app(settings, migrate_on_start=False)
     print(f"bff serve: {app.state.services.scripts.mode.describe()}", file=sys.stderr, flush=True)
     _freeze_startup_objects()
+    # uvicorn shuts down gracefully on SIGTERM, then raises the signal again: with its default action
+    # the process would die there, before its exit handlers, leaving the embedded PostgreSQL it
+    # started (or joined) running. Exit through them instead, with the status a SIGTERM gives (143).
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level=settings.log_level, lifespan="on")
     return 0
 
@@ -275,6 +280,10 @@ def _worker_summary(settings: Settings) -> str:
     return "running " + "; ".join(parts)
 
 
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def _freeze_startup_objects() -> None:
     """Leave what start-up built (modules, routes, connector definitions) out of every later garbage
     collection: they live as long as the process, and a full collection would otherwise walk all of
@@ -288,8 +297,6 @@ def _freeze_startup_objects() -> None:
 def cmd_worker(args: argparse.Namespace) -> int:
     """Run queued jobs (syncs, refreshes, webhook deliveries, ticks, scripts; ``--queues`` picks)
     and no HTTP, until SIGINT/SIGTERM; any number of these share the queue."""
-    import signal
-
     from .app import StartupError, build_services
     from .db import DatabaseUnavailable
 

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -395,3 +397,51 @@ def test_a_wrong_bff_scripts_value_is_one_line(data_dir_outside_pytest: Path) ->
         run_bff("serve", "--data-dir", str(data_dir_outside_pytest / "data"), "--port", str(free_port()), env=env)
     )
     assert "BFF_SCRIPTS must be one of auto, sandboxed, unsandboxed, off" in line
+
+
+def test_serve_stopped_by_sigterm_stops_the_embedded_postgresql_it_started(data_dir_outside_pytest: Path) -> None:
+    """uvicorn raises SIGTERM again after its graceful shutdown; `bff serve` must still run its exit
+    handlers, or the embedded PostgreSQL it started would be left running."""
+    import psutil
+
+    port = free_port()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("BFF_")}
+    env = {**clean, **KEYS, "BFF_DATA_DIR": str(data_dir_outside_pytest), "BFF_LOG_LEVEL": "warning"}
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "bff.cli", "serve", "--no-worker", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    postmaster: psutil.Process | None = None
+    try:
+        deadline = time.monotonic() + 60
+        while not _accepts(port):
+            assert serve.poll() is None and time.monotonic() < deadline, serve.stderr and serve.stderr.read()
+            time.sleep(0.1)
+        pid_file = data_dir_outside_pytest / "postgres" / "postmaster.pid"
+        postmaster = psutil.Process(int(pid_file.read_text().split()[0]))
+        assert postmaster.is_running()
+        serve.terminate()
+        status = serve.wait(timeout=60)
+        with contextlib.suppress(psutil.TimeoutExpired):
+            postmaster.wait(timeout=30)
+        assert not postmaster.is_running(), "bff serve left its embedded PostgreSQL running"
+        assert not pid_file.exists()
+        assert status == 128 + 15
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+            serve.wait()
+        if postmaster is not None and postmaster.is_running():
+            postmaster.terminate()
+
+
+def _accepts(port: int) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
