@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -12,6 +11,7 @@ from starlette.requests import Request
 from starlette.routing import Match, Route
 from starlette.types import Scope
 
+from .connectors.records import decode_json
 from .errors import ApiError, validation_error
 
 DEFAULT_PAGE_SIZE = 50
@@ -60,7 +60,7 @@ async def read_json(request: Request, *, required: bool = True) -> dict[str, Any
     if content_type != "application/json" and not content_type.endswith("+json"):
         raise ApiError(415, "unsupported_media_type", "Send the body as JSON with `Content-Type: application/json`.")
     try:
-        data = json.loads(body)
+        data = decode_json(body)  # pydantic_core's parser, json.loads for what it refuses: json.loads's values
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise ApiError(400, "invalid_json", "The request body is not valid JSON.") from None
     if not isinstance(data, dict):
