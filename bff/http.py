@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse
 from starlette.routing import Match, Route
 from starlette.types import Scope
 
@@ -49,9 +51,42 @@ def api_route(
     return [EitherSlashRoute(bare, endpoint, methods=list(methods), name=name or endpoint.__name__)]
 
 
+# What JSONResponse.render's json.dumps(…) builds anew for every response: one encoder, the same options.
+_RENDER_JSON = json.JSONEncoder(ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")).encode
+
+
+class JSONAnswer(JSONResponse):
+    """Starlette's :class:`JSONResponse`, the same bytes, rendered by an encoder made once (for the
+    hottest answers: minted tokens)."""
+
+    def render(self, content: Any) -> bytes:
+        return _RENDER_JSON(content).encode("utf-8")
+
+
+async def read_body(request: Request) -> bytes:
+    """``await request.body()``, and the request left as that leaves it (``request.body()`` again gives
+    the same bytes), without Starlette's async generator per body: the ASGI messages are read here."""
+    if hasattr(request, "_body") or getattr(request, "_stream_consumed", None) is not False:
+        return await request.body()  # read before, or a Starlette that keeps its state otherwise
+    chunks: list[bytes] = []
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.request":
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        elif message["type"] == "http.disconnect":
+            request._is_disconnected = True
+            raise ClientDisconnect()
+    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    request._stream_consumed = True
+    request._body = body  # where request.body() looks first
+    return body
+
+
 async def read_json(request: Request, *, required: bool = True) -> dict[str, Any]:
     """Parse a JSON object body, with a clear error for every way it can be wrong."""
-    body = await request.body()
+    body = await read_body(request)
     if not body.strip():
         if required:
             raise ApiError(400, "invalid_json", "The request body is empty; send a JSON object.")
