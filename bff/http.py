@@ -187,7 +187,7 @@ def check_json_value(data: Any) -> None:
     while stack:
         value, depth = stack.pop()
         if isinstance(value, str):
-            if not _is_encodable(value):
+            if not (value.isascii() or _is_encodable(value)):  # ASCII holds no surrogate
                 raise ApiError(400, "invalid_json", "The request body holds a lone UTF-16 surrogate (e.g. \\ud800).")
             if "\x00" in value:  # PostgreSQL text cannot hold NUL
                 raise ApiError(400, "invalid_json", "The request body holds a NUL character (\\u0000).")
@@ -196,8 +196,10 @@ def check_json_value(data: Any) -> None:
                 raise ApiError(
                     400, "invalid_json", f"The request body is nested more than {MAX_JSON_DEPTH} levels deep."
                 )
-            items = [*value.keys(), *value.values()] if isinstance(value, dict) else value
-            stack.extend((item, depth + 1) for item in items)
+            depth += 1
+            # Keys, then values; numbers, booleans and null have nothing to check.
+            for items in (value, value.values()) if isinstance(value, dict) else (value,):
+                stack += [(item, depth) for item in items if isinstance(item, (str, dict, list))]
 
 
 def _is_encodable(text: str) -> bool:
