@@ -172,7 +172,7 @@ def main() -> None:
 
     print(f"bff from {ROOT}")
     print(
-        f"concurrency {args.concurrency}, {args.rounds} alternating rounds of {args.seconds:.0f} s per server, one uvicorn worker each"
+        f"concurrency {args.concurrency}, {args.rounds} alternating rounds of {args.seconds:g} s per server, one uvicorn worker each"
     )
     for name, label in (("mint", "integrate mint"), ("bare", "bare JSON")):
         rounds = results[name]
