@@ -57,4 +57,6 @@ def test_bench_tokens_prints_cpu_per_request_and_stops_what_it_started() -> None
         for proc in psutil.process_iter(["cmdline"]):
             if any(tmp in part for part in proc.info["cmdline"] or []):
                 left.append(proc)
+        for proc in left:  # not to leave them running after a failure
+            proc.terminate()
         assert not left, left
