@@ -30,7 +30,10 @@ import timeit
 from collections.abc import Callable
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
+# This checkout's bff, in this process and in the server it starts (to compare two checkouts).
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 from _load import cpu_seconds, free_port, hammer, postgres_processes, raw_request, start_server  # noqa: E402
 
 from bff.settings import Settings, generate_encryption_key, generate_secret_key  # noqa: E402
@@ -86,6 +89,7 @@ def main() -> None:
         "BFF_ENCRYPTION_KEY": generate_encryption_key(),
         "BFF_DATA_DIR": str(data_dir),
         "BFF_LOG_LEVEL": "warning",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     }
     from bff.cli import create_partner
 

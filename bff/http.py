@@ -8,10 +8,12 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse
 from starlette.routing import Match, Route
 from starlette.types import Scope
 
+from .connectors.records import decode_json
 from .errors import ApiError, validation_error
 
 DEFAULT_PAGE_SIZE = 50
@@ -49,9 +51,42 @@ def api_route(
     return [EitherSlashRoute(bare, endpoint, methods=list(methods), name=name or endpoint.__name__)]
 
 
+# What JSONResponse.render's json.dumps(…) builds anew for every response: one encoder, the same options.
+_RENDER_JSON = json.JSONEncoder(ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")).encode
+
+
+class JSONAnswer(JSONResponse):
+    """Starlette's :class:`JSONResponse`, the same bytes, rendered by an encoder made once (for the
+    hottest answers: minted tokens)."""
+
+    def render(self, content: Any) -> bytes:
+        return _RENDER_JSON(content).encode("utf-8")
+
+
+async def read_body(request: Request) -> bytes:
+    """``await request.body()``, and the request left as that leaves it (``request.body()`` again gives
+    the same bytes), without Starlette's async generator per body: the ASGI messages are read here."""
+    if hasattr(request, "_body") or getattr(request, "_stream_consumed", None) is not False:
+        return await request.body()  # read before, or a Starlette that keeps its state otherwise
+    chunks: list[bytes] = []
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.request":
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        elif message["type"] == "http.disconnect":
+            request._is_disconnected = True
+            raise ClientDisconnect()
+    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    request._stream_consumed = True
+    request._body = body  # where request.body() looks first
+    return body
+
+
 async def read_json(request: Request, *, required: bool = True) -> dict[str, Any]:
     """Parse a JSON object body, with a clear error for every way it can be wrong."""
-    body = await request.body()
+    body = await read_body(request)
     if not body.strip():
         if required:
             raise ApiError(400, "invalid_json", "The request body is empty; send a JSON object.")
@@ -60,7 +95,7 @@ async def read_json(request: Request, *, required: bool = True) -> dict[str, Any
     if content_type != "application/json" and not content_type.endswith("+json"):
         raise ApiError(415, "unsupported_media_type", "Send the body as JSON with `Content-Type: application/json`.")
     try:
-        data = json.loads(body)
+        data = decode_json(body)  # pydantic_core's parser, json.loads for what it refuses: json.loads's values
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise ApiError(400, "invalid_json", "The request body is not valid JSON.") from None
     if not isinstance(data, dict):
@@ -152,7 +187,7 @@ def check_json_value(data: Any) -> None:
     while stack:
         value, depth = stack.pop()
         if isinstance(value, str):
-            if not _is_encodable(value):
+            if not (value.isascii() or _is_encodable(value)):  # ASCII holds no surrogate
                 raise ApiError(400, "invalid_json", "The request body holds a lone UTF-16 surrogate (e.g. \\ud800).")
             if "\x00" in value:  # PostgreSQL text cannot hold NUL
                 raise ApiError(400, "invalid_json", "The request body holds a NUL character (\\u0000).")
@@ -161,8 +196,10 @@ def check_json_value(data: Any) -> None:
                 raise ApiError(
                     400, "invalid_json", f"The request body is nested more than {MAX_JSON_DEPTH} levels deep."
                 )
-            items = [*value.keys(), *value.values()] if isinstance(value, dict) else value
-            stack.extend((item, depth + 1) for item in items)
+            depth += 1
+            # Keys, then values; numbers, booleans and null have nothing to check.
+            for items in (value, value.values()) if isinstance(value, dict) else (value,):
+                stack += [(item, depth) for item in items if isinstance(item, (str, dict, list))]
 
 
 def _is_encodable(text: str) -> bool:

@@ -12,15 +12,20 @@ Integrate and identity tokens also carry the partner generation they were minted
 under (``pgen``): a partner rotate or revoke ends them too (see ``bff/auth.py``).
 
 Payloads carry ids only: itsdangerous signs, it does not encrypt. Signing keys
-are a list; itsdangerous signs with the last and verifies with all of them.
+are a list; tokens are signed with the last and verified with all of them. Verifying
+is itsdangerous's ``loads``; minting (:class:`_Minter`) writes the very bytes its
+``dumps`` would, without its generic machinery (tests/test_tokens.py compares them).
 """
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import hashlib
 import hmac
 import json
 import re
+import struct
 import time
 from collections.abc import Callable, Sequence
 from typing import Literal, cast
@@ -81,6 +86,45 @@ class MintedToken:
     expires_in: int | None
 
 
+# json.dumps(obj, separators=(",", ":")) builds this encoder on every call; the same output from one.
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":")).encode
+_TIMESTAMP = struct.Struct(">Q").pack
+
+
+class _Minter:
+    """``URLSafeTimedSerializer.dumps`` for one salt and the last key, byte for byte: the compact JSON
+    payload in unpadded urlsafe base64 (never zlib: a few ids never compress), ``.``, the timestamp
+    (big-endian, leading zero bytes dropped) in the same base64, ``.``, the HMAC-SHA1 of all that
+    under the key itsdangerous derives for (key, salt), in the same base64. Without itsdangerous's
+    per-call signer lookups, key derivation and JSON encoder construction; the HMAC state is keyed
+    once and copied per token."""
+
+    __slots__ = ("_clock", "_mac", "_stamped")
+
+    def __init__(self, derived_key: bytes, clock: Callable[[], float]) -> None:
+        self._mac = hmac.new(derived_key, digestmod=hashlib.sha1)
+        self._clock = clock
+        self._stamped = (-1, b"")  # the last second minted in and its encoding (one tuple: thread-safe)
+
+    def dumps(self, obj: object) -> str:
+        return self.sign(_COMPACT_JSON(obj))
+
+    def sign(self, payload: str) -> str:
+        """The token of a JSON ``payload`` (as ``dumps`` writes it), stamped with the clock's second."""
+        second = int(self._clock())
+        stamped = self._stamped
+        if stamped[0] != second:
+            stamped = self._stamped = (second, _b64(_TIMESTAMP(second).lstrip(b"\x00")))
+        value = _b64(payload.encode()) + b"." + stamped[1]
+        mac = self._mac.copy()
+        mac.update(value)
+        return (value + b"." + _b64(mac.digest())).decode("ascii")
+
+
+def _b64(data: bytes) -> bytes:
+    return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+
 def token_error(status: int, code: str, detail: str) -> ApiError:
     return ApiError(status, code, detail, headers={"WWW-Authenticate": 'Bearer realm="bff"'})
 
@@ -108,11 +152,6 @@ class TokenAuthority:
                     cached = derived[key, self.salt] = super().derive_key(key)
                 return cached
 
-            def get_signature(self, value: str | bytes) -> bytes:
-                # The default algorithm, HMAC-SHA1, as OpenSSL's one-shot call: the same bytes
-                # as itsdangerous's hmac.new(…, digestmod=<function>), at a fraction of the cost.
-                return base64_encode(hmac.digest(self.derive_key(), want_bytes(value), "sha1"))
-
         class _Serializer(URLSafeTimedSerializer):
             # Signers hold only keys and salt: build each once, not per call.
             _signers: dict[object, TimestampSigner]
@@ -124,9 +163,9 @@ class TokenAuthority:
                     signer = cache[salt] = cast(TimestampSigner, super().make_signer(salt))
                 return signer
 
-            def dump_payload(self, obj: object) -> bytes:
-                # Payloads are a few ids: zlib never makes them shorter, skip trying.
-                return base64_encode(json.dumps(obj, separators=(",", ":")).encode())
+        def minter(serializer: _Serializer) -> _Minter:
+            # The HMAC key itsdangerous signs with: derived from the last key and the salt.
+            return _Minter(serializer.make_signer().derive_key(), clock)
 
         self._variants = [
             (
@@ -136,9 +175,10 @@ class TokenAuthority:
             )
             for salt, kind, expiring in _VARIANTS
         ]
-        self._mint = {(kind, max_age is not None): serializer for serializer, kind, max_age in self._variants}
+        self._mint = {(kind, max_age is not None): minter(serializer) for serializer, kind, max_age in self._variants}
         # The OAuth browser binding: a first-party cookie naming the one flow it may complete.
         self._oauth_binding = _Serializer(keys, salt="bff.oauth.binding.v1", signer=_ClockedSigner)
+        self._mint_oauth_binding = minter(self._oauth_binding)
         self._checked: dict[str, tuple[Claims, int, int | None]] = {}
 
     def now(self) -> int:
@@ -146,22 +186,22 @@ class TokenAuthority:
 
     # -- minting ---------------------------------------------------------------
 
+    # Payloads are written as the compact JSON json.dumps(dict, separators=(",", ":")) gives for these
+    # int ids, keys in this order (tests/test_tokens.py compares): a JSON encoder costs more than the HMAC.
+
     def mint_partner_token(self, *, partner_id: int, generation: int) -> MintedToken:
-        payload = {"kind": "partner", "pid": partner_id, "gen": generation}
-        return MintedToken(self._mint["partner", False].dumps(payload), None, None)
+        payload = f'{{"kind":"partner","pid":{partner_id:d},"gen":{generation:d}}}'
+        return MintedToken(self._mint["partner", False].sign(payload), None, None)
 
     def mint_integrate_token(
         self, *, partner_id: int, sub_account_id: int, generation: int, partner_generation: int
     ) -> MintedToken:
-        payload = {
-            "kind": "integrate",
-            "pid": partner_id,
-            "sid": sub_account_id,
-            "gen": generation,
-            "pgen": partner_generation,
-        }
+        payload = (
+            f'{{"kind":"integrate","pid":{partner_id:d},"sid":{sub_account_id:d},'
+            f'"gen":{generation:d},"pgen":{partner_generation:d}}}'
+        )
         return MintedToken(
-            self._mint["integrate", True].dumps(payload),
+            self._mint["integrate", True].sign(payload),
             self.now() + INTEGRATE_TOKEN_TTL,
             INTEGRATE_TOKEN_TTL,
         )
@@ -176,16 +216,12 @@ class TokenAuthority:
         expire: bool = True,
         script_run_id: int | None = None,
     ) -> MintedToken:
-        payload: dict[str, object] = {
-            "kind": "identity",
-            "pid": partner_id,
-            "sid": sub_account_id,
-            "gen": generation,
-            "pgen": partner_generation,
-        }
-        if script_run_id is not None:
-            payload["run"] = script_run_id
-        token = self._mint["identity", expire].dumps(payload)
+        run = f',"run":{script_run_id:d}' if script_run_id is not None else ""
+        payload = (
+            f'{{"kind":"identity","pid":{partner_id:d},"sid":{sub_account_id:d},'
+            f'"gen":{generation:d},"pgen":{partner_generation:d}{run}}}'
+        )
+        token = self._mint["identity", expire].sign(payload)
         if not expire:
             return MintedToken(token, None, None)
         return MintedToken(token, self.now() + self._identity_ttl, self._identity_ttl)
@@ -227,7 +263,7 @@ class TokenAuthority:
 
     def sign_oauth_binding(self, state_hash: str) -> str:
         """The value of the cookie that lets this browser, and no other, finish the flow ``state_hash``."""
-        return self._oauth_binding.dumps({"kind": "oauth_binding", "flow": state_hash})
+        return self._mint_oauth_binding.dumps({"kind": "oauth_binding", "flow": state_hash})
 
     def oauth_binding_matches(self, value: str, state_hash: str, *, max_age: int) -> bool:
         try:

@@ -286,3 +286,69 @@ async def test_every_route_parses_its_query_parameters_with_its_operations_model
         assert answer.status_code == 400, (method, path, answer.text)
         assert answer.json()["code"] == "validation_error" and field in answer.json()["errors"], answer.text
         assert any(issubclass(model, used) and field in used.model_fields for used in parsed_with), (path, parsed_with)
+
+
+def _request(messages: list[dict[str, Any]]) -> Any:
+    from starlette.requests import Request
+
+    received = iter(messages)
+
+    async def receive() -> dict[str, Any]:
+        return next(received)
+
+    scope = {"type": "http", "method": "POST", "path": "/", "headers": [(b"content-type", b"application/json")]}
+    return Request(scope, receive)
+
+
+async def test_a_body_read_for_json_reads_as_starlette_would() -> None:
+    """read_json reads the ASGI messages itself (not through Starlette's generator): a body in
+    several messages is joined, ``request.body()`` afterwards gives the same bytes, and a client
+    that went away is Starlette's ClientDisconnect."""
+    from starlette.requests import ClientDisconnect
+
+    parts = [b'{"external_id": ', b"", b'"a", "n": [1, 2]}']
+    request = _request(
+        [{"type": "http.request", "body": part, "more_body": i < len(parts) - 1} for i, part in enumerate(parts)]
+    )
+    assert await bff.http.read_json(request) == {"external_id": "a", "n": [1, 2]}
+    assert await request.body() == b"".join(parts)
+    assert [chunk async for chunk in request.stream()] == [b"".join(parts), b""]
+    assert await bff.http.read_body(request) == b"".join(parts)  # read again: the same
+
+    whole = _request([{"type": "http.request", "body": b'{"a": 1}'}])
+    assert await bff.http.read_body(whole) == b'{"a": 1}' == await whole.body()
+
+    gone = _request([{"type": "http.request", "body": b"{", "more_body": True}, {"type": "http.disconnect"}])
+    with pytest.raises(ClientDisconnect):
+        await bff.http.read_body(gone)
+    assert gone._is_disconnected
+
+    consumed = _request([{"type": "http.request", "body": b"{}"}])
+    assert [chunk async for chunk in consumed.stream()] == [b"{}", b""]
+    with pytest.raises(RuntimeError, match="Stream consumed"):  # as request.body() after a stream()
+        await bff.http.read_body(consumed)
+
+
+def test_json_answer_is_starlettes_json_response_byte_for_byte() -> None:
+    from starlette.responses import JSONResponse
+
+    for content in (
+        {
+            "token": "a.b.c",
+            "expires_in": 1800,
+            "expires_at": None,
+            "account_id": 2**63 - 1,
+            "external_id": 'Zoë "q" \\',
+        },
+        {"nested": [1, 2.5, -0.0, 1e300, True, None, {"ü": "\u2028\t\x01"}]},
+        [],
+        "x",
+    ):
+        answer = bff.http.JSONAnswer(content, headers={"Cache-Control": "no-store"})
+        assert answer.body == JSONResponse(content).body
+        assert answer.raw_headers == JSONResponse(content, headers={"Cache-Control": "no-store"}).raw_headers
+    for refused in ({"x": float("nan")}, {"x": float("inf")}):
+        with pytest.raises(ValueError):
+            JSONResponse(refused)
+        with pytest.raises(ValueError):
+            bff.http.JSONAnswer(refused)

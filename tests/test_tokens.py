@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -7,7 +8,7 @@ from conftest import FakeClock, make_settings
 
 from bff.errors import ApiError
 from bff.settings import Secret
-from bff.tokens import TokenAuthority, parse_authorization
+from bff.tokens import Claims, TokenAuthority, parse_authorization
 
 
 def authority(
@@ -138,6 +139,63 @@ def test_key_rotation(tmp_path: Path) -> None:
     dropped = authority(tmp_path, keys=("new-key-0123456789abcdef",))
     assert code_of(lambda: dropped.verify(token, accept=("integrate",))) == "token_invalid"
     assert dropped.verify(new_token, accept=("integrate",)).partner_id == 1
+
+
+def test_minted_tokens_are_byte_for_byte_what_itsdangerous_dumps(tmp_path: Path) -> None:
+    """Minting skips itsdangerous's Serializer.dumps; its tokens must be exactly that call's, and
+    verify through the (unchanged) itsdangerous loads as what they claim to be."""
+    from itsdangerous import TimestampSigner, URLSafeTimedSerializer, base64_encode
+
+    keys = ("old-key-0123456789abcdef", "new-key-0123456789abcdef")
+    clock = FakeClock(1_800_000_000.75)
+    tokens = authority(tmp_path, keys=keys, clock=clock)
+
+    class AtTheClock(TimestampSigner):
+        def get_timestamp(self) -> int:
+            return int(clock())
+
+    class NeverZlib(URLSafeTimedSerializer):
+        # As bff always minted: itsdangerous would zlib a payload where that is shorter.
+        def dump_payload(self, obj: object) -> bytes:
+            return base64_encode(json.dumps(obj, separators=(",", ":")).encode())
+
+    def dumps(salt: str, payload: dict[str, object]) -> str:
+        return NeverZlib(list(keys), salt=salt, signer=AtTheClock).dumps(payload)
+
+    for step in (0, 0.2, 1, 86_400 * 400):  # the same second again, the next one, a year on
+        clock.advance(step)
+        now = int(clock())
+        partner = tokens.mint_partner_token(partner_id=7, generation=4).token
+        assert partner == dumps("bff.token.partner.v1", {"kind": "partner", "pid": 7, "gen": 4})
+        assert tokens.verify(partner, accept=("partner",)) == Claims("partner", 7, 4)
+        ids = {"pid": 7, "sid": 123_456_789_012, "gen": 3, "pgen": 2}
+        integrate = tokens.mint_integrate_token(
+            partner_id=7, sub_account_id=123_456_789_012, generation=3, partner_generation=2
+        )
+        assert integrate.token == dumps("bff.token.integrate.v1", {"kind": "integrate", **ids})
+        assert integrate.expires_at == now + 1800
+        assert tokens.verify(integrate.token, accept=("integrate",)) == Claims(
+            "integrate", 7, 3, 123_456_789_012, 2, now + 1800
+        )
+        identity = tokens.mint_identity_token(
+            partner_id=7, sub_account_id=123_456_789_012, generation=3, partner_generation=2, script_run_id=99
+        ).token
+        assert identity == dumps("bff.token.identity.v1", {"kind": "identity", **ids, "run": 99})
+        assert tokens.verify(identity, accept=("identity",)) == Claims(
+            "identity", 7, 3, 123_456_789_012, 2, now + 3600, 99
+        )
+        forever = tokens.mint_identity_token(
+            partner_id=7, sub_account_id=123_456_789_012, generation=3, partner_generation=2, expire=False
+        ).token
+        assert forever == dumps("bff.token.identity-noexpire.v1", {"kind": "identity", **ids})
+        assert tokens.verify(forever, accept=("identity",)) == Claims("identity", 7, 3, 123_456_789_012, 2)
+        binding = tokens.sign_oauth_binding("abc")
+        assert binding == dumps("bff.oauth.binding.v1", {"kind": "oauth_binding", "flow": "abc"})
+        assert tokens.oauth_binding_matches(binding, "abc", max_age=60)
+    # Signed with the last key only: an authority without it refuses them.
+    assert code_of(lambda: authority(tmp_path, keys=keys[:1], clock=clock).verify(partner, accept=("partner",))) == (
+        "token_invalid"
+    )
 
 
 def test_authorization_header_schemes() -> None:
