@@ -659,6 +659,18 @@ async def bench(args: argparse.Namespace) -> None:
                 continue  # a handful of records: per-record CPU means little there
             source = {"resync": results, "first-load": first}[case][name]
             print(cpu_line(key, spent, source[0][0]) + ("   (goal ≤ 22)" if key == "resync project" else ""))
+        # The same rounds' CPU as ratios: a machine slowed by its neighbours slows every contender.
+        print("CPU per record, all processes, as same-round ratios (lower is better for the project):")
+        for case in ("resync", "first-load"):
+            project_cpu = [sum(s.values()) for s in cpu.get(f"{case} project", [])]
+            for other in ("floor", "dlt"):
+                other_cpu = [sum(s.values()) for s in cpu.get(f"{case} {other}", [])]
+                if project_cpu and len(other_cpu) == len(project_cpu):
+                    per = [p / o for p, o in zip(project_cpu, other_cpu, strict=True)]
+                    print(
+                        f"  {case + ' project / ' + other:<34} min {min(per):5.2f}   median"
+                        f" {statistics.median(per):5.2f}   max {max(per):5.2f}"
+                    )
 
 
 def main() -> None:

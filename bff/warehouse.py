@@ -20,8 +20,10 @@ leaves a cursor ahead of its data, and a page fetched twice never duplicates a r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
+import functools
 import json
 import logging
 import operator
@@ -33,6 +35,7 @@ from typing import Any, NamedTuple
 
 import psycopg
 from psycopg import AsyncConnection, sql
+from psycopg.pq import TransactionStatus
 from psycopg.types.json import Jsonb
 
 from .connectors import Stream
@@ -290,6 +293,17 @@ class _WritePlan:
     single: bool  # one column: itemgetter returns a scalar, not a tuple
     json_positions: tuple[int, ...]
     key_positions: tuple[int, ...]
+    _rendered: dict[tuple[str, str], bytes] = dataclasses.field(default_factory=dict, compare=False, repr=False)
+
+    def sql(self, conn: AsyncConnection[Any], name: str) -> bytes:
+        """The statement ``name`` as bytes in ``conn``'s encoding, rendered once (psycopg renders a
+        composed statement again on every execution: identifiers quoted, parts joined)."""
+        key = (name, conn.info.encoding)
+        found = self._rendered.get(key)
+        if found is None:
+            statement: sql.Composable = getattr(self, name)
+            found = self._rendered[key] = statement.as_bytes(conn)
+        return found
 
     def rows(self, records: Sequence[Any], *, tuples: bool = False) -> list[tuple[Any, ...]]:
         """The page's rows in column order: ``records`` are dicts of the stream's fields, or (with
@@ -352,16 +366,32 @@ def _text_of(value: Any) -> str:
 
 def copy_text(rows: Sequence[tuple[Any, ...]], tail: str = "") -> bytes | None:
     """``rows`` in COPY's text format (``tail``, already text, ends each line), for a page whose
-    strings need no escaping (:attr:`bff.connectors.Page.plain`): about twice as fast as psycopg's
-    row-by-row writer. ``None`` when a value is not a string, number, boolean or null (psycopg
-    writes that page)."""
-    text = _COPY_TEXT
+    strings need no escaping (:attr:`bff.connectors.Page.plain`): two to three times as fast as
+    psycopg's row-by-row writer. ``None`` when a value is not a string, number, boolean or null
+    (psycopg writes that page)."""
+    if not rows:
+        return b""
     try:
-        lines = ["\t".join([v if type(v) is str else text[type(v)](v) for v in row]) for row in rows]
-    except KeyError:
+        return _line_formatter(len(rows[0]))(rows, tail, _COPY_TEXT)
+    except (KeyError, ValueError):  # another type; a row of another width
         return None
-    lines.append("")
-    return (tail + "\n").join(lines).encode()
+
+
+@functools.lru_cache(maxsize=64)
+def _line_formatter(width: int) -> Callable[[Sequence[tuple[Any, ...]], str, dict[type, Callable[[Any], str]]], bytes]:
+    """``(rows, tail, text) -> bytes`` for rows of ``width`` values: one f-string per row, strings
+    taken as they are and other values through ``text`` (generated once per width: no loop or
+    join per row)."""
+    names = [f"v{i}" for i in range(width)]
+    fields = "\\t".join(f"{{{v} if {v}.__class__ is str else text[{v}.__class__]({v})}}" for v in names)
+    unpack = (", ".join(names) + ("," if width == 1 else "")) if width else "_"
+    source = (
+        "def format_rows(rows, tail, text):\n"
+        f'    return "".join([f"{fields}{{tail}}\\n" for {unpack} in rows]).encode()\n'
+    )
+    namespace: dict[str, Any] = {}
+    exec(compile(source, f"<COPY text of {width} columns>", "exec"), namespace)
+    return namespace["format_rows"]  # type: ignore[no-any-return]
 
 
 # The cursors live with the data, in the customer's database (``_bff.state``, no customer grant):
@@ -371,6 +401,7 @@ _SAVE_STATE = sql.SQL(
     " VALUES (%(connection)s, %(stream)s, %(state)s, %(now)s)"
     " ON CONFLICT (connection_id, stream) DO UPDATE SET state = EXCLUDED.state, updated_at = EXCLUDED.updated_at"
 )
+_SAVE_STATE_SQL = _SAVE_STATE.as_bytes(None)  # ASCII only: the same bytes in every encoding
 
 
 def _plan(table: WarehouseTable, stream: Stream, *, brin_index: int | None) -> _WritePlan:
@@ -510,6 +541,62 @@ async def make_table(
     )
 
 
+async def _copy(
+    conn: AsyncConnection[Any],
+    statement: bytes,
+    rows: list[tuple[Any, ...]],
+    plain: bool,
+    tail: tuple[Any, ...] = (),
+) -> None:
+    """``rows`` (each followed by ``tail``) through ``COPY … FROM STDIN``: one block of text when the
+    page is plain (:func:`copy_text`), else psycopg's row-by-row writer."""
+    async with conn.cursor().copy(statement) as copy:
+        data = (
+            (copy_text(rows, "".join("\t" + _text_of(v) for v in tail)) if tail else copy_text(rows)) if plain else None
+        )
+        if data is not None:
+            await copy.write(data)
+        elif tail:
+            for row in rows:
+                await copy.write_row(row + tail)
+        else:
+            for row in rows:
+                await copy.write_row(row)
+
+
+class _PageTransaction:
+    """A page's transaction on an autocommit connection in as few round trips as PostgreSQL
+    allows: ``BEGIN`` goes with the page's settings (one simple query), and ``COMMIT`` with its last
+    statement (:meth:`commit_with`). Anything failing before that commit rolls the transaction
+    back. Each round trip saved is about 70 µs of the worker's CPU (psycopg's async waiting) per page."""
+
+    def __init__(self, conn: AsyncConnection[Any], settings: bytes) -> None:
+        self.conn = conn
+        self.settings = settings
+
+    async def __aenter__(self) -> _PageTransaction:
+        await self.conn.execute(b"BEGIN; " + self.settings)
+        return self
+
+    async def commit_with(self, statement: bytes, params: Mapping[str, Any]) -> Any:
+        """Run ``statement`` and commit, both sent at once (pipeline mode keeps the statement
+        prepared); the first row it answered (None if none)."""
+        async with self.conn.pipeline() as pipeline:
+            cur = await self.conn.execute(statement, params)
+            await self.conn.execute(b"COMMIT")
+            await pipeline.sync()
+            return await cur.fetchone() if cur.description else None
+
+    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        status = self.conn.info.transaction_status
+        if status in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
+            if kind is None:  # left without commit_with: commit what was done
+                await self.conn.execute("COMMIT")
+            elif not self.conn.closed:
+                with contextlib.suppress(psycopg.Error):
+                    await self.conn.execute("ROLLBACK")
+
+
 class TableWriter:
     """Writes pages of one stream into its table; returned by :meth:`Warehouse.open_table`."""
 
@@ -587,7 +674,7 @@ class TableWriter:
         """One page's transaction; returns how many of its rows were new."""
         plan, table = self._plan, self.table
         params = {"connection": table.connection_id, "stream": table.stream, "state": Jsonb(dict(state))}
-        async with self.warehouse.servers.transaction(table.placement) as conn:
+        async with self.warehouse.servers.connection(table.placement) as conn:
             if rows and not distinct and self._direct is not False:
                 # Straight into the table keeps the pages' order only once the page before is in.
                 if after is not None:
@@ -599,35 +686,23 @@ class TableWriter:
                     self._direct = bool(found and found["empty"])
                 if self._direct:
                     now = self.warehouse.now()
-                    await conn.execute(plan.begin_direct)
                     tail = (moment(now).isoformat(), run_id)
-                    async with conn.cursor().copy(plan.copy_direct) as copy:
-                        data = copy_text(rows, "\t" + "\t".join(map(_text_of, tail))) if plain else None
-                        if data is not None:
-                            await copy.write(data)
-                        else:
-                            for row in rows:
-                                await copy.write_row(row + tail)
-                    await conn.execute(_SAVE_STATE, {**params, "now": now})
+                    async with _PageTransaction(conn, plan.sql(conn, "begin_direct")) as tx:
+                        await _copy(conn, plan.sql(conn, "copy_direct"), rows, plain, tail)
+                        await tx.commit_with(_SAVE_STATE_SQL, {**params, "now": now})
                     return len(rows)
-            if rows:
-                await conn.execute(plan.begin_page)
-                async with conn.cursor().copy(plan.copy) as copy:
-                    data = copy_text(rows) if plain else None
-                    if data is not None:
-                        await copy.write(data)
-                    else:
-                        for row in rows:
-                            await copy.write_row(row)
-            if after is not None:
-                await after
-            now = self.warehouse.now()
-            if not rows:
-                await conn.execute(_SAVE_STATE, {**params, "now": now})
+            if not rows:  # only a cursor to save, once the page before is in: one statement
+                if after is not None:
+                    await after
+                await conn.execute(_SAVE_STATE_SQL, {**params, "now": self.warehouse.now()})
                 return 0
-            statement = plan.upsert if distinct else plan.upsert_unique
-            cur = await conn.execute(statement, {**params, "now": now, "stamp": moment(now), "run": run_id})
-            counted = await cur.fetchone()
+            async with _PageTransaction(conn, plan.sql(conn, "begin_page")) as tx:
+                await _copy(conn, plan.sql(conn, "copy"), rows, plain)
+                if after is not None:
+                    await after
+                now = self.warehouse.now()
+                statement = plan.sql(conn, "upsert" if distinct else "upsert_unique")
+                counted = await tx.commit_with(statement, {**params, "now": now, "stamp": moment(now), "run": run_id})
             return int(counted["inserted"]) if counted else 0
 
     async def _summarize(self, statement: sql.Composed) -> None:

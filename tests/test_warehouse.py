@@ -456,6 +456,8 @@ def test_copy_text_is_what_psycopg_writes() -> None:
     nan = copy_text([(float("nan"),)])
     assert nan is not None and nan.lower() == b"nan\n"
     assert copy_text([("a", 1)], "\tZ\t7") == b"a\t1\tZ\t7\n"
+    assert copy_text([("a",), (None,)]) == b"a\n\\N\n" and copy_text([(), ()], "\tx") == b"\tx\n\tx\n"
+    assert copy_text([]) == b"" and copy_text([("a", 1), ("b",)]) is None  # rows of one width only
     # Anything else is psycopg's to write.
     for other in ({"a": 1}, [1], decimal.Decimal("1.5"), dt.date(2026, 1, 1), b"x"):
         assert copy_text([("a", other)]) is None
