@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from starlette.requests import Request
 
 from .errors import not_found, token_not_allowed
+from .http import header
 from .store import Connection, Partner, SubAccount
 from .tokens import Claims, TokenKind, parse_authorization, token_error
 
@@ -116,7 +117,7 @@ def _check_partner(claims: Claims, partner: Partner | None) -> Partner:
 async def require_partner_with_sub_account(request: Request, external_id: str) -> tuple[Partner, SubAccount | None]:
     """:func:`require_partner` and the partner's sub-account ``external_id`` (if it exists), in one query."""
     svc = services(request)
-    claims = svc.tokens.verify(parse_authorization(request.headers.get("authorization")), accept=("partner",))
+    claims = svc.tokens.verify(parse_authorization(header(request, b"authorization")), accept=("partner",))
     partner, account = await svc.store.partners.with_sub_account(claims.partner_id, external_id)
     return _check_partner(claims, partner), account
 

@@ -90,7 +90,7 @@ async def read_json(request: Request, *, required: bool = True) -> dict[str, Any
         if required:
             raise ApiError(400, "invalid_json", "The request body is empty; send a JSON object.")
         return {}
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    content_type = (header(request, b"content-type") or "").split(";")[0].strip().lower()
     if content_type != "application/json" and not content_type.endswith("+json"):
         raise ApiError(415, "unsupported_media_type", "Send the body as JSON with `Content-Type: application/json`.")
     try:
@@ -99,8 +99,25 @@ async def read_json(request: Request, *, required: bool = True) -> dict[str, Any
         raise ApiError(400, "invalid_json", "The request body is not valid JSON.") from None
     if not isinstance(data, dict):
         raise ApiError(400, "invalid_json", "The request body must be a JSON object.")
-    check_json_value(data)
+    if could_hold_unstorable(body):
+        check_json_value(data)
     return data
+
+
+def could_hold_unstorable(body: bytes) -> bool:
+    """Whether :func:`check_json_value` can refuse what ``body`` parses to. Without a backslash and in
+    ASCII, no string can hold a NUL or a surrogate (raw control characters are not JSON); with at most
+    MAX_JSON_DEPTH brackets, nothing nests deeper. Checking the bytes costs far less than the walk."""
+    return not body.isascii() or b"\\" in body or body.count(b"[") + body.count(b"{") > MAX_JSON_DEPTH
+
+
+def header(request: Request, name: bytes) -> str | None:
+    """``request.headers.get(name)`` (``name`` in lower case: ASGI's header names are) without building
+    Starlette's header mapping: the first such header."""
+    for key, value in request.scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
 
 
 Parsed = TypeVar("Parsed", bound=BaseModel)

@@ -345,3 +345,34 @@ def test_json_answer_is_starlettes_json_response_byte_for_byte() -> None:
         answer = bff.http.JSONAnswer(content, headers={"Cache-Control": "no-store"})
         assert answer.body == JSONResponse(content).body
         assert answer.raw_headers == JSONResponse(content, headers={"Cache-Control": "no-store"}).raw_headers
+
+
+def test_the_byte_precheck_skips_only_bodies_that_the_walk_would_pass() -> None:
+    """read_json walks the parsed body (check_json_value) only when its bytes could hold a NUL, a lone
+    surrogate or nesting deeper than MAX_JSON_DEPTH; every body it skips, the walk would pass."""
+    import json
+
+    from bff.errors import ApiError
+    from bff.http import MAX_JSON_DEPTH, check_json_value, could_hold_unstorable
+
+    def walk_refuses(body: bytes) -> bool:
+        try:
+            check_json_value(json.loads(body))
+        except ApiError:
+            return True
+        return False
+
+    def nested(depth: int) -> bytes:  # an object whose deepest container is at ``depth``
+        return b'{"a": ' + b"[" * (depth - 1) + b"]" * (depth - 1) + b"}"
+
+    assert not could_hold_unstorable(nested(MAX_JSON_DEPTH)) and not walk_refuses(nested(MAX_JSON_DEPTH))
+    assert could_hold_unstorable(nested(MAX_JSON_DEPTH + 1)) and walk_refuses(nested(MAX_JSON_DEPTH + 1))
+    for refused in (b'{"a": "x\\u0000"}', b'{"\\ud800": 1}', b'{"a": ["\\udfff"]}', b'{"a": "\xed\xa0\x80"}'):
+        assert could_hold_unstorable(refused) and walk_refuses(refused), refused
+    for body in (
+        b'{"external_id": "bench-customer", "first_name": "Bench"}',
+        b'{"a": [1, 2.5, null, true, {"b": "[{[{"}], "c": "}}]]"}',
+        b'{"a": "' + bytes(range(0x20, 0x7F)).replace(b'"', b"").replace(b"\\", b"") + b'"}',
+        b'{"x": "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["}',  # brackets in a string count: walked, passes
+    ):
+        assert could_hold_unstorable(body) or not walk_refuses(body), body
