@@ -7,7 +7,7 @@ directory: every mint reads the partner and the sub-account from PostgreSQL (the
 sub-account is provisioned by the first request, then found). The two servers are
 hammered in alternating rounds (the order flips every round), so noise on a shared
 machine hits both alike. Prints min/median/max req/s, p50/p99 latency and the per-round
-ratio mint/bare (goal ≥ 0.6, aim 0.7), plus the cost of one token verification in µs.
+ratio mint/bare (goal ≥ 0.7, issue 27), plus the cost of one token verification in µs.
 
 With psutil (the ``[bench]`` extra), also the CPU time (user + system) each server process
 spent per request during the timed part of each round, in µs (median over rounds), and the
@@ -185,7 +185,7 @@ def main() -> None:
     ratios = [m["rps"] / b["rps"] for m, b in zip(results["mint"], results["bare"], strict=True)]
     print(
         f"ratio mint/bare, per round: min {min(ratios):.2f}   median {statistics.median(ratios):.2f}   max {max(ratios):.2f}"
-        "  (goal >= 0.6, aim 0.7)"
+        "  (goal >= 0.7)"
     )
     if meters:
         cpu_us = {
@@ -203,7 +203,7 @@ def main() -> None:
         )
         print(
             f"ratio bare/mint CPU per request, per round: min {min(cpu_ratios):.2f}"
-            f"   median {statistics.median(cpu_ratios):.2f}   max {max(cpu_ratios):.2f}"
+            f"   median {statistics.median(cpu_ratios):.2f}   max {max(cpu_ratios):.2f}  (goal >= 0.7)"
         )
     else:
         print("psutil is not installed (pip install -e '.[bench]'): no CPU per request")
