@@ -21,10 +21,17 @@ if TYPE_CHECKING:
 __all__ = ["cpu_by_pid", "cpu_seconds", "free_port", "hammer", "postgres_processes", "raw_request", "start_server"]
 
 
-def start_server(args: Sequence[str], port: int, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    """Start a server subprocess and wait until its port accepts connections."""
+def start_server(
+    args: Sequence[str], port: int, env: dict[str, str] | None = None, *, cwd: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """Start a server subprocess and wait until its port accepts connections (``python -m`` imports
+    from ``cwd`` first)."""
     proc = subprocess.Popen(
-        [sys.executable, *args], env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        [sys.executable, *args],
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

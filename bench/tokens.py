@@ -30,7 +30,7 @@ import timeit
 from collections.abc import Callable
 from pathlib import Path
 
-# This checkout's bff, in this process and in the server it starts (to compare two checkouts).
+# This checkout's bff, in this process and in the server it starts (run in it: to compare two checkouts).
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
@@ -89,7 +89,6 @@ def main() -> None:
         "BFF_ENCRYPTION_KEY": generate_encryption_key(),
         "BFF_DATA_DIR": str(data_dir),
         "BFF_LOG_LEVEL": "warning",
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     }
     from bff.cli import create_partner
 
@@ -97,7 +96,7 @@ def main() -> None:
     partner_token = asyncio.run(create_partner(settings, "bench", []))["token"]
 
     bff_port, bare_port = free_port(), free_port()
-    bff = start_server(["-m", "bff.cli", "serve", "--no-worker", "--port", str(bff_port)], bff_port, env)
+    bff = start_server(["-m", "bff.cli", "serve", "--no-worker", "--port", str(bff_port)], bff_port, env, cwd=ROOT)
     bare = start_server(["-c", BARE_APP, str(bare_port)], bare_port)
     body = json.dumps({"external_id": "bench-customer", "first_name": "Bench"}).encode()
     headers = {"Authorization": f"JWT {partner_token}", "Content-Type": "application/json"}
@@ -171,8 +170,9 @@ def main() -> None:
         * 1e6
     )
 
+    print(f"bff from {ROOT}")
     print(
-        f"concurrency {args.concurrency}, {args.rounds} alternating rounds of {args.seconds:.0f} s per server, one uvicorn worker each"
+        f"concurrency {args.concurrency}, {args.rounds} alternating rounds of {args.seconds:g} s per server, one uvicorn worker each"
     )
     for name, label in (("mint", "integrate mint"), ("bare", "bare JSON")):
         rounds = results[name]

@@ -21,6 +21,8 @@ CORS_MAX_AGE = "600"
 PARTNER_ORIGIN_CACHE_SECONDS = 2.0
 PARTNER_ORIGIN_CACHE_SIZE = 4096
 HSTS_VALUE = b"max-age=63072000; includeSubDomains"
+NOSNIFF = (b"x-content-type-options", b"nosniff")
+NO_STORE = (b"cache-control", b"no-store")
 # As production servers cap them (nginx: 8-32 KiB of headers, Apache: 100 fields): more is refused with 431.
 MAX_HEADER_COUNT = 100
 MAX_HEADER_BYTES = 16 * 1024
@@ -60,7 +62,14 @@ class BodyLimitMiddleware:
         raw_length: bytes | None = None
         chunked = False
         headers = scope["headers"]
-        if len(headers) > MAX_HEADER_COUNT or sum(len(n) + len(v) for n, v in headers) > MAX_HEADER_BYTES:
+        size = 0
+        for name, value in headers:  # ASGI servers give header names in lower case
+            size += len(name) + len(value)
+            if name == b"content-length":
+                raw_length = value
+            elif name == b"transfer-encoding":
+                chunked = True
+        if len(headers) > MAX_HEADER_COUNT or size > MAX_HEADER_BYTES:
             await _send_json(
                 send,
                 431,
@@ -71,11 +80,6 @@ class BodyLimitMiddleware:
                 },
             )
             return
-        for name, value in headers:  # ASGI servers give header names in lower case
-            if name == b"content-length":
-                raw_length = value
-            elif name == b"transfer-encoding":
-                chunked = True
         length = raw_length.decode("latin-1") if raw_length is not None else None
         if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
             await self._reject(send)
@@ -142,17 +146,21 @@ class SecurityHeadersMiddleware:
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = []
-                names = set()
-                for name, value in message.get("headers", []):
-                    lower = name.lower()
-                    if not (no_store and lower == b"cache-control"):
-                        headers.append((name, value))
-                        names.add(lower)
-                if b"x-content-type-options" not in names:
-                    headers.append((b"x-content-type-options", b"nosniff"))
+                nosniff = hsts = False
+                for header in message.get("headers", ()):
+                    lower = header[0].lower()
+                    if lower == b"cache-control" and no_store:
+                        continue
+                    headers.append(header)
+                    if lower == b"x-content-type-options":
+                        nosniff = True
+                    elif lower == b"strict-transport-security":
+                        hsts = True
+                if not nosniff:
+                    headers.append(NOSNIFF)
                 if no_store:
-                    headers.append((b"cache-control", b"no-store"))
-                if self.hsts and b"strict-transport-security" not in names:
+                    headers.append(NO_STORE)
+                if self.hsts and not hsts:
                     headers.append((b"strict-transport-security", HSTS_VALUE))
                 message = {**message, "headers": headers}
             await send(message)
@@ -209,7 +217,10 @@ class CORSMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if not any(name == b"origin" for name, _ in scope["headers"]):  # most calls: back-ends, no CORS
+        for name, _ in scope["headers"]:
+            if name == b"origin":
+                break
+        else:  # most calls: back-ends, no CORS
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)

@@ -14,9 +14,9 @@ ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.timeout(240)
 
 
-def run_bench(*args: str) -> str:
+def run_bench(*args: str, **extra_env: str) -> str:
     """A benchmark script run without this shell's BFF_* settings; its stdout, after it succeeded."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BFF_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BFF_")} | extra_env
     done = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=220)
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
@@ -40,3 +40,23 @@ def test_bench_customer_databases_measures_what_one_costs() -> None:
     stdout = run_bench("bench/customer_databases.py", "--customers", "2")
     for line in ("make a customer's database", "its first table", "one customer database", "for 1,000"):
         assert line in stdout, stdout
+
+
+def test_bench_tokens_prints_cpu_per_request_and_stops_what_it_started() -> None:
+    import tempfile
+
+    import psutil
+
+    with tempfile.TemporaryDirectory(prefix="bff-test-bench-tokens-") as tmp:
+        stdout = run_bench("bench/tokens.py", "--rounds", "2", "--seconds", "0.3", "--concurrency", "2", TMPDIR=tmp)
+        for line in ("ratio mint/bare, per round", "server CPU per request", "ratio bare/mint CPU", "load average"):
+            assert line in stdout, stdout
+        assert stdout.count(", 0 errors)") == 2, stdout
+        # Its embedded PostgreSQL (in a directory under TMPDIR) and both servers are gone.
+        left = []
+        for proc in psutil.process_iter(["cmdline"]):
+            if any(tmp in part for part in proc.info["cmdline"] or []):
+                left.append(proc)
+        for proc in left:  # not to leave them running after a failure
+            proc.terminate()
+        assert not left, left
