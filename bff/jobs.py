@@ -51,6 +51,7 @@ SCRIPT_QUEUE = "scripts"
 SCRIPT_TASK = "bff:script_run"
 ALL_QUEUES = (SYNC_QUEUE, WEBHOOK_QUEUE, SCHEDULER_QUEUE, SCRIPT_QUEUE)
 JOB_POOL_SIZE = 8
+SQL_WATCH_LOCK = "bff.sql_watch"  # the session lock of the one worker that watches customer SQL
 STOP_ATTEMPTS = 20
 STOP_WAIT_SECONDS = 0.5
 
@@ -313,22 +314,46 @@ class JobQueue:
 
     async def _watch_customer_sql(self) -> None:
         """Hold customer logins to their statement limit: a session may lift its own
-        ``statement_timeout``, so every worker cancels what runs past it (see
-        `bff.warehouse_limits`)."""
+        ``statement_timeout``, so one worker of the deployment cancels what runs past it (see
+        `bff.warehouse_limits`). That worker is elected by a PostgreSQL session lock on the control
+        database, held on a connection of its own: when it stops or dies, the lock goes with its
+        session and another worker's next round takes over."""
+        import psycopg
+
         from .warehouse_limits import stop_overrunning  # loaded with the services, not with this module
 
-        while True:
-            await asyncio.sleep(self.sql_watch_seconds)
-            if self._services is None:
-                continue
-            try:
-                await stop_overrunning(
-                    self._services.warehouse.servers,
-                    statement_seconds=self._services.query_tables.timeout_ms / 1000,
-                    idle_seconds=self.sql_idle_seconds,
-                )
-            except Exception:  # the control database restarting, say: try again next round
-                logger.exception("could not check customer SQL sessions")
+        lock: Any = None  # this worker's connection for the lock (kept: no new session per round)
+        elected = False
+        try:
+            while True:
+                await asyncio.sleep(self.sql_watch_seconds)
+                if self._services is None:
+                    continue
+                try:
+                    if lock is None or lock.closed:
+                        elected = False
+                        lock = await psycopg.AsyncConnection.connect(self._services.store.url, autocommit=True)
+                    # The holder checks its session is still there (the lock lives as long as it).
+                    cur = await lock.execute(
+                        "SELECT 1" if elected else "SELECT pg_try_advisory_lock(hashtext(%s))",
+                        () if elected else (SQL_WATCH_LOCK,),
+                    )
+                    found = await cur.fetchone()
+                    elected = bool(found and found[0])
+                    if not elected:
+                        continue  # another worker watches
+                    await stop_overrunning(
+                        self._services.warehouse.servers,
+                        statement_seconds=self._services.query_tables.timeout_ms / 1000,
+                        idle_seconds=self.sql_idle_seconds,
+                    )
+                except Exception:  # the control database restarting, say: try again next round
+                    logger.exception("could not check customer SQL sessions")
+                    if lock is not None and lock.broken:
+                        await lock.close()
+        finally:
+            if lock is not None:
+                await lock.close()
 
     async def requeue_stalled(self) -> list[int]:
         """Re-queue the sync jobs of workers that stopped sending heartbeats; their run ids."""

@@ -57,6 +57,7 @@ class TestDatabases:
     """
 
     TEMPLATE = "bff_template"
+    __test__ = False  # a helper named Test…, not a test class for pytest to collect
 
     def __init__(self, root: Path) -> None:
         from .db import embedded_url

@@ -2,8 +2,8 @@
 logins must not reach or fill (:func:`close_to_customers`, at start).
 
 PostgreSQL lets every role `SET statement_timeout = 0` and `ALTER ROLE CURRENT_USER SET …`, so a
-role default alone does not bind a customer's SQL login. A watchdog in every worker
-(`JobQueue._watch_customer_sql`) calls :func:`stop_overrunning` each round: it cancels what ran past
+role default alone does not bind a customer's SQL login. A watchdog in one worker of the deployment
+(`JobQueue._watch_customer_sql`, elected by a session lock on the control database) calls :func:`stop_overrunning` each round: it cancels what ran past
 the limit, ends sessions left idle in a transaction, and puts back the defaults a login lifted.
 """
 

@@ -192,3 +192,48 @@ async def test_the_watchdog_holds_a_customer_login_to_the_limit_it_lifted_and_sp
         with connect(login) as conn:
             assert conn.execute("SHOW statement_timeout").fetchone() == ("2s",)
         assert 2.0 <= await asyncio.to_thread(lifted_sleep) < 4.0
+
+
+async def test_one_worker_of_the_deployment_watches_and_another_takes_over_when_it_stops(
+    settings_factory: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The watchdog reads every customer session of every server: one worker does it (a session
+    lock on the control database elects it), not each of them; when that worker stops, the lock
+    goes with its session and another worker watches from its next round."""
+    import contextlib
+
+    from bff import warehouse_limits
+
+    calls: list[int] = []  # which process's warehouse servers each round was for
+
+    async def counted(servers: Any, **limits: Any) -> int:
+        calls.append(id(servers))
+        return 0
+
+    monkeypatch.setattr(warehouse_limits, "stop_overrunning", counted)
+    settings = settings_factory(sql_watch_seconds=0.1)
+
+    async def rounds_for(seconds: float) -> set[int]:
+        calls.clear()
+        await asyncio.sleep(seconds)
+        return set(calls)
+
+    async with contextlib.AsyncExitStack() as stack:
+        first = await stack.enter_async_context(running_bff(settings))
+        second_stack = contextlib.AsyncExitStack()
+        second = await second_stack.enter_async_context(running_bff(settings))
+        try:
+            processes = {id(first.services.warehouse.servers): first, id(second.services.warehouse.servers): second}
+            await rounds_for(1.0)  # both workers have started their rounds
+            watchers = await rounds_for(1.5)
+            assert len(watchers) == 1 and len(calls) >= 5, (watchers, calls)
+            (watching,) = watchers
+            if processes[watching] is second:  # stop the watcher, keep the other running
+                await second_stack.aclose()
+                remaining = first
+            else:
+                await stack.aclose()
+                remaining = second
+            assert await rounds_for(1.5) == {id(remaining.services.warehouse.servers)}
+        finally:
+            await second_stack.aclose()
