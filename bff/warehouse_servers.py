@@ -14,7 +14,8 @@ that of its own database only. Advisory locks are per database too: a key a cust
 its database cannot stall another customer's sync.
 
 The BFF's own connections to a customer database come from a pool per database and process
-(:data:`ADMIN_CONNECTIONS` at most, none kept once idle for a minute); customer SQL runs on
+(:data:`ADMIN_CONNECTIONS` at most, none kept once idle for a minute, idle pools closed while the
+process holds more than :data:`KEEP_OPEN` in all); customer SQL runs on
 connections logged in as the customer's runner role, kept per customer by
 :class:`CustomerConnections` (at most :data:`CUSTOMER_CONNECTIONS` at once: ``429
 too_many_queries`` beyond, ``503 database_busy`` when PostgreSQL refuses one).
@@ -55,6 +56,7 @@ logger = logging.getLogger("bff.warehouse")
 
 ADMIN_CONNECTIONS = 6  # the BFF's own connections per customer database and process (sync pages, reads)
 ADMIN_WAIT_SECONDS = 30.0
+KEEP_OPEN = 2 * ADMIN_CONNECTIONS  # connections to customer databases a process keeps open (in use or idle)
 # A customer's pool (and its customer-role connections) unused this long is closed and forgotten, so
 # a process that served many customers does not keep a pool object (and its worker task) for each.
 EVICT_SECONDS = 600.0
@@ -130,6 +132,7 @@ class WarehouseServers:
         for url in urls or (store.url,):
             self._urls.setdefault(server_name(url), url)
         self._pools: dict[tuple[str, str], AsyncConnectionPool[Any]] = {}
+        self._trimmed = 0.0
         self._pool_used: dict[tuple[str, str], float] = {}
         self._swept = time.monotonic()
         self._customers: dict[tuple[str, str, str], CustomerConnections] = {}
@@ -261,6 +264,27 @@ class WarehouseServers:
         except psycopg.Error:
             await self._if_moving(pool, placement)
             raise
+        await self._trim()
+
+    async def _trim(self) -> None:
+        """Close whole pools, least recently used first, with nothing checked out, while this process
+        holds more than :data:`KEEP_OPEN` connections to customer databases: a worker that synced many
+        customers in a row would keep a few for each (a minute each), and processes sharing one
+        PostgreSQL would run it out of connections (``too many clients``)."""
+        now = time.monotonic()
+        if now - self._trimmed < 1.0:
+            return
+        self._trimmed = now
+        found = [(self._pool_used.get(key, 0.0), key, pool, pool.get_stats()) for key, pool in self._pools.items()]
+        total = sum(stats.get("pool_size", 0) for *_, stats in found)
+        for used, key, pool, stats in sorted(found, key=lambda item: item[0]):
+            size = stats.get("pool_size", 0)
+            if total <= KEEP_OPEN:
+                break
+            if size and stats.get("pool_available", 0) == size and not stats.get("requests_waiting") and now - used > 1:
+                del self._pools[key]
+                total -= size
+                await pool.close()
 
     async def _if_moving(self, pool: AsyncConnectionPool[Any], placement: Placement) -> None:
         try:

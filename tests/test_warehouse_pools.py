@@ -45,3 +45,41 @@ async def test_idle_customer_pools_are_evicted_and_made_again(
         token_a, _, tables_a, _ = customers[0]
         assert (await rows(bff, token_a, tables_a["deals"]["id"]))["count"] == 300
         assert [key for key in servers.open_pools if key[1] == b.database] == []
+
+
+async def test_a_process_keeps_few_connections_to_customer_databases_however_many_it_served(
+    settings_factory: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker that synced customer after customer would keep a few connections open for each (up
+    to a minute): processes sharing one PostgreSQL ran it out of connections (``too many
+    clients``). Past KEEP_OPEN, the least recently used pools with nothing checked out are closed."""
+    import asyncio
+
+    async with running_bff(settings_factory(sandbox_enabled=True)) as bff:
+        servers = bff.services.warehouse.servers
+        placements = []
+        for name in ("a", "b", "c"):
+            _, account_id, _, _ = await crm_customer(bff, name)
+            found = await bff.services.warehouse.placement(account_id)
+            assert found is not None
+            placements.append(found)
+
+        def open_connections() -> int:
+            return sum(pool.get_stats().get("pool_size", 0) for pool in servers._pools.values())
+
+        monkeypatch.setattr(warehouse_servers, "KEEP_OPEN", 2)
+        await asyncio.sleep(1.1)
+        for placement in placements:  # two connections at once to each customer, one after another
+            async with servers.connection(placement), servers.connection(placement):
+                pass
+        assert open_connections() > 2  # nothing closed within the last second
+        await asyncio.sleep(1.1)
+        a = placements[0]
+        async with servers.connection(a) as conn:  # in use: never closed under it
+            await servers._trim()
+            assert (await (await conn.execute("SELECT 1 AS one")).fetchone()) == {"one": 1}
+        # b and c (least recently used, nothing checked out) went; a, in use, stayed.
+        assert set(servers._pools) == {(a.server, a.database)} and open_connections() == 2
+        # A closed pool is made again on next need.
+        async with servers.connection(placements[1]) as conn:
+            assert (await (await conn.execute("SELECT 2 AS two")).fetchone()) == {"two": 2}
