@@ -209,8 +209,8 @@ class WarehouseServers:
         for key, pool in list(self._pools.items()):
             stats = pool.get_stats()
             in_use = stats.get("pool_size", 0) - stats.get("pool_available", 0) + stats.get("requests_waiting", 0)
-            if in_use > 0 or now - self._pool_used.get(key, now) < EVICT_SECONDS:
-                continue
+            if in_use > 0 or now - self._pool_used.get(key, now) < EVICT_SECONDS or self._pools.get(key) is not pool:
+                continue  # in use, used lately, or closed meanwhile by _trim
             del self._pools[key]
             self._pool_used.pop(key, None)
             await pool.close()
@@ -281,7 +281,8 @@ class WarehouseServers:
             size = stats.get("pool_size", 0)
             if total <= KEEP_OPEN:
                 break
-            if size and stats.get("pool_available", 0) == size and not stats.get("requests_waiting") and now - used > 1:
+            idle = size and stats.get("pool_available", 0) == size and not stats.get("requests_waiting")
+            if idle and now - used > 1 and self._pools.get(key) is pool:  # (evicted meanwhile: not twice)
                 del self._pools[key]
                 total -= size
                 await pool.close()
