@@ -284,11 +284,12 @@ class _WritePlan:
     begin_page: sql.Composed
     begin_direct: sql.SQL
     copy: sql.Composed
-    upsert: sql.Composed  # answers how many rows were new (inserted rather than updated)
+    upsert: sql.Composed  # the page's rows into the table, its cursor into _bff.state
     upsert_unique: sql.Composed  # the same for a page whose keys are all different (no DISTINCT ON sort)
     is_empty: sql.Composed
     copy_direct: sql.Composed  # straight into the table (a first load): fields, _synced_at, _run_id
     summarize: sql.Composed | None  # the BRIN index on _synced_at learns the new rows' block ranges
+    ranges: sql.Composed | None  # how many of that index's block ranges the table reaches
     getter: Callable[[Mapping[str, Any]], Any]
     single: bool  # one column: itemgetter returns a scalar, not a tuple
     json_positions: tuple[int, ...]
@@ -304,6 +305,9 @@ class _WritePlan:
             statement: sql.Composable = getattr(self, name)
             found = self._rendered[key] = statement.as_bytes(conn)
         return found
+
+    def ranges_sql(self, conn: AsyncConnection[Any]) -> bytes | None:
+        return None if self.ranges is None else self.sql(conn, "ranges")
 
     def rows(self, records: Sequence[Any], *, tuples: bool = False) -> list[tuple[Any, ...]]:
         """The page's rows in column order: ``records`` are dicts of the stream's fields, or (with
@@ -404,9 +408,18 @@ _SAVE_STATE = sql.SQL(
 _SAVE_STATE_SQL = _SAVE_STATE.as_bytes(None)  # ASCII only: the same bytes in every encoding
 
 
-def _plan(table: WarehouseTable, stream: Stream, *, brin_index: int | None) -> _WritePlan:
-    """``brin_index``: the oid of the table's BRIN index on ``_synced_at`` (tables created before it
-    have a B-tree there, which needs nothing)."""
+@dataclasses.dataclass(frozen=True)
+class _Brin:
+    """The BRIN index on a table's ``_synced_at``: its oid, the table's, and its range size."""
+
+    index: int
+    table: int
+    pages_per_range: int
+
+
+def _plan(table: WarehouseTable, stream: Stream, *, brin: _Brin | None) -> _WritePlan:
+    """``brin``: the table's BRIN index on ``_synced_at`` (tables created before it have a B-tree
+    there, which needs nothing)."""
     names = [f.name for f in stream.fields]
     cols = sql.SQL(", ").join(sql.Identifier(n) for n in names)
     pk = sql.SQL(", ").join(sql.Identifier(k) for k in table.primary_key)
@@ -422,13 +435,13 @@ def _plan(table: WarehouseTable, stream: Stream, *, brin_index: int | None) -> _
     temp_cols = sql.SQL(", ").join(
         sql.SQL("{} {}").format(sql.Identifier(f.name), sql.SQL(SQL_TYPES[f.type])) for f in stream.fields
     )
+    # The cursor is saved by the same statement (a data-modifying WITH runs whether read or not).
+    # Nothing is returned per row: asking which rows were new (RETURNING xmax = 0) cost about a
+    # tenth of the upsert; what the BRIN summary needs is whether the table grew (``ranges``).
     upsert = sql.SQL(
-        "WITH page AS (INSERT INTO {target} ({cols}, _synced_at, _run_id, _deleted_at)"
+        "WITH saved AS ({save_state}) INSERT INTO {target} ({cols}, _synced_at, _run_id, _deleted_at)"
         " SELECT {distinct}{cols}, %(stamp)s, %(run)s, NULL FROM {temp}{order}"
-        # xmax is 0 on a row version this statement inserted, set on one it updated.
-        " ON CONFLICT ({pk}) DO UPDATE SET {updates} RETURNING xmax = 0 AS inserted),"
-        " saved AS ({save_state})"
-        " SELECT COUNT(*) FILTER (WHERE inserted) AS inserted FROM page"
+        " ON CONFLICT ({pk}) DO UPDATE SET {updates}"
     )
     statement = {"target": table.identifier, "cols": cols, "pk": pk, "temp": temp, "updates": updates}
     return _WritePlan(
@@ -443,7 +456,6 @@ def _plan(table: WarehouseTable, stream: Stream, *, brin_index: int | None) -> _
         begin_direct=sql.SQL("SET LOCAL synchronous_commit = off; SET LOCAL TimeZone = 'UTC'"),
         copy=sql.SQL("COPY {} ({}) FROM STDIN").format(temp, cols),
         # DISTINCT ON: a page listing one record twice keeps its last copy (ctid is insertion order).
-        # The cursor is saved by the same statement (one round trip less per page).
         upsert=upsert.format(
             **statement,
             distinct=sql.SQL("DISTINCT ON ({}) ").format(pk),
@@ -462,8 +474,19 @@ def _plan(table: WarehouseTable, stream: Stream, *, brin_index: int | None) -> _
         summarize=(
             sql.SQL(
                 "SELECT set_config('lock_timeout', '200ms', true), brin_summarize_new_values({}::oid::regclass)"
-            ).format(sql.Literal(brin_index))
-            if brin_index is not None
+            ).format(sql.Literal(brin.index))
+            if brin is not None
+            else None
+        ),
+        # Rows only ever need a summary in a block range the index has not summarised: one the
+        # table grew into (inserted rows, or updated ones that found no room on their page).
+        # Rows landing in a summarised range widen its summary as they are written.
+        ranges=(
+            sql.SQL(
+                "SELECT ceil(pg_relation_size({}::oid::regclass)"
+                " / (current_setting('block_size')::numeric * {}))::bigint AS ranges"
+            ).format(sql.Literal(brin.table), sql.Literal(brin.pages_per_range))
+            if brin is not None
             else None
         ),
         getter=operator.itemgetter(*names),
@@ -574,14 +597,18 @@ class _PageTransaction:
         await self.conn.execute(b"BEGIN; " + self.settings)
         return self
 
-    async def commit_with(self, statement: bytes, params: Mapping[str, Any]) -> Any:
-        """Run ``statement`` and commit, both sent at once (pipeline mode keeps the statement
-        prepared); the first row it answered (None if none)."""
+    async def commit_with(self, *statements: tuple[bytes | None, Mapping[str, Any] | None]) -> Any:
+        """Run ``statements`` (each with its parameters; a None statement is skipped) and commit,
+        all sent at once (pipeline mode keeps them prepared); the first row the last one answered
+        (None if none)."""
         async with self.conn.pipeline() as pipeline:
-            cur = await self.conn.execute(statement, params)
+            cur = None
+            for statement, params in statements:
+                if statement is not None:
+                    cur = await self.conn.execute(statement, params)
             await self.conn.execute(b"COMMIT")
             await pipeline.sync()
-            return await cur.fetchone() if cur.description else None
+            return await cur.fetchone() if cur is not None and cur.description else None
 
     async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
         status = self.conn.info.transaction_status
@@ -600,6 +627,10 @@ class TableWriter:
         # A first load: pages are copied straight into the table while it held nothing but what
         # this writer copied into it (None: not looked yet). See write.
         self._direct: bool | None = None
+        # How many block ranges of the BRIN index the table reached at the last summary this
+        # writer made (None: none yet; its first page's summary covers whatever an earlier run,
+        # cut short, left unsummarised).
+        self._summarised: int | None = None
 
     async def load_state(self) -> dict[str, Any]:
         """The incremental state saved with the last written page (``{}`` before the first)."""
@@ -641,17 +672,20 @@ class TableWriter:
         rows = plan.rows(records, tuples=tuples)
         if after is not None:
             after = asyncio.ensure_future(after)  # awaited again if the page is written a second time
-        inserted: int | None = None
+        ranges: int | None = None
+        written = False
         if rows and plan.unique(rows):
             try:
-                inserted = await self._write(rows, state, run_id, after, distinct=False, plain=plain)
+                ranges = await self._write(rows, state, run_id, after, distinct=False, plain=plain)
+                written = True
             except (psycopg.errors.UniqueViolation, psycopg.errors.CardinalityViolation):
                 # Keys equal for PostgreSQL though not for Python, or already in the table.
                 self._direct = False
-        if inserted is None:
-            inserted = await self._write(rows, state, run_id, after, distinct=True, plain=plain)
-        if inserted and plan.summarize is not None:
-            await self._summarize(plan.summarize)
+        if not written:
+            ranges = await self._write(rows, state, run_id, after, distinct=True, plain=plain)
+        if ranges is not None and ranges != self._summarised and plan.summarize is not None:
+            if await self._summarize(plan.summarize):
+                self._summarised = ranges
         return len(rows)
 
     async def _write(
@@ -663,8 +697,9 @@ class TableWriter:
         *,
         distinct: bool,
         plain: bool = False,
-    ) -> int:
-        """One page's transaction; returns how many of its rows were new."""
+    ) -> int | None:
+        """One page's transaction; returns how many block ranges of the BRIN index the table reaches
+        after it (None: no rows written, or no such index)."""
         plan, table = self._plan, self.table
         params = {"connection": table.connection_id, "stream": table.stream, "state": Jsonb(dict(state))}
         async with self.warehouse.servers.connection(table.placement) as conn:
@@ -682,30 +717,38 @@ class TableWriter:
                     tail = (moment(now).isoformat(), run_id)
                     async with _PageTransaction(conn, plan.sql(conn, "begin_direct")) as tx:
                         await _copy(conn, plan.sql(conn, "copy_direct"), rows, plain, tail)
-                        await tx.commit_with(_SAVE_STATE_SQL, {**params, "now": now})
-                    return len(rows)
+                        reached = await tx.commit_with(
+                            (_SAVE_STATE_SQL, {**params, "now": now}), (plan.ranges_sql(conn), None)
+                        )
+                    return int(reached["ranges"]) if reached else None
             if not rows:  # only a cursor to save, once the page before is in: one statement
                 if after is not None:
                     await after
                 await conn.execute(_SAVE_STATE_SQL, {**params, "now": self.warehouse.now()})
-                return 0
+                return None
             async with _PageTransaction(conn, plan.sql(conn, "begin_page")) as tx:
                 await _copy(conn, plan.sql(conn, "copy"), rows, plain)
                 if after is not None:
                     await after
                 now = self.warehouse.now()
                 statement = plan.sql(conn, "upsert" if distinct else "upsert_unique")
-                counted = await tx.commit_with(statement, {**params, "now": now, "stamp": moment(now), "run": run_id})
-            return int(counted["inserted"]) if counted else 0
+                reached = await tx.commit_with(
+                    (statement, {**params, "now": now, "stamp": moment(now), "run": run_id}),
+                    (plan.ranges_sql(conn), None),
+                )
+            return int(reached["ranges"]) if reached else None
 
-    async def _summarize(self, statement: sql.Composed) -> None:
+    async def _summarize(self, statement: sql.Composed) -> bool:
+        """Whether the index now summarises every range (False: left to VACUUM or the next page)."""
         try:
             async with self.warehouse.servers.connection(self.table.placement) as conn:
                 await conn.execute(statement)
+            return True
         except psycopg.errors.LockNotAvailable:
-            pass  # VACUUM (or the next page's summary) has the index: it summarises these ranges
+            return False  # VACUUM (or the next page's summary) has the index: it summarises these ranges
         except psycopg.Error:  # the page is committed; a summary is only an optimisation
             logger.warning("could not summarise the _synced_at index of %s", self.table.physical, exc_info=True)
+            return False
 
     async def mark_missing_deleted(self, run_id: int) -> int:
         """After a full read by ``run_id``: rows it did not write are gone at the provider. Sets
@@ -835,7 +878,7 @@ class Warehouse:
             placement = await self.placement(sub_account_id, create=True)
             assert placement is not None
             table = await self._ensure_table(placement, connection_id, stream)
-            plan = _plan(table, stream, brin_index=await self._brin_index(table))
+            plan = _plan(table, stream, brin=await self._brin_index(table))
             cached = self._plans[key] = (table, plan)
         return TableWriter(self, *cached)
 
@@ -845,15 +888,17 @@ class Warehouse:
             row = await cur.fetchone()
         return bool(row and row["warehouse_schema"])
 
-    async def _brin_index(self, table: WarehouseTable) -> int | None:
+    async def _brin_index(self, table: WarehouseTable) -> _Brin | None:
         async with self.servers.connection(table.placement) as conn:
             cur = await conn.execute(
-                "SELECT i.indexrelid AS oid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+                "SELECT i.indexrelid AS index, i.indrelid AS table, COALESCE((SELECT option_value::int"
+                " FROM pg_options_to_table(c.reloptions) WHERE option_name = 'pages_per_range'), 128) AS per"
+                " FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
                 " JOIN pg_am a ON a.oid = c.relam WHERE i.indrelid = %s::regclass AND a.amname = 'brin'",
                 (table.identifier.as_string(conn),),
             )
             row = await cur.fetchone()
-        return int(row["oid"]) if row else None
+        return _Brin(int(row["index"]), int(row["table"]), int(row["per"])) if row else None
 
     async def _exists(self, table: WarehouseTable) -> bool:
         async with self.store.connection() as conn:

@@ -261,6 +261,29 @@ async def test_re_syncs_update_in_place_and_new_rows_are_summarised_into_the_syn
         assert (await cur.fetchone())["n"] == 0  # type: ignore[index]
 
 
+async def test_rows_a_re_sync_moves_to_new_blocks_are_summarised_too(env: Env) -> None:
+    """Updated rows that no longer fit on their page go to blocks the table grows into: those
+    block ranges need a summary as much as inserted rows do (nothing was inserted here)."""
+    account, connection = env.accounts[0], env.connections[env.accounts[0]][0]
+    table = await env.warehouse.open_table(account, connection, contacts())
+    target = table.table.identifier
+    size = sql.SQL("SELECT pg_relation_size({}::regclass) AS size").format(sql.Literal(target.as_string(None)))
+    for run, company in ((1, "Acme"), (2, "A much longer company name " * 60)):
+        for start in range(0, 3000, 500):
+            await table.write([contact(i, company=company) for i in range(start, start + 500)], {}, run_id=run)
+        async with env.warehouse.servers.connection(table.table.placement) as conn:
+            grown = (await (await conn.execute(size)).fetchone())["size"]  # type: ignore[index]
+        if run == 1:
+            before = grown
+    assert grown > 4 * before  # the long names made the table grow: past its first block range
+    async with env.warehouse.servers.connection(table.table.placement) as conn:
+        count = await (await conn.execute(sql.SQL("SELECT COUNT(*) AS n FROM {}").format(target))).fetchone()
+        assert count == {"n": 3000}
+        index = sql.Identifier(table.table.schema, f"{table.table.physical[:45]}__synced").as_string(conn)
+        cur = await conn.execute("SELECT brin_summarize_new_values(%s::regclass) AS n", (index,))
+        assert (await cur.fetchone())["n"] == 0  # type: ignore[index]
+
+
 async def test_a_page_write_does_not_wait_for_vacuum_s_lock(env: Env) -> None:
     account, connection = env.accounts[0], env.connections[env.accounts[0]][0]
     table = await env.warehouse.open_table(account, connection, contacts())
