@@ -449,8 +449,10 @@ def _plan(table: WarehouseTable, stream: Stream, *, brin: _Brin | None) -> _Writ
         # The page's rows and cursor are re-fetchable from the provider, so the commit does not wait
         # for the WAL flush: a server crash can lose the last pages, rows and cursor together (never
         # one without the other), and the next run fetches them again.
+        # The temporary table is there from the connection's first page on: without the lower
+        # client_min_messages PostgreSQL would send a notice saying so on every page.
         begin_page=sql.SQL(
-            "SET LOCAL synchronous_commit = off; SET LOCAL TimeZone = 'UTC';"
+            "SET LOCAL synchronous_commit = off; SET LOCAL TimeZone = 'UTC'; SET LOCAL client_min_messages = warning;"
             " CREATE TEMP TABLE IF NOT EXISTS {} ({}) ON COMMIT DELETE ROWS"
         ).format(temp, temp_cols),
         begin_direct=sql.SQL("SET LOCAL synchronous_commit = off; SET LOCAL TimeZone = 'UTC'"),

@@ -5,6 +5,7 @@ and a wrong type or a missing field is ``400 validation_error`` naming the field
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -376,3 +377,14 @@ def test_the_byte_precheck_skips_only_bodies_that_the_walk_would_pass() -> None:
         b'{"x": "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["}',  # brackets in a string count: walked, passes
     ):
         assert could_hold_unstorable(body) or not walk_refuses(body), body
+
+
+def test_connect_form_values_come_as_sent_without_serializer_warnings() -> None:
+    """The connector's form checks its own fields (with its labels): the body hands them on as
+    they came, even a value of a type the schema does not list, without pydantic complaining."""
+    given = rq.ConnectionCreate.model_validate({"servertype_id": 3, "login": ["x"], "password": "y", "name": "Bank"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        values = given.form_values()
+    assert values == {"servertype_id": 3, "name": "Bank", "login": ["x"], "password": "y"}
+    assert list(values) == ["servertype_id", "name", "login", "password"]

@@ -284,6 +284,24 @@ async def test_rows_a_re_sync_moves_to_new_blocks_are_summarised_too(env: Env) -
         assert (await cur.fetchone())["n"] == 0  # type: ignore[index]
 
 
+async def test_pages_after_the_first_bring_no_notice_from_the_server(env: Env) -> None:
+    """The page's temporary table already exists on a connection's later pages: PostgreSQL says
+    so in a notice unless told to keep it (one message less to make, send and read per page)."""
+    account, connection = env.accounts[0], env.connections[env.accounts[0]][0]
+    table = await env.warehouse.open_table(account, connection, contacts())
+    placement = table.table.placement
+    notices: list[str] = []
+    async with await psycopg.AsyncConnection.connect(
+        env.warehouse.servers.url(placement.server, placement.database), autocommit=True
+    ) as conn:
+        conn.add_notice_handler(lambda diagnostic: notices.append(str(diagnostic.message_primary)))
+        begin = table._plan.sql(conn, "begin_page")
+        for _ in range(3):
+            await conn.execute(b"BEGIN; " + begin)
+            await conn.execute("COMMIT")
+    assert notices == []
+
+
 async def test_a_page_write_does_not_wait_for_vacuum_s_lock(env: Env) -> None:
     account, connection = env.accounts[0], env.connections[env.accounts[0]][0]
     table = await env.warehouse.open_table(account, connection, contacts())

@@ -72,7 +72,7 @@ async def create_server(request: Request) -> JSONResponse:
     # oauth_strict: the sign-in's start page goes on only with oauth_nonce handed over by the
     # window that opened it (the widget does this), not on its own after a Continue press.
     connection, sign_in = await svc.connections.create(
-        account, connector, name, given.model_dump(exclude_unset=True), strict=given.oauth_strict
+        account, connector, name, given.form_values(), strict=given.oauth_strict
     )
     body = await svc.connections.view(account, connection)
     if sign_in is None:

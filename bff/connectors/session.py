@@ -102,6 +102,7 @@ class ConnectorSession:
         self._lock = asyncio.Lock()
         self._lookups: dict[str, str] = {}
         self._base_url: str | None = None
+        self._origin: tuple[str | None, tuple[str, str, int | None] | None] = (None, None)
         self.display = connector.display_name
         headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
         headers.update(dict(connector.headers))
@@ -263,11 +264,19 @@ class ConnectorSession:
 
     def check_origin(self, url: httpx.URL) -> None:
         # Never send credentials to a host the provider points us to unless it is the API's own host.
-        base = httpx.URL(self._base_url) if self._base_url else None
-        if base is None or (url.scheme, url.host, url.port) != (base.scheme, base.host, base.port):
+        if (url.scheme, url.host, url.port) != self._base_origin():
             raise ProviderError(
                 f"{self.display} pointed the next page to another host; refusing to send credentials there."
             )
+
+    def _base_origin(self) -> tuple[str, str, int | None] | None:
+        """The API's scheme, host and port (parsed once per base URL, not on every page)."""
+        parsed_from, origin = self._origin
+        if parsed_from != self._base_url:
+            base = httpx.URL(self._base_url) if self._base_url else None
+            origin = None if base is None else (base.scheme, base.host, base.port)
+            self._origin = (self._base_url, origin)
+        return origin
 
     def auth_error(self, status: int | None) -> CredentialsRejected:
         if self.connector.auth.kind == "bearer":
@@ -427,7 +436,7 @@ class ConnectorSession:
             target: str | httpx.URL, query: dict[str, str] | None, followed: bool
         ) -> tuple[httpx.Response, Any]:
             if followed:
-                self.check_origin(httpx.URL(str(target)))
+                self.check_origin(target if isinstance(target, httpx.URL) else httpx.URL(target))
             response, body = await self._call("GET", target, query, label)
             if answers is not None:
                 answers[:] = [response]

@@ -69,6 +69,12 @@ class FormBody(OpenBody):
         parsed.__pydantic_extra__ = {key: value for key, value in data.items() if key not in cls.model_fields}
         return parsed
 
+    def form_values(self) -> dict[str, Any]:
+        """The declared fields given, then the form's as they came (unchecked here: ``model_dump``
+        would serialise them by the schema's types and warn about any other value)."""
+        extra = self.__pydantic_extra__ or {}
+        return {**self.model_dump(exclude_unset=True, exclude=set(extra)), **extra}
+
 
 def text(value: Any, *, max_length: int, required: bool, strip: bool = False) -> str | None:
     """A non-blank string: ``""`` and spaces are "Must not be empty.", None is absent (or required)."""
