@@ -28,7 +28,7 @@ from .errors import EXCEPTION_HANDLERS
 from .events import AppEvents
 from .files import secure_data_dir
 from .jobs import SCRIPT_QUEUE, JobQueue
-from .middleware import AccessLogMiddleware, BodyLimitMiddleware, CORSMiddleware, SecurityHeadersMiddleware
+from .middleware import EdgeMiddleware
 from .query_tables import QueryTables
 from .runtime import Runtime
 from .sandbox import SandboxOptions, create_sandbox_app
@@ -224,15 +224,14 @@ def http_app(services: Services, *, lifespan: Lifespan[Starlette] | None = None)
     app = ApiApp(
         routes=routes,
         middleware=[
-            Middleware(AccessLogMiddleware),
-            Middleware(SecurityHeadersMiddleware, hsts=services.settings.hsts),
             Middleware(
-                CORSMiddleware,
+                EdgeMiddleware,
+                max_bytes=services.settings.max_body_bytes,
                 is_allowed=services.origin_registered,
                 partner_of=services.tokens.partner_of,
                 partner_has_origin=services.store.partners.has_origin,
+                hsts=services.settings.hsts,
             ),
-            Middleware(BodyLimitMiddleware, max_bytes=services.settings.max_body_bytes),
         ],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,

@@ -1,5 +1,5 @@
-"""ASGI middleware: security headers, header and body size limits, CORS for the token's partner's origins,
-access log."""
+"""The ASGI middleware: access log, security headers, CORS for the token's partner's origins, header and
+body size limits, as one layer (:class:`EdgeMiddleware`)."""
 
 from __future__ import annotations
 
@@ -47,47 +47,143 @@ class _BodyTooLarge(Exception):
     pass
 
 
-class BodyLimitMiddleware:
-    """Reject more than ``MAX_HEADER_COUNT`` headers or ``MAX_HEADER_BYTES`` of them with 431, and
-    bodies over ``max_bytes`` with 413, by Content-Length or while streaming."""
+class EdgeMiddleware:
+    """What every request passes through, from the outside in (one layer, not four: each layer was
+    another coroutine on every request and on every resumption of it):
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+    1. the access log: one line per request when ``bff.access`` logs INFO: method, path (never the
+       query string: it may hold OAuth codes), status, ms;
+    2. security headers on every answer: ``nosniff`` always, ``no-store`` on the API (its answers hold
+       customer data or tokens: no browser or proxy may keep them; the SDK does its own conditional
+       requests with ``If-None-Match``), HSTS when asked;
+    3. CORS headers only for origins registered on the token's own partner, public assets for all. A
+       preflight carries no token, so it is answered for any registered origin (it reveals nothing).
+       The request itself gets CORS headers only when its origin is registered on the partner its
+       token belongs to; without a valid token (an error answer follows) any registered origin may
+       read the error. ``is_allowed`` is an async callable (the store's origin list, cached briefly),
+       so a partner added by `bff partner create` to a running server is picked up; ``partner_of``
+       names the partner of a verified token (``None`` if it does not verify); ``partner_has_origin``
+       asks the store;
+    4. more than ``MAX_HEADER_COUNT`` headers or ``MAX_HEADER_BYTES`` of them are refused with 431,
+       bodies over ``max_bytes`` with 413 (by Content-Length or while streaming).
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_bytes: int,
+        is_allowed: Callable[[str], Awaitable[bool]],
+        partner_of: Callable[[str], int | None] | None = None,
+        partner_has_origin: Callable[[int, str], Awaitable[bool]] | None = None,
+        hsts: bool = False,
+        no_store_prefixes: tuple[str, ...] = ("/api/", "/oauth/"),
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.is_allowed = is_allowed
+        self.partner_of = partner_of
+        self.partner_has_origin = partner_has_origin
+        self.hsts = hsts
+        self.no_store_prefixes = no_store_prefixes
+        self._answers: dict[tuple[int, str], tuple[float, bool]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        raw_length: bytes | None = None
-        chunked = False
-        headers = scope["headers"]
-        size = 0
-        for name, value in headers:  # ASGI servers give header names in lower case
-            size += len(name) + len(value)
-            if name == b"content-length":
-                raw_length = value
-            elif name == b"transfer-encoding":
-                chunked = True
-        if len(headers) > MAX_HEADER_COUNT or size > MAX_HEADER_BYTES:
-            await _send_json(
-                send,
-                431,
-                {
-                    "detail": f"Too many or too large request headers (at most {MAX_HEADER_COUNT},"
-                    f" {MAX_HEADER_BYTES // 1024} KiB in all).",
-                    "code": "headers_too_large",
-                },
-            )
-            return
-        length = raw_length.decode("latin-1") if raw_length is not None else None
-        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
-            await self._reject(send)
-            return
-        if length is not None and not chunked:
-            # The server delivers exactly Content-Length bytes of body: nothing to count.
-            await self.app(scope, receive, send)
-            return
+        # 1. The access log.
+        logged = access_logger.isEnabledFor(logging.INFO)
+        started = time.perf_counter()
+        status = 500
+        if logged:
+            outer_send = send
+
+            async def capture(message: Message) -> None:
+                nonlocal status
+                if message["type"] == "http.response.start":
+                    status = message["status"]
+                await outer_send(message)
+
+            send = capture
+        try:
+            # 2. Security headers on whatever is answered from here on.
+            send = self._with_security_headers(scope, send)
+            raw_length: bytes | None = None
+            chunked = has_origin = False
+            headers = scope["headers"]
+            size = 0
+            for name, value in headers:  # ASGI servers give header names in lower case
+                size += len(name) + len(value)
+                if name == b"content-length":
+                    raw_length = value
+                elif name == b"transfer-encoding":
+                    chunked = True
+                elif name == b"origin":
+                    has_origin = True
+            # 3. CORS (most calls come from back-ends: no Origin, nothing to do).
+            if has_origin:
+                with_cors = await self._cors(scope, send)
+                if with_cors is None:  # a preflight, answered
+                    return
+                send = with_cors
+            # 4. The size limits.
+            if len(headers) > MAX_HEADER_COUNT or size > MAX_HEADER_BYTES:
+                await _send_json(
+                    send,
+                    431,
+                    {
+                        "detail": f"Too many or too large request headers (at most {MAX_HEADER_COUNT},"
+                        f" {MAX_HEADER_BYTES // 1024} KiB in all).",
+                        "code": "headers_too_large",
+                    },
+                )
+                return
+            length = raw_length.decode("latin-1") if raw_length is not None else None
+            if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+                await self._reject_body(send)
+                return
+            if length is not None and not chunked:
+                # The server delivers exactly Content-Length bytes of body: nothing to count.
+                await self.app(scope, receive, send)
+                return
+            await self._counting_body(scope, receive, send)
+        finally:
+            if logged:
+                access_logger.info(
+                    "%s %s %d %.1fms", scope["method"], scope["path"], status, (time.perf_counter() - started) * 1000
+                )
+
+    def _with_security_headers(self, scope: Scope, send: Send) -> Send:
+        no_store = scope["path"].startswith(self.no_store_prefixes)
+        hsts_wanted = self.hsts
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = []
+                nosniff = hsts = False
+                for header in message.get("headers", ()):
+                    lower = header[0].lower()
+                    if lower == b"cache-control" and no_store:
+                        continue
+                    headers.append(header)
+                    if lower == b"x-content-type-options":
+                        nosniff = True
+                    elif lower == b"strict-transport-security":
+                        hsts = True
+                if not nosniff:
+                    headers.append(NOSNIFF)
+                if no_store:
+                    headers.append(NO_STORE)
+                if hsts_wanted and not hsts:
+                    headers.append((b"strict-transport-security", HSTS_VALUE))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        return send_with_headers
+
+    async def _counting_body(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The app with a body of unknown length (chunked, or no Content-Length), counted as it streams."""
         received = 0
         started = False
 
@@ -110,9 +206,9 @@ class BodyLimitMiddleware:
             await self.app(scope, limited_receive, tracking_send)
         except _BodyTooLarge:
             if not started:
-                await self._reject(send)
+                await self._reject_body(send)
 
-    async def _reject(self, send: Send) -> None:
+    async def _reject_body(self, send: Send) -> None:
         await _send_json(
             send,
             413,
@@ -121,80 +217,6 @@ class BodyLimitMiddleware:
                 "code": "payload_too_large",
             },
         )
-
-
-class SecurityHeadersMiddleware:
-    """Headers every answer carries: ``nosniff`` always, ``no-store`` on the API (customer data), HSTS when asked.
-
-    The API's answers hold customer data or tokens: no browser or proxy may keep them
-    (the SDK does its own conditional requests with ``If-None-Match``).
-    """
-
-    def __init__(
-        self, app: ASGIApp, *, hsts: bool = False, no_store_prefixes: tuple[str, ...] = ("/api/", "/oauth/")
-    ) -> None:
-        self.app = app
-        self.hsts = hsts
-        self.no_store_prefixes = no_store_prefixes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        no_store = scope["path"].startswith(self.no_store_prefixes)
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = []
-                nosniff = hsts = False
-                for header in message.get("headers", ()):
-                    lower = header[0].lower()
-                    if lower == b"cache-control" and no_store:
-                        continue
-                    headers.append(header)
-                    if lower == b"x-content-type-options":
-                        nosniff = True
-                    elif lower == b"strict-transport-security":
-                        hsts = True
-                if not nosniff:
-                    headers.append(NOSNIFF)
-                if no_store:
-                    headers.append(NO_STORE)
-                if self.hsts and not hsts:
-                    headers.append((b"strict-transport-security", HSTS_VALUE))
-                message = {**message, "headers": headers}
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
-
-
-class CORSMiddleware:
-    """CORS headers only for origins registered on the token's own partner; public assets for all.
-
-    A preflight carries no token, so it is answered for any registered origin (it reveals
-    nothing). The request itself is answered with CORS headers only when its origin is
-    registered on the partner its token belongs to; without a valid token (an error
-    answer follows) any registered origin may read the error.
-
-    ``is_allowed`` is an async callable (the store's origin list, cached briefly),
-    so a partner added by `bff partner create` to a running server is picked up.
-    ``partner_of`` names the partner of a verified token (``None`` if it does not verify);
-    ``partner_has_origin`` asks the store.
-    """
-
-    def __init__(
-        self,
-        app: ASGIApp,
-        *,
-        is_allowed: Callable[[str], Awaitable[bool]],
-        partner_of: Callable[[str], int | None] | None = None,
-        partner_has_origin: Callable[[int, str], Awaitable[bool]] | None = None,
-    ) -> None:
-        self.app = app
-        self.is_allowed = is_allowed
-        self.partner_of = partner_of
-        self.partner_has_origin = partner_has_origin
-        self._answers: dict[tuple[int, str], tuple[float, bool]] = {}
 
     async def _allowed_for_token(self, authorization: str, origin: str) -> bool | None:
         """Whether the token's own partner registered ``origin``; ``None`` without a valid token."""
@@ -213,21 +235,13 @@ class CORSMiddleware:
         self._answers[partner_id, origin] = (now, answer)
         return answer
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        for name, _ in scope["headers"]:
-            if name == b"origin":
-                break
-        else:  # most calls: back-ends, no CORS
-            await self.app(scope, receive, send)
-            return
+    async def _cors(self, scope: Scope, send: Send) -> Send | None:
+        """``send`` with CORS headers when the request's Origin may read the answer (``send`` itself
+        when it may not); ``None`` when this was a preflight, answered here."""
         headers = Headers(scope=scope)
         origin = headers.get("origin")
         if not origin:
-            await self.app(scope, receive, send)
-            return
+            return send
         public = scope["path"].startswith(PUBLIC_CORS_PREFIXES)
         preflight = scope["method"] == "OPTIONS" and "access-control-request-method" in headers
         authorization = headers.get("authorization")
@@ -242,7 +256,7 @@ class CORSMiddleware:
                     403,
                     {"detail": f"Origin {origin} is not registered on any partner.", "code": "origin_not_allowed"},
                 )
-                return
+                return None
             await send(
                 {
                     "type": "http.response.start",
@@ -257,10 +271,9 @@ class CORSMiddleware:
                 }
             )
             await send({"type": "http.response.body", "body": b""})
-            return
+            return None
         if not allowed:
-            await self.app(scope, receive, send)
-            return
+            return send
 
         async def send_with_cors(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -272,31 +285,4 @@ class CORSMiddleware:
                 message = {**message, "headers": list(message.get("headers", [])) + extra}
             await send(message)
 
-        await self.app(scope, receive, send_with_cors)
-
-
-class AccessLogMiddleware:
-    """One line per request: method, path (never the query string: it may hold OAuth codes), status, ms."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not access_logger.isEnabledFor(logging.INFO):
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-
-        async def capture(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, capture)
-        finally:
-            access_logger.info(
-                "%s %s %d %.1fms", scope["method"], scope["path"], status, (time.perf_counter() - started) * 1000
-            )
+        return send_with_cors

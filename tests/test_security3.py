@@ -411,6 +411,37 @@ async def test_too_many_or_too_large_headers_are_431(bff: BFF) -> None:
         assert answer.headers["x-content-type-options"] == "nosniff"
 
 
+async def test_the_access_log_names_method_path_and_status_never_the_query_or_a_token(
+    bff: BFF, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With ``bff.access`` at INFO, one line per request (preflights and refusals too), through the one
+    middleware layer that also adds the security and CORS headers; nothing of the query string (it may
+    hold OAuth codes) and no token."""
+    import logging
+    import re
+
+    _, partner_token = await bff.partner(origins=("http://localhost:8001",))
+    origin = {"Origin": "http://localhost:8001"}
+    with caplog.at_level(logging.INFO, logger="bff.access"):
+        ok = await bff.client.get("/api/partner?code=oauth-code-123", headers={**auth(partner_token), **origin})
+        preflight = await bff.client.options("/api/partner", headers={**origin, "Access-Control-Request-Method": "GET"})
+        refused = await bff.client.get("/api/partner", headers={**auth(partner_token), "x-big": "a" * (17 * 1024)})
+    assert (ok.status_code, preflight.status_code, refused.status_code) == (200, 204, 431)
+    lines = [record.getMessage() for record in caplog.records if record.name == "bff.access"]
+    assert len(lines) == 3, lines
+    expected_lines = ("GET /api/partner 200", "OPTIONS /api/partner 204", "GET /api/partner 431")
+    for line, expected in zip(lines, expected_lines, strict=True):
+        assert re.fullmatch(re.escape(expected) + r" \d+\.\dms", line), line
+    assert "oauth-code-123" not in caplog.text and partner_token not in caplog.text
+    for answer in (ok, preflight, refused):
+        assert answer.headers["x-content-type-options"] == "nosniff" and answer.headers["cache-control"] == "no-store"
+    assert (
+        ok.headers["access-control-allow-origin"]
+        == preflight.headers["access-control-allow-origin"]
+        == origin["Origin"]
+    )
+
+
 async def test_dot_and_dot_dot_are_refused_as_record_ids(settings_factory: Callable[..., Settings]) -> None:
     from records_helpers import crm, customer
 
