@@ -203,6 +203,13 @@ def build_services(
     return ServiceContext(services, migrate_on_start=migrate_on_start)
 
 
+class ApiApp(Starlette):
+    """The HTTP API's Starlette, its services also a plain attribute for :func:`bff.auth.services` (every
+    request's lookup): ``app.state`` finds its attributes through ``__getattr__``, ten times slower."""
+
+    services: Services
+
+
 def http_app(services: Services, *, lifespan: Lifespan[Starlette] | None = None) -> Starlette:
     """The HTTP API over these services: routes, middleware, the one error handler. A worker
     without a web app (``bff worker``) builds it, with no lifespan and no port, only to answer its
@@ -214,7 +221,7 @@ def http_app(services: Services, *, lifespan: Lifespan[Starlette] | None = None)
     if services.sandbox is not None:
         routes.append(Mount("/sandbox", app=services.sandbox, name="sandbox"))
     routes.append(Route("/openapi.json", openapi.endpoint(routes), methods=["GET"], include_in_schema=False))
-    app = Starlette(
+    app = ApiApp(
         routes=routes,
         middleware=[
             Middleware(AccessLogMiddleware),
@@ -230,7 +237,7 @@ def http_app(services: Services, *, lifespan: Lifespan[Starlette] | None = None)
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
-    app.state.services = services
+    app.state.services = app.services = services
     app.state.writeback = services.writeback
     # Scripts reach the API over a socket of their own, served by this process.
     services.scripts.serve_api(app)

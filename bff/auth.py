@@ -30,7 +30,7 @@ class Caller:
 
 
 def services(request: Request) -> Services:
-    return request.app.state.services  # type: ignore[no-any-return]
+    return request.app.services  # type: ignore[no-any-return]  # bff.app.ApiApp's, the same as app.state.services
 
 
 async def authenticate(

@@ -346,6 +346,9 @@ def test_json_answer_is_starlettes_json_response_byte_for_byte() -> None:
         answer = bff.http.JSONAnswer(content, headers={"Cache-Control": "no-store"})
         assert answer.body == JSONResponse(content).body
         assert answer.raw_headers == JSONResponse(content, headers={"Cache-Control": "no-store"}).raw_headers
+        # Minted tokens' answer: its headers written directly, the same list.
+        no_store = bff.http.NoStoreJSONAnswer(content)
+        assert (no_store.body, no_store.raw_headers) == (answer.body, answer.raw_headers)
 
 
 def test_the_byte_precheck_skips_only_bodies_that_the_walk_would_pass() -> None:

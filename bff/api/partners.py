@@ -12,7 +12,7 @@ from ..auth import require_partner, require_partner_with_sub_account, services
 from ..contract.queries import IdentityQuery, WhichSubAccount
 from ..contract.requests import PartnerOrigins, RotateToken, SubAccountFields
 from ..errors import BFFError, not_found
-from ..http import JSONAnswer, api_route, parse_body, parse_query, read_json, validated
+from ..http import NoStoreJSONAnswer, api_route, parse_body, parse_query, read_json, validated
 from ..shapes import sub_account_dict
 from ..store import Partner, SubAccount
 from ..tokens import MintedToken
@@ -34,15 +34,14 @@ async def lookup_sub_account(request: Request, partner: Partner) -> SubAccount:
 
 def token_response(minted: MintedToken, account: SubAccount) -> JSONResponse:
     """Integrate and identity tokens share one answer shape; never cached."""
-    return JSONAnswer(
+    return NoStoreJSONAnswer(
         {
             "token": minted.token,
             "expires_in": minted.expires_in,
             "expires_at": minted.expires_at,
             "account_id": account.id,
             "external_id": account.external_id,
-        },
-        headers={"Cache-Control": "no-store"},
+        }
     )
 
 
