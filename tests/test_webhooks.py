@@ -38,8 +38,8 @@ class Receiver:
     async def endpoint(self, request: Request) -> Response:
         body = await request.body()
         self.requests.append((dict(request.headers), body))
-        if self.hang:
-            await asyncio.sleep(30)
+        if self.hang:  # past the BFF's 10 s limit, and no longer: stopping the server waits for it
+            await asyncio.sleep(12.5)
         if self.fail > 0:
             self.fail -= 1
             return Response("boom", status_code=500)
