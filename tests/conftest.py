@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import shutil
 import tempfile
@@ -77,6 +78,15 @@ class BFF:
         )
         assert response.status_code == 200, response.text
         return response.json()  # type: ignore[no-any-return]
+
+
+async def start_of_a_window(bff: BFF, seconds: int = 60, margin: float = 15.0) -> None:
+    """Rate limits count per window of the clock (each minute): a test that spends a whole limit
+    and expects the next call refused waits for the next window when fewer than ``margin`` seconds
+    are left of this one, or its calls could fall into two windows and nothing be refused."""
+    left = seconds - bff.services.clock() % seconds
+    if left < margin:
+        await asyncio.sleep(left + 0.05)
 
 
 def auth(token: str, scheme: str = "Bearer") -> dict[str, str]:

@@ -11,7 +11,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import BFF, auth, running_bff
+from conftest import BFF, auth, running_bff, start_of_a_window
 from psycopg import sql
 from sandbox_flows import connect_crm
 from sync_helpers import sync, tables
@@ -128,6 +128,7 @@ async def test_concurrent_slow_queries_of_one_customer_are_refused_with_a_code_a
 
 async def test_database_queries_count_against_the_read_limit(sbff: BFF) -> None:
     token, _, _ = await identity_customer(sbff)
+    await start_of_a_window(sbff)
     for _ in range(119):
         assert (await sbff.client.get("/api/applications/?exclude_tables=1", headers=auth(token))).status_code == 200
     assert (await query(sbff, token, "SELECT 1")).status_code == 200  # the 120th read of the minute

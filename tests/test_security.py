@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import BFF, FakeClock, auth, running_bff
+from conftest import BFF, FakeClock, auth, running_bff, start_of_a_window
 from sandbox_flows import connect_bank
 
 from bff.errors import ApiError
@@ -880,6 +880,7 @@ async def test_the_warehouse_is_read_with_identity_tokens_only_and_reads_are_thr
             "/api/partner/sub-account/identity/", params={"account_id": account_id}, headers=auth(partner_token)
         )
     ).json()["token"]
+    await start_of_a_window(sbff)
     for _ in range(WAREHOUSE_READS.hits):
         assert (await sbff.client.get("/api/applications/", headers=auth(identity))).status_code == 200
     limited = await sbff.client.get("/api/applications/", headers=auth(identity))
