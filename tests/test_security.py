@@ -814,6 +814,7 @@ async def test_rejected_credentials_are_throttled_before_they_reach_the_provider
         _, token = await customer(one)
         wrong = {"servertype_id": "sandbox_bank", "login": "sandbox", "password": "guess"}
         stats_before = (await one.client.get("/sandbox/_control/stats")).json()
+        await start_of_a_window(one, FAILED_CREDENTIALS.seconds)
         for attempt in range(FAILED_CREDENTIALS.hits):
             process = (one, two)[attempt % 2]
             answer = await process.client.post("/api/servers", json=wrong, headers=auth(token))
@@ -849,6 +850,7 @@ async def test_connection_creation_is_throttled_per_sub_account(sbff: BFF) -> No
 
     _, token = await customer(sbff)
     good = {"servertype_id": "sandbox_bank", "login": "sandbox", "password": "sandbox"}
+    await start_of_a_window(sbff, CONNECTIONS_CREATED.seconds)
     for _ in range(CONNECTIONS_CREATED.hits):
         assert (await sbff.client.post("/api/servers", json=good, headers=auth(token))).status_code == 201
     refused = await sbff.client.post("/api/servers", json=good, headers=auth(token))
@@ -880,7 +882,7 @@ async def test_the_warehouse_is_read_with_identity_tokens_only_and_reads_are_thr
             "/api/partner/sub-account/identity/", params={"account_id": account_id}, headers=auth(partner_token)
         )
     ).json()["token"]
-    await start_of_a_window(sbff)
+    await start_of_a_window(sbff, WAREHOUSE_READS.seconds)
     for _ in range(WAREHOUSE_READS.hits):
         assert (await sbff.client.get("/api/applications/", headers=auth(identity))).status_code == 200
     limited = await sbff.client.get("/api/applications/", headers=auth(identity))
