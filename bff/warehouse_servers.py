@@ -372,7 +372,9 @@ class WarehouseServers:
         try:
             cur = await conn.execute("SELECT 1 AS found FROM pg_database WHERE datname = %s", (name,))
             if await cur.fetchone() is None:
-                await conn.execute(sql.SQL("CREATE DATABASE {}").format(db))
+                # PUBLIC may connect to a new database until the REVOKE below: closed to every login
+                # until then, a creation cut short in between leaves nothing any other role can open.
+                await conn.execute(sql.SQL("CREATE DATABASE {} ALLOW_CONNECTIONS false").format(db))
             for role, extra in ((owner, sql.SQL("")), (writer, sql.SQL(" IN ROLE {}").format(owner))):
                 with contextlib.suppress(psycopg.errors.DuplicateObject):
                     await conn.execute(sql.SQL("CREATE ROLE {} NOLOGIN{}").format(role, extra))
@@ -380,6 +382,7 @@ class WarehouseServers:
             await conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(db))
             await conn.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(db, owner))
             await conn.execute(sql.SQL("GRANT CREATE ON DATABASE {} TO {}").format(db, writer))
+            await conn.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(db))
         finally:
             await conn.close()
         async with self.transaction(placement) as conn:

@@ -302,6 +302,51 @@ async def test_pages_after_the_first_bring_no_notice_from_the_server(env: Env) -
     assert notices == []
 
 
+async def test_a_customer_database_cut_short_while_being_made_accepts_no_login(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PUBLIC may connect to a database just made, until the BFF revokes it: a creation cut short
+    in between (a worker killed) must not leave a database every login can open."""
+    account = env.accounts[0]
+    servers = env.warehouse.servers
+    admin = servers.admin
+    server = await servers.choose_server()
+    state = (
+        "SELECT datname AS name, datallowconn AS open, has_database_privilege('public', datname, 'CONNECT') AS public"
+        " FROM pg_database WHERE datname LIKE 'wh%%'"
+    )
+
+    async def databases() -> dict[str, tuple[bool, bool]]:
+        async with await admin(server) as conn:
+            return {r["name"]: (r["open"], r["public"]) for r in await (await conn.execute(state)).fetchall()}
+
+    class Cut(Exception):
+        pass
+
+    async def cut_after_create_database(server: str) -> Any:
+        conn = await admin(server)
+        execute = conn.execute
+
+        async def until_roles(query: Any, *args: Any, **kwargs: Any) -> Any:
+            if "CREATE ROLE" in (query if isinstance(query, str) else query.as_string(conn)):
+                raise Cut
+            return await execute(query, *args, **kwargs)
+
+        conn.execute = until_roles  # type: ignore[method-assign]
+        return conn
+
+    before = await databases()
+    monkeypatch.setattr(servers, "admin", cut_after_create_database)
+    with pytest.raises(Cut):
+        await env.warehouse.placement(account, create=True)
+    monkeypatch.undo()
+    left = {name: flags for name, flags in (await databases()).items() if name not in before}
+    assert list(left.values()) == [(False, True)]  # PUBLIC not revoked yet, but nobody can connect
+    # The next attempt makes the customer's database whole: open to the customer's roles only.
+    done = await env.warehouse.placement(account, create=True)
+    assert done is not None and (await databases())[done.database] == (True, False)
+
+
 async def test_a_page_write_does_not_wait_for_vacuum_s_lock(env: Env) -> None:
     account, connection = env.accounts[0], env.connections[env.accounts[0]][0]
     table = await env.warehouse.open_table(account, connection, contacts())

@@ -137,7 +137,9 @@ async def test_psql_on_a_customers_login_sees_its_typed_tables_and_nothing_of_an
     recent = mine("SELECT COUNT(*) FROM \"Sandbox CRM\".deals WHERE _synced_at > now() - interval '1 day'")
     assert recent.splitlines()[1] == str(len(DEALS)), recent
     # \l as the login may use it: its own database, no other customer's; the control database refuses it.
-    databases = mine("SELECT datname FROM pg_database WHERE has_database_privilege(datname, 'CONNECT')")
+    databases = mine(
+        "SELECT datname FROM pg_database WHERE has_database_privilege(datname, 'CONNECT') AND datallowconn"
+    )
     connectable = set(databases.splitlines()[1:-1])
     assert login["database"] in connectable and rival_login["database"] not in connectable, databases
     # Besides its own, only the server's maintenance databases (and the test suite's template), which
