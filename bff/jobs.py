@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import procrastinate
+import psycopg
 from procrastinate import exceptions as procrastinate_errors
 
 if TYPE_CHECKING:
@@ -318,11 +319,10 @@ class JobQueue:
         `bff.warehouse_limits`). That worker is elected by a PostgreSQL session lock on the control
         database, held on a connection of its own: when it stops or dies, the lock goes with its
         session and another worker's next round takes over."""
-        import psycopg
-
         from .warehouse_limits import stop_overrunning  # loaded with the services, not with this module
 
-        lock: Any = None  # this worker's connection for the lock (kept: no new session per round)
+        # This worker's connection for the lock, kept between rounds (no new session per round).
+        lock: psycopg.AsyncConnection[Any] | None = None
         elected = False
         try:
             while True:
