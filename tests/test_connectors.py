@@ -903,6 +903,64 @@ async def test_next_link_to_another_host_is_refused(connectors, rec):
             await collect(sess, "transactions")
 
 
+def _three_bank_pages(asked: list[int], *, stall: asyncio.Event | None = None, failing: int | None = None):
+    """Three linked pages of one record each; ``asked`` gets each page number as it is requested.
+    ``stall``: page 2 waits for it; ``failing``: that page answers 404."""
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        page = int(request.url.params.get("page", 1))
+        asked.append(page)
+        if stall is not None and page == 2:
+            await stall.wait()
+        if page == failing:
+            return httpx.Response(404, json={"message": "gone"})
+        headers = {"Link": f'<{request.url.copy_set_param("page", str(page + 1))}>; rel="next"'} if page < 3 else {}
+        return httpx.Response(200, json=[{"id": f"t_{page}", "updated_at": ts(page)}], headers=headers)
+
+    return handler
+
+
+async def test_the_next_linked_page_is_asked_for_while_this_one_is_read(connectors, rec):
+    """A Link header names the next page before the body is decoded: that request is already sent
+    when the page reaches the reader (the provider prepares it meanwhile), one at a time, and
+    never past the last page."""
+    asked: list[int] = []
+    async with httpx.AsyncClient(transport=httpx.MockTransport(_three_bank_pages(asked))) as client:
+        sess = session(connectors, "sandbox_bank", client, rec, credentials={"login": "sandbox", "password": "sandbox"})
+        seen = []
+        async for page in sess.read("transactions"):
+            seen.append((page.records[0]["id"], list(asked)))
+    assert seen == [("t_1", [1, 2]), ("t_2", [1, 2, 3]), ("t_3", [1, 2, 3])]
+
+
+async def test_a_next_page_that_fails_fails_after_the_page_before_is_read(connectors, rec):
+    asked: list[int] = []
+    async with httpx.AsyncClient(transport=httpx.MockTransport(_three_bank_pages(asked, failing=2))) as client:
+        sess = session(connectors, "sandbox_bank", client, rec, credentials={"login": "sandbox", "password": "sandbox"})
+        seen = []
+        with pytest.raises(ProviderError, match="HTTP 404"):
+            async for page in sess.read("transactions"):
+                seen.append(page.records[0]["id"])
+    assert seen == ["t_1"]
+
+
+async def test_a_reader_that_stops_early_cancels_the_page_asked_for_ahead(connectors, rec):
+    asked: list[int] = []
+    stall = asyncio.Event()
+    async with httpx.AsyncClient(transport=httpx.MockTransport(_three_bank_pages(asked, stall=stall))) as client:
+        sess = session(connectors, "sandbox_bank", client, rec, credentials={"login": "sandbox", "password": "sandbox"})
+        reading = sess.read("transactions")
+        first = await anext(reading)
+        assert first.records[0]["id"] == "t_1" and asked == [1, 2]
+        pending = {t for t in asyncio.all_tasks() if t is not asyncio.current_task()}
+        assert pending, "page 2 is being fetched"
+        await reading.aclose()
+        await asyncio.sleep(0)
+        assert all(t.done() for t in pending)
+        assert all(t.cancelled() for t in pending)
+    assert asked == [1, 2]
+
+
 async def test_throughput_of_read_and_normalise(connectors, rec):
     """20,000 records through the engine (MockTransport, 500 per page) well within a second or two."""
     rows = [

@@ -4,11 +4,18 @@ A pager gets the request it made and the answer, and returns the next request
 or ``None`` when that was the last page. Pagers that follow provider-given URLs
 (``link_header``, ``next_url``) return absolute URLs, which the loop checks
 against the API's own origin before sending credentials there.
+
+A pager whose next request follows from the answer's headers alone (``link_header``:
+``from_headers``) has that request sent as soon as the answer is in, before its body is
+decoded: the provider prepares the next page while this one is decoded and written. Still one
+request in flight at a time, never one the serial loop would not have made.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -122,9 +129,10 @@ class _FollowUrl:
 
     def __init__(self, paging: Paging, display: str) -> None:
         self.p, self.display = paging, display
+        self.from_headers = paging.kind == "link_header"
 
     def next(self, request: Request, response: httpx.Response, body: Any, records: list[Any]) -> Request | None:
-        if self.p.kind == "link_header":
+        if self.from_headers:
             nxt = response.links.get("next", {}).get("url")
         else:
             assert self.p.next_url_path is not None
@@ -151,7 +159,7 @@ def make_pager(paging: Paging, display: str) -> Any:
     return _PAGERS[paging.kind](paging, display)
 
 
-Call = Callable[[str | httpx.URL, dict[str, str] | None, bool], Awaitable[tuple[httpx.Response, Any]]]
+Fetch = Callable[[str | httpx.URL, dict[str, str] | None, bool], Awaitable[httpx.Response]]
 
 
 async def pages(
@@ -159,21 +167,40 @@ async def pages(
     url: str,
     params: dict[str, str],
     *,
-    call: Call,
+    fetch: Fetch,
+    body_of: Callable[[httpx.Response], Any],
     records_of: Callable[[Any], list[Any]],
     display: str,
-) -> AsyncIterator[tuple[list[Any], bool]]:
-    """Yield ``(raw records, is_last)`` per provider page. ``call(url, params, followed)``
-    makes one GET (checking a followed URL's origin) and answers ``(response, body)``."""
+) -> AsyncGenerator[tuple[list[Any], bool]]:
+    """Yield ``(raw records, is_last)`` per provider page. ``fetch(url, params, followed)`` makes
+    one GET (checking a followed URL's origin) and answers the response; ``body_of(response)``
+    decodes it (raising the read path's errors)."""
     pager = make_pager(paging, display)
     query = dict(params)
     if paging.limit_param and paging.limit:
         query[paging.limit_param] = str(paging.limit)
     if hasattr(pager, "first"):
         query = pager.first(query)
+    early = getattr(pager, "from_headers", False)
     request: Request | None = Request(url, query)
-    while request is not None:
-        response, body = await call(request.url, request.params, request.followed)
-        records = records_of(body)
-        request = pager.next(request, response, body, records)
-        yield records, request is None
+    ahead: asyncio.Task[httpx.Response] | None = None  # the next page's fetch, already sent
+    try:
+        while request is not None:
+            if ahead is not None:
+                response, ahead = await ahead, None
+            else:
+                response = await fetch(request.url, request.params, request.followed)
+            known = early and response.is_success  # else the body says what went wrong
+            following = pager.next(request, response, None, []) if known else None
+            if following is not None:
+                ahead = asyncio.ensure_future(fetch(following.url, following.params, following.followed))
+                await asyncio.sleep(0)  # let it send its request before this page is decoded
+            body = body_of(response)
+            records = records_of(body)
+            request = following if known else pager.next(request, response, body, records)
+            yield records, request is None
+    finally:
+        if ahead is not None:
+            ahead.cancel()
+            with contextlib.suppress(BaseException):
+                await ahead

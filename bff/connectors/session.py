@@ -20,9 +20,10 @@ filters are treated as exclusive (``> cursor``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -370,7 +371,16 @@ class ConnectorSession:
         self, method: str, url: str | httpx.URL, params: Mapping[str, str] | None, label: str, *, want_json: bool = True
     ) -> tuple[httpx.Response, Any]:
         """A read: :meth:`request`, then the read path's error mapping (403, 4xx, flagged 200s)."""
-        response = await self.request(method, url, params, label, is_auth_failure=self.flagged_auth_failure)
+        response = await self._answer(method, url, params, label)
+        return response, self._body(response, method, url, want_json=want_json)
+
+    async def _answer(
+        self, method: str, url: str | httpx.URL, params: Mapping[str, str] | None, label: str
+    ) -> httpx.Response:
+        return await self.request(method, url, params, label, is_auth_failure=self.flagged_auth_failure)
+
+    def _body(self, response: httpx.Response, method: str, url: str | httpx.URL, *, want_json: bool = True) -> Any:
+        """The decoded body of a read's answer, or the read path's error for it."""
         status = response.status_code
         body: Any = None
         if 200 <= status < 300 and (want_json or self.connector.response_check):
@@ -398,7 +408,7 @@ class ConnectorSession:
                 code="not_found" if status == 404 else "provider_error",
                 status=status,
             )
-        return response, body
+        return body
 
     def json(self, response: httpx.Response) -> Any:
         if not response.content:
@@ -429,24 +439,26 @@ class ConnectorSession:
         records_path: Path,
         label: str,
         answers: list[httpx.Response] | None = None,
-    ) -> AsyncIterator[tuple[list[Any], bool]]:
+    ) -> AsyncGenerator[tuple[list[Any], bool]]:
         """The stream's pages; ``answers`` (when given) holds the answer of the page just yielded."""
 
-        async def call(
-            target: str | httpx.URL, query: dict[str, str] | None, followed: bool
-        ) -> tuple[httpx.Response, Any]:
+        async def fetch(target: str | httpx.URL, query: dict[str, str] | None, followed: bool) -> httpx.Response:
             if followed:
                 self.check_origin(target if isinstance(target, httpx.URL) else httpx.URL(target))
-            response, body = await self._call("GET", target, query, label)
+            return await self._answer("GET", target, query, label)
+
+        def body_of(response: httpx.Response) -> Any:
+            body = self._body(response, "GET", response.request.url)
             if answers is not None:
                 answers[:] = [response]
-            return response, body
+            return body
 
         return pages(
             paging,
             url,
             params,
-            call=call,
+            fetch=fetch,
+            body_of=body_of,
             records_of=lambda body: self.records(body, records_path, label),
             display=self.display,
         )
@@ -479,14 +491,18 @@ class ConnectorSession:
         params = self.params(spec.params)
         options: list[dict[str, str]] = []
         seen: set[str] = set()
-        async for records, _ in self._pages(spec.paging, url, params, spec.records_path, "config options"):
-            for record in records:
-                value = get_path(record, spec.value_path)
-                if value is None or str(value) in seen:
-                    continue
-                seen.add(str(value))
-                label = get_path(record, spec.label_path)
-                options.append({"value": str(value), "label": str(label) if label not in (None, "") else str(value)})
+        pages = self._pages(spec.paging, url, params, spec.records_path, "config options")
+        async with contextlib.aclosing(pages):
+            async for records, _ in pages:
+                for record in records:
+                    value = get_path(record, spec.value_path)
+                    if value is None or str(value) in seen:
+                        continue
+                    seen.add(str(value))
+                    label = get_path(record, spec.label_path)
+                    options.append(
+                        {"value": str(value), "label": str(label) if label not in (None, "") else str(value)}
+                    )
         return options
 
     def _partition_values(self) -> list[str]:
@@ -529,9 +545,10 @@ class ConnectorSession:
         state = state or {}
         if not spec.partitioned:
             start = state.get("cursor") if spec.incremental else None
-            async for records, cursor, plain in self._read_one(spec, None, start, rows=rows):
-                state_out = {"cursor": cursor} if spec.incremental and cursor is not None else {}
-                yield Page(spec.name, None, records, state_out, plain)
+            async with contextlib.aclosing(self._read_one(spec, None, start, rows=rows)) as read:
+                async for records, cursor, plain in read:
+                    state_out = {"cursor": cursor} if spec.incremental and cursor is not None else {}
+                    yield Page(spec.name, None, records, state_out, plain)
             return
         previous = state.get("partitions") if spec.incremental else None
         done: dict[str, dict[str, Any]] = {}
@@ -539,14 +556,15 @@ class ConnectorSession:
             done = {str(k): dict(v) for k, v in previous.items() if isinstance(v, Mapping)}
         for value in list(partitions) if partitions else self._partition_values():
             start = done.get(value, {}).get("cursor") if spec.incremental else None
-            async for records, cursor, plain in self._read_one(spec, value, start, rows=rows):
-                if spec.incremental:
-                    if cursor is not None:
-                        done[value] = {"cursor": cursor}
-                    out: dict[str, Any] = {"partitions": {k: dict(v) for k, v in done.items()}}
-                else:
-                    out = {}
-                yield Page(spec.name, value, records, out, plain)
+            async with contextlib.aclosing(self._read_one(spec, value, start, rows=rows)) as read:
+                async for records, cursor, plain in read:
+                    if spec.incremental:
+                        if cursor is not None:
+                            done[value] = {"cursor": cursor}
+                        out: dict[str, Any] = {"partitions": {k: dict(v) for k, v in done.items()}}
+                    else:
+                        out = {}
+                    yield Page(spec.name, value, records, out, plain)
 
     async def deleted_ids(self, stream: str, since: str | None) -> tuple[list[str], str | None]:
         """The ids the provider reports deleted since ``since`` (its own cursor value), and the
@@ -572,7 +590,7 @@ class ConnectorSession:
 
     async def _read_one(
         self, spec: Stream, partition: str | None, start: Any, *, rows: bool = False
-    ) -> AsyncIterator[tuple[list[Any], Any, bool]]:
+    ) -> AsyncGenerator[tuple[list[Any], Any, bool]]:
         """Yield ``(normalised records, cursor to persist, plain)`` per page of one partition
         (``plain``: see :class:`Page`)."""
         inc = spec.incremental
@@ -591,15 +609,18 @@ class ConnectorSession:
         names = [f.name for f in spec.fields]
         at: Any = (names.index(cursor_field) if cursor_field in names else None) if rows else cursor_field
         answers: list[httpx.Response] = []
-        async for raw, last in self._pages(spec.paging, url, params, spec.records_path, label, answers):
-            records = [normalise(r) for r in raw]
-            plain = bool(answers) and b"\\" not in answers[0].content
-            if inc is None:
-                yield records, None, plain
-                continue
-            if at is not None:
-                for record in records:
-                    value = record[at] if rows else record.get(at)
-                    if value is not None and (best is None or cursor_gt(value, best)):
-                        best = value
-            yield records, best if (inc.order == "asc" or last) else start, plain
+        async with contextlib.aclosing(
+            self._pages(spec.paging, url, params, spec.records_path, label, answers)
+        ) as pages:
+            async for raw, last in pages:
+                records = [normalise(r) for r in raw]
+                plain = bool(answers) and b"\\" not in answers[0].content
+                if inc is None:
+                    yield records, None, plain
+                    continue
+                if at is not None:
+                    for record in records:
+                        value = record[at] if rows else record.get(at)
+                        if value is not None and (best is None or cursor_gt(value, best)):
+                            best = value
+                yield records, best if (inc.order == "asc" or last) else start, plain
