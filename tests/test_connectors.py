@@ -1788,3 +1788,26 @@ async def test_a_page_is_plain_only_when_its_json_has_no_backslash(connectors, r
     assert pages[0].records == [tuple({**record, "description": "Coffee", "updated_at": None}[f] for f in fields)]
     assert pages[1].records[0][fields.index("description")] == "a\tb\\c\nd\re"
     assert pages[2].records[0][:3] == ("123456789012345678901234567890", None, "1.10")
+
+
+def test_a_pages_cursor_is_the_greatest_value_as_cursor_gt_orders_them() -> None:
+    from bff.connectors.records import cursor_gt, page_cursor
+
+    def one_by_one(values: list[Any], best: Any) -> Any:
+        for value in values:
+            if value is not None and (best is None or cursor_gt(value, best)):
+                best = value
+        return best
+
+    cases: list[tuple[list[Any], Any]] = [
+        (["2026-01-02T00:00:00Z", None, "2026-01-03T00:00:00Z", "2026-01-01T00:00:00Z"], None),
+        (["2026-01-02", "2026-01-01"], "2026-01-05"),
+        ([None, None], "kept"),
+        ([], None),
+        ([3, 10, 2.5, None], 4),
+        ([3, "10", 2], None),  # mixed: compared as text, as before
+        (["b", "a"], 7),
+        ([1_700_000_000, 1_700_000_500], "1700000100"),
+    ]
+    for values, best in cases:
+        assert page_cursor(values, best) == one_by_one(values, best), (values, best)

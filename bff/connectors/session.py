@@ -32,7 +32,7 @@ import httpx
 from .errors import ConfigRequired, CredentialsRejected, ProviderError
 from .oauth import OAuthClient, OAuthTokens, refresh_tokens
 from .pagers import pages
-from .records import compile_normaliser, compile_row_maker, cursor_gt, decode_json, format_cursor
+from .records import compile_normaliser, compile_row_maker, decode_json, format_cursor, page_cursor
 from .retry import RetryPolicy
 from .spec import Connector, Paging, Stream
 from .templates import Path, Placeholders, Template, get_path
@@ -619,8 +619,5 @@ class ConnectorSession:
                     yield records, None, plain
                     continue
                 if at is not None:
-                    for record in records:
-                        value = record[at] if rows else record.get(at)
-                        if value is not None and (best is None or cursor_gt(value, best)):
-                            best = value
+                    best = page_cursor([r[at] for r in records] if rows else [r.get(at) for r in records], best)
                 yield records, best if (inc.order == "asc" or last) else start, plain
