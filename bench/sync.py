@@ -38,7 +38,8 @@ records: this process (the BFF's worker and web code, or dlt), PostgreSQL (every
 process of the embedded server) and the sandbox. Prints min/median/max and the
 ratios; asserts nothing about speed. Goals (issues 11, 27): re-sync and first load ≥ 5×
 dlt → PostgreSQL and ≥ 0.6× the floor; 4 customers ≥ 0.5× the floor; ≤ 22 ms of CPU per
-1,000 records on a re-sync, all processes together.
+1,000 records on a re-sync, all processes together (set against a floor that spent 8.0: in
+same-run terms ≤ 2.75× the floor's CPU, which a machine slowed by its neighbours leaves standing).
 """
 
 from __future__ import annotations
@@ -667,9 +668,16 @@ async def bench(args: argparse.Namespace) -> None:
                 other_cpu = [sum(s.values()) for s in cpu.get(f"{case} {other}", [])]
                 if project_cpu and len(other_cpu) == len(project_cpu):
                     per = [p / o for p, o in zip(project_cpu, other_cpu, strict=True)]
+                    # Issue 27's goal (22 ms per 1,000 records) came from a run whose floor spent
+                    # 8.0: in same-run terms, at most 2.75 times the floor's CPU.
+                    goal = (
+                        "   (goal ≤ 2.75: 22 ms against the floor's 8.0)"
+                        if case == "resync" and other == "floor"
+                        else ""
+                    )
                     print(
                         f"  {case + ' project / ' + other:<34} min {min(per):5.2f}   median"
-                        f" {statistics.median(per):5.2f}   max {max(per):5.2f}"
+                        f" {statistics.median(per):5.2f}   max {max(per):5.2f}{goal}"
                     )
 
 
