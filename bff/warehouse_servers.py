@@ -342,19 +342,27 @@ class WarehouseServers:
         found = await self.placements.get(sub_account_id)
         if found is not None and found.ready:
             return found
-        async with self.store.transaction() as conn:
-            found = await self.placements.locked(conn, sub_account_id)
-            if found is None:
-                cur = await conn.execute("SELECT 1 AS found FROM sub_accounts WHERE id = %s", (sub_account_id,))
+        if found is None:
+            # The placement is committed before its database is made (CREATE DATABASE cannot run in
+            # a transaction): a creation cut short leaves a row the next attempt finishes, never a
+            # database no placement names.
+            async with self.store.transaction() as conn:
+                cur = await conn.execute(
+                    "SELECT 1 AS found FROM sub_accounts WHERE id = %s FOR SHARE", (sub_account_id,)
+                )
                 if await cur.fetchone() is None:
                     raise LookupError(f"sub-account {sub_account_id} does not exist")
-                found = Placement(
+                pending = Placement(
                     sub_account_id=sub_account_id,
                     server=await self.choose_server(conn),
                     database=new_database_name(),
                     ready=False,
                 )
-                await self.placements.insert(conn, found)
+                await self.placements.insert(conn, pending, if_absent=True)
+        async with self.store.transaction() as conn:
+            found = await self.placements.locked(conn, sub_account_id)
+            if found is None:
+                raise LookupError(f"sub-account {sub_account_id} does not exist")
             if not found.ready:
                 # Made under the lock; every step may be repeated (a crash halfway is finished here).
                 await self.create_database(found)

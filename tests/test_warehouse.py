@@ -342,9 +342,10 @@ async def test_a_customer_database_cut_short_while_being_made_accepts_no_login(
     monkeypatch.undo()
     left = {name: flags for name, flags in (await databases()).items() if name not in before}
     assert list(left.values()) == [(False, True)]  # PUBLIC not revoked yet, but nobody can connect
-    # The next attempt makes the customer's database whole: open to the customer's roles only.
+    # The next attempt makes that database whole (no second one): open to the customer's roles only.
     done = await env.warehouse.placement(account, create=True)
     assert done is not None and (await databases())[done.database] == (True, False)
+    assert [name for name in await databases() if name not in before] == list(left) == [done.database]
 
 
 async def test_a_page_write_does_not_wait_for_vacuum_s_lock(env: Env) -> None:

@@ -50,10 +50,11 @@ class PlacementStore:
         row = await cur.fetchone()
         return Placement(**row) if row else None
 
-    async def insert(self, conn: AsyncConnection[Any], placement: Placement) -> None:
+    async def insert(self, conn: AsyncConnection[Any], placement: Placement, *, if_absent: bool = False) -> None:
+        """``if_absent``: a placement another process recorded meanwhile is kept (nothing inserted)."""
         await conn.execute(
             "INSERT INTO warehouse_placements (sub_account_id, server, database, ready, created_at)"
-            " VALUES (%s, %s, %s, %s, %s)",
+            " VALUES (%s, %s, %s, %s, %s)" + (" ON CONFLICT (sub_account_id) DO NOTHING" if if_absent else ""),
             (placement.sub_account_id, placement.server, placement.database, placement.ready, self._store.now()),
         )
 
