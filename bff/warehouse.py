@@ -368,33 +368,40 @@ def _text_of(value: Any) -> str:
     return value if type(value) is str else _COPY_TEXT[type(value)](value)
 
 
-def copy_text(rows: Sequence[tuple[Any, ...]], tail: str = "") -> bytes | None:
-    """``rows`` in COPY's text format (``tail``, already text, ends each line), for a page whose
-    strings need no escaping (:attr:`bff.connectors.Page.plain`): two to three times as fast as
-    psycopg's row-by-row writer. ``None`` when a value is not a string, number, boolean or null
-    (psycopg writes that page)."""
+def copy_lines(rows: Sequence[tuple[Any, ...]]) -> list[str] | None:
+    """``rows`` as lines of COPY's text format (no newline: :func:`join_lines` ends them), for a
+    page whose strings need no escaping (:attr:`bff.connectors.Page.plain`): two to three times
+    as fast as psycopg's row-by-row writer. ``None`` when a value is not a string, number, boolean
+    or null (psycopg writes that page)."""
     if not rows:
-        return b""
+        return []
     try:
-        return _line_formatter(len(rows[0]))(rows, tail, _COPY_TEXT)
+        return _line_formatter(len(rows[0]))(rows, _COPY_TEXT)
     except (KeyError, ValueError):  # another type; a row of another width
         return None
 
 
+def join_lines(lines: list[str], tail: Sequence[Any] = ()) -> bytes:
+    """COPY text of ``lines`` (:func:`copy_lines`), each followed by ``tail``'s values: a first
+    load's ``_synced_at`` and ``_run_id``, known only once the page before has committed, so the
+    lines can be made before that."""
+    if not lines:
+        return b""
+    end = "".join("\t" + _text_of(v) for v in tail) + "\n"
+    return (end.join(lines) + end).encode()
+
+
 @functools.lru_cache(maxsize=64)
-def _line_formatter(width: int) -> Callable[[Sequence[tuple[Any, ...]], str, dict[type, Callable[[Any], str]]], bytes]:
-    """``(rows, tail, text) -> bytes`` for rows of ``width`` values: one f-string per row, strings
-    taken as they are and other values through ``text`` (generated once per width: no loop or
-    join per row)."""
+def _line_formatter(width: int) -> Callable[[Sequence[tuple[Any, ...]], dict[type, Callable[[Any], str]]], list[str]]:
+    """``(rows, text) -> lines`` for rows of ``width`` values: one f-string per row, strings taken
+    as they are and other values through ``text`` (generated once per width: no loop or join per
+    row)."""
     names = [f"v{i}" for i in range(width)]
     fields = "\\t".join(f"{{{v} if {v}.__class__ is str else text[{v}.__class__]({v})}}" for v in names)
     unpack = (", ".join(names) + ("," if width == 1 else "")) if width else "_"
-    source = (
-        "def format_rows(rows, tail, text):\n"
-        f'    return "".join([f"{fields}{{tail}}\\n" for {unpack} in rows]).encode()\n'
-    )
+    source = f'def format_rows(rows, text):\n    return [f"{fields}" for {unpack} in rows]\n'
     namespace: dict[str, Any] = {}
-    exec(compile(source, f"<COPY text of {width} columns>", "exec"), namespace)
+    exec(compile(source, f"<COPY lines of {width} columns>", "exec"), namespace)
     return namespace["format_rows"]  # type: ignore[no-any-return]
 
 
@@ -570,15 +577,15 @@ async def _copy(
     conn: AsyncConnection[Any],
     statement: bytes,
     rows: list[tuple[Any, ...]],
-    plain: bool,
+    lines: list[str] | None,
     tail: tuple[Any, ...] = (),
 ) -> None:
-    """``rows`` (each followed by ``tail``) through ``COPY … FROM STDIN``: one block of text when the
-    page is plain (:func:`copy_text`), else psycopg's row-by-row writer."""
+    """``rows`` (each followed by ``tail``) through ``COPY … FROM STDIN``: as one block of text when
+    they were made into ``lines`` (:func:`copy_lines`), else by psycopg's row-by-row writer."""
     async with conn.cursor().copy(statement) as copy:
-        data = copy_text(rows, "".join("\t" + _text_of(v) for v in tail)) if plain else None
-        if data is not None:
-            await copy.write(data)
+        if lines is not None:
+            if lines:
+                await copy.write(join_lines(lines, tail))
         else:
             for row in rows:
                 await copy.write_row(row + tail)
@@ -672,19 +679,21 @@ class TableWriter:
         """
         plan = self._plan
         rows = plan.rows(records, tuples=tuples)
+        # Made now, while the page before may still be writing (a first load waits for it).
+        lines = copy_lines(rows) if plain else None
         if after is not None:
             after = asyncio.ensure_future(after)  # awaited again if the page is written a second time
         ranges: int | None = None
         written = False
         if rows and plan.unique(rows):
             try:
-                ranges = await self._write(rows, state, run_id, after, distinct=False, plain=plain)
+                ranges = await self._write(rows, state, run_id, after, distinct=False, lines=lines)
                 written = True
             except (psycopg.errors.UniqueViolation, psycopg.errors.CardinalityViolation):
                 # Keys equal for PostgreSQL though not for Python, or already in the table.
                 self._direct = False
         if not written:
-            ranges = await self._write(rows, state, run_id, after, distinct=True, plain=plain)
+            ranges = await self._write(rows, state, run_id, after, distinct=True, lines=lines)
         if ranges is not None and ranges != self._summarised and plan.summarize is not None:
             if await self._summarize(plan.summarize):
                 self._summarised = ranges
@@ -698,7 +707,7 @@ class TableWriter:
         after: Awaitable[int] | None,
         *,
         distinct: bool,
-        plain: bool = False,
+        lines: list[str] | None = None,
     ) -> int | None:
         """One page's transaction; returns how many block ranges of the BRIN index the table reaches
         after it (None: no rows written, or no such index)."""
@@ -718,7 +727,7 @@ class TableWriter:
                     now = self.warehouse.now()
                     tail = (moment(now).isoformat(), run_id)
                     async with _PageTransaction(conn, plan.sql(conn, "begin_direct")) as tx:
-                        await _copy(conn, plan.sql(conn, "copy_direct"), rows, plain, tail)
+                        await _copy(conn, plan.sql(conn, "copy_direct"), rows, lines, tail)
                         reached = await tx.commit_with(
                             (_SAVE_STATE_SQL, {**params, "now": now}), (plan.ranges_sql(conn), None)
                         )
@@ -729,7 +738,7 @@ class TableWriter:
                 await conn.execute(_SAVE_STATE_SQL, {**params, "now": self.warehouse.now()})
                 return None
             async with _PageTransaction(conn, plan.sql(conn, "begin_page")) as tx:
-                await _copy(conn, plan.sql(conn, "copy"), rows, plain)
+                await _copy(conn, plan.sql(conn, "copy"), rows, lines)
                 if after is not None:
                     await after
                 now = self.warehouse.now()

@@ -525,12 +525,13 @@ async def test_a_first_load_page_postgresql_refuses_leaves_neither_rows_nor_curs
     assert len(await stored(env, table)) == 299 and await table.load_state() == {"cursor": "again"}
 
 
-def test_copy_text_is_what_psycopg_writes() -> None:
-    """The fast COPY text of a plain page (issue 27) is byte for byte psycopg's own."""
+def test_copy_lines_are_what_psycopg_writes() -> None:
+    """The fast COPY text of a plain page (issue 27) is byte for byte psycopg's own, also with the
+    tail a first load adds to each line once the page before has committed."""
     from psycopg._copy_base import TextFormatter
     from psycopg.adapt import Transformer
 
-    from bff.warehouse import copy_text
+    from bff.warehouse import copy_lines, join_lines
 
     rows = [
         ("t_1", 1, -80.69, 1e16, True, None, "2026-01-01T00:01:00Z"),
@@ -538,16 +539,21 @@ def test_copy_text_is_what_psycopg_writes() -> None:
         ("x", -0, -0.0, 0.1, True, None, "1/Date("),
     ]
     formatter = TextFormatter(Transformer())
-    expected = b"".join([*(formatter.write_row(row) for row in rows), formatter.end()])
-    assert copy_text(rows) == expected
-    nan = copy_text([(float("nan"),)])
-    assert nan is not None and nan.lower() == b"nan\n"
-    assert copy_text([("a", 1)], "\tZ\t7") == b"a\t1\tZ\t7\n"
-    assert copy_text([("a",), (None,)]) == b"a\n\\N\n" and copy_text([(), ()], "\tx") == b"\tx\n\tx\n"
-    assert copy_text([]) == b"" and copy_text([("a", 1), ("b",)]) is None  # rows of one width only
+    lines = copy_lines(rows)
+    assert lines is not None
+    assert join_lines(lines) == b"".join([*(formatter.write_row(row) for row in rows), formatter.end()])
+    tail = ("2026-12-06T00:00:00+00:00", 7)
+    assert join_lines(lines, tail) == b"".join([*(formatter.write_row(row + tail) for row in rows), formatter.end()])
+    nan = copy_lines([(float("nan"),)])
+    assert nan is not None and join_lines(nan).lower() == b"nan\n"
+    assert join_lines(copy_lines([("a", 1)]) or [], ("Z", 7)) == b"a\t1\tZ\t7\n"
+    assert join_lines(copy_lines([("a",), (None,)]) or []) == b"a\n\\N\n"
+    assert join_lines(copy_lines([(), ()]) or [], ("x",)) == b"\tx\n\tx\n"
+    assert copy_lines([]) == [] and join_lines([], tail) == b""
+    assert copy_lines([("a", 1), ("b",)]) is None  # rows of one width only
     # Anything else is psycopg's to write.
     for other in ({"a": 1}, [1], decimal.Decimal("1.5"), dt.date(2026, 1, 1), b"x"):
-        assert copy_text([("a", other)]) is None
+        assert copy_lines([("a", other)]) is None
 
 
 @pytest.mark.parametrize("plain", [True, False])
