@@ -3,6 +3,7 @@ and isolation enforced by PostgreSQL (a database and roles per customer)."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import decimal
@@ -581,3 +582,37 @@ async def test_rows_written_as_tuples_land_as_written(env: Env, plain: bool) -> 
         await table.write(rows("Tab\there\\\nx\r"), {}, run_id=3, tuples=True, plain=False)
         assert (await stored())["c_0001"] == "Tab\there\\\nx\r 1"
     assert await table.load_state() == ({"cursor": "2"} if plain else {})
+
+
+async def test_a_first_loads_page_is_made_into_copy_text_while_the_page_before_is_written(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A first load copies a page only once the page before has committed (its rows' _synced_at
+    comes after that one's); the page's COPY lines are made before that wait, off that serial
+    chain, and get their tail once the wait is over."""
+    import bff.warehouse as warehouse_module
+
+    account, connection = env.accounts[0], env.connections[env.accounts[0]][0]
+    stream = contacts()
+    table = await env.warehouse.open_table(account, connection, stream)
+    names = [f.name for f in stream.fields]
+
+    def rows(first: int) -> list[tuple[Any, ...]]:
+        return [tuple(contact(i)[n] for n in names) for i in range(first, first + 3)]
+
+    assert await table.write(rows(1), {"cursor": "1"}, run_id=1, tuples=True, plain=True) == 3
+    made: list[int] = []
+    real = warehouse_module.copy_lines
+    monkeypatch.setattr(warehouse_module, "copy_lines", lambda r: made.append(len(r)) or real(r))
+    before: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    writing = asyncio.create_task(
+        table.write(rows(4), {"cursor": "2"}, run_id=1, after=before, tuples=True, plain=True)
+    )
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert made == [3] and not writing.done()  # made, and waiting for the page before
+    before.set_result(3)
+    assert await writing == 3
+    _, stored = await env.warehouse.read_rows(account, table.table, offset=0, limit=10)
+    assert [row["id"] for row in stored] == [f"c_000{i}" for i in range(1, 7)]
+    assert {row["_run_id"] for row in stored} == {1} and await table.load_state() == {"cursor": "2"}
