@@ -497,7 +497,7 @@ async def bench(args: argparse.Namespace) -> None:
                             await project.forget_cursors(customers)
                             pair = [("project", run_many_project), ("floor", run_many_floor)]
                             for name, action in pair if i % 2 == 0 else pair[::-1]:
-                                many[name].append(await timed(action))
+                                many[name].append(await measured(f"customers {name}", action))
                             print(
                                 f"  round {i + 1}: "
                                 + ", ".join(f"{n} {many[n][-1][0] / many[n][-1][1]:,.0f}/s" for n, _ in pair),
@@ -658,11 +658,11 @@ async def bench(args: argparse.Namespace) -> None:
             case, _, name = key.partition(" ")
             if case.startswith("incremental"):
                 continue  # a handful of records: per-record CPU means little there
-            source = {"resync": results, "first-load": first}[case][name]
+            source = {"resync": results, "first-load": first, "customers": many}[case][name]
             print(cpu_line(key, spent, source[0][0]) + ("   (goal ≤ 22)" if key == "resync project" else ""))
         # The same rounds' CPU as ratios: a machine slowed by its neighbours slows every contender.
         print("CPU per record, all processes, as same-round ratios (lower is better for the project):")
-        for case in ("resync", "first-load"):
+        for case in ("resync", "first-load", "customers"):
             project_cpu = [sum(s.values()) for s in cpu.get(f"{case} project", [])]
             for other in ("floor", "dlt"):
                 other_cpu = [sum(s.values()) for s in cpu.get(f"{case} {other}", [])]
