@@ -349,6 +349,27 @@ async def test_a_customer_database_cut_short_while_being_made_accepts_no_login(
     assert [name for name in await databases() if name not in before] == list(left) == [done.database]
 
 
+async def test_two_processes_placing_one_new_customer_at_once_share_one_database(env: Env, database_url: str) -> None:
+    """Two BFF processes (two stores, two warehouses: no lock in common but PostgreSQL's) make a new
+    customer's first table at once: the second keeps the placement the first recorded, and both
+    get the same database."""
+    account = env.accounts[1]
+    other_store = Store(database_url)
+    await other_store.open()
+    other = Warehouse(other_store)
+    try:
+        first, second = await asyncio.gather(
+            env.warehouse.placement(account, create=True), other.placement(account, create=True)
+        )
+    finally:
+        await other.close()
+        await other_store.close()
+    assert first is not None and first == second
+    assert [p.database for p in await env.warehouse.servers.placements.all() if p.sub_account_id == account] == [
+        first.database
+    ]
+
+
 async def test_a_page_write_does_not_wait_for_vacuum_s_lock(env: Env) -> None:
     account, connection = env.accounts[0], env.connections[env.accounts[0]][0]
     table = await env.warehouse.open_table(account, connection, contacts())
