@@ -382,9 +382,8 @@ def copy_lines(rows: Sequence[tuple[Any, ...]]) -> list[str] | None:
 
 
 def join_lines(lines: list[str], tail: Sequence[Any] = ()) -> bytes:
-    """COPY text of ``lines`` (:func:`copy_lines`), each followed by ``tail``'s values: a first
-    load's ``_synced_at`` and ``_run_id``, known only once the page before has committed, so the
-    lines can be made before that."""
+    """COPY text of ``lines`` (:func:`copy_lines`), each followed by ``tail``'s values (a first
+    load's ``_synced_at`` and ``_run_id``, the same on every row of a page)."""
     if not lines:
         return b""
     end = "".join("\t" + _text_of(v) for v in tail) + "\n"
@@ -672,14 +671,15 @@ class TableWriter:
         saves nothing.
 
         A first load (the table was empty when this writer first looked) copies each page straight
-        into the table, once the page before has committed: no temporary table, no ``ON CONFLICT``.
-        The table's unique index still guards it: a page holding a key already there (a record
-        listed twice by the provider, a row a customer's script inserted meanwhile) fails that
-        COPY, which is rolled back whole, and the page and every later one are upserted instead.
+        into the table, while the page before commits, and commits after it: no temporary table,
+        no ``ON CONFLICT``. The table's unique index still guards it: a page holding a key already
+        there (a record listed twice by the provider, a row a customer's script inserted meanwhile)
+        fails that COPY (once the page before has committed, if the key is in that one), which is
+        rolled back whole, and the page and every later one are upserted instead.
         """
         plan = self._plan
         rows = plan.rows(records, tuples=tuples)
-        # Made now, while the page before may still be writing (a first load waits for it).
+        # Made now, while the page before may still be writing.
         lines = copy_lines(rows) if plain else None
         if after is not None:
             after = asyncio.ensure_future(after)  # awaited again if the page is written a second time
@@ -715,23 +715,31 @@ class TableWriter:
         params = {"connection": table.connection_id, "stream": table.stream, "state": Jsonb(dict(state))}
         async with self.warehouse.servers.connection(table.placement) as conn:
             if rows and not distinct and self._direct is not False:
-                # Straight into the table keeps the pages' order only once the page before is in.
-                if after is not None:
-                    await after
+                if self._direct is None and after is not None:
+                    await after  # the page before looks at the table first
                     after = None
                 if self._direct is None:
                     cur = await conn.execute(plan.is_empty)
                     found = await cur.fetchone()
                     self._direct = bool(found and found["empty"])
                 if self._direct:
+                    # Copied while the page before commits; committed after it. Rows become visible
+                    # in the order of their _synced_at, as a reader of "changed since" needs: this
+                    # page was stamped after the page before was, unless that one had to be upserted
+                    # (stamped once its own page before was in), in which case this one is too.
                     now = self.warehouse.now()
                     tail = (moment(now).isoformat(), run_id)
                     async with _PageTransaction(conn, plan.sql(conn, "begin_direct")) as tx:
                         await _copy(conn, plan.sql(conn, "copy_direct"), rows, lines, tail)
-                        reached = await tx.commit_with(
-                            (_SAVE_STATE_SQL, {**params, "now": now}), (plan.ranges_sql(conn), None)
-                        )
-                    return int(reached["ranges"]) if reached else None
+                        if after is not None:
+                            await after
+                            after = None
+                        if self._direct:
+                            reached = await tx.commit_with(
+                                (_SAVE_STATE_SQL, {**params, "now": now}), (plan.ranges_sql(conn), None)
+                            )
+                            return int(reached["ranges"]) if reached else None
+                    # Rolled back (leaving the block uncommitted): upserted below, stamped now.
             if not rows:  # only a cursor to save, once the page before is in: one statement
                 if after is not None:
                     await after

@@ -605,12 +605,12 @@ async def test_rows_written_as_tuples_land_as_written(env: Env, plain: bool) -> 
     assert await table.load_state() == ({"cursor": "2"} if plain else {})
 
 
-async def test_a_first_loads_page_is_made_into_copy_text_while_the_page_before_is_written(
+async def test_a_first_loads_page_is_copied_while_the_page_before_commits_and_committed_after_it(
     env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A first load copies a page only once the page before has committed (its rows' _synced_at
-    comes after that one's); the page's COPY lines are made before that wait, off that serial
-    chain, and get their tail once the wait is over."""
+    """A first load copies a page into the table while the page before is still being written
+    (off that serial chain), and commits it only after that one: rows become visible in the order
+    of their _synced_at."""
     import bff.warehouse as warehouse_module
 
     account, connection = env.accounts[0], env.connections[env.accounts[0]][0]
@@ -621,19 +621,59 @@ async def test_a_first_loads_page_is_made_into_copy_text_while_the_page_before_i
     def rows(first: int) -> list[tuple[Any, ...]]:
         return [tuple(contact(i)[n] for n in names) for i in range(first, first + 3)]
 
-    assert await table.write(rows(1), {"cursor": "1"}, run_id=1, tuples=True, plain=True) == 3
-    made: list[int] = []
-    real = warehouse_module.copy_lines
-    monkeypatch.setattr(warehouse_module, "copy_lines", lambda r: made.append(len(r)) or real(r))
+    # The second page is handed over while the first is still being written (as a sync does).
+    first = asyncio.create_task(table.write(rows(1), {"cursor": "0"}, run_id=1, tuples=True, plain=True))
+    assert await table.write(rows(4), {"cursor": "1"}, run_id=1, after=first, tuples=True, plain=True) == 3
+    assert await page_tables(env, table) == 0  # both went straight in, no staging table
+    copied: list[int] = []
+    real = warehouse_module._copy
+
+    async def copy(conn: Any, statement: bytes, rows: list[Any], *args: Any) -> None:
+        await real(conn, statement, rows, *args)
+        copied.append(len(rows))
+
+    monkeypatch.setattr(warehouse_module, "_copy", copy)
     before: asyncio.Future[int] = asyncio.get_running_loop().create_future()
     writing = asyncio.create_task(
-        table.write(rows(4), {"cursor": "2"}, run_id=1, after=before, tuples=True, plain=True)
+        table.write(rows(7), {"cursor": "2"}, run_id=1, after=before, tuples=True, plain=True)
     )
-    for _ in range(20):
-        await asyncio.sleep(0)
-    assert made == [3] and not writing.done()  # made, and waiting for the page before
+    for _ in range(200):
+        if copied:
+            break
+        await asyncio.sleep(0.01)
+    assert copied == [3] and not writing.done()  # copied, and waiting for the page before to commit
+    assert len(await stored(env, table)) == 6 and await table.load_state() == {"cursor": "1"}  # not yet visible
     before.set_result(3)
     assert await writing == 3
-    _, stored = await env.warehouse.read_rows(account, table.table, offset=0, limit=10)
-    assert [row["id"] for row in stored] == [f"c_000{i}" for i in range(1, 7)]
-    assert {row["_run_id"] for row in stored} == {1} and await table.load_state() == {"cursor": "2"}
+    _, found = await env.warehouse.read_rows(account, table.table, offset=0, limit=10)
+    assert [row["id"] for row in found] == [f"c_000{i}" for i in range(1, 10)]
+    assert {row["_run_id"] for row in found} == {1} and await table.load_state() == {"cursor": "2"}
+
+
+async def test_a_first_loads_page_copied_while_the_page_before_fell_back_to_an_upsert_is_stamped_after_it(
+    env: Env,
+) -> None:
+    """The page before met a key already stored and was upserted, stamped once its own page before
+    was in: a page copied straight in meanwhile (stamped earlier) is rolled back and upserted after
+    it, so no row of it carries a _synced_at older than the page committed before it."""
+    ticks = iter(range(1_800_000_000, 1_800_001_000))
+    warehouse = Warehouse(env.store, clock=lambda: float(next(ticks)))
+    account, connection = env.accounts[0], env.connections[env.accounts[0]][0]
+    table = await warehouse.open_table(account, connection, contacts())
+    assert await table.write([contact(i) for i in range(1, 11)], {"cursor": "1"}, run_id=1) == 10
+    async with warehouse.servers.connection(table.table.placement) as conn:  # as a script would
+        await conn.execute(
+            sql.SQL("INSERT INTO {} (id, last_name, _synced_at) VALUES ('c_0015', 'by a script', now())").format(
+                table.table.identifier
+            )
+        )
+    gate: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    second = asyncio.create_task(table.write([contact(i) for i in range(11, 21)], {"cursor": "2"}, 1, after=gate))
+    third = asyncio.create_task(table.write([contact(i) for i in range(21, 31)], {"cursor": "3"}, 1, after=second))
+    await asyncio.sleep(0.5)  # the second page's COPY failed on c_0015; the third page is copied, stamped
+    gate.set_result(10)
+    assert await second == 10 and await third == 10
+    rows = await stored(env, table)
+    assert len(rows) == 30 and await table.load_state() == {"cursor": "3"}
+    newest_second = max(rows[f"c_00{i}"]["_synced_at"] for i in range(11, 21))
+    assert min(rows[f"c_00{i}"]["_synced_at"] for i in range(21, 31)) > newest_second
