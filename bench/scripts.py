@@ -85,7 +85,7 @@ async def bench(rounds: int) -> None:
     sandboxed = resolve_mode("sandboxed")
     unsandboxed = Mode("unsandboxed")
     async with app.router.lifespan_context(app):
-        services = app.state.services
+        services = app.services
         arrivals = Arrivals(app)
         services.scripts._socket = ApiSocket(arrivals)
         socket_path = await services.scripts._socket.start()

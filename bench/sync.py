@@ -205,7 +205,7 @@ class Project:
     def __init__(self, app: Any, client: httpx.AsyncClient) -> None:
         self.app = app
         self.client = client
-        self.services = app.state.services
+        self.services = app.services
         self.customers: list[tuple[str, int, int]] = []  # (integrate token, sub-account id, connection id)
 
     async def add_customers(self, count: int) -> None:

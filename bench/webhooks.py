@@ -65,7 +65,7 @@ async def bench(syncs: int) -> None:
     app = create_app(settings)
     with serve_in_thread(receiver) as receiver_url:
         async with app.router.lifespan_context(app):
-            services = app.state.services
+            services = app.services
             async with httpx.AsyncClient(
                 transport=httpx.ASGITransport(app=app), base_url="http://bench.local"
             ) as client:

@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import Lifespan
 
-from . import api, openapi
+from . import api, auth, openapi
 from .connections import NoCookieJar, SandboxTransport
 from .connectors import load_connectors
 from .connectors.http11 import Http11Transport
@@ -64,8 +64,7 @@ async def check_encryption_key(store: Store, vault: Vault) -> None:
 
 async def healthz(request: Request) -> JSONResponse:
     """Liveness: the process answers and the store is reachable."""
-    svc: Services = request.app.state.services
-    await svc.store.get_meta("encryption_key_check")
+    await auth.services(request).store.get_meta("encryption_key_check")
     return JSONResponse({"status": "ok"})
 
 
@@ -204,13 +203,14 @@ def build_services(
 
 
 class ApiApp(Starlette):
-    """The HTTP API's Starlette, its services also a plain attribute for :func:`bff.auth.services` (every
-    request's lookup): ``app.state`` finds its attributes through ``__getattr__``, ten times slower."""
+    """The HTTP API's Starlette and the process's services, read by every request through
+    :func:`bff.auth.services`: a plain attribute (``app.state`` finds its attributes through
+    ``__getattr__``, ten times slower)."""
 
     services: Services
 
 
-def http_app(services: Services, *, lifespan: Lifespan[Starlette] | None = None) -> Starlette:
+def http_app(services: Services, *, lifespan: Lifespan[Starlette] | None = None) -> ApiApp:
     """The HTTP API over these services: routes, middleware, the one error handler. A worker
     without a web app (``bff worker``) builds it, with no lifespan and no port, only to answer its
     scripts over their socket."""
@@ -236,16 +236,13 @@ def http_app(services: Services, *, lifespan: Lifespan[Starlette] | None = None)
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
-    app.state.services = app.services = services
-    app.state.writeback = services.writeback
+    app.services = services
     # Scripts reach the API over a socket of their own, served by this process.
     services.scripts.serve_api(app)
     return app
 
 
-def create_app(
-    settings: Settings, *, clock: Callable[[], float] = time.time, migrate_on_start: bool = True
-) -> Starlette:
+def create_app(settings: Settings, *, clock: Callable[[], float] = time.time, migrate_on_start: bool = True) -> ApiApp:
     """Build the BFF: :func:`build_services` and the HTTP API over them; the app's lifespan is the
     services' ``async with`` (migrations unless told not to, and a worker with ``run_worker``)."""
     context = build_services(settings, clock=clock, migrate_on_start=migrate_on_start)

@@ -30,7 +30,9 @@ class Caller:
 
 
 def services(request: Request) -> Services:
-    return request.app.services  # type: ignore[no-any-return]  # bff.app.ApiApp's, the same as app.state.services
+    """The process's services, from the app serving ``request`` (:class:`bff.app.ApiApp`): the one
+    way to them from a request."""
+    return request.app.services  # type: ignore[no-any-return]
 
 
 async def authenticate(

@@ -256,7 +256,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     check_startup(settings, migrate=not args.no_migrate)  # the database, migrated, and the encryption key
     _configure_logging(settings.log_level)
     app = create_app(settings, migrate_on_start=False)
-    print(f"bff serve: {app.state.services.scripts.mode.describe()}", file=sys.stderr, flush=True)
+    print(f"bff serve: {app.services.scripts.mode.describe()}", file=sys.stderr, flush=True)
     _freeze_startup_objects()
     # uvicorn shuts down gracefully on SIGTERM, then raises the signal again: with its default action
     # the process would die there, before its exit handlers, leaving the embedded PostgreSQL it

@@ -87,7 +87,7 @@ def run_demo(settings: Settings, *, bff_port: int, site_port: int) -> int:
     # A demo on one's own machine: the sandbox's test controls need no admin key (`bff serve` closes them).
     settings = dataclasses.replace(settings, sandbox_env={"BFF_SANDBOX_CONTROLS": "open", **settings.sandbox_env})
     bff_app = create_app(settings, migrate_on_start=False)
-    scripts_mode = bff_app.state.services.scripts.mode.describe()
+    scripts_mode = bff_app.services.scripts.mode.describe()
     servers = [
         QuietServer(
             uvicorn.Config(

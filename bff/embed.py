@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from .auth import services
 from .connectors import LOGO_DIR
 from .errors import not_found
 
@@ -90,7 +91,7 @@ async def frame_ancestors(request: Request) -> str:
     partner's token is used is checked later (``POST /api/embed/session``).
     """
     parent = request.query_params.get("parent", "")
-    if _ORIGIN.fullmatch(parent) and await request.app.state.services.origin_registered(parent):
+    if _ORIGIN.fullmatch(parent) and await services(request).origin_registered(parent):
         return parent
     return "'none'"
 

@@ -13,7 +13,7 @@ import pytest
 from contract_check import check_answers
 from starlette.applications import Starlette
 
-from bff.app import create_app
+from bff.app import ApiApp, create_app
 from bff.settings import Secret, Settings, generate_encryption_key
 from bff.testing import TestDatabases, free_port, stop_embedded
 from bff.testing import serve_in_thread as serve_app
@@ -55,13 +55,13 @@ class FakeClock:
 class BFF:
     """An app, its lifespan entered, and an httpx client talking to it in-process."""
 
-    def __init__(self, app: Starlette, client: httpx.AsyncClient) -> None:
+    def __init__(self, app: ApiApp, client: httpx.AsyncClient) -> None:
         self.app = app
         self.client = client
 
     @property
     def services(self) -> Any:
-        return self.app.state.services
+        return self.app.services
 
     async def partner(
         self, name: str = "acme", origins: tuple[str, ...] = ("http://localhost:8001",)

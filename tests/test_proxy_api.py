@@ -115,7 +115,7 @@ async def test_credentials_never_come_back(sbff: BFF, who: Customer) -> None:
     me_crm = await sbff.client.get(f"/api/server/{crm_id}/proxy/me", headers=who.headers)
     assert me_crm.status_code == 200 and me_crm.json()["portal"] == "Sandbox CRM"
     assert "authorization" not in {k.lower() for k in me_crm.headers}
-    await sbff.app.state.writeback.log.flush()  # log lines are stored in batches, off the request path
+    await sbff.services.writeback.log.flush()  # log lines are stored in batches, off the request path
     logs = (await sbff.client.get(f"/api/server/{crm_id}/logs", headers=auth(who.integrate))).json()["results"]
     assert any(line["message"] == "Proxy: GET /me → 200." for line in logs)
 

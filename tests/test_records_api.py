@@ -237,7 +237,7 @@ async def test_writes_are_logged_without_field_values(sbff: BFF, who: Customer) 
     cid = await crm(sbff, who)
     await sbff.client.post(url(cid, "records/contact"), json={"email": "secret-person@acme.com"}, headers=who.headers)
     await sbff.client.post(url(cid, "records/contact"), json={"email": "invalid"}, headers=who.headers)
-    await sbff.app.state.writeback.log.flush()  # log lines are stored in batches, off the request path
+    await sbff.services.writeback.log.flush()  # log lines are stored in batches, off the request path
     lines = [entry["message"] for entry in await logs(sbff, who.integrate, cid)]
     assert "Writeback: add contact → 201." in lines and "Writeback: add contact → 422." in lines
     assert not any("secret-person" in line or "invalid" in line for line in lines)
@@ -251,7 +251,7 @@ async def test_refresh_after_five_writes_gives_one_sync_and_the_rows(sbff: BFF, 
             url(cid, "records/contact?refresh=true"), json={"email": f"r{i}@acme.com"}, headers=who.headers
         )
         assert answer.status_code == 201 and answer.json()["refresh_queued"] is True
-    writeback = sbff.app.state.writeback
+    writeback = sbff.services.writeback
     await writeback.refresh.idle()
     await runner.wait(cid)
     runs = (await sbff.client.get(url(cid, "runs"), headers=who.headers)).json()
@@ -278,7 +278,7 @@ async def test_refresh_coalesces_across_two_app_instances(settings_factory: Call
                     headers=who.headers,
                 )
                 assert answer.status_code == 201 and answer.json()["refresh_queued"] is True, answer.text
-            await two.app.state.writeback.refresh.idle(cid)  # waits for jobs of every process
+            await two.services.writeback.refresh.idle(cid)  # waits for jobs of every process
             await one.services.sync.wait(cid)
             runs = (await one.client.get(url(cid, "runs"), headers=who.headers)).json()
             assert runs["count"] == 1 and runs["results"][0]["status"] == "succeeded", runs

@@ -7,6 +7,7 @@ from urllib.parse import urlencode
 
 from starlette.requests import Request
 
+from ..auth import services
 from ..contract.queries import Paging
 from ..http import DEFAULT_PAGE_SIZE, parse_query
 
@@ -31,7 +32,7 @@ class Pagination:
         # From the configured public URL, never the request's Host header (which the client chooses).
         params = dict(self.request.query_params)
         params["page"] = str(page)
-        public_url = self.request.app.state.services.settings.public_url
+        public_url = services(self.request).settings.public_url
         return f"{public_url}{self.request.url.path}?{urlencode(params)}"
 
     def envelope(self, count: int, results: list[Any]) -> dict[str, Any]:

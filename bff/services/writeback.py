@@ -245,6 +245,6 @@ class EngineLog:
 
 def writeback_for(request: Request) -> Writeback:
     """The process's :class:`Writeback` (``Services.writeback``)."""
-    found: Any = request.app.state.services.writeback
-    assert isinstance(found, Writeback)
-    return found
+    from ..auth import services
+
+    return services(request).writeback
