@@ -24,6 +24,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import functools
+import itertools
 import json
 import logging
 import operator
@@ -294,6 +295,9 @@ class _WritePlan:
     single: bool  # one column: itemgetter returns a scalar, not a tuple
     json_positions: tuple[int, ...]
     key_positions: tuple[int, ...]
+    # Per key column, the Python type whose equality is PostgreSQL's for it (str for text, int for
+    # bigint); None when a key column is of another type (``1.0`` and ``1.00`` are one numeric).
+    key_types: tuple[type, ...] | None
     _rendered: dict[tuple[str, str], bytes] = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
     def sql(self, conn: AsyncConnection[Any], name: str) -> bytes:
@@ -329,15 +333,26 @@ class _WritePlan:
             rows = [self._encode_json(row) for row in rows]
         return rows
 
-    def unique(self, rows: Sequence[tuple[Any, ...]]) -> bool:
-        """Whether no two rows share a primary key, as Python compares them. PostgreSQL may still
-        find two equal (``"01"`` and ``"1"`` into a ``bigint``): the write then fails with a
-        unique or cardinality violation and is done again the safe way."""
+    def keys(self, rows: Sequence[tuple[Any, ...]]) -> set[Any]:
+        """The rows' primary keys (values, or tuples of them for a key of several columns), as
+        Python compares them. PostgreSQL may find two of them equal (``"01"`` and ``"1"`` into a
+        ``bigint``) unless :meth:`exact` says otherwise."""
         positions = self.key_positions
         if len(positions) == 1:
             (k,) = positions
-            return len({row[k] for row in rows}) == len(rows)
-        return len({tuple(row[k] for k in positions) for row in rows}) == len(rows)
+            return {row[k] for row in rows}
+        return {tuple(row[k] for k in positions) for row in rows}
+
+    def exact(self, keys: set[Any]) -> bool:
+        """Whether PostgreSQL compares these keys exactly as Python does: every value of the type
+        its column stores as it is (a ``str`` for text, an ``int`` for bigint)."""
+        types = self.key_types
+        if types is None:
+            return False
+        if len(types) == 1:
+            (kind,) = types
+            return all(type(key) is kind for key in keys)
+        return all(type(v) is kind for key in keys for v, kind in zip(key, types, strict=True))
 
     def _encode_json(self, row: tuple[Any, ...]) -> tuple[Any, ...]:
         values = list(row)
@@ -450,6 +465,9 @@ def _plan(table: WarehouseTable, stream: Stream, *, brin: _Brin | None) -> _Writ
         " ON CONFLICT ({pk}) DO UPDATE SET {updates}"
     )
     statement = {"target": table.identifier, "cols": cols, "pk": pk, "temp": temp, "updates": updates}
+    exact_types = {"text": str, "integer": int}
+    field_types = {f.name: f.type for f in stream.fields}
+    key_types = [exact_types.get(field_types[k]) for k in table.primary_key]
     return _WritePlan(
         # Both in one round trip (no parameters: the simple query protocol takes several statements).
         # The page's rows and cursor are re-fetchable from the provider, so the commit does not wait
@@ -501,6 +519,7 @@ def _plan(table: WarehouseTable, stream: Stream, *, brin: _Brin | None) -> _Writ
         single=len(names) == 1,
         json_positions=tuple(i for i, f in enumerate(stream.fields) if f.type == "json"),
         key_positions=tuple(names.index(k) for k in table.primary_key),
+        key_types=None if None in key_types else tuple(t for t in key_types if t is not None),
     )
 
 
@@ -639,6 +658,17 @@ class TableWriter:
         # writer made (None: none yet; its first page's summary covers whatever an earlier run,
         # cut short, left unsummarised).
         self._summarised: int | None = None
+        # The primary keys of the pages being written (None: keys PostgreSQL may compare otherwise),
+        # by write; and the last _synced_at handed out.
+        self._pending: dict[int, set[Any] | None] = {}
+        self._writes = itertools.count()
+        self._stamped = 0.0
+
+    def _stamp(self) -> float:
+        """The next page's ``_synced_at``: now, and never earlier than the page handed over before's
+        (``updated_since`` reads rows synced at or after a time)."""
+        self._stamped = max(self.warehouse.now(), self._stamped)
+        return self._stamped
 
     async def load_state(self) -> dict[str, Any]:
         """The incremental state saved with the last written page (``{}`` before the first)."""
@@ -665,35 +695,50 @@ class TableWriter:
         ``records``: dicts of the stream's fields, or with ``tuples`` tuples in their order.
         ``plain``: no string in them needs escaping (:attr:`bff.connectors.Page.plain`).
 
-        ``after`` is the previous page's write, still running: this page is copied into its own
-        connection's temporary table meanwhile, and upserted (with its cursor) only once that one
-        has committed, so pages land in order. If it failed, this one fails the same way and
-        saves nothing.
+        ``after`` is the previous page's write, still running: this page commits only once that one
+        has, so pages land in the order they were handed over, and so do their ``_synced_at``
+        (stamped in that order): a reader of "changed since" never sees a row appear with a time
+        older than one it has already read. If it failed, this one fails the same way and saves
+        nothing. Meanwhile this page is copied into its connection's temporary table, to be
+        upserted once the page before is in. (Upserting it into the table meanwhile too, when no
+        key is shared, measured slower: the machine's cores are busy anyway.)
 
         A first load (the table was empty when this writer first looked) copies each page straight
-        into the table, while the page before commits, and commits after it: no temporary table,
-        no ``ON CONFLICT``. The table's unique index still guards it: a page holding a key already
-        there (a record listed twice by the provider, a row a customer's script inserted meanwhile)
-        fails that COPY (once the page before has committed, if the key is in that one), which is
-        rolled back whole, and the page and every later one are upserted instead.
+        into the table: no temporary table, no ``ON CONFLICT``. It does so while the page before
+        is still being written when none of its keys can be in the pages being written (so neither
+        transaction can wait on the other's rows: two that did would deadlock), else once the page
+        before is in. The table's unique index still guards it: a page holding a key already there
+        (a record listed twice by the provider, a row a customer's script inserted meanwhile) fails
+        that COPY, which is rolled back whole, and the page and every later one are upserted instead.
         """
         plan = self._plan
         rows = plan.rows(records, tuples=tuples)
         # Made now, while the page before may still be writing.
         lines = copy_lines(rows) if plain else None
+        keys = plan.keys(rows)
+        exact = plan.exact(keys)
+        alongside = exact and all(other is not None and keys.isdisjoint(other) for other in self._pending.values())
+        stamp = self._stamp()
+        write = next(self._writes)
+        self._pending[write] = keys if exact else None
         if after is not None:
             after = asyncio.ensure_future(after)  # awaited again if the page is written a second time
-        ranges: int | None = None
-        written = False
-        if rows and plan.unique(rows):
-            try:
-                ranges = await self._write(rows, state, run_id, after, distinct=False, lines=lines)
-                written = True
-            except (psycopg.errors.UniqueViolation, psycopg.errors.CardinalityViolation):
-                # Keys equal for PostgreSQL though not for Python, or already in the table.
-                self._direct = False
-        if not written:
-            ranges = await self._write(rows, state, run_id, after, distinct=True, lines=lines)
+        try:
+            ranges: int | None = None
+            written = False
+            if rows and len(keys) == len(rows):
+                try:
+                    ranges = await self._write(
+                        rows, state, run_id, after, stamp, alongside, distinct=False, lines=lines
+                    )
+                    written = True
+                except (psycopg.errors.UniqueViolation, psycopg.errors.CardinalityViolation):
+                    # Keys equal for PostgreSQL though not for Python, or already in the table.
+                    self._direct = False
+            if not written:
+                ranges = await self._write(rows, state, run_id, after, stamp, alongside, distinct=True, lines=lines)
+        finally:
+            del self._pending[write]
         if ranges is not None and ranges != self._summarised and plan.summarize is not None:
             if await self._summarize(plan.summarize):
                 self._summarised = ranges
@@ -705,14 +750,17 @@ class TableWriter:
         state: Mapping[str, Any],
         run_id: int | None,
         after: Awaitable[int] | None,
+        stamp: float,
+        alongside: bool,
         *,
         distinct: bool,
         lines: list[str] | None = None,
     ) -> int | None:
         """One page's transaction; returns how many block ranges of the BRIN index the table reaches
-        after it (None: no rows written, or no such index)."""
+        after it (None: no rows written, or no such index). ``alongside``: a first load's page may be
+        copied into the table before ``after`` is done (no key in common with the pages being written)."""
         plan, table = self._plan, self.table
-        params = {"connection": table.connection_id, "stream": table.stream, "state": Jsonb(dict(state))}
+        params = {"connection": table.connection_id, "stream": table.stream, "state": Jsonb(dict(state)), "now": stamp}
         async with self.warehouse.servers.connection(table.placement) as conn:
             if rows and not distinct and self._direct is not False:
                 if self._direct is None and after is not None:
@@ -723,37 +771,29 @@ class TableWriter:
                     found = await cur.fetchone()
                     self._direct = bool(found and found["empty"])
                 if self._direct:
-                    # Copied while the page before commits; committed after it. Rows become visible
-                    # in the order of their _synced_at, as a reader of "changed since" needs: this
-                    # page was stamped after the page before was, unless that one had to be upserted
-                    # (stamped once its own page before was in), in which case this one is too.
-                    now = self.warehouse.now()
-                    tail = (moment(now).isoformat(), run_id)
+                    if after is not None and not alongside:
+                        await after
+                        after = None
                     async with _PageTransaction(conn, plan.sql(conn, "begin_direct")) as tx:
-                        await _copy(conn, plan.sql(conn, "copy_direct"), rows, lines, tail)
+                        await _copy(
+                            conn, plan.sql(conn, "copy_direct"), rows, lines, (moment(stamp).isoformat(), run_id)
+                        )
                         if after is not None:
                             await after
-                            after = None
-                        if self._direct:
-                            reached = await tx.commit_with(
-                                (_SAVE_STATE_SQL, {**params, "now": now}), (plan.ranges_sql(conn), None)
-                            )
-                            return int(reached["ranges"]) if reached else None
-                    # Rolled back (leaving the block uncommitted): upserted below, stamped now.
+                        reached = await tx.commit_with((_SAVE_STATE_SQL, params), (plan.ranges_sql(conn), None))
+                    return int(reached["ranges"]) if reached else None
             if not rows:  # only a cursor to save, once the page before is in: one statement
                 if after is not None:
                     await after
-                await conn.execute(_SAVE_STATE_SQL, {**params, "now": self.warehouse.now()})
+                await conn.execute(_SAVE_STATE_SQL, params)
                 return None
             async with _PageTransaction(conn, plan.sql(conn, "begin_page")) as tx:
                 await _copy(conn, plan.sql(conn, "copy"), rows, lines)
                 if after is not None:
                     await after
-                now = self.warehouse.now()
                 statement = plan.sql(conn, "upsert" if distinct else "upsert_unique")
                 reached = await tx.commit_with(
-                    (statement, {**params, "now": now, "stamp": moment(now), "run": run_id}),
-                    (plan.ranges_sql(conn), None),
+                    (statement, {**params, "stamp": moment(stamp), "run": run_id}), (plan.ranges_sql(conn), None)
                 )
             return int(reached["ranges"]) if reached else None
 

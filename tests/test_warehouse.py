@@ -7,7 +7,7 @@ import asyncio
 import dataclasses
 import datetime as dt
 import decimal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import psycopg
@@ -653,9 +653,9 @@ async def test_a_first_loads_page_is_copied_while_the_page_before_commits_and_co
 async def test_a_first_loads_page_copied_while_the_page_before_fell_back_to_an_upsert_is_stamped_after_it(
     env: Env,
 ) -> None:
-    """The page before met a key already stored and was upserted, stamped once its own page before
-    was in: a page copied straight in meanwhile (stamped earlier) is rolled back and upserted after
-    it, so no row of it carries a _synced_at older than the page committed before it."""
+    """The page before met a key already stored and was upserted, after its own page before was in;
+    a page copied straight in meanwhile still carries a later _synced_at (pages are stamped in the
+    order they are handed over) and commits after it."""
     ticks = iter(range(1_800_000_000, 1_800_001_000))
     warehouse = Warehouse(env.store, clock=lambda: float(next(ticks)))
     account, connection = env.accounts[0], env.connections[env.accounts[0]][0]
@@ -677,3 +677,59 @@ async def test_a_first_loads_page_copied_while_the_page_before_fell_back_to_an_u
     assert len(rows) == 30 and await table.load_state() == {"cursor": "3"}
     newest_second = max(rows[f"c_00{i}"]["_synced_at"] for i in range(11, 21))
     assert min(rows[f"c_00{i}"]["_synced_at"] for i in range(21, 31)) > newest_second
+
+
+async def test_a_first_loads_page_sharing_a_key_with_a_page_being_written_is_copied_only_after_it(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two transactions each inserting a key the other holds would wait on each other (PostgreSQL
+    ends that by failing one of them): a page holding a key of a page still being written is
+    copied only once that one is in, and the key's later copy wins."""
+    import bff.warehouse as warehouse_module
+
+    account, connection = env.accounts[0], env.connections[env.accounts[0]][0]
+    table = await env.warehouse.open_table(account, connection, contacts())
+    assert await table.write([contact(i) for i in range(1, 4)], {"cursor": "1"}, run_id=1) == 3
+    started: list[int] = []
+    real = warehouse_module._copy
+
+    async def copy(conn: Any, statement: bytes, rows: list[Any], *args: Any) -> None:
+        started.append(len(rows))
+        await real(conn, statement, rows, *args)
+
+    monkeypatch.setattr(warehouse_module, "_copy", copy)
+
+    async def until(condition: Callable[[], bool], tries: int = 200) -> None:
+        for _ in range(tries):
+            if condition():
+                return
+            await asyncio.sleep(0.01)
+
+    gate: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    second = asyncio.create_task(table.write([contact(i) for i in range(4, 7)], {"cursor": "2"}, 1, after=gate))
+    await until(lambda: len(started) == 1)
+    page = [contact(6, last_name="Again"), contact(7), contact(8), contact(9)]
+    third = asyncio.create_task(table.write(page, {"cursor": "3"}, 1, after=second))
+    await until(lambda: len(started) > 1, tries=30)
+    assert started == [3] and not third.done()  # the third page waits for the second before copying
+    gate.set_result(3)
+    assert await second == 3 and await third == 4
+    rows = await stored(env, table)
+    assert sorted(rows) == [f"c_000{i}" for i in range(1, 10)] and rows["c_0006"]["last_name"] == "Again"
+    assert await table.load_state() == {"cursor": "3"}
+
+
+async def test_keys_are_exact_only_when_postgresql_compares_them_as_python_does(env: Env) -> None:
+    account, connection = env.accounts[0], env.connections[env.accounts[0]][0]
+    base = contacts()
+    text = (await env.warehouse.open_table(account, connection, base))._plan
+    assert text.exact({"c_1", "c_2"}) and text.exact(set())
+    assert not text.exact({"c_1", 2})  # 2 and "2" are one text key
+    integer = dataclasses.replace(base, name="numbered", fields=(FieldSpec("id", ("id",), "integer"), *base.fields[1:]))
+    plan = (await env.warehouse.open_table(account, connection, integer))._plan
+    assert plan.exact({1, 2}) and not plan.exact({1, "01"}) and not plan.exact({True})
+    decimal_keys = dataclasses.replace(
+        base, name="priced", fields=(FieldSpec("id", ("id",), "decimal"), *base.fields[1:])
+    )
+    plan = (await env.warehouse.open_table(account, connection, decimal_keys))._plan
+    assert not plan.exact({decimal.Decimal("1.0")})  # 1.0 and 1.00 are one numeric
