@@ -716,7 +716,8 @@ class TableWriter:
         # Made now, while the page before may still be writing.
         lines = copy_lines(rows) if plain else None
         keys = plan.keys(rows)
-        exact = plan.exact(keys)
+        # Only a first load's pages go alongside (and need the pages before them to be known).
+        exact = self._direct is not False and plan.exact(keys)
         alongside = exact and all(other is not None and keys.isdisjoint(other) for other in self._pending.values())
         stamp = self._stamp()
         write = next(self._writes)
